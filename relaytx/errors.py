@@ -1,0 +1,243 @@
+# -*- test-case-name: tests.test_errors -*-
+"""
+Every way a relaytx call or link can fail, and the one table that maps call
+failures onto JSON-RPC error codes (SPEC section 5).
+
+Two families:
+
+  - L{CallError} and its subclasses describe why one call failed. Each carries
+    its JSON-RPC C{code}, a one-line C{message} and a C{data} mapping
+    (C{node_id} of the node where it happened, C{route}, and for
+    L{RemoteCallError} the exception's C{type} and C{message}). They cross the
+    wire and HTTP as error objects; never as tracebacks.
+  - L{ProtocolViolation} and its subclasses describe bad input on a peer link.
+    They are counted, then the frame is dropped or the link is closed; they
+    never become JSON-RPC answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from twisted.internet.defer import TimeoutError as DeferTimeoutError
+
+
+class RelayError(Exception):
+    """
+    The root of every exception relaytx raises on purpose.
+    """
+
+
+class StartupError(RelayError):
+    """
+    The node cannot start: a port in use, an app that cannot be loaded, an
+    app whose C{setup} failed. The message is one line meant for an operator.
+    """
+
+
+class CallError(RelayError):
+    """
+    One call failed; C{code} is its JSON-RPC error code.
+
+    @ivar message: a one-line human description.
+    @ivar data: JSON-serialisable details (C{node_id}, C{route}, ...).
+    """
+
+    code: ClassVar[int] = -32603
+    default_message: ClassVar[str] = "Internal error"
+
+    def __init__(self, message: str | None = None, **data: Any) -> None:
+        self.message = message if message is not None else self.default_message
+        self.data: dict[str, Any] = {k: v for k, v in data.items() if v is not None}
+        super().__init__(self.message)
+
+    def with_data(self, **data: Any) -> CallError:
+        """
+        Add details that only an outer layer knows (the node id, the route)
+        without overwriting what an inner layer already recorded.
+
+        :returns: C{self}, for chaining.
+        """
+        for key, value in data.items():
+            if value is not None:
+                self.data.setdefault(key, value)
+        return self
+
+    def to_jsonrpc(self) -> dict[str, Any]:
+        """
+        :returns: the JSON-RPC 2.0 error object for this failure.
+        """
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data:
+            error["data"] = self.data
+        return error
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, code={self.code})"
+
+
+# JSON-RPC 2.0's own codes, owned by the request parser.
+
+
+class ParseError(CallError):
+    """The body is not valid JSON."""
+
+    code = -32700
+    default_message = "Parse error"
+
+
+class InvalidRequest(CallError):
+    """The JSON is not a valid JSON-RPC 2.0 request object."""
+
+    code = -32600
+    default_message = "Invalid Request"
+
+
+class MethodNotFound(CallError):
+    """An unknown method, local server, or unexposed method."""
+
+    code = -32601
+    default_message = "Method not found"
+
+
+class InvalidParams(CallError):
+    """The params do not fit the method: wrong shape, arity or keywords."""
+
+    code = -32602
+    default_message = "Invalid params"
+
+
+class InternalError(CallError):
+    """The node itself failed (a bug, not the server method's fault)."""
+
+    code = -32603
+    default_message = "Internal error"
+
+
+# relaytx's call outcomes (SPEC section 5, -32000 to -32005).
+
+
+class RemoteCallError(CallError):
+    """
+    The server method raised. C{data} carries the exception's C{type} and
+    C{message}; the traceback stays in the hosting node's log.
+    """
+
+    code = -32000
+    default_message = "Server error"
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, node_id: str | None = None) -> RemoteCallError:
+        """
+        :returns: the error describing C{exc} raised by a server method.
+        """
+        text = str(exc)
+        name = type(exc).__name__
+        error = cls(f"{name}: {text}" if text else name, node_id=node_id, type=name)
+        error.data["message"] = text
+        return error
+
+
+class CallTimeout(CallError, DeferTimeoutError):
+    """The caller's deadline passed before an answer arrived."""
+
+    code = -32001
+    default_message = "Call timed out"
+
+
+class NodeUnreachable(CallError):
+    """No route to the target, TTL exceeded, or the path was lost mid-call."""
+
+    code = -32002
+    default_message = "Target node unreachable"
+
+
+class NoSuchServer(CallError):
+    """The target node hosts no server of that name."""
+
+    code = -32003
+    default_message = "Server not found"
+
+
+class NoSuchMethod(CallError):
+    """The server exists on the target but exposes no such method."""
+
+    code = -32003
+    default_message = "Method not found on server"
+
+
+class AccessDenied(CallError):
+    """The target's access rules refuse this caller."""
+
+    code = -32004
+    default_message = "Access denied"
+
+
+class Overloaded(CallError):
+    """A limit was hit; the caller should retry later."""
+
+    code = -32005
+    default_message = "Overloaded, retry later"
+
+
+_BY_CODE: dict[int, type[CallError]] = {
+    cls.code: cls
+    for cls in (
+        ParseError,
+        InvalidRequest,
+        MethodNotFound,
+        InvalidParams,
+        InternalError,
+        RemoteCallError,
+        CallTimeout,
+        NodeUnreachable,
+        NoSuchServer,
+        AccessDenied,
+        Overloaded,
+    )
+}
+
+
+def error_for_code(code: int, message: str, data: dict[str, Any] | None = None) -> CallError:
+    """
+    Rebuild a L{CallError} from a code that crossed the wire; an unknown code
+    becomes a L{RemoteCallError} that keeps the code.
+
+    :returns: an exception whose C{code} is C{code}.
+    """
+    cls = _BY_CODE.get(code)
+    error = (cls or RemoteCallError)(message)
+    error.data.update(data or {})
+    if cls is None:
+        error.code = code  # type: ignore[misc]  # keep a foreign code as it came
+    return error
+
+
+# Link-level violations: counted and dropped, or the link is closed.
+
+
+class ProtocolViolation(RelayError):
+    """
+    A peer sent something that breaks the wire protocol.
+
+    @ivar reason: a short metric label (C{"not_json"}, C{"bad_field"}, ...).
+    """
+
+    reason: str = "protocol_violation"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class MalformedMessage(ProtocolViolation):
+    """A frame that is not a well-formed envelope (or payload)."""
+
+    reason = "malformed"
+
+
+class UnknownMessageType(ProtocolViolation):
+    """A well-formed envelope whose C{type} this node has no handler for."""
+
+    reason = "unknown_type"

@@ -1,0 +1,249 @@
+# -*- test-case-name: tests.test_jsonrpc -*-
+"""
+JSON-RPC 2.0, transport-free: a request body in, an answer body out.
+
+L{JsonRpcHandler} implements the specification (single requests, batches,
+notifications, params by position or by name, the standard error codes) and
+leaves what a method name I{means} to L{resolve} and the call itself to an
+C{invoke} function (the node's). The HTTP resource and any other transport
+hand it bytes and write back what it returns: C{None} means "nothing to
+answer" (every request was a notification), which HTTP turns into 204.
+
+Method names (SPEC section 5):
+
+  - C{SERVER.METHOD}: a server by name, here or wherever the registry knows it;
+  - C{NODE_ID/SERVER.METHOD}: that server on that node;
+  - C{remote_call} with params C{{"node_id", "server_name", "method",
+    "args"?, "kwargs"?, "timeout"?}};
+  - names starting with C{rpc.} are reserved by JSON-RPC and never resolve.
+
+An answer is sent once every call of the request has finished, notifications
+included, so a client that got its answer (or 204) knows they all ran.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relaytx import _json
+from relaytx.errors import (
+    CallError,
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    MethodNotFound,
+    ParseError,
+    RemoteCallError,
+)
+
+DEFAULT_CALL_TIMEOUT = 30.0
+
+NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+_NO_ID = object()  # marks a notification: the request had no "id" member
+
+
+@frozen
+class CallTarget:
+    """
+    A resolved call: C{server.method(*args, **kwargs)} on C{node_id}.
+
+    @ivar node_id: the node named by the caller, or C{None} when the caller
+        left the choice to the node (a bare C{SERVER.METHOD}).
+    @ivar timeout: the caller's budget in seconds.
+    """
+
+    node_id: str | None
+    server: str
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
+    timeout: float = DEFAULT_CALL_TIMEOUT
+
+
+def resolve(method: str, params: Any) -> CallTarget:
+    """
+    Turn a JSON-RPC method name and its params into a L{CallTarget}.
+
+    :param params: the request's C{params}: a list, a dict, or C{None}.
+    :raises MethodNotFound: if the name has none of the accepted forms.
+    :raises InvalidParams: if C{params} does not fit the form.
+    """
+    if method == "remote_call":
+        return _remote_call(params)
+    node_id: str | None = None
+    name = method
+    if "/" in method:
+        node_id, _, name = method.partition("/")
+        if not NODE_ID_RE.fullmatch(node_id):
+            raise MethodNotFound(f"Method not found: {method!r} names no valid node id")
+    server, dot, method_name = name.rpartition(".")
+    if not dot or not server or not method_name or server == "rpc" or server.startswith("rpc."):
+        raise MethodNotFound(f"Method not found: {method!r}")
+    if params is None:
+        return CallTarget(node_id, server, method_name)
+    if isinstance(params, list):
+        return CallTarget(node_id, server, method_name, tuple(params))
+    return CallTarget(node_id, server, method_name, (), params)
+
+
+def _remote_call(params: Any) -> CallTarget:
+    if not isinstance(params, dict):
+        raise InvalidParams(
+            "Invalid params: remote_call takes an object {node_id, server_name, method, "
+            "args?, kwargs?, timeout?}"
+        )
+
+    def field(key: str, kind: type | tuple[type, ...], default: Any = _NO_ID) -> Any:
+        value = params.get(key, default)
+        if value is _NO_ID:
+            raise InvalidParams(f"Invalid params: remote_call needs {key!r}")
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InvalidParams(f"Invalid params: remote_call {key!r} has the wrong type")
+        return value
+
+    node_id = field("node_id", str)
+    if not NODE_ID_RE.fullmatch(node_id):
+        raise InvalidParams(f"Invalid params: {node_id!r} is not a valid node id")
+    timeout = field("timeout", (int, float), DEFAULT_CALL_TIMEOUT)
+    if not 0 < timeout <= 86400:
+        raise InvalidParams("Invalid params: timeout must be a number of seconds in (0, 86400]")
+    unknown = set(params) - {"node_id", "server_name", "method", "args", "kwargs", "timeout"}
+    if unknown:
+        raise InvalidParams(f"Invalid params: remote_call does not take {sorted(unknown)}")
+    return CallTarget(
+        node_id,
+        field("server_name", str),
+        field("method", str),
+        tuple(field("args", list, [])),
+        field("kwargs", dict, {}),
+        float(timeout),
+    )
+
+
+class JsonRpcHandler:
+    """
+    Answers JSON-RPC 2.0 request bodies by calling C{invoke}.
+
+    :param invoke: runs one resolved call; returns a Deferred that fires with
+        the result or fails (a L{CallError} for expected failures).
+    :param node_id: recorded in the C{data} of every error answer.
+    """
+
+    _log = Logger()
+
+    def __init__(self, invoke: Callable[[CallTarget], Deferred[Any]], node_id: str) -> None:
+        self._invoke = invoke
+        self._node_id = node_id
+
+    def handle(self, body: bytes) -> Deferred[bytes | None]:
+        """
+        Answer one request body.
+
+        :returns: a Deferred firing with the answer body, or C{None} when
+            there is nothing to answer.
+        """
+        try:
+            request = _json.loads(body)
+        except (_json.JSONDecodeError, UnicodeDecodeError):
+            return succeed(self._encode(self._error(ParseError("Parse error: invalid JSON"), None)))
+        if isinstance(request, list):
+            if not request:
+                error = InvalidRequest("Invalid Request: empty batch")
+                return succeed(self._encode(self._error(error, None)))
+            d = gatherResults([self._one(item) for item in request], consumeErrors=True)
+            d.addCallback(self._batch_answer)
+            return d
+        return self._one(request).addCallback(self._single_answer)
+
+    def _single_answer(self, answer: dict[str, Any] | None) -> bytes | None:
+        return None if answer is None else self._encode(answer)
+
+    def _batch_answer(self, answers: list[dict[str, Any] | None]) -> bytes | None:
+        answers = [a for a in answers if a is not None]
+        if not answers:
+            return None
+        try:
+            return _json.dumps(answers)
+        except TypeError:
+            return b"[" + b",".join(self._encode(a) for a in answers) + b"]"
+
+    def _encode(self, answer: dict[str, Any]) -> bytes:
+        try:
+            return _json.dumps(answer)
+        except TypeError as e:
+            # The method returned something JSON cannot express.
+            error = RemoteCallError(
+                f"TypeError: result is not JSON-serialisable: {e}", type="TypeError"
+            )
+            return _json.dumps(self._error(error, answer["id"]))
+
+    def _one(self, request: Any) -> Deferred[dict[str, Any] | None]:
+        try:
+            request_id, method, params = self._validate(request)
+        except InvalidRequest as e:
+            request_id = request.get("id") if isinstance(request, dict) else None
+            if not _valid_id(request_id):
+                request_id = None
+            return succeed(self._error(e, request_id))
+        try:
+            if params is not None and not isinstance(params, list | dict):
+                raise InvalidParams('Invalid params: "params" must be an array or an object')
+            target = resolve(method, params)
+            d = self._invoke(target)
+        except Exception:
+            d = Deferred()
+            d.errback()
+        if request_id is _NO_ID:
+            return d.addBoth(self._notified, method)
+        return d.addCallbacks(
+            self._result, self._failure, callbackArgs=(request_id,), errbackArgs=(request_id,)
+        )
+
+    @staticmethod
+    def _validate(request: Any) -> tuple[Any, str, Any]:
+        if not isinstance(request, dict):
+            raise InvalidRequest("Invalid Request: not a JSON object")
+        if request.get("jsonrpc") != "2.0":
+            raise InvalidRequest('Invalid Request: "jsonrpc" must be "2.0"')
+        method = request.get("method")
+        if not isinstance(method, str):
+            raise InvalidRequest('Invalid Request: "method" must be a string')
+        request_id = request.get("id", _NO_ID)
+        if request_id is not _NO_ID and not _valid_id(request_id):
+            raise InvalidRequest('Invalid Request: "id" must be a string, a number or null')
+        return request_id, method, request.get("params")
+
+    def _result(self, result: Any, request_id: Any) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "result": result, "id": request_id}
+
+    def _failure(self, failure: Failure, request_id: Any) -> dict[str, Any]:
+        return self._error(self._call_error(failure), request_id)
+
+    def _notified(self, outcome: Any, method: str) -> None:
+        if isinstance(outcome, Failure):
+            error = self._call_error(outcome)
+            self._log.debug(
+                "notification {method} failed: {error}", method=method, error=error.message
+            )
+
+    def _call_error(self, failure: Failure) -> CallError:
+        if isinstance(failure.value, CallError):
+            return failure.value
+        self._log.failure("internal error answering a JSON-RPC call", failure)
+        return InternalError(f"Internal error: {type(failure.value).__name__}")
+
+    def _error(self, error: CallError, request_id: Any) -> dict[str, Any]:
+        error.with_data(node_id=self._node_id)
+        return {"jsonrpc": "2.0", "error": error.to_jsonrpc(), "id": request_id}
+
+
+def _valid_id(value: Any) -> bool:
+    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))

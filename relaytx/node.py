@@ -1,0 +1,345 @@
+# -*- test-case-name: tests.test_node -*-
+"""
+L{RelayNode}: one relaytx node, the composition root. It hosts the servers,
+runs calls through their mailboxes, owns the metrics, and listens for HTTP
+(JSON-RPC, health, registry, metrics) and peer WebSockets on one port.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relaytx import __version__
+from relaytx.apps import import_app, run_setup
+from relaytx.config import NodeConfig
+from relaytx.errors import (
+    CallError,
+    InvalidParams,
+    MethodNotFound,
+    NodeUnreachable,
+    NoSuchMethod,
+    NoSuchServer,
+    RemoteCallError,
+    StartupError,
+)
+from relaytx.jsonrpc import DEFAULT_CALL_TIMEOUT, CallTarget
+from relaytx.metrics import NodeMetrics
+from relaytx.server import Mailbox, Server, exposed
+from relaytx.wire import rfc3339
+
+SERVER_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+class NodeServer(Server):
+    """
+    The built-in server every node exposes as C{node}, so a bare node can be
+    called across the mesh.
+    """
+
+    def __init__(self, node: RelayNode) -> None:
+        self._node = node
+
+    @exposed
+    def info(self) -> dict[str, Any]:
+        """This node's id, version, uptime, servers and peers."""
+        return self._node.info()
+
+    @exposed
+    def ping(self) -> dict[str, Any]:
+        """A liveness answer with this node's id and time."""
+        return {"pong": True, "node_id": self._node.node_id, "timestamp": self._node.timestamp()}
+
+    @exposed
+    def echo(self, *args: Any) -> list[Any]:
+        """Its arguments, as a list."""
+        return list(args)
+
+
+class RelayNode(MultiService):
+    """
+    One relaytx node.
+
+    :param config: what to run.
+    :param reactor: provides C{IReactorTime} and whatever the listening
+        endpoint needs (C{IReactorTCP}, C{IReactorSSL}); tests pass a
+        C{MemoryReactorClock}.
+    :param on_fatal: called with a one-line message when the node cannot go
+        on starting (an app's asynchronous setup failed); by default the
+        error is logged and the node stops.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        reactor: Any,
+        on_fatal: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.node_id = config.node_id
+        self.reactor = reactor
+        self.clock = reactor
+        self.metrics = NodeMetrics()
+        self.started_at = reactor.seconds()
+        self.listening_port: IListeningPort | None = None
+        self._listening: Deferred[IListeningPort] | None = None
+        self._on_fatal = on_fatal or self._stop_on_fatal
+        self._mailboxes: dict[str, Mailbox] = {}
+        self._setups: list[Deferred[None]] = []
+        self.metrics.watch_queue_depth(lambda: sum(len(m) for m in self._mailboxes.values()))
+        self.expose("node", NodeServer(self))
+
+    # Servers.
+
+    def expose(self, name: str, server: Server) -> None:
+        """
+        Host C{server} under C{name}.
+
+        :raises ValueError: if the name is invalid or already taken.
+        :raises TypeError: if C{server} is not a L{Server}.
+        """
+        if not isinstance(server, Server):
+            raise TypeError(f"expose({name!r}, ...) needs a relaytx.Server, not {server!r}")
+        if not SERVER_NAME_RE.fullmatch(name):
+            raise ValueError(f"invalid server name {name!r}: use A-Za-z0-9_.- (not first .-)")
+        if name in self._mailboxes:
+            raise ValueError(f"a server named {name!r} is already exposed on {self.node_id}")
+        self._mailboxes[name] = Mailbox(server)
+
+    def unexpose(self, name: str) -> Server:
+        """
+        Stop hosting the server called C{name}; calls already queued still run.
+
+        :returns: the server.
+        :raises KeyError: if there is none.
+        """
+        if name == "node":
+            raise ValueError("the built-in 'node' server cannot be removed")
+        return self._mailboxes.pop(name).server
+
+    def local_servers(self) -> dict[str, list[str]]:
+        """
+        :returns: each local server's name and its exposed methods.
+        """
+        return {name: box.server.method_names() for name, box in self._mailboxes.items()}
+
+    # Calls.
+
+    def invoke(self, target: CallTarget) -> Deferred[Any]:
+        """
+        Run one resolved call (from JSON-RPC or the Python API) and count it.
+
+        :returns: a Deferred with the method's result, or failing with a
+            L{CallError}.
+        """
+        started = self.clock.seconds()
+        if target.node_id is None:
+            d = self._call_here(target, explicit=False)
+        elif target.node_id == self.node_id:
+            d = self._call_here(target, explicit=True)
+        else:
+            d = fail(NodeUnreachable(f"No route to node {target.node_id!r}", route=[self.node_id]))
+        return d.addBoth(self._count, started)
+
+    def call(
+        self,
+        node_id: str | None,
+        server: str,
+        method: str,
+        *args: Any,
+        timeout: float = DEFAULT_CALL_TIMEOUT,
+        **kwargs: Any,
+    ) -> Deferred[Any]:
+        """
+        Call C{server.method(*args, **kwargs)} on C{node_id} (C{None}: this
+        node, or wherever the registry finds C{server}).
+
+        :returns: a Deferred with the result, or failing with a L{CallError}.
+        """
+        return self.invoke(CallTarget(node_id, server, method, args, kwargs, timeout))
+
+    def _call_here(self, target: CallTarget, explicit: bool) -> Deferred[Any]:
+        mailbox = self._mailboxes.get(target.server)
+        if mailbox is None:
+            missing = NoSuchServer if explicit else MethodNotFound
+            return fail(missing(f"Server not found: {target.server!r} on {self.node_id}"))
+        method = mailbox.server.exposed_methods.get(target.method)
+        if method is None:
+            missing = NoSuchMethod if explicit else MethodNotFound
+            return fail(
+                missing(f"Method not found: {target.server}.{target.method} on {self.node_id}")
+            )
+        try:
+            method.check_arguments(target.args, target.kwargs)
+        except InvalidParams as e:
+            return fail(e)
+        return mailbox.deliver(method, target.args, target.kwargs).addErrback(
+            self._method_failed, target
+        )
+
+    def _method_failed(self, failure: Failure, target: CallTarget) -> Failure:
+        if isinstance(failure.value, CallError):
+            return failure  # a server may fail a call with a precise relaytx error
+        self._log.failure(
+            "{server}.{method} raised", failure, server=target.server, method=target.method
+        )
+        return Failure(RemoteCallError.from_exception(failure.value, self.node_id))
+
+    def _count(self, result: Any, started: float) -> Any:
+        outcome = "ok"
+        if isinstance(result, Failure):
+            error = result.value
+            outcome = type(error).__name__
+            if isinstance(error, CallError):
+                error.with_data(node_id=self.node_id, route=[self.node_id])
+        self.metrics.count_call(outcome, self.clock.seconds() - started)
+        return result
+
+    # Views for HTTP and the built-in server.
+
+    def timestamp(self) -> str:
+        """:returns: the current time, RFC 3339."""
+        return rfc3339(self.clock.seconds())
+
+    def uptime(self) -> float:
+        """:returns: seconds since the node was created."""
+        return max(0.0, self.clock.seconds() - self.started_at)
+
+    def peers(self) -> dict[str, dict[str, Any]]:
+        """:returns: directly connected peers by node id (SPEC section 4)."""
+        return {}
+
+    def server_directory(self) -> dict[str, list[dict[str, Any]]]:
+        """
+        :returns: every server this node knows, local and remote, by name.
+        """
+        now = self.timestamp()
+        return {
+            name: [
+                {
+                    "name": name,
+                    "node_id": self.node_id,
+                    "methods": methods,
+                    "is_local": True,
+                    "last_seen": now,
+                    "hops": 0,
+                }
+            ]
+            for name, methods in self.local_servers().items()
+        }
+
+    def websocket_resources(self) -> dict[str, Any]:
+        """:returns: the resources to mount under C{/ws/}, by name."""
+        return {}
+
+    def routes(self) -> dict[str, dict[str, Any]]:
+        """:returns: the routing table (SPEC section 4)."""
+        return {}
+
+    def info(self) -> dict[str, Any]:
+        """:returns: what the built-in C{node.info()} answers."""
+        return {
+            "node_id": self.node_id,
+            "version": __version__,
+            "uptime_s": self.uptime(),
+            "servers": self.local_servers(),
+            "peers": sorted(self.peers()),
+            "timestamp": self.timestamp(),
+        }
+
+    # Apps and lifecycle.
+
+    def load_app(self, spec: str) -> Deferred[None]:
+        """
+        Import the app C{spec} and run its C{setup(self)}.
+
+        :raises StartupError: at once if the app cannot be imported or its
+            setup raises synchronously.
+        :returns: a Deferred that fires when setup is done; the node waits
+            for it before it starts.
+        """
+        module = import_app(spec)
+        d = run_setup(spec, module, self)
+        failure: list[Failure] = []
+        d.addErrback(failure.append)
+        if failure:
+            raise failure[0].value
+        self._setups.append(d)
+        return d
+
+    def listen(self) -> Deferred[IListeningPort]:
+        """
+        Start serving HTTP and peer WebSockets on the configured endpoint.
+
+        :raises StartupError: at once if the endpoint refuses synchronously
+            (a port in use, a bad description), as TCP and TLS endpoints do.
+        """
+        from relaytx.rpc import make_site
+
+        try:
+            endpoint = serverFromString(self.reactor, self.config.port)
+        except (ValueError, TypeError, KeyError) as e:
+            raise StartupError(f"--port {self.config.port}: {e}") from None
+        outcome: list[Any] = []
+        d = endpoint.listen(make_site(self))
+        d.addBoth(lambda result: outcome.append(result) or result)
+        if outcome and isinstance(outcome[0], Failure):
+            d.addErrback(lambda _: None)
+            raise StartupError(_listen_error(self.config.port, outcome[0].value))
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self.listening_port = port
+            return port
+
+        return d.addCallback(listening)
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen_once()
+
+    def _listen_once(self) -> None:
+        if self._listening is None:
+            self._listening = self.listen()
+
+    def startService(self) -> None:
+        self._listen_once()
+        super().startService()
+        if self._setups:
+            DeferredList(self._setups, fireOnOneErrback=True, consumeErrors=True).addErrback(
+                lambda f: self._on_fatal(str(f.value.subFailure.value))
+            )
+
+    def stopService(self) -> Deferred[None]:
+        d = succeed(None)
+        d.addCallback(lambda _: super(RelayNode, self).stopService())
+        if self.listening_port is not None:
+            port, self.listening_port = self.listening_port, None
+            self._listening = None
+            d.addCallback(lambda _: port.stopListening())
+        return d.addCallback(lambda _: None)
+
+    def _stop_on_fatal(self, message: str) -> None:
+        self._log.critical("{message}", message=message)
+        print(f"relay: error: {message}", file=sys.stderr)
+        self.stopService()
+
+
+def _listen_error(port: str, error: BaseException) -> str:
+    if isinstance(error, CannotListenError):
+        reason = error.socketError
+        text = getattr(reason, "strerror", None) or str(reason)
+        return f"cannot listen on {port}: {text}"
+    return f"cannot listen on {port}: {error}"

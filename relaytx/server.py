@@ -1,0 +1,175 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+Actor servers: a L{Server} subclass marks its remotely callable methods with
+L{exposed}; a L{Mailbox} runs the calls to one server one at a time, in
+arrival order.
+
+A method may return a plain value, a L{Deferred} or be an C{async def}
+coroutine; the next call starts only when the previous one has finished. An
+exception fails that one call and the mailbox moves on.
+
+A method that waits for a call to its I{own} server (directly, or through
+another node) waits for itself and never finishes: call other servers only.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from relaytx.errors import InvalidParams
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def exposed(fn: F) -> F:
+    """
+    Mark a L{Server} method as callable from the network. Used bare::
+
+        class Counter(Server):
+            @exposed
+            def increment(self, by=1): ...
+
+    Names starting with C{_} are never exposed, decorated or not.
+    """
+    fn.__relaytx_exposed__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+class ExposedMethod:
+    """
+    One exposed method of a server class: its name, the function, and a
+    signature check that runs before the call is queued.
+    """
+
+    __slots__ = ("_signature", "function", "name")
+
+    def __init__(self, name: str, function: Callable[..., Any]) -> None:
+        self.name = name
+        self.function = function
+        self._signature: inspect.Signature | None = None
+
+    def check_arguments(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> None:
+        """
+        :raises InvalidParams: if C{args}/C{kwargs} do not fit the method.
+        """
+        if self._signature is None:
+            # The bound form hides C{self}; build it once, lazily.
+            signature = inspect.signature(self.function)
+            params = list(signature.parameters.values())[1:]
+            self._signature = signature.replace(parameters=params)
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise InvalidParams(f"Invalid params for {self.name}: {e}") from None
+
+
+class Server:
+    """
+    Base class of the actor servers a node hosts. Subclasses take no required
+    constructor arguments and mark callable methods with L{exposed}.
+
+    The class attribute C{exposed_methods} is built when a subclass is
+    defined, merging its ancestors' table; a subclass may override a method
+    (it stays exposed if the override is decorated too).
+    """
+
+    exposed_methods: ClassVar[dict[str, ExposedMethod]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        table = dict(cls.exposed_methods)
+        for name, value in vars(cls).items():
+            if name.startswith("_"):
+                continue
+            if getattr(value, "__relaytx_exposed__", False):
+                table[name] = ExposedMethod(name, value)
+            else:
+                table.pop(name, None)  # an undecorated override hides it
+        cls.exposed_methods = table
+
+    def method_names(self) -> list[str]:
+        """
+        :returns: the names of this server's exposed methods, sorted.
+        """
+        return sorted(self.exposed_methods)
+
+
+class Mailbox:
+    """
+    Runs the calls to one server one at a time, first come first served.
+
+    A queued call whose Deferred was cancelled (its caller gave up) is
+    skipped. Calls that return synchronously run without any queueing cost.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Deferred[Any]]]
+        self._queue = deque()
+        self._busy = False
+        self._waiting = False
+        self._running_inline = False
+
+    def __len__(self) -> int:
+        """
+        :returns: the number of calls waiting, the running one excluded.
+        """
+        return len(self._queue)
+
+    def deliver(
+        self, method: ExposedMethod, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Deferred[Any]:
+        """
+        Queue a call of C{method} on this mailbox's server.
+
+        :returns: a Deferred that fires with the method's result or failure.
+        """
+        d: Deferred[Any] = Deferred()
+        self._queue.append((method.function, args, kwargs, d))
+        if not self._busy:
+            self._run()
+        return d
+
+    def _run(self) -> None:
+        self._busy = True
+        self._running_inline = True
+        queue = self._queue
+        server = self.server
+        while queue:
+            function, args, kwargs, d = queue.popleft()
+            if d.called:  # cancelled while it waited
+                continue
+            try:
+                result = function(server, *args, **kwargs)
+            except BaseException:
+                d.errback(Failure())
+                continue
+            if inspect.iscoroutine(result):
+                result = Deferred.fromCoroutine(result)
+            if isinstance(result, Deferred):
+                self._waiting = True
+                result.addBoth(self._finished, d)
+                if self._waiting:
+                    # Not done yet: _finished resumes the queue later.
+                    self._running_inline = False
+                    return
+                continue
+            d.callback(result)
+        self._running_inline = False
+        self._busy = False
+
+    def _finished(self, result: Any, d: Deferred[Any]) -> None:
+        self._waiting = False
+        if not d.called:  # a cancelled caller gets nothing more
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+        if not self._running_inline:
+            self._run()

@@ -1,0 +1,185 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The command line of a node, shared by C{twistd relay} and C{relay node}:
+L{Options} parses and validates it, L{makeService} builds the node. This is
+the only module that fetches the global reactor.
+
+Every start-up error ends the process with one line on standard error
+(C{relay: error: ...}) and exit status 1; C{twistd} additionally prints its
+usage text on standard output for option errors, as it always does.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import IO, NoReturn
+
+from twisted.python import usage
+
+from relaytx.config import NodeConfig, build_config
+from relaytx.errors import StartupError
+from relaytx.node import RelayNode
+
+
+def error_line(message: str, stream: IO[str] | None = None) -> None:
+    """
+    Write C{relay: error: MESSAGE} to the process's real standard error
+    (C{twistd} redirects C{sys.stderr} into its log once logging starts).
+    """
+    stream = stream or sys.__stderr__ or sys.stderr
+    stream.write(f"relay: error: {message}\n")
+    stream.flush()
+
+
+def fail(message: str) -> NoReturn:
+    """Print the error line and exit with status 1."""
+    error_line(message)
+    raise SystemExit(1)
+
+
+class Options(usage.Options):
+    """
+    Options of a relaytx node (SPEC section 3).
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run a relaytx node: actor servers callable over JSON-RPC 2.0 (POST /rpc) "
+        "and across a WebSocket mesh of nodes (/ws/p2p), all on one port."
+    )
+    optFlags = [
+        ["disable-registry", None, "Do not exchange server registries with peers."],
+    ]
+    optParameters = [
+        ["node-id", None, None, "This node's id: 1-64 of A-Za-z0-9._- (default: random)."],
+        ["port", "p", None, "TCP port number or Twisted endpoint string (default: 8080)."],
+        ["interface", None, None, "Address to bind when --port is a number (default: 127.0.0.1)."],
+        ["secret-file", None, None, "Shared cluster secret that peers must prove."],
+        ["config", "c", None, "TOML file with any of these options, limits and rules."],
+        ["ping-interval", None, None, "Seconds between liveness pings (default: 5)."],
+    ]
+
+    #: Where option errors are reported; C{None} is the process's stderr.
+    stderr: IO[str] | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["add-peer"] = []
+        self["app"] = []
+        self.config: NodeConfig | None = None
+
+    def opt_add_peer(self, url: str) -> None:
+        """Dial this peer at start and keep re-dialling it. Repeatable."""
+        self["add-peer"].append(url)
+
+    def opt_app(self, spec: str) -> None:
+        """Load an app: a module name or a .py file defining setup(node). Repeatable."""
+        self["app"].append(spec)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            error_line(str(e), self.stderr)
+            raise
+
+    def postOptions(self) -> None:
+        ping = self["ping-interval"]
+        try:
+            ping_interval = None if ping is None else float(ping)
+        except ValueError:
+            raise usage.UsageError(f"--ping-interval {ping!r}: give a number of seconds") from None
+        self.config = build_config(
+            {
+                "config": self["config"],
+                "node_id": self["node-id"],
+                "port": self["port"],
+                "interface": self["interface"],
+                "add_peer": self["add-peer"],
+                "app": self["app"],
+                "disable_registry": bool(self["disable-registry"]),
+                "secret_file": self["secret-file"],
+                "ping_interval": ping_interval,
+            }
+        )
+        if self.config.add_peer:
+            raise usage.UsageError("--add-peer: peer links are not yet supported")
+        if self.config.secret_file is not None and not os.path.isfile(self.config.secret_file):
+            raise usage.UsageError(f"--secret-file {self.config.secret_file}: no such file")
+        self._no_default_pidfile()
+
+    def _no_default_pidfile(self) -> None:
+        # twistd writes ./twistd.pid by default and then refuses to start a
+        # second node from the same directory. In the foreground a pid file
+        # serves nothing, so unless one was asked for, do without.
+        parent = getattr(self, "parent", None)
+        if parent is not None and parent.get("nodaemon") and parent.get("pidfile") == "twistd.pid":
+            parent["pidfile"] = ""
+
+
+class CommandLineNode(RelayNode):
+    """
+    A node run from the command line: a start-up error ends the process
+    with one clear line instead of a traceback.
+    """
+
+    exit_status = 0
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except StartupError as e:
+            fail(str(e))
+
+    def fatal(self, message: str) -> None:
+        """Report C{message}, stop the reactor and exit with status 1."""
+        error_line(message)
+        self.exit_status = 1
+        if self.reactor.running:
+            self.reactor.stop()
+
+
+def makeService(options: Options) -> CommandLineNode:
+    """
+    Build the node described by C{options} and load its apps.
+
+    Apps are imported and their C{setup} called here, before the reactor
+    runs, so a broken app stops the start-up at once.
+    """
+    from twisted.internet import reactor
+
+    assert options.config is not None, "parseOptions() first"
+    node = CommandLineNode(options.config, reactor)
+    node._on_fatal = node.fatal
+    for spec in options.config.app:
+        try:
+            node.load_app(spec)
+        except StartupError as e:
+            fail(str(e))
+    if getattr(options, "parent", None) is not None:  # under twistd: its exit status is 0 unless we say
+        reactor.addSystemEventTrigger("after", "shutdown", _exit_on_failure, node)
+    return node
+
+
+def _exit_on_failure(node: CommandLineNode) -> None:
+    if node.exit_status:
+        sys.stdout.flush()
+        os._exit(node.exit_status)
+
+
+def run_options(argv: list[str]) -> Options:
+    """
+    Parse C{argv} as node options.
+
+    :raises SystemExit: with status 2 on bad options (the line is printed).
+    """
+    options = Options()
+    try:
+        options.parseOptions(argv)
+    except usage.UsageError:
+        raise SystemExit(2) from None
+    return options
+
+
+__all__ = ["CommandLineNode", "Options", "makeService"]
