@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from attrs import evolve
+from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
@@ -27,16 +28,17 @@ from relaytx.errors import (
     CallError,
     InvalidParams,
     MethodNotFound,
-    NodeUnreachable,
     NoSuchMethod,
     NoSuchServer,
     RemoteCallError,
     StartupError,
 )
 from relaytx.jsonrpc import DEFAULT_CALL_TIMEOUT, CallTarget
+from relaytx.mesh import Mesh
 from relaytx.metrics import NodeMetrics
+from relaytx.peer import CLOSE_REMOVED, PeerSession
 from relaytx.server import Mailbox, Server, exposed
-from relaytx.wire import rfc3339
+from relaytx.wire import Payload, rfc3339
 
 SERVER_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -100,6 +102,16 @@ class RelayNode(MultiService):
         self._mailboxes: dict[str, Mailbox] = {}
         self._setups: list[Deferred[None]] = []
         self.metrics.watch_queue_depth(lambda: sum(len(m) for m in self._mailboxes.values()))
+        self.mesh = Mesh(
+            self.node_id,
+            reactor,
+            self.metrics,
+            execute_local=lambda target: self._call_here(target, explicit=True),
+            local_servers=self.local_servers,
+            ping_interval=config.ping_interval,
+            registry_enabled=not config.disable_registry,
+        )
+        self._dialers: dict[str, Any] = {}
         self.expose("node", NodeServer(self))
 
     # Servers.
@@ -118,6 +130,7 @@ class RelayNode(MultiService):
         if name in self._mailboxes:
             raise ValueError(f"a server named {name!r} is already exposed on {self.node_id}")
         self._mailboxes[name] = Mailbox(server)
+        self.mesh.schedule_sync()
 
     def unexpose(self, name: str) -> Server:
         """
@@ -128,7 +141,9 @@ class RelayNode(MultiService):
         """
         if name == "node":
             raise ValueError("the built-in 'node' server cannot be removed")
-        return self._mailboxes.pop(name).server
+        server = self._mailboxes.pop(name).server
+        self.mesh.schedule_sync()
+        return server
 
     def local_servers(self) -> dict[str, list[str]]:
         """
@@ -146,12 +161,20 @@ class RelayNode(MultiService):
             L{CallError}.
         """
         started = self.clock.seconds()
-        if target.node_id is None:
-            d = self._call_here(target, explicit=False)
-        elif target.node_id == self.node_id:
+        node_id = target.node_id
+        if node_id is None:
+            if target.server in self._mailboxes:
+                d = self._call_here(target, explicit=False)
+            else:
+                host = self.mesh.nearest_host(target.server)
+                if host is None:
+                    d = self._call_here(target, explicit=False)
+                else:
+                    d = self.mesh.call(evolve(target, node_id=host))
+        elif node_id == self.node_id:
             d = self._call_here(target, explicit=True)
         else:
-            d = fail(NodeUnreachable(f"No route to node {target.node_id!r}", route=[self.node_id]))
+            d = self.mesh.call(target)
         return d.addBoth(self._count, started)
 
     def call(
@@ -220,14 +243,14 @@ class RelayNode(MultiService):
 
     def peers(self) -> dict[str, dict[str, Any]]:
         """:returns: directly connected peers by node id (SPEC section 4)."""
-        return {}
+        return self.mesh.peers_view()
 
     def server_directory(self) -> dict[str, list[dict[str, Any]]]:
         """
         :returns: every server this node knows, local and remote, by name.
         """
         now = self.timestamp()
-        return {
+        directory = {
             name: [
                 {
                     "name": name,
@@ -240,14 +263,79 @@ class RelayNode(MultiService):
             ]
             for name, methods in self.local_servers().items()
         }
+        for name, entries in self.mesh.directory().items():
+            directory.setdefault(name, []).extend(entries)
+        return directory
 
     def websocket_resources(self) -> dict[str, Any]:
         """:returns: the resources to mount under C{/ws/}, by name."""
-        return {}
+        from relaytx.protocol import PeerServerFactory, peer_resource
+
+        factory = PeerServerFactory(
+            self.mesh, self.config.limits.max_message_size, reactor=self.reactor
+        )
+        return {"p2p": peer_resource(factory)}
 
     def routes(self) -> dict[str, dict[str, Any]]:
         """:returns: the routing table (SPEC section 4)."""
-        return {}
+        return self.mesh.router.table()
+
+    # Peers and custom messages.
+
+    def add_peer(self, address: str, node_id: str | None = None) -> None:
+        """
+        Dial the peer at C{address} now and keep re-dialling it while it is
+        down.
+
+        :raises ValueError: if C{address} is not a peer URL or is already
+            dialled.
+        """
+        from relaytx.protocol import Dialer
+
+        dialer = Dialer(
+            self.mesh, address, self.reactor, self.config.limits.max_message_size, node_id
+        )
+        if dialer.url in self._dialers:
+            raise ValueError(f"already dialling {address}")
+        self._dialers[dialer.url] = dialer
+        dialer.setServiceParent(self)
+
+    def remove_peer(self, node_id: str) -> bool:
+        """
+        Close the link to C{node_id} and stop re-dialling it.
+
+        :returns: whether there was such a link or dialled peer.
+        """
+        found = False
+        for url, dialer in list(self._dialers.items()):
+            if dialer.node_id == node_id:
+                del self._dialers[url]
+                dialer.disownServiceParent()
+                found = True
+        session = self.mesh.links.get(node_id)
+        if session is not None:
+            session.close(CLOSE_REMOVED, "removed by the operator")
+            found = True
+        return found
+
+    def use_session(self, session_class: type[PeerSession]) -> None:
+        """Use a L{PeerSession} subclass (with extra handlers) for every link."""
+        self.mesh.use_session(session_class)
+
+    def register_handler(self, payload_type: type[Payload], handler: Callable[..., None]) -> None:
+        """Handle messages of C{payload_type} addressed here with C{handler(envelope, payload)}."""
+        self.mesh.register_handler(payload_type, handler)
+
+    def send(self, node_id: str, payload: Payload) -> bool:
+        """
+        Send a message (any registered type) to node C{node_id}, routed like
+        the built-in types.
+
+        :returns: whether it left this node.
+        """
+        if node_id == self.node_id:
+            raise ValueError("send() is for other nodes")
+        return self.mesh.send(node_id, payload) is not None or self.mesh.can_reach(node_id)
 
     def info(self) -> dict[str, Any]:
         """:returns: what the built-in C{node.info()} answers."""
@@ -316,6 +404,9 @@ class RelayNode(MultiService):
 
     def startService(self) -> None:
         self._listen_once()
+        for address in self.config.add_peer:
+            if not any(d.address == address for d in self._dialers.values()):
+                self.add_peer(address)
         super().startService()
         if self._setups:
             DeferredList(self._setups, fireOnOneErrback=True, consumeErrors=True).addErrback(
@@ -323,7 +414,7 @@ class RelayNode(MultiService):
             )
 
     def stopService(self) -> Deferred[None]:
-        d = succeed(None)
+        d = self.mesh.stop()
         d.addCallback(lambda _: super(RelayNode, self).stopService())
         if self.listening_port is not None:
             port, self.listening_port = self.listening_port, None

@@ -41,6 +41,13 @@ def _json_error(request: Any, code: int, message: str) -> bytes:
     return _json.dumps({"error": message, "status": code})
 
 
+def _json_body(request: Any) -> Any:
+    try:
+        return _json.loads(request.content.read() or b"null")
+    except (_json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
 class BoundedRequest(Request):
     """
     A request that stops buffering its body once it passes the site's
@@ -199,6 +206,29 @@ class NodeWeb:
     @app.route("/registry/routes", methods=["GET"])
     def routes(self, request: Any) -> bytes:
         return self._json(request, self._node.routes())
+
+    @app.route("/registry/peers/add", methods=["POST"])
+    def add_peer(self, request: Any) -> bytes:
+        body = _json_body(request)
+        address = body.get("address") if isinstance(body, dict) else None
+        node_id = body.get("node_id") if isinstance(body, dict) else None
+        if not isinstance(address, str) or not (node_id is None or isinstance(node_id, str)):
+            return _json_error(request, 400, 'give {"address": URL, "node_id"?: ID}')
+        try:
+            self._node.add_peer(address, node_id)
+        except ValueError as e:
+            return _json_error(request, 400, str(e))
+        return self._json(request, {"status": "dialling", "address": address})
+
+    @app.route("/registry/peers/remove", methods=["DELETE", "POST"])
+    def remove_peer(self, request: Any) -> bytes:
+        body = _json_body(request)
+        node_id = body.get("node_id") if isinstance(body, dict) else None
+        if not isinstance(node_id, str):
+            return _json_error(request, 400, 'give {"node_id": ID}')
+        if not self._node.remove_peer(node_id):
+            return _json_error(request, 404, f"no peer {node_id}")
+        return self._json(request, {"status": "removed", "node_id": node_id})
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: Any) -> bytes:

@@ -1,0 +1,339 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+Peer links over Autobahn WebSockets: thin adapters that feed a
+L{PeerSession}, and L{Dialer}, which keeps one dialled link up.
+
+Handshake (C{GET /ws/p2p?node_id=ID}):
+
+  - the dialling side names itself in C{node_id} (required, 1-64 of
+    C{A-Za-z0-9._-}); the accepting side answers with its own id in the
+    C{X-Relaytx-Node-Id} header. A dialler that gets no such header (an
+    original node) takes the id it was told to expect, or else the C{from}
+    of the first frame;
+  - a link to oneself is refused (400), and so is a browser (a request with
+    an C{Origin} header) unless its origin is allowed;
+  - a second link from the same node id replaces the first, which is closed
+    with code 4001; when two nodes dial each other at once, the link dialled
+    by the node with the smaller id is kept and the other dial is refused
+    with 409 (the refused dialler waits and checks again later).
+
+Frames are text only: a binary frame closes the link (1003). Message and
+frame sizes are capped by Autobahn's own limits (1009 past them).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+from urllib.parse import urlsplit
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.types import ConnectionDeny
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from relaytx.jsonrpc import NODE_ID_RE
+from relaytx.mesh import LinkRefused, Mesh
+from relaytx.peer import CLOSE_PROTOCOL_ERROR, CLOSE_REPLACED, ILinkTransport, PeerSession
+from relaytx.wire import decode
+
+NODE_ID_HEADER = "X-Relaytx-Node-Id"
+PEER_PATH = "/ws/p2p"
+
+
+@implementer(ILinkTransport)
+class _Transport:
+    """What a session sees of an Autobahn protocol."""
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+        self.peer_address = protocol.peer
+
+    def send(self, frame: bytes) -> None:
+        self._protocol.sendMessage(frame, isBinary=False)
+
+    def close(self, code: int, reason: str) -> None:
+        self._protocol.sendClose(code=code, reason=reason[:120])
+
+    def abort(self) -> None:
+        self._protocol.dropConnection(abort=True)
+
+
+class _PeerAdapter:
+    """
+    The part shared by both ends: hand frames and the close to the session.
+    Autobahn swallows exceptions from these callbacks, so failures are
+    logged here.
+    """
+
+    _rlog = Logger()
+    session: PeerSession | None = None
+    peer_id: str | None = None
+    direction = "inbound"
+    factory: Any
+    peer: str
+
+    def _open_session(self, peer_id: str) -> None:
+        mesh: Mesh = self.factory.mesh
+        try:
+            self.session = mesh.open_link(peer_id, self.direction, self._address(), _Transport(self))
+        except LinkRefused as e:
+            self.sendClose(code=CLOSE_REPLACED, reason=e.reason[:120])  # type: ignore[attr-defined]
+            return
+        self.peer_id = peer_id
+        self._opened()
+
+    def _address(self) -> str:
+        return self.peer
+
+    def _opened(self) -> None:
+        pass
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        try:
+            session = self.session
+            if session is None:
+                self._first_frame(payload, isBinary)
+            elif isBinary:
+                session.binary_received()
+            else:
+                session.data_received(payload)
+        except Exception:
+            self._rlog.failure("error handling a frame from {peer}", peer=self.peer_id)
+
+    def _first_frame(self, payload: bytes, isBinary: bool) -> None:
+        self.sendClose(code=CLOSE_PROTOCOL_ERROR, reason="no session")  # type: ignore[attr-defined]
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        try:
+            if self.session is not None:
+                self.session.connection_lost(f"close code {code}" + (f": {reason}" if reason else ""))
+        except Exception:
+            self._rlog.failure("error closing the link to {peer}", peer=self.peer_id)
+
+
+class PeerServerProtocol(_PeerAdapter, WebSocketServerProtocol):
+    """The accepting end of a peer link."""
+
+    direction = "inbound"
+
+    def onConnect(self, request: Any) -> tuple[None, dict[str, str]]:
+        mesh: Mesh = self.factory.mesh
+        peer_id = (request.params.get("node_id") or [""])[0]
+        if not NODE_ID_RE.fullmatch(peer_id):
+            raise ConnectionDeny(400, "node_id query parameter required: 1-64 of A-Za-z0-9._-")
+        origin = request.headers.get("origin")
+        if origin is not None and origin not in self.factory.allowed_origins:
+            raise ConnectionDeny(403, "browser origins are not allowed on the peer endpoint")
+        try:
+            mesh.check_new_link(peer_id, "inbound")
+        except LinkRefused as e:
+            raise ConnectionDeny(e.status, e.reason) from None
+        self.peer_id = peer_id
+        return None, {NODE_ID_HEADER: mesh.node_id}
+
+    def onOpen(self) -> None:
+        try:
+            assert self.peer_id is not None
+            self._open_session(self.peer_id)
+        except Exception:
+            self._rlog.failure("error opening the link from {peer}", peer=self.peer_id)
+
+
+class PeerClientProtocol(_PeerAdapter, WebSocketClientProtocol):
+    """The dialling end of a peer link."""
+
+    direction = "outbound"
+    _expected: str | None = None
+
+    def onConnect(self, response: Any) -> None:
+        self._expected = response.headers.get(NODE_ID_HEADER.lower()) or self.factory.dialer.node_id
+
+    def onOpen(self) -> None:
+        try:
+            if self._expected is not None:
+                self._open_session(self._expected)
+        except Exception:
+            self._rlog.failure("error opening the link to {peer}", peer=self._expected)
+
+    def _address(self) -> str:
+        return self.factory.dialer.url
+
+    def _opened(self) -> None:
+        self.factory.dialer.link_opened(self.peer_id)
+
+    def _first_frame(self, payload: bytes, isBinary: bool) -> None:
+        # An original node says who it is only in its frames.
+        if isBinary:
+            return super()._first_frame(payload, isBinary)
+        try:
+            sender = decode(payload).sender
+        except Exception:
+            return super()._first_frame(payload, isBinary)
+        self._open_session(sender)
+        if self.session is not None:
+            self.session.data_received(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.session is None:
+            self.factory.dialer.handshake_failed(code, reason)
+        super().onClose(wasClean, code, reason)
+
+
+def _protocol_options(factory: Any, max_message_size: int) -> None:
+    factory.setProtocolOptions(
+        maxMessagePayloadSize=max_message_size,
+        maxFramePayloadSize=max_message_size,
+        autoPingInterval=0,  # liveness is the session's, on the node's clock
+        openHandshakeTimeout=10,
+        closeHandshakeTimeout=1,
+        failByDrop=False,
+    )
+
+
+class PeerServerFactory(WebSocketServerFactory):
+    """Accepts peer links for C{mesh}."""
+
+    protocol = PeerServerProtocol
+    noisy = False
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        max_message_size: int,
+        allowed_origins: frozenset[str] = frozenset(),
+        reactor: Any = None,
+    ) -> None:
+        super().__init__(reactor=reactor)
+        self.mesh = mesh
+        self.allowed_origins = allowed_origins
+        _protocol_options(self, max_message_size)
+
+
+def peer_resource(factory: PeerServerFactory) -> WebSocketResource:
+    """:returns: the resource to mount at C{/ws/p2p}."""
+    return WebSocketResource(factory)
+
+
+class PeerClientFactory(WebSocketClientFactory):
+    """Dials one peer for a L{Dialer}."""
+
+    protocol = PeerClientProtocol
+    noisy = False
+
+    def __init__(self, dialer: Dialer, url: str, max_message_size: int, reactor: Any) -> None:
+        super().__init__(url, reactor=reactor)
+        self.dialer = dialer
+        self.mesh = dialer.mesh
+        _protocol_options(self, max_message_size)
+
+
+def peer_url(address: str, own_id: str) -> tuple[str, str, int, bool]:
+    """
+    Normalise a peer address (SPEC section 3): C{http://h:p} and C{ws://h:p}
+    mean C{ws://h:p/ws/p2p}; C{https}/C{wss} mean TLS.
+
+    :returns: C{(url, host, port, secure)}, the URL carrying C{node_id}.
+    :raises ValueError: if C{address} is not such a URL.
+    """
+    parts = urlsplit(address.strip() if "://" in address else "ws://" + address.strip())
+    scheme = {"http": "ws", "ws": "ws", "https": "wss", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.hostname:
+        raise ValueError(f"{address!r} is not a ws://, wss://, http:// or https:// address")
+    secure = scheme == "wss"
+    try:
+        port = parts.port or (443 if secure else 80)
+    except ValueError:
+        raise ValueError(f"{address!r} has a bad port") from None
+    path = parts.path if parts.path not in ("", "/") else PEER_PATH
+    host = parts.hostname
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"{scheme}://{netloc}{path}?node_id={own_id}", host, port, secure
+
+
+class Dialer(Service):
+    """
+    Keeps a link to the peer at C{address} up: dials it, and re-dials with
+    exponential back-off and jitter whenever the link is down. Failed
+    WebSocket handshakes count as failed attempts too (ClientService alone
+    would restart its back-off at every TCP connect).
+
+    @ivar node_id: the peer's id once known (or as given).
+    """
+
+    _log = Logger()
+
+    INITIAL_DELAY = 0.25
+    MAX_DELAY = 8.0
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        address: str,
+        reactor: Any,
+        max_message_size: int,
+        node_id: str | None = None,
+    ) -> None:
+        self.mesh = mesh
+        self.address = address
+        self.node_id = node_id
+        self.url, host, port, secure = peer_url(address, mesh.node_id)
+        endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=5)
+        if secure:
+            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+        self.factory = PeerClientFactory(self, self.url, max_message_size, reactor)
+        self._failures = 0
+        self._backoff = backoffPolicy(
+            initialDelay=self.INITIAL_DELAY,
+            maxDelay=self.MAX_DELAY,
+            factor=2.0,
+            jitter=lambda: random.uniform(0, self.INITIAL_DELAY),
+        )
+        self._client = ClientService(endpoint, self.factory, retryPolicy=self._retry_delay, clock=reactor)
+
+    def _retry_delay(self, attempt: int) -> float:
+        if self.node_id is not None and self.node_id in self.mesh.links:
+            # Linked through another connection (the peer dialled us):
+            # check back later instead of competing with it.
+            return self.MAX_DELAY
+        delay: float = self._backoff(max(attempt, self._failures))
+        return delay
+
+    def link_opened(self, peer_id: str | None) -> None:
+        """The handshake succeeded: the back-off starts over."""
+        self._failures = 0
+        if peer_id is not None:
+            self.node_id = peer_id
+
+    def handshake_failed(self, code: int | None, reason: str | None) -> None:
+        """A connection closed before its link opened."""
+        self._failures += 1
+        self._log.debug(
+            "dialling {url} failed ({code} {reason}); attempt {n}",
+            url=self.url,
+            code=code,
+            reason=reason,
+            n=self._failures,
+        )
+
+    def startService(self) -> None:
+        super().startService()
+        self._client.startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._client.running:
+            d: Deferred[None] = self._client.stopService()
+            return d
+        return succeed(None)

@@ -1,0 +1,216 @@
+# -*- test-case-name: tests.test_routing -*-
+"""
+The routing table: which neighbour to hand a message to so it reaches a
+node, and which servers every reachable node hosts.
+
+The algorithm is a B{path vector}, the idea behind BGP, over the links the
+mesh has:
+
+  - Each node advertises to each neighbour, in C{registry_sync}, its own
+    servers and, for every node it can reach, the path it uses (the nodes
+    from itself to the destination) and that destination's servers.
+  - A node keeps the latest advert of each healthy neighbour. A route to D
+    via neighbour N is C{[N] + N's path to D}; a path that already contains
+    this node is a loop and is ignored. This is what makes count-to-infinity
+    impossible: a stale route can never come back through the node it
+    would loop through, unlike a distance vector's bare hop counts.
+  - The best route is the shortest path (hops); ties go to the neighbour
+    with the lower measured RTT, then the lower node id, so every node
+    decides the same way.
+  - Split horizon: a node does not advertise to N the routes whose next hop
+    is N (N would reject them as loops anyway, so this only saves bytes).
+  - Whenever a link comes up or goes down, turns unhealthy, or a neighbour
+    advertises something new, the table is recomputed; if what this node
+    advertises changed, it sends new adverts (the mesh coalesces them).
+
+Path hunting after a failure is bounded by the number of distinct loop-free
+paths and ends within a few advert rounds. A path longer than C{MAX_HOPS}
+is dropped, which also bounds how far a message can be routed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import frozen
+
+from relaytx.wire import RegistrySync, RouteAdvert
+
+MAX_HOPS = 32
+
+
+@frozen
+class Route:
+    """
+    The best known way to C{destination}.
+
+    @ivar path: the nodes after this one up to and including the
+        destination; C{path[0]} is the next hop.
+    @ivar servers: the destination's servers and their methods.
+    """
+
+    destination: str
+    path: tuple[str, ...]
+    servers: Mapping[str, tuple[str, ...]]
+
+    @property
+    def next_hop(self) -> str:
+        return self.path[0]
+
+    @property
+    def hops(self) -> int:
+        return len(self.path)
+
+
+class _Neighbour:
+    __slots__ = ("advert", "healthy", "last_advert_at", "rtt")
+
+    def __init__(self) -> None:
+        self.advert: RegistrySync | None = None
+        self.healthy = True
+        self.rtt: float | None = None
+        self.last_advert_at: float | None = None
+
+
+class Router:
+    """
+    The routing table of node C{node_id}. Pure bookkeeping: no I/O, no clock.
+
+    Callers report link events (L{link_up}, L{link_down}, L{set_health}) and
+    adverts (L{advert_from}); each returns whether the table changed.
+    """
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self._neighbours: dict[str, _Neighbour] = {}
+        self._routes: dict[str, Route] = {}
+
+    # Events.
+
+    def link_up(self, peer_id: str) -> bool:
+        """A link to C{peer_id} opened."""
+        if peer_id in self._neighbours:
+            return False
+        self._neighbours[peer_id] = _Neighbour()
+        return self._recompute()
+
+    def link_down(self, peer_id: str) -> bool:
+        """The link to C{peer_id} closed; forget its adverts."""
+        if self._neighbours.pop(peer_id, None) is None:
+            return False
+        return self._recompute()
+
+    def set_health(self, peer_id: str, healthy: bool) -> bool:
+        """Mark a linked neighbour healthy or not; unhealthy ones route nothing."""
+        neighbour = self._neighbours.get(peer_id)
+        if neighbour is None or neighbour.healthy == healthy:
+            return False
+        neighbour.healthy = healthy
+        return self._recompute()
+
+    def set_rtt(self, peer_id: str, rtt: float) -> None:
+        """Record a measured round trip; used only to break ties."""
+        neighbour = self._neighbours.get(peer_id)
+        if neighbour is not None:
+            neighbour.rtt = rtt
+
+    def advert_from(self, peer_id: str, advert: RegistrySync, now: float | None = None) -> bool:
+        """
+        Take C{peer_id}'s latest advert, replacing its previous one.
+        """
+        neighbour = self._neighbours.get(peer_id)
+        if neighbour is None:
+            return False
+        neighbour.advert = advert
+        neighbour.last_advert_at = now
+        return self._recompute()
+
+    # Queries.
+
+    def route(self, destination: str) -> Route | None:
+        """:returns: the best route to C{destination}, or C{None}."""
+        return self._routes.get(destination)
+
+    def next_hop(self, destination: str) -> str | None:
+        """:returns: the neighbour to send to for C{destination}, or C{None}."""
+        route = self._routes.get(destination)
+        return None if route is None else route.path[0]
+
+    def routes(self) -> Mapping[str, Route]:
+        """:returns: every reachable destination's best route."""
+        return self._routes
+
+    def is_healthy(self, peer_id: str) -> bool:
+        """:returns: whether C{peer_id} is a linked, healthy neighbour."""
+        neighbour = self._neighbours.get(peer_id)
+        return neighbour is not None and neighbour.healthy
+
+    def healthy_neighbours(self) -> list[str]:
+        """:returns: the ids of linked, healthy neighbours."""
+        return [p for p, n in self._neighbours.items() if n.healthy]
+
+    def routes_via(self, peer_id: str) -> list[str]:
+        """:returns: the destinations whose next hop is C{peer_id}."""
+        return [d for d, r in self._routes.items() if r.path[0] == peer_id]
+
+    def table(self) -> dict[str, dict[str, Any]]:
+        """:returns: the table as C{GET /registry/routes} shows it."""
+        return {
+            dest: {
+                "next_hop": route.next_hop,
+                "hops": route.hops,
+                "metric": route.hops,
+                "path": list(route.path),
+            }
+            for dest, route in sorted(self._routes.items())
+        }
+
+    def advert_for(
+        self, peer_id: str, own_servers: Mapping[str, tuple[str, ...]]
+    ) -> RegistrySync:
+        """
+        :returns: what to advertise to neighbour C{peer_id}: this node's
+            servers and every route whose next hop is not C{peer_id}.
+        """
+        return RegistrySync(
+            servers=own_servers,
+            routes={
+                dest: RouteAdvert(route.path, route.servers)
+                for dest, route in self._routes.items()
+                if route.path[0] != peer_id
+            },
+        )
+
+    # The computation.
+
+    def _recompute(self) -> bool:
+        me = self.node_id
+        best: dict[str, tuple[tuple[Any, ...], Route]] = {}
+
+        def offer(route: Route, rtt: float | None) -> None:
+            key = (route.hops, float("inf") if rtt is None else rtt, route.next_hop)
+            current = best.get(route.destination)
+            if current is None or key < current[0]:
+                best[route.destination] = (key, route)
+
+        for peer_id, neighbour in self._neighbours.items():
+            if not neighbour.healthy:
+                continue
+            advert = neighbour.advert
+            servers = advert.servers if advert is not None else {}
+            offer(Route(peer_id, (peer_id,), servers), neighbour.rtt)
+            if advert is None or advert.routes is None:
+                continue
+            for dest, learned in advert.routes.items():
+                if dest == me or me in learned.path or peer_id in learned.path:
+                    continue  # a loop through this node or back to the advertiser
+                if len(learned.path) >= MAX_HOPS:
+                    continue
+                offer(Route(dest, (peer_id, *learned.path), learned.servers), neighbour.rtt)
+
+        routes = {dest: route for dest, (_, route) in best.items()}
+        if routes == self._routes:
+            return False
+        self._routes = routes
+        return True
