@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from attrs import evolve
-from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
@@ -214,8 +214,10 @@ class RelayNode(MultiService):
         )
 
     def _method_failed(self, failure: Failure, target: CallTarget) -> Failure:
-        if isinstance(failure.value, CallError):
-            return failure  # a server may fail a call with a precise relaytx error
+        if isinstance(failure.value, CallError | CancelledError):
+            # A server may fail a call with a precise relaytx error; a
+            # cancelled call was given up by its caller.
+            return failure
         self._log.failure(
             "{server}.{method} raised", failure, server=target.server, method=target.method
         )

@@ -118,14 +118,22 @@ class RpcResource(Resource):
         self._handler = handler
 
     def render_POST(self, request: Any) -> bytes | int:
-        d = self._handler.handle(request.content.read())
-        done: list[Any] = []
-        d.addBoth(done.append)
-        if done:  # answered synchronously: the common, fast case
-            return self._body(request, done[0])
-        lost: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: lost.append(True))
-        d.addBoth(self._write_later, request, lost)
+        answered: list[Any] = []
+        waiting: list[bool] = []
+
+        def answer(outcome: bytes | None | Failure) -> None:
+            if waiting == [True]:
+                self._write_later(outcome, request)
+            elif waiting:  # the client went away meanwhile
+                return
+            else:
+                answered.append(outcome)
+
+        self._handler.handle(request.content.read()).addBoth(answer)
+        if answered:  # answered synchronously: the common, fast case
+            return self._body(request, answered[0])
+        waiting.append(True)
+        request.notifyFinish().addErrback(lambda _: waiting.append(False))
         return NOT_DONE_YET
 
     def render_GET(self, request: Any) -> bytes:
@@ -146,9 +154,7 @@ class RpcResource(Resource):
         request.setHeader(b"content-type", JSON)
         return answer
 
-    def _write_later(self, answer: bytes | None | Failure, request: Any, lost: list[bool]) -> None:
-        if lost:
-            return
+    def _write_later(self, answer: bytes | Failure | None, request: Any) -> None:
         request.write(self._body(request, answer))
         request.finish()
 

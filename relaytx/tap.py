@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, NoReturn
+from typing import IO, Any, NoReturn
 
 from twisted.python import usage
+from twisted.python.failure import Failure
 
+from relaytx.apps import import_app, run_setup
 from relaytx.config import NodeConfig, build_config
 from relaytx.errors import StartupError
 from relaytx.node import RelayNode
@@ -28,7 +30,9 @@ def error_line(message: str, stream: IO[str] | None = None) -> None:
     (C{twistd} redirects C{sys.stderr} into its log once logging starts).
     """
     stream = stream or sys.__stderr__ or sys.stderr
-    stream.write(f"relay: error: {message}\n")
+    # One line, even when an exception's message spans several.
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    stream.write(f"relay: error: {line}\n")
     stream.flush()
 
 
@@ -103,8 +107,13 @@ class Options(usage.Options):
                 "ping_interval": ping_interval,
             }
         )
-        if self.config.add_peer:
-            raise usage.UsageError("--add-peer: peer links are not yet supported")
+        from relaytx.protocol import peer_url
+
+        for address in self.config.add_peer:
+            try:
+                peer_url(address, self.config.node_id)
+            except ValueError as e:
+                raise usage.UsageError(f"--add-peer: {e}") from None
         if self.config.secret_file is not None and not os.path.isfile(self.config.secret_file):
             raise usage.UsageError(f"--secret-file {self.config.secret_file}: no such file")
         self._no_default_pidfile()
@@ -122,9 +131,15 @@ class CommandLineNode(RelayNode):
     """
     A node run from the command line: a start-up error ends the process
     with one clear line instead of a traceback.
+
+    :ivar exit_status: what the process should exit with: 0, or 1 after a
+        fatal start-up error.
     """
 
     exit_status = 0
+
+    def __init__(self, config: NodeConfig, reactor: Any) -> None:
+        super().__init__(config, reactor, on_fatal=self.fatal)
 
     def privilegedStartService(self) -> None:
         try:
@@ -138,6 +153,28 @@ class CommandLineNode(RelayNode):
         self.exit_status = 1
         if self.reactor.running:
             self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
+
+    def load_app_or_exit(self, spec: str) -> None:
+        """
+        Load the app C{spec}: exit at once (status 1) if it cannot be
+        imported or its C{setup} raises, and call L{fatal} if a Deferred
+        returned by its C{setup} fails later.
+        """
+        # Not RelayNode.load_app: the errback it adds to the setup Deferred
+        # to spot a synchronous failure also swallows a later one.
+        try:
+            module = import_app(spec)
+        except StartupError as e:
+            fail(str(e))
+        d = run_setup(spec, module, self)
+        outcome: list[Any] = []
+        d.addBoth(lambda result: outcome.append(result) or result)
+        if outcome and isinstance(outcome[0], Failure):
+            d.addErrback(lambda _: None)
+            fail(str(outcome[0].value))
+        d.addErrback(lambda failure: self.fatal(str(failure.value)))
 
 
 def makeService(options: Options) -> CommandLineNode:
@@ -150,14 +187,14 @@ def makeService(options: Options) -> CommandLineNode:
     from twisted.internet import reactor
 
     assert options.config is not None, "parseOptions() first"
+    # Like ``python -m``, find --app modules in the current directory too
+    # (last, so an app never shadows an installed module).
+    if options.config.app and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     node = CommandLineNode(options.config, reactor)
-    node._on_fatal = node.fatal
     for spec in options.config.app:
-        try:
-            node.load_app(spec)
-        except StartupError as e:
-            fail(str(e))
-    if getattr(options, "parent", None) is not None:  # under twistd: its exit status is 0 unless we say
+        node.load_app_or_exit(spec)
+    if options.parent is not None:  # under twistd: its exit status is 0 unless we say
         reactor.addSystemEventTrigger("after", "shutdown", _exit_on_failure, node)
     return node
 

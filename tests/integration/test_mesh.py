@@ -1,0 +1,240 @@
+"""
+Real meshes on 127.0.0.1: links, registry convergence, routed calls and
+failures, with nodes in this process and as C{relay node} subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.trial.unittest import TestCase
+
+from relaytx.errors import CallTimeout, NodeUnreachable
+
+from .helpers import (
+    EXAMPLES,
+    Counter,
+    NodeProcess,
+    get_json,
+    rpc,
+    start_node,
+    wait_for,
+    ws,
+)
+
+PING = 0.5  # seconds: short liveness so failures show quickly
+
+
+def _servers_of(node, name):
+    return {e["node_id"]: e["hops"] for e in node.server_directory().get(name, [])}
+
+
+class LineTests(TestCase):
+    """A line A - B - C, with C a subprocess that is killed and restarted."""
+
+    timeout = 60
+
+    async def test_line_links_registry_and_recovery(self) -> None:
+        """Links show within 2 s, C's servers reach A with hops 2, leave when C dies and return."""
+        c = NodeProcess(
+            self, "C", None, "--app", os.path.join(EXAMPLES, "counter.py"),
+            "--ping-interval", str(PING),
+        )  # fmt: skip
+        c.start()
+        await c.wait_healthy()
+        b = start_node(self, "B", peers=[c.url], ping_interval=PING)
+        a = start_node(self, "A", peers=[ws(b)], ping_interval=PING)
+
+        elapsed = await wait_for(
+            lambda: set(a.peers()) == {"B"} and set(b.peers()) == {"A", "C"}, 2.0, what="links"
+        )
+        peers_c = await get_json(c.url + "/registry/peers")
+        self.assertEqual(set(peers_c), {"B"})
+        self.assertEqual(peers_c["B"]["direction"], "inbound")
+        self.assertEqual(a.peers()["B"]["direction"], "outbound")
+        self.assertLess(elapsed, 2.0)
+
+        await wait_for(lambda: _servers_of(a, "counter_server") == {"C": 2}, 2.0, what="sync")
+        served = await get_json(f"http://127.0.0.1:{a.listening_port.getHost().port}/registry/servers")
+        entry = served["counter_server"][0]
+        self.assertEqual((entry["node_id"], entry["hops"], entry["is_local"]), ("C", 2, False))
+        self.assertEqual(entry["methods"], ["get", "increment", "reset"])
+
+        c.kill()
+        lost = await wait_for(
+            lambda: "counter_server" not in a.server_directory(), 3 * PING + 1, what="drop"
+        )
+        self.assertLess(lost, 3 * PING + 1)
+
+        c.start()
+        await wait_for(
+            lambda: _servers_of(a, "counter_server") == {"C": 2}, 15.0, what="C to return"
+        )
+        self.assertEqual(await a.call("C", "counter_server", "increment", 3), 3)
+
+
+class ConvergenceTests(TestCase):
+    """Convergence time of a longer line."""
+
+    timeout = 60
+
+    async def test_ten_node_line(self) -> None:
+        """On a line of 10, the first node learns the last one's server with hops 9."""
+        nodes = []
+        for i in range(10):
+            peers = [ws(nodes[-1])] if nodes else []
+            servers = {"last": Counter()} if i == 9 else {}
+            nodes.append(start_node(self, f"n{i}", peers=peers, servers=servers))
+        took = await wait_for(
+            lambda: _servers_of(nodes[0], "last") == {"n9": 9}, 5.0, interval=0.005, what="line"
+        )
+        print(f"\n10-node line: registry converged in {took * 1000:.0f} ms")
+        self.assertEqual(await nodes[0].call("n9", "last", "increment", 2), 2)
+        self.assertEqual(nodes[0].routes()["n9"]["hops"], 9)
+
+
+def _link(nodes, edges):
+    """Dial along C{edges} (pairs of indexes: first dials second)."""
+    for a, b in edges:
+        nodes[a].add_peer(ws(nodes[b]))
+
+
+class TopologyTests(TestCase):
+    """100 increments across several topologies give exactly 100."""
+
+    timeout = 60
+
+    async def _hundred(self, count: int, edges, caller: int, target: int) -> None:
+        nodes = [
+            start_node(self, f"t{i}", servers={"counter_server": Counter()}, ping_interval=PING)
+            for i in range(count)
+        ]
+        _link(nodes, edges)
+        goal = f"t{target}"
+        await wait_for(lambda: nodes[caller].mesh.can_reach(goal) and len(
+            nodes[caller].routes()) == count - 1, 5.0, what="routes")
+        results = await gatherResults(
+            [nodes[caller].call(goal, "counter_server", "increment") for _ in range(100)]
+        )
+        self.assertEqual(sorted(results), list(range(1, 101)))
+        self.assertEqual(await nodes[caller].call(goal, "counter_server", "get"), 100)
+        return nodes
+
+    async def test_line_of_three(self) -> None:
+        """A to C through B."""
+        nodes = await self._hundred(3, [(0, 1), (1, 2)], 0, 2)
+        self.assertEqual(nodes[0].routes()["t2"]["hops"], 2)
+
+    async def test_ring_of_five(self) -> None:
+        """Across a ring, the shorter way round (2 hops) is used."""
+        nodes = await self._hundred(5, [(0, 1), (1, 2), (2, 3), (3, 4), (4, 0)], 0, 2)
+        self.assertEqual(nodes[0].routes()["t2"]["hops"], 2)
+
+    async def test_star(self) -> None:
+        """Leaf to leaf through the hub."""
+        nodes = await self._hundred(5, [(1, 0), (2, 0), (3, 0), (4, 0)], 1, 4)
+        self.assertEqual(nodes[1].routes()["t4"]["next_hop"], "t0")
+
+    async def test_full_mesh_of_four(self) -> None:
+        """Every pair linked: calls go direct."""
+        edges = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+        nodes = await self._hundred(4, edges, 0, 3)
+        self.assertEqual(nodes[0].routes()["t3"]["hops"], 1)
+
+
+class CallTests(TestCase):
+    """Actor order, timeouts and failures of remote calls on real sockets."""
+
+    timeout = 60
+
+    async def _pair(self):
+        target = Counter()
+        b = start_node(self, "B", servers={"counter_server": target}, ping_interval=PING)
+        a = start_node(self, "A", peers=[ws(b)], ping_interval=PING)
+        await wait_for(lambda: a.mesh.can_reach("B"), 5.0, what="link")
+        return a, b, target
+
+    async def test_actor_order(self) -> None:
+        """200 concurrent remote calls to one server never overlap."""
+        a, _, target = await self._pair()
+        results = await gatherResults(
+            [a.call("B", "counter_server", "slow_increment", 0.0005) for _ in range(200)]
+        )
+        self.assertEqual(sorted(results), list(range(1, 201)))
+        self.assertEqual(target.max_running, 1)
+
+    async def test_timeout_leaves_nothing_pending(self) -> None:
+        """A call past its timeout fails with -32001 and the pending gauge returns to 0."""
+        a, _, target = await self._pair()
+        started = reactor.seconds()
+        with self.assertRaises(CallTimeout) as caught:
+            await a.call("B", "counter_server", "slow_increment", 1.0, timeout=0.2)
+        self.assertEqual(caught.exception.code, -32001)
+        self.assertLess(reactor.seconds() - started, 0.6)
+        self.assertEqual(a.metrics.registry.get_sample_value("relaytx_pending_calls"), 0)
+        self.assertEqual(len(a.mesh.pending), 0)
+        await wait_for(lambda: target.running == 0, 2.0, what="B's method to finish")
+
+    async def test_no_route_fails_fast(self) -> None:
+        """A call to a node nobody can reach fails with -32002 in well under a second."""
+        a, _, _ = await self._pair()
+        started = reactor.seconds()
+        answer = await rpc(
+            f"http://127.0.0.1:{a.listening_port.getHost().port}",
+            "remote_call",
+            {"node_id": "nowhere", "server_name": "x", "method": "y"},
+        )
+        self.assertEqual(answer["error"]["code"], -32002)
+        self.assertLess(reactor.seconds() - started, 0.5)
+
+    async def test_http_forms(self) -> None:
+        """remote_call, NODE_ID/SERVER.METHOD and bare SERVER.METHOD all reach B over HTTP."""
+        a, _, _ = await self._pair()
+        await wait_for(lambda: "counter_server" in a.server_directory(), 2.0)
+        base = f"http://127.0.0.1:{a.listening_port.getHost().port}"
+        first = await rpc(
+            base,
+            "remote_call",
+            {"node_id": "B", "server_name": "counter_server", "method": "increment", "args": [2]},
+        )
+        self.assertEqual(first["result"], 2)
+        self.assertEqual((await rpc(base, "B/counter_server.increment", [3]))["result"], 5)
+        self.assertEqual((await rpc(base, "counter_server.get"))["result"], 5)
+        failed = await rpc(base, "B/counter_server.fail", ["boom"])
+        self.assertEqual(failed["error"]["code"], -32000)
+        self.assertEqual(failed["error"]["data"]["type"], "ValueError")
+        self.assertEqual(failed["error"]["data"]["node_id"], "B")
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)  # B logs the traceback
+        missing = await rpc(base, "B/nope.get")
+        self.assertEqual(missing["error"]["code"], -32003)
+
+
+class MiddleNodeDeathTests(TestCase):
+    """A call in flight through a node that dies."""
+
+    timeout = 60
+
+    async def test_middle_node_killed_and_restarted(self) -> None:
+        """The call fails with -32002 within the liveness bound, and calls work once B is back."""
+        target = Counter()
+        c = start_node(self, "C", servers={"counter_server": target}, ping_interval=PING)
+        b = NodeProcess(self, "B", None, "--add-peer", ws(c), "--ping-interval", str(PING))
+        b.start()
+        await b.wait_healthy()
+        a = start_node(self, "A", peers=[b.url], ping_interval=PING)
+        await wait_for(lambda: a.mesh.can_reach("C"), 5.0, what="route to C")
+
+        in_flight = a.call("C", "counter_server", "slow_increment", 5.0, timeout=30)
+        await wait_for(lambda: target.running == 1, 2.0, what="call to start")
+        killed_at = reactor.seconds()
+        b.kill()
+        with self.assertRaises(NodeUnreachable) as caught:
+            await in_flight
+        self.assertEqual(caught.exception.code, -32002)
+        self.assertLess(reactor.seconds() - killed_at, 3 * PING)
+
+        b.start()
+        await wait_for(lambda: a.mesh.can_reach("C"), 15.0, what="route back")
+        self.assertEqual(await a.call("C", "counter_server", "increment"), 2)
