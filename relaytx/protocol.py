@@ -64,7 +64,10 @@ class _Transport:
         self._protocol.sendMessage(frame, isBinary=False)
 
     def close(self, code: int, reason: str) -> None:
-        self._protocol.sendClose(code=code, reason=reason[:120])
+        # sendClose only takes application codes (1000, 3000-4999); protocol
+        # codes such as 1003 and 1007 go through the frame-level call that
+        # Autobahn itself uses to fail a connection.
+        self._protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
 
     def abort(self) -> None:
         self._protocol.dropConnection(abort=True)

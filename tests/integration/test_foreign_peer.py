@@ -1,0 +1,185 @@
+"""
+An independent WebSocket client (the C{websockets} library) plays a peer of
+the original implementation: it sends frames in the seed's format and
+checks that the answers have the seed's shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from .helpers import EXAMPLES, get_json, rpc, start_node, url, wait_for
+
+COUNTER = os.path.join(EXAMPLES, "counter.py")
+
+
+def _frames_until(ws: Any, kind: str, limit: int = 20) -> dict[str, Any]:
+    """Read frames (skipping the node's pings and syncs) until one of type C{kind}."""
+    for _ in range(limit):
+        frame = json.loads(ws.recv(timeout=5))
+        if frame["type"] == kind:
+            return frame
+    raise AssertionError(f"no {kind} frame among {limit}")
+
+
+class ForeignPeerTests(TestCase):
+    """Seed-format frames from a foreign client get seed-format answers."""
+
+    timeout = 30
+
+    async def test_seed_frames(self) -> None:
+        """Ping, server_call (with and without response_id) and registry_sync work as the seed's."""
+        node = start_node(self, "node1")
+        node.load_app(COUNTER)
+        address = url(node).replace("http://", "ws://") + "/ws/p2p?node_id=py1"
+
+        def conversation() -> dict[str, Any]:
+            seen: dict[str, Any] = {}
+            with connect(address, open_timeout=5) as ws:
+                seen["header"] = ws.response.headers.get("X-Relaytx-Node-Id")
+                ws.send('{"type":"ping","from":"py1","to":"node1","data":{"timestamp":2}}')
+                seen["pong"] = _frames_until(ws, "pong")
+                ws.send(
+                    '{"type":"server_call","id":"1796024144862845966","from":"py1","to":"node1",'
+                    '"data":{"call":{"server_name":"counter_server","method":"increment",'
+                    '"args":[7],"timeout":30},"response_id":"py-r1"},'
+                    '"timestamp":"2026-11-30T07:35:44.862891Z","route":["py1"],"ttl":9}'
+                )
+                seen["response"] = _frames_until(ws, "server_response")
+                ws.send(
+                    '{"type":"server_call","id":"x2","from":"py1","to":"node1",'
+                    '"data":{"call":{"server_name":"counter_server","method":"get",'
+                    '"args":[],"timeout":30}},"route":["py1"],"ttl":9}\n'
+                )
+                seen["no_id"] = _frames_until(ws, "server_response")
+                ws.send(
+                    '{"type":"server_call","id":"x3","from":"py1","to":"node1",'
+                    '"data":{"call":{"server_name":"nope","method":"get","args":[],"timeout":30},'
+                    '"response_id":"py-r3"},"route":["py1"],"ttl":9}'
+                )
+                seen["unknown"] = _frames_until(ws, "server_response")
+                ws.send(
+                    '{"type":"registry_sync","id":"1796024146680293368","from":"py1","to":"node1",'
+                    '"data":{"servers":{"svc":{"methods":["m"]}}},'
+                    '"timestamp":"2026-11-30T07:35:46.680302Z","route":["py1"],"ttl":9}'
+                )
+                seen["sync_sent"] = True
+                # The node calls svc.m on us: answer as the seed's Python peer did.
+                call = _frames_until(ws, "server_call")
+                seen["call"] = call
+                ws.send(
+                    json.dumps(
+                        {
+                            "type": "server_response",
+                            "id": "1796024148688889272",
+                            "from": "py1",
+                            "to": "node1",
+                            "data": {
+                                "response_id": call["data"]["response_id"],
+                                "node_id": "py1",
+                                "success": True,
+                                "result": {"echo": call["data"]["call"]["args"], "from": "py1"},
+                            },
+                            "timestamp": "2026-11-30T07:35:48.688891Z",
+                            "route": ["py1"],
+                            "ttl": 9,
+                        }
+                    )
+                )
+                # Keep the link open (answering nothing) until the node closes it.
+                try:
+                    while True:
+                        ws.recv(timeout=10)
+                except ConnectionClosed as closed:
+                    seen["close_code"] = closed.rcvd.code if closed.rcvd else None
+            return seen
+
+        talk = deferToThread(conversation)
+        await wait_for(lambda: "svc" in node.server_directory(), 5.0, what="py1's registry")
+        remote = await rpc(
+            url(node),
+            "remote_call",
+            {"node_id": "py1", "server_name": "svc", "method": "m", "args": [1, "a", {"k": True}]},
+        )
+        self.assertEqual(remote, {"jsonrpc": "2.0", "result": {"echo": [1, "a", {"k": True}], "from": "py1"}, "id": 1})
+        node.mesh.links["py1"].close(1000, "test over")
+        seen = await talk
+
+        self.assertEqual(seen["header"], "node1")
+        self.assertEqual(seen["close_code"], 1000)
+        pong = seen["pong"]
+        self.assertEqual(list(pong)[:8], ["type", "id", "from", "to", "data", "timestamp", "route", "ttl"])
+        self.assertEqual((pong["from"], pong["to"]), ("node1", "py1"))
+        self.assertEqual(pong["data"]["timestamp"], 2)
+        self.assertIsInstance(pong["data"]["pong_time"], int)
+
+        response = seen["response"]["data"]
+        self.assertEqual(
+            {k: response[k] for k in ("node_id", "response_id", "result", "success")},
+            {"node_id": "node1", "response_id": "py-r1", "result": 7, "success": True},
+        )
+        self.assertEqual(seen["response"]["to"], "py1")
+        self.assertEqual(seen["no_id"]["data"]["response_id"], None)
+        self.assertEqual(seen["no_id"]["data"]["result"], 7)
+        unknown = seen["unknown"]["data"]
+        self.assertEqual((unknown["success"], unknown["response_id"]), (False, "py-r3"))
+        self.assertIsInstance(unknown["error"], str)
+
+        call = seen["call"]
+        self.assertEqual((call["from"], call["to"]), ("node1", "py1"))
+        self.assertEqual(call["data"]["call"]["server_name"], "svc")
+        self.assertEqual(call["data"]["call"]["args"], [1, "a", {"k": True}])
+
+        peers = await get_json(url(node) + "/registry/peers")
+        self.assertNotIn("py1", peers)
+
+
+class BadInputTests(TestCase):
+    """Bad input on a real peer link closes that link only, with the right code."""
+
+    timeout = 30
+
+    async def test_bad_frames(self) -> None:
+        """Binary, non-JSON and oversized frames close their link (1003, 1007, 1009)."""
+        node = start_node(self, "node1")
+        base = url(node).replace("http://", "ws://") + "/ws/p2p?node_id="
+
+        def close_code(peer: str, frame: Any) -> int | None:
+            with connect(base + peer, open_timeout=5, max_size=None) as ws:
+                ws.send(frame)
+                try:
+                    while True:
+                        ws.recv(timeout=5)
+                except ConnectionClosed as closed:
+                    return closed.rcvd.code if closed.rcvd else None
+            return None
+
+        self.assertEqual(await deferToThread(close_code, "b1", b"\x00\x01"), 1003)
+        self.assertEqual(await deferToThread(close_code, "b2", "not json"), 1007)
+        self.assertEqual(await deferToThread(close_code, "b3", "[1, 2]"), 1007)
+        self.assertEqual(await deferToThread(close_code, "b4", "x" * (1024 * 1024 + 1)), 1009)
+
+        def refused(query: str) -> int:
+            try:
+                with connect(base.replace("node_id=", query), open_timeout=5):
+                    return 101
+            except Exception as e:  # InvalidStatus carries the HTTP answer
+                return e.response.status_code  # type: ignore[attr-defined]
+
+        self.assertEqual(await deferToThread(refused, "x=1"), 400)
+        self.assertEqual(await deferToThread(refused, "node_id=node1"), 400)  # itself
+        self.assertEqual(await deferToThread(refused, "node_id=bad%20id"), 400)
+
+        health = await get_json(url(node) + "/health")
+        self.assertEqual(health["status"], "healthy")
+        dropped = node.metrics.registry.get_sample_value
+        self.assertEqual(dropped("relaytx_messages_dropped_total", {"reason": "binary"}), 1)
+        self.assertEqual(dropped("relaytx_messages_dropped_total", {"reason": "not_json"}), 1)
+        self.assertEqual(dropped("relaytx_messages_dropped_total", {"reason": "not_object"}), 1)
