@@ -7,7 +7,8 @@ The HTTP face of a node (SPEC section 4), on one listener:
     Klein's URL matching would cost a fifth of its throughput;
   - C{/health}, C{/registry...} and C{/metrics}: the Klein app of
     L{NodeWeb};
-  - C{/ws/...}: WebSocket resources, mounted as children of the root.
+  - C{/ws/p2p}: peer links; C{/ws/rpc}: JSON-RPC 2.0 over a WebSocket, one
+    request (or batch) per text message, for clients that make many calls.
 
 Every answer is C{application/json} (C{/metrics}: Prometheus text). Unknown
 paths give 404, a wrong method 405 and a body over the configured limit 413,
@@ -19,6 +20,8 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING, Any
 
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from klein import Klein
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
@@ -249,6 +252,41 @@ class NodeWeb:
         return _json_error(request, error.code or 500, (error.name or "error").lower())
 
 
+class JsonRpcWebSocketProtocol(WebSocketServerProtocol):
+    """
+    JSON-RPC 2.0 over a WebSocket (C{/ws/rpc}): each text message is one
+    request or batch, answered by a text message (none for notifications).
+    Many calls may be in flight on one connection; answers come as they are
+    ready and are matched by C{id}.
+    """
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if isBinary:
+            self.sendCloseFrame(code=1003, reasonUtf8=b"JSON-RPC frames are text", isReply=False)
+            return
+        self.factory.handler.handle(payload).addBoth(self._answer)
+
+    def _answer(self, answer: bytes | Failure | None) -> None:
+        if isinstance(answer, bytes) and self.state == self.STATE_OPEN:
+            self.sendMessage(answer, isBinary=False)
+
+
+class JsonRpcWebSocketFactory(WebSocketServerFactory):
+    """Serves L{JsonRpcWebSocketProtocol} with one node's handler."""
+
+    protocol = JsonRpcWebSocketProtocol
+    noisy = False
+
+    def __init__(self, handler: JsonRpcHandler, max_message_size: int, reactor: Any) -> None:
+        super().__init__(reactor=reactor)
+        self.handler = handler
+        self.setProtocolOptions(
+            maxMessagePayloadSize=max_message_size,
+            maxFramePayloadSize=max_message_size,
+            autoPingInterval=0,
+        )
+
+
 class NodeRoot(Resource):
     """
     The root resource: C{/rpc} and the WebSocket tree directly, everything
@@ -278,5 +316,9 @@ def make_site(node: RelayNode) -> NodeSite:
     root = NodeRoot(RpcResource(handler), NodeWeb(node).app.resource())
     for name, resource in node.websocket_resources().items():
         root.ws.putChild(name.encode(), resource)
+    rpc_factory = JsonRpcWebSocketFactory(
+        handler, node.config.limits.max_body_size, reactor=node.reactor
+    )
+    root.ws.putChild(b"rpc", WebSocketResource(rpc_factory))
     return NodeSite(root, node.config.limits.max_body_size)
 
