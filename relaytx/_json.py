@@ -1,10 +1,12 @@
 """
 The one JSON codec relaytx uses for HTTP bodies and peer frames.
 
-orjson is several times faster than the standard library on both sides and
-rejects what JSON forbids (NaN, Infinity) instead of passing it on. It refuses
-integers wider than 64 bits when encoding; those fall back to the standard
-library so a big integer result still reaches the caller.
+orjson is several times faster than the standard library on both sides. Its
+choices, which relaytx keeps: parsing rejects what JSON forbids (NaN,
+Infinity); a float NaN or infinity in a result is written as C{null}; an
+incoming integer wider than 64 bits is read as a float. Encoding an integer
+wider than 64 bits falls back to the standard library, so a big integer
+result still reaches the caller exactly.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from attrs import frozen
+from attrs import Factory, frozen
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -64,7 +64,7 @@ class CallTarget:
     server: str
     method: str
     args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = Factory(dict)  # a fresh dict per target, never a shared one
     timeout: float = DEFAULT_CALL_TIMEOUT
 
 
@@ -159,21 +159,20 @@ class JsonRpcHandler:
                 error = InvalidRequest("Invalid Request: empty batch")
                 return succeed(self._encode(self._error(error, None)))
             d = gatherResults([self._one(item) for item in request], consumeErrors=True)
-            d.addCallback(self._batch_answer)
-            return d
+            return d.addCallback(self._batch_answer)
         return self._one(request).addCallback(self._single_answer)
 
     def _single_answer(self, answer: dict[str, Any] | None) -> bytes | None:
         return None if answer is None else self._encode(answer)
 
     def _batch_answer(self, answers: list[dict[str, Any] | None]) -> bytes | None:
-        answers = [a for a in answers if a is not None]
-        if not answers:
+        present = [a for a in answers if a is not None]
+        if not present:
             return None
         try:
-            return _json.dumps(answers)
+            return _json.dumps(present)
         except TypeError:
-            return b"[" + b",".join(self._encode(a) for a in answers) + b"]"
+            return b"[" + b",".join(self._encode(a) for a in present) + b"]"
 
     def _encode(self, answer: dict[str, Any]) -> bytes:
         try:

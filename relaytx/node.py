@@ -363,10 +363,10 @@ class RelayNode(MultiService):
         """
         module = import_app(spec)
         d = run_setup(spec, module, self)
-        failure: list[Failure] = []
-        d.addErrback(failure.append)
-        if failure:
-            raise failure[0].value
+        if d.called and isinstance(d.result, Failure):
+            failure = d.result
+            d.addErrback(lambda _: None)  # reported by raising instead
+            raise failure.value
         self._setups.append(d)
         return d
 

@@ -75,22 +75,32 @@ class Server:
     constructor arguments and mark callable methods with L{exposed}.
 
     The class attribute C{exposed_methods} is built when a subclass is
-    defined, merging its ancestors' table; a subclass may override a method
-    (it stays exposed if the override is decorated too).
+    defined from every class in its MRO (so with several bases, each base's
+    exposed methods are kept and the one Python's attribute lookup finds
+    wins); a subclass may override a method (it stays exposed if the
+    override is decorated too).
     """
 
     exposed_methods: ClassVar[dict[str, ExposedMethod]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        table = dict(cls.exposed_methods)
-        for name, value in vars(cls).items():
-            if name.startswith("_"):
-                continue
-            if getattr(value, "__relaytx_exposed__", False):
-                table[name] = ExposedMethod(name, value)
-            else:
-                table.pop(name, None)  # an undecorated override hides it
+        table: dict[str, ExposedMethod] = {}
+        # Walk the MRO from the most generic class to cls itself, so that a
+        # name resolves to what getattr(cls, name) would find: with several
+        # bases, cls.exposed_methods alone would only hold the first base's.
+        for klass in reversed(cls.__mro__):
+            known = vars(klass).get("exposed_methods", {})
+            for name, value in vars(klass).items():
+                if name.startswith("_"):
+                    continue
+                if getattr(value, "__relaytx_exposed__", False):
+                    method = known.get(name)
+                    if method is None or method.function is not value:
+                        method = ExposedMethod(name, value)
+                    table[name] = method
+                else:
+                    table.pop(name, None)  # an undecorated override hides it
         cls.exposed_methods = table
 
     def method_names(self) -> list[str]:
@@ -110,7 +120,9 @@ class Mailbox:
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Deferred[Any]]]
+        self._queue: deque[
+            tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Deferred[Any]]
+        ]
         self._queue = deque()
         self._busy = False
         self._waiting = False
@@ -148,7 +160,7 @@ class Mailbox:
             try:
                 result = function(server, *args, **kwargs)
             except BaseException:
-                d.errback(Failure())
+                d.errback()  # a Failure of the exception being handled
                 continue
             if inspect.iscoroutine(result):
                 result = Deferred.fromCoroutine(result)

@@ -257,9 +257,13 @@ class Payload:
         :raises MalformedMessage: if C{data} does not fit this payload.
         """
         kwargs = {}
-        for f in attrs.fields(cls):  # type: ignore[misc]  # subclasses are attrs classes
+        for f in attrs.fields(cls):  # type: ignore[arg-type]  # subclasses are attrs classes
+            if not f.init:
+                continue
+            # The wire key is the field's name (as to_data writes it); the
+            # constructor takes its alias (a private _x is passed as x).
             if f.name in data:
-                kwargs[f.name] = data[f.name]
+                kwargs[f.alias] = data[f.name]
             elif f.default is attrs.NOTHING:
                 raise MalformedMessage(f"{cls.TYPE} has no {f.name!r}", reason="missing_field")
         return cls(**kwargs)

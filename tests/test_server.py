@@ -1,0 +1,634 @@
+"""
+Tests for L{relaytx.server}: the C{@exposed} table of L{Server} classes, the
+argument check, and the L{Mailbox} that runs one call at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaytx.errors import InvalidParams
+from relaytx.server import ExposedMethod, Mailbox, Server, exposed
+
+
+class Counter(Server):
+    """A server with two exposed methods and some that are not."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @exposed
+    def increment(self, by: int = 1) -> int:
+        self.count += by
+        return self.count
+
+    @exposed
+    def get(self) -> int:
+        return self.count
+
+    def helper(self) -> None:
+        """Not decorated: never callable remotely."""
+
+    @exposed
+    def _secret(self) -> str:
+        """Decorated, but its name starts with _: never callable remotely."""
+        return "secret"
+
+    limit = 10
+
+
+class Recorder(Server):
+    """
+    A server that logs what runs, with methods that finish at once, later
+    (a Deferred the test fires), as a coroutine, or by raising.
+    """
+
+    def __init__(self) -> None:
+        self.log: list[Any] = []
+        self.pending: list[Deferred[Any]] = []
+        self.mailbox: Mailbox | None = None
+
+    @exposed
+    def record(self, item: Any) -> Any:
+        self.log.append(item)
+        return item
+
+    @exposed
+    def slow(self, item: Any) -> Deferred[Any]:
+        self.log.append(("start", item))
+        d: Deferred[Any] = Deferred()
+        d.addCallback(lambda result: self.log.append(("end", item)) or result)
+        self.pending.append(d)
+        return d
+
+    @exposed
+    async def coroutine(self, item: Any) -> Any:
+        self.log.append(("start", item))
+        d: Deferred[Any] = Deferred()
+        self.pending.append(d)
+        result = await d
+        self.log.append(("end", item))
+        return result
+
+    @exposed
+    async def quick_coroutine(self, item: Any) -> Any:
+        self.log.append(item)
+        return item
+
+    @exposed
+    def boom(self, item: Any) -> None:
+        self.log.append(item)
+        raise ValueError(f"boom {item}")
+
+    @exposed
+    async def async_boom(self, item: Any) -> None:
+        self.log.append(item)
+        raise KeyError(item)
+
+    @exposed
+    def already(self, item: Any) -> Deferred[Any]:
+        self.log.append(item)
+        return succeed(item)
+
+    @exposed
+    def already_failed(self, item: Any) -> Deferred[Any]:
+        self.log.append(item)
+        return fail(ZeroDivisionError(item))
+
+    @exposed
+    def spawn(self, item: Any) -> str:
+        assert self.mailbox is not None
+        self.mailbox.deliver(Recorder.exposed_methods["record"], (("child", item),), {})
+        self.log.append(("parent", item))
+        return "spawned"
+
+
+def call(mailbox: Mailbox, name: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+    """
+    Deliver a call of the exposed method C{name} to C{mailbox}.
+    """
+    return mailbox.deliver(type(mailbox.server).exposed_methods[name], args, kwargs)
+
+
+def recorder() -> tuple[Recorder, Mailbox]:
+    """
+    :returns: a new L{Recorder} and its mailbox.
+    """
+    server = Recorder()
+    server.mailbox = Mailbox(server)
+    return server, server.mailbox
+
+
+class ExposedTableTests(SynchronousTestCase):
+    """
+    Only C{@exposed} methods without a leading C{_} are in a class's table.
+    """
+
+    def test_exposed_returns_function(self) -> None:
+        """The decorator marks the function and returns it unchanged."""
+
+        def f(self: Any) -> None:
+            pass
+
+        self.assertIs(exposed(f), f)
+        self.assertTrue(f.__relaytx_exposed__)  # type: ignore[attr-defined]
+
+    def test_only_exposed(self) -> None:
+        """The table holds the decorated public methods only, as ExposedMethods."""
+        self.assertEqual(set(Counter.exposed_methods), {"increment", "get"})
+        method = Counter.exposed_methods["increment"]
+        self.assertIsInstance(method, ExposedMethod)
+        self.assertEqual(method.name, "increment")
+        self.assertIs(method.function, Counter.increment)
+
+    def test_private_never_exposed(self) -> None:
+        """A decorated method whose name starts with _ is not exposed."""
+        self.assertNotIn("_secret", Counter.exposed_methods)
+        self.assertNotIn("helper", Counter.exposed_methods)
+        self.assertNotIn("limit", Counter.exposed_methods)
+        self.assertNotIn("__init__", Counter.exposed_methods)
+
+    def test_method_names(self) -> None:
+        """method_names lists the exposed names, sorted."""
+        self.assertEqual(Counter().method_names(), ["get", "increment"])
+
+    def test_base_empty(self) -> None:
+        """The Server base class exposes nothing, not even its own helpers."""
+        self.assertEqual(Server.exposed_methods, {})
+        self.assertEqual(Server().method_names(), [])
+
+    def test_subclass_merges(self) -> None:
+        """A subclass keeps its parent's exposed methods and adds its own."""
+
+        class Resettable(Counter):
+            @exposed
+            def reset(self) -> None:
+                self.count = 0
+
+        self.assertEqual(set(Resettable.exposed_methods), {"increment", "get", "reset"})
+        self.assertEqual(set(Counter.exposed_methods), {"increment", "get"})
+
+    def test_decorated_override(self) -> None:
+        """A decorated override stays exposed and its new function is the one called."""
+
+        class Doubling(Counter):
+            @exposed
+            def increment(self, by: int = 1) -> int:
+                return super().increment(2 * by)
+
+        self.assertIs(Doubling.exposed_methods["increment"].function, Doubling.increment)
+        server = Doubling()
+        self.assertEqual(self.successResultOf(call(Mailbox(server), "increment", 3)), 6)
+
+    def test_undecorated_override_hides(self) -> None:
+        """An undecorated override, or a plain attribute, hides the parent's exposed method."""
+
+        class Hiding(Counter):
+            def get(self) -> int:
+                return -1
+
+            increment = None  # type: ignore[assignment]
+
+        self.assertEqual(Hiding.exposed_methods, {})
+        self.assertEqual(set(Counter.exposed_methods), {"increment", "get"})
+
+    def test_hidden_stays_hidden(self) -> None:
+        """A grandchild does not bring back a method its parent hid, unless it decorates it."""
+
+        class Hiding(Counter):
+            def get(self) -> int:
+                return -1
+
+        class Grandchild(Hiding):
+            pass
+
+        class Again(Hiding):
+            @exposed
+            def get(self) -> int:
+                return -2
+
+        self.assertEqual(set(Grandchild.exposed_methods), {"increment"})
+        self.assertEqual(set(Again.exposed_methods), {"increment", "get"})
+
+    def test_several_bases(self) -> None:
+        """A class with several Server bases exposes the methods of all of them."""
+
+        class Greeter(Server):
+            @exposed
+            def greet(self, name: str) -> str:
+                return f"hello {name}"
+
+        class Both(Counter, Greeter):
+            pass
+
+        self.assertEqual(Both().method_names(), ["get", "greet", "increment"])
+        self.assertEqual(self.successResultOf(call(Mailbox(Both()), "greet", "ann")), "hello ann")
+
+    def test_several_bases_follow_mro(self) -> None:
+        """With several bases, each name maps to what attribute lookup finds, exposed or not."""
+
+        class Quiet(Server):
+            def get(self) -> int:
+                return -1
+
+            @exposed
+            def increment(self, by: int = 1) -> int:
+                return -by
+
+        class QuietFirst(Quiet, Counter):
+            pass
+
+        class CounterFirst(Counter, Quiet):
+            pass
+
+        self.assertEqual(QuietFirst.exposed_methods["increment"].function, Quiet.increment)
+        self.assertNotIn("get", QuietFirst.exposed_methods)
+        self.assertEqual(CounterFirst.exposed_methods["increment"].function, Counter.increment)
+        self.assertIs(CounterFirst.exposed_methods["get"].function, Counter.get)
+        for cls in (QuietFirst, CounterFirst):
+            for name, method in cls.exposed_methods.items():
+                self.assertIs(method.function, getattr(cls, name))
+
+    def test_plain_mixin(self) -> None:
+        """Decorated methods of a mixin that is not a Server are exposed too."""
+
+        class PingMixin:
+            @exposed
+            def ping(self) -> str:
+                return "pong"
+
+        class Pingable(PingMixin, Counter):
+            pass
+
+        self.assertEqual(Pingable().method_names(), ["get", "increment", "ping"])
+
+
+class CheckArgumentsTests(SynchronousTestCase):
+    """
+    L{ExposedMethod.check_arguments} refuses arguments that do not fit.
+    """
+
+    def method(self, function: Any, name: str = "m") -> ExposedMethod:
+        """
+        :returns: C{function} as an exposed method called C{name}.
+        """
+        return ExposedMethod(name, function)
+
+    def assertInvalid(self, method: ExposedMethod, args: Any, kwargs: dict[str, Any]) -> None:
+        """
+        Assert that C{args}/C{kwargs} are refused with InvalidParams naming
+        the method.
+        """
+        error = self.assertRaises(InvalidParams, method.check_arguments, args, kwargs)
+        self.assertEqual(error.code, -32602)
+        self.assertIn(method.name, str(error))
+
+    def test_fitting(self) -> None:
+        """Arguments that fit the signature, self aside, pass."""
+        increment = Counter.exposed_methods["increment"]
+        increment.check_arguments((), {})
+        increment.check_arguments((2,), {})
+        increment.check_arguments([2], {})
+        increment.check_arguments((), {"by": 2})
+
+    def test_too_many(self) -> None:
+        """Too many positional arguments are refused."""
+        self.assertInvalid(Counter.exposed_methods["increment"], (1, 2), {})
+        self.assertInvalid(Counter.exposed_methods["get"], (1,), {})
+
+    def test_too_few(self) -> None:
+        """A missing required argument is refused."""
+
+        def add(self: Any, a: int, b: int) -> int:
+            return a + b
+
+        method = self.method(add, "add")
+        method.check_arguments((1, 2), {})
+        method.check_arguments((1,), {"b": 2})
+        self.assertInvalid(method, (1,), {})
+        self.assertInvalid(method, (), {"a": 1})
+
+    def test_unknown_keyword(self) -> None:
+        """A keyword the method does not take is refused."""
+        self.assertInvalid(Counter.exposed_methods["increment"], (), {"step": 1})
+
+    def test_duplicate_argument(self) -> None:
+        """An argument given by position and by name is refused."""
+        self.assertInvalid(Counter.exposed_methods["increment"], (1,), {"by": 2})
+
+    def test_self_not_a_keyword(self) -> None:
+        """The caller cannot pass self by name."""
+        self.assertInvalid(Counter.exposed_methods["get"], (), {"self": 1})
+
+    def test_keyword_only(self) -> None:
+        """A keyword-only argument is accepted by name only."""
+
+        def f(self: Any, *, key: str) -> str:
+            return key
+
+        method = self.method(f)
+        method.check_arguments((), {"key": "k"})
+        self.assertInvalid(method, ("k",), {})
+        self.assertInvalid(method, (), {})
+
+    def test_variadic(self) -> None:
+        """A method taking *args and **kwargs accepts anything."""
+
+        def f(self: Any, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        method = self.method(f)
+        method.check_arguments((), {})
+        method.check_arguments((1, "a", [2]), {"x": 1, "not-an-identifier": 2})
+
+    def test_async(self) -> None:
+        """The signature of an async def method is checked the same way."""
+        method = Recorder.exposed_methods["coroutine"]
+        method.check_arguments((1,), {})
+        self.assertInvalid(method, (), {})
+
+
+class MailboxTests(SynchronousTestCase):
+    """
+    A L{Mailbox} runs calls one at a time, in arrival order.
+    """
+
+    def test_plain_result(self) -> None:
+        """A method returning a plain value runs at once and its Deferred has the value."""
+        counter = Counter()
+        mailbox = Mailbox(counter)
+        self.assertIs(mailbox.server, counter)
+        self.assertEqual(self.successResultOf(call(mailbox, "increment", 5)), 5)
+        self.assertEqual(self.successResultOf(call(mailbox, "increment", by=2)), 7)
+        self.assertEqual(self.successResultOf(call(mailbox, "get")), 7)
+        self.assertEqual(counter.count, 7)
+        self.assertEqual(len(mailbox), 0)
+
+    def test_deferred_blocks_next(self) -> None:
+        """A call whose Deferred has not fired keeps the next call waiting until it does."""
+        server, mailbox = recorder()
+        first = call(mailbox, "slow", 1)
+        second = call(mailbox, "record", 2)
+        self.assertNoResult(first)
+        self.assertNoResult(second)
+        self.assertEqual(server.log, [("start", 1)])
+        self.assertEqual(len(mailbox), 1)
+        server.pending[0].callback("one")
+        self.assertEqual(self.successResultOf(first), "one")
+        self.assertEqual(self.successResultOf(second), 2)
+        self.assertEqual(server.log, [("start", 1), ("end", 1), 2])
+        self.assertEqual(len(mailbox), 0)
+
+    def test_coroutine_blocks_next(self) -> None:
+        """An async def method keeps the next call waiting until the coroutine returns."""
+        server, mailbox = recorder()
+        first = call(mailbox, "coroutine", 1)
+        second = call(mailbox, "coroutine", 2)
+        third = call(mailbox, "record", 3)
+        self.assertEqual(server.log, [("start", 1)])
+        server.pending[0].callback("a")
+        self.assertEqual(self.successResultOf(first), "a")
+        self.assertNoResult(second)
+        self.assertEqual(server.log, [("start", 1), ("end", 1), ("start", 2)])
+        server.pending[1].callback("b")
+        self.assertEqual(self.successResultOf(second), "b")
+        self.assertEqual(self.successResultOf(third), 3)
+        self.assertEqual(server.log, [("start", 1), ("end", 1), ("start", 2), ("end", 2), 3])
+
+    def test_fifo(self) -> None:
+        """Calls of every kind queued behind a pending one run in arrival order."""
+        server, mailbox = recorder()
+        ds = [
+            call(mailbox, "slow", "a"),
+            call(mailbox, "record", "b"),
+            call(mailbox, "quick_coroutine", "c"),
+            call(mailbox, "already", "d"),
+            call(mailbox, "slow", "e"),
+            call(mailbox, "record", "f"),
+        ]
+        server.pending[0].callback("A")
+        self.assertEqual(server.log, [("start", "a"), ("end", "a"), "b", "c", "d", ("start", "e")])
+        self.assertNoResult(ds[5])
+        server.pending[1].callback("E")
+        self.assertEqual([self.successResultOf(d) for d in ds], ["A", "b", "c", "d", "E", "f"])
+
+    def test_concurrent_increments(self) -> None:
+        """200 concurrent read-wait-write increments give exactly 200, each seeing the last."""
+        clock = Clock()
+
+        class SlowCounter(Server):
+            def __init__(self) -> None:
+                self.count = 0
+
+            @exposed
+            async def increment(self) -> int:
+                value = self.count
+                await deferLater(clock, 1, lambda: None)
+                self.count = value + 1
+                return self.count
+
+        server = SlowCounter()
+        mailbox = Mailbox(server)
+        ds = [call(mailbox, "increment") for _ in range(200)]
+        self.assertEqual(len(mailbox), 199)
+        for _ in range(199):
+            clock.advance(1)
+        self.assertNoResult(ds[-1])
+        self.assertEqual(server.count, 199)
+        clock.advance(1)
+        self.assertEqual([self.successResultOf(d) for d in ds], list(range(1, 201)))
+        self.assertEqual(server.count, 200)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_increments_race_without_mailbox(self) -> None:
+        """The same increments run side by side without a mailbox lose updates (the control)."""
+        clock = Clock()
+        counter = {"count": 0}
+
+        async def increment() -> None:
+            value = counter["count"]
+            await deferLater(clock, 1, lambda: None)
+            counter["count"] = value + 1
+
+        ds = [Deferred.fromCoroutine(increment()) for _ in range(200)]
+        clock.advance(1)
+        for d in ds:
+            self.successResultOf(d)
+        self.assertEqual(counter["count"], 1)
+
+    def test_deferred_counter(self) -> None:
+        """Deferred-returning increments are serialised just like coroutines."""
+        clock = Clock()
+
+        class DeferredCounter(Server):
+            def __init__(self) -> None:
+                self.count = 0
+
+            def _store(self, value: int) -> int:
+                self.count = value
+                return value
+
+            @exposed
+            def increment(self) -> Deferred[int]:
+                return deferLater(clock, 1, self._store, self.count + 1)
+
+        server = DeferredCounter()
+        mailbox = Mailbox(server)
+        ds = [call(mailbox, "increment") for _ in range(50)]
+        for _ in range(49):
+            clock.advance(1)
+        self.assertNoResult(ds[-1])
+        clock.advance(1)
+        self.assertEqual([self.successResultOf(d) for d in ds], list(range(1, 51)))
+        self.assertEqual(server.count, 50)
+
+    def test_exception_fails_one_call(self) -> None:
+        """A method that raises fails its own call only; the calls around it succeed."""
+        server, mailbox = recorder()
+        before = call(mailbox, "record", 1)
+        failing = call(mailbox, "boom", 2)
+        after = call(mailbox, "record", 3)
+        self.assertEqual(self.successResultOf(before), 1)
+        self.assertEqual(str(self.failureResultOf(failing, ValueError).value), "boom 2")
+        self.assertEqual(self.successResultOf(after), 3)
+        self.assertEqual(server.log, [1, 2, 3])
+
+    def test_exception_while_queued(self) -> None:
+        """Raising, async raising and failing Deferreds queued behind a pending call fail alone."""
+        server, mailbox = recorder()
+        first = call(mailbox, "slow", 0)
+        ds = [
+            call(mailbox, "boom", 1),
+            call(mailbox, "async_boom", 2),
+            call(mailbox, "slow", 3),
+            call(mailbox, "record", 4),
+        ]
+        server.pending[0].callback("zero")
+        self.assertEqual(self.successResultOf(first), "zero")
+        self.failureResultOf(ds[0], ValueError)
+        self.failureResultOf(ds[1], KeyError)
+        server.pending[1].errback(RuntimeError("late"))
+        self.failureResultOf(ds[2], RuntimeError)
+        self.assertEqual(self.successResultOf(ds[3]), 4)
+        self.assertEqual(server.log, [("start", 0), ("end", 0), 1, 2, ("start", 3), 4])
+
+    def test_failure_is_passed_unchanged(self) -> None:
+        """The caller gets the very exception the method's Deferred failed with."""
+        server, mailbox = recorder()
+        d = call(mailbox, "slow", 1)
+        error = LookupError("x")
+        server.pending[0].errback(error)
+        self.assertIs(self.failureResultOf(d, LookupError).value, error)
+
+    def test_cancelled_queued_call_skipped(self) -> None:
+        """A queued call cancelled by its caller never runs, and the next one does."""
+        server, mailbox = recorder()
+        first = call(mailbox, "slow", 1)
+        cancelled = call(mailbox, "record", "cancelled")
+        kept = call(mailbox, "record", "kept")
+        cancelled.cancel()
+        self.failureResultOf(cancelled, CancelledError)
+        self.assertEqual(len(mailbox), 2)
+        server.pending[0].callback(None)
+        self.assertIsNone(self.successResultOf(first))
+        self.assertEqual(self.successResultOf(kept), "kept")
+        self.assertNotIn("cancelled", server.log)
+        self.assertEqual(server.log, [("start", 1), ("end", 1), "kept"])
+        self.assertEqual(len(mailbox), 0)
+
+    def test_cancelled_running_call(self) -> None:
+        """Cancelling the running call fails it at once, but the next call still waits for it."""
+        server, mailbox = recorder()
+        running = call(mailbox, "slow", 1)
+        waiting = call(mailbox, "record", 2)
+        running.cancel()
+        self.failureResultOf(running, CancelledError)
+        self.assertNoResult(waiting)
+        self.assertEqual(server.log, [("start", 1)])
+        method_result = server.pending[0]
+        method_result.errback(ValueError("too late"))
+        # The late failure went nowhere: it is consumed, not left unhandled.
+        self.assertIsNone(self.successResultOf(method_result))
+        self.assertEqual(self.successResultOf(waiting), 2)
+
+    def test_synchronously_fired_deferreds(self) -> None:
+        """Already-fired Deferreds and coroutines that never wait answer at once, in order."""
+        server, mailbox = recorder()
+        self.assertEqual(self.successResultOf(call(mailbox, "already", 1)), 1)
+        self.failureResultOf(call(mailbox, "already_failed", 2), ZeroDivisionError)
+        self.assertEqual(self.successResultOf(call(mailbox, "quick_coroutine", 3)), 3)
+        self.failureResultOf(call(mailbox, "async_boom", 4), KeyError)
+        self.assertEqual(self.successResultOf(call(mailbox, "record", 5)), 5)
+        self.assertEqual(server.log, [1, 2, 3, 4, 5])
+
+    def test_many_synchronous_deferreds_queued(self) -> None:
+        """Thousands of already-fired results queued behind a pending call run without recursion."""
+        server, mailbox = recorder()
+        first = call(mailbox, "slow", "first")
+        ds = [call(mailbox, "already", i) for i in range(5000)]
+        last = call(mailbox, "quick_coroutine", "last")
+        server.pending[0].callback("done")
+        self.assertEqual(self.successResultOf(first), "done")
+        self.assertEqual([self.successResultOf(d) for d in ds], list(range(5000)))
+        self.assertEqual(self.successResultOf(last), "last")
+        self.assertEqual(server.log[-1], "last")
+
+    def test_reentrant_from_callback(self) -> None:
+        """A call delivered from a caller's callback queues behind calls that arrived before it."""
+        server, mailbox = recorder()
+        nested: list[Deferred[Any]] = []
+        first = call(mailbox, "slow", 1)
+        first.addCallback(lambda r: nested.append(call(mailbox, "record", "from callback")) or r)
+        queued = call(mailbox, "record", "queued")
+        queued.addCallback(lambda r: nested.append(call(mailbox, "slow", "from queued")) or r)
+        server.pending[0].callback("one")
+        self.assertEqual(self.successResultOf(first), "one")
+        self.assertEqual(self.successResultOf(queued), "queued")
+        self.assertEqual(self.successResultOf(nested[0]), "from callback")
+        self.assertNoResult(nested[1])
+        self.assertEqual(
+            server.log,
+            [("start", 1), ("end", 1), "queued", "from callback", ("start", "from queued")],
+        )
+        server.pending[1].callback("two")
+        self.assertEqual(self.successResultOf(nested[1]), "two")
+
+    def test_reentrant_from_idle_callback(self) -> None:
+        """A long chain of calls each delivered from the previous one's callback all run."""
+        server, mailbox = recorder()
+        done: list[Deferred[Any]] = []
+
+        def next_call(result: Any) -> Any:
+            if result < 2000:
+                d = call(mailbox, "record", result + 1)
+                d.addCallback(next_call)
+                done.append(d)
+            return result
+
+        call(mailbox, "slow", 0).addCallback(next_call)
+        server.pending[0].callback(0)
+        self.assertEqual(server.log[1:], [("end", 0), *range(1, 2001)])
+        self.assertEqual(len(mailbox), 0)
+        for d in done:
+            self.successResultOf(d)
+
+    def test_method_calls_own_mailbox(self) -> None:
+        """A method that queues a call to its own server without waiting finishes first."""
+        server, mailbox = recorder()
+        self.assertEqual(self.successResultOf(call(mailbox, "spawn", 1)), "spawned")
+        self.assertEqual(server.log, [("parent", 1), ("child", 1)])
+
+    def test_idle_after_pending(self) -> None:
+        """After the queue drains, a new call on the idle mailbox runs at once again."""
+        server, mailbox = recorder()
+        call(mailbox, "slow", 1)
+        server.pending[0].callback(None)
+        self.assertEqual(self.successResultOf(call(mailbox, "record", 2)), 2)
+        d = call(mailbox, "slow", 3)
+        self.assertEqual(server.log[-1], ("start", 3))
+        server.pending[1].callback(3)
+        self.assertEqual(self.successResultOf(d), 3)
