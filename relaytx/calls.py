@@ -17,14 +17,14 @@ Bookkeeping of calls in flight, on an injected clock.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from relaytx.errors import CallError, CallTimeout, NodeUnreachable
+from relaytx.errors import CallError, CallTimeout
 
 
 class _Pending:
@@ -98,7 +98,9 @@ class PendingCalls:
         """:returns: the nodes that pending calls wait on."""
         return {entry.destination for entry in self._pending.values()}
 
-    def resolve(self, response_id: str | None, result: Any = None, error: CallError | None = None) -> bool:
+    def resolve(
+        self, response_id: str | None, result: Any = None, error: CallError | None = None
+    ) -> bool:
         """
         Deliver the answer to call C{response_id}.
 
@@ -136,11 +138,15 @@ class PendingCalls:
         self, match: Callable[[_Pending], bool], error: Callable[[str], CallError]
     ) -> int:
         doomed = [rid for rid, entry in self._pending.items() if match(entry)]
+        failed = 0
         for response_id in doomed:
+            # An errback run for an earlier entry may already have settled
+            # (resolved or cancelled) a later one: that one is not counted.
             entry = self._forget(response_id)
             if entry is not None:
+                failed += 1
                 entry.deferred.errback(Failure(error(entry.destination)))
-        return len(doomed)
+        return failed
 
     def _timed_out(self, response_id: str, timeout: float) -> None:
         entry = self._pending.get(response_id)
@@ -170,7 +176,7 @@ class PendingCalls:
 
 
 class _Forwarded:
-    __slots__ = ("came_from", "caller", "target", "timer", "went_to")
+    __slots__ = ("caller", "came_from", "target", "timer", "went_to")
 
     def __init__(self, caller: str, target: str, came_from: str, went_to: str | None) -> None:
         self.caller = caller
@@ -222,19 +228,22 @@ class ForwardedCalls:
         if entry is not None and entry.timer is not None and entry.timer.active():
             entry.timer.cancel()
 
-    def lost_link(self, peer_id: str) -> Iterator[tuple[str, str, str]]:
+    def lost_link(self, peer_id: str) -> list[tuple[str, str, str]]:
         """
-        Forget the calls that left through C{peer_id}.
+        Forget the calls that left through C{peer_id}, at once (whether or
+        not the result is looked at).
 
         :returns: C{(caller, response_id, target)} of each, so the caller
             can be told.
         """
         lost = [key for key, e in self._calls.items() if e.went_to == peer_id]
+        told = []
         for key in lost:
             entry = self._calls.pop(key)
             if entry.timer is not None and entry.timer.active():
                 entry.timer.cancel()
-            yield entry.caller, key[1], entry.target
+            told.append((entry.caller, key[1], entry.target))
+        return told
 
     def clear(self) -> None:
         """Forget everything (the node is stopping)."""
@@ -273,10 +282,15 @@ class SeenMessages:
         if message_id is None:
             return True
         key = (sender, message_id)
-        if key in self._seen:
-            return False
         now = self._clock.seconds()
         seen = self._seen
+        expires = seen.get(key)
+        if expires is not None:
+            if expires > now:
+                return False
+            # Kept past its ttl only because nothing was added since: it is
+            # new again, and goes to the back of the line.
+            del seen[key]
         seen[key] = now + self._ttl
         while seen:
             oldest_key, expires = next(iter(seen.items()))

@@ -11,9 +11,10 @@ mesh has:
     from itself to the destination) and that destination's servers.
   - A node keeps the latest advert of each healthy neighbour. A route to D
     via neighbour N is C{[N] + N's path to D}; a path that already contains
-    this node is a loop and is ignored. This is what makes count-to-infinity
-    impossible: a stale route can never come back through the node it
-    would loop through, unlike a distance vector's bare hop counts.
+    this node (or any node twice) is a loop and is ignored. This is what
+    makes count-to-infinity impossible: a stale route can never come back
+    through the node it would loop through, unlike a distance vector's bare
+    hop counts.
   - The best route is the shortest path (hops); ties go to the neighbour
     with the lower measured RTT, then the lower node id, so every node
     decides the same way.
@@ -166,9 +167,7 @@ class Router:
             for dest, route in sorted(self._routes.items())
         }
 
-    def advert_for(
-        self, peer_id: str, own_servers: Mapping[str, tuple[str, ...]]
-    ) -> RegistrySync:
+    def advert_for(self, peer_id: str, own_servers: Mapping[str, tuple[str, ...]]) -> RegistrySync:
         """
         :returns: what to advertise to neighbour C{peer_id}: this node's
             servers and every route whose next hop is not C{peer_id}.
@@ -203,11 +202,14 @@ class Router:
             if advert is None or advert.routes is None:
                 continue
             for dest, learned in advert.routes.items():
-                if dest == me or me in learned.path or peer_id in learned.path:
+                path = learned.path
+                if dest == me or me in path or peer_id in path:
                     continue  # a loop through this node or back to the advertiser
-                if len(learned.path) >= MAX_HOPS:
+                if len(set(path)) != len(path):
+                    continue  # a loop further on: a faulty peer's advert
+                if len(path) >= MAX_HOPS:
                     continue
-                offer(Route(dest, (peer_id, *learned.path), learned.servers), neighbour.rtt)
+                offer(Route(dest, (peer_id, *path), learned.servers), neighbour.rtt)
 
         routes = {dest: route for dest, (_, route) in best.items()}
         if routes == self._routes:

@@ -1,0 +1,407 @@
+# -*- test-case-name: tests.test_calls -*-
+"""
+Tests for L{relaytx.calls}: calls in flight, on a fake clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferTimeoutError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaytx.calls import ForwardedCalls, PendingCalls, SeenMessages
+from relaytx.errors import CallError, CallTimeout, NodeUnreachable, RemoteCallError
+
+
+def unreachable(destination: str) -> CallError:
+    """The error factory handed to the fail_* methods."""
+    return NodeUnreachable(f"lost the way to {destination}", target_node=destination)
+
+
+class PendingCallsTests(SynchronousTestCase):
+    """L{PendingCalls}: answers, timeouts, cancellation and lost paths."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.gauge: list[int] = []
+        self.late: list[None] = []
+        self.calls = PendingCalls(
+            self.clock, on_change=self.gauge.append, on_late=lambda: self.late.append(None)
+        )
+
+    def assertNothingPending(self) -> None:
+        self.assertEqual(len(self.calls), 0)
+        self.assertEqual(self.calls.destinations(), set())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.gauge[-1], 0)
+
+    def test_resolve_with_result(self) -> None:
+        """An answer fires the call's Deferred with its result and leaves nothing pending."""
+        d = self.calls.expect("r1", "n2", "n2", timeout=5)
+        self.assertIn("r1", self.calls)
+        self.assertNoResult(d)
+        self.assertTrue(self.calls.resolve("r1", result={"sum": 3}))
+        self.assertEqual(self.successResultOf(d), {"sum": 3})
+        self.assertNotIn("r1", self.calls)
+        self.assertNothingPending()
+        self.assertEqual(self.late, [])
+
+    def test_resolve_with_error(self) -> None:
+        """An error answer fails the call's Deferred with that very error."""
+        d = self.calls.expect("r1", "n2", "n2", timeout=5)
+        error = RemoteCallError("ValueError: bad", node_id="n2")
+        self.assertTrue(self.calls.resolve("r1", result="ignored", error=error))
+        failure = self.failureResultOf(d, RemoteCallError)
+        self.assertIs(failure.value, error)
+        self.assertEqual(failure.value.code, -32000)
+        self.assertNothingPending()
+
+    def test_timeout_at_deadline(self) -> None:
+        """An unanswered call fails with CallTimeout (-32001) exactly at its deadline."""
+        d = self.calls.expect("r1", "n2", "n2", timeout=5)
+        self.clock.advance(4.999)
+        self.assertNoResult(d)
+        self.assertIn("r1", self.calls)
+        self.clock.advance(0.001)
+        failure = self.failureResultOf(d, CallTimeout)
+        self.assertEqual(failure.value.code, -32001)
+        self.assertIsInstance(failure.value, DeferTimeoutError)
+        self.assertEqual(failure.value.data, {"target_node": "n2", "timeout": 5})
+        self.assertIn("n2", failure.value.message)
+        self.assertNotIn("r1", self.calls)
+        self.assertNothingPending()
+
+    def test_timeouts_are_independent(self) -> None:
+        """Each call times out at its own deadline; the others keep waiting."""
+        short = self.calls.expect("r1", "n2", "n2", timeout=1)
+        long = self.calls.expect("r2", "n3", "n2", timeout=3)
+        self.clock.advance(1)
+        self.failureResultOf(short, CallTimeout)
+        self.assertNoResult(long)
+        self.assertEqual(self.calls.destinations(), {"n3"})
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(2)
+        self.failureResultOf(long, CallTimeout)
+        self.assertNothingPending()
+
+    def test_gauge_follows_count(self) -> None:
+        """on_change reports the pending count after every change, back to 0."""
+        d1 = self.calls.expect("r1", "n2", None, timeout=5)
+        d2 = self.calls.expect("r2", "n2", None, timeout=1)
+        d3 = self.calls.expect("r3", "n3", None, timeout=5)
+        self.assertEqual(self.gauge, [1, 2, 3])
+        self.clock.advance(1)  # r2 times out
+        self.calls.resolve("r1", result=1)
+        d3.cancel()
+        self.assertEqual(self.gauge, [1, 2, 3, 2, 1, 0])
+        self.successResultOf(d1)
+        self.failureResultOf(d2, CallTimeout)
+        self.failureResultOf(d3, CancelledError)
+        self.assertNothingPending()
+
+    def test_late_answer(self) -> None:
+        """An answer after the timeout is discarded: resolve returns False and on_late is called."""
+        d = self.calls.expect("r1", "n2", "n2", timeout=5)
+        self.clock.advance(5)
+        self.failureResultOf(d, CallTimeout)
+        self.assertFalse(self.calls.resolve("r1", result="too late"))
+        self.assertEqual(self.late, [None])
+        self.assertNothingPending()
+
+    def test_unknown_and_missing_ids_are_late(self) -> None:
+        """An answer for an id never expected, or with no id, counts as late."""
+        self.assertFalse(self.calls.resolve("nobody", result=1))
+        self.assertFalse(self.calls.resolve(None, error=NodeUnreachable()))
+        self.assertEqual(self.late, [None, None])
+        self.assertEqual(self.gauge, [])
+
+    def test_answer_twice(self) -> None:
+        """A second answer to the same call is late and leaves the first result alone."""
+        d = self.calls.expect("r1", "n2", "n2", timeout=5)
+        self.assertTrue(self.calls.resolve("r1", result="first"))
+        self.assertFalse(self.calls.resolve("r1", result="second"))
+        self.assertEqual(self.successResultOf(d), "first")
+        self.assertEqual(self.late, [None])
+
+    def test_cancel_forgets_call(self) -> None:
+        """Cancelling the Deferred forgets the call and its timer; its answer is then late."""
+        d = self.calls.expect("r1", "n2", "n2", timeout=5)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertNotIn("r1", self.calls)
+        self.assertNothingPending()
+        self.clock.advance(10)  # no timer left to fire on a forgotten call
+        self.assertFalse(self.calls.resolve("r1", result=1))
+        self.assertEqual(self.late, [None])
+
+    def test_cancel_after_answer(self) -> None:
+        """Cancelling a call that was already answered changes nothing."""
+        d = self.calls.expect("r1", "n2", "n2", timeout=5)
+        self.calls.resolve("r1", result="done")
+        self.calls.expect("r1", "n3", "n3", timeout=5)  # the id is free again
+        d.cancel()
+        self.assertEqual(self.successResultOf(d), "done")
+        self.assertIn("r1", self.calls)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_duplicate_response_id(self) -> None:
+        """Expecting an id already pending raises ValueError and leaves the first call alone."""
+        d = self.calls.expect("r1", "n2", "n2", timeout=5)
+        self.assertRaises(ValueError, self.calls.expect, "r1", "n3", "n3", 5)
+        self.assertEqual(len(self.calls), 1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(self.gauge, [1])
+        self.calls.resolve("r1", result="ok")
+        self.assertEqual(self.successResultOf(d), "ok")
+        self.assertNothingPending()
+
+    def test_fail_via(self) -> None:
+        """fail_via fails exactly the calls sent through that neighbour, with NodeUnreachable."""
+        d1 = self.calls.expect("r1", "far", "b", timeout=5)
+        d2 = self.calls.expect("r2", "b", "b", timeout=5)
+        d3 = self.calls.expect("r3", "other", "c", timeout=5)
+        d4 = self.calls.expect("r4", "far", None, timeout=5)
+        self.assertEqual(self.calls.fail_via("b", unreachable), 2)
+        for d, destination in [(d1, "far"), (d2, "b")]:
+            failure = self.failureResultOf(d, NodeUnreachable)
+            self.assertEqual(failure.value.code, -32002)
+            self.assertEqual(failure.value.data, {"target_node": destination})
+        self.assertNoResult(d3)
+        self.assertNoResult(d4)
+        self.assertEqual(self.calls.destinations(), {"other", "far"})
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+        self.assertEqual(self.calls.fail_via("b", unreachable), 0)
+        self.assertEqual(self.calls.fail_all(unreachable), 2)
+        self.failureResultOf(d3, NodeUnreachable)
+        self.failureResultOf(d4, NodeUnreachable)
+        self.assertNothingPending()
+
+    def test_fail_destination(self) -> None:
+        """fail_destination fails exactly the calls to that node, whatever way they went."""
+        d1 = self.calls.expect("r1", "far", "b", timeout=5)
+        d2 = self.calls.expect("r2", "far", None, timeout=5)
+        d3 = self.calls.expect("r3", "near", "b", timeout=5)
+        self.assertEqual(self.calls.fail_destination("far", unreachable), 2)
+        self.failureResultOf(d1, NodeUnreachable)
+        self.failureResultOf(d2, NodeUnreachable)
+        self.assertNoResult(d3)
+        self.assertEqual(self.calls.destinations(), {"near"})
+        self.clock.advance(5)
+        self.failureResultOf(d3, CallTimeout)
+        self.assertNothingPending()
+
+    def test_fail_all(self) -> None:
+        """fail_all fails every pending call with the error built for its destination."""
+        ds = {
+            rid: self.calls.expect(rid, dest, via, timeout=5)
+            for rid, dest, via in [("r1", "a", "a"), ("r2", "b", None), ("r3", "c", "a")]
+        }
+        self.assertEqual(self.calls.fail_all(unreachable), 3)
+        for rid, dest in [("r1", "a"), ("r2", "b"), ("r3", "c")]:
+            failure = self.failureResultOf(ds[rid], NodeUnreachable)
+            self.assertEqual(failure.value.data["target_node"], dest)
+        self.assertNothingPending()
+        self.assertEqual(self.calls.fail_all(unreachable), 0)
+
+    def test_fail_counts_only_calls_it_failed(self) -> None:
+        """A call settled by an earlier failure's errback is neither failed again nor counted."""
+        d1 = self.calls.expect("r1", "far", "b", timeout=5)
+        d2 = self.calls.expect("r2", "far", "b", timeout=5)
+        seen: list[Any] = []
+
+        def cancel_other(failure: Any) -> None:
+            seen.append(failure.value)
+            d2.cancel()
+
+        d1.addErrback(cancel_other)
+        self.assertEqual(self.calls.fail_via("b", unreachable), 1)
+        self.assertIsInstance(seen[0], NodeUnreachable)
+        self.failureResultOf(d2, CancelledError)
+        self.assertNothingPending()
+
+    def test_new_call_from_errback_survives(self) -> None:
+        """A call made again from a failed call's errback is not failed by the same sweep."""
+        retried: list[Deferred[Any]] = []
+        d = self.calls.expect("r1", "far", "b", timeout=5)
+        d.addErrback(lambda _: retried.append(self.calls.expect("r2", "far", "b", timeout=5)))
+        self.assertEqual(self.calls.fail_via("b", unreachable), 1)
+        self.assertNoResult(retried[0])
+        self.assertIn("r2", self.calls)
+
+    def test_set_via(self) -> None:
+        """A call expected without a neighbour is failed by fail_via once set_via names it."""
+        d = self.calls.expect("r1", "far", None, timeout=5)
+        self.assertEqual(self.calls.fail_via("b", unreachable), 0)
+        self.calls.set_via("r1", "b")
+        self.calls.set_via("nobody", "b")  # unknown ids are ignored
+        self.assertNotIn("nobody", self.calls)
+        self.assertEqual(self.calls.fail_via("c", unreachable), 0)
+        self.assertEqual(self.calls.fail_via("b", unreachable), 1)
+        self.failureResultOf(d, NodeUnreachable)
+        self.assertNothingPending()
+
+
+class ForwardedCallsTests(SynchronousTestCase):
+    """L{ForwardedCalls}: calls passed on for others, until answered, lost or expired."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.calls = ForwardedCalls(self.clock)
+
+    def test_answered(self) -> None:
+        """An answer passing back forgets the call and its timer."""
+        self.calls.remember("caller", "r1", "target", "in", "out", budget=10)
+        self.assertEqual(len(self.calls), 1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.calls.answered("caller", "r1")
+        self.assertEqual(len(self.calls), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_answered_unknown(self) -> None:
+        """An answer with no id, another caller's id or an unknown id forgets nothing."""
+        self.calls.remember("caller", "r1", "target", "in", "out", budget=10)
+        self.calls.answered("caller", None)
+        self.calls.answered("someone-else", "r1")
+        self.calls.answered("caller", "r2")
+        self.assertEqual(len(self.calls), 1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_keyed_by_caller_and_id(self) -> None:
+        """The same response id from two callers is two calls."""
+        self.calls.remember("c1", "r1", "t", "in1", "out", budget=10)
+        self.calls.remember("c2", "r1", "t", "in2", "out", budget=10)
+        self.assertEqual(len(self.calls), 2)
+        self.calls.answered("c1", "r1")
+        self.assertEqual(len(self.calls), 1)
+        self.assertEqual(self.calls.lost_link("out"), [("c2", "r1", "t")])
+
+    def test_lost_link(self) -> None:
+        """Losing a link forgets, and reports, exactly the calls that left through it."""
+        self.calls.remember("c1", "r1", "t1", "in", "out", budget=10)
+        self.calls.remember("c2", "r2", "t2", "in", "other", budget=10)
+        self.calls.remember("c3", "r3", "t3", "out", "in", budget=10)
+        self.calls.remember("c4", "r4", "t4", "in", None, budget=10)
+        self.calls.remember("c5", "r5", "t5", "x", "out", budget=20)
+        self.assertEqual(
+            sorted(self.calls.lost_link("out")), [("c1", "r1", "t1"), ("c5", "r5", "t5")]
+        )
+        self.assertEqual(len(self.calls), 3)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 3)
+        self.assertEqual(self.calls.lost_link("out"), [])
+        self.assertEqual(self.calls.lost_link("nowhere"), [])
+
+    def test_lost_link_acts_at_once(self) -> None:
+        """lost_link forgets the calls even when its result is not looked at."""
+        self.calls.remember("c1", "r1", "t1", "in", "out", budget=10)
+        self.calls.lost_link("out")
+        self.assertEqual(len(self.calls), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_expiry(self) -> None:
+        """A call never answered is forgotten when its budget runs out, leaving no timer."""
+        self.calls.remember("c1", "r1", "t1", "in", "out", budget=10)
+        self.clock.advance(9.999)
+        self.assertEqual(len(self.calls), 1)
+        self.clock.advance(0.001)
+        self.assertEqual(len(self.calls), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.calls.lost_link("out"), [])
+
+    def test_remember_again_replaces(self) -> None:
+        """Remembering the same call again replaces it and restarts its budget with one timer."""
+        self.calls.remember("c1", "r1", "t1", "in", "out", budget=10)
+        self.clock.advance(5)
+        self.calls.remember("c1", "r1", "t1", "in", "elsewhere", budget=10)
+        self.assertEqual(len(self.calls), 1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(self.calls.lost_link("out"), [])
+        self.clock.advance(9)
+        self.assertEqual(len(self.calls), 1)
+        self.clock.advance(1)
+        self.assertEqual(len(self.calls), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_clear(self) -> None:
+        """clear forgets every call and cancels every timer."""
+        for i in range(3):
+            self.calls.remember("c", f"r{i}", "t", "in", "out", budget=10 + i)
+        self.calls.clear()
+        self.assertEqual(len(self.calls), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(20)
+        self.assertEqual(len(self.calls), 0)
+
+
+class SeenMessagesTests(SynchronousTestCase):
+    """L{SeenMessages}: at-most-once delivery, bounded in time and size."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.seen = SeenMessages(self.clock, ttl=60, capacity=3)
+
+    def test_first_time_then_duplicate(self) -> None:
+        """A message id is new once per sender and a duplicate after that."""
+        self.assertTrue(self.seen.first_time("a", "m1"))
+        self.assertFalse(self.seen.first_time("a", "m1"))
+        self.assertFalse(self.seen.first_time("a", "m1"))
+        self.assertTrue(self.seen.first_time("b", "m1"))
+        self.assertTrue(self.seen.first_time("a", "m2"))
+        self.assertEqual(len(self.seen), 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_no_id(self) -> None:
+        """A message without an id is always new and never remembered."""
+        for _ in range(5):
+            self.assertTrue(self.seen.first_time("a", None))
+        self.assertEqual(len(self.seen), 0)
+
+    def test_duplicate_within_ttl(self) -> None:
+        """A copy arriving just before the id's ttl runs out is still a duplicate."""
+        self.seen.first_time("a", "m1")
+        self.clock.advance(59.999)
+        self.assertFalse(self.seen.first_time("a", "m1"))
+
+    def test_expires_by_time(self) -> None:
+        """Once its ttl has passed, the same id is new again even if nothing else arrived."""
+        self.seen.first_time("a", "m1")
+        self.clock.advance(60)
+        self.assertTrue(self.seen.first_time("a", "m1"))
+        self.assertFalse(self.seen.first_time("a", "m1"))
+        self.assertEqual(len(self.seen), 1)
+
+    def test_expired_ids_are_dropped(self) -> None:
+        """Adding an id drops the ids whose ttl has passed."""
+        self.seen.first_time("a", "m1")
+        self.clock.advance(30)
+        self.seen.first_time("a", "m2")
+        self.clock.advance(30)
+        self.seen.first_time("a", "m3")
+        self.assertEqual(len(self.seen), 2)
+        self.assertFalse(self.seen.first_time("a", "m2"))
+        self.assertFalse(self.seen.first_time("a", "m3"))
+
+    def test_renewed_id_expires_last(self) -> None:
+        """An id seen again after expiring gets a fresh ttl and outlives ids added before it."""
+        self.seen.first_time("a", "old")
+        self.clock.advance(50)
+        self.seen.first_time("a", "mid")
+        self.clock.advance(10)
+        self.assertTrue(self.seen.first_time("a", "old"))  # renewed at t=60
+        self.clock.advance(55)  # t=115: "mid" (t=110) is gone, "old" (t=120) is not
+        self.seen.first_time("a", "new")
+        self.assertFalse(self.seen.first_time("a", "old"))
+        self.assertTrue(self.seen.first_time("a", "mid"))
+
+    def test_capacity(self) -> None:
+        """Past its capacity the memory forgets the oldest ids first."""
+        for i in range(5):
+            self.assertTrue(self.seen.first_time("a", f"m{i}"))
+        self.assertEqual(len(self.seen), 3)
+        for i in (2, 3, 4):
+            self.assertFalse(self.seen.first_time("a", f"m{i}"))
+        self.assertTrue(self.seen.first_time("a", "m0"))
+        self.assertEqual(len(self.seen), 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
