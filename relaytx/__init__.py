@@ -7,7 +7,7 @@ The supported surface is what C{__all__} lists; everything else is internal.
 
 __version__ = "0.1.0"
 
-from relaytx.errors import (  # noqa: E402
+from relaytx.errors import (
     AccessDenied,
     CallError,
     CallTimeout,
@@ -18,7 +18,7 @@ from relaytx.errors import (  # noqa: E402
     RelayError,
     RemoteCallError,
 )
-from relaytx.server import Server, exposed  # noqa: E402
+from relaytx.server import Server, exposed
 
 __all__ = [
     "AccessDenied",

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
+import re
 import sys
 from types import ModuleType
 from typing import Any
@@ -33,7 +35,9 @@ def import_app(spec: str) -> ModuleType:
         try:
             module = importlib.import_module(spec)
         except ModuleNotFoundError as e:
-            if e.name and spec.startswith(e.name):
+            # Only the app itself (or a package on its dotted path) missing is
+            # "no such module"; a module the app imports is an import failure.
+            if e.name and (spec == e.name or spec.startswith(e.name + ".")):
                 raise StartupError(f"--app {spec}: no such module") from None
             raise StartupError(f"--app {spec}: import failed: {e}") from None
         except Exception as e:
@@ -46,7 +50,8 @@ def import_app(spec: str) -> ModuleType:
 def _import_file(path: str) -> ModuleType:
     if not os.path.isfile(path):
         raise StartupError(f"--app {path}: no such file")
-    name = "relaytx_app_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = "relaytx_app_" + re.sub(r"\W", "_", stem)
     module_spec = importlib.util.spec_from_file_location(name, path)
     if module_spec is None or module_spec.loader is None:
         raise StartupError(f"--app {path}: not a Python file")
@@ -78,6 +83,7 @@ def run_setup(spec: str, module: ModuleType, node: Any) -> Deferred[None]:
 
 def _call_setup(module: ModuleType, node: Any) -> Any:
     result = module.setup(node)
-    if hasattr(result, "__await__"):
+    # A Deferred is awaitable too: only a coroutine needs wrapping.
+    if inspect.iscoroutine(result):
         return Deferred.fromCoroutine(result)
     return result

@@ -30,9 +30,12 @@ USAGE = """usage: relay node [options]            run a node (relay node --help)
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the C{relay} console script."""
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in {"-h", "--help", "help"}:
+    if not args:
+        sys.stderr.write(f"relay: error: give a command\n{USAGE}")
+        return 2
+    if args[0] in {"-h", "--help", "help"}:
         sys.stdout.write(USAGE)
-        return 0 if args else 2
+        return 0
     command, rest = args[0], args[1:]
     if command == "node":
         return run_node(rest)
@@ -69,9 +72,17 @@ def run_node(argv: list[str]) -> int:
     return node.exit_status
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def _parse_arg(text: str) -> Any:
+    """
+    :returns: C{text} parsed as JSON when it is valid JSON (C{NaN} and
+        C{Infinity}, which Python's parser accepts, are not), else C{text}.
+    """
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json)
     except ValueError:
         return text
 
@@ -88,8 +99,8 @@ def call(argv: list[str]) -> int:
     parser.add_argument("--node", help="call the server on this node id")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
     ns = parser.parse_intermixed_args(argv)
-    if ns.timeout <= 0:
-        parser.error("--timeout must be positive")
+    if not 0 < ns.timeout <= 86400:  # also refuses nan, which JSON cannot carry
+        parser.error("--timeout must be a number of seconds in (0, 86400]")
     args = [_parse_arg(a) for a in ns.args]
     if ns.node:
         request = {
@@ -120,6 +131,9 @@ def call(argv: list[str]) -> int:
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         sys.stderr.write(f"relay: error: cannot call {url}/rpc: {reason}\n")
+        return 2
+    if not isinstance(answer, dict) or not isinstance(answer.get("error", {}), dict):
+        sys.stderr.write(f"relay: error: {url}/rpc answered no JSON-RPC response\n")
         return 2
     if "error" in answer:
         error = answer["error"]

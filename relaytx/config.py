@@ -15,9 +15,29 @@ command line wins where both give a value)::
     secret_file = "/etc/relaytx/secret"
     ping_interval = 5.0              # seconds between liveness pings
 
+    allowed_origins = []             # browser origins allowed on /ws/p2p
+
     [limits]
     max_body_size = 1048576          # bytes of one HTTP request body (413 past it)
-    max_message_size = 1048576       # bytes of one peer WebSocket message
+    max_message_size = 1048576       # bytes of one peer WebSocket message (1009 past it)
+    max_pending_calls = 10000        # calls this node waits on at once (-32005 past it)
+    max_in_flight = 10000            # calls executing here at once (-32005 past it)
+    max_in_flight_per_caller = 1000  # ... for one peer or HTTP client (-32005 past it)
+    calls_per_second = 100000        # calls one caller may start per second (-32005 past it)
+
+    [tls]                            # see relaytx.tls
+    cert = "node.pem"
+    key = "node.key"
+    ca = "ca.pem"
+    require_client_cert = false
+
+    [access]                         # see relaytx.auth.AccessRules
+    default = "allow"
+    [[access.rule]]
+    callers = ["node2"]
+    servers = ["counter_server"]
+    methods = ["get"]
+    allow = true
 
 Anything invalid raises L{ConfigError}, whose message is one line for the
 operator.
@@ -31,9 +51,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from attrs import field, frozen
+from twisted.internet.endpoints import serverFromString
 from twisted.python.usage import UsageError
 
+from relaytx.auth import AccessRules
 from relaytx.jsonrpc import NODE_ID_RE
+from relaytx.tls import TlsConfig, TlsError
 
 
 class ConfigError(UsageError):
@@ -46,6 +69,14 @@ class Limits:
 
     max_body_size: int = 1024 * 1024
     max_message_size: int = 1024 * 1024
+    #: calls this node waits on at once (its own, all destinations)
+    max_pending_calls: int = 10_000
+    #: calls executing here at once, all callers
+    max_in_flight: int = 10_000
+    #: calls executing here at once for one caller (a peer or an HTTP client)
+    max_in_flight_per_caller: int = 1_000
+    #: calls per second one caller may start (bursts of one second's worth)
+    calls_per_second: float = 100_000.0
 
 
 @frozen
@@ -64,6 +95,9 @@ class NodeConfig:
     secret_file: str | None = None
     ping_interval: float = 5.0
     limits: Limits = field(factory=Limits)
+    access: AccessRules = field(factory=AccessRules)
+    tls: TlsConfig | None = None
+    allowed_origins: frozenset[str] = frozenset()
 
 
 _TOP_KEYS = {
@@ -75,9 +109,18 @@ _TOP_KEYS = {
     "disable_registry": bool,
     "secret_file": str,
     "ping_interval": (int, float),
+    "allowed_origins": list,
     "config": str,
 }
-_LIMIT_KEYS = {"max_body_size": int, "max_message_size": int}
+_LIMIT_KEYS = {
+    "max_body_size": int,
+    "max_message_size": int,
+    "max_pending_calls": int,
+    "max_in_flight": int,
+    "max_in_flight_per_caller": int,
+    "calls_per_second": (int, float),
+}
+_TLS_KEYS = {"cert": str, "key": str, "ca": str, "require_client_cert": bool}
 
 
 def read_toml(path: str) -> dict[str, Any]:
@@ -91,15 +134,23 @@ def read_toml(path: str) -> dict[str, Any]:
             table = tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"--config {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"--config {path}: not valid TOML: {e}") from None
-    limits = table.pop("limits", {})
+    sections = {name: table.pop(name, {}) for name in ("limits", "tls", "access")}
     _check_keys(table, _TOP_KEYS, path, "")
-    if not isinstance(limits, dict):
-        raise ConfigError(f"--config {path}: [limits] must be a table")
-    _check_keys(limits, _LIMIT_KEYS, path, "limits.")
-    if limits:
-        table["limits"] = limits
+    for name, section in sections.items():
+        if not isinstance(section, dict):
+            raise ConfigError(f"--config {path}: [{name}] must be a table")
+    _check_keys(sections["limits"], _LIMIT_KEYS, path, "limits.")
+    _check_keys(sections["tls"], _TLS_KEYS, path, "tls.")
+    if sections["access"]:
+        try:
+            table["access"] = AccessRules.from_config(sections["access"])
+        except ValueError as e:
+            raise ConfigError(f"--config {path}: {e}") from None
+    for name in ("limits", "tls"):
+        if sections[name]:
+            table[name] = sections[name]
     return table
 
 
@@ -110,26 +161,43 @@ def _check_keys(table: Mapping[str, Any], known: Mapping[str, Any], path: str, p
             raise ConfigError(f"--config {path}: unknown setting {prefix}{key!r}")
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise ConfigError(f"--config {path}: {prefix}{key} has the wrong type")
+        if kind is list and not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"--config {path}: {prefix}{key} must be a list of strings")
 
 
 def port_description(port: Any, interface: str) -> str:
     """
     :param port: a TCP port number or a Twisted endpoint description.
     :returns: the endpoint description to listen on.
-    :raises ConfigError: if C{port} is neither.
+    :raises ConfigError: if C{port} is neither, or the endpoint cannot be
+        built (a bad argument, a missing TLS key file, no systemd socket).
     """
     text = str(port).strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         number = int(text)
         if not 0 <= number <= 65535:
             raise ConfigError(f"--port {text}: a port number is 0-65535")
-        host = interface.replace(":", "\\:")
+        if not interface.strip():
+            raise ConfigError("--interface: give an address such as 127.0.0.1 or 0.0.0.0")
+        host = interface.strip().replace("\\", "\\\\").replace(":", "\\:")
         return f"tcp:{number}:interface={host}"
     kind = text.partition(":")[0]
     if not text or kind not in {"tcp", "ssl", "unix", "tcp6", "systemd"}:
         raise ConfigError(
             f"--port {text!r}: give a port number or an endpoint such as tcp:8080:interface=0.0.0.0"
         )
+    # Build the endpoint once (without a reactor: parsers only store it) so
+    # that a bad description fails here, as an option error, rather than as
+    # a traceback when the node listens.
+    try:
+        serverFromString(None, text)  # type: ignore[no-untyped-call]  # untyped in Twisted
+    except OSError as e:
+        reason = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+        raise ConfigError(f"--port {text!r}: {reason}") from None
+    except Exception as e:
+        raise ConfigError(
+            f"--port {text!r}: not a valid endpoint: {type(e).__name__}: {e}"
+        ) from None
     return text
 
 
@@ -149,7 +217,9 @@ def build_config(options: Mapping[str, Any]) -> NodeConfig:
         if value is not None and value != [] and value is not False:
             settings[key] = value
 
-    node_id = settings.get("node_id") or secrets.token_hex(8)
+    node_id = settings.get("node_id")
+    if node_id is None:
+        node_id = secrets.token_hex(8)
     if not NODE_ID_RE.fullmatch(node_id):
         raise ConfigError(f"--node-id {node_id!r}: use 1-64 characters of A-Za-z0-9._-")
 
@@ -158,9 +228,17 @@ def build_config(options: Mapping[str, Any]) -> NodeConfig:
         raise ConfigError(f"--ping-interval {ping_interval}: give seconds in (0, 3600]")
 
     limits = Limits(**settings.get("limits", {}))
-    for name in ("max_body_size", "max_message_size"):
+    for name in _LIMIT_KEYS:
         if getattr(limits, name) <= 0:
-            raise ConfigError(f"limits.{name} must be a positive number of bytes")
+            raise ConfigError(f"limits.{name} must be positive")
+
+    tls = None
+    if settings.get("tls"):
+        tls = TlsConfig(**settings["tls"])
+        try:
+            tls.check()
+        except TlsError as e:
+            raise ConfigError(str(e)) from None
 
     return NodeConfig(
         node_id=node_id,
@@ -171,4 +249,7 @@ def build_config(options: Mapping[str, Any]) -> NodeConfig:
         secret_file=settings.get("secret_file"),
         ping_interval=ping_interval,
         limits=limits,
+        access=settings.get("access", AccessRules()),
+        tls=tls,
+        allowed_origins=frozenset(settings.get("allowed_origins", ())),
     )

@@ -58,6 +58,9 @@ class CallTarget:
     @ivar node_id: the node named by the caller, or C{None} when the caller
         left the choice to the node (a bare C{SERVER.METHOD}).
     @ivar timeout: the caller's budget in seconds.
+    @ivar caller: who asks, for access rules and limits: a peer node id,
+        C{"http:ADDRESS"} for a JSON-RPC client of this node, or C{None}
+        for code running in this node (never limited).
     """
 
     node_id: str | None
@@ -66,9 +69,10 @@ class CallTarget:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = Factory(dict)  # a fresh dict per target, never a shared one
     timeout: float = DEFAULT_CALL_TIMEOUT
+    caller: str | None = None
 
 
-def resolve(method: str, params: Any) -> CallTarget:
+def resolve(method: str, params: Any, caller: str | None = None) -> CallTarget:
     """
     Turn a JSON-RPC method name and its params into a L{CallTarget}.
 
@@ -77,7 +81,7 @@ def resolve(method: str, params: Any) -> CallTarget:
     :raises InvalidParams: if C{params} does not fit the form.
     """
     if method == "remote_call":
-        return _remote_call(params)
+        return _remote_call(params, caller)
     node_id: str | None = None
     name = method
     if "/" in method:
@@ -88,13 +92,13 @@ def resolve(method: str, params: Any) -> CallTarget:
     if not dot or not server or not method_name or server == "rpc" or server.startswith("rpc."):
         raise MethodNotFound(f"Method not found: {method!r}")
     if params is None:
-        return CallTarget(node_id, server, method_name)
+        return CallTarget(node_id, server, method_name, caller=caller)
     if isinstance(params, list):
-        return CallTarget(node_id, server, method_name, tuple(params))
-    return CallTarget(node_id, server, method_name, (), params)
+        return CallTarget(node_id, server, method_name, tuple(params), caller=caller)
+    return CallTarget(node_id, server, method_name, (), params, caller=caller)
 
 
-def _remote_call(params: Any) -> CallTarget:
+def _remote_call(params: Any, caller: str | None) -> CallTarget:
     if not isinstance(params, dict):
         raise InvalidParams(
             "Invalid params: remote_call takes an object {node_id, server_name, method, "
@@ -125,6 +129,7 @@ def _remote_call(params: Any) -> CallTarget:
         tuple(field("args", list, [])),
         field("kwargs", dict, {}),
         float(timeout),
+        caller,
     )
 
 
@@ -143,9 +148,11 @@ class JsonRpcHandler:
         self._invoke = invoke
         self._node_id = node_id
 
-    def handle(self, body: bytes) -> Deferred[bytes | None]:
+    def handle(self, body: bytes, caller: str | None = None) -> Deferred[bytes | None]:
         """
         Answer one request body.
+
+        :param caller: who sent it (see L{CallTarget.caller}).
 
         :returns: a Deferred firing with the answer body, or C{None} when
             there is nothing to answer.
@@ -158,9 +165,9 @@ class JsonRpcHandler:
             if not request:
                 error = InvalidRequest("Invalid Request: empty batch")
                 return succeed(self._encode(self._error(error, None)))
-            d = gatherResults([self._one(item) for item in request], consumeErrors=True)
+            d = gatherResults([self._one(item, caller) for item in request], consumeErrors=True)
             return d.addCallback(self._batch_answer)
-        return self._one(request).addCallback(self._single_answer)
+        return self._one(request, caller).addCallback(self._single_answer)
 
     def _single_answer(self, answer: dict[str, Any] | None) -> bytes | None:
         return None if answer is None else self._encode(answer)
@@ -184,7 +191,7 @@ class JsonRpcHandler:
             )
             return _json.dumps(self._error(error, answer["id"]))
 
-    def _one(self, request: Any) -> Deferred[dict[str, Any] | None]:
+    def _one(self, request: Any, caller: str | None) -> Deferred[dict[str, Any] | None]:
         try:
             request_id, method, params = self._validate(request)
         except InvalidRequest as e:
@@ -195,7 +202,7 @@ class JsonRpcHandler:
         try:
             if params is not None and not isinstance(params, list | dict):
                 raise InvalidParams('Invalid params: "params" must be an array or an object')
-            target = resolve(method, params)
+            target = resolve(method, params, caller)
             d = self._invoke(target)
         except Exception:
             d = Deferred()

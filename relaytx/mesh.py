@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,6 +36,7 @@ from relaytx.errors import (
     CallError,
     CallTimeout,
     NodeUnreachable,
+    Overloaded,
     ProtocolViolation,
     RemoteCallError,
     error_for_code,
@@ -91,12 +92,14 @@ class Mesh:
         local_servers: Callable[[], Mapping[str, list[str]]],
         ping_interval: float = 5.0,
         registry_enabled: bool = True,
+        max_pending_calls: int = 10_000,
     ) -> None:
         self.node_id = node_id
         self.clock = clock
         self.metrics = metrics
         self.ping_interval = ping_interval
         self.registry_enabled = registry_enabled
+        self.max_pending_calls = max_pending_calls
         self.router = Router(node_id)
         self.links: dict[str, PeerSession] = {}
         self.pending = PendingCalls(
@@ -113,6 +116,7 @@ class Mesh:
         self._sent_adverts: dict[str, RegistrySync] = {}
         self._stopping = False
         self._all_closed: Deferred[None] | None = None
+        self._executing: set[Deferred[Any]] = set()
 
     # Extension.
 
@@ -208,9 +212,13 @@ class Mesh:
             )
 
         self.pending.fail_via(peer_id, unreachable)
-        for destination in list(self._pending_destinations()):
-            if destination not in self.links and self.router.route(destination) is None:
-                self.pending.fail_destination(destination, unreachable)
+        # Flooded calls (sent via no one neighbour) fail here only when the
+        # table is complete or no link is left: in flood mode the table never
+        # knows far nodes, so "no route" would fail calls this loss never touched.
+        if self._routes_are_complete() or not self.links:
+            for destination in list(self._pending_destinations()):
+                if destination not in self.links and self.router.route(destination) is None:
+                    self.pending.fail_destination(destination, unreachable)
         for caller, response_id, target in list(self.forwarded.lost_link(peer_id)):
             self._reply(caller, response_id, unreachable(target))
 
@@ -221,6 +229,11 @@ class Mesh:
         """:returns: how many servers neighbour C{peer_id} advertised."""
         route = self.router.route(peer_id)
         return 0 if route is None else len(route.servers)
+
+    def count_auth_failure(self, peer_id: str | None, why: str) -> None:
+        """Count (and log) a peer that failed to prove the cluster secret."""
+        self.metrics.auth_failures.inc()
+        self._log.warn("peer {peer} failed authentication: {why}", peer=peer_id, why=why)
 
     def count_bad_input(self, error: ProtocolViolation, session: PeerSession) -> None:
         """Count (and log) bad input from a link."""
@@ -277,7 +290,17 @@ class Mesh:
         """
         A message arrived on C{session}'s link (C{unwrapped}: it came inside
         a C{route_message}). Deliver it here or send it on.
+
+        A link speaks only for its peer: a message must come from that peer
+        or have been forwarded by it (the last node of its C{route});
+        anything else is spoofed, counted and dropped.
         """
+        peer = session.peer_id
+        if not unwrapped and envelope.sender == peer:
+            pass
+        elif not envelope.route or envelope.route[-1] != peer or envelope.sender == self.node_id:
+            self.metrics.drop("spoofed")
+            return
         if envelope.to == self.node_id:
             if envelope.type != RouteMessage.TYPE and not self.seen.first_time(
                 envelope.sender, envelope.id
@@ -301,7 +324,8 @@ class Mesh:
         destination = envelope.to
         if envelope.ttl <= 0:
             self.metrics.drop("ttl_exceeded")
-            self._refuse_call(envelope, came_from, "TTL exceeded")
+            if self._may_refuse(came_from):
+                self._refuse_call(envelope, came_from, "TTL exceeded")
             return None
         session = self.links.get(destination)
         if session is None or not session.healthy:
@@ -317,11 +341,19 @@ class Mesh:
         ]
         if not targets or self._routes_are_complete():
             self.metrics.drop("no_route")
-            self._refuse_call(envelope, came_from, "no route")
+            if self._may_refuse(came_from):
+                self._refuse_call(envelope, came_from, "no route")
             return None
         for target in targets:  # the original's flood fallback
-            self._send_via(target, envelope, came_from)
+            self._send_via(target, envelope, came_from, flooded=True)
         return None
+
+    def _may_refuse(self, came_from: str | None) -> bool:
+        # A forwarder without a complete table may hold one flooded copy of
+        # many: its dead end says nothing of the others, one of which may
+        # reach the target, so it drops the copy silently (as the original
+        # does) instead of failing the caller's call.
+        return came_from is None or self._routes_are_complete()
 
     def _routes_are_complete(self) -> bool:
         # With the registry on and every neighbour advertising routes, the
@@ -329,22 +361,29 @@ class Mesh:
         if not self.registry_enabled:
             return False
         neighbours = self.router._neighbours
-        return all(n.advert is not None and n.advert.routes is not None for n in neighbours.values())
+        return all(
+            n.advert is not None and n.advert.routes is not None for n in neighbours.values()
+        )
 
-    def _send_via(self, session: PeerSession, envelope: Envelope, came_from: str | None) -> None:
+    def _send_via(
+        self, session: PeerSession, envelope: Envelope, came_from: str | None, flooded: bool = False
+    ) -> None:
         if came_from is not None:
             self.metrics.messages_routed.inc()
             if envelope.type == ServerCall.TYPE:
-                self._remember_forwarded(envelope, came_from, session.peer_id)
+                # One lost branch of a flood says nothing of the other copies.
+                self._remember_forwarded(envelope, came_from, None if flooded else session.peer_id)
             elif envelope.type == ServerResponse.TYPE:
                 self.forwarded.answered(envelope.to, envelope.data.get("response_id"))
         if session.peer_id == envelope.to:
             session.send(envelope)
         else:
             wrapper = RouteMessage(envelope)
-            session.send(Envelope.create(wrapper, self.node_id, session.peer_id, self.clock.seconds()))
+            session.send(
+                Envelope.create(wrapper, self.node_id, session.peer_id, self.clock.seconds())
+            )
 
-    def _remember_forwarded(self, envelope: Envelope, came_from: str, went_to: str) -> None:
+    def _remember_forwarded(self, envelope: Envelope, came_from: str, went_to: str | None) -> None:
         try:
             call = self.message_types.payload(envelope)
         except ProtocolViolation:
@@ -373,9 +412,7 @@ class Mesh:
         if isinstance(response_id, str):
             self._reply(envelope.sender, response_id, error)
 
-    def send(
-        self, destination: str, payload: Payload, reply_to: str | None = None
-    ) -> str | None:
+    def send(self, destination: str, payload: Payload, reply_to: str | None = None) -> str | None:
         """
         Originate a message to C{destination}, routed like any other.
 
@@ -403,9 +440,14 @@ class Mesh:
         assert destination is not None and destination != self.node_id
         if self._stopping:
             return fail(NodeUnreachable("node is stopping", node_id=self.node_id))
-        if not self.can_reach(destination) and (
-            self._routes_are_complete() or not self.links
-        ):
+        if len(self.pending) >= self.max_pending_calls:
+            return fail(
+                Overloaded(
+                    f"Overloaded: {len(self.pending)} calls already pending on {self.node_id}",
+                    node_id=self.node_id,
+                )
+            )
+        if not self.can_reach(destination) and (self._routes_are_complete() or not self.links):
             return fail(
                 NodeUnreachable(
                     f"No route to node {destination!r}",
@@ -427,19 +469,33 @@ class Mesh:
         spec = call.call
         budget = spec.timeout if spec.timeout else 30.0
         target = CallTarget(
-            self.node_id, spec.server_name, spec.method, spec.args, dict(spec.kwargs), budget
+            self.node_id,
+            spec.server_name,
+            spec.method,
+            spec.args,
+            dict(spec.kwargs),
+            budget,
+            caller=envelope.sender,
         )
         try:
             d = self._execute_local(target)
         except Exception:
             d = fail()
         d.addTimeout(budget, self.clock, onTimeoutCancel=_budget_spent)
+        self._executing.add(d)
+        d.addBoth(self._executed, d)
         d.addBoth(self._answer_call, envelope, call)
+
+    def _executed(self, outcome: Any, d: Deferred[Any]) -> Any:
+        self._executing.discard(d)
+        return outcome
 
     def _answer_call(self, outcome: Any, envelope: Envelope, call: ServerCall) -> None:
         if isinstance(outcome, Failure):
             error = outcome.value
-            if not isinstance(error, CallError):
+            if isinstance(error, CancelledError):  # only stop() cancels an execution
+                error = NodeUnreachable(f"node {self.node_id} stopped before answering")
+            elif not isinstance(error, CallError):
                 error = RemoteCallError.from_exception(error, self.node_id)
             self._reply(envelope.sender, call.response_id, error, route=envelope.route)
         else:
@@ -552,6 +608,8 @@ class Mesh:
             lambda d: NodeUnreachable(f"node {self.node_id} is stopping", node_id=self.node_id)
         )
         self.forwarded.clear()
+        for execution in list(self._executing):
+            execution.cancel()  # and its budget timer; the caller hears -32002
         for session in list(self.links.values()):
             session.close(CLOSE_NORMAL, "node stopping")
         if not self.links:

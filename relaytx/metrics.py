@@ -58,6 +58,9 @@ class NodeMetrics:
         self.http_requests = Counter(
             "relaytx_http_requests", "HTTP requests, by status class.", ["status"], registry=r
         )
+        self.auth_failures = Counter(
+            "relaytx_auth_failures", "Peers that failed to prove the cluster secret.", registry=r
+        )
         self._outcomes: dict[str, Counter] = {}
 
     def count_call(self, outcome: str, seconds: float) -> None:

@@ -12,10 +12,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import MultiService
 from attrs import evolve
+from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -23,23 +23,29 @@ from twisted.python.failure import Failure
 
 from relaytx import __version__
 from relaytx.apps import import_app, run_setup
+from relaytx.auth import read_secret
 from relaytx.config import NodeConfig
 from relaytx.errors import (
+    AccessDenied,
     CallError,
     InvalidParams,
     MethodNotFound,
     NoSuchMethod,
     NoSuchServer,
+    Overloaded,
     RemoteCallError,
     StartupError,
 )
 from relaytx.jsonrpc import DEFAULT_CALL_TIMEOUT, CallTarget
+from relaytx.limits import CallLimiter
 from relaytx.mesh import Mesh
 from relaytx.metrics import NodeMetrics
 from relaytx.peer import CLOSE_REMOVED, PeerSession
 from relaytx.server import Mailbox, Server, exposed
+from relaytx.tls import TlsError
 from relaytx.wire import Payload, rfc3339
 
+_PLAIN_TCP = re.compile(r"tcp:(?P<port>\d+):interface=(?P<interface>.*)")
 SERVER_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
@@ -102,14 +108,25 @@ class RelayNode(MultiService):
         self._mailboxes: dict[str, Mailbox] = {}
         self._setups: list[Deferred[None]] = []
         self.metrics.watch_queue_depth(lambda: sum(len(m) for m in self._mailboxes.values()))
+        self.secret: bytes | None = None
+        if config.secret_file is not None:
+            try:
+                self.secret = read_secret(config.secret_file)
+            except (OSError, ValueError) as e:
+                raise StartupError(f"--secret-file: {e}") from None
+        limits = config.limits
+        self.limiter = CallLimiter(
+            reactor, limits.max_in_flight, limits.max_in_flight_per_caller, limits.calls_per_second
+        )
         self.mesh = Mesh(
             self.node_id,
             reactor,
             self.metrics,
-            execute_local=lambda target: self._call_here(target, explicit=True),
+            execute_local=self._call_for_peer,
             local_servers=self.local_servers,
             ping_interval=config.ping_interval,
             registry_enabled=not config.disable_registry,
+            max_pending_calls=limits.max_pending_calls,
         )
         self._dialers: dict[str, Any] = {}
         self.expose("node", NodeServer(self))
@@ -161,6 +178,12 @@ class RelayNode(MultiService):
             L{CallError}.
         """
         started = self.clock.seconds()
+        caller = target.caller
+        if caller is not None:
+            try:
+                self.limiter.admit(caller)
+            except Overloaded as e:
+                return fail(e).addBoth(self._count, started)
         node_id = target.node_id
         if node_id is None:
             if target.server in self._mailboxes:
@@ -175,6 +198,23 @@ class RelayNode(MultiService):
             d = self._call_here(target, explicit=True)
         else:
             d = self.mesh.call(target)
+        if caller is not None:
+            d.addBoth(self._release, caller)
+        return d.addBoth(self._count, started)
+
+    def _release(self, result: Any, caller: str) -> Any:
+        self.limiter.release(caller)
+        return result
+
+    def _call_for_peer(self, target: CallTarget) -> Deferred[Any]:
+        """Run a call that arrived over the mesh, within its caller's limits."""
+        assert target.caller is not None
+        started = self.clock.seconds()
+        try:
+            self.limiter.admit(target.caller)
+        except Overloaded as e:
+            return fail(e).addBoth(self._count, started)
+        d = self._call_here(target, explicit=True).addBoth(self._release, target.caller)
         return d.addBoth(self._count, started)
 
     def call(
@@ -195,6 +235,17 @@ class RelayNode(MultiService):
         return self.invoke(CallTarget(node_id, server, method, args, kwargs, timeout))
 
     def _call_here(self, target: CallTarget, explicit: bool) -> Deferred[Any]:
+        caller = target.caller
+        access = self.config.access
+        if caller is not None and access:
+            who = "http" if caller.startswith("http:") else caller
+            if not access.allows(who, target.server, target.method):
+                return fail(
+                    AccessDenied(
+                        f"Access denied: {who} may not call {target.server}.{target.method}"
+                        f" on {self.node_id}"
+                    )
+                )
         mailbox = self._mailboxes.get(target.server)
         if mailbox is None:
             missing = NoSuchServer if explicit else MethodNotFound
@@ -274,7 +325,11 @@ class RelayNode(MultiService):
         from relaytx.protocol import PeerServerFactory, peer_resource
 
         factory = PeerServerFactory(
-            self.mesh, self.config.limits.max_message_size, reactor=self.reactor
+            self.mesh,
+            self.config.limits.max_message_size,
+            allowed_origins=self.config.allowed_origins,
+            reactor=self.reactor,
+            secret=self.secret,
         )
         return {"p2p": peer_resource(factory)}
 
@@ -295,7 +350,13 @@ class RelayNode(MultiService):
         from relaytx.protocol import Dialer
 
         dialer = Dialer(
-            self.mesh, address, self.reactor, self.config.limits.max_message_size, node_id
+            self.mesh,
+            address,
+            self.reactor,
+            self.config.limits.max_message_size,
+            node_id,
+            secret=self.secret,
+            tls=self.config.tls,
         )
         if dialer.url in self._dialers:
             raise ValueError(f"already dialling {address}")
@@ -380,8 +441,10 @@ class RelayNode(MultiService):
         from relaytx.rpc import make_site
 
         try:
-            endpoint = serverFromString(self.reactor, self.config.port)
-        except (ValueError, TypeError, KeyError) as e:
+            endpoint = self._endpoint()
+        except StartupError:
+            raise
+        except Exception as e:
             raise StartupError(f"--port {self.config.port}: {e}") from None
         outcome: list[Any] = []
         d = endpoint.listen(make_site(self))
@@ -394,7 +457,25 @@ class RelayNode(MultiService):
             self.listening_port = port
             return port
 
-        return d.addCallback(listening)
+        def failed(failure: Failure) -> None:
+            self._on_fatal(_listen_error(self.config.port, failure.value))
+
+        return d.addCallbacks(listening, failed)
+
+    def _endpoint(self) -> Any:
+        description = self.config.port
+        tls = self.config.tls
+        plain = _PLAIN_TCP.fullmatch(description)
+        if tls is None or not tls.serves_tls or plain is None:
+            return serverFromString(self.reactor, description)
+        try:
+            options = tls.server_options()
+        except TlsError as e:
+            raise StartupError(str(e)) from None
+        interface = plain.group("interface").replace("\\:", ":")
+        return SSL4ServerEndpoint(
+            self.reactor, int(plain.group("port")), options, interface=interface
+        )
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()

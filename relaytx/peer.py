@@ -215,9 +215,12 @@ class PeerSession:
     @handles(Pong)
     def on_pong(self, envelope: Envelope, pong: Pong) -> None:
         """A pong from this neighbour to our ping: measure the round trip."""
-        if envelope.sender != self.peer_id or not isinstance(pong.timestamp, float):
+        stamp = pong.timestamp
+        if envelope.sender != self.peer_id or isinstance(stamp, bool):
             return
-        rtt = self.mesh.clock.seconds() - pong.timestamp
+        if not isinstance(stamp, int | float):
+            return
+        rtt = self.mesh.clock.seconds() - stamp
         if 0 <= rtt < 3600:
             self.rtt = rtt
             self.mesh.router.set_rtt(self.peer_id, rtt)

@@ -24,6 +24,7 @@ frame sizes are capped by Autobahn's own limits (1009 past them).
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,7 +35,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
-from autobahn.websocket.types import ConnectionDeny
+from autobahn.websocket.types import ConnectingRequest, ConnectionDeny
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -43,12 +44,15 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from relaytx import _json, auth
 from relaytx.jsonrpc import NODE_ID_RE
 from relaytx.mesh import LinkRefused, Mesh
 from relaytx.peer import CLOSE_PROTOCOL_ERROR, CLOSE_REPLACED, ILinkTransport, PeerSession
 from relaytx.wire import decode
 
 NODE_ID_HEADER = "X-Relaytx-Node-Id"
+CLOSE_AUTH_FAILED = 4003
+AUTH_TIMEOUT = 10.0  # seconds an accepted link may take to prove the secret
 PEER_PATH = "/ws/p2p"
 
 
@@ -90,7 +94,9 @@ class _PeerAdapter:
     def _open_session(self, peer_id: str) -> None:
         mesh: Mesh = self.factory.mesh
         try:
-            self.session = mesh.open_link(peer_id, self.direction, self._address(), _Transport(self))
+            self.session = mesh.open_link(
+                peer_id, self.direction, self._address(), _Transport(self)
+            )
         except LinkRefused as e:
             self.sendClose(code=CLOSE_REPLACED, reason=e.reason[:120])  # type: ignore[attr-defined]
             return
@@ -121,7 +127,9 @@ class _PeerAdapter:
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         try:
             if self.session is not None:
-                self.session.connection_lost(f"close code {code}" + (f": {reason}" if reason else ""))
+                self.session.connection_lost(
+                    f"close code {code}" + (f": {reason}" if reason else "")
+                )
         except Exception:
             self._rlog.failure("error closing the link to {peer}", peer=self.peer_id)
 
@@ -144,14 +152,68 @@ class PeerServerProtocol(_PeerAdapter, WebSocketServerProtocol):
         except LinkRefused as e:
             raise ConnectionDeny(e.status, e.reason) from None
         self.peer_id = peer_id
-        return None, {NODE_ID_HEADER: mesh.node_id}
+        headers = {NODE_ID_HEADER: mesh.node_id}
+        secret = self.factory.secret
+        if secret is not None:
+            dial_nonce = request.headers.get(auth.NONCE_HEADER.lower())
+            if not auth.valid_nonce(dial_nonce):
+                mesh.count_auth_failure(peer_id, "no nonce: the dialler has no cluster secret")
+                raise ConnectionDeny(401, "this mesh requires the cluster secret")
+            accept_nonce = auth.new_nonce()
+            self._expected_proof = auth.dialler_proof(
+                secret, dial_nonce, accept_nonce, peer_id, mesh.node_id
+            )
+            headers[auth.NONCE_HEADER] = accept_nonce
+            headers[auth.PROOF_HEADER] = auth.acceptor_proof(
+                secret, dial_nonce, accept_nonce, mesh.node_id, peer_id
+            )
+        return None, headers
+
+    _expected_proof: str | None = None
+    _auth_timer: Any = None
 
     def onOpen(self) -> None:
         try:
             assert self.peer_id is not None
-            self._open_session(self.peer_id)
+            if self._expected_proof is None:
+                self._open_session(self.peer_id)
+            else:  # nothing is processed before the dialler's proof
+                self._auth_timer = self.factory.reactor.callLater(
+                    AUTH_TIMEOUT, self._refuse, "no proof in time"
+                )
         except Exception:
             self._rlog.failure("error opening the link from {peer}", peer=self.peer_id)
+
+    def _first_frame(self, payload: bytes, isBinary: bool) -> None:
+        if self._expected_proof is None or self._auth_timer is None:
+            return super()._first_frame(payload, isBinary)
+        self._auth_timer.cancel()
+        self._auth_timer = None
+        proof = None
+        if not isBinary:
+            try:
+                envelope = decode(payload)
+                if envelope.type == auth.AUTH_TYPE:
+                    proof = envelope.data.get("proof")
+            except Exception:
+                pass
+        if not auth.proofs_match(self._expected_proof, proof):
+            self._refuse("wrong proof of the cluster secret")
+            return
+        self._expected_proof = None
+        assert self.peer_id is not None
+        self._open_session(self.peer_id)
+
+    def _refuse(self, why: str) -> None:
+        self._auth_timer = None
+        self.factory.mesh.count_auth_failure(self.peer_id, why)
+        self.sendClose(code=CLOSE_AUTH_FAILED, reason="authentication failed")
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+        super().onClose(wasClean, code, reason)
 
 
 class PeerClientProtocol(_PeerAdapter, WebSocketClientProtocol):
@@ -159,14 +221,61 @@ class PeerClientProtocol(_PeerAdapter, WebSocketClientProtocol):
 
     direction = "outbound"
     _expected: str | None = None
+    _dial_nonce: str | None = None
+    _accept_nonce: str | None = None
+
+    def onConnecting(self, transport_details: Any) -> ConnectingRequest:
+        factory = self.factory
+        headers = {}
+        if factory.dialer.secret is not None:
+            self._dial_nonce = auth.new_nonce()
+            headers[auth.NONCE_HEADER] = self._dial_nonce
+        return ConnectingRequest(
+            host=factory.host, port=factory.port, resource=factory.resource, headers=headers
+        )
 
     def onConnect(self, response: Any) -> None:
-        self._expected = response.headers.get(NODE_ID_HEADER.lower()) or self.factory.dialer.node_id
+        dialer = self.factory.dialer
+        self._expected = response.headers.get(NODE_ID_HEADER.lower()) or dialer.node_id
+        if dialer.secret is None:
+            return
+        # The acceptor must prove the secret before we say anything.
+        accept_nonce = response.headers.get(auth.NONCE_HEADER.lower())
+        proof = response.headers.get(auth.PROOF_HEADER.lower())
+        if self._expected is None or not auth.valid_nonce(accept_nonce):
+            dialer.mesh.count_auth_failure(self._expected, "the acceptor proved no secret")
+            raise ConnectionDeny(401, "peer did not prove the cluster secret")
+        assert self._dial_nonce is not None
+        expected = auth.acceptor_proof(
+            dialer.secret, self._dial_nonce, accept_nonce, self._expected, dialer.mesh.node_id
+        )
+        if not auth.proofs_match(expected, proof):
+            dialer.mesh.count_auth_failure(self._expected, "wrong proof from the acceptor")
+            raise ConnectionDeny(401, "peer's proof of the cluster secret is wrong")
+        self._accept_nonce = accept_nonce
 
     def onOpen(self) -> None:
         try:
-            if self._expected is not None:
-                self._open_session(self._expected)
+            if self._expected is None:
+                return  # an original node: it names itself in its first frame
+            dialer = self.factory.dialer
+            if dialer.secret is not None:
+                assert self._dial_nonce is not None and self._accept_nonce is not None
+                proof = auth.dialler_proof(
+                    dialer.secret,
+                    self._dial_nonce,
+                    self._accept_nonce,
+                    dialer.mesh.node_id,
+                    self._expected,
+                )
+                frame = {
+                    "type": auth.AUTH_TYPE,
+                    "from": dialer.mesh.node_id,
+                    "to": self._expected,
+                    "data": {"proof": proof},
+                }
+                self.sendMessage(_json.dumps(frame), isBinary=False)
+            self._open_session(self._expected)
         except Exception:
             self._rlog.failure("error opening the link to {peer}", peer=self._expected)
 
@@ -217,10 +326,12 @@ class PeerServerFactory(WebSocketServerFactory):
         max_message_size: int,
         allowed_origins: frozenset[str] = frozenset(),
         reactor: Any = None,
+        secret: bytes | None = None,
     ) -> None:
         super().__init__(reactor=reactor)
         self.mesh = mesh
         self.allowed_origins = allowed_origins
+        self.secret = secret
         _protocol_options(self, max_message_size)
 
 
@@ -250,7 +361,12 @@ def peer_url(address: str, own_id: str) -> tuple[str, str, int, bool]:
     :returns: C{(url, host, port, secure)}, the URL carrying C{node_id}.
     :raises ValueError: if C{address} is not such a URL.
     """
-    parts = urlsplit(address.strip() if "://" in address else "ws://" + address.strip())
+    address = address.strip()
+    if "://" not in address:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?(/.*)?", address):
+            raise ValueError(f"{address!r} is not a ws://, wss://, http:// or https:// address")
+        address = "ws://" + address
+    parts = urlsplit(address)
     scheme = {"http": "ws", "ws": "ws", "https": "wss", "wss": "wss"}.get(parts.scheme)
     if scheme is None or not parts.hostname:
         raise ValueError(f"{address!r} is not a ws://, wss://, http:// or https:// address")
@@ -287,14 +403,20 @@ class Dialer(Service):
         reactor: Any,
         max_message_size: int,
         node_id: str | None = None,
+        secret: bytes | None = None,
+        tls: Any = None,
     ) -> None:
         self.mesh = mesh
         self.address = address
         self.node_id = node_id
+        self.secret = secret
         self.url, host, port, secure = peer_url(address, mesh.node_id)
         endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=5)
         if secure:
-            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+            endpoint = wrapClientTLS(
+                tls.client_options(host) if tls is not None else optionsForClientTLS(host),
+                endpoint,
+            )
         self.factory = PeerClientFactory(self, self.url, max_message_size, reactor)
         self._failures = 0
         self._backoff = backoffPolicy(
@@ -303,7 +425,9 @@ class Dialer(Service):
             factor=2.0,
             jitter=lambda: random.uniform(0, self.INITIAL_DELAY),
         )
-        self._client = ClientService(endpoint, self.factory, retryPolicy=self._retry_delay, clock=reactor)
+        self._client = ClientService(
+            endpoint, self.factory, retryPolicy=self._retry_delay, clock=reactor
+        )
 
     def _retry_delay(self, attempt: int) -> float:
         if self.node_id is not None and self.node_id in self.mesh.links:

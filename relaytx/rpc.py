@@ -124,7 +124,7 @@ class RpcResource(Resource):
         answered: list[Any] = []
         waiting: list[bool] = []
 
-        def answer(outcome: bytes | None | Failure) -> None:
+        def answer(outcome: bytes | Failure | None) -> None:
             if waiting == [True]:
                 self._write_later(outcome, request)
             elif waiting:  # the client went away meanwhile
@@ -132,7 +132,8 @@ class RpcResource(Resource):
             else:
                 answered.append(outcome)
 
-        self._handler.handle(request.content.read()).addBoth(answer)
+        caller = f"http:{request.getClientAddress().host}"
+        self._handler.handle(request.content.read(), caller).addBoth(answer)
         if answered:  # answered synchronously: the common, fast case
             return self._body(request, answered[0])
         waiting.append(True)
@@ -148,7 +149,7 @@ class RpcResource(Resource):
         request.setHeader(b"allow", b"POST")
         return _json_error(request, 405, "method not allowed: use POST")
 
-    def _body(self, request: Any, answer: bytes | None | Failure) -> bytes:
+    def _body(self, request: Any, answer: bytes | Failure | None) -> bytes:
         if isinstance(answer, Failure):  # a bug: JsonRpcHandler answers every error
             return _json_error(request, 500, "internal error")
         if answer is None:
@@ -264,7 +265,10 @@ class JsonRpcWebSocketProtocol(WebSocketServerProtocol):
         if isBinary:
             self.sendCloseFrame(code=1003, reasonUtf8=b"JSON-RPC frames are text", isReply=False)
             return
-        self.factory.handler.handle(payload).addBoth(self._answer)
+        self.factory.handler.handle(payload, self._caller).addBoth(self._answer)
+
+    def onConnect(self, request: Any) -> None:
+        self._caller = f"http:{self.transport.getPeer().host}"
 
     def _answer(self, answer: bytes | Failure | None) -> None:
         if isinstance(answer, bytes) and self.state == self.STATE_OPEN:
@@ -321,4 +325,3 @@ def make_site(node: RelayNode) -> NodeSite:
     )
     root.ws.putChild(b"rpc", WebSocketResource(rpc_factory))
     return NodeSite(root, node.config.limits.max_body_size)
-

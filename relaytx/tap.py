@@ -15,6 +15,7 @@ import os
 import sys
 from typing import IO, Any, NoReturn
 
+from twisted.internet.error import ReactorNotRunning
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -68,7 +69,7 @@ class Options(usage.Options):
     stderr: IO[str] | None = None
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # usage.Options is untyped
         self["add-peer"] = []
         self["app"] = []
         self.config: NodeConfig | None = None
@@ -83,7 +84,7 @@ class Options(usage.Options):
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         try:
-            super().parseOptions(options)
+            super().parseOptions(options)  # type: ignore[no-untyped-call]  # untyped base
         except usage.UsageError as e:
             error_line(str(e), self.stderr)
             raise
@@ -151,10 +152,13 @@ class CommandLineNode(RelayNode):
         """Report C{message}, stop the reactor and exit with status 1."""
         error_line(message)
         self.exit_status = 1
-        if self.reactor.running:
-            self.reactor.stop()
-        else:
+        if not self.reactor.running:
             self.reactor.callWhenRunning(self.reactor.stop)
+            return
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:  # a second fatal error while shutting down
+            pass
 
     def load_app_or_exit(self, spec: str) -> None:
         """
@@ -169,12 +173,17 @@ class CommandLineNode(RelayNode):
         except StartupError as e:
             fail(str(e))
         d = run_setup(spec, module, self)
-        outcome: list[Any] = []
-        d.addBoth(lambda result: outcome.append(result) or result)
-        if outcome and isinstance(outcome[0], Failure):
-            d.addErrback(lambda _: None)
-            fail(str(outcome[0].value))
-        d.addErrback(lambda failure: self.fatal(str(failure.value)))
+        if d.called:  # setup is done already, or raised
+            failed: list[Failure] = []
+            d.addErrback(failed.append)
+            if failed:
+                fail(str(failed[0].value))
+            return
+
+        def report(failure: Failure) -> None:
+            self.fatal(str(failure.value))
+
+        d.addErrback(report)
 
 
 def makeService(options: Options) -> CommandLineNode:
@@ -191,7 +200,10 @@ def makeService(options: Options) -> CommandLineNode:
     # (last, so an app never shadows an installed module).
     if options.config.app and "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
-    node = CommandLineNode(options.config, reactor)
+    try:
+        node = CommandLineNode(options.config, reactor)
+    except StartupError as e:  # e.g. an unreadable --secret-file
+        fail(str(e))
     for spec in options.config.app:
         node.load_app_or_exit(spec)
     if options.parent is not None:  # under twistd: its exit status is 0 unless we say
@@ -212,6 +224,8 @@ def run_options(argv: list[str]) -> Options:
     :raises SystemExit: with status 2 on bad options (the line is printed).
     """
     options = Options()
+    # Without a twistd parent the synopsis is printed alone: name the command.
+    options.synopsis = f"Usage: relay node {Options.synopsis}"
     try:
         options.parseOptions(argv)
     except usage.UsageError:

@@ -149,9 +149,7 @@ async def rpc(base: str, method: str, params: Any = None, request_id: Any = 1) -
     body: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": request_id}
     if params is not None:
         body["params"] = params
-    response = await treq.post(
-        base + "/rpc", data=json.dumps(body).encode(), persistent=False
-    )
+    response = await treq.post(base + "/rpc", data=json.dumps(body).encode(), persistent=False)
     return json.loads(await response.content())
 
 

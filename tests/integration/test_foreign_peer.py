@@ -108,14 +108,19 @@ class ForeignPeerTests(TestCase):
             "remote_call",
             {"node_id": "py1", "server_name": "svc", "method": "m", "args": [1, "a", {"k": True}]},
         )
-        self.assertEqual(remote, {"jsonrpc": "2.0", "result": {"echo": [1, "a", {"k": True}], "from": "py1"}, "id": 1})
+        self.assertEqual(
+            remote,
+            {"jsonrpc": "2.0", "result": {"echo": [1, "a", {"k": True}], "from": "py1"}, "id": 1},
+        )
         node.mesh.links["py1"].close(1000, "test over")
         seen = await talk
 
         self.assertEqual(seen["header"], "node1")
         self.assertEqual(seen["close_code"], 1000)
         pong = seen["pong"]
-        self.assertEqual(list(pong)[:8], ["type", "id", "from", "to", "data", "timestamp", "route", "ttl"])
+        self.assertEqual(
+            list(pong)[:8], ["type", "id", "from", "to", "data", "timestamp", "route", "ttl"]
+        )
         self.assertEqual((pong["from"], pong["to"]), ("node1", "py1"))
         self.assertEqual(pong["data"]["timestamp"], 2)
         self.assertIsInstance(pong["data"]["pong_time"], int)

@@ -57,7 +57,9 @@ class LineTests(TestCase):
         self.assertLess(elapsed, 2.0)
 
         await wait_for(lambda: _servers_of(a, "counter_server") == {"C": 2}, 2.0, what="sync")
-        served = await get_json(f"http://127.0.0.1:{a.listening_port.getHost().port}/registry/servers")
+        served = await get_json(
+            f"http://127.0.0.1:{a.listening_port.getHost().port}/registry/servers"
+        )
         entry = served["counter_server"][0]
         self.assertEqual((entry["node_id"], entry["hops"], entry["is_local"]), ("C", 2, False))
         self.assertEqual(entry["methods"], ["get", "increment", "reset"])
@@ -113,8 +115,11 @@ class TopologyTests(TestCase):
         ]
         _link(nodes, edges)
         goal = f"t{target}"
-        await wait_for(lambda: nodes[caller].mesh.can_reach(goal) and len(
-            nodes[caller].routes()) == count - 1, 5.0, what="routes")
+        await wait_for(
+            lambda: nodes[caller].mesh.can_reach(goal) and len(nodes[caller].routes()) == count - 1,
+            5.0,
+            what="routes",
+        )
         results = await gatherResults(
             [nodes[caller].call(goal, "counter_server", "increment") for _ in range(100)]
         )

@@ -1,0 +1,106 @@
+# -*- test-case-name: tests.integration.test_security -*-
+"""
+TLS for the listener and for dialled C{wss://} peers, from the C{[tls]}
+table of the config file::
+
+    [tls]
+    cert = "node.pem"              # this node's certificate (PEM)
+    key = "node.key"               # its private key (PEM; may be inside cert)
+    ca = "ca.pem"                  # the CA that signs the mesh's certificates
+    require_client_cert = true     # mutual TLS: refuse peers without one
+
+With C{cert} and C{key}, a numeric C{--port} listens with TLS (HTTPS, WSS).
+With C{ca}, dialled C{wss://} peers must present a certificate that CA
+signed (otherwise the system's trust store is used), and this node presents
+its own certificate as a client certificate. With C{require_client_cert},
+the listener refuses any client whose certificate C{ca} did not sign.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import frozen
+from twisted.internet import ssl
+
+
+class TlsError(ValueError):
+    """The TLS files cannot be used."""
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TlsError(f"tls.{what} {path}: {e.strerror}") from None
+
+
+@frozen
+class TlsConfig:
+    """Paths of the PEM files and the mutual-TLS switch."""
+
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+    require_client_cert: bool = False
+
+    def _identity(self) -> ssl.PrivateCertificate | None:
+        if self.cert is None:
+            return None
+        pem = _read(self.cert, "cert")
+        if self.key is not None:
+            pem += b"\n" + _read(self.key, "key")
+        try:
+            return ssl.PrivateCertificate.loadPEM(pem)
+        except Exception as e:
+            raise TlsError(f"tls.cert/key: not a PEM certificate and key: {e}") from None
+
+    def _authority(self) -> ssl.Certificate | None:
+        if self.ca is None:
+            return None
+        try:
+            return ssl.Certificate.loadPEM(_read(self.ca, "ca"))
+        except Exception as e:
+            raise TlsError(f"tls.ca {self.ca}: not a PEM certificate: {e}") from None
+
+    @property
+    def serves_tls(self) -> bool:
+        """Whether the listener should speak TLS."""
+        return self.cert is not None
+
+    def server_options(self) -> Any:
+        """
+        :returns: the listener's TLS options.
+        :raises TlsError: if the files are missing or wrong.
+        """
+        identity = self._identity()
+        if identity is None:
+            raise TlsError("tls.cert is needed to listen with TLS")
+        if self.require_client_cert:
+            authority = self._authority()
+            if authority is None:
+                raise TlsError("tls.require_client_cert needs tls.ca")
+            return identity.options(authority)  # verify and require client certificates
+        return identity.options()
+
+    def client_options(self, hostname: str) -> Any:
+        """:returns: TLS options for dialling C{hostname}."""
+        authority = self._authority()
+        identity = self._identity()
+        return ssl.optionsForClientTLS(
+            hostname,
+            trustRoot=authority,
+            clientCertificate=identity,
+        )
+
+    def check(self) -> None:
+        """
+        Load every file once, so that mistakes show at start-up.
+
+        :raises TlsError: if one is missing or wrong.
+        """
+        self._identity()
+        self._authority()
+        if self.require_client_cert and self.ca is None:
+            raise TlsError("tls.require_client_cert needs tls.ca")

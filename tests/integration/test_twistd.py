@@ -1,0 +1,351 @@
+"""
+The command line end to end: C{twistd -n relay}, C{relay node} and
+C{relay call} as subprocesses talking to real nodes on 127.0.0.1.
+
+Every wait is bounded; every process a test starts is killed in its cleanup.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+COUNTER = os.path.join(ROOT, "examples", "counter.py")
+BIN = os.path.dirname(sys.executable)
+
+#: How long a node may take to answer /health after it is started.
+START_DEADLINE = 15.0
+#: How long a process may take to exit after a signal or a start-up error.
+EXIT_DEADLINE = 15.0
+
+
+def twistd(*args: str) -> list[str]:
+    """:returns: the command line of C{twistd -n relay ARGS}."""
+    script = os.path.join(BIN, "twistd")
+    if os.access(script, os.X_OK):
+        return [script, "-n", "relay", *args]
+    run = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+    return [sys.executable, "-c", run, "-n", "relay", *args]
+
+
+def relay(*args: str) -> list[str]:
+    """:returns: the command line of C{relay ARGS}."""
+    script = os.path.join(BIN, "relay")
+    if os.access(script, os.X_OK):
+        return [script, *args]
+    return [sys.executable, "-m", "relaytx.cli", *args]
+
+
+def free_port() -> int:
+    """:returns: a TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def rpc(port: int, body: Any) -> Any:
+    """POST C{body} as JSON to the node's /rpc and return the decoded answer."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", "/rpc", json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+    finally:
+        conn.close()
+    assert response.status == 200, (response.status, data)
+    return json.loads(data)
+
+
+class Process:
+    """A started subprocess whose output goes to files."""
+
+    def __init__(self, command: Sequence[str], directory: str) -> None:
+        self.command = list(command)
+        self.stdout_path = os.path.join(directory, "stdout")
+        self.stderr_path = os.path.join(directory, "stderr")
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.popen = subprocess.Popen(
+                self.command, cwd=directory, stdin=subprocess.DEVNULL, stdout=out, stderr=err
+            )
+
+    def stdout(self) -> str:
+        """:returns: what the process wrote on stdout so far."""
+        with open(self.stdout_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stderr(self) -> str:
+        """:returns: what the process wrote on stderr so far."""
+        with open(self.stderr_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def wait(self, timeout: float = EXIT_DEADLINE) -> int:
+        """:returns: the exit status, waiting at most C{timeout} seconds."""
+        return self.popen.wait(timeout)
+
+    def kill(self) -> None:
+        """Kill the process if it still runs, and reap it."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(EXIT_DEADLINE)
+
+
+class CommandLineTestCase(SynchronousTestCase):
+    """Start processes in temporary directories and wait for nodes."""
+
+    def tempdir(self) -> str:
+        """:returns: a new directory, removed after the test."""
+        path = tempfile.mkdtemp(prefix="relaytx-it-")
+        self.addCleanup(shutil.rmtree, path, True)
+        return path
+
+    def start(self, command: Sequence[str]) -> Process:
+        """Start C{command} in a fresh directory; it is killed after the test."""
+        process = Process(command, self.tempdir())
+        self.addCleanup(process.kill)
+        return process
+
+    def wait_healthy(self, process: Process, port: int) -> dict[str, Any]:
+        """
+        Poll C{/health} until the node answers 200, it exits, or
+        L{START_DEADLINE} passes.
+
+        :returns: the health answer.
+        """
+        deadline = time.monotonic() + START_DEADLINE
+        while time.monotonic() < deadline:
+            if process.popen.poll() is not None:
+                self.fail(
+                    f"{process.command} exited {process.popen.returncode}: {process.stderr()}"
+                )
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            try:
+                conn.request("GET", "/health")
+                response = conn.getresponse()
+                body = response.read()
+                if response.status == 200:
+                    health: dict[str, Any] = json.loads(body)
+                    return health
+            except OSError:
+                pass
+            finally:
+                conn.close()
+            # Not up yet: a short bounded wait that also notices an early exit.
+            try:
+                process.popen.wait(0.05)
+            except subprocess.TimeoutExpired:
+                pass
+        self.fail(f"{process.command} not healthy within {START_DEADLINE}s: {process.stderr()}")
+
+    def start_node(self, command: Sequence[str], port: int) -> Process:
+        """Start a node and wait until it is healthy."""
+        process = self.start(command)
+        self.wait_healthy(process, port)
+        return process
+
+    def run_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run C{relay ARGS} to completion (bounded) and return its outcome."""
+        return subprocess.run(
+            relay(*args),
+            capture_output=True,
+            text=True,
+            timeout=EXIT_DEADLINE,
+            stdin=subprocess.DEVNULL,
+            cwd=self.tempdir(),
+        )
+
+    def assertNoTraceback(self, process: Process) -> None:
+        """Neither output of C{process} holds a Python traceback."""
+        self.assertNotIn("Traceback", process.stderr())
+        self.assertNotIn("Traceback", process.stdout())
+
+
+class TwistdNodeTests(CommandLineTestCase):
+    """A counter node under twistd, called over HTTP."""
+
+    def test_counterOverHttp(self) -> None:
+        """The acceptance call answers 5, then 200 concurrent increments all count, once each."""
+        port = free_port()
+        node = self.start(twistd("--node-id", "n1", "--port", str(port), "--app", COUNTER))
+        health = self.wait_healthy(node, port)
+        self.assertEqual(health["status"], "healthy")
+        self.assertEqual(health["node_id"], "n1")
+        self.assertFalse(
+            os.path.exists(os.path.join(os.path.dirname(node.stdout_path), "twistd.pid"))
+        )
+
+        answer = rpc(
+            port,
+            {"jsonrpc": "2.0", "method": "counter_server.increment", "params": [5], "id": 1},
+        )
+        self.assertEqual(answer, {"jsonrpc": "2.0", "result": 5, "id": 1})
+
+        def increment(i: int) -> int:
+            body = {"jsonrpc": "2.0", "method": "counter_server.increment", "params": [1], "id": i}
+            answer = rpc(port, body)
+            self.assertEqual(answer["id"], i)
+            result: int = answer["result"]
+            return result
+
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            results = list(pool.map(increment, range(200)))
+        # The actor ran them one at a time: every intermediate count was seen exactly once.
+        self.assertEqual(sorted(results), list(range(6, 206)))
+        answer = rpc(port, {"jsonrpc": "2.0", "method": "counter_server.get", "id": 2})
+        self.assertEqual(answer["result"], 205)
+        self.assertNoTraceback(node)
+
+    def test_relayCall(self) -> None:
+        """relay call prints results as JSON and exits 0, or prints the error code and exits 1."""
+        port = free_port()
+        self.start_node(twistd("--node-id", "n1", "--port", str(port), "--app", COUNTER), port)
+        url = f"http://127.0.0.1:{port}"
+
+        done = self.run_cli("call", url, "counter_server", "increment", "3")
+        self.assertEqual((done.returncode, done.stdout, done.stderr), (0, "3\n", ""))
+
+        done = self.run_cli("call", url, "node", "echo", "1", "x", '{"a": [true]}', "NaN")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(json.loads(done.stdout), [1, "x", {"a": [True]}, "NaN"])
+
+        done = self.run_cli("call", url, "counter_server", "get", "--node", "n1", "--timeout", "5")
+        self.assertEqual((done.returncode, done.stdout), (0, "3\n"))
+
+        done = self.run_cli("call", f"127.0.0.1:{port}/", "node", "info")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(json.loads(done.stdout)["node_id"], "n1")
+
+        done = self.run_cli("call", url, "no_such_server", "increment")
+        self.assertEqual(done.returncode, 1)
+        self.assertEqual(done.stdout, "")
+        self.assertIn("error -32601", done.stderr)
+
+        done = self.run_cli("call", url, "counter_server", "get", "--node", "n9")
+        self.assertEqual(done.returncode, 1)
+        self.assertIn("error -32002", done.stderr)
+
+        done = self.run_cli("call", url, "counter_server", "increment", "x")
+        self.assertEqual(done.returncode, 1)
+        self.assertIn("error -32000", done.stderr)
+        self.assertNotIn("Traceback", done.stderr)
+
+    def test_relayCallUnreachable(self) -> None:
+        """relay call to a port nobody listens on exits 2 with one error line."""
+        done = self.run_cli("call", f"http://127.0.0.1:{free_port()}", "node", "ping")
+        self.assertEqual(done.returncode, 2)
+        self.assertEqual(done.stdout, "")
+        self.assertEqual(len(done.stderr.splitlines()), 1)
+        self.assertIn("relay: error: cannot call", done.stderr)
+
+
+class SignalTests(CommandLineTestCase):
+    """SIGTERM and SIGINT stop nodes cleanly."""
+
+    def test_twistdSigterm(self) -> None:
+        """SIGTERM ends twistd with 0 or death by SIGTERM, and frees its port."""
+        port = free_port()
+        node = self.start_node(twistd("--port", str(port)), port)
+        node.popen.send_signal(signal.SIGTERM)
+        self.assertIn(node.wait(), (0, -signal.SIGTERM))
+        self.assertNoTraceback(node)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+
+    def test_relayNodeSignals(self) -> None:
+        """relay node exits with exactly 0 on SIGTERM and on SIGINT."""
+        nodes = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            port = free_port()
+            nodes.append((sig, port, self.start(relay("node", "--port", str(port)))))
+        for sig, port, node in nodes:
+            self.wait_healthy(node, port)
+            node.popen.send_signal(sig)
+        for sig, _port, node in nodes:
+            self.assertEqual(node.wait(), 0, f"{sig!r}: {node.stderr()}")
+            self.assertNoTraceback(node)
+            self.assertNotIn("relay: error:", node.stderr())
+
+
+class BadStartTests(CommandLineTestCase):
+    """A bad start ends the process with one 'relay: error:' line and no traceback."""
+
+    def setUp(self) -> None:
+        self.apps = self.tempdir()
+        self.raising_app = os.path.join(self.apps, "raising.py")
+        with open(self.raising_app, "w") as f:
+            f.write("def setup(node):\n    raise RuntimeError('setup boom')\n")
+        self.late_app = os.path.join(self.apps, "late.py")
+        with open(self.late_app, "w") as f:
+            f.write(
+                "from twisted.internet import reactor, task\n"
+                "def _boom():\n"
+                "    raise RuntimeError('late boom')\n"
+                "def setup(node):\n"
+                "    return task.deferLater(reactor, 0.2, _boom)\n"
+            )
+        self.busy = socket.socket()
+        self.addCleanup(self.busy.close)
+        self.busy.bind(("127.0.0.1", 0))
+        self.busy.listen(1)
+
+    def cases(self) -> dict[str, tuple[list[str], str]]:
+        """:returns: argument lists by case name, with a fragment of the expected error."""
+        busy = str(self.busy.getsockname()[1])
+        return {
+            "unknown flag": (["--bogus"], "--bogus"),
+            "bad node id": (["--node-id", "bad id!"], "--node-id"),
+            "port in use": (["--port", busy], "cannot listen"),
+            "bad port": (["--port", "http://x"], "--port"),
+            "bad peer": (["--add-peer", "ftp://127.0.0.1:1"], "--add-peer"),
+            "missing TLS key": (["--port", "ssl:0:privateKey=missing.pem"], "missing.pem"),
+            "missing app": (["--app", "no_such_app.py"], "no such file"),
+            "setup raises": (["--app", self.raising_app], "setup boom"),
+            "setup fails later": (["--app", self.late_app], "late boom"),
+        }
+
+    def check(self, command: Any) -> None:
+        """Run every case with C{command} in parallel and check how each ended."""
+        started = {}
+        for name, (args, expected) in self.cases().items():
+            if "--port" not in args:
+                args = [*args, "--port", str(free_port())]
+            started[name] = (self.start(command(*args)), expected)
+        for name, (process, expected) in started.items():
+            status = process.wait()
+            stderr = process.stderr()
+            errors = [line for line in stderr.splitlines() if "relay: error:" in line]
+            self.assertNotEqual(status, 0, f"{name}: {stderr}")
+            self.assertEqual(len(errors), 1, f"{name}: {stderr}")
+            self.assertTrue(errors[0].startswith("relay: error: "), f"{name}: {errors}")
+            self.assertIn(expected, errors[0], name)
+            self.assertNoTraceback(process)
+
+    def test_twistd(self) -> None:
+        """twistd -n relay refuses each bad start with one line on stderr."""
+        self.check(twistd)
+
+    def test_relayNode(self) -> None:
+        """relay node refuses each bad start with one line on stderr."""
+        self.check(lambda *args: relay("node", *args))
+
+    def test_relayNodeStatus(self) -> None:
+        """relay node exits 2 for bad options and 1 for start-up failures."""
+        busy = str(self.busy.getsockname()[1])
+        usage = self.start(relay("node", "--node-id", "bad id!"))
+        startup = self.start(relay("node", "--port", busy))
+        self.assertEqual(usage.wait(), 2)
+        self.assertEqual(startup.wait(), 1)

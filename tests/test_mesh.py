@@ -1,0 +1,783 @@
+"""
+Tests for L{relaytx.mesh}: several nodes linked in memory with
+L{relaytx.testing.MemoryMesh}: registry sync, routing, calls across hops and
+their failures.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaytx import (
+    CallTimeout,
+    NodeUnreachable,
+    NoSuchMethod,
+    NoSuchServer,
+    RemoteCallError,
+    Server,
+    exposed,
+)
+from relaytx.calls import PendingCalls
+from relaytx.mesh import SYNC_DELAY
+from relaytx.node import RelayNode
+from relaytx.peer import CLOSE_NORMAL, CLOSE_REPLACED, PeerSession, handles
+from relaytx.testing import MemoryMesh, line, link_nodes, memory_node
+from relaytx.wire import (
+    CallSpec,
+    Envelope,
+    Payload,
+    RouteMessage,
+    ServerCall,
+    encode,
+)
+
+
+class Counter(Server):
+    """Counts the calls it executes."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @exposed
+    def increment(self, by: int = 1) -> int:
+        self.count += by
+        return self.count
+
+
+class Where(Server):
+    """Says which node it runs on."""
+
+    def __init__(self, node_id: str = "") -> None:
+        self.node_id = node_id
+
+    @exposed
+    def where(self) -> str:
+        return self.node_id
+
+
+class Failing(Server):
+    """Raises."""
+
+    @exposed
+    def boom(self) -> None:
+        raise ValueError("kaboom")
+
+
+class Slow(Server):
+    """Answers only when the test says so."""
+
+    def __init__(self) -> None:
+        self.waiting: list[Deferred[Any]] = []
+
+    @exposed
+    def wait(self) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.waiting.append(d)
+        return d
+
+
+@frozen
+class Chat(Payload):
+    """A custom message type."""
+
+    TYPE = "chat"
+    text: str
+
+
+class ChatSession(PeerSession):
+    """Records the chats it receives."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.chats: list[tuple[str, str]] = []
+
+    @handles(Chat)
+    def on_chat(self, envelope: Envelope, chat: Chat) -> None:
+        self.chats.append((envelope.sender, chat.text))
+
+
+def sample(node: RelayNode, name: str, labels: dict[str, str] | None = None) -> float:
+    """:returns: the value of a sample of C{node}'s metrics (0 if absent)."""
+    return node.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+def dropped(node: RelayNode, reason: str) -> float:
+    """:returns: how many messages C{node} dropped for C{reason}."""
+    return sample(node, "relaytx_messages_dropped_total", {"reason": reason})
+
+
+def pending_timers(node: RelayNode) -> list[Any]:
+    """:returns: the delayed calls of C{node}'s pending-call timeouts."""
+    pending = node.mesh.pending
+    return [
+        call
+        for call in node.mesh.clock.getDelayedCalls()
+        if getattr(call.func, "__func__", None) is PendingCalls._timed_out
+        and call.func.__self__ is pending
+    ]
+
+
+class MeshTestCase(SynchronousTestCase):
+    """Nodes on one shared clock, linked in memory."""
+
+    registry = True
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.network = MemoryMesh()
+
+    def nodes(self, names: str) -> list[RelayNode]:
+        return [memory_node(name, self.clock, disable_registry=not self.registry) for name in names]
+
+    def line(self, names: str) -> list[RelayNode]:
+        """:returns: nodes called C{names}, linked in a line, settled."""
+        nodes = self.nodes(names)
+        line(nodes, self.network)
+        self.network.settle()
+        return nodes
+
+
+class MemoryMeshTests(MeshTestCase):
+    """The in-memory network itself."""
+
+    def test_frames_wait_for_pump(self) -> None:
+        """A frame is delivered only by pump(), not when it is sent."""
+        a, b = self.nodes("ab")
+        link = link_nodes(a, b, self.network)
+        self.assertIs(link.network, self.network)
+        self.assertEqual(link.delivered, 0)
+        self.assertGreater(self.network.pump(), 0)
+        self.assertGreater(link.delivered, 0)
+        self.assertIsNotNone(link.session_of(b).last_seen)
+
+    def test_link_nodes_own_network(self) -> None:
+        """link_nodes without a network makes one that can pump the link."""
+        a, b = self.nodes("ab")
+        link = link_nodes(a, b)
+        link.network.settle()
+        self.assertEqual(a.routes()["b"]["hops"], 1)
+        self.assertEqual(b.peers()["a"]["direction"], "inbound")
+        self.assertEqual(a.peers()["b"]["direction"], "outbound")
+
+    def test_close_reaches_both(self) -> None:
+        """A session's close reaches both sessions as connection_lost once pumped."""
+        a, b = self.nodes("ab")
+        link = link_nodes(a, b, self.network)
+        link.session_of(a).close(CLOSE_NORMAL, "bye")
+        self.assertIn("b", a.mesh.links)
+        self.network.pump()
+        self.assertEqual((a.mesh.links, b.mesh.links), ({}, {}))
+        self.assertEqual(link.close_code, CLOSE_NORMAL)
+        self.assertTrue(link.closed)
+
+    def test_frames_before_close_delivered(self) -> None:
+        """Frames sent before a close still arrive; the close follows them."""
+        a, b = self.nodes("ab")
+        counter = Counter()
+        b.expose("counter", counter)
+        link = link_nodes(a, b, self.network)
+        self.network.settle()
+        d = a.call("b", "counter", "increment")
+        link.session_of(a).close(CLOSE_NORMAL, "bye")
+        self.network.pump()
+        # b ran the call, but its answer came after the close: a's call
+        # failed when the link went down, and the answer was lost.
+        self.assertEqual(counter.count, 1)
+        self.assertEqual(link.discarded, 1)
+        self.failureResultOf(d, NodeUnreachable)
+
+    def test_cut_is_immediate(self) -> None:
+        """cut() drops both ends at once and loses frames in flight."""
+        a, b = self.nodes("ab")
+        link = link_nodes(a, b, self.network)
+        link.cut()
+        self.assertEqual((a.mesh.links, b.mesh.links), ({}, {}))
+        self.assertGreater(link.discarded, 0)
+        self.assertEqual(self.network.pump(), 0)
+
+    def test_pause_holds_frames(self) -> None:
+        """A paused link delivers nothing until resumed, then delivers in order."""
+        a, b = self.nodes("ab")
+        link = link_nodes(a, b, self.network)
+        self.network.settle()
+        link.pause()
+        d = a.call("b", "node", "echo", "x")
+        self.network.pump()
+        self.assertNoResult(d)
+        link.resume()
+        self.network.pump()
+        self.assertEqual(self.successResultOf(d), ["x"])
+
+    def test_message_loop_detected(self) -> None:
+        """pump() gives up with an error on endless traffic instead of hanging."""
+        a, b = self.nodes("ab")
+        link = link_nodes(a, b, self.network)
+        self.network.pump()
+
+        def echo_back(envelope: Envelope, chat: Chat) -> None:
+            link.session_of(envelope.to).mesh.send(envelope.sender, chat)
+
+        a.register_handler(Chat, echo_back)
+        b.register_handler(Chat, echo_back)
+        a.send("b", Chat("again"))
+        self.assertRaises(RuntimeError, self.network.pump, 50)
+
+    def test_long_advance_keeps_links(self) -> None:
+        """A long advance stops at every ping, so links that answer stay up."""
+        a, b = self.nodes("ab")
+        link = link_nodes(a, b, self.network)
+        self.network.advance(60)
+        self.assertFalse(link.closed)
+        self.assertEqual((list(a.mesh.links), list(b.mesh.links)), (["b"], ["a"]))
+        self.assertEqual(len(link.sent_by(a, "ping")), 13)
+        self.assertEqual(a.peers()["b"]["rtt_ms"], 0.0)
+        self.assertEqual(self.clock.seconds(), 60)
+
+    def test_stalled_link_dropped(self) -> None:
+        """A stalled link is dropped after three to four silent ping intervals."""
+        a, b, c = self.line("abc")
+        link = self.network.link_between(a, b)
+        link.pause()
+        self.network.advance(14)
+        self.assertFalse(link.closed)
+        self.network.advance(6)
+        self.assertTrue(link.closed)
+        self.assertTrue(link.transport_of(a).aborted or link.transport_of(b).aborted)
+        self.assertEqual((sorted(a.mesh.links), sorted(b.mesh.links)), ([], ["c"]))
+        self.assertNotIn("a", c.routes())
+
+    def test_separate_clocks(self) -> None:
+        """advance() moves every linked node's clock when nodes have their own."""
+        a = memory_node("a")
+        b = memory_node("b")
+        link_nodes(a, b, self.network)
+        self.network.advance(3)
+        self.assertEqual((a.clock.seconds(), b.clock.seconds()), (3, 3))
+        self.assertEqual(len(self.network.clocks()), 2)
+
+
+class RegistrySyncTests(MeshTestCase):
+    """Registry syncs: prompt, coalesced, converging."""
+
+    def test_sync_when_link_opens(self) -> None:
+        """Both ends send a registry_sync as soon as the link opens, with no delay."""
+        a, b = self.nodes("ab")
+        link = link_nodes(a, b, self.network)
+        self.network.advance(0)
+        self.assertEqual(len(link.sent_by(a, "registry_sync")), 1)
+        self.assertEqual(len(link.sent_by(b, "registry_sync")), 1)
+        [entry] = [e for e in a.server_directory()["node"] if e["node_id"] == "b"]
+        self.assertEqual(entry["hops"], 1)
+
+    def test_expose_coalesced(self) -> None:
+        """Several expose() calls within SYNC_DELAY give one registry_sync per neighbour."""
+        a, b, c = self.nodes("abc")
+        ab = self.network.link(a, b)
+        ac = self.network.link(a, c)
+        self.network.settle()
+        before_b = len(ab.sent_by(a, "registry_sync"))
+        before_c = len(ac.sent_by(a, "registry_sync"))
+        a.expose("one", Counter())
+        self.network.advance(SYNC_DELAY / 4)
+        a.expose("two", Counter())
+        self.network.advance(SYNC_DELAY / 4)
+        a.expose("three", Counter())
+        self.assertEqual(len(ab.sent_by(a, "registry_sync")), before_b)
+        self.network.settle()
+        for link, before in ((ab, before_b), (ac, before_c)):
+            syncs = link.sent_by(a, "registry_sync")
+            self.assertEqual(len(syncs), before + 1)
+            self.assertEqual(set(syncs[-1].data["servers"]), {"node", "one", "two", "three"})
+        self.assertLessEqual(self.clock.seconds(), 1.0)
+        self.assertEqual({e["node_id"] for e in b.server_directory()["three"]}, {"a"})
+
+    def test_line_of_four_converges(self) -> None:
+        """On a line of four, the ends see each other's servers three hops away."""
+        a, b, _c, d = self.line("abcd")
+        d.expose("far", Counter())
+        self.network.settle()
+        [entry] = a.server_directory()["far"]
+        self.assertEqual((entry["node_id"], entry["hops"], entry["is_local"]), ("d", 3, False))
+        self.assertEqual(entry["methods"], ["increment"])
+        self.assertEqual(a.routes()["d"]["next_hop"], "b")
+        self.assertEqual(
+            d.routes()["a"], {"next_hop": "c", "hops": 3, "metric": 3, "path": ["c", "b", "a"]}
+        )
+        self.assertEqual(
+            sorted((e["node_id"], e["hops"]) for e in b.server_directory()["node"]),
+            [("a", 1), ("b", 0), ("c", 1), ("d", 2)],
+        )
+
+    def test_unexpose_propagates(self) -> None:
+        """A server removed at one end disappears from the other end's directory."""
+        a, _b, _c, d = self.line("abcd")
+        d.expose("far", Counter())
+        self.network.settle()
+        d.unexpose("far")
+        self.network.settle()
+        self.assertNotIn("far", a.server_directory())
+
+    def test_cut_withdraws_routes(self) -> None:
+        """Cutting the middle of a line withdraws the routes across it at both ends."""
+        a, b, c, d = self.line("abcd")
+        self.network.link_between(b, c).cut()
+        self.network.settle()
+        self.assertEqual(sorted(a.routes()), ["b"])
+        self.assertEqual(sorted(d.routes()), ["c"])
+
+
+class CallTests(MeshTestCase):
+    """node.call across hops, and its errors."""
+
+    def test_call_across_hops(self) -> None:
+        """node.call reaches nodes one, two and three hops away and returns their results."""
+        nodes = self.line("abcd")
+        for node in nodes[1:]:
+            node.expose("where", Where(node.node_id))
+        self.network.settle()
+        a = nodes[0]
+        for target in "bcd":
+            d = a.call(target, "where", "where")
+            self.assertNoResult(d)
+            self.network.pump()
+            self.assertEqual(self.successResultOf(d), target)
+        self.assertEqual(len(a.mesh.pending), 0)
+        self.assertEqual(sample(nodes[1], "relaytx_messages_routed_total"), 4)
+
+    def test_kwargs_across_hops(self) -> None:
+        """Keyword arguments travel with a routed call."""
+        a, _b, c = self.line("abc")
+        counter = Counter()
+        c.expose("counter", counter)
+        d = a.call("c", "counter", "increment", by=5)
+        self.network.pump()
+        self.assertEqual(self.successResultOf(d), 5)
+
+    def test_remote_exception(self) -> None:
+        """A method that raises three hops away fails the call with -32000 naming the target."""
+        a, _b, _c, d = self.line("abcd")
+        d.expose("failing", Failing())
+        call = a.call("d", "failing", "boom")
+        self.network.pump()
+        error = self.failureResultOf(call, RemoteCallError).value
+        self.assertEqual(error.code, -32000)
+        self.assertEqual(error.data["type"], "ValueError")
+        self.assertEqual(error.data["message"], "kaboom")
+        self.assertEqual(error.data["node_id"], "d")
+        self.assertNotIn("Traceback", repr(error.to_jsonrpc()))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_unknown_server(self) -> None:
+        """A server the target does not host fails the call with -32003."""
+        a, _b, _c = self.line("abc")
+        call = a.call("c", "nope", "get")
+        self.network.pump()
+        error = self.failureResultOf(call, NoSuchServer).value
+        self.assertEqual(error.code, -32003)
+        self.assertEqual(error.data["node_id"], "c")
+
+    def test_unknown_method(self) -> None:
+        """A method the target's server does not expose fails the call with -32003."""
+        a, _b, _c = self.line("abc")
+        call = a.call("c", "node", "_private")
+        self.network.pump()
+        failure = self.failureResultOf(call, NoSuchServer, NoSuchMethod)
+        self.assertEqual(failure.value.code, -32003)
+
+    def test_no_route(self) -> None:
+        """A call to a node nobody knows fails with -32002 at once, without the clock moving."""
+        a, _b = self.line("ab")
+        now = self.clock.seconds()
+        error = self.failureResultOf(a.call("z", "node", "ping"), NodeUnreachable).value
+        self.assertEqual(error.code, -32002)
+        self.assertEqual(self.clock.seconds(), now)
+        self.assertEqual(len(a.mesh.pending), 0)
+        self.assertEqual(pending_timers(a), [])
+
+    def test_no_links(self) -> None:
+        """A node with no links fails a remote call with -32002 at once."""
+        [a] = self.nodes("a")
+        self.failureResultOf(a.call("z", "node", "ping"), NodeUnreachable)
+
+    def test_timeout(self) -> None:
+        """A call with no answer fails with -32001 at its deadline and leaves nothing pending."""
+        a, b = self.line("ab")
+        self.network.link_between(a, b).pause()
+        d = a.call("b", "node", "ping", timeout=4)
+        self.assertEqual(sample(a, "relaytx_pending_calls"), 1)
+        self.network.advance(3.999)
+        self.assertNoResult(d)
+        self.network.advance(0.001)
+        error = self.failureResultOf(d, CallTimeout).value
+        self.assertEqual(error.code, -32001)
+        self.assertEqual(sample(a, "relaytx_pending_calls"), 0)
+        self.assertEqual(len(a.mesh.pending), 0)
+        self.assertEqual(pending_timers(a), [])
+
+    def test_late_answer(self) -> None:
+        """An answer arriving after the timeout is dropped and counted."""
+        a, b = self.line("ab")
+        link = self.network.link_between(a, b)
+        link.pause()
+        d = a.call("b", "node", "echo", "late", timeout=2)
+        self.network.advance(2)
+        self.failureResultOf(d, CallTimeout)
+        link.resume()
+        self.network.pump()
+        self.assertEqual(len(link.sent_by(b, "server_response")), 1)
+        self.assertEqual(sample(a, "relaytx_late_answers_total"), 1)
+        self.assertEqual(len(a.mesh.pending), 0)
+
+    def test_own_link_cut_mid_call(self) -> None:
+        """A call in flight fails with -32002 at once when the caller's own link is cut."""
+        a, b, _c, d = self.line("abcd")
+        slow = Slow()
+        d.expose("slow", slow)
+        call = a.call("d", "slow", "wait", timeout=60)
+        self.network.pump()
+        self.assertEqual(len(slow.waiting), 1)
+        self.network.link_between(a, b).cut()
+        error = self.failureResultOf(call, NodeUnreachable).value
+        self.assertEqual(error.code, -32002)
+        self.assertEqual(pending_timers(a), [])
+
+    def test_first_hop_lost_with_other_path(self) -> None:
+        """A call in flight fails with -32002 when its first hop goes, though another path stays."""
+        a, b, c, d = self.nodes("abcd")
+        for x, y in [(a, b), (b, d), (a, c), (c, d)]:
+            self.network.link(x, y)
+        self.network.settle()
+        slow = Slow()
+        d.expose("slow", slow)
+        self.assertEqual(a.routes()["d"]["next_hop"], "b")
+        call = a.call("d", "slow", "wait", timeout=60)
+        self.network.pump()
+        self.assertEqual(len(slow.waiting), 1)
+        self.network.link_between(a, b).cut()
+        self.assertEqual(a.routes()["d"]["next_hop"], "c")
+        self.assertEqual(self.failureResultOf(call, NodeUnreachable).value.code, -32002)
+
+    def test_budget_spent_on_target(self) -> None:
+        """A method outliving the call's budget times out at both ends and leaves no timer."""
+        a, b = self.line("ab")
+        slow = Slow()
+        b.expose("slow", slow)
+        call = a.call("b", "slow", "wait", timeout=2)
+        self.network.pump()
+        self.network.advance(2)
+        self.assertEqual(self.failureResultOf(call, CallTimeout).value.code, -32001)
+        [answer] = self.network.link_between(a, b).sent_by(b, "server_response")
+        self.assertEqual(answer.data["error_code"], -32001)
+        self.assertEqual(sample(a, "relaytx_late_answers_total"), 1)
+        slow.waiting[0].callback("much too late")
+        self.network.pump()
+        self.assertEqual(len(self.network.link_between(a, b).sent_by(b, "server_response")), 1)
+        # No Deferred.addTimeout timer of the execution is left behind.
+        timers = [
+            c
+            for c in self.clock.getDelayedCalls()
+            if getattr(c.func, "__name__", "") == "timeItOut"
+        ]
+        self.assertEqual(timers, [])
+
+    def test_far_link_cut_mid_call(self) -> None:
+        """A call in flight fails with -32002 at once when a link further along is cut."""
+        a, b, c, d = self.line("abcd")
+        slow = Slow()
+        d.expose("slow", slow)
+        for far in [("b", "c"), ("c", "d")]:
+            call = a.call("d", "slow", "wait", timeout=60)
+            self.network.pump()
+            self.assertNoResult(call)
+            now = self.clock.seconds()
+            self.network.link_between(*far).cut()
+            self.network.pump()
+            error = self.failureResultOf(call, NodeUnreachable).value
+            self.assertEqual(error.code, -32002)
+            self.assertEqual(error.data["node_id"], far[0])
+            self.assertEqual(self.clock.seconds(), now)
+            self.network.link(*(n for n in (a, b, c, d) if n.node_id in far))
+            self.network.settle()
+        self.assertEqual(len(a.mesh.pending), 0)
+
+    def test_forwarder_forgets_answered_calls(self) -> None:
+        """A forwarder forgets a call once its answer passed back, so a later cut fails nothing."""
+        a, b, _c = self.line("abc")
+        d = a.call("c", "node", "ping")
+        self.network.pump()
+        self.successResultOf(d)
+        self.assertEqual(len(b.mesh.forwarded), 0)
+
+    def test_duplicate_call_frame(self) -> None:
+        """The same server_call frame delivered twice executes once."""
+        a, b = self.line("ab")
+        counter = Counter()
+        b.expose("counter", counter)
+        call = ServerCall(CallSpec("counter", "increment", (1,), timeout=5), "r-dup")
+        data = encode(Envelope.create(call, "a", "b", self.clock.seconds()))
+        link = self.network.link_between(a, b)
+        session = link.session_of(b)
+        session.data_received(data)
+        session.data_received(data)
+        self.network.pump()
+        self.assertEqual(counter.count, 1)
+        self.assertEqual(len(link.sent_by(b, "server_response")), 1)
+        self.assertEqual(dropped(b, "duplicate"), 1)
+
+    def test_ttl_exceeded(self) -> None:
+        """A call that would need more hops than its TTL fails with -32002; one within it works."""
+        nodes = self.line(string.ascii_lowercase[:12])
+        a, k, l_ = nodes[0], nodes[10], nodes[11]
+        counters = {node.node_id: Counter() for node in (k, l_)}
+        for node in (k, l_):
+            node.expose("counter", counters[node.node_id])
+        self.network.settle()
+        self.assertEqual(a.routes()["l"]["hops"], 11)
+        near = a.call("k", "counter", "increment")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(near), 1)
+        far = a.call("l", "counter", "increment")
+        self.network.pump()
+        error = self.failureResultOf(far, NodeUnreachable).value
+        self.assertIn("TTL", error.message)
+        self.assertEqual(error.data["node_id"], "k")
+        self.assertEqual(dropped(k, "ttl_exceeded"), 1)
+        self.assertEqual(counters["l"].count, 0)
+
+    def test_loop_dropped(self) -> None:
+        """A message whose route already holds the forwarder is dropped and counted."""
+        a, b, c = self.line("abc")
+        counter = Counter()
+        c.expose("counter", counter)
+        # It went a -> b -> a before and now comes back to b.
+        call = ServerCall(CallSpec("counter", "increment"), "r-loop")
+        inner = Envelope.create(call, "a", "c", 0).hop("b").hop("a")
+        outer = Envelope.create(RouteMessage(inner), "a", "b", 0)
+        bc = self.network.link_between(b, c)
+        before = len(bc.sent_by(b))
+        self.network.link_between(a, b).session_of(b).data_received(encode(outer))
+        self.network.pump()
+        self.assertEqual(dropped(b, "loop"), 1)
+        self.assertEqual(len(bc.sent_by(b)), before)
+        self.assertEqual(counter.count, 0)
+
+    def test_nearest_host(self) -> None:
+        """A call by server name alone goes to the nearest node hosting it; a local one wins."""
+        a, b, c, d = self.line("abcd")
+        c.expose("svc", Where("c"))
+        d.expose("svc", Where("d"))
+        self.network.settle()
+        call = a.call(None, "svc", "where")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(call), "c")
+        self.assertEqual(self.successResultOf(d.call(None, "svc", "where")), "d")
+        b.expose("svc", Where("b"))
+        self.network.settle()
+        call = a.call(None, "svc", "where")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(call), "b")
+
+    def test_custom_message_routed(self) -> None:
+        """A custom message type crosses a node that does not know it and is handled at its end."""
+        a, b, c = self.nodes("abc")
+        a.use_session(ChatSession)
+        c.use_session(ChatSession)
+        line([a, b, c], self.network)
+        self.network.settle()
+        self.assertTrue(a.send("c", Chat("hello")))
+        self.network.pump()
+        [session] = [s for s in c.mesh.links.values()]
+        self.assertEqual(session.chats, [("a", "hello")])  # type: ignore[attr-defined]
+        self.assertEqual(dropped(b, "unknown_type"), 0)
+
+    def test_registered_handler_routed(self) -> None:
+        """A handler registered on the far node receives a custom message sent two hops."""
+        a, _b, c = self.line("abc")
+        got: list[str] = []
+        c.register_handler(Chat, lambda envelope, chat: got.append(chat.text))
+        a.send("c", Chat("hi"))
+        self.network.pump()
+        self.assertEqual(got, ["hi"])
+
+
+class FloodTests(MeshTestCase):
+    """The original's fallback when no routes are known."""
+
+    registry = False
+
+    def test_two_hops(self) -> None:
+        """With the registry disabled, a call still reaches a node two hops away by flooding."""
+        a, b, _c = self.line("abc")
+        self.assertEqual(sorted(a.routes()), ["b"])
+        d = a.call("c", "node", "echo", "flood")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(d), ["flood"])
+        self.assertGreater(sample(b, "relaytx_messages_routed_total"), 0)
+        self.assertEqual(self.network.link_between(a, b).sent_by(a, "registry_sync"), [])
+
+    def test_flooded_copies_run_once(self) -> None:
+        """Copies of a flooded call arriving by two paths execute once."""
+        a, b, c, d = self.nodes("abcd")
+        for x, y in [(a, b), (a, c), (b, d), (c, d)]:
+            self.network.link(x, y)
+        self.network.settle()
+        counter = Counter()
+        d.expose("counter", counter)
+        call = a.call("d", "counter", "increment")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(call), 1)
+        self.assertEqual(counter.count, 1)
+        self.assertGreaterEqual(dropped(d, "duplicate"), 1)
+
+    def test_dead_end_copy(self) -> None:
+        """A flooded copy that reaches a dead end does not fail a call another copy completes."""
+        a, b, c, leaf = self.nodes("abcx")
+        for x, y in [(a, b), (a, leaf), (b, c)]:
+            self.network.link(x, y)
+        self.network.settle()
+        counter = Counter()
+        c.expose("counter", counter)
+        call = a.call("c", "counter", "increment")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(call), 1)
+        self.assertEqual(dropped(leaf, "no_route"), 1)
+
+    def test_unrelated_link_lost(self) -> None:
+        """A flooded call in flight survives the loss of a link it never used."""
+        a, b, c, q = self.nodes("abcq")
+        for x, y in [(a, b), (b, c), (a, q)]:
+            self.network.link(x, y)
+        self.network.settle()
+        slow = Slow()
+        c.expose("slow", slow)
+        call = a.call("c", "slow", "wait", timeout=60)
+        self.network.pump()
+        self.assertEqual(len(slow.waiting), 1)
+        self.network.link_between(a, q).cut()
+        self.assertNoResult(call)
+        slow.waiting[0].callback("done")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(call), "done")
+
+    def test_lost_flood_branch(self) -> None:
+        """A forwarder that flooded a call does not fail it when one of its branches is lost."""
+        a, x, y, z, t = self.nodes("axyzt")
+        for p, q in [(a, x), (x, y), (x, z), (y, t)]:
+            self.network.link(p, q)
+        self.network.settle()
+        slow = Slow()
+        t.expose("slow", slow)
+        call = a.call("t", "slow", "wait", timeout=60)
+        self.network.pump()
+        self.assertEqual(len(slow.waiting), 1)
+        self.network.link_between(x, z).cut()
+        self.network.pump()
+        self.assertNoResult(call)
+        slow.waiting[0].callback("done")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(call), "done")
+
+    def test_flood_to_nowhere_ends(self) -> None:
+        """A call flooded round a ring for a node that does not exist dies out, then times out."""
+        a, b, c = self.nodes("abc")
+        for x, y in [(a, b), (b, c), (c, a)]:
+            self.network.link(x, y)
+        self.network.settle()
+        call = a.call("nobody", "node", "ping", timeout=3)
+        self.assertLess(self.network.pump(), 20)
+        self.assertGreaterEqual(dropped(b, "no_route") + dropped(c, "no_route"), 2)
+        self.assertNoResult(call)
+        self.network.advance(3)
+        self.assertEqual(self.failureResultOf(call, CallTimeout).value.code, -32001)
+        self.assertEqual(len(a.mesh.pending), 0)
+
+    def test_bare_name_is_local_only(self) -> None:
+        """With the registry disabled, a bare server name never reaches another node."""
+        a, b = self.line("ab")
+        b.expose("svc", Where("b"))
+        self.network.settle()
+        self.assertEqual(self.failureResultOf(a.call(None, "svc", "where")).value.code, -32601)
+
+
+class LinkLifecycleTests(MeshTestCase):
+    """Link replacement and stopping a node."""
+
+    def test_replacement_keeps_calls(self) -> None:
+        """A second link from the same node replaces the first without failing calls via it."""
+        a, b = self.line("ab")
+        slow = Slow()
+        b.expose("slow", slow)
+        call = a.call("b", "slow", "wait", timeout=60)
+        self.network.pump()
+        old = self.network.link_between(a, b)
+        new = self.network.link(a, b)
+        self.network.pump()
+        self.assertEqual(old.close_code, CLOSE_REPLACED)
+        self.assertTrue(old.closed)
+        self.assertIs(a.mesh.links["b"], new.session_of(a))
+        self.assertIs(b.mesh.links["a"], new.session_of(b))
+        self.assertNoResult(call)
+        slow.waiting[0].callback("done")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(call), "done")
+        self.assertEqual(len(new.sent_by(b, "server_response")), 1)
+
+    def test_stop_service(self) -> None:
+        """stopService closes links with 1000, fails pending calls and leaves no delayed calls."""
+        a = memory_node("a")
+        b = memory_node("b")
+        c = memory_node("c")
+        slow = Slow()
+        b.expose("slow", slow)
+        ab = self.network.link(a, b)
+        self.network.link(c, a)
+        self.network.settle()
+        call = a.call("b", "slow", "wait", timeout=60)
+        self.network.pump()
+        stopped = a.stopService()
+        error = self.failureResultOf(call, NodeUnreachable).value
+        self.assertEqual(error.code, -32002)
+        self.assertEqual(ab.transport_of(a).closes[0][0], CLOSE_NORMAL)
+        self.network.pump()
+        self.successResultOf(stopped)
+        self.assertEqual(a.mesh.links, {})
+        self.assertEqual((b.mesh.links, c.mesh.links), ({}, {}))
+        self.assertEqual(a.clock.getDelayedCalls(), [])
+
+    def test_stop_service_while_executing(self) -> None:
+        """A node stopped while running a call for a peer leaves no delayed calls behind."""
+        a = memory_node("a")
+        b = memory_node("b")
+        slow = Slow()
+        a.expose("slow", slow)
+        link_nodes(a, b, self.network)
+        self.network.settle()
+        call = b.call("a", "slow", "wait", timeout=60)
+        self.network.pump()
+        self.assertEqual(len(slow.waiting), 1)
+        stopped = a.stopService()
+        self.network.pump()
+        self.successResultOf(stopped)
+        self.assertEqual(a.clock.getDelayedCalls(), [])
+        self.assertEqual(self.failureResultOf(call, NodeUnreachable).value.code, -32002)
+        slow.waiting[0].callback("too late")  # the mailbox shrugs it off
+
+    def test_stop_service_unanswered_close(self) -> None:
+        """stopService finishes after its grace period when a peer never completes the close."""
+        a = memory_node("a")
+        b = memory_node("b")
+        link = link_nodes(a, b, self.network)
+        self.network.settle()
+        link.pause()
+        stopped = a.stopService()
+        self.assertNoResult(stopped)
+        a.clock.advance(2)
+        self.successResultOf(stopped)
+        self.assertEqual(a.mesh.links, {})
+        self.assertEqual(a.clock.getDelayedCalls(), [])
