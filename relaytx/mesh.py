@@ -481,7 +481,8 @@ class Mesh:
             d = self._execute_local(target)
         except Exception:
             d = fail()
-        d.addTimeout(budget, self.clock, onTimeoutCancel=_budget_spent)
+        if not d.called:  # most calls finish at once: no timer for those
+            d.addTimeout(budget, self.clock, onTimeoutCancel=_budget_spent)
         self._executing.add(d)
         d.addBoth(self._executed, d)
         d.addBoth(self._answer_call, envelope, call)

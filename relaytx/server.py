@@ -15,6 +15,7 @@ another node) waits for itself and never finishes: call other servers only.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
@@ -41,28 +42,46 @@ def exposed(fn: F) -> F:
     return fn
 
 
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
 class ExposedMethod:
     """
     One exposed method of a server class: its name, the function, and a
     signature check that runs before the call is queued.
     """
 
-    __slots__ = ("_signature", "function", "name")
+    __slots__ = ("_max_args", "_min_args", "_signature", "function", "name")
 
     def __init__(self, name: str, function: Callable[..., Any]) -> None:
         self.name = name
         self.function = function
         self._signature: inspect.Signature | None = None
 
+    def _prepare(self) -> None:
+        # The bound form hides C{self}; build it once, lazily, with the
+        # range of positional counts that need no full bind() to check.
+        signature = inspect.signature(self.function)
+        params = list(signature.parameters.values())[1:]
+        self._signature = signature.replace(parameters=params)
+        positional = [p for p in params if p.kind in _POSITIONAL]
+        required_keywords = [p for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
+        self._min_args = sum(1 for p in positional if p.default is p.empty)
+        self._max_args = len(positional)
+        if any(p.kind == p.VAR_POSITIONAL for p in params):
+            self._max_args = sys.maxsize
+        if required_keywords:
+            self._min_args = sys.maxsize  # never fast: bind() names what is missing
+
     def check_arguments(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> None:
         """
         :raises InvalidParams: if C{args}/C{kwargs} do not fit the method.
         """
         if self._signature is None:
-            # The bound form hides C{self}; build it once, lazily.
-            signature = inspect.signature(self.function)
-            params = list(signature.parameters.values())[1:]
-            self._signature = signature.replace(parameters=params)
+            self._prepare()
+        if not kwargs and self._min_args <= len(args) <= self._max_args:
+            return  # positional arguments only, and the right number of them
+        assert self._signature is not None
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as e:

@@ -68,12 +68,23 @@ def new_id() -> str:
     return f"{_id_prefix}-{next(_id_counter)}"
 
 
+_second_cache: list[Any] = [None, ""]
+
+
 def rfc3339(seconds: float) -> str:
     """
     :param seconds: a Unix time, as C{IReactorTime.seconds()} gives.
     :returns: that instant as an RFC 3339 UTC timestamp with microseconds.
     """
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # Every message carries one: format the date and time once per second.
+    whole = int(seconds // 1)
+    micros = round((seconds - whole) * 1_000_000)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    if _second_cache[0] != whole:
+        stamp = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_cache[0], _second_cache[1] = whole, stamp
+    return f"{_second_cache[1]}.{micros:06d}Z"
 
 
 # Field checks shared by the envelope and the payloads.
@@ -197,8 +208,30 @@ class Envelope:
             raise MalformedMessage(
                 f"frame is a JSON {type(obj).__name__}, not an object", reason="not_object"
             )
+        get = obj.get
+        kind, sender, to, data = get("type"), get("from"), get("to"), get("data")
+        message_id, route, ttl = get("id"), get("route"), get("ttl")
+        if (
+            # The fast path: every field present and well typed, as relaytx
+            # and the original send them.
+            type(kind) is str
+            and type(sender) is str
+            and type(to) is str
+            and type(data) is dict
+            and type(message_id) is str
+            and type(route) is list
+            and type(ttl) is int
+            and all(type(hop) is str for hop in route)
+        ):
+            timestamp = get("timestamp")
+            reply_to = get("reply_to")
+            if (timestamp is None or type(timestamp) is str) and (
+                reply_to is None or type(reply_to) is str
+            ):
+                return cls(
+                    kind, sender, to, data, message_id, timestamp, tuple(route), ttl, reply_to
+                )
         what = "envelope"
-        route = obj.get("route")
         return cls(
             type=_require(obj, "type", str, what),
             sender=_require(obj, "from", str, what),
