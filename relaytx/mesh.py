@@ -259,8 +259,17 @@ class Mesh:
         self._sync_call = None
         own = {name: tuple(methods) for name, methods in self._local_servers().items()}
         now = self.clock.seconds()
+        router = self.router
         for peer_id, session in list(self.links.items()):
-            advert = self.router.advert_for(peer_id, own)
+            if router.is_router(peer_id):
+                advert = router.advert_for(peer_id, own)
+            else:
+                # A peer that has not advertised routes (yet) hears only our
+                # servers, with an empty table that says "we route: send
+                # yours". Its answer makes it a router and gets it the full
+                # table; a peer that never answers (an original node, a bare
+                # client) never costs us more than this.
+                advert = RegistrySync(own, {})
             if self._sent_adverts.get(peer_id) == advert:
                 continue
             self._sent_adverts[peer_id] = advert
@@ -270,8 +279,11 @@ class Mesh:
         """Take a neighbour's advert; re-announce if the routes changed."""
         if not self.registry_enabled or self.links.get(session.peer_id) is not session:
             return
+        was_router = self.router.is_router(session.peer_id)
         if self.router.advert_from(session.peer_id, sync, self.clock.seconds()):
             self._after_route_change()
+        elif not was_router and sync.routes is not None:
+            self.schedule_sync()  # it routes: it gets our whole table now
 
     def _after_route_change(self) -> None:
         for destination in list(self._pending_destinations()):

@@ -79,13 +79,18 @@ class Router:
     The routing table of node C{node_id}. Pure bookkeeping: no I/O, no clock.
 
     Callers report link events (L{link_up}, L{link_down}, L{set_health}) and
-    adverts (L{advert_from}); each returns whether the table changed.
+    adverts (L{advert_from}); each returns whether the table changed. Each
+    event re-decides only the destinations it can affect (an index records
+    which neighbours advertise which destination), so a node with thousands
+    of links pays per event for what changed, not for the whole table.
     """
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
         self._neighbours: dict[str, _Neighbour] = {}
         self._routes: dict[str, Route] = {}
+        #: destination -> the neighbours whose latest advert reaches it
+        self._providers: dict[str, set[str]] = {}
 
     # Events.
 
@@ -94,13 +99,16 @@ class Router:
         if peer_id in self._neighbours:
             return False
         self._neighbours[peer_id] = _Neighbour()
-        return self._recompute()
+        return self._update((peer_id,))
 
     def link_down(self, peer_id: str) -> bool:
         """The link to C{peer_id} closed; forget its adverts."""
-        if self._neighbours.pop(peer_id, None) is None:
+        neighbour = self._neighbours.pop(peer_id, None)
+        if neighbour is None:
             return False
-        return self._recompute()
+        advertised = self._advertised(neighbour)
+        self._index(peer_id, advertised, ())
+        return self._update((peer_id, *advertised))
 
     def set_health(self, peer_id: str, healthy: bool) -> bool:
         """Mark a linked neighbour healthy or not; unhealthy ones route nothing."""
@@ -108,7 +116,7 @@ class Router:
         if neighbour is None or neighbour.healthy == healthy:
             return False
         neighbour.healthy = healthy
-        return self._recompute()
+        return self._update((peer_id, *self._advertised(neighbour)))
 
     def set_rtt(self, peer_id: str, rtt: float) -> None:
         """Record a measured round trip; used only to break ties."""
@@ -123,9 +131,12 @@ class Router:
         neighbour = self._neighbours.get(peer_id)
         if neighbour is None:
             return False
+        before = self._advertised(neighbour)
         neighbour.advert = advert
         neighbour.last_advert_at = now
-        return self._recompute()
+        after = self._advertised(neighbour)
+        self._index(peer_id, before, after)
+        return self._update({peer_id, *before, *after})
 
     # Queries.
 
@@ -146,6 +157,18 @@ class Router:
         """:returns: whether C{peer_id} is a linked, healthy neighbour."""
         neighbour = self._neighbours.get(peer_id)
         return neighbour is not None and neighbour.healthy
+
+    def is_router(self, peer_id: str) -> bool:
+        """
+        :returns: whether neighbour C{peer_id} advertises routes (a relaytx
+            node with its registry on), and so wants to hear ours.
+        """
+        neighbour = self._neighbours.get(peer_id)
+        return (
+            neighbour is not None
+            and neighbour.advert is not None
+            and neighbour.advert.routes is not None
+        )
 
     def healthy_neighbours(self) -> list[str]:
         """:returns: the ids of linked, healthy neighbours."""
@@ -183,36 +206,67 @@ class Router:
 
     # The computation.
 
-    def _recompute(self) -> bool:
+    @staticmethod
+    def _advertised(neighbour: _Neighbour) -> tuple[str, ...]:
+        advert = neighbour.advert
+        if advert is None or advert.routes is None:
+            return ()
+        return tuple(advert.routes)
+
+    def _index(self, peer_id: str, before: tuple[str, ...], after: tuple[str, ...]) -> None:
+        providers = self._providers
+        for dest in before:
+            holders = providers.get(dest)
+            if holders is not None:
+                holders.discard(peer_id)
+                if not holders:
+                    del providers[dest]
+        for dest in after:
+            providers.setdefault(dest, set()).add(peer_id)
+
+    def _update(self, destinations: Any) -> bool:
+        changed = False
+        routes = self._routes
+        for dest in destinations:
+            best = self._best(dest)
+            if best is None:
+                if routes.pop(dest, None) is not None:
+                    changed = True
+            elif routes.get(dest) != best:
+                routes[dest] = best
+                changed = True
+        return changed
+
+    def _best(self, dest: str) -> Route | None:
         me = self.node_id
-        best: dict[str, tuple[tuple[Any, ...], Route]] = {}
+        if dest == me:
+            return None
+        best: Route | None = None
+        best_key: tuple[Any, ...] = ()
 
         def offer(route: Route, rtt: float | None) -> None:
+            nonlocal best, best_key
             key = (route.hops, float("inf") if rtt is None else rtt, route.next_hop)
-            current = best.get(route.destination)
-            if current is None or key < current[0]:
-                best[route.destination] = (key, route)
+            if best is None or key < best_key:
+                best, best_key = route, key
 
-        for peer_id, neighbour in self._neighbours.items():
+        neighbours = self._neighbours
+        direct = neighbours.get(dest)
+        if direct is not None and direct.healthy:
+            servers = direct.advert.servers if direct.advert is not None else {}
+            offer(Route(dest, (dest,), servers), direct.rtt)
+        for peer_id in self._providers.get(dest, ()):
+            neighbour = neighbours[peer_id]
             if not neighbour.healthy:
                 continue
-            advert = neighbour.advert
-            servers = advert.servers if advert is not None else {}
-            offer(Route(peer_id, (peer_id,), servers), neighbour.rtt)
-            if advert is None or advert.routes is None:
+            assert neighbour.advert is not None and neighbour.advert.routes is not None
+            learned = neighbour.advert.routes[dest]
+            path = learned.path
+            if me in path or peer_id in path:
+                continue  # a loop through this node or back to the advertiser
+            if len(set(path)) != len(path):
+                continue  # a loop further on: a faulty peer's advert
+            if len(path) >= MAX_HOPS:
                 continue
-            for dest, learned in advert.routes.items():
-                path = learned.path
-                if dest == me or me in path or peer_id in path:
-                    continue  # a loop through this node or back to the advertiser
-                if len(set(path)) != len(path):
-                    continue  # a loop further on: a faulty peer's advert
-                if len(path) >= MAX_HOPS:
-                    continue
-                offer(Route(dest, (peer_id, *path), learned.servers), neighbour.rtt)
-
-        routes = {dest: route for dest, (_, route) in best.items()}
-        if routes == self._routes:
-            return False
-        self._routes = routes
-        return True
+            offer(Route(dest, (peer_id, *path), learned.servers), neighbour.rtt)
+        return best
