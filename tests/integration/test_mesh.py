@@ -117,7 +117,7 @@ class TopologyTests(TestCase):
         goal = f"t{target}"
         await wait_for(
             lambda: nodes[caller].mesh.can_reach(goal) and len(nodes[caller].routes()) == count - 1,
-            5.0,
+            15.0,
             what="routes",
         )
         results = await gatherResults(
