@@ -7,6 +7,11 @@ Infinity); a float NaN or infinity in a result is written as C{null}; an
 incoming integer wider than 64 bits is read as a float. Encoding an integer
 wider than 64 bits falls back to the standard library, so a big integer
 result still reaches the caller exactly.
+
+Parsing accepts nesting up to 1024 levels (orjson's limit) but orjson
+writes only 254, and the standard library's encoder recurses on the Python
+stack, so a value nested near that limit falls back to a loop that keeps its
+own stack: whatever L{loads} returns, L{dumps} can write back.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from typing import Any
 import orjson
 
 JSONDecodeError = orjson.JSONDecodeError
+
+#: Deeper values are refused by L{dumps} (L{loads} never returns one).
+MAX_DEPTH = 4096
 
 
 def loads(data: bytes | str) -> Any:
@@ -39,5 +47,72 @@ def dumps(value: Any) -> bytes:
     except TypeError:
         try:
             return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        except RecursionError:
+            return _dumps_deep(value)
         except ValueError as e:
             raise TypeError(str(e)) from None
+
+
+def _scalar(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        try:
+            return json.dumps(value, allow_nan=False).encode()
+        except (ValueError, RecursionError) as e:
+            raise TypeError(str(e)) from None
+
+
+class _Token(bytes):
+    """Punctuation queued by L{_dumps_deep}, told apart from values."""
+
+
+_OPEN_LIST, _CLOSE_LIST = _Token(b"["), _Token(b"]")
+_OPEN_OBJECT, _CLOSE_OBJECT = _Token(b"{"), _Token(b"}")
+_COMMA = _Token(b",")
+
+
+def _dumps_deep(value: Any) -> bytes:
+    """
+    L{dumps} for values nested too deeply for a recursive encoder: the same
+    output, built with an explicit stack.
+
+    :raises TypeError: past L{MAX_DEPTH} levels (a cycle, say), or for a
+        value JSON cannot express.
+    """
+    out: list[bytes] = []
+    todo: list[Any] = [value]
+    depth = 0
+    while todo:
+        item = todo.pop()
+        if isinstance(item, _Token):
+            if item is _CLOSE_LIST or item is _CLOSE_OBJECT:
+                depth -= 1
+            out.append(item)
+            continue
+        if isinstance(item, list | tuple | dict):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise TypeError(f"value nested more than {MAX_DEPTH} levels deep")
+            parts: list[Any] = []
+            if isinstance(item, dict):
+                parts.append(_OPEN_OBJECT)
+                for i, (key, member) in enumerate(item.items()):
+                    if not isinstance(key, str):
+                        raise TypeError(f"object key {key!r} is not a string")
+                    if i:
+                        parts.append(_COMMA)
+                    parts.append(_Token(_scalar(key) + b":"))
+                    parts.append(member)
+                parts.append(_CLOSE_OBJECT)
+            else:
+                parts.append(_OPEN_LIST)
+                for i, member in enumerate(item):
+                    if i:
+                        parts.append(_COMMA)
+                    parts.append(member)
+                parts.append(_CLOSE_LIST)
+            todo.extend(reversed(parts))
+            continue
+        out.append(_scalar(item))
+    return b"".join(out)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,8 @@ from attrs import frozen
 NONCE_HEADER = "X-Relaytx-Nonce"
 PROOF_HEADER = "X-Relaytx-Proof"
 AUTH_TYPE = "auth"
+
+_NONCE_RE = re.compile(r"[0-9A-Fa-f]{64}")
 
 
 def new_nonce() -> str:
@@ -81,13 +84,8 @@ def proofs_match(expected: str, given: Any) -> bool:
 
 def valid_nonce(value: Any) -> bool:
     """:returns: whether C{value} looks like a nonce (64 hex digits)."""
-    if not isinstance(value, str) or len(value) != 64:
-        return False
-    try:
-        bytes.fromhex(value)
-    except ValueError:
-        return False
-    return True
+    # Not bytes.fromhex: it skips whitespace, so 64 spaces would pass.
+    return isinstance(value, str) and _NONCE_RE.fullmatch(value) is not None
 
 
 # Access rules.
@@ -152,8 +150,11 @@ class AccessRules:
         default = table.get("default", "allow")
         if default not in ("allow", "deny"):
             raise ValueError('access.default must be "allow" or "deny"')
+        raw_rules = table.get("rule", [])
+        if not isinstance(raw_rules, list):
+            raise ValueError("access.rule must be an array of tables: write [[access.rule]]")
         rules = []
-        for i, raw in enumerate(table.get("rule", [])):
+        for i, raw in enumerate(raw_rules):
             if not isinstance(raw, dict):
                 raise ValueError(f"access.rule[{i}] must be a table")
             unknown = set(raw) - {"callers", "servers", "methods", "allow"}

@@ -98,6 +98,11 @@ class PendingCalls:
         """:returns: the nodes that pending calls wait on."""
         return {entry.destination for entry in self._pending.values()}
 
+    def destination_of(self, response_id: str | None) -> str | None:
+        """:returns: the node pending call C{response_id} went to, if any."""
+        entry = self._pending.get(response_id) if response_id is not None else None
+        return None if entry is None else entry.destination
+
     def resolve(
         self, response_id: str | None, result: Any = None, error: CallError | None = None
     ) -> bool:

@@ -24,6 +24,7 @@ command line wins where both give a value)::
     max_in_flight = 10000            # calls executing here at once (-32005 past it)
     max_in_flight_per_caller = 1000  # ... for one peer or HTTP client (-32005 past it)
     calls_per_second = 100000        # calls one caller may start per second (-32005 past it)
+    max_routes = 10000               # destinations one neighbour may advertise
 
     [tls]                            # see relaytx.tls
     cert = "node.pem"
@@ -77,6 +78,8 @@ class Limits:
     max_in_flight_per_caller: int = 1_000
     #: calls per second one caller may start (bursts of one second's worth)
     calls_per_second: float = 100_000.0
+    #: destinations one neighbour's advert may hold (bigger adverts are ignored)
+    max_routes: int = 10_000
 
 
 @frozen
@@ -119,6 +122,7 @@ _LIMIT_KEYS = {
     "max_in_flight": int,
     "max_in_flight_per_caller": int,
     "calls_per_second": (int, float),
+    "max_routes": int,
 }
 _TLS_KEYS = {"cert": str, "key": str, "ca": str, "require_client_cert": bool}
 
@@ -201,6 +205,17 @@ def port_description(port: Any, interface: str) -> str:
     return text
 
 
+def _access(value: Any) -> AccessRules:
+    if value is None or isinstance(value, AccessRules):
+        return value or AccessRules()
+    if not isinstance(value, dict):
+        raise ConfigError("[access] must be a table")
+    try:
+        return AccessRules.from_config(value)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def build_config(options: Mapping[str, Any]) -> NodeConfig:
     """
     Merge command-line C{options} over the C{--config} file, if any, and
@@ -249,7 +264,7 @@ def build_config(options: Mapping[str, Any]) -> NodeConfig:
         secret_file=settings.get("secret_file"),
         ping_interval=ping_interval,
         limits=limits,
-        access=settings.get("access", AccessRules()),
+        access=_access(settings.get("access")),
         tls=tls,
         allowed_origins=frozenset(settings.get("allowed_origins", ())),
     )

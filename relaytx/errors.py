@@ -213,6 +213,10 @@ def error_for_code(code: int, message: str, data: dict[str, Any] | None = None) 
     return error
 
 
+class MessageTooLarge(RelayError):
+    """A message this node wanted to send exceeds the peer message limit."""
+
+
 # Link-level violations: counted and dropped, or the link is closed.
 
 

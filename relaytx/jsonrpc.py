@@ -39,11 +39,17 @@ from relaytx.errors import (
     InvalidParams,
     InvalidRequest,
     MethodNotFound,
+    Overloaded,
     ParseError,
     RemoteCallError,
 )
 
 DEFAULT_CALL_TIMEOUT = 30.0
+
+#: The most requests one batch may hold; a longer batch is refused whole
+#: with -32005, so one body cannot keep the reactor busy for seconds (a
+#: 1 MiB batch of C{1}s would otherwise be half a million error answers).
+MAX_BATCH = 1000
 
 NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -61,6 +67,8 @@ class CallTarget:
     @ivar caller: who asks, for access rules and limits: a peer node id,
         C{"http:ADDRESS"} for a JSON-RPC client of this node, or C{None}
         for code running in this node (never limited).
+    @ivar via: the neighbour a call from the mesh arrived from; limits count
+        against it (C{caller} when C{None}).
     """
 
     node_id: str | None
@@ -70,6 +78,7 @@ class CallTarget:
     kwargs: dict[str, Any] = Factory(dict)  # a fresh dict per target, never a shared one
     timeout: float = DEFAULT_CALL_TIMEOUT
     caller: str | None = None
+    via: str | None = None
 
 
 def resolve(method: str, params: Any, caller: str | None = None) -> CallTarget:
@@ -95,7 +104,9 @@ def resolve(method: str, params: Any, caller: str | None = None) -> CallTarget:
         return CallTarget(node_id, server, method_name, caller=caller)
     if isinstance(params, list):
         return CallTarget(node_id, server, method_name, tuple(params), caller=caller)
-    return CallTarget(node_id, server, method_name, (), params, caller=caller)
+    if isinstance(params, dict):
+        return CallTarget(node_id, server, method_name, (), params, caller=caller)
+    raise InvalidParams('Invalid params: "params" must be an array or an object')
 
 
 def _remote_call(params: Any, caller: str | None) -> CallTarget:
@@ -119,13 +130,14 @@ def _remote_call(params: Any, caller: str | None) -> CallTarget:
     timeout = field("timeout", (int, float), DEFAULT_CALL_TIMEOUT)
     if not 0 < timeout <= 86400:
         raise InvalidParams("Invalid params: timeout must be a number of seconds in (0, 86400]")
-    unknown = set(params) - {"node_id", "server_name", "method", "args", "kwargs", "timeout"}
-    if unknown:
-        raise InvalidParams(f"Invalid params: remote_call does not take {sorted(unknown)}")
+    server_name, method = field("server_name", str), field("method", str)
+    if not server_name or not method:
+        raise InvalidParams("Invalid params: remote_call needs a server_name and a method")
+    # Other keys are ignored, as unknown fields are everywhere on the wire.
     return CallTarget(
         node_id,
-        field("server_name", str),
-        field("method", str),
+        server_name,
+        method,
         tuple(field("args", list, [])),
         field("kwargs", dict, {}),
         float(timeout),
@@ -140,13 +152,21 @@ class JsonRpcHandler:
     :param invoke: runs one resolved call; returns a Deferred that fires with
         the result or fails (a L{CallError} for expected failures).
     :param node_id: recorded in the C{data} of every error answer.
+    :param max_batch: the most requests one batch may hold; a longer one is
+        answered with a single -32005 error and none of it runs.
     """
 
     _log = Logger()
 
-    def __init__(self, invoke: Callable[[CallTarget], Deferred[Any]], node_id: str) -> None:
+    def __init__(
+        self,
+        invoke: Callable[[CallTarget], Deferred[Any]],
+        node_id: str,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
         self._invoke = invoke
         self._node_id = node_id
+        self._max_batch = max_batch
 
     def handle(self, body: bytes, caller: str | None = None) -> Deferred[bytes | None]:
         """
@@ -165,6 +185,13 @@ class JsonRpcHandler:
             if not request:
                 error = InvalidRequest("Invalid Request: empty batch")
                 return succeed(self._encode(self._error(error, None)))
+            if len(request) > self._max_batch:
+                overloaded = Overloaded(
+                    f"Overloaded: a batch may hold at most {self._max_batch} requests, "
+                    f"not {len(request)}",
+                    limit="max_batch",
+                )
+                return succeed(self._encode(self._error(overloaded, None)))
             d = gatherResults([self._one(item, caller) for item in request], consumeErrors=True)
             return d.addCallback(self._batch_answer)
         return self._one(request, caller).addCallback(self._single_answer)

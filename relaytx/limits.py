@@ -12,6 +12,8 @@ C{"http:ADDRESS"} for this node's own JSON-RPC clients.
 
 from __future__ import annotations
 
+import itertools
+
 from twisted.internet.interfaces import IReactorTime
 
 from relaytx.errors import Overloaded
@@ -23,10 +25,12 @@ class CallLimiter:
     :param max_in_flight_per_caller: calls executing here at once for one
         caller.
     :param rate: calls per second one caller may start (0: no limit); a
-        caller may burst up to one second's worth.
+        caller may burst up to one second's worth (and at least one call,
+        so a rate below 1 still lets a call through now and then).
     """
 
-    #: Idle callers are forgotten once this many are tracked.
+    #: Rate buckets kept at most: past it, idle callers are forgotten first,
+    #: then the least recently active.
     MAX_TRACKED = 10_000
 
     def __init__(
@@ -69,31 +73,53 @@ class CallLimiter:
     def release(self, caller: str) -> None:
         """One call admitted for C{caller} has finished."""
         mine = self._per_caller.get(caller, 0) - 1
+        if mine < 0:
+            return  # nothing admitted for it: the total must not drift
         if mine > 0:
             self._per_caller[caller] = mine
         else:
             self._per_caller.pop(caller, None)
         self.in_flight = max(0, self.in_flight - 1)
 
+    @property
+    def _capacity(self) -> float:
+        return max(self.rate, 1.0)  # a bucket smaller than one call would never admit
+
     def _take_token(self, caller: str) -> None:
         now = self._clock.seconds()
-        tokens, then = self._buckets.get(caller, (self.rate, now))
-        tokens = min(self.rate, tokens + (now - then) * self.rate)
+        tokens, then = self._buckets.get(caller, (self._capacity, now))
+        # The wall clock may step back: that must not drain the bucket.
+        tokens = min(self._capacity, tokens + max(0.0, now - then) * self.rate)
+        buckets = self._buckets
+        if buckets.pop(caller, None) is None and len(buckets) >= self.MAX_TRACKED:
+            self._forget_idle(now)
+        # (Re)inserted last: the dict is in least-recently-active order, and
+        # a caller hammering past its limit stays the most recent.
         if tokens < 1:
+            buckets[caller] = (tokens, now)
             raise Overloaded(
                 f"Rate limited: {caller} is over {self.rate:g} calls/s; retry later",
                 limit="rate",
             )
-        if caller not in self._buckets and len(self._buckets) >= self.MAX_TRACKED:
-            self._forget_idle(now)
-        self._buckets[caller] = (tokens - 1, now)
+        buckets[caller] = (tokens - 1, now)
 
     def _forget_idle(self, now: float) -> None:
         # A bucket that has refilled completely carries no state worth keeping.
+        capacity = self._capacity
         full = [
-            c for c, (t, then) in self._buckets.items() if t + (now - then) * self.rate >= self.rate
+            c
+            for c, (t, then) in self._buckets.items()
+            if t + max(0.0, now - then) * self.rate >= capacity
         ]
         for caller in full:
             del self._buckets[caller]
-        if len(self._buckets) >= self.MAX_TRACKED:
-            self._buckets.clear()  # still too many: start over rather than grow
+        # Then make a tenth of the room free, so that the next new callers
+        # do not scan again (a flood of new names costs O(1) a call,
+        # amortised), by forgetting the least recently active. Clearing
+        # them all would hand every limited caller a full bucket: a flood
+        # of new names would lift everyone's limit.
+        keep = self.MAX_TRACKED - max(1, self.MAX_TRACKED // 10)
+        excess = len(self._buckets) - keep
+        if excess > 0:
+            for caller in list(itertools.islice(self._buckets, excess)):
+                del self._buckets[caller]

@@ -24,6 +24,7 @@ back towards each caller whose call it had passed into that link.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from secrets import token_hex
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -35,6 +36,7 @@ from relaytx.calls import ForwardedCalls, PendingCalls, SeenMessages
 from relaytx.errors import (
     CallError,
     CallTimeout,
+    MessageTooLarge,
     NodeUnreachable,
     Overloaded,
     ProtocolViolation,
@@ -55,7 +57,6 @@ from relaytx.wire import (
     RouteMessage,
     ServerCall,
     ServerResponse,
-    new_id,
     rfc3339,
 )
 
@@ -93,6 +94,8 @@ class Mesh:
         ping_interval: float = 5.0,
         registry_enabled: bool = True,
         max_pending_calls: int = 10_000,
+        max_message_size: int = 1024 * 1024,
+        max_routes: int = 10_000,
     ) -> None:
         self.node_id = node_id
         self.clock = clock
@@ -100,6 +103,8 @@ class Mesh:
         self.ping_interval = ping_interval
         self.registry_enabled = registry_enabled
         self.max_pending_calls = max_pending_calls
+        self.max_message_size = max_message_size
+        self.max_routes = max_routes
         self.router = Router(node_id)
         self.links: dict[str, PeerSession] = {}
         self.pending = PendingCalls(
@@ -272,12 +277,26 @@ class Mesh:
                 advert = RegistrySync(own, {})
             if self._sent_adverts.get(peer_id) == advert:
                 continue
+            try:
+                session.send(Envelope.create(advert, self.node_id, peer_id, now))
+            except MessageTooLarge as e:
+                self.metrics.drop("advert_too_large")
+                self._log.warn("cannot advertise to {peer}: {error}", peer=peer_id, error=str(e))
+                continue
             self._sent_adverts[peer_id] = advert
-            session.send(Envelope.create(advert, self.node_id, peer_id, now))
 
     def advert_from(self, session: PeerSession, sync: RegistrySync) -> None:
         """Take a neighbour's advert; re-announce if the routes changed."""
         if not self.registry_enabled or self.links.get(session.peer_id) is not session:
+            return
+        if sync.routes is not None and len(sync.routes) > self.max_routes:
+            self.metrics.drop("too_many_routes")
+            self._log.warn(
+                "ignoring an advert of {n} routes from {peer} (limit {limit})",
+                n=len(sync.routes),
+                peer=session.peer_id,
+                limit=self.max_routes,
+            )
             return
         was_router = self.router.is_router(session.peer_id)
         if self.router.advert_from(session.peer_id, sync, self.clock.seconds()):
@@ -324,7 +343,12 @@ class Mesh:
         if self.node_id in envelope.route:
             self.metrics.drop("loop")
             return
-        self.forward(envelope.hop(self.node_id), came_from=session.peer_id)
+        hopped = envelope.hop(self.node_id)
+        try:
+            self.forward(hopped, came_from=session.peer_id)
+        except MessageTooLarge:
+            self.metrics.drop("too_large")
+            self._refuse_call(hopped, session.peer_id, "message too large to forward")
 
     def forward(self, envelope: Envelope, came_from: str | None) -> str | None:
         """
@@ -467,17 +491,29 @@ class Mesh:
                     route=[self.node_id],
                 )
             )
-        response_id = new_id()
+        response_id = token_hex(12)  # unguessable: only the callee can answer
         spec = CallSpec(target.server, target.method, target.args, target.kwargs, target.timeout)
         call = ServerCall(spec, response_id)
         now = self.clock.seconds()
         envelope = Envelope.create(call, self.node_id, destination, now)
         d = self.pending.expect(response_id, destination, None, target.timeout)
-        self.pending.set_via(response_id, self.forward(envelope, came_from=None))
+        try:
+            self.pending.set_via(response_id, self.forward(envelope, came_from=None))
+        except MessageTooLarge as e:
+            self.pending.resolve(response_id, error=Overloaded(f"Call too large: {e}"))
         return d
 
-    def execute(self, envelope: Envelope, call: ServerCall) -> None:
-        """Run a call addressed here and route the answer to its caller."""
+    def execute(
+        self, envelope: Envelope, call: ServerCall, session: PeerSession | None = None
+    ) -> None:
+        """
+        Run a call addressed here and route the answer to its caller.
+
+        Access rules judge the caller the envelope names; limits count
+        against the neighbour it arrived from (C{session}), which is the
+        only identity a link proves: a neighbour cannot escape its share by
+        claiming to relay for others.
+        """
         spec = call.call
         budget = spec.timeout if spec.timeout else 30.0
         target = CallTarget(
@@ -488,6 +524,7 @@ class Mesh:
             dict(spec.kwargs),
             budget,
             caller=envelope.sender,
+            via=session.peer_id if session is not None else None,
         )
         try:
             d = self._execute_local(target)
@@ -547,9 +584,21 @@ class Mesh:
         except TypeError as e:  # the result cannot be encoded as JSON
             error = RemoteCallError(f"TypeError: result is not JSON-serialisable: {e}")
             self._reply(caller, response.response_id, error.with_data(type="TypeError"))
+        except MessageTooLarge as e:
+            error = RemoteCallError(f"ResultTooLarge: {e}")
+            self._reply(caller, response.response_id, error.with_data(type="ResultTooLarge"))
 
     def answer(self, envelope: Envelope, response: ServerResponse) -> None:
-        """An answer to one of this node's calls arrived."""
+        """
+        An answer to one of this node's calls arrived. Only the node the
+        call went to may answer it; a node on the way may only report the
+        path lost (-32002). Anything else is a forgery: dropped, counted.
+        """
+        destination = self.pending.destination_of(response.response_id)
+        if destination is not None and envelope.sender != destination:
+            if response.success or response.error_code != NodeUnreachable.code:
+                self.metrics.drop("forged_answer")
+                return
         if response.success:
             self.pending.resolve(response.response_id, result=response.result)
             return

@@ -28,6 +28,7 @@ from relaytx.config import NodeConfig
 from relaytx.errors import (
     AccessDenied,
     CallError,
+    CallTimeout,
     InvalidParams,
     MethodNotFound,
     NoSuchMethod,
@@ -45,7 +46,7 @@ from relaytx.server import Mailbox, Server, exposed
 from relaytx.tls import TlsError
 from relaytx.wire import Payload, rfc3339
 
-_PLAIN_TCP = re.compile(r"tcp:(?P<port>\d+):interface=(?P<interface>.*)")
+_PLAIN_TCP = re.compile(r"tcp:(?P<port>\d+)(?::interface=(?P<interface>.*))?")
 SERVER_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
@@ -127,6 +128,8 @@ class RelayNode(MultiService):
             ping_interval=config.ping_interval,
             registry_enabled=not config.disable_registry,
             max_pending_calls=limits.max_pending_calls,
+            max_message_size=limits.max_message_size,
+            max_routes=limits.max_routes,
         )
         self._dialers: dict[str, Any] = {}
         self.expose("node", NodeServer(self))
@@ -198,6 +201,8 @@ class RelayNode(MultiService):
             d = self._call_here(target, explicit=True)
         else:
             d = self.mesh.call(target)
+        if not d.called:  # remote calls time out in the mesh; local ones here
+            d.addTimeout(target.timeout, self.clock, onTimeoutCancel=_timed_out)
         if caller is not None:
             d.addBoth(self._release, caller)
         return d.addBoth(self._count, started)
@@ -208,13 +213,14 @@ class RelayNode(MultiService):
 
     def _call_for_peer(self, target: CallTarget) -> Deferred[Any]:
         """Run a call that arrived over the mesh, within its caller's limits."""
-        assert target.caller is not None
+        share = target.via or target.caller
+        assert share is not None
         started = self.clock.seconds()
         try:
-            self.limiter.admit(target.caller)
+            self.limiter.admit(share)
         except Overloaded as e:
             return fail(e).addBoth(self._count, started)
-        d = self._call_here(target, explicit=True).addBoth(self._release, target.caller)
+        d = self._call_here(target, explicit=True).addBoth(self._release, share)
         return d.addBoth(self._count, started)
 
     def call(
@@ -465,14 +471,19 @@ class RelayNode(MultiService):
     def _endpoint(self) -> Any:
         description = self.config.port
         tls = self.config.tls
-        plain = _PLAIN_TCP.fullmatch(description)
-        if tls is None or not tls.serves_tls or plain is None:
+        if tls is None or not tls.serves_tls:
             return serverFromString(self.reactor, description)
+        plain = _PLAIN_TCP.fullmatch(description)
+        if plain is None:
+            raise StartupError(
+                f"--port {description}: [tls] applies to a port number or a plain tcp: "
+                "endpoint; give TLS settings in an ssl: endpoint instead"
+            )
         try:
             options = tls.server_options()
         except TlsError as e:
             raise StartupError(str(e)) from None
-        interface = plain.group("interface").replace("\\:", ":")
+        interface = (plain.group("interface") or "").replace("\\:", ":")
         return SSL4ServerEndpoint(
             self.reactor, int(plain.group("port")), options, interface=interface
         )
@@ -509,6 +520,10 @@ class RelayNode(MultiService):
         self._log.critical("{message}", message=message)
         print(f"relay: error: {message}", file=sys.stderr)
         self.stopService()
+
+
+def _timed_out(result: Any, timeout: float) -> Failure:
+    return Failure(CallTimeout(f"Call timed out after {timeout:g}s", timeout=timeout))
 
 
 def _listen_error(port: str, error: BaseException) -> str:

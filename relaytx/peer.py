@@ -35,7 +35,12 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
-from relaytx.errors import MalformedMessage, ProtocolViolation, UnknownMessageType
+from relaytx.errors import (
+    MalformedMessage,
+    MessageTooLarge,
+    ProtocolViolation,
+    UnknownMessageType,
+)
 from relaytx.wire import (
     Envelope,
     Payload,
@@ -172,9 +177,19 @@ class PeerSession:
     # Sending and closing.
 
     def send(self, envelope: Envelope) -> None:
-        """Send C{envelope} on this link."""
+        """
+        Send C{envelope} on this link.
+
+        :raises MessageTooLarge: if it exceeds the node's message limit.
+        """
         if self.transport is not None and not self.closed:
-            self.transport.send(encode(envelope))
+            frame = encode(envelope)
+            limit = self.mesh.max_message_size
+            if len(frame) > limit:
+                raise MessageTooLarge(
+                    f"a {envelope.type} of {len(frame)} bytes is over the {limit}-byte limit"
+                )
+            self.transport.send(frame)
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Close the link with a WebSocket close code."""
@@ -228,7 +243,7 @@ class PeerSession:
     @handles(ServerCall)
     def on_server_call(self, envelope: Envelope, call: ServerCall) -> None:
         """Run a call addressed to this node and send the answer back."""
-        self.mesh.execute(envelope, call)
+        self.mesh.execute(envelope, call, self)
 
     @handles(ServerResponse)
     def on_server_response(self, envelope: Envelope, response: ServerResponse) -> None:

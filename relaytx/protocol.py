@@ -122,7 +122,12 @@ class _PeerAdapter:
             self._rlog.failure("error handling a frame from {peer}", peer=self.peer_id)
 
     def _first_frame(self, payload: bytes, isBinary: bool) -> None:
-        self.sendClose(code=CLOSE_PROTOCOL_ERROR, reason="no session")  # type: ignore[attr-defined]
+        # sendClose refuses protocol codes such as 1002 (it raised here, for
+        # every frame a refused peer went on sending); the frame-level call
+        # takes them, and ignores a link that is closing already.
+        self.sendCloseFrame(  # type: ignore[attr-defined]
+            code=CLOSE_PROTOCOL_ERROR, reasonUtf8=b"no session", isReply=False
+        )
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         try:
@@ -144,21 +149,25 @@ class PeerServerProtocol(_PeerAdapter, WebSocketServerProtocol):
         peer_id = (request.params.get("node_id") or [""])[0]
         if not NODE_ID_RE.fullmatch(peer_id):
             raise ConnectionDeny(400, "node_id query parameter required: 1-64 of A-Za-z0-9._-")
-        origin = request.headers.get("origin")
-        if origin is not None and origin not in self.factory.allowed_origins:
+        # Autobahn's own reading of the origin: the Origin header, or
+        # Sec-WebSocket-Origin for the WebSocket drafts before version 13,
+        # which it still accepts; "" when there is none.
+        origin = request.origin
+        if origin and origin not in self.factory.allowed_origins:
             raise ConnectionDeny(403, "browser origins are not allowed on the peer endpoint")
+        secret = self.factory.secret
+        dial_nonce = request.headers.get(auth.NONCE_HEADER.lower())
+        if secret is not None and not auth.valid_nonce(dial_nonce):
+            # Before check_new_link: a stranger learns nothing of our links.
+            mesh.count_auth_failure(peer_id, "no nonce: the dialler has no cluster secret")
+            raise ConnectionDeny(401, "this mesh requires the cluster secret")
         try:
             mesh.check_new_link(peer_id, "inbound")
         except LinkRefused as e:
             raise ConnectionDeny(e.status, e.reason) from None
         self.peer_id = peer_id
         headers = {NODE_ID_HEADER: mesh.node_id}
-        secret = self.factory.secret
         if secret is not None:
-            dial_nonce = request.headers.get(auth.NONCE_HEADER.lower())
-            if not auth.valid_nonce(dial_nonce):
-                mesh.count_auth_failure(peer_id, "no nonce: the dialler has no cluster secret")
-                raise ConnectionDeny(401, "this mesh requires the cluster secret")
             accept_nonce = auth.new_nonce()
             self._expected_proof = auth.dialler_proof(
                 secret, dial_nonce, accept_nonce, peer_id, mesh.node_id

@@ -94,6 +94,12 @@ class NodeSite(Site):
     """
     The node's HTTP site: bounded request bodies, no access log (it would
     cost more than a local call; put a proxy in front to keep one).
+
+    Bodies are never parsed as HTML form submissions: every body the node
+    reads is JSON whatever its C{Content-Type}, and Twisted's form parsing
+    would spend up to half a second of the reactor on a 1 MiB body labelled
+    C{application/x-www-form-urlencoded} or C{multipart/form-data} (and
+    answer a bare 400 to a JSON-RPC body labelled multipart).
     """
 
     requestFactory = BoundedRequest
@@ -101,7 +107,7 @@ class NodeSite(Site):
     noisy = False
 
     def __init__(self, resource: IResource, max_body_size: int) -> None:
-        super().__init__(resource)
+        super().__init__(resource, parsePOSTFormSubmission=False)
         self.max_body_size = max_body_size
 
     def log(self, request: Any) -> None:
@@ -140,10 +146,12 @@ class RpcResource(Resource):
         request.notifyFinish().addErrback(lambda _: waiting.append(False))
         return NOT_DONE_YET
 
-    def render_GET(self, request: Any) -> bytes:
+    def render(self, request: Any) -> bytes | int:
+        # Every method but POST is a 405 with a JSON body, OPTIONS and
+        # made-up ones included (Twisted would answer those 501, in HTML).
+        if request.method == b"POST":
+            return self.render_POST(request)
         return self._not_allowed(request)
-
-    render_PUT = render_DELETE = render_PATCH = render_HEAD = render_GET
 
     def _not_allowed(self, request: Any) -> bytes:
         request.setHeader(b"allow", b"POST")

@@ -104,3 +104,9 @@ class TlsConfig:
         self._authority()
         if self.require_client_cert and self.ca is None:
             raise TlsError("tls.require_client_cert needs tls.ca")
+        # Without a certificate the listener is plain TCP: mutual TLS asked
+        # for there would silently not happen.
+        if self.require_client_cert and self.cert is None:
+            raise TlsError("tls.require_client_cert needs tls.cert and tls.key")
+        if self.key is not None and self.cert is None:
+            raise TlsError("tls.key needs tls.cert")

@@ -741,10 +741,16 @@ class ResolveTests(SynchronousTestCase):
             self.assertEqual(resolve("remote_call", {**base, "timeout": timeout}).timeout, timeout)
 
     def test_remote_call_unknown_member(self) -> None:
-        """A member remote_call does not take is refused."""
-        self.assertInvalidParams(
-            {"node_id": "n2", "server_name": "s", "method": "m", "priority": 1}, "priority"
+        """A member remote_call does not take is ignored, as unknown fields are on the wire."""
+        target = resolve(
+            "remote_call", {"node_id": "n2", "server_name": "s", "method": "m", "priority": 1}
         )
+        self.assertEqual((target.node_id, target.server, target.method), ("n2", "s", "m"))
+
+    def test_remote_call_empty_names(self) -> None:
+        """An empty server_name or method is refused."""
+        self.assertInvalidParams({"node_id": "n2", "server_name": "", "method": "m"}, "server_name")
+        self.assertInvalidParams({"node_id": "n2", "server_name": "s", "method": ""}, "method")
 
     def test_kwargs_not_shared(self) -> None:
         """Targets built without kwargs each get their own empty dict."""

@@ -1,0 +1,141 @@
+"""
+Tests for the mesh's defences: messages over the size limit, oversized
+adverts, forged answers and call time budgets, on in-memory links.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaytx import Overloaded, RemoteCallError, Server, exposed
+from relaytx.errors import CallTimeout
+from relaytx.testing import MemoryMesh, memory_node
+from relaytx.wire import Envelope, RegistrySync, RouteAdvert, ServerResponse
+
+
+class Blob(Server):
+    """Answers with as many bytes as asked for."""
+
+    @exposed
+    def blob(self, size: int) -> str:
+        return "x" * size
+
+    @exposed
+    def size(self, data: str) -> int:
+        return len(data)
+
+    @exposed
+    def never(self) -> Any:
+        from twisted.internet.defer import Deferred
+
+        return Deferred()
+
+
+def pair(**options: Any) -> tuple[Any, Any, MemoryMesh]:
+    """Two nodes a - b on one clock, b hosting L{Blob}; links settled."""
+    reactor = MemoryReactorClock()
+    a = memory_node("a", reactor, **options)
+    b = memory_node("b", reactor, **options)
+    b.expose("blob", Blob())
+    network = MemoryMesh()
+    network.link(a, b)
+    network.settle()
+    return a, b, network
+
+
+class SizeLimitTests(SynchronousTestCase):
+    """Nothing over the message limit is sent; callers hear why at once."""
+
+    LIMIT = {"limits": {"max_message_size": 4096}}
+
+    def test_result_too_large(self) -> None:
+        """A result over the limit fails the call with -32000 ResultTooLarge, not a timeout."""
+        a, _, network = pair(**self.LIMIT)
+        d = a.call("b", "blob", "blob", 10_000, timeout=30)
+        network.pump()
+        error = self.failureResultOf(d, RemoteCallError).value
+        self.assertEqual(error.code, -32000)
+        self.assertEqual(error.data["type"], "ResultTooLarge")
+
+    def test_arguments_too_large(self) -> None:
+        """A call whose arguments exceed the limit fails with -32005 and leaves nothing pending."""
+        a, _, _ = pair(**self.LIMIT)
+        d = a.call("b", "blob", "size", "y" * 10_000)
+        self.assertEqual(self.failureResultOf(d, Overloaded).value.code, -32005)
+        self.assertEqual(len(a.mesh.pending), 0)
+
+    def test_small_calls_still_work(self) -> None:
+        """Under the limit, calls go through as usual."""
+        a, _, network = pair(**self.LIMIT)
+        d = a.call("b", "blob", "blob", 100)
+        network.pump()
+        self.assertEqual(self.successResultOf(d), "x" * 100)
+
+
+class AdvertLimitTests(SynchronousTestCase):
+    """A neighbour cannot flood the table with routes."""
+
+    def test_too_many_routes_ignored(self) -> None:
+        """An advert over limits.max_routes is dropped, counted, and changes nothing."""
+        a, _, _ = pair(limits={"max_routes": 5})
+        session = a.mesh.links["b"]
+        routes = {f"n{i}": RouteAdvert((f"n{i}",)) for i in range(6)}
+        advert = Envelope.create(RegistrySync({}, routes), "b", "a", 0.0)
+        before = dict(a.mesh.router.routes())
+        a.mesh.receive(advert, session)
+        self.assertEqual(dict(a.mesh.router.routes()), before)
+        dropped = a.metrics.registry.get_sample_value(
+            "relaytx_messages_dropped_total", {"reason": "too_many_routes"}
+        )
+        self.assertEqual(dropped, 1)
+
+    def test_routes_within_limit_taken(self) -> None:
+        """An advert within the limit is used."""
+        a, _, _ = pair(limits={"max_routes": 5})
+        session = a.mesh.links["b"]
+        routes = {"far": RouteAdvert(("far",), {"svc": ("m",)})}
+        a.mesh.receive(Envelope.create(RegistrySync({}, routes), "b", "a", 0.0), session)
+        self.assertEqual(a.routes()["far"]["hops"], 2)
+
+
+class ForgedAnswerTests(SynchronousTestCase):
+    """Only the callee answers a call."""
+
+    def test_answer_from_another_node_dropped(self) -> None:
+        """A success answer sent by a node the call did not go to is dropped and counted."""
+        reactor = MemoryReactorClock()
+        a, b, evil = (memory_node(n, reactor) for n in ("a", "b", "evil"))
+        b.expose("blob", Blob())
+        network = MemoryMesh()
+        network.link(a, b)
+        network.link(evil, a)
+        network.settle()
+        d = a.call("b", "blob", "never", timeout=5)
+        (response_id,) = list(a.mesh.pending._pending)
+        forged = ServerResponse(response_id=response_id, success=True, node_id="b", result=1)
+        a.mesh.receive(Envelope.create(forged, "evil", "a", 0.0), a.mesh.links["evil"])
+        self.assertNoResult(d)
+        dropped = a.metrics.registry.get_sample_value(
+            "relaytx_messages_dropped_total", {"reason": "forged_answer"}
+        )
+        self.assertEqual(dropped, 1)
+        d.cancel()
+        self.failureResultOf(d)
+
+
+class LocalTimeoutTests(SynchronousTestCase):
+    """Local calls keep their timeout too."""
+
+    def test_local_call_times_out(self) -> None:
+        """A local method that never answers fails with -32001 at the call's timeout."""
+        node = memory_node("solo")
+        node.expose("blob", Blob())
+        d = node.call(None, "blob", "never", timeout=2)
+        node.clock.advance(1.9)
+        self.assertNoResult(d)
+        node.clock.advance(0.2)
+        self.assertEqual(self.failureResultOf(d, CallTimeout).value.code, -32001)
+        self.assertEqual(node.clock.getDelayedCalls(), [])
