@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from klein import Klein
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IAddress
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -44,6 +46,17 @@ def _json_error(request: Any, code: int, message: str) -> bytes:
     return _json.dumps({"error": message, "status": code})
 
 
+def _client_host(address: IAddress) -> str:
+    """
+    The host that names a client as a caller (C{http:HOST}) for access rules
+    and per-caller limits; C{local} for one not on IP, such as a client of a
+    UNIX socket, which has no host.
+    """
+    if isinstance(address, IPv4Address | IPv6Address):
+        return address.host
+    return "local"
+
+
 def _json_body(request: Any) -> Any:
     try:
         return _json.loads(request.content.read() or b"null")
@@ -60,8 +73,13 @@ class BoundedRequest(Request):
     too_large = False
     _received = 0
 
+    def _node_site(self) -> NodeSite:
+        # Site.buildProtocol sets channel.site, which HTTPChannel does not declare.
+        site: NodeSite = self.channel.site  # type: ignore[attr-defined]  # undeclared in Twisted
+        return site
+
     def gotLength(self, length: int | None) -> None:
-        limit = self.channel.site.max_body_size
+        limit = self._node_site().max_body_size
         if length is not None and length > limit:
             self.too_large = True
             self.content = io.BytesIO()
@@ -72,16 +90,17 @@ class BoundedRequest(Request):
         if self.too_large:
             return
         self._received += len(data)
-        if self._received > self.channel.site.max_body_size:
+        if self._received > self._node_site().max_body_size:
             self.too_large = True
-            self.content.close()
+            if self.content is not None:  # gotLength made it
+                self.content.close()
             self.content = io.BytesIO()
             return
         super().handleContentChunk(data)
 
     def process(self) -> None:
         if self.too_large:
-            self.site = self.channel.site
+            self.site = self._node_site()
             body = _json_error(self, 413, "request body too large")
             self.setHeader(b"connection", b"close")
             self.write(body)
@@ -167,7 +186,10 @@ class RpcResource(Resource):
         return answer
 
     def _write_later(self, answer: bytes | Failure | None, request: Any) -> None:
-        request.write(self._body(request, answer))
+        body = self._body(request, answer)
+        # A length, as for answers returned at once, rather than chunks.
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
         request.finish()
 
 
@@ -256,6 +278,8 @@ class NodeWeb:
     @app.handle_errors(HTTPException)
     def http_error(self, request: Any, failure: Failure) -> bytes:
         error = failure.value
+        if not isinstance(error, HTTPException):  # Klein hands over only these
+            failure.raiseException()  # to the next handler, as trap() would
         if isinstance(error, MethodNotAllowed) and error.valid_methods:
             request.setHeader(b"allow", ", ".join(error.valid_methods).encode())
         return _json_error(request, error.code or 500, (error.name or "error").lower())
@@ -276,7 +300,9 @@ class JsonRpcWebSocketProtocol(WebSocketServerProtocol):
         self.factory.handler.handle(payload, self._caller).addBoth(self._answer)
 
     def onConnect(self, request: Any) -> None:
-        self._caller = f"http:{self.transport.getPeer().host}"
+        transport = self.transport
+        assert transport is not None  # the handshake just arrived through it
+        self._caller = f"http:{_client_host(transport.getPeer())}"
 
     def _answer(self, answer: bytes | Failure | None) -> None:
         if isinstance(answer, bytes) and self.state == self.STATE_OPEN:

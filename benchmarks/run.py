@@ -1,0 +1,350 @@
+#!/usr/bin/env python
+"""
+The relaytx benchmark: one command, one table.
+
+    python benchmarks/run.py [--duration 3] [--warmup 0.5] [--inflight 1,100] [--json]
+
+It starts its own processes on 127.0.0.1 and measures, for each in-flight
+level, calls/s with p50 and p99 latency:
+
+  - the ceilings, in the same run: a bare Autobahn WebSocket echo server
+    (round trips on one connection) and a bare twisted.web JSON-RPC
+    resource (keep-alive HTTP, one request outstanding per connection);
+  - relaytx on a line of four nodes n0 - n1 - n2 - n3 (C{relay node}
+    subprocesses, counter app on each), calling C{counter_server.increment}
+    from n0 on n0 (local), n1 (direct), n2 (two hops) and n3 (three hops):
+      - C{python}: through C{node.call} inside n0 (C{benchmarks/bench_app.py}),
+      - C{http}: one call per C{POST /rpc} (C{remote_call}),
+      - C{http-batch}: batches of 50 calls per C{POST /rpc} (calls/s counts calls),
+      - C{ws-rpc}: the persistent entry C{/ws/rpc}, pipelined on one connection.
+
+Every figure is also given as a ratio to its ceiling: WebSocket-borne
+entries (python, ws-rpc) to the echo round trips, HTTP ones to the bare
+twisted.web rate at the same in-flight level. A progress line per scenario
+goes to stderr. The load generators (L{benchmarks._loadgen}) run in this
+process, which is otherwise idle while they do; the machine's two cores are
+shared by everything, as they would be in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _loadgen import http_load, ws_load  # noqa: E402
+
+HOST = "127.0.0.1"
+BATCH = 50
+
+
+# The ceilings, each run in a process of its own.
+
+
+def serve_echo(port: int) -> None:
+    """A bare Autobahn WebSocket echo server."""
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+    from twisted.internet import reactor
+
+    class Echo(WebSocketServerProtocol):
+        def onMessage(self, payload: bytes, isBinary: bool) -> None:
+            self.sendMessage(payload, isBinary)
+
+    factory = WebSocketServerFactory()
+    factory.protocol = Echo
+    factory.setProtocolOptions(autoPingInterval=0)
+    reactor.listenTCP(port, factory, interface=HOST)
+    reactor.run()
+
+
+def serve_bare_web(port: int) -> None:
+    """A bare twisted.web resource answering the same JSON-RPC request."""
+    import orjson
+    from twisted.internet import reactor
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    class BareRpc(Resource):
+        isLeaf = True
+        count = 0
+
+        def render_POST(self, request: Any) -> bytes:
+            call = orjson.loads(request.content.read())
+            BareRpc.count += 1
+            request.setHeader(b"content-type", b"application/json")
+            return orjson.dumps({"jsonrpc": "2.0", "result": BareRpc.count, "id": call["id"]})
+
+    class QuietSite(Site):
+        def log(self, request: Any) -> None:  # relaytx keeps no access log either
+            pass
+
+    site = QuietSite(BareRpc())
+    site.displayTracebacks = False
+    reactor.listenTCP(port, site, interface=HOST)
+    reactor.run()
+
+
+# Process handling.
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class Processes:
+    """Children started by this script, all stopped at the end."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "wb")  # closed with the process
+        child = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        self.children.append(child)
+        return child
+
+    def wait_port(self, child: subprocess.Popen[bytes], port: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if child.poll() is not None:
+                raise RuntimeError(f"child {child.args} exited with {child.returncode}")
+            try:
+                with socket.create_connection((HOST, port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+    def stop_all(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in self.children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        self.children.clear()
+
+
+def post(port: int, body: Any, timeout: float = 120) -> Any:
+    import http.client
+
+    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    connection.request("POST", "/rpc", json.dumps(body), {"Content-Type": "application/json"})
+    answer = json.loads(connection.getresponse().read())
+    connection.close()
+    return answer
+
+
+def wait_routes(port: int, destinations: list[str], timeout: float = 30) -> None:
+    import http.client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        connection = http.client.HTTPConnection(HOST, port, timeout=5)
+        connection.request("GET", "/registry/routes")
+        routes = json.loads(connection.getresponse().read())
+        connection.close()
+        if all(d in routes for d in destinations):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"routes to {destinations} did not appear in {timeout}s")
+
+
+# Bodies and checks.
+
+
+def single_call(target: str | None) -> Any:
+    if target is None:
+        return lambda k: b'{"jsonrpc":"2.0","method":"counter_server.increment","id":%d}' % k
+    prefix = (
+        b'{"jsonrpc":"2.0","method":"remote_call","params":{"node_id":"'
+        + target.encode()
+        + b'","server_name":"counter_server","method":"increment"},"id":'
+    )
+    return lambda k: b"%s%d}" % (prefix, k)
+
+
+def batch_call(target: str | None) -> Any:
+    one = single_call(target)
+    return lambda k: b"[" + b",".join(one(k * BATCH + i) for i in range(BATCH)) + b"]"
+
+
+def ok(answer: bytes) -> bool:
+    return b'"result"' in answer and b'"error"' not in answer
+
+
+# The run.
+
+
+def progress(text: str) -> None:
+    sys.stderr.write(f"  {text}\n")
+    sys.stderr.flush()
+
+
+def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    levels = [int(x) for x in args.inflight.split(",")]
+    with tempfile.TemporaryDirectory(prefix="relaytx-bench-") as tmp:
+        procs = Processes(Path(tmp))
+        try:
+            echo_port, web_port = free_port(), free_port()
+            echo = procs.start("echo", [sys.executable, __file__, "--serve-echo", str(echo_port)])
+            web = procs.start("web", [sys.executable, __file__, "--serve-web", str(web_port)])
+            procs.wait_port(echo, echo_port)
+            procs.wait_port(web, web_port)
+            message = b'{"jsonrpc":"2.0","method":"counter_server.increment","id":1}'
+            for n in levels:
+                progress(f"ceiling: autobahn echo, {n} in flight")
+                result = ws_load(
+                    echo_port, "/", n, args.warmup, args.duration, lambda k: message, lambda a: True
+                )
+                rows.append(
+                    {"target": "ceiling", "entry": "autobahn-echo", "inflight": n, **result}
+                )
+                progress(f"ceiling: bare twisted.web, {n} in flight")
+                result = http_load(web_port, n, args.warmup, args.duration, single_call(None), ok)
+                rows.append({"target": "ceiling", "entry": "twisted.web", "inflight": n, **result})
+            procs.stop_all()
+
+            ports = [free_port() for _ in range(4)]
+            nodes = []
+            for i, port in enumerate(ports):
+                argv = [sys.executable, "-m", "relaytx.cli", "node", "--node-id", f"n{i}"]
+                argv += ["--port", str(port)]
+                app = "benchmarks/bench_app.py" if i == 0 else "examples/counter.py"
+                argv += ["--app", app]
+                if i:
+                    argv += ["--add-peer", f"ws://{HOST}:{ports[i - 1]}"]
+                nodes.append(procs.start(f"n{i}", argv))
+            for child, port in zip(nodes, ports, strict=True):
+                procs.wait_port(child, port)
+            wait_routes(ports[0], ["n1", "n2", "n3"])
+            entry_port = ports[0]
+            for distance, label in enumerate(["local", "direct", "two-hop", "three-hop"]):
+                target = None if distance == 0 else f"n{distance}"
+                for n in levels:
+                    progress(f"{label}: python API, {n} in flight")
+                    stats = post(
+                        entry_port,
+                        {
+                            "jsonrpc": "2.0",
+                            "id": 1,
+                            "method": "bench.run",
+                            "params": [
+                                target, "counter_server", "increment",
+                                n, args.duration, args.warmup,
+                            ],
+                        },
+                    )["result"]  # fmt: skip
+                    rows.append(
+                        {
+                            "target": label,
+                            "entry": "python",
+                            "inflight": n,
+                            "requests": stats["calls"],
+                            "errors": stats["errors"],
+                            "seconds": stats["seconds"],
+                            "per_s": stats["calls_per_s"],
+                            "p50_ms": stats["p50_ms"],
+                            "p99_ms": stats["p99_ms"],
+                        }
+                    )
+                    progress(f"{label}: HTTP /rpc, {n} in flight")
+                    result = http_load(
+                        entry_port, n, args.warmup, args.duration, single_call(target), ok
+                    )
+                    rows.append({"target": label, "entry": "http", "inflight": n, **result})
+                    progress(f"{label}: HTTP /rpc batches of {BATCH}, {n} in flight")
+                    result = http_load(
+                        entry_port, n, args.warmup, args.duration, batch_call(target), ok
+                    )
+                    result["per_s"] *= BATCH  # calls, not requests
+                    rows.append({"target": label, "entry": "http-batch", "inflight": n, **result})
+                    progress(f"{label}: /ws/rpc, {n} in flight")
+                    result = ws_load(
+                        entry_port,
+                        "/ws/rpc",
+                        n,
+                        args.warmup,
+                        args.duration,
+                        single_call(target),
+                        ok,
+                    )
+                    rows.append({"target": label, "entry": "ws-rpc", "inflight": n, **result})
+        finally:
+            procs.stop_all()
+    ceilings = {
+        (row["entry"], row["inflight"]): row["per_s"] for row in rows if row["target"] == "ceiling"
+    }
+    for row in rows:
+        if row["target"] == "ceiling":
+            continue
+        basis = "twisted.web" if row["entry"].startswith("http") else "autobahn-echo"
+        ceiling = ceilings.get((basis, row["inflight"]))
+        row["ratio"] = row["per_s"] / ceiling if ceiling else None
+        row["ratio_to"] = basis
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    def num(value: Any, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    lines = [
+        f"{'target':<10} {'entry':<14} {'in flight':>9} {'calls/s':>9} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'ratio':>6}  {'(to)':<14} errors",
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['target']:<10} {row['entry']:<14} {row['inflight']:>9} "
+            f"{num(row['per_s'], '9.0f')} {num(row['p50_ms'], '8.3f')} "
+            f"{num(row['p99_ms'], '8.3f')} {num(row.get('ratio'), '6.2f')}  "
+            f"{row.get('ratio_to', ''):<14} {row['errors']}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per scenario")
+    parser.add_argument("--warmup", type=float, default=0.5, help="seconds before measuring")
+    parser.add_argument("--inflight", default="1,100", help="comma-separated in-flight levels")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-web", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_echo:
+        serve_echo(args.serve_echo)
+        return 0
+    if args.serve_web:
+        serve_bare_web(args.serve_web)
+        return 0
+    started = time.monotonic()
+    rows = measure(args)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(table(rows))
+        print(f"({time.monotonic() - started:.0f} s, {os.cpu_count()} cores)")
+    return 1 if any(row["errors"] for row in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
