@@ -194,7 +194,7 @@ def port_description(port: Any, interface: str) -> str:
     # that a bad description fails here, as an option error, rather than as
     # a traceback when the node listens.
     try:
-        serverFromString(None, text)  # type: ignore[no-untyped-call]  # untyped in Twisted
+        serverFromString(None, text)
     except OSError as e:
         reason = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
         raise ConfigError(f"--port {text!r}: {reason}") from None

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
+from twisted.python.failure import Failure
 
 
 class RelayError(Exception):
@@ -196,6 +197,21 @@ _BY_CODE: dict[int, type[CallError]] = {
         Overloaded,
     )
 }
+
+
+def failure_exception(failure: Failure) -> BaseException:
+    """
+    The exception a L{Failure} wraps. Twisted types C{Failure.value} as
+    optional, but a Failure always holds one: its constructor raises
+    C{NoCurrentExceptionError} when it is given none.
+
+    :returns: C{failure.value}.
+    :raises TypeError: if C{failure} holds no exception after all.
+    """
+    error = failure.value
+    if error is None:
+        raise TypeError(f"{failure!r} holds no exception")
+    return error
 
 
 def error_for_code(code: int, message: str, data: dict[str, Any] | None = None) -> CallError:

@@ -42,6 +42,7 @@ from relaytx.errors import (
     ProtocolViolation,
     RemoteCallError,
     error_for_code,
+    failure_exception,
 )
 from relaytx.jsonrpc import CallTarget
 from relaytx.metrics import NodeMetrics
@@ -542,7 +543,7 @@ class Mesh:
 
     def _answer_call(self, outcome: Any, envelope: Envelope, call: ServerCall) -> None:
         if isinstance(outcome, Failure):
-            error = outcome.value
+            error = failure_exception(outcome)
             if isinstance(error, CancelledError):  # only stop() cancels an execution
                 error = NodeUnreachable(f"node {self.node_id} stopped before answering")
             elif not isinstance(error, CallError):

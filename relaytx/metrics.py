@@ -87,4 +87,4 @@ class NodeMetrics:
         """
         :returns: the Prometheus text exposition of every metric.
         """
-        return generate_latest(self.registry)  # type: ignore[no-any-return]
+        return generate_latest(self.registry)

@@ -14,10 +14,10 @@ from typing import Any
 
 from attrs import evolve
 from twisted.application.service import MultiService
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, FirstError, fail
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -36,6 +36,7 @@ from relaytx.errors import (
     Overloaded,
     RemoteCallError,
     StartupError,
+    failure_exception,
 )
 from relaytx.jsonrpc import DEFAULT_CALL_TIMEOUT, CallTarget
 from relaytx.limits import CallLimiter
@@ -100,11 +101,11 @@ class RelayNode(MultiService):
         self.config = config
         self.node_id = config.node_id
         self.reactor = reactor
-        self.clock = reactor
+        self.clock: IReactorTime = reactor
         self.metrics = NodeMetrics()
-        self.started_at = reactor.seconds()
+        self.started_at: float = reactor.seconds()
         self.listening_port: IListeningPort | None = None
-        self._listening: Deferred[IListeningPort] | None = None
+        self._listening: Deferred[IListeningPort | None] | None = None
         self._on_fatal = on_fatal or self._stop_on_fatal
         self._mailboxes: dict[str, Mailbox] = {}
         self._setups: list[Deferred[None]] = []
@@ -254,7 +255,7 @@ class RelayNode(MultiService):
                 )
         mailbox = self._mailboxes.get(target.server)
         if mailbox is None:
-            missing = NoSuchServer if explicit else MethodNotFound
+            missing: type[CallError] = NoSuchServer if explicit else MethodNotFound
             return fail(missing(f"Server not found: {target.server!r} on {self.node_id}"))
         method = mailbox.server.exposed_methods.get(target.method)
         if method is None:
@@ -278,7 +279,7 @@ class RelayNode(MultiService):
         self._log.failure(
             "{server}.{method} raised", failure, server=target.server, method=target.method
         )
-        return Failure(RemoteCallError.from_exception(failure.value, self.node_id))
+        return Failure(RemoteCallError.from_exception(failure_exception(failure), self.node_id))
 
     def _count(self, result: Any, started: float) -> Any:
         outcome = "ok"
@@ -433,16 +434,18 @@ class RelayNode(MultiService):
         if d.called and isinstance(d.result, Failure):
             failure = d.result
             d.addErrback(lambda _: None)  # reported by raising instead
-            raise failure.value
+            raise failure_exception(failure)
         self._setups.append(d)
         return d
 
-    def listen(self) -> Deferred[IListeningPort]:
+    def listen(self) -> Deferred[IListeningPort | None]:
         """
         Start serving HTTP and peer WebSockets on the configured endpoint.
 
         :raises StartupError: at once if the endpoint refuses synchronously
             (a port in use, a bad description), as TCP and TLS endpoints do.
+        :returns: a Deferred with the listening port; with C{None} if the
+            endpoint refuses later, which is reported to C{on_fatal}.
         """
         from relaytx.rpc import make_site
 
@@ -452,27 +455,33 @@ class RelayNode(MultiService):
             raise
         except Exception as e:
             raise StartupError(f"--port {self.config.port}: {e}") from None
-        outcome: list[Any] = []
+        outcome: list[IListeningPort | Failure] = []
+
+        def record(result: IListeningPort | Failure) -> IListeningPort | Failure:
+            outcome.append(result)
+            return result
+
         d = endpoint.listen(make_site(self))
-        d.addBoth(lambda result: outcome.append(result) or result)
+        d.addBoth(record)
         if outcome and isinstance(outcome[0], Failure):
             d.addErrback(lambda _: None)
-            raise StartupError(_listen_error(self.config.port, outcome[0].value))
+            raise StartupError(_listen_error(self.config.port, failure_exception(outcome[0])))
 
         def listening(port: IListeningPort) -> IListeningPort:
             self.listening_port = port
             return port
 
         def failed(failure: Failure) -> None:
-            self._on_fatal(_listen_error(self.config.port, failure.value))
+            self._on_fatal(_listen_error(self.config.port, failure_exception(failure)))
 
         return d.addCallbacks(listening, failed)
 
-    def _endpoint(self) -> Any:
+    def _endpoint(self) -> IStreamServerEndpoint:
         description = self.config.port
         tls = self.config.tls
         if tls is None or not tls.serves_tls:
-            return serverFromString(self.reactor, description)
+            endpoint: IStreamServerEndpoint = serverFromString(self.reactor, description)
+            return endpoint
         plain = _PLAIN_TCP.fullmatch(description)
         if plain is None:
             raise StartupError(
@@ -503,8 +512,15 @@ class RelayNode(MultiService):
                 self.add_peer(address)
         super().startService()
         if self._setups:
+
+            def setup_failed(failure: Failure) -> None:
+                error = failure_exception(failure)
+                if isinstance(error, FirstError):  # always, with fireOnOneErrback
+                    error = failure_exception(error.subFailure)
+                self._on_fatal(str(error))
+
             DeferredList(self._setups, fireOnOneErrback=True, consumeErrors=True).addErrback(
-                lambda f: self._on_fatal(str(f.value.subFailure.value))
+                setup_failed
             )
 
     def stopService(self) -> Deferred[None]:

@@ -96,7 +96,7 @@ def handles(*payload_types: type[Payload]) -> Callable[[H], H]:
     """
 
     def mark(fn: H) -> H:
-        fn.__relaytx_handles__ = (  # type: ignore[attr-defined]
+        fn.__relaytx_handles__ = (  # type: ignore[attr-defined]  # a mark on the function
             *getattr(fn, "__relaytx_handles__", ()),
             *payload_types,
         )

@@ -35,6 +35,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
+from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectingRequest, ConnectionDeny
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
@@ -65,7 +66,10 @@ class _Transport:
         self.peer_address = protocol.peer
 
     def send(self, frame: bytes) -> None:
-        self._protocol.sendMessage(frame, isBinary=False)
+        # A link the peer (or Autobahn) is closing takes nothing more; its
+        # session hears of the close in a moment.
+        if self._protocol.state == WebSocketProtocol.STATE_OPEN:
+            self._protocol.sendMessage(frame, isBinary=False)
 
     def close(self, code: int, reason: str) -> None:
         # sendClose only takes application codes (1000, 3000-4999); protocol
@@ -89,7 +93,10 @@ class _PeerAdapter:
     peer_id: str | None = None
     direction = "inbound"
     factory: Any
-    peer: str
+    # As Autobahn's WebSocketAdapterProtocol declares it; its WebSocketProtocol
+    # says str (and the two declare _transport_details differently too), so
+    # mypy flags the protocols below whatever this says.
+    peer: str | None
 
     def _open_session(self, peer_id: str) -> None:
         mesh: Mesh = self.factory.mesh
@@ -98,13 +105,16 @@ class _PeerAdapter:
                 peer_id, self.direction, self._address(), _Transport(self)
             )
         except LinkRefused as e:
-            self.sendClose(code=CLOSE_REPLACED, reason=e.reason[:120])  # type: ignore[attr-defined]
+            self.sendClose(  # type: ignore[attr-defined]  # from the Autobahn protocol
+                code=CLOSE_REPLACED, reason=e.reason[:120]
+            )
             return
         self.peer_id = peer_id
         self._opened()
 
     def _address(self) -> str:
-        return self.peer
+        # Autobahn sets peer when the connection is made, before any link opens.
+        return self.peer if self.peer is not None else "unknown"
 
     def _opened(self) -> None:
         pass
@@ -125,7 +135,7 @@ class _PeerAdapter:
         # sendClose refuses protocol codes such as 1002 (it raised here, for
         # every frame a refused peer went on sending); the frame-level call
         # takes them, and ignores a link that is closing already.
-        self.sendCloseFrame(  # type: ignore[attr-defined]
+        self.sendCloseFrame(  # type: ignore[attr-defined]  # from the Autobahn protocol
             code=CLOSE_PROTOCOL_ERROR, reasonUtf8=b"no session", isReply=False
         )
 
@@ -139,7 +149,10 @@ class _PeerAdapter:
             self._rlog.failure("error closing the link to {peer}", peer=self.peer_id)
 
 
-class PeerServerProtocol(_PeerAdapter, WebSocketServerProtocol):
+class PeerServerProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _PeerAdapter
+    _PeerAdapter,
+    WebSocketServerProtocol,
+):
     """The accepting end of a peer link."""
 
     direction = "inbound"
@@ -225,7 +238,10 @@ class PeerServerProtocol(_PeerAdapter, WebSocketServerProtocol):
         super().onClose(wasClean, code, reason)
 
 
-class PeerClientProtocol(_PeerAdapter, WebSocketClientProtocol):
+class PeerClientProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _PeerAdapter
+    _PeerAdapter,
+    WebSocketClientProtocol,
+):
     """The dialling end of a peer link."""
 
     direction = "outbound"
@@ -289,7 +305,8 @@ class PeerClientProtocol(_PeerAdapter, WebSocketClientProtocol):
             self._rlog.failure("error opening the link to {peer}", peer=self._expected)
 
     def _address(self) -> str:
-        return self.factory.dialer.url
+        dialer: Dialer = self.factory.dialer
+        return dialer.url
 
     def _opened(self) -> None:
         self.factory.dialer.link_opened(self.peer_id)

@@ -157,7 +157,7 @@ class RpcResource(Resource):
             else:
                 answered.append(outcome)
 
-        caller = f"http:{request.getClientAddress().host}"
+        caller = f"http:{_client_host(request.getClientAddress())}"
         self._handler.handle(request.content.read(), caller).addBoth(answer)
         if answered:  # answered synchronously: the common, fast case
             return self._body(request, answered[0])

@@ -38,7 +38,7 @@ def exposed(fn: F) -> F:
 
     Names starting with C{_} are never exposed, decorated or not.
     """
-    fn.__relaytx_exposed__ = True  # type: ignore[attr-defined]
+    fn.__relaytx_exposed__ = True  # type: ignore[attr-defined]  # a mark on the function
     return fn
 
 

@@ -69,7 +69,7 @@ class Options(usage.Options):
     stderr: IO[str] | None = None
 
     def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]  # usage.Options is untyped
+        super().__init__()
         self["add-peer"] = []
         self["app"] = []
         self.config: NodeConfig | None = None
@@ -84,7 +84,7 @@ class Options(usage.Options):
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         try:
-            super().parseOptions(options)  # type: ignore[no-untyped-call]  # untyped base
+            super().parseOptions(options)
         except usage.UsageError as e:
             error_line(str(e), self.stderr)
             raise

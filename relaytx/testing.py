@@ -84,7 +84,7 @@ def memory_node(node_id: str, reactor: Any = None, **options: Any) -> RelayNode:
 
     config = build_config({"node_id": node_id, **options})
     if reactor is None:
-        reactor = MemoryReactorClock()  # type: ignore[no-untyped-call]  # Twisted leaves it untyped
+        reactor = MemoryReactorClock()
     return RelayNode(config, reactor)
 
 

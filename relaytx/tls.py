@@ -52,9 +52,10 @@ class TlsConfig:
         if self.key is not None:
             pem += b"\n" + _read(self.key, "key")
         try:
-            return ssl.PrivateCertificate.loadPEM(pem)
+            identity: ssl.PrivateCertificate = ssl.PrivateCertificate.loadPEM(pem)
         except Exception as e:
             raise TlsError(f"tls.cert/key: not a PEM certificate and key: {e}") from None
+        return identity
 
     def _authority(self) -> ssl.Certificate | None:
         if self.ca is None:

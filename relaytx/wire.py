@@ -305,7 +305,7 @@ class Payload:
         """
         :returns: the JSON object for this payload.
         """
-        return attrs.asdict(self, recurse=False)  # type: ignore[arg-type]
+        return attrs.asdict(self, recurse=False)  # type: ignore[arg-type]  # attrs subclasses
 
 
 @frozen
