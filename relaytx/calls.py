@@ -225,6 +225,14 @@ class ForwardedCalls:
         entry.timer = self._clock.callLater(budget, self._expire, key)
         self._calls[key] = entry
 
+    def came_from(self, caller: str, response_id: Any) -> str | None:
+        """
+        :returns: the neighbour a forwarded call came from, the way its
+            answer goes back when no route to the caller is known.
+        """
+        entry = self._calls.get((caller, response_id)) if isinstance(response_id, str) else None
+        return None if entry is None else entry.came_from
+
     def answered(self, caller: str, response_id: str | None) -> None:
         """The answer to a forwarded call passed through: forget the call."""
         if response_id is None:

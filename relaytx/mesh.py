@@ -351,10 +351,14 @@ class Mesh:
             self.metrics.drop("too_large")
             self._refuse_call(hopped, session.peer_id, "message too large to forward")
 
-    def forward(self, envelope: Envelope, came_from: str | None) -> str | None:
+    def forward(
+        self, envelope: Envelope, came_from: str | None, back_via: str | None = None
+    ) -> str | None:
         """
         Send C{envelope} (already stamped by this node) one hop on.
 
+        :param back_via: for an answer, the neighbour its call came from:
+            the way back when no route to the caller is known (yet).
         :returns: the neighbour it went to, or C{None} if it was flooded or
             dropped.
         """
@@ -368,6 +372,13 @@ class Mesh:
         if session is None or not session.healthy:
             next_hop = self.router.next_hop(destination)
             session = self.links.get(next_hop) if next_hop is not None else None
+        if session is None and envelope.type == ServerResponse.TYPE:
+            # No route to the caller (its adverts may still be on the way):
+            # an answer goes back the way its call came.
+            back = back_via or self.forwarded.came_from(
+                destination, envelope.data.get("response_id")
+            )
+            session = self.links.get(back) if back is not None else None
         if session is not None:
             self._send_via(session, envelope, came_from)
             return session.peer_id
@@ -449,7 +460,13 @@ class Mesh:
         if isinstance(response_id, str):
             self._reply(envelope.sender, response_id, error)
 
-    def send(self, destination: str, payload: Payload, reply_to: str | None = None) -> str | None:
+    def send(
+        self,
+        destination: str,
+        payload: Payload,
+        reply_to: str | None = None,
+        back_via: str | None = None,
+    ) -> str | None:
         """
         Originate a message to C{destination}, routed like any other.
 
@@ -459,7 +476,7 @@ class Mesh:
         envelope = Envelope.create(
             payload, self.node_id, destination, self.clock.seconds(), reply_to=reply_to
         )
-        return self.forward(envelope, came_from=None)
+        return self.forward(envelope, came_from=None, back_via=back_via)
 
     def can_reach(self, destination: str) -> bool:
         """:returns: whether a link or a route to C{destination} is known."""
@@ -535,25 +552,29 @@ class Mesh:
             d.addTimeout(budget, self.clock, onTimeoutCancel=_budget_spent)
         self._executing.add(d)
         d.addBoth(self._executed, d)
-        d.addBoth(self._answer_call, envelope, call)
+        d.addBoth(self._answer_call, envelope, call, session.peer_id if session else None)
 
     def _executed(self, outcome: Any, d: Deferred[Any]) -> Any:
         self._executing.discard(d)
         return outcome
 
-    def _answer_call(self, outcome: Any, envelope: Envelope, call: ServerCall) -> None:
+    def _answer_call(
+        self, outcome: Any, envelope: Envelope, call: ServerCall, back_via: str | None
+    ) -> None:
         if isinstance(outcome, Failure):
             error = failure_exception(outcome)
             if isinstance(error, CancelledError):  # only stop() cancels an execution
                 error = NodeUnreachable(f"node {self.node_id} stopped before answering")
             elif not isinstance(error, CallError):
                 error = RemoteCallError.from_exception(error, self.node_id)
-            self._reply(envelope.sender, call.response_id, error, route=envelope.route)
+            self._reply(
+                envelope.sender, call.response_id, error, route=envelope.route, back_via=back_via
+            )
         else:
             response = ServerResponse(
                 response_id=call.response_id, success=True, node_id=self.node_id, result=outcome
             )
-            self._send_response(envelope.sender, response)
+            self._send_response(envelope.sender, response, back_via)
 
     def _reply(
         self,
@@ -561,6 +582,7 @@ class Mesh:
         response_id: str | None,
         error: CallError,
         route: tuple[str, ...] | list[str] | None = None,
+        back_via: str | None = None,
     ) -> None:
         error.with_data(node_id=self.node_id)
         if route is not None:
@@ -577,11 +599,13 @@ class Mesh:
             if response_id is not None:
                 self.pending.resolve(response_id, error=error)
             return
-        self._send_response(caller, response)
+        self._send_response(caller, response, back_via)
 
-    def _send_response(self, caller: str, response: ServerResponse) -> None:
+    def _send_response(
+        self, caller: str, response: ServerResponse, back_via: str | None = None
+    ) -> None:
         try:
-            self.send(caller, response)
+            self.send(caller, response, back_via=back_via)
         except TypeError as e:  # the result cannot be encoded as JSON
             error = RemoteCallError(f"TypeError: result is not JSON-serialisable: {e}")
             self._reply(caller, response.response_id, error.with_data(type="TypeError"))

@@ -139,3 +139,22 @@ class LocalTimeoutTests(SynchronousTestCase):
         node.clock.advance(0.2)
         self.assertEqual(self.failureResultOf(d, CallTimeout).value.code, -32001)
         self.assertEqual(node.clock.getDelayedCalls(), [])
+
+
+class AnswerWayBackTests(SynchronousTestCase):
+    """An answer finds its way back even before routes to the caller are known."""
+
+    def test_answer_follows_the_call_back(self) -> None:
+        """With no route to the caller at the callee or the forwarder, the answer retraces the call."""
+        reactor = MemoryReactorClock()
+        a, b, c = (memory_node(n, reactor) for n in ("a", "b", "c"))
+        c.expose("blob", Blob())
+        network = MemoryMesh()
+        network.link(a, b)
+        network.link(b, c)
+        network.settle()
+        # As if a's adverts had not yet reached c, nor b (b still links to a).
+        c.mesh.router._routes.pop("a")
+        d = a.call("c", "blob", "blob", 3, timeout=5)
+        network.pump()
+        self.assertEqual(self.successResultOf(d), "xxx")
