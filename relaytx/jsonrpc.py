@@ -149,8 +149,9 @@ class JsonRpcHandler:
     """
     Answers JSON-RPC 2.0 request bodies by calling C{invoke}.
 
-    :param invoke: runs one resolved call; returns a Deferred that fires with
-        the result or fails (a L{CallError} for expected failures).
+    :param invoke: runs one resolved call; returns its result, or a Deferred
+        that fires with it; fails (at once or through the Deferred) with a
+        L{CallError} for expected failures.
     :param node_id: recorded in the C{data} of every error answer.
     :param max_batch: the most requests one batch may hold; a longer one is
         answered with a single -32005 error and none of it runs.
@@ -160,7 +161,7 @@ class JsonRpcHandler:
 
     def __init__(
         self,
-        invoke: Callable[[CallTarget], Deferred[Any]],
+        invoke: Callable[[CallTarget], Any],
         node_id: str,
         max_batch: int = MAX_BATCH,
     ) -> None:
@@ -177,24 +178,41 @@ class JsonRpcHandler:
         :returns: a Deferred firing with the answer body, or C{None} when
             there is nothing to answer.
         """
+        answer = self.handle_now(body, caller)
+        return answer if isinstance(answer, Deferred) else succeed(answer)
+
+    def handle_now(
+        self, body: bytes, caller: str | None = None
+    ) -> bytes | Deferred[bytes | None] | None:
+        """
+        As L{handle}, but an answer that is ready at once (every call of the
+        request answered at once) is returned as it is, not in a Deferred.
+        """
         try:
             request = _json.loads(body)
         except (_json.JSONDecodeError, UnicodeDecodeError):
-            return succeed(self._encode(self._error(ParseError("Parse error: invalid JSON"), None)))
-        if isinstance(request, list):
-            if not request:
-                error = InvalidRequest("Invalid Request: empty batch")
-                return succeed(self._encode(self._error(error, None)))
-            if len(request) > self._max_batch:
-                overloaded = Overloaded(
-                    f"Overloaded: a batch may hold at most {self._max_batch} requests, "
-                    f"not {len(request)}",
-                    limit="max_batch",
-                )
-                return succeed(self._encode(self._error(overloaded, None)))
-            d = gatherResults([self._one(item, caller) for item in request], consumeErrors=True)
-            return d.addCallback(self._batch_answer)
-        return self._one(request, caller).addCallback(self._single_answer)
+            return self._encode(self._error(ParseError("Parse error: invalid JSON"), None))
+        if not isinstance(request, list):
+            answer = self._one(request, caller)
+            if isinstance(answer, Deferred):
+                return answer.addCallback(self._single_answer)
+            return self._single_answer(answer)
+        if not request:
+            return self._encode(self._error(InvalidRequest("Invalid Request: empty batch"), None))
+        if len(request) > self._max_batch:
+            overloaded = Overloaded(
+                f"Overloaded: a batch may hold at most {self._max_batch} requests, "
+                f"not {len(request)}",
+                limit="max_batch",
+            )
+            return self._encode(self._error(overloaded, None))
+        answers = [self._one(item, caller) for item in request]
+        if not any(isinstance(a, Deferred) for a in answers):
+            return self._batch_answer(answers)  # type: ignore[arg-type]  # no Deferred among them
+        d = gatherResults(
+            [a if isinstance(a, Deferred) else succeed(a) for a in answers], consumeErrors=True
+        )
+        return d.addCallback(self._batch_answer)
 
     def _single_answer(self, answer: dict[str, Any] | None) -> bytes | None:
         return None if answer is None else self._encode(answer)
@@ -218,27 +236,36 @@ class JsonRpcHandler:
             )
             return _json.dumps(self._error(error, answer["id"]))
 
-    def _one(self, request: Any, caller: str | None) -> Deferred[dict[str, Any] | None]:
+    def _one(
+        self, request: Any, caller: str | None
+    ) -> dict[str, Any] | Deferred[dict[str, Any] | None] | None:
+        """The answer to one request object: ready at once, or a Deferred."""
         try:
             request_id, method, params = self._validate(request)
         except InvalidRequest as e:
             request_id = request.get("id") if isinstance(request, dict) else None
             if not _valid_id(request_id):
                 request_id = None
-            return succeed(self._error(e, request_id))
+            return self._error(e, request_id)
         try:
             if params is not None and not isinstance(params, list | dict):
                 raise InvalidParams('Invalid params: "params" must be an array or an object')
-            target = resolve(method, params, caller)
-            d = self._invoke(target)
+            result = self._invoke(resolve(method, params, caller))
         except Exception:
-            d = Deferred()
-            d.errback()
+            failure = Failure()
+            if request_id is _NO_ID:
+                self._notified(failure, method)
+                return None
+            return self._failure(failure, request_id)
+        if isinstance(result, Deferred):
+            if request_id is _NO_ID:
+                return result.addBoth(self._notified, method)
+            return result.addCallbacks(
+                self._result, self._failure, callbackArgs=(request_id,), errbackArgs=(request_id,)
+            )
         if request_id is _NO_ID:
-            return d.addBoth(self._notified, method)
-        return d.addCallbacks(
-            self._result, self._failure, callbackArgs=(request_id,), errbackArgs=(request_id,)
-        )
+            return None
+        return {"jsonrpc": "2.0", "result": result, "id": request_id}
 
     @staticmethod
     def _validate(request: Any) -> tuple[Any, str, Any]:

@@ -14,7 +14,14 @@ from typing import Any
 
 from attrs import evolve
 from twisted.application.service import MultiService
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, FirstError, fail
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    FirstError,
+    fail,
+    succeed,
+)
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
@@ -29,7 +36,6 @@ from relaytx.errors import (
     AccessDenied,
     CallError,
     CallTimeout,
-    InvalidParams,
     MethodNotFound,
     NoSuchMethod,
     NoSuchServer,
@@ -181,32 +187,57 @@ class RelayNode(MultiService):
         :returns: a Deferred with the method's result, or failing with a
             L{CallError}.
         """
+        try:
+            result = self.dispatch(target)
+        except CallError as e:
+            return fail(e)
+        return result if isinstance(result, Deferred) else succeed(result)
+
+    def dispatch(self, target: CallTarget) -> Any:
+        """
+        Run one resolved call and count it: the fast path under L{invoke}
+        and JSON-RPC, which spares the common case (an idle local server
+        answering at once) any Deferred.
+
+        :returns: the result itself when it is ready at once, else a
+            Deferred of it.
+        :raises CallError: when the call fails at once.
+        """
         started = self.clock.seconds()
         caller = target.caller
         if caller is not None:
             try:
                 self.limiter.admit(caller)
             except Overloaded as e:
-                return fail(e).addBoth(self._count, started)
+                raise self._counted(e, started) from None
+        try:
+            result = self._route(target)
+        except CallError as e:
+            if caller is not None:
+                self.limiter.release(caller)
+            raise self._counted(e, started) from None
+        if isinstance(result, Deferred):
+            if not result.called:  # remote calls time out in the mesh; local ones here
+                result.addTimeout(target.timeout, self.clock, onTimeoutCancel=_timed_out)
+            if caller is not None:
+                result.addBoth(self._release, caller)
+            return result.addBoth(self._count, started)
+        if caller is not None:
+            self.limiter.release(caller)
+        self.metrics.count_call("ok", self.clock.seconds() - started)
+        return result
+
+    def _route(self, target: CallTarget) -> Any:
         node_id = target.node_id
         if node_id is None:
-            if target.server in self._mailboxes:
-                d = self._call_here(target, explicit=False)
-            else:
+            if target.server not in self._mailboxes:
                 host = self.mesh.nearest_host(target.server)
-                if host is None:
-                    d = self._call_here(target, explicit=False)
-                else:
-                    d = self.mesh.call(evolve(target, node_id=host))
-        elif node_id == self.node_id:
-            d = self._call_here(target, explicit=True)
-        else:
-            d = self.mesh.call(target)
-        if not d.called:  # remote calls time out in the mesh; local ones here
-            d.addTimeout(target.timeout, self.clock, onTimeoutCancel=_timed_out)
-        if caller is not None:
-            d.addBoth(self._release, caller)
-        return d.addBoth(self._count, started)
+                if host is not None:
+                    return self.mesh.call(evolve(target, node_id=host))
+            return self._call_here(target, explicit=False)
+        if node_id == self.node_id:
+            return self._call_here(target, explicit=True)
+        return self.mesh.call(target)
 
     def _release(self, result: Any, caller: str) -> Any:
         self.limiter.release(caller)
@@ -220,9 +251,14 @@ class RelayNode(MultiService):
         try:
             self.limiter.admit(share)
         except Overloaded as e:
-            return fail(e).addBoth(self._count, started)
-        d = self._call_here(target, explicit=True).addBoth(self._release, share)
-        return d.addBoth(self._count, started)
+            return fail(self._counted(e, started))
+        try:
+            result = self._call_here(target, explicit=True)
+        except CallError as e:
+            self.limiter.release(share)
+            return fail(self._counted(e, started))
+        d = result if isinstance(result, Deferred) else succeed(result)
+        return d.addBoth(self._release, share).addBoth(self._count, started)
 
     def call(
         self,
@@ -241,54 +277,68 @@ class RelayNode(MultiService):
         """
         return self.invoke(CallTarget(node_id, server, method, args, kwargs, timeout))
 
-    def _call_here(self, target: CallTarget, explicit: bool) -> Deferred[Any]:
+    def _call_here(self, target: CallTarget, explicit: bool) -> Any:
+        """
+        Run a call on a local server.
+
+        :returns: the result, or a Deferred of it (see L{Mailbox.call}).
+        :raises CallError: if the call is refused or fails at once.
+        """
         caller = target.caller
         access = self.config.access
         if caller is not None and access:
             who = "http" if caller.startswith("http:") else caller
             if not access.allows(who, target.server, target.method):
-                return fail(
-                    AccessDenied(
-                        f"Access denied: {who} may not call {target.server}.{target.method}"
-                        f" on {self.node_id}"
-                    )
+                raise AccessDenied(
+                    f"Access denied: {who} may not call {target.server}.{target.method}"
+                    f" on {self.node_id}"
                 )
         mailbox = self._mailboxes.get(target.server)
         if mailbox is None:
             missing: type[CallError] = NoSuchServer if explicit else MethodNotFound
-            return fail(missing(f"Server not found: {target.server!r} on {self.node_id}"))
+            raise missing(f"Server not found: {target.server!r} on {self.node_id}")
         method = mailbox.server.exposed_methods.get(target.method)
         if method is None:
             missing = NoSuchMethod if explicit else MethodNotFound
-            return fail(
-                missing(f"Method not found: {target.server}.{target.method} on {self.node_id}")
-            )
+            raise missing(f"Method not found: {target.server}.{target.method} on {self.node_id}")
+        method.check_arguments(target.args, target.kwargs)
         try:
-            method.check_arguments(target.args, target.kwargs)
-        except InvalidParams as e:
-            return fail(e)
-        return mailbox.deliver(method, target.args, target.kwargs).addErrback(
-            self._method_failed, target
-        )
+            result = mailbox.call(method, target.args, target.kwargs)
+        except CallError:
+            raise  # a server may fail a call with a precise relaytx error
+        except Exception:
+            raise self._method_error(Failure(), target) from None
+        if isinstance(result, Deferred):
+            return result.addErrback(self._method_failed, target)
+        return result
 
     def _method_failed(self, failure: Failure, target: CallTarget) -> Failure:
         if isinstance(failure.value, CallError | CancelledError):
             # A server may fail a call with a precise relaytx error; a
             # cancelled call was given up by its caller.
             return failure
+        return Failure(self._method_error(failure, target))
+
+    def _method_error(self, failure: Failure, target: CallTarget) -> RemoteCallError:
         self._log.failure(
             "{server}.{method} raised", failure, server=target.server, method=target.method
         )
-        return Failure(RemoteCallError.from_exception(failure_exception(failure), self.node_id))
+        return RemoteCallError.from_exception(failure_exception(failure), self.node_id)
+
+    def _counted(self, error: CallError, started: float) -> CallError:
+        error.with_data(node_id=self.node_id, route=[self.node_id])
+        self.metrics.count_call(type(error).__name__, self.clock.seconds() - started)
+        return error
 
     def _count(self, result: Any, started: float) -> Any:
-        outcome = "ok"
         if isinstance(result, Failure):
             error = result.value
-            outcome = type(error).__name__
             if isinstance(error, CallError):
-                error.with_data(node_id=self.node_id, route=[self.node_id])
-        self.metrics.count_call(outcome, self.clock.seconds() - started)
+                self._counted(error, started)
+            else:
+                self.metrics.count_call(type(error).__name__, self.clock.seconds() - started)
+        else:
+            self.metrics.count_call("ok", self.clock.seconds() - started)
         return result
 
     # Views for HTTP and the built-in server.

@@ -24,6 +24,7 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from klein import Klein
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
@@ -146,23 +147,13 @@ class RpcResource(Resource):
         self._handler = handler
 
     def render_POST(self, request: Any) -> bytes | int:
-        answered: list[Any] = []
-        waiting: list[bool] = []
-
-        def answer(outcome: bytes | Failure | None) -> None:
-            if waiting == [True]:
-                self._write_later(outcome, request)
-            elif waiting:  # the client went away meanwhile
-                return
-            else:
-                answered.append(outcome)
-
         caller = f"http:{_client_host(request.getClientAddress())}"
-        self._handler.handle(request.content.read(), caller).addBoth(answer)
-        if answered:  # answered synchronously: the common, fast case
-            return self._body(request, answered[0])
-        waiting.append(True)
-        request.notifyFinish().addErrback(lambda _: waiting.append(False))
+        answer = self._handler.handle_now(request.content.read(), caller)
+        if not isinstance(answer, Deferred):  # answered at once: the common, fast case
+            return self._body(request, answer)
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        answer.addBoth(lambda outcome: None if gone else self._write_later(outcome, request))
         return NOT_DONE_YET
 
     def render(self, request: Any) -> bytes | int:
@@ -297,7 +288,11 @@ class JsonRpcWebSocketProtocol(WebSocketServerProtocol):
         if isBinary:
             self.sendCloseFrame(code=1003, reasonUtf8=b"JSON-RPC frames are text", isReply=False)
             return
-        self.factory.handler.handle(payload, self._caller).addBoth(self._answer)
+        answer = self.factory.handler.handle_now(payload, self._caller)
+        if isinstance(answer, Deferred):
+            answer.addBoth(self._answer)
+        else:
+            self._answer(answer)
 
     def onConnect(self, request: Any) -> None:
         transport = self.transport
@@ -350,7 +345,7 @@ def make_site(node: RelayNode) -> NodeSite:
     """
     :returns: the HTTP site serving C{node}.
     """
-    handler = JsonRpcHandler(node.invoke, node.node_id)
+    handler = JsonRpcHandler(node.dispatch, node.node_id)
     root = NodeRoot(RpcResource(handler), NodeWeb(node).app.resource())
     for name, resource in node.websocket_resources().items():
         root.ws.putChild(name.encode(), resource)

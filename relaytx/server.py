@@ -167,6 +167,46 @@ class Mailbox:
             self._run()
         return d
 
+    def call(self, method: ExposedMethod, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """
+        Run a call of C{method}: at once if the mailbox is idle, else after
+        the calls before it (as L{deliver}).
+
+        This is the fast path of the common case, an idle server whose
+        method returns a plain value: that value is returned as it is, and
+        an exception it raises propagates, with no Deferred in between.
+        Otherwise (a busy mailbox, a Deferred or coroutine result) the
+        return value is a Deferred, as from L{deliver}.
+        """
+        if self._busy:
+            return self.deliver(method, args, kwargs)
+        self._busy = self._running_inline = True
+        try:
+            result = method.function(self.server, *args, **kwargs)
+        except BaseException:
+            self._resume()
+            raise
+        if inspect.iscoroutine(result):
+            result = Deferred.fromCoroutine(result)
+        if isinstance(result, Deferred):
+            d: Deferred[Any] = Deferred()
+            self._waiting = True
+            result.addBoth(self._finished, d)
+            if self._waiting:  # not done yet: _finished resumes the queue later
+                self._running_inline = False
+                return d
+            result = d  # already done: d holds the outcome
+        self._resume()
+        return result
+
+    def _resume(self) -> None:
+        # The inline call is over: run what queued up meanwhile (calls it
+        # made to its own server), or go idle.
+        if self._queue:
+            self._run()
+        else:
+            self._busy = self._running_inline = False
+
     def _run(self) -> None:
         self._busy = True
         self._running_inline = True
