@@ -16,6 +16,8 @@ Bookkeeping of calls in flight, on an injected clock.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -28,18 +30,32 @@ from relaytx.errors import CallError, CallTimeout
 
 
 class _Pending:
-    __slots__ = ("deferred", "destination", "timer", "via")
+    __slots__ = ("deadline", "deferred", "destination", "timeout", "via")
 
-    def __init__(self, deferred: Deferred[Any], via: str | None, destination: str) -> None:
+    def __init__(
+        self,
+        deferred: Deferred[Any],
+        via: str | None,
+        destination: str,
+        deadline: float,
+        timeout: float,
+    ) -> None:
         self.deferred = deferred
         self.via = via
         self.destination = destination
-        self.timer: IDelayedCall | None = None
+        self.deadline = deadline
+        self.timeout = timeout
 
 
 class PendingCalls:
     """
     The calls this node waits on.
+
+    Deadlines sit in one heap under a single timer set for the earliest of
+    them, instead of a reactor timer per call: with thousands of calls a
+    second, scheduling and cancelling a timer for each was a visible share
+    of a call's cost. Entries of calls that ended early are dropped from the
+    heap lazily, and the heap is rebuilt when they outnumber the live ones.
 
     :param on_change: called with the number of pending calls after each
         change (the node's gauge).
@@ -56,6 +72,9 @@ class PendingCalls:
         self._pending: dict[str, _Pending] = {}
         self._on_change = on_change
         self._on_late = on_late
+        self._deadlines: list[tuple[float, int, str]] = []
+        self._sequence = itertools.count()
+        self._timer: IDelayedCall | None = None
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -82,11 +101,48 @@ class PendingCalls:
             self._forget(response_id)
 
         d: Deferred[Any] = Deferred(cancel)
-        entry = _Pending(d, via, destination)
-        entry.timer = self._clock.callLater(timeout, self._timed_out, response_id, timeout)
-        self._pending[response_id] = entry
+        deadline = self._clock.seconds() + timeout
+        self._pending[response_id] = _Pending(d, via, destination, deadline, timeout)
+        heapq.heappush(self._deadlines, (deadline, next(self._sequence), response_id))
+        timer = self._timer
+        if timer is None or deadline < timer.getTime():
+            self._schedule(deadline)
         self._on_change(len(self._pending))
         return d
+
+    def _schedule(self, deadline: float) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        delay = max(0.0, deadline - self._clock.seconds())
+        self._timer = self._clock.callLater(delay, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self._clock.seconds()
+        heap, pending = self._deadlines, self._pending
+        while heap and heap[0][0] <= now:
+            deadline, _, response_id = heapq.heappop(heap)
+            entry = pending.get(response_id)
+            if entry is not None and entry.deadline == deadline:
+                self._timed_out(response_id, entry)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        # Drop entries of calls that ended from the top of the heap, and
+        # compact it when most of it is such entries; then set the timer
+        # for the earliest live deadline (none when nothing is pending).
+        heap, pending = self._deadlines, self._pending
+        while heap and heap[0][2] not in pending:
+            heapq.heappop(heap)
+        if len(heap) > 2 * len(pending) + 64:
+            self._deadlines = heap = [e for e in heap if e[2] in pending]
+            heapq.heapify(heap)
+        if not heap:
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        elif self._timer is None or heap[0][0] != self._timer.getTime():
+            self._schedule(heap[0][0])
 
     def set_via(self, response_id: str, via: str | None) -> None:
         """Record the neighbour a pending call was sent to, once known."""
@@ -153,18 +209,15 @@ class PendingCalls:
                 entry.deferred.errback(Failure(error(entry.destination)))
         return failed
 
-    def _timed_out(self, response_id: str, timeout: float) -> None:
-        entry = self._pending.get(response_id)
-        if entry is None:
-            return
-        entry.timer = None
-        self._forget(response_id)
+    def _timed_out(self, response_id: str, entry: _Pending) -> None:
+        del self._pending[response_id]
+        self._on_change(len(self._pending))
         entry.deferred.errback(
             Failure(
                 CallTimeout(
-                    f"Call to {entry.destination} timed out after {timeout:g}s",
+                    f"Call to {entry.destination} timed out after {entry.timeout:g}s",
                     target_node=entry.destination,
-                    timeout=timeout,
+                    timeout=entry.timeout,
                 )
             )
         )
@@ -173,9 +226,13 @@ class PendingCalls:
         entry = self._pending.pop(response_id, None)
         if entry is None:
             return None
-        if entry.timer is not None and entry.timer.active():
-            entry.timer.cancel()
-        entry.timer = None
+        heap = self._deadlines
+        if (
+            not self._pending
+            or heap[0][2] == response_id
+            or len(heap) > 2 * len(self._pending) + 64
+        ):
+            self._rearm()
         self._on_change(len(self._pending))
         return entry
 

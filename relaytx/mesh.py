@@ -108,9 +108,8 @@ class Mesh:
         self.max_routes = max_routes
         self.router = Router(node_id)
         self.links: dict[str, PeerSession] = {}
-        self.pending = PendingCalls(
-            clock, on_change=metrics.pending_calls.set, on_late=metrics.late_answers.inc
-        )
+        self.pending = PendingCalls(clock, on_late=metrics.late_answers.inc)
+        metrics.pending_calls.set_function(lambda: len(self.pending))  # read when scraped
         self.forwarded = ForwardedCalls(clock)
         self.seen = SeenMessages(clock)
         self.session_class: type[PeerSession] = PeerSession

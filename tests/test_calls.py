@@ -38,6 +38,35 @@ class PendingCallsTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.gauge[-1], 0)
 
+    def test_shorter_timeout_later(self) -> None:
+        """A call with a shorter timeout, made later, still times out at its own deadline."""
+        # (Steps that are exact in binary, so the clock lands on each deadline.)
+        slow = self.calls.expect("slow", "n2", "n2", timeout=10)
+        self.clock.advance(1)
+        fast = self.calls.expect("fast", "n2", "n2", timeout=2)
+        self.clock.advance(1.75)
+        self.assertNoResult(fast)
+        self.clock.advance(0.25)
+        self.failureResultOf(fast, CallTimeout)
+        self.assertNoResult(slow)
+        self.clock.advance(6.75)
+        self.assertNoResult(slow)
+        self.clock.advance(0.25)
+        self.failureResultOf(slow, CallTimeout)
+        self.assertNothingPending()
+
+    def test_answered_calls_do_not_pile_up(self) -> None:
+        """Deadlines of answered calls are dropped: the heap stays near the live count."""
+        keep = self.calls.expect("keep", "n2", "n2", timeout=30)
+        for i in range(10_000):
+            self.calls.expect(f"r{i}", "n2", "n2", timeout=30)
+            self.calls.resolve(f"r{i}", result=i)
+        self.assertLessEqual(len(self.calls._deadlines), 130)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(30)
+        self.failureResultOf(keep, CallTimeout)
+        self.assertNothingPending()
+
     def test_resolve_with_result(self) -> None:
         """An answer fires the call's Deferred with its result and leaves nothing pending."""
         d = self.calls.expect("r1", "n2", "n2", timeout=5)
@@ -172,7 +201,8 @@ class PendingCallsTests(SynchronousTestCase):
         self.assertNoResult(d3)
         self.assertNoResult(d4)
         self.assertEqual(self.calls.destinations(), {"other", "far"})
-        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+        # One timer, for the earliest deadline, serves every pending call.
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.assertEqual(self.calls.fail_via("b", unreachable), 0)
         self.assertEqual(self.calls.fail_all(unreachable), 2)
         self.failureResultOf(d3, NodeUnreachable)

@@ -145,7 +145,7 @@ class AnswerWayBackTests(SynchronousTestCase):
     """An answer finds its way back even before routes to the caller are known."""
 
     def test_answer_follows_the_call_back(self) -> None:
-        """With no route to the caller at the callee or the forwarder, the answer retraces the call."""
+        """With no route to the caller yet, the answer retraces the way its call came."""
         reactor = MemoryReactorClock()
         a, b, c = (memory_node(n, reactor) for n in ("a", "b", "c"))
         c.expose("blob", Blob())
