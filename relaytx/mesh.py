@@ -121,7 +121,8 @@ class Mesh:
         self._sent_adverts: dict[str, RegistrySync] = {}
         self._stopping = False
         self._all_closed: Deferred[None] | None = None
-        self._executing: set[Deferred[Any]] = set()
+        #: calls running here for others: Deferred -> (caller, the link it came by)
+        self._executing: dict[Deferred[Any], tuple[str, str | None]] = {}
 
     # Extension.
 
@@ -226,6 +227,11 @@ class Mesh:
                     self.pending.fail_destination(destination, unreachable)
         for caller, response_id, target in list(self.forwarded.lost_link(peer_id)):
             self._reply(caller, response_id, unreachable(target))
+        # Calls running here for a caller now out of reach: it has been told
+        # -32002 by its side; stop working on them (queued ones are skipped).
+        for execution, (caller, via) in list(self._executing.items()):
+            if via == peer_id and not self.can_reach(caller):
+                execution.cancel()
 
     def _pending_destinations(self) -> set[str]:
         return self.pending.destinations()
@@ -549,12 +555,12 @@ class Mesh:
             d = fail()
         if not d.called:  # most calls finish at once: no timer for those
             d.addTimeout(budget, self.clock, onTimeoutCancel=_budget_spent)
-        self._executing.add(d)
+        self._executing[d] = (envelope.sender, session.peer_id if session else None)
         d.addBoth(self._executed, d)
         d.addBoth(self._answer_call, envelope, call, session.peer_id if session else None)
 
     def _executed(self, outcome: Any, d: Deferred[Any]) -> Any:
-        self._executing.discard(d)
+        self._executing.pop(d, None)
         return outcome
 
     def _answer_call(
@@ -562,8 +568,9 @@ class Mesh:
     ) -> None:
         if isinstance(outcome, Failure):
             error = failure_exception(outcome)
-            if isinstance(error, CancelledError):  # only stop() cancels an execution
-                error = NodeUnreachable(f"node {self.node_id} stopped before answering")
+            if isinstance(error, CancelledError):  # cancelled by stop() or a lost caller
+                why = "stopped" if self._stopping else "lost the caller"
+                error = NodeUnreachable(f"node {self.node_id} {why} before answering")
             elif not isinstance(error, CallError):
                 error = RemoteCallError.from_exception(error, self.node_id)
             self._reply(

@@ -134,7 +134,9 @@ class Mailbox:
     Runs the calls to one server one at a time, first come first served.
 
     A queued call whose Deferred was cancelled (its caller gave up) is
-    skipped. Calls that return synchronously run without any queueing cost.
+    skipped; cancelling the Deferred of a running call cancels the Deferred
+    its method returned. Calls that return synchronously run without any
+    queueing cost.
     """
 
     def __init__(self, server: Server) -> None:
@@ -146,6 +148,8 @@ class Mailbox:
         self._busy = False
         self._waiting = False
         self._running_inline = False
+        #: the caller's Deferred and the method's own, while a method runs on
+        self._running: tuple[Deferred[Any], Deferred[Any]] | None = None
 
     def __len__(self) -> int:
         """
@@ -161,7 +165,7 @@ class Mailbox:
 
         :returns: a Deferred that fires with the method's result or failure.
         """
-        d: Deferred[Any] = Deferred()
+        d: Deferred[Any] = Deferred(self._cancel)
         self._queue.append((method.function, args, kwargs, d))
         if not self._busy:
             self._run()
@@ -189,10 +193,11 @@ class Mailbox:
         if inspect.iscoroutine(result):
             result = Deferred.fromCoroutine(result)
         if isinstance(result, Deferred):
-            d: Deferred[Any] = Deferred()
+            d: Deferred[Any] = Deferred(self._cancel)
             self._waiting = True
             result.addBoth(self._finished, d)
             if self._waiting:  # not done yet: _finished resumes the queue later
+                self._running = (d, result)
                 self._running_inline = False
                 return d
             result = d  # already done: d holds the outcome
@@ -228,6 +233,7 @@ class Mailbox:
                 result.addBoth(self._finished, d)
                 if self._waiting:
                     # Not done yet: _finished resumes the queue later.
+                    self._running = (d, result)
                     self._running_inline = False
                     return
                 continue
@@ -235,8 +241,17 @@ class Mailbox:
         self._running_inline = False
         self._busy = False
 
+    def _cancel(self, d: Deferred[Any]) -> None:
+        # The caller gave up: a queued call is skipped when its turn comes
+        # (its Deferred has fired); a running one has its own Deferred
+        # cancelled, so a method waiting on something stops waiting.
+        running = self._running
+        if running is not None and running[0] is d:
+            running[1].cancel()
+
     def _finished(self, result: Any, d: Deferred[Any]) -> None:
         self._waiting = False
+        self._running = None
         if not d.called:  # a cancelled caller gets nothing more
             if isinstance(result, Failure):
                 d.errback(result)

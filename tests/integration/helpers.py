@@ -79,9 +79,11 @@ class Counter(Server):
         """Increment after C{delay} seconds, tracking overlap."""
         self.running += 1
         self.max_running = max(self.max_running, self.running)
-        await deferLater(reactor, delay, lambda: None)
+        try:
+            await deferLater(reactor, delay, lambda: None)
+        finally:  # also when the call is cancelled (its caller gave up)
+            self.running -= 1
         self.count += 1
-        self.running -= 1
         return self.count
 
     @exposed
