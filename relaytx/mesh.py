@@ -23,7 +23,7 @@ back towards each caller whose call it had passed into that link.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from secrets import token_hex
 from typing import Any
 
@@ -60,6 +60,13 @@ from relaytx.wire import (
     ServerResponse,
     rfc3339,
 )
+
+#: Messages that are harmless twice, so not remembered for deduplication
+#: (pings and pongs alone would fill the memory of seen ids on a busy hub).
+_NOT_DEDUPLICATED = frozenset({"route_message", "ping", "pong", "registry_sync"})
+
+#: At most this many neighbours get a flooded copy of one message.
+MAX_FLOOD = 32
 
 #: Changes within this many seconds are announced in one registry_sync.
 SYNC_DELAY = 0.02
@@ -118,6 +125,8 @@ class Mesh:
         self._execute_local = execute_local
         self._local_servers = local_servers
         self._sync_call: Any = None
+        self._sync_everyone = False
+        self._sync_peers: set[str] = set()
         self._sent_adverts: dict[str, RegistrySync] = {}
         self._stopping = False
         self._all_closed: Deferred[None] | None = None
@@ -180,7 +189,7 @@ class Mesh:
             self._log.info("a new link from {peer} replaces the old one", peer=peer_id)
             old.close(CLOSE_REPLACED, "replaced by a newer link")
         session.connection_made(transport)
-        self.router.link_up(peer_id)
+        routes_changed = self.router.link_up(peer_id)
         self.metrics.peers.set(len(self.links))
         self._log.info(
             "linked to {peer} ({direction}, {address})",
@@ -189,7 +198,9 @@ class Mesh:
             address=address,
         )
         self._sent_adverts.pop(peer_id, None)
-        self.schedule_sync(at_once=True)
+        self.schedule_sync(at_once=True, peers=[peer_id])
+        if routes_changed:
+            self.schedule_sync(peers=self.router.routers())
         return session
 
     def link_lost(self, session: PeerSession, reason: str) -> None:
@@ -203,7 +214,7 @@ class Mesh:
         self._log.info("link to {peer} lost ({reason})", peer=peer_id, reason=reason or "closed")
         self.router.link_down(peer_id)
         self._path_lost(peer_id)
-        self.schedule_sync()
+        self.schedule_sync(peers=self.router.routers())
         if self._all_closed is not None and not self.links:
             self._closed_all()
 
@@ -253,13 +264,22 @@ class Mesh:
 
     # Registry sync.
 
-    def schedule_sync(self, at_once: bool = False) -> None:
+    def schedule_sync(self, at_once: bool = False, peers: Iterable[str] | None = None) -> None:
         """
-        Announce this node's servers and routes to every neighbour soon,
-        coalescing changes that come close together.
+        Announce this node's servers and routes soon, coalescing changes
+        that come close together.
+
+        :param peers: the neighbours that need to hear (a new link; the
+            routers, after a route change); all of them when C{None} (this
+            node's servers changed). Only those are visited, so a hub with
+            thousands of bare links pays per change for whom it concerns.
         """
         if not self.registry_enabled or self._stopping:
             return
+        if peers is None:
+            self._sync_everyone = True
+        else:
+            self._sync_peers.update(peers)
         if self._sync_call is not None and self._sync_call.active():
             if not at_once:
                 return
@@ -268,10 +288,17 @@ class Mesh:
 
     def _sync(self) -> None:
         self._sync_call = None
+        if self._sync_everyone:
+            targets = list(self.links.items())
+        else:
+            links = self.links
+            targets = [(p, links[p]) for p in self._sync_peers if p in links]
+        self._sync_everyone = False
+        self._sync_peers = set()
         own = {name: tuple(methods) for name, methods in self._local_servers().items()}
         now = self.clock.seconds()
         router = self.router
-        for peer_id, session in list(self.links.items()):
+        for peer_id, session in targets:
             if router.is_router(peer_id):
                 advert = router.advert_for(peer_id, own)
             else:
@@ -307,8 +334,9 @@ class Mesh:
         was_router = self.router.is_router(session.peer_id)
         if self.router.advert_from(session.peer_id, sync, self.clock.seconds()):
             self._after_route_change()
-        elif not was_router and sync.routes is not None:
-            self.schedule_sync()  # it routes: it gets our whole table now
+        if not was_router and sync.routes is not None:
+            # It routes: it gets our whole table now.
+            self.schedule_sync(peers=[session.peer_id])
 
     def _after_route_change(self) -> None:
         for destination in list(self._pending_destinations()):
@@ -319,7 +347,7 @@ class Mesh:
                         f"Node {d!r} became unreachable", node_id=self.node_id
                     ),
                 )
-        self.schedule_sync()
+        self.schedule_sync(peers=self.router.routers())
 
     # Moving messages.
 
@@ -339,7 +367,7 @@ class Mesh:
             self.metrics.drop("spoofed")
             return
         if envelope.to == self.node_id:
-            if envelope.type != RouteMessage.TYPE and not self.seen.first_time(
+            if envelope.type not in _NOT_DEDUPLICATED and not self.seen.first_time(
                 envelope.sender, envelope.id
             ):
                 self.metrics.drop("duplicate")
@@ -397,7 +425,7 @@ class Mesh:
             if self._may_refuse(came_from):
                 self._refuse_call(envelope, came_from, "no route")
             return None
-        for target in targets:  # the original's flood fallback
+        for target in targets[:MAX_FLOOD]:  # the original's flood fallback, capped
             self._send_via(target, envelope, came_from, flooded=True)
         return None
 

@@ -22,7 +22,7 @@ from twisted.internet.defer import (
     fail,
     succeed,
 )
-from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
@@ -44,7 +44,7 @@ from relaytx.errors import (
     StartupError,
     failure_exception,
 )
-from relaytx.jsonrpc import DEFAULT_CALL_TIMEOUT, CallTarget
+from relaytx.jsonrpc import DEFAULT_CALL_TIMEOUT, NODE_ID_RE, CallTarget
 from relaytx.limits import CallLimiter
 from relaytx.mesh import Mesh
 from relaytx.metrics import NodeMetrics
@@ -406,6 +406,8 @@ class RelayNode(MultiService):
         """
         from relaytx.protocol import Dialer
 
+        if node_id is not None and not NODE_ID_RE.fullmatch(node_id):
+            raise ValueError(f"{node_id!r} is not a valid node id: 1-64 of A-Za-z0-9._-")
         dialer = Dialer(
             self.mesh,
             address,
@@ -420,19 +422,24 @@ class RelayNode(MultiService):
         self._dialers[dialer.url] = dialer
         dialer.setServiceParent(self)
 
-    def remove_peer(self, node_id: str) -> bool:
+    def remove_peer(self, node_id: str | None = None, address: str | None = None) -> bool:
         """
-        Close the link to C{node_id} and stop re-dialling it.
+        Close the link to C{node_id} and stop re-dialling it; or stop
+        dialling C{address} (a peer that never answered has no known id).
 
         :returns: whether there was such a link or dialled peer.
         """
         found = False
         for url, dialer in list(self._dialers.items()):
-            if dialer.node_id == node_id:
+            if (node_id is not None and dialer.node_id == node_id) or (
+                address is not None and address in (dialer.address, url)
+            ):
+                if node_id is None:
+                    node_id = dialer.node_id
                 del self._dialers[url]
                 dialer.disownServiceParent()
                 found = True
-        session = self.mesh.links.get(node_id)
+        session = self.mesh.links.get(node_id) if node_id is not None else None
         if session is not None:
             session.close(CLOSE_REMOVED, "removed by the operator")
             found = True
@@ -529,10 +536,17 @@ class RelayNode(MultiService):
     def _endpoint(self) -> IStreamServerEndpoint:
         description = self.config.port
         tls = self.config.tls
+        plain = _PLAIN_TCP.fullmatch(description)
+        interface = (plain.group("interface") or "").replace("\\:", ":") if plain else ""
         if tls is None or not tls.serves_tls:
+            if plain is not None:
+                # Twisted's default backlog of 50 overflows when many peers
+                # (re)connect at once; their SYNs then wait seconds to retry.
+                return TCP4ServerEndpoint(
+                    self.reactor, int(plain.group("port")), backlog=1024, interface=interface
+                )
             endpoint: IStreamServerEndpoint = serverFromString(self.reactor, description)
             return endpoint
-        plain = _PLAIN_TCP.fullmatch(description)
         if plain is None:
             raise StartupError(
                 f"--port {description}: [tls] applies to a port number or a plain tcp: "
@@ -542,7 +556,6 @@ class RelayNode(MultiService):
             options = tls.server_options()
         except TlsError as e:
             raise StartupError(str(e)) from None
-        interface = (plain.group("interface") or "").replace("\\:", ":")
         return SSL4ServerEndpoint(
             self.reactor, int(plain.group("port")), options, interface=interface
         )

@@ -238,7 +238,6 @@ class PeerSession:
         rtt = self.mesh.clock.seconds() - stamp
         if 0 <= rtt < 3600:
             self.rtt = rtt
-            self.mesh.router.set_rtt(self.peer_id, rtt)
 
     @handles(ServerCall)
     def on_server_call(self, envelope: Envelope, call: ServerCall) -> None:

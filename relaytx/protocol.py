@@ -361,9 +361,26 @@ class PeerServerFactory(WebSocketServerFactory):
         _protocol_options(self, max_message_size)
 
 
+class UpgradeOnly(WebSocketResource):
+    """
+    A WebSocket endpoint that answers a request which is not a WebSocket
+    upgrade with 400 and a JSON body (as the original answers a plain GET
+    on C{/ws/p2p}), rather than Autobahn's HTML page naming its version.
+    """
+
+    def render(self, request: Any) -> Any:
+        upgrade = request.getHeader(b"upgrade") or b""
+        if upgrade.lower() != b"websocket":
+            request.setResponseCode(400)
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"sec-websocket-version", b"13")
+            return _json.dumps({"error": "a WebSocket endpoint: upgrade to use it", "status": 400})
+        return super().render(request)
+
+
 def peer_resource(factory: PeerServerFactory) -> WebSocketResource:
     """:returns: the resource to mount at C{/ws/p2p}."""
-    return WebSocketResource(factory)
+    return UpgradeOnly(factory)
 
 
 class PeerClientFactory(WebSocketClientFactory):

@@ -16,8 +16,10 @@ mesh has:
     through the node it would loop through, unlike a distance vector's bare
     hop counts.
   - The best route is the shortest path (hops); ties go to the neighbour
-    with the lower measured RTT, then the lower node id, so every node
-    decides the same way.
+    with the lower node id. The choice is a pure function of the adverts,
+    so every node decides the same way and nothing flaps: measured RTTs
+    (shown in /registry/peers) change at every pong and were found to make
+    equal paths flip, each flip sending new tables across the mesh.
   - Split horizon: a node does not advertise to N the routes whose next hop
     is N (N would reject them as loops anyway, so this only saves bytes).
   - Whenever a link comes up or goes down, turns unhealthy, or a neighbour
@@ -65,12 +67,11 @@ class Route:
 
 
 class _Neighbour:
-    __slots__ = ("advert", "healthy", "last_advert_at", "rtt")
+    __slots__ = ("advert", "healthy", "last_advert_at")
 
     def __init__(self) -> None:
         self.advert: RegistrySync | None = None
         self.healthy = True
-        self.rtt: float | None = None
         self.last_advert_at: float | None = None
 
 
@@ -91,6 +92,8 @@ class Router:
         self._routes: dict[str, Route] = {}
         #: destination -> the neighbours whose latest advert reaches it
         self._providers: dict[str, set[str]] = {}
+        #: the neighbours that advertise routes (relaytx nodes, registry on)
+        self._routers: set[str] = set()
 
     # Events.
 
@@ -108,6 +111,7 @@ class Router:
             return False
         advertised = self._advertised(neighbour)
         self._index(peer_id, advertised, ())
+        self._routers.discard(peer_id)
         return self._update((peer_id, *advertised))
 
     def set_health(self, peer_id: str, healthy: bool) -> bool:
@@ -117,12 +121,6 @@ class Router:
             return False
         neighbour.healthy = healthy
         return self._update((peer_id, *self._advertised(neighbour)))
-
-    def set_rtt(self, peer_id: str, rtt: float) -> None:
-        """Record a measured round trip; used only to break ties."""
-        neighbour = self._neighbours.get(peer_id)
-        if neighbour is not None:
-            neighbour.rtt = rtt
 
     def advert_from(self, peer_id: str, advert: RegistrySync, now: float | None = None) -> bool:
         """
@@ -136,6 +134,10 @@ class Router:
         neighbour.last_advert_at = now
         after = self._advertised(neighbour)
         self._index(peer_id, before, after)
+        if advert.routes is not None:
+            self._routers.add(peer_id)
+        else:
+            self._routers.discard(peer_id)
         return self._update({peer_id, *before, *after})
 
     # Queries.
@@ -169,6 +171,10 @@ class Router:
             and neighbour.advert is not None
             and neighbour.advert.routes is not None
         )
+
+    def routers(self) -> set[str]:
+        """:returns: the neighbours that advertise routes (see L{is_router})."""
+        return set(self._routers)
 
     def healthy_neighbours(self) -> list[str]:
         """:returns: the ids of linked, healthy neighbours."""
@@ -244,9 +250,9 @@ class Router:
         best: Route | None = None
         best_key: tuple[Any, ...] = ()
 
-        def offer(route: Route, rtt: float | None) -> None:
+        def offer(route: Route) -> None:
             nonlocal best, best_key
-            key = (route.hops, float("inf") if rtt is None else rtt, route.next_hop)
+            key = (route.hops, route.next_hop)
             if best is None or key < best_key:
                 best, best_key = route, key
 
@@ -254,7 +260,7 @@ class Router:
         direct = neighbours.get(dest)
         if direct is not None and direct.healthy:
             servers = direct.advert.servers if direct.advert is not None else {}
-            offer(Route(dest, (dest,), servers), direct.rtt)
+            offer(Route(dest, (dest,), servers))
         for peer_id in self._providers.get(dest, ()):
             neighbour = neighbours[peer_id]
             if not neighbour.healthy:
@@ -268,5 +274,5 @@ class Router:
                 continue  # a loop further on: a faulty peer's advert
             if len(path) >= MAX_HOPS:
                 continue
-            offer(Route(dest, (peer_id, *path), learned.servers), neighbour.rtt)
+            offer(Route(dest, (peer_id, *path), learned.servers))
         return best

@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING, Any
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from klein import Klein
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -34,6 +33,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from relaytx import _json
 from relaytx.jsonrpc import JsonRpcHandler
 from relaytx.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from relaytx.protocol import UpgradeOnly
 
 if TYPE_CHECKING:
     from relaytx.node import RelayNode
@@ -104,8 +104,14 @@ class BoundedRequest(Request):
             self.site = self._node_site()
             body = _json_error(self, 413, "request body too large")
             self.setHeader(b"connection", b"close")
+            self.setHeader(b"content-length", b"%d" % len(body))
+            channel = self.channel
             self.write(body)
             self.finish()
+            # The rest of what this client sends cannot be trusted to frame
+            # a next request: close, as the header says.
+            if channel is not None:
+                channel.loseConnection()
             return
         super().process()
 
@@ -126,8 +132,8 @@ class NodeSite(Site):
     displayTracebacks = False
     noisy = False
 
-    def __init__(self, resource: IResource, max_body_size: int) -> None:
-        super().__init__(resource, parsePOSTFormSubmission=False)
+    def __init__(self, resource: IResource, max_body_size: int, reactor: Any = None) -> None:
+        super().__init__(resource, parsePOSTFormSubmission=False, reactor=reactor)
         self.max_body_size = max_body_size
 
     def log(self, request: Any) -> None:
@@ -149,6 +155,10 @@ class RpcResource(Resource):
     def render_POST(self, request: Any) -> bytes | int:
         caller = f"http:{_client_host(request.getClientAddress())}"
         answer = self._handler.handle_now(request.content.read(), caller)
+        if answer is None:  # notifications only: 204, with no body and no length
+            request.setResponseCode(204)
+            request.finish()
+            return NOT_DONE_YET
         if not isinstance(answer, Deferred):  # answered at once: the common, fast case
             return self._body(request, answer)
         gone: list[bool] = []
@@ -177,6 +187,10 @@ class RpcResource(Resource):
         return answer
 
     def _write_later(self, answer: bytes | Failure | None, request: Any) -> None:
+        if answer is None:  # 204: no body, and no length either
+            request.setResponseCode(204)
+            request.finish()
+            return
         body = self._body(request, answer)
         # A length, as for answers returned at once, rather than chunks.
         request.setHeader(b"content-length", b"%d" % len(body))
@@ -206,7 +220,7 @@ class NodeWeb:
             {
                 "status": "healthy",
                 "node_id": node.node_id,
-                "peer_count": len(node.peers()),
+                "peer_count": len(node.mesh.links),
                 "server_count": len(node.local_servers()),
                 "uptime_s": node.uptime(),
                 "timestamp": node.timestamp(),
@@ -255,11 +269,19 @@ class NodeWeb:
     def remove_peer(self, request: Any) -> bytes:
         body = _json_body(request)
         node_id = body.get("node_id") if isinstance(body, dict) else None
-        if not isinstance(node_id, str):
-            return _json_error(request, 400, 'give {"node_id": ID}')
-        if not self._node.remove_peer(node_id):
-            return _json_error(request, 404, f"no peer {node_id}")
-        return self._json(request, {"status": "removed", "node_id": node_id})
+        address = body.get("address") if isinstance(body, dict) else None
+        if (
+            not isinstance(node_id, str | None)
+            or not isinstance(address, str | None)
+            or not (node_id or address)
+        ):
+            return _json_error(request, 400, 'give {"node_id": ID} (or {"address": URL})')
+        if not self._node.remove_peer(node_id, address):
+            return _json_error(request, 404, f"no peer {node_id or address}")
+        answer = {"status": "removed", "node_id": node_id}
+        if address is not None:
+            answer["address"] = address
+        return self._json(request, answer)
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: Any) -> bytes:
@@ -320,6 +342,23 @@ class JsonRpcWebSocketFactory(WebSocketServerFactory):
         )
 
 
+class WebSocketTree(Resource):
+    """C{/ws/}: the WebSocket endpoints; anything else there is a JSON 404."""
+
+    def getChild(self, path: bytes, request: Any) -> IResource:
+        return _NotFound()
+
+    def render(self, request: Any) -> bytes:
+        return _json_error(request, 404, "not found")
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        return _json_error(request, 404, "not found")
+
+
 class NodeRoot(Resource):
     """
     The root resource: C{/rpc} and the WebSocket tree directly, everything
@@ -330,7 +369,7 @@ class NodeRoot(Resource):
         super().__init__()
         self._rpc = rpc
         self._web = web
-        self.ws = Resource()
+        self.ws = WebSocketTree()
         self.putChild(b"ws", self.ws)
 
     def getChild(self, path: bytes, request: Any) -> IResource:
@@ -352,5 +391,5 @@ def make_site(node: RelayNode) -> NodeSite:
     rpc_factory = JsonRpcWebSocketFactory(
         handler, node.config.limits.max_body_size, reactor=node.reactor
     )
-    root.ws.putChild(b"rpc", WebSocketResource(rpc_factory))
-    return NodeSite(root, node.config.limits.max_body_size)
+    root.ws.putChild(b"rpc", UpgradeOnly(rpc_factory))
+    return NodeSite(root, node.config.limits.max_body_size, reactor=node.reactor)

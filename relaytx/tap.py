@@ -11,6 +11,7 @@ usage text on standard output for option errors, as it always does.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from typing import IO, Any, NoReturn
@@ -147,6 +148,16 @@ class CommandLineNode(RelayNode):
             super().privilegedStartService()
         except StartupError as e:
             fail(str(e))
+
+    def startService(self) -> None:
+        super().startService()
+        # The process is this node: tune the collector for a long-lived
+        # server. What start-up made (modules, apps) is frozen out of every
+        # collection, and young collections run every 50k allocations, not
+        # 700: with thousands of links a full pass took hundreds of ms.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
 
     def fatal(self, message: str) -> None:
         """Report C{message}, stop the reactor and exit with status 1."""

@@ -319,6 +319,9 @@ class Ping(Payload):
     def from_data(cls, data: Mapping[str, Any]) -> Ping:
         return cls(data.get("timestamp"))
 
+    def to_data(self) -> dict[str, Any]:
+        return {"timestamp": self.timestamp}  # every link, every interval: no attrs.asdict
+
 
 @frozen
 class Pong(Payload):
@@ -331,6 +334,9 @@ class Pong(Payload):
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> Pong:
         return cls(data.get("timestamp"), _optional(data, "pong_time", (int, float), "pong"))
+
+    def to_data(self) -> dict[str, Any]:
+        return {"pong_time": self.pong_time, "timestamp": self.timestamp}
 
 
 @frozen

@@ -284,26 +284,15 @@ class ShapeTests(SynchronousTestCase):
             self.assertEqual(backwards[node].table(), net[node].table())
         backwards.assert_converged()
 
-    def test_tie_goes_to_lower_rtt(self) -> None:
-        """Between equally short routes, the lower measured RTT wins, then the lower id."""
+    def test_tie_between_neighbours(self) -> None:
+        """Between equally short routes, the neighbour with the lower id wins."""
         router = Router("me")
-        for peer in ("b", "c", "d"):
+        for peer in ("d", "c", "b"):
             router.link_up(peer)
-            router.set_rtt(peer, {"b": 0.5, "c": 0.1, "d": 0.1}[peer])
-        for peer in ("b", "c", "d"):
-            router.advert_from(peer, RegistrySync({}, {"z": RouteAdvert(("z",))}))
-        self.assertEqual(router.next_hop("z"), "c")
-
-    def test_unmeasured_rtt_loses_tie(self) -> None:
-        """A neighbour whose RTT was never measured loses a tie to one that was, whatever its id."""
-        router = Router("me")
-        router.link_up("a")
-        router.link_up("b")
-        router.set_rtt("b", 2.0)
-        router.set_rtt("nobody", 0.0)  # not a neighbour: ignored
-        for peer in ("a", "b"):
             router.advert_from(peer, RegistrySync({}, {"z": RouteAdvert(("z",))}))
         self.assertEqual(router.next_hop("z"), "b")
+        router.link_down("b")
+        self.assertEqual(router.next_hop("z"), "c")
 
     def test_star(self) -> None:
         """In a star, the hub reaches each leaf directly and leaves reach each other via the hub."""

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -87,7 +89,9 @@ class SilentLinkTests(SynchronousTestCase):
                               (self.ns_b, self.veth_b, self.addr_b)):  # fmt: skip
             run("ip", "-n", ns, "addr", "add", f"{addr}/30", "dev", dev)
             run("ip", "-n", ns, "link", "set", dev, "up")
-        self.app = self.mktemp() + ".py"
+        directory = tempfile.mkdtemp(prefix="relaytx-netns-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        self.app = os.path.join(directory, "slow_app.py")
         with open(self.app, "w") as f:
             f.write(SLOW_APP)
 

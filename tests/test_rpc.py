@@ -1,0 +1,947 @@
+"""
+Tests for L{relaytx.rpc}: the HTTP face of a node (SPEC sections 4 and 5),
+driven in memory. Most requests go through C{treq.testing.StubTreq} on the
+root resource of C{make_site(node)}; what only the L{NodeSite} does (its
+L{BoundedRequest}s, their 413s, the raw shape of a response) is driven
+through a real C{HTTPChannel} built by the site on a C{StringTransport}.
+Every node runs on a C{MemoryReactorClock}: no sockets, no sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
+
+from relaytx import Server, exposed
+from relaytx.node import RelayNode
+from relaytx.rpc import BoundedRequest, NodeSite, make_site
+from relaytx.testing import MemoryMesh, link_nodes, memory_node
+
+NODE_ID = "n1"
+BASE = "http://node.test"
+T0 = 1_700_000_000.0  # the clocks' time when each test's node is made
+CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
+
+
+class Math(Server):
+    """
+    The server of the JSON-RPC 2.0 specification's examples, plus a method
+    that raises and one that answers later. Records the notes it is sent.
+    """
+
+    def __init__(self) -> None:
+        self.notes: list[tuple[str, tuple[Any, ...]]] = []
+        self.waiting: list[Deferred[Any]] = []
+
+    @exposed
+    def subtract(self, minuend: int, subtrahend: int) -> int:
+        return minuend - subtrahend
+
+    @exposed
+    def sum(self, *numbers: int) -> int:
+        return sum(numbers)
+
+    @exposed
+    def update(self, *args: Any) -> None:
+        self.notes.append(("update", args))
+
+    @exposed
+    def notify_hello(self, *args: Any) -> None:
+        self.notes.append(("notify_hello", args))
+
+    @exposed
+    def notify_sum(self, *args: Any) -> None:
+        self.notes.append(("notify_sum", args))
+
+    @exposed
+    def get_data(self) -> list[Any]:
+        return ["hello", 5]
+
+    @exposed
+    def fail(self) -> None:
+        raise ValueError("boom")
+
+    @exposed
+    def later(self) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.waiting.append(d)
+        return d
+
+
+def encoded(value: Any) -> bytes:
+    """:returns: C{value} as a JSON body."""
+    return json.dumps(value).encode()
+
+
+def outcome(answer: dict[str, Any]) -> tuple[str, Any, Any]:
+    """
+    :returns: C{("result", id, result)} or C{("error", id, code)} for one
+        JSON-RPC response object, after checking its framing.
+    """
+    if answer.get("jsonrpc") != "2.0" or ("result" in answer) == ("error" in answer):
+        raise AssertionError(f"not a JSON-RPC 2.0 response object: {answer!r}")
+    if "result" in answer:
+        return ("result", answer["id"], answer["result"])
+    return ("error", answer["id"], answer["error"]["code"])
+
+
+class Reply:
+    """One HTTP response, read in full."""
+
+    def __init__(self, code: int, headers: Headers, length: Any, body: bytes) -> None:
+        self.code = code
+        self.headers = headers
+        self.length = length
+        self.body = body
+
+    def header(self, name: str) -> str | None:
+        """:returns: the (last) value of header C{name}, or C{None}."""
+        values = self.headers.getRawHeaders(name)
+        return values[-1] if values else None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class NodeHttp:
+    """A node's site, driven in memory through C{StubTreq}."""
+
+    def __init__(self, case: SynchronousTestCase, node: RelayNode) -> None:
+        self.case = case
+        self.site = make_site(node)
+        self.stub = StubTreq(self.site.resource)
+
+    def start(
+        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
+    ) -> Deferred[Any]:
+        """Send a request; :returns: a Deferred of its response."""
+        headers = {"Content-Type": [content_type]} if content_type else None
+        d: Deferred[Any] = self.stub.request(method, BASE + path, data=body, headers=headers)
+        self.stub.flush()
+        return d
+
+    def finish(self, d: Deferred[Any]) -> Reply:
+        """:returns: the response C{d} has fired with, read in full."""
+        self.stub.flush()
+        response = self.case.successResultOf(d)
+        content = self.stub.content(response)
+        self.stub.flush()
+        body = self.case.successResultOf(content)
+        return Reply(response.code, response.headers, response.length, body)
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> Reply:
+        """:returns: the response to one request answered at once."""
+        return self.finish(self.start(method, path, body))
+
+
+def parse_response(data: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    """
+    :returns: the status code, headers (lower-case names) and body of the
+        one HTTP/1.1 response in C{data}, de-chunked if it was chunked.
+    """
+    head, separator, rest = data.partition(b"\r\n\r\n")
+    if not separator:
+        raise AssertionError(f"no complete response in {data!r}")
+    status_line, *lines = head.split(b"\r\n")
+    code = int(status_line.split(b" ")[1])
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get(b"transfer-encoding") != b"chunked":
+        return code, headers, rest
+    body = b""
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return code, headers, body
+        body, rest = body + rest[:size], rest[size + 2 :]
+
+
+class RawConnection:
+    """One client connection to a L{NodeSite}, through its own C{HTTPChannel}."""
+
+    def __init__(self, site: NodeSite, clock: MemoryReactorClock) -> None:
+        self.transport = StringTransport(peerAddress=CLIENT)
+        self.protocol: Any = site.buildProtocol(CLIENT)
+        # make_site leaves the Site's timers on the global reactor; keep this
+        # channel's idle timeout on the test's clock instead.
+        self.protocol.callLater = clock.callLater
+        self.protocol.makeConnection(self.transport)
+        self.lost = False
+
+    def send(self, data: bytes) -> None:
+        """Send C{data} as it is."""
+        self.protocol.dataReceived(data)
+
+    def post(self, path: bytes, body: bytes, headers: bytes = b"") -> None:
+        """Send a whole POST with a Content-Length."""
+        self.send(
+            b"POST %s HTTP/1.1\r\nHost: node.test\r\n%sContent-Length: %d\r\n\r\n%s"
+            % (path, headers, len(body), body)
+        )
+
+    def post_chunked(self, path: bytes, chunks: list[bytes]) -> None:
+        """Send a whole POST with a chunked body and no length."""
+        self.send(
+            b"POST %s HTTP/1.1\r\nHost: node.test\r\nTransfer-Encoding: chunked\r\n\r\n" % path
+        )
+        for chunk in chunks:
+            self.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        self.send(b"0\r\n\r\n")
+
+    def response(self) -> tuple[int, dict[bytes, bytes], bytes]:
+        """:returns: the response written so far, parsed."""
+        return parse_response(self.transport.value())
+
+    def lose(self) -> None:
+        """The client goes away."""
+        if not self.lost:
+            self.lost = True
+            self.protocol.connectionLost(Failure(ConnectionDone("the client went away")))
+
+
+class RecordingRequest(BoundedRequest):
+    """A L{BoundedRequest} that records what the resource writes to it."""
+
+    made: list[RecordingRequest]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes: list[bytes] = []
+        self.finishes = 0
+        self.made.append(self)
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+    def finish(self) -> None:
+        self.finishes += 1
+        super().finish()
+
+
+class NodeTestCase(SynchronousTestCase):
+    """A node with a C{math} server on a fake clock, and its HTTP site."""
+
+    limits: dict[str, int] = {}
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.clock.advance(T0)
+        self.node = memory_node(NODE_ID, self.clock, limits=self.limits or None)
+        self.math = Math()
+        self.node.expose("math", self.math)
+        self.http = NodeHttp(self, self.node)
+
+    def rpc(self, body: Any) -> Reply:
+        """POST C{body} (JSON-encoded unless it is bytes) to C{/rpc}."""
+        return self.http.request("POST", "/rpc", body if isinstance(body, bytes) else encoded(body))
+
+    def answer(self, body: Any) -> Any:
+        """:returns: the decoded JSON-RPC answer to C{body}, checked to be a 200 JSON reply."""
+        reply = self.rpc(body)
+        self.assertEqual((reply.code, reply.header("content-type")), (200, "application/json"))
+        return reply.json()
+
+    def assertNoContent(self, reply: Reply) -> None:
+        self.assertEqual((reply.code, reply.body), (204, b""))
+
+    def assertJsonError(self, reply: Reply, code: int) -> Any:
+        """Check that C{reply} is a C{code} answer with a small JSON body; return the body."""
+        self.assertEqual(reply.code, code)
+        self.assertEqual(reply.header("content-type"), "application/json")
+        body = reply.json()
+        self.assertEqual(body["status"], code)
+        self.assertIsInstance(body["error"], str)
+        return body
+
+    def raw(self) -> RawConnection:
+        """:returns: a new client connection to the node's site."""
+        connection = RawConnection(self.http.site, self.clock)
+        self.addCleanup(connection.lose)
+        return connection
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.seconds(), UTC)
+
+    def assertTimestamp(
+        self, value: Any, earliest: datetime, latest: datetime | None = None
+    ) -> None:
+        """
+        Check that C{value} is an RFC 3339 string for the instant C{earliest},
+        or between C{earliest} and C{latest}.
+        """
+        self.assertIsInstance(value, str)
+        self.assertTrue(RFC3339.fullmatch(value), f"{value!r} is not RFC 3339")
+        instant = datetime.fromisoformat(value)
+        if latest is None:
+            self.assertEqual(instant, earliest)
+        else:
+            self.assertTrue(earliest <= instant <= latest, f"{value} not in [{earliest}, {latest}]")
+
+
+class SpecificationExampleTests(NodeTestCase):
+    """
+    The examples of the JSON-RPC 2.0 specification (section 7), with each
+    method named C{math.METHOD}.
+    """
+
+    def test_positional_parameters(self) -> None:
+        """Calls with params by position are answered with their results and ids."""
+        first = {"jsonrpc": "2.0", "method": "math.subtract", "params": [42, 23], "id": 1}
+        second = {"jsonrpc": "2.0", "method": "math.subtract", "params": [23, 42], "id": 2}
+        self.assertEqual(self.answer(first), {"jsonrpc": "2.0", "result": 19, "id": 1})
+        self.assertEqual(self.answer(second), {"jsonrpc": "2.0", "result": -19, "id": 2})
+
+    def test_named_parameters(self) -> None:
+        """Calls with params by name are answered whatever the order of the names."""
+        for request_id, params in [
+            (3, {"subtrahend": 23, "minuend": 42}),
+            (4, {"minuend": 42, "subtrahend": 23}),
+        ]:
+            request = {"jsonrpc": "2.0", "method": "math.subtract", "params": params}
+            self.assertEqual(
+                self.answer({**request, "id": request_id}),
+                {"jsonrpc": "2.0", "result": 19, "id": request_id},
+            )
+
+    def test_notification(self) -> None:
+        """A notification runs and gets 204 with no body, even for a method that does not exist."""
+        update = {"jsonrpc": "2.0", "method": "math.update", "params": [1, 2, 3, 4, 5]}
+        self.assertNoContent(self.rpc(update))
+        self.assertEqual(self.math.notes, [("update", (1, 2, 3, 4, 5))])
+        self.assertNoContent(self.rpc({"jsonrpc": "2.0", "method": "math.foobar"}))
+
+    def test_non_existent_method(self) -> None:
+        """A call of a method the server does not expose is answered -32601 with its id."""
+        answer = self.answer({"jsonrpc": "2.0", "method": "math.foobar", "id": "1"})
+        self.assertEqual(outcome(answer), ("error", "1", -32601))
+
+    def test_invalid_json(self) -> None:
+        """A body that is not JSON is answered -32700 with a null id."""
+        answer = self.answer(b'{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]')
+        self.assertEqual(outcome(answer), ("error", None, -32700))
+
+    def test_invalid_request_object(self) -> None:
+        """A request whose method is not a string is answered -32600 with a null id."""
+        answer = self.answer({"jsonrpc": "2.0", "method": 1, "params": "bar"})
+        self.assertEqual(outcome(answer), ("error", None, -32600))
+
+    def test_batch_invalid_json(self) -> None:
+        """A batch that is not valid JSON is answered with one -32700 object, not an array."""
+        answer = self.answer(
+            b'[\n  {"jsonrpc": "2.0", "method": "math.sum", "params": [1,2,4], "id": "1"},\n'
+            b'  {"jsonrpc": "2.0", "method"\n]'
+        )
+        self.assertEqual(outcome(answer), ("error", None, -32700))
+
+    def test_empty_array(self) -> None:
+        """An empty batch is answered with one -32600 object, not an array."""
+        self.assertEqual(outcome(self.answer([])), ("error", None, -32600))
+
+    def test_invalid_batch_of_one(self) -> None:
+        """A batch holding one non-request is answered with an array of one -32600."""
+        answer = self.answer([1])
+        self.assertEqual([outcome(a) for a in answer], [("error", None, -32600)])
+
+    def test_invalid_batch(self) -> None:
+        """A batch of three non-requests is answered with an array of three -32600."""
+        answer = self.answer([1, 2, 3])
+        self.assertEqual([outcome(a) for a in answer], [("error", None, -32600)] * 3)
+
+    def test_batch(self) -> None:
+        """A mixed batch gets one answer per call, none for its notification, which still runs."""
+        answer = self.answer(
+            [
+                {"jsonrpc": "2.0", "method": "math.sum", "params": [1, 2, 4], "id": "1"},
+                {"jsonrpc": "2.0", "method": "math.notify_hello", "params": [7]},
+                {"jsonrpc": "2.0", "method": "math.subtract", "params": [42, 23], "id": "2"},
+                {"foo": "boo"},
+                {"jsonrpc": "2.0", "method": "foo.get", "params": {"name": "myself"}, "id": "5"},
+                {"jsonrpc": "2.0", "method": "math.get_data", "id": "9"},
+            ]
+        )
+        self.assertIsInstance(answer, list)
+        # The specification lets a batch be answered in any order.
+        self.assertEqual(
+            sorted((outcome(a) for a in answer), key=repr),
+            sorted(
+                [
+                    ("result", "1", 7),
+                    ("result", "2", 19),
+                    ("error", None, -32600),
+                    ("error", "5", -32601),
+                    ("result", "9", ["hello", 5]),
+                ],
+                key=repr,
+            ),
+        )
+        self.assertEqual(self.math.notes, [("notify_hello", (7,))])
+
+    def test_batch_of_notifications(self) -> None:
+        """A batch of notifications only gets 204 with no body, after every one of them ran."""
+        reply = self.rpc(
+            [
+                {"jsonrpc": "2.0", "method": "math.notify_sum", "params": [1, 2, 4]},
+                {"jsonrpc": "2.0", "method": "math.notify_hello", "params": [7]},
+            ]
+        )
+        self.assertNoContent(reply)
+        self.assertEqual(self.math.notes, [("notify_sum", (1, 2, 4)), ("notify_hello", (7,))])
+
+
+class ErrorAnswerTests(NodeTestCase):
+    """JSON-RPC errors over HTTP: status 200, the right code, C{data.node_id}."""
+
+    def error(self, body: Any, request_id: Any = 1) -> dict[str, Any]:
+        """:returns: the error object answering C{body}, checked to carry C{request_id}."""
+        answer = self.answer(body)
+        self.assertEqual(set(answer), {"jsonrpc", "error", "id"})
+        self.assertEqual(answer["id"], request_id)
+        error: dict[str, Any] = answer["error"]
+        self.assertIsInstance(error["message"], str)
+        self.assertEqual(error["data"]["node_id"], NODE_ID)
+        return error
+
+    def test_parse_error(self) -> None:
+        """A body that is not JSON gets -32700 naming this node."""
+        self.assertEqual(self.error(b"{not json", None)["code"], -32700)
+
+    def test_invalid_request(self) -> None:
+        """A request with the wrong C{jsonrpc} version gets -32600 with its id, naming this node."""
+        request = {"jsonrpc": "1.0", "method": "math.sum", "params": [1], "id": 1}
+        self.assertEqual(self.error(request)["code"], -32600)
+
+    def test_method_not_found(self) -> None:
+        """An unknown server, or a name with no C{SERVER.}, gets -32601 naming this node."""
+        for method in ["nosuch.method", "foobar", "math._private"]:
+            request = {"jsonrpc": "2.0", "method": method, "id": 1}
+            self.assertEqual(self.error(request)["code"], -32601, method)
+
+    def test_invalid_params(self) -> None:
+        """Wrong arity and C{remote_call} with params by position get -32602 naming this node."""
+        wrong_arity = {"jsonrpc": "2.0", "method": "math.subtract", "params": [1], "id": 1}
+        self.assertEqual(self.error(wrong_arity)["code"], -32602)
+        by_position = {
+            "jsonrpc": "2.0",
+            "method": "remote_call",
+            "params": [NODE_ID, "math", "sum", [1]],
+            "id": 1,
+        }
+        self.assertEqual(self.error(by_position)["code"], -32602)
+
+    def test_server_error(self) -> None:
+        """A method that raises gets -32000 with the exception's type and message, no traceback."""
+        reply = self.rpc({"jsonrpc": "2.0", "method": "math.fail", "id": 1})
+        self.assertEqual(reply.code, 200)
+        self.assertNotIn(b"Traceback", reply.body)
+        error = reply.json()["error"]
+        self.assertEqual(error["code"], -32000)
+        self.assertEqual(
+            (error["data"]["node_id"], error["data"]["type"], error["data"]["message"]),
+            (NODE_ID, "ValueError", "boom"),
+        )
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_timeout(self) -> None:
+        """A call still unanswered when its 30 s budget runs out gets -32001 then and not before."""
+        d = self.http.start(
+            "POST", "/rpc", encoded({"jsonrpc": "2.0", "method": "math.later", "id": 2})
+        )
+        self.clock.advance(29.9)
+        self.http.stub.flush()
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        reply = self.http.finish(d)
+        self.assertEqual(reply.code, 200)
+        error = reply.json()["error"]
+        self.assertEqual((error["code"], error["data"]["node_id"]), (-32001, NODE_ID))
+
+
+class LaterAnswerTests(NodeTestCase):
+    """Answers that are not ready when the request has been read."""
+
+    def test_later_answer(self) -> None:
+        """A method's later result is answered once it fires, with a length rather than chunks."""
+        d = self.http.start(
+            "POST", "/rpc", encoded({"jsonrpc": "2.0", "method": "math.later", "id": 7})
+        )
+        self.assertNoResult(d)
+        [later] = self.math.waiting
+        later.callback({"a": [1, 2]})
+        reply = self.http.finish(d)
+        self.assertEqual((reply.code, reply.header("content-type")), (200, "application/json"))
+        self.assertEqual(reply.json(), {"jsonrpc": "2.0", "result": {"a": [1, 2]}, "id": 7})
+        self.assertEqual(reply.length, len(reply.body))  # UNKNOWN_LENGTH if chunked
+
+    def test_later_answer_headers(self) -> None:
+        """On the wire, a later answer carries Content-Length and no Transfer-Encoding."""
+        connection = self.raw()
+        connection.post(b"/rpc", encoded({"jsonrpc": "2.0", "method": "math.later", "id": 7}))
+        self.assertEqual(connection.transport.value(), b"")
+        self.math.waiting[0].callback("done")
+        code, headers, body = connection.response()
+        self.assertEqual((code, headers[b"content-type"]), (200, b"application/json"))
+        self.assertEqual(json.loads(body), {"jsonrpc": "2.0", "result": "done", "id": 7})
+        self.assertEqual(headers[b"content-length"], b"%d" % len(body))
+        self.assertNotIn(b"transfer-encoding", headers)
+
+    def test_later_notification(self) -> None:
+        """A notification whose method answers later gets 204 only once the method has finished."""
+        d = self.http.start("POST", "/rpc", encoded({"jsonrpc": "2.0", "method": "math.later"}))
+        self.assertNoResult(d)
+        self.math.waiting[0].callback("ignored")
+        self.assertNoContent(self.http.finish(d))
+
+    def test_later_batch(self) -> None:
+        """A batch holding a later call is answered whole once that call has finished."""
+        batch = [
+            {"jsonrpc": "2.0", "method": "math.later", "id": 1},
+            {"jsonrpc": "2.0", "method": "math.sum", "params": [2, 3], "id": 2},
+        ]
+        d = self.http.start("POST", "/rpc", encoded(batch))
+        self.assertNoResult(d)
+        self.math.waiting[0].callback("x")
+        reply = self.http.finish(d)
+        self.assertEqual(reply.code, 200)
+        self.assertEqual(
+            sorted((outcome(a) for a in reply.json()), key=repr),
+            [("result", 1, "x"), ("result", 2, 5)],
+        )
+
+    def test_client_gone(self) -> None:
+        """When the client leaves before a later answer, nothing is written once it comes."""
+        RecordingRequest.made = []
+        self.http.site.requestFactory = RecordingRequest
+        connection = self.raw()
+        connection.post(b"/rpc", encoded({"jsonrpc": "2.0", "method": "math.later", "id": 7}))
+        [request] = RecordingRequest.made
+        connection.lose()
+        self.math.waiting[0].callback("too late")
+        self.assertEqual((request.writes, request.finishes), ([], 0))
+        self.assertEqual(connection.transport.value(), b"")
+        # The server is free again: the call finished even though nobody heard it.
+        self.assertEqual(
+            self.answer({"jsonrpc": "2.0", "method": "math.sum", "id": 1})["result"], 0
+        )
+
+
+class MethodAndPathTests(NodeTestCase):
+    """Wrong methods give 405 and unknown paths 404, each with a small JSON body."""
+
+    def test_rpc_wrong_methods(self) -> None:
+        """Every method but POST on /rpc gets 405 JSON with C{Allow: POST}, made-up ones too."""
+        for method in ["GET", "PUT", "DELETE", "OPTIONS", "PATCH", "FROB"]:
+            reply = self.http.request(method, "/rpc")
+            self.assertJsonError(reply, 405)
+            self.assertEqual(reply.header("allow"), "POST", method)
+
+    def test_unknown_paths(self) -> None:
+        """Paths the node does not serve get 404 JSON."""
+        for path in ["/", "/nope", "/rpc/", "/rpc/more", "/health/x", "/registry/nope"]:
+            self.assertJsonError(self.http.request("GET", path), 404)
+
+    def test_health_wrong_method(self) -> None:
+        """Anything but GET on /health gets 405 JSON whose C{Allow} names GET."""
+        for method in ["POST", "PUT", "DELETE"]:
+            reply = self.http.request(method, "/health")
+            self.assertJsonError(reply, 405)
+            allowed = (reply.header("allow") or "").replace(" ", "").split(",")
+            self.assertIn("GET", allowed)
+            self.assertNotIn(method, allowed)
+
+    def test_other_routes_wrong_method(self) -> None:
+        """The registry and metrics endpoints give 405 JSON to a method they do not take."""
+        for method, path, allowed in [
+            ("GET", "/registry/peers/add", "POST"),
+            ("GET", "/registry/peers/remove", "DELETE"),
+            ("POST", "/metrics", "GET"),
+            ("DELETE", "/registry/servers", "GET"),
+        ]:
+            reply = self.http.request(method, path)
+            self.assertJsonError(reply, 405)
+            self.assertIn(allowed, (reply.header("allow") or "").replace(" ", "").split(","))
+
+
+class BodyLimitTests(NodeTestCase):
+    """Bodies past C{limits.max_body_size} get 413, whether or not they give a length."""
+
+    limits = {"max_body_size": 256}
+
+    def setUp(self) -> None:
+        super().setUp()
+        RecordingRequest.made = []
+        self.http.site.requestFactory = RecordingRequest
+
+    def kept(self) -> bytes:
+        """:returns: what the one request made so far holds of its body."""
+        [request] = RecordingRequest.made
+        content: bytes = request.content.getvalue()
+        return content
+
+    def call_of_size(self, size: int) -> bytes:
+        """:returns: a call of C{math.update}, padded with whitespace to C{size} bytes."""
+        body = encoded({"jsonrpc": "2.0", "method": "math.update", "params": ["big"], "id": 1})
+        return body + b" " * (size - len(body))
+
+    def assertTooLarge(self, connection: RawConnection) -> None:
+        code, headers, body = connection.response()
+        self.assertEqual((code, headers[b"content-type"]), (413, b"application/json"))
+        self.assertEqual(json.loads(body)["status"], 413)
+        self.assertEqual(self.math.notes, [])
+
+    def assertServed(self, connection: RawConnection) -> None:
+        code, _, body = connection.response()
+        self.assertEqual(code, 200)
+        self.assertEqual(json.loads(body), {"jsonrpc": "2.0", "result": None, "id": 1})
+        self.assertEqual(self.math.notes, [("update", ("big",))])
+
+    def test_length_over_limit(self) -> None:
+        """A body whose Content-Length is over the limit is not kept, gets 413 JSON, never runs."""
+        body = self.call_of_size(257)
+        connection = self.raw()
+        connection.send(
+            b"POST /rpc HTTP/1.1\r\nHost: node.test\r\nContent-Length: 257\r\n\r\n" + body[:200]
+        )
+        self.assertEqual((self.kept(), connection.transport.value()), (b"", b""))
+        connection.send(body[200:])
+        self.assertTooLarge(connection)
+
+    def test_length_at_limit(self) -> None:
+        """A body of exactly the limit is served."""
+        connection = self.raw()
+        connection.post(b"/rpc", self.call_of_size(256))
+        self.assertServed(connection)
+
+    def test_chunked_over_limit(self) -> None:
+        """A chunked body that grows past the limit is dropped, gets 413 JSON and never runs."""
+        body = self.call_of_size(300)
+        connection = self.raw()
+        connection.send(
+            b"POST /rpc HTTP/1.1\r\nHost: node.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        for chunk in [body[:100], body[100:200], body[200:]]:
+            connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        self.assertEqual((self.kept(), connection.transport.value()), (b"", b""))
+        connection.send(b"0\r\n\r\n")
+        self.assertTooLarge(connection)
+
+    def test_chunked_at_limit(self) -> None:
+        """A chunked body of exactly the limit is served."""
+        body = self.call_of_size(256)
+        connection = self.raw()
+        connection.post_chunked(b"/rpc", [body[:100], body[100:200], body[200:]])
+        self.assertServed(connection)
+
+    def test_limit_on_other_paths(self) -> None:
+        """The limit holds for every path, not only /rpc."""
+        body = encoded({"address": "ws://127.0.0.1:9"})
+        connection = self.raw()
+        connection.post(b"/registry/peers/add", body + b" " * (257 - len(body)))
+        code, headers, _ = connection.response()
+        self.assertEqual((code, headers[b"content-type"]), (413, b"application/json"))
+        self.assertEqual(self.node._dialers, {})
+
+    def test_form_bodies_are_json(self) -> None:
+        """A JSON-RPC body labelled as a form submission is still read as JSON."""
+        for content_type in [
+            b"multipart/form-data; boundary=x",
+            b"application/x-www-form-urlencoded",
+        ]:
+            connection = self.raw()
+            connection.post(
+                b"/rpc",
+                encoded({"jsonrpc": "2.0", "method": "math.sum", "params": [1, 2], "id": 1}),
+                b"Content-Type: %s\r\n" % content_type,
+            )
+            code, _, body = connection.response()
+            self.assertEqual((code, json.loads(body)["result"]), (200, 3), content_type)
+
+
+class HealthTests(NodeTestCase):
+    """C{GET /health}."""
+
+    def test_fields(self) -> None:
+        """/health answers 200 JSON with exactly the SPEC's fields, of the right types."""
+        self.clock.advance(12.5)
+        reply = self.http.request("GET", "/health")
+        self.assertEqual((reply.code, reply.header("content-type")), (200, "application/json"))
+        health = reply.json()
+        self.assertEqual(
+            set(health),
+            {"status", "node_id", "peer_count", "server_count", "uptime_s", "timestamp"},
+        )
+        self.assertEqual((health["status"], health["node_id"]), ("healthy", NODE_ID))
+        for name in ["peer_count", "server_count"]:
+            self.assertIs(type(health[name]), int, name)
+        self.assertEqual((health["peer_count"], health["server_count"]), (0, 2))  # node, math
+        self.assertIsInstance(health["uptime_s"], float)
+        self.assertEqual(health["uptime_s"], 12.5)
+        self.assertTimestamp(health["timestamp"], datetime.fromtimestamp(T0 + 12.5, UTC))
+
+
+class RegistryTests(NodeTestCase):
+    """C{GET /registry} and C{/registry/servers}, C{/registry/peers}, C{/registry/routes}."""
+
+    def get(self, path: str) -> Any:
+        reply = self.http.request("GET", path)
+        self.assertEqual((reply.code, reply.header("content-type")), (200, "application/json"))
+        return reply.json()
+
+    def test_registry(self) -> None:
+        """/registry holds the node id, its servers, its peers and an RFC 3339 timestamp."""
+        self.clock.advance(3)
+        registry = self.get("/registry")
+        self.assertEqual(set(registry), {"node_id", "servers", "peers", "timestamp"})
+        self.assertEqual(registry["node_id"], NODE_ID)
+        self.assertEqual(registry["servers"], self.get("/registry/servers"))
+        self.assertEqual(registry["peers"], {})
+        self.assertTimestamp(registry["timestamp"], self.now())
+
+    def test_servers(self) -> None:
+        """/registry/servers lists each local server with its methods, at 0 hops."""
+        self.clock.advance(3)
+        now = self.get("/health")["timestamp"]
+        servers = self.get("/registry/servers")
+
+        def entry(name: str, methods: list[str]) -> dict[str, Any]:
+            return {
+                "name": name,
+                "node_id": NODE_ID,
+                "methods": methods,
+                "is_local": True,
+                "last_seen": now,
+                "hops": 0,
+            }
+
+        self.assertEqual(
+            servers,
+            {
+                "node": [entry("node", ["echo", "info", "ping"])],
+                "math": [entry("math", sorted(Math.exposed_methods))],
+            },
+        )
+        self.assertTimestamp(servers["math"][0]["last_seen"], self.now())
+
+    def test_alone(self) -> None:
+        """A lone node has no peers and no routes."""
+        self.assertEqual(self.get("/registry/peers"), {})
+        self.assertEqual(self.get("/registry/routes"), {})
+
+    def test_with_a_peer(self) -> None:
+        """With a linked peer, its servers, the peer and a one-hop route to it are listed."""
+        other = memory_node("n2", self.clock)
+        network = MemoryMesh()
+        network.link(self.node, other)
+        network.settle()
+        servers = self.get("/registry/servers")
+        [local, remote] = servers["node"]
+        self.assertEqual((local["node_id"], local["is_local"], local["hops"]), (NODE_ID, True, 0))
+        self.assertEqual((remote["node_id"], remote["is_local"], remote["hops"]), ("n2", False, 1))
+        self.assertEqual(remote["methods"], ["echo", "info", "ping"])
+        # Last heard from during the exchange that settle() let run.
+        self.assertTimestamp(remote["last_seen"], datetime.fromtimestamp(T0, UTC), self.now())
+        peers = self.get("/registry/peers")
+        self.assertEqual(list(peers), ["n2"])
+        self.assertEqual(
+            (peers["n2"]["node_id"], peers["n2"]["direction"], peers["n2"]["is_healthy"]),
+            ("n2", "outbound", True),
+        )
+        routes = self.get("/registry/routes")
+        self.assertEqual(
+            (routes["n2"]["next_hop"], routes["n2"]["hops"]),
+            ("n2", 1),
+        )
+        self.assertEqual(self.get("/health")["peer_count"], 1)
+
+
+class PeerManagementTests(NodeTestCase):
+    """C{POST /registry/peers/add} and C{DELETE /registry/peers/remove}."""
+
+    URL = "ws://127.0.0.1:9/ws/p2p?node_id=" + NODE_ID
+
+    def add(self, body: bytes) -> Reply:
+        return self.http.request("POST", "/registry/peers/add", body)
+
+    def remove(self, body: bytes) -> Reply:
+        return self.http.request("DELETE", "/registry/peers/remove", body)
+
+    def dialled(self) -> list[tuple[str, int]]:
+        """:returns: the TCP connections the node has attempted."""
+        return [(host, port) for host, port, *_ in self.clock.tcpClients]
+
+    def stop(self) -> None:
+        """Stop the node and check that it left no timer behind."""
+        self.assertIsNone(self.successResultOf(self.node.stopService()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_add_bad_body(self) -> None:
+        """A body that is not C{{"address": URL, "node_id"?: ID}} gets 400 and dials nothing."""
+        self.node.startService()
+        for body in [
+            b"",
+            b"not json",
+            b"\xff\xfe",
+            b'["ws://127.0.0.1:9"]',
+            b"{}",
+            b'{"address": 9}',
+            b'{"address": "ws://127.0.0.1:9", "node_id": 7}',
+            b'{"address": "ftp://127.0.0.1:9"}',
+            b'{"address": "ws://127.0.0.1:99999"}',
+        ]:
+            self.assertJsonError(self.add(body), 400)
+        self.assertEqual((self.node._dialers, self.dialled()), ({}, []))
+        self.stop()
+
+    def test_add(self) -> None:
+        """A good address gets 200 and the running node dials it at once, on its own reactor."""
+        self.node.startService()
+        reply = self.add(b'{"address": "ws://127.0.0.1:9"}')
+        self.assertEqual((reply.code, reply.header("content-type")), (200, "application/json"))
+        self.assertEqual(reply.json(), {"status": "dialling", "address": "ws://127.0.0.1:9"})
+        self.assertEqual(list(self.node._dialers), [self.URL])
+        self.assertEqual(self.dialled(), [("127.0.0.1", 9)])
+        self.assertJsonError(self.add(b'{"address": "http://127.0.0.1:9"}'), 400)  # the same peer
+        self.stop()
+
+    def test_add_before_start(self) -> None:
+        """A peer added to a node that is not running yet is dialled when the node starts."""
+        self.assertEqual(self.add(b'{"address": "127.0.0.1:9", "node_id": "p1"}').code, 200)
+        self.assertEqual(list(self.node._dialers), [self.URL])
+        self.assertEqual(self.dialled(), [])
+        self.node.startService()
+        self.assertEqual(self.dialled(), [("127.0.0.1", 9)])
+        self.stop()
+
+    def test_remove_unknown(self) -> None:
+        """Removing a peer the node neither dials nor is linked to gets 404 JSON."""
+        self.assertJsonError(self.remove(b'{"node_id": "nobody"}'), 404)
+
+    def test_remove_bad_body(self) -> None:
+        """A body that is not C{{"node_id": ID}} gets 400 JSON."""
+        for body in [b"", b"not json", b'["p1"]', b"{}", b'{"node_id": 3}']:
+            self.assertJsonError(self.remove(body), 400)
+
+    def test_remove(self) -> None:
+        """Removing a dialled peer by its id gets 200 and stops its dialler."""
+        self.node.startService()
+        self.assertEqual(self.add(b'{"address": "ws://127.0.0.1:9", "node_id": "p1"}').code, 200)
+        [dialer] = self.node._dialers.values()
+        reply = self.remove(b'{"node_id": "p1"}')
+        self.assertEqual((reply.code, reply.header("content-type")), (200, "application/json"))
+        self.assertEqual(reply.json(), {"status": "removed", "node_id": "p1"})
+        self.assertEqual(self.node._dialers, {})
+        self.assertFalse(dialer.running)
+        self.assertJsonError(self.remove(b'{"node_id": "p1"}'), 404)
+        self.stop()
+
+
+def samples(exposition: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """:returns: every sample of a Prometheus text exposition, by name and labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition.decode())
+        for sample in family.samples
+    }
+
+
+def pending_gauges(exposition: bytes) -> dict[str, float]:
+    """:returns: the value of each gauge whose name contains C{pending}."""
+    return {
+        family.name: family.samples[0].value
+        for family in text_string_to_metric_families(exposition.decode())
+        if family.type == "gauge" and "pending" in family.name
+    }
+
+
+class MetricsTests(NodeTestCase):
+    """C{GET /metrics}."""
+
+    def metrics(self, http: NodeHttp | None = None) -> bytes:
+        reply = (http or self.http).request("GET", "/metrics")
+        self.assertEqual(reply.code, 200)
+        self.assertTrue((reply.header("content-type") or "").startswith("text/plain"))
+        return reply.body
+
+    def test_calls(self) -> None:
+        """/metrics counts calls by outcome and their latency, in Prometheus text."""
+        self.answer({"jsonrpc": "2.0", "method": "math.sum", "params": [1], "id": 1})
+        self.answer({"jsonrpc": "2.0", "method": "nosuch.method", "id": 2})
+        found = samples(self.metrics())
+        self.assertEqual(found[("relaytx_calls_total", (("outcome", "ok"),))], 1)
+        self.assertEqual(found[("relaytx_calls_total", (("outcome", "MethodNotFound"),))], 1)
+        self.assertEqual(found[("relaytx_call_latency_seconds_count", ())], 2)
+        self.assertEqual(found[("relaytx_call_latency_seconds_bucket", (("le", "+Inf"),))], 2)
+
+    def test_pending_gauge(self) -> None:
+        """A gauge whose name contains C{pending} counts the remote calls the node waits on."""
+        self.assertEqual(set(pending_gauges(self.metrics()).values()), {0})
+        other = memory_node("n2", self.clock)
+        remote = Math()
+        other.expose("math", remote)
+        network = link_nodes(self.node, other).network
+        network.settle()
+        body = encoded({"jsonrpc": "2.0", "method": "n2/math.later", "id": 1})
+        d = self.http.start("POST", "/rpc", body)
+        network.pump()
+        self.assertNoResult(d)
+        self.assertIn(1, pending_gauges(self.metrics()).values())
+        remote.waiting[0].callback("remote")
+        network.pump()
+        self.assertEqual(self.http.finish(d).json()["result"], "remote")
+        self.assertEqual(set(pending_gauges(self.metrics()).values()), {0})
+
+
+class HttpDetailTests(NodeTestCase):
+    """
+    Details of SPEC section 4 and of HTTP that relaytx once got wrong: JSON
+    404s under /ws, closing after a 413, the node's own reactor for HTTP
+    timers, no length on a 204, valid node ids for added peers.
+    """
+
+    def test_ws_paths_not_found(self) -> None:
+        """/ws and unknown paths under it get 404 JSON, like every other unknown path."""
+        for path in ["/ws", "/ws/", "/ws/nope"]:
+            self.assertJsonError(self.http.request("GET", path), 404)
+
+    def test_too_large_closes(self) -> None:
+        """After a 413 announcing C{Connection: close}, the node closes the connection."""
+        connection = self.raw()
+        connection.post(b"/rpc", b"x" * (1024 * 1024 + 1))
+        code, headers, _ = connection.response()
+        self.assertEqual((code, headers[b"connection"]), (413, b"close"))
+        self.assertTrue(connection.transport.disconnecting)
+
+    def test_site_on_node_reactor(self) -> None:
+        """The site make_site builds keeps its timers on the node's reactor."""
+        self.assertIs(self.http.site.reactor, self.node.reactor)
+
+    def test_no_content_has_no_length(self) -> None:
+        """A 204 answer carries no Content-Length (RFC 9110 section 8.6)."""
+        connection = self.raw()
+        connection.post(b"/rpc", encoded({"jsonrpc": "2.0", "method": "math.update"}))
+        code, headers, _ = connection.response()
+        self.assertEqual(code, 204)
+        self.assertNotIn(b"content-length", headers)
+
+    def test_add_invalid_node_id(self) -> None:
+        """POST /registry/peers/add refuses a node_id that is not 1-64 of A-Za-z0-9._-."""
+        for node_id in ["", "bad id!", "x" * 65]:
+            body = encoded({"address": "ws://127.0.0.1:9", "node_id": node_id})
+            self.assertJsonError(self.http.request("POST", "/registry/peers/add", body), 400)
+        self.assertEqual(self.node._dialers, {})
