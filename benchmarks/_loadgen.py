@@ -78,10 +78,6 @@ def http_load(
     counter = 0
     latencies: list[float] = []
     errors = 0
-    start = perf()
-    measure_from = start + warmup
-    stop_at = measure_from + duration
-    cpu0 = time.process_time()
 
     def send(fd: int) -> None:
         nonlocal counter
@@ -96,6 +92,10 @@ def http_load(
         socks[s.fileno()] = s
         buffers[s.fileno()] = b""
         poll.register(s.fileno(), select.EPOLLIN)
+    start = perf()  # once every connection is up
+    measure_from = start + warmup
+    stop_at = measure_from + duration
+    cpu0 = time.process_time()
     for fd in list(socks):
         send(fd)
 

@@ -8,8 +8,10 @@ It starts its own processes on 127.0.0.1 and measures, for each in-flight
 level, calls/s with p50 and p99 latency:
 
   - the ceilings, in the same run: a bare Autobahn WebSocket echo server
-    (round trips on one connection) and a bare twisted.web JSON-RPC
-    resource (keep-alive HTTP, one request outstanding per connection);
+    driven by an Autobahn client (round trips on one connection, Autobahn at
+    both ends as on a relaytx link) and by this script's lean raw client,
+    and a bare twisted.web JSON-RPC resource (keep-alive HTTP, one request
+    outstanding per connection);
   - relaytx on a line of four nodes n0 - n1 - n2 - n3 (C{relay node}
     subprocesses, counter app on each), calling C{counter_server.increment}
     from n0 on n0 (local), n1 (direct), n2 (two hops) and n3 (three hops):
@@ -64,8 +66,62 @@ def serve_echo(port: int) -> None:
     factory = WebSocketServerFactory()
     factory.protocol = Echo
     factory.setProtocolOptions(autoPingInterval=0)
-    reactor.listenTCP(port, factory, interface=HOST)
+    reactor.listenTCP(port, factory, backlog=1024, interface=HOST)
     reactor.run()
+
+
+def echo_client(port: int, inflight: int, warmup: float, duration: float) -> None:
+    """
+    An Autobahn client keeping C{inflight} messages in flight to the echo
+    server: Autobahn at both ends, as between two relaytx nodes. Prints the
+    figures as one JSON line.
+    """
+    from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+    from twisted.internet import reactor
+
+    perf = time.perf_counter
+    message = b'{"jsonrpc":"2.0","method":"counter_server.increment","id":1}'
+    latencies: list[float] = []
+    sent: list[float] = []
+    start = perf()
+    measure_from, stop_at = start + warmup, start + warmup + duration
+
+    class Client(WebSocketClientProtocol):
+        def onOpen(self) -> None:
+            for _ in range(inflight):
+                sent.append(perf())
+                self.sendMessage(message)
+
+        def onMessage(self, payload: bytes, isBinary: bool) -> None:
+            now = perf()
+            then = sent.pop(0)
+            if then >= measure_from and now <= stop_at:
+                latencies.append(now - then)
+            if now < stop_at:
+                sent.append(perf())
+                self.sendMessage(message)
+            elif not sent:
+                reactor.stop()
+
+    factory = WebSocketClientFactory(f"ws://{HOST}:{port}/")
+    factory.protocol = Client
+    factory.setProtocolOptions(autoPingInterval=0)
+    reactor.connectTCP(HOST, port, factory)
+    reactor.run()
+    latencies.sort()
+    count = len(latencies)
+    print(
+        json.dumps(
+            {
+                "requests": count,
+                "errors": 0,
+                "seconds": duration,
+                "per_s": count / duration,
+                "p50_ms": latencies[count // 2] * 1000 if count else None,
+                "p99_ms": latencies[min(count - 1, int(count * 0.99))] * 1000 if count else None,
+            }
+        )
+    )
 
 
 def serve_bare_web(port: int) -> None:
@@ -91,7 +147,7 @@ def serve_bare_web(port: int) -> None:
 
     site = QuietSite(BareRpc())
     site.displayTracebacks = False
-    reactor.listenTCP(port, site, interface=HOST)
+    reactor.listenTCP(port, site, backlog=1024, interface=HOST)  # as relaytx listens
     reactor.run()
 
 
@@ -211,12 +267,22 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             procs.wait_port(web, web_port)
             message = b'{"jsonrpc":"2.0","method":"counter_server.increment","id":1}'
             for n in levels:
-                progress(f"ceiling: autobahn echo, {n} in flight")
+                progress(f"ceiling: autobahn echo (Autobahn client), {n} in flight")
+                client = subprocess.run(
+                    [sys.executable, __file__, "--echo-client", str(echo_port), str(n),
+                     str(args.warmup), str(args.duration)],
+                    capture_output=True, text=True, timeout=args.warmup + args.duration + 60,
+                )  # fmt: skip
+                result = json.loads(client.stdout.strip().splitlines()[-1])
+                rows.append(
+                    {"target": "ceiling", "entry": "autobahn-echo", "inflight": n, **result}
+                )
+                progress(f"ceiling: autobahn echo (lean raw client), {n} in flight")
                 result = ws_load(
                     echo_port, "/", n, args.warmup, args.duration, lambda k: message, lambda a: True
                 )
                 rows.append(
-                    {"target": "ceiling", "entry": "autobahn-echo", "inflight": n, **result}
+                    {"target": "ceiling", "entry": "echo-raw-client", "inflight": n, **result}
                 )
                 progress(f"ceiling: bare twisted.web, {n} in flight")
                 result = http_load(web_port, n, args.warmup, args.duration, single_call(None), ok)
@@ -296,7 +362,11 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     for row in rows:
         if row["target"] == "ceiling":
             continue
-        basis = "twisted.web" if row["entry"].startswith("http") else "autobahn-echo"
+        # Like with like: HTTP entries against twisted.web; the Python API
+        # (Autobahn at both ends of each hop) against an Autobahn client and
+        # server; /ws/rpc (driven by the lean client) against the same client.
+        bases = {"http": "twisted.web", "http-batch": "twisted.web", "python": "autobahn-echo"}
+        basis = bases.get(row["entry"], "echo-raw-client")
         ceiling = ceilings.get((basis, row["inflight"]))
         row["ratio"] = row["per_s"] / ceiling if ceiling else None
         row["ratio_to"] = basis
@@ -329,7 +399,12 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-web", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--echo-client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.echo_client:
+        port, inflight, warmup, duration = args.echo_client
+        echo_client(int(port), int(inflight), float(warmup), float(duration))
+        return 0
     if args.serve_echo:
         serve_echo(args.serve_echo)
         return 0

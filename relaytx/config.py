@@ -21,9 +21,9 @@ command line wins where both give a value)::
     max_body_size = 1048576          # bytes of one HTTP request body (413 past it)
     max_message_size = 1048576       # bytes of one peer WebSocket message (1009 past it)
     max_pending_calls = 10000        # calls this node waits on at once (-32005 past it)
-    max_in_flight = 10000            # calls executing here at once (-32005 past it)
-    max_in_flight_per_caller = 1000  # ... for one peer or HTTP client (-32005 past it)
-    calls_per_second = 100000        # calls one caller may start per second (-32005 past it)
+    max_in_flight = 50000            # calls executing here at once (-32005 past it)
+    max_in_flight_per_caller = 10000 # ... for one peer or HTTP client (-32005 past it)
+    calls_per_second = 0             # calls one caller may start per second; 0: no limit
     max_routes = 10000               # destinations one neighbour may advertise
 
     [tls]                            # see relaytx.tls
@@ -73,11 +73,11 @@ class Limits:
     #: calls this node waits on at once (its own, all destinations)
     max_pending_calls: int = 10_000
     #: calls executing here at once, all callers
-    max_in_flight: int = 10_000
+    max_in_flight: int = 50_000
     #: calls executing here at once for one caller (a peer or an HTTP client)
-    max_in_flight_per_caller: int = 1_000
+    max_in_flight_per_caller: int = 10_000
     #: calls per second one caller may start (bursts of one second's worth)
-    calls_per_second: float = 100_000.0
+    calls_per_second: float = 0.0
     #: destinations one neighbour's advert may hold (bigger adverts are ignored)
     max_routes: int = 10_000
 
@@ -244,7 +244,10 @@ def build_config(options: Mapping[str, Any]) -> NodeConfig:
 
     limits = Limits(**settings.get("limits", {}))
     for name in _LIMIT_KEYS:
-        if getattr(limits, name) <= 0:
+        if name == "calls_per_second":
+            if limits.calls_per_second < 0:
+                raise ConfigError("limits.calls_per_second must be 0 (no limit) or positive")
+        elif getattr(limits, name) <= 0:
             raise ConfigError(f"limits.{name} must be positive")
 
     tls = None
