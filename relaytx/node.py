@@ -217,8 +217,6 @@ class RelayNode(MultiService):
                 self.limiter.release(caller)
             raise self._counted(e, started) from None
         if isinstance(result, Deferred):
-            if not result.called:  # remote calls time out in the mesh; local ones here
-                result.addTimeout(target.timeout, self.clock, onTimeoutCancel=_timed_out)
             if caller is not None:
                 result.addBoth(self._release, caller)
             return result.addBoth(self._count, started)
@@ -309,6 +307,8 @@ class RelayNode(MultiService):
         except Exception:
             raise self._method_error(Failure(), target) from None
         if isinstance(result, Deferred):
+            if not result.called:  # remote calls time out in the mesh; local ones here
+                result.addTimeout(target.timeout, self.clock, onTimeoutCancel=_timed_out)
             return result.addErrback(self._method_failed, target)
         return result
 
