@@ -61,8 +61,9 @@ from relaytx.wire import (
 )
 
 #: Messages that are harmless twice, so not remembered for deduplication
-#: (pings and pongs alone would fill the memory of seen ids on a busy hub).
-_NOT_DEDUPLICATED = frozenset({"route_message", "ping", "pong", "registry_sync"})
+#: (pings and pongs alone would fill the memory of seen ids on a busy hub;
+#: a second answer to a call finds it gone and is counted as late).
+_NOT_DEDUPLICATED = frozenset({"route_message", "ping", "pong", "registry_sync", "server_response"})
 
 #: At most this many neighbours get a flooded copy of one message.
 MAX_FLOOD = 32
