@@ -8,9 +8,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import os
-import shutil
 import sys
-import tempfile
 import textwrap
 from typing import Any
 
@@ -22,6 +20,7 @@ from relaytx.apps import import_app, run_setup
 from relaytx.config import build_config
 from relaytx.errors import StartupError
 from relaytx.node import RelayNode
+from tests.support import TempDirMixin
 
 _names = itertools.count()
 
@@ -41,22 +40,7 @@ def setup(node):
 """
 
 
-class _TempDirMixin:
-    """
-    C{mktemp} under one temporary directory per test, removed afterwards
-    (trial's own C{mktemp} writes beside the working directory under pytest).
-    """
-
-    def mktemp(self) -> str:
-        """:returns: a new path, not yet created, in this test's temporary directory."""
-        if not hasattr(self, "_temp_root"):
-            self._temp_root = tempfile.mkdtemp(prefix="relaytx-test-")
-            self.addCleanup(shutil.rmtree, self._temp_root, True)  # type: ignore[attr-defined]
-        self._temp_count = getattr(self, "_temp_count", 0) + 1
-        return os.path.join(self._temp_root, f"temp{self._temp_count}")
-
-
-class AppTestCase(_TempDirMixin, SynchronousTestCase):
+class AppTestCase(TempDirMixin, SynchronousTestCase):
     """Helpers: a node on a fake reactor, and apps written to temporary files."""
 
     def setUp(self) -> None:

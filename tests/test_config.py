@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from typing import Any
 
 import twisted.test
@@ -23,26 +21,12 @@ from relaytx.config import (
     port_description,
     read_toml,
 )
+from tests.support import TempDirMixin
 
 SERVER_PEM = os.path.join(os.path.dirname(twisted.test.__file__), "server.pem")
 
 
-class _TempDirMixin:
-    """
-    C{mktemp} under one temporary directory per test, removed afterwards
-    (trial's own C{mktemp} writes beside the working directory under pytest).
-    """
-
-    def mktemp(self) -> str:
-        """:returns: a new path, not yet created, in this test's temporary directory."""
-        if not hasattr(self, "_temp_root"):
-            self._temp_root = tempfile.mkdtemp(prefix="relaytx-test-")
-            self.addCleanup(shutil.rmtree, self._temp_root, True)  # type: ignore[attr-defined]
-        self._temp_count = getattr(self, "_temp_count", 0) + 1
-        return os.path.join(self._temp_root, f"temp{self._temp_count}")
-
-
-class ConfigTestCase(_TempDirMixin, SynchronousTestCase):
+class ConfigTestCase(TempDirMixin, SynchronousTestCase):
     """Helpers for writing TOML files and checking one-line errors."""
 
     def toml(self, text: str | bytes) -> str:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import sys
-import tempfile
 from typing import Any
 
 import twisted.test
@@ -27,28 +25,14 @@ from relaytx.config import Limits, NodeConfig, build_config
 from relaytx.errors import StartupError
 from relaytx.node import RelayNode
 from relaytx.tap import CommandLineNode, Options, error_line, makeService, run_options
+from tests.support import TempDirMixin
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COUNTER = os.path.join(os.path.dirname(HERE), "examples", "counter.py")
 SERVER_PEM = os.path.join(os.path.dirname(twisted.test.__file__), "server.pem")
 
 
-class _TempDirMixin:
-    """
-    C{mktemp} under one temporary directory per test, removed afterwards
-    (trial's own C{mktemp} writes beside the working directory under pytest).
-    """
-
-    def mktemp(self) -> str:
-        """:returns: a new path, not yet created, in this test's temporary directory."""
-        if not hasattr(self, "_temp_root"):
-            self._temp_root = tempfile.mkdtemp(prefix="relaytx-test-")
-            self.addCleanup(shutil.rmtree, self._temp_root, True)  # type: ignore[attr-defined]
-        self._temp_count = getattr(self, "_temp_count", 0) + 1
-        return os.path.join(self._temp_root, f"temp{self._temp_count}")
-
-
-class TapTestCase(_TempDirMixin, SynchronousTestCase):
+class TapTestCase(TempDirMixin, SynchronousTestCase):
     """Helpers: parse options with a captured error stream."""
 
     def setUp(self) -> None:

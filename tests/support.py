@@ -1,0 +1,24 @@
+"""
+Helpers shared by the test modules.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+
+class TempDirMixin:
+    """
+    C{mktemp} under one temporary directory per test, removed afterwards
+    (trial's own C{mktemp} writes beside the working directory under pytest).
+    """
+
+    def mktemp(self) -> str:
+        """:returns: a new path, not yet created, in this test's temporary directory."""
+        if not hasattr(self, "_temp_root"):
+            self._temp_root = tempfile.mkdtemp(prefix="relaytx-test-")
+            self.addCleanup(shutil.rmtree, self._temp_root, True)  # type: ignore[attr-defined]
+        self._temp_count = getattr(self, "_temp_count", 0) + 1
+        return os.path.join(self._temp_root, f"temp{self._temp_count}")
