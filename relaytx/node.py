@@ -7,6 +7,7 @@ runs calls through their mailboxes, owns the metrics, and listens for HTTP
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
 from collections.abc import Callable
@@ -526,12 +527,31 @@ class RelayNode(MultiService):
 
         def listening(port: IListeningPort) -> IListeningPort:
             self.listening_port = port
+            self._warn_if_open(port)
             return port
 
         def failed(failure: Failure) -> None:
             self._on_fatal(_listen_error(self.config.port, failure_exception(failure)))
 
         return d.addCallbacks(listening, failed)
+
+    def _warn_if_open(self, port: IListeningPort) -> None:
+        """Say so when anyone beyond this machine could join the mesh."""
+        if self.secret is not None:
+            return
+        host = getattr(port.getHost(), "host", None)
+        if host is None:  # a UNIX socket: only this machine
+            return
+        try:
+            beyond = not ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            beyond = True
+        if beyond:
+            self._log.warn(
+                "open mesh: listening on {host} without --secret-file, anyone who can "
+                "reach it can link as any node id and call any server",
+                host=host,
+            )
 
     def _endpoint(self) -> IStreamServerEndpoint:
         description = self.config.port
