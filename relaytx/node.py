@@ -470,7 +470,8 @@ class RelayNode(MultiService):
         return {
             "node_id": self.node_id,
             "version": __version__,
-            "uptime_s": self.uptime(),
+            "uptime": self.uptime(),  # seconds, as SPEC section 2 names it
+            "uptime_s": self.uptime(),  # the same, as /health names it
             "servers": self.local_servers(),
             "peers": sorted(self.peers()),
             "timestamp": self.timestamp(),
