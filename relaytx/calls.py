@@ -141,7 +141,10 @@ class PendingCalls:
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()
             self._timer = None
-        elif self._timer is None or heap[0][0] != self._timer.getTime():
+        elif self._timer is None or heap[0][0] < self._timer.getTime():
+            # Only ever bring the timer forward: one set too early (its call
+            # was answered) fires, finds nothing due and re-arms, once per
+            # timeout period, instead of being moved at every answer.
             self._schedule(heap[0][0])
 
     def set_via(self, response_id: str, via: str | None) -> None:
