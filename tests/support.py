@@ -7,6 +7,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from typing import Any
+
+from attrs import frozen
+
+from relaytx.peer import PeerSession, handles
+from relaytx.wire import Envelope, Payload
 
 
 class TempDirMixin:
@@ -22,3 +28,23 @@ class TempDirMixin:
             self.addCleanup(shutil.rmtree, self._temp_root, True)  # type: ignore[attr-defined]
         self._temp_count = getattr(self, "_temp_count", 0) + 1
         return os.path.join(self._temp_root, f"temp{self._temp_count}")
+
+
+@frozen
+class Chat(Payload):
+    """A custom message type."""
+
+    TYPE = "chat"
+    text: str
+
+
+class ChatSession(PeerSession):
+    """A session that adds the C{chat} message type and records what it gets."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.chats: list[tuple[str, str]] = []
+
+    @handles(Chat)
+    def on_chat(self, envelope: Envelope, chat: Chat) -> None:
+        self.chats.append((envelope.sender, chat.text))

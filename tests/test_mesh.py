@@ -9,7 +9,6 @@ from __future__ import annotations
 import string
 from typing import Any
 
-from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -26,16 +25,16 @@ from relaytx import (
 from relaytx.calls import PendingCalls
 from relaytx.mesh import SYNC_DELAY
 from relaytx.node import RelayNode
-from relaytx.peer import CLOSE_NORMAL, CLOSE_REPLACED, PeerSession, handles
+from relaytx.peer import CLOSE_NORMAL, CLOSE_REPLACED
 from relaytx.testing import MemoryMesh, line, link_nodes, memory_node
 from relaytx.wire import (
     CallSpec,
     Envelope,
-    Payload,
     RouteMessage,
     ServerCall,
     encode,
 )
+from tests.support import Chat, ChatSession
 
 
 class Counter(Server):
@@ -80,26 +79,6 @@ class Slow(Server):
         d: Deferred[Any] = Deferred()
         self.waiting.append(d)
         return d
-
-
-@frozen
-class Chat(Payload):
-    """A custom message type."""
-
-    TYPE = "chat"
-    text: str
-
-
-class ChatSession(PeerSession):
-    """Records the chats it receives."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.chats: list[tuple[str, str]] = []
-
-    @handles(Chat)
-    def on_chat(self, envelope: Envelope, chat: Chat) -> None:
-        self.chats.append((envelope.sender, chat.text))
 
 
 def sample(node: RelayNode, name: str, labels: dict[str, str] | None = None) -> float:

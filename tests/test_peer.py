@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from attrs import frozen
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -23,7 +22,8 @@ from relaytx.peer import (
     handles,
 )
 from relaytx.testing import FakeLinkTransport, memory_node
-from relaytx.wire import Envelope, Payload, Ping, RegistrySync, RouteAdvert, encode
+from relaytx.wire import Envelope, Ping, RegistrySync, RouteAdvert, encode
+from tests.support import Chat, ChatSession
 
 # Frames captured from the original implementation (seed-wire-samples.md),
 # byte for byte, trailing newlines included.
@@ -130,26 +130,6 @@ class HealthMonitor(Server):
     @exposed
     def health_check(self) -> dict[str, Any]:
         return {"status": "healthy", "timestamp": "2025-01-01T00:00:00Z", "uptime": 1}
-
-
-@frozen
-class Chat(Payload):
-    """A custom message type."""
-
-    TYPE = "chat"
-    text: str
-
-
-class ChatSession(PeerSession):
-    """A session that adds the C{chat} message type."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.chats: list[tuple[str, str]] = []
-
-    @handles(Chat)
-    def on_chat(self, envelope: Envelope, chat: Chat) -> None:
-        self.chats.append((envelope.sender, chat.text))
 
 
 class QuietPingSession(PeerSession):
