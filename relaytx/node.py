@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -617,8 +616,9 @@ class RelayNode(MultiService):
         return d.addCallback(lambda _: None)
 
     def _stop_on_fatal(self, message: str) -> None:
+        # An embedding application's default: log it and stop this node
+        # (the command line exits the process instead: tap.CommandLineNode).
         self._log.critical("{message}", message=message)
-        print(f"relay: error: {message}", file=sys.stderr)
         self.stopService()
 
 
