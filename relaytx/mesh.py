@@ -86,7 +86,7 @@ class Mesh:
     The links, routes and calls in flight of node C{node_id}.
 
     :param execute_local: runs a call addressed to this node (the node's
-        servers); returns a Deferred of the result.
+        servers); returns the result or a Deferred of it, or raises.
     :param local_servers: returns this node's servers and their methods.
     """
 
@@ -97,7 +97,7 @@ class Mesh:
         node_id: str,
         clock: IReactorTime,
         metrics: NodeMetrics,
-        execute_local: Callable[[CallTarget], Deferred[Any]],
+        execute_local: Callable[[CallTarget], Any],
         local_servers: Callable[[], Mapping[str, list[str]]],
         ping_interval: float = 5.0,
         registry_enabled: bool = True,
@@ -577,14 +577,19 @@ class Mesh:
             caller=envelope.sender,
             via=session.peer_id if session is not None else None,
         )
+        back_via = session.peer_id if session is not None else None
         try:
-            d = self._execute_local(target)
+            result = self._execute_local(target)
         except Exception:
-            d = fail()
+            self._answer_call(Failure(), envelope, call, back_via)
+            return
+        if not isinstance(result, Deferred):  # answered at once: the common case
+            self._answer_call(result, envelope, call, back_via)
+            return
         # (The node times the call out at its budget, target.timeout.)
-        self._executing[d] = (envelope.sender, session.peer_id if session else None)
-        d.addBoth(self._executed, d)
-        d.addBoth(self._answer_call, envelope, call, session.peer_id if session else None)
+        self._executing[result] = (envelope.sender, back_via)
+        result.addBoth(self._executed, result)
+        result.addBoth(self._answer_call, envelope, call, back_via)
 
     def _executed(self, outcome: Any, d: Deferred[Any]) -> Any:
         self._executing.pop(d, None)

@@ -241,22 +241,30 @@ class RelayNode(MultiService):
         self.limiter.release(caller)
         return result
 
-    def _call_for_peer(self, target: CallTarget) -> Deferred[Any]:
-        """Run a call that arrived over the mesh, within its caller's limits."""
+    def _call_for_peer(self, target: CallTarget) -> Any:
+        """
+        Run a call that arrived over the mesh, within its caller's limits.
+
+        :returns: the result, or a Deferred of it (as L{dispatch}).
+        :raises CallError: when the call fails at once.
+        """
         share = target.via or target.caller
         assert share is not None
         started = self.clock.seconds()
         try:
             self.limiter.admit(share)
         except Overloaded as e:
-            return fail(self._counted(e, started))
+            raise self._counted(e, started) from None
         try:
             result = self._call_here(target, explicit=True)
         except CallError as e:
             self.limiter.release(share)
-            return fail(self._counted(e, started))
-        d = result if isinstance(result, Deferred) else succeed(result)
-        return d.addBoth(self._release, share).addBoth(self._count, started)
+            raise self._counted(e, started) from None
+        if isinstance(result, Deferred):
+            return result.addBoth(self._release, share).addBoth(self._count, started)
+        self.limiter.release(share)
+        self.metrics.count_call("ok", self.clock.seconds() - started)
+        return result
 
     def call(
         self,
