@@ -33,7 +33,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from relaytx import _json
 from relaytx.jsonrpc import JsonRpcHandler
 from relaytx.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from relaytx.protocol import UpgradeOnly
+from relaytx.protocol import UpgradeOnly, pace_reads
 
 if TYPE_CHECKING:
     from relaytx.node import RelayNode
@@ -305,6 +305,10 @@ class JsonRpcWebSocketProtocol(WebSocketServerProtocol):
     Many calls may be in flight on one connection; answers come as they are
     ready and are matched by C{id}.
     """
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        pace_reads(self.transport)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:

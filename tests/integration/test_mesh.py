@@ -12,6 +12,7 @@ from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import TestCase
 
 from relaytx.errors import CallTimeout, NodeUnreachable
+from relaytx.protocol import READ_CHUNK
 
 from .helpers import (
     EXAMPLES,
@@ -160,6 +161,13 @@ class CallTests(TestCase):
         a = start_node(self, "A", peers=[ws(b)], ping_interval=PING)
         await wait_for(lambda: a.mesh.can_reach("B"), 5.0, what="link")
         return a, b, target
+
+    async def test_links_pace_their_reads(self) -> None:
+        """Both ends of a link read at most READ_CHUNK bytes per reactor turn."""
+        a, b, _ = await self._pair()
+        for node, peer in ((a, "B"), (b, "A")):
+            socket_transport = node.mesh.links[peer].transport._protocol.transport
+            self.assertEqual(socket_transport.bufferSize, READ_CHUNK)
 
     async def test_actor_order(self) -> None:
         """200 concurrent remote calls to one server never overlap."""
