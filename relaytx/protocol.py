@@ -42,6 +42,7 @@ from twisted.application.service import Service
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -68,14 +69,22 @@ PEER_PATH = "/ws/p2p"
 READ_CHUNK = 4096
 
 
-def pace_reads(transport: Any) -> None:
+def tune_socket(transport: Any) -> None:
     """
-    Make C{transport} (or the TCP transport under its TLS layer) read at
-    most L{READ_CHUNK} bytes per reactor turn.
+    Make the TCP transport of a WebSocket connection (under its TLS layer,
+    if any) read at most L{READ_CHUNK} bytes per reactor turn and send
+    without Nagle's delay.
+
+    Autobahn means to turn Nagle off itself, but asks before the protocol
+    has its options, and the error is swallowed: a dialled link kept
+    Nagle, and an answer written in pieces waited up to 40 ms for the
+    other end's delayed acknowledgement.
     """
     while transport is not None:
         if isinstance(transport, FileDescriptor):
             transport.bufferSize = READ_CHUNK
+            if ITCPTransport.providedBy(transport):
+                transport.setTcpNoDelay(True)
             return
         transport = getattr(transport, "transport", None)
 
@@ -123,7 +132,7 @@ class _PeerAdapter:
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[misc]  # Autobahn's, next in the MRO
-        pace_reads(self.transport)  # type: ignore[attr-defined]  # Autobahn's
+        tune_socket(self.transport)  # type: ignore[attr-defined]  # Autobahn's
 
     def _open_session(self, peer_id: str) -> None:
         mesh: Mesh = self.factory.mesh

@@ -33,7 +33,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from relaytx import _json
 from relaytx.jsonrpc import JsonRpcHandler
 from relaytx.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from relaytx.protocol import UpgradeOnly, pace_reads
+from relaytx.protocol import UpgradeOnly, tune_socket
 
 if TYPE_CHECKING:
     from relaytx.node import RelayNode
@@ -308,7 +308,7 @@ class JsonRpcWebSocketProtocol(WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        pace_reads(self.transport)
+        tune_socket(self.transport)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:

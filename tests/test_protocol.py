@@ -1,6 +1,6 @@
 """
 Tests for L{relaytx.protocol}: peer addresses, the dialler's back-off and
-paced reads.
+socket tuning.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx.protocol import READ_CHUNK, Dialer, pace_reads, peer_url
+from relaytx.protocol import READ_CHUNK, Dialer, peer_url, tune_socket
 from relaytx.testing import memory_node
 
 
@@ -75,17 +75,17 @@ class BackoffTests(SynchronousTestCase):
 
 
 class PaceReadsTests(SynchronousTestCase):
-    """L{pace_reads} finds the socket's transport, under TLS too."""
+    """L{tune_socket} finds the socket's transport, under TLS too."""
 
     def test_under_tls(self) -> None:
         """Through a wrapping transport, the socket's read size is set."""
         tcp = FileDescriptor(reactor=MemoryReactorClock())
         self.assertGreater(tcp.bufferSize, READ_CHUNK)
-        pace_reads(SimpleNamespace(transport=tcp))
+        tune_socket(SimpleNamespace(transport=tcp))
         self.assertEqual(tcp.bufferSize, READ_CHUNK)
 
     def test_no_socket(self) -> None:
         """A transport with no socket under it (a test's) is left alone."""
         transport = StringTransport()
-        pace_reads(transport)
+        tune_socket(transport)
         self.assertFalse(hasattr(transport, "bufferSize"))

@@ -162,12 +162,16 @@ class CallTests(TestCase):
         await wait_for(lambda: a.mesh.can_reach("B"), 5.0, what="link")
         return a, b, target
 
-    async def test_links_pace_their_reads(self) -> None:
-        """Both ends of a link read at most READ_CHUNK bytes per reactor turn."""
+    async def test_link_sockets_tuned(self) -> None:
+        """
+        Both ends of a link read at most READ_CHUNK bytes per reactor turn
+        and send without Nagle's delay (the dialler's end too).
+        """
         a, b, _ = await self._pair()
         for node, peer in ((a, "B"), (b, "A")):
             socket_transport = node.mesh.links[peer].transport._protocol.transport
             self.assertEqual(socket_transport.bufferSize, READ_CHUNK)
+            self.assertTrue(socket_transport.getTcpNoDelay())
 
     async def test_actor_order(self) -> None:
         """200 concurrent remote calls to one server never overlap."""
