@@ -3,7 +3,8 @@ The one JSON codec relaytx uses for HTTP bodies and peer frames.
 
 orjson is several times faster than the standard library on both sides. Its
 choices, which relaytx keeps: parsing rejects what JSON forbids (NaN,
-Infinity); a float NaN or infinity in a result is written as C{null}; an
+Infinity) and any invalid UTF-8 (peer links rely on this, in place of
+Autobahn's validation of each frame); a float NaN or infinity in a result is written as C{null}; an
 incoming integer wider than 64 bits is read as a float. Encoding an integer
 wider than 64 bits falls back to the standard library, so a big integer
 result still reaches the caller exactly.

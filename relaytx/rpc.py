@@ -33,7 +33,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from relaytx import _json
 from relaytx.jsonrpc import JsonRpcHandler
 from relaytx.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from relaytx.protocol import UpgradeOnly, tune_socket
+from relaytx.protocol import LeanMessages, UpgradeOnly, tune_socket
 
 if TYPE_CHECKING:
     from relaytx.node import RelayNode
@@ -298,7 +298,7 @@ class NodeWeb:
         return _json_error(request, error.code or 500, (error.name or "error").lower())
 
 
-class JsonRpcWebSocketProtocol(WebSocketServerProtocol):
+class JsonRpcWebSocketProtocol(LeanMessages, WebSocketServerProtocol):  # type: ignore[misc]
     """
     JSON-RPC 2.0 over a WebSocket (C{/ws/rpc}): each text message is one
     request or batch, answered by a text message (none for notifications).

@@ -317,6 +317,20 @@ class BadInputTests(SessionTestCase):
         self.assertEqual(self.transport.close_code, CLOSE_INVALID_PAYLOAD)
         self.assertEqual(dropped(self.node, "not_json"), 1)
 
+    def test_invalid_utf8_closes_1007(self) -> None:
+        """
+        Invalid UTF-8 in a frame (a stray byte, an overlong form, a
+        surrogate) closes the link with 1007: links rely on the session's
+        decoder for this, not on Autobahn's validator.
+        """
+        for i, bad in enumerate((b"\xff", b"\xc0\xaf", b"\xed\xa0\x80")):
+            peer = f"u{i}"
+            transport, session = self.open(peer)
+            data = b'{"type":"ping","from":"%s","to":"hB","data":{"x":"%s"}}'
+            self.receive(data % (peer.encode(), bad), session)
+            self.assertEqual(transport.close_code, CLOSE_INVALID_PAYLOAD, bad)
+        self.assertEqual(dropped(self.node, "not_json"), 3)
+
     def test_not_object_closes_1007(self) -> None:
         """A JSON value that is not an object closes the link with 1007 and is counted."""
         self.receive(b"[1, 2]")
