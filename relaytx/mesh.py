@@ -465,15 +465,11 @@ class Mesh:
             )
 
     def _remember_forwarded(self, envelope: Envelope, came_from: str, went_to: str | None) -> None:
-        try:
-            call = self.message_types.payload(envelope)
-        except ProtocolViolation:
-            return
-        assert isinstance(call, ServerCall)
-        if call.response_id is not None:
-            budget = call.call.timeout if call.call.timeout else 30.0
+        tracking = ServerCall.tracking(envelope.data)
+        if tracking is not None:
+            response_id, timeout = tracking
             self.forwarded.remember(
-                envelope.sender, call.response_id, envelope.to, came_from, went_to, budget
+                envelope.sender, response_id, envelope.to, came_from, went_to, timeout or 30.0
             )
 
     def _refuse_call(self, envelope: Envelope, came_from: str | None, why: str) -> None:

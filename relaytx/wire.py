@@ -177,7 +177,19 @@ class Envelope:
         :returns: this message as forwarded by C{node_id}: its id appended to
             C{route} and C{ttl} one lower.
         """
-        return attrs.evolve(self, route=(*self.route, node_id), ttl=self.ttl - 1)
+        # As attrs.evolve would, at a third of its cost: every forwarded
+        # message comes through here.
+        return Envelope(
+            self.type,
+            self.sender,
+            self.to,
+            self.data,
+            self.id,
+            self.timestamp,
+            (*self.route, node_id),
+            self.ttl - 1,
+            self.reply_to,
+        )
 
     def to_json(self) -> dict[str, Any]:
         """
@@ -391,6 +403,24 @@ class ServerCall(Payload):
 
     def to_data(self) -> dict[str, Any]:
         return {"call": self.call.to_data(), "response_id": self.response_id}
+
+    @staticmethod
+    def tracking(data: Mapping[str, Any]) -> tuple[str, float | None] | None:
+        """
+        What a node forwarding a call keeps of it, read from its raw
+        C{data} without checking the rest (its destination does that).
+
+        :returns: the call's response id and time budget (C{None} when it
+            gives none), or C{None} if it has no usable response id.
+        """
+        response_id = data.get("response_id")
+        call = data.get("call")
+        if type(response_id) is not str or type(call) is not dict:
+            return None
+        timeout = call.get("timeout")
+        if (type(timeout) is int or type(timeout) is float) and timeout >= 0:
+            return response_id, timeout
+        return response_id, None
 
 
 @frozen

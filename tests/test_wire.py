@@ -498,6 +498,31 @@ class EnvelopeTests(SynchronousTestCase):
         self.assertEqual(envelope.route, ("n1", "n2"))
         self.assertEqual(envelope.ttl, DEFAULT_TTL - 2)
 
+    def test_hop_keeps_every_field(self) -> None:
+        """A hop keeps type, ends, data, id, timestamp and reply_to."""
+        envelope = Envelope(
+            "pong", "a", "b", {"x": 1}, "id1", "2026-11-30T00:00:00Z", ("a",), 4, "p9"
+        )
+        forwarded = envelope.hop("m")
+        self.assertEqual(
+            forwarded,
+            Envelope(
+                "pong", "a", "b", {"x": 1}, "id1", "2026-11-30T00:00:00Z", ("a", "m"), 3, "p9"
+            ),
+        )
+
+    def test_tracking(self) -> None:
+        """A forwarder reads a call's response id and budget without decoding it."""
+        call = ServerCall(CallSpec("counter", "increment", (), {}, 2.5), "r7").to_data()
+        self.assertEqual(ServerCall.tracking(call), ("r7", 2.5))
+        no_budget = ServerCall(CallSpec("counter", "increment"), "r8").to_data()
+        self.assertEqual(ServerCall.tracking(no_budget), ("r8", None))
+        for bad_budget in (-1, "5", True, None):
+            data = {"call": {"timeout": bad_budget}, "response_id": "r9"}
+            self.assertEqual(ServerCall.tracking(data), ("r9", None), bad_budget)
+        for untracked in ({"call": {}}, {"call": {}, "response_id": 5}, {"response_id": "r"}):
+            self.assertIsNone(ServerCall.tracking(untracked))
+
     def test_frozen(self) -> None:
         """An envelope cannot be changed in place."""
         envelope = decode(PING_HB_HA)
