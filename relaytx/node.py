@@ -217,9 +217,7 @@ class RelayNode(MultiService):
                 self.limiter.release(caller)
             raise self._counted(e, started) from None
         if isinstance(result, Deferred):
-            if caller is not None:
-                result.addBoth(self._release, caller)
-            return result.addBoth(self._count, started)
+            return result.addBoth(self._finished, caller, started)
         if caller is not None:
             self.limiter.release(caller)
         self.metrics.count_call("ok", self.clock.seconds() - started)
@@ -237,9 +235,10 @@ class RelayNode(MultiService):
             return self._call_here(target, explicit=True)
         return self.mesh.call(target)
 
-    def _release(self, result: Any, caller: str) -> Any:
-        self.limiter.release(caller)
-        return result
+    def _finished(self, result: Any, caller: str | None, started: float) -> Any:
+        if caller is not None:
+            self.limiter.release(caller)
+        return self._count(result, started)
 
     def _call_for_peer(self, target: CallTarget) -> Any:
         """
@@ -261,7 +260,7 @@ class RelayNode(MultiService):
             self.limiter.release(share)
             raise self._counted(e, started) from None
         if isinstance(result, Deferred):
-            return result.addBoth(self._release, share).addBoth(self._count, started)
+            return result.addBoth(self._finished, share, started)
         self.limiter.release(share)
         self.metrics.count_call("ok", self.clock.seconds() - started)
         return result

@@ -17,7 +17,7 @@ from relaytx.errors import (
     MethodNotFound,
     RemoteCallError,
 )
-from relaytx.jsonrpc import DEFAULT_CALL_TIMEOUT, CallTarget, JsonRpcHandler, resolve
+from relaytx.jsonrpc import DEFAULT_CALL_TIMEOUT, CallTarget, JsonRpcHandler, _gather, resolve
 
 NODE_ID = "n1"
 
@@ -760,3 +760,30 @@ class ResolveTests(SynchronousTestCase):
         first.kwargs["leak"] = True
         self.assertEqual(second.kwargs, {})
         self.assertEqual(CallTarget(None, "s", "o").kwargs, {})
+
+
+class GatherTests(SynchronousTestCase):
+    """The batch's gathering of answers, ready and pending."""
+
+    def test_order_kept(self) -> None:
+        """Results come back in request order, whichever fires first."""
+        first, second = Deferred[Any](), Deferred[Any]()
+        gathered = _gather([first, "ready", second])
+        self.assertNoResult(gathered)
+        second.callback(2)
+        self.assertNoResult(gathered)
+        first.callback(1)
+        self.assertEqual(self.successResultOf(gathered), [1, "ready", 2])
+
+    def test_failure_fails_all(self) -> None:
+        """A failing item fails the whole, once; later outcomes are ignored."""
+        first, second = Deferred[Any](), Deferred[Any]()
+        gathered = _gather([first, second])
+        first.errback(ValueError("boom"))
+        self.failureResultOf(gathered, ValueError)
+        second.callback(2)
+        self.assertIsNone(self.successResultOf(second))
+
+    def test_nothing_pending(self) -> None:
+        """With no Deferred among the items, the result is ready at once."""
+        self.assertEqual(self.successResultOf(_gather([1, 2])), [1, 2])
