@@ -115,22 +115,14 @@ def _remote_call(params: Any, caller: str | None) -> CallTarget:
             "Invalid params: remote_call takes an object {node_id, server_name, method, "
             "args?, kwargs?, timeout?}"
         )
-
-    def field(key: str, kind: type | tuple[type, ...], default: Any = _NO_ID) -> Any:
-        value = params.get(key, default)
-        if value is _NO_ID:
-            raise InvalidParams(f"Invalid params: remote_call needs {key!r}")
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise InvalidParams(f"Invalid params: remote_call {key!r} has the wrong type")
-        return value
-
-    node_id = field("node_id", str)
+    field = _remote_call_field
+    node_id = field(params, "node_id", str)
     if not NODE_ID_RE.fullmatch(node_id):
         raise InvalidParams(f"Invalid params: {node_id!r} is not a valid node id")
-    timeout = field("timeout", (int, float), DEFAULT_CALL_TIMEOUT)
+    timeout = field(params, "timeout", (int, float), DEFAULT_CALL_TIMEOUT)
     if not 0 < timeout <= 86400:
         raise InvalidParams("Invalid params: timeout must be a number of seconds in (0, 86400]")
-    server_name, method = field("server_name", str), field("method", str)
+    server_name, method = field(params, "server_name", str), field(params, "method", str)
     if not server_name or not method:
         raise InvalidParams("Invalid params: remote_call needs a server_name and a method")
     # Other keys are ignored, as unknown fields are everywhere on the wire.
@@ -138,11 +130,24 @@ def _remote_call(params: Any, caller: str | None) -> CallTarget:
         node_id,
         server_name,
         method,
-        tuple(field("args", list, [])),
-        field("kwargs", dict, {}),
+        tuple(field(params, "args", list, ())),
+        field(params, "kwargs", dict, {}),
         float(timeout),
         caller,
     )
+
+
+def _remote_call_field(
+    params: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = _NO_ID
+) -> Any:
+    value = params.get(key, default)
+    if value is _NO_ID:
+        raise InvalidParams(f"Invalid params: remote_call needs {key!r}")
+    if value is default:
+        return value
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InvalidParams(f"Invalid params: remote_call {key!r} has the wrong type")
+    return value
 
 
 class JsonRpcHandler:

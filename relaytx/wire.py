@@ -442,6 +442,18 @@ class ServerResponse(Payload):
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> ServerResponse:
+        get = data.get
+        response_id, node_id = get("response_id"), get("node_id")
+        if (
+            # The fast path: a success, well typed, with no error fields.
+            get("success") is True
+            and type(response_id) is str
+            and (node_id is None or type(node_id) is str)
+            and get("error") is None
+            and get("error_code") is None
+            and get("error_data") is None
+        ):
+            return cls(response_id, True, node_id, get("result"))
         what = "server_response"
         if "response_id" not in data:
             raise MalformedMessage("server_response has no 'response_id'", reason="missing_field")

@@ -173,6 +173,15 @@ class CallTests(TestCase):
             self.assertEqual(socket_transport.bufferSize, READ_CHUNK)
             self.assertTrue(socket_transport.getTcpNoDelay())
 
+    async def test_links_unmasked(self) -> None:
+        """Two relaytx nodes agree that the dialler's frames go unmasked."""
+        a, b, _ = await self._pair()  # A dials B
+        dialler = a.mesh.links["B"].transport._protocol
+        acceptor = b.mesh.links["A"].transport._protocol
+        self.assertFalse(dialler.maskClientFrames)
+        self.assertFalse(acceptor.requireMaskedClientFrames)
+        self.assertEqual(await a.call("B", "counter_server", "increment"), 1)
+
     async def test_actor_order(self) -> None:
         """200 concurrent remote calls to one server never overlap."""
         a, _, target = await self._pair()
