@@ -615,6 +615,7 @@ class GarbageTests(TestCase):
             seen["binary"] = _ws_client_close_code(address, b"\x00\x01")
             seen["huge"] = _ws_client_close_code(address, "x" * (MiB + 1))
             seen["bad_utf8"] = _ws_raw(port, "/ws/rpc", [_frame(0x1, b"\xff\xfe\xfd")])
+            seen["overlong_utf8"] = _ws_raw(port, "/ws/rpc", [_frame(0x1, b'["\xc0\xaf"]')])
             seen["unmasked"] = _ws_raw(port, "/ws/rpc", [_frame(0x1, b"[]", masked=False)])
             seen["huge_header"] = _ws_raw(port, "/ws/rpc", [_frame(0x1, b"", length=2**62)])
             return seen
@@ -630,7 +631,8 @@ class GarbageTests(TestCase):
         self.assertEqual(seen["binary"], 1003)
         # Autobahn fails a bad connection here by dropping it (no close frame).
         self.assertIn(seen["huge"], (1009, None))
-        self.assertIn(seen["bad_utf8"], (1007, None))
+        self.assertEqual(seen["bad_utf8"], 1007)
+        self.assertEqual(seen["overlong_utf8"], 1007)
         self.assertIn(seen["unmasked"], (1002, None))
         self.assertIn(seen["huge_header"], (1009, None))
 
