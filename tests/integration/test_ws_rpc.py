@@ -5,6 +5,7 @@ C{examples/ws_client.py}.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from .helpers import EXAMPLES, rpc, start_node, url
+from .test_garbage import _frame, _ws_open
 
 
 class WsRpcTests(TestCase):
@@ -41,3 +43,22 @@ class WsRpcTests(TestCase):
         self.assertIn("last count: 500", done.stdout)
         answer = await rpc(url(node), "counter_server.get")
         self.assertEqual(answer["result"], 500)
+
+    async def test_fragmented_request(self) -> None:
+        """A request split over a text frame and continuations is one request."""
+        node = start_node(self, "ws2")
+        port = node.listening_port.getHost().port
+
+        def ask() -> bytes:
+            sock, data = _ws_open(port, "/ws/rpc")
+            body = b'{"jsonrpc":"2.0","method":"node.echo","params":["fr\xc3\xa9"],"id":3}'
+            with sock:
+                sock.sendall(_frame(0x1, body[:20], fin=False))
+                sock.sendall(_frame(0x0, body[20:41], fin=False))
+                sock.sendall(_frame(0x0, body[41:]))
+                while len(data) < 2 or len(data) < 2 + (data[1] & 0x7F):
+                    data += sock.recv(4096)
+            return data[2 : 2 + (data[1] & 0x7F)]
+
+        answer = await deferToThread(ask)
+        self.assertEqual(json.loads(answer), {"jsonrpc": "2.0", "result": ["fré"], "id": 3})
