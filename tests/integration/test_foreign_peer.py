@@ -1,7 +1,8 @@
 """
 An independent WebSocket client (the C{websockets} library) plays a peer of
 the original implementation: it sends frames in the seed's format and
-checks that the answers have the seed's shapes.
+checks that the answers have the seed's shapes. A strict Autobahn server
+plays an original node that relaytx dials.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 import os
 from typing import Any
 
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from websockets.exceptions import ConnectionClosed
@@ -188,3 +191,42 @@ class BadInputTests(TestCase):
         self.assertEqual(dropped("relaytx_messages_dropped_total", {"reason": "binary"}), 1)
         self.assertEqual(dropped("relaytx_messages_dropped_total", {"reason": "not_json"}), 1)
         self.assertEqual(dropped("relaytx_messages_dropped_total", {"reason": "not_object"}), 1)
+
+
+class DialOriginalTests(TestCase):
+    """relaytx dials a strict WebSocket server that plays an original node."""
+
+    timeout = 30
+
+    async def test_frames_stay_masked(self) -> None:
+        """
+        A server that does not answer X-Relaytx-Unmasked gets masked frames
+        (a strict server fails the connection on an unmasked one, 1002),
+        and the link works: its ping is answered in the seed's shape.
+        """
+        received: list[dict[str, Any]] = []
+        closes: list[Any] = []
+
+        class Original(WebSocketServerProtocol):
+            def onOpen(self) -> None:
+                ping = {"type": "ping", "from": "orig", "to": "rx", "data": {"timestamp": 9}}
+                self.sendMessage(json.dumps(ping).encode() + b"\n")
+
+            def onMessage(self, payload: bytes, isBinary: bool) -> None:
+                received.append(json.loads(payload))
+
+            def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
+                closes.append(code)
+
+        factory = WebSocketServerFactory()
+        factory.protocol = Original
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        address = f"ws://127.0.0.1:{port.getHost().port}"
+        node = start_node(self, "rx", peers=[address])
+        await wait_for(lambda: any(f["type"] == "pong" for f in received), 10.0, what="pong")
+        pong = next(f for f in received if f["type"] == "pong")
+        self.assertEqual((pong["from"], pong["to"]), ("rx", "orig"))
+        self.assertEqual(pong["data"]["timestamp"], 9)
+        self.assertEqual(closes, [])
+        self.assertTrue(node.mesh.links["orig"].transport._protocol.maskClientFrames)
