@@ -343,6 +343,9 @@ class SeenMessages:
         self._ttl = ttl
         self._capacity = capacity
         self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        # No entry expires before this time (the oldest entry's expiry, or
+        # earlier): until then, and under capacity, there is nothing to drop.
+        self._next_expiry = 0.0
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -365,9 +368,12 @@ class SeenMessages:
             # new again, and goes to the back of the line.
             del seen[key]
         seen[key] = now + self._ttl
+        if now < self._next_expiry and len(seen) <= self._capacity:
+            return True
         while seen:
             oldest_key, expires = next(iter(seen.items()))
             if expires > now and len(seen) <= self._capacity:
+                self._next_expiry = expires
                 break
             del seen[oldest_key]
         return True

@@ -384,6 +384,32 @@ class ServerCall(Payload):
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> ServerCall:
+        get = data.get
+        call, response_id = get("call"), get("response_id")
+        if type(call) is dict and (response_id is None or type(response_id) is str):
+            # The fast path: every field present or absent as allowed, well typed.
+            server_name, method = call.get("server_name"), call.get("method")
+            args, kwargs, timeout = call.get("args"), call.get("kwargs"), call.get("timeout")
+            if (
+                type(server_name) is str
+                and type(method) is str
+                and (args is None or type(args) is list)
+                and (kwargs is None or type(kwargs) is dict)
+                and (
+                    timeout is None
+                    or ((type(timeout) is float or type(timeout) is int) and timeout >= 0)
+                )
+            ):
+                return cls(
+                    CallSpec(
+                        server_name,
+                        method,
+                        () if args is None else tuple(args),
+                        {} if kwargs is None else kwargs,
+                        timeout,
+                    ),
+                    response_id,
+                )
         what = "server_call"
         call = _require(data, "call", dict, what)
         what = "server_call.call"
