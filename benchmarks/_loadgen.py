@@ -203,14 +203,15 @@ def ws_load(
     stop_at = measure_from + duration
     cpu0 = time.process_time()
 
-    def send_one() -> None:
+    def next_frame() -> bytes:
         nonlocal counter
         counter += 1
         sent.append(perf())
-        s.sendall(_ws_frame(message(counter)))
+        return _ws_frame(message(counter))
 
-    for _ in range(inflight):
-        send_one()
+    # Like any pipelining client (Autobahn's, through Twisted), the frames
+    # that one read's answers call for leave in one write.
+    s.sendall(b"".join(next_frame() for _ in range(inflight)))
     buffer = data
     while perf() < stop_at:
         for _fd, _ in poll.poll(0.5):
@@ -221,6 +222,7 @@ def ws_load(
             if not chunk:
                 raise RuntimeError("server closed the WebSocket")
             buffer += chunk
+        outgoing: list[bytes] = []
         while len(buffer) >= 2:
             opcode = buffer[0] & 0x0F
             length = buffer[1] & 0x7F
@@ -250,7 +252,9 @@ def ws_load(
                     latencies.append(done - sent_time)
                 else:
                     errors += 1
-            send_one()
+            outgoing.append(next_frame())
+        if outgoing:
+            s.sendall(b"".join(outgoing))
     cpu = time.process_time() - cpu0
     s.close()
     poll.close()

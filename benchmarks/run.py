@@ -225,6 +225,31 @@ def wait_routes(port: int, destinations: list[str], timeout: float = 30) -> None
     raise RuntimeError(f"routes to {destinations} did not appear in {timeout}s")
 
 
+def wait_drained(port: int, timeout: float = 60) -> None:
+    """
+    Wait until the entry node waits on no call and its mailboxes are empty:
+    a load generator stops at its deadline, but the calls it has sent go on
+    being answered, and that work must not eat into the next scenario.
+    """
+    import http.client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        connection = http.client.HTTPConnection(HOST, port, timeout=5)
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+        connection.close()
+        busy = [
+            float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith(("relaytx_pending_calls ", "relaytx_mailbox_depth "))
+        ]
+        if busy and not any(busy):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"calls still pending on port {port} after {timeout}s")
+
+
 # Bodies and checks.
 
 
@@ -343,17 +368,20 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                             "p99_ms": stats["p99_ms"],
                         }
                     )
+                    wait_drained(entry_port)
                     progress(f"{label}: HTTP /rpc, {n} in flight")
                     result = http_load(
                         entry_port, n, args.warmup, args.duration, single_call(target), ok
                     )
                     rows.append({"target": label, "entry": "http", "inflight": n, **result})
+                    wait_drained(entry_port)
                     progress(f"{label}: HTTP /rpc batches of {BATCH}, {n} in flight")
                     result = http_load(
                         entry_port, n, args.warmup, args.duration, batch_call(target), ok
                     )
                     result["per_s"] *= BATCH  # calls, not requests
                     rows.append({"target": label, "entry": "http-batch", "inflight": n, **result})
+                    wait_drained(entry_port)
                     progress(f"{label}: /ws/rpc, {n} in flight")
                     result = ws_load(
                         entry_port,
@@ -365,6 +393,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                         ok,
                     )
                     rows.append({"target": label, "entry": "ws-rpc", "inflight": n, **result})
+                    wait_drained(entry_port)
             procs.stop_all()
             ceiling_rows = [
                 max(first, again, key=lambda row: row["per_s"])
