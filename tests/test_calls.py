@@ -67,6 +67,25 @@ class PendingCallsTests(SynchronousTestCase):
         self.failureResultOf(keep, CallTimeout)
         self.assertNothingPending()
 
+    def test_answered_earliest_deadline(self) -> None:
+        """
+        When the call with the earliest deadline is answered, the timer set
+        for it fires for nothing and the next call still times out at its
+        own deadline, not before or after.
+        """
+        first = self.calls.expect("a", "n2", "n2", timeout=5)
+        self.clock.advance(1)
+        second = self.calls.expect("b", "n2", "n2", timeout=5)
+        self.calls.resolve("a", result=1)
+        self.assertEqual(self.successResultOf(first), 1)
+        self.clock.advance(4)  # the first call's deadline: nothing is due
+        self.assertNoResult(second)
+        self.clock.advance(0.999)
+        self.assertNoResult(second)
+        self.clock.advance(0.001)
+        self.failureResultOf(second, CallTimeout)
+        self.assertNothingPending()
+
     def test_resolve_with_result(self) -> None:
         """An answer fires the call's Deferred with its result and leaves nothing pending."""
         d = self.calls.expect("r1", "n2", "n2", timeout=5)
