@@ -10,8 +10,10 @@ import tempfile
 from typing import Any
 
 from attrs import frozen
+from twisted.internet.defer import Deferred
 
 from relaytx.peer import PeerSession, handles
+from relaytx.server import Server, exposed
 from relaytx.wire import Envelope, Payload
 
 
@@ -28,6 +30,19 @@ class TempDirMixin:
             self.addCleanup(shutil.rmtree, self._temp_root, True)  # type: ignore[attr-defined]
         self._temp_count = getattr(self, "_temp_count", 0) + 1
         return os.path.join(self._temp_root, f"temp{self._temp_count}")
+
+
+class Slow(Server):
+    """Answers only when the test says so."""
+
+    def __init__(self) -> None:
+        self.waiting: list[Deferred[Any]] = []
+
+    @exposed
+    def wait(self) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.waiting.append(d)
+        return d
 
 
 @frozen

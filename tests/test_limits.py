@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,19 +20,7 @@ from relaytx.jsonrpc import CallTarget, JsonRpcHandler
 from relaytx.limits import CallLimiter
 from relaytx.node import RelayNode
 from relaytx.testing import MemoryMesh, memory_node
-
-
-class Slow(Server):
-    """Answers only when the test says so."""
-
-    def __init__(self) -> None:
-        self.waiting: list[Deferred[Any]] = []
-
-    @exposed
-    def wait(self) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.waiting.append(d)
-        return d
+from tests.support import Slow
 
 
 class Counter(Server):

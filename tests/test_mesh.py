@@ -9,7 +9,6 @@ from __future__ import annotations
 import string
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -34,7 +33,7 @@ from relaytx.wire import (
     ServerCall,
     encode,
 )
-from tests.support import Chat, ChatSession
+from tests.support import Chat, ChatSession, Slow
 
 
 class Counter(Server):
@@ -66,19 +65,6 @@ class Failing(Server):
     @exposed
     def boom(self) -> None:
         raise ValueError("kaboom")
-
-
-class Slow(Server):
-    """Answers only when the test says so."""
-
-    def __init__(self) -> None:
-        self.waiting: list[Deferred[Any]] = []
-
-    @exposed
-    def wait(self) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.waiting.append(d)
-        return d
 
 
 def sample(node: RelayNode, name: str, labels: dict[str, str] | None = None) -> float:
