@@ -28,21 +28,22 @@ from typing import Any
 HOST = "127.0.0.1"
 
 
+def percentile_ms(ordered: list[float], p: float) -> float | None:
+    """:returns: the C{p} quantile of C{ordered} seconds, in ms (C{None} if empty)."""
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
+
+
 def _summary(latencies: list[float], errors: int, duration: float, cpu: float) -> dict[str, Any]:
     latencies.sort()
-
-    def pct(p: float) -> float | None:
-        if not latencies:
-            return None
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
-
     return {
         "requests": len(latencies),
         "errors": errors,
         "seconds": duration,
         "per_s": len(latencies) / duration,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
+        "p50_ms": percentile_ms(latencies, 0.50),
+        "p99_ms": percentile_ms(latencies, 0.99),
         "client_cpu_s": cpu,
     }
 

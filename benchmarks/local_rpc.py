@@ -89,6 +89,10 @@ except ImportError:  # pragma: no cover - the venv has orjson
     _loads = json.loads
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _loadgen import percentile_ms  # noqa: E402
+
 METHOD = "counter_server.increment"
 HOST = "127.0.0.1"
 
@@ -373,19 +377,13 @@ def run_loadgen(
         drop(fd)
     ep.close()
     latencies.sort()
-
-    def pct(p: float) -> float | None:
-        if not latencies:
-            return None
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
-
     return {
         "connections": connections,
         "seconds": elapsed,
         "calls": completed,
         "calls_per_s": completed / elapsed if elapsed > 0 else 0.0,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
+        "p50_ms": percentile_ms(latencies, 0.50),
+        "p99_ms": percentile_ms(latencies, 0.99),
         "max_ms": latencies[-1] * 1000 if latencies else None,
         # Server CPU per call: steadier than calls/s on a shared, noisy machine.
         "server_us_per_call": (
