@@ -39,15 +39,14 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectingRequest, ConnectionDeny
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from relaytx import _json, auth
+from relaytx.frames import LeanMessages, tune_socket
 from relaytx.jsonrpc import NODE_ID_RE
 from relaytx.mesh import LinkRefused, Mesh
 from relaytx.peer import CLOSE_PROTOCOL_ERROR, CLOSE_REPLACED, ILinkTransport, PeerSession
@@ -67,36 +66,6 @@ PEER_PATH = "/ws/p2p"
 #: does not send the header (the original, a browser, any other client)
 #: masks and must mask as usual.
 UNMASKED_HEADER = "X-Relaytx-Unmasked"
-
-#: Bytes a WebSocket connection reads from its socket per reactor turn.
-#: Twisted reads up to 64 KiB at once; on a busy link that is hundreds of
-#: frames, all handled before any answer is written, so the two ends of the
-#: link take turns instead of working at the same time (each near half a
-#: core, on two cores). A few KiB (a dozen calls or so) per turn lets the
-#: answers leave while the next frames are still arriving: direct calls at
-#: 100 in flight went from 10.4k to 19.3k/s, and p50 from 9.6 to 5.2 ms.
-#: A large message takes more turns, at a few microseconds each.
-READ_CHUNK = 4096
-
-
-def tune_socket(transport: Any) -> None:
-    """
-    Make the TCP transport of a WebSocket connection (under its TLS layer,
-    if any) read at most L{READ_CHUNK} bytes per reactor turn and send
-    without Nagle's delay.
-
-    Autobahn means to turn Nagle off itself, but asks before the protocol
-    has its options, and the error is swallowed: a dialled link kept
-    Nagle, and an answer written in pieces waited up to 40 ms for the
-    other end's delayed acknowledgement.
-    """
-    while transport is not None:
-        if isinstance(transport, FileDescriptor):
-            transport.bufferSize = READ_CHUNK
-            if ITCPTransport.providedBy(transport):
-                transport.setTcpNoDelay(True)
-            return
-        transport = getattr(transport, "transport", None)
 
 
 @implementer(ILinkTransport)
@@ -121,40 +90,6 @@ class _Transport:
 
     def abort(self) -> None:
         self._protocol.dropConnection(abort=True)
-
-
-class LeanMessages:
-    """
-    Leaves out Autobahn's per-message work that relaytx has no use for; mixed
-    in ahead of Autobahn's protocol classes. Together these took direct calls
-    at 100 in flight from about 16k to 20k/s.
-
-      - Each message is also fired to Autobahn's observers ("message"
-        listeners, which relaytx never registers) through a Deferred and a
-        gather: about 12% of a node's time on a busy link.
-      - Every socket read and every frame sent builds the arguments of a
-        debug log line (C{hltype}, C{hlval}), with debug logging off too.
-    """
-
-    failedByMe: bool
-    message_data: list[bytes] | None
-    message_is_binary: bool
-    send_queue: Any
-    transport: Any
-
-    def dataReceived(self, data: bytes) -> None:
-        self._dataReceived(data)  # type: ignore[attr-defined]  # Autobahn's
-
-    def onMessageEnd(self) -> None:
-        data, self.message_data = self.message_data, None
-        if not self.failedByMe and data is not None:
-            self._onMessage(b"".join(data), self.message_is_binary)  # type: ignore[attr-defined]
-
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        if sync or chopsize or self.send_queue:
-            super().sendData(data, sync, chopsize)  # type: ignore[misc]  # Autobahn's
-        else:
-            self.transport.write(data)
 
 
 class _PeerAdapter(LeanMessages):

@@ -31,9 +31,10 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from relaytx import _json
+from relaytx.frames import LeanMessages, tune_socket
 from relaytx.jsonrpc import JsonRpcHandler
 from relaytx.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from relaytx.protocol import LeanMessages, UpgradeOnly, tune_socket
+from relaytx.protocol import UpgradeOnly
 
 if TYPE_CHECKING:
     from relaytx.node import RelayNode

@@ -5,13 +5,10 @@ socket tuning.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
-from twisted.internet.abstract import FileDescriptor
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx.protocol import READ_CHUNK, Dialer, peer_url, tune_socket
+from relaytx.protocol import Dialer, peer_url
 from relaytx.testing import memory_node
 
 
@@ -72,20 +69,3 @@ class BackoffTests(SynchronousTestCase):
         self.dialer.node_id = "peer"
         self.node.mesh.links["peer"] = object()  # type: ignore[assignment]  # presence is all it reads
         self.assertEqual(self.dialer._retry_delay(1), Dialer.MAX_DELAY)
-
-
-class PaceReadsTests(SynchronousTestCase):
-    """L{tune_socket} finds the socket's transport, under TLS too."""
-
-    def test_under_tls(self) -> None:
-        """Through a wrapping transport, the socket's read size is set."""
-        tcp = FileDescriptor(reactor=MemoryReactorClock())
-        self.assertGreater(tcp.bufferSize, READ_CHUNK)
-        tune_socket(SimpleNamespace(transport=tcp))
-        self.assertEqual(tcp.bufferSize, READ_CHUNK)
-
-    def test_no_socket(self) -> None:
-        """A transport with no socket under it (a test's) is left alone."""
-        transport = StringTransport()
-        tune_socket(transport)
-        self.assertFalse(hasattr(transport, "bufferSize"))

@@ -12,7 +12,7 @@ from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import TestCase
 
 from relaytx.errors import CallTimeout, NodeUnreachable
-from relaytx.protocol import READ_CHUNK
+from relaytx.frames import READ_CHUNK
 
 from .helpers import (
     EXAMPLES,
