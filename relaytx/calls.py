@@ -10,6 +10,9 @@ Bookkeeping of calls in flight, on an injected clock.
     remembers the link it came from and the one it left by, so that when the
     latter goes away the caller hears about it at once instead of at its
     timeout. Entries expire with the call's time budget.
+
+Both keep their deadlines in one heap (L{_Deadlines}) instead of a reactor
+timer per call.
   - L{SeenMessages}: message ids delivered here recently, so a message that
     arrives twice (flooding, a resend) is executed at most once.
 """
@@ -47,6 +50,61 @@ class _Pending:
         self.timeout = timeout
 
 
+class _Deadlines:
+    """
+    Keys in a heap by deadline, for bookkeeping that expires without a
+    reactor timer per entry. The live entries are kept by the owner, in a
+    dict of objects with a C{deadline}; a key forgotten there (or given a
+    new deadline) stays in the heap and is skipped when it surfaces, and
+    the heap is rebuilt when such leftovers outnumber the live entries.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Any]] = []
+        self._sequence = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, deadline: float, key: Any) -> None:
+        heapq.heappush(self._heap, (deadline, next(self._sequence), key))
+
+    def pop_due(self, now: float, live: dict[Any, Any]) -> Any:
+        """:returns: the next live key whose deadline is C{now} or earlier, or C{None}."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline, _, key = heapq.heappop(heap)
+            entry = live.get(key)
+            if entry is not None and entry.deadline == deadline:
+                return key
+        return None
+
+    def earliest(self, live: dict[Any, Any]) -> float | None:
+        """
+        Drop leftovers from the top (and compact if they are most of the
+        heap). :returns: the earliest live deadline, or C{None}.
+        """
+        heap = self._heap
+        while heap and self._stale(heap[0], live):
+            heapq.heappop(heap)
+        if self.bloated(len(live)):
+            self._heap = heap = [e for e in heap if not self._stale(e, live)]
+            heapq.heapify(heap)
+        return heap[0][0] if heap else None
+
+    def bloated(self, live_count: int) -> bool:
+        """Whether leftovers outnumber the C{live_count} live entries (and a few more)."""
+        return len(self._heap) > 2 * live_count + 64
+
+    def clear(self) -> None:
+        self._heap.clear()
+
+    @staticmethod
+    def _stale(item: tuple[float, int, Any], live: dict[Any, Any]) -> bool:
+        entry = live.get(item[2])
+        return entry is None or entry.deadline != item[0]
+
+
 class PendingCalls:
     """
     The calls this node waits on.
@@ -72,8 +130,7 @@ class PendingCalls:
         self._pending: dict[str, _Pending] = {}
         self._on_change = on_change
         self._on_late = on_late
-        self._deadlines: list[tuple[float, int, str]] = []
-        self._sequence = itertools.count()
+        self._deadlines = _Deadlines()
         self._timer: IDelayedCall | None = None
 
     def __len__(self) -> int:
@@ -103,7 +160,7 @@ class PendingCalls:
         d: Deferred[Any] = Deferred(cancel)
         deadline = self._clock.seconds() + timeout
         self._pending[response_id] = _Pending(d, via, destination, deadline, timeout)
-        heapq.heappush(self._deadlines, (deadline, next(self._sequence), response_id))
+        self._deadlines.push(deadline, response_id)
         timer = self._timer
         if timer is None or deadline < timer.getTime():
             self._schedule(deadline)
@@ -119,33 +176,25 @@ class PendingCalls:
     def _expire(self) -> None:
         self._timer = None
         now = self._clock.seconds()
-        heap, pending = self._deadlines, self._pending
-        while heap and heap[0][0] <= now:
-            deadline, _, response_id = heapq.heappop(heap)
-            entry = pending.get(response_id)
-            if entry is not None and entry.deadline == deadline:
-                self._timed_out(response_id, entry)
+        pending = self._pending
+        # One at a time: an errback may settle or add other calls.
+        while (response_id := self._deadlines.pop_due(now, pending)) is not None:
+            self._timed_out(response_id, pending[response_id])
         self._rearm()
 
     def _rearm(self) -> None:
-        # Drop entries of calls that ended from the top of the heap, and
-        # compact it when most of it is such entries; then set the timer
-        # for the earliest live deadline (none when nothing is pending).
-        heap, pending = self._deadlines, self._pending
-        while heap and heap[0][2] not in pending:
-            heapq.heappop(heap)
-        if len(heap) > 2 * len(pending) + 64:
-            self._deadlines = heap = [e for e in heap if e[2] in pending]
-            heapq.heapify(heap)
-        if not heap:
+        # Set the timer for the earliest live deadline (none when nothing
+        # is pending).
+        earliest = self._deadlines.earliest(self._pending)
+        if earliest is None:
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()
             self._timer = None
-        elif self._timer is None or heap[0][0] < self._timer.getTime():
+        elif self._timer is None or earliest < self._timer.getTime():
             # Only ever bring the timer forward: one set too early (its call
             # was answered) fires, finds nothing due and re-arms, once per
             # timeout period, instead of being moved at every answer.
-            self._schedule(heap[0][0])
+            self._schedule(earliest)
 
     def set_via(self, response_id: str, via: str | None) -> None:
         """Record the neighbour a pending call was sent to, once known."""
@@ -232,34 +281,44 @@ class PendingCalls:
         # The entry stays in the heap: dropped when it reaches the top at
         # its deadline, or when the heap is compacted. (Popping it at every
         # answer cost a heap operation per call.)
-        if not self._pending or len(self._deadlines) > 2 * len(self._pending) + 64:
+        if not self._pending or self._deadlines.bloated(len(self._pending)):
             self._rearm()
         self._on_change(len(self._pending))
         return entry
 
 
 class _Forwarded:
-    __slots__ = ("caller", "came_from", "target", "timer", "went_to")
+    __slots__ = ("caller", "came_from", "deadline", "target", "went_to")
 
-    def __init__(self, caller: str, target: str, came_from: str, went_to: str | None) -> None:
+    def __init__(
+        self, caller: str, target: str, came_from: str, went_to: str | None, deadline: float
+    ) -> None:
         self.caller = caller
         self.target = target
         self.came_from = came_from
         self.went_to = went_to
-        self.timer: IDelayedCall | None = None
+        self.deadline = deadline
 
 
 class ForwardedCalls:
     """
     Calls this node forwarded for other nodes, by response id, until their
     answer passes back through or their budget runs out.
+
+    Nothing needs doing when a budget runs out but forgetting the call, so
+    there is no timer: expired calls are dropped whenever the table is
+    used. (A reactor timer per call, set and cancelled, was a tenth of a
+    forwarding node's work.)
     """
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._calls: dict[tuple[str, str], _Forwarded] = {}
+        self._deadlines = _Deadlines()
+        self._next_expiry = float("inf")
 
     def __len__(self) -> int:
+        self._expire()
         return len(self._calls)
 
     def remember(
@@ -275,29 +334,31 @@ class ForwardedCalls:
         Note that call C{response_id} from C{caller} to C{target} arrived on
         the link to C{came_from} and left on the link to C{went_to}.
         """
+        now = self._clock.seconds()
+        if now >= self._next_expiry:
+            self._expire()
         key = (caller, response_id)
-        old = self._calls.pop(key, None)
-        if old is not None and old.timer is not None and old.timer.active():
-            old.timer.cancel()
-        entry = _Forwarded(caller, target, came_from, went_to)
-        entry.timer = self._clock.callLater(budget, self._expire, key)
-        self._calls[key] = entry
+        deadline = now + budget
+        self._calls[key] = _Forwarded(caller, target, came_from, went_to, deadline)
+        self._deadlines.push(deadline, key)
+        if deadline < self._next_expiry:
+            self._next_expiry = deadline
+        if self._deadlines.bloated(len(self._calls)):
+            self._deadlines.earliest(self._calls)
 
     def came_from(self, caller: str, response_id: Any) -> str | None:
         """
         :returns: the neighbour a forwarded call came from, the way its
             answer goes back when no route to the caller is known.
         """
+        self._expire()
         entry = self._calls.get((caller, response_id)) if isinstance(response_id, str) else None
         return None if entry is None else entry.came_from
 
     def answered(self, caller: str, response_id: str | None) -> None:
         """The answer to a forwarded call passed through: forget the call."""
-        if response_id is None:
-            return
-        entry = self._calls.pop((caller, response_id), None)
-        if entry is not None and entry.timer is not None and entry.timer.active():
-            entry.timer.cancel()
+        if response_id is not None:
+            self._calls.pop((caller, response_id), None)
 
     def lost_link(self, peer_id: str) -> list[tuple[str, str, str]]:
         """
@@ -307,26 +368,25 @@ class ForwardedCalls:
         :returns: C{(caller, response_id, target)} of each, so the caller
             can be told.
         """
+        self._expire()
         lost = [key for key, e in self._calls.items() if e.went_to == peer_id]
-        told = []
-        for key in lost:
-            entry = self._calls.pop(key)
-            if entry.timer is not None and entry.timer.active():
-                entry.timer.cancel()
-            told.append((entry.caller, key[1], entry.target))
-        return told
+        return [(key[0], key[1], self._calls.pop(key).target) for key in lost]
 
     def clear(self) -> None:
         """Forget everything (the node is stopping)."""
-        for entry in self._calls.values():
-            if entry.timer is not None and entry.timer.active():
-                entry.timer.cancel()
         self._calls.clear()
+        self._deadlines.clear()
+        self._next_expiry = float("inf")
 
-    def _expire(self, key: tuple[str, str]) -> None:
-        entry = self._calls.pop(key, None)
-        if entry is not None:
-            entry.timer = None
+    def _expire(self) -> None:
+        now = self._clock.seconds()
+        if now < self._next_expiry:
+            return
+        calls = self._calls
+        while (key := self._deadlines.pop_due(now, calls)) is not None:
+            del calls[key]
+        earliest = self._deadlines.earliest(calls)
+        self._next_expiry = float("inf") if earliest is None else earliest
 
 
 class SeenMessages:
