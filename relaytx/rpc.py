@@ -162,9 +162,7 @@ class RpcResource(Resource):
             return NOT_DONE_YET
         if not isinstance(answer, Deferred):  # answered at once: the common, fast case
             return self._body(request, answer)
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-        answer.addBoth(lambda outcome: None if gone else self._write_later(outcome, request))
+        answer.addBoth(self._write_later, request)
         return NOT_DONE_YET
 
     def render(self, request: Any) -> bytes | int:
@@ -188,6 +186,11 @@ class RpcResource(Resource):
         return answer
 
     def _write_later(self, answer: bytes | Failure | None, request: Any) -> None:
+        if request.channel is None:
+            # The client went away meanwhile (Request.connectionLost drops
+            # its channel): nobody to answer. Checked here rather than
+            # through notifyFinish, which costs a Deferred per request.
+            return
         if answer is None:  # 204: no body, and no length either
             request.setResponseCode(204)
             request.finish()
