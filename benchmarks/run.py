@@ -2,7 +2,7 @@
 """
 The relaytx benchmark: one command, one table.
 
-    python benchmarks/run.py [--duration 3] [--warmup 0.5] [--inflight 1,50,100] [--json]
+    python benchmarks/run.py [--duration 3] [--warmup 0.5] [--inflight 1,50,64,100] [--json]
 
 It starts its own processes on 127.0.0.1 and measures, for each in-flight
 level, calls/s with p50 and p99 latency:
@@ -443,7 +443,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per scenario")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds before measuring")
-    parser.add_argument("--inflight", default="1,50,100", help="comma-separated in-flight levels")
+    parser.add_argument(
+        "--inflight", default="1,50,64,100", help="comma-separated in-flight levels"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-web", type=int, help=argparse.SUPPRESS)
