@@ -10,11 +10,26 @@ import tempfile
 from typing import Any
 
 from attrs import frozen
+from hypothesis import HealthCheck, settings
 from twisted.internet.defer import Deferred
 
 from relaytx.peer import PeerSession, handles
 from relaytx.server import Server, exposed
 from relaytx.wire import Envelope, Payload
+
+
+def fuzz_settings(max_examples: int) -> Any:
+    """
+    Hypothesis settings for a property run the same on every machine: a
+    fixed seed (C{derandomize}), no example database, no deadline.
+    """
+    return settings(
+        derandomize=True,
+        database=None,
+        max_examples=max_examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 class TempDirMixin:

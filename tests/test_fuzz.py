@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 import orjson
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
@@ -52,14 +52,9 @@ from relaytx.wire import (
     decode,
     encode,
 )
+from tests.support import fuzz_settings
 
-FUZZ = settings(
-    derandomize=True,
-    database=None,
-    max_examples=250,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = fuzz_settings(max_examples=250)
 
 JSONRPC_CODES = frozenset({-32700, -32600, -32601, -32602, -32603, *range(-32005, -31999)})
 
