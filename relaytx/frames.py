@@ -41,6 +41,11 @@ READ_CHUNK = 4096
 #: pieces instead of holding it whole until it is complete.
 SHORT_FRAME = 0xFFFF
 
+#: A short frame still arriving is held in at most this many pieces (joined
+#: when there are more), so one sent a byte at a time costs no more memory
+#: than its size.
+_MAX_PIECES = 32
+
 _OPEN = WebSocketProtocol.STATE_OPEN
 _FIN_TEXT = 0x81
 _FIN_BINARY = 0x82
@@ -131,6 +136,8 @@ class LeanMessages:
             partial.append(data)
             self._partial_size += len(data)
             if self._partial_size < self._partial_needs:
+                if len(partial) >= _MAX_PIECES:  # a frame trickling in: keep one piece
+                    self._partial = [b"".join(partial)]
                 return
             data = b"".join(partial)
             self._partial = None

@@ -191,6 +191,20 @@ class ShortPathInTests(SynchronousTestCase):
         feed(server, stream, list(range(1, len(stream), 97)))
         self.assertEqual([m for m, _ in server.messages], [b"m%d" % i * 40 for i in range(30)])
 
+    def test_trickled(self) -> None:
+        """A long short frame sent a byte at a time is held in a few pieces, then delivered."""
+        server = open_server(LeanServer)
+        payload = os.urandom(8000)
+        stream = frame(payload, mask=MASK)
+        pieces = []
+        for at in range(len(stream) - 1):
+            server.dataReceived(stream[at : at + 1])
+            pieces.append(len(server._partial or ()))
+        self.assertLessEqual(max(pieces), 32)
+        self.assertEqual(server.messages, [])
+        server.dataReceived(stream[-1:])
+        self.assertEqual(server.messages, [(payload, False)])
+
     def test_control_frames_between(self) -> None:
         """A ping among the messages is answered by Autobahn, and order is kept."""
         stream = (
