@@ -275,7 +275,11 @@ class SignalTests(CommandLineTestCase):
             self.wait_healthy(node, port)
             node.popen.send_signal(sig)
         for sig, _port, node in nodes:
-            self.assertEqual(node.wait(), 0, f"{sig!r}: {node.stderr()}")
+            try:
+                status = node.wait()
+            except subprocess.TimeoutExpired:
+                self.fail(f"still running {EXIT_DEADLINE}s after {sig!r}: {node.stderr()}")
+            self.assertEqual(status, 0, f"{sig!r}: {node.stderr()}")
             self.assertNoTraceback(node)
             self.assertNotIn("relay: error:", node.stderr())
 
