@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -66,6 +67,10 @@ def run_node(argv: list[str]) -> int:
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     node = makeService(options)
     node.privilegedStartService()
+    # A shell starts background jobs with SIGINT ignored, and Twisted keeps
+    # an ignored SIGINT ignored: `relay node &` from a script could then
+    # not be stopped by SIGINT. SIGINT stops a node wherever it was started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     reactor.callWhenRunning(node.startService)
     reactor.addSystemEventTrigger("before", "shutdown", node.stopService)
     reactor.run()

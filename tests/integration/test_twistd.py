@@ -71,16 +71,26 @@ def rpc(port: int, body: Any) -> Any:
     return json.loads(data)
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Process:
     """A started subprocess whose output goes to files."""
 
-    def __init__(self, command: Sequence[str], directory: str) -> None:
+    def __init__(self, command: Sequence[str], directory: str, ignore_sigint: bool = False) -> None:
         self.command = list(command)
         self.stdout_path = os.path.join(directory, "stdout")
         self.stderr_path = os.path.join(directory, "stderr")
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.popen = subprocess.Popen(
-                self.command, cwd=directory, stdin=subprocess.DEVNULL, stdout=out, stderr=err
+                self.command,
+                cwd=directory,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                # As a shell starts a background job.
+                preexec_fn=_ignore_sigint if ignore_sigint else None,
             )
 
     def stdout(self) -> str:
@@ -113,9 +123,9 @@ class CommandLineTestCase(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, path, True)
         return path
 
-    def start(self, command: Sequence[str]) -> Process:
+    def start(self, command: Sequence[str], ignore_sigint: bool = False) -> Process:
         """Start C{command} in a fresh directory; it is killed after the test."""
-        process = Process(command, self.tempdir())
+        process = Process(command, self.tempdir(), ignore_sigint)
         self.addCleanup(process.kill)
         return process
 
@@ -282,6 +292,18 @@ class SignalTests(CommandLineTestCase):
             self.assertEqual(status, 0, f"{sig!r}: {node.stderr()}")
             self.assertNoTraceback(node)
             self.assertNotIn("relay: error:", node.stderr())
+
+    def test_relayNodeSigintInBackground(self) -> None:
+        """relay node started with SIGINT ignored (a background job) still stops on SIGINT."""
+        port = free_port()
+        node = self.start(relay("node", "--port", str(port)), ignore_sigint=True)
+        self.wait_healthy(node, port)
+        node.popen.send_signal(signal.SIGINT)
+        try:
+            status = node.wait()
+        except subprocess.TimeoutExpired:
+            self.fail(f"SIGINT ignored: {node.stderr()}")
+        self.assertEqual(status, 0, node.stderr())
 
 
 class BadStartTests(CommandLineTestCase):
