@@ -10,11 +10,11 @@ Bookkeeping of calls in flight, on an injected clock.
     remembers the link it came from and the one it left by, so that when the
     latter goes away the caller hears about it at once instead of at its
     timeout. Entries expire with the call's time budget.
-
-Both keep their deadlines in one heap (L{_Deadlines}) instead of a reactor
-timer per call.
   - L{SeenMessages}: message ids delivered here recently, so a message that
     arrives twice (flooding, a resend) is executed at most once.
+
+The first two keep their deadlines in one heap each (L{_Deadlines}) instead
+of a reactor timer per call.
 """
 
 from __future__ import annotations
@@ -335,8 +335,7 @@ class ForwardedCalls:
         the link to C{came_from} and left on the link to C{went_to}.
         """
         now = self._clock.seconds()
-        if now >= self._next_expiry:
-            self._expire()
+        self._expire(now)
         key = (caller, response_id)
         deadline = now + budget
         self._calls[key] = _Forwarded(caller, target, came_from, went_to, deadline)
@@ -344,7 +343,7 @@ class ForwardedCalls:
         if deadline < self._next_expiry:
             self._next_expiry = deadline
         if self._deadlines.bloated(len(self._calls)):
-            self._deadlines.earliest(self._calls)
+            self._deadlines.earliest(self._calls)  # compacts the heap
 
     def came_from(self, caller: str, response_id: Any) -> str | None:
         """
@@ -378,8 +377,9 @@ class ForwardedCalls:
         self._deadlines.clear()
         self._next_expiry = float("inf")
 
-    def _expire(self) -> None:
-        now = self._clock.seconds()
+    def _expire(self, now: float | None = None) -> None:
+        if now is None:
+            now = self._clock.seconds()
         if now < self._next_expiry:
             return
         calls = self._calls
