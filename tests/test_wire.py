@@ -523,10 +523,14 @@ class EnvelopeTests(SynchronousTestCase):
         for untracked in ({"call": {}}, {"call": {}, "response_id": 5}, {"response_id": "r"}):
             self.assertIsNone(ServerCall.tracking(untracked))
 
-    def test_frozen(self) -> None:
-        """An envelope cannot be changed in place."""
-        envelope = decode(PING_HB_HA)
-        self.assertRaises(attrs.exceptions.FrozenInstanceError, setattr, envelope, "ttl", 1)
+    def test_routeIsATuple(self) -> None:
+        """
+        An envelope's route cannot be changed in place, whether decoded or
+        made here: each hop makes a new envelope instead.
+        """
+        for envelope in (decode(PING_HB_HA), Envelope.create(Ping(), "a", "b", now=5)):
+            self.assertIsInstance(envelope.route, tuple)
+            self.assertIsInstance(envelope.hop("n2").route, tuple)
 
 
 class IdAndTimeTests(SynchronousTestCase):
