@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from relaytx.calls import ForwardedCalls, PendingCalls, SeenMessages
 from relaytx.errors import (
     CallError,
+    MalformedMessage,
     MessageTooLarge,
     NodeUnreachable,
     Overloaded,
@@ -367,6 +368,9 @@ class Mesh:
             self.metrics.drop("spoofed")
             return
         if envelope.to == self.node_id:
+            if envelope.type == RouteMessage.TYPE:
+                self._unwrap(envelope, session)
+                return
             if envelope.type not in _NOT_DEDUPLICATED and not self.seen.first_time(
                 envelope.sender, envelope.id
             ):
@@ -383,6 +387,16 @@ class Mesh:
         except MessageTooLarge:
             self.metrics.drop("too_large")
             self._refuse_call(hopped, session.peer_id, "message too large to forward")
+
+    def _unwrap(self, wrapper: Envelope, session: PeerSession) -> None:
+        # The mesh wraps (in _send_via), so the mesh unwraps: a message
+        # passing through skips the session's dispatch by type.
+        try:
+            inner = RouteMessage.from_data(wrapper.data).original_message
+        except MalformedMessage as e:
+            self.count_bad_input(e, session)
+            return
+        self.receive(inner, session, unwrapped=True)
 
     def forward(
         self, envelope: Envelope, came_from: str | None, back_via: str | None = None

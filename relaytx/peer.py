@@ -47,7 +47,6 @@ from relaytx.wire import (
     Ping,
     Pong,
     RegistrySync,
-    RouteMessage,
     ServerCall,
     ServerResponse,
     decode,
@@ -258,11 +257,6 @@ class PeerSession:
             )
             return
         self.mesh.advert_from(self, sync)
-
-    @handles(RouteMessage)
-    def on_route_message(self, envelope: Envelope, wrapped: RouteMessage) -> None:
-        """Unwrap a message passing through and route it on."""
-        self.mesh.receive(wrapped.original_message, self, unwrapped=True)
 
     # Liveness.
 
