@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from attrs import Factory, frozen
+from attrs import Factory, define
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -56,7 +56,7 @@ NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _NO_ID = object()  # marks a notification: the request had no "id" member
 
 
-@frozen
+@define
 class CallTarget:
     """
     A resolved call: C{server.method(*args, **kwargs)} on C{node_id}.
@@ -69,6 +69,9 @@ class CallTarget:
         for code running in this node (never limited).
     @ivar via: the neighbour a call from the mesh arrived from; limits count
         against it (C{caller} when C{None}).
+
+    A value, though not frozen (as the envelope, for speed: one is made per
+    call); use C{attrs.evolve} for a changed copy.
     """
 
     node_id: str | None
