@@ -24,7 +24,6 @@ back towards each caller whose call it had passed into that link.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from secrets import token_hex
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -59,6 +58,7 @@ from relaytx.wire import (
     ServerCall,
     ServerResponse,
     rfc3339,
+    secret_id,
 )
 
 #: Messages that are harmless twice, so not remembered for deduplication
@@ -552,7 +552,7 @@ class Mesh:
                     route=[self.node_id],
                 )
             )
-        response_id = token_hex(12)  # unguessable: only the callee can answer
+        response_id = secret_id()  # unguessable: only the callee can answer
         spec = CallSpec(target.server, target.method, target.args, target.kwargs, target.timeout)
         call = ServerCall(spec, response_id)
         now = self.clock.seconds()

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -66,6 +66,37 @@ def new_id() -> str:
         process (a counter). Cheap enough for every message.
     """
     return f"{_id_prefix}-{next(_id_counter)}"
+
+
+def _random_hex(nbytes: int, batch: int = 256) -> Iterator[str]:
+    # The OS's generator, read for a batch of ids at a time: one system
+    # call per batch instead of one per id.
+    width = 2 * nbytes
+    while True:
+        pool = os.urandom(nbytes * batch).hex()
+        for at in range(0, len(pool), width):
+            yield pool[at : at + width]
+
+
+_secrets = _random_hex(12)
+
+
+def secret_id() -> str:
+    """
+    :returns: 96 bits from the OS's cryptographic generator, in hex: an id
+        no other node can guess, such as a call's response id.
+    """
+    return next(_secrets)
+
+
+def _after_fork() -> None:
+    # A forked process draws its own ids: none of its parent's.
+    global _id_prefix, _secrets
+    _id_prefix = os.urandom(6).hex()
+    _secrets = _random_hex(12)
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 _second_cache: list[Any] = [None, ""]

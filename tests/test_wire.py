@@ -7,6 +7,7 @@ checked against the frames captured from the original implementation
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +35,7 @@ from relaytx.wire import (
     encode,
     new_id,
     rfc3339,
+    secret_id,
 )
 
 # Every frame shown in seed-wire-samples.md, copied verbatim (the b'...' forms
@@ -535,7 +537,7 @@ class EnvelopeTests(SynchronousTestCase):
 
 class IdAndTimeTests(SynchronousTestCase):
     """
-    L{new_id} and L{rfc3339}.
+    L{new_id}, L{secret_id} and L{rfc3339}.
     """
 
     def test_new_id_unique(self) -> None:
@@ -550,6 +552,31 @@ class IdAndTimeTests(SynchronousTestCase):
         self.assertTrue(value)
         self.assertFalse(value.isdigit())
         self.assertRaises(ValueError, float, value)
+
+    def test_secret_id(self) -> None:
+        """
+        Secret ids are 96-bit hex strings, all distinct, across the batches
+        they are drawn in.
+        """
+        ids = [secret_id() for _ in range(3000)]
+        self.assertEqual(len(set(ids)), 3000)
+        for value in ids:
+            self.assertRegex(value, r"^[0-9a-f]{24}$")
+
+    def test_ids_after_fork(self) -> None:
+        """A forked process draws ids of its own, not its parent's next ones."""
+        secret_id()
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child's report is checked below)
+            os.write(write, f"{secret_id()} {new_id()}".encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            child_secret, child_id = pipe.read().split()
+        os.waitpid(child, 0)
+        self.assertNotEqual(child_secret, secret_id())
+        self.assertNotEqual(child_id.split("-")[0], new_id().split("-")[0])
 
     def test_rfc3339_epoch(self) -> None:
         """Time zero is midnight UTC on 1970-01-01, with microseconds and a Z."""
