@@ -315,6 +315,46 @@ class CallTests(MeshTestCase):
         self.assertEqual(len(a.mesh.pending), 0)
         self.assertEqual(sample(nodes[1], "relaytx_messages_routed_total"), 4)
 
+    def test_as_is_between_routers(self) -> None:
+        """
+        Between relaytx nodes, which advertise routes, a call and its answer
+        travel unwrapped; each hop appends itself to the route.
+        """
+        a, b, c = self.line("abc")
+        c.expose("where", Where("c"))
+        self.network.settle()
+        d = a.call("c", "where", "where")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(d), "c")
+        ab, bc = self.network.link_between(a, b), self.network.link_between(b, c)
+        for link, node in [(ab, a), (ab, b), (bc, b), (bc, c)]:
+            self.assertEqual(link.sent_by(node, "route_message"), [], node.node_id)
+        [call] = bc.sent_by(b, "server_call")
+        self.assertEqual((call.sender, call.to, call.route), ("a", "c", ("a", "b")))
+        [answer] = ab.sent_by(b, "server_response")
+        self.assertEqual((answer.sender, answer.to, answer.route), ("c", "a", ("c", "b")))
+
+    def test_wrapped_for_other_hops(self) -> None:
+        """
+        A neighbour that does not advertise routes (as the original design's
+        nodes) gets a message for a node beyond it wrapped in a
+        C{route_message} addressed to it, and passes on what it unwraps.
+        """
+        a, c = self.nodes("ac")
+        b = memory_node("b", self.clock, disable_registry=True)
+        line([a, b, c], self.network)
+        self.network.settle()
+        c.expose("where", Where("c"))
+        d = a.call("c", "where", "where")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(d), "c")
+        [wrapper] = self.network.link_between(a, b).sent_by(a, "route_message")
+        self.assertEqual((wrapper.sender, wrapper.to, wrapper.route), ("a", "b", ("a",)))
+        inner = wrapper.data["original_message"]
+        self.assertEqual((inner["type"], inner["to"]), ("server_call", "c"))
+        [wrapped_answer] = self.network.link_between(b, c).sent_by(c, "route_message")
+        self.assertEqual(wrapped_answer.data["original_message"]["to"], "a")
+
     def test_kwargs_across_hops(self) -> None:
         """Keyword arguments travel with a routed call."""
         a, _b, c = self.line("abc")

@@ -525,7 +525,7 @@ class EnvelopeTests(SynchronousTestCase):
         for untracked in ({"call": {}}, {"call": {}, "response_id": 5}, {"response_id": "r"}):
             self.assertIsNone(ServerCall.tracking(untracked))
 
-    def test_routeIsATuple(self) -> None:
+    def test_route_is_a_tuple(self) -> None:
         """
         An envelope's route cannot be changed in place, whether decoded or
         made here: each hop makes a new envelope instead.
