@@ -24,7 +24,11 @@ level, calls/s with p50 and p99 latency:
 
 Every figure is also given as a ratio to its ceiling: WebSocket-borne
 entries (python, ws-rpc) to the echo round trips, HTTP ones to the bare
-twisted.web rate at the same in-flight level. A progress line per scenario
+twisted.web rate at the same in-flight level. The C{step} column gives each
+target's calls/s over those of the target a hop nearer, same entry and
+level (direct over local, two-hop over direct, three-hop over two-hop):
+those cells are measured one after the other, so that the machine's drift
+in speed over a run falls between them as little as it can. A progress line per scenario
 goes to stderr. The load generators (L{benchmarks._loadgen}) run in this
 process, which is otherwise idle while they do; the machine's two cores are
 shared by everything, as they would be in production.
@@ -318,6 +322,44 @@ def measure_ceilings(
     return rows
 
 
+TARGETS = ["local", "direct", "two-hop", "three-hop"]
+ENTRIES = ["python", "http", "http-batch", "ws-rpc"]
+
+
+def measure_cell(
+    port: int, label: str, target: str | None, entry: str, n: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """
+    Calls from the entry node (on C{port}) to C{target} (C{None}: itself)
+    through C{entry}, with C{n} in flight: one row of the table.
+    """
+    row: dict[str, Any] = {"target": label, "entry": entry, "inflight": n}
+    if entry == "python":
+        progress(f"{label}: python API, {n} in flight")
+        params = [target, "counter_server", "increment", n, args.duration, args.warmup]
+        stats = post(port, {"jsonrpc": "2.0", "id": 1, "method": "bench.run", "params": params})
+        stats = stats["result"]
+        row.update(
+            requests=stats["calls"],
+            errors=stats["errors"],
+            seconds=stats["seconds"],
+            per_s=stats["calls_per_s"],
+            p50_ms=stats["p50_ms"],
+            p99_ms=stats["p99_ms"],
+        )
+    elif entry == "http":
+        progress(f"{label}: HTTP /rpc, {n} in flight")
+        row.update(http_load(port, n, args.warmup, args.duration, single_call(target), ok))
+    elif entry == "http-batch":
+        progress(f"{label}: HTTP /rpc batches of {BATCH}, {n} in flight")
+        row.update(http_load(port, n, args.warmup, args.duration, batch_call(target), ok))
+        row["per_s"] *= BATCH  # calls, not requests
+    else:
+        progress(f"{label}: /ws/rpc, {n} in flight")
+        row.update(ws_load(port, "/ws/rpc", n, args.warmup, args.duration, single_call(target), ok))
+    return row
+
+
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     levels = [int(x) for x in args.inflight.split(",")]
@@ -338,62 +380,22 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             for child, port in zip(nodes, ports, strict=True):
                 procs.wait_port(child, port)
             wait_routes(ports[0], ["n1", "n2", "n3"])
-            entry_port = ports[0]
-            for distance, label in enumerate(["local", "direct", "two-hop", "three-hop"]):
-                target = None if distance == 0 else f"n{distance}"
-                for n in levels:
-                    progress(f"{label}: python API, {n} in flight")
-                    stats = post(
-                        entry_port,
-                        {
-                            "jsonrpc": "2.0",
-                            "id": 1,
-                            "method": "bench.run",
-                            "params": [
-                                target, "counter_server", "increment",
-                                n, args.duration, args.warmup,
-                            ],
-                        },
-                    )["result"]  # fmt: skip
-                    rows.append(
-                        {
-                            "target": label,
-                            "entry": "python",
-                            "inflight": n,
-                            "requests": stats["calls"],
-                            "errors": stats["errors"],
-                            "seconds": stats["seconds"],
-                            "per_s": stats["calls_per_s"],
-                            "p50_ms": stats["p50_ms"],
-                            "p99_ms": stats["p99_ms"],
-                        }
-                    )
-                    wait_drained(entry_port)
-                    progress(f"{label}: HTTP /rpc, {n} in flight")
-                    result = http_load(
-                        entry_port, n, args.warmup, args.duration, single_call(target), ok
-                    )
-                    rows.append({"target": label, "entry": "http", "inflight": n, **result})
-                    wait_drained(entry_port)
-                    progress(f"{label}: HTTP /rpc batches of {BATCH}, {n} in flight")
-                    result = http_load(
-                        entry_port, n, args.warmup, args.duration, batch_call(target), ok
-                    )
-                    result["per_s"] *= BATCH  # calls, not requests
-                    rows.append({"target": label, "entry": "http-batch", "inflight": n, **result})
-                    wait_drained(entry_port)
-                    progress(f"{label}: /ws/rpc, {n} in flight")
-                    result = ws_load(
-                        entry_port,
-                        "/ws/rpc",
-                        n,
-                        args.warmup,
-                        args.duration,
-                        single_call(target),
-                        ok,
-                    )
-                    rows.append({"target": label, "entry": "ws-rpc", "inflight": n, **result})
-                    wait_drained(entry_port)
+            # Cells that a ratio between targets compares (same entry, same
+            # level) are measured one after the other, so that the machine's
+            # drift in speed over a run falls between them as little as it can.
+            for n in levels:
+                for entry in ENTRIES:
+                    for distance, label in enumerate(TARGETS):
+                        target = None if distance == 0 else f"n{distance}"
+                        rows.append(measure_cell(ports[0], label, target, entry, n, args))
+                        wait_drained(ports[0])
+            rows.sort(
+                key=lambda row: (
+                    TARGETS.index(row["target"]),
+                    levels.index(row["inflight"]),
+                    ENTRIES.index(row["entry"]),
+                )
+            )
             procs.stop_all()
             ceiling_rows = [
                 max(first, again, key=lambda row: row["per_s"])
@@ -418,6 +420,13 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         ceiling = ceilings.get((basis, row["inflight"]))
         row["ratio"] = row["per_s"] / ceiling if ceiling else None
         row["ratio_to"] = basis
+    # Each target against the one a hop nearer, same entry and level.
+    rates = {(row["target"], row["entry"], row["inflight"]): row["per_s"] for row in rows}
+    for row in rows:
+        if row["target"] in TARGETS[1:]:
+            nearer = TARGETS[TARGETS.index(row["target"]) - 1]
+            base = rates.get((nearer, row["entry"], row["inflight"]))
+            row["step"] = row["per_s"] / base if base else None
     return rows
 
 
@@ -427,14 +436,14 @@ def table(rows: list[dict[str, Any]]) -> str:
 
     lines = [
         f"{'target':<10} {'entry':<14} {'in flight':>9} {'calls/s':>9} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'ratio':>6}  {'(to)':<14} errors",
+        f"{'p99 ms':>8} {'ratio':>6}  {'(to)':<15} {'step':>5} errors",
     ]
     for row in rows:
         lines.append(
             f"{row['target']:<10} {row['entry']:<14} {row['inflight']:>9} "
             f"{num(row['per_s'], '9.0f')} {num(row['p50_ms'], '8.3f')} "
             f"{num(row['p99_ms'], '8.3f')} {num(row.get('ratio'), '6.2f')}  "
-            f"{row.get('ratio_to', ''):<14} {row['errors']}"
+            f"{row.get('ratio_to', ''):<15} {num(row.get('step'), '5.2f')} {row['errors']}"
         )
     return "\n".join(lines)
 
