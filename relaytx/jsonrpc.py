@@ -201,9 +201,9 @@ class JsonRpcHandler:
         except (_json.JSONDecodeError, UnicodeDecodeError):
             return self._encode(self._error(ParseError("Parse error: invalid JSON"), None))
         if not isinstance(request, list):
-            answer = self._one(request, caller)
+            answer = self._one(request, caller, encoded=True)
             if isinstance(answer, Deferred):
-                return answer.addCallback(self._single_answer)
+                return answer  # its callbacks encode the answer
             return self._single_answer(answer)
         if not request:
             return self._encode(self._error(InvalidRequest("Invalid Request: empty batch"), None))
@@ -242,9 +242,15 @@ class JsonRpcHandler:
             return _json.dumps(self._error(error, answer["id"]))
 
     def _one(
-        self, request: Any, caller: str | None
-    ) -> dict[str, Any] | Deferred[dict[str, Any] | None] | None:
-        """The answer to one request object: ready at once, or a Deferred."""
+        self, request: Any, caller: str | None, encoded: bool = False
+    ) -> dict[str, Any] | Deferred[Any] | None:
+        """
+        The answer to one request object: ready at once, or a Deferred.
+
+        :param encoded: whether an answer that comes later should come as
+            its body, ready to send (one callback fewer on the way than
+            encoding it afterwards, for the common single request).
+        """
         try:
             request_id, method, params = self._validate(request)
         except InvalidRequest as e:
@@ -265,8 +271,12 @@ class JsonRpcHandler:
         if isinstance(result, Deferred):
             if request_id is _NO_ID:
                 return result.addBoth(self._notified, method)
+            on_result: Callable[[Any, Any], Any] = self._result
+            on_failure: Callable[[Failure, Any], Any] = self._failure
+            if encoded:
+                on_result, on_failure = self._result_body, self._failure_body
             return result.addCallbacks(
-                self._result, self._failure, callbackArgs=(request_id,), errbackArgs=(request_id,)
+                on_result, on_failure, callbackArgs=(request_id,), errbackArgs=(request_id,)
             )
         if request_id is _NO_ID:
             return None
@@ -291,6 +301,12 @@ class JsonRpcHandler:
 
     def _failure(self, failure: Failure, request_id: Any) -> dict[str, Any]:
         return self._error(self._call_error(failure), request_id)
+
+    def _result_body(self, result: Any, request_id: Any) -> bytes:
+        return self._encode(self._result(result, request_id))
+
+    def _failure_body(self, failure: Failure, request_id: Any) -> bytes:
+        return self._encode(self._failure(failure, request_id))
 
     def _notified(self, outcome: Any, method: str) -> None:
         if isinstance(outcome, Failure):
