@@ -15,9 +15,10 @@ more envelope for each hop to make, write and read: without them, two-hop
 calls between relaytx nodes went about 15% faster. Each forwarder appends
 itself to the message's C{route} and decrements its C{ttl}; a message whose
 TTL runs out or whose route already holds the forwarder is dropped (and a
-call among them is answered with -32002). With no known route, the original's fallback
-applies: the message is flooded to every healthy neighbour not already in
-its route; the destination executes it at most once (L{SeenMessages}).
+call among them is answered with -32002). With no known route, the
+original's fallback applies: the message is flooded to every healthy
+neighbour not already in its route; the destination executes it at most
+once (L{SeenMessages}).
 
 Calls. A call leaves with the caller's remaining time budget. The caller
 waits in L{PendingCalls}; every forwarder remembers the call in
