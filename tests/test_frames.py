@@ -378,6 +378,89 @@ class ShortPathOutTests(SynchronousTestCase):
         self.assertRaises(Disconnected, server.sendMessage, b"late")
 
 
+class CountingWire(Wire):
+    """A string transport that counts its writes."""
+
+    writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+class Relaying(LeanServer):
+    """Answers each message on itself and passes it on to C{onward}, if set."""
+
+    onward: Any = None
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        super().onMessage(payload, isBinary)
+        if payload == b"boom":
+            raise RuntimeError(payload)
+        self.sendMessage(b"re:" + payload)
+        if payload == b"ping them":
+            self.sendPing(b"p")
+        elif payload == b"long":
+            self.sendMessage(b"L" * (SHORT_FRAME + 1))
+        if self.onward is not None:
+            self.onward.sendMessage(payload)
+
+
+class HeldFramesTests(SynchronousTestCase):
+    """Frames sent while a read is handled are written once per connection, in order."""
+
+    def relay_pair(self) -> tuple[Any, Any]:
+        first, second = open_server(Relaying), open_server(LeanServer)
+        for server in (first, second):
+            server.transport = CountingWire()
+        first.onward = second
+        return first, second
+
+    def test_one_write_per_connection(self) -> None:
+        """A read of many messages ends in one write on each connection it sent on."""
+        first, second = self.relay_pair()
+        payloads = [b"m%d" % i for i in range(12)]
+        first.dataReceived(b"".join(frame(p, mask=MASK) for p in payloads))
+        self.assertEqual(first.transport.value(), b"".join(frame(b"re:" + p) for p in payloads))
+        self.assertEqual(second.transport.value(), b"".join(frame(p) for p in payloads))
+        self.assertEqual((first.transport.writes, second.transport.writes), (1, 1))
+
+    def test_written_when_the_read_is_handled(self) -> None:
+        """Nothing is held once a read is handled: a send after it is written at once."""
+        first, second = self.relay_pair()
+        first.dataReceived(frame(b"a", mask=MASK))
+        second.sendMessage(b"later")
+        self.assertEqual(second.transport.value(), frame(b"a") + frame(b"later"))
+        self.assertEqual(second.transport.writes, 2)
+
+    def test_order_with_autobahn_frames(self) -> None:
+        """Frames Autobahn writes itself (a ping, a long message) keep their place."""
+        first, _ = self.relay_pair()
+        first.dataReceived(
+            b"".join(frame(p, mask=MASK) for p in (b"x", b"ping them", b"long", b"y"))
+        )
+        self.assertEqual(
+            first.transport.value(),
+            frame(b"re:x")
+            + frame(b"re:ping them")
+            + frame(b"p", 9)
+            + frame(b"re:long")
+            + frame(b"L" * (SHORT_FRAME + 1))
+            + frame(b"re:y"),
+        )
+
+    def test_a_failing_handler(self) -> None:
+        """A handler that raises: what was sent before is written, and nothing stays held."""
+        first, second = self.relay_pair()
+        self.assertRaises(
+            RuntimeError, first.dataReceived, frame(b"a", mask=MASK) + frame(b"boom", mask=MASK)
+        )
+        self.assertEqual(first.transport.value(), frame(b"re:a"))
+        self.assertEqual(second.transport.value(), frame(b"a"))
+        second.sendMessage(b"next")
+        self.assertEqual(second.transport.value(), frame(b"a") + frame(b"next"))
+
+
 class PaceReadsTests(SynchronousTestCase):
     """L{tune_socket} finds the socket's transport, under TLS too."""
 
