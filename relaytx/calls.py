@@ -13,8 +13,9 @@ Bookkeeping of calls in flight, on an injected clock.
   - L{SeenMessages}: message ids delivered here recently, so a message that
     arrives twice (flooding, a resend) is executed at most once.
 
-The first two keep their deadlines in one heap each (L{_Deadlines}) instead
-of a reactor timer per call.
+None of them sets a reactor timer per call: L{PendingCalls} keeps its
+deadlines in one heap (L{_Deadlines}) under one timer, and the other two
+drop expired entries as they are used.
 """
 
 from __future__ import annotations
@@ -306,19 +307,25 @@ class ForwardedCalls:
     answer passes back through or their budget runs out.
 
     Nothing needs doing when a budget runs out but forgetting the call, so
-    there is no timer: expired calls are dropped whenever the table is
-    used. (A reactor timer per call, set and cancelled, was a tenth of a
-    forwarding node's work.)
+    there is no timer, and no heap of deadlines: lookups pass over expired
+    calls, and the table drops them in one sweep, at most every
+    L{SWEEP_INTERVAL} seconds, when it is used. A forwarded call costs one
+    insert and one pop. (A reactor timer per call, set and cancelled, was
+    a tenth of a forwarding node's work; a heap push per call, and its
+    upkeep, a twentieth.)
     """
+
+    #: Seconds between sweeps: an expired call is held at most this much
+    #: longer, and is never reported or used meanwhile.
+    SWEEP_INTERVAL = 1.0
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._calls: dict[tuple[str, str], _Forwarded] = {}
-        self._deadlines = _Deadlines()
-        self._next_expiry = float("inf")
+        self._next_sweep = 0.0
 
     def __len__(self) -> int:
-        self._expire()
+        self._sweep(self._clock.seconds())
         return len(self._calls)
 
     def remember(
@@ -335,24 +342,21 @@ class ForwardedCalls:
         the link to C{came_from} and left on the link to C{went_to}.
         """
         now = self._clock.seconds()
-        self._expire(now)
-        key = (caller, response_id)
-        deadline = now + budget
-        self._calls[key] = _Forwarded(caller, target, came_from, went_to, deadline)
-        self._deadlines.push(deadline, key)
-        if deadline < self._next_expiry:
-            self._next_expiry = deadline
-        if self._deadlines.bloated(len(self._calls)):
-            self._deadlines.earliest(self._calls)  # compacts the heap
+        if now >= self._next_sweep:
+            self._sweep(now)
+        self._calls[(caller, response_id)] = _Forwarded(
+            caller, target, came_from, went_to, now + budget
+        )
 
     def came_from(self, caller: str, response_id: Any) -> str | None:
         """
         :returns: the neighbour a forwarded call came from, the way its
             answer goes back when no route to the caller is known.
         """
-        self._expire()
         entry = self._calls.get((caller, response_id)) if isinstance(response_id, str) else None
-        return None if entry is None else entry.came_from
+        if entry is None or entry.deadline <= self._clock.seconds():
+            return None
+        return entry.came_from
 
     def answered(self, caller: str, response_id: str | None) -> None:
         """The answer to a forwarded call passed through: forget the call."""
@@ -367,26 +371,19 @@ class ForwardedCalls:
         :returns: C{(caller, response_id, target)} of each, so the caller
             can be told.
         """
-        self._expire()
+        self._sweep(self._clock.seconds())
         lost = [key for key, e in self._calls.items() if e.went_to == peer_id]
         return [(key[0], key[1], self._calls.pop(key).target) for key in lost]
 
     def clear(self) -> None:
         """Forget everything (the node is stopping)."""
         self._calls.clear()
-        self._deadlines.clear()
-        self._next_expiry = float("inf")
 
-    def _expire(self, now: float | None = None) -> None:
-        if now is None:
-            now = self._clock.seconds()
-        if now < self._next_expiry:
-            return
+    def _sweep(self, now: float) -> None:
         calls = self._calls
-        while (key := self._deadlines.pop_due(now, calls)) is not None:
+        for key in [key for key, e in calls.items() if e.deadline <= now]:
             del calls[key]
-        earliest = self._deadlines.earliest(calls)
-        self._next_expiry = float("inf") if earliest is None else earliest
+        self._next_sweep = now + self.SWEEP_INTERVAL
 
 
 class SeenMessages:
@@ -426,12 +423,14 @@ class SeenMessages:
             # new again, and goes to the back of the line.
             del seen[key]
         seen[key] = now + self._ttl
-        if now < self._next_expiry and len(seen) <= self._capacity:
-            return True
-        while seen:
-            oldest_key, expires = next(iter(seen.items()))
-            if expires > now and len(seen) <= self._capacity:
-                self._next_expiry = expires
-                break
-            del seen[oldest_key]
+        if len(seen) > self._capacity:
+            seen.popitem(last=False)  # the oldest: one in, one out
+        if now >= self._next_expiry:
+            while seen:
+                oldest_key = next(iter(seen))
+                expires = seen[oldest_key]
+                if expires > now:
+                    self._next_expiry = expires
+                    break
+                del seen[oldest_key]
         return True
