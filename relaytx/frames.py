@@ -32,6 +32,7 @@ from typing import Any
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import ITCPTransport
+from twisted.logger import Logger
 
 #: Bytes a WebSocket connection reads from its socket per reactor turn.
 #: Twisted reads up to 64 KiB at once; on a busy link that is hundreds of
@@ -109,15 +110,25 @@ class _HeldFrames:
     connection.
     """
 
+    _log = Logger()
+
     def __init__(self) -> None:
         self.depth = 0
         self.holders: list[LeanMessages] = []
 
     def write_all(self) -> None:
-        """Write every connection's held frames."""
+        """
+        Write every connection's held frames. One whose transport fails is
+        logged and left to its own close: the read that ends here belongs
+        to some other connection, which must not pay for it.
+        """
         holders = self.holders
         while holders:
-            holders.pop()._write_held()
+            connection = holders.pop()
+            try:
+                connection._write_held()
+            except Exception:
+                self._log.failure("writing frames to {peer}", peer=getattr(connection, "peer", None))
 
 
 _HELD = _HeldFrames()

@@ -460,6 +460,19 @@ class HeldFramesTests(SynchronousTestCase):
         second.sendMessage(b"next")
         self.assertEqual(second.transport.value(), frame(b"a") + frame(b"next"))
 
+    def test_a_failing_transport(self) -> None:
+        """A connection whose transport fails costs the connection being read nothing."""
+        first, second = self.relay_pair()
+
+        def broken(data: bytes) -> None:
+            raise OSError("gone")
+
+        second.transport.write = broken
+        first.dataReceived(frame(b"a", mask=MASK) + frame(b"b", mask=MASK))
+        self.assertEqual(first.transport.value(), frame(b"re:a") + frame(b"re:b"))
+        [logged] = self.flushLoggedErrors(OSError)
+        self.assertEqual(str(logged.value), "gone")
+
 
 class PaceReadsTests(SynchronousTestCase):
     """L{tune_socket} finds the socket's transport, under TLS too."""
