@@ -248,10 +248,14 @@ def _ws_raw(port: int, path: str, frames: list[bytes]) -> int | None:
 
 
 def _ws_client_close_code(address: str, frame: str | bytes) -> int | None:
-    """Send one frame with the websockets client; returns the server's close code."""
+    """
+    Send one frame with the websockets client; returns the server's close
+    code. The server may close before the frame is all sent (it refuses a
+    frame too large from its header): the send then fails like the reads.
+    """
     with connect(address, open_timeout=TIMEOUT, max_size=None) as client:
-        client.send(frame)
         try:
+            client.send(frame)
             while True:
                 client.recv(timeout=TIMEOUT)
         except ConnectionClosed as closed:
