@@ -128,7 +128,9 @@ class _HeldFrames:
             try:
                 connection._write_held()
             except Exception:
-                self._log.failure("writing frames to {peer}", peer=getattr(connection, "peer", None))
+                self._log.failure(
+                    "writing frames to {peer}", peer=getattr(connection, "peer", None)
+                )
 
 
 _HELD = _HeldFrames()
