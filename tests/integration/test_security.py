@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
@@ -208,6 +209,8 @@ class SecretMeshTests(_Files, TestCase):
         self.assertEqual(failures(d), 0)  # it has no secret to check anyone with
 
         # A stranger posing as nodeB learns nothing of A's link to nodeB (no 409).
+        # C and D go first: their re-dials would be counted meanwhile.
+        await gatherResults([maybeDeferred(node.stopService) for node in (c, d)])
         before = failures(a)
         self.assertEqual(await deferToThread(status_of, peer_address(a, "nodeB")), 401)
         self.assertEqual(failures(a), before + 1)
