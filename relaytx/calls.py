@@ -289,12 +289,9 @@ class PendingCalls:
 
 
 class _Forwarded:
-    __slots__ = ("caller", "came_from", "deadline", "target", "went_to")
+    __slots__ = ("came_from", "deadline", "target", "went_to")
 
-    def __init__(
-        self, caller: str, target: str, came_from: str, went_to: str | None, deadline: float
-    ) -> None:
-        self.caller = caller
+    def __init__(self, target: str, came_from: str, went_to: str | None, deadline: float) -> None:
         self.target = target
         self.came_from = came_from
         self.went_to = went_to
@@ -344,9 +341,7 @@ class ForwardedCalls:
         now = self._clock.seconds()
         if now >= self._next_sweep:
             self._sweep(now)
-        self._calls[(caller, response_id)] = _Forwarded(
-            caller, target, came_from, went_to, now + budget
-        )
+        self._calls[(caller, response_id)] = _Forwarded(target, came_from, went_to, now + budget)
 
     def came_from(self, caller: str, response_id: Any) -> str | None:
         """

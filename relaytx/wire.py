@@ -175,7 +175,8 @@ class Envelope:
     Treat an envelope as a value: nothing changes one once made, and a
     forwarding node makes a new one with L{hop}. It is not frozen only
     because freezing made one four times as dear to make (0.7 us against
-    0.2), and a forwarding node makes three per message. The payloads made for every
+    0.2), and a forwarding node makes two for each message it passes on
+    (the one it reads and the one it sends). The payloads made for every
     call (L{CallSpec}, L{ServerCall}, L{ServerResponse}, L{RouteMessage})
     are plain records for the same reason; the rarer ones stay frozen.
 
