@@ -111,7 +111,7 @@ def _node_site_parses_forms() -> bool:
     try:
         from twisted.web.resource import Resource
 
-        from relaytx.rpc import NodeSite
+        from relaytx._http import NodeSite
 
         return bool(NodeSite(Resource(), 1 << 20)._parsePOSTFormSubmission)
     except Exception:  # relaytx changed shape: fall back to twisted.web's default
@@ -147,7 +147,7 @@ def serve_bare(port: int, form_parsing: str = "mirror") -> None:
             return dumps({"jsonrpc": "2.0", "result": self.count, "id": call["id"]})
 
     class QuietSite(Site):
-        # Same defaults as relaytx.rpc.NodeSite.
+        # Same defaults as relaytx._http.NodeSite.
         displayTracebacks = False
         noisy = False
 

@@ -1313,7 +1313,7 @@ async def _mesh(
         start_sync_per_node=counter.frames / n,
         cpu_start_s=sum(os.times()[:2]) - cpu0,
     )
-    table_check = nodes[0].routes()  # the public view agrees
+    table_check = nodes[0].views.routes()  # the public view agrees
     assert len(table_check) == n - 1, table_check
 
     cuts = []

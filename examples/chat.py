@@ -8,15 +8,17 @@ Run two nodes with it and say something from one to the other:
     relay call http://127.0.0.1:8081 chat say alice "hi alice"
     relay call http://127.0.0.1:8080 chat inbox
 
-The C{chat} message travels as its own wire type (C{"type": "chat"}),
-handled by a L{PeerSession} subclass; nodes in between that do not know
-the type still forward it.
+The C{chat} message travels as its own wire type (C{"type": "chat"});
+nodes in between that do not know the type still forward it. The chat
+server registers the handler for it, since the lines it receives are its
+own state. A message type that needs no app state can instead be handled
+by a L{relaytx.peer.PeerSession} subclass (C{@handles(Chat)}, then
+C{node.use_session(ChatSession)}), as the README shows.
 """
 
 from attrs import frozen
 
 from relaytx import Server, exposed
-from relaytx.peer import PeerSession, handles
 from relaytx.wire import Envelope, Payload
 
 
@@ -28,21 +30,16 @@ class Chat(Payload):
     text: str
 
 
-class ChatSession(PeerSession):
-    """A peer session that also understands chat messages."""
-
-    @handles(Chat)
-    def on_chat(self, envelope: Envelope, chat: Chat) -> None:
-        """Put a chat line from another node in this node's inbox."""
-        inbox = self.mesh.chat_inbox  # type: ignore[attr-defined]
-        inbox.append({"from": envelope.sender, "text": chat.text, "at": envelope.timestamp})
-
-
 class ChatServer(Server):
     """Say things to other nodes and read what they said."""
 
     def __init__(self, node) -> None:
         self._node = node
+        self._lines: list[dict] = []
+
+    def received(self, envelope: Envelope, chat: Chat) -> None:
+        """A chat line from another node (the node's handler for C{chat})."""
+        self._lines.append({"from": envelope.sender, "text": chat.text, "at": envelope.timestamp})
 
     @exposed
     def say(self, node_id: str, text: str) -> bool:
@@ -52,10 +49,10 @@ class ChatServer(Server):
     @exposed
     def inbox(self) -> list:
         """Every chat line received, oldest first."""
-        return list(self._node.mesh.chat_inbox)
+        return list(self._lines)
 
 
 def setup(node):
-    node.mesh.chat_inbox = []
-    node.use_session(ChatSession)
-    node.expose("chat", ChatServer(node))
+    chat = ChatServer(node)
+    node.register_handler(Chat, chat.received)
+    node.expose("chat", chat)

@@ -26,13 +26,13 @@ command line wins where both give a value)::
     calls_per_second = 0             # calls one caller may start per second; 0: no limit
     max_routes = 10000               # destinations one neighbour may advertise
 
-    [tls]                            # see relaytx.tls
+    [tls]                            # see relaytx._tls
     cert = "node.pem"
     key = "node.key"
     ca = "ca.pem"
     require_client_cert = false
 
-    [access]                         # see relaytx.auth.AccessRules
+    [access]                         # see relaytx._auth.AccessRules
     default = "allow"
     [[access.rule]]
     callers = ["node2"]
@@ -55,9 +55,9 @@ from attrs import field, frozen
 from twisted.internet.endpoints import serverFromString
 from twisted.python.usage import UsageError
 
-from relaytx.auth import AccessRules
-from relaytx.jsonrpc import NODE_ID_RE
-from relaytx.tls import TlsConfig, TlsError
+from relaytx._auth import AccessRules
+from relaytx._tls import TlsConfig, TlsError
+from relaytx.wire import NODE_ID_RE
 
 
 class ConfigError(UsageError):

@@ -1,85 +1,52 @@
 # -*- test-case-name: tests.test_node -*-
 """
-L{RelayNode}: one relaytx node, the composition root. It hosts the servers,
-runs calls through their mailboxes, owns the metrics, and listens for HTTP
-(JSON-RPC, health, registry, metrics) and peer WebSockets on one port.
+L{RelayNode}: one relaytx node, and the composition root: the one place
+that builds a node's parts and wires them together.
+
+  - L{ServerHost} (C{_hosting}): the node's servers and their mailboxes;
+  - L{CallDispatcher} (C{_dispatch}): where each call goes, under the
+    node's limits, counted in its metrics;
+  - L{Mesh} (C{_mesh}): links, routes and calls across the mesh;
+  - L{NodeViews} (C{_views}): what the node shows of itself;
+  - L{PeerAdmin} (C{_dialer}): the peers it dials;
+  - the HTTP site (C{_http}) and the peer endpoint (C{_protocol}), on one
+    listener (C{_listen}).
+
+Applications use the node's Python API: L{RelayNode.expose},
+L{RelayNode.call}, L{RelayNode.send}, L{RelayNode.use_session} and
+L{RelayNode.register_handler}.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Callable
 from typing import Any
 
-from attrs import evolve
 from twisted.application.service import MultiService
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    DeferredList,
-    FirstError,
-    fail,
-    succeed,
-)
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, serverFromString
-from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
+from twisted.internet.defer import Deferred, DeferredList, FirstError
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaytx import __version__
-from relaytx.apps import import_app, run_setup
-from relaytx.auth import read_secret
+from relaytx._apps import import_app, run_setup
+from relaytx._auth import read_secret
+from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget
+from relaytx._dialer import PeerAdmin
+from relaytx._dispatch import CallDispatcher
+from relaytx._hosting import ServerHost
+from relaytx._http import make_site
+from relaytx._limits import CallLimiter
+from relaytx._listen import listen_error, server_endpoint, warn_if_open
+from relaytx._mesh import Mesh
+from relaytx._metrics import NodeMetrics
+from relaytx._protocol import PeerServerFactory, peer_resource
+from relaytx._views import NodeServer, NodeViews
 from relaytx.config import NodeConfig
-from relaytx.errors import (
-    AccessDenied,
-    CallError,
-    CallTimeout,
-    MethodNotFound,
-    NoSuchMethod,
-    NoSuchServer,
-    Overloaded,
-    RemoteCallError,
-    StartupError,
-    failure_exception,
-)
-from relaytx.jsonrpc import DEFAULT_CALL_TIMEOUT, NODE_ID_RE, CallTarget
-from relaytx.limits import CallLimiter
-from relaytx.mesh import Mesh
-from relaytx.metrics import NodeMetrics
-from relaytx.peer import CLOSE_REMOVED, PeerSession
-from relaytx.server import Mailbox, Server, exposed
-from relaytx.tls import TlsError
-from relaytx.wire import Payload, rfc3339
-
-_PLAIN_TCP = re.compile(r"tcp:(?P<port>\d+)(?::interface=(?P<interface>.*))?")
-SERVER_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-
-
-class NodeServer(Server):
-    """
-    The built-in server every node exposes as C{node}, so a bare node can be
-    called across the mesh.
-    """
-
-    def __init__(self, node: RelayNode) -> None:
-        self._node = node
-
-    @exposed
-    def info(self) -> dict[str, Any]:
-        """This node's id, version, uptime, servers and peers."""
-        return self._node.info()
-
-    @exposed
-    def ping(self) -> dict[str, Any]:
-        """A liveness answer with this node's id and time."""
-        return {"pong": True, "node_id": self._node.node_id, "timestamp": self._node.timestamp()}
-
-    @exposed
-    def echo(self, *args: Any) -> list[Any]:
-        """Its arguments, as a list."""
-        return list(args)
+from relaytx.errors import StartupError, failure_exception
+from relaytx.peer import PeerSession
+from relaytx.server import Server
+from relaytx.wire import Payload
 
 
 class RelayNode(MultiService):
@@ -93,6 +60,10 @@ class RelayNode(MultiService):
     :param on_fatal: called with a one-line message when the node cannot go
         on starting (an app's asynchronous setup failed); by default the
         error is logged and the node stops.
+
+    @ivar mesh: the node's side of the peer network.
+    @ivar views: what it shows of itself (its HTTP endpoints' bodies).
+    @ivar dispatcher: where its calls go.
     """
 
     _log = Logger()
@@ -105,17 +76,14 @@ class RelayNode(MultiService):
     ) -> None:
         super().__init__()
         self.config = config
-        self.node_id = config.node_id
+        self.node_id = node_id = config.node_id
         self.reactor = reactor
         self.clock: IReactorTime = reactor
-        self.metrics = NodeMetrics()
-        self.started_at: float = reactor.seconds()
+        self.metrics = metrics = NodeMetrics()
         self.listening_port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort | None] | None = None
         self._on_fatal = on_fatal or self._stop_on_fatal
-        self._mailboxes: dict[str, Mailbox] = {}
         self._setups: list[Deferred[None]] = []
-        self.metrics.watch_queue_depth(lambda: sum(len(m) for m in self._mailboxes.values()))
         self.secret: bytes | None = None
         if config.secret_file is not None:
             try:
@@ -123,25 +91,36 @@ class RelayNode(MultiService):
             except (OSError, ValueError) as e:
                 raise StartupError(f"--secret-file: {e}") from None
         limits = config.limits
+        self.servers = ServerHost(node_id, reactor, config.access)
+        metrics.watch_queue_depth(self.servers.queue_depth)
         self.limiter = CallLimiter(
             reactor, limits.max_in_flight, limits.max_in_flight_per_caller, limits.calls_per_second
         )
+        self.dispatcher = CallDispatcher(node_id, reactor, metrics, self.limiter, self.servers)
         self.mesh = Mesh(
-            self.node_id,
+            node_id,
             reactor,
-            self.metrics,
-            execute_local=self._call_for_peer,
-            local_servers=self.local_servers,
+            metrics,
+            run_arrived=self.dispatcher.run_arrived,
+            local_servers=self.servers.local_servers,
             ping_interval=config.ping_interval,
             registry_enabled=not config.disable_registry,
             max_pending_calls=limits.max_pending_calls,
             max_message_size=limits.max_message_size,
             max_routes=limits.max_routes,
         )
-        self._dialers: dict[str, Any] = {}
-        self.expose("node", NodeServer(self))
+        self.dispatcher.remote = self.mesh
+        self.servers.on_change = self.mesh.schedule_sync
+        self.views = NodeViews(
+            node_id, reactor, self.servers, self.mesh, reactor.seconds(), __version__
+        )
+        self.peer_admin = PeerAdmin(
+            self.mesh, reactor, limits.max_message_size, self.secret, config.tls
+        )
+        self.peer_admin.setServiceParent(self)
+        self.servers.expose("node", NodeServer(self.views))
 
-    # Servers.
+    # The Python API.
 
     def expose(self, name: str, server: Server) -> None:
         """
@@ -150,14 +129,7 @@ class RelayNode(MultiService):
         :raises ValueError: if the name is invalid or already taken.
         :raises TypeError: if C{server} is not a L{Server}.
         """
-        if not isinstance(server, Server):
-            raise TypeError(f"expose({name!r}, ...) needs a relaytx.Server, not {server!r}")
-        if not SERVER_NAME_RE.fullmatch(name):
-            raise ValueError(f"invalid server name {name!r}: use A-Za-z0-9_.- (not first .-)")
-        if name in self._mailboxes:
-            raise ValueError(f"a server named {name!r} is already exposed on {self.node_id}")
-        self._mailboxes[name] = Mailbox(server)
-        self.mesh.schedule_sync()
+        self.servers.expose(name, server)
 
     def unexpose(self, name: str) -> Server:
         """
@@ -165,105 +137,15 @@ class RelayNode(MultiService):
 
         :returns: the server.
         :raises KeyError: if there is none.
+        :raises ValueError: for the built-in server C{node}.
         """
         if name == "node":
             raise ValueError("the built-in 'node' server cannot be removed")
-        server = self._mailboxes.pop(name).server
-        self.mesh.schedule_sync()
-        return server
+        return self.servers.unexpose(name)
 
     def local_servers(self) -> dict[str, list[str]]:
-        """
-        :returns: each local server's name and its exposed methods.
-        """
-        return {name: box.server.method_names() for name, box in self._mailboxes.items()}
-
-    # Calls.
-
-    def invoke(self, target: CallTarget) -> Deferred[Any]:
-        """
-        Run one resolved call (from JSON-RPC or the Python API) and count it.
-
-        :returns: a Deferred with the method's result, or failing with a
-            L{CallError}.
-        """
-        try:
-            result = self.dispatch(target)
-        except CallError as e:
-            return fail(e)
-        return result if isinstance(result, Deferred) else succeed(result)
-
-    def dispatch(self, target: CallTarget) -> Any:
-        """
-        Run one resolved call and count it: the fast path under L{invoke}
-        and JSON-RPC, which spares the common case (an idle local server
-        answering at once) any Deferred.
-
-        :returns: the result itself when it is ready at once, else a
-            Deferred of it.
-        :raises CallError: when the call fails at once.
-        """
-        started = self.clock.seconds()
-        caller = target.caller
-        if caller is not None:
-            try:
-                self.limiter.admit(caller)
-            except Overloaded as e:
-                raise self._counted(e, started) from None
-        try:
-            result = self._route(target)
-        except CallError as e:
-            if caller is not None:
-                self.limiter.release(caller)
-            raise self._counted(e, started) from None
-        if isinstance(result, Deferred):
-            return result.addBoth(self._finished, caller, started)
-        if caller is not None:
-            self.limiter.release(caller)
-        self.metrics.count_call("ok", self.clock.seconds() - started)
-        return result
-
-    def _route(self, target: CallTarget) -> Any:
-        node_id = target.node_id
-        if node_id is None:
-            if target.server not in self._mailboxes:
-                host = self.mesh.nearest_host(target.server)
-                if host is not None:
-                    return self.mesh.call(evolve(target, node_id=host))
-            return self._call_here(target, explicit=False)
-        if node_id == self.node_id:
-            return self._call_here(target, explicit=True)
-        return self.mesh.call(target)
-
-    def _finished(self, result: Any, caller: str | None, started: float) -> Any:
-        if caller is not None:
-            self.limiter.release(caller)
-        return self._count(result, started)
-
-    def _call_for_peer(self, target: CallTarget) -> Any:
-        """
-        Run a call that arrived over the mesh, within its caller's limits.
-
-        :returns: the result, or a Deferred of it (as L{dispatch}).
-        :raises CallError: when the call fails at once.
-        """
-        share = target.via or target.caller
-        assert share is not None
-        started = self.clock.seconds()
-        try:
-            self.limiter.admit(share)
-        except Overloaded as e:
-            raise self._counted(e, started) from None
-        try:
-            result = self._call_here(target, explicit=True)
-        except CallError as e:
-            self.limiter.release(share)
-            raise self._counted(e, started) from None
-        if isinstance(result, Deferred):
-            return result.addBoth(self._finished, share, started)
-        self.limiter.release(share)
-        self.metrics.count_call("ok", self.clock.seconds() - started)
-        return result
+        """:returns: each local server's name and its exposed methods."""
+        return self.servers.local_servers()
 
     def call(
         self,
@@ -278,187 +160,10 @@ class RelayNode(MultiService):
         Call C{server.method(*args, **kwargs)} on C{node_id} (C{None}: this
         node, or wherever the registry finds C{server}).
 
-        :returns: a Deferred with the result, or failing with a L{CallError}.
+        :returns: a Deferred with the result, or failing with a
+            L{relaytx.errors.CallError}.
         """
-        return self.invoke(CallTarget(node_id, server, method, args, kwargs, timeout))
-
-    def _call_here(self, target: CallTarget, explicit: bool) -> Any:
-        """
-        Run a call on a local server.
-
-        :returns: the result, or a Deferred of it (see L{Mailbox.call}).
-        :raises CallError: if the call is refused or fails at once.
-        """
-        caller = target.caller
-        access = self.config.access
-        if caller is not None and access:
-            who = "http" if caller.startswith("http:") else caller
-            if not access.allows(who, target.server, target.method):
-                raise AccessDenied(
-                    f"Access denied: {who} may not call {target.server}.{target.method}"
-                    f" on {self.node_id}"
-                )
-        mailbox = self._mailboxes.get(target.server)
-        if mailbox is None:
-            missing: type[CallError] = NoSuchServer if explicit else MethodNotFound
-            raise missing(f"Server not found: {target.server!r} on {self.node_id}")
-        method = mailbox.server.exposed_methods.get(target.method)
-        if method is None:
-            missing = NoSuchMethod if explicit else MethodNotFound
-            raise missing(f"Method not found: {target.server}.{target.method} on {self.node_id}")
-        method.check_arguments(target.args, target.kwargs)
-        try:
-            result = mailbox.call(method, target.args, target.kwargs)
-        except CallError:
-            raise  # a server may fail a call with a precise relaytx error
-        except Exception:
-            raise self._method_error(Failure(), target) from None
-        if isinstance(result, Deferred):
-            if not result.called:  # remote calls time out in the mesh; local ones here
-                result.addTimeout(target.timeout, self.clock, onTimeoutCancel=_timed_out)
-            return result.addErrback(self._method_failed, target)
-        return result
-
-    def _method_failed(self, failure: Failure, target: CallTarget) -> Failure:
-        if isinstance(failure.value, CallError | CancelledError):
-            # A server may fail a call with a precise relaytx error; a
-            # cancelled call was given up by its caller.
-            return failure
-        return Failure(self._method_error(failure, target))
-
-    def _method_error(self, failure: Failure, target: CallTarget) -> RemoteCallError:
-        self._log.failure(
-            "{server}.{method} raised", failure, server=target.server, method=target.method
-        )
-        return RemoteCallError.from_exception(failure_exception(failure), self.node_id)
-
-    def _counted(self, error: CallError, started: float) -> CallError:
-        error.with_data(node_id=self.node_id, route=[self.node_id])
-        self.metrics.count_call(type(error).__name__, self.clock.seconds() - started)
-        return error
-
-    def _count(self, result: Any, started: float) -> Any:
-        if isinstance(result, Failure):
-            error = result.value
-            if isinstance(error, CallError):
-                self._counted(error, started)
-            else:
-                self.metrics.count_call(type(error).__name__, self.clock.seconds() - started)
-        else:
-            self.metrics.count_call("ok", self.clock.seconds() - started)
-        return result
-
-    # Views for HTTP and the built-in server.
-
-    def timestamp(self) -> str:
-        """:returns: the current time, RFC 3339."""
-        return rfc3339(self.clock.seconds())
-
-    def uptime(self) -> float:
-        """:returns: seconds since the node was created."""
-        return max(0.0, self.clock.seconds() - self.started_at)
-
-    def peers(self) -> dict[str, dict[str, Any]]:
-        """:returns: directly connected peers by node id (SPEC section 4)."""
-        return self.mesh.peers_view()
-
-    def server_directory(self) -> dict[str, list[dict[str, Any]]]:
-        """
-        :returns: every server this node knows, local and remote, by name.
-        """
-        now = self.timestamp()
-        directory = {
-            name: [
-                {
-                    "name": name,
-                    "node_id": self.node_id,
-                    "methods": methods,
-                    "is_local": True,
-                    "last_seen": now,
-                    "hops": 0,
-                }
-            ]
-            for name, methods in self.local_servers().items()
-        }
-        for name, entries in self.mesh.directory().items():
-            directory.setdefault(name, []).extend(entries)
-        return directory
-
-    def websocket_resources(self) -> dict[str, Any]:
-        """:returns: the resources to mount under C{/ws/}, by name."""
-        from relaytx.protocol import PeerServerFactory, peer_resource
-
-        factory = PeerServerFactory(
-            self.mesh,
-            self.config.limits.max_message_size,
-            allowed_origins=self.config.allowed_origins,
-            reactor=self.reactor,
-            secret=self.secret,
-        )
-        return {"p2p": peer_resource(factory)}
-
-    def routes(self) -> dict[str, dict[str, Any]]:
-        """:returns: the routing table (SPEC section 4)."""
-        return self.mesh.router.table()
-
-    # Peers and custom messages.
-
-    def add_peer(self, address: str, node_id: str | None = None) -> None:
-        """
-        Dial the peer at C{address} now and keep re-dialling it while it is
-        down.
-
-        :raises ValueError: if C{address} is not a peer URL or is already
-            dialled.
-        """
-        from relaytx.protocol import Dialer
-
-        if node_id is not None and not NODE_ID_RE.fullmatch(node_id):
-            raise ValueError(f"{node_id!r} is not a valid node id: 1-64 of A-Za-z0-9._-")
-        dialer = Dialer(
-            self.mesh,
-            address,
-            self.reactor,
-            self.config.limits.max_message_size,
-            node_id,
-            secret=self.secret,
-            tls=self.config.tls,
-        )
-        if dialer.url in self._dialers:
-            raise ValueError(f"already dialling {address}")
-        self._dialers[dialer.url] = dialer
-        dialer.setServiceParent(self)
-
-    def remove_peer(self, node_id: str | None = None, address: str | None = None) -> bool:
-        """
-        Close the link to C{node_id} and stop re-dialling it; or stop
-        dialling C{address} (a peer that never answered has no known id).
-
-        :returns: whether there was such a link or dialled peer.
-        """
-        found = False
-        for url, dialer in list(self._dialers.items()):
-            if (node_id is not None and dialer.node_id == node_id) or (
-                address is not None and address in (dialer.address, url)
-            ):
-                if node_id is None:
-                    node_id = dialer.node_id
-                del self._dialers[url]
-                dialer.disownServiceParent()
-                found = True
-        session = self.mesh.links.get(node_id) if node_id is not None else None
-        if session is not None:
-            session.close(CLOSE_REMOVED, "removed by the operator")
-            found = True
-        return found
-
-    def use_session(self, session_class: type[PeerSession]) -> None:
-        """Use a L{PeerSession} subclass (with extra handlers) for every link."""
-        self.mesh.use_session(session_class)
-
-    def register_handler(self, payload_type: type[Payload], handler: Callable[..., None]) -> None:
-        """Handle messages of C{payload_type} addressed here with C{handler(envelope, payload)}."""
-        self.mesh.register_handler(payload_type, handler)
+        return self.dispatcher.call(CallTarget(node_id, server, method, args, kwargs, timeout))
 
     def send(self, node_id: str, payload: Payload) -> bool:
         """
@@ -471,17 +176,32 @@ class RelayNode(MultiService):
             raise ValueError("send() is for other nodes")
         return self.mesh.send(node_id, payload) is not None or self.mesh.can_reach(node_id)
 
-    def info(self) -> dict[str, Any]:
-        """:returns: what the built-in C{node.info()} answers."""
-        return {
-            "node_id": self.node_id,
-            "version": __version__,
-            "uptime": self.uptime(),  # seconds, as SPEC section 2 names it
-            "uptime_s": self.uptime(),  # the same, as /health names it
-            "servers": self.local_servers(),
-            "peers": sorted(self.peers()),
-            "timestamp": self.timestamp(),
-        }
+    def use_session(self, session_class: type[PeerSession]) -> None:
+        """Use a L{PeerSession} subclass (with extra handlers) for every link."""
+        self.mesh.use_session(session_class)
+
+    def register_handler(self, payload_type: type[Payload], handler: Callable[..., None]) -> None:
+        """Handle messages of C{payload_type} addressed here with C{handler(envelope, payload)}."""
+        self.mesh.register_handler(payload_type, handler)
+
+    def add_peer(self, address: str, node_id: str | None = None) -> None:
+        """
+        Dial the peer at C{address} now and keep re-dialling it while it is
+        down.
+
+        :raises ValueError: if C{address} is not a peer URL or is already
+            dialled.
+        """
+        self.peer_admin.add_peer(address, node_id)
+
+    def remove_peer(self, node_id: str | None = None, address: str | None = None) -> bool:
+        """
+        Close the link to C{node_id} and stop re-dialling it; or stop
+        dialling C{address}.
+
+        :returns: whether there was such a link or dialled peer.
+        """
+        return self.peer_admin.remove_peer(node_id, address)
 
     # Apps and lifecycle.
 
@@ -503,6 +223,27 @@ class RelayNode(MultiService):
         self._setups.append(d)
         return d
 
+    def site(self) -> Any:
+        """:returns: the HTTP site serving this node (JSON-RPC, registry, peer links)."""
+        limits = self.config.limits
+        peers = PeerServerFactory(
+            self.mesh,
+            limits.max_message_size,
+            allowed_origins=self.config.allowed_origins,
+            reactor=self.reactor,
+            secret=self.secret,
+        )
+        return make_site(
+            self.node_id,
+            self.dispatcher.dispatch,
+            self.views,
+            self.peer_admin,
+            self.metrics,
+            peer_resource(peers),
+            limits.max_body_size,
+            self.reactor,
+        )
+
     def listen(self) -> Deferred[IListeningPort | None]:
         """
         Start serving HTTP and peer WebSockets on the configured endpoint.
@@ -512,80 +253,34 @@ class RelayNode(MultiService):
         :returns: a Deferred with the listening port; with C{None} if the
             endpoint refuses later, which is reported to C{on_fatal}.
         """
-        from relaytx.rpc import make_site
-
+        port = self.config.port
         try:
-            endpoint = self._endpoint()
+            endpoint = server_endpoint(port, self.config.tls, self.reactor)
         except StartupError:
             raise
         except Exception as e:
-            raise StartupError(f"--port {self.config.port}: {e}") from None
+            raise StartupError(f"--port {port}: {e}") from None
         outcome: list[IListeningPort | Failure] = []
 
         def record(result: IListeningPort | Failure) -> IListeningPort | Failure:
             outcome.append(result)
             return result
 
-        d = endpoint.listen(make_site(self))
+        d = endpoint.listen(self.site())
         d.addBoth(record)
         if outcome and isinstance(outcome[0], Failure):
             d.addErrback(lambda _: None)
-            raise StartupError(_listen_error(self.config.port, failure_exception(outcome[0])))
+            raise StartupError(listen_error(port, failure_exception(outcome[0])))
 
-        def listening(port: IListeningPort) -> IListeningPort:
-            self.listening_port = port
-            self._warn_if_open(port)
-            return port
+        def listening(listening_port: IListeningPort) -> IListeningPort:
+            self.listening_port = listening_port
+            warn_if_open(listening_port, self.secret is not None)
+            return listening_port
 
         def failed(failure: Failure) -> None:
-            self._on_fatal(_listen_error(self.config.port, failure_exception(failure)))
+            self._on_fatal(listen_error(port, failure_exception(failure)))
 
         return d.addCallbacks(listening, failed)
-
-    def _warn_if_open(self, port: IListeningPort) -> None:
-        """Say so when anyone beyond this machine could join the mesh."""
-        if self.secret is not None:
-            return
-        host = getattr(port.getHost(), "host", None)
-        if host is None:  # a UNIX socket: only this machine
-            return
-        try:
-            beyond = not ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            beyond = True
-        if beyond:
-            self._log.warn(
-                "open mesh: listening on {host} without --secret-file, anyone who can "
-                "reach it can link as any node id and call any server",
-                host=host,
-            )
-
-    def _endpoint(self) -> IStreamServerEndpoint:
-        description = self.config.port
-        tls = self.config.tls
-        plain = _PLAIN_TCP.fullmatch(description)
-        interface = (plain.group("interface") or "").replace("\\:", ":") if plain else ""
-        if tls is None or not tls.serves_tls:
-            if plain is not None:
-                # Twisted's default backlog of 50 overflows when many peers
-                # (re)connect at once; their SYNs then wait seconds to retry.
-                return TCP4ServerEndpoint(
-                    self.reactor, int(plain.group("port")), backlog=1024, interface=interface
-                )
-            endpoint: IStreamServerEndpoint = serverFromString(self.reactor, description)
-            return endpoint
-        if plain is None:
-            raise StartupError(
-                f"--port {description}: [tls] applies to a port number or a plain tcp: "
-                "endpoint; give TLS settings in an ssl: endpoint instead"
-            )
-        try:
-            options = tls.server_options()
-        except TlsError as e:
-            raise StartupError(str(e)) from None
-        return SSL4ServerEndpoint(
-            self.reactor, int(plain.group("port")), options, interface=interface
-        )
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -598,7 +293,7 @@ class RelayNode(MultiService):
     def startService(self) -> None:
         self._listen_once()
         for address in self.config.add_peer:
-            if not any(d.address == address for d in self._dialers.values()):
+            if not self.peer_admin.is_dialling(address):
                 self.add_peer(address)
         super().startService()
         if self._setups:
@@ -627,15 +322,3 @@ class RelayNode(MultiService):
         # (the command line exits the process instead: tap.CommandLineNode).
         self._log.critical("{message}", message=message)
         self.stopService()
-
-
-def _timed_out(result: Any, timeout: float) -> Failure:
-    return Failure(CallTimeout(f"Call timed out after {timeout:g}s", timeout=timeout))
-
-
-def _listen_error(port: str, error: BaseException) -> str:
-    if isinstance(error, CannotListenError):
-        reason = error.socketError
-        text = getattr(reason, "strerror", None) or str(reason)
-        return f"cannot listen on {port}: {text}"
-    return f"cannot listen on {port}: {error}"

@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_peer -*-
 """
 L{PeerSession}: one link to a directly connected node, free of any
-transport. The Autobahn protocols in L{relaytx.protocol} only feed it frames
+transport. The Autobahn protocols in L{relaytx._protocol} only feed it frames
 and carry out what it asks (send a frame, close); tests drive it with a list
-and a L{Clock}.
+and a L{Clock}. It reaches the rest of the node only through its host, an
+L{ISessionHost} (the node's mesh).
 
 A session owns the link's liveness (pings on the node's clock, RTT, the
 "silent for three intervals" rule) and the table of message handlers.
@@ -29,11 +30,10 @@ types, through nodes that do not know it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface
 
 from relaytx.errors import (
     MalformedMessage,
@@ -41,6 +41,7 @@ from relaytx.errors import (
     ProtocolViolation,
     UnknownMessageType,
 )
+from relaytx.interfaces import ILinkTransport, ISessionHost
 from relaytx.wire import (
     Envelope,
     Payload,
@@ -54,38 +55,19 @@ from relaytx.wire import (
     rfc3339,
 )
 
-if TYPE_CHECKING:
-    from relaytx.mesh import Mesh
-
 # WebSocket close codes this module uses (RFC 6455 section 7.4 and the
 # application range 4000-4999).
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_INVALID_PAYLOAD = 1007
-CLOSE_SILENT = 4000
 CLOSE_REPLACED = 4001
 CLOSE_REMOVED = 4002
+CLOSE_AUTH_FAILED = 4003
 
 MISSED_PINGS = 3
 
 H = TypeVar("H", bound=Callable[..., Any])
-
-
-class ILinkTransport(Interface):
-    """What a session needs from the connection under it."""
-
-    peer_address = Attribute("A printable address of the other end.")
-
-    def send(frame: bytes) -> None:
-        """Send one text frame."""
-
-    def close(code: int, reason: str) -> None:
-        """Close the link with a WebSocket close code."""
-
-    def abort() -> None:
-        """Drop the connection at once (the peer is not answering)."""
 
 
 def handles(*payload_types: type[Payload]) -> Callable[[H], H]:
@@ -108,7 +90,7 @@ class PeerSession:
     """
     One link to neighbour C{peer_id}.
 
-    :param mesh: the node's mesh, which routes and executes.
+    :param host: the node's mesh, which routes and runs what arrives.
     :param direction: C{"outbound"} on the side that dialled, else
         C{"inbound"}.
     """
@@ -122,13 +104,13 @@ class PeerSession:
         super().__init_subclass__(**kwargs)
         _collect_handlers(cls)
 
-    def __init__(self, mesh: Mesh, peer_id: str, direction: str, address: str) -> None:
-        self.mesh = mesh
+    def __init__(self, host: ISessionHost, peer_id: str, direction: str, address: str) -> None:
+        self.host = host
         self.peer_id = peer_id
         self.direction = direction
         self.address = address
-        self.transport: Any = None
-        self.last_seen = mesh.clock.seconds()
+        self.transport: ILinkTransport | None = None
+        self.last_seen = host.clock.seconds()
         self.rtt: float | None = None
         self.healthy = True
         self.closed = False
@@ -137,29 +119,29 @@ class PeerSession:
 
     # The transport's side.
 
-    def connection_made(self, transport: Any) -> None:
+    def connection_made(self, transport: ILinkTransport) -> None:
         """The link is open: start liveness and announce ourselves."""
         self.transport = transport
-        self.last_seen = self.mesh.clock.seconds()
+        self.last_seen = self.host.clock.seconds()
         self._pinger = LoopingCall(self._tick)
-        self._pinger.clock = self.mesh.clock
-        self._pinger.start(self.mesh.ping_interval, now=True)
+        self._pinger.clock = self.host.clock
+        self._pinger.start(self.host.ping_interval, now=True)
 
     def data_received(self, frame: bytes) -> None:
         """One text frame arrived."""
-        self.last_seen = self.mesh.clock.seconds()
+        self.last_seen = self.host.clock.seconds()
         try:
             envelope = decode(frame)
         except MalformedMessage as e:
-            self.mesh.count_bad_input(e, self)
+            self.host.bad_input(e, self)
             if e.reason in ("not_json", "not_object"):
                 self.close(CLOSE_INVALID_PAYLOAD, "frames must be JSON objects")
             return
-        self.mesh.receive(envelope, self)
+        self.host.receive(envelope, self)
 
     def binary_received(self) -> None:
         """A binary frame arrived: the protocol is text only."""
-        self.mesh.count_bad_input(ProtocolViolation("binary frame", reason="binary"), self)
+        self.host.bad_input(ProtocolViolation("binary frame", reason="binary"), self)
         self.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not accepted")
 
     def connection_lost(self, reason: str = "") -> None:
@@ -171,7 +153,7 @@ class PeerSession:
             self._pinger.stop()
         self._pinger = None
         self.transport = None
-        self.mesh.link_lost(self, reason)
+        self.host.link_lost(self, reason)
 
     # Sending and closing.
 
@@ -183,7 +165,7 @@ class PeerSession:
         """
         if self.transport is not None and not self.closed:
             frame = encode(envelope)
-            limit = self.mesh.max_message_size
+            limit = self.host.max_message_size
             if len(frame) > limit:
                 raise MessageTooLarge(
                     f"a {envelope.type} of {len(frame)} bytes is over the {limit}-byte limit"
@@ -204,27 +186,27 @@ class PeerSession:
         for its type (or registered on the node). Unknown types and bad
         payloads are counted and dropped; the link stays up.
         """
-        mesh = self.mesh
+        host = self.host
         try:
-            payload = mesh.message_types.payload(envelope)
+            payload = host.message_types.payload(envelope)
         except (UnknownMessageType, MalformedMessage) as e:
-            mesh.count_bad_input(e, self)
+            host.bad_input(e, self)
             return
         name = self.handlers.get(type(payload))
         if name is not None:
             getattr(self, name)(envelope, payload)
             return
-        handler = mesh.handlers.get(type(payload))
+        handler = host.handler_for(type(payload))
         if handler is not None:
             handler(envelope, payload)
             return
-        mesh.count_bad_input(UnknownMessageType(f"no handler for {envelope.type!r}"), self)
+        host.bad_input(UnknownMessageType(f"no handler for {envelope.type!r}"), self)
 
     @handles(Ping)
     def on_ping(self, envelope: Envelope, ping: Ping) -> None:
         """Answer with a pong echoing the ping's timestamp (the original's shape)."""
-        pong = Pong(timestamp=ping.timestamp, pong_time=int(self.mesh.clock.seconds()))
-        self.mesh.send(envelope.sender, pong, reply_to=envelope.id)
+        pong = Pong(timestamp=ping.timestamp, pong_time=int(self.host.clock.seconds()))
+        self.host.send(envelope.sender, pong, reply_to=envelope.id)
 
     @handles(Pong)
     def on_pong(self, envelope: Envelope, pong: Pong) -> None:
@@ -234,35 +216,35 @@ class PeerSession:
             return
         if not isinstance(stamp, int | float):
             return
-        rtt = self.mesh.clock.seconds() - stamp
+        rtt = self.host.clock.seconds() - stamp
         if 0 <= rtt < 3600:
             self.rtt = rtt
 
     @handles(ServerCall)
     def on_server_call(self, envelope: Envelope, call: ServerCall) -> None:
         """Run a call addressed to this node and send the answer back."""
-        self.mesh.execute(envelope, call, self)
+        self.host.run_call(envelope, call, self)
 
     @handles(ServerResponse)
     def on_server_response(self, envelope: Envelope, response: ServerResponse) -> None:
-        """Complete a pending call."""
-        self.mesh.answer(envelope, response)
+        """Settle one of this node's pending calls."""
+        self.host.settle(envelope, response, self)
 
     @handles(RegistrySync)
     def on_registry_sync(self, envelope: Envelope, sync: RegistrySync) -> None:
         """Take a neighbour's servers and routes (only a neighbour's own)."""
         if envelope.sender != self.peer_id:
-            self.mesh.count_bad_input(
+            self.host.bad_input(
                 ProtocolViolation("registry_sync from a non-neighbour", reason="spoofed"), self
             )
             return
-        self.mesh.advert_from(self, sync)
+        self.host.take_advert(sync, self)
 
     # Liveness.
 
     def _tick(self) -> None:
-        now = self.mesh.clock.seconds()
-        if now - self.last_seen >= MISSED_PINGS * self.mesh.ping_interval:
+        now = self.host.clock.seconds()
+        if now - self.last_seen >= MISSED_PINGS * self.host.ping_interval:
             self.healthy = False
             self._log.info(
                 "peer {peer} silent for {silent:.1f}s: closing its link",
@@ -273,10 +255,13 @@ class PeerSession:
                 self.transport.abort()
             self.connection_lost("silent")
             return
-        self.send(Envelope.create(Ping(timestamp=now), self.mesh.node_id, self.peer_id, now))
+        self.send(Envelope.create(Ping(timestamp=now), self.host.node_id, self.peer_id, now))
 
-    def view(self) -> dict[str, Any]:
-        """:returns: this link as C{GET /registry/peers} shows it."""
+    def view(self, server_count: int) -> dict[str, Any]:
+        """
+        :param server_count: how many servers the peer advertised.
+        :returns: this link as C{GET /registry/peers} shows it.
+        """
         return {
             "node_id": self.peer_id,
             "address": self.address,
@@ -284,7 +269,7 @@ class PeerSession:
             "is_healthy": self.healthy and not self.closed,
             "last_seen": rfc3339(self.last_seen),
             "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
-            "server_count": self.mesh.neighbour_server_count(self.peer_id),
+            "server_count": server_count,
         }
 
 

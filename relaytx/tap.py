@@ -20,7 +20,7 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from relaytx.apps import import_app, run_setup
+from relaytx._apps import import_app, run_setup
 from relaytx.config import NodeConfig, build_config
 from relaytx.errors import StartupError
 from relaytx.node import RelayNode
@@ -109,7 +109,7 @@ class Options(usage.Options):
                 "ping_interval": ping_interval,
             }
         )
-        from relaytx.protocol import peer_url
+        from relaytx._dialer import peer_url
 
         for address in self.config.add_peer:
             try:

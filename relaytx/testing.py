@@ -49,9 +49,10 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface import implementer
 
+from relaytx._adverts import SYNC_DELAY
 from relaytx.config import build_config
-from relaytx.mesh import SYNC_DELAY
-from relaytx.peer import ILinkTransport, PeerSession
+from relaytx.interfaces import ILinkTransport
+from relaytx.peer import PeerSession
 from relaytx.wire import Envelope, decode
 
 if TYPE_CHECKING:
@@ -322,7 +323,7 @@ class MemoryMesh:
         link between the same two nodes replaces the first, as a reconnection
         does.
 
-        :raises relaytx.mesh.LinkRefused: if either node refuses the link.
+        :raises relaytx._mesh.LinkRefused: if either node refuses the link.
         """
         a.mesh.check_new_link(b.node_id, "outbound")
         b.mesh.check_new_link(a.node_id, "inbound")

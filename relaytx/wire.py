@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self, TypeVar
@@ -55,6 +56,9 @@ from relaytx import _json
 from relaytx.errors import MalformedMessage, UnknownMessageType
 
 DEFAULT_TTL = 10
+
+#: A node id: 1-64 of C{A-Za-z0-9._-} (SPEC section 3).
+NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 _id_prefix = os.urandom(6).hex()
 _id_counter = itertools.count(1)
@@ -174,11 +178,12 @@ class Envelope:
 
     Treat an envelope as a value: nothing changes one once made, and a
     forwarding node makes a new one with L{hop}. It is not frozen only
-    because freezing made one four times as dear to make (0.7 us against
-    0.2), and a forwarding node makes two for each message it passes on
-    (the one it reads and the one it sends). The payloads made for every
-    call (L{CallSpec}, L{ServerCall}, L{ServerResponse}, L{RouteMessage})
-    are plain records for the same reason; the rarer ones stay frozen.
+    because freezing makes one several times as dear to make, and a
+    forwarding node makes two for each message it passes on (the one it
+    reads and the one it sends; the README's benchmark notes give the
+    figures). The payloads made for every call (L{CallSpec}, L{ServerCall},
+    L{ServerResponse}, L{RouteMessage}) are plain records for the same
+    reason; the rarer ones stay frozen.
 
     @ivar data: the raw payload object; use L{MessageTypes.payload} for the
         typed view.
@@ -239,6 +244,16 @@ class Envelope:
             self.ttl - 1,
             self.reply_to,
         )
+
+    @property
+    def response_id(self) -> str | None:
+        """
+        The C{response_id} of a C{server_call} or C{server_response}, read
+        without decoding the rest of the payload (a forwarder needs no
+        more); C{None} when it is missing or not a string.
+        """
+        response_id = self.data.get("response_id")
+        return response_id if type(response_id) is str else None
 
     def to_json(self) -> dict[str, Any]:
         """
@@ -638,6 +653,22 @@ class RouteMessage(Payload):
 
     def to_data(self) -> dict[str, Any]:
         return {"original_message": self.original_message.to_json()}
+
+
+@frozen
+class AuthProof(Payload):
+    """
+    The dialler's proof of the cluster secret: its first frame on a link to
+    a node that asked for one (see L{relaytx._handshake}). Never routed and
+    never sent after the handshake, so it is not among L{CORE_TYPES}.
+    """
+
+    TYPE = "auth"
+    proof: str
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> AuthProof:
+        return cls(_require(data, "proof", str, "auth"))
 
 
 P = TypeVar("P", bound=Payload)

@@ -1,5 +1,5 @@
 """
-Tests for L{relaytx.apps}: loading apps by file path or module name and
+Tests for L{relaytx._apps}: loading apps by file path or module name and
 running their C{setup(node)}, through L{RelayNode.load_app}.
 """
 
@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx.apps import import_app, run_setup
+from relaytx._apps import import_app, run_setup
 from relaytx.config import build_config
 from relaytx.errors import StartupError
 from relaytx.node import RelayNode

@@ -1,5 +1,5 @@
 """
-Tests for L{relaytx.auth}: the HMAC proofs of the cluster secret, nonces,
+Tests for L{relaytx._auth}: the HMAC proofs of the cluster secret, nonces,
 reading the secret file, and access rules (and their C{[access]} table).
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx import auth
-from relaytx.auth import (
+from relaytx import _auth as auth
+from relaytx._auth import (
     AccessRule,
     AccessRules,
     acceptor_proof,

@@ -46,7 +46,7 @@ class ChatTests(SynchronousTestCase):
         network.link(alice, relay)
         network.link(relay, bob)
         network.settle()
-        self.assertEqual(alice.routes()["bob"]["hops"], 2)
+        self.assertEqual(alice.views.routes()["bob"]["hops"], 2)
         self.successResultOf(alice.call(None, "chat", "say", "bob", "over the relay"))
         network.pump()
         inbox = self.successResultOf(bob.call(None, "chat", "inbox"))

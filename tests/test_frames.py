@@ -1,5 +1,5 @@
 """
-Tests for L{relaytx.frames}: socket tuning, and the short path for whole
+Tests for L{relaytx._frames}: socket tuning, and the short path for whole
 messages in single frames, held to what Autobahn alone does with the same
 bytes.
 """
@@ -27,7 +27,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx.frames import READ_CHUNK, SHORT_FRAME, LeanMessages, frame_header, tune_socket, unmask
+from relaytx._frames import READ_CHUNK, SHORT_FRAME, LeanMessages, frame_header, tune_socket, unmask
 from tests.support import fuzz_settings
 
 FUZZ = fuzz_settings(max_examples=150)

@@ -20,6 +20,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx import _json
+from relaytx._calls import CallTarget
+from relaytx._jsonrpc import MAX_BATCH, JsonRpcHandler, resolve
 from relaytx.errors import (
     AccessDenied,
     CallError,
@@ -35,11 +37,11 @@ from relaytx.errors import (
     RemoteCallError,
     UnknownMessageType,
 )
-from relaytx.jsonrpc import MAX_BATCH, NODE_ID_RE, CallTarget, JsonRpcHandler, resolve
 from relaytx.peer import CLOSE_INVALID_PAYLOAD
 from relaytx.testing import FakeLinkTransport, memory_node
 from relaytx.wire import (
     CORE_TYPES,
+    NODE_ID_RE,
     CallSpec,
     Envelope,
     Ping,

@@ -1,5 +1,5 @@
 """
-Tests for L{relaytx.jsonrpc}: method name resolution and the transport-free
+Tests for L{relaytx._jsonrpc}: method name resolution and the transport-free
 JSON-RPC 2.0 handler, driven with a fake C{invoke}.
 """
 
@@ -11,13 +11,14 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
+from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget
+from relaytx._jsonrpc import JsonRpcHandler, _gather, resolve
 from relaytx.errors import (
     CallTimeout,
     InvalidParams,
     MethodNotFound,
     RemoteCallError,
 )
-from relaytx.jsonrpc import DEFAULT_CALL_TIMEOUT, CallTarget, JsonRpcHandler, _gather, resolve
 
 NODE_ID = "n1"
 

@@ -1,5 +1,5 @@
 """
-Tests for L{relaytx.limits.CallLimiter} on a L{Clock}, and for the limits
+Tests for L{relaytx._limits.CallLimiter} on a L{Clock}, and for the limits
 and access rules a L{RelayNode} applies to HTTP and peer callers, on a
 C{MemoryReactorClock} with nodes linked by L{relaytx.testing.MemoryMesh}.
 """
@@ -14,10 +14,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx import CallTimeout, Server, exposed
-from relaytx.auth import AccessRules
+from relaytx._auth import AccessRules
+from relaytx._calls import CallTarget
+from relaytx._jsonrpc import JsonRpcHandler
+from relaytx._limits import CallLimiter
 from relaytx.errors import AccessDenied, Overloaded
-from relaytx.jsonrpc import CallTarget, JsonRpcHandler
-from relaytx.limits import CallLimiter
 from relaytx.node import RelayNode
 from relaytx.testing import MemoryMesh, memory_node
 from tests.support import Slow
@@ -266,12 +267,12 @@ def node_with(node_id: str, clock: MemoryReactorClock, **options: Any) -> RelayN
 
 def server(node: RelayNode, name: str) -> Any:
     """:returns: the server C{name} of C{node}."""
-    return node._mailboxes[name].server
+    return node.servers.server(name)
 
 
 def call(node: RelayNode, server: str, method: str, caller: str | None, *args: Any) -> Any:
     """:returns: the Deferred of a call made to C{node} by C{caller}."""
-    return node.invoke(CallTarget(None, server, method, args, caller=caller))
+    return node.dispatcher.call(CallTarget(None, server, method, args, caller=caller))
 
 
 class HttpCallerLimitTests(SynchronousTestCase):
@@ -311,7 +312,7 @@ class HttpCallerLimitTests(SynchronousTestCase):
 
     def test_jsonRpcAnswer(self) -> None:
         """Over JSON-RPC the refusal is an error object with code -32005."""
-        handler = JsonRpcHandler(self.node.invoke, self.node.node_id)
+        handler = JsonRpcHandler(self.node.dispatcher.call, self.node.node_id)
         body = json.dumps({"jsonrpc": "2.0", "method": "slow.wait", "id": 7}).encode()
         for _ in range(2):
             self.assertNoResult(handler.handle(body, "http:1.2.3.4"))
@@ -452,7 +453,7 @@ class AccessTests(MeshFixture, SynchronousTestCase):
             CallTarget(None, "counter", "get", caller="http:127.0.0.1"),
             CallTarget("hB", "counter", "increment", caller="http:10.1.2.3"),
         ):
-            failure = self.failureResultOf(self.b.invoke(target), AccessDenied)
+            failure = self.failureResultOf(self.b.dispatcher.call(target), AccessDenied)
             self.assertEqual(failure.value.code, -32004)
         self.assertEqual(self.successResultOf(call(self.b, "node", "echo", "http:1.1.1.1", 2)), [2])
         # Code in the node itself is not subject to the rules.

@@ -1,5 +1,5 @@
 """
-Tests for L{relaytx.mesh}: several nodes linked in memory with
+Tests for L{relaytx._mesh}: several nodes linked in memory with
 L{relaytx.testing.MemoryMesh}: registry sync, routing, calls across hops and
 their failures.
 """
@@ -21,8 +21,8 @@ from relaytx import (
     Server,
     exposed,
 )
-from relaytx.calls import PendingCalls
-from relaytx.mesh import SYNC_DELAY
+from relaytx._adverts import SYNC_DELAY
+from relaytx._calls import PendingCalls
 from relaytx.node import RelayNode
 from relaytx.peer import CLOSE_NORMAL, CLOSE_REPLACED
 from relaytx.testing import MemoryMesh, line, link_nodes, memory_node
@@ -126,9 +126,9 @@ class MemoryMeshTests(MeshTestCase):
         a, b = self.nodes("ab")
         link = link_nodes(a, b)
         link.network.settle()
-        self.assertEqual(a.routes()["b"]["hops"], 1)
-        self.assertEqual(b.peers()["a"]["direction"], "inbound")
-        self.assertEqual(a.peers()["b"]["direction"], "outbound")
+        self.assertEqual(a.views.routes()["b"]["hops"], 1)
+        self.assertEqual(b.views.peers()["a"]["direction"], "inbound")
+        self.assertEqual(a.views.peers()["b"]["direction"], "outbound")
 
     def test_close_reaches_both(self) -> None:
         """A session's close reaches both sessions as connection_lost once pumped."""
@@ -186,7 +186,7 @@ class MemoryMeshTests(MeshTestCase):
         self.network.pump()
 
         def echo_back(envelope: Envelope, chat: Chat) -> None:
-            link.session_of(envelope.to).mesh.send(envelope.sender, chat)
+            link.session_of(envelope.to).host.send(envelope.sender, chat)
 
         a.register_handler(Chat, echo_back)
         b.register_handler(Chat, echo_back)
@@ -201,7 +201,7 @@ class MemoryMeshTests(MeshTestCase):
         self.assertFalse(link.closed)
         self.assertEqual((list(a.mesh.links), list(b.mesh.links)), (["b"], ["a"]))
         self.assertEqual(len(link.sent_by(a, "ping")), 13)
-        self.assertEqual(a.peers()["b"]["rtt_ms"], 0.0)
+        self.assertEqual(a.views.peers()["b"]["rtt_ms"], 0.0)
         self.assertEqual(self.clock.seconds(), 60)
 
     def test_stalled_link_dropped(self) -> None:
@@ -215,7 +215,7 @@ class MemoryMeshTests(MeshTestCase):
         self.assertTrue(link.closed)
         self.assertTrue(link.transport_of(a).aborted or link.transport_of(b).aborted)
         self.assertEqual((sorted(a.mesh.links), sorted(b.mesh.links)), ([], ["c"]))
-        self.assertNotIn("a", c.routes())
+        self.assertNotIn("a", c.views.routes())
 
     def test_separate_clocks(self) -> None:
         """advance() moves every linked node's clock when nodes have their own."""
@@ -237,7 +237,7 @@ class RegistrySyncTests(MeshTestCase):
         self.network.advance(0)
         self.assertEqual(len(link.sent_by(a, "registry_sync")), 1)
         self.assertEqual(len(link.sent_by(b, "registry_sync")), 1)
-        [entry] = [e for e in a.server_directory()["node"] if e["node_id"] == "b"]
+        [entry] = [e for e in a.views.servers()["node"] if e["node_id"] == "b"]
         self.assertEqual(entry["hops"], 1)
 
     def test_expose_coalesced(self) -> None:
@@ -260,22 +260,23 @@ class RegistrySyncTests(MeshTestCase):
             self.assertEqual(len(syncs), before + 1)
             self.assertEqual(set(syncs[-1].data["servers"]), {"node", "one", "two", "three"})
         self.assertLessEqual(self.clock.seconds(), 1.0)
-        self.assertEqual({e["node_id"] for e in b.server_directory()["three"]}, {"a"})
+        self.assertEqual({e["node_id"] for e in b.views.servers()["three"]}, {"a"})
 
     def test_line_of_four_converges(self) -> None:
         """On a line of four, the ends see each other's servers three hops away."""
         a, b, _c, d = self.line("abcd")
         d.expose("far", Counter())
         self.network.settle()
-        [entry] = a.server_directory()["far"]
+        [entry] = a.views.servers()["far"]
         self.assertEqual((entry["node_id"], entry["hops"], entry["is_local"]), ("d", 3, False))
         self.assertEqual(entry["methods"], ["increment"])
-        self.assertEqual(a.routes()["d"]["next_hop"], "b")
+        self.assertEqual(a.views.routes()["d"]["next_hop"], "b")
         self.assertEqual(
-            d.routes()["a"], {"next_hop": "c", "hops": 3, "metric": 3, "path": ["c", "b", "a"]}
+            d.views.routes()["a"],
+            {"next_hop": "c", "hops": 3, "metric": 3, "path": ["c", "b", "a"]},
         )
         self.assertEqual(
-            sorted((e["node_id"], e["hops"]) for e in b.server_directory()["node"]),
+            sorted((e["node_id"], e["hops"]) for e in b.views.servers()["node"]),
             [("a", 1), ("b", 0), ("c", 1), ("d", 2)],
         )
 
@@ -286,15 +287,15 @@ class RegistrySyncTests(MeshTestCase):
         self.network.settle()
         d.unexpose("far")
         self.network.settle()
-        self.assertNotIn("far", a.server_directory())
+        self.assertNotIn("far", a.views.servers())
 
     def test_cut_withdraws_routes(self) -> None:
         """Cutting the middle of a line withdraws the routes across it at both ends."""
         a, b, c, d = self.line("abcd")
         self.network.link_between(b, c).cut()
         self.network.settle()
-        self.assertEqual(sorted(a.routes()), ["b"])
-        self.assertEqual(sorted(d.routes()), ["c"])
+        self.assertEqual(sorted(a.views.routes()), ["b"])
+        self.assertEqual(sorted(d.views.routes()), ["c"])
 
 
 class CallTests(MeshTestCase):
@@ -460,12 +461,12 @@ class CallTests(MeshTestCase):
         self.network.settle()
         slow = Slow()
         d.expose("slow", slow)
-        self.assertEqual(a.routes()["d"]["next_hop"], "b")
+        self.assertEqual(a.views.routes()["d"]["next_hop"], "b")
         call = a.call("d", "slow", "wait", timeout=60)
         self.network.pump()
         self.assertEqual(len(slow.waiting), 1)
         self.network.link_between(a, b).cut()
-        self.assertEqual(a.routes()["d"]["next_hop"], "c")
+        self.assertEqual(a.views.routes()["d"]["next_hop"], "c")
         self.assertEqual(self.failureResultOf(call, NodeUnreachable).value.code, -32002)
 
     def test_budget_spent_on_target(self) -> None:
@@ -543,7 +544,7 @@ class CallTests(MeshTestCase):
         for node in (k, l_):
             node.expose("counter", counters[node.node_id])
         self.network.settle()
-        self.assertEqual(a.routes()["l"]["hops"], 11)
+        self.assertEqual(a.views.routes()["l"]["hops"], 11)
         near = a.call("k", "counter", "increment")
         self.network.pump()
         self.assertEqual(self.successResultOf(near), 1)
@@ -619,7 +620,7 @@ class FloodTests(MeshTestCase):
     def test_two_hops(self) -> None:
         """With the registry disabled, a call still reaches a node two hops away by flooding."""
         a, b, _c = self.line("abc")
-        self.assertEqual(sorted(a.routes()), ["b"])
+        self.assertEqual(sorted(a.views.routes()), ["b"])
         d = a.call("c", "node", "echo", "flood")
         self.network.pump()
         self.assertEqual(self.successResultOf(d), ["flood"])

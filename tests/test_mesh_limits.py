@@ -98,7 +98,7 @@ class AdvertLimitTests(SynchronousTestCase):
         session = a.mesh.links["b"]
         routes = {"far": RouteAdvert(("far",), {"svc": ("m",)})}
         a.mesh.receive(Envelope.create(RegistrySync({}, routes), "b", "a", 0.0), session)
-        self.assertEqual(a.routes()["far"]["hops"], 2)
+        self.assertEqual(a.views.routes()["far"]["hops"], 2)
 
 
 class ForgedAnswerTests(SynchronousTestCase):

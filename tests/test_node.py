@@ -13,6 +13,7 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from relaytx._listen import warn_if_open
 from relaytx.testing import memory_node
 
 
@@ -29,7 +30,7 @@ class OpenMeshWarningTests(SynchronousTestCase):
 
     def warnings(self, node: object, address: object) -> list[str]:
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-        node._warn_if_open(_Port(address))  # type: ignore[attr-defined]
+        warn_if_open(_Port(address), node.secret is not None)  # type: ignore[arg-type]
         return [e["log_format"] for e in events if "open mesh" in e.get("log_format", "")]
 
     def test_all_interfaces(self) -> None:

@@ -237,7 +237,7 @@ class PingPongTests(SessionTestCase):
         self.clock.advance(0.25)
         self.receive(frame("pong", "hA", "hB", {"timestamp": ping.data["timestamp"]}))
         self.assertAlmostEqual(self.session.rtt, 0.25)
-        self.assertEqual(self.node.peers()["hA"]["rtt_ms"], 250.0)
+        self.assertEqual(self.node.views.peers()["hA"]["rtt_ms"], 250.0)
 
     def test_pong_from_elsewhere_ignored(self) -> None:
         """A pong not sent by the neighbour itself, or with no usable timestamp, sets no RTT."""
@@ -270,21 +270,21 @@ class LivenessTests(SessionTestCase):
             self.receive(frame("pong", "hA", "hB", {"timestamp": 0}))
         self.assertFalse(self.transport.aborted)
         self.assertIs(self.node.mesh.links["hA"], self.session)
-        self.assertTrue(self.node.peers()["hA"]["is_healthy"])
+        self.assertTrue(self.node.views.peers()["hA"]["is_healthy"])
 
     def test_silent_peer_dropped(self) -> None:
         """A neighbour silent for three intervals is aborted, unlinked and unrouted."""
         advert = RegistrySync(servers={}, routes={"hZ": RouteAdvert(("hZ",), {"z": ("m",)})})
         self.receive(encode(Envelope.create(advert, "hA", "hB", self.clock.seconds())))
-        self.assertEqual(self.node.routes()["hZ"]["next_hop"], "hA")
+        self.assertEqual(self.node.views.routes()["hZ"]["next_hop"], "hA")
         self.clock.advance(5.9)
         self.assertFalse(self.transport.aborted)
         self.clock.advance(0.1)
         self.assertTrue(self.transport.aborted)
         self.assertNotIn("hA", self.node.mesh.links)
-        self.assertEqual(self.node.routes(), {})
-        self.assertEqual(self.node.server_directory().keys(), {"node"})
-        self.assertFalse(self.session.view()["is_healthy"])
+        self.assertEqual(self.node.views.routes(), {})
+        self.assertEqual(self.node.views.servers().keys(), {"node"})
+        self.assertFalse(self.session.view(0)["is_healthy"])
 
     def test_silent_peer_fails_calls(self) -> None:
         """A call to a neighbour that falls silent fails with -32002 then, not at its timeout."""
@@ -585,7 +585,7 @@ class SeedPythonPeerTests(SessionTestCase):
     def test_registry_sync(self) -> None:
         """The Python peer's registry_sync puts its server in the directory, one hop away."""
         self.receive(SEED_PY1_REGISTRY_SYNC)
-        [entry] = self.node.server_directory()["svc"]
+        [entry] = self.node.views.servers()["svc"]
         self.assertEqual(
             (entry["node_id"], entry["methods"], entry["hops"], entry["is_local"]),
             ("py1", ["m"], 1, False),

@@ -1,5 +1,5 @@
 """
-Tests for L{relaytx.protocol}: peer addresses, the dialler's back-off and
+Tests for L{relaytx._protocol}: peer addresses, the dialler's back-off and
 socket tuning.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx.protocol import Dialer, peer_url
+from relaytx._dialer import Dialer, peer_url
 from relaytx.testing import memory_node
 
 

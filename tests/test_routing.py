@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_routing -*-
 """
-Tests for L{relaytx.routing}: the path-vector routing table, on small
+Tests for L{relaytx._routing}: the path-vector routing table, on small
 networks simulated in memory (one L{Router} per node, adverts delivered in
 synchronous rounds until nothing changes).
 """
@@ -14,7 +14,7 @@ from itertools import pairwise
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx.routing import MAX_HOPS, Route, Router
+from relaytx._routing import MAX_HOPS, Route, Router
 from relaytx.wire import RegistrySync, RouteAdvert
 
 # More rounds than any test network needs: a flood still busy after this
@@ -319,6 +319,11 @@ class ShapeTests(SynchronousTestCase):
         net.assert_converged()
 
 
+def via(router: Router, peer_id: str) -> list[str]:
+    """:returns: the destinations C{router} reaches through neighbour C{peer_id}."""
+    return [d for d, r in router.routes().items() if r.next_hop == peer_id]
+
+
 class LinkLossTests(SynchronousTestCase):
     """Links going down: routes are withdrawn or go round, never loop."""
 
@@ -326,9 +331,9 @@ class LinkLossTests(SynchronousTestCase):
         """Right after link_down, before any advert, nothing is routed via the lost neighbour."""
         net, (a, b, c, d) = line(self, 4)
         net.flood()
-        self.assertEqual(sorted(net[b].routes_via(c)), [c, d])
+        self.assertEqual(sorted(via(net[b], c)), [c, d])
         self.assertEqual(net.cut(b, c), (True, True))
-        self.assertEqual(net[b].routes_via(c), [])
+        self.assertEqual(via(net[b], c), [])
         self.assertEqual(set(net[b].routes()), {a})
         self.assertEqual(set(net[c].routes()), {d})
         # a has not heard yet: it still believes in c and d through b.
@@ -404,67 +409,6 @@ class LinkLossTests(SynchronousTestCase):
         self.assertEqual(net["g11"].routes(), {})
 
 
-class HealthTests(SynchronousTestCase):
-    """Unhealthy neighbours route nothing."""
-
-    def setUp(self) -> None:
-        # me has two ways to z: through b (2 hops) and through c and x (3).
-        self.router = Router("me")
-        self.router.link_up("b")
-        self.router.link_up("c")
-        self.router.advert_from(
-            "b", RegistrySync(servers_of("b"), {"z": RouteAdvert(("z",), servers_of("z"))})
-        )
-        self.router.advert_from(
-            "c",
-            RegistrySync(
-                servers_of("c"),
-                {
-                    "x": RouteAdvert(("x",), servers_of("x")),
-                    "z": RouteAdvert(("x", "z"), servers_of("z")),
-                },
-            ),
-        )
-
-    def test_unhealthy_neighbour_routes_nothing(self) -> None:
-        """set_health(False) removes the route to that neighbour and every route through it."""
-        self.assertEqual(self.router.route("z").path, ("b", "z"))  # type: ignore[union-attr]
-        self.assertTrue(self.router.set_health("b", False))
-        self.assertFalse(self.router.is_healthy("b"))
-        self.assertEqual(self.router.healthy_neighbours(), ["c"])
-        self.assertEqual(self.router.routes_via("b"), [])
-        self.assertIsNone(self.router.route("b"))
-        self.assertEqual(self.router.route("z").path, ("c", "x", "z"))  # type: ignore[union-attr]
-
-    def test_healthy_again_restores_routes(self) -> None:
-        """A neighbour marked healthy again routes with its kept advert."""
-        self.router.set_health("b", False)
-        self.assertTrue(self.router.set_health("b", True))
-        self.assertTrue(self.router.is_healthy("b"))
-        self.assertEqual(self.router.route("z").path, ("b", "z"))  # type: ignore[union-attr]
-        self.assertEqual(self.router.route("b").servers, servers_of("b"))  # type: ignore[union-attr]
-
-    def test_set_health_without_change(self) -> None:
-        """Repeating the current health, or naming a peer that is not linked, changes nothing."""
-        self.assertFalse(self.router.set_health("b", True))
-        self.assertFalse(self.router.set_health("stranger", False))
-        self.assertFalse(self.router.is_healthy("stranger"))
-        self.router.set_health("b", False)
-        self.assertFalse(self.router.set_health("b", False))
-
-    def test_unhealthy_in_network(self) -> None:
-        """In a diamond, a node that marks a neighbour unhealthy routes around it."""
-        net = Network(self, "abcd", [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
-        net.flood()
-        self.assertEqual(net["a"].next_hop("d"), "b")
-        net["a"].set_health("b", False)
-        net.flood()
-        self.assertEqual(net["a"].route("d").path, ("c", "d"))  # type: ignore[union-attr]
-        for destination, route in net["a"].routes().items():
-            self.assertNotEqual(route.next_hop, "b", destination)
-        net.assert_loop_free()
-
-
 class AdvertTests(SynchronousTestCase):
     """What a router takes from adverts and what it sends."""
 
@@ -532,7 +476,7 @@ class AdvertTests(SynchronousTestCase):
         router.link_up("b")
         before = router.table()
         sync = RegistrySync(servers_of("x"), {"z": RouteAdvert(("z",))})
-        self.assertFalse(router.advert_from("x", sync, now=1.0))
+        self.assertFalse(router.advert_from("x", sync))
         self.assertEqual(router.table(), before)
         router.link_up("x")
         self.assertEqual(router.route("x").servers, {})  # type: ignore[union-attr]
@@ -611,12 +555,11 @@ class EventTests(SynchronousTestCase):
         router.link_up("b")
         router.link_up("c")
         self.assertFalse(router.link_down("stranger"))
-        router.set_health("c", False)
-        self.assertFalse(router.link_down("c"))
+        self.assertTrue(router.link_down("c"))
         self.assertTrue(router.link_down("b"))
         self.assertFalse(router.link_down("b"))
         self.assertEqual(router.routes(), {})
-        self.assertEqual(router.healthy_neighbours(), [])
+        self.assertFalse(router.is_linked("b"))
 
     def test_link_down_forgets_advert(self) -> None:
         """A neighbour that comes back after link_down starts without its old advert."""
@@ -650,4 +593,4 @@ class EventTests(SynchronousTestCase):
         self.assertEqual(router.table(), {})
         self.assertIsNone(router.route("x"))
         self.assertIsNone(router.next_hop("x"))
-        self.assertEqual(router.routes_via("x"), [])
+        self.assertEqual(via(router, "x"), [])

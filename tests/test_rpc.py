@@ -1,7 +1,7 @@
 """
-Tests for L{relaytx.rpc}: the HTTP face of a node (SPEC sections 4 and 5),
+Tests for L{relaytx._http}: the HTTP face of a node (SPEC sections 4 and 5),
 driven in memory. Most requests go through C{treq.testing.StubTreq} on the
-root resource of C{make_site(node)}; what only the L{NodeSite} does (its
+root resource of C{node.site()}; what only the L{NodeSite} does (its
 L{BoundedRequest}s, their 413s, the raw shape of a response) is driven
 through a real C{HTTPChannel} built by the site on a C{StringTransport}.
 Every node runs on a C{MemoryReactorClock}: no sockets, no sleeping.
@@ -25,8 +25,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
 from relaytx import Server, exposed
+from relaytx._http import BoundedRequest, NodeSite
 from relaytx.node import RelayNode
-from relaytx.rpc import BoundedRequest, NodeSite, make_site
 from relaytx.testing import MemoryMesh, link_nodes, memory_node
 
 NODE_ID = "n1"
@@ -121,7 +121,7 @@ class NodeHttp:
 
     def __init__(self, case: SynchronousTestCase, node: RelayNode) -> None:
         self.case = case
-        self.site = make_site(node)
+        self.site = node.site()
         self.stub = StubTreq(self.site.resource)
 
     def start(
@@ -655,7 +655,7 @@ class BodyLimitTests(NodeTestCase):
         connection.post(b"/registry/peers/add", body + b" " * (257 - len(body)))
         code, headers, _ = connection.response()
         self.assertEqual((code, headers[b"content-type"]), (413, b"application/json"))
-        self.assertEqual(self.node._dialers, {})
+        self.assertEqual(self.node.peer_admin.dialers, {})
 
     def test_form_bodies_are_json(self) -> None:
         """A JSON-RPC body labelled as a form submission is still read as JSON."""
@@ -805,7 +805,7 @@ class PeerManagementTests(NodeTestCase):
             b'{"address": "ws://127.0.0.1:99999"}',
         ]:
             self.assertJsonError(self.add(body), 400)
-        self.assertEqual((self.node._dialers, self.dialled()), ({}, []))
+        self.assertEqual((self.node.peer_admin.dialers, self.dialled()), ({}, []))
         self.stop()
 
     def test_add(self) -> None:
@@ -814,7 +814,7 @@ class PeerManagementTests(NodeTestCase):
         reply = self.add(b'{"address": "ws://127.0.0.1:9"}')
         self.assertEqual((reply.code, reply.header("content-type")), (200, "application/json"))
         self.assertEqual(reply.json(), {"status": "dialling", "address": "ws://127.0.0.1:9"})
-        self.assertEqual(list(self.node._dialers), [self.URL])
+        self.assertEqual(list(self.node.peer_admin.dialers), [self.URL])
         self.assertEqual(self.dialled(), [("127.0.0.1", 9)])
         self.assertJsonError(self.add(b'{"address": "http://127.0.0.1:9"}'), 400)  # the same peer
         self.stop()
@@ -822,7 +822,7 @@ class PeerManagementTests(NodeTestCase):
     def test_add_before_start(self) -> None:
         """A peer added to a node that is not running yet is dialled when the node starts."""
         self.assertEqual(self.add(b'{"address": "127.0.0.1:9", "node_id": "p1"}').code, 200)
-        self.assertEqual(list(self.node._dialers), [self.URL])
+        self.assertEqual(list(self.node.peer_admin.dialers), [self.URL])
         self.assertEqual(self.dialled(), [])
         self.node.startService()
         self.assertEqual(self.dialled(), [("127.0.0.1", 9)])
@@ -841,11 +841,11 @@ class PeerManagementTests(NodeTestCase):
         """Removing a dialled peer by its id gets 200 and stops its dialler."""
         self.node.startService()
         self.assertEqual(self.add(b'{"address": "ws://127.0.0.1:9", "node_id": "p1"}').code, 200)
-        [dialer] = self.node._dialers.values()
+        [dialer] = self.node.peer_admin.dialers.values()
         reply = self.remove(b'{"node_id": "p1"}')
         self.assertEqual((reply.code, reply.header("content-type")), (200, "application/json"))
         self.assertEqual(reply.json(), {"status": "removed", "node_id": "p1"})
-        self.assertEqual(self.node._dialers, {})
+        self.assertEqual(self.node.peer_admin.dialers, {})
         self.assertFalse(dialer.running)
         self.assertJsonError(self.remove(b'{"node_id": "p1"}'), 404)
         self.stop()
@@ -944,4 +944,4 @@ class HttpDetailTests(NodeTestCase):
         for node_id in ["", "bad id!", "x" * 65]:
             body = encoded({"address": "ws://127.0.0.1:9", "node_id": node_id})
             self.assertJsonError(self.http.request("POST", "/registry/peers/add", body), 400)
-        self.assertEqual(self.node._dialers, {})
+        self.assertEqual(self.node.peer_admin.dialers, {})

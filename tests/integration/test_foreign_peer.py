@@ -105,7 +105,7 @@ class ForeignPeerTests(TestCase):
             return seen
 
         talk = deferToThread(conversation)
-        await wait_for(lambda: "svc" in node.server_directory(), 5.0, what="py1's registry")
+        await wait_for(lambda: "svc" in node.views.servers(), 5.0, what="py1's registry")
         remote = await rpc(
             url(node),
             "remote_call",

@@ -28,7 +28,7 @@ from twisted.trial.unittest import TestCase
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from relaytx.jsonrpc import MAX_BATCH
+from relaytx._jsonrpc import MAX_BATCH
 from relaytx.node import RelayNode
 
 from .helpers import Counter, get_json, rpc, start_node, url, wait_for, ws
@@ -283,7 +283,9 @@ class GarbageTests(TestCase):
         target = start_node(self, "target", servers={"counter": Counter()})
         other = start_node(self, "other", peers=[ws(target)])
         await wait_for(
-            lambda: "other" in target.peers() and "target" in other.peers(), 5.0, what="link"
+            lambda: "other" in target.views.peers() and "target" in other.views.peers(),
+            5.0,
+            what="link",
         )
         return target, other
 
@@ -319,7 +321,7 @@ class GarbageTests(TestCase):
         )
         answer = await rpc(url(other), "target/counter.increment", [2], request_id="x")
         self.assertEqual(answer, {"jsonrpc": "2.0", "result": before + 3, "id": "x"})
-        self.assertIn("other", target.peers())
+        self.assertIn("other", target.views.peers())
 
     async def test_rpc_garbage_bodies(self) -> None:
         """Random bytes, deep nesting, bad UTF-8 and odd JSON on /rpc get JSON-RPC errors."""
@@ -766,7 +768,9 @@ class GarbageTests(TestCase):
         for name in ("unmasked", "opcode", "rsv", "long_ping", "stray_continuation"):
             self.assertEqual(seen[name], 1002, name)
         self.assertEqual(seen["huge_header"], 1009)
-        await wait_for(lambda: set(target.peers()) == {"other"}, 5.0, what="bad links to close")
+        await wait_for(
+            lambda: set(target.views.peers()) == {"other"}, 5.0, what="bad links to close"
+        )
         dropped = target.metrics.registry.get_sample_value
         self.assertGreater(dropped("relaytx_messages_dropped_total", {"reason": "bad_field"}), 0)
         self.assertGreater(dropped("relaytx_messages_dropped_total", {"reason": "spoofed"}), 0)

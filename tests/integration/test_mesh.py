@@ -11,8 +11,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import TestCase
 
+from relaytx._frames import READ_CHUNK
 from relaytx.errors import CallTimeout, NodeUnreachable
-from relaytx.frames import READ_CHUNK
 
 from .helpers import (
     EXAMPLES,
@@ -29,7 +29,7 @@ PING = 0.5  # seconds: short liveness so failures show quickly
 
 
 def _servers_of(node, name):
-    return {e["node_id"]: e["hops"] for e in node.server_directory().get(name, [])}
+    return {e["node_id"]: e["hops"] for e in node.views.servers().get(name, [])}
 
 
 class LineTests(TestCase):
@@ -49,12 +49,14 @@ class LineTests(TestCase):
         a = start_node(self, "A", peers=[ws(b)], ping_interval=PING)
 
         elapsed = await wait_for(
-            lambda: set(a.peers()) == {"B"} and set(b.peers()) == {"A", "C"}, 2.0, what="links"
+            lambda: set(a.views.peers()) == {"B"} and set(b.views.peers()) == {"A", "C"},
+            2.0,
+            what="links",
         )
         peers_c = await get_json(c.url + "/registry/peers")
         self.assertEqual(set(peers_c), {"B"})
         self.assertEqual(peers_c["B"]["direction"], "inbound")
-        self.assertEqual(a.peers()["B"]["direction"], "outbound")
+        self.assertEqual(a.views.peers()["B"]["direction"], "outbound")
         self.assertLess(elapsed, 2.0)
 
         await wait_for(lambda: _servers_of(a, "counter_server") == {"C": 2}, 2.0, what="sync")
@@ -67,7 +69,7 @@ class LineTests(TestCase):
 
         c.kill()
         lost = await wait_for(
-            lambda: "counter_server" not in a.server_directory(), 3 * PING + 1, what="drop"
+            lambda: "counter_server" not in a.views.servers(), 3 * PING + 1, what="drop"
         )
         self.assertLess(lost, 3 * PING + 1)
 
@@ -95,7 +97,7 @@ class ConvergenceTests(TestCase):
         )
         print(f"\n10-node line: registry converged in {took * 1000:.0f} ms")
         self.assertEqual(await nodes[0].call("n9", "last", "increment", 2), 2)
-        self.assertEqual(nodes[0].routes()["n9"]["hops"], 9)
+        self.assertEqual(nodes[0].views.routes()["n9"]["hops"], 9)
 
 
 def _link(nodes, edges):
@@ -117,7 +119,10 @@ class TopologyTests(TestCase):
         _link(nodes, edges)
         goal = f"t{target}"
         await wait_for(
-            lambda: nodes[caller].mesh.can_reach(goal) and len(nodes[caller].routes()) == count - 1,
+            lambda: (
+                nodes[caller].mesh.can_reach(goal)
+                and len(nodes[caller].views.routes()) == count - 1
+            ),
             15.0,
             what="routes",
         )
@@ -133,7 +138,7 @@ class TopologyTests(TestCase):
         # advert arrived first); the best one follows within a few sync
         # rounds (SYNC_DELAY each), which 100 quick calls may not outlast.
         await wait_for(
-            lambda: node.routes()[destination][field] == value,
+            lambda: node.views.routes()[destination][field] == value,
             5.0,
             what=f"{field} {value!r} to {destination}",
         )
@@ -141,7 +146,7 @@ class TopologyTests(TestCase):
     async def test_line_of_three(self) -> None:
         """A to C through B."""
         nodes = await self._hundred(3, [(0, 1), (1, 2)], 0, 2)
-        self.assertEqual(nodes[0].routes()["t2"]["hops"], 2)
+        self.assertEqual(nodes[0].views.routes()["t2"]["hops"], 2)
 
     async def test_ring_of_five(self) -> None:
         """Across a ring, the shorter way round (2 hops) is used."""
@@ -151,7 +156,7 @@ class TopologyTests(TestCase):
     async def test_star(self) -> None:
         """Leaf to leaf through the hub."""
         nodes = await self._hundred(5, [(1, 0), (2, 0), (3, 0), (4, 0)], 1, 4)
-        self.assertEqual(nodes[1].routes()["t4"]["next_hop"], "t0")
+        self.assertEqual(nodes[1].views.routes()["t4"]["next_hop"], "t0")
 
     async def test_full_mesh_of_four(self) -> None:
         """Every pair linked: calls go direct."""
@@ -228,7 +233,7 @@ class CallTests(TestCase):
     async def test_http_forms(self) -> None:
         """remote_call, NODE_ID/SERVER.METHOD and bare SERVER.METHOD all reach B over HTTP."""
         a, _, _ = await self._pair()
-        await wait_for(lambda: "counter_server" in a.server_directory(), 2.0)
+        await wait_for(lambda: "counter_server" in a.views.servers(), 2.0)
         base = f"http://127.0.0.1:{a.listening_port.getHost().port}"
         first = await rpc(
             base,

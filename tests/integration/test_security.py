@@ -35,9 +35,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 from zope.interface import implementer
 
-from relaytx import auth, protocol
+from relaytx import _auth as auth
+from relaytx import _protocol as protocol
 from relaytx.config import ConfigError, build_config
 from relaytx.node import RelayNode
+from relaytx.peer import CLOSE_AUTH_FAILED
 
 from .helpers import Counter, free_port, get_json, rpc, start_node, url, wait_for, ws
 
@@ -258,7 +260,7 @@ class RawClientTests(_Files, TestCase):
 
         # A call instead of the proof.
         headers, code = await deferToThread(attempt, [call_frame("intruder", "node1", "r1")])
-        self.assertEqual(code, protocol.CLOSE_AUTH_FAILED)
+        self.assertEqual(code, CLOSE_AUTH_FAILED)
         self.assertTrue(auth.valid_nonce(headers.get(auth.NONCE_HEADER)), headers)
         self.assertEqual(len(headers.get(auth.PROOF_HEADER, "")), 64)
         # A wrong proof, then a call; a proof made with another secret; a binary proof.
@@ -269,7 +271,7 @@ class RawClientTests(_Files, TestCase):
         ]
         for frames in wrong:
             _, code = await deferToThread(attempt, frames)
-            self.assertEqual(code, protocol.CLOSE_AUTH_FAILED, frames[0])
+            self.assertEqual(code, CLOSE_AUTH_FAILED, frames[0])
 
         def other_secret() -> int | None:
             with connect(
@@ -281,11 +283,11 @@ class RawClientTests(_Files, TestCase):
                 conn.send(call_frame("intruder", "node1", "r5"))
                 return close_code(conn)
 
-        self.assertEqual(await deferToThread(other_secret), protocol.CLOSE_AUTH_FAILED)
+        self.assertEqual(await deferToThread(other_secret), CLOSE_AUTH_FAILED)
 
         self.assertEqual(counter.count, 0)
         self.assertEqual(failures(node), 1 + len(bad_nonces) + 1 + len(wrong) + 1)
-        self.assertEqual(node.peers(), {})
+        self.assertEqual(node.views.peers(), {})
         self.assertEqual(
             node.metrics.registry.get_sample_value("relaytx_calls_total", {"outcome": "ok"}),
             None,
@@ -306,7 +308,7 @@ class RawClientTests(_Files, TestCase):
                 return close_code(conn), time.monotonic() - started
 
         code, took = await deferToThread(silent)
-        self.assertEqual(code, protocol.CLOSE_AUTH_FAILED)
+        self.assertEqual(code, CLOSE_AUTH_FAILED)
         self.assertTrue(0.4 <= took < 3, took)
         self.assertEqual(failures(node), 1)
 
@@ -342,11 +344,11 @@ class RawClientTests(_Files, TestCase):
                 conn.send(call_frame("member", "node1", "replayed"))
                 return close_code(conn)
 
-        self.assertEqual(await deferToThread(replay, proof), protocol.CLOSE_AUTH_FAILED)
-        self.assertEqual(await deferToThread(replay, None), protocol.CLOSE_AUTH_FAILED)
+        self.assertEqual(await deferToThread(replay, proof), CLOSE_AUTH_FAILED)
+        self.assertEqual(await deferToThread(replay, None), CLOSE_AUTH_FAILED)
         self.assertEqual(counter.count, 1)
         self.assertEqual(failures(node), 2)
-        await wait_for(lambda: not node.peers(), 5, what="the member's link to close")
+        await wait_for(lambda: not node.views.peers(), 5, what="the member's link to close")
 
 
 class SpoofingTests(TestCase):
@@ -401,7 +403,7 @@ class SpoofingTests(TestCase):
         self.assertEqual(response["data"]["result"], 1, response)
         self.assertEqual(counter.count, 1)
         self.assertEqual(dropped(node1, "spoofed"), len(spoofed))
-        self.assertNotIn("fake", node1.server_directory())
+        self.assertNotIn("fake", node1.views.servers())
         self.assertIn("node2", node1.mesh.links)
         self.assertTrue(node1.mesh.links["node2"].healthy)
         self.assertEqual(await node2.call("node1", "counter", "get", timeout=5), 1)
@@ -677,7 +679,7 @@ class OriginTests(TestCase):
 
         self.assertIn(b" 101 ", await deferToThread(upgrade, None))  # the draft is spoken
         self.assertIn(b" 403 ", await deferToThread(upgrade, "https://evil.example"))
-        await wait_for(lambda: not node.peers(), 5, what="the draft client to be gone")
+        await wait_for(lambda: not node.views.peers(), 5, what="the draft client to be gone")
 
 
 class AccessRuleTests(_Files, TestCase):

@@ -1,7 +1,10 @@
 # -*- test-case-name: tests.test_calls -*-
 """
-Bookkeeping of calls in flight, on an injected clock.
+Calls: what one is (L{CallTarget}), and the bookkeeping of calls in flight,
+on an injected clock.
 
+  - L{CallTarget}: a resolved call, whichever way it came in (JSON-RPC, the
+    Python API, the mesh).
   - L{PendingCalls}: the calls this node made and waits on, by response id.
     Each entry times out (L{CallTimeout}, -32001) at the caller's deadline
     and fails at once (L{NodeUnreachable}, -32002) when the neighbour it was
@@ -26,11 +29,43 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from attrs import Factory, define
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from relaytx.errors import CallError, CallTimeout
+
+#: Seconds a call may take when its caller gives no timeout.
+DEFAULT_CALL_TIMEOUT = 30.0
+
+
+@define
+class CallTarget:
+    """
+    A resolved call: C{server.method(*args, **kwargs)} on C{node_id}.
+
+    @ivar node_id: the node named by the caller, or C{None} when the caller
+        left the choice to the node (a bare C{SERVER.METHOD}).
+    @ivar timeout: the caller's budget in seconds.
+    @ivar caller: who asks, for access rules and limits: a peer node id,
+        C{"http:ADDRESS"} for a JSON-RPC client of this node, or C{None}
+        for code running in this node (never limited).
+    @ivar via: the neighbour a call from the mesh arrived from; limits count
+        against it (C{caller} when C{None}).
+
+    A value, though not frozen (as the envelope, for speed: one is made per
+    call); use C{attrs.evolve} for a changed copy.
+    """
+
+    node_id: str | None
+    server: str
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = Factory(dict)  # a fresh dict per target, never a shared one
+    timeout: float = DEFAULT_CALL_TIMEOUT
+    caller: str | None = None
+    via: str | None = None
 
 
 class _Pending:
@@ -116,20 +151,12 @@ class PendingCalls:
     of a call's cost. Entries of calls that ended early are dropped from the
     heap lazily, and the heap is rebuilt when they outnumber the live ones.
 
-    :param on_change: called with the number of pending calls after each
-        change (the node's gauge).
     :param on_late: called when an answer arrives for no pending call.
     """
 
-    def __init__(
-        self,
-        clock: IReactorTime,
-        on_change: Callable[[int], None] = lambda n: None,
-        on_late: Callable[[], None] = lambda: None,
-    ) -> None:
+    def __init__(self, clock: IReactorTime, on_late: Callable[[], None] = lambda: None) -> None:
         self._clock = clock
         self._pending: dict[str, _Pending] = {}
-        self._on_change = on_change
         self._on_late = on_late
         self._deadlines = _Deadlines()
         self._timer: IDelayedCall | None = None
@@ -165,7 +192,6 @@ class PendingCalls:
         timer = self._timer
         if timer is None or deadline < timer.getTime():
             self._schedule(deadline)
-        self._on_change(len(self._pending))
         return d
 
     def _schedule(self, deadline: float) -> None:
@@ -264,7 +290,6 @@ class PendingCalls:
 
     def _timed_out(self, response_id: str, entry: _Pending) -> None:
         del self._pending[response_id]
-        self._on_change(len(self._pending))
         entry.deferred.errback(
             Failure(
                 CallTimeout(
@@ -284,7 +309,6 @@ class PendingCalls:
         # answer cost a heap operation per call.)
         if not self._pending or self._deadlines.bloated(len(self._pending)):
             self._rearm()
-        self._on_change(len(self._pending))
         return entry
 
 
@@ -307,9 +331,8 @@ class ForwardedCalls:
     there is no timer, and no heap of deadlines: lookups pass over expired
     calls, and the table drops them in one sweep, at most every
     L{SWEEP_INTERVAL} seconds, when it is used. A forwarded call costs one
-    insert and one pop. (A reactor timer per call, set and cancelled, was
-    a tenth of a forwarding node's work; a heap push per call, and its
-    upkeep, a twentieth.)
+    insert and one pop (a reactor timer or a heap entry per call was a
+    visible share of a forwarding node's work).
     """
 
     #: Seconds between sweeps: an expired call is held at most this much

@@ -18,7 +18,8 @@ each with a small JSON body. Request bodies are never buffered past the limit.
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from klein import Klein
@@ -31,13 +32,14 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from relaytx import _json
-from relaytx.frames import LeanMessages, tune_socket
-from relaytx.jsonrpc import JsonRpcHandler
-from relaytx.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from relaytx.protocol import UpgradeOnly
-
-if TYPE_CHECKING:
-    from relaytx.node import RelayNode
+from relaytx._calls import CallTarget
+from relaytx._frames import LeanMessages, tune_socket
+from relaytx._jsonrpc import JsonRpcHandler
+from relaytx._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from relaytx._metrics import NodeMetrics
+from relaytx._protocol import UpgradeOnly
+from relaytx._views import NodeViews
+from relaytx.interfaces import IPeerAdmin
 
 JSON = b"application/json"
 
@@ -204,13 +206,16 @@ class RpcResource(Resource):
 
 class NodeWeb:
     """
-    The Klein app serving a node's health, registry and metrics endpoints.
+    The Klein app serving a node's health, registry, admin and metrics
+    endpoints.
     """
 
     app = Klein()
 
-    def __init__(self, node: RelayNode) -> None:
-        self._node = node
+    def __init__(self, views: NodeViews, admin: IPeerAdmin, metrics: NodeMetrics) -> None:
+        self._views = views
+        self._admin = admin
+        self._metrics = metrics
 
     def _json(self, request: Any, value: Any) -> bytes:
         request.setHeader(b"content-type", JSON)
@@ -218,43 +223,23 @@ class NodeWeb:
 
     @app.route("/health", methods=["GET"])
     def health(self, request: Any) -> bytes:
-        node = self._node
-        return self._json(
-            request,
-            {
-                "status": "healthy",
-                "node_id": node.node_id,
-                "peer_count": len(node.mesh.links),
-                "server_count": len(node.local_servers()),
-                "uptime_s": node.uptime(),
-                "timestamp": node.timestamp(),
-            },
-        )
+        return self._json(request, self._views.health())
 
     @app.route("/registry", methods=["GET"])
     def registry(self, request: Any) -> bytes:
-        node = self._node
-        return self._json(
-            request,
-            {
-                "node_id": node.node_id,
-                "servers": node.server_directory(),
-                "peers": node.peers(),
-                "timestamp": node.timestamp(),
-            },
-        )
+        return self._json(request, self._views.registry())
 
     @app.route("/registry/servers", methods=["GET"])
     def servers(self, request: Any) -> bytes:
-        return self._json(request, self._node.server_directory())
+        return self._json(request, self._views.servers())
 
     @app.route("/registry/peers", methods=["GET"])
     def peers(self, request: Any) -> bytes:
-        return self._json(request, self._node.peers())
+        return self._json(request, self._views.peers())
 
     @app.route("/registry/routes", methods=["GET"])
     def routes(self, request: Any) -> bytes:
-        return self._json(request, self._node.routes())
+        return self._json(request, self._views.routes())
 
     @app.route("/registry/peers/add", methods=["POST"])
     def add_peer(self, request: Any) -> bytes:
@@ -264,7 +249,7 @@ class NodeWeb:
         if not isinstance(address, str) or not (node_id is None or isinstance(node_id, str)):
             return _json_error(request, 400, 'give {"address": URL, "node_id"?: ID}')
         try:
-            self._node.add_peer(address, node_id)
+            self._admin.add_peer(address, node_id)
         except ValueError as e:
             return _json_error(request, 400, str(e))
         return self._json(request, {"status": "dialling", "address": address})
@@ -280,7 +265,7 @@ class NodeWeb:
             or not (node_id or address)
         ):
             return _json_error(request, 400, 'give {"node_id": ID} (or {"address": URL})')
-        if not self._node.remove_peer(node_id, address):
+        if not self._admin.remove_peer(node_id, address):
             return _json_error(request, 404, f"no peer {node_id or address}")
         answer = {"status": "removed", "node_id": node_id}
         if address is not None:
@@ -290,7 +275,7 @@ class NodeWeb:
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: Any) -> bytes:
         request.setHeader(b"content-type", METRICS_CONTENT_TYPE.encode())
-        return self._node.metrics.exposition()
+        return self._metrics.exposition()
 
     @app.handle_errors(HTTPException)
     def http_error(self, request: Any, failure: Failure) -> bytes:
@@ -397,16 +382,25 @@ class NodeRoot(Resource):
         return self._web
 
 
-def make_site(node: RelayNode) -> NodeSite:
+def make_site(
+    node_id: str,
+    dispatch: Callable[[CallTarget], Any],
+    views: NodeViews,
+    admin: IPeerAdmin,
+    metrics: NodeMetrics,
+    peer_endpoint: IResource,
+    max_body_size: int,
+    reactor: Any,
+) -> NodeSite:
     """
-    :returns: the HTTP site serving C{node}.
+    :param dispatch: runs one resolved call (the node's dispatcher).
+    :param peer_endpoint: the resource of C{/ws/p2p}.
+    :param max_body_size: the largest HTTP body, or C{/ws/rpc} message.
+    :returns: the HTTP site of node C{node_id}.
     """
-    handler = JsonRpcHandler(node.dispatch, node.node_id)
-    root = NodeRoot(RpcResource(handler), NodeWeb(node).app.resource())
-    for name, resource in node.websocket_resources().items():
-        root.ws.putChild(name.encode(), resource)
-    rpc_factory = JsonRpcWebSocketFactory(
-        handler, node.config.limits.max_body_size, reactor=node.reactor
-    )
+    handler = JsonRpcHandler(dispatch, node_id)
+    root = NodeRoot(RpcResource(handler), NodeWeb(views, admin, metrics).app.resource())
+    root.ws.putChild(b"p2p", peer_endpoint)
+    rpc_factory = JsonRpcWebSocketFactory(handler, max_body_size, reactor=reactor)
     root.ws.putChild(b"rpc", UpgradeOnly(rpc_factory))
-    return NodeSite(root, node.config.limits.max_body_size, reactor=node.reactor)
+    return NodeSite(root, max_body_size, reactor=reactor)

@@ -9,7 +9,7 @@ mesh has:
   - Each node advertises to each neighbour, in C{registry_sync}, its own
     servers and, for every node it can reach, the path it uses (the nodes
     from itself to the destination) and that destination's servers.
-  - A node keeps the latest advert of each healthy neighbour. A route to D
+  - A node keeps the latest advert of each linked neighbour. A route to D
     via neighbour N is C{[N] + N's path to D}; a path that already contains
     this node (or any node twice) is a loop and is ignored. This is what
     makes count-to-infinity impossible: a stale route can never come back
@@ -17,14 +17,15 @@ mesh has:
     hop counts.
   - The best route is the shortest path (hops); ties go to the neighbour
     with the lower node id. The choice is a pure function of the adverts,
-    so every node decides the same way and nothing flaps: measured RTTs
-    (shown in /registry/peers) change at every pong and were found to make
-    equal paths flip, each flip sending new tables across the mesh.
+    so every node decides the same way and nothing flaps (a tie broken by
+    measured RTTs, which change at every pong, would flip equal paths and
+    send new tables across the mesh at each flip).
   - Split horizon: a node does not advertise to N the routes whose next hop
     is N (N would reject them as loops anyway, so this only saves bytes).
-  - Whenever a link comes up or goes down, turns unhealthy, or a neighbour
-    advertises something new, the table is recomputed; if what this node
-    advertises changed, it sends new adverts (the mesh coalesces them).
+  - Whenever a link comes up or goes down, or a neighbour advertises
+    something new, the destinations it can affect are decided again; if
+    what this node advertises changed, it sends new adverts (the mesh
+    coalesces them).
 
 Path hunting after a failure is bounded by the number of distinct loop-free
 paths and ends within a few advert rounds. A path longer than C{MAX_HOPS}
@@ -67,20 +68,18 @@ class Route:
 
 
 class _Neighbour:
-    __slots__ = ("advert", "healthy", "last_advert_at")
+    __slots__ = ("advert",)
 
     def __init__(self) -> None:
         self.advert: RegistrySync | None = None
-        self.healthy = True
-        self.last_advert_at: float | None = None
 
 
 class Router:
     """
     The routing table of node C{node_id}. Pure bookkeeping: no I/O, no clock.
 
-    Callers report link events (L{link_up}, L{link_down}, L{set_health}) and
-    adverts (L{advert_from}); each returns whether the table changed. Each
+    Callers report link events (L{link_up}, L{link_down}) and adverts
+    (L{advert_from}); each returns whether the table changed. Each
     event re-decides only the destinations it can affect (an index records
     which neighbours advertise which destination), so a node with thousands
     of links pays per event for what changed, not for the whole table.
@@ -114,15 +113,7 @@ class Router:
         self._routers.discard(peer_id)
         return self._update((peer_id, *advertised))
 
-    def set_health(self, peer_id: str, healthy: bool) -> bool:
-        """Mark a linked neighbour healthy or not; unhealthy ones route nothing."""
-        neighbour = self._neighbours.get(peer_id)
-        if neighbour is None or neighbour.healthy == healthy:
-            return False
-        neighbour.healthy = healthy
-        return self._update((peer_id, *self._advertised(neighbour)))
-
-    def advert_from(self, peer_id: str, advert: RegistrySync, now: float | None = None) -> bool:
+    def advert_from(self, peer_id: str, advert: RegistrySync) -> bool:
         """
         Take C{peer_id}'s latest advert, replacing its previous one.
         """
@@ -131,7 +122,6 @@ class Router:
             return False
         before = self._advertised(neighbour)
         neighbour.advert = advert
-        neighbour.last_advert_at = now
         after = self._advertised(neighbour)
         self._index(peer_id, before, after)
         if advert.routes is not None:
@@ -155,10 +145,19 @@ class Router:
         """:returns: every reachable destination's best route."""
         return self._routes
 
-    def is_healthy(self, peer_id: str) -> bool:
-        """:returns: whether C{peer_id} is a linked, healthy neighbour."""
-        neighbour = self._neighbours.get(peer_id)
-        return neighbour is not None and neighbour.healthy
+    def is_linked(self, peer_id: str) -> bool:
+        """:returns: whether C{peer_id} is a linked neighbour."""
+        return peer_id in self._neighbours
+
+    def advertises_routes(self) -> bool:
+        """
+        :returns: whether every neighbour has advertised routes: the table
+            then knows every node reachable at all, so flooding a message
+            would find nothing more.
+        """
+        return all(
+            n.advert is not None and n.advert.routes is not None for n in self._neighbours.values()
+        )
 
     def is_router(self, peer_id: str) -> bool:
         """
@@ -175,14 +174,6 @@ class Router:
     def routers(self) -> set[str]:
         """:returns: the neighbours that advertise routes (see L{is_router})."""
         return set(self._routers)
-
-    def healthy_neighbours(self) -> list[str]:
-        """:returns: the ids of linked, healthy neighbours."""
-        return [p for p, n in self._neighbours.items() if n.healthy]
-
-    def routes_via(self, peer_id: str) -> list[str]:
-        """:returns: the destinations whose next hop is C{peer_id}."""
-        return [d for d, r in self._routes.items() if r.path[0] == peer_id]
 
     def table(self) -> dict[str, dict[str, Any]]:
         """:returns: the table as C{GET /registry/routes} shows it."""
@@ -258,15 +249,14 @@ class Router:
 
         neighbours = self._neighbours
         direct = neighbours.get(dest)
-        if direct is not None and direct.healthy:
+        if direct is not None:
             servers = direct.advert.servers if direct.advert is not None else {}
             offer(Route(dest, (dest,), servers))
         for peer_id in self._providers.get(dest, ()):
-            neighbour = neighbours[peer_id]
-            if not neighbour.healthy:
-                continue
-            assert neighbour.advert is not None and neighbour.advert.routes is not None
-            learned = neighbour.advert.routes[dest]
+            advert = neighbours[peer_id].advert
+            # The index holds only neighbours whose advert reaches dest.
+            assert advert is not None and advert.routes is not None
+            learned = advert.routes[dest]
             path = learned.path
             if me in path or peer_id in path:
                 continue  # a loop through this node or back to the advertiser

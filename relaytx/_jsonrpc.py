@@ -5,7 +5,7 @@ JSON-RPC 2.0, transport-free: a request body in, an answer body out.
 L{JsonRpcHandler} implements the specification (single requests, batches,
 notifications, params by position or by name, the standard error codes) and
 leaves what a method name I{means} to L{resolve} and the call itself to an
-C{invoke} function (the node's). The HTTP resource and any other transport
+C{dispatch} function (the node's). The HTTP resource and any other transport
 hand it bytes and write back what it returns: C{None} means "nothing to
 answer" (every request was a notification), which HTTP turns into 204.
 
@@ -23,16 +23,15 @@ included, so a client that got its answer (or 204) knows they all ran.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
-from attrs import Factory, define
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaytx import _json
+from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget
 from relaytx.errors import (
     CallError,
     InternalError,
@@ -43,45 +42,14 @@ from relaytx.errors import (
     ParseError,
     RemoteCallError,
 )
-
-DEFAULT_CALL_TIMEOUT = 30.0
+from relaytx.wire import NODE_ID_RE
 
 #: The most requests one batch may hold; a longer batch is refused whole
 #: with -32005, so one body cannot keep the reactor busy for seconds (a
 #: 1 MiB batch of C{1}s would otherwise be half a million error answers).
 MAX_BATCH = 1000
 
-NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
 _NO_ID = object()  # marks a notification: the request had no "id" member
-
-
-@define
-class CallTarget:
-    """
-    A resolved call: C{server.method(*args, **kwargs)} on C{node_id}.
-
-    @ivar node_id: the node named by the caller, or C{None} when the caller
-        left the choice to the node (a bare C{SERVER.METHOD}).
-    @ivar timeout: the caller's budget in seconds.
-    @ivar caller: who asks, for access rules and limits: a peer node id,
-        C{"http:ADDRESS"} for a JSON-RPC client of this node, or C{None}
-        for code running in this node (never limited).
-    @ivar via: the neighbour a call from the mesh arrived from; limits count
-        against it (C{caller} when C{None}).
-
-    A value, though not frozen (as the envelope, for speed: one is made per
-    call); use C{attrs.evolve} for a changed copy.
-    """
-
-    node_id: str | None
-    server: str
-    method: str
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = Factory(dict)  # a fresh dict per target, never a shared one
-    timeout: float = DEFAULT_CALL_TIMEOUT
-    caller: str | None = None
-    via: str | None = None
 
 
 def resolve(method: str, params: Any, caller: str | None = None) -> CallTarget:
@@ -155,9 +123,9 @@ def _remote_call_field(
 
 class JsonRpcHandler:
     """
-    Answers JSON-RPC 2.0 request bodies by calling C{invoke}.
+    Answers JSON-RPC 2.0 request bodies by calling C{dispatch}.
 
-    :param invoke: runs one resolved call; returns its result, or a Deferred
+    :param dispatch: runs one resolved call; returns its result, or a Deferred
         that fires with it; fails (at once or through the Deferred) with a
         L{CallError} for expected failures.
     :param node_id: recorded in the C{data} of every error answer.
@@ -169,11 +137,11 @@ class JsonRpcHandler:
 
     def __init__(
         self,
-        invoke: Callable[[CallTarget], Any],
+        dispatch: Callable[[CallTarget], Any],
         node_id: str,
         max_batch: int = MAX_BATCH,
     ) -> None:
-        self._invoke = invoke
+        self._dispatch = dispatch
         self._node_id = node_id
         self._max_batch = max_batch
 
@@ -261,7 +229,7 @@ class JsonRpcHandler:
         try:
             if params is not None and not isinstance(params, list | dict):
                 raise InvalidParams('Invalid params: "params" must be an array or an object')
-            result = self._invoke(resolve(method, params, caller))
+            result = self._dispatch(resolve(method, params, caller))
         except Exception:
             failure = Failure()
             if request_id is _NO_ID:

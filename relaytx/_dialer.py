@@ -1,0 +1,220 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+Dialled peers: L{Dialer} keeps one dialled link up, re-dialling with
+exponential back-off; L{PeerAdmin} holds a node's dialers, the peers it
+was told to dial at start (C{--add-peer}) and the ones added and removed
+at run time (C{/registry/peers/add}, C{/registry/peers/remove}).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from relaytx._mesh import Mesh
+from relaytx._protocol import PeerClientFactory
+from relaytx.interfaces import IPeerAdmin
+from relaytx.peer import CLOSE_REMOVED
+from relaytx.wire import NODE_ID_RE
+
+PEER_PATH = "/ws/p2p"
+
+
+def peer_url(address: str, own_id: str) -> tuple[str, str, int, bool]:
+    """
+    Normalise a peer address (SPEC section 3): C{http://h:p} and C{ws://h:p}
+    mean C{ws://h:p/ws/p2p}; C{https}/C{wss} mean TLS.
+
+    :returns: C{(url, host, port, secure)}, the URL carrying C{node_id}.
+    :raises ValueError: if C{address} is not such a URL.
+    """
+    address = address.strip()
+    if "://" not in address:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?(/.*)?", address):
+            raise ValueError(f"{address!r} is not a ws://, wss://, http:// or https:// address")
+        address = "ws://" + address
+    parts = urlsplit(address)
+    scheme = {"http": "ws", "ws": "ws", "https": "wss", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.hostname:
+        raise ValueError(f"{address!r} is not a ws://, wss://, http:// or https:// address")
+    secure = scheme == "wss"
+    try:
+        port = parts.port or (443 if secure else 80)
+    except ValueError:
+        raise ValueError(f"{address!r} has a bad port") from None
+    path = parts.path if parts.path not in ("", "/") else PEER_PATH
+    host = parts.hostname
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"{scheme}://{netloc}{path}?node_id={own_id}", host, port, secure
+
+
+class Dialer(Service):
+    """
+    Keeps a link to the peer at C{address} up: dials it, and re-dials with
+    exponential back-off and jitter whenever the link is down. Failed
+    WebSocket handshakes count as failed attempts too (ClientService alone
+    would restart its back-off at every TCP connect).
+
+    @ivar node_id: the peer's id once known (or as given).
+    """
+
+    _log = Logger()
+
+    INITIAL_DELAY = 0.25
+    MAX_DELAY = 8.0
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        address: str,
+        reactor: Any,
+        max_message_size: int,
+        node_id: str | None = None,
+        secret: bytes | None = None,
+        tls: Any = None,
+    ) -> None:
+        self.mesh = mesh
+        self.address = address
+        self.node_id = node_id
+        self.secret = secret
+        self.url, host, port, secure = peer_url(address, mesh.node_id)
+        endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=5)
+        if secure:
+            endpoint = wrapClientTLS(
+                tls.client_options(host) if tls is not None else optionsForClientTLS(host),
+                endpoint,
+            )
+        self.factory = PeerClientFactory(self, mesh, self.url, max_message_size, reactor)
+        self._failures = 0
+        self._backoff = backoffPolicy(
+            initialDelay=self.INITIAL_DELAY,
+            maxDelay=self.MAX_DELAY,
+            factor=2.0,
+            jitter=lambda: random.uniform(0, self.INITIAL_DELAY),
+        )
+        self._client = ClientService(
+            endpoint, self.factory, retryPolicy=self._retry_delay, clock=reactor
+        )
+
+    def _retry_delay(self, attempt: int) -> float:
+        if self.node_id is not None and self.node_id in self.mesh.links:
+            # Linked through another connection (the peer dialled us):
+            # check back later instead of competing with it.
+            return self.MAX_DELAY
+        delay: float = self._backoff(max(attempt, self._failures))
+        return delay
+
+    def link_opened(self, peer_id: str | None) -> None:
+        """The handshake succeeded: the back-off starts over."""
+        self._failures = 0
+        if peer_id is not None:
+            self.node_id = peer_id
+
+    def handshake_failed(self, code: int | None, reason: str | None) -> None:
+        """A connection closed before its link opened."""
+        self._failures += 1
+        self._log.debug(
+            "dialling {url} failed ({code} {reason}); attempt {n}",
+            url=self.url,
+            code=code,
+            reason=reason,
+            n=self._failures,
+        )
+
+    def startService(self) -> None:
+        super().startService()
+        self._client.startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._client.running:
+            d: Deferred[None] = self._client.stopService()
+            return d
+        return succeed(None)
+
+
+@implementer(IPeerAdmin)
+class PeerAdmin(MultiService):
+    """
+    The dialers of one node, by URL: a service whose children they are, so
+    that they dial while the node runs.
+
+    :param tls: the node's C{[tls]} settings, for C{wss://} peers.
+    """
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        reactor: Any,
+        max_message_size: int,
+        secret: bytes | None = None,
+        tls: Any = None,
+    ) -> None:
+        super().__init__()
+        self._mesh = mesh
+        self._reactor = reactor
+        self._max_message_size = max_message_size
+        self._secret = secret
+        self._tls = tls
+        self.dialers: dict[str, Dialer] = {}
+
+    def is_dialling(self, address: str) -> bool:
+        """:returns: whether C{address} is dialled already, as given."""
+        return any(d.address == address for d in self.dialers.values())
+
+    def add_peer(self, address: str, node_id: str | None = None) -> None:
+        """
+        Dial the peer at C{address} now and keep re-dialling it while it is
+        down.
+
+        :raises ValueError: if C{address} is not a peer URL or is already
+            dialled, or C{node_id} is not a node id.
+        """
+        if node_id is not None and not NODE_ID_RE.fullmatch(node_id):
+            raise ValueError(f"{node_id!r} is not a valid node id: 1-64 of A-Za-z0-9._-")
+        dialer = Dialer(
+            self._mesh,
+            address,
+            self._reactor,
+            self._max_message_size,
+            node_id,
+            secret=self._secret,
+            tls=self._tls,
+        )
+        if dialer.url in self.dialers:
+            raise ValueError(f"already dialling {address}")
+        self.dialers[dialer.url] = dialer
+        dialer.setServiceParent(self)
+
+    def remove_peer(self, node_id: str | None = None, address: str | None = None) -> bool:
+        """
+        Close the link to C{node_id} and stop re-dialling it; or stop
+        dialling C{address} (a peer that never answered has no known id).
+
+        :returns: whether there was such a link or dialled peer.
+        """
+        found = False
+        for url, dialer in list(self.dialers.items()):
+            if (node_id is not None and dialer.node_id == node_id) or (
+                address is not None and address in (dialer.address, url)
+            ):
+                if node_id is None:
+                    node_id = dialer.node_id
+                del self.dialers[url]
+                dialer.disownServiceParent()
+                found = True
+        session = self._mesh.links.get(node_id) if node_id is not None else None
+        if session is not None:
+            session.close(CLOSE_REMOVED, "removed by the operator")
+            found = True
+        return found

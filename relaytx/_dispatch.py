@@ -1,0 +1,148 @@
+# -*- test-case-name: tests.test_limits -*-
+"""
+L{CallDispatcher}: where every call to a server goes, whichever way it came
+in, and the one place calls are admitted under the node's limits and
+counted in its metrics.
+
+  - L{CallDispatcher.dispatch}: a call from this node's JSON-RPC clients or
+    its own code (the Python API). It runs here when the caller named this
+    node, or named no node and a local server has the name; otherwise it
+    goes to the named node, or to the nearest node hosting the server.
+  - L{CallDispatcher.run_arrived}: a call that arrived over the mesh for a
+    local server.
+
+Both return the result itself when it is ready at once (the common case:
+an idle local server answering at once costs no Deferred), else a Deferred
+of it, and raise a L{CallError} when the call fails at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import evolve
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from relaytx._calls import CallTarget
+from relaytx._hosting import ServerHost
+from relaytx._limits import CallLimiter
+from relaytx._metrics import NodeMetrics
+from relaytx.errors import CallError, Overloaded
+from relaytx.interfaces import IRemoteCalls
+
+
+class CallDispatcher:
+    """
+    :param remote: the mesh, for calls that run on other nodes; the
+        composition root sets it once the mesh exists (the mesh, in turn,
+        runs the calls it receives through L{run_arrived}).
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        clock: IReactorTime,
+        metrics: NodeMetrics,
+        limiter: CallLimiter,
+        host: ServerHost,
+        remote: IRemoteCalls | None = None,
+    ) -> None:
+        self._node_id = node_id
+        self._clock = clock
+        self._metrics = metrics
+        self._limiter = limiter
+        self._host = host
+        self.remote = remote
+
+    def call(self, target: CallTarget) -> Deferred[Any]:
+        """
+        As L{dispatch}, always with a Deferred (the Python API's form).
+
+        :returns: a Deferred with the method's result, or failing with a
+            L{CallError}.
+        """
+        try:
+            result = self.dispatch(target)
+        except CallError as e:
+            return fail(e)
+        return result if isinstance(result, Deferred) else succeed(result)
+
+    def dispatch(self, target: CallTarget) -> Any:
+        """
+        Send one call where it runs, within its caller's limits, and count it.
+
+        :returns: the result itself when it is ready at once, else a
+            Deferred of it.
+        :raises CallError: when the call fails at once.
+        """
+        return self._admitted(target.caller, target, self._route)
+
+    def run_arrived(self, target: CallTarget) -> Any:
+        """
+        Run a call that arrived over the mesh for a local server. Limits
+        count against the neighbour it came from (C{target.via}), the only
+        identity a link proves.
+
+        :returns: as L{dispatch}.
+        :raises CallError: when the call fails at once.
+        """
+        return self._admitted(target.via or target.caller, target, self._run_explicit)
+
+    def _route(self, target: CallTarget) -> Any:
+        node_id = target.node_id
+        if node_id is None:
+            remote = self.remote
+            if target.server not in self._host and remote is not None:
+                host = remote.nearest_host(target.server)
+                if host is not None:
+                    return remote.call(evolve(target, node_id=host))
+            return self._host.run(target, explicit=False)
+        if node_id == self._node_id:
+            return self._host.run(target, explicit=True)
+        if self.remote is None:
+            raise CallError(f"node {self._node_id} has no mesh to reach {node_id!r}")
+        return self.remote.call(target)
+
+    def _run_explicit(self, target: CallTarget) -> Any:
+        return self._host.run(target, explicit=True)
+
+    def _admitted(self, share: str | None, target: CallTarget, run: Any) -> Any:
+        started = self._clock.seconds()
+        limiter = self._limiter
+        if share is not None:
+            try:
+                limiter.admit(share)
+            except Overloaded as e:
+                raise self._counted(e, started) from None
+        try:
+            result = run(target)
+        except CallError as e:
+            if share is not None:
+                limiter.release(share)
+            raise self._counted(e, started) from None
+        if isinstance(result, Deferred):
+            return result.addBoth(self._finished, share, started)
+        if share is not None:
+            limiter.release(share)
+        self._metrics.count_call("ok", self._clock.seconds() - started)
+        return result
+
+    def _finished(self, result: Any, share: str | None, started: float) -> Any:
+        if share is not None:
+            self._limiter.release(share)
+        if isinstance(result, Failure):
+            error = result.value
+            if isinstance(error, CallError):
+                self._counted(error, started)
+            else:
+                self._metrics.count_call(type(error).__name__, self._clock.seconds() - started)
+        else:
+            self._metrics.count_call("ok", self._clock.seconds() - started)
+        return result
+
+    def _counted(self, error: CallError, started: float) -> CallError:
+        error.with_data(node_id=self._node_id, route=[self._node_id])
+        self._metrics.count_call(type(error).__name__, self._clock.seconds() - started)
+        return error

@@ -1,0 +1,159 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+L{ServerHost}: the servers a node hosts, each behind its mailbox, and the
+running of one call on one of them: access rules first, then the method's
+signature, then the mailbox.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relaytx._auth import AccessRules
+from relaytx._calls import CallTarget
+from relaytx.errors import (
+    AccessDenied,
+    CallError,
+    CallTimeout,
+    MethodNotFound,
+    NoSuchMethod,
+    NoSuchServer,
+    RemoteCallError,
+    failure_exception,
+)
+from relaytx.server import Mailbox, Server
+
+SERVER_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+class ServerHost:
+    """
+    The servers of node C{node_id}, by name.
+
+    :param access: the node's access rules, applied to every call with a
+        caller (calls from code in this node have none).
+    :param on_change: called whenever a server is exposed or removed.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        node_id: str,
+        clock: IReactorTime,
+        access: AccessRules,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._node_id = node_id
+        self._clock = clock
+        self._access = access
+        self._mailboxes: dict[str, Mailbox] = {}
+        self.on_change = on_change
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._mailboxes
+
+    def expose(self, name: str, server: Server) -> None:
+        """
+        Host C{server} under C{name}.
+
+        :raises ValueError: if the name is invalid or already taken.
+        :raises TypeError: if C{server} is not a L{Server}.
+        """
+        if not isinstance(server, Server):
+            raise TypeError(f"expose({name!r}, ...) needs a relaytx.Server, not {server!r}")
+        if not SERVER_NAME_RE.fullmatch(name):
+            raise ValueError(f"invalid server name {name!r}: use A-Za-z0-9_.- (not first .-)")
+        if name in self._mailboxes:
+            raise ValueError(f"a server named {name!r} is already exposed on {self._node_id}")
+        self._mailboxes[name] = Mailbox(server)
+        self.on_change()
+
+    def unexpose(self, name: str) -> Server:
+        """
+        Stop hosting the server called C{name}; calls already queued still run.
+
+        :returns: the server.
+        :raises KeyError: if there is none.
+        """
+        server = self._mailboxes.pop(name).server
+        self.on_change()
+        return server
+
+    def server(self, name: str) -> Server:
+        """
+        :returns: the server hosted as C{name}.
+        :raises KeyError: if there is none.
+        """
+        return self._mailboxes[name].server
+
+    def local_servers(self) -> dict[str, list[str]]:
+        """:returns: each local server's name and its exposed methods."""
+        return {name: box.server.method_names() for name, box in self._mailboxes.items()}
+
+    def queue_depth(self) -> int:
+        """:returns: how many calls wait in the mailboxes, running ones excluded."""
+        return sum(len(m) for m in self._mailboxes.values())
+
+    def run(self, target: CallTarget, explicit: bool) -> Any:
+        """
+        Run a call on a local server.
+
+        :param explicit: whether the caller named this node (a missing
+            server is then -32003, not -32601).
+        :returns: the result, or a Deferred of it (see L{Mailbox.call}).
+        :raises CallError: if the call is refused or fails at once.
+        """
+        caller = target.caller
+        access = self._access
+        if caller is not None and access:
+            who = "http" if caller.startswith("http:") else caller
+            if not access.allows(who, target.server, target.method):
+                raise AccessDenied(
+                    f"Access denied: {who} may not call {target.server}.{target.method}"
+                    f" on {self._node_id}"
+                )
+        mailbox = self._mailboxes.get(target.server)
+        if mailbox is None:
+            missing: type[CallError] = NoSuchServer if explicit else MethodNotFound
+            raise missing(f"Server not found: {target.server!r} on {self._node_id}")
+        method = mailbox.server.exposed_methods.get(target.method)
+        if method is None:
+            missing = NoSuchMethod if explicit else MethodNotFound
+            raise missing(f"Method not found: {target.server}.{target.method} on {self._node_id}")
+        method.check_arguments(target.args, target.kwargs)
+        try:
+            result = mailbox.call(method, target.args, target.kwargs)
+        except CallError:
+            raise  # a server may fail a call with a precise relaytx error
+        except Exception:
+            raise self._method_error(Failure(), target) from None
+        if isinstance(result, Deferred):
+            if not result.called:  # remote calls time out in the mesh; local ones here
+                result.addTimeout(target.timeout, self._clock, onTimeoutCancel=_timed_out)
+            return result.addErrback(self._method_failed, target)
+        return result
+
+    def _method_failed(self, failure: Failure, target: CallTarget) -> Failure:
+        if isinstance(failure.value, CallError | CancelledError):
+            # A server may fail a call with a precise relaytx error; a
+            # cancelled call was given up by its caller.
+            return failure
+        return Failure(self._method_error(failure, target))
+
+    def _method_error(self, failure: Failure, target: CallTarget) -> RemoteCallError:
+        self._log.failure(
+            "{server}.{method} raised", failure, server=target.server, method=target.method
+        )
+        return RemoteCallError.from_exception(failure_exception(failure), self._node_id)
+
+
+def _timed_out(result: Any, timeout: float) -> Failure:
+    return Failure(CallTimeout(f"Call timed out after {timeout:g}s", timeout=timeout))

@@ -1,0 +1,148 @@
+# -*- test-case-name: tests.test_mesh -*-
+"""
+L{LinkTable}: a node's open links, who may open one, and the session class
+and message types they run with.
+
+Admission. A link to oneself is refused, and so is any link while the node
+stops. When two nodes dial each other, the link dialled by the node with
+the smaller id is kept: an inbound link is refused (409) while this node,
+having the smaller id, holds an outbound one to the same peer. Otherwise a
+new link replaces the old one (closed with 4001).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from relaytx.peer import CLOSE_NORMAL, CLOSE_REPLACED, PeerSession
+from relaytx.wire import CORE_TYPES, MessageTypes, Payload
+
+
+class LinkRefused(Exception):
+    """A link cannot be opened; C{status} and C{reason} are for the HTTP answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class LinkTable:
+    """
+    The links of node C{node_id}, by peer id.
+
+    @ivar links: the current session of each linked peer.
+    @ivar stopping: set once the node stops: no link opens after that.
+    """
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.links: dict[str, PeerSession] = {}
+        self.stopping = False
+        self.session_class: type[PeerSession] = PeerSession
+        self.message_types: MessageTypes = CORE_TYPES
+        self._handlers: dict[type[Payload], Callable[..., None]] = {}
+
+    def __len__(self) -> int:
+        return len(self.links)
+
+    def __contains__(self, peer_id: object) -> bool:
+        return peer_id in self.links
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.links)
+
+    def get(self, peer_id: str | None) -> PeerSession | None:
+        """:returns: the session of C{peer_id}'s link, if there is one."""
+        return self.links.get(peer_id) if peer_id is not None else None
+
+    # Message types.
+
+    def use_session(self, session_class: type[PeerSession]) -> None:
+        """Use C{session_class} for every link opened from now on."""
+        self.session_class = session_class
+        self._refresh_types()
+
+    def register_handler(self, payload_type: type[Payload], handler: Callable[..., None]) -> None:
+        """Handle C{payload_type} messages addressed here with C{handler(envelope, payload)}."""
+        self._handlers[payload_type] = handler
+        self._refresh_types()
+
+    def handler_for(self, payload_type: type[Payload]) -> Callable[..., None] | None:
+        """:returns: the handler registered for C{payload_type}, if any."""
+        return self._handlers.get(payload_type)
+
+    def _refresh_types(self) -> None:
+        extra = {*self.session_class.handlers, *self._handlers} - set(CORE_TYPES)
+        self.message_types = CORE_TYPES.extended(*sorted(extra, key=lambda c: c.TYPE))
+
+    # Admission.
+
+    def check(self, peer_id: str, direction: str) -> None:
+        """
+        Decide whether a link with C{peer_id} may open (see the module
+        docstring).
+
+        :raises LinkRefused: if it may not.
+        """
+        if peer_id == self.node_id:
+            raise LinkRefused(400, "a node cannot link to itself")
+        if self.stopping:
+            raise LinkRefused(503, "node is stopping")
+        existing = self.links.get(peer_id)
+        if (
+            existing is not None
+            and direction == "inbound"
+            and existing.direction == "outbound"
+            and self.node_id < peer_id
+        ):
+            raise LinkRefused(409, f"already linked to {peer_id} (the link {self.node_id} dialled)")
+
+    def add(self, session: PeerSession) -> PeerSession | None:
+        """
+        Make C{session} its peer's link.
+
+        :returns: the link it replaces, if any (closed with 4001 once the
+            new one is in place).
+        """
+        old = self.links.get(session.peer_id)
+        self.links[session.peer_id] = session
+        if old is not None:
+            old.close(CLOSE_REPLACED, "replaced by a newer link")
+        return old
+
+    def remove(self, session: PeerSession) -> bool:
+        """
+        C{session}'s link closed.
+
+        :returns: whether it was its peer's current link (a replaced link
+            closing changes nothing).
+        """
+        if self.links.get(session.peer_id) is not session:
+            return False
+        del self.links[session.peer_id]
+        return True
+
+    def close_all(self, reason: str) -> None:
+        """Close every link with 1000 (the node is stopping)."""
+        for session in list(self.links.values()):
+            session.close(CLOSE_NORMAL, reason)
+
+    def lose_all(self, reason: str) -> None:
+        """Treat every link still open as lost (its close took too long)."""
+        for session in list(self.links.values()):
+            session.connection_lost(reason)
+
+    def healthy_except(self, excluded: Any) -> list[PeerSession]:
+        """:returns: the healthy links whose peer is not in C{excluded}."""
+        return [s for p, s in self.links.items() if s.healthy and p not in excluded]
+
+    def view(self, server_count: Callable[[str], int]) -> dict[str, dict[str, Any]]:
+        """
+        :param server_count: how many servers a neighbour advertised.
+        :returns: C{GET /registry/peers}.
+        """
+        return {
+            peer: session.view(server_count(peer)) for peer, session in sorted(self.links.items())
+        }

@@ -1,0 +1,298 @@
+# -*- test-case-name: tests.test_mesh -*-
+"""
+L{MeshCalls}: calls that cross the mesh, at both ends.
+
+  - B{call}: this node calls a server on another node. The call leaves
+    with the caller's remaining time budget and waits in L{PendingCalls}
+    for its answer, its deadline, or the loss of its path.
+  - B{run}: a call addressed here arrived; run it (through the node's
+    dispatcher) and B{answer} it: the outcome, success or error, goes back
+    to the caller.
+  - B{settle}: an answer to one of this node's calls arrived. Only the node
+    the call went to may answer it; a node on the way may only report the
+    path lost (-32002). Anything else is a forgery: dropped, counted.
+
+When a link goes down, the calls sent through it fail at once: this node's
+own with -32002, and for each call this node had passed into that link for
+another node, a -32002 answer goes back towards its caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget, ForwardedCalls, PendingCalls
+from relaytx._forwarding import Forwarder
+from relaytx._links import LinkTable
+from relaytx._metrics import NodeMetrics
+from relaytx._routing import Router
+from relaytx.errors import (
+    CallError,
+    MessageTooLarge,
+    NodeUnreachable,
+    Overloaded,
+    RemoteCallError,
+    error_for_code,
+    failure_exception,
+)
+from relaytx.wire import CallSpec, Envelope, ServerCall, ServerResponse, secret_id
+
+
+class MeshCalls:
+    """
+    :param run_arrived: runs a call that arrived over the mesh (the node's
+        dispatcher): returns the result or a Deferred of it, or raises a
+        L{CallError}.
+    :param max_pending: the most calls this node may wait on at once.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        clock: IReactorTime,
+        metrics: NodeMetrics,
+        router: Router,
+        links: LinkTable,
+        forwarder: Forwarder,
+        pending: PendingCalls,
+        forwarded: ForwardedCalls,
+        routes_are_complete: Callable[[], bool],
+        run_arrived: Callable[[CallTarget], Any],
+        max_pending: int = 10_000,
+    ) -> None:
+        self._node_id = node_id
+        self._clock = clock
+        self._metrics = metrics
+        self._router = router
+        self._links = links
+        self._forwarder = forwarder
+        self.pending = pending
+        self._forwarded = forwarded
+        self._routes_are_complete = routes_are_complete
+        self._run_arrived = run_arrived
+        self._max_pending = max_pending
+        #: calls running here for others: Deferred -> (caller, the link it came by)
+        self._running: dict[Deferred[Any], tuple[str, str | None]] = {}
+
+    # Calling.
+
+    def call(self, target: CallTarget) -> Deferred[Any]:
+        """
+        Call a server on another node, C{target.node_id}.
+
+        :returns: a Deferred with the result, failing with a L{CallError}.
+        """
+        destination = target.node_id
+        if destination is None or destination == self._node_id:
+            return fail(ValueError(f"a remote call needs another node's id, not {destination!r}"))
+        if self._links.stopping:
+            return fail(NodeUnreachable("node is stopping", node_id=self._node_id))
+        if len(self.pending) >= self._max_pending:
+            return fail(
+                Overloaded(
+                    f"Overloaded: {len(self.pending)} calls already pending on {self._node_id}",
+                    node_id=self._node_id,
+                )
+            )
+        if not self._forwarder.can_reach(destination) and (
+            self._routes_are_complete() or not self._links
+        ):
+            return fail(
+                NodeUnreachable(
+                    f"No route to node {destination!r}",
+                    node_id=self._node_id,
+                    route=[self._node_id],
+                )
+            )
+        response_id = secret_id()  # unguessable: only the callee can answer
+        spec = CallSpec(target.server, target.method, target.args, target.kwargs, target.timeout)
+        envelope = Envelope.create(
+            ServerCall(spec, response_id), self._node_id, destination, self._clock.seconds()
+        )
+        d = self.pending.expect(response_id, destination, None, target.timeout)
+        try:
+            self.pending.set_via(response_id, self._forwarder.forward(envelope, came_from=None))
+        except MessageTooLarge as e:
+            self.pending.resolve(response_id, error=Overloaded(f"Call too large: {e}"))
+        return d
+
+    def settle(self, envelope: Envelope, response: ServerResponse) -> None:
+        """An answer to one of this node's calls arrived (see the module docstring)."""
+        destination = self.pending.destination_of(response.response_id)
+        if destination is not None and envelope.sender != destination:
+            if response.success or response.error_code != NodeUnreachable.code:
+                self._metrics.drop("forged_answer")
+                return
+        if response.success:
+            self.pending.resolve(response.response_id, result=response.result)
+            return
+        data = dict(response.error_data or {})
+        data.setdefault("node_id", response.node_id or envelope.sender)
+        error = error_for_code(
+            response.error_code if response.error_code is not None else RemoteCallError.code,
+            response.error or "remote error",
+            data,
+        )
+        self.pending.resolve(response.response_id, error=error)
+
+    # Running and answering.
+
+    def run(self, envelope: Envelope, call: ServerCall, via: str | None) -> None:
+        """
+        Run a call addressed here that arrived from neighbour C{via}, and
+        answer it. Access rules judge the caller the envelope names; limits
+        count against C{via}, the only identity a link proves.
+        """
+        spec = call.call
+        target = CallTarget(
+            self._node_id,
+            spec.server_name,
+            spec.method,
+            spec.args,
+            dict(spec.kwargs),
+            spec.timeout if spec.timeout else DEFAULT_CALL_TIMEOUT,
+            caller=envelope.sender,
+            via=via,
+        )
+        try:
+            result = self._run_arrived(target)
+        except Exception:
+            self._answer(Failure(), envelope, call, via)
+            return
+        if not isinstance(result, Deferred):  # answered at once: the common case
+            self._answer(result, envelope, call, via)
+            return
+        # (The dispatcher times the call out at its budget, target.timeout.)
+        self._running[result] = (envelope.sender, via)
+        result.addBoth(self._ran, result)
+        result.addBoth(self._answer, envelope, call, via)
+
+    def _ran(self, outcome: Any, d: Deferred[Any]) -> Any:
+        self._running.pop(d, None)
+        return outcome
+
+    def _answer(self, outcome: Any, envelope: Envelope, call: ServerCall, via: str | None) -> None:
+        if not isinstance(outcome, Failure):
+            response = ServerResponse(
+                response_id=call.response_id, success=True, node_id=self._node_id, result=outcome
+            )
+            self._send_answer(envelope.sender, response, via)
+            return
+        error = failure_exception(outcome)
+        if isinstance(error, CancelledError):  # cancelled by stop() or a lost caller
+            why = "stopped" if self._links.stopping else "lost the caller"
+            error = NodeUnreachable(f"node {self._node_id} {why} before answering")
+        elif not isinstance(error, CallError):
+            error = RemoteCallError.from_exception(error, self._node_id)
+        self.answer_error(envelope.sender, call.response_id, error, envelope.route, via)
+
+    def answer_error(
+        self,
+        caller: str,
+        response_id: str | None,
+        error: CallError,
+        route: tuple[str, ...] | list[str] | None = None,
+        via: str | None = None,
+    ) -> None:
+        """
+        Answer call C{response_id} of C{caller} with C{error} (settled here
+        when the caller is this node).
+
+        :param route: the route the call took to this node, for the error's data.
+        :param via: the neighbour the call came from, the way back when no
+            route to the caller is known.
+        """
+        error.with_data(node_id=self._node_id)
+        if route is not None:
+            error.with_data(route=[*route, self._node_id])
+        if caller == self._node_id:
+            if response_id is not None:
+                self.pending.resolve(response_id, error=error)
+            return
+        response = ServerResponse(
+            response_id=response_id,
+            success=False,
+            node_id=self._node_id,
+            error=error.message,
+            error_code=error.code,
+            error_data=error.data,
+        )
+        self._send_answer(caller, response, via)
+
+    def _send_answer(self, caller: str, response: ServerResponse, via: str | None) -> None:
+        try:
+            self._forwarder.send(caller, response, back_via=via)
+        except TypeError as e:  # the result cannot be encoded as JSON
+            error = RemoteCallError(f"TypeError: result is not JSON-serialisable: {e}")
+            self.answer_error(caller, response.response_id, error.with_data(type="TypeError"))
+        except MessageTooLarge as e:
+            error = RemoteCallError(f"ResultTooLarge: {e}")
+            self.answer_error(caller, response.response_id, error.with_data(type="ResultTooLarge"))
+
+    def refuse(self, envelope: Envelope, came_from: str | None, why: str) -> None:
+        """A call that cannot travel on is answered with -32002 at once."""
+        if envelope.type != ServerCall.TYPE:
+            return
+        response_id = envelope.response_id
+        if response_id is None:
+            return
+        error = NodeUnreachable(
+            f"Node {envelope.to!r} unreachable from {self._node_id}: {why}",
+            node_id=self._node_id,
+            route=[*envelope.route],
+        )
+        if came_from is None:
+            self.pending.resolve(response_id, error=error)
+        else:
+            self.answer_error(envelope.sender, response_id, error)
+
+    # Losses.
+
+    def path_lost(self, peer_id: str) -> None:
+        """Fail at once whatever was travelling through the link to C{peer_id}."""
+
+        def unreachable(destination: str) -> CallError:
+            return NodeUnreachable(
+                f"Path to node {destination!r} lost: link to {peer_id} went down",
+                node_id=self._node_id,
+                route=[self._node_id, peer_id],
+            )
+
+        self.pending.fail_via(peer_id, unreachable)
+        # Flooded calls (sent via no one neighbour) fail here only when the
+        # table is complete or no link is left: in flood mode the table never
+        # knows far nodes, so "no route" would fail calls this loss never touched.
+        if self._routes_are_complete() or not self._links:
+            self._fail_unreachable(unreachable)
+        for caller, response_id, target in self._forwarded.lost_link(peer_id):
+            self.answer_error(caller, response_id, unreachable(target))
+        # Calls running here for a caller now out of reach: it has been told
+        # -32002 by its side; stop working on them (queued ones are skipped).
+        for running, (caller, via) in list(self._running.items()):
+            if via == peer_id and not self._forwarder.can_reach(caller):
+                running.cancel()
+
+    def routes_changed(self) -> None:
+        """The routing table changed: fail the calls to nodes now out of reach."""
+        self._fail_unreachable(
+            lambda d: NodeUnreachable(f"Node {d!r} became unreachable", node_id=self._node_id)
+        )
+
+    def _fail_unreachable(self, error: Callable[[str], CallError]) -> None:
+        for destination in self.pending.destinations():
+            if not self._forwarder.can_reach(destination):
+                self.pending.fail_destination(destination, error)
+
+    def stop(self) -> None:
+        """Fail every pending call, forget the forwarded ones, cancel the running ones."""
+        self.pending.fail_all(
+            lambda d: NodeUnreachable(f"node {self._node_id} is stopping", node_id=self._node_id)
+        )
+        self._forwarded.clear()
+        for running in list(self._running):
+            running.cancel()  # and its budget timer; the caller hears -32002

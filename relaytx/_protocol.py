@@ -1,0 +1,367 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+Peer links over Autobahn WebSockets: thin adapters that run a link's
+handshake (L{relaytx._handshake}) and then feed its L{PeerSession}.
+
+The adapters decide nothing themselves: the handshake machine says which
+headers to send, whether the link opens and what to refuse with; the
+session handles every frame after that. What is left here is Autobahn's
+side: its callbacks, its close calls, and its swallowing of exceptions
+(which are logged instead).
+
+Frames are text only: a binary frame closes the link (1003). Message and
+frame sizes are capped by Autobahn's own limits (1009 past them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectingRequest, ConnectionDeny
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from relaytx import _json
+from relaytx._frames import LeanMessages, tune_socket
+from relaytx._handshake import AcceptorHandshake, DiallerHandshake, HandshakeRefused
+from relaytx._links import LinkRefused
+from relaytx._mesh import Mesh
+from relaytx.interfaces import ILinkTransport
+from relaytx.peer import CLOSE_PROTOCOL_ERROR, CLOSE_REPLACED, PeerSession
+
+#: Seconds an accepted link may take to prove the cluster secret.
+AUTH_TIMEOUT = 10.0
+
+
+@implementer(ILinkTransport)
+class _Transport:
+    """What a session sees of an Autobahn protocol."""
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+        self.peer_address = protocol.peer
+
+    def send(self, frame: bytes) -> None:
+        # A link the peer (or Autobahn) is closing takes nothing more; its
+        # session hears of the close in a moment.
+        if self._protocol.state == WebSocketProtocol.STATE_OPEN:
+            self._protocol.sendMessage(frame, isBinary=False)
+
+    def close(self, code: int, reason: str) -> None:
+        # sendClose only takes application codes (1000, 3000-4999); protocol
+        # codes such as 1003 and 1007 go through the frame-level call that
+        # Autobahn itself uses to fail a connection.
+        self._protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
+
+    def abort(self) -> None:
+        self._protocol.dropConnection(abort=True)
+
+
+class _PeerAdapter(LeanMessages):
+    """
+    The part shared by both ends: open the session once the handshake says
+    so, then hand it frames and the close. Autobahn swallows exceptions
+    from these callbacks, so failures are logged here.
+    """
+
+    _rlog = Logger()
+    session: PeerSession | None = None
+    direction = "inbound"
+    factory: Any
+    handshake: AcceptorHandshake | DiallerHandshake
+    # As Autobahn's WebSocketAdapterProtocol declares it; its WebSocketProtocol
+    # says str (and the two declare _transport_details differently too), so
+    # mypy flags the protocols below whatever this says.
+    peer: str | None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[misc]  # Autobahn's, next in the MRO
+        tune_socket(self.transport)
+
+    @property
+    def peer_id(self) -> str | None:
+        """The other end's node id, once the handshake knows it."""
+        handshake = getattr(self, "handshake", None)
+        return None if handshake is None else handshake.peer_id
+
+    def _open_session(self) -> None:
+        mesh: Mesh = self.factory.mesh
+        peer_id = self.peer_id
+        assert peer_id is not None  # the handshake is open
+        try:
+            self.session = mesh.open_link(
+                peer_id, self.direction, self._address(), _Transport(self)
+            )
+        except LinkRefused as e:
+            self._close(CLOSE_REPLACED, e.reason)
+            return
+        self._opened()
+
+    def _address(self) -> str:
+        # Autobahn sets peer when the connection is made, before any link opens.
+        return self.peer if self.peer is not None else "unknown"
+
+    def _opened(self) -> None:
+        pass
+
+    def _close(self, code: int, reason: str) -> None:
+        # sendClose refuses protocol codes such as 1002 (it raised, for every
+        # frame a refused peer went on sending); the frame-level call takes
+        # them, and ignores a link that is closing already.
+        self.sendCloseFrame(  # type: ignore[attr-defined]  # from the Autobahn protocol
+            code=code, reasonUtf8=reason.encode()[:120], isReply=False
+        )
+
+    def _refused(self, refusal: HandshakeRefused) -> None:
+        if refusal.auth_failure is not None:
+            self.factory.mesh.count_auth_failure(self.peer_id, refusal.auth_failure)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        try:
+            session = self.session
+            if session is None:
+                self._first_frame(payload, isBinary)
+            elif isBinary:
+                session.binary_received()
+            else:
+                session.data_received(payload)
+        except Exception:
+            self._rlog.failure("error handling a frame from {peer}", peer=self.peer_id)
+
+    def _first_frame(self, payload: bytes, isBinary: bool) -> None:
+        self._close(CLOSE_PROTOCOL_ERROR, "no session")
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        try:
+            if self.session is not None:
+                self.session.connection_lost(
+                    f"close code {code}" + (f": {reason}" if reason else "")
+                )
+        except Exception:
+            self._rlog.failure("error closing the link to {peer}", peer=self.peer_id)
+
+
+class PeerServerProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _PeerAdapter
+    _PeerAdapter,
+    WebSocketServerProtocol,
+):
+    """The accepting end of a peer link."""
+
+    direction = "inbound"
+    _auth_timer: IDelayedCall | None = None
+
+    def onConnect(self, request: Any) -> tuple[None, dict[str, str]]:
+        factory = self.factory
+        self.handshake = handshake = AcceptorHandshake(
+            factory.mesh.node_id,
+            lambda peer_id: factory.mesh.check_new_link(peer_id, "inbound"),
+            factory.secret,
+            factory.allowed_origins,
+        )
+        try:
+            # Autobahn's own reading of the origin: the Origin header, or
+            # Sec-WebSocket-Origin for the drafts before version 13, which
+            # it still accepts; "" when there is none.
+            headers = handshake.upgrade(request.params, request.headers, request.origin or "")
+        except HandshakeRefused as refusal:
+            self._refused(refusal)
+            raise ConnectionDeny(refusal.status, refusal.reason) from None
+        if handshake.unmasked:
+            self.requireMaskedClientFrames = False
+        return None, headers
+
+    def onOpen(self) -> None:
+        try:
+            if self.handshake.opened():
+                self._open_session()
+            else:  # nothing is processed before the dialler's proof
+                self._auth_timer = self.factory.reactor.callLater(AUTH_TIMEOUT, self._proof_late)
+        except Exception:
+            self._rlog.failure("error opening the link from {peer}", peer=self.peer_id)
+
+    def _first_frame(self, payload: bytes, isBinary: bool) -> None:
+        handshake = self.handshake
+        assert isinstance(handshake, AcceptorHandshake)
+        if self._auth_timer is None:  # refused already, or no proof was asked for
+            return super()._first_frame(payload, isBinary)
+        self._cancel_timer()
+        try:
+            handshake.first_frame(payload, isBinary)
+        except HandshakeRefused as refusal:
+            self._refuse(refusal)
+            return
+        self._open_session()
+
+    def _proof_late(self) -> None:
+        self._auth_timer = None
+        handshake = self.handshake
+        assert isinstance(handshake, AcceptorHandshake)
+        self._refuse(handshake.timed_out())
+
+    def _refuse(self, refusal: HandshakeRefused) -> None:
+        self._refused(refusal)
+        self.sendClose(code=refusal.status, reason=refusal.reason)
+
+    def _cancel_timer(self) -> None:
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._cancel_timer()
+        super().onClose(wasClean, code, reason)
+
+
+class PeerClientProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _PeerAdapter
+    _PeerAdapter,
+    WebSocketClientProtocol,
+):
+    """The dialling end of a peer link."""
+
+    direction = "outbound"
+
+    def onConnecting(self, transport_details: Any) -> ConnectingRequest:
+        factory = self.factory
+        dialer = factory.dialer
+        self.handshake = handshake = DiallerHandshake(
+            factory.mesh.node_id, dialer.secret, dialer.node_id
+        )
+        return ConnectingRequest(
+            host=factory.host,
+            port=factory.port,
+            resource=factory.resource,
+            headers=handshake.request_headers(),
+        )
+
+    def onConnect(self, response: Any) -> None:
+        handshake = self.handshake
+        assert isinstance(handshake, DiallerHandshake)
+        try:
+            handshake.answered(response.headers)
+        except HandshakeRefused as refusal:
+            self._refused(refusal)
+            raise ConnectionDeny(refusal.status, refusal.reason) from None
+        if handshake.unmasked:
+            self.maskClientFrames = False
+
+    def onOpen(self) -> None:
+        try:
+            handshake = self.handshake
+            assert isinstance(handshake, DiallerHandshake)
+            proof = handshake.opened()
+            if proof is not None:
+                self.sendMessage(proof, isBinary=False)
+            if handshake.peer_id is not None:
+                self._open_session()
+        except Exception:
+            self._rlog.failure("error opening the link to {peer}", peer=self.peer_id)
+
+    def _address(self) -> str:
+        url: str = self.factory.dialer.url
+        return url
+
+    def _opened(self) -> None:
+        self.factory.dialer.link_opened(self.peer_id)
+
+    def _first_frame(self, payload: bytes, isBinary: bool) -> None:
+        # An original node says who it is only in its frames.
+        handshake = self.handshake
+        assert isinstance(handshake, DiallerHandshake)
+        try:
+            handshake.first_frame(payload, isBinary)
+        except HandshakeRefused as refusal:
+            self._close(refusal.status, refusal.reason)
+            return
+        self._open_session()
+        if self.session is not None:
+            self.session.data_received(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.session is None:
+            self.factory.dialer.handshake_failed(code, reason)
+        super().onClose(wasClean, code, reason)
+
+
+def _protocol_options(factory: Any, max_message_size: int) -> None:
+    factory.setProtocolOptions(
+        maxMessagePayloadSize=max_message_size,
+        maxFramePayloadSize=max_message_size,
+        autoPingInterval=0,  # liveness is the session's, on the node's clock
+        openHandshakeTimeout=10,
+        closeHandshakeTimeout=1,
+        failByDrop=False,
+        # The session decodes every frame with a strict UTF-8 JSON parser and
+        # closes the link with 1007 on invalid UTF-8, as Autobahn would; its
+        # validating each frame first cost a visible share of a busy node.
+        utf8validateIncoming=False,
+    )
+
+
+class PeerServerFactory(WebSocketServerFactory):
+    """Accepts peer links for C{mesh}."""
+
+    protocol = PeerServerProtocol
+    noisy = False
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        max_message_size: int,
+        allowed_origins: frozenset[str] = frozenset(),
+        reactor: Any = None,
+        secret: bytes | None = None,
+    ) -> None:
+        super().__init__(reactor=reactor)
+        self.mesh = mesh
+        self.allowed_origins = allowed_origins
+        self.secret = secret
+        _protocol_options(self, max_message_size)
+
+
+class PeerClientFactory(WebSocketClientFactory):
+    """
+    Dials one peer for a dialer (L{relaytx._dialer.Dialer}), which has the
+    C{secret}, the expected C{node_id}, the C{url} and the back-off.
+    """
+
+    protocol = PeerClientProtocol
+    noisy = False
+
+    def __init__(
+        self, dialer: Any, mesh: Mesh, url: str, max_message_size: int, reactor: Any
+    ) -> None:
+        super().__init__(url, reactor=reactor)
+        self.dialer = dialer
+        self.mesh = mesh
+        _protocol_options(self, max_message_size)
+
+
+class UpgradeOnly(WebSocketResource):
+    """
+    A WebSocket endpoint that answers a request which is not a WebSocket
+    upgrade with 400 and a JSON body (as the original answers a plain GET
+    on C{/ws/p2p}), rather than Autobahn's HTML page naming its version.
+    """
+
+    def render(self, request: Any) -> Any:
+        upgrade = request.getHeader(b"upgrade") or b""
+        if upgrade.lower() != b"websocket":
+            request.setResponseCode(400)
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"sec-websocket-version", b"13")
+            return _json.dumps({"error": "a WebSocket endpoint: upgrade to use it", "status": 400})
+        return super().render(request)
+
+
+def peer_resource(factory: PeerServerFactory) -> WebSocketResource:
+    """:returns: the resource to mount at C{/ws/p2p}."""
+    return UpgradeOnly(factory)

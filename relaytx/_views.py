@@ -1,0 +1,130 @@
+# -*- test-case-name: tests.test_rpc -*-
+"""
+What a node shows of itself: L{NodeViews}, the JSON bodies of its HTTP
+endpoints (SPEC section 4), and L{NodeServer}, the built-in server C{node}
+every node hosts so that a bare node can be called across the mesh.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+from relaytx._hosting import ServerHost
+from relaytx._mesh import Mesh
+from relaytx.server import Server, exposed
+from relaytx.wire import rfc3339
+
+
+class NodeViews:
+    """
+    :param started_at: when the node started, in the clock's seconds.
+    :param version: relaytx's version, for C{info()}.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        clock: IReactorTime,
+        host: ServerHost,
+        mesh: Mesh,
+        started_at: float,
+        version: str,
+    ) -> None:
+        self.node_id = node_id
+        self._clock = clock
+        self._host = host
+        self._mesh = mesh
+        self._started_at = started_at
+        self._version = version
+
+    def timestamp(self) -> str:
+        """:returns: the current time, RFC 3339."""
+        return rfc3339(self._clock.seconds())
+
+    def uptime(self) -> float:
+        """:returns: seconds since the node started."""
+        return max(0.0, self._clock.seconds() - self._started_at)
+
+    def health(self) -> dict[str, Any]:
+        """:returns: C{GET /health}."""
+        return {
+            "status": "healthy",
+            "node_id": self.node_id,
+            "peer_count": len(self._mesh.links),
+            "server_count": len(self._host.local_servers()),
+            "uptime_s": self.uptime(),
+            "timestamp": self.timestamp(),
+        }
+
+    def registry(self) -> dict[str, Any]:
+        """:returns: C{GET /registry}."""
+        return {
+            "node_id": self.node_id,
+            "servers": self.servers(),
+            "peers": self.peers(),
+            "timestamp": self.timestamp(),
+        }
+
+    def servers(self) -> dict[str, list[dict[str, Any]]]:
+        """:returns: C{GET /registry/servers}: every server this node knows, by name."""
+        now = self.timestamp()
+        directory = {
+            name: [
+                {
+                    "name": name,
+                    "node_id": self.node_id,
+                    "methods": methods,
+                    "is_local": True,
+                    "last_seen": now,
+                    "hops": 0,
+                }
+            ]
+            for name, methods in self._host.local_servers().items()
+        }
+        for name, entries in self._mesh.directory().items():
+            directory.setdefault(name, []).extend(entries)
+        return directory
+
+    def peers(self) -> dict[str, dict[str, Any]]:
+        """:returns: C{GET /registry/peers}: directly connected peers by node id."""
+        return self._mesh.peers_view()
+
+    def routes(self) -> dict[str, dict[str, Any]]:
+        """:returns: C{GET /registry/routes}: the routing table."""
+        return self._mesh.router.table()
+
+    def info(self) -> dict[str, Any]:
+        """:returns: what the built-in C{node.info()} answers."""
+        return {
+            "node_id": self.node_id,
+            "version": self._version,
+            "uptime": self.uptime(),  # seconds, as SPEC section 2 names it
+            "uptime_s": self.uptime(),  # the same, as /health names it
+            "servers": self._host.local_servers(),
+            "peers": sorted(self.peers()),
+            "timestamp": self.timestamp(),
+        }
+
+
+class NodeServer(Server):
+    """The built-in server C{node}."""
+
+    def __init__(self, views: NodeViews) -> None:
+        self._views = views
+
+    @exposed
+    def info(self) -> dict[str, Any]:
+        """This node's id, version, uptime, servers and peers."""
+        return self._views.info()
+
+    @exposed
+    def ping(self) -> dict[str, Any]:
+        """A liveness answer with this node's id and time."""
+        return {"pong": True, "node_id": self._views.node_id, "timestamp": self._views.timestamp()}
+
+    @exposed
+    def echo(self, *args: Any) -> list[Any]:
+        """Its arguments, as a list."""
+        return list(args)
