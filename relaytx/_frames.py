@@ -7,8 +7,8 @@ the shortest way through it for the frames a busy connection carries.
 On a busy link nearly every frame is a whole text message of a few hundred
 bytes. Autobahn handles each one in about two dozen Python calls: a frame
 header object, a null masker, the buffer copied twice, message-begin,
-frame-begin, frame-data, frame-end and message-end hooks, traffic counters.
-That was a tenth of a forwarding node's time. L{LeanMessages} hands such a
+frame-begin, frame-data, frame-end and message-end hooks, traffic counters:
+a large share of a forwarding node's time. L{LeanMessages} hands such a
 frame to C{onMessage} straight from the bytes read, and sends one as a
 header and the payload in one write. Everything else (control frames,
 fragments, compression, frames past a size limit, broken frames, a
@@ -20,8 +20,8 @@ Frames sent while a read is being handled (the answers to the calls it
 brought, the calls a forwarding node passes on) are held per connection and
 written once when the handling ends. Twisted puts nothing on the wire
 before the reactor's next turn anyway, and each C{transport.write} on the
-way costs about a microsecond of Python: a forwarding node handling a
-dozen frames per read now makes one write per link instead of a dozen.
+way costs Python work: a forwarding node handling a dozen frames per read
+makes one write per link instead of a dozen.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from twisted.logger import Logger
 #: frames, all handled before any answer is written, so the two ends of the
 #: link take turns instead of working at the same time (each near half a
 #: core, on two cores). A few KiB (a dozen calls or so) per turn lets the
-#: answers leave while the next frames are still arriving: direct calls at
-#: 100 in flight went from 10.4k to 19.3k/s, and p50 from 9.6 to 5.2 ms.
-#: A large message takes more turns, at a few microseconds each.
+#: answers leave while the next frames are still arriving (the README's
+#: benchmark notes give the figures). A large message takes more turns, at
+#: a few microseconds each.
 READ_CHUNK = 4096
 
 #: The largest frame payload the short path takes (the largest with a
@@ -145,7 +145,7 @@ class LeanMessages:
 
       - each message is also fired to Autobahn's observers ("message"
         listeners, which relaytx never registers) through a Deferred and a
-        gather: about 12% of a node's time on a busy link;
+        gather, a visible share of a node's time on a busy link;
       - every socket read and every frame sent builds the arguments of a
         debug log line (C{hltype}, C{hlval}), with debug logging off too.
 

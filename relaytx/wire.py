@@ -307,7 +307,14 @@ class Envelope:
                 return cls(
                     kind, sender, to, data, message_id, timestamp, tuple(route), ttl, reply_to
                 )
+        return cls._from_json_checked(obj)
+
+    @classmethod
+    def _from_json_checked(cls, obj: dict[str, Any]) -> Envelope:
+        # The general path, field by field: the fast path above must agree
+        # with it on every input (tests.test_wire holds them to that).
         what = "envelope"
+        route = obj.get("route")
         return cls(
             type=_require(obj, "type", str, what),
             sender=_require(obj, "from", str, what),
@@ -474,6 +481,11 @@ class ServerCall(Payload):
                     ),
                     response_id,
                 )
+        return cls._from_data_checked(data)
+
+    @classmethod
+    def _from_data_checked(cls, data: Mapping[str, Any]) -> ServerCall:
+        # The general path; the fast one above must agree with it.
         what = "server_call"
         call = _require(data, "call", dict, what)
         what = "server_call.call"
@@ -544,6 +556,11 @@ class ServerResponse(Payload):
             and get("error_data") is None
         ):
             return cls(response_id, True, node_id, get("result"))
+        return cls._from_data_checked(data)
+
+    @classmethod
+    def _from_data_checked(cls, data: Mapping[str, Any]) -> ServerResponse:
+        # The general path; the fast one above must agree with it.
         what = "server_response"
         if "response_id" not in data:
             raise MalformedMessage("server_response has no 'response_id'", reason="missing_field")

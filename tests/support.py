@@ -47,6 +47,22 @@ class TempDirMixin:
         return os.path.join(self._temp_root, f"temp{self._temp_count}")
 
 
+class Counter(Server):
+    """The counter most tests call: C{increment(by=1)} and C{get()}."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @exposed
+    def increment(self, by: int = 1) -> int:
+        self.count += by
+        return self.count
+
+    @exposed
+    def get(self) -> int:
+        return self.count
+
+
 class Slow(Server):
     """Answers only when the test says so."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import inspect
 import os
 import struct
 from types import SimpleNamespace
@@ -489,3 +490,105 @@ class PaceReadsTests(SynchronousTestCase):
         transport = StringTransport()
         tune_socket(transport)
         self.assertFalse(hasattr(transport, "bufferSize"))
+
+
+class AnyBytesTests(SynchronousTestCase):
+    """Whatever bytes arrive, the short path ends where Autobahn alone would."""
+
+    @FUZZ
+    @given(
+        chunks=st.lists(
+            st.one_of(
+                # Frames with any first byte (opcode, reserved bits, fin), masked or not,
+                # of any declared length: the headers the short path reads.
+                st.tuples(
+                    st.integers(min_value=0, max_value=255),
+                    st.booleans(),
+                    st.binary(max_size=300),
+                    st.sampled_from([None, 0, 125, 126, 127, 0xFFFF, 0x10000]),
+                ).map(
+                    lambda t: (
+                        bytes((t[0],)) + frame(t[2], mask=MASK if t[1] else None, length=t[3])[1:]
+                    )
+                ),
+                st.binary(max_size=40),  # and plain garbage
+            ),
+            max_size=6,
+        ),
+        cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=8),
+        require_masks=st.booleans(),
+    )
+    def test_any_bytes(self, chunks: list[bytes], cuts: list[int], require_masks: bool) -> None:
+        """Any byte stream, cut anywhere: same messages, same bytes written, same state."""
+        stream = b"".join(chunks)
+        lean = open_server(LeanServer, require_masks=require_masks)
+        plain = open_server(PlainServer, require_masks=require_masks)
+        feed(lean, stream, cuts)
+        plain.dataReceived(stream)
+        self.assertEqual(lean.messages, plain.messages)
+        self.assertEqual(lean.transport.value(), plain.transport.value())
+        self.assertEqual(lean.state, plain.state)
+
+
+class AutobahnInternalsTests(SynchronousTestCase):
+    """
+    L{LeanMessages} reads Autobahn's own attributes and calls its private
+    methods; pyproject.toml bounds Autobahn's version to the ones tested.
+    If a release renames or drops any of them, this says which, loudly.
+    """
+
+    #: state read on every frame, and settings, on an open server connection
+    STATE = (
+        "state", "data", "current_frame", "inside_message", "failedByMe",
+        "message_data", "message_is_binary", "send_queue", "_perMessageCompress",
+        "autoPingTimeoutCall", "trackedTimings",
+    )  # fmt: skip
+    #: protocol options each end takes from its factory
+    SERVER_OPTIONS = (
+        "utf8validateIncoming", "logFrames", "logOctets", "applyMask",
+        "requireMaskedClientFrames", "maxFramePayloadSize", "maxMessagePayloadSize",
+        "maskServerFrames", "autoFragmentSize",
+    )  # fmt: skip
+    CLIENT_OPTIONS = (
+        "utf8validateIncoming", "logFrames", "logOctets", "applyMask",
+        "acceptMaskedServerFrames", "maskClientFrames", "maxFramePayloadSize",
+        "maxMessagePayloadSize", "autoFragmentSize",
+    )  # fmt: skip
+    METHODS = {
+        "_dataReceived": ["data"],
+        "_onMessage": ["payload", "isBinary"],
+        "sendData": ["data", "sync", "chopsize"],
+        "sendMessage": ["payload", "isBinary", "fragmentSize", "sync", "doNotCompress"],
+        "onMessageEnd": [],
+        "sendCloseFrame": ["code", "reasonUtf8", "isReply"],
+        "dropConnection": ["abort"],
+    }
+
+    def test_attributes(self) -> None:
+        """Every attribute the short path reads exists on an open Autobahn connection."""
+        server = open_server(PlainServer)
+        # (Autobahn makes the message state at the first message it reads.)
+        server.dataReceived(frame(b"a", fin=False, mask=MASK) + frame(b"b", 0, mask=MASK))
+        self.assertEqual(server.messages, [(b"ab", False)])
+        missing = [
+            name for name in (*self.STATE, *self.SERVER_OPTIONS) if not hasattr(server, name)
+        ]
+        self.assertEqual(missing, [], "Autobahn's server protocol no longer has these")
+        self.assertEqual(server.state, WebSocketProtocol.STATE_OPEN)
+        self.assertEqual(
+            [n for n in self.SERVER_OPTIONS if n not in WebSocketServerProtocol.CONFIG_ATTRS], []
+        )
+        self.assertEqual(
+            [n for n in self.CLIENT_OPTIONS if n not in WebSocketClientProtocol.CONFIG_ATTRS], []
+        )
+        self.assertTrue(WebSocketServerFactory.isServer)
+        self.assertFalse(WebSocketClientFactory.isServer)
+
+    def test_methods(self) -> None:
+        """Every Autobahn method the short path calls or overrides takes what it passes."""
+        for cls in (WebSocketServerProtocol, WebSocketClientProtocol):
+            for name, params in self.METHODS.items():
+                method = getattr(cls, name, None)
+                self.assertIsNotNone(method, f"Autobahn's {cls.__name__} no longer has {name}")
+                names = list(inspect.signature(method).parameters)[1:]
+                self.assertEqual(names[: len(params)], params, f"{cls.__name__}.{name}")

@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx import CallTimeout, Server, exposed
+from relaytx import CallTimeout
 from relaytx._auth import AccessRules
 from relaytx._calls import CallTarget
 from relaytx._jsonrpc import JsonRpcHandler
@@ -21,23 +21,7 @@ from relaytx._limits import CallLimiter
 from relaytx.errors import AccessDenied, Overloaded
 from relaytx.node import RelayNode
 from relaytx.testing import MemoryMesh, memory_node
-from tests.support import Slow
-
-
-class Counter(Server):
-    """Counts."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    @exposed
-    def increment(self) -> int:
-        self.count += 1
-        return self.count
-
-    @exposed
-    def get(self) -> int:
-        return self.count
+from tests.support import Counter, Slow
 
 
 def limiter(

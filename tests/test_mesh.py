@@ -33,19 +33,7 @@ from relaytx.wire import (
     ServerCall,
     encode,
 )
-from tests.support import Chat, ChatSession, Slow
-
-
-class Counter(Server):
-    """Counts the calls it executes."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    @exposed
-    def increment(self, by: int = 1) -> int:
-        self.count += by
-        return self.count
+from tests.support import Chat, ChatSession, Counter, Slow
 
 
 class Where(Server):
@@ -269,7 +257,7 @@ class RegistrySyncTests(MeshTestCase):
         self.network.settle()
         [entry] = a.views.servers()["far"]
         self.assertEqual((entry["node_id"], entry["hops"], entry["is_local"]), ("d", 3, False))
-        self.assertEqual(entry["methods"], ["increment"])
+        self.assertEqual(entry["methods"], ["get", "increment"])
         self.assertEqual(a.views.routes()["d"]["next_hop"], "b")
         self.assertEqual(
             d.views.routes()["a"],

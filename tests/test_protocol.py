@@ -1,15 +1,27 @@
 """
-Tests for L{relaytx._protocol}: peer addresses, the dialler's back-off and
-socket tuning.
+Tests for L{relaytx._protocol} and L{relaytx._dialer}: peer addresses, the
+dialler's back-off, and the Autobahn adapters driven in memory.
 """
 
 from __future__ import annotations
 
-from twisted.internet.testing import MemoryReactorClock
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx._dialer import Dialer, peer_url
+from relaytx._protocol import AUTH_TIMEOUT, PeerServerFactory
+from relaytx.node import RelayNode
+from relaytx.peer import CLOSE_AUTH_FAILED
 from relaytx.testing import memory_node
+
+SECRET = b"0123456789abcdef-cluster"
+OTHER_SECRET = b"fedcba9876543210-intruder"
 
 
 class PeerUrlTests(SynchronousTestCase):
@@ -69,3 +81,146 @@ class BackoffTests(SynchronousTestCase):
         self.dialer.node_id = "peer"
         self.node.mesh.links["peer"] = object()  # type: ignore[assignment]  # presence is all it reads
         self.assertEqual(self.dialer._retry_delay(1), Dialer.MAX_DELAY)
+
+
+class _Adapters:
+    """Two memory nodes and the Autobahn adapters between them, over iosim."""
+
+    def __init__(
+        self, case: SynchronousTestCase, dial_secret: bytes | None, accept_secret: bytes | None
+    ) -> None:
+        self.clock = MemoryReactorClock()
+        self.dialling = memory_node("hA", self.clock)
+        self.accepting = memory_node("hB", self.clock)
+        self.dialling.secret, self.accepting.secret = dial_secret, accept_secret
+        self.server_factory = PeerServerFactory(
+            self.accepting.mesh, 1 << 20, reactor=self.clock, secret=accept_secret
+        )
+        self.dialer = Dialer(
+            self.dialling.mesh, "ws://127.0.0.1:9", self.clock, 1 << 20, secret=dial_secret
+        )
+        for factory in (self.server_factory, self.dialer.factory):
+            # No Autobahn timers: they would go to the global reactor (txaio).
+            factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        address = IPv4Address("TCP", "127.0.0.1", 9)
+        self.client, self.server, self.pump = connectedServerAndClient(
+            lambda: self.server_factory.buildProtocol(address),
+            lambda: self.dialer.factory.buildProtocol(address),
+            clock=self.clock,
+        )
+        case.addCleanup(self.close)
+
+    def flush(self) -> None:
+        self.pump.flush(advanceClock=False)
+
+    def close(self) -> None:
+        for node in (self.dialling, self.accepting):
+            node.mesh.stop()
+        self.flush()
+        self.clock.advance(5)  # the mesh's grace timers
+
+
+class AdapterTests(SynchronousTestCase):
+    """The Autobahn adapters, driven in memory: a real handshake with no socket."""
+
+    def test_link_and_call(self) -> None:
+        """Dialler and acceptor open a link, agree on unmasked frames, and carry a call."""
+        pair = _Adapters(self, None, None)
+        pair.flush()
+        self.assertEqual(pair.accepting.mesh.links["hA"].direction, "inbound")
+        self.assertEqual(pair.dialling.mesh.links["hB"].direction, "outbound")
+        self.assertFalse(pair.client.maskClientFrames)
+        self.assertFalse(pair.server.requireMaskedClientFrames)
+        self.assertEqual(pair.dialer.node_id, "hB")
+        d = pair.dialling.call("hB", "node", "echo", 1, "two")
+        pair.flush()
+        self.assertEqual(self.successResultOf(d), [1, "two"])
+
+    def test_same_secret(self) -> None:
+        """With the same secret on both ends the link opens after the dialler's proof."""
+        pair = _Adapters(self, SECRET, SECRET)
+        pair.flush()
+        self.assertIn("hA", pair.accepting.mesh.links)
+        self.assertIn("hB", pair.dialling.mesh.links)
+        d = pair.dialling.call("hB", "node", "echo", 3)
+        pair.flush()
+        self.assertEqual(self.successResultOf(d), [3])
+
+    def test_dialler_without_secret(self) -> None:
+        """A dialler without the secret is refused at the upgrade (401) and counted."""
+        pair = _Adapters(self, None, SECRET)
+        pair.flush()
+        self.assertEqual(pair.accepting.mesh.links, {})
+        self.assertEqual(pair.dialling.mesh.links, {})
+        self.assertEqual(auth_failures(pair.accepting), 1)
+        self.assertEqual(pair.dialer._failures, 1)
+
+    def test_acceptor_with_another_secret(self) -> None:
+        """A dialler hangs up on an acceptor whose proof is wrong, and counts it."""
+        pair = _Adapters(self, SECRET, OTHER_SECRET)
+        pair.flush()
+        self.assertEqual(pair.accepting.mesh.links, {})
+        self.assertEqual(pair.dialling.mesh.links, {})
+        self.assertEqual(auth_failures(pair.dialling), 1)
+
+
+def auth_failures(node: RelayNode) -> float:
+    """:returns: the node's C{relaytx_auth_failures_total}."""
+    value = node.metrics.registry.get_sample_value("relaytx_auth_failures_total")
+    return 0.0 if value is None else value
+
+
+class _TolerantTransport(StringTransport):
+    """A string transport that lets Autobahn unregister a producer it never registered."""
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+
+class RawUpgradeTests(SynchronousTestCase):
+    """The accepting adapter answers hand-written upgrade requests."""
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.node = memory_node("hB", self.clock)
+
+    def connect(self, secret: bytes | None = None) -> tuple[Any, StringTransport]:
+        factory = PeerServerFactory(self.node.mesh, 1 << 20, reactor=self.clock, secret=secret)
+        factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9))
+        transport = _TolerantTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
+        protocol.makeConnection(transport)
+        self.addCleanup(lambda: protocol.connectionLost(Failure(ConnectionDone())))
+        return protocol, transport
+
+    def upgrade(self, *headers: str) -> bytes:
+        lines = [
+            "GET /ws/p2p?node_id=hA HTTP/1.1",
+            "Host: 127.0.0.1:9",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version: 13",
+            *headers,
+        ]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    def test_browser_refused(self) -> None:
+        """An upgrade from a browser origin not allowed is answered 403, and no link opens."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(self.upgrade("Origin: https://evil.example"))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 403"), transport.value())
+        self.assertEqual(self.node.mesh.links, {})
+
+    def test_proof_deadline(self) -> None:
+        """A dialler that upgrades with a nonce but never proves the secret is closed with 4003."""
+        protocol, transport = self.connect(SECRET)
+        protocol.dataReceived(self.upgrade("X-Relaytx-Nonce: " + "a" * 64))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"), transport.value())
+        transport.clear()
+        self.clock.advance(AUTH_TIMEOUT)
+        close = transport.value()
+        self.assertEqual(close[0], 0x88)  # a close frame
+        self.assertEqual(int.from_bytes(close[2:4], "big"), CLOSE_AUTH_FAILED)
+        self.assertEqual(self.node.mesh.links, {})
+        self.assertEqual(auth_failures(self.node), 1)

@@ -13,22 +13,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx.errors import InvalidParams
 from relaytx.server import ExposedMethod, Mailbox, Server, exposed
+from tests import support
 
 
-class Counter(Server):
-    """A server with two exposed methods and some that are not."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    @exposed
-    def increment(self, by: int = 1) -> int:
-        self.count += by
-        return self.count
-
-    @exposed
-    def get(self) -> int:
-        return self.count
+class Counter(support.Counter):
+    """The test counter (two exposed methods) with some that are not exposed."""
 
     def helper(self) -> None:
         """Not decorated: never callable remotely."""

@@ -14,6 +14,8 @@ from typing import Any
 
 import attrs
 from attrs import frozen
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx.errors import MalformedMessage, UnknownMessageType
@@ -37,6 +39,9 @@ from relaytx.wire import (
     rfc3339,
     secret_id,
 )
+from tests.support import fuzz_settings
+
+FAST_PATHS = fuzz_settings(max_examples=400)
 
 # Every frame shown in seed-wire-samples.md, copied verbatim (the b'...' forms
 # with their trailing newline, the bare JSON lines as they stand).
@@ -1166,3 +1171,103 @@ class MessageTypesTests(SynchronousTestCase):
         empty = MessageTypes([])
         self.assertEqual(list(empty), [])
         self.assertRaises(UnknownMessageType, empty.payload, decode(frame()))
+
+
+# Values of every JSON type, and of the wrong kinds a field may be given.
+_ANY = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=4)
+_SOME = _ANY | st.lists(_ANY, max_size=3) | st.dictionaries(st.text(max_size=3), _ANY, max_size=3)
+
+
+def _object(**fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """
+    An object whose fields are well typed, then one or two of them spoilt:
+    replaced by any JSON value, or left out. (Spoiling each field at
+    random would almost never leave just one of many wrong.)
+    """
+
+    @st.composite
+    def build(draw: Any) -> dict[str, Any]:
+        obj = {key: draw(strategy) for key, strategy in fields.items()}
+        for _ in range(draw(st.integers(min_value=0, max_value=2))):
+            key = draw(st.sampled_from(sorted(fields)))
+            if draw(st.booleans()):
+                obj.pop(key, None)
+            else:
+                obj[key] = draw(_SOME)
+        return obj
+
+    return build()
+
+
+def _outcome(decode: Any, value: Any) -> Any:
+    """What C{decode(value)} gives: the object, or the reason it was refused."""
+    try:
+        return decode(value)
+    except MalformedMessage as e:
+        return ("refused", e.reason)
+
+
+_STRINGS = st.text(max_size=5)
+_NUMBER = st.integers(min_value=-5, max_value=10**6) | st.floats(allow_nan=False, width=32)
+
+
+class FastPathTests(SynchronousTestCase):
+    """The validators' fast paths agree with their general paths on every input."""
+
+    @FAST_PATHS
+    @given(
+        _object(
+            type=_STRINGS,
+            id=_STRINGS,
+            **{"from": _STRINGS},
+            to=_STRINGS,
+            data=st.dictionaries(st.text(max_size=3), _ANY, max_size=2),
+            timestamp=st.none() | _STRINGS,
+            route=st.lists(_STRINGS, max_size=3),
+            ttl=st.integers(min_value=-2, max_value=64),
+            reply_to=st.none() | _STRINGS,
+        )
+    )
+    def test_envelope(self, obj: dict[str, Any]) -> None:
+        """Envelope.from_json's fast path gives what the field-by-field path gives."""
+        self.assertEqual(
+            _outcome(Envelope.from_json, obj), _outcome(Envelope._from_json_checked, obj)
+        )
+
+    @FAST_PATHS
+    @given(
+        _object(
+            call=_object(
+                server_name=_STRINGS,
+                method=_STRINGS,
+                args=st.lists(_ANY, max_size=2),
+                kwargs=st.dictionaries(st.text(max_size=3), _ANY, max_size=2),
+                timeout=st.none() | _NUMBER,
+            ),
+            response_id=st.none() | _STRINGS,
+        )
+    )
+    def test_server_call(self, data: dict[str, Any]) -> None:
+        """ServerCall.from_data's fast path gives what its general path gives."""
+        self.assertEqual(
+            _outcome(ServerCall.from_data, data), _outcome(ServerCall._from_data_checked, data)
+        )
+
+    @FAST_PATHS
+    @given(
+        _object(
+            response_id=_STRINGS,
+            node_id=st.none() | _STRINGS,
+            success=st.booleans(),
+            result=_SOME,
+            error=st.none() | _STRINGS,
+            error_code=st.none() | st.integers(min_value=-32800, max_value=-32000),
+            error_data=st.none() | st.dictionaries(st.text(max_size=3), _ANY, max_size=2),
+        )
+    )
+    def test_server_response(self, data: dict[str, Any]) -> None:
+        """ServerResponse.from_data's fast path gives what its general path gives."""
+        self.assertEqual(
+            _outcome(ServerResponse.from_data, data),
+            _outcome(ServerResponse._from_data_checked, data),
+        )

@@ -22,6 +22,7 @@ from twisted.internet.task import deferLater
 from relaytx.config import build_config
 from relaytx.node import RelayNode
 from relaytx.server import Server, exposed
+from tests import support
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -57,22 +58,13 @@ async def wait_for(
         await deferLater(reactor, interval, lambda: None)
 
 
-class Counter(Server):
-    """A counter that also records the order it ran calls in."""
+class Counter(support.Counter):
+    """The test counter, with a slow method that tracks overlap, and one that fails."""
 
     def __init__(self) -> None:
-        self.count = 0
+        super().__init__()
         self.running = 0
         self.max_running = 0
-
-    @exposed
-    def increment(self, by: int = 1) -> int:
-        self.count += by
-        return self.count
-
-    @exposed
-    def get(self) -> int:
-        return self.count
 
     @exposed
     async def slow_increment(self, delay: float) -> int:

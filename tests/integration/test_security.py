@@ -572,7 +572,13 @@ class TlsTests(_Files, TestCase):
         # No certificate at all.
         node4 = start_node(self, "node4", [wss1], tls={"ca": self.write("ca4.pem", mesh_ca.pem)})
 
-        await wait_for(lambda: "node2" in node1.mesh.links, 5, what="node2's wss link")
+        # Both ends: the acceptor opens its side as it answers the upgrade,
+        # the dialler only once that answer has arrived.
+        await wait_for(
+            lambda: "node2" in node1.mesh.links and "node1" in node2.mesh.links,
+            5,
+            what="node2's wss link, at both ends",
+        )
         self.assertEqual(node1.mesh.links["node2"].direction, "inbound")
         self.assertEqual(await node2.call("node1", "counter", "increment", timeout=5), 1)
         self.assertEqual(await node1.call("node2", "counter", "increment", timeout=5), 1)

@@ -1,0 +1,342 @@
+"""
+Tests for L{relaytx._handshake}: both ends of a link's opening, every
+transition, with no transport at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaytx import _auth
+from relaytx._handshake import (
+    NODE_ID_HEADER,
+    UNMASKED_HEADER,
+    AcceptorHandshake,
+    DiallerHandshake,
+    HandshakeRefused,
+    State,
+)
+from relaytx._links import LinkRefused
+from relaytx.peer import CLOSE_AUTH_FAILED
+
+SECRET = b"0123456789abcdef-cluster"
+OTHER = b"fedcba9876543210-intruder"
+
+
+def nonces(*values: str) -> Iterator[str]:
+    """Fixed nonces, so proofs can be computed by hand."""
+    return iter(values)
+
+
+NC, NS = "c" * 64, "5" * 64
+
+
+class AcceptorTests(SynchronousTestCase):
+    """The accepting end."""
+
+    def acceptor(
+        self,
+        secret: bytes | None = None,
+        origins: frozenset[str] = frozenset(),
+        refuse: LinkRefused | None = None,
+    ) -> AcceptorHandshake:
+        self.admitted: list[str] = []
+
+        def admit(peer_id: str) -> None:
+            self.admitted.append(peer_id)
+            if refuse is not None:
+                raise refuse
+
+        return AcceptorHandshake("hB", admit, secret, origins, new_nonce=nonces(NS).__next__)
+
+    def upgrade(self, handshake: AcceptorHandshake, **kwargs: Any) -> dict[str, str]:
+        params = kwargs.pop("params", {"node_id": ["hA"]})
+        headers = kwargs.pop("headers", {})
+        return handshake.upgrade(params, headers, **kwargs)
+
+    def refusal(self, handshake: AcceptorHandshake, **kwargs: Any) -> HandshakeRefused:
+        refusal = self.assertRaises(HandshakeRefused, self.upgrade, handshake, **kwargs)
+        self.assertIs(handshake.state, State.REFUSED)
+        return refusal
+
+    def test_open_mesh(self) -> None:
+        """UPGRADING -> ACCEPTED -> OPEN: the answer names this node; the link opens at once."""
+        handshake = self.acceptor()
+        self.assertIs(handshake.state, State.UPGRADING)
+        answer = self.upgrade(handshake)
+        self.assertEqual(answer, {NODE_ID_HEADER: "hB"})
+        self.assertEqual((handshake.state, handshake.peer_id), (State.ACCEPTED, "hA"))
+        self.assertEqual(self.admitted, ["hA"])
+        self.assertTrue(handshake.opened())
+        self.assertIs(handshake.state, State.OPEN)
+
+    def test_unmasked(self) -> None:
+        """A dialler asking for unmasked frames gets the header echoed and the flag set."""
+        handshake = self.acceptor()
+        answer = self.upgrade(handshake, headers={"x-relaytx-unmasked": "1"})
+        self.assertEqual(answer[UNMASKED_HEADER], "1")
+        self.assertTrue(handshake.unmasked)
+        other = self.acceptor()
+        self.assertNotIn(UNMASKED_HEADER, self.upgrade(other))
+        self.assertFalse(other.unmasked)
+
+    def test_no_node_id(self) -> None:
+        """UPGRADING -> REFUSED (400) without a valid node_id; admission is never asked."""
+        for params in ({}, {"node_id": [""]}, {"node_id": ["a b"]}, {"node_id": ["x" * 65]}):
+            handshake = self.acceptor()
+            refusal = self.refusal(handshake, params=params)
+            self.assertEqual((refusal.status, refusal.auth_failure), (400, None))
+            self.assertEqual(self.admitted, [])
+
+    def test_origin_refused(self) -> None:
+        """A browser origin not in the allowed list is refused with 403 before admission."""
+        handshake = self.acceptor(origins=frozenset({"https://ok.example"}))
+        refusal = self.refusal(handshake, origin="https://evil.example")
+        self.assertEqual(refusal.status, 403)
+        self.assertEqual(self.admitted, [])
+
+    def test_origin_allowed(self) -> None:
+        """An allowed origin, or none at all, passes."""
+        for origin in ("https://ok.example", ""):
+            handshake = self.acceptor(origins=frozenset({"https://ok.example"}))
+            self.upgrade(handshake, origin=origin)
+            self.assertIs(handshake.state, State.ACCEPTED)
+
+    def test_admission_refuses(self) -> None:
+        """The node's admission decides last: its status and reason are the refusal's."""
+        handshake = self.acceptor(refuse=LinkRefused(409, "already linked"))
+        refusal = self.refusal(handshake)
+        self.assertEqual((refusal.status, refusal.reason), (409, "already linked"))
+        self.assertIsNone(refusal.auth_failure)
+
+    def test_secret_without_nonce(self) -> None:
+        """With a secret, a dialler without a (valid) nonce is 401, counted, before admission."""
+        for headers in ({}, {"X-Relaytx-Nonce": "zz"}, {"X-Relaytx-Nonce": " " * 64}):
+            handshake = self.acceptor(SECRET)
+            refusal = self.refusal(handshake, headers=headers)
+            self.assertEqual(refusal.status, 401)
+            self.assertIsNotNone(refusal.auth_failure)
+            self.assertEqual(self.admitted, [])
+
+    def proving(self) -> AcceptorHandshake:
+        handshake = self.acceptor(SECRET)
+        answer = self.upgrade(handshake, headers={"X-Relaytx-Nonce": NC})
+        self.assertEqual(answer[_auth.NONCE_HEADER], NS)
+        self.assertEqual(
+            answer[_auth.PROOF_HEADER], _auth.acceptor_proof(SECRET, NC, NS, "hB", "hA")
+        )
+        self.assertFalse(handshake.opened())
+        self.assertIs(handshake.state, State.PROVING)
+        return handshake
+
+    def proof_frame(self, proof: Any, kind: str = "auth") -> bytes:
+        frame = {"type": kind, "from": "hA", "to": "hB", "data": {"proof": proof}}
+        return json.dumps(frame).encode()
+
+    def test_right_proof(self) -> None:
+        """PROVING -> OPEN on the dialler's proof, computed over both nonces and both ids."""
+        handshake = self.proving()
+        handshake.first_frame(
+            self.proof_frame(_auth.dialler_proof(SECRET, NC, NS, "hA", "hB")), False
+        )
+        self.assertIs(handshake.state, State.OPEN)
+
+    def test_wrong_proof(self) -> None:
+        """PROVING -> REFUSED (4003, counted) on any proof but the right one."""
+        wrong = [
+            self.proof_frame(_auth.dialler_proof(OTHER, NC, NS, "hA", "hB")),  # another secret
+            self.proof_frame(_auth.acceptor_proof(SECRET, NC, NS, "hB", "hA")),  # our own, replayed
+            self.proof_frame(_auth.dialler_proof(SECRET, NC, NS, "hA", "hC")),  # for another node
+            self.proof_frame(_auth.dialler_proof(SECRET, NC, NS, "hA", "hB"), kind="ping"),
+            self.proof_frame(None),
+            self.proof_frame(7),
+            b"not json",
+            b"[]",
+        ]
+        for frame in wrong:
+            handshake = self.proving()
+            refusal = self.assertRaises(HandshakeRefused, handshake.first_frame, frame, False)
+            self.assertEqual(refusal.status, CLOSE_AUTH_FAILED)
+            self.assertIsNotNone(refusal.auth_failure)
+            self.assertIs(handshake.state, State.REFUSED)
+
+    def test_binary_proof(self) -> None:
+        """A binary first frame is no proof, whatever it holds."""
+        handshake = self.proving()
+        frame = self.proof_frame(_auth.dialler_proof(SECRET, NC, NS, "hA", "hB"))
+        self.assertRaises(HandshakeRefused, handshake.first_frame, frame, True)
+
+    def test_timed_out(self) -> None:
+        """PROVING -> REFUSED (4003, counted) when no proof comes in time."""
+        handshake = self.proving()
+        refusal = handshake.timed_out()
+        self.assertEqual(refusal.status, CLOSE_AUTH_FAILED)
+        self.assertIsNotNone(refusal.auth_failure)
+        self.assertIs(handshake.state, State.REFUSED)
+
+    def test_out_of_order(self) -> None:
+        """Events in a state that does not take them are a programming error."""
+        handshake = self.acceptor()
+        self.assertRaises(RuntimeError, handshake.opened)
+        self.assertRaises(RuntimeError, handshake.first_frame, b"{}", False)
+        self.assertRaises(RuntimeError, handshake.timed_out)
+        self.upgrade(handshake)
+        self.assertRaises(RuntimeError, self.upgrade, handshake)
+        handshake.opened()
+        self.assertRaises(RuntimeError, handshake.first_frame, b"{}", False)
+
+
+class DiallerTests(SynchronousTestCase):
+    """The dialling end."""
+
+    def dialler(self, secret: bytes | None = None, expected: str | None = None) -> DiallerHandshake:
+        return DiallerHandshake("hA", secret, expected, new_nonce=nonces(NC).__next__)
+
+    def test_open_mesh(self) -> None:
+        """CONNECTING -> REQUESTED -> ACCEPTED -> OPEN: the acceptor's header names it."""
+        handshake = self.dialler()
+        self.assertIs(handshake.state, State.CONNECTING)
+        self.assertEqual(handshake.request_headers(), {UNMASKED_HEADER: "1"})
+        self.assertIs(handshake.state, State.REQUESTED)
+        handshake.answered({"X-Relaytx-Node-Id": "hB", "X-Relaytx-Unmasked": "1"})
+        self.assertEqual((handshake.state, handshake.peer_id), (State.ACCEPTED, "hB"))
+        self.assertTrue(handshake.unmasked)
+        self.assertIsNone(handshake.opened())
+        self.assertIs(handshake.state, State.OPEN)
+
+    def test_masked(self) -> None:
+        """An acceptor that does not echo the unmasked header gets masked frames."""
+        handshake = self.dialler()
+        handshake.request_headers()
+        handshake.answered({"X-Relaytx-Node-Id": "hB"})
+        self.assertFalse(handshake.unmasked)
+
+    def test_original_node(self) -> None:
+        """ACCEPTED -> IDENTIFYING -> OPEN: with no id header, the first frame's sender names it."""
+        handshake = self.dialler()
+        handshake.request_headers()
+        handshake.answered({})
+        self.assertIsNone(handshake.peer_id)
+        self.assertIsNone(handshake.opened())
+        self.assertIs(handshake.state, State.IDENTIFYING)
+        frame = b'{"type":"ping","from":"node1","to":"hA","data":{"timestamp":1}}\n'
+        envelope = handshake.first_frame(frame, False)
+        self.assertEqual((envelope.sender, envelope.type), ("node1", "ping"))
+        self.assertEqual((handshake.state, handshake.peer_id), (State.OPEN, "node1"))
+
+    def test_original_node_expected(self) -> None:
+        """An id the dialler was told stands in for the missing header: the link opens at once."""
+        handshake = self.dialler(expected="node1")
+        handshake.request_headers()
+        handshake.answered({})
+        self.assertIsNone(handshake.opened())
+        self.assertEqual((handshake.state, handshake.peer_id), (State.OPEN, "node1"))
+
+    def test_unnamed_first_frame(self) -> None:
+        """IDENTIFYING -> REFUSED (1002) when the first frame names no valid node."""
+        for frame, binary in ((b"garbage", False), (b'{"type":"ping"}', False), (b"\x00", True)):
+            handshake = self.dialler()
+            handshake.request_headers()
+            handshake.answered({})
+            handshake.opened()
+            refusal = self.assertRaises(HandshakeRefused, handshake.first_frame, frame, binary)
+            self.assertEqual(refusal.status, 1002)
+            self.assertIs(handshake.state, State.REFUSED)
+        handshake = self.dialler()
+        handshake.request_headers()
+        handshake.answered({})
+        handshake.opened()
+        frame = b'{"type":"ping","from":"bad id!","to":"hA","data":{}}'
+        self.assertRaises(HandshakeRefused, handshake.first_frame, frame, False)
+
+    def secret_answer(self, proof: str | None = None, **extra: str) -> dict[str, str]:
+        answer = {
+            "X-Relaytx-Node-Id": "hB",
+            "X-Relaytx-Nonce": NS,
+            "X-Relaytx-Proof": proof or _auth.acceptor_proof(SECRET, NC, NS, "hB", "hA"),
+        }
+        answer.update(extra)
+        return answer
+
+    def test_secret(self) -> None:
+        """With a secret: the nonce goes out, the acceptor's proof is checked, ours goes first."""
+        handshake = self.dialler(SECRET)
+        self.assertEqual(handshake.request_headers()[_auth.NONCE_HEADER], NC)
+        handshake.answered(self.secret_answer())
+        frame = handshake.opened()
+        assert frame is not None
+        sent = json.loads(frame)
+        self.assertEqual((sent["type"], sent["from"], sent["to"]), ("auth", "hA", "hB"))
+        self.assertEqual(sent["data"], {"proof": _auth.dialler_proof(SECRET, NC, NS, "hA", "hB")})
+        self.assertIs(handshake.state, State.OPEN)
+
+    def test_acceptor_without_proof(self) -> None:
+        """REQUESTED -> REFUSED (401, counted) when the acceptor proves no secret."""
+        for answer in (
+            {"X-Relaytx-Node-Id": "hB"},
+            {"X-Relaytx-Node-Id": "hB", "X-Relaytx-Nonce": "short"},
+            {"X-Relaytx-Nonce": NS, "X-Relaytx-Proof": "0" * 64},  # no id to check it against
+        ):
+            handshake = self.dialler(SECRET)
+            handshake.request_headers()
+            refusal = self.assertRaises(HandshakeRefused, handshake.answered, answer)
+            self.assertEqual(refusal.status, 401)
+            self.assertIsNotNone(refusal.auth_failure)
+            self.assertIs(handshake.state, State.REFUSED)
+
+    def test_acceptor_wrong_proof(self) -> None:
+        """REQUESTED -> REFUSED (401, counted) on any acceptor proof but the right one."""
+        for proof in (
+            _auth.acceptor_proof(OTHER, NC, NS, "hB", "hA"),
+            _auth.dialler_proof(SECRET, NC, NS, "hA", "hB"),  # the dialler's role
+            _auth.acceptor_proof(SECRET, NC, NS, "hC", "hA"),  # another node's
+            "0" * 64,
+        ):
+            handshake = self.dialler(SECRET)
+            handshake.request_headers()
+            refusal = self.assertRaises(
+                HandshakeRefused, handshake.answered, self.secret_answer(proof)
+            )
+            self.assertEqual(refusal.status, 401)
+            self.assertIsNotNone(refusal.auth_failure)
+
+    def test_out_of_order(self) -> None:
+        """Events in a state that does not take them are a programming error."""
+        handshake = self.dialler()
+        self.assertRaises(RuntimeError, handshake.answered, {})
+        self.assertRaises(RuntimeError, handshake.opened)
+        handshake.request_headers()
+        self.assertRaises(RuntimeError, handshake.request_headers)
+        self.assertRaises(RuntimeError, handshake.first_frame, b"{}", False)
+
+
+class BothEndsTests(SynchronousTestCase):
+    """An acceptor and a dialler talking to each other, with nothing in between."""
+
+    def run_handshake(self, dial_secret: bytes | None, accept_secret: bytes | None) -> str:
+        """:returns: how it ended: "open", or the refusal's status."""
+        dialler = DiallerHandshake("hA", dial_secret, None)
+        acceptor = AcceptorHandshake("hB", lambda peer: None, accept_secret)
+        try:
+            answer = acceptor.upgrade({"node_id": ["hA"]}, dialler.request_headers())
+            dialler.answered(answer)
+            proof = dialler.opened()
+            if acceptor.opened():
+                return "open"
+            assert proof is not None
+            acceptor.first_frame(proof, False)
+        except HandshakeRefused as refusal:
+            return str(refusal.status)
+        return "open"
+
+    def test_outcomes(self) -> None:
+        """Same secret or none: open; different secrets or one missing: refused, and where."""
+        self.assertEqual(self.run_handshake(None, None), "open")
+        self.assertEqual(self.run_handshake(SECRET, SECRET), "open")
+        self.assertEqual(self.run_handshake(None, SECRET), "401")  # the acceptor refuses
+        self.assertEqual(self.run_handshake(SECRET, None), "401")  # the dialler refuses
+        self.assertEqual(self.run_handshake(OTHER, SECRET), "401")  # the dialler refuses
