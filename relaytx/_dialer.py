@@ -30,6 +30,22 @@ from relaytx.wire import NODE_ID_RE
 PEER_PATH = "/ws/p2p"
 
 
+def split_peer(address: str) -> tuple[str | None, str]:
+    """
+    Split C{ID@URL} (SPEC section 9: dial C{URL}, and keep the link only if
+    the far side proves it is C{ID}) into the id and the address; a plain
+    address has no id. An C{@} inside the address itself (user info in a
+    URL) is not taken for one: the part before it must be a node id.
+
+    :returns: C{(node_id, address)}.
+    """
+    address = address.strip()
+    node_id, at, rest = address.partition("@")
+    if at and "://" not in node_id and "/" not in node_id and NODE_ID_RE.fullmatch(node_id):
+        return node_id, rest
+    return None, address
+
+
 def peer_url(address: str, own_id: str) -> tuple[str, str, int, bool]:
     """
     Normalise a peer address (SPEC section 3): C{http://h:p} and C{ws://h:p}
@@ -65,7 +81,9 @@ class Dialer(Service):
     WebSocket handshakes count as failed attempts too (ClientService alone
     would restart its back-off at every TCP connect).
 
-    @ivar node_id: the peer's id once known (or as given).
+    @ivar expected_id: the id the peer must prove (C{ID@URL}), if any; a
+        link to any other node is refused.
+    @ivar node_id: the peer's id once known (or as expected).
     """
 
     _log = Logger()
@@ -85,7 +103,7 @@ class Dialer(Service):
     ) -> None:
         self.mesh = mesh
         self.address = address
-        self.node_id = node_id
+        self.expected_id = self.node_id = node_id
         self.secret = secret
         self.url, host, port, secure = peer_url(address, mesh.node_id)
         endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=5)
@@ -94,7 +112,8 @@ class Dialer(Service):
                 tls.client_options(host) if tls is not None else optionsForClientTLS(host),
                 endpoint,
             )
-        self.factory = PeerClientFactory(self, mesh, self.url, max_message_size, reactor)
+        pki = tls is not None and tls.pki
+        self.factory = PeerClientFactory(self, mesh, self.url, max_message_size, reactor, pki)
         self._failures = 0
         self._backoff = backoffPolicy(
             initialDelay=self.INITIAL_DELAY,
@@ -169,7 +188,8 @@ class PeerAdmin(MultiService):
         self.dialers: dict[str, Dialer] = {}
 
     def is_dialling(self, address: str) -> bool:
-        """:returns: whether C{address} is dialled already, as given."""
+        """:returns: whether C{address} (or C{ID@address}) is dialled already, as given."""
+        address = split_peer(address)[1]
         return any(d.address == address for d in self.dialers.values())
 
     def add_peer(self, address: str, node_id: str | None = None) -> None:
@@ -177,11 +197,18 @@ class PeerAdmin(MultiService):
         Dial the peer at C{address} now and keep re-dialling it while it is
         down.
 
+        :param address: a peer URL, or C{ID@URL} (the same as giving C{node_id}).
+        :param node_id: the id the peer must prove; a link to any other node
+            is refused.
         :raises ValueError: if C{address} is not a peer URL or is already
-            dialled, or C{node_id} is not a node id.
+            dialled, or C{node_id} is not a node id (or contradicts C{ID@}).
         """
         if node_id is not None and not NODE_ID_RE.fullmatch(node_id):
             raise ValueError(f"{node_id!r} is not a valid node id: 1-64 of A-Za-z0-9._-")
+        named, address = split_peer(address)
+        if named is not None and node_id is not None and named != node_id:
+            raise ValueError(f"the address names {named} and node_id says {node_id}")
+        node_id = node_id or named
         dialer = Dialer(
             self._mesh,
             address,

@@ -20,9 +20,12 @@ Accepting end (L{AcceptorHandshake})::
     anything is said of this node's links; then the node's link admission
     decides (409 to the second of two nodes dialling each other, 400 to
     oneself, 503 while stopping);
+  - in PKI mode (C{[tls]} with a CA and client certificates required) the
+    dialler's certificate must name the id it claims (403 otherwise);
   - the answer names this node (C{X-Relaytx-Node-Id}) and, with a secret,
     carries this node's nonce and proof (see L{relaytx._auth}); nothing is
-    processed before the dialler's proof, its first frame.
+    processed before the dialler's proof, its first frame. Once it is right,
+    both ends hold the link's frame keys (L{relaytx._linkauth}).
 
 Dialling end (L{DiallerHandshake})::
 
@@ -31,9 +34,17 @@ Dialling end (L{DiallerHandshake})::
     ACCEPTED --opened()--> IDENTIFYING        (it did not: an original node)
     IDENTIFYING --first_frame()--> OPEN       (the frame's sender names it)
 
+  - a dialler told which node to expect (C{--add-peer ID@URL}) keeps the
+    link only if the far side is that node: its header (proved by the
+    secret, or by its certificate in PKI mode) or, for an original node,
+    the sender of its first frame; anything else is refused and counted;
   - with a secret, the acceptor must prove it before the dialler says
     anything: an answer without a nonce, or with a wrong proof, is refused
-    (401) and counted; the dialler's own proof is then its first frame.
+    (401) and counted; the dialler's own proof is then its first frame;
+  - in PKI mode the acceptor's certificate must name the id it answers with;
+  - an original node names itself only in its frames, and sends its first
+    ping up to 30 s after a link opens: the dialler pings it at once, so its
+    pong names it.
 
 A refusal is a L{HandshakeRefused}: an HTTP status while upgrading, a
 WebSocket close code after, and, when the cause is a failed proof of the
@@ -47,9 +58,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from relaytx import _auth, _json
+from relaytx._linkauth import LinkKeys, link_keys
 from relaytx._links import LinkRefused
 from relaytx.peer import CLOSE_AUTH_FAILED
-from relaytx.wire import NODE_ID_RE, AuthProof, Envelope, decode
+from relaytx.wire import NODE_ID_RE, AuthProof, Envelope, Ping, decode, encode
 
 #: The acceptor names itself in this header of its upgrade answer.
 NODE_ID_HEADER = "X-Relaytx-Node-Id"
@@ -128,6 +140,8 @@ class AcceptorHandshake(_Machine):
         peer id; raises L{LinkRefused} to refuse it.
     :param secret: the cluster secret, if the mesh has one.
     :param allowed_origins: browser origins allowed to link.
+    :param pki: whether the dialler's certificate must name the id it
+        claims (PKI mode).
     """
 
     def __init__(
@@ -137,6 +151,7 @@ class AcceptorHandshake(_Machine):
         secret: bytes | None = None,
         allowed_origins: frozenset[str] = frozenset(),
         new_nonce: Callable[[], str] = _auth.new_nonce,
+        pki: bool = False,
     ) -> None:
         self.state = State.UPGRADING
         self._node_id = node_id
@@ -144,16 +159,25 @@ class AcceptorHandshake(_Machine):
         self._secret = secret
         self._allowed_origins = allowed_origins
         self._new_nonce = new_nonce
+        self._pki = pki
         self._expected_proof: str | None = None
+        self._nonces = ("", "")
+        #: the link's frame keys, once the secret is proved both ways
+        self.keys: LinkKeys | None = None
 
     def upgrade(
-        self, params: Mapping[str, list[str]], headers: Mapping[str, str], origin: str = ""
+        self,
+        params: Mapping[str, list[str]],
+        headers: Mapping[str, str],
+        origin: str = "",
+        peer_names: frozenset[str] = frozenset(),
     ) -> dict[str, str]:
         """
         The dialler's upgrade request arrived.
 
         :param params: its query parameters (each a list of values).
         :param origin: its browser origin, C{""} for none.
+        :param peer_names: the node ids its TLS certificate names (PKI mode).
         :returns: the headers to answer with.
         :raises HandshakeRefused: with the HTTP status to refuse it with.
         """
@@ -165,6 +189,12 @@ class AcceptorHandshake(_Machine):
         self.peer_id = peer_id  # as it claims: proved or refused below
         if origin and origin not in self._allowed_origins:
             raise self._refuse(403, "browser origins are not allowed on the peer endpoint")
+        if self._pki and peer_id not in peer_names:
+            raise self._refuse(
+                403,
+                f"the client certificate does not name {peer_id}",
+                f"claimed {peer_id} with a certificate naming {sorted(peer_names)}",
+            )
         dial_nonce = headers.get(_auth.NONCE_HEADER.lower())
         if self._secret is not None and not _auth.valid_nonce(dial_nonce):
             # Before the admission: a stranger learns nothing of our links.
@@ -191,6 +221,7 @@ class AcceptorHandshake(_Machine):
             answer[_auth.PROOF_HEADER] = _auth.acceptor_proof(
                 self._secret, dial_nonce, accept_nonce, self._node_id, peer_id
             )
+            self._nonces = (dial_nonce, accept_nonce)
         self.state = State.ACCEPTED
         return answer
 
@@ -223,6 +254,8 @@ class AcceptorHandshake(_Machine):
                 CLOSE_AUTH_FAILED, "authentication failed", "wrong proof of the cluster secret"
             )
         self._expected_proof = None
+        assert self._secret is not None and self.peer_id is not None
+        self.keys = link_keys(self._secret, *self._nonces, self.peer_id, self._node_id, False)
         self.state = State.OPEN
 
     def timed_out(self) -> HandshakeRefused:
@@ -248,8 +281,10 @@ class DiallerHandshake(_Machine):
     """
     The dialling end (see the module docstring).
 
-    :param expected_id: the id the dialled node should have, if the dialler
-        was told one (an original node names itself only in frames).
+    :param expected_id: the id the dialled node must have (C{ID@URL}), if
+        the dialler was told one; else whichever node answers is kept.
+    :param pki: whether the acceptor's certificate must name the id it
+        answers with (PKI mode).
     """
 
     def __init__(
@@ -258,14 +293,18 @@ class DiallerHandshake(_Machine):
         secret: bytes | None = None,
         expected_id: str | None = None,
         new_nonce: Callable[[], str] = _auth.new_nonce,
+        pki: bool = False,
     ) -> None:
         self.state = State.CONNECTING
         self._node_id = node_id
         self._secret = secret
         self._expected_id = expected_id
         self._new_nonce = new_nonce
+        self._pki = pki
         self._dial_nonce: str | None = None
         self._accept_nonce: str | None = None
+        #: the link's frame keys, once the secret is proved both ways
+        self.keys: LinkKeys | None = None
 
     def request_headers(self) -> dict[str, str]:
         """:returns: the extra headers of the upgrade request."""
@@ -277,28 +316,48 @@ class DiallerHandshake(_Machine):
         self.state = State.REQUESTED
         return headers
 
-    def answered(self, headers: Mapping[str, str]) -> None:
+    def answered(
+        self, headers: Mapping[str, str], peer_names: frozenset[str] = frozenset()
+    ) -> None:
         """
         The acceptor answered the upgrade.
 
-        :raises HandshakeRefused: (401, counted) if it proved no secret.
+        :param peer_names: the node ids its TLS certificate names (PKI mode).
+        :raises HandshakeRefused: (401 or 403, counted) if it proved no
+            secret, is not the node expected, or its certificate does not
+            name it.
         """
         self._expect(State.REQUESTED)
         headers = _lower(headers)
         self.unmasked = headers.get(UNMASKED_HEADER.lower()) == "1"
-        self.peer_id = headers.get(NODE_ID_HEADER.lower()) or self._expected_id
+        peer_id = headers.get(NODE_ID_HEADER.lower()) or None
+        expected = self._expected_id
+        if peer_id is not None and expected is not None and peer_id != expected:
+            raise self._refuse(
+                403, f"the peer is {peer_id}, not {expected}", f"answered as {peer_id}"
+            )
+        if (self._pki or self._secret is not None) and peer_id is None:
+            raise self._refuse(401, "peer did not say who it is", "the acceptor named no node")
+        if self._pki and peer_id not in peer_names:
+            raise self._refuse(
+                403,
+                f"the peer's certificate does not name {peer_id}",
+                f"answered as {peer_id} with a certificate naming {sorted(peer_names)}",
+            )
+        self.peer_id = peer_id
         if self._secret is not None:
+            assert peer_id is not None
             accept_nonce = headers.get(_auth.NONCE_HEADER.lower())
             proof = headers.get(_auth.PROOF_HEADER.lower())
-            if self.peer_id is None or not _auth.valid_nonce(accept_nonce):
+            if not _auth.valid_nonce(accept_nonce):
                 raise self._refuse(
                     401, "peer did not prove the cluster secret", "the acceptor proved no secret"
                 )
             assert self._dial_nonce is not None and accept_nonce is not None
-            expected = _auth.acceptor_proof(
-                self._secret, self._dial_nonce, accept_nonce, self.peer_id, self._node_id
+            expected_proof = _auth.acceptor_proof(
+                self._secret, self._dial_nonce, accept_nonce, peer_id, self._node_id
             )
-            if not _auth.proofs_match(expected, proof):
+            if not _auth.proofs_match(expected_proof, proof):
                 raise self._refuse(
                     401,
                     "peer's proof of the cluster secret is wrong",
@@ -307,24 +366,30 @@ class DiallerHandshake(_Machine):
             self._accept_nonce = accept_nonce
         self.state = State.ACCEPTED
 
-    def opened(self) -> bytes | None:
+    def opened(self, now: float) -> bytes | None:
         """
         The WebSocket is open.
 
-        :returns: the frame to send first (the proof of the secret), if any.
-            The link opens now if the peer's id is known; otherwise its
-            first frame names it (L{first_frame}).
+        :param now: the current Unix time (for the ping to an original node).
+        :returns: the frame to send first, if any: the proof of the secret;
+            or, when the peer has not said who it is (an original node), a
+            ping, whose pong names it (L{first_frame}). The link opens now
+            if the peer's id is known.
         """
         self._expect(State.ACCEPTED)
         if self.peer_id is None:
             self.state = State.IDENTIFYING
-            return None
+            ping = Envelope.create(Ping(timestamp=now), self._node_id, self._expected_id or "", now)
+            return encode(ping)
         self.state = State.OPEN
         if self._secret is None:
             return None
         assert self._dial_nonce is not None and self._accept_nonce is not None
         proof = _auth.dialler_proof(
             self._secret, self._dial_nonce, self._accept_nonce, self._node_id, self.peer_id
+        )
+        self.keys = link_keys(
+            self._secret, self._dial_nonce, self._accept_nonce, self._node_id, self.peer_id, True
         )
         frame = {
             "type": AuthProof.TYPE,
@@ -340,7 +405,8 @@ class DiallerHandshake(_Machine):
         open under the frame's sender.
 
         :returns: the frame, decoded (it is then handled like any other).
-        :raises HandshakeRefused: (close code 1002) if it names no one.
+        :raises HandshakeRefused: (close code 1002) if it names no one; (4003,
+            counted) if it names another node than the one expected.
         """
         self._expect(State.IDENTIFYING)
         try:
@@ -349,6 +415,13 @@ class DiallerHandshake(_Machine):
             envelope = None
         if envelope is None or not NODE_ID_RE.fullmatch(envelope.sender):
             raise self._refuse(1002, "no session")
+        expected = self._expected_id
+        if expected is not None and envelope.sender != expected:
+            raise self._refuse(
+                CLOSE_AUTH_FAILED,
+                f"the peer is {envelope.sender}, not {expected}",
+                f"named itself {envelope.sender}",
+            )
         self.peer_id = envelope.sender
         self.state = State.OPEN
         return envelope

@@ -33,10 +33,12 @@ from zope.interface import implementer
 from relaytx import _json
 from relaytx._frames import LeanMessages, tune_socket
 from relaytx._handshake import AcceptorHandshake, DiallerHandshake, HandshakeRefused
+from relaytx._linkauth import OVERHEAD, FrameOpener, FrameRejected, FrameSealer
 from relaytx._links import LinkRefused
 from relaytx._mesh import Mesh
+from relaytx._tls import peer_certificate_names
 from relaytx.interfaces import ILinkTransport
-from relaytx.peer import CLOSE_PROTOCOL_ERROR, CLOSE_REPLACED, PeerSession
+from relaytx.peer import CLOSE_AUTH_FAILED, CLOSE_PROTOCOL_ERROR, CLOSE_REPLACED, PeerSession
 
 #: Seconds an accepted link may take to prove the cluster secret.
 AUTH_TIMEOUT = 10.0
@@ -44,16 +46,25 @@ AUTH_TIMEOUT = 10.0
 
 @implementer(ILinkTransport)
 class _Transport:
-    """What a session sees of an Autobahn protocol."""
+    """
+    What a session sees of an Autobahn protocol.
 
-    def __init__(self, protocol: Any) -> None:
+    :param sealer: on a link between holders of the cluster secret, seals
+        each frame sent (L{relaytx._linkauth}).
+    """
+
+    def __init__(self, protocol: Any, sealer: FrameSealer | None = None) -> None:
         self._protocol = protocol
+        self._sealer = sealer
         self.peer_address = protocol.peer
 
     def send(self, frame: bytes) -> None:
-        # A link the peer (or Autobahn) is closing takes nothing more; its
-        # session hears of the close in a moment.
+        # A link the peer (or Autobahn) is closing takes nothing more (and
+        # a frame not sent is not sealed: the peer counts the ones it gets);
+        # its session hears of the close in a moment.
         if self._protocol.state == WebSocketProtocol.STATE_OPEN:
+            if self._sealer is not None:
+                frame = self._sealer.seal(frame)
             self._protocol.sendMessage(frame, isBinary=False)
 
     def close(self, code: int, reason: str) -> None:
@@ -78,6 +89,12 @@ class _PeerAdapter(LeanMessages):
     direction = "inbound"
     factory: Any
     handshake: AcceptorHandshake | DiallerHandshake
+    #: checks each frame received, on a link between holders of the secret
+    _opener: FrameOpener | None = None
+    #: set once a frame failed its check: nothing more is read from the link
+    _rejected = False
+    maxMessagePayloadSize: int
+    maxFramePayloadSize: int
     # As Autobahn's WebSocketAdapterProtocol declares it; its WebSocketProtocol
     # says str (and the two declare _transport_details differently too), so
     # mypy flags the protocols below whatever this says.
@@ -97,14 +114,26 @@ class _PeerAdapter(LeanMessages):
         mesh: Mesh = self.factory.mesh
         peer_id = self.peer_id
         assert peer_id is not None  # the handshake is open
+        keys = self.handshake.keys
+        sealer = None
+        if keys is not None:
+            sealer, self._opener = FrameSealer(keys.send), FrameOpener(keys.receive)
+            # A frame on an authenticated link carries its code too: the
+            # message limit applies to what it carries.
+            self.maxMessagePayloadSize += OVERHEAD
+            self.maxFramePayloadSize += OVERHEAD
         try:
             self.session = mesh.open_link(
-                peer_id, self.direction, self._address(), _Transport(self)
+                peer_id, self.direction, self._address(), _Transport(self, sealer)
             )
         except LinkRefused as e:
             self._close(CLOSE_REPLACED, e.reason)
             return
         self._opened()
+
+    def _peer_names(self) -> frozenset[str]:
+        """The node ids the other end's TLS certificate names (none without TLS)."""
+        return peer_certificate_names(self.transport)
 
     def _address(self) -> str:
         # Autobahn sets peer when the connection is made, before any link opens.
@@ -128,11 +157,24 @@ class _PeerAdapter(LeanMessages):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         try:
             session = self.session
+            if self._rejected:
+                return
             if session is None:
                 self._first_frame(payload, isBinary)
             elif isBinary:
                 session.binary_received()
+            elif self._opener is None:
+                session.data_received(payload)
             else:
+                try:
+                    payload = self._opener.open(payload)
+                except FrameRejected as e:
+                    self._rejected = True
+                    self.session = None
+                    self.factory.mesh.count_auth_failure(self.peer_id, str(e))
+                    self._close(CLOSE_AUTH_FAILED, "frame authentication failed")
+                    session.connection_lost(f"frame authentication failed: {e}")
+                    return
                 session.data_received(payload)
         except Exception:
             self._rlog.failure("error handling a frame from {peer}", peer=self.peer_id)
@@ -166,12 +208,15 @@ class PeerServerProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
             lambda peer_id: factory.mesh.check_new_link(peer_id, "inbound"),
             factory.secret,
             factory.allowed_origins,
+            pki=factory.pki,
         )
         try:
             # Autobahn's own reading of the origin: the Origin header, or
             # Sec-WebSocket-Origin for the drafts before version 13, which
             # it still accepts; "" when there is none.
-            headers = handshake.upgrade(request.params, request.headers, request.origin or "")
+            headers = handshake.upgrade(
+                request.params, request.headers, request.origin or "", self._peer_names()
+            )
         except HandshakeRefused as refusal:
             self._refused(refusal)
             raise ConnectionDeny(refusal.status, refusal.reason) from None
@@ -181,7 +226,9 @@ class PeerServerProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
 
     def onOpen(self) -> None:
         try:
-            if self.handshake.opened():
+            handshake = self.handshake
+            assert isinstance(handshake, AcceptorHandshake)
+            if handshake.opened():
                 self._open_session()
             else:  # nothing is processed before the dialler's proof
                 self._auth_timer = self.factory.reactor.callLater(AUTH_TIMEOUT, self._proof_late)
@@ -233,7 +280,7 @@ class PeerClientProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
         factory = self.factory
         dialer = factory.dialer
         self.handshake = handshake = DiallerHandshake(
-            factory.mesh.node_id, dialer.secret, dialer.node_id
+            factory.mesh.node_id, dialer.secret, dialer.expected_id, pki=factory.pki
         )
         return ConnectingRequest(
             host=factory.host,
@@ -246,7 +293,7 @@ class PeerClientProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
         handshake = self.handshake
         assert isinstance(handshake, DiallerHandshake)
         try:
-            handshake.answered(response.headers)
+            handshake.answered(response.headers, self._peer_names())
         except HandshakeRefused as refusal:
             self._refused(refusal)
             raise ConnectionDeny(refusal.status, refusal.reason) from None
@@ -257,9 +304,9 @@ class PeerClientProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
         try:
             handshake = self.handshake
             assert isinstance(handshake, DiallerHandshake)
-            proof = handshake.opened()
-            if proof is not None:
-                self.sendMessage(proof, isBinary=False)
+            first = handshake.opened(self.factory.reactor.seconds())
+            if first is not None:
+                self.sendMessage(first, isBinary=False)
             if handshake.peer_id is not None:
                 self._open_session()
         except Exception:
@@ -279,6 +326,7 @@ class PeerClientProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
         try:
             handshake.first_frame(payload, isBinary)
         except HandshakeRefused as refusal:
+            self._refused(refusal)
             self._close(refusal.status, refusal.reason)
             return
         self._open_session()
@@ -319,29 +367,38 @@ class PeerServerFactory(WebSocketServerFactory):
         allowed_origins: frozenset[str] = frozenset(),
         reactor: Any = None,
         secret: bytes | None = None,
+        pki: bool = False,
     ) -> None:
         super().__init__(reactor=reactor)
         self.mesh = mesh
         self.allowed_origins = allowed_origins
         self.secret = secret
+        self.pki = pki
         _protocol_options(self, max_message_size)
 
 
 class PeerClientFactory(WebSocketClientFactory):
     """
     Dials one peer for a dialer (L{relaytx._dialer.Dialer}), which has the
-    C{secret}, the expected C{node_id}, the C{url} and the back-off.
+    C{secret}, the C{expected_id}, the C{url} and the back-off.
     """
 
     protocol = PeerClientProtocol
     noisy = False
 
     def __init__(
-        self, dialer: Any, mesh: Mesh, url: str, max_message_size: int, reactor: Any
+        self,
+        dialer: Any,
+        mesh: Mesh,
+        url: str,
+        max_message_size: int,
+        reactor: Any,
+        pki: bool = False,
     ) -> None:
         super().__init__(url, reactor=reactor)
         self.dialer = dialer
         self.mesh = mesh
+        self.pki = pki
         _protocol_options(self, max_message_size)
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 from attrs import frozen
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
 
 
@@ -64,6 +66,16 @@ class TlsConfig:
             return ssl.Certificate.loadPEM(_read(self.ca, "ca"))
         except Exception as e:
             raise TlsError(f"tls.ca {self.ca}: not a PEM certificate: {e}") from None
+
+    @property
+    def pki(self) -> bool:
+        """
+        Whether node identity comes from certificates (SPEC section 9): a
+        CA, this node's certificate, and client certificates required. A
+        link is then accepted only from a certificate naming the node id it
+        claims, at both ends.
+        """
+        return self.require_client_cert and self.ca is not None and self.cert is not None
 
     @property
     def serves_tls(self) -> bool:
@@ -111,3 +123,38 @@ class TlsConfig:
             raise TlsError("tls.require_client_cert needs tls.cert and tls.key")
         if self.key is not None and self.cert is None:
             raise TlsError("tls.key needs tls.cert")
+
+
+def certificate_names(cert: x509.Certificate) -> frozenset[str]:
+    """
+    :returns: the names a certificate gives its holder: the subject's
+        common names and the DNS names of its subject alternative names.
+        In PKI mode a node's id must be one of them.
+    """
+    names = {
+        str(attribute.value)
+        for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    }
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        names.update(san.get_values_for_type(x509.DNSName))
+    return frozenset(names)
+
+
+def peer_certificate_names(transport: Any) -> frozenset[str]:
+    """
+    :param transport: a connection's transport, TLS or not (or a wrapper
+        whose C{transport} leads to one).
+    :returns: the names of the certificate the other end presented, or
+        none when it presented none (or the connection is not TLS).
+    """
+    while transport is not None:
+        get = getattr(transport, "getPeerCertificate", None)
+        if get is not None:
+            peer = get()
+            return frozenset() if peer is None else certificate_names(peer.to_cryptography())
+        transport = getattr(transport, "transport", None)
+    return frozenset()

@@ -76,7 +76,10 @@ class Options(usage.Options):
         self.config: NodeConfig | None = None
 
     def opt_add_peer(self, url: str) -> None:
-        """Dial this peer at start and keep re-dialling it. Repeatable."""
+        """
+        Dial this peer at start and keep re-dialling it; ID@URL keeps the link
+        only if the peer proves it is ID. Repeatable.
+        """
         self["add-peer"].append(url)
 
     def opt_app(self, spec: str) -> None:
@@ -109,11 +112,11 @@ class Options(usage.Options):
                 "ping_interval": ping_interval,
             }
         )
-        from relaytx._dialer import peer_url
+        from relaytx._dialer import peer_url, split_peer
 
         for address in self.config.add_peer:
             try:
-                peer_url(address, self.config.node_id)
+                peer_url(split_peer(address)[1], self.config.node_id)
             except ValueError as e:
                 raise usage.UsageError(f"--add-peer: {e}") from None
         if self.config.secret_file is not None and not os.path.isfile(self.config.secret_file):

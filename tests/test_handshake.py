@@ -22,6 +22,7 @@ from relaytx._handshake import (
 )
 from relaytx._links import LinkRefused
 from relaytx.peer import CLOSE_AUTH_FAILED
+from relaytx.wire import decode
 
 SECRET = b"0123456789abcdef-cluster"
 OTHER = b"fedcba9876543210-intruder"
@@ -205,8 +206,9 @@ class DiallerTests(SynchronousTestCase):
         handshake.answered({"X-Relaytx-Node-Id": "hB", "X-Relaytx-Unmasked": "1"})
         self.assertEqual((handshake.state, handshake.peer_id), (State.ACCEPTED, "hB"))
         self.assertTrue(handshake.unmasked)
-        self.assertIsNone(handshake.opened())
+        self.assertIsNone(handshake.opened(1.0))
         self.assertIs(handshake.state, State.OPEN)
+        self.assertIsNone(handshake.keys)
 
     def test_masked(self) -> None:
         """An acceptor that does not echo the unmasked header gets masked frames."""
@@ -216,25 +218,55 @@ class DiallerTests(SynchronousTestCase):
         self.assertFalse(handshake.unmasked)
 
     def test_original_node(self) -> None:
-        """ACCEPTED -> IDENTIFYING -> OPEN: with no id header, the first frame's sender names it."""
+        """ACCEPTED -> IDENTIFYING -> OPEN: no id header: a ping goes first, a frame names it."""
         handshake = self.dialler()
         handshake.request_headers()
         handshake.answered({})
         self.assertIsNone(handshake.peer_id)
-        self.assertIsNone(handshake.opened())
+        ping = decode(handshake.opened(7.5) or b"")
+        self.assertEqual((ping.type, ping.sender, ping.to), ("ping", "hA", ""))
+        self.assertEqual((ping.data, ping.route, ping.ttl), ({"timestamp": 7.5}, ("hA",), 10))
         self.assertIs(handshake.state, State.IDENTIFYING)
-        frame = b'{"type":"ping","from":"node1","to":"hA","data":{"timestamp":1}}\n'
+        frame = b'{"type":"pong","from":"node1","to":"hA","data":{"timestamp":7.5}}\n'
         envelope = handshake.first_frame(frame, False)
-        self.assertEqual((envelope.sender, envelope.type), ("node1", "ping"))
+        self.assertEqual((envelope.sender, envelope.type), ("node1", "pong"))
         self.assertEqual((handshake.state, handshake.peer_id), (State.OPEN, "node1"))
 
     def test_original_node_expected(self) -> None:
-        """An id the dialler was told stands in for the missing header: the link opens at once."""
+        """Told to expect node1 (ID@URL), the dialler pings node1 and keeps only node1."""
         handshake = self.dialler(expected="node1")
         handshake.request_headers()
         handshake.answered({})
-        self.assertIsNone(handshake.opened())
+        self.assertEqual(decode(handshake.opened(1.0) or b"").to, "node1")
+        frame = b'{"type":"pong","from":"node1","to":"hA","data":{"timestamp":1}}'
+        handshake.first_frame(frame, False)
         self.assertEqual((handshake.state, handshake.peer_id), (State.OPEN, "node1"))
+
+    def test_original_node_not_expected(self) -> None:
+        """IDENTIFYING -> REFUSED (4003, counted) when the first frame names another node."""
+        handshake = self.dialler(expected="node1")
+        handshake.request_headers()
+        handshake.answered({})
+        handshake.opened(1.0)
+        frame = b'{"type":"pong","from":"node9","to":"hA","data":{"timestamp":1}}'
+        refusal = self.assertRaises(HandshakeRefused, handshake.first_frame, frame, False)
+        self.assertEqual(refusal.status, CLOSE_AUTH_FAILED)
+        self.assertIsNotNone(refusal.auth_failure)
+        self.assertIs(handshake.state, State.REFUSED)
+
+    def test_expected_id(self) -> None:
+        """REQUESTED -> REFUSED (403, counted) when the acceptor is not the node expected."""
+        handshake = self.dialler(expected="hB")
+        handshake.request_headers()
+        refusal = self.assertRaises(
+            HandshakeRefused, handshake.answered, {"X-Relaytx-Node-Id": "hX"}
+        )
+        self.assertEqual(refusal.status, 403)
+        self.assertIsNotNone(refusal.auth_failure)
+        right = self.dialler(expected="hB")
+        right.request_headers()
+        right.answered({"X-Relaytx-Node-Id": "hB"})
+        self.assertIs(right.state, State.ACCEPTED)
 
     def test_unnamed_first_frame(self) -> None:
         """IDENTIFYING -> REFUSED (1002) when the first frame names no valid node."""
@@ -242,14 +274,14 @@ class DiallerTests(SynchronousTestCase):
             handshake = self.dialler()
             handshake.request_headers()
             handshake.answered({})
-            handshake.opened()
+            handshake.opened(1.0)
             refusal = self.assertRaises(HandshakeRefused, handshake.first_frame, frame, binary)
             self.assertEqual(refusal.status, 1002)
             self.assertIs(handshake.state, State.REFUSED)
         handshake = self.dialler()
         handshake.request_headers()
         handshake.answered({})
-        handshake.opened()
+        handshake.opened(1.0)
         frame = b'{"type":"ping","from":"bad id!","to":"hA","data":{}}'
         self.assertRaises(HandshakeRefused, handshake.first_frame, frame, False)
 
@@ -267,7 +299,7 @@ class DiallerTests(SynchronousTestCase):
         handshake = self.dialler(SECRET)
         self.assertEqual(handshake.request_headers()[_auth.NONCE_HEADER], NC)
         handshake.answered(self.secret_answer())
-        frame = handshake.opened()
+        frame = handshake.opened(1.0)
         assert frame is not None
         sent = json.loads(frame)
         self.assertEqual((sent["type"], sent["from"], sent["to"]), ("auth", "hA", "hB"))
@@ -308,7 +340,7 @@ class DiallerTests(SynchronousTestCase):
         """Events in a state that does not take them are a programming error."""
         handshake = self.dialler()
         self.assertRaises(RuntimeError, handshake.answered, {})
-        self.assertRaises(RuntimeError, handshake.opened)
+        self.assertRaises(RuntimeError, handshake.opened, 1.0)
         handshake.request_headers()
         self.assertRaises(RuntimeError, handshake.request_headers)
         self.assertRaises(RuntimeError, handshake.first_frame, b"{}", False)
@@ -324,7 +356,7 @@ class BothEndsTests(SynchronousTestCase):
         try:
             answer = acceptor.upgrade({"node_id": ["hA"]}, dialler.request_headers())
             dialler.answered(answer)
-            proof = dialler.opened()
+            proof = dialler.opened(1.0)
             if acceptor.opened():
                 return "open"
             assert proof is not None
@@ -340,3 +372,54 @@ class BothEndsTests(SynchronousTestCase):
         self.assertEqual(self.run_handshake(None, SECRET), "401")  # the acceptor refuses
         self.assertEqual(self.run_handshake(SECRET, None), "401")  # the dialler refuses
         self.assertEqual(self.run_handshake(OTHER, SECRET), "401")  # the dialler refuses
+
+    def test_link_keys(self) -> None:
+        """Both ends derive the same two keys, one per direction, fresh for each link."""
+        keys = []
+        for _ in range(2):
+            dialler = DiallerHandshake("hA", SECRET, None)
+            acceptor = AcceptorHandshake("hB", lambda peer: None, SECRET)
+            dialler.answered(acceptor.upgrade({"node_id": ["hA"]}, dialler.request_headers()))
+            acceptor.opened()
+            acceptor.first_frame(dialler.opened(1.0) or b"", False)
+            assert dialler.keys is not None and acceptor.keys is not None
+            self.assertEqual(dialler.keys.send, acceptor.keys.receive)
+            self.assertEqual(dialler.keys.receive, acceptor.keys.send)
+            self.assertNotEqual(dialler.keys.send, dialler.keys.receive)
+            keys.append(dialler.keys)
+        self.assertNotEqual(keys[0], keys[1])
+
+
+class PkiTests(SynchronousTestCase):
+    """In PKI mode each end's certificate must name the id it claims."""
+
+    def test_acceptor(self) -> None:
+        """The dialler's certificate must name the node_id it claims (403, counted)."""
+        for names, ok in ((frozenset({"hA", "localhost"}), True), (frozenset({"hC"}), False)):
+            handshake = AcceptorHandshake("hB", lambda peer: None, pki=True)
+            if ok:
+                handshake.upgrade({"node_id": ["hA"]}, {}, peer_names=names)
+                self.assertIs(handshake.state, State.ACCEPTED)
+                continue
+            refusal = self.assertRaises(
+                HandshakeRefused, handshake.upgrade, {"node_id": ["hA"]}, {}, "", names
+            )
+            self.assertEqual(refusal.status, 403)
+            self.assertIsNotNone(refusal.auth_failure)
+
+    def test_dialler(self) -> None:
+        """The acceptor's certificate must name the id it answers with (403, counted)."""
+        for names, ok in ((frozenset({"hB"}), True), (frozenset({"hC"}), False)):
+            handshake = DiallerHandshake("hA", pki=True)
+            handshake.request_headers()
+            if ok:
+                handshake.answered({"X-Relaytx-Node-Id": "hB"}, names)
+                continue
+            refusal = self.assertRaises(
+                HandshakeRefused, handshake.answered, {"X-Relaytx-Node-Id": "hB"}, names
+            )
+            self.assertEqual(refusal.status, 403)
+            self.assertIsNotNone(refusal.auth_failure)
+        handshake = DiallerHandshake("hA", pki=True)
+        handshake.request_headers()
+        self.assertRaises(HandshakeRefused, handshake.answered, {}, frozenset({"hB"}))

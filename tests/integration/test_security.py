@@ -37,6 +37,7 @@ from zope.interface import implementer
 
 from relaytx import _auth as auth
 from relaytx import _protocol as protocol
+from relaytx._linkauth import FrameSealer, link_keys
 from relaytx.config import ConfigError, build_config
 from relaytx.node import RelayNode
 from relaytx.peer import CLOSE_AUTH_FAILED
@@ -127,6 +128,18 @@ def close_code(conn: Any, timeout: float = 5) -> int | None:
             conn.recv(timeout=timeout)
     except ConnectionClosed as closed:
         return closed.rcvd.code if closed.rcvd else None
+
+
+def send_all(conn: Any, frames: list[str]) -> None:
+    """
+    Send C{frames} in order, stopping quietly once the node has closed the
+    connection (it may refuse the first before the others are sent).
+    """
+    for frame in frames:
+        try:
+            conn.send(frame)
+        except ConnectionClosed:
+            return
 
 
 def frame_of(conn: Any, kind: str, limit: int = 50) -> dict[str, Any]:
@@ -254,8 +267,7 @@ class RawClientTests(_Files, TestCase):
                     key: conn.response.headers.get(key, "")
                     for key in (auth.NONCE_HEADER, auth.PROOF_HEADER)
                 }
-                for frame in first:
-                    conn.send(frame)
+                send_all(conn, first)
                 return headers, close_code(conn)
 
         # A call instead of the proof.
@@ -279,8 +291,8 @@ class RawClientTests(_Files, TestCase):
             ) as conn:
                 accept = conn.response.headers[auth.NONCE_HEADER]
                 proof = auth.dialler_proof(OTHER_SECRET, nonce, accept, "intruder", "node1")
-                conn.send(auth_frame("intruder", "node1", proof))
-                conn.send(call_frame("intruder", "node1", "r5"))
+                send_all(conn, [auth_frame("intruder", "node1", proof)])
+                send_all(conn, [call_frame("intruder", "node1", "r5")])
                 return close_code(conn)
 
         self.assertEqual(await deferToThread(other_secret), CLOSE_AUTH_FAILED)
@@ -328,7 +340,10 @@ class RawClientTests(_Files, TestCase):
                     raise AssertionError("the node's proof of the secret is wrong")
                 proof = auth.dialler_proof(SECRET, nonce, accept, "member", "node1")
                 conn.send(auth_frame("member", "node1", proof))
-                conn.send(call_frame("member", "node1", "ok1"))
+                # A member seals every frame after its proof with the link's key.
+                keys = link_keys(SECRET, nonce, accept, "member", "node1", dialling=True)
+                sealed = FrameSealer(keys.send).seal(call_frame("member", "node1", "ok1").encode())
+                conn.send(sealed.decode())
                 return proof, frame_of(conn, "server_response")
 
         proof, response = await deferToThread(honest)
@@ -340,8 +355,8 @@ class RawClientTests(_Files, TestCase):
             ) as conn:
                 if proof is None:  # reflect the node's own proof back
                     proof = conn.response.headers[auth.PROOF_HEADER]
-                conn.send(auth_frame("member", "node1", proof))
-                conn.send(call_frame("member", "node1", "replayed"))
+                send_all(conn, [auth_frame("member", "node1", proof)])
+                send_all(conn, [call_frame("member", "node1", "replayed")])
                 return close_code(conn)
 
         self.assertEqual(await deferToThread(replay, proof), CLOSE_AUTH_FAILED)
