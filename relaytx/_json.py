@@ -54,6 +54,24 @@ def dumps(value: Any) -> bytes:
             raise TypeError(str(e)) from None
 
 
+def canonical(value: Any) -> bytes:
+    """
+    Encode C{value} the same way whoever encodes it: object keys sorted,
+    compact. What a code (a MAC, a signature) covers is encoded so.
+
+    :raises TypeError: if C{value} holds something JSON cannot express.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        try:
+            return json.dumps(
+                value, separators=(",", ":"), sort_keys=True, allow_nan=False
+            ).encode()
+        except ValueError as e:
+            raise TypeError(str(e)) from None
+
+
 def _scalar(value: Any) -> bytes:
     try:
         return orjson.dumps(value)

@@ -20,9 +20,10 @@ frame's position on the link (a 64-bit counter per direction, starting at
     {"type":"ping",...,"ttl":10,"mac":"3f0c...e1"}
 
 A frame is still one JSON object (an original-design node would ignore the
-member, though such nodes never hold a secret). The receiver strips the
-member, recomputes the code for the position it expects next and compares
-in constant time. So a frame that was injected, altered, dropped and
+member, though such nodes never hold a secret). The receiver recomputes the
+code for the position it expects next over the frame without the member,
+compares in constant time, and decodes the frame as it came (the envelope
+ignores members it does not know). So a frame that was injected, altered, dropped and
 replaced, moved or replayed fails, and the link is closed with 4003; TCP
 keeps order, so a gap can only be an attack.
 """
@@ -82,13 +83,17 @@ class _Counter:
         self._keyed = hashlib.blake2b(key=key, digest_size=MAC_SIZE)
         self._position = 0
 
-    def _code(self, body: bytes, closing: bytes) -> bytes:
+    def _code(self, body: memoryview) -> bytes:
         h = self._keyed.copy()
         h.update(self._position.to_bytes(8, "big"))
         h.update(body)
-        h.update(closing)
+        h.update(b"}")
         self._position += 1
         return h.hexdigest().encode()
+
+
+#: Bytes from the start of the C{"mac"} member to the end of the frame.
+_SUFFIX = len(_HEAD) + 2 * MAC_SIZE + len(_TAIL)
 
 
 class FrameSealer(_Counter):
@@ -100,8 +105,8 @@ class FrameSealer(_Counter):
             with C{"}"}).
         :returns: the frame with its C{"mac"} member.
         """
-        body = frame[:-1]
-        return body + _HEAD + self._code(body, b"}") + _TAIL
+        body = memoryview(frame)[:-1]
+        return b"".join((body, _HEAD, self._code(body), _TAIL))
 
 
 class FrameOpener(_Counter):
@@ -109,14 +114,14 @@ class FrameOpener(_Counter):
 
     def open(self, frame: bytes) -> bytes:
         """
-        :returns: the frame as its sender sealed it, without the C{"mac"} member.
+        :returns: the frame, to decode as it is (the envelope ignores the
+            C{"mac"} member).
         :raises FrameRejected: if it is not the next frame the sender sealed.
         """
-        cut = len(frame) - (len(_HEAD) + 2 * MAC_SIZE + len(_TAIL))
-        if cut < 1 or frame[cut : cut + len(_HEAD)] != _HEAD or not frame.endswith(_TAIL):
+        cut = len(frame) - _SUFFIX
+        if cut < 1 or not frame.startswith(_HEAD, cut) or not frame.endswith(_TAIL):
             raise FrameRejected("frame carries no code")
-        body = frame[:cut]
-        given = frame[cut + len(_HEAD) : -len(_TAIL)]
-        if not hmac.compare_digest(self._code(body, b"}"), given):
+        view = memoryview(frame)
+        if not hmac.compare_digest(self._code(view[:cut]), view[cut + len(_HEAD) : -len(_TAIL)]):
             raise FrameRejected("frame code does not match")
-        return body + b"}"
+        return frame

@@ -6,8 +6,13 @@ and message types they run with.
 Admission. A link to oneself is refused, and so is any link while the node
 stops. When two nodes dial each other, the link dialled by the node with
 the smaller id is kept: an inbound link is refused (409) while this node,
-having the smaller id, holds an outbound one to the same peer. Otherwise a
-new link replaces the old one (closed with 4001).
+having the smaller id, holds an outbound one to the same peer.
+
+Otherwise, in an open mesh a new link replaces the old one (closed with
+4001): a node that restarts gets its link back at once. In a mesh with a
+cluster secret or certificates (C{strict}), a second link for a peer whose
+link is healthy is refused (409): one member cannot take over another's
+link. The old link is replaced only once it has been found dead.
 """
 
 from __future__ import annotations
@@ -34,10 +39,13 @@ class LinkTable:
 
     @ivar links: the current session of each linked peer.
     @ivar stopping: set once the node stops: no link opens after that.
+    @ivar strict: whether a healthy link is kept against a second one (a
+        mesh with a secret or certificates).
     """
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, strict: bool = False) -> None:
         self.node_id = node_id
+        self.strict = strict
         self.links: dict[str, PeerSession] = {}
         self.stopping = False
         self.session_class: type[PeerSession] = PeerSession
@@ -91,13 +99,19 @@ class LinkTable:
         if self.stopping:
             raise LinkRefused(503, "node is stopping")
         existing = self.links.get(peer_id)
-        if (
-            existing is not None
-            and direction == "inbound"
-            and existing.direction == "outbound"
-            and self.node_id < peer_id
-        ):
+        if existing is None:
+            return
+        if direction == "inbound" and existing.direction == "outbound" and self.node_id < peer_id:
             raise LinkRefused(409, f"already linked to {peer_id} (the link {self.node_id} dialled)")
+        if (
+            self.strict
+            and existing.direction == direction
+            and existing.healthy
+            and not existing.closed
+        ):
+            raise LinkRefused(
+                409, f"{peer_id} has a healthy link here; a second one waits until it is gone"
+            )
 
     def add(self, session: PeerSession) -> PeerSession | None:
         """

@@ -8,7 +8,9 @@ start-up warnings about who could reach it.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 from typing import Any
 
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, serverFromString
@@ -17,6 +19,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 
 from relaytx._tls import TlsConfig, TlsError
+from relaytx.config import NodeConfig
 from relaytx.errors import StartupError
 
 _PLAIN_TCP = re.compile(r"tcp:(?P<port>\d+)(?::interface=(?P<interface>.*))?")
@@ -68,20 +71,63 @@ def listen_error(port: str, error: BaseException) -> str:
     return f"cannot listen on {port}: {error}"
 
 
-def warn_if_open(port: IListeningPort, has_secret: bool) -> None:
-    """Say so (one log line) when anyone beyond this machine could join the mesh."""
-    if has_secret:
-        return
+def _beyond_loopback(port: IListeningPort) -> bool:
     host = getattr(port.getHost(), "host", None)
     if host is None:  # a UNIX socket: only this machine
-        return
+        return False
     try:
-        beyond = not ipaddress.ip_address(host).is_loopback
+        return not ipaddress.ip_address(host).is_loopback
     except ValueError:
-        beyond = True
-    if beyond:
-        _log.warn(
-            "open mesh: listening on {host} without --secret-file, anyone who can "
-            "reach it can link as any node id and call any server",
-            host=host,
+        return True
+
+
+def _private_files(config: NodeConfig) -> list[tuple[str, str]]:
+    """:returns: C{(what, path)} of each file of C{config} that must stay private."""
+    private = []
+    if config.secret_file is not None:
+        private.append(("--secret-file", config.secret_file))
+    if config.tls is not None:
+        if config.tls.key is not None:
+            private.append(("tls.key", config.tls.key))
+        elif config.tls.cert is not None:  # the key inside the certificate's file
+            private.append(("tls.cert (which holds the key)", config.tls.cert))
+    return private
+
+
+def startup_warnings(
+    port: IListeningPort, config: NodeConfig, has_secret: bool, pki: bool, has_tokens: bool
+) -> list[str]:
+    """
+    Warn (one log line each) about what would let others in (SPEC section 9):
+    listening beyond loopback with an open mesh, or with HTTP clients that
+    need no token; and a secret or private key file that the file's group
+    or others may read.
+
+    :returns: the warnings logged, for tests.
+    """
+    warnings = []
+    beyond = _beyond_loopback(port)
+    host = getattr(port.getHost(), "host", "?")
+    if beyond and not (has_secret or pki):
+        warnings.append(
+            f"open mesh: listening on {host} without --secret-file or PKI; anyone who can "
+            "reach it can link as any node id and call any server"
         )
+    if beyond and not has_tokens:
+        warnings.append(
+            f"HTTP clients are not authenticated: listening on {host} with no [http.tokens]; "
+            "anyone who can reach it can call every server through /rpc and /ws/rpc"
+        )
+    for what, path in _private_files(config):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            warnings.append(
+                f"{what} {path} can be read by its group or others "
+                f"(mode {stat.S_IMODE(mode):o}); chmod 600 it"
+            )
+    for warning in warnings:
+        _log.warn("{warning}", warning=warning)
+    return warnings

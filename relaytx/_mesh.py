@@ -30,6 +30,8 @@ from relaytx._forwarding import Forwarder
 from relaytx._links import LinkRefused, LinkTable
 from relaytx._meshcalls import MeshCalls
 from relaytx._metrics import NodeMetrics
+from relaytx._pki import EndToEnd, NodeIdentity, NodeRecord, RecordBook
+from relaytx._records import RecordExchange
 from relaytx._routing import Router
 from relaytx.errors import ProtocolViolation
 from relaytx.interfaces import ILinkTransport, IRemoteCalls, ISessionHost
@@ -48,6 +50,12 @@ class Mesh:
         server (the node's dispatcher); returns the result or a Deferred of
         it, or raises a L{relaytx.errors.CallError}.
     :param local_servers: returns this node's servers and their methods.
+    :param strict_links: keep a healthy link against a second one for the
+        same peer (a mesh with a secret or certificates; see L{LinkTable}).
+    :param identity: this node's certified identity, in PKI mode: node
+        records are then exchanged and checked, only paths both ends declare
+        are used, and calls and answers that cross other nodes carry
+        end-to-end codes (L{relaytx._pki}).
 
     @ivar links: the current session of each linked peer, by id.
     @ivar router: the routing table.
@@ -69,15 +77,21 @@ class Mesh:
         max_pending_calls: int = 10_000,
         max_message_size: int = 1024 * 1024,
         max_routes: int = 10_000,
+        strict_links: bool = False,
+        identity: NodeIdentity | None = None,
     ) -> None:
         self.node_id = node_id
         self.clock = clock
         self.metrics = metrics
         self.ping_interval = ping_interval
         self.max_message_size = max_message_size
-        self.router = Router(node_id)
-        self._links = LinkTable(node_id)
+        self._links = LinkTable(node_id, strict=strict_links)
         self.links = self._links.links
+        book = e2e = None
+        if identity is not None:
+            book = RecordBook(identity, clock.seconds)
+            e2e = EndToEnd(identity, book)
+        self.router = Router(node_id, accept_path=book.accept_path if book else None)
         self.pending = PendingCalls(clock, on_late=metrics.late_answers.inc)
         metrics.pending_calls.set_function(lambda: len(self.pending))  # read when scraped
         self.forwarded = ForwardedCalls(clock)
@@ -93,13 +107,25 @@ class Mesh:
         )  # fmt: skip
         self.calls = MeshCalls(
             node_id, clock, metrics, self.router, self._links, self.forwarder, self.pending,
-            self.forwarded, complete, run_arrived, max_pending=max_pending_calls,
+            self.forwarded, complete, run_arrived, max_pending=max_pending_calls, e2e=e2e,
         )  # fmt: skip
+        self.records: RecordExchange | None = None
+        if identity is not None and book is not None:
+            self.records = RecordExchange(
+                identity, book, clock, metrics, self._links, self._records_changed
+            )
+            self._links.register_handler(NodeRecord, self.records.take)
         self._all_closed: Deferred[None] | None = None
         self._grace: IDelayedCall | None = None
 
     def _refuse(self, envelope: Envelope, came_from: str | None, why: str) -> None:
         self.calls.refuse(envelope, came_from, why)
+
+    def _records_changed(self) -> None:
+        # PKI mode: which advertised paths are acceptable may have changed.
+        if self.router.reconsider():
+            self.calls.routes_changed()
+            self.adverts.routes_changed()
 
     # Extension.
 
@@ -151,6 +177,8 @@ class Mesh:
             address=address,
         )
         self.adverts.link_opened(peer_id)
+        if self.records is not None:
+            self.records.link_opened(peer_id)
         if routes_changed:
             self.adverts.routes_changed()
         return session
@@ -166,6 +194,8 @@ class Mesh:
         self.router.link_down(peer_id)
         self.calls.path_lost(peer_id)
         self.adverts.routes_changed()
+        if self.records is not None:
+            self.records.link_closed(peer_id)
         if self._all_closed is not None and not self.links:
             self._closed_all()
 
@@ -191,7 +221,7 @@ class Mesh:
 
     def settle(self, envelope: Envelope, response: ServerResponse, session: PeerSession) -> None:
         """An answer to one of this node's calls arrived."""
-        self.calls.settle(envelope, response)
+        self.calls.settle(envelope, response, session.peer_id)
 
     def take_advert(self, sync: RegistrySync, session: PeerSession) -> None:
         """Take a neighbour's advert; re-announce if the routes changed."""
@@ -252,6 +282,8 @@ class Mesh:
         """
         self._links.stopping = True
         self.adverts.stop()
+        if self.records is not None:
+            self.records.stop()
         self.calls.stop()
         self._links.close_all("node stopping")
         if not self.links:

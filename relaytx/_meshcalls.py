@@ -12,6 +12,10 @@ L{MeshCalls}: calls that cross the mesh, at both ends.
     the call went to may answer it; a node on the way may only report the
     path lost (-32002). Anything else is a forgery: dropped, counted.
 
+In PKI mode a call or answer that crossed other nodes must also carry its
+sender's end-to-end code (L{relaytx._pki.EndToEnd}); without it, it is a
+forgery too, whatever it claims.
+
 When a link goes down, the calls sent through it fail at once: this node's
 own with -32002, and for each call this node had passed into that link for
 another node, a -32002 answer goes back towards its caller.
@@ -24,12 +28,14 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget, ForwardedCalls, PendingCalls
 from relaytx._forwarding import Forwarder
 from relaytx._links import LinkTable
 from relaytx._metrics import NodeMetrics
+from relaytx._pki import EndToEnd
 from relaytx._routing import Router
 from relaytx.errors import (
     CallError,
@@ -42,14 +48,24 @@ from relaytx.errors import (
 )
 from relaytx.wire import CallSpec, Envelope, ServerCall, ServerResponse, secret_id
 
+#: Error codes a node on a call's path may answer with in the callee's
+#: place: it can only report the call lost.
+PATH_LOSS_CODES = frozenset({NodeUnreachable.code})
+
 
 class MeshCalls:
     """
+    Calls across the mesh, at both ends (see the module docstring).
+
     :param run_arrived: runs a call that arrived over the mesh (the node's
         dispatcher): returns the result or a Deferred of it, or raises a
         L{CallError}.
     :param max_pending: the most calls this node may wait on at once.
+    :param e2e: in PKI mode, the end-to-end codes of calls and answers that
+        cross other nodes.
     """
+
+    _log = Logger()
 
     def __init__(
         self,
@@ -64,6 +80,7 @@ class MeshCalls:
         routes_are_complete: Callable[[], bool],
         run_arrived: Callable[[CallTarget], Any],
         max_pending: int = 10_000,
+        e2e: EndToEnd | None = None,
     ) -> None:
         self._node_id = node_id
         self._clock = clock
@@ -76,6 +93,7 @@ class MeshCalls:
         self._routes_are_complete = routes_are_complete
         self._run_arrived = run_arrived
         self._max_pending = max_pending
+        self._e2e = e2e
         #: calls running here for others: Deferred -> (caller, the link it came by)
         self._running: dict[Deferred[Any], tuple[str, str | None]] = {}
 
@@ -111,9 +129,12 @@ class MeshCalls:
             )
         response_id = secret_id()  # unguessable: only the callee can answer
         spec = CallSpec(target.server, target.method, target.args, target.kwargs, target.timeout)
-        envelope = Envelope.create(
-            ServerCall(spec, response_id), self._node_id, destination, self._clock.seconds()
-        )
+        call = ServerCall(spec, response_id)
+        envelope = Envelope.create(call, self._node_id, destination, self._clock.seconds())
+        if self._e2e is not None and destination not in self._links:
+            mac = self._e2e.seal_call(destination, call, envelope.timestamp or "")
+            if mac is not None:
+                envelope.data["mac"] = mac  # type: ignore[index]  # the dict to_data made
         d = self.pending.expect(response_id, destination, None, target.timeout)
         try:
             self.pending.set_via(response_id, self._forwarder.forward(envelope, came_from=None))
@@ -121,13 +142,25 @@ class MeshCalls:
             self.pending.resolve(response_id, error=Overloaded(f"Call too large: {e}"))
         return d
 
-    def settle(self, envelope: Envelope, response: ServerResponse) -> None:
-        """An answer to one of this node's calls arrived (see the module docstring)."""
+    def settle(self, envelope: Envelope, response: ServerResponse, via: str | None = None) -> None:
+        """
+        An answer to one of this node's calls arrived from neighbour C{via}
+        (see the module docstring).
+        """
         destination = self.pending.destination_of(response.response_id)
-        if destination is not None and envelope.sender != destination:
-            if response.success or response.error_code != NodeUnreachable.code:
-                self._metrics.drop("forged_answer")
-                return
+        path_loss = not response.success and response.error_code in PATH_LOSS_CODES
+        if destination is not None and envelope.sender != destination and not path_loss:
+            self._metrics.drop("forged_answer")
+            return
+        e2e = self._e2e
+        if (
+            e2e is not None
+            and envelope.sender != via
+            and not path_loss
+            and not e2e.check_answer(envelope.sender, response, response.mac)
+        ):
+            self._metrics.drop("forged_answer")
+            return
         if response.success:
             self.pending.resolve(response.response_id, result=response.result)
             return
@@ -148,6 +181,18 @@ class MeshCalls:
         answer it. Access rules judge the caller the envelope names; limits
         count against C{via}, the only identity a link proves.
         """
+        e2e = self._e2e
+        if e2e is not None and envelope.sender != via:
+            why = e2e.check_call(envelope.sender, call, envelope.timestamp, self._clock.seconds())
+            if why is not None:
+                self._metrics.drop("forged_call")
+                self._log.warn(
+                    "dropped a call from {caller} that came through {via}: {why}",
+                    caller=envelope.sender,
+                    via=via,
+                    why=why,
+                )
+                return
         spec = call.call
         target = CallTarget(
             self._node_id,
@@ -225,6 +270,8 @@ class MeshCalls:
         self._send_answer(caller, response, via)
 
     def _send_answer(self, caller: str, response: ServerResponse, via: str | None) -> None:
+        if self._e2e is not None and caller not in self._links:
+            response.mac = self._e2e.seal_answer(caller, response)
         try:
             self._forwarder.send(caller, response, back_via=via)
         except TypeError as e:  # the result cannot be encoded as JSON

@@ -34,7 +34,7 @@ is dropped, which also bounds how far a message can be routed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from attrs import frozen
@@ -85,8 +85,19 @@ class Router:
     of links pays per event for what changed, not for the whole table.
     """
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        accept_path: Callable[[str, tuple[str, ...]], bool] | None = None,
+    ) -> None:
+        """
+        :param accept_path: decides whether a path a neighbour advertised
+            may be used (called with the neighbour and the path after it);
+            every path is accepted when C{None}. PKI mode refuses paths whose
+            adjacencies are not declared by both ends.
+        """
         self.node_id = node_id
+        self._accept_path = accept_path
         self._neighbours: dict[str, _Neighbour] = {}
         self._routes: dict[str, Route] = {}
         #: destination -> the neighbours whose latest advert reaches it
@@ -129,6 +140,15 @@ class Router:
         else:
             self._routers.discard(peer_id)
         return self._update({peer_id, *before, *after})
+
+    def reconsider(self) -> bool:
+        """
+        Decide every destination again (what C{accept_path} accepts has
+        changed).
+
+        :returns: whether the table changed.
+        """
+        return self._update({*self._providers, *self._neighbours, *self._routes})
 
     # Queries.
 
@@ -263,6 +283,8 @@ class Router:
             if len(set(path)) != len(path):
                 continue  # a loop further on: a faulty peer's advert
             if len(path) >= MAX_HOPS:
+                continue
+            if self._accept_path is not None and not self._accept_path(peer_id, path):
                 continue
             offer(Route(dest, (peer_id, *path), learned.servers))
         return best

@@ -37,10 +37,12 @@ from relaytx._dispatch import CallDispatcher
 from relaytx._hosting import ServerHost
 from relaytx._http import make_site
 from relaytx._limits import CallLimiter
-from relaytx._listen import listen_error, server_endpoint, warn_if_open
+from relaytx._listen import listen_error, server_endpoint, startup_warnings
 from relaytx._mesh import Mesh
 from relaytx._metrics import NodeMetrics
+from relaytx._pki import load_identity
 from relaytx._protocol import PeerServerFactory, peer_resource
+from relaytx._tls import TlsError
 from relaytx._views import NodeServer, NodeViews
 from relaytx.config import NodeConfig
 from relaytx.errors import StartupError, failure_exception
@@ -90,6 +92,15 @@ class RelayNode(MultiService):
                 self.secret = read_secret(config.secret_file)
             except (OSError, ValueError) as e:
                 raise StartupError(f"--secret-file: {e}") from None
+        #: whether node ids come from certificates (SPEC section 9)
+        self.pki = config.tls is not None and config.tls.pki
+        identity = None
+        if config.tls is not None and self.pki:
+            assert config.tls.cert is not None and config.tls.ca is not None  # pki
+            try:
+                identity = load_identity(node_id, config.tls.cert, config.tls.key, config.tls.ca)
+            except TlsError as e:
+                raise StartupError(str(e)) from None
         limits = config.limits
         self.servers = ServerHost(node_id, reactor, config.access)
         metrics.watch_queue_depth(self.servers.queue_depth)
@@ -108,6 +119,8 @@ class RelayNode(MultiService):
             max_pending_calls=limits.max_pending_calls,
             max_message_size=limits.max_message_size,
             max_routes=limits.max_routes,
+            strict_links=self.secret is not None or self.pki,
+            identity=identity,
         )
         self.dispatcher.remote = self.mesh
         self.servers.on_change = self.mesh.schedule_sync
@@ -232,6 +245,7 @@ class RelayNode(MultiService):
             allowed_origins=self.config.allowed_origins,
             reactor=self.reactor,
             secret=self.secret,
+            pki=self.pki,
         )
         return make_site(
             self.node_id,
@@ -274,13 +288,17 @@ class RelayNode(MultiService):
 
         def listening(listening_port: IListeningPort) -> IListeningPort:
             self.listening_port = listening_port
-            warn_if_open(listening_port, self.secret is not None)
+            self._warn(listening_port)
             return listening_port
 
         def failed(failure: Failure) -> None:
             self._on_fatal(listen_error(port, failure_exception(failure)))
 
         return d.addCallbacks(listening, failed)
+
+    def _warn(self, port: IListeningPort) -> list[str]:
+        # (No HTTP client tokens exist yet: every client is unauthenticated.)
+        return startup_warnings(port, self.config, self.secret is not None, self.pki, False)
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()

@@ -22,10 +22,12 @@ The payloads (C{data}) of the built-in types:
   - C{pong} C{{"timestamp", "pong_time"}}: the ping's C{timestamp} and the
     answerer's clock in Unix seconds.
   - C{server_call} C{{"call": {"server_name", "method", "args", "kwargs"?,
-    "timeout"}, "response_id"}}: C{timeout} is the caller's remaining budget
-    in seconds.
+    "timeout"}, "response_id", "mac"?}}: C{timeout} is the caller's remaining
+    budget in seconds; C{mac} is the caller's end-to-end code (PKI mode, see
+    L{relaytx._pki}).
   - C{server_response} C{{"response_id", "node_id", "success", "result" |
-    "error", "error_code"?, "error_data"?}}.
+    "error", "error_code"?, "error_data"?, "mac"?}}: C{mac} is the callee's
+    end-to-end code (PKI mode).
   - C{registry_sync} C{{"servers": {NAME: {"methods": [...]}},
     "routes"?: {NODE_ID: {"path": [...], "servers": {...}}}}}: the sender's
     own servers (the original's shape) and, for every node it can reach, the
@@ -452,12 +454,18 @@ class ServerCall(Payload):
     TYPE = "server_call"
     call: CallSpec
     response_id: str | None = None
+    #: the caller's end-to-end code (PKI mode, a call that crosses other nodes)
+    mac: str | None = None
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> ServerCall:
         get = data.get
-        call, response_id = get("call"), get("response_id")
-        if type(call) is dict and (response_id is None or type(response_id) is str):
+        call, response_id, mac = get("call"), get("response_id"), get("mac")
+        if (
+            type(call) is dict
+            and (response_id is None or type(response_id) is str)
+            and (mac is None or type(mac) is str)
+        ):
             # The fast path: every field present or absent as allowed, well typed.
             server_name, method = call.get("server_name"), call.get("method")
             args, kwargs, timeout = call.get("args"), call.get("kwargs"), call.get("timeout")
@@ -480,6 +488,7 @@ class ServerCall(Payload):
                         timeout,
                     ),
                     response_id,
+                    mac,
                 )
         return cls._from_data_checked(data)
 
@@ -501,10 +510,14 @@ class ServerCall(Payload):
                 timeout=timeout,
             ),
             _optional(data, "response_id", str, "server_call"),
+            _optional(data, "mac", str, "server_call"),
         )
 
     def to_data(self) -> dict[str, Any]:
-        return {"call": self.call.to_data(), "response_id": self.response_id}
+        data = {"call": self.call.to_data(), "response_id": self.response_id}
+        if self.mac is not None:
+            data["mac"] = self.mac
+        return data
 
     @staticmethod
     def tracking(data: Mapping[str, Any]) -> tuple[str, float | None] | None:
@@ -541,21 +554,24 @@ class ServerResponse(Payload):
     error: str | None = None
     error_code: int | None = None
     error_data: Mapping[str, Any] | None = None
+    #: the callee's end-to-end code (PKI mode, an answer that crosses other nodes)
+    mac: str | None = None
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> ServerResponse:
         get = data.get
-        response_id, node_id = get("response_id"), get("node_id")
+        response_id, node_id, mac = get("response_id"), get("node_id"), get("mac")
         if (
             # The fast path: a success, well typed, with no error fields.
             get("success") is True
             and type(response_id) is str
             and (node_id is None or type(node_id) is str)
+            and (mac is None or type(mac) is str)
             and get("error") is None
             and get("error_code") is None
             and get("error_data") is None
         ):
-            return cls(response_id, True, node_id, get("result"))
+            return cls(response_id, True, node_id, get("result"), mac=mac)
         return cls._from_data_checked(data)
 
     @classmethod
@@ -572,6 +588,7 @@ class ServerResponse(Payload):
             error=_optional(data, "error", str, what),
             error_code=_optional(data, "error_code", int, what),
             error_data=_optional(data, "error_data", dict, what),
+            mac=_optional(data, "mac", str, what),
         )
 
     def to_data(self) -> dict[str, Any]:
@@ -586,6 +603,8 @@ class ServerResponse(Payload):
                 data["error_code"] = self.error_code
             if self.error_data:
                 data["error_data"] = self.error_data
+        if self.mac is not None:
+            data["mac"] = self.mac
         return data
 
 

@@ -23,6 +23,7 @@ from relaytx import (
 )
 from relaytx._adverts import SYNC_DELAY
 from relaytx._calls import PendingCalls
+from relaytx._links import LinkRefused
 from relaytx.node import RelayNode
 from relaytx.peer import CLOSE_NORMAL, CLOSE_REPLACED
 from relaytx.testing import MemoryMesh, line, link_nodes, memory_node
@@ -721,6 +722,32 @@ class LinkLifecycleTests(MeshTestCase):
         self.network.pump()
         self.assertEqual(self.successResultOf(call), "done")
         self.assertEqual(len(new.sent_by(b, "server_response")), 1)
+
+    def test_strict_keeps_healthy_link(self) -> None:
+        """Strict links: a second link for a healthy peer is refused 409; the first stays."""
+        a = memory_node("a", self.clock)
+        b = memory_node("b", self.clock)
+        b.mesh._links.strict = True
+        first = self.network.link(a, b)
+        self.network.settle()
+        refused = self.assertRaises(LinkRefused, self.network.link, a, b)
+        self.assertEqual(refused.status, 409)
+        self.assertIs(b.mesh.links["a"], first.session_of(b))
+        self.assertFalse(first.closed)
+        # Once that link is found dead, a new one is taken.
+        first.cut()
+        second = self.network.link(a, b)
+        self.assertIs(b.mesh.links["a"], second.session_of(b))
+
+    def test_strict_crossing_dials(self) -> None:
+        """Strict links: two nodes dialling each other keep one link, the smaller id's."""
+        a = memory_node("a", self.clock)
+        b = memory_node("b", self.clock)
+        for node in (a, b):
+            node.mesh._links.strict = True
+        self.network.link(a, b)
+        self.assertEqual(self.assertRaises(LinkRefused, self.network.link, b, a).status, 409)
+        self.assertEqual(a.mesh.links["b"].direction, "outbound")
 
     def test_stop_service(self) -> None:
         """stopService closes links with 1000, fails pending calls and leaves no delayed calls."""

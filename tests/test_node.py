@@ -13,7 +13,7 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx._listen import warn_if_open
+from relaytx.node import RelayNode
 from relaytx.testing import memory_node
 
 
@@ -25,38 +25,60 @@ class _Port:
         return self._address
 
 
-class OpenMeshWarningTests(SynchronousTestCase):
-    """Without a secret, a node listening beyond loopback says the mesh is open."""
+class StartupWarningTests(SynchronousTestCase):
+    """The start-up warnings of SPEC section 9, one log line each."""
 
-    def warnings(self, node: object, address: object) -> list[str]:
+    def warnings(self, node: RelayNode, address: object) -> list[str]:
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-        warn_if_open(_Port(address), node.secret is not None)  # type: ignore[arg-type]
-        return [e["log_format"] for e in events if "open mesh" in e.get("log_format", "")]
+        said = node._warn(_Port(address))  # type: ignore[arg-type]
+        logged = [e["warning"] for e in events if "warning" in e]
+        self.assertEqual(said, logged)
+        return said
+
+    def directory(self) -> str:
+        directory = tempfile.mkdtemp(prefix="relaytx-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        return directory
+
+    def secret(self, mode: int) -> str:
+        path = os.path.join(self.directory(), "secret")
+        with open(path, "w") as f:
+            f.write("s" * 32)
+        os.chmod(path, mode)
+        return path
 
     def test_all_interfaces(self) -> None:
-        """Listening on 0.0.0.0 without a secret logs the open-mesh warning."""
-        node = memory_node("n1")
-        self.assertEqual(len(self.warnings(node, IPv4Address("TCP", "0.0.0.0", 8080))), 1)
+        """Beyond loopback with no secret and no tokens: the open-mesh and HTTP warnings."""
+        said = self.warnings(memory_node("n1"), IPv4Address("TCP", "0.0.0.0", 8080))
+        self.assertEqual(len(said), 2)
+        self.assertIn("open mesh", said[0])
+        self.assertIn("HTTP clients are not authenticated", said[1])
 
     def test_loopback(self) -> None:
-        """Listening on loopback is quiet."""
-        node = memory_node("n1")
-        self.assertEqual(self.warnings(node, IPv4Address("TCP", "127.0.0.1", 8080)), [])
+        """On loopback, an open mesh and open HTTP are fine: quiet."""
+        self.assertEqual(self.warnings(memory_node("n1"), IPv4Address("TCP", "127.0.0.1", 1)), [])
 
     def test_unix_socket(self) -> None:
         """A UNIX socket reaches only this machine: quiet."""
-        node = memory_node("n1")
-        self.assertEqual(self.warnings(node, UNIXAddress("/tmp/relay.sock")), [])
+        self.assertEqual(self.warnings(memory_node("n1"), UNIXAddress("/tmp/relay.sock")), [])
 
     def test_with_secret(self) -> None:
-        """With a cluster secret the mesh is not open: quiet."""
-        directory = tempfile.mkdtemp(prefix="relaytx-test-")
-        self.addCleanup(shutil.rmtree, directory, True)
-        secret = os.path.join(directory, "secret")
-        with open(secret, "w") as f:
-            f.write("s" * 32)
-        node = memory_node("n1", secret_file=secret)
-        self.assertEqual(self.warnings(node, IPv4Address("TCP", "10.1.2.3", 8080)), [])
+        """With a private secret file the mesh is not open: only the HTTP warning is left."""
+        node = memory_node("n1", secret_file=self.secret(0o600))
+        said = self.warnings(node, IPv4Address("TCP", "10.1.2.3", 8080))
+        self.assertEqual(len(said), 1)
+        self.assertIn("HTTP clients", said[0])
+
+    def test_readable_secret(self) -> None:
+        """A secret file its group or others may read is named, on loopback too."""
+        for mode in (0o640, 0o604, 0o644):
+            path = self.secret(mode)
+            said = self.warnings(
+                memory_node("n1", secret_file=path), IPv4Address("TCP", "127.0.0.1", 1)
+            )
+            self.assertEqual(len(said), 1, oct(mode))
+            self.assertIn(path, said[0])
+            self.assertIn(f"{mode:o}", said[0])
 
 
 class ListenTests(SynchronousTestCase):

@@ -1,0 +1,441 @@
+# -*- test-case-name: tests.test_pki -*-
+"""
+Node identity from certificates (PKI mode, SPEC section 9): what a member
+with its own valid certificate cannot do.
+
+In PKI mode (C{[tls]} with a CA, a certificate and client certificates
+required) a node's id is the one its certificate names, and a link is
+accepted only from a certificate naming the id it claims (see
+L{relaytx._handshake}). That keeps a member from linking under another
+node's id. Two more things a member could do through the mesh are closed
+here:
+
+  - B{Claiming a link it does not have}, to draw the calls for a node C
+    through itself. Each node publishes a signed record (L{NodeRecord}): its
+    id, the ids it links to, a sequence number, an X25519 public key and its
+    certificate. Records are flooded to every node and kept only when the
+    certificate chains to the CA, names the node, and signs the record
+    (L{RecordBook}). A route is used only if every adjacency on its path is
+    declared by both ends' records (L{RecordBook.accept_path}): a member can
+    list C among its links, but C will not list it back.
+  - B{Forging an answer} (or a call) from another node. A caller and a
+    callee share a key no one else holds: HKDF over their X25519 agreement,
+    each side's public key vouched for by its signed record. A call that
+    crossed other nodes carries a code under that key, and so does its
+    answer (L{EndToEnd}); a node on the path cannot make either. It can
+    still drop them: the caller then sees -32002, -32006 or -32001, never a
+    forged success. (A call or answer between direct neighbours needs no
+    code: their TLS link already says who sent it.)
+
+With the cluster secret alone, members are trusted (one secret cannot tell
+them apart), and none of this applies.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from attrs import frozen
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from relaytx import _json
+from relaytx._tls import TlsError, certificate_names
+from relaytx.errors import MalformedMessage
+from relaytx.wire import NODE_ID_RE, Payload, ServerCall, ServerResponse
+
+#: Bytes of the end-to-end code of a call or an answer.
+E2E_MAC_SIZE = 16
+
+#: A call with an end-to-end code is taken only this many seconds either
+#: side of the time it was issued (its envelope's timestamp; the clocks of
+#: the mesh are assumed to agree that closely), and each is taken once.
+REPLAY_WINDOW = 120.0
+
+
+# Signing with whatever key a certificate holds.
+
+
+def _sign(key: Any, data: bytes) -> bytes:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(data, ec.ECDSA(hashes.SHA256()))
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(data)
+    raise TlsError(f"tls.key: a {type(key).__name__} cannot sign node records")
+
+
+def _verify(public: Any, signature: bytes, data: bytes) -> bool:
+    try:
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(public, rsa.RSAPublicKey):
+            public.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+        elif isinstance(public, ed25519.Ed25519PublicKey):
+            public.verify(signature, data)
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
+
+
+@frozen
+class NodeRecord(Payload):
+    """
+    One node's signed statement of who it is and whom it links to
+    (C{node_record} on the wire, between nodes in PKI mode only).
+
+    @ivar seq: grows with each new record of the node (a newer one replaces).
+    @ivar links: the node ids it has links to.
+    @ivar x25519: its X25519 public key, hex (for end-to-end codes).
+    @ivar cert: its certificate, PEM.
+    @ivar signature: over L{signed_bytes}, base64, by the certificate's key.
+    """
+
+    TYPE = "node_record"
+    node_id: str
+    seq: int
+    links: tuple[str, ...]
+    x25519: str
+    cert: str
+    signature: str = ""
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> NodeRecord:
+        node_id, seq, links = data.get("node_id"), data.get("seq"), data.get("links")
+        x25519, cert, signature = data.get("x25519"), data.get("cert"), data.get("signature")
+        if not (
+            type(node_id) is str
+            and NODE_ID_RE.fullmatch(node_id)
+            and type(seq) is int
+            and seq >= 0
+            and type(links) is list
+            and all(type(link) is str and NODE_ID_RE.fullmatch(link) for link in links)
+            and len(links) <= 100_000
+            and type(x25519) is str
+            and len(x25519) == 64
+            and type(cert) is str
+            and len(cert) <= 16_384
+            and type(signature) is str
+            and len(signature) <= 2048
+        ):
+            raise MalformedMessage("node_record is not well formed", reason="bad_field")
+        return cls(node_id, seq, tuple(links), x25519, cert, signature)
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "seq": self.seq,
+            "links": list(self.links),
+            "x25519": self.x25519,
+            "cert": self.cert,
+            "signature": self.signature,
+        }
+
+    def signed_bytes(self) -> bytes:
+        """:returns: what the signature covers: every field but itself, canonically."""
+        data = self.to_data()
+        del data["signature"]
+        return b"relaytx node record\n" + _json.canonical(data)
+
+
+class NodeIdentity:
+    """
+    This node's certified identity: its certificate and key, the mesh's CA,
+    and an X25519 key made at start for end-to-end codes.
+
+    :raises TlsError: if the files cannot be used, or the certificate does
+        not name C{node_id}.
+    """
+
+    def __init__(self, node_id: str, cert_pem: bytes, key_pem: bytes, ca_pem: bytes) -> None:
+        self.node_id = node_id
+        try:
+            self.cert = x509.load_pem_x509_certificate(cert_pem)
+            self.key = serialization.load_pem_private_key(key_pem, password=None)
+            self.ca = x509.load_pem_x509_certificate(ca_pem)
+        except (ValueError, TypeError) as e:
+            raise TlsError(f"tls: cannot load the certificate, key or CA: {e}") from None
+        names = certificate_names(self.cert)
+        if node_id not in names:
+            raise TlsError(
+                f"tls.cert names {', '.join(sorted(names)) or 'nothing'}, not this node's id "
+                f"{node_id!r}: in PKI mode a node's id is the one its certificate names"
+            )
+        self.cert_pem = self.cert.public_bytes(serialization.Encoding.PEM).decode()
+        self.x25519 = X25519PrivateKey.generate()
+        self.x25519_public = self.x25519.public_key().public_bytes_raw().hex()
+
+    def record(self, seq: int, links: Iterable[str]) -> NodeRecord:
+        """:returns: this node's record, signed."""
+        unsigned = NodeRecord(
+            self.node_id, seq, tuple(sorted(links)), self.x25519_public, self.cert_pem
+        )
+        signature = base64.b64encode(_sign(self.key, unsigned.signed_bytes())).decode()
+        return NodeRecord(
+            unsigned.node_id, seq, unsigned.links, unsigned.x25519, unsigned.cert, signature
+        )
+
+
+class RecordBook:
+    """
+    The verified records of every node known, and what they allow.
+
+    :param identity: this node's identity (its own record is the first kept).
+    :param now: the current Unix time, for certificate validity.
+    """
+
+    def __init__(self, identity: NodeIdentity, now: Callable[[], float] = time.time) -> None:
+        self._identity = identity
+        self._now = now
+        self._records: dict[str, NodeRecord] = {}
+        #: certificates already checked, by their PEM: whether they are good
+        self._certs: dict[str, tuple[bool, str]] = {}
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._records
+
+    def records(self) -> list[NodeRecord]:
+        """:returns: every record held (to hand a new neighbour)."""
+        return list(self._records.values())
+
+    def take(self, record: NodeRecord) -> str | None:
+        """
+        Check a record and keep it if it is newer than the one held.
+
+        :returns: C{None} if it was taken; else why not (C{"old"} for one
+            not newer than what is held, which is not an attack).
+        """
+        held = self._records.get(record.node_id)
+        if held is not None and held.seq >= record.seq:
+            return "old"
+        why = self._check(record)
+        if why is not None:
+            return why
+        self._records[record.node_id] = record
+        return None
+
+    def _check(self, record: NodeRecord) -> str | None:
+        known = self._certs.get(record.cert)
+        if known is None:
+            known = self._check_certificate(record.cert)
+            if len(self._certs) > 100_000:
+                self._certs.clear()
+            self._certs[record.cert] = known
+        good, why = known
+        if not good:
+            return why
+        cert = x509.load_pem_x509_certificate(record.cert.encode())
+        if record.node_id not in certificate_names(cert):
+            return f"the certificate of {record.node_id}'s record does not name it"
+        try:
+            signature = base64.b64decode(record.signature, validate=True)
+        except ValueError:
+            return "the record's signature is not base64"
+        if not _verify(cert.public_key(), signature, record.signed_bytes()):
+            return f"the signature of {record.node_id}'s record is wrong"
+        return None
+
+    def _check_certificate(self, pem: str) -> tuple[bool, str]:
+        try:
+            cert = x509.load_pem_x509_certificate(pem.encode())
+        except ValueError:
+            return False, "not a PEM certificate"
+        ca = self._identity.ca
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            return False, "a certificate the mesh's CA did not sign"
+        now = self._now()
+        if not (
+            cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp()
+        ):
+            return False, "an expired or not yet valid certificate"
+        return True, ""
+
+    def adjacent(self, a: str, b: str) -> bool:
+        """:returns: whether C{a} and C{b} each declare a link to the other."""
+        record_a, record_b = self._records.get(a), self._records.get(b)
+        return (
+            record_a is not None
+            and record_b is not None
+            and b in record_a.links
+            and a in record_b.links
+        )
+
+    def accept_path(self, neighbour: str, path: tuple[str, ...]) -> bool:
+        """
+        :param neighbour: the neighbour that advertised C{path}.
+        :param path: the nodes after the neighbour, up to the destination.
+        :returns: whether every adjacency along C{neighbour, *path} is
+            declared by both its ends. (The link to the neighbour itself is
+            this node's own, proved by its certificate.)
+        """
+        previous = neighbour
+        for node in path:
+            if not self.adjacent(previous, node):
+                return False
+            previous = node
+        return True
+
+    def x25519_of(self, node_id: str) -> str | None:
+        """:returns: C{node_id}'s X25519 public key (hex), if its record is held."""
+        record = self._records.get(node_id)
+        return None if record is None else record.x25519
+
+
+class EndToEnd:
+    """
+    End-to-end codes on calls and answers between this node and another
+    (see the module docstring). Keys are derived once per peer key.
+    """
+
+    def __init__(self, identity: NodeIdentity, book: RecordBook) -> None:
+        self._identity = identity
+        self._book = book
+        self._keys: dict[tuple[str, str], bytes] = {}
+        #: (caller, response id) of the calls taken, and when they expire
+        self._taken: dict[tuple[str, str], float] = {}
+
+    def key(self, peer: str) -> bytes | None:
+        """:returns: the key this node shares with C{peer}, if its record is held."""
+        public = self._book.x25519_of(peer)
+        if public is None:
+            return None
+        key = self._keys.get((peer, public))
+        if key is None:
+            shared = self._identity.x25519.exchange(
+                X25519PublicKey.from_public_bytes(bytes.fromhex(public))
+            )
+            low, high = sorted((peer, self._identity.node_id))
+            key = HKDF(
+                algorithm=hashes.SHA256(),
+                length=32,
+                salt=None,
+                info=f"relaytx end to end\n{low}\n{high}".encode(),
+            ).derive(shared)
+            if len(self._keys) > 100_000:
+                self._keys.clear()
+            self._keys[(peer, public)] = key
+        return key
+
+    @staticmethod
+    def _code(key: bytes, kind: bytes, sender: str, to: str, body: Mapping[str, Any]) -> str:
+        message = b"\n".join((kind, sender.encode(), to.encode(), _json.canonical(body)))
+        return hashlib.blake2b(message, key=key, digest_size=E2E_MAC_SIZE).hexdigest()
+
+    def _matches(self, key: bytes, kind: bytes, sender: str, to: str, body: Any, mac: Any) -> bool:
+        if type(mac) is not str:
+            return False
+        expected = self._code(key, kind, sender, to, body)
+        return hmac.compare_digest(expected, mac)
+
+    def seal_call(self, callee: str, call: ServerCall, issued: str) -> str | None:
+        """
+        :param issued: the call's timestamp (its envelope's).
+        :returns: the code of a call this node makes to C{callee}, if a key is known.
+        """
+        key = self.key(callee)
+        if key is None:
+            return None
+        body = _call_body(call, issued)
+        return self._code(key, b"call", self._identity.node_id, callee, body)
+
+    def check_call(
+        self, caller: str, call: ServerCall, issued: str | None, now: float
+    ) -> str | None:
+        """
+        :param issued: the call's timestamp (its envelope's).
+        :param now: the current Unix time.
+        :returns: C{None} if C{call.mac} is C{caller}'s code for this call to
+            this node, issued within L{REPLAY_WINDOW} and not taken before;
+            else why not.
+        """
+        key = self.key(caller)
+        if key is None:
+            return f"no record of {caller} is held"
+        if issued is None or not self._matches(
+            key, b"call", caller, self._identity.node_id, _call_body(call, issued), call.mac
+        ):
+            return f"the call's code is not {caller}'s"
+        try:
+            when = datetime.fromisoformat(issued).timestamp()
+        except ValueError:
+            return "the call's timestamp is not RFC 3339"
+        if abs(now - when) > REPLAY_WINDOW:
+            return f"the call was issued {now - when:.0f} s from now"
+        taken = self._taken
+        key_taken = (caller, call.response_id or "")
+        if key_taken in taken:
+            return "the call was taken before (a replay)"
+        if len(taken) >= 100_000:
+            for old in [k for k, expires in taken.items() if expires < now]:
+                del taken[old]
+            if len(taken) >= 100_000:  # all recent: forget the oldest half
+                for old in list(taken)[: len(taken) // 2]:
+                    del taken[old]
+        taken[key_taken] = when + REPLAY_WINDOW
+        return None
+
+    def seal_answer(self, caller: str, response: ServerResponse) -> str | None:
+        """:returns: the code of this node's answer to C{caller}, if a key is known."""
+        key = self.key(caller)
+        if key is None:
+            return None
+        return self._code(key, b"answer", self._identity.node_id, caller, _answer_body(response))
+
+    def check_answer(self, callee: str, response: ServerResponse, mac: Any) -> bool:
+        """:returns: whether C{mac} is C{callee}'s code for this answer to this node."""
+        key = self.key(callee)
+        return key is not None and self._matches(
+            key, b"answer", callee, self._identity.node_id, _answer_body(response), mac
+        )
+
+
+def _call_body(call: ServerCall, issued: str) -> dict[str, Any]:
+    spec = call.call
+    return {
+        "issued": issued,
+        "response_id": call.response_id,
+        "server_name": spec.server_name,
+        "method": spec.method,
+        "args": list(spec.args),
+        "kwargs": dict(spec.kwargs),
+    }
+
+
+def _answer_body(response: ServerResponse) -> dict[str, Any]:
+    data = response.to_data()
+    data.pop("mac", None)
+    return data
+
+
+def load_identity(node_id: str, cert: str, key: str | None, ca: str) -> NodeIdentity:
+    """
+    :param key: the key file; C{None} when the key is in the certificate's file.
+    :returns: the identity in the C{[tls]} files.
+    :raises TlsError: if they cannot be used, or the certificate does not
+        name C{node_id}.
+    """
+
+    def read(path: str, what: str) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise TlsError(f"tls.{what} {path}: {e.strerror}") from None
+
+    cert_pem = read(cert, "cert")
+    return NodeIdentity(node_id, cert_pem, read(key, "key") if key else cert_pem, read(ca, "ca"))

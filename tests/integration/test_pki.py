@@ -1,0 +1,282 @@
+"""
+PKI mode on real sockets: a member with its own valid certificate tries
+to act as another node, and fails each way.
+
+Nodes link over mutual TLS with certificates from one CA, each naming its
+node. The member, C{mallory}, is a real node (its certificate is valid):
+the misbehaviour is code it runs, as an attacker would, while the nodes
+it attacks run unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from typing import Any
+
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from relaytx.errors import CallTimeout, NodeUnreachable
+from relaytx.node import RelayNode
+from relaytx.wire import Envelope, RegistrySync, RouteAdvert, ServerCall, ServerResponse
+from tests.support import Authority
+
+from .helpers import Counter, start_node, wait_for
+from .test_security import _Files, dropped, failures
+
+CA = Authority("mesh CA")
+
+
+class PkiTests(_Files, TestCase):
+    """Each impersonation a member could try, tried."""
+
+    timeout = 60
+
+    def pki(self, name: str) -> dict[str, Any]:
+        """:returns: the C{[tls]} table of node C{name} in PKI mode."""
+        cert, key = CA.issue(name)
+        return {
+            "cert": self.write(f"{name}.pem", cert),
+            "key": self.write(f"{name}.key", key),
+            "ca": self.write("ca.pem", CA.pem),
+            "require_client_cert": True,
+        }
+
+    def node(self, name: str, peers: list[RelayNode] = (), **kwargs: Any) -> RelayNode:  # type: ignore[assignment]
+        addresses = [f"{p.node_id}@{wss(p)}" for p in peers]
+        return start_node(self, name, addresses, tls=self.pki(name), **kwargs)
+
+    async def linked(self, *pairs: tuple[RelayNode, RelayNode]) -> None:
+        def all_linked() -> bool:
+            return all(b.node_id in a.mesh.links and a.node_id in b.mesh.links for a, b in pairs)
+
+        await wait_for(all_linked, 10, what="the links")
+
+    def raw_client(self, name: str) -> ssl.SSLContext:
+        """A TLS context presenting node C{name}'s certificate, trusting the mesh CA."""
+        tls = self.pki(name)
+        context = ssl.create_default_context(cafile=tls["ca"])
+        context.load_cert_chain(tls["cert"], tls["key"])
+        return context
+
+    async def test_link_under_another_id(self) -> None:
+        """A member linking under another node's id is refused 403 and counted."""
+        a = self.node("nodeA")
+        context = self.raw_client("mallory")
+        address = wss(a).replace("https", "wss") + "/ws/p2p?node_id="
+
+        def status(claimed: str) -> int:
+            try:
+                with connect(address + claimed, ssl=context, open_timeout=5):
+                    return 101
+            except InvalidStatus as e:
+                return e.response.status_code
+
+        self.assertEqual(await deferToThread(status, "nodeB"), 403)
+        self.assertEqual(failures(a), 1)
+        self.assertEqual(a.mesh.links, {})
+        # Under its own name the same member links.
+        self.assertEqual(await deferToThread(status, "mallory"), 101)
+
+    async def test_replace_a_link(self) -> None:
+        """While nodeB's link is healthy, a second link as nodeB (its own certificate) gets 409."""
+        a = self.node("nodeA")
+        b = self.node("nodeB", [a])
+        await self.linked((a, b))
+        context = self.raw_client("nodeB")
+        address = wss(a).replace("https", "wss") + "/ws/p2p?node_id=nodeB"
+
+        def status() -> int:
+            try:
+                with connect(address, ssl=context, open_timeout=5):
+                    return 101
+            except InvalidStatus as e:
+                return e.response.status_code
+
+        self.assertEqual(await deferToThread(status), 409)
+        self.assertIs(a.mesh.links["nodeB"].direction, "inbound")
+        self.assertEqual(await b.call("nodeA", "node", "ping", timeout=5) is not None, True)
+
+    async def test_dialled_member_answers_as_another(self) -> None:
+        """Dialling nodeB@URL where mallory answers: the link is refused and counted."""
+        mallory = self.node("mallory")
+        a = start_node(self, "nodeA", [f"nodeB@{wss(mallory)}"], tls=self.pki("nodeA"))
+        await wait_for(lambda: failures(a) >= 1, 10, what="the refusal")
+        self.assertEqual(a.mesh.links, {})
+
+    async def test_claimed_link(self) -> None:
+        """A member claiming a link to nodeC does not draw nodeC's calls; the true path is used."""
+        counter = Counter()
+        c = self.node("nodeC", servers={"counter": counter})
+        b = self.node("nodeB", [c])
+        a = self.node("nodeA", [b])
+        mallory = self.node("mallory", [a])
+        intercepted: list[str] = []
+        self.claim_link(mallory, "nodeC", intercepted)
+        await self.linked((a, b), (b, c), (mallory, a))
+        await wait_for(lambda: a.mesh.router.route("nodeC") is not None, 10, what="a route")
+        # Without the check, A would take mallory's equally short path (its id is lower).
+        await wait_for(
+            lambda: "nodeC" in dict(mallory.mesh.router.advert_for("nodeA", {}).routes or {}),
+            5,
+            what="mallory's claim",
+        )
+        self.assertEqual(a.mesh.router.route("nodeC").next_hop, "nodeB")  # type: ignore[union-attr]
+        for n in range(1, 4):
+            self.assertEqual(await a.call("nodeC", "counter", "increment", timeout=5), n)
+        self.assertEqual(intercepted, [])
+        self.assertEqual(counter.count, 3)
+
+    def claim_link(self, mallory: RelayNode, victim: str, intercepted: list[str]) -> None:
+        """Make C{mallory} advertise a direct link to C{victim} and sign a record saying so."""
+        router = mallory.mesh.router
+        honest_advert = router.advert_for
+
+        def advert_for(peer_id: str, own: Any) -> RegistrySync:
+            advert = honest_advert(peer_id, own)
+            routes = dict(advert.routes or {})
+            routes[victim] = RouteAdvert((victim,), {"counter": ("increment",)})
+            return RegistrySync(advert.servers, routes)
+
+        router.advert_for = advert_for  # type: ignore[method-assign]
+        records = mallory.mesh.records
+        assert records is not None
+        identity = records._identity
+        honest_record = identity.record
+        identity.record = lambda seq, links: honest_record(seq, [*links, victim])  # type: ignore[method-assign]
+        forwarder = mallory.mesh.forwarder
+        honest_receive = forwarder.receive
+
+        def receive(envelope: Envelope, session: Any, unwrapped: bool = False) -> None:
+            if envelope.to == victim and envelope.type == ServerCall.TYPE:
+                intercepted.append(envelope.id or "")
+                return
+            honest_receive(envelope, session, unwrapped)
+
+        forwarder.receive = receive  # type: ignore[method-assign]
+        records._publish_soon()
+        mallory.mesh.adverts.schedule()
+
+    def on_path(self, mallory: RelayNode, act: Any) -> None:
+        """Run C{act(envelope, session)} on each call mallory passes on; True drops the call."""
+        forwarder = mallory.mesh.forwarder
+        honest_receive = forwarder.receive
+
+        def receive(envelope: Envelope, session: Any, unwrapped: bool = False) -> None:
+            if (
+                envelope.type == ServerCall.TYPE
+                and envelope.to != mallory.node_id
+                and act(envelope, session)
+            ):
+                return
+            honest_receive(envelope, session, unwrapped)
+
+        forwarder.receive = receive  # type: ignore[method-assign]
+
+    async def line_through_mallory(self) -> tuple[RelayNode, RelayNode, RelayNode, Counter]:
+        counter = Counter()
+        c = self.node("nodeC", servers={"counter": counter})
+        mallory = self.node("mallory", [c])
+        a = self.node("nodeA", [mallory])
+        await self.linked((a, mallory), (mallory, c))
+        await wait_for(lambda: a.mesh.router.route("nodeC") is not None, 10, what="a route")
+        # A genuine call crosses mallory, with its end-to-end code.
+        self.assertEqual(await a.call("nodeC", "counter", "increment", timeout=5), 1)
+        return a, mallory, c, counter
+
+    async def test_forged_answer(self) -> None:
+        """A member on the path answering for the callee is ignored: never a forged success."""
+        a, mallory, _, counter = await self.line_through_mallory()
+
+        def forge(envelope: Envelope, session: Any) -> bool:
+            call = ServerCall.from_data(envelope.data)
+            if call.call.method == "increment":
+                answer = ServerResponse(call.response_id, True, "nodeC", 999)
+            else:  # an error, as if the method had raised
+                answer = ServerResponse(
+                    call.response_id, False, "nodeC", error="ValueError: no", error_code=-32000
+                )
+            forged = Envelope(
+                ServerResponse.TYPE,
+                "nodeC",
+                envelope.sender,
+                answer.to_data(),
+                "forged-" + (call.response_id or ""),
+                envelope.timestamp,
+                ("nodeC", mallory.node_id),
+                9,
+            )
+            mallory.mesh.links[envelope.sender].send(forged)
+            return True  # and drop the call
+
+        self.on_path(mallory, forge)
+        before = dropped(a, "forged_answer")
+        with self.assertRaises(CallTimeout):
+            await a.call("nodeC", "counter", "increment", timeout=1)
+        with self.assertRaises(CallTimeout):
+            await a.call("nodeC", "counter", "get", timeout=1)
+        self.assertEqual(dropped(a, "forged_answer"), before + 2)
+        self.assertEqual(counter.count, 1)
+
+    async def test_path_loss_allowed(self) -> None:
+        """A member on the path may still report a call lost: the caller sees -32002."""
+        a, mallory, _, _ = await self.line_through_mallory()
+
+        def lost(envelope: Envelope, session: Any) -> bool:
+            call = ServerCall.from_data(envelope.data)
+            answer = ServerResponse(
+                call.response_id, False, mallory.node_id, error="lost", error_code=-32002
+            )
+            mallory.mesh.forwarder.send(envelope.sender, answer)
+            return True
+
+        self.on_path(mallory, lost)
+        with self.assertRaises(NodeUnreachable):
+            await a.call("nodeC", "counter", "increment", timeout=5)
+
+    async def test_forged_and_replayed_calls(self) -> None:
+        """A member on the path cannot make calls in the caller's name, nor replay its calls."""
+        a, mallory, c, counter = await self.line_through_mallory()
+
+        def forge_and_replay(envelope: Envelope, session: Any) -> bool:
+            link = mallory.mesh.links["nodeC"]
+            data = json.loads(json.dumps(envelope.data))
+            # The same genuine call again, as a new message (a replay).
+            link.send(Envelope(**{**_fields(envelope), "id": "replay", "data": data}))
+            # A call of its own making, in nodeA's name, with and without a stolen code.
+            forged = json.loads(json.dumps(envelope.data))
+            forged["call"]["args"] = [100]
+            forged["response_id"] = "forged-rid"
+            link.send(Envelope(**{**_fields(envelope), "id": "forged", "data": forged}))
+            forged.pop("mac", None)
+            forged["response_id"] = "forged-rid-2"
+            link.send(Envelope(**{**_fields(envelope), "id": "forged2", "data": forged}))
+            return False  # and pass the genuine one on
+
+        self.on_path(mallory, forge_and_replay)
+        self.assertEqual(await a.call("nodeC", "counter", "increment", timeout=5), 2)
+        await wait_for(lambda: dropped(c, "forged_call") >= 3, 5, what="the forged calls")
+        self.assertEqual(counter.count, 2)
+
+
+def _fields(envelope: Envelope) -> dict[str, Any]:
+    """An envelope as forwarded by mallory (its route ending with mallory)."""
+    return {
+        "type": envelope.type,
+        "sender": envelope.sender,
+        "to": envelope.to,
+        "data": envelope.data,
+        "id": envelope.id,
+        "timestamp": envelope.timestamp,
+        "route": (*envelope.route, "mallory"),
+        "ttl": envelope.ttl - 1,
+    }
+
+
+def wss(node: RelayNode) -> str:
+    """:returns: the base address of a TLS node."""
+    assert node.listening_port is not None
+    return f"https://127.0.0.1:{node.listening_port.getHost().port}"

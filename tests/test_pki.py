@@ -1,0 +1,237 @@
+"""
+Tests for L{relaytx._pki} and L{relaytx._records}: certified node records,
+the adjacency they allow, end-to-end codes, and how records travel.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaytx._pki import (
+    REPLAY_WINDOW,
+    EndToEnd,
+    NodeIdentity,
+    NodeRecord,
+    RecordBook,
+)
+from relaytx._tls import TlsError
+from relaytx.errors import MalformedMessage
+from relaytx.wire import CallSpec, ServerCall, ServerResponse, rfc3339
+from tests.support import Authority
+
+CA = Authority("mesh CA")
+OTHER_CA = Authority("other CA")
+_ISSUED: dict[str, tuple[bytes, bytes]] = {}
+
+
+def identity(name: str, authority: Authority = CA, node_id: str | None = None) -> NodeIdentity:
+    """The identity of node C{name}, its certificate from C{authority} (cached per name)."""
+    key = f"{name}/{id(authority)}"
+    if key not in _ISSUED:
+        _ISSUED[key] = authority.issue(name)
+    cert, private = _ISSUED[key]
+    return NodeIdentity(node_id or name, cert, private, CA.pem)
+
+
+class IdentityTests(SynchronousTestCase):
+    """A node's identity is the one its certificate names."""
+
+    def test_names(self) -> None:
+        """A certificate naming the id (common name or DNS name) makes an identity."""
+        self.assertEqual(identity("nodeA").node_id, "nodeA")
+        cert, key = CA.issue("whatever", dns=("nodeZ",))
+        self.assertEqual(NodeIdentity("nodeZ", cert, key, CA.pem).node_id, "nodeZ")
+
+    def test_wrong_name(self) -> None:
+        """A certificate not naming the node id is refused, naming its names in the message."""
+        error = self.assertRaises(TlsError, identity, "nodeA", CA, "nodeB")
+        self.assertIn("nodeA", str(error))
+        self.assertIn("'nodeB'", str(error))
+
+
+class RecordTests(SynchronousTestCase):
+    """Records are taken only when their certificate and signature hold."""
+
+    def setUp(self) -> None:
+        self.me = identity("nodeA")
+        self.book = RecordBook(self.me)
+
+    def test_take_signed(self) -> None:
+        """A record signed by a certificate the CA issued for that node is taken once."""
+        record = identity("nodeB").record(5, ["nodeA", "nodeC"])
+        self.assertEqual(record.links, ("nodeA", "nodeC"))
+        self.assertIsNone(self.book.take(record))
+        self.assertIn("nodeB", self.book)
+        self.assertEqual(self.book.take(record), "old")
+
+    def test_newer_replaces(self) -> None:
+        """A record with a higher sequence number replaces the one held; a lower one does not."""
+        b = identity("nodeB")
+        self.book.take(b.record(5, ["nodeA"]))
+        self.assertEqual(self.book.take(b.record(4, ["nodeC"])), "old")
+        self.assertIsNone(self.book.take(b.record(6, ["nodeC"])))
+        self.assertFalse(self.book.adjacent("nodeA", "nodeB"))
+
+    def test_other_ca(self) -> None:
+        """A record whose certificate another CA signed is refused."""
+        record = identity("nodeB", OTHER_CA).record(1, ["nodeA"])
+        self.assertIn("CA did not sign", self.book.take(record) or "")
+        self.assertNotIn("nodeB", self.book)
+
+    def test_someone_elses_record(self) -> None:
+        """A member cannot publish a record for another node: its certificate does not name it."""
+        mallory = identity("mallory")
+        forged = mallory.record(1, ["nodeA"])
+        forged = NodeRecord("nodeB", 99, forged.links, forged.x25519, forged.cert, forged.signature)
+        self.assertIn("does not name", self.book.take(forged) or "")
+        self.assertNotIn("nodeB", self.book)
+
+    def test_altered(self) -> None:
+        """Any field changed after signing breaks the signature."""
+        record = identity("nodeB").record(1, ["nodeA"])
+        for changed in (
+            NodeRecord("nodeB", 2, record.links, record.x25519, record.cert, record.signature),
+            NodeRecord(
+                "nodeB", 1, ("nodeA", "nodeC"), record.x25519, record.cert, record.signature
+            ),
+            NodeRecord("nodeB", 1, record.links, "00" * 32, record.cert, record.signature),
+            NodeRecord("nodeB", 1, record.links, record.x25519, record.cert, "AAAA"),
+            NodeRecord("nodeB", 1, record.links, record.x25519, record.cert, "not base64!"),
+        ):
+            self.assertIsNotNone(self.book.take(changed))
+        self.assertNotIn("nodeB", self.book)
+
+    def test_expired(self) -> None:
+        """A record whose certificate has expired is refused."""
+        cert, key = CA.issue("nodeB", days=-1)
+        record = NodeIdentity("nodeB", cert, key, CA.pem).record(1, ["nodeA"])
+        self.assertIn("expired", self.book.take(record) or "")
+
+    def test_wire_form(self) -> None:
+        """A record survives its wire form; malformed ones are refused as such."""
+        record = identity("nodeB").record(3, ["nodeA"])
+        self.assertEqual(NodeRecord.from_data(record.to_data()), record)
+        for bad in (
+            {**record.to_data(), "seq": -1},
+            {**record.to_data(), "links": ["ok", "not ok!"]},
+            {**record.to_data(), "node_id": 7},
+            {**record.to_data(), "x25519": "short"},
+            {k: v for k, v in record.to_data().items() if k != "cert"},
+        ):
+            self.assertRaises(MalformedMessage, NodeRecord.from_data, bad)
+
+
+class AdjacencyTests(SynchronousTestCase):
+    """A path is used only when both ends declare each of its links."""
+
+    def setUp(self) -> None:
+        self.book = RecordBook(identity("nodeA"))
+        for name, links in {
+            "nodeA": ["nodeB", "mallory"],
+            "nodeB": ["nodeA", "nodeC"],
+            "nodeC": ["nodeB"],
+            "mallory": ["nodeA", "nodeC"],  # claims a link nodeC does not declare
+        }.items():
+            self.assertIsNone(self.book.take(identity(name).record(1, links)))
+
+    def test_adjacent(self) -> None:
+        """Both records must list each other."""
+        self.assertTrue(self.book.adjacent("nodeB", "nodeC"))
+        self.assertTrue(self.book.adjacent("nodeC", "nodeB"))
+        self.assertFalse(self.book.adjacent("mallory", "nodeC"))
+        self.assertFalse(self.book.adjacent("nodeC", "nodeZ"))  # no record of nodeZ
+
+    def test_accept_path(self) -> None:
+        """The true path to nodeC is accepted; the member's claimed shortcut is not."""
+        self.assertTrue(self.book.accept_path("nodeB", ("nodeC",)))
+        self.assertFalse(self.book.accept_path("mallory", ("nodeC",)))
+        self.assertFalse(self.book.accept_path("mallory", ("nodeC", "nodeB")))
+        self.assertTrue(self.book.accept_path("mallory", ("nodeA", "nodeB", "nodeC")))  # all real
+        self.assertTrue(self.book.accept_path("nodeB", ()))
+
+
+class EndToEndTests(SynchronousTestCase):
+    """Codes only a caller and its callee can make."""
+
+    def setUp(self) -> None:
+        self.ids = {n: identity(n) for n in ("nodeA", "nodeC", "mallory")}
+        self.e2e: dict[str, EndToEnd] = {}
+        for name, me in self.ids.items():
+            book = RecordBook(me)
+            for other in self.ids.values():
+                book.take(other.record(1, []))
+            self.e2e[name] = EndToEnd(me, book)
+        self.call = ServerCall(CallSpec("counter", "increment", (1,), {"by": 2}, 5.0), "r1")
+        self.now = time.time()
+        self.issued = rfc3339(self.now)
+
+    def signed_call(self, **changes: Any) -> ServerCall:
+        call = self.call
+        mac = self.e2e["nodeA"].seal_call("nodeC", call, self.issued)
+        return ServerCall(changes.get("call", call.call), changes.get("rid", "r1"), mac)
+
+    def test_call(self) -> None:
+        """The callee takes its caller's code, once; a replay of it is refused."""
+        call = self.signed_call()
+        self.assertIsNone(self.e2e["nodeC"].check_call("nodeA", call, self.issued, self.now))
+        self.assertIn("replay", self.e2e["nodeC"].check_call("nodeA", call, self.issued, self.now))
+
+    def test_call_forged(self) -> None:
+        """A call changed on its way, claimed from someone else, or coded by a third is refused."""
+        c = self.e2e["nodeC"]
+        altered = self.signed_call(call=CallSpec("counter", "increment", (100,), {}, 5.0))
+        self.assertIsNotNone(c.check_call("nodeA", altered, self.issued, self.now))
+        self.assertIsNotNone(
+            c.check_call("nodeA", self.signed_call(rid="r2"), self.issued, self.now)
+        )
+        self.assertIsNotNone(c.check_call("mallory", self.signed_call(), self.issued, self.now))
+        forged = ServerCall(
+            self.call.call, "r1", self.e2e["mallory"].seal_call("nodeC", self.call, self.issued)
+        )
+        self.assertIsNotNone(c.check_call("nodeA", forged, self.issued, self.now))
+        self.assertIsNotNone(
+            c.check_call("nodeA", ServerCall(self.call.call, "r1"), self.issued, self.now)
+        )
+
+    def test_call_window(self) -> None:
+        """A call issued outside the replay window, or with another timestamp, is refused."""
+        c = self.e2e["nodeC"]
+        call = self.signed_call()
+        late = self.now + REPLAY_WINDOW + 1
+        self.assertIn("issued", c.check_call("nodeA", call, self.issued, late) or "")
+        other = rfc3339(self.now + 1)
+        self.assertIsNotNone(c.check_call("nodeA", call, other, self.now))
+        self.assertIsNotNone(c.check_call("nodeA", call, None, self.now))
+
+    def test_answer(self) -> None:
+        """Only the callee's code makes an answer good, and only for what it answered."""
+        response = ServerResponse("r1", True, "nodeC", {"count": 3})
+        response.mac = self.e2e["nodeC"].seal_answer("nodeA", response)
+        a = self.e2e["nodeA"]
+        self.assertTrue(a.check_answer("nodeC", response, response.mac))
+        changed = ServerResponse("r1", True, "nodeC", {"count": 999}, mac=response.mac)
+        self.assertFalse(a.check_answer("nodeC", changed, changed.mac))
+        forged = ServerResponse("r1", True, "nodeC", {"count": 999})
+        forged.mac = self.e2e["mallory"].seal_answer("nodeA", forged)
+        self.assertFalse(a.check_answer("nodeC", forged, forged.mac))
+        self.assertFalse(a.check_answer("nodeC", forged, None))
+
+    def test_keys(self) -> None:
+        """Caller and callee derive one key; any other pair another one."""
+        self.assertEqual(self.e2e["nodeA"].key("nodeC"), self.e2e["nodeC"].key("nodeA"))
+        self.assertNotEqual(self.e2e["nodeA"].key("nodeC"), self.e2e["mallory"].key("nodeC"))
+        self.assertIsNone(self.e2e["nodeA"].key("stranger"))
+
+
+class TimestampTests(SynchronousTestCase):
+    """The timestamps calls carry parse back to the time they name."""
+
+    def test_round_trip(self) -> None:
+        """rfc3339 output is what check_call reads."""
+        now = time.time()
+        parsed = datetime.fromisoformat(rfc3339(now)).astimezone(UTC).timestamp()
+        self.assertAlmostEqual(parsed, now, places=5)
