@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from relaytx import _json
-from relaytx._tls import TlsError, certificate_names
+from relaytx._tls import TlsError, certificate_names, read_pem
 from relaytx.errors import MalformedMessage
 from relaytx.wire import NODE_ID_RE, Payload, ServerCall, ServerResponse
 
@@ -430,12 +430,6 @@ def load_identity(node_id: str, cert: str, key: str | None, ca: str) -> NodeIden
         name C{node_id}.
     """
 
-    def read(path: str, what: str) -> bytes:
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except OSError as e:
-            raise TlsError(f"tls.{what} {path}: {e.strerror}") from None
-
-    cert_pem = read(cert, "cert")
-    return NodeIdentity(node_id, cert_pem, read(key, "key") if key else cert_pem, read(ca, "ca"))
+    cert_pem = read_pem(cert, "cert")
+    key_pem = read_pem(key, "key") if key else cert_pem
+    return NodeIdentity(node_id, cert_pem, key_pem, read_pem(ca, "ca"))

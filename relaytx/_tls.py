@@ -30,7 +30,12 @@ class TlsError(ValueError):
     """The TLS files cannot be used."""
 
 
-def _read(path: str, what: str) -> bytes:
+def read_pem(path: str, what: str) -> bytes:
+    """
+    :param what: the setting that names the file (C{cert}, C{key}, C{ca}).
+    :returns: the file's bytes.
+    :raises TlsError: naming the setting, if it cannot be read.
+    """
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -50,9 +55,9 @@ class TlsConfig:
     def _identity(self) -> ssl.PrivateCertificate | None:
         if self.cert is None:
             return None
-        pem = _read(self.cert, "cert")
+        pem = read_pem(self.cert, "cert")
         if self.key is not None:
-            pem += b"\n" + _read(self.key, "key")
+            pem += b"\n" + read_pem(self.key, "key")
         try:
             identity: ssl.PrivateCertificate = ssl.PrivateCertificate.loadPEM(pem)
         except Exception as e:
@@ -63,7 +68,7 @@ class TlsConfig:
         if self.ca is None:
             return None
         try:
-            return ssl.Certificate.loadPEM(_read(self.ca, "ca"))
+            return ssl.Certificate.loadPEM(read_pem(self.ca, "ca"))
         except Exception as e:
             raise TlsError(f"tls.ca {self.ca}: not a PEM certificate: {e}") from None
 
