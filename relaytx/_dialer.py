@@ -18,11 +18,13 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from zope.interface import implementer
 
+from relaytx._guards import RepeatedFailures
 from relaytx._mesh import Mesh
 from relaytx._protocol import PeerClientFactory
+from relaytx.errors import TooManyDialers
 from relaytx.interfaces import IPeerAdmin
 from relaytx.peer import CLOSE_REMOVED
 from relaytx.wire import NODE_ID_RE
@@ -74,6 +76,40 @@ def peer_url(address: str, own_id: str) -> tuple[str, str, int, bool]:
     return f"{scheme}://{netloc}{path}?node_id={own_id}", host, port, secure
 
 
+@implementer(ILogObserver)
+def _discard(event: Any) -> None:
+    """Drops a log event."""
+
+
+class _Reconnector(ClientService):
+    """
+    A ClientService that logs nothing itself: it would log every retry
+    of every dialer (with thousands of them, tens of KiB a second); its
+    dialer logs each kind of failure once, with a count.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._log = Logger(observer=_discard)
+        super().__init__(*args, **kwargs)
+
+
+class _ReportingEndpoint:
+    """An endpoint that tells its dialer why a connection attempt failed."""
+
+    def __init__(self, endpoint: Any, dialer: Dialer) -> None:
+        self._endpoint = endpoint
+        self._dialer = dialer
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        d: Deferred[Any] = self._endpoint.connect(factory)
+
+        def failed(failure: Any) -> Any:
+            self._dialer.attempt_failed(f"{type(failure.value).__name__}: {failure.value}")
+            return failure
+
+        return d.addErrback(failed)
+
+
 class Dialer(Service):
     """
     Keeps a link to the peer at C{address} up: dials it, and re-dials with
@@ -100,6 +136,7 @@ class Dialer(Service):
         node_id: str | None = None,
         secret: bytes | None = None,
         tls: Any = None,
+        watch: Any = None,
     ) -> None:
         self.mesh = mesh
         self.address = address
@@ -113,16 +150,22 @@ class Dialer(Service):
                 endpoint,
             )
         pki = tls is not None and tls.pki
-        self.factory = PeerClientFactory(self, mesh, self.url, max_message_size, reactor, pki)
+        self.factory = PeerClientFactory(
+            self, mesh, self.url, max_message_size, reactor, pki, watch=watch
+        )
         self._failures = 0
+        self._repeats = RepeatedFailures()
         self._backoff = backoffPolicy(
             initialDelay=self.INITIAL_DELAY,
             maxDelay=self.MAX_DELAY,
             factor=2.0,
             jitter=lambda: random.uniform(0, self.INITIAL_DELAY),
         )
-        self._client = ClientService(
-            endpoint, self.factory, retryPolicy=self._retry_delay, clock=reactor
+        self._client = _Reconnector(
+            _ReportingEndpoint(endpoint, self),
+            self.factory,
+            retryPolicy=self._retry_delay,
+            clock=reactor,
         )
 
     def _retry_delay(self, attempt: int) -> float:
@@ -136,19 +179,33 @@ class Dialer(Service):
     def link_opened(self, peer_id: str | None) -> None:
         """The handshake succeeded: the back-off starts over."""
         self._failures = 0
+        failed = self._repeats.succeeded()
+        if failed > 1:
+            self._log.info(
+                "linked to {url} after {count} failed attempts", url=self.url, count=failed
+            )
         if peer_id is not None:
             self.node_id = peer_id
 
     def handshake_failed(self, code: int | None, reason: str | None) -> None:
         """A connection closed before its link opened."""
         self._failures += 1
-        self._log.debug(
-            "dialling {url} failed ({code} {reason}); attempt {n}",
-            url=self.url,
-            code=code,
-            reason=reason,
-            n=self._failures,
-        )
+        self.attempt_failed(f"closed before the link opened ({code} {reason})")
+
+    def attempt_failed(self, why: str) -> None:
+        """
+        An attempt to link failed (C{why}, in words): logged the first time,
+        then, while the same failure repeats, at 2, 4, 8... attempts with
+        the count, not once per attempt.
+        """
+        count = self._repeats.failed(why)
+        if count is not None:
+            self._log.warn(
+                "dialling {url} failed: {why} ({count} attempt(s) in a row)",
+                url=self.url,
+                why=why,
+                count=count,
+            )
 
     def startService(self) -> None:
         super().startService()
@@ -178,6 +235,8 @@ class PeerAdmin(MultiService):
         max_message_size: int,
         secret: bytes | None = None,
         tls: Any = None,
+        max_dialers: int = 256,
+        watch: Any = None,
     ) -> None:
         super().__init__()
         self._mesh = mesh
@@ -185,6 +244,8 @@ class PeerAdmin(MultiService):
         self._max_message_size = max_message_size
         self._secret = secret
         self._tls = tls
+        self._watch = watch
+        self.max_dialers = max_dialers
         self.dialers: dict[str, Dialer] = {}
 
     def is_dialling(self, address: str) -> bool:
@@ -202,6 +263,7 @@ class PeerAdmin(MultiService):
             is refused.
         :raises ValueError: if C{address} is not a peer URL or is already
             dialled, or C{node_id} is not a node id (or contradicts C{ID@}).
+        :raises TooManyDialers: if C{max_dialers} peers are dialled already.
         """
         if node_id is not None and not NODE_ID_RE.fullmatch(node_id):
             raise ValueError(f"{node_id!r} is not a valid node id: 1-64 of A-Za-z0-9._-")
@@ -209,6 +271,11 @@ class PeerAdmin(MultiService):
         if named is not None and node_id is not None and named != node_id:
             raise ValueError(f"the address names {named} and node_id says {node_id}")
         node_id = node_id or named
+        if len(self.dialers) >= self.max_dialers:
+            raise TooManyDialers(
+                f"{len(self.dialers)} peers are dialled already (limits.max_dialers); "
+                "remove one first"
+            )
         dialer = Dialer(
             self._mesh,
             address,
@@ -217,6 +284,7 @@ class PeerAdmin(MultiService):
             node_id,
             secret=self._secret,
             tls=self._tls,
+            watch=self._watch,
         )
         if dialer.url in self.dialers:
             raise ValueError(f"already dialling {address}")

@@ -175,7 +175,13 @@ class LeanMessages:
     #: Frames sent while a read is handled, not written yet (L{_HELD}).
     _held: list[bytes] | None = None
 
+    #: Whether anything was read since L{relaytx._flow.ConnectionWatch}'s
+    #: last round (a flag, rather than the time of each read: no clock
+    #: read per read).
+    read_since_round = False
+
     def dataReceived(self, data: bytes) -> None:
+        self.read_since_round = True
         held = _HELD
         held.depth += 1
         try:

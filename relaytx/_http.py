@@ -13,6 +13,13 @@ The HTTP face of a node (SPEC section 4), on one listener:
 Every answer is C{application/json} (C{/metrics}: Prometheus text). Unknown
 paths give 404, a wrong method 405 and a body over the configured limit 413,
 each with a small JSON body. Request bodies are never buffered past the limit.
+
+Before any work is done for a request, L{NodeSite} applies SPEC section 10:
+a connection past C{max_connections} (or C{max_connections_per_ip}) is
+closed as it is accepted; a request whose head and body do not arrive
+within C{header_timeout} is closed (408); then L{relaytx._guards.HttpPolicy}
+checks its C{Host}, C{Origin} and bearer token (403, 403, 401) and admin
+rights. The peer endpoint (C{/ws/p2p}) is left to its own handshake.
 """
 
 from __future__ import annotations
@@ -25,20 +32,33 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from klein import Klein
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from relaytx import _json
 from relaytx._calls import CallTarget
+from relaytx._flow import ConnectionWatch, WatchedConnection
 from relaytx._frames import LeanMessages, tune_socket
+from relaytx._guards import (
+    PEER_PATH,
+    ConnectionCounts,
+    HttpPolicy,
+    InputBudget,
+    Refusal,
+    RepeatedFailures,
+)
 from relaytx._jsonrpc import JsonRpcHandler
 from relaytx._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relaytx._metrics import NodeMetrics
 from relaytx._protocol import UpgradeOnly
 from relaytx._views import NodeViews
+from relaytx.errors import TooManyDialers
 from relaytx.interfaces import IPeerAdmin
 
 JSON = b"application/json"
@@ -61,6 +81,13 @@ def _client_host(address: IAddress) -> str:
     return "local"
 
 
+def _ip(address: IAddress | None) -> str | None:
+    """:returns: the IP address of a client, C{None} for one not on IP."""
+    if isinstance(address, IPv4Address | IPv6Address):
+        return address.host
+    return None
+
+
 def _json_body(request: Any) -> Any:
     try:
         return _json.loads(request.content.read() or b"null")
@@ -76,6 +103,10 @@ class BoundedRequest(Request):
 
     too_large = False
     _received = 0
+    #: who sent it (C{http:NAME} or C{http:ADDRESS}), once L{process} admitted it
+    caller: str | None = None
+    #: bytes of its body counted in the site's input budget
+    _budgeted = 0
 
     def _node_site(self) -> NodeSite:
         # Site.buildProtocol sets channel.site, which HTTPChannel does not declare.
@@ -94,29 +125,141 @@ class BoundedRequest(Request):
         if self.too_large:
             return
         self._received += len(data)
-        if self._received > self._node_site().max_body_size:
-            self.too_large = True
-            if self.content is not None:  # gotLength made it
-                self.content.close()
-            self.content = io.BytesIO()
+        site = self._node_site()
+        if self._received > site.max_body_size:
+            self._drop_body()
             return
+        if not site.input_budget.take(len(data)):
+            # Bodies still arriving, all connections together, hold as
+            # much as the node allows: this one is refused (503).
+            self._drop_body(busy=True)
+            return
+        self._budgeted += len(data)
         super().handleContentChunk(data)
 
+    def _drop_body(self, busy: bool = False) -> None:
+        self.too_large = True
+        self._busy = busy
+        self._give_back()
+        if self.content is not None:  # gotLength made it
+            self.content.close()
+        self.content = io.BytesIO()
+
+    def _give_back(self) -> None:
+        if self._budgeted:
+            self._node_site().input_budget.give_back(self._budgeted)
+            self._budgeted = 0
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._give_back()
+        super().connectionLost(reason)
+
     def process(self) -> None:
+        site = self.site = self._node_site()
+        self._give_back()  # the body is whole: it is the handler's now
         if self.too_large:
-            self.site = self._node_site()
-            body = _json_error(self, 413, "request body too large")
-            self.setHeader(b"connection", b"close")
-            self.setHeader(b"content-length", b"%d" % len(body))
-            channel = self.channel
-            self.write(body)
-            self.finish()
-            # The rest of what this client sends cannot be trusted to frame
-            # a next request: close, as the header says.
-            if channel is not None:
-                channel.loseConnection()
+            if getattr(self, "_busy", False):
+                self._refuse(503, "node busy: too much input held; retry later")
+            else:
+                self._refuse(413, "request body too large")
             return
+        if not self.path.startswith(PEER_PATH):
+            try:
+                self.caller = site.policy.admit(
+                    self.method,
+                    self.path,
+                    self.getHeader(b"host"),
+                    self.getHeader(b"origin"),
+                    self.getHeader(b"authorization"),
+                    _ip(self.getClientAddress()),
+                )
+            except Refusal as refusal:
+                if refusal.status == 401:
+                    self.setHeader(b"www-authenticate", b'Bearer realm="relaytx"')
+                self._refuse(refusal.status, refusal.message, close=False)
+                return
         super().process()
+
+    def _refuse(self, status: int, message: str, close: bool = True) -> None:
+        body = _json_error(self, status, message)
+        if close:
+            self.setHeader(b"connection", b"close")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        channel = self.channel
+        self.write(body)
+        self.finish()
+        # After a body refused unread, the rest of what this client sends
+        # cannot be trusted to frame a next request: close, as the header
+        # says.
+        if close and channel is not None:
+            channel.loseConnection()
+
+
+class NodeChannel(HTTPChannel):
+    """
+    An HTTP connection that must deliver each request's head and body
+    within the site's C{header_timeout} (from its first byte, or from the
+    connection's opening), and gives its place back among the site's
+    connections when it goes.
+
+    Between requests, the site's C{idle_timeout} applies (Twisted's
+    C{timeOut}); a client that does not read its answers stops being read
+    from (Twisted's own back-pressure), and so goes idle.
+    """
+
+    _log = Logger()
+    site: NodeSite
+    #: its place among the site's connections (released once)
+    slot: tuple[ConnectionCounts, str] | None = None
+    _head_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._head_timer = self.callLater(self.site.header_timeout, self._head_late)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._head_timer is None and not self._handlingRequest:
+            self._head_timer = self.callLater(self.site.header_timeout, self._head_late)
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        timer, self._head_timer = self._head_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        super().allContentReceived()
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        transport = self.transport
+        if self._handlingRequest or transport is None:
+            return
+        body = _json.dumps({"error": "request not received in time", "status": 408})
+        transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        transport.loseConnection()
+        # A client that reads nothing would hold the socket until its
+        # buffers drain: close it for good after a moment.
+        self._abortingCall = self.callLater(1.0, self.forceAbortClient)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        timer, self._head_timer = self._head_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.release()
+        super().connectionLost(reason)
+
+    def release(self) -> None:
+        """Give this connection's place back (once), or hand it on: see L{hand_over}."""
+        slot, self.slot = self.slot, None
+        if slot is not None:
+            slot[0].release(slot[1])
+
+
+def _node_channel(site: NodeSite) -> _GenericHTTPChannelProtocol:
+    # As twisted.web.http's own factory of channels, with ours inside.
+    return _GenericHTTPChannelProtocol(NodeChannel())
 
 
 class NodeSite(Site):
@@ -132,12 +275,54 @@ class NodeSite(Site):
     """
 
     requestFactory = BoundedRequest
+    protocol = _node_channel
     displayTracebacks = False
     noisy = False
+    _log = Logger()
 
-    def __init__(self, resource: IResource, max_body_size: int, reactor: Any = None) -> None:
-        super().__init__(resource, parsePOSTFormSubmission=False, reactor=reactor)
+    def __init__(
+        self,
+        resource: IResource,
+        max_body_size: int,
+        reactor: Any = None,
+        policy: HttpPolicy | None = None,
+        counts: ConnectionCounts | None = None,
+        input_budget: InputBudget | None = None,
+        header_timeout: float = 10.0,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        super().__init__(
+            resource, parsePOSTFormSubmission=False, reactor=reactor, timeout=idle_timeout
+        )
         self.max_body_size = max_body_size
+        self.policy = policy or HttpPolicy()
+        self.counts = counts or ConnectionCounts(10_000, 1_000)
+        self.input_budget = input_budget or InputBudget(64 * 1024 * 1024)
+        self.header_timeout = header_timeout
+        self._turned_away = RepeatedFailures()
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        """
+        A connection past the limits is closed at once (by returning no
+        protocol), before any work; anyone else is an HTTP channel.
+        """
+        ip = _ip(addr) or "local"
+        counts = self.counts
+        if not counts.take(ip):
+            count = self._turned_away.failed(ip)
+            if count is not None:
+                self._log.warn(
+                    "connection limit: closed {count} connection(s) from {ip} at once "
+                    "({held} held, {mine} from it)",
+                    count=count,
+                    ip=ip,
+                    held=counts.held,
+                    mine=counts.of(ip),
+                )
+            return None
+        protocol = super().buildProtocol(addr)
+        protocol._channel.slot = (counts, ip)
+        return protocol
 
     def log(self, request: Any) -> None:
         pass
@@ -156,7 +341,9 @@ class RpcResource(Resource):
         self._handler = handler
 
     def render_POST(self, request: Any) -> bytes | int:
-        caller = f"http:{_client_host(request.getClientAddress())}"
+        caller = getattr(request, "caller", None) or (
+            f"http:{_client_host(request.getClientAddress())}"
+        )
         answer = self._handler.handle_now(request.content.read(), caller)
         if answer is None:  # notifications only: 204, with no body and no length
             request.setResponseCode(204)
@@ -241,8 +428,25 @@ class NodeWeb:
     def routes(self, request: Any) -> bytes:
         return self._json(request, self._views.routes())
 
+    def _not_admin(self, request: Any) -> bytes | None:
+        # NodeSite refused non-admins at these paths already; checked here
+        # too, for any other spelling of the path that routes here.
+        # (A site other than NodeSite, as in tests, has no policy: the
+        # default one, with no tokens, admits loopback clients.)
+        policy: HttpPolicy = getattr(request.site, "policy", None) or HttpPolicy()
+        client = _ip(request.getClientAddress())
+        caller = getattr(request, "caller", None) or policy.caller(
+            request.getHeader(b"authorization"), client
+        )
+        if caller is None or not policy.is_admin(caller, client):
+            return _json_error(request, 403, "admin endpoint: not allowed for this caller")
+        return None
+
     @app.route("/registry/peers/add", methods=["POST"])
     def add_peer(self, request: Any) -> bytes:
+        refused = self._not_admin(request)
+        if refused is not None:
+            return refused
         body = _json_body(request)
         address = body.get("address") if isinstance(body, dict) else None
         node_id = body.get("node_id") if isinstance(body, dict) else None
@@ -250,12 +454,17 @@ class NodeWeb:
             return _json_error(request, 400, 'give {"address": URL, "node_id"?: ID}')
         try:
             self._admin.add_peer(address, node_id)
+        except TooManyDialers as e:
+            return _json_error(request, 503, str(e))
         except ValueError as e:
             return _json_error(request, 400, str(e))
         return self._json(request, {"status": "dialling", "address": address})
 
     @app.route("/registry/peers/remove", methods=["DELETE", "POST"])
     def remove_peer(self, request: Any) -> bytes:
+        refused = self._not_admin(request)
+        if refused is not None:
+            return refused
         body = _json_body(request)
         node_id = body.get("node_id") if isinstance(body, dict) else None
         address = body.get("address") if isinstance(body, dict) else None
@@ -287,13 +496,22 @@ class NodeWeb:
         return _json_error(request, error.code or 500, (error.name or "error").lower())
 
 
-class JsonRpcWebSocketProtocol(LeanMessages, WebSocketServerProtocol):  # type: ignore[misc]
+class JsonRpcWebSocketProtocol(  # type: ignore[misc]
+    WatchedConnection, LeanMessages, WebSocketServerProtocol
+):
     """
     JSON-RPC 2.0 over a WebSocket (C{/ws/rpc}): each text message is one
     request or batch, answered by a text message (none for notifications).
     Many calls may be in flight on one connection; answers come as they are
     ready and are matched by C{id}.
+
+    A message over the size limit closes the connection with 1009, a broken
+    frame with 1002, invalid UTF-8 with 1007 and a binary message with 1003,
+    each with a close frame. The node pings a silent connection and closes
+    it when it answers nothing for C{idle_timeout} (L{relaytx._flow}).
     """
+
+    pings = True
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -320,7 +538,19 @@ class JsonRpcWebSocketProtocol(LeanMessages, WebSocketServerProtocol):  # type: 
     def onConnect(self, request: Any) -> None:
         transport = self.transport
         assert transport is not None  # the handshake just arrived through it
-        self._caller = f"http:{_client_host(transport.getPeer())}"
+        host = _client_host(transport.getPeer())
+        caller = f"http:{host}"
+        policy = self.factory.policy
+        if policy is not None:
+            # NodeSite admitted the upgrade request already; this finds
+            # the name of its token again.
+            authorization = request.headers.get("authorization")
+            named = policy.caller(
+                authorization.encode("latin-1") if authorization else None,
+                None if host == "local" else host,
+            )
+            caller = named or caller
+        self._caller = caller
 
     def _answer(self, answer: bytes | Failure | None) -> None:
         if isinstance(answer, bytes) and self.state == self.STATE_OPEN:
@@ -333,14 +563,28 @@ class JsonRpcWebSocketFactory(WebSocketServerFactory):
     protocol = JsonRpcWebSocketProtocol
     noisy = False
 
-    def __init__(self, handler: JsonRpcHandler, max_message_size: int, reactor: Any) -> None:
+    def __init__(
+        self,
+        handler: JsonRpcHandler,
+        max_message_size: int,
+        reactor: Any,
+        policy: HttpPolicy | None = None,
+        watch: ConnectionWatch | None = None,
+    ) -> None:
         super().__init__(reactor=reactor)
         self.handler = handler
+        self.policy = policy
+        self.watch = watch
         self.setProtocolOptions(
             maxMessagePayloadSize=max_message_size,
             maxFramePayloadSize=max_message_size,
-            autoPingInterval=0,
+            autoPingInterval=0,  # the node's watch pings silent connections
             utf8validateIncoming=False,  # JsonRpcWebSocketProtocol checks
+            # A broken or oversized message is answered with a close frame
+            # and its code (1002, 1009), not by dropping the connection.
+            failByDrop=False,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=1,
         )
 
 
@@ -391,16 +635,35 @@ def make_site(
     peer_endpoint: IResource,
     max_body_size: int,
     reactor: Any,
+    policy: HttpPolicy | None = None,
+    counts: ConnectionCounts | None = None,
+    watch: ConnectionWatch | None = None,
+    header_timeout: float = 10.0,
+    idle_timeout: float = 60.0,
 ) -> NodeSite:
     """
     :param dispatch: runs one resolved call (the node's dispatcher).
     :param peer_endpoint: the resource of C{/ws/p2p}.
     :param max_body_size: the largest HTTP body, or C{/ws/rpc} message.
+    :param policy: who may use the site (none: anyone, as before section 10).
+    :param counts: the connections held, in total and per address.
+    :param watch: the node's WebSocket connections.
     :returns: the HTTP site of node C{node_id}.
     """
     handler = JsonRpcHandler(dispatch, node_id)
     root = NodeRoot(RpcResource(handler), NodeWeb(views, admin, metrics).app.resource())
     root.ws.putChild(b"p2p", peer_endpoint)
-    rpc_factory = JsonRpcWebSocketFactory(handler, max_body_size, reactor=reactor)
+    rpc_factory = JsonRpcWebSocketFactory(
+        handler, max_body_size, reactor=reactor, policy=policy, watch=watch
+    )
     root.ws.putChild(b"rpc", UpgradeOnly(rpc_factory))
-    return NodeSite(root, max_body_size, reactor=reactor)
+    return NodeSite(
+        root,
+        max_body_size,
+        reactor=reactor,
+        policy=policy,
+        counts=counts,
+        input_budget=None if watch is None else watch.budget,
+        header_timeout=header_timeout,
+        idle_timeout=idle_timeout,
+    )

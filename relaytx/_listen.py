@@ -13,6 +13,11 @@ import re
 import stat
 from typing import Any
 
+try:
+    import resource
+except ImportError:  # not on POSIX
+    resource = None  # type: ignore[assignment]
+
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
@@ -30,6 +35,48 @@ _PLAIN_TCP = re.compile(r"tcp:(?P<port>\d+)(?::interface=(?P<interface>.*))?")
 BACKLOG = 1024
 
 _log = Logger(namespace="relaytx.node")
+
+#: File descriptors kept for the node itself (its listener, dialled links,
+#: log and app files) when connections are counted against its limit.
+RESERVED_DESCRIPTORS = 128
+
+
+def fit_connections(total: int, per_ip: int) -> tuple[int, int]:
+    """
+    Fit the connection limits to the file descriptors this process may
+    open: the soft limit is raised to the hard one if need be, and where
+    that is still too few, the limits are lowered (one log line), so that
+    the descriptors never run out before the limits refuse a connection
+    (which would lock out everyone, members and C{/health} included).
+
+    :returns: C{(total, per_ip)} as they apply.
+    """
+    if resource is None:
+        return total, per_ip
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = total + RESERVED_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return total, per_ip
+    fitted = max(2, soft - RESERVED_DESCRIPTORS)
+    # One address at its maximum still leaves half the room to the others.
+    fitted_per_ip = max(1, min(per_ip, fitted // 2))
+    _log.warn(
+        "only {soft} file descriptors: at most {total} connections ({per_ip} per address) "
+        "instead of limits.max_connections {wanted_total} ({wanted_per_ip}); raise ulimit -n",
+        soft=soft,
+        total=fitted,
+        per_ip=fitted_per_ip,
+        wanted_total=total,
+        wanted_per_ip=per_ip,
+    )
+    return fitted, fitted_per_ip
 
 
 def server_endpoint(description: str, tls: TlsConfig | None, reactor: Any) -> IStreamServerEndpoint:

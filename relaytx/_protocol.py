@@ -18,19 +18,25 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import (
+from autobahn.twisted.websocket import (  # type: ignore[attr-defined]  # two private helpers
     WebSocketClientFactory,
     WebSocketClientProtocol,
     WebSocketServerFactory,
     WebSocketServerProtocol,
+    _is_tls_error,
+    _maybe_tls_reason,
 )
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectingRequest, ConnectionDeny
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relaytx import _json
+from relaytx._flow import WatchedConnection
 from relaytx._frames import LeanMessages, tune_socket
 from relaytx._handshake import AcceptorHandshake, DiallerHandshake, HandshakeRefused
 from relaytx._linkauth import OVERHEAD, FrameOpener, FrameRejected, FrameSealer
@@ -77,7 +83,7 @@ class _Transport:
         self._protocol.dropConnection(abort=True)
 
 
-class _PeerAdapter(LeanMessages):
+class _PeerAdapter(WatchedConnection, LeanMessages):
     """
     The part shared by both ends: open the session once the handshake says
     so, then hand it frames and the close. Autobahn swallows exceptions
@@ -101,7 +107,7 @@ class _PeerAdapter(LeanMessages):
     peer: str | None
 
     def connectionMade(self) -> None:
-        super().connectionMade()  # type: ignore[misc]  # Autobahn's, next in the MRO
+        super().connectionMade()
         tune_socket(self.transport)
 
     @property
@@ -333,6 +339,14 @@ class PeerClientProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
         if self.session is not None:
             self.session.data_received(payload)
 
+    def connectionLost(self, reason: Any = None) -> None:
+        if reason is not None and _is_tls_error(reason.value):
+            # A failed TLS verification: the dialer logs it once for a run
+            # of identical failures; Autobahn would log an error each time.
+            self.factory.dialer.attempt_failed(_maybe_tls_reason(reason.value))
+            reason = Failure(ConnectionLost("TLS handshake failed"))
+        super().connectionLost(reason)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.session is None:
             self.factory.dialer.handshake_failed(code, reason)
@@ -368,12 +382,15 @@ class PeerServerFactory(WebSocketServerFactory):
         reactor: Any = None,
         secret: bytes | None = None,
         pki: bool = False,
+        watch: Any = None,
     ) -> None:
         super().__init__(reactor=reactor)
         self.mesh = mesh
         self.allowed_origins = allowed_origins
         self.secret = secret
         self.pki = pki
+        #: the node's L{relaytx._flow.ConnectionWatch}, if any
+        self.watch = watch
         _protocol_options(self, max_message_size)
 
 
@@ -394,11 +411,13 @@ class PeerClientFactory(WebSocketClientFactory):
         max_message_size: int,
         reactor: Any,
         pki: bool = False,
+        watch: Any = None,
     ) -> None:
         super().__init__(url, reactor=reactor)
         self.dialer = dialer
         self.mesh = mesh
         self.pki = pki
+        self.watch = watch
         _protocol_options(self, max_message_size)
 
 
@@ -416,7 +435,25 @@ class UpgradeOnly(WebSocketResource):
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"sec-websocket-version", b"13")
             return _json.dumps({"error": "a WebSocket endpoint: upgrade to use it", "status": 400})
-        return super().render(request)
+        channel = request.channel
+        transport = channel.transport
+        result = super().render(request)
+        if transport is not None and channel.transport is None:
+            # Upgraded: the WebSocket protocol now holds the connection's
+            # place among the node's connections (see relaytx._http.NodeSite).
+            protocol = _upgraded(transport)
+            if isinstance(protocol, WatchedConnection):
+                protocol.slot, channel.slot = getattr(channel, "slot", None), None
+        return result
+
+
+def _upgraded(transport: Any) -> Any:
+    # Where Autobahn's WebSocketResource.render puts the new protocol.
+    if isinstance(transport, ProtocolWrapper):
+        return transport.wrappedProtocol
+    if isinstance(transport.protocol, ProtocolWrapper):
+        return transport.protocol.wrappedProtocol
+    return transport.protocol
 
 
 def peer_resource(factory: PeerServerFactory) -> WebSocketResource:

@@ -25,6 +25,19 @@ command line wins where both give a value)::
     max_in_flight_per_caller = 10000 # ... for one peer or HTTP client (-32005 past it)
     calls_per_second = 0             # calls one caller may start per second; 0: no limit
     max_routes = 10000               # destinations one neighbour may advertise
+    header_timeout = 10.0            # seconds for an HTTP request's head and body
+    idle_timeout = 60.0              # idle keep-alive, unanswered ping, unfinished message
+    max_connections = 10000          # connections at once, all clients (closed past it)
+    max_connections_per_ip = 1000    # ... from one address
+    max_write_buffer = 4194304       # unsent bytes a connection may hold before reading pauses
+    max_buffered_input = 67108864    # bytes of unfinished messages and bodies, all connections
+    max_dialers = 256                # peers dialled at once (--add-peer and peers/add)
+
+    [http]
+    admins = ["ops"]                 # callers allowed on /registry/peers/add and /remove
+    allowed_hosts = ["node1.example"]  # Host names accepted besides IP literals and localhost
+    [http.tokens]                    # caller name -> SHA-256 hex of its bearer token
+    ops = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
     [tls]                            # see relaytx._tls
     cert = "node.pem"
@@ -46,6 +59,7 @@ operator.
 
 from __future__ import annotations
 
+import re
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -80,6 +94,39 @@ class Limits:
     calls_per_second: float = 0.0
     #: destinations one neighbour's advert may hold (bigger adverts are ignored)
     max_routes: int = 10_000
+    #: seconds an HTTP request's head and body may take to arrive
+    header_timeout: float = 10.0
+    #: seconds before an idle keep-alive connection, a WebSocket that answers
+    #: no ping, an unfinished fragmented message or a connection whose
+    #: output is not being read is closed
+    idle_timeout: float = 60.0
+    #: connections at once, all clients; more are closed at once
+    max_connections: int = 10_000
+    #: connections at once from one IP address
+    max_connections_per_ip: int = 1_000
+    #: unsent bytes past which a connection is no longer read from
+    max_write_buffer: int = 4 * 1024 * 1024
+    #: bytes of unfinished WebSocket messages and HTTP bodies held, all
+    #: connections together
+    max_buffered_input: int = 64 * 1024 * 1024
+    #: peers dialled at once (the command line's and those added at run time)
+    max_dialers: int = 256
+
+
+@frozen
+class HttpConfig:
+    """
+    Who may use the HTTP surface (SPEC section 10).
+
+    @ivar tokens: SHA-256 hex digest of a bearer token -> its caller name.
+    @ivar admins: caller names allowed on the admin endpoints.
+    @ivar allowed_hosts: C{Host} names accepted besides IP literals and
+        C{localhost} (lower case).
+    """
+
+    tokens: Mapping[str, str] = field(factory=dict)
+    admins: frozenset[str] = frozenset()
+    allowed_hosts: frozenset[str] = frozenset()
 
 
 @frozen
@@ -101,6 +148,7 @@ class NodeConfig:
     access: AccessRules = field(factory=AccessRules)
     tls: TlsConfig | None = None
     allowed_origins: frozenset[str] = frozenset()
+    http: HttpConfig = field(factory=HttpConfig)
 
 
 _TOP_KEYS = {
@@ -123,7 +171,15 @@ _LIMIT_KEYS = {
     "max_in_flight_per_caller": int,
     "calls_per_second": (int, float),
     "max_routes": int,
+    "header_timeout": (int, float),
+    "idle_timeout": (int, float),
+    "max_connections": int,
+    "max_connections_per_ip": int,
+    "max_write_buffer": int,
+    "max_buffered_input": int,
+    "max_dialers": int,
 }
+_HTTP_KEYS = {"tokens": dict, "admins": list, "allowed_hosts": list}
 _TLS_KEYS = {"cert": str, "key": str, "ca": str, "require_client_cert": bool}
 
 
@@ -140,19 +196,20 @@ def read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: {e.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"--config {path}: not valid TOML: {e}") from None
-    sections = {name: table.pop(name, {}) for name in ("limits", "tls", "access")}
+    sections = {name: table.pop(name, {}) for name in ("limits", "tls", "access", "http")}
     _check_keys(table, _TOP_KEYS, path, "")
     for name, section in sections.items():
         if not isinstance(section, dict):
             raise ConfigError(f"--config {path}: [{name}] must be a table")
     _check_keys(sections["limits"], _LIMIT_KEYS, path, "limits.")
     _check_keys(sections["tls"], _TLS_KEYS, path, "tls.")
+    _check_keys(sections["http"], _HTTP_KEYS, path, "http.")
     if sections["access"]:
         try:
             table["access"] = AccessRules.from_config(sections["access"])
         except ValueError as e:
             raise ConfigError(f"--config {path}: {e}") from None
-    for name in ("limits", "tls"):
+    for name in ("limits", "tls", "http"):
         if sections[name]:
             table[name] = sections[name]
     return table
@@ -242,13 +299,7 @@ def build_config(options: Mapping[str, Any]) -> NodeConfig:
     if not 0 < ping_interval <= 3600:
         raise ConfigError(f"--ping-interval {ping_interval}: give seconds in (0, 3600]")
 
-    limits = Limits(**settings.get("limits", {}))
-    for name in _LIMIT_KEYS:
-        if name == "calls_per_second":
-            if limits.calls_per_second < 0:
-                raise ConfigError("limits.calls_per_second must be 0 (no limit) or positive")
-        elif getattr(limits, name) <= 0:
-            raise ConfigError(f"limits.{name} must be positive")
+    limits = _limits(settings.get("limits", {}))
 
     tls = None
     if settings.get("tls"):
@@ -270,4 +321,79 @@ def build_config(options: Mapping[str, Any]) -> NodeConfig:
         access=_access(settings.get("access")),
         tls=tls,
         allowed_origins=frozenset(settings.get("allowed_origins", ())),
+        http=_http(settings.get("http")),
     )
+
+
+def _limits(table: Any) -> Limits:
+    if isinstance(table, Limits):
+        return table
+    unknown = set(table) - set(_LIMIT_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown setting limits.{sorted(unknown)[0]}")
+    limits = Limits(**table)
+    for name in _LIMIT_KEYS:
+        value = getattr(limits, name)
+        if name == "calls_per_second":
+            if value < 0:
+                raise ConfigError("limits.calls_per_second must be 0 (no limit) or positive")
+        elif not value > 0 or value == float("inf"):
+            raise ConfigError(f"limits.{name} must be positive")
+    if limits.header_timeout > 3600 or limits.idle_timeout > 86400:
+        raise ConfigError("limits.header_timeout is at most 3600 s, limits.idle_timeout 86400 s")
+    if limits.max_connections_per_ip >= limits.max_connections:
+        # One address holding its maximum must leave room for the others
+        # (members, /health).
+        raise ConfigError(
+            f"limits.max_connections_per_ip ({limits.max_connections_per_ip}) must be below "
+            f"limits.max_connections ({limits.max_connections})"
+        )
+    return limits
+
+
+_CALLER_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SHA256_HEX_RE = re.compile(r"[0-9a-fA-F]{64}")
+_HOST_NAME_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})")
+
+
+def _http(table: Any) -> HttpConfig:
+    if table is None or isinstance(table, HttpConfig):
+        return table or HttpConfig()
+    if not isinstance(table, dict):
+        raise ConfigError("[http] must be a table")
+    unknown = set(table) - set(_HTTP_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown setting http.{sorted(unknown)[0]}")
+    raw_tokens = table.get("tokens", {})
+    if not isinstance(raw_tokens, dict):
+        raise ConfigError("[http.tokens] must be a table of NAME = SHA-256 hex")
+    tokens: dict[str, str] = {}
+    for name, digest in raw_tokens.items():
+        if not _CALLER_NAME_RE.fullmatch(name):
+            raise ConfigError(f"http.tokens: {name!r} is not a caller name (1-64 of A-Za-z0-9._-)")
+        if not isinstance(digest, str) or not _SHA256_HEX_RE.fullmatch(digest):
+            raise ConfigError(
+                f"http.tokens.{name} must be the SHA-256 of the token, in 64 hex digits"
+            )
+        if digest.lower() in tokens:
+            raise ConfigError(f"http.tokens.{name} has the same token as {tokens[digest.lower()]}")
+        tokens[digest.lower()] = name
+    admins = _strings(table.get("admins", []), "http.admins")
+    if admins and not tokens:
+        raise ConfigError("http.admins names token holders: give [http.tokens] too")
+    strangers = sorted(admins - set(tokens.values()))
+    if strangers:
+        raise ConfigError(f"http.admins: {strangers[0]!r} has no token in [http.tokens]")
+    hosts = _strings(table.get("allowed_hosts", []), "http.allowed_hosts")
+    for host in hosts:
+        if not _HOST_NAME_RE.fullmatch(host):
+            raise ConfigError(f"http.allowed_hosts: {host!r} is not a host name (no port)")
+    return HttpConfig(tokens, admins, frozenset(h.lower().rstrip(".") for h in hosts))
+
+
+def _strings(value: Any, what: str) -> frozenset[str]:
+    if not isinstance(value, list | tuple | frozenset | set) or not all(
+        isinstance(v, str) for v in value
+    ):
+        raise ConfigError(f"{what} must be a list of strings")
+    return frozenset(value)

@@ -233,6 +233,10 @@ class MessageTooLarge(RelayError):
     """A message this node wanted to send exceeds the peer message limit."""
 
 
+class TooManyDialers(ValueError, RelayError):
+    """A peer to dial would pass C{limits.max_dialers}."""
+
+
 # Link-level violations: counted and dropped, or the link is closed.
 
 

@@ -191,14 +191,14 @@ class RawConnection:
     def post(self, path: bytes, body: bytes, headers: bytes = b"") -> None:
         """Send a whole POST with a Content-Length."""
         self.send(
-            b"POST %s HTTP/1.1\r\nHost: node.test\r\n%sContent-Length: %d\r\n\r\n%s"
+            b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%sContent-Length: %d\r\n\r\n%s"
             % (path, headers, len(body), body)
         )
 
     def post_chunked(self, path: bytes, chunks: list[bytes]) -> None:
         """Send a whole POST with a chunked body and no length."""
         self.send(
-            b"POST %s HTTP/1.1\r\nHost: node.test\r\nTransfer-Encoding: chunked\r\n\r\n" % path
+            b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n" % path
         )
         for chunk in chunks:
             self.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
@@ -616,7 +616,7 @@ class BodyLimitTests(NodeTestCase):
         body = self.call_of_size(257)
         connection = self.raw()
         connection.send(
-            b"POST /rpc HTTP/1.1\r\nHost: node.test\r\nContent-Length: 257\r\n\r\n" + body[:200]
+            b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 257\r\n\r\n" + body[:200]
         )
         self.assertEqual((self.kept(), connection.transport.value()), (b"", b""))
         connection.send(body[200:])
@@ -633,7 +633,7 @@ class BodyLimitTests(NodeTestCase):
         body = self.call_of_size(300)
         connection = self.raw()
         connection.send(
-            b"POST /rpc HTTP/1.1\r\nHost: node.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
         )
         for chunk in [body[:100], body[100:200], body[200:]]:
             connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))

@@ -500,7 +500,7 @@ class GarbageTests(TestCase):
             seen["bytewise"] = _post_chunked(port, [good[i : i + 1] for i in range(len(good))])
             seen["extension"] = _exchange(
                 port,
-                b"POST /rpc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n"
                 + b"%x;name=value\r\n%s\r\n0\r\nX-Trailer: 1\r\n\r\n"
                 % (len(good), good),
@@ -521,8 +521,9 @@ class GarbageTests(TestCase):
             self.assertEqual(
                 _rpc_answer(*seen[name]), {"jsonrpc": "2.0", "result": ["chunked"], "id": 1}, name
             )
-        for name in ("bad_size", "short_chunk"):
-            self.assertIn(seen[name][0], (0, 400), name)
+        self.assertIn(seen["bad_size"][0], (0, 400))
+        # A body that stops short is closed at limits.header_timeout.
+        self.assertIn(seen["short_chunk"][0], (0, 400, 408))
         self.assertIn(seen["huge_size"][0], (0, 400, 413))
         self.assertEqual(_error_code(_rpc_answer(*seen["garbage_chunks"])), -32700)
         status, _, body = seen["over_limit"]
@@ -563,7 +564,7 @@ class GarbageTests(TestCase):
             for i in range(30):
                 sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
                 if i % 3 == 0:  # headers never finish
-                    sock.sendall(b"POST /rpc HTTP/1.1\r\nHost: x\r\nContent-")
+                    sock.sendall(b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-")
                 elif i % 3 == 1:  # the body never comes
                     sock.sendall(b"POST /rpc HTTP/1.1\r\nContent-Length: 1000\r\n\r\n[1,")
                 else:  # a huge body is announced, then nothing
@@ -575,7 +576,7 @@ class GarbageTests(TestCase):
         try:
             good = _request("node.echo", ["slow"])
             request = (
-                b"POST /rpc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (len(good), good)
             )
             slow = socket.create_connection((HOST, port), timeout=TIMEOUT)

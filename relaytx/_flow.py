@@ -1,0 +1,268 @@
+# -*- test-case-name: tests.test_flow -*-
+"""
+What a WebSocket connection (a peer link or C{/ws/rpc}) may hold of a
+node, and for how long (SPEC section 10):
+
+  - B{output}: a connection whose unsent output passes C{max_write_buffer}
+    is no longer read from (its transport's C{pauseProducing}), so a client
+    that sends calls but never reads the answers stops at that bound; it
+    is read again once its output has drained, and closed if it is still
+    paused after C{idle_timeout};
+  - B{silence}: an idle C{/ws/rpc} connection is pinged, and closed when it
+    has answered nothing for C{idle_timeout} (peer links have their
+    session's own pings);
+  - B{unfinished messages}: one still arriving after C{idle_timeout} is
+    closed (1008), and all of them together, on every connection, hold at
+    most C{max_buffered_input} bytes: a message that would pass it closes
+    its connection (1013, try again later);
+  - B{places}: a connection accepted as an HTTP request holds its place
+    among the node's connections (L{relaytx._guards.ConnectionCounts}) until
+    it is gone.
+
+L{ConnectionWatch} does the rounds for one node: one timer, every quarter
+of C{idle_timeout}, over its connections, and only while it has some.
+L{WatchedConnection} is mixed into the WebSocket protocols ahead of
+L{relaytx._frames.LeanMessages}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from relaytx._guards import ConnectionCounts, InputBudget
+
+#: Close codes (RFC 6455 section 7.4.1).
+CLOSE_POLICY = 1008
+CLOSE_TRY_LATER = 1013
+CLOSE_GOING_AWAY = 1001
+
+#: Rounds of L{ConnectionWatch} per C{idle_timeout}.
+ROUNDS = 4
+
+
+def _descriptor(transport: Any) -> FileDescriptor | None:
+    """:returns: the socket's transport under C{transport} (and its TLS layer)."""
+    while transport is not None:
+        if isinstance(transport, FileDescriptor):
+            return transport
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+@implementer(IPushProducer)
+class Flow:
+    """
+    One connection's state for L{ConnectionWatch}, and the producer its
+    socket pauses when its unsent output passes C{bufferSize}: only past
+    the node's C{max_write_buffer} does that stop reading.
+    """
+
+    def __init__(self, protocol: Any, watch: ConnectionWatch, pings: bool) -> None:
+        self.protocol = protocol
+        self.watch = watch
+        self.pings = pings
+        self.descriptor: FileDescriptor | None = None
+        self.reading_paused = False
+        self.quiet_rounds = 0
+        self.paused_rounds = 0
+        self.message_rounds = 0
+        self.held_input = 0
+
+    def register(self) -> None:
+        """Become the producer of the connection's socket."""
+        protocol = self.protocol
+        descriptor = _descriptor(protocol.transport)
+        if descriptor is None:  # not on a socket (tests' fake transports)
+            return
+        top = protocol.transport
+        # An upgraded connection still has its HTTP channel as its producer.
+        top.unregisterProducer()
+        if descriptor is not top and descriptor.producer is not None:
+            return  # a TLS layer's own: leave it be
+        descriptor.registerProducer(self, True)
+        self.descriptor = descriptor
+
+    def unsent(self) -> int:
+        """:returns: the bytes written to the connection and not sent yet."""
+        fd = self.descriptor
+        if fd is None:
+            return 0
+        # FileDescriptor's buffers: the one being sent, and the pieces after it.
+        return len(fd.dataBuffer) - fd.offset + fd._tempDataLen
+
+    def pauseProducing(self) -> None:
+        # Called at every write while more than bufferSize bytes wait.
+        if not self.reading_paused and self.unsent() > self.watch.max_write_buffer:
+            self.reading_paused = True
+            self.paused_rounds = 0
+            fd = self.descriptor
+            if fd is not None:
+                fd.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        # Called once everything written has been sent.
+        if self.reading_paused:
+            self.reading_paused = False
+            fd = self.descriptor
+            if fd is not None:
+                fd.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class ConnectionWatch:
+    """
+    The WebSocket connections of one node, and the rounds over them (see
+    the module docstring).
+
+    :param clock: the node's clock.
+    :param idle_timeout: seconds of silence, of an unfinished message, or of
+        unread output, after which a connection is closed.
+    :param max_write_buffer: unsent bytes past which a connection is not read.
+    :param budget: bytes of unfinished messages held, all connections.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        idle_timeout: float = 60.0,
+        max_write_buffer: int = 4 * 1024 * 1024,
+        budget: InputBudget | None = None,
+    ) -> None:
+        self._clock = clock
+        self.idle_timeout = idle_timeout
+        self.max_write_buffer = max_write_buffer
+        self.budget = budget or InputBudget(64 * 1024 * 1024)
+        self.flows: set[Flow] = set()
+        self._rounds: LoopingCall | None = None
+        self.closed = {"silent": 0, "unfinished": 0, "unread": 0, "busy": 0}
+
+    def watch(self, protocol: Any, pings: bool) -> Flow:
+        """Watch C{protocol}'s connection; C{pings}: ping it when it is silent."""
+        flow = Flow(protocol, self, pings)
+        flow.register()
+        self.flows.add(flow)
+        if self._rounds is None:
+            self._rounds = LoopingCall(self.round)
+            self._rounds.clock = self._clock
+            self._rounds.start(self.idle_timeout / ROUNDS, now=False)
+        return flow
+
+    def forget(self, flow: Flow) -> None:
+        """C{flow}'s connection is gone."""
+        self.flows.discard(flow)
+        if flow.held_input:
+            self.budget.give_back(flow.held_input)
+            flow.held_input = 0
+        if not self.flows:
+            self.stop()
+
+    def stop(self) -> None:
+        """No more rounds (until a connection is watched again)."""
+        rounds, self._rounds = self._rounds, None
+        if rounds is not None and rounds.running:
+            rounds.stop()
+
+    def round(self) -> None:
+        """One round over every connection."""
+        for flow in list(self.flows):
+            protocol = flow.protocol
+            if protocol.read_since_round:
+                protocol.read_since_round = False
+                flow.quiet_rounds = 0
+            else:
+                flow.quiet_rounds += 1
+            if protocol.inside_message:
+                flow.message_rounds += 1
+            else:
+                flow.message_rounds = 0
+            if flow.reading_paused:
+                flow.paused_rounds += 1
+            if flow.paused_rounds >= ROUNDS:
+                self._close(flow, "unread", "output not read")
+            elif flow.message_rounds >= ROUNDS:
+                self._close(flow, "unfinished", "message not finished in time")
+            elif flow.pings and flow.quiet_rounds >= ROUNDS:
+                self._close(flow, "silent", "no answer to ping")
+            elif flow.pings and flow.quiet_rounds >= ROUNDS // 2:
+                if protocol.state == protocol.STATE_OPEN:
+                    protocol.sendPing()
+
+    def _close(self, flow: Flow, what: str, reason: str) -> None:
+        self.closed[what] += 1
+        self._log.debug(
+            "closing {peer}: {reason}", peer=getattr(flow.protocol, "peer", None), reason=reason
+        )
+        self.forget(flow)
+        protocol = flow.protocol
+        if what == "unfinished":
+            protocol.sendCloseFrame(code=CLOSE_POLICY, reasonUtf8=reason.encode(), isReply=False)
+        # Whatever it is sent, a connection that reads nothing (or answers
+        # nothing) would not read a close either: cut it.
+        protocol.dropConnection(abort=True)
+
+
+class WatchedConnection:
+    """
+    Mixed into a WebSocket protocol (ahead of L{LeanMessages}) whose
+    factory has a C{watch} (a L{ConnectionWatch}, or C{None}): the
+    connection is watched while it is open, its unfinished messages are
+    counted in the watch's budget, and its place among the node's
+    connections (C{slot}, handed over from its HTTP channel) is given
+    back when it goes.
+    """
+
+    #: ping this connection when it is silent (peer links ping by themselves)
+    pings = False
+    #: a place among the node's connections: C{(counts, ip)}
+    slot: tuple[ConnectionCounts, str] | None = None
+    flow: Flow | None = None
+    # Autobahn's.
+    factory: Any
+    transport: Any
+    failedByMe: bool
+    read_since_round: bool
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[misc]  # Autobahn's, next in the MRO
+        watch = getattr(self.factory, "watch", None)
+        if watch is not None:
+            self.flow = watch.watch(self, self.pings)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        super().onMessageFrameBegin(length)  # type: ignore[misc]
+        flow = self.flow
+        if flow is None or self.failedByMe:
+            return
+        if not flow.watch.budget.take(length):
+            flow.watch.closed["busy"] += 1
+            self._fail_connection(  # type: ignore[attr-defined]  # Autobahn's
+                CLOSE_TRY_LATER, "node busy: too much input held; retry later"
+            )
+            return
+        flow.held_input += length
+
+    def onMessageEnd(self) -> None:
+        flow = self.flow
+        if flow is not None and flow.held_input:
+            flow.watch.budget.give_back(flow.held_input)
+            flow.held_input = 0
+        super().onMessageEnd()  # type: ignore[misc]
+
+    def connectionLost(self, reason: Any) -> None:
+        flow, self.flow = self.flow, None
+        if flow is not None:
+            flow.watch.forget(flow)
+        slot, self.slot = self.slot, None
+        if slot is not None:
+            slot[0].release(slot[1])
+        super().connectionLost(reason)  # type: ignore[misc]
