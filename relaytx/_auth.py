@@ -95,8 +95,9 @@ def valid_nonce(value: Any) -> bool:
 class AccessRule:
     """
     One rule: whether C{callers} may call C{methods} of C{servers}.
-    C{"*"} matches anything; the caller C{"http"} stands for this node's
-    own HTTP and WebSocket JSON-RPC clients.
+    C{"*"} matches anything; the caller C{"http"} stands for every HTTP and
+    WebSocket JSON-RPC client, this node's own and those whose calls other
+    nodes relay; C{"http:NAME"} for the one holding token C{NAME}.
     """
 
     allow: bool
@@ -105,8 +106,13 @@ class AccessRule:
     methods: frozenset[str]
 
     def matches(self, caller: str, server: str, method: str) -> bool:
+        callers = self.callers
         return (
-            ("*" in self.callers or caller in self.callers)
+            (
+                "*" in callers
+                or caller in callers
+                or ("http" in callers and caller.startswith("http:"))
+            )
             and ("*" in self.servers or server in self.servers)
             and ("*" in self.methods or method in self.methods)
         )

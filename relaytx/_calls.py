@@ -39,6 +39,11 @@ from relaytx.errors import CallError, CallTimeout
 #: Seconds a call may take when its caller gives no timeout.
 DEFAULT_CALL_TIMEOUT = 30.0
 
+#: The longest time budget a call from another node is given (a day):
+#: what it asks for beyond that is clamped, so no call is remembered or
+#: waited on for longer.
+MAX_CALL_BUDGET = 86400.0
+
 
 @define
 class CallTarget:
@@ -339,14 +344,47 @@ class ForwardedCalls:
     #: longer, and is never reported or used meanwhile.
     SWEEP_INTERVAL = 1.0
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(
+        self, clock: IReactorTime, max_total: int = 40_000, max_per_neighbour: int = 10_000
+    ) -> None:
+        """
+        :param max_total: the most calls remembered at once.
+        :param max_per_neighbour: the most remembered at once that came
+            from one neighbour.
+        """
         self._clock = clock
         self._calls: dict[tuple[str, str], _Forwarded] = {}
         self._next_sweep = 0.0
+        self.max_total = max_total
+        self.max_per_neighbour = max_per_neighbour
+        self._per_neighbour: dict[str, int] = {}
 
     def __len__(self) -> int:
         self._sweep(self._clock.seconds())
         return len(self._calls)
+
+    def has_room(self, came_from: str) -> bool:
+        """
+        :returns: whether one more call from neighbour C{came_from} may be
+            remembered (a call that may not is not forwarded).
+        """
+        calls = self._calls
+        if len(calls) >= self.max_total or (
+            self._per_neighbour.get(came_from, 0) >= self.max_per_neighbour
+        ):
+            self._sweep(self._clock.seconds())  # expired ones give their room back
+            return len(calls) < self.max_total and (
+                self._per_neighbour.get(came_from, 0) < self.max_per_neighbour
+            )
+        return True
+
+    def _counted_out(self, entry: _Forwarded) -> None:
+        per = self._per_neighbour
+        left = per.get(entry.came_from, 0) - 1
+        if left > 0:
+            per[entry.came_from] = left
+        else:
+            per.pop(entry.came_from, None)
 
     def remember(
         self,
@@ -364,7 +402,15 @@ class ForwardedCalls:
         now = self._clock.seconds()
         if now >= self._next_sweep:
             self._sweep(now)
-        self._calls[(caller, response_id)] = _Forwarded(target, came_from, went_to, now + budget)
+        key = (caller, response_id)
+        old = self._calls.get(key)
+        if old is not None:  # flooded copies of one call: one entry
+            self._counted_out(old)
+        self._calls[key] = _Forwarded(
+            target, came_from, went_to, now + min(budget, MAX_CALL_BUDGET)
+        )
+        per = self._per_neighbour
+        per[came_from] = per.get(came_from, 0) + 1
 
     def came_from(self, caller: str, response_id: Any) -> str | None:
         """
@@ -379,7 +425,9 @@ class ForwardedCalls:
     def answered(self, caller: str, response_id: str | None) -> None:
         """The answer to a forwarded call passed through: forget the call."""
         if response_id is not None:
-            self._calls.pop((caller, response_id), None)
+            entry = self._calls.pop((caller, response_id), None)
+            if entry is not None:
+                self._counted_out(entry)
 
     def lost_link(self, peer_id: str) -> list[tuple[str, str, str]]:
         """
@@ -391,16 +439,22 @@ class ForwardedCalls:
         """
         self._sweep(self._clock.seconds())
         lost = [key for key, e in self._calls.items() if e.went_to == peer_id]
-        return [(key[0], key[1], self._calls.pop(key).target) for key in lost]
+        found = []
+        for key in lost:
+            entry = self._calls.pop(key)
+            self._counted_out(entry)
+            found.append((key[0], key[1], entry.target))
+        return found
 
     def clear(self) -> None:
         """Forget everything (the node is stopping)."""
         self._calls.clear()
+        self._per_neighbour.clear()
 
     def _sweep(self, now: float) -> None:
         calls = self._calls
         for key in [key for key, e in calls.items() if e.deadline <= now]:
-            del calls[key]
+            self._counted_out(calls.pop(key))
         self._next_sweep = now + self.SWEEP_INTERVAL
 
 

@@ -39,6 +39,7 @@ from relaytx._routing import Router
 from relaytx.errors import MalformedMessage, MessageTooLarge
 from relaytx.peer import PeerSession
 from relaytx.wire import (
+    MAX_ID_LENGTH,
     Envelope,
     Payload,
     RouteMessage,
@@ -50,6 +51,15 @@ from relaytx.wire import (
 #: (pings and pongs alone would fill the memory of seen ids on a busy hub;
 #: a second answer to a call finds it gone and is counted as late).
 _NOT_DEDUPLICATED = frozenset({"route_message", "ping", "pong", "registry_sync", "server_response"})
+
+#: Messages whose C{response_id} a forwarder checks before passing them on.
+_ANSWERED = frozenset({"server_call", "server_response"})
+
+
+def _short_response_id(envelope: Envelope) -> bool:
+    response_id = envelope.data.get("response_id")
+    return type(response_id) is not str or len(response_id) <= MAX_ID_LENGTH
+
 
 #: At most this many neighbours get a flooded copy of one message.
 MAX_FLOOD = 32
@@ -63,8 +73,9 @@ class Forwarder:
     :param routes_are_complete: whether the routing table knows every node
         reachable at all (flooding would then find nothing more).
     :param refuse: called with a message that cannot travel on, the link
-        it came from (C{None}: it was originated here) and why; a call
-        among such messages is answered with -32002.
+        it came from (C{None}: it was originated here), why, and whether
+        this node is overloaded; a call among such messages is answered
+        with -32002 (-32005 when overloaded).
     """
 
     def __init__(
@@ -77,7 +88,7 @@ class Forwarder:
         forwarded: ForwardedCalls,
         seen: SeenMessages,
         routes_are_complete: Callable[[], bool],
-        refuse: Callable[[Envelope, str | None, str], None],
+        refuse: Callable[..., None],
     ) -> None:
         self._node_id = node_id
         self._clock = clock
@@ -115,7 +126,19 @@ class Forwarder:
         if node_id in envelope.route:
             self._metrics.drop("loop")
             return
+        kind = envelope.type
+        if kind in _ANSWERED and not _short_response_id(envelope):
+            session.host.bad_input(
+                MalformedMessage("response_id is too long", reason="bad_id"), session
+            )
+            return
         hopped = envelope.hop(node_id)
+        if kind == ServerCall.TYPE and not self._forwarded.has_room(peer):
+            # Remembered calls are bounded, in total and per neighbour
+            # (SPEC section 10): one more is refused (-32005), not forwarded.
+            self._metrics.drop("overloaded")
+            self._refuse(hopped, peer, "too many forwarded calls", True)
+            return
         try:
             self.forward(hopped, came_from=peer)
         except MessageTooLarge:

@@ -114,10 +114,9 @@ class ServerHost:
         caller = target.caller
         access = self._access
         if caller is not None and access:
-            who = "http" if caller.startswith("http:") else caller
-            if not access.allows(who, target.server, target.method):
+            if not access.allows(caller, target.server, target.method):
                 raise AccessDenied(
-                    f"Access denied: {who} may not call {target.server}.{target.method}"
+                    f"Access denied: {caller} may not call {target.server}.{target.method}"
                     f" on {self._node_id}"
                 )
         mailbox = self._mailboxes.get(target.server)

@@ -23,6 +23,7 @@ included, so a client that got its answer (or 204) knows they all ran.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -168,6 +169,11 @@ class JsonRpcHandler:
             request = _json.loads(body)
         except (_json.JSONDecodeError, UnicodeDecodeError):
             return self._encode(self._error(ParseError("Parse error: invalid JSON"), None))
+        if _float_id(request):
+            # The fast parser reads an integer wider than 64 bits as a
+            # float: read such a request again, exactly, so its id is
+            # echoed as it came (params included).
+            request = _exact_loads(body)
         if not isinstance(request, list):
             answer = self._one(request, caller, encoded=True)
             if isinstance(answer, Deferred):
@@ -323,6 +329,24 @@ def _gather(items: list[Any]) -> Deferred[list[Any]]:
     if not waiting:
         done.callback(results)
     return done
+
+
+def _float_id(request: Any) -> bool:
+    """:returns: whether C{request} (or one of a batch) has a float id."""
+    if type(request) is dict:
+        return type(request.get("id")) is float
+    if type(request) is list:
+        return any(type(item) is dict and type(item.get("id")) is float for item in request)
+    return False
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _exact_loads(body: bytes) -> Any:
+    """The standard library's reading of C{body}: integers of any size stay integers."""
+    return json.loads(body, parse_constant=_refuse_constant)
 
 
 def _valid_id(value: Any) -> bool:

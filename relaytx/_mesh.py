@@ -94,7 +94,9 @@ class Mesh:
         self.router = Router(node_id, accept_path=book.accept_path if book else None)
         self.pending = PendingCalls(clock, on_late=metrics.late_answers.inc)
         metrics.pending_calls.set_function(lambda: len(self.pending))  # read when scraped
-        self.forwarded = ForwardedCalls(clock)
+        self.forwarded = ForwardedCalls(
+            clock, max_total=4 * max_pending_calls, max_per_neighbour=max_pending_calls
+        )
         self.seen = SeenMessages(clock)
         self.adverts = Advertiser(
             node_id, clock, metrics, self.router, self._links, local_servers,
@@ -118,8 +120,10 @@ class Mesh:
         self._all_closed: Deferred[None] | None = None
         self._grace: IDelayedCall | None = None
 
-    def _refuse(self, envelope: Envelope, came_from: str | None, why: str) -> None:
-        self.calls.refuse(envelope, came_from, why)
+    def _refuse(
+        self, envelope: Envelope, came_from: str | None, why: str, overloaded: bool = False
+    ) -> None:
+        self.calls.refuse(envelope, came_from, why, overloaded)
 
     def _records_changed(self) -> None:
         # PKI mode: which advertised paths are acceptable may have changed.

@@ -31,7 +31,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget, ForwardedCalls, PendingCalls
+from relaytx._calls import (
+    DEFAULT_CALL_TIMEOUT,
+    MAX_CALL_BUDGET,
+    CallTarget,
+    ForwardedCalls,
+    PendingCalls,
+)
 from relaytx._forwarding import Forwarder
 from relaytx._links import LinkTable
 from relaytx._metrics import NodeMetrics
@@ -129,7 +135,10 @@ class MeshCalls:
             )
         response_id = secret_id()  # unguessable: only the callee can answer
         spec = CallSpec(target.server, target.method, target.args, target.kwargs, target.timeout)
-        call = ServerCall(spec, response_id)
+        caller = target.caller
+        if caller == self._node_id:
+            caller = None  # a call with no caller is the sending node's own
+        call = ServerCall(spec, response_id, caller=caller)
         envelope = Envelope.create(call, self._node_id, destination, self._clock.seconds())
         if self._e2e is not None and destination not in self._links:
             mac = self._e2e.seal_call(destination, call, envelope.timestamp or "")
@@ -200,8 +209,10 @@ class MeshCalls:
             spec.method,
             spec.args,
             dict(spec.kwargs),
-            spec.timeout if spec.timeout else DEFAULT_CALL_TIMEOUT,
-            caller=envelope.sender,
+            min(spec.timeout, MAX_CALL_BUDGET) if spec.timeout else DEFAULT_CALL_TIMEOUT,
+            # A node calls for itself, or names the caller it relays for
+            # (an HTTP client of its own): access rules judge that caller.
+            caller=call.caller or envelope.sender,
             via=via,
         )
         try:
@@ -281,18 +292,31 @@ class MeshCalls:
             error = RemoteCallError(f"ResultTooLarge: {e}")
             self.answer_error(caller, response.response_id, error.with_data(type="ResultTooLarge"))
 
-    def refuse(self, envelope: Envelope, came_from: str | None, why: str) -> None:
-        """A call that cannot travel on is answered with -32002 at once."""
+    def refuse(
+        self, envelope: Envelope, came_from: str | None, why: str, overloaded: bool = False
+    ) -> None:
+        """
+        A call that cannot travel on is answered with -32002 at once
+        (-32005 when this node is C{overloaded}).
+        """
         if envelope.type != ServerCall.TYPE:
             return
         response_id = envelope.response_id
         if response_id is None:
             return
-        error = NodeUnreachable(
-            f"Node {envelope.to!r} unreachable from {self._node_id}: {why}",
-            node_id=self._node_id,
-            route=[*envelope.route],
-        )
+        error: CallError
+        if overloaded:
+            error = Overloaded(
+                f"Overloaded: {self._node_id} cannot forward more calls: {why}",
+                node_id=self._node_id,
+                route=[*envelope.route],
+            )
+        else:
+            error = NodeUnreachable(
+                f"Node {envelope.to!r} unreachable from {self._node_id}: {why}",
+                node_id=self._node_id,
+                route=[*envelope.route],
+            )
         if came_from is None:
             self.pending.resolve(response_id, error=error)
         else:

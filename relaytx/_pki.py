@@ -406,7 +406,7 @@ class EndToEnd:
 
 def _call_body(call: ServerCall, issued: str) -> dict[str, Any]:
     spec = call.call
-    return {
+    body = {
         "issued": issued,
         "response_id": call.response_id,
         "server_name": spec.server_name,
@@ -414,6 +414,9 @@ def _call_body(call: ServerCall, issued: str) -> dict[str, Any]:
         "args": list(spec.args),
         "kwargs": dict(spec.kwargs),
     }
+    if call.caller is not None:  # the caller a node relays for is its word too
+        body["caller"] = call.caller
+    return body
 
 
 def _answer_body(response: ServerResponse) -> dict[str, Any]:

@@ -15,6 +15,10 @@ Every frame is one JSON object::
     never a timestamp. C{route} lists the nodes a message has passed through,
     its originator first. C{ttl} is decremented at each hop.
   - A trailing newline after the object (as the original writes) is fine.
+  - Ids are bounded (SPEC section 10): C{from}, C{to} and every C{route}
+    item must be node ids (L{NODE_ID_RE}); C{id}, C{reply_to} and a
+    payload's C{response_id} and C{caller} are at most L{MAX_ID_LENGTH}
+    characters. Anything else is malformed.
 
 The payloads (C{data}) of the built-in types:
 
@@ -22,9 +26,12 @@ The payloads (C{data}) of the built-in types:
   - C{pong} C{{"timestamp", "pong_time"}}: the ping's C{timestamp} and the
     answerer's clock in Unix seconds.
   - C{server_call} C{{"call": {"server_name", "method", "args", "kwargs"?,
-    "timeout"}, "response_id", "mac"?}}: C{timeout} is the caller's remaining
-    budget in seconds; C{mac} is the caller's end-to-end code (PKI mode, see
-    L{relaytx._pki}).
+    "timeout"}, "response_id", "mac"?, "caller"?}}: C{timeout} is the caller's
+    remaining budget in seconds; C{mac} is the caller's end-to-end code (PKI
+    mode, see L{relaytx._pki}); C{caller}, when the sending node relays a
+    call made by someone else (its HTTP client C{http:NAME}), names that
+    caller for the target's access rules (no C{caller}: the sender's own
+    call). Original nodes ignore both.
   - C{server_response} C{{"response_id", "node_id", "success", "result" |
     "error", "error_code"?, "error_data"?, "mac"?}}: C{mac} is the callee's
     end-to-end code (PKI mode).
@@ -61,6 +68,12 @@ DEFAULT_TTL = 10
 
 #: A node id: 1-64 of C{A-Za-z0-9._-} (SPEC section 3).
 NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+#: The longest id of any other kind on the wire (SPEC section 10).
+MAX_ID_LENGTH = 128
+
+#: Node ids, one per line (see L{_node_ids}).
+_NODE_IDS_RE = re.compile(r"[A-Za-z0-9._-]{1,64}(?:\n[A-Za-z0-9._-]{1,64})*")
 
 _id_prefix = os.urandom(6).hex()
 _id_counter = itertools.count(1)
@@ -153,6 +166,12 @@ def _check(value: Any, key: str, kind: type | tuple[type, ...], what: str) -> An
     return value
 
 
+def _bounded_id(value: str | None, key: str) -> str | None:
+    if value is not None and len(value) > MAX_ID_LENGTH:
+        raise MalformedMessage(f"{key} is over {MAX_ID_LENGTH} characters", reason="bad_id")
+    return value
+
+
 def _string_list(value: Any, key: str, what: str) -> tuple[str, ...]:
     _check(value, key, list, what)
     for item in value:
@@ -160,14 +179,20 @@ def _string_list(value: Any, key: str, what: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _all_strings(items: list[Any]) -> bool:
-    # str.join takes nothing but strings, and checks them in C: a route
-    # of three hops costs a tenth of a microsecond this way.
+def _node_ids(sender: str, to: str, route: list[Any]) -> bool:
+    """
+    :returns: whether C{route} holds only strings and C{sender}, C{to} and
+        every route item are node ids.
+    """
+    # One join and one regular expression over all of them, in C: about
+    # half a microsecond for a route of three hops. str.join takes nothing
+    # but strings; the count of line breaks catches one inside an id.
     try:
-        "".join(items)
+        joined = "\n".join(route)
     except TypeError:
         return False
-    return True
+    text = f"{sender}\n{to}\n{joined}" if route else f"{sender}\n{to}"
+    return _NODE_IDS_RE.fullmatch(text) is not None and text.count("\n") == len(route) + 1
 
 
 # The envelope.
@@ -255,7 +280,9 @@ class Envelope:
         more); C{None} when it is missing or not a string.
         """
         response_id = self.data.get("response_id")
-        return response_id if type(response_id) is str else None
+        if type(response_id) is str and len(response_id) <= MAX_ID_LENGTH:
+            return response_id
+        return None
 
     def to_json(self) -> dict[str, Any]:
         """
@@ -299,12 +326,13 @@ class Envelope:
             and type(message_id) is str
             and type(route) is list
             and type(ttl) is int
-            and _all_strings(route)
+            and len(message_id) <= MAX_ID_LENGTH
+            and _node_ids(sender, to, route)
         ):
             timestamp = get("timestamp")
             reply_to = get("reply_to")
             if (timestamp is None or type(timestamp) is str) and (
-                reply_to is None or type(reply_to) is str
+                reply_to is None or (type(reply_to) is str and len(reply_to) <= MAX_ID_LENGTH)
             ):
                 return cls(
                     kind, sender, to, data, message_id, timestamp, tuple(route), ttl, reply_to
@@ -317,17 +345,23 @@ class Envelope:
         # with it on every input (tests.test_wire holds them to that).
         what = "envelope"
         route = obj.get("route")
-        return cls(
+        envelope = cls(
             type=_require(obj, "type", str, what),
             sender=_require(obj, "from", str, what),
             to=_require(obj, "to", str, what),
             data=_require(obj, "data", dict, what),
-            id=_optional(obj, "id", str, what),
+            id=_bounded_id(_optional(obj, "id", str, what), "id"),
             timestamp=_optional(obj, "timestamp", str, what),
             route=() if route is None else _string_list(route, "route", what),
             ttl=_optional(obj, "ttl", int, what, DEFAULT_TTL),
-            reply_to=_optional(obj, "reply_to", str, what),
+            reply_to=_bounded_id(_optional(obj, "reply_to", str, what), "reply_to"),
         )
+        if not _node_ids(envelope.sender, envelope.to, list(envelope.route)):
+            raise MalformedMessage(
+                "envelope from, to or route holds something other than node ids",
+                reason="bad_id",
+            )
+        return envelope
 
 
 def encode(envelope: Envelope) -> bytes:
@@ -456,15 +490,22 @@ class ServerCall(Payload):
     response_id: str | None = None
     #: the caller's end-to-end code (PKI mode, a call that crosses other nodes)
     mac: str | None = None
+    #: the caller the sending node relays for (see the module docstring)
+    caller: str | None = None
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> ServerCall:
         get = data.get
         call, response_id, mac = get("call"), get("response_id"), get("mac")
+        caller = get("caller")
         if (
             type(call) is dict
-            and (response_id is None or type(response_id) is str)
+            and (
+                response_id is None
+                or (type(response_id) is str and len(response_id) <= MAX_ID_LENGTH)
+            )
             and (mac is None or type(mac) is str)
+            and (caller is None or (type(caller) is str and 0 < len(caller) <= MAX_ID_LENGTH))
         ):
             # The fast path: every field present or absent as allowed, well typed.
             server_name, method = call.get("server_name"), call.get("method")
@@ -489,6 +530,7 @@ class ServerCall(Payload):
                     ),
                     response_id,
                     mac,
+                    caller,
                 )
         return cls._from_data_checked(data)
 
@@ -501,6 +543,9 @@ class ServerCall(Payload):
         timeout = _optional(call, "timeout", (int, float), what)
         if timeout is not None and timeout < 0:
             raise MalformedMessage("server_call timeout is negative", reason="bad_field")
+        caller = _bounded_id(_optional(data, "caller", str, "server_call"), "caller")
+        if caller == "":
+            raise MalformedMessage("server_call caller is empty", reason="bad_field")
         return cls(
             CallSpec(
                 server_name=_require(call, "server_name", str, what),
@@ -509,14 +554,17 @@ class ServerCall(Payload):
                 kwargs=_optional(call, "kwargs", dict, what, {}),
                 timeout=timeout,
             ),
-            _optional(data, "response_id", str, "server_call"),
+            _bounded_id(_optional(data, "response_id", str, "server_call"), "response_id"),
             _optional(data, "mac", str, "server_call"),
+            caller,
         )
 
     def to_data(self) -> dict[str, Any]:
-        data = {"call": self.call.to_data(), "response_id": self.response_id}
+        data: dict[str, Any] = {"call": self.call.to_data(), "response_id": self.response_id}
         if self.mac is not None:
             data["mac"] = self.mac
+        if self.caller is not None:
+            data["caller"] = self.caller
         return data
 
     @staticmethod
@@ -531,6 +579,8 @@ class ServerCall(Payload):
         response_id = data.get("response_id")
         call = data.get("call")
         if type(response_id) is not str or type(call) is not dict:
+            return None
+        if len(response_id) > MAX_ID_LENGTH:
             return None
         timeout = call.get("timeout")
         if (type(timeout) is int or type(timeout) is float) and timeout >= 0:
@@ -565,6 +615,7 @@ class ServerResponse(Payload):
             # The fast path: a success, well typed, with no error fields.
             get("success") is True
             and type(response_id) is str
+            and len(response_id) <= MAX_ID_LENGTH
             and (node_id is None or type(node_id) is str)
             and (mac is None or type(mac) is str)
             and get("error") is None
@@ -581,7 +632,7 @@ class ServerResponse(Payload):
         if "response_id" not in data:
             raise MalformedMessage("server_response has no 'response_id'", reason="missing_field")
         return cls(
-            response_id=_optional(data, "response_id", str, what),
+            response_id=_bounded_id(_optional(data, "response_id", str, what), "response_id"),
             success=_require(data, "success", bool, what),
             node_id=_optional(data, "node_id", str, what),
             result=data.get("result"),

@@ -250,16 +250,20 @@ simple_payloads = st.one_of(
 )
 
 
+#: Node ids as the wire allows them (SPEC sections 3 and 10).
+valid_node_ids = st.from_regex(r"[A-Za-z0-9._-]{1,10}", fullmatch=True)
+
+
 def envelopes_of(payloads: st.SearchStrategy[Any]) -> st.SearchStrategy[Envelope]:
     """:returns: valid envelopes carrying C{payloads}."""
     return st.builds(
         lambda payload, **fields: Envelope(type=payload.TYPE, data=payload.to_data(), **fields),
         payloads,
-        sender=texts,
-        to=texts,
+        sender=valid_node_ids,
+        to=valid_node_ids,
         id=st.none() | texts,
         timestamp=st.none() | texts,
-        route=st.lists(texts, max_size=4).map(tuple),
+        route=st.lists(valid_node_ids, max_size=4).map(tuple),
         ttl=json_ints,
         reply_to=st.none() | texts,
     )
