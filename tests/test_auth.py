@@ -374,3 +374,31 @@ class AccessConfigTests(_TempDirMixin, SynchronousTestCase):
             e = self.assertRaises(ConfigError, build_config, {"config": path})
             self.assertIn(path, str(e))
             self.assertNotIn("\n", str(e))
+
+
+class HttpCallerRuleTests(SynchronousTestCase):
+    """HTTP callers in rules: "http" matches every http:NAME; "http:NAME" one of them."""
+
+    def test_httpMatchesEveryHttpCaller(self) -> None:
+        """A rule naming "http" matches http:ci and http:ADDRESS, not a node."""
+        rules = AccessRules.from_config({"rule": [{"callers": ["http"], "allow": False}]})
+        self.assertFalse(rules.allows("http:ci", "s", "m"))
+        self.assertFalse(rules.allows("http:192.0.2.7", "s", "m"))
+        self.assertTrue(rules.allows("node2", "s", "m"))
+        self.assertTrue(rules.allows("httpd", "s", "m"))
+
+    def test_namedHttpCaller(self) -> None:
+        """A rule naming http:ops matches that caller alone; a node's rule never matches it."""
+        rules = AccessRules.from_config(
+            {
+                "default": "deny",
+                "rule": [
+                    {"callers": ["http:ops"], "allow": True},
+                    {"callers": ["node2"], "allow": True},
+                ],
+            }
+        )
+        self.assertTrue(rules.allows("http:ops", "s", "m"))
+        self.assertFalse(rules.allows("http:ci", "s", "m"))
+        self.assertTrue(rules.allows("node2", "s", "m"))
+        self.assertFalse(rules.allows("http:node2", "s", "m"))

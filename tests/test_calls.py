@@ -470,3 +470,60 @@ class SeenMessagesTests(SynchronousTestCase):
         self.assertTrue(self.seen.first_time("a", "m0"))
         self.assertEqual(len(self.seen), 3)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ForwardedBoundsTests(SynchronousTestCase):
+    """Forwarded calls are bounded in total and per neighbour, for at most a day."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.calls = ForwardedCalls(self.clock, max_total=5, max_per_neighbour=3)
+
+    def remember(self, came_from: str, n: int, budget: float = 10) -> None:
+        """Remember call C{n} from neighbour C{came_from}."""
+        self.calls.remember("caller", f"r{came_from}{n}", "t", came_from, "out", budget)
+
+    def test_perNeighbour(self) -> None:
+        """A neighbour has room for max_per_neighbour calls; others still have theirs."""
+        for n in range(3):
+            self.assertTrue(self.calls.has_room("a"))
+            self.remember("a", n)
+        self.assertFalse(self.calls.has_room("a"))
+        self.assertTrue(self.calls.has_room("b"))
+
+    def test_total(self) -> None:
+        """Past max_total, no neighbour has room."""
+        for n in range(3):
+            self.remember("a", n)
+        for n in range(2):
+            self.remember("b", n)
+        self.assertFalse(self.calls.has_room("c"))
+        self.calls.answered("caller", "rb0")
+        self.assertTrue(self.calls.has_room("c"))
+
+    def test_roomComesBack(self) -> None:
+        """Answers, lost links and expiry each give the room back."""
+        for n in range(3):
+            self.remember("a", n)
+        self.calls.answered("caller", "ra0")
+        self.assertTrue(self.calls.has_room("a"))
+        self.remember("a", 3)
+        self.assertEqual(len(self.calls.lost_link("out")), 3)
+        self.assertTrue(self.calls.has_room("a"))
+        for n in range(3):
+            self.remember("a", 10 + n)
+        self.clock.advance(11)
+        self.assertTrue(self.calls.has_room("a"))
+        self.assertEqual(self.calls._per_neighbour, {})
+
+    def test_floodedCopies(self) -> None:
+        """One call remembered twice (flooded copies) counts once."""
+        self.remember("a", 0)
+        self.remember("a", 0)
+        self.assertEqual(self.calls._per_neighbour, {"a": 1})
+
+    def test_clamped(self) -> None:
+        """A call asking for a billion seconds is remembered for a day at most."""
+        self.remember("a", 0, budget=1e9)
+        self.clock.advance(86400 + 1)
+        self.assertEqual(len(self.calls), 0)

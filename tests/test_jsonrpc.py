@@ -788,3 +788,40 @@ class GatherTests(SynchronousTestCase):
     def test_nothing_pending(self) -> None:
         """With no Deferred among the items, the result is ready at once."""
         self.assertEqual(self.successResultOf(_gather([1, 2])), [1, 2])
+
+
+class ExactIdTests(HandlerTestCase):
+    """Integer ids are echoed exactly, however large (SPEC section 10)."""
+
+    def test_bigIntegers(self) -> None:
+        """Ids past 64 bits, positive and negative, come back as the same integers."""
+        for big in (2**64, 2**64 + 1, -(2**63) - 1, 10**40, 2**63, -(2**63)):
+            raw = self.successResultOf(
+                self.handler.handle(
+                    b'{"jsonrpc":"2.0","method":"math.sum","params":[1],"id":%d}' % big
+                )
+            )
+            assert raw is not None
+            self.assertIn(b'"id":%d' % big, raw)
+            self.assertEqual(json.loads(raw), {"jsonrpc": "2.0", "result": 1, "id": big})
+
+    def test_batch(self) -> None:
+        """In a batch, every id comes back as it was sent, big or not."""
+        body = (
+            b'[{"jsonrpc":"2.0","method":"math.sum","params":[1],"id":18446744073709551617},'
+            b'{"jsonrpc":"2.0","method":"math.sum","params":[2],"id":1.5},'
+            b'{"jsonrpc":"2.0","method":"nope","id":-99999999999999999999}]'
+        )
+        answers = json.loads(self.successResultOf(self.handler.handle(body)) or b"")
+        self.assertEqual(
+            [a["id"] for a in answers], [18446744073709551617, 1.5, -99999999999999999999]
+        )
+
+    def test_floatsStayFloats(self) -> None:
+        """A float id is still echoed as that float."""
+        self.assertEqual(self.request("math.sum", [1], id=2.5)["id"], 2.5)
+
+    def test_notJson(self) -> None:
+        """A body only the exact reader would accept (NaN) is still a parse error."""
+        answer = self.answer(b'{"jsonrpc":"2.0","method":"math.sum","id":1e999}')
+        self.assertEqual(answer["error"]["code"], -32700)

@@ -1271,3 +1271,81 @@ class FastPathTests(SynchronousTestCase):
             _outcome(ServerResponse.from_data, data),
             _outcome(ServerResponse._from_data_checked, data),
         )
+
+
+class IdBoundsTests(SynchronousTestCase):
+    """Ids on the wire: node ids where a node is named, else at most 128 characters."""
+
+    def frame(self, **fields: Any) -> bytes:
+        """:returns: a well-formed server_call frame with C{fields} replaced."""
+        obj: dict[str, Any] = {
+            "type": "server_call",
+            "id": "m1",
+            "from": "hA",
+            "to": "hB",
+            "data": {"call": {"server_name": "s", "method": "m", "args": []}, "response_id": "r1"},
+            "route": ["hA"],
+            "ttl": 9,
+        }
+        obj.update(fields)
+        return json.dumps(obj).encode()
+
+    def test_accepted(self) -> None:
+        """Ids at the bounds are accepted."""
+        envelope = decode(
+            self.frame(id="i" * 128, reply_to="r" * 128, route=["a" * 64, "b.c-d_e"], to="z" * 64)
+        )
+        self.assertEqual(envelope.route, ("a" * 64, "b.c-d_e"))
+
+    def test_refused(self) -> None:
+        """Longer ids, and node ids out of their syntax, are malformed."""
+        for fields in (
+            {"id": "i" * 129},
+            {"reply_to": "r" * 129},
+            {"from": "a" * 65},
+            {"to": "bad id"},
+            {"from": ""},
+            {"route": ["hA", "x" * 900_000]},
+            {"route": ["hA", "h\nB"]},
+            {"route": ["h\nA"], "from": "h"},
+            {"route": ["hA", 5]},
+            {"to": "hé"},
+        ):
+            with self.assertRaises(MalformedMessage, msg=str(fields)[:80]):
+                decode(self.frame(**fields))
+
+    def test_generalPathAgrees(self) -> None:
+        """The general path (an envelope without an id) checks node ids too."""
+        with self.assertRaises(MalformedMessage):
+            decode(self.frame(id=None, to="bad id"))
+        self.assertEqual(decode(self.frame(id=None)).to, "hB")
+
+    def test_responseIds(self) -> None:
+        """A response_id over 128 characters is malformed in calls and answers."""
+        long_id = "r" * 129
+        with self.assertRaises(MalformedMessage):
+            ServerCall.from_data(
+                {"call": {"server_name": "s", "method": "m"}, "response_id": long_id}
+            )
+        with self.assertRaises(MalformedMessage):
+            ServerResponse.from_data({"response_id": long_id, "success": True, "result": 1})
+        with self.assertRaises(MalformedMessage):
+            ServerResponse.from_data({"response_id": long_id, "success": False, "error": "x"})
+        self.assertIsNone(
+            ServerCall.tracking(
+                {"call": {"server_name": "s", "method": "m"}, "response_id": long_id}
+            )
+        )
+        envelope = Envelope("server_call", "hA", "hB", {"response_id": long_id})
+        self.assertIsNone(envelope.response_id)
+
+    def test_caller(self) -> None:
+        """A server_call's caller travels when set, and is bounded and typed."""
+        call = ServerCall(CallSpec("s", "m"), "r1", "http:ci")
+        data = call.to_data()
+        self.assertEqual(data["caller"], "http:ci")
+        self.assertEqual(ServerCall.from_data(data), call)
+        self.assertNotIn("caller", ServerCall(CallSpec("s", "m"), "r1").to_data())
+        for bad in ("", "c" * 129, 5):
+            with self.assertRaises(MalformedMessage, msg=repr(bad)):
+                ServerCall.from_data({**data, "caller": bad})

@@ -1,0 +1,203 @@
+"""
+Tests for L{relaytx._flow}: what a WebSocket connection may hold of a node
+and for how long, on a L{Clock} with fake connections (the real ones are
+in C{tests/integration/test_guards.py}).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaytx._flow import ROUNDS, ConnectionWatch, Flow
+from relaytx._guards import InputBudget
+
+IDLE = 8.0
+ROUND = IDLE / ROUNDS
+
+
+class FakeDescriptor(FileDescriptor):
+    """A socket's transport that buffers what is written and records pauses."""
+
+    def __init__(self) -> None:
+        super().__init__(reactor=MemoryReactor())
+        self.connected = 1
+        self.reading = True
+
+    def startWriting(self) -> None:
+        pass
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+    def drain(self) -> None:
+        """The other end read everything."""
+        self.dataBuffer, self.offset = b"", 0
+        self._tempDataBuffer, self._tempDataLen = [], 0
+        if self.producer is not None and self.producerPaused:
+            self.producerPaused = False
+            self.producer.resumeProducing()
+
+
+class FakeConnection:
+    """What L{ConnectionWatch} reads and calls of a WebSocket protocol."""
+
+    STATE_OPEN = 3
+
+    def __init__(self, transport: Any = None) -> None:
+        self.transport = transport
+        self.state = self.STATE_OPEN
+        self.read_since_round = False
+        self.inside_message = False
+        self.pings = 0
+        self.closes: list[int] = []
+        self.dropped = False
+
+    def sendPing(self) -> None:
+        self.pings += 1
+
+    def sendCloseFrame(self, code: int, reasonUtf8: bytes, isReply: bool) -> None:
+        self.closes.append(code)
+
+    def dropConnection(self, abort: bool = False) -> None:
+        self.dropped = True
+
+
+class WatchTests(SynchronousTestCase):
+    """L{ConnectionWatch}: rounds over the connections while there are some."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.watch = ConnectionWatch(self.clock, IDLE, max_write_buffer=1000)
+
+    def rounds(self, n: int, connection: FakeConnection | None = None, reads: bool = False) -> None:
+        """Let C{n} rounds pass (C{reads}: C{connection} reads in each)."""
+        for _ in range(n):
+            if reads and connection is not None:
+                connection.read_since_round = True
+            self.clock.advance(ROUND)
+
+    def test_noConnectionNoTimer(self) -> None:
+        """The watch sets a timer only while it has connections."""
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        flow = self.watch.watch(FakeConnection(), pings=True)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.watch.forget(flow)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_silentPinged(self) -> None:
+        """A silent connection is pinged, then closed when nothing answers for idle_timeout."""
+        connection = FakeConnection()
+        self.watch.watch(connection, pings=True)
+        self.rounds(ROUNDS // 2)
+        self.assertEqual((connection.pings, connection.dropped), (1, False))
+        self.rounds(ROUNDS // 2 - 1)
+        self.assertFalse(connection.dropped)
+        self.rounds(1)
+        self.assertTrue(connection.dropped)
+        self.assertEqual(self.watch.closed["silent"], 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_answeringStays(self) -> None:
+        """A connection that answers its pings (any read) stays open."""
+        connection = FakeConnection()
+        self.watch.watch(connection, pings=True)
+        for _ in range(5):
+            self.rounds(ROUNDS // 2 + 1)
+            connection.read_since_round = True  # the pong
+        self.assertFalse(connection.dropped)
+        self.assertGreaterEqual(connection.pings, 5)
+
+    def test_peerLinksNotPinged(self) -> None:
+        """A connection that pings by itself (a peer link) is neither pinged nor closed here."""
+        connection = FakeConnection()
+        self.watch.watch(connection, pings=False)
+        self.rounds(ROUNDS * 3)
+        self.assertEqual((connection.pings, connection.dropped), (0, False))
+
+    def test_unfinishedMessage(self) -> None:
+        """A message still arriving after idle_timeout closes its connection (1008)."""
+        connection = FakeConnection()
+        self.watch.watch(connection, pings=False)
+        connection.inside_message = True
+        self.rounds(ROUNDS - 1, connection, reads=True)  # trickling in, never done
+        self.assertFalse(connection.dropped)
+        self.rounds(1, connection, reads=True)
+        self.assertEqual(connection.closes, [1008])
+        self.assertTrue(connection.dropped)
+
+    def test_finishedMessages(self) -> None:
+        """Messages that finish between rounds never add up."""
+        connection = FakeConnection()
+        self.watch.watch(connection, pings=False)
+        for n in range(ROUNDS * 3):
+            connection.inside_message = n % 2 == 0
+            self.rounds(1, connection, reads=True)
+        self.assertFalse(connection.dropped)
+
+    def test_budgetGivenBack(self) -> None:
+        """What a connection held of the input budget is given back when it goes."""
+        watch = ConnectionWatch(self.clock, IDLE, budget=InputBudget(100))
+        flow = watch.watch(FakeConnection(), pings=False)
+        self.assertTrue(watch.budget.take(60))
+        flow.held_input = 60
+        watch.forget(flow)
+        self.assertEqual(watch.budget.held, 0)
+
+
+class BackPressureTests(SynchronousTestCase):
+    """L{Flow}: reading stops while unsent output is over max_write_buffer."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.watch = ConnectionWatch(self.clock, IDLE, max_write_buffer=1000)
+        self.fd = FakeDescriptor()
+        self.fd.bufferSize = 100  # what tune_socket sets: the read size, too
+        self.connection = FakeConnection(self.fd)
+        self.flow = self.watch.watch(self.connection, pings=False)
+
+    def test_registered(self) -> None:
+        """The flow replaces the producer the connection had (its HTTP channel's)."""
+        self.assertIs(self.fd.producer, self.flow)
+        other = FakeDescriptor()
+        other.registerProducer(Flow(FakeConnection(), self.watch, False), True)
+        flow = self.watch.watch(FakeConnection(other), pings=False)
+        self.assertIs(other.producer, flow)
+
+    def test_pauseOnlyPastTheBound(self) -> None:
+        """Output past bufferSize but under max_write_buffer keeps the reading on."""
+        self.fd.write(b"x" * 500)
+        self.assertTrue(self.fd.reading)
+        self.fd.write(b"x" * 501)
+        self.assertFalse(self.fd.reading)
+        self.assertEqual(self.flow.unsent(), 1001)
+        self.fd.drain()
+        self.assertTrue(self.fd.reading)
+        self.assertFalse(self.flow.reading_paused)
+
+    def test_closedWhenStuck(self) -> None:
+        """A connection paused for idle_timeout is closed."""
+        self.fd.write(b"x" * 2000)
+        for _ in range(ROUNDS - 1):
+            self.connection.read_since_round = True
+            self.clock.advance(ROUND)
+        self.assertFalse(self.connection.dropped)
+        self.clock.advance(ROUND)
+        self.assertTrue(self.connection.dropped)
+        self.assertEqual(self.watch.closed["unread"], 1)
+
+    def test_drainedInTime(self) -> None:
+        """A connection that drains before idle_timeout stays open."""
+        self.fd.write(b"x" * 2000)
+        self.clock.advance(ROUND * (ROUNDS - 1))
+        self.fd.drain()
+        self.connection.read_since_round = True
+        self.clock.advance(ROUND * 2)
+        self.assertFalse(self.connection.dropped)
