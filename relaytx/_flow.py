@@ -48,8 +48,8 @@ ROUNDS = 4
 
 def _descriptor(transport: Any) -> FileDescriptor | None:
     """:returns: the socket's transport under C{transport} (and its TLS layer)."""
-    while transport is not None:
-        if isinstance(transport, FileDescriptor):
+    for _ in range(8):  # a TLS layer or two, never a loop
+        if transport is None or isinstance(transport, FileDescriptor):
             return transport
         transport = getattr(transport, "transport", None)
     return None
@@ -205,9 +205,13 @@ class ConnectionWatch:
         self.forget(flow)
         protocol = flow.protocol
         if what == "unfinished":
+            # A client still sending: it is told why, then the connection
+            # ends once the close frame is written.
             protocol.sendCloseFrame(code=CLOSE_POLICY, reasonUtf8=reason.encode(), isReply=False)
-        # Whatever it is sent, a connection that reads nothing (or answers
-        # nothing) would not read a close either: cut it.
+            protocol.transport.loseConnection()
+            return
+        # A connection that reads nothing (or answers nothing) would not
+        # read a close either: cut it.
         protocol.dropConnection(abort=True)
 
 

@@ -46,13 +46,25 @@ class FakeDescriptor(FileDescriptor):
             self.producer.resumeProducing()
 
 
+class FakeTransport:
+    """A transport that is not a socket's: the watch leaves its producer alone."""
+
+    lost = False
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def loseConnection(self) -> None:
+        self.lost = True
+
+
 class FakeConnection:
     """What L{ConnectionWatch} reads and calls of a WebSocket protocol."""
 
     STATE_OPEN = 3
 
     def __init__(self, transport: Any = None) -> None:
-        self.transport = transport
+        self.transport = transport or FakeTransport()
         self.state = self.STATE_OPEN
         self.read_since_round = False
         self.inside_message = False
@@ -68,6 +80,11 @@ class FakeConnection:
 
     def dropConnection(self, abort: bool = False) -> None:
         self.dropped = True
+
+    @property
+    def lost(self) -> bool:
+        """Whether the connection was closed once its close frame was written."""
+        return bool(getattr(self.transport, "lost", False))
 
 
 class WatchTests(SynchronousTestCase):
@@ -131,7 +148,8 @@ class WatchTests(SynchronousTestCase):
         self.assertFalse(connection.dropped)
         self.rounds(1, connection, reads=True)
         self.assertEqual(connection.closes, [1008])
-        self.assertTrue(connection.dropped)
+        self.assertTrue(connection.lost)
+        self.assertFalse(connection.dropped)
 
     def test_finishedMessages(self) -> None:
         """Messages that finish between rounds never add up."""

@@ -1,0 +1,733 @@
+"""
+SPEC section 10 on real sockets (127.0.0.0/8 only): each attack of issue 15
+mounted as an attacker would, with raw requests carrying the headers a
+browser sends, raw sockets that stall, never read or flood, a raw peer
+that sends oversized ids and never-answered calls. Every flood is bounded
+to seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import socket
+import struct
+import time
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+from websockets.sync.client import connect
+
+from relaytx.errors import AccessDenied
+from relaytx.node import RelayNode
+
+from .helpers import Counter, rpc, start_node, url, wait_for, ws
+from .test_garbage import _frame, _read_response, _ws_close_code
+
+HOST = "127.0.0.1"
+ATTACKER = "127.0.0.2"  # another address on this machine's loopback
+CI_TOKEN, OPS_TOKEN = "ci-token-0123456789", "ops-token-9876543210"
+TOKENS = {
+    "ci": hashlib.sha256(CI_TOKEN.encode()).hexdigest(),
+    "ops": hashlib.sha256(OPS_TOKEN.encode()).hexdigest(),
+}
+#: What a browser adds to a cross-site "simple" request a page makes.
+BROWSER = {
+    "Origin": "https://evil.example",
+    "Sec-Fetch-Site": "cross-site",
+    "Sec-Fetch-Mode": "no-cors",
+    "Sec-Fetch-Dest": "empty",
+    "Content-Type": "text/plain;charset=UTF-8",
+    "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0 Safari/537.36",
+}
+
+
+def port_of(node: RelayNode) -> int:
+    """:returns: the port C{node} listens on."""
+    assert node.listening_port is not None
+    port: int = node.listening_port.getHost().port
+    return port
+
+
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    host: str | None = None,
+    source: str = HOST,
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    """Send one raw HTTP/1.1 request from C{source}; :returns: status, headers and body."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host or f'{HOST}:{port}'}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
+    with socket.create_connection((HOST, port), timeout=5, source_address=(source, 0)) as sock:
+        sock.sendall("\r\n".join(lines).encode() + body)
+        return _read_response(sock)
+
+
+def rpc_body(method: str, params: Any = None, request_id: Any = 1) -> bytes:
+    """:returns: one JSON-RPC request."""
+    return json.dumps(
+        {"jsonrpc": "2.0", "method": method, "params": params or [], "id": request_id}
+    ).encode()
+
+
+def upgrade(
+    port: int, path: str, headers: dict[str, str] | None = None, source: str = HOST
+) -> tuple[socket.socket, int, bytes]:
+    """Start a raw WebSocket upgrade; :returns: the socket, the status and bytes past the head."""
+    sock = socket.create_connection((HOST, port), timeout=5, source_address=(source, 0))
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {HOST}:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status = int(head.split()[1]) if head else 0
+    return sock, status, rest
+
+
+def closed_within(sock: socket.socket, seconds: float) -> float | None:
+    """
+    Read (and drop) whatever comes until the node closes C{sock}.
+
+    :returns: the seconds it took, or C{None} if still open after C{seconds}.
+    """
+    started = time.monotonic()
+    sock.settimeout(0.1)
+    while time.monotonic() - started < seconds:
+        try:
+            if not sock.recv(65536):
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except OSError:
+            return time.monotonic() - started
+    return None
+
+
+class TokenTests(TestCase):
+    """[http.tokens]: 401 without a token everywhere but GET /health; admins; names."""
+
+    timeout = 30
+
+    def node(self) -> tuple[RelayNode, Counter]:
+        """A node with two tokens, ops its admin, and a counter ci may not increment."""
+        counter = Counter()
+        node = start_node(
+            self,
+            "tok1",
+            servers={"counter": counter},
+            http={"tokens": TOKENS, "admins": ["ops"]},
+            access={
+                "rule": [
+                    {"callers": ["http:ci"], "servers": ["counter"], "methods": ["increment"],
+                     "allow": False},
+                ]
+            },
+        )  # fmt: skip
+        return node, counter
+
+    async def test_noToken(self) -> None:
+        """Every path but GET /health, and the /ws/rpc upgrade, answer 401 without a token."""
+        node, counter = self.node()
+        port = port_of(node)
+
+        def attempts() -> dict[str, Any]:
+            seen: dict[str, Any] = {}
+            for method, path in (
+                ("POST", "/rpc"),
+                ("GET", "/registry"),
+                ("GET", "/registry/peers"),
+                ("GET", "/metrics"),
+                ("POST", "/registry/peers/add"),
+                ("GET", "/nowhere"),
+                ("POST", "/health"),
+            ):
+                seen[path + method] = request(port, method, path, rpc_body("counter.increment"))
+            seen["wrong"] = request(
+                port, "POST", "/rpc", rpc_body("counter.increment"),
+                {"Authorization": "Bearer not-a-token"},
+            )  # fmt: skip
+            seen["health"] = request(port, "GET", "/health")
+            sock, seen["ws"], _ = upgrade(port, "/ws/rpc")
+            sock.close()
+            sock, seen["ws_wrong"], _ = upgrade(
+                port, "/ws/rpc", {"Authorization": "Bearer " + CI_TOKEN[::-1]}
+            )
+            sock.close()
+            return seen
+
+        seen = await deferToThread(attempts)
+        for name, answer in seen.items():
+            if name in ("health", "ws", "ws_wrong"):
+                continue
+            status, headers, body = answer
+            self.assertEqual(status, 401, name)
+            self.assertEqual(json.loads(body)["status"], 401, name)
+            self.assertEqual(headers[b"content-type"], b"application/json", name)
+            self.assertIn(b"Bearer", headers[b"www-authenticate"], name)
+        self.assertEqual(seen["health"][0], 200)
+        self.assertEqual(json.loads(seen["health"][2])["status"], "healthy")
+        self.assertEqual((seen["ws"], seen["ws_wrong"]), (401, 401))
+        self.assertEqual(counter.count, 0)
+        self.assertEqual(node.peer_admin.dialers, {})
+
+    async def test_withTokens(self) -> None:
+        """A token admits a caller as http:NAME: rules apply to it, admins may add peers."""
+        node, counter = self.node()
+        port = port_of(node)
+        ci = {"Authorization": "Bearer " + CI_TOKEN}
+        ops = {"Authorization": "Bearer " + OPS_TOKEN}
+        address = json.dumps({"address": "ws://127.0.0.1:9"}).encode()
+
+        def calls() -> dict[str, Any]:
+            seen: dict[str, Any] = {}
+            seen["ci_get"] = request(port, "POST", "/rpc", rpc_body("counter.get"), ci)
+            seen["ci_inc"] = request(port, "POST", "/rpc", rpc_body("counter.increment"), ci)
+            seen["ops_inc"] = request(port, "POST", "/rpc", rpc_body("counter.increment"), ops)
+            seen["ci_add"] = request(port, "POST", "/registry/peers/add", address, ci)
+            seen["ci_remove"] = request(port, "DELETE", "/registry/peers/remove", address, ci)
+            seen["ops_add"] = request(port, "POST", "/registry/peers/add", address, ops)
+            seen["metrics"] = request(port, "GET", "/metrics", headers=ci)
+            with connect(
+                f"ws://{HOST}:{port}/ws/rpc", additional_headers=ci, open_timeout=5
+            ) as client:
+                client.send(rpc_body("counter.increment").decode())
+                seen["ws_ci_inc"] = json.loads(client.recv(timeout=5))
+                client.send(rpc_body("counter.get").decode())
+                seen["ws_ci_get"] = json.loads(client.recv(timeout=5))
+            return seen
+
+        seen = await deferToThread(calls)
+        self.assertEqual(json.loads(seen["ci_get"][2])["result"], 0)
+        self.assertEqual(json.loads(seen["ci_inc"][2])["error"]["code"], -32004)
+        self.assertIn("http:ci", json.loads(seen["ci_inc"][2])["error"]["message"])
+        self.assertEqual(json.loads(seen["ops_inc"][2])["result"], 1)
+        self.assertEqual((seen["ci_add"][0], seen["ci_remove"][0]), (403, 403))
+        self.assertEqual(seen["ops_add"][0], 200)
+        self.assertEqual(len(node.peer_admin.dialers), 1)
+        self.assertEqual(seen["metrics"][0], 200)
+        self.assertEqual(seen["ws_ci_inc"]["error"]["code"], -32004)
+        self.assertEqual(seen["ws_ci_get"]["result"], 1)
+        self.assertEqual(counter.count, 1)
+
+
+class BrowserTests(TestCase):
+    """A web page on the operator's machine: its Origin, or a rebinding Host, gets 403."""
+
+    timeout = 30
+
+    async def test_crossSitePage(self) -> None:
+        """A page's text/plain POSTs and its WebSocket get 403: no call runs, no peer is added."""
+        counter = Counter()
+        node = start_node(self, "web1", servers={"counter": counter})
+        port = port_of(node)
+
+        def page() -> dict[str, Any]:
+            seen: dict[str, Any] = {}
+            seen["rpc"] = request(port, "POST", "/rpc", rpc_body("counter.increment"), BROWSER)
+            seen["add"] = request(
+                port, "POST", "/registry/peers/add", b'{"address":"ws://127.0.0.1:9"}', BROWSER
+            )
+            seen["remove"] = request(
+                port, "POST", "/registry/peers/remove", b'{"node_id":"x"}', BROWSER
+            )
+            seen["registry"] = request(port, "GET", "/registry", headers={"Origin": "null"})
+            seen["health"] = request(port, "GET", "/health", headers=BROWSER)
+            sock, seen["ws"], _ = upgrade(
+                port, "/ws/rpc", {"Origin": "https://evil.example", "Sec-Fetch-Mode": "websocket"}
+            )
+            sock.close()
+            # curl and JSON-RPC libraries: no Origin, any Content-Type.
+            plain = {"Content-Type": "text/plain"}
+            seen["curl"] = request(port, "POST", "/rpc", rpc_body("counter.get"), plain)
+            return seen
+
+        seen = await deferToThread(page)
+        for name in ("rpc", "add", "remove", "registry", "health"):
+            self.assertEqual(seen[name][0], 403, name)
+            self.assertEqual(json.loads(seen[name][2])["status"], 403, name)
+        self.assertEqual(seen["ws"], 403)
+        self.assertEqual(counter.count, 0)
+        self.assertEqual(node.peer_admin.dialers, {})
+        self.assertEqual(json.loads(seen["curl"][2])["result"], 0)
+
+    async def test_rebinding(self) -> None:
+        """A Host that is a name other than localhost or allowed_hosts gets 403 (DNS rebinding)."""
+        counter = Counter()
+        node = start_node(
+            self,
+            "web2",
+            servers={"counter": counter},
+            http={"allowed_hosts": ["relay.internal"]},
+            allowed_origins=["https://ops.example"],
+        )
+        port = port_of(node)
+
+        def rebound() -> dict[str, int]:
+            same_origin = {"Content-Type": "text/plain", "Sec-Fetch-Site": "same-origin"}
+            return {
+                "evil": request(
+                    port, "POST", "/rpc", rpc_body("counter.increment"), same_origin,
+                    host=f"evil.example:{port}",
+                )[0],
+                "evil_get": request(port, "GET", "/registry", host=f"evil.example:{port}")[0],
+                "suffix": request(port, "GET", "/registry", host="localhost.evil.example")[0],
+                "localhost": request(port, "GET", "/registry", host=f"localhost:{port}")[0],
+                "v6": request(port, "GET", "/registry", host=f"[::1]:{port}")[0],
+                "allowed": request(port, "GET", "/registry", host=f"Relay.Internal:{port}")[0],
+                "origin_ok": request(
+                    port, "POST", "/rpc", rpc_body("counter.get"),
+                    {**BROWSER, "Origin": "https://ops.example"},
+                )[0],
+            }  # fmt: skip
+
+        seen = await deferToThread(rebound)
+        self.assertEqual(
+            seen,
+            {
+                "evil": 403,
+                "evil_get": 403,
+                "suffix": 403,
+                "localhost": 200,
+                "v6": 200,
+                "allowed": 200,
+                "origin_ok": 200,
+            },
+        )
+        self.assertEqual(counter.count, 0)
+
+
+class SlowClientTests(TestCase):
+    """Half-open requests, silent sockets and unfinished messages are closed in time."""
+
+    timeout = 40
+
+    async def test_halfOpenRequests(self) -> None:
+        """Requests whose head or body stops short are closed at header_timeout; /health lives."""
+        node = start_node(self, "slow1", limits={"header_timeout": 0.5})
+        port = port_of(node)
+
+        def half_open() -> list[float | None]:
+            socks = []
+            for n in range(60):
+                sock = socket.create_connection((HOST, port), timeout=5)
+                if n % 3 == 0:
+                    sock.sendall(b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # head unfinished
+                elif n % 3 == 1:
+                    sock.sendall(
+                        b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99\r\n\r\n{"
+                    )
+                socks.append(sock)  # (and one in three says nothing at all)
+            health = request(port, "GET", "/health")[0]
+            assert health == 200, health
+            times = [closed_within(sock, 5) for sock in socks]
+            for sock in socks:
+                sock.close()
+            return times
+
+        times = await deferToThread(half_open)
+        self.assertNotIn(None, times)
+        self.assertLess(max(t for t in times if t is not None), 3.0)
+        await wait_for(lambda: node.connections.held == 0, 5, what="every place given back")
+
+    async def test_keepAliveIdle(self) -> None:
+        """An idle keep-alive connection is closed at idle_timeout, not before."""
+        node = start_node(self, "slow2", limits={"idle_timeout": 1.0})
+        port = port_of(node)
+
+        def keep_alive() -> tuple[int, float | None]:
+            with socket.create_connection((HOST, port), timeout=5) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                first = sock.recv(65536)
+                return int(first.split()[1]), closed_within(sock, 5)
+
+        status, took = await deferToThread(keep_alive)
+        self.assertEqual(status, 200)
+        assert took is not None
+        self.assertGreater(took, 0.8)
+        self.assertLess(took, 3.0)
+
+    async def test_silentWebSockets(self) -> None:
+        """/ws/rpc sockets that answer no ping are closed; a client that answers stays."""
+        node = start_node(self, "slow3", limits={"idle_timeout": 1.0})
+        port = port_of(node)
+
+        def silent() -> tuple[list[float | None], Any]:
+            socks = [upgrade(port, "/ws/rpc")[0] for _ in range(40)]
+            with connect(f"ws://{HOST}:{port}/ws/rpc", open_timeout=5) as client:
+                times = [closed_within(sock, 5) for sock in socks]
+                time.sleep(0.5)  # past idle_timeout overall: pinged, and answered
+                client.send(rpc_body("node.echo", ["still here"]).decode())
+                answer = json.loads(client.recv(timeout=5))
+            for sock in socks:
+                sock.close()
+            return times, answer
+
+        times, answer = await deferToThread(silent)
+        self.assertNotIn(None, times)
+        self.assertLess(max(t for t in times if t is not None), 3.0)
+        self.assertEqual(answer["result"], ["still here"])
+        self.assertEqual(node.watch.closed["silent"], 40)
+
+    async def test_unfinishedFragments(self) -> None:
+        """
+        Fragmented messages that never finish are closed (1008) at idle_timeout,
+        and all of them together hold at most max_buffered_input (1013 past it).
+        """
+        node = start_node(
+            self, "slow4", limits={"idle_timeout": 1.0, "max_buffered_input": 256 * 1024}
+        )
+        port = port_of(node)
+        piece = b"x" * (60 * 1024)
+
+        def fragments() -> list[int | None]:
+            socks = []
+            for _ in range(8):
+                sock, status, _ = upgrade(port, "/ws/rpc")
+                assert status == 101, status
+                sock.sendall(_frame(0x1, b'["' + piece, fin=False))  # a message begun
+                socks.append(sock)
+            # More pieces, never the last, for up to 4 s: never silent.
+            going = set(range(len(socks)))
+            deadline = time.monotonic() + 4
+            while going and time.monotonic() < deadline:
+                for i in list(going):
+                    try:
+                        socks[i].sendall(_frame(0x0, b"y", fin=False))
+                    except OSError:
+                        going.discard(i)
+                time.sleep(0.1)
+            return [_ws_close_code(sock) for sock in socks]
+
+        codes = await deferToThread(fragments)
+        self.assertEqual(sorted(set(codes)), [1008, 1013], codes)
+        self.assertGreaterEqual(codes.count(1013), 4, codes)
+        self.assertEqual(node.watch.budget.held, 0)
+
+
+class ConnectionCapTests(TestCase):
+    """One address holding its maximum leaves room for /health and for members."""
+
+    timeout = 30
+
+    async def test_perAddress(self) -> None:
+        """Past max_connections_per_ip, an address's connections close at once; others get in."""
+        node1 = start_node(
+            self, "cap1", limits={"max_connections": 40, "max_connections_per_ip": 20}
+        )
+        port = port_of(node1)
+
+        def flood() -> tuple[list[float | None], list[socket.socket]]:
+            held = [
+                socket.create_connection((HOST, port), timeout=5, source_address=(ATTACKER, 0))
+                for _ in range(20)
+            ]
+            extra = [
+                socket.create_connection((HOST, port), timeout=5, source_address=(ATTACKER, 0))
+                for _ in range(10)
+            ]
+            times = [closed_within(sock, 2) for sock in extra]
+            for sock in extra:
+                sock.close()
+            return times, held
+
+        times, held = await deferToThread(flood)
+        try:
+            self.assertNotIn(None, times)
+            self.assertLess(max(t for t in times if t is not None), 0.5)
+            self.assertEqual(node1.connections.of(ATTACKER), 20)
+            health = await deferToThread(request, port, "GET", "/health")
+            self.assertEqual(health[0], 200)
+            node2 = start_node(self, "cap2", [ws(node1)])
+            await wait_for(lambda: "cap2" in node1.mesh.links, 5, what="a member to link")
+            pong = await node2.call("cap1", "node", "ping", timeout=5)
+            self.assertEqual(pong["node_id"], "cap1")
+        finally:
+            for sock in held:
+                sock.close()
+        await wait_for(lambda: node1.connections.of(ATTACKER) == 0, 5, what="places back")
+
+    async def test_total(self) -> None:
+        """Past max_connections in all, new connections close at once."""
+        node = start_node(self, "cap3", limits={"max_connections": 10, "max_connections_per_ip": 8})
+        port = port_of(node)
+
+        def fill() -> float | None:
+            mine = [socket.create_connection((HOST, port), timeout=5) for _ in range(8)]
+            theirs = [
+                socket.create_connection((HOST, port), timeout=5, source_address=(ATTACKER, 0))
+                for _ in range(2)
+            ]
+            late = socket.create_connection(
+                (HOST, port), timeout=5, source_address=("127.0.0.3", 0)
+            )
+            took = closed_within(late, 2)
+            for sock in (*mine, *theirs, late):
+                sock.close()
+            return took
+
+        took = await deferToThread(fill)
+        assert took is not None
+        self.assertLess(took, 0.5)
+
+
+class BackPressureTests(TestCase):
+    """A /ws/rpc client that never reads its answers does not grow the node."""
+
+    timeout = 40
+
+    async def test_neverReads(self) -> None:
+        """Reading stops at max_write_buffer; the client is closed at idle_timeout; others go on."""
+        bound = 256 * 1024
+        node = start_node(self, "bp1", limits={"max_write_buffer": bound, "idle_timeout": 2.0})
+        port = port_of(node)
+        sent = {"bytes": 0}
+        stop = {"now": False}
+
+        def never_read() -> float | None:
+            sock, status, _ = upgrade(port, "/ws/rpc")
+            assert status == 101
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            call = _frame(0x1, rpc_body("node.echo", ["x" * 8000]))
+            sock.settimeout(0.05)
+            started = time.monotonic()
+            while not stop["now"] and time.monotonic() - started < 10:
+                try:
+                    sock.sendall(call)
+                    sent["bytes"] += 8000
+                except TimeoutError:
+                    continue  # the node stopped reading: our sends back up
+                except OSError:
+                    break
+            took = closed_within(sock, 6)
+            sock.close()
+            return took
+
+        flooding = deferToThread(never_read)
+        unsent = []
+        latencies = []
+        for _ in range(20):
+            started = reactor.seconds()
+            answer = await rpc(url(node), "node.echo", ["legit"])
+            latencies.append(reactor.seconds() - started)
+            self.assertEqual(answer["result"], ["legit"])
+            unsent += [flow.unsent() for flow in node.watch.flows]
+        await wait_for(
+            lambda: any(f.reading_paused for f in node.watch.flows) or flooding.called,
+            10,
+            what="the node to stop reading the flooder",
+        )
+        stop["now"] = True
+        took = await flooding
+        self.assertIsNotNone(took)
+        self.assertGreater(sent["bytes"], 4 * bound)  # it sent far more than the node holds
+        self.assertLess(max(unsent), bound + 512 * 1024)  # the bound, and a read's answers
+        self.assertLess(max(latencies), 1.0)
+        self.assertEqual(node.watch.closed["unread"], 1)
+
+
+class ForwardedCallerTests(TestCase):
+    """A call relayed by another node keeps its HTTP caller for the target's rules."""
+
+    timeout = 30
+
+    async def test_denyHttpThroughNeighbour(self) -> None:
+        """node1 denies http: node2's HTTP clients are refused, node2 itself is not."""
+        counter = Counter()
+        node1 = start_node(
+            self,
+            "fw1",
+            servers={"counter": counter},
+            access={"rule": [{"callers": ["http"], "servers": ["counter"], "allow": False}]},
+        )
+        node2 = start_node(self, "fw2", [ws(node1)])
+        await wait_for(lambda: "fw1" in node2.mesh.links, 5, what="the link")
+        await wait_for(lambda: node2.mesh.can_reach("fw1"), 5, what="a route")
+        for method, params in (
+            ("fw1/counter.increment", []),
+            ("counter.increment", []),
+            ("remote_call", {"node_id": "fw1", "server_name": "counter", "method": "increment"}),
+        ):
+            answer = await rpc(url(node2), method, params)
+            self.assertEqual(answer["error"]["code"], -32004, (method, answer))
+            self.assertIn("http:127.0.0.1", answer["error"]["message"])
+        self.assertEqual(counter.count, 0)
+        self.assertEqual(await node2.call("fw1", "counter", "increment", timeout=5), 1)
+
+    async def test_namedThroughNeighbour(self) -> None:
+        """A rule naming http:ops on node1 admits node2's client holding the ops token."""
+        counter = Counter()
+        node1 = start_node(
+            self,
+            "fw3",
+            servers={"counter": counter},
+            access={
+                "default": "deny",
+                "rule": [{"callers": ["http:ops"], "servers": ["counter"], "allow": True}],
+            },
+        )
+        node2 = start_node(self, "fw4", [ws(node1)], http={"tokens": TOKENS})
+        await wait_for(lambda: "fw3" in node2.mesh.links, 5, what="the link")
+        port = port_of(node2)
+
+        def call(token: str) -> Any:
+            headers = {"Authorization": "Bearer " + token}
+            return json.loads(
+                request(port, "POST", "/rpc", rpc_body("fw3/counter.increment"), headers)[2]
+            )
+
+        ops = await deferToThread(call, OPS_TOKEN)
+        ci = await deferToThread(call, CI_TOKEN)
+        self.assertEqual(ops.get("result"), 1, ops)
+        self.assertEqual(ci["error"]["code"], -32004, ci)
+        # node2 calling for itself is not http:ops: node1's default denies it.
+        with self.assertRaises(AccessDenied):
+            await node2.call("fw3", "counter", "increment", timeout=5)
+
+
+class MemberTests(TestCase):
+    """A member sending huge ids and never-answered calls cannot grow a node."""
+
+    timeout = 40
+
+    async def test_hugeIdsAndNeverAnswered(self) -> None:
+        """Huge ids are dropped as malformed; forwarded calls stop at max_pending_calls (-32005)."""
+        target = start_node(self, "mem2", servers={"counter": Counter()})
+        middle = start_node(self, "mem1", [ws(target)], limits={"max_pending_calls": 50})
+        await wait_for(lambda: "mem2" in middle.mesh.links, 5, what="the link")
+
+        def attack() -> dict[str, int]:
+            seen = {"overloaded": 0, "other": 0}
+            with connect(ws(middle) + "/ws/p2p?node_id=evil", open_timeout=5, max_size=None) as c:
+                big = "x" * 400_000  # twice in a frame: under the 1 MiB frame limit
+                for n in range(5):
+                    c.send(json.dumps({
+                        "type": "server_call", "id": big, "from": "evil", "to": "mem2",
+                        "data": {"call": {"server_name": "counter", "method": "get"},
+                                 "response_id": big + str(n)},
+                        "route": ["evil"], "ttl": 9,
+                    }))  # fmt: skip
+                for n in range(120):
+                    c.send(json.dumps({
+                        "type": "server_call", "id": f"m{n}", "from": "evil", "to": "mem2",
+                        "data": {"call": {"server_name": "counter", "method": "slow_increment",
+                                          "args": [60], "timeout": 1e9},
+                                 "response_id": f"r{n}"},
+                        "route": ["evil"], "ttl": 9,
+                    }))  # fmt: skip
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and seen["overloaded"] < 70:
+                    try:
+                        frame = json.loads(c.recv(timeout=0.5))
+                    except TimeoutError:
+                        continue
+                    if frame["type"] == "server_response":
+                        if frame["data"].get("error_code") == -32005:
+                            seen["overloaded"] += 1
+                        else:
+                            seen["other"] += 1
+            return seen
+
+        seen = await deferToThread(attack)
+        self.assertEqual(seen, {"overloaded": 70, "other": 0})
+        dropped = middle.metrics.messages_dropped.labels("bad_id")._value.get()
+        self.assertGreaterEqual(dropped, 5)
+        forwarded = middle.mesh.forwarded
+        self.assertLessEqual(len(forwarded), 50)
+        horizon = reactor.seconds() + 86400 + 1
+        self.assertTrue(all(e.deadline <= horizon for e in forwarded._calls.values()))
+
+
+class DialerTests(TestCase):
+    """Peers added at run time are bounded, and their failures logged once with a count."""
+
+    timeout = 30
+
+    async def test_boundedAndQuiet(self) -> None:
+        """Past max_dialers, peers/add answers 503; a failing peer's log grows as log2 of tries."""
+        node = start_node(self, "dial1", limits={"max_dialers": 5})
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        port = port_of(node)
+        closed = socket.socket()
+        closed.bind((HOST, 0))
+        dead = closed.getsockname()[1]  # bound, never listening: refused
+        self.addCleanup(closed.close)
+
+        def add_many() -> list[int]:
+            return [
+                request(
+                    port, "POST", "/registry/peers/add",
+                    json.dumps({"address": f"ws://127.0.0.1:{dead}/p{n}"}).encode(),
+                )[0]
+                for n in range(30)
+            ]  # fmt: skip
+
+        statuses = await deferToThread(add_many)
+        self.assertEqual(statuses[:5], [200] * 5)
+        self.assertEqual(set(statuses[5:]), {503})
+        self.assertEqual(len(node.peer_admin.dialers), 5)
+        dialer = next(iter(node.peer_admin.dialers.values()))
+        await wait_for(lambda: dialer._repeats.count >= 5, 15, what="five failed attempts")
+        lines = [
+            e for e in events
+            if e.get("log_format", "").startswith("dialling") and e.get("url") == dialer.url
+        ]  # fmt: skip
+        retries = [e for e in events if "Scheduling retry" in e.get("log_format", "")]
+        self.assertLessEqual(len(lines), 1 + dialer._repeats.count.bit_length())
+        self.assertLess(len(lines), dialer._repeats.count)
+        self.assertEqual(retries, [])
+        self.assertIn("ConnectionRefusedError", lines[0]["why"])
+
+
+class BigIdTests(TestCase):
+    """JSON-RPC ids are echoed exactly, past 64 bits, on /rpc and /ws/rpc."""
+
+    timeout = 30
+
+    async def test_bigIds(self) -> None:
+        """2**64 + 1 and -(2**70) come back as the same integers."""
+        node = start_node(self, "ids1")
+        port = port_of(node)
+        big = [2**64 + 1, -(2**70), 123456789012345678901234567890]
+
+        def ask() -> tuple[list[bytes], list[bytes]]:
+            http = [request(port, "POST", "/rpc", rpc_body("node.ping", [], i))[2] for i in big]
+            with connect(f"ws://{HOST}:{port}/ws/rpc", open_timeout=5) as client:
+                answers = []
+                for i in big:
+                    client.send(rpc_body("node.ping", [], i).decode())
+                    answers.append(client.recv(timeout=5).encode())
+            return http, answers
+
+        http, over_ws = await deferToThread(ask)
+        for i, a, b in zip(big, http, over_ws, strict=True):
+            self.assertIn(b'"id":%d' % i, a)
+            self.assertIn(b'"id":%d' % i, b)
+            self.assertEqual(json.loads(a)["id"], i)
+
+
+# Quiet an unused import warning for struct (kept for frame helpers' users).
+_ = struct
