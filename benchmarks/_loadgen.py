@@ -27,6 +27,10 @@ from typing import Any
 
 HOST = "127.0.0.1"
 
+#: Header lines (each ending in CRLF) every request carries, such as a
+#: bearer token's C{Authorization} (C{benchmarks/run.py --token}).
+EXTRA_HEADERS = ""
+
 
 def percentile_ms(ordered: list[float], p: float) -> float | None:
     """:returns: the C{p} quantile of C{ordered} seconds, in ms (C{None} if empty)."""
@@ -63,7 +67,7 @@ def http_load(
     :param check: says whether an answer body is a success.
     """
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n{EXTRA_HEADERS}"
         "Content-Type: application/json\r\nContent-Length: "
     ).encode()
 
@@ -177,7 +181,7 @@ def ws_load(
     key = base64.b64encode(os.urandom(16)).decode()
     s.sendall(
         (
-            f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n{EXTRA_HEADERS}Upgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
     )

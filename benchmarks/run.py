@@ -4,6 +4,12 @@ The relaytx benchmark: one command, one table.
 
     python benchmarks/run.py [--duration 2] [--passes 2] [--warmup 0.5]
                              [--inflight 1,50,64,100] [--json]
+                             [--targets local,direct,...] [--entries python,http,...]
+                             [--no-ceilings] [--token TOKEN]
+
+C{--targets}, C{--entries} and C{--no-ceilings} restrict what it runs;
+C{--token} gives the nodes an C{[http.tokens]} entry for TOKEN and has
+every request carry it (the cost of the checks of SPEC section 10).
 
 It starts its own processes on 127.0.0.1 and measures, for each in-flight
 level, calls/s with p50 and p99 latency:
@@ -43,6 +49,7 @@ shared by everything, as they would be in production.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -57,10 +64,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import _loadgen  # noqa: E402
 from _loadgen import http_load, ws_load  # noqa: E402
 
 HOST = "127.0.0.1"
 BATCH = 50
+
+#: Headers of the script's own requests to the nodes (a bearer token).
+AUTH: dict[str, str] = {}
 
 
 # The ceilings, each run in a process of its own.
@@ -214,7 +225,9 @@ def post(port: int, body: Any, timeout: float = 120) -> Any:
     import http.client
 
     connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    connection.request("POST", "/rpc", json.dumps(body), {"Content-Type": "application/json"})
+    connection.request(
+        "POST", "/rpc", json.dumps(body), {"Content-Type": "application/json", **AUTH}
+    )
     answer = json.loads(connection.getresponse().read())
     connection.close()
     return answer
@@ -226,7 +239,7 @@ def wait_routes(port: int, destinations: list[str], timeout: float = 30) -> None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         connection = http.client.HTTPConnection(HOST, port, timeout=5)
-        connection.request("GET", "/registry/routes")
+        connection.request("GET", "/registry/routes", headers=AUTH)
         routes = json.loads(connection.getresponse().read())
         connection.close()
         if all(d in routes for d in destinations):
@@ -246,7 +259,7 @@ def wait_drained(port: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         connection = http.client.HTTPConnection(HOST, port, timeout=5)
-        connection.request("GET", "/metrics")
+        connection.request("GET", "/metrics", headers=AUTH)
         text = connection.getresponse().read().decode()
         connection.close()
         busy = [
@@ -372,12 +385,21 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="relaytx-bench-") as tmp:
         procs = Processes(Path(tmp))
         try:
-            ceiling_rows = measure_ceilings(procs, levels, args, "before")
+            ceiling_rows = (
+                [] if args.no_ceilings else measure_ceilings(procs, levels, args, "before")
+            )
             ports = [free_port() for _ in range(4)]
             nodes = []
+            config = None
+            if args.token:
+                config = Path(tmp) / "tokens.toml"
+                digest = hashlib.sha256(args.token.encode()).hexdigest()
+                config.write_text(f'[http.tokens]\nbench = "{digest}"\n')
             for i, port in enumerate(ports):
                 argv = [sys.executable, "-m", "relaytx.cli", "node", "--node-id", f"n{i}"]
                 argv += ["--port", str(port)]
+                if config is not None:
+                    argv += ["--config", str(config)]
                 app = "benchmarks/bench_app.py" if i == 0 else "examples/counter.py"
                 argv += ["--app", app]
                 if i:
@@ -391,7 +413,15 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             # drift in speed over a run falls between them as little as it
             # can. Each later pass goes the other way round; a cell keeps
             # its best pass (and every pass's errors), as the ceilings do.
-            cells = [(n, entry, label) for n in levels for entry in ENTRIES for label in TARGETS]
+            targets = args.targets.split(",")
+            entries = args.entries.split(",")
+            cells = [
+                (n, entry, label)
+                for n in levels
+                for entry in ENTRIES
+                for label in TARGETS
+                if entry in entries and label in targets
+            ]
             best: dict[tuple[int, str, str], dict[str, Any]] = {}
             for number in range(args.passes):
                 progress(f"pass {number + 1} of {args.passes}")
@@ -416,12 +446,13 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 )
             )
             procs.stop_all()
-            ceiling_rows = [
-                max(first, again, key=lambda row: row["per_s"])
-                for first, again in zip(
-                    ceiling_rows, measure_ceilings(procs, levels, args, "after"), strict=True
-                )
-            ]
+            if not args.no_ceilings:
+                ceiling_rows = [
+                    max(first, again, key=lambda row: row["per_s"])
+                    for first, again in zip(
+                        ceiling_rows, measure_ceilings(procs, levels, args, "after"), strict=True
+                    )
+                ]
         finally:
             procs.stop_all()
     rows[:0] = ceiling_rows
@@ -478,6 +509,16 @@ def main() -> int:
         "--inflight", default="1,50,64,100", help="comma-separated in-flight levels"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--targets", default=",".join(TARGETS), help="comma-separated targets to measure"
+    )
+    parser.add_argument(
+        "--entries", default=",".join(ENTRIES), help="comma-separated entries to measure"
+    )
+    parser.add_argument("--no-ceilings", action="store_true", help="skip the ceilings")
+    parser.add_argument(
+        "--token", help="configure this bearer token on the nodes and send it with every request"
+    )
     parser.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-web", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--echo-client", nargs=4, help=argparse.SUPPRESS)
@@ -492,6 +533,14 @@ def main() -> int:
     if args.serve_web:
         serve_bare_web(args.serve_web)
         return 0
+    if args.token:
+        AUTH["Authorization"] = f"Bearer {args.token}"
+        _loadgen.EXTRA_HEADERS = f"Authorization: Bearer {args.token}\r\n"
+    unknown = set(args.targets.split(",")) - set(TARGETS) | set(args.entries.split(",")) - set(
+        ENTRIES
+    )
+    if unknown:
+        parser.error(f"unknown target or entry: {', '.join(sorted(unknown))}")
     started = time.monotonic()
     rows = measure(args)
     if args.json:
