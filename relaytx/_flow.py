@@ -29,13 +29,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from attrs import define, field
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from relaytx._guards import ConnectionCounts, InputBudget
+from relaytx._guards import ConnectionCounts, HttpPolicy, InputBudget
+from relaytx._listen import fit_connections
+from relaytx.config import NodeConfig
 
 #: Close codes (RFC 6455 section 7.4.1).
 CLOSE_POLICY = 1008
@@ -270,3 +273,55 @@ class WatchedConnection:
         if slot is not None:
             slot[0].release(slot[1])
         super().connectionLost(reason)  # type: ignore[misc]
+
+
+@define
+class NodeGuards:
+    """
+    What SPEC section 10 keeps for one node: who may use its HTTP surface
+    (C{policy}), the connections it holds (C{connections}, made when the
+    node first serves, fitted to its file descriptors) and its WebSocket
+    connections' watch (C{watch}).
+    """
+
+    policy: HttpPolicy
+    watch: ConnectionWatch
+    header_timeout: float
+    max_connections: int
+    max_connections_per_ip: int
+    _connections: ConnectionCounts | None = field(default=None, alias="_connections")
+
+    @classmethod
+    def build(cls, config: NodeConfig, clock: IReactorTime) -> NodeGuards:
+        """:returns: the guards of a node with C{config}, on C{clock}."""
+        http, limits = config.http, config.limits
+        return cls(
+            HttpPolicy(http.tokens, http.admins, config.allowed_origins, http.allowed_hosts),
+            ConnectionWatch(
+                clock,
+                limits.idle_timeout,
+                limits.max_write_buffer,
+                InputBudget(limits.max_buffered_input),
+            ),
+            limits.header_timeout,
+            limits.max_connections,
+            limits.max_connections_per_ip,
+        )
+
+    @property
+    def connections(self) -> ConnectionCounts:
+        """The connections the node holds, in total and per address."""
+        if self._connections is None:
+            total, per_ip = fit_connections(self.max_connections, self.max_connections_per_ip)
+            self._connections = ConnectionCounts(total, per_ip)
+        return self._connections
+
+    def site_options(self) -> dict[str, Any]:
+        """:returns: the guards' part of L{relaytx._http.make_site}'s arguments."""
+        return {
+            "policy": self.policy,
+            "counts": self.connections,
+            "watch": self.watch,
+            "header_timeout": self.header_timeout,
+            "idle_timeout": self.watch.idle_timeout,
+        }

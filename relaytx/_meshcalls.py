@@ -299,24 +299,10 @@ class MeshCalls:
         A call that cannot travel on is answered with -32002 at once
         (-32005 when this node is C{overloaded}).
         """
-        if envelope.type != ServerCall.TYPE:
-            return
         response_id = envelope.response_id
-        if response_id is None:
+        if envelope.type != ServerCall.TYPE or response_id is None:
             return
-        error: CallError
-        if overloaded:
-            error = Overloaded(
-                f"Overloaded: {self._node_id} cannot forward more calls: {why}",
-                node_id=self._node_id,
-                route=[*envelope.route],
-            )
-        else:
-            error = NodeUnreachable(
-                f"Node {envelope.to!r} unreachable from {self._node_id}: {why}",
-                node_id=self._node_id,
-                route=[*envelope.route],
-            )
+        error = _refusal(envelope, self._node_id, why, overloaded)
         if came_from is None:
             self.pending.resolve(response_id, error=error)
         else:
@@ -367,3 +353,18 @@ class MeshCalls:
         self._forwarded.clear()
         for running in list(self._running):
             running.cancel()  # and its budget timer; the caller hears -32002
+
+
+def _refusal(envelope: Envelope, node_id: str, why: str, overloaded: bool) -> CallError:
+    """:returns: the error a call refused by C{node_id} fails with."""
+    if overloaded:
+        return Overloaded(
+            f"Overloaded: {node_id} cannot forward more calls: {why}",
+            node_id=node_id,
+            route=[*envelope.route],
+        )
+    return NodeUnreachable(
+        f"Node {envelope.to!r} unreachable from {node_id}: {why}",
+        node_id=node_id,
+        route=[*envelope.route],
+    )

@@ -34,12 +34,11 @@ from relaytx._auth import read_secret
 from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget
 from relaytx._dialer import PeerAdmin
 from relaytx._dispatch import CallDispatcher
-from relaytx._flow import ConnectionWatch
-from relaytx._guards import ConnectionCounts, HttpPolicy, InputBudget
+from relaytx._flow import NodeGuards
 from relaytx._hosting import ServerHost
 from relaytx._http import make_site
 from relaytx._limits import CallLimiter
-from relaytx._listen import fit_connections, listen_error, server_endpoint, startup_warnings
+from relaytx._listen import listen_error, server_endpoint, startup_warnings
 from relaytx._mesh import Mesh
 from relaytx._metrics import NodeMetrics
 from relaytx._pki import load_identity
@@ -129,28 +128,12 @@ class RelayNode(MultiService):
         self.views = NodeViews(
             node_id, reactor, self.servers, self.mesh, reactor.seconds(), __version__
         )
-        http = config.http
-        self.policy = HttpPolicy(
-            http.tokens, http.admins, config.allowed_origins, http.allowed_hosts
-        )
-        #: the node's WebSocket connections: unread output, silence,
-        #: unfinished messages (SPEC section 10)
-        self.watch = ConnectionWatch(
-            reactor,
-            limits.idle_timeout,
-            limits.max_write_buffer,
-            InputBudget(limits.max_buffered_input),
-        )
-        self._connections: ConnectionCounts | None = None
+        #: who may use the HTTP surface, and what connections may hold (SPEC section 10)
+        self.guards = NodeGuards.build(config, reactor)
         self.peer_admin = PeerAdmin(
-            self.mesh,
-            reactor,
-            limits.max_message_size,
-            self.secret,
-            config.tls,
-            max_dialers=limits.max_dialers,
-            watch=self.watch,
-        )
+            self.mesh, reactor, limits.max_message_size, self.secret, config.tls,
+            max_dialers=limits.max_dialers, watch=self.guards.watch,
+        )  # fmt: skip
         self.peer_admin.setServiceParent(self)
         self.servers.expose("node", NodeServer(self.views))
 
@@ -257,15 +240,6 @@ class RelayNode(MultiService):
         self._setups.append(d)
         return d
 
-    @property
-    def connections(self) -> ConnectionCounts:
-        """The connections this node holds, in total and per address (made once)."""
-        if self._connections is None:
-            limits = self.config.limits
-            total, per_ip = fit_connections(limits.max_connections, limits.max_connections_per_ip)
-            self._connections = ConnectionCounts(total, per_ip)
-        return self._connections
-
     def site(self) -> Any:
         """:returns: the HTTP site serving this node (JSON-RPC, registry, peer links)."""
         limits = self.config.limits
@@ -276,7 +250,7 @@ class RelayNode(MultiService):
             reactor=self.reactor,
             secret=self.secret,
             pki=self.pki,
-            watch=self.watch,
+            watch=self.guards.watch,
         )
         return make_site(
             self.node_id,
@@ -287,11 +261,7 @@ class RelayNode(MultiService):
             peer_resource(peers),
             limits.max_body_size,
             self.reactor,
-            policy=self.policy,
-            counts=self.connections,
-            watch=self.watch,
-            header_timeout=limits.header_timeout,
-            idle_timeout=limits.idle_timeout,
+            **self.guards.site_options(),
         )
 
     def listen(self) -> Deferred[IListeningPort | None]:
@@ -334,7 +304,7 @@ class RelayNode(MultiService):
 
     def _warn(self, port: IListeningPort) -> list[str]:
         return startup_warnings(
-            port, self.config, self.secret is not None, self.pki, self.policy.requires_token
+            port, self.config, self.secret is not None, self.pki, self.guards.policy.requires_token
         )
 
     def privilegedStartService(self) -> None:
@@ -364,7 +334,7 @@ class RelayNode(MultiService):
             )
 
     def stopService(self) -> Deferred[None]:
-        self.watch.stop()
+        self.guards.watch.stop()
         d = self.mesh.stop()
         d.addCallback(lambda _: super(RelayNode, self).stopService())
         if self.listening_port is not None:

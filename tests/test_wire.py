@@ -1341,7 +1341,7 @@ class IdBoundsTests(SynchronousTestCase):
 
     def test_caller(self) -> None:
         """A server_call's caller travels when set, and is bounded and typed."""
-        call = ServerCall(CallSpec("s", "m"), "r1", "http:ci")
+        call = ServerCall(CallSpec("s", "m"), "r1", caller="http:ci")
         data = call.to_data()
         self.assertEqual(data["caller"], "http:ci")
         self.assertEqual(ServerCall.from_data(data), call)

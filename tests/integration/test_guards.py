@@ -349,7 +349,7 @@ class SlowClientTests(TestCase):
         times = await deferToThread(half_open)
         self.assertNotIn(None, times)
         self.assertLess(max(t for t in times if t is not None), 3.0)
-        await wait_for(lambda: node.connections.held == 0, 5, what="every place given back")
+        await wait_for(lambda: node.guards.connections.held == 0, 5, what="every place given back")
 
     async def test_keepAliveIdle(self) -> None:
         """An idle keep-alive connection is closed at idle_timeout, not before."""
@@ -388,7 +388,7 @@ class SlowClientTests(TestCase):
         self.assertNotIn(None, times)
         self.assertLess(max(t for t in times if t is not None), 3.0)
         self.assertEqual(answer["result"], ["still here"])
-        self.assertEqual(node.watch.closed["silent"], 40)
+        self.assertEqual(node.guards.watch.closed["silent"], 40)
 
     async def test_unfinishedFragments(self) -> None:
         """
@@ -423,7 +423,7 @@ class SlowClientTests(TestCase):
         codes = await deferToThread(fragments)
         self.assertEqual(sorted(set(codes)), [1008, 1013], codes)
         self.assertGreaterEqual(codes.count(1013), 4, codes)
-        self.assertEqual(node.watch.budget.held, 0)
+        self.assertEqual(node.guards.watch.budget.held, 0)
 
 
 class ConnectionCapTests(TestCase):
@@ -456,7 +456,7 @@ class ConnectionCapTests(TestCase):
         try:
             self.assertNotIn(None, times)
             self.assertLess(max(t for t in times if t is not None), 0.5)
-            self.assertEqual(node1.connections.of(ATTACKER), 20)
+            self.assertEqual(node1.guards.connections.of(ATTACKER), 20)
             health = await deferToThread(request, port, "GET", "/health")
             self.assertEqual(health[0], 200)
             node2 = start_node(self, "cap2", [ws(node1)])
@@ -466,7 +466,7 @@ class ConnectionCapTests(TestCase):
         finally:
             for sock in held:
                 sock.close()
-        await wait_for(lambda: node1.connections.of(ATTACKER) == 0, 5, what="places back")
+        await wait_for(lambda: node1.guards.connections.of(ATTACKER) == 0, 5, what="places back")
 
     async def test_total(self) -> None:
         """Past max_connections in all, new connections close at once."""
@@ -532,9 +532,9 @@ class BackPressureTests(TestCase):
             answer = await rpc(url(node), "node.echo", ["legit"])
             latencies.append(reactor.seconds() - started)
             self.assertEqual(answer["result"], ["legit"])
-            unsent += [flow.unsent() for flow in node.watch.flows]
+            unsent += [flow.unsent() for flow in node.guards.watch.flows]
         await wait_for(
-            lambda: any(f.reading_paused for f in node.watch.flows) or flooding.called,
+            lambda: any(f.reading_paused for f in node.guards.watch.flows) or flooding.called,
             10,
             what="the node to stop reading the flooder",
         )
@@ -544,7 +544,7 @@ class BackPressureTests(TestCase):
         self.assertGreater(sent["bytes"], 4 * bound)  # it sent far more than the node holds
         self.assertLess(max(unsent), bound + 512 * 1024)  # the bound, and a read's answers
         self.assertLess(max(latencies), 1.0)
-        self.assertEqual(node.watch.closed["unread"], 1)
+        self.assertEqual(node.guards.watch.closed["unread"], 1)
 
 
 class ForwardedCallerTests(TestCase):
