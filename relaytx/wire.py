@@ -15,8 +15,9 @@ Every frame is one JSON object::
     never a timestamp. C{route} lists the nodes a message has passed through,
     its originator first. C{ttl} is decremented at each hop.
   - A trailing newline after the object (as the original writes) is fine.
-  - Ids are bounded (SPEC section 10): C{from}, C{to} and every C{route}
-    item must be node ids (L{NODE_ID_RE}); C{id}, C{reply_to} and a
+  - Ids are bounded (SPEC section 10): C{from}, C{to} (or C{""}, "whoever
+    you are", in a dialler's first ping) and every C{route} item must be
+    node ids (L{NODE_ID_RE}); C{id}, C{reply_to} and a
     payload's C{response_id} and C{caller} are at most L{MAX_ID_LENGTH}
     characters. Anything else is malformed.
 
@@ -181,8 +182,8 @@ def _string_list(value: Any, key: str, what: str) -> tuple[str, ...]:
 
 def _node_ids(sender: str, to: str, route: list[Any]) -> bool:
     """
-    :returns: whether C{route} holds only strings and C{sender}, C{to} and
-        every route item are node ids.
+    :returns: whether C{route} holds only strings and C{sender}, C{to} (or
+        C{""}) and every route item are node ids.
     """
     # One join and one regular expression over all of them, in C: about
     # half a microsecond for a route of three hops. str.join takes nothing
@@ -191,6 +192,9 @@ def _node_ids(sender: str, to: str, route: list[Any]) -> bool:
         joined = "\n".join(route)
     except TypeError:
         return False
+    # An empty "to" is the dialler's ping to a node that has not said
+    # its id yet (relaytx._handshake): it names no node, wrongly or not.
+    to = to or "-"
     text = f"{sender}\n{to}\n{joined}" if route else f"{sender}\n{to}"
     return _NODE_IDS_RE.fullmatch(text) is not None and text.count("\n") == len(route) + 1
 

@@ -1305,6 +1305,7 @@ class IdBoundsTests(SynchronousTestCase):
             {"from": "a" * 65},
             {"to": "bad id"},
             {"from": ""},
+            {"route": ["hA", ""]},
             {"route": ["hA", "x" * 900_000]},
             {"route": ["hA", "h\nB"]},
             {"route": ["h\nA"], "from": "h"},
@@ -1313,6 +1314,11 @@ class IdBoundsTests(SynchronousTestCase):
         ):
             with self.assertRaises(MalformedMessage, msg=str(fields)[:80]):
                 decode(self.frame(**fields))
+
+    def test_emptyTo(self) -> None:
+        """An empty "to" (a dialler's first ping, to a node not yet named) is accepted."""
+        self.assertEqual(decode(self.frame(to="")).to, "")
+        self.assertEqual(decode(self.frame(to="", id=None)).to, "")
 
     def test_generalPathAgrees(self) -> None:
         """The general path (an envelope without an id) checks node ids too."""
