@@ -7,6 +7,7 @@ repeated failures counted), and for the configuration that feeds them.
 from __future__ import annotations
 
 import hashlib
+import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -19,7 +20,7 @@ from relaytx._guards import (
     host_name,
     is_loopback,
 )
-from relaytx.config import ConfigError, HttpConfig, Limits, build_config
+from relaytx.config import ConfigError, HttpConfig, Limits, build_config, read_toml
 
 CI_TOKEN = b"ci-secret-token"
 OPS_TOKEN = b"ops-secret-token"
@@ -296,3 +297,20 @@ class ConfigTests(SynchronousTestCase):
         """A Limits instance is taken as it is."""
         limits = Limits(max_dialers=3)
         self.assertIs(build_config({"node_id": "n1", "limits": limits}).limits, limits)
+
+    def test_readmeExample(self) -> None:
+        """The README's configuration example is valid, its [http] and [limits] included."""
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+            text = f.read()
+        example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(example)
+        settings = read_toml(path)
+        config = build_config(
+            {"node_id": "n1", "http": settings["http"], "limits": settings["limits"]}
+        )
+        self.assertEqual(config.http.admins, frozenset({"ops"}))
+        self.assertEqual(set(config.http.tokens.values()), {"ops", "ci"})
+        self.assertEqual(config.limits.max_dialers, 256)
