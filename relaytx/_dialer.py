@@ -187,10 +187,15 @@ class Dialer(Service):
         if peer_id is not None:
             self.node_id = peer_id
 
-    def handshake_failed(self, code: int | None, reason: str | None) -> None:
-        """A connection closed before its link opened."""
+    def handshake_failed(self, code: int | None, reason: str | None, told: bool = False) -> None:
+        """
+        A connection closed before its link opened.
+
+        :param told: its failure was reported already (L{attempt_failed}).
+        """
         self._failures += 1
-        self.attempt_failed(f"closed before the link opened ({code} {reason})")
+        if not told:
+            self.attempt_failed(f"closed before the link opened ({code} {reason})")
 
     def attempt_failed(self, why: str) -> None:
         """

@@ -344,12 +344,14 @@ class PeerClientProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
             # A failed TLS verification: the dialer logs it once for a run
             # of identical failures; Autobahn would log an error each time.
             self.factory.dialer.attempt_failed(_maybe_tls_reason(reason.value))
+            self._failure_told = True
             reason = Failure(ConnectionLost("TLS handshake failed"))
         super().connectionLost(reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.session is None:
-            self.factory.dialer.handshake_failed(code, reason)
+            told = getattr(self, "_failure_told", False)
+            self.factory.dialer.handshake_failed(code, reason, told=told)
         super().onClose(wasClean, code, reason)
 
 

@@ -19,12 +19,13 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from websockets.sync.client import connect
 
 from relaytx.errors import AccessDenied
 from relaytx.node import RelayNode
+from tests.support import Authority, TempDirMixin
 
 from .helpers import Counter, rpc, start_node, url, wait_for, ws
 from .test_garbage import _frame, _read_response, _ws_close_code
@@ -700,6 +701,43 @@ class DialerTests(TestCase):
         self.assertLess(len(lines), dialer._repeats.count)
         self.assertEqual(retries, [])
         self.assertIn("ConnectionRefusedError", lines[0]["why"])
+
+
+class TlsDialTests(TempDirMixin, TestCase):
+    """A wss:// peer whose certificate fails verification is logged once per doubling."""
+
+    timeout = 40
+
+    def write(self, data: bytes) -> str:
+        """:returns: the path of a new file holding C{data}."""
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    async def test_failedVerification(self) -> None:
+        """No error or critical line per attempt: one warning line at 1, 2, 4... attempts."""
+        cert, key = Authority("mesh CA").issue("tls1")
+        node1 = start_node(self, "tls1", tls={"cert": self.write(cert), "key": self.write(key)})
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        wss = url(node1).replace("http://", "wss://")
+        node2 = start_node(self, "tls2", [wss], tls={"ca": self.write(Authority("other CA").pem)})
+        dialer = next(iter(node2.peer_admin.dialers.values()))
+        await wait_for(lambda: dialer._repeats.count >= 5, 20, what="five failed attempts")
+        ours = [
+            e for e in events
+            if e.get("log_format", "").startswith("dialling") and e.get("url") == dialer.url
+        ]  # fmt: skip
+        loud = [
+            e for e in events
+            if e.get("log_level") in (LogLevel.error, LogLevel.critical)
+        ]  # fmt: skip
+        self.assertEqual(loud, [])
+        self.assertLessEqual(len(ours), 1 + dialer._repeats.count.bit_length())
+        self.assertLess(len(ours), dialer._repeats.count)
+        self.assertNotIn("tls2", node1.mesh.links)
 
 
 class BigIdTests(TestCase):
