@@ -154,6 +154,7 @@ class HttpPolicy:
         origin: bytes | None,
         authorization: bytes | None,
         client: str | None,
+        known: tuple[bytes, str] | None = None,
     ) -> str:
         """
         Check one request, in this order: C{Host} (403), C{Origin} (403),
@@ -162,6 +163,9 @@ class HttpPolicy:
 
         :param path: the request's path, without its query.
         :param client: the client's IP address (C{None}: not on IP).
+        :param known: the C{Authorization} header of an earlier request on
+            the same connection and the caller it named: the same header
+            names the same caller without hashing it again.
         :returns: the caller's name for access rules and limits:
             C{http:NAME} of its token, or C{http:ADDRESS} without tokens.
         :raises Refusal: if the request must not go on.
@@ -170,7 +174,10 @@ class HttpPolicy:
             raise Refusal(403, "Host not allowed: add it to [http] allowed_hosts")
         if not self.origin_allowed(origin):
             raise Refusal(403, "Origin not allowed: add it to allowed_origins")
-        caller = self.caller(authorization, client)
+        if known is not None and authorization == known[0]:
+            caller: str | None = known[1]
+        else:
+            caller = self.caller(authorization, client)
         if caller is None:
             if method == b"GET" and path == HEALTH_PATH:
                 return f"http:{client or 'local'}"

@@ -164,20 +164,27 @@ class BoundedRequest(Request):
                 self._refuse(413, "request body too large")
             return
         if not self.path.startswith(PEER_PATH):
+            policy = site.policy
+            authorization = self.getHeader(b"authorization")
+            channel = self.channel
             try:
-                self.caller = site.policy.admit(
+                self.caller = caller = policy.admit(
                     self.method,
                     self.path,
                     self.getHeader(b"host"),
                     self.getHeader(b"origin"),
-                    self.getHeader(b"authorization"),
+                    authorization,
                     _ip(self.getClientAddress()),
+                    getattr(channel, "known_token", None),
                 )
             except Refusal as refusal:
                 if refusal.status == 401:
                     self.setHeader(b"www-authenticate", b'Bearer realm="relaytx"')
                 self._refuse(refusal.status, refusal.message, close=False)
                 return
+            if authorization is not None and isinstance(channel, NodeChannel):
+                # A keep-alive client sends the same token with each request.
+                channel.known_token = (authorization, caller)
         super().process()
 
     def _refuse(self, status: int, message: str, close: bool = True) -> None:
@@ -211,6 +218,8 @@ class NodeChannel(HTTPChannel):
     site: NodeSite
     #: its place among the site's connections (released once)
     slot: tuple[ConnectionCounts, str] | None = None
+    #: the last C{Authorization} header admitted here, and its caller
+    known_token: tuple[bytes, str] | None = None
     _head_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:

@@ -314,3 +314,26 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.http.admins, frozenset({"ops"}))
         self.assertEqual(set(config.http.tokens.values()), {"ops", "ci"})
         self.assertEqual(config.limits.max_dialers, 256)
+
+
+class KnownTokenTests(SynchronousTestCase):
+    """A connection's earlier token is not hashed again, and never names another."""
+
+    def test_known(self) -> None:
+        """The same header names the known caller; any other header is checked afresh."""
+        policy = HttpPolicy(TOKENS, admins=frozenset({"ops"}))
+        known = (bearer(CI_TOKEN), "http:ci")
+        admit = policy.admit
+        host = b"127.0.0.1"
+        self.assertEqual(
+            admit(b"POST", b"/rpc", host, None, bearer(CI_TOKEN), None, known), "http:ci"
+        )
+        self.assertEqual(
+            admit(b"POST", b"/rpc", host, None, bearer(OPS_TOKEN), None, known), "http:ops"
+        )
+        with self.assertRaises(Refusal):
+            admit(b"POST", b"/rpc", host, None, b"Bearer wrong", None, known)
+        with self.assertRaises(Refusal):
+            admit(b"POST", b"/rpc", host, None, None, None, known)
+        with self.assertRaises(Refusal):  # a known caller is still no admin
+            admit(b"POST", b"/registry/peers/add", host, None, bearer(CI_TOKEN), None, known)
