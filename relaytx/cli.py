@@ -5,7 +5,8 @@ The C{relay} console script.
   - C{relay node [options]} runs a node in the foreground (the options of
     C{twistd relay}, without twistd's own); logs go to standard error;
     SIGTERM or SIGINT stop it cleanly with exit status 0.
-  - C{relay call URL SERVER METHOD [ARGS...] [--node NODE_ID] [--timeout S]}
+  - C{relay call URL SERVER METHOD [ARGS...] [--node NODE_ID] [--timeout S]
+    [--token TOKEN]}
     calls a server through the node at URL and prints the result as JSON.
     Each ARG is parsed as JSON when it is valid JSON, else taken as a
     string. Exit status: 0 on success, 1 when the call answered an error
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import urllib.error
@@ -103,6 +105,11 @@ def call(argv: list[str]) -> int:
     parser.add_argument("args", nargs="*", help="arguments: JSON where valid, else strings")
     parser.add_argument("--node", help="call the server on this node id")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("RELAYTX_TOKEN"),
+        help="bearer token for a node with [http.tokens] (default: $RELAYTX_TOKEN)",
+    )
     ns = parser.parse_intermixed_args(argv)
     if not 0 < ns.timeout <= 86400:  # also refuses nan, which JSON cannot carry
         parser.error("--timeout must be a number of seconds in (0, 86400]")
@@ -125,14 +132,20 @@ def call(argv: list[str]) -> int:
     url = ns.url.rstrip("/")
     if "://" not in url:
         url = "http://" + url
-    http = urllib.request.Request(
-        url + "/rpc",
-        data=json.dumps(request).encode(),
-        headers={"Content-Type": "application/json"},
-    )
+    headers = {"Content-Type": "application/json"}
+    if ns.token:
+        headers["Authorization"] = f"Bearer {ns.token}"
+    http = urllib.request.Request(url + "/rpc", data=json.dumps(request).encode(), headers=headers)
     try:
         with urllib.request.urlopen(http, timeout=ns.timeout + 5) as response:
             answer = json.loads(response.read())
+    except urllib.error.HTTPError as e:  # 401, 403: refused before any call
+        try:
+            why = json.loads(e.read()).get("error", e.reason)
+        except (ValueError, AttributeError, OSError):
+            why = e.reason
+        sys.stderr.write(f"relay: error: {url}/rpc answered {e.code}: {why}\n")
+        return 2
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         sys.stderr.write(f"relay: error: cannot call {url}/rpc: {reason}\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -269,6 +270,27 @@ class CallTests(CliTestCase):
         self.answer = urllib.error.HTTPError("http://h:1/rpc", 404, "Not Found", None, None)  # type: ignore[arg-type]
         self.assertEqual(cli.main(["call", "http://h:1", "s", "m"]), 2)
         self.assertIn("Not Found", self.stderr.getvalue())
+
+    def test_token(self) -> None:
+        """--token (or $RELAYTX_TOKEN) is sent as a bearer token; none is sent without it."""
+        cli.main(["call", "http://h:1", "s", "m", "--token", "t0k"])
+        self.assertEqual(self.requests[-1][0].get_header("Authorization"), "Bearer t0k")
+        self.patch(os, "environ", {"RELAYTX_TOKEN": "from-env"})
+        cli.main(["call", "http://h:1", "s", "m"])
+        self.assertEqual(self.requests[-1][0].get_header("Authorization"), "Bearer from-env")
+        self.patch(os, "environ", {})
+        cli.main(["call", "http://h:1", "s", "m"])
+        self.assertIsNone(self.requests[-1][0].get_header("Authorization"))
+
+    def test_refused(self) -> None:
+        """A 401 is one error line with the node's reason, exit status 2."""
+        body = io.BytesIO(b'{"error":"a bearer token is required","status":401}')
+        self.answer = urllib.error.HTTPError("http://h:1/rpc", 401, "Unauthorized", None, body)  # type: ignore[arg-type]
+        self.assertEqual(cli.main(["call", "http://h:1", "s", "m"]), 2)
+        self.assertEqual(
+            self.stderr.getvalue(),
+            "relay: error: http://h:1/rpc answered 401: a bearer token is required\n",
+        )
 
     def test_notJson(self) -> None:
         """A body that is not JSON is an error, exit status 2."""
