@@ -346,13 +346,47 @@ ENTRIES = ["python", "http", "http-batch", "ws-rpc"]
 
 
 def measure_cell(
-    port: int, label: str, target: str | None, entry: str, n: int, args: argparse.Namespace
+    port: int,
+    label: str,
+    target: str | None,
+    entry: str,
+    n: int,
+    args: argparse.Namespace,
+    pids: list[int] = [],  # noqa: B006  # read only
 ) -> dict[str, Any]:
     """
     Calls from the entry node (on C{port}) to C{target} (C{None}: itself)
-    through C{entry}, with C{n} in flight: one row of the table.
+    through C{entry}, with C{n} in flight: one row of the table, with the
+    CPU the nodes C{pids} used per call.
     """
     row: dict[str, Any] = {"target": label, "entry": entry, "inflight": n}
+    cpu_before = sum(cpu_seconds(pid) for pid in pids)
+    measure_entry(row, port, label, target, entry, n, args)
+    # The nodes' CPU per call (warm-up included, at the measured rate): a
+    # figure that other work on the machine moves far less than calls/s.
+    spent = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+    calls = row["per_s"] * (args.duration + args.warmup)
+    row["cpu_us"] = spent / calls * 1e6 if calls else None
+    return row
+
+
+def cpu_seconds(pid: int) -> float:
+    """:returns: the CPU time (user and system) process C{pid} has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_entry(
+    row: dict[str, Any],
+    port: int,
+    label: str,
+    target: str | None,
+    entry: str,
+    n: int,
+    args: argparse.Namespace,
+) -> None:
+    """Fill C{row} with the figures of one scenario."""
     if entry == "python":
         progress(f"{label}: python API, {n} in flight")
         params = [target, "counter_server", "increment", n, args.duration, args.warmup]
@@ -376,7 +410,6 @@ def measure_cell(
     else:
         progress(f"{label}: /ws/rpc, {n} in flight")
         row.update(ws_load(port, "/ws/rpc", n, args.warmup, args.duration, single_call(target), ok))
-    return row
 
 
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -429,7 +462,8 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                     n, entry, label = cell
                     distance = TARGETS.index(label)
                     target = None if distance == 0 else f"n{distance}"
-                    row = measure_cell(ports[0], label, target, entry, n, args)
+                    pids = [child.pid for child in nodes[: distance + 1]]
+                    row = measure_cell(ports[0], label, target, entry, n, args, pids)
                     wait_drained(ports[0])
                     kept = best.setdefault(cell, row)
                     if kept is not row:
@@ -486,14 +520,15 @@ def table(rows: list[dict[str, Any]]) -> str:
 
     lines = [
         f"{'target':<10} {'entry':<14} {'in flight':>9} {'calls/s':>9} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'ratio':>6}  {'(to)':<15} {'step':>5} errors",
+        f"{'p99 ms':>8} {'ratio':>6}  {'(to)':<15} {'step':>5} {'cpu us':>6} errors",
     ]
     for row in rows:
         lines.append(
             f"{row['target']:<10} {row['entry']:<14} {row['inflight']:>9} "
             f"{num(row['per_s'], '9.0f')} {num(row['p50_ms'], '8.3f')} "
             f"{num(row['p99_ms'], '8.3f')} {num(row.get('ratio'), '6.2f')}  "
-            f"{row.get('ratio_to', ''):<15} {num(row.get('step'), '5.2f')} {row['errors']}"
+            f"{row.get('ratio_to', ''):<15} {num(row.get('step'), '5.2f')} "
+            f"{num(row.get('cpu_us'), '6.1f')} {row['errors']}"
         )
     return "\n".join(lines)
 
