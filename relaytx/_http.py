@@ -32,8 +32,9 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from klein import Klein
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import connectionDone
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
@@ -156,7 +157,8 @@ class BoundedRequest(Request):
 
     def process(self) -> None:
         site = self.site = self._node_site()
-        self._give_back()  # the body is whole: it is the handler's now
+        if self._budgeted:
+            self._give_back()  # the body is whole: it is the handler's now
         if self.too_large:
             if getattr(self, "_busy", False):
                 self._refuse(503, "node busy: too much input held; retry later")
@@ -165,14 +167,15 @@ class BoundedRequest(Request):
             return
         if not self.path.startswith(PEER_PATH):
             policy = site.policy
-            authorization = self.getHeader(b"authorization")
+            get = self.getHeader
+            authorization = get(b"authorization")
             channel = self.channel
             try:
                 self.caller = caller = policy.admit(
                     self.method,
                     self.path,
-                    self.getHeader(b"host"),
-                    self.getHeader(b"origin"),
+                    get(b"host"),
+                    get(b"origin"),
                     authorization,
                     _ip(self.getClientAddress()),
                     getattr(channel, "known_token", None),
@@ -206,8 +209,8 @@ class NodeChannel(HTTPChannel):
     """
     An HTTP connection that must deliver each request's head and body
     within the site's C{header_timeout} (from its first byte, or from the
-    connection's opening), and gives its place back among the site's
-    connections when it goes.
+    connection's opening: the site's rounds close it with 408 otherwise),
+    and gives its place back among the site's connections when it goes.
 
     Between requests, the site's C{idle_timeout} applies (Twisted's
     C{timeOut}); a client that does not read its answers stops being read
@@ -220,25 +223,26 @@ class NodeChannel(HTTPChannel):
     slot: tuple[ConnectionCounts, str] | None = None
     #: the last C{Authorization} header admitted here, and its caller
     known_token: tuple[bytes, str] | None = None
-    _head_timer: IDelayedCall | None = None
+    #: when the request now arriving began (C{None}: none is arriving).
+    #: A time per request rather than a timer: the site's rounds look.
+    head_since: float | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._head_timer = self.callLater(self.site.header_timeout, self._head_late)
+        self.head_since = self.site.channel_opened(self)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._head_timer is None and not self._handlingRequest:
-            self._head_timer = self.callLater(self.site.header_timeout, self._head_late)
+        if self.head_since is None and not self._handlingRequest:
+            self.head_since = self.site.reactor.seconds()
         super().dataReceived(data)
 
     def allContentReceived(self) -> None:
-        timer, self._head_timer = self._head_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self.head_since = None
         super().allContentReceived()
 
-    def _head_late(self) -> None:
-        self._head_timer = None
+    def head_late(self) -> None:
+        """Its request did not arrive within C{header_timeout}: 408, closed."""
+        self.head_since = None
         transport = self.transport
         if self._handlingRequest or transport is None:
             return
@@ -253,17 +257,22 @@ class NodeChannel(HTTPChannel):
         self._abortingCall = self.callLater(1.0, self.forceAbortClient)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        timer, self._head_timer = self._head_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-        self.release()
-        super().connectionLost(reason)
-
-    def release(self) -> None:
-        """Give this connection's place back (once), or hand it on: see L{hand_over}."""
-        slot, self.slot = self.slot, None
+        slot = self.hand_over()
         if slot is not None:
             slot[0].release(slot[1])
+        super().connectionLost(reason)
+
+    def hand_over(self) -> tuple[ConnectionCounts, str] | None:
+        """
+        This channel is gone, or became a WebSocket connection: the site
+        stops watching it.
+
+        :returns: its place among the site's connections (once), for the
+            WebSocket protocol to give back.
+        """
+        self.site.channel_closed(self)
+        slot, self.slot = self.slot, None
+        return slot
 
 
 def _node_channel(site: NodeSite) -> _GenericHTTPChannelProtocol:
@@ -309,6 +318,37 @@ class NodeSite(Site):
         self.input_budget = input_budget or InputBudget(64 * 1024 * 1024)
         self.header_timeout = header_timeout
         self._turned_away = RepeatedFailures()
+        self._channels: set[NodeChannel] = set()
+        self._rounds: LoopingCall | None = None
+
+    def channel_opened(self, channel: NodeChannel) -> float:
+        """
+        Watch C{channel}'s requests arrive in time (rounds run while there
+        are channels).
+
+        :returns: the time now.
+        """
+        self._channels.add(channel)
+        if self._rounds is None:
+            self._rounds = LoopingCall(self._late_requests)
+            self._rounds.clock = self.reactor
+            self._rounds.start(min(1.0, self.header_timeout / 4), now=False)
+        return self.reactor.seconds()
+
+    def channel_closed(self, channel: NodeChannel) -> None:
+        """C{channel} is gone (or is a WebSocket connection now)."""
+        self._channels.discard(channel)
+        if not self._channels and self._rounds is not None:
+            rounds, self._rounds = self._rounds, None
+            if rounds.running:
+                rounds.stop()
+
+    def _late_requests(self) -> None:
+        late = self.reactor.seconds() - self.header_timeout
+        for channel in [c for c in self._channels if c.head_since is not None]:
+            since = channel.head_since
+            if since is not None and since <= late:
+                channel.head_late()
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         """

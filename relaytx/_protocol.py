@@ -440,12 +440,16 @@ class UpgradeOnly(WebSocketResource):
         channel = request.channel
         transport = channel.transport
         result = super().render(request)
-        if transport is not None and channel.transport is None:
+        hand_over = getattr(channel, "hand_over", None)
+        if transport is not None and channel.transport is None and hand_over is not None:
             # Upgraded: the WebSocket protocol now holds the connection's
             # place among the node's connections (see relaytx._http.NodeSite).
+            slot = hand_over()
             protocol = _upgraded(transport)
             if isinstance(protocol, WatchedConnection):
-                protocol.slot, channel.slot = getattr(channel, "slot", None), None
+                protocol.slot = slot
+            elif slot is not None:
+                slot[0].release(slot[1])
         return result
 
 
