@@ -42,6 +42,16 @@ from pathlib import Path
 from typing import Any
 
 HOST = "127.0.0.1"
+#: Where the floods come from: another loopback address than the caller's,
+#: as an attacker's would be (one address holding its connection cap must
+#: leave room for the others; the caller's own address would not).
+ATTACKER = "127.0.0.2"
+
+
+def attacker_socket(port: int) -> socket.socket:
+    return socket.create_connection((HOST, port), timeout=5, source_address=(ATTACKER, 0))
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -74,8 +84,10 @@ def start_node(root: Path, node_id: str, port: int, *args: str) -> subprocess.Po
     raise RuntimeError(f"{node_id} did not listen on {port}")
 
 
-def post(port: int, body: bytes, path: str = "/rpc", timeout: float = 2.0) -> bytes:
-    with socket.create_connection((HOST, port), timeout=timeout) as s:
+def post(
+    port: int, body: bytes, path: str = "/rpc", timeout: float = 2.0, source: str = HOST
+) -> bytes:
+    with socket.create_connection((HOST, port), timeout=timeout, source_address=(source, 0)) as s:
         s.sendall(
             f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n".encode()
@@ -106,7 +118,7 @@ def frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
 
 
 def ws_open(port: int, path: str) -> socket.socket:
-    s = socket.create_connection((HOST, port), timeout=5)
+    s = attacker_socket(port)
     key = base64.b64encode(os.urandom(16)).decode()
     s.sendall(
         (
@@ -157,7 +169,7 @@ def half_open(port: int, seconds: float, stop: threading.Event) -> None:
     socks = []
     for _ in range(1000):
         try:
-            s = socket.create_connection((HOST, port), timeout=5)
+            s = attacker_socket(port)
             s.sendall(b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n")
             socks.append(s)
         except OSError:
@@ -252,7 +264,7 @@ def peers_add(port: int, seconds: float, stop: threading.Event) -> None:
             break
         try:
             post(port, json.dumps({"address": f"ws://127.0.0.1:{refused}/p{n}"}).encode(),
-                 path="/registry/peers/add")  # fmt: skip
+                 path="/registry/peers/add", source=ATTACKER)  # fmt: skip
         except OSError:
             pass
     stop.wait(max(0.0, deadline - time.monotonic()))

@@ -144,7 +144,7 @@ class ConnectionWatch:
         self._clock = clock
         self.idle_timeout = idle_timeout
         self.max_write_buffer = max_write_buffer
-        self.budget = budget or InputBudget(64 * 1024 * 1024)
+        self.budget = budget or InputBudget(32 * 1024 * 1024)
         self.flows: set[Flow] = set()
         self._rounds: LoopingCall | None = None
         self.closed = {"silent": 0, "unfinished": 0, "unread": 0, "busy": 0}

@@ -315,7 +315,7 @@ class NodeSite(Site):
         self.max_body_size = max_body_size
         self.policy = policy or HttpPolicy()
         self.counts = counts or ConnectionCounts(10_000, 1_000)
-        self.input_budget = input_budget or InputBudget(64 * 1024 * 1024)
+        self.input_budget = input_budget or InputBudget(32 * 1024 * 1024)
         self.header_timeout = header_timeout
         self._turned_away = RepeatedFailures()
         self._channels: set[NodeChannel] = set()

@@ -30,7 +30,7 @@ command line wins where both give a value)::
     max_connections = 10000          # connections at once, all clients (closed past it)
     max_connections_per_ip = 1000    # ... from one address
     max_write_buffer = 4194304       # unsent bytes a connection may hold before reading pauses
-    max_buffered_input = 67108864    # bytes of unfinished messages and bodies, all connections
+    max_buffered_input = 33554432    # bytes of unfinished messages and bodies, all connections
     max_dialers = 256                # peers dialled at once (--add-peer and peers/add)
 
     [http]
@@ -108,7 +108,7 @@ class Limits:
     max_write_buffer: int = 4 * 1024 * 1024
     #: bytes of unfinished WebSocket messages and HTTP bodies held, all
     #: connections together
-    max_buffered_input: int = 64 * 1024 * 1024
+    max_buffered_input: int = 32 * 1024 * 1024
     #: peers dialled at once (the command line's and those added at run time)
     max_dialers: int = 256
 
