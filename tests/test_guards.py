@@ -21,6 +21,7 @@ from relaytx._guards import (
     is_loopback,
 )
 from relaytx.config import ConfigError, HttpConfig, Limits, build_config, read_toml
+from tests.support import TempDirMixin
 
 CI_TOKEN = b"ci-secret-token"
 OPS_TOKEN = b"ops-secret-token"
@@ -219,7 +220,7 @@ class CountTests(SynchronousTestCase):
         self.assertEqual(repeats.failed("refused"), 1)
 
 
-class ConfigTests(SynchronousTestCase):
+class ConfigTests(TempDirMixin, SynchronousTestCase):
     """The [http] table and the new [limits] keys, validated with one-line errors."""
 
     def error(self, **options: object) -> str:
