@@ -13,8 +13,9 @@ Method names (SPEC section 5):
 
   - C{SERVER.METHOD}: a server by name, here or wherever the registry knows it;
   - C{NODE_ID/SERVER.METHOD}: that server on that node;
-  - C{remote_call} with params C{{"node_id", "server_name", "method",
-    "args"?, "kwargs"?, "timeout"?}};
+  - C{remote_call} with params C{{"node_id"?, "server_name", "method",
+    "args"?, "kwargs"?, "timeout"?}}; without C{node_id} (or with null) the
+    call is location-transparent, as C{SERVER.METHOD}, with a deadline;
   - names starting with C{rpc.} are reserved by JSON-RPC and never resolve.
 
 An answer is sent once every call of the request has finished, notifications
@@ -84,12 +85,13 @@ def resolve(method: str, params: Any, caller: str | None = None) -> CallTarget:
 def _remote_call(params: Any, caller: str | None) -> CallTarget:
     if not isinstance(params, dict):
         raise InvalidParams(
-            "Invalid params: remote_call takes an object {node_id, server_name, method, "
+            "Invalid params: remote_call takes an object {node_id?, server_name, method, "
             "args?, kwargs?, timeout?}"
         )
     field = _remote_call_field
-    node_id = field(params, "node_id", str)
-    if not NODE_ID_RE.fullmatch(node_id):
+    # Absent or null: location-transparent, as SERVER.METHOD (SPEC section 5).
+    node_id = field(params, "node_id", str, None)
+    if node_id is not None and not NODE_ID_RE.fullmatch(node_id):
         raise InvalidParams(f"Invalid params: {node_id!r} is not a valid node id")
     timeout = field(params, "timeout", (int, float), DEFAULT_CALL_TIMEOUT)
     if not 0 < timeout <= 86400:

@@ -697,9 +697,21 @@ class ResolveTests(SynchronousTestCase):
             with self.subTest(params=params):
                 self.assertInvalidParams(params)
 
+    def test_remote_call_location_transparent(self) -> None:
+        """Without node_id, or with null, remote_call is location-transparent, with its deadline."""
+        for params in [
+            {"server_name": "s", "method": "m", "args": [1], "timeout": 2},
+            {"node_id": None, "server_name": "s", "method": "m", "args": [1], "timeout": 2},
+        ]:
+            with self.subTest(params=params):
+                self.assertEqual(
+                    resolve("remote_call", params, "http:h"),
+                    CallTarget(None, "s", "m", (1,), {}, 2.0, "http:h"),
+                )
+
     def test_remote_call_missing(self) -> None:
-        """Each of node_id, server_name and method is required."""
-        full = {"node_id": "n2", "server_name": "s", "method": "m"}
+        """Each of server_name and method is required."""
+        full = {"server_name": "s", "method": "m"}
         for key in full:
             with self.subTest(key=key):
                 params = {k: v for k, v in full.items() if k != key}

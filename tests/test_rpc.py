@@ -45,6 +45,7 @@ class Math(Server):
     def __init__(self) -> None:
         self.notes: list[tuple[str, tuple[Any, ...]]] = []
         self.waiting: list[Deferred[Any]] = []
+        self.cancelled = 0
 
     @exposed
     def subtract(self, minuend: int, subtrahend: int) -> int:
@@ -73,6 +74,15 @@ class Math(Server):
     @exposed
     def fail(self) -> None:
         raise ValueError("boom")
+
+    @exposed
+    def hang(self) -> Deferred[Any]:
+        """Never answers; counts its cancellation."""
+
+        def cancelled(_: Any) -> None:
+            self.cancelled += 1
+
+        return Deferred(cancelled)
 
     @exposed
     def later(self) -> Deferred[Any]:
@@ -471,6 +481,46 @@ class ErrorAnswerTests(NodeTestCase):
         self.assertEqual(reply.code, 200)
         error = reply.json()["error"]
         self.assertEqual((error["code"], error["data"]["node_id"]), (-32001, NODE_ID))
+
+
+class DeadlineTests(NodeTestCase):
+    """remote_call without node_id: a location-transparent call with a deadline (SPEC 5)."""
+
+    def call(self, params: dict[str, Any]) -> Deferred[Any]:
+        body = {"jsonrpc": "2.0", "method": "remote_call", "params": params, "id": 3}
+        return self.http.start("POST", "/rpc", encoded(body))
+
+    def test_local(self) -> None:
+        """A local server's call fails with -32001 at the given timeout, and is cancelled."""
+        d = self.call({"node_id": None, "server_name": "math", "method": "hang", "timeout": 2})
+        self.clock.advance(1.9)
+        self.http.stub.flush()
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        error = self.http.finish(d).json()["error"]
+        self.assertEqual((error["code"], error["data"]["node_id"]), (-32001, NODE_ID))
+        self.assertEqual(self.math.cancelled, 1)
+
+    def test_remote(self) -> None:
+        """A server on another node is found by name, and the call fails there at the timeout."""
+        other = memory_node("n2", self.clock)
+        remote = Math()
+        other.expose("elsewhere", remote)
+        network = link_nodes(self.node, other).network
+        network.settle()
+        d = self.call({"server_name": "elsewhere", "method": "later", "args": [], "timeout": 5})
+        network.pump()
+        self.assertEqual(len(remote.waiting), 1)  # it reached n2
+        network.advance(4.9)
+        self.http.stub.flush()
+        self.assertNoResult(d)
+        network.advance(0.2)
+        self.http.stub.flush()
+        self.assertEqual(self.http.finish(d).json()["error"]["code"], -32001)
+        # And with an answer in time, the result.
+        d = self.call({"server_name": "elsewhere", "method": "sum", "args": [1, 2], "timeout": 5})
+        network.pump()
+        self.assertEqual(self.http.finish(d).json()["result"], 3)
 
 
 class LaterAnswerTests(NodeTestCase):
