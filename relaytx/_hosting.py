@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from relaytx._aio import CoroutineRunner, run_on_twisted
 from relaytx._auth import AccessRules
 from relaytx._calls import CallTarget
 from relaytx.errors import (
@@ -40,6 +41,8 @@ class ServerHost:
     :param access: the node's access rules, applied to every call with a
         caller (calls from code in this node have none).
     :param on_change: called whenever a server is exposed or removed.
+    :param run_coroutine: how the coroutines of C{async def} methods run
+        (see L{relaytx._aio}).
     """
 
     _log = Logger()
@@ -50,8 +53,10 @@ class ServerHost:
         clock: IReactorTime,
         access: AccessRules,
         on_change: Callable[[], None] = lambda: None,
+        run_coroutine: CoroutineRunner = run_on_twisted,
     ) -> None:
         self._node_id = node_id
+        self._run_coroutine = run_coroutine
         self._clock = clock
         self._access = access
         self._mailboxes: dict[str, Mailbox] = {}
@@ -73,7 +78,7 @@ class ServerHost:
             raise ValueError(f"invalid server name {name!r}: use A-Za-z0-9_.- (not first .-)")
         if name in self._mailboxes:
             raise ValueError(f"a server named {name!r} is already exposed on {self._node_id}")
-        self._mailboxes[name] = Mailbox(server)
+        self._mailboxes[name] = Mailbox(server, self._run_coroutine)
         self.on_change()
 
     def unexpose(self, name: str) -> Server:

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaytx import __version__
+from relaytx._aio import coroutine_runner
 from relaytx._apps import import_app, run_setup
 from relaytx._auth import read_secret
 from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget
@@ -103,7 +104,9 @@ class RelayNode(MultiService):
             except TlsError as e:
                 raise StartupError(str(e)) from None
         limits = config.limits
-        self.servers = ServerHost(node_id, reactor, config.access)
+        #: how coroutines (async methods, async setups) run on this reactor
+        self.run_coroutine = coroutine_runner(reactor)
+        self.servers = ServerHost(node_id, reactor, config.access, run_coroutine=self.run_coroutine)
         metrics.watch_queue_depth(self.servers.queue_depth)
         self.limiter = CallLimiter(
             reactor, limits.max_in_flight, limits.max_in_flight_per_caller, limits.calls_per_second
@@ -232,7 +235,7 @@ class RelayNode(MultiService):
             for it before it starts.
         """
         module = import_app(spec)
-        d = run_setup(spec, module, self)
+        d = run_setup(spec, module, self, self.run_coroutine)
         if d.called and isinstance(d.result, Failure):
             failure = d.result
             d.addErrback(lambda _: None)  # reported by raising instead

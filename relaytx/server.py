@@ -23,6 +23,7 @@ from typing import Any, ClassVar, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from relaytx._aio import CoroutineRunner, run_on_twisted
 from relaytx.errors import InvalidParams
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -137,10 +138,14 @@ class Mailbox:
     skipped; cancelling the Deferred of a running call cancels the Deferred
     its method returned. Calls that return synchronously run without any
     queueing cost.
+
+    :param run_coroutine: how the coroutines of C{async def} methods run
+        (see L{relaytx._aio}); as Twisted runs them by default.
     """
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, run_coroutine: CoroutineRunner = run_on_twisted) -> None:
         self.server = server
+        self._run_coroutine = run_coroutine
         self._queue: deque[
             tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Deferred[Any]]
         ]
@@ -191,7 +196,7 @@ class Mailbox:
             self._resume()
             raise
         if inspect.iscoroutine(result):
-            result = Deferred.fromCoroutine(result)
+            result = self._run_coroutine(result)
         if isinstance(result, Deferred):
             d: Deferred[Any] = Deferred(self._cancel)
             self._waiting = True
@@ -227,7 +232,7 @@ class Mailbox:
                 d.errback()  # a Failure of the exception being handled
                 continue
             if inspect.iscoroutine(result):
-                result = Deferred.fromCoroutine(result)
+                result = self._run_coroutine(result)
             if isinstance(result, Deferred):
                 self._waiting = True
                 result.addBoth(self._finished, d)

@@ -20,9 +20,9 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from relaytx._apps import import_app, run_setup
+from relaytx._apps import AppError, import_app, run_setup
 from relaytx.config import NodeConfig, build_config
-from relaytx.errors import StartupError
+from relaytx.errors import StartupError, failure_exception
 from relaytx.node import RelayNode
 
 
@@ -85,6 +85,14 @@ class Options(usage.Options):
     def opt_app(self, spec: str) -> None:
         """Load an app: a module name or a .py file defining setup(node). Repeatable."""
         self["app"].append(spec)
+
+    def opt_version(self) -> NoReturn:
+        """Print relaytx's version and exit."""
+        from relaytx import __version__
+        from twisted import __version__ as twisted_version
+
+        sys.stdout.write(f"relaytx {__version__} (Twisted {twisted_version})\n")
+        raise SystemExit(0)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         try:
@@ -178,26 +186,48 @@ class CommandLineNode(RelayNode):
         """
         Load the app C{spec}: exit at once (status 1) if it cannot be
         imported or its C{setup} raises, and call L{fatal} if a Deferred
-        returned by its C{setup} fails later.
+        returned by its C{setup} fails later. Either way the error line
+        names where it failed, and the traceback goes to the log.
         """
         # Not RelayNode.load_app: the errback it adds to the setup Deferred
         # to spot a synchronous failure also swallows a later one.
         try:
             module = import_app(spec)
         except StartupError as e:
-            fail(str(e))
-        d = run_setup(spec, module, self)
+            self._app_failed(e)
+        d = run_setup(spec, module, self, self.run_coroutine)
         if d.called:  # setup is done already, or raised
             failed: list[Failure] = []
             d.addErrback(failed.append)
             if failed:
-                fail(str(failed[0].value))
+                self._app_failed(failure_exception(failed[0]))
             return
 
         def report(failure: Failure) -> None:
-            self.fatal(str(failure.value))
+            error = failure_exception(failure)
+            self._log_traceback(error)
+            self.fatal(str(error))
 
         d.addErrback(report)
+
+    #: whether the log is being written already (C{relay node}); C{twistd}
+    #: starts its log only once the service is made
+    log_started = True
+
+    def _log_traceback(self, error: BaseException) -> None:
+        failure = error.failure if isinstance(error, AppError) else None
+        if failure is None or not failure.frames:
+            return
+        if self.log_started:
+            self._log.failure("{message}", failure, message=str(error))
+        else:  # the process ends before twistd's log begins: its stderr is the log
+            stream = sys.__stderr__ or sys.stderr
+            stream.write(failure.getTraceback())
+            stream.flush()
+
+    def _app_failed(self, error: BaseException) -> NoReturn:
+        self._log_traceback(error)
+        fail(str(error))
 
 
 def makeService(options: Options) -> CommandLineNode:
@@ -218,6 +248,7 @@ def makeService(options: Options) -> CommandLineNode:
         node = CommandLineNode(options.config, reactor)
     except StartupError as e:  # e.g. an unreadable --secret-file
         fail(str(e))
+    node.log_started = options.parent is None  # relay node logs from the start
     for spec in options.config.app:
         node.load_app_or_exit(spec)
     if options.parent is not None:  # under twistd: its exit status is 0 unless we say
@@ -231,13 +262,30 @@ def _exit_on_failure(node: CommandLineNode) -> None:
         os._exit(node.exit_status)
 
 
+class NodeCommandOptions(Options):
+    """
+    The options of C{relay node}: those of C{twistd relay}, and the reactor
+    (which C{twistd} chooses with its own C{-r}).
+    """
+
+    optParameters = [
+        *Options.optParameters,
+        [
+            "reactor",
+            "r",
+            None,
+            "The reactor to run on, as twistd's -r names it (default: default).",
+        ],
+    ]
+
+
 def run_options(argv: list[str]) -> Options:
     """
     Parse C{argv} as node options.
 
     :raises SystemExit: with status 2 on bad options (the line is printed).
     """
-    options = Options()
+    options = NodeCommandOptions()
     # Without a twistd parent the synopsis is printed alone: name the command.
     options.synopsis = f"Usage: relay node {Options.synopsis}"
     try:

@@ -14,9 +14,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx._apps import import_app, run_setup
+from relaytx._apps import AppError, import_app, run_setup, where
 from relaytx.config import build_config
 from relaytx.errors import StartupError
 from relaytx.node import RelayNode
@@ -319,3 +320,59 @@ class SetupTests(AppTestCase):
         self.successResultOf(self.node.load_app(first))
         self.successResultOf(self.node.load_app(second))
         self.assertEqual(sorted(self.node.local_servers()), ["echo2", "echo_server", "node"])
+
+
+class WhereTests(AppTestCase):
+    """A failing app's error line says where it failed; its exception keeps the traceback."""
+
+    def test_setupRaisesDeeper(self) -> None:
+        """The line names the app's innermost frame (file, line, function)."""
+        path = self.app_file(
+            """
+            def helper():
+                return {}["missing"]
+
+            def setup(node):
+                helper()
+            """
+        )
+        error = self.assertStartupError(path, "setup failed: KeyError: 'missing'")
+        self.assertTrue(str(error).endswith(":3, in helper)"), str(error))
+        shown = os.path.relpath(path)  # or the path itself, when it is not below here
+        self.assertIn(f"(at {path if shown.startswith('..') else shown}:3", str(error))
+        assert isinstance(error, AppError) and error.failure is not None
+        self.assertIn('return {}["missing"]', error.failure.getTraceback())
+
+    def test_setupCallsALibrary(self) -> None:
+        """When a library raises, the line names the app's own call into it."""
+        path = self.app_file(
+            """
+            import json
+
+            def setup(node):
+                json.loads("{")
+            """
+        )
+        error = self.assertStartupError(path, "setup failed: JSONDecodeError")
+        self.assertTrue(str(error).endswith(":5, in setup)"), str(error))
+
+    def test_importFails(self) -> None:
+        """An import that fails names the app's line too."""
+        path = self.app_file("x = 1\nimport relaytx_absent_dependency\ndef setup(node): pass\n")
+        error = self.assertStartupError(path, "import failed")
+        self.assertTrue(str(error).endswith(":2, in <module>)"), str(error))
+
+    def test_moduleImportFails(self) -> None:
+        """A module app's failed import names the module's line, not importlib's."""
+        name = self.app_module("import relaytx_absent_dep\ndef setup(node): pass\n")
+        error = self.assertStartupError(name, "import failed")
+        self.assertIn(":1, in <module>)", str(error))
+        self.assertNotIn("frozen", str(error))
+
+    def test_nothingToShow(self) -> None:
+        """A missing file or a failure without a traceback names no place."""
+        error = self.assertStartupError(self.app_file(ECHO_APP) + ".nope.py", "no such file")
+        self.assertNotIn("(at ", str(error))
+        assert isinstance(error, AppError)
+        self.assertIsNone(error.failure)
+        self.assertEqual(where(Failure(ValueError("bare"))), "")

@@ -329,6 +329,23 @@ class ErrorLineTests(TapTestCase):
         self.assertEqual(e.code, 0)
         self.assertTrue(out.getvalue().startswith("Usage: relay node [options]\n"))
 
+    def test_runOptionsReactor(self) -> None:
+        """relay node accepts --reactor (read first: see relaytx.cli); twistd's does not."""
+        for argv in (["--reactor", "poll"], ["-r", "poll"], ["--reactor=poll"]):
+            options = run_options(argv)
+            self.assertEqual(options["reactor"], "poll")
+        self.assertRaises(usage.UsageError, self.parse, "--reactor", "poll")
+
+    def test_version(self) -> None:
+        """--version prints relaytx's version (and Twisted's), for relay node and twistd alike."""
+        from relaytx import __version__
+
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        e = self.assertRaises(SystemExit, run_options, ["--version"])
+        self.assertEqual(e.code, 0)
+        self.assertTrue(out.getvalue().startswith(f"relaytx {__version__} (Twisted "))
+
     def test_runOptionsBad(self) -> None:
         """run_options exits with status 2 after one error line."""
         e = self.assertRaises(SystemExit, run_options, ["--node-id", "bad id"])
@@ -387,8 +404,32 @@ class CommandLineNodeTests(TapTestCase):
         self.assertEqual(e.code, 1)
         self.assertEqual(
             self.process_stderr.getvalue(),
-            f"relay: error: --app {path}: setup failed: ValueError: line one line two\n",
+            f"relay: error: --app {path}: setup failed: ValueError: line one line two"
+            f" (at {path}:2, in setup)\n",
         )
+        # The traceback goes to the log (relay node's has begun).
+        [logged] = self.flushLoggedErrors(ValueError)
+        self.assertIn("raise ValueError", logged.getTraceback())
+
+    def test_setupRaisesBeforeTheLog(self) -> None:
+        """Under twistd (whose log starts later), the traceback goes to stderr, before the line."""
+        path = self.app("def setup(node):\n    raise ValueError('boom')")
+        node = self.node()
+        node.log_started = False
+        self.assertRaises(SystemExit, node.load_app_or_exit, path)
+        text = self.process_stderr.getvalue()
+        self.assertTrue(text.startswith("Traceback (most recent call last):\n"), text)
+        self.assertIn("raise ValueError('boom')", text)
+        lines = text.splitlines()
+        self.assertEqual([line for line in lines if "relay: error:" in line], [lines[-1]])
+        self.assertEqual(self.flushLoggedErrors(ValueError), [])
+
+    def test_importFailsNamesTheLine(self) -> None:
+        """An app that fails to import names its line, and logs the traceback."""
+        path = self.app("x = 1\nimport relaytx_absent_module_for_tap")
+        self.assertRaises(SystemExit, self.node().load_app_or_exit, path)
+        self.assertIn(f"(at {path}:2, in <module>)\n", self.process_stderr.getvalue())
+        self.assertEqual(len(self.flushLoggedErrors(ModuleNotFoundError)), 1)
 
     def running_reactor(self) -> MemoryReactorClock:
         """A fake reactor that is running (MemoryReactorClock.run stops at once)."""
@@ -409,6 +450,7 @@ class CommandLineNodeTests(TapTestCase):
         self.assertTrue(reactor.hasStopped)
         self.assertEqual(self.process_stderr.getvalue().count("relay: error: "), 1)
         self.assertIn("setup failed: RuntimeError: late", self.process_stderr.getvalue())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 0)  # no traceback to show
         self.successResultOf(node.stopService())
 
     def test_setupFailsBeforeRun(self) -> None:
