@@ -3,35 +3,45 @@
 The C{relay} console script.
 
   - C{relay node [options]} runs a node in the foreground (the options of
-    C{twistd relay}, without twistd's own); logs go to standard error;
-    SIGTERM or SIGINT stop it cleanly with exit status 0.
+    C{twistd relay}, without twistd's own, plus C{--reactor NAME}); logs go
+    to standard error; SIGTERM or SIGINT stop it cleanly with exit status 0.
   - C{relay call URL SERVER METHOD [ARGS...] [--node NODE_ID] [--timeout S]
-    [--token TOKEN]}
-    calls a server through the node at URL and prints the result as JSON.
-    Each ARG is parsed as JSON when it is valid JSON, else taken as a
-    string. Exit status: 0 on success, 1 when the call answered an error
-    (its code and message are printed on standard error), 2 for bad usage
-    or when the node cannot be reached.
+    [--token T] [--cacert F] [--cert F] [--key F]} calls a server through
+    the node at URL and prints the result as JSON. Each ARG is parsed as
+    JSON when it is valid JSON, else taken as a string. The call carries
+    its deadline to the node (C{remote_call}), with or without C{--node}.
+    Exit status: 0 on success, 1 when the call answered an error (its
+    code and message are printed on standard error), 2 for bad usage or
+    when the node cannot be reached.
+  - C{relay --version} prints relaytx's version.
+
+Start-up time matters for C{relay call}: this module imports what a
+command needs when the command runs (Twisted only for C{relay node}).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import signal
 import sys
-import urllib.error
-import urllib.request
-from typing import Any
+
+from relaytx import __version__
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs start-up time
+if TYPE_CHECKING:
+    import ssl
+
+#: The reactor C{relay node} runs on unless told otherwise (SPEC section
+#: 14; the README gives the figures behind the choice).
+DEFAULT_REACTOR = "default"
 
 USAGE = """usage: relay node [options]            run a node (relay node --help)
        relay call URL SERVER METHOD [ARGS...] [--node NODE_ID] [--timeout S]
+                  [--token TOKEN] [--cacert FILE] [--cert FILE] [--key FILE]
+       relay --version
 """
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the C{relay} console script."""
+    """Entry point of the C{relay} console script; :returns: the exit status."""
     args = sys.argv[1:] if argv is None else argv
     if not args:
         sys.stderr.write(f"relay: error: give a command\n{USAGE}")
@@ -39,17 +49,75 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] in {"-h", "--help", "help"}:
         sys.stdout.write(USAGE)
         return 0
-    command, rest = args[0], args[1:]
-    if command == "node":
-        return run_node(rest)
-    if command == "call":
-        return call(rest)
-    sys.stderr.write(f"relay: error: unknown command {command!r}\n{USAGE}")
-    return 2
+    if args[0] in {"--version", "-V", "version"}:
+        sys.stdout.write(f"relaytx {__version__}\n")
+        return 0
+    command = COMMANDS.get(args[0])
+    if command is None:
+        sys.stderr.write(f"relay: error: unknown command {args[0]!r}\n{USAGE}")
+        return 2
+    return command(args[1:])
+
+
+# relay node
+
+
+def take_reactor(argv: list[str]) -> tuple[str, list[str]]:
+    """
+    Find C{--reactor NAME} (C{--reactor=NAME}, C{-r NAME}, C{-rNAME}) in
+    node options: it must be installed before anything imports the
+    reactor, so before the other options are parsed.
+
+    :returns: the reactor's name (L{DEFAULT_REACTOR} if none is given) and
+        the options without it.
+    """
+    name, rest = DEFAULT_REACTOR, []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":
+            rest.append(arg)
+            rest.extend(args)
+            break
+        if arg in ("--reactor", "-r"):
+            name = next(args, "")
+        elif arg.startswith("--reactor="):
+            name = arg.partition("=")[2]
+        elif arg.startswith("-r") and not arg.startswith("--"):
+            name = arg[2:]
+        else:
+            rest.append(arg)
+    return name, rest
+
+
+def install_reactor(name: str) -> None:
+    """
+    Install the reactor twistd's C{-r NAME} would.
+
+    :raises SystemExit: with status 2 after one error line, if there is no
+        such reactor or it cannot run here.
+    """
+    from twisted.application.reactors import NoSuchReactor, getReactorTypes, installReactor
+
+    if "twisted.internet.reactor" in sys.modules:  # embedded: one is installed already
+        return
+    try:
+        installReactor(name)
+    except NoSuchReactor:
+        names = ", ".join(sorted(r.shortName for r in getReactorTypes()))
+        sys.stderr.write(f"relay: error: --reactor {name!r}: no such reactor; one of {names}\n")
+        raise SystemExit(2) from None
+    except Exception as e:
+        sys.stderr.write(f"relay: error: --reactor {name!r} cannot run here: {e}\n")
+        raise SystemExit(2) from None
 
 
 def run_node(argv: list[str]) -> int:
     """Run a node until SIGTERM/SIGINT; returns the exit status."""
+    import signal
+
+    reactor_name, argv = take_reactor(argv)
+    if "-h" not in argv and "--help" not in argv:
+        install_reactor(reactor_name)
     from twisted.internet import reactor
     from twisted.logger import (
         FilteringLogObserver,
@@ -76,26 +144,94 @@ def run_node(argv: list[str]) -> int:
     reactor.callWhenRunning(node.startService)
     reactor.addSystemEventTrigger("before", "shutdown", node.stopService)
     reactor.run()
-    return node.exit_status
+    status: int = node.exit_status
+    return status
 
 
-def _not_json(constant: str) -> Any:
+# relay call (and, later, the other commands that talk to a node over HTTP)
+
+
+def _not_json(constant: str) -> object:
     raise ValueError(f"{constant} is not JSON")
 
 
-def _parse_arg(text: str) -> Any:
+def _parse_arg(text: str) -> object:
     """
     :returns: C{text} parsed as JSON when it is valid JSON (C{NaN} and
         C{Infinity}, which Python's parser accepts, are not), else C{text}.
     """
+    import json
+
     try:
         return json.loads(text, parse_constant=_not_json)
     except ValueError:
         return text
 
 
+def add_client_options(parser: object) -> None:
+    """
+    Add the options of a command that talks to a node over HTTP: C{--token}
+    (default: C{$RELAYTX_TOKEN}, which keeps it out of the process list),
+    C{--cacert}, C{--cert} and C{--key} (SPEC section 13).
+    """
+    import argparse
+    import os
+
+    assert isinstance(parser, argparse.ArgumentParser)
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("RELAYTX_TOKEN"),
+        help="bearer token for the node (default: $RELAYTX_TOKEN)",
+    )
+    parser.add_argument("--cacert", help="PEM file of the CA that signed the node's certificate")
+    parser.add_argument("--cert", help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--key", help="PEM private key of --cert, if not in its file")
+
+
+class NodeUnavailable(Exception):
+    """The node could not be asked (one line for the operator)."""
+
+
+def post(
+    url: str, body: bytes, headers: dict[str, str], timeout: float, context: ssl.SSLContext | None
+) -> tuple[int, bytes]:
+    """
+    POST C{body} to C{url}.
+
+    :param context: the C{ssl.SSLContext} of an C{https} URL.
+    :returns: the status and the body of the answer.
+    :raises NodeUnavailable: if the node cannot be reached.
+    """
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection: http.client.HTTPConnection
+    try:
+        if parts.scheme == "https":
+            connection = http.client.HTTPSConnection(parts.netloc, timeout=timeout, context=context)
+        else:
+            connection = http.client.HTTPConnection(parts.netloc, timeout=timeout)
+        try:
+            connection.request("POST", parts.path, body, headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+    except TimeoutError:
+        raise NodeUnavailable(f"cannot call {url}: no answer within {timeout:g}s") from None
+    except (OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+        raise NodeUnavailable(f"cannot call {url}: {reason}") from None
+
+
 def call(argv: list[str]) -> int:
     """Make one call through a node's JSON-RPC endpoint; returns the exit status."""
+    import argparse
+    import json
+
+    from relaytx._clientopts import auth_headers, http_base_url, ssl_context
+
     parser = argparse.ArgumentParser(
         prog="relay call", description="Call SERVER.METHOD through the node at URL."
     )
@@ -105,53 +241,48 @@ def call(argv: list[str]) -> int:
     parser.add_argument("args", nargs="*", help="arguments: JSON where valid, else strings")
     parser.add_argument("--node", help="call the server on this node id")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("RELAYTX_TOKEN"),
-        help="bearer token for a node with [http.tokens] (default: $RELAYTX_TOKEN)",
-    )
+    add_client_options(parser)
     ns = parser.parse_intermixed_args(argv)
     if not 0 < ns.timeout <= 86400:  # also refuses nan, which JSON cannot carry
         parser.error("--timeout must be a number of seconds in (0, 86400]")
-    args = [_parse_arg(a) for a in ns.args]
-    if ns.node:
-        request = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "remote_call",
-            "params": {
-                "node_id": ns.node,
-                "server_name": ns.server,
-                "method": ns.method,
-                "args": args,
-                "timeout": ns.timeout,
-            },
-        }
-    else:
-        request = {"jsonrpc": "2.0", "id": 1, "method": f"{ns.server}.{ns.method}", "params": args}
-    url = ns.url.rstrip("/")
-    if "://" not in url:
-        url = "http://" + url
-    headers = {"Content-Type": "application/json"}
-    if ns.token:
-        headers["Authorization"] = f"Bearer {ns.token}"
-    http = urllib.request.Request(url + "/rpc", data=json.dumps(request).encode(), headers=headers)
     try:
-        with urllib.request.urlopen(http, timeout=ns.timeout + 5) as response:
-            answer = json.loads(response.read())
-    except urllib.error.HTTPError as e:  # 401, 403: refused before any call
-        try:
-            why = json.loads(e.read()).get("error", e.reason)
-        except (ValueError, AttributeError, OSError):
-            why = e.reason
-        sys.stderr.write(f"relay: error: {url}/rpc answered {e.code}: {why}\n")
+        base = http_base_url(ns.url)
+        headers = {"Content-Type": "application/json"}
+        headers.update(auth_headers(ns.token))
+        context = None
+        if base.startswith("https:"):
+            context = ssl_context(ns.cacert, ns.cert, ns.key)
+        elif ns.cacert or ns.cert or ns.key:
+            raise ValueError("--cacert, --cert and --key need an https:// URL")
+    except ValueError as e:
+        parser.error(str(e))
+    params: dict[str, object] = {
+        "server_name": ns.server,
+        "method": ns.method,
+        "args": [_parse_arg(a) for a in ns.args],
+        "timeout": ns.timeout,  # the node gives up then, whichever form (SPEC section 5)
+    }
+    if ns.node:
+        params["node_id"] = ns.node
+    request = {"jsonrpc": "2.0", "id": 1, "method": "remote_call", "params": params}
+    url = base + "/rpc"
+    try:
+        # The node answers by the deadline; the margin covers the network.
+        status, body = post(url, json.dumps(request).encode(), headers, ns.timeout + 5, context)
+    except NodeUnavailable as e:
+        sys.stderr.write(f"relay: error: {e}\n")
         return 2
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        sys.stderr.write(f"relay: error: cannot call {url}/rpc: {reason}\n")
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if status != 200:  # 401, 403: refused before any call
+        detail = answer.get("error") if isinstance(answer, dict) else None
+        reason = f": {detail}" if isinstance(detail, str) else ""
+        sys.stderr.write(f"relay: error: {url} answered {status}{reason}\n")
         return 2
     if not isinstance(answer, dict) or not isinstance(answer.get("error", {}), dict):
-        sys.stderr.write(f"relay: error: {url}/rpc answered no JSON-RPC response\n")
+        sys.stderr.write(f"relay: error: {url} answered no JSON-RPC response\n")
         return 2
     if "error" in answer:
         error = answer["error"]
@@ -161,6 +292,11 @@ def call(argv: list[str]) -> int:
         return 1
     sys.stdout.write(json.dumps(answer.get("result")) + "\n")
     return 0
+
+
+#: The commands, by name. C{relay status} (SPEC section 13) joins them
+#: with the same client options (L{add_client_options}, L{post}).
+COMMANDS = {"node": run_node, "call": call}
 
 
 if __name__ == "__main__":

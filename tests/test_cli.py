@@ -1,7 +1,8 @@
 """
 Tests for L{relaytx.cli}: the C{relay} console script's argument handling.
 C{relay call} and C{relay node} against real nodes are covered by
-C{tests/integration/test_twistd.py}; here urllib is replaced by a fake.
+C{tests/integration/test_twistd.py}; here the HTTP request is replaced by
+a fake (L{relaytx.cli.post}).
 """
 
 from __future__ import annotations
@@ -9,60 +10,57 @@ from __future__ import annotations
 import io
 import json
 import os
+import ssl
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx import cli
+from relaytx import __version__, cli
+from tests.support import Authority, TempDirMixin
 
 
-class FakeResponse:
-    """What urlopen returns: a context manager with a body."""
+class Sent:
+    """One request relay call made."""
 
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-
-    def __enter__(self) -> FakeResponse:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-    def read(self) -> bytes:
-        """:returns: the body."""
-        return self.body
+    def __init__(
+        self, url: str, body: bytes, headers: dict[str, str], timeout: float, context: Any
+    ) -> None:
+        self.url = url
+        self.body = json.loads(body)
+        self.headers = headers
+        self.timeout = timeout
+        self.context = context
 
 
-class CliTestCase(SynchronousTestCase):
-    """Captured standard streams and a fake urlopen."""
+class CliTestCase(TempDirMixin, SynchronousTestCase):
+    """Captured standard streams and a fake HTTP request."""
 
     def setUp(self) -> None:
         self.stdout = io.StringIO()
         self.stderr = io.StringIO()
         self.patch(sys, "stdout", self.stdout)
         self.patch(sys, "stderr", self.stderr)
-        self.requests: list[tuple[urllib.request.Request, float]] = []
+        self.requests: list[Sent] = []
         self.answer: Any = {"jsonrpc": "2.0", "result": None, "id": 1}
-        self.patch(urllib.request, "urlopen", self.urlopen)
+        self.status = 200
+        self.patch(cli, "post", self.post)
 
-    def urlopen(self, request: urllib.request.Request, timeout: float) -> FakeResponse:
+    def post(
+        self, url: str, body: bytes, headers: dict[str, str], timeout: float, context: Any
+    ) -> tuple[int, bytes]:
         """Record the request; answer with C{self.answer} (raise it if it is an exception)."""
-        self.requests.append((request, timeout))
+        self.requests.append(Sent(url, body, headers, timeout, context))
         if isinstance(self.answer, BaseException):
             raise self.answer
         if isinstance(self.answer, bytes):
-            return FakeResponse(self.answer)
-        return FakeResponse(json.dumps(self.answer).encode())
+            return self.status, self.answer
+        return self.status, json.dumps(self.answer).encode()
 
     def sent(self) -> Any:
         """:returns: the JSON body of the only request made."""
         self.assertEqual(len(self.requests), 1)
-        data = self.requests[0][0].data
-        assert isinstance(data, bytes)
-        return json.loads(data)
+        return self.requests[0].body
 
     def usage_exit(self, *argv: str) -> str:
         """Run C{relay ARGV}, expect argparse's exit 2, and return what it wrote on stderr."""
@@ -149,21 +147,31 @@ class CallTests(CliTestCase):
     """relay call: the request it sends and how it reports the answer."""
 
     def test_call(self) -> None:
-        """SERVER METHOD ARGS becomes a SERVER.METHOD request with positional params."""
+        """SERVER METHOD ARGS becomes a remote_call carrying the args and the deadline."""
         self.answer = {"jsonrpc": "2.0", "result": 6, "id": 1}
         status = cli.main(
             ["call", "http://127.0.0.1:8080", "counter_server", "increment", "5", "abc"]
         )
         self.assertEqual(status, 0)
-        request, timeout = self.requests[0]
-        self.assertEqual(request.full_url, "http://127.0.0.1:8080/rpc")
-        self.assertEqual(request.get_method(), "POST")
-        self.assertEqual(request.get_header("Content-type"), "application/json")
+        request = self.requests[0]
+        self.assertEqual(request.url, "http://127.0.0.1:8080/rpc")
+        self.assertEqual(request.headers, {"Content-Type": "application/json"})
         self.assertEqual(
             self.sent(),
-            {"jsonrpc": "2.0", "id": 1, "method": "counter_server.increment", "params": [5, "abc"]},
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "remote_call",
+                "params": {
+                    "server_name": "counter_server",
+                    "method": "increment",
+                    "args": [5, "abc"],
+                    "timeout": 30.0,
+                },
+            },
         )
-        self.assertEqual(timeout, 35.0)
+        self.assertEqual(request.timeout, 35.0)
+        self.assertIsNone(request.context)
         self.assertEqual(self.stdout.getvalue(), "6\n")
         self.assertEqual(self.stderr.getvalue(), "")
 
@@ -171,12 +179,12 @@ class CallTests(CliTestCase):
         """Each argument is JSON where valid, else a string."""
         argv = ["call", "http://h:1", "node", "echo", "1", '"1"', "x", "[1,{}]", "null", "NaN"]
         self.assertEqual(cli.main(argv), 0)
-        self.assertEqual(self.sent()["params"], [1, "1", "x", [1, {}], None, "NaN"])
+        self.assertEqual(self.sent()["params"]["args"], [1, "1", "x", [1, {}], None, "NaN"])
 
     def test_dashArguments(self) -> None:
         """Negative numbers are arguments; after -- anything is."""
         self.assertEqual(cli.main(["call", "http://h:1", "node", "echo", "-5", "--", "--x"]), 0)
-        self.assertEqual(self.sent()["params"], [-5, "--x"])
+        self.assertEqual(self.sent()["params"]["args"], [-5, "--x"])
 
     def test_printsJsonResult(self) -> None:
         """The result is printed as JSON on one line."""
@@ -186,32 +194,41 @@ class CallTests(CliTestCase):
         self.assertEqual(self.stdout.getvalue().count("\n"), 1)
 
     def test_urlForms(self) -> None:
-        """A trailing slash is dropped and a bare host:port means http."""
-        cli.main(["call", "http://h:1/", "s", "m"])
-        cli.main(["call", "127.0.0.1:8080", "s", "m"])
-        urls = [r.full_url for r, _ in self.requests]
-        self.assertEqual(urls, ["http://h:1/rpc", "http://127.0.0.1:8080/rpc"])
+        """A trailing slash is dropped, a bare host:port means http, ws(s) mean http(s)."""
+        for url in ["http://h:1/", "127.0.0.1:8080", "ws://h:2", "wss://h:3"]:
+            cli.main(["call", url, "s", "m"])
+        urls = [r.url for r in self.requests]
+        self.assertEqual(
+            urls,
+            ["http://h:1/rpc", "http://127.0.0.1:8080/rpc", "http://h:2/rpc", "https://h:3/rpc"],
+        )
+
+    def test_badUrl(self) -> None:
+        """An address that is not a node's is a usage error."""
+        self.assertIn("ftp://h", self.usage_exit("call", "ftp://h", "s", "m"))
 
     def test_node(self) -> None:
-        """--node builds a remote_call with the node id, args and timeout."""
+        """--node names the node in the remote_call; --timeout sets its deadline."""
         argv = ["call", "http://h:1", "counter_server", "increment", "2", "--node", "n2"]
         self.assertEqual(cli.main([*argv, "--timeout", "4.5"]), 0)
         self.assertEqual(
-            self.sent(),
+            self.sent()["params"],
             {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "remote_call",
-                "params": {
-                    "node_id": "n2",
-                    "server_name": "counter_server",
-                    "method": "increment",
-                    "args": [2],
-                    "timeout": 4.5,
-                },
+                "node_id": "n2",
+                "server_name": "counter_server",
+                "method": "increment",
+                "args": [2],
+                "timeout": 4.5,
             },
         )
-        self.assertEqual(self.requests[0][1], 9.5)
+        self.assertEqual(self.requests[0].timeout, 9.5)
+
+    def test_timeoutWithoutNode(self) -> None:
+        """--timeout is the node's deadline for a location-transparent call too."""
+        self.assertEqual(cli.main(["call", "http://h:1", "s", "m", "--timeout", "2"]), 0)
+        self.assertEqual(self.sent()["params"]["timeout"], 2)
+        self.assertNotIn("node_id", self.sent()["params"])
+        self.assertEqual(self.requests[0].timeout, 7)
 
     def test_optionsAnywhere(self) -> None:
         """--node and --timeout may come before the positional arguments."""
@@ -219,11 +236,6 @@ class CallTests(CliTestCase):
         self.assertEqual(cli.main(argv), 0)
         params = self.sent()["params"]
         self.assertEqual((params["node_id"], params["args"], params["timeout"]), ("n3", ["x"], 1))
-
-    def test_defaultTimeout(self) -> None:
-        """The default timeout is 30 s, sent with --node."""
-        cli.main(["call", "http://h:1", "s", "m", "--node", "n2"])
-        self.assertEqual(self.sent()["params"]["timeout"], 30.0)
 
     def test_badTimeout(self) -> None:
         """A timeout that is not a positive number of seconds is a usage error."""
@@ -236,6 +248,53 @@ class CallTests(CliTestCase):
     def test_missingArguments(self) -> None:
         """URL, SERVER and METHOD are required."""
         self.assertIn("required", self.usage_exit("call", "http://h:1", "s"))
+
+    def test_token(self) -> None:
+        """--token (or $RELAYTX_TOKEN) is sent as a bearer token; no Origin is ever sent."""
+        cli.main(["call", "http://h:1", "s", "m", "--token", "t0k"])
+        self.patch(os, "environ", {**os.environ, "RELAYTX_TOKEN": "env"})
+        cli.main(["call", "http://h:1", "s", "m"])
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "RELAYTX_TOKEN"})
+        cli.main(["call", "http://h:1", "s", "m"])
+        self.assertNotIn("Authorization", self.requests[-1].headers)
+        headers = [r.headers for r in self.requests]
+        self.assertEqual(headers[0]["Authorization"], "Bearer t0k")
+        self.assertEqual(headers[1]["Authorization"], "Bearer env")
+        self.assertFalse(any("Origin" in h for h in headers))
+        self.requests.clear()
+        self.assertIn("token", self.usage_exit("call", "http://h:1", "s", "m", "--token", "a\nb"))
+
+    def test_tls(self) -> None:
+        """--cacert, --cert and --key build the TLS context of an https node."""
+        authority = Authority("test-ca")
+        ca = self.mktemp()
+        with open(ca, "wb") as f:
+            f.write(authority.pem)
+        cert_pem, key_pem = authority.issue("client")
+        cert, key = self.mktemp(), self.mktemp()
+        for path, data in ((cert, cert_pem), (key, key_pem)):
+            with open(path, "wb") as f:
+                f.write(data)
+        argv = ["call", "https://h:1", "s", "m", "--cacert", ca, "--cert", cert, "--key", key]
+        self.assertEqual(cli.main(argv), 0)
+        context = self.requests[0].context
+        self.assertIsInstance(context, ssl.SSLContext)
+        self.assertTrue(context.check_hostname)
+        self.assertEqual(context.verify_mode, ssl.CERT_REQUIRED)
+        self.assertEqual(len(context.get_ca_certs()), 1)
+        cli.main(["call", "https://h:1", "s", "m"])  # the system's trust store
+        self.assertIsInstance(self.requests[1].context, ssl.SSLContext)
+
+    def test_tlsErrors(self) -> None:
+        """TLS options with http://, or files that cannot be read, are usage errors."""
+        self.assertIn(
+            "https://", self.usage_exit("call", "http://h:1", "s", "m", "--cacert", "ca.pem")
+        )
+        missing = self.mktemp()
+        self.assertIn(
+            missing, self.usage_exit("call", "https://h:1", "s", "m", "--cacert", missing)
+        )
+        self.assertIn("--cert", self.usage_exit("call", "https://h:1", "s", "m", "--key", "k"))
 
     def test_errorAnswer(self) -> None:
         """An error answer prints its code, message and data on stderr and exits 1."""
@@ -258,39 +317,26 @@ class CallTests(CliTestCase):
 
     def test_unreachable(self) -> None:
         """A node that cannot be reached is one error line and exit status 2."""
-        self.answer = urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+        self.answer = cli.NodeUnavailable("cannot call http://127.0.0.1:1/rpc: Connection refused")
         self.assertEqual(cli.main(["call", "http://127.0.0.1:1", "s", "m"]), 2)
-        self.assertTrue(
-            self.stderr.getvalue().startswith("relay: error: cannot call http://127.0.0.1:1/rpc")
+        self.assertEqual(
+            self.stderr.getvalue(),
+            "relay: error: cannot call http://127.0.0.1:1/rpc: Connection refused\n",
         )
-        self.assertEqual(self.stderr.getvalue().count("\n"), 1)
 
     def test_httpError(self) -> None:
-        """An HTTP error status is reported as an unreachable endpoint."""
-        self.answer = urllib.error.HTTPError("http://h:1/rpc", 404, "Not Found", None, None)  # type: ignore[arg-type]
-        self.assertEqual(cli.main(["call", "http://h:1", "s", "m"]), 2)
-        self.assertIn("Not Found", self.stderr.getvalue())
-
-    def test_token(self) -> None:
-        """--token (or $RELAYTX_TOKEN) is sent as a bearer token; none is sent without it."""
-        cli.main(["call", "http://h:1", "s", "m", "--token", "t0k"])
-        self.assertEqual(self.requests[-1][0].get_header("Authorization"), "Bearer t0k")
-        self.patch(os, "environ", {"RELAYTX_TOKEN": "from-env"})
-        cli.main(["call", "http://h:1", "s", "m"])
-        self.assertEqual(self.requests[-1][0].get_header("Authorization"), "Bearer from-env")
-        self.patch(os, "environ", {})
-        cli.main(["call", "http://h:1", "s", "m"])
-        self.assertIsNone(self.requests[-1][0].get_header("Authorization"))
-
-    def test_refused(self) -> None:
-        """A 401 is one error line with the node's reason, exit status 2."""
-        body = io.BytesIO(b'{"error":"a bearer token is required","status":401}')
-        self.answer = urllib.error.HTTPError("http://h:1/rpc", 401, "Unauthorized", None, body)  # type: ignore[arg-type]
+        """An HTTP error status is reported with the node's own words, exit status 2."""
+        self.status = 401
+        self.answer = {"error": "missing or bad token", "status": 401}
         self.assertEqual(cli.main(["call", "http://h:1", "s", "m"]), 2)
         self.assertEqual(
             self.stderr.getvalue(),
-            "relay: error: http://h:1/rpc answered 401: a bearer token is required\n",
+            "relay: error: http://h:1/rpc answered 401: missing or bad token\n",
         )
+        self.status = 404
+        self.answer = b"<html>"
+        self.assertEqual(cli.main(["call", "http://h:1", "s", "m"]), 2)
+        self.assertIn("answered 404\n", self.stderr.getvalue())
 
     def test_notJson(self) -> None:
         """A body that is not JSON is an error, exit status 2."""
@@ -304,3 +350,50 @@ class CallTests(CliTestCase):
             self.answer = answer
             self.assertEqual(cli.main(["call", "http://h:1", "s", "m"]), 2)
         self.assertEqual(self.stderr.getvalue().count("relay: error:"), 3)
+
+
+class PostTests(SynchronousTestCase):
+    """post(): the HTTP request itself, against nothing that listens."""
+
+    def test_refused(self) -> None:
+        """A refused connection is NodeUnavailable naming the URL."""
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # bound, not listening: refused
+            error = self.assertRaises(
+                cli.NodeUnavailable, cli.post, f"http://127.0.0.1:{port}/rpc", b"{}", {}, 5, None
+            )
+        self.assertIn(f"cannot call http://127.0.0.1:{port}/rpc", str(error))
+
+
+class NodeCommandTests(SynchronousTestCase):
+    """relay node's own option, --reactor, read before anything imports a reactor."""
+
+    def test_takeReactor(self) -> None:
+        """Every spelling of --reactor is taken out; the rest stays in order."""
+        for argv, name, rest in [
+            ([], cli.DEFAULT_REACTOR, []),
+            (["--port", "1"], cli.DEFAULT_REACTOR, ["--port", "1"]),
+            (["--reactor", "epoll", "--port", "1"], "epoll", ["--port", "1"]),
+            (["--port", "1", "--reactor=poll"], "poll", ["--port", "1"]),
+            (["-r", "select", "--app", "a.py"], "select", ["--app", "a.py"]),
+            (["-rasyncio"], "asyncio", []),
+            (["--", "--reactor", "x"], cli.DEFAULT_REACTOR, ["--", "--reactor", "x"]),
+        ]:
+            self.assertEqual(cli.take_reactor(argv), (name, rest), argv)
+
+    def test_defaultReactor(self) -> None:
+        """relay node runs on Twisted's default reactor unless told otherwise (SPEC 14; README)."""
+        self.assertEqual(cli.DEFAULT_REACTOR, "default")
+
+
+class VersionTests(CliTestCase):
+    """relay --version."""
+
+    def test_version(self) -> None:
+        """relay --version prints relaytx's version and exits 0."""
+        self.assertEqual(cli.main(["--version"]), 0)
+        self.assertEqual(self.stdout.getvalue(), f"relaytx {__version__}\n")
+        self.assertEqual(self.stderr.getvalue(), "")
