@@ -53,12 +53,18 @@ command line wins where both give a value)::
     methods = ["get"]
     allow = true
 
+Relative paths in the file (an app given as a file, C{secret_file}, the
+C{[tls]} files) are relative to the file's own directory; on the command
+line, to the working directory. Endpoint strings in C{port} keep Twisted's
+own syntax and meaning (their paths are taken from the working directory).
+
 Anything invalid raises L{ConfigError}, whose message is one line for the
 operator.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import tomllib
@@ -212,7 +218,35 @@ def read_toml(path: str) -> dict[str, Any]:
     for name in ("limits", "tls", "http"):
         if sections[name]:
             table[name] = sections[name]
+    _resolve_paths(table, os.path.dirname(os.path.abspath(path)))
     return table
+
+
+def _is_app_file(spec: str) -> bool:
+    # As relaytx._apps tells a file from a module name.
+    return spec.endswith(".py") or os.sep in spec or "/" in spec
+
+
+def _resolve_paths(table: dict[str, Any], base: str) -> None:
+    """
+    Make the file paths of a config file absolute, relative to the file's
+    own directory (C{base}) rather than the working directory: an app given
+    as a file, C{secret_file} and the C{[tls]} files. Module names and
+    endpoint strings (Twisted's own syntax) are left as they are.
+    """
+
+    def resolved(value: str) -> str:
+        return os.path.join(base, os.path.expanduser(value))
+
+    if "secret_file" in table:
+        table["secret_file"] = resolved(table["secret_file"])
+    if "app" in table:
+        table["app"] = [resolved(a) if _is_app_file(a) else a for a in table["app"]]
+    tls = table.get("tls")
+    if tls:
+        for key in ("cert", "key", "ca"):
+            if key in tls:
+                tls[key] = resolved(tls[key])
 
 
 def _check_keys(table: Mapping[str, Any], known: Mapping[str, Any], path: str, prefix: str) -> None:

@@ -242,15 +242,16 @@ class TomlTests(ConfigTestCase):
             """
         )
         config = build_config({"config": path})
+        here = os.path.dirname(os.path.abspath(path))  # relative paths are the file's
         self.assertEqual(
             config,
             NodeConfig(
                 node_id="file-node",
                 port="tcp:9100:interface=0.0.0.0",
                 add_peer=("ws://127.0.0.1:8081",),
-                app=("examples/counter.py",),
+                app=(os.path.join(here, "examples/counter.py"),),
                 disable_registry=True,
-                secret_file="secret.txt",
+                secret_file=os.path.join(here, "secret.txt"),
                 ping_interval=2.0,
                 limits=Limits(max_body_size=2048, max_message_size=4096),
             ),
@@ -406,3 +407,55 @@ class TomlTests(ConfigTestCase):
             path = self.toml(text)
             e = self.assertConfigError(read_toml, path)
             self.assertTrue(re.match(rf"--config {re.escape(path)}: ", str(e)), str(e))
+
+
+class RelativePathTests(ConfigTestCase):
+    """Paths in a config file are relative to the file, not to the working directory."""
+
+    def test_resolvedAgainstTheFile(self) -> None:
+        """Apps given as files, secret_file and the [tls] files are taken from the file's place."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(directory, "keys"))
+        with open(os.path.join(directory, "keys", "node.pem"), "w") as f, open(SERVER_PEM) as pem:
+            f.write(pem.read())
+        path = os.path.join(directory, "node.toml")
+        with open(path, "w") as f:
+            f.write(
+                'app = ["apps/counter.py", "sub/app", "some.module", "/abs/app.py"]\n'
+                'secret_file = "keys/secret"\n'
+                '[tls]\ncert = "keys/node.pem"\n'
+            )
+        elsewhere = os.path.abspath(self.mktemp())
+        os.makedirs(elsewhere)
+        self.patch(os, "getcwd", lambda: elsewhere)  # nothing may depend on it
+        config = build_config({"config": path})
+        self.assertEqual(
+            config.app,
+            (
+                os.path.join(directory, "apps/counter.py"),
+                os.path.join(directory, "sub/app"),
+                "some.module",
+                "/abs/app.py",
+            ),
+        )
+        self.assertEqual(config.secret_file, os.path.join(directory, "keys/secret"))
+        assert config.tls is not None
+        self.assertEqual(config.tls.cert, os.path.join(directory, "keys/node.pem"))
+
+    def test_commandLineFromWorkingDirectory(self) -> None:
+        """Paths given on the command line stay relative to the working directory."""
+        path = self.toml('app = ["from_file.py"]\n')
+        config = build_config({"config": path, "app": ["cli.py"], "secret_file": "s.txt"})
+        self.assertEqual((config.app, config.secret_file), (("cli.py",), "s.txt"))
+
+    def test_relativeConfigPath(self) -> None:
+        """A config file named by a relative path anchors its paths at its own directory."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        with open(os.path.join(directory, "n.toml"), "w") as f:
+            f.write('app = ["a.py"]\n')
+        cwd = os.getcwd()
+        os.chdir(os.path.dirname(directory))
+        self.addCleanup(os.chdir, cwd)
+        config = build_config({"config": os.path.join(os.path.basename(directory), "n.toml")})
+        self.assertEqual(config.app, (os.path.join(directory, "a.py"),))
