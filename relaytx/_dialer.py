@@ -17,11 +17,13 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import ILogObserver, Logger
 from zope.interface import implementer
 
 from relaytx._guards import RepeatedFailures
+from relaytx._links import HEALTHY_LINK_HERE
 from relaytx._mesh import Mesh
 from relaytx._protocol import PeerClientFactory
 from relaytx.errors import TooManyDialers
@@ -110,12 +112,64 @@ class _ReportingEndpoint:
         return d.addErrback(failed)
 
 
+@implementer(IStreamClientEndpoint)
+class _WhileUnlinked:
+    """
+    An endpoint that connects only while the dialled peer has no link here
+    through another connection (its own dial, kept when the two nodes dial
+    each other): until that link is gone, a connection attempt waits,
+    checking once a second, without touching the network. Two nodes that
+    each dial the other would otherwise have one of them dialled, and
+    refused (409), every few seconds for as long as they run.
+    """
+
+    _log = Logger()
+
+    #: seconds between checks while the peer is linked
+    INTERVAL = 1.0
+
+    def __init__(self, dialer: Dialer, endpoint: Any, clock: Any) -> None:
+        self._dialer = dialer
+        self._endpoint = endpoint
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return repr(self._endpoint)
+
+    def _linked(self) -> bool:
+        peer = self._dialer.node_id
+        return peer is not None and peer in self._dialer.mesh.links
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        if not self._linked():
+            d: Deferred[Any] = self._endpoint.connect(factory)
+            return d
+        self._log.info(
+            "{peer} is linked through its own connection: dialling {url} waits until it is gone",
+            peer=self._dialer.node_id,
+            url=self._dialer.url,
+        )
+        timer: list[IDelayedCall] = []
+        waiting: Deferred[Any] = Deferred(lambda _: timer[0].cancel() if timer else None)
+
+        def check() -> None:
+            timer.clear()
+            if self._linked():
+                timer.append(self._clock.callLater(self.INTERVAL, check))
+                return
+            self._endpoint.connect(factory).chainDeferred(waiting)
+
+        timer.append(self._clock.callLater(self.INTERVAL, check))
+        return waiting
+
+
 class Dialer(Service):
     """
     Keeps a link to the peer at C{address} up: dials it, and re-dials with
     exponential back-off and jitter whenever the link is down. Failed
     WebSocket handshakes count as failed attempts too (ClientService alone
-    would restart its back-off at every TCP connect).
+    would restart its back-off at every TCP connect). While the peer is
+    linked through its own dial, this one waits (L{_WhileUnlinked}).
 
     @ivar expected_id: the id the peer must prove (C{ID@URL}), if any; a
         link to any other node is refused.
@@ -162,17 +216,13 @@ class Dialer(Service):
             jitter=lambda: random.uniform(0, self.INITIAL_DELAY),
         )
         self._client = _Reconnector(
-            _ReportingEndpoint(endpoint, self),
+            _WhileUnlinked(self, _ReportingEndpoint(endpoint, self), reactor),
             self.factory,
             retryPolicy=self._retry_delay,
             clock=reactor,
         )
 
     def _retry_delay(self, attempt: int) -> float:
-        if self.node_id is not None and self.node_id in self.mesh.links:
-            # Linked through another connection (the peer dialled us):
-            # check back later instead of competing with it.
-            return self.MAX_DELAY
         delay: float = self._backoff(max(attempt, self._failures))
         return delay
 
@@ -195,7 +245,16 @@ class Dialer(Service):
         """
         self._failures += 1
         if not told:
-            self.attempt_failed(f"closed before the link opened ({code} {reason})")
+            if reason and HEALTHY_LINK_HERE in reason:
+                # The peer holds a healthy link for this node's own id.
+                own = self.mesh.node_id
+                self.attempt_failed(
+                    f"the peer has a healthy link from node id {own} already: is another "
+                    f"process running as {own} (or this node's previous run not yet found "
+                    "gone)? Retrying while that lasts"
+                )
+            else:
+                self.attempt_failed(f"closed before the link opened ({code} {reason})")
 
     def attempt_failed(self, why: str) -> None:
         """

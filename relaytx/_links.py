@@ -8,11 +8,16 @@ stops. When two nodes dial each other, the link dialled by the node with
 the smaller id is kept: an inbound link is refused (409) while this node,
 having the smaller id, holds an outbound one to the same peer.
 
-Otherwise, in an open mesh a new link replaces the old one (closed with
-4001): a node that restarts gets its link back at once. In a mesh with a
-cluster secret or certificates (C{strict}), a second link for a peer whose
-link is healthy is refused (409): one member cannot take over another's
-link. The old link is replaced only once it has been found dead.
+A second link for a peer whose link is healthy is refused (409), in every
+mode: one process cannot take over another's link, and a second process
+started with a node id already in use (a copied command line, a node
+restarted elsewhere while the first still runs) is refused where it
+would take the first one's place, with a warning on both sides, instead of
+silently taking its routes. The old link is replaced only once it has
+been found dead (missed pings) or has closed, as a restarted node's does at
+once when its process ended. (Two processes with one id that link to
+different neighbours are not detected in an open mesh; in PKI mode a
+node's id is its certificate's.)
 """
 
 from __future__ import annotations
@@ -20,8 +25,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from twisted.logger import Logger
+
 from relaytx.peer import CLOSE_NORMAL, CLOSE_REPLACED, PeerSession
 from relaytx.wire import CORE_TYPES, MessageTypes, Payload
+
+#: What a refusal for a peer id that has a healthy link says (dialers spot it).
+HEALTHY_LINK_HERE = "has a healthy link here"
 
 
 class LinkRefused(Exception):
@@ -39,13 +49,17 @@ class LinkTable:
 
     @ivar links: the current session of each linked peer.
     @ivar stopping: set once the node stops: no link opens after that.
-    @ivar strict: whether a healthy link is kept against a second one (a
-        mesh with a secret or certificates).
+    @ivar strict: whether the mesh authenticates its links (a secret or
+        certificates); admission is the same either way.
     """
+
+    _log = Logger()
 
     def __init__(self, node_id: str, strict: bool = False) -> None:
         self.node_id = node_id
         self.strict = strict
+        #: refused second claims per peer id, while its current link lasts
+        self._claims: dict[str, int] = {}
         self.links: dict[str, PeerSession] = {}
         self.stopping = False
         self.session_class: type[PeerSession] = PeerSession
@@ -103,14 +117,24 @@ class LinkTable:
             return
         if direction == "inbound" and existing.direction == "outbound" and self.node_id < peer_id:
             raise LinkRefused(409, f"already linked to {peer_id} (the link {self.node_id} dialled)")
-        if (
-            self.strict
-            and existing.direction == direction
-            and existing.healthy
-            and not existing.closed
-        ):
+        if existing.direction == direction and existing.healthy and not existing.closed:
+            self._refuse_claim(peer_id, existing)
             raise LinkRefused(
-                409, f"{peer_id} has a healthy link here; a second one waits until it is gone"
+                409, f"{peer_id} {HEALTHY_LINK_HERE}; a second one waits until it is gone"
+            )
+
+    def _refuse_claim(self, peer_id: str, existing: PeerSession) -> None:
+        claims = self._claims[peer_id] = self._claims.get(peer_id, 0) + 1
+        if claims == 1:
+            self._log.warn(
+                "a second connection claims node id {peer}, which has a healthy link here "
+                "({address}): refused (409). Is a second process running as {peer}?",
+                peer=peer_id,
+                address=existing.address,
+            )
+        else:
+            self._log.debug(
+                "second claim for {peer} refused again ({count} times)", peer=peer_id, count=claims
             )
 
     def add(self, session: PeerSession) -> PeerSession | None:
@@ -122,6 +146,7 @@ class LinkTable:
         """
         old = self.links.get(session.peer_id)
         self.links[session.peer_id] = session
+        self._claims.pop(session.peer_id, None)
         if old is not None:
             old.close(CLOSE_REPLACED, "replaced by a newer link")
         return old
@@ -136,6 +161,7 @@ class LinkTable:
         if self.links.get(session.peer_id) is not session:
             return False
         del self.links[session.peer_id]
+        self._claims.pop(session.peer_id, None)
         return True
 
     def close_all(self, reason: str) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import string
 from typing import Any
 
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx import (
@@ -23,7 +24,7 @@ from relaytx import (
 )
 from relaytx._adverts import SYNC_DELAY
 from relaytx._calls import PendingCalls
-from relaytx._links import LinkRefused
+from relaytx._links import HEALTHY_LINK_HERE, LinkRefused
 from relaytx.node import RelayNode
 from relaytx.peer import CLOSE_NORMAL, CLOSE_REPLACED
 from relaytx.testing import MemoryMesh, line, link_nodes, memory_node
@@ -704,13 +705,15 @@ class LinkLifecycleTests(MeshTestCase):
     """Link replacement and stopping a node."""
 
     def test_replacement_keeps_calls(self) -> None:
-        """A second link from the same node replaces the first without failing calls via it."""
+        """A link found dead is replaced by a new one without failing calls via it."""
         a, b = self.line("ab")
         slow = Slow()
         b.expose("slow", slow)
         call = a.call("b", "slow", "wait", timeout=60)
         self.network.pump()
         old = self.network.link_between(a, b)
+        for node in (a, b):  # as missed pings leave it
+            old.session_of(node).healthy = False
         new = self.network.link(a, b)
         self.network.pump()
         self.assertEqual(old.close_code, CLOSE_REPLACED)
@@ -738,6 +741,29 @@ class LinkLifecycleTests(MeshTestCase):
         first.cut()
         second = self.network.link(a, b)
         self.assertIs(b.mesh.links["a"], second.session_of(b))
+
+    def test_open_mesh_keeps_healthy_link(self) -> None:
+        """In an open mesh too, a second link for a healthy peer is refused, with one warning."""
+        a = memory_node("a", self.clock)
+        b = memory_node("b", self.clock)
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        first = self.network.link(a, b)
+        self.network.settle()
+        for _ in range(3):  # a second process as "a" keeps trying
+            refused = self.assertRaises(LinkRefused, self.network.link, a, b)
+            self.assertEqual(refused.status, 409)
+            self.assertIn(HEALTHY_LINK_HERE, refused.reason)
+        self.assertIs(b.mesh.links["a"], first.session_of(b))
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("a healthy link here", formatEvent(warnings[0]))
+        self.assertIn("Is a second process running as", formatEvent(warnings[0]))
+        # Once the link is gone, a new one is taken, and a later duplicate warned of again.
+        first.cut()
+        self.network.link(a, b)
+        self.network.settle()
+        self.assertRaises(LinkRefused, self.network.link, a, b)
+        self.assertEqual(len([e for e in events if e["log_level"] == LogLevel.warn]), 2)
 
     def test_strict_crossing_dials(self) -> None:
         """Strict links: two nodes dialling each other keep one link, the smaller id's."""

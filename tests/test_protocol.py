@@ -5,16 +5,19 @@ dialler's back-off, and the Autobahn adapters driven in memory.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx._dialer import Dialer, peer_url
+from relaytx._dialer import Dialer, _WhileUnlinked, peer_url
 from relaytx._protocol import AUTH_TIMEOUT, PeerServerFactory
 from relaytx.node import RelayNode
 from relaytx.peer import CLOSE_AUTH_FAILED
@@ -76,11 +79,83 @@ class BackoffTests(SynchronousTestCase):
         self.assertEqual(self.dialer.node_id, "peer")
         self.assertLessEqual(self.dialer._retry_delay(1), 3 * Dialer.INITIAL_DELAY)
 
-    def test_linked_otherwise_waits_long(self) -> None:
-        """While the peer is linked through its own dial, the dialler checks back only rarely."""
-        self.dialer.node_id = "peer"
-        self.node.mesh.links["peer"] = object()  # type: ignore[assignment]  # presence is all it reads
-        self.assertEqual(self.dialer._retry_delay(1), Dialer.MAX_DELAY)
+    def test_duplicate_warned(self) -> None:
+        """A refusal saying this node's id is linked already says so, not once per attempt."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        reason = "WebSocket connection upgrade failed [409]: me has a healthy link here; ..."
+        for _ in range(8):
+            self.dialer.handshake_failed(1006, reason)
+        warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 4)  # at 1, 2, 4 and 8 attempts
+        self.assertIn("is another process running as me", warnings[0])
+        self.assertIn("(8 attempt(s) in a row)", warnings[-1])
+
+
+class _Endpoint:
+    """An endpoint that records connection attempts and never completes them."""
+
+    def __init__(self) -> None:
+        self.attempts: list[Deferred[Any]] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.attempts.append(d)
+        return d
+
+
+class WhileUnlinkedTests(SynchronousTestCase):
+    """A dialler whose peer is linked through the peer's own dial waits, without dialling."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.links: set[str] = set()  # the mesh's links: their keys are all it reads
+        self.dialer = SimpleNamespace(
+            node_id="peer", url="ws://127.0.0.1:9", mesh=SimpleNamespace(links=self.links)
+        )
+        self.endpoint = _Endpoint()
+        self.waiting = _WhileUnlinked(self.dialer, self.endpoint, self.reactor)  # type: ignore[arg-type]
+
+    def link(self) -> None:
+        self.links.add("peer")
+
+    def test_unlinked_dials(self) -> None:
+        """A peer with no link here is dialled at once."""
+        self.waiting.connect(object())
+        self.assertEqual(len(self.endpoint.attempts), 1)
+
+    def test_linked_waits(self) -> None:
+        """While the peer is linked, nothing is dialled, however long; once it is not, it is."""
+        self.link()
+        d = self.waiting.connect(object())
+        for _ in range(600):  # ten minutes: two mutually dialling nodes, quiet
+            self.reactor.advance(1)
+        self.assertEqual(self.endpoint.attempts, [])
+        self.assertNoResult(d)
+        self.links.clear()
+        self.reactor.advance(_WhileUnlinked.INTERVAL)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.endpoint.attempts[0].callback("protocol")
+        self.assertEqual(self.successResultOf(d), "protocol")
+
+    def test_cancel(self) -> None:
+        """Stopping the dialler while it waits leaves no timer behind."""
+        self.link()
+        d = self.waiting.connect(object())
+        d.cancel()
+        self.failureResultOf(d)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_logged_once_per_wait(self) -> None:
+        """The wait is logged once (at info), not once a second."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.link()
+        self.waiting.connect(object())
+        self.reactor.advance(100)
+        self.assertEqual(len([e for e in events if "waits until" in e["log_format"]]), 1)
+
+    def test_repr(self) -> None:
+        """ClientService's log names the real endpoint."""
+        self.assertEqual(repr(self.waiting), repr(self.endpoint))
 
 
 class _Adapters:
