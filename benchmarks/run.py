@@ -3,7 +3,7 @@
 The relaytx benchmark: one command, one table.
 
     python benchmarks/run.py [--duration 2] [--passes 2] [--warmup 0.5]
-                             [--inflight 1,50,64,100] [--json]
+                             [--inflight 1,50,64,100] [--reactor NAME] [--json]
                              [--targets local,direct,...] [--entries python,http,...]
                              [--no-ceilings] [--token TOKEN]
 
@@ -28,6 +28,9 @@ level, calls/s with p50 and p99 latency:
       - C{http}: one call per C{POST /rpc} (C{remote_call}),
       - C{http-batch}: batches of 50 calls per C{POST /rpc} (calls/s counts calls),
       - C{ws-rpc}: the persistent entry C{/ws/rpc}, pipelined on one connection.
+
+The nodes run on C{relay node}'s default reactor, or on C{--reactor NAME}
+(the names twistd's C{-r} takes: C{asyncio}, C{epoll}, ...).
 
 Every figure is also given as a ratio to its ceiling: WebSocket-borne
 entries (python, ws-rpc) to the echo round trips, HTTP ones to the bare
@@ -433,6 +436,8 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 argv += ["--port", str(port)]
                 if config is not None:
                     argv += ["--config", str(config)]
+                if args.reactor:
+                    argv += ["--reactor", args.reactor]
                 app = "benchmarks/bench_app.py" if i == 0 else "examples/counter.py"
                 argv += ["--app", app]
                 if i:
@@ -542,6 +547,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds before measuring")
     parser.add_argument(
         "--inflight", default="1,50,64,100", help="comma-separated in-flight levels"
+    )
+    parser.add_argument(
+        "--reactor", help="the nodes' reactor, as twistd's -r names it (default: relay node's)"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
