@@ -341,8 +341,8 @@ class BadStartTests(CommandLineTestCase):
             "bad peer": (["--add-peer", "ftp://127.0.0.1:1"], "--add-peer"),
             "missing TLS key": (["--port", "ssl:0:privateKey=missing.pem"], "missing.pem"),
             "missing app": (["--app", "no_such_app.py"], "no such file"),
-            "setup raises": (["--app", self.raising_app], "setup boom"),
-            "setup fails later": (["--app", self.late_app], "late boom"),
+            "setup raises": (["--app", self.raising_app], "setup boom (at "),
+            "setup fails later": (["--app", self.late_app], "late boom (at "),
         }
 
     def check(self, command: Any) -> None:
@@ -360,7 +360,16 @@ class BadStartTests(CommandLineTestCase):
             self.assertEqual(len(errors), 1, f"{name}: {stderr}")
             self.assertTrue(errors[0].startswith("relay: error: "), f"{name}: {errors}")
             self.assertIn(expected, errors[0], name)
-            self.assertNoTraceback(process)
+            if name.startswith("setup"):
+                # The app's traceback is in the log, and when that is
+                # stderr, the error line comes after it.
+                log = process.stdout() + stderr
+                self.assertIn("Traceback", log, name)
+                self.assertIn("boom", log.split("Traceback", 1)[1], name)
+                if "Traceback" in stderr:
+                    self.assertGreater(stderr.index(errors[0]), stderr.index("Traceback"), name)
+            else:
+                self.assertNoTraceback(process)
 
     def test_twistd(self) -> None:
         """twistd -n relay refuses each bad start with one line on stderr."""
