@@ -76,6 +76,14 @@ class TwistedRunnerTests(SynchronousTestCase):
 
         self.failureResultOf(run_on_twisted(method()), AsyncioReactorRequired)
 
+    def test_asyncioYield(self) -> None:
+        """asyncio.sleep(0), which yields to asyncio's loop without asking for it, fails alike."""
+
+        async def method() -> None:
+            await asyncio.sleep(0)
+
+        self.failureResultOf(run_on_twisted(method()), AsyncioReactorRequired)
+
     def test_otherRuntimeErrors(self) -> None:
         """A RuntimeError of the method's own stays what it is."""
 
