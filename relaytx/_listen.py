@@ -176,5 +176,7 @@ def startup_warnings(
                 f"(mode {stat.S_IMODE(mode):o}); chmod 600 it"
             )
     for warning in warnings:
-        _log.warn("{warning}", warning=warning)
+        # Not a field named "warning": trial takes such events for Python
+        # warnings and fails every test that logs one (tox -e trial).
+        _log.warn("{text}", text=warning)
     return warnings

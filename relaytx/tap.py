@@ -274,7 +274,8 @@ class NodeCommandOptions(Options):
             "reactor",
             "r",
             None,
-            "The reactor to run on, as twistd's -r names it (default: default).",
+            "The reactor to run on, as twistd's -r names it: asyncio, epoll, poll, ... "
+            "(default: Twisted's default, epoll on Linux).",
         ],
     ]
 

@@ -31,7 +31,7 @@ class StartupWarningTests(SynchronousTestCase):
     def warnings(self, node: RelayNode, address: object) -> list[str]:
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         said = node._warn(_Port(address))  # type: ignore[arg-type]
-        logged = [e["warning"] for e in events if "warning" in e]
+        logged = [e["text"] for e in events if "text" in e and e["log_format"] == "{text}"]
         self.assertEqual(said, logged)
         return said
 
