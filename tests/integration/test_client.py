@@ -287,6 +287,32 @@ class TokenTests(ClientTestCase):
         self.assertEqual(seen[0]["Authorization"], "Bearer s3cret")
         self.assertNotIn("Origin", seen[0])
 
+    def test_nodeWithTokens(self) -> None:
+        """A node with [http.tokens] takes the client with its token, refuses it (401) without."""
+        import hashlib
+
+        directory = self.tempdir()
+        config = os.path.join(directory, "node.toml")
+        digest = hashlib.sha256(b"s3cret").hexdigest()
+        with open(config, "w") as f:
+            f.write(f'[http.tokens]\ntool = "{digest}"\n')
+        _, url = self.node("guarded", "--config", config)
+
+        async def scenario() -> None:
+            async with client.connect(url, token="s3cret") as c:
+                self.assertEqual(await c.node.echo("in"), ["in"])
+            for token in (None, "wrong"):
+                with self.assertRaises(client.ConnectError) as caught:
+                    await client.connect(url, token=token)
+                self.assertEqual(caught.exception.status, 401)
+
+        arun(scenario(), 60)
+        done = self.run_cli("call", url, "node", "echo", "1", "--token", "s3cret")
+        self.assertEqual((done.returncode, done.stdout), (0, "[1]\n"), done.stderr)
+        done = self.run_cli("call", url, "node", "echo", "1")
+        self.assertEqual(done.returncode, 2)
+        self.assertIn("answered 401", done.stderr)
+
     def test_relayCallSendsToken(self) -> None:
         """relay call --token sends the bearer token; a 401 is one error line, exit 2."""
         seen: list[Any] = []
