@@ -585,12 +585,29 @@ class RpcCore(_CallBook):
         :raises ValueError: for a timeout out of range.
         :raises ClientClosed: if the client is closed.
         """
+        # The hot path of a pipelined client, so _params and _start inline.
         if self.closed:
             raise ClientClosed(f"the client of {self.url} is closed")
-        params = _params(node_id, server, method, args, kwargs, timeout)
+        if not 0 < timeout <= MAX_TIMEOUT:  # also refuses nan
+            raise ValueError(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT:g}]")
+        params: dict[str, Any] = {
+            "server_name": server,
+            "method": method,
+            "args": args,
+            "timeout": timeout,
+        }
+        if node_id is not None:
+            params["node_id"] = node_id
+        if kwargs:
+            params["kwargs"] = kwargs
+        call_id = next(self._ids)
+        request = orjson.dumps(  # TypeError for what is not JSON, before anything is kept
+            {"jsonrpc": "2.0", "method": "remote_call", "params": params, "id": call_id}
+        )
         loop = self._loop
-        entry = _Call(next(self._ids), params, timeout, loop.time())
-        request = self._start(entry)
+        entry = _Call(call_id, params, timeout, loop.time())
+        self._calls[call_id] = entry
+        self._deadlines.add(entry)
         future = entry.future = loop.create_future()
         channel = self._channel
         if channel is None:
