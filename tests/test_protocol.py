@@ -21,7 +21,7 @@ from relaytx._dialer import Dialer, _WhileUnlinked, peer_url
 from relaytx._protocol import AUTH_TIMEOUT, PeerServerFactory
 from relaytx.node import RelayNode
 from relaytx.peer import CLOSE_AUTH_FAILED
-from relaytx.testing import memory_node
+from relaytx.testing import link_nodes, memory_node
 
 SECRET = b"0123456789abcdef-cluster"
 OTHER_SECRET = b"fedcba9876543210-intruder"
@@ -152,6 +152,21 @@ class WhileUnlinkedTests(SynchronousTestCase):
         self.waiting.connect(object())
         self.reactor.advance(100)
         self.assertEqual(len([e for e in events if "waits until" in e["log_format"]]), 1)
+
+    def test_dialer_waits(self) -> None:
+        """A dialer whose peer dialled it opens no connection until that link is gone."""
+        reactor = MemoryReactorClock()
+        me, peer = memory_node("me", reactor), memory_node("peer", reactor)
+        link = link_nodes(peer, me)  # the peer dialled
+        link.network.settle()
+        dialer = Dialer(me.mesh, "ws://127.0.0.1:9", reactor, 1 << 20, "peer")
+        dialer.startService()
+        self.addCleanup(dialer.stopService)
+        reactor.advance(60)
+        self.assertEqual(reactor.tcpClients, [])
+        link.cut()
+        reactor.advance(_WhileUnlinked.INTERVAL)
+        self.assertEqual(len(reactor.tcpClients), 1)
 
     def test_repr(self) -> None:
         """ClientService's log names the real endpoint."""
