@@ -461,7 +461,11 @@ class ConnectionCapTests(TestCase):
             health = await deferToThread(request, port, "GET", "/health")
             self.assertEqual(health[0], 200)
             node2 = start_node(self, "cap2", [ws(node1)])
-            await wait_for(lambda: "cap2" in node1.mesh.links, 5, what="a member to link")
+            await wait_for(
+                lambda: "cap2" in node1.mesh.links and "cap1" in node2.mesh.links,
+                5,
+                what="a member to link, at both ends",
+            )
             pong = await node2.call("cap1", "node", "ping", timeout=5)
             self.assertEqual(pong["node_id"], "cap1")
         finally:
