@@ -16,9 +16,8 @@ from urllib.parse import urlsplit
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import ILogObserver, Logger
 from zope.interface import implementer
 
@@ -26,6 +25,8 @@ from relaytx._guards import RepeatedFailures
 from relaytx._links import HEALTHY_LINK_HERE
 from relaytx._mesh import Mesh
 from relaytx._protocol import PeerClientFactory
+from relaytx._stdtls import TLSClientEndpoint
+from relaytx._tls import TlsConfig
 from relaytx.errors import TooManyDialers
 from relaytx.interfaces import IPeerAdmin
 from relaytx.peer import CLOSE_REMOVED
@@ -199,10 +200,8 @@ class Dialer(Service):
         self.url, host, port, secure = peer_url(address, mesh.node_id)
         endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=5)
         if secure:
-            endpoint = wrapClientTLS(
-                tls.client_options(host) if tls is not None else optionsForClientTLS(host),
-                endpoint,
-            )
+            context = (tls if tls is not None else TlsConfig()).client_context()
+            endpoint = TLSClientEndpoint(endpoint, context, host, reactor)
         pki = tls is not None and tls.pki
         self.factory = PeerClientFactory(
             self, mesh, self.url, max_message_size, reactor, pki, watch=watch

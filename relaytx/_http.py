@@ -58,6 +58,7 @@ from relaytx._jsonrpc import JsonRpcHandler
 from relaytx._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relaytx._metrics import NodeMetrics
 from relaytx._protocol import UpgradeOnly
+from relaytx._stdtls import is_tls
 from relaytx._views import NodeViews
 from relaytx.errors import TooManyDialers
 from relaytx.interfaces import IPeerAdmin
@@ -113,6 +114,10 @@ class BoundedRequest(Request):
         # Site.buildProtocol sets channel.site, which HTTPChannel does not declare.
         site: NodeSite = self.channel.site  # type: ignore[attr-defined]  # undeclared in Twisted
         return site
+
+    def isSecure(self) -> bool:
+        """:returns: whether the request came over TLS, the node's own included."""
+        return bool(super().isSecure()) or is_tls(self.channel.transport)
 
     def gotLength(self, length: int | None) -> None:
         limit = self._node_site().max_body_size

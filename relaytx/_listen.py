@@ -18,11 +18,12 @@ try:
 except ImportError:  # not on POSIX
     resource = None  # type: ignore[assignment]
 
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, serverFromString
+from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 
+from relaytx._stdtls import TLSServerEndpoint
 from relaytx._tls import TlsConfig, TlsError
 from relaytx.config import NodeConfig
 from relaytx.errors import StartupError
@@ -103,10 +104,12 @@ def server_endpoint(description: str, tls: TlsConfig | None, reactor: Any) -> IS
             "endpoint; give TLS settings in an ssl: endpoint instead"
         )
     try:
-        options = tls.server_options()
+        context = tls.server_context()
     except TlsError as e:
         raise StartupError(str(e)) from None
-    return SSL4ServerEndpoint(reactor, int(plain.group("port")), options, interface=interface)
+    port = int(plain.group("port"))
+    tcp = TCP4ServerEndpoint(reactor, port, backlog=BACKLOG, interface=interface)
+    return TLSServerEndpoint(tcp, context, reactor)
 
 
 def listen_error(port: str, error: BaseException) -> str:

@@ -18,12 +18,15 @@ the listener refuses any client whose certificate C{ca} did not sign.
 
 from __future__ import annotations
 
+import ssl as stdssl
 from typing import Any
 
 from attrs import frozen
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
+
+from relaytx._stdtls import peer_certificate
 
 
 class TlsError(ValueError):
@@ -87,30 +90,57 @@ class TlsConfig:
         """Whether the listener should speak TLS."""
         return self.cert is not None
 
-    def server_options(self) -> Any:
+    def server_context(self) -> stdssl.SSLContext:
         """
-        :returns: the listener's TLS options.
+        :returns: the listener's TLS context: this node's certificate, and
+            with C{require_client_cert}, client certificates C{ca} signed
+            required.
         :raises TlsError: if the files are missing or wrong.
         """
-        identity = self._identity()
-        if identity is None:
+        if self.cert is None:
             raise TlsError("tls.cert is needed to listen with TLS")
+        context = stdssl.SSLContext(stdssl.PROTOCOL_TLS_SERVER)
+        self._common(context)
         if self.require_client_cert:
-            authority = self._authority()
-            if authority is None:
+            if self.ca is None:
                 raise TlsError("tls.require_client_cert needs tls.ca")
-            return identity.options(authority)  # verify and require client certificates
-        return identity.options()
+            self._trust(context)
+            context.verify_mode = stdssl.CERT_REQUIRED
+        return context
 
-    def client_options(self, hostname: str) -> Any:
-        """:returns: TLS options for dialling C{hostname}."""
-        authority = self._authority()
-        identity = self._identity()
-        return ssl.optionsForClientTLS(
-            hostname,
-            trustRoot=authority,
-            clientCertificate=identity,
-        )
+    def client_context(self) -> stdssl.SSLContext:
+        """
+        :returns: the TLS context for dialling C{wss://} peers: their
+            certificate must be signed by C{ca} (the system's trust store
+            without it) and name the host dialled; this node's own
+            certificate is presented when it has one.
+        :raises TlsError: if the files are missing or wrong.
+        """
+        context = stdssl.SSLContext(stdssl.PROTOCOL_TLS_CLIENT)  # hostname checked
+        self._common(context)
+        if self.ca is None:
+            context.load_default_certs()
+        else:
+            self._trust(context)
+        return context
+
+    def _common(self, context: stdssl.SSLContext) -> None:
+        context.minimum_version = stdssl.TLSVersion.TLSv1_2
+        context.options |= stdssl.OP_NO_RENEGOTIATION
+        if self.cert is not None:
+            self._identity()  # the same checks and messages as at start-up
+            try:
+                context.load_cert_chain(self.cert, self.key)
+            except (OSError, stdssl.SSLError) as e:
+                raise TlsError(f"tls.cert/key: not a PEM certificate and key: {e}") from None
+
+    def _trust(self, context: stdssl.SSLContext) -> None:
+        assert self.ca is not None
+        self._authority()
+        try:
+            context.load_verify_locations(cafile=self.ca)
+        except (OSError, stdssl.SSLError) as e:
+            raise TlsError(f"tls.ca {self.ca}: not a PEM certificate: {e}") from None
 
     def check(self) -> None:
         """
@@ -156,10 +186,5 @@ def peer_certificate_names(transport: Any) -> frozenset[str]:
     :returns: the names of the certificate the other end presented, or
         none when it presented none (or the connection is not TLS).
     """
-    while transport is not None:
-        get = getattr(transport, "getPeerCertificate", None)
-        if get is not None:
-            peer = get()
-            return frozenset() if peer is None else certificate_names(peer.to_cryptography())
-        transport = getattr(transport, "transport", None)
-    return frozenset()
+    cert = peer_certificate(transport)
+    return frozenset() if cert is None else certificate_names(cert)
