@@ -1,17 +1,33 @@
-# -*- test-case-name: tests.test_mesh -*-
+# -*- test-case-name: tests.test_adverts,tests.test_mesh -*-
 """
 L{Advertiser}: a node's side of the registry exchange (C{registry_sync}).
 It tells neighbours what this node hosts and what it can reach, takes
 their adverts into the routing table, and answers the questions the
 registry answers: which nodes host a server, and which is nearest.
 
-Adverts go out within L{SYNC_DELAY} of a change, coalesced, and only to
-the neighbours a change concerns (a new link; the routers, after a route
-change; everyone, when this node's own servers change). A neighbour that
-has not advertised routes (an original-design node, a node with its
-registry off) hears only this node's servers, with an empty table that
-says "we route: send yours"; a neighbour that answers with routes becomes
-a router and gets the whole table.
+How a link uses C{registry_sync} (the wire format is in L{relaytx.wire}):
+
+  - When a link opens, each side sends at once its own servers, in the
+    original design's shape, numbered C{seq} 1. A neighbour that never
+    numbers its adverts (an original-design node, an older relaytx) does
+    not route: it only ever gets that shape again, when our servers change.
+  - A neighbour whose adverts are numbered routes: it gets our whole table
+    once (C{full}, split into frames under the message limit, C{more} on
+    all but the last), then only changes: destinations added or changed,
+    withdrawn, and servers, each when they change. In steady state nothing
+    is sent.
+  - Every advert on a link is numbered one more than the one before. A
+    gap (an advert lost or dropped) makes the receiver ask for the whole
+    table again (C{resync}), at most every L{RESYNC_RETRY} seconds until it
+    comes; an advert numbered below what it expects is stale and ignored.
+  - Changes are sent within L{SYNC_DELAY}, coalesced, except those the
+    routing table holds back a moment (L{Router.ready}: BGP's minimum route
+    advertisement interval, and paths through a node that just lost a link);
+    withdrawals are never held.
+  - A link that closes becomes a notice (C{down}) in the next adverts that
+    withdraw or change paths through it (L{relaytx._routing}).
+
+Link costs come from the RTT of each link's pings (L{relaytx._latency}).
 """
 
 from __future__ import annotations
@@ -19,18 +35,53 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from relaytx._latency import LinkCosts
 from relaytx._links import LinkTable
 from relaytx._metrics import NodeMetrics
+from relaytx._ribs import AdjRib
 from relaytx._routing import Router
-from relaytx.errors import MessageTooLarge
 from relaytx.peer import PeerSession
-from relaytx.wire import Envelope, RegistrySync, rfc3339
+from relaytx.wire import Envelope, RegistrySync, RouteAdvert, encode, rfc3339
 
 #: Changes within this many seconds are announced in one registry_sync.
 SYNC_DELAY = 0.02
+
+#: Seconds between two requests for a neighbour's whole table while none comes.
+RESYNC_RETRY = 2.0
+
+#: Bytes of a frame left for the envelope around an advert's data.
+_ENVELOPE_ROOM = 1024
+
+
+class _Link:
+    """What the exchange knows of one link."""
+
+    __slots__ = (
+        "expect",
+        "full_due",
+        "hello_sent",
+        "resync_asked",
+        "resync_wanted",
+        "routes",
+        "seq",
+        "staging",
+        "told_servers",
+    )
+
+    def __init__(self) -> None:
+        self.seq = 0  # the last advert we sent on it
+        self.expect = 1  # the next advert we expect from it
+        self.hello_sent = False
+        self.routes = False  # it numbers its adverts: a router
+        self.full_due = False  # it gets our whole table next
+        self.told_servers: Mapping[str, tuple[str, ...]] | None = None
+        self.staging: AdjRib | None = None  # its whole table, while it arrives
+        self.resync_wanted = False  # we missed an advert: we want its whole table
+        self.resync_asked: float | None = None  # when we last asked for it
 
 
 class Advertiser:
@@ -38,8 +89,8 @@ class Advertiser:
     :param local_servers: returns this node's servers and their methods.
     :param enabled: C{False} with C{--disable-registry}: nothing is sent or
         taken, and the directory is empty.
-    :param max_routes: the most destinations one neighbour's advert may
-        hold; a bigger one is dropped, counted and logged.
+    :param max_message_size: the largest frame a link may send.
+    :param on_change: called when the routing table changed.
     """
 
     _log = Logger()
@@ -53,7 +104,8 @@ class Advertiser:
         links: LinkTable,
         local_servers: Callable[[], Mapping[str, list[str]]],
         enabled: bool = True,
-        max_routes: int = 10_000,
+        max_message_size: int = 1024 * 1024,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._node_id = node_id
         self._clock = clock
@@ -62,23 +114,69 @@ class Advertiser:
         self._links = links
         self._local_servers = local_servers
         self.enabled = enabled
-        self._max_routes = max_routes
+        self._max_message_size = max_message_size
+        self._on_change = on_change
         self._call: IDelayedCall | None = None
+        self._due = 0.0
         self._everyone = False
         self._peers: set[str] = set()
-        self._sent: dict[str, RegistrySync] = {}
+        self._state: dict[str, _Link] = {}
+        self._overflow_logged: set[str] = set()
+        self._costs = LinkCosts()
+        self.frames_sent = 0
+        self.bytes_sent = 0
+
+    # Link events.
+
+    def link_opened(self, peer_id: str) -> None:
+        """A new link (or one that replaces another): it hears from us at once."""
+        self._router.link_up(peer_id, now=self._clock.seconds() if self.enabled else None)
+        self._state[peer_id] = _Link()
+        if self.enabled:
+            self.schedule(at_once=True, peers=[peer_id])
+        self._changed()
+
+    def link_closed(self, peer_id: str) -> None:
+        """A link closed: forget it and what it said."""
+        self._state.pop(peer_id, None)
+        self._overflow_logged.discard(peer_id)
+        for other, cost in self._costs.remove(peer_id).items():
+            self._router.set_cost(other, cost)
+        self._router.link_down(peer_id, self._clock.seconds() if self.enabled else None)
+        # (The mesh fails the calls that went through it, then those to
+        # nodes now out of reach: no on_change here.)
+        self.schedule(peers=())
+
+    def link_measured(self, peer_id: str, rtt: float) -> None:
+        """A round trip on the link to C{peer_id} was measured."""
+        self._set_costs(self._costs.sample(peer_id, rtt))
+
+    def _set_costs(self, costs: Mapping[str, int]) -> None:
+        for peer_id, cost in costs.items():
+            self._log.info("link to {peer} now costs {cost}", peer=peer_id, cost=cost)
+            self._router.set_cost(peer_id, cost)
+        if costs:
+            self._changed()
+
+    def _changed(self) -> None:
+        if self._router.dirty:
+            self._on_change()
+            self.schedule(peers=())
 
     # Sending.
 
-    def schedule(self, at_once: bool = False, peers: Iterable[str] | None = None) -> None:
+    def schedule(
+        self, at_once: bool = False, peers: Iterable[str] | None = None, delay: float | None = None
+    ) -> None:
         """
         Announce this node's servers and routes soon, coalescing changes
         that come close together.
 
-        :param peers: the neighbours that need to hear; all of them when
-            C{None} (this node's servers changed). Only those are visited,
-            so a hub with thousands of bare links pays per change for whom
-            it concerns.
+        :param peers: the neighbours that need to hear (besides every router,
+            when routes changed); all of them when C{None} (this node's
+            servers changed). Only those are visited, so a hub with
+            thousands of bare links pays per change for whom it concerns.
+        :param delay: send after this many seconds (L{SYNC_DELAY} by default).
         """
         if not self.enabled or self._links.stopping:
             return
@@ -86,24 +184,20 @@ class Advertiser:
             self._everyone = True
         else:
             self._peers.update(peers)
+        wait = 0.0 if at_once else SYNC_DELAY if delay is None else delay
+        due = self._clock.seconds() + wait
         if self._call is not None and self._call.active():
-            if not at_once:
+            if due >= self._due:
                 return
             self._call.cancel()
-        self._call = self._clock.callLater(0 if at_once else SYNC_DELAY, self._send)
+        self._due = due
+        self._call = self._clock.callLater(wait, self._send)
 
-    def link_opened(self, peer_id: str) -> None:
-        """A new link: it hears from us at once, whatever it heard before."""
-        self._sent.pop(peer_id, None)
-        self.schedule(at_once=True, peers=[peer_id])
-
-    def link_closed(self, peer_id: str) -> None:
-        """A link closed: forget what it was told."""
-        self._sent.pop(peer_id, None)
-
-    def routes_changed(self) -> None:
-        """The table changed: the routers hear the new one."""
-        self.schedule(peers=self._router.routers())
+    def send_due(self) -> float | None:
+        """:returns: when the next adverts go out (clock seconds), if any are due."""
+        if self._call is None or not self._call.active():
+            return None
+        return self._due
 
     def stop(self) -> None:
         """Send nothing more (the node is stopping)."""
@@ -113,57 +207,241 @@ class Advertiser:
 
     def _send(self) -> None:
         self._call = None
-        links = self._links.links
+        now = self._clock.seconds()
+        router = self._router
+        if router.notices and router.expire_notices(now):
+            self._on_change()
+        ready, release = router.ready(now)
+        state = self._state
         if self._everyone:
-            targets = list(links.items())
+            targets = set(state)
         else:
-            targets = [(p, links[p]) for p in self._peers if p in links]
+            targets = {p for p in self._peers if p in state}
+        targets.update(p for p, s in state.items() if s.resync_wanted or (ready and s.routes))
         self._everyone = False
         self._peers = set()
         own = {name: tuple(methods) for name, methods in self._local_servers().items()}
-        now = self._clock.seconds()
+        links = self._links
+        for peer_id in sorted(targets):
+            session = links.get(peer_id)
+            if session is not None:
+                self._send_to(peer_id, session, state[peer_id], own, ready, now)
+        router.exported(ready, now)
+        self._reschedule(now, release)
+
+    def _reschedule(self, now: float, release: float | None) -> None:
+        due = [] if release is None else [release]
+        expiry = self._router.next_notice_expiry()
+        if expiry is not None:
+            due.append(expiry)
+        for state in self._state.values():
+            if state.resync_wanted and state.resync_asked is not None:
+                due.append(state.resync_asked + RESYNC_RETRY)
+        if due:
+            self.schedule(peers=(), delay=max(0.0, min(due) - now))
+
+    def _send_to(
+        self,
+        peer_id: str,
+        session: PeerSession,
+        state: _Link,
+        own: Mapping[str, tuple[str, ...]],
+        ready: set[str],
+        now: float,
+    ) -> None:
+        servers = None if own == state.told_servers else own
         router = self._router
-        for peer_id, session in targets:
-            if router.is_router(peer_id):
-                advert = router.advert_for(peer_id, own)
-            else:
-                advert = RegistrySync(own, {})
-            if self._sent.get(peer_id) == advert:
-                continue
-            try:
-                session.send(Envelope.create(advert, self._node_id, peer_id, now))
-            except MessageTooLarge as e:
+        if not state.routes:
+            if not state.hello_sent or servers is not None:
+                state.hello_sent = True
+                state.told_servers = own
+                self._emit(peer_id, session, state, [RegistrySync(own)], now)
+            return
+        resync = self._resync_due(state, now)
+        full = state.full_due
+        if full:
+            state.full_due = False
+            frames = self._split(servers, router.export_full(peer_id), (), full=True)
+            down = router.notices_for(peer_id)
+        else:
+            # (What a neighbour must hear of lost links depends on what it
+            # held before this advert.)
+            down = router.notices_for(peer_id)
+            routes, withdrawn = router.export_changes(peer_id, ready)
+            frames = self._split(servers, routes, withdrawn)
+        up = router.ups_for(peer_id)
+        first = frames[0]
+        if not (full or first.routes or first.withdrawn or servers is not None):
+            if not (resync or down or up):
+                return
+        state.hello_sent = True
+        state.told_servers = own
+        if down or up or resync:
+            frames[0] = attrs.evolve(first, resync=resync, down=down, up=up)
+        self._emit(peer_id, session, state, frames, now)
+
+    def _resync_due(self, state: _Link, now: float) -> bool:
+        if not state.resync_wanted:
+            return False
+        if state.resync_asked is None or now - state.resync_asked >= RESYNC_RETRY:
+            state.resync_asked = now
+            return True
+        return False
+
+    def _split(
+        self,
+        servers: Mapping[str, tuple[str, ...]] | None,
+        routes: Mapping[str, RouteAdvert],
+        withdrawn: Iterable[str],
+        full: bool = False,
+    ) -> list[RegistrySync]:
+        """The advert as frames under the message limit (most often one)."""
+        withdrawn = tuple(withdrawn)
+        whole = RegistrySync(servers, routes or None, withdrawn, None, full)
+        limit = self._max_message_size
+        budget = max(limit - _ENVELOPE_ROOM, limit // 2)
+        if len(encode_data(whole)) <= budget:
+            return [whole]
+        frames: list[RegistrySync] = []
+        chunk: dict[str, RouteAdvert] = {}
+        gone: list[str] = []
+        size = len(encode_data(RegistrySync(servers)))
+        first = True
+
+        def cut() -> None:
+            nonlocal chunk, gone, size, first
+            frames.append(
+                RegistrySync(
+                    servers if first else None, chunk or None, tuple(gone), None, full and first
+                )
+            )
+            chunk, gone, size, first = {}, [], 64, False
+
+        for destination in withdrawn:
+            if size + len(destination) + 3 > budget and (chunk or gone):
+                cut()
+            gone.append(destination)
+            size += len(destination) + 3
+        for destination, entry in routes.items():
+            cost = len(destination) + 4 + len(encode_data(entry.to_json()))
+            if size + cost > budget and (chunk or gone):
+                cut()
+            chunk[destination] = entry
+            size += cost
+        cut()
+        if full:
+            frames = [
+                RegistrySync(f.servers, f.routes, f.withdrawn, None, f.full, i < len(frames) - 1)
+                for i, f in enumerate(frames)
+            ]
+        return frames
+
+    def _emit(
+        self,
+        peer_id: str,
+        session: PeerSession,
+        state: _Link,
+        frames: list[RegistrySync],
+        now: float,
+    ) -> None:
+        for frame in frames:
+            state.seq += 1
+            advert = attrs.evolve(frame, seq=state.seq)
+            envelope = Envelope.create(advert, self._node_id, peer_id, now)
+            size = len(encode(envelope))
+            if size > self._max_message_size:
+                # Only an entry too large on its own gets here (a server
+                # list past the limit): the link's adverts cannot go on.
                 self._metrics.drop("advert_too_large")
-                self._log.warn("cannot advertise to {peer}: {error}", peer=peer_id, error=str(e))
-                continue
-            self._sent[peer_id] = advert
+                self._log.error(
+                    "cannot advertise to {peer}: an advert of {size} bytes is over the limit",
+                    peer=peer_id,
+                    size=size,
+                )
+                return
+            session.send(envelope)
+            self.frames_sent += 1
+            self.bytes_sent += size
+            self._metrics.sync_frames.inc()
+            self._metrics.sync_bytes.inc(size)
 
     # Taking.
 
-    def take(self, sync: RegistrySync, session: PeerSession) -> bool:
-        """
-        Take a neighbour's advert.
-
-        :returns: whether the routing table changed.
-        """
-        if not self.enabled or self._links.get(session.peer_id) is not session:
-            return False
+    def take(self, sync: RegistrySync, session: PeerSession) -> None:
+        """Take a neighbour's advert (see the module docstring)."""
         peer_id = session.peer_id
-        if sync.routes is not None and len(sync.routes) > self._max_routes:
+        state = self._state.get(peer_id)
+        if not self.enabled or state is None or self._links.get(peer_id) is not session:
+            return
+        router = self._router
+        changed = False
+        if sync.seq is None:
+            # An original-design node: its servers, nothing more.
+            if sync.servers is not None:
+                changed = router.neighbour_servers(peer_id, sync.servers)
+            if changed:
+                self._changed()
+            return
+        if sync.seq < state.expect:
+            self._metrics.drop("stale_advert")
+            return
+        if sync.seq > state.expect:
+            self._gap(peer_id, state, sync.seq)
+        state.expect = sync.seq + 1
+        if not state.routes:
+            state.routes = True
+            state.full_due = True
+            router.start_routing(peer_id)
+            self._costs.add(peer_id)
+            self.schedule(peers=[peer_id])
+        if sync.resync:
+            state.full_due = True
+            self.schedule(at_once=True, peers=[peer_id])
+        if sync.servers is not None:
+            changed |= router.neighbour_servers(peer_id, sync.servers)
+        if sync.full:
+            state.staging = router.new_rib(peer_id)
+        staging = state.staging
+        if staging is not None:
+            staging.apply(sync.routes, sync.withdrawn)
+            if not sync.more:
+                state.staging = None
+                state.resync_wanted = False
+                state.resync_asked = None
+                changed |= router.replace(peer_id, staging)
+                self._count_refused(peer_id, staging.refused)
+        elif sync.routes or sync.withdrawn:
+            changed |= router.advert_from(peer_id, sync.routes, sync.withdrawn)
+            self._count_refused(peer_id, router.refused_from(peer_id))
+        if sync.down or sync.up:
+            changed |= router.take_notices(peer_id, sync.down, self._clock.seconds(), sync.up)
+            expiry = router.next_notice_expiry()
+            if expiry is not None:
+                self.schedule(peers=(), delay=max(0.0, expiry - self._clock.seconds()))
+        if changed or router.dirty:
+            self._changed()
+
+    def _gap(self, peer_id: str, state: _Link, seq: int) -> None:
+        self._metrics.drop("advert_gap")
+        self._log.info(
+            "advert {seq} from {peer} came after {last}: asking for its whole table",
+            seq=seq,
+            peer=peer_id,
+            last=state.expect - 1,
+        )
+        state.staging = None
+        state.resync_wanted = True
+        self.schedule(at_once=True, peers=[peer_id])
+
+    def _count_refused(self, peer_id: str, refused: int) -> None:
+        if refused and peer_id not in self._overflow_logged:
+            self._overflow_logged.add(peer_id)
             self._metrics.drop("too_many_routes")
             self._log.warn(
-                "ignoring an advert of {n} routes from {peer} (limit {limit})",
-                n=len(sync.routes),
+                "{peer} advertised more than {limit} destinations: the rest are ignored",
                 peer=peer_id,
-                limit=self._max_routes,
+                limit=self._router.max_routes,
             )
-            return False
-        was_router = self._router.is_router(peer_id)
-        changed = self._router.advert_from(peer_id, sync)
-        if not was_router and sync.routes is not None:
-            # It routes: it gets our whole table now.
-            self.schedule(peers=[peer_id])
-        return changed
 
     def routes_are_complete(self) -> bool:
         """
@@ -204,13 +482,25 @@ class Advertiser:
         return result
 
     def nearest_host(self, server: str) -> str | None:
-        """:returns: the nearest node hosting C{server}, or C{None}."""
+        """
+        :returns: the nearest node hosting C{server} (fewest hops, then the
+            lowest metric, then the lowest id), or C{None}.
+        """
         if not self.enabled:
             return None
-        best: tuple[int, str] | None = None
+        best: tuple[int, int, str] | None = None
         for destination, route in self._router.routes().items():
             if server in route.servers:
-                key = (route.hops, destination)
+                key = (len(route.path), route.metric, destination)
                 if best is None or key < best:
                     best = key
-        return None if best is None else best[1]
+        return None if best is None else best[2]
+
+
+def encode_data(value: Any) -> bytes:
+    """:returns: the JSON of an advert's data (or part of it), for sizing."""
+    from relaytx import _json
+
+    if isinstance(value, RegistrySync):
+        value = value.to_data()
+    return _json.dumps(value)

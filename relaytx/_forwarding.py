@@ -15,11 +15,17 @@ wrapper would only be one more envelope for each hop to make, write and
 read.
 
 Each forwarder appends itself to the message's C{route} and decrements its
-C{ttl}; a message whose TTL runs out or whose route already holds the
-forwarder is dropped (and a call among them is refused, which answers it
-with -32002). With no known route, the original's fallback applies: the
-message is flooded to every healthy neighbour not already in its route;
-the destination runs it at most once (L{SeenMessages}).
+C{ttl}. A message this node originates towards a relaytx router gets a hop
+budget that covers its route (L{hop_budget}: the route's hops plus a
+margin, at least the original design's 10, at most 64); one that would go
+to any other neighbour, or be flooded, keeps the default 10. A message
+whose TTL runs out while a route to its destination goes on through relaytx
+nodes gets a budget for that route, within 64 hops in all; otherwise it is
+dropped, as is one whose route already holds the forwarder (and a call
+among them is refused, which answers it with -32002). With no known route,
+the original's fallback applies: the message is flooded to every healthy
+neighbour not already in its route; the destination runs it at most once
+(L{SeenMessages}).
 
 A link speaks only for its peer: a message must come from that peer or
 have been forwarded by it (the last node of its C{route}); anything else is
@@ -30,12 +36,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import attrs
 from twisted.internet.interfaces import IReactorTime
 
 from relaytx._calls import ForwardedCalls, SeenMessages
 from relaytx._links import LinkTable
 from relaytx._metrics import NodeMetrics
-from relaytx._routing import Router
+from relaytx._routing import HOP_MARGIN, MAX_HOPS, Router, hop_budget
 from relaytx.errors import MalformedMessage, MessageTooLarge
 from relaytx.peer import PeerSession
 from relaytx.wire import (
@@ -191,14 +198,25 @@ class Forwarder:
         """
         destination = envelope.to
         if envelope.ttl <= 0:
-            self._metrics.drop("ttl_exceeded")
-            if self._may_refuse(came_from):
-                self._refuse(envelope, came_from, "TTL exceeded")
-            return None
+            rebudgeted = self._rebudget(envelope)
+            if rebudgeted is None:
+                self._metrics.drop("ttl_exceeded")
+                if self._may_refuse(came_from):
+                    self._refuse(envelope, came_from, "TTL exceeded")
+                return None
+            envelope = rebudgeted
         links = self._links
         session = links.get(destination)
         if session is None or not session.healthy:
-            session = links.get(self._router.next_hop(destination))
+            route = self._router.route(destination)
+            if route is None:
+                session = None
+            else:
+                next_hop = route.path[0]
+                session = links.get(next_hop)
+                if came_from is None and session is not None and self._router.is_router(next_hop):
+                    # Between relaytx nodes the hop budget covers the route.
+                    envelope.ttl = hop_budget(len(route.path))
         if session is None and envelope.type == ServerResponse.TYPE:
             # No route to the caller (its adverts may still be on the way):
             # an answer goes back the way its call came.
@@ -216,6 +234,27 @@ class Forwarder:
         for target in targets[:MAX_FLOOD]:  # the original's flood fallback, capped
             self._send_via(target, envelope, came_from, flooded=True)
         return None
+
+    def _rebudget(self, envelope: Envelope) -> Envelope | None:
+        """
+        A message whose TTL ran out here while a loop-free route goes on
+        through relaytx nodes: its budget is renewed to cover that route, as
+        long as its hops in all stay within L{MAX_HOPS}; else C{None}.
+        """
+        destination = envelope.to
+        router = self._router
+        if destination in self._links:
+            remaining = 1
+        else:
+            route = router.route(destination)
+            if route is None or not router.is_router(route.path[0]):
+                return None
+            remaining = len(route.path)
+        made = len(envelope.route) - 1
+        budget = min(remaining + HOP_MARGIN, MAX_HOPS - made)
+        if budget < remaining:
+            return None
+        return attrs.evolve(envelope, ttl=budget)
 
     def _may_refuse(self, came_from: str | None) -> bool:
         # A forwarder without a complete table may hold one flooded copy of

@@ -41,6 +41,21 @@ from relaytx.wire import Envelope, MessageTypes, Payload, RegistrySync, ServerCa
 __all__ = ["LinkRefused", "Mesh"]
 
 
+def _declared_paths(
+    book: RecordBook, accept_path: Callable[[str, tuple[str, ...]], bool] | None
+) -> Callable[[str, tuple[str, ...]], bool]:
+    """
+    :returns: the routing table's test of learned paths in PKI mode: every
+        adjacency along the path declared by both its ends (the book checks
+        the path after the neighbour; the table gives it whole, the
+        neighbour first), and C{accept_path} too, if given.
+    """
+    declared = book.accept_path
+    if accept_path is None:
+        return lambda neighbour, path: declared(neighbour, path[1:])
+    return lambda neighbour, path: declared(neighbour, path[1:]) and accept_path(neighbour, path)
+
+
 @implementer(ISessionHost, IRemoteCalls)
 class Mesh:
     """
@@ -50,12 +65,16 @@ class Mesh:
         server (the node's dispatcher); returns the result or a Deferred of
         it, or raises a L{relaytx.errors.CallError}.
     :param local_servers: returns this node's servers and their methods.
+    :param max_routes: the most destinations in the routing table, and the
+        most one neighbour's adverts may hold.
     :param strict_links: keep a healthy link against a second one for the
         same peer (a mesh with a secret or certificates; see L{LinkTable}).
     :param identity: this node's certified identity, in PKI mode: node
         records are then exchanged and checked, only paths both ends declare
         are used, and calls and answers that cross other nodes carry
         end-to-end codes (L{relaytx._pki}).
+    :param accept_path: the routing table's test of learned paths (see
+        L{Router}); in PKI mode, a path must pass it and the adjacency check.
 
     @ivar links: the current session of each linked peer, by id.
     @ivar router: the routing table.
@@ -79,6 +98,7 @@ class Mesh:
         max_routes: int = 10_000,
         strict_links: bool = False,
         identity: NodeIdentity | None = None,
+        accept_path: Callable[[str, tuple[str, ...]], bool] | None = None,
     ) -> None:
         self.node_id = node_id
         self.clock = clock
@@ -91,7 +111,9 @@ class Mesh:
         if identity is not None:
             book = RecordBook(identity, clock.seconds)
             e2e = EndToEnd(identity, book)
-        self.router = Router(node_id, accept_path=book.accept_path if book else None)
+        if book is not None:
+            accept_path = _declared_paths(book, accept_path)
+        self.router = Router(node_id, accept_path, max_routes)
         self.pending = PendingCalls(clock, on_late=metrics.late_answers.inc)
         metrics.pending_calls.set_function(lambda: len(self.pending))  # read when scraped
         self.forwarded = ForwardedCalls(
@@ -100,7 +122,8 @@ class Mesh:
         self.seen = SeenMessages(clock)
         self.adverts = Advertiser(
             node_id, clock, metrics, self.router, self._links, local_servers,
-            enabled=registry_enabled, max_routes=max_routes,
+            enabled=registry_enabled, max_message_size=max_message_size,
+            on_change=self._routes_changed,
         )  # fmt: skip
         complete = self.adverts.routes_are_complete
         self.forwarder = Forwarder(
@@ -129,7 +152,11 @@ class Mesh:
         # PKI mode: which advertised paths are acceptable may have changed.
         if self.router.reconsider():
             self.calls.routes_changed()
-            self.adverts.routes_changed()
+            self.adverts.schedule(peers=())
+
+    def _routes_changed(self) -> None:
+        # The table changed: calls to nodes now out of reach fail at once.
+        self.calls.routes_changed()
 
     # Extension.
 
@@ -172,7 +199,6 @@ class Mesh:
         if self._links.add(session) is not None:
             self._log.info("a new link from {peer} replaces the old one", peer=peer_id)
         session.connection_made(transport)
-        routes_changed = self.router.link_up(peer_id)
         self.metrics.peers.set(len(self.links))
         self._log.info(
             "linked to {peer} ({direction}, {address})",
@@ -183,8 +209,6 @@ class Mesh:
         self.adverts.link_opened(peer_id)
         if self.records is not None:
             self.records.link_opened(peer_id)
-        if routes_changed:
-            self.adverts.routes_changed()
         return session
 
     def link_lost(self, session: PeerSession, reason: str) -> None:
@@ -192,12 +216,10 @@ class Mesh:
         if not self._links.remove(session):
             return  # an old, replaced link: the peer is still linked
         peer_id = session.peer_id
-        self.adverts.link_closed(peer_id)
         self.metrics.peers.set(len(self.links))
         self._log.info("link to {peer} lost ({reason})", peer=peer_id, reason=reason or "closed")
-        self.router.link_down(peer_id)
+        self.adverts.link_closed(peer_id)
         self.calls.path_lost(peer_id)
-        self.adverts.routes_changed()
         if self.records is not None:
             self.records.link_closed(peer_id)
         if self._all_closed is not None and not self.links:
@@ -229,9 +251,12 @@ class Mesh:
 
     def take_advert(self, sync: RegistrySync, session: PeerSession) -> None:
         """Take a neighbour's advert; re-announce if the routes changed."""
-        if self.adverts.take(sync, session):
-            self.calls.routes_changed()
-            self.adverts.routes_changed()
+        self.adverts.take(sync, session)
+
+    def link_measured(self, session: PeerSession, rtt: float) -> None:
+        """A round trip on C{session}'s link was measured (it feeds the link's cost)."""
+        if self._links.get(session.peer_id) is session:
+            self.adverts.link_measured(session.peer_id, rtt)
 
     # Sending and calling.
 

@@ -103,6 +103,14 @@ class NodeMetrics:
         self.messages_dropped = Counter(
             "relaytx_messages_dropped", "Messages dropped, by reason.", ["reason"], registry=r
         )
+        self.sync_frames = PlainCounter(
+            "relaytx_registry_sync_frames", "registry_sync frames sent to neighbours."
+        )
+        r.register(self.sync_frames)
+        self.sync_bytes = PlainCounter(
+            "relaytx_registry_sync_bytes", "Bytes of registry_sync frames sent to neighbours."
+        )
+        r.register(self.sync_bytes)
         self.late_answers = Counter(
             "relaytx_late_answers", "Answers that arrived after their call ended.", registry=r
         )

@@ -6,57 +6,94 @@ node, and which servers every reachable node hosts.
 The algorithm is a B{path vector}, the idea behind BGP, over the links the
 mesh has:
 
-  - Each node advertises to each neighbour, in C{registry_sync}, its own
-    servers and, for every node it can reach, the path it uses (the nodes
-    from itself to the destination) and that destination's servers.
-  - A node keeps the latest advert of each linked neighbour. A route to D
-    via neighbour N is C{[N] + N's path to D}; a path that already contains
-    this node (or any node twice) is a loop and is ignored. This is what
-    makes count-to-infinity impossible: a stale route can never come back
-    through the node it would loop through, unlike a distance vector's bare
-    hop counts.
-  - The best route is the shortest path (hops); ties go to the neighbour
-    with the lower node id. The choice is a pure function of the adverts,
-    so every node decides the same way and nothing flaps (a tie broken by
-    measured RTTs, which change at every pong, would flip equal paths and
-    send new tables across the mesh at each flip).
-  - Split horizon: a node does not advertise to N the routes whose next hop
-    is N (N would reject them as loops anyway, so this only saves bytes).
-  - Whenever a link comes up or goes down, or a neighbour advertises
-    something new, the destinations it can affect are decided again; if
-    what this node advertises changed, it sends new adverts (the mesh
-    coalesces them).
+  - Each node tells each neighbour, in C{registry_sync}, its own servers
+    and, for every node it can reach, the path it uses (the nodes from
+    itself to the destination), its metric there and that node's servers.
+    After a link's first advert only changes travel (L{relaytx._ribs}).
+  - A node keeps what each linked neighbour told it (an L{AdjRib}). A route
+    to D via neighbour N is C{[N] + N's path to D}; a path that contains
+    this node or any node twice is a loop and is ignored. This is what makes
+    count-to-infinity impossible: a stale route can never come back through
+    the node it would loop through, unlike a distance vector's bare counts.
+  - A route's B{metric} adds up its links' costs: one per hop, more for a
+    link that is slow (L{relaytx._latency}). The best route has the lowest
+    metric, then the fewest hops, then the lowest next hop's id. With equal
+    link costs (a LAN, loopback) that is the shortest path, whatever order
+    adverts came in.
+  - B{Hysteresis}: the route in use stays unless another has fewer hops and
+    no higher metric, or a metric at least L{HYSTERESIS} lower, or the same
+    metric and hops through a lower id (a pure tie). A link whose cost moves
+    a little moves no route; link costs themselves move only in coarse steps.
+  - Split horizon: nothing is advertised to N along a path through N.
+  - B{Lost links.} The node at each end of a lost link makes it news
+    (C{down} in its adverts), for the neighbours it had told paths across
+    that link. A node that hears it stops using, at once, every path that
+    any neighbour gave across that link, until that neighbour says the path
+    again (the link is back, or it never used it) or L{NOTICE_HOLD} passes;
+    it passes the news on likewise. A link back up while its loss is news is
+    news too (C{up}). And for L{NEWS_HOLD} after such news, no path through
+    either end of the lost link is advertised: if that node died, the news
+    of its other links arrives meanwhile, and its routes end in one pass
+    everywhere, with no hunting through the stale paths that cross it.
+  - B{Damping}: a destination re-routed again within L{MRAI} of its last
+    re-advert waits for the rest of that time (BGP's minimum route
+    advertisement interval). Withdrawals are never held.
+  - B{Bounds}: at most C{max_routes} destinations in the table and from any
+    one neighbour; further ones are refused and counted. A path longer than
+    L{MAX_HOPS} is dropped, which also bounds how far a message travels.
 
-Path hunting after a failure is bounded by the number of distinct loop-free
-paths and ends within a few advert rounds. A path longer than C{MAX_HOPS}
-is dropped, which also bounds how far a message can be routed.
+The router is pure bookkeeping (no I/O, no clock: callers pass the time).
+Events re-decide only the destinations they can affect, and every change
+is recorded (L{Router.dirty}) for the next advert.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
 
-from attrs import frozen
+from relaytx._ribs import AdjRib, Wanted, diff, export
+from relaytx.wire import DEFAULT_TTL, NO_SERVERS, RouteAdvert
 
-from relaytx.wire import RegistrySync, RouteAdvert
+#: The longest path a route may have, and the most hops a message makes.
+MAX_HOPS = 64
 
-MAX_HOPS = 32
+#: Hops a message may make beyond its route's, should the route change on the way.
+HOP_MARGIN = 4
+
+#: How long news of a lost link lasts, in seconds: long enough to cross the
+#: mesh, short enough not to shun for long a link that came back unheard.
+NOTICE_HOLD = 2.0
+
+#: A candidate beats the route in use when its metric is this much lower.
+HYSTERESIS = 0.10
+
+#: A destination's route is re-advertised at most once in this many seconds.
+MRAI = 0.2
+
+#: How long after news of a lost link a path through either of its ends
+#: waits before it is advertised (see L{Router.ready}).
+NEWS_HOLD = 0.15
+
+#: A lost or restored link: (the node that saw it, its peer, a stamp of
+#: that node's clock in milliseconds).
+Notice = tuple[str, str, int]
 
 
-@frozen
-class Route:
+class Route(NamedTuple):
     """
     The best known way to C{destination}.
 
     @ivar path: the nodes after this one up to and including the
         destination; C{path[0]} is the next hop.
     @ivar servers: the destination's servers and their methods.
+    @ivar metric: the sum of the link costs along the path.
     """
 
     destination: str
     path: tuple[str, ...]
     servers: Mapping[str, tuple[str, ...]]
+    metric: int
 
     @property
     def next_hop(self) -> str:
@@ -67,88 +104,444 @@ class Route:
         return len(self.path)
 
 
-class _Neighbour:
-    __slots__ = ("advert",)
-
-    def __init__(self) -> None:
-        self.advert: RegistrySync | None = None
+def _beats(candidate: tuple[int, int, str], incumbent: tuple[int, int, str]) -> bool:
+    # What it takes to replace the route in use (metric, hops, next hop):
+    # see the module docstring.
+    metric, hops, neighbour = candidate
+    in_metric, in_hops, in_neighbour = incumbent
+    if hops < in_hops and metric <= in_metric:
+        return True
+    if metric <= in_metric * (1 - HYSTERESIS):
+        return True
+    return metric == in_metric and hops == in_hops and neighbour < in_neighbour
 
 
 class Router:
     """
-    The routing table of node C{node_id}. Pure bookkeeping: no I/O, no clock.
+    The routing table of node C{node_id}.
 
-    Callers report link events (L{link_up}, L{link_down}) and adverts
-    (L{advert_from}); each returns whether the table changed. Each
-    event re-decides only the destinations it can affect (an index records
-    which neighbours advertise which destination), so a node with thousands
-    of links pays per event for what changed, not for the whole table.
+    :param accept_path: consulted for every learned path considered, with
+        the neighbour that advertised it and the whole path from this node
+        (the neighbour first, the destination last); a path it refuses is
+        not used. PKI mode checks adjacencies with it; call L{reconsider}
+        when its answers change. By default every loop-free path is used.
+    :param max_routes: the most destinations in the table, and the most
+        that any one neighbour's adverts may hold.
+
+    @ivar dirty: destinations whose route (or servers) changed since they
+        were last exported (L{exported}).
+    @ivar rerouted: those of C{dirty} that had a route before and still
+        have one, on another path (re-adverts, which L{ready} damps).
+    @ivar refused: destinations refused for the table's bound, since start.
+    @ivar notices: lost links that are news here -> until when.
+    @ivar ups: links back up while their loss was news, (node, peer) ->
+        (stamp, until when that is news).
     """
 
     def __init__(
         self,
         node_id: str,
         accept_path: Callable[[str, tuple[str, ...]], bool] | None = None,
+        max_routes: int = 10_000,
     ) -> None:
-        """
-        :param accept_path: decides whether a path a neighbour advertised
-            may be used (called with the neighbour and the path after it);
-            every path is accepted when C{None}. PKI mode refuses paths whose
-            adjacencies are not declared by both ends.
-        """
         self.node_id = node_id
-        self._accept_path = accept_path
-        self._neighbours: dict[str, _Neighbour] = {}
+        self.accept_path = accept_path
+        self.max_routes = max_routes
+        self.dirty: set[str] = set()
+        self.rerouted: set[str] = set()
+        self.refused = 0
+        self.notices: dict[Notice, float] = {}
+        self.ups: dict[tuple[str, str], tuple[int, float]] = {}
+        #: linked neighbours -> the cost of the link
+        self._links: dict[str, int] = {}
+        #: linked neighbours -> their own servers
+        self._own_servers: dict[str, Mapping[str, tuple[str, ...]]] = {}
+        #: what each routing neighbour told us
+        self._ribs: dict[str, AdjRib] = {}
+        #: what we told each routing neighbour
+        self._mirrors: dict[str, AdjRib] = {}
         self._routes: dict[str, Route] = {}
-        #: destination -> the neighbours whose latest advert reaches it
-        self._providers: dict[str, set[str]] = {}
-        #: the neighbours that advertise routes (relaytx nodes, registry on)
-        self._routers: set[str] = set()
+        #: destinations with a route to offer but no room in the table
+        self._overflow: set[str] = set()
+        #: (neighbour, destination) -> until when its path, which crossed a
+        #: lost link when the news came, stays unused
+        self._suspects: dict[tuple[str, str], float] = {}
+        #: destination -> when its last re-advert went out
+        self._readvertised: dict[str, float] = {}
+        #: routing neighbour -> the news it was told
+        self._told: dict[str, set[Notice]] = {}
 
-    # Events.
+    # Link events.
 
-    def link_up(self, peer_id: str) -> bool:
-        """A link to C{peer_id} opened."""
-        if peer_id in self._neighbours:
-            return False
-        self._neighbours[peer_id] = _Neighbour()
-        return self._update((peer_id,))
-
-    def link_down(self, peer_id: str) -> bool:
-        """The link to C{peer_id} closed; forget its adverts."""
-        neighbour = self._neighbours.pop(peer_id, None)
-        if neighbour is None:
-            return False
-        advertised = self._advertised(neighbour)
-        self._index(peer_id, advertised, ())
-        self._routers.discard(peer_id)
-        return self._update((peer_id, *advertised))
-
-    def advert_from(self, peer_id: str, advert: RegistrySync) -> bool:
+    def link_up(self, peer_id: str, cost: int = 1, now: float | None = None) -> bool:
         """
-        Take C{peer_id}'s latest advert, replacing its previous one.
-        """
-        neighbour = self._neighbours.get(peer_id)
-        if neighbour is None:
-            return False
-        before = self._advertised(neighbour)
-        neighbour.advert = advert
-        after = self._advertised(neighbour)
-        self._index(peer_id, before, after)
-        if advert.routes is not None:
-            self._routers.add(peer_id)
-        else:
-            self._routers.discard(peer_id)
-        return self._update({peer_id, *before, *after})
-
-    def reconsider(self) -> bool:
-        """
-        Decide every destination again (what C{accept_path} accepts has
-        changed).
+        A link to C{peer_id} opened. With C{now}, news of its loss that this
+        node still holds is taken back, in this node's next adverts.
 
         :returns: whether the table changed.
         """
-        return self._update({*self._providers, *self._neighbours, *self._routes})
+        if peer_id in self._links:
+            return False
+        self._links[peer_id] = cost
+        if now is not None:
+            me = self.node_id
+            lost = [n for n in self.notices if n[0] == me and n[1] == peer_id]
+            for notice in lost:
+                del self.notices[notice]
+            if lost:
+                self.ups[me, peer_id] = (int(now * 1000), now + 2 * NOTICE_HOLD)
+        return self._decide_all((peer_id,))
+
+    def link_down(self, peer_id: str, now: float | None = None) -> bool:
+        """
+        The link to C{peer_id} closed: forget what it said. With C{now},
+        the loss becomes news that this node's next adverts carry.
+
+        :returns: whether the table changed.
+        """
+        if self._links.pop(peer_id, None) is None:
+            return False
+        self._own_servers.pop(peer_id, None)
+        self._mirrors.pop(peer_id, None)
+        self._told.pop(peer_id, None)
+        rib = self._ribs.pop(peer_id, None)
+        if self._suspects:
+            for key in [k for k in self._suspects if k[0] == peer_id]:
+                del self._suspects[key]
+        affected = [peer_id, *(rib.paths if rib is not None else ())]
+        if now is not None:
+            self.ups.pop((self.node_id, peer_id), None)
+            self.notices[(self.node_id, peer_id, int(now * 1000))] = now + NOTICE_HOLD
+        return self._decide_all(affected)
+
+    def set_cost(self, peer_id: str, cost: int) -> bool:
+        """The cost of the link to C{peer_id} changed. :returns: whether the table did."""
+        if self._links.get(peer_id, cost) == cost:
+            return False
+        self._links[peer_id] = cost
+        rib = self._ribs.get(peer_id)
+        return self._decide_all([peer_id, *(rib.paths if rib is not None else ())])
+
+    def neighbour_servers(self, peer_id: str, servers: Mapping[str, tuple[str, ...]]) -> bool:
+        """Neighbour C{peer_id} gave its own servers. :returns: whether the table changed."""
+        if peer_id not in self._links:
+            return False
+        self._own_servers[peer_id] = servers
+        return self._decide_all((peer_id,))
+
+    # The route exchange.
+
+    def start_routing(self, peer_id: str) -> AdjRib | None:
+        """
+        Neighbour C{peer_id} takes part in the route exchange.
+
+        :returns: its table (empty at first), or C{None} if it is not linked.
+        """
+        if peer_id not in self._links:
+            return None
+        rib = self._ribs.get(peer_id)
+        if rib is None:
+            rib = self._ribs[peer_id] = self.new_rib(peer_id)
+        return rib
+
+    def new_rib(self, peer_id: str) -> AdjRib:
+        """:returns: an empty table for what C{peer_id} says."""
+        return AdjRib(self.node_id, (peer_id,), MAX_HOPS, self.max_routes)
+
+    def advert_from(
+        self,
+        peer_id: str,
+        routes: Mapping[str, RouteAdvert] | None,
+        withdrawn: Iterable[str] = (),
+    ) -> bool:
+        """
+        Take a change routing neighbour C{peer_id} advertised.
+
+        :returns: whether the table changed.
+        """
+        rib = self._ribs.get(peer_id)
+        if rib is None:
+            return False
+        changed = rib.apply(routes, withdrawn)
+        if self._suspects:
+            self._restated(peer_id, changed, [*(routes or ()), *withdrawn])
+        return self._decide_all(changed)
+
+    def replace(self, peer_id: str, rib: AdjRib) -> bool:
+        """
+        Routing neighbour C{peer_id}'s whole table arrived (built in
+        C{rib}): it replaces what it said before.
+
+        :returns: whether the table changed.
+        """
+        old = self._ribs.get(peer_id)
+        if old is None:
+            return False
+        self._ribs[peer_id] = rib
+        if self._suspects:
+            for key in [k for k in self._suspects if k[0] == peer_id]:
+                del self._suspects[key]
+        affected = [
+            d
+            for d in {*old.paths, *rib.paths}
+            if old.get(d) != rib.get(d) or old.servers_of(d) != rib.servers_of(d)
+        ]
+        return self._decide_all(affected)
+
+    def is_router(self, peer_id: str) -> bool:
+        """:returns: whether neighbour C{peer_id} takes part in the route exchange."""
+        return peer_id in self._ribs
+
+    def routers(self) -> set[str]:
+        """:returns: the neighbours that take part in the route exchange."""
+        return set(self._ribs)
+
+    def advertises_routes(self) -> bool:
+        """
+        :returns: whether every neighbour takes part in the route exchange:
+            the table then knows every node reachable at all, so flooding a
+            message would find nothing more.
+        """
+        return len(self._ribs) == len(self._links)
+
+    def refused_from(self, peer_id: str) -> int:
+        """:returns: how many destinations C{peer_id}'s adverts had refused."""
+        rib = self._ribs.get(peer_id)
+        return 0 if rib is None else rib.refused
+
+    # Lost links.
+
+    def take_notices(
+        self,
+        peer_id: str,
+        down: Iterable[Notice],
+        now: float,
+        up: Iterable[Notice] = (),
+    ) -> bool:
+        """
+        Neighbour C{peer_id} says these links are gone (C{down}) or back
+        (C{up}); see the module docstring.
+
+        :returns: whether the table changed.
+        """
+        ups = self.ups
+        affected: set[str] = set()
+        for node, peer, stamp in up:
+            known = ups.get((node, peer))
+            if known is not None and known[0] >= stamp:
+                continue
+            ups[node, peer] = (stamp, now + 2 * NOTICE_HOLD)
+            stale = [n for n in self.notices if n[0] == node and n[1] == peer and n[2] <= stamp]
+            for notice in stale:
+                del self.notices[notice]
+            if stale:
+                affected |= self._clear_suspects()
+        lost = []
+        for notice in down:
+            node, peer, stamp = notice
+            if notice in self.notices or node == self.node_id:
+                continue
+            known = ups.get((node, peer))
+            if known is not None and known[0] >= stamp:
+                continue  # it came back since
+            self.notices[notice] = now + NOTICE_HOLD
+            lost.append(notice)
+        if lost:
+            until = now + NOTICE_HOLD
+            suspects = self._suspects
+            for peer, rib in self._ribs.items():
+                for destination, path in rib.paths.items():
+                    if _crosses(path, lost):
+                        suspects[peer, destination] = until
+                        affected.add(destination)
+        return bool(affected) and self._decide_all(affected)
+
+    def expire_notices(self, now: float) -> bool:
+        """
+        Forget the news held long enough, and stop suspecting the paths it
+        hit that no neighbour has said again.
+
+        :returns: whether the table changed.
+        """
+        for notice in [n for n, until in self.notices.items() if until <= now]:
+            del self.notices[notice]
+        for link in [k for k, (_, until) in self.ups.items() if until <= now]:
+            del self.ups[link]
+        over = [key for key, until in self._suspects.items() if until <= now]
+        for key in over:
+            del self._suspects[key]
+        return self._decide_all({destination for _, destination in over})
+
+    def next_notice_expiry(self) -> float | None:
+        """:returns: when the first news or suspicion held expires, if any."""
+        return min(
+            [*self.notices.values(), *self._suspects.values(), *(u for _, u in self.ups.values())],
+            default=None,
+        )
+
+    def notices_for(self, peer_id: str) -> tuple[Notice, ...]:
+        """
+        :returns: the lost links routing neighbour C{peer_id} must hear of
+            now: those that some path we told it crosses (so it holds a
+            stale path of ours, and perhaps of others), each told once.
+        """
+        mirror = self._mirrors.get(peer_id)
+        if mirror is None or not self.notices:
+            return ()
+        told = self._told.setdefault(peer_id, set())
+        if told:
+            told &= {*self.notices, *self._up_notices()}
+        me = self.node_id
+        due = []
+        for notice in self.notices:
+            if notice in told:
+                continue
+            node, peer, _ = notice
+            for path in mirror.paths.values():
+                if (path[0] == peer) if node == me else _crosses(path, [notice]):
+                    due.append(notice)
+                    told.add(notice)
+                    break
+        return tuple(due)
+
+    def ups_for(self, peer_id: str) -> tuple[Notice, ...]:
+        """
+        :returns: the links back up (after news of their loss) that routing
+            neighbour C{peer_id} has not heard of from us, each told once.
+        """
+        if not self.ups or peer_id not in self._mirrors:
+            return ()
+        told = self._told.setdefault(peer_id, set())
+        due = tuple(n for n in self._up_notices() if n not in told)
+        told.update(due)
+        return due
+
+    def _up_notices(self) -> list[Notice]:
+        return [(node, peer, stamp) for (node, peer), (stamp, _) in self.ups.items()]
+
+    def _clear_suspects(self) -> set[str]:
+        # The suspects whose paths cross no lost link any longer.
+        lost = list(self.notices)
+        cleared = set()
+        for key in list(self._suspects):
+            peer, destination = key
+            path = self._ribs[peer].paths.get(destination)
+            if path is None or not _crosses(path, lost):
+                del self._suspects[key]
+                cleared.add(destination)
+        return cleared
+
+    def _restated(self, peer_id: str, changed: set[str], said: Iterable[str]) -> None:
+        # Entries a neighbour said again are news, not suspects; others that
+        # moved (following a parent) stop being suspects once clear of every
+        # lost link.
+        suspects = self._suspects
+        for destination in said:
+            suspects.pop((peer_id, destination), None)
+        rib = self._ribs[peer_id]
+        lost = list(self.notices)
+        for destination in changed:
+            key = (peer_id, destination)
+            if key in suspects:
+                path = rib.paths.get(destination)
+                if path is None or not _crosses(path, lost):
+                    del suspects[key]
+
+    # Exports.
+
+    def wanted_by(self, peer_id: str) -> Callable[[str], Wanted]:
+        """:returns: what neighbour C{peer_id} should hold for a destination."""
+        routes = self._routes
+        longest = MAX_HOPS - 1
+
+        def wanted(destination: str) -> Wanted:
+            route = routes.get(destination)
+            if route is None or peer_id in route.path or len(route.path) > longest:
+                return None
+            return route.path, route.metric, route.servers
+
+        return wanted
+
+    def export_full(self, peer_id: str) -> dict[str, RouteAdvert]:
+        """
+        :returns: the whole table for neighbour C{peer_id}, which from now
+            on is taken to hold it.
+        """
+        mirror = self._mirrors[peer_id] = AdjRib(peer_id, (), MAX_HOPS - 1)
+        self._told.pop(peer_id, None)
+        return export(mirror, self.wanted_by(peer_id), self._routes)
+
+    def export_changes(
+        self, peer_id: str, candidates: Iterable[str]
+    ) -> tuple[dict[str, RouteAdvert], list[str]]:
+        """
+        :param candidates: the destinations that may have changed.
+        :returns: what neighbour C{peer_id} must hear to hold the table
+            (entries and withdrawals); it is taken to hold it from now on.
+        """
+        mirror = self._mirrors.get(peer_id)
+        if mirror is None:
+            return self.export_full(peer_id), []
+        return diff(mirror, self.wanted_by(peer_id), candidates)
+
+    def ready(self, now: float) -> tuple[set[str], float | None]:
+        """
+        The changed destinations that may be advertised now, and when the
+        first of the others may. Two rules hold an advert back (withdrawals
+        are never held):
+
+          - B{MRAI}: a destination re-routed within L{MRAI} of its last
+            re-advert waits for the rest of that time, so a burst of changes
+            goes out once;
+          - B{news}: for L{NEWS_HOLD} after news that a link is lost, a
+            destination whose path runs through either of its ends waits:
+            if that node died, the news of its other links follows and the
+            path is gone before anyone hears of it (no path hunting); if
+            only the link went, the path goes out a moment later.
+        """
+        ready = set(self.dirty)
+        release: float | None = None
+        readvertised = self._readvertised
+        for destination in self.rerouted:
+            last = readvertised.get(destination)
+            if last is not None and now - last < MRAI:
+                ready.discard(destination)
+                if release is None or last + MRAI < release:
+                    release = last + MRAI
+        news: dict[str, float] = {}
+        for (node, peer, _), until in self.notices.items():
+            over = until - NOTICE_HOLD + NEWS_HOLD
+            if over > now:
+                for named in (node, peer):
+                    news[named] = max(over, news.get(named, over))
+        if news:
+            routes = self._routes
+            for destination in list(ready):
+                route = routes.get(destination)
+                if route is None:
+                    continue
+                over = max((news.get(n, 0.0) for n in route.path), default=0.0)
+                if over > now:
+                    ready.discard(destination)
+                    if release is None or over < release:
+                        release = over
+        return ready, release
+
+    def exported(self, destinations: Iterable[str], now: float | None = None) -> None:
+        """
+        C{destinations} were exported to every routing neighbour (at C{now},
+        for the L{MRAI} of those re-routed).
+        """
+        readvertised = self._readvertised
+        if now is not None and readvertised:
+            for destination in [d for d, at in readvertised.items() if now - at >= MRAI]:
+                del readvertised[destination]
+        for destination in destinations:
+            self.dirty.discard(destination)
+            if destination in self.rerouted:
+                self.rerouted.discard(destination)
+                if now is not None:
+                    readvertised[destination] = now
 
     # Queries.
 
@@ -167,124 +560,129 @@ class Router:
 
     def is_linked(self, peer_id: str) -> bool:
         """:returns: whether C{peer_id} is a linked neighbour."""
-        return peer_id in self._neighbours
-
-    def advertises_routes(self) -> bool:
-        """
-        :returns: whether every neighbour has advertised routes: the table
-            then knows every node reachable at all, so flooding a message
-            would find nothing more.
-        """
-        return all(
-            n.advert is not None and n.advert.routes is not None for n in self._neighbours.values()
-        )
-
-    def is_router(self, peer_id: str) -> bool:
-        """
-        :returns: whether neighbour C{peer_id} advertises routes (a relaytx
-            node with its registry on), and so wants to hear ours.
-        """
-        neighbour = self._neighbours.get(peer_id)
-        return (
-            neighbour is not None
-            and neighbour.advert is not None
-            and neighbour.advert.routes is not None
-        )
-
-    def routers(self) -> set[str]:
-        """:returns: the neighbours that advertise routes (see L{is_router})."""
-        return set(self._routers)
+        return peer_id in self._links
 
     def table(self) -> dict[str, dict[str, Any]]:
         """:returns: the table as C{GET /registry/routes} shows it."""
         return {
             dest: {
-                "next_hop": route.next_hop,
-                "hops": route.hops,
-                "metric": route.hops,
+                "next_hop": route.path[0],
+                "hops": len(route.path),
+                "metric": route.metric,
                 "path": list(route.path),
             }
             for dest, route in sorted(self._routes.items())
         }
 
-    def advert_for(self, peer_id: str, own_servers: Mapping[str, tuple[str, ...]]) -> RegistrySync:
+    def reconsider(self, destinations: Iterable[str] | None = None) -> bool:
         """
-        :returns: what to advertise to neighbour C{peer_id}: this node's
-            servers and every route whose next hop is not C{peer_id}.
+        Decide C{destinations} again (all of them when C{None}), as after a
+        change of L{accept_path}'s mind. :returns: whether the table changed.
         """
-        return RegistrySync(
-            servers=own_servers,
-            routes={
-                dest: RouteAdvert(route.path, route.servers)
-                for dest, route in self._routes.items()
-                if route.path[0] != peer_id
-            },
-        )
+        if destinations is None:
+            known: set[str] = set(self._links)
+            for rib in self._ribs.values():
+                known.update(rib.paths)
+            destinations = known
+        return self._decide_all(destinations)
 
-    # The computation.
+    # The decision.
 
-    @staticmethod
-    def _advertised(neighbour: _Neighbour) -> tuple[str, ...]:
-        advert = neighbour.advert
-        if advert is None or advert.routes is None:
-            return ()
-        return tuple(advert.routes)
-
-    def _index(self, peer_id: str, before: tuple[str, ...], after: tuple[str, ...]) -> None:
-        providers = self._providers
-        for dest in before:
-            holders = providers.get(dest)
-            if holders is not None:
-                holders.discard(peer_id)
-                if not holders:
-                    del providers[dest]
-        for dest in after:
-            providers.setdefault(dest, set()).add(peer_id)
-
-    def _update(self, destinations: Any) -> bool:
+    def _decide_all(self, destinations: Iterable[str]) -> bool:
         changed = False
-        routes = self._routes
-        for dest in destinations:
-            best = self._best(dest)
-            if best is None:
-                if routes.pop(dest, None) is not None:
-                    changed = True
-            elif routes.get(dest) != best:
-                routes[dest] = best
-                changed = True
+        for destination in destinations:
+            changed |= self._decide(destination)
+        if changed and self._overflow and len(self._routes) < self.max_routes:
+            waiting, self._overflow = self._overflow, set()
+            for destination in waiting:
+                self._decide(destination)
         return changed
 
-    def _best(self, dest: str) -> Route | None:
-        me = self.node_id
-        if dest == me:
+    def _decide(self, destination: str) -> bool:
+        if destination == self.node_id:
+            return False
+        routes = self._routes
+        old = routes.get(destination)
+        cost = self._links.get(destination)
+        if cost is not None:
+            # A neighbour is reached over its link, whatever else is offered.
+            new: Route | None = Route(
+                destination,
+                (destination,),
+                self._own_servers.get(destination, NO_SERVERS),
+                cost,
+            )
+        else:
+            new = self._best(destination, old)
+        if new == old:
+            return False
+        if new is None:
+            del routes[destination]
+            self._overflow.discard(destination)
+        elif old is None and len(routes) >= self.max_routes:
+            if destination not in self._overflow:
+                self.refused += 1
+                self._overflow.add(destination)
+            return False
+        else:
+            routes[destination] = new
+            if old is not None and old.path != new.path:
+                self.rerouted.add(destination)
+        self.dirty.add(destination)
+        return True
+
+    def _best(self, destination: str, old: Route | None) -> Route | None:
+        links = self._links
+        accept = self.accept_path
+        suspects = self._suspects
+        in_use = old.path[0] if old is not None else None
+        best: tuple[int, int, str] | None = None
+        best_rib: AdjRib | None = None
+        incumbent: tuple[int, int, str] | None = None
+        keys: list[tuple[int, int, str]] = []
+        for peer_id, rib in self._ribs.items():
+            path = rib.paths.get(destination)
+            if path is None:
+                continue
+            if suspects and (peer_id, destination) in suspects:
+                continue
+            if accept is not None and not accept(peer_id, path):
+                continue
+            key = (links[peer_id] + rib.metrics[destination], len(path), peer_id)
+            keys.append(key)
+            if best is None or key < best:
+                best, best_rib = key, rib
+            if peer_id == in_use:
+                incumbent = key
+        if best is None:
             return None
-        best: Route | None = None
-        best_key: tuple[Any, ...] = ()
+        if incumbent is not None and best is not incumbent and not _beats(best, incumbent):
+            challengers = [key for key in keys if _beats(key, incumbent)]
+            best = min(challengers) if challengers else incumbent
+            best_rib = self._ribs[best[2]]
+        assert best_rib is not None
+        path = best_rib.paths[destination]
+        servers = best_rib.servers.get(destination, NO_SERVERS)
+        metric = best[0]
+        if old is not None and old.path is path and old.metric == metric and old.servers is servers:
+            return old
+        return Route(destination, path, servers, metric)
 
-        def offer(route: Route) -> None:
-            nonlocal best, best_key
-            key = (route.hops, route.next_hop)
-            if best is None or key < best_key:
-                best, best_key = route, key
 
-        neighbours = self._neighbours
-        direct = neighbours.get(dest)
-        if direct is not None:
-            servers = direct.advert.servers if direct.advert is not None else {}
-            offer(Route(dest, (dest,), servers))
-        for peer_id in self._providers.get(dest, ()):
-            advert = neighbours[peer_id].advert
-            # The index holds only neighbours whose advert reaches dest.
-            assert advert is not None and advert.routes is not None
-            learned = advert.routes[dest]
-            path = learned.path
-            if me in path or peer_id in path:
-                continue  # a loop through this node or back to the advertiser
-            if len(set(path)) != len(path):
-                continue  # a loop further on: a faulty peer's advert
-            if len(path) >= MAX_HOPS:
-                continue
-            if self._accept_path is not None and not self._accept_path(peer_id, path):
-                continue
-            offer(Route(dest, (peer_id, *path), learned.servers))
-        return best
+def hop_budget(hops: int) -> int:
+    """
+    :returns: the TTL of a message between relaytx nodes whose route has
+        C{hops} hops: the route plus a margin, never below the original
+        design's default nor above L{MAX_HOPS}.
+    """
+    return min(MAX_HOPS, max(DEFAULT_TTL, hops + HOP_MARGIN))
+
+
+def _crosses(path: tuple[str, ...], lost: list[Notice]) -> bool:
+    """:returns: whether C{path} runs over one of the C{lost} links (either way)."""
+    for node, peer, _ in lost:
+        if node in path and peer in path:
+            at = path.index(node)
+            if (at + 1 < len(path) and path[at + 1] == peer) or (at > 0 and path[at - 1] == peer):
+                return True
+    return False

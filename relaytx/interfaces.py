@@ -79,6 +79,9 @@ class ISessionHost(Interface):
     def take_advert(sync: RegistrySync, session: Session) -> None:
         """The neighbour at the other end of C{session} advertised its routes."""
 
+    def link_measured(session: Session, rtt: float) -> None:
+        """A round trip of C{rtt} seconds was measured on C{session}'s link."""
+
     def bad_input(error: ProtocolViolation, session: Session) -> None:
         """Count (and log) a L{relaytx.errors.ProtocolViolation} from the link."""
 

@@ -219,6 +219,7 @@ class PeerSession:
         rtt = self.host.clock.seconds() - stamp
         if 0 <= rtt < 3600:
             self.rtt = rtt
+            self.host.link_measured(self, rtt)
 
     @handles(ServerCall)
     def on_server_call(self, envelope: Envelope, call: ServerCall) -> None:

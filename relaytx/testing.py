@@ -50,6 +50,7 @@ from twisted.internet.testing import MemoryReactorClock
 from zope.interface import implementer
 
 from relaytx._adverts import SYNC_DELAY
+from relaytx._routing import MRAI, NEWS_HOLD
 from relaytx.config import build_config
 from relaytx.interfaces import ILinkTransport
 from relaytx.peer import PeerSession
@@ -409,16 +410,17 @@ class MemoryMesh:
     def settle(self, step: float = SYNC_DELAY, limit: float = 1.0) -> float:
         """
         Let the network go quiet: pump, and while some timer is due within
-        C{step} seconds (a coalesced registry sync), move the clocks on by
-        C{step} and pump again. Timers further away (pings, call timeouts)
-        are left alone.
+        C{step} seconds (a coalesced registry sync) or some node's adverts
+        wait out their damping (L{relaytx._routing.Router.ready}), move the clocks
+        on by C{step} and pump again. Timers further away (pings, call
+        timeouts, the end of a lost link's notice) are left alone.
 
         :param limit: never move the clocks more than this in total.
         :returns: how far the clocks moved.
         """
         moved = 0.0
         self.advance(0)
-        while moved < limit and self._timer_due_within(step):
+        while moved < limit and (self._timer_due_within(step) or self._adverts_due()):
             self.advance(step)
             moved += step
         return moved
@@ -428,6 +430,14 @@ class MemoryMesh:
             now = clock.seconds()
             if any(call.getTime() <= now + step for call in clock.getDelayedCalls()):
                 return True
+        return False
+
+    def _adverts_due(self) -> bool:
+        for link in self.links:
+            for node in link.nodes:
+                due = node.mesh.adverts.send_due()
+                if due is not None and due <= node.mesh.clock.seconds() + MRAI + NEWS_HOLD:
+                    return True
         return False
 
     def _hold(self, link: MemoryLink) -> None:

@@ -57,7 +57,8 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Self, TypeVar
+from types import MappingProxyType
+from typing import Any, ClassVar, NamedTuple, Self, TypeVar
 
 import attrs
 from attrs import define, field, frozen
@@ -703,59 +704,239 @@ def _server_json(table: Mapping[str, Iterable[str]]) -> dict[str, Any]:
     return {name: {"methods": list(methods)} for name, methods in table.items()}
 
 
-@frozen
-class RouteAdvert:
+#: The most node ids a route path may hold (SPEC section 7 caps the hop budget at 64).
+MAX_PATH = 64
+
+#: The largest metric a route may carry; anything above is malformed.
+MAX_METRIC = 1 << 30
+
+# Node ids read from adverts, each kept once: a valid id is checked once per
+# process, and the tables of every node in a process share the strings.
+_known_ids: dict[str, str] = {}
+_KNOWN_IDS_MAX = 200_000
+
+
+def node_id_of(value: Any, what: str) -> str:
     """
-    One destination a C{registry_sync} sender can reach.
+    :returns: C{value} as a node id (the one string object kept for it).
+    :raises MalformedMessage: if C{value} is not a string of 1-64 of
+        C{A-Za-z0-9._-}.
+    """
+    if type(value) is str:
+        known = _known_ids.get(value)
+        if known is not None:
+            return known
+        if NODE_ID_RE.fullmatch(value):
+            if len(_known_ids) >= _KNOWN_IDS_MAX:
+                _known_ids.clear()
+            _known_ids[value] = value
+            return value
+    raise MalformedMessage(f"{what}: {str(value)[:80]!r} is not a node id", reason="bad_field")
+
+
+# A destination's servers as adverts carry them ({NAME: [METHOD, ...]}); equal
+# tables are kept once, so the thousand nodes of a table that host the same
+# servers share one.
+_known_tables: dict[tuple[tuple[str, tuple[str, ...]], ...], Mapping[str, tuple[str, ...]]] = {}
+_KNOWN_TABLES_MAX = 20_000
+
+#: No servers.
+NO_SERVERS: Mapping[str, tuple[str, ...]] = MappingProxyType({})
+
+
+def server_table(items: Iterable[tuple[str, Iterable[str]]]) -> Mapping[str, tuple[str, ...]]:
+    """
+    :returns: the read-only server table (name -> methods) holding C{items},
+        the one object kept for equal tables.
+    """
+    key = tuple((name, tuple(methods)) for name, methods in items)
+    if not key:
+        return NO_SERVERS
+    table = _known_tables.get(key)
+    if table is None:
+        if len(_known_tables) >= _KNOWN_TABLES_MAX:
+            _known_tables.clear()
+        table = _known_tables[key] = MappingProxyType(dict(key))
+    return table
+
+
+def _compact_servers(value: Any, what: str) -> Mapping[str, tuple[str, ...]]:
+    _check(value, "s", dict, what)
+    items = []
+    for name, methods in value.items():
+        items.append((name, _string_list(methods, name, f"{what} servers")))
+    return server_table(items)
+
+
+class RouteAdvert(NamedTuple):
+    """
+    One destination in a C{registry_sync}: how its sender reaches it now.
+    Exactly one of C{path} and C{parent} is set, or neither (only the
+    servers changed).
 
     @ivar path: the nodes from the sender (exclusive) to the destination
         (inclusive); its length is the hop count from the sender.
-    @ivar servers: the destination's servers and their methods.
+    @ivar servers: the destination's servers and their methods, when they
+        are sent (C{None}: as before).
+    @ivar parent: instead of a path: the sender's path to C{parent} (which
+        this advert or an earlier one gave) with the destination added.
+        The destination's path then follows the parent's when that changes.
+    @ivar metric: with C{path}, the sender's metric to the destination
+        (C{None}: the path's length); with C{parent}, what the last link
+        adds to the parent's metric (C{None}: 1).
     """
 
-    path: tuple[str, ...]
-    servers: Mapping[str, tuple[str, ...]] = field(factory=dict)
+    path: tuple[str, ...] | None = None
+    servers: Mapping[str, tuple[str, ...]] | None = None
+    parent: str | None = None
+    metric: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """:returns: the entry's JSON object (see L{RegistrySync})."""
+        out: dict[str, Any] = {}
+        path, metric = self.path, self.metric
+        if path is not None:
+            out["path"] = list(path)
+            if metric is not None and metric != len(path):
+                out["m"] = metric
+        elif self.parent is not None:
+            out["p"] = self.parent
+            if metric is not None and metric != 1:
+                out["c"] = metric
+        if self.servers is not None:
+            out["s"] = {name: list(methods) for name, methods in self.servers.items()}
+        return out
+
+    @classmethod
+    def from_json(cls, dest: str, value: Any, what: str) -> RouteAdvert:
+        """
+        :raises MalformedMessage: if C{value} is not an entry for C{dest}.
+        """
+        if type(value) is not dict:
+            _check(value, dest, dict, what)
+        get = value.get
+        raw_path, parent, metric = get("path"), get("p"), None
+        path: tuple[str, ...] | None = None
+        if raw_path is not None:
+            if type(raw_path) is not list or not raw_path or len(raw_path) > MAX_PATH:
+                raise MalformedMessage(f"{what} path to {dest!r} is not a path", reason="bad_field")
+            path = tuple([node_id_of(hop, what) for hop in raw_path])
+            if path[-1] != dest:
+                raise MalformedMessage(
+                    f"{what} path to {dest!r} does not end there", reason="bad_field"
+                )
+            metric = get("m")
+        elif parent is not None:
+            parent = node_id_of(parent, what)
+            if parent == dest:
+                raise MalformedMessage(f"{what} {dest!r} is its own parent", reason="bad_field")
+            metric = get("c")
+        if metric is not None and (type(metric) is not int or not 0 <= metric <= MAX_METRIC):
+            raise MalformedMessage(f"{what} metric of {dest!r} is not one", reason="bad_field")
+        raw_servers = get("s")
+        servers = None if raw_servers is None else _compact_servers(raw_servers, what)
+        return cls(path, servers, parent, metric)
 
 
 @frozen
 class RegistrySync(Payload):
     """
-    The sender's servers and everything it can reach (path vector).
+    A neighbour's servers and routes (path vector), or a change to them.
+    See the module docstring for the wire format and how a link uses it.
 
-    @ivar routes: destination node id to L{RouteAdvert}; C{None} when the
-        sender does not route (an original node, or C{--disable-registry}).
+    @ivar servers: the sender's own servers (C{None}: not in this advert,
+        so unchanged).
+    @ivar routes: destinations added or changed since the sender's last
+        advert on this link (or, with C{full}, its whole table).
+    @ivar withdrawn: destinations the sender no longer offers.
+    @ivar seq: the advert's number on this link (1, 2, ...); C{None} from
+        a node that does not route (an original-design node).
+    @ivar full: this advert starts the sender's whole table, which replaces
+        what it said before; C{more} says another frame of it follows.
+    @ivar resync: the sender asks for our whole table (it missed an advert).
+    @ivar down: links the sender knows to be gone, as C{(node, peer,
+        stamp)} (C{node} saw its link to C{peer} close at C{stamp}, its
+        clock in milliseconds): a path through one is stale, whoever offers it.
+    @ivar up: links back up since such a notice, likewise.
     """
 
     TYPE = "registry_sync"
-    servers: Mapping[str, tuple[str, ...]] = field(factory=dict)
+    servers: Mapping[str, tuple[str, ...]] | None = None
     routes: Mapping[str, RouteAdvert] | None = None
+    withdrawn: tuple[str, ...] = ()
+    seq: int | None = None
+    full: bool = False
+    more: bool = False
+    resync: bool = False
+    down: tuple[tuple[str, str, int], ...] = ()
+    up: tuple[tuple[str, str, int], ...] = ()
+
+    @property
+    def routes_sync(self) -> bool:
+        """Whether the sender takes part in the route exchange (a relaytx router)."""
+        return self.seq is not None
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> RegistrySync:
         what = "registry_sync"
-        servers = _server_table(data.get("servers", {}), what)
+        servers = _server_table(data["servers"], what) if "servers" in data else None
+        seq = _optional(data, "seq", int, what)
+        if seq is not None and seq < 0:
+            raise MalformedMessage(f"{what} seq is negative", reason="bad_field")
         raw_routes = _optional(data, "routes", dict, what)
         routes = None
-        if raw_routes is not None:
-            routes = {}
-            for dest, advert in raw_routes.items():
-                _check(advert, dest, dict, f"{what} routes")
-                path = _string_list(_require(advert, "path", list, what), "path", what)
-                if not path or path[-1] != dest:
-                    raise MalformedMessage(
-                        f"{what} path to {dest!r} does not end there", reason="bad_field"
-                    )
-                routes[dest] = RouteAdvert(path, _server_table(advert.get("servers", {}), what))
-        return cls(servers, routes)
+        if raw_routes:
+            from_json = RouteAdvert.from_json
+            routes = {
+                node_id_of(dest, what): from_json(dest, entry, what)
+                for dest, entry in raw_routes.items()
+            }
+        withdrawn: tuple[str, ...] = ()
+        raw_withdrawn = _optional(data, "withdraw", list, what)
+        if raw_withdrawn:
+            withdrawn = tuple([node_id_of(dest, what) for dest in raw_withdrawn])
+        return cls(
+            servers,
+            routes,
+            withdrawn,
+            seq,
+            _optional(data, "full", bool, what, False),
+            _optional(data, "more", bool, what, False),
+            _optional(data, "resync", bool, what, False),
+            _links_of(data, "down", what),
+            _links_of(data, "up", what),
+        )
 
     def to_data(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"servers": _server_json(self.servers)}
-        if self.routes is not None:
-            data["routes"] = {
-                dest: {"path": list(advert.path), "servers": _server_json(advert.servers)}
-                for dest, advert in self.routes.items()
-            }
+        data: dict[str, Any] = {}
+        if self.servers is not None:
+            data["servers"] = _server_json(self.servers)
+        if self.seq is not None:
+            data["seq"] = self.seq
+        if self.full:
+            data["full"] = True
+        if self.more:
+            data["more"] = True
+        if self.resync:
+            data["resync"] = True
+        if self.routes:
+            data["routes"] = {dest: entry.to_json() for dest, entry in self.routes.items()}
+        if self.withdrawn:
+            data["withdraw"] = list(self.withdrawn)
+        if self.down:
+            data["down"] = [list(link) for link in self.down]
+        if self.up:
+            data["up"] = [list(link) for link in self.up]
         return data
+
+
+def _links_of(data: Mapping[str, Any], key: str, what: str) -> tuple[tuple[str, str, int], ...]:
+    links = []
+    for link in _optional(data, key, list, what, ()):
+        if type(link) is not list or len(link) != 3 or type(link[2]) is not int:
+            raise MalformedMessage(f"{what} {key} holds {str(link)[:80]}", reason="bad_field")
+        links.append((node_id_of(link[0], what), node_id_of(link[1], what), link[2]))
+    return tuple(links)
 
 
 @define

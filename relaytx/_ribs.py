@@ -1,0 +1,433 @@
+# -*- test-case-name: tests.test_ribs -*-
+"""
+L{AdjRib}: what one neighbour said it can reach, as its C{registry_sync}
+adverts built it up, change by change.
+
+Both ends of a link keep one: the receiver its copy of what the neighbour
+told it, and the sender a mirror of what it told the neighbour, built by
+the same code from the same entries, so the two agree. The sender compares
+its mirror with its routing table to send only what changed (L{diff}).
+
+An entry for a destination is either B{explicit} (the path from the sender
+to it, and the sender's metric) or a B{reference} to another destination
+of the same table, its B{parent}: the path to the parent with the
+destination added, the parent's metric plus an increment. A reference
+follows its parent: when the sender's path to the parent changes, one entry
+for the parent changes the paths of every destination beyond it. This is
+what keeps a link cut cheap: the nodes behind a lost link move to a new path
+together, and only where they join the tree is anything sent.
+
+A path that passes through the table's owner or through any node twice, or
+that is longer than the table allows, is a loop or too long: the entry is
+kept but resolves to nothing (and so does every reference below it).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable, Mapping
+
+from relaytx.wire import NO_SERVERS, RouteAdvert
+
+__all__ = ["AdjRib", "Wanted", "diff", "export"]
+
+#: What a sender wants a neighbour to hold for a destination: the path
+#: (from the sender, exclusive), the metric and the servers; C{None}: nothing.
+Wanted = tuple[tuple[str, ...], int, Mapping[str, tuple[str, ...]]] | None
+
+
+class AdjRib:
+    """
+    One neighbour's advertised table.
+
+    :param owner: the node the paths lead away from: a path through it is
+        a loop (the receiver, on both ends).
+    :param prefix: prepended to every path (the receiver keeps paths from
+        itself, so they start with the sender; the sender's mirror keeps
+        them as it sent them).
+    :param max_len: the longest resolved path kept, prefix included.
+    :param limit: the most destinations kept; further new ones are refused
+        (counted in C{refused}).
+
+    @ivar paths: destination -> resolved path (prefix included).
+    @ivar metrics: destination -> the sender's metric to it.
+    @ivar servers: destination -> its servers, as the sender last gave them.
+    @ivar refused: how many new destinations were refused over the limit.
+    """
+
+    __slots__ = (
+        "_children",
+        "_incs",
+        "_parents",
+        "limit",
+        "max_len",
+        "metrics",
+        "owner",
+        "paths",
+        "prefix",
+        "refused",
+        "servers",
+    )
+
+    def __init__(
+        self,
+        owner: str,
+        prefix: tuple[str, ...] = (),
+        max_len: int = 64,
+        limit: int | None = None,
+    ) -> None:
+        self.owner = owner
+        self.prefix = prefix
+        self.max_len = max_len
+        self.limit = limit
+        self.paths: dict[str, tuple[str, ...]] = {}
+        self.metrics: dict[str, int] = {}
+        self.servers: dict[str, Mapping[str, tuple[str, ...]]] = {}
+        self.refused = 0
+        #: every entry: destination -> its parent, or None for an explicit one
+        self._parents: dict[str, str | None] = {}
+        #: references whose increment is not 1
+        self._incs: dict[str, int] = {}
+        #: parent -> the references to it
+        self._children: dict[str, set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._parents)
+
+    def __contains__(self, destination: object) -> bool:
+        return destination in self._parents
+
+    def __iter__(self) -> Iterable[str]:
+        return iter(self._parents)
+
+    def parent_of(self, destination: str) -> str | None:
+        """:returns: the parent of a reference entry, C{None} for others."""
+        return self._parents.get(destination)
+
+    def get(self, destination: str) -> tuple[tuple[str, ...], int] | None:
+        """:returns: the resolved path and metric to C{destination}, or C{None}."""
+        path = self.paths.get(destination)
+        return None if path is None else (path, self.metrics[destination])
+
+    def servers_of(self, destination: str) -> Mapping[str, tuple[str, ...]]:
+        """:returns: C{destination}'s servers as last given (none if never)."""
+        return self.servers.get(destination, NO_SERVERS)
+
+    # Changes.
+
+    def apply(
+        self, routes: Mapping[str, RouteAdvert] | None, withdrawn: Iterable[str] = ()
+    ) -> set[str]:
+        """
+        Take one advert's changes: C{withdrawn} first, then C{routes} in
+        their order.
+
+        :returns: the destinations whose resolved path, metric or servers
+            changed, those that follow a changed parent included.
+        """
+        changed: set[str] = set()
+        for destination in withdrawn:
+            self.withdraw(destination, changed)
+        if routes:
+            take = self.take
+            for destination, entry in routes.items():
+                take(destination, entry, changed)
+        return changed
+
+    def withdraw(self, destination: str, changed: set[str]) -> None:
+        """Forget C{destination}; what changed is added to C{changed}."""
+        if destination not in self._parents:
+            return
+        self._unlink(destination)
+        del self._parents[destination]
+        self.servers.pop(destination, None)
+        if self.paths.pop(destination, None) is not None:
+            del self.metrics[destination]
+            changed.add(destination)
+        if destination in self._children:
+            self._resolve_children(destination, changed)
+
+    def clear(self) -> set[str]:
+        """Forget every entry; :returns: the destinations that resolved."""
+        gone = set(self.paths)
+        self.paths.clear()
+        self.metrics.clear()
+        self.servers.clear()
+        self._parents.clear()
+        self._incs.clear()
+        self._children.clear()
+        return gone
+
+    def share(self, destination: str, path: tuple[str, ...]) -> None:
+        """
+        Keep C{path}, equal to the resolved one, in its place: a mirror
+        then holds the routing table's own tuples, not copies.
+        """
+        if self.paths.get(destination) == path:
+            self.paths[destination] = path
+
+    def take(self, destination: str, entry: RouteAdvert, changed: set[str]) -> None:
+        """Take one entry; what changed is added to C{changed}."""
+        parents = self._parents
+        path, servers, parent, metric = entry
+        if path is None and parent is None:
+            # Only the servers changed (of a destination this table holds).
+            if servers is not None and destination in parents:
+                if self.servers.get(destination, NO_SERVERS) != servers:
+                    self._set_servers(destination, servers)
+                    if destination in self.paths:
+                        changed.add(destination)
+            return
+        old_parent = parents.get(destination, _ABSENT)
+        if old_parent is _ABSENT:
+            if self.limit is not None and len(parents) >= self.limit:
+                self.refused += 1
+                return
+        elif old_parent != parent:
+            self._unlink(destination)
+        if path is not None:
+            parents[destination] = None
+            full = self.prefix + path if self.prefix else path
+            if (
+                len(full) <= self.max_len
+                and self.owner not in full
+                and len(set(full)) == len(full)
+                and (metric is None or metric >= 0)
+            ):
+                self._store(destination, full, len(path) if metric is None else metric, changed)
+            else:
+                self._store(destination, None, 0, changed)
+        else:
+            assert parent is not None
+            if old_parent != parent:
+                parents[destination] = parent
+                children = self._children.get(parent)
+                if children is None:
+                    self._children[parent] = {destination}
+                else:
+                    children.add(destination)
+            if metric is not None and metric != 1:
+                self._incs[destination] = metric
+            elif old_parent == parent:
+                self._incs.pop(destination, None)
+            resolved, resolved_metric = self._resolve(destination)
+            self._store(destination, resolved, resolved_metric, changed)
+        if servers is not None and self.servers.get(destination, NO_SERVERS) != servers:
+            self._set_servers(destination, servers)
+            changed.add(destination)
+
+    def _set_servers(self, destination: str, servers: Mapping[str, tuple[str, ...]]) -> None:
+        if servers:
+            self.servers[destination] = servers
+        else:
+            self.servers.pop(destination, None)
+
+    def _unlink(self, destination: str) -> None:
+        parent = self._parents.get(destination)
+        if parent is not None:
+            children = self._children.get(parent)
+            if children is not None:
+                children.discard(destination)
+                if not children:
+                    del self._children[parent]
+            self._incs.pop(destination, None)
+
+    def _resolve(self, destination: str) -> tuple[tuple[str, ...] | None, int]:
+        parent = self._parents.get(destination)
+        if parent is None:
+            return None, 0  # withdrawn (an explicit entry is never resolved here)
+        parent_path = self.paths.get(parent)
+        if (
+            parent_path is None
+            or len(parent_path) >= self.max_len
+            or destination in parent_path
+            or destination == self.owner
+        ):
+            return None, 0
+        return (*parent_path, destination), self.metrics[parent] + self._incs.get(destination, 1)
+
+    def _store(
+        self, destination: str, path: tuple[str, ...] | None, metric: int, changed: set[str]
+    ) -> None:
+        paths, metrics = self.paths, self.metrics
+        if path is None:
+            if destination not in paths:
+                return
+            del paths[destination]
+            del metrics[destination]
+        elif paths.get(destination) == path and metrics[destination] == metric:
+            return
+        else:
+            paths[destination] = path
+            metrics[destination] = metric
+        changed.add(destination)
+        if destination in self._children:
+            self._resolve_children(destination, changed)
+
+    def _resolve_children(self, destination: str, changed: set[str]) -> None:
+        # Every reference below a changed entry, depth first, with a stack of
+        # our own: a chain of references is as long as a path (at most
+        # max_len), a cycle of them resolves to nothing and stops.
+        children = self._children
+        stack = list(children[destination])
+        paths, metrics, parents, incs = self.paths, self.metrics, self._parents, self._incs
+        max_len, owner = self.max_len, self.owner
+        while stack:
+            child = stack.pop()
+            parent_path = paths.get(parents[child])  # type: ignore[arg-type]
+            if (
+                parent_path is None
+                or len(parent_path) >= max_len
+                or child in parent_path
+                or child == owner
+            ):
+                if child not in paths:
+                    continue
+                del paths[child]
+                del metrics[child]
+            else:
+                path = (*parent_path, child)
+                metric = metrics[parents[child]] + incs.get(child, 1)  # type: ignore[index]
+                if paths.get(child) == path and metrics[child] == metric:
+                    continue
+                paths[child] = path
+                metrics[child] = metric
+            changed.add(child)
+            grandchildren = children.get(child)
+            if grandchildren:
+                stack.extend(grandchildren)
+
+
+#: (An entry's parent is a node id or None: this is neither.)
+_ABSENT = "\x00"
+
+
+def _entry(
+    mirror: AdjRib,
+    path: tuple[str, ...],
+    metric: int,
+    servers: Mapping[str, tuple[str, ...]] | None,
+    may_refer: bool,
+) -> RouteAdvert:
+    # A reference when the mirror's path to the node before the destination
+    # is this path's start: one word instead of a path, and the entry
+    # follows its parent from then on.
+    if may_refer and len(path) > 1:
+        parent = path[-2]
+        parent_path = mirror.paths.get(parent)
+        if parent_path is not None and parent_path == path[:-1]:
+            increment = metric - mirror.metrics[parent]
+            if increment >= 0:
+                return RouteAdvert(None, servers, parent, None if increment == 1 else increment)
+    return RouteAdvert(path, servers, None, None if metric == len(path) else metric)
+
+
+def diff(
+    mirror: AdjRib, wanted: Callable[[str], Wanted], candidates: Iterable[str]
+) -> tuple[dict[str, RouteAdvert], list[str]]:
+    """
+    The advert that brings a neighbour from what it holds (C{mirror}) to
+    what the sender wants it to hold, for the destinations that may have
+    changed; C{mirror} is brought along.
+
+    Destinations go shortest path first, so a parent is settled before the
+    references to it. An entry sent changes the destinations that follow
+    it in the mirror; those are looked at too (the second time a
+    destination is sent it is sent explicitly, so this ends).
+
+    :param wanted: the sender's wish for a destination (see L{Wanted}).
+    :param candidates: the destinations that may differ; the others are
+        taken to agree already.
+    :returns: the entries to send, in order, and the destinations to withdraw.
+    """
+    paths, metrics, servers_held = mirror.paths, mirror.metrics, mirror.servers
+    wants: dict[str, Wanted] = {}
+    heap: list[tuple[int, str]] = []
+    for destination in candidates:
+        want = wanted(destination)
+        if want is None:
+            if destination in mirror:
+                heap.append((0, destination))
+                wants[destination] = want
+            continue
+        path, metric, servers = want
+        held = paths.get(destination)
+        if (
+            (held is path or held == path)
+            and metrics[destination] == metric
+            and servers_held.get(destination, NO_SERVERS) == servers
+        ):
+            continue
+        heap.append((len(path), destination))
+        wants[destination] = want
+    if not heap:
+        return {}, []
+    heapq.heapify(heap)
+    entries: dict[str, RouteAdvert] = {}
+    withdrawn: list[str] = []
+    sent: set[str] = set()
+    while heap:
+        _, destination = heapq.heappop(heap)
+        want = wants[destination] if destination in wants else wanted(destination)
+        changed: set[str] = set()
+        if want is None:
+            if destination not in mirror:
+                continue
+            withdrawn.append(destination)
+            mirror.withdraw(destination, changed)
+        else:
+            path, metric, servers = want
+            held = paths.get(destination)
+            same_route = (held is path or held == path) and metrics[destination] == metric
+            same_servers = servers_held.get(destination, NO_SERVERS) == servers
+            if same_route and same_servers:
+                continue
+            new_servers = None if same_servers else servers
+            if same_route:
+                entry = RouteAdvert(None, new_servers)
+            else:
+                entry = _entry(mirror, path, metric, new_servers, destination not in sent)
+            mirror.take(destination, entry, changed)
+            mirror.share(destination, path)
+            earlier = entries.get(destination)
+            if earlier is not None:
+                # Sent twice: one entry, the latest route and every server change.
+                if entry.path is None and entry.parent is None:
+                    entry = earlier._replace(servers=entry.servers)
+                elif entry.servers is None:
+                    entry = entry._replace(servers=earlier.servers)
+            entries[destination] = entry
+            sent.add(destination)
+        changed.discard(destination)
+        for follower in changed:
+            if follower not in wants:
+                wants[follower] = wanted(follower)
+            follow = wants[follower]
+            heapq.heappush(heap, (0 if follow is None else len(follow[0]), follower))
+    return entries, withdrawn
+
+
+def export(
+    mirror: AdjRib, wanted: Callable[[str], Wanted], destinations: Iterable[str]
+) -> dict[str, RouteAdvert]:
+    """
+    A whole table for a neighbour that holds nothing yet: C{mirror} is
+    cleared and rebuilt to match.
+
+    :returns: the entries, parents before the references to them.
+    """
+    mirror.clear()
+    rows = []
+    for destination in destinations:
+        want = wanted(destination)
+        if want is not None:
+            rows.append((len(want[0]), destination, want))
+    rows.sort(key=lambda row: row[0])
+    entries: dict[str, RouteAdvert] = {}
+    changed: set[str] = set()
+    for _, destination, (path, metric, servers) in rows:
+        entry = _entry(mirror, path, metric, servers or None, True)
+        mirror.take(destination, entry, changed)
+        mirror.share(destination, path)
+        entries[destination] = entry
+    return entries
