@@ -53,7 +53,7 @@ class ExplicitEntryTests(SynchronousTestCase):
         self.assertEqual(rib.get("z"), (("s", "a", "z"), 7))
 
     def test_loops_resolve_to_nothing(self) -> None:
-        """A path through the owner, through the sender again or with a repeat is kept but unused."""
+        """A path through the owner or the sender again, or with a repeat, is kept but unused."""
         rib = receiver()
         rib.apply(
             {
@@ -147,7 +147,7 @@ class ReferenceTests(SynchronousTestCase):
         self.assertEqual(rib.get("d"), (("s", "p", "d"), 2))
 
     def test_reparent(self) -> None:
-        """A reference given a new parent leaves the old one: the old one's changes no longer move it."""
+        """A reference given a new parent no longer moves with the old one."""
         self.rib.apply({"q": RouteAdvert(("q",)), "e": RouteAdvert(None, None, "q")})
         self.assertEqual(self.rib.get("e"), (("s", "q", "e"), 2))
         self.assertEqual(self.rib.apply({"d": RouteAdvert(("x", "d"))}), {"d"})
@@ -297,7 +297,11 @@ def wishes(draw: st.DrawFn) -> dict[str, Wanted]:
                 continue
         hops = draw(st.lists(st.sampled_from(others), max_size=4, unique=True))
         path = (*hops, dest)
-        want[dest] = (path, len(path) + draw(st.integers(0, 3)), draw(st.sampled_from([SVC, OTHER])))
+        want[dest] = (
+            path,
+            len(path) + draw(st.integers(0, 3)),
+            draw(st.sampled_from([SVC, OTHER])),
+        )
     return want
 
 

@@ -229,9 +229,7 @@ class Network:
 
     def entries_sent(self) -> int:
         """:returns: route entries and withdrawals sent so far, all links together."""
-        return sum(
-            len(advert.routes or ()) + len(advert.withdrawn) for _, _, advert in self.sent
-        )
+        return sum(len(advert.routes or ()) + len(advert.withdrawn) for _, _, advert in self.sent)
 
 
 def names(prefix: str, count: int) -> list[str]:
@@ -483,7 +481,7 @@ class LinkLossTests(SynchronousTestCase):
         net.assert_converged()
 
     def test_link_comes_back(self) -> None:
-        """A lost link that opens again (while its loss is still news) restores the shortest paths."""
+        """A lost link that opens again while its loss is news restores the shortest paths."""
         net, (r0, r1, r2, r3, r4) = ring(self, 5)
         net.flood()
         before = {node: net[node].table() for node in (r0, r1, r2, r3, r4)}
@@ -567,7 +565,7 @@ class WithdrawalTests(SynchronousTestCase):
         self.assertEqual(readvertised, [])
 
     def test_stale_paths_hunted_without_the_news(self) -> None:
-        """Without the news of lost links, the same death makes nodes try stale paths (the mutant)."""
+        """Without news of lost links, the same death makes nodes try stale paths."""
         net = self.mesh()
         for router in net.routers.values():
             router.notices_for = lambda peer: ()  # type: ignore[method-assign]
@@ -575,10 +573,7 @@ class WithdrawalTests(SynchronousTestCase):
         net.kill("g11")
         net.flood()
         readvertised = [
-            1
-            for _, _, advert in net.sent[before:]
-            for dest in advert.routes or {}
-            if dest == "g11"
+            1 for _, _, advert in net.sent[before:] for dest in advert.routes or {} if dest == "g11"
         ]
         self.assertGreater(len(readvertised), 0)
         net.assert_converged()
@@ -596,7 +591,7 @@ class WithdrawalTests(SynchronousTestCase):
         self.assertEqual(router.next_hop("x"), "a")
 
     def test_said_again_is_news(self) -> None:
-        """A path given again after the news of a lost link it crosses is used (the link is back)."""
+        """A path given again after news of a lost link it crosses is used (the link is back)."""
         router = Router("me")
         feed(router, "a", {"x": RouteAdvert(("b", "x"))})
         router.take_notices("a", [("b", "x", 5)], now=10.0)
@@ -699,7 +694,9 @@ class AdvertTests(SynchronousTestCase):
         self.assertIsNone(sync.seq)
         assert sync.servers is not None
         self.assertTrue(router.neighbour_servers("orig", sync.servers))
-        self.assertEqual(router.route("orig"), Route("orig", ("orig",), {"calc": ("add", "mul")}, 1))
+        self.assertEqual(
+            router.route("orig"), Route("orig", ("orig",), {"calc": ("add", "mul")}, 1)
+        )
         self.assertEqual(list(router.routes()), ["orig"])
         self.assertFalse(router.advert_from("orig", {"z": RouteAdvert(("z",))}))
         self.assertEqual(list(router.routes()), ["orig"])
@@ -870,3 +867,154 @@ class EventTests(SynchronousTestCase):
         self.assertIsNone(router.route("x"))
         self.assertIsNone(router.next_hop("x"))
         self.assertEqual(via(router, "x"), [])
+
+
+class LatencyTests(SynchronousTestCase):
+    """Routes by metric: slow links cost more; hysteresis keeps routes still."""
+
+    def diamond(self) -> Router:
+        """
+        'me' linked to a and b; a offers z in 2 hops, b in 3 (metric = hops).
+        """
+        router = Router("me")
+        feed(router, "a", {"z": RouteAdvert(("x", "z"))})
+        feed(router, "b", {"z": RouteAdvert(("y", "w", "z"))})
+        return router
+
+    def test_metric_adds_link_cost(self) -> None:
+        """A route's metric is its first link's cost plus what the neighbour said."""
+        router = self.diamond()
+        self.assertEqual(router.route("z"), Route("z", ("a", "x", "z"), NO_SERVERS, 3))
+        router.set_cost("a", 4)
+        self.assertEqual(router.route("a").metric, 4)  # type: ignore[union-attr]
+
+    def test_slow_link_routed_around(self) -> None:
+        """A link that turns slow is left for a path that is clearly faster, though longer."""
+        router = self.diamond()
+        self.assertTrue(router.set_cost("a", 9))
+        self.assertEqual(router.next_hop("z"), "b")
+        self.assertEqual(router.table()["z"]["metric"], 4)
+        self.assertEqual(router.table()["z"]["hops"], 4)
+        self.assertTrue(router.set_cost("a", 1))
+        self.assertEqual(router.next_hop("z"), "a")
+
+    def test_small_gain_ignored(self) -> None:
+        """A candidate less than 10% cheaper with no fewer hops does not move the route."""
+        router = Router("me")
+        feed(router, "a", {"z": RouteAdvert(("x", "z"), None, None, 20)})
+        self.assertEqual(router.route("z").metric, 21)  # type: ignore[union-attr]
+        feed(router, "b", {"z": RouteAdvert(("y", "z"), None, None, 19)})
+        self.assertEqual(router.next_hop("z"), "a")
+        feed(router, "b", {"z": RouteAdvert(("y", "z"), None, None, 17)})
+        self.assertEqual(router.next_hop("z"), "b")
+
+    def test_fewer_hops_wins_at_equal_metric(self) -> None:
+        """A candidate with fewer hops and no higher metric replaces the route in use."""
+        router = Router("me")
+        feed(router, "a", {"z": RouteAdvert(("x", "y", "z"), None, None, 20)})
+        feed(router, "b", {"z": RouteAdvert(("z",), None, None, 20)})
+        self.assertEqual(router.route("z").path, ("b", "z"))  # type: ignore[union-attr]
+
+    def test_choice_depends_on_incumbent_only_within_margin(self) -> None:
+        """Order of arrival decides between routes within the margin, never beyond it."""
+        first = Router("me")
+        feed(first, "a", {"z": RouteAdvert(("x", "z"), None, None, 20)})
+        feed(first, "b", {"z": RouteAdvert(("y", "z"), None, None, 19)})
+        second = Router("me")
+        feed(second, "b", {"z": RouteAdvert(("y", "z"), None, None, 19)})
+        feed(second, "a", {"z": RouteAdvert(("x", "z"), None, None, 20)})
+        self.assertEqual((first.next_hop("z"), second.next_hop("z")), ("a", "b"))
+
+    def test_no_flapping_on_wobbling_costs(self) -> None:
+        """A link cost that wobbles a little never moves the route between two near-equal paths."""
+        router = Router("me")
+        feed(router, "b", {"z": RouteAdvert(("y", "z"), None, None, 19)})
+        feed(router, "c", {"z": RouteAdvert(("x", "z"), None, None, 19)})
+        self.assertEqual(router.next_hop("z"), "b")
+        for cost in [2, 1, 2, 3, 2, 1, 2]:
+            router.set_cost("b", cost)
+            self.assertEqual(router.next_hop("z"), "b", cost)
+        router.set_cost("b", 4)  # 22 against 20: clearly worse
+        self.assertEqual(router.next_hop("z"), "c")
+
+    def test_metric_travels(self) -> None:
+        """A far node's metric includes the slow link two hops away."""
+        net, (a, _b, c, d) = line(self, 4)
+        net.flood()
+        net[c].set_cost(d, 17)
+        net[d].set_cost(c, 17)
+        net.flood()
+        self.assertEqual(net[a].route(d).metric, 19)  # type: ignore[union-attr]
+        self.assertEqual(net[d].route(a).metric, 19)  # type: ignore[union-attr]
+
+
+class BoundTests(SynchronousTestCase):
+    """The table is bounded in total and per neighbour."""
+
+    def test_per_neighbour(self) -> None:
+        """One neighbour's adverts hold at most max_routes destinations; the rest are counted."""
+        router = Router("me", max_routes=3)
+        feed(router, "b", {f"n{i}": RouteAdvert((f"n{i}",)) for i in range(5)})
+        self.assertEqual(router.refused_from("b"), 2)
+        self.assertEqual(len(router.routes()), 3)  # b and two of them
+
+    def test_total(self) -> None:
+        """The whole table holds at most max_routes destinations, and takes more as room frees."""
+        router = Router("me", max_routes=4)
+        feed(router, "b", {"n1": RouteAdvert(("n1",)), "n2": RouteAdvert(("n2",))})
+        feed(router, "c", {"n3": RouteAdvert(("n3",)), "n4": RouteAdvert(("n4",))})
+        self.assertEqual(len(router.routes()), 4)
+        self.assertEqual(router.refused, 2)
+        self.assertIn(router.route("n3"), [None])
+        router.link_down("b")
+        self.assertEqual(set(router.routes()), {"c", "n3", "n4"})
+
+
+class AcceptPathTests(SynchronousTestCase):
+    """The pluggable test of learned paths (for PKI mode)."""
+
+    def test_consulted_with_neighbour_and_path(self) -> None:
+        """Every path considered is shown, whole from this node, with its advertiser."""
+        seen: list[tuple[str, tuple[str, ...]]] = []
+
+        def accept(neighbour: str, path: tuple[str, ...]) -> bool:
+            seen.append((neighbour, path))
+            return True
+
+        router = Router("me", accept)
+        feed(router, "a", {"z": RouteAdvert(("x", "z"))})
+        feed(router, "b", {"z": RouteAdvert(("y", "z"))})
+        self.assertIn(("a", ("a", "x", "z")), seen)
+        self.assertIn(("b", ("b", "y", "z")), seen)
+        self.assertEqual(router.next_hop("z"), "a")
+
+    def test_refused_path_unused(self) -> None:
+        """A path the test refuses is not used; reconsider applies a change of its mind."""
+        refused = {("a", "x")}
+
+        def accept(neighbour: str, path: tuple[str, ...]) -> bool:
+            return not any((p, q) in refused for p, q in pairwise(path))
+
+        router = Router("me", accept)
+        feed(router, "a", {"z": RouteAdvert(("x", "z"))})
+        feed(router, "b", {"z": RouteAdvert(("y", "w", "z"))})
+        self.assertEqual(router.next_hop("z"), "b")
+        refused.clear()
+        self.assertTrue(router.reconsider())
+        self.assertEqual(router.next_hop("z"), "a")
+        refused.add(("b", "y"))
+        refused.add(("a", "x"))
+        self.assertTrue(router.reconsider(["z"]))
+        self.assertIsNone(router.route("z"))
+
+
+class HopBudgetTests(SynchronousTestCase):
+    """The TTL of messages between relaytx nodes."""
+
+    def test_budget(self) -> None:
+        """The budget covers the route plus a margin, at least the default, at most MAX_HOPS."""
+        self.assertEqual(hop_budget(1), DEFAULT_TTL)
+        self.assertEqual(hop_budget(DEFAULT_TTL - HOP_MARGIN), DEFAULT_TTL)
+        self.assertEqual(hop_budget(12), 12 + HOP_MARGIN)
+        self.assertEqual(hop_budget(MAX_HOPS - 1), MAX_HOPS)
+        self.assertEqual(hop_budget(MAX_HOPS), MAX_HOPS)
