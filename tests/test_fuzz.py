@@ -131,15 +131,33 @@ server_tables = st.dictionaries(
 
 @st.composite
 def route_tables(draw: st.DrawFn) -> dict[str, Any]:
-    """:returns: a C{routes} table whose paths mostly end at their destination."""
+    """:returns: a C{routes} table whose entries are mostly well formed."""
     table: dict[str, Any] = {}
     for dest in draw(st.lists(st.sampled_from(NODE_IDS), max_size=3, unique=True)):
         path = [*draw(st.lists(st.sampled_from(NODE_IDS), max_size=2)), dest]
-        advert = {"path": draw(maybe(st.just(path) | st.lists(st.sampled_from(NODE_IDS))))}
+        entry: dict[str, Any] = {}
         if draw(st.booleans()):
-            advert["servers"] = draw(maybe(server_tables))
-        table[dest] = draw(maybe(st.just(advert)))
+            entry["path"] = draw(maybe(st.just(path) | st.lists(st.sampled_from(NODE_IDS))))
+            if draw(st.booleans()):
+                entry["m"] = draw(maybe(st.integers(-1, 5) | st.booleans()))
+        elif draw(st.booleans()):
+            entry["p"] = draw(maybe(st.sampled_from([*NODE_IDS, "bad id"])))
+            if draw(st.booleans()):
+                entry["c"] = draw(maybe(st.integers(-1, 5)))
+        if draw(st.booleans()):
+            entry["s"] = draw(
+                maybe(st.dictionaries(st.text(max_size=4), maybe(st.lists(st.text(max_size=3)))))
+            )
+        table[dest] = draw(maybe(st.just(entry)))
     return table
+
+
+link_news = st.lists(
+    maybe(
+        st.tuples(st.sampled_from(NODE_IDS), st.sampled_from(NODE_IDS), st.integers(0, 9)).map(list)
+    ),
+    max_size=2,
+)
 
 
 def envelope_dicts(data: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
@@ -179,7 +197,20 @@ PAYLOAD_DATA: dict[str, st.SearchStrategy[dict[str, Any]]] = {
             "error_data": maybe(st.dictionaries(st.text(max_size=5), json_values, max_size=3)),
         },
     ),
-    "registry_sync": fields({}, {"servers": maybe(server_tables), "routes": maybe(route_tables())}),
+    "registry_sync": fields(
+        {},
+        {
+            "servers": maybe(server_tables),
+            "routes": maybe(route_tables()),
+            "seq": maybe(st.integers(-1, 5)),
+            "full": maybe(st.booleans()),
+            "more": maybe(st.booleans()),
+            "resync": maybe(st.booleans()),
+            "withdraw": maybe(st.lists(maybe(st.sampled_from(NODE_IDS)), max_size=2)),
+            "down": maybe(link_news),
+            "up": maybe(link_news),
+        },
+    ),
 }
 PAYLOAD_DATA["route_message"] = fields(
     {
@@ -212,8 +243,25 @@ def route_adverts(draw: st.DrawFn) -> dict[str, RouteAdvert]:
     routes = {}
     for dest in draw(st.lists(st.sampled_from(["hC", "hD", "hE"]), max_size=3, unique=True)):
         hops = draw(st.lists(st.sampled_from(["hA", "hB", "hF"]), max_size=2))
-        routes[dest] = RouteAdvert((*hops, dest), draw(servers))
+        kind = draw(st.sampled_from(["path", "parent", "servers"]))
+        server_list = draw(st.none() | servers)
+        if kind == "path":
+            metric = draw(st.none() | st.integers(0, 99))
+            routes[dest] = RouteAdvert((*hops, dest), server_list, None, metric)
+        elif kind == "parent":
+            metric = draw(st.none() | st.integers(0, 99))
+            routes[dest] = RouteAdvert(
+                None, server_list, draw(st.sampled_from(["hA", "hB"])), metric
+            )
+        else:
+            routes[dest] = RouteAdvert(None, server_list)
     return routes
+
+
+links = st.lists(
+    st.tuples(st.sampled_from(["hA", "hB"]), st.sampled_from(["hC", "hD"]), st.integers(0, 99)),
+    max_size=2,
+).map(tuple)
 
 
 call_specs = st.builds(
@@ -246,7 +294,18 @@ simple_payloads = st.one_of(
     st.builds(ServerCall, call=call_specs, response_id=st.none() | texts),
     ok_responses,
     error_responses,
-    st.builds(RegistrySync, servers=servers, routes=st.none() | route_adverts()),
+    st.builds(
+        RegistrySync,
+        servers=st.none() | servers,
+        routes=st.none() | route_adverts(),
+        withdrawn=st.lists(st.sampled_from(["hX", "hY"]), max_size=2).map(tuple),
+        seq=st.none() | st.integers(0, 99),
+        full=st.booleans(),
+        more=st.booleans(),
+        resync=st.booleans(),
+        down=links,
+        up=links,
+    ),
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
+import attrs
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -25,10 +26,12 @@ from relaytx import (
 from relaytx._adverts import SYNC_DELAY
 from relaytx._calls import PendingCalls
 from relaytx._links import HEALTHY_LINK_HERE, LinkRefused
+from relaytx._routing import HOP_MARGIN, MAX_HOPS, hop_budget
 from relaytx.node import RelayNode
 from relaytx.peer import CLOSE_NORMAL, CLOSE_REPLACED
 from relaytx.testing import MemoryMesh, line, link_nodes, memory_node
 from relaytx.wire import (
+    DEFAULT_TTL,
     CallSpec,
     Envelope,
     RouteMessage,
@@ -526,25 +529,77 @@ class CallTests(MeshTestCase):
         self.assertEqual(len(link.sent_by(b, "server_response")), 1)
         self.assertEqual(dropped(b, "duplicate"), 1)
 
-    def test_ttl_exceeded(self) -> None:
-        """A call that would need more hops than its TTL fails with -32002; one within it works."""
-        nodes = self.line(string.ascii_lowercase[:12])
-        a, k, l_ = nodes[0], nodes[10], nodes[11]
-        counters = {node.node_id: Counter() for node in (k, l_)}
-        for node in (k, l_):
-            node.expose("counter", counters[node.node_id])
+    def test_hop_budget_covers_the_route(self) -> None:
+        """
+        A call along a route longer than the original design's TTL of 10
+        succeeds: between relaytx nodes its TTL is the route's hops plus a
+        margin, and so is its answer's.
+        """
+        nodes = self.line(string.ascii_lowercase[:13])
+        a, m = nodes[0], nodes[12]
+        counter = Counter()
+        m.expose("counter", counter)
         self.network.settle()
-        self.assertEqual(a.views.routes()["l"]["hops"], 11)
-        near = a.call("k", "counter", "increment")
+        self.assertEqual(a.views.routes()["m"]["hops"], 12)
+        far = a.call("m", "counter", "increment")
         self.network.pump()
-        self.assertEqual(self.successResultOf(near), 1)
-        far = a.call("l", "counter", "increment")
+        self.assertEqual(self.successResultOf(far), 1)
+        [call] = self.network.link_between(a, nodes[1]).sent_by(a, "server_call")
+        self.assertEqual(call.ttl, hop_budget(12))
+        [answer] = self.network.link_between(nodes[11], m).sent_by(m, "server_response")
+        self.assertEqual(answer.ttl, hop_budget(12))
+        near = a.call("c", "node", "ping")
         self.network.pump()
-        error = self.failureResultOf(far, NodeUnreachable).value
-        self.assertIn("TTL", error.message)
-        self.assertEqual(error.data["node_id"], "k")
-        self.assertEqual(dropped(k, "ttl_exceeded"), 1)
-        self.assertEqual(counters["l"].count, 0)
+        self.successResultOf(near)
+        [call] = [
+            c
+            for c in self.network.link_between(a, nodes[1]).sent_by(a, "server_call")
+            if c.to == "c"
+        ]
+        self.assertEqual(call.ttl, DEFAULT_TTL)
+
+    def test_default_ttl_towards_original_nodes(self) -> None:
+        """A message whose next hop does not route (as an original node) keeps the TTL of 10."""
+        a, c = self.nodes("ac")
+        b = memory_node("b", self.clock, disable_registry=True)
+        line([a, b, c], self.network)
+        self.network.settle()
+        d = a.call("b", "node", "ping")
+        self.network.pump()
+        self.successResultOf(d)
+        [call] = self.network.link_between(a, b).sent_by(a, "server_call")
+        self.assertEqual(call.ttl, DEFAULT_TTL)
+
+    def test_spent_budget_renewed(self) -> None:
+        """A call whose TTL runs out where a route still goes on through routers is passed on."""
+        a, b, c, d = self.line("abcd")
+        counter = Counter()
+        d.expose("counter", counter)
+        self.network.settle()
+        call = ServerCall(CallSpec("counter", "increment", timeout=5), "r-spent")
+        spent = attrs.evolve(Envelope.create(call, "a", "d", 0), ttl=1)
+        self.network.link_between(a, b).session_of(b).data_received(encode(spent))
+        self.network.pump()
+        self.assertEqual(counter.count, 1)
+        [passed] = self.network.link_between(b, c).sent_by(b, "server_call")
+        self.assertEqual(passed.ttl, 2 + HOP_MARGIN)
+        self.assertEqual(dropped(b, "ttl_exceeded"), 0)
+
+    def test_sixty_four_hops_at_most(self) -> None:
+        """A call that has made 63 hops and needs two more is dropped: TTL exceeded."""
+        a, b, _c, d = self.line("abcd")
+        counter = Counter()
+        d.expose("counter", counter)
+        self.network.settle()
+        call = ServerCall(CallSpec("counter", "increment", timeout=5), "r-far")
+        history = tuple(f"x{i}" for i in range(MAX_HOPS - 2))
+        envelope = Envelope(
+            "server_call", "x0", "d", call.to_data(), "far-1", None, (*history, "a"), 1
+        )
+        self.network.link_between(a, b).session_of(b).data_received(encode(envelope))
+        self.network.pump()
+        self.assertEqual(counter.count, 0)
+        self.assertEqual(dropped(b, "ttl_exceeded"), 1)
 
     def test_loop_dropped(self) -> None:
         """A message whose route already holds the forwarder is dropped and counted."""

@@ -76,17 +76,21 @@ class SizeLimitTests(SynchronousTestCase):
 
 
 class AdvertLimitTests(SynchronousTestCase):
-    """A neighbour cannot flood the table with routes."""
+    """A neighbour cannot flood the table with routes, nor the table grow without bound."""
 
-    def test_too_many_routes_ignored(self) -> None:
-        """An advert over limits.max_routes is dropped, counted, and changes nothing."""
+    def advertise(self, node: Any, peer: str, routes: dict[str, RouteAdvert]) -> None:
+        """Give C{node} an advert of C{routes} from its neighbour C{peer}, numbered in turn."""
+        session = node.mesh.links[peer]
+        seq = node.mesh.adverts._state[peer].expect
+        sync = RegistrySync(None, routes, seq=seq)
+        node.mesh.receive(Envelope.create(sync, peer, node.node_id, 0.0), session)
+
+    def test_too_many_routes_from_one_neighbour(self) -> None:
+        """Past max_routes from one neighbour, the rest is ignored, counted and logged once."""
         a, _, _ = pair(limits={"max_routes": 5})
-        session = a.mesh.links["b"]
-        routes = {f"n{i}": RouteAdvert((f"n{i}",)) for i in range(6)}
-        advert = Envelope.create(RegistrySync({}, routes), "b", "a", 0.0)
-        before = dict(a.mesh.router.routes())
-        a.mesh.receive(advert, session)
-        self.assertEqual(dict(a.mesh.router.routes()), before)
+        self.advertise(a, "b", {f"n{i}": RouteAdvert((f"n{i}",)) for i in range(7)})
+        self.advertise(a, "b", {f"m{i}": RouteAdvert((f"m{i}",)) for i in range(2)})
+        self.assertEqual(len(a.mesh.router.routes()), 5)
         dropped = a.metrics.registry.get_sample_value(
             "relaytx_messages_dropped_total", {"reason": "too_many_routes"}
         )
@@ -95,10 +99,22 @@ class AdvertLimitTests(SynchronousTestCase):
     def test_routes_within_limit_taken(self) -> None:
         """An advert within the limit is used."""
         a, _, _ = pair(limits={"max_routes": 5})
-        session = a.mesh.links["b"]
-        routes = {"far": RouteAdvert(("far",), {"svc": ("m",)})}
-        a.mesh.receive(Envelope.create(RegistrySync({}, routes), "b", "a", 0.0), session)
+        self.advertise(a, "b", {"far": RouteAdvert(("far",), {"svc": ("m",)})})
         self.assertEqual(a.views.routes()["far"]["hops"], 2)
+
+    def test_table_bounded_in_total(self) -> None:
+        """The table holds at most limits.max_routes destinations, whoever offers them."""
+        reactor = MemoryReactorClock()
+        a = memory_node("a", reactor, limits={"max_routes": 4})
+        b, c = (memory_node(n, reactor) for n in "bc")
+        network = MemoryMesh()
+        network.link(a, b)
+        network.link(a, c)
+        network.settle()
+        self.advertise(a, "b", {"n1": RouteAdvert(("n1",)), "n2": RouteAdvert(("n2",))})
+        self.advertise(a, "c", {"n3": RouteAdvert(("n3",)), "n4": RouteAdvert(("n4",))})
+        self.assertEqual(len(a.views.routes()), 4)
+        self.assertEqual(a.mesh.router.refused, 2)
 
 
 class ForgedAnswerTests(SynchronousTestCase):

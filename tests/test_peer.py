@@ -274,8 +274,10 @@ class LivenessTests(SessionTestCase):
 
     def test_silent_peer_dropped(self) -> None:
         """A neighbour silent for three intervals is aborted, unlinked and unrouted."""
-        advert = RegistrySync(servers={}, routes={"hZ": RouteAdvert(("hZ",), {"z": ("m",)})})
-        self.receive(encode(Envelope.create(advert, "hA", "hB", self.clock.seconds())))
+        hello = RegistrySync(servers={}, seq=1)
+        advert = RegistrySync(routes={"hZ": RouteAdvert(("hZ",), {"z": ("m",)})}, seq=2)
+        for sync in (hello, advert):
+            self.receive(encode(Envelope.create(sync, "hA", "hB", self.clock.seconds())))
         self.assertEqual(self.node.views.routes()["hZ"]["next_hop"], "hA")
         self.clock.advance(5.9)
         self.assertFalse(self.transport.aborted)

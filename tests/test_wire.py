@@ -858,49 +858,96 @@ class MalformedPayloadTests(SynchronousTestCase):
                 self.assertBadPayload("registry_sync", data, "bad_field", word)
 
     def test_registry_sync_routes(self) -> None:
-        """Ill-shaped route adverts are refused."""
+        """Ill-shaped route entries, withdrawals, numbers and link news are refused."""
+        long_path = [f"n{i}" for i in range(64)] + ["n3"]
         cases: list[tuple[Any, str, str]] = [
-            ([], "bad_field", "'routes'"),
-            ({"n3": ["n2", "n3"]}, "bad_field", "'n3'"),
-            ({"n3": {}}, "missing_field", "'path'"),
-            ({"n3": {"path": "n3"}}, "bad_field", "'path'"),
-            ({"n3": {"path": [2]}}, "bad_field", "'path'"),
-            ({"n3": {"path": []}}, "bad_field", "'n3'"),
-            ({"n3": {"path": ["n3", "n2"]}}, "bad_field", "'n3'"),
-            ({"n3": {"path": ["n3"], "servers": []}}, "bad_field", "'servers'"),
+            ({"routes": []}, "bad_field", "'routes'"),
+            ({"routes": {"n3": ["n2", "n3"]}}, "bad_field", "'n3'"),
+            ({"routes": {"n3": {"path": "n3"}}}, "bad_field", "'n3'"),
+            ({"routes": {"n3": {"path": [2]}}}, "bad_field", "not a node id"),
+            ({"routes": {"n3": {"path": []}}}, "bad_field", "'n3'"),
+            ({"routes": {"n3": {"path": ["n3", "n2"]}}}, "bad_field", "'n3'"),
+            ({"routes": {"n3": {"path": ["n2 x", "n3"]}}}, "bad_field", "not a node id"),
+            ({"routes": {"bad id": {"path": ["bad id"]}}}, "bad_field", "not a node id"),
+            ({"routes": {"n3": {"path": long_path}}}, "bad_field", "'n3'"),
+            ({"routes": {"n3": {"path": ["n3"], "s": []}}}, "bad_field", "'s'"),
+            ({"routes": {"n3": {"path": ["n3"], "s": {"svc": "m"}}}}, "bad_field", "'svc'"),
+            ({"routes": {"n3": {"path": ["n3"], "m": -1}}}, "bad_field", "metric"),
+            ({"routes": {"n3": {"path": ["n3"], "m": True}}}, "bad_field", "metric"),
+            ({"routes": {"n3": {"p": 5}}}, "bad_field", "not a node id"),
+            ({"routes": {"n3": {"p": "n3"}}}, "bad_field", "own parent"),
+            ({"routes": {"n3": {"p": "n2", "c": 1.5}}}, "bad_field", "metric"),
+            ({"withdraw": "n3"}, "bad_field", "'withdraw'"),
+            ({"withdraw": ["n3", 4]}, "bad_field", "not a node id"),
+            ({"seq": -1}, "bad_field", "seq"),
+            ({"seq": "1"}, "bad_field", "'seq'"),
+            ({"full": 1}, "bad_field", "'full'"),
+            ({"down": [["a", "b"]]}, "bad_field", "down"),
+            ({"down": [["a", "b", "1"]]}, "bad_field", "down"),
+            ({"up": [["a", "b c", 1]]}, "bad_field", "not a node id"),
         ]
-        for routes, reason, word in cases:
-            with self.subTest(routes=routes):
-                self.assertBadPayload(
-                    "registry_sync", {"servers": {}, "routes": routes}, reason, word
-                )
+        for data, reason, word in cases:
+            with self.subTest(data=data):
+                self.assertBadPayload("registry_sync", data, reason, word)
 
     def test_registry_sync_defaults(self) -> None:
-        """An empty registry_sync has no servers, and methods default to none."""
-        self.assertEqual(typed("registry_sync", {}), RegistrySync({}, None))
+        """An empty registry_sync says nothing: no servers, no number; methods default to none."""
+        empty = typed("registry_sync", {})
+        self.assertEqual(empty, RegistrySync())
+        self.assertIsNone(empty.servers)
+        self.assertFalse(empty.routes_sync)
         self.assertEqual(
-            typed("registry_sync", {"servers": {"svc": {}}}), RegistrySync({"svc": ()}, None)
+            typed("registry_sync", {"servers": {"svc": {}}}), RegistrySync({"svc": ()})
         )
 
     def test_registry_sync_with_routes(self) -> None:
-        """Route adverts give the path to each destination and its servers."""
+        """Entries give a path, or a parent, with metric and servers; and the rest of an advert."""
         payload = typed(
             "registry_sync",
             {
                 "servers": {"a": {"methods": ["x", "y"]}},
+                "seq": 4,
+                "full": True,
+                "more": True,
+                "resync": True,
                 "routes": {
                     "n2": {"path": ["n2"]},
-                    "n3": {"path": ["n2", "n3"], "servers": {"c": {"methods": ["z"]}}},
+                    "n3": {"path": ["n2", "n3"], "m": 9, "s": {"c": ["z"]}},
+                    "n4": {"p": "n3", "c": 2},
+                    "n5": {"s": {}},
                 },
+                "withdraw": ["n6"],
+                "down": [["n7", "n8", 12]],
+                "up": [["n9", "n7", 13]],
             },
         )
         self.assertEqual(
             payload,
             RegistrySync(
                 {"a": ("x", "y")},
-                {"n2": RouteAdvert(("n2",)), "n3": RouteAdvert(("n2", "n3"), {"c": ("z",)})},
+                {
+                    "n2": RouteAdvert(("n2",)),
+                    "n3": RouteAdvert(("n2", "n3"), {"c": ("z",)}, None, 9),
+                    "n4": RouteAdvert(None, None, "n3", 2),
+                    "n5": RouteAdvert(None, {}),
+                },
+                ("n6",),
+                4,
+                True,
+                True,
+                True,
+                (("n7", "n8", 12),),
+                (("n9", "n7", 13),),
             ),
         )
+        self.assertTrue(payload.routes_sync)
+
+    def test_node_ids_kept_once(self) -> None:
+        """The node ids of adverts are one string object each, shared by every advert."""
+        first = typed("registry_sync", {"routes": {"far1": {"path": ["hop1", "far1"]}}})
+        second = typed("registry_sync", {"routes": {"far2": {"path": ["hop1", "far2"]}}})
+        assert first.routes is not None and second.routes is not None
+        self.assertIs(first.routes["far1"].path[0], second.routes["far2"].path[0])  # type: ignore[index]
 
     def test_route_message(self) -> None:
         """A route_message without a valid nested envelope is refused."""
@@ -959,6 +1006,17 @@ class PayloadEncodingTests(SynchronousTestCase):
             ServerResponse(None, True),
             RegistrySync({"svc": ("m", "n")}),
             RegistrySync({}, {"n3": RouteAdvert(("n2", "n3"), {"c": ("z",)})}),
+            RegistrySync(
+                None,
+                {"n4": RouteAdvert(None, None, "n3", 3), "n5": RouteAdvert(None, {"s": ("m",)})},
+                ("n6",),
+                7,
+                True,
+                True,
+                True,
+                (("n1", "n2", 5),),
+                (("n1", "n2", 6),),
+            ),
             RouteMessage(Envelope.create(Ping(3), "a", "c", now=0)),
         ]
         for payload in payloads:
@@ -1026,13 +1084,36 @@ class PayloadEncodingTests(SynchronousTestCase):
         self.assertEqual(ours.to_data(), json.loads(RESPONSE_PY_R1)["data"])
 
     def test_registry_sync_shape(self) -> None:
-        """A registry_sync writes the original's server table, and routes only when routing."""
+        """
+        A registry_sync writes the original's server table; the rest only
+        when it says something, with default metrics left out.
+        """
         self.assertEqual(
             RegistrySync({"svc": ("m",)}).to_data(), json.loads(REGISTRY_SYNC_PY1)["data"]
         )
+        self.assertEqual(RegistrySync({"svc": ("m",)}, seq=1).to_data()["seq"], 1)
         self.assertEqual(
-            RegistrySync({}, {"n3": RouteAdvert(("n2", "n3"))}).to_data(),
-            {"servers": {}, "routes": {"n3": {"path": ["n2", "n3"], "servers": {}}}},
+            RegistrySync(
+                None,
+                {
+                    "n3": RouteAdvert(("n2", "n3"), None, None, 2),
+                    "n4": RouteAdvert(None, None, "n3", 1),
+                    "n5": RouteAdvert(None, None, "n3", 4),
+                    "n6": RouteAdvert(("n6",), {"s": ("a",)}, None, 3),
+                },
+                ("n7",),
+                5,
+            ).to_data(),
+            {
+                "seq": 5,
+                "routes": {
+                    "n3": {"path": ["n2", "n3"]},
+                    "n4": {"p": "n3"},
+                    "n5": {"p": "n3", "c": 4},
+                    "n6": {"path": ["n6"], "m": 3, "s": {"s": ["a"]}},
+                },
+                "withdraw": ["n7"],
+            },
         )
 
     def test_route_message_shape(self) -> None:
