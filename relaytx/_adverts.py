@@ -209,7 +209,7 @@ class Advertiser:
         self._call = None
         now = self._clock.seconds()
         router = self._router
-        if router.notices and router.expire_notices(now):
+        if router.expire_notices(now):
             self._on_change()
         ready, release = router.ready(now)
         state = self._state
@@ -238,7 +238,7 @@ class Advertiser:
             if state.resync_wanted and state.resync_asked is not None:
                 due.append(state.resync_asked + RESYNC_RETRY)
         if due:
-            self.schedule(peers=(), delay=max(0.0, min(due) - now))
+            self.schedule(peers=(), delay=max(0.001, min(due) - now))
 
     def _send_to(
         self,

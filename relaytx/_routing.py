@@ -504,7 +504,7 @@ class Router:
         readvertised = self._readvertised
         for destination in self.rerouted:
             last = readvertised.get(destination)
-            if last is not None and now - last < MRAI:
+            if last is not None and last + MRAI > now:
                 ready.discard(destination)
                 if release is None or last + MRAI < release:
                     release = last + MRAI
@@ -534,7 +534,7 @@ class Router:
         """
         readvertised = self._readvertised
         if now is not None and readvertised:
-            for destination in [d for d, at in readvertised.items() if now - at >= MRAI]:
+            for destination in [d for d, at in readvertised.items() if at + MRAI <= now]:
                 del readvertised[destination]
         for destination in destinations:
             self.dirty.discard(destination)
