@@ -1230,15 +1230,20 @@ async def _mesh(
             and all(s.healthy for s in node.mesh.links.values())
         )
 
+    dead: set[int] = set()
+
     def routes_ok() -> tuple[int, str]:
-        good = 0
+        good = len(dead)
         first_bad = ""
         for i, node in enumerate(nodes):
+            if i in dead:
+                continue
             dist = dists[i]
             table = node.mesh.router.routes()
             bad = ""
-            if len(table) != n - 1:
-                bad = f"{ids[i]} knows {len(table)}/{n - 1} nodes"
+            reachable = sum(1 for d in dist if d > 0)
+            if len(table) != reachable:
+                bad = f"{ids[i]} knows {len(table)}/{reachable} nodes"
             else:
                 for dest, route in table.items():
                     j = index.get(dest)
@@ -1368,9 +1373,66 @@ async def _mesh(
         )
     result["cuts"] = cuts
 
+    # Steady state, and what routing keeps per node.
+    from _mesh_worker import routing_state
+
+    f0, b0 = counter.snapshot()
+    cpu0 = sum(os.times()[:2])
+    t_steady = time.monotonic()
+    await sleep(args.window_apart)
+    window = time.monotonic() - t_steady
+    f1, b1 = counter.snapshot()
+    sizes = [routing_state(node) for node in nodes]
+    result.update(
+        steady_window_s=window,
+        steady_sync_bytes_per_s=(b1 - b0) / window,
+        steady_cpu_per_node_pct=100 * (sum(os.times()[:2]) - cpu0) / window / n,
+        routing_state_per_node_kib=sum(sizes) / n / 1024,
+        routing_state_max_kib=max(sizes) / 1024,
+    )
+
+    # A node dies (its connections drop, no close handshake): the best
+    # connected one whose loss leaves the mesh in one piece.
+    order = sorted(range(n), key=lambda i: -len(adj[i]))
+    victim = next(i for i in order if connected_without(adj, {i}))
+    dead.add(victim)
+    degree = len(adj[victim])
+    for j in list(adj[victim]):
+        adj[j].discard(victim)
+    adj[victim] = set()
+    dists = [bfs(adj, i) for i in range(n)]
+    f0, b0 = counter.snapshot()
+    for session in list(nodes[victim].mesh.links.values()):
+        if session.transport is not None:
+            session.transport.abort()
+    nodes[victim].stopService()
+    holders = [node for i, node in enumerate(nodes) if i not in dead]
+
+    def forgotten() -> tuple[bool, str]:
+        left = sum(1 for node in holders if node.mesh.router.route(ids[victim]) is not None)
+        return left == 0, f"{left} nodes still route to {ids[victim]}"
+
+    dropped_s = await until(forgotten, f"{ids[victim]} killed", args.timeout)
+    reconv_s = await until(all_routes, f"re-convergence after {ids[victim]} died", args.timeout)
+    await quiet(time.monotonic())
+    f1, b1 = counter.snapshot()
+    result["death"] = {
+        "node": ids[victim],
+        "degree": degree,
+        "dropped_everywhere_s": dropped_s,
+        "reconverged_s": reconv_s + dropped_s,
+        "sync_frames": f1 - f0,
+        "sync_bytes": b1 - b0,
+    }
+    # The call below goes between nodes still alive.
+    dists = [d if i not in dead else [0] * n for i, d in enumerate(dists)]
+
     # One call across the mesh, between the two ends of its diameter.
-    far_src = max(range(n), key=lambda i: max(dists[i]))
-    far_dst = max(range(n), key=lambda j: dists[far_src][j])
+    far_src = max((i for i in range(n) if i not in dead), key=lambda i: max(dists[i]))
+    far_dst = max(
+        (j for j in range(n) if j not in dead and dists[far_src][j] >= 0),
+        key=lambda j: dists[far_src][j],
+    )
     call_started = time.monotonic()
     try:
         answer = await nodes[far_src].call(ids[far_dst], "node", "ping", timeout=10)
@@ -1431,6 +1493,597 @@ def mesh_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{cut['sync_bytes'] / kib:,.0f} KiB; CPU {cut['cpu_s']:.2f} s",
             ),
         ]
+    if "death" in r:
+        death = r["death"]
+        rows += [
+            (
+                "steady state: registry_sync",
+                fmt(r["steady_sync_bytes_per_s"], ".1f", " B/s"),
+                f"over {r['steady_window_s']:.0f} s; CPU {r['steady_cpu_per_node_pct']:.2f} %/node",
+            ),
+            (
+                "routing state per node",
+                fmt(r["routing_state_per_node_kib"], ",.0f", " KiB"),
+                f"max {r['routing_state_max_kib']:,.0f} KiB",
+            ),
+            (
+                f"{death['node']} (degree {death['degree']}) killed: dropped everywhere",
+                fmt(death["dropped_everywhere_s"], ".3f", " s"),
+                f"re-converged {death['reconverged_s']:.3f} s,"
+                f" {death['sync_frames']:,} frames, {death['sync_bytes'] / kib:,.0f} KiB",
+            ),
+        ]
+    call = r["far_call"]
+    rows.append(
+        (
+            f"call {call['from']}->{call['to']} ({call['hops']} hops)",
+            fmt(call["ms"], ".1f", " ms"),
+            "ok" if call["ok"] else f"FAILED: {call['error']}",
+        )
+    )
+    return rows
+
+
+# --------------------------------------------------------------------------
+# Scenario 3: the mesh across processes (worker slices, or one process a node).
+
+WORKER = os.path.join(HERE, "_mesh_worker.py")
+
+
+def connected_without(adj: list[set[int]], gone: set[int]) -> bool:
+    """:returns: whether the nodes not in C{gone} still form one connected mesh."""
+    alive = [i for i in range(len(adj)) if i not in gone]
+    seen = {alive[0]}
+    frontier = [alive[0]]
+    while frontier:
+        u = frontier.pop()
+        for v in adj[u]:
+            if v not in seen and v not in gone:
+                seen.add(v)
+                frontier.append(v)
+    return len(seen) == len(alive)
+
+
+class WorkerBackend:
+    """The mesh's nodes in C{procs} worker processes (benchmarks/_mesh_worker.py)."""
+
+    name = "worker processes"
+
+    def __init__(self, args: argparse.Namespace, children: Children, ids: list[str]) -> None:
+        self.args = args
+        self.children = children
+        self.ids = ids
+        self.tmp = tempfile.mkdtemp(prefix="relaytx-scale-workers-")
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.events: list[queue.Queue[dict[str, Any]]] = []
+        self.home: dict[str, int] = {}
+        self.ports: dict[str, int] = {}
+
+    def _spawn(self) -> None:
+        for k in range(self.args.procs):
+            proc = self.children.start(
+                [sys.executable, WORKER, os.path.join(self.tmp, f"worker-{k}.log")],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=open(os.path.join(self.tmp, f"worker-{k}.err"), "wb"),
+            )
+            events: queue.Queue[dict[str, Any]] = queue.Queue()
+            threading.Thread(target=self._read, args=(proc, events), daemon=True).start()
+            self.procs.append(proc)
+            self.events.append(events)
+        for k in range(len(self.procs)):
+            self._wait(k, "ready", 30)
+
+    def _read(self, proc: subprocess.Popen[bytes], events: queue.Queue[dict[str, Any]]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with contextlib.suppress(ValueError):
+                events.put(json.loads(line))
+        events.put({"event": "exit"})
+
+    def _send(self, k: int, **msg: Any) -> None:
+        proc = self.procs[k]
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(msg).encode() + b"\n")
+        proc.stdin.flush()
+
+    def _wait(self, k: int, kind: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"worker {k} sent no {kind!r} within {timeout:g}s")
+            try:
+                event = self.events[k].get(timeout=left)
+            except queue.Empty:
+                continue
+            if event.get("event") == kind:
+                return event
+            if event.get("event") == "exit":
+                with open(os.path.join(self.tmp, f"worker-{k}.err"), errors="replace") as f:
+                    raise RuntimeError(f"worker {k} exited: {f.read()[-2000:]}")
+
+    def _all(self, kind: str, timeout: float = 60, **msg: Any) -> list[dict[str, Any]]:
+        for k in range(len(self.procs)):
+            self._send(k, **msg)
+        return [self._wait(k, kind, timeout) for k in range(len(self.procs))]
+
+    def start(self) -> None:
+        self._spawn()
+        slices: list[list[list[Any]]] = [[] for _ in self.procs]
+        for i, node_id in enumerate(self.ids):
+            k = i % len(self.procs)
+            self.home[node_id] = k
+            self.ports[node_id] = free_port()
+            slices[k].append([node_id, self.ports[node_id]])
+        for k, nodes in enumerate(slices):
+            self._send(k, cmd="start", nodes=nodes, ping_interval=self.args.ping_interval)
+        for k in range(len(self.procs)):
+            self._wait(k, "started", 120)
+
+    def dial(self, edges: list[tuple[str, str]]) -> None:
+        per: list[list[list[Any]]] = [[] for _ in self.procs]
+        for a, b in edges:
+            per[self.home[a]].append([a, b, self.ports[b]])
+        for k, batch in enumerate(per):
+            self._send(k, cmd="dial", edges=batch)
+
+    def graph(self, adj: dict[str, list[str]], dead: list[str]) -> None:
+        self._all("graph", cmd="graph", adj=adj, dead=dead)
+
+    def status(self) -> dict[str, Any]:
+        parts = self._all("status", cmd="status")
+        dropped: dict[str, Any] = {}
+        for part in parts:
+            for target, at in part["dropped"].items():
+                if target in dropped and (dropped[target] is None or at is None):
+                    dropped[target] = None
+                else:
+                    dropped[target] = max(at, dropped.get(target) or 0.0) if at else None
+        return {
+            "converged": sum(p["converged"] for p in parts),
+            "nodes": sum(p["nodes"] for p in parts),
+            "bad": next((p["bad"] for p in parts if p["bad"]), ""),
+            "changed_at": max(p["changed_at"] for p in parts),
+            "sync_frames": sum(p["sync_frames"] for p in parts),
+            "sync_bytes": sum(p["sync_bytes"] for p in parts),
+            "cpu": sum(p["cpu"] for p in parts),
+            "dropped": dropped,
+        }
+
+    def cut(self, a: str, b: str) -> None:
+        self._send(self.home[a], cmd="cut", a=a, b=b)
+
+    def watch(self, node: str) -> None:
+        for k in range(len(self.procs)):
+            self._send(k, cmd="watch", node=node)
+
+    def kill(self, node: str) -> None:
+        self._send(self.home[node], cmd="kill", node=node)
+
+    def call(self, src: str, dst: str) -> dict[str, Any]:
+        k = self.home[src]
+        self._send(k, cmd="call", src=src, dst=dst)
+        return self._wait(k, "call", 30)
+
+    def memory(self) -> dict[str, Any]:
+        parts = self._all("memory", 300, cmd="memory")
+        sizes = [size for p in parts for size in p["sizes"]]
+        return {
+            "routing_state_per_node_kib": sum(sizes) / len(sizes) / 1024,
+            "routing_state_max_kib": max(sizes) / 1024,
+            "rss_per_node_kib": sum(p["max_rss_kib"] for p in parts) / len(self.ids),
+        }
+
+    def stop(self) -> None:
+        for k, proc in enumerate(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    self._send(k, cmd="quit")
+        deadline = time.monotonic() + 20
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.1, deadline - time.monotonic()))
+
+
+class ProcessBackend:
+    """One C{relay node} process per node, as users run them; watched over HTTP."""
+
+    name = "one relay node process each"
+
+    def __init__(self, args: argparse.Namespace, children: Children, ids: list[str]) -> None:
+        self.args = args
+        self.children = children
+        self.ids = ids
+        self.tmp = tempfile.mkdtemp(prefix="relaytx-scale-nodes-")
+        self.ports = {node_id: free_port() for node_id in ids}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.adj: dict[str, list[str]] = {}
+        self.dead: set[str] = set()
+        self.dist: dict[str, dict[str, int]] = {}
+        self.watched: dict[str, dict[str, float | None]] = {}
+        self.edges: list[tuple[str, str]] = []
+        self.pool = __import__("concurrent.futures").futures.ThreadPoolExecutor(16)
+
+    def start(self) -> None:
+        pass  # the nodes start with their peers (dial)
+
+    def dial(self, edges: list[tuple[str, str]]) -> None:
+        peers: dict[str, list[str]] = {node_id: [] for node_id in self.ids}
+        for a, b in edges:
+            peers[a].append(f"ws://{HOST}:{self.ports[b]}")
+        for node_id in self.ids:
+            argv = [
+                sys.executable, "-m", "relaytx.cli", "node", "--node-id", node_id,
+                "--port", str(self.ports[node_id]),
+                "--ping-interval", str(self.args.ping_interval),
+            ]  # fmt: skip
+            for url in peers[node_id]:
+                argv += ["--add-peer", url]
+            log = open(os.path.join(self.tmp, f"{node_id}.log"), "wb")
+            self.procs[node_id] = self.children.start(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log
+            )
+            log.close()
+
+    def wait_up(self, progress: Progress, timeout: float) -> float:
+        """:returns: the Unix time the last node answered /health."""
+        waiting = set(self.ids)
+        deadline = time.monotonic() + timeout
+        while waiting:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(waiting)} nodes not up after {timeout:g}s")
+            for node_id in list(waiting):
+                if self.procs[node_id].poll() is not None:
+                    raise RuntimeError(f"{node_id} exited with {self.procs[node_id].returncode}")
+                with contextlib.suppress(OSError, RuntimeError, http.client.HTTPException):
+                    http_json(self.ports[node_id], "GET", "/health", timeout=2)
+                    waiting.discard(node_id)
+            progress(f"starting nodes: {len(self.ids) - len(waiting)}/{len(self.ids)} up")
+            time.sleep(0.2)
+        return time.time()
+
+    def graph(self, adj: dict[str, list[str]], dead: list[str]) -> None:
+        self.adj = adj
+        self.dead = set(dead)
+        from _mesh_worker import bfs as bfs_ids
+
+        self.dist = {n: bfs_ids(adj, n) for n in self.ids if n not in self.dead}
+
+    def _metrics(self, node_id: str) -> dict[str, float]:
+        conn = http.client.HTTPConnection(HOST, self.ports[node_id], timeout=30)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        values = {}
+        for line in text.splitlines():
+            if line.startswith("relaytx_"):
+                name, _, value = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    values[name] = float(value)
+        return values
+
+    def _check(self, node_id: str) -> str:
+        table, _, _ = http_json(self.ports[node_id], "GET", "/registry/routes", timeout=30)
+        dist = self.dist[node_id]
+        if len(table) != len(dist) - 1:
+            return f"{node_id} knows {len(table)}/{len(dist) - 1}"
+        for dest, route in table.items():
+            if dist.get(dest) != route["hops"]:
+                return f"{node_id}->{dest}: {route['hops']} hops, BFS {dist.get(dest)}"
+        return ""
+
+    def status(self) -> dict[str, Any]:
+        alive = [n for n in self.ids if n not in self.dead]
+        metrics = dict(zip(alive, self.pool.map(self._metrics, alive), strict=True))
+        now = time.time()
+        counted = [n for n in alive if metrics[n].get("relaytx_routes") == len(self.dist[n]) - 1]
+        checks = list(self.pool.map(self._check, alive)) if len(counted) == len(alive) else []
+        for seen in self.watched.values():
+            for node_id in alive:
+                if seen.get(node_id) is None:
+                    table_size = metrics[node_id].get("relaytx_routes")
+                    if table_size is not None and table_size <= len(self.dist[node_id]) - 1:
+                        seen[node_id] = now
+        bad = next((c for c in checks if c), "")
+        converged = len(alive) if checks and not bad else len(counted) - (1 if bad else 0)
+        return {
+            "converged": converged,
+            "nodes": len(alive),
+            "bad": bad or ("" if len(counted) == len(alive) else "routes still arriving"),
+            "changed_at": max(
+                m.get("relaytx_routes_changed_timestamp_seconds", 0.0) for m in metrics.values()
+            ),
+            "sync_frames": sum(
+                m.get("relaytx_registry_sync_frames_total", 0.0) for m in metrics.values()
+            ),
+            "sync_bytes": sum(
+                m.get("relaytx_registry_sync_bytes_total", 0.0) for m in metrics.values()
+            ),
+            "cpu": sum(cpu_seconds(self.procs[n].pid) for n in alive),
+            "dropped": {
+                t: (None if None in seen.values() else max(seen.values(), default=0.0))  # type: ignore[type-var]
+                for t, seen in self.watched.items()
+            },
+        }
+
+    def cut(self, a: str, b: str) -> None:
+        http_json(self.ports[a], "DELETE", "/registry/peers/remove", {"node_id": b})
+
+    def watch(self, node: str) -> None:
+        self.watched[node] = {n: None for n in self.ids if n != node and n not in self.dead}
+
+    def kill(self, node: str) -> None:
+        os.kill(self.procs[node].pid, signal.SIGKILL)
+        self.procs[node].wait(10)
+
+    def call(self, src: str, dst: str) -> dict[str, Any]:
+        started = time.monotonic()
+        body = {
+            "jsonrpc": "2.0", "method": "remote_call", "id": 1,
+            "params": {"node_id": dst, "server_name": "node", "method": "ping", "timeout": 10},
+        }  # fmt: skip
+        answer, _, _ = http_json(self.ports[src], "POST", "/rpc", body, timeout=30)
+        ok = bool((answer.get("result") or {}).get("pong"))
+        ms = 1000 * (time.monotonic() - started)
+        return {"ok": ok, "ms": ms, "error": None if ok else str(answer.get("error"))}
+
+    def memory(self) -> dict[str, Any]:
+        rss = [rss_kib(p.pid) or 0 for n, p in self.procs.items() if n not in self.dead]
+        return {"rss_per_node_kib": sum(rss) / len(rss), "rss_max_kib": max(rss)}
+
+    def stop(self) -> None:
+        self.pool.shutdown(wait=False)
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.1, deadline - time.monotonic()))
+
+
+def run_mesh_apart(
+    args: argparse.Namespace, children: Children, progress: Progress
+) -> dict[str, Any]:
+    """
+    The mesh scenario with nodes in other processes: start, convergence,
+    steady state, cuts, a node's death, a call across the diameter.
+    """
+    n = args.mesh
+    rng = random.Random(args.seed)
+    edges = topology(n, args.degree, rng)
+    adj = adjacency(n, edges)
+    ids = [f"n{i:03d}" for i in range(n)]
+    backend: Any = (ProcessBackend if args.processes else WorkerBackend)(args, children, ids)
+    dead: set[int] = set()
+
+    def publish() -> None:
+        backend.graph(
+            {ids[i]: [ids[j] for j in adj[i] if j not in dead] for i in range(n) if i not in dead},
+            [ids[i] for i in dead],
+        )
+
+    def until_converged(what: str, since: float) -> tuple[float, dict[str, Any]]:
+        started = time.monotonic()
+        while True:
+            status = backend.status()
+            if status["converged"] == status["nodes"]:
+                return max(0.0, status["changed_at"] - since), status
+            elapsed = time.monotonic() - started
+            if elapsed > args.timeout:
+                raise RuntimeError(f"{what}: not done after {args.timeout:g}s ({status['bad']})")
+            progress(
+                f"{what}: {status['converged']}/{status['nodes']} converged"
+                f" ({elapsed:.1f}s; e.g. {status['bad']})"
+            )
+            time.sleep(args.poll_apart)
+
+    def quiet(status: dict[str, Any]) -> dict[str, Any]:
+        """Wait until no registry_sync went out for a while; :returns: the status then."""
+        last = status["sync_frames"]
+        calm_since = time.monotonic()
+        deadline = calm_since + args.timeout
+        while time.monotonic() - calm_since < max(args.quiet_time, 1.0):
+            if time.monotonic() > deadline:
+                raise RuntimeError("registry_sync still flowing")
+            time.sleep(0.25)
+            status = backend.status()
+            if status["sync_frames"] != last:
+                last = status["sync_frames"]
+                calm_since = time.monotonic()
+        return status
+
+    result: dict[str, Any] = {
+        "mode": backend.name,
+        "procs": getattr(args, "procs", None),
+        "nodes": n,
+        "edges": len(edges),
+        "avg_degree": 2 * len(edges) / n,
+        "diameter": max(max(bfs(adj, i)) for i in range(n)),
+        "seed": args.seed,
+        "ping_interval_s": args.ping_interval,
+        "load_before": os.getloadavg(),
+    }
+    progress("starting nodes", force=True)
+    backend.start()
+    publish()
+    named = [(ids[a], ids[b]) for a, b in edges]
+    t0 = time.time()
+    backend.dial(named)
+    if args.processes:
+        spawned = t0
+        t0 = backend.wait_up(progress, args.timeout * 4)
+        result["all_up_after_s"] = t0 - spawned
+    conv, status = until_converged("initial convergence", t0)
+    status = quiet(status)
+    result.update(
+        converged_s=conv,
+        start_sync_frames=status["sync_frames"],
+        start_sync_bytes=status["sync_bytes"],
+        cpu_start_s=status["cpu"],
+    )
+    # Steady state.
+    progress(f"steady state for {args.window_apart:g}s", force=True)
+    s1 = backend.status()
+    t1 = time.monotonic()
+    time.sleep(args.window_apart)
+    s2 = backend.status()
+    window = time.monotonic() - t1
+    result.update(
+        steady_window_s=window,
+        steady_sync_bytes_per_s=(s2["sync_bytes"] - s1["sync_bytes"]) / window,
+        steady_cpu_per_node_pct=100 * (s2["cpu"] - s1["cpu"]) / window / n,
+    )
+    progress("measuring routing memory", force=True)
+    result["memory"] = backend.memory()
+    # Cuts.
+    cuts = []
+    live = list(edges)
+    for c in range(args.cuts):
+        candidates = [e for e in live if not is_bridge(adj, *e)]
+        if not candidates:
+            break
+        a, b = rng.choice(candidates)
+        live.remove((a, b))
+        adj[a].discard(b)
+        adj[b].discard(a)
+        publish()
+        before = backend.status()
+        cut_at = time.time()
+        backend.cut(ids[a], ids[b])
+        took, status = until_converged(f"cut {c + 1} {ids[a]}-{ids[b]}", cut_at)
+        status = quiet(status)
+        cuts.append(
+            {
+                "link": f"{ids[a]}->{ids[b]}",
+                "reconverged_s": took,
+                "sync_frames": status["sync_frames"] - before["sync_frames"],
+                "sync_bytes": status["sync_bytes"] - before["sync_bytes"],
+                "ok": took <= 1.0,
+            }
+        )
+    result["cuts"] = cuts
+    # A node dies: the best connected one whose loss leaves the mesh in one piece.
+    order = sorted(range(n), key=lambda i: -len(adj[i]))
+    victim = next(i for i in order if connected_without(adj, {i}))
+    backend.watch(ids[victim])
+    before = backend.status()
+    killed_at = time.time()
+    backend.kill(ids[victim])
+    dead.add(victim)
+    for j in list(adj[victim]):
+        adj[j].discard(victim)
+    adj[victim] = set()
+    publish()
+    dropped_s = None
+    started = time.monotonic()
+    while time.monotonic() - started < args.timeout:
+        status = backend.status()
+        at = status["dropped"].get(ids[victim])
+        if at is not None:
+            dropped_s = at - killed_at
+            break
+        progress(f"waiting for every node to drop {ids[victim]}")
+        time.sleep(0.05 if not args.processes else 0.1)
+    took, status = until_converged(f"after {ids[victim]} died", killed_at)
+    status = quiet(status)
+    result["death"] = {
+        "node": ids[victim],
+        "degree": len([e for e in edges if victim in e]),
+        "dropped_everywhere_s": dropped_s,
+        "reconverged_s": took,
+        "sync_frames": status["sync_frames"] - before["sync_frames"],
+        "sync_bytes": status["sync_bytes"] - before["sync_bytes"],
+    }
+    # A call across the diameter of what is left.
+    alive = [i for i in range(n) if i not in dead]
+    dists = {i: bfs(adj, i) for i in alive}
+    far_src = max(alive, key=lambda i: max(dists[i][j] for j in alive))
+    far_dst = max(alive, key=lambda j: dists[far_src][j])
+    call = backend.call(ids[far_src], ids[far_dst])
+    result["far_call"] = {
+        "from": ids[far_src],
+        "to": ids[far_dst],
+        "hops": dists[far_src][far_dst],
+        "ms": call["ms"],
+        "ok": call["ok"],
+        "error": call["error"],
+    }
+    result["load_after"] = os.getloadavg()
+    result["targets"] = {"far_call": call["ok"]}
+    backend.stop()
+    progress.done("mesh scenario done")
+    return result
+
+
+def apart_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    kib = 1024
+    rows = [
+        (
+            "nodes / edges (avg degree)",
+            f"{r['nodes']} / {r['edges']} ({r['avg_degree']:.2f})",
+            f"seed {r['seed']}, diameter {r['diameter']}; {r['mode']}"
+            + (f" x{r['procs']}" if r.get("procs") and r["mode"].startswith("worker") else ""),
+        ),
+        (
+            "load average before / after",
+            f"{r['load_before'][0]:.1f} / {r['load_after'][0]:.1f}",
+            "2 cores",
+        ),
+    ]
+    if "all_up_after_s" in r:
+        rows.append(
+            ("last node up after", fmt(r["all_up_after_s"], ".1f", " s"), "from the first spawn")
+        )
+    rows += [
+        (
+            "routes converged (= BFS) after",
+            fmt(r["converged_s"], ".2f", " s"),
+            "after the last node was up" if "all_up_after_s" in r else "from the first dial",
+        ),
+        (
+            "registry_sync at start",
+            f"{r['start_sync_frames']:,.0f} frames",
+            f"{r['start_sync_bytes'] / kib / kib:,.2f} MiB",
+        ),
+        ("CPU, all nodes, start-up", fmt(r["cpu_start_s"], ".1f", " s"), ""),
+        (
+            "steady state: registry_sync",
+            fmt(r["steady_sync_bytes_per_s"], ".1f", " B/s"),
+            f"over {r['steady_window_s']:.0f} s",
+        ),
+        ("steady state: CPU per node", fmt(r["steady_cpu_per_node_pct"], ".2f", " %"), "of a core"),
+    ]
+    memory = r["memory"]
+    if "routing_state_per_node_kib" in memory:
+        rows.append(
+            (
+                "routing state per node",
+                fmt(memory["routing_state_per_node_kib"], ",.0f", " KiB"),
+                f"max {memory['routing_state_max_kib']:,.0f} KiB",
+            )
+        )
+    rows.append(("RSS per node", fmt(memory["rss_per_node_kib"], ",.0f", " KiB"), ""))
+    for k, cut in enumerate(r["cuts"], 1):
+        rows += [
+            (
+                f"cut {k}: {cut['link']}: re-converged",
+                fmt(cut["reconverged_s"], ".2f", " s"),
+                f"{cut['sync_frames']:,} frames, {cut['sync_bytes'] / kib:,.0f} KiB",
+            )
+        ]
+    death = r["death"]
+    rows += [
+        (
+            f"{death['node']} (degree {death['degree']}) killed: dropped everywhere",
+            fmt(death["dropped_everywhere_s"], ".2f", " s"),
+            f"re-converged {death['reconverged_s']:.2f} s, {death['sync_bytes'] / kib:,.0f} KiB",
+        )
+    ]
     call = r["far_call"]
     rows.append(
         (
@@ -1477,6 +2130,19 @@ def main(argv: list[str] | None = None) -> int:
     mesh.add_argument("--timeout", type=float, default=60, help="bound of each wait, s (60)")
     mesh.add_argument("--poll", type=float, default=0.005, help="convergence poll, s (0.005)")
     mesh.add_argument(
+        "--procs", type=int, default=0,
+        help="host the nodes in this many worker processes (0: all in this process)",
+    )  # fmt: skip
+    mesh.add_argument("--processes", action="store_true", help="one relay node process per node")
+    mesh.add_argument(
+        "--window-apart", type=float, default=10.0,
+        help="steady-state window with --procs/--processes, s (10)",
+    )  # fmt: skip
+    mesh.add_argument(
+        "--poll-apart", type=float, default=0.1,
+        help="convergence poll with --procs/--processes, s (0.1)",
+    )  # fmt: skip
+    mesh.add_argument(
         "--quiet-time", type=float, default=0.5,
         help="no registry_sync for this long ends a phase (0.5 s)",
     )  # fmt: skip
@@ -1495,7 +2161,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.links is not None:
             report["links"] = run_links(args, children, progress)
             progress.done("links scenario done")
-        if args.mesh is not None:
+        if args.mesh is not None and (args.procs or args.processes):
+            raise_nofile(8 * args.mesh + 1024)
+            report["mesh"] = run_mesh_apart(args, children, progress)
+        elif args.mesh is not None:
             report["mesh"] = run_mesh(args, progress)
     except KeyboardInterrupt:
         progress.done("interrupted")
@@ -1513,7 +2182,9 @@ def main(argv: list[str] | None = None) -> int:
             print_table(f"--links {args.links}: peer links on one hub", links_table(links))
             print_profile("hub profile while opening links", links.get("profile_open"))
             print_profile("hub profile at steady state", links.get("profile_idle"))
-        if "mesh" in report:
+        if "mesh" in report and "mode" in report["mesh"]:
+            print_table(f"--mesh {args.mesh}: route convergence", apart_table(report["mesh"]))
+        elif "mesh" in report:
             print_table(f"--mesh {args.mesh}: route convergence", mesh_table(report["mesh"]))
     for part in report.values():
         if not all(part.get("targets", {}).values()):

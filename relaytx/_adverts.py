@@ -125,6 +125,9 @@ class Advertiser:
         self._costs = LinkCosts()
         self.frames_sent = 0
         self.bytes_sent = 0
+        #: when the routing table last changed (clock seconds)
+        self.changed_at: float | None = None
+        self._changes_seen = 0
 
     # Link events.
 
@@ -143,6 +146,7 @@ class Advertiser:
         for other, cost in self._costs.remove(peer_id).items():
             self._router.set_cost(other, cost)
         self._router.link_down(peer_id, self._clock.seconds() if self.enabled else None)
+        self._stamp()
         # (The mesh fails the calls that went through it, then those to
         # nodes now out of reach: no on_change here.)
         self.schedule(peers=())
@@ -159,9 +163,16 @@ class Advertiser:
             self._changed()
 
     def _changed(self) -> None:
+        self._stamp()
         if self._router.dirty:
             self._on_change()
             self.schedule(peers=())
+
+    def _stamp(self) -> None:
+        changes = self._router.changes
+        if changes != self._changes_seen:
+            self._changes_seen = changes
+            self.changed_at = self._clock.seconds()
 
     # Sending.
 
@@ -210,6 +221,7 @@ class Advertiser:
         now = self._clock.seconds()
         router = self._router
         if router.expire_notices(now):
+            self._stamp()
             self._on_change()
         ready, release = router.ready(now)
         state = self._state
@@ -217,7 +229,10 @@ class Advertiser:
             targets = set(state)
         else:
             targets = {p for p in self._peers if p in state}
-        targets.update(p for p, s in state.items() if s.resync_wanted or (ready and s.routes))
+        news = bool(router.notices or router.ups)  # told at once, whatever is held
+        targets.update(
+            p for p, s in state.items() if s.resync_wanted or ((ready or news) and s.routes)
+        )
         self._everyone = False
         self._peers = set()
         own = {name: tuple(methods) for name, methods in self._local_servers().items()}

@@ -125,6 +125,8 @@ class Mesh:
             enabled=registry_enabled, max_message_size=max_message_size,
             on_change=self._routes_changed,
         )  # fmt: skip
+        metrics.routes.set_function(lambda: len(self.router.routes()))
+        metrics.routes_changed.set_function(lambda: self.adverts.changed_at or 0.0)
         complete = self.adverts.routes_are_complete
         self.forwarder = Forwarder(
             node_id, clock, metrics, self.router, self._links, self.forwarded, self.seen,

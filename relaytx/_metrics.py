@@ -111,6 +111,12 @@ class NodeMetrics:
             "relaytx_registry_sync_bytes", "Bytes of registry_sync frames sent to neighbours."
         )
         r.register(self.sync_bytes)
+        self.routes = Gauge("relaytx_routes", "Destinations in the routing table.", registry=r)
+        self.routes_changed = Gauge(
+            "relaytx_routes_changed_timestamp_seconds",
+            "When the routing table last changed (Unix time).",
+            registry=r,
+        )
         self.late_answers = Counter(
             "relaytx_late_answers", "Answers that arrived after their call ended.", registry=r
         )

@@ -133,6 +133,7 @@ class Router:
     @ivar rerouted: those of C{dirty} that had a route before and still
         have one, on another path (re-adverts, which L{ready} damps).
     @ivar refused: destinations refused for the table's bound, since start.
+    @ivar changes: how many times a route changed, since start.
     @ivar notices: lost links that are news here -> until when.
     @ivar ups: links back up while their loss was news, (node, peer) ->
         (stamp, until when that is news).
@@ -150,6 +151,7 @@ class Router:
         self.dirty: set[str] = set()
         self.rerouted: set[str] = set()
         self.refused = 0
+        self.changes = 0
         self.notices: dict[Notice, float] = {}
         self.ups: dict[tuple[str, str], tuple[int, float]] = {}
         #: linked neighbours -> the cost of the link
@@ -629,6 +631,7 @@ class Router:
             if old is not None and old.path != new.path:
                 self.rerouted.add(destination)
         self.dirty.add(destination)
+        self.changes += 1
         return True
 
     def _best(self, destination: str, old: Route | None) -> Route | None:

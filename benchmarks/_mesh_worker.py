@@ -1,0 +1,311 @@
+#!/usr/bin/env python
+"""
+A mesh worker for C{benchmarks/scale.py --mesh N --procs P}: hosts a slice
+of the mesh's nodes in its own reactor, each on its own port of 127.0.0.1,
+and answers the coordinator's commands. Started by scale.py, never by hand.
+
+It talks to scale.py over stdin/stdout, one JSON object a line. Commands
+(C{{"cmd": ...}}) and what it answers:
+
+  - C{start} C{{"nodes": [[id, port], ...], "ping_interval"}}: starts the
+    nodes; C{{"event": "started"}};
+  - C{graph} C{{"adj": {id: [id, ...]}, "dead": [id, ...]}}: the mesh as
+    it should be now, for the convergence check; C{{"event": "graph"}};
+  - C{dial} C{{"edges": [[from, to, port], ...]}}: C{from} dials C{to};
+  - C{status}: C{{"event": "status", "converged", "nodes", "bad",
+    "changed_at", "sync_frames", "sync_bytes", "cpu", "dropped"}}, where
+    C{changed_at} is the latest Unix time any hosted node's table changed
+    and C{dropped} maps a watched node to when the last hosted node let go
+    of its route (or C{null} while one still holds it);
+  - C{cut} C{{"a", "b"}}: C{a} stops its link to C{b} (as C{remove_peer});
+  - C{kill} C{{"node", "watch"}}: the node dies: its connections are
+    aborted (no WebSocket close), it stops listening and dialling;
+  - C{watch} C{{"node"}}: note when each hosted node drops its route to it;
+  - C{call} C{{"src", "dst"}}: C{{"event": "call", "ok", "ms", "error"}};
+  - C{memory}: routing state per node (bytes of the routing table and
+    everything the route exchange keeps) and RSS;
+  - C{quit} (or end of stdin): stops every node and exits.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import json
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+
+def deep_size(root: Any, seen: set[int] | None = None) -> int:
+    """:returns: the bytes of C{root} and everything it holds (each object once)."""
+    from relaytx._ribs import AdjRib
+
+    seen = set() if seen is None else seen
+    total = 0
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, list | tuple | set | frozenset):
+            stack.extend(obj)
+        elif type(obj).__name__ == "mappingproxy":
+            stack.extend(obj.items())
+        elif isinstance(obj, AdjRib):
+            stack.extend(getattr(obj, slot) for slot in AdjRib.__slots__)
+    return total
+
+
+def routing_state(node: Any) -> int:
+    """:returns: the bytes a node keeps for routing (its table, neighbours' and mirrors)."""
+    router = node.mesh.router
+    parts = [
+        router._routes, router._ribs, router._mirrors, router._links, router._own_servers,
+        router.notices, router._suspects, router._readvertised, router._told,
+        node.mesh.adverts._state,
+    ]  # fmt: skip
+    return deep_size(parts)
+
+
+def bfs(adj: dict[str, list[str]], source: str) -> dict[str, int]:
+    dist = {source: 0}
+    queue = collections.deque([source])
+    while queue:
+        u = queue.popleft()
+        for v in adj.get(u, ()):
+            if v not in dist:
+                dist[v] = dist[u] + 1
+                queue.append(v)
+    return dist
+
+
+class Worker:
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.nodes: dict[str, Any] = {}
+        self.adj: dict[str, list[str]] = {}
+        self.adjsets: dict[str, set[str]] = {}
+        self.dead: set[str] = set()
+        self.dist: dict[str, dict[str, int]] = {}
+        self.ok: dict[str, int] = {}  # node -> router.changes when last found converged
+        self.watching: dict[str, dict[str, float | None]] = {}
+        self.frames = 0
+        self.bytes = 0
+
+    def emit(self, obj: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    def command(self, line: str) -> None:
+        msg = json.loads(line)
+        getattr(self, "do_" + msg.pop("cmd"))(**msg)
+
+    def do_start(self, nodes: list[list[Any]], ping_interval: float) -> None:
+        from relaytx.config import build_config
+        from relaytx.node import RelayNode
+
+        for node_id, port in nodes:
+            config = build_config(
+                {"node_id": node_id, "port": port, "ping_interval": ping_interval}
+            )
+            node = RelayNode(config, self.reactor)
+            node.privilegedStartService()
+            node.startService()
+            self.nodes[node_id] = node
+        self.emit({"event": "started", "pid": os.getpid()})
+
+    def do_graph(self, adj: dict[str, list[str]], dead: list[str]) -> None:
+        self.adj = adj
+        self.adjsets = {k: set(v) for k, v in adj.items()}
+        self.dead = set(dead)
+        self.dist = {n: bfs(adj, n) for n in self.nodes if n not in self.dead}
+        self.ok = {}
+        self.emit({"event": "graph"})
+
+    def do_dial(self, edges: list[list[Any]]) -> None:
+        for a, b, port in edges:
+            self.nodes[a].add_peer(f"ws://127.0.0.1:{port}", node_id=b)
+
+    def _converged(self, node_id: str) -> str:
+        node = self.nodes[node_id]
+        dist = self.dist[node_id]
+        table = node.mesh.router.routes()
+        want = len(dist) - 1
+        if len(table) != want:
+            return f"{node_id} knows {len(table)}/{want}"
+        adj = self.adjsets
+        for dest, route in table.items():
+            d = dist.get(dest)
+            if d is None or route.hops != d:
+                return f"{node_id}->{dest}: {route.hops} hops, BFS {d}"
+            prev = node_id
+            for hop in route.path:
+                if hop not in adj.get(prev, ()):
+                    return f"{node_id}->{dest} uses a missing link {prev}-{hop}"
+                prev = hop
+        return ""
+
+    def do_status(self) -> None:
+        good = 0
+        bad = ""
+        changed_at = 0.0
+        frames = sum(n.mesh.adverts.frames_sent for n in self.nodes.values())
+        size = sum(n.mesh.adverts.bytes_sent for n in self.nodes.values())
+        for node_id, node in self.nodes.items():
+            if node_id in self.dead:
+                continue
+            changes = node.mesh.router.changes
+            changed_at = max(changed_at, node.mesh.adverts.changed_at or 0.0)
+            if self.ok.get(node_id) == changes:
+                good += 1
+                continue
+            problem = self._converged(node_id)
+            if problem:
+                bad = bad or problem
+            else:
+                self.ok[node_id] = changes
+                good += 1
+        dropped: dict[str, float | None] = {}
+        for target, seen in self.watching.items():
+            times = list(seen.values())
+            dropped[target] = None if None in times else max(times, default=0.0)  # type: ignore[type-var]
+        self.emit(
+            {
+                "event": "status",
+                "converged": good,
+                "nodes": len(self.nodes) - len(self.dead & set(self.nodes)),
+                "bad": bad,
+                "changed_at": changed_at,
+                "sync_frames": frames,
+                "sync_bytes": size,
+                "cpu": sum(os.times()[:2]),
+                "dropped": dropped,
+            }
+        )
+
+    def do_cut(self, a: str, b: str) -> None:
+        if a in self.nodes:
+            self.nodes[a].remove_peer(b)
+
+    def do_watch(self, node: str) -> None:
+        from twisted.internet.task import LoopingCall
+
+        seen: dict[str, float | None] = {n: None for n in self.nodes if n != node}
+        self.watching[node] = seen
+
+        def look() -> None:
+            for other, at in seen.items():
+                if at is None and self.nodes[other].mesh.router.route(node) is None:
+                    seen[other] = time.time()
+            if all(v is not None for v in seen.values()):
+                loop.stop()
+
+        loop = LoopingCall(look)
+        loop.start(0.005)
+
+    def do_kill(self, node: str) -> None:
+        victim = self.nodes.get(node)
+        if victim is None:
+            return
+        for session in list(victim.mesh.links.values()):
+            if session.transport is not None:
+                session.transport.abort()
+        victim.stopService()
+        self.dead.add(node)
+
+    def do_call(self, src: str, dst: str) -> None:
+        started = time.monotonic()
+        d = self.nodes[src].call(dst, "node", "ping", timeout=10)
+
+        def done(result: Any) -> None:
+            ok = isinstance(result, dict) and bool(result.get("pong"))
+            error = None if ok else str(getattr(result, "value", result))
+            ms = 1000 * (time.monotonic() - started)
+            self.emit({"event": "call", "ok": ok, "ms": ms, "error": error})
+
+        d.addBoth(done)
+
+    def do_memory(self) -> None:
+        gc.collect()
+        sizes = [routing_state(n) for k, n in self.nodes.items() if k not in self.dead]
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.emit({"event": "memory", "sizes": sizes, "max_rss_kib": rss})
+
+    def do_quit(self) -> None:
+        from twisted.internet.defer import DeferredList
+
+        running = [n.stopService() for k, n in self.nodes.items() if n.running]
+        d = DeferredList(running, consumeErrors=True)
+        d.addTimeout(10, self.reactor)
+        d.addBoth(lambda _: self.reactor.stop())
+
+
+def main() -> None:
+    from twisted.internet import reactor
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    log = open(sys.argv[1], "w") if len(sys.argv) > 1 else sys.stderr
+    globalLogBeginner.beginLoggingTo(
+        [
+            FilteringLogObserver(
+                textFileLogObserver(log), [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)]
+            )
+        ],
+        redirectStandardIO=False,
+    )
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    worker = Worker(reactor)
+    fd = sys.stdin.fileno()
+    os.set_blocking(fd, False)
+    pending = [b""]
+
+    class Input:
+        def fileno(self) -> int:
+            return fd
+
+        def doRead(self) -> None:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                reactor.removeReader(self)
+                worker.do_quit()
+                return
+            pending[0] += chunk
+            *lines, pending[0] = pending[0].split(b"\n")
+            for line in lines:
+                if line.strip():
+                    worker.command(line.decode())
+
+        def logPrefix(self) -> str:
+            return "stdin"
+
+        def connectionLost(self, reason: Any) -> None:
+            pass
+
+    reactor.addReader(Input())
+    worker.emit({"event": "ready", "pid": os.getpid()})
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
