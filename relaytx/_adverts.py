@@ -70,6 +70,7 @@ class _Link:
         "seq",
         "staging",
         "told_servers",
+        "told_sn",
     )
 
     def __init__(self) -> None:
@@ -79,6 +80,7 @@ class _Link:
         self.routes = False  # it numbers its adverts: a router
         self.full_due = False  # it gets our whole table next
         self.told_servers: Mapping[str, tuple[str, ...]] | None = None
+        self.told_sn: int | None = None
         self.staging: AdjRib | None = None  # its whole table, while it arrives
         self.resync_wanted = False  # we missed an advert: we want its whole table
         self.resync_asked: float | None = None  # when we last asked for it
@@ -127,6 +129,8 @@ class Advertiser:
         self.bytes_sent = 0
         #: when the routing table last changed (clock seconds)
         self.changed_at: float | None = None
+        #: this node's own sequence number (see L{relaytx._routing})
+        self.own_sn = initial_sn(clock.seconds())
         self._changes_seen = 0
 
     # Link events.
@@ -139,17 +143,29 @@ class Advertiser:
             self.schedule(at_once=True, peers=[peer_id])
         self._changed()
 
-    def link_closed(self, peer_id: str) -> None:
-        """A link closed: forget it and what it said."""
+    def link_closed(self, peer_id: str, failed: bool = True) -> None:
+        """
+        A link closed: forget it and what it said.
+
+        :param failed: it failed, or the peer stopped (not removed on purpose
+            with both ends going on): see L{Router.link_down}.
+        """
         self._state.pop(peer_id, None)
         self._overflow_logged.discard(peer_id)
         for other, cost in self._costs.remove(peer_id).items():
             self._router.set_cost(other, cost)
-        self._router.link_down(peer_id, self._clock.seconds() if self.enabled else None)
+        now = self._clock.seconds() if self.enabled else None
+        self._router.link_down(peer_id, now, mark=failed)
         self._stamp()
-        # (The mesh fails the calls that went through it, then those to
-        # nodes now out of reach: no on_change here.)
-        self.schedule(peers=())
+        # (The mesh fails the calls that went through the link, then those
+        # to nodes now out of reach: no on_change here.)
+        if failed:
+            # The other end may mark us unreachable: we number ourselves
+            # above that, and everyone hears it.
+            self.own_sn += 2
+            self.schedule(peers=None)
+        else:
+            self.schedule(peers=())
 
     def link_measured(self, peer_id: str, rtt: float) -> None:
         """A round trip on the link to C{peer_id} was measured."""
@@ -265,18 +281,21 @@ class Advertiser:
         now: float,
     ) -> None:
         servers = None if own == state.told_servers else own
+        sn = None if state.told_sn == self.own_sn else self.own_sn
         router = self._router
         if not state.routes:
             if not state.hello_sent or servers is not None:
                 state.hello_sent = True
                 state.told_servers = own
-                self._emit(peer_id, session, state, [RegistrySync(own)], now)
+                state.told_sn = self.own_sn
+                self._emit(peer_id, session, state, [RegistrySync(own, sn=self.own_sn)], now)
             return
         resync = self._resync_due(state, now)
         full = state.full_due
         if full:
             state.full_due = False
-            frames = self._split(servers, router.export_full(peer_id), (), full=True)
+            withdrawn: list[str] = []
+            frames = self._split(servers, router.export_full(peer_id), withdrawn, full=True)
             down = router.notices_for(peer_id)
         else:
             # (What a neighbour must hear of lost links depends on what it
@@ -286,13 +305,17 @@ class Advertiser:
             frames = self._split(servers, routes, withdrawn)
         up = router.ups_for(peer_id)
         first = frames[0]
-        if not (full or first.routes or first.withdrawn or servers is not None):
+        if not (full or first.routes or first.withdrawn or servers is not None or sn is not None):
             if not (resync or down or up):
                 return
         state.hello_sent = True
         state.told_servers = own
-        if down or up or resync:
-            frames[0] = attrs.evolve(first, resync=resync, down=down, up=up)
+        state.told_sn = self.own_sn
+        lost = router.lost_for(withdrawn)
+        if down or up or resync or sn is not None or lost:
+            frames[0] = attrs.evolve(
+                first, resync=resync, down=down, up=up, sn=sn, lost=lost or None
+            )
         self._emit(peer_id, session, state, frames, now)
 
     def _resync_due(self, state: _Link, now: float) -> bool:
@@ -414,6 +437,8 @@ class Advertiser:
             self.schedule(at_once=True, peers=[peer_id])
         if sync.servers is not None:
             changed |= router.neighbour_servers(peer_id, sync.servers)
+        if sync.sn is not None:
+            changed |= router.neighbour_sn(peer_id, sync.sn)
         if sync.full:
             state.staging = router.new_rib(peer_id)
         staging = state.staging
@@ -428,6 +453,8 @@ class Advertiser:
         elif sync.routes or sync.withdrawn:
             changed |= router.advert_from(peer_id, sync.routes, sync.withdrawn)
             self._count_refused(peer_id, router.refused_from(peer_id))
+        if sync.lost:
+            changed |= router.take_lost(peer_id, sync.lost, self._clock.seconds())
         if sync.down or sync.up:
             changed |= router.take_notices(peer_id, sync.down, self._clock.seconds(), sync.up)
             expiry = router.next_notice_expiry()
@@ -510,6 +537,15 @@ class Advertiser:
                 if best is None or key < best:
                     best = key
         return None if best is None else best[2]
+
+
+def initial_sn(now: float) -> int:
+    """
+    :returns: a node's first sequence number: even, and above any its id had
+        in an earlier life (tenths of a second since late 2023), so a
+        restarted node is not taken for the one that was marked unreachable.
+    """
+    return 2 * max(0, int((now - 1_700_000_000) * 10))
 
 
 def encode_data(value: Any) -> bytes:

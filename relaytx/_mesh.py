@@ -35,7 +35,7 @@ from relaytx._records import RecordExchange
 from relaytx._routing import Router
 from relaytx.errors import ProtocolViolation
 from relaytx.interfaces import ILinkTransport, IRemoteCalls, ISessionHost
-from relaytx.peer import PeerSession
+from relaytx.peer import CLOSE_REMOVED, CLOSE_REPLACED, PeerSession
 from relaytx.wire import Envelope, MessageTypes, Payload, RegistrySync, ServerCall, ServerResponse
 
 __all__ = ["LinkRefused", "Mesh"]
@@ -220,7 +220,10 @@ class Mesh:
         peer_id = session.peer_id
         self.metrics.peers.set(len(self.links))
         self._log.info("link to {peer} lost ({reason})", peer=peer_id, reason=reason or "closed")
-        self.adverts.link_closed(peer_id)
+        # A link removed on purpose (or replaced) says nothing of its peer;
+        # any other loss may be the peer's death.
+        removed = reason.startswith((f"close code {CLOSE_REMOVED}", f"close code {CLOSE_REPLACED}"))
+        self.adverts.link_closed(peer_id, failed=not removed)
         self.calls.path_lost(peer_id)
         if self.records is not None:
             self.records.link_closed(peer_id)

@@ -32,8 +32,9 @@ from relaytx.wire import NO_SERVERS, RouteAdvert
 __all__ = ["AdjRib", "Wanted", "diff", "export"]
 
 #: What a sender wants a neighbour to hold for a destination: the path
-#: (from the sender, exclusive), the metric and the servers; C{None}: nothing.
-Wanted = tuple[tuple[str, ...], int, Mapping[str, tuple[str, ...]]] | None
+#: (from the sender, exclusive), the metric, the servers and the
+#: destination's sequence number; C{None}: nothing.
+Wanted = tuple[tuple[str, ...], int, Mapping[str, tuple[str, ...]], int] | None
 
 
 class AdjRib:
@@ -52,6 +53,7 @@ class AdjRib:
     @ivar paths: destination -> resolved path (prefix included).
     @ivar metrics: destination -> the sender's metric to it.
     @ivar servers: destination -> its servers, as the sender last gave them.
+    @ivar sns: destination -> its sequence number, as the sender last gave it.
     @ivar refused: how many new destinations were refused over the limit.
     """
 
@@ -67,6 +69,7 @@ class AdjRib:
         "prefix",
         "refused",
         "servers",
+        "sns",
     )
 
     def __init__(
@@ -83,6 +86,7 @@ class AdjRib:
         self.paths: dict[str, tuple[str, ...]] = {}
         self.metrics: dict[str, int] = {}
         self.servers: dict[str, Mapping[str, tuple[str, ...]]] = {}
+        self.sns: dict[str, int] = {}
         self.refused = 0
         #: every entry: destination -> its parent, or None for an explicit one
         self._parents: dict[str, str | None] = {}
@@ -113,6 +117,10 @@ class AdjRib:
         """:returns: C{destination}'s servers as last given (none if never)."""
         return self.servers.get(destination, NO_SERVERS)
 
+    def sn_of(self, destination: str) -> int:
+        """:returns: C{destination}'s sequence number as last given (0 if never)."""
+        return self.sns.get(destination, 0)
+
     # Changes.
 
     def apply(
@@ -122,8 +130,9 @@ class AdjRib:
         Take one advert's changes: C{withdrawn} first, then C{routes} in
         their order.
 
-        :returns: the destinations whose resolved path, metric or servers
-            changed, those that follow a changed parent included.
+        :returns: the destinations whose resolved path, metric, servers or
+            sequence number changed, those that follow a changed parent
+            included.
         """
         changed: set[str] = set()
         for destination in withdrawn:
@@ -141,6 +150,7 @@ class AdjRib:
         self._unlink(destination)
         del self._parents[destination]
         self.servers.pop(destination, None)
+        self.sns.pop(destination, None)
         if self.paths.pop(destination, None) is not None:
             del self.metrics[destination]
             changed.add(destination)
@@ -153,6 +163,7 @@ class AdjRib:
         self.paths.clear()
         self.metrics.clear()
         self.servers.clear()
+        self.sns.clear()
         self._parents.clear()
         self._incs.clear()
         self._children.clear()
@@ -169,14 +180,12 @@ class AdjRib:
     def take(self, destination: str, entry: RouteAdvert, changed: set[str]) -> None:
         """Take one entry; what changed is added to C{changed}."""
         parents = self._parents
-        path, servers, parent, metric = entry
+        path, servers, parent, metric, sn = entry
         if path is None and parent is None:
-            # Only the servers changed (of a destination this table holds).
-            if servers is not None and destination in parents:
-                if self.servers.get(destination, NO_SERVERS) != servers:
-                    self._set_servers(destination, servers)
-                    if destination in self.paths:
-                        changed.add(destination)
+            # Only the servers or number changed (of a destination held here).
+            if destination in parents and self._attributes(destination, servers, sn):
+                if destination in self.paths:
+                    changed.add(destination)
             return
         old_parent = parents.get(destination, _ABSENT)
         if old_parent is _ABSENT:
@@ -212,15 +221,26 @@ class AdjRib:
                 self._incs.pop(destination, None)
             resolved, resolved_metric = self._resolve(destination)
             self._store(destination, resolved, resolved_metric, changed)
-        if servers is not None and self.servers.get(destination, NO_SERVERS) != servers:
-            self._set_servers(destination, servers)
+        if (servers is not None or sn is not None) and self._attributes(destination, servers, sn):
             changed.add(destination)
 
-    def _set_servers(self, destination: str, servers: Mapping[str, tuple[str, ...]]) -> None:
-        if servers:
-            self.servers[destination] = servers
-        else:
-            self.servers.pop(destination, None)
+    def _attributes(
+        self, destination: str, servers: Mapping[str, tuple[str, ...]] | None, sn: int | None
+    ) -> bool:
+        changed = False
+        if servers is not None and self.servers.get(destination, NO_SERVERS) != servers:
+            if servers:
+                self.servers[destination] = servers
+            else:
+                self.servers.pop(destination, None)
+            changed = True
+        if sn is not None and self.sns.get(destination, 0) != sn:
+            if sn:
+                self.sns[destination] = sn
+            else:
+                self.sns.pop(destination, None)
+            changed = True
+        return changed
 
     def _unlink(self, destination: str) -> None:
         parent = self._parents.get(destination)
@@ -307,6 +327,7 @@ def _entry(
     path: tuple[str, ...],
     metric: int,
     servers: Mapping[str, tuple[str, ...]] | None,
+    sn: int | None,
     may_refer: bool,
 ) -> RouteAdvert:
     # A reference when the mirror's path to the node before the destination
@@ -318,8 +339,8 @@ def _entry(
         if parent_path is not None and parent_path == path[:-1]:
             increment = metric - mirror.metrics[parent]
             if increment >= 0:
-                return RouteAdvert(None, servers, parent, None if increment == 1 else increment)
-    return RouteAdvert(path, servers, None, None if metric == len(path) else metric)
+                return RouteAdvert(None, servers, parent, None if increment == 1 else increment, sn)
+    return RouteAdvert(path, servers, None, None if metric == len(path) else metric, sn)
 
 
 def diff(
@@ -340,7 +361,7 @@ def diff(
         taken to agree already.
     :returns: the entries to send, in order, and the destinations to withdraw.
     """
-    paths, metrics, servers_held = mirror.paths, mirror.metrics, mirror.servers
+    paths, metrics, servers_held, sns = mirror.paths, mirror.metrics, mirror.servers, mirror.sns
     wants: dict[str, Wanted] = {}
     heap: list[tuple[int, str]] = []
     for destination in candidates:
@@ -350,12 +371,13 @@ def diff(
                 heap.append((0, destination))
                 wants[destination] = want
             continue
-        path, metric, servers = want
+        path, metric, servers, sn = want
         held = paths.get(destination)
         if (
             (held is path or held == path)
             and metrics[destination] == metric
             and servers_held.get(destination, NO_SERVERS) == servers
+            and sns.get(destination, 0) == sn
         ):
             continue
         heap.append((len(path), destination))
@@ -376,26 +398,34 @@ def diff(
             withdrawn.append(destination)
             mirror.withdraw(destination, changed)
         else:
-            path, metric, servers = want
+            path, metric, servers, sn = want
             held = paths.get(destination)
             same_route = (held is path or held == path) and metrics[destination] == metric
             same_servers = servers_held.get(destination, NO_SERVERS) == servers
-            if same_route and same_servers:
+            same_sn = sns.get(destination, 0) == sn
+            if same_route and same_servers and same_sn:
                 continue
             new_servers = None if same_servers else servers
+            new_sn = None if same_sn else sn
             if same_route:
-                entry = RouteAdvert(None, new_servers)
+                entry = RouteAdvert(None, new_servers, None, None, new_sn)
             else:
-                entry = _entry(mirror, path, metric, new_servers, destination not in sent)
+                entry = _entry(mirror, path, metric, new_servers, new_sn, destination not in sent)
             mirror.take(destination, entry, changed)
             mirror.share(destination, path)
             earlier = entries.get(destination)
             if earlier is not None:
-                # Sent twice: one entry, the latest route and every server change.
+                # Sent twice: one entry, the latest route and every change of attributes.
                 if entry.path is None and entry.parent is None:
-                    entry = earlier._replace(servers=entry.servers)
-                elif entry.servers is None:
-                    entry = entry._replace(servers=earlier.servers)
+                    entry = earlier._replace(
+                        servers=entry.servers if entry.servers is not None else earlier.servers,
+                        sn=entry.sn if entry.sn is not None else earlier.sn,
+                    )
+                else:
+                    entry = entry._replace(
+                        servers=entry.servers if entry.servers is not None else earlier.servers,
+                        sn=entry.sn if entry.sn is not None else earlier.sn,
+                    )
             entries[destination] = entry
             sent.add(destination)
         changed.discard(destination)
@@ -425,8 +455,8 @@ def export(
     rows.sort(key=lambda row: row[0])
     entries: dict[str, RouteAdvert] = {}
     changed: set[str] = set()
-    for _, destination, (path, metric, servers) in rows:
-        entry = _entry(mirror, path, metric, servers or None, True)
+    for _, destination, (path, metric, servers, sn) in rows:
+        entry = _entry(mirror, path, metric, servers or None, sn or None, True)
         mirror.take(destination, entry, changed)
         mirror.share(destination, path)
         entries[destination] = entry

@@ -31,10 +31,17 @@ mesh has:
     any neighbour gave across that link, until that neighbour says the path
     again (the link is back, or it never used it) or L{NOTICE_HOLD} passes;
     it passes the news on likewise. A link back up while its loss is news is
-    news too (C{up}). And for L{NEWS_HOLD} after such news, no path through
-    either end of the lost link is advertised: if that node died, the news
-    of its other links arrives meanwhile, and its routes end in one pass
-    everywhere, with no hunting through the stale paths that cross it.
+    news too (C{up}).
+  - B{Sequence numbers} (as DSDV's): every node numbers itself (an even
+    number, which grows when a link of it fails) and routes to it carry
+    that number. When a link fails (not when it is removed on purpose), the
+    node at each end marks its peer unreachable at the peer's next (odd)
+    number, and its withdrawals carry the mark (C{lost}). A path numbered
+    below a mark is stale, so a dead node's routes end everywhere in one
+    pass, with no hunting through the stale paths that still lead to it;
+    paths I{through} it are unused as long as it is unreachable. A node that
+    only lost a link has numbered itself higher meanwhile, and its routes,
+    with the new number, replace the mark as they spread.
   - B{Damping}: a destination re-routed again within L{MRAI} of its last
     re-advert waits for the rest of that time (BGP's minimum route
     advertisement interval). Withdrawals are never held.
@@ -71,9 +78,9 @@ HYSTERESIS = 0.10
 #: A destination's route is re-advertised at most once in this many seconds.
 MRAI = 0.2
 
-#: How long after news of a lost link a path through either of its ends
-#: waits before it is advertised (see L{Router.ready}).
-NEWS_HOLD = 0.15
+#: How long a mark of an unreachable node is kept, in seconds: long
+#: after every stale path to it is gone.
+MARK_HOLD = 10.0
 
 #: A lost or restored link: (the node that saw it, its peer, a stamp of
 #: that node's clock in milliseconds).
@@ -88,12 +95,14 @@ class Route(NamedTuple):
         destination; C{path[0]} is the next hop.
     @ivar servers: the destination's servers and their methods.
     @ivar metric: the sum of the link costs along the path.
+    @ivar sn: the destination's sequence number the route carries.
     """
 
     destination: str
     path: tuple[str, ...]
     servers: Mapping[str, tuple[str, ...]]
     metric: int
+    sn: int = 0
 
     @property
     def next_hop(self) -> str:
@@ -156,8 +165,11 @@ class Router:
         self.ups: dict[tuple[str, str], tuple[int, float]] = {}
         #: linked neighbours -> the cost of the link
         self._links: dict[str, int] = {}
-        #: linked neighbours -> their own servers
+        #: linked neighbours -> their own servers, and sequence numbers
         self._own_servers: dict[str, Mapping[str, tuple[str, ...]]] = {}
+        self._own_sn: dict[str, int] = {}
+        #: destination -> (the number it is unreachable at, until when kept)
+        self._marks: dict[str, tuple[int, float]] = {}
         #: what each routing neighbour told us
         self._ribs: dict[str, AdjRib] = {}
         #: what we told each routing neighbour
@@ -194,19 +206,26 @@ class Router:
                 self.ups[me, peer_id] = (int(now * 1000), now + 2 * NOTICE_HOLD)
         return self._decide_all((peer_id,))
 
-    def link_down(self, peer_id: str, now: float | None = None) -> bool:
+    def link_down(self, peer_id: str, now: float | None = None, mark: bool = True) -> bool:
         """
         The link to C{peer_id} closed: forget what it said. With C{now},
         the loss becomes news that this node's next adverts carry.
 
+        :param mark: the peer may be gone (the link failed, or the peer
+            stopped): mark it unreachable at its next number. Not for a link
+            removed on purpose while both ends go on.
         :returns: whether the table changed.
         """
         if self._links.pop(peer_id, None) is None:
             return False
         self._own_servers.pop(peer_id, None)
+        known = self._own_sn.pop(peer_id, 0)
         self._mirrors.pop(peer_id, None)
         self._told.pop(peer_id, None)
         rib = self._ribs.pop(peer_id, None)
+        if now is not None and rib is not None and mark:
+            # It took part in numbering: unreachable here at the next number.
+            self._mark(peer_id, known + 1 if known % 2 == 0 else known, now)
         if self._suspects:
             for key in [k for k in self._suspects if k[0] == peer_id]:
                 del self._suspects[key]
@@ -230,6 +249,46 @@ class Router:
             return False
         self._own_servers[peer_id] = servers
         return self._decide_all((peer_id,))
+
+    def neighbour_sn(self, peer_id: str, sn: int) -> bool:
+        """Neighbour C{peer_id} gave its own number. :returns: whether the table changed."""
+        if peer_id not in self._links or self._own_sn.get(peer_id) == sn:
+            return False
+        self._own_sn[peer_id] = sn
+        return self._decide_all((peer_id,))
+
+    # Unreachable nodes.
+
+    def take_lost(self, peer_id: str, lost: Mapping[str, int], now: float) -> bool:
+        """
+        Neighbour C{peer_id} marks these destinations unreachable at these
+        numbers. :returns: whether the table changed.
+        """
+        changed = False
+        for destination, sn in lost.items():
+            if destination == self.node_id or destination in self._links:
+                continue
+            mark = self._marks.get(destination)
+            if mark is None or mark[0] < sn:
+                changed |= self._mark(destination, sn, now)
+        return changed
+
+    def lost_for(self, withdrawn: Iterable[str]) -> dict[str, int]:
+        """:returns: the marks to send with the withdrawal of C{withdrawn}."""
+        marks = self._marks
+        return {d: marks[d][0] for d in withdrawn if d in marks}
+
+    def _mark(self, destination: str, sn: int, now: float) -> bool:
+        self._marks[destination] = (sn, now + MARK_HOLD)
+        changed = self._decide_all((destination,))
+        return self._through(destination) or changed
+
+    def _through(self, node: str) -> bool:
+        # Re-decide the destinations some neighbour offers through C{node}
+        # (it became unreachable, or reachable again).
+        found = {d for rib in self._ribs.values() for d, path in rib.paths.items() if node in path}
+        found.discard(node)
+        return bool(found) and self._decide_all(found)
 
     # The route exchange.
 
@@ -372,12 +431,21 @@ class Router:
         over = [key for key, until in self._suspects.items() if until <= now]
         for key in over:
             del self._suspects[key]
-        return self._decide_all({destination for _, destination in over})
+        changed = self._decide_all({destination for _, destination in over})
+        for destination in [d for d, (_, until) in self._marks.items() if until <= now]:
+            del self._marks[destination]
+            changed |= self._decide_all((destination,)) | self._through(destination)
+        return changed
 
     def next_notice_expiry(self) -> float | None:
         """:returns: when the first news or suspicion held expires, if any."""
         return min(
-            [*self.notices.values(), *self._suspects.values(), *(u for _, u in self.ups.values())],
+            [
+                *self.notices.values(),
+                *self._suspects.values(),
+                *(u for _, u in self.ups.values()),
+                *(u for _, u in self._marks.values()),
+            ],
             default=None,
         )
 
@@ -460,7 +528,7 @@ class Router:
             route = routes.get(destination)
             if route is None or peer_id in route.path or len(route.path) > longest:
                 return None
-            return route.path, route.metric, route.servers
+            return route.path, route.metric, route.servers, route.sn
 
         return wanted
 
@@ -489,17 +557,10 @@ class Router:
     def ready(self, now: float) -> tuple[set[str], float | None]:
         """
         The changed destinations that may be advertised now, and when the
-        first of the others may. Two rules hold an advert back (withdrawals
-        are never held):
-
-          - B{MRAI}: a destination re-routed within L{MRAI} of its last
-            re-advert waits for the rest of that time, so a burst of changes
-            goes out once;
-          - B{news}: for L{NEWS_HOLD} after news that a link is lost, a
-            destination whose path runs through either of its ends waits:
-            if that node died, the news of its other links follows and the
-            path is gone before anyone hears of it (no path hunting); if
-            only the link went, the path goes out a moment later.
+        first of the others may: a destination re-routed within L{MRAI} of
+        its last re-advert waits for the rest of that time, so a burst of
+        changes goes out once (BGP's minimum route advertisement interval).
+        New destinations and withdrawals are never held.
         """
         ready = set(self.dirty)
         release: float | None = None
@@ -510,23 +571,6 @@ class Router:
                 ready.discard(destination)
                 if release is None or last + MRAI < release:
                     release = last + MRAI
-        news: dict[str, float] = {}
-        for (node, peer, _), until in self.notices.items():
-            over = until - NOTICE_HOLD + NEWS_HOLD
-            if over > now:
-                for named in (node, peer):
-                    news[named] = max(over, news.get(named, over))
-        if news:
-            routes = self._routes
-            for destination in list(ready):
-                route = routes.get(destination)
-                if route is None:
-                    continue
-                over = max((news.get(n, 0.0) for n in route.path), default=0.0)
-                if over > now:
-                    ready.discard(destination)
-                    if release is None or over < release:
-                        release = over
         return ready, release
 
     def exported(self, destinations: Iterable[str], now: float | None = None) -> None:
@@ -592,8 +636,14 @@ class Router:
 
     def _decide_all(self, destinations: Iterable[str]) -> bool:
         changed = False
+        marks = self._marks
         for destination in destinations:
-            changed |= self._decide(destination)
+            if self._decide(destination):
+                changed = True
+                if destination in marks:
+                    # A marked node reachable again (or no more): the
+                    # paths through it are worth another look.
+                    self._through(destination)
         if changed and self._overflow and len(self._routes) < self.max_routes:
             waiting, self._overflow = self._overflow, set()
             for destination in waiting:
@@ -613,6 +663,7 @@ class Router:
                 (destination,),
                 self._own_servers.get(destination, NO_SERVERS),
                 cost,
+                self._own_sn.get(destination, 0),
             )
         else:
             new = self._best(destination, old)
@@ -638,38 +689,58 @@ class Router:
         links = self._links
         accept = self.accept_path
         suspects = self._suspects
+        marks = self._marks
+        gone = {n for n in marks if n not in self._routes} if marks else None
         in_use = old.path[0] if old is not None else None
-        best: tuple[int, int, str] | None = None
-        best_rib: AdjRib | None = None
-        incumbent: tuple[int, int, str] | None = None
-        keys: list[tuple[int, int, str]] = []
+        offers: list[tuple[int, tuple[int, int, str], AdjRib]] = []
         for peer_id, rib in self._ribs.items():
             path = rib.paths.get(destination)
             if path is None:
                 continue
             if suspects and (peer_id, destination) in suspects:
                 continue
+            if gone and any(node in gone for node in path[:-1]):
+                continue  # through a node unreachable from here: stale
             if accept is not None and not accept(peer_id, path):
                 continue
             key = (links[peer_id] + rib.metrics[destination], len(path), peer_id)
+            offers.append((rib.sns.get(destination, 0), key, rib))
+        if not offers:
+            return None
+        # Only the freshest number counts, and a mark above it leaves none.
+        newest = max(offer[0] for offer in offers)
+        mark = marks.get(destination) if marks else None
+        if mark is not None and mark[0] > newest:
+            return None
+        best: tuple[int, int, str] | None = None
+        best_rib: AdjRib | None = None
+        incumbent: tuple[int, int, str] | None = None
+        keys: list[tuple[int, int, str]] = []
+        for sn, key, rib in offers:
+            if sn != newest:
+                continue
             keys.append(key)
             if best is None or key < best:
                 best, best_rib = key, rib
-            if peer_id == in_use:
+            if key[2] == in_use:
                 incumbent = key
-        if best is None:
-            return None
+        assert best is not None and best_rib is not None
         if incumbent is not None and best is not incumbent and not _beats(best, incumbent):
             challengers = [key for key in keys if _beats(key, incumbent)]
             best = min(challengers) if challengers else incumbent
             best_rib = self._ribs[best[2]]
-        assert best_rib is not None
         path = best_rib.paths[destination]
         servers = best_rib.servers.get(destination, NO_SERVERS)
         metric = best[0]
-        if old is not None and old.path is path and old.metric == metric and old.servers is servers:
+        if (
+            old is not None
+            and old.path is path
+            and old.metric == metric
+            and old.servers is servers
+            and old.sn == newest
+        ):
             return old
-        return Route(destination, path, servers, metric)
+        return Route(destination, path, servers, metric, newest)
 
 
 def hop_budget(hops: int) -> int:

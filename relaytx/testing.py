@@ -50,7 +50,7 @@ from twisted.internet.testing import MemoryReactorClock
 from zope.interface import implementer
 
 from relaytx._adverts import SYNC_DELAY
-from relaytx._routing import MRAI, NEWS_HOLD
+from relaytx._routing import MRAI
 from relaytx.config import build_config
 from relaytx.interfaces import ILinkTransport
 from relaytx.peer import PeerSession
@@ -436,7 +436,7 @@ class MemoryMesh:
         for link in self.links:
             for node in link.nodes:
                 due = node.mesh.adverts.send_due()
-                if due is not None and due <= node.mesh.clock.seconds() + MRAI + NEWS_HOLD:
+                if due is not None and due <= node.mesh.clock.seconds() + MRAI + SYNC_DELAY:
                     return True
         return False
 

@@ -784,12 +784,15 @@ class RouteAdvert(NamedTuple):
     @ivar metric: with C{path}, the sender's metric to the destination
         (C{None}: the path's length); with C{parent}, what the last link
         adds to the parent's metric (C{None}: 1).
+    @ivar sn: the destination's sequence number, when it is sent (C{None}:
+        as before; never sent: 0).
     """
 
     path: tuple[str, ...] | None = None
     servers: Mapping[str, tuple[str, ...]] | None = None
     parent: str | None = None
     metric: int | None = None
+    sn: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """:returns: the entry's JSON object (see L{RegistrySync})."""
@@ -805,6 +808,8 @@ class RouteAdvert(NamedTuple):
                 out["c"] = metric
         if self.servers is not None:
             out["s"] = {name: list(methods) for name, methods in self.servers.items()}
+        if self.sn is not None:
+            out["n"] = self.sn
         return out
 
     @classmethod
@@ -835,7 +840,12 @@ class RouteAdvert(NamedTuple):
             raise MalformedMessage(f"{what} metric of {dest!r} is not one", reason="bad_field")
         raw_servers = get("s")
         servers = None if raw_servers is None else _compact_servers(raw_servers, what)
-        return cls(path, servers, parent, metric)
+        sn = get("n")
+        if sn is not None and (type(sn) is not int or sn < 0):
+            raise MalformedMessage(
+                f"{what} sequence number of {dest!r} is not one", reason="bad_field"
+            )
+        return cls(path, servers, parent, metric, sn)
 
 
 @frozen
@@ -858,6 +868,10 @@ class RegistrySync(Payload):
         stamp)} (C{node} saw its link to C{peer} close at C{stamp}, its
         clock in milliseconds): a path through one is stale, whoever offers it.
     @ivar up: links back up since such a notice, likewise.
+    @ivar sn: the sender's own sequence number (C{None}: unchanged).
+    @ivar lost: destinations the sender knows to be unreachable at a
+        sequence number (odd, one above the last it knew them by): any path
+        to them numbered below it is stale, whoever offers it.
     """
 
     TYPE = "registry_sync"
@@ -870,6 +884,8 @@ class RegistrySync(Payload):
     resync: bool = False
     down: tuple[tuple[str, str, int], ...] = ()
     up: tuple[tuple[str, str, int], ...] = ()
+    sn: int | None = None
+    lost: Mapping[str, int] | None = None
 
     @property
     def routes_sync(self) -> bool:
@@ -905,6 +921,8 @@ class RegistrySync(Payload):
             _optional(data, "resync", bool, what, False),
             _links_of(data, "down", what),
             _links_of(data, "up", what),
+            _sequence(data.get("sn"), "sn", what),
+            _lost_of(data, what),
         )
 
     def to_data(self) -> dict[str, Any]:
@@ -927,7 +945,24 @@ class RegistrySync(Payload):
             data["down"] = [list(link) for link in self.down]
         if self.up:
             data["up"] = [list(link) for link in self.up]
+        if self.sn is not None:
+            data["sn"] = self.sn
+        if self.lost:
+            data["lost"] = dict(self.lost)
         return data
+
+
+def _sequence(value: Any, key: str, what: str) -> int | None:
+    if value is not None and (type(value) is not int or value < 0):
+        raise MalformedMessage(f"{what} {key} is not a sequence number", reason="bad_field")
+    return value
+
+
+def _lost_of(data: Mapping[str, Any], what: str) -> Mapping[str, int] | None:
+    raw = _optional(data, "lost", dict, what)
+    if not raw:
+        return None
+    return {node_id_of(dest, what): _sequence(sn, "lost", what) or 0 for dest, sn in raw.items()}
 
 
 def _links_of(data: Mapping[str, Any], key: str, what: str) -> tuple[tuple[str, str, int], ...]:

@@ -16,7 +16,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx._adverts import SYNC_DELAY
-from relaytx._routing import MRAI, NEWS_HOLD, NOTICE_HOLD
+from relaytx._routing import MRAI, NOTICE_HOLD
 from relaytx.node import RelayNode
 from relaytx.testing import FakeLinkTransport, MemoryMesh, memory_node
 from relaytx.wire import Envelope, RegistrySync, RouteAdvert, encode
@@ -64,7 +64,8 @@ class FirstAdvertTests(ExchangeTestCase):
         self.network.advance(0)
         first = syncs(link, a)[0]
         self.assertEqual(
-            dict(first.data), {"servers": {"node": {"methods": ["echo", "info", "ping"]}}, "seq": 1}
+            dict(first.data),
+            {"servers": {"node": {"methods": ["echo", "info", "ping"]}}, "seq": 1, "sn": 0},
         )
 
     def test_original_node_gets_servers_only(self) -> None:
@@ -84,7 +85,7 @@ class FirstAdvertTests(ExchangeTestCase):
         sent = transport.envelopes("registry_sync")
         self.assertEqual(len(sent), 2)
         for envelope in sent:
-            self.assertEqual(set(envelope.data) - {"seq"}, {"servers"})
+            self.assertEqual(set(envelope.data) - {"seq", "sn"}, {"servers"})
         self.assertIn("counter", sent[-1].data["servers"])
         self.assertEqual(hub.views.routes()["orig"]["hops"], 1)
         self.assertEqual(far.views.servers()["calc"][0]["hops"], 2)
@@ -258,7 +259,7 @@ class SequenceTests(ExchangeTestCase):
         )
         self.network.settle()
         for envelope in transport.envelopes("registry_sync"):
-            self.assertEqual(set(envelope.data) - {"seq"}, {"servers"})
+            self.assertEqual(set(envelope.data) - {"seq", "sn"}, {"servers"})
 
 
 class DampingTests(ExchangeTestCase):
@@ -343,7 +344,7 @@ class DeathTests(ExchangeTestCase):
         while any("e" in n.views.routes() for k, n in nodes.items() if k != "e"):
             self.network.advance(0.01)
             self.assertLess(self.clock.seconds() - start, 1.0)
-        self.network.advance(NEWS_HOLD + MRAI)
+        self.network.advance(MRAI)
         for link in self.network.links:
             for node in link.nodes:
                 for sync in syncs(link, node)[marks[id(link)][node.node_id] :]:

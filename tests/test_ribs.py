@@ -211,7 +211,7 @@ class LimitTests(SynchronousTestCase):
 def table(paths: dict[str, tuple[str, ...]], metric: int = 0) -> dict[str, Wanted]:
     """:returns: wishes with each path's length (plus C{metric}) and a server table each."""
     return {
-        d: (path, len(path) + metric, server_table([(f"svc-{d}", ("m",))]))
+        d: (path, len(path) + metric, server_table([(f"svc-{d}", ("m",))]), 2)
         for d, path in paths.items()
     }
 
@@ -228,7 +228,8 @@ class SenderTests(SynchronousTestCase):
         self.assertEqual(entries["d"].parent, "p")
         self.assertEqual(entries["e"].parent, "d")
         self.assertEqual(entries["x"].path, ("q", "x"))
-        self.assertEqual({d: mirror.get(d) for d in want}, {d: w[:2] for d, w in want.items()})
+        self.assertEqual({d: mirror.get(d) for d in want}, {d: w[:2] for d, w in want.items()})  # type: ignore[index]
+        self.assertEqual({d: mirror.sn_of(d) for d in want}, dict.fromkeys(want, 2))
 
     def test_one_entry_moves_a_subtree(self) -> None:
         """When a subtree moves, only its root is sent: the rest follows it."""
@@ -260,6 +261,7 @@ class SenderTests(SynchronousTestCase):
         entries, withdrawn = diff(mirror, after.get, ["p"])
         self.assertEqual(withdrawn, ["p"])
         self.assertEqual(entries, {"d": RouteAdvert(("p", "d"))})
+        self.assertEqual(rib.sn_of("d"), 2)
         rib.apply(entries, withdrawn)
         self.assertEqual(rib.get("d"), (("s", "p", "d"), 2))
 
@@ -268,9 +270,12 @@ class SenderTests(SynchronousTestCase):
         want = table({"p": ("p",)})
         mirror = AdjRib("n", (), 63)
         export(mirror, want.get, want)
-        after = {"p": (("p",), 1, OTHER)}
+        after = {"p": (("p",), 1, OTHER, 2)}
         entries, _ = diff(mirror, after.get, ["p"])
         self.assertEqual(entries, {"p": RouteAdvert(None, OTHER)})
+        renumbered = {"p": (("p",), 1, OTHER, 4)}
+        entries, _ = diff(mirror, renumbered.get, ["p"])
+        self.assertEqual(entries, {"p": RouteAdvert(None, None, None, None, 4)})
 
 
 # Property: whatever the tables and whatever changes between them, the
@@ -293,7 +298,7 @@ def wishes(draw: st.DrawFn) -> dict[str, Wanted]:
                 path = (*base[0], dest)
                 metric = base[1] + draw(st.integers(0, 3))
                 servers = draw(st.sampled_from([NO_SERVERS, SVC, OTHER]))
-                want[dest] = (path, metric, servers)
+                want[dest] = (path, metric, servers, draw(st.integers(0, 3)))
                 continue
         hops = draw(st.lists(st.sampled_from(others), max_size=4, unique=True))
         path = (*hops, dest)
@@ -301,6 +306,7 @@ def wishes(draw: st.DrawFn) -> dict[str, Wanted]:
             path,
             len(path) + draw(st.integers(0, 3)),
             draw(st.sampled_from([SVC, OTHER])),
+            draw(st.integers(0, 3)),
         )
     return want
 
@@ -334,4 +340,5 @@ class DiffPropertyTests(SynchronousTestCase):
                 self.assertEqual(rib.get(dest), expected, dest)
                 servers = NO_SERVERS if wish is None else wish[2]
                 self.assertEqual(rib.servers_of(dest), servers)
+                self.assertEqual(rib.sn_of(dest), 0 if wish is None else wish[3])
             previous = want

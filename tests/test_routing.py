@@ -63,6 +63,9 @@ class Network:
         self.costs: dict[tuple[str, str], int] = {}
         self._new: set[tuple[str, str]] = set()
         self.sent: list[tuple[str, str, RegistrySync]] = []
+        #: each node's own sequence number, and the one each neighbour heard
+        self.sn = dict.fromkeys(self.routers, 0)
+        self._told_sn: dict[tuple[str, str], int] = {}
         for a, b in links:
             self.connect(a, b)
 
@@ -76,20 +79,31 @@ class Network:
         for x, y in ((a, b), (b, a)):
             results.append(self.routers[x].link_up(y, now=self.now))
             self.routers[x].neighbour_servers(y, server_table(servers_of(y).items()))
+            self.routers[x].neighbour_sn(y, self.sn[y])
+            self._told_sn[y, x] = self.sn[y]
             self.routers[x].start_routing(y)
             self._new.add((x, y))
         return results[0], results[1]
 
-    def cut(self, a: str, b: str) -> tuple[bool, bool]:
-        """Lose the link a-b at both ends; returns each end's link_down result."""
+    def cut(self, a: str, b: str, failed: bool = False) -> tuple[bool, bool]:
+        """
+        Lose the link a-b at both ends, removed on purpose (or C{failed});
+        returns each end's link_down result.
+        """
         self.links.discard(frozenset((a, b)))
         self._new -= {(a, b), (b, a)}
-        return self.routers[a].link_down(b, self.now), self.routers[b].link_down(a, self.now)
+        if failed:
+            self.sn[a] += 2  # each end numbers itself anew (Advertiser.link_closed)
+            self.sn[b] += 2
+        return (
+            self.routers[a].link_down(b, self.now, mark=failed),
+            self.routers[b].link_down(a, self.now, mark=failed),
+        )
 
     def kill(self, node: str) -> None:
-        """C{node} dies: every link of it is lost (its router stays, unlinked)."""
+        """C{node} dies: every link of it fails (its router stays, unlinked)."""
         for peer in sorted(self.neighbours(node)):
-            self.cut(node, peer)
+            self.cut(node, peer, failed=True)
 
     def neighbours(self, node: str) -> set[str]:
         return {peer for link in self.links if node in link for peer in link - {node}}
@@ -110,10 +124,14 @@ class Network:
                 routes, withdrawn = router.export_changes(peer, changed)
                 full = False
             up = router.ups_for(peer)
-            if routes or withdrawn or down or up or full:
+            sn = None if self._told_sn.get((node, peer)) == self.sn[node] else self.sn[node]
+            self._told_sn[node, peer] = self.sn[node]
+            lost = router.lost_for(withdrawn)
+            if routes or withdrawn or down or up or full or sn is not None:
                 advert = RegistrySync(
-                    None, routes, tuple(withdrawn), 1, full=full, down=down, up=up
-                )
+                    None, routes, tuple(withdrawn), 1, full=full, down=down, up=up, sn=sn,
+                    lost=lost or None,
+                )  # fmt: skip
                 out.append((peer, RegistrySync.from_data(json.loads(json.dumps(advert.to_data())))))
         router.exported(changed, self.now)
         return out
@@ -135,12 +153,16 @@ class Network:
             if frozenset((sender, receiver)) not in self.links:
                 continue
             router = self.routers[receiver]
+            if advert.sn is not None:
+                router.neighbour_sn(sender, advert.sn)
             if advert.full:
                 rib = router.new_rib(sender)
                 rib.apply(advert.routes)
                 router.replace(sender, rib)
             else:
                 router.advert_from(sender, advert.routes, advert.withdrawn)
+            if advert.lost:
+                router.take_lost(sender, advert.lost, self.now)
             if advert.down or advert.up:
                 router.take_notices(sender, advert.down, self.now, advert.up)
         self.sent.extend(batch)
@@ -564,11 +586,12 @@ class WithdrawalTests(SynchronousTestCase):
         ]
         self.assertEqual(readvertised, [])
 
-    def test_stale_paths_hunted_without_the_news(self) -> None:
-        """Without news of lost links, the same death makes nodes try stale paths."""
+    def test_stale_paths_hunted_without_the_marks(self) -> None:
+        """Without the marks and news of lost links, the same death makes nodes try stale paths."""
         net = self.mesh()
         for router in net.routers.values():
             router.notices_for = lambda peer: ()  # type: ignore[method-assign]
+            router.lost_for = lambda withdrawn: {}  # type: ignore[method-assign]
         before = len(net.sent)
         net.kill("g11")
         net.flood()
