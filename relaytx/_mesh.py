@@ -222,7 +222,10 @@ class Mesh:
         self._log.info("link to {peer} lost ({reason})", peer=peer_id, reason=reason or "closed")
         # A link removed on purpose (or replaced) says nothing of its peer;
         # any other loss may be the peer's death.
-        removed = reason.startswith((f"close code {CLOSE_REMOVED}", f"close code {CLOSE_REPLACED}"))
+        on_purpose = (CLOSE_REMOVED, CLOSE_REPLACED)
+        removed = session.closed_with in on_purpose or reason.startswith(
+            tuple(f"close code {code}" for code in on_purpose)
+        )
         self.adverts.link_closed(peer_id, failed=not removed)
         self.calls.path_lost(peer_id)
         if self.records is not None:

@@ -114,6 +114,8 @@ class PeerSession:
         self.rtt: float | None = None
         self.healthy = True
         self.closed = False
+        #: the close code this end closed the link with, if it did
+        self.closed_with: int | None = None
         self._lost = False
         self._pinger: LoopingCall | None = None
 
@@ -176,6 +178,7 @@ class PeerSession:
         """Close the link with a WebSocket close code."""
         if self.transport is not None and not self.closed:
             self.closed = True
+            self.closed_with = code
             self.transport.close(code, reason)
 
     # Dispatch.
