@@ -7,8 +7,8 @@ and answers the coordinator's commands. Started by scale.py, never by hand.
 It talks to scale.py over stdin/stdout, one JSON object a line. Commands
 (C{{"cmd": ...}}) and what it answers:
 
-  - C{start} C{{"nodes": [[id, port], ...], "ping_interval"}}: starts the
-    nodes; C{{"event": "started"}};
+  - C{start} C{{"nodes": [id, ...], "ping_interval"}}: starts the nodes,
+    each on a free port; C{{"event": "started", "ports": {id: port}}};
   - C{graph} C{{"adj": {id: [id, ...]}, "dead": [id, ...]}}: the mesh as
     it should be now, for the convergence check; C{{"event": "graph"}};
   - C{dial} C{{"edges": [[from, to, port], ...]}}: C{from} dials C{to};
@@ -25,6 +25,8 @@ It talks to scale.py over stdin/stdout, one JSON object a line. Commands
   - C{memory}: routing state per node (bytes of the routing table and
     everything the route exchange keeps) and RSS;
   - C{quit} (or end of stdin): stops every node and exits.
+
+A command that fails answers C{{"event": "error", "error"}}.
 """
 
 from __future__ import annotations
@@ -109,21 +111,39 @@ class Worker:
 
     def command(self, line: str) -> None:
         msg = json.loads(line)
-        getattr(self, "do_" + msg.pop("cmd"))(**msg)
+        try:
+            getattr(self, "do_" + msg.pop("cmd"))(**msg)
+        except Exception as e:
+            self.emit({"event": "error", "error": f"{type(e).__name__}: {e}"})
 
-    def do_start(self, nodes: list[list[Any]], ping_interval: float) -> None:
+    def do_start(self, nodes: list[str], ping_interval: float) -> None:
+        import socket
+
         from relaytx.config import build_config
+        from relaytx.errors import StartupError
         from relaytx.node import RelayNode
 
-        for node_id, port in nodes:
-            config = build_config(
-                {"node_id": node_id, "port": port, "ping_interval": ping_interval}
-            )
-            node = RelayNode(config, self.reactor)
-            node.privilegedStartService()
-            node.startService()
+        ports = {}
+        for node_id in nodes:
+            for _attempt in range(10):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", 0))
+                    port = probe.getsockname()[1]
+                config = build_config(
+                    {"node_id": node_id, "port": port, "ping_interval": ping_interval}
+                )
+                node = RelayNode(config, self.reactor)
+                try:
+                    node.privilegedStartService()
+                except StartupError:
+                    continue
+                node.startService()
+                break
+            else:
+                raise RuntimeError(f"could not start {node_id}")
             self.nodes[node_id] = node
-        self.emit({"event": "started", "pid": os.getpid()})
+            ports[node_id] = port
+        self.emit({"event": "started", "pid": os.getpid(), "ports": ports})
 
     def do_graph(self, adj: dict[str, list[str]], dead: list[str]) -> None:
         self.adj = adj

@@ -1599,6 +1599,8 @@ class WorkerBackend:
                 continue
             if event.get("event") == kind:
                 return event
+            if event.get("event") == "error":
+                raise RuntimeError(f"worker {k}: {event['error']}")
             if event.get("event") == "exit":
                 with open(os.path.join(self.tmp, f"worker-{k}.err"), errors="replace") as f:
                     raise RuntimeError(f"worker {k} exited: {f.read()[-2000:]}")
@@ -1610,16 +1612,15 @@ class WorkerBackend:
 
     def start(self) -> None:
         self._spawn()
-        slices: list[list[list[Any]]] = [[] for _ in self.procs]
+        slices: list[list[str]] = [[] for _ in self.procs]
         for i, node_id in enumerate(self.ids):
             k = i % len(self.procs)
             self.home[node_id] = k
-            self.ports[node_id] = free_port()
-            slices[k].append([node_id, self.ports[node_id]])
+            slices[k].append(node_id)
         for k, nodes in enumerate(slices):
             self._send(k, cmd="start", nodes=nodes, ping_interval=self.args.ping_interval)
         for k in range(len(self.procs)):
-            self._wait(k, "started", 120)
+            self.ports.update(self._wait(k, "started", 120)["ports"])
 
     def dial(self, edges: list[tuple[str, str]]) -> None:
         per: list[list[list[Any]]] = [[] for _ in self.procs]
