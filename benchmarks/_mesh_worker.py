@@ -203,6 +203,9 @@ class Worker:
         self.emit(
             {
                 "event": "status",
+                "links": sum(
+                    len(n.mesh.links) for k, n in self.nodes.items() if k not in self.dead
+                ),
                 "converged": good,
                 "nodes": len(self.nodes) - len(self.dead & set(self.nodes)),
                 "bad": bad,

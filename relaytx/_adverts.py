@@ -27,7 +27,8 @@ How a link uses C{registry_sync} (the wire format is in L{relaytx.wire}):
   - A link that closes becomes a notice (C{down}) in the next adverts that
     withdraw or change paths through it (L{relaytx._routing}).
 
-Link costs come from the RTT of each link's pings (L{relaytx._latency}).
+Link costs come from the RTT of each link's pings (L{relaytx._latency}),
+except those measured while the node itself is busy.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ from relaytx.wire import Envelope, RegistrySync, RouteAdvert, encode, rfc3339
 
 #: Changes within this many seconds are announced in one registry_sync.
 SYNC_DELAY = 0.02
+
+#: A timer this late (seconds) means the reactor is busy: round trips
+#: measured within L{BUSY_HOLD} seconds of it do not count for link costs.
+BUSY_LATENESS = 0.01
+BUSY_HOLD = 30.0
 
 #: Seconds between two requests for a neighbour's whole table while none comes.
 RESYNC_RETRY = 2.0
@@ -120,6 +126,7 @@ class Advertiser:
         self._on_change = on_change
         self._call: IDelayedCall | None = None
         self._due = 0.0
+        self._busy_until = 0.0
         self._everyone = False
         self._peers: set[str] = set()
         self._state: dict[str, _Link] = {}
@@ -168,7 +175,14 @@ class Advertiser:
             self.schedule(peers=())
 
     def link_measured(self, peer_id: str, rtt: float) -> None:
-        """A round trip on the link to C{peer_id} was measured."""
+        """
+        A round trip on the link to C{peer_id} was measured. A round trip
+        measured while this node's reactor runs late says how busy the node
+        is, not how slow the link is: it is left out.
+        """
+        now = self._clock.seconds()
+        if now < self._busy_until:
+            return
         self._set_costs(self._costs.sample(peer_id, rtt))
 
     def _set_costs(self, costs: Mapping[str, int]) -> None:
@@ -235,6 +249,10 @@ class Advertiser:
     def _send(self) -> None:
         self._call = None
         now = self._clock.seconds()
+        if now - self._due > BUSY_LATENESS:
+            # The reactor ran this timer late: round trips measured now, and
+            # for a while, would be the node's own delay.
+            self._busy_until = now + BUSY_HOLD
         router = self._router
         if router.expire_notices(now):
             self._stamp()

@@ -80,7 +80,7 @@ MRAI = 0.2
 
 #: How long a mark of an unreachable node is kept, in seconds: long
 #: after every stale path to it is gone.
-MARK_HOLD = 10.0
+MARK_HOLD = 60.0
 
 #: A lost or restored link: (the node that saw it, its peer, a stamp of
 #: that node's clock in milliseconds).
@@ -326,7 +326,7 @@ class Router:
         changed = rib.apply(routes, withdrawn)
         if self._suspects:
             self._restated(peer_id, changed, [*(routes or ()), *withdrawn])
-        return self._decide_all(changed)
+        return self._decide_from(peer_id, rib, changed)
 
     def replace(self, peer_id: str, rib: AdjRib) -> bool:
         """
@@ -633,6 +633,42 @@ class Router:
         return self._decide_all(destinations)
 
     # The decision.
+
+    def _decide_from(self, peer_id: str, rib: AdjRib, destinations: Iterable[str]) -> bool:
+        """
+        Decide again the destinations whose offer from C{peer_id} changed,
+        skipping those whose route goes elsewhere and stays there: the new
+        offer is not fresher and does not beat it (most of them, as a
+        neighbour's subtree moves).
+        """
+        routes = self._routes
+        links = self._links
+        cost = links.get(peer_id, 1)
+        paths, metrics, sns = rib.paths, rib.metrics, rib.sns
+        todo = []
+        for destination in destinations:
+            route = routes.get(destination)
+            if route is None or destination in links:
+                if destination not in links:
+                    todo.append(destination)
+                continue
+            path = route.path
+            if path[0] == peer_id:
+                todo.append(destination)
+                continue
+            offer = paths.get(destination)
+            if offer is None:
+                continue  # nothing offered there: the route elsewhere stands
+            sn = sns.get(destination, 0)
+            if sn < route.sn:
+                continue
+            if sn == route.sn and not _beats(
+                (cost + metrics[destination], len(offer), peer_id),
+                (route.metric, len(path), path[0]),
+            ):
+                continue
+            todo.append(destination)
+        return self._decide_all(todo)
 
     def _decide_all(self, destinations: Iterable[str]) -> bool:
         changed = False
