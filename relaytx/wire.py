@@ -749,7 +749,10 @@ def server_table(items: Iterable[tuple[str, Iterable[str]]]) -> Mapping[str, tup
     :returns: the read-only server table (name -> methods) holding C{items},
         the one object kept for equal tables.
     """
-    key = tuple((name, tuple(methods)) for name, methods in items)
+    return _table(tuple((name, tuple(methods)) for name, methods in items))
+
+
+def _table(key: tuple[tuple[str, tuple[str, ...]], ...]) -> Mapping[str, tuple[str, ...]]:
     if not key:
         return NO_SERVERS
     table = _known_tables.get(key)
@@ -761,11 +764,14 @@ def server_table(items: Iterable[tuple[str, Iterable[str]]]) -> Mapping[str, tup
 
 
 def _compact_servers(value: Any, what: str) -> Mapping[str, tuple[str, ...]]:
-    _check(value, "s", dict, what)
+    if type(value) is not dict:
+        _check(value, "s", dict, what)
     items = []
     for name, methods in value.items():
-        items.append((name, _string_list(methods, name, f"{what} servers")))
-    return server_table(items)
+        if type(methods) is not list or not _all_strings(methods):
+            _string_list(methods, name, f"{what} servers")  # raises
+        items.append((name, tuple(methods)))
+    return _table(tuple(items))
 
 
 class RouteAdvert(NamedTuple):
@@ -794,8 +800,13 @@ class RouteAdvert(NamedTuple):
     metric: int | None = None
     sn: int | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        """:returns: the entry's JSON object (see L{RegistrySync})."""
+    def to_json(self, table_index: Any = None) -> dict[str, Any]:
+        """
+        :param table_index: given a server table, returns its index in the
+            advert's C{tables} (the entry then refers to it); C{None}: the
+            entry carries its servers itself.
+        :returns: the entry's JSON object (see L{RegistrySync}).
+        """
         out: dict[str, Any] = {}
         path, metric = self.path, self.metric
         if path is not None:
@@ -807,14 +818,25 @@ class RouteAdvert(NamedTuple):
             if metric is not None and metric != 1:
                 out["c"] = metric
         if self.servers is not None:
-            out["s"] = {name: list(methods) for name, methods in self.servers.items()}
+            if table_index is not None:
+                out["s"] = table_index(self.servers)
+            else:
+                out["s"] = {name: list(methods) for name, methods in self.servers.items()}
         if self.sn is not None:
             out["n"] = self.sn
         return out
 
     @classmethod
-    def from_json(cls, dest: str, value: Any, what: str) -> RouteAdvert:
+    def from_json(
+        cls,
+        dest: str,
+        value: Any,
+        what: str,
+        tables: list[Mapping[str, tuple[str, ...]]] | None = None,
+    ) -> RouteAdvert:
         """
+        :param tables: the advert's server tables, which entries refer to
+            by index.
         :raises MalformedMessage: if C{value} is not an entry for C{dest}.
         """
         if type(value) is not dict:
@@ -839,7 +861,15 @@ class RouteAdvert(NamedTuple):
         if metric is not None and (type(metric) is not int or not 0 <= metric <= MAX_METRIC):
             raise MalformedMessage(f"{what} metric of {dest!r} is not one", reason="bad_field")
         raw_servers = get("s")
-        servers = None if raw_servers is None else _compact_servers(raw_servers, what)
+        servers = None
+        if type(raw_servers) is int:
+            if tables is None or not 0 <= raw_servers < len(tables):
+                raise MalformedMessage(
+                    f"{what} {dest!r} refers to no server table", reason="bad_field"
+                )
+            servers = tables[raw_servers]
+        elif raw_servers is not None:
+            servers = _compact_servers(raw_servers, what)
         sn = get("n")
         if sn is not None and (type(sn) is not int or sn < 0):
             raise MalformedMessage(
@@ -903,8 +933,9 @@ class RegistrySync(Payload):
         routes = None
         if raw_routes:
             from_json = RouteAdvert.from_json
+            tables = [_compact_servers(t, what) for t in _optional(data, "tables", list, what, ())]
             routes = {
-                node_id_of(dest, what): from_json(dest, entry, what)
+                node_id_of(dest, what): from_json(dest, entry, what, tables)
                 for dest, entry in raw_routes.items()
             }
         withdrawn: tuple[str, ...] = ()
@@ -938,7 +969,22 @@ class RegistrySync(Payload):
         if self.resync:
             data["resync"] = True
         if self.routes:
-            data["routes"] = {dest: entry.to_json() for dest, entry in self.routes.items()}
+            # Each server table once, in C{tables}; entries refer to it.
+            tables: list[dict[str, list[str]]] = []
+            index: dict[int, int] = {}
+
+            def table_index(table: Mapping[str, tuple[str, ...]]) -> int:
+                at = index.get(id(table))
+                if at is None:
+                    at = index[id(table)] = len(tables)
+                    tables.append({name: list(methods) for name, methods in table.items()})
+                return at
+
+            data["routes"] = {
+                dest: entry.to_json(table_index) for dest, entry in self.routes.items()
+            }
+            if tables:
+                data["tables"] = tables
         if self.withdrawn:
             data["withdraw"] = list(self.withdrawn)
         if self.down:

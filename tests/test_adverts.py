@@ -101,9 +101,10 @@ class FirstAdvertTests(ExchangeTestCase):
         c.expose("counter", Counter())
         self.network.settle()
         [change] = syncs(ab, b)[before:]
+        self.assertEqual(change.data["routes"], {"c": {"s": 0}})
         self.assertEqual(
-            change.data["routes"],
-            {"c": {"s": {"counter": ["get", "increment"], "node": ["echo", "info", "ping"]}}},
+            change.data["tables"],
+            [{"counter": ["get", "increment"], "node": ["echo", "info", "ping"]}],
         )
         self.assertNotIn("full", change.data)
 

@@ -146,7 +146,10 @@ def route_tables(draw: st.DrawFn) -> dict[str, Any]:
                 entry["c"] = draw(maybe(st.integers(-1, 5)))
         if draw(st.booleans()):
             entry["s"] = draw(
-                maybe(st.dictionaries(st.text(max_size=4), maybe(st.lists(st.text(max_size=3)))))
+                maybe(
+                    st.dictionaries(st.text(max_size=4), maybe(st.lists(st.text(max_size=3))))
+                    | st.integers(-1, 2)
+                )
             )
         table[dest] = draw(maybe(st.just(entry)))
     return table
@@ -203,6 +206,14 @@ PAYLOAD_DATA: dict[str, st.SearchStrategy[dict[str, Any]]] = {
             "servers": maybe(server_tables),
             "routes": maybe(route_tables()),
             "seq": maybe(st.integers(-1, 5)),
+            "tables": maybe(
+                st.lists(
+                    maybe(st.dictionaries(st.text(max_size=4), st.lists(st.text(max_size=3)))),
+                    max_size=2,
+                )
+            ),
+            "sn": maybe(st.integers(-1, 5)),
+            "lost": maybe(st.dictionaries(st.sampled_from(NODE_IDS), maybe(st.integers(-1, 5)))),
             "full": maybe(st.booleans()),
             "more": maybe(st.booleans()),
             "resync": maybe(st.booleans()),
@@ -305,6 +316,9 @@ simple_payloads = st.one_of(
         resync=st.booleans(),
         down=links,
         up=links,
+        sn=st.none() | st.integers(0, 99),
+        lost=st.none()
+        | st.dictionaries(st.sampled_from(["hX", "hY"]), st.integers(0, 9), min_size=1),
     ),
 )
 

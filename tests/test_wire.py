@@ -942,6 +942,27 @@ class MalformedPayloadTests(SynchronousTestCase):
         )
         self.assertTrue(payload.routes_sync)
 
+    def test_server_tables_by_reference(self) -> None:
+        """Entries may give servers inline or as an index into the advert's tables."""
+        payload = typed(
+            "registry_sync",
+            {
+                "tables": [{"a": ["x"]}, {"b": []}],
+                "routes": {"n2": {"path": ["n2"], "s": 1}, "n3": {"p": "n2", "s": {"c": []}}},
+            },
+        )
+        assert payload.routes is not None
+        self.assertEqual(payload.routes["n2"].servers, {"b": ()})
+        self.assertEqual(payload.routes["n3"].servers, {"c": ()})
+        for bad in (2, -1):
+            with self.subTest(index=bad):
+                self.assertBadPayload(
+                    "registry_sync",
+                    {"tables": [{"a": []}], "routes": {"n2": {"path": ["n2"], "s": bad}}},
+                    "bad_field",
+                    "no server table",
+                )
+
     def test_node_ids_kept_once(self) -> None:
         """The node ids of adverts are one string object each, shared by every advert."""
         first = typed("registry_sync", {"routes": {"far1": {"path": ["hop1", "far1"]}}})
@@ -1110,8 +1131,9 @@ class PayloadEncodingTests(SynchronousTestCase):
                     "n3": {"path": ["n2", "n3"]},
                     "n4": {"p": "n3"},
                     "n5": {"p": "n3", "c": 4},
-                    "n6": {"path": ["n6"], "m": 3, "s": {"s": ["a"]}},
+                    "n6": {"path": ["n6"], "m": 3, "s": 0},
                 },
+                "tables": [{"s": ["a"]}],
                 "withdraw": ["n7"],
             },
         )
