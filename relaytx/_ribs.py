@@ -224,6 +224,50 @@ class AdjRib:
         if (servers is not None or sn is not None) and self._attributes(destination, servers, sn):
             changed.add(destination)
 
+    def put(
+        self,
+        destination: str,
+        entry: RouteAdvert,
+        path: tuple[str, ...],
+        metric: int,
+        changed: set[str],
+    ) -> None:
+        """
+        Take C{entry} from its sender's side, knowing what it resolves to
+        (C{path}, C{metric}: the sender's own route, loop-free and within the
+        limit): as L{take}, without resolving it again.
+        """
+        parents = self._parents
+        parent = entry.parent
+        if entry.path is None and parent is None:
+            # Only the servers or number changed.
+            if destination in parents and self._attributes(destination, entry.servers, entry.sn):
+                changed.add(destination)
+            return
+        old_parent = parents.get(destination, _ABSENT)
+        if old_parent != parent:
+            if old_parent is not _ABSENT:
+                self._unlink(destination)
+            parents[destination] = parent
+            if parent is not None:
+                children = self._children.get(parent)
+                if children is None:
+                    self._children[parent] = {destination}
+                else:
+                    children.add(destination)
+        if parent is not None:
+            if entry.metric is not None and entry.metric != 1:
+                self._incs[destination] = entry.metric
+            else:
+                self._incs.pop(destination, None)
+        self.paths[destination] = path
+        self.metrics[destination] = metric
+        changed.add(destination)
+        if destination in self._children:
+            self._resolve_children(destination, changed)
+        if self._attributes(destination, entry.servers, entry.sn):
+            changed.add(destination)
+
     def _attributes(
         self, destination: str, servers: Mapping[str, tuple[str, ...]] | None, sn: int | None
     ) -> bool:
@@ -411,8 +455,7 @@ def diff(
                 entry = RouteAdvert(None, new_servers, None, None, new_sn)
             else:
                 entry = _entry(mirror, path, metric, new_servers, new_sn, destination not in sent)
-            mirror.take(destination, entry, changed)
-            mirror.share(destination, path)
+            mirror.put(destination, entry, path, metric, changed)
             earlier = entries.get(destination)
             if earlier is not None:
                 # Sent twice: one entry, the latest route and every change of attributes.
@@ -457,7 +500,6 @@ def export(
     changed: set[str] = set()
     for _, destination, (path, metric, servers, sn) in rows:
         entry = _entry(mirror, path, metric, servers or None, sn or None, True)
-        mirror.take(destination, entry, changed)
-        mirror.share(destination, path)
+        mirror.put(destination, entry, path, metric, changed)
         entries[destination] = entry
     return entries

@@ -314,8 +314,8 @@ def wishes(draw: st.DrawFn) -> dict[str, Wanted]:
 class DiffPropertyTests(SynchronousTestCase):
     """Any sequence of tables reaches the neighbour exactly."""
 
-    @fuzz_settings(max_examples=300)
-    @given(st.lists(wishes(), min_size=1, max_size=5), st.booleans())
+    @fuzz_settings(max_examples=250)
+    @given(st.lists(wishes(), min_size=1, max_size=8), st.booleans())
     def test_neighbour_holds_what_is_wanted(
         self, tables: list[dict[str, Wanted]], everything: bool
     ) -> None:
