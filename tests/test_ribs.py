@@ -265,6 +265,21 @@ class SenderTests(SynchronousTestCase):
         rib.apply(entries, withdrawn)
         self.assertEqual(rib.get("d"), (("s", "p", "d"), 2))
 
+    def test_servers_change_keeps_reference(self) -> None:
+        """After a change of servers alone, a reference still follows its parent on both ends."""
+        want = table({"p": ("p",), "d": ("p", "d")})
+        mirror = AdjRib("n", (), 63)
+        rib = receiver("s", "n")
+        rib.apply(export(mirror, want.get, want))
+        renamed = {**want, "d": (("p", "d"), 2, OTHER, 2)}
+        rib.apply(*diff(mirror, renamed.get, ["d"]))
+        moved = {"p": (("a", "p"), 2, want["p"][2], 2), "d": (("a", "p", "d"), 3, OTHER, 2)}  # type: ignore[index]
+        entries, withdrawn = diff(mirror, moved.get, ["p", "d"])
+        self.assertEqual(list(entries), ["p"])
+        rib.apply(entries, withdrawn)
+        self.assertEqual(rib.get("d"), (("s", "a", "p", "d"), 3))
+        self.assertEqual(mirror.get("d"), (("a", "p", "d"), 3))
+
     def test_servers_alone(self) -> None:
         """A change of servers alone sends the servers, not the path."""
         want = table({"p": ("p",)})
