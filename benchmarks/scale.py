@@ -1639,7 +1639,7 @@ class WorkerBackend:
                 self._send(k, cmd="dial", edges=wave)
             want = 2 * min(len(edges), start + batch)
             deadline = time.monotonic() + self.args.timeout
-            while (links := self.status()["links"]) < want:
+            while (links := sum(e["links"] for e in self._all("links", cmd="links"))) < want:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"links: {links // 2}/{want // 2} open")
                 if progress is not None:
@@ -2169,8 +2169,9 @@ def main(argv: list[str] | None = None) -> int:
         help="steady-state window with --procs/--processes, s (10)",
     )  # fmt: skip
     mesh.add_argument(
-        "--poll-apart", type=float, default=0.1,
-        help="convergence poll with --procs/--processes, s (0.1)",
+        "--poll-apart", type=float, default=0.5,
+        help="convergence poll with --procs/--processes, s (0.5; times come from"
+        " the nodes' own clocks, not from the poll)",
     )  # fmt: skip
     mesh.add_argument(
         "--quiet-time", type=float, default=0.5,
