@@ -181,6 +181,15 @@ def _string_list(value: Any, key: str, what: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _all_strings(items: list[Any]) -> bool:
+    # str.join takes nothing but strings, and checks them in C.
+    try:
+        "".join(items)
+    except TypeError:
+        return False
+    return True
+
+
 #: Node ids seen to be valid (a bounded cache: a frame's ids are nearly
 #: always ones seen before, and a set lookup costs a few tens of ns where
 #: checking the syntax costs a microsecond).

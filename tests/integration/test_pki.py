@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.threads import deferToThread
@@ -19,9 +20,10 @@ from twisted.trial.unittest import TestCase
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from relaytx._ribs import Wanted
 from relaytx.errors import CallTimeout, NodeUnreachable
 from relaytx.node import RelayNode
-from relaytx.wire import Envelope, RegistrySync, RouteAdvert, ServerCall, ServerResponse
+from relaytx.wire import Envelope, ServerCall, ServerResponse
 from tests.support import Authority
 
 from .helpers import Counter, start_node, wait_for
@@ -120,9 +122,9 @@ class PkiTests(_Files, TestCase):
         await wait_for(lambda: a.mesh.router.route("nodeC") is not None, 10, what="a route")
         # Without the check, A would take mallory's equally short path (its id is lower).
         await wait_for(
-            lambda: "nodeC" in dict(mallory.mesh.router.advert_for("nodeA", {}).routes or {}),
+            lambda: a.mesh.router._ribs["mallory"].paths.get("nodeC") == ("mallory", "nodeC"),
             5,
-            what="mallory's claim",
+            what="mallory's claim, held by nodeA",
         )
         self.assertEqual(a.mesh.router.route("nodeC").next_hop, "nodeB")  # type: ignore[union-attr]
         for n in range(1, 4):
@@ -133,15 +135,21 @@ class PkiTests(_Files, TestCase):
     def claim_link(self, mallory: RelayNode, victim: str, intercepted: list[str]) -> None:
         """Make C{mallory} advertise a direct link to C{victim} and sign a record saying so."""
         router = mallory.mesh.router
-        honest_advert = router.advert_for
+        honest_wanted_by = router.wanted_by
 
-        def advert_for(peer_id: str, own: Any) -> RegistrySync:
-            advert = honest_advert(peer_id, own)
-            routes = dict(advert.routes or {})
-            routes[victim] = RouteAdvert((victim,), {"counter": ("increment",)})
-            return RegistrySync(advert.servers, routes)
+        def wanted_by(peer_id: str) -> Callable[[str], Wanted]:
+            honest = honest_wanted_by(peer_id)
 
-        router.advert_for = advert_for  # type: ignore[method-assign]
+            def wanted(destination: str) -> Wanted:
+                if destination != victim:
+                    return honest(destination)
+                # A link of its own to the victim, as fresh as its true route.
+                route = router.route(victim)
+                return (victim,), 1, {"counter": ("increment",)}, route.sn if route else 0
+
+            return wanted
+
+        router.wanted_by = wanted_by  # type: ignore[method-assign]
         records = mallory.mesh.records
         assert records is not None
         identity = records._identity
