@@ -36,10 +36,41 @@ The payloads (C{data}) of the built-in types:
   - C{server_response} C{{"response_id", "node_id", "success", "result" |
     "error", "error_code"?, "error_data"?, "mac"?}}: C{mac} is the callee's
     end-to-end code (PKI mode).
-  - C{registry_sync} C{{"servers": {NAME: {"methods": [...]}},
-    "routes"?: {NODE_ID: {"path": [...], "servers": {...}}}}}: the sender's
-    own servers (the original's shape) and, for every node it can reach, the
-    path from the sender to that node and that node's servers.
+  - C{registry_sync} C{{"servers"?: {NAME: {"methods": [...]}}, "seq"?,
+    "sn"?, "full"?, "more"?, "resync"?, "routes"?: {NODE_ID: ENTRY},
+    "tables"?: [SERVERS, ...], "withdraw"?: [NODE_ID, ...], "down"?: [[NODE,
+    PEER, STAMP], ...], "up"?: [...], "lost"?: {NODE_ID: SN}}}. C{servers}
+    is the sender's own servers in the original's shape; it is always in a
+    link's first advert, and afterwards only when they changed. An
+    original-design node sends only C{servers} and is only ever sent
+    C{servers} (plus C{seq} and C{sn}, which it ignores). Between relaytx
+    nodes (see L{relaytx._adverts} for how a link uses them):
+
+      - C{seq} numbers the adverts on one link (1, 2, ...): a gap makes the
+        receiver send C{resync: true}, asking for the whole table again.
+        C{resync} is only ever sent to a neighbour that sent C{routes}.
+      - C{full: true} starts the sender's whole table (which replaces what
+        it said before), split into frames under the message limit;
+        C{more: true} on every frame of it but the last. Without C{full},
+        C{routes} and C{withdraw} are changes: destinations added or
+        changed, and destinations no longer offered.
+      - An B{ENTRY} is C{{"path": [NODE_ID, ...], "m"?: METRIC}} (the path
+        from the sender, exclusive, to the destination, inclusive; C{m}
+        defaults to the path's length), or C{{"p": PARENT, "c"?: COST}}
+        (the path to C{PARENT}, given in this advert or before, with the
+        destination added, and the metric to it plus C{c}, default 1; the
+        destination then follows its parent's path when that changes), or
+        neither (only its servers changed); plus C{"s"?} (the destination's
+        servers: an index into C{tables}, or a server table itself) and
+        C{"n"?} (the destination's sequence number). Absent C{s} or C{n}:
+        as before.
+      - C{sn} is the sender's own sequence number (even; it grows when a
+        link of the sender fails); C{lost} marks destinations unreachable
+        at an (odd) sequence number, so any path to them numbered below is
+        stale. C{down} and C{up} are links lost or back: the node that saw
+        it, its peer and that node's clock in milliseconds.
+
+    Unknown fields are ignored. At most L{MAX_PATH} nodes in a path.
   - C{route_message} C{{"original_message": ENVELOPE}}: a message wrapped for
     a hop that is not its destination.
 
