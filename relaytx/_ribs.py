@@ -155,7 +155,7 @@ class AdjRib:
             del self.metrics[destination]
             changed.add(destination)
         if destination in self._children:
-            self._resolve_children(destination, changed)
+            _resolve_children(self, destination, changed)
 
     def clear(self) -> set[str]:
         """Forget every entry; :returns: the destinations that resolved."""
@@ -183,7 +183,7 @@ class AdjRib:
         path, servers, parent, metric, sn = entry
         if path is None and parent is None:
             # Only the servers or number changed (of a destination held here).
-            if destination in parents and self._attributes(destination, servers, sn):
+            if destination in parents and _attributes(self, destination, servers, sn):
                 if destination in self.paths:
                     changed.add(destination)
             return
@@ -221,7 +221,7 @@ class AdjRib:
                 self._incs.pop(destination, None)
             resolved, resolved_metric = self._resolve(destination)
             self._store(destination, resolved, resolved_metric, changed)
-        if (servers is not None or sn is not None) and self._attributes(destination, servers, sn):
+        if (servers is not None or sn is not None) and _attributes(self, destination, servers, sn):
             changed.add(destination)
 
     def put(
@@ -241,7 +241,7 @@ class AdjRib:
         parent = entry.parent
         if entry.path is None and parent is None:
             # Only the servers or number changed.
-            if destination in parents and self._attributes(destination, entry.servers, entry.sn):
+            if destination in parents and _attributes(self, destination, entry.servers, entry.sn):
                 changed.add(destination)
             return
         old_parent = parents.get(destination, _ABSENT)
@@ -264,27 +264,9 @@ class AdjRib:
         self.metrics[destination] = metric
         changed.add(destination)
         if destination in self._children:
-            self._resolve_children(destination, changed)
-        if self._attributes(destination, entry.servers, entry.sn):
+            _resolve_children(self, destination, changed)
+        if _attributes(self, destination, entry.servers, entry.sn):
             changed.add(destination)
-
-    def _attributes(
-        self, destination: str, servers: Mapping[str, tuple[str, ...]] | None, sn: int | None
-    ) -> bool:
-        changed = False
-        if servers is not None and self.servers.get(destination, NO_SERVERS) != servers:
-            if servers:
-                self.servers[destination] = servers
-            else:
-                self.servers.pop(destination, None)
-            changed = True
-        if sn is not None and self.sns.get(destination, 0) != sn:
-            if sn:
-                self.sns[destination] = sn
-            else:
-                self.sns.pop(destination, None)
-            changed = True
-        return changed
 
     def _unlink(self, destination: str) -> None:
         parent = self._parents.get(destination)
@@ -326,40 +308,61 @@ class AdjRib:
             metrics[destination] = metric
         changed.add(destination)
         if destination in self._children:
-            self._resolve_children(destination, changed)
+            _resolve_children(self, destination, changed)
 
-    def _resolve_children(self, destination: str, changed: set[str]) -> None:
-        # Every reference below a changed entry, depth first, with a stack of
-        # our own: a chain of references is as long as a path (at most
-        # max_len), a cycle of them resolves to nothing and stops.
-        children = self._children
-        stack = list(children[destination])
-        paths, metrics, parents, incs = self.paths, self.metrics, self._parents, self._incs
-        max_len, owner = self.max_len, self.owner
-        while stack:
-            child = stack.pop()
-            parent_path = paths.get(parents[child])  # type: ignore[arg-type]
-            if (
-                parent_path is None
-                or len(parent_path) >= max_len
-                or child in parent_path
-                or child == owner
-            ):
-                if child not in paths:
-                    continue
-                del paths[child]
-                del metrics[child]
-            else:
-                path = (*parent_path, child)
-                metric = metrics[parents[child]] + incs.get(child, 1)  # type: ignore[index]
-                if paths.get(child) == path and metrics[child] == metric:
-                    continue
-                paths[child] = path
-                metrics[child] = metric
-            changed.add(child)
-            grandchildren = children.get(child)
-            if grandchildren:
-                stack.extend(grandchildren)
+
+def _attributes(
+    rib: AdjRib, destination: str, servers: Mapping[str, tuple[str, ...]] | None, sn: int | None
+) -> bool:
+    # Set a destination's servers and number where given: whether they changed.
+    changed = False
+    if servers is not None and rib.servers.get(destination, NO_SERVERS) != servers:
+        if servers:
+            rib.servers[destination] = servers
+        else:
+            rib.servers.pop(destination, None)
+        changed = True
+    if sn is not None and rib.sns.get(destination, 0) != sn:
+        if sn:
+            rib.sns[destination] = sn
+        else:
+            rib.sns.pop(destination, None)
+        changed = True
+    return changed
+
+
+def _resolve_children(rib: AdjRib, destination: str, changed: set[str]) -> None:
+    # Every reference below a changed entry, depth first, with a stack of
+    # our own: a chain of references is as long as a path (at most
+    # max_len), a cycle of them resolves to nothing and stops.
+    children = rib._children
+    stack = list(children[destination])
+    paths, metrics, parents, incs = rib.paths, rib.metrics, rib._parents, rib._incs
+    max_len, owner = rib.max_len, rib.owner
+    while stack:
+        child = stack.pop()
+        parent_path = paths.get(parents[child])  # type: ignore[arg-type]
+        if (
+            parent_path is None
+            or len(parent_path) >= max_len
+            or child in parent_path
+            or child == owner
+        ):
+            if child not in paths:
+                continue
+            del paths[child]
+            del metrics[child]
+        else:
+            path = (*parent_path, child)
+            metric = metrics[parents[child]] + incs.get(child, 1)  # type: ignore[index]
+            if paths.get(child) == path and metrics[child] == metric:
+                continue
+            paths[child] = path
+            metrics[child] = metric
+        changed.add(child)
+        grandchildren = children.get(child)
+        if grandchildren:
+            stack.extend(grandchildren)
 
 
 #: (An entry's parent is a node id or None: this is neither.)
