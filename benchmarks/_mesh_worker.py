@@ -73,9 +73,10 @@ def routing_state(node: Any) -> int:
     """:returns: the bytes a node keeps for routing (its table, neighbours' and mirrors)."""
     router = node.mesh.router
     parts = [
-        router._routes, router._ribs, router._mirrors, router._links, router._own_servers,
-        router.notices, router._suspects, router._readvertised, router._told,
-        node.mesh.adverts._state,
+        router._routes, router._ribs, router.exports._mirrors, router._links,
+        router._own_servers, router._own_sn, router._marks, router.news.notices,
+        router.news.ups, router.news.suspects, router.exports._readvertised,
+        router.news._told, node.mesh.adverts._state,
     ]  # fmt: skip
     return deep_size(parts)
 

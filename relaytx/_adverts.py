@@ -257,13 +257,13 @@ class Advertiser:
         if router.expire_notices(now):
             self._stamp()
             self._on_change()
-        ready, release = router.ready(now)
+        ready, release = router.exports.ready(now)
         state = self._state
         if self._everyone:
             targets = set(state)
         else:
             targets = {p for p in self._peers if p in state}
-        news = bool(router.notices or router.ups)  # told at once, whatever is held
+        news = bool(router.news.notices or router.news.ups)  # told at once, whatever is held
         targets.update(
             p for p, s in state.items() if s.resync_wanted or ((ready or news) and s.routes)
         )
@@ -275,7 +275,7 @@ class Advertiser:
             session = links.get(peer_id)
             if session is not None:
                 self._send_to(peer_id, session, state[peer_id], own, ready, now)
-        router.exported(ready, now)
+        router.exports.exported(ready, now)
         self._reschedule(now, release)
 
     def _reschedule(self, now: float, release: float | None) -> None:
@@ -313,15 +313,15 @@ class Advertiser:
         if full:
             state.full_due = False
             withdrawn: list[str] = []
-            frames = self._split(servers, router.export_full(peer_id), withdrawn, full=True)
-            down = router.notices_for(peer_id)
+            frames = self._split(servers, router.exports.export_full(peer_id), withdrawn, full=True)
+            down = router.news.notices_for(peer_id)
         else:
             # (What a neighbour must hear of lost links depends on what it
             # held before this advert.)
-            down = router.notices_for(peer_id)
-            routes, withdrawn = router.export_changes(peer_id, ready)
+            down = router.news.notices_for(peer_id)
+            routes, withdrawn = router.exports.export_changes(peer_id, ready)
             frames = self._split(servers, routes, withdrawn)
-        up = router.ups_for(peer_id)
+        up = router.news.ups_for(peer_id)
         first = frames[0]
         if not (full or first.routes or first.withdrawn or servers is not None or sn is not None):
             if not (resync or down or up):

@@ -59,6 +59,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
+from relaytx._news import NOTICE_HOLD as NOTICE_HOLD
+from relaytx._news import LinkNews, Notice
 from relaytx._ribs import AdjRib, Wanted, diff, export
 from relaytx.wire import DEFAULT_TTL, NO_SERVERS, RouteAdvert
 
@@ -67,10 +69,6 @@ MAX_HOPS = 64
 
 #: Hops a message may make beyond its route's, should the route change on the way.
 HOP_MARGIN = 4
-
-#: How long news of a lost link lasts, in seconds: long enough to cross the
-#: mesh, short enough not to shun for long a link that came back unheard.
-NOTICE_HOLD = 2.0
 
 #: A candidate beats the route in use when its metric is this much lower.
 HYSTERESIS = 0.10
@@ -81,10 +79,6 @@ MRAI = 0.2
 #: How long a mark of an unreachable node is kept, in seconds: long
 #: after every stale path to it is gone.
 MARK_HOLD = 60.0
-
-#: A lost or restored link: (the node that saw it, its peer, a stamp of
-#: that node's clock in milliseconds).
-Notice = tuple[str, str, int]
 
 
 class Route(NamedTuple):
@@ -138,14 +132,13 @@ class Router:
         that any one neighbour's adverts may hold.
 
     @ivar dirty: destinations whose route (or servers) changed since they
-        were last exported (L{exported}).
+        were last exported (L{Exports.exported}).
     @ivar rerouted: those of C{dirty} that had a route before and still
-        have one, on another path (re-adverts, which L{ready} damps).
+        have one, on another path (re-adverts, which L{Exports.ready} damps).
     @ivar refused: destinations refused for the table's bound, since start.
     @ivar changes: how many times a route changed, since start.
-    @ivar notices: lost links that are news here -> until when.
-    @ivar ups: links back up while their loss was news, (node, peer) ->
-        (stamp, until when that is news).
+    @ivar news: the lost links this node knows of (L{LinkNews}).
+    @ivar exports: what this node tells its routing neighbours (L{Exports}).
     """
 
     def __init__(
@@ -157,12 +150,8 @@ class Router:
         self.node_id = node_id
         self.accept_path = accept_path
         self.max_routes = max_routes
-        self.dirty: set[str] = set()
-        self.rerouted: set[str] = set()
         self.refused = 0
         self.changes = 0
-        self.notices: dict[Notice, float] = {}
-        self.ups: dict[tuple[str, str], tuple[int, float]] = {}
         #: linked neighbours -> the cost of the link
         self._links: dict[str, int] = {}
         #: linked neighbours -> their own servers, and sequence numbers
@@ -172,18 +161,15 @@ class Router:
         self._marks: dict[str, tuple[int, float]] = {}
         #: what each routing neighbour told us
         self._ribs: dict[str, AdjRib] = {}
-        #: what we told each routing neighbour
-        self._mirrors: dict[str, AdjRib] = {}
         self._routes: dict[str, Route] = {}
         #: destinations with a route to offer but no room in the table
         self._overflow: set[str] = set()
-        #: (neighbour, destination) -> until when its path, which crossed a
-        #: lost link when the news came, stays unused
-        self._suspects: dict[tuple[str, str], float] = {}
-        #: destination -> when its last re-advert went out
-        self._readvertised: dict[str, float] = {}
-        #: routing neighbour -> the news it was told
-        self._told: dict[str, set[Notice]] = {}
+        mirrors: dict[str, AdjRib] = {}
+        self.news = LinkNews(node_id, self._ribs, mirrors)
+        self._suspects = self.news.suspects
+        self.exports = Exports(self._routes, mirrors, self.news)
+        self.dirty = self.exports.dirty
+        self.rerouted = self.exports.rerouted
 
     # Link events.
 
@@ -198,12 +184,7 @@ class Router:
             return False
         self._links[peer_id] = cost
         if now is not None:
-            me = self.node_id
-            lost = [n for n in self.notices if n[0] == me and n[1] == peer_id]
-            for notice in lost:
-                del self.notices[notice]
-            if lost:
-                self.ups[me, peer_id] = (int(now * 1000), now + 2 * NOTICE_HOLD)
+            self.news.own_link_up(peer_id, now)
         return self._decide_all((peer_id,))
 
     def link_down(self, peer_id: str, now: float | None = None, mark: bool = True) -> bool:
@@ -220,19 +201,15 @@ class Router:
             return False
         self._own_servers.pop(peer_id, None)
         known = self._own_sn.pop(peer_id, 0)
-        self._mirrors.pop(peer_id, None)
-        self._told.pop(peer_id, None)
+        self.exports.forget(peer_id)
+        self.news.forget(peer_id)
         rib = self._ribs.pop(peer_id, None)
         if now is not None and rib is not None and mark:
             # It took part in numbering: unreachable here at the next number.
             self._mark(peer_id, known + 1 if known % 2 == 0 else known, now)
-        if self._suspects:
-            for key in [k for k in self._suspects if k[0] == peer_id]:
-                del self._suspects[key]
         affected = [peer_id, *(rib.paths if rib is not None else ())]
         if now is not None:
-            self.ups.pop((self.node_id, peer_id), None)
-            self.notices[(self.node_id, peer_id, int(now * 1000))] = now + NOTICE_HOLD
+            self.news.own_link_down(peer_id, now)
         return self._decide_all(affected)
 
     def set_cost(self, peer_id: str, cost: int) -> bool:
@@ -325,7 +302,7 @@ class Router:
             return False
         changed = rib.apply(routes, withdrawn)
         if self._suspects:
-            self._restated(peer_id, changed, [*(routes or ()), *withdrawn])
+            self.news.restated(peer_id, changed, [*(routes or ()), *withdrawn])
         return self._decide_from(peer_id, rib, changed)
 
     def replace(self, peer_id: str, rib: AdjRib) -> bool:
@@ -339,9 +316,7 @@ class Router:
         if old is None:
             return False
         self._ribs[peer_id] = rib
-        if self._suspects:
-            for key in [k for k in self._suspects if k[0] == peer_id]:
-                del self._suspects[key]
+        self.news.forget(peer_id, told=False)
         affected = [
             d
             for d in {*old.paths, *rib.paths}
@@ -370,7 +345,7 @@ class Router:
         rib = self._ribs.get(peer_id)
         return 0 if rib is None else rib.refused
 
-    # Lost links.
+    # Lost links (L{LinkNews}).
 
     def take_notices(
         self,
@@ -381,213 +356,30 @@ class Router:
     ) -> bool:
         """
         Neighbour C{peer_id} says these links are gone (C{down}) or back
-        (C{up}); see the module docstring.
-
-        :returns: whether the table changed.
+        (C{up}). :returns: whether the table changed.
         """
-        ups = self.ups
-        affected: set[str] = set()
-        for node, peer, stamp in up:
-            known = ups.get((node, peer))
-            if known is not None and known[0] >= stamp:
-                continue
-            ups[node, peer] = (stamp, now + 2 * NOTICE_HOLD)
-            stale = [n for n in self.notices if n[0] == node and n[1] == peer and n[2] <= stamp]
-            for notice in stale:
-                del self.notices[notice]
-            if stale:
-                affected |= self._clear_suspects()
-        lost = []
-        for notice in down:
-            node, peer, stamp = notice
-            if notice in self.notices or node == self.node_id:
-                continue
-            known = ups.get((node, peer))
-            if known is not None and known[0] >= stamp:
-                continue  # it came back since
-            self.notices[notice] = now + NOTICE_HOLD
-            lost.append(notice)
-        if lost:
-            until = now + NOTICE_HOLD
-            suspects = self._suspects
-            for peer, rib in self._ribs.items():
-                for destination, path in rib.paths.items():
-                    if _crosses(path, lost):
-                        suspects[peer, destination] = until
-                        affected.add(destination)
+        affected = self.news.take(down, now, up)
         return bool(affected) and self._decide_all(affected)
 
     def expire_notices(self, now: float) -> bool:
         """
-        Forget the news held long enough, and stop suspecting the paths it
-        hit that no neighbour has said again.
+        Forget the news, suspicions and marks held long enough.
 
         :returns: whether the table changed.
         """
-        for notice in [n for n, until in self.notices.items() if until <= now]:
-            del self.notices[notice]
-        for link in [k for k, (_, until) in self.ups.items() if until <= now]:
-            del self.ups[link]
-        over = [key for key, until in self._suspects.items() if until <= now]
-        for key in over:
-            del self._suspects[key]
-        changed = self._decide_all({destination for _, destination in over})
+        changed = self._decide_all(self.news.expire(now))
         for destination in [d for d, (_, until) in self._marks.items() if until <= now]:
             del self._marks[destination]
             changed |= self._decide_all((destination,)) | self._through(destination)
         return changed
 
     def next_notice_expiry(self) -> float | None:
-        """:returns: when the first news or suspicion held expires, if any."""
-        return min(
-            [
-                *self.notices.values(),
-                *self._suspects.values(),
-                *(u for _, u in self.ups.values()),
-                *(u for _, u in self._marks.values()),
-            ],
-            default=None,
-        )
-
-    def notices_for(self, peer_id: str) -> tuple[Notice, ...]:
-        """
-        :returns: the lost links routing neighbour C{peer_id} must hear of
-            now: those that some path we told it crosses (so it holds a
-            stale path of ours, and perhaps of others), each told once.
-        """
-        mirror = self._mirrors.get(peer_id)
-        if mirror is None or not self.notices:
-            return ()
-        told = self._told.setdefault(peer_id, set())
-        if told:
-            told &= {*self.notices, *self._up_notices()}
-        me = self.node_id
-        due = []
-        for notice in self.notices:
-            if notice in told:
-                continue
-            node, peer, _ = notice
-            for path in mirror.paths.values():
-                if (path[0] == peer) if node == me else _crosses(path, [notice]):
-                    due.append(notice)
-                    told.add(notice)
-                    break
-        return tuple(due)
-
-    def ups_for(self, peer_id: str) -> tuple[Notice, ...]:
-        """
-        :returns: the links back up (after news of their loss) that routing
-            neighbour C{peer_id} has not heard of from us, each told once.
-        """
-        if not self.ups or peer_id not in self._mirrors:
-            return ()
-        told = self._told.setdefault(peer_id, set())
-        due = tuple(n for n in self._up_notices() if n not in told)
-        told.update(due)
-        return due
-
-    def _up_notices(self) -> list[Notice]:
-        return [(node, peer, stamp) for (node, peer), (stamp, _) in self.ups.items()]
-
-    def _clear_suspects(self) -> set[str]:
-        # The suspects whose paths cross no lost link any longer.
-        lost = list(self.notices)
-        cleared = set()
-        for key in list(self._suspects):
-            peer, destination = key
-            path = self._ribs[peer].paths.get(destination)
-            if path is None or not _crosses(path, lost):
-                del self._suspects[key]
-                cleared.add(destination)
-        return cleared
-
-    def _restated(self, peer_id: str, changed: set[str], said: Iterable[str]) -> None:
-        # Entries a neighbour said again are news, not suspects; others that
-        # moved (following a parent) stop being suspects once clear of every
-        # lost link.
-        suspects = self._suspects
-        for destination in said:
-            suspects.pop((peer_id, destination), None)
-        rib = self._ribs[peer_id]
-        lost = list(self.notices)
-        for destination in changed:
-            key = (peer_id, destination)
-            if key in suspects:
-                path = rib.paths.get(destination)
-                if path is None or not _crosses(path, lost):
-                    del suspects[key]
-
-    # Exports.
-
-    def wanted_by(self, peer_id: str) -> Callable[[str], Wanted]:
-        """:returns: what neighbour C{peer_id} should hold for a destination."""
-        routes = self._routes
-        longest = MAX_HOPS - 1
-
-        def wanted(destination: str) -> Wanted:
-            route = routes.get(destination)
-            if route is None or peer_id in route.path or len(route.path) > longest:
-                return None
-            return route.path, route.metric, route.servers, route.sn
-
-        return wanted
-
-    def export_full(self, peer_id: str) -> dict[str, RouteAdvert]:
-        """
-        :returns: the whole table for neighbour C{peer_id}, which from now
-            on is taken to hold it.
-        """
-        mirror = self._mirrors[peer_id] = AdjRib(peer_id, (), MAX_HOPS - 1)
-        self._told.pop(peer_id, None)
-        return export(mirror, self.wanted_by(peer_id), self._routes)
-
-    def export_changes(
-        self, peer_id: str, candidates: Iterable[str]
-    ) -> tuple[dict[str, RouteAdvert], list[str]]:
-        """
-        :param candidates: the destinations that may have changed.
-        :returns: what neighbour C{peer_id} must hear to hold the table
-            (entries and withdrawals); it is taken to hold it from now on.
-        """
-        mirror = self._mirrors.get(peer_id)
-        if mirror is None:
-            return self.export_full(peer_id), []
-        return diff(mirror, self.wanted_by(peer_id), candidates)
-
-    def ready(self, now: float) -> tuple[set[str], float | None]:
-        """
-        The changed destinations that may be advertised now, and when the
-        first of the others may: a destination re-routed within L{MRAI} of
-        its last re-advert waits for the rest of that time, so a burst of
-        changes goes out once (BGP's minimum route advertisement interval).
-        New destinations and withdrawals are never held.
-        """
-        ready = set(self.dirty)
-        release: float | None = None
-        readvertised = self._readvertised
-        for destination in self.rerouted:
-            last = readvertised.get(destination)
-            if last is not None and last + MRAI > now:
-                ready.discard(destination)
-                if release is None or last + MRAI < release:
-                    release = last + MRAI
-        return ready, release
-
-    def exported(self, destinations: Iterable[str], now: float | None = None) -> None:
-        """
-        C{destinations} were exported to every routing neighbour (at C{now},
-        for the L{MRAI} of those re-routed).
-        """
-        readvertised = self._readvertised
-        if now is not None and readvertised:
-            for destination in [d for d, at in readvertised.items() if at + MRAI <= now]:
-                del readvertised[destination]
-        for destination in destinations:
-            self.dirty.discard(destination)
-            if destination in self.rerouted:
-                self.rerouted.discard(destination)
-                if now is not None:
-                    readvertised[destination] = now
+        """:returns: when the first news, suspicion or mark held expires, if any."""
+        first = self.news.next_expiry()
+        marks = [u for _, u in self._marks.values()]
+        if first is not None:
+            marks.append(first)
+        return min(marks, default=None)
 
     # Queries.
 
@@ -779,6 +571,108 @@ class Router:
         return Route(destination, path, servers, metric, newest)
 
 
+class Exports:
+    """
+    What a node tells its routing neighbours: for each, a mirror of what it
+    holds (L{AdjRib}, built from what it was sent), so that after the whole
+    table only the changes are sent; and when a re-routed destination may
+    be told again (L{MRAI}).
+
+    :param routes: the routing table's routes (shared).
+    :param mirrors: the mirrors, by neighbour (shared with L{LinkNews}).
+
+    @ivar dirty: destinations whose route (or servers) changed since they
+        were last exported (L{exported}); the routing table adds to it.
+    @ivar rerouted: those of C{dirty} that had a route before and still
+        have one, on another path (re-adverts, which L{ready} damps).
+    """
+
+    def __init__(
+        self, routes: Mapping[str, Route], mirrors: dict[str, AdjRib], news: LinkNews
+    ) -> None:
+        self.dirty: set[str] = set()
+        self.rerouted: set[str] = set()
+        self._routes = routes
+        self._mirrors = mirrors
+        self._news = news
+        #: destination -> when its last re-advert went out
+        self._readvertised: dict[str, float] = {}
+
+    def forget(self, peer_id: str) -> None:
+        """The link to C{peer_id} closed: it holds nothing of ours any more."""
+        self._mirrors.pop(peer_id, None)
+
+    def wanted_by(self, peer_id: str) -> Callable[[str], Wanted]:
+        """:returns: what neighbour C{peer_id} should hold for a destination."""
+        routes = self._routes
+        longest = MAX_HOPS - 1
+
+        def wanted(destination: str) -> Wanted:
+            route = routes.get(destination)
+            if route is None or peer_id in route.path or len(route.path) > longest:
+                return None
+            return route.path, route.metric, route.servers, route.sn
+
+        return wanted
+
+    def export_full(self, peer_id: str) -> dict[str, RouteAdvert]:
+        """
+        :returns: the whole table for neighbour C{peer_id}, which from now
+            on is taken to hold it.
+        """
+        mirror = self._mirrors[peer_id] = AdjRib(peer_id, (), MAX_HOPS - 1)
+        self._news.told_nothing(peer_id)
+        return export(mirror, self.wanted_by(peer_id), self._routes)
+
+    def export_changes(
+        self, peer_id: str, candidates: Iterable[str]
+    ) -> tuple[dict[str, RouteAdvert], list[str]]:
+        """
+        :param candidates: the destinations that may have changed.
+        :returns: what neighbour C{peer_id} must hear to hold the table
+            (entries and withdrawals); it is taken to hold it from now on.
+        """
+        mirror = self._mirrors.get(peer_id)
+        if mirror is None:
+            return self.export_full(peer_id), []
+        return diff(mirror, self.wanted_by(peer_id), candidates)
+
+    def ready(self, now: float) -> tuple[set[str], float | None]:
+        """
+        The changed destinations that may be advertised now, and when the
+        first of the others may: a destination re-routed within L{MRAI} of
+        its last re-advert waits for the rest of that time, so a burst of
+        changes goes out once (BGP's minimum route advertisement interval).
+        New destinations and withdrawals are never held.
+        """
+        ready = set(self.dirty)
+        release: float | None = None
+        readvertised = self._readvertised
+        for destination in self.rerouted:
+            last = readvertised.get(destination)
+            if last is not None and last + MRAI > now:
+                ready.discard(destination)
+                if release is None or last + MRAI < release:
+                    release = last + MRAI
+        return ready, release
+
+    def exported(self, destinations: Iterable[str], now: float | None = None) -> None:
+        """
+        C{destinations} were exported to every routing neighbour (at C{now},
+        for the L{MRAI} of those re-routed).
+        """
+        readvertised = self._readvertised
+        if now is not None and readvertised:
+            for destination in [d for d, at in readvertised.items() if at + MRAI <= now]:
+                del readvertised[destination]
+        for destination in destinations:
+            self.dirty.discard(destination)
+            if destination in self.rerouted:
+                self.rerouted.discard(destination)
+                if now is not None:
+                    readvertised[destination] = now
+
+
 def hop_budget(hops: int) -> int:
     """
     :returns: the TTL of a message between relaytx nodes whose route has
@@ -786,13 +680,3 @@ def hop_budget(hops: int) -> int:
         design's default nor above L{MAX_HOPS}.
     """
     return min(MAX_HOPS, max(DEFAULT_TTL, hops + HOP_MARGIN))
-
-
-def _crosses(path: tuple[str, ...], lost: list[Notice]) -> bool:
-    """:returns: whether C{path} runs over one of the C{lost} links (either way)."""
-    for node, peer, _ in lost:
-        if node in path and peer in path:
-            at = path.index(node)
-            if (at + 1 < len(path) and path[at + 1] == peer) or (at > 0 and path[at - 1] == peer):
-                return True
-    return False

@@ -15,13 +15,13 @@ from itertools import pairwise
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from relaytx._news import crosses
 from relaytx._routing import (
     HOP_MARGIN,
     MAX_HOPS,
     NOTICE_HOLD,
     Route,
     Router,
-    _crosses,
     hop_budget,
 )
 from relaytx.wire import DEFAULT_TTL, NO_SERVERS, RegistrySync, RouteAdvert, server_table
@@ -112,18 +112,18 @@ class Network:
         """The adverts C{node} would send now, one per neighbour that has news."""
         router = self.routers[node]
         out = []
-        changed, _ = router.ready(self.now)
+        changed, _ = router.exports.ready(self.now)
         for peer in sorted(self.neighbours(node)):
             if (node, peer) in self._new:
                 self._new.discard((node, peer))
-                routes, withdrawn = router.export_full(peer), []
-                down = router.notices_for(peer)
+                routes, withdrawn = router.exports.export_full(peer), []
+                down = router.news.notices_for(peer)
                 full = True
             else:
-                down = router.notices_for(peer)
-                routes, withdrawn = router.export_changes(peer, changed)
+                down = router.news.notices_for(peer)
+                routes, withdrawn = router.exports.export_changes(peer, changed)
                 full = False
-            up = router.ups_for(peer)
+            up = router.news.ups_for(peer)
             sn = None if self._told_sn.get((node, peer)) == self.sn[node] else self.sn[node]
             self._told_sn[node, peer] = self.sn[node]
             lost = router.lost_for(withdrawn)
@@ -133,7 +133,7 @@ class Network:
                     lost=lost or None,
                 )  # fmt: skip
                 out.append((peer, RegistrySync.from_data(json.loads(json.dumps(advert.to_data())))))
-        router.exported(changed, self.now)
+        router.exports.exported(changed, self.now)
         return out
 
     def round(self, reverse: bool = False) -> bool:
@@ -590,7 +590,7 @@ class WithdrawalTests(SynchronousTestCase):
         """Without the marks and news of lost links, the same death makes nodes try stale paths."""
         net = self.mesh()
         for router in net.routers.values():
-            router.notices_for = lambda peer: ()  # type: ignore[method-assign]
+            router.news.notices_for = lambda peer: ()  # type: ignore[method-assign]
             router.lost_for = lambda withdrawn: {}  # type: ignore[method-assign]
         before = len(net.sent)
         net.kill("g11")
@@ -639,12 +639,12 @@ class WithdrawalTests(SynchronousTestCase):
         net, (a, b, c) = line(self, 3)
         net.flood()
         net.cut(b, c)
-        self.assertEqual([n[:2] for n in net[b].notices], [(b, c)])
+        self.assertEqual([n[:2] for n in net[b].news.notices], [(b, c)])
         net.connect(b, c)
-        self.assertEqual(net[b].notices, {})
-        self.assertEqual(list(net[b].ups), [(b, c)])
-        self.assertEqual([n[:2] for n in net[b].ups_for(a)], [(b, c)])
-        self.assertEqual(net[b].ups_for(a), ())  # told once
+        self.assertEqual(net[b].news.notices, {})
+        self.assertEqual(list(net[b].news.ups), [(b, c)])
+        self.assertEqual([n[:2] for n in net[b].news.ups_for(a)], [(b, c)])
+        self.assertEqual(net[b].news.ups_for(a), ())  # told once
 
 
 class IncrementalTests(SynchronousTestCase):
@@ -671,7 +671,7 @@ class IncrementalTests(SynchronousTestCase):
         table_entries = net.entries_sent()
         lost = [("g22", "g23", 0)]
         crossed = {
-            node: {d for d, route in router.routes().items() if _crosses((node, *route.path), lost)}
+            node: {d for d, route in router.routes().items() if crosses((node, *route.path), lost)}
             for node, router in net.routers.items()
         }
         before = len(net.sent)
@@ -740,17 +740,17 @@ class AdvertTests(SynchronousTestCase):
         """What a neighbour N hears has every route except those through N."""
         net, (a, b, c, d) = line(self, 4)
         net.flood()
-        want = net[b].wanted_by(a)
+        want = net[b].exports.wanted_by(a)
         self.assertEqual({x for x in (a, b, c, d) if want(x) is not None}, {c, d})
         self.assertEqual(want(d)[:2], ((c, d), 2))  # type: ignore[index]
         self.assertEqual(dict(want(d)[2]), servers_of(d))  # type: ignore[index]
-        self.assertEqual({x for x in (a, b, c, d) if net[b].wanted_by(c)(x) is not None}, {a})
+        self.assertEqual({x for x in (a, b, c, d) if net[b].exports.wanted_by(c)(x) is not None}, {a})
 
     def test_table_survives_the_wire(self) -> None:
         """A whole table encoded to JSON and decoded again builds the same table as the original."""
         net, (a, b, _, _) = line(self, 4)
         net.flood()
-        sync = advert(net[b].export_full(a))
+        sync = advert(net[b].exports.export_full(a))
         fresh = Router(a)
         fresh.link_up(b)
         fresh.neighbour_servers(b, server_table(servers_of(b).items()))
@@ -809,7 +809,9 @@ class AdvertTests(SynchronousTestCase):
         feed(router, "b", {longest[-1]: RouteAdvert(longest), too_long[-1]: RouteAdvert(too_long)})
         self.assertEqual(router.route(longest[-1]).hops, MAX_HOPS)  # type: ignore[union-attr]
         self.assertIsNone(router.route(too_long[-1]))
-        self.assertIsNone(router.wanted_by("c")(longest[-1]))  # it would be one too long there
+        self.assertIsNone(
+            router.exports.wanted_by("c")(longest[-1])
+        )  # it would be one too long there
 
     def test_shorter_route_replaces_longer(self) -> None:
         """A neighbour's new, shorter path to a destination replaces the longer one."""
@@ -865,7 +867,7 @@ class EventTests(SynchronousTestCase):
         router = Router("me")
         feed(router, "b", {"z": RouteAdvert(("z",))})
         router.link_down("b", now=12.5)
-        self.assertEqual(router.notices, {("me", "b", 12500): 12.5 + NOTICE_HOLD})
+        self.assertEqual(router.news.notices, {("me", "b", 12500): 12.5 + NOTICE_HOLD})
         self.assertEqual(router.next_notice_expiry(), 12.5 + NOTICE_HOLD)
 
     def test_table_shape(self) -> None:

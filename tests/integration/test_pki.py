@@ -135,7 +135,7 @@ class PkiTests(_Files, TestCase):
     def claim_link(self, mallory: RelayNode, victim: str, intercepted: list[str]) -> None:
         """Make C{mallory} advertise a direct link to C{victim} and sign a record saying so."""
         router = mallory.mesh.router
-        honest_wanted_by = router.wanted_by
+        honest_wanted_by = router.exports.wanted_by
 
         def wanted_by(peer_id: str) -> Callable[[str], Wanted]:
             honest = honest_wanted_by(peer_id)
@@ -149,7 +149,7 @@ class PkiTests(_Files, TestCase):
 
             return wanted
 
-        router.wanted_by = wanted_by  # type: ignore[method-assign]
+        router.exports.wanted_by = wanted_by  # type: ignore[method-assign]
         records = mallory.mesh.records
         assert records is not None
         identity = records._identity

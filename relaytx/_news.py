@@ -1,0 +1,238 @@
+# -*- test-case-name: tests.test_routing -*-
+"""
+L{LinkNews}: what a node knows of lost links, and the paths it leaves
+unused meanwhile (the routing table's "lost links", see
+L{relaytx._routing}).
+
+The node at each end of a lost link makes it news (C{down} in its
+adverts), for the neighbours it had told paths across that link. A node
+that hears it stops using, at once, every path that any neighbour gave
+across that link (a B{suspect}), until that neighbour says the path again
+(the link is back, or it never used it) or L{NOTICE_HOLD} passes; it passes
+the news on likewise. A link back up while its loss is news is news too
+(C{up}).
+
+Pure bookkeeping, as the routing table: callers pass the time, and the
+table decides again the destinations these methods return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from relaytx._ribs import AdjRib
+
+__all__ = ["NOTICE_HOLD", "LinkNews", "Notice", "crosses"]
+
+#: How long news of a lost link lasts, in seconds: long enough to cross the
+#: mesh, short enough not to shun for long a link that came back unheard.
+NOTICE_HOLD = 2.0
+
+#: A lost or restored link: (the node that saw it, its peer, a stamp of
+#: that node's clock in milliseconds).
+Notice = tuple[str, str, int]
+
+
+class LinkNews:
+    """
+    The lost links node C{node_id} knows of.
+
+    :param ribs: what each routing neighbour told this node (the routing
+        table's, shared).
+    :param mirrors: what this node told each routing neighbour (shared).
+
+    @ivar notices: lost links that are news here -> until when.
+    @ivar ups: links back up while their loss was news, (node, peer) ->
+        (stamp, until when that is news).
+    @ivar suspects: (neighbour, destination) -> until when its path, which
+        crossed a lost link when the news came, stays unused.
+    """
+
+    def __init__(
+        self, node_id: str, ribs: Mapping[str, AdjRib], mirrors: Mapping[str, AdjRib]
+    ) -> None:
+        self.node_id = node_id
+        self.notices: dict[Notice, float] = {}
+        self.ups: dict[tuple[str, str], tuple[int, float]] = {}
+        self.suspects: dict[tuple[str, str], float] = {}
+        self._ribs = ribs
+        self._mirrors = mirrors
+        #: routing neighbour -> the news it was told
+        self._told: dict[str, set[Notice]] = {}
+
+    # This node's own links.
+
+    def own_link_up(self, peer_id: str, now: float) -> None:
+        """This node's link to C{peer_id} opened: news of its loss is taken back."""
+        me = self.node_id
+        lost = [n for n in self.notices if n[0] == me and n[1] == peer_id]
+        for notice in lost:
+            del self.notices[notice]
+        if lost:
+            self.ups[me, peer_id] = (int(now * 1000), now + 2 * NOTICE_HOLD)
+
+    def own_link_down(self, peer_id: str, now: float) -> None:
+        """This node's link to C{peer_id} closed: news for its next adverts."""
+        self.ups.pop((self.node_id, peer_id), None)
+        self.notices[(self.node_id, peer_id, int(now * 1000))] = now + NOTICE_HOLD
+
+    def forget(self, peer_id: str, told: bool = True) -> None:
+        """
+        Forget the suspects among what C{peer_id} said (it said everything
+        again, or its link closed) and, with C{told}, what it was told.
+        """
+        if told:
+            self._told.pop(peer_id, None)
+        if self.suspects:
+            for key in [k for k in self.suspects if k[0] == peer_id]:
+                del self.suspects[key]
+
+    def told_nothing(self, peer_id: str) -> None:
+        """C{peer_id} gets this node's whole table: it has heard no news from it."""
+        self._told.pop(peer_id, None)
+
+    # News from neighbours.
+
+    def take(self, down: Iterable[Notice], now: float, up: Iterable[Notice] = ()) -> set[str]:
+        """
+        A neighbour says these links are gone (C{down}) or back (C{up}).
+
+        :returns: the destinations to decide again.
+        """
+        ups = self.ups
+        affected: set[str] = set()
+        for node, peer, stamp in up:
+            known = ups.get((node, peer))
+            if known is not None and known[0] >= stamp:
+                continue
+            ups[node, peer] = (stamp, now + 2 * NOTICE_HOLD)
+            stale = [n for n in self.notices if n[0] == node and n[1] == peer and n[2] <= stamp]
+            for notice in stale:
+                del self.notices[notice]
+            if stale:
+                affected |= self._clear_suspects()
+        lost = []
+        for notice in down:
+            node, peer, stamp = notice
+            if notice in self.notices or node == self.node_id:
+                continue
+            known = ups.get((node, peer))
+            if known is not None and known[0] >= stamp:
+                continue  # it came back since
+            self.notices[notice] = now + NOTICE_HOLD
+            lost.append(notice)
+        if lost:
+            until = now + NOTICE_HOLD
+            suspects = self.suspects
+            for peer, rib in self._ribs.items():
+                for destination, path in rib.paths.items():
+                    if crosses(path, lost):
+                        suspects[peer, destination] = until
+                        affected.add(destination)
+        return affected
+
+    def restated(self, peer_id: str, changed: set[str], said: Iterable[str]) -> None:
+        """
+        Neighbour C{peer_id} said C{said} again, which moved C{changed}:
+        entries said again are news, not suspects; others that moved
+        (following a parent) stop being suspects once clear of every lost
+        link.
+        """
+        suspects = self.suspects
+        for destination in said:
+            suspects.pop((peer_id, destination), None)
+        rib = self._ribs[peer_id]
+        lost = list(self.notices)
+        for destination in changed:
+            key = (peer_id, destination)
+            if key in suspects:
+                path = rib.paths.get(destination)
+                if path is None or not crosses(path, lost):
+                    del suspects[key]
+
+    def expire(self, now: float) -> set[str]:
+        """
+        Forget the news held long enough, and stop suspecting the paths it
+        hit that no neighbour has said again.
+
+        :returns: the destinations to decide again.
+        """
+        for notice in [n for n, until in self.notices.items() if until <= now]:
+            del self.notices[notice]
+        for link in [k for k, (_, until) in self.ups.items() if until <= now]:
+            del self.ups[link]
+        over = [key for key, until in self.suspects.items() if until <= now]
+        for key in over:
+            del self.suspects[key]
+        return {destination for _, destination in over}
+
+    def next_expiry(self) -> float | None:
+        """:returns: when the first news or suspicion held expires, if any."""
+        return min(
+            [*self.notices.values(), *self.suspects.values(), *(u for _, u in self.ups.values())],
+            default=None,
+        )
+
+    # News for neighbours.
+
+    def notices_for(self, peer_id: str) -> tuple[Notice, ...]:
+        """
+        :returns: the lost links routing neighbour C{peer_id} must hear of
+            now: those that some path we told it crosses (so it holds a
+            stale path of ours, and perhaps of others), each told once.
+        """
+        mirror = self._mirrors.get(peer_id)
+        if mirror is None or not self.notices:
+            return ()
+        told = self._told.setdefault(peer_id, set())
+        if told:
+            told &= {*self.notices, *self._up_notices()}
+        me = self.node_id
+        due = []
+        for notice in self.notices:
+            if notice in told:
+                continue
+            node, peer, _ = notice
+            for path in mirror.paths.values():
+                if (path[0] == peer) if node == me else crosses(path, [notice]):
+                    due.append(notice)
+                    told.add(notice)
+                    break
+        return tuple(due)
+
+    def ups_for(self, peer_id: str) -> tuple[Notice, ...]:
+        """
+        :returns: the links back up (after news of their loss) that routing
+            neighbour C{peer_id} has not heard of from us, each told once.
+        """
+        if not self.ups or peer_id not in self._mirrors:
+            return ()
+        told = self._told.setdefault(peer_id, set())
+        due = tuple(n for n in self._up_notices() if n not in told)
+        told.update(due)
+        return due
+
+    def _up_notices(self) -> list[Notice]:
+        return [(node, peer, stamp) for (node, peer), (stamp, _) in self.ups.items()]
+
+    def _clear_suspects(self) -> set[str]:
+        # The suspects whose paths cross no lost link any longer.
+        lost = list(self.notices)
+        cleared = set()
+        for key in list(self.suspects):
+            peer, destination = key
+            path = self._ribs[peer].paths.get(destination)
+            if path is None or not crosses(path, lost):
+                del self.suspects[key]
+                cleared.add(destination)
+        return cleared
+
+
+def crosses(path: tuple[str, ...], lost: list[Notice]) -> bool:
+    """:returns: whether C{path} runs over one of the C{lost} links (either way)."""
+    for node, peer, _ in lost:
+        if node in path and peer in path:
+            at = path.index(node)
+            if (at + 1 < len(path) and path[at + 1] == peer) or (at > 0 and path[at - 1] == peer):
+                return True
+    return False
