@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_adverts,tests.test_mesh -*-
 """
 L{Advertiser}: a node's side of the registry exchange (C{registry_sync}).
-It tells neighbours what this node hosts and what it can reach, takes
-their adverts into the routing table, and answers the questions the
-registry answers: which nodes host a server, and which is nearest.
+It tells neighbours what this node hosts and what it can reach (what goes
+out on each link is L{AdvertWriter}'s), and takes their adverts into the
+routing table; L{Directory} answers the questions the registry answers:
+which nodes host a server, and which is nearest.
 
 How a link uses C{registry_sync} (the wire format is in L{relaytx.wire}):
 
@@ -122,7 +123,6 @@ class Advertiser:
         self._links = links
         self._local_servers = local_servers
         self.enabled = enabled
-        self._max_message_size = max_message_size
         self._on_change = on_change
         self._call: IDelayedCall | None = None
         self._due = 0.0
@@ -132,8 +132,7 @@ class Advertiser:
         self._state: dict[str, _Link] = {}
         self._overflow_logged: set[str] = set()
         self._costs = LinkCosts()
-        self.frames_sent = 0
-        self.bytes_sent = 0
+        self.writer = AdvertWriter(node_id, router, metrics, max_message_size)
         #: when the routing table last changed (clock seconds)
         self.changed_at: float | None = None
         #: this node's own sequence number (see L{relaytx._routing})
@@ -270,11 +269,12 @@ class Advertiser:
         self._everyone = False
         self._peers = set()
         own = {name: tuple(methods) for name, methods in self._local_servers().items()}
+        own_sn = self.own_sn
         links = self._links
         for peer_id in sorted(targets):
             session = links.get(peer_id)
             if session is not None:
-                self._send_to(peer_id, session, state[peer_id], own, ready, now)
+                self.writer.send_to(peer_id, session, state[peer_id], own, own_sn, ready, now)
         router.exports.exported(ready, now)
         self._reschedule(now, release)
 
@@ -289,24 +289,143 @@ class Advertiser:
         if due:
             self.schedule(peers=(), delay=max(0.001, min(due) - now))
 
-    def _send_to(
+    # Taking.
+
+    def take(self, sync: RegistrySync, session: PeerSession) -> None:
+        """Take a neighbour's advert (see the module docstring)."""
+        peer_id = session.peer_id
+        state = self._state.get(peer_id)
+        if not self.enabled or state is None or self._links.get(peer_id) is not session:
+            return
+        router = self._router
+        changed = False
+        if sync.seq is None:
+            # An original-design node: its servers, nothing more.
+            if sync.servers is not None:
+                changed = router.neighbour_servers(peer_id, sync.servers)
+            if changed:
+                self._changed()
+            return
+        if sync.seq < state.expect:
+            self._metrics.drop("stale_advert")
+            return
+        if sync.seq > state.expect:
+            self._gap(peer_id, state, sync.seq)
+        state.expect = sync.seq + 1
+        if not state.routes:
+            state.routes = True
+            state.full_due = True
+            router.start_routing(peer_id)
+            self._costs.add(peer_id)
+            self.schedule(peers=[peer_id])
+        if sync.resync:
+            state.full_due = True
+            self.schedule(at_once=True, peers=[peer_id])
+        if sync.servers is not None:
+            changed |= router.neighbour_servers(peer_id, sync.servers)
+        if sync.sn is not None:
+            changed |= router.neighbour_sn(peer_id, sync.sn)
+        if sync.full:
+            state.staging = router.new_rib(peer_id)
+        staging = state.staging
+        if staging is not None:
+            staging.apply(sync.routes, sync.withdrawn)
+            if not sync.more:
+                state.staging = None
+                state.resync_wanted = False
+                state.resync_asked = None
+                changed |= router.replace(peer_id, staging)
+                self._count_refused(peer_id, staging.refused)
+        elif sync.routes or sync.withdrawn:
+            changed |= router.advert_from(peer_id, sync.routes, sync.withdrawn)
+            self._count_refused(peer_id, router.refused_from(peer_id))
+        if sync.lost:
+            changed |= router.take_lost(peer_id, sync.lost, self._clock.seconds())
+        if sync.down or sync.up:
+            changed |= router.take_notices(peer_id, sync.down, self._clock.seconds(), sync.up)
+            expiry = router.next_notice_expiry()
+            if expiry is not None:
+                self.schedule(peers=(), delay=max(0.0, expiry - self._clock.seconds()))
+        if changed or router.dirty:
+            self._changed()
+
+    def _gap(self, peer_id: str, state: _Link, seq: int) -> None:
+        self._metrics.drop("advert_gap")
+        self._log.info(
+            "advert {seq} from {peer} came after {last}: asking for its whole table",
+            seq=seq,
+            peer=peer_id,
+            last=state.expect - 1,
+        )
+        state.staging = None
+        state.resync_wanted = True
+        self.schedule(at_once=True, peers=[peer_id])
+
+    def _count_refused(self, peer_id: str, refused: int) -> None:
+        if refused and peer_id not in self._overflow_logged:
+            self._overflow_logged.add(peer_id)
+            self._metrics.drop("too_many_routes")
+            self._log.warn(
+                "{peer} advertised more than {limit} destinations: the rest are ignored",
+                peer=peer_id,
+                limit=self._router.max_routes,
+            )
+
+    def routes_are_complete(self) -> bool:
+        """
+        :returns: whether the table knows every node reachable at all (the
+            registry is on and every neighbour advertises routes), so that
+            flooding a message would find nothing more.
+        """
+        return self.enabled and self._router.advertises_routes()
+
+
+class AdvertWriter:
+    """
+    What goes out on each link: an original-design node's servers, or a
+    routing neighbour's whole table or the changes to it, as frames under
+    the message limit, numbered on their link.
+
+    @ivar frames_sent: adverts sent since start; C{bytes_sent}: their bytes.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self, node_id: str, router: Router, metrics: NodeMetrics, max_message_size: int
+    ) -> None:
+        self._node_id = node_id
+        self._router = router
+        self._metrics = metrics
+        self._max_message_size = max_message_size
+        self.frames_sent = 0
+        self.bytes_sent = 0
+
+    def send_to(
         self,
         peer_id: str,
         session: PeerSession,
         state: _Link,
         own: Mapping[str, tuple[str, ...]],
+        own_sn: int,
         ready: set[str],
         now: float,
     ) -> None:
+        """
+        Send neighbour C{peer_id} what it has to hear now, if anything.
+
+        :param own: this node's servers; C{own_sn}: its sequence number.
+        :param ready: the changed destinations that may be advertised now.
+        """
         servers = None if own == state.told_servers else own
-        sn = None if state.told_sn == self.own_sn else self.own_sn
+        sn = None if state.told_sn == own_sn else own_sn
         router = self._router
         if not state.routes:
             if not state.hello_sent or servers is not None:
                 state.hello_sent = True
                 state.told_servers = own
-                state.told_sn = self.own_sn
-                self._emit(peer_id, session, state, [RegistrySync(own, sn=self.own_sn)], now)
+                state.told_sn = own_sn
+                self._emit(peer_id, session, state, [RegistrySync(own, sn=own_sn)], now)
             return
         resync = self._resync_due(state, now)
         full = state.full_due
@@ -328,7 +447,7 @@ class Advertiser:
                 return
         state.hello_sent = True
         state.told_servers = own
-        state.told_sn = self.own_sn
+        state.told_sn = own_sn
         lost = router.lost_for(withdrawn)
         if down or up or resync or sn is not None or lost:
             frames[0] = attrs.evolve(
@@ -421,97 +540,23 @@ class Advertiser:
             self._metrics.sync_frames.inc()
             self._metrics.sync_bytes.inc(size)
 
-    # Taking.
 
-    def take(self, sync: RegistrySync, session: PeerSession) -> None:
-        """Take a neighbour's advert (see the module docstring)."""
-        peer_id = session.peer_id
-        state = self._state.get(peer_id)
-        if not self.enabled or state is None or self._links.get(peer_id) is not session:
-            return
-        router = self._router
-        changed = False
-        if sync.seq is None:
-            # An original-design node: its servers, nothing more.
-            if sync.servers is not None:
-                changed = router.neighbour_servers(peer_id, sync.servers)
-            if changed:
-                self._changed()
-            return
-        if sync.seq < state.expect:
-            self._metrics.drop("stale_advert")
-            return
-        if sync.seq > state.expect:
-            self._gap(peer_id, state, sync.seq)
-        state.expect = sync.seq + 1
-        if not state.routes:
-            state.routes = True
-            state.full_due = True
-            router.start_routing(peer_id)
-            self._costs.add(peer_id)
-            self.schedule(peers=[peer_id])
-        if sync.resync:
-            state.full_due = True
-            self.schedule(at_once=True, peers=[peer_id])
-        if sync.servers is not None:
-            changed |= router.neighbour_servers(peer_id, sync.servers)
-        if sync.sn is not None:
-            changed |= router.neighbour_sn(peer_id, sync.sn)
-        if sync.full:
-            state.staging = router.new_rib(peer_id)
-        staging = state.staging
-        if staging is not None:
-            staging.apply(sync.routes, sync.withdrawn)
-            if not sync.more:
-                state.staging = None
-                state.resync_wanted = False
-                state.resync_asked = None
-                changed |= router.replace(peer_id, staging)
-                self._count_refused(peer_id, staging.refused)
-        elif sync.routes or sync.withdrawn:
-            changed |= router.advert_from(peer_id, sync.routes, sync.withdrawn)
-            self._count_refused(peer_id, router.refused_from(peer_id))
-        if sync.lost:
-            changed |= router.take_lost(peer_id, sync.lost, self._clock.seconds())
-        if sync.down or sync.up:
-            changed |= router.take_notices(peer_id, sync.down, self._clock.seconds(), sync.up)
-            expiry = router.next_notice_expiry()
-            if expiry is not None:
-                self.schedule(peers=(), delay=max(0.0, expiry - self._clock.seconds()))
-        if changed or router.dirty:
-            self._changed()
+class Directory:
+    """
+    The registry's answers, from the routing table: which nodes host a
+    server, and which of them is nearest.
 
-    def _gap(self, peer_id: str, state: _Link, seq: int) -> None:
-        self._metrics.drop("advert_gap")
-        self._log.info(
-            "advert {seq} from {peer} came after {last}: asking for its whole table",
-            seq=seq,
-            peer=peer_id,
-            last=state.expect - 1,
-        )
-        state.staging = None
-        state.resync_wanted = True
-        self.schedule(at_once=True, peers=[peer_id])
+    :param enabled: C{False} with C{--disable-registry}: the directory is
+        empty.
+    """
 
-    def _count_refused(self, peer_id: str, refused: int) -> None:
-        if refused and peer_id not in self._overflow_logged:
-            self._overflow_logged.add(peer_id)
-            self._metrics.drop("too_many_routes")
-            self._log.warn(
-                "{peer} advertised more than {limit} destinations: the rest are ignored",
-                peer=peer_id,
-                limit=self._router.max_routes,
-            )
-
-    def routes_are_complete(self) -> bool:
-        """
-        :returns: whether the table knows every node reachable at all (the
-            registry is on and every neighbour advertises routes), so that
-            flooding a message would find nothing more.
-        """
-        return self.enabled and self._router.advertises_routes()
-
-    # The registry's answers.
+    def __init__(
+        self, router: Router, links: LinkTable, clock: IReactorTime, enabled: bool = True
+    ) -> None:
+        self._router = router
+        self._links = links
+        self._clock = clock
+        self._enabled = enabled
 
     def server_count(self, peer_id: str) -> int:
         """:returns: how many servers neighbour C{peer_id} advertised."""
@@ -521,7 +566,7 @@ class Advertiser:
     def directory(self) -> dict[str, list[dict[str, Any]]]:
         """:returns: the remote part of C{GET /registry/servers}."""
         result: dict[str, list[dict[str, Any]]] = {}
-        if not self.enabled:
+        if not self._enabled:
             return result
         for destination, route in sorted(self._router.routes().items()):
             hop = self._links.get(route.next_hop)
@@ -546,7 +591,7 @@ class Advertiser:
         :returns: the nearest node hosting C{server} (fewest hops, then the
             lowest metric, then the lowest id), or C{None}.
         """
-        if not self.enabled:
+        if not self._enabled:
             return None
         best: tuple[int, int, str] | None = None
         for destination, route in self._router.routes().items():

@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from relaytx._adverts import Advertiser
+from relaytx._adverts import Advertiser, Directory
 from relaytx._calls import CallTarget, ForwardedCalls, PendingCalls, SeenMessages
 from relaytx._forwarding import Forwarder
 from relaytx._links import LinkRefused, LinkTable
@@ -78,6 +78,7 @@ class Mesh:
 
     @ivar links: the current session of each linked peer, by id.
     @ivar router: the routing table.
+    @ivar registry: the registry's answers (L{Directory}).
     @ivar pending: the calls this node waits on.
     @ivar forwarded: the calls this node passed on for others.
     """
@@ -127,6 +128,7 @@ class Mesh:
         )  # fmt: skip
         metrics.routes.set_function(lambda: len(self.router.routes()))
         metrics.routes_changed.set_function(lambda: self.adverts.changed_at or 0.0)
+        self.registry = Directory(self.router, self._links, clock, registry_enabled)
         complete = self.adverts.routes_are_complete
         self.forwarder = Forwarder(
             node_id, clock, metrics, self.router, self._links, self.forwarded, self.seen,
@@ -297,15 +299,15 @@ class Mesh:
 
     def nearest_host(self, server: str) -> str | None:
         """:returns: the nearest node hosting C{server}, or C{None}."""
-        return self.adverts.nearest_host(server)
+        return self.registry.nearest_host(server)
 
     def directory(self) -> dict[str, list[dict[str, Any]]]:
         """:returns: the remote part of C{GET /registry/servers}."""
-        return self.adverts.directory()
+        return self.registry.directory()
 
     def peers_view(self) -> dict[str, dict[str, Any]]:
         """:returns: C{GET /registry/peers}."""
-        return self._links.view(self.adverts.server_count)
+        return self._links.view(self.registry.server_count)
 
     # Stopping.
 

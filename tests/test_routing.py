@@ -744,7 +744,8 @@ class AdvertTests(SynchronousTestCase):
         self.assertEqual({x for x in (a, b, c, d) if want(x) is not None}, {c, d})
         self.assertEqual(want(d)[:2], ((c, d), 2))  # type: ignore[index]
         self.assertEqual(dict(want(d)[2]), servers_of(d))  # type: ignore[index]
-        self.assertEqual({x for x in (a, b, c, d) if net[b].exports.wanted_by(c)(x) is not None}, {a})
+        wanted_by_c = net[b].exports.wanted_by(c)
+        self.assertEqual({x for x in (a, b, c, d) if wanted_by_c(x) is not None}, {a})
 
     def test_table_survives_the_wire(self) -> None:
         """A whole table encoded to JSON and decoded again builds the same table as the original."""
