@@ -51,7 +51,10 @@ mesh has:
 
 The router is pure bookkeeping (no I/O, no clock: callers pass the time).
 Events re-decide only the destinations they can affect, and every change
-is recorded (L{Router.dirty}) for the next advert.
+is recorded (L{Router.dirty}) for the next advert. L{Router} takes the
+events; L{Choice} decides each destination's route; L{Exports} keeps what
+each neighbour was told and damps re-adverts; L{relaytx._news.LinkNews}
+keeps the news of lost links.
 """
 
 from __future__ import annotations
@@ -135,10 +138,9 @@ class Router:
         were last exported (L{Exports.exported}).
     @ivar rerouted: those of C{dirty} that had a route before and still
         have one, on another path (re-adverts, which L{Exports.ready} damps).
-    @ivar refused: destinations refused for the table's bound, since start.
-    @ivar changes: how many times a route changed, since start.
     @ivar news: the lost links this node knows of (L{LinkNews}).
     @ivar exports: what this node tells its routing neighbours (L{Exports}).
+    @ivar table: the table as C{GET /registry/routes} shows it (L{Choice.table}).
     """
 
     def __init__(
@@ -148,10 +150,7 @@ class Router:
         max_routes: int = 10_000,
     ) -> None:
         self.node_id = node_id
-        self.accept_path = accept_path
         self.max_routes = max_routes
-        self.refused = 0
-        self.changes = 0
         #: linked neighbours -> the cost of the link
         self._links: dict[str, int] = {}
         #: linked neighbours -> their own servers, and sequence numbers
@@ -161,15 +160,32 @@ class Router:
         self._marks: dict[str, tuple[int, float]] = {}
         #: what each routing neighbour told us
         self._ribs: dict[str, AdjRib] = {}
-        self._routes: dict[str, Route] = {}
-        #: destinations with a route to offer but no room in the table
-        self._overflow: set[str] = set()
         mirrors: dict[str, AdjRib] = {}
         self.news = LinkNews(node_id, self._ribs, mirrors)
         self._suspects = self.news.suspects
-        self.exports = Exports(self._routes, mirrors, self.news)
-        self.dirty = self.exports.dirty
-        self.rerouted = self.exports.rerouted
+        choice = Choice(
+            node_id, accept_path, max_routes, self._links, (self._own_servers, self._own_sn),
+            self._ribs, self._marks, self.news,
+        )  # fmt: skip
+        self._choice = choice
+        self._routes = choice.routes
+        self.dirty = choice.dirty
+        self.rerouted = choice.rerouted
+        self.exports = Exports(choice, mirrors, self.news)
+        self._decide_all = choice.decide_all
+        self._decide_from = choice.decide_from
+        self._through = choice.through
+        self.table = choice.table
+
+    @property
+    def refused(self) -> int:
+        """Destinations refused for the table's bound, since start."""
+        return self._choice.refused
+
+    @property
+    def changes(self) -> int:
+        """How many times a route changed, since start."""
+        return self._choice.changes
 
     # Link events.
 
@@ -259,13 +275,6 @@ class Router:
         self._marks[destination] = (sn, now + MARK_HOLD)
         changed = self._decide_all((destination,))
         return self._through(destination) or changed
-
-    def _through(self, node: str) -> bool:
-        # Re-decide the destinations some neighbour offers through C{node}
-        # (it became unreachable, or reachable again).
-        found = {d for rib in self._ribs.values() for d, path in rib.paths.items() if node in path}
-        found.discard(node)
-        return bool(found) and self._decide_all(found)
 
     # The route exchange.
 
@@ -400,18 +409,6 @@ class Router:
         """:returns: whether C{peer_id} is a linked neighbour."""
         return peer_id in self._links
 
-    def table(self) -> dict[str, dict[str, Any]]:
-        """:returns: the table as C{GET /registry/routes} shows it."""
-        return {
-            dest: {
-                "next_hop": route.path[0],
-                "hops": len(route.path),
-                "metric": route.metric,
-                "path": list(route.path),
-            }
-            for dest, route in sorted(self._routes.items())
-        }
-
     def reconsider(self, destinations: Iterable[str] | None = None) -> bool:
         """
         Decide C{destinations} again (all of them when C{None}), as after a
@@ -424,9 +421,70 @@ class Router:
             destinations = known
         return self._decide_all(destinations)
 
-    # The decision.
 
-    def _decide_from(self, peer_id: str, rib: AdjRib, destinations: Iterable[str]) -> bool:
+class Choice:
+    """
+    The choice of each destination's route among what the links and the
+    routing neighbours offer (see the module docstring): the core of
+    L{Router}, whose state it shares, and which it runs for each
+    destination an event may have changed.
+
+    @ivar routes: the table: destination -> its route.
+    @ivar dirty: destinations whose route (or servers) changed since they
+        were last exported (L{Exports.exported}).
+    @ivar rerouted: those of C{dirty} that had a route before and still
+        have one, on another path (re-adverts, which L{Exports.ready} damps).
+    @ivar refused: destinations refused for the table's bound, since start.
+    @ivar changes: how many times a route changed, since start.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        accept_path: Callable[[str, tuple[str, ...]], bool] | None,
+        max_routes: int,
+        links: Mapping[str, int],
+        own: tuple[Mapping[str, Mapping[str, tuple[str, ...]]], Mapping[str, int]],
+        ribs: Mapping[str, AdjRib],
+        marks: Mapping[str, tuple[int, float]],
+        news: LinkNews,
+    ) -> None:
+        """
+        :param links: linked neighbours -> the cost of the link.
+        :param own: linked neighbours' own servers, and their numbers.
+        :param ribs: what each routing neighbour said.
+        :param marks: unreachable destinations -> (at which number, until when).
+        """
+        self.node_id = node_id
+        self.accept_path = accept_path
+        self.max_routes = max_routes
+        self.refused = 0
+        self.changes = 0
+        self.routes: dict[str, Route] = {}
+        self._routes = self.routes
+        self._links = links
+        self._own_servers, self._own_sn = own
+        self._ribs = ribs
+        self._marks = marks
+        self._suspects = news.suspects
+        self.dirty: set[str] = set()
+        self.rerouted: set[str] = set()
+        #: destinations with a route to offer but no room in the table
+        self._overflow: set[str] = set()
+
+    def table(self) -> dict[str, dict[str, Any]]:
+        """:returns: the table as C{GET /registry/routes} shows it."""
+        return {
+            dest: {
+                "next_hop": route.path[0],
+                "hops": len(route.path),
+                "metric": route.metric,
+                "path": list(route.path),
+            }
+            for dest, route in sorted(self._routes.items())
+        }
+
+    def decide_from(self, peer_id: str, rib: AdjRib, destinations: Iterable[str]) -> bool:
         """
         Decide again the destinations whose offer from C{peer_id} changed,
         skipping those whose route goes elsewhere and stays there: the new
@@ -460,9 +518,9 @@ class Router:
             ):
                 continue
             todo.append(destination)
-        return self._decide_all(todo)
+        return self.decide_all(todo)
 
-    def _decide_all(self, destinations: Iterable[str]) -> bool:
+    def decide_all(self, destinations: Iterable[str]) -> bool:
         changed = False
         marks = self._marks
         for destination in destinations:
@@ -471,7 +529,7 @@ class Router:
                 if destination in marks:
                     # A marked node reachable again (or no more): the
                     # paths through it are worth another look.
-                    self._through(destination)
+                    self.through(destination)
         if changed and self._overflow and len(self._routes) < self.max_routes:
             waiting, self._overflow = self._overflow, set()
             for destination in waiting:
@@ -570,6 +628,16 @@ class Router:
             return old
         return Route(destination, path, servers, metric, newest)
 
+    def through(self, node: str) -> bool:
+        """
+        Decide again the destinations some neighbour offers through C{node}
+        (it became unreachable, or reachable again). :returns: whether the
+        table changed.
+        """
+        found = {d for rib in self._ribs.values() for d, path in rib.paths.items() if node in path}
+        found.discard(node)
+        return bool(found) and self.decide_all(found)
+
 
 class Exports:
     """
@@ -578,21 +646,15 @@ class Exports:
     table only the changes are sent; and when a re-routed destination may
     be told again (L{MRAI}).
 
-    :param routes: the routing table's routes (shared).
+    :param choice: the routing table's choices: its routes, and which
+        changed (C{dirty}, C{rerouted}), which this empties as they are told.
     :param mirrors: the mirrors, by neighbour (shared with L{LinkNews}).
-
-    @ivar dirty: destinations whose route (or servers) changed since they
-        were last exported (L{exported}); the routing table adds to it.
-    @ivar rerouted: those of C{dirty} that had a route before and still
-        have one, on another path (re-adverts, which L{ready} damps).
     """
 
-    def __init__(
-        self, routes: Mapping[str, Route], mirrors: dict[str, AdjRib], news: LinkNews
-    ) -> None:
-        self.dirty: set[str] = set()
-        self.rerouted: set[str] = set()
-        self._routes = routes
+    def __init__(self, choice: Choice, mirrors: dict[str, AdjRib], news: LinkNews) -> None:
+        self.dirty = choice.dirty
+        self.rerouted = choice.rerouted
+        self._routes = choice.routes
         self._mirrors = mirrors
         self._news = news
         #: destination -> when its last re-advert went out
