@@ -2201,7 +2201,10 @@ def main(argv: list[str] | None = None) -> int:
         progress.done("interrupted")
         status = 130
     except (RuntimeError, OSError) as e:
+        # Said even with --quiet, and kept in the JSON: a failed run is a figure too.
+        progress.quiet = False
         progress.done(f"scale.py: error: {e}")
+        report["error"] = str(e)
         status = 1
     finally:
         children.stop_all()
