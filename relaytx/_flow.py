@@ -184,7 +184,9 @@ class ConnectionWatch:
                 flow.quiet_rounds = 0
             else:
                 flow.quiet_rounds += 1
-            if protocol.inside_message:
+            # (Autobahn sets inside_message once the opening handshake is
+            # done: a connection still opening is inside no message.)
+            if getattr(protocol, "inside_message", False):
                 flow.message_rounds += 1
             else:
                 flow.message_rounds = 0

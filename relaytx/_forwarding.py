@@ -16,7 +16,7 @@ read.
 
 Each forwarder appends itself to the message's C{route} and decrements its
 C{ttl}. A message this node originates towards a relaytx router gets a hop
-budget that covers its route (L{hop_budget}: the route's hops plus a
+budget that covers its route (L{relaytx._routing.hop_budget}: the route's hops plus a
 margin, at least the original design's 10, at most 64); one that would go
 to any other neighbour, or be flooded, keeps the default 10. A message
 whose TTL runs out while a route to its destination goes on through relaytx
@@ -42,7 +42,7 @@ from twisted.internet.interfaces import IReactorTime
 from relaytx._calls import ForwardedCalls, SeenMessages
 from relaytx._links import LinkTable
 from relaytx._metrics import NodeMetrics
-from relaytx._routing import HOP_MARGIN, MAX_HOPS, Router, hop_budget
+from relaytx._routing import HOP_BUDGETS, HOP_MARGIN, MAX_HOPS, Router
 from relaytx.errors import MalformedMessage, MessageTooLarge
 from relaytx.peer import PeerSession
 from relaytx.wire import (
@@ -212,11 +212,13 @@ class Forwarder:
             if route is None:
                 session = None
             else:
-                next_hop = route.path[0]
-                session = links.get(next_hop)
-                if came_from is None and session is not None and self._router.is_router(next_hop):
+                path = route.path
+                session = links.get(path[0])
+                if came_from is None and session is not None:
                     # Between relaytx nodes the hop budget covers the route.
-                    envelope.ttl = hop_budget(len(route.path))
+                    # (A route of two hops or more was learned from a
+                    # router; one of one hop keeps the default, 10.)
+                    envelope.ttl = HOP_BUDGETS[len(path)]
         if session is None and envelope.type == ServerResponse.TYPE:
             # No route to the caller (its adverts may still be on the way):
             # an answer goes back the way its call came.

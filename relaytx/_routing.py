@@ -742,3 +742,7 @@ def hop_budget(hops: int) -> int:
         design's default nor above L{MAX_HOPS}.
     """
     return min(MAX_HOPS, max(DEFAULT_TTL, hops + HOP_MARGIN))
+
+
+#: L{hop_budget} of every route length a table holds (a lookup, on the call path).
+HOP_BUDGETS = tuple(hop_budget(hops) for hops in range(MAX_HOPS + 1))

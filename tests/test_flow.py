@@ -151,6 +151,18 @@ class WatchTests(SynchronousTestCase):
         self.assertTrue(connection.lost)
         self.assertFalse(connection.dropped)
 
+    def test_openingConnection(self) -> None:
+        """A connection still in its opening handshake (no message state yet) stops no round."""
+        opening = FakeConnection()
+        del opening.inside_message  # Autobahn sets it once the handshake is done
+        other = FakeConnection()
+        self.watch.watch(opening, pings=False)
+        self.watch.watch(other, pings=False)
+        other.inside_message = True
+        self.rounds(ROUNDS, other, reads=True)
+        self.assertEqual(other.closes, [1008])  # the rounds went on, for every connection
+        self.assertEqual(opening.closes, [])
+
     def test_finishedMessages(self) -> None:
         """Messages that finish between rounds never add up."""
         connection = FakeConnection()
