@@ -2221,7 +2221,7 @@ def main(argv: list[str] | None = None) -> int:
         elif "mesh" in report:
             print_table(f"--mesh {args.mesh}: route convergence", mesh_table(report["mesh"]))
     for part in report.values():
-        if not all(part.get("targets", {}).values()):
+        if isinstance(part, dict) and not all(part.get("targets", {}).values()):
             status = status or 1
     return status
 
