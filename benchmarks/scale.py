@@ -66,6 +66,22 @@ C{--mesh N}: route convergence in a mesh.
   - every node shares this one process and its one core, so the times are
     the mesh's total work done in series: an upper bound of what separate
     processes would take.
+  - then it reports the steady state (C{registry_sync} bytes per second
+    and CPU over 10 s), the routing state each node keeps (its table, what
+    its neighbours said, what it told them), and kills the node of highest
+    degree whose loss leaves the mesh connected: the time until every
+    other node has dropped its routes to it, and until the tables equal BFS
+    again; last, a call across the mesh's diameter.
+
+C{--mesh N --procs P} hosts the nodes in P worker processes
+(C{benchmarks/_mesh_worker.py}, a slice each, driven over their stdin and
+stdout), linked over loopback, so the figures are not bounded by one
+reactor; C{--mesh N --processes} runs one C{relay node} process per node,
+as users run them (node death is then a SIGKILL). Both report the same
+figures, with times taken from the nodes' own clocks (when each table
+last changed), RSS per node, and the load average before and after: on a
+shared machine, say it with the figures. C{--dial-batch} opens the links
+in waves.
 
 Observed on the 2-core development machine (Python 3.11, Twisted 26.10):
 
