@@ -9,6 +9,7 @@ import os
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from relaytx._frames import READ_CHUNK
@@ -282,3 +283,46 @@ class MiddleNodeDeathTests(TestCase):
         # never counted, so the next increment is the first.
         self.assertEqual(await a.call("C", "counter_server", "increment"), 1)
         self.assertEqual(target.running, 0)
+
+
+class LongMeshTests(TestCase):
+    """Meshes wider than the original design's TTL, and a node that dies among many."""
+
+    timeout = 90
+
+    async def test_call_past_the_default_ttl(self) -> None:
+        """On a line of 14, a call across 13 hops succeeds: the hop budget covers the route."""
+        nodes = []
+        for i in range(14):
+            peers = [ws(nodes[-1])] if nodes else []
+            servers = {"last": Counter()} if i == 13 else {}
+            nodes.append(start_node(self, f"n{i:02d}", peers=peers, servers=servers))
+        await wait_for(lambda: nodes[0].mesh.can_reach("n13"), 20.0, what="a route to n13")
+        self.assertEqual(nodes[0].views.routes()["n13"]["hops"], 13)
+        self.assertEqual(await nodes[0].call("n13", "last", "increment", 2, timeout=10), 2)
+        self.assertIsNotNone(await nodes[13].call("n00", "node", "ping", timeout=10))
+
+    async def test_killed_node_dropped_everywhere(self) -> None:
+        """A node killed with SIGKILL is dropped by every other node within 2 s, for good."""
+        ring = [start_node(self, f"r{i}", ping_interval=PING) for i in range(8)]
+        _link(ring, [(i, (i + 1) % 8) for i in range(8)] + [(0, 4), (2, 6)])
+        x = NodeProcess(
+            self, "x", None, "--ping-interval", str(PING),
+            *(arg for node in ring[::3] for arg in ("--add-peer", ws(node))),
+        )  # fmt: skip
+        x.start()
+        await x.wait_healthy()
+        await wait_for(
+            lambda: all(node.mesh.can_reach("x") for node in ring), 20.0, what="routes to x"
+        )
+        x.kill()
+        took = await wait_for(
+            lambda: not any(node.mesh.router.route("x") for node in ring),
+            2.0,
+            interval=0.01,
+            what="every node to drop x",
+        )
+        print(f"\nx dropped everywhere {took * 1000:.0f} ms after SIGKILL")
+        for _ in range(50):  # and for a second no stale path to it comes back
+            await deferLater(reactor, 0.02, lambda: None)
+            self.assertFalse(any(node.mesh.router.route("x") for node in ring))
