@@ -173,6 +173,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listen_ports(count: int, low: int = 20000, high: int = 32768) -> list[int]:
+    """
+    :returns: C{count} ports free a moment ago, below the kernel's
+        ephemeral range (32768 and up on Linux), so that no outgoing
+        connection takes one while the nodes start.
+    :raises RuntimeError: if there are not that many.
+    """
+    ports: list[int] = []
+    for port in random.sample(range(low, high), high - low):
+        try:
+            with socket.socket() as s:
+                s.bind((HOST, port))
+        except OSError:
+            continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"only {len(ports)} free ports in {low}-{high - 1}")
+
+
 def raise_nofile(want: int) -> None:
     """Raise this process's RLIMIT_NOFILE to C{want} (the hard limit too, if root)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -1732,7 +1752,7 @@ class ProcessBackend:
         self.children = children
         self.ids = ids
         self.tmp = tempfile.mkdtemp(prefix="relaytx-scale-nodes-")
-        self.ports = {node_id: free_port() for node_id in ids}
+        self.ports = dict(zip(ids, listen_ports(len(ids)), strict=True))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.adj: dict[str, list[str]] = {}
         self.dead: set[str] = set()
@@ -1772,9 +1792,16 @@ class ProcessBackend:
             for node_id in list(waiting):
                 if self.procs[node_id].poll() is not None:
                     raise RuntimeError(f"{node_id} exited with {self.procs[node_id].returncode}")
-                with contextlib.suppress(OSError, RuntimeError, http.client.HTTPException):
-                    http_json(self.ports[node_id], "GET", "/health", timeout=2)
-                    waiting.discard(node_id)
+                health: Any = None
+                with contextlib.suppress(
+                    OSError, RuntimeError, ValueError, http.client.HTTPException
+                ):
+                    health, _, _ = http_json(self.ports[node_id], "GET", "/health", timeout=2)
+                if health is None:
+                    continue
+                if not isinstance(health, dict) or health.get("node_id") != node_id:
+                    raise RuntimeError(f"port {self.ports[node_id]} of {node_id} is another's")
+                waiting.discard(node_id)
             progress(f"starting nodes: {len(self.ids) - len(waiting)}/{len(self.ids)} up")
             time.sleep(0.2)
         return time.time()
