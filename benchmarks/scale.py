@@ -1844,12 +1844,16 @@ class ProcessBackend:
         now = time.time()
         counted = [n for n in alive if metrics[n].get("relaytx_routes") == len(self.dist[n]) - 1]
         checks = list(self.pool.map(self._check, alive)) if len(counted) == len(alive) else []
-        for seen in self.watched.values():
+        for victim, seen in self.watched.items():
+            if victim not in self.dead:
+                continue  # (not killed yet: every table still holds it)
             for node_id in alive:
                 if seen.get(node_id) is None:
                     table_size = metrics[node_id].get("relaytx_routes")
                     if table_size is not None and table_size <= len(self.dist[node_id]) - 1:
-                        seen[node_id] = now
+                        # When its table last changed, by its own clock.
+                        changed = metrics[node_id].get("relaytx_routes_changed_timestamp_seconds")
+                        seen[node_id] = min(now, changed) if changed else now
         bad = next((c for c in checks if c), "")
         converged = len(alive) if checks and not bad else len(counted) - (1 if bad else 0)
         return {
