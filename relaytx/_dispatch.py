@@ -77,7 +77,9 @@ class CallDispatcher:
             Deferred of it.
         :raises CallError: when the call fails at once.
         """
-        return self._admitted(target.caller, target, self._route)
+        node_id = target.node_id
+        local = node_id == self._node_id or (node_id is None and target.server in self._host)
+        return self._admitted(target.caller, target, self._route, local)
 
     def run_arrived(self, target: CallTarget) -> Any:
         """
@@ -88,7 +90,7 @@ class CallDispatcher:
         :returns: as L{dispatch}.
         :raises CallError: when the call fails at once.
         """
-        return self._admitted(target.via or target.caller, target, self._run_explicit)
+        return self._admitted(target.via or target.caller, target, self._run_explicit, True)
 
     def _route(self, target: CallTarget) -> Any:
         node_id = target.node_id
@@ -108,41 +110,56 @@ class CallDispatcher:
     def _run_explicit(self, target: CallTarget) -> Any:
         return self._host.run(target, explicit=True)
 
-    def _admitted(self, share: str | None, target: CallTarget, run: Any) -> Any:
+    def _admitted(self, share: str | None, target: CallTarget, run: Any, local: bool) -> Any:
+        # local: the call runs on a server of this node, and so is counted
+        # per server and method too.
         started = self._clock.seconds()
         limiter = self._limiter
         if share is not None:
             try:
                 limiter.admit(share)
             except Overloaded as e:
-                raise self._counted(e, started) from None
+                raise self._counted(e, started, target, local) from None
         try:
             result = run(target)
         except CallError as e:
             if share is not None:
                 limiter.release(share)
-            raise self._counted(e, started) from None
+            raise self._counted(e, started, target, local) from None
         if isinstance(result, Deferred):
-            return result.addBoth(self._finished, share, started)
+            return result.addBoth(self._finished, share, started, target, local)
         if share is not None:
             limiter.release(share)
-        self._metrics.count_call("ok", self._clock.seconds() - started)
+        elapsed = self._clock.seconds() - started
+        self._metrics.count_call("ok", elapsed)
+        if local:
+            self._metrics.count_server_call(target.server, target.method, "ok", elapsed)
         return result
 
-    def _finished(self, result: Any, share: str | None, started: float) -> Any:
+    def _finished(
+        self, result: Any, share: str | None, started: float, target: CallTarget, local: bool
+    ) -> Any:
         if share is not None:
             self._limiter.release(share)
         if isinstance(result, Failure):
             error = result.value
             if isinstance(error, CallError):
-                self._counted(error, started)
+                self._counted(error, started, target, local)
             else:
-                self._metrics.count_call(type(error).__name__, self._clock.seconds() - started)
+                self._count(type(error).__name__, started, target, local)
         else:
-            self._metrics.count_call("ok", self._clock.seconds() - started)
+            self._count("ok", started, target, local)
         return result
 
-    def _counted(self, error: CallError, started: float) -> CallError:
+    def _count(self, outcome: str, started: float, target: CallTarget, local: bool) -> None:
+        elapsed = self._clock.seconds() - started
+        self._metrics.count_call(outcome, elapsed)
+        if local:
+            self._metrics.count_server_call(target.server, target.method, outcome, elapsed)
+
+    def _counted(
+        self, error: CallError, started: float, target: CallTarget, local: bool
+    ) -> CallError:
         error.with_data(node_id=self._node_id, route=[self._node_id])
-        self._metrics.count_call(type(error).__name__, self._clock.seconds() - started)
+        self._count(type(error).__name__, started, target, local)
         return error

@@ -103,6 +103,11 @@ class ServerHost:
         """:returns: each local server's name and its exposed methods."""
         return {name: box.server.method_names() for name, box in self._mailboxes.items()}
 
+    def exposes(self, server: str, method: str) -> bool:
+        """:returns: whether a hosted server C{server} exposes C{method}."""
+        mailbox = self._mailboxes.get(server)
+        return mailbox is not None and method in mailbox.server.exposed_methods
+
     def queue_depth(self) -> int:
         """:returns: how many calls wait in the mailboxes, running ones excluded."""
         return sum(len(m) for m in self._mailboxes.values())

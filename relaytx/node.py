@@ -108,6 +108,7 @@ class RelayNode(MultiService):
         self.run_coroutine = coroutine_runner(reactor)
         self.servers = ServerHost(node_id, reactor, config.access, run_coroutine=self.run_coroutine)
         metrics.watch_queue_depth(self.servers.queue_depth)
+        metrics.server_calls.known = self.servers.exposes
         self.limiter = CallLimiter(
             reactor, limits.max_in_flight, limits.max_in_flight_per_caller, limits.calls_per_second
         )
