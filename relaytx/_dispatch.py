@@ -29,6 +29,7 @@ from relaytx._calls import CallTarget
 from relaytx._hosting import ServerHost
 from relaytx._limits import CallLimiter
 from relaytx._metrics import NodeMetrics
+from relaytx._tracing import CallTrace, Tracer, current_span
 from relaytx.errors import CallError, Overloaded
 from relaytx.interfaces import IRemoteCalls
 
@@ -38,7 +39,12 @@ class CallDispatcher:
     :param remote: the mesh, for calls that run on other nodes; the
         composition root sets it once the mesh exists (the mesh, in turn,
         runs the calls it receives through L{run_arrived}).
+
+    @ivar tracer: the node's tracer when it traces: each call dispatched
+        here then gets a C{call} span (L{relaytx._tracing}).
     """
+
+    tracer: Tracer | None = None
 
     def __init__(
         self,
@@ -79,7 +85,35 @@ class CallDispatcher:
         """
         node_id = target.node_id
         local = node_id == self._node_id or (node_id is None and target.server in self._host)
+        if self.tracer is not None:
+            return self._traced(self.tracer, target, local)
         return self._admitted(target.caller, target, self._route, local)
+
+    def _traced(self, tracer: Tracer, target: CallTarget, local: bool) -> Any:
+        # The call's span: a child of the context the call came with, or of
+        # the traced method making it, or a new trace.
+        trace = target.trace
+        parent = trace.parent if trace is not None else current_span.get()
+        attributes: dict[str, Any] = {
+            "rpc.system": "relaytx",
+            "rpc.service": target.server,
+            "rpc.method": target.method,
+        }
+        if target.node_id is not None:
+            attributes["relaytx.target_node"] = target.node_id
+        if target.caller is not None:
+            attributes["relaytx.caller"] = target.caller
+        span = tracer.start_span(f"call {target.server}.{target.method}", parent, attributes)
+        target.trace = CallTrace(span, None if trace is None else trace.hops)
+        try:
+            result = self._admitted(target.caller, target, self._route, local)
+        except CallError as e:
+            span.fail(e)
+            raise
+        if isinstance(result, Deferred):
+            return result.addBoth(span.finish)
+        span.finish()
+        return result
 
     def run_arrived(self, target: CallTarget) -> Any:
         """

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from relaytx._aio import CoroutineRunner, run_on_twisted
 from relaytx._auth import AccessRules
 from relaytx._calls import CallTarget
+from relaytx._tracing import TracedMethod, Tracer
 from relaytx.errors import (
     AccessDenied,
     CallError,
@@ -43,9 +44,13 @@ class ServerHost:
     :param on_change: called whenever a server is exposed or removed.
     :param run_coroutine: how the coroutines of C{async def} methods run
         (see L{relaytx._aio}).
+
+    @ivar tracer: the node's tracer when it traces: a traced call's method
+        then runs in an C{execute} span.
     """
 
     _log = Logger()
+    tracer: Tracer | None = None
 
     def __init__(
         self,
@@ -138,8 +143,12 @@ class ServerHost:
             missing = NoSuchMethod if explicit else MethodNotFound
             raise missing(f"Method not found: {target.server}.{target.method} on {self._node_id}")
         method.check_arguments(target.args, target.kwargs)
+        runnable: Any = method
+        trace = target.trace
+        if trace is not None and self.tracer is not None and trace.parent is not None:
+            runnable = TracedMethod(method, self.tracer, trace.parent, target.server)
         try:
-            result = mailbox.call(method, target.args, target.kwargs)
+            result = mailbox.call(runnable, target.args, target.kwargs)
         except CallError:
             raise  # a server may fail a call with a precise relaytx error
         except Exception:

@@ -43,6 +43,16 @@ from relaytx._links import LinkTable
 from relaytx._metrics import NodeMetrics
 from relaytx._pki import EndToEnd
 from relaytx._routing import Router
+from relaytx._tracing import (
+    TRACE_PATH,
+    TRACEPARENT,
+    CallTrace,
+    Span,
+    Tracer,
+    parse_traceparent,
+    path_report,
+    read_path,
+)
 from relaytx.errors import (
     CallError,
     MessageTooLarge,
@@ -69,9 +79,13 @@ class MeshCalls:
     :param max_pending: the most calls this node may wait on at once.
     :param e2e: in PKI mode, the end-to-end codes of calls and answers that
         cross other nodes.
+
+    @ivar tracer: the node's tracer when it traces: each call arriving here
+        then gets a C{run} span (L{relaytx._tracing}).
     """
 
     _log = Logger()
+    tracer: Tracer | None = None
 
     def __init__(
         self,
@@ -102,6 +116,8 @@ class MeshCalls:
         self._e2e = e2e
         #: calls running here for others: Deferred -> (caller, the link it came by)
         self._running: dict[Deferred[Any], tuple[str, str | None]] = {}
+        #: this node's calls whose caller asked for their path: response id -> report
+        self._paths: dict[str, list[list[Any]]] = {}
 
     # Calling.
 
@@ -145,11 +161,31 @@ class MeshCalls:
             if mac is not None:
                 envelope.data["mac"] = mac  # type: ignore[index]  # the dict to_data made
         d = self.pending.expect(response_id, destination, None, target.timeout)
+        trace = target.trace
+        if trace is not None:
+            self._carry_trace(envelope, trace, response_id, d)
         try:
             self.pending.set_via(response_id, self._forwarder.forward(envelope, came_from=None))
         except MessageTooLarge as e:
             self.pending.resolve(response_id, error=Overloaded(f"Call too large: {e}"))
         return d
+
+    def _carry_trace(
+        self, envelope: Envelope, trace: CallTrace, response_id: str, d: Deferred[Any]
+    ) -> None:
+        # The call's trace context and path request ride in its data (the
+        # dict to_data made for this envelope; see relaytx._tracing).
+        data: Any = envelope.data
+        if trace.parent is not None:
+            data[TRACEPARENT] = trace.parent.traceparent
+        if trace.hops is not None:
+            data[TRACE_PATH] = True
+            self._paths[response_id] = trace.hops
+            d.addBoth(self._path_done, response_id)
+
+    def _path_done(self, outcome: Any, response_id: str) -> Any:
+        self._paths.pop(response_id, None)
+        return outcome
 
     def settle(self, envelope: Envelope, response: ServerResponse, via: str | None = None) -> None:
         """
@@ -170,6 +206,10 @@ class MeshCalls:
         ):
             self._metrics.drop("forged_answer")
             return
+        if self._paths:
+            hops = self._paths.get(response.response_id or "")
+            if hops is not None:
+                hops[:] = read_path(envelope.data.get(TRACE_PATH), self._node_id)
         if response.success:
             self.pending.resolve(response.response_id, result=response.result)
             return
@@ -215,28 +255,80 @@ class MeshCalls:
             caller=call.caller or envelope.sender,
             via=via,
         )
+        traced = None
+        path = envelope.data.get(TRACE_PATH)
+        if self.tracer is not None or path is not None:
+            traced = self._trace_run(self.tracer, envelope, target, path is True)
         try:
             result = self._run_arrived(target)
         except Exception:
-            self._answer(Failure(), envelope, call, via)
+            self._answer(Failure(), envelope, call, via, traced)
             return
         if not isinstance(result, Deferred):  # answered at once: the common case
-            self._answer(result, envelope, call, via)
+            self._answer(result, envelope, call, via, traced)
             return
         # (The dispatcher times the call out at its budget, target.timeout.)
         self._running[result] = (envelope.sender, via)
         result.addBoth(self._ran, result)
-        result.addBoth(self._answer, envelope, call, via)
+        result.addBoth(self._answer, envelope, call, via, traced)
+
+    def _trace_run(
+        self, tracer: Tracer | None, envelope: Envelope, target: CallTarget, path: bool
+    ) -> tuple[Span | None, float | None]:
+        """
+        A call arrived with a trace context or a path request (or this node
+        traces): its C{run} span, and when its path was asked for, the time
+        it arrived.
+        """
+        span = None
+        if tracer is not None:
+            attributes: dict[str, Any] = {
+                "rpc.system": "relaytx",
+                "rpc.service": target.server,
+                "rpc.method": target.method,
+                "relaytx.caller": target.caller,
+                "relaytx.from": target.via,
+                "relaytx.route": list(envelope.route),
+            }
+            span = tracer.start_span(
+                f"run {target.server}.{target.method}",
+                parse_traceparent(envelope.data.get(TRACEPARENT)),
+                attributes,
+            )
+            target.trace = CallTrace(span)
+        return span, self._clock.seconds() if path else None
+
+    def _path_report(
+        self, envelope: Envelope, traced: tuple[Span | None, float | None] | None, outcome: Any
+    ) -> dict[str, Any] | None:
+        if traced is None:
+            return None
+        span, arrived = traced
+        if span is not None:
+            span.finish(outcome)
+        if arrived is None:
+            return None
+        ms = (self._clock.seconds() - arrived) * 1000.0
+        return path_report(envelope.route, self._node_id, ms)
 
     def _ran(self, outcome: Any, d: Deferred[Any]) -> Any:
         self._running.pop(d, None)
         return outcome
 
-    def _answer(self, outcome: Any, envelope: Envelope, call: ServerCall, via: str | None) -> None:
+    def _answer(
+        self,
+        outcome: Any,
+        envelope: Envelope,
+        call: ServerCall,
+        via: str | None,
+        traced: tuple[Span | None, float | None] | None = None,
+    ) -> None:
+        trace_path = None if traced is None else self._path_report(envelope, traced, outcome)
         if not isinstance(outcome, Failure):
             response = ServerResponse(
                 response_id=call.response_id, success=True, node_id=self._node_id, result=outcome
             )
+            response.trace_path = trace_path
             self._send_answer(envelope.sender, response, via)
             return
         error = failure_exception(outcome)
@@ -245,7 +337,7 @@ class MeshCalls:
             error = NodeUnreachable(f"node {self._node_id} {why} before answering")
         elif not isinstance(error, CallError):
             error = RemoteCallError.from_exception(error, self._node_id)
-        self.answer_error(envelope.sender, call.response_id, error, envelope.route, via)
+        self.answer_error(envelope.sender, call.response_id, error, envelope.route, via, trace_path)
 
     def answer_error(
         self,
@@ -254,6 +346,7 @@ class MeshCalls:
         error: CallError,
         route: tuple[str, ...] | list[str] | None = None,
         via: str | None = None,
+        trace_path: dict[str, Any] | None = None,
     ) -> None:
         """
         Answer call C{response_id} of C{caller} with C{error} (settled here
@@ -278,6 +371,7 @@ class MeshCalls:
             error_code=error.code,
             error_data=error.data,
         )
+        response.trace_path = trace_path
         self._send_answer(caller, response, via)
 
     def _send_answer(self, caller: str, response: ServerResponse, via: str | None) -> None:

@@ -45,6 +45,7 @@ from relaytx._metrics import NodeMetrics
 from relaytx._pki import load_identity
 from relaytx._protocol import PeerServerFactory, peer_resource
 from relaytx._tls import TlsError
+from relaytx._tracing import Tracer, exporter_for
 from relaytx._views import NodeServer, NodeViews
 from relaytx.config import NodeConfig
 from relaytx.errors import StartupError, failure_exception
@@ -139,7 +140,26 @@ class RelayNode(MultiService):
             max_dialers=limits.max_dialers, watch=self.guards.watch,
         )  # fmt: skip
         self.peer_admin.setServiceParent(self)
+        #: the node's tracer, when C{[tracing]} names an exporter (SPEC section 13)
+        self.tracer: Tracer | None = None
+        if config.tracing is not None:
+            self._trace(config)
         self.servers.expose("node", NodeServer(self.views))
+
+    def _trace(self, config: NodeConfig) -> None:
+        tracing = config.tracing
+        assert tracing is not None
+        try:
+            exporter = exporter_for(
+                tracing.exporter, self.node_id, tracing.path, tracing.endpoint, tracing.headers
+            )
+        except OSError as e:
+            raise StartupError(f"tracing.path {tracing.path}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise StartupError(str(e)) from None
+        self.tracer = tracer = Tracer(self.node_id, self.reactor, exporter, tracing.sample)
+        self.dispatcher.tracer = self.servers.tracer = tracer
+        self.mesh.calls.tracer = self.mesh.forwarder.hops.tracer = tracer
 
     # The Python API.
 
@@ -320,6 +340,8 @@ class RelayNode(MultiService):
             self._listening = self.listen()
 
     def startService(self) -> None:
+        if self.tracer is not None:
+            self.tracer.start()
         self._listen_once()
         for address in self.config.add_peer:
             if not self.peer_admin.is_dialling(address):
@@ -345,6 +367,9 @@ class RelayNode(MultiService):
             port, self.listening_port = self.listening_port, None
             self._listening = None
             d.addCallback(lambda _: port.stopListening())
+        tracer = self.tracer
+        if tracer is not None:  # the spans of the calls that stopping ended, too
+            d.addCallback(lambda _: tracer.stop())
         return d.addCallback(lambda _: None)
 
     def _stop_on_fatal(self, message: str) -> None:
