@@ -62,11 +62,15 @@ class OtlpExporter:
         exporter: SpanExporter | None = None,
     ) -> None:
         self.endpoint = endpoint or DEFAULT_ENDPOINT
-        self._resource = Resource.create({"service.name": "relaytx", "service.instance.id": node_id})
+        self._resource = Resource.create(
+            {"service.name": "relaytx", "service.instance.id": node_id}
+        )
         self._scope = InstrumentationScope("relaytx", __version__)
         self._node_id = node_id
         if exporter is None:
-            exporter = OTLPSpanExporter(endpoint=self.endpoint, headers=dict(headers or {}), timeout=5)
+            exporter = OTLPSpanExporter(
+                endpoint=self.endpoint, headers=dict(headers or {}), timeout=5
+            )
         self._processor = BatchSpanProcessor(exporter, export_timeout_millis=5000)
 
     def export(self, spans: list[Span]) -> None:

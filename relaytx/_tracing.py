@@ -410,7 +410,7 @@ class JsonlExporter:
     def __init__(self, path: str, node_id: str) -> None:
         self.path = path
         self._node_id = node_id
-        self._file: IO[bytes] | None = open(path, "ab")  # noqa: SIM115  # kept open, closed by shutdown
+        self._file: IO[bytes] | None = open(path, "ab")  # kept open, closed by shutdown
 
     def export(self, spans: list[Span]) -> None:
         out = self._file
