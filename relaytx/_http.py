@@ -32,7 +32,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from klein import Klein
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -413,9 +413,10 @@ class RpcResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, handler: JsonRpcHandler) -> None:
+    def __init__(self, handler: JsonRpcHandler, clock: IReactorTime | None = None) -> None:
         super().__init__()
         self._handler = handler
+        self._clock = clock
 
     def render_POST(self, request: Any) -> bytes | int:
         caller = getattr(request, "caller", None) or (
@@ -442,7 +443,7 @@ class RpcResource(Resource):
         if request.getHeader(PATH_HEADER) not in (None, b"0"):
             hops = []
         trace = CallTrace(parse_traceparent(traceparent), hops)
-        started = request.site.reactor.seconds() if hops is not None else 0.0
+        started = self._now(request) if hops is not None else 0.0
         answer = self._handler.handle_now(request.content.read(), caller, trace)
         if isinstance(answer, Deferred):
             answer.addBoth(self._write_later, request, trace, started)
@@ -458,12 +459,15 @@ class RpcResource(Resource):
         hops = None if trace is None else trace.hops
         if hops is None:
             return
-        site = request.site
-        node_id = getattr(site, "node_id", "")
         if not hops:
-            hops.append([node_id, None])
-        hops[0][1] = round((site.reactor.seconds() - started) * 1000.0, 3)
+            hops.append([self._handler.node_id, None])
+        hops[0][1] = round((self._now(request) - started) * 1000.0, 3)
         request.setHeader(b"server-timing", server_timing(hops))
+
+    def _now(self, request: Any) -> float:
+        clock = self._clock or request.site.reactor
+        now: float = clock.seconds()
+        return now
 
     def render(self, request: Any) -> bytes | int:
         # Every method but POST is a 405 with a JSON body, OPTIONS and
@@ -774,7 +778,7 @@ def make_site(
     :returns: the HTTP site of node C{node_id}.
     """
     handler = JsonRpcHandler(dispatch, node_id)
-    root = NodeRoot(RpcResource(handler), NodeWeb(views, admin, metrics).app.resource())
+    root = NodeRoot(RpcResource(handler, reactor), NodeWeb(views, admin, metrics).app.resource())
     root.ws.putChild(b"p2p", peer_endpoint)
     rpc_factory = JsonRpcWebSocketFactory(
         handler, max_body_size, reactor=reactor, policy=policy, watch=watch

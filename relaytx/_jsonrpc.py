@@ -146,7 +146,7 @@ class JsonRpcHandler:
         max_batch: int = MAX_BATCH,
     ) -> None:
         self._dispatch = dispatch
-        self._node_id = node_id
+        self._node_id = self.node_id = node_id
         self._max_batch = max_batch
 
     def handle(
