@@ -44,6 +44,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from relaytx import _json
 from relaytx._calls import CallTarget
+from relaytx._dashboard import TOKEN_COOKIE, dashboard_token
 from relaytx._flow import ConnectionWatch, WatchedConnection
 from relaytx._frames import LeanMessages, tune_socket
 from relaytx._guards import (
@@ -195,6 +196,12 @@ class BoundedRequest(Request):
             policy = site.policy
             get = self.getHeader
             authorization = get(b"authorization")
+            if authorization is None and policy.requires_token:
+                # A browser brings its token to the dashboard's paths in
+                # the URL or a cookie (relaytx._dashboard says why).
+                token = dashboard_token(self.path, self.args, self.getCookie(TOKEN_COOKIE))
+                if token is not None:
+                    authorization = b"Bearer " + token
             channel = self.channel
             try:
                 self.caller = caller = policy.admit(
@@ -738,16 +745,21 @@ class NodeRoot(Resource):
     else through the Klein app.
     """
 
-    def __init__(self, rpc: RpcResource, web: IResource) -> None:
+    def __init__(
+        self, rpc: RpcResource, web: IResource, dashboard: IResource | None = None
+    ) -> None:
         super().__init__()
         self._rpc = rpc
         self._web = web
+        self._dashboard = dashboard
         self.ws = WebSocketTree()
         self.putChild(b"ws", self.ws)
 
     def getChild(self, path: bytes, request: Any) -> IResource:
         if path == b"rpc" and not request.postpath:
             return self._rpc
+        if path == b"dashboard" and self._dashboard is not None:
+            return self._dashboard
         # Give Klein the whole path back: it routes on it.
         request.postpath.insert(0, request.prepath.pop())
         return self._web
@@ -767,6 +779,7 @@ def make_site(
     watch: ConnectionWatch | None = None,
     header_timeout: float = 10.0,
     idle_timeout: float = 60.0,
+    dashboard: IResource | None = None,
 ) -> NodeSite:
     """
     :param dispatch: runs one resolved call (the node's dispatcher).
@@ -775,10 +788,13 @@ def make_site(
     :param policy: who may use the site (none: anyone, as before section 10).
     :param counts: the connections held, in total and per address.
     :param watch: the node's WebSocket connections.
+    :param dashboard: the resource of C{/dashboard} (none: a 404 there).
     :returns: the HTTP site of node C{node_id}.
     """
     handler = JsonRpcHandler(dispatch, node_id)
-    root = NodeRoot(RpcResource(handler, reactor), NodeWeb(views, admin, metrics).app.resource())
+    root = NodeRoot(
+        RpcResource(handler, reactor), NodeWeb(views, admin, metrics).app.resource(), dashboard
+    )
     root.ws.putChild(b"p2p", peer_endpoint)
     rpc_factory = JsonRpcWebSocketFactory(
         handler, max_body_size, reactor=reactor, policy=policy, watch=watch

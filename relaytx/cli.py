@@ -127,13 +127,18 @@ def run_node(argv: list[str]) -> int:
         textFileLogObserver,
     )
 
+    from relaytx._logs import json_observer
     from relaytx.tap import makeService, run_options
 
     options = run_options(argv)
-    observer = FilteringLogObserver(
-        textFileLogObserver(sys.stderr),
-        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
-    )
+    assert options.config is not None  # parsed
+    if options.config.log_format == "json":
+        observer = json_observer(sys.stderr, options.config.node_id)
+    else:
+        observer = FilteringLogObserver(
+            textFileLogObserver(sys.stderr),
+            [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
+        )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     node = makeService(options)
     node.privilegedStartService()

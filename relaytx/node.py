@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, FirstError
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
@@ -33,6 +34,7 @@ from relaytx._aio import coroutine_runner
 from relaytx._apps import import_app, run_setup
 from relaytx._auth import read_secret
 from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget
+from relaytx._dashboard import DashboardResource
 from relaytx._dialer import PeerAdmin
 from relaytx._dispatch import CallDispatcher
 from relaytx._flow import NodeGuards
@@ -41,6 +43,7 @@ from relaytx._http import make_site
 from relaytx._limits import CallLimiter
 from relaytx._listen import listen_error, server_endpoint, startup_warnings
 from relaytx._mesh import Mesh
+from relaytx._meshview import MeshWatch
 from relaytx._metrics import NodeMetrics
 from relaytx._pki import load_identity
 from relaytx._protocol import PeerServerFactory, peer_resource
@@ -145,6 +148,16 @@ class RelayNode(MultiService):
         if config.tracing is not None:
             self._trace(config)
         self.servers.expose("node", NodeServer(self.views))
+        #: the whole mesh as seen from here (relay status, the dashboard)
+        self.mesh_watch = MeshWatch(
+            node_id, reactor, self.views.status, self._reachable, self.mesh.call
+        )
+
+    def _reachable(self) -> dict[str, int]:
+        reachable = {dest: route.hops for dest, route in self.mesh.router.routes().items()}
+        for peer in self.mesh.links:
+            reachable.setdefault(peer, 1)
+        return reachable
 
     def _trace(self, config: NodeConfig) -> None:
         tracing = config.tracing
@@ -285,6 +298,7 @@ class RelayNode(MultiService):
             peer_resource(peers),
             limits.max_body_size,
             self.reactor,
+            dashboard=DashboardResource(self.mesh_watch),
             **self.guards.site_options(),
         )
 
@@ -318,6 +332,7 @@ class RelayNode(MultiService):
 
         def listening(listening_port: IListeningPort) -> IListeningPort:
             self.listening_port = listening_port
+            self._started(listening_port)
             self._warn(listening_port)
             return listening_port
 
@@ -325,6 +340,23 @@ class RelayNode(MultiService):
             self._on_fatal(listen_error(port, failure_exception(failure)))
 
         return d.addCallbacks(listening, failed)
+
+    def _started(self, port: IListeningPort) -> None:
+        host = port.getHost()
+        address = self.config.port
+        if isinstance(host, IPv4Address | IPv6Address):
+            scheme = "https" if self.config.tls is not None else "http"
+            name = f"[{host.host}]" if isinstance(host, IPv6Address) else host.host
+            address = f"{scheme}://{name}:{host.port}"
+        self._log.info(
+            "node {node_id} listening on {address}; servers: {servers}; peers: {peers}",
+            node_id=self.node_id,
+            address=address,
+            servers=sorted(self.servers.local_servers()),
+            peers=list(self.config.add_peer),
+            version=__version__,
+            tracing=None if self.config.tracing is None else self.config.tracing.exporter,
+        )
 
     def _warn(self, port: IListeningPort) -> list[str]:
         return startup_warnings(
@@ -361,6 +393,7 @@ class RelayNode(MultiService):
 
     def stopService(self) -> Deferred[None]:
         self.guards.watch.stop()
+        self.mesh_watch.stop()
         d = self.mesh.stop()
         d.addCallback(lambda _: super(RelayNode, self).stopService())
         if self.listening_port is not None:
