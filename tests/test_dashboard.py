@@ -108,7 +108,7 @@ class PageTests(DashboardTests):
         connection = RawConnection(self.site, self.clock)
         connection.send(b"GET /dashboard/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         self.network.pump()
-        head, _, stream = connection.transport.value().partition(b"\r\n\r\n")
+        head, _, _stream = connection.transport.value().partition(b"\r\n\r\n")
         self.assertIn(b"content-type: text/event-stream", head.lower())
         self.assertEqual(self.node.mesh_watch.watchers, 1)
         for _ in range(3):

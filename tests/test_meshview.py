@@ -24,7 +24,9 @@ class MeshViewTests(SynchronousTestCase):
         self.network = MemoryMesh()
         self.nodes = [memory_node(name, self.clock) for name in ("n0", "n1", "n2")]
         self.nodes[2].expose("counter_server", Counter())
-        self.links = [self.network.link(a, b) for a, b in zip(self.nodes, self.nodes[1:])]
+        self.links = [
+            self.network.link(a, b) for a, b in zip(self.nodes, self.nodes[1:], strict=False)
+        ]
         self.network.settle()
         self.watch = self.nodes[0].mesh_watch
 
@@ -139,7 +141,7 @@ class TracerouteTests(SynchronousTestCase):
         self.clock = MemoryReactorClock()
         self.network = MemoryMesh()
         self.nodes: list[RelayNode] = [memory_node(f"n{i}", self.clock) for i in range(4)]
-        for a, b in zip(self.nodes, self.nodes[1:]):
+        for a, b in zip(self.nodes, self.nodes[1:], strict=False):
             self.network.link(a, b)
         self.network.settle()
 
