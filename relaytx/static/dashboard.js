@@ -73,8 +73,23 @@
     ids.forEach(function (id) { positions[id].fresh = false; });
   }
 
+  // Show the whole graph, whatever its extent, with room for the labels.
+  function fit(ids) {
+    if (!ids.length) { return; }
+    var xs = ids.map(function (id) { return positions[id].x; });
+    var ys = ids.map(function (id) { return positions[id].y; });
+    var minX = Math.min.apply(null, xs) - 70, maxX = Math.max.apply(null, xs) + 70;
+    var minY = Math.min.apply(null, ys) - 50, maxY = Math.max.apply(null, ys) + 50;
+    var w = Math.max(maxX - minX, 300), h = Math.max(maxY - minY, 225);
+    if (w / h > W / H) { h = w * H / W; } else { w = h * W / H; }
+    var cx = (minX + maxX) / 2, cy = (minY + maxY) / 2;
+    document.getElementById("graph").setAttribute(
+      "viewBox", [cx - w / 2, cy - h / 2, w, h].map(function (v) { return v.toFixed(1); }).join(" "));
+  }
+
   function drawGraph(view) {
     layout(view);
+    fit(Object.keys(view.nodes));
     var links = document.getElementById("links"), nodes = document.getElementById("nodes");
     links.textContent = ""; nodes.textContent = "";
     var many = view.links.length > 80;
