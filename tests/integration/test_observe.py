@@ -83,7 +83,7 @@ class TraceTests(ObserveTestCase):
         id, each hop's span the child of the previous hop's; its answer's
         Server-Timing names each node.
         """
-        n0, n1, n2 = await self.line()
+        n0, _, _ = await self.line()
         body = {"jsonrpc": "2.0", "id": 1, "method": "n2/counter_server.increment", "params": [5]}
         response = await treq.post(
             url(n0) + "/rpc",
