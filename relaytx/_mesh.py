@@ -308,6 +308,13 @@ class Mesh:
 
     # Views.
 
+    def reachable(self) -> dict[str, int]:
+        """:returns: every node a link or a route reaches, with its hop count."""
+        reachable = {dest: route.hops for dest, route in self.router.routes().items()}
+        for peer in self.links:
+            reachable.setdefault(peer, 1)
+        return reachable
+
     def nearest_host(self, server: str) -> str | None:
         """:returns: the nearest node hosting C{server}, or C{None}."""
         return self.adverts.nearest_host(server)

@@ -43,16 +43,7 @@ from relaytx._links import LinkTable
 from relaytx._metrics import NodeMetrics
 from relaytx._pki import EndToEnd
 from relaytx._routing import Router
-from relaytx._tracing import (
-    TRACE_PATH,
-    TRACEPARENT,
-    CallTrace,
-    Span,
-    Tracer,
-    parse_traceparent,
-    path_report,
-    read_path,
-)
+from relaytx._tracing import TRACE_PATH, CallTraces
 from relaytx.errors import (
     CallError,
     MessageTooLarge,
@@ -80,12 +71,10 @@ class MeshCalls:
     :param e2e: in PKI mode, the end-to-end codes of calls and answers that
         cross other nodes.
 
-    @ivar tracer: the node's tracer when it traces: each call arriving here
-        then gets a C{run} span (L{relaytx._tracing}).
+    @ivar traces: the trace contexts and path reports of calls (L{CallTraces}).
     """
 
     _log = Logger()
-    tracer: Tracer | None = None
 
     def __init__(
         self,
@@ -116,8 +105,7 @@ class MeshCalls:
         self._e2e = e2e
         #: calls running here for others: Deferred -> (caller, the link it came by)
         self._running: dict[Deferred[Any], tuple[str, str | None]] = {}
-        #: this node's calls whose caller asked for their path: response id -> report
-        self._paths: dict[str, list[list[Any]]] = {}
+        self.traces = CallTraces(node_id, clock)
 
     # Calling.
 
@@ -163,29 +151,12 @@ class MeshCalls:
         d = self.pending.expect(response_id, destination, None, target.timeout)
         trace = target.trace
         if trace is not None:
-            self._carry_trace(envelope, trace, response_id, d)
+            self.traces.carry(envelope, trace, response_id, d)
         try:
             self.pending.set_via(response_id, self._forwarder.forward(envelope, came_from=None))
         except MessageTooLarge as e:
             self.pending.resolve(response_id, error=Overloaded(f"Call too large: {e}"))
         return d
-
-    def _carry_trace(
-        self, envelope: Envelope, trace: CallTrace, response_id: str, d: Deferred[Any]
-    ) -> None:
-        # The call's trace context and path request ride in its data (the
-        # dict to_data made for this envelope; see relaytx._tracing).
-        data: Any = envelope.data
-        if trace.parent is not None:
-            data[TRACEPARENT] = trace.parent.traceparent
-        if trace.hops is not None:
-            data[TRACE_PATH] = True
-            self._paths[response_id] = trace.hops
-            d.addBoth(self._path_done, response_id)
-
-    def _path_done(self, outcome: Any, response_id: str) -> Any:
-        self._paths.pop(response_id, None)
-        return outcome
 
     def settle(self, envelope: Envelope, response: ServerResponse, via: str | None = None) -> None:
         """
@@ -206,10 +177,8 @@ class MeshCalls:
         ):
             self._metrics.drop("forged_answer")
             return
-        if self._paths:
-            hops = self._paths.get(response.response_id or "")
-            if hops is not None:
-                hops[:] = read_path(envelope.data.get(TRACE_PATH), self._node_id)
+        if self.traces.paths:
+            self.traces.settled(envelope, response.response_id)
         if response.success:
             self.pending.resolve(response.response_id, result=response.result)
             return
@@ -255,10 +224,9 @@ class MeshCalls:
             caller=call.caller or envelope.sender,
             via=via,
         )
-        traced = None
-        path = envelope.data.get(TRACE_PATH)
-        if self.tracer is not None or path is not None:
-            traced = self._trace_run(self.tracer, envelope, target, path is True)
+        traced = None  # (its run span, when its path was asked for: relaytx._tracing)
+        if self.traces.tracer is not None or TRACE_PATH in envelope.data:
+            traced = self.traces.arrived(envelope, target)
         try:
             result = self._run_arrived(target)
         except Exception:
@@ -272,45 +240,6 @@ class MeshCalls:
         result.addBoth(self._ran, result)
         result.addBoth(self._answer, envelope, call, via, traced)
 
-    def _trace_run(
-        self, tracer: Tracer | None, envelope: Envelope, target: CallTarget, path: bool
-    ) -> tuple[Span | None, float | None]:
-        """
-        A call arrived with a trace context or a path request (or this node
-        traces): its C{run} span, and when its path was asked for, the time
-        it arrived.
-        """
-        span = None
-        if tracer is not None:
-            attributes: dict[str, Any] = {
-                "rpc.system": "relaytx",
-                "rpc.service": target.server,
-                "rpc.method": target.method,
-                "relaytx.caller": target.caller,
-                "relaytx.from": target.via,
-                "relaytx.route": list(envelope.route),
-            }
-            span = tracer.start_span(
-                f"run {target.server}.{target.method}",
-                parse_traceparent(envelope.data.get(TRACEPARENT)),
-                attributes,
-            )
-            target.trace = CallTrace(span)
-        return span, self._clock.seconds() if path else None
-
-    def _path_report(
-        self, envelope: Envelope, traced: tuple[Span | None, float | None] | None, outcome: Any
-    ) -> dict[str, Any] | None:
-        if traced is None:
-            return None
-        span, arrived = traced
-        if span is not None:
-            span.finish(outcome)
-        if arrived is None:
-            return None
-        ms = (self._clock.seconds() - arrived) * 1000.0
-        return path_report(envelope.route, self._node_id, ms)
-
     def _ran(self, outcome: Any, d: Deferred[Any]) -> Any:
         self._running.pop(d, None)
         return outcome
@@ -321,9 +250,9 @@ class MeshCalls:
         envelope: Envelope,
         call: ServerCall,
         via: str | None,
-        traced: tuple[Span | None, float | None] | None = None,
+        traced: Any = None,
     ) -> None:
-        trace_path = None if traced is None else self._path_report(envelope, traced, outcome)
+        trace_path = None if traced is None else self.traces.answered(envelope, traced, outcome)
         if not isinstance(outcome, Failure):
             response = ServerResponse(
                 response_id=call.response_id, success=True, node_id=self._node_id, result=outcome

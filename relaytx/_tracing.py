@@ -53,7 +53,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import IO, Any
 
@@ -427,6 +427,92 @@ class JsonlExporter:
             out.close()
 
 
+class CallTraces:
+    """
+    The trace contexts and path reports of calls at both ends: the calls
+    this node makes (C{carry}, C{settled}) and those it runs (C{arrived},
+    C{answered}). L{relaytx._meshcalls.MeshCalls} asks it only for calls
+    that carry a context or a path request, or when the node traces.
+
+    @ivar tracer: the node's tracer, or C{None} when it does not trace.
+    @ivar paths: this node's calls whose caller asked for their path:
+        response id -> the list the path is reported into.
+    """
+
+    def __init__(self, node_id: str, clock: IReactorTime, tracer: Tracer | None = None) -> None:
+        self.node_id = node_id
+        self.clock = clock
+        self.tracer = tracer
+        self.paths: dict[str, list[list[Any]]] = {}
+
+    def carry(self, envelope: Any, trace: CallTrace, response_id: str, d: Deferred[Any]) -> None:
+        """
+        A call leaves with C{envelope}: put its trace context and path
+        request in its data (the dict C{to_data} made for this envelope).
+        """
+        data = envelope.data
+        if trace.parent is not None:
+            data[TRACEPARENT] = trace.parent.traceparent
+        if trace.hops is not None:
+            data[TRACE_PATH] = True
+            self.paths[response_id] = trace.hops
+            d.addBoth(self._path_done, response_id)
+
+    def _path_done(self, outcome: Any, response_id: str) -> Any:
+        self.paths.pop(response_id, None)
+        return outcome
+
+    def settled(self, envelope: Any, response_id: str | None) -> None:
+        """An answer to one of this node's calls was accepted: read its path report."""
+        hops = self.paths.get(response_id or "")
+        if hops is not None:
+            hops[:] = read_path(envelope.data.get(TRACE_PATH), self.node_id)
+
+    def arrived(self, envelope: Any, target: Any) -> tuple[Span | None, float | None]:
+        """
+        A call addressed here arrived: start its C{run} span (when the node
+        traces), the child of the context it came with; and when its path
+        was asked for, note when it arrived.
+
+        :returns: what L{answered} needs.
+        """
+        span = None
+        tracer = self.tracer
+        if tracer is not None:
+            attributes: dict[str, Any] = {
+                "rpc.system": "relaytx",
+                "rpc.service": target.server,
+                "rpc.method": target.method,
+                "relaytx.caller": target.caller,
+                "relaytx.from": target.via,
+                "relaytx.route": list(envelope.route),
+            }
+            span = tracer.start_span(
+                f"run {target.server}.{target.method}",
+                parse_traceparent(envelope.data.get(TRACEPARENT)),
+                attributes,
+            )
+            target.trace = CallTrace(span)
+        path = envelope.data.get(TRACE_PATH) is True
+        return span, self.clock.seconds() if path else None
+
+    def answered(
+        self, envelope: Any, traced: tuple[Span | None, float | None], outcome: Any
+    ) -> dict[str, Any] | None:
+        """
+        The call is answered with C{outcome}: end its span.
+
+        :returns: the answer's path report, if its path was asked for.
+        """
+        span, arrived = traced
+        if span is not None:
+            span.finish(outcome)
+        if arrived is None:
+            return None
+        ms = (self.clock.seconds() - arrived) * 1000.0
+        return path_report(envelope.route, self.node_id, ms)
+
+
 class HopTraces:
     """
     The calls a node forwards that carry a trace context (when it traces) or
@@ -521,36 +607,6 @@ class HopTraces:
             if span is not None:
                 span.attributes["relaytx.outcome"] = "no answer passed back"
                 span.finish()
-
-
-def exporter_for(
-    kind: str,
-    node_id: str,
-    path: str | None = None,
-    endpoint: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> ISpanExporter:
-    """
-    :param kind: C{"jsonl"} (needs C{path}) or C{"otlp"} (C{endpoint}: an
-        OTLP/HTTP traces URL; the collector's default when C{None}).
-    :raises ValueError: if C{kind} is unknown, its settings are missing,
-        or the C{otlp} extra is not installed.
-    :raises OSError: if the C{jsonl} file cannot be opened.
-    """
-    if kind == "jsonl":
-        if not path:
-            raise ValueError('tracing.exporter "jsonl" needs tracing.path')
-        return JsonlExporter(path, node_id)
-    if kind == "otlp":
-        try:
-            from relaytx._otlp import OtlpExporter
-        except ImportError as e:
-            raise ValueError(
-                f'tracing.exporter "otlp" needs the OpenTelemetry SDK and its OTLP exporter: '
-                f"pip install 'relaytx[otlp]' ({e})"
-            ) from None
-        return OtlpExporter(node_id, endpoint, dict(headers or {}))
-    raise ValueError(f'tracing.exporter {kind!r}: give "jsonl" or "otlp"')
 
 
 def path_report(route: Iterable[str], node_id: str, ms: float) -> dict[str, Any]:

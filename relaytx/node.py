@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, FirstError
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
@@ -37,18 +36,19 @@ from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget
 from relaytx._dashboard import DashboardResource
 from relaytx._dialer import PeerAdmin
 from relaytx._dispatch import CallDispatcher
+from relaytx._exporters import make_tracer
 from relaytx._flow import NodeGuards
 from relaytx._hosting import ServerHost
 from relaytx._http import make_site
 from relaytx._limits import CallLimiter
-from relaytx._listen import listen_error, server_endpoint, startup_warnings
+from relaytx._listen import listen_error, server_endpoint, startup_line, startup_warnings
 from relaytx._mesh import Mesh
 from relaytx._meshview import MeshWatch
 from relaytx._metrics import NodeMetrics
 from relaytx._pki import load_identity
 from relaytx._protocol import PeerServerFactory, peer_resource
 from relaytx._tls import TlsError
-from relaytx._tracing import Tracer, exporter_for
+from relaytx._tracing import Tracer
 from relaytx._views import NodeServer, NodeViews
 from relaytx.config import NodeConfig
 from relaytx.errors import StartupError, failure_exception
@@ -144,35 +144,15 @@ class RelayNode(MultiService):
         )  # fmt: skip
         self.peer_admin.setServiceParent(self)
         #: the node's tracer, when C{[tracing]} names an exporter (SPEC section 13)
-        self.tracer: Tracer | None = None
-        if config.tracing is not None:
-            self._trace(config)
+        self.tracer: Tracer | None = make_tracer(node_id, reactor, config.tracing)
+        if self.tracer is not None:
+            self.dispatcher.tracer = self.servers.tracer = self.tracer
+            self.mesh.calls.traces.tracer = self.mesh.forwarder.hops.tracer = self.tracer
         self.servers.expose("node", NodeServer(self.views))
         #: the whole mesh as seen from here (relay status, the dashboard)
         self.mesh_watch = MeshWatch(
-            node_id, reactor, self.views.status, self._reachable, self.mesh.call
+            node_id, reactor, self.views.status, self.mesh.reachable, self.mesh.call
         )
-
-    def _reachable(self) -> dict[str, int]:
-        reachable = {dest: route.hops for dest, route in self.mesh.router.routes().items()}
-        for peer in self.mesh.links:
-            reachable.setdefault(peer, 1)
-        return reachable
-
-    def _trace(self, config: NodeConfig) -> None:
-        tracing = config.tracing
-        assert tracing is not None
-        try:
-            exporter = exporter_for(
-                tracing.exporter, self.node_id, tracing.path, tracing.endpoint, tracing.headers
-            )
-        except OSError as e:
-            raise StartupError(f"tracing.path {tracing.path}: {e.strerror or e}") from None
-        except ValueError as e:
-            raise StartupError(str(e)) from None
-        self.tracer = tracer = Tracer(self.node_id, self.reactor, exporter, tracing.sample)
-        self.dispatcher.tracer = self.servers.tracer = tracer
-        self.mesh.calls.tracer = self.mesh.forwarder.hops.tracer = tracer
 
     # The Python API.
 
@@ -332,7 +312,8 @@ class RelayNode(MultiService):
 
         def listening(listening_port: IListeningPort) -> IListeningPort:
             self.listening_port = listening_port
-            self._started(listening_port)
+            servers = sorted(self.servers.local_servers())
+            startup_line(listening_port, self.config, servers, __version__)
             self._warn(listening_port)
             return listening_port
 
@@ -340,23 +321,6 @@ class RelayNode(MultiService):
             self._on_fatal(listen_error(port, failure_exception(failure)))
 
         return d.addCallbacks(listening, failed)
-
-    def _started(self, port: IListeningPort) -> None:
-        host = port.getHost()
-        address = self.config.port
-        if isinstance(host, IPv4Address | IPv6Address):
-            scheme = "https" if self.config.tls is not None else "http"
-            name = f"[{host.host}]" if isinstance(host, IPv6Address) else host.host
-            address = f"{scheme}://{name}:{host.port}"
-        self._log.info(
-            "node {node_id} listening on {address}; servers: {servers}; peers: {peers}",
-            node_id=self.node_id,
-            address=address,
-            servers=sorted(self.servers.local_servers()),
-            peers=list(self.config.add_peer),
-            version=__version__,
-            tracing=None if self.config.tracing is None else self.config.tracing.exporter,
-        )
 
     def _warn(self, port: IListeningPort) -> list[str]:
         return startup_warnings(
@@ -372,9 +336,9 @@ class RelayNode(MultiService):
             self._listening = self.listen()
 
     def startService(self) -> None:
+        self._listen_once()
         if self.tracer is not None:
             self.tracer.start()
-        self._listen_once()
         for address in self.config.add_peer:
             if not self.peer_admin.is_dialling(address):
                 self.add_peer(address)

@@ -14,6 +14,7 @@ from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from relaytx._listen import startup_line
 from relaytx._logs import JsonLogObserver, json_observer
 from relaytx.config import ConfigError, build_config
 from relaytx.tap import Options
@@ -93,7 +94,8 @@ class StartupLineTests(SynchronousTestCase):
         )
         node.expose("counter", Counter())
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-        node._started(_Port(IPv4Address("TCP", "127.0.0.1", 8080)))  # type: ignore[arg-type]
+        port = _Port(IPv4Address("TCP", "127.0.0.1", 8080))
+        startup_line(port, node.config, sorted(node.local_servers()), "0")  # type: ignore[arg-type]
         (event,) = [e for e in events if "servers" in e]
         self.assertEqual(event["node_id"], "n1")
         self.assertEqual(event["address"], "http://127.0.0.1:8080")

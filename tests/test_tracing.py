@@ -54,7 +54,7 @@ def trace(node: RelayNode, sample: float = 1.0) -> MemoryExporter:
     tracer = Tracer(node.node_id, node.clock, exporter, sample)
     node.tracer = tracer
     node.dispatcher.tracer = node.servers.tracer = tracer
-    node.mesh.calls.tracer = node.mesh.forwarder.hops.tracer = tracer
+    node.mesh.calls.traces.tracer = node.mesh.forwarder.hops.tracer = tracer
     return exporter
 
 
@@ -286,7 +286,7 @@ class MeshTracingTests(SynchronousTestCase):
         self.assertIsNone(hops[0][1])  # the caller's own time is the caller's to add
         self.assertAlmostEqual(hops[1][1], 500.0)
         self.assertAlmostEqual(hops[2][1], 500.0)
-        self.assertEqual(self.nodes[0].mesh.calls._paths, {})
+        self.assertEqual(self.nodes[0].mesh.calls.traces.paths, {})
 
     def test_untraced_frames_unchanged(self) -> None:
         """Without tracing or a path request, a call's frames carry no trace fields."""
