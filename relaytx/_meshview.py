@@ -78,16 +78,21 @@ class MeshWatch:
         self.forget_after = forget_after
         self.view: dict[str, Any] | None = None
         self._made_at = float("-inf")
-        self._round: Deferred[dict[str, Any]] | None = None
+        self._round: Deferred[None] | None = None
         self._waiters: list[Deferred[dict[str, Any]]] = []
         self._watchers: list[Callable[[dict[str, Any]], None]] = []
         self._timer: IDelayedCall | None = None
         #: every node seen: node id -> its last status, when it was seen, its state
         self._known: dict[str, dict[str, Any]] = {}
-        #: the last call counts of each node, for rates: node id -> (time, ok, errors)
-        self._counts: dict[str, tuple[float, int, int]] = {}
+        #: each node's last call counts and rates: node id -> (when, ok, errors, rates)
+        self._counts: dict[str, tuple[float, int, int, float | None, float | None]] = {}
         self.rounds = 0
         self._stopped = False
+        #: nodes with a status call out, and those whose last one failed
+        self._asking: set[str] = set()
+        self._silent: set[str] = set()
+        #: how long a round waits for answers before making its view
+        self.round_deadline = min(0.5, interval / 2)
 
     # Asking.
 
@@ -146,20 +151,28 @@ class MeshWatch:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        nodes = dict(self._reachable())
-        nodes.pop(self.node_id, None)
-        answers: dict[str, Any] = {}
-        waiting = [len(nodes)]
-        done: Deferred[dict[str, Any]] = Deferred()
+        hops = dict(self._reachable())
+        hops.pop(self.node_id, None)
+        # A node whose status call of an earlier round is still out is not
+        # asked again; its last answer stands until that call ends.
+        asked = [node for node in hops if node not in self._asking]
+        done: Deferred[None] = Deferred()
         self._round = done
+        left = [len(asked)]
 
         def answered(outcome: Any, node: str) -> None:
-            answers[node] = None if isinstance(outcome, Failure) else outcome
-            waiting[0] -= 1
-            if not waiting[0]:
-                done.callback(answers)
+            self._asking.discard(node)
+            if isinstance(outcome, dict):
+                self._known[node] = {"status": outcome, "seen": self.clock.seconds()}
+                self._silent.discard(node)
+            else:
+                self._silent.add(node)
+            left[0] -= 1
+            if not left[0] and not done.called:
+                done.callback(None)
 
-        for node in nodes:
+        for node in asked:
+            self._asking.add(node)
             target = CallTarget(node, "node", "status", timeout=self.timeout, trace=_unsampled())
             try:
                 d = self._call(target)
@@ -167,15 +180,25 @@ class MeshWatch:
                 d = Deferred()
                 d.errback(Failure())
             d.addBoth(answered, node)
-        if not nodes:
-            done.callback(answers)
-        done.addCallback(self._finish_round, nodes)
+        if not left[0] and not done.called:
+            done.callback(None)
+        if not done.called:
+            # Slow answers do not hold the view up: it is made at the
+            # round's deadline with what has come, the rest count later.
+            deadline = self.clock.callLater(self.round_deadline, done.callback, None)
 
-    def _finish_round(self, answers: dict[str, Any], hops: dict[str, int]) -> None:
+            def made(_: None) -> None:
+                if deadline.active():
+                    deadline.cancel()
+
+            done.addCallback(made)
+        done.addCallback(lambda _: self._finish_round(hops))
+
+    def _finish_round(self, hops: dict[str, int]) -> None:
         self._round = None
         self.rounds += 1
         try:
-            view = self._build(answers, hops)
+            view = self._build(hops)
         except Exception:
             self._log.failure("building the mesh view failed")
             view = self.view or {"node_id": self.node_id, "nodes": {}, "links": [], "problems": []}
@@ -192,18 +215,15 @@ class MeshWatch:
         if self._watchers and not self._stopped:
             self._timer = self.clock.callLater(self.interval, self._start_round)
 
-    def _build(self, answers: dict[str, Any], hops: dict[str, int]) -> dict[str, Any]:
+    def _build(self, hops: dict[str, int]) -> dict[str, Any]:
         now = self.clock.seconds()
         known = self._known
-        statuses: dict[str, Any] = {self.node_id: self._status()}
-        statuses.update({n: s for n, s in answers.items() if isinstance(s, dict)})
-        for node_id, status in statuses.items():
-            known[node_id] = {"status": status, "seen": now}
+        known[self.node_id] = {"status": self._status(), "seen": now}
         nodes: dict[str, dict[str, Any]] = {}
         problems: list[str] = []
         for node_id, entry in sorted(known.items()):
             status = entry["status"]
-            if node_id in statuses:
+            if node_id == self.node_id or (node_id in hops and node_id not in self._silent):
                 state = "up"
             elif node_id in hops:
                 state = "silent"
@@ -215,7 +235,8 @@ class MeshWatch:
                 problems.append(f"{node_id}: gone (last seen {rfc3339(entry['seen'])})")
             nodes[node_id] = self._node(node_id, state, status, entry["seen"], hops, now)
         for node_id in hops:
-            if node_id not in nodes:  # reachable, never answered (e.g. an original node)
+            if node_id not in nodes and node_id not in self._asking:
+                # reachable, never answered (e.g. an original node)
                 nodes[node_id] = self._node(node_id, "silent", {}, None, hops, now)
                 problems.append(f"{node_id}: reachable but did not answer within {self.timeout:g}s")
         for gone in [n for n in known if n not in nodes]:
@@ -253,14 +274,19 @@ class MeshWatch:
     ) -> dict[str, Any]:
         calls = status.get("calls") if state == "up" else None
         per_s = errors_per_s = None
-        if isinstance(calls, dict):
+        if isinstance(calls, dict) and seen is not None:
+            # Rates between this node's last two answers (the same answer
+            # seen again keeps the rates it gave).
             ok, errors = calls.get("ok", 0), calls.get("errors", 0)
             before = self._counts.get(node_id)
-            if before is not None and now > before[0]:
-                elapsed = now - before[0]
+            if before is not None and seen == before[0]:
+                per_s, errors_per_s = before[3], before[4]
+            elif before is not None and seen > before[0]:
+                elapsed = seen - before[0]
                 per_s = round(max(0, ok + errors - before[1] - before[2]) / elapsed, 1)
                 errors_per_s = round(max(0, errors - before[2]) / elapsed, 1)
-            self._counts[node_id] = (now, ok, errors)
+            if before is None or seen != before[0]:
+                self._counts[node_id] = (seen, ok, errors, per_s, errors_per_s)
         servers = status.get("servers")
         return {
             "node_id": node_id,

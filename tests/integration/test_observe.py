@@ -14,6 +14,7 @@ import tempfile
 from typing import Any
 
 import treq
+from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
@@ -141,6 +142,38 @@ class TraceTests(ObserveTestCase):
         view = json.loads(out)
         self.assertEqual(sorted(view["nodes"]), ["n0", "n1", "n2"])
 
+        code, out, err = await self.cli("call", url(n0), "node", "traceroute", "n2")
+        self.assertEqual(code, 0, err)
+        hops = json.loads(out)
+        self.assertEqual([(h["hop"], h["node_id"]) for h in hops], [(1, "n1"), (2, "n2")])
+        for hop in hops:
+            self.assertGreater(hop["rtt_ms"], 0)
+
+    async def test_ws_rpc(self) -> None:
+        """Every call on a /ws/rpc connection continues the upgrade's traceparent."""
+        from websockets.sync.client import connect
+
+        n0, _, _ = await self.line()
+
+        def calls() -> list[Any]:
+            address = url(n0).replace("http://", "ws://") + "/ws/rpc"
+            with connect(address, additional_headers={"traceparent": PARENT}) as socket:
+                answers = []
+                for i in range(2):
+                    body = {"jsonrpc": "2.0", "id": i, "method": "n2/counter_server.increment"}
+                    socket.send(json.dumps(body))
+                    answers.append(json.loads(socket.recv(timeout=10)))
+                return answers
+
+        answers = await deferToThread(calls)
+        self.assertEqual([a["result"] for a in answers], [1, 2])
+        await wait_for(
+            lambda: len(read_spans(self.spans_file("n0"))) >= 2, 5, what="n0's call spans"
+        )
+        spans = read_spans(self.spans_file("n0"))
+        self.assertEqual({s["trace_id"] for s in spans}, {"4bf92f3577b34da6a3ce929d0e0e4736"})
+        self.assertEqual({s["parent_span_id"] for s in spans}, {"00f067aa0ba902b7"})
+
 
 class PkiTraceTests(ObserveTestCase):
     """PKI mode: the trace fields added on the way break no end-to-end code."""
@@ -231,6 +264,37 @@ class LogFormatTests(ObserveTestCase):
         self.assertEqual(started["servers"], ["counter_server", "node"])
         self.assertEqual(started["peers"], ["ws://127.0.0.1:9"])
         self.assertEqual(started["level"], "info")
+
+    async def test_twistd(self) -> None:
+        """Under twistd too, the log is JSON lines (on stdout, where twistd -n logs)."""
+        import subprocess
+
+        from .helpers import free_port
+
+        port = free_port()
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        command = [twistd, "-n", "relay", "--node-id", "j2", "--port", str(port)]
+        command += ["--log-format", "json"]
+        process = subprocess.Popen(
+            command, cwd=self.directory(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+
+        async def healthy() -> bool:
+            try:
+                response = await treq.get(f"http://127.0.0.1:{port}/health", persistent=False)
+                return response.code == 200
+            except Exception:
+                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                return False
+
+        await wait_for(healthy, 30, 0.1, "twistd's node")
+        process.send_signal(15)
+        out, _ = process.communicate(timeout=30)
+        lines = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+        self.assertTrue(any("listening on" in line["event"] for line in lines), lines)
+        for line in lines:
+            self.assertEqual(line["node_id"], "j2")
 
 
 def await_process(process: NodeProcess) -> tuple[bytes, bytes]:
