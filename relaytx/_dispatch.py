@@ -61,6 +61,9 @@ class CallDispatcher:
         self._limiter = limiter
         self._host = host
         self.remote = remote
+        # Calls are counted per server and method only for methods the host
+        # exposes (bounded label sets).
+        metrics.server_calls.known = host.exposes
 
     def call(self, target: CallTarget) -> Deferred[Any]:
         """

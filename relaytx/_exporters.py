@@ -8,9 +8,14 @@ C{jsonl} one, or the C{otlp} one of the C{relaytx[otlp]} extra
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 
+from relaytx._dispatch import CallDispatcher
+from relaytx._hosting import ServerHost
+from relaytx._mesh import Mesh
 from relaytx._tracing import ISpanExporter, JsonlExporter, Tracer
 from relaytx.config import TracingConfig
 from relaytx.errors import StartupError
@@ -33,6 +38,51 @@ def make_tracer(node_id: str, clock: IReactorTime, tracing: TracingConfig | None
     except ValueError as e:
         raise StartupError(str(e)) from None
     return Tracer(node_id, clock, exporter, tracing.sample)
+
+
+class TracerService(Service):
+    """
+    A node's tracer as a child service of the node: it exports finished
+    spans while the node runs, and what is left (the spans of the calls
+    that stopping ended, too: the node stops its children once its mesh
+    has stopped) when it stops.
+    """
+
+    def __init__(self, tracer: Tracer) -> None:
+        self.tracer = tracer
+
+    def startService(self) -> None:
+        super().startService()
+        self.tracer.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.tracer.stop()
+
+
+def start_tracing(
+    node: Any,
+    tracing: TracingConfig | None,
+    dispatcher: CallDispatcher,
+    servers: ServerHost,
+    mesh: Mesh,
+) -> Tracer | None:
+    """
+    Make the tracer of C{node} (a L{relaytx.node.RelayNode}) with
+    C{[tracing]} settings C{tracing}, give it to the parts that make spans
+    (the dispatcher's C{call} spans, the servers' C{execute} ones, the
+    mesh's C{run} and C{forward} ones) and run it as a child service of
+    the node.
+
+    :returns: the tracer (C{None}: the node does not trace).
+    :raises StartupError: as L{make_tracer}.
+    """
+    tracer = make_tracer(node.node_id, node.reactor, tracing)
+    if tracer is not None:
+        dispatcher.tracer = servers.tracer = tracer
+        mesh.calls.traces.tracer = mesh.forwarder.hops.tracer = tracer
+        TracerService(tracer).setServiceParent(node)
+    return tracer
 
 
 def exporter_for(

@@ -149,9 +149,8 @@ class MeshCalls:
             if mac is not None:
                 envelope.data["mac"] = mac  # type: ignore[index]  # the dict to_data made
         d = self.pending.expect(response_id, destination, None, target.timeout)
-        trace = target.trace
-        if trace is not None:
-            self.traces.carry(envelope, trace, response_id, d)
+        if target.trace is not None:
+            self.traces.carry(envelope, target.trace, response_id, d)
         try:
             self.pending.set_via(response_id, self._forwarder.forward(envelope, came_from=None))
         except MessageTooLarge as e:
@@ -224,40 +223,30 @@ class MeshCalls:
             caller=call.caller or envelope.sender,
             via=via,
         )
-        traced = None  # (its run span, when its path was asked for: relaytx._tracing)
         if self.traces.tracer is not None or TRACE_PATH in envelope.data:
-            traced = self.traces.arrived(envelope, target)
+            self.traces.arrived(envelope, target)  # until _send_answer
         try:
             result = self._run_arrived(target)
         except Exception:
-            self._answer(Failure(), envelope, call, via, traced)
+            self._answer(Failure(), envelope, call, via)
             return
         if not isinstance(result, Deferred):  # answered at once: the common case
-            self._answer(result, envelope, call, via, traced)
+            self._answer(result, envelope, call, via)
             return
         # (The dispatcher times the call out at its budget, target.timeout.)
         self._running[result] = (envelope.sender, via)
         result.addBoth(self._ran, result)
-        result.addBoth(self._answer, envelope, call, via, traced)
+        result.addBoth(self._answer, envelope, call, via)
 
     def _ran(self, outcome: Any, d: Deferred[Any]) -> Any:
         self._running.pop(d, None)
         return outcome
 
-    def _answer(
-        self,
-        outcome: Any,
-        envelope: Envelope,
-        call: ServerCall,
-        via: str | None,
-        traced: Any = None,
-    ) -> None:
-        trace_path = None if traced is None else self.traces.answered(envelope, traced, outcome)
+    def _answer(self, outcome: Any, envelope: Envelope, call: ServerCall, via: str | None) -> None:
         if not isinstance(outcome, Failure):
             response = ServerResponse(
                 response_id=call.response_id, success=True, node_id=self._node_id, result=outcome
             )
-            response.trace_path = trace_path
             self._send_answer(envelope.sender, response, via)
             return
         error = failure_exception(outcome)
@@ -266,7 +255,7 @@ class MeshCalls:
             error = NodeUnreachable(f"node {self._node_id} {why} before answering")
         elif not isinstance(error, CallError):
             error = RemoteCallError.from_exception(error, self._node_id)
-        self.answer_error(envelope.sender, call.response_id, error, envelope.route, via, trace_path)
+        self.answer_error(envelope.sender, call.response_id, error, envelope.route, via)
 
     def answer_error(
         self,
@@ -275,7 +264,6 @@ class MeshCalls:
         error: CallError,
         route: tuple[str, ...] | list[str] | None = None,
         via: str | None = None,
-        trace_path: dict[str, Any] | None = None,
     ) -> None:
         """
         Answer call C{response_id} of C{caller} with C{error} (settled here
@@ -300,10 +288,11 @@ class MeshCalls:
             error_code=error.code,
             error_data=error.data,
         )
-        response.trace_path = trace_path
         self._send_answer(caller, response, via)
 
     def _send_answer(self, caller: str, response: ServerResponse, via: str | None) -> None:
+        if self.traces.running:  # a traced call, or one whose path was asked for
+            response.trace_path = self.traces.answered(caller, response)
         if self._e2e is not None and caller not in self._links:
             response.mac = self._e2e.seal_answer(caller, response)
         try:

@@ -437,6 +437,9 @@ class CallTraces:
     @ivar tracer: the node's tracer, or C{None} when it does not trace.
     @ivar paths: this node's calls whose caller asked for their path:
         response id -> the list the path is reported into.
+    @ivar running: the calls running here that L{arrived} saw, until
+        L{answered}: (caller, response id) -> their C{run} span and, when
+        their path was asked for, when they arrived.
     """
 
     def __init__(self, node_id: str, clock: IReactorTime, tracer: Tracer | None = None) -> None:
@@ -444,6 +447,7 @@ class CallTraces:
         self.clock = clock
         self.tracer = tracer
         self.paths: dict[str, list[list[Any]]] = {}
+        self.running: dict[tuple[str, Any], tuple[Span | None, float | None, list[str]]] = {}
 
     def carry(self, envelope: Any, trace: CallTrace, response_id: str, d: Deferred[Any]) -> None:
         """
@@ -468,13 +472,11 @@ class CallTraces:
         if hops is not None:
             hops[:] = read_path(envelope.data.get(TRACE_PATH), self.node_id)
 
-    def arrived(self, envelope: Any, target: Any) -> tuple[Span | None, float | None]:
+    def arrived(self, envelope: Any, target: Any) -> None:
         """
         A call addressed here arrived: start its C{run} span (when the node
         traces), the child of the context it came with; and when its path
-        was asked for, note when it arrived.
-
-        :returns: what L{answered} needs.
+        was asked for, note when it arrived (for L{answered}).
         """
         span = None
         tracer = self.tracer
@@ -493,24 +495,31 @@ class CallTraces:
                 attributes,
             )
             target.trace = CallTrace(span)
-        path = envelope.data.get(TRACE_PATH) is True
-        return span, self.clock.seconds() if path else None
+        arrived = self.clock.seconds() if envelope.data.get(TRACE_PATH) is True else None
+        key = (envelope.sender, envelope.data.get("response_id"))
+        self.running[key] = (span, arrived, list(envelope.route))
 
-    def answered(
-        self, envelope: Any, traced: tuple[Span | None, float | None], outcome: Any
-    ) -> dict[str, Any] | None:
+    def answered(self, caller: str, response: Any) -> dict[str, Any] | None:
         """
-        The call is answered with C{outcome}: end its span.
+        A call that L{arrived} is answered with C{response} (a
+        L{relaytx.wire.ServerResponse}): end its span.
 
         :returns: the answer's path report, if its path was asked for.
         """
-        span, arrived = traced
+        entry = self.running.pop((caller, response.response_id), None)
+        if entry is None:
+            return None
+        span, arrived, route = entry
         if span is not None:
-            span.finish(outcome)
+            if not response.success:
+                attributes = span.attributes
+                attributes["otel.status_code"] = "ERROR"
+                attributes["relaytx.error_code"] = response.error_code
+                attributes["otel.status_description"] = str(response.error)[:200]
+            span.finish()
         if arrived is None:
             return None
-        ms = (self.clock.seconds() - arrived) * 1000.0
-        return path_report(envelope.route, self.node_id, ms)
+        return path_report(route, self.node_id, (self.clock.seconds() - arrived) * 1000.0)
 
 
 class HopTraces:

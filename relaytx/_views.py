@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from relaytx._hosting import ServerHost
 from relaytx._mesh import Mesh
+from relaytx._meshview import MeshWatch
 from relaytx.errors import InvalidParams, NodeUnreachable
 from relaytx.server import Server, exposed
 from relaytx.wire import NODE_ID_RE, rfc3339
@@ -23,6 +24,9 @@ class NodeViews:
     """
     :param started_at: when the node started, in the clock's seconds.
     :param version: relaytx's version, for C{info()}.
+
+    @ivar mesh_watch: the whole mesh as seen from here, made of every
+        node's L{status} (C{relay status}, the dashboard).
     """
 
     def __init__(
@@ -40,6 +44,7 @@ class NodeViews:
         self._mesh = mesh
         self._started_at = started_at
         self._version = version
+        self.mesh_watch = MeshWatch(node_id, clock, self.status, mesh.reachable, mesh.call)
 
     def timestamp(self) -> str:
         """:returns: the current time, RFC 3339."""
@@ -145,7 +150,7 @@ class NodeViews:
             path = (node_id,)
         else:
             raise NodeUnreachable(f"No route to node {node_id!r}", node_id=self.node_id)
-        probes = [mesh.probe(hop, timeout) for hop in path]
+        probes = [mesh.probes.probe(hop, timeout) for hop in path]
         hops: list[dict[str, Any]] = []
         for index, hop in enumerate(path):
             hops.append({"hop": index + 1, "node_id": hop, "rtt_ms": None})

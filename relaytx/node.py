@@ -36,19 +36,17 @@ from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget
 from relaytx._dashboard import DashboardResource
 from relaytx._dialer import PeerAdmin
 from relaytx._dispatch import CallDispatcher
-from relaytx._exporters import make_tracer
+from relaytx._exporters import start_tracing
 from relaytx._flow import NodeGuards
 from relaytx._hosting import ServerHost
 from relaytx._http import make_site
 from relaytx._limits import CallLimiter
 from relaytx._listen import listen_error, server_endpoint, startup_line, startup_warnings
 from relaytx._mesh import Mesh
-from relaytx._meshview import MeshWatch
 from relaytx._metrics import NodeMetrics
 from relaytx._pki import load_identity
 from relaytx._protocol import PeerServerFactory, peer_resource
 from relaytx._tls import TlsError
-from relaytx._tracing import Tracer
 from relaytx._views import NodeServer, NodeViews
 from relaytx.config import NodeConfig
 from relaytx.errors import StartupError, failure_exception
@@ -112,7 +110,6 @@ class RelayNode(MultiService):
         self.run_coroutine = coroutine_runner(reactor)
         self.servers = ServerHost(node_id, reactor, config.access, run_coroutine=self.run_coroutine)
         metrics.watch_queue_depth(self.servers.queue_depth)
-        metrics.server_calls.known = self.servers.exposes
         self.limiter = CallLimiter(
             reactor, limits.max_in_flight, limits.max_in_flight_per_caller, limits.calls_per_second
         )
@@ -144,15 +141,8 @@ class RelayNode(MultiService):
         )  # fmt: skip
         self.peer_admin.setServiceParent(self)
         #: the node's tracer, when C{[tracing]} names an exporter (SPEC section 13)
-        self.tracer: Tracer | None = make_tracer(node_id, reactor, config.tracing)
-        if self.tracer is not None:
-            self.dispatcher.tracer = self.servers.tracer = self.tracer
-            self.mesh.calls.traces.tracer = self.mesh.forwarder.hops.tracer = self.tracer
+        self.tracer = start_tracing(self, config.tracing, self.dispatcher, self.servers, self.mesh)
         self.servers.expose("node", NodeServer(self.views))
-        #: the whole mesh as seen from here (relay status, the dashboard)
-        self.mesh_watch = MeshWatch(
-            node_id, reactor, self.views.status, self.mesh.reachable, self.mesh.call
-        )
 
     # The Python API.
 
@@ -278,7 +268,7 @@ class RelayNode(MultiService):
             peer_resource(peers),
             limits.max_body_size,
             self.reactor,
-            dashboard=DashboardResource(self.mesh_watch),
+            dashboard=DashboardResource(self.views.mesh_watch),
             **self.guards.site_options(),
         )
 
@@ -312,8 +302,6 @@ class RelayNode(MultiService):
 
         def listening(listening_port: IListeningPort) -> IListeningPort:
             self.listening_port = listening_port
-            servers = sorted(self.servers.local_servers())
-            startup_line(listening_port, self.config, servers, __version__)
             self._warn(listening_port)
             return listening_port
 
@@ -323,6 +311,7 @@ class RelayNode(MultiService):
         return d.addCallbacks(listening, failed)
 
     def _warn(self, port: IListeningPort) -> list[str]:
+        startup_line(port, self.config, sorted(self.servers.local_servers()), __version__)
         return startup_warnings(
             port, self.config, self.secret is not None, self.pki, self.guards.policy.requires_token
         )
@@ -337,8 +326,6 @@ class RelayNode(MultiService):
 
     def startService(self) -> None:
         self._listen_once()
-        if self.tracer is not None:
-            self.tracer.start()
         for address in self.config.add_peer:
             if not self.peer_admin.is_dialling(address):
                 self.add_peer(address)
@@ -357,16 +344,13 @@ class RelayNode(MultiService):
 
     def stopService(self) -> Deferred[None]:
         self.guards.watch.stop()
-        self.mesh_watch.stop()
+        self.views.mesh_watch.stop()
         d = self.mesh.stop()
         d.addCallback(lambda _: super(RelayNode, self).stopService())
         if self.listening_port is not None:
             port, self.listening_port = self.listening_port, None
             self._listening = None
             d.addCallback(lambda _: port.stopListening())
-        tracer = self.tracer
-        if tracer is not None:  # the spans of the calls that stopping ended, too
-            d.addCallback(lambda _: tracer.stop())
         return d.addCallback(lambda _: None)
 
     def _stop_on_fatal(self, message: str) -> None:

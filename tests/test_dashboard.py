@@ -111,7 +111,7 @@ class PageTests(DashboardTests):
         self.network.pump()
         head, _, _stream = connection.transport.value().partition(b"\r\n\r\n")
         self.assertIn(b"content-type: text/event-stream", head.lower())
-        self.assertEqual(self.node.mesh_watch.watchers, 1)
+        self.assertEqual(self.node.views.mesh_watch.watchers, 1)
         for _ in range(3):
             self.clock.advance(1.0)
             self.network.pump()
@@ -123,7 +123,7 @@ class PageTests(DashboardTests):
         self.assertEqual(len(events), 4)
         self.assertEqual(events[-1]["nodes"]["n1"]["state"], "up")
         connection.lose()
-        self.assertEqual(self.node.mesh_watch.watchers, 0)
+        self.assertEqual(self.node.views.mesh_watch.watchers, 0)
         self.clock.advance(5.0)
         self.assertEqual(
             self.clock.getDelayedCalls()

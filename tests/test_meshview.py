@@ -28,7 +28,7 @@ class MeshViewTests(SynchronousTestCase):
             self.network.link(a, b) for a, b in zip(self.nodes, self.nodes[1:], strict=False)
         ]
         self.network.settle()
-        self.watch = self.nodes[0].mesh_watch
+        self.watch = self.nodes[0].views.mesh_watch
 
     def view(self) -> dict[str, Any]:
         """:returns: the next view (after the round's deadline, if some node is slow)."""
@@ -164,7 +164,7 @@ class TracerouteTests(SynchronousTestCase):
         )
         for hop in hops:
             self.assertEqual(hop["rtt_ms"], 0.0)  # the memory mesh's clock does not move
-        self.assertEqual(self.nodes[0].mesh._probes, {})
+        self.assertEqual(self.nodes[0].mesh.probes._probes, {})
 
     def test_silent_hop(self) -> None:
         """A hop that does not answer in time has no RTT; the others still do."""
@@ -175,11 +175,8 @@ class TracerouteTests(SynchronousTestCase):
         self.network.pump()
         hops = self.successResultOf(d)
         self.assertEqual([h["rtt_ms"] for h in hops], [0.0, 0.0, None])
-        self.assertEqual(
-            self.clock.getDelayedCalls()
-            and [c for c in self.clock.getDelayedCalls() if "_probe_done" in repr(c)],
-            [],
-        )
+        self.assertEqual(self.nodes[0].mesh.probes._probes, {})
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if "Probes._done" in repr(c)], [])
 
     def test_unknown(self) -> None:
         """A node no route reaches is -32002 at once; a bad id is -32602."""

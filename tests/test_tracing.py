@@ -238,6 +238,7 @@ class MeshTracingTests(SynchronousTestCase):
             self.assertEqual(spans[name].attributes["otel.status_code"], "ERROR", name)
         self.assertEqual(spans["call calls.fail"].attributes["relaytx.error_code"], -32000)
         self.assertEqual(spans["forward calls.fail"].attributes["relaytx.error_code"], -32000)
+        self.assertEqual(spans["run calls.fail"].attributes["relaytx.error_code"], -32000)
 
     def test_span_times(self) -> None:
         """A span lasts from its start to its end on the node's clock."""
