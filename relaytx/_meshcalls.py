@@ -70,8 +70,6 @@ class MeshCalls:
     :param max_pending: the most calls this node may wait on at once.
     :param e2e: in PKI mode, the end-to-end codes of calls and answers that
         cross other nodes.
-
-    @ivar traces: the trace contexts and path reports of calls (L{CallTraces}).
     """
 
     _log = Logger()
@@ -105,7 +103,7 @@ class MeshCalls:
         self._e2e = e2e
         #: calls running here for others: Deferred -> (caller, the link it came by)
         self._running: dict[Deferred[Any], tuple[str, str | None]] = {}
-        self.traces = CallTraces(node_id, clock)
+        self.traces = CallTraces(node_id, clock)  # calls' trace contexts and path reports
 
     # Calling.
 

@@ -53,7 +53,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from contextvars import ContextVar
 from typing import IO, Any
 
@@ -281,20 +281,37 @@ class TracedMethod:
             token = current_span.set(span)
             try:
                 result = inner(instance, *args, **kwargs)
-                if inspect.iscoroutine(result):
-                    # Made here, it copies the context with the span in it.
-                    result = Deferred.fromCoroutine(result)
             except BaseException as e:
                 span.fail(e)
                 raise
             finally:
                 current_span.reset(token)
+            if inspect.iscoroutine(result):
+                # Still a coroutine, for the mailbox to run as the node's
+                # reactor runs them (an asyncio task on the asyncio reactor).
+                return _in_span(result, span)
             if isinstance(result, Deferred):
                 return result.addBoth(span.finish)
             span.finish()
             return result
 
         self.function = run
+
+
+async def _in_span(coroutine: Coroutine[Any, Any, Any], span: Span) -> Any:
+    """
+    Run C{coroutine} with C{span} as L{current_span} in every step of it
+    (the context a coroutine runner copies for its task is this one's), and
+    end the span when it is done.
+    """
+    current_span.set(span)
+    try:
+        result = await coroutine
+    except BaseException as e:
+        span.fail(e)
+        raise
+    span.finish()
+    return result
 
 
 class ISpanExporter(Interface):

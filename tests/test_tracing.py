@@ -299,6 +299,52 @@ class MeshTracingTests(SynchronousTestCase):
         self.assertEqual(sorted(sent[0].data), ["call", "response_id"])
 
 
+class TracedMethodTests(SynchronousTestCase):
+    """An execute span around a method, on either way of running coroutines."""
+
+    def test_asyncio_task(self) -> None:
+        """
+        An async method run as an asyncio task (the asyncio reactor) may
+        await asyncio code; its span is current in every step of it, and
+        ends when it does, and the caller's context is left as it was.
+        """
+        import asyncio
+
+        from relaytx._aio import asyncio_runner
+        from relaytx._tracing import TracedMethod, current_span
+        from relaytx.server import Mailbox
+        from tests.aiosupport import run
+
+        class Sleeper(Server):
+            @exposed
+            async def nap(self, seconds: float) -> list[Any]:
+                before = current_span.get()
+                await asyncio.sleep(seconds)
+                return [before, current_span.get()]
+
+        async def scenario() -> tuple[Any, Any, Any]:
+            loop = asyncio.get_running_loop()
+            exporter = MemoryExporter()
+            tracer = Tracer("n0", MemoryReactorClock(), exporter)
+            parent = parse_traceparent(PARENT)
+            assert parent is not None
+            method = TracedMethod(Sleeper.exposed_methods["nap"], tracer, parent, "sleeper")
+            box = Mailbox(Sleeper(), asyncio_runner(loop))
+            d = box.call(method, (2.0,), {})
+            outside = current_span.get()
+            result = await d.asFuture(loop)
+            tracer.flush()
+            return result, exporter.spans, outside
+
+        (before, after), spans, outside = run(scenario())
+        self.assertEqual([span.name for span in spans], ["execute sleeper.nap"])
+        self.assertIs(before, spans[0])
+        self.assertIs(after, spans[0])
+        self.assertIsNone(outside)
+        self.assertEqual(spans[0].parent_id, "00f067aa0ba902b7")
+        self.assertNotIn("otel.status_code", spans[0].attributes)
+
+
 class JsonlTests(SynchronousTestCase):
     """The jsonl exporter's lines (SPEC section 13)."""
 
