@@ -63,7 +63,7 @@ command line wins where both give a value)::
     allow = true
 
 Relative paths in the file (an app given as a file, C{secret_file}, the
-C{[tls]} files) are relative to the file's own directory; on the command
+C{[tls]} files, C{tracing.path}) are relative to the file's own directory; on the command
 line, to the working directory. Endpoint strings in C{port} keep Twisted's
 own syntax and meaning (their paths are taken from the working directory).
 
@@ -276,7 +276,7 @@ def _resolve_paths(table: dict[str, Any], base: str) -> None:
     """
     Make the file paths of a config file absolute, relative to the file's
     own directory (C{base}) rather than the working directory: an app given
-    as a file, C{secret_file} and the C{[tls]} files. Module names and
+    as a file, C{secret_file}, the C{[tls]} files and C{tracing.path}. Module names and
     endpoint strings (Twisted's own syntax) are left as they are.
     """
 
@@ -292,6 +292,9 @@ def _resolve_paths(table: dict[str, Any], base: str) -> None:
         for key in ("cert", "key", "ca"):
             if key in tls:
                 tls[key] = resolved(tls[key])
+    tracing = table.get("tracing")
+    if tracing and isinstance(tracing.get("path"), str):
+        tracing["path"] = resolved(tracing["path"])
 
 
 def _check_keys(table: Mapping[str, Any], known: Mapping[str, Any], path: str, prefix: str) -> None:
