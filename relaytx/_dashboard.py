@@ -134,7 +134,9 @@ class DashboardResource(Resource):
         # token from now on; NodeSite admitted this one with it.
         token = request.args[b"token"][0]
         if not token.isascii() or any(c in token for c in b';, \t\r\n"\\'):
-            return  # not a token a cookie can hold: the page keeps ?token= instead
+            # Not a token a cookie can hold: no cookie, so the page's own
+            # requests are refused (the README says to use a plain token).
+            return
         secure = b"; Secure" if request.isSecure() else b""
         request.setHeader(
             b"set-cookie",
