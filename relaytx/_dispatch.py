@@ -60,6 +60,7 @@ class CallDispatcher:
         self._metrics = metrics
         self._limiter = limiter
         self._host = host
+        self._names = host.names
         self.remote = remote
         # Calls are counted per server and method only for methods the host
         # exposes (bounded label sets).
@@ -87,7 +88,7 @@ class CallDispatcher:
         :raises CallError: when the call fails at once.
         """
         node_id = target.node_id
-        local = node_id == self._node_id or (node_id is None and target.server in self._host)
+        local = node_id == self._node_id or (node_id is None and target.server in self._names)
         if self.tracer is not None:
             return self._traced(self.tracer, target, local)
         return self._admitted(target.caller, target, self._route, local)
@@ -168,9 +169,10 @@ class CallDispatcher:
         if share is not None:
             limiter.release(share)
         elapsed = self._clock.seconds() - started
-        self._metrics.count_call("ok", elapsed)
-        if local:
+        if local:  # counted per server and method, and in the totals
             self._metrics.count_server_call(target.server, target.method, "ok", elapsed)
+        else:
+            self._metrics.count_call("ok", elapsed)
         return result
 
     def _finished(
@@ -184,15 +186,20 @@ class CallDispatcher:
                 self._counted(error, started, target, local)
             else:
                 self._count(type(error).__name__, started, target, local)
+            return result
+        elapsed = self._clock.seconds() - started
+        if local:
+            self._metrics.count_server_call(target.server, target.method, "ok", elapsed)
         else:
-            self._count("ok", started, target, local)
+            self._metrics.count_call("ok", elapsed)
         return result
 
     def _count(self, outcome: str, started: float, target: CallTarget, local: bool) -> None:
         elapsed = self._clock.seconds() - started
-        self._metrics.count_call(outcome, elapsed)
         if local:
             self._metrics.count_server_call(target.server, target.method, outcome, elapsed)
+        else:
+            self._metrics.count_call(outcome, elapsed)
 
     def _counted(
         self, error: CallError, started: float, target: CallTarget, local: bool

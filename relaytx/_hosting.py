@@ -65,6 +65,8 @@ class ServerHost:
         self._clock = clock
         self._access = access
         self._mailboxes: dict[str, Mailbox] = {}
+        #: the hosted servers' names (a read-only view, for a test on a hot path)
+        self.names = self._mailboxes.keys()
         self.on_change = on_change
 
     def __contains__(self, name: object) -> bool:

@@ -93,15 +93,30 @@ class ServerCallStats(Collector):
     relaytx error class (a method's own exceptions are all
     C{RemoteCallError}).
 
+    Each call is counted in the node's totals too (C{totals}, the node's
+    L{CallStats}), in the same step: a call of a local server costs the
+    node's bookkeeping one function call, as any other call does.
+
     :param known: whether a hosted server exposes that method.
     """
 
-    def __init__(self, known: Callable[[str, str], bool] = lambda server, method: False) -> None:
+    def __init__(
+        self,
+        totals: CallStats,
+        known: Callable[[str, str], bool] = lambda server, method: False,
+    ) -> None:
+        self._totals = totals
         self.known = known
         self.series: dict[str, dict[str, _MethodSeries]] = {}
 
     def record(self, server: str, method: str, outcome: str, seconds: float) -> None:
-        """Count one finished call of C{server.method}."""
+        """Count one finished call of C{server.method} (in the node's totals too)."""
+        bucket = bisect_left(_LATENCY_BUCKETS, seconds)
+        totals = self._totals
+        outcomes = totals.outcomes
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        totals.buckets[bucket] += 1
+        totals.total_seconds += seconds
         methods = self.series.get(server)
         entry = None if methods is None else methods.get(method)
         if entry is None:
@@ -110,7 +125,7 @@ class ServerCallStats(Collector):
             entry = self.series.setdefault(server, {}).setdefault(method, _MethodSeries())
         outcomes = entry.outcomes
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        entry.buckets[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        entry.buckets[bucket] += 1
         entry.total_seconds += seconds
 
     def totals(self, skip: str = "node") -> tuple[int, int]:
@@ -184,7 +199,7 @@ class NodeMetrics:
         r = self.registry
         self.call_stats = CallStats()
         r.register(self.call_stats)
-        self.server_calls = ServerCallStats()
+        self.server_calls = ServerCallStats(self.call_stats)
         r.register(self.server_calls)
         self.pending_calls = Gauge(
             "relaytx_pending_calls", "Calls this node is waiting on.", registry=r
@@ -213,8 +228,9 @@ class NodeMetrics:
         """
         self.count_server_call = self.server_calls.record
         """
-        Record one finished call that ran on a local server, besides
-        L{count_call}: C{count_server_call(server, method, outcome, seconds)}.
+        Record one finished call that ran on a local server, in place of
+        L{count_call} (it counts the call there too):
+        C{count_server_call(server, method, outcome, seconds)}.
         """
 
     def drop(self, reason: str) -> None:
