@@ -193,6 +193,16 @@ class TokenTests(DashboardTests):
         self.assertEqual(
             self.get(b"/registry", b"Cookie: relaytx_token=" + TOKEN + b"\r\n")[0], 401
         )
+        # Paths that only start like the dashboard's reach nothing else.
+        for path in (
+            b"/dashboard/../registry?token=" + TOKEN,
+            b"/dashboard/%2e%2e/registry?token=" + TOKEN,
+            b"/dashboard/..%2fregistry?token=" + TOKEN,
+            b"/dashboardx?token=" + TOKEN,
+        ):
+            code, _, body = self.get(path)
+            self.assertIn(code, (401, 404), path)
+            self.assertNotIn(b"peers", body, path)
         connection = RawConnection(self.site, self.clock)
         self.addCleanup(connection.lose)
         connection.post(
