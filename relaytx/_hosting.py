@@ -65,6 +65,8 @@ class ServerHost:
         self._clock = clock
         self._access = access
         self._mailboxes: dict[str, Mailbox] = {}
+        #: the traced forms of exposed methods (relaytx._tracing.TracedMethod)
+        self._traced: dict[tuple[str, str], TracedMethod] = {}
         #: the hosted servers' names (a read-only view, for a test on a hot path)
         self.names = self._mailboxes.keys()
         self.on_change = on_change
@@ -96,6 +98,8 @@ class ServerHost:
         :raises KeyError: if there is none.
         """
         server = self._mailboxes.pop(name).server
+        for key in [key for key in self._traced if key[0] == name]:
+            del self._traced[key]
         self.on_change()
         return server
 
@@ -146,11 +150,13 @@ class ServerHost:
             raise missing(f"Method not found: {target.server}.{target.method} on {self._node_id}")
         method.check_arguments(target.args, target.kwargs)
         runnable: Any = method
+        args = target.args
         trace = target.trace
         if trace is not None and self.tracer is not None and trace.parent is not None:
-            runnable = TracedMethod(method, self.tracer, trace.parent, target.server)
+            runnable = TracedMethod.for_method(self._traced, method, self.tracer, target.server)
+            args = (trace.parent, *args)  # the execute span's parent, for the traced method
         try:
-            result = mailbox.call(runnable, target.args, target.kwargs)
+            result = mailbox.call(runnable, args, target.kwargs)
         except CallError:
             raise  # a server may fail a call with a precise relaytx error
         except Exception:

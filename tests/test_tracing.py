@@ -104,6 +104,12 @@ class TraceparentTests(SynchronousTestCase):
         unsampled = parse_traceparent(PARENT[:-2].encode() + b"00")
         assert unsampled is not None
         self.assertFalse(unsampled.sampled)
+        # Other flags: the sampled bit is read, and passed on as 00 or 01.
+        for flags, sampled in (("03", True), ("02", False), ("ff", True)):
+            other = parse_traceparent(PARENT[:-2] + flags)
+            assert other is not None
+            self.assertEqual(other.sampled, sampled, flags)
+            self.assertEqual(other.traceparent, PARENT[:-2] + ("01" if sampled else "00"))
 
     def test_future_version(self) -> None:
         """A later version is read by its first four fields, extra ones ignored."""
@@ -328,9 +334,9 @@ class TracedMethodTests(SynchronousTestCase):
             tracer = Tracer("n0", MemoryReactorClock(), exporter)
             parent = parse_traceparent(PARENT)
             assert parent is not None
-            method = TracedMethod(Sleeper.exposed_methods["nap"], tracer, parent, "sleeper")
+            method = TracedMethod(Sleeper.exposed_methods["nap"], tracer, "sleeper")
             box = Mailbox(Sleeper(), asyncio_runner(loop))
-            d = box.call(method, (2.0,), {})
+            d = box.call(method, (parent, 2.0), {})
             outside = current_span.get()
             result = await d.asFuture(loop)
             tracer.flush()
@@ -343,6 +349,38 @@ class TracedMethodTests(SynchronousTestCase):
         self.assertIsNone(outside)
         self.assertEqual(spans[0].parent_id, "00f067aa0ba902b7")
         self.assertNotIn("otel.status_code", spans[0].attributes)
+
+
+class TracedMethodCacheTests(SynchronousTestCase):
+    """The traced form of a method is made once, and again for a server exposed anew."""
+
+    def test_cache(self) -> None:
+        """Calls reuse one TracedMethod; unexposing drops it; a new server gets its own."""
+        clock = MemoryReactorClock()
+        node = memory_node("n0", clock)
+        exporter = trace(node)
+        node.expose("calls", Calls(node))
+        for x in (1, 2):
+            self.assertEqual(self.successResultOf(node.call(None, "calls", "double", x)), 2 * x)
+        cache = node.servers._traced
+        self.assertEqual(list(cache), [("calls", "double")])
+        first = cache["calls", "double"]
+
+        class Other(Server):
+            @exposed
+            def double(self, x: int) -> int:
+                return 20 * x
+
+        node.unexpose("calls")
+        self.assertEqual(cache, {})
+        node.expose("calls", Other())
+        self.assertEqual(self.successResultOf(node.call(None, "calls", "double", 1)), 20)
+        self.assertIsNot(cache["calls", "double"], first)
+        self.assertIs(cache["calls", "double"].method, Other.exposed_methods["double"])
+        assert node.tracer is not None
+        node.tracer.flush()
+        names = [span.name for span in exporter.spans]
+        self.assertEqual(names.count("execute calls.double"), 3)
 
 
 class JsonlTests(SynchronousTestCase):
