@@ -212,12 +212,17 @@ def main() -> None:
         result.update(await run(args))
         await sleep(2.5)  # links close
 
-    def done(_: Any) -> None:
+    def done(outcome: Any) -> None:
+        if hasattr(outcome, "printTraceback"):  # a Failure: say why, exit non-zero
+            outcome.printTraceback(file=sys.stderr)
+            result["error"] = str(outcome.value)
         if reactor.running:
             reactor.stop()
 
     reactor.callWhenRunning(lambda: ensureDeferred(go()).addBoth(done))
     reactor.run()
+    if "error" in result:
+        raise SystemExit(f"benchmarks/dashboard.py: {result['error']}")
     if args.json:
         print(json.dumps(result, indent=2))
         return
