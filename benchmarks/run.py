@@ -5,11 +5,14 @@ The relaytx benchmark: one command, one table.
     python benchmarks/run.py [--duration 2] [--passes 2] [--warmup 0.5]
                              [--inflight 1,50,64,100] [--reactor NAME] [--json]
                              [--targets local,direct,...] [--entries python,http,...]
-                             [--no-ceilings] [--token TOKEN]
+                             [--no-ceilings] [--token TOKEN] [--trace]
 
 C{--targets}, C{--entries} and C{--no-ceilings} restrict what it runs;
 C{--token} gives the nodes an C{[http.tokens]} entry for TOKEN and has
-every request carry it (the cost of the checks of SPEC section 10).
+every request carry it (the cost of the checks of SPEC section 10);
+C{--trace} has every node trace every call into a C{jsonl} file of its own
+(SPEC section 13; the files are removed at the end, after their spans are
+counted).
 
 It starts its own processes on 127.0.0.1 and measures, for each in-flight
 level, calls/s with p50 and p99 latency:
@@ -426,15 +429,19 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             )
             ports = [free_port() for _ in range(4)]
             nodes = []
-            config = None
-            if args.token:
-                config = Path(tmp) / "tokens.toml"
-                digest = hashlib.sha256(args.token.encode()).hexdigest()
-                config.write_text(f'[http.tokens]\nbench = "{digest}"\n')
             for i, port in enumerate(ports):
                 argv = [sys.executable, "-m", "relaytx.cli", "node", "--node-id", f"n{i}"]
                 argv += ["--port", str(port)]
-                if config is not None:
+                settings = ""
+                if args.token:
+                    digest = hashlib.sha256(args.token.encode()).hexdigest()
+                    settings += f'[http.tokens]\nbench = "{digest}"\n'
+                if args.trace:
+                    spans = Path(tmp) / f"n{i}.jsonl"
+                    settings += f'[tracing]\nexporter = "jsonl"\npath = "{spans}"\n'
+                if settings:
+                    config = Path(tmp) / f"n{i}.toml"
+                    config.write_text(settings)
                     argv += ["--config", str(config)]
                 if args.reactor:
                     argv += ["--reactor", args.reactor]
@@ -494,6 +501,13 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 ]
         finally:
             procs.stop_all()
+            if args.trace:
+                counts = []
+                for i in range(4):
+                    spans = Path(tmp) / f"n{i}.jsonl"
+                    lines = spans.read_bytes().count(b"\n") if spans.exists() else 0
+                    counts.append(f"n{i} {lines}")
+                print("spans written: " + ", ".join(counts), file=sys.stderr)
     rows[:0] = ceiling_rows
     ceilings = {
         (row["entry"], row["inflight"]): row["per_s"] for row in rows if row["target"] == "ceiling"
@@ -561,6 +575,9 @@ def main() -> int:
     parser.add_argument("--no-ceilings", action="store_true", help="skip the ceilings")
     parser.add_argument(
         "--token", help="configure this bearer token on the nodes and send it with every request"
+    )
+    parser.add_argument(
+        "--trace", action="store_true", help="have every node trace every call (jsonl files)"
     )
     parser.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-web", type=int, help=argparse.SUPPRESS)

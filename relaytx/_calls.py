@@ -58,6 +58,8 @@ class CallTarget:
         for code running in this node (never limited).
     @ivar via: the neighbour a call from the mesh arrived from; limits count
         against it (C{caller} when C{None}).
+    @ivar trace: the call's trace context and path request
+        (L{relaytx._tracing.CallTrace}), or C{None} for an untraced call.
 
     A value, though not frozen (as the envelope, for speed: one is made per
     call); use C{attrs.evolve} for a changed copy.
@@ -71,6 +73,7 @@ class CallTarget:
     timeout: float = DEFAULT_CALL_TIMEOUT
     caller: str | None = None
     via: str | None = None
+    trace: Any = None
 
 
 class _Pending:

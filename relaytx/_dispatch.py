@@ -29,6 +29,7 @@ from relaytx._calls import CallTarget
 from relaytx._hosting import ServerHost
 from relaytx._limits import CallLimiter
 from relaytx._metrics import NodeMetrics
+from relaytx._tracing import CallTrace, Tracer, current_span
 from relaytx.errors import CallError, Overloaded
 from relaytx.interfaces import IRemoteCalls
 
@@ -38,7 +39,12 @@ class CallDispatcher:
     :param remote: the mesh, for calls that run on other nodes; the
         composition root sets it once the mesh exists (the mesh, in turn,
         runs the calls it receives through L{run_arrived}).
+
+    @ivar tracer: the node's tracer when it traces: each call dispatched
+        here then gets a C{call} span (L{relaytx._tracing}).
     """
+
+    tracer: Tracer | None = None
 
     def __init__(
         self,
@@ -54,7 +60,11 @@ class CallDispatcher:
         self._metrics = metrics
         self._limiter = limiter
         self._host = host
+        self._names = host.names
         self.remote = remote
+        # Calls are counted per server and method only for methods the host
+        # exposes (bounded label sets).
+        metrics.server_calls.known = host.exposes
 
     def call(self, target: CallTarget) -> Deferred[Any]:
         """
@@ -77,7 +87,37 @@ class CallDispatcher:
             Deferred of it.
         :raises CallError: when the call fails at once.
         """
-        return self._admitted(target.caller, target, self._route)
+        node_id = target.node_id
+        local = node_id == self._node_id or (node_id is None and target.server in self._names)
+        if self.tracer is not None:
+            return self._traced(self.tracer, target, local)
+        return self._admitted(target.caller, target, self._route, local)
+
+    def _traced(self, tracer: Tracer, target: CallTarget, local: bool) -> Any:
+        # The call's span: a child of the context the call came with, or of
+        # the traced method making it, or a new trace.
+        trace = target.trace
+        parent = trace.parent if trace is not None else current_span.get()
+        attributes: dict[str, Any] = {
+            "rpc.system": "relaytx",
+            "rpc.service": target.server,
+            "rpc.method": target.method,
+        }
+        if target.node_id is not None:
+            attributes["relaytx.target_node"] = target.node_id
+        if target.caller is not None:
+            attributes["relaytx.caller"] = target.caller
+        span = tracer.start_span(f"call {target.server}.{target.method}", parent, attributes)
+        target.trace = CallTrace(span, None if trace is None else trace.hops)
+        try:
+            result = self._admitted(target.caller, target, self._route, local)
+        except CallError as e:
+            span.fail(e)
+            raise
+        if isinstance(result, Deferred):
+            return result.addBoth(span.finish)
+        span.finish()
+        return result
 
     def run_arrived(self, target: CallTarget) -> Any:
         """
@@ -88,7 +128,7 @@ class CallDispatcher:
         :returns: as L{dispatch}.
         :raises CallError: when the call fails at once.
         """
-        return self._admitted(target.via or target.caller, target, self._run_explicit)
+        return self._admitted(target.via or target.caller, target, self._run_explicit, True)
 
     def _route(self, target: CallTarget) -> Any:
         node_id = target.node_id
@@ -108,41 +148,62 @@ class CallDispatcher:
     def _run_explicit(self, target: CallTarget) -> Any:
         return self._host.run(target, explicit=True)
 
-    def _admitted(self, share: str | None, target: CallTarget, run: Any) -> Any:
+    def _admitted(self, share: str | None, target: CallTarget, run: Any, local: bool) -> Any:
+        # local: the call runs on a server of this node, and so is counted
+        # per server and method too.
         started = self._clock.seconds()
         limiter = self._limiter
         if share is not None:
             try:
                 limiter.admit(share)
             except Overloaded as e:
-                raise self._counted(e, started) from None
+                raise self._counted(e, started, target, local) from None
         try:
             result = run(target)
         except CallError as e:
             if share is not None:
                 limiter.release(share)
-            raise self._counted(e, started) from None
+            raise self._counted(e, started, target, local) from None
         if isinstance(result, Deferred):
-            return result.addBoth(self._finished, share, started)
+            return result.addBoth(self._finished, share, started, target, local)
         if share is not None:
             limiter.release(share)
-        self._metrics.count_call("ok", self._clock.seconds() - started)
+        elapsed = self._clock.seconds() - started
+        if local:  # counted per server and method, and in the totals
+            self._metrics.count_server_call(target.server, target.method, "ok", elapsed)
+        else:
+            self._metrics.count_call("ok", elapsed)
         return result
 
-    def _finished(self, result: Any, share: str | None, started: float) -> Any:
+    def _finished(
+        self, result: Any, share: str | None, started: float, target: CallTarget, local: bool
+    ) -> Any:
         if share is not None:
             self._limiter.release(share)
         if isinstance(result, Failure):
             error = result.value
             if isinstance(error, CallError):
-                self._counted(error, started)
+                self._counted(error, started, target, local)
             else:
-                self._metrics.count_call(type(error).__name__, self._clock.seconds() - started)
+                self._count(type(error).__name__, started, target, local)
+            return result
+        elapsed = self._clock.seconds() - started
+        if local:
+            self._metrics.count_server_call(target.server, target.method, "ok", elapsed)
         else:
-            self._metrics.count_call("ok", self._clock.seconds() - started)
+            self._metrics.count_call("ok", elapsed)
         return result
 
-    def _counted(self, error: CallError, started: float) -> CallError:
+    def _count(self, outcome: str, started: float, target: CallTarget, local: bool) -> None:
+        elapsed = self._clock.seconds() - started
+        if local:
+            self._metrics.count_server_call(target.server, target.method, outcome, elapsed)
+        else:
+            self._metrics.count_call(outcome, elapsed)
+
+    def _counted(
+        self, error: CallError, started: float, target: CallTarget, local: bool
+    ) -> CallError:
         error.with_data(node_id=self._node_id, route=[self._node_id])
-        self._metrics.count_call(type(error).__name__, self._clock.seconds() - started)
+        self._count(type(error).__name__, started, target, local)
         return error

@@ -43,6 +43,7 @@ from relaytx._calls import ForwardedCalls, SeenMessages
 from relaytx._links import LinkTable
 from relaytx._metrics import NodeMetrics
 from relaytx._routing import HOP_BUDGETS, HOP_MARGIN, MAX_HOPS, Router
+from relaytx._tracing import TRACE_PATH, HopTraces
 from relaytx.errors import MalformedMessage, MessageTooLarge
 from relaytx.peer import PeerSession
 from relaytx.wire import (
@@ -106,6 +107,8 @@ class Forwarder:
         self._seen = seen
         self._routes_are_complete = routes_are_complete
         self._refuse = refuse
+        #: traced calls passing through (see L{relaytx._tracing.HopTraces})
+        self.hops = HopTraces(node_id, clock)
 
     def receive(self, envelope: Envelope, session: PeerSession, unwrapped: bool = False) -> None:
         """
@@ -146,6 +149,12 @@ class Forwarder:
             self._metrics.drop("overloaded")
             self._refuse(hopped, peer, "too many forwarded calls", True)
             return
+        hops = self.hops
+        if kind == ServerCall.TYPE:
+            if hops.tracer is not None or TRACE_PATH in envelope.data:
+                hops.call_passing(hopped, peer, self._router.next_hop(envelope.to))
+        elif hops.entries and kind == ServerResponse.TYPE:
+            hops.answer_passing(hopped)
         try:
             self.forward(hopped, came_from=peer)
         except MessageTooLarge:

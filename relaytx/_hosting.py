@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from relaytx._aio import CoroutineRunner, run_on_twisted
 from relaytx._auth import AccessRules
 from relaytx._calls import CallTarget
+from relaytx._tracing import TracedMethod, Tracer
 from relaytx.errors import (
     AccessDenied,
     CallError,
@@ -43,9 +44,13 @@ class ServerHost:
     :param on_change: called whenever a server is exposed or removed.
     :param run_coroutine: how the coroutines of C{async def} methods run
         (see L{relaytx._aio}).
+
+    @ivar tracer: the node's tracer when it traces: a traced call's method
+        then runs in an C{execute} span.
     """
 
     _log = Logger()
+    tracer: Tracer | None = None
 
     def __init__(
         self,
@@ -60,6 +65,10 @@ class ServerHost:
         self._clock = clock
         self._access = access
         self._mailboxes: dict[str, Mailbox] = {}
+        #: the traced forms of exposed methods (relaytx._tracing.TracedMethod)
+        self._traced: dict[tuple[str, str], TracedMethod] = {}
+        #: the hosted servers' names (a read-only view, for a test on a hot path)
+        self.names = self._mailboxes.keys()
         self.on_change = on_change
 
     def __contains__(self, name: object) -> bool:
@@ -89,6 +98,8 @@ class ServerHost:
         :raises KeyError: if there is none.
         """
         server = self._mailboxes.pop(name).server
+        for key in [key for key in self._traced if key[0] == name]:
+            del self._traced[key]
         self.on_change()
         return server
 
@@ -102,6 +113,11 @@ class ServerHost:
     def local_servers(self) -> dict[str, list[str]]:
         """:returns: each local server's name and its exposed methods."""
         return {name: box.server.method_names() for name, box in self._mailboxes.items()}
+
+    def exposes(self, server: str, method: str) -> bool:
+        """:returns: whether a hosted server C{server} exposes C{method}."""
+        mailbox = self._mailboxes.get(server)
+        return mailbox is not None and method in mailbox.server.exposed_methods
 
     def queue_depth(self) -> int:
         """:returns: how many calls wait in the mailboxes, running ones excluded."""
@@ -133,8 +149,14 @@ class ServerHost:
             missing = NoSuchMethod if explicit else MethodNotFound
             raise missing(f"Method not found: {target.server}.{target.method} on {self._node_id}")
         method.check_arguments(target.args, target.kwargs)
+        runnable: Any = method
+        args = target.args
+        trace = target.trace
+        if trace is not None and self.tracer is not None and trace.parent is not None:
+            runnable = TracedMethod.for_method(self._traced, method, self.tracer, target.server)
+            args = (trace.parent, *args)  # the execute span's parent, for the traced method
         try:
-            result = mailbox.call(method, target.args, target.kwargs)
+            result = mailbox.call(runnable, args, target.kwargs)
         except CallError:
             raise  # a server may fail a call with a precise relaytx error
         except Exception:

@@ -32,7 +32,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from klein import Klein
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -44,6 +44,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from relaytx import _json
 from relaytx._calls import CallTarget
+from relaytx._dashboard import TOKEN_COOKIE, dashboard_token
 from relaytx._flow import ConnectionWatch, WatchedConnection
 from relaytx._frames import LeanMessages, tune_socket
 from relaytx._guards import (
@@ -59,11 +60,32 @@ from relaytx._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relaytx._metrics import NodeMetrics
 from relaytx._protocol import UpgradeOnly
 from relaytx._stdtls import is_tls
+from relaytx._tracing import CallTrace, parse_traceparent
 from relaytx._views import NodeViews
 from relaytx.errors import TooManyDialers
 from relaytx.interfaces import IPeerAdmin
 
 JSON = b"application/json"
+
+#: The request header that asks for a call's path (with a C{traceparent}).
+PATH_HEADER = b"relaytx-trace-path"
+
+
+def server_timing(hops: list[list[Any]]) -> bytes:
+    """
+    :param hops: a call's path as C{[node_id, ms or None]} items.
+    :returns: the C{Server-Timing} header reporting it: one metric per node,
+        in the order the call passed them, named by the node's id (a valid
+        token), with its time as C{dur} where known.
+    """
+    parts = []
+    for index, (node_id, ms) in enumerate(hops):
+        role = "entry" if index == 0 else ("target" if index == len(hops) - 1 else "forward")
+        part = f'{node_id};desc="{role}"'
+        if ms is not None:
+            part += f";dur={ms:.3f}"
+        parts.append(part)
+    return ", ".join(parts).encode("ascii", "replace")
 
 
 def _json_error(request: Any, code: int, message: str) -> bytes:
@@ -174,6 +196,12 @@ class BoundedRequest(Request):
             policy = site.policy
             get = self.getHeader
             authorization = get(b"authorization")
+            if authorization is None and policy.requires_token:
+                # A browser brings its token to the dashboard's paths in
+                # the URL or a cookie (relaytx._dashboard says why).
+                token = dashboard_token(self.path, self.args, self.getCookie(TOKEN_COOKIE))
+                if token is not None:
+                    authorization = b"Bearer " + token
             channel = self.channel
             try:
                 self.caller = caller = policy.admit(
@@ -302,6 +330,8 @@ class NodeSite(Site):
     displayTracebacks = False
     noisy = False
     _log = Logger()
+    #: the id of the node it serves
+    node_id = ""
 
     def __init__(
         self,
@@ -390,14 +420,18 @@ class RpcResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, handler: JsonRpcHandler) -> None:
+    def __init__(self, handler: JsonRpcHandler, clock: IReactorTime | None = None) -> None:
         super().__init__()
         self._handler = handler
+        self._clock = clock
 
     def render_POST(self, request: Any) -> bytes | int:
         caller = getattr(request, "caller", None) or (
             f"http:{_client_host(request.getClientAddress())}"
         )
+        traceparent = request.getHeader(b"traceparent")
+        if traceparent is not None:
+            return self._render_traced(request, caller, traceparent)
         answer = self._handler.handle_now(request.content.read(), caller)
         if answer is None:  # notifications only: 204, with no body and no length
             request.setResponseCode(204)
@@ -407,6 +441,40 @@ class RpcResource(Resource):
             return self._body(request, answer)
         answer.addBoth(self._write_later, request)
         return NOT_DONE_YET
+
+    def _render_traced(self, request: Any, caller: str, traceparent: bytes) -> bytes | int:
+        # A request with a traceparent continues that trace (an invalid one
+        # starts a new trace, as W3C says); with Relaytx-Trace-Path: 1 too,
+        # the answer reports the path the call took (Server-Timing).
+        hops: list[list[Any]] | None = None
+        if request.getHeader(PATH_HEADER) not in (None, b"0"):
+            hops = []
+        trace = CallTrace(parse_traceparent(traceparent), hops)
+        started = self._now(request) if hops is not None else 0.0
+        answer = self._handler.handle_now(request.content.read(), caller, trace)
+        if isinstance(answer, Deferred):
+            answer.addBoth(self._write_later, request, trace, started)
+            return NOT_DONE_YET
+        if answer is None:
+            request.setResponseCode(204)
+            request.finish()
+            return NOT_DONE_YET
+        self._report_path(request, trace, started)
+        return self._body(request, answer)
+
+    def _report_path(self, request: Any, trace: CallTrace | None, started: float) -> None:
+        hops = None if trace is None else trace.hops
+        if hops is None:
+            return
+        if not hops:
+            hops.append([self._handler.node_id, None])
+        hops[0][1] = round((self._now(request) - started) * 1000.0, 3)
+        request.setHeader(b"server-timing", server_timing(hops))
+
+    def _now(self, request: Any) -> float:
+        clock = self._clock or request.site.reactor
+        now: float = clock.seconds()
+        return now
 
     def render(self, request: Any) -> bytes | int:
         # Every method but POST is a 405 with a JSON body, OPTIONS and
@@ -428,7 +496,13 @@ class RpcResource(Resource):
         request.setHeader(b"content-type", JSON)
         return answer
 
-    def _write_later(self, answer: bytes | Failure | None, request: Any) -> None:
+    def _write_later(
+        self,
+        answer: bytes | Failure | None,
+        request: Any,
+        trace: CallTrace | None = None,
+        started: float = 0.0,
+    ) -> None:
         if request.channel is None:
             # The client went away meanwhile (Request.connectionLost drops
             # its channel): nobody to answer. Checked here rather than
@@ -438,6 +512,8 @@ class RpcResource(Resource):
             request.setResponseCode(204)
             request.finish()
             return
+        if trace is not None:
+            self._report_path(request, trace, started)
         body = self._body(request, answer)
         # A length, as for answers returned at once, rather than chunks.
         request.setHeader(b"content-length", b"%d" % len(body))
@@ -566,6 +642,7 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
     """
 
     pings = True
+    _trace: CallTrace | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -583,7 +660,7 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
             except UnicodeDecodeError:
                 self.sendCloseFrame(code=1007, reasonUtf8=b"invalid UTF-8", isReply=False)
                 return
-        answer = self.factory.handler.handle_now(payload, self._caller)
+        answer = self.factory.handler.handle_now(payload, self._caller, self._trace)
         if isinstance(answer, Deferred):
             answer.addBoth(self._answer)
         else:
@@ -592,6 +669,9 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
     def onConnect(self, request: Any) -> None:
         transport = self.transport
         assert transport is not None  # the handshake just arrived through it
+        # Every call on the connection continues the upgrade's trace, if any.
+        traceparent = request.headers.get("traceparent")
+        self._trace = None if traceparent is None else CallTrace(parse_traceparent(traceparent))
         host = _client_host(transport.getPeer())
         caller = f"http:{host}"
         policy = self.factory.policy
@@ -665,16 +745,21 @@ class NodeRoot(Resource):
     else through the Klein app.
     """
 
-    def __init__(self, rpc: RpcResource, web: IResource) -> None:
+    def __init__(
+        self, rpc: RpcResource, web: IResource, dashboard: IResource | None = None
+    ) -> None:
         super().__init__()
         self._rpc = rpc
         self._web = web
+        self._dashboard = dashboard
         self.ws = WebSocketTree()
         self.putChild(b"ws", self.ws)
 
     def getChild(self, path: bytes, request: Any) -> IResource:
         if path == b"rpc" and not request.postpath:
             return self._rpc
+        if path == b"dashboard" and self._dashboard is not None:
+            return self._dashboard
         # Give Klein the whole path back: it routes on it.
         request.postpath.insert(0, request.prepath.pop())
         return self._web
@@ -694,6 +779,7 @@ def make_site(
     watch: ConnectionWatch | None = None,
     header_timeout: float = 10.0,
     idle_timeout: float = 60.0,
+    dashboard: IResource | None = None,
 ) -> NodeSite:
     """
     :param dispatch: runs one resolved call (the node's dispatcher).
@@ -702,16 +788,19 @@ def make_site(
     :param policy: who may use the site (none: anyone, as before section 10).
     :param counts: the connections held, in total and per address.
     :param watch: the node's WebSocket connections.
+    :param dashboard: the resource of C{/dashboard} (none: a 404 there).
     :returns: the HTTP site of node C{node_id}.
     """
     handler = JsonRpcHandler(dispatch, node_id)
-    root = NodeRoot(RpcResource(handler), NodeWeb(views, admin, metrics).app.resource())
+    root = NodeRoot(
+        RpcResource(handler, reactor), NodeWeb(views, admin, metrics).app.resource(), dashboard
+    )
     root.ws.putChild(b"p2p", peer_endpoint)
     rpc_factory = JsonRpcWebSocketFactory(
         handler, max_body_size, reactor=reactor, policy=policy, watch=watch
     )
     root.ws.putChild(b"rpc", UpgradeOnly(rpc_factory))
-    return NodeSite(
+    site = NodeSite(
         root,
         max_body_size,
         reactor=reactor,
@@ -721,3 +810,5 @@ def make_site(
         header_timeout=header_timeout,
         idle_timeout=idle_timeout,
     )
+    site.node_id = node_id
+    return site

@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 
 from relaytx import _json
 from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget
+from relaytx._tracing import CallTrace
 from relaytx.errors import (
     CallError,
     InternalError,
@@ -145,23 +146,28 @@ class JsonRpcHandler:
         max_batch: int = MAX_BATCH,
     ) -> None:
         self._dispatch = dispatch
-        self._node_id = node_id
+        self._node_id = self.node_id = node_id
         self._max_batch = max_batch
 
-    def handle(self, body: bytes, caller: str | None = None) -> Deferred[bytes | None]:
+    def handle(
+        self, body: bytes, caller: str | None = None, trace: CallTrace | None = None
+    ) -> Deferred[bytes | None]:
         """
         Answer one request body.
 
         :param caller: who sent it (see L{CallTarget.caller}).
+        :param trace: the trace context the request came with (see
+            L{CallTarget.trace}); a batch's calls share its parent, and only
+            a single request's path can be reported.
 
         :returns: a Deferred firing with the answer body, or C{None} when
             there is nothing to answer.
         """
-        answer = self.handle_now(body, caller)
+        answer = self.handle_now(body, caller, trace)
         return answer if isinstance(answer, Deferred) else succeed(answer)
 
     def handle_now(
-        self, body: bytes, caller: str | None = None
+        self, body: bytes, caller: str | None = None, trace: CallTrace | None = None
     ) -> bytes | Deferred[bytes | None] | None:
         """
         As L{handle}, but an answer that is ready at once (every call of the
@@ -177,7 +183,7 @@ class JsonRpcHandler:
             # echoed as it came (params included).
             request = _exact_loads(body)
         if not isinstance(request, list):
-            answer = self._one(request, caller, encoded=True)
+            answer = self._one(request, caller, encoded=True, trace=trace)
             if isinstance(answer, Deferred):
                 return answer  # its callbacks encode the answer
             return self._single_answer(answer)
@@ -190,7 +196,9 @@ class JsonRpcHandler:
                 limit="max_batch",
             )
             return self._encode(self._error(overloaded, None))
-        answers = [self._one(item, caller) for item in request]
+        if trace is not None and trace.hops is not None:
+            trace = CallTrace(trace.parent)  # one path report cannot hold a batch's
+        answers = [self._one(item, caller, trace=trace) for item in request]
         if not any(isinstance(a, Deferred) for a in answers):
             return self._batch_answer(answers)  # type: ignore[arg-type]  # no Deferred among them
         return _gather(answers).addCallback(self._batch_answer)
@@ -218,7 +226,11 @@ class JsonRpcHandler:
             return _json.dumps(self._error(error, answer["id"]))
 
     def _one(
-        self, request: Any, caller: str | None, encoded: bool = False
+        self,
+        request: Any,
+        caller: str | None,
+        encoded: bool = False,
+        trace: CallTrace | None = None,
     ) -> dict[str, Any] | Deferred[Any] | None:
         """
         The answer to one request object: ready at once, or a Deferred.
@@ -237,7 +249,10 @@ class JsonRpcHandler:
         try:
             if params is not None and not isinstance(params, list | dict):
                 raise InvalidParams('Invalid params: "params" must be an array or an object')
-            result = self._dispatch(resolve(method, params, caller))
+            target = resolve(method, params, caller)
+            if trace is not None:
+                target.trace = trace
+            result = self._dispatch(target)
         except Exception:
             failure = Failure()
             if request_id is _NO_ID:

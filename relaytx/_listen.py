@@ -18,6 +18,7 @@ try:
 except ImportError:  # not on POSIX
     resource = None  # type: ignore[assignment]
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
@@ -183,3 +184,28 @@ def startup_warnings(
         # warnings and fails every test that logs one (tox -e trial).
         _log.warn("{text}", text=warning)
     return warnings
+
+
+def startup_line(
+    port: IListeningPort, config: NodeConfig, servers: list[str], version: str
+) -> None:
+    """
+    Log the line that says a node is up (SPEC section 13): its id, the
+    address it listens on, its servers and the peers it dials, each also
+    an event field (for C{--log-format json}).
+    """
+    host = port.getHost()
+    address = config.port
+    if isinstance(host, IPv4Address | IPv6Address):
+        scheme = "https" if config.tls is not None else "http"
+        name = f"[{host.host}]" if isinstance(host, IPv6Address) else host.host
+        address = f"{scheme}://{name}:{host.port}"
+    _log.info(
+        "node {node_id} listening on {address}; servers: {servers}; peers: {peers}",
+        node_id=config.node_id,
+        address=address,
+        servers=servers,
+        peers=list(config.add_peer),
+        version=version,
+        tracing=None if config.tracing is None else config.tracing.exporter,
+    )

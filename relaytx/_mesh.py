@@ -36,7 +36,15 @@ from relaytx._routing import Router
 from relaytx.errors import ProtocolViolation
 from relaytx.interfaces import ILinkTransport, IRemoteCalls, ISessionHost
 from relaytx.peer import CLOSE_REMOVED, CLOSE_REPLACED, PeerSession
-from relaytx.wire import Envelope, MessageTypes, Payload, RegistrySync, ServerCall, ServerResponse
+from relaytx.wire import (
+    Envelope,
+    MessageTypes,
+    Payload,
+    Ping,
+    RegistrySync,
+    ServerCall,
+    ServerResponse,
+)
 
 __all__ = ["LinkRefused", "Mesh"]
 
@@ -146,6 +154,8 @@ class Mesh:
             self._links.register_handler(NodeRecord, self.records.take)
         self._all_closed: Deferred[None] | None = None
         self._grace: IDelayedCall | None = None
+        #: routed pings timed for C{node.traceroute}
+        self.probes = Probes(node_id, clock, self.forwarder)
 
     def _refuse(
         self, envelope: Envelope, came_from: str | None, why: str, overloaded: bool = False
@@ -295,7 +305,18 @@ class Mesh:
         """This node's servers changed: tell every neighbour soon."""
         self.adverts.schedule()
 
+    def probe_answered(self, envelope: Envelope) -> bool:
+        """Settle the probe a C{pong} answers, if any (see L{ISessionHost})."""
+        return self.probes.answered(envelope)
+
     # Views.
+
+    def reachable(self) -> dict[str, int]:
+        """:returns: every node a link or a route reaches, with its hop count."""
+        reachable = {dest: route.hops for dest, route in self.router.routes().items()}
+        for peer in self.links:
+            reachable.setdefault(peer, 1)
+        return reachable
 
     def nearest_host(self, server: str) -> str | None:
         """:returns: the nearest node hosting C{server}, or C{None}."""
@@ -320,6 +341,7 @@ class Mesh:
             C{grace} seconds at most.
         """
         self._links.stopping = True
+        self.probes.stop()
         self.adverts.stop()
         if self.records is not None:
             self.records.stop()
@@ -339,3 +361,63 @@ class Mesh:
         if d is not None:
             self._links.lose_all("node stopped")
             d.callback(None)
+
+
+class Probes:
+    """
+    Routed C{ping}s to any node (the original design's nodes answer them
+    too), timed by their C{pong}s: what C{node.traceroute} measures.
+    """
+
+    _log = Logger()
+
+    def __init__(self, node_id: str, clock: IReactorTime, forwarder: Forwarder) -> None:
+        self.node_id = node_id
+        self.clock = clock
+        self._forwarder = forwarder
+        #: routed pings in flight: ping id -> (its Deferred, when sent, its deadline)
+        self._probes: dict[str, tuple[Deferred[float | None], float, IDelayedCall]] = {}
+
+    def probe(self, destination: str, timeout: float = 2.0) -> Deferred[float | None]:
+        """
+        Send a routed C{ping} to C{destination} and time its C{pong}.
+
+        :returns: a Deferred of the round trip in seconds, or of C{None} if
+            no pong came within C{timeout} (it never fails).
+        """
+        now = self.clock.seconds()
+        envelope = Envelope.create(Ping(timestamp=now), self.node_id, destination, now)
+        probe_id = envelope.id or ""
+        d: Deferred[float | None] = Deferred()
+        timer = self.clock.callLater(timeout, self._done, probe_id, None)
+        self._probes[probe_id] = (d, now, timer)
+        try:
+            self._forwarder.forward(envelope, came_from=None)
+        except Exception:  # too large cannot be; anything else: no answer
+            self._log.failure("probing {node} failed", node=destination)
+        return d
+
+    def answered(self, envelope: Envelope) -> bool:
+        """
+        Settle the probe a C{pong} answers (C{reply_to} its ping's id).
+
+        :returns: whether it answered one.
+        """
+        entry = self._probes.get(envelope.reply_to or "")
+        if entry is None:
+            return False
+        self._done(envelope.reply_to or "", self.clock.seconds() - entry[1])
+        return True
+
+    def _done(self, probe_id: str, rtt: float | None) -> None:
+        entry = self._probes.pop(probe_id, None)
+        if entry is not None:
+            d, _, timer = entry
+            if timer.active():
+                timer.cancel()
+            d.callback(rtt)
+
+    def stop(self) -> None:
+        """Settle every probe in flight with C{None}."""
+        for probe_id in list(self._probes):
+            self._done(probe_id, None)

@@ -43,6 +43,7 @@ from relaytx._links import LinkTable
 from relaytx._metrics import NodeMetrics
 from relaytx._pki import EndToEnd
 from relaytx._routing import Router
+from relaytx._tracing import TRACE_PATH, CallTraces
 from relaytx.errors import (
     CallError,
     MessageTooLarge,
@@ -102,6 +103,7 @@ class MeshCalls:
         self._e2e = e2e
         #: calls running here for others: Deferred -> (caller, the link it came by)
         self._running: dict[Deferred[Any], tuple[str, str | None]] = {}
+        self.traces = CallTraces(node_id, clock)  # calls' trace contexts and path reports
 
     # Calling.
 
@@ -145,6 +147,8 @@ class MeshCalls:
             if mac is not None:
                 envelope.data["mac"] = mac  # type: ignore[index]  # the dict to_data made
         d = self.pending.expect(response_id, destination, None, target.timeout)
+        if target.trace is not None:
+            self.traces.carry(envelope, target.trace, response_id, d)
         try:
             self.pending.set_via(response_id, self._forwarder.forward(envelope, came_from=None))
         except MessageTooLarge as e:
@@ -170,6 +174,8 @@ class MeshCalls:
         ):
             self._metrics.drop("forged_answer")
             return
+        if self.traces.paths:
+            self.traces.settled(envelope, response.response_id)
         if response.success:
             self.pending.resolve(response.response_id, result=response.result)
             return
@@ -215,6 +221,8 @@ class MeshCalls:
             caller=call.caller or envelope.sender,
             via=via,
         )
+        if self.traces.tracer is not None or TRACE_PATH in envelope.data:
+            self.traces.arrived(envelope, target)  # until _send_answer
         try:
             result = self._run_arrived(target)
         except Exception:
@@ -281,6 +289,8 @@ class MeshCalls:
         self._send_answer(caller, response, via)
 
     def _send_answer(self, caller: str, response: ServerResponse, via: str | None) -> None:
+        if self.traces.running:  # a traced call, or one whose path was asked for
+            response.trace_path = self.traces.answered(caller, response)
         if self._e2e is not None and caller not in self._links:
             response.mac = self._e2e.seal_answer(caller, response)
         try:

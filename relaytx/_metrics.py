@@ -45,6 +45,11 @@ class CallStats(Collector):
         self.buckets[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
         self.total_seconds += seconds
 
+    def totals(self) -> tuple[int, int]:
+        """:returns: how many calls succeeded and how many failed, so far."""
+        ok = self.outcomes.get("ok", 0)
+        return ok, sum(self.outcomes.values()) - ok
+
     def collect(self) -> Iterator[Metric]:
         calls = CounterMetricFamily(
             "relaytx_calls", "Calls handled by this node, by outcome.", labels=["outcome"]
@@ -62,6 +67,108 @@ class CallStats(Collector):
             buckets=cumulative,
             sum_value=self.total_seconds,
         )
+
+
+class _MethodSeries:
+    """The figures of one server method (see L{ServerCallStats})."""
+
+    __slots__ = ("buckets", "outcomes", "total_seconds")
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, int] = {}
+        self.buckets = [0] * (len(_LATENCY_BUCKETS) + 1)
+        self.total_seconds = 0.0
+
+
+class ServerCallStats(Collector):
+    """
+    Calls run by this node's servers, per server and method: by outcome
+    (C{relaytx_server_calls_total{server,method,outcome}}) and their latency
+    (C{relaytx_server_call_latency_seconds{server,method}}), kept as plain
+    numbers as L{CallStats} keeps its own.
+
+    The label sets are bounded: a series is made only for a method that a
+    hosted server exposes (C{known(server, method)}), so a caller naming
+    made-up methods makes none; outcomes are C{"ok"} or the name of a
+    relaytx error class (a method's own exceptions are all
+    C{RemoteCallError}).
+
+    Each call is counted in the node's totals too (C{totals}, the node's
+    L{CallStats}), in the same step: a call of a local server costs the
+    node's bookkeeping one function call, as any other call does.
+
+    :param known: whether a hosted server exposes that method.
+    """
+
+    def __init__(
+        self,
+        totals: CallStats,
+        known: Callable[[str, str], bool] = lambda server, method: False,
+    ) -> None:
+        self._totals = totals
+        self.known = known
+        self.series: dict[str, dict[str, _MethodSeries]] = {}
+
+    def record(self, server: str, method: str, outcome: str, seconds: float) -> None:
+        """Count one finished call of C{server.method} (in the node's totals too)."""
+        bucket = bisect_left(_LATENCY_BUCKETS, seconds)
+        totals = self._totals
+        outcomes = totals.outcomes
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        totals.buckets[bucket] += 1
+        totals.total_seconds += seconds
+        methods = self.series.get(server)
+        entry = None if methods is None else methods.get(method)
+        if entry is None:
+            if not self.known(server, method):
+                return
+            entry = self.series.setdefault(server, {}).setdefault(method, _MethodSeries())
+        outcomes = entry.outcomes
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        entry.buckets[bucket] += 1
+        entry.total_seconds += seconds
+
+    def totals(self, skip: str = "node") -> tuple[int, int]:
+        """
+        :param skip: a server left out (by default the built-in C{node},
+            whose calls are mostly the mesh looking at itself).
+        :returns: how many calls of the other servers succeeded and failed.
+        """
+        ok = failed = 0
+        for server, methods in self.series.items():
+            if server == skip:
+                continue
+            for entry in methods.values():
+                for outcome, count in entry.outcomes.items():
+                    if outcome == "ok":
+                        ok += count
+                    else:
+                        failed += count
+        return ok, failed
+
+    def collect(self) -> Iterator[Metric]:
+        calls = CounterMetricFamily(
+            "relaytx_server_calls",
+            "Calls run by this node's servers, by server, method and outcome.",
+            labels=["server", "method", "outcome"],
+        )
+        latency = HistogramMetricFamily(
+            "relaytx_server_call_latency_seconds",
+            "Time from receiving a call for one of this node's servers to its answer.",
+            labels=["server", "method"],
+        )
+        bounds = [*(repr(b) for b in _LATENCY_BUCKETS), "+Inf"]
+        for server, methods in sorted(self.series.items()):
+            for method, entry in sorted(methods.items()):
+                for outcome, count in sorted(entry.outcomes.items()):
+                    calls.add_metric([server, method, outcome], count)
+                cumulative, running = [], 0
+                for bound, count in zip(bounds, entry.buckets, strict=True):
+                    running += count
+                    cumulative.append((bound, running))
+                latency.add_metric([server, method], cumulative, entry.total_seconds)
+        yield calls
+        yield latency
 
 
 class PlainCounter(Collector):
@@ -92,6 +199,8 @@ class NodeMetrics:
         r = self.registry
         self.call_stats = CallStats()
         r.register(self.call_stats)
+        self.server_calls = ServerCallStats(self.call_stats)
+        r.register(self.server_calls)
         self.pending_calls = Gauge(
             "relaytx_pending_calls", "Calls this node is waiting on.", registry=r
         )
@@ -130,6 +239,12 @@ class NodeMetrics:
         """
         Record one finished call: C{count_call(outcome, seconds)} with
         C{outcome} C{"ok"} or the name of the error.
+        """
+        self.count_server_call = self.server_calls.record
+        """
+        Record one finished call that ran on a local server, in place of
+        L{count_call} (it counts the call there too):
+        C{count_server_call(server, method, outcome, seconds)}.
         """
 
     def drop(self, reason: str) -> None:

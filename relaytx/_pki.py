@@ -422,6 +422,9 @@ def _call_body(call: ServerCall, issued: str) -> dict[str, Any]:
 def _answer_body(response: ServerResponse) -> dict[str, Any]:
     data = response.to_data()
     data.pop("mac", None)
+    # The path report is diagnostics that each forwarder adds its time to
+    # on the way back (relaytx._tracing): not the callee's word.
+    data.pop("trace_path", None)
     return data
 
 

@@ -9,18 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from relaytx._hosting import ServerHost
 from relaytx._mesh import Mesh
+from relaytx._meshview import MeshWatch
+from relaytx.errors import InvalidParams, NodeUnreachable
 from relaytx.server import Server, exposed
-from relaytx.wire import rfc3339
+from relaytx.wire import NODE_ID_RE, rfc3339
 
 
 class NodeViews:
     """
     :param started_at: when the node started, in the clock's seconds.
     :param version: relaytx's version, for C{info()}.
+
+    @ivar mesh_watch: the whole mesh as seen from here, made of every
+        node's L{status} (C{relay status}, the dashboard).
     """
 
     def __init__(
@@ -38,6 +44,7 @@ class NodeViews:
         self._mesh = mesh
         self._started_at = started_at
         self._version = version
+        self.mesh_watch = MeshWatch(node_id, clock, self.status, mesh.reachable, mesh.call)
 
     def timestamp(self) -> str:
         """:returns: the current time, RFC 3339."""
@@ -95,6 +102,66 @@ class NodeViews:
         """:returns: C{GET /registry/routes}: the routing table."""
         return self._mesh.router.table()
 
+    def status(self) -> dict[str, Any]:
+        """
+        :returns: what the built-in C{node.status()} answers: this node's
+            part of the mesh view (L{relaytx._meshview}): its servers, its
+            links with their RTT and health, and its calls so far (of its
+            own servers, the built-in C{node} left out).
+        """
+        ok, errors = self._mesh.metrics.server_calls.totals()
+        return {
+            "node_id": self.node_id,
+            "version": self._version,
+            "uptime_s": round(self.uptime(), 3),
+            "timestamp": self.timestamp(),
+            "servers": self._host.local_servers(),
+            "peers": {
+                peer: {
+                    "direction": link["direction"],
+                    "is_healthy": link["is_healthy"],
+                    "rtt_ms": link["rtt_ms"],
+                }
+                for peer, link in self.peers().items()
+            },
+            "calls": {"ok": ok, "errors": errors},
+            "pending": len(self._mesh.pending),
+        }
+
+    def traceroute(self, node_id: str, timeout: float = 2.0) -> Deferred[list[dict[str, Any]]]:
+        """
+        Probe each hop of the route to C{node_id} with a routed C{ping} (no
+        mailbox is involved, so a busy server delays no answer) at once.
+
+        :returns: a Deferred of C{[{"hop", "node_id", "rtt_ms"}, ...]}, the
+            first hop first.
+        :raises InvalidParams: if C{node_id} is not a node id.
+        :raises NodeUnreachable: if no route to it is known.
+        """
+        if not isinstance(node_id, str) or not NODE_ID_RE.fullmatch(node_id):
+            raise InvalidParams(f"Invalid params: {node_id!r} is not a node id")
+        if node_id == self.node_id:
+            return succeed([{"hop": 0, "node_id": node_id, "rtt_ms": 0.0}])
+        mesh = self._mesh
+        route = mesh.router.route(node_id)
+        if route is not None:
+            path: tuple[str, ...] = route.path
+        elif node_id in mesh.links:
+            path = (node_id,)
+        else:
+            raise NodeUnreachable(f"No route to node {node_id!r}", node_id=self.node_id)
+        probes = [mesh.probes.probe(hop, timeout) for hop in path]
+        hops: list[dict[str, Any]] = []
+        for index, hop in enumerate(path):
+            hops.append({"hop": index + 1, "node_id": hop, "rtt_ms": None})
+
+        def measured(rtt: float | None, entry: dict[str, Any]) -> None:
+            entry["rtt_ms"] = None if rtt is None else round(rtt * 1000.0, 3)
+
+        for probe, entry in zip(probes, hops, strict=True):
+            probe.addCallback(measured, entry)
+        return gatherResults(probes).addCallback(lambda _: hops)
+
     def info(self) -> dict[str, Any]:
         """:returns: what the built-in C{node.info()} answers."""
         return {
@@ -128,3 +195,16 @@ class NodeServer(Server):
     def echo(self, *args: Any) -> list[Any]:
         """Its arguments, as a list."""
         return list(args)
+
+    @exposed
+    def status(self) -> dict[str, Any]:
+        """This node's servers, links (RTT, health) and call counts: its part of the mesh view."""
+        return self._views.status()
+
+    @exposed
+    def traceroute(self, node_id: str) -> Deferred[list[dict[str, Any]]]:
+        """
+        The hops from this node to C{node_id}, each with its round-trip time
+        in ms from here (C{None} when it did not answer in time).
+        """
+        return self._views.traceroute(node_id)

@@ -6,13 +6,21 @@ The C{relay} console script.
     C{twistd relay}, without twistd's own, plus C{--reactor NAME}); logs go
     to standard error; SIGTERM or SIGINT stop it cleanly with exit status 0.
   - C{relay call URL SERVER METHOD [ARGS...] [--node NODE_ID] [--timeout S]
-    [--token T] [--cacert F] [--cert F] [--key F]} calls a server through
-    the node at URL and prints the result as JSON. Each ARG is parsed as
-    JSON when it is valid JSON, else taken as a string. The call carries
-    its deadline to the node (C{remote_call}), with or without C{--node}.
-    Exit status: 0 on success, 1 when the call answered an error (its
-    code and message are printed on standard error), 2 for bad usage or
-    when the node cannot be reached.
+    [--token T] [--cacert F] [--cert F] [--key F] [--trace]} calls a server
+    through the node at URL and prints the result as JSON. Each ARG is
+    parsed as JSON when it is valid JSON, else taken as a string. The call
+    carries its deadline to the node (C{remote_call}), with or without
+    C{--node}. Exit status: 0 on success, 1 when the call answered an
+    error (its code and message are printed on standard error), 2 for bad
+    usage or when the node cannot be reached. With C{--trace}, the call
+    starts a new trace and asks for its path, printed after the result:
+    each node it passed and the time spent there (SPEC section 13).
+  - C{relay status URL [--json] [--all]} with the same client options
+    prints the whole mesh as the node at URL sees it: nodes, links with
+    their RTT and health, servers per node, and what is unhealthy, in one
+    screen (C{--json}: the view as JSON, for scripts). Exit status: 0 when
+    nothing is unhealthy, 1 when something is, 2 for bad usage or when the
+    node cannot be reached.
   - C{relay --version} prints relaytx's version.
 
 Start-up time matters for C{relay call}: this module imports what a
@@ -34,7 +42,9 @@ if TYPE_CHECKING:
 DEFAULT_REACTOR = "default"
 
 USAGE = """usage: relay node [options]            run a node (relay node --help)
-       relay call URL SERVER METHOD [ARGS...] [--node NODE_ID] [--timeout S]
+       relay call URL SERVER METHOD [ARGS...] [--node NODE_ID] [--timeout S] [--trace]
+                  [--token TOKEN] [--cacert FILE] [--cert FILE] [--key FILE]
+       relay status URL [--json] [--all] [--timeout S]
                   [--token TOKEN] [--cacert FILE] [--cert FILE] [--key FILE]
        relay --version
 """
@@ -127,13 +137,18 @@ def run_node(argv: list[str]) -> int:
         textFileLogObserver,
     )
 
+    from relaytx._logs import json_observer
     from relaytx.tap import makeService, run_options
 
     options = run_options(argv)
-    observer = FilteringLogObserver(
-        textFileLogObserver(sys.stderr),
-        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
-    )
+    assert options.config is not None  # parsed
+    if options.config.log_format == "json":
+        observer = json_observer(sys.stderr, options.config.node_id)
+    else:
+        observer = FilteringLogObserver(
+            textFileLogObserver(sys.stderr),
+            [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
+        )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     node = makeService(options)
     node.privilegedStartService()
@@ -148,7 +163,7 @@ def run_node(argv: list[str]) -> int:
     return status
 
 
-# relay call (and, later, the other commands that talk to a node over HTTP)
+# relay call and relay status: the commands that talk to a node over HTTP
 
 
 def _not_json(constant: str) -> object:
@@ -192,19 +207,26 @@ class NodeUnavailable(Exception):
     """The node could not be asked (one line for the operator)."""
 
 
-def post(
-    url: str, body: bytes, headers: dict[str, str], timeout: float, context: ssl.SSLContext | None
-) -> tuple[int, bytes]:
+def exchange(
+    method: str,
+    url: str,
+    body: bytes | None,
+    headers: dict[str, str],
+    timeout: float,
+    context: ssl.SSLContext | None,
+) -> tuple[int, bytes, dict[str, str]]:
     """
-    POST C{body} to C{url}.
+    Send one HTTP request (C{POST} a call, C{GET} a view) to C{url}.
 
     :param context: the C{ssl.SSLContext} of an C{https} URL.
-    :returns: the status and the body of the answer.
+    :returns: the status, the body and the headers (names in lower case)
+        of the answer.
     :raises NodeUnavailable: if the node cannot be reached.
     """
     import http.client
     from urllib.parse import urlsplit
 
+    verb = "call" if method == "POST" else "read"
     parts = urlsplit(url)
     connection: http.client.HTTPConnection
     try:
@@ -213,24 +235,65 @@ def post(
         else:
             connection = http.client.HTTPConnection(parts.netloc, timeout=timeout)
         try:
-            connection.request("POST", parts.path, body, headers)
+            connection.request(method, parts.path, body, headers)
             response = connection.getresponse()
-            return response.status, response.read()
+            answer = response.read()
+            return response.status, answer, {k.lower(): v for k, v in response.getheaders()}
         finally:
             connection.close()
     except TimeoutError:
-        raise NodeUnavailable(f"cannot call {url}: no answer within {timeout:g}s") from None
+        raise NodeUnavailable(f"cannot {verb} {url}: no answer within {timeout:g}s") from None
     except (OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
-        raise NodeUnavailable(f"cannot call {url}: {reason}") from None
+        raise NodeUnavailable(f"cannot {verb} {url}: {reason}") from None
+
+
+def _client_setup(parser: object, ns: object) -> tuple[str, dict[str, str], ssl.SSLContext | None]:
+    """
+    :returns: the node's base URL, the headers that carry the token and
+        the TLS context (C{None} over http) of a command's options; a bad
+        one exits through C{parser.error}.
+    """
+    import argparse
+
+    from relaytx._clientopts import auth_headers, http_base_url, ssl_context
+
+    assert isinstance(parser, argparse.ArgumentParser)
+    assert isinstance(ns, argparse.Namespace)
+    try:
+        base = http_base_url(ns.url)
+        headers = dict(auth_headers(ns.token))
+        context = None
+        if base.startswith("https:"):
+            context = ssl_context(ns.cacert, ns.cert, ns.key)
+        elif ns.cacert or ns.cert or ns.key:
+            raise ValueError("--cacert, --cert and --key need an https:// URL")
+    except ValueError as e:
+        parser.error(str(e))
+    return base, headers, context
+
+
+def _refused(url: str, status: int, answer: object) -> int:
+    """Report an answer refused before any call (401, 403, ...); :returns: 2."""
+    detail = answer.get("error") if isinstance(answer, dict) else None
+    reason = f": {detail}" if isinstance(detail, str) else ""
+    sys.stderr.write(f"relay: error: {url} answered {status}{reason}\n")
+    return 2
+
+
+def _json(body: bytes) -> object:
+    import json
+
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
 
 
 def call(argv: list[str]) -> int:
     """Make one call through a node's JSON-RPC endpoint; returns the exit status."""
     import argparse
     import json
-
-    from relaytx._clientopts import auth_headers, http_base_url, ssl_context
 
     parser = argparse.ArgumentParser(
         prog="relay call", description="Call SERVER.METHOD through the node at URL."
@@ -241,21 +304,25 @@ def call(argv: list[str]) -> int:
     parser.add_argument("args", nargs="*", help="arguments: JSON where valid, else strings")
     parser.add_argument("--node", help="call the server on this node id")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="start a new trace and print the path the call took, with each hop's time",
+    )
     add_client_options(parser)
     ns = parser.parse_intermixed_args(argv)
     if not 0 < ns.timeout <= 86400:  # also refuses nan, which JSON cannot carry
         parser.error("--timeout must be a number of seconds in (0, 86400]")
-    try:
-        base = http_base_url(ns.url)
-        headers = {"Content-Type": "application/json"}
-        headers.update(auth_headers(ns.token))
-        context = None
-        if base.startswith("https:"):
-            context = ssl_context(ns.cacert, ns.cert, ns.key)
-        elif ns.cacert or ns.cert or ns.key:
-            raise ValueError("--cacert, --cert and --key need an https:// URL")
-    except ValueError as e:
-        parser.error(str(e))
+    base, headers, context = _client_setup(parser, ns)
+    headers["Content-Type"] = "application/json"
+    trace_id = ""
+    if ns.trace:
+        import os
+
+        # A new sampled trace, and a request for its path (Server-Timing).
+        trace_id, span_id = os.urandom(16).hex(), os.urandom(8).hex()
+        headers["traceparent"] = f"00-{trace_id}-{span_id}-01"
+        headers["Relaytx-Trace-Path"] = "1"
     params: dict[str, object] = {
         "server_name": ns.server,
         "method": ns.method,
@@ -268,35 +335,77 @@ def call(argv: list[str]) -> int:
     url = base + "/rpc"
     try:
         # The node answers by the deadline; the margin covers the network.
-        status, body = post(url, json.dumps(request).encode(), headers, ns.timeout + 5, context)
+        status, body, reply_headers = exchange(
+            "POST", url, json.dumps(request).encode(), headers, ns.timeout + 5, context
+        )
     except NodeUnavailable as e:
         sys.stderr.write(f"relay: error: {e}\n")
         return 2
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        answer = None
+    answer = _json(body)
     if status != 200:  # 401, 403: refused before any call
-        detail = answer.get("error") if isinstance(answer, dict) else None
-        reason = f": {detail}" if isinstance(detail, str) else ""
-        sys.stderr.write(f"relay: error: {url} answered {status}{reason}\n")
-        return 2
+        return _refused(url, status, answer)
     if not isinstance(answer, dict) or not isinstance(answer.get("error", {}), dict):
         sys.stderr.write(f"relay: error: {url} answered no JSON-RPC response\n")
         return 2
+    path = ""
+    if ns.trace:
+        from relaytx._status import format_path, parse_server_timing
+
+        path = format_path(parse_server_timing(reply_headers.get("server-timing")), trace_id)
     if "error" in answer:
         error = answer["error"]
         sys.stderr.write(f"error {error.get('code')}: {error.get('message')}\n")
         if error.get("data"):
             sys.stderr.write(json.dumps(error["data"]) + "\n")
+        sys.stderr.write(path)
         return 1
     sys.stdout.write(json.dumps(answer.get("result")) + "\n")
+    sys.stdout.write(path)
     return 0
 
 
-#: The commands, by name. C{relay status} (SPEC section 13) joins them
-#: with the same client options (L{add_client_options}, L{post}).
-COMMANDS = {"node": run_node, "call": call}
+def status(argv: list[str]) -> int:
+    """Print the mesh as one node sees it; returns the exit status."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(
+        prog="relay status", description="The whole mesh as the node at URL sees it."
+    )
+    parser.add_argument("url", help="the node's base URL, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--json", action="store_true", help="print the view as JSON")
+    parser.add_argument("--all", action="store_true", help="list every node and link")
+    parser.add_argument("--timeout", type=float, default=15.0, help="seconds (default 15)")
+    add_client_options(parser)
+    ns = parser.parse_intermixed_args(argv)
+    if not 0 < ns.timeout <= 86400:
+        parser.error("--timeout must be a number of seconds in (0, 86400]")
+    base, headers, context = _client_setup(parser, ns)
+    headers["Accept"] = "application/json"
+    url = base + "/dashboard/mesh"
+    try:
+        code, body, _ = exchange("GET", url, None, headers, ns.timeout, context)
+    except NodeUnavailable as e:
+        sys.stderr.write(f"relay: error: {e}\n")
+        return 2
+    view = _json(body)
+    if code != 200:
+        return _refused(url, code, view)
+    if not isinstance(view, dict) or not isinstance(view.get("nodes"), dict):
+        sys.stderr.write(f"relay: error: {url} answered no mesh view\n")
+        return 2
+    if ns.json:
+        sys.stdout.write(json.dumps(view, indent=2, sort_keys=True) + "\n")
+    else:
+        from relaytx._status import format_status
+
+        sys.stdout.write(format_status(view, everything=ns.all))
+    return 1 if view.get("problems") else 0
+
+
+#: The commands, by name; those that talk to a node share their client
+#: options (L{add_client_options}, L{exchange}).
+COMMANDS = {"node": run_node, "call": call, "status": status}
 
 
 if __name__ == "__main__":

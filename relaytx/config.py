@@ -39,6 +39,15 @@ command line wins where both give a value)::
     [http.tokens]                    # caller name -> SHA-256 hex of its bearer token
     ops = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
+    log_format = "text"              # or "json": one JSON object per log line
+
+    [tracing]                        # SPEC section 13; see relaytx._tracing
+    exporter = "jsonl"               # or "otlp" (the relaytx[otlp] extra)
+    path = "spans.jsonl"             # jsonl: the file each finished span is appended to
+    endpoint = "http://localhost:4318/v1/traces"  # otlp: the collector (its default)
+    sample = 1.0                     # share of new traces recorded (0-1)
+    [tracing.headers]                # otlp: extra HTTP headers for the collector
+
     [tls]                            # see relaytx._tls
     cert = "node.pem"
     key = "node.key"
@@ -54,7 +63,7 @@ command line wins where both give a value)::
     allow = true
 
 Relative paths in the file (an app given as a file, C{secret_file}, the
-C{[tls]} files) are relative to the file's own directory; on the command
+C{[tls]} files, C{tracing.path}) are relative to the file's own directory; on the command
 line, to the working directory. Endpoint strings in C{port} keep Twisted's
 own syntax and meaning (their paths are taken from the working directory).
 
@@ -136,6 +145,29 @@ class HttpConfig:
 
 
 @frozen
+class TracingConfig:
+    """
+    Where a node's spans go (SPEC section 13).
+
+    @ivar exporter: C{"jsonl"} or C{"otlp"}.
+    @ivar path: the C{jsonl} file.
+    @ivar endpoint: the C{otlp} collector's traces URL (C{None}: its default).
+    @ivar sample: the share of new traces recorded.
+    @ivar headers: extra HTTP headers for the collector.
+    """
+
+    exporter: str
+    path: str | None = None
+    endpoint: str | None = None
+    sample: float = 1.0
+    headers: Mapping[str, str] = field(factory=dict)
+
+
+#: How a node writes its log: C{text} (Twisted's lines) or C{json}.
+LOG_FORMATS = ("text", "json")
+
+
+@frozen
 class NodeConfig:
     """
     Everything a node needs to start.
@@ -155,6 +187,8 @@ class NodeConfig:
     tls: TlsConfig | None = None
     allowed_origins: frozenset[str] = frozenset()
     http: HttpConfig = field(factory=HttpConfig)
+    tracing: TracingConfig | None = None
+    log_format: str = "text"
 
 
 _TOP_KEYS = {
@@ -167,6 +201,7 @@ _TOP_KEYS = {
     "secret_file": str,
     "ping_interval": (int, float),
     "allowed_origins": list,
+    "log_format": str,
     "config": str,
 }
 _LIMIT_KEYS = {
@@ -186,6 +221,13 @@ _LIMIT_KEYS = {
     "max_dialers": int,
 }
 _HTTP_KEYS = {"tokens": dict, "admins": list, "allowed_hosts": list}
+_TRACING_KEYS = {
+    "exporter": str,
+    "path": str,
+    "endpoint": str,
+    "sample": (int, float),
+    "headers": dict,
+}
 _TLS_KEYS = {"cert": str, "key": str, "ca": str, "require_client_cert": bool}
 
 
@@ -202,7 +244,9 @@ def read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: {e.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"--config {path}: not valid TOML: {e}") from None
-    sections = {name: table.pop(name, {}) for name in ("limits", "tls", "access", "http")}
+    sections = {
+        name: table.pop(name, {}) for name in ("limits", "tls", "access", "http", "tracing")
+    }
     _check_keys(table, _TOP_KEYS, path, "")
     for name, section in sections.items():
         if not isinstance(section, dict):
@@ -210,12 +254,13 @@ def read_toml(path: str) -> dict[str, Any]:
     _check_keys(sections["limits"], _LIMIT_KEYS, path, "limits.")
     _check_keys(sections["tls"], _TLS_KEYS, path, "tls.")
     _check_keys(sections["http"], _HTTP_KEYS, path, "http.")
+    _check_keys(sections["tracing"], _TRACING_KEYS, path, "tracing.")
     if sections["access"]:
         try:
             table["access"] = AccessRules.from_config(sections["access"])
         except ValueError as e:
             raise ConfigError(f"--config {path}: {e}") from None
-    for name in ("limits", "tls", "http"):
+    for name in ("limits", "tls", "http", "tracing"):
         if sections[name]:
             table[name] = sections[name]
     _resolve_paths(table, os.path.dirname(os.path.abspath(path)))
@@ -231,7 +276,7 @@ def _resolve_paths(table: dict[str, Any], base: str) -> None:
     """
     Make the file paths of a config file absolute, relative to the file's
     own directory (C{base}) rather than the working directory: an app given
-    as a file, C{secret_file} and the C{[tls]} files. Module names and
+    as a file, C{secret_file}, the C{[tls]} files and C{tracing.path}. Module names and
     endpoint strings (Twisted's own syntax) are left as they are.
     """
 
@@ -247,6 +292,9 @@ def _resolve_paths(table: dict[str, Any], base: str) -> None:
         for key in ("cert", "key", "ca"):
             if key in tls:
                 tls[key] = resolved(tls[key])
+    tracing = table.get("tracing")
+    if tracing and isinstance(tracing.get("path"), str):
+        tracing["path"] = resolved(tracing["path"])
 
 
 def _check_keys(table: Mapping[str, Any], known: Mapping[str, Any], path: str, prefix: str) -> None:
@@ -356,7 +404,47 @@ def build_config(options: Mapping[str, Any]) -> NodeConfig:
         tls=tls,
         allowed_origins=frozenset(settings.get("allowed_origins", ())),
         http=_http(settings.get("http")),
+        tracing=_tracing(settings.get("tracing")),
+        log_format=_log_format(settings.get("log_format", "text")),
     )
+
+
+def _log_format(value: Any) -> str:
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"--log-format {value!r}: give text or json")
+    return str(value)
+
+
+def _tracing(table: Any) -> TracingConfig | None:
+    if table is None or isinstance(table, TracingConfig):
+        return table
+    if not isinstance(table, dict):
+        raise ConfigError("[tracing] must be a table")
+    unknown = set(table) - set(_TRACING_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown setting tracing.{sorted(unknown)[0]}")
+    exporter = table.get("exporter")
+    if exporter in (None, "none"):
+        return None
+    if exporter not in ("jsonl", "otlp"):
+        raise ConfigError(f'tracing.exporter {exporter!r}: give "jsonl" or "otlp"')
+    path = table.get("path")
+    if exporter == "jsonl" and not (isinstance(path, str) and path):
+        raise ConfigError('tracing.exporter "jsonl" needs tracing.path, the file spans go to')
+    endpoint = table.get("endpoint")
+    if endpoint is not None and not (
+        isinstance(endpoint, str) and endpoint.startswith(("http://", "https://"))
+    ):
+        raise ConfigError("tracing.endpoint must be an http:// or https:// URL")
+    sample = table.get("sample", 1.0)
+    if isinstance(sample, bool) or not isinstance(sample, int | float) or not 0 <= sample <= 1:
+        raise ConfigError("tracing.sample must be a number from 0 to 1")
+    headers = table.get("headers", {})
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ConfigError("[tracing.headers] must map header names to strings")
+    return TracingConfig(exporter, path, endpoint, float(sample), dict(headers))
 
 
 def _limits(table: Any) -> Limits:

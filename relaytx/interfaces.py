@@ -88,6 +88,14 @@ class ISessionHost(Interface):
     def link_lost(session: Session, reason: str) -> None:
         """C{session}'s link is gone, whatever the cause."""
 
+    def probe_answered(envelope: Envelope) -> bool:
+        """
+        A C{pong} arrived: if it answers one of the node's probes
+        (C{reply_to} its ping's id), settle it.
+
+        :returns: whether it did.
+        """
+
 
 class IRemoteCalls(Interface):
     """The mesh, as the call dispatcher sees it."""

@@ -33,13 +33,15 @@ from relaytx._aio import coroutine_runner
 from relaytx._apps import import_app, run_setup
 from relaytx._auth import read_secret
 from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget
+from relaytx._dashboard import DashboardResource
 from relaytx._dialer import PeerAdmin
 from relaytx._dispatch import CallDispatcher
+from relaytx._exporters import start_tracing
 from relaytx._flow import NodeGuards
 from relaytx._hosting import ServerHost
 from relaytx._http import make_site
 from relaytx._limits import CallLimiter
-from relaytx._listen import listen_error, server_endpoint, startup_warnings
+from relaytx._listen import listen_error, server_endpoint, startup_line, startup_warnings
 from relaytx._mesh import Mesh
 from relaytx._metrics import NodeMetrics
 from relaytx._pki import load_identity
@@ -138,6 +140,8 @@ class RelayNode(MultiService):
             max_dialers=limits.max_dialers, watch=self.guards.watch,
         )  # fmt: skip
         self.peer_admin.setServiceParent(self)
+        #: the node's tracer, when C{[tracing]} names an exporter (SPEC section 13)
+        self.tracer = start_tracing(self, config.tracing, self.dispatcher, self.servers, self.mesh)
         self.servers.expose("node", NodeServer(self.views))
 
     # The Python API.
@@ -264,6 +268,7 @@ class RelayNode(MultiService):
             peer_resource(peers),
             limits.max_body_size,
             self.reactor,
+            dashboard=DashboardResource(self.views.mesh_watch),
             **self.guards.site_options(),
         )
 
@@ -306,6 +311,7 @@ class RelayNode(MultiService):
         return d.addCallbacks(listening, failed)
 
     def _warn(self, port: IListeningPort) -> list[str]:
+        startup_line(port, self.config, sorted(self.servers.local_servers()), __version__)
         return startup_warnings(
             port, self.config, self.secret is not None, self.pki, self.guards.policy.requires_token
         )
@@ -338,6 +344,7 @@ class RelayNode(MultiService):
 
     def stopService(self) -> Deferred[None]:
         self.guards.watch.stop()
+        self.views.mesh_watch.stop()
         d = self.mesh.stop()
         d.addCallback(lambda _: super(RelayNode, self).stopService())
         if self.listening_port is not None:

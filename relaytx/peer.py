@@ -213,7 +213,12 @@ class PeerSession:
 
     @handles(Pong)
     def on_pong(self, envelope: Envelope, pong: Pong) -> None:
-        """A pong from this neighbour to our ping: measure the round trip."""
+        """
+        A pong from this neighbour to our ping: measure the round trip. A
+        pong to one of the node's probes (C{traceroute}) goes to the node.
+        """
+        if envelope.reply_to is not None and self.host.probe_answered(envelope):
+            return
         stamp = pong.timestamp
         if envelope.sender != self.peer_id or isinstance(stamp, bool):
             return

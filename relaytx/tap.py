@@ -64,6 +64,7 @@ class Options(usage.Options):
         ["secret-file", None, None, "Shared cluster secret that peers must prove."],
         ["config", "c", None, "TOML file with any of these options, limits and rules."],
         ["ping-interval", None, None, "Seconds between liveness pings (default: 5)."],
+        ["log-format", None, None, "Log lines as text (default) or json."],
     ]
 
     #: Where option errors are reported; C{None} is the process's stderr.
@@ -118,6 +119,7 @@ class Options(usage.Options):
                 "disable_registry": bool(self["disable-registry"]),
                 "secret_file": self["secret-file"],
                 "ping_interval": ping_interval,
+                "log_format": self["log-format"],
             }
         )
         from relaytx._dialer import peer_url, split_peer
@@ -153,6 +155,17 @@ class CommandLineNode(RelayNode):
 
     def __init__(self, config: NodeConfig, reactor: Any) -> None:
         super().__init__(config, reactor, on_fatal=self.fatal)
+
+    def setServiceParent(self, parent: Any) -> Any:
+        # Under twistd the parent is the application, whose ILogObserver
+        # component twistd logs to (set before twistd starts logging).
+        if self.config.log_format == "json" and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            from relaytx._logs import json_observer
+
+            parent.setComponent(ILogObserver, json_observer(sys.stdout, self.node_id))
+        return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
         try:

@@ -678,6 +678,9 @@ class ServerResponse(Payload):
     error_data: Mapping[str, Any] | None = None
     #: the callee's end-to-end code (PKI mode, an answer that crosses other nodes)
     mac: str | None = None
+    #: the call's path and the time each node spent on it, when its caller
+    #: asked (see L{relaytx._tracing}); written, never read, by this class
+    trace_path: Mapping[str, Any] | None = None
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> ServerResponse:
@@ -728,6 +731,8 @@ class ServerResponse(Payload):
                 data["error_data"] = self.error_data
         if self.mac is not None:
             data["mac"] = self.mac
+        if self.trace_path is not None:
+            data["trace_path"] = self.trace_path
         return data
 
 

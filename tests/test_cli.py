@@ -2,7 +2,7 @@
 Tests for L{relaytx.cli}: the C{relay} console script's argument handling.
 C{relay call} and C{relay node} against real nodes are covered by
 C{tests/integration/test_twistd.py}; here the HTTP request is replaced by
-a fake (L{relaytx.cli.post}).
+a fake (L{relaytx.cli.exchange}).
 """
 
 from __future__ import annotations
@@ -24,10 +24,17 @@ class Sent:
     """One request relay call made."""
 
     def __init__(
-        self, url: str, body: bytes, headers: dict[str, str], timeout: float, context: Any
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        timeout: float,
+        context: Any,
     ) -> None:
+        self.method = method
         self.url = url
-        self.body = json.loads(body)
+        self.body = None if body is None else json.loads(body)
         self.headers = headers
         self.timeout = timeout
         self.context = context
@@ -44,18 +51,25 @@ class CliTestCase(TempDirMixin, SynchronousTestCase):
         self.requests: list[Sent] = []
         self.answer: Any = {"jsonrpc": "2.0", "result": None, "id": 1}
         self.status = 200
-        self.patch(cli, "post", self.post)
+        self.reply_headers: dict[str, str] = {}
+        self.patch(cli, "exchange", self.exchange)
 
-    def post(
-        self, url: str, body: bytes, headers: dict[str, str], timeout: float, context: Any
-    ) -> tuple[int, bytes]:
+    def exchange(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        timeout: float,
+        context: Any,
+    ) -> tuple[int, bytes, dict[str, str]]:
         """Record the request; answer with C{self.answer} (raise it if it is an exception)."""
-        self.requests.append(Sent(url, body, headers, timeout, context))
+        self.requests.append(Sent(method, url, body, headers, timeout, context))
         if isinstance(self.answer, BaseException):
             raise self.answer
         if isinstance(self.answer, bytes):
-            return self.status, self.answer
-        return self.status, json.dumps(self.answer).encode()
+            return self.status, self.answer, self.reply_headers
+        return self.status, json.dumps(self.answer).encode(), self.reply_headers
 
     def sent(self) -> Any:
         """:returns: the JSON body of the only request made."""
@@ -352,8 +366,8 @@ class CallTests(CliTestCase):
         self.assertEqual(self.stderr.getvalue().count("relay: error:"), 3)
 
 
-class PostTests(SynchronousTestCase):
-    """post(): the HTTP request itself, against nothing that listens."""
+class ExchangeTests(SynchronousTestCase):
+    """exchange(): the HTTP request itself, against nothing that listens."""
 
     def test_refused(self) -> None:
         """A refused connection is NodeUnavailable naming the URL."""
@@ -362,10 +376,15 @@ class PostTests(SynchronousTestCase):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]  # bound, not listening: refused
+            url = f"http://127.0.0.1:{port}/rpc"
             error = self.assertRaises(
-                cli.NodeUnavailable, cli.post, f"http://127.0.0.1:{port}/rpc", b"{}", {}, 5, None
+                cli.NodeUnavailable, cli.exchange, "POST", url, b"{}", {}, 5, None
             )
-        self.assertIn(f"cannot call http://127.0.0.1:{port}/rpc", str(error))
+            read = self.assertRaises(
+                cli.NodeUnavailable, cli.exchange, "GET", url, None, {}, 5, None
+            )
+        self.assertIn(f"cannot call {url}", str(error))
+        self.assertIn(f"cannot read {url}", str(read))
 
 
 class NodeCommandTests(SynchronousTestCase):
@@ -397,3 +416,160 @@ class VersionTests(CliTestCase):
         self.assertEqual(cli.main(["--version"]), 0)
         self.assertEqual(self.stdout.getvalue(), f"relaytx {__version__}\n")
         self.assertEqual(self.stderr.getvalue(), "")
+
+
+def mesh_view(nodes: int, problems: int = 0) -> dict[str, Any]:
+    """:returns: a mesh view of a line of C{nodes} nodes, the last C{problems} gone."""
+    view: dict[str, Any] = {"node_id": "n0", "timestamp": "2026-01-01T00:00:00.000000Z"}
+    view["nodes"] = {
+        f"n{i}": {
+            "node_id": f"n{i}",
+            "state": "gone" if i >= nodes - problems else "up",
+            "hops": i,
+            "servers": ["counter_server", "node"] if i % 2 else ["node"],
+            "calls_per_s": 1.5 * i,
+            "errors_per_s": 0.0,
+            "uptime_s": 3725,
+        }
+        for i in range(nodes)
+    }
+    view["links"] = [
+        {"a": f"n{i}", "b": f"n{i + 1}", "rtt_ms": 0.1 * (i + 1), "healthy": True}
+        for i in range(nodes - 1)
+    ]
+    view["problems"] = [f"n{i}: gone" for i in range(nodes - problems, nodes)]
+    view["summary"] = {"nodes": nodes, "up": nodes - problems, "gone": problems, "links": nodes - 1}
+    return view
+
+
+class StatusTests(CliTestCase):
+    """relay status URL: the mesh as one node sees it."""
+
+    def test_table(self) -> None:
+        """Nodes, their state, hops, calls/s and servers, then the links with their RTT."""
+        self.answer = mesh_view(3)
+        self.assertEqual(cli.main(["status", "http://127.0.0.1:8080"]), 0)
+        self.assertEqual(self.requests[0].method, "GET")
+        self.assertEqual(self.requests[0].url, "http://127.0.0.1:8080/dashboard/mesh")
+        out = self.stdout.getvalue()
+        self.assertIn("mesh seen from n0", out)
+        self.assertIn("3 nodes: 3 up, 0 silent, 0 gone", out)
+        lines = out.splitlines()
+        header = next(i for i, line in enumerate(lines) if line.startswith("NODE"))
+        self.assertEqual(
+            lines[header].split(),
+            ["NODE", "STATE", "HOPS", "CALLS/S", "ERR/S", "UPTIME", "SERVERS"],
+        )
+        self.assertEqual(
+            lines[header + 2].split(), ["n1", "up", "1", "1.5", "0.0", "1h02m", "counter_server"]
+        )
+        self.assertIn("n1 - n2    0.20  ok", out)
+        self.assertNotIn("PROBLEMS", out)
+
+    def test_problems(self) -> None:
+        """What is wrong comes first, and the exit status is 1."""
+        self.answer = mesh_view(4, problems=1)
+        self.assertEqual(cli.main(["status", "127.0.0.1:8080"]), 1)
+        out = self.stdout.getvalue()
+        self.assertIn("PROBLEMS (1)\n  n3: gone", out)
+        rows = [line for line in out.splitlines() if line.startswith("n")]
+        self.assertEqual(rows[0].split()[:2], ["n3", "gone"])
+
+    def test_large(self) -> None:
+        """Past a screen, the rest of the nodes and links is one line each; --all lists all."""
+        self.answer = mesh_view(60, problems=2)
+        cli.main(["status", "http://127.0.0.1:8080"])
+        out = self.stdout.getvalue()
+        self.assertLess(len(out.splitlines()), 60)
+        self.assertIn("... and 40 more nodes (40 up; --all to list them)", out)
+        self.assertIn("... and 39 more links (all healthy, RTT 0.10-3.90 ms; --all", out)
+        self.stdout.truncate(0)
+        self.stdout.seek(0)
+        cli.main(["status", "http://127.0.0.1:8080", "--all"])
+        self.assertGreater(len(self.stdout.getvalue().splitlines()), 120)
+
+    def test_json(self) -> None:
+        """--json prints the view itself; --token is sent as a bearer token."""
+        self.answer = mesh_view(2)
+        cli.main(["status", "http://127.0.0.1:8080", "--json", "--token", "t0k"])
+        self.assertEqual(json.loads(self.stdout.getvalue()), self.answer)
+        self.assertEqual(self.requests[0].headers["Authorization"], "Bearer t0k")
+        self.assertNotIn("Origin", self.requests[0].headers)
+
+    def test_unreachable(self) -> None:
+        """A node that cannot be reached is one line and exit status 2."""
+        url = "http://127.0.0.1:9/dashboard/mesh"
+        self.answer = cli.NodeUnavailable(f"cannot read {url}: Connection refused")
+        self.assertEqual(cli.main(["status", "http://127.0.0.1:9"]), 2)
+        self.assertEqual(
+            self.stderr.getvalue(), f"relay: error: cannot read {url}: Connection refused\n"
+        )
+
+    def test_refused(self) -> None:
+        """A refusal (a missing token) is reported with the node's own words, exit status 2."""
+        self.status = 401
+        self.answer = {"error": "missing or bad token", "status": 401}
+        self.assertEqual(cli.main(["status", "http://h:1"]), 2)
+        self.assertEqual(
+            self.stderr.getvalue(),
+            "relay: error: http://h:1/dashboard/mesh answered 401: missing or bad token\n",
+        )
+
+    def test_notAView(self) -> None:
+        """An answer that is not a mesh view is an error, exit status 2."""
+        for answer in [b"<html>", [1], {"nodes": []}]:
+            self.answer = answer
+            self.assertEqual(cli.main(["status", "http://h:1"]), 2)
+        self.assertEqual(self.stderr.getvalue().count("answered no mesh view"), 3)
+
+    def test_tlsOptions(self) -> None:
+        """--cacert, --cert and --key need https, and files that exist."""
+        self.assertIn(
+            "need an https:// URL", self.usage_exit("status", "http://h:1", "--cacert", "ca.pem")
+        )
+        missing = self.mktemp()
+        self.assertIn(missing, self.usage_exit("status", "https://h:1", "--cacert", missing))
+        self.assertIn("--cert", self.usage_exit("status", "https://h:1", "--key", "k.pem"))
+
+
+class TraceTests(CliTestCase):
+    """relay call --trace: the path the call took, after the result."""
+
+    def test_path(self) -> None:
+        """A new sampled trace is sent, and each hop's time is printed after the result."""
+        self.answer = {"jsonrpc": "2.0", "result": 5, "id": 1}
+        self.reply_headers = {
+            "server-timing": 'n0;desc="entry";dur=3.500, n1;desc="forward";dur=2.000, '
+            'n2;desc="target";dur=0.250'
+        }
+        self.assertEqual(
+            cli.main(["call", "http://127.0.0.1:8080", "c", "increment", "--trace"]), 0
+        )
+        headers = self.requests[0].headers
+        traceparent = headers["traceparent"]
+        self.assertRegex(traceparent, r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
+        self.assertEqual(headers["Relaytx-Trace-Path"], "1")
+        lines = self.stdout.getvalue().splitlines()
+        self.assertEqual(lines[0], "5")
+        self.assertEqual(lines[1], f"trace {traceparent[3:35]}: n0 -> n1 -> n2")
+        self.assertEqual(lines[2].split(), ["HOP", "NODE", "MS", "SELF", "MS", "ROLE"])
+        self.assertEqual(lines[3].split(), ["0", "n0", "3.500", "1.500", "entry"])
+        self.assertEqual(lines[4].split(), ["1", "n1", "2.000", "1.750", "forward"])
+        self.assertEqual(lines[5].split(), ["2", "n2", "0.250", "0.250", "target"])
+
+    def test_errorPath(self) -> None:
+        """An error answer's path goes to stderr after the error."""
+        self.answer = {"jsonrpc": "2.0", "error": {"code": -32001, "message": "late"}, "id": 1}
+        self.reply_headers = {"server-timing": 'n0;desc="entry";dur=1.000'}
+        self.assertEqual(cli.main(["call", "http://h:1", "s", "m", "--trace"]), 1)
+        lines = self.stderr.getvalue().splitlines()
+        self.assertEqual(lines[0], "error -32001: late")
+        self.assertRegex(lines[1], r"^trace [0-9a-f]{32}: n0$")
+
+    def test_no_trace(self) -> None:
+        """Without --trace nothing is added to the request or the output."""
+        self.answer = {"jsonrpc": "2.0", "result": 5, "id": 1}
+        cli.main(["call", "http://127.0.0.1:8080", "c", "increment"])
+        self.assertNotIn("traceparent", self.requests[0].headers)
+        self.assertNotIn("Relaytx-Trace-Path", self.requests[0].headers)
+        self.assertEqual(self.stdout.getvalue(), "5\n")

@@ -442,6 +442,17 @@ class RelativePathTests(ConfigTestCase):
         assert config.tls is not None
         self.assertEqual(config.tls.cert, os.path.join(directory, "keys/node.pem"))
 
+    def test_tracingPath(self) -> None:
+        """The jsonl exporter's file is taken from the config file's place too."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "node.toml")
+        with open(path, "w") as f:
+            f.write('[tracing]\nexporter = "jsonl"\npath = "spans/n1.jsonl"\n')
+        config = build_config({"config": path})
+        assert config.tracing is not None
+        self.assertEqual(config.tracing.path, os.path.join(directory, "spans/n1.jsonl"))
+
     def test_commandLineFromWorkingDirectory(self) -> None:
         """Paths given on the command line stay relative to the working directory."""
         path = self.toml('app = ["from_file.py"]\n')

@@ -4,9 +4,13 @@ Tests for L{relaytx._metrics}: each node's own registry, and what it exposes.
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx._metrics import NodeMetrics
+from relaytx.server import Server, exposed
+from relaytx.testing import MemoryMesh, memory_node
 
 
 class NodeMetricsTests(SynchronousTestCase):
@@ -56,3 +60,132 @@ class NodeMetricsTests(SynchronousTestCase):
         self.assertIn("relaytx_pending_calls 7.0", text)
         for name in ("relaytx_peers", "relaytx_late_answers_total", "relaytx_auth_failures_total"):
             self.assertIn(name, text)
+
+
+class _Counter(Server):
+    @exposed
+    def increment(self, by: int = 1) -> int:
+        return by
+
+    @exposed
+    def boom(self) -> None:
+        raise RuntimeError("boom")
+
+    @exposed
+    def later(self) -> Deferred[int]:
+        return succeed(1)
+
+
+class ServerCallStatsTests(SynchronousTestCase):
+    """Per-server, per-method series (SPEC section 13), bounded to exposed methods."""
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.node = memory_node("n1", self.clock)
+        self.node.expose("counter", _Counter())
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        value: float | None = self.node.metrics.registry.get_sample_value(name, labels)
+        return value
+
+    def test_outcomes_per_method(self) -> None:
+        """Each call of a local server counts under its server, method and outcome."""
+        self.node.call(None, "counter", "increment", 2)
+        self.node.call("n1", "counter", "increment")
+        self.node.call(None, "counter", "later")
+        self.failureResultOf(self.node.call(None, "counter", "boom"))
+        self.flushLoggedErrors(RuntimeError)
+        self.failureResultOf(self.node.call(None, "counter", "increment", 1, 2, 3))
+        calls = "relaytx_server_calls_total"
+        self.assertEqual(self.sample(calls, server="counter", method="increment", outcome="ok"), 2)
+        self.assertEqual(self.sample(calls, server="counter", method="later", outcome="ok"), 1)
+        self.assertEqual(
+            self.sample(calls, server="counter", method="boom", outcome="RemoteCallError"), 1
+        )
+        self.assertEqual(
+            self.sample(calls, server="counter", method="increment", outcome="InvalidParams"), 1
+        )
+        self.assertEqual(
+            self.sample(
+                "relaytx_server_call_latency_seconds_count", server="counter", method="increment"
+            ),
+            3,
+        )
+        self.assertEqual(
+            self.sample(
+                "relaytx_server_call_latency_seconds_bucket",
+                server="counter",
+                method="later",
+                le="+Inf",
+            ),
+            1,
+        )
+
+    def test_latency(self) -> None:
+        """The histogram sums the time each call took, on the node's clock."""
+        d: Deferred[int] = Deferred()
+
+        class Slow(Server):
+            @exposed
+            def wait(self) -> Deferred[int]:
+                return d
+
+        self.node.expose("slow", Slow())
+        result = self.node.call(None, "slow", "wait")
+        self.clock.advance(0.3)
+        d.callback(5)
+        self.assertEqual(self.successResultOf(result), 5)
+        self.assertAlmostEqual(
+            self.sample("relaytx_server_call_latency_seconds_sum", server="slow", method="wait")
+            or 0.0,
+            0.3,
+        )
+        self.assertEqual(
+            self.sample(
+                "relaytx_server_call_latency_seconds_bucket",
+                server="slow",
+                method="wait",
+                le="0.25",
+            ),
+            0,
+        )
+
+    def test_unknown_methods_make_no_series(self) -> None:
+        """Calls of made-up servers and methods create no series (bounded labels)."""
+        for i in range(20):
+            self.failureResultOf(self.node.call(None, "counter", f"nope{i}"))
+            self.failureResultOf(self.node.call("n1", f"ghost{i}", "increment"))
+            self.failureResultOf(self.node.call(None, "counter", "_private"))
+        text = self.node.metrics.exposition().decode()
+        series = [line for line in text.splitlines() if line.startswith("relaytx_server_call")]
+        self.assertEqual(series, [])
+        # They still count among the node's calls.
+        self.assertEqual(
+            self.node.metrics.registry.get_sample_value(
+                "relaytx_calls_total", {"outcome": "MethodNotFound"}
+            ),
+            40,
+        )
+
+    def test_remote_calls_count_where_they_run(self) -> None:
+        """A call to another node's server counts there, not on the calling node."""
+        other = memory_node("n2", self.clock)
+        other.expose("counter", _Counter())
+        network = MemoryMesh()
+        network.link(self.node, other)
+        network.settle()
+        d = self.node.call("n2", "counter", "increment", 4)
+        network.pump()
+        self.assertEqual(self.successResultOf(d), 4)
+        labels = {"server": "counter", "method": "increment", "outcome": "ok"}
+        name = "relaytx_server_calls_total"
+        self.assertEqual(other.metrics.registry.get_sample_value(name, labels), 1)
+        self.assertIsNone(self.node.metrics.registry.get_sample_value(name, labels))
+
+    def test_totals(self) -> None:
+        """totals() adds up every server's calls but the built-in node's."""
+        self.node.call(None, "counter", "increment")
+        self.failureResultOf(self.node.call(None, "counter", "boom"))
+        self.flushLoggedErrors(RuntimeError)
+        self.node.call(None, "node", "ping")
+        self.assertEqual(self.node.metrics.server_calls.totals(), (1, 1))

@@ -782,7 +782,7 @@ class RegistryTests(NodeTestCase):
         self.assertEqual(
             servers,
             {
-                "node": [entry("node", ["echo", "info", "ping"])],
+                "node": [entry("node", ["echo", "info", "ping", "status", "traceroute"])],
                 "math": [entry("math", sorted(Math.exposed_methods))],
             },
         )
@@ -803,7 +803,7 @@ class RegistryTests(NodeTestCase):
         [local, remote] = servers["node"]
         self.assertEqual((local["node_id"], local["is_local"], local["hops"]), (NODE_ID, True, 0))
         self.assertEqual((remote["node_id"], remote["is_local"], remote["hops"]), ("n2", False, 1))
-        self.assertEqual(remote["methods"], ["echo", "info", "ping"])
+        self.assertEqual(remote["methods"], ["echo", "info", "ping", "status", "traceroute"])
         # Last heard from during the exchange that settle() let run.
         self.assertTimestamp(remote["last_seen"], datetime.fromtimestamp(T0, UTC), self.now())
         peers = self.get("/registry/peers")

@@ -1,0 +1,83 @@
+# -*- test-case-name: tests.test_logs -*-
+"""
+A node's log as JSON lines (C{--log-format json}, SPEC section 13): one
+object per event, C{{"time", "level", "node_id", "event", ...}}, where
+C{event} is the event's message and the event's own fields follow (those
+C{twisted.logger} keeps for itself, C{log_*}, left out). A failure's
+traceback is in C{"traceback"}; a field JSON cannot express is written as
+its C{repr}.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+import orjson
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+)
+from zope.interface import implementer
+
+from relaytx.wire import rfc3339
+
+#: The keys every line starts with; an event's fields of the same names
+#: are left out.
+RESERVED = frozenset({"time", "level", "node_id", "event", "logger", "traceback"})
+
+
+@implementer(ILogObserver)
+class JsonLogObserver:
+    """
+    Writes each event as one JSON line to C{stream}.
+
+    :param node_id: the node the log is of.
+    """
+
+    def __init__(
+        self, stream: IO[str], node_id: str, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._stream = stream
+        self._node_id = node_id
+        self._clock = clock
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        level = event.get("log_level")
+        line: dict[str, Any] = {
+            "time": rfc3339(event.get("log_time") or self._clock()),
+            "level": getattr(level, "name", "info"),
+            "node_id": self._node_id,
+            "event": formatEvent(event),
+        }
+        namespace = event.get("log_namespace")
+        if namespace:
+            line["logger"] = namespace
+        for key, value in event.items():
+            if key.startswith("log_") or key in RESERVED or key in ("format", "message"):
+                continue
+            line[key] = value
+        failure = event.get("log_failure")
+        if failure is not None:
+            try:
+                line["traceback"] = failure.getTraceback()
+            except Exception:  # a failure that cannot describe itself
+                line["traceback"] = repr(failure)
+        try:
+            text = orjson.dumps(line, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # an integer past 64 bits, say
+            text = json.dumps(line, default=repr)
+        self._stream.write(text + "\n")
+        self._stream.flush()
+
+
+def json_observer(stream: IO[str], node_id: str, level: LogLevel = LogLevel.info) -> ILogObserver:
+    """:returns: an observer writing events of C{level} and above as JSON lines."""
+    return FilteringLogObserver(
+        JsonLogObserver(stream, node_id), [LogLevelFilterPredicate(defaultLogLevel=level)]
+    )

@@ -1,0 +1,331 @@
+# -*- test-case-name: tests.test_meshview -*-
+"""
+L{MeshWatch}: the whole mesh as seen from one node, for C{relay status}
+and the dashboard (SPEC section 13).
+
+A B{round} asks every node this node can reach for its C{node.status()}
+(its servers, its links with their RTT and health, its calls so far), all
+at once with a short deadline, and builds one view: the nodes, the links
+between them, and what is wrong. Rounds run every C{interval} seconds
+while someone watches (a dashboard's live feed), and on demand otherwise
+(C{relay status}), never more than one at a time and never more often than
+once an C{interval}, however many ask: a view a moment old is served as is.
+
+Nodes are:
+  - C{up}: it answered this round;
+  - C{silent}: a route reaches it but it did not answer (too slow, not a
+    relaytx node, or its access rules refuse this node);
+  - C{gone}: it was seen before and no route reaches it any more (kept in
+    the view for C{forget_after} seconds, then forgotten).
+
+The status calls carry an unsampled trace context, so a node that traces
+records no span for them, and they are not counted among the calls per
+second the view shows (those are of the nodes' own servers, the built-in
+C{node} server left out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relaytx._calls import CallTarget
+from relaytx._tracing import CallTrace, SpanContext, _new_span_id, _new_trace_id
+from relaytx.wire import rfc3339
+
+
+def _unsampled() -> CallTrace:
+    trace_id, span_id = _new_trace_id(), _new_span_id()
+    return CallTrace(SpanContext(trace_id, span_id, False, f"00-{trace_id}-{span_id}-00"))
+
+
+class MeshWatch:
+    """
+    :param status: this node's own C{node.status()}.
+    :param reachable: the other nodes a route reaches, with their hop counts.
+    :param call: makes a call across the mesh (the mesh's C{call}).
+    :param interval: seconds between rounds while watched, and the age of a
+        view still served as fresh.
+    :param timeout: each status call's deadline.
+    :param forget_after: seconds a gone node stays in the view.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        node_id: str,
+        clock: IReactorTime,
+        status: Callable[[], dict[str, Any]],
+        reachable: Callable[[], Mapping[str, int]],
+        call: Callable[[CallTarget], Deferred[Any]],
+        interval: float = 1.0,
+        timeout: float = 2.0,
+        forget_after: float = 300.0,
+    ) -> None:
+        self.node_id = node_id
+        self.clock = clock
+        self._status = status
+        self._reachable = reachable
+        self._call = call
+        self.interval = interval
+        self.timeout = timeout
+        self.forget_after = forget_after
+        self.view: dict[str, Any] | None = None
+        self._made_at = float("-inf")
+        self._round: Deferred[None] | None = None
+        self._waiters: list[Deferred[dict[str, Any]]] = []
+        self._watchers: list[Callable[[dict[str, Any]], None]] = []
+        self._timer: IDelayedCall | None = None
+        #: every node seen: node id -> its last status, when it was seen, its state
+        self._known: dict[str, dict[str, Any]] = {}
+        #: each node's last call counts and rates: node id -> (when, ok, errors, rates)
+        self._counts: dict[str, tuple[float, int, int, float | None, float | None]] = {}
+        self.rounds = 0
+        self._stopped = False
+        #: nodes with a status call out, and those whose last one failed
+        self._asking: set[str] = set()
+        self._silent: set[str] = set()
+        #: how long a round waits for answers before making its view
+        self.round_deadline = min(0.5, interval / 2)
+
+    # Asking.
+
+    def snapshot(self) -> Deferred[dict[str, Any]]:
+        """
+        :returns: a Deferred of the view: the last one if it is less than
+            an C{interval} old, else the next round's.
+        """
+        if self.view is not None and self.clock.seconds() - self._made_at < self.interval:
+            return succeed(self.view)
+        d: Deferred[dict[str, Any]] = Deferred()
+        self._waiters.append(d)
+        self._start_round()
+        return d
+
+    def watch(self, watcher: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        """
+        Call C{watcher} with each new view, a round every C{interval}
+        seconds from now on (the first at once).
+
+        :returns: a function that stops watching.
+        """
+        self._watchers.append(watcher)
+        if self.view is not None:
+            watcher(self.view)
+        if len(self._watchers) == 1:
+            self._start_round()
+
+        def stop() -> None:
+            if watcher in self._watchers:
+                self._watchers.remove(watcher)
+            if not self._watchers and self._timer is not None and self._timer.active():
+                self._timer.cancel()
+                self._timer = None
+
+        return stop
+
+    @property
+    def watchers(self) -> int:
+        """How many watch the view now."""
+        return len(self._watchers)
+
+    def stop(self) -> None:
+        """No more rounds (the node is stopping)."""
+        self._stopped = True
+        self._watchers.clear()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # Rounds.
+
+    def _start_round(self) -> None:
+        if self._round is not None or self._stopped:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        hops = dict(self._reachable())
+        hops.pop(self.node_id, None)
+        # A node whose status call of an earlier round is still out is not
+        # asked again; its last answer stands until that call ends.
+        asked = [node for node in hops if node not in self._asking]
+        done: Deferred[None] = Deferred()
+        self._round = done
+        left = [len(asked)]
+
+        def answered(outcome: Any, node: str) -> None:
+            self._asking.discard(node)
+            if isinstance(outcome, dict):
+                self._known[node] = {"status": outcome, "seen": self.clock.seconds()}
+                self._silent.discard(node)
+            else:
+                self._silent.add(node)
+            left[0] -= 1
+            if not left[0] and not done.called:
+                done.callback(None)
+
+        for node in asked:
+            self._asking.add(node)
+            target = CallTarget(node, "node", "status", timeout=self.timeout, trace=_unsampled())
+            try:
+                d = self._call(target)
+            except Exception:
+                d = Deferred()
+                d.errback(Failure())
+            d.addBoth(answered, node)
+        if not left[0] and not done.called:
+            done.callback(None)
+        if not done.called:
+            # Slow answers do not hold the view up: it is made at the
+            # round's deadline with what has come, the rest count later.
+            deadline = self.clock.callLater(self.round_deadline, done.callback, None)
+
+            def made(_: None) -> None:
+                if deadline.active():
+                    deadline.cancel()
+
+            done.addCallback(made)
+        done.addCallback(lambda _: self._finish_round(hops))
+
+    def _finish_round(self, hops: dict[str, int]) -> None:
+        self._round = None
+        self.rounds += 1
+        try:
+            view = self._build(hops)
+        except Exception:
+            self._log.failure("building the mesh view failed")
+            view = self.view or {"node_id": self.node_id, "nodes": {}, "links": [], "problems": []}
+        self.view = view
+        self._made_at = self.clock.seconds()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(view)
+        for watcher in list(self._watchers):
+            try:
+                watcher(view)
+            except Exception:
+                self._log.failure("a mesh view watcher failed")
+        if self._watchers and not self._stopped:
+            self._timer = self.clock.callLater(self.interval, self._start_round)
+
+    def _build(self, hops: dict[str, int]) -> dict[str, Any]:
+        now = self.clock.seconds()
+        known = self._known
+        known[self.node_id] = {"status": self._status(), "seen": now}
+        nodes: dict[str, dict[str, Any]] = {}
+        problems: list[str] = []
+        for node_id, entry in sorted(known.items()):
+            status = entry["status"]
+            if node_id == self.node_id or (node_id in hops and node_id not in self._silent):
+                state = "up"
+            elif node_id in hops:
+                state = "silent"
+                problems.append(f"{node_id}: reachable but did not answer within {self.timeout:g}s")
+            elif now - entry["seen"] > self.forget_after:
+                continue
+            else:
+                state = "gone"
+                problems.append(f"{node_id}: gone (last seen {rfc3339(entry['seen'])})")
+            nodes[node_id] = self._node(node_id, state, status, entry["seen"], hops, now)
+        for node_id in hops:
+            if node_id not in nodes and node_id not in self._asking:
+                # reachable, never answered (e.g. an original node)
+                nodes[node_id] = self._node(node_id, "silent", {}, None, hops, now)
+                problems.append(f"{node_id}: reachable but did not answer within {self.timeout:g}s")
+        for gone in [n for n in known if n not in nodes]:
+            del known[gone]
+            self._counts.pop(gone, None)
+        links = self._links(nodes, problems)
+        up = sum(1 for n in nodes.values() if n["state"] == "up")
+        return {
+            "node_id": self.node_id,
+            "timestamp": rfc3339(now),
+            "summary": {
+                "nodes": len(nodes),
+                "up": up,
+                "silent": sum(1 for n in nodes.values() if n["state"] == "silent"),
+                "gone": sum(1 for n in nodes.values() if n["state"] == "gone"),
+                "links": len(links),
+                "unhealthy_links": sum(1 for link in links if not link["healthy"]),
+                "servers": sum(len(n["servers"]) for n in nodes.values()),
+                "calls_per_s": round(sum(n["calls_per_s"] or 0 for n in nodes.values()), 1),
+                "errors_per_s": round(sum(n["errors_per_s"] or 0 for n in nodes.values()), 1),
+            },
+            "nodes": nodes,
+            "links": links,
+            "problems": problems,
+        }
+
+    def _node(
+        self,
+        node_id: str,
+        state: str,
+        status: dict[str, Any],
+        seen: float | None,
+        hops: dict[str, int],
+        now: float,
+    ) -> dict[str, Any]:
+        calls = status.get("calls") if state == "up" else None
+        per_s = errors_per_s = None
+        if isinstance(calls, dict) and seen is not None:
+            # Rates between this node's last two answers (the same answer
+            # seen again keeps the rates it gave).
+            ok, errors = calls.get("ok", 0), calls.get("errors", 0)
+            before = self._counts.get(node_id)
+            if before is not None and seen == before[0]:
+                per_s, errors_per_s = before[3], before[4]
+            elif before is not None and seen > before[0]:
+                elapsed = seen - before[0]
+                per_s = round(max(0, ok + errors - before[1] - before[2]) / elapsed, 1)
+                errors_per_s = round(max(0, errors - before[2]) / elapsed, 1)
+            if before is None or seen != before[0]:
+                self._counts[node_id] = (seen, ok, errors, per_s, errors_per_s)
+        servers = status.get("servers")
+        return {
+            "node_id": node_id,
+            "state": state,
+            "hops": 0 if node_id == self.node_id else hops.get(node_id),
+            "version": status.get("version"),
+            "uptime_s": status.get("uptime_s"),
+            "servers": sorted(servers) if isinstance(servers, dict) else [],
+            "methods": servers if isinstance(servers, dict) else {},
+            "peers": sorted(status.get("peers") or {}),
+            "calls": calls,
+            "calls_per_s": per_s,
+            "errors_per_s": errors_per_s,
+            "pending": status.get("pending"),
+            "last_seen": None if seen is None else rfc3339(seen),
+        }
+
+    def _links(self, nodes: dict[str, dict[str, Any]], problems: list[str]) -> list[dict[str, Any]]:
+        # Each link once, from what both its ends said (an end gone or
+        # silent said nothing this round).
+        sides: dict[tuple[str, str], dict[str, Any]] = {}
+        for node_id, entry in self._known.items():
+            if node_id not in nodes or nodes[node_id]["state"] != "up":
+                continue
+            peers = entry["status"].get("peers") or {}
+            for peer, link in peers.items():
+                if not isinstance(link, dict):
+                    continue
+                key = (node_id, peer) if node_id < peer else (peer, node_id)
+                side = sides.setdefault(key, {"rtt": [], "healthy": []})
+                rtt = link.get("rtt_ms")
+                if isinstance(rtt, int | float):
+                    side["rtt"].append(rtt)
+                side["healthy"].append(bool(link.get("is_healthy")))
+        links = []
+        for (a, b), side in sorted(sides.items()):
+            healthy = all(side["healthy"])
+            rtt = round(min(side["rtt"]), 3) if side["rtt"] else None
+            links.append({"a": a, "b": b, "rtt_ms": rtt, "healthy": healthy})
+            if not healthy:
+                problems.append(f"link {a} - {b}: unhealthy")
+        return links

@@ -1,0 +1,110 @@
+"""
+Tests for L{relaytx._logs} (C{--log-format json}) and the start-up log line
+that names the node, its address, servers and peers (SPEC section 13).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import Logger, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaytx._listen import startup_line
+from relaytx._logs import JsonLogObserver, json_observer
+from relaytx.config import ConfigError, build_config
+from relaytx.tap import Options
+from relaytx.testing import memory_node
+from tests.support import Counter
+
+
+class JsonLogTests(SynchronousTestCase):
+    """One JSON object per event."""
+
+    def lines(self, stream: io.StringIO) -> list[dict[str, object]]:
+        return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+    def test_fields(self) -> None:
+        """A line holds time, level, node_id, event and the event's fields."""
+        stream = io.StringIO()
+        log = Logger(namespace="relaytx.test", observer=JsonLogObserver(stream, "n1"))
+        log.warn("link to {peer} lost ({reason})", peer="n2", reason="closed", count={1, 2})
+        (line,) = self.lines(stream)
+        self.assertEqual(line["level"], "warn")
+        self.assertEqual(line["node_id"], "n1")
+        self.assertEqual(line["event"], "link to n2 lost (closed)")
+        self.assertEqual(line["peer"], "n2")
+        self.assertEqual(line["reason"], "closed")
+        self.assertEqual(line["count"], "{1, 2}")  # not JSON: its repr
+        self.assertEqual(line["logger"], "relaytx.test")
+        self.assertRegex(str(line["time"]), r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+        self.assertFalse([key for key in line if key.startswith("log_")])
+
+    def test_failure(self) -> None:
+        """A logged failure's traceback is in the line, still one line."""
+        stream = io.StringIO()
+        log = Logger(observer=JsonLogObserver(stream, "n1"))
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.failure("{server} raised", Failure(), server="s", node_id="other")
+        (line,) = self.lines(stream)
+        self.assertEqual(line["level"], "critical")
+        self.assertIn("ValueError: boom", str(line["traceback"]))
+        self.assertEqual(line["node_id"], "n1")  # the reserved keys win
+
+    def test_level_filter(self) -> None:
+        """Debug events are left out, as in the text log."""
+        stream = io.StringIO()
+        log = Logger(observer=json_observer(stream, "n1"))
+        log.debug("quiet")
+        log.info("loud")
+        self.assertEqual([line["event"] for line in self.lines(stream)], ["loud"])
+
+    def test_option(self) -> None:
+        """--log-format takes text or json, and nothing else."""
+        options = Options()
+        options.parseOptions(["--node-id", "n1", "--log-format", "json"])
+        assert options.config is not None
+        self.assertEqual(options.config.log_format, "json")
+        self.assertEqual(build_config({"node_id": "n1"}).log_format, "text")
+        with self.assertRaises(ConfigError):
+            build_config({"node_id": "n1", "log_format": "xml"})
+
+
+class _Port:
+    def __init__(self, address: object) -> None:
+        self._address = address
+
+    def getHost(self) -> object:
+        return self._address
+
+
+class StartupLineTests(SynchronousTestCase):
+    """The start-up log names the node id, its address, servers and peers."""
+
+    def test_line(self) -> None:
+        """One info event carries all four, in its message and as fields."""
+        node = memory_node(
+            "n1", MemoryReactorClock(), add_peer=["ws://127.0.0.1:9001", "n3@ws://10.0.0.3:80"]
+        )
+        node.expose("counter", Counter())
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        port = _Port(IPv4Address("TCP", "127.0.0.1", 8080))
+        startup_line(port, node.config, sorted(node.local_servers()), "0")  # type: ignore[arg-type]
+        (event,) = [e for e in events if "servers" in e]
+        self.assertEqual(event["node_id"], "n1")
+        self.assertEqual(event["address"], "http://127.0.0.1:8080")
+        self.assertEqual(event["servers"], ["counter", "node"])
+        self.assertEqual(event["peers"], ["ws://127.0.0.1:9001", "n3@ws://10.0.0.3:80"])
+        from twisted.logger import formatEvent
+
+        self.assertEqual(
+            formatEvent(event),
+            "node n1 listening on http://127.0.0.1:8080; servers: ['counter', 'node']; "
+            "peers: ['ws://127.0.0.1:9001', 'n3@ws://10.0.0.3:80']",
+        )

@@ -1,0 +1,193 @@
+"""
+Tests for L{relaytx._meshview} (the mesh as one node sees it), the built-in
+C{node.status()} and C{node.traceroute()}, on in-memory meshes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaytx.errors import NodeUnreachable
+from relaytx.node import RelayNode
+from relaytx.testing import MemoryMesh, memory_node
+from tests.support import Counter
+
+
+class MeshViewTests(SynchronousTestCase):
+    """A line n0 - n1 - n2 seen from n0."""
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.network = MemoryMesh()
+        self.nodes = [memory_node(name, self.clock) for name in ("n0", "n1", "n2")]
+        self.nodes[2].expose("counter_server", Counter())
+        self.links = [
+            self.network.link(a, b) for a, b in zip(self.nodes, self.nodes[1:], strict=False)
+        ]
+        self.network.settle()
+        self.watch = self.nodes[0].views.mesh_watch
+
+    def view(self) -> dict[str, Any]:
+        """:returns: the next view (after the round's deadline, if some node is slow)."""
+        d = self.watch.snapshot()
+        self.network.pump()
+        if not d.called:
+            self.clock.advance(self.watch.round_deadline)
+        view: dict[str, Any] = self.successResultOf(d)
+        return view
+
+    def test_view(self) -> None:
+        """Every node is up with its servers, hops and links; nothing is wrong."""
+        view = self.view()
+        self.assertEqual(view["node_id"], "n0")
+        self.assertEqual(sorted(view["nodes"]), ["n0", "n1", "n2"])
+        n2 = view["nodes"]["n2"]
+        self.assertEqual((n2["state"], n2["hops"]), ("up", 2))
+        self.assertEqual(n2["servers"], ["counter_server", "node"])
+        self.assertEqual(n2["peers"], ["n1"])
+        self.assertEqual(
+            [(link["a"], link["b"], link["healthy"]) for link in view["links"]],
+            [("n0", "n1", True), ("n1", "n2", True)],
+        )
+        self.assertEqual(view["problems"], [])
+        self.assertEqual(view["summary"]["up"], 3)
+
+    def test_rates(self) -> None:
+        """Calls per second come from the difference between two rounds."""
+        self.view()
+        for _ in range(10):
+            self.nodes[0].call("n2", "counter_server", "increment")
+        failed = self.nodes[0].call("n2", "counter_server", "nope")
+        self.network.pump()
+        self.failureResultOf(failed)
+        self.clock.advance(2.0)
+        n2 = self.view()["nodes"]["n2"]
+        self.assertEqual(n2["calls"], {"ok": 10, "errors": 0})
+        self.assertEqual(n2["calls_per_s"], 5.0)  # the made-up method makes no series
+
+    def test_fresh_view_shared(self) -> None:
+        """Asking twice within an interval makes one round, not two."""
+        first = self.view()
+        self.assertIs(self.view(), first)
+        self.assertEqual(self.watch.rounds, 1)
+        self.clock.advance(1.0)
+        self.assertIsNot(self.view(), first)
+        self.assertEqual(self.watch.rounds, 2)
+
+    def test_gone(self) -> None:
+        """A node no route reaches any more is shown as gone, and why."""
+        self.view()
+        self.links[1].cut()
+        self.network.settle()
+        self.clock.advance(1.0)
+        view = self.view()
+        self.assertEqual(view["nodes"]["n2"]["state"], "gone")
+        self.assertEqual(view["nodes"]["n2"]["servers"], ["counter_server", "node"])
+        self.assertTrue(any(p.startswith("n2: gone") for p in view["problems"]))
+        self.clock.advance(self.watch.forget_after + 1)
+        self.assertNotIn("n2", self.view()["nodes"])
+
+    def test_silent(self) -> None:
+        """
+        A node whose status call fails (here: times out) is silent; while
+        the call is out, its last answer stands and the view is not held up.
+        """
+        self.view()
+        self.links[1].pause()
+        self.clock.advance(1.0)
+        d = self.watch.snapshot()
+        self.network.pump()
+        self.clock.advance(self.watch.round_deadline)
+        self.assertEqual(self.successResultOf(d)["nodes"]["n2"]["state"], "up")
+        self.clock.advance(self.watch.timeout)
+        self.network.pump()
+        view = self.view()
+        self.assertEqual(view["nodes"]["n2"]["state"], "silent")
+        self.assertEqual(view["summary"]["silent"], 1)
+        self.assertIn("n2: reachable but did not answer within 2s", view["problems"])
+
+    def test_watch(self) -> None:
+        """A watcher gets a view each interval while it watches, and none after."""
+        seen: list[dict[str, Any]] = []
+        stop = self.watch.watch(seen.append)
+        self.network.pump()
+        self.assertEqual(len(seen), 1)
+        self.clock.advance(1.0)
+        self.network.pump()
+        self.assertEqual(len(seen), 2)
+        stop()
+        self.clock.advance(5.0)
+        self.network.pump()
+        self.assertEqual(len(seen), 2)
+        self.assertEqual(self.watch.watchers, 0)
+
+    def test_no_spans(self) -> None:
+        """The status calls are unsampled: a tracing node records nothing for them."""
+        from tests.test_tracing import trace
+
+        exporter = trace(self.nodes[2])
+        self.view()
+        assert self.nodes[2].tracer is not None
+        self.nodes[2].tracer.flush()
+        self.assertEqual(exporter.spans, [])
+
+    def test_stop(self) -> None:
+        """Stopping the node stops the rounds."""
+        self.watch.watch(lambda view: None)
+        self.network.pump()
+        self.watch.stop()
+        self.clock.advance(10)
+        self.assertEqual(self.watch.rounds, 1)
+
+
+class TracerouteTests(SynchronousTestCase):
+    """node.traceroute(node_id): the hops, with their RTT."""
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.network = MemoryMesh()
+        self.nodes: list[RelayNode] = [memory_node(f"n{i}", self.clock) for i in range(4)]
+        for a, b in zip(self.nodes, self.nodes[1:], strict=False):
+            self.network.link(a, b)
+        self.network.settle()
+
+    def test_hops(self) -> None:
+        """Each hop is listed in order with its round-trip time from the caller."""
+        d = self.nodes[0].call(None, "node", "traceroute", "n3")
+        self.network.pump()
+        hops = self.successResultOf(d)
+        self.assertEqual(
+            [(h["hop"], h["node_id"]) for h in hops], [(1, "n1"), (2, "n2"), (3, "n3")]
+        )
+        for hop in hops:
+            self.assertEqual(hop["rtt_ms"], 0.0)  # the memory mesh's clock does not move
+        self.assertEqual(self.nodes[0].mesh.probes._probes, {})
+
+    def test_silent_hop(self) -> None:
+        """A hop that does not answer in time has no RTT; the others still do."""
+        self.network.link_between("n2", "n3").pause()
+        d = self.nodes[0].call(None, "node", "traceroute", "n3")
+        self.network.pump()
+        self.clock.advance(2.0)
+        self.network.pump()
+        hops = self.successResultOf(d)
+        self.assertEqual([h["rtt_ms"] for h in hops], [0.0, 0.0, None])
+        self.assertEqual(self.nodes[0].mesh.probes._probes, {})
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if "Probes._done" in repr(c)], [])
+
+    def test_unknown(self) -> None:
+        """A node no route reaches is -32002 at once; a bad id is -32602."""
+        self.assertIsInstance(
+            self.failureResultOf(self.nodes[0].call(None, "node", "traceroute", "zz")).value,
+            NodeUnreachable,
+        )
+        failure = self.failureResultOf(self.nodes[0].call(None, "node", "traceroute", "a b"))
+        self.assertEqual(getattr(failure.value, "code", None), -32602)
+
+    def test_self(self) -> None:
+        """The route to this node itself is this node, at no distance."""
+        d = self.nodes[0].call(None, "node", "traceroute", "n0")
+        self.assertEqual(self.successResultOf(d), [{"hop": 0, "node_id": "n0", "rtt_ms": 0.0}])
