@@ -14,12 +14,26 @@ take nothing else from a node that is not its sender). Between routers the
 wrapper would only be one more envelope for each hop to make, write and
 read.
 
+An answer goes back the way its call came, while that way holds: the
+callee sends it to the neighbour the call arrived from, and each forwarder
+to the neighbour it had the call from (L{ForwardedCalls}), so a route
+change downstream does not lose the answer of a call that ran. Only when
+that link is gone does the answer follow the routing table.
+
+A call for an original-design neighbour (which takes frames only from its
+direct peers) that another node sent is not passed on as is: this node
+calls the neighbour as itself and relays the answer (C{relay}).
+
 Each forwarder appends itself to the message's C{route} and decrements its
 C{ttl}; a message whose TTL runs out or whose route already holds the
 forwarder is dropped (and a call among them is refused, which answers it
 with -32002). With no known route, the original's fallback applies: the
-message is flooded to every healthy neighbour not already in its route;
-the destination runs it at most once (L{SeenMessages}).
+message is flooded to every healthy relaytx neighbour not already in its
+route (an original-design node forwards nothing, so it gets no copy); the
+destination runs it at most once (L{SeenMessages}).
+
+Every call sent on a link tells the link's session (C{awaiting}): its peer
+must be heard from soon, or the link is dropped (L{relaytx._liveness}).
 
 A link speaks only for its peer: a message must come from that peer or
 have been forwarded by it (the last node of its C{route}); anything else is
@@ -76,6 +90,9 @@ class Forwarder:
         it came from (C{None}: it was originated here), why, and whether
         this node is overloaded; a call among such messages is answered
         with -32002 (-32005 when overloaded).
+    :param relay: called with a call from another node for an
+        original-design neighbour, and the link it came from: this node
+        makes the call itself and relays the answer.
     """
 
     def __init__(
@@ -89,6 +106,7 @@ class Forwarder:
         seen: SeenMessages,
         routes_are_complete: Callable[[], bool],
         refuse: Callable[..., None],
+        relay: Callable[[Envelope, str], None] | None = None,
     ) -> None:
         self._node_id = node_id
         self._clock = clock
@@ -99,6 +117,7 @@ class Forwarder:
         self._seen = seen
         self._routes_are_complete = routes_are_complete
         self._refuse = refuse
+        self._relay = relay
 
     def receive(self, envelope: Envelope, session: PeerSession, unwrapped: bool = False) -> None:
         """
@@ -117,7 +136,7 @@ class Forwarder:
                 self._unwrap(envelope, session)
                 return
             if envelope.type not in _NOT_DEDUPLICATED and not self._seen.first_time(
-                envelope.sender, envelope.id
+                envelope.sender, envelope.id, envelope.type, envelope.response_id
             ):
                 self._metrics.drop("duplicate")
                 return
@@ -176,15 +195,21 @@ class Forwarder:
         return self.forward(envelope, came_from=None, back_via=back_via)
 
     def forward(
-        self, envelope: Envelope, came_from: str | None, back_via: str | None = None
+        self,
+        envelope: Envelope,
+        came_from: str | None,
+        back_via: str | None = None,
+        budget: float | None = None,
     ) -> str | None:
         """
         Send C{envelope} (already stamped by this node) one hop on.
 
         :param came_from: the neighbour it arrived from (C{None}: it was
             originated here).
-        :param back_via: for an answer, the neighbour its call came from:
-            the way back when no route to the caller is known (yet).
+        :param back_via: for an answer, the neighbour its call came from
+            (when this node did not forward that call itself: it ran it, or
+            relayed it).
+        :param budget: for a call originated here, its time budget.
         :returns: the neighbour it went to, or C{None} if it was flooded or
             dropped.
         :raises MessageTooLarge: if it is over the link's message limit.
@@ -196,25 +221,47 @@ class Forwarder:
                 self._refuse(envelope, came_from, "TTL exceeded")
             return None
         links = self._links
-        session = links.get(destination)
-        if session is None or not session.healthy:
-            session = links.get(self._router.next_hop(destination))
-        if session is None and envelope.type == ServerResponse.TYPE:
-            # No route to the caller (its adverts may still be on the way):
-            # an answer goes back the way its call came.
-            back = back_via or self._forwarded.came_from(destination, envelope.response_id)
+        session = None
+        if envelope.type == ServerResponse.TYPE:
+            # Back the way the call came, while that link holds.
+            back = back_via
+            if came_from is not None:
+                back = self._forwarded.take(destination, envelope.response_id) or back_via
+                if back == came_from:  # it came from there: routed, not sent back
+                    back = None
             session = links.get(back)
+            if session is not None and not session.healthy:
+                session = None
+        if session is None:
+            session = links.get(destination)
+            if session is None or not session.healthy:
+                session = links.get(self._router.next_hop(destination))
         if session is not None:
-            self._send_via(session, envelope, came_from)
+            if (
+                came_from is not None
+                and session.original
+                and session.peer_id == destination
+                and envelope.type == ServerCall.TYPE
+                and self._relay is not None
+            ):
+                # It would drop a frame from anyone but its direct peers.
+                if self._seen.first_time(
+                    envelope.sender, envelope.id, envelope.type, envelope.response_id
+                ):
+                    self._relay(envelope, came_from)
+                else:
+                    self._metrics.drop("duplicate")
+                return destination
+            self._send_via(session, envelope, came_from, budget=budget)
             return session.peer_id
-        targets = links.healthy_except({*envelope.route, came_from})
+        targets = links.flood_targets({*envelope.route, came_from})
         if not targets or self._routes_are_complete():
             self._metrics.drop("no_route")
             if self._may_refuse(came_from):
                 self._refuse(envelope, came_from, "no route")
             return None
         for target in targets[:MAX_FLOOD]:  # the original's flood fallback, capped
-            self._send_via(target, envelope, came_from, flooded=True)
+            self._send_via(target, envelope, came_from, flooded=True, budget=budget)
         return None
 
     def _may_refuse(self, came_from: str | None) -> bool:
@@ -225,15 +272,30 @@ class Forwarder:
         return came_from is None or self._routes_are_complete()
 
     def _send_via(
-        self, session: PeerSession, envelope: Envelope, came_from: str | None, flooded: bool = False
+        self,
+        session: PeerSession,
+        envelope: Envelope,
+        came_from: str | None,
+        flooded: bool = False,
+        budget: float | None = None,
     ) -> None:
-        if came_from is not None:
+        if envelope.type == ServerCall.TYPE:
+            now = self._clock.seconds()
+            if came_from is not None:
+                self._metrics.messages_routed.inc()
+                tracking = ServerCall.tracking(envelope.data)
+                if tracking is not None:
+                    response_id, timeout = tracking
+                    budget = timeout or _UNKNOWN_BUDGET
+                    # One lost branch of a flood says nothing of the other copies.
+                    self._forwarded.remember(
+                        envelope.sender, response_id, envelope.to, came_from,
+                        None if flooded else session.peer_id, budget, now,
+                    )  # fmt: skip
+            # The peer must answer soon, and is probed while the call is out.
+            session.awaiting(now, now + (budget or _UNKNOWN_BUDGET))
+        elif came_from is not None:
             self._metrics.messages_routed.inc()
-            if envelope.type == ServerCall.TYPE:
-                # One lost branch of a flood says nothing of the other copies.
-                self._remember(envelope, came_from, None if flooded else session.peer_id)
-            elif envelope.type == ServerResponse.TYPE:
-                self._forwarded.answered(envelope.to, envelope.response_id)
         if session.peer_id == envelope.to or self._router.is_router(session.peer_id):
             # A relaytx router takes a message as is: its route ends with
             # the hop that sent it, which is all a wrapper would tell.
@@ -243,15 +305,6 @@ class Forwarder:
             session.send(
                 Envelope.create(wrapper, self._node_id, session.peer_id, self._clock.seconds())
             )
-
-    def _remember(self, envelope: Envelope, came_from: str, went_to: str | None) -> None:
-        tracking = ServerCall.tracking(envelope.data)
-        if tracking is not None:
-            response_id, timeout = tracking
-            self._forwarded.remember(
-                envelope.sender, response_id, envelope.to, came_from, went_to,
-                timeout or _UNKNOWN_BUDGET,
-            )  # fmt: skip
 
     def can_reach(self, destination: str) -> bool:
         """:returns: whether a link or a route to C{destination} is known."""

@@ -174,9 +174,15 @@ class LinkTable:
         for session in list(self.links.values()):
             session.connection_lost(reason)
 
-    def healthy_except(self, excluded: Any) -> list[PeerSession]:
-        """:returns: the healthy links whose peer is not in C{excluded}."""
-        return [s for p, s in self.links.items() if s.healthy and p not in excluded]
+    def flood_targets(self, excluded: Any) -> list[PeerSession]:
+        """
+        :returns: the healthy links whose peer is not in C{excluded} and is
+            a relaytx node: an original-design node forwards nothing, so a
+            flooded copy sent to it would only be dropped (SPEC section 7).
+        """
+        return [
+            s for p, s in self.links.items() if s.healthy and not s.original and p not in excluded
+        ]
 
     def view(self, server_count: Callable[[str], int]) -> dict[str, dict[str, Any]]:
         """

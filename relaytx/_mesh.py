@@ -7,7 +7,10 @@ in its own module:
   - L{Advertiser} (C{_adverts}): the registry exchange and the routing
     table it feeds (L{Router}, C{_routing});
   - L{Forwarder} (C{_forwarding}): moving messages, here or on;
-  - L{MeshCalls} (C{_meshcalls}): calls across the mesh, at both ends.
+  - L{MeshCalls} (C{_meshcalls}): calls across the mesh, at both ends;
+  - L{LinkWatch} (C{_liveness}): neighbours that stop answering;
+  - L{OriginalRelay} (C{_relay}): calls for original-design neighbours,
+    made by this node for others.
 
 The mesh wires them together and is what each link's session sees of the
 node (L{ISessionHost}): it turns link events (a link opened, lost) into the
@@ -28,10 +31,12 @@ from relaytx._adverts import Advertiser
 from relaytx._calls import CallTarget, ForwardedCalls, PendingCalls, SeenMessages
 from relaytx._forwarding import Forwarder
 from relaytx._links import LinkRefused, LinkTable
+from relaytx._liveness import DEFAULT_PEER_TIMEOUT, LinkWatch
 from relaytx._meshcalls import MeshCalls
 from relaytx._metrics import NodeMetrics
 from relaytx._pki import EndToEnd, NodeIdentity, NodeRecord, RecordBook
 from relaytx._records import RecordExchange
+from relaytx._relay import OriginalRelay
 from relaytx._routing import Router
 from relaytx.errors import ProtocolViolation
 from relaytx.interfaces import ILinkTransport, IRemoteCalls, ISessionHost
@@ -56,6 +61,9 @@ class Mesh:
         records are then exchanged and checked, only paths both ends declare
         are used, and calls and answers that cross other nodes carry
         end-to-end codes (L{relaytx._pki}).
+    :param peer_timeout: seconds a neighbour may leave a request (a call, a
+        ping) unanswered, hearing nothing from it, before its link is
+        dropped (L{relaytx._liveness}).
 
     @ivar links: the current session of each linked peer, by id.
     @ivar router: the routing table.
@@ -79,6 +87,7 @@ class Mesh:
         max_routes: int = 10_000,
         strict_links: bool = False,
         identity: NodeIdentity | None = None,
+        peer_timeout: float = DEFAULT_PEER_TIMEOUT,
     ) -> None:
         self.node_id = node_id
         self.clock = clock
@@ -102,10 +111,11 @@ class Mesh:
             node_id, clock, metrics, self.router, self._links, local_servers,
             enabled=registry_enabled, max_routes=max_routes,
         )  # fmt: skip
-        complete = self.adverts.routes_are_complete
+        self.link_watch = LinkWatch(clock, peer_timeout)
+        complete = self._routes_are_complete
         self.forwarder = Forwarder(
             node_id, clock, metrics, self.router, self._links, self.forwarded, self.seen,
-            routes_are_complete=complete, refuse=self._refuse,
+            routes_are_complete=complete, refuse=self._refuse, relay=self._relay,
         )  # fmt: skip
         self.calls = MeshCalls(
             node_id, clock, metrics, self.router, self._links, self.forwarder, self.pending,
@@ -117,6 +127,7 @@ class Mesh:
                 identity, book, clock, metrics, self._links, self._records_changed
             )
             self._links.register_handler(NodeRecord, self.records.take)
+        self.relay = OriginalRelay(node_id, clock, metrics, self.forwarder, self.calls)
         self._all_closed: Deferred[None] | None = None
         self._grace: IDelayedCall | None = None
 
@@ -130,6 +141,20 @@ class Mesh:
         if self.router.reconsider():
             self.calls.routes_changed()
             self.adverts.routes_changed()
+
+    def _relay(self, envelope: Envelope, came_from: str) -> None:
+        self.relay.relay(envelope, came_from)
+
+    def _routes_are_complete(self) -> bool:
+        # The table knows every node reachable at all when every neighbour
+        # advertises routes, or is an original-design node, which forwards
+        # nothing: flooding a message would then find nothing more.
+        if self.adverts.routes_are_complete():
+            return True
+        if not self.adverts.enabled:
+            return False
+        is_router = self.router.is_router
+        return all(s.original or is_router(p) for p, s in self.links.items())
 
     # Extension.
 
@@ -160,15 +185,23 @@ class Mesh:
         self._links.check(peer_id, direction)
 
     def open_link(
-        self, peer_id: str, direction: str, address: str, transport: ILinkTransport
+        self,
+        peer_id: str,
+        direction: str,
+        address: str,
+        transport: ILinkTransport,
+        original: bool = False,
     ) -> PeerSession:
         """
         A link's WebSocket is open: start its session.
 
+        :param original: whether the peer is a node of the original design
+            (its handshake was not a relaytx node's).
         :raises LinkRefused: as L{check_new_link}.
         """
         self._links.check(peer_id, direction)
         session = self._links.session_class(self, peer_id, direction, address)
+        session.original = original  # (a subclass need not take the argument)
         if self._links.add(session) is not None:
             self._log.info("a new link from {peer} replaces the old one", peer=peer_id)
         session.connection_made(transport)
@@ -212,6 +245,14 @@ class Mesh:
         """Count (and log) bad input from a link."""
         self.metrics.drop(error.reason)
         self._log.debug("bad input from {peer}: {error}", peer=session.peer_id, error=str(error))
+
+    def bad_call(self, envelope: Envelope, error: ProtocolViolation, session: PeerSession) -> None:
+        """A call addressed here could not be read: answer it (-32600) if it can be."""
+        self.calls.reject(envelope, error, session.peer_id)
+
+    def watch(self, session: PeerSession) -> None:
+        """A request left on C{session}'s link: watch that its peer answers."""
+        self.link_watch.watch(session)
 
     # What a session hands over.
 
@@ -288,6 +329,7 @@ class Mesh:
         self.adverts.stop()
         if self.records is not None:
             self.records.stop()
+        self.link_watch.stop()
         self.calls.stop()
         self._links.close_all("node stopping")
         if not self.links:

@@ -10,19 +10,26 @@ L{MeshCalls}: calls that cross the mesh, at both ends.
     to the caller.
   - B{settle}: an answer to one of this node's calls arrived. Only the node
     the call went to may answer it; a node on the way may only report the
-    path lost (-32002). Anything else is a forgery: dropped, counted.
+    path lost (-32002 or -32006, L{PATH_LOST_CODES}). Anything else is a
+    forgery: dropped, counted.
 
 In PKI mode a call or answer that crossed other nodes must also carry its
 sender's end-to-end code (L{relaytx._pki.EndToEnd}); without it, it is a
 forgery too, whatever it claims.
 
-When a link goes down, the calls sent through it fail at once: this node's
-own with -32002, and for each call this node had passed into that link for
-another node, a -32002 answer goes back towards its caller.
+Answers travel back along the path their call took (L{Forwarder}).
+
+When a link goes down, the calls sent through it fail at once with -32006
+(L{OutcomeUnknown}): they left, and may or may not have run. That holds
+for this node's own calls, and for each call this node had passed into
+that link for another node: a -32006 answer goes back towards its caller.
+-32002 (L{NodeUnreachable}) is only for calls that certainly did not run:
+no route, TTL exceeded, refused before they could reach the target.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -44,19 +51,41 @@ from relaytx._metrics import NodeMetrics
 from relaytx._pki import EndToEnd
 from relaytx._routing import Router
 from relaytx.errors import (
+    PATH_LOST_CODES,
     CallError,
+    InvalidRequest,
     MessageTooLarge,
     NodeUnreachable,
+    NoSuchServer,
+    OutcomeUnknown,
     Overloaded,
+    ProtocolViolation,
     RemoteCallError,
     error_for_code,
     failure_exception,
 )
-from relaytx.wire import CallSpec, Envelope, ServerCall, ServerResponse, secret_id
+from relaytx.wire import (
+    CallSpec,
+    Envelope,
+    ServerCall,
+    ServerResponse,
+    secret_id,
+)
 
-#: Error codes a node on a call's path may answer with in the callee's
-#: place: it can only report the call lost.
-PATH_LOSS_CODES = frozenset({NodeUnreachable.code})
+#: How an original-design node says it hosts no such server (with no error
+#: code: it answers only C{{"success": false, "error": TEXT}}).
+_ORIGINAL_NO_SERVER = re.compile(r"server .+ not found")
+
+
+def _foreign_error_code(text: str | None) -> int:
+    """
+    :returns: the code of an error answer that carries none (an
+        original-design node's): -32003 for its "server X not found",
+        else -32000.
+    """
+    if text is not None and _ORIGINAL_NO_SERVER.fullmatch(text):
+        return NoSuchServer.code
+    return RemoteCallError.code
 
 
 class MeshCalls:
@@ -146,7 +175,8 @@ class MeshCalls:
                 envelope.data["mac"] = mac  # type: ignore[index]  # the dict to_data made
         d = self.pending.expect(response_id, destination, None, target.timeout)
         try:
-            self.pending.set_via(response_id, self._forwarder.forward(envelope, came_from=None))
+            via = self._forwarder.forward(envelope, came_from=None, budget=target.timeout)
+            self.pending.set_via(response_id, via)
         except MessageTooLarge as e:
             self.pending.resolve(response_id, error=Overloaded(f"Call too large: {e}"))
         return d
@@ -157,7 +187,7 @@ class MeshCalls:
         (see the module docstring).
         """
         destination = self.pending.destination_of(response.response_id)
-        path_loss = not response.success and response.error_code in PATH_LOSS_CODES
+        path_loss = not response.success and response.error_code in PATH_LOST_CODES
         if destination is not None and envelope.sender != destination and not path_loss:
             self._metrics.drop("forged_answer")
             return
@@ -175,8 +205,9 @@ class MeshCalls:
             return
         data = dict(response.error_data or {})
         data.setdefault("node_id", response.node_id or envelope.sender)
+        code = response.error_code
         error = error_for_code(
-            response.error_code if response.error_code is not None else RemoteCallError.code,
+            code if code is not None else _foreign_error_code(response.error),
             response.error or "remote error",
             data,
         )
@@ -242,7 +273,8 @@ class MeshCalls:
         error = failure_exception(outcome)
         if isinstance(error, CancelledError):  # cancelled by stop() or a lost caller
             why = "stopped" if self._links.stopping else "lost the caller"
-            error = NodeUnreachable(f"node {self._node_id} {why} before answering")
+            # Queued or running: it may have done part of its work.
+            error = OutcomeUnknown(f"node {self._node_id} {why} before answering")
         elif not isinstance(error, CallError):
             error = RemoteCallError.from_exception(error, self._node_id)
         self.answer_error(envelope.sender, call.response_id, error, envelope.route, via)
@@ -306,28 +338,49 @@ class MeshCalls:
         if came_from is None:
             self.pending.resolve(response_id, error=error)
         else:
-            self.answer_error(envelope.sender, response_id, error)
+            self.answer_error(envelope.sender, response_id, error, via=came_from)
+
+    def reject(self, envelope: Envelope, error: ProtocolViolation, via: str | None) -> None:
+        """
+        A C{server_call} addressed here could not be read: answer it with
+        -32600 when it names a response id (it is counted and dropped
+        already), so that its caller hears why instead of timing out.
+        """
+        response_id = envelope.response_id
+        if response_id is None:
+            return
+        self.answer_error(
+            envelope.sender,
+            response_id,
+            InvalidRequest(f"malformed server_call: {error}"),
+            envelope.route,
+            via,
+        )
 
     # Losses.
 
     def path_lost(self, peer_id: str) -> None:
-        """Fail at once whatever was travelling through the link to C{peer_id}."""
+        """
+        Fail at once whatever was travelling through the link to C{peer_id}:
+        it left this node, so its outcome is unknown (-32006).
+        """
 
-        def unreachable(destination: str) -> CallError:
-            return NodeUnreachable(
-                f"Path to node {destination!r} lost: link to {peer_id} went down",
+        def lost(destination: str) -> CallError:
+            return OutcomeUnknown(
+                f"Path to node {destination!r} lost after the call left:"
+                f" link from {self._node_id} to {peer_id} went down",
                 node_id=self._node_id,
                 route=[self._node_id, peer_id],
             )
 
-        self.pending.fail_via(peer_id, unreachable)
+        self.pending.fail_via(peer_id, lost)
         # Flooded calls (sent via no one neighbour) fail here only when the
         # table is complete or no link is left: in flood mode the table never
         # knows far nodes, so "no route" would fail calls this loss never touched.
         if self._routes_are_complete() or not self._links:
-            self._fail_unreachable(unreachable)
-        for caller, response_id, target in self._forwarded.lost_link(peer_id):
-            self.answer_error(caller, response_id, unreachable(target))
+            self._fail_unreachable(lost)
+        for caller, response_id, target, came_from in self._forwarded.lost_link(peer_id):
+            self.answer_error(caller, response_id, lost(target), via=came_from)
         # Calls running here for a caller now out of reach: it has been told
         # -32002 by its side; stop working on them (queued ones are skipped).
         for running, (caller, via) in list(self._running.items()):
@@ -335,9 +388,14 @@ class MeshCalls:
                 running.cancel()
 
     def routes_changed(self) -> None:
-        """The routing table changed: fail the calls to nodes now out of reach."""
+        """
+        The routing table changed: fail the calls to nodes now out of reach
+        (with -32006: they left, and may have run).
+        """
         self._fail_unreachable(
-            lambda d: NodeUnreachable(f"Node {d!r} became unreachable", node_id=self._node_id)
+            lambda d: OutcomeUnknown(
+                f"Node {d!r} became unreachable after the call left", node_id=self._node_id
+            )
         )
 
     def _fail_unreachable(self, error: Callable[[str], CallError]) -> None:
@@ -346,9 +404,15 @@ class MeshCalls:
                 self.pending.fail_destination(destination, error)
 
     def stop(self) -> None:
-        """Fail every pending call, forget the forwarded ones, cancel the running ones."""
+        """
+        Fail every pending call (-32006: they left), forget the forwarded
+        ones, cancel the running ones.
+        """
         self.pending.fail_all(
-            lambda d: NodeUnreachable(f"node {self._node_id} is stopping", node_id=self._node_id)
+            lambda d: OutcomeUnknown(
+                f"node {self._node_id} stopped while its call to {d!r} was out",
+                node_id=self._node_id,
+            )
         )
         self._forwarded.clear()
         for running in list(self._running):

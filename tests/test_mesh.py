@@ -18,6 +18,7 @@ from relaytx import (
     NodeUnreachable,
     NoSuchMethod,
     NoSuchServer,
+    OutcomeUnknown,
     RemoteCallError,
     Server,
     exposed,
@@ -142,10 +143,11 @@ class MemoryMeshTests(MeshTestCase):
         link.session_of(a).close(CLOSE_NORMAL, "bye")
         self.network.pump()
         # b ran the call, but its answer came after the close: a's call
-        # failed when the link went down, and the answer was lost.
+        # failed when the link went down, outcome unknown, and the answer
+        # was lost.
         self.assertEqual(counter.count, 1)
         self.assertEqual(link.discarded, 1)
-        self.failureResultOf(d, NodeUnreachable)
+        self.assertEqual(self.failureResultOf(d, OutcomeUnknown).value.code, -32006)
 
     def test_cut_is_immediate(self) -> None:
         """cut() drops both ends at once and loses frames in flight."""
@@ -195,17 +197,49 @@ class MemoryMeshTests(MeshTestCase):
         self.assertEqual(self.clock.seconds(), 60)
 
     def test_stalled_link_dropped(self) -> None:
-        """A stalled link is dropped after three to four silent ping intervals."""
+        """
+        An idle stalled link is dropped when its next keepalive ping goes
+        unanswered for the peer timeout: within ping_interval plus 1.3 s.
+        """
         a, b, c = self.line("abc")
         link = self.network.link_between(a, b)
         link.pause()
-        self.network.advance(14)
+        # The keepalive pings went at 0 s, and go again at 5 s.
+        self.network.advance(5 + 1.2 - self.clock.seconds())
         self.assertFalse(link.closed)
-        self.network.advance(6)
+        self.network.advance(0.1)
         self.assertTrue(link.closed)
-        self.assertTrue(link.transport_of(a).aborted or link.transport_of(b).aborted)
+        self.assertTrue(link.transport_of(a).aborted and link.transport_of(b).aborted)
         self.assertEqual((sorted(a.mesh.links), sorted(b.mesh.links)), ([], ["c"]))
         self.assertNotIn("a", c.views.routes())
+
+    def test_stalled_link_with_call_dropped(self) -> None:
+        """
+        A link that stalls with a call on it is dropped within the peer
+        timeout and a tick of the call (not at the next keepalive), and the
+        call fails then with -32006.
+        """
+        a, b = self.line("ab")
+        link = self.network.link_between(a, b)
+        self.network.advance(1)
+        link.pause()
+        called = self.clock.seconds()
+        d = a.call("b", "node", "ping", timeout=30)
+        failed_at: list[float] = []
+
+        def failed(failure: Any) -> Any:
+            failed_at.append(self.clock.seconds())
+            return failure
+
+        d.addErrback(failed)
+        self.network.advance(1.2)
+        self.assertFalse(link.closed)
+        self.assertNoResult(d)
+        self.network.advance(0.2)
+        self.assertTrue(link.closed)
+        self.assertEqual(self.failureResultOf(d, OutcomeUnknown).value.code, -32006)
+        self.assertGreaterEqual(failed_at[0] - called, 1.25)
+        self.assertLessEqual(failed_at[0] - called, 1.3 + 1e-9)
 
     def test_separate_clocks(self) -> None:
         """advance() moves every linked node's clock when nodes have their own."""
@@ -404,8 +438,8 @@ class CallTests(MeshTestCase):
     def test_timeout(self) -> None:
         """A call with no answer fails with -32001 at its deadline and leaves nothing pending."""
         a, b = self.line("ab")
-        self.network.link_between(a, b).pause()
-        d = a.call("b", "node", "ping", timeout=4)
+        b.expose("slow", Slow())
+        d = a.call("b", "slow", "wait", timeout=4)
         self.assertEqual(sample(a, "relaytx_pending_calls"), 1)
         self.network.advance(3.999)
         self.assertNoResult(d)
@@ -420,9 +454,9 @@ class CallTests(MeshTestCase):
         """An answer arriving after the timeout is dropped and counted."""
         a, b = self.line("ab")
         link = self.network.link_between(a, b)
-        link.pause()
-        d = a.call("b", "node", "echo", "late", timeout=2)
-        self.network.advance(2)
+        link.pause()  # for less than the peer timeout
+        d = a.call("b", "node", "echo", "late", timeout=1)
+        self.network.advance(1)
         self.failureResultOf(d, CallTimeout)
         link.resume()
         self.network.pump()
@@ -431,7 +465,7 @@ class CallTests(MeshTestCase):
         self.assertEqual(len(a.mesh.pending), 0)
 
     def test_own_link_cut_mid_call(self) -> None:
-        """A call in flight fails with -32002 at once when the caller's own link is cut."""
+        """A call in flight fails with -32006 at once when the caller's own link is cut."""
         a, b, _c, d = self.line("abcd")
         slow = Slow()
         d.expose("slow", slow)
@@ -439,12 +473,12 @@ class CallTests(MeshTestCase):
         self.network.pump()
         self.assertEqual(len(slow.waiting), 1)
         self.network.link_between(a, b).cut()
-        error = self.failureResultOf(call, NodeUnreachable).value
-        self.assertEqual(error.code, -32002)
+        error = self.failureResultOf(call, OutcomeUnknown).value
+        self.assertEqual(error.code, -32006)
         self.assertEqual(pending_timers(a), [])
 
     def test_first_hop_lost_with_other_path(self) -> None:
-        """A call in flight fails with -32002 when its first hop goes, though another path stays."""
+        """A call in flight fails with -32006 when its first hop goes, though another path stays."""
         a, b, c, d = self.nodes("abcd")
         for x, y in [(a, b), (b, d), (a, c), (c, d)]:
             self.network.link(x, y)
@@ -457,7 +491,7 @@ class CallTests(MeshTestCase):
         self.assertEqual(len(slow.waiting), 1)
         self.network.link_between(a, b).cut()
         self.assertEqual(a.views.routes()["d"]["next_hop"], "c")
-        self.assertEqual(self.failureResultOf(call, NodeUnreachable).value.code, -32002)
+        self.assertEqual(self.failureResultOf(call, OutcomeUnknown).value.code, -32006)
 
     def test_budget_spent_on_target(self) -> None:
         """A method outliving the call's budget times out at both ends and leaves no timer."""
@@ -483,7 +517,10 @@ class CallTests(MeshTestCase):
         self.assertEqual(timers, [])
 
     def test_far_link_cut_mid_call(self) -> None:
-        """A call in flight fails with -32002 at once when a link further along is cut."""
+        """
+        A call in flight fails with -32006 at once when a link further along
+        is cut: the node before the cut reports it, back along the path.
+        """
         a, b, c, d = self.line("abcd")
         slow = Slow()
         d.expose("slow", slow)
@@ -494,8 +531,8 @@ class CallTests(MeshTestCase):
             now = self.clock.seconds()
             self.network.link_between(*far).cut()
             self.network.pump()
-            error = self.failureResultOf(call, NodeUnreachable).value
-            self.assertEqual(error.code, -32002)
+            error = self.failureResultOf(call, OutcomeUnknown).value
+            self.assertEqual(error.code, -32006)
             self.assertEqual(error.data["node_id"], far[0])
             self.assertEqual(self.clock.seconds(), now)
             self.network.link(*(n for n in (a, b, c, d) if n.node_id in far))
@@ -788,8 +825,8 @@ class LinkLifecycleTests(MeshTestCase):
         call = a.call("b", "slow", "wait", timeout=60)
         self.network.pump()
         stopped = a.stopService()
-        error = self.failureResultOf(call, NodeUnreachable).value
-        self.assertEqual(error.code, -32002)
+        error = self.failureResultOf(call, OutcomeUnknown).value
+        self.assertEqual(error.code, -32006)
         self.assertEqual(ab.transport_of(a).closes[0][0], CLOSE_NORMAL)
         self.network.pump()
         self.successResultOf(stopped)
@@ -812,7 +849,8 @@ class LinkLifecycleTests(MeshTestCase):
         self.network.pump()
         self.successResultOf(stopped)
         self.assertEqual(a.clock.getDelayedCalls(), [])
-        self.assertEqual(self.failureResultOf(call, NodeUnreachable).value.code, -32002)
+        # It was running when a stopped: it may have done part of its work.
+        self.assertEqual(self.failureResultOf(call, OutcomeUnknown).value.code, -32006)
         slow.waiting[0].callback("too late")  # the mailbox shrugs it off
 
     def test_stop_service_unanswered_close(self) -> None:
