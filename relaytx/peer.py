@@ -156,7 +156,7 @@ class PeerSession:
     def data_received(self, frame: bytes) -> None:
         """One text frame arrived."""
         self.last_seen = self.host.clock.seconds()
-        self.waiting_since = None  # the peer is there: whatever it was asked, it can answer
+        self.waiting_since = None  # heard from: it can answer what it was asked
         try:
             envelope = decode(frame)
         except MalformedMessage as e:

@@ -866,3 +866,90 @@ class LinkLifecycleTests(MeshTestCase):
         self.successResultOf(stopped)
         self.assertEqual(a.mesh.links, {})
         self.assertEqual(a.clock.getDelayedCalls(), [])
+
+
+class AnswerPathTests(MeshTestCase):
+    """
+    Answers travel back along the path their call took while it holds, not
+    by the callee's routing table.
+
+    Two paths of three hops join a and t: a-b-z-t and a-y-c-t. Ties go to
+    the lower next hop, so a's calls to t go by b (b < y), while t's own
+    route to a goes by c (c < z).
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        nodes = {n.node_id: n for n in self.nodes("abzyct")}
+        for x, y in ["ab", "bz", "zt", "ay", "yc", "ct"]:
+            self.network.link(nodes[x], nodes[y])
+        self.network.settle()
+        self.n = nodes
+        self.slow = Slow()
+        nodes["t"].expose("slow", self.slow)
+        self.network.settle()
+
+    def test_routes_differ(self) -> None:
+        """The fixture: a reaches t by b, t reaches a by c."""
+        self.assertEqual(self.n["a"].views.routes()["t"]["path"], ["b", "z", "t"])
+        self.assertEqual(self.n["t"].views.routes()["a"]["path"], ["c", "y", "a"])
+
+    def test_answer_retraces_the_call(self) -> None:
+        """The answer goes t-z-b-a, the way the call came, not t-c-y-a."""
+        d = self.n["a"].call("t", "node", "echo", "x")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(d), ["x"])
+        [answer] = self.network.link_between("z", "t").sent_by("t", "server_response")
+        self.assertEqual(answer.route, ("t",))
+        self.assertEqual(self.network.link_between("c", "t").sent_by("t", "server_response"), [])
+        [back] = self.network.link_between("a", "b").sent_by("b", "server_response")
+        self.assertEqual(back.route, ("t", "z", "b"))
+        self.assertEqual(len(self.n["b"].mesh.forwarded), 0)
+
+    def test_route_change_downstream_keeps_answer(self) -> None:
+        """
+        The callee's own route to the caller breaking while the call runs
+        (the issue's lost answers) does not lose the answer.
+        """
+        d = self.n["a"].call("t", "slow", "wait", timeout=60)
+        self.network.pump()
+        self.network.link_between("a", "y").pause()  # t's route to a, stalled
+        self.slow.waiting[0].callback("ran")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(d), "ran")
+
+    def test_way_back_gone_follows_routes(self) -> None:
+        """
+        When the link the call came by is gone, the answer follows the
+        callee's table; the caller, told -32006 by the node before the
+        break, counts it as late.
+        """
+        a = self.n["a"]
+        d = a.call("t", "slow", "wait", timeout=60)
+        self.network.pump()
+        self.network.link_between("z", "t").cut()
+        self.network.pump()
+        self.assertEqual(self.failureResultOf(d, OutcomeUnknown).value.code, -32006)
+        self.slow.waiting[0].callback("ran")
+        self.network.pump()
+        [answer] = self.network.link_between("c", "t").sent_by("t", "server_response")
+        self.assertEqual(answer.data["result"], "ran")
+        self.assertEqual(sample(a, "relaytx_late_answers_total"), 1)
+
+    def test_path_lost_report_goes_back_along_path(self) -> None:
+        """
+        A forwarder's -32006 report also retraces the call's path: t, whose
+        own route to a is stalled, reports a lost link to u back by z.
+        """
+        u = memory_node("u", self.clock)
+        u.expose("slow", Slow())
+        self.network.link(self.n["t"], u)
+        self.network.settle()
+        self.assertEqual(self.n["a"].views.routes()["u"]["next_hop"], "b")
+        d = self.n["a"].call("u", "slow", "wait", timeout=60)
+        self.network.pump()
+        self.network.link_between("a", "y").pause()
+        self.network.link_between("t", "u").cut()
+        self.network.pump()
+        error = self.failureResultOf(d, OutcomeUnknown).value
+        self.assertEqual((error.code, error.data["node_id"]), (-32006, "t"))

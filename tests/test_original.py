@@ -195,6 +195,23 @@ class FailFastTests(OriginalTestCase):
                 original.serve()
                 self.assertEqual((original.calls, original.other, original.ignored), ([], [], []))
 
+    def test_original_does_not_make_the_table_incomplete(self) -> None:
+        """
+        Beside relaytx neighbours that advertise routes, an original-design
+        neighbour (which forwards nothing) leaves the routing table complete:
+        a call to a node nobody knows fails at once, with no copy sent anywhere.
+        """
+        r, x = self.nodes("rx")
+        link = self.network.link(r, x)
+        original = OriginalPeer(r, "o1")
+        self.network.settle()
+        before = len(link.sent_by(r))
+        d = r.call("nowhere", "node", "ping", timeout=30)
+        self.assertEqual(self.failureResultOf(d, NodeUnreachable).value.code, -32002)
+        self.assertEqual(len(link.sent_by(r)), before)
+        original.serve()
+        self.assertEqual(original.calls, [])
+
     def test_original_gets_no_flooded_copy(self) -> None:
         """
         In flood mode, a relaytx neighbour gets a copy of a call for an
