@@ -125,7 +125,6 @@ class ForgedAnswerTests(SynchronousTestCase):
         d.cancel()
         self.failureResultOf(d)
 
-
     def test_path_node_may_report_loss(self) -> None:
         """
         A node on the path may fail a call with -32002 or -32006; with any
