@@ -175,13 +175,19 @@ class PendingCalls:
         return response_id in self._pending
 
     def expect(
-        self, response_id: str, destination: str, via: str | None, timeout: float
+        self,
+        response_id: str,
+        destination: str,
+        via: str | None,
+        timeout: float,
+        now: float | None = None,
     ) -> Deferred[Any]:
         """
         Wait for the answer to call C{response_id}.
 
         :param via: the neighbour the call was sent to, or C{None} if it was
             flooded to several.
+        :param now: the clock's time, if the caller has just read it.
         :returns: a Deferred that fires with the answer's result, or fails
             with L{CallTimeout} after C{timeout} seconds or with the error
             the answer carried. Cancelling it forgets the call.
@@ -193,7 +199,7 @@ class PendingCalls:
             self._forget(response_id)
 
         d: Deferred[Any] = Deferred(cancel)
-        deadline = self._clock.seconds() + timeout
+        deadline = (self._clock.seconds() if now is None else now) + timeout
         self._pending[response_id] = _Pending(d, via, destination, deadline, timeout)
         self._deadlines.push(deadline, response_id)
         timer = self._timer
@@ -423,8 +429,9 @@ class ForwardedCalls:
         The answer to a forwarded call is passing through: forget the call.
 
         :returns: the neighbour the call came from (the way its answer goes
-            back), or C{None} if no such call is remembered (or its budget
-            ran out).
+            back), or C{None} if no such call is remembered. (A call whose
+            budget ran out a moment ago, not swept yet, still gives its way
+            back: its answer is late, but the way is as good as ever.)
         """
         if response_id is None:
             return None
@@ -432,8 +439,6 @@ class ForwardedCalls:
         if entry is None:
             return None
         self._counted_out(entry)
-        if entry.deadline <= self._clock.seconds():
-            return None
         return entry.came_from
 
     def lost_link(self, peer_id: str) -> list[tuple[str, str, str, str]]:
@@ -471,11 +476,12 @@ class SeenMessages:
     seconds (and at most C{capacity} of them), without timers: expiry
     happens as new ones are added.
 
-    A message is known by its sender, its id, its type and, for a call or
-    an answer, its response id: the original design's nodes use nanosecond
-    timestamps as ids, which collide under load, so two distinct calls may
-    share an id (never a response id as well). Copies of one message (a
-    flood, a resend) share all four.
+    A message is known by its sender and its id, which relaytx makes unique.
+    The original design's nodes use nanosecond timestamps as ids, which
+    collide under load, so two distinct calls of theirs may share an id
+    (never a response id as well): their messages are known by their type
+    and response id too. Copies of one message (a flood, a resend) share
+    all four.
     """
 
     def __init__(self, clock: IReactorTime, ttl: float = 120.0, capacity: int = 100_000) -> None:

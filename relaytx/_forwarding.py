@@ -69,6 +69,10 @@ _NOT_DEDUPLICATED = frozenset({"route_message", "ping", "pong", "registry_sync",
 #: Messages whose C{response_id} a forwarder checks before passing them on.
 _ANSWERED = frozenset({"server_call", "server_response"})
 
+#: The types the forwarder looks at, as plain names (read for every message).
+_CALL = ServerCall.TYPE
+_ANSWER = ServerResponse.TYPE
+
 
 def _short_response_id(envelope: Envelope) -> bool:
     response_id = envelope.data.get("response_id")
@@ -113,6 +117,9 @@ class Forwarder:
         self._metrics = metrics
         self._router = router
         self._links = links
+        #: peer id -> session: the link table's own dict, read directly
+        #: (a lookup for every message; a method call would double it)
+        self._by_peer = links.links
         self._forwarded = forwarded
         self._seen = seen
         self._routes_are_complete = routes_are_complete
@@ -135,11 +142,19 @@ class Forwarder:
             if envelope.type == RouteMessage.TYPE:
                 self._unwrap(envelope, session)
                 return
-            if envelope.type not in _NOT_DEDUPLICATED and not self._seen.first_time(
-                envelope.sender, envelope.id, envelope.type, envelope.response_id
-            ):
-                self._metrics.drop("duplicate")
-                return
+            if envelope.type not in _NOT_DEDUPLICATED:
+                # relaytx ids are unique; an original-design node's
+                # (nanosecond timestamps) collide under load, so its
+                # messages are told apart by type and response id too.
+                if session.original:
+                    first = self._seen.first_time(
+                        envelope.sender, envelope.id, envelope.type, envelope.response_id
+                    )
+                else:
+                    first = self._seen.first_time(envelope.sender, envelope.id)
+                if not first:
+                    self._metrics.drop("duplicate")
+                    return
             session.dispatch(envelope)
             return
         if node_id in envelope.route:
@@ -200,6 +215,7 @@ class Forwarder:
         came_from: str | None,
         back_via: str | None = None,
         budget: float | None = None,
+        now: float | None = None,
     ) -> str | None:
         """
         Send C{envelope} (already stamped by this node) one hop on.
@@ -210,6 +226,7 @@ class Forwarder:
             (when this node did not forward that call itself: it ran it, or
             relayed it).
         :param budget: for a call originated here, its time budget.
+        :param now: the clock's time, if the caller has just read it.
         :returns: the neighbour it went to, or C{None} if it was flooded or
             dropped.
         :raises MessageTooLarge: if it is over the link's message limit.
@@ -220,48 +237,47 @@ class Forwarder:
             if self._may_refuse(came_from):
                 self._refuse(envelope, came_from, "TTL exceeded")
             return None
-        links = self._links
-        session = None
-        if envelope.type == ServerResponse.TYPE:
-            # Back the way the call came, while that link holds.
+        by_peer = self._by_peer
+        if envelope.type == _ANSWER:
+            # Back the way the call came, while that link holds; else routed.
             back = back_via
             if came_from is not None:
                 back = self._forwarded.take(destination, envelope.response_id) or back_via
                 if back == came_from:  # it came from there: routed, not sent back
                     back = None
-            session = links.get(back)
-            if session is not None and not session.healthy:
-                session = None
-        if session is None:
-            session = links.get(destination)
+            session = by_peer.get(back)  # type: ignore[arg-type]  # None finds nothing
             if session is None or not session.healthy:
-                session = links.get(self._router.next_hop(destination))
+                session = by_peer.get(destination)
+                if session is None or not session.healthy:
+                    session = by_peer.get(self._router.next_hop(destination))  # type: ignore[arg-type]
+        else:
+            session = by_peer.get(destination)
+            if session is None or not session.healthy:
+                session = by_peer.get(self._router.next_hop(destination))  # type: ignore[arg-type]
         if session is not None:
             if (
-                came_from is not None
-                and session.original
+                session.original
+                and came_from is not None
                 and session.peer_id == destination
-                and envelope.type == ServerCall.TYPE
+                and envelope.type == _CALL
                 and self._relay is not None
             ):
                 # It would drop a frame from anyone but its direct peers.
-                if self._seen.first_time(
-                    envelope.sender, envelope.id, envelope.type, envelope.response_id
-                ):
+                if self._seen.first_time(envelope.sender, envelope.id):
                     self._relay(envelope, came_from)
                 else:
                     self._metrics.drop("duplicate")
                 return destination
-            self._send_via(session, envelope, came_from, budget=budget)
+            self._send_via(session, envelope, came_from, False, budget, now)
             return session.peer_id
-        targets = links.flood_targets({*envelope.route, came_from})
+        targets = self._links.flood_targets({*envelope.route, came_from})
         if not targets or self._routes_are_complete():
             self._metrics.drop("no_route")
             if self._may_refuse(came_from):
                 self._refuse(envelope, came_from, "no route")
             return None
         for target in targets[:MAX_FLOOD]:  # the original's flood fallback, capped
-            self._send_via(target, envelope, came_from, flooded=True, budget=budget)
+            self._send_via(target, envelope, came_from, True, budget, now)
         return None
 
     def _may_refuse(self, came_from: str | None) -> bool:
@@ -278,9 +294,11 @@ class Forwarder:
         came_from: str | None,
         flooded: bool = False,
         budget: float | None = None,
+        now: float | None = None,
     ) -> None:
-        if envelope.type == ServerCall.TYPE:
-            now = self._clock.seconds()
+        if envelope.type == _CALL:
+            if now is None:
+                now = self._clock.seconds()
             if came_from is not None:
                 self._metrics.messages_routed.inc()
                 tracking = ServerCall.tracking(envelope.data)
@@ -292,8 +310,15 @@ class Forwarder:
                         envelope.sender, response_id, envelope.to, came_from,
                         None if flooded else session.peer_id, budget, now,
                     )  # fmt: skip
-            # The peer must answer soon, and is probed while the call is out.
-            session.awaiting(now, now + (budget or _UNKNOWN_BUDGET))
+            # The peer must answer soon, and is probed while the call is out:
+            # session.awaiting(now, until), inlined (every call comes here).
+            until = now + (budget or _UNKNOWN_BUDGET)
+            if until > session.busy_until:
+                session.busy_until = until
+            if session.waiting_since is None:
+                session.waiting_since = now
+                if not session.watched:
+                    session.awaiting(now)  # the watch takes it
         elif came_from is not None:
             self._metrics.messages_routed.inc()
         if session.peer_id == envelope.to or self._router.is_router(session.peer_id):

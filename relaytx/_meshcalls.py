@@ -168,14 +168,15 @@ class MeshCalls:
         if caller == self._node_id:
             caller = None  # a call with no caller is the sending node's own
         call = ServerCall(spec, response_id, caller=caller)
-        envelope = Envelope.create(call, self._node_id, destination, self._clock.seconds())
+        now = self._clock.seconds()
+        envelope = Envelope.create(call, self._node_id, destination, now)
         if self._e2e is not None and destination not in self._links:
             mac = self._e2e.seal_call(destination, call, envelope.timestamp or "")
             if mac is not None:
                 envelope.data["mac"] = mac  # type: ignore[index]  # the dict to_data made
-        d = self.pending.expect(response_id, destination, None, target.timeout)
+        d = self.pending.expect(response_id, destination, None, target.timeout, now)
         try:
-            via = self._forwarder.forward(envelope, came_from=None, budget=target.timeout)
+            via = self._forwarder.forward(envelope, None, budget=target.timeout, now=now)
             self.pending.set_via(response_id, via)
         except MessageTooLarge as e:
             self.pending.resolve(response_id, error=Overloaded(f"Call too large: {e}"))

@@ -285,9 +285,9 @@ class PeerSession:
             self.busy_until = until
         if self.waiting_since is None:
             self.waiting_since = now
-            if not self.watched:
-                self.watched = True
-                self.host.watch(self)
+        if not self.watched:
+            self.watched = True
+            self.host.watch(self)
 
     def probe(self, now: float) -> None:
         """Ping the peer now, to hear from it sooner than the keepalive would."""

@@ -355,8 +355,8 @@ class ForwardedCallsTests(SynchronousTestCase):
         self.assertEqual(len(self.calls), 2)
         self.assertEqual(self.calls.take("c1", "r1"), "in")
         self.clock.advance(0.001)
-        self.assertEqual(self.calls.take("c2", "r2"), None)
         self.assertEqual(len(self.calls), 0)
+        self.assertEqual(self.calls.take("c2", "r2"), None)
         self.assertEqual(self.calls.lost_link("out"), [])
 
     def test_expired_not_reported(self) -> None:
