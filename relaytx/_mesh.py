@@ -20,6 +20,7 @@ work each part has to do.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -38,12 +39,28 @@ from relaytx._pki import EndToEnd, NodeIdentity, NodeRecord, RecordBook
 from relaytx._records import RecordExchange
 from relaytx._relay import OriginalRelay
 from relaytx._routing import Router
-from relaytx.errors import ProtocolViolation
+from relaytx.errors import InvalidRequest, ProtocolViolation
 from relaytx.interfaces import ILinkTransport, IRemoteCalls, ISessionHost
 from relaytx.peer import PeerSession
 from relaytx.wire import Envelope, MessageTypes, Payload, RegistrySync, ServerCall, ServerResponse
 
 __all__ = ["LinkRefused", "Mesh"]
+
+
+def routes_are_complete(
+    adverts: Advertiser, router: Router, links: Mapping[str, PeerSession]
+) -> bool:
+    """
+    :returns: whether the routing table knows every node reachable at all:
+        every neighbour advertises routes, or is an original-design node,
+        which forwards nothing. Flooding a message would then find nothing
+        more.
+    """
+    if adverts.routes_are_complete():
+        return True
+    if not adverts.enabled:
+        return False
+    return all(s.original or router.is_router(p) for p, s in links.items())
 
 
 @implementer(ISessionHost, IRemoteCalls)
@@ -112,7 +129,7 @@ class Mesh:
             enabled=registry_enabled, max_routes=max_routes,
         )  # fmt: skip
         self.link_watch = LinkWatch(clock, peer_timeout)
-        complete = self._routes_are_complete
+        complete = partial(routes_are_complete, self.adverts, self.router, self.links)
         self.forwarder = Forwarder(
             node_id, clock, metrics, self.router, self._links, self.forwarded, self.seen,
             routes_are_complete=complete, refuse=self._refuse, relay=self._relay,
@@ -144,17 +161,6 @@ class Mesh:
 
     def _relay(self, envelope: Envelope, came_from: str) -> None:
         self.relay.relay(envelope, came_from)
-
-    def _routes_are_complete(self) -> bool:
-        # The table knows every node reachable at all when every neighbour
-        # advertises routes, or is an original-design node, which forwards
-        # nothing: flooding a message would then find nothing more.
-        if self.adverts.routes_are_complete():
-            return True
-        if not self.adverts.enabled:
-            return False
-        is_router = self.router.is_router
-        return all(s.original or is_router(p) for p, s in self.links.items())
 
     # Extension.
 
@@ -247,8 +253,17 @@ class Mesh:
         self._log.debug("bad input from {peer}: {error}", peer=session.peer_id, error=str(error))
 
     def bad_call(self, envelope: Envelope, error: ProtocolViolation, session: PeerSession) -> None:
-        """A call addressed here could not be read: answer it (-32600) if it can be."""
-        self.calls.reject(envelope, error, session.peer_id)
+        """
+        A C{server_call} addressed here could not be read (it is counted and
+        dropped already): answer it with -32600 when it names a response id,
+        so that its caller hears why instead of timing out.
+        """
+        response_id = envelope.response_id
+        if response_id is not None:
+            invalid = InvalidRequest(f"malformed server_call: {error}")
+            self.calls.answer_error(
+                envelope.sender, response_id, invalid, envelope.route, session.peer_id
+            )
 
     def watch(self, session: PeerSession) -> None:
         """A request left on C{session}'s link: watch that its peer answers."""

@@ -53,13 +53,11 @@ from relaytx._routing import Router
 from relaytx.errors import (
     PATH_LOST_CODES,
     CallError,
-    InvalidRequest,
     MessageTooLarge,
     NodeUnreachable,
     NoSuchServer,
     OutcomeUnknown,
     Overloaded,
-    ProtocolViolation,
     RemoteCallError,
     error_for_code,
     failure_exception,
@@ -341,30 +339,10 @@ class MeshCalls:
         else:
             self.answer_error(envelope.sender, response_id, error, via=came_from)
 
-    def reject(self, envelope: Envelope, error: ProtocolViolation, via: str | None) -> None:
-        """
-        A C{server_call} addressed here could not be read: answer it with
-        -32600 when it names a response id (it is counted and dropped
-        already), so that its caller hears why instead of timing out.
-        """
-        response_id = envelope.response_id
-        if response_id is None:
-            return
-        self.answer_error(
-            envelope.sender,
-            response_id,
-            InvalidRequest(f"malformed server_call: {error}"),
-            envelope.route,
-            via,
-        )
-
     # Losses.
 
     def path_lost(self, peer_id: str) -> None:
-        """
-        Fail at once whatever was travelling through the link to C{peer_id}:
-        it left this node, so its outcome is unknown (-32006).
-        """
+        """Fail at once (-32006) whatever had left through the link to C{peer_id}."""
 
         def lost(destination: str) -> CallError:
             return OutcomeUnknown(
@@ -383,16 +361,13 @@ class MeshCalls:
         for caller, response_id, target, came_from in self._forwarded.lost_link(peer_id):
             self.answer_error(caller, response_id, lost(target), via=came_from)
         # Calls running here for a caller now out of reach: it has been told
-        # -32002 by its side; stop working on them (queued ones are skipped).
+        # -32006 by its side; stop working on them (queued ones are skipped).
         for running, (caller, via) in list(self._running.items()):
             if via == peer_id and not self._forwarder.can_reach(caller):
                 running.cancel()
 
     def routes_changed(self) -> None:
-        """
-        The routing table changed: fail the calls to nodes now out of reach
-        (with -32006: they left, and may have run).
-        """
+        """The routing table changed: fail (-32006) the calls to nodes now out of reach."""
         self._fail_unreachable(
             lambda d: OutcomeUnknown(
                 f"Node {d!r} became unreachable after the call left", node_id=self._node_id
@@ -405,10 +380,7 @@ class MeshCalls:
                 self.pending.fail_destination(destination, error)
 
     def stop(self) -> None:
-        """
-        Fail every pending call (-32006: they left), forget the forwarded
-        ones, cancel the running ones.
-        """
+        """Fail every pending call (-32006), forget the forwarded ones, cancel the running ones."""
         self.pending.fail_all(
             lambda d: OutcomeUnknown(
                 f"node {self._node_id} stopped while its call to {d!r} was out",
@@ -417,7 +389,7 @@ class MeshCalls:
         )
         self._forwarded.clear()
         for running in list(self._running):
-            running.cancel()  # and its budget timer; the caller hears -32002
+            running.cancel()  # and its budget timer; the caller hears -32006
 
 
 def _refusal(envelope: Envelope, node_id: str, why: str, overloaded: bool) -> CallError:
