@@ -14,6 +14,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from websockets.exceptions import ConnectionClosed
@@ -298,3 +299,24 @@ class OriginalBehindRelaytxTests(TestCase):
         self.assertEqual(ignored, [])
         stop.set()
         await thread
+
+    async def test_dialled_original_identified_and_kept(self) -> None:
+        """
+        A dialled original-design node, which never speaks first, is linked
+        within a second by its pong (B2), taken for an original node, and
+        kept: it answers the keepalive pings, which is all liveness asks.
+        """
+        from .test_identity import original_node
+
+        address, received = original_node(self)
+        started = reactor.seconds()
+        node = start_node(self, "rx", [address], ping_interval=0.5)
+        await wait_for(lambda: "orig" in node.mesh.links, 5.0, what="the link")
+        self.assertLess(reactor.seconds() - started, 1.0)
+        self.assertTrue(node.mesh.links["orig"].original)
+        session = node.mesh.links["orig"]
+        d: Any = Deferred()
+        reactor.callLater(3.0, d.callback, None)
+        await d
+        self.assertIs(node.mesh.links.get("orig"), session)
+        self.assertGreaterEqual(sum(f["type"] == "ping" for f in received), 6)
