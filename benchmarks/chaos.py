@@ -41,8 +41,9 @@ faults:
   - C{rolling}: each node in turn stopped (SIGTERM) and started again, once
     it and its neighbours have their links back.
 
-Per fault, one line: calls made (and those whose own entry node was down),
-ok, errors by code, duplicates (calls run twice), calls that ran but whose
+Per fault, one line: calls made (and apart, those whose own entry node
+was down, frozen or restarting while they were out, and how many of
+those ran: the mesh cannot answer for them), ok, errors by code, duplicates (calls run twice), calls that ran but whose
 caller got anything other than success or -32006, calls that failed only at
 their deadline, detection (fault to the first and the last neighbour
 dropping the link(s)), re-route (from the first detection until every live
@@ -113,9 +114,22 @@ def setup(node):
 # Inside a namespace: the agent (load and polling) and the proxy.
 
 
+class EntryDown(Exception):
+    """The node on this namespace's loopback took no connection."""
+
+
 async def _http(method: str, path: str, body: bytes | None, timeout: float) -> tuple[int, Any]:
-    """One HTTP request to the node on this namespace's loopback."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", PORT), 2.0)
+    """
+    One HTTP request to the node on this namespace's loopback.
+
+    :raises EntryDown: if it takes no connection within 2 s.
+    :raises TimeoutError: if its answer has not come within C{timeout}.
+    """
+    try:
+        connecting = asyncio.open_connection("127.0.0.1", PORT)
+        reader, writer = await asyncio.wait_for(connecting, 2.0)
+    except (TimeoutError, OSError) as e:
+        raise EntryDown(str(e)) from None
     try:
         # HTTP/1.0: the answer comes whole (never chunked), then the close.
         head = f"{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n"
@@ -170,10 +184,12 @@ async def _agent(args: argparse.Namespace) -> None:
         sent = time.monotonic()
         try:
             _, answer = await _http("POST", "/rpc", body.encode(), args.timeout + 3)
-        except (ConnectionError, OSError):
+        except EntryDown:
             outcome: Any = "entry_down"
-        except TimeoutError:
+        except TimeoutError:  # (an OSError too: caught first)
             outcome = "no_answer"
+        except OSError:  # the entry node went away with the call
+            outcome = "entry_lost"
         except (ValueError, IndexError):
             outcome = "bad_answer"
         else:
@@ -210,7 +226,7 @@ async def _agent(args: argparse.Namespace) -> None:
                 else:
                     view = {dest: [me, *route.get("path", [route["next_hop"]])]
                             for dest, route in answer.items()}  # fmt: skip
-            except (TimeoutError, ConnectionError, OSError, ValueError, IndexError):
+            except (EntryDown, OSError, ValueError, IndexError):
                 view = None
             if view != last:
                 record(kind, t=started, view=view)
@@ -619,15 +635,28 @@ class Phase:
             if os.path.exists(path):
                 with open(path) as f:
                     executed.update(line.strip() for line in f if line.strip())
-        outcomes = Counter(str(c["out"]) for c in calls)
-        entry_down = outcomes.pop("entry_down", 0)
-        made = len(calls) - entry_down
+        # A call whose own entry node was down, frozen or restarting while it
+        # was out is not the mesh's to answer for: counted apart.
+        outages = [(x, at, repaired) for x in dead]
+        outages += [(i, t0, t1) for i, t0, t1, _ in restarts or ()]
+
+        def entry_out(c: dict[str, Any]) -> bool:
+            if c["out"] in ("entry_down", "entry_lost"):
+                return True
+            src = int(c["src"][1:])
+            return any(x == src and c["t0"] <= t1 and c["t1"] >= t0 for x, t0, t1 in outages)
+
+        judged = [c for c in calls if not entry_out(c)]
+        out_calls = [c for c in calls if entry_out(c)]
+        outcomes = Counter(str(c["out"]) for c in judged)
+        made = len(judged)
         duplicates = sum(n - 1 for n in executed.values() if n > 1)
         ran_but_failed = [
-            c for c in calls if c["id"] in executed and c["out"] not in ("ok", -32006, "entry_down")
+            c for c in judged if c["id"] in executed and c["out"] not in ("ok", -32006)
         ]
-        ran_entry_lost = sum(1 for c in calls if c["id"] in executed and c["out"] == "entry_down")
+        ran_entry_lost = sum(1 for c in out_calls if c["id"] in executed)
         deadline = outcomes.get("-32001", 0) + outcomes.get("no_answer", 0)
+        entry_down = len(out_calls)
         peers = self.snapshots("peers")
         routes = self.snapshots("routes")
         lost = drops(peers)
@@ -699,7 +728,8 @@ def line(r: dict[str, Any]) -> str:
 
     errors = " ".join(f"{k}:{v}" for k, v in r["errors"].items()) or "none"
     return (
-        f"{r['fault']:<9} calls {r['calls']:>5} (+{r['entry_down']} entry down)  ok {r['ok']:>5}"
+        f"{r['fault']:<9} calls {r['calls']:>5} (+{r['entry_down']} entry node out,"
+        f" {r['ran_entry_lost']} of them ran)  ok {r['ok']:>5}"
         f"  errors {errors}  dup {r['duplicates']}  ran-but-failed {r['ran_but_failed']}"
         f"{' ' + str(r['ran_but_failed_codes']) if r['ran_but_failed'] else ''}"
         f"  deadline {r['deadline']} ({r['deadline_pct']:.2f}%)"
