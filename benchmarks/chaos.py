@@ -42,15 +42,17 @@ faults:
     it and its neighbours have their links back.
 
 Per fault, one line: calls made (and apart, those whose own entry node
-was down, frozen or restarting while they were out, and how many of
-those ran: the mesh cannot answer for them), ok, errors by code, duplicates (calls run twice), calls that ran but whose
-caller got anything other than success or -32006, calls that failed only at
-their deadline, detection (fault to the first and the last neighbour
-dropping the link(s)), re-route (from the first detection until every live
-node's table has converged on the graph without the failed part: every
-reachable node, on paths that exist), heal (repair to the full graph's
-tables again), and spurious drops (links dropped that the fault did not
-touch).
+was down, frozen or restarting while they were out, and how many of those
+ran: the mesh cannot answer for them), ok, errors by code, duplicates
+(calls run twice), calls that ran but whose caller got anything other than
+success or -32006, calls that failed only at their deadline, detection
+(fault to the first and the last neighbour dropping the link(s)),
+re-route (from the first detection until every live node's table has
+converged on the graph without the failed part: every reachable node, on
+paths that exist), heal (repair to the full graph's tables again),
+spurious drops (links dropped that the fault did not touch), and the
+machine's stalls the agents saw (a 50 ms sleep overrunning by more than a
+quarter of a second: the nodes share the machine with them).
 
 C{--soak S}: one mesh under steady load for S seconds and no faults; every
 C{--sample} seconds the RSS and open fds of each node are sampled and
@@ -233,8 +235,21 @@ async def _agent(args: argparse.Namespace) -> None:
                 last = view
             await pause(every - (time.monotonic() - started))
 
+    async def stalls() -> None:
+        # This process's own stalls (the machine's, as the nodes share it):
+        # a 50 ms sleep that takes a quarter of a second longer is recorded.
+        while time.monotonic() < stop_at:
+            before = time.monotonic()
+            await pause(0.05)
+            late = time.monotonic() - before - 0.05
+            if late > 0.25:
+                record("stall", t=before, late=late)
+
     await asyncio.gather(
-        load(), poll("/registry/peers", "peers", 0.05), poll("/registry/routes", "routes", 0.1)
+        load(),
+        poll("/registry/peers", "peers", 0.05),
+        poll("/registry/routes", "routes", 0.1),
+        stalls(),
     )
     if tasks:
         await asyncio.wait(tasks, timeout=args.timeout + 5)
@@ -696,6 +711,12 @@ class Phase:
             reroute = None if done is None or done > repaired else done - first_detect
         healed = converged_at(routes, repaired, all_edges, set(range(NODES)), shortest=True)
         errors = {k: v for k, v in sorted(outcomes.items()) if k != "ok"}
+        stalls = [
+            (round(r["t"] - at, 2), f"n{i}", round(r["late"], 2))
+            for i in range(NODES)
+            for r in read_lines(os.path.join(self.dir, f"agent-n{i}.jsonl"))
+            if r["k"] == "stall"
+        ]
         return {
             "fault": self.fault,
             "calls": made,
@@ -713,6 +734,7 @@ class Phase:
             "reroute_s": reroute,
             "heal_s": None if healed is None else healed - repaired,
             "spurious_drops": spurious,
+            "stalls": sorted(stalls),
             "logs": self.dir,
         }
 
@@ -735,6 +757,7 @@ def line(r: dict[str, Any]) -> str:
         f"  deadline {r['deadline']} ({r['deadline_pct']:.2f}%)"
         f"  detect {s(r['detect_first_s'])}-{s(r['detect_last_s'])}s  reroute {s(r['reroute_s'])}s"
         f"  heal {s(r['heal_s'])}s  spurious {len(r['spurious_drops'])}"
+        f"  stalls {len(r['stalls'])} (max {max((x[2] for x in r['stalls']), default=0):.2f}s)"
     )
 
 

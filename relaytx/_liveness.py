@@ -17,23 +17,29 @@ watch ticks every C{peer_timeout / 25} seconds and, for each of them:
     calls outstanding that has been quiet for C{peer_timeout * 0.32}, gets
     a ping (at most one per request, or per quiet spell);
   - B{suspect}: a request unanswered for C{peer_timeout} makes the link a
-    suspect. The verdict waits for the reactor's next turn, which reads
-    whatever the peer's frames are doing in this node's socket buffers: a
-    node that was itself stalled (starved of CPU, paused, collecting
-    garbage) finds its peers' answers there and drops no one for its own
-    lateness. A suspect that still has not been heard from is dropped:
-    its link is aborted, and everything sent through it fails at once.
+    suspect. The verdict comes a millisecond later, once the reactor has
+    read what is waiting in this node's socket buffers: a suspect heard
+    from meanwhile is spared; one still silent is dropped (its link
+    aborted, everything sent through it failed at once).
 
-So, with the default C{peer_timeout} of 1.25 s, a neighbour that stops
-answering is dropped:
+This node's own stalls are not counted against its peers (the "local
+health" idea of SWIM's Lifeguard extensions). A tick that runs more than
+C{STALL} (0.1 s) late means this process did not run for that long
+(starved of CPU, paused, the machine itself stalled): the time lost is
+credited to every wait under way. After a stall of more than
+C{GRACE_AFTER} (a quarter of a second), peers get twice the timeout for
+C{GRACE} (4 peer timeouts, 5 s): those on the same machine were stalled
+too, and need a moment to catch up with what they were sent.
 
-  - within C{peer_timeout} plus two ticks (1.35 s) of the first call sent
-    to it after it stopped: on a link in use, within about that of the
-    fault;
-  - within 1.85 s of the last frame it sent, on a link whose calls are all
-    outstanding and quiet (a quiet spell of 0.4 s, a probe, 1.25 s, two
-    ticks);
-  - within C{ping_interval} plus 1.35 s (6.35 s by default) on an idle link,
+So, with the default C{peer_timeout} of 1.25 s and a node that is not
+itself stalled, a neighbour that stops answering is dropped:
+
+  - within C{peer_timeout} and a tick (1.3 s) of the first call sent to it
+    after it stopped: on a link in use, within about that of the fault;
+  - within 1.75 s of the last frame it sent, on a link whose calls are all
+    outstanding and quiet (a quiet spell of 0.4 s and a tick to the probe,
+    then 1.25 s and a tick);
+  - within C{ping_interval} plus 1.3 s (6.3 s by default) on an idle link,
     which only the keepalive pings test: an idle link costs no more pings
     than before.
 
@@ -41,7 +47,9 @@ A peer that answers, however slowly within C{peer_timeout}, stays linked:
 a busy link hears something at every call, and a briefly slow one answers
 its probe. A peer whose own reactor is blocked for longer than
 C{peer_timeout} (a method that computes for seconds without yielding)
-cannot be told from a frozen one, and is dropped.
+cannot be told from a frozen one, and is dropped. A node that is itself
+slow all the time (each tick late) finds silent peers more slowly, in
+proportion: it credits them the time it loses.
 """
 
 from __future__ import annotations
@@ -69,6 +77,15 @@ VERDICT_DELAY = 0.001
 #: of a threshold counts as reaching it.
 _SLACK = 1e-6
 
+#: A tick this many seconds late (or more) is a stall of this node's own:
+#: its lateness, less a tick, is credited to the waits under way.
+STALL = 0.1
+
+#: After a stall of this many seconds, the timeout is doubled for GRACE
+#: peer timeouts.
+GRACE_AFTER = 0.25
+GRACE = 4
+
 
 class LinkWatch:
     """
@@ -95,6 +112,10 @@ class LinkWatch:
         self._timer: IDelayedCall | None = None
         self._verdicts: list[IDelayedCall] = []
         self._stopped = False
+        #: when the pending tick is due (its lateness tells of stalls)
+        self._due = 0.0
+        #: until when the timeout is doubled, after a stall of this node's
+        self._grace_until = float("-inf")
 
     def __len__(self) -> int:
         return len(self._watched)
@@ -108,7 +129,28 @@ class LinkWatch:
             return
         self._watched.add(session)
         if self._timer is None:
-            self._timer = self._clock.callLater(self.tick, self._tick)
+            self._arm()
+
+    def _arm(self) -> None:
+        self._due = self._clock.seconds() + self.tick
+        self._timer = self._clock.callLater(self.tick, self._tick)
+
+    def _credit_stall(self, now: float) -> None:
+        # This node did not run for a while: that time is not its peers'.
+        late = now - self._due
+        if late < STALL:
+            return
+        credit = late - self.tick
+        for session in self._watched:
+            since = session.waiting_since
+            if since is not None:
+                session.waiting_since = min(now, since + credit)
+        if late >= GRACE_AFTER:
+            self._grace_until = now + GRACE * self.peer_timeout
+
+    def timeout_now(self, now: float) -> float:
+        """:returns: the peer timeout in force at C{now} (doubled just after a stall)."""
+        return self.peer_timeout * (2 if now < self._grace_until else 1)
 
     def stop(self) -> None:
         """Watch nothing more (the node is stopping)."""
@@ -126,8 +168,9 @@ class LinkWatch:
 
     def _tick(self) -> None:
         self._timer = None
+        self._credit_stall(self._clock.seconds())
         now = self._clock.seconds() + _SLACK
-        timeout = self.peer_timeout
+        timeout = self.timeout_now(now)
         suspects = []
         done = []
         for session in self._watched:
@@ -155,13 +198,14 @@ class LinkWatch:
             self._verdicts = [v for v in self._verdicts if v.active()]
             self._verdicts.append(self._clock.callLater(VERDICT_DELAY, self._verdict, suspects))
         if self._watched:
-            self._timer = self._clock.callLater(self.tick, self._tick)
+            self._arm()
 
     def _verdict(self, suspects: list[Any]) -> None:
         now = self._clock.seconds() + _SLACK
+        timeout = self.timeout_now(now)
         for session in suspects:
             since = session.waiting_since
             if session.closed or since is None:
                 continue
-            if now - since >= self.peer_timeout:
+            if now - since >= timeout:
                 session.silent(now - _SLACK - since)

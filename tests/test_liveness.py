@@ -159,9 +159,58 @@ class LinkWatchTests(SynchronousTestCase):
     def test_verdict_drops_the_silent(self) -> None:
         """A suspect still unheard when the verdict comes is dropped."""
         self.session.request(self.watch)
-        self.clock.advance(10)
+        self.clock.pump([self.watch.tick] * 25)
+        self.assertEqual(self.session.dropped, [])
         self.clock.advance(VERDICT_DELAY)
         self.assertEqual(len(self.session.dropped), 1)
+
+    def test_own_stall_credited(self) -> None:
+        """
+        A stall of this node's own (its tick 1.6 s late) is not counted
+        against a peer that answers once the machine runs again.
+        """
+        self.session.request(self.watch)
+        self.run_for(1.0)
+        self.clock.advance(1.6)  # nothing here ran for 1.6 s
+        self.run_for(0.7)  # the peer catches up...
+        self.assertEqual(self.session.dropped, [])
+        self.session.hear()  # ...and answers
+        self.run_for(5)
+        self.assertEqual(self.session.dropped, [])
+
+    def test_grace_after_stall(self) -> None:
+        """
+        After a stall of this node's own, a silent peer gets twice the
+        timeout, for five seconds; then the timeout is the usual one.
+        """
+        self.session.request(self.watch)
+        self.clock.advance(1.0)  # a stall: the first tick a second late
+        # Credited: the stall less a tick; what is left waited 0.1 s (the tick
+        # it was due after, and the one it may run late).
+        started = self.clock.seconds() - 2 * self.watch.tick
+        self.run_for(3)
+        [dropped] = self.session.dropped
+        self.assertGreaterEqual(dropped - started, 2.5 - 1e-6)
+        self.assertLessEqual(dropped - started, 2.5 + self.watch.tick + VERDICT_DELAY + 1e-6)
+        self.run_for(5)
+        later = Watched(self.clock)
+        later.request(self.watch)
+        begun = self.clock.seconds()
+        self.run_for(1.4)
+        [dropped] = later.dropped
+        self.assertLessEqual(dropped - begun, 1.25 + self.watch.tick + VERDICT_DELAY + 1e-6)
+
+    def test_slow_node_still_finds_silent_peer(self) -> None:
+        """A node whose every tick runs 0.15 s late still drops a silent peer, later."""
+        self.session.request(self.watch)
+        started = self.clock.seconds()
+        for _ in range(200):
+            if self.session.dropped:
+                break
+            self.clock.advance(self.watch.tick + 0.15)
+            self.clock.advance(VERDICT_DELAY)
+        [dropped] = self.session.dropped
+        self.assertLess(dropped - started, 10)
 
     def test_closed_session_forgotten(self) -> None:
         """A session closed meanwhile is dropped from the watch, not judged."""

@@ -329,7 +329,8 @@ class LivenessTests(SessionTestCase):
 
     def test_silent_peer_leaves_no_pinger(self) -> None:
         """Once a silent neighbour is dropped, its session schedules no more pings."""
-        self.clock.advance(6)
+        self.clock.pump([0.05] * 40)
+        self.assertNotIn("hA", self.node.mesh.links)
         self.transport.clear()
         self.clock.advance(20)
         self.assertEqual(self.sent("ping"), [])
