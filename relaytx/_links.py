@@ -61,6 +61,8 @@ class LinkTable:
         #: refused second claims per peer id, while its current link lasts
         self._claims: dict[str, int] = {}
         self.links: dict[str, PeerSession] = {}
+        #: how many of the links are to original-design nodes
+        self.originals = 0
         self.stopping = False
         self.session_class: type[PeerSession] = PeerSession
         self.message_types: MessageTypes = CORE_TYPES
@@ -147,7 +149,9 @@ class LinkTable:
         old = self.links.get(session.peer_id)
         self.links[session.peer_id] = session
         self._claims.pop(session.peer_id, None)
+        self.originals += session.original
         if old is not None:
+            self.originals -= old.original
             old.close(CLOSE_REPLACED, "replaced by a newer link")
         return old
 
@@ -162,6 +166,7 @@ class LinkTable:
             return False
         del self.links[session.peer_id]
         self._claims.pop(session.peer_id, None)
+        self.originals -= session.original
         return True
 
     def close_all(self, reason: str) -> None:

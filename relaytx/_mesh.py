@@ -47,20 +47,21 @@ from relaytx.wire import Envelope, MessageTypes, Payload, RegistrySync, ServerCa
 __all__ = ["LinkRefused", "Mesh"]
 
 
-def routes_are_complete(
-    adverts: Advertiser, router: Router, links: Mapping[str, PeerSession]
-) -> bool:
+def routes_are_complete(adverts: Advertiser, router: Router, links: LinkTable) -> bool:
     """
     :returns: whether the routing table knows every node reachable at all:
         every neighbour advertises routes, or is an original-design node,
         which forwards nothing. Flooding a message would then find nothing
-        more.
+        more. (Counted, not checked link by link: a hub losing thousands of
+        links asks once per link.)
     """
     if adverts.routes_are_complete():
         return True
     if not adverts.enabled:
         return False
-    return all(s.original or router.is_router(p) for p, s in links.items())
+    by_peer = links.links
+    routers = sum(1 for p in router.routers() if p in by_peer and not by_peer[p].original)
+    return links.originals + routers >= len(by_peer)
 
 
 @implementer(ISessionHost, IRemoteCalls)
@@ -129,7 +130,7 @@ class Mesh:
             enabled=registry_enabled, max_routes=max_routes,
         )  # fmt: skip
         self.link_watch = LinkWatch(clock, peer_timeout)
-        complete = partial(routes_are_complete, self.adverts, self.router, self.links)
+        complete = partial(routes_are_complete, self.adverts, self.router, self._links)
         self.forwarder = Forwarder(
             node_id, clock, metrics, self.router, self._links, self.forwarded, self.seen,
             routes_are_complete=complete, refuse=self._refuse, relay=self._relay,

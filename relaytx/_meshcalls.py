@@ -356,7 +356,7 @@ class MeshCalls:
         # Flooded calls (sent via no one neighbour) fail here only when the
         # table is complete or no link is left: in flood mode the table never
         # knows far nodes, so "no route" would fail calls this loss never touched.
-        if self._routes_are_complete() or not self._links:
+        if self.pending and (self._routes_are_complete() or not self._links):
             self._fail_unreachable(lost)
         for caller, response_id, target, came_from in self._forwarded.lost_link(peer_id):
             self.answer_error(caller, response_id, lost(target), via=came_from)

@@ -304,3 +304,24 @@ class MalformedCallTests(OriginalTestCase):
         self.original.frame("server_call", {"call": [], "response_id": 12}, "1796024318382509573")
         self.original.serve()
         self.assertEqual(self.original.answers, [])
+
+
+class LinkCountTests(OriginalTestCase):
+    """The link table counts its original-design links (what completeness is told by)."""
+
+    def test_counted_through_replacement_and_loss(self) -> None:
+        """Opening, replacing and losing links keeps the count of original links right."""
+        [node] = self.nodes("r")
+        links = node.mesh._links
+        first = OriginalPeer(node, "o1")
+        OriginalPeer(node, "o2")
+        self.assertEqual(links.originals, 2)
+        again = OriginalPeer(node, "o1")  # a reconnection replaces the link
+        self.assertEqual(links.originals, 2)
+        first.session.connection_lost("old link closing")  # the replaced one: no change
+        self.assertEqual(links.originals, 2)
+        again.session.connection_lost("gone")
+        self.assertEqual(links.originals, 1)
+        x = memory_node("x", self.clock)
+        self.network.link(node, x)
+        self.assertEqual((links.originals, len(links)), (1, 2))
