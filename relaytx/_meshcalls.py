@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -343,15 +344,7 @@ class MeshCalls:
 
     def path_lost(self, peer_id: str) -> None:
         """Fail at once (-32006) whatever had left through the link to C{peer_id}."""
-
-        def lost(destination: str) -> CallError:
-            return OutcomeUnknown(
-                f"Path to node {destination!r} lost after the call left:"
-                f" link from {self._node_id} to {peer_id} went down",
-                node_id=self._node_id,
-                route=[self._node_id, peer_id],
-            )
-
+        lost = partial(_lost, self._node_id, peer_id)
         self.pending.fail_via(peer_id, lost)
         # Flooded calls (sent via no one neighbour) fail here only when the
         # table is complete or no link is left: in flood mode the table never
@@ -368,11 +361,7 @@ class MeshCalls:
 
     def routes_changed(self) -> None:
         """The routing table changed: fail (-32006) the calls to nodes now out of reach."""
-        self._fail_unreachable(
-            lambda d: OutcomeUnknown(
-                f"Node {d!r} became unreachable after the call left", node_id=self._node_id
-            )
-        )
+        self._fail_unreachable(partial(_lost, self._node_id, None))
 
     def _fail_unreachable(self, error: Callable[[str], CallError]) -> None:
         for destination in self.pending.destinations():
@@ -390,6 +379,24 @@ class MeshCalls:
         self._forwarded.clear()
         for running in list(self._running):
             running.cancel()  # and its budget timer; the caller hears -32006
+
+
+def _lost(node_id: str, peer_id: str | None, destination: str) -> CallError:
+    """
+    :returns: the error a call that left C{node_id} for C{destination}
+        fails with when the link to C{peer_id} goes down (C{None}: when the
+        routes to C{destination} do): its outcome is unknown.
+    """
+    if peer_id is None:
+        return OutcomeUnknown(
+            f"Node {destination!r} became unreachable after the call left", node_id=node_id
+        )
+    return OutcomeUnknown(
+        f"Path to node {destination!r} lost after the call left:"
+        f" link from {node_id} to {peer_id} went down",
+        node_id=node_id,
+        route=[node_id, peer_id],
+    )
 
 
 def _refusal(envelope: Envelope, node_id: str, why: str, overloaded: bool) -> CallError:
