@@ -316,7 +316,9 @@ class LinkCountTests(OriginalTestCase):
         first = OriginalPeer(node, "o1")
         OriginalPeer(node, "o2")
         self.assertEqual(links.originals, 2)
-        again = OriginalPeer(node, "o1")  # a reconnection replaces the link
+        # A link this node dialled replaces the one o1 dialled (a second link
+        # in the same direction is refused while the first is healthy).
+        again = OriginalPeer(node, "o1", direction="outbound")
         self.assertEqual(links.originals, 2)
         first.session.connection_lost("old link closing")  # the replaced one: no change
         self.assertEqual(links.originals, 2)
