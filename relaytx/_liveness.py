@@ -27,12 +27,16 @@ health" idea of SWIM's Lifeguard extensions). A tick that runs more than
 C{STALL} (0.1 s) late means this process did not run for that long
 (starved of CPU, paused, the machine itself stalled): the time lost is
 credited to every wait under way. After a stall of more than
-C{GRACE_AFTER} (a quarter of a second), peers get twice the timeout for
-C{GRACE} (4 peer timeouts, 5 s): those on the same machine were stalled
-too, and need a moment to catch up with what they were sent.
+C{GRACE_AFTER} (a quarter of a second), the waits that were under way
+when it ended get twice the timeout, for at most C{GRACE} (4 peer
+timeouts, 5 s): peers on the same machine were stalled too, and need a
+moment to catch up with what they had been sent. Requests sent once this
+node runs again are judged by the usual timeout, so a stall does not
+slow the detection of a fault that comes after it.
 
 So, with the default C{peer_timeout} of 1.25 s and a node that is not
-itself stalled, a neighbour that stops answering is dropped:
+itself stalled (and was not, while the request was out), a neighbour that
+stops answering is dropped:
 
   - within C{peer_timeout} and a tick (1.3 s) of the first call sent to it
     after it stopped: on a link in use, within about that of the fault;
@@ -81,8 +85,8 @@ _SLACK = 1e-6
 #: its lateness, less a tick, is credited to the waits under way.
 STALL = 0.1
 
-#: After a stall of this many seconds, the timeout is doubled for GRACE
-#: peer timeouts.
+#: After a stall of this many seconds, the waits under way when it ended
+#: get twice the timeout, for at most GRACE peer timeouts.
 GRACE_AFTER = 0.25
 GRACE = 4
 
@@ -114,7 +118,9 @@ class LinkWatch:
         self._stopped = False
         #: when the pending tick is due (its lateness tells of stalls)
         self._due = 0.0
-        #: until when the timeout is doubled, after a stall of this node's
+        #: after a stall of this node's: when it ended (waits begun by then
+        #: get twice the timeout) and until when that grace lasts
+        self._stall_end = float("-inf")
         self._grace_until = float("-inf")
 
     def __len__(self) -> int:
@@ -146,11 +152,18 @@ class LinkWatch:
             if since is not None:
                 session.waiting_since = min(now, since + credit)
         if late >= GRACE_AFTER:
+            self._stall_end = now
             self._grace_until = now + GRACE * self.peer_timeout
 
-    def timeout_now(self, now: float) -> float:
-        """:returns: the peer timeout in force at C{now} (doubled just after a stall)."""
-        return self.peer_timeout * (2 if now < self._grace_until else 1)
+    def timeout_for(self, since: float, now: float) -> float:
+        """
+        :returns: the peer timeout at C{now} for a wait begun at C{since}:
+            doubled for a wait that was under way when a stall of this
+            node's ended, during the grace that follows it.
+        """
+        if since <= self._stall_end + _SLACK and now < self._grace_until:
+            return 2 * self.peer_timeout
+        return self.peer_timeout
 
     def stop(self) -> None:
         """Watch nothing more (the node is stopping)."""
@@ -170,7 +183,6 @@ class LinkWatch:
         self._timer = None
         self._credit_stall(self._clock.seconds())
         now = self._clock.seconds() + _SLACK
-        timeout = self.timeout_now(now)
         suspects = []
         done = []
         for session in self._watched:
@@ -186,7 +198,7 @@ class LinkWatch:
                 done.append(session)
                 continue
             waited = now - since
-            if waited >= timeout:
+            if waited >= self.timeout_for(since, now):
                 suspects.append(session)
             elif waited >= self.probe_after and session.probed_at < since:
                 session.probe(now - _SLACK)
@@ -202,10 +214,9 @@ class LinkWatch:
 
     def _verdict(self, suspects: list[Any]) -> None:
         now = self._clock.seconds() + _SLACK
-        timeout = self.timeout_now(now)
         for session in suspects:
             since = session.waiting_since
             if session.closed or since is None:
                 continue
-            if now - since >= timeout:
+            if now - since >= self.timeout_for(since, now):
                 session.silent(now - _SLACK - since)

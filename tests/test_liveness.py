@@ -180,8 +180,8 @@ class LinkWatchTests(SynchronousTestCase):
 
     def test_grace_after_stall(self) -> None:
         """
-        After a stall of this node's own, a silent peer gets twice the
-        timeout, for five seconds; then the timeout is the usual one.
+        After a stall of this node's own, a peer silent since before it gets
+        twice the timeout, for five seconds; then the timeout is the usual one.
         """
         self.session.request(self.watch)
         self.clock.advance(1.0)  # a stall: the first tick a second late
@@ -199,6 +199,25 @@ class LinkWatchTests(SynchronousTestCase):
         self.run_for(1.4)
         [dropped] = later.dropped
         self.assertLessEqual(dropped - begun, 1.25 + self.watch.tick + VERDICT_DELAY + 1e-6)
+
+    def test_request_after_stall_judged_as_usual(self) -> None:
+        """
+        A request sent once this node runs again, during the grace that
+        follows its stall, gets the usual timeout: a fault after a stall is
+        found as fast as any.
+        """
+        self.session.request(self.watch)
+        self.clock.advance(1.0)  # a stall, with a wait under way
+        self.session.hear()
+        self.run_for(0.5)  # the node runs again; well within the grace
+        later = Watched(self.clock)
+        later.request(self.watch)
+        begun = self.clock.seconds()
+        self.run_for(1.4)
+        [dropped] = later.dropped
+        self.assertGreaterEqual(dropped - begun, 1.25 - 1e-6)
+        self.assertLessEqual(dropped - begun, 1.25 + self.watch.tick + VERDICT_DELAY + 1e-6)
+        self.assertEqual(self.session.dropped, [])
 
     def test_slow_node_still_finds_silent_peer(self) -> None:
         """A node whose every tick runs 0.15 s late still drops a silent peer, later."""
