@@ -14,8 +14,10 @@ started with a node id already in use (a copied command line, a node
 restarted elsewhere while the first still runs) is refused where it
 would take the first one's place, with a warning on both sides, instead of
 silently taking its routes. The old link is replaced only once it has
-been found dead (missed pings) or has closed, as a restarted node's does at
-once when its process ended. (Two processes with one id that link to
+been found dead or has closed, as a restarted node's does at once when its
+process ended. A refused claim makes the node ping the link it keeps
+(L{PeerSession.challenge}): one that died without a FIN is found within
+the peer timeout, so the claimant's next try gets in. (Two processes with one id that link to
 different neighbours are not detected in an open mesh; in PKI mode a
 node's id is its certificate's.)
 """
@@ -118,8 +120,10 @@ class LinkTable:
         if existing is None:
             return
         if direction == "inbound" and existing.direction == "outbound" and self.node_id < peer_id:
+            existing.challenge()  # the peer dials as if that link were gone: is it?
             raise LinkRefused(409, f"already linked to {peer_id} (the link {self.node_id} dialled)")
         if existing.direction == direction and existing.healthy and not existing.closed:
+            existing.challenge()
             self._refuse_claim(peer_id, existing)
             raise LinkRefused(
                 409, f"{peer_id} {HEALTHY_LINK_HERE}; a second one waits until it is gone"

@@ -296,6 +296,22 @@ class PeerSession:
         if self.waiting_since is None:
             self.waiting_since = now
 
+    def challenge(self) -> None:
+        """
+        Another connection claims this link's peer id, and is refused while
+        this link looks healthy: ask the peer to answer now. A link that
+        died without a FIN (a cable, a partition, the peer restarted behind
+        it) is then dropped within the peer timeout, and the claimant gets
+        in at its next try, instead of after the next keepalive; a live
+        peer answers and keeps its link. One ping per answer at most: none
+        while a request is already unanswered.
+        """
+        if self.closed or self.waiting_since is not None:
+            return
+        now = self.host.clock.seconds()
+        self.probe(now)
+        self.awaiting(now)
+
     def silent(self, waited: float) -> None:
         """
         The peer left a request unanswered for C{waited} seconds: drop the

@@ -802,6 +802,40 @@ class LinkLifecycleTests(MeshTestCase):
         self.assertRaises(LinkRefused, self.network.link, a, b)
         self.assertEqual(len([e for e in events if e["log_level"] == LogLevel.warn]), 2)
 
+    def test_refused_claim_tests_the_kept_link(self) -> None:
+        """
+        A claim refused for a link that died without a FIN has that link
+        tested at once: it is dropped within the peer timeout (not at the
+        next keepalive), and the claimant's next try gets in.
+        """
+        a = memory_node("a", self.clock)
+        b = memory_node("b", self.clock)
+        first = self.network.link(a, b)
+        self.network.advance(5.1)  # just past a keepalive, answered
+        first.pause()  # the connection dies without a FIN: nothing crosses it
+        restarted = memory_node("a", self.clock)  # "a" again, dialling anew
+        pings = len(first.sent_by(b, "ping"))
+        self.assertRaises(LinkRefused, self.network.link, restarted, b)
+        self.assertRaises(LinkRefused, self.network.link, restarted, b)
+        self.assertEqual(len(first.sent_by(b, "ping")), pings + 1)  # one test for both claims
+        self.network.advance(1.25 + 0.06)  # the peer timeout and a tick; the keepalive is 3.6 s off
+        self.assertNotIn(first.session_of(b), b.mesh.links.values())
+        second = self.network.link(restarted, b)
+        self.assertIs(b.mesh.links["a"], second.session_of(b))
+
+    def test_refused_claim_keeps_a_live_link(self) -> None:
+        """A live peer answers the test a refused claim makes, and keeps its link."""
+        a = memory_node("a", self.clock)
+        b = memory_node("b", self.clock)
+        first = self.network.link(a, b)
+        self.network.settle()
+        impostor = memory_node("a", self.clock)
+        for _ in range(3):
+            self.assertRaises(LinkRefused, self.network.link, impostor, b)
+            self.network.advance(1.0)
+        self.assertIs(b.mesh.links["a"], first.session_of(b))
+        self.assertFalse(first.closed)
+
     def test_strict_crossing_dials(self) -> None:
         """Strict links: two nodes dialling each other keep one link, the smaller id's."""
         a = memory_node("a", self.clock)
