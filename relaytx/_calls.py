@@ -7,12 +7,14 @@ on an injected clock.
     Python API, the mesh).
   - L{PendingCalls}: the calls this node made and waits on, by response id.
     Each entry times out (L{CallTimeout}, -32001) at the caller's deadline
-    and fails at once (L{NodeUnreachable}, -32002) when the neighbour it was
-    sent through goes away. A late answer is discarded and counted.
+    and fails at once (L{relaytx.errors.OutcomeUnknown}, -32006) when the
+    neighbour it was sent through goes away. A late answer is discarded and
+    counted.
   - L{ForwardedCalls}: the calls this node passed on for others. Each entry
-    remembers the link it came from and the one it left by, so that when the
-    latter goes away the caller hears about it at once instead of at its
-    timeout. Entries expire with the call's time budget.
+    remembers the link it came from, the way its answer goes back, and the
+    one it left by, so that when the latter goes away the caller hears about
+    it at once (-32006) instead of at its timeout. Entries expire with the
+    call's time budget.
   - L{SeenMessages}: message ids delivered here recently, so a message that
     arrives twice (flooding, a resend) is executed at most once.
 
@@ -176,13 +178,19 @@ class PendingCalls:
         return response_id in self._pending
 
     def expect(
-        self, response_id: str, destination: str, via: str | None, timeout: float
+        self,
+        response_id: str,
+        destination: str,
+        via: str | None,
+        timeout: float,
+        now: float | None = None,
     ) -> Deferred[Any]:
         """
         Wait for the answer to call C{response_id}.
 
         :param via: the neighbour the call was sent to, or C{None} if it was
             flooded to several.
+        :param now: the clock's time, if the caller has just read it.
         :returns: a Deferred that fires with the answer's result, or fails
             with L{CallTimeout} after C{timeout} seconds or with the error
             the answer carried. Cancelling it forgets the call.
@@ -194,7 +202,7 @@ class PendingCalls:
             self._forget(response_id)
 
         d: Deferred[Any] = Deferred(cancel)
-        deadline = self._clock.seconds() + timeout
+        deadline = (self._clock.seconds() if now is None else now) + timeout
         self._pending[response_id] = _Pending(d, via, destination, deadline, timeout)
         self._deadlines.push(deadline, response_id)
         timer = self._timer
@@ -397,12 +405,16 @@ class ForwardedCalls:
         came_from: str,
         went_to: str | None,
         budget: float,
+        now: float | None = None,
     ) -> None:
         """
         Note that call C{response_id} from C{caller} to C{target} arrived on
         the link to C{came_from} and left on the link to C{went_to}.
+
+        :param now: the clock's time, if the caller has just read it.
         """
-        now = self._clock.seconds()
+        if now is None:
+            now = self._clock.seconds()
         if now >= self._next_sweep:
             self._sweep(now)
         key = (caller, response_id)
@@ -415,30 +427,30 @@ class ForwardedCalls:
         per = self._per_neighbour
         per[came_from] = per.get(came_from, 0) + 1
 
-    def came_from(self, caller: str, response_id: Any) -> str | None:
+    def take(self, caller: str, response_id: str | None) -> str | None:
         """
-        :returns: the neighbour a forwarded call came from, the way its
-            answer goes back when no route to the caller is known.
+        The answer to a forwarded call is passing through: forget the call.
+
+        :returns: the neighbour the call came from (the way its answer goes
+            back), or C{None} if no such call is remembered. (A call whose
+            budget ran out a moment ago, not swept yet, still gives its way
+            back: its answer is late, but the way is as good as ever.)
         """
-        entry = self._calls.get((caller, response_id)) if isinstance(response_id, str) else None
-        if entry is None or entry.deadline <= self._clock.seconds():
+        if response_id is None:
             return None
+        entry = self._calls.pop((caller, response_id), None)
+        if entry is None:
+            return None
+        self._counted_out(entry)
         return entry.came_from
 
-    def answered(self, caller: str, response_id: str | None) -> None:
-        """The answer to a forwarded call passed through: forget the call."""
-        if response_id is not None:
-            entry = self._calls.pop((caller, response_id), None)
-            if entry is not None:
-                self._counted_out(entry)
-
-    def lost_link(self, peer_id: str) -> list[tuple[str, str, str]]:
+    def lost_link(self, peer_id: str) -> list[tuple[str, str, str, str]]:
         """
         Forget the calls that left through C{peer_id}, at once (whether or
         not the result is looked at).
 
-        :returns: C{(caller, response_id, target)} of each, so the caller
-            can be told.
+        :returns: C{(caller, response_id, target, came_from)} of each, so
+            the caller can be told (back the way the call came).
         """
         self._sweep(self._clock.seconds())
         lost = [key for key, e in self._calls.items() if e.went_to == peer_id]
@@ -446,7 +458,7 @@ class ForwardedCalls:
         for key in lost:
             entry = self._calls.pop(key)
             self._counted_out(entry)
-            found.append((key[0], key[1], entry.target))
+            found.append((key[0], key[1], entry.target, entry.came_from))
         return found
 
     def clear(self) -> None:
@@ -463,16 +475,23 @@ class ForwardedCalls:
 
 class SeenMessages:
     """
-    A bounded memory of message ids delivered here, each kept for C{ttl}
+    A bounded memory of messages delivered here, each kept for C{ttl}
     seconds (and at most C{capacity} of them), without timers: expiry
-    happens as new ids are added.
+    happens as new ones are added.
+
+    A message is known by its sender and its id, which relaytx makes unique.
+    The original design's nodes use nanosecond timestamps as ids, which
+    collide under load, so two distinct calls of theirs may share an id
+    (never a response id as well): their messages are known by their type
+    and response id too. Copies of one message (a flood, a resend) share
+    all four.
     """
 
     def __init__(self, clock: IReactorTime, ttl: float = 120.0, capacity: int = 100_000) -> None:
         self._clock = clock
         self._ttl = ttl
         self._capacity = capacity
-        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, str, str, str | None], float] = OrderedDict()
         # No entry expires before this time (the oldest entry's expiry, or
         # earlier): until then, and under capacity, there is nothing to drop.
         self._next_expiry = 0.0
@@ -480,14 +499,22 @@ class SeenMessages:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def first_time(self, sender: str, message_id: str | None) -> bool:
+    def first_time(
+        self,
+        sender: str,
+        message_id: str | None,
+        kind: str = "",
+        response_id: str | None = None,
+    ) -> bool:
         """
-        :returns: C{True} the first time C{(sender, message_id)} is seen
-            (always for a message without an id).
+        :param kind: the message's type.
+        :param response_id: for a call or an answer, its response id.
+        :returns: C{True} the first time this message is seen (always for a
+            message without an id).
         """
         if message_id is None:
             return True
-        key = (sender, message_id)
+        key = (sender, message_id, kind, response_id)
         now = self._clock.seconds()
         seen = self._seen
         expires = seen.get(key)

@@ -14,6 +14,16 @@ take nothing else from a node that is not its sender). Between routers the
 wrapper would only be one more envelope for each hop to make, write and
 read.
 
+An answer goes back the way its call came, while that way holds: the
+callee sends it to the neighbour the call arrived from, and each forwarder
+to the neighbour it had the call from (L{ForwardedCalls}), so a route
+change downstream does not lose the answer of a call that ran. Only when
+that link is gone does the answer follow the routing table.
+
+A call for an original-design neighbour (which takes frames only from its
+direct peers) that another node sent is not passed on as is: this node
+calls the neighbour as itself and relays the answer (C{relay}).
+
 Each forwarder appends itself to the message's C{route} and decrements its
 C{ttl}. A message this node originates towards a relaytx router gets a hop
 budget that covers its route (L{relaytx._routing.hop_budget}: the route's hops plus a
@@ -24,8 +34,12 @@ nodes gets a budget for that route, within 64 hops in all; otherwise it is
 dropped, as is one whose route already holds the forwarder (and a call
 among them is refused, which answers it with -32002). With no known route,
 the original's fallback applies: the message is flooded to every healthy
-neighbour not already in its route; the destination runs it at most once
-(L{SeenMessages}).
+relaytx neighbour not already in its route (an original-design node
+forwards nothing, so it gets no copy); the destination runs it at most
+once (L{SeenMessages}).
+
+Every call sent on a link tells the link's session (C{awaiting}): its peer
+must be heard from soon, or the link is dropped (L{relaytx._liveness}).
 
 A link speaks only for its peer: a message must come from that peer or
 have been forwarded by it (the last node of its C{route}); anything else is
@@ -63,6 +77,10 @@ _NOT_DEDUPLICATED = frozenset({"route_message", "ping", "pong", "registry_sync",
 #: Messages whose C{response_id} a forwarder checks before passing them on.
 _ANSWERED = frozenset({"server_call", "server_response"})
 
+#: The types the forwarder looks at, as plain names (read for every message).
+_CALL = ServerCall.TYPE
+_ANSWER = ServerResponse.TYPE
+
 
 def _short_response_id(envelope: Envelope) -> bool:
     response_id = envelope.data.get("response_id")
@@ -84,6 +102,9 @@ class Forwarder:
         it came from (C{None}: it was originated here), why, and whether
         this node is overloaded; a call among such messages is answered
         with -32002 (-32005 when overloaded).
+    :param relay: called with a call from another node for an
+        original-design neighbour, and the link it came from: this node
+        makes the call itself and relays the answer.
     """
 
     def __init__(
@@ -97,18 +118,23 @@ class Forwarder:
         seen: SeenMessages,
         routes_are_complete: Callable[[], bool],
         refuse: Callable[..., None],
+        relay: Callable[[Envelope, str], None] | None = None,
     ) -> None:
         self._node_id = node_id
         self._clock = clock
         self._metrics = metrics
         self._router = router
         self._links = links
+        #: peer id -> session: the link table's own dict, read directly
+        #: (a lookup for every message; a method call would double it)
+        self._by_peer = links.links
         self._forwarded = forwarded
         self._seen = seen
         self._routes_are_complete = routes_are_complete
         self._refuse = refuse
         #: traced calls passing through (see L{relaytx._tracing.HopTraces})
         self.hops = HopTraces(node_id, clock)
+        self._relay = relay
 
     def receive(self, envelope: Envelope, session: PeerSession, unwrapped: bool = False) -> None:
         """
@@ -126,11 +152,19 @@ class Forwarder:
             if envelope.type == RouteMessage.TYPE:
                 self._unwrap(envelope, session)
                 return
-            if envelope.type not in _NOT_DEDUPLICATED and not self._seen.first_time(
-                envelope.sender, envelope.id
-            ):
-                self._metrics.drop("duplicate")
-                return
+            if envelope.type not in _NOT_DEDUPLICATED:
+                # relaytx ids are unique; an original-design node's
+                # (nanosecond timestamps) collide under load, so its
+                # messages are told apart by type and response id too.
+                if session.original:
+                    first = self._seen.first_time(
+                        envelope.sender, envelope.id, envelope.type, envelope.response_id
+                    )
+                else:
+                    first = self._seen.first_time(envelope.sender, envelope.id)
+                if not first:
+                    self._metrics.drop("duplicate")
+                    return
             session.dispatch(envelope)
             return
         if node_id in envelope.route:
@@ -192,15 +226,23 @@ class Forwarder:
         return self.forward(envelope, came_from=None, back_via=back_via)
 
     def forward(
-        self, envelope: Envelope, came_from: str | None, back_via: str | None = None
+        self,
+        envelope: Envelope,
+        came_from: str | None,
+        back_via: str | None = None,
+        budget: float | None = None,
+        now: float | None = None,
     ) -> str | None:
         """
         Send C{envelope} (already stamped by this node) one hop on.
 
         :param came_from: the neighbour it arrived from (C{None}: it was
             originated here).
-        :param back_via: for an answer, the neighbour its call came from:
-            the way back when no route to the caller is known (yet).
+        :param back_via: for an answer, the neighbour its call came from
+            (when this node did not forward that call itself: it ran it, or
+            relayed it).
+        :param budget: for a call originated here, its time budget.
+        :param now: the clock's time, if the caller has just read it.
         :returns: the neighbour it went to, or C{None} if it was flooded or
             dropped.
         :raises MessageTooLarge: if it is over the link's message limit.
@@ -214,37 +256,72 @@ class Forwarder:
                     self._refuse(envelope, came_from, "TTL exceeded")
                 return None
             envelope = rebudgeted
-        links = self._links
-        session = links.get(destination)
-        if session is None or not session.healthy:
-            route = self._router.route(destination)
-            if route is None:
-                session = None
-            else:
-                path = route.path
-                session = links.get(path[0])
-                if came_from is None and session is not None:
-                    # Between relaytx nodes the hop budget covers the route.
-                    # (A route of two hops or more was learned from a
-                    # router; one of one hop keeps the default, 10.)
-                    envelope.ttl = HOP_BUDGETS[len(path)]
-        if session is None and envelope.type == ServerResponse.TYPE:
-            # No route to the caller (its adverts may still be on the way):
-            # an answer goes back the way its call came.
-            back = back_via or self._forwarded.came_from(destination, envelope.response_id)
-            session = links.get(back)
+        if envelope.type == _ANSWER:
+            # Back the way the call came, while that link holds; else routed.
+            back = back_via
+            if came_from is not None:
+                back = self._forwarded.take(destination, envelope.response_id) or back_via
+                if back == came_from:  # it came from there: routed, not sent back
+                    back = None
+            session = self._by_peer.get(back)  # type: ignore[arg-type]  # None finds nothing
+            if session is None or not session.healthy:
+                session = self._routed(envelope, came_from)
+            elif came_from is None and destination != back:
+                # Its own answer, back along the call's path: a budget for
+                # the route to the caller, as a call of its own would get.
+                route = self._router.route(destination)
+                if route is not None:
+                    envelope.ttl = HOP_BUDGETS[len(route.path)]
+        else:
+            session = self._routed(envelope, came_from)
         if session is not None:
-            self._send_via(session, envelope, came_from)
+            if (
+                session.original
+                and came_from is not None
+                and session.peer_id == destination
+                and envelope.type == _CALL
+                and self._relay is not None
+            ):
+                # It would drop a frame from anyone but its direct peers.
+                if self._seen.first_time(envelope.sender, envelope.id):
+                    self._relay(envelope, came_from)
+                else:
+                    self._metrics.drop("duplicate")
+                return destination
+            self._send_via(session, envelope, came_from, False, budget, now)
             return session.peer_id
-        targets = links.healthy_except({*envelope.route, came_from})
+        targets = self._links.flood_targets({*envelope.route, came_from})
         if not targets or self._routes_are_complete():
             self._metrics.drop("no_route")
             if self._may_refuse(came_from):
                 self._refuse(envelope, came_from, "no route")
             return None
         for target in targets[:MAX_FLOOD]:  # the original's flood fallback, capped
-            self._send_via(target, envelope, came_from, flooded=True)
+            self._send_via(target, envelope, came_from, True, budget, now)
         return None
+
+    def _routed(self, envelope: Envelope, came_from: str | None) -> PeerSession | None:
+        """
+        :returns: the link to C{envelope}'s destination, or to the next hop
+            of its route (setting the hop budget of a message originated
+            here to cover that route), or C{None}.
+        """
+        destination = envelope.to
+        by_peer = self._by_peer
+        session = by_peer.get(destination)
+        if session is not None and session.healthy:
+            return session
+        route = self._router.route(destination)
+        if route is None:
+            return None
+        path = route.path
+        session = by_peer.get(path[0])
+        if came_from is None and session is not None:
+            # Between relaytx nodes the hop budget covers the route. (A route
+            # of two hops or more was learned from a router; one of one hop
+            # keeps the default, 10.)
+            envelope.ttl = HOP_BUDGETS[len(path)]
+        return session
 
     def _rebudget(self, envelope: Envelope) -> Envelope | None:
         """
@@ -275,15 +352,39 @@ class Forwarder:
         return came_from is None or self._routes_are_complete()
 
     def _send_via(
-        self, session: PeerSession, envelope: Envelope, came_from: str | None, flooded: bool = False
+        self,
+        session: PeerSession,
+        envelope: Envelope,
+        came_from: str | None,
+        flooded: bool = False,
+        budget: float | None = None,
+        now: float | None = None,
     ) -> None:
-        if came_from is not None:
+        if envelope.type == _CALL:
+            if now is None:
+                now = self._clock.seconds()
+            if came_from is not None:
+                self._metrics.messages_routed.inc()
+                tracking = ServerCall.tracking(envelope.data)
+                if tracking is not None:
+                    response_id, timeout = tracking
+                    budget = timeout or _UNKNOWN_BUDGET
+                    # One lost branch of a flood says nothing of the other copies.
+                    self._forwarded.remember(
+                        envelope.sender, response_id, envelope.to, came_from,
+                        None if flooded else session.peer_id, budget, now,
+                    )  # fmt: skip
+            # The peer must answer soon, and is probed while the call is out:
+            # session.awaiting(now, until), inlined (every call comes here).
+            until = now + (budget or _UNKNOWN_BUDGET)
+            if until > session.busy_until:
+                session.busy_until = until
+            if session.waiting_since is None:
+                session.waiting_since = now
+                if not session.watched:
+                    session.awaiting(now)  # the watch takes it
+        elif came_from is not None:
             self._metrics.messages_routed.inc()
-            if envelope.type == ServerCall.TYPE:
-                # One lost branch of a flood says nothing of the other copies.
-                self._remember(envelope, came_from, None if flooded else session.peer_id)
-            elif envelope.type == ServerResponse.TYPE:
-                self._forwarded.answered(envelope.to, envelope.response_id)
         if session.peer_id == envelope.to or self._router.is_router(session.peer_id):
             # A relaytx router takes a message as is: its route ends with
             # the hop that sent it, which is all a wrapper would tell.
@@ -293,15 +394,6 @@ class Forwarder:
             session.send(
                 Envelope.create(wrapper, self._node_id, session.peer_id, self._clock.seconds())
             )
-
-    def _remember(self, envelope: Envelope, came_from: str, went_to: str | None) -> None:
-        tracking = ServerCall.tracking(envelope.data)
-        if tracking is not None:
-            response_id, timeout = tracking
-            self._forwarded.remember(
-                envelope.sender, response_id, envelope.to, came_from, went_to,
-                timeout or _UNKNOWN_BUDGET,
-            )  # fmt: skip
 
     def can_reach(self, destination: str) -> bool:
         """:returns: whether a link or a route to C{destination} is known."""

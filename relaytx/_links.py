@@ -14,8 +14,10 @@ started with a node id already in use (a copied command line, a node
 restarted elsewhere while the first still runs) is refused where it
 would take the first one's place, with a warning on both sides, instead of
 silently taking its routes. The old link is replaced only once it has
-been found dead (missed pings) or has closed, as a restarted node's does at
-once when its process ended. (Two processes with one id that link to
+been found dead or has closed, as a restarted node's does at once when its
+process ended. A refused claim makes the node ping the link it keeps
+(L{PeerSession.challenge}): one that died without a FIN is found within
+the peer timeout, so the claimant's next try gets in. (Two processes with one id that link to
 different neighbours are not detected in an open mesh; in PKI mode a
 node's id is its certificate's.)
 """
@@ -61,6 +63,8 @@ class LinkTable:
         #: refused second claims per peer id, while its current link lasts
         self._claims: dict[str, int] = {}
         self.links: dict[str, PeerSession] = {}
+        #: how many of the links are to original-design nodes
+        self.originals = 0
         self.stopping = False
         self.session_class: type[PeerSession] = PeerSession
         self.message_types: MessageTypes = CORE_TYPES
@@ -116,8 +120,10 @@ class LinkTable:
         if existing is None:
             return
         if direction == "inbound" and existing.direction == "outbound" and self.node_id < peer_id:
+            existing.challenge()  # the peer dials as if that link were gone: is it?
             raise LinkRefused(409, f"already linked to {peer_id} (the link {self.node_id} dialled)")
         if existing.direction == direction and existing.healthy and not existing.closed:
+            existing.challenge()
             self._refuse_claim(peer_id, existing)
             raise LinkRefused(
                 409, f"{peer_id} {HEALTHY_LINK_HERE}; a second one waits until it is gone"
@@ -147,7 +153,9 @@ class LinkTable:
         old = self.links.get(session.peer_id)
         self.links[session.peer_id] = session
         self._claims.pop(session.peer_id, None)
+        self.originals += session.original
         if old is not None:
+            self.originals -= old.original
             old.close(CLOSE_REPLACED, "replaced by a newer link")
         return old
 
@@ -162,6 +170,7 @@ class LinkTable:
             return False
         del self.links[session.peer_id]
         self._claims.pop(session.peer_id, None)
+        self.originals -= session.original
         return True
 
     def close_all(self, reason: str) -> None:
@@ -174,9 +183,15 @@ class LinkTable:
         for session in list(self.links.values()):
             session.connection_lost(reason)
 
-    def healthy_except(self, excluded: Any) -> list[PeerSession]:
-        """:returns: the healthy links whose peer is not in C{excluded}."""
-        return [s for p, s in self.links.items() if s.healthy and p not in excluded]
+    def flood_targets(self, excluded: Any) -> list[PeerSession]:
+        """
+        :returns: the healthy links whose peer is not in C{excluded} and is
+            a relaytx node: an original-design node forwards nothing, so a
+            flooded copy sent to it would only be dropped (SPEC section 7).
+        """
+        return [
+            s for p, s in self.links.items() if s.healthy and not s.original and p not in excluded
+        ]
 
     def view(self, server_count: Callable[[str], int]) -> dict[str, dict[str, Any]]:
         """

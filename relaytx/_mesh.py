@@ -7,7 +7,10 @@ in its own module:
   - L{Advertiser} (C{_adverts}): the registry exchange and the routing
     table it feeds (L{Router}, C{_routing});
   - L{Forwarder} (C{_forwarding}): moving messages, here or on;
-  - L{MeshCalls} (C{_meshcalls}): calls across the mesh, at both ends.
+  - L{MeshCalls} (C{_meshcalls}): calls across the mesh, at both ends;
+  - L{LinkWatch} (C{_liveness}): neighbours that stop answering;
+  - L{OriginalRelay} (C{_relay}): calls for original-design neighbours,
+    made by this node for others.
 
 The mesh wires them together and is what each link's session sees of the
 node (L{ISessionHost}): it turns link events (a link opened, lost) into the
@@ -17,6 +20,7 @@ work each part has to do.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -28,12 +32,14 @@ from relaytx._adverts import Advertiser, Directory
 from relaytx._calls import CallTarget, ForwardedCalls, PendingCalls, SeenMessages
 from relaytx._forwarding import Forwarder
 from relaytx._links import LinkRefused, LinkTable
+from relaytx._liveness import DEFAULT_PEER_TIMEOUT, LinkWatch
 from relaytx._meshcalls import MeshCalls
 from relaytx._metrics import NodeMetrics
 from relaytx._pki import EndToEnd, NodeIdentity, NodeRecord, RecordBook
 from relaytx._records import RecordExchange
+from relaytx._relay import OriginalRelay
 from relaytx._routing import Router
-from relaytx.errors import ProtocolViolation
+from relaytx.errors import InvalidRequest, ProtocolViolation
 from relaytx.interfaces import ILinkTransport, IRemoteCalls, ISessionHost
 from relaytx.peer import CLOSE_REMOVED, CLOSE_REPLACED, PeerSession
 from relaytx.wire import (
@@ -64,6 +70,23 @@ def _declared_paths(
     return lambda neighbour, path: declared(neighbour, path[1:]) and accept_path(neighbour, path)
 
 
+def routes_are_complete(adverts: Advertiser, router: Router, links: LinkTable) -> bool:
+    """
+    :returns: whether the routing table knows every node reachable at all:
+        every neighbour advertises routes, or is an original-design node,
+        which forwards nothing. Flooding a message would then find nothing
+        more. (Counted, not checked link by link: a hub losing thousands of
+        links asks once per link.)
+    """
+    if adverts.routes_are_complete():
+        return True
+    if not adverts.enabled:
+        return False
+    by_peer = links.links
+    routers = sum(1 for p in router.routers() if p in by_peer and not by_peer[p].original)
+    return links.originals + routers >= len(by_peer)
+
+
 @implementer(ISessionHost, IRemoteCalls)
 class Mesh:
     """
@@ -83,6 +106,9 @@ class Mesh:
         end-to-end codes (L{relaytx._pki}).
     :param accept_path: the routing table's test of learned paths (see
         L{Router}); in PKI mode, a path must pass it and the adjacency check.
+    :param peer_timeout: seconds a neighbour may leave a request (a call, a
+        ping) unanswered, hearing nothing from it, before its link is
+        dropped (L{relaytx._liveness}).
 
     @ivar links: the current session of each linked peer, by id.
     @ivar router: the routing table.
@@ -108,6 +134,7 @@ class Mesh:
         strict_links: bool = False,
         identity: NodeIdentity | None = None,
         accept_path: Callable[[str, tuple[str, ...]], bool] | None = None,
+        peer_timeout: float = DEFAULT_PEER_TIMEOUT,
     ) -> None:
         self.node_id = node_id
         self.clock = clock
@@ -137,10 +164,11 @@ class Mesh:
         metrics.routes.set_function(lambda: len(self.router.routes()))
         metrics.routes_changed.set_function(lambda: self.adverts.changed_at or 0.0)
         self.registry = Directory(self.router, self._links, clock, registry_enabled)
-        complete = self.adverts.routes_are_complete
+        self.link_watch = LinkWatch(clock, peer_timeout)
+        complete = partial(routes_are_complete, self.adverts, self.router, self._links)
         self.forwarder = Forwarder(
             node_id, clock, metrics, self.router, self._links, self.forwarded, self.seen,
-            routes_are_complete=complete, refuse=self._refuse,
+            routes_are_complete=complete, refuse=self._refuse, relay=self._relay,
         )  # fmt: skip
         self.calls = MeshCalls(
             node_id, clock, metrics, self.router, self._links, self.forwarder, self.pending,
@@ -152,6 +180,7 @@ class Mesh:
                 identity, book, clock, metrics, self._links, self._records_changed
             )
             self._links.register_handler(NodeRecord, self.records.take)
+        self.relay = OriginalRelay(node_id, clock, metrics, self.forwarder, self.calls)
         self._all_closed: Deferred[None] | None = None
         self._grace: IDelayedCall | None = None
         #: routed pings timed for C{node.traceroute}
@@ -171,6 +200,9 @@ class Mesh:
     def _routes_changed(self) -> None:
         # The table changed: calls to nodes now out of reach fail at once.
         self.calls.routes_changed()
+
+    def _relay(self, envelope: Envelope, came_from: str) -> None:
+        self.relay.relay(envelope, came_from)
 
     # Extension.
 
@@ -201,15 +233,23 @@ class Mesh:
         self._links.check(peer_id, direction)
 
     def open_link(
-        self, peer_id: str, direction: str, address: str, transport: ILinkTransport
+        self,
+        peer_id: str,
+        direction: str,
+        address: str,
+        transport: ILinkTransport,
+        original: bool = False,
     ) -> PeerSession:
         """
         A link's WebSocket is open: start its session.
 
+        :param original: whether the peer is a node of the original design
+            (its handshake was not a relaytx node's).
         :raises LinkRefused: as L{check_new_link}.
         """
         self._links.check(peer_id, direction)
         session = self._links.session_class(self, peer_id, direction, address)
+        session.original = original  # (a subclass need not take the argument)
         if self._links.add(session) is not None:
             self._log.info("a new link from {peer} replaces the old one", peer=peer_id)
         session.connection_made(transport)
@@ -254,6 +294,23 @@ class Mesh:
         """Count (and log) bad input from a link."""
         self.metrics.drop(error.reason)
         self._log.debug("bad input from {peer}: {error}", peer=session.peer_id, error=str(error))
+
+    def bad_call(self, envelope: Envelope, error: ProtocolViolation, session: PeerSession) -> None:
+        """
+        A C{server_call} addressed here could not be read (it is counted and
+        dropped already): answer it with -32600 when it names a response id,
+        so that its caller hears why instead of timing out.
+        """
+        response_id = envelope.response_id
+        if response_id is not None:
+            invalid = InvalidRequest(f"malformed server_call: {error}")
+            self.calls.answer_error(
+                envelope.sender, response_id, invalid, envelope.route, session.peer_id
+            )
+
+    def watch(self, session: PeerSession) -> None:
+        """A request left on C{session}'s link: watch that its peer answers."""
+        self.link_watch.watch(session)
 
     # What a session hands over.
 
@@ -345,6 +402,7 @@ class Mesh:
         self.adverts.stop()
         if self.records is not None:
             self.records.stop()
+        self.link_watch.stop()
         self.calls.stop()
         self._links.close_all("node stopping")
         if not self.links:

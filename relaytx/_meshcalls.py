@@ -10,20 +10,28 @@ L{MeshCalls}: calls that cross the mesh, at both ends.
     to the caller.
   - B{settle}: an answer to one of this node's calls arrived. Only the node
     the call went to may answer it; a node on the way may only report the
-    path lost (-32002). Anything else is a forgery: dropped, counted.
+    path lost (-32002 or -32006, L{PATH_LOST_CODES}). Anything else is a
+    forgery: dropped, counted.
 
 In PKI mode a call or answer that crossed other nodes must also carry its
 sender's end-to-end code (L{relaytx._pki.EndToEnd}); without it, it is a
 forgery too, whatever it claims.
 
-When a link goes down, the calls sent through it fail at once: this node's
-own with -32002, and for each call this node had passed into that link for
-another node, a -32002 answer goes back towards its caller.
+Answers travel back along the path their call took (L{Forwarder}).
+
+When a link goes down, the calls sent through it fail at once with -32006
+(L{OutcomeUnknown}): they left, and may or may not have run. That holds
+for this node's own calls, and for each call this node had passed into
+that link for another node: a -32006 answer goes back towards its caller.
+-32002 (L{NodeUnreachable}) is only for calls that certainly did not run:
+no route, TTL exceeded, refused before they could reach the target.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -45,19 +53,39 @@ from relaytx._pki import EndToEnd
 from relaytx._routing import Router
 from relaytx._tracing import TRACE_PATH, CallTraces
 from relaytx.errors import (
+    PATH_LOST_CODES,
     CallError,
     MessageTooLarge,
     NodeUnreachable,
+    NoSuchServer,
+    OutcomeUnknown,
     Overloaded,
     RemoteCallError,
     error_for_code,
     failure_exception,
 )
-from relaytx.wire import CallSpec, Envelope, ServerCall, ServerResponse, secret_id
+from relaytx.wire import (
+    CallSpec,
+    Envelope,
+    ServerCall,
+    ServerResponse,
+    secret_id,
+)
 
-#: Error codes a node on a call's path may answer with in the callee's
-#: place: it can only report the call lost.
-PATH_LOSS_CODES = frozenset({NodeUnreachable.code})
+#: How an original-design node says it hosts no such server (with no error
+#: code: it answers only C{{"success": false, "error": TEXT}}).
+_ORIGINAL_NO_SERVER = re.compile(r"server .+ not found")
+
+
+def _foreign_error_code(text: str | None) -> int:
+    """
+    :returns: the code of an error answer that carries none (an
+        original-design node's): -32003 for its "server X not found",
+        else -32000.
+    """
+    if text is not None and _ORIGINAL_NO_SERVER.fullmatch(text):
+        return NoSuchServer.code
+    return RemoteCallError.code
 
 
 class MeshCalls:
@@ -141,16 +169,18 @@ class MeshCalls:
         if caller == self._node_id:
             caller = None  # a call with no caller is the sending node's own
         call = ServerCall(spec, response_id, caller=caller)
-        envelope = Envelope.create(call, self._node_id, destination, self._clock.seconds())
+        now = self._clock.seconds()
+        envelope = Envelope.create(call, self._node_id, destination, now)
         if self._e2e is not None and destination not in self._links:
             mac = self._e2e.seal_call(destination, call, envelope.timestamp or "")
             if mac is not None:
                 envelope.data["mac"] = mac  # type: ignore[index]  # the dict to_data made
-        d = self.pending.expect(response_id, destination, None, target.timeout)
+        d = self.pending.expect(response_id, destination, None, target.timeout, now)
         if target.trace is not None:
             self.traces.carry(envelope, target.trace, response_id, d)
         try:
-            self.pending.set_via(response_id, self._forwarder.forward(envelope, came_from=None))
+            via = self._forwarder.forward(envelope, None, budget=target.timeout, now=now)
+            self.pending.set_via(response_id, via)
         except MessageTooLarge as e:
             self.pending.resolve(response_id, error=Overloaded(f"Call too large: {e}"))
         return d
@@ -161,7 +191,7 @@ class MeshCalls:
         (see the module docstring).
         """
         destination = self.pending.destination_of(response.response_id)
-        path_loss = not response.success and response.error_code in PATH_LOSS_CODES
+        path_loss = not response.success and response.error_code in PATH_LOST_CODES
         if destination is not None and envelope.sender != destination and not path_loss:
             self._metrics.drop("forged_answer")
             return
@@ -181,8 +211,9 @@ class MeshCalls:
             return
         data = dict(response.error_data or {})
         data.setdefault("node_id", response.node_id or envelope.sender)
+        code = response.error_code
         error = error_for_code(
-            response.error_code if response.error_code is not None else RemoteCallError.code,
+            code if code is not None else _foreign_error_code(response.error),
             response.error or "remote error",
             data,
         )
@@ -250,7 +281,8 @@ class MeshCalls:
         error = failure_exception(outcome)
         if isinstance(error, CancelledError):  # cancelled by stop() or a lost caller
             why = "stopped" if self._links.stopping else "lost the caller"
-            error = NodeUnreachable(f"node {self._node_id} {why} before answering")
+            # Queued or running: it may have done part of its work.
+            error = OutcomeUnknown(f"node {self._node_id} {why} before answering")
         elif not isinstance(error, CallError):
             error = RemoteCallError.from_exception(error, self._node_id)
         self.answer_error(envelope.sender, call.response_id, error, envelope.route, via)
@@ -316,39 +348,30 @@ class MeshCalls:
         if came_from is None:
             self.pending.resolve(response_id, error=error)
         else:
-            self.answer_error(envelope.sender, response_id, error)
+            self.answer_error(envelope.sender, response_id, error, via=came_from)
 
     # Losses.
 
     def path_lost(self, peer_id: str) -> None:
-        """Fail at once whatever was travelling through the link to C{peer_id}."""
-
-        def unreachable(destination: str) -> CallError:
-            return NodeUnreachable(
-                f"Path to node {destination!r} lost: link to {peer_id} went down",
-                node_id=self._node_id,
-                route=[self._node_id, peer_id],
-            )
-
-        self.pending.fail_via(peer_id, unreachable)
+        """Fail at once (-32006) whatever had left through the link to C{peer_id}."""
+        lost = partial(_lost, self._node_id, peer_id)
+        self.pending.fail_via(peer_id, lost)
         # Flooded calls (sent via no one neighbour) fail here only when the
         # table is complete or no link is left: in flood mode the table never
         # knows far nodes, so "no route" would fail calls this loss never touched.
-        if self._routes_are_complete() or not self._links:
-            self._fail_unreachable(unreachable)
-        for caller, response_id, target in self._forwarded.lost_link(peer_id):
-            self.answer_error(caller, response_id, unreachable(target))
+        if self.pending and (self._routes_are_complete() or not self._links):
+            self._fail_unreachable(lost)
+        for caller, response_id, target, came_from in self._forwarded.lost_link(peer_id):
+            self.answer_error(caller, response_id, lost(target), via=came_from)
         # Calls running here for a caller now out of reach: it has been told
-        # -32002 by its side; stop working on them (queued ones are skipped).
+        # -32006 by its side; stop working on them (queued ones are skipped).
         for running, (caller, via) in list(self._running.items()):
             if via == peer_id and not self._forwarder.can_reach(caller):
                 running.cancel()
 
     def routes_changed(self) -> None:
-        """The routing table changed: fail the calls to nodes now out of reach."""
-        self._fail_unreachable(
-            lambda d: NodeUnreachable(f"Node {d!r} became unreachable", node_id=self._node_id)
-        )
+        """The routing table changed: fail (-32006) the calls to nodes now out of reach."""
+        self._fail_unreachable(partial(_lost, self._node_id, None))
 
     def _fail_unreachable(self, error: Callable[[str], CallError]) -> None:
         for destination in self.pending.destinations():
@@ -356,13 +379,34 @@ class MeshCalls:
                 self.pending.fail_destination(destination, error)
 
     def stop(self) -> None:
-        """Fail every pending call, forget the forwarded ones, cancel the running ones."""
+        """Fail every pending call (-32006), forget the forwarded ones, cancel the running ones."""
         self.pending.fail_all(
-            lambda d: NodeUnreachable(f"node {self._node_id} is stopping", node_id=self._node_id)
+            lambda d: OutcomeUnknown(
+                f"node {self._node_id} stopped while its call to {d!r} was out",
+                node_id=self._node_id,
+            )
         )
         self._forwarded.clear()
         for running in list(self._running):
-            running.cancel()  # and its budget timer; the caller hears -32002
+            running.cancel()  # and its budget timer; the caller hears -32006
+
+
+def _lost(node_id: str, peer_id: str | None, destination: str) -> CallError:
+    """
+    :returns: the error a call that left C{node_id} for C{destination}
+        fails with when the link to C{peer_id} goes down (C{None}: when the
+        routes to C{destination} do): its outcome is unknown.
+    """
+    if peer_id is None:
+        return OutcomeUnknown(
+            f"Node {destination!r} became unreachable after the call left", node_id=node_id
+        )
+    return OutcomeUnknown(
+        f"Path to node {destination!r} lost after the call left:"
+        f" link from {node_id} to {peer_id} went down",
+        node_id=node_id,
+        route=[node_id, peer_id],
+    )
 
 
 def _refusal(envelope: Envelope, node_id: str, why: str, overloaded: bool) -> CallError:

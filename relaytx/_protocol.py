@@ -128,9 +128,12 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
             # message limit applies to what it carries.
             self.maxMessagePayloadSize += OVERHEAD
             self.maxFramePayloadSize += OVERHEAD
+        # Two relaytx nodes agree in their handshake that the dialler's
+        # frames go unmasked; any other peer is taken for an original node.
+        original = not self.handshake.unmasked
         try:
             self.session = mesh.open_link(
-                peer_id, self.direction, self._address(), _Transport(self, sealer)
+                peer_id, self.direction, self._address(), _Transport(self, sealer), original
             )
         except LinkRefused as e:
             self._close(CLOSE_REPLACED, e.reason)

@@ -13,7 +13,8 @@ command line wins where both give a value)::
     app = ["examples/counter.py"]
     disable_registry = false
     secret_file = "/etc/relaytx/secret"
-    ping_interval = 5.0              # seconds between liveness pings
+    ping_interval = 5.0              # seconds between keepalive pings on a link
+    peer_timeout = 1.25              # seconds a neighbour may leave a ping or call unanswered
 
     allowed_origins = []             # browser origins allowed on /ws/p2p
 
@@ -182,6 +183,9 @@ class NodeConfig:
     disable_registry: bool = False
     secret_file: str | None = None
     ping_interval: float = 5.0
+    #: seconds a neighbour may leave a request (a ping, a call) unanswered,
+    #: hearing nothing from it, before its link is dropped
+    peer_timeout: float = 1.25
     limits: Limits = field(factory=Limits)
     access: AccessRules = field(factory=AccessRules)
     tls: TlsConfig | None = None
@@ -200,6 +204,7 @@ _TOP_KEYS = {
     "disable_registry": bool,
     "secret_file": str,
     "ping_interval": (int, float),
+    "peer_timeout": (int, float),
     "allowed_origins": list,
     "log_format": str,
     "config": str,
@@ -380,6 +385,9 @@ def build_config(options: Mapping[str, Any]) -> NodeConfig:
     ping_interval = float(settings.get("ping_interval", 5.0))
     if not 0 < ping_interval <= 3600:
         raise ConfigError(f"--ping-interval {ping_interval}: give seconds in (0, 3600]")
+    peer_timeout = float(settings.get("peer_timeout", 1.25))
+    if not 0 < peer_timeout <= 3600:
+        raise ConfigError(f"peer_timeout {peer_timeout}: give seconds in (0, 3600]")
 
     limits = _limits(settings.get("limits", {}))
 
@@ -399,6 +407,7 @@ def build_config(options: Mapping[str, Any]) -> NodeConfig:
         disable_registry=bool(settings.get("disable_registry", False)),
         secret_file=settings.get("secret_file"),
         ping_interval=ping_interval,
+        peer_timeout=peer_timeout,
         limits=limits,
         access=_access(settings.get("access")),
         tls=tls,

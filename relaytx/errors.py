@@ -115,7 +115,7 @@ class InternalError(CallError):
     default_message = "Internal error"
 
 
-# relaytx's call outcomes (SPEC section 5, -32000 to -32005).
+# relaytx's call outcomes (SPEC section 5, -32000 to -32006).
 
 
 class RemoteCallError(CallError):
@@ -147,10 +147,24 @@ class CallTimeout(CallError, DeferTimeoutError):
 
 
 class NodeUnreachable(CallError):
-    """No route to the target, TTL exceeded, or the path was lost mid-call."""
+    """
+    The call certainly did not run: no route to the target, TTL exceeded,
+    or the path was lost before the call could have reached the target.
+    """
 
     code = -32002
     default_message = "Target node unreachable"
+
+
+class OutcomeUnknown(CallError):
+    """
+    The call left the caller, then its path or its target was lost before
+    an answer came back: it may or may not have run. (L{NodeUnreachable}
+    means it certainly did not.)
+    """
+
+    code = -32006
+    default_message = "Outcome unknown: the path or the target was lost after the call left"
 
 
 class NoSuchServer(CallError):
@@ -195,8 +209,15 @@ _BY_CODE: dict[int, type[CallError]] = {
         NoSuchServer,
         AccessDenied,
         Overloaded,
+        OutcomeUnknown,
     )
 }
+
+#: The codes a node on a call's path (not its callee) may answer it with:
+#: the path was lost, before the call could have reached the target
+#: (L{NodeUnreachable}) or after (L{OutcomeUnknown}). Any other answer must
+#: come from the callee itself.
+PATH_LOST_CODES = frozenset({NodeUnreachable.code, OutcomeUnknown.code})
 
 
 def failure_exception(failure: Failure) -> BaseException:

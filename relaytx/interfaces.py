@@ -96,6 +96,18 @@ class ISessionHost(Interface):
         :returns: whether it did.
         """
 
+    def watch(session: Session) -> None:
+        """
+        A request left on C{session}'s link: watch that its peer answers
+        (see L{relaytx._liveness}).
+        """
+
+    def bad_call(envelope: Envelope, error: ProtocolViolation, session: Session) -> None:
+        """
+        A C{server_call} addressed to this node could not be read
+        (C{error}): answer it with an error if it names a response id.
+        """
+
 
 class IRemoteCalls(Interface):
     """The mesh, as the call dispatcher sees it."""

@@ -121,6 +121,7 @@ class RelayNode(MultiService):
             run_arrived=self.dispatcher.run_arrived,
             local_servers=self.servers.local_servers,
             ping_interval=config.ping_interval,
+            peer_timeout=config.peer_timeout,
             registry_enabled=not config.disable_registry,
             max_pending_calls=limits.max_pending_calls,
             max_message_size=limits.max_message_size,

@@ -6,8 +6,11 @@ and carry out what it asks (send a frame, close); tests drive it with a list
 and a L{Clock}. It reaches the rest of the node only through its host, an
 L{ISessionHost} (the node's mesh).
 
-A session owns the link's liveness (pings on the node's clock, RTT, the
-"silent for three intervals" rule) and the table of message handlers.
+A session owns the link's keepalive (a ping every C{ping_interval} on the
+node's clock, RTT), what the node's L{relaytx._liveness.LinkWatch} needs
+to notice a peer that stops answering (when the first request since the
+peer was last heard from left, until when calls sent on it may be
+outstanding), and the table of message handlers.
 
 To add a message type, subclass and declare a handler; the table is merged
 along the class hierarchy and a subclass wins::
@@ -65,8 +68,6 @@ CLOSE_REPLACED = 4001
 CLOSE_REMOVED = 4002
 CLOSE_AUTH_FAILED = 4003
 
-MISSED_PINGS = 3
-
 H = TypeVar("H", bound=Callable[..., Any])
 
 
@@ -93,6 +94,18 @@ class PeerSession:
     :param host: the node's mesh, which routes and runs what arrives.
     :param direction: C{"outbound"} on the side that dialled, else
         C{"inbound"}.
+    :param original: whether the peer is a node of the original design,
+        not a relaytx node: it takes frames only from its direct peers and
+        forwards nothing, so calls from other nodes reach it through this
+        node (L{relaytx._meshcalls.MeshCalls.relay}) and flooded copies
+        never go to it.
+
+    @ivar last_seen: when a frame last arrived from the peer.
+    @ivar waiting_since: when the first request (a call, a ping) left on
+        this link since the peer was last heard from; C{None} when it has
+        answered since.
+    @ivar busy_until: until when calls sent on this link may still be
+        outstanding (the latest of their deadlines).
     """
 
     _log = Logger()
@@ -104,11 +117,19 @@ class PeerSession:
         super().__init_subclass__(**kwargs)
         _collect_handlers(cls)
 
-    def __init__(self, host: ISessionHost, peer_id: str, direction: str, address: str) -> None:
+    def __init__(
+        self,
+        host: ISessionHost,
+        peer_id: str,
+        direction: str,
+        address: str,
+        original: bool = False,
+    ) -> None:
         self.host = host
         self.peer_id = peer_id
         self.direction = direction
         self.address = address
+        self.original = original
         self.transport: ILinkTransport | None = None
         self.last_seen = host.clock.seconds()
         self.rtt: float | None = None
@@ -116,6 +137,11 @@ class PeerSession:
         self.closed = False
         #: the close code this end closed the link with, if it did
         self.closed_with: int | None = None
+        self.waiting_since: float | None = None
+        self.busy_until = 0.0
+        self.probed_at = float("-inf")
+        #: whether the node's link watch holds this session
+        self.watched = False
         self._lost = False
         self._pinger: LoopingCall | None = None
 
@@ -132,6 +158,7 @@ class PeerSession:
     def data_received(self, frame: bytes) -> None:
         """One text frame arrived."""
         self.last_seen = self.host.clock.seconds()
+        self.waiting_since = None  # heard from: it can answer what it was asked
         try:
             envelope = decode(frame)
         except MalformedMessage as e:
@@ -179,6 +206,7 @@ class PeerSession:
         if self.transport is not None and not self.closed:
             self.closed = True
             self.closed_with = code
+            self.healthy = False  # nothing more is sent on it
             self.transport.close(code, reason)
 
     # Dispatch.
@@ -187,13 +215,16 @@ class PeerSession:
         """
         Handle a message addressed to this node with the handler declared
         for its type (or registered on the node). Unknown types and bad
-        payloads are counted and dropped; the link stays up.
+        payloads are counted and dropped (a C{server_call} that names a
+        response id is also answered with an error); the link stays up.
         """
         host = self.host
         try:
             payload = host.message_types.payload(envelope)
         except (UnknownMessageType, MalformedMessage) as e:
             host.bad_input(e, self)
+            if envelope.type == ServerCall.TYPE:
+                host.bad_call(envelope, e, self)  # its caller hears why, if it can
             return
         name = self.handlers.get(type(payload))
         if name is not None:
@@ -251,20 +282,66 @@ class PeerSession:
 
     # Liveness.
 
-    def _tick(self) -> None:
-        now = self.host.clock.seconds()
-        if now - self.last_seen >= MISSED_PINGS * self.host.ping_interval:
-            self.healthy = False
-            self._log.info(
-                "peer {peer} silent for {silent:.1f}s: closing its link",
-                peer=self.peer_id,
-                silent=now - self.last_seen,
-            )
-            if self.transport is not None:
-                self.transport.abort()
-            self.connection_lost("silent")
-            return
+    def awaiting(self, now: float, until: float = 0.0) -> None:
+        """
+        A request left on this link at C{now}: the peer must be heard from
+        within the node's peer timeout.
+
+        :param until: for a call, its deadline: the link is probed while it
+            is quiet until then.
+        """
+        if until > self.busy_until:
+            self.busy_until = until
+        if self.waiting_since is None:
+            self.waiting_since = now
+        if not self.watched:
+            self.watched = True
+            self.host.watch(self)
+
+    def probe(self, now: float) -> None:
+        """Ping the peer now, to hear from it sooner than the keepalive would."""
+        self.probed_at = now
         self.send(Envelope.create(Ping(timestamp=now), self.host.node_id, self.peer_id, now))
+        if self.waiting_since is None:
+            self.waiting_since = now
+
+    def challenge(self) -> None:
+        """
+        Another connection claims this link's peer id, and is refused while
+        this link looks healthy: ask the peer to answer now. A link that
+        died without a FIN (a cable, a partition, the peer restarted behind
+        it) is then dropped within the peer timeout, and the claimant gets
+        in at its next try, instead of after the next keepalive; a live
+        peer answers and keeps its link. One ping per answer at most: none
+        while a request is already unanswered.
+        """
+        if self.closed or self.waiting_since is not None:
+            return
+        now = self.host.clock.seconds()
+        self.probe(now)
+        self.awaiting(now)
+
+    def silent(self, waited: float) -> None:
+        """
+        The peer left a request unanswered for C{waited} seconds: drop the
+        link (aborted: a close handshake would wait for it too).
+        """
+        self.healthy = False
+        self._log.info(
+            "peer {peer} silent for {silent:.2f}s after a request: dropping its link",
+            peer=self.peer_id,
+            silent=waited,
+        )
+        if self.transport is not None:
+            self.transport.abort()
+        self.connection_lost("silent")
+
+    def _tick(self) -> None:
+        # The keepalive: every ping_interval, whether or not the link is
+        # busy, as before; an unanswered one drops the link (LinkWatch).
+        now = self.host.clock.seconds()
+        self.send(Envelope.create(Ping(timestamp=now), self.host.node_id, self.peer_id, now))
+        self.awaiting(now)
 
     def view(self, server_count: int) -> dict[str, Any]:
         """

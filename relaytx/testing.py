@@ -385,8 +385,16 @@ class MemoryMesh:
         :raises RuntimeError: past C{limit}.
         """
         clocks = self.clocks()
-        remaining = seconds
+        if not clocks:
+            return
+        # The time to reach, on the first clock (the others move in step):
+        # every stop is measured from it, so that many small steps do not
+        # add up to a rounding error that leaves a timer due at the end
+        # unfired.
+        reference = clocks[0]
+        target = reference.seconds() + seconds
         for _ in range(limit):
+            remaining = target - reference.seconds()
             due = [
                 call.getTime() - clock.seconds()
                 for clock in clocks
@@ -399,12 +407,12 @@ class MemoryMesh:
             step = max(step, 0.0)
             for clock in clocks:
                 clock.advance(step)
-            remaining -= step
             self.pump()
         else:
             raise RuntimeError(f"still firing timers after {limit} stops: a timer loop?")
+        remaining = max(target - reference.seconds(), 0.0)
         for clock in clocks:
-            clock.advance(max(remaining, 0.0))
+            clock.advance(remaining)
         self.pump()
 
     def settle(self, step: float = SYNC_DELAY, limit: float = 1.0) -> float:

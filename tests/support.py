@@ -209,3 +209,84 @@ class Authority:
             .sign(self.key, hashes.SHA256())
         )
         return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
+class OriginalPeer:
+    """
+    A node of the original design, faked on a L{FakeLinkTransport} linked to
+    C{node}: it writes frames as the original does (nanosecond-timestamp
+    ids, which collide under load; route C{[self]}; ttl 9; a trailing
+    newline), answers pings in the seed's shape, and, as the original,
+    takes nothing whose C{from} is not C{node} (its only direct peer here):
+    such frames are kept in C{ignored}.
+    """
+
+    def __init__(self, node: Any, peer_id: str = "orig", direction: str = "inbound") -> None:
+        from relaytx.testing import FakeLinkTransport
+
+        self.node = node
+        self.peer_id = peer_id
+        self.transport = FakeLinkTransport(f"original:{peer_id}")
+        self.session = node.mesh.open_link(
+            peer_id, direction, f"original:{peer_id}", self.transport, original=True
+        )
+        self._read = 0
+        self.calls: list[dict[str, Any]] = []
+        self.ignored: list[dict[str, Any]] = []
+        self.answers: list[dict[str, Any]] = []
+        self.other: list[dict[str, Any]] = []
+        self.serve()
+
+    def frame(
+        self, kind: str, data: dict[str, Any], message_id: str = "1796024318380122731"
+    ) -> None:
+        """Send one frame of type C{kind} to the node, as the original would."""
+        import json
+
+        envelope = {
+            "type": kind,
+            "id": message_id,
+            "from": self.peer_id,
+            "to": self.node.node_id,
+            "data": dict(sorted(data.items())),
+            "timestamp": "2026-11-30T07:38:38.380123102Z",
+            "route": [self.peer_id],
+            "ttl": 9,
+        }
+        self.session.data_received(json.dumps(envelope, separators=(",", ":")).encode() + b"\n")
+
+    def serve(self) -> None:
+        """Read what the node sent since last time: answer its pings, keep the rest."""
+        import json
+
+        frames = self.transport.frames
+        while self._read < len(frames):
+            envelope = json.loads(frames[self._read])
+            self._read += 1
+            if envelope["from"] != self.node.node_id:
+                self.ignored.append(envelope)
+            elif envelope["type"] == "ping":
+                stamp = envelope["data"].get("timestamp")
+                self.frame(
+                    "pong", {"pong_time": 1796024335, "timestamp": stamp}, "1796024335540121004"
+                )
+            elif envelope["type"] == "server_call":
+                self.calls.append(envelope)
+            elif envelope["type"] == "server_response":
+                self.answers.append(envelope)
+            else:
+                self.other.append(envelope)
+
+    def answer(self, call: dict[str, Any], result: Any = None, error: str | None = None) -> None:
+        """Answer C{call} in the seed's shapes (its error form has no node_id)."""
+        response_id = call["data"].get("response_id")
+        if error is None:
+            data = {
+                "node_id": self.peer_id,
+                "response_id": response_id,
+                "result": result,
+                "success": True,
+            }
+        else:
+            data = {"error": error, "response_id": response_id, "success": False}
+        self.frame("server_response", data, "1796024318380757040")

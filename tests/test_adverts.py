@@ -22,6 +22,9 @@ from relaytx.testing import FakeLinkTransport, MemoryMesh, memory_node
 from relaytx.wire import Envelope, RegistrySync, RouteAdvert, encode
 from tests.support import Counter
 
+#: the built-in server's methods, as a first advert lists them
+NODE_METHODS = ["echo", "info", "ping", "status", "traceroute"]
+
 
 def syncs(link: Any, node: RelayNode) -> list[Envelope]:
     """:returns: the registry_sync frames C{node} sent on C{link}."""
@@ -65,7 +68,7 @@ class FirstAdvertTests(ExchangeTestCase):
         first = syncs(link, a)[0]
         self.assertEqual(
             dict(first.data),
-            {"servers": {"node": {"methods": ["echo", "info", "ping"]}}, "seq": 1, "sn": 0},
+            {"servers": {"node": {"methods": NODE_METHODS}}, "seq": 1, "sn": 0},
         )
 
     def test_original_node_gets_servers_only(self) -> None:
@@ -104,7 +107,7 @@ class FirstAdvertTests(ExchangeTestCase):
         self.assertEqual(change.data["routes"], {"c": {"s": 0}})
         self.assertEqual(
             change.data["tables"],
-            [{"counter": ["get", "increment"], "node": ["echo", "info", "ping"]}],
+            [{"counter": ["get", "increment"], "node": NODE_METHODS}],
         )
         self.assertNotIn("full", change.data)
 

@@ -22,6 +22,7 @@ from relaytx.errors import (
     NodeUnreachable,
     NoSuchMethod,
     NoSuchServer,
+    OutcomeUnknown,
     Overloaded,
     ParseError,
     ProtocolViolation,
@@ -46,6 +47,7 @@ SPEC_CODES: dict[type[CallError], int] = {
     NoSuchMethod: -32003,
     AccessDenied: -32004,
     Overloaded: -32005,
+    OutcomeUnknown: -32006,
 }
 
 
@@ -255,6 +257,27 @@ class ErrorForCodeTests(SynchronousTestCase):
         self.assertEqual(RemoteCallError.code, -32000)
         self.assertEqual(RemoteCallError("x").code, -32000)
         self.assertEqual(error_for_code(-32000, "y").code, -32000)
+
+
+class PathLostCodesTests(SynchronousTestCase):
+    """
+    The two codes a node on a call's path may report: -32002 (the call
+    certainly did not run) and -32006 (it may have).
+    """
+
+    def test_codes(self) -> None:
+        """PATH_LOST_CODES holds -32002 and -32006 and nothing else."""
+        self.assertEqual(errors.PATH_LOST_CODES, {-32002, -32006})
+
+    def test_outcome_unknown_rebuilt(self) -> None:
+        """-32006 from the wire comes back as OutcomeUnknown, exported from relaytx."""
+        import relaytx
+
+        error = error_for_code(-32006, "lost", {"node_id": "n2"})
+        self.assertIs(type(error), OutcomeUnknown)
+        self.assertIs(relaytx.OutcomeUnknown, OutcomeUnknown)
+        self.assertIn("OutcomeUnknown", relaytx.__all__)
+        self.assertNotIsInstance(error, NodeUnreachable)
 
 
 class CallTimeoutTests(SynchronousTestCase):

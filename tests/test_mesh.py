@@ -19,6 +19,7 @@ from relaytx import (
     NodeUnreachable,
     NoSuchMethod,
     NoSuchServer,
+    OutcomeUnknown,
     RemoteCallError,
     Server,
     exposed,
@@ -145,10 +146,11 @@ class MemoryMeshTests(MeshTestCase):
         link.session_of(a).close(CLOSE_NORMAL, "bye")
         self.network.pump()
         # b ran the call, but its answer came after the close: a's call
-        # failed when the link went down, and the answer was lost.
+        # failed when the link went down, outcome unknown, and the answer
+        # was lost.
         self.assertEqual(counter.count, 1)
         self.assertEqual(link.discarded, 1)
-        self.failureResultOf(d, NodeUnreachable)
+        self.assertEqual(self.failureResultOf(d, OutcomeUnknown).value.code, -32006)
 
     def test_cut_is_immediate(self) -> None:
         """cut() drops both ends at once and loses frames in flight."""
@@ -198,17 +200,49 @@ class MemoryMeshTests(MeshTestCase):
         self.assertEqual(self.clock.seconds(), 60)
 
     def test_stalled_link_dropped(self) -> None:
-        """A stalled link is dropped after three to four silent ping intervals."""
+        """
+        An idle stalled link is dropped when its next keepalive ping goes
+        unanswered for the peer timeout: within ping_interval plus 1.3 s.
+        """
         a, b, c = self.line("abc")
         link = self.network.link_between(a, b)
         link.pause()
-        self.network.advance(14)
+        # The keepalive pings went at 0 s, and go again at 5 s.
+        self.network.advance(5 + 1.2 - self.clock.seconds())
         self.assertFalse(link.closed)
-        self.network.advance(6)
+        self.network.advance(0.1)
         self.assertTrue(link.closed)
-        self.assertTrue(link.transport_of(a).aborted or link.transport_of(b).aborted)
+        self.assertTrue(link.transport_of(a).aborted and link.transport_of(b).aborted)
         self.assertEqual((sorted(a.mesh.links), sorted(b.mesh.links)), ([], ["c"]))
         self.assertNotIn("a", c.views.routes())
+
+    def test_stalled_link_with_call_dropped(self) -> None:
+        """
+        A link that stalls with a call on it is dropped within the peer
+        timeout and a tick of the call (not at the next keepalive), and the
+        call fails then with -32006.
+        """
+        a, b = self.line("ab")
+        link = self.network.link_between(a, b)
+        self.network.advance(1)
+        link.pause()
+        called = self.clock.seconds()
+        d = a.call("b", "node", "ping", timeout=30)
+        failed_at: list[float] = []
+
+        def failed(failure: Any) -> Any:
+            failed_at.append(self.clock.seconds())
+            return failure
+
+        d.addErrback(failed)
+        self.network.advance(1.2)
+        self.assertFalse(link.closed)
+        self.assertNoResult(d)
+        self.network.advance(0.2)
+        self.assertTrue(link.closed)
+        self.assertEqual(self.failureResultOf(d, OutcomeUnknown).value.code, -32006)
+        self.assertGreaterEqual(failed_at[0] - called, 1.25)
+        self.assertLessEqual(failed_at[0] - called, 1.3 + 1e-9)
 
     def test_separate_clocks(self) -> None:
         """advance() moves every linked node's clock when nodes have their own."""
@@ -407,8 +441,8 @@ class CallTests(MeshTestCase):
     def test_timeout(self) -> None:
         """A call with no answer fails with -32001 at its deadline and leaves nothing pending."""
         a, b = self.line("ab")
-        self.network.link_between(a, b).pause()
-        d = a.call("b", "node", "ping", timeout=4)
+        b.expose("slow", Slow())
+        d = a.call("b", "slow", "wait", timeout=4)
         self.assertEqual(sample(a, "relaytx_pending_calls"), 1)
         self.network.advance(3.999)
         self.assertNoResult(d)
@@ -423,9 +457,9 @@ class CallTests(MeshTestCase):
         """An answer arriving after the timeout is dropped and counted."""
         a, b = self.line("ab")
         link = self.network.link_between(a, b)
-        link.pause()
-        d = a.call("b", "node", "echo", "late", timeout=2)
-        self.network.advance(2)
+        link.pause()  # for less than the peer timeout
+        d = a.call("b", "node", "echo", "late", timeout=1)
+        self.network.advance(1)
         self.failureResultOf(d, CallTimeout)
         link.resume()
         self.network.pump()
@@ -434,7 +468,7 @@ class CallTests(MeshTestCase):
         self.assertEqual(len(a.mesh.pending), 0)
 
     def test_own_link_cut_mid_call(self) -> None:
-        """A call in flight fails with -32002 at once when the caller's own link is cut."""
+        """A call in flight fails with -32006 at once when the caller's own link is cut."""
         a, b, _c, d = self.line("abcd")
         slow = Slow()
         d.expose("slow", slow)
@@ -442,12 +476,12 @@ class CallTests(MeshTestCase):
         self.network.pump()
         self.assertEqual(len(slow.waiting), 1)
         self.network.link_between(a, b).cut()
-        error = self.failureResultOf(call, NodeUnreachable).value
-        self.assertEqual(error.code, -32002)
+        error = self.failureResultOf(call, OutcomeUnknown).value
+        self.assertEqual(error.code, -32006)
         self.assertEqual(pending_timers(a), [])
 
     def test_first_hop_lost_with_other_path(self) -> None:
-        """A call in flight fails with -32002 when its first hop goes, though another path stays."""
+        """A call in flight fails with -32006 when its first hop goes, though another path stays."""
         a, b, c, d = self.nodes("abcd")
         for x, y in [(a, b), (b, d), (a, c), (c, d)]:
             self.network.link(x, y)
@@ -460,7 +494,7 @@ class CallTests(MeshTestCase):
         self.assertEqual(len(slow.waiting), 1)
         self.network.link_between(a, b).cut()
         self.assertEqual(a.views.routes()["d"]["next_hop"], "c")
-        self.assertEqual(self.failureResultOf(call, NodeUnreachable).value.code, -32002)
+        self.assertEqual(self.failureResultOf(call, OutcomeUnknown).value.code, -32006)
 
     def test_budget_spent_on_target(self) -> None:
         """A method outliving the call's budget times out at both ends and leaves no timer."""
@@ -486,7 +520,10 @@ class CallTests(MeshTestCase):
         self.assertEqual(timers, [])
 
     def test_far_link_cut_mid_call(self) -> None:
-        """A call in flight fails with -32002 at once when a link further along is cut."""
+        """
+        A call in flight fails with -32006 at once when a link further along
+        is cut: the node before the cut reports it, back along the path.
+        """
         a, b, c, d = self.line("abcd")
         slow = Slow()
         d.expose("slow", slow)
@@ -497,8 +534,8 @@ class CallTests(MeshTestCase):
             now = self.clock.seconds()
             self.network.link_between(*far).cut()
             self.network.pump()
-            error = self.failureResultOf(call, NodeUnreachable).value
-            self.assertEqual(error.code, -32002)
+            error = self.failureResultOf(call, OutcomeUnknown).value
+            self.assertEqual(error.code, -32006)
             self.assertEqual(error.data["node_id"], far[0])
             self.assertEqual(self.clock.seconds(), now)
             self.network.link(*(n for n in (a, b, c, d) if n.node_id in far))
@@ -820,6 +857,40 @@ class LinkLifecycleTests(MeshTestCase):
         self.assertRaises(LinkRefused, self.network.link, a, b)
         self.assertEqual(len([e for e in events if e["log_level"] == LogLevel.warn]), 2)
 
+    def test_refused_claim_tests_the_kept_link(self) -> None:
+        """
+        A claim refused for a link that died without a FIN has that link
+        tested at once: it is dropped within the peer timeout (not at the
+        next keepalive), and the claimant's next try gets in.
+        """
+        a = memory_node("a", self.clock)
+        b = memory_node("b", self.clock)
+        first = self.network.link(a, b)
+        self.network.advance(5.1)  # just past a keepalive, answered
+        first.pause()  # the connection dies without a FIN: nothing crosses it
+        restarted = memory_node("a", self.clock)  # "a" again, dialling anew
+        pings = len(first.sent_by(b, "ping"))
+        self.assertRaises(LinkRefused, self.network.link, restarted, b)
+        self.assertRaises(LinkRefused, self.network.link, restarted, b)
+        self.assertEqual(len(first.sent_by(b, "ping")), pings + 1)  # one test for both claims
+        self.network.advance(1.25 + 0.06)  # the peer timeout and a tick; the keepalive is 3.6 s off
+        self.assertNotIn(first.session_of(b), b.mesh.links.values())
+        second = self.network.link(restarted, b)
+        self.assertIs(b.mesh.links["a"], second.session_of(b))
+
+    def test_refused_claim_keeps_a_live_link(self) -> None:
+        """A live peer answers the test a refused claim makes, and keeps its link."""
+        a = memory_node("a", self.clock)
+        b = memory_node("b", self.clock)
+        first = self.network.link(a, b)
+        self.network.settle()
+        impostor = memory_node("a", self.clock)
+        for _ in range(3):
+            self.assertRaises(LinkRefused, self.network.link, impostor, b)
+            self.network.advance(1.0)
+        self.assertIs(b.mesh.links["a"], first.session_of(b))
+        self.assertFalse(first.closed)
+
     def test_strict_crossing_dials(self) -> None:
         """Strict links: two nodes dialling each other keep one link, the smaller id's."""
         a = memory_node("a", self.clock)
@@ -843,8 +914,8 @@ class LinkLifecycleTests(MeshTestCase):
         call = a.call("b", "slow", "wait", timeout=60)
         self.network.pump()
         stopped = a.stopService()
-        error = self.failureResultOf(call, NodeUnreachable).value
-        self.assertEqual(error.code, -32002)
+        error = self.failureResultOf(call, OutcomeUnknown).value
+        self.assertEqual(error.code, -32006)
         self.assertEqual(ab.transport_of(a).closes[0][0], CLOSE_NORMAL)
         self.network.pump()
         self.successResultOf(stopped)
@@ -867,7 +938,8 @@ class LinkLifecycleTests(MeshTestCase):
         self.network.pump()
         self.successResultOf(stopped)
         self.assertEqual(a.clock.getDelayedCalls(), [])
-        self.assertEqual(self.failureResultOf(call, NodeUnreachable).value.code, -32002)
+        # It was running when a stopped: it may have done part of its work.
+        self.assertEqual(self.failureResultOf(call, OutcomeUnknown).value.code, -32006)
         slow.waiting[0].callback("too late")  # the mailbox shrugs it off
 
     def test_stop_service_unanswered_close(self) -> None:
@@ -883,3 +955,90 @@ class LinkLifecycleTests(MeshTestCase):
         self.successResultOf(stopped)
         self.assertEqual(a.mesh.links, {})
         self.assertEqual(a.clock.getDelayedCalls(), [])
+
+
+class AnswerPathTests(MeshTestCase):
+    """
+    Answers travel back along the path their call took while it holds, not
+    by the callee's routing table.
+
+    Two paths of three hops join a and t: a-b-z-t and a-y-c-t. Ties go to
+    the lower next hop, so a's calls to t go by b (b < y), while t's own
+    route to a goes by c (c < z).
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        nodes = {n.node_id: n for n in self.nodes("abzyct")}
+        for x, y in ["ab", "bz", "zt", "ay", "yc", "ct"]:
+            self.network.link(nodes[x], nodes[y])
+        self.network.settle()
+        self.n = nodes
+        self.slow = Slow()
+        nodes["t"].expose("slow", self.slow)
+        self.network.settle()
+
+    def test_routes_differ(self) -> None:
+        """The fixture: a reaches t by b, t reaches a by c."""
+        self.assertEqual(self.n["a"].views.routes()["t"]["path"], ["b", "z", "t"])
+        self.assertEqual(self.n["t"].views.routes()["a"]["path"], ["c", "y", "a"])
+
+    def test_answer_retraces_the_call(self) -> None:
+        """The answer goes t-z-b-a, the way the call came, not t-c-y-a."""
+        d = self.n["a"].call("t", "node", "echo", "x")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(d), ["x"])
+        [answer] = self.network.link_between("z", "t").sent_by("t", "server_response")
+        self.assertEqual(answer.route, ("t",))
+        self.assertEqual(self.network.link_between("c", "t").sent_by("t", "server_response"), [])
+        [back] = self.network.link_between("a", "b").sent_by("b", "server_response")
+        self.assertEqual(back.route, ("t", "z", "b"))
+        self.assertEqual(len(self.n["b"].mesh.forwarded), 0)
+
+    def test_route_change_downstream_keeps_answer(self) -> None:
+        """
+        The callee's own route to the caller breaking while the call runs
+        (the issue's lost answers) does not lose the answer.
+        """
+        d = self.n["a"].call("t", "slow", "wait", timeout=60)
+        self.network.pump()
+        self.network.link_between("a", "y").pause()  # t's route to a, stalled
+        self.slow.waiting[0].callback("ran")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(d), "ran")
+
+    def test_way_back_gone_follows_routes(self) -> None:
+        """
+        When the link the call came by is gone, the answer follows the
+        callee's table; the caller, told -32006 by the node before the
+        break, counts it as late.
+        """
+        a = self.n["a"]
+        d = a.call("t", "slow", "wait", timeout=60)
+        self.network.pump()
+        self.network.link_between("z", "t").cut()
+        self.network.pump()
+        self.assertEqual(self.failureResultOf(d, OutcomeUnknown).value.code, -32006)
+        self.slow.waiting[0].callback("ran")
+        self.network.pump()
+        [answer] = self.network.link_between("c", "t").sent_by("t", "server_response")
+        self.assertEqual(answer.data["result"], "ran")
+        self.assertEqual(sample(a, "relaytx_late_answers_total"), 1)
+
+    def test_path_lost_report_goes_back_along_path(self) -> None:
+        """
+        A forwarder's -32006 report also retraces the call's path: t, whose
+        own route to a is stalled, reports a lost link to u back by z.
+        """
+        u = memory_node("u", self.clock)
+        u.expose("slow", Slow())
+        self.network.link(self.n["t"], u)
+        self.network.settle()
+        self.assertEqual(self.n["a"].views.routes()["u"]["next_hop"], "b")
+        d = self.n["a"].call("u", "slow", "wait", timeout=60)
+        self.network.pump()
+        self.network.link_between("a", "y").pause()
+        self.network.link_between("t", "u").cut()
+        self.network.pump()
+        error = self.failureResultOf(d, OutcomeUnknown).value
+        self.assertEqual((error.code, error.data["node_id"]), (-32006, "t"))

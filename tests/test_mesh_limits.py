@@ -141,6 +141,38 @@ class ForgedAnswerTests(SynchronousTestCase):
         d.cancel()
         self.failureResultOf(d)
 
+    def test_path_node_may_report_loss(self) -> None:
+        """
+        A node on the path may fail a call with -32002 or -32006; with any
+        other code, or with a success, its answer is a forgery.
+        """
+        reactor = MemoryReactorClock()
+        a, b, c = (memory_node(n, reactor) for n in ("a", "b", "c"))
+        c.expose("blob", Blob())
+        network = MemoryMesh()
+        network.link(a, b)
+        network.link(b, c)
+        network.settle()
+        session = a.mesh.links["b"]
+        for code, accepted in [(-32003, False), (-32000, False), (-32006, True), (-32002, True)]:
+            d = a.call("c", "blob", "never", timeout=5)
+            network.pump()
+            (response_id,) = list(a.mesh.pending._pending)
+            report = ServerResponse(
+                response_id=response_id, success=False, node_id="b", error="x", error_code=code
+            )
+            a.mesh.receive(Envelope.create(report, "b", "a", 0.0), session)
+            if accepted:
+                self.assertEqual(self.failureResultOf(d).value.code, code)
+            else:
+                self.assertNoResult(d)
+                d.cancel()
+                self.failureResultOf(d)
+        dropped = a.metrics.registry.get_sample_value(
+            "relaytx_messages_dropped_total", {"reason": "forged_answer"}
+        )
+        self.assertEqual(dropped, 2)
+
 
 class LocalTimeoutTests(SynchronousTestCase):
     """Local calls keep their timeout too."""

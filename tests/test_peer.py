@@ -12,7 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from relaytx import NodeUnreachable, Server, exposed
+from relaytx import OutcomeUnknown, Server, exposed
 from relaytx.node import RelayNode
 from relaytx.peer import (
     CLOSE_INVALID_PAYLOAD,
@@ -229,6 +229,7 @@ class PingPongTests(SessionTestCase):
 
     def test_pong_measures_rtt(self) -> None:
         """A pong echoing our ping's timestamp gives the link's round-trip time."""
+        self.receive(frame("pong", "hA", "hB", {"timestamp": 0}))  # the first ping's
         self.transport.clear()
         self.clock.advance(self.node.config.ping_interval)
         [ping] = self.sent("ping")
@@ -249,39 +250,68 @@ class PingPongTests(SessionTestCase):
 
 
 class LivenessTests(SessionTestCase):
-    """Pings on the clock and the three-silent-intervals rule."""
+    """Keepalive pings on the clock, and the peer-timeout rule (see L{relaytx._liveness})."""
 
     options = {"ping_interval": 2.0}
 
+    def answering(self, seconds: float, step: float = 0.01) -> None:
+        """
+        Move the clock on by C{seconds}, the peer answering every ping
+        within C{step}.
+        """
+        answered = 0
+        end = self.clock.seconds() + seconds
+        while True:
+            pings = self.sent("ping")
+            for ping in pings[answered:]:
+                self.receive(frame("pong", "hA", "hB", {"timestamp": ping.data["timestamp"]}))
+            answered = len(pings)
+            left = end - self.clock.seconds()
+            if left <= 0:
+                return
+            self.clock.advance(min(step, left))  # lands on end exactly
+
     def test_pings_every_interval(self) -> None:
-        """The session pings at once and then every ping_interval."""
+        """The session pings at once and then every ping_interval, and no more on an idle link."""
+        self.answering(0)
         self.assertEqual(len(self.sent("ping")), 1)
-        self.clock.advance(1.9)
+        self.answering(1.9)
         self.assertEqual(len(self.sent("ping")), 1)
-        self.clock.advance(0.1)
+        self.answering(0.1)
         self.assertEqual(len(self.sent("ping")), 2)
-        self.clock.advance(2)
+        self.answering(2)
         self.assertEqual(len(self.sent("ping")), 3)
+        self.answering(60)
+        self.assertEqual(len(self.sent("ping")), 33)
 
     def test_answering_peer_stays(self) -> None:
-        """A neighbour that keeps sending stays linked well past three intervals."""
-        for _ in range(10):
-            self.clock.advance(2)
-            self.receive(frame("pong", "hA", "hB", {"timestamp": 0}))
+        """A neighbour that answers its pings stays linked, however long."""
+        self.answering(120)
         self.assertFalse(self.transport.aborted)
         self.assertIs(self.node.mesh.links["hA"], self.session)
         self.assertTrue(self.node.views.peers()["hA"]["is_healthy"])
 
+    def test_slow_answers_within_timeout(self) -> None:
+        """A neighbour that answers each ping just within the peer timeout stays linked."""
+        self.answering(60, step=1.2)
+        self.assertFalse(self.transport.aborted)
+        self.assertIn("hA", self.node.mesh.links)
+
     def test_silent_peer_dropped(self) -> None:
-        """A neighbour silent for three intervals is aborted, unlinked and unrouted."""
+        """
+        A neighbour that leaves a ping unanswered for the peer timeout is
+        aborted, unlinked and unrouted.
+        """
         hello = RegistrySync(servers={}, seq=1)
         advert = RegistrySync(routes={"hZ": RouteAdvert(("hZ",), {"z": ("m",)})}, seq=2)
         for sync in (hello, advert):
             self.receive(encode(Envelope.create(sync, "hA", "hB", self.clock.seconds())))
         self.assertEqual(self.node.views.routes()["hZ"]["next_hop"], "hA")
-        self.clock.advance(5.9)
+        self.answering(1.99)  # the first keepalive answered; the one at 2 s is not
+        self.clock.advance(0.01)
+        self.clock.pump([0.05] * 24)
         self.assertFalse(self.transport.aborted)
-        self.clock.advance(0.1)
+        self.clock.pump([0.05, 0.05, 0])
         self.assertTrue(self.transport.aborted)
         self.assertNotIn("hA", self.node.mesh.links)
         self.assertEqual(self.node.views.routes(), {})
@@ -289,16 +319,20 @@ class LivenessTests(SessionTestCase):
         self.assertFalse(self.session.view(0)["is_healthy"])
 
     def test_silent_peer_fails_calls(self) -> None:
-        """A call to a neighbour that falls silent fails with -32002 then, not at its timeout."""
+        """
+        A call to a neighbour that falls silent fails with -32006 when it is
+        dropped, within the peer timeout, not at its own timeout.
+        """
         d = self.node.call("hA", "node", "ping", timeout=60)
-        self.clock.advance(6)
-        failure = self.failureResultOf(d, NodeUnreachable)
-        self.assertEqual(failure.value.code, -32002)
+        self.clock.pump([0.05] * 27 + [0])
+        failure = self.failureResultOf(d, OutcomeUnknown)
+        self.assertEqual(failure.value.code, -32006)
         self.assertEqual(len(self.node.mesh.pending), 0)
 
     def test_silent_peer_leaves_no_pinger(self) -> None:
         """Once a silent neighbour is dropped, its session schedules no more pings."""
-        self.clock.advance(6)
+        self.clock.pump([0.05] * 40)
+        self.assertNotIn("hA", self.node.mesh.links)
         self.transport.clear()
         self.clock.advance(20)
         self.assertEqual(self.sent("ping"), [])
@@ -359,9 +393,22 @@ class BadInputTests(SessionTestCase):
         self.assertLinkUp()
 
     def test_malformed_payload_dropped(self) -> None:
-        """A server_call whose call is not an object is counted and dropped; the link stays."""
+        """
+        A server_call whose call is not an object is counted and dropped, and
+        answered with -32600 since it names a response id; the link stays.
+        """
         self.receive(frame("server_call", "hA", "hB", {"call": [], "response_id": "r"}))
         self.assertEqual(dropped(self.node, "bad_field"), 1)
+        [answer] = self.sent("server_response")
+        self.assertEqual(
+            (answer.to, answer.data["response_id"], answer.data["error_code"]), ("hA", "r", -32600)
+        )
+        self.assertLinkUp()
+
+    def test_malformed_without_response_id(self) -> None:
+        """A malformed server_call that names no usable response id gets no answer."""
+        self.receive(frame("server_call", "hA", "hB", {"call": []}))
+        self.receive(frame("server_call", "hA", "hB", {"call": [], "response_id": 7}))
         self.assertEqual(self.sent("server_response"), [])
         self.assertLinkUp()
 

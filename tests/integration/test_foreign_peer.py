@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from .helpers import EXAMPLES, get_json, rpc, start_node, url, wait_for
+from .helpers import EXAMPLES, get_json, rpc, start_node, url, wait_for, ws
 
 COUNTER = os.path.join(EXAMPLES, "counter.py")
 
@@ -230,3 +232,91 @@ class DialOriginalTests(TestCase):
         self.assertEqual(pong["data"]["timestamp"], 9)
         self.assertEqual(closes, [])
         self.assertTrue(node.mesh.links["orig"].transport._protocol.maskClientFrames)
+
+
+class OriginalBehindRelaytxTests(TestCase):
+    """
+    A node of the original design two hops away, over real sockets: a
+    C{websockets} client on R2's peer endpoint that behaves as one (it
+    answers pings, answers calls only from its direct peer, and ignores
+    every frame whose C{from} is another node).
+    """
+
+    timeout = 30
+
+    async def test_call_through_last_relaytx_hop(self) -> None:
+        """R1's call to S, an original node linked to R2 only, is made by R2 and answered (B3)."""
+        r2 = start_node(self, "R2")
+        r1 = start_node(self, "R1", peers=[ws(r2)])
+        address = url(r2).replace("http://", "ws://") + "/ws/p2p?node_id=S"
+        ignored: list[dict[str, Any]] = []
+        stop = threading.Event()
+
+        def original() -> None:
+            with connect(address, open_timeout=5) as link:
+                while not stop.is_set():
+                    try:
+                        frame = json.loads(link.recv(timeout=0.1))
+                    except TimeoutError:
+                        continue
+                    if frame["from"] != "R2":
+                        ignored.append(frame)
+                        continue
+                    reply: dict[str, Any] | None = None
+                    if frame["type"] == "ping":
+                        data = frame["data"]
+                        reply = {"pong_time": 1, "timestamp": data.get("timestamp")}
+                        kind = "pong"
+                    elif frame["type"] == "server_call":
+                        call = frame["data"]["call"]
+                        reply = {
+                            "node_id": "S",
+                            "response_id": frame["data"]["response_id"],
+                            "result": {"echo": call["args"], "from": "S"},
+                            "success": True,
+                        }
+                        kind = "server_response"
+                    if reply is not None:
+                        envelope = {
+                            "type": kind, "id": "1796024318380757040", "from": "S",
+                            "to": "R2", "data": reply, "route": ["S"], "ttl": 9,
+                        }  # fmt: skip
+                        link.send(json.dumps(envelope) + "\n")
+
+        thread = deferToThread(original)
+        self.addCleanup(lambda: thread)
+        self.addCleanup(stop.set)
+        await wait_for(lambda: "S" in r2.mesh.links, 5.0, what="S to link to R2")
+        self.assertTrue(r2.mesh.links["S"].original)
+        self.assertFalse(r2.mesh.links["R1"].original)
+        await wait_for(lambda: r1.mesh.can_reach("S"), 5.0, what="R1's route to S")
+        answer = await rpc(
+            url(r1),
+            "remote_call",
+            {"node_id": "S", "server_name": "svc", "method": "m", "args": [1, "a"], "timeout": 5},
+        )
+        self.assertEqual(answer.get("result"), {"echo": [1, "a"], "from": "S"}, answer)
+        self.assertEqual(ignored, [])
+        stop.set()
+        await thread
+
+    async def test_dialled_original_identified_and_kept(self) -> None:
+        """
+        A dialled original-design node, which never speaks first, is linked
+        within a second by its pong (B2), taken for an original node, and
+        kept: it answers the keepalive pings, which is all liveness asks.
+        """
+        from .test_identity import original_node
+
+        address, received = original_node(self)
+        started = reactor.seconds()
+        node = start_node(self, "rx", [address], ping_interval=0.5)
+        await wait_for(lambda: "orig" in node.mesh.links, 5.0, what="the link")
+        self.assertLess(reactor.seconds() - started, 1.0)
+        self.assertTrue(node.mesh.links["orig"].original)
+        session = node.mesh.links["orig"]
+        d: Any = Deferred()
+        reactor.callLater(3.0, d.callback, None)
+        await d
+        self.assertIs(node.mesh.links.get("orig"), session)
+        self.assertGreaterEqual(sum(f["type"] == "ping" for f in received), 6)

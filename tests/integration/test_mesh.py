@@ -13,7 +13,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from relaytx._frames import READ_CHUNK
-from relaytx.errors import CallTimeout, NodeUnreachable
+from relaytx.errors import CallTimeout, OutcomeUnknown
 
 from .helpers import (
     EXAMPLES,
@@ -259,7 +259,10 @@ class MiddleNodeDeathTests(TestCase):
     timeout = 60
 
     async def test_middle_node_killed_and_restarted(self) -> None:
-        """The call fails with -32002 within the liveness bound, and calls work once B is back."""
+        """
+        The call fails with -32006 (it had reached C: its outcome is unknown)
+        within the liveness bound, and calls work once B is back.
+        """
         target = Counter()
         c = start_node(self, "C", servers={"counter_server": target}, ping_interval=PING)
         b = NodeProcess(self, "B", None, "--add-peer", ws(c), "--ping-interval", str(PING))
@@ -272,9 +275,9 @@ class MiddleNodeDeathTests(TestCase):
         await wait_for(lambda: target.running == 1, 2.0, what="call to start")
         killed_at = reactor.seconds()
         b.kill()
-        with self.assertRaises(NodeUnreachable) as caught:
+        with self.assertRaises(OutcomeUnknown) as caught:
             await in_flight
-        self.assertEqual(caught.exception.code, -32002)
+        self.assertEqual(caught.exception.code, -32006)
         self.assertLess(reactor.seconds() - killed_at, 3 * PING)
 
         b.start()

@@ -1,0 +1,222 @@
+# -*- test-case-name: tests.test_liveness -*-
+"""
+L{LinkWatch}: notices a neighbour that has stopped answering (its process
+frozen, a cable pulled, a partition: no FIN, no RST), on the node's clock,
+with one timer for the whole node.
+
+The rule is about requests, not about silence: a link is only expected to
+carry something back after it carried a request out. A request is a ping
+(the keepalive every C{ping_interval}, or a probe) or a call (this node's
+own, or one it forwards). Each session records when the first request left
+since it last heard anything at all from its peer (C{waiting_since}; any
+frame clears it) and until when calls sent on it may still be outstanding
+(C{busy_until}, their deadlines). While some session waits or is busy, the
+watch ticks every C{peer_timeout / 25} seconds and, for each of them:
+
+  - B{probe}: a request unanswered for C{peer_timeout / 5}, or a link with
+    calls outstanding that has been quiet for C{peer_timeout * 0.32}, gets
+    a ping (at most one per request, or per quiet spell);
+  - B{suspect}: a request unanswered for C{peer_timeout} makes the link a
+    suspect. The verdict comes a millisecond later, once the reactor has
+    read what is waiting in this node's socket buffers: a suspect heard
+    from meanwhile is spared; one still silent is dropped (its link
+    aborted, everything sent through it failed at once).
+
+This node's own stalls are not counted against its peers (the "local
+health" idea of SWIM's Lifeguard extensions). A tick that runs more than
+C{STALL} (0.1 s) late means this process did not run for that long
+(starved of CPU, paused, the machine itself stalled): the time lost is
+credited to every wait under way. After a stall of more than
+C{GRACE_AFTER} (a quarter of a second), the waits that were under way
+when it ended get twice the timeout, for at most C{GRACE} (4 peer
+timeouts, 5 s): peers on the same machine were stalled too, and need a
+moment to catch up with what they had been sent. Requests sent once this
+node runs again are judged by the usual timeout, so a stall does not
+slow the detection of a fault that comes after it.
+
+So, with the default C{peer_timeout} of 1.25 s and a node that is not
+itself stalled (and was not, while the request was out), a neighbour that
+stops answering is dropped:
+
+  - within C{peer_timeout} and a tick (1.3 s) of the first call sent to it
+    after it stopped: on a link in use, within about that of the fault;
+  - within 1.75 s of the last frame it sent, on a link whose calls are all
+    outstanding and quiet (a quiet spell of 0.4 s and a tick to the probe,
+    then 1.25 s and a tick);
+  - within C{ping_interval} plus 1.3 s (6.3 s by default) on an idle link,
+    which only the keepalive pings test: an idle link costs no more pings
+    than before.
+
+A peer that answers, however slowly within C{peer_timeout}, stays linked:
+a busy link hears something at every call, and a briefly slow one answers
+its probe. A peer whose own reactor is blocked for longer than
+C{peer_timeout} (a method that computes for seconds without yielding)
+cannot be told from a frozen one, and is dropped. A node that is itself
+slow all the time (each tick late) finds silent peers more slowly, in
+proportion: it credits them the time it loses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+#: A neighbour that leaves a request unanswered (hearing nothing from it at
+#: all) for this many seconds is dropped.
+DEFAULT_PEER_TIMEOUT = 1.25
+
+#: Fractions of the peer timeout: the tick, the probe of an unanswered
+#: request, and the probe of a quiet link with calls outstanding.
+TICK_SHARE = 1 / 25
+PROBE_SHARE = 1 / 5
+QUIET_SHARE = 0.32
+
+#: Seconds after a tick that finds suspects that the verdict comes: a
+#: timer this short runs once the reactor has polled its sockets (on a
+#: test clock too, unlike one of zero seconds).
+VERDICT_DELAY = 0.001
+
+#: Times compared with the thresholds are sums of floats: this much short
+#: of a threshold counts as reaching it.
+_SLACK = 1e-6
+
+#: A tick this many seconds late (or more) is a stall of this node's own:
+#: its lateness, less a tick, is credited to the waits under way.
+STALL = 0.1
+
+#: After a stall of this many seconds, the waits under way when it ended
+#: get twice the timeout, for at most GRACE peer timeouts.
+GRACE_AFTER = 0.25
+GRACE = 4
+
+
+class LinkWatch:
+    """
+    The watch over a node's links (see the module docstring).
+
+    The sessions it watches provide C{closed}, C{last_seen},
+    C{waiting_since}, C{probed_at}, C{busy_until} and C{watched}, and the
+    methods C{probe(now)} and C{silent(waited)}; L{relaytx.peer.PeerSession}
+    does.
+
+    :param clock: the node's clock.
+    :param peer_timeout: seconds a request may go unanswered.
+    """
+
+    def __init__(self, clock: IReactorTime, peer_timeout: float = DEFAULT_PEER_TIMEOUT) -> None:
+        if not peer_timeout > 0:
+            raise ValueError(f"peer_timeout must be positive, not {peer_timeout!r}")
+        self._clock = clock
+        self.peer_timeout = peer_timeout
+        self.tick = peer_timeout * TICK_SHARE
+        self.probe_after = peer_timeout * PROBE_SHARE
+        self.quiet_after = peer_timeout * QUIET_SHARE
+        self._watched: set[Any] = set()
+        self._timer: IDelayedCall | None = None
+        self._verdicts: list[IDelayedCall] = []
+        self._stopped = False
+        #: when the pending tick is due (its lateness tells of stalls)
+        self._due = 0.0
+        #: after a stall of this node's: when it ended (waits begun by then
+        #: get twice the timeout) and until when that grace lasts
+        self._stall_end = float("-inf")
+        self._grace_until = float("-inf")
+
+    def __len__(self) -> int:
+        return len(self._watched)
+
+    def watch(self, session: Any) -> None:
+        """
+        Watch C{session} until it has nothing outstanding: a request just
+        left on it (it set C{waiting_since}, or C{busy_until}).
+        """
+        if self._stopped:
+            return
+        self._watched.add(session)
+        if self._timer is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        self._due = self._clock.seconds() + self.tick
+        self._timer = self._clock.callLater(self.tick, self._tick)
+
+    def _credit_stall(self, now: float) -> None:
+        # This node did not run for a while: that time is not its peers'.
+        late = now - self._due
+        if late < STALL:
+            return
+        credit = late - self.tick
+        for session in self._watched:
+            since = session.waiting_since
+            if since is not None:
+                session.waiting_since = min(now, since + credit)
+        if late >= GRACE_AFTER:
+            self._stall_end = now
+            self._grace_until = now + GRACE * self.peer_timeout
+
+    def timeout_for(self, since: float, now: float) -> float:
+        """
+        :returns: the peer timeout at C{now} for a wait begun at C{since}:
+            doubled for a wait that was under way when a stall of this
+            node's ended, during the grace that follows it.
+        """
+        if since <= self._stall_end + _SLACK and now < self._grace_until:
+            return 2 * self.peer_timeout
+        return self.peer_timeout
+
+    def stop(self) -> None:
+        """Watch nothing more (the node is stopping)."""
+        self._stopped = True
+        for session in self._watched:
+            session.watched = False
+        self._watched.clear()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        for verdict in self._verdicts:
+            if verdict.active():
+                verdict.cancel()
+        self._verdicts.clear()
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._credit_stall(self._clock.seconds())
+        now = self._clock.seconds() + _SLACK
+        suspects = []
+        done = []
+        for session in self._watched:
+            if session.closed:
+                done.append(session)
+                continue
+            since = session.waiting_since
+            if since is None:  # heard from since the last request
+                if now < session.busy_until:
+                    if now - session.last_seen >= self.quiet_after:
+                        session.probe(now - _SLACK)  # calls outstanding on a quiet link
+                    continue
+                done.append(session)
+                continue
+            waited = now - since
+            if waited >= self.timeout_for(since, now):
+                suspects.append(session)
+            elif waited >= self.probe_after and session.probed_at < since:
+                session.probe(now - _SLACK)
+        for session in done:
+            session.watched = False
+            self._watched.discard(session)
+        if suspects:
+            # After the reactor has read what is waiting on the sockets.
+            self._verdicts = [v for v in self._verdicts if v.active()]
+            self._verdicts.append(self._clock.callLater(VERDICT_DELAY, self._verdict, suspects))
+        if self._watched:
+            self._arm()
+
+    def _verdict(self, suspects: list[Any]) -> None:
+        now = self._clock.seconds() + _SLACK
+        for session in suspects:
+            since = session.waiting_since
+            if session.closed or since is None:
+                continue
+            if now - since >= self.timeout_for(since, now):
+                session.silent(now - _SLACK - since)

@@ -1,0 +1,329 @@
+"""
+Nodes of the original design as neighbours (issue 16, B1-B6), each faked by
+L{tests.support.OriginalPeer}: it writes frames as the original does and
+takes nothing from a node that is not its direct peer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaytx import NodeUnreachable, NoSuchServer, OutcomeUnknown, RemoteCallError
+from relaytx.node import RelayNode
+from relaytx.testing import MemoryMesh, line, memory_node
+from tests.support import Counter, OriginalPeer
+
+
+def dropped(node: RelayNode, reason: str) -> float:
+    """:returns: how many messages C{node} dropped for C{reason}."""
+    value = node.metrics.registry.get_sample_value(
+        "relaytx_messages_dropped_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+def seed_call(server: str, method: str, args: list[Any], response_id: str) -> dict[str, Any]:
+    """:returns: the data of a server_call as the original writes it."""
+    call = {"args": args, "method": method, "server_name": server, "timeout": 30}
+    return {"call": call, "response_id": response_id}
+
+
+class OriginalTestCase(SynchronousTestCase):
+    """Nodes on one clock, linked in memory."""
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.network = MemoryMesh()
+
+    def nodes(self, names: str, **options: Any) -> list[RelayNode]:
+        return [memory_node(name, self.clock, **options) for name in names]
+
+
+class DuplicateIdTests(OriginalTestCase):
+    """B1: duplicates are told by sender, id, type and response id, not by id alone."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        [self.node] = self.nodes("r")
+        self.counter = Counter()
+        self.node.expose("counter", self.counter)
+        self.original = OriginalPeer(self.node)
+
+    def test_colliding_ids_both_run(self) -> None:
+        """Two distinct calls whose nanosecond ids collide both run and are both answered."""
+        same_id = "1796024318382509572"
+        self.original.frame("server_call", seed_call("counter", "increment", [1], "r-1"), same_id)
+        self.original.frame("server_call", seed_call("counter", "increment", [2], "r-2"), same_id)
+        self.original.serve()
+        self.assertEqual(self.counter.count, 3)
+        answers = {a["data"]["response_id"]: a["data"]["result"] for a in self.original.answers}
+        self.assertEqual(answers, {"r-1": 1, "r-2": 3})
+        self.assertEqual(dropped(self.node, "duplicate"), 0)
+
+    def test_same_call_twice_runs_once(self) -> None:
+        """The same call delivered twice (same id and response id) still runs once."""
+        data = seed_call("counter", "increment", [1], "r-1")
+        self.original.frame("server_call", data, "1796024318382509572")
+        self.original.frame("server_call", data, "1796024318382509572")
+        self.assertEqual(self.counter.count, 1)
+        self.assertEqual(dropped(self.node, "duplicate"), 1)
+
+    def test_other_types_with_the_same_id(self) -> None:
+        """A call and a message of another type sharing an id are both taken."""
+        same_id = "1796024318382509572"
+        self.original.frame("server_call", seed_call("counter", "increment", [1], "r-1"), same_id)
+        self.original.frame("registry_sync", {"servers": {"svc": {"methods": ["m"]}}}, same_id)
+        self.assertEqual(self.counter.count, 1)
+        self.assertIn("svc", self.node.views.servers())
+
+
+class RelayTests(OriginalTestCase):
+    """
+    B3: a call from another node for an original-design neighbour is made
+    by the last relaytx hop, as itself, and the answer relayed.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.r1, self.r2 = self.nodes("ab")
+        line([self.r1, self.r2], self.network)
+        self.original = OriginalPeer(self.r2, "S")
+        self.network.settle()
+        self.original.serve()
+
+    def call(self, *args: Any, timeout: float = 10) -> Any:
+        d = self.r1.call("S", "svc", "m", *args, timeout=timeout)
+        self.network.pump()
+        self.original.serve()
+        return d
+
+    def test_route_advertised(self) -> None:
+        """The original neighbour stays reachable through its relaytx neighbour."""
+        self.assertEqual(self.r1.views.routes()["S"]["next_hop"], "b")
+
+    def test_relayed_call(self) -> None:
+        """R1's call reaches S as R2's own, and S's answer comes back to R1 as S's."""
+        d = self.call(1, "a", {"k": True})
+        self.assertEqual(self.original.ignored, [])
+        [call] = self.original.calls
+        self.assertEqual((call["from"], call["to"], call["route"]), ("b", "S", ["b"]))
+        self.assertEqual(call["data"]["call"]["args"], [1, "a", {"k": True}])
+        self.assertNoResult(d)
+        self.original.answer(call, {"echo": [1, "a", {"k": True}]})
+        self.network.pump()
+        self.assertEqual(self.successResultOf(d), {"echo": [1, "a", {"k": True}]})
+        [answer] = self.network.link_between(self.r1, self.r2).sent_by(self.r2, "server_response")
+        self.assertEqual((answer.sender, answer.to, answer.route), ("S", "a", ("S", "b")))
+        self.assertEqual(len(self.r2.mesh.pending), 0)
+
+    def test_relayed_error(self) -> None:
+        """S's error answer reaches R1 as S's, with its code (B5: not found is -32003)."""
+        d = self.call()
+        [call] = self.original.calls
+        self.original.answer(call, error="server svc not found")
+        self.network.pump()
+        error = self.failureResultOf(d, NoSuchServer).value
+        self.assertEqual((error.code, error.data["node_id"]), (-32003, "S"))
+        d = self.call()
+        self.original.answer(self.original.calls[1], error="boom")
+        self.network.pump()
+        self.assertEqual(self.failureResultOf(d, RemoteCallError).value.code, -32000)
+
+    def test_link_lost_while_relayed(self) -> None:
+        """When S's link goes down with the relayed call out, R1 hears -32006 at once."""
+        d = self.call()
+        self.original.session.connection_lost("cable")
+        self.network.pump()
+        error = self.failureResultOf(d, OutcomeUnknown).value
+        self.assertEqual((error.code, error.data["node_id"]), (-32006, "b"))
+
+    def test_relay_overloaded_is_32002(self) -> None:
+        """A relay refused for R2's own pending limit fails R1's call with -32002 at once."""
+        r2 = memory_node("c", self.clock, limits={"max_pending_calls": 1})
+        self.network.link(self.r1, r2)
+        original = OriginalPeer(r2, "T")
+        self.network.settle()
+        original.serve()
+        first = self.r1.call("T", "svc", "m", timeout=10)
+        second = self.r1.call("T", "svc", "m", timeout=10)
+        self.network.pump()
+        original.serve()
+        self.assertEqual(len(original.calls), 1)
+        self.assertNoResult(first)
+        self.assertEqual(self.failureResultOf(second, NodeUnreachable).value.code, -32002)
+
+    def test_duplicate_copy_relayed_once(self) -> None:
+        """Two copies of one call (a flood's) make one call to S."""
+        from relaytx.wire import CallSpec, Envelope, ServerCall, encode
+
+        call = ServerCall(CallSpec("svc", "m", (), timeout=5), "r-x")
+        frame = encode(Envelope.create(call, "a", "S", self.clock.seconds()))
+        session = self.network.link_between(self.r1, self.r2).session_of(self.r2)
+        session.data_received(frame)
+        session.data_received(frame)
+        self.original.serve()
+        self.assertEqual(len(self.original.calls), 1)
+        self.assertEqual(dropped(self.r2, "duplicate"), 1)
+
+    def test_own_calls_go_direct(self) -> None:
+        """R2's own call to S goes to it as is (R2 is its direct peer)."""
+        d = self.r2.call("S", "svc", "m", timeout=5)
+        self.original.serve()
+        [call] = self.original.calls
+        self.assertEqual(call["from"], "b")
+        self.original.answer(call, 7)
+        self.assertEqual(self.successResultOf(d), 7)
+
+
+class FailFastTests(OriginalTestCase):
+    """B4: a node nobody can reach fails at once, and no copy goes to an original node."""
+
+    def test_only_original_neighbours(self) -> None:
+        """With only original-design neighbours, a call to a node nobody knows fails at once."""
+        for registry in (True, False):
+            [node] = self.nodes("r", disable_registry=not registry)
+            originals = [OriginalPeer(node, "o1"), OriginalPeer(node, "o2")]
+            now = self.clock.seconds()
+            d = node.call("nowhere", "node", "ping", timeout=30)
+            error = self.failureResultOf(d, NodeUnreachable).value
+            self.assertEqual(error.code, -32002)
+            self.assertEqual(self.clock.seconds(), now)
+            for original in originals:
+                original.serve()
+                self.assertEqual((original.calls, original.other, original.ignored), ([], [], []))
+
+    def test_original_does_not_make_the_table_incomplete(self) -> None:
+        """
+        Beside relaytx neighbours that advertise routes, an original-design
+        neighbour (which forwards nothing) leaves the routing table complete:
+        a call to a node nobody knows fails at once, with no copy sent anywhere.
+        """
+        r, x = self.nodes("rx")
+        link = self.network.link(r, x)
+        original = OriginalPeer(r, "o1")
+        self.network.settle()
+        before = len(link.sent_by(r))
+        d = r.call("nowhere", "node", "ping", timeout=30)
+        self.assertEqual(self.failureResultOf(d, NodeUnreachable).value.code, -32002)
+        self.assertEqual(len(link.sent_by(r)), before)
+        original.serve()
+        self.assertEqual(original.calls, [])
+
+    def test_original_gets_no_flooded_copy(self) -> None:
+        """
+        In flood mode, a relaytx neighbour gets a copy of a call for an
+        unknown node, an original-design neighbour does not.
+        """
+        r, x = self.nodes("rx", disable_registry=True)
+        self.network.link(r, x)
+        original = OriginalPeer(r, "o1")
+        self.network.settle()
+        original.serve()
+        d = r.call("nowhere", "node", "ping", timeout=3)
+        original.serve()
+        self.assertEqual((original.calls, original.other), ([], []))
+        [wrapped] = self.network.link_between(r, x).sent_by(r, "route_message")
+        self.assertEqual(wrapped.data["original_message"]["type"], "server_call")
+        self.assertNoResult(d)
+        d.cancel()
+        self.failureResultOf(d)
+
+    def test_original_destination_still_reached(self) -> None:
+        """A call for the original neighbour itself still goes to it."""
+        [node] = self.nodes("r")
+        original = OriginalPeer(node, "o1")
+        d = node.call("o1", "svc", "m", timeout=5)
+        original.serve()
+        [call] = original.calls
+        original.answer(call, "yes")
+        self.assertEqual(self.successResultOf(d), "yes")
+
+
+class ForeignErrorTests(OriginalTestCase):
+    """B5: the original's error answers keep their meaning."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        [self.node] = self.nodes("r")
+        self.original = OriginalPeer(self.node, "o1")
+
+    def test_not_found_is_32003(self) -> None:
+        """The original's "server X not found" fails the call with -32003, naming the node."""
+        d = self.node.call("o1", "nope", "get", timeout=5)
+        self.original.serve()
+        self.original.answer(self.original.calls[0], error="server nope not found")
+        error = self.failureResultOf(d, NoSuchServer).value
+        self.assertEqual(error.code, -32003)
+        self.assertEqual(error.message, "server nope not found")
+        self.assertEqual(error.data["node_id"], "o1")
+
+    def test_other_errors_are_32000(self) -> None:
+        """Any other error text from the original stays -32000."""
+        for text in ("database is locked", "server not found", "my server x not found today"):
+            d = self.node.call("o1", "svc", "m", timeout=5)
+            self.original.serve()
+            self.original.answer(self.original.calls[-1], error=text)
+            self.assertEqual(self.failureResultOf(d, RemoteCallError).value.code, -32000, text)
+
+
+class MalformedCallTests(OriginalTestCase):
+    """B6: a malformed call that names a response id is answered, not left to time out."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        [self.node] = self.nodes("r")
+        self.original = OriginalPeer(self.node, "o1")
+        self.original.serve()
+
+    def test_answered_with_error(self) -> None:
+        """Each malformed call gets success false, its response id and an error text."""
+        bad_calls = [
+            {"call": [], "response_id": "r-1"},
+            {"call": {"method": "m", "args": []}, "response_id": "r-2"},
+            {"call": {"server_name": 5, "method": "m"}, "response_id": "r-3"},
+            {"call": {"server_name": "s", "method": "m", "args": "x"}, "response_id": "r-4"},
+            {"call": {"server_name": "s", "method": "m", "timeout": -1}, "response_id": "r-5"},
+        ]
+        for i, data in enumerate(bad_calls):
+            self.original.frame("server_call", data, f"17960243183825095{i:02d}")
+        self.original.serve()
+        answers = [a["data"] for a in self.original.answers]
+        self.assertEqual([a["response_id"] for a in answers], ["r-1", "r-2", "r-3", "r-4", "r-5"])
+        for answer in answers:
+            self.assertIs(answer["success"], False)
+            self.assertIsInstance(answer["error"], str)
+            self.assertEqual(answer["error_code"], -32600)
+        self.assertEqual(self.node.mesh.links["o1"], self.original.session)
+
+    def test_unreadable_response_id_not_answered(self) -> None:
+        """A malformed call whose response id is missing or not a string gets no answer."""
+        self.original.frame("server_call", {"call": []})
+        self.original.frame("server_call", {"call": [], "response_id": 12}, "1796024318382509573")
+        self.original.serve()
+        self.assertEqual(self.original.answers, [])
+
+
+class LinkCountTests(OriginalTestCase):
+    """The link table counts its original-design links (what completeness is told by)."""
+
+    def test_counted_through_replacement_and_loss(self) -> None:
+        """Opening, replacing and losing links keeps the count of original links right."""
+        [node] = self.nodes("r")
+        links = node.mesh._links
+        first = OriginalPeer(node, "o1")
+        OriginalPeer(node, "o2")
+        self.assertEqual(links.originals, 2)
+        # A link this node dialled replaces the one o1 dialled (a second link
+        # in the same direction is refused while the first is healthy).
+        again = OriginalPeer(node, "o1", direction="outbound")
+        self.assertEqual(links.originals, 2)
+        first.session.connection_lost("old link closing")  # the replaced one: no change
+        self.assertEqual(links.originals, 2)
+        again.session.connection_lost("gone")
+        self.assertEqual(links.originals, 1)
+        x = memory_node("x", self.clock)
+        self.network.link(node, x)
+        self.assertEqual((links.originals, len(links)), (1, 2))
