@@ -563,6 +563,17 @@ class Directory:
         route = self._router.route(peer_id)
         return 0 if route is None else len(route.servers)
 
+    def peers(self) -> dict[str, dict[str, Any]]:
+        """:returns: C{GET /registry/peers}."""
+        return self._links.view(self.server_count)
+
+    def reachable(self) -> dict[str, int]:
+        """:returns: every node a link or a route reaches, with its hop count."""
+        reachable = {dest: route.hops for dest, route in self._router.routes().items()}
+        for peer in self._links.links:
+            reachable.setdefault(peer, 1)
+        return reachable
+
     def directory(self) -> dict[str, list[dict[str, Any]]]:
         """:returns: the remote part of C{GET /registry/servers}."""
         result: dict[str, list[dict[str, Any]]] = {}

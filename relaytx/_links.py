@@ -27,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from relaytx.peer import CLOSE_NORMAL, CLOSE_REPLACED, PeerSession
@@ -69,6 +71,9 @@ class LinkTable:
         self.session_class: type[PeerSession] = PeerSession
         self.message_types: MessageTypes = CORE_TYPES
         self._handlers: dict[type[Payload], Callable[..., None]] = {}
+        #: the wait of L{close_all}, and its deadline
+        self._all_closed: Deferred[None] | None = None
+        self._grace: IDelayedCall | None = None
 
     def __len__(self) -> int:
         return len(self.links)
@@ -173,15 +178,36 @@ class LinkTable:
         self.originals -= session.original
         return True
 
-    def close_all(self, reason: str) -> None:
-        """Close every link with 1000 (the node is stopping)."""
-        for session in list(self.links.values()):
-            session.close(CLOSE_NORMAL, reason)
+    def close_all(self, clock: IReactorTime, grace: float) -> Deferred[None]:
+        """
+        Close every link with 1000 (the node is stopping).
 
-    def lose_all(self, reason: str) -> None:
-        """Treat every link still open as lost (its close took too long)."""
+        :returns: a Deferred that fires once every link has closed (see
+            L{closed}), or after C{grace} seconds, when the links still open
+            are taken as lost.
+        """
         for session in list(self.links.values()):
-            session.connection_lost(reason)
+            session.close(CLOSE_NORMAL, "node stopping")
+        if not self.links:
+            return succeed(None)
+        self._all_closed = Deferred()
+        self._grace = clock.callLater(grace, self._closed_all)
+        return self._all_closed
+
+    def closed(self) -> None:
+        """A link was removed: the last one to close ends L{close_all}'s wait."""
+        if self._all_closed is not None and not self.links:
+            self._closed_all()
+
+    def _closed_all(self) -> None:
+        d, self._all_closed = self._all_closed, None
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self._grace = None
+        if d is not None:
+            for session in list(self.links.values()):
+                session.connection_lost("node stopped")
+            d.callback(None)
 
     def flood_targets(self, excluded: Any) -> list[PeerSession]:
         """

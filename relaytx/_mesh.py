@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -181,8 +181,6 @@ class Mesh:
             )
             self._links.register_handler(NodeRecord, self.records.take)
         self.relay = OriginalRelay(node_id, clock, metrics, self.forwarder, self.calls)
-        self._all_closed: Deferred[None] | None = None
-        self._grace: IDelayedCall | None = None
         #: routed pings timed for C{node.traceroute}
         self.probes = Probes(node_id, clock, self.forwarder)
 
@@ -282,8 +280,7 @@ class Mesh:
         self.calls.path_lost(peer_id)
         if self.records is not None:
             self.records.link_closed(peer_id)
-        if self._all_closed is not None and not self.links:
-            self._closed_all()
+        self._links.closed()
 
     def count_auth_failure(self, peer_id: str | None, why: str) -> None:
         """Count (and log) a peer that failed to prove the cluster secret."""
@@ -368,24 +365,9 @@ class Mesh:
 
     # Views.
 
-    def reachable(self) -> dict[str, int]:
-        """:returns: every node a link or a route reaches, with its hop count."""
-        reachable = {dest: route.hops for dest, route in self.router.routes().items()}
-        for peer in self.links:
-            reachable.setdefault(peer, 1)
-        return reachable
-
     def nearest_host(self, server: str) -> str | None:
         """:returns: the nearest node hosting C{server}, or C{None}."""
         return self.registry.nearest_host(server)
-
-    def directory(self) -> dict[str, list[dict[str, Any]]]:
-        """:returns: the remote part of C{GET /registry/servers}."""
-        return self.registry.directory()
-
-    def peers_view(self) -> dict[str, dict[str, Any]]:
-        """:returns: C{GET /registry/peers}."""
-        return self._links.view(self.registry.server_count)
 
     # Stopping.
 
@@ -404,21 +386,7 @@ class Mesh:
             self.records.stop()
         self.link_watch.stop()
         self.calls.stop()
-        self._links.close_all("node stopping")
-        if not self.links:
-            return succeed(None)
-        self._all_closed = Deferred()
-        self._grace = self.clock.callLater(grace, self._closed_all)
-        return self._all_closed
-
-    def _closed_all(self) -> None:
-        d, self._all_closed = self._all_closed, None
-        if self._grace is not None and self._grace.active():
-            self._grace.cancel()
-        self._grace = None
-        if d is not None:
-            self._links.lose_all("node stopped")
-            d.callback(None)
+        return self._links.close_all(self.clock, grace)
 
 
 class Probes:

@@ -44,7 +44,7 @@ class NodeViews:
         self._mesh = mesh
         self._started_at = started_at
         self._version = version
-        self.mesh_watch = MeshWatch(node_id, clock, self.status, mesh.reachable, mesh.call)
+        self.mesh_watch = MeshWatch(node_id, clock, self.status, mesh.registry.reachable, mesh.call)
 
     def timestamp(self) -> str:
         """:returns: the current time, RFC 3339."""
@@ -90,13 +90,13 @@ class NodeViews:
             ]
             for name, methods in self._host.local_servers().items()
         }
-        for name, entries in self._mesh.directory().items():
+        for name, entries in self._mesh.registry.directory().items():
             directory.setdefault(name, []).extend(entries)
         return directory
 
     def peers(self) -> dict[str, dict[str, Any]]:
         """:returns: C{GET /registry/peers}: directly connected peers by node id."""
-        return self._mesh.peers_view()
+        return self._mesh.registry.peers()
 
     def routes(self) -> dict[str, dict[str, Any]]:
         """:returns: C{GET /registry/routes}: the routing table."""
