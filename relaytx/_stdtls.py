@@ -20,8 +20,9 @@ What this layer does, and no more:
     connection (logged, with OpenSSL's reason).
   - Writes made while a read is handed up are encrypted together when it
     returns (a node answering calls, a caller sending its next one);
-    others at the next reactor turn, or at once past 64 kB. Encrypting
-    each message alone costs more at many in flight than it saves at one.
+    others at the next reactor turn, or at once past 4 kB (C{_BATCH}).
+    Encrypting each message alone costs more at many in flight than it
+    saves at one.
   - Reading stops when both buffers are empty instead of by catching
     C{SSLWantReadError} (a record cut in two still raises it, and waits).
   - C{loseConnection} sends C{close_notify}; a peer's C{close_notify} ends
@@ -70,8 +71,13 @@ HANDSHAKE_TIMEOUT = 10.0
 #: The most plaintext one C{SSLObject.read} returns: a whole TLS record.
 _RECORD = 16384
 
-#: Plaintext held for sending together before it is sent at once.
-_BATCH = 64_000
+#: Plaintext held for sending together before it is sent at once. A
+#: receiver can decrypt only whole records, and relaytx reads 4 KiB at a time
+#: (C{relaytx._frames.READ_CHUNK}): a record spread over several reads holds
+#: back every message in it, and two nodes with many calls in flight then
+#: take turns instead of working at once (at 64 in flight, half the calls/s
+#: of 4 kB records with 64 kB ones).
+_BATCH = 4000
 
 
 class TLSProtocol(ProtocolWrapper):

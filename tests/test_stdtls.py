@@ -272,3 +272,19 @@ class TLSLayerTests(SynchronousTestCase):
         self.assertEqual(server.received, [])
         server_tls.connectionLost(Failure(Exception("gone")))
         self.assertIsNotNone(server.lost)
+
+    def test_largeWritesSentAtOnce(self) -> None:
+        """
+        Once 4 kB wait, they are sent without waiting for the next turn: the
+        other end, reading 4 KiB at a time, can decrypt them as they come.
+        """
+        _server_tls, client_tls, server, _client, pump = self.link(
+            self.files.config("n1"), self.files.config("n0")
+        )
+        pump.flush()
+        client_tls.write(b"a" * 3000)
+        pump.flush(advanceClock=False)
+        self.assertEqual(server.received, [])
+        client_tls.write(b"b" * 1000)
+        pump.flush(advanceClock=False)
+        self.assertEqual(b"".join(server.received), b"a" * 3000 + b"b" * 1000)
