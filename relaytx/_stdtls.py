@@ -9,8 +9,10 @@ pyOpenSSL reaches it through cffi and signals "nothing more to read" with a
 Python exception built from OpenSSL's error queue, two or three of them for
 each message received (4-6 us each), and Twisted puts every write off to
 the next reactor iteration to batch small ones. Here a 300-byte message
-costs 4.6 us through both ends against 15.7 us, and the node's links in PKI
-mode carry about a third more calls per second (README, "Security").
+sent alone costs 12.3 us through both ends against 22.9 us
+(C{benchmarks/tls_layer.py}), and with 4 kB records (C{_BATCH}) PKI-mode
+direct calls at 64 in flight run at 0.95 of an open mesh's calls/s,
+against 0.46-0.58 on Twisted's layer (C{benchmarks/trust.py}).
 
 What this layer does, and no more:
   - The handshake runs before the protocol it carries is connected: that
