@@ -300,7 +300,11 @@ class LongMeshTests(TestCase):
             peers = [ws(nodes[-1])] if nodes else []
             servers = {"last": Counter()} if i == 13 else {}
             nodes.append(start_node(self, f"n{i:02d}", peers=peers, servers=servers))
-        await wait_for(lambda: nodes[0].mesh.can_reach("n13"), 20.0, what="a route to n13")
+        await wait_for(
+            lambda: nodes[0].mesh.can_reach("n13") and nodes[13].mesh.can_reach("n00"),
+            20.0,
+            what="routes between n00 and n13, both ways",
+        )
         self.assertEqual(nodes[0].views.routes()["n13"]["hops"], 13)
         self.assertEqual(await nodes[0].call("n13", "last", "increment", 2, timeout=10), 2)
         self.assertIsNotNone(await nodes[13].call("n00", "node", "ping", timeout=10))
