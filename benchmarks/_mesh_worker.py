@@ -187,8 +187,8 @@ class Worker:
         good = 0
         bad = ""
         changed_at = 0.0
-        frames = sum(n.mesh.adverts.frames_sent for n in self.nodes.values())
-        size = sum(n.mesh.adverts.bytes_sent for n in self.nodes.values())
+        frames = sum(n.mesh.adverts.writer.frames_sent for n in self.nodes.values())
+        size = sum(n.mesh.adverts.writer.bytes_sent for n in self.nodes.values())
         for node_id, node in self.nodes.items():
             if node_id in self.dead:
                 continue

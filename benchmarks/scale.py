@@ -2007,8 +2007,6 @@ def run_mesh_apart(
         steady_sync_bytes_per_s=(s2["sync_bytes"] - s1["sync_bytes"]) / window,
         steady_cpu_per_node_pct=100 * (s2["cpu"] - s1["cpu"]) / window / n,
     )
-    progress("measuring routing memory", force=True)
-    result["memory"] = backend.memory()
     # Cuts.
     cuts = []
     live = list(edges)
@@ -2082,6 +2080,10 @@ def run_mesh_apart(
         "ok": call["ok"],
         "error": call["error"],
     }
+    # Last: walking every node's routing state holds each worker's reactor
+    # for seconds at a thousand nodes, long enough to fail links' pings.
+    progress("measuring routing memory", force=True)
+    result["memory"] = backend.memory()
     result["load_after"] = os.getloadavg()
     result["targets"] = {"far_call": call["ok"]}
     backend.stop()

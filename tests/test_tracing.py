@@ -423,6 +423,26 @@ class JsonlTests(SynchronousTestCase):
         self.assertEqual(second["attributes"]["rpc.method"], "b")
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_line_is_the_span(self) -> None:
+        """A line is exactly the span's JSON, also for names and attributes that need escaping."""
+        directory = tempfile.mkdtemp(prefix="relaytx-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "spans.jsonl")
+        clock = MemoryReactorClock()
+        clock.advance(1_700_000_000.9999996)  # rounds up into the next second
+        exporter = JsonlExporter(path, 'n"1')
+        tracer = Tracer('n"1', clock, exporter)
+        root = tracer.start_span('forward a"\\b.\u00e9', None, {"k": 'v"\n', "n": [1, None]})
+        child = tracer.start_span("run a.b", root, {})
+        clock.advance(1.25)
+        child.finish()
+        root.finish()
+        tracer.stop()
+        lines = [json.loads(line) for line in open(path, encoding="utf-8").read().splitlines()]
+        self.assertEqual(lines, [child.to_json('n"1'), root.to_json('n"1')])
+        self.assertEqual(lines[1]["start"], "2023-11-14T22:13:21.000000Z")
+        self.assertEqual(lines[1]["end"], "2023-11-14T22:13:22.250000Z")
+
 
 class ConfigTests(SynchronousTestCase):
     """The [tracing] table."""
