@@ -48,7 +48,7 @@ spoofed, counted and dropped.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -249,7 +249,7 @@ class Forwarder:
         """
         destination = envelope.to
         if envelope.ttl <= 0:
-            rebudgeted = self._rebudget(envelope)
+            rebudgeted = rebudget(envelope, self._router, self._links)
             if rebudgeted is None:
                 self._metrics.drop("ttl_exceeded")
                 if self._may_refuse(came_from):
@@ -323,27 +323,6 @@ class Forwarder:
             envelope.ttl = HOP_BUDGETS[len(path)]
         return session
 
-    def _rebudget(self, envelope: Envelope) -> Envelope | None:
-        """
-        A message whose TTL ran out here while a loop-free route goes on
-        through relaytx nodes: its budget is renewed to cover that route, as
-        long as its hops in all stay within L{MAX_HOPS}; else C{None}.
-        """
-        destination = envelope.to
-        router = self._router
-        if destination in self._links:
-            remaining = 1
-        else:
-            route = router.route(destination)
-            if route is None or not router.is_router(route.path[0]):
-                return None
-            remaining = len(route.path)
-        made = len(envelope.route) - 1
-        budget = min(remaining + HOP_MARGIN, MAX_HOPS - made)
-        if budget < remaining:
-            return None
-        return attrs.evolve(envelope, ttl=budget)
-
     def _may_refuse(self, came_from: str | None) -> bool:
         # A forwarder without a complete table may hold one flooded copy of
         # many: its dead end says nothing of the others, one of which may
@@ -398,3 +377,27 @@ class Forwarder:
     def can_reach(self, destination: str) -> bool:
         """:returns: whether a link or a route to C{destination} is known."""
         return destination in self._links or self._router.route(destination) is not None
+
+
+def rebudget(envelope: Envelope, router: Router, links: Container[str]) -> Envelope | None:
+    """
+    A message whose TTL ran out here while a loop-free route goes on
+    through relaytx nodes: its budget is renewed to cover that route, as
+    long as its hops in all stay within L{MAX_HOPS}.
+
+    :param links: the peers this node has a link to.
+    :returns: the message with its new budget, or C{None}.
+    """
+    destination = envelope.to
+    if destination in links:
+        remaining = 1
+    else:
+        route = router.route(destination)
+        if route is None or not router.is_router(route.path[0]):
+            return None
+        remaining = len(route.path)
+    made = len(envelope.route) - 1
+    budget = min(remaining + HOP_MARGIN, MAX_HOPS - made)
+    if budget < remaining:
+        return None
+    return attrs.evolve(envelope, ttl=budget)
