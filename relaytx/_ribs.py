@@ -432,11 +432,16 @@ def diff(
     if not heap:
         return {}, []
     heapq.heapify(heap)
+    # What waits in the heap: a destination is there at most once (a
+    # subtree that moves makes each of its nodes a follower of every
+    # ancestor sent; one look at each, when its turn comes, sees them all).
+    queued = set(wants)
     entries: dict[str, RouteAdvert] = {}
     withdrawn: list[str] = []
     sent: set[str] = set()
     while heap:
         _, destination = heapq.heappop(heap)
+        queued.discard(destination)
         want = wants[destination] if destination in wants else wanted(destination)
         changed: set[str] = set()
         if want is None:
@@ -476,10 +481,13 @@ def diff(
             sent.add(destination)
         changed.discard(destination)
         for follower in changed:
+            if follower in queued:
+                continue
             if follower not in wants:
                 wants[follower] = wanted(follower)
             follow = wants[follower]
             heapq.heappush(heap, (0 if follow is None else len(follow[0]), follower))
+            queued.add(follower)
     return entries, withdrawn
 
 
