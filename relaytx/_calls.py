@@ -62,6 +62,9 @@ class CallTarget:
         against it (C{caller} when C{None}).
     @ivar trace: the call's trace context and path request
         (L{relaytx._tracing.CallTrace}), or C{None} for an untraced call.
+    @ivar stream: who takes the items if the method streams them
+        (L{relaytx._streams.ItemConsumer}), or C{None}: a streaming method's
+        items are then collected into one list (SPEC section 12).
 
     A value, though not frozen (as the envelope, for speed: one is made per
     call); use C{attrs.evolve} for a changed copy.
@@ -76,10 +79,11 @@ class CallTarget:
     caller: str | None = None
     via: str | None = None
     trace: Any = None
+    stream: Any = None
 
 
 class _Pending:
-    __slots__ = ("deadline", "deferred", "destination", "timeout", "via")
+    __slots__ = ("deadline", "deferred", "destination", "stream", "timeout", "via")
 
     def __init__(
         self,
@@ -94,6 +98,7 @@ class _Pending:
         self.destination = destination
         self.deadline = deadline
         self.timeout = timeout
+        self.stream: Any = None
 
 
 class _Deadlines:
@@ -184,6 +189,8 @@ class PendingCalls:
         via: str | None,
         timeout: float,
         now: float | None = None,
+        stream: Any = None,
+        on_cancel: Callable[[str, str, str | None], None] | None = None,
     ) -> Deferred[Any]:
         """
         Wait for the answer to call C{response_id}.
@@ -191,6 +198,11 @@ class PendingCalls:
         :param via: the neighbour the call was sent to, or C{None} if it was
             flooded to several.
         :param now: the clock's time, if the caller has just read it.
+        :param stream: who takes the call's streamed items, if it asked for
+            a stream (L{stream_of} finds it).
+        :param on_cancel: called with the response id, destination and
+            neighbour of the call when its Deferred is cancelled while it
+            is pending (to tell its callee).
         :returns: a Deferred that fires with the answer's result, or fails
             with L{CallTimeout} after C{timeout} seconds or with the error
             the answer carried. Cancelling it forgets the call.
@@ -199,11 +211,15 @@ class PendingCalls:
             raise ValueError(f"response id {response_id!r} is already pending")
 
         def cancel(_: Deferred[Any]) -> None:
-            self._forget(response_id)
+            entry = self._forget(response_id)
+            if entry is not None and on_cancel is not None:
+                on_cancel(response_id, entry.destination, entry.via)
 
         d: Deferred[Any] = Deferred(cancel)
         deadline = (self._clock.seconds() if now is None else now) + timeout
-        self._pending[response_id] = _Pending(d, via, destination, deadline, timeout)
+        entry = self._pending[response_id] = _Pending(d, via, destination, deadline, timeout)
+        if stream is not None:
+            entry.stream = stream
         self._deadlines.push(deadline, response_id)
         timer = self._timer
         if timer is None or deadline < timer.getTime():
@@ -244,6 +260,17 @@ class PendingCalls:
         entry = self._pending.get(response_id)
         if entry is not None:
             entry.via = via
+
+    def stream_of(self, response_id: str) -> tuple[Any, str] | None:
+        """
+        :returns: who takes the items of pending call C{response_id}, and
+            the node it went to; C{None} if it is not pending or asked for
+            no stream.
+        """
+        entry = self._pending.get(response_id)
+        if entry is None or entry.stream is None:
+            return None
+        return entry.stream, entry.destination
 
     def destinations(self) -> set[str]:
         """:returns: the nodes that pending calls wait on."""
@@ -443,6 +470,32 @@ class ForwardedCalls:
             return None
         self._counted_out(entry)
         return entry.came_from
+
+    def way_back(self, caller: str, response_id: str | None) -> str | None:
+        """
+        :returns: the neighbour call C{response_id} of C{caller} came from,
+            without forgetting it (its stream's items go back that way), or
+            C{None}.
+        """
+        entry = self._calls.get((caller, response_id))  # type: ignore[arg-type]  # None finds nothing
+        return None if entry is None else entry.came_from
+
+    def lost_callers(self, peer_id: str) -> list[tuple[str, str, str, str | None]]:
+        """
+        Forget the calls that came in through C{peer_id}, at once: their
+        answers can no longer go back that way.
+
+        :returns: C{(caller, response_id, target, went_to)} of each, so the
+            target can be told to stop (a C{call_cancel} with C{lost}).
+        """
+        self._sweep(self._clock.seconds())
+        lost = [key for key, e in self._calls.items() if e.came_from == peer_id]
+        found = []
+        for key in lost:
+            entry = self._calls.pop(key)
+            self._counted_out(entry)
+            found.append((key[0], key[1], entry.target, entry.went_to))
+        return found
 
     def lost_link(self, peer_id: str) -> list[tuple[str, str, str, str]]:
         """

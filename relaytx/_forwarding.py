@@ -64,15 +64,29 @@ from relaytx.wire import (
     MAX_ID_LENGTH,
     Envelope,
     Payload,
+    STREAM_TYPES,
     RouteMessage,
     ServerCall,
     ServerResponse,
+    StreamItem,
 )
 
 #: Messages that are harmless twice, so not remembered for deduplication
 #: (pings and pongs alone would fill the memory of seen ids on a busy hub;
 #: a second answer to a call finds it gone and is counted as late).
-_NOT_DEDUPLICATED = frozenset({"route_message", "ping", "pong", "registry_sync", "server_response"})
+_NOT_DEDUPLICATED = frozenset(
+    {
+        "route_message",
+        "ping",
+        "pong",
+        "registry_sync",
+        "server_response",
+        # numbered, cumulative or idempotent (relaytx._streams)
+        "stream_item",
+        "stream_credit",
+        "call_cancel",
+    }
+)
 
 #: Messages whose C{response_id} a forwarder checks before passing them on.
 _ANSWERED = frozenset({"server_call", "server_response"})
@@ -80,6 +94,7 @@ _ANSWERED = frozenset({"server_call", "server_response"})
 #: The types the forwarder looks at, as plain names (read for every message).
 _CALL = ServerCall.TYPE
 _ANSWER = ServerResponse.TYPE
+_ITEM = StreamItem.TYPE
 
 
 def _short_response_id(envelope: Envelope) -> bool:
@@ -256,11 +271,17 @@ class Forwarder:
                     self._refuse(envelope, came_from, "TTL exceeded")
                 return None
             envelope = rebudgeted
-        if envelope.type == _ANSWER:
+        kind = envelope.type
+        if kind == _ANSWER or kind == _ITEM:
             # Back the way the call came, while that link holds; else routed.
+            # (A stream's items go that way too, the call still remembered.)
             back = back_via
             if came_from is not None:
-                back = self._forwarded.take(destination, envelope.response_id) or back_via
+                forwarded = self._forwarded
+                if kind == _ANSWER:
+                    back = forwarded.take(destination, envelope.response_id) or back_via
+                else:
+                    back = forwarded.way_back(destination, envelope.response_id) or back_via
                 if back == came_from:  # it came from there: routed, not sent back
                     back = None
             session = self._by_peer.get(back)  # type: ignore[arg-type]  # None finds nothing
@@ -275,21 +296,30 @@ class Forwarder:
         else:
             session = self._routed(envelope, came_from)
         if session is not None:
-            if (
-                session.original
-                and came_from is not None
-                and session.peer_id == destination
-                and envelope.type == _CALL
-                and self._relay is not None
-            ):
-                # It would drop a frame from anyone but its direct peers.
-                if self._seen.first_time(envelope.sender, envelope.id):
-                    self._relay(envelope, came_from)
-                else:
-                    self._metrics.drop("duplicate")
-                return destination
+            if session.original:
+                if kind in STREAM_TYPES:
+                    # An original-design node never sees the frames of
+                    # streams and cancels (relaytx._streams).
+                    self._metrics.drop("not_understood")
+                    return None
+                if (
+                    came_from is not None
+                    and session.peer_id == destination
+                    and kind == _CALL
+                    and self._relay is not None
+                ):
+                    # It would drop a frame from anyone but its direct peers.
+                    if self._seen.first_time(envelope.sender, envelope.id):
+                        self._relay(envelope, came_from)
+                    else:
+                        self._metrics.drop("duplicate")
+                    return destination
             self._send_via(session, envelope, came_from, False, budget, now)
             return session.peer_id
+        if kind == _ITEM:
+            # No way back: items follow their call, and are never flooded.
+            self._metrics.drop("no_route")
+            return None
         targets = self._links.flood_targets({*envelope.route, came_from})
         if not targets or self._routes_are_complete():
             self._metrics.drop("no_route")

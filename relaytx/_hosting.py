@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from relaytx._aio import CoroutineRunner, run_on_twisted
 from relaytx._auth import AccessRules
 from relaytx._calls import CallTarget
+from relaytx._streams import StreamingMethod
 from relaytx._tracing import TracedMethod, Tracer
 from relaytx.errors import (
     AccessDenied,
@@ -51,6 +52,9 @@ class ServerHost:
 
     _log = Logger()
     tracer: Tracer | None = None
+    #: the most bytes of JSON a streaming method's items may make when they
+    #: are collected into one list (a call that asked for no stream)
+    max_result_size = 1024 * 1024
 
     def __init__(
         self,
@@ -152,7 +156,9 @@ class ServerHost:
         runnable: Any = method
         args = target.args
         trace = target.trace
-        if trace is not None and self.tracer is not None and trace.parent is not None:
+        if method.streams:  # an async generator (not traced as an execute span)
+            runnable = StreamingMethod(method, target.stream, self.max_result_size)
+        elif trace is not None and self.tracer is not None and trace.parent is not None:
             runnable = TracedMethod.for_method(self._traced, method, self.tracer, target.server)
             args = (trace.parent, *args)  # the execute span's parent, for the traced method
         try:

@@ -43,6 +43,7 @@ from relaytx.errors import InvalidRequest, ProtocolViolation
 from relaytx.interfaces import ILinkTransport, IRemoteCalls, ISessionHost
 from relaytx.peer import CLOSE_REMOVED, CLOSE_REPLACED, PeerSession
 from relaytx.wire import (
+    CallCancel,
     Envelope,
     MessageTypes,
     Payload,
@@ -50,6 +51,8 @@ from relaytx.wire import (
     RegistrySync,
     ServerCall,
     ServerResponse,
+    StreamCredit,
+    StreamItem,
 )
 
 __all__ = ["LinkRefused", "Mesh"]
@@ -180,6 +183,11 @@ class Mesh:
                 identity, book, clock, metrics, self._links, self._records_changed
             )
             self._links.register_handler(NodeRecord, self.records.take)
+        # Streams and cancels (relaytx._streams): frames of their own.
+        streams = self.calls.streams
+        self._links.register_handler(StreamItem, streams.take_item)
+        self._links.register_handler(StreamCredit, streams.take_credit)
+        self._links.register_handler(CallCancel, streams.take_cancel)
         self.relay = OriginalRelay(node_id, clock, metrics, self.forwarder, self.calls)
         #: routed pings timed for C{node.traceroute}
         self.probes = Probes(node_id, clock, self.forwarder)

@@ -51,10 +51,12 @@ from relaytx._links import LinkTable
 from relaytx._metrics import NodeMetrics
 from relaytx._pki import EndToEnd
 from relaytx._routing import Router
+from relaytx._streams import MAX_WINDOW, MeshStreams, RemoteConsumer
 from relaytx._tracing import TRACE_PATH, CallTraces
 from relaytx.errors import (
     PATH_LOST_CODES,
     CallError,
+    Cancelled,
     MessageTooLarge,
     NodeUnreachable,
     NoSuchServer,
@@ -129,9 +131,24 @@ class MeshCalls:
         self._run_arrived = run_arrived
         self._max_pending = max_pending
         self._e2e = e2e
-        #: calls running here for others: Deferred -> (caller, the link it came by)
-        self._running: dict[Deferred[Any], tuple[str, str | None]] = {}
+        #: calls running (or queued) here for others, by (caller, response id):
+        #: their Deferred, the link each came by, its stream, and its route
+        self._running: dict[tuple[str, str | None], _Running] = {}
+        #: calls cancelled here by their caller (answered -32800), and
+        #: cancels that came before their call (the call is then not run)
+        self._cancelled: set[tuple[str, str | None]] = set()
+        self._early_cancels = _EarlyCancels(clock)
         self.traces = CallTraces(node_id, clock)  # calls' trace contexts and path reports
+        #: streamed items, credit and cancels (L{relaytx._streams})
+        self.streams = MeshStreams(
+            node_id,
+            forwarder.send,
+            links.__contains__,
+            pending,
+            metrics.drop,
+            self.cancel_arrived,
+            e2e,
+        )
 
     # Calling.
 
@@ -168,14 +185,21 @@ class MeshCalls:
         caller = target.caller
         if caller == self._node_id:
             caller = None  # a call with no caller is the sending node's own
-        call = ServerCall(spec, response_id, caller=caller)
+        consumer = target.stream
+        call = ServerCall(
+            spec, response_id, caller=caller, stream=None if consumer is None else consumer.window
+        )
         now = self._clock.seconds()
         envelope = Envelope.create(call, self._node_id, destination, now)
         if self._e2e is not None and destination not in self._links:
             mac = self._e2e.seal_call(destination, call, envelope.timestamp or "")
             if mac is not None:
                 envelope.data["mac"] = mac  # type: ignore[index]  # the dict to_data made
-        d = self.pending.expect(response_id, destination, None, target.timeout, now)
+        d = self.pending.expect(
+            response_id, destination, None, target.timeout, now, consumer, self._cancelled_here
+        )
+        if consumer is not None:
+            consumer.connect(partial(self.streams.send_credit, destination, response_id))
         if target.trace is not None:
             self.traces.carry(envelope, target.trace, response_id, d)
         try:
@@ -184,6 +208,31 @@ class MeshCalls:
         except MessageTooLarge as e:
             self.pending.resolve(response_id, error=Overloaded(f"Call too large: {e}"))
         return d
+
+    def _cancelled_here(self, response_id: str, destination: str, via: str | None) -> None:
+        # This node's call was cancelled (SPEC section 12): tell its callee.
+        self.streams.send_cancel(destination, response_id)
+
+    def cancel_arrived(self, caller: str, response_id: str, sender: str, lost: bool) -> None:
+        """
+        A cancel of C{caller}'s call C{response_id} arrived (checked by
+        L{MeshStreams}): a queued call never runs, a running one has its
+        Deferred cancelled, and the caller is answered -32800. A cancel
+        that C{lost} the caller comes from a node on the call's route, or
+        is ignored; one that comes before its call keeps the call from
+        running.
+        """
+        key = (caller, response_id)
+        running = self._running.get(key)
+        if running is None:
+            if not lost:
+                self._early_cancels.add(key)
+            return
+        if lost and sender not in running.route:
+            self._metrics.drop("forged_cancel")
+            return
+        self._cancelled.add(key)
+        running.deferred.cancel()
 
     def settle(self, envelope: Envelope, response: ServerResponse, via: str | None = None) -> None:
         """
@@ -240,6 +289,16 @@ class MeshCalls:
                 )
                 return
         spec = call.call
+        key = (envelope.sender, call.response_id)
+        early = self._early_cancels
+        if early and early.take(key):
+            self.answer_error(envelope.sender, call.response_id, Cancelled(), envelope.route, via)
+            return
+        stream = None
+        if call.stream is not None and call.response_id is not None:
+            stream = RemoteConsumer(
+                self.streams, envelope.sender, call.response_id, via, min(call.stream, MAX_WINDOW)
+            )
         target = CallTarget(
             self._node_id,
             spec.server_name,
@@ -251,6 +310,7 @@ class MeshCalls:
             # (an HTTP client of its own): access rules judge that caller.
             caller=call.caller or envelope.sender,
             via=via,
+            stream=stream,
         )
         if self.traces.tracer is not None or TRACE_PATH in envelope.data:
             self.traces.arrived(envelope, target)  # until _send_answer
@@ -263,12 +323,16 @@ class MeshCalls:
             self._answer(result, envelope, call, via)
             return
         # (The dispatcher times the call out at its budget, target.timeout.)
-        self._running[result] = (envelope.sender, via)
-        result.addBoth(self._ran, result)
+        running = _Running(result, via, stream, envelope.route)
+        self._running[key] = running
+        result.addBoth(self._ran, key, running)
         result.addBoth(self._answer, envelope, call, via)
 
-    def _ran(self, outcome: Any, d: Deferred[Any]) -> Any:
-        self._running.pop(d, None)
+    def _ran(self, outcome: Any, key: tuple[str, str | None], running: _Running) -> Any:
+        if self._running.get(key) is running:
+            del self._running[key]
+        if running.stream is not None:
+            running.stream.close()
         return outcome
 
     def _answer(self, outcome: Any, envelope: Envelope, call: ServerCall, via: str | None) -> None:
@@ -279,10 +343,15 @@ class MeshCalls:
             self._send_answer(envelope.sender, response, via)
             return
         error = failure_exception(outcome)
-        if isinstance(error, CancelledError):  # cancelled by stop() or a lost caller
-            why = "stopped" if self._links.stopping else "lost the caller"
-            # Queued or running: it may have done part of its work.
-            error = OutcomeUnknown(f"node {self._node_id} {why} before answering")
+        if isinstance(error, CancelledError):
+            key = (envelope.sender, call.response_id)
+            if key in self._cancelled:  # by its caller
+                self._cancelled.discard(key)
+                error = Cancelled(f"Call cancelled by its caller, {envelope.sender}")
+            else:  # by stop() or a lost caller
+                why = "stopped" if self._links.stopping else "lost the caller"
+                # Queued or running: it may have done part of its work.
+                error = OutcomeUnknown(f"node {self._node_id} {why} before answering")
         elif not isinstance(error, CallError):
             error = RemoteCallError.from_exception(error, self._node_id)
         self.answer_error(envelope.sender, call.response_id, error, envelope.route, via)
@@ -363,11 +432,20 @@ class MeshCalls:
             self._fail_unreachable(lost)
         for caller, response_id, target, came_from in self._forwarded.lost_link(peer_id):
             self.answer_error(caller, response_id, lost(target), via=came_from)
+        # Calls passed on for callers behind the lost link: nobody can be
+        # answered, so their targets are told to stop (SPEC section 12).
+        for caller, response_id, target, went_to in self._forwarded.lost_callers(peer_id):
+            session = self._links.get(went_to) if went_to is not None else None
+            if session is not None and not session.original:
+                self.streams.send_cancel(target, response_id, caller, lost=True)
         # Calls running here for a caller now out of reach: it has been told
         # -32006 by its side; stop working on them (queued ones are skipped).
-        for running, (caller, via) in list(self._running.items()):
-            if via == peer_id and not self._forwarder.can_reach(caller):
-                running.cancel()
+        # A stream stops when the link it came by goes: its items went that way.
+        for (caller, _), running in list(self._running.items()):
+            if running.via == peer_id and (
+                running.stream is not None or not self._forwarder.can_reach(caller)
+            ):
+                running.deferred.cancel()
 
     def routes_changed(self) -> None:
         """The routing table changed: fail (-32006) the calls to nodes now out of reach."""
@@ -387,8 +465,57 @@ class MeshCalls:
             )
         )
         self._forwarded.clear()
-        for running in list(self._running):
-            running.cancel()  # and its budget timer; the caller hears -32006
+        for running in list(self._running.values()):
+            running.deferred.cancel()  # and its budget timer; the caller hears -32006
+
+
+class _Running:
+    """A call running (or queued) here for another node."""
+
+    __slots__ = ("deferred", "route", "stream", "via")
+
+    def __init__(
+        self,
+        deferred: Deferred[Any],
+        via: str | None,
+        stream: RemoteConsumer | None,
+        route: tuple[str, ...],
+    ) -> None:
+        self.deferred = deferred
+        self.via = via
+        self.stream = stream
+        self.route = route
+
+
+class _EarlyCancels:
+    """
+    Cancels that arrived before their call (a cancel may overtake it on
+    another path), kept for a while so that the call, if it comes, never
+    runs; bounded, oldest dropped first.
+    """
+
+    TTL = 60.0
+    CAPACITY = 10_000
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._keys: dict[tuple[str, str | None], float] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    def add(self, key: tuple[str, str | None]) -> None:
+        now = self._clock.seconds()
+        keys = self._keys
+        if len(keys) >= self.CAPACITY:
+            for old in [k for k, expires in keys.items() if expires <= now] or list(keys)[:1]:
+                del keys[old]
+        keys[key] = now + self.TTL
+
+    def take(self, key: tuple[str, str | None]) -> bool:
+        """:returns: whether a cancel for C{key} came (and forgets it)."""
+        expires = self._keys.pop(key, None)
+        return expires is not None and expires > self._clock.seconds()
 
 
 def _lost(node_id: str, peer_id: str | None, destination: str) -> CallError:

@@ -404,6 +404,26 @@ class EndToEnd:
         )
 
 
+    def seal_frame(self, kind: bytes, peer: str, body: Mapping[str, Any]) -> str | None:
+        """
+        :param kind: what the frame is (C{b"item"}, C{b"credit"}, C{b"cancel"}).
+        :param body: the frame's data without its C{mac}.
+        :returns: this node's code for a frame of a call's stream or its
+            cancel sent to C{peer}, if a key is known (see L{relaytx._streams}).
+        """
+        key = self.key(peer)
+        if key is None:
+            return None
+        return self._code(key, kind, self._identity.node_id, peer, body)
+
+    def check_frame(self, kind: bytes, peer: str, body: Mapping[str, Any], mac: Any) -> bool:
+        """:returns: whether C{mac} is C{peer}'s code for this frame to this node."""
+        key = self.key(peer)
+        return key is not None and self._matches(
+            key, kind, peer, self._identity.node_id, body, mac
+        )
+
+
 def _call_body(call: ServerCall, issued: str) -> dict[str, Any]:
     spec = call.call
     body = {

@@ -195,6 +195,17 @@ class Overloaded(CallError):
     default_message = "Overloaded, retry later"
 
 
+class Cancelled(CallError):
+    """
+    The call was cancelled (SPEC section 12): by its caller, by
+    C{$/cancelRequest} on C{/ws/rpc}, or because its client went away. The
+    code is LSP's.
+    """
+
+    code = -32800
+    default_message = "Call cancelled"
+
+
 _BY_CODE: dict[int, type[CallError]] = {
     cls.code: cls
     for cls in (
@@ -210,6 +221,7 @@ _BY_CODE: dict[int, type[CallError]] = {
         AccessDenied,
         Overloaded,
         OutcomeUnknown,
+        Cancelled,
     )
 }
 

@@ -13,7 +13,7 @@ that builds a node's parts and wires them together.
     listener (C{_listen}).
 
 Applications use the node's Python API: L{RelayNode.expose},
-L{RelayNode.call}, L{RelayNode.send}, L{RelayNode.use_session} and
+L{RelayNode.call}, L{RelayNode.stream}, L{RelayNode.send}, L{RelayNode.use_session} and
 L{RelayNode.register_handler}.
 """
 
@@ -45,6 +45,7 @@ from relaytx._listen import listen_error, server_endpoint, startup_line, startup
 from relaytx._mesh import Mesh
 from relaytx._metrics import NodeMetrics
 from relaytx._pki import load_identity
+from relaytx._streams import DEFAULT_WINDOW, ItemStream
 from relaytx._protocol import PeerServerFactory, peer_resource
 from relaytx._tls import TlsError
 from relaytx._views import NodeServer, NodeViews
@@ -109,6 +110,7 @@ class RelayNode(MultiService):
         #: how coroutines (async methods, async setups) run on this reactor
         self.run_coroutine = coroutine_runner(reactor)
         self.servers = ServerHost(node_id, reactor, config.access, run_coroutine=self.run_coroutine)
+        self.servers.max_result_size = limits.max_message_size
         metrics.watch_queue_depth(self.servers.queue_depth)
         self.limiter = CallLimiter(
             reactor, limits.max_in_flight, limits.max_in_flight_per_caller, limits.calls_per_second
@@ -189,6 +191,38 @@ class RelayNode(MultiService):
             L{relaytx.errors.CallError}.
         """
         return self.dispatcher.call(CallTarget(node_id, server, method, args, kwargs, timeout))
+
+    def stream(
+        self,
+        node_id: str | None,
+        server: str,
+        method: str,
+        *args: Any,
+        timeout: float = DEFAULT_CALL_TIMEOUT,
+        window: int = DEFAULT_WINDOW,
+        **kwargs: Any,
+    ) -> ItemStream:
+        """
+        Stream the items of C{server.method(*args, **kwargs)}, an async
+        generator, on C{node_id} (as L{call}) (SPEC section 12)::
+
+            async for line in node.stream("n3", "logs", "tail", "app.log"):
+                ...
+
+        The generator runs at most C{window} items ahead of the loop, end to
+        end. Leaving the loop early (C{break}), C{aclose()} or cancelling the
+        task or Deferred waiting in it cancels the generator at its node
+        (its C{finally} runs). C{timeout} bounds the whole stream.
+
+        :returns: an async iterator of the items; it fails with the call's
+            L{relaytx.errors.CallError} (-32006 when the path breaks), or
+            C{TypeError} if the method is not a generator.
+        :raises ValueError: for a window out of range (1 to 4096).
+        """
+        items = ItemStream(self.clock, window, f"{server}.{method}")
+        target = CallTarget(node_id, server, method, args, kwargs, timeout, stream=items.consumer)
+        items.attach(self.dispatcher.call(target))
+        return items
 
     def send(self, node_id: str, payload: Payload) -> bool:
         """

@@ -6,7 +6,9 @@ arrival order.
 
 A method may return a plain value, a L{Deferred} or be an C{async def}
 coroutine; the next call starts only when the previous one has finished. An
-exception fails that one call and the mailbox moves on.
+exception fails that one call and the mailbox moves on. A method that is an
+async generator streams its items (L{relaytx._streams}); the stream is the
+server's running call until it ends.
 
 A method that waits for a call to its I{own} server (directly, or through
 another node) waits for itself and never finishes: call other servers only.
@@ -52,11 +54,13 @@ class ExposedMethod:
     signature check that runs before the call is queued.
     """
 
-    __slots__ = ("_max_args", "_min_args", "_signature", "function", "name")
+    __slots__ = ("_max_args", "_min_args", "_signature", "function", "name", "streams")
 
     def __init__(self, name: str, function: Callable[..., Any]) -> None:
         self.name = name
         self.function = function
+        #: an async generator: it streams its items (SPEC section 12)
+        self.streams = inspect.isasyncgenfunction(function)
         self._signature: inspect.Signature | None = None
 
     def _prepare(self) -> None:

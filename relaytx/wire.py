@@ -74,6 +74,31 @@ The payloads (C{data}) of the built-in types:
   - C{route_message} C{{"original_message": ENVELOPE}}: a message wrapped for
     a hop that is not its destination.
 
+Cancellation and streams (SPEC section 12; see L{relaytx._streams}). These
+frames travel only between relaytx nodes: none is ever sent on a link to an
+original-design node (the forwarder drops them there), and a callee sends
+items only to a caller whose call asked for a stream.
+
+  - C{server_call} may carry C{"stream": WINDOW} (an int >= 1): the caller
+    takes a streamed result. If the method is an async generator, its items
+    come as C{stream_item}s, at most WINDOW ahead of the caller's credit,
+    and the call's C{server_response} (its result: the number of items)
+    ends the stream. Without C{stream}, such a method's items are collected
+    and answered as one list.
+  - C{stream_item} C{{"response_id", "seq", "item", "mac"?}}, callee to
+    caller: item number C{seq} (0, 1, ...), back along the call's path.
+  - C{stream_credit} C{{"response_id", "credit", "mac"?}}, caller to callee:
+    the callee may have sent items numbered below C{credit} (cumulative, so
+    a lost or repeated frame does no harm).
+  - C{call_cancel} C{{"response_id", "caller", "lost"?, "mac"?}}, to the
+    callee: cancel C{caller}'s call (queued: it never runs; running: its
+    Deferred is cancelled). The callee answers it with -32800. C{lost: true}
+    is sent by a node on the call's path that lost the link its call came
+    by (its caller can no longer be answered).
+
+C{mac} is, in PKI mode, the sender's end-to-end code when the frame crosses
+other nodes (L{relaytx._pki.EndToEnd}), as for calls and answers.
+
 Decoding is strict and happens in two steps, so a node can forward a message
 whose type it does not know: L{decode} checks the envelope and raises
 L{MalformedMessage}; L{MessageTypes.payload} turns C{data} into the payload
@@ -564,14 +589,17 @@ class ServerCall(Payload):
     mac: str | None = None
     #: the caller the sending node relays for (see the module docstring)
     caller: str | None = None
+    #: the caller takes a streamed result, this many items ahead of its credit
+    stream: int | None = None
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> ServerCall:
         get = data.get
         call, response_id, mac = get("call"), get("response_id"), get("mac")
-        caller = get("caller")
+        caller, stream = get("caller"), get("stream")
         if (
             type(call) is dict
+            and (stream is None or (type(stream) is int and stream > 0))
             and (
                 response_id is None
                 or (type(response_id) is str and len(response_id) <= MAX_ID_LENGTH)
@@ -603,6 +631,7 @@ class ServerCall(Payload):
                     response_id,
                     mac,
                     caller,
+                    stream,
                 )
         return cls._from_data_checked(data)
 
@@ -618,6 +647,9 @@ class ServerCall(Payload):
         caller = _bounded_id(_optional(data, "caller", str, "server_call"), "caller")
         if caller == "":
             raise MalformedMessage("server_call caller is empty", reason="bad_field")
+        stream = _optional(data, "stream", int, "server_call")
+        if stream is not None and stream <= 0:
+            raise MalformedMessage("server_call stream window is not positive", reason="bad_field")
         return cls(
             CallSpec(
                 server_name=_require(call, "server_name", str, what),
@@ -629,6 +661,7 @@ class ServerCall(Payload):
             _bounded_id(_optional(data, "response_id", str, "server_call"), "response_id"),
             _optional(data, "mac", str, "server_call"),
             caller,
+            stream,
         )
 
     def to_data(self) -> dict[str, Any]:
@@ -637,6 +670,8 @@ class ServerCall(Payload):
             data["mac"] = self.mac
         if self.caller is not None:
             data["caller"] = self.caller
+        if self.stream is not None:
+            data["stream"] = self.stream
         return data
 
     @staticmethod
@@ -1078,6 +1113,106 @@ class RouteMessage(Payload):
 
     def to_data(self) -> dict[str, Any]:
         return {"original_message": self.original_message.to_json()}
+
+
+def _stream_id(data: Mapping[str, Any], what: str) -> str:
+    response_id = _require(data, "response_id", str, what)
+    if not response_id or len(response_id) > MAX_ID_LENGTH:
+        raise MalformedMessage(f"{what} response_id is empty or too long", reason="bad_id")
+    return str(response_id)
+
+
+def _count(data: Mapping[str, Any], key: str, what: str) -> int:
+    value = _require(data, key, int, what)
+    if value < 0:
+        raise MalformedMessage(f"{what} {key} is negative", reason="bad_field")
+    return int(value)
+
+
+@define
+class StreamItem(Payload):
+    """One item of a streamed result, callee to caller (see the module docstring)."""
+
+    TYPE = "stream_item"
+    response_id: str
+    seq: int
+    item: Any = None
+    mac: str | None = None
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> StreamItem:
+        what = "stream_item"
+        return cls(
+            _stream_id(data, what),
+            _count(data, "seq", what),
+            data.get("item"),
+            _optional(data, "mac", str, what),
+        )
+
+    def to_data(self) -> dict[str, Any]:
+        data = {"response_id": self.response_id, "seq": self.seq, "item": self.item}
+        if self.mac is not None:
+            data["mac"] = self.mac
+        return data
+
+
+@define
+class StreamCredit(Payload):
+    """How many items the caller of a stream takes in all, so far (see the module docstring)."""
+
+    TYPE = "stream_credit"
+    response_id: str
+    credit: int
+    mac: str | None = None
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> StreamCredit:
+        what = "stream_credit"
+        return cls(
+            _stream_id(data, what),
+            _count(data, "credit", what),
+            _optional(data, "mac", str, what),
+        )
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"response_id": self.response_id, "credit": self.credit}
+        if self.mac is not None:
+            data["mac"] = self.mac
+        return data
+
+
+@define
+class CallCancel(Payload):
+    """Cancel a call at its callee (see the module docstring)."""
+
+    TYPE = "call_cancel"
+    response_id: str
+    caller: str
+    lost: bool = False
+    mac: str | None = None
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> CallCancel:
+        what = "call_cancel"
+        return cls(
+            _stream_id(data, what),
+            node_id_of(data.get("caller"), what),
+            bool(_optional(data, "lost", bool, what, False)),
+            _optional(data, "mac", str, what),
+        )
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"response_id": self.response_id, "caller": self.caller}
+        if self.lost:
+            data["lost"] = True
+        if self.mac is not None:
+            data["mac"] = self.mac
+        return data
+
+
+#: The frame types of cancellation and streams, never sent to an
+#: original-design node.
+STREAM_TYPES = frozenset({StreamItem.TYPE, StreamCredit.TYPE, CallCancel.TYPE})
 
 
 @frozen
