@@ -76,6 +76,9 @@ class Flow:
         self.paused_rounds = 0
         self.message_rounds = 0
         self.held_input = 0
+        #: output passed the socket's buffer and has not drained yet
+        self.congested = False
+        self._drained: list[Any] = []
 
     def register(self) -> None:
         """Become the producer of the connection's socket."""
@@ -99,8 +102,16 @@ class Flow:
         # FileDescriptor's buffers: the one being sent, and the pieces after it.
         return len(fd.dataBuffer) - fd.offset + fd._tempDataLen
 
+    def when_drained(self, callback: Any) -> None:
+        """Call C{callback()} once the output has drained (at once if it has)."""
+        if not self.congested:
+            callback()
+        elif callback not in self._drained:
+            self._drained.append(callback)
+
     def pauseProducing(self) -> None:
         # Called at every write while more than bufferSize bytes wait.
+        self.congested = True
         if not self.reading_paused and self.unsent() > self.watch.max_write_buffer:
             self.reading_paused = True
             self.paused_rounds = 0
@@ -110,6 +121,10 @@ class Flow:
 
     def resumeProducing(self) -> None:
         # Called once everything written has been sent.
+        self.congested = False
+        drained, self._drained = self._drained, []
+        for callback in drained:
+            callback()
         if self.reading_paused:
             self.reading_paused = False
             fd = self.descriptor

@@ -62,9 +62,9 @@ from relaytx.errors import MalformedMessage, MessageTooLarge
 from relaytx.peer import PeerSession
 from relaytx.wire import (
     MAX_ID_LENGTH,
+    STREAM_TYPES,
     Envelope,
     Payload,
-    STREAM_TYPES,
     RouteMessage,
     ServerCall,
     ServerResponse,

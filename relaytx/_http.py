@@ -55,11 +55,12 @@ from relaytx._guards import (
     Refusal,
     RepeatedFailures,
 )
-from relaytx._jsonrpc import JsonRpcHandler
+from relaytx._jsonrpc import CallBook, JsonRpcHandler
 from relaytx._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relaytx._metrics import NodeMetrics
 from relaytx._protocol import UpgradeOnly
 from relaytx._stdtls import is_tls
+from relaytx._streams import DEFAULT_WINDOW, ItemConsumer
 from relaytx._tracing import CallTrace, parse_traceparent
 from relaytx._views import NodeViews
 from relaytx.errors import TooManyDialers
@@ -178,9 +179,16 @@ class BoundedRequest(Request):
             self._node_site().input_budget.give_back(self._budgeted)
             self._budgeted = 0
 
+    #: the answer being waited for, if any: cancelled if the client goes away
+    pending_answer: Deferred[Any] | None = None
+
     def connectionLost(self, reason: Failure) -> None:
         self._give_back()
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # (drops the channel: nothing is written)
+        answer, self.pending_answer = self.pending_answer, None
+        if answer is not None and not answer.called:
+            # The client went away: its calls are cancelled (SPEC section 12).
+            answer.cancel()
 
     def process(self) -> None:
         site = self.site = self._node_site()
@@ -439,6 +447,7 @@ class RpcResource(Resource):
             return NOT_DONE_YET
         if not isinstance(answer, Deferred):  # answered at once: the common, fast case
             return self._body(request, answer)
+        request.pending_answer = answer
         answer.addBoth(self._write_later, request)
         return NOT_DONE_YET
 
@@ -453,6 +462,7 @@ class RpcResource(Resource):
         started = self._now(request) if hops is not None else 0.0
         answer = self._handler.handle_now(request.content.read(), caller, trace)
         if isinstance(answer, Deferred):
+            request.pending_answer = answer
             answer.addBoth(self._write_later, request, trace, started)
             return NOT_DONE_YET
         if answer is None:
@@ -505,9 +515,11 @@ class RpcResource(Resource):
     ) -> None:
         if request.channel is None:
             # The client went away meanwhile (Request.connectionLost drops
-            # its channel): nobody to answer. Checked here rather than
-            # through notifyFinish, which costs a Deferred per request.
+            # its channel, and cancelled the calls): nobody to answer.
+            # Checked here rather than through notifyFinish, which costs a
+            # Deferred per request.
             return
+        request.pending_answer = None
         if answer is None:  # 204: no body, and no length either
             request.setResponseCode(204)
             request.finish()
@@ -643,10 +655,18 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
 
     pings = True
     _trace: CallTrace | None = None
+    calls: WsCalls | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         tune_socket(self.transport)
+        self.calls = WsCalls(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        calls, self.calls = self.calls, None
+        if calls is not None:
+            calls.cancel_all()  # closing the connection cancels its calls
+        super().connectionLost(reason)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
@@ -660,7 +680,9 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
             except UnicodeDecodeError:
                 self.sendCloseFrame(code=1007, reasonUtf8=b"invalid UTF-8", isReply=False)
                 return
-        answer = self.factory.handler.handle_now(payload, self._caller, self._trace)
+        if _CANCEL_REQUEST in payload and self._cancel_request(payload):
+            return
+        answer = self.factory.handler.handle_now(payload, self._caller, self._trace, self.calls)
         if isinstance(answer, Deferred):
             answer.addBoth(self._answer)
         else:
@@ -686,9 +708,78 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
             caller = named or caller
         self._caller = caller
 
+    def _cancel_request(self, payload: bytes) -> bool:
+        """
+        C{$/cancelRequest} (SPEC section 12): cancel the request it names,
+        which is then answered -32800. Nothing is answered to the
+        notification itself, whether or not that request is in flight.
+
+        :returns: whether C{payload} was such a notification.
+        """
+        try:
+            message = _json.loads(payload)
+        except (_json.JSONDecodeError, UnicodeDecodeError):
+            return False
+        if type(message) is not dict or message.get("method") != "$/cancelRequest":
+            return False
+        params = message.get("params")
+        if type(params) is dict and "id" in params and self.calls is not None:
+            request_id = params["id"]
+            if isinstance(request_id, str | int | float) and not isinstance(request_id, bool):
+                self.calls.cancel(request_id)
+        return "id" not in message  # a request with an id is answered as usual (-32601)
+
     def _answer(self, answer: bytes | Failure | None) -> None:
         if isinstance(answer, bytes) and self.state == self.STATE_OPEN:
             self.sendMessage(answer, isBinary=False)
+
+
+#: How a cancel notification is recognised before it is parsed.
+_CANCEL_REQUEST = b"$/cancelRequest"
+
+
+class WsItems(ItemConsumer):
+    """
+    The items of one streamed request on a C{/ws/rpc} connection, sent as
+    C{$/stream} notifications as they come. Credit is granted as they are
+    written, while the connection's output drains; once it passes the
+    socket's buffer (a client that does not read), no more is granted
+    until it has drained, so the generator waits for the client.
+    """
+
+    def __init__(self, calls: WsCalls, request_id: Any) -> None:
+        self.window = self.granted = DEFAULT_WINDOW
+        self.count = 0
+        self._calls = calls
+        self._request_id = request_id
+
+    def item(self, value: Any) -> None:
+        protocol = self._calls.protocol
+        params = {"id": self._request_id, "item": value}
+        # (TypeError: not JSON, which fails the stream.)
+        body = _json.dumps({"jsonrpc": "2.0", "method": "$/stream", "params": params})
+        self.count += 1
+        if protocol.state == protocol.STATE_OPEN:
+            protocol.sendMessage(body, isBinary=False)
+        flow = protocol.flow
+        if flow is not None and flow.congested:
+            flow.when_drained(self._drained)
+        else:
+            self.consumed(self.count)
+
+    def _drained(self) -> None:
+        self.consumed(self.count)
+
+
+class WsCalls(CallBook):
+    """The calls in flight on one C{/ws/rpc} connection; each may stream."""
+
+    def __init__(self, protocol: JsonRpcWebSocketProtocol) -> None:
+        super().__init__()
+        self.protocol = protocol
+
+    def consumer(self, request_id: Any) -> WsItems:
+        return WsItems(self, request_id)
 
 
 class JsonRpcWebSocketFactory(WebSocketServerFactory):

@@ -20,6 +20,11 @@ Method names (SPEC section 5):
 
 An answer is sent once every call of the request has finished, notifications
 included, so a client that got its answer (or 204) knows they all ran.
+
+Cancelling the Deferred of an answer cancels the calls it waits for (the
+client went away); a cancelled call is answered -32800. A transport that
+can carry notifications back (C{/ws/rpc}) passes a L{CallBook}: its calls
+may stream (SPEC section 12), and each can be cancelled by its request id.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -37,6 +42,7 @@ from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget
 from relaytx._tracing import CallTrace
 from relaytx.errors import (
     CallError,
+    Cancelled,
     InternalError,
     InvalidParams,
     InvalidRequest,
@@ -125,6 +131,54 @@ def _remote_call_field(
     return value
 
 
+class CallBook:
+    """
+    What a transport that carries many requests (C{/ws/rpc}) keeps of the
+    calls in flight on it: each by request id, to cancel it
+    (C{$/cancelRequest}, the connection closing), and who takes the items
+    of a call that streams.
+    """
+
+    def __init__(self) -> None:
+        #: calls answered later, by request id
+        self.in_flight: dict[Any, Deferred[Any]] = {}
+
+    def consumer(self, request_id: Any) -> Any:
+        """
+        :returns: who takes the items of request C{request_id} if its
+            method streams (a L{relaytx._streams.ItemConsumer}), or C{None}.
+        """
+        return None
+
+    def track(self, request_id: Any, d: Deferred[Any]) -> None:
+        """Request C{request_id} is answered when C{d} fires."""
+        self.in_flight[request_id] = d
+        d.addBoth(self._done, request_id, d)
+
+    def _done(self, outcome: Any, request_id: Any, d: Deferred[Any]) -> Any:
+        if self.in_flight.get(request_id) is d:
+            del self.in_flight[request_id]
+        return outcome
+
+    def cancel(self, request_id: Any) -> bool:
+        """
+        Cancel request C{request_id} (it is answered -32800).
+
+        :returns: whether it was in flight.
+        """
+        d = self.in_flight.pop(request_id, None)
+        if d is None:
+            return False
+        d.cancel()
+        return True
+
+    def cancel_all(self) -> None:
+        """Cancel every call in flight (the connection is gone)."""
+        while self.in_flight:
+            _, d = self.in_flight.popitem()
+            d.cancel()
+
+
 class JsonRpcHandler:
     """
     Answers JSON-RPC 2.0 request bodies by calling C{dispatch}.
@@ -167,11 +221,18 @@ class JsonRpcHandler:
         return answer if isinstance(answer, Deferred) else succeed(answer)
 
     def handle_now(
-        self, body: bytes, caller: str | None = None, trace: CallTrace | None = None
+        self,
+        body: bytes,
+        caller: str | None = None,
+        trace: CallTrace | None = None,
+        calls: CallBook | None = None,
     ) -> bytes | Deferred[bytes | None] | None:
         """
         As L{handle}, but an answer that is ready at once (every call of the
         request answered at once) is returned as it is, not in a Deferred.
+
+        :param calls: the transport's calls in flight, if it keeps them
+            (see L{CallBook}).
         """
         try:
             request = _json.loads(body)
@@ -183,7 +244,7 @@ class JsonRpcHandler:
             # echoed as it came (params included).
             request = _exact_loads(body)
         if not isinstance(request, list):
-            answer = self._one(request, caller, encoded=True, trace=trace)
+            answer = self._one(request, caller, encoded=True, trace=trace, calls=calls)
             if isinstance(answer, Deferred):
                 return answer  # its callbacks encode the answer
             return self._single_answer(answer)
@@ -198,7 +259,7 @@ class JsonRpcHandler:
             return self._encode(self._error(overloaded, None))
         if trace is not None and trace.hops is not None:
             trace = CallTrace(trace.parent)  # one path report cannot hold a batch's
-        answers = [self._one(item, caller, trace=trace) for item in request]
+        answers = [self._one(item, caller, trace=trace, calls=calls) for item in request]
         if not any(isinstance(a, Deferred) for a in answers):
             return self._batch_answer(answers)  # type: ignore[arg-type]  # no Deferred among them
         return _gather(answers).addCallback(self._batch_answer)
@@ -231,6 +292,7 @@ class JsonRpcHandler:
         caller: str | None,
         encoded: bool = False,
         trace: CallTrace | None = None,
+        calls: CallBook | None = None,
     ) -> dict[str, Any] | Deferred[Any] | None:
         """
         The answer to one request object: ready at once, or a Deferred.
@@ -252,6 +314,8 @@ class JsonRpcHandler:
             target = resolve(method, params, caller)
             if trace is not None:
                 target.trace = trace
+            if calls is not None and request_id is not _NO_ID:
+                target.stream = calls.consumer(request_id)
             result = self._dispatch(target)
         except Exception:
             failure = Failure()
@@ -262,6 +326,8 @@ class JsonRpcHandler:
         if isinstance(result, Deferred):
             if request_id is _NO_ID:
                 return result.addBoth(self._notified, method)
+            if calls is not None:
+                calls.track(request_id, result)
             on_result: Callable[[Any, Any], Any] = self._result
             on_failure: Callable[[Failure, Any], Any] = self._failure
             if encoded:
@@ -309,6 +375,8 @@ class JsonRpcHandler:
     def _call_error(self, failure: Failure) -> CallError:
         if isinstance(failure.value, CallError):
             return failure.value
+        if isinstance(failure.value, CancelledError):
+            return Cancelled("Call cancelled")
         self._log.failure("internal error answering a JSON-RPC call", failure)
         return InternalError(f"Internal error: {type(failure.value).__name__}")
 
@@ -326,7 +394,15 @@ def _gather(items: list[Any]) -> Deferred[list[Any]]:
     """
     results = list(items)
     waiting = [i for i, item in enumerate(results) if isinstance(item, Deferred)]
-    done: Deferred[list[Any]] = Deferred()
+
+    def cancel(_: Deferred[list[Any]]) -> None:
+        # The client went away: cancel the calls it waits for.
+        for index in waiting:
+            item = results[index]
+            if isinstance(item, Deferred) and not item.called:
+                item.cancel()
+
+    done: Deferred[list[Any]] = Deferred(cancel)
     left = len(waiting)
 
     def settle(outcome: Any, index: int) -> None:

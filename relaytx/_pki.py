@@ -403,7 +403,6 @@ class EndToEnd:
             key, b"answer", callee, self._identity.node_id, _answer_body(response), mac
         )
 
-
     def seal_frame(self, kind: bytes, peer: str, body: Mapping[str, Any]) -> str | None:
         """
         :param kind: what the frame is (C{b"item"}, C{b"credit"}, C{b"cancel"}).
@@ -419,9 +418,7 @@ class EndToEnd:
     def check_frame(self, kind: bytes, peer: str, body: Mapping[str, Any], mac: Any) -> bool:
         """:returns: whether C{mac} is C{peer}'s code for this frame to this node."""
         key = self.key(peer)
-        return key is not None and self._matches(
-            key, kind, peer, self._identity.node_id, body, mac
-        )
+        return key is not None and self._matches(key, kind, peer, self._identity.node_id, body, mac)
 
 
 def _call_body(call: ServerCall, issued: str) -> dict[str, Any]:

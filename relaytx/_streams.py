@@ -429,7 +429,9 @@ class MeshStreams:
     def take_cancel(self, envelope: Envelope, cancel: CallCancel) -> None:
         """A C{call_cancel} frame arrived for a call here."""
         sender = envelope.sender
-        if not cancel.lost and (sender != cancel.caller or self._forged(b"cancel", envelope, cancel)):
+        if not cancel.lost and (
+            sender != cancel.caller or self._forged(b"cancel", envelope, cancel)
+        ):
             self._drop("forged_cancel")
             return
         self._cancel_arrived(cancel.caller, cancel.response_id, sender, cancel.lost)
@@ -455,7 +457,9 @@ class MeshStreams:
         try:
             self._send(destination, payload)
         except Exception:  # too large cannot be; a lost one does no harm
-            self._log.failure("sending a {type} to {node} failed", type=payload.TYPE, node=destination)
+            self._log.failure(
+                "sending a {type} to {node} failed", type=payload.TYPE, node=destination
+            )
 
     def take_item(self, envelope: Envelope, item: StreamItem) -> None:
         """A C{stream_item} arrived for one of this node's calls."""

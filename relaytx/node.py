@@ -45,8 +45,8 @@ from relaytx._listen import listen_error, server_endpoint, startup_line, startup
 from relaytx._mesh import Mesh
 from relaytx._metrics import NodeMetrics
 from relaytx._pki import load_identity
-from relaytx._streams import DEFAULT_WINDOW, ItemStream
 from relaytx._protocol import PeerServerFactory, peer_resource
+from relaytx._streams import DEFAULT_WINDOW, ItemStream
 from relaytx._tls import TlsError
 from relaytx._views import NodeServer, NodeViews
 from relaytx.config import NodeConfig

@@ -14,6 +14,7 @@ from relaytx.errors import (
     AccessDenied,
     CallError,
     CallTimeout,
+    Cancelled,
     InternalError,
     InvalidParams,
     InvalidRequest,
@@ -48,6 +49,7 @@ SPEC_CODES: dict[type[CallError], int] = {
     AccessDenied: -32004,
     Overloaded: -32005,
     OutcomeUnknown: -32006,
+    Cancelled: -32800,
 }
 
 

@@ -575,14 +575,15 @@ class LaterAnswerTests(NodeTestCase):
         )
 
     def test_client_gone(self) -> None:
-        """When the client leaves before a later answer, nothing is written once it comes."""
+        """A client that leaves before a later answer has its call cancelled; nothing is written."""
         RecordingRequest.made = []
         self.http.site.requestFactory = RecordingRequest
         connection = self.raw()
         connection.post(b"/rpc", encoded({"jsonrpc": "2.0", "method": "math.later", "id": 7}))
         [request] = RecordingRequest.made
         connection.lose()
-        self.math.waiting[0].callback("too late")
+        self.assertTrue(self.math.waiting[0].called)  # cancelled (SPEC section 12)
+        self.math.waiting[0].callback("too late")  # (ignored: it was cancelled)
         self.assertEqual((request.writes, request.finishes), ([], 0))
         self.assertEqual(connection.transport.value(), b"")
         # The server is free again: the call finished even though nobody heard it.
