@@ -221,8 +221,8 @@ class ItemStream:
 
     def __del__(self) -> None:
         # Dropped before its end (a loop left with break): cancel the call.
-        state = self.consumer
-        if not state.closed and state.outcome is None:
+        state = getattr(self, "consumer", None)  # (None: its window was refused)
+        if state is not None and not state.closed and state.outcome is None:
             state.cancel()
 
 

@@ -1,0 +1,416 @@
+# -*- test-case-name: tests.test_streams -*-
+"""
+Cancellation that reaches the callee, and streamed results with end-to-end
+credit (SPEC section 12), on in-memory meshes and one shared clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaytx.errors import Cancelled, OutcomeUnknown, RemoteCallError
+from relaytx.node import RelayNode
+from relaytx.server import Server, exposed
+from relaytx.testing import FakeLinkTransport, MemoryMesh, line, memory_node
+from relaytx.wire import CallCancel, Envelope, StreamCredit, StreamItem
+
+
+class Work(Server):
+    """Methods that wait, count what ran, and stream."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+        self.waiting: list[Deferred[Any]] = []
+        self.cancelled = 0
+        self.made = 0
+        self.closed = 0
+        self.ticks: list[Deferred[None]] = []
+
+    @exposed
+    def hold(self, name: str) -> Deferred[Any]:
+        """Run, and wait until the test fires it (or it is cancelled)."""
+        self.ran.append(name)
+
+        def cancel(_: Deferred[Any]) -> None:
+            self.cancelled += 1
+
+        d: Deferred[Any] = Deferred(cancel)
+        self.waiting.append(d)
+        return d
+
+    @exposed
+    async def hold_async(self) -> str:
+        """An async method that waits; it sees its cancellation as CancelledError."""
+        self.ran.append("async")
+        try:
+            await self.hold("inner")
+        except CancelledError:
+            self.ran.append("saw CancelledError")
+            raise
+        return "done"
+
+    @exposed
+    async def count(self, n: int) -> Any:
+        """Yield 0..n-1; record how many were made and whether its finally ran."""
+        try:
+            for i in range(n):
+                self.made += 1
+                yield i
+        finally:
+            self.closed += 1
+
+    @exposed
+    async def drip(self, n: int) -> Any:
+        """Yield 0..n-1, each after the test fires C{self.ticks}' next Deferred."""
+        try:
+            for i in range(n):
+                tick: Deferred[None] = Deferred()
+                self.ticks.append(tick)
+                await tick
+                self.made += 1
+                yield i
+        finally:
+            self.closed += 1
+
+    def tick(self) -> None:
+        """Let C{drip} make its next item."""
+        self.ticks.pop(0).callback(None)
+
+    @exposed
+    async def big(self, n: int, size: int) -> Any:
+        """Yield C{n} strings of C{size} characters."""
+        for _ in range(n):
+            yield "x" * size
+
+
+class StreamsTestCase(SynchronousTestCase):
+    """Three nodes in a line, a - b - c, with a L{Work} server on c."""
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.network = MemoryMesh()
+        self.a, self.b, self.c = (memory_node(n, self.clock) for n in "abc")
+        line([self.a, self.b, self.c], self.network)
+        self.network.settle()
+        self.work = Work()
+        self.c.expose("work", self.work)
+        self.network.settle()
+
+    def turn(self, times: int = 3) -> None:
+        """Deliver everything, and run what is due now, a few times over."""
+        for _ in range(times):
+            self.network.pump()
+            self.clock.advance(0)
+
+    def consume(
+        self, node: RelayNode, method: str, *args: Any, stop_at: int | None = None, **kw: Any
+    ) -> tuple[list[Any], Deferred[Any]]:
+        """Read a stream into a list in a coroutine; stop (break) after C{stop_at} items."""
+        got: list[Any] = []
+
+        async def read() -> int:
+            async for item in node.stream("c", "work", method, *args, **kw):
+                got.append(item)
+                if stop_at is not None and len(got) >= stop_at:
+                    break
+            return len(got)
+
+        return got, ensureDeferred(read())
+
+
+class CancelTests(StreamsTestCase):
+    """Cancelling a call's Deferred reaches its callee, two hops away."""
+
+    def test_running_call_cancelled(self) -> None:
+        """A running call's Deferred is cancelled at the callee; the caller fails at once."""
+        d = self.a.call("c", "work", "hold", "first")
+        self.turn()
+        self.assertEqual(self.work.ran, ["first"])
+        d.cancel()
+        self.failureResultOf(d, CancelledError)  # at once, before any frame moves
+        self.assertEqual(self.work.cancelled, 0)
+        self.turn()
+        self.assertEqual(self.work.cancelled, 1)
+        [answer] = self.network.link_between("b", "c").sent_by("c", "server_response")
+        self.assertEqual(answer.data["error_code"], Cancelled.code)
+        # The server is free: the next call runs and answers.
+        d2 = self.a.call("c", "work", "count", 2)
+        self.turn()
+        self.assertEqual(self.successResultOf(d2), [0, 1])
+
+    def test_queued_call_never_runs(self) -> None:
+        """A call queued behind another is cancelled before its turn and never runs."""
+        first = self.a.call("c", "work", "hold", "first")
+        second = self.a.call("c", "work", "hold", "second")
+        self.turn()
+        second.cancel()
+        self.turn()
+        self.work.waiting[0].callback("ok")
+        self.turn()
+        self.assertEqual(self.successResultOf(first), "ok")
+        self.failureResultOf(second, CancelledError)
+        self.assertEqual(self.work.ran, ["first"])
+
+    def test_async_method_sees_cancelled_error(self) -> None:
+        """An async def method waiting when its call is cancelled gets CancelledError."""
+        d = self.a.call("c", "work", "hold_async")
+        self.turn()
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.turn()
+        self.assertEqual(self.work.ran, ["async", "inner", "saw CancelledError"])
+
+    def test_cancel_before_the_call_arrives(self) -> None:
+        """A cancel that overtakes its call keeps the call from running (answered -32800)."""
+        self.network.link_between("b", "c").pause()
+        d = self.a.call("c", "work", "hold", "late")
+        self.network.pump()
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.network.pump()
+        # Deliver the cancel to c before the call: it overtakes it.
+        [call] = self.network.link_between("b", "c").sent_by("b", "server_call")
+        [cancel] = self.network.link_between("b", "c").sent_by("b", "call_cancel")
+        self.c.mesh.calls.streams.take_cancel(cancel, CallCancel.from_data(cancel.data))
+        self.network.link_between("b", "c").resume()
+        self.turn()
+        self.assertEqual(self.work.ran, [])
+        answers = self.network.link_between("b", "c").sent_by("c", "server_response")
+        self.assertEqual([a.data["error_code"] for a in answers], [Cancelled.code])
+        self.assertEqual(call.type, "server_call")
+
+    def test_cancel_of_another_callers_call_is_dropped(self) -> None:
+        """A cancel that names a caller other than its sender cancels nothing."""
+        d = self.a.call("c", "work", "hold", "mine")
+        self.turn()
+        [call] = self.network.link_between("b", "c").sent_by("b", "server_call")
+        forged = CallCancel(call.data["response_id"], "a")
+        self.b.mesh.send("c", forged)  # b claims to cancel a's call
+        self.turn()
+        self.assertEqual(self.work.cancelled, 0)
+        self.assertNoResult(d)
+
+    def test_deadline_still_works(self) -> None:
+        """A call whose deadline passes still fails with -32001, as before."""
+        d = self.a.call("c", "work", "hold", "slow", timeout=1.0)
+        self.turn()
+        self.clock.advance(1.0)
+        self.assertEqual(self.failureResultOf(d).value.code, -32001)
+
+
+class StreamTests(StreamsTestCase):
+    """Items stream two hops, in order, within the consumer's window."""
+
+    def test_items_in_order_then_end(self) -> None:
+        """Every item arrives, in order; the loop ends when the generator does."""
+        got, done = self.consume(self.a, "count", 300, window=16)
+        for _ in range(100):
+            self.turn(1)
+        self.assertEqual(got, list(range(300)))
+        self.assertEqual(self.successResultOf(done), 300)
+        self.assertEqual(self.work.closed, 1)
+
+    def test_local_stream(self) -> None:
+        """A stream from a server of the node itself works the same way."""
+        got: list[Any] = []
+
+        async def read() -> None:
+            async for item in self.c.stream(None, "work", "count", 5):
+                got.append(item)
+
+        done = ensureDeferred(read())
+        self.clock.advance(0)
+        self.successResultOf(done)
+        self.assertEqual(got, [0, 1, 2, 3, 4])
+
+    def test_credit_exhaustion_stops_the_generator(self) -> None:
+        """A consumer that does not read stops the generator at its window, two hops away."""
+        stream = self.a.stream("c", "work", "count", 10_000, window=8)
+        for _ in range(20):
+            self.turn(1)
+        self.assertEqual(self.work.made, 8)  # the window: it waits for credit
+        sent = self.network.link_between("b", "c").sent_by("c", "stream_item")
+        self.assertEqual(len(sent), 8)
+        self.assertEqual(len(self.network.link_between("a", "b").sent_by("b", "stream_item")), 8)
+        # Reading half the window grants more: the generator resumes.
+        got: list[Any] = []
+
+        async def read(n: int) -> None:
+            async for item in stream:
+                got.append(item)
+                if len(got) == n:
+                    return
+
+        ensureDeferred(read(4))
+        for _ in range(10):
+            self.turn(1)
+        self.assertEqual(got, [0, 1, 2, 3])
+        self.assertEqual(self.work.made, 12)  # consumed 4, and the window
+        stream.cancel()
+
+    def test_break_cancels_the_generator(self) -> None:
+        """Leaving the loop early runs the generator's finally at the callee."""
+        got, done = self.consume(self.a, "count", 1_000_000, stop_at=20, window=8)
+        for _ in range(30):
+            self.turn(1)
+        self.assertEqual(self.successResultOf(done), 20)
+        self.assertEqual(got, list(range(20)))
+        self.assertEqual(self.work.closed, 1)
+        self.assertLessEqual(self.work.made, 20 + 8 + 1)
+        # The server is free again.
+        d = self.a.call("c", "work", "count", 1)
+        self.turn()
+        self.assertEqual(self.successResultOf(d), [0])
+
+    def test_cancelling_the_reader_cancels_the_stream(self) -> None:
+        """Cancelling the Deferred of a coroutine waiting for an item cancels the stream."""
+        got, done = self.consume(self.a, "drip", 1_000_000, window=4)
+        self.turn()
+        self.work.tick()
+        self.turn()
+        self.assertEqual(got, [0])
+        # The reader has taken what came and waits, as does the generator.
+        done.cancel()
+        for _ in range(5):
+            self.turn(1)
+        self.failureResultOf(done, CancelledError)
+        self.assertEqual(self.work.closed, 1)
+
+    def test_plain_call_collects_a_list(self) -> None:
+        """A call that asks for no stream gets the items as one list."""
+        d = self.a.call("c", "work", "count", 4)
+        self.turn()
+        self.assertEqual(self.successResultOf(d), [0, 1, 2, 3])
+
+    def test_collected_list_bounded(self) -> None:
+        """Collected items past the message size limit fail with -32000 ResultTooLarge."""
+        d = self.a.call("c", "work", "big", 2000, 1000)
+        self.turn()
+        error = self.failureResultOf(d).value
+        self.assertIsInstance(error, RemoteCallError)
+        self.assertIn("ResultTooLarge", error.message)
+
+    def test_stream_of_a_plain_method(self) -> None:
+        """node.stream of a method that is not a generator fails with TypeError."""
+        self.c.expose("other", _Plain())
+        got: list[Any] = []
+
+        async def read() -> None:
+            async for item in self.a.stream("c", "other", "get"):
+                got.append(item)
+
+        done = ensureDeferred(read())
+        self.network.settle()
+        self.turn()
+        self.failureResultOf(done, TypeError)
+
+    def test_window_bounds(self) -> None:
+        """A window out of 1..4096 is refused at once."""
+        for bad in (0, -1, 4097):
+            self.assertRaises(ValueError, self.a.stream, "c", "work", "count", 1, window=bad)
+
+
+class _Plain(Server):
+    @exposed
+    def get(self) -> str:
+        return "a result"
+
+
+class PathLossTests(StreamsTestCase):
+    """A stream whose path breaks fails its consumer at once, and stops its generator."""
+
+    def test_far_link_lost(self) -> None:
+        """The link b - c goes: a's waiting reader fails with -32006; c's generator is cancelled."""
+        stream = self.a.stream("c", "work", "drip", 10_000, window=8)
+        got: list[Any] = []
+        failures: list[Any] = []
+
+        async def read() -> None:
+            async for item in stream:
+                got.append(item)
+
+        done = ensureDeferred(read())
+        done.addErrback(failures.append)
+        self.turn()
+        self.work.tick()
+        self.turn()
+        self.assertEqual(got, [0])
+        self.network.link_between("b", "c").cut()
+        self.network.pump()  # b's -32006 reaches a, and nothing else is needed
+        self.assertEqual(len(failures), 1)
+        self.assertIsInstance(failures[0].value, OutcomeUnknown)
+        self.assertEqual(self.work.closed, 1)
+
+    def test_near_link_lost(self) -> None:
+        """The link a - b goes: a's stream fails at once; b tells c, whose generator stops."""
+        stream = self.a.stream("c", "work", "drip", 10_000, window=8)
+        failures: list[Any] = []
+
+        async def read() -> None:
+            async for _ in stream:
+                pass
+
+        done = ensureDeferred(read())
+        done.addErrback(failures.append)
+        self.turn()
+        self.assertEqual(self.work.closed, 0)
+        self.network.link_between("a", "b").cut()
+        self.assertIsInstance(failures[0].value, OutcomeUnknown)
+        self.turn()
+        [cancel] = self.network.link_between("b", "c").sent_by("b", "call_cancel")
+        self.assertTrue(cancel.data["lost"])
+        self.assertEqual(self.work.closed, 1)
+
+    def test_lost_cancel_from_off_the_path_is_ignored(self) -> None:
+        """A 'lost' cancel from a node the call did not cross cancels nothing."""
+        d = self.b.call("c", "work", "hold", "b's")  # route: b, c
+        self.turn()
+        [call] = self.network.link_between("b", "c").sent_by("b", "server_call")
+        forged = CallCancel(call.data["response_id"], "b", lost=True)
+        self.a.mesh.send("c", forged)  # a is not on the route b -> c
+        self.turn()
+        self.assertEqual(self.work.cancelled, 0)
+        self.assertNoResult(d)
+
+
+class WireTests(SynchronousTestCase):
+    """The new frames, and who may see them."""
+
+    def test_frames_round_trip(self) -> None:
+        """Each frame's data reads back as it was written."""
+        for payload in (
+            StreamItem("r1", 3, {"x": [1]}),
+            StreamCredit("r1", 40),
+            CallCancel("r1", "n1"),
+            CallCancel("r1", "n1", lost=True, mac="ab"),
+        ):
+            self.assertEqual(type(payload).from_data(payload.to_data()), payload)
+
+    def test_never_sent_to_an_original_node(self) -> None:
+        """A cancel for a neighbour of the original design is not sent to it."""
+        clock = MemoryReactorClock()
+        node = memory_node("n1", clock)
+        transport = FakeLinkTransport()
+        node.mesh.open_link("old", "inbound", "test", transport, original=True)
+        transport.clear()
+        node.mesh.calls.streams.send_cancel("old", "r1")
+        node.mesh.calls.streams.send_credit("old", "r1", 10)
+        self.assertEqual(transport.envelopes(), [])
+        # A relaytx neighbour gets it.
+        other = FakeLinkTransport()
+        node.mesh.open_link("new", "inbound", "test", other)
+        other.clear()
+        node.mesh.calls.streams.send_cancel("new", "r1")
+        self.assertEqual([e.type for e in other.envelopes()], ["call_cancel"])
+
+    def test_late_item_dropped(self) -> None:
+        """An item for no pending stream is dropped and counted."""
+        node = memory_node("n1", MemoryReactorClock())
+        item = StreamItem("nope", 0, 1)
+        envelope = Envelope.create(item, "n2", "n1", 0.0)
+        node.mesh.calls.streams.take_item(envelope, item)
+        self.assertIn(b'reason="late_item"', node.metrics.exposition())
