@@ -414,3 +414,144 @@ class WireTests(SynchronousTestCase):
         envelope = Envelope.create(item, "n2", "n1", 0.0)
         node.mesh.calls.streams.take_item(envelope, item)
         self.assertIn(b'reason="late_item"', node.metrics.exposition())
+
+
+class DiamondTests(SynchronousTestCase):
+    """a - b - c and a - d - c: a stream's generator stops when the link its call came by goes."""
+
+    def test_stream_stops_though_caller_reachable(self) -> None:
+        """c cancels a stream whose link went, though a is still reachable through d."""
+        clock = MemoryReactorClock()
+        network = MemoryMesh()
+        a, b, c, d = (memory_node(n, clock) for n in "abcd")
+        for x, y in ((a, b), (b, c), (a, d), (d, c)):
+            network.link(x, y)
+        network.settle()
+        work = Work()
+        c.expose("work", work)
+        network.settle()
+        stream = a.stream("c", "work", "drip", 100, window=4)
+        network.pump()
+        [call] = [
+            e
+            for link in (network.link_between("b", "c"), network.link_between("d", "c"))
+            for e in link.sent_by(link.session_of(c).peer_id, "server_call")
+        ]
+        came_by = call.route[-1]
+        network.link_between(came_by, "c").cut()
+        network.pump()
+        clock.advance(0)
+        self.assertTrue(c.mesh.can_reach("a"))
+        self.assertEqual(work.closed, 1)
+        stream.cancel()
+
+
+class ForgedItemTests(StreamsTestCase):
+    """Items for a stream come only from its callee."""
+
+    def test_item_from_another_node_dropped(self) -> None:
+        """b sending an item for a's stream from c is dropped and counted."""
+        stream = self.a.stream("c", "work", "drip", 10, window=4)
+        self.turn()
+        [call] = self.network.link_between("b", "c").sent_by("b", "server_call")
+        self.b.mesh.send("a", StreamItem(call.data["response_id"], 0, "forged"))
+        self.turn()
+        self.assertEqual(stream.consumer.count, 0)
+        self.assertIn(b'reason="forged_item"', self.a.metrics.exposition())
+        stream.cancel()
+        self.turn()
+
+
+class EndToEndFrameTests(SynchronousTestCase):
+    """In PKI mode, a node on the path can neither forge items nor cancel others' calls."""
+
+    def setUp(self) -> None:
+        from relaytx._calls import PendingCalls
+        from relaytx._pki import EndToEnd, RecordBook
+        from relaytx._streams import MeshStreams
+        from tests.test_pki import identity
+
+        ids = {n: identity(n) for n in ("nodeA", "nodeC", "mallory")}
+        self.e2e = {}
+        for name, me in ids.items():
+            book = RecordBook(me)
+            for other in ids.values():
+                book.take(other.record(1, []))
+            self.e2e[name] = EndToEnd(me, book)
+        self.clock = MemoryReactorClock()
+        self.pending = PendingCalls(self.clock)
+        self.drops: list[str] = []
+        self.cancels: list[tuple[str, str, str, bool]] = []
+        self.sent: list[Any] = []
+
+        def streams(name: str) -> MeshStreams:
+            return MeshStreams(
+                name,
+                lambda to, payload, **kw: self.sent.append((to, payload)),
+                lambda peer: False,  # nobody is a neighbour: codes are needed
+                self.pending,
+                self.drops.append,
+                lambda *args: self.cancels.append(args),
+                self.e2e[name],
+            )
+
+        self.a, self.c = streams("nodeA"), streams("nodeC")
+        self.items = _Collect()
+        self.call = self.pending.expect("r1", "nodeC", "mallory", 30.0, stream=self.items)
+
+    def envelope(self, payload: Any, sender: str) -> Envelope:
+        """The frame as it reaches its destination through mallory."""
+        envelope = Envelope.create(payload, sender, "x", 0.0)
+        envelope.route = [sender, "mallory"]
+        return envelope
+
+    def test_items(self) -> None:
+        """The callee's coded item is taken; one mallory makes or alters is dropped."""
+        self.c.send_item("nodeA", "r1", 0, "real", None)
+        [(_, item)] = self.sent
+        self.a.take_item(self.envelope(item, "nodeC"), item)
+        self.assertEqual(self.items.got, ["real"])
+        altered = StreamItem("r1", 1, "fake", item.mac)
+        self.a.take_item(self.envelope(altered, "nodeC"), altered)
+        forged = StreamItem("r1", 1, "fake")
+        forged.mac = self.e2e["mallory"].seal_frame(b"item", "nodeA", forged.to_data())
+        self.a.take_item(self.envelope(forged, "nodeC"), forged)
+        self.a.take_item(self.envelope(StreamItem("r1", 1, "x"), "nodeC"), StreamItem("r1", 1, "x"))
+        self.assertEqual(self.items.got, ["real"])
+        self.assertEqual(self.drops, ["forged_item"] * 3)
+
+    def test_replayed_item(self) -> None:
+        """An item replayed in place of the next one breaks the stream instead of counting twice."""
+        self.c.send_item("nodeA", "r1", 0, "real", None)
+        [(_, item)] = self.sent
+        self.a.take_item(self.envelope(item, "nodeC"), item)
+        self.a.take_item(self.envelope(item, "nodeC"), item)
+        self.assertEqual(self.items.got, ["real"])
+        self.failureResultOf(self.call, OutcomeUnknown)  # failed: out of order
+
+    def test_cancels(self) -> None:
+        """The caller's coded cancel is taken; mallory's, or an uncoded one, is dropped."""
+        self.a.send_cancel("nodeC", "r1")
+        [(_, cancel)] = self.sent
+        self.c.take_cancel(self.envelope(cancel, "nodeA"), cancel)
+        self.assertEqual(self.cancels, [("nodeA", "r1", "nodeA", False)])
+        forged = CallCancel("r1", "nodeA")
+        self.c.take_cancel(self.envelope(forged, "nodeA"), forged)
+        forged.mac = self.e2e["mallory"].seal_frame(b"cancel", "nodeC", forged.to_data())
+        self.c.take_cancel(self.envelope(forged, "nodeA"), forged)
+        self.assertEqual(len(self.cancels), 1)
+        self.assertEqual(self.drops, ["forged_cancel"] * 2)
+
+
+class _Collect:
+    """A consumer that keeps what it is given."""
+
+    window = granted = 8
+    count = 0
+
+    def __init__(self) -> None:
+        self.got: list[Any] = []
+
+    def item(self, value: Any) -> None:
+        self.got.append(value)
+        self.count += 1
