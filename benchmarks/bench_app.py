@@ -9,6 +9,13 @@ from inside the node and reports what it measured.
 
 C{node_id} null means a call to this node's own server (a local call through
 the same API).
+
+For streams (C{benchmarks/streams.py}, SPEC section 12) it also exposes
+C{source}, whose C{items} generator yields small items without end and
+whose C{hold} waits until it is cancelled (noting when it saw that), and
+C{bench.stream_run} (items/s read through C{node.stream}),
+C{bench.cancel_run} (cancel round trips) and C{bench.slow_read} (a
+consumer reading a few items a second).
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ import sys
 import time
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gatherResults
+from twisted.internet.task import deferLater
 
 from relaytx import Server, exposed
 
@@ -100,6 +109,113 @@ class Bench(Server):
         }
 
 
+class Source(Server):
+    """A stream without end, and a call that waits to be cancelled."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+        self.made = 0
+
+    @exposed
+    async def items(self) -> Any:
+        while True:
+            self.made += 1
+            yield self.made
+
+    @exposed
+    async def hold(self) -> None:
+        try:
+            await Deferred()
+        except CancelledError:
+            self.seen.append(time.monotonic())  # system-wide on Linux: comparable
+            raise
+
+    @exposed
+    def last_seen(self) -> float | None:
+        return self.seen[-1] if self.seen else None
+
+    @exposed
+    def made_count(self) -> int:
+        return self.made
+
+
+class StreamBench(Server):
+    """Drives streams and cancels through the node's Python API."""
+
+    def __init__(self, node: Any) -> None:
+        self._node = node
+
+    @exposed
+    def stream_run(
+        self, node_id: str | None, duration: float = 2.0, warmup: float = 0.5, window: int = 64
+    ) -> Deferred[dict[str, Any]]:
+        """Read C{source.items} on C{node_id}: items/s."""
+        return ensureDeferred(self._stream(node_id, duration, warmup, window))
+
+    async def _stream(
+        self, node_id: str | None, duration: float, warmup: float, window: int
+    ) -> dict[str, Any]:
+        clock = time.perf_counter
+        start = clock()
+        measure_from, stop_at = start + warmup, start + warmup + duration
+        counted = 0
+        stream = self._node.stream(node_id, "source", "items", window=window, timeout=600)
+        async for _ in stream:
+            now = clock()
+            if now >= stop_at:
+                break
+            if now >= measure_from:
+                counted += 1
+        await stream.aclose()
+        return {"items": counted, "seconds": duration, "items_per_s": counted / duration}
+
+    @exposed
+    def cancel_run(self, node_id: str, samples: int = 200) -> Deferred[dict[str, Any]]:
+        """Cancel C{samples} calls of C{source.hold} on C{node_id}: ms to the method seeing it."""
+        return ensureDeferred(self._cancels(node_id, samples))
+
+    async def _cancels(self, node_id: str, samples: int) -> dict[str, Any]:
+        node = self._node
+        times: list[float] = []
+        for _ in range(samples):
+            d = node.call(node_id, "source", "hold", timeout=30)
+            d.addErrback(lambda f: None)
+            await deferLater(reactor, 0.005, lambda: None)  # it is running there
+            cancelled_at = time.monotonic()
+            d.cancel()
+            await deferLater(reactor, 0.01, lambda: None)
+            seen = await node.call(node_id, "source", "last_seen")
+            if seen is not None and seen >= cancelled_at:
+                times.append((seen - cancelled_at) * 1000)
+        times.sort()
+        return {
+            "samples": len(times),
+            "p50_ms": _percentile(times, 0.5),
+            "p99_ms": _percentile(times, 0.99),
+        }
+
+    @exposed
+    def slow_read(
+        self, node_id: str, seconds: float, per_s: float = 20.0
+    ) -> Deferred[dict[str, Any]]:
+        """Read C{source.items} on C{node_id} at C{per_s} items/s for C{seconds}."""
+        return ensureDeferred(self._slow(node_id, seconds, per_s))
+
+    async def _slow(self, node_id: str, seconds: float, per_s: float) -> dict[str, Any]:
+        got = 0
+        stop_at = time.monotonic() + seconds
+        stream = self._node.stream(node_id, "source", "items", timeout=seconds + 60)
+        async for _ in stream:
+            got += 1
+            if time.monotonic() >= stop_at:
+                break
+            await deferLater(reactor, 1.0 / per_s, lambda: None)
+        await stream.aclose()
+        return {"items": got}
+
+
 def setup(node: Any) -> None:
     node.expose("counter_server", Counter())
     node.expose("bench", Bench(node))
+    node.expose("source", Source())
+    node.expose("streams", StreamBench(node))
