@@ -108,9 +108,22 @@ def main() -> int:
                 sampler.start()
                 started = time.monotonic()
                 made_before = call(ports[2], "source.made_count")
-                read = call(ports[0], "streams.slow_read", "n2", args.soak, 20.0)
-                stop.set()
-                sampler.join()
+                try:
+                    body = {
+                        "server_name": "streams",
+                        "method": "slow_read",
+                        "args": ["n2", args.soak, 20.0],
+                        "timeout": args.soak + 60,
+                    }
+                    answer = post(
+                        ports[0],
+                        {"jsonrpc": "2.0", "id": 1, "method": "remote_call", "params": body},
+                        timeout=args.soak + 90,
+                    )
+                    read = answer["result"]
+                finally:
+                    stop.set()
+                    sampler.join()
                 report["soak"] = {
                     "seconds": round(time.monotonic() - started, 1),
                     "items_read": read["items"],
