@@ -51,7 +51,7 @@ from relaytx._links import LinkTable
 from relaytx._metrics import NodeMetrics
 from relaytx._pki import EndToEnd
 from relaytx._routing import Router
-from relaytx._streams import MAX_WINDOW, MeshStreams, RemoteConsumer
+from relaytx._streams import MeshStreams, RunningCalls
 from relaytx._tracing import TRACE_PATH, CallTraces
 from relaytx.errors import (
     PATH_LOST_CODES,
@@ -131,23 +131,12 @@ class MeshCalls:
         self._run_arrived = run_arrived
         self._max_pending = max_pending
         self._e2e = e2e
-        #: calls running (or queued) here for others, by (caller, response id):
-        #: their Deferred, the link each came by, its stream, and its route
-        self._running: dict[tuple[str, str | None], _Running] = {}
-        #: calls cancelled here by their caller (answered -32800), and
-        #: cancels that came before their call (the call is then not run)
-        self._cancelled: set[tuple[str, str | None]] = set()
-        self._early_cancels = _EarlyCancels(clock)
+        #: calls running (or queued) here for others, and their cancels
+        self.running = RunningCalls(clock, metrics)
         self.traces = CallTraces(node_id, clock)  # calls' trace contexts and path reports
         #: streamed items, credit and cancels (L{relaytx._streams})
         self.streams = MeshStreams(
-            node_id,
-            forwarder.send,
-            links.__contains__,
-            pending,
-            metrics.drop,
-            self.cancel_arrived,
-            e2e,
+            node_id, forwarder.send, links, pending, metrics.drop, self.running.cancel_arrived, e2e
         )
 
     # Calling.
@@ -213,27 +202,6 @@ class MeshCalls:
         # This node's call was cancelled (SPEC section 12): tell its callee.
         self.streams.send_cancel(destination, response_id)
 
-    def cancel_arrived(self, caller: str, response_id: str, sender: str, lost: bool) -> None:
-        """
-        A cancel of C{caller}'s call C{response_id} arrived (checked by
-        L{MeshStreams}): a queued call never runs, a running one has its
-        Deferred cancelled, and the caller is answered -32800. A cancel
-        that C{lost} the caller comes from a node on the call's route, or
-        is ignored; one that comes before its call keeps the call from
-        running.
-        """
-        key = (caller, response_id)
-        running = self._running.get(key)
-        if running is None:
-            if not lost:
-                self._early_cancels.add(key)
-            return
-        if lost and sender not in running.route:
-            self._metrics.drop("forged_cancel")
-            return
-        self._cancelled.add(key)
-        running.deferred.cancel()
-
     def settle(self, envelope: Envelope, response: ServerResponse, via: str | None = None) -> None:
         """
         An answer to one of this node's calls arrived from neighbour C{via}
@@ -290,15 +258,10 @@ class MeshCalls:
                 return
         spec = call.call
         key = (envelope.sender, call.response_id)
-        early = self._early_cancels
-        if early and early.take(key):
+        if self.running.cancelled_early(key):
             self.answer_error(envelope.sender, call.response_id, Cancelled(), envelope.route, via)
             return
-        stream = None
-        if call.stream is not None and call.response_id is not None:
-            stream = RemoteConsumer(
-                self.streams, envelope.sender, call.response_id, via, min(call.stream, MAX_WINDOW)
-            )
+        stream = None if call.stream is None else self.streams.consumer(envelope.sender, call, via)
         target = CallTarget(
             self._node_id,
             spec.server_name,
@@ -323,17 +286,8 @@ class MeshCalls:
             self._answer(result, envelope, call, via)
             return
         # (The dispatcher times the call out at its budget, target.timeout.)
-        running = _Running(result, via, stream, envelope.route)
-        self._running[key] = running
-        result.addBoth(self._ran, key, running)
+        self.running.add(key, result, via, stream, envelope.route)
         result.addBoth(self._answer, envelope, call, via)
-
-    def _ran(self, outcome: Any, key: tuple[str, str | None], running: _Running) -> Any:
-        if self._running.get(key) is running:
-            del self._running[key]
-        if running.stream is not None:
-            running.stream.close()
-        return outcome
 
     def _answer(self, outcome: Any, envelope: Envelope, call: ServerCall, via: str | None) -> None:
         if not isinstance(outcome, Failure):
@@ -344,9 +298,7 @@ class MeshCalls:
             return
         error = failure_exception(outcome)
         if isinstance(error, CancelledError):
-            key = (envelope.sender, call.response_id)
-            if key in self._cancelled:  # by its caller
-                self._cancelled.discard(key)
+            if self.running.by_caller((envelope.sender, call.response_id)):
                 error = Cancelled(f"Call cancelled by its caller, {envelope.sender}")
             else:  # by stop() or a lost caller
                 why = "stopped" if self._links.stopping else "lost the caller"
@@ -434,18 +386,8 @@ class MeshCalls:
             self.answer_error(caller, response_id, lost(target), via=came_from)
         # Calls passed on for callers behind the lost link: nobody can be
         # answered, so their targets are told to stop (SPEC section 12).
-        for caller, response_id, target, went_to in self._forwarded.lost_callers(peer_id):
-            session = self._links.get(went_to) if went_to is not None else None
-            if session is not None and not session.original:
-                self.streams.send_cancel(target, response_id, caller, lost=True)
-        # Calls running here for a caller now out of reach: it has been told
-        # -32006 by its side; stop working on them (queued ones are skipped).
-        # A stream stops when the link it came by goes: its items went that way.
-        for (caller, _), running in list(self._running.items()):
-            if running.via == peer_id and (
-                running.stream is not None or not self._forwarder.can_reach(caller)
-            ):
-                running.deferred.cancel()
+        self.streams.callers_lost(self._forwarded.lost_callers(peer_id))
+        self.running.lost_link(peer_id, self._forwarder.can_reach)
 
     def routes_changed(self) -> None:
         """The routing table changed: fail (-32006) the calls to nodes now out of reach."""
@@ -465,57 +407,7 @@ class MeshCalls:
             )
         )
         self._forwarded.clear()
-        for running in list(self._running.values()):
-            running.deferred.cancel()  # and its budget timer; the caller hears -32006
-
-
-class _Running:
-    """A call running (or queued) here for another node."""
-
-    __slots__ = ("deferred", "route", "stream", "via")
-
-    def __init__(
-        self,
-        deferred: Deferred[Any],
-        via: str | None,
-        stream: RemoteConsumer | None,
-        route: tuple[str, ...],
-    ) -> None:
-        self.deferred = deferred
-        self.via = via
-        self.stream = stream
-        self.route = route
-
-
-class _EarlyCancels:
-    """
-    Cancels that arrived before their call (a cancel may overtake it on
-    another path), kept for a while so that the call, if it comes, never
-    runs; bounded, oldest dropped first.
-    """
-
-    TTL = 60.0
-    CAPACITY = 10_000
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self._keys: dict[tuple[str, str | None], float] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._keys)
-
-    def add(self, key: tuple[str, str | None]) -> None:
-        now = self._clock.seconds()
-        keys = self._keys
-        if len(keys) >= self.CAPACITY:
-            for old in [k for k, expires in keys.items() if expires <= now] or list(keys)[:1]:
-                del keys[old]
-        keys[key] = now + self.TTL
-
-    def take(self, key: tuple[str, str | None]) -> bool:
-        """:returns: whether a cancel for C{key} came (and forgets it)."""
-        expires = self._keys.pop(key, None)
-        return expires is not None and expires > self._clock.seconds()
+        self.running.cancel_all()  # and their budget timers; the callers hear -32006
 
 
 def _lost(node_id: str, peer_id: str | None, destination: str) -> CallError:

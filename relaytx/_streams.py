@@ -57,7 +57,7 @@ from twisted.python.failure import Failure
 from relaytx import _json
 from relaytx.errors import CallError, OutcomeUnknown, RemoteCallError
 from relaytx.server import ExposedMethod, Server
-from relaytx.wire import CallCancel, Envelope, StreamCredit, StreamItem
+from relaytx.wire import CallCancel, Envelope, ServerCall, StreamCredit, StreamItem
 
 #: Items a consumer takes ahead of what it has consumed, unless it says.
 DEFAULT_WINDOW = 64
@@ -364,7 +364,8 @@ class MeshStreams:
     module docstring).
 
     :param send: originates a message (the forwarder's C{send}).
-    :param is_neighbour: whether a node is linked directly (no code needed).
+    :param links: the node's links (a frame to a neighbour needs no code;
+        nothing goes to an original-design one).
     :param pending: the node's calls in flight (L{relaytx._calls.PendingCalls}).
     :param cancel_arrived: called with C{(caller, response_id, sender,
         lost)} for a cancel that passed the checks.
@@ -377,7 +378,7 @@ class MeshStreams:
         self,
         node_id: str,
         send: Callable[..., Any],
-        is_neighbour: Callable[[str], bool],
+        links: Any,
         pending: Any,
         drop: Callable[[str], None],
         cancel_arrived: Callable[[str, str, str, bool], None],
@@ -385,7 +386,7 @@ class MeshStreams:
     ) -> None:
         self._node_id = node_id
         self._send = send
-        self._is_neighbour = is_neighbour
+        self._links = links
         self._pending = pending
         self._drop = drop
         self._cancel_arrived = cancel_arrived
@@ -395,7 +396,7 @@ class MeshStreams:
 
     def _seal(self, kind: bytes, peer: str, payload: Any) -> None:
         e2e = self._e2e
-        if e2e is not None and not self._is_neighbour(peer):
+        if e2e is not None and peer not in self._links:
             payload.mac = e2e.seal_frame(kind, peer, payload.to_data())
 
     def _forged(self, kind: bytes, envelope: Envelope, payload: Any) -> bool:
@@ -407,6 +408,12 @@ class MeshStreams:
         return not e2e.check_frame(kind, envelope.sender, body, mac)
 
     # The callee's side.
+
+    def consumer(self, caller: str, call: ServerCall, via: str | None) -> RemoteConsumer | None:
+        """:returns: who takes the items of C{call} from C{caller} if it streams."""
+        if call.response_id is None or call.stream is None:
+            return None
+        return RemoteConsumer(self, caller, call.response_id, via, min(call.stream, MAX_WINDOW))
 
     def send_item(
         self, caller: str, response_id: str, seq: int, value: Any, via: str | None
@@ -453,6 +460,17 @@ class MeshStreams:
             self._seal(b"cancel", callee, cancel)
         self._quietly(callee, cancel)
 
+    def callers_lost(self, lost: list[tuple[str, str, str, str | None]]) -> None:
+        """
+        The calls C{(caller, response_id, target, went_to)} passed on here
+        lost the link towards their callers: tell each target (if the link
+        it went by is a relaytx node's) with a C{call_cancel} marked C{lost}.
+        """
+        for caller, response_id, target, went_to in lost:
+            session = self._links.get(went_to)
+            if session is not None and not session.original:
+                self.send_cancel(target, response_id, caller, lost=True)
+
     def _quietly(self, destination: str, payload: Any) -> None:
         try:
             self._send(destination, payload)
@@ -483,3 +501,137 @@ class MeshStreams:
             self.send_cancel(callee, response_id)
             return
         consumer.item(item.item)
+
+
+class _Running:
+    """A call running (or queued) here for another node."""
+
+    __slots__ = ("deferred", "route", "stream", "via")
+
+    def __init__(
+        self,
+        deferred: Deferred[Any],
+        via: str | None,
+        stream: RemoteConsumer | None,
+        route: tuple[str, ...],
+    ) -> None:
+        self.deferred = deferred
+        self.via = via
+        self.stream = stream
+        self.route = route
+
+
+class _EarlyCancels:
+    """
+    Cancels that arrived before their call (a cancel may overtake it on
+    another path), kept for a while so that the call, if it comes, never
+    runs; bounded, oldest dropped first.
+    """
+
+    TTL = 60.0
+    CAPACITY = 10_000
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._keys: dict[tuple[str, str | None], float] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    def add(self, key: tuple[str, str | None]) -> None:
+        now = self._clock.seconds()
+        keys = self._keys
+        if len(keys) >= self.CAPACITY:
+            for old in [k for k, expires in keys.items() if expires <= now] or list(keys)[:1]:
+                del keys[old]
+        keys[key] = now + self.TTL
+
+    def take(self, key: tuple[str, str | None]) -> bool:
+        """:returns: whether a cancel for C{key} came (and forgets it)."""
+        expires = self._keys.pop(key, None)
+        return expires is not None and expires > self._clock.seconds()
+
+
+class RunningCalls:
+    """
+    The calls running (or queued) on this node for other nodes, by caller
+    and response id, and the cancels that reach them (see the module
+    docstring): a queued call never runs, a running one has its Deferred
+    cancelled and is answered -32800.
+    """
+
+    def __init__(self, clock: IReactorTime, metrics: Any) -> None:
+        self._metrics = metrics
+        self._running: dict[tuple[str, str | None], _Running] = {}
+        #: calls cancelled by their caller (to be answered -32800)
+        self._cancelled: set[tuple[str, str | None]] = set()
+        #: cancels that came before their call (which is then not run)
+        self._early = _EarlyCancels(clock)
+
+    def cancelled_early(self, key: tuple[str, str | None]) -> bool:
+        """:returns: whether a cancel came for call C{key} before it did (forgotten now)."""
+        early = self._early
+        return bool(early) and early.take(key)
+
+    def add(
+        self,
+        key: tuple[str, str | None],
+        deferred: Deferred[Any],
+        via: str | None,
+        stream: RemoteConsumer | None,
+        route: tuple[str, ...],
+    ) -> None:
+        """Call C{key}, which came by C{via} along C{route}, runs until C{deferred} fires."""
+        running = _Running(deferred, via, stream, route)
+        self._running[key] = running
+        deferred.addBoth(self._ran, key, running)
+
+    def _ran(self, outcome: Any, key: tuple[str, str | None], running: _Running) -> Any:
+        if self._running.get(key) is running:
+            del self._running[key]
+        if running.stream is not None:
+            running.stream.close()
+        return outcome
+
+    def cancel_arrived(self, caller: str, response_id: str, sender: str, lost: bool) -> None:
+        """
+        A cancel of C{caller}'s call C{response_id} arrived (checked by
+        L{MeshStreams}). One that C{lost} the caller is taken only from a
+        node on the call's route; one that comes before its call keeps the
+        call from running.
+        """
+        key = (caller, response_id)
+        running = self._running.get(key)
+        if running is None:
+            if not lost:
+                self._early.add(key)
+            return
+        if lost and sender not in running.route:
+            self._metrics.drop("forged_cancel")
+            return
+        if not lost:
+            self._cancelled.add(key)
+        running.deferred.cancel()
+
+    def by_caller(self, key: tuple[str, str | None]) -> bool:
+        """:returns: whether call C{key} was cancelled by its caller (forgotten now)."""
+        if key in self._cancelled:
+            self._cancelled.discard(key)
+            return True
+        return False
+
+    def lost_link(self, peer_id: str, can_reach: Callable[[str], bool]) -> None:
+        """
+        The link to C{peer_id} went: cancel the calls that came by it for a
+        caller now out of reach (it has been told -32006 by its side;
+        queued ones are skipped), and every stream that came by it (its
+        items went that way).
+        """
+        for (caller, _), running in list(self._running.items()):
+            if running.via == peer_id and (running.stream is not None or not can_reach(caller)):
+                running.deferred.cancel()
+
+    def cancel_all(self) -> None:
+        """Cancel every call (the node is stopping)."""
+        for running in list(self._running.values()):
+            running.deferred.cancel()

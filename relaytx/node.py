@@ -203,20 +203,11 @@ class RelayNode(MultiService):
         **kwargs: Any,
     ) -> ItemStream:
         """
-        Stream the items of C{server.method(*args, **kwargs)}, an async
-        generator, on C{node_id} (as L{call}) (SPEC section 12)::
+        Stream the items of the async generator C{server.method(*args,
+        **kwargs)} on C{node_id} (as L{call}), at most C{window} items ahead
+        of the loop (SPEC section 12; L{relaytx._streams.ItemStream}).
 
-            async for line in node.stream("n3", "logs", "tail", "app.log"):
-                ...
-
-        The generator runs at most C{window} items ahead of the loop, end to
-        end. Leaving the loop early (C{break}), C{aclose()} or cancelling the
-        task or Deferred waiting in it cancels the generator at its node
-        (its C{finally} runs). C{timeout} bounds the whole stream.
-
-        :returns: an async iterator of the items; it fails with the call's
-            L{relaytx.errors.CallError} (-32006 when the path breaks), or
-            C{TypeError} if the method is not a generator.
+        :returns: an async iterator of the items.
         :raises ValueError: for a window out of range (1 to 4096).
         """
         items = ItemStream(self.clock, window, f"{server}.{method}")

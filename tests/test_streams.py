@@ -488,7 +488,7 @@ class EndToEndFrameTests(SynchronousTestCase):
             return MeshStreams(
                 name,
                 lambda to, payload, **kw: self.sent.append((to, payload)),
-                lambda peer: False,  # nobody is a neighbour: codes are needed
+                {},  # no links: nobody is a neighbour, codes are needed
                 self.pending,
                 self.drops.append,
                 lambda *args: self.cancels.append(args),
