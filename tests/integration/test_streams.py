@@ -52,6 +52,11 @@ class Work(Server):
         return "quick"
 
     @exposed
+    async def count(self, n: int, size: int = 0) -> Any:
+        for i in range(n):
+            yield "x" * size if size else i
+
+    @exposed
     async def ticks(self) -> Any:
         try:
             while True:
@@ -207,3 +212,18 @@ class SlowConsumerTests(StreamsTestCase):
         made = work.made
         await wait_for(lambda: work.closed == 1, 2, 0.01, "the generator's finally")
         self.assertLessEqual(work.made, made + 64)
+
+
+class CollectedTests(StreamsTestCase):
+    """POST /rpc gets a streaming method's items as one list, within the message limit."""
+
+    async def test_list_and_limit(self) -> None:
+        """Items two hops away come back as a list; past 1 MiB, -32000 ResultTooLarge."""
+        work = Work()
+        nodes = self.line(work)
+        await self.linked(nodes)
+        answer = await rpc(url(nodes[0]), "s3/work.count", [5])
+        self.assertEqual(answer["result"], [0, 1, 2, 3, 4])
+        answer = await rpc(url(nodes[0]), "s3/work.count", [300, 10_000])
+        self.assertEqual(answer["error"]["code"], -32000)
+        self.assertEqual(answer["error"]["data"]["type"], "ResultTooLarge")
