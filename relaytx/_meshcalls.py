@@ -185,7 +185,7 @@ class MeshCalls:
             if mac is not None:
                 envelope.data["mac"] = mac  # type: ignore[index]  # the dict to_data made
         d = self.pending.expect(
-            response_id, destination, None, target.timeout, now, consumer, self._cancelled_here
+            response_id, destination, None, target.timeout, now, consumer, self.streams.cancelled
         )
         if consumer is not None:
             consumer.connect(partial(self.streams.send_credit, destination, response_id))
@@ -197,10 +197,6 @@ class MeshCalls:
         except MessageTooLarge as e:
             self.pending.resolve(response_id, error=Overloaded(f"Call too large: {e}"))
         return d
-
-    def _cancelled_here(self, response_id: str, destination: str, via: str | None) -> None:
-        # This node's call was cancelled (SPEC section 12): tell its callee.
-        self.streams.send_cancel(destination, response_id)
 
     def settle(self, envelope: Envelope, response: ServerResponse, via: str | None = None) -> None:
         """

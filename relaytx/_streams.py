@@ -451,6 +451,10 @@ class MeshStreams:
         self._seal(b"credit", callee, credit)
         self._quietly(callee, credit)
 
+    def cancelled(self, response_id: str, callee: str, via: str | None) -> None:
+        """This node's call C{response_id} to C{callee} was cancelled: tell the callee."""
+        self.send_cancel(callee, response_id)
+
     def send_cancel(
         self, callee: str, response_id: str, caller: str | None = None, lost: bool = False
     ) -> None:
