@@ -41,13 +41,14 @@ import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from relaytx._balance import InstanceInfo
 from relaytx._latency import LinkCosts
 from relaytx._links import LinkTable
 from relaytx._metrics import NodeMetrics
 from relaytx._ribs import AdjRib
 from relaytx._routing import Router
 from relaytx.peer import PeerSession
-from relaytx.wire import Envelope, RegistrySync, RouteAdvert, encode, rfc3339
+from relaytx.wire import Envelope, NodeInfo, RegistrySync, RouteAdvert, encode, rfc3339
 
 #: Changes within this many seconds are announced in one registry_sync.
 SYNC_DELAY = 0.02
@@ -59,6 +60,9 @@ BUSY_HOLD = 30.0
 
 #: Seconds between two requests for a neighbour's whole table while none comes.
 RESYNC_RETRY = 2.0
+
+#: Instance entries (C{info}) in one advert at most.
+INFO_PER_FRAME = 500
 
 #: Bytes of a frame left for the envelope around an advert's data.
 _ENVELOPE_ROOM = 1024
@@ -76,6 +80,7 @@ class _Link:
         "routes",
         "seq",
         "staging",
+        "told_info",
         "told_servers",
         "told_sn",
     )
@@ -91,6 +96,7 @@ class _Link:
         self.staging: AdjRib | None = None  # its whole table, while it arrives
         self.resync_wanted = False  # we missed an advert: we want its whole table
         self.resync_asked: float | None = None  # when we last asked for it
+        self.told_info: dict[str, int] = {}  # the instance entries' versions it holds
 
 
 class Advertiser:
@@ -100,6 +106,7 @@ class Advertiser:
         taken, and the directory is empty.
     :param max_message_size: the largest frame a link may send.
     :param on_change: called when the routing table changed.
+    :param info: the nodes' instance entries, told to routing neighbours.
     """
 
     _log = Logger()
@@ -115,6 +122,7 @@ class Advertiser:
         enabled: bool = True,
         max_message_size: int = 1024 * 1024,
         on_change: Callable[[], None] = lambda: None,
+        info: InstanceInfo | None = None,
     ) -> None:
         self._node_id = node_id
         self._clock = clock
@@ -138,6 +146,15 @@ class Advertiser:
         #: this node's own sequence number (see L{relaytx._routing})
         self.own_sn = initial_sn(clock.seconds())
         self._changes_seen = 0
+        self.info = info
+        if info is not None:
+            info.on_change = self.info_changed
+
+    def info_changed(self) -> None:
+        """An instance entry changed: routing neighbours hear it soon."""
+        routers = [p for p, s in self._state.items() if s.routes]
+        if routers:
+            self.schedule(peers=routers)
 
     # Link events.
 
@@ -274,7 +291,12 @@ class Advertiser:
         for peer_id in sorted(targets):
             session = links.get(peer_id)
             if session is not None:
-                self.writer.send_to(peer_id, session, state[peer_id], own, own_sn, ready, now)
+                link = state[peer_id]
+                self.writer.send_to(peer_id, session, link, own, own_sn, ready, now)
+                if self.info is not None and link.routes:
+                    changes = self.info.changes_for(link.told_info)
+                    if changes:
+                        self.writer.send_info(peer_id, session, link, changes, now)
         router.exports.exported(ready, now)
         self._reschedule(now, release)
 
@@ -341,6 +363,9 @@ class Advertiser:
             self._count_refused(peer_id, router.refused_from(peer_id))
         if sync.lost:
             changed |= router.take_lost(peer_id, sync.lost, self._clock.seconds())
+        if sync.info and self.info is not None:
+            if self.info.take(sync.info, state.told_info):
+                self.info_changed()
         if sync.down or sync.up:
             changed |= router.take_notices(peer_id, sync.down, self._clock.seconds(), sync.up)
             expiry = router.next_notice_expiry()
@@ -453,6 +478,22 @@ class AdvertWriter:
             frames[0] = attrs.evolve(
                 first, resync=resync, down=down, up=up, sn=sn, lost=lost or None
             )
+        self._emit(peer_id, session, state, frames, now)
+
+    def send_info(
+        self,
+        peer_id: str,
+        session: PeerSession,
+        state: _Link,
+        changes: Mapping[str, NodeInfo],
+        now: float,
+    ) -> None:
+        """Send neighbour C{peer_id} the instance entries it does not hold."""
+        items = list(changes.items())
+        frames = [
+            RegistrySync(info=dict(items[at : at + INFO_PER_FRAME]))
+            for at in range(0, len(items), INFO_PER_FRAME)
+        ]
         self._emit(peer_id, session, state, frames, now)
 
     def _resync_due(self, state: _Link, now: float) -> bool:
@@ -596,6 +637,24 @@ class Directory:
         for entries in result.values():
             entries.sort(key=lambda e: (e["hops"], e["node_id"]))
         return result
+
+    def instances(self, server: str) -> list[tuple[str, int, int]]:
+        """
+        :returns: the other nodes hosting C{server}, as C{(node_id, hops,
+            metric)}.
+        """
+        if not self._enabled:
+            return []
+        return [
+            (destination, len(route.path), route.metric)
+            for destination, route in self._router.routes().items()
+            if server in route.servers
+        ]
+
+    def link_rtt(self, peer_id: str) -> float | None:
+        """:returns: the RTT in seconds of the link to C{peer_id}, if measured."""
+        session = self._links.get(peer_id)
+        return None if session is None else session.rtt
 
     def nearest_host(self, server: str) -> str | None:
         """

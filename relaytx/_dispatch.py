@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from relaytx._balance import Balancer
 from relaytx._calls import CallTarget
 from relaytx._hosting import ServerHost
 from relaytx._limits import CallLimiter
@@ -45,6 +46,8 @@ class CallDispatcher:
     """
 
     tracer: Tracer | None = None
+    #: where location-transparent calls to other nodes go (SPEC section 11)
+    balancer: Balancer | None = None
 
     def __init__(
         self,
@@ -88,7 +91,11 @@ class CallDispatcher:
         :raises CallError: when the call fails at once.
         """
         node_id = target.node_id
-        local = node_id == self._node_id or (node_id is None and target.server in self._names)
+        local = node_id == self._node_id or (
+            node_id is None
+            and target.server in self._names
+            and (self.balancer is None or not self.balancer.spreads(target.server))
+        )
         if self.tracer is not None:
             return self._traced(self.tracer, target, local)
         return self._admitted(target.caller, target, self._route, local)
@@ -134,7 +141,13 @@ class CallDispatcher:
         node_id = target.node_id
         if node_id is None:
             remote = self.remote
-            if target.server not in self._host and remote is not None:
+            balancer = self.balancer
+            if remote is not None and (
+                target.server not in self._host
+                or (balancer is not None and balancer.spreads(target.server))
+            ):
+                if balancer is not None:
+                    return balancer.call(target, remote.call, self._run_implicit)
                 host = remote.nearest_host(target.server)
                 if host is not None:
                     return remote.call(evolve(target, node_id=host))
@@ -144,6 +157,9 @@ class CallDispatcher:
         if self.remote is None:
             raise CallError(f"node {self._node_id} has no mesh to reach {node_id!r}")
         return self.remote.call(target)
+
+    def _run_implicit(self, target: CallTarget) -> Any:
+        return self._host.run(target, explicit=False)
 
     def _run_explicit(self, target: CallTarget) -> Any:
         return self._host.run(target, explicit=True)

@@ -74,6 +74,10 @@ class ServerHost:
         #: the hosted servers' names (a read-only view, for a test on a hot path)
         self.names = self._mailboxes.keys()
         self.on_change = on_change
+        #: calls that did not finish at once, queued or running: the node's load
+        self.busy = 0
+        #: called with the load when it moves to another power of two
+        self.on_load: Callable[[int], None] = lambda load: None
 
     def __contains__(self, name: object) -> bool:
         return name in self._mailboxes
@@ -117,6 +121,15 @@ class ServerHost:
     def local_servers(self) -> dict[str, list[str]]:
         """:returns: each local server's name and its exposed methods."""
         return {name: box.server.method_names() for name, box in self._mailboxes.items()}
+
+    def idempotent_methods(self) -> dict[str, list[str]]:
+        """:returns: each local server's idempotent methods, where it has any."""
+        table = {}
+        for name, box in self._mailboxes.items():
+            methods = box.server.idempotent_names()
+            if methods:
+                table[name] = methods
+        return table
 
     def exposes(self, server: str, method: str) -> bool:
         """:returns: whether a hosted server C{server} exposes C{method}."""
@@ -162,7 +175,10 @@ class ServerHost:
             runnable = TracedMethod.for_method(self._traced, method, self.tracer, target.server)
             args = (trace.parent, *args)  # the execute span's parent, for the traced method
         try:
-            result = mailbox.call(runnable, args, target.kwargs)
+            if method.concurrent:
+                result = mailbox.beside(runnable, args, target.kwargs)
+            else:
+                result = mailbox.call(runnable, args, target.kwargs)
         except CallError:
             raise  # a server may fail a call with a precise relaytx error
         except Exception:
@@ -170,8 +186,22 @@ class ServerHost:
         if isinstance(result, Deferred):
             if not result.called:  # remote calls time out in the mesh; local ones here
                 result.addTimeout(target.timeout, self._clock, onTimeoutCancel=_timed_out)
+                self._busy_changed(1)
+                result.addBoth(self._done)
             return result.addErrback(self._method_failed, target)
         return result
+
+    def _done(self, outcome: Any) -> Any:
+        self._busy_changed(-1)
+        return outcome
+
+    def _busy_changed(self, step: int) -> None:
+        # The node's load (calls that did not finish at once, queued or
+        # running): its owner hears when it moves to another power of two.
+        before = self.busy
+        self.busy = after = before + step
+        if before.bit_length() != after.bit_length():
+            self.on_load(after)
 
     def _method_failed(self, failure: Failure, target: CallTarget) -> Failure:
         if isinstance(failure.value, CallError | CancelledError):

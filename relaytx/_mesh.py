@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from relaytx._adverts import Advertiser, Directory
+from relaytx._balance import InstanceInfo
 from relaytx._calls import CallTarget, ForwardedCalls, PendingCalls, SeenMessages
 from relaytx._forwarding import Forwarder
 from relaytx._links import LinkRefused, LinkTable
@@ -159,10 +160,12 @@ class Mesh:
             clock, max_total=4 * max_pending_calls, max_per_neighbour=max_pending_calls
         )
         self.seen = SeenMessages(clock)
+        #: the nodes' loads and idempotent methods (SPEC section 11)
+        self.info = InstanceInfo(node_id, clock, max_entries=max_routes)
         self.adverts = Advertiser(
             node_id, clock, metrics, self.router, self._links, local_servers,
             enabled=registry_enabled, max_message_size=max_message_size,
-            on_change=self._routes_changed,
+            on_change=self._routes_changed, info=self.info,
         )  # fmt: skip
         metrics.routes.set_function(lambda: len(self.router.routes()))
         metrics.routes_changed.set_function(lambda: self.adverts.changed_at or 0.0)
@@ -390,6 +393,7 @@ class Mesh:
         self._links.stopping = True
         self.probes.stop()
         self.adverts.stop()
+        self.info.stop()
         if self.records is not None:
             self.records.stop()
         self.link_watch.stop()

@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from relaytx._balance import Balancer
 from relaytx._hosting import ServerHost
 from relaytx._mesh import Mesh
 from relaytx._meshview import MeshWatch
@@ -37,8 +38,10 @@ class NodeViews:
         mesh: Mesh,
         started_at: float,
         version: str,
+        balancer: Balancer | None = None,
     ) -> None:
         self.node_id = node_id
+        self._balancer = balancer
         self._clock = clock
         self._host = host
         self._mesh = mesh
@@ -86,13 +89,23 @@ class NodeViews:
                     "is_local": True,
                     "last_seen": now,
                     "hops": 0,
+                    "rtt_ms": 0.0,
+                    "state": self._state(name, self.node_id),
                 }
             ]
             for name, methods in self._host.local_servers().items()
         }
         for name, entries in self._mesh.registry.directory().items():
+            for entry in entries:
+                node = entry["node_id"]
+                rtt = self._balancer.rtt(node) if self._balancer is not None else None
+                entry["rtt_ms"] = None if rtt is None else round(rtt * 1000, 3)
+                entry["state"] = self._state(name, node)
             directory.setdefault(name, []).extend(entries)
         return directory
+
+    def _state(self, server: str, node: str) -> str:
+        return "up" if self._balancer is None else self._balancer.state(server, node)
 
     def peers(self) -> dict[str, dict[str, Any]]:
         """:returns: C{GET /registry/peers}: directly connected peers by node id."""

@@ -55,6 +55,13 @@ command line wins where both give a value)::
     ca = "ca.pem"
     require_client_cert = false
 
+    [balance]                        # SPEC section 11; see relaytx._balance
+    default = "nearest"              # or "round_robin", "random", "least_loaded"
+    failure_threshold = 5            # consecutive failures that open an instance's circuit
+    open_seconds = 5.0               # seconds calls skip it; then one trial call decides
+    [balance.servers]                # a policy per server name
+    counter_server = "round_robin"
+
     [access]                         # see relaytx._auth.AccessRules
     default = "allow"
     [[access.rule]]
@@ -164,6 +171,31 @@ class TracingConfig:
     headers: Mapping[str, str] = field(factory=dict)
 
 
+#: How a location-transparent call picks among a server's instances.
+POLICIES = ("nearest", "round_robin", "random", "least_loaded")
+
+
+@frozen
+class BalanceConfig:
+    """
+    How calls spread over several instances of a server (SPEC section 11).
+
+    @ivar default: the policy of every server name not in C{servers}.
+    @ivar servers: a policy per server name.
+    @ivar failure_threshold: consecutive failures that open an instance's circuit.
+    @ivar open_seconds: how long calls skip an open instance before a trial.
+    """
+
+    default: str = "nearest"
+    servers: Mapping[str, str] = field(factory=dict)
+    failure_threshold: int = 5
+    open_seconds: float = 5.0
+
+    def policy(self, server: str) -> str:
+        """:returns: the policy for calls to C{server}."""
+        return self.servers.get(server, self.default)
+
+
 #: How a node writes its log: C{text} (Twisted's lines) or C{json}.
 LOG_FORMATS = ("text", "json")
 
@@ -193,6 +225,7 @@ class NodeConfig:
     http: HttpConfig = field(factory=HttpConfig)
     tracing: TracingConfig | None = None
     log_format: str = "text"
+    balance: BalanceConfig = field(factory=BalanceConfig)
 
 
 _TOP_KEYS = {
@@ -250,7 +283,8 @@ def read_toml(path: str) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"--config {path}: not valid TOML: {e}") from None
     sections = {
-        name: table.pop(name, {}) for name in ("limits", "tls", "access", "http", "tracing")
+        name: table.pop(name, {})
+        for name in ("limits", "tls", "access", "http", "tracing", "balance")
     }
     _check_keys(table, _TOP_KEYS, path, "")
     for name, section in sections.items():
@@ -265,7 +299,7 @@ def read_toml(path: str) -> dict[str, Any]:
             table["access"] = AccessRules.from_config(sections["access"])
         except ValueError as e:
             raise ConfigError(f"--config {path}: {e}") from None
-    for name in ("limits", "tls", "http", "tracing"):
+    for name in ("limits", "tls", "http", "tracing", "balance"):
         if sections[name]:
             table[name] = sections[name]
     _resolve_paths(table, os.path.dirname(os.path.abspath(path)))
@@ -415,7 +449,36 @@ def build_config(options: Mapping[str, Any]) -> NodeConfig:
         http=_http(settings.get("http")),
         tracing=_tracing(settings.get("tracing")),
         log_format=_log_format(settings.get("log_format", "text")),
+        balance=_balance(settings.get("balance")),
     )
+
+
+def _policy(value: Any, what: str) -> str:
+    if value not in POLICIES:
+        raise ConfigError(f"{what} {value!r}: give one of {', '.join(POLICIES)}")
+    return str(value)
+
+
+def _balance(table: Any) -> BalanceConfig:
+    if table is None or isinstance(table, BalanceConfig):
+        return table or BalanceConfig()
+    if not isinstance(table, dict):
+        raise ConfigError("[balance] must be a table")
+    unknown = set(table) - {"default", "servers", "failure_threshold", "open_seconds"}
+    if unknown:
+        raise ConfigError(f"unknown setting balance.{sorted(unknown)[0]}")
+    default = _policy(table.get("default", "nearest"), "balance.default")
+    raw = table.get("servers", {})
+    if not isinstance(raw, dict):
+        raise ConfigError("[balance.servers] must be a table of NAME = POLICY")
+    servers = {str(name): _policy(p, f"balance.servers.{name}") for name, p in raw.items()}
+    threshold = table.get("failure_threshold", 5)
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
+        raise ConfigError("balance.failure_threshold must be a whole number of at least 1")
+    seconds = table.get("open_seconds", 5.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= 3600:
+        raise ConfigError("balance.open_seconds must be seconds in (0, 3600]")
+    return BalanceConfig(default, servers, threshold, float(seconds))
 
 
 def _log_format(value: Any) -> str:

@@ -32,6 +32,7 @@ from relaytx import __version__
 from relaytx._aio import coroutine_runner
 from relaytx._apps import import_app, run_setup
 from relaytx._auth import read_secret
+from relaytx._balance import Balancer
 from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget
 from relaytx._dashboard import DashboardResource
 from relaytx._dialer import PeerAdmin
@@ -132,10 +133,23 @@ class RelayNode(MultiService):
             identity=identity,
         )
         self.dispatcher.remote = self.mesh
-        self.servers.on_change = self.mesh.schedule_sync
-        self.views = NodeViews(
-            node_id, reactor, self.servers, self.mesh, reactor.seconds(), __version__
+        #: where location-transparent calls go (SPEC section 11)
+        self.balancer = Balancer(
+            node_id,
+            reactor,
+            config.balance,
+            self.mesh.registry.instances,
+            self.mesh.registry.link_rtt,
+            self.servers.__contains__,
+            self.mesh.info,
         )
+        self.dispatcher.balancer = self.balancer
+        self.servers.on_change = self._servers_changed
+        self.servers.on_load = self.mesh.info.set_load
+        self.views = NodeViews(
+            node_id, reactor, self.servers, self.mesh, reactor.seconds(), __version__,
+            balancer=self.balancer,
+        )  # fmt: skip
         #: who may use the HTTP surface, and what connections may hold (SPEC section 10)
         self.guards = NodeGuards.build(config, reactor)
         self.peer_admin = PeerAdmin(
@@ -146,6 +160,10 @@ class RelayNode(MultiService):
         #: the node's tracer, when C{[tracing]} names an exporter (SPEC section 13)
         self.tracer = start_tracing(self, config.tracing, self.dispatcher, self.servers, self.mesh)
         self.servers.expose("node", NodeServer(self.views))
+
+    def _servers_changed(self) -> None:
+        self.mesh.info.set_idempotent(self.servers.idempotent_methods())
+        self.mesh.schedule_sync()
 
     # The Python API.
 

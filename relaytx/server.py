@@ -20,7 +20,7 @@ import inspect
 import sys
 from collections import deque
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, overload
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -31,18 +31,49 @@ from relaytx.errors import InvalidParams
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def exposed(fn: F) -> F:
+@overload
+def exposed(fn: F, /) -> F: ...
+
+
+@overload
+def exposed(*, idempotent: bool = False, concurrent: bool = False) -> Callable[[F], F]: ...
+
+
+def exposed(
+    fn: F | None = None, /, *, idempotent: bool = False, concurrent: bool = False
+) -> F | Callable[[F], F]:
     """
-    Mark a L{Server} method as callable from the network. Used bare::
+    Mark a L{Server} method as callable from the network. Used bare, or
+    with options (SPEC section 11)::
 
         class Counter(Server):
             @exposed
             def increment(self, by=1): ...
 
+            @exposed(idempotent=True, concurrent=True)
+            def get(self): ...
+
     Names starting with C{_} are never exposed, decorated or not.
+
+    :param idempotent: running the method twice does no more than running
+        it once, so a call whose outcome is unknown (-32006: its instance
+        was lost after the call left) may be run again on another instance.
+    :param concurrent: the method may run beside the mailbox (a read-only
+        or inspection method): it is not queued behind a slow call, and
+        does not hold the calls after it.
     """
-    fn.__relaytx_exposed__ = True  # type: ignore[attr-defined]  # a mark on the function
-    return fn
+
+    def mark(function: F) -> F:
+        function.__relaytx_exposed__ = True  # type: ignore[attr-defined]  # a mark on the function
+        function.__relaytx_idempotent__ = idempotent  # type: ignore[attr-defined]
+        function.__relaytx_concurrent__ = concurrent  # type: ignore[attr-defined]
+        return function
+
+    if fn is not None:
+        if not callable(fn):
+            raise TypeError(f"@exposed takes a method, or only keyword options, not {fn!r}")
+        return mark(fn)
+    return mark
 
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -54,13 +85,25 @@ class ExposedMethod:
     signature check that runs before the call is queued.
     """
 
-    __slots__ = ("_max_args", "_min_args", "_signature", "function", "name", "streams")
+    __slots__ = (
+        "_max_args",
+        "_min_args",
+        "_signature",
+        "concurrent",
+        "function",
+        "idempotent",
+        "name",
+        "streams",
+    )
 
     def __init__(self, name: str, function: Callable[..., Any]) -> None:
         self.name = name
         self.function = function
         #: an async generator: it streams its items (SPEC section 12)
         self.streams = inspect.isasyncgenfunction(function)
+        #: see L{exposed}
+        self.idempotent: bool = getattr(function, "__relaytx_idempotent__", False)
+        self.concurrent: bool = getattr(function, "__relaytx_concurrent__", False)
         self._signature: inspect.Signature | None = None
 
     def _prepare(self) -> None:
@@ -132,6 +175,12 @@ class Server:
         :returns: the names of this server's exposed methods, sorted.
         """
         return sorted(self.exposed_methods)
+
+    def idempotent_names(self) -> list[str]:
+        """
+        :returns: the names of this server's idempotent methods, sorted.
+        """
+        return sorted(name for name, m in self.exposed_methods.items() if m.idempotent)
 
 
 class Mailbox:
@@ -211,6 +260,19 @@ class Mailbox:
                 return d
             result = d  # already done: d holds the outcome
         self._resume()
+        return result
+
+    def beside(self, method: ExposedMethod, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """
+        Run a call of a C{concurrent} method now, beside the mailbox: it
+        neither waits for the running call nor holds the queued ones.
+
+        :returns: the result, or a Deferred of it (a coroutine's runs as
+            the mailbox's do); an exception it raises propagates.
+        """
+        result = method.function(self.server, *args, **kwargs)
+        if inspect.iscoroutine(result):
+            result = self._run_coroutine(result)
         return result
 
     def _resume(self) -> None:

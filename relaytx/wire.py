@@ -70,6 +70,14 @@ The payloads (C{data}) of the built-in types:
         stale. C{down} and C{up} are links lost or back: the node that saw
         it, its peer and that node's clock in milliseconds.
 
+      - C{info} C{{NODE_ID: {"v": VERSION, "l": LOAD, "i"?: {SERVER:
+        [METHOD, ...]}}}} is what the sender knows of nodes' instances
+        (SPEC section 11): each node's load (calls it has not finished) and
+        its idempotent methods, numbered by that node (C{v} grows), so a
+        node relays an entry on only when it is newer than what it held
+        (L{relaytx._balance}). Sent to routing neighbours only, when it
+        changes; ignored by nodes that do not know it.
+
     Unknown fields are ignored. At most L{MAX_PATH} nodes in a path.
   - C{route_message} C{{"original_message": ENVELOPE}}: a message wrapped for
     a hop that is not its destination.
@@ -996,6 +1004,7 @@ class RegistrySync(Payload):
     up: tuple[tuple[str, str, int], ...] = ()
     sn: int | None = None
     lost: Mapping[str, int] | None = None
+    info: Mapping[str, NodeInfo] | None = None
 
     @property
     def routes_sync(self) -> bool:
@@ -1034,6 +1043,7 @@ class RegistrySync(Payload):
             _links_of(data, "up", what),
             _sequence(data.get("sn"), "sn", what),
             _lost_of(data, what),
+            _info_of(data, what),
         )
 
     def to_data(self) -> dict[str, Any]:
@@ -1075,7 +1085,47 @@ class RegistrySync(Payload):
             data["sn"] = self.sn
         if self.lost:
             data["lost"] = dict(self.lost)
+        if self.info:
+            data["info"] = {node: entry.to_json() for node, entry in self.info.items()}
         return data
+
+
+class NodeInfo(NamedTuple):
+    """
+    What a C{registry_sync} tells of one node's instances (SPEC section 11).
+
+    @ivar version: the node's number for this entry (it grows).
+    @ivar load: the node's calls not finished (queued or running).
+    @ivar idempotent: its servers' idempotent methods, by server name.
+    """
+
+    version: int
+    load: int
+    idempotent: Mapping[str, tuple[str, ...]] = NO_SERVERS
+
+    def to_json(self) -> dict[str, Any]:
+        """:returns: the entry as it goes in C{info}."""
+        entry: dict[str, Any] = {"v": self.version, "l": self.load}
+        if self.idempotent:
+            entry["i"] = {name: list(methods) for name, methods in self.idempotent.items()}
+        return entry
+
+
+def _info_of(data: Mapping[str, Any], what: str) -> Mapping[str, NodeInfo] | None:
+    raw = _optional(data, "info", dict, what)
+    if not raw:
+        return None
+    info = {}
+    for node, entry in raw.items():
+        node = node_id_of(node, what)
+        _check(entry, "info", dict, what)
+        version = entry.get("v")
+        load = entry.get("l", 0)
+        if type(version) is not int or version < 0 or type(load) is not int or load < 0:
+            raise MalformedMessage(f"{what} info of {node}: bad v or l", reason="bad_field")
+        methods = _compact_servers(entry["i"], what) if "i" in entry else NO_SERVERS
+        info[node] = NodeInfo(version, load, methods)
+    return info
 
 
 def _sequence(value: Any, key: str, what: str) -> int | None:

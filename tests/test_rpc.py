@@ -765,7 +765,7 @@ class RegistryTests(NodeTestCase):
         self.assertTimestamp(registry["timestamp"], self.now())
 
     def test_servers(self) -> None:
-        """/registry/servers lists each local server with its methods, at 0 hops."""
+        """/registry/servers lists each local server with its methods, at 0 hops, up."""
         self.clock.advance(3)
         now = self.get("/health")["timestamp"]
         servers = self.get("/registry/servers")
@@ -778,6 +778,8 @@ class RegistryTests(NodeTestCase):
                 "is_local": True,
                 "last_seen": now,
                 "hops": 0,
+                "rtt_ms": 0.0,
+                "state": "up",
             }
 
         self.assertEqual(

@@ -1,0 +1,588 @@
+# -*- test-case-name: tests.test_balance -*-
+"""
+Several instances of one server (SPEC section 11): which one a
+location-transparent call goes to, what happens when it fails there, and
+what each node tells the others of its instances.
+
+  - L{InstanceInfo}: each node's load and idempotent methods, this node's
+    own and those heard in C{registry_sync} adverts (C{info}, see
+    L{relaytx.wire}). A node numbers its own entry; an entry travels on
+    only while it is newer than what a node held, so it crosses the mesh
+    once per change. A node's load is the number of calls it has not
+    finished (queued or running); it is told again when it moves to
+    another power of two, at most once every L{LOAD_INTERVAL} seconds, so
+    a busy mesh sends a few entries a second and an idle one nothing.
+  - L{Breaker}: one instance's circuit: closed, open for C{open_seconds}
+    after C{failure_threshold} consecutive failures (-32001, -32002,
+    -32005, -32006), then half-open: one trial call decides.
+  - L{Balancer}: picks an instance by the policy for the server's name
+    (C{nearest}, C{round_robin}, C{random}, C{least_loaded}), skipping
+    open circuits, and fails a call over to another instance within the
+    same deadline when it certainly did not run where it went (-32002,
+    -32003, -32005), or when its outcome is unknown (-32006) and the method
+    is idempotent. Each try is a new call (a new response id, and in PKI
+    mode a new end-to-end code).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from attrs import evolve
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relaytx._calls import CallTarget
+from relaytx.config import BalanceConfig
+from relaytx.errors import (
+    CallError,
+    CallTimeout,
+    NodeUnreachable,
+    NoSuchMethod,
+    NoSuchServer,
+    OutcomeUnknown,
+    Overloaded,
+    failure_exception,
+)
+from relaytx.wire import NO_SERVERS, NodeInfo, server_table
+
+#: Seconds between two changes of this node's load told to its neighbours.
+LOAD_INTERVAL = 0.5
+
+#: The codes that count as an instance's failure for its circuit.
+FAILURE_CODES = frozenset({-32001, -32002, -32005, -32006})
+
+#: Errors of a call that certainly did not run where it went: tried elsewhere.
+_NOT_RUN = (NodeUnreachable, Overloaded, NoSuchServer, NoSuchMethod)
+
+#: Round trips kept per node, the lowest of which is its RTT.
+_RTT_SAMPLES = 8
+
+
+class InstanceInfo:
+    """
+    Each node's L{NodeInfo} (see the module docstring).
+
+    :param max_entries: the most nodes kept (entries for more are ignored).
+    :param on_change: called when an entry changed that neighbours must hear.
+
+    @ivar entries: the entries by node id, this node's own included.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        clock: IReactorTime,
+        max_entries: int = 10_000,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.node_id = node_id
+        self._clock = clock
+        self._max = max_entries
+        self.on_change = on_change
+        self._version = 0
+        self._load = 0
+        self._idempotent: Mapping[str, tuple[str, ...]] = NO_SERVERS
+        self._told_at = float("-inf")
+        self._timer: IDelayedCall | None = None
+        self._stopped = False
+        self.entries: dict[str, NodeInfo] = {}
+        self._bump()
+
+    def _bump(self) -> None:
+        # Numbered from the clock (milliseconds), so a restarted node's
+        # entries are newer than its earlier life's.
+        stamp = int((self._clock.seconds() - 1_700_000_000) * 1000)
+        self._version = max(self._version + 1, stamp)
+        self.entries[self.node_id] = NodeInfo(self._version, self._load, self._idempotent)
+
+    def set_idempotent(self, table: Mapping[str, Iterable[str]]) -> None:
+        """This node's idempotent methods, by server: told at once when they change."""
+        compact = server_table((name, methods) for name, methods in table.items() if methods)
+        if compact != self._idempotent:
+            self._idempotent = compact
+            self._bump()
+            self.on_change()
+
+    def set_load(self, load: int) -> None:
+        """This node's load changed: told within L{LOAD_INTERVAL} seconds."""
+        self._load = load
+        if self._timer is not None or self._stopped:
+            return
+        wait = self._told_at + LOAD_INTERVAL - self._clock.seconds()
+        if wait > 0:
+            self._timer = self._clock.callLater(wait, self._tell_load)
+        else:
+            self._tell_load()
+
+    def _tell_load(self) -> None:
+        self._timer = None
+        own = self.entries[self.node_id]
+        if own.load == self._load:
+            return
+        self._told_at = self._clock.seconds()
+        self._bump()
+        self.on_change()
+
+    def stop(self) -> None:
+        """Tell nothing more (the node is stopping)."""
+        self._stopped = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def take(self, heard: Mapping[str, NodeInfo], told: dict[str, int]) -> bool:
+        """
+        Take the entries a neighbour sent; C{told} (what that neighbour is
+        known to hold) records them.
+
+        :returns: whether any was newer than what this node held.
+        """
+        changed = False
+        entries = self.entries
+        for node, entry in heard.items():
+            told[node] = max(told.get(node, -1), entry.version)
+            if node == self.node_id:
+                continue
+            held = entries.get(node)
+            if held is not None and held.version >= entry.version:
+                continue
+            if held is None and len(entries) >= self._max:
+                continue
+            entries[node] = entry
+            changed = True
+        return changed
+
+    def changes_for(self, told: dict[str, int]) -> dict[str, NodeInfo]:
+        """
+        :returns: the entries newer than a neighbour holds (C{told}, which
+            is updated to hold them).
+        """
+        changes = {}
+        for node, entry in self.entries.items():
+            if told.get(node, -1) < entry.version:
+                told[node] = entry.version
+                changes[node] = entry
+        return changes
+
+    def load_of(self, node: str) -> int:
+        """:returns: the load node C{node} last told (0 when unknown)."""
+        entry = self.entries.get(node)
+        return 0 if entry is None else entry.load
+
+    def is_idempotent(self, node: str, server: str, method: str) -> bool:
+        """:returns: whether C{server.method} on C{node} is declared idempotent."""
+        entry = self.entries.get(node)
+        return entry is not None and method in entry.idempotent.get(server, ())
+
+
+class Breaker:
+    """
+    One instance's circuit (see the module docstring).
+
+    @ivar failures: consecutive failures so far.
+    @ivar opened_at: when the circuit opened (clock seconds), or C{None}
+        while it is closed.
+    """
+
+    __slots__ = ("_open_seconds", "_threshold", "failures", "opened_at", "trial")
+
+    def __init__(self, threshold: int, open_seconds: float) -> None:
+        self._threshold = threshold
+        self._open_seconds = open_seconds
+        self.failures = 0
+        self.opened_at: float | None = None
+        self.trial = False  # the half-open circuit's trial call is out
+
+    @property
+    def state(self) -> str:
+        """C{"up"}, or C{"open"} while the circuit is open or half-open."""
+        return "up" if self.opened_at is None else "open"
+
+    def available(self, now: float) -> bool:
+        """:returns: whether a call may go to the instance now."""
+        opened = self.opened_at
+        if opened is None:
+            return True
+        return not self.trial and now - opened >= self._open_seconds
+
+    def started(self, now: float) -> None:
+        """A call goes to the instance (when half-open, it is the trial)."""
+        if self.opened_at is not None:
+            self.trial = True
+
+    def succeeded(self) -> None:
+        """The instance answered: the circuit closes."""
+        self.failures = 0
+        self.opened_at = None
+        self.trial = False
+
+    def failed(self, now: float) -> bool:
+        """
+        A call to the instance failed.
+
+        :returns: whether the circuit opened now.
+        """
+        self.failures += 1
+        if self.opened_at is not None:
+            if self.trial:  # the trial failed: open again
+                self.trial = False
+                self.opened_at = now
+            return False
+        if self.failures >= self._threshold:
+            self.opened_at = now
+            return True
+        return False
+
+    def abandoned(self) -> None:
+        """The call to the instance ended without an outcome (cancelled)."""
+        self.trial = False
+
+
+class _Instance:
+    """What this node knows of its calls to one instance (a server on a node)."""
+
+    __slots__ = ("breaker", "in_flight")
+
+    def __init__(self, breaker: Breaker) -> None:
+        self.breaker = breaker
+        self.in_flight = 0
+
+
+class Balancer:
+    """
+    Where location-transparent calls go (see the module docstring).
+
+    :param instances: returns the remote instances of a server, as
+        C{(node_id, hops, metric)}.
+    :param link_rtt: returns the RTT in seconds of the link to a neighbour,
+        or C{None}.
+    :param hosts: whether this node hosts a server of that name.
+    :param info: the nodes' loads and idempotent methods.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        node_id: str,
+        clock: IReactorTime,
+        config: BalanceConfig,
+        instances: Callable[[str], list[tuple[str, int, int]]],
+        link_rtt: Callable[[str], float | None],
+        hosts: Callable[[str], bool],
+        info: InstanceInfo,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self._clock = clock
+        self.config = config
+        self._instances = instances
+        self._link_rtt = link_rtt
+        self._hosts = hosts
+        self.info = info
+        self._rng = rng or random.Random()
+        self._state: dict[tuple[str, str], _Instance] = {}
+        self._turns: dict[str, int] = {}
+        self._rtts: dict[str, deque[float]] = {}
+        self._policies = config.servers
+        self._spread_default = config.default != "nearest"
+
+    def spreads(self, server: str) -> bool:
+        """
+        :returns: whether calls to C{server} are spread over instances even
+            when this node hosts one (any policy but C{nearest}, where the
+            local instance, 0 hops away, always wins).
+        """
+        policy = self._policies.get(server)
+        return self._spread_default if policy is None else policy != "nearest"
+
+    # What the node knows of each instance.
+
+    def _instance(self, server: str, node: str) -> _Instance:
+        key = (server, node)
+        instance = self._state.get(key)
+        if instance is None:
+            config = self.config
+            breaker = Breaker(config.failure_threshold, config.open_seconds)
+            instance = self._state[key] = _Instance(breaker)
+        return instance
+
+    def rtt(self, node: str) -> float | None:
+        """
+        :returns: the round trip to C{node} in seconds: its link's ping RTT
+            for a neighbour, else the lowest time of its last answers to
+            this node's calls; C{None} when not known.
+        """
+        if node == self.node_id:
+            return 0.0
+        rtt = self._link_rtt(node)
+        if rtt is not None:
+            return rtt
+        samples = self._rtts.get(node)
+        return min(samples) if samples else None
+
+    def state(self, server: str, node: str) -> str:
+        """:returns: C{"up"}, or C{"open"} while that instance's circuit is open."""
+        instance = self._state.get((server, node))
+        return "up" if instance is None else instance.breaker.state
+
+    def candidates(self, server: str) -> list[tuple[str, int, int]]:
+        """:returns: every instance of C{server}, as C{(node_id, hops, metric)}."""
+        found = self._instances(server)
+        if self._hosts(server):
+            found.append((self.node_id, 0, 0))
+        return found
+
+    # Choosing.
+
+    def choose(self, server: str, tried: Iterable[str] = ()) -> str | None:
+        """
+        :returns: the node whose instance of C{server} a call goes to now
+            (one not in C{tried}, whose circuit lets it through), or
+            C{None} if there is none.
+        """
+        now = self._clock.seconds()
+        tried = set(tried)
+        found = []
+        for node, hops, metric in self.candidates(server):
+            if node in tried:
+                continue
+            instance = self._state.get((server, node))
+            if instance is not None and not instance.breaker.available(now):
+                continue
+            found.append((node, hops, metric))
+        if not found:
+            return None
+        if len(found) == 1:
+            return found[0][0]
+        policy = self._policies.get(server, self.config.default)
+        if policy == "random":
+            return self._rng.choice(found)[0]
+        if policy == "round_robin":
+            found.sort()
+            return found[self._turn(server) % len(found)][0]
+        if policy == "least_loaded":
+            return self._least_loaded(server, found)
+        return min(found, key=self._nearness)[0]
+
+    def _turn(self, server: str) -> int:
+        turn = self._turns.get(server, 0)
+        self._turns[server] = turn + 1
+        return turn
+
+    def _nearness(self, instance: tuple[str, int, int]) -> tuple[int, float, int, str]:
+        node, hops, metric = instance
+        rtt = self.rtt(node)
+        return (hops, float("inf") if rtt is None else rtt, metric, node)
+
+    def _least_loaded(self, server: str, found: list[tuple[str, int, int]]) -> str:
+        # Fewest calls in flight from here, then the load its node told;
+        # instances equal on both take turns.
+        state = self._state
+        info = self.info
+        keyed = []
+        for node, _, _ in found:
+            instance = state.get((server, node))
+            keyed.append(((0 if instance is None else instance.in_flight, info.load_of(node)), node))
+        best = min(key for key, _ in keyed)
+        ties = sorted(node for key, node in keyed if key == best)
+        if len(ties) == 1:
+            return ties[0]
+        return ties[self._turn(server) % len(ties)]
+
+    # Calling.
+
+    def call(
+        self,
+        target: CallTarget,
+        remote: Callable[[CallTarget], Deferred[Any]],
+        local: Callable[[CallTarget], Any],
+    ) -> Any:
+        """
+        Make a location-transparent call: to the instance the policy picks,
+        then to others while it certainly did not run (see the module
+        docstring), all within C{target.timeout}.
+
+        :param remote: calls a server on another node.
+        :param local: runs the call on this node's instance (returns the
+            result or a Deferred of it, or raises a L{CallError}).
+        :returns: the result, or a Deferred of it.
+        :raises CallError: if it fails at once; as C{local} when this node
+            hosts the only instance (or none is known).
+        """
+        node = self.choose(target.server)
+        if node is None or node == self.node_id:
+            if node is None and self.candidates(target.server):
+                raise Overloaded(
+                    f"every instance of {target.server} has its circuit open; retry later",
+                    node_id=self.node_id,
+                )
+            return self._local(target, local)
+        return _Failover(self, target, remote, local).start(node)
+
+    def _local(self, target: CallTarget, local: Callable[[CallTarget], Any]) -> Any:
+        instance = self._instance(target.server, self.node_id)
+        instance.in_flight += 1
+        try:
+            result = local(evolve(target, node_id=None))
+        except BaseException:
+            instance.in_flight -= 1
+            raise
+        if isinstance(result, Deferred):
+            return result.addBoth(self._local_done, instance)
+        instance.in_flight -= 1
+        return result
+
+    @staticmethod
+    def _local_done(outcome: Any, instance: _Instance) -> Any:
+        instance.in_flight -= 1
+        return outcome
+
+    def sent(self, server: str, node: str) -> None:
+        """A call to C{server} on C{node} left."""
+        instance = self._instance(server, node)
+        instance.in_flight += 1
+        instance.breaker.started(self._clock.seconds())
+
+    def outcome(self, server: str, node: str, error: BaseException | None, took: float) -> None:
+        """
+        The call to C{server} on C{node} ended (C{error}: how it failed, if
+        it did): its circuit and round trip learn from it.
+        """
+        instance = self._instance(server, node)
+        instance.in_flight -= 1
+        breaker = instance.breaker
+        if error is None:
+            breaker.succeeded()
+            samples = self._rtts.get(node)
+            if samples is None:
+                samples = self._rtts[node] = deque(maxlen=_RTT_SAMPLES)
+            samples.append(took)
+            return
+        code = error.code if isinstance(error, CallError) else None
+        if code in FAILURE_CODES:
+            if breaker.failed(self._clock.seconds()):
+                self._log.warn(
+                    "{server} on {node} failed {count} times in a row: calls skip it"
+                    " for {seconds:g} s",
+                    server=server,
+                    node=node,
+                    count=breaker.failures,
+                    seconds=self.config.open_seconds,
+                )
+        elif isinstance(error, CancelledError):
+            breaker.abandoned()
+        else:
+            breaker.succeeded()  # it answered: an error of the method, not of the instance
+
+    def fails_over(self, error: BaseException, node: str, server: str, method: str) -> bool:
+        """
+        :returns: whether a call that failed with C{error} on C{node} may be
+            sent to another instance: it certainly did not run there, or its
+            outcome is unknown and the method is idempotent.
+        """
+        if isinstance(error, _NOT_RUN):
+            return True
+        if isinstance(error, OutcomeUnknown):
+            return self.info.is_idempotent(node, server, method)
+        return False
+
+
+class _Failover:
+    """One location-transparent call, tried on one instance after another."""
+
+    def __init__(
+        self,
+        balancer: Balancer,
+        target: CallTarget,
+        remote: Callable[[CallTarget], Deferred[Any]],
+        local: Callable[[CallTarget], Any],
+    ) -> None:
+        self._balancer = balancer
+        self._target = target
+        self._remote = remote
+        self._local = local
+        self._clock = balancer._clock
+        self._deadline = self._clock.seconds() + target.timeout
+        self._tried: list[str] = []
+        self._current: Deferred[Any] | None = None
+        self._result: Deferred[Any] = Deferred(self._cancel)
+
+    def start(self, node: str) -> Deferred[Any]:
+        self._try(node)
+        return self._result
+
+    def _try(self, node: str) -> None:
+        target = self._target
+        self._tried.append(node)
+        remaining = self._deadline - self._clock.seconds()
+        if remaining <= 0:
+            self._result.errback(
+                CallTimeout(f"Call timed out after {target.timeout:g}s", timeout=target.timeout)
+            )
+            return
+        attempt = evolve(target, node_id=node, timeout=remaining)
+        if node == self._balancer.node_id:
+            try:
+                d = self._balancer._local(attempt, self._local)
+            except CallError as e:
+                self._result.errback(e)
+                return
+            if not isinstance(d, Deferred):
+                self._result.callback(d)
+                return
+            self._current = d
+            d.addBoth(self._local_ended)
+            return
+        self._balancer.sent(target.server, node)
+        started = self._clock.seconds()
+        self._current = d = self._remote(attempt)
+        d.addBoth(self._ended, node, started)
+
+    def _local_ended(self, outcome: Any) -> None:
+        self._current = None
+        if not self._result.called:
+            if isinstance(outcome, Failure):
+                self._result.errback(outcome)
+            else:
+                self._result.callback(outcome)
+
+    def _ended(self, outcome: Any, node: str, started: float) -> None:
+        self._current = None
+        balancer = self._balancer
+        target = self._target
+        took = self._clock.seconds() - started
+        if not isinstance(outcome, Failure):
+            balancer.outcome(target.server, node, None, took)
+            if not self._result.called:
+                self._result.callback(outcome)
+            return
+        error = failure_exception(outcome)
+        balancer.outcome(target.server, node, error, took)
+        if self._result.called:
+            return  # cancelled
+        if balancer.fails_over(error, node, target.server, target.method):
+            nxt = balancer.choose(target.server, self._tried)
+            if nxt is not None and self._deadline > self._clock.seconds():
+                balancer._log.info(
+                    "{server}.{method} failed on {node} ({error}): trying {next}",
+                    server=target.server,
+                    method=target.method,
+                    node=node,
+                    error=getattr(error, "code", type(error).__name__),
+                    next=nxt,
+                )
+                self._try(nxt)
+                return
+        self._result.errback(outcome)
+
+    def _cancel(self, result: Deferred[Any]) -> None:
+        current = self._current
+        if current is not None:
+            current.cancel()
