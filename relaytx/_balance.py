@@ -389,7 +389,8 @@ class Balancer:
         keyed = []
         for node, _, _ in found:
             instance = state.get((server, node))
-            keyed.append(((0 if instance is None else instance.in_flight, info.load_of(node)), node))
+            in_flight = 0 if instance is None else instance.in_flight
+            keyed.append(((in_flight, info.load_of(node)), node))
         best = min(key for key, _ in keyed)
         ties = sorted(node for key, node in keyed if key == best)
         if len(ties) == 1:

@@ -134,16 +134,10 @@ class RelayNode(MultiService):
         )
         self.dispatcher.remote = self.mesh
         #: where location-transparent calls go (SPEC section 11)
-        self.balancer = Balancer(
-            node_id,
-            reactor,
-            config.balance,
-            self.mesh.registry.instances,
-            self.mesh.registry.link_rtt,
-            self.servers.__contains__,
-            self.mesh.info,
-        )
-        self.dispatcher.balancer = self.balancer
+        self.dispatcher.balancer = self.balancer = Balancer(
+            node_id, reactor, config.balance, self.mesh.registry.instances,
+            self.mesh.registry.link_rtt, self.servers.__contains__, self.mesh.info,
+        )  # fmt: skip
         self.servers.on_change = self._servers_changed
         self.servers.on_load = self.mesh.info.set_load
         self.views = NodeViews(

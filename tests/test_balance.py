@@ -1,0 +1,586 @@
+"""
+Tests for L{relaytx._balance}: how a location-transparent call picks an
+instance, fails over, and skips instances whose circuit is open; and for
+the instance entries (loads, idempotent methods) nodes tell each other.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaytx import (
+    CallTimeout,
+    NodeUnreachable,
+    OutcomeUnknown,
+    Overloaded,
+    RemoteCallError,
+    Server,
+    exposed,
+)
+from relaytx._balance import LOAD_INTERVAL, Balancer, Breaker, InstanceInfo
+from relaytx._calls import CallTarget
+from relaytx.config import BalanceConfig, ConfigError, build_config
+from relaytx.node import RelayNode
+from relaytx.testing import MemoryMesh, memory_node
+from relaytx.wire import Envelope, NodeInfo, RegistrySync, decode, encode
+
+
+class Where(Server):
+    """Says which node it runs on; C{hold} waits until the test answers."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.waiting: list[Deferred[Any]] = []
+        self.runs = 0
+
+    @exposed
+    def where(self) -> str:
+        self.runs += 1
+        return self.node_id
+
+    @exposed
+    def hold(self) -> Deferred[Any]:
+        self.runs += 1
+        d: Deferred[Any] = Deferred()
+        self.waiting.append(d)
+        return d
+
+    @exposed(idempotent=True)
+    def hold_again(self) -> Deferred[Any]:
+        return self.hold()
+
+    @exposed(concurrent=True)
+    def peek(self) -> int:
+        return self.runs
+
+
+class FakeRemote:
+    """Calls to other nodes, answered as the test says, recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[CallTarget] = []
+        self.answers: dict[str, Any] = {}
+        self.pending: dict[str, Deferred[Any]] = {}
+        self.cancelled: list[str] = []
+
+    def __call__(self, target: CallTarget) -> Deferred[Any]:
+        self.calls.append(target)
+        assert target.node_id is not None
+        answer = self.answers.get(target.node_id)
+        if isinstance(answer, Exception):
+            return fail(answer)
+        if answer is None:
+            node = target.node_id
+            d: Deferred[Any] = Deferred(lambda _: self.cancelled.append(node))
+            self.pending[target.node_id] = d
+            return d
+        return succeed(answer)
+
+    def nodes(self) -> list[str | None]:
+        return [c.node_id for c in self.calls]
+
+
+def no_local(target: CallTarget) -> Any:
+    raise AssertionError("no local instance")
+
+
+class BalancerCase(SynchronousTestCase):
+    """A balancer over instances the test lays out, on a Clock."""
+
+    def balancer(
+        self,
+        policy: str = "nearest",
+        instances: list[tuple[str, int, int]] | None = None,
+        rtts: dict[str, float] | None = None,
+        local: bool = False,
+        **options: Any,
+    ) -> Balancer:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.info = InstanceInfo("a", self.clock)
+        self.laid_out = instances if instances is not None else [("b", 1, 1), ("c", 1, 1)]
+        rtts = rtts or {}
+        config = BalanceConfig(default=policy, **options)
+        return Balancer(
+            "a",
+            self.clock,
+            config,
+            lambda server: list(self.laid_out),
+            rtts.get,
+            lambda server: local,
+            self.info,
+            rng=random.Random(7),
+        )
+
+    def target(self, method: str = "where", timeout: float = 10.0) -> CallTarget:
+        return CallTarget(None, "svc", method, timeout=timeout)
+
+
+class PolicyTests(BalancerCase):
+    """Each policy picks the instance SPEC section 11 says."""
+
+    def test_nearest_fewest_hops(self) -> None:
+        """nearest picks the instance with the fewest hops, whatever its RTT."""
+        b = self.balancer(instances=[("b", 2, 2), ("c", 1, 1)], rtts={"b": 0.001, "c": 0.5})
+        self.assertEqual({b.choose("svc") for _ in range(5)}, {"c"})
+
+    def test_nearest_then_rtt(self) -> None:
+        """Between equally near instances, nearest picks the lower RTT."""
+        b = self.balancer(rtts={"b": 0.050, "c": 0.002})
+        self.assertEqual({b.choose("svc") for _ in range(5)}, {"c"})
+
+    def test_round_robin(self) -> None:
+        """round_robin takes the instances in turn."""
+        b = self.balancer("round_robin", instances=[("b", 1, 1), ("c", 2, 2), ("d", 1, 1)])
+        self.assertEqual([b.choose("svc") for _ in range(6)], ["b", "c", "d", "b", "c", "d"])
+
+    def test_random(self) -> None:
+        """random reaches every instance, as its generator says."""
+        b = self.balancer("random")
+        picks = [b.choose("svc") for _ in range(40)]
+        self.assertEqual(set(picks), {"b", "c"})
+
+    def test_least_loaded_in_flight(self) -> None:
+        """least_loaded picks the instance with fewer calls in flight from here."""
+        b = self.balancer("least_loaded")
+        remote = FakeRemote()
+        for _ in range(3):
+            b.call(self.target(), remote, no_local)
+        counts = {n: remote.nodes().count(n) for n in ("b", "c")}
+        self.assertEqual(sorted(counts.values()), [1, 2])  # never all three on one
+        self.assertEqual(b.choose("svc"), min(counts, key=lambda n: counts[n]))
+
+    def test_least_loaded_advertised(self) -> None:
+        """With as many calls in flight to each, least_loaded picks the lower advertised load."""
+        b = self.balancer("least_loaded")
+        self.info.take({"b": NodeInfo(5, 9), "c": NodeInfo(5, 2)}, {})
+        self.assertEqual({b.choose("svc") for _ in range(4)}, {"c"})
+
+    def test_per_server_policy(self) -> None:
+        """[balance.servers] sets a policy for one name; others keep the default."""
+        b = self.balancer("nearest", servers={"svc": "round_robin"}, rtts={"b": 0.001})
+        self.assertEqual([b.choose("svc") for _ in range(2)], ["b", "c"])
+        self.assertEqual([b.choose("other") for _ in range(2)], ["b", "b"])
+        self.assertTrue(b.spreads("svc"))
+        self.assertFalse(b.spreads("other"))
+
+    def test_local_instance_takes_part(self) -> None:
+        """With round_robin, this node's own instance is one of those taken in turn."""
+        b = self.balancer("round_robin", local=True)
+        self.assertEqual([b.choose("svc") for _ in range(3)], ["a", "b", "c"])
+
+
+class BreakerTests(SynchronousTestCase):
+    """An instance's circuit opens, waits, and lets one trial decide."""
+
+    def test_opens_after_threshold(self) -> None:
+        """The circuit opens at the threshold's failure in a row, not before."""
+        breaker = Breaker(3, 5.0)
+        self.assertFalse(breaker.failed(0))
+        self.assertFalse(breaker.failed(0))
+        self.assertTrue(breaker.failed(1))
+        self.assertEqual(breaker.state, "open")
+        self.assertFalse(breaker.available(5.9))
+        self.assertTrue(breaker.available(6.0))
+
+    def test_success_resets_count(self) -> None:
+        """A success between failures starts the count again."""
+        breaker = Breaker(2, 5.0)
+        breaker.failed(0)
+        breaker.succeeded()
+        self.assertFalse(breaker.failed(0))
+        self.assertEqual(breaker.state, "up")
+
+    def test_half_open_one_trial(self) -> None:
+        """Half-open, one call goes; a second waits for its outcome."""
+        breaker = Breaker(1, 5.0)
+        breaker.failed(0)
+        self.assertTrue(breaker.available(5))
+        breaker.started(5)
+        self.assertFalse(breaker.available(5))
+
+    def test_trial_success_closes(self) -> None:
+        """A trial that succeeds closes the circuit."""
+        breaker = Breaker(1, 5.0)
+        breaker.failed(0)
+        breaker.started(5)
+        breaker.succeeded()
+        self.assertEqual(breaker.state, "up")
+        self.assertTrue(breaker.available(5))
+
+    def test_trial_failure_reopens(self) -> None:
+        """A trial that fails opens the circuit for another open_seconds."""
+        breaker = Breaker(1, 5.0)
+        breaker.failed(0)
+        breaker.started(5)
+        breaker.failed(5)
+        self.assertEqual(breaker.state, "open")
+        self.assertFalse(breaker.available(9.9))
+        self.assertTrue(breaker.available(10))
+
+    def test_cancelled_trial_frees_the_slot(self) -> None:
+        """A trial given up by its caller lets another trial go."""
+        breaker = Breaker(1, 5.0)
+        breaker.failed(0)
+        breaker.started(5)
+        breaker.abandoned()
+        self.assertTrue(breaker.available(5))
+
+
+class FailoverTests(BalancerCase):
+    """Which failures a call is sent on to another instance for, within its deadline."""
+
+    def test_unreachable_fails_over(self) -> None:
+        """-32002 at the first instance: the call goes to the next and succeeds."""
+        b = self.balancer("round_robin")
+        remote = FakeRemote()
+        remote.answers = {"b": NodeUnreachable("gone"), "c": "c"}
+        d = b.call(self.target(), remote, no_local)
+        self.assertEqual(self.successResultOf(d), "c")
+        self.assertEqual(remote.nodes(), ["b", "c"])
+
+    def test_overloaded_fails_over(self) -> None:
+        """-32005 (it did not run): the call goes to the next instance."""
+        b = self.balancer("round_robin")
+        remote = FakeRemote()
+        remote.answers = {"b": Overloaded("busy"), "c": "c"}
+        self.assertEqual(self.successResultOf(b.call(self.target(), remote, no_local)), "c")
+
+    def test_unknown_outcome_not_retried(self) -> None:
+        """-32006 for a method not declared idempotent: the caller gets -32006."""
+        b = self.balancer("round_robin")
+        remote = FakeRemote()
+        remote.answers = {"b": OutcomeUnknown("lost"), "c": "c"}
+        d = b.call(self.target(), remote, no_local)
+        self.assertEqual(self.failureResultOf(d, OutcomeUnknown).value.code, -32006)
+        self.assertEqual(remote.nodes(), ["b"])
+
+    def test_unknown_outcome_retried_when_idempotent(self) -> None:
+        """-32006 for a method its node declared idempotent: retried on the next instance."""
+        b = self.balancer("round_robin")
+        self.info.take({"b": NodeInfo(3, 0, {"svc": ("where",)})}, {})
+        remote = FakeRemote()
+        remote.answers = {"b": OutcomeUnknown("lost"), "c": "c"}
+        self.assertEqual(self.successResultOf(b.call(self.target(), remote, no_local)), "c")
+        self.assertEqual(remote.nodes(), ["b", "c"])
+
+    def test_method_error_not_retried(self) -> None:
+        """An exception of the method (-32000) is the answer: no other instance is tried."""
+        b = self.balancer("round_robin")
+        remote = FakeRemote()
+        remote.answers = {"b": RemoteCallError("ValueError: no"), "c": "c"}
+        self.failureResultOf(b.call(self.target(), remote, no_local), RemoteCallError)
+        self.assertEqual(remote.nodes(), ["b"])
+
+    def test_same_deadline(self) -> None:
+        """The next try gets what is left of the call's budget, not a new one."""
+        b = self.balancer("round_robin")
+        remote = FakeRemote()
+        d = b.call(self.target(timeout=10), remote, no_local)
+        self.clock.advance(4)
+        remote.pending.pop("b").errback(NodeUnreachable("gone"))
+        self.assertEqual([c.timeout for c in remote.calls], [10, 6])
+        remote.pending.pop("c").callback("c")
+        self.assertEqual(self.successResultOf(d), "c")
+
+    def test_last_error_when_all_fail(self) -> None:
+        """When every instance refuses, the caller gets the last refusal, each tried once."""
+        b = self.balancer("round_robin")
+        remote = FakeRemote()
+        remote.answers = {"b": NodeUnreachable("b gone"), "c": NodeUnreachable("c gone")}
+        d = b.call(self.target(), remote, no_local)
+        self.assertIn("c gone", self.failureResultOf(d, NodeUnreachable).value.message)
+        self.assertEqual(remote.nodes(), ["b", "c"])
+
+    def test_cancel_reaches_the_try(self) -> None:
+        """Cancelling the call cancels the try in flight."""
+        b = self.balancer("round_robin")
+        remote = FakeRemote()
+        d = b.call(self.target(), remote, no_local)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(remote.cancelled, ["b"])
+        self.assertEqual(remote.nodes(), ["b"])
+
+    def test_open_circuit_skipped_then_trial(self) -> None:
+        """After failure_threshold failures an instance is skipped, then tried once."""
+        b = self.balancer("round_robin", failure_threshold=2, open_seconds=5.0)
+        remote = FakeRemote()
+        remote.answers = {"b": NodeUnreachable("gone"), "c": "c"}
+        for _ in range(4):
+            self.successResultOf(b.call(self.target(), remote, no_local))
+        self.assertEqual(b.state("svc", "b"), "open")
+        remote.calls.clear()
+        for _ in range(3):
+            self.successResultOf(b.call(self.target(), remote, no_local))
+        self.assertEqual(remote.nodes(), ["c", "c", "c"])
+        self.clock.advance(5)
+        remote.calls.clear()
+        remote.answers["b"] = "b"
+        results = [self.successResultOf(b.call(self.target(), remote, no_local)) for _ in "12"]
+        self.assertIn("b", results)  # the trial, which closes the circuit
+        self.assertEqual(b.state("svc", "b"), "up")
+
+    def test_every_circuit_open(self) -> None:
+        """With every instance's circuit open, a call fails at once with -32005."""
+        b = self.balancer("round_robin", failure_threshold=1)
+        remote = FakeRemote()
+        remote.answers = {"b": NodeUnreachable("gone"), "c": NodeUnreachable("gone")}
+        self.failureResultOf(b.call(self.target(), remote, no_local), NodeUnreachable)
+        with self.assertRaises(Overloaded):
+            b.call(self.target(), remote, no_local)
+
+    def test_deadline_passed(self) -> None:
+        """A failover after the deadline passed is no try: the call times out."""
+        b = self.balancer("round_robin")
+        remote = FakeRemote()
+        d = b.call(self.target(timeout=2), remote, no_local)
+        self.clock.advance(3)
+        remote.pending.pop("b").errback(NodeUnreachable("gone"))
+        self.failureResultOf(d, NodeUnreachable)
+        self.assertEqual(remote.nodes(), ["b"])
+
+
+class InstanceInfoTests(SynchronousTestCase):
+    """A node's instance entry: numbered, told within LOAD_INTERVAL, newer wins."""
+
+    def test_load_told_at_most_every_interval(self) -> None:
+        """Load changes close together become one new entry, LOAD_INTERVAL after the last."""
+        clock = Clock()
+        told: list[int] = []
+        info = InstanceInfo("a", clock, on_change=lambda: told.append(info.load_of("a")))
+        info.set_load(1)
+        info.set_load(2)
+        info.set_load(4)
+        self.assertEqual(told, [1])
+        clock.advance(LOAD_INTERVAL)
+        self.assertEqual(told, [1, 4])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_newer_wins(self) -> None:
+        """An entry older than the one held is ignored; a newer one replaces it."""
+        info = InstanceInfo("a", Clock())
+        told: dict[str, int] = {}
+        self.assertTrue(info.take({"b": NodeInfo(10, 3)}, told))
+        self.assertFalse(info.take({"b": NodeInfo(9, 7)}, told))
+        self.assertEqual(info.load_of("b"), 3)
+        self.assertTrue(info.take({"b": NodeInfo(11, 7)}, told))
+        self.assertEqual(info.load_of("b"), 7)
+
+    def test_own_entry_not_overwritten(self) -> None:
+        """An entry about this node heard from others never replaces its own."""
+        info = InstanceInfo("a", Clock())
+        self.assertFalse(info.take({"a": NodeInfo(1 << 50, 99)}, {}))
+        self.assertEqual(info.load_of("a"), 0)
+
+    def test_changes_for(self) -> None:
+        """A neighbour is sent only the entries newer than it holds."""
+        info = InstanceInfo("a", Clock())
+        told: dict[str, int] = {}
+        info.take({"b": NodeInfo(10, 3)}, {})
+        self.assertEqual(set(info.changes_for(told)), {"a", "b"})
+        self.assertEqual(info.changes_for(told), {})
+
+    def test_wire_round_trip(self) -> None:
+        """info survives encoding: versions, loads and idempotent methods."""
+        sync = RegistrySync(seq=4, info={"b": NodeInfo(10, 3, {"svc": ("get",)})})
+        envelope = Envelope.create(sync, "a", "b", 0.0)
+        back = RegistrySync.from_data(decode(encode(envelope)).data)
+        self.assertEqual(back.info, {"b": NodeInfo(10, 3, {"svc": ("get",)})})
+
+
+class ConfigTests(SynchronousTestCase):
+    """[balance] is read and checked."""
+
+    def test_policies(self) -> None:
+        """default and per-server policies and the breaker's settings are taken."""
+        config = build_config(
+            {
+                "node_id": "a",
+                "balance": {
+                    "default": "least_loaded",
+                    "servers": {"svc": "random"},
+                    "failure_threshold": 2,
+                    "open_seconds": 1.5,
+                },
+            }
+        )
+        self.assertEqual(config.balance.policy("svc"), "random")
+        self.assertEqual(config.balance.policy("other"), "least_loaded")
+        self.assertEqual((config.balance.failure_threshold, config.balance.open_seconds), (2, 1.5))
+
+    def test_defaults(self) -> None:
+        """Without [balance], nearest with a threshold of 5 and 5 s open."""
+        balance = build_config({"node_id": "a"}).balance
+        self.assertEqual((balance.default, balance.failure_threshold), ("nearest", 5))
+        self.assertEqual(balance.open_seconds, 5.0)
+
+    def test_bad_values(self) -> None:
+        """An unknown policy, key or a bad threshold is one clear error."""
+        for table, words in [
+            ({"default": "fastest"}, "balance.default"),
+            ({"servers": {"svc": "x"}}, "balance.servers.svc"),
+            ({"failure_threshold": 0}, "failure_threshold"),
+            ({"open_seconds": -1}, "open_seconds"),
+            ({"policy": "nearest"}, "balance.policy"),
+        ]:
+            with self.assertRaises(ConfigError) as raised:
+                build_config({"node_id": "a", "balance": table})
+            self.assertIn(words, str(raised.exception))
+
+
+class ExposedTests(SynchronousTestCase):
+    """@exposed bare and with options."""
+
+    def test_options(self) -> None:
+        """The options mark the method; the bare form marks neither."""
+        methods = Where.exposed_methods
+        self.assertEqual((methods["where"].idempotent, methods["where"].concurrent), (False, False))
+        self.assertTrue(methods["hold_again"].idempotent)
+        self.assertTrue(methods["peek"].concurrent)
+        self.assertEqual(Where("x").idempotent_names(), ["hold_again"])
+
+    def test_concurrent_beside_a_slow_call(self) -> None:
+        """A concurrent method answers while a slow call holds the mailbox; others wait."""
+        node = memory_node("solo")
+        server = Where("solo")
+        node.expose("svc", server)
+        slow = node.call("solo", "svc", "hold")
+        self.assertEqual(self.successResultOf(node.call("solo", "svc", "peek")), 1)
+        queued = node.call("solo", "svc", "where")
+        self.assertNoResult(queued)
+        server.waiting[0].callback("done")
+        self.assertEqual(self.successResultOf(slow), "done")
+        self.assertEqual(self.successResultOf(queued), "solo")
+
+    def test_bad_use(self) -> None:
+        """@exposed given something not callable says how to use it."""
+        with self.assertRaises(TypeError):
+            exposed(3)  # type: ignore[call-overload]
+
+
+class MeshInstancesTests(SynchronousTestCase):
+    """Several instances in an in-memory mesh: a is linked to b, c and d, each hosting svc."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(1_800_000_000)
+        self.network = MemoryMesh()
+
+    def mesh(self, policy: str = "round_robin", **balance: Any) -> RelayNode:
+        a = memory_node("a", self.reactor, balance={"default": policy, **balance})
+        self.servers = {}
+        self.nodes = {}
+        for name in ("b", "c", "d"):
+            node = self.nodes[name] = memory_node(name, self.reactor)
+            self.servers[name] = server = Where(name)
+            node.expose("svc", server)
+            self.network.link(a, node)
+        self.network.settle()
+        self.a = a
+        return a
+
+    def picks(self, a: RelayNode, count: int) -> list[str]:
+        """:returns: where C{count} calls of C{svc.where} from C{a}, one after another, ran."""
+        results = []
+        for _ in range(count):
+            d = a.call(None, "svc", "where")
+            self.network.pump()
+            results.append(self.successResultOf(d))
+        return results
+
+    def test_round_robin_across_nodes(self) -> None:
+        """node.call(None, ...) with round_robin goes to b, c, d in turn."""
+        a = self.mesh()
+        self.assertEqual(self.picks(a, 6), ["b", "c", "d", "b", "c", "d"])
+
+    def test_registry_servers_instances(self) -> None:
+        """/registry/servers lists every instance with hops, rtt_ms and state."""
+        a = self.mesh()
+        entries = a.views.servers()["svc"]
+        self.assertEqual([e["node_id"] for e in entries], ["b", "c", "d"])
+        for entry in entries:
+            self.assertEqual((entry["hops"], entry["state"]), (1, "up"))
+            self.assertIn("rtt_ms", entry)
+
+    def call_in_flight(self, method: str) -> Deferred[Any]:
+        d = self.a.call(None, "svc", method, timeout=30)
+        self.network.pump()
+        self.assertEqual(len(self.servers["b"].waiting), 1)  # round_robin: b first
+        return d
+
+    def test_lost_instance_not_idempotent(self) -> None:
+        """A call in flight on an instance whose link dies fails with -32006: it may have run."""
+        self.mesh()
+        d = self.call_in_flight("hold")
+        self.network.link_between("a", "b").cut()
+        self.network.pump()
+        self.assertEqual(self.failureResultOf(d, OutcomeUnknown).value.code, -32006)
+        self.assertEqual(self.servers["c"].runs + self.servers["d"].runs, 0)
+
+    def test_lost_instance_idempotent(self) -> None:
+        """An idempotent call in flight on an instance whose link dies runs on another."""
+        self.mesh()
+        d = self.call_in_flight("hold_again")
+        self.network.link_between("a", "b").cut()
+        self.network.pump()
+        [(name, server)] = [(n, s) for n, s in self.servers.items() if s.waiting and n != "b"]
+        server.waiting[0].callback(name)
+        self.network.pump()
+        self.assertEqual(self.successResultOf(d), name)
+
+    def test_unreachable_instance_fails_over(self) -> None:
+        """An instance that cannot be reached (its link closed before the call) is skipped."""
+        a = self.mesh("nearest")
+        self.network.link_between("a", "b").cut()
+        self.network.pump()
+        self.assertLessEqual(set(self.picks(a, 4)), {"c", "d"})
+
+    def test_load_reaches_callers(self) -> None:
+        """A busy instance's load reaches callers within LOAD_INTERVAL; least_loaded avoids it."""
+        a = self.mesh("least_loaded")
+        busy = memory_node("x", self.reactor)  # a caller of b besides a
+        self.network.link(busy, self.nodes["b"])
+        self.network.settle()
+        for _ in range(4):
+            busy.call("b", "svc", "hold")
+        self.network.pump()
+        self.assertEqual(self.nodes["b"].servers.busy, 4)  # one running, three queued
+        self.network.advance(LOAD_INTERVAL)
+        self.network.settle()
+        self.assertEqual(a.mesh.info.load_of("b"), 4)
+        self.assertEqual(set(self.picks(a, 6)), {"c", "d"})
+
+    def test_idempotent_methods_advertised(self) -> None:
+        """Each node tells its idempotent methods; the caller knows them without calling."""
+        a = self.mesh()
+        self.assertTrue(a.mesh.info.is_idempotent("c", "svc", "hold_again"))
+        self.assertFalse(a.mesh.info.is_idempotent("c", "svc", "hold"))
+
+    def test_quiet_when_idle(self) -> None:
+        """An idle mesh sends no adverts: instance entries go out only when they change."""
+        a = self.mesh()
+        frames = a.mesh.adverts.writer.frames_sent
+        self.network.advance(30)
+        self.assertEqual(a.mesh.adverts.writer.frames_sent, frames)
+
+    def test_open_instance_in_registry(self) -> None:
+        """An instance whose circuit opened shows state "open" in /registry/servers."""
+        a = self.mesh("round_robin", failure_threshold=1)
+        a.balancer.outcome("svc", "c", NodeUnreachable("gone"), 0.0)
+        states = {e["node_id"]: e["state"] for e in a.views.servers()["svc"]}
+        self.assertEqual(states, {"b": "up", "c": "open", "d": "up"})
+
+    def test_timeout_counts(self) -> None:
+        """A call timing out on an instance counts as its failure (-32001)."""
+        a = self.mesh("round_robin", failure_threshold=1)
+        d = a.call(None, "svc", "hold", timeout=1)
+        self.network.advance(1.5)
+        self.failureResultOf(d, CallTimeout)
+        self.assertEqual(a.balancer.state("svc", "b"), "open")
