@@ -38,6 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaytx._calls import CallTarget
+from relaytx._hosting import ServerHost
 from relaytx.config import BalanceConfig
 from relaytx.errors import (
     CallError,
@@ -292,6 +293,28 @@ class Balancer:
         self._rtts: dict[str, deque[float]] = {}
         self._policies = config.servers
         self._spread_default = config.default != "nearest"
+
+    @classmethod
+    def serving(
+        cls, node_id: str, clock: IReactorTime, config: BalanceConfig, mesh: Any, host: ServerHost
+    ) -> Balancer:
+        """
+        :returns: the balancer of a node whose mesh is C{mesh}
+            (L{relaytx._mesh.Mesh}) and whose servers are C{host}: the
+            host's changes and load feed the node's instance entry.
+        """
+        info: InstanceInfo = mesh.info
+
+        def servers_changed() -> None:
+            info.set_idempotent(host.idempotent_methods())
+            mesh.schedule_sync()
+
+        host.on_change = servers_changed
+        host.on_load = info.set_load
+        registry = mesh.registry
+        return cls(
+            node_id, clock, config, registry.instances, registry.link_rtt, host.__contains__, info
+        )
 
     def spreads(self, server: str) -> bool:
         """

@@ -133,17 +133,11 @@ class RelayNode(MultiService):
             identity=identity,
         )
         self.dispatcher.remote = self.mesh
-        #: where location-transparent calls go (SPEC section 11)
-        self.dispatcher.balancer = self.balancer = Balancer(
-            node_id, reactor, config.balance, self.mesh.registry.instances,
-            self.mesh.registry.link_rtt, self.servers.__contains__, self.mesh.info,
-        )  # fmt: skip
-        self.servers.on_change = self._servers_changed
-        self.servers.on_load = self.mesh.info.set_load
-        self.views = NodeViews(
-            node_id, reactor, self.servers, self.mesh, reactor.seconds(), __version__,
-            balancer=self.balancer,
-        )  # fmt: skip
+        self.dispatcher.balancer = self.balancer = Balancer.serving(
+            node_id, reactor, config.balance, self.mesh, self.servers
+        )  # where location-transparent calls go (SPEC section 11)
+        self.views = NodeViews(node_id, reactor, self.servers, self.mesh, reactor.seconds(),
+                               __version__, self.balancer)  # fmt: skip
         #: who may use the HTTP surface, and what connections may hold (SPEC section 10)
         self.guards = NodeGuards.build(config, reactor)
         self.peer_admin = PeerAdmin(
@@ -154,10 +148,6 @@ class RelayNode(MultiService):
         #: the node's tracer, when C{[tracing]} names an exporter (SPEC section 13)
         self.tracer = start_tracing(self, config.tracing, self.dispatcher, self.servers, self.mesh)
         self.servers.expose("node", NodeServer(self.views))
-
-    def _servers_changed(self) -> None:
-        self.mesh.info.set_idempotent(self.servers.idempotent_methods())
-        self.mesh.schedule_sync()
 
     # The Python API.
 
@@ -196,8 +186,8 @@ class RelayNode(MultiService):
         **kwargs: Any,
     ) -> Deferred[Any]:
         """
-        Call C{server.method(*args, **kwargs)} on C{node_id} (C{None}: this
-        node, or wherever the registry finds C{server}).
+        Call C{server.method(*args, **kwargs)} on C{node_id} (C{None}: the
+        instance the node's policy for C{server} picks, SPEC section 11).
 
         :returns: a Deferred with the result, or failing with a
             L{relaytx.errors.CallError}.
