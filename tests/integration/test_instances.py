@@ -55,9 +55,19 @@ class KillUnderLoadTests(TestCase):
         after 0.7 s.
 
         :returns: every outcome (the result, or the error code), and how
-            many calls A had in flight to the killed node when it died.
+            many calls A had in flight to the killed node when A found its
+            link lost.
         """
         outcomes: list[Any] = []
+        at_loss: list[int] = []
+        path_lost = a.mesh.calls.path_lost
+
+        def lost(peer_id: str) -> None:
+            instance = a.balancer._state.get(("worker", peer_id))
+            at_loss.append(0 if instance is None else instance.in_flight)
+            path_lost(peer_id)
+
+        a.mesh.calls.path_lost = lost  # type: ignore[method-assign]
         end = reactor.seconds() + 2.0
 
         async def loop() -> None:
@@ -69,11 +79,10 @@ class KillUnderLoadTests(TestCase):
 
         loops = gatherResults([Deferred.fromCoroutine(loop()) for _ in range(16)])
         await deferLater(reactor, 0.7, lambda: None)
-        instance = a.balancer._state.get(("worker", kill.node_id))
-        in_flight = 0 if instance is None else instance.in_flight
         kill.kill()
         await loops
-        return outcomes, in_flight
+        self.assertEqual(len(at_loss), 1)
+        return outcomes, at_loss[0]
 
     async def test_idempotent_calls_survive_a_kill(self) -> None:
         """Killing an instance under load fails no call of an idempotent method."""
