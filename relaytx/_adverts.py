@@ -598,6 +598,8 @@ class Directory:
         self._links = links
         self._clock = clock
         self._enabled = enabled
+        self._instances: dict[str, list[tuple[str, int, int]]] = {}
+        self._instances_at = -1
 
     def server_count(self, peer_id: str) -> int:
         """:returns: how many servers neighbour C{peer_id} advertised."""
@@ -641,15 +643,25 @@ class Directory:
     def instances(self, server: str) -> list[tuple[str, int, int]]:
         """
         :returns: the other nodes hosting C{server}, as C{(node_id, hops,
-            metric)}.
+            metric)} (a new list; the answers are kept until the table
+            changes, as calls ask for every call).
         """
         if not self._enabled:
             return []
-        return [
-            (destination, len(route.path), route.metric)
-            for destination, route in self._router.routes().items()
-            if server in route.servers
-        ]
+        changes = self._router.changes
+        if changes != self._instances_at:
+            self._instances_at = changes
+            self._instances.clear()
+        found = self._instances.get(server)
+        if found is None:
+            if len(self._instances) >= 1024:  # names asked for are the callers' to choose
+                self._instances.clear()
+            found = self._instances[server] = [
+                (destination, len(route.path), route.metric)
+                for destination, route in self._router.routes().items()
+                if server in route.servers
+            ]
+        return list(found)
 
     def link_rtt(self, peer_id: str) -> float | None:
         """:returns: the RTT in seconds of the link to C{peer_id}, if measured."""

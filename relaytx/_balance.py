@@ -31,7 +31,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from attrs import evolve
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -42,7 +41,6 @@ from relaytx._hosting import ServerHost
 from relaytx.config import BalanceConfig
 from relaytx.errors import (
     CallError,
-    CallTimeout,
     NodeUnreachable,
     NoSuchMethod,
     NoSuchServer,
@@ -436,7 +434,8 @@ class Balancer:
         :param remote: calls a server on another node.
         :param local: runs the call on this node's instance (returns the
             result or a Deferred of it, or raises a L{CallError}).
-        :returns: the result, or a Deferred of it.
+        :returns: the result, or a Deferred of it (cancelling it cancels
+            the try in flight).
         :raises CallError: if it fails at once; as C{local} when this node
             hosts the only instance (or none is known).
         """
@@ -448,13 +447,94 @@ class Balancer:
                     node_id=self.node_id,
                 )
             return self._local(target, local)
-        return _Failover(self, target, remote, local).start(node)
+        now = self._clock.seconds()
+        return self._send(target, node, remote, local, now + target.timeout, (), now)
+
+    def _send(
+        self,
+        target: CallTarget,
+        node: str,
+        remote: Callable[[CallTarget], Deferred[Any]],
+        local: Callable[[CallTarget], Any],
+        deadline: float,
+        tried: tuple[str, ...],
+        now: float,
+    ) -> Deferred[Any]:
+        # One try, a new call: its own response id (and end-to-end code).
+        instance = self._state.get((target.server, node))
+        if instance is None:
+            instance = self._instance(target.server, node)
+        instance.in_flight += 1
+        breaker = instance.breaker
+        if breaker.opened_at is not None:
+            breaker.trial = True
+        attempt = CallTarget(
+            node,
+            target.server,
+            target.method,
+            target.args,
+            target.kwargs,
+            deadline - now,
+            target.caller,
+            target.via,
+            target.trace,
+        )
+        d = remote(attempt)
+        d.addBoth(self._ended, target, node, instance, remote, local, deadline, tried, now)
+        return d
+
+    def _ended(
+        self,
+        outcome: Any,
+        target: CallTarget,
+        node: str,
+        instance: _Instance,
+        remote: Callable[[CallTarget], Deferred[Any]],
+        local: Callable[[CallTarget], Any],
+        deadline: float,
+        tried: tuple[str, ...],
+        started: float,
+    ) -> Any:
+        instance.in_flight -= 1
+        now = self._clock.seconds()
+        if not isinstance(outcome, Failure):
+            breaker = instance.breaker
+            if breaker.failures or breaker.opened_at is not None:
+                breaker.succeeded()
+            samples = self._rtts.get(node)
+            if samples is None:
+                samples = self._rtts[node] = deque(maxlen=_RTT_SAMPLES)
+            samples.append(now - started)
+            return outcome
+        error = failure_exception(outcome)
+        self._failed(instance, target.server, node, error, now)
+        if not self.fails_over(error, node, target.server, target.method) or now >= deadline:
+            return outcome
+        tried = (*tried, node)
+        following = self.choose(target.server, tried)
+        if following is None:
+            return outcome
+        self._log.info(
+            "{server}.{method} failed on {node} ({error}): trying {following}",
+            server=target.server,
+            method=target.method,
+            node=node,
+            error=getattr(error, "code", type(error).__name__),
+            following=following,
+        )
+        if following == self.node_id:
+            try:
+                return self._local(target, local)
+            except CallError:
+                return Failure()
+        # (Returning a Deferred chains it: cancelling the call cancels it.)
+        return self._send(target, following, remote, local, deadline, tried, now)
 
     def _local(self, target: CallTarget, local: Callable[[CallTarget], Any]) -> Any:
         instance = self._instance(target.server, self.node_id)
         instance.in_flight += 1
         try:
-            result = local(evolve(target, node_id=None))
+            result = local(target)
         except BaseException:
             instance.in_flight -= 1
             raise
@@ -468,30 +548,24 @@ class Balancer:
         instance.in_flight -= 1
         return outcome
 
-    def sent(self, server: str, node: str) -> None:
-        """A call to C{server} on C{node} left."""
-        instance = self._instance(server, node)
-        instance.in_flight += 1
-        instance.breaker.started(self._clock.seconds())
-
-    def outcome(self, server: str, node: str, error: BaseException | None, took: float) -> None:
+    def outcome(self, server: str, node: str, error: BaseException | None) -> None:
         """
-        The call to C{server} on C{node} ended (C{error}: how it failed, if
-        it did): its circuit and round trip learn from it.
+        A call to C{server} on C{node} ended (C{error}: how it failed, if
+        it did): its circuit learns from it.
         """
         instance = self._instance(server, node)
-        instance.in_flight -= 1
-        breaker = instance.breaker
         if error is None:
-            breaker.succeeded()
-            samples = self._rtts.get(node)
-            if samples is None:
-                samples = self._rtts[node] = deque(maxlen=_RTT_SAMPLES)
-            samples.append(took)
-            return
+            instance.breaker.succeeded()
+        else:
+            self._failed(instance, server, node, error, self._clock.seconds())
+
+    def _failed(
+        self, instance: _Instance, server: str, node: str, error: BaseException, now: float
+    ) -> None:
+        breaker = instance.breaker
         code = error.code if isinstance(error, CallError) else None
         if code in FAILURE_CODES:
-            if breaker.failed(self._clock.seconds()):
+            if breaker.failed(now):
                 self._log.warn(
                     "{server} on {node} failed {count} times in a row: calls skip it"
                     " for {seconds:g} s",
@@ -516,97 +590,3 @@ class Balancer:
         if isinstance(error, OutcomeUnknown):
             return self.info.is_idempotent(node, server, method)
         return False
-
-
-class _Failover:
-    """One location-transparent call, tried on one instance after another."""
-
-    def __init__(
-        self,
-        balancer: Balancer,
-        target: CallTarget,
-        remote: Callable[[CallTarget], Deferred[Any]],
-        local: Callable[[CallTarget], Any],
-    ) -> None:
-        self._balancer = balancer
-        self._target = target
-        self._remote = remote
-        self._local = local
-        self._clock = balancer._clock
-        self._deadline = self._clock.seconds() + target.timeout
-        self._tried: list[str] = []
-        self._current: Deferred[Any] | None = None
-        self._result: Deferred[Any] = Deferred(self._cancel)
-
-    def start(self, node: str) -> Deferred[Any]:
-        self._try(node)
-        return self._result
-
-    def _try(self, node: str) -> None:
-        target = self._target
-        self._tried.append(node)
-        remaining = self._deadline - self._clock.seconds()
-        if remaining <= 0:
-            self._result.errback(
-                CallTimeout(f"Call timed out after {target.timeout:g}s", timeout=target.timeout)
-            )
-            return
-        attempt = evolve(target, node_id=node, timeout=remaining)
-        if node == self._balancer.node_id:
-            try:
-                d = self._balancer._local(attempt, self._local)
-            except CallError as e:
-                self._result.errback(e)
-                return
-            if not isinstance(d, Deferred):
-                self._result.callback(d)
-                return
-            self._current = d
-            d.addBoth(self._local_ended)
-            return
-        self._balancer.sent(target.server, node)
-        started = self._clock.seconds()
-        self._current = d = self._remote(attempt)
-        d.addBoth(self._ended, node, started)
-
-    def _local_ended(self, outcome: Any) -> None:
-        self._current = None
-        if not self._result.called:
-            if isinstance(outcome, Failure):
-                self._result.errback(outcome)
-            else:
-                self._result.callback(outcome)
-
-    def _ended(self, outcome: Any, node: str, started: float) -> None:
-        self._current = None
-        balancer = self._balancer
-        target = self._target
-        took = self._clock.seconds() - started
-        if not isinstance(outcome, Failure):
-            balancer.outcome(target.server, node, None, took)
-            if not self._result.called:
-                self._result.callback(outcome)
-            return
-        error = failure_exception(outcome)
-        balancer.outcome(target.server, node, error, took)
-        if self._result.called:
-            return  # cancelled
-        if balancer.fails_over(error, node, target.server, target.method):
-            nxt = balancer.choose(target.server, self._tried)
-            if nxt is not None and self._deadline > self._clock.seconds():
-                balancer._log.info(
-                    "{server}.{method} failed on {node} ({error}): trying {next}",
-                    server=target.server,
-                    method=target.method,
-                    node=node,
-                    error=getattr(error, "code", type(error).__name__),
-                    next=nxt,
-                )
-                self._try(nxt)
-                return
-        self._result.errback(outcome)
-
-    def _cancel(self, result: Deferred[Any]) -> None:
-        current = self._current
-        if current is not None:
-            current.cancel()

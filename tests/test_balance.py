@@ -573,7 +573,7 @@ class MeshInstancesTests(SynchronousTestCase):
     def test_open_instance_in_registry(self) -> None:
         """An instance whose circuit opened shows state "open" in /registry/servers."""
         a = self.mesh("round_robin", failure_threshold=1)
-        a.balancer.outcome("svc", "c", NodeUnreachable("gone"), 0.0)
+        a.balancer.outcome("svc", "c", NodeUnreachable("gone"))
         states = {e["node_id"]: e["state"] for e in a.views.servers()["svc"]}
         self.assertEqual(states, {"b": "up", "c": "open", "d": "up"})
 

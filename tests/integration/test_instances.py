@@ -86,7 +86,7 @@ class KillUnderLoadTests(TestCase):
 
     async def test_idempotent_calls_survive_a_kill(self) -> None:
         """Killing an instance under load fails no call of an idempotent method."""
-        a, b, c = await self.mesh()
+        a, b, _ = await self.mesh()
         servers = await get_json(url(a) + "/registry/servers")
         entries = {e["node_id"]: e for e in servers["worker"]}
         self.assertEqual(set(entries), {"B", "C"})
@@ -103,7 +103,7 @@ class KillUnderLoadTests(TestCase):
 
     async def test_other_calls_only_outcome_unknown(self) -> None:
         """Killing an instance under load fails only its calls in flight, with -32006."""
-        a, b, c = await self.mesh()
+        a, b, _ = await self.mesh()
         outcomes, in_flight = await self.load(a, b, "work", 0.005)
         failed = [o for o in outcomes if not isinstance(o, str)]
         self.assertEqual(set(failed), {-32006})
