@@ -59,6 +59,9 @@ FAILURE_CODES = frozenset({-32001, -32002, -32005, -32006})
 #: Errors of a call that certainly did not run where it went: tried elsewhere.
 _NOT_RUN = (NodeUnreachable, Overloaded, NoSuchServer, NoSuchMethod)
 
+#: Instances whose state is kept before idle ones are forgotten.
+_MAX_INSTANCES = 10_000
+
 #: Round trips kept per node, the lowest of which is its RTT.
 _RTT_SAMPLES = 8
 
@@ -253,9 +256,11 @@ class _Instance:
         self.in_flight = 0
 
 
-class Balancer:
+class InstanceChoice:
     """
-    Where location-transparent calls go (see the module docstring).
+    Which instance of a server a call goes to, by the policy for its name,
+    and what this node knows of each instance (calls in flight, circuit,
+    round trips).
 
     :param instances: returns the remote instances of a server, as
         C{(node_id, hops, metric)}.
@@ -292,28 +297,6 @@ class Balancer:
         self._policies = config.servers
         self._spread_default = config.default != "nearest"
 
-    @classmethod
-    def serving(
-        cls, node_id: str, clock: IReactorTime, config: BalanceConfig, mesh: Any, host: ServerHost
-    ) -> Balancer:
-        """
-        :returns: the balancer of a node whose mesh is C{mesh}
-            (L{relaytx._mesh.Mesh}) and whose servers are C{host}: the
-            host's changes and load feed the node's instance entry.
-        """
-        info: InstanceInfo = mesh.info
-
-        def servers_changed() -> None:
-            info.set_idempotent(host.idempotent_methods())
-            mesh.schedule_sync()
-
-        host.on_change = servers_changed
-        host.on_load = info.set_load
-        registry = mesh.registry
-        return cls(
-            node_id, clock, config, registry.instances, registry.link_rtt, host.__contains__, info
-        )
-
     def spreads(self, server: str) -> bool:
         """
         :returns: whether calls to C{server} are spread over instances even
@@ -329,10 +312,19 @@ class Balancer:
         key = (server, node)
         instance = self._state.get(key)
         if instance is None:
+            if len(self._state) >= _MAX_INSTANCES:
+                self._forget_idle()
             config = self.config
             breaker = Breaker(config.failure_threshold, config.open_seconds)
             instance = self._state[key] = _Instance(breaker)
         return instance
+
+    def _forget_idle(self) -> None:
+        # Instances of nodes long gone would stay forever: past the bound,
+        # those with nothing to remember (no call out, circuit closed) go.
+        for key, instance in list(self._state.items()):
+            if not instance.in_flight and instance.breaker.opened_at is None:
+                del self._state[key]
 
     def rtt(self, node: str) -> float | None:
         """
@@ -418,7 +410,34 @@ class Balancer:
             return ties[0]
         return ties[self._turn(server) % len(ties)]
 
-    # Calling.
+
+class Balancer(InstanceChoice):
+    """
+    Where location-transparent calls go, and where they go next when they
+    fail (see the module docstring).
+    """
+
+    @classmethod
+    def serving(
+        cls, node_id: str, clock: IReactorTime, config: BalanceConfig, mesh: Any, host: ServerHost
+    ) -> Balancer:
+        """
+        :returns: the balancer of a node whose mesh is C{mesh}
+            (L{relaytx._mesh.Mesh}) and whose servers are C{host}: the
+            host's changes and load feed the node's instance entry.
+        """
+        info: InstanceInfo = mesh.info
+
+        def servers_changed() -> None:
+            info.set_idempotent(host.idempotent_methods())
+            mesh.schedule_sync()
+
+        host.on_change = servers_changed
+        host.on_load = info.set_load
+        registry = mesh.registry
+        return cls(
+            node_id, clock, config, registry.instances, registry.link_rtt, host.__contains__, info
+        )
 
     def call(
         self,
@@ -440,12 +459,14 @@ class Balancer:
             hosts the only instance (or none is known).
         """
         node = self.choose(target.server)
-        if node is None or node == self.node_id:
-            if node is None and self.candidates(target.server):
+        if node is None:
+            if self.candidates(target.server):
                 raise Overloaded(
                     f"every instance of {target.server} has its circuit open; retry later",
                     node_id=self.node_id,
                 )
+            return local(target)  # no instance known: as the node says of unknown servers
+        if node == self.node_id:
             return self._local(target, local)
         now = self._clock.seconds()
         return self._send(target, node, remote, local, now + target.timeout, (), now)
@@ -503,6 +524,8 @@ class Balancer:
                 breaker.succeeded()
             samples = self._rtts.get(node)
             if samples is None:
+                if len(self._rtts) >= _MAX_INSTANCES:
+                    self._rtts.clear()
                 samples = self._rtts[node] = deque(maxlen=_RTT_SAMPLES)
             samples.append(now - started)
             return outcome
