@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _loadgen import http_load  # noqa: E402
-from run import Processes, free_port, wait_drained  # noqa: E402
+from run import Processes, cpu_seconds, free_port, wait_drained  # noqa: E402
 
 
 def start_mesh(
@@ -125,12 +125,26 @@ class Outcomes:
         return False
 
 
-def run_load(port: int, method: str, params: list[Any], args: argparse.Namespace) -> Any:
+def run_load(
+    port: int,
+    method: str,
+    params: list[Any],
+    args: argparse.Namespace,
+    nodes: dict[str, tuple[subprocess.Popen[bytes], int]] | None = None,
+) -> Any:
+    """
+    :returns: the load's figures, and its answers counted by outcome plus
+        each node's CPU seconds over the whole load (C{cpu_NODE}).
+    """
     outcomes = Outcomes()
+    before = {n: cpu_seconds(c.pid) for n, (c, _) in (nodes or {}).items()}
     figures = http_load(
         port, args.connections, args.warmup, args.duration, body_of(method, params), outcomes
     )
-    return figures, dict(outcomes.counts)
+    counts: dict[str, Any] = dict(outcomes.counts)
+    for name, (child, _) in (nodes or {}).items():
+        counts[f"cpu_{name}"] = round(cpu_seconds(child.pid) - before[name], 2)
+    return figures, counts
 
 
 def transparent(args: argparse.Namespace, logs: Path) -> list[dict[str, Any]]:
@@ -149,7 +163,7 @@ def transparent(args: argparse.Namespace, logs: Path) -> list[dict[str, Any]]:
             try:
                 nodes = start_mesh(procs, root, logs, policy, apps)
                 port = nodes["n0"][1]
-                figures, counts = run_load(port, "counter_server.increment", [], args)
+                figures, counts = run_load(port, "counter_server.increment", [], args, nodes)
                 wait_drained(port)
                 rows.append({"scenario": "transparent", "case": label, **figures, **counts})
             finally:
@@ -173,7 +187,7 @@ def cpu(args: argparse.Namespace, logs: Path) -> list[dict[str, Any]]:
             try:
                 nodes = start_mesh(procs, ROOT, logs, policy, apps)
                 port = nodes["n0"][1]
-                figures, counts = run_load(port, "worker.spin", [args.spin], args)
+                figures, counts = run_load(port, "worker.spin", [args.spin], args, nodes)
                 wait_drained(port)
                 rows.append({"scenario": "cpu", "case": label, **figures, **counts})
             finally:
