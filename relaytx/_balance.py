@@ -530,6 +530,10 @@ class Balancer(InstanceChoice):
             samples.append(now - started)
             return outcome
         error = failure_exception(outcome)
+        if isinstance(error, Overloaded) and error.data.get("node_id") == self.node_id:
+            # This node's own limit (its pending calls): not the instance's
+            # doing, and no other instance would fare better.
+            return outcome
         self._failed(instance, target.server, node, error, now)
         if not self.fails_over(error, node, target.server, target.method) or now >= deadline:
             return outcome

@@ -252,6 +252,15 @@ class FailoverTests(BalancerCase):
         remote.answers = {"b": Overloaded("busy"), "c": "c"}
         self.assertEqual(self.successResultOf(b.call(self.target(), remote, no_local)), "c")
 
+    def test_own_overload_not_failed_over(self) -> None:
+        """This node's own -32005 (its pending calls) is the answer: no other try, no failure."""
+        b = self.balancer("round_robin", failure_threshold=1)
+        remote = FakeRemote()
+        remote.answers = {"b": Overloaded("too many pending", node_id="a"), "c": "c"}
+        self.failureResultOf(b.call(self.target(), remote, no_local), Overloaded)
+        self.assertEqual(remote.nodes(), ["b"])
+        self.assertEqual(b.state("svc", "b"), "up")
+
     def test_unknown_outcome_not_retried(self) -> None:
         """-32006 for a method not declared idempotent: the caller gets -32006."""
         b = self.balancer("round_robin")
