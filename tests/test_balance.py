@@ -544,6 +544,23 @@ class MeshInstancesTests(SynchronousTestCase):
         self.network.pump()
         self.assertEqual(self.successResultOf(d), name)
 
+    def test_retry_is_a_new_call(self) -> None:
+        """A call tried again elsewhere leaves as a new call, with a response id of its own."""
+        self.mesh()
+        d = self.call_in_flight("hold_again")
+        [first] = self.network.link_between("a", "b").sent_by("a", "server_call")
+        self.network.link_between("a", "b").cut()
+        self.network.pump()
+        sent = [
+            envelope
+            for name in ("c", "d")
+            for envelope in self.network.link_between("a", name).sent_by("a", "server_call")
+        ]
+        self.assertEqual(len(sent), 1)
+        self.assertNotEqual(sent[0].response_id, first.response_id)
+        self.assertNotEqual(sent[0].id, first.id)
+        self.assertNoResult(d)
+
     def test_unreachable_instance_fails_over(self) -> None:
         """An instance that cannot be reached (its link closed before the call) is skipped."""
         a = self.mesh("nearest")
