@@ -21,7 +21,8 @@ what each node tells the others of its instances.
     same deadline when it certainly did not run where it went (-32002,
     -32003, -32005), or when its outcome is unknown (-32006) and the method
     is idempotent. Each try is a new call (a new response id, and in PKI
-    mode a new end-to-end code).
+    mode a new end-to-end code). A stream (SPEC section 12) whose outcome
+    is unknown is never tried again: its consumer may have had items.
 """
 
 from __future__ import annotations
@@ -499,6 +500,7 @@ class Balancer(InstanceChoice):
             target.caller,
             target.via,
             target.trace,
+            target.stream,
         )
         d = remote(attempt)
         d.addBoth(self._ended, target, node, instance, remote, local, deadline, tried, now)
@@ -537,6 +539,8 @@ class Balancer(InstanceChoice):
         self._failed(instance, target.server, node, error, now)
         if not self.fails_over(error, node, target.server, target.method) or now >= deadline:
             return outcome
+        if target.stream is not None and isinstance(error, OutcomeUnknown):
+            return outcome  # its consumer may have had items: never sent twice
         tried = (*tried, node)
         following = self.choose(target.server, tried)
         if following is None:

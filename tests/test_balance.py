@@ -279,6 +279,27 @@ class FailoverTests(BalancerCase):
         self.assertEqual(self.successResultOf(b.call(self.target(), remote, no_local)), "c")
         self.assertEqual(remote.nodes(), ["b", "c"])
 
+    def test_stream_unknown_outcome_not_retried(self) -> None:
+        """A stream whose outcome is unknown is not run again, even for an idempotent method."""
+        b = self.balancer("round_robin")
+        self.info.take({"b": NodeInfo(3, 0, {"svc": ("where",)})}, {})
+        remote = FakeRemote()
+        remote.answers = {"b": OutcomeUnknown("lost"), "c": "c"}
+        consumer = object()
+        target = CallTarget(None, "svc", "where", stream=consumer)
+        self.failureResultOf(b.call(target, remote, no_local), OutcomeUnknown)
+        self.assertEqual([c.stream for c in remote.calls], [consumer])
+
+    def test_stream_fails_over_when_not_run(self) -> None:
+        """A stream refused where it went (-32002) goes on to another instance, consumer and all."""
+        b = self.balancer("round_robin")
+        remote = FakeRemote()
+        remote.answers = {"b": NodeUnreachable("gone"), "c": "c"}
+        consumer = object()
+        target = CallTarget(None, "svc", "where", stream=consumer)
+        self.assertEqual(self.successResultOf(b.call(target, remote, no_local)), "c")
+        self.assertEqual([c.stream for c in remote.calls], [consumer, consumer])
+
     def test_method_error_not_retried(self) -> None:
         """An exception of the method (-32000) is the answer: no other instance is tried."""
         b = self.balancer("round_robin")
