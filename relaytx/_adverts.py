@@ -149,6 +149,10 @@ class Advertiser:
         self.info = info
         if info is not None:
             info.on_change = self.info_changed
+            info.listening = self._has_routers
+
+    def _has_routers(self) -> bool:
+        return any(s.routes for s in self._state.values())
 
     def info_changed(self) -> None:
         """An instance entry changed: routing neighbours hear it soon."""

@@ -88,6 +88,9 @@ class InstanceInfo:
         self._clock = clock
         self._max = max_entries
         self.on_change = on_change
+        #: whether any neighbour hears the entries (else a load change
+        #: only updates this node's own entry, with no timer)
+        self.listening: Callable[[], bool] = lambda: True
         self._version = 0
         self._load = 0
         self._idempotent: Mapping[str, tuple[str, ...]] = NO_SERVERS
@@ -116,6 +119,9 @@ class InstanceInfo:
         """This node's load changed: told within L{LOAD_INTERVAL} seconds."""
         self._load = load
         if self._timer is not None or self._stopped:
+            return
+        if not self.listening():
+            self._bump()  # current for a neighbour that links later; no timer
             return
         wait = self._told_at + LOAD_INTERVAL - self._clock.seconds()
         if wait > 0:

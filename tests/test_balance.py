@@ -393,6 +393,16 @@ class InstanceInfoTests(SynchronousTestCase):
         self.assertEqual(told, [1, 4])
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_no_timer_when_nobody_listens(self) -> None:
+        """With no routing neighbour, a load change updates the entry at once, with no timer."""
+        clock = Clock()
+        info = InstanceInfo("a", clock)
+        info.listening = lambda: False
+        info.set_load(1)
+        info.set_load(2)
+        self.assertEqual(info.load_of("a"), 2)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_newer_wins(self) -> None:
         """An entry older than the one held is ignored; a newer one replaces it."""
         info = InstanceInfo("a", Clock())
