@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 import stat
+from collections.abc import Callable
 from typing import Any
 
 try:
@@ -19,15 +20,17 @@ except ImportError:  # not on POSIX
     resource = None  # type: ignore[assignment]
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from relaytx._stdtls import TLSServerEndpoint
 from relaytx._tls import TlsConfig, TlsError
 from relaytx.config import NodeConfig
-from relaytx.errors import StartupError
+from relaytx.errors import StartupError, failure_exception
 
 _PLAIN_TCP = re.compile(r"tcp:(?P<port>\d+)(?::interface=(?P<interface>.*))?")
 
@@ -120,6 +123,49 @@ def listen_error(port: str, error: BaseException) -> str:
         text = getattr(reason, "strerror", None) or str(reason)
         return f"cannot listen on {port}: {text}"
     return f"cannot listen on {port}: {error}"
+
+
+def listen_site(
+    description: str,
+    tls: TlsConfig | None,
+    reactor: Any,
+    site: Any,
+    listening: Callable[[IListeningPort], IListeningPort],
+    on_fatal: Callable[[str], None],
+) -> Deferred[IListeningPort | None]:
+    """
+    Serve C{site} on the endpoint C{description} (C{--port}).
+
+    :param listening: called with the port once it listens.
+    :param on_fatal: called with a one-line message if the endpoint refuses
+        later (after this returns).
+    :raises StartupError: at once if the endpoint refuses synchronously
+        (a port in use, a bad description), as TCP and TLS endpoints do.
+    :returns: a Deferred with what C{listening} returns; with C{None} if the
+        endpoint refused later.
+    """
+    try:
+        endpoint = server_endpoint(description, tls, reactor)
+    except StartupError:
+        raise
+    except Exception as e:
+        raise StartupError(f"--port {description}: {e}") from None
+    outcome: list[IListeningPort | Failure] = []
+
+    def record(result: IListeningPort | Failure) -> IListeningPort | Failure:
+        outcome.append(result)
+        return result
+
+    d = endpoint.listen(site)
+    d.addBoth(record)
+    if outcome and isinstance(outcome[0], Failure):
+        d.addErrback(lambda _: None)
+        raise StartupError(listen_error(description, failure_exception(outcome[0])))
+
+    def failed(failure: Failure) -> None:
+        on_fatal(listen_error(description, failure_exception(failure)))
+
+    return d.addCallbacks(listening, failed)
 
 
 def _beyond_loopback(port: IListeningPort) -> bool:

@@ -42,10 +42,10 @@ from relaytx._flow import NodeGuards
 from relaytx._hosting import ServerHost
 from relaytx._http import make_site
 from relaytx._limits import CallLimiter
-from relaytx._listen import listen_error, server_endpoint, startup_line, startup_warnings
+from relaytx._listen import listen_site, startup_line, startup_warnings
 from relaytx._mesh import Mesh
 from relaytx._metrics import NodeMetrics
-from relaytx._pki import load_identity
+from relaytx._pki import NodeIdentity, load_identity
 from relaytx._protocol import PeerServerFactory, peer_resource
 from relaytx._streams import DEFAULT_WINDOW, ItemStream
 from relaytx._tls import TlsError
@@ -55,6 +55,29 @@ from relaytx.errors import StartupError, failure_exception
 from relaytx.peer import PeerSession
 from relaytx.server import Server
 from relaytx.wire import Payload
+
+
+def load_trust(config: NodeConfig) -> tuple[bytes | None, NodeIdentity | None]:
+    """
+    :returns: the cluster secret (C{--secret-file}), and in PKI mode the
+        node's identity from its C{[tls]} files.
+    :raises StartupError: if either cannot be used, or the certificate does
+        not name the node.
+    """
+    secret = None
+    if config.secret_file is not None:
+        try:
+            secret = read_secret(config.secret_file)
+        except (OSError, ValueError) as e:
+            raise StartupError(f"--secret-file: {e}") from None
+    tls = config.tls
+    if tls is None or not tls.pki:
+        return secret, None
+    assert tls.cert is not None and tls.ca is not None  # pki
+    try:
+        return secret, load_identity(config.node_id, tls.cert, tls.key, tls.ca)
+    except TlsError as e:
+        raise StartupError(str(e)) from None
 
 
 class RelayNode(MultiService):
@@ -92,21 +115,9 @@ class RelayNode(MultiService):
         self._listening: Deferred[IListeningPort | None] | None = None
         self._on_fatal = on_fatal or self._stop_on_fatal
         self._setups: list[Deferred[None]] = []
-        self.secret: bytes | None = None
-        if config.secret_file is not None:
-            try:
-                self.secret = read_secret(config.secret_file)
-            except (OSError, ValueError) as e:
-                raise StartupError(f"--secret-file: {e}") from None
-        #: whether node ids come from certificates (SPEC section 9)
-        self.pki = config.tls is not None and config.tls.pki
-        identity = None
-        if config.tls is not None and self.pki:
-            assert config.tls.cert is not None and config.tls.ca is not None  # pki
-            try:
-                identity = load_identity(node_id, config.tls.cert, config.tls.key, config.tls.ca)
-            except TlsError as e:
-                raise StartupError(str(e)) from None
+        #: the cluster secret; whether node ids come from certificates (SPEC section 9)
+        self.secret, identity = load_trust(config)
+        self.pki = identity is not None
         limits = config.limits
         #: how coroutines (async methods, async setups) run on this reactor
         self.run_coroutine = coroutine_runner(reactor)
@@ -309,34 +320,15 @@ class RelayNode(MultiService):
         :returns: a Deferred with the listening port; with C{None} if the
             endpoint refuses later, which is reported to C{on_fatal}.
         """
-        port = self.config.port
-        try:
-            endpoint = server_endpoint(port, self.config.tls, self.reactor)
-        except StartupError:
-            raise
-        except Exception as e:
-            raise StartupError(f"--port {port}: {e}") from None
-        outcome: list[IListeningPort | Failure] = []
-
-        def record(result: IListeningPort | Failure) -> IListeningPort | Failure:
-            outcome.append(result)
-            return result
-
-        d = endpoint.listen(self.site())
-        d.addBoth(record)
-        if outcome and isinstance(outcome[0], Failure):
-            d.addErrback(lambda _: None)
-            raise StartupError(listen_error(port, failure_exception(outcome[0])))
 
         def listening(listening_port: IListeningPort) -> IListeningPort:
             self.listening_port = listening_port
             self._warn(listening_port)
             return listening_port
 
-        def failed(failure: Failure) -> None:
-            self._on_fatal(listen_error(port, failure_exception(failure)))
-
-        return d.addCallbacks(listening, failed)
+        return listen_site(
+            self.config.port, self.config.tls, self.reactor, self.site(), listening, self._on_fatal
+        )
 
     def _warn(self, port: IListeningPort) -> list[str]:
         startup_line(port, self.config, sorted(self.servers.local_servers()), __version__)
