@@ -351,20 +351,11 @@ class Advertiser:
             changed |= router.neighbour_servers(peer_id, sync.servers)
         if sync.sn is not None:
             changed |= router.neighbour_sn(peer_id, sync.sn)
-        if sync.full:
-            state.staging = router.new_rib(peer_id)
-        staging = state.staging
-        if staging is not None:
-            staging.apply(sync.routes, sync.withdrawn)
-            if not sync.more:
-                state.staging = None
-                state.resync_wanted = False
-                state.resync_asked = None
-                changed |= router.replace(peer_id, staging)
-                self._count_refused(peer_id, staging.refused)
-        elif sync.routes or sync.withdrawn:
-            changed |= router.advert_from(peer_id, sync.routes, sync.withdrawn)
-            self._count_refused(peer_id, router.refused_from(peer_id))
+        if sync.full or state.staging is not None or sync.routes or sync.withdrawn:
+            routes_changed, refused = _take_routes(router, peer_id, state, sync)
+            changed |= routes_changed
+            if refused is not None:
+                self._count_refused(peer_id, refused)
         if sync.lost:
             changed |= router.take_lost(peer_id, sync.lost, self._clock.seconds())
         if sync.info and self.info is not None:
@@ -380,12 +371,8 @@ class Advertiser:
 
     def _gap(self, peer_id: str, state: _Link, seq: int) -> None:
         self._metrics.drop("advert_gap")
-        self._log.info(
-            "advert {seq} from {peer} came after {last}: asking for its whole table",
-            seq=seq,
-            peer=peer_id,
-            last=state.expect - 1,
-        )
+        self._log.info("advert {seq} from {peer} came after {last}: asking for its whole table",
+                       seq=seq, peer=peer_id, last=state.expect - 1)  # fmt: skip
         state.staging = None
         state.resync_wanted = True
         self.schedule(at_once=True, peers=[peer_id])
@@ -407,6 +394,31 @@ class Advertiser:
             flooding a message would find nothing more.
         """
         return self.enabled and self._router.advertises_routes()
+
+
+def _take_routes(
+    router: Router, peer_id: str, state: _Link, sync: RegistrySync
+) -> tuple[bool, int | None]:
+    """
+    Take the routes of routing neighbour C{peer_id}'s advert: a part of its
+    whole table (staged until the last part), or a change.
+
+    :returns: whether the routing table changed, and how many destinations
+        the neighbour's table now refuses (C{None} while it is staged).
+    """
+    if sync.full:
+        state.staging = router.new_rib(peer_id)
+    staging = state.staging
+    if staging is None:
+        changed = router.advert_from(peer_id, sync.routes, sync.withdrawn)
+        return changed, router.refused_from(peer_id)
+    staging.apply(sync.routes, sync.withdrawn)
+    if sync.more:
+        return False, None
+    state.staging = None
+    state.resync_wanted = False
+    state.resync_asked = None
+    return router.replace(peer_id, staging), staging.refused
 
 
 class AdvertWriter:

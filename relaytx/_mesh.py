@@ -44,7 +44,6 @@ from relaytx.errors import InvalidRequest, ProtocolViolation
 from relaytx.interfaces import ILinkTransport, IRemoteCalls, ISessionHost
 from relaytx.peer import CLOSE_REMOVED, CLOSE_REPLACED, PeerSession
 from relaytx.wire import (
-    CallCancel,
     Envelope,
     MessageTypes,
     Payload,
@@ -52,8 +51,6 @@ from relaytx.wire import (
     RegistrySync,
     ServerCall,
     ServerResponse,
-    StreamCredit,
-    StreamItem,
 )
 
 __all__ = ["LinkRefused", "Mesh"]
@@ -147,10 +144,8 @@ class Mesh:
         self.max_message_size = max_message_size
         self._links = LinkTable(node_id, strict=strict_links)
         self.links = self._links.links
-        book = e2e = None
-        if identity is not None:
-            book = RecordBook(identity, clock.seconds)
-            e2e = EndToEnd(identity, book)
+        book = None if identity is None else RecordBook(identity, clock.seconds)
+        e2e = None if identity is None or book is None else EndToEnd(identity, book)
         if book is not None:
             accept_path = _declared_paths(book, accept_path)
         self.router = Router(node_id, accept_path, max_routes)
@@ -177,20 +172,16 @@ class Mesh:
             routes_are_complete=complete, refuse=self._refuse, relay=self._relay,
         )  # fmt: skip
         self.calls = MeshCalls(
-            node_id, clock, metrics, self.router, self._links, self.forwarder, self.pending,
+            node_id, clock, metrics, self._links, self.forwarder, self.pending,
             self.forwarded, complete, run_arrived, max_pending=max_pending_calls, e2e=e2e,
         )  # fmt: skip
         self.records: RecordExchange | None = None
         if identity is not None and book is not None:
-            self.records = RecordExchange(
-                identity, book, clock, metrics, self._links, self._records_changed
-            )
+            self.records = RecordExchange(identity, book, clock, metrics, self._links,
+                                          self._records_changed)  # fmt: skip
             self._links.register_handler(NodeRecord, self.records.take)
-        # Streams and cancels (relaytx._streams): frames of their own.
-        streams = self.calls.streams
-        self._links.register_handler(StreamItem, streams.take_item)
-        self._links.register_handler(StreamCredit, streams.take_credit)
-        self._links.register_handler(CallCancel, streams.take_cancel)
+        for frame, handler in self.calls.streams.handlers().items():  # streams and cancels
+            self._links.register_handler(frame, handler)
         self.relay = OriginalRelay(node_id, clock, metrics, self.forwarder, self.calls)
         #: routed pings timed for C{node.traceroute}
         self.probes = Probes(node_id, clock, self.forwarder)

@@ -50,7 +50,6 @@ from relaytx._forwarding import Forwarder
 from relaytx._links import LinkTable
 from relaytx._metrics import NodeMetrics
 from relaytx._pki import EndToEnd
-from relaytx._routing import Router
 from relaytx._streams import MeshStreams, RunningCalls
 from relaytx._tracing import TRACE_PATH, CallTraces
 from relaytx.errors import (
@@ -109,7 +108,6 @@ class MeshCalls:
         node_id: str,
         clock: IReactorTime,
         metrics: NodeMetrics,
-        router: Router,
         links: LinkTable,
         forwarder: Forwarder,
         pending: PendingCalls,
@@ -122,7 +120,6 @@ class MeshCalls:
         self._node_id = node_id
         self._clock = clock
         self._metrics = metrics
-        self._router = router
         self._links = links
         self._forwarder = forwarder
         self.pending = pending
@@ -131,13 +128,11 @@ class MeshCalls:
         self._run_arrived = run_arrived
         self._max_pending = max_pending
         self._e2e = e2e
-        #: calls running (or queued) here for others, and their cancels
-        self.running = RunningCalls(clock, metrics)
+        self.running = RunningCalls(clock, metrics)  # calls run here for others, their cancels
         self.traces = CallTraces(node_id, clock)  # calls' trace contexts and path reports
         #: streamed items, credit and cancels (L{relaytx._streams})
-        self.streams = MeshStreams(
-            node_id, forwarder.send, links, pending, metrics.drop, self.running.cancel_arrived, e2e
-        )
+        self.streams = MeshStreams(node_id, forwarder.send, links, pending, metrics.drop,
+                                   self.running.cancel_arrived, e2e)  # fmt: skip
 
     # Calling.
 
@@ -294,12 +289,9 @@ class MeshCalls:
             return
         error = failure_exception(outcome)
         if isinstance(error, CancelledError):
-            if self.running.by_caller((envelope.sender, call.response_id)):
-                error = Cancelled(f"Call cancelled by its caller, {envelope.sender}")
-            else:  # by stop() or a lost caller
-                why = "stopped" if self._links.stopping else "lost the caller"
-                # Queued or running: it may have done part of its work.
-                error = OutcomeUnknown(f"node {self._node_id} {why} before answering")
+            key = (envelope.sender, call.response_id)
+            by_caller = self.running.by_caller(key)
+            error = _cancelled(self._node_id, key, by_caller, self._links.stopping)
         elif not isinstance(error, CallError):
             error = RemoteCallError.from_exception(error, self._node_id)
         self.answer_error(envelope.sender, call.response_id, error, envelope.route, via)
@@ -396,14 +388,29 @@ class MeshCalls:
 
     def stop(self) -> None:
         """Fail every pending call (-32006), forget the forwarded ones, cancel the running ones."""
-        self.pending.fail_all(
-            lambda d: OutcomeUnknown(
-                f"node {self._node_id} stopped while its call to {d!r} was out",
-                node_id=self._node_id,
-            )
-        )
+        self.pending.fail_all(partial(_stopped, self._node_id))
         self._forwarded.clear()
         self.running.cancel_all()  # and their budget timers; the callers hear -32006
+
+
+def _cancelled(node_id: str, key: tuple[str, Any], by_caller: bool, stopping: bool) -> CallError:
+    """
+    :returns: the answer to call C{key} (its caller, its response id) whose
+        run here was cancelled: by its caller (-32800), or by this node
+        stopping or losing the caller (-32006: queued or running, it may
+        have done part of its work).
+    """
+    if by_caller:
+        return Cancelled(f"Call cancelled by its caller, {key[0]}")
+    why = "stopped" if stopping else "lost the caller"
+    return OutcomeUnknown(f"node {node_id} {why} before answering")
+
+
+def _stopped(node_id: str, destination: str) -> CallError:
+    """:returns: the error of a call to C{destination} still out when C{node_id} stops."""
+    return OutcomeUnknown(
+        f"node {node_id} stopped while its call to {destination!r} was out", node_id=node_id
+    )
 
 
 def _lost(node_id: str, peer_id: str | None, destination: str) -> CallError:

@@ -394,6 +394,14 @@ class MeshStreams:
         #: streams produced here for other nodes: (caller, response id) -> consumer
         self.producing: dict[tuple[str, str], RemoteConsumer] = {}
 
+    def handlers(self) -> dict[type[Any], Callable[..., None]]:
+        """:returns: the frames this takes from the node's links, and what takes each."""
+        return {
+            StreamItem: self.take_item,
+            StreamCredit: self.take_credit,
+            CallCancel: self.take_cancel,
+        }
+
     def _seal(self, kind: bytes, peer: str, payload: Any) -> None:
         e2e = self._e2e
         if e2e is not None and peer not in self._links:
