@@ -91,6 +91,10 @@ class InstanceInfo:
         #: whether any neighbour hears the entries (else a load change
         #: only updates this node's own entry, with no timer)
         self.listening: Callable[[], bool] = lambda: True
+        #: in PKI mode, the idempotent methods a node's signed record states
+        #: (L{relaytx._pki.RecordBook.idempotent_of}), which then decide
+        #: retries in place of the entries' unsigned ones
+        self.attested: Callable[[str], Mapping[str, tuple[str, ...]] | None] | None = None
         self._version = 0
         self._load = 0
         self._idempotent: Mapping[str, tuple[str, ...]] = NO_SERVERS
@@ -186,8 +190,15 @@ class InstanceInfo:
 
     def is_idempotent(self, node: str, server: str, method: str) -> bool:
         """:returns: whether C{server.method} on C{node} is declared idempotent."""
+        if self.attested is not None:
+            table = self.attested(node)
+            return table is not None and method in table.get(server, ())
         entry = self.entries.get(node)
         return entry is not None and method in entry.idempotent.get(server, ())
+
+    def own_idempotent(self) -> Mapping[str, tuple[str, ...]]:
+        """:returns: this node's own idempotent methods, by server."""
+        return self._idempotent
 
 
 class Breaker:

@@ -177,8 +177,11 @@ class Mesh:
         )  # fmt: skip
         self.records: RecordExchange | None = None
         if identity is not None and book is not None:
-            self.records = RecordExchange(identity, book, clock, metrics, self._links,
-                                          self._records_changed)  # fmt: skip
+            self.records = RecordExchange(
+                identity, book, clock, metrics, self._links, self._records_changed,
+                self.info.own_idempotent,
+            )  # fmt: skip
+            self.info.attested = book.idempotent_of  # retries trust signed records only
             self._links.register_handler(NodeRecord, self.records.take)
         for frame, handler in self.calls.streams.handlers().items():  # streams and cancels
             self._links.register_handler(frame, handler)
@@ -360,6 +363,8 @@ class Mesh:
     def schedule_sync(self) -> None:
         """This node's servers changed: tell every neighbour soon."""
         self.adverts.schedule()
+        if self.records is not None:  # its record states its idempotent methods
+            self.records.idempotent_changed()
 
     def probe_answered(self, envelope: Envelope) -> bool:
         """Settle the probe a C{pong} answers, if any (see L{ISessionHost})."""

@@ -17,7 +17,11 @@ here:
     certificate chains to the CA, names the node, and signs the record
     (L{RecordBook}). A route is used only if every adjacency on its path is
     declared by both ends' records (L{RecordBook.accept_path}): a member can
-    list C among its links, but C will not list it back.
+    list C among its links, but C will not list it back. The record also
+    states the node's idempotent methods: only those are tried again on
+    another instance when a call's outcome is unknown (L{relaytx._balance}),
+    so a member cannot get another node's method run twice by calling it
+    idempotent in an advert.
   - B{Forging an answer} (or a call) from another node. A caller and a
     callee share a key no one else holds: HKDF over their X25519 agreement,
     each side's public key vouched for by its signed record. A call that
@@ -41,6 +45,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+import attrs
 from attrs import frozen
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -52,7 +57,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from relaytx import _json
 from relaytx._tls import TlsError, certificate_names, read_pem
 from relaytx.errors import MalformedMessage
-from relaytx.wire import NODE_ID_RE, Payload, ServerCall, ServerResponse
+from relaytx.wire import NO_SERVERS, NODE_ID_RE, Payload, ServerCall, ServerResponse, server_table
 
 #: Bytes of the end-to-end code of a call or an answer.
 E2E_MAC_SIZE = 16
@@ -102,6 +107,10 @@ class NodeRecord(Payload):
     @ivar x25519: its X25519 public key, hex (for end-to-end codes).
     @ivar cert: its certificate, PEM.
     @ivar signature: over L{signed_bytes}, base64, by the certificate's key.
+    @ivar idempotent: its servers' idempotent methods (SPEC section 11):
+        a call whose outcome is unknown is tried on another instance only
+        when the signed record of the node it went to says so. Absent from
+        the wire form when empty.
     """
 
     TYPE = "node_record"
@@ -111,6 +120,7 @@ class NodeRecord(Payload):
     x25519: str
     cert: str
     signature: str = ""
+    idempotent: Mapping[str, tuple[str, ...]] = NO_SERVERS
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> NodeRecord:
@@ -132,10 +142,11 @@ class NodeRecord(Payload):
             and len(signature) <= 2048
         ):
             raise MalformedMessage("node_record is not well formed", reason="bad_field")
-        return cls(node_id, seq, tuple(links), x25519, cert, signature)
+        idempotent = _method_table(data.get("idempotent", {}))
+        return cls(node_id, seq, tuple(links), x25519, cert, signature, idempotent)
 
     def to_data(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "node_id": self.node_id,
             "seq": self.seq,
             "links": list(self.links),
@@ -143,12 +154,36 @@ class NodeRecord(Payload):
             "cert": self.cert,
             "signature": self.signature,
         }
+        if self.idempotent:
+            data["idempotent"] = {name: list(methods) for name, methods in self.idempotent.items()}
+        return data
 
     def signed_bytes(self) -> bytes:
         """:returns: what the signature covers: every field but itself, canonically."""
         data = self.to_data()
         del data["signature"]
         return b"relaytx node record\n" + _json.canonical(data)
+
+
+def _method_table(value: Any) -> Mapping[str, tuple[str, ...]]:
+    """
+    :returns: a record's C{idempotent} table (server -> method names).
+    :raises MalformedMessage: if it is not one, or is too large.
+    """
+    if (
+        type(value) is not dict
+        or len(value) > 10_000
+        or not all(
+            type(name) is str
+            and len(name) <= 256
+            and type(methods) is list
+            and len(methods) <= 10_000
+            and all(type(m) is str and len(m) <= 256 for m in methods)
+            for name, methods in value.items()
+        )
+    ):
+        raise MalformedMessage("node_record's idempotent table is malformed", reason="bad_field")
+    return server_table((name, methods) for name, methods in value.items() if methods)
 
 
 class NodeIdentity:
@@ -178,15 +213,19 @@ class NodeIdentity:
         self.x25519 = X25519PrivateKey.generate()
         self.x25519_public = self.x25519.public_key().public_bytes_raw().hex()
 
-    def record(self, seq: int, links: Iterable[str]) -> NodeRecord:
-        """:returns: this node's record, signed."""
+    def record(
+        self,
+        seq: int,
+        links: Iterable[str],
+        idempotent: Mapping[str, tuple[str, ...]] = NO_SERVERS,
+    ) -> NodeRecord:
+        """:returns: this node's record, signed (C{idempotent}: see L{NodeRecord})."""
         unsigned = NodeRecord(
-            self.node_id, seq, tuple(sorted(links)), self.x25519_public, self.cert_pem
-        )
+            self.node_id, seq, tuple(sorted(links)), self.x25519_public, self.cert_pem,
+            idempotent=idempotent,
+        )  # fmt: skip
         signature = base64.b64encode(_sign(self.key, unsigned.signed_bytes())).decode()
-        return NodeRecord(
-            unsigned.node_id, seq, unsigned.links, unsigned.x25519, unsigned.cert, signature
-        )
+        return attrs.evolve(unsigned, signature=signature)
 
 
 class RecordBook:
@@ -210,6 +249,11 @@ class RecordBook:
     def records(self) -> list[NodeRecord]:
         """:returns: every record held (to hand a new neighbour)."""
         return list(self._records.values())
+
+    def idempotent_of(self, node_id: str) -> Mapping[str, tuple[str, ...]] | None:
+        """:returns: the idempotent methods C{node_id}'s record states, if one is held."""
+        record = self._records.get(node_id)
+        return None if record is None else record.idempotent
 
     def take(self, record: NodeRecord) -> str | None:
         """

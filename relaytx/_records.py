@@ -10,7 +10,7 @@ newer than what is held is dropped quietly (flooding brings copies).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -20,7 +20,7 @@ from relaytx._metrics import NodeMetrics
 from relaytx._pki import NodeIdentity, NodeRecord, RecordBook
 from relaytx.errors import MessageTooLarge
 from relaytx.peer import PeerSession
-from relaytx.wire import Envelope
+from relaytx.wire import NO_SERVERS, Envelope
 
 #: Link changes within this many seconds go out in one new record.
 RECORD_DELAY = 0.02
@@ -28,6 +28,8 @@ RECORD_DELAY = 0.02
 
 class RecordExchange:
     """
+    :param idempotent: returns this node's idempotent methods, which its
+        record states (call L{idempotent_changed} when they change).
     :param on_change: called when a record that may change which paths are
         acceptable was taken (the routes are then decided again).
     """
@@ -42,8 +44,10 @@ class RecordExchange:
         metrics: NodeMetrics,
         links: LinkTable,
         on_change: Callable[[], None],
+        idempotent: Callable[[], Mapping[str, tuple[str, ...]]] = lambda: NO_SERVERS,
     ) -> None:
         self._identity = identity
+        self._idempotent = idempotent
         self._book = book
         self._clock = clock
         self._metrics = metrics
@@ -65,6 +69,10 @@ class RecordExchange:
 
     def link_closed(self, peer_id: str) -> None:
         """A link closed: our record says so soon."""
+        self._publish_soon()
+
+    def idempotent_changed(self) -> None:
+        """This node's idempotent methods changed: our record says so soon."""
         self._publish_soon()
 
     def stop(self) -> None:
@@ -108,7 +116,7 @@ class RecordExchange:
 
     def _publish_now(self) -> NodeRecord:
         self._seq += 1
-        record = self._identity.record(self._seq, self._links.links)
+        record = self._identity.record(self._seq, self._links.links, self._idempotent())
         self._book.take(record)
         return record
 

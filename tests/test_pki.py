@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx._pki import (
@@ -20,7 +21,7 @@ from relaytx._pki import (
 )
 from relaytx._tls import TlsError
 from relaytx.errors import MalformedMessage
-from relaytx.wire import CallSpec, ServerCall, ServerResponse, rfc3339
+from relaytx.wire import CallSpec, ServerCall, ServerResponse, rfc3339, server_table
 from tests.support import Authority
 
 CA = Authority("mesh CA")
@@ -110,6 +111,21 @@ class RecordTests(SynchronousTestCase):
         cert, key = CA.issue("nodeB", days=-1)
         record = NodeIdentity("nodeB", cert, key, CA.pem).record(1, ["nodeA"])
         self.assertIn("expired", self.book.take(record) or "")
+
+    def test_idempotent_methods_signed(self) -> None:
+        """A record states its node's idempotent methods under its signature."""
+        table = server_table([("ledger", ("total",))])
+        record = identity("nodeB").record(2, ["nodeA"], table)
+        self.assertEqual(NodeRecord.from_data(record.to_data()), record)
+        self.assertIsNone(self.book.idempotent_of("nodeB"))
+        self.assertIsNone(self.book.take(record))
+        self.assertEqual(self.book.idempotent_of("nodeB"), {"ledger": ("total",)})
+        widened = attrs.evolve(record, idempotent=server_table([("ledger", ("total", "add"))]))
+        self.assertIn("signature", self.book.take(attrs.evolve(widened, seq=3)) or "")
+        self.assertEqual(self.book.idempotent_of("nodeB"), {"ledger": ("total",)})
+        for bad in ({"ledger": "total"}, {"ledger": [7]}, ["ledger"]):
+            data = {**record.to_data(), "idempotent": bad}
+            self.assertRaises(MalformedMessage, NodeRecord.from_data, data)
 
     def test_wire_form(self) -> None:
         """A record survives its wire form; malformed ones are refused as such."""

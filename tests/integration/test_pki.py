@@ -23,7 +23,8 @@ from websockets.sync.client import connect
 from relaytx._ribs import Wanted
 from relaytx.errors import CallTimeout, NodeUnreachable
 from relaytx.node import RelayNode
-from relaytx.wire import Envelope, ServerCall, ServerResponse
+from relaytx.server import Server, exposed
+from relaytx.wire import Envelope, NodeInfo, ServerCall, ServerResponse, server_table
 from tests.support import Authority
 
 from .helpers import Counter, start_node, wait_for
@@ -154,7 +155,7 @@ class PkiTests(_Files, TestCase):
         assert records is not None
         identity = records._identity
         honest_record = identity.record
-        identity.record = lambda seq, links: honest_record(seq, [*links, victim])  # type: ignore[method-assign]
+        identity.record = lambda seq, links, *rest: honest_record(seq, [*links, victim], *rest)  # type: ignore[method-assign]
         forwarder = mallory.mesh.forwarder
         honest_receive = forwarder.receive
 
@@ -245,6 +246,29 @@ class PkiTests(_Files, TestCase):
         with self.assertRaises(NodeUnreachable):
             await a.call("nodeC", "counter", "increment", timeout=5)
 
+    async def test_forged_idempotent_methods(self) -> None:
+        """A member claiming another node's methods idempotent does not get them retried."""
+        c = self.node("nodeC", servers={"ledger": Ledger()})
+        mallory = self.node("mallory", [c])
+        a = self.node("nodeA", [mallory])
+        await self.linked((a, mallory), (mallory, c))
+        info = a.mesh.info
+        await wait_for(
+            lambda: info.is_idempotent("nodeC", "ledger", "total"), 10, what="nodeC's record"
+        )
+        # Mallory's own code: a newer entry for nodeC, told as its own news.
+        forged = NodeInfo(10**15, 0, server_table([("ledger", ("add", "total"))]))
+        mallory.mesh.info.entries["nodeC"] = forged
+        mallory.mesh.info.on_change()
+        await wait_for(lambda: info.entries.get("nodeC") == forged, 5, what="the forged entry")
+        self.assertFalse(info.is_idempotent("nodeC", "ledger", "add"))
+        self.assertTrue(info.is_idempotent("nodeC", "ledger", "total"))
+        # A server exposed later: nodeC's next record states its methods.
+        c.expose("later", Ledger())
+        await wait_for(
+            lambda: info.is_idempotent("nodeC", "later", "total"), 10, what="nodeC's new record"
+        )
+
     async def test_forged_and_replayed_calls(self) -> None:
         """A member on the path cannot make calls in the caller's name, nor replay its calls."""
         a, mallory, c, counter = await self.line_through_mallory()
@@ -268,6 +292,23 @@ class PkiTests(_Files, TestCase):
         self.assertEqual(await a.call("nodeC", "counter", "increment", timeout=5), 2)
         await wait_for(lambda: dropped(c, "forged_call") >= 3, 5, what="the forged calls")
         self.assertEqual(counter.count, 2)
+
+
+class Ledger(Server):
+    """A server with one idempotent method and one that is not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: list[int] = []
+
+    @exposed
+    def add(self, n: int) -> int:
+        self.entries.append(n)
+        return len(self.entries)
+
+    @exposed(idempotent=True)
+    def total(self) -> int:
+        return sum(self.entries)
 
 
 def _fields(envelope: Envelope) -> dict[str, Any]:
