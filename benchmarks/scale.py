@@ -1268,11 +1268,21 @@ async def _mesh(
 
     dead: set[int] = set()
 
+    #: node -> (its table's change count, the distances) when its table was last right:
+    #: a table that has not changed since is not walked again (the walk of 200
+    #: full tables took the reactor longer than the poll interval)
+    checked: dict[int, tuple[int, Any]] = {}
+
     def routes_ok() -> tuple[int, str]:
         good = len(dead)
         first_bad = ""
         for i, node in enumerate(nodes):
             if i in dead:
+                continue
+            changes = node.mesh.router.changes
+            seen = checked.get(i)
+            if seen is not None and seen[0] == changes and seen[1] is dists:
+                good += 1
                 continue
             dist = dists[i]
             table = node.mesh.router.routes()
@@ -1300,6 +1310,7 @@ async def _mesh(
                 first_bad = first_bad or bad
             else:
                 good += 1
+                checked[i] = (changes, dists)
         return good, first_bad
 
     async def until(predicate: Any, what: str, timeout: float) -> float:
