@@ -81,6 +81,7 @@ class _Link:
         "seq",
         "staging",
         "told_info",
+        "told_info_at",
         "told_servers",
         "told_sn",
     )
@@ -97,6 +98,7 @@ class _Link:
         self.resync_wanted = False  # we missed an advert: we want its whole table
         self.resync_asked: float | None = None  # when we last asked for it
         self.told_info: dict[str, int] = {}  # the instance entries' versions it holds
+        self.told_info_at = 0  # InstanceInfo.changes_for's mark of what it was last told
 
 
 class Advertiser:
@@ -298,7 +300,9 @@ class Advertiser:
                 link = state[peer_id]
                 self.writer.send_to(peer_id, session, link, own, own_sn, ready, now)
                 if self.info is not None and link.routes:
-                    changes = self.info.changes_for(link.told_info)
+                    changes, link.told_info_at = self.info.changes_for(
+                        link.told_info, link.told_info_at
+                    )
                     if changes:
                         self.writer.send_info(peer_id, session, link, changes, now)
         router.exports.exported(ready, now)

@@ -102,6 +102,10 @@ class InstanceInfo:
         self._timer: IDelayedCall | None = None
         self._stopped = False
         self.entries: dict[str, NodeInfo] = {}
+        #: node -> when its entry last changed here (a count), oldest first:
+        #: what changed since a neighbour was last told is read from the end
+        self._order: dict[str, int] = {}
+        self._count = 0
         self._bump()
 
     def _bump(self) -> None:
@@ -109,7 +113,14 @@ class InstanceInfo:
         # entries are newer than its earlier life's.
         stamp = int((self._clock.seconds() - 1_700_000_000) * 1000)
         self._version = max(self._version + 1, stamp)
-        self.entries[self.node_id] = NodeInfo(self._version, self._load, self._idempotent)
+        self._store(self.node_id, NodeInfo(self._version, self._load, self._idempotent))
+
+    def _store(self, node: str, entry: NodeInfo) -> None:
+        self.entries[node] = entry
+        self._count += 1
+        order = self._order
+        order.pop(node, None)
+        order[node] = self._count
 
     def set_idempotent(self, table: Mapping[str, Iterable[str]]) -> None:
         """This node's idempotent methods, by server: told at once when they change."""
@@ -167,21 +178,37 @@ class InstanceInfo:
                 continue
             if held is None and len(entries) >= self._max:
                 continue
-            entries[node] = entry
+            self._store(node, entry)
             changed = True
         return changed
 
-    def changes_for(self, told: dict[str, int]) -> dict[str, NodeInfo]:
+    def changes_for(self, told: dict[str, int], since: int = 0) -> tuple[dict[str, NodeInfo], int]:
         """
+        :param since: what L{changes_for} returned for this neighbour last
+            time (0 the first time): only entries changed after it are looked at.
         :returns: the entries newer than a neighbour holds (C{told}, which
-            is updated to hold them).
+            is updated to hold them), and what to pass as C{since} next time.
+            An idle node's entry (no load, no idempotent method) says what
+            holding none says: it goes only to a neighbour that holds an
+            older one (so an idle mesh of N nodes starts without N entries
+            crossing every link).
         """
         changes = {}
-        for node, entry in self.entries.items():
-            if told.get(node, -1) < entry.version:
-                told[node] = entry.version
-                changes[node] = entry
-        return changes
+        order = self._order
+        entries = self.entries
+        for node in reversed(order):
+            if order[node] <= since:
+                break
+            entry = entries[node]
+            held = told.get(node)
+            if held is None:
+                if not entry.load and not entry.idempotent:
+                    continue
+            elif held >= entry.version:
+                continue
+            told[node] = entry.version
+            changes[node] = entry
+        return changes, self._count
 
     def load_of(self, node: str) -> int:
         """:returns: the load node C{node} last told (0 when unknown)."""

@@ -423,9 +423,38 @@ class InstanceInfoTests(SynchronousTestCase):
         """A neighbour is sent only the entries newer than it holds."""
         info = InstanceInfo("a", Clock())
         told: dict[str, int] = {}
+        info.set_load(1)
         info.take({"b": NodeInfo(10, 3)}, {})
-        self.assertEqual(set(info.changes_for(told)), {"a", "b"})
-        self.assertEqual(info.changes_for(told), {})
+        changes, since = info.changes_for(told)
+        self.assertEqual(set(changes), {"a", "b"})
+        self.assertEqual(info.changes_for(told), ({}, since))
+        self.assertEqual(info.changes_for(told, since), ({}, since))
+
+    def test_idle_entries_not_told(self) -> None:
+        """An idle node's entry goes only to a neighbour that holds an older, busier one."""
+        info = InstanceInfo("a", Clock())
+        info.take({"b": NodeInfo(10, 0), "c": NodeInfo(5, 2)}, {})
+        changes, _ = info.changes_for({})
+        self.assertEqual(changes, {"c": NodeInfo(5, 2)})
+        told = {"b": 9}  # it holds b's entry 9, say b busy then
+        changes, _ = info.changes_for(told)
+        self.assertEqual(changes, {"b": NodeInfo(10, 0), "c": NodeInfo(5, 2)})
+        self.assertEqual(told, {"b": 10, "c": 5})
+
+    def test_changes_since(self) -> None:
+        """Only the entries changed since a neighbour was last told are looked at, newest too."""
+        info = InstanceInfo("a", Clock())
+        told: dict[str, int] = {}
+        info.take({"b": NodeInfo(10, 3), "c": NodeInfo(5, 1)}, {})
+        _, since = info.changes_for(told)
+        info.take({"b": NodeInfo(11, 4)}, {})
+        info.take({"d": NodeInfo(1, 0)}, told)  # heard from this neighbour: it holds it
+        changes, later = info.changes_for(told, since)
+        self.assertEqual(changes, {"b": NodeInfo(11, 4)})
+        self.assertGreater(later, since)
+        # A neighbour first told now (nothing held, since 0) gets every busy entry.
+        fresh, _ = info.changes_for({})
+        self.assertEqual(set(fresh), {"b", "c"})
 
     def test_wire_round_trip(self) -> None:
         """info survives encoding: versions, loads and idempotent methods."""

@@ -258,7 +258,7 @@ class PkiTests(_Files, TestCase):
         )
         # Mallory's own code: a newer entry for nodeC, told as its own news.
         forged = NodeInfo(10**15, 0, server_table([("ledger", ("add", "total"))]))
-        mallory.mesh.info.entries["nodeC"] = forged
+        mallory.mesh.info.take({"nodeC": forged}, {})
         mallory.mesh.info.on_change()
         await wait_for(lambda: info.entries.get("nodeC") == forged, 5, what="the forged entry")
         self.assertFalse(info.is_idempotent("nodeC", "ledger", "add"))
