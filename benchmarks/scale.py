@@ -1560,15 +1560,17 @@ def mesh_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f" {death['sync_frames']:,} frames, {death['sync_bytes'] / kib:,.0f} KiB",
             ),
         ]
-    call = r["far_call"]
-    rows.append(
-        (
-            f"call {call['from']}->{call['to']} ({call['hops']} hops)",
-            fmt(call["ms"], ".1f", " ms"),
-            "ok" if call["ok"] else f"FAILED: {call['error']}",
-        )
-    )
+    rows.append(far_call_row(r["far_call"]))
     return rows
+
+
+def far_call_row(call: dict[str, Any]) -> tuple[str, str, str]:
+    """:returns: the table row of the call across the mesh's diameter."""
+    return (
+        f"call {call['from']}->{call['to']} ({call['hops']} hops)",
+        fmt(call["ms"], ".1f", " ms"),
+        "ok" if call["ok"] else f"FAILED: {call['error']}",
+    )
 
 
 # --------------------------------------------------------------------------
@@ -2170,14 +2172,7 @@ def apart_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"re-converged {death['reconverged_s']:.2f} s, {death['sync_bytes'] / kib:,.0f} KiB",
         )
     ]
-    call = r["far_call"]
-    rows.append(
-        (
-            f"call {call['from']}->{call['to']} ({call['hops']} hops)",
-            fmt(call["ms"], ".1f", " ms"),
-            "ok" if call["ok"] else f"FAILED: {call['error']}",
-        )
-    )
+    rows.append(far_call_row(r["far_call"]))
     return rows
 
 

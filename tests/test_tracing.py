@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+from itertools import pairwise
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -136,18 +137,24 @@ class TraceparentTests(SynchronousTestCase):
             self.assertIsNone(parse_traceparent(value), value)
 
 
+def line_of_nodes(clock: MemoryReactorClock) -> tuple[MemoryMesh, list[RelayNode]]:
+    """:returns: three in-memory nodes in a line, n0 - n1 - n2, each serving C{calls}."""
+    network = MemoryMesh()
+    nodes = [memory_node(name, clock) for name in ("n0", "n1", "n2")]
+    for node in nodes:
+        node.expose("calls", Calls(node))
+    for a, b in pairwise(nodes):
+        network.link(a, b)
+    network.settle()
+    return network, nodes
+
+
 class MeshTracingTests(SynchronousTestCase):
     """Spans across a line of in-memory nodes."""
 
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
-        self.network = MemoryMesh()
-        self.nodes = [memory_node(name, self.clock) for name in ("n0", "n1", "n2")]
-        for node in self.nodes:
-            node.expose("calls", Calls(node))
-        for a, b in zip(self.nodes, self.nodes[1:], strict=False):
-            self.network.link(a, b)
-        self.network.settle()
+        self.network, self.nodes = line_of_nodes(self.clock)
 
     def spans(self, *exporters: MemoryExporter) -> dict[str, Span]:
         """:returns: every exported span by name (after a flush)."""
@@ -473,13 +480,7 @@ class HttpTracingTests(SynchronousTestCase):
         from treq.testing import StubTreq
 
         self.clock = MemoryReactorClock()
-        self.network = MemoryMesh()
-        self.nodes = [memory_node(name, self.clock) for name in ("n0", "n1", "n2")]
-        for node in self.nodes:
-            node.expose("calls", Calls(node))
-        for a, b in zip(self.nodes, self.nodes[1:], strict=False):
-            self.network.link(a, b)
-        self.network.settle()
+        self.network, self.nodes = line_of_nodes(self.clock)
         self.exporters = [trace(node) for node in self.nodes]
         self.stub = StubTreq(self.nodes[0].site().resource)
 
