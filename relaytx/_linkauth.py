@@ -83,14 +83,6 @@ class _Counter:
         self._keyed = hashlib.blake2b(key=key, digest_size=MAC_SIZE)
         self._position = 0
 
-    def _code(self, body: memoryview) -> bytes:
-        h = self._keyed.copy()
-        h.update(self._position.to_bytes(8, "big"))
-        h.update(body)
-        h.update(b"}")
-        self._position += 1
-        return h.hexdigest().encode()
-
 
 #: Bytes from the start of the C{"mac"} member to the end of the frame.
 _SUFFIX = len(_HEAD) + 2 * MAC_SIZE + len(_TAIL)
@@ -105,8 +97,13 @@ class FrameSealer(_Counter):
             with C{"}"}).
         :returns: the frame with its C{"mac"} member.
         """
-        body = memoryview(frame)[:-1]
-        return b"".join((body, _HEAD, self._code(body), _TAIL))
+        # The code covers the frame as it is: the frame sealed, without its
+        # "mac" member, is the same bytes.
+        h = self._keyed.copy()
+        h.update(self._position.to_bytes(8, "big"))
+        h.update(frame)
+        self._position += 1
+        return frame[:-1] + _HEAD + h.hexdigest().encode() + _TAIL
 
 
 class FrameOpener(_Counter):
@@ -121,7 +118,11 @@ class FrameOpener(_Counter):
         cut = len(frame) - _SUFFIX
         if cut < 1 or not frame.startswith(_HEAD, cut) or not frame.endswith(_TAIL):
             raise FrameRejected("frame carries no code")
-        view = memoryview(frame)
-        if not hmac.compare_digest(self._code(view[:cut]), view[cut + len(_HEAD) : -len(_TAIL)]):
+        h = self._keyed.copy()
+        h.update(self._position.to_bytes(8, "big"))
+        h.update(memoryview(frame)[:cut])
+        h.update(b"}")
+        self._position += 1
+        if not hmac.compare_digest(h.hexdigest().encode(), frame[cut + len(_HEAD) : -len(_TAIL)]):
             raise FrameRejected("frame code does not match")
         return frame

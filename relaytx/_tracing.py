@@ -50,11 +50,11 @@ SDK's C{ReadableSpan}s only on its way out (the C{relaytx[otlp]} extra).
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 from collections.abc import Callable, Coroutine, Iterable
 from contextvars import ContextVar
+from types import CoroutineType
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
@@ -242,7 +242,8 @@ class Span:
             self.finish()
 
     def _failed(self, error: BaseException) -> None:
-        attributes = self.attributes
+        # A copy: spans of one method may share their attributes.
+        self.attributes = attributes = dict(self.attributes)
         attributes["otel.status_code"] = "ERROR"
         attributes["relaytx.outcome"] = type(error).__name__
         code = getattr(error, "code", None)
@@ -314,13 +315,11 @@ class TracedMethod:
         self.name = name = method.name
         inner = method.function
         span_name = f"execute {server}.{name}"
+        # Every span of the method shares them (a failed one gets a copy).
+        attributes = {"rpc.system": "relaytx", "rpc.service": server, "rpc.method": name}
 
         def run(instance: Any, parent: SpanContext | Span, *args: Any, **kwargs: Any) -> Any:
-            span = tracer.start_span(
-                span_name,
-                parent,
-                {"rpc.system": "relaytx", "rpc.service": server, "rpc.method": name},
-            )
+            span = tracer.start_span(span_name, parent, attributes)
             token = current_span.set(span)
             try:
                 result = inner(instance, *args, **kwargs)
@@ -329,7 +328,7 @@ class TracedMethod:
                 raise
             finally:
                 current_span.reset(token)
-            if inspect.iscoroutine(result):
+            if type(result) is CoroutineType:
                 # Still a coroutine, for the mailbox to run as the node's
                 # reactor runs them (an asyncio task on the asyncio reactor).
                 return _in_span(result, span)

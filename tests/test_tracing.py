@@ -358,6 +358,38 @@ class TracedMethodTests(SynchronousTestCase):
         self.assertNotIn("otel.status_code", spans[0].attributes)
 
 
+    def test_failure_is_its_own(self) -> None:
+        """
+        A method's execute spans share their attributes until one fails:
+        only that one says so.
+        """
+        from relaytx._tracing import TracedMethod
+
+        class Picky(Server):
+            @exposed
+            def take(self, x: int) -> int:
+                if x < 0:
+                    raise ValueError("negative")
+                return x
+
+        exporter = MemoryExporter()
+        tracer = Tracer("n0", MemoryReactorClock(), exporter)
+        parent = parse_traceparent(PARENT)
+        method = TracedMethod(Picky.exposed_methods["take"], tracer, "picky")
+        server = Picky()
+        self.assertEqual(method.function(server, parent, 1), 1)
+        self.assertRaises(ValueError, method.function, server, parent, -1)
+        self.assertEqual(method.function(server, parent, 2), 2)
+        tracer.flush()
+        first, failed, last = exporter.spans
+        self.assertEqual(failed.attributes["otel.status_code"], "ERROR")
+        self.assertEqual(failed.attributes["rpc.method"], "take")
+        for span in (first, last):
+            self.assertEqual(
+                span.attributes,
+                {"rpc.system": "relaytx", "rpc.service": "picky", "rpc.method": "take"},
+            )
+
 class TracedMethodCacheTests(SynchronousTestCase):
     """The traced form of a method is made once, and again for a server exposed anew."""
 
