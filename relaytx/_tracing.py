@@ -389,6 +389,10 @@ class Tracer:
 
     :param sample: the share of I{new} traces recorded (0 to 1); a trace
         continued from a caller follows the caller's sampled flag.
+    :param batch: a few hundred microseconds of the exporter's work. At
+        1024, writing a batch held a busy node's reactor for milliseconds
+        (a direct call's p99 went from 6 to 16 ms under tracing); at 128,
+        10 ms, for the same calls/s.
     """
 
     _log = Logger()
@@ -400,7 +404,7 @@ class Tracer:
         exporter: ISpanExporter,
         sample: float = 1.0,
         interval: float = 0.5,
-        batch: int = 1024,
+        batch: int = 128,
     ) -> None:
         self.node_id = node_id
         self.clock = clock

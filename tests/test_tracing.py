@@ -357,7 +357,6 @@ class TracedMethodTests(SynchronousTestCase):
         self.assertEqual(spans[0].parent_id, "00f067aa0ba902b7")
         self.assertNotIn("otel.status_code", spans[0].attributes)
 
-
     def test_failure_is_its_own(self) -> None:
         """
         A method's execute spans share their attributes until one fails:
@@ -389,6 +388,31 @@ class TracedMethodTests(SynchronousTestCase):
                 span.attributes,
                 {"rpc.system": "relaytx", "rpc.service": "picky", "rpc.method": "take"},
             )
+
+
+class TracerTests(SynchronousTestCase):
+    """Finished spans reach the exporter in batches."""
+
+    def test_batches(self) -> None:
+        """
+        A full batch (128 spans by default) is exported at once; fewer wait
+        for the interval.
+        """
+        clock = MemoryReactorClock()
+        exporter = MemoryExporter()
+        tracer = Tracer("n0", clock, exporter)
+        tracer.start()
+        for _ in range(127):
+            tracer.start_span("s", None, {}).finish()
+        self.assertEqual(exporter.spans, [])
+        tracer.start_span("s", None, {}).finish()
+        self.assertEqual(len(exporter.spans), 128)
+        tracer.start_span("s", None, {}).finish()
+        self.assertEqual(len(exporter.spans), 128)
+        clock.advance(0.5)
+        self.assertEqual(len(exporter.spans), 129)
+        tracer.stop()
+
 
 class TracedMethodCacheTests(SynchronousTestCase):
     """The traced form of a method is made once, and again for a server exposed anew."""
