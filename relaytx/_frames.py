@@ -34,6 +34,8 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 
+from relaytx._linkauth import MAX_BATCH, MAX_BATCH_BYTES, OVERHEAD, FrameSealer
+
 #: Bytes a WebSocket connection reads from its socket per reactor turn.
 #: Twisted reads up to 64 KiB at once; on a busy link that is hundreds of
 #: frames, all handled before any answer is written, so the two ends of the
@@ -174,6 +176,13 @@ class LeanMessages:
 
     #: Frames sent while a read is handled, not written yet (L{_HELD}).
     _held: list[bytes] | None = None
+
+    #: On a link that authenticates its frames, what seals each batch
+    #: (L{relaytx._linkauth}); the frames of the batch under way, not
+    #: sealed yet, and their bytes.
+    _sealer: FrameSealer | None = None
+    _unsealed: list[bytes] | None = None
+    _unsealed_bytes = 0
 
     #: Whether anything was read since L{relaytx._flow.ConnectionWatch}'s
     #: last round (a flag, rather than the time of each read: no clock
@@ -330,6 +339,51 @@ class LeanMessages:
             payload, isBinary, fragmentSize, sync, doNotCompress
         )
 
+    def send_sealed(self, frame: bytes) -> None:
+        """
+        Send C{frame} on a link that authenticates its frames: frames sent
+        while a read is handled make one batch, sealed when they are
+        written (or when the batch is full); any other frame goes at once,
+        after the batch under way, as a batch of its own.
+        """
+        sealer = self._sealer
+        assert sealer is not None
+        if (
+            _HELD.depth
+            and len(frame) + OVERHEAD <= SHORT_FRAME
+            and self.state == _OPEN
+            and self._short_frames_out()
+        ):
+            batch = self._unsealed
+            if batch is None:
+                self._unsealed = batch = []
+                if self._held is None:
+                    self._held = []
+                    _HELD.holders.append(self)
+            batch.append(frame)
+            self._unsealed_bytes += len(frame)
+            if len(batch) >= MAX_BATCH or self._unsealed_bytes >= MAX_BATCH_BYTES:
+                self._seal_held()
+            return
+        if self._unsealed:
+            self._seal_held()
+        self.sendMessage(sealer.seal(frame), isBinary=False)
+
+    def _seal_held(self) -> None:
+        """Seal the batch under way, and hold its frames for the write."""
+        batch, self._unsealed, self._unsealed_bytes = self._unsealed, None, 0
+        if not batch:
+            return
+        assert self._sealer is not None
+        self._sealer.seal_batch(batch)
+        held = self._held
+        if held is None:  # not in a read: written now
+            self.transport.write(b"".join([frame_header(len(f)) + f for f in batch]))
+            return
+        for frame in batch:
+            held.append(frame_header(len(frame)))
+            held.append(frame)
+
     def _short_frames_out(self) -> bool:
         """Whether outgoing messages may take the short path now."""
         if self.factory.isServer:
@@ -346,6 +400,8 @@ class LeanMessages:
         )
 
     def _write_held(self) -> None:
+        if self._unsealed:
+            self._seal_held()
         held, self._held = self._held, None
         if held:
             self.transport.write(b"".join(held))
@@ -353,7 +409,7 @@ class LeanMessages:
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Every byte Autobahn writes comes through here: frames held before
         # it go first.
-        if self._held:
+        if self._held or self._unsealed:
             self._write_held()
         if sync or chopsize or self.send_queue:
             super().sendData(data, sync, chopsize)  # type: ignore[misc]  # Autobahn's

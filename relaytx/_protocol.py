@@ -39,7 +39,7 @@ from relaytx import _json
 from relaytx._flow import WatchedConnection
 from relaytx._frames import LeanMessages, tune_socket
 from relaytx._handshake import AcceptorHandshake, DiallerHandshake, HandshakeRefused
-from relaytx._linkauth import OVERHEAD, FrameOpener, FrameRejected, FrameSealer
+from relaytx._linkauth import OVERHEAD, PENDING_TIMEOUT, FrameOpener, FrameRejected, FrameSealer
 from relaytx._links import LinkRefused
 from relaytx._mesh import Mesh
 from relaytx._tls import peer_certificate_names
@@ -55,13 +55,14 @@ class _Transport:
     """
     What a session sees of an Autobahn protocol.
 
-    :param sealer: on a link between holders of the cluster secret, seals
-        each frame sent (L{relaytx._linkauth}).
+    :param sealed: whether the link authenticates its frames (between
+        holders of the cluster secret, L{relaytx._linkauth}): they go in
+        sealed batches.
     """
 
-    def __init__(self, protocol: Any, sealer: FrameSealer | None = None) -> None:
+    def __init__(self, protocol: Any, sealed: bool = False) -> None:
         self._protocol = protocol
-        self._sealer = sealer
+        self._sealed = sealed
         self.peer_address = protocol.peer
 
     def send(self, frame: bytes) -> None:
@@ -69,9 +70,10 @@ class _Transport:
         # a frame not sent is not sealed: the peer counts the ones it gets);
         # its session hears of the close in a moment.
         if self._protocol.state == WebSocketProtocol.STATE_OPEN:
-            if self._sealer is not None:
-                frame = self._sealer.seal(frame)
-            self._protocol.sendMessage(frame, isBinary=False)
+            if self._sealed:
+                self._protocol.send_sealed(frame)
+            else:
+                self._protocol.sendMessage(frame, isBinary=False)
 
     def close(self, code: int, reason: str) -> None:
         # sendClose only takes application codes (1000, 3000-4999); protocol
@@ -95,8 +97,10 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
     direction = "inbound"
     factory: Any
     handshake: AcceptorHandshake | DiallerHandshake
-    #: checks each frame received, on a link between holders of the secret
+    #: checks each batch received, on a link between holders of the secret
     _opener: FrameOpener | None = None
+    #: closes the link if a batch stays incomplete (see L{_pending_late})
+    _pending_timer: IDelayedCall | None = None
     #: set once a frame failed its check: nothing more is read from the link
     _rejected = False
     maxMessagePayloadSize: int
@@ -121,9 +125,8 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
         peer_id = self.peer_id
         assert peer_id is not None  # the handshake is open
         keys = self.handshake.keys
-        sealer = None
         if keys is not None:
-            sealer, self._opener = FrameSealer(keys.send), FrameOpener(keys.receive)
+            self._sealer, self._opener = FrameSealer(keys.send), FrameOpener(keys.receive)
             # A frame on an authenticated link carries its code too: the
             # message limit applies to what it carries.
             self.maxMessagePayloadSize += OVERHEAD
@@ -132,8 +135,9 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
         # frames go unmasked; any other peer is taken for an original node.
         original = not self.handshake.unmasked
         try:
+            transport = _Transport(self, sealed=keys is not None)
             self.session = mesh.open_link(
-                peer_id, self.direction, self._address(), _Transport(self, sealer), original
+                peer_id, self.direction, self._address(), transport, original
             )
         except LinkRefused as e:
             self._close(CLOSE_REPLACED, e.reason)
@@ -176,22 +180,58 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
                 session.data_received(payload)
             else:
                 try:
-                    payload = self._opener.open(payload)
+                    frames = self._opener.take(payload)
                 except FrameRejected as e:
-                    self._rejected = True
-                    self.session = None
-                    self.factory.mesh.count_auth_failure(self.peer_id, str(e))
-                    self._close(CLOSE_AUTH_FAILED, "frame authentication failed")
-                    session.connection_lost(f"frame authentication failed: {e}")
+                    self._reject(session, str(e))
                     return
-                session.data_received(payload)
+                for frame in frames:
+                    session.data_received(frame)
+                    if self.state != WebSocketProtocol.STATE_OPEN:
+                        break
         except Exception:
             self._rlog.failure("error handling a frame from {peer}", peer=self.peer_id)
+
+    def _reject(self, session: PeerSession, why: str) -> None:
+        """A frame failed its check: count it, close the link with 4003."""
+        self._rejected = True
+        self.session = None
+        self._cancel_pending_timer()
+        self.factory.mesh.count_auth_failure(self.peer_id, why)
+        self._close(CLOSE_AUTH_FAILED, "frame authentication failed")
+        session.connection_lost(f"frame authentication failed: {why}")
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        opener = self._opener
+        if opener is not None and opener.pending and self._pending_timer is None:
+            # A batch's frames arrived in pieces (or a stranger's frame
+            # without a code came): the rest must follow.
+            self._pending_timer = self.factory.reactor.callLater(
+                PENDING_TIMEOUT, self._pending_late, opener.taken
+            )
+
+    def _pending_late(self, taken: int) -> None:
+        self._pending_timer = None
+        opener, session = self._opener, self.session
+        if opener is None or session is None or not opener.pending:
+            return
+        if opener.taken != taken:  # frames still coming: wait for the code
+            self._pending_timer = self.factory.reactor.callLater(
+                PENDING_TIMEOUT, self._pending_late, opener.taken
+            )
+            return
+        self._reject(session, f"{len(opener.pending)} frames without a code")
+
+    def _cancel_pending_timer(self) -> None:
+        if self._pending_timer is not None and self._pending_timer.active():
+            self._pending_timer.cancel()
+        self._pending_timer = None
 
     def _first_frame(self, payload: bytes, isBinary: bool) -> None:
         self._close(CLOSE_PROTOCOL_ERROR, "no session")
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._cancel_pending_timer()
         try:
             if self.session is not None:
                 self.session.connection_lost(

@@ -69,7 +69,7 @@ class KeyTests(SynchronousTestCase):
 
 
 class FrameTests(SynchronousTestCase):
-    """Each frame carries a code for its place on the link."""
+    """Each batch of frames carries a code for its frames and their place on the link."""
 
     def test_round_trip(self) -> None:
         """Sealed frames open, in order; each is what was sealed plus a last member, "mac"."""
@@ -77,9 +77,31 @@ class FrameTests(SynchronousTestCase):
         for frame in FRAMES:
             sealed = sealer.seal(frame)
             self.assertEqual(len(sealed), len(frame) + OVERHEAD)
-            self.assertEqual(without_mac(opener.open(sealed)), json.loads(frame))
+            [opened] = opener.take(sealed)
+            self.assertEqual(without_mac(opened), json.loads(frame))
             self.assertEqual(list(json.loads(sealed))[-1], "mac")
             self.assertEqual(len(json.loads(sealed)["mac"]), 2 * MAC_SIZE)
+
+    def test_batches(self) -> None:
+        """
+        A batch's frames are held until its last, which carries the code,
+        and then handed on together, in order; batches follow each other.
+        """
+        sealer, opener = pair()
+        first, second = list(FRAMES[:3]), list(FRAMES[3:])
+        sealer.seal_batch(first)
+        sealer.seal_batch(second)
+        self.assertEqual(first[:2], list(FRAMES[:2]))  # only the last is changed
+        self.assertEqual(opener.take(first[0]), [])
+        self.assertEqual(opener.take(first[1]), [])
+        self.assertEqual(opener.pending, first[:2])
+        self.assertEqual(opener.take(first[2]), first)
+        self.assertEqual(opener.pending, [])
+        self.assertEqual(opener.take(second[0]), [])
+        self.assertEqual(opener.take(second[1]), second)
+        self.assertEqual(opener.taken, 5)
+        [alone] = opener.take(sealer.seal(FRAMES[0]))
+        self.assertEqual(without_mac(alone), json.loads(FRAMES[0]))
 
     def test_same_frame_new_code(self) -> None:
         """The same frame sealed twice carries two codes: its place is in the code."""
@@ -87,23 +109,68 @@ class FrameTests(SynchronousTestCase):
         self.assertNotEqual(sealer.seal(FRAMES[0]), sealer.seal(FRAMES[0]))
 
     def opened(self, stream: list[bytes]) -> list[bytes]:
+        """:returns: the frames of C{stream} one opener hands on."""
         _, opener = pair()
-        return [opener.open(frame) for frame in stream]
+        return [frame for sent in stream for frame in opener.take(sent)]
 
     def test_unsealed(self) -> None:
-        """A frame without a code (injected by someone without the keys) is refused."""
-        self.assertRaises(FrameRejected, self.opened, [FRAMES[0]])
-        self.assertRaises(FrameRejected, self.opened, [b"}"])
-        self.assertRaises(FrameRejected, self.opened, [b""])
+        """
+        A frame without a code (injected by someone without the keys) is
+        never handed on, and the next code fails.
+        """
+        sealer, _ = pair()
+        for junk in (FRAMES[0], b"}", b""):
+            self.assertEqual(self.opened([junk]), [])
+            self.assertRaises(FrameRejected, self.opened, [junk, sealer.seal(FRAMES[1])])
+        _, opener = pair()
+        genuine = pair()[0].seal(FRAMES[1])
+        self.assertEqual(opener.take(FRAMES[0]), [])
+        self.assertRaises(FrameRejected, opener.take, genuine)
+
+    def test_bounds(self) -> None:
+        """
+        A sender ends its batches within the bounds; frames without a code
+        past them are refused at once.
+        """
+        from relaytx._linkauth import MAX_BATCH, MAX_BATCH_BYTES
+
+        _, opener = pair()
+        for _ in range(MAX_BATCH - 1):
+            self.assertEqual(opener.take(FRAMES[0]), [])
+        self.assertRaises(FrameRejected, opener.take, FRAMES[0])
+        _, opener = pair()
+        big = b'{"type":"x","data":"' + b"a" * (MAX_BATCH_BYTES // 2) + b'"}'
+        self.assertEqual(opener.take(big), [])
+        self.assertRaises(FrameRejected, opener.take, big)
 
     def test_altered(self) -> None:
-        """Changing any byte of a sealed frame is noticed."""
+        """
+        Changing any byte of a sealed frame, or of a frame of its batch, is
+        noticed by the time the next batch comes, and nothing of it is
+        handed on.
+        """
         sealer, _ = pair()
-        sealed = sealer.seal(FRAMES[0])
-        for at in range(len(sealed)):
-            altered = bytearray(sealed)
-            altered[at] ^= 0x01
-            self.assertRaises(FrameRejected, self.opened, [bytes(altered)])
+        batch = list(FRAMES[:2])
+        sealer.seal_batch(batch)
+        after = sealer.seal(FRAMES[2])
+        for which in range(2):
+            for at in range(len(batch[which])):
+                altered = list(batch)
+                changed = bytearray(altered[which])
+                changed[at] ^= 0x01
+                altered[which] = bytes(changed)
+                self.assertEqual(self._handed_before_failing([*altered, after]), [])
+
+    def _handed_before_failing(self, stream: list[bytes]) -> list[bytes]:
+        """:returns: what an opener hands on of C{stream} before it fails (it must)."""
+        _, opener = pair()
+        handed = []
+        for sent in stream:
+            try:
+                handed.extend(opener.take(sent))
+            except FrameRejected:
+                return handed
+        raise self.failureException(f"{stream!r} opened")
 
     def test_reordered_replayed_dropped(self) -> None:
         """Swapping, repeating or leaving out a frame is noticed at the first one out of place."""
@@ -116,6 +183,25 @@ class FrameTests(SynchronousTestCase):
         self.assertRaises(FrameRejected, self.opened, [stream[0], stream[0]])
         self.assertRaises(FrameRejected, self.opened, [stream[0], stream[2]])
 
+    def test_batch_reordered_split_or_joined(self) -> None:
+        """
+        Within a batch too: frames swapped, left out, repeated, split
+        differently or sent as another batch's are noticed.
+        """
+        sealer, _ = pair()
+        batch = list(FRAMES[:3])
+        sealer.seal_batch(batch)
+        a, b, c = batch
+        for forged in ([b, a, c], [a, c], [a, a, b, c], [c], [a + b[:1], b[1:], c]):
+            self.assertRaises(FrameRejected, self.opened, forged)
+        # The first two frames, then the last, sealed by other batches: the
+        # code says where its batch starts.
+        other, _ = pair()
+        head = [FRAMES[0], FRAMES[1]]
+        other.seal_batch(head)
+        tail = other.seal(FRAMES[2])
+        self.assertRaises(FrameRejected, self.opened, [a, b, tail])
+
     def test_other_link_or_direction(self) -> None:
         """A frame sealed for another link, or for the other direction, is refused."""
         other = FrameSealer(link_keys(SECRET, "d" * 64, NS, "hA", "hB", True).send)
@@ -126,5 +212,10 @@ class FrameTests(SynchronousTestCase):
     @fuzz_settings(max_examples=200)
     @given(st.binary(max_size=200))
     def test_any_bytes(self, junk: bytes) -> None:
-        """Bytes that were not sealed with the key never open."""
-        self.assertRaises(FrameRejected, self.opened, [junk])
+        """Bytes that were not sealed with the key are never handed on, with or without a code."""
+        sealer, _ = pair()
+        try:
+            handed = self.opened([junk, sealer.seal(FRAMES[0])])
+        except FrameRejected:
+            return
+        self.fail(f"{junk!r} handed on {handed}")

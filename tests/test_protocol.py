@@ -18,6 +18,7 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx._dialer import Dialer, _WhileUnlinked, peer_url
+from relaytx._linkauth import PENDING_TIMEOUT
 from relaytx._protocol import AUTH_TIMEOUT, PeerServerFactory
 from relaytx.node import RelayNode
 from relaytx.peer import CLOSE_AUTH_FAILED
@@ -252,6 +253,78 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(pair.accepting.mesh.links, {})
         self.assertEqual(pair.dialling.mesh.links, {})
         self.assertEqual(auth_failures(pair.dialling), 1)
+
+
+class SealedBatchTests(SynchronousTestCase):
+    """Frames between holders of the secret go in sealed batches."""
+
+    def setUp(self) -> None:
+        self.pair = _Adapters(self, SECRET, SECRET)
+        self.pair.flush()
+        self.assertIn("hB", self.pair.dialling.mesh.links)
+
+    def test_answers_in_one_batch(self) -> None:
+        """
+        The answers to calls that arrived in one read go in one batch: only
+        the last carries the code, and the caller takes them all.
+        """
+        pair = self.pair
+        opener = pair.client._opener
+        taken: list[bytes] = []
+        take = opener.take
+
+        def spy(frame: bytes) -> list[bytes]:
+            taken.append(frame)
+            return take(frame)
+
+        opener.take = spy
+        calls = [pair.dialling.call("hB", "node", "echo", i) for i in range(5)]
+        pair.flush()
+        self.assertEqual([self.successResultOf(d) for d in calls], [[i] for i in range(5)])
+        answers = [f for f in taken if b'"server_response"' in f]
+        self.assertEqual(len(answers), 5)
+        self.assertEqual([b'"mac":"' in f for f in answers], [False] * 4 + [True])
+
+    def test_unfinished_batch(self) -> None:
+        """
+        A frame without a code (a stranger's) is never handed on; when no
+        code follows within the time allowed the link closes with 4003 and
+        the failure is counted.
+        """
+        pair = self.pair
+        frame = (
+            b'{"type":"server_call","id":"x1","from":"hA","to":"hB","data":{"call":'
+            b'{"server_name":"node","method":"echo","args":[9],"kwargs":{},"timeout":5},'
+            b'"response_id":"forged"},"route":["hA"],"ttl":10}'
+        )
+        before = auth_failures(pair.accepting)
+        pair.server.dataReceived(bytes((0x81, 126)) + len(frame).to_bytes(2, "big") + frame)
+        self.assertEqual(pair.server._opener.pending, [frame])
+        # (No flush: nothing else reaches the acceptor meanwhile.)
+        pair.clock.advance(PENDING_TIMEOUT - 0.1)
+        self.assertIn("hA", pair.accepting.mesh.links)
+        pair.clock.advance(0.2)
+        self.assertNotIn("hA", pair.accepting.mesh.links)
+        self.assertEqual(auth_failures(pair.accepting), before + 1)
+        self.assertEqual(pair.server.closedByMe, True)
+        self.assertEqual(pair.server.localCloseCode, CLOSE_AUTH_FAILED)
+
+    def test_batch_still_coming(self) -> None:
+        """Frames of a batch still coming keep it waiting for its code (a slow read)."""
+        pair = self.pair
+        sealer = pair.client._sealer
+        batch = [b'{"type":"ping","from":"hA","to":"hB","data":{"n":%d}}' % i for i in range(3)]
+        sealer.seal_batch(batch)
+        server = pair.server
+        for frame in batch[:2]:
+            server.dataReceived(bytes((0x81, len(frame))) + frame)
+            pair.clock.advance(PENDING_TIMEOUT * 0.8)
+        self.assertIn("hA", pair.accepting.mesh.links)
+        self.assertEqual(len(server._opener.pending), 2)
+        server.dataReceived(bytes((0x81, len(batch[2]))) + batch[2])
+        self.assertEqual(server._opener.pending, [])
+        pair.clock.advance(PENDING_TIMEOUT * 2)
+        self.assertIn("hA", pair.accepting.mesh.links)
 
 
 def auth_failures(node: RelayNode) -> float:
