@@ -349,17 +349,20 @@ class EndToEnd:
     def __init__(self, identity: NodeIdentity, book: RecordBook) -> None:
         self._identity = identity
         self._book = book
-        self._keys: dict[tuple[str, str], bytes] = {}
+        self._keys: dict[tuple[str, str], hashlib.blake2b] = {}
         #: (caller, response id) of the calls taken, and when they expire
         self._taken: dict[tuple[str, str], float] = {}
 
-    def key(self, peer: str) -> bytes | None:
-        """:returns: the key this node shares with C{peer}, if its record is held."""
+    def key(self, peer: str) -> hashlib.blake2b | None:
+        """
+        :returns: the keyed BLAKE2b state for codes between this node and
+            C{peer} (copied for each code), if C{peer}'s record is held.
+        """
         public = self._book.x25519_of(peer)
         if public is None:
             return None
-        key = self._keys.get((peer, public))
-        if key is None:
+        keyed = self._keys.get((peer, public))
+        if keyed is None:
             shared = self._identity.x25519.exchange(
                 X25519PublicKey.from_public_bytes(bytes.fromhex(public))
             )
@@ -370,17 +373,23 @@ class EndToEnd:
                 salt=None,
                 info=f"relaytx end to end\n{low}\n{high}".encode(),
             ).derive(shared)
+            keyed = hashlib.blake2b(key=key, digest_size=E2E_MAC_SIZE)
             if len(self._keys) > 100_000:
                 self._keys.clear()
-            self._keys[(peer, public)] = key
-        return key
+            self._keys[(peer, public)] = keyed
+        return keyed
 
     @staticmethod
-    def _code(key: bytes, kind: bytes, sender: str, to: str, body: Mapping[str, Any]) -> str:
-        message = b"\n".join((kind, sender.encode(), to.encode(), _json.canonical(body)))
-        return hashlib.blake2b(message, key=key, digest_size=E2E_MAC_SIZE).hexdigest()
+    def _code(
+        keyed: hashlib.blake2b, kind: bytes, sender: str, to: str, body: Mapping[str, Any]
+    ) -> str:
+        h = keyed.copy()
+        h.update(b"\n".join((kind, sender.encode(), to.encode(), _json.canonical(body))))
+        return h.hexdigest()
 
-    def _matches(self, key: bytes, kind: bytes, sender: str, to: str, body: Any, mac: Any) -> bool:
+    def _matches(
+        self, key: hashlib.blake2b, kind: bytes, sender: str, to: str, body: Any, mac: Any
+    ) -> bool:
         if type(mac) is not str:
             return False
         expected = self._code(key, kind, sender, to, body)
