@@ -142,13 +142,11 @@ class FrameOpener(_Counter):
     Checks the batches one end receives, in order.
 
     @ivar pending: the frames of the batch under way, not checked yet.
-    @ivar taken: frames taken so far (so a watcher can tell whether any came).
     """
 
     def __init__(self, key: bytes) -> None:
         super().__init__(key)
         self.pending: list[bytes] = []
-        self.taken = 0
         self._pending_bytes = 0
         self._hash = self._keyed
 
@@ -160,7 +158,6 @@ class FrameOpener(_Counter):
         :raises FrameRejected: if the batch is not the next one the sender
             sealed, or frames without a code pass a batch's bounds.
         """
-        self.taken += 1
         pending = self.pending
         h = self._hash if pending else self._start()
         cut = len(frame) - _SUFFIX
