@@ -34,7 +34,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 
-from relaytx._linkauth import MAX_BATCH, MAX_BATCH_BYTES, OVERHEAD, FrameSealer
+from relaytx._linkauth import MAX_BATCH, MAX_BATCH_BYTES, MAX_BATCHED, FrameSealer
 
 #: Bytes a WebSocket connection reads from its socket per reactor turn.
 #: Twisted reads up to 64 KiB at once; on a busy link that is hundreds of
@@ -350,7 +350,7 @@ class LeanMessages:
         assert sealer is not None
         if (
             _HELD.depth
-            and len(frame) + OVERHEAD <= SHORT_FRAME
+            and len(frame) <= MAX_BATCHED
             and self.state == _OPEN
             and self._short_frames_out()
         ):

@@ -15,7 +15,8 @@ each link's nonces are fresh.
 Frames. After the handshake the frames of each direction go in
 B{batches}: the frames one end writes at once (those its node sent while
 it handled one read, see L{relaytx._frames}), at most L{MAX_BATCH} of them
-and about L{MAX_BATCH_BYTES}. The last frame of a batch ends with one more
+and about L{MAX_BATCH_BYTES}; a frame longer than L{MAX_BATCHED} is a
+batch of its own. The last frame of a batch ends with one more
 member, C{"mac"}: the first 16 bytes, in hex, of keyed BLAKE2b over the
 position on the link of the batch's first frame (a 64-bit count of the
 frames sent that way, starting at 0, never sent), then each frame of the
@@ -34,7 +35,7 @@ it came (the envelope ignores members it does not know). So a frame that
 was injected, altered, dropped and replaced, moved or replayed fails with
 its batch, and the link is closed with 4003; TCP keeps order, so a gap can
 only be an attack. Frames without a code past a batch's bounds, or held
-longer than L{PENDING_TIMEOUT} while nothing more comes, fail too.
+longer than L{PENDING_TIMEOUT}, fail too.
 
 One code per batch rather than per frame: a node that forwards calls writes
 a dozen frames per read on a busy link, and a code costs several
@@ -91,13 +92,18 @@ def link_keys(
 
 #: The most frames in one batch, and (about) the most bytes: the sender
 #: ends a batch with the frame that reaches either; the receiver refuses a
-#: frame without a code that reaches either.
+#: frame without a code that reaches either. A frame longer than
+#: L{MAX_BATCHED} goes alone (after the batch under way), so a batch is
+#: always written, and arrives, in a moment.
 MAX_BATCH = 64
-MAX_BATCH_BYTES = 256 * 1024
+MAX_BATCH_BYTES = 16 * 1024
+MAX_BATCHED = 4096
 
-#: Seconds frames without a code may wait for theirs while no more frames
-#: come (the rest of an honest batch is on its way: it was written at once).
-PENDING_TIMEOUT = 5.0
+#: Seconds frames without a code may wait for theirs (the rest of an
+#: honest batch is on its way: it was written at once, and it is small).
+#: Under the default C{peer_timeout} (1.25 s), so that a relay that strips
+#: codes is caught as such (4003, counted) before the link is taken for dead.
+PENDING_TIMEOUT = 1.0
 
 #: Bytes from the start of the C{"mac"} member to the end of the frame.
 _SUFFIX = len(_HEAD) + 2 * MAC_SIZE + len(_TAIL)
@@ -166,7 +172,11 @@ class FrameOpener(_Counter):
             h.update(frame)
             pending.append(frame)
             self._pending_bytes += len(frame)
-            if len(pending) >= MAX_BATCH or self._pending_bytes >= MAX_BATCH_BYTES:
+            if (
+                len(pending) >= MAX_BATCH
+                or self._pending_bytes >= MAX_BATCH_BYTES
+                or len(frame) > MAX_BATCHED
+            ):
                 raise FrameRejected("frames without a code past a batch's bounds")
             return []
         h.update((cut + 1).to_bytes(4, "big"))
@@ -181,6 +191,11 @@ class FrameOpener(_Counter):
         pending.append(frame)
         self.pending, self._pending_bytes = [], 0
         return pending
+
+    @property
+    def batch_start(self) -> int:
+        """The position on the link of the first frame of the batch under way."""
+        return self._position
 
     def _start(self) -> hashlib.blake2b:
         self._hash = h = self._keyed.copy()

@@ -101,8 +101,6 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
     _opener: FrameOpener | None = None
     #: closes the link if a batch stays incomplete (see L{_pending_late})
     _pending_timer: IDelayedCall | None = None
-    #: reads from the link so far (whether bytes still come, for the timer)
-    _reads = 0
     #: set once a frame failed its check: nothing more is read from the link
     _rejected = False
     maxMessagePayloadSize: int
@@ -203,25 +201,33 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
         session.connection_lost(f"frame authentication failed: {why}")
 
     def dataReceived(self, data: bytes) -> None:
-        self._reads += 1
         super().dataReceived(data)
         opener = self._opener
         if opener is not None and opener.pending and self._pending_timer is None:
             # A batch's frames arrived in pieces (or a stranger's frame
-            # without a code came): the rest must follow.
-            self._pending_timer = self.factory.reactor.callLater(
-                PENDING_TIMEOUT, self._pending_late, self._reads
-            )
+            # without a code came): the rest must follow at once.
+            self._wait_for_code()
 
-    def _pending_late(self, reads: int) -> None:
+    def _wait_for_code(self) -> None:
+        reactor = self.factory.reactor
+        assert self._opener is not None
+        due = reactor.seconds() + PENDING_TIMEOUT
+        self._pending_timer = reactor.callLater(
+            PENDING_TIMEOUT, self._pending_late, self._opener.batch_start, due
+        )
+
+    def _pending_late(self, batch: int, due: float) -> None:
         self._pending_timer = None
         opener, session = self._opener, self.session
         if opener is None or session is None or not opener.pending:
             return
-        if self._reads != reads:  # bytes still coming (a large frame on a slow link)
-            self._pending_timer = self.factory.reactor.callLater(
-                PENDING_TIMEOUT, self._pending_late, self._reads
-            )
+        if (
+            opener.batch_start != batch
+            or self.factory.reactor.seconds() - due > PENDING_TIMEOUT / 4
+        ):
+            # Another batch than the one timed (which came whole), or this
+            # reactor was held up and the rest may be waiting to be read.
+            self._wait_for_code()
             return
         self._reject(session, f"{len(opener.pending)} frames without a code")
 

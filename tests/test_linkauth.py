@@ -131,16 +131,23 @@ class FrameTests(SynchronousTestCase):
         A sender ends its batches within the bounds; frames without a code
         past them are refused at once.
         """
-        from relaytx._linkauth import MAX_BATCH, MAX_BATCH_BYTES
+        from relaytx._linkauth import MAX_BATCH, MAX_BATCH_BYTES, MAX_BATCHED
 
         _, opener = pair()
         for _ in range(MAX_BATCH - 1):
             self.assertEqual(opener.take(FRAMES[0]), [])
         self.assertRaises(FrameRejected, opener.take, FRAMES[0])
+
+        def frame(size: int) -> bytes:
+            return b'{"data":"' + b"a" * (size - 11) + b'"}'
+
         _, opener = pair()
-        big = b'{"type":"x","data":"' + b"a" * (MAX_BATCH_BYTES // 2) + b'"}'
-        self.assertEqual(opener.take(big), [])
-        self.assertRaises(FrameRejected, opener.take, big)
+        self.assertEqual(len(frame(MAX_BATCHED)), MAX_BATCHED)
+        for _ in range(MAX_BATCH_BYTES // MAX_BATCHED - 1):
+            self.assertEqual(opener.take(frame(MAX_BATCHED)), [])
+        self.assertRaises(FrameRejected, opener.take, frame(MAX_BATCHED))
+        _, opener = pair()
+        self.assertRaises(FrameRejected, opener.take, frame(MAX_BATCHED + 1))
 
     def test_altered(self) -> None:
         """

@@ -309,19 +309,50 @@ class SealedBatchTests(SynchronousTestCase):
         self.assertEqual(pair.server.closedByMe, True)
         self.assertEqual(pair.server.localCloseCode, CLOSE_AUTH_FAILED)
 
-    def test_batch_still_coming(self) -> None:
-        """Frames of a batch still coming keep it waiting for its code (a slow read)."""
+    def test_batch_in_pieces(self) -> None:
+        """
+        A batch whose frames come in pieces within the time allowed is
+        taken; the next batch gets its own time, whenever the first began.
+        """
         pair = self.pair
         sealer = pair.client._sealer
-        batch = [b'{"type":"ping","from":"hA","to":"hB","data":{"n":%d}}' % i for i in range(3)]
-        sealer.seal_batch(batch)
         server = pair.server
-        for frame in batch[:2]:
+
+        def batch(n: int) -> list[bytes]:
+            frames = [
+                b'{"type":"ping","from":"hA","to":"hB","data":{"n":%d}}' % i for i in range(n)
+            ]
+            sealer.seal_batch(frames)
+            return frames
+
+        def send(frame: bytes) -> None:
             server.dataReceived(bytes((0x81, len(frame))) + frame)
-            pair.clock.advance(PENDING_TIMEOUT * 0.8)
+
+        first, second = batch(3), batch(2)
+        send(first[0])
+        pair.clock.advance(PENDING_TIMEOUT * 0.5)
+        send(first[1])
+        send(first[2])
+        self.assertEqual(server._opener.pending, [])
+        pair.clock.advance(PENDING_TIMEOUT * 0.4)
+        send(second[0])  # just before the first batch's time was up
+        pair.clock.advance(PENDING_TIMEOUT * 0.2)
         self.assertIn("hA", pair.accepting.mesh.links)
-        self.assertEqual(len(server._opener.pending), 2)
-        server.dataReceived(bytes((0x81, len(batch[2]))) + batch[2])
+        send(second[1])
+        self.assertEqual(server._opener.pending, [])
+        pair.clock.advance(PENDING_TIMEOUT * 2)
+        self.assertIn("hA", pair.accepting.mesh.links)
+
+    def test_held_up_reactor(self) -> None:
+        """A reactor held up past the time allowed gets one more turn to read the rest."""
+        pair = self.pair
+        frames = [b'{"type":"ping","from":"hA","to":"hB","data":{"n":%d}}' % i for i in range(2)]
+        pair.client._sealer.seal_batch(frames)
+        server = pair.server
+        server.dataReceived(bytes((0x81, len(frames[0]))) + frames[0])
+        pair.clock.advance(PENDING_TIMEOUT * 3)  # one late turn
+        self.assertIn("hA", pair.accepting.mesh.links)
+        server.dataReceived(bytes((0x81, len(frames[1]))) + frames[1])
         self.assertEqual(server._opener.pending, [])
         pair.clock.advance(PENDING_TIMEOUT * 2)
         self.assertIn("hA", pair.accepting.mesh.links)

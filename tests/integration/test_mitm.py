@@ -12,6 +12,7 @@ nothing.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -189,10 +190,13 @@ class ManInTheMiddleTests(_Files, TestCase):
 
     timeout = 60
 
-    async def mesh(self) -> tuple[RelayNode, RelayNode, Counter, Counter, Relay]:
+    async def mesh(self, **options: Any) -> tuple[RelayNode, RelayNode, Counter, Counter, Relay]:
+        """
+        :param options: both nodes' other settings.
+        """
         secret = self.write("secret", SECRET)
         counter_a, counter_b = Counter(), Counter()
-        a = start_node(self, "nodeA", secret_file=secret, servers={"counter": counter_a})
+        a = start_node(self, "nodeA", secret_file=secret, servers={"counter": counter_a}, **options)
         assert a.listening_port is not None
         relay = Relay(self, a.listening_port.getHost().port)
         b = start_node(
@@ -201,6 +205,7 @@ class ManInTheMiddleTests(_Files, TestCase):
             [f"ws://127.0.0.1:{relay.port}"],
             secret_file=secret,
             servers={"counter": counter_b},
+            **options,
         )
         await wait_for(
             lambda: "nodeB" in a.mesh.links and "nodeA" in b.mesh.links, 10, what="the link"
@@ -210,9 +215,11 @@ class ManInTheMiddleTests(_Files, TestCase):
         self.assertTrue(relay.seen["to_a"] and relay.seen["to_b"])
         return a, b, counter_a, counter_b, relay
 
-    async def attempt(self, attack: Tamper, towards: str) -> tuple[RelayNode, RelayNode, Counter]:
+    async def attempt(
+        self, attack: Tamper, towards: str, **options: Any
+    ) -> tuple[RelayNode, RelayNode, Counter]:
         """Arm C{attack}, make calls that cross the relay, and check the link closes with 4003."""
-        a, b, counter_a, counter_b, relay = await self.mesh()
+        a, b, counter_a, counter_b, relay = await self.mesh(**options)
         before = failures(a) + failures(b)
         relay.attack = attack
         victim, caller = (a, b) if towards == "to_a" else (b, a)
@@ -325,3 +332,27 @@ class ManInTheMiddleTests(_Files, TestCase):
         b.call("nodeA", "counter", "get", timeout=3).addErrback(lambda _: None)
         await wait_for(lambda: "nodeB" not in a.mesh.links, 10, what="the link to close")
         await wait_for(lambda: failures(a) > before, 5, what="the failure count")
+
+    async def test_codes_removed(self) -> None:
+        """
+        Genuine frames with their codes removed are never handed on: the
+        batch waits for a code that never comes, and the link closes.
+        """
+        mac = re.compile(rb',"mac":"[0-9a-f]{32}"\}$')
+
+        def strip(direction: str, frames: list[bytes]) -> list[bytes]:
+            if direction != "to_b":
+                return frames
+            out = []
+            for frame in frames:
+                payload = payload_of(frame)
+                if frame[0] & 0x0F == 1 and mac.search(payload):
+                    frame = ws_frame(mac.sub(b"}", payload))
+                out.append(frame)
+            return out
+
+        # (A caller gives up on a link that answers nothing within
+        # peer_timeout, 1.25 s by default, and the waiting node on the
+        # codes after 1 s: a slow test machine could swap the two.)
+        _, _, counter = await self.attempt(strip, "to_b", peer_timeout=5.0)
+        self.assertEqual(counter.count, 0)
