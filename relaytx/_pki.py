@@ -41,6 +41,7 @@ import base64
 import hashlib
 import hmac
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -66,6 +67,16 @@ E2E_MAC_SIZE = 16
 #: side of the time it was issued (its envelope's timestamp; the clocks of
 #: the mesh are assumed to agree that closely), and each is taken once.
 REPLAY_WINDOW = 120.0
+
+#: ... and only if issued at most this many seconds before the newest call
+#: taken from its caller (both times by the caller's clock): calls from one
+#: caller arrive in about the order they were issued, so a node remembers
+#: each caller's calls of about this long, not of the whole replay window.
+REORDER_WINDOW = 30.0
+
+#: The most calls a node remembers per caller; past it, that caller's calls
+#: are refused (made faster than this in L{REORDER_WINDOW}: a flood).
+MAX_TAKEN = 500_000
 
 
 # Signing with whatever key a certificate holds.
@@ -350,8 +361,8 @@ class EndToEnd:
         self._identity = identity
         self._book = book
         self._keys: dict[tuple[str, str], hashlib.blake2b] = {}
-        #: (caller, response id) of the calls taken, and when they expire
-        self._taken: dict[tuple[str, str], float] = {}
+        #: the calls taken, per caller
+        self._taken: dict[str, _Taken] = {}
 
     def key(self, peer: str) -> hashlib.blake2b | None:
         """
@@ -429,18 +440,10 @@ class EndToEnd:
             return "the call's timestamp is not RFC 3339"
         if abs(now - when) > REPLAY_WINDOW:
             return f"the call was issued {now - when:.0f} s from now"
-        taken = self._taken
-        key_taken = (caller, call.response_id or "")
-        if key_taken in taken:
-            return "the call was taken before (a replay)"
-        if len(taken) >= 100_000:
-            for old in [k for k, expires in taken.items() if expires < now]:
-                del taken[old]
-            if len(taken) >= 100_000:  # all recent: forget the oldest half
-                for old in list(taken)[: len(taken) // 2]:
-                    del taken[old]
-        taken[key_taken] = when + REPLAY_WINDOW
-        return None
+        taken = self._taken.get(caller)
+        if taken is None:
+            taken = self._taken[caller] = _Taken()
+        return taken.take(call.response_id or "", when, now)
 
     def seal_answer(self, caller: str, response: ServerResponse) -> str | None:
         """:returns: the code of this node's answer to C{caller}, if a key is known."""
@@ -472,6 +475,46 @@ class EndToEnd:
         """:returns: whether C{mac} is C{peer}'s code for this frame to this node."""
         key = self.key(peer)
         return key is not None and self._matches(key, kind, peer, self._identity.node_id, body, mac)
+
+
+class _Taken:
+    """
+    The calls taken from one caller, exactly: every response id issued
+    within L{REORDER_WINDOW} of the caller's newest call (and within
+    L{REPLAY_WINDOW} of now), so a replay of any call the windows still let
+    in is known as one. Older ones are forgotten: the windows refuse them.
+    """
+
+    __slots__ = ("ids", "newest", "order")
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        #: (when issued, response id), in the order taken
+        self.order: deque[tuple[float, str]] = deque()
+        self.newest = float("-inf")
+
+    def take(self, response_id: str, when: float, now: float) -> str | None:
+        """
+        :param when: when the call was issued (the caller's clock).
+        :returns: C{None} if the call is taken; else why not.
+        """
+        ids = self.ids
+        if response_id in ids:
+            return "the call was taken before (a replay)"
+        newest = self.newest
+        if when < newest - REORDER_WINDOW:
+            return f"the call was issued {newest - when:.0f} s before its caller's newest"
+        if when > newest:
+            self.newest = newest = when
+        floor = max(newest - REORDER_WINDOW, now - REPLAY_WINDOW)
+        order = self.order
+        while order and order[0][0] < floor:
+            ids.discard(order.popleft()[1])
+        if len(ids) >= MAX_TAKEN:
+            return "its caller made more calls than a node remembers"
+        ids.add(response_id)
+        order.append((when, response_id))
+        return None
 
 
 def _call_body(call: ServerCall, issued: str) -> dict[str, Any]:

@@ -223,6 +223,57 @@ class EndToEndTests(SynchronousTestCase):
         self.assertIsNotNone(c.check_call("nodeA", call, other, self.now))
         self.assertIsNotNone(c.check_call("nodeA", call, None, self.now))
 
+    def test_replays_under_load(self) -> None:
+        """
+        However many calls a caller makes, a replay of one the windows still
+        let in is refused: the ids of its last REORDER_WINDOW seconds are all
+        kept, and older ones are refused by the window.
+        """
+        from relaytx._pki import REORDER_WINDOW, _Taken
+
+        taken = _Taken()
+        now = self.now
+        # 150,000 calls over 15 s (10,000 a second), each taken once.
+        for i in range(150_000):
+            self.assertIsNone(taken.take(f"r{i}", now + i / 10_000, now + i / 10_000))
+        end = now + 15
+        for i in (0, 1, 75_000, 149_999):
+            self.assertIn("replay", taken.take(f"r{i}", now + i / 10_000, end) or "")
+        # Much later (by the caller's clock), the first ones are forgotten,
+        # and refused as too old.
+        later = now + 15 + REORDER_WINDOW
+        self.assertIsNone(taken.take("new", later, later))
+        self.assertLess(len(taken.ids), 150_000)
+        self.assertIn("before", taken.take("r0", now, later) or "")
+
+    def test_reorder_window(self) -> None:
+        """A call issued long before its caller's newest is refused; other callers are apart."""
+        from relaytx._pki import REORDER_WINDOW
+
+        c = self.e2e["nodeC"]
+
+        def call(rid: str, issued: float, caller: str = "nodeA") -> str | None:
+            stamp = rfc3339(issued)
+            made = ServerCall(self.call.call, rid)
+            made.mac = self.e2e[caller].seal_call("nodeC", made, stamp)
+            return c.check_call(caller, made, stamp, self.now)
+
+        self.assertIsNone(call("new", self.now))
+        self.assertIsNone(call("late-but-not-too-late", self.now - REORDER_WINDOW + 1))
+        self.assertIn("before", call("too-late", self.now - REORDER_WINDOW - 1) or "")
+        self.assertIsNone(call("other-caller", self.now - REORDER_WINDOW - 1, "mallory"))
+
+    def test_flood(self) -> None:
+        """A caller past the most calls remembered has its calls refused, not forgotten."""
+        from relaytx import _pki
+
+        self.patch(_pki, "MAX_TAKEN", 3)
+        taken = _pki._Taken()
+        for i in range(3):
+            self.assertIsNone(taken.take(f"r{i}", self.now, self.now))
+        self.assertIn("more calls", taken.take("r3", self.now, self.now) or "")
+        self.assertIn("replay", taken.take("r0", self.now, self.now) or "")
+
     def test_answer(self) -> None:
         """Only the callee's code makes an answer good, and only for what it answered."""
         response = ServerResponse("r1", True, "nodeC", {"count": 3})
