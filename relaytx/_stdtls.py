@@ -21,8 +21,9 @@ What this layer does, and no more:
     C{HANDSHAKE_TIMEOUT} seconds, or fails verification, closes the
     connection (logged, with OpenSSL's reason).
   - Writes made while a read is handed up are encrypted together when it
-    returns (a node answering calls, a caller sending its next one);
-    others at the next reactor turn, or at once past 4 kB (C{_BATCH}).
+    returns (a node answering calls, a caller sending its next one, a node
+    passing calls on to another connection); others at the next reactor
+    turn, or at once past 4 kB (C{_BATCH}).
     Encrypting each message alone costs more at many in flight than it
     saves at one.
   - Reading stops when both buffers are empty instead of by catching
@@ -80,6 +81,31 @@ _RECORD = 16384
 #: take turns instead of working at once (at 64 in flight, half the calls/s
 #: of 4 kB records with 64 kB ones).
 _BATCH = 4000
+
+
+class _Reads:
+    """
+    How deep in handing up decrypted reads this process is, and the
+    connections written to meanwhile by the handling of another's read (a
+    node relaying calls from one link to the next): they are sent when
+    that read returns, rather than at the next reactor turn (a timer per
+    read, and the forwarded frames a turn late).
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.waiting: list[TLSProtocol] = []
+
+    def send_waiting(self) -> None:
+        waiting = self.waiting
+        while waiting:
+            connection = waiting.pop()
+            connection._scheduled = None
+            if not connection._closed:
+                connection._send()
+
+
+_READS = _Reads()
 
 
 class TLSProtocol(ProtocolWrapper):
@@ -202,14 +228,19 @@ class TLSProtocol(ProtocolWrapper):
         tls, incoming = self._tls, self._incoming
         assert tls is not None
         self._reading = True
+        reads = _READS
+        reads.depth += 1
         try:
             self._read_records(tls, incoming)
         finally:
             self._reading = False
+            reads.depth -= 1
         if self._unsent:
             self._send()
         elif self._outgoing.pending:  # post-handshake messages, key updates
             self._flush()
+        if not reads.depth and reads.waiting:
+            reads.send_waiting()
 
     def _read_records(self, tls: ssl.SSLObject, incoming: ssl.MemoryBIO) -> None:
         while True:
@@ -245,13 +276,21 @@ class TLSProtocol(ProtocolWrapper):
         if self._unsent_size >= _BATCH:
             self._send()
         elif not self._reading and self._scheduled is None:
-            self._scheduled = self.factory.clock.callLater(0, self._send)
+            if _READS.depth:  # in another connection's read: sent when it returns
+                self._scheduled = _READS
+                _READS.waiting.append(self)
+            else:
+                self._scheduled = self.factory.clock.callLater(0, self._send)
 
     def _send(self) -> None:
-        if self._scheduled is not None:
-            if self._scheduled.active():
-                self._scheduled.cancel()
+        scheduled = self._scheduled
+        if scheduled is not None:
             self._scheduled = None
+            if scheduled is _READS:
+                if self in _READS.waiting:  # sent before that read returned
+                    _READS.waiting.remove(self)
+            elif scheduled.active():
+                scheduled.cancel()
         if not self._unsent:
             return
         data = b"".join(self._unsent)
@@ -291,9 +330,12 @@ class TLSProtocol(ProtocolWrapper):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._scheduled is not None:
-            self._scheduled.cancel()
-            self._scheduled = None
+        scheduled, self._scheduled = self._scheduled, None
+        if scheduled is _READS:
+            if self in _READS.waiting:
+                _READS.waiting.remove(self)
+        elif scheduled is not None:
+            scheduled.cancel()
         self._unsent.clear()
         self._closed = True
         self.factory.unregisterProtocol(self)

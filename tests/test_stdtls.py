@@ -232,6 +232,43 @@ class TLSLayerTests(SynchronousTestCase):
         self.assertEqual(b"".join(client.received), b"one:xtwo:x")
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_writesToAnotherDuringReadSentWithIt(self) -> None:
+        """
+        What the handling of a read on one connection writes to another (a
+        node passing calls on) goes out when that read returns, as one TLS
+        record, with no reactor turn waited for.
+        """
+        first_tls, first_client_tls, first, _, first_pump = self.link(
+            self.files.config("n1"), self.files.config("n0")
+        )
+        second_tls, _, second, second_client, second_pump = self.link(
+            self.files.config("n1"), self.files.config("n2")
+        )
+        first_pump.flush()
+        second_pump.flush()
+        sent: list[bytes] = []
+        write = second_tls.transport.write
+
+        def recorded(data: bytes) -> None:
+            sent.append(data)
+            write(data)
+
+        second_tls.transport.write = recorded
+
+        def pass_on(data: bytes) -> None:
+            second.transport.write(b"one:" + data)  # type: ignore[union-attr]
+            self.assertEqual(sent, [])  # not before the read returns
+            second.transport.write(b"two:" + data)  # type: ignore[union-attr]
+
+        first.dataReceived = pass_on  # type: ignore[method-assign]
+        first_client_tls.write(b"x")
+        self.clock.advance(0)  # the client's write, made outside a read
+        first_pump.flush(advanceClock=False)
+        self.assertEqual(len(sent), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        second_pump.flush(advanceClock=False)
+        self.assertEqual(b"".join(second_client.received), b"one:xtwo:x")
+
     def test_writesOutsideReadSentNextTurn(self) -> None:
         """Writes made outside a read are sent together in the next reactor turn."""
         _server_tls, client_tls, server, _client, pump = self.link(
