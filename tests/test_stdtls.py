@@ -238,7 +238,7 @@ class TLSLayerTests(SynchronousTestCase):
         node passing calls on) goes out when that read returns, as one TLS
         record, with no reactor turn waited for.
         """
-        first_tls, first_client_tls, first, _, first_pump = self.link(
+        _, first_client_tls, first, _, first_pump = self.link(
             self.files.config("n1"), self.files.config("n0")
         )
         second_tls, _, second, second_client, second_pump = self.link(
