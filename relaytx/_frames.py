@@ -377,9 +377,7 @@ class LeanMessages:
         assert self._sealer is not None
         self._sealer.seal_batch(batch)
         held = self._held
-        if held is None:  # not in a read: written now
-            self.transport.write(b"".join([frame_header(len(f)) + f for f in batch]))
-            return
+        assert held is not None  # a batch is under way only while a read is handled
         for frame in batch:
             held.append(frame_header(len(frame)))
             held.append(frame)
