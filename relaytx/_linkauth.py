@@ -154,6 +154,7 @@ class FrameOpener(_Counter):
         super().__init__(key)
         self.pending: list[bytes] = []
         self._pending_bytes = 0
+        #: the code of the batch under way, as far as it has come (see _start)
         self._hash = self._keyed
 
     def take(self, frame: bytes) -> list[bytes]:
@@ -198,6 +199,7 @@ class FrameOpener(_Counter):
         return self._position
 
     def _start(self) -> hashlib.blake2b:
+        """Begin the code of a new batch, at the position it starts."""
         self._hash = h = self._keyed.copy()
         h.update(self._position.to_bytes(8, "big"))
         return h
