@@ -51,7 +51,7 @@ from attrs import frozen
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-#: Bytes of the code each frame carries.
+#: Bytes of the code each batch of frames carries.
 MAC_SIZE = 16
 
 _HEAD = b',"mac":"'
