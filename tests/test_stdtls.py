@@ -63,6 +63,19 @@ class Files:
         )
 
 
+def record_writes(layer: TLSProtocol) -> list[bytes]:
+    """:returns: what C{layer} writes to its TCP transport from now on, each write as made."""
+    sent: list[bytes] = []
+    write = layer.transport.write
+
+    def recorded(data: bytes) -> None:
+        sent.append(data)
+        write(data)
+
+    layer.transport.write = recorded
+    return sent
+
+
 class TLSLayerTests(SynchronousTestCase):
     """A server and a client layer over one memory connection."""
 
@@ -202,14 +215,7 @@ class TLSLayerTests(SynchronousTestCase):
             self.files.config("n1"), self.files.config("n0")
         )
         pump.flush()
-        sent: list[bytes] = []
-        write = server_tls.transport.write
-
-        def recorded(data: bytes) -> None:
-            sent.append(data)
-            write(data)
-
-        server_tls.transport.write = recorded
+        sent = record_writes(server_tls)
 
         def answer_twice(data: bytes) -> None:
             server.transport.write(b"one:" + data)  # type: ignore[union-attr]
@@ -246,14 +252,7 @@ class TLSLayerTests(SynchronousTestCase):
         )
         first_pump.flush()
         second_pump.flush()
-        sent: list[bytes] = []
-        write = second_tls.transport.write
-
-        def recorded(data: bytes) -> None:
-            sent.append(data)
-            write(data)
-
-        second_tls.transport.write = recorded
+        sent = record_writes(second_tls)
 
         def pass_on(data: bytes) -> None:
             second.transport.write(b"one:" + data)  # type: ignore[union-attr]
