@@ -488,14 +488,10 @@ class ForwardedCalls:
         :returns: C{(caller, response_id, target, went_to)} of each, so the
             target can be told to stop (a C{call_cancel} with C{lost}).
         """
-        self._sweep(self._clock.seconds())
-        lost = [key for key, e in self._calls.items() if e.came_from == peer_id]
-        found = []
-        for key in lost:
-            entry = self._calls.pop(key)
-            self._counted_out(entry)
-            found.append((key[0], key[1], entry.target, entry.went_to))
-        return found
+        return [
+            (caller, response_id, entry.target, entry.went_to)
+            for caller, response_id, entry in self._forget(lambda e: e.came_from == peer_id)
+        ]
 
     def lost_link(self, peer_id: str) -> list[tuple[str, str, str, str]]:
         """
@@ -505,13 +501,20 @@ class ForwardedCalls:
         :returns: C{(caller, response_id, target, came_from)} of each, so
             the caller can be told (back the way the call came).
         """
+        return [
+            (caller, response_id, entry.target, entry.came_from)
+            for caller, response_id, entry in self._forget(lambda e: e.went_to == peer_id)
+        ]
+
+    def _forget(self, lost: Callable[[_Forwarded], bool]) -> list[tuple[str, str, _Forwarded]]:
+        """Forget the calls C{lost} picks: their keys and entries."""
         self._sweep(self._clock.seconds())
-        lost = [key for key, e in self._calls.items() if e.went_to == peer_id]
+        keys = [key for key, e in self._calls.items() if lost(e)]
         found = []
-        for key in lost:
+        for key in keys:
             entry = self._calls.pop(key)
             self._counted_out(entry)
-            found.append((key[0], key[1], entry.target, entry.came_from))
+            found.append((key[0], key[1], entry))
         return found
 
     def clear(self) -> None:
