@@ -42,7 +42,7 @@ from relaytx._relay import OriginalRelay
 from relaytx._routing import Router
 from relaytx.errors import InvalidRequest, ProtocolViolation
 from relaytx.interfaces import ILinkTransport, IRemoteCalls, ISessionHost
-from relaytx.peer import CLOSE_REMOVED, CLOSE_REPLACED, PeerSession
+from relaytx.peer import CLOSE_ABNORMAL, CLOSE_REMOVED, CLOSE_REPLACED, PeerSession
 from relaytx.wire import (
     Envelope,
     MessageTypes,
@@ -86,6 +86,30 @@ def routes_are_complete(adverts: Advertiser, router: Router, links: LinkTable) -
     by_peer = links.links
     routers = sum(1 for p in router.routers() if p in by_peer and not by_peer[p].original)
     return links.originals + routers >= len(by_peer)
+
+
+_ON_PURPOSE = (CLOSE_REMOVED, CLOSE_REPLACED)
+_PEER_CLOSED_ON_PURPOSE = tuple(f"close code {code}" for code in _ON_PURPOSE)
+
+
+def _removed(session: PeerSession, reason: str) -> bool:
+    """
+    :param reason: why the link closed, as the session was told.
+    :returns: whether both ends know that the link was removed on purpose
+        (or replaced), which says nothing of either node. Any other loss may
+        be a node's death: the peer's, to this node; this node's, to the
+        peer, which marks it unreachable unless this node numbers itself
+        above the mark.
+    """
+    if session.closed_with in _ON_PURPOSE:
+        # This node closed it. The peer knows why only if it got the close
+        # frame, and then it answered: the closing handshake ended cleanly
+        # (an answered close is told as its code; one that broke off as
+        # 1006, or as whatever broke the connection).
+        return reason.startswith("close code ") and not reason.startswith(
+            f"close code {CLOSE_ABNORMAL}"
+        )
+    return reason.startswith(_PEER_CLOSED_ON_PURPOSE)
 
 
 @implementer(ISessionHost, IRemoteCalls)
@@ -275,13 +299,7 @@ class Mesh:
         peer_id = session.peer_id
         self.metrics.peers.set(len(self.links))
         self._log.info("link to {peer} lost ({reason})", peer=peer_id, reason=reason or "closed")
-        # A link removed on purpose (or replaced) says nothing of its peer;
-        # any other loss may be the peer's death.
-        on_purpose = (CLOSE_REMOVED, CLOSE_REPLACED)
-        removed = session.closed_with in on_purpose or reason.startswith(
-            tuple(f"close code {code}" for code in on_purpose)
-        )
-        self.adverts.link_closed(peer_id, failed=not removed)
+        self.adverts.link_closed(peer_id, failed=not _removed(session, reason))
         self.calls.path_lost(peer_id)
         if self.records is not None:
             self.records.link_closed(peer_id)

@@ -63,6 +63,8 @@ from relaytx.wire import (
 CLOSE_NORMAL = 1000
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED_DATA = 1003
+#: never sent: what a connection that broke without a closing handshake is told
+CLOSE_ABNORMAL = 1006
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_REPLACED = 4001
 CLOSE_REMOVED = 4002

@@ -354,6 +354,37 @@ class DeathTests(ExchangeTestCase):
                 for sync in syncs(link, node)[marks[id(link)][node.node_id] :]:
                     self.assertNotIn("e", sync.data.get("routes", {}), node.node_id)
 
+    def _square_removed(self, close_arrives: bool) -> tuple[dict[str, RelayNode], int]:
+        # a removes its link to b in the square a-b-c-d-a; the close frame
+        # reaches b, or the connection breaks first. Returns the nodes and
+        # a's number before.
+        nodes = {n.node_id: n for n in self.nodes("abcd")}
+        for x, y in [("a", "b"), ("b", "c"), ("c", "d"), ("d", "a")]:
+            self.network.link(nodes[x], nodes[y])
+        self.network.settle()
+        self.network.advance(NOTICE_HOLD + 1)
+        number = nodes["a"].mesh.adverts.own_sn
+        nodes["a"].remove_peer("b")
+        if not close_arrives:
+            self.network.link_between("a", "b").cut("connection reset")
+        self.network.settle()
+        self.network.advance(NOTICE_HOLD + 1)
+        return nodes, number
+
+    def test_removal_whose_close_is_lost(self) -> None:
+        """A node that removed a link whose peer never heard why stays reachable through others."""
+        nodes, number = self._square_removed(close_arrives=False)
+        route = nodes["b"].mesh.router.route("a")
+        self.assertIsNotNone(route, "b holds a unreachable")
+        self.assertEqual(route.path, ("c", "d", "a"))
+        self.assertGreater(nodes["a"].mesh.adverts.own_sn, number)
+
+    def test_removal_told(self) -> None:
+        """A removal its peer heard renumbers nobody: a keeps its number and b routes around."""
+        nodes, number = self._square_removed(close_arrives=True)
+        self.assertEqual(nodes["a"].mesh.adverts.own_sn, number)
+        self.assertEqual(nodes["b"].mesh.router.route("a").path, ("c", "d", "a"))
+
 
 class CostTests(ExchangeTestCase):
     """Measured round trips move routes around a slow link, and back."""
