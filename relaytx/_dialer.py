@@ -180,6 +180,9 @@ class Dialer(Service):
     _log = Logger()
 
     INITIAL_DELAY = 0.25
+    #: the peer was removed: no more dials (see L{retire})
+    retired = False
+    _holds_link = False
     MAX_DELAY = 8.0
 
     def __init__(
@@ -227,6 +230,7 @@ class Dialer(Service):
 
     def link_opened(self, peer_id: str | None) -> None:
         """The handshake succeeded: the back-off starts over."""
+        self._holds_link = True
         self._failures = 0
         failed = self._repeats.succeeded()
         if failed > 1:
@@ -235,6 +239,29 @@ class Dialer(Service):
             )
         if peer_id is not None:
             self.node_id = peer_id
+
+    def link_closed(self) -> None:
+        """The link this dialer opened closed; a retired dialer stops now."""
+        self._holds_link = False
+        if self.retired:
+            self._stop()
+
+    def retire(self) -> None:
+        """
+        Dial no more: the peer was removed. A link this dialer holds open is
+        left to the closing handshake its session began, so that the close
+        frame reaches the peer and its answer comes back (both ends then
+        know the link was removed on purpose, see L{relaytx._mesh}); the
+        dialer stops when the link closes (within Autobahn's close timeout),
+        or now if it holds none.
+        """
+        self.retired = True
+        if not self._holds_link:
+            self._stop()
+
+    def _stop(self) -> None:
+        if self.parent is not None:
+            self.disownServiceParent()
 
     def handshake_failed(self, code: int | None, reason: str | None, told: bool = False) -> None:
         """
@@ -361,7 +388,7 @@ class PeerAdmin(MultiService):
 
         :returns: whether there was such a link or dialled peer.
         """
-        found = False
+        retired = []
         for url, dialer in list(self.dialers.items()):
             if (node_id is not None and dialer.node_id == node_id) or (
                 address is not None and address in (dialer.address, url)
@@ -369,10 +396,10 @@ class PeerAdmin(MultiService):
                 if node_id is None:
                     node_id = dialer.node_id
                 del self.dialers[url]
-                dialer.disownServiceParent()
-                found = True
+                retired.append(dialer)
         session = self._mesh.links.get(node_id) if node_id is not None else None
         if session is not None:
             session.close(CLOSE_REMOVED, "removed by the operator")
-            found = True
-        return found
+        for dialer in retired:
+            dialer.retire()
+        return bool(retired) or session is not None

@@ -401,10 +401,13 @@ class PeerClientProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
         super().connectionLost(reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if self.session is None:
+        linked = self.session is not None
+        if not linked:
             told = getattr(self, "_failure_told", False)
             self.factory.dialer.handshake_failed(code, reason, told=told)
         super().onClose(wasClean, code, reason)
+        if linked:
+            self.factory.dialer.link_closed()
 
 
 def _protocol_options(factory: Any, max_message_size: int) -> None:

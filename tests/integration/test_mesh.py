@@ -333,3 +333,47 @@ class LongMeshTests(TestCase):
         for _ in range(50):  # and for a second no stale path to it comes back
             await deferLater(reactor, 0.02, lambda: None)
             self.assertFalse(any(node.mesh.router.route("x") for node in ring))
+
+
+class RemovalTests(TestCase):
+    """A link removed on purpose over real sockets: both ends know it, nobody is marked."""
+
+    timeout = 30
+
+    async def _square(self) -> list:
+        # s0 dials s1, s1 dials s2, s2 dials s3, s3 dials s0.
+        nodes = [start_node(self, f"s{i}", ping_interval=PING) for i in range(4)]
+        _link(nodes, [(0, 1), (1, 2), (2, 3), (3, 0)])
+        await wait_for(
+            lambda: all(len(node.views.routes()) == 3 for node in nodes), 10.0, what="routes"
+        )
+        return nodes
+
+    async def _removed(self, nodes, remover: int, removed: int) -> None:
+        numbers = [node.mesh.adverts.own_sn for node in nodes]
+        far = nodes[removed]
+        old = far.mesh.links[f"s{remover}"]
+        self.assertTrue(nodes[remover].remove_peer(f"s{removed}"))
+        await wait_for(
+            lambda: far.mesh.links.get(f"s{remover}") is not old, 5.0, what="the link to close"
+        )
+        await deferLater(reactor, 3 * PING, lambda: None)  # what each end makes of it
+        # Neither end took the other for dead: no node numbered itself anew,
+        # and nothing is marked unreachable.
+        self.assertEqual([node.mesh.adverts.own_sn for node in nodes], numbers)
+        for node in nodes:
+            self.assertEqual(node.mesh.router._marks, {}, node.node_id)
+            self.assertEqual(len(node.views.routes()), 3, node.node_id)
+
+    async def test_dialler_removes(self) -> None:
+        """The dialling end removes the link: its close frame is answered, and it dials no more."""
+        nodes = await self._square()
+        await self._removed(nodes, 0, 1)
+        self.assertEqual(nodes[0].peer_admin.dialers, {})
+        self.assertNotIn("s0", nodes[1].mesh.links)
+        self.assertEqual(nodes[1].mesh.router.route("s0").path, ("s2", "s3", "s0"))
+
+    async def test_acceptor_removes(self) -> None:
+        """The accepting end removes the link: neither end is taken for dead."""
+        nodes = await self._square()
+        await self._removed(nodes, 1, 0)
