@@ -42,6 +42,7 @@ Two levels:
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -308,12 +309,19 @@ class MemoryMesh:
     The nodes keep their own clocks (one shared C{MemoryReactorClock} is
     simplest); L{advance} and L{settle} move every clock of a linked node.
 
+    @param shuffle: deliver in an order drawn from this (a seeded
+        C{random.Random}, so a run can be repeated) rather than first come,
+        first served: each delivery takes the oldest event of a link picked
+        at random among those with events waiting. Each link stays in order,
+        as a connection is; links overtake one another, as real ones do.
+
     @ivar links: every link made, open or not, in order.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shuffle: random.Random | None = None) -> None:
         self.links: list[MemoryLink] = []
         self._queue: deque[tuple[MemoryLink, tuple[str, int, Any]]] = deque()
+        self._shuffle = shuffle
 
     def link(self, a: RelayNode, b: RelayNode) -> MemoryLink:
         """
@@ -358,11 +366,18 @@ class MemoryMesh:
         :raises RuntimeError: past C{limit}.
         """
         count = 0
-        queue = self._queue
-        while queue:
+        shuffle = self._shuffle
+        while self._queue:
+            queue = self._queue  # (a link paused or cut meanwhile leaves a new one)
             if count >= limit:
                 raise RuntimeError(f"still delivering after {limit} events: a message loop?")
-            link, event = queue.popleft()
+            if shuffle is None:
+                link, event = queue.popleft()
+            else:
+                link = queue[shuffle.randrange(len(queue))][0]
+                at = next(i for i, (owner, _) in enumerate(queue) if owner is link)
+                event = queue[at][1]
+                del queue[at]
             count += 1
             link._deliver(event)
         return count

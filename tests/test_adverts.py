@@ -9,6 +9,8 @@ of a dead node's routes, and link costs.
 
 from __future__ import annotations
 
+import random
+from collections import deque
 from itertools import pairwise
 from typing import Any
 
@@ -18,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from relaytx._adverts import SYNC_DELAY
 from relaytx._routing import MRAI, NOTICE_HOLD
 from relaytx.node import RelayNode
-from relaytx.testing import FakeLinkTransport, MemoryMesh, memory_node
+from relaytx.testing import FakeLinkTransport, MemoryLink, MemoryMesh, memory_node
 from relaytx.wire import Envelope, RegistrySync, RouteAdvert, encode
 from tests.support import Counter
 
@@ -406,3 +408,100 @@ class CostTests(ExchangeTestCase):
         measured.link_measured("b", 0.001)
         self.network.settle()
         self.assertEqual(a.views.routes()["c"]["next_hop"], "b")
+
+
+def hops_from(source: str, edges: set[frozenset[str]]) -> dict[str, int]:
+    """:returns: the hops from C{source} to every node it reaches over C{edges} (BFS)."""
+    distance = {source: 0}
+    queue = deque([source])
+    while queue:
+        node = queue.popleft()
+        for edge in edges:
+            if node in edge:
+                (other,) = edge - {node}
+                if other not in distance:
+                    distance[other] = distance[node] + 1
+                    queue.append(other)
+    del distance[source]
+    return distance
+
+
+class ShuffledOrderTests(SynchronousTestCase):
+    """
+    Meshes whose links deliver in random orders (each link in order, links
+    overtaking one another) through random link failures, removals (some
+    broken before their close arrives), new links and a node's death:
+    after each, every table holds the shortest path to every node reached.
+    """
+
+    NODES = 14
+    CHANGES = 8
+
+    def _mesh_run(self, seed: int) -> None:
+        rng = random.Random(seed)
+        clock = MemoryReactorClock()
+        network = MemoryMesh(shuffle=rng)
+        names = [f"n{i:02d}" for i in range(self.NODES)]
+        nodes = {name: memory_node(name, clock) for name in names}
+        links: dict[frozenset[str], MemoryLink] = {}
+
+        def link(a: str, b: str) -> None:
+            links[frozenset((a, b))] = network.link(nodes[a], nodes[b])
+
+        for i in range(1, self.NODES):  # a random tree, then some more links
+            link(names[i], names[rng.randrange(i)])
+        while len(links) < self.NODES * 3 // 2:
+            a, b = rng.sample(names, 2)
+            if frozenset((a, b)) not in links:
+                link(a, b)
+        dead: set[str] = set()
+        history: list[str] = []
+        for _ in range(self.CHANGES):
+            self._settle_and_check(network, nodes, links, dead, seed, history)
+            edge = rng.choice(sorted(links, key=sorted))
+            a, b = sorted(edge)
+            roll = rng.random()
+            if roll < 0.3:
+                links.pop(edge).cut("connection reset")
+                history.append(f"{a}-{b} failed")
+            elif roll < 0.6:
+                nodes[a].remove_peer(b)
+                gone = links.pop(edge)
+                if rng.random() < 0.5:
+                    gone.cut("connection reset")  # before the close arrived
+                history.append(f"{a} removed {b}")
+            elif roll < 0.9:
+                a, b = rng.sample([n for n in names if n not in dead], 2)
+                if frozenset((a, b)) not in links:
+                    link(a, b)
+                    history.append(f"{a}-{b} linked")
+            elif len(dead) < 2:
+                victim = rng.choice([n for n in names if n not in dead])
+                dead.add(victim)
+                for edge in [e for e in links if victim in e]:
+                    links.pop(edge).cut("killed")
+                history.append(f"{victim} died")
+        self._settle_and_check(network, nodes, links, dead, seed, history)
+
+    def _settle_and_check(
+        self,
+        network: MemoryMesh,
+        nodes: dict[str, RelayNode],
+        links: dict[frozenset[str], MemoryLink],
+        dead: set[str],
+        seed: int,
+        history: list[str],
+    ) -> None:
+        network.settle()
+        network.advance(NOTICE_HOLD + 1)  # well under a mark's hold (60 s)
+        edges = set(links)
+        for name, node in nodes.items():
+            if name in dead:
+                continue
+            held = {d: len(route.path) for d, route in node.mesh.router.routes().items()}
+            self.assertEqual(held, hops_from(name, edges), f"seed {seed}, {name}, after {history}")
+
+    def test_shuffled_orders(self) -> None:
+        """Twenty random meshes, eight changes each: every table is right after every change."""
+        for seed in range(20):
+            self._mesh_run(seed)
