@@ -374,7 +374,11 @@ class PeerClientProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
         url: str = self.factory.dialer.url
         return url
 
+    #: whether this connection's link opened (its dialer is told when it closes)
+    _link_opened = False
+
     def _opened(self) -> None:
+        self._link_opened = True
         self.factory.dialer.link_opened(self.peer_id)
 
     def _first_frame(self, payload: bytes, isBinary: bool) -> None:
@@ -401,12 +405,11 @@ class PeerClientProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
         super().connectionLost(reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        linked = self.session is not None
-        if not linked:
+        if self.session is None:
             told = getattr(self, "_failure_told", False)
             self.factory.dialer.handshake_failed(code, reason, told=told)
         super().onClose(wasClean, code, reason)
-        if linked:
+        if self._link_opened:
             self.factory.dialer.link_closed()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -90,6 +91,43 @@ class BackoffTests(SynchronousTestCase):
         self.assertEqual(len(warnings), 4)  # at 1, 2, 4 and 8 attempts
         self.assertIn("is another process running as me", warnings[0])
         self.assertIn("(8 attempt(s) in a row)", warnings[-1])
+
+
+class RetireTests(SynchronousTestCase):
+    """A dialler whose peer was removed stops, after the link it holds has closed."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.node = memory_node("me", self.reactor)
+        self.parent = MultiService()
+        self.dialer = Dialer(self.node.mesh, "ws://127.0.0.1:9", self.reactor, 1 << 20)
+        self.dialer.setServiceParent(self.parent)
+
+    def test_without_a_link(self) -> None:
+        """Holding no link, it stops at once."""
+        self.dialer.retire()
+        self.assertIsNone(self.dialer.parent)
+
+    def test_link_closes_first(self) -> None:
+        """Holding a link, it stops only when the link has closed (its close answered)."""
+        self.dialer.link_opened("peer")
+        self.dialer.retire()
+        self.assertIs(self.dialer.parent, self.parent)
+        self.dialer.link_closed()
+        self.assertIsNone(self.dialer.parent)
+
+    def test_closed_link_forgotten(self) -> None:
+        """A link that closed before the peer was removed keeps nothing waiting."""
+        self.dialer.link_opened("peer")
+        self.dialer.link_closed()
+        self.dialer.retire()
+        self.assertIsNone(self.dialer.parent)
+
+    def test_not_retired(self) -> None:
+        """A link closing without a removal leaves the dialler to re-dial."""
+        self.dialer.link_opened("peer")
+        self.dialer.link_closed()
+        self.assertIs(self.dialer.parent, self.parent)
 
 
 class _Endpoint:
