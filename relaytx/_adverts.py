@@ -531,46 +531,51 @@ class AdvertWriter:
         withdrawn: Iterable[str],
         full: bool = False,
     ) -> list[RegistrySync]:
-        """The advert as frames under the message limit (most often one)."""
-        withdrawn = tuple(withdrawn)
-        whole = RegistrySync(servers, routes or None, withdrawn, None, full)
+        """
+        The advert, whole: L{_emit} splits it if, encoded, it turns out to
+        be over the message limit (most often it is not, and is encoded
+        once).
+        """
+        return [RegistrySync(servers, routes or None, tuple(withdrawn), None, full)]
+
+    def _pieces(self, frame: RegistrySync) -> list[RegistrySync]:
+        """
+        C{frame} as frames under the message limit, sized entry by entry:
+        the first keeps everything but its routes and withdrawals; the
+        pieces of a whole table say that C{more} follows but the last.
+        """
         limit = self._max_message_size
         budget = max(limit - _ENVELOPE_ROOM, limit // 2)
-        if len(encode_data(whole)) <= budget:
-            return [whole]
-        frames: list[RegistrySync] = []
+        pieces: list[RegistrySync] = []
         chunk: dict[str, RouteAdvert] = {}
         gone: list[str] = []
-        size = len(encode_data(RegistrySync(servers)))
-        first = True
+        size = len(encode_data(attrs.evolve(frame, routes=None, withdrawn=())))
 
         def cut() -> None:
-            nonlocal chunk, gone, size, first
-            frames.append(
-                RegistrySync(
-                    servers if first else None, chunk or None, tuple(gone), None, full and first
-                )
-            )
-            chunk, gone, size, first = {}, [], 64, False
+            nonlocal chunk, gone, size
+            pieces.append(RegistrySync(None, chunk or None, tuple(gone), None))
+            chunk, gone, size = {}, [], 64
 
-        for destination in withdrawn:
+        for destination in frame.withdrawn:
             if size + len(destination) + 3 > budget and (chunk or gone):
                 cut()
             gone.append(destination)
             size += len(destination) + 3
-        for destination, entry in routes.items():
+        for destination, entry in (frame.routes or {}).items():
             cost = len(destination) + 4 + len(encode_data(entry.to_json()))
             if size + cost > budget and (chunk or gone):
                 cut()
             chunk[destination] = entry
             size += cost
         cut()
-        if full:
-            frames = [
-                RegistrySync(f.servers, f.routes, f.withdrawn, None, f.full, i < len(frames) - 1)
-                for i, f in enumerate(frames)
+        pieces[0] = attrs.evolve(frame, routes=pieces[0].routes, withdrawn=pieces[0].withdrawn)
+        if frame.full or frame.more:
+            last = len(pieces) - 1
+            pieces = [
+                attrs.evolve(piece, more=frame.more if i == last else True)
+                for i, piece in enumerate(pieces)
             ]
-        return frames
+        return pieces
 
     def _emit(
         self,
@@ -581,11 +586,14 @@ class AdvertWriter:
         now: float,
     ) -> None:
         for frame in frames:
-            state.seq += 1
-            advert = attrs.evolve(frame, seq=state.seq)
+            advert = attrs.evolve(frame, seq=state.seq + 1)
             envelope = Envelope.create(advert, self._node_id, peer_id, now)
             size = len(encode(envelope))
             if size > self._max_message_size:
+                pieces = self._pieces(frame)
+                if len(pieces) > 1:
+                    self._emit(peer_id, session, state, pieces, now)
+                    continue
                 # Only an entry too large on its own gets here (a server
                 # list past the limit): the link's adverts cannot go on.
                 self._metrics.drop("advert_too_large")
@@ -595,6 +603,7 @@ class AdvertWriter:
                     size=size,
                 )
                 return
+            state.seq += 1
             session.send(envelope)
             self.frames_sent += 1
             self.bytes_sent += size

@@ -146,7 +146,7 @@ class SplitTests(ExchangeTestCase):
         feeder = self.nodes("f", limits={"max_message_size": 1 << 20})[0]
         self.network.link(feeder, a)
         self.network.settle()
-        routes = {f"far{i:03d}": RouteAdvert((f"far{i:03d}",), {"svc": ("m",)}) for i in range(150)}
+        routes = {f"far{i:03d}": RouteAdvert((f"far{i:03d}",), {"svc": ("m",)}) for i in range(250)}
         session = a.mesh.links["f"]
         seq = a.mesh.adverts._state["f"].expect
         session.data_received(
@@ -162,8 +162,8 @@ class SplitTests(ExchangeTestCase):
         self.assertEqual(
             [s.data.get("more", False) for s in whole], [True] * (len(whole) - 1) + [False]
         )
-        self.assertEqual(len(b.views.routes()), 152)
-        self.assertEqual(b.views.routes()["far149"]["hops"], 3)
+        self.assertEqual(len(b.views.routes()), 252)
+        self.assertEqual(b.views.routes()["far249"]["hops"], 3)
         self.assertEqual(dropped(a, "advert_too_large"), 0)
 
     def test_large_change_split(self) -> None:
