@@ -180,10 +180,12 @@ class Dialer(Service):
     _log = Logger()
 
     INITIAL_DELAY = 0.25
+    MAX_DELAY = 8.0
+
     #: the peer was removed: no more dials (see L{retire})
     retired = False
+    #: a link this dialer opened is open
     _holds_link = False
-    MAX_DELAY = 8.0
 
     def __init__(
         self,
