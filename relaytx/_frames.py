@@ -34,7 +34,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 
-from relaytx._linkauth import MAX_BATCH, MAX_BATCH_BYTES, MAX_BATCHED, FrameSealer
+from relaytx._linkauth import MAX_BATCH, MAX_BATCHED, SEND_BATCH_BYTES, FrameSealer
 
 #: Bytes a WebSocket connection reads from its socket per reactor turn.
 #: Twisted reads up to 64 KiB at once; on a busy link that is hundreds of
@@ -362,7 +362,7 @@ class LeanMessages:
                     _HELD.holders.append(self)
             batch.append(frame)
             self._unsealed_bytes += len(frame)
-            if len(batch) >= MAX_BATCH or self._unsealed_bytes >= MAX_BATCH_BYTES:
+            if len(batch) >= MAX_BATCH or self._unsealed_bytes >= SEND_BATCH_BYTES:
                 self._seal_held()
             return
         if self._unsealed:

@@ -19,7 +19,7 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx._dialer import Dialer, _WhileUnlinked, peer_url
-from relaytx._linkauth import PENDING_TIMEOUT
+from relaytx._linkauth import PENDING_TIMEOUT, SEND_BATCH_BYTES
 from relaytx._protocol import AUTH_TIMEOUT, PeerServerFactory
 from relaytx.node import RelayNode
 from relaytx.peer import CLOSE_AUTH_FAILED
@@ -322,6 +322,39 @@ class SealedBatchTests(SynchronousTestCase):
         answers = [f for f in taken if b'"server_response"' in f]
         self.assertEqual(len(answers), 5)
         self.assertEqual([b'"mac":"' in f for f in answers], [False] * 4 + [True])
+
+    def test_batches_end_within_a_read(self) -> None:
+        """
+        Answers that outgrow L{SEND_BATCH_BYTES} go in several batches,
+        each ended by the frame that passed the bound, so no batch is much
+        longer than a read; the caller takes every answer.
+        """
+        pair = self.pair
+        opener = pair.client._opener
+        taken: list[bytes] = []
+        take = opener.take
+
+        def spy(frame: bytes) -> list[bytes]:
+            taken.append(frame)
+            return take(frame)
+
+        opener.take = spy
+        payload = "a" * 400
+        calls = [pair.dialling.call("hB", "node", "echo", payload, i) for i in range(40)]
+        pair.flush()
+        answered = [self.successResultOf(d) for d in calls]
+        self.assertEqual(answered, [[payload, i] for i in range(40)])
+        answers = [f for f in taken if b'"server_response"' in f]
+        self.assertEqual(len(answers), 40)
+        batches: list[list[bytes]] = [[]]
+        for frame in answers:
+            batches[-1].append(frame)
+            if b'"mac":"' in frame:
+                batches.append([])
+        self.assertEqual(batches.pop(), [])
+        self.assertGreater(len(batches), 4)
+        for batch in batches:
+            self.assertLess(sum(map(len, batch[:-1])), SEND_BATCH_BYTES)
 
     def test_unfinished_batch(self) -> None:
         """
