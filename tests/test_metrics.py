@@ -182,6 +182,24 @@ class ServerCallStatsTests(SynchronousTestCase):
         self.assertEqual(other.metrics.registry.get_sample_value(name, labels), 1)
         self.assertIsNone(self.node.metrics.registry.get_sample_value(name, labels))
 
+    def test_node_totals_add_the_series(self) -> None:
+        """
+        The node's totals count every call once: those of its servers'
+        methods (kept per method), those of made-up ones, and remote ones.
+        """
+        self.node.call(None, "counter", "increment")
+        self.node.call(None, "counter", "later")
+        self.failureResultOf(self.node.call(None, "counter", "nope"))
+        self.failureResultOf(self.node.call(None, "counter", "increment", 1, 2, 3))
+        self.node.metrics.count_call("ok", 0.5)  # as a call passing through would be
+        self.assertEqual(self.sample("relaytx_calls_total", outcome="ok"), 3)
+        self.assertEqual(self.sample("relaytx_calls_total", outcome="MethodNotFound"), 1)
+        self.assertEqual(self.sample("relaytx_calls_total", outcome="InvalidParams"), 1)
+        self.assertEqual(self.sample("relaytx_call_latency_seconds_count"), 5)
+        self.assertEqual(self.sample("relaytx_call_latency_seconds_bucket", le="0.25"), 4)
+        self.assertAlmostEqual(self.sample("relaytx_call_latency_seconds_sum") or 0.0, 0.5)
+        self.assertEqual(self.node.metrics.call_stats.totals(), (3, 2))
+
     def test_totals(self) -> None:
         """totals() adds up every server's calls but the built-in node's."""
         self.node.call(None, "counter", "increment")
