@@ -18,6 +18,7 @@ of it, and raise a L{CallError} when the call fails at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from attrs import evolve
@@ -90,17 +91,26 @@ class CallDispatcher:
             Deferred of it.
         :raises CallError: when the call fails at once.
         """
+        # A call for a local server goes straight to it; any other is routed.
         node_id = target.node_id
-        local = node_id == self._node_id or (
+        run: Callable[[CallTarget], Any]
+        if node_id == self._node_id:
+            run, local = self._run_explicit, True
+        elif (
             node_id is None
             and target.server in self._names
             and (self.balancer is None or not self.balancer.spreads(target.server))
-        )
+        ):
+            run, local = self._run_implicit, True
+        else:
+            run, local = self._route, False
         if self.tracer is not None:
-            return self._traced(self.tracer, target, local)
-        return self._admitted(target.caller, target, self._route, local)
+            return self._traced(self.tracer, target, run, local)
+        return self._admitted(target.caller, target, run, local)
 
-    def _traced(self, tracer: Tracer, target: CallTarget, local: bool) -> Any:
+    def _traced(
+        self, tracer: Tracer, target: CallTarget, run: Callable[[CallTarget], Any], local: bool
+    ) -> Any:
         # The call's span: a child of the context the call came with, or of
         # the traced method making it, or a new trace.
         trace = target.trace
@@ -117,7 +127,7 @@ class CallDispatcher:
         span = tracer.start_span(f"call {target.server}.{target.method}", parent, attributes)
         target.trace = CallTrace(span, None if trace is None else trace.hops)
         try:
-            result = self._admitted(target.caller, target, self._route, local)
+            result = self._admitted(target.caller, target, run, local)
         except CallError as e:
             span.fail(e)
             raise
