@@ -341,6 +341,11 @@ class InstanceChoice:
         self._rtts: dict[str, deque[float]] = {}
         self._policies = config.servers
         self._spread_default = config.default != "nearest"
+        #: whether calls to any server are spread (else L{spreads} is
+        #: always false, and a local call need not ask it)
+        self.spreads_any = self._spread_default or any(
+            policy != "nearest" for policy in self._policies.values()
+        )
 
     def spreads(self, server: str) -> bool:
         """

@@ -99,7 +99,11 @@ class CallDispatcher:
         elif (
             node_id is None
             and target.server in self._names
-            and (self.balancer is None or not self.balancer.spreads(target.server))
+            and (
+                (balancer := self.balancer) is None
+                or not balancer.spreads_any
+                or not balancer.spreads(target.server)
+            )
         ):
             run, local = self._run_implicit, True
         else:
