@@ -301,13 +301,9 @@ class SealedBatchTests(SynchronousTestCase):
         self.pair.flush()
         self.assertIn("hB", self.pair.dialling.mesh.links)
 
-    def test_answers_in_one_batch(self) -> None:
-        """
-        The answers to calls that arrived in one read go in one batch: only
-        the last carries the code, and the caller takes them all.
-        """
-        pair = self.pair
-        opener = pair.client._opener
+    def _frames_taken_by_caller(self) -> list[bytes]:
+        """:returns: a list of every frame the dialling end's opener takes from now on."""
+        opener = self.pair.client._opener
         taken: list[bytes] = []
         take = opener.take
 
@@ -316,6 +312,15 @@ class SealedBatchTests(SynchronousTestCase):
             return take(frame)
 
         opener.take = spy
+        return taken
+
+    def test_answers_in_one_batch(self) -> None:
+        """
+        The answers to calls that arrived in one read go in one batch: only
+        the last carries the code, and the caller takes them all.
+        """
+        pair = self.pair
+        taken = self._frames_taken_by_caller()
         calls = [pair.dialling.call("hB", "node", "echo", i) for i in range(5)]
         pair.flush()
         self.assertEqual([self.successResultOf(d) for d in calls], [[i] for i in range(5)])
@@ -330,15 +335,7 @@ class SealedBatchTests(SynchronousTestCase):
         longer than a read; the caller takes every answer.
         """
         pair = self.pair
-        opener = pair.client._opener
-        taken: list[bytes] = []
-        take = opener.take
-
-        def spy(frame: bytes) -> list[bytes]:
-            taken.append(frame)
-            return take(frame)
-
-        opener.take = spy
+        taken = self._frames_taken_by_caller()
         payload = "a" * 400
         calls = [pair.dialling.call("hB", "node", "echo", payload, i) for i in range(40)]
         pair.flush()
