@@ -20,6 +20,7 @@ import inspect
 import sys
 from collections import deque
 from collections.abc import Callable
+from types import CoroutineType
 from typing import Any, ClassVar, TypeVar, overload
 
 from twisted.internet.defer import Deferred
@@ -248,7 +249,7 @@ class Mailbox:
         except BaseException:
             self._resume()
             raise
-        if inspect.iscoroutine(result):
+        if isinstance(result, CoroutineType):
             result = self._run_coroutine(result)
         if isinstance(result, Deferred):
             d: Deferred[Any] = Deferred(self._cancel)
@@ -271,7 +272,7 @@ class Mailbox:
             the mailbox's do); an exception it raises propagates.
         """
         result = method.function(self.server, *args, **kwargs)
-        if inspect.iscoroutine(result):
+        if isinstance(result, CoroutineType):
             result = self._run_coroutine(result)
         return result
 
@@ -297,7 +298,7 @@ class Mailbox:
             except BaseException:
                 d.errback()  # a Failure of the exception being handled
                 continue
-            if inspect.iscoroutine(result):
+            if isinstance(result, CoroutineType):
                 result = self._run_coroutine(result)
             if isinstance(result, Deferred):
                 self._waiting = True
