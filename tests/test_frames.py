@@ -21,6 +21,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
+from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from hypothesis import given
 from hypothesis import strategies as st
@@ -377,6 +378,52 @@ class ShortPathOutTests(SynchronousTestCase):
         server = open_server(LeanServer)
         server.state = WebSocketProtocol.STATE_CLOSED
         self.assertRaises(Disconnected, server.sendMessage, b"late")
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    A connection takes its factory's options as Autobahn's own would, and
+    Autobahn is left none to pretty-print for its debug line.
+    """
+
+    def _client(self, protocol: type) -> Any:
+        factory = WebSocketClientFactory("ws://localhost/", reactor=MemoryReactorClock())
+        factory.protocol = protocol
+        factory.setProtocolOptions(openHandshakeTimeout=0, maxMessagePayloadSize=1234)
+        client = factory.buildProtocol(None)
+        client.makeConnection(Wire())
+        return client
+
+    def test_factory_options(self) -> None:
+        """Server and client hold each option Autobahn's own would copy: the factory's."""
+        server, client = open_server(LeanServer), self._client(LeanClient)
+        for connection, names in (
+            (server, WebSocketServerProtocol.CONFIG_ATTRS),
+            (client, WebSocketClientProtocol.CONFIG_ATTRS),
+        ):
+            self.assertGreater(len(names), 20)
+            for name in names:
+                self.assertIs(getattr(connection, name), getattr(connection.factory, name), name)
+        self.assertEqual(server.maxMessagePayloadSize, LIMIT)
+        self.assertEqual(client.maxMessagePayloadSize, 1234)
+
+    def test_own_option_kept(self) -> None:
+        """An option the protocol sets itself is not taken from the factory."""
+
+        class Own(LeanServer):
+            maxMessagePayloadSize = 77
+
+        self.assertEqual(open_server(Own).maxMessagePayloadSize, 77)
+
+    def test_nothing_to_print(self) -> None:
+        """Autobahn pretty-prints a plain connection's options as it opens, a lean one's never."""
+        printed: list[Any] = []
+        self.patch(autobahn_protocol, "pformat", lambda value: printed.append(value) or "")
+        open_server(PlainServer)
+        self.assertTrue(printed[0])  # what is spared below
+        del printed[:]
+        open_server(LeanServer)
+        self.assertEqual(printed, [[]])
 
 
 class CountingWire(Wire):
