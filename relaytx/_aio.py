@@ -12,6 +12,9 @@ Running the coroutines of C{async def} server methods and app C{setup}s
   - On any other reactor, a coroutine runs as Twisted runs one (awaiting
     Deferreds only); one that awaits asyncio code fails with
     L{AsyncioReactorRequired}, whose message says how to start the node.
+
+And L{is_deferred}, the one way relaytx tells a Deferred from a result that
+is ready.
 """
 
 from __future__ import annotations
@@ -19,12 +22,28 @@ from __future__ import annotations
 import asyncio
 import types
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
 from relaytx.errors import RelayError
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing.TypeIs from Python 3.13
+
+
+def is_deferred(value: object) -> TypeIs[Deferred[Any]]:
+    """
+    C{isinstance(value, Deferred)}, in a third of the time when C{value} is
+    not one. A Deferred is an C{Awaitable}, so its class is an C{ABCMeta},
+    whose check costs about 130 ns for a value of any other class (an int,
+    a dict: most results), and a local call made four such checks. Only the
+    value's class is looked at: a subclass of Deferred is one; a class
+    registered with it as an ABC (which nothing does) is not.
+    """
+    return Deferred in type(value).__mro__
+
 
 #: Runs one coroutine: returns a Deferred of its result.
 CoroutineRunner = Callable[[Coroutine[Any, Any, Any]], Deferred[Any]]
@@ -68,7 +87,7 @@ def _on_twisted(coro: Coroutine[Any, Any, Any]) -> Generator[Any, Any, Any]:
                 raise AsyncioReactorRequired().with_traceback(e.__traceback__) from None
             raise
         value = error = None
-        if isinstance(yielded, Deferred):
+        if is_deferred(yielded):
             try:
                 value = yield yielded
             except GeneratorExit:
@@ -103,7 +122,7 @@ def _bridged(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) ->
         except StopIteration as stop:
             return stop.value
         value = error = None
-        if isinstance(yielded, Deferred):
+        if is_deferred(yielded):
             fired = loop.create_future()
 
             def settle(result: Any, fired: asyncio.Future[None] = fired) -> Any:

@@ -37,6 +37,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from relaytx._aio import is_deferred
 from relaytx._calls import CallTarget
 from relaytx._hosting import ServerHost
 from relaytx.config import BalanceConfig
@@ -618,7 +619,7 @@ class Balancer(InstanceChoice):
         except BaseException:
             instance.in_flight -= 1
             raise
-        if isinstance(result, Deferred):
+        if is_deferred(result):
             return result.addBoth(self._local_done, instance)
         instance.in_flight -= 1
         return result

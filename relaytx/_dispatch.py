@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from relaytx._aio import is_deferred
 from relaytx._balance import Balancer
 from relaytx._calls import CallTarget
 from relaytx._hosting import ServerHost
@@ -81,7 +82,7 @@ class CallDispatcher:
             result = self.dispatch(target)
         except CallError as e:
             return fail(e)
-        return result if isinstance(result, Deferred) else succeed(result)
+        return result if is_deferred(result) else succeed(result)
 
     def dispatch(self, target: CallTarget) -> Any:
         """
@@ -135,7 +136,7 @@ class CallDispatcher:
         except CallError as e:
             span.fail(e)
             raise
-        if isinstance(result, Deferred):
+        if is_deferred(result):
             return result.addBoth(span.finish)
         span.finish()
         return result
@@ -194,7 +195,7 @@ class CallDispatcher:
             if share is not None:
                 limiter.release(share)
             raise self._counted(e, started, target, local) from None
-        if isinstance(result, Deferred):
+        if is_deferred(result):
             return result.addBoth(self._finished, share, started, target, local)
         if share is not None:
             limiter.release(share)

@@ -11,12 +11,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from relaytx._aio import CoroutineRunner, run_on_twisted
+from relaytx._aio import CoroutineRunner, is_deferred, run_on_twisted
 from relaytx._auth import AccessRules
 from relaytx._calls import CallTarget
 from relaytx._streams import StreamingMethod
@@ -183,7 +183,7 @@ class ServerHost:
             raise  # a server may fail a call with a precise relaytx error
         except Exception:
             raise self._method_error(Failure(), target) from None
-        if isinstance(result, Deferred):
+        if is_deferred(result):
             if not result.called:  # remote calls time out in the mesh; local ones here
                 result.addTimeout(target.timeout, self._clock, onTimeoutCancel=_timed_out)
                 self._busy_changed(1)

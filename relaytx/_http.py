@@ -43,6 +43,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from relaytx import _json
+from relaytx._aio import is_deferred
 from relaytx._calls import CallTarget
 from relaytx._dashboard import TOKEN_COOKIE, dashboard_token
 from relaytx._flow import ConnectionWatch, WatchedConnection
@@ -445,7 +446,7 @@ class RpcResource(Resource):
             request.setResponseCode(204)
             request.finish()
             return NOT_DONE_YET
-        if not isinstance(answer, Deferred):  # answered at once: the common, fast case
+        if not is_deferred(answer):  # answered at once: the common, fast case
             return self._body(request, answer)
         request.pending_answer = answer
         answer.addBoth(self._write_later, request)
@@ -461,7 +462,7 @@ class RpcResource(Resource):
         trace = CallTrace(parse_traceparent(traceparent), hops)
         started = self._now(request) if hops is not None else 0.0
         answer = self._handler.handle_now(request.content.read(), caller, trace)
-        if isinstance(answer, Deferred):
+        if is_deferred(answer):
             request.pending_answer = answer
             answer.addBoth(self._write_later, request, trace, started)
             return NOT_DONE_YET
@@ -683,7 +684,7 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
         if _CANCEL_REQUEST in payload and self._cancel_request(payload):
             return
         answer = self.factory.handler.handle_now(payload, self._caller, self._trace, self.calls)
-        if isinstance(answer, Deferred):
+        if is_deferred(answer):
             answer.addBoth(self._answer)
         else:
             self._answer(answer)

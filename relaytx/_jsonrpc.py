@@ -38,6 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaytx import _json
+from relaytx._aio import is_deferred
 from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget
 from relaytx._tracing import CallTrace
 from relaytx.errors import (
@@ -218,7 +219,7 @@ class JsonRpcHandler:
             there is nothing to answer.
         """
         answer = self.handle_now(body, caller, trace)
-        return answer if isinstance(answer, Deferred) else succeed(answer)
+        return answer if is_deferred(answer) else succeed(answer)
 
     def handle_now(
         self,
@@ -245,7 +246,7 @@ class JsonRpcHandler:
             request = _exact_loads(body)
         if not isinstance(request, list):
             answer = self._one(request, caller, encoded=True, trace=trace, calls=calls)
-            if isinstance(answer, Deferred):
+            if is_deferred(answer):
                 return answer  # its callbacks encode the answer
             return self._single_answer(answer)
         if not request:
@@ -260,7 +261,7 @@ class JsonRpcHandler:
         if trace is not None and trace.hops is not None:
             trace = CallTrace(trace.parent)  # one path report cannot hold a batch's
         answers = [self._one(item, caller, trace=trace, calls=calls) for item in request]
-        if not any(isinstance(a, Deferred) for a in answers):
+        if not any(is_deferred(a) for a in answers):
             return self._batch_answer(answers)  # type: ignore[arg-type]  # no Deferred among them
         return _gather(answers).addCallback(self._batch_answer)
 
@@ -323,7 +324,7 @@ class JsonRpcHandler:
                 self._notified(failure, method)
                 return None
             return self._failure(failure, request_id)
-        if isinstance(result, Deferred):
+        if is_deferred(result):
             if request_id is _NO_ID:
                 return result.addBoth(self._notified, method)
             if calls is not None:
@@ -393,13 +394,13 @@ def _gather(items: list[Any]) -> Deferred[list[Any]]:
     item, which a batch of remote calls pays for every call.
     """
     results = list(items)
-    waiting = [i for i, item in enumerate(results) if isinstance(item, Deferred)]
+    waiting = [i for i, item in enumerate(results) if is_deferred(item)]
 
     def cancel(_: Deferred[list[Any]]) -> None:
         # The client went away: cancel the calls it waits for.
         for index in waiting:
             item = results[index]
-            if isinstance(item, Deferred) and not item.called:
+            if is_deferred(item) and not item.called:
                 item.cancel()
 
     done: Deferred[list[Any]] = Deferred(cancel)

@@ -39,6 +39,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from relaytx._aio import is_deferred
 from relaytx._calls import (
     DEFAULT_CALL_TIMEOUT,
     MAX_CALL_BUDGET,
@@ -273,7 +274,7 @@ class MeshCalls:
         except Exception:
             self._answer(Failure(), envelope, call, via)
             return
-        if not isinstance(result, Deferred):  # answered at once: the common case
+        if not is_deferred(result):  # answered at once: the common case
             self._answer(result, envelope, call, via)
             return
         # (The dispatcher times the call out at its budget, target.timeout.)

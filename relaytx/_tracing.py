@@ -65,6 +65,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from relaytx import _json
+from relaytx._aio import is_deferred
 from relaytx.wire import rfc3339
 
 #: The key of the trace context in a call's C{data}.
@@ -332,7 +333,7 @@ class TracedMethod:
                 # Still a coroutine, for the mailbox to run as the node's
                 # reactor runs them (an asyncio task on the asyncio reactor).
                 return _in_span(result, span)
-            if isinstance(result, Deferred):
+            if is_deferred(result):
                 return result.addBoth(span.finish)
             span.finish()
             return result

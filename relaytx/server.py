@@ -26,7 +26,7 @@ from typing import Any, ClassVar, TypeVar, overload
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from relaytx._aio import CoroutineRunner, run_on_twisted
+from relaytx._aio import CoroutineRunner, is_deferred, run_on_twisted
 from relaytx.errors import InvalidParams
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -251,7 +251,7 @@ class Mailbox:
             raise
         if isinstance(result, CoroutineType):
             result = self._run_coroutine(result)
-        if isinstance(result, Deferred):
+        if is_deferred(result):
             d: Deferred[Any] = Deferred(self._cancel)
             self._waiting = True
             result.addBoth(self._finished, d)
@@ -300,7 +300,7 @@ class Mailbox:
                 continue
             if isinstance(result, CoroutineType):
                 result = self._run_coroutine(result)
-            if isinstance(result, Deferred):
+            if is_deferred(result):
                 self._waiting = True
                 result.addBoth(self._finished, d)
                 if self._waiting:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -17,10 +17,26 @@ from relaytx._aio import (
     AsyncioReactorRequired,
     asyncio_runner,
     coroutine_runner,
+    is_deferred,
     run_on_twisted,
 )
 from relaytx.server import Mailbox, Server, exposed
 from tests.aiosupport import run, turns
+
+
+class IsDeferredTests(SynchronousTestCase):
+    def test_as_isinstance(self) -> None:
+        """Deferreds and their subclasses are Deferreds; results of every other kind are not."""
+
+        class Mine(Deferred[int]):
+            pass
+
+        deferreds = [Deferred(), succeed(1), DeferredList([]), Mine()]
+        others = [None, 0, 1.5, "s", b"b", [1], (1,), {"a": 1}, {1}, object(), Deferred, asyncio]
+        for value in deferreds + others:
+            self.assertEqual(is_deferred(value), isinstance(value, Deferred), repr(value))
+        self.assertTrue(all(map(is_deferred, deferreds)))
+        self.assertFalse(any(map(is_deferred, others)))
 
 
 class TwistedRunnerTests(SynchronousTestCase):
