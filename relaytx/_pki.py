@@ -391,15 +391,16 @@ class EndToEnd:
         return keyed
 
     @staticmethod
-    def _code(
-        keyed: hashlib.blake2b, kind: bytes, sender: str, to: str, body: Mapping[str, Any]
-    ) -> str:
+    def _code(keyed: hashlib.blake2b, kind: str, sender: str, to: str, body: Any) -> str:
+        # What is coded: one JSON array, the same bytes at both ends (the
+        # keys of any object in it sorted), of what the frame is, who sent
+        # it to whom, and its body (see _call_body, _answer_body).
         h = keyed.copy()
-        h.update(b"\n".join((kind, sender.encode(), to.encode(), _json.canonical(body))))
+        h.update(_json.canonical((kind, sender, to, body)))
         return h.hexdigest()
 
     def _matches(
-        self, key: hashlib.blake2b, kind: bytes, sender: str, to: str, body: Any, mac: Any
+        self, key: hashlib.blake2b, kind: str, sender: str, to: str, body: Any, mac: Any
     ) -> bool:
         if type(mac) is not str:
             return False
@@ -414,8 +415,7 @@ class EndToEnd:
         key = self.key(callee)
         if key is None:
             return None
-        body = _call_body(call, issued)
-        return self._code(key, b"call", self._identity.node_id, callee, body)
+        return self._code(key, "call", self._identity.node_id, callee, _call_body(call, issued))
 
     def check_call(
         self, caller: str, call: ServerCall, issued: str | None, now: float
@@ -431,7 +431,7 @@ class EndToEnd:
         if key is None:
             return f"no record of {caller} is held"
         if issued is None or not self._matches(
-            key, b"call", caller, self._identity.node_id, _call_body(call, issued), call.mac
+            key, "call", caller, self._identity.node_id, _call_body(call, issued), call.mac
         ):
             return f"the call's code is not {caller}'s"
         try:
@@ -450,18 +450,18 @@ class EndToEnd:
         key = self.key(caller)
         if key is None:
             return None
-        return self._code(key, b"answer", self._identity.node_id, caller, _answer_body(response))
+        return self._code(key, "answer", self._identity.node_id, caller, _answer_body(response))
 
     def check_answer(self, callee: str, response: ServerResponse, mac: Any) -> bool:
         """:returns: whether C{mac} is C{callee}'s code for this answer to this node."""
         key = self.key(callee)
         return key is not None and self._matches(
-            key, b"answer", callee, self._identity.node_id, _answer_body(response), mac
+            key, "answer", callee, self._identity.node_id, _answer_body(response), mac
         )
 
-    def seal_frame(self, kind: bytes, peer: str, body: Mapping[str, Any]) -> str | None:
+    def seal_frame(self, kind: str, peer: str, body: Mapping[str, Any]) -> str | None:
         """
-        :param kind: what the frame is (C{b"item"}, C{b"credit"}, C{b"cancel"}).
+        :param kind: what the frame is (C{"item"}, C{"credit"}, C{"cancel"}).
         :param body: the frame's data without its C{mac}.
         :returns: this node's code for a frame of a call's stream or its
             cancel sent to C{peer}, if a key is known (see L{relaytx._streams}).
@@ -471,7 +471,7 @@ class EndToEnd:
             return None
         return self._code(key, kind, self._identity.node_id, peer, body)
 
-    def check_frame(self, kind: bytes, peer: str, body: Mapping[str, Any], mac: Any) -> bool:
+    def check_frame(self, kind: str, peer: str, body: Mapping[str, Any], mac: Any) -> bool:
         """:returns: whether C{mac} is C{peer}'s code for this frame to this node."""
         key = self.key(peer)
         return key is not None and self._matches(key, kind, peer, self._identity.node_id, body, mac)
@@ -517,28 +517,37 @@ class _Taken:
         return None
 
 
-def _call_body(call: ServerCall, issued: str) -> dict[str, Any]:
+def _call_body(call: ServerCall, issued: str) -> tuple[Any, ...]:
+    # A call's fields in a fixed order: a tuple, not an object, so no
+    # keys are written or sorted. The caller a node relays for is its
+    # word too.
     spec = call.call
-    body = {
-        "issued": issued,
-        "response_id": call.response_id,
-        "server_name": spec.server_name,
-        "method": spec.method,
-        "args": list(spec.args),
-        "kwargs": dict(spec.kwargs),
-    }
-    if call.caller is not None:  # the caller a node relays for is its word too
-        body["caller"] = call.caller
-    return body
+    kwargs = spec.kwargs
+    return (
+        issued,
+        call.response_id,
+        spec.server_name,
+        spec.method,
+        spec.args,
+        kwargs if type(kwargs) is dict else dict(kwargs),
+        call.caller,
+    )
 
 
-def _answer_body(response: ServerResponse) -> dict[str, Any]:
-    data = response.to_data()
-    data.pop("mac", None)
-    # The path report is diagnostics that each forwarder adds its time to
-    # on the way back (relaytx._tracing): not the callee's word.
-    data.pop("trace_path", None)
-    return data
+def _answer_body(response: ServerResponse) -> tuple[Any, ...]:
+    # The answer's fields as its JSON form carries them (ServerResponse.to_data).
+    # Not its path report: diagnostics that each forwarder adds its time to
+    # on the way back (relaytx._tracing), not the callee's word.
+    if response.success:
+        return (response.response_id, True, response.node_id, response.result)
+    return (
+        response.response_id,
+        False,
+        response.node_id,
+        response.error or "",
+        response.error_code,
+        response.error_data or None,
+    )
 
 
 def load_identity(node_id: str, cert: str, key: str | None, ca: str) -> NodeIdentity:

@@ -402,12 +402,12 @@ class MeshStreams:
             CallCancel: self.take_cancel,
         }
 
-    def _seal(self, kind: bytes, peer: str, payload: Any) -> None:
+    def _seal(self, kind: str, peer: str, payload: Any) -> None:
         e2e = self._e2e
         if e2e is not None and peer not in self._links:
             payload.mac = e2e.seal_frame(kind, peer, payload.to_data())
 
-    def _forged(self, kind: bytes, envelope: Envelope, payload: Any) -> bool:
+    def _forged(self, kind: str, envelope: Envelope, payload: Any) -> bool:
         e2e = self._e2e
         if e2e is None or envelope.sender == _via(envelope):
             return False
@@ -428,7 +428,7 @@ class MeshStreams:
     ) -> None:
         """Send item C{seq} of call C{response_id} back to C{caller}."""
         item = StreamItem(response_id, seq, value)
-        self._seal(b"item", caller, item)
+        self._seal("item", caller, item)
         self._send(caller, item, back_via=via)
 
     def take_credit(self, envelope: Envelope, credit: StreamCredit) -> None:
@@ -436,7 +436,7 @@ class MeshStreams:
         consumer = self.producing.get((envelope.sender, credit.response_id))
         if consumer is None:
             return  # ended meanwhile
-        if self._forged(b"credit", envelope, credit):
+        if self._forged("credit", envelope, credit):
             self._drop("forged_credit")
             return
         consumer.credit(credit.credit)
@@ -445,7 +445,7 @@ class MeshStreams:
         """A C{call_cancel} frame arrived for a call here."""
         sender = envelope.sender
         if not cancel.lost and (
-            sender != cancel.caller or self._forged(b"cancel", envelope, cancel)
+            sender != cancel.caller or self._forged("cancel", envelope, cancel)
         ):
             self._drop("forged_cancel")
             return
@@ -456,7 +456,7 @@ class MeshStreams:
     def send_credit(self, callee: str, response_id: str, total: int) -> None:
         """Tell C{callee} this node takes C{total} items of call C{response_id}."""
         credit = StreamCredit(response_id, total)
-        self._seal(b"credit", callee, credit)
+        self._seal("credit", callee, credit)
         self._quietly(callee, credit)
 
     def cancelled(self, response_id: str, callee: str, via: str | None) -> None:
@@ -469,7 +469,7 @@ class MeshStreams:
         """Ask C{callee} to cancel call C{response_id} (C{caller}'s: this node's by default)."""
         cancel = CallCancel(response_id, caller or self._node_id, lost)
         if not lost:
-            self._seal(b"cancel", callee, cancel)
+            self._seal("cancel", callee, cancel)
         self._quietly(callee, cancel)
 
     def callers_lost(self, lost: list[tuple[str, str, str, str | None]]) -> None:
@@ -499,7 +499,7 @@ class MeshStreams:
             self._drop("late_item")
             return
         consumer, callee = found
-        if envelope.sender != callee or self._forged(b"item", envelope, item):
+        if envelope.sender != callee or self._forged("item", envelope, item):
             self._drop("forged_item")
             return
         if item.seq != consumer.count or item.seq >= consumer.granted:

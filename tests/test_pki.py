@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
+from relaytx import _json
 from relaytx._pki import (
     REPLAY_WINDOW,
     EndToEnd,
@@ -27,6 +28,19 @@ from tests.support import Authority
 CA = Authority("mesh CA")
 OTHER_CA = Authority("other CA")
 _ISSUED: dict[str, tuple[bytes, bytes]] = {}
+
+
+def json_round_trip(data: Any) -> Any:
+    """C{data} as the far end reads it: encoded with its keys in reverse order, then parsed."""
+
+    def reordered(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: reordered(value[k]) for k in reversed(list(value))}
+        if isinstance(value, list | tuple):
+            return [reordered(v) for v in value]
+        return value
+
+    return _json.loads(_json.dumps(reordered(data)))
 
 
 def identity(name: str, authority: Authority = CA, node_id: str | None = None) -> NodeIdentity:
@@ -286,6 +300,53 @@ class EndToEndTests(SynchronousTestCase):
         forged.mac = self.e2e["mallory"].seal_answer("nodeA", forged)
         self.assertFalse(a.check_answer("nodeC", forged, forged.mac))
         self.assertFalse(a.check_answer("nodeC", forged, None))
+
+    def test_every_field_coded(self) -> None:
+        """Changing any field of a call or an answer on the way changes what its code must be."""
+        c, issued = self.e2e["nodeC"], self.issued
+        spec = CallSpec("counter", "increment", (1,), {"by": 2}, 5.0)
+        good = ServerCall(spec, "r1", caller="client")
+        good.mac = self.e2e["nodeA"].seal_call("nodeC", good, issued)
+        changes = {
+            "server": attrs.evolve(good, call=attrs.evolve(spec, server_name="other")),
+            "method": attrs.evolve(good, call=attrs.evolve(spec, method="reset")),
+            "args": attrs.evolve(good, call=attrs.evolve(spec, args=(1, 2))),
+            "kwargs": attrs.evolve(good, call=attrs.evolve(spec, kwargs={"by": 3})),
+            "caller": attrs.evolve(good, caller="someone"),
+            "response id": attrs.evolve(good, response_id="r9"),
+        }
+        for what, call in changes.items():
+            self.assertIn("code", c.check_call("nodeA", call, issued, self.now) or "", what)
+        later = rfc3339(self.now + 1)
+        self.assertIn("code", c.check_call("nodeA", good, later, self.now) or "")
+        self.assertIsNone(c.check_call("nodeA", good, issued, self.now))
+        a = self.e2e["nodeA"]
+        failed = ServerResponse("r1", False, "nodeC", error="no", error_code=-32000)
+        failed.mac = c.seal_answer("nodeA", failed)
+        self.assertTrue(a.check_answer("nodeC", failed, failed.mac))
+        for what, answer in {
+            "success": attrs.evolve(failed, success=True),
+            "message": attrs.evolve(failed, error="yes"),
+            "code": attrs.evolve(failed, error_code=-32001),
+            "data": attrs.evolve(failed, error_data={"x": 1}),
+            "node": attrs.evolve(failed, node_id="mallory"),
+        }.items():
+            self.assertFalse(a.check_answer("nodeC", answer, failed.mac), what)
+        # The path report is the forwarders' word, not the callee's.
+        reported = attrs.evolve(failed, trace_path={"route": ["nodeB"]})
+        self.assertTrue(a.check_answer("nodeC", reported, failed.mac))
+
+    def test_codes_survive_the_wire(self) -> None:
+        """A call and its answer, coded, encoded and read back as a node reads them, hold."""
+        spec = CallSpec("counter", "increment", (1, [2, 3]), {"b": 1, "a": {"y": 2, "x": 1}}, 5.0)
+        call = ServerCall(spec, "r1")
+        call.mac = self.e2e["nodeA"].seal_call("nodeC", call, self.issued)
+        read = ServerCall.from_data(json_round_trip(call.to_data()))
+        self.assertIsNone(self.e2e["nodeC"].check_call("nodeA", read, self.issued, self.now))
+        answer = ServerResponse("r1", True, "nodeC", {"z": [1, 2], "a": None})
+        answer.mac = self.e2e["nodeC"].seal_answer("nodeA", answer)
+        back = ServerResponse.from_data(json_round_trip(answer.to_data()))
+        self.assertTrue(self.e2e["nodeA"].check_answer("nodeC", back, back.mac))
 
     def test_keys(self) -> None:
         """Caller and callee derive one key; any other pair another one."""
