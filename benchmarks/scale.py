@@ -76,12 +76,13 @@ C{--mesh N}: route convergence in a mesh.
 C{--mesh N --procs P} hosts the nodes in P worker processes
 (C{benchmarks/_mesh_worker.py}, a slice each, driven over their stdin and
 stdout), linked over loopback, so the figures are not bounded by one
-reactor; C{--mesh N --processes} runs one C{relay node} process per node,
-as users run them (node death is then a SIGKILL). Both report the same
-figures, with times taken from the nodes' own clocks (when each table
-last changed), RSS per node, and the load average before and after: on a
-shared machine, say it with the figures. C{--dial-batch} opens the links
-in waves.
+reactor. From 100 nodes on this is the default, with one worker per core
+(C{--procs 0} keeps every node in this process). C{--mesh N --processes}
+runs one C{relay node} process per node, as users run them (node death
+is then a SIGKILL). Both report the same figures, with times taken from
+the nodes' own clocks (when each table last changed), RSS per node, and
+the load average before and after: on a shared machine, say it with the
+figures. C{--dial-batch} opens the links in waves.
 
 Observed on the 2-core development machine (Python 3.11, Twisted 26.10):
 
@@ -2179,6 +2180,23 @@ def apart_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
 # --------------------------------------------------------------------------
 
 
+#: From this many nodes on, C{--mesh} hosts them in worker processes by default.
+APART_FROM = 100
+
+
+def default_procs(nodes: int | None) -> int:
+    """
+    :returns: the worker processes C{--mesh nodes} uses when C{--procs} is
+        not given: one per core this process may run on from L{APART_FROM}
+        nodes on (one reactor would run the whole mesh's work in series,
+        and what it measured would be that, not the mesh), else none (a
+        small mesh's work is less than what the workers' coordination adds).
+    """
+    if nodes is None or nodes < APART_FROM:
+        return 0
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--links", type=int, nargs="?", const=10000, help="links on one hub")
@@ -2211,8 +2229,9 @@ def main(argv: list[str] | None = None) -> int:
     mesh.add_argument("--timeout", type=float, default=60, help="bound of each wait, s (60)")
     mesh.add_argument("--poll", type=float, default=0.005, help="convergence poll, s (0.005)")
     mesh.add_argument(
-        "--procs", type=int, default=0,
-        help="host the nodes in this many worker processes (0: all in this process)",
+        "--procs", type=int, default=None,
+        help="host the nodes in this many worker processes (0: all in this process;"
+        f" default: one per core from {APART_FROM} nodes on, else 0)",
     )  # fmt: skip
     mesh.add_argument("--processes", action="store_true", help="one relay node process per node")
     mesh.add_argument(
@@ -2237,6 +2256,10 @@ def main(argv: list[str] | None = None) -> int:
         args.links, args.mesh = 10000, 50
     if args.mesh is not None and args.mesh < 3:
         parser.error("--mesh needs at least 3 nodes")
+    if args.procs is None:
+        args.procs = default_procs(args.mesh)
+    elif args.procs < 0:
+        parser.error("--procs takes 0 or more")
     progress = Progress(quiet=args.quiet)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
