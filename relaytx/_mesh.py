@@ -112,6 +112,34 @@ def _removed(session: PeerSession, reason: str) -> bool:
     return reason.startswith(_PEER_CLOSED_ON_PURPOSE)
 
 
+#: What ended a link, as C{relaytx_links_lost_total} counts it (a bounded set).
+LOSS_CAUSES = ("removed", "silent", "closed", "auth", "stopped")
+
+
+def loss_cause(reason: str, removed: bool, stopping: bool) -> str:
+    """
+    :param reason: why the link closed, as the session was told.
+    :param removed: whether both ends know it was closed on purpose
+        (L{_removed}).
+    :param stopping: whether this node is stopping.
+    :returns: one of L{LOSS_CAUSES}: C{stopped} (this node is stopping),
+        C{removed} (on purpose, or replaced, and both ends know it),
+        C{silent} (the peer left a request unanswered: see
+        L{relaytx._liveness}), C{auth} (a frame failed authentication), or
+        C{closed} (any other end: the peer closed it, stopped or died, or
+        the connection broke).
+    """
+    if stopping:
+        return "stopped"
+    if removed:
+        return "removed"
+    if reason == "silent":
+        return "silent"
+    if reason.startswith("frame authentication failed"):
+        return "auth"
+    return "closed"
+
+
 @implementer(ISessionHost, IRemoteCalls)
 class Mesh:
     """
@@ -164,6 +192,8 @@ class Mesh:
         self.node_id = node_id
         self.clock = clock
         self.metrics = metrics
+        for cause in LOSS_CAUSES:  # every series there from the start, at 0
+            metrics.links_lost.labels(cause)
         self.ping_interval = ping_interval
         self.max_message_size = max_message_size
         self._links = LinkTable(node_id, strict=strict_links)
@@ -299,7 +329,9 @@ class Mesh:
         peer_id = session.peer_id
         self.metrics.peers.set(len(self.links))
         self._log.info("link to {peer} lost ({reason})", peer=peer_id, reason=reason or "closed")
-        self.adverts.link_closed(peer_id, failed=not _removed(session, reason))
+        removed = _removed(session, reason)
+        self.metrics.links_lost.labels(loss_cause(reason, removed, self._links.stopping)).inc()
+        self.adverts.link_closed(peer_id, failed=not removed)
         self.calls.path_lost(peer_id)
         if self.records is not None:
             self.records.link_closed(peer_id)

@@ -262,6 +262,12 @@ class NodeMetrics:
         self.auth_failures = Counter(
             "relaytx_auth_failures", "Peers that failed to prove the cluster secret.", registry=r
         )
+        self.links_lost = Counter(
+            "relaytx_links_lost",
+            "Links to neighbours that ended, by cause (see relaytx._mesh.loss_cause).",
+            ["cause"],
+            registry=r,
+        )
         self.count_call = self.call_stats.record
         """
         Record one finished call: C{count_call(outcome, seconds)} with

@@ -27,9 +27,10 @@ from relaytx import (
 from relaytx._adverts import SYNC_DELAY
 from relaytx._calls import PendingCalls
 from relaytx._links import HEALTHY_LINK_HERE, LinkRefused
+from relaytx._mesh import LOSS_CAUSES
 from relaytx._routing import HOP_MARGIN, MAX_HOPS, hop_budget
 from relaytx.node import RelayNode
-from relaytx.peer import CLOSE_NORMAL, CLOSE_REPLACED
+from relaytx.peer import CLOSE_NORMAL, CLOSE_REMOVED, CLOSE_REPLACED
 from relaytx.testing import MemoryMesh, line, link_nodes, memory_node
 from relaytx.wire import (
     DEFAULT_TTL,
@@ -252,6 +253,57 @@ class MemoryMeshTests(MeshTestCase):
         self.network.advance(3)
         self.assertEqual((a.clock.seconds(), b.clock.seconds()), (3, 3))
         self.assertEqual(len(self.network.clocks()), 2)
+
+
+class LinkLossTests(MeshTestCase):
+    """C{relaytx_links_lost_total{cause}}: each ended link, counted once, by what ended it."""
+
+    def lost(self, node: RelayNode) -> dict[str, float]:
+        """:returns: the links C{node} lost, by cause (causes at 0 left out)."""
+        counts = {c: sample(node, "relaytx_links_lost_total", {"cause": c}) for c in LOSS_CAUSES}
+        return {cause: n for cause, n in counts.items() if n}
+
+    def test_every_cause_from_the_start(self) -> None:
+        """Every cause's series is exposed, at 0, before any link ends."""
+        (a,) = self.nodes("a")
+        exposition = a.metrics.exposition().decode()
+        for cause in LOSS_CAUSES:
+            self.assertIn(f'relaytx_links_lost_total{{cause="{cause}"}} 0.0', exposition)
+
+    def test_silent(self) -> None:
+        """A link dropped because its peer left a ping unanswered counts as silent."""
+        a, b = self.line("ab")
+        self.network.link_between(a, b).pause()
+        self.network.advance(5 + 1.3 - self.clock.seconds())
+        self.assertEqual((a.mesh.links, b.mesh.links), ({}, {}))
+        self.assertEqual(self.lost(a), {"silent": 1})
+        self.assertEqual(self.lost(b), {"silent": 1})
+
+    def test_removed(self) -> None:
+        """A link closed on purpose counts as removed, at both ends."""
+        a, b = self.line("ab")
+        self.network.link_between(a, b).session_of(a).close(CLOSE_REMOVED, "removed")
+        self.network.pump()
+        self.assertEqual(self.lost(a), {"removed": 1})
+        self.assertEqual(self.lost(b), {"removed": 1})
+
+    def test_closed(self) -> None:
+        """A connection that breaks, or a close that gives no purpose, counts as closed."""
+        a, b, c = self.line("abc")
+        self.network.link_between(a, b).cut()
+        self.network.link_between(b, c).session_of(c).close(CLOSE_NORMAL, "bye")
+        self.network.pump()
+        self.assertEqual(self.lost(a), {"closed": 1})
+        self.assertEqual(self.lost(b), {"closed": 2})
+        self.assertEqual(self.lost(c), {"closed": 1})
+
+    def test_stopped(self) -> None:
+        """The links of a node that stops count as stopped there, and as closed at its peers."""
+        a, b = self.line("ab")
+        a.stopService()
+        self.network.pump()
+        self.assertEqual(self.lost(a), {"stopped": 1})
+        self.assertEqual(self.lost(b), {"closed": 1})
 
 
 class RegistrySyncTests(MeshTestCase):
