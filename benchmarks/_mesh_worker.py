@@ -7,13 +7,17 @@ and answers the coordinator's commands. Started by scale.py, never by hand.
 It talks to scale.py over stdin/stdout, one JSON object a line. Commands
 (C{{"cmd": ...}}) and what it answers:
 
-  - C{start} C{{"nodes": [id, ...], "ping_interval"}}: starts the nodes,
-    each on a free port; C{{"event": "started", "ports": {id: port}}};
+  - C{start} C{{"nodes": [id, ...], "settings"}}: starts the nodes, each
+    on a free port, with C{settings} (C{ping_interval}, maybe
+    C{peer_timeout}) besides their ids and ports;
+    C{{"event": "started", "ports": {id: port}}};
   - C{graph} C{{"adj": {id: [id, ...]}, "dead": [id, ...]}}: the mesh as
     it should be now, for the convergence check; C{{"event": "graph"}};
   - C{dial} C{{"edges": [[from, to, port], ...]}}: C{from} dials C{to};
   - C{status}: C{{"event": "status", "converged", "nodes", "bad",
-    "changed_at", "sync_frames", "sync_bytes", "cpu", "dropped"}}, where
+    "changed_at", "sync_frames", "sync_bytes", "cpu", "dropped",
+    "silent"}}, where C{silent} counts the links the hosted nodes dropped
+    because their peer left a request unanswered (the liveness rule), and
     C{changed_at} is the latest Unix time any hosted node's table changed
     and C{dropped} maps a watched node to when the last hosted node let go
     of its route (or C{null} while one still holds it);
@@ -41,6 +45,9 @@ import time
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: The sample of the links a node dropped because their peer fell silent.
+SILENT = ("relaytx_links_lost_total", {"cause": "silent"})
 sys.path.insert(0, os.path.dirname(HERE))
 
 
@@ -117,7 +124,7 @@ class Worker:
         except Exception as e:
             self.emit({"event": "error", "error": f"{type(e).__name__}: {e}"})
 
-    def do_start(self, nodes: list[str], ping_interval: float) -> None:
+    def do_start(self, nodes: list[str], settings: dict[str, Any]) -> None:
         import socket
 
         from relaytx.config import build_config
@@ -130,9 +137,7 @@ class Worker:
                 with socket.socket() as probe:
                     probe.bind(("127.0.0.1", 0))
                     port = probe.getsockname()[1]
-                config = build_config(
-                    {"node_id": node_id, "port": port, "ping_interval": ping_interval}
-                )
+                config = build_config({"node_id": node_id, "port": port, **settings})
                 node = RelayNode(config, self.reactor)
                 try:
                     node.privilegedStartService()
@@ -221,6 +226,9 @@ class Worker:
                 "sync_bytes": size,
                 "cpu": sum(os.times()[:2]),
                 "dropped": dropped,
+                "silent": sum(
+                    n.metrics.registry.get_sample_value(*SILENT) or 0.0 for n in self.nodes.values()
+                ),
             }
         )
 

@@ -1234,9 +1234,7 @@ async def _mesh(
     for node_id in ids:
         for _attempt in range(5):
             port = free_port()
-            config = build_config(
-                {"node_id": node_id, "port": port, "ping_interval": args.ping_interval}
-            )
+            config = build_config({"node_id": node_id, "port": port, **node_settings(args)})
             node = RelayNode(config, reactor)
             node.use_session(CountingSession)
             try:
@@ -1257,6 +1255,7 @@ async def _mesh(
         "diameter": diameter,
         "seed": args.seed,
         "ping_interval_s": args.ping_interval,
+        "peer_timeout_s": args.peer_timeout,
     }
 
     def links_ok() -> int:
@@ -1502,13 +1501,18 @@ async def _mesh(
     return result
 
 
+def _peer_timeout_note(r: dict[str, Any]) -> str:
+    timeout = r.get("peer_timeout_s")
+    return "" if timeout is None else f"; peer_timeout {timeout:g} s"
+
+
 def mesh_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     kib = 1024
     rows = [
         (
             "nodes / edges (avg degree)",
             f"{r['nodes']} / {r['edges']} ({r['avg_degree']:.2f})",
-            f"seed {r['seed']}, diameter {r['diameter']}",
+            f"seed {r['seed']}, diameter {r['diameter']}" + _peer_timeout_note(r),
         ),
         ("all links open after", fmt(r["links_open_s"], ".3f", " s"), "from the first dial"),
         ("routes converged (= BFS) after", fmt(r["converged_s"], ".3f", " s"), ""),
@@ -1668,7 +1672,7 @@ class WorkerBackend:
             self.home[node_id] = k
             slices[k].append(node_id)
         for k, nodes in enumerate(slices):
-            self._send(k, cmd="start", nodes=nodes, ping_interval=self.args.ping_interval)
+            self._send(k, cmd="start", nodes=nodes, settings=node_settings(self.args))
         for k in range(len(self.procs)):
             self.ports.update(self._wait(k, "started", 120)["ports"])
 
@@ -1719,6 +1723,7 @@ class WorkerBackend:
             "sync_bytes": sum(p["sync_bytes"] for p in parts),
             "cpu": sum(p["cpu"] for p in parts),
             "dropped": dropped,
+            "silent": sum(p["silent"] for p in parts),
         }
 
     def cut(self, a: str, b: str) -> None:
@@ -1788,6 +1793,11 @@ class ProcessBackend:
                 "--port", str(self.ports[node_id]),
                 "--ping-interval", str(self.args.ping_interval),
             ]  # fmt: skip
+            if self.args.peer_timeout is not None:
+                config = os.path.join(self.tmp, f"{node_id}.toml")
+                with open(config, "w") as f:
+                    f.write(f"peer_timeout = {self.args.peer_timeout!r}\n")
+                argv += ["--config", config]
             for url in peers[node_id]:
                 argv += ["--add-peer", url]
             log = open(os.path.join(self.tmp, f"{node_id}.log"), "wb")
@@ -1884,6 +1894,7 @@ class ProcessBackend:
                 m.get("relaytx_registry_sync_bytes_total", 0.0) for m in metrics.values()
             ),
             "cpu": sum(cpu_seconds(self.procs[n].pid) for n in alive),
+            "silent": sum(m.get(SILENT_SAMPLE, 0.0) for m in metrics.values()),
             "dropped": {
                 t: (None if None in seen.values() else max(seen.values(), default=0.0))  # type: ignore[type-var]
                 for t, seen in self.watched.items()
@@ -1959,7 +1970,8 @@ def run_mesh_apart(
                 raise RuntimeError(f"{what}: not done after {args.timeout:g}s ({status['bad']})")
             progress(
                 f"{what}: {status['converged']}/{status['nodes']} converged"
-                f" ({elapsed:.1f}s; e.g. {status['bad']})"
+                f" ({elapsed:.1f}s; e.g. {status['bad']}; links dropped as silent so far:"
+                f" {status['silent']:.0f})"
             )
             time.sleep(args.poll_apart)
 
@@ -1987,6 +1999,7 @@ def run_mesh_apart(
         "diameter": max(max(bfs(adj, i)) for i in range(n)),
         "seed": args.seed,
         "ping_interval_s": args.ping_interval,
+        "peer_timeout_s": args.peer_timeout,
         "load_before": os.getloadavg(),
     }
     progress("starting nodes", force=True)
@@ -2007,6 +2020,7 @@ def run_mesh_apart(
         converged_s=conv,
         start_sync_frames=status["sync_frames"],
         start_sync_bytes=status["sync_bytes"],
+        start_silent=status["silent"],
         cpu_start_s=status["cpu"],
     )
     # Steady state.
@@ -2044,6 +2058,7 @@ def run_mesh_apart(
                 "reconverged_s": took,
                 "sync_frames": status["sync_frames"] - before["sync_frames"],
                 "sync_bytes": status["sync_bytes"] - before["sync_bytes"],
+                "silent": status["silent"] - before["silent"],
                 "ok": took <= 1.0,
             }
         )
@@ -2079,6 +2094,7 @@ def run_mesh_apart(
         "reconverged_s": took,
         "sync_frames": status["sync_frames"] - before["sync_frames"],
         "sync_bytes": status["sync_bytes"] - before["sync_bytes"],
+        "silent": status["silent"] - before["silent"],
     }
     # A call across the diameter of what is left.
     alive = [i for i in range(n) if i not in dead]
@@ -2112,7 +2128,8 @@ def apart_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             "nodes / edges (avg degree)",
             f"{r['nodes']} / {r['edges']} ({r['avg_degree']:.2f})",
             f"seed {r['seed']}, diameter {r['diameter']}; {r['mode']}"
-            + (f" x{r['procs']}" if r.get("procs") and r["mode"].startswith("worker") else ""),
+            + (f" x{r['procs']}" if r.get("procs") and r["mode"].startswith("worker") else "")
+            + _peer_timeout_note(r),
         ),
         (
             "load average before / after",
@@ -2140,6 +2157,7 @@ def apart_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{r['start_sync_bytes'] / kib / kib:,.2f} MiB",
         ),
         ("CPU, all nodes, start-up", fmt(r["cpu_start_s"], ".1f", " s"), ""),
+        ("links dropped as silent, start-up", f"{r['start_silent']:,.0f}", "liveness"),
         (
             "steady state: registry_sync",
             fmt(r["steady_sync_bytes_per_s"], ".1f", " B/s"),
@@ -2162,7 +2180,8 @@ def apart_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             (
                 f"cut {k}: {cut['link']}: re-converged",
                 fmt(cut["reconverged_s"], ".2f", " s"),
-                f"{cut['sync_frames']:,} frames, {cut['sync_bytes'] / kib:,.0f} KiB",
+                f"{cut['sync_frames']:,} frames, {cut['sync_bytes'] / kib:,.0f} KiB"
+                + _silent_note(cut),
             )
         ]
     death = r["death"]
@@ -2170,14 +2189,32 @@ def apart_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         (
             f"{death['node']} (degree {death['degree']}) killed: dropped everywhere",
             fmt(death["dropped_everywhere_s"], ".2f", " s"),
-            f"re-converged {death['reconverged_s']:.2f} s, {death['sync_bytes'] / kib:,.0f} KiB",
+            f"re-converged {death['reconverged_s']:.2f} s, {death['sync_bytes'] / kib:,.0f} KiB"
+            + _silent_note(death),
         )
     ]
     rows.append(far_call_row(r["far_call"]))
     return rows
 
 
+def _silent_note(phase: dict[str, Any]) -> str:
+    silent = phase.get("silent", 0)
+    return f", {silent:,.0f} links dropped as silent" if silent else ""
+
+
 # --------------------------------------------------------------------------
+
+
+#: The metric of the links a node dropped because their peer fell silent.
+SILENT_SAMPLE = 'relaytx_links_lost_total{cause="silent"}'
+
+
+def node_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """:returns: the settings every node of C{--mesh} gets, besides its id and port."""
+    settings: dict[str, Any] = {"ping_interval": args.ping_interval}
+    if args.peer_timeout is not None:
+        settings["peer_timeout"] = args.peer_timeout
+    return settings
 
 
 #: From this many nodes on, C{--mesh} hosts them in worker processes by default.
@@ -2235,6 +2272,11 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     mesh.add_argument("--processes", action="store_true", help="one relay node process per node")
     mesh.add_argument(
+        "--peer-timeout", type=float,
+        help="every node's peer_timeout, s (the node's default, 1.25: see the README's"
+        " Liveness; hundreds of nodes sharing a core stall each other for longer)",
+    )  # fmt: skip
+    mesh.add_argument(
         "--dial-batch", type=int, default=0,
         help="with --procs, open the links in waves of this many (0: all at once)",
     )  # fmt: skip
@@ -2260,6 +2302,8 @@ def main(argv: list[str] | None = None) -> int:
         args.procs = default_procs(args.mesh)
     elif args.procs < 0:
         parser.error("--procs takes 0 or more")
+    if args.peer_timeout is not None and not 0 < args.peer_timeout <= 3600:
+        parser.error("--peer-timeout takes seconds in (0, 3600]")
     progress = Progress(quiet=args.quiet)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
