@@ -374,6 +374,7 @@ class SealedBatchTests(SynchronousTestCase):
         pair.clock.advance(0.2)
         self.assertNotIn("hA", pair.accepting.mesh.links)
         self.assertEqual(auth_failures(pair.accepting), before + 1)
+        self.assertEqual(links_lost(pair.accepting, "auth"), 1)
         self.assertEqual(pair.server.closedByMe, True)
         self.assertEqual(pair.server.localCloseCode, CLOSE_AUTH_FAILED)
 
@@ -424,6 +425,13 @@ class SealedBatchTests(SynchronousTestCase):
         self.assertEqual(server._opener.pending, [])
         pair.clock.advance(PENDING_TIMEOUT * 2)
         self.assertIn("hA", pair.accepting.mesh.links)
+
+
+def links_lost(node: RelayNode, cause: str) -> float:
+    """:returns: the node's C{relaytx_links_lost_total} for C{cause}."""
+    value = node.metrics.registry.get_sample_value("relaytx_links_lost_total", {"cause": cause})
+    assert value is not None
+    return value
 
 
 def auth_failures(node: RelayNode) -> float:
