@@ -188,6 +188,7 @@ class Span:
     __slots__ = (
         "_tracer",
         "attributes",
+        "attributes_json",
         "end",
         "name",
         "parent_id",
@@ -213,6 +214,9 @@ class Span:
         self.parent_id = parent_id
         self.sampled = sampled
         self.attributes = attributes
+        #: C{attributes} as JSON, when the code that made them made it
+        #: once for every span that shares them (C{None}: made when written)
+        self.attributes_json: bytes | None = None
         self.start = tracer.clock.seconds()
         self.end: float | None = None
 
@@ -245,6 +249,7 @@ class Span:
     def _failed(self, error: BaseException) -> None:
         # A copy: spans of one method may share their attributes.
         self.attributes = attributes = dict(self.attributes)
+        self.attributes_json = None
         attributes["otel.status_code"] = "ERROR"
         attributes["relaytx.outcome"] = type(error).__name__
         code = getattr(error, "code", None)
@@ -289,11 +294,17 @@ def _stamp_parts(seconds: float) -> tuple[bytes, int]:
         exporter's path: the second's text is made once).
     """
     whole, micros = divmod(int(seconds * 1_000_000.0 + 0.5), 1_000_000)
+    return _second_text(whole), micros
+
+
+def _second_text(whole: int) -> bytes:
+    """:returns: the date and time of Unix second C{whole}, as L{_stamp} writes it."""
     cache = _stamp_second
     if cache[0] != whole:
         cache[1] = rfc3339(whole)[:-8].encode()  # without ".000000Z"
         cache[0] = whole
-    return cache[1], micros
+    text: bytes = cache[1]
+    return text
 
 
 class TracedMethod:
@@ -318,9 +329,11 @@ class TracedMethod:
         span_name = f"execute {server}.{name}"
         # Every span of the method shares them (a failed one gets a copy).
         attributes = {"rpc.system": "relaytx", "rpc.service": server, "rpc.method": name}
+        attributes_json = _json.dumps(attributes)
 
         def run(instance: Any, parent: SpanContext | Span, *args: Any, **kwargs: Any) -> Any:
             span = tracer.start_span(span_name, parent, attributes)
+            span.attributes_json = attributes_json
             token = current_span.set(span)
             try:
                 result = inner(instance, *args, **kwargs)
@@ -434,6 +447,23 @@ class Tracer:
             return Span(self, name, trace_id, None, sampled, attributes)
         return Span(self, name, parent.trace_id, parent.span_id, parent.sampled, attributes)
 
+    def continue_span(self, name: str, traceparent: Any, attributes: dict[str, Any]) -> Span:
+        """
+        Start a span, the child of the context a W3C C{traceparent} value
+        gives (a new trace if it is missing or invalid): as L{start_span}
+        with L{parse_traceparent}'s context, without making that context
+        for the canonical value every relaytx hop writes.
+        """
+        if (
+            type(traceparent) is str
+            and len(traceparent) == 55
+            and _CANONICAL_RE.fullmatch(traceparent) is not None
+        ):
+            trace_id, span_id = traceparent[3:35], traceparent[36:52]
+            if trace_id != _ZERO_TRACE and span_id != _ZERO_SPAN:
+                return Span(self, name, trace_id, span_id, traceparent[54] == "1", attributes)
+        return self.start_span(name, parse_traceparent(traceparent), attributes)
+
     def finished(self, span: Span) -> None:
         """A sampled span ended: export it with the next batch."""
         waiting = self._finished
@@ -516,18 +546,27 @@ class JsonlExporter:
             name = _json.dumps(span.name)
             if len(names) < 1024:  # "forward" spans name what callers sent
                 names[span.name] = name
-        start = span.start
-        end = span.end if span.end is not None else start
+        # The stamps as _stamp_parts makes them, inline (two a span).
+        start = int(span.start * 1_000_000.0 + 0.5)
+        start_second, start_micros = divmod(start, 1_000_000)
+        end = start if span.end is None else int(span.end * 1_000_000.0 + 0.5)
+        end_second, end_micros = divmod(end, 1_000_000)
+        cache = _stamp_second
+        start_text = cache[1] if cache[0] == start_second else _second_text(start_second)
+        end_text = cache[1] if cache[0] == end_second else _second_text(end_second)
         parent = span.parent_id
+        attributes = span.attributes_json
         return _LINE % (
             span.trace_id.encode(),
             span.span_id.encode(),
             b"null" if parent is None else b'"%s"' % parent.encode(),
             name,
             self._node,
-            *_stamp_parts(start),
-            *_stamp_parts(end),
-            _json.dumps(span.attributes),
+            start_text,
+            start_micros,
+            end_text,
+            end_micros,
+            _json.dumps(span.attributes) if attributes is None else attributes,
         )
 
     def shutdown(self) -> None:
@@ -599,10 +638,8 @@ class CallTraces:
                 "relaytx.from": target.via,
                 "relaytx.route": route,
             }
-            span = tracer.start_span(
-                f"run {target.server}.{target.method}",
-                parse_traceparent(envelope.data.get(TRACEPARENT)),
-                attributes,
+            span = tracer.continue_span(
+                f"run {target.server}.{target.method}", envelope.data.get(TRACEPARENT), attributes
             )
             target.trace = CallTrace(span)
         arrived = self.clock.seconds() if envelope.data.get(TRACE_PATH) is True else None
@@ -680,9 +717,9 @@ class HopTraces:
             name = (
                 f"forward {server}.{method}" if type(server) is type(method) is str else "forward"
             )
-            span = tracer.start_span(
+            span = tracer.continue_span(
                 name,
-                parse_traceparent(data.get(TRACEPARENT)),
+                data.get(TRACEPARENT),
                 {
                     "relaytx.caller": envelope.sender,
                     "relaytx.target_node": envelope.to,
