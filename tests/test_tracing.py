@@ -136,6 +136,36 @@ class TraceparentTests(SynchronousTestCase):
         ]:
             self.assertIsNone(parse_traceparent(value), value)
 
+    def test_continue_span(self) -> None:
+        """
+        A span continued from a traceparent value is the child of the
+        context parse_traceparent reads from it, or the root of a new trace
+        when it reads none.
+        """
+        tracer = Tracer("n0", MemoryReactorClock(), MemoryExporter())
+        valid = [
+            PARENT,
+            PARENT[:-2] + "00",
+            PARENT[:-2] + "03",
+            "cc" + PARENT[2:] + "-what-comes-next",
+            PARENT.encode(),
+        ]
+        for value in valid:
+            context = parse_traceparent(value)
+            assert context is not None
+            span = tracer.continue_span("run a.b", value, {})
+            found = (span.trace_id, span.parent_id, span.sampled)
+            self.assertEqual(found, (context.trace_id, context.span_id, context.sampled), value)
+        for value in [
+            None,
+            PARENT.upper(),
+            "00-" + "0" * 32 + PARENT[35:],
+            PARENT[:36] + "0" * 16 + "-01",
+        ]:
+            span = tracer.continue_span("run a.b", value, {})
+            self.assertIsNone(span.parent_id, value)
+            self.assertNotEqual(span.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736")
+
 
 def line_of_nodes(clock: MemoryReactorClock) -> tuple[MemoryMesh, list[RelayNode]]:
     """:returns: three in-memory nodes in a line, n0 - n1 - n2, each serving C{calls}."""
@@ -505,6 +535,39 @@ class JsonlTests(SynchronousTestCase):
         self.assertEqual(lines, [child.to_json('n"1'), root.to_json('n"1')])
         self.assertEqual(lines[1]["start"], "2023-11-14T22:13:21.000000Z")
         self.assertEqual(lines[1]["end"], "2023-11-14T22:13:22.250000Z")
+
+    def test_execute_lines(self) -> None:
+        """
+        The lines of a method's execute spans carry their attributes, the
+        failed one's own included (the others share theirs, and their JSON).
+        """
+        from relaytx._tracing import TracedMethod
+
+        class Picky(Server):
+            @exposed
+            def take(self, x: int) -> int:
+                if x < 0:
+                    raise ValueError("negative")
+                return x
+
+        directory = tempfile.mkdtemp(prefix="relaytx-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "spans.jsonl")
+        tracer = Tracer("n1", MemoryReactorClock(), JsonlExporter(path, "n1"))
+        method = TracedMethod(Picky.exposed_methods["take"], tracer, "picky")
+        parent = parse_traceparent(PARENT)
+        server = Picky()
+        method.function(server, parent, 1)
+        self.assertRaises(ValueError, method.function, server, parent, -1)
+        method.function(server, parent, 2)
+        tracer.stop()
+        lines = [json.loads(line) for line in open(path).read().splitlines()]
+        shared = {"rpc.system": "relaytx", "rpc.service": "picky", "rpc.method": "take"}
+        self.assertEqual([line["attributes"] for line in (lines[0], lines[2])], [shared] * 2)
+        failed = lines[1]["attributes"]
+        self.assertEqual(failed["otel.status_code"], "ERROR")
+        self.assertEqual(failed["otel.status_description"], "negative")
+        self.assertEqual({k: failed[k] for k in shared}, shared)
 
 
 class ConfigTests(SynchronousTestCase):
