@@ -112,21 +112,17 @@ def _removed(session: PeerSession, reason: str) -> bool:
     return reason.startswith(_PEER_CLOSED_ON_PURPOSE)
 
 
-#: What ended a link, as C{relaytx_links_lost_total} counts it (a bounded set).
-LOSS_CAUSES = ("removed", "silent", "closed", "auth", "stopped")
-
-
 def loss_cause(reason: str, removed: bool, stopping: bool) -> str:
     """
     :param reason: why the link closed, as the session was told.
     :param removed: whether both ends know it was closed on purpose
         (L{_removed}).
     :param stopping: whether this node is stopping.
-    :returns: one of L{LOSS_CAUSES}: C{stopped} (this node is stopping),
-        C{removed} (on purpose, or replaced, and both ends know it),
-        C{silent} (the peer left a request unanswered: see
-        L{relaytx._liveness}), C{auth} (a frame failed authentication), or
-        C{closed} (any other end: the peer closed it, stopped or died, or
+    :returns: one of L{relaytx._metrics.LINK_LOSS_CAUSES}: C{stopped}
+        (this node is stopping), C{removed} (on purpose, or replaced, and
+        both ends know it), C{silent} (the peer left a request unanswered:
+        see L{relaytx._liveness}), C{auth} (a frame failed authentication),
+        or C{closed} (any other end: the peer closed it, stopped or died, or
         the connection broke).
     """
     if stopping:
@@ -192,8 +188,6 @@ class Mesh:
         self.node_id = node_id
         self.clock = clock
         self.metrics = metrics
-        for cause in LOSS_CAUSES:  # every series there from the start, at 0
-            metrics.links_lost.labels(cause)
         self.ping_interval = ping_interval
         self.max_message_size = max_message_size
         self._links = LinkTable(node_id, strict=strict_links)

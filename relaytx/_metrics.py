@@ -216,6 +216,10 @@ class PlainCounter(Collector):
         yield CounterMetricFamily(self._name, self._documentation, value=self.value)
 
 
+#: What ends a link, as C{relaytx_links_lost_total} counts it (a bounded set).
+LINK_LOSS_CAUSES = ("removed", "silent", "closed", "auth", "stopped")
+
+
 class NodeMetrics:
     """
     The metrics of one node.
@@ -268,6 +272,8 @@ class NodeMetrics:
             ["cause"],
             registry=r,
         )
+        for cause in LINK_LOSS_CAUSES:  # every series there from the start, at 0
+            self.links_lost.labels(cause)
         self.count_call = self.call_stats.record
         """
         Record one finished call: C{count_call(outcome, seconds)} with

@@ -27,7 +27,7 @@ from relaytx import (
 from relaytx._adverts import SYNC_DELAY
 from relaytx._calls import PendingCalls
 from relaytx._links import HEALTHY_LINK_HERE, LinkRefused
-from relaytx._mesh import LOSS_CAUSES
+from relaytx._metrics import LINK_LOSS_CAUSES
 from relaytx._routing import HOP_MARGIN, MAX_HOPS, hop_budget
 from relaytx.node import RelayNode
 from relaytx.peer import CLOSE_NORMAL, CLOSE_REMOVED, CLOSE_REPLACED
@@ -260,14 +260,16 @@ class LinkLossTests(MeshTestCase):
 
     def lost(self, node: RelayNode) -> dict[str, float]:
         """:returns: the links C{node} lost, by cause (causes at 0 left out)."""
-        counts = {c: sample(node, "relaytx_links_lost_total", {"cause": c}) for c in LOSS_CAUSES}
+        counts = {
+            c: sample(node, "relaytx_links_lost_total", {"cause": c}) for c in LINK_LOSS_CAUSES
+        }
         return {cause: n for cause, n in counts.items() if n}
 
     def test_every_cause_from_the_start(self) -> None:
         """Every cause's series is exposed, at 0, before any link ends."""
         (a,) = self.nodes("a")
         exposition = a.metrics.exposition().decode()
-        for cause in LOSS_CAUSES:
+        for cause in LINK_LOSS_CAUSES:
             self.assertIn(f'relaytx_links_lost_total{{cause="{cause}"}} 0.0', exposition)
 
     def test_silent(self) -> None:

@@ -91,6 +91,16 @@ class Calls(Server):
         return await self.node.call(node_id, "calls", "double", x)
 
 
+class Picky(Server):
+    """Fails a negative argument."""
+
+    @exposed
+    def take(self, x: int) -> int:
+        if x < 0:
+            raise ValueError("negative")
+        return x
+
+
 class TraceparentTests(SynchronousTestCase):
     """Reading the W3C traceparent header."""
 
@@ -394,13 +404,6 @@ class TracedMethodTests(SynchronousTestCase):
         """
         from relaytx._tracing import TracedMethod
 
-        class Picky(Server):
-            @exposed
-            def take(self, x: int) -> int:
-                if x < 0:
-                    raise ValueError("negative")
-                return x
-
         exporter = MemoryExporter()
         tracer = Tracer("n0", MemoryReactorClock(), exporter)
         parent = parse_traceparent(PARENT)
@@ -542,13 +545,6 @@ class JsonlTests(SynchronousTestCase):
         failed one's own included (the others share theirs, and their JSON).
         """
         from relaytx._tracing import TracedMethod
-
-        class Picky(Server):
-            @exposed
-            def take(self, x: int) -> int:
-                if x < 0:
-                    raise ValueError("negative")
-                return x
 
         directory = tempfile.mkdtemp(prefix="relaytx-test-")
         self.addCleanup(shutil.rmtree, directory, True)
