@@ -235,9 +235,13 @@ class Span:
         if self.end is None:
             if isinstance(outcome, Failure) and outcome.value is not None:
                 self._failed(outcome.value)
-            self.end = self._tracer.clock.seconds()
-            if self.sampled:
-                self._tracer.finished(self)
+            tracer = self._tracer
+            self.end = tracer.clock.seconds()
+            if self.sampled:  # Tracer.finished, inline (every span passes here)
+                waiting = tracer._finished
+                waiting.append(self)
+                if len(waiting) >= tracer._batch:
+                    tracer.flush()
         return outcome
 
     def fail(self, error: BaseException) -> None:
@@ -332,7 +336,9 @@ class TracedMethod:
         attributes_json = _json.dumps(attributes)
 
         def run(instance: Any, parent: SpanContext | Span, *args: Any, **kwargs: Any) -> Any:
-            span = tracer.start_span(span_name, parent, attributes)
+            span = Span(
+                tracer, span_name, parent.trace_id, parent.span_id, parent.sampled, attributes
+            )
             span.attributes_json = attributes_json
             token = current_span.set(span)
             try:
