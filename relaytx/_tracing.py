@@ -116,6 +116,20 @@ class SpanContext:
         self.traceparent = traceparent
 
 
+def _canonical(value: str) -> tuple[str, str, bool] | None:
+    """
+    :returns: the trace id, parent span id and sampled flag of a valid
+        canonical version-00 value (as every relaytx hop writes one), read
+        by slicing; C{None} for anything else (which L{parse_traceparent}
+        reads the long way).
+    """
+    if len(value) == 55 and _CANONICAL_RE.fullmatch(value) is not None:
+        trace_id, span_id = value[3:35], value[36:52]
+        if trace_id != _ZERO_TRACE and span_id != _ZERO_SPAN:
+            return trace_id, span_id, value[54] == "1"
+    return None
+
+
 def parse_traceparent(value: str | bytes | None) -> SpanContext | None:
     """
     Read a W3C C{traceparent} value (version C{00}, or a later version's
@@ -124,13 +138,11 @@ def parse_traceparent(value: str | bytes | None) -> SpanContext | None:
     :returns: its context, or C{None} if it is missing or invalid (the
         recommendation's answer to an invalid header: start a new trace).
     """
-    if type(value) is str and len(value) == 55 and _CANONICAL_RE.fullmatch(value) is not None:
-        # The common case (as every relaytx hop writes one), the short way.
-        trace_id, span_id = value[3:35], value[36:52]
-        if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
-            return None
-        return SpanContext(trace_id, span_id, value[54] == "1", value)
-    if value is None:
+    if type(value) is str:
+        ids = _canonical(value)
+        if ids is not None:
+            return SpanContext(*ids, value)
+    elif value is None:
         return None
     if isinstance(value, bytes):
         try:
@@ -237,7 +249,7 @@ class Span:
                 self._failed(outcome.value)
             tracer = self._tracer
             self.end = tracer.clock.seconds()
-            if self.sampled:  # Tracer.finished, inline (every span passes here)
+            if self.sampled:  # into the tracer's next batch
                 waiting = tracer._finished
                 waiting.append(self)
                 if len(waiting) >= tracer._batch:
@@ -460,22 +472,11 @@ class Tracer:
         with L{parse_traceparent}'s context, without making that context
         for the canonical value every relaytx hop writes.
         """
-        if (
-            type(traceparent) is str
-            and len(traceparent) == 55
-            and _CANONICAL_RE.fullmatch(traceparent) is not None
-        ):
-            trace_id, span_id = traceparent[3:35], traceparent[36:52]
-            if trace_id != _ZERO_TRACE and span_id != _ZERO_SPAN:
-                return Span(self, name, trace_id, span_id, traceparent[54] == "1", attributes)
+        if type(traceparent) is str:
+            ids = _canonical(traceparent)
+            if ids is not None:
+                return Span(self, name, ids[0], ids[1], ids[2], attributes)
         return self.start_span(name, parse_traceparent(traceparent), attributes)
-
-    def finished(self, span: Span) -> None:
-        """A sampled span ended: export it with the next batch."""
-        waiting = self._finished
-        waiting.append(span)
-        if len(waiting) >= self._batch:
-            self.flush()
 
     def flush(self) -> None:
         """Hand every finished span to the exporter now."""
