@@ -52,8 +52,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Iterator
 from contextvars import ContextVar
+from functools import partial
+from itertools import chain
 from types import CoroutineType
 from typing import IO, Any
 
@@ -82,21 +84,31 @@ _ZERO_SPAN = "0" * 16
 
 
 def _random_hex(nbytes: int, batch: int = 512) -> Callable[[], str]:
-    # The OS's generator, read for a batch of ids at a time.
-    width = 2 * nbytes
-    pool: list[str] = []
+    """
+    :returns: a source of random ids of C{nbytes} bytes, in lowercase hex:
+        the OS's generator, read for a batch of ids at a time and split in C
+        (taking one runs no Python code but once a batch).
+    """
 
-    def take() -> str:
-        if not pool:
-            text = os.urandom(nbytes * batch).hex()
-            pool.extend(text[at : at + width] for at in range(0, len(text), width))
-        return pool.pop()
+    def batches() -> Iterator[list[str]]:
+        while True:
+            yield os.urandom(nbytes * batch).hex(" ", nbytes).split()
 
-    return take
+    return partial(next, chain.from_iterable(batches()))
 
 
-_new_trace_id = _random_hex(16)
-_new_span_id = _random_hex(8)
+def _new_ids() -> None:
+    # Fresh sources (at import, and in a forked child: a copy of the
+    # parent's batch would repeat its ids).
+    global _new_trace_id, _new_span_id
+    _new_trace_id = _random_hex(16)
+    _new_span_id = _random_hex(8)
+
+
+_new_trace_id: Callable[[], str]
+_new_span_id: Callable[[], str]
+_new_ids()
+os.register_at_fork(after_in_child=_new_ids)
 
 
 class SpanContext:
@@ -218,6 +230,7 @@ class Span:
         parent_id: str | None,
         sampled: bool,
         attributes: dict[str, Any],
+        attributes_json: bytes | None = None,
     ) -> None:
         self._tracer = tracer
         self.name = name
@@ -225,10 +238,12 @@ class Span:
         self.span_id = _new_span_id()
         self.parent_id = parent_id
         self.sampled = sampled
+        #: shared with other spans of its kind when C{attributes_json} is
+        #: given (L{Tracer.shape}): changed only through L{update}
         self.attributes = attributes
-        #: C{attributes} as JSON, when the code that made them made it
-        #: once for every span that shares them (C{None}: made when written)
-        self.attributes_json: bytes | None = None
+        #: C{attributes} as JSON, made once for every span that shares them
+        #: (C{None}: made when the span is written)
+        self.attributes_json = attributes_json
         self.start = tracer.clock.seconds()
         self.end: float | None = None
 
@@ -262,17 +277,22 @@ class Span:
             self._failed(error)
             self.finish()
 
-    def _failed(self, error: BaseException) -> None:
-        # A copy: spans of one method may share their attributes.
-        self.attributes = attributes = dict(self.attributes)
+    def update(self, attributes: dict[str, Any]) -> None:
+        """Add to the span's attributes (in a copy of its own: they may be shared)."""
+        self.attributes = {**self.attributes, **attributes}
         self.attributes_json = None
-        attributes["otel.status_code"] = "ERROR"
-        attributes["relaytx.outcome"] = type(error).__name__
+
+    def _failed(self, error: BaseException) -> None:
+        failure: dict[str, Any] = {
+            "otel.status_code": "ERROR",
+            "relaytx.outcome": type(error).__name__,
+        }
         code = getattr(error, "code", None)
         if isinstance(code, int):
-            attributes["relaytx.error_code"] = code
+            failure["relaytx.error_code"] = code
         message = getattr(error, "message", None) or str(error)
-        attributes["otel.status_description"] = message[:200]
+        failure["otel.status_description"] = message[:200]
+        self.update(failure)
 
     def to_json(self, node_id: str) -> dict[str, Any]:
         """:returns: the span as one line of the C{jsonl} exporter (SPEC section 13)."""
@@ -349,9 +369,14 @@ class TracedMethod:
 
         def run(instance: Any, parent: SpanContext | Span, *args: Any, **kwargs: Any) -> Any:
             span = Span(
-                tracer, span_name, parent.trace_id, parent.span_id, parent.sampled, attributes
+                tracer,
+                span_name,
+                parent.trace_id,
+                parent.span_id,
+                parent.sampled,
+                attributes,
+                attributes_json,
             )
-            span.attributes_json = attributes_json
             token = current_span.set(span)
             try:
                 result = inner(instance, *args, **kwargs)
@@ -450,22 +475,40 @@ class Tracer:
         self._batch = batch
         self._finished: list[Span] = []
         self._loop: LoopingCall | None = None
+        #: L{shape}s by their key
+        self.shapes: dict[Hashable, tuple[str, dict[str, Any], bytes]] = {}
+        self.max_shapes = 1024
         self.exported = 0
 
     def start_span(
-        self, name: str, parent: SpanContext | Span | None, attributes: dict[str, Any]
+        self,
+        name: str,
+        parent: SpanContext | Span | None,
+        attributes: dict[str, Any],
+        attributes_json: bytes | None = None,
     ) -> Span:
         """
         Start a span, the child of C{parent} (C{None}: the root of a new
         trace, sampled or not by L{sample}).
+
+        :param attributes_json: C{attributes} as JSON, when they are a
+            L{shape}'s, shared by every span of its kind.
         """
         if parent is None:
             trace_id = _new_trace_id()
-            sampled = int(trace_id[16:], 16) < self._bound
-            return Span(self, name, trace_id, None, sampled, attributes)
-        return Span(self, name, parent.trace_id, parent.span_id, parent.sampled, attributes)
+            sampled = self.sample >= 1.0 or int(trace_id[16:], 16) < self._bound
+            return Span(self, name, trace_id, None, sampled, attributes, attributes_json)
+        return Span(
+            self, name, parent.trace_id, parent.span_id, parent.sampled, attributes, attributes_json
+        )
 
-    def continue_span(self, name: str, traceparent: Any, attributes: dict[str, Any]) -> Span:
+    def continue_span(
+        self,
+        name: str,
+        traceparent: Any,
+        attributes: dict[str, Any],
+        attributes_json: bytes | None = None,
+    ) -> Span:
         """
         Start a span, the child of the context a W3C C{traceparent} value
         gives (a new trace if it is missing or invalid): as L{start_span}
@@ -475,8 +518,23 @@ class Tracer:
         if type(traceparent) is str:
             ids = _canonical(traceparent)
             if ids is not None:
-                return Span(self, name, ids[0], ids[1], ids[2], attributes)
-        return self.start_span(name, parse_traceparent(traceparent), attributes)
+                return Span(self, name, ids[0], ids[1], ids[2], attributes, attributes_json)
+        return self.start_span(name, parse_traceparent(traceparent), attributes, attributes_json)
+
+    def shape(
+        self, key: Hashable, name: str, attributes: dict[str, Any]
+    ) -> tuple[str, dict[str, Any], bytes]:
+        """
+        The name and attributes of one kind of span (one server's method,
+        called by one caller over one route...), with the attributes as
+        JSON: made once, for every span of the kind to share. The tracer
+        keeps it in L{shapes} under C{key}, up to C{max_shapes} kinds (past
+        those, each span gets a shape of its own, as before).
+        """
+        shape = (name, attributes, _json.dumps(attributes))
+        if len(self.shapes) < self.max_shapes:
+            self.shapes[key] = shape
+        return shape
 
     def flush(self) -> None:
         """Hand every finished span to the exporter now."""
@@ -602,7 +660,7 @@ class CallTraces:
         self.clock = clock
         self.tracer = tracer
         self.paths: dict[str, list[list[Any]]] = {}
-        self.running: dict[tuple[str, Any], tuple[Span | None, float | None, list[str]]] = {}
+        self.running: dict[tuple[str, Any], tuple[Span | None, float | None, tuple[str, ...]]] = {}
 
     def carry(self, envelope: Any, trace: CallTrace, response_id: str, d: Deferred[Any]) -> None:
         """
@@ -635,18 +693,22 @@ class CallTraces:
         """
         span = None
         tracer = self.tracer
-        route = list(envelope.route)  # the span's and the path report's (neither changes it)
+        route = envelope.route  # a tuple of node ids: the span's and the path report's
         if tracer is not None:
-            attributes: dict[str, Any] = {
-                "rpc.system": "relaytx",
-                "rpc.service": target.server,
-                "rpc.method": target.method,
-                "relaytx.caller": target.caller,
-                "relaytx.from": target.via,
-                "relaytx.route": route,
-            }
+            kind = ("run", target.server, target.method, target.caller, target.via, route)
+            shape = tracer.shapes.get(kind)
+            if shape is None:
+                attributes: dict[str, Any] = {
+                    "rpc.system": "relaytx",
+                    "rpc.service": target.server,
+                    "rpc.method": target.method,
+                    "relaytx.caller": target.caller,
+                    "relaytx.from": target.via,
+                    "relaytx.route": list(route),
+                }
+                shape = tracer.shape(kind, f"run {target.server}.{target.method}", attributes)
             span = tracer.continue_span(
-                f"run {target.server}.{target.method}", envelope.data.get(TRACEPARENT), attributes
+                shape[0], envelope.data.get(TRACEPARENT), shape[1], shape[2]
             )
             target.trace = CallTrace(span)
         arrived = self.clock.seconds() if envelope.data.get(TRACE_PATH) is True else None
@@ -666,10 +728,13 @@ class CallTraces:
         span, arrived, route = entry
         if span is not None:
             if not response.success:
-                attributes = span.attributes
-                attributes["otel.status_code"] = "ERROR"
-                attributes["relaytx.error_code"] = response.error_code
-                attributes["otel.status_description"] = str(response.error)[:200]
+                span.update(
+                    {
+                        "otel.status_code": "ERROR",
+                        "relaytx.error_code": response.error_code,
+                        "otel.status_description": str(response.error)[:200],
+                    }
+                )
             span.finish()
         if arrived is None:
             return None
@@ -721,19 +786,20 @@ class HopTraces:
         tracer = self.tracer
         if tracer is not None:
             server, method = call.get("server_name"), call.get("method")
-            name = (
-                f"forward {server}.{method}" if type(server) is type(method) is str else "forward"
-            )
-            span = tracer.continue_span(
-                name,
-                data.get(TRACEPARENT),
-                {
+            if type(server) is not str or type(method) is not str:
+                server = method = None  # not ours to read: the target answers for it
+            kind = ("forward", server, method, envelope.sender, envelope.to, came_from, went_to)
+            shape = tracer.shapes.get(kind)
+            if shape is None:
+                attributes = {
                     "relaytx.caller": envelope.sender,
                     "relaytx.target_node": envelope.to,
                     "relaytx.from": came_from,
                     "relaytx.to": went_to,
-                },
-            )
+                }
+                name = "forward" if server is None else f"forward {server}.{method}"
+                shape = tracer.shape(kind, name, attributes)
+            span = tracer.continue_span(shape[0], data.get(TRACEPARENT), shape[1], shape[2])
             data[TRACEPARENT] = span.traceparent  # forwarders pass data as it came
         budget = call.get("timeout")
         if not isinstance(budget, int | float) or isinstance(budget, bool) or budget <= 0:
@@ -752,8 +818,9 @@ class HopTraces:
         data = envelope.data
         if span is not None:
             if data.get("success") is not True:
-                span.attributes["otel.status_code"] = "ERROR"
-                span.attributes["relaytx.error_code"] = data.get("error_code")
+                span.update(
+                    {"otel.status_code": "ERROR", "relaytx.error_code": data.get("error_code")}
+                )
             span.finish()
         report = data.get(TRACE_PATH)
         if report is not None:
@@ -768,7 +835,7 @@ class HopTraces:
                 return
             del entries[key]
             if span is not None:
-                span.attributes["relaytx.outcome"] = "no answer passed back"
+                span.update({"relaytx.outcome": "no answer passed back"})
                 span.finish()
 
 

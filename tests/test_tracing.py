@@ -342,6 +342,42 @@ class MeshTracingTests(SynchronousTestCase):
         self.assertAlmostEqual(hops[2][1], 500.0)
         self.assertEqual(self.nodes[0].mesh.calls.traces.paths, {})
 
+    def test_shared_shapes(self) -> None:
+        """
+        The call and run spans of one kind of call share their attributes
+        and those attributes' JSON; a failed one gets a copy of its own, and
+        the spans after it are written without its error.
+        """
+        exporters = [trace(node) for node in self.nodes]
+        self.nodes[2].expose("picky", Picky())
+        for x in (1, -1, 2):
+            d = self.nodes[0].call("n2", "picky", "take", x)
+            self.network.pump()
+            if x < 0:
+                self.failureResultOf(d)
+            else:
+                self.assertEqual(self.successResultOf(d), x)
+        self.flushLoggedErrors(ValueError)
+        self.spans()
+        path = os.path.join(tempfile.mkdtemp(), "spans.jsonl")
+        self.addCleanup(shutil.rmtree, os.path.dirname(path))
+        for name, exporter in (("call", exporters[0]), ("run", exporters[2])):
+            first, failed, last = [s for s in exporter.spans if s.name == f"{name} picky.take"]
+            self.assertIs(first.attributes, last.attributes)
+            self.assertIs(first.attributes_json, last.attributes_json)
+            self.assertNotIn("otel.status_code", first.attributes)
+            self.assertEqual(failed.attributes["otel.status_code"], "ERROR")
+            self.assertEqual(failed.attributes["rpc.method"], "take")
+            writer = JsonlExporter(path, "n")
+            writer.export([first, failed, last])
+            writer.shutdown()
+            with open(path, "rb") as f:
+                lines = [json.loads(line)["attributes"] for line in f]
+            os.remove(path)
+            self.assertEqual(lines[0], lines[2])
+            self.assertEqual(lines[0], first.attributes)
+            self.assertEqual(lines[1], failed.attributes)
+
     def test_untraced_frames_unchanged(self) -> None:
         """Without tracing or a path request, a call's frames carry no trace fields."""
         d = self.nodes[0].call("n2", "calls", "double", 2)
@@ -445,6 +481,35 @@ class TracerTests(SynchronousTestCase):
         clock.advance(0.5)
         self.assertEqual(len(exporter.spans), 129)
         tracer.stop()
+
+
+    def test_shapes_bounded(self) -> None:
+        """
+        A tracer keeps at most C{max_shapes} span shapes; past them, each
+        span gets one of its own, as right.
+        """
+        tracer = Tracer("n0", MemoryReactorClock(), MemoryExporter())
+        tracer.max_shapes = 2
+        shapes = [tracer.shape(k, f"s{k}", {"k": k}) for k in range(3)]
+        self.assertEqual(list(tracer.shapes), [0, 1])
+        self.assertEqual(shapes[2], ("s2", {"k": 2}, b'{"k":2}'))
+
+    def test_ids_after_fork(self) -> None:
+        """A forked child makes span and trace ids of its own, not its parent's next."""
+        from relaytx import _tracing
+
+        _tracing._new_span_id()  # a batch is read before the fork
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child
+            os.write(write, f"{_tracing._new_span_id()} {_tracing._new_trace_id()}".encode())
+            os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        with os.fdopen(read) as f:
+            child_span, child_trace = f.read().split()
+        self.assertNotEqual(child_span, _tracing._new_span_id())
+        self.assertNotEqual(child_trace, _tracing._new_trace_id())
 
 
 class TracedMethodCacheTests(SynchronousTestCase):
