@@ -310,8 +310,9 @@ class Span:
         }
 
 
-#: the second last formatted by L{_stamp}, and its date and time
-_stamp_second: list[Any] = [None, b""]
+#: the second last written by L{_stamp}: its first microsecond since the
+#: epoch, and its date and time
+_stamp_second: list[Any] = [-1_000_000, b""]
 
 
 def _stamp(seconds: float) -> str:
@@ -319,28 +320,24 @@ def _stamp(seconds: float) -> str:
     :returns: C{seconds} as L{relaytx.wire.rfc3339} writes it (UTC, to the
         microsecond).
     """
-    second, micros = _stamp_parts(seconds)
+    second, micros = _stamp_parts(int(seconds * 1_000_000.0 + 0.5))
     return f"{second.decode()}.{micros:06d}Z"
 
 
-def _stamp_parts(seconds: float) -> tuple[bytes, int]:
+def _stamp_parts(micros: int) -> tuple[bytes, int]:
     """
-    :returns: C{seconds} as L{_stamp} writes it, in two parts: the date and
-        time to the second, and the microseconds (two per span, on the
-        exporter's path: the second's text is made once).
+    :returns: the time C{micros} microseconds after the epoch as L{_stamp}
+        writes it, in two parts: the date and time to the second (made once
+        a second), and the microseconds.
     """
-    whole, micros = divmod(int(seconds * 1_000_000.0 + 0.5), 1_000_000)
-    return _second_text(whole), micros
-
-
-def _second_text(whole: int) -> bytes:
-    """:returns: the date and time of Unix second C{whole}, as L{_stamp} writes it."""
     cache = _stamp_second
-    if cache[0] != whole:
+    base = cache[0]
+    if not base <= micros < base + 1_000_000:
+        whole = micros // 1_000_000
         cache[1] = rfc3339(whole)[:-8].encode()  # without ".000000Z"
-        cache[0] = whole
+        cache[0] = base = whole * 1_000_000
     text: bytes = cache[1]
-    return text
+    return text, micros - base
 
 
 class TracedMethod:
@@ -611,16 +608,20 @@ class JsonlExporter:
             name = _json.dumps(span.name)
             if len(names) < 1024:  # "forward" spans name what callers sent
                 names[span.name] = name
-        # The stamps as _stamp_parts makes them, inline (two a span).
+        # The stamps as _stamp_parts makes them, inline when both fall in
+        # the second it made last (as nearly all do).
         start = int(span.start * 1_000_000.0 + 0.5)
-        start_second, start_micros = divmod(start, 1_000_000)
         end = start if span.end is None else int(span.end * 1_000_000.0 + 0.5)
-        end_second, end_micros = divmod(end, 1_000_000)
-        cache = _stamp_second
-        start_text = cache[1] if cache[0] == start_second else _second_text(start_second)
-        end_text = cache[1] if cache[0] == end_second else _second_text(end_second)
-        parent = span.parent_id
+        second, start_text = _stamp_second
+        if second <= start and end < second + 1_000_000:
+            end_text, start_micros, end_micros = start_text, start - second, end - second
+        else:
+            start_text, start_micros = _stamp_parts(start)
+            end_text, end_micros = _stamp_parts(end)
         attributes = span.attributes_json
+        if attributes is None:
+            attributes = _json.dumps(span.attributes)
+        parent = span.parent_id
         return _LINE % (
             span.trace_id.encode(),
             span.span_id.encode(),
@@ -631,7 +632,7 @@ class JsonlExporter:
             start_micros,
             end_text,
             end_micros,
-            _json.dumps(span.attributes) if attributes is None else attributes,
+            attributes,
         )
 
     def shutdown(self) -> None:

@@ -598,11 +598,16 @@ class JsonlTests(SynchronousTestCase):
         clock.advance(1.25)
         child.finish()
         root.finish()
+        later = tracer.start_span("run a.b", root, {})  # within the second written last
+        clock.advance(0.5)
+        later.finish()
         tracer.stop()
         lines = [json.loads(line) for line in open(path, encoding="utf-8").read().splitlines()]
-        self.assertEqual(lines, [child.to_json('n"1'), root.to_json('n"1')])
+        self.assertEqual(lines, [span.to_json('n"1') for span in (child, root, later)])
         self.assertEqual(lines[1]["start"], "2023-11-14T22:13:21.000000Z")
         self.assertEqual(lines[1]["end"], "2023-11-14T22:13:22.250000Z")
+        self.assertEqual(lines[2]["start"], "2023-11-14T22:13:22.250000Z")
+        self.assertEqual(lines[2]["end"], "2023-11-14T22:13:22.750000Z")
 
     def test_execute_lines(self) -> None:
         """
