@@ -31,6 +31,7 @@ changes nothing.
 
 from __future__ import annotations
 
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -66,6 +67,7 @@ _STATIC = {
 }
 
 
+@cache  # read once a process, however many nodes it hosts
 def _static(name: str) -> bytes:
     return resources.files("relaytx").joinpath("static", name).read_bytes()
 
