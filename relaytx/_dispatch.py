@@ -120,19 +120,10 @@ class CallDispatcher:
         # the traced method making it, or a new trace.
         trace = target.trace
         parent = trace.parent if trace is not None else current_span.get()
-        key = ("call", target.server, target.method, target.node_id, target.caller)
-        shape = tracer.shapes.get(key)
-        if shape is None:
-            attributes: dict[str, Any] = {
-                "rpc.system": "relaytx",
-                "rpc.service": target.server,
-                "rpc.method": target.method,
-            }
-            if target.node_id is not None:
-                attributes["relaytx.target_node"] = target.node_id
-            if target.caller is not None:
-                attributes["relaytx.caller"] = target.caller
-            shape = tracer.shape(key, f"call {target.server}.{target.method}", attributes)
+        kind = ("call", target.server, target.method, target.node_id, target.caller)
+        shape = tracer.shapes.get(kind) or tracer.shape(
+            kind, f"call {target.server}.{target.method}", _call_attributes(target)
+        )
         span = tracer.start_span(shape[0], parent, shape[1], shape[2])
         target.trace = CallTrace(span, None if trace is None else trace.hops)
         try:
@@ -251,3 +242,17 @@ class CallDispatcher:
         error.with_data(node_id=self._node_id, route=[self._node_id])
         self._count(type(error).__name__, started, target, local)
         return error
+
+
+def _call_attributes(target: CallTarget) -> dict[str, Any]:
+    """:returns: the attributes of C{target}'s C{call} span."""
+    attributes: dict[str, Any] = {
+        "rpc.system": "relaytx",
+        "rpc.service": target.server,
+        "rpc.method": target.method,
+    }
+    if target.node_id is not None:
+        attributes["relaytx.target_node"] = target.node_id
+    if target.caller is not None:
+        attributes["relaytx.caller"] = target.caller
+    return attributes

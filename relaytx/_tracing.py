@@ -697,17 +697,18 @@ class CallTraces:
         route = envelope.route  # a tuple of node ids: the span's and the path report's
         if tracer is not None:
             kind = ("run", target.server, target.method, target.caller, target.via, route)
-            shape = tracer.shapes.get(kind)
-            if shape is None:
-                attributes: dict[str, Any] = {
+            shape = tracer.shapes.get(kind) or tracer.shape(
+                kind,
+                f"run {target.server}.{target.method}",
+                {
                     "rpc.system": "relaytx",
                     "rpc.service": target.server,
                     "rpc.method": target.method,
                     "relaytx.caller": target.caller,
                     "relaytx.from": target.via,
                     "relaytx.route": list(route),
-                }
-                shape = tracer.shape(kind, f"run {target.server}.{target.method}", attributes)
+                },
+            )
             span = tracer.continue_span(
                 shape[0], envelope.data.get(TRACEPARENT), shape[1], shape[2]
             )
@@ -790,16 +791,16 @@ class HopTraces:
             if type(server) is not str or type(method) is not str:
                 server = method = None  # not ours to read: the target answers for it
             kind = ("forward", server, method, envelope.sender, envelope.to, came_from, went_to)
-            shape = tracer.shapes.get(kind)
-            if shape is None:
-                attributes = {
+            shape = tracer.shapes.get(kind) or tracer.shape(
+                kind,
+                "forward" if server is None else f"forward {server}.{method}",
+                {
                     "relaytx.caller": envelope.sender,
                     "relaytx.target_node": envelope.to,
                     "relaytx.from": came_from,
                     "relaytx.to": went_to,
-                }
-                name = "forward" if server is None else f"forward {server}.{method}"
-                shape = tracer.shape(kind, name, attributes)
+                },
+            )
             span = tracer.continue_span(shape[0], data.get(TRACEPARENT), shape[1], shape[2])
             data[TRACEPARENT] = span.traceparent  # forwarders pass data as it came
         budget = call.get("timeout")
