@@ -359,10 +359,12 @@ class TracedMethod:
         self.method = method
         self.name = name = method.name
         inner = method.function
-        span_name = f"execute {server}.{name}"
         # Every span of the method shares them (a failed one gets a copy).
-        attributes = {"rpc.system": "relaytx", "rpc.service": server, "rpc.method": name}
-        attributes_json = _json.dumps(attributes)
+        span_name, attributes, attributes_json = tracer.shape(
+            ("execute", server, name),
+            f"execute {server}.{name}",
+            {"rpc.system": "relaytx", "rpc.service": server, "rpc.method": name},
+        )
 
         def run(instance: Any, parent: SpanContext | Span, *args: Any, **kwargs: Any) -> Any:
             span = Span(
