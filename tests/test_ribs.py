@@ -153,6 +153,17 @@ class ReferenceTests(SynchronousTestCase):
         self.assertEqual(self.rib.apply({"d": RouteAdvert(("x", "d"))}), {"d"})
         self.assertEqual(self.rib.get("e"), (("s", "q", "e"), 2))
 
+    def test_siblings_stay_when_one_leaves(self) -> None:
+        """References to one parent that stay follow it after a sibling left for another."""
+        self.rib.apply({f"d{i}": RouteAdvert(None, None, "p") for i in range(3)})
+        self.rib.apply({"q": RouteAdvert(("q",)), "d1": RouteAdvert(None, None, "q")})
+        changed = self.rib.apply({"p": RouteAdvert(("p",))})
+        self.assertEqual(changed, {"p", "d", "e", "d0", "d2"})
+        self.assertEqual(self.rib.get("d2"), (("s", "p", "d2"), 2))
+        self.assertEqual(self.rib.get("d1"), (("s", "q", "d1"), 2))
+        self.assertEqual(self.rib.apply(None, ["d0", "d2", "d"]), {"d0", "d2", "d", "e"})
+        self.assertEqual(self.rib.apply({"p": RouteAdvert(("a", "p"))}), {"p"})
+
     def test_explicit_replaces_reference(self) -> None:
         """An explicit entry for a reference cuts it loose from its parent."""
         self.rib.apply({"d": RouteAdvert(("x", "d"))})
