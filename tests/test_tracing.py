@@ -482,7 +482,6 @@ class TracerTests(SynchronousTestCase):
         self.assertEqual(len(exporter.spans), 129)
         tracer.stop()
 
-
     def test_shapes_bounded(self) -> None:
         """
         A tracer keeps at most C{max_shapes} span shapes; past them, each
