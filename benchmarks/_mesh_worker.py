@@ -299,6 +299,8 @@ def main() -> None:
         textFileLogObserver,
     )
 
+    from relaytx.tap import tune_collector
+
     log = open(sys.argv[1], "w") if len(sys.argv) > 1 else sys.stderr
     globalLogBeginner.beginLoggingTo(
         [
@@ -311,6 +313,9 @@ def main() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     worker = Worker(reactor)
+    # The worker's nodes live as long as it does, as a relay node's do:
+    # its collector is tuned the same way.
+    tune_collector()
     fd = sys.stdin.fileno()
     os.set_blocking(fd, False)
     pending = [b""]

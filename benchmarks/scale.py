@@ -1151,6 +1151,8 @@ def run_mesh(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         textFileLogObserver,
     )
 
+    from relaytx.tap import tune_collector
+
     fd, log_path = tempfile.mkstemp(prefix="relaytx-scale-mesh-", suffix=".log")
     log_file = os.fdopen(fd, "w")
     observer = FilteringLogObserver(
@@ -1175,6 +1177,7 @@ def run_mesh(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         d.addBoth(lambda _: reactor.stop())
 
     reactor.callWhenRunning(start)
+    tune_collector()  # as a relay node process does
     # Twisted takes SIGINT only from Python's default handler, and SIGTERM:
     # both stop the reactor, whose shutdown trigger stops the nodes.
     signal.signal(signal.SIGINT, signal.default_int_handler)
