@@ -59,6 +59,11 @@ class LinkNews:
         self._mirrors = mirrors
         #: routing neighbour -> the news it was told
         self._told: dict[str, set[Notice]] = {}
+        #: routing neighbour -> the news no path it held crossed, when its
+        #: whole mirror was last looked through, and the destinations it
+        #: was told since (only those can bring a path across)
+        self._clear: dict[str, set[Notice]] = {}
+        self._since: dict[str, set[str]] = {}
 
     # This node's own links.
 
@@ -83,6 +88,8 @@ class LinkNews:
         """
         if told:
             self._told.pop(peer_id, None)
+            self._clear.pop(peer_id, None)
+            self._since.pop(peer_id, None)
         if self.suspects:
             for key in [k for k in self.suspects if k[0] == peer_id]:
                 del self.suspects[key]
@@ -90,6 +97,13 @@ class LinkNews:
     def told_nothing(self, peer_id: str) -> None:
         """C{peer_id} gets this node's whole table: it has heard no news from it."""
         self._told.pop(peer_id, None)
+        self._clear.pop(peer_id, None)
+        self._since.pop(peer_id, None)
+
+    def exported(self, peer_id: str, destinations: Iterable[str]) -> None:
+        """Routing neighbour C{peer_id} was told C{destinations} (see L{notices_for})."""
+        if self._clear.get(peer_id):
+            self._since.setdefault(peer_id, set()).update(destinations)
 
     # News from neighbours.
 
@@ -180,24 +194,44 @@ class LinkNews:
         :returns: the lost links routing neighbour C{peer_id} must hear of
             now: those that some path we told it crosses (so it holds a
             stale path of ours, and perhaps of others), each told once.
+
+        A notice is looked for through the neighbour's whole mirror once;
+        while none of its paths crosses the link, later adverts look only
+        at the destinations told since (L{exported}): a path across the
+        link can only come with one of them, itself or an ancestor of its
+        reference. Each advert of a busy node used to look through every
+        mirror for every notice no path crossed, until it expired.
         """
+        since = self._since.pop(peer_id, set())
         mirror = self._mirrors.get(peer_id)
         if mirror is None or not self.notices:
+            self._clear.pop(peer_id, None)
             return ()
         told = self._told.setdefault(peer_id, set())
         if told:
             told &= {*self.notices, *self._up_notices()}
+        clear = self._clear.setdefault(peer_id, set())
+        if clear:
+            clear &= self.notices.keys()
+        paths = mirror.paths
         me = self.node_id
         due = []
         for notice in self.notices:
             if notice in told:
                 continue
+            if notice in clear:
+                held: Iterable[tuple[str, ...]] = filter(None, map(paths.get, since))
+            else:
+                held = paths.values()
             node, peer, _ = notice
-            for path in mirror.paths.values():
+            for path in held:
                 if (path[0] == peer) if node == me else crosses(path, [notice]):
                     due.append(notice)
                     told.add(notice)
+                    clear.discard(notice)
                     break
+            else:
+                clear.add(notice)
         return tuple(due)
 
     def ups_for(self, peer_id: str) -> tuple[Notice, ...]:

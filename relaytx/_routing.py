@@ -697,7 +697,10 @@ class Exports:
         mirror = self._mirrors.get(peer_id)
         if mirror is None:
             return self.export_full(peer_id), []
-        return diff(mirror, self.wanted_by(peer_id), candidates)
+        entries, withdrawn = diff(mirror, self.wanted_by(peer_id), candidates)
+        if entries:
+            self._news.exported(peer_id, entries)
+        return entries, withdrawn
 
     def ready(self, now: float) -> tuple[set[str], float | None]:
         """

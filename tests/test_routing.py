@@ -634,6 +634,38 @@ class WithdrawalTests(SynchronousTestCase):
         self.assertFalse(router.take_notices("d", [("b", "x", 6)], now=10.2))
         self.assertEqual(router.next_hop("x"), "a")
 
+    def test_news_told_when_a_path_across_comes_later(self) -> None:
+        """News no path told to a neighbour crossed is told once one does, and once only."""
+        router = Router("me")
+        feed(router, "p", {})
+        feed(router, "a", {"x": RouteAdvert(("x",))})
+        router.exports.export_full("p")
+        router.take_notices("a", [("q", "r", 5)], now=10.0)
+        news = router.news
+        self.assertEqual(news.notices_for("p"), ())
+        self.assertEqual(news.notices_for("p"), ())
+        feed(router, "a", {"z": RouteAdvert(("z",))})
+        router.exports.export_changes("p", {"z"})
+        self.assertEqual(news.notices_for("p"), ())
+        # Said after the news, this path is used, and told: p now holds one across q-r.
+        feed(router, "a", {"y": RouteAdvert(("q", "r", "y"))})
+        self.assertEqual(router.route("y").path, ("a", "q", "r", "y"))  # type: ignore[union-attr]
+        router.exports.export_changes("p", {"y"})
+        self.assertEqual(news.notices_for("p"), (("q", "r", 5),))
+        self.assertEqual(news.notices_for("p"), ())
+
+    def test_news_for_a_neighbour_told_everything_again(self) -> None:
+        """A neighbour that gets the whole table again is looked through again, whole."""
+        router = Router("me")
+        feed(router, "p", {})
+        feed(router, "a", {"x": RouteAdvert(("x",))})
+        router.exports.export_full("p")
+        router.take_notices("a", [("q", "r", 5)], now=10.0)
+        self.assertEqual(router.news.notices_for("p"), ())
+        feed(router, "a", {"y": RouteAdvert(("q", "r", "y"))})
+        router.exports.export_full("p")
+        self.assertEqual(router.news.notices_for("p"), (("q", "r", 5),))
+
     def test_own_notice_taken_back(self) -> None:
         """A node whose lost link opens again while its loss is news tells that it is back."""
         net, (a, b, c) = line(self, 3)
