@@ -83,7 +83,7 @@ def routing_state(node: Any) -> int:
         router._routes, router._ribs, router.exports._mirrors, router._links,
         router._own_servers, router._own_sn, router._marks, router.news.notices,
         router.news.ups, router.news.suspects, router.exports._readvertised,
-        router.news._told, node.mesh.adverts._state,
+        router.news._told, router.news._clear, router.news._since, node.mesh.adverts._state,
     ]  # fmt: skip
     return deep_size(parts)
 
@@ -169,7 +169,12 @@ class Worker:
         table = node.mesh.router.routes()
         want = len(dist) - 1
         if len(table) != want:
-            return f"{node_id} knows {len(table)}/{want}"
+            missing = next((d for d in dist if d != node_id and d not in table), None)
+            if missing is None:
+                return f"{node_id} knows {len(table)}/{want}"
+            mark = node.mesh.router._marks.get(missing)
+            held = f", marked unreachable at {mark[0]}" if mark is not None else ""
+            return f"{node_id} knows {len(table)}/{want}: none to {missing}{held}"
         for dest, route in table.items():
             d = dist.get(dest)
             if d is None or len(route.path) != d:

@@ -1963,11 +1963,21 @@ def run_mesh_apart(
         )
 
     def until_converged(what: str, since: float) -> tuple[float, dict[str, Any]]:
+        """
+        Poll until every table equals BFS. :returns: how long that took
+        (by the nodes' clocks) and the last status; a wait longer than
+        L{STALL_NOTED} seconds notes in it (C{stalled_on}) what the last
+        poll found wrong, so that a report names what held it up.
+        """
         started = time.monotonic()
+        bad = ""
         while True:
             status = backend.status()
             if status["converged"] == status["nodes"]:
+                if time.monotonic() - started > STALL_NOTED:
+                    status["stalled_on"] = bad
                 return max(0.0, status["changed_at"] - since), status
+            bad = status["bad"]
             elapsed = time.monotonic() - started
             if elapsed > args.timeout:
                 raise RuntimeError(f"{what}: not done after {args.timeout:g}s ({status['bad']})")
@@ -2054,6 +2064,7 @@ def run_mesh_apart(
         cut_at = time.time()
         backend.cut(ids[a], ids[b])
         took, status = until_converged(f"cut {c + 1} {ids[a]}-{ids[b]}", cut_at)
+        stalled_on = status.get("stalled_on")
         status = quiet(status)
         cuts.append(
             {
@@ -2063,6 +2074,7 @@ def run_mesh_apart(
                 "sync_bytes": status["sync_bytes"] - before["sync_bytes"],
                 "silent": status["silent"] - before["silent"],
                 "ok": took <= 1.0,
+                "stalled_on": stalled_on,
             }
         )
     result["cuts"] = cuts
@@ -2089,6 +2101,7 @@ def run_mesh_apart(
         progress(f"waiting for every node to drop {ids[victim]}")
         time.sleep(0.05 if not args.processes else 0.1)
     took, status = until_converged(f"after {ids[victim]} died", killed_at)
+    stalled_on = status.get("stalled_on")
     status = quiet(status)
     result["death"] = {
         "node": ids[victim],
@@ -2098,6 +2111,7 @@ def run_mesh_apart(
         "sync_frames": status["sync_frames"] - before["sync_frames"],
         "sync_bytes": status["sync_bytes"] - before["sync_bytes"],
         "silent": status["silent"] - before["silent"],
+        "stalled_on": stalled_on,
     }
     # A call across the diameter of what is left.
     alive = [i for i in range(n) if i not in dead]
@@ -2202,11 +2216,16 @@ def apart_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def _silent_note(phase: dict[str, Any]) -> str:
     silent = phase.get("silent", 0)
-    return f", {silent:,.0f} links dropped as silent" if silent else ""
+    note = f", {silent:,.0f} links dropped as silent" if silent else ""
+    stalled_on = phase.get("stalled_on")
+    return note + (f"; late: {stalled_on}" if stalled_on else "")
 
 
 # --------------------------------------------------------------------------
 
+
+#: A wait for convergence longer than this (seconds) notes what held it up.
+STALL_NOTED = 5.0
 
 #: The metric of the links a node dropped because their peer fell silent.
 SILENT_SAMPLE = 'relaytx_links_lost_total{cause="silent"}'
