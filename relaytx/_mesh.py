@@ -42,7 +42,7 @@ from relaytx._relay import OriginalRelay
 from relaytx._routing import Router
 from relaytx.errors import InvalidRequest, ProtocolViolation
 from relaytx.interfaces import ILinkTransport, IRemoteCalls, ISessionHost
-from relaytx.peer import CLOSE_ABNORMAL, CLOSE_REMOVED, CLOSE_REPLACED, PeerSession
+from relaytx.peer import CLOSE_ABNORMAL, CLOSE_ON_PURPOSE, PeerSession
 from relaytx.wire import (
     Envelope,
     MessageTypes,
@@ -88,8 +88,7 @@ def routes_are_complete(adverts: Advertiser, router: Router, links: LinkTable) -
     return links.originals + routers >= len(by_peer)
 
 
-_ON_PURPOSE = (CLOSE_REMOVED, CLOSE_REPLACED)
-_PEER_CLOSED_ON_PURPOSE = tuple(f"close code {code}" for code in _ON_PURPOSE)
+_PEER_CLOSED_ON_PURPOSE = tuple(f"close code {code}" for code in CLOSE_ON_PURPOSE)
 
 
 def _removed(session: PeerSession, reason: str) -> bool:
@@ -101,7 +100,7 @@ def _removed(session: PeerSession, reason: str) -> bool:
         peer, which marks it unreachable unless this node numbers itself
         above the mark.
     """
-    if session.closed_with in _ON_PURPOSE:
+    if session.closed_with in CLOSE_ON_PURPOSE:
         # This node closed it. The peer knows why only if it got the close
         # frame, and then it answered: the closing handshake ended cleanly
         # (an answered close is told as its code; one that broke off as
@@ -325,7 +324,12 @@ class Mesh:
         self._log.info("link to {peer} lost ({reason})", peer=peer_id, reason=reason or "closed")
         removed = _removed(session, reason)
         self.metrics.links_lost.labels(loss_cause(reason, removed, self._links.stopping)).inc()
-        self.adverts.link_closed(peer_id, failed=not removed)
+        # A link this node closed on purpose says nothing of the peer, even
+        # when the closing handshake broke off: the peer, if it heard the
+        # close, goes on under its number, and a mark here would hold it
+        # unreachable everywhere the mark spread (for MARK_HOLD).
+        by_us = session.closed_with in CLOSE_ON_PURPOSE
+        self.adverts.link_closed(peer_id, failed=not removed, mark=not (removed or by_us))
         self.calls.path_lost(peer_id)
         if self.records is not None:
             self.records.link_closed(peer_id)

@@ -44,7 +44,13 @@ from relaytx._links import LinkRefused
 from relaytx._mesh import Mesh
 from relaytx._tls import peer_certificate_names
 from relaytx.interfaces import ILinkTransport
-from relaytx.peer import CLOSE_AUTH_FAILED, CLOSE_PROTOCOL_ERROR, CLOSE_REPLACED, PeerSession
+from relaytx.peer import (
+    CLOSE_AUTH_FAILED,
+    CLOSE_ON_PURPOSE,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_REPLACED,
+    PeerSession,
+)
 
 #: Seconds an accepted link may take to prove the cluster secret.
 AUTH_TIMEOUT = 10.0
@@ -241,6 +247,14 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._cancel_pending_timer()
+        heard = getattr(self, "remoteCloseCode", None)
+        if not wasClean and heard in CLOSE_ON_PURPOSE:
+            # The peer's close frame came, and said the link was closed on
+            # purpose, before the handshake broke off (a timeout at either
+            # end, with busy reactors): what ended the link is that close.
+            code = heard
+            said = getattr(self, "remoteCloseReason", None)
+            reason = f"{said}, then the closing handshake broke off" if said else None
         try:
             if self.session is not None:
                 self.session.connection_lost(

@@ -34,9 +34,10 @@ mesh has:
     news too (C{up}).
   - B{Sequence numbers} (as DSDV's): every node numbers itself (an even
     number, which grows when a link of it fails) and routes to it carry
-    that number. When a link fails (not when it is removed on purpose), the
-    node at each end marks its peer unreachable at the peer's next (odd)
-    number, and its withdrawals carry the mark (C{lost}). A path numbered
+    that number. When a link fails (not when it is removed on purpose: a
+    node that closed it on purpose marks nobody, whether or not the peer
+    answered), the node at each end marks its peer unreachable at the
+    peer's next (odd) number, and its withdrawals carry the mark (C{lost}). A path numbered
     below a mark is stale, so a dead node's routes end everywhere in one
     pass, with no hunting through the stale paths that still lead to it;
     paths I{through} it are unused as long as it is unreachable. A node that

@@ -69,6 +69,8 @@ CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_REPLACED = 4001
 CLOSE_REMOVED = 4002
 CLOSE_AUTH_FAILED = 4003
+#: the codes of a link closed on purpose: it says nothing of either node
+CLOSE_ON_PURPOSE = (CLOSE_REMOVED, CLOSE_REPLACED)
 
 H = TypeVar("H", bound=Callable[..., Any])
 

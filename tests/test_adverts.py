@@ -381,6 +381,29 @@ class DeathTests(ExchangeTestCase):
         self.assertEqual(route.path, ("c", "d", "a"))
         self.assertGreater(nodes["a"].mesh.adverts.own_sn, number)
 
+    def test_removal_heard_but_not_answered(self) -> None:
+        """
+        A removal its peer heard, whose remover never heard the answer,
+        holds neither end unreachable: the remover marks nobody.
+        """
+        nodes = {n.node_id: n for n in self.nodes("abcd")}
+        for x, y in [("a", "b"), ("b", "c"), ("c", "d"), ("d", "a")]:
+            self.network.link(nodes[x], nodes[y])
+        self.network.settle()
+        self.network.advance(NOTICE_HOLD + 1)
+        link = self.network.link_between("a", "b")
+        nodes["a"].remove_peer("b")
+        link.closing = link.closed = True  # the close frame, queued, is delivered by hand
+        link.session_of("b").connection_lost("close code 4002: removed by the operator")
+        link.session_of("a").connection_lost(
+            "close code 1006: connection was closed uncleanly (closing handshake timeout)"
+        )
+        self.network.settle()
+        self.network.advance(SYNC_DELAY * 10)
+        for name, node in nodes.items():
+            self.assertEqual(set(node.views.routes()), set(nodes) - {name}, name)
+        self.assertEqual(nodes["d"].mesh.router.route("b").path, ("c", "b"))  # type: ignore[union-attr]
+
     def test_removal_told(self) -> None:
         """A removal its peer heard renumbers nobody: a keeps its number and b routes around."""
         nodes, number = self._square_removed(close_arrives=True)

@@ -231,6 +231,7 @@ class _Adapters:
         for factory in (self.server_factory, self.dialer.factory):
             # No Autobahn timers: they would go to the global reactor (txaio).
             factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        self.dialer.factory.setProtocolOptions(serverConnectionDropTimeout=0)
         address = IPv4Address("TCP", "127.0.0.1", 9)
         self.client, self.server, self.pump = connectedServerAndClient(
             lambda: self.server_factory.buildProtocol(address),
@@ -291,6 +292,48 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(pair.accepting.mesh.links, {})
         self.assertEqual(pair.dialling.mesh.links, {})
         self.assertEqual(auth_failures(pair.dialling), 1)
+
+
+class ClosingHandshakeTests(SynchronousTestCase):
+    """
+    A link removed on purpose whose closing handshake then breaks off (a
+    timeout at a busy end): what each end makes of it decides whether
+    either marks the other unreachable.
+    """
+
+    def lost(self, node: RelayNode, cause: str) -> float:
+        value = node.metrics.registry.get_sample_value("relaytx_links_lost_total", {"cause": cause})
+        return 0.0 if value is None else value
+
+    def test_heard_then_broke_off(self) -> None:
+        """The end that heard the close is told removed, though its handshake broke off."""
+        pair = _Adapters(self, None, None)
+        pair.flush()
+        number = pair.dialling.mesh.adverts.own_sn
+        self.assertTrue(pair.accepting.remove_peer("hA"))
+        pair.pump.pump(advanceClock=False)  # the close reaches the dialler, which answers
+        # The acceptor is too busy to drop the connection in time: the
+        # dialler gives up waiting and drops it (Autobahn's timer, fired).
+        pair.client.onServerConnectionDropTimeout()
+        pair.flush()
+        self.assertEqual((pair.dialling.mesh.links, pair.accepting.mesh.links), ({}, {}))
+        self.assertEqual(self.lost(pair.dialling, "removed"), 1)
+        self.assertEqual(self.lost(pair.dialling, "closed"), 0)
+        self.assertEqual(pair.dialling.mesh.adverts.own_sn, number)
+        self.assertIsNone(pair.dialling.mesh.router._marks.get("hB"))
+
+    def test_remover_not_answered(self) -> None:
+        """The remover whose close went unanswered numbers itself anew but marks nobody."""
+        pair = _Adapters(self, None, None)
+        pair.flush()
+        number = pair.dialling.mesh.adverts.own_sn
+        self.assertTrue(pair.dialling.remove_peer("hB"))
+        pair.client.onCloseHandshakeTimeout()  # no answer in time: it drops the connection
+        pair.flush()
+        self.assertEqual(pair.dialling.mesh.links, {})
+        self.assertEqual(self.lost(pair.dialling, "closed"), 1)
+        self.assertGreater(pair.dialling.mesh.adverts.own_sn, number)
+        self.assertIsNone(pair.dialling.mesh.router._marks.get("hB"))
 
 
 class SealedBatchTests(SynchronousTestCase):
