@@ -634,13 +634,19 @@ class WithdrawalTests(SynchronousTestCase):
         self.assertFalse(router.take_notices("d", [("b", "x", 6)], now=10.2))
         self.assertEqual(router.next_hop("x"), "a")
 
-    def test_news_told_when_a_path_across_comes_later(self) -> None:
-        """News no path told to a neighbour crossed is told once one does, and once only."""
+    def _news_no_path_crosses(self) -> Router:
+        # A router that told neighbour p its table, then heard of the loss
+        # of q-r, which no path it told crosses.
         router = Router("me")
         feed(router, "p", {})
         feed(router, "a", {"x": RouteAdvert(("x",))})
         router.exports.export_full("p")
         router.take_notices("a", [("q", "r", 5)], now=10.0)
+        return router
+
+    def test_news_told_when_a_path_across_comes_later(self) -> None:
+        """News no path told to a neighbour crossed is told once one does, and once only."""
+        router = self._news_no_path_crosses()
         news = router.news
         self.assertEqual(news.notices_for("p"), ())
         self.assertEqual(news.notices_for("p"), ())
@@ -656,11 +662,7 @@ class WithdrawalTests(SynchronousTestCase):
 
     def test_news_for_a_neighbour_told_everything_again(self) -> None:
         """A neighbour that gets the whole table again is looked through again, whole."""
-        router = Router("me")
-        feed(router, "p", {})
-        feed(router, "a", {"x": RouteAdvert(("x",))})
-        router.exports.export_full("p")
-        router.take_notices("a", [("q", "r", 5)], now=10.0)
+        router = self._news_no_path_crosses()
         self.assertEqual(router.news.notices_for("p"), ())
         feed(router, "a", {"y": RouteAdvert(("q", "r", "y"))})
         router.exports.export_full("p")
