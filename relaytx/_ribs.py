@@ -257,17 +257,19 @@ class AdjRib:
     def _adopt(self, parent: str, destination: str) -> None:
         # (Called only for a destination not referring to parent yet.)
         children = self._children
-        children[parent] = (*children.get(parent, ()), destination)
+        siblings = children.get(parent)
+        children[parent] = (destination,) if siblings is None else (*siblings, destination)
 
     def _unlink(self, destination: str) -> None:
         parent = self._parents.get(destination)
         if parent is not None:
             children = self._children
-            rest = tuple(child for child in children.get(parent, ()) if child != destination)
-            if rest:
-                children[parent] = rest
-            else:
-                children.pop(parent, None)
+            siblings = children.get(parent, ())
+            if siblings == (destination,):
+                del children[parent]
+            elif destination in siblings:
+                at = siblings.index(destination)
+                children[parent] = siblings[:at] + siblings[at + 1 :]
             self._incs.pop(destination, None)
 
     def _resolve(self, destination: str) -> tuple[tuple[str, ...] | None, int]:
