@@ -37,12 +37,13 @@ mesh has:
     that number. When a link fails (not when it is removed on purpose: a
     node that closed it on purpose marks nobody, whether or not the peer
     answered), the node at each end marks its peer unreachable at the
-    peer's next (odd) number, and its withdrawals carry the mark (C{lost}). A path numbered
-    below a mark is stale, so a dead node's routes end everywhere in one
-    pass, with no hunting through the stale paths that still lead to it;
-    paths I{through} it are unused as long as it is unreachable. A node that
-    only lost a link has numbered itself higher meanwhile, and its routes,
-    with the new number, replace the mark as they spread.
+    peer's next (odd) number, and its withdrawals carry the mark
+    (C{lost}). A path numbered below a mark is stale, so a dead node's
+    routes end everywhere in one pass, with no hunting through the stale
+    paths that still lead to it; paths I{through} it are unused as long as
+    it is unreachable. A node that only lost a link has numbered itself
+    higher meanwhile, and its routes, with the new number, replace the mark
+    as they spread.
   - B{Damping}: a destination re-routed again within L{MRAI} of its last
     re-advert waits for the rest of that time (BGP's minimum route
     advertisement interval). Withdrawals are never held.
