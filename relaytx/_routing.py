@@ -587,7 +587,7 @@ class Choice:
                 continue
             if suspects and (peer_id, destination) in suspects:
                 continue
-            if gone and any(node in gone for node in path[:-1]):
+            if gone and not gone.isdisjoint(path[:-1]):
                 continue  # through a node unreachable from here: stale
             if accept is not None and not accept(peer_id, path):
                 continue
