@@ -2198,7 +2198,7 @@ def apart_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"cut {k}: {cut['link']}: re-converged",
                 fmt(cut["reconverged_s"], ".2f", " s"),
                 f"{cut['sync_frames']:,} frames, {cut['sync_bytes'] / kib:,.0f} KiB"
-                + _silent_note(cut),
+                + _phase_note(cut),
             )
         ]
     death = r["death"]
@@ -2207,14 +2207,15 @@ def apart_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{death['node']} (degree {death['degree']}) killed: dropped everywhere",
             fmt(death["dropped_everywhere_s"], ".2f", " s"),
             f"re-converged {death['reconverged_s']:.2f} s, {death['sync_bytes'] / kib:,.0f} KiB"
-            + _silent_note(death),
+            + _phase_note(death),
         )
     ]
     rows.append(far_call_row(r["far_call"]))
     return rows
 
 
-def _silent_note(phase: dict[str, Any]) -> str:
+def _phase_note(phase: dict[str, Any]) -> str:
+    # Links dropped as silent during a phase, and what held up a long one.
     silent = phase.get("silent", 0)
     note = f", {silent:,.0f} links dropped as silent" if silent else ""
     stalled_on = phase.get("stalled_on")

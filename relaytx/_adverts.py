@@ -172,7 +172,7 @@ class Advertiser:
             self.schedule(at_once=True, peers=[peer_id])
         self._changed()
 
-    def link_closed(self, peer_id: str, failed: bool = True, mark: bool | None = None) -> None:
+    def link_closed(self, peer_id: str, failed: bool = True, mark: bool = True) -> None:
         """
         A link closed: forget it and what it said.
 
@@ -180,14 +180,14 @@ class Advertiser:
             with both ends knowing it): the peer may mark this node
             unreachable, which numbers itself anew.
         :param mark: the peer may be gone: mark it unreachable (see
-            L{Router.link_down}); as C{failed} if not given.
+            L{Router.link_down}).
         """
         self._state.pop(peer_id, None)
         self._overflow_logged.discard(peer_id)
         for other, cost in self._costs.remove(peer_id).items():
             self._router.set_cost(other, cost)
         now = self._clock.seconds() if self.enabled else None
-        self._router.link_down(peer_id, now, mark=failed if mark is None else mark)
+        self._router.link_down(peer_id, now, mark=mark)
         self._stamp()
         # (The mesh fails the calls that went through the link, then those
         # to nodes now out of reach: no on_change here.)

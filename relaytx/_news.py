@@ -87,9 +87,7 @@ class LinkNews:
         again, or its link closed) and, with C{told}, what it was told.
         """
         if told:
-            self._told.pop(peer_id, None)
-            self._clear.pop(peer_id, None)
-            self._since.pop(peer_id, None)
+            self.told_nothing(peer_id)
         if self.suspects:
             for key in [k for k in self.suspects if k[0] == peer_id]:
                 del self.suspects[key]
