@@ -58,6 +58,10 @@ SYNC_DELAY = 0.02
 BUSY_LATENESS = 0.01
 BUSY_HOLD = 30.0
 
+#: Seconds a relaytx peer's route waits, untold, for its first advert (its
+#: servers and number) before it is told without them (L{Router.link_up}).
+HELLO_WAIT = 3.0
+
 #: Seconds between two requests for a neighbour's whole table while none comes.
 RESYNC_RETRY = 2.0
 
@@ -75,6 +79,7 @@ class _Link:
         "expect",
         "full_due",
         "hello_sent",
+        "hello_wait",
         "resync_asked",
         "resync_wanted",
         "routes",
@@ -90,6 +95,7 @@ class _Link:
         self.seq = 0  # the last advert we sent on it
         self.expect = 1  # the next advert we expect from it
         self.hello_sent = False
+        self.hello_wait: IDelayedCall | None = None  # until the peer's route is told anyway
         self.routes = False  # it numbers its adverts: a router
         self.full_due = False  # it gets our whole table next
         self.told_servers: Mapping[str, tuple[str, ...]] | None = None
@@ -164,13 +170,43 @@ class Advertiser:
 
     # Link events.
 
-    def link_opened(self, peer_id: str) -> None:
-        """A new link (or one that replaces another): it hears from us at once."""
-        self._router.link_up(peer_id, now=self._clock.seconds() if self.enabled else None)
-        self._state[peer_id] = _Link()
+    def link_opened(self, peer_id: str, original: bool = False) -> None:
+        """
+        A new link (or one that replaces another): it hears from us at once.
+
+        :param original: the peer is an original-design node, which may
+            never say its servers: its route is told at once. A relaytx
+            peer's is told once its first advert came, or after
+            L{HELLO_WAIT} (see L{Router.link_up}).
+        """
+        heard = original or not self.enabled
+        self._router.link_up(
+            peer_id, now=self._clock.seconds() if self.enabled else None, heard=heard
+        )
+        state = self._state.get(peer_id)
+        if state is not None and state.hello_wait is not None and state.hello_wait.active():
+            state.hello_wait.cancel()  # (a link that replaces another)
+        state = self._state[peer_id] = _Link()
+        if not heard:
+            state.hello_wait = self._clock.callLater(HELLO_WAIT, self._hello_late, peer_id, state)
         if self.enabled:
             self.schedule(at_once=True, peers=[peer_id])
         self._changed()
+
+    def _hello_late(self, peer_id: str, state: _Link) -> None:
+        # A relaytx peer that says nothing (its registry is off, or it is
+        # slow): its route is told as it is.
+        state.hello_wait = None
+        if self._state.get(peer_id) is state:
+            self._heard(peer_id, state)
+            self._changed()
+
+    def _heard(self, peer_id: str, state: _Link) -> None:
+        if state.hello_wait is not None:
+            if state.hello_wait.active():
+                state.hello_wait.cancel()
+            state.hello_wait = None
+        self._router.heard(peer_id)
 
     def link_closed(self, peer_id: str, failed: bool = True, mark: bool = True) -> None:
         """
@@ -182,7 +218,9 @@ class Advertiser:
         :param mark: the peer may be gone: mark it unreachable (see
             L{Router.link_down}).
         """
-        self._state.pop(peer_id, None)
+        state = self._state.pop(peer_id, None)
+        if state is not None and state.hello_wait is not None and state.hello_wait.active():
+            state.hello_wait.cancel()
         self._overflow_logged.discard(peer_id)
         for other, cost in self._costs.remove(peer_id).items():
             self._router.set_cost(other, cost)
@@ -270,6 +308,10 @@ class Advertiser:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        for state in self._state.values():
+            if state.hello_wait is not None and state.hello_wait.active():
+                state.hello_wait.cancel()
+            state.hello_wait = None
 
     def _send(self) -> None:
         self._call = None
@@ -336,7 +378,9 @@ class Advertiser:
             # An original-design node: its servers, nothing more.
             if sync.servers is not None:
                 changed = router.neighbour_servers(peer_id, sync.servers)
-            if changed:
+            if state.hello_wait is not None:
+                self._heard(peer_id, state)
+            if changed or router.dirty:
                 self._changed()
             return
         if sync.seq < state.expect:
@@ -358,6 +402,8 @@ class Advertiser:
             changed |= router.neighbour_servers(peer_id, sync.servers)
         if sync.sn is not None:
             changed |= router.neighbour_sn(peer_id, sync.sn)
+        if state.hello_wait is not None:
+            self._heard(peer_id, state)
         if sync.full or state.staging is not None or sync.routes or sync.withdrawn:
             routes_changed, refused = _take_routes(router, peer_id, state, sync)
             changed |= routes_changed

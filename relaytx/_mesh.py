@@ -310,7 +310,7 @@ class Mesh:
             direction=direction,
             address=address,
         )
-        self.adverts.link_opened(peer_id)
+        self.adverts.link_opened(peer_id, original)
         if self.records is not None:
             self.records.link_opened(peer_id)
         return session

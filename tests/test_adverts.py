@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx._adverts import SYNC_DELAY
+from relaytx._adverts import HELLO_WAIT, SYNC_DELAY
 from relaytx._routing import MRAI, NOTICE_HOLD
 from relaytx.node import RelayNode
 from relaytx.testing import FakeLinkTransport, MemoryLink, MemoryMesh, memory_node
@@ -134,6 +134,110 @@ class FirstAdvertTests(ExchangeTestCase):
         self.network.advance(60)
         after = sum(len(syncs(link, n)) for link in self.network.links for n in link.nodes)
         self.assertEqual(after, before)
+
+
+def told_about(link: MemoryLink, node: RelayNode, destination: str) -> list[Envelope]:
+    """:returns: the adverts C{node} sent on C{link} that name C{destination}."""
+    return [
+        sync
+        for sync in syncs(link, node)
+        if destination in sync.data.get("routes", ())
+        or destination in sync.data.get("withdrawn", ())
+    ]
+
+
+class HelloTests(ExchangeTestCase):
+    """
+    A new relaytx neighbour's route is told once its first advert came (its
+    servers and number), so that it goes out once, whole.
+    """
+
+    def joined(self) -> tuple[RelayNode, RelayNode, RelayNode, MemoryLink]:
+        """
+        C{a}-C{b} settled, then C{c} (with a counter) linked to C{b}, its
+        frames held.
+        """
+        a, b = self.line("ab")
+        [c] = self.nodes("c")
+        c.expose("counter", Counter())
+        link = self.network.link(b, c)
+        link.pause()
+        return a, b, c, link
+
+    def test_told_once_its_first_advert_came(self) -> None:
+        """Until C{c}'s first advert reaches C{b}, C{b} tells C{a} nothing of C{c}; then all at once."""
+        a, b, c, bc = self.joined()
+        ab = self.network.link_between(a, b)
+        self.network.settle()
+        self.assertIn("c", b.views.routes())
+        self.assertNotIn("c", a.views.routes())
+        self.assertEqual(told_about(ab, b, "c"), [])
+        bc.resume()
+        self.network.settle()
+        self.assertEqual(a.views.routes()["c"]["hops"], 2)
+        self.assertIn("counter", a.views.servers())
+        [told] = told_about(ab, b, "c")
+        self.assertIn("s", told.data["routes"]["c"])
+
+    def test_silent_neighbour_told_after_a_while(self) -> None:
+        """
+        A neighbour that says nothing (its registry is off) for
+        L{HELLO_WAIT} seconds has its route told anyway.
+        """
+        hub, far = self.line(["hub", "far"])
+        quiet = memory_node("quiet", self.clock, disable_registry=True)
+        self.network.link(quiet, hub)
+        self.network.advance(HELLO_WAIT - 0.1)
+        self.assertIn("quiet", hub.views.routes())
+        self.assertNotIn("quiet", far.views.routes())
+        self.network.advance(0.1 + SYNC_DELAY)
+        self.assertEqual(far.views.routes()["quiet"]["hops"], 2)
+
+    def test_original_design_neighbour_told_at_once(self) -> None:
+        """A neighbour of the original design, which may never advertise, is told at once."""
+        hub, far = self.line(["hub", "far"])
+        hub.mesh.open_link("orig", "inbound", "test", FakeLinkTransport(), original=True)
+        self.network.settle()
+        self.assertEqual(far.views.routes()["orig"]["hops"], 2)
+
+    def test_route_held_from_before_is_kept(self) -> None:
+        """
+        A destination a neighbour holds through others already is not taken
+        back while the new direct link's first advert is on its way.
+        """
+        a, b, c, d = self.nodes("abcd")
+        for x, y in [(a, b), (b, c), (d, a)]:
+            self.network.link(x, y)
+        self.network.settle()
+        self.assertEqual(d.views.routes()["c"]["hops"], 3)
+        ad = self.network.link_between(a, d)
+        before = len(told_about(ad, a, "c"))
+        ac = self.network.link(a, c)
+        ac.pause()
+        self.network.settle()
+        self.assertEqual(a.views.routes()["c"]["hops"], 1)
+        self.assertEqual(d.views.routes()["c"]["hops"], 3)
+        self.assertEqual(len(told_about(ad, a, "c")), before)
+        ac.resume()
+        self.network.settle()
+        self.assertEqual(d.views.routes()["c"]["hops"], 2)
+        self.assertEqual(len(told_about(ad, a, "c")), before + 1)
+
+    def test_wait_ends_with_the_link(self) -> None:
+        """A link that closes, or a node that stops, leaves no wait behind."""
+        a, b, c, bc = self.joined()
+        late = b.mesh.adverts._hello_late
+
+        def waits() -> list[object]:
+            return [call for call in self.clock.getDelayedCalls() if call.func == late]
+
+        self.assertEqual(len(waits()), 1)
+        bc.cut()
+        self.assertEqual(waits(), [])
+        self.network.link(b, c).pause()
+        self.assertEqual(len(waits()), 1)
+        b.mesh.adverts.stop()
+        self.assertEqual(waits(), [])
 
 
 class SplitTests(ExchangeTestCase):
