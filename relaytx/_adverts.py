@@ -207,8 +207,10 @@ class Advertiser:
                 state.hello_wait.cancel()
             state.hello_wait = None
         self._router.heard(peer_id)
-        # At once, as its route went out when links were told at once.
-        self.schedule(at_once=True, peers=())
+        if len(self._state) > 1:
+            # Its route goes to the others at once, as it did at link-up
+            # (a node with no other neighbour has no one to tell).
+            self.schedule(at_once=True, peers=())
 
     def link_closed(self, peer_id: str, failed: bool = True, mark: bool = True) -> None:
         """
