@@ -106,6 +106,12 @@ class _Link:
         self.told_info: dict[str, int] = {}  # the instance entries' versions it holds
         self.told_info_at = 0  # InstanceInfo.changes_for's mark of what it was last told
 
+    def end_wait(self) -> None:
+        """Stop waiting for the peer's first advert (see L{HELLO_WAIT})."""
+        if self.hello_wait is not None and self.hello_wait.active():
+            self.hello_wait.cancel()
+        self.hello_wait = None
+
 
 class Advertiser:
     """
@@ -184,8 +190,8 @@ class Advertiser:
             peer_id, now=self._clock.seconds() if self.enabled else None, heard=heard
         )
         state = self._state.get(peer_id)
-        if state is not None and state.hello_wait is not None and state.hello_wait.active():
-            state.hello_wait.cancel()  # (a link that replaces another)
+        if state is not None:
+            state.end_wait()  # (a link that replaces another)
         state = self._state[peer_id] = _Link()
         if not heard:
             state.hello_wait = self._clock.callLater(HELLO_WAIT, self._hello_late, peer_id, state)
@@ -202,10 +208,7 @@ class Advertiser:
             self._changed()
 
     def _heard(self, peer_id: str, state: _Link) -> None:
-        if state.hello_wait is not None:
-            if state.hello_wait.active():
-                state.hello_wait.cancel()
-            state.hello_wait = None
+        state.end_wait()
         self._router.heard(peer_id)
         if len(self._state) > 1:
             # Its route goes to the others at once, as it did at link-up
@@ -223,8 +226,8 @@ class Advertiser:
             L{Router.link_down}).
         """
         state = self._state.pop(peer_id, None)
-        if state is not None and state.hello_wait is not None and state.hello_wait.active():
-            state.hello_wait.cancel()
+        if state is not None:
+            state.end_wait()
         self._overflow_logged.discard(peer_id)
         for other, cost in self._costs.remove(peer_id).items():
             self._router.set_cost(other, cost)
@@ -313,9 +316,7 @@ class Advertiser:
             self._call.cancel()
         self._call = None
         for state in self._state.values():
-            if state.hello_wait is not None and state.hello_wait.active():
-                state.hello_wait.cancel()
-            state.hello_wait = None
+            state.end_wait()
 
     def _send(self) -> None:
         self._call = None
