@@ -51,7 +51,6 @@ class AdjRib:
         (counted in C{refused}).
 
     @ivar paths: destination -> resolved path (prefix included).
-    @ivar metrics: destination -> the sender's metric to it.
     @ivar servers: destination -> its servers, as the sender last gave them.
     @ivar sns: destination -> its sequence number, as the sender last gave it.
     @ivar refused: how many new destinations were refused over the limit.
@@ -61,9 +60,10 @@ class AdjRib:
         "_children",
         "_incs",
         "_parents",
+        "_metrics",
+        "_natural",
         "limit",
         "max_len",
-        "metrics",
         "owner",
         "paths",
         "prefix",
@@ -84,7 +84,12 @@ class AdjRib:
         self.max_len = max_len
         self.limit = limit
         self.paths: dict[str, tuple[str, ...]] = {}
-        self.metrics: dict[str, int] = {}
+        #: the sender's metrics that are not its path's hop count (its
+        #: path's length less the prefix's): on a LAN, where every link
+        #: costs one, next to none. (A dict entry a resolved destination
+        #: cost some 40 bytes, times every neighbour and every mirror.)
+        self._metrics: dict[str, int] = {}
+        self._natural = len(prefix)
         self.servers: dict[str, Mapping[str, tuple[str, ...]]] = {}
         self.sns: dict[str, int] = {}
         self.refused = 0
@@ -92,10 +97,10 @@ class AdjRib:
         self._parents: dict[str, str | None] = {}
         #: references whose increment is not 1
         self._incs: dict[str, int] = {}
-        #: parent -> the references to it. A tuple, not a set: most parents
-        #: have one to three, and a set of one costs four times as much (a
-        #: neighbour's table of a thousand nodes keeps some 80 KiB less).
-        self._children: dict[str, tuple[str, ...]] = {}
+        #: parent -> the reference to it, or a tuple of them when there are
+        #: several: most parents have one (a tuple of one costs 48 bytes,
+        #: a set of one 216), many two or three.
+        self._children: dict[str, str | tuple[str, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._parents)
@@ -113,7 +118,12 @@ class AdjRib:
     def get(self, destination: str) -> tuple[tuple[str, ...], int] | None:
         """:returns: the resolved path and metric to C{destination}, or C{None}."""
         path = self.paths.get(destination)
-        return None if path is None else (path, self.metrics[destination])
+        return None if path is None else (path, self.metric_of(destination))
+
+    def metric_of(self, destination: str) -> int:
+        """:returns: the sender's metric to C{destination}, which resolves."""
+        metric = self._metrics.get(destination)
+        return len(self.paths[destination]) - self._natural if metric is None else metric
 
     def servers_of(self, destination: str) -> Mapping[str, tuple[str, ...]]:
         """:returns: C{destination}'s servers as last given (none if never)."""
@@ -154,7 +164,7 @@ class AdjRib:
         self.servers.pop(destination, None)
         self.sns.pop(destination, None)
         if self.paths.pop(destination, None) is not None:
-            del self.metrics[destination]
+            self._metrics.pop(destination, None)
             changed.add(destination)
         if destination in self._children:
             _resolve_children(self, destination, changed)
@@ -163,7 +173,7 @@ class AdjRib:
         """Forget every entry; :returns: the destinations that resolved."""
         gone = set(self.paths)
         self.paths.clear()
-        self.metrics.clear()
+        self._metrics.clear()
         self.servers.clear()
         self.sns.clear()
         self._parents.clear()
@@ -247,7 +257,10 @@ class AdjRib:
             else:
                 self._incs.pop(destination, None)
         self.paths[destination] = path
-        self.metrics[destination] = metric
+        if metric == len(path) - self._natural:
+            self._metrics.pop(destination, None)
+        else:
+            self._metrics[destination] = metric
         changed.add(destination)
         if destination in self._children:
             _resolve_children(self, destination, changed)
@@ -258,19 +271,30 @@ class AdjRib:
         # (Called only for a destination not referring to parent yet.)
         children = self._children
         siblings = children.get(parent)
-        children[parent] = (destination,) if siblings is None else (*siblings, destination)
+        if siblings is None:
+            children[parent] = destination
+        elif type(siblings) is str:
+            children[parent] = (siblings, destination)
+        else:
+            children[parent] = (*siblings, destination)
 
     def _unlink(self, destination: str) -> None:
         parent = self._parents.get(destination)
         if parent is not None:
             children = self._children
-            siblings = children.get(parent, ())
-            if siblings == (destination,):
+            siblings = children.get(parent)
+            if siblings == destination:
                 del children[parent]
-            elif destination in siblings:
+            elif type(siblings) is tuple and destination in siblings:
                 at = siblings.index(destination)
-                children[parent] = siblings[:at] + siblings[at + 1 :]
+                rest = siblings[:at] + siblings[at + 1 :]
+                children[parent] = rest[0] if len(rest) == 1 else rest
             self._incs.pop(destination, None)
+
+    def children_of(self, destination: str) -> tuple[str, ...]:
+        """:returns: the references to C{destination}."""
+        children = self._children.get(destination, ())
+        return (children,) if type(children) is str else children
 
     def _resolve(self, destination: str) -> tuple[tuple[str, ...] | None, int]:
         parent = self._parents.get(destination)
@@ -284,22 +308,26 @@ class AdjRib:
             or destination == self.owner
         ):
             return None, 0
-        return (*parent_path, destination), self.metrics[parent] + self._incs.get(destination, 1)
+        metric = self.metric_of(parent) + self._incs.get(destination, 1)
+        return (*parent_path, destination), metric
 
     def _store(
         self, destination: str, path: tuple[str, ...] | None, metric: int, changed: set[str]
     ) -> None:
-        paths, metrics = self.paths, self.metrics
+        paths, metrics = self.paths, self._metrics
         if path is None:
             if destination not in paths:
                 return
             del paths[destination]
-            del metrics[destination]
-        elif paths.get(destination) == path and metrics[destination] == metric:
+            metrics.pop(destination, None)
+        elif paths.get(destination) == path and self.metric_of(destination) == metric:
             return
         else:
             paths[destination] = path
-            metrics[destination] = metric
+            if metric == len(path) - self._natural:
+                metrics.pop(destination, None)
+            else:
+                metrics[destination] = metric
         changed.add(destination)
         if destination in self._children:
             _resolve_children(self, destination, changed)
@@ -329,13 +357,17 @@ def _resolve_children(rib: AdjRib, destination: str, changed: set[str]) -> None:
     # Every reference below a changed entry, depth first, with a stack of
     # our own: a chain of references is as long as a path (at most
     # max_len), a cycle of them resolves to nothing and stops.
+    # Metrics are kept only where they are not the path's hop count: a
+    # child's is when its parent's is and it adds one (no increment kept).
     children = rib._children
-    stack = list(children[destination])
-    paths, metrics, parents, incs = rib.paths, rib.metrics, rib._parents, rib._incs
+    below = children[destination]
+    stack = [below] if type(below) is str else list(below)
+    paths, metrics, parents, incs = rib.paths, rib._metrics, rib._parents, rib._incs
     max_len, owner = rib.max_len, rib.owner
     while stack:
         child = stack.pop()
-        parent_path = paths.get(parents[child])  # type: ignore[arg-type]
+        parent = parents[child]
+        parent_path = paths.get(parent)  # type: ignore[arg-type]
         if (
             parent_path is None
             or len(parent_path) >= max_len
@@ -345,18 +377,35 @@ def _resolve_children(rib: AdjRib, destination: str, changed: set[str]) -> None:
             if child not in paths:
                 continue
             del paths[child]
-            del metrics[child]
+            metrics.pop(child, None)
         else:
             path = (*parent_path, child)
-            metric = metrics[parents[child]] + incs.get(child, 1)  # type: ignore[index]
-            if paths.get(child) == path and metrics[child] == metric:
+            parent_metric = metrics.get(parent)  # type: ignore[arg-type]
+            increment = incs.get(child)
+            if parent_metric is None and increment is None:
+                metric = None  # the hop count
+            else:
+                natural = len(path) - rib._natural
+                metric = (
+                    (natural - 1 if parent_metric is None else parent_metric)
+                    + (1 if increment is None else increment)
+                )
+                if metric == natural:
+                    metric = None
+            if paths.get(child) == path and metrics.get(child) == metric:
                 continue
             paths[child] = path
-            metrics[child] = metric
+            if metric is None:
+                metrics.pop(child, None)
+            else:
+                metrics[child] = metric
         changed.add(child)
         grandchildren = children.get(child)
         if grandchildren:
-            stack.extend(grandchildren)
+            if type(grandchildren) is str:
+                stack.append(grandchildren)
+            else:
+                stack.extend(grandchildren)
 
 
 #: (An entry's parent is a node id or None: this is neither.)
@@ -378,7 +427,7 @@ def _entry(
         parent = path[-2]
         parent_path = mirror.paths.get(parent)
         if parent_path is not None and parent_path == path[:-1]:
-            increment = metric - mirror.metrics[parent]
+            increment = metric - mirror.metric_of(parent)
             if increment >= 0:
                 return RouteAdvert(None, servers, parent, None if increment == 1 else increment, sn)
     return RouteAdvert(path, servers, None, None if metric == len(path) else metric, sn)
@@ -402,7 +451,8 @@ def diff(
         taken to agree already.
     :returns: the entries to send, in order, and the destinations to withdraw.
     """
-    paths, metrics, servers_held, sns = mirror.paths, mirror.metrics, mirror.servers, mirror.sns
+    paths, servers_held, sns = mirror.paths, mirror.servers, mirror.sns
+    metric_of = mirror.metric_of
     wants: dict[str, Wanted] = {}
     heap: list[tuple[int, str]] = []
     for destination in candidates:
@@ -416,7 +466,7 @@ def diff(
         held = paths.get(destination)
         if (
             (held is path or held == path)
-            and metrics[destination] == metric
+            and metric_of(destination) == metric
             and servers_held.get(destination, NO_SERVERS) == servers
             and sns.get(destination, 0) == sn
         ):
@@ -446,7 +496,7 @@ def diff(
         else:
             path, metric, servers, sn = want
             held = paths.get(destination)
-            same_route = (held is path or held == path) and metrics[destination] == metric
+            same_route = (held is path or held == path) and metric_of(destination) == metric
             same_servers = servers_held.get(destination, NO_SERVERS) == servers
             same_sn = sns.get(destination, 0) == sn
             if same_route and same_servers and same_sn:

@@ -520,7 +520,7 @@ class Choice:
         routes = self._routes
         links = self._links
         cost = links.get(peer_id, 1)
-        paths, metrics, sns = rib.paths, rib.metrics, rib.sns
+        paths, metric_of, sns = rib.paths, rib.metric_of, rib.sns
         todo = []
         for destination in destinations:
             route = routes.get(destination)
@@ -539,7 +539,7 @@ class Choice:
             if sn < route.sn:
                 continue
             if sn == route.sn and not _beats(
-                (cost + metrics[destination], len(offer), peer_id),
+                (cost + metric_of(destination), len(offer), peer_id),
                 (route.metric, len(path), path[0]),
             ):
                 continue
@@ -615,7 +615,7 @@ class Choice:
                 continue  # through a node unreachable from here: stale
             if accept is not None and not accept(peer_id, path):
                 continue
-            key = (links[peer_id] + rib.metrics[destination], len(path), peer_id)
+            key = (links[peer_id] + rib.metric_of(destination), len(path), peer_id)
             offers.append((rib.sns.get(destination, 0), key, rib))
         if not offers:
             return None
