@@ -53,7 +53,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 def deep_size(root: Any, seen: set[int] | None = None) -> int:
     """:returns: the bytes of C{root} and everything it holds (each object once)."""
-    from relaytx._ribs import AdjRib
+    from relaytx._ribs import AdjRib, SharedAttributes
 
     seen = set() if seen is None else seen
     total = 0
@@ -73,6 +73,8 @@ def deep_size(root: Any, seen: set[int] | None = None) -> int:
             stack.extend(obj.items())
         elif isinstance(obj, AdjRib):
             stack.extend(getattr(obj, slot) for slot in AdjRib.__slots__)
+        elif isinstance(obj, SharedAttributes):
+            stack.append(obj._pairs)
     return total
 
 
@@ -80,7 +82,7 @@ def routing_state(node: Any) -> int:
     """:returns: the bytes a node keeps for routing (its table, neighbours' and mirrors)."""
     router = node.mesh.router
     parts = [
-        router._routes, router._ribs, router.exports._mirrors, router._links,
+        router._routes, router._ribs, router.exports._mirrors, router._attributes, router._links,
         router._own_servers, router._own_sn, router._marks, router.news.notices,
         router.news.ups, router.news.suspects, router.exports._readvertised,
         router.news._told, router.news._clear, router.news._since, node.mesh.adverts._state,

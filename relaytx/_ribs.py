@@ -29,7 +29,44 @@ from collections.abc import Callable, Iterable, Mapping
 
 from relaytx.wire import NO_SERVERS, RouteAdvert
 
-__all__ = ["AdjRib", "Wanted", "diff", "export"]
+__all__ = ["NO_ATTRIBUTES", "AdjRib", "Attributes", "SharedAttributes", "Wanted", "diff", "export"]
+
+#: A destination's servers and sequence number, as an entry last gave them.
+Attributes = tuple[Mapping[str, tuple[str, ...]], int]
+
+#: Never given: no servers, number 0.
+NO_ATTRIBUTES: Attributes = (NO_SERVERS, 0)
+
+
+class SharedAttributes:
+    """
+    The latest L{Attributes} of each destination that a node's tables hold,
+    so that its tables (every neighbour's, every mirror) keep one pair for
+    each rather than a number and a servers reference apiece: some 60 bytes
+    a table entry, the most a table costs after its paths. A pair is only
+    shared: a table whose entry is behind keeps its own until it catches up.
+
+    :param bound: the most destinations kept; past it the pairs start anew
+        (tables keep theirs; only the sharing is lost, for a while).
+    """
+
+    __slots__ = ("_bound", "_pairs")
+
+    def __init__(self, bound: int = 20_000) -> None:
+        self._pairs: dict[str, Attributes] = {}
+        self._bound = bound
+
+    def pair(self, destination: str, servers: Mapping[str, tuple[str, ...]], sn: int) -> Attributes:
+        """:returns: C{(servers, sn)} for C{destination}, the one object kept for it."""
+        pairs = self._pairs
+        known = pairs.get(destination)
+        if known is not None and known[1] == sn and (known[0] is servers or known[0] == servers):
+            return known
+        if known is None and len(pairs) >= self._bound:
+            pairs.clear()
+        pair = pairs[destination] = (servers, sn)
+        return pair
+
 
 #: What a sender wants a neighbour to hold for a destination: the path
 #: (from the sender, exclusive), the metric, the servers and the
@@ -49,27 +86,29 @@ class AdjRib:
     :param max_len: the longest resolved path kept, prefix included.
     :param limit: the most destinations kept; further new ones are refused
         (counted in C{refused}).
+    :param shared: where equal attributes are kept once (a node passes one
+        to all its tables); by default, this table's own.
 
     @ivar paths: destination -> resolved path (prefix included).
-    @ivar servers: destination -> its servers, as the sender last gave them.
-    @ivar sns: destination -> its sequence number, as the sender last gave it.
+    @ivar attributes: destination -> its servers and sequence number, as the
+        sender last gave them (none given: absent).
     @ivar refused: how many new destinations were refused over the limit.
     """
 
     __slots__ = (
         "_children",
         "_incs",
-        "_parents",
         "_metrics",
         "_natural",
+        "_parents",
+        "_shared",
+        "attributes",
         "limit",
         "max_len",
         "owner",
         "paths",
         "prefix",
         "refused",
-        "servers",
-        "sns",
     )
 
     def __init__(
@@ -78,6 +117,7 @@ class AdjRib:
         prefix: tuple[str, ...] = (),
         max_len: int = 64,
         limit: int | None = None,
+        shared: SharedAttributes | None = None,
     ) -> None:
         self.owner = owner
         self.prefix = prefix
@@ -90,8 +130,8 @@ class AdjRib:
         #: cost some 40 bytes, times every neighbour and every mirror.)
         self._metrics: dict[str, int] = {}
         self._natural = len(prefix)
-        self.servers: dict[str, Mapping[str, tuple[str, ...]]] = {}
-        self.sns: dict[str, int] = {}
+        self.attributes: dict[str, Attributes] = {}
+        self._shared = SharedAttributes() if shared is None else shared
         self.refused = 0
         #: every entry: destination -> its parent, or None for an explicit one
         self._parents: dict[str, str | None] = {}
@@ -127,11 +167,11 @@ class AdjRib:
 
     def servers_of(self, destination: str) -> Mapping[str, tuple[str, ...]]:
         """:returns: C{destination}'s servers as last given (none if never)."""
-        return self.servers.get(destination, NO_SERVERS)
+        return self.attributes.get(destination, NO_ATTRIBUTES)[0]
 
     def sn_of(self, destination: str) -> int:
         """:returns: C{destination}'s sequence number as last given (0 if never)."""
-        return self.sns.get(destination, 0)
+        return self.attributes.get(destination, NO_ATTRIBUTES)[1]
 
     # Changes.
 
@@ -161,8 +201,7 @@ class AdjRib:
             return
         self._unlink(destination)
         del self._parents[destination]
-        self.servers.pop(destination, None)
-        self.sns.pop(destination, None)
+        self.attributes.pop(destination, None)
         if self.paths.pop(destination, None) is not None:
             self._metrics.pop(destination, None)
             changed.add(destination)
@@ -174,8 +213,7 @@ class AdjRib:
         gone = set(self.paths)
         self.paths.clear()
         self._metrics.clear()
-        self.servers.clear()
-        self.sns.clear()
+        self.attributes.clear()
         self._parents.clear()
         self._incs.clear()
         self._children.clear()
@@ -291,11 +329,6 @@ class AdjRib:
                 children[parent] = rest[0] if len(rest) == 1 else rest
             self._incs.pop(destination, None)
 
-    def children_of(self, destination: str) -> tuple[str, ...]:
-        """:returns: the references to C{destination}."""
-        children = self._children.get(destination, ())
-        return (children,) if type(children) is str else children
-
     def _resolve(self, destination: str) -> tuple[tuple[str, ...] | None, int]:
         parent = self._parents.get(destination)
         if parent is None:
@@ -337,20 +370,18 @@ def _attributes(
     rib: AdjRib, destination: str, servers: Mapping[str, tuple[str, ...]] | None, sn: int | None
 ) -> bool:
     # Set a destination's servers and number where given: whether they changed.
-    changed = False
-    if servers is not None and rib.servers.get(destination, NO_SERVERS) != servers:
-        if servers:
-            rib.servers[destination] = servers
-        else:
-            rib.servers.pop(destination, None)
-        changed = True
-    if sn is not None and rib.sns.get(destination, 0) != sn:
-        if sn:
-            rib.sns[destination] = sn
-        else:
-            rib.sns.pop(destination, None)
-        changed = True
-    return changed
+    held_servers, held_sn = held = rib.attributes.get(destination, NO_ATTRIBUTES)
+    if servers is None or servers is held_servers or servers == held_servers:
+        servers = held_servers
+    if sn is None:
+        sn = held_sn
+    if servers is held_servers and sn == held_sn:
+        return False
+    if sn or servers:
+        rib.attributes[destination] = rib._shared.pair(destination, servers, sn)
+    elif held is not NO_ATTRIBUTES:
+        del rib.attributes[destination]
+    return True
 
 
 def _resolve_children(rib: AdjRib, destination: str, changed: set[str]) -> None:
@@ -386,9 +417,8 @@ def _resolve_children(rib: AdjRib, destination: str, changed: set[str]) -> None:
                 metric = None  # the hop count
             else:
                 natural = len(path) - rib._natural
-                metric = (
-                    (natural - 1 if parent_metric is None else parent_metric)
-                    + (1 if increment is None else increment)
+                metric = (natural - 1 if parent_metric is None else parent_metric) + (
+                    1 if increment is None else increment
                 )
                 if metric == natural:
                     metric = None
@@ -451,7 +481,7 @@ def diff(
         taken to agree already.
     :returns: the entries to send, in order, and the destinations to withdraw.
     """
-    paths, servers_held, sns = mirror.paths, mirror.servers, mirror.sns
+    paths, attributes = mirror.paths, mirror.attributes
     metric_of = mirror.metric_of
     wants: dict[str, Wanted] = {}
     heap: list[tuple[int, str]] = []
@@ -464,13 +494,10 @@ def diff(
             continue
         path, metric, servers, sn = want
         held = paths.get(destination)
-        if (
-            (held is path or held == path)
-            and metric_of(destination) == metric
-            and servers_held.get(destination, NO_SERVERS) == servers
-            and sns.get(destination, 0) == sn
-        ):
-            continue
+        if (held is path or held == path) and metric_of(destination) == metric:
+            held_servers, held_sn = attributes.get(destination, NO_ATTRIBUTES)
+            if held_sn == sn and (held_servers is servers or held_servers == servers):
+                continue
         heap.append((len(path), destination))
         wants[destination] = want
     if not heap:
@@ -497,8 +524,9 @@ def diff(
             path, metric, servers, sn = want
             held = paths.get(destination)
             same_route = (held is path or held == path) and metric_of(destination) == metric
-            same_servers = servers_held.get(destination, NO_SERVERS) == servers
-            same_sn = sns.get(destination, 0) == sn
+            held_servers, held_sn = attributes.get(destination, NO_ATTRIBUTES)
+            same_servers = held_servers is servers or held_servers == servers
+            same_sn = held_sn == sn
             if same_route and same_servers and same_sn:
                 continue
             new_servers = None if same_servers else servers

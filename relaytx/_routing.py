@@ -66,7 +66,7 @@ from typing import Any, NamedTuple
 
 from relaytx._news import NOTICE_HOLD as NOTICE_HOLD
 from relaytx._news import LinkNews, Notice
-from relaytx._ribs import AdjRib, Wanted, diff, export
+from relaytx._ribs import NO_ATTRIBUTES, AdjRib, SharedAttributes, Wanted, diff, export
 from relaytx.wire import DEFAULT_TTL, NO_SERVERS, RouteAdvert
 
 #: The longest path a route may have, and the most hops a message makes.
@@ -165,6 +165,8 @@ class Router:
         self._unheard: set[str] = set()
         #: what each routing neighbour told us
         self._ribs: dict[str, AdjRib] = {}
+        #: the servers and numbers of those tables and of the mirrors, kept once
+        self._attributes = SharedAttributes(max(20_000, 2 * max_routes))
         mirrors: dict[str, AdjRib] = {}
         self.news = LinkNews(node_id, self._ribs, mirrors)
         self._suspects = self.news.suspects
@@ -176,7 +178,7 @@ class Router:
         self._routes = choice.routes
         self.dirty = choice.dirty
         self.rerouted = choice.rerouted
-        self.exports = Exports(choice, mirrors, self.news, self._unheard)
+        self.exports = Exports(choice, mirrors, self.news, self._unheard, self._attributes)
         self._decide_all = choice.decide_all
         self._decide_from = choice.decide_from
         self._through = choice.through
@@ -319,7 +321,7 @@ class Router:
 
     def new_rib(self, peer_id: str) -> AdjRib:
         """:returns: an empty table for what C{peer_id} says."""
-        return AdjRib(self.node_id, (peer_id,), MAX_HOPS, self.max_routes)
+        return AdjRib(self.node_id, (peer_id,), MAX_HOPS, self.max_routes, self._attributes)
 
     def advert_from(
         self,
@@ -520,7 +522,7 @@ class Choice:
         routes = self._routes
         links = self._links
         cost = links.get(peer_id, 1)
-        paths, metric_of, sns = rib.paths, rib.metric_of, rib.sns
+        paths, metric_of, attributes = rib.paths, rib.metric_of, rib.attributes
         todo = []
         for destination in destinations:
             route = routes.get(destination)
@@ -535,7 +537,7 @@ class Choice:
             offer = paths.get(destination)
             if offer is None:
                 continue  # nothing offered there: the route elsewhere stands
-            sn = sns.get(destination, 0)
+            sn = attributes.get(destination, NO_ATTRIBUTES)[1]
             if sn < route.sn:
                 continue
             if sn == route.sn and not _beats(
@@ -616,7 +618,7 @@ class Choice:
             if accept is not None and not accept(peer_id, path):
                 continue
             key = (links[peer_id] + rib.metric_of(destination), len(path), peer_id)
-            offers.append((rib.sns.get(destination, 0), key, rib))
+            offers.append((rib.attributes.get(destination, NO_ATTRIBUTES)[1], key, rib))
         if not offers:
             return None
         # Only the freshest number counts, and a mark above it leaves none.
@@ -642,7 +644,7 @@ class Choice:
             best = min(challengers) if challengers else incumbent
             best_rib = self._ribs[best[2]]
         path = best_rib.paths[destination]
-        servers = best_rib.servers.get(destination, NO_SERVERS)
+        servers = best_rib.attributes.get(destination, NO_ATTRIBUTES)[0]
         metric = best[0]
         if (
             old is not None
@@ -677,10 +679,17 @@ class Exports:
     :param mirrors: the mirrors, by neighbour (shared with L{LinkNews}).
     :param unheard: neighbours whose routes are told to no one yet
         (L{Router.link_up}).
+    :param attributes: where the mirrors keep servers and numbers (the
+        node's tables share one).
     """
 
     def __init__(
-        self, choice: Choice, mirrors: dict[str, AdjRib], news: LinkNews, unheard: set[str]
+        self,
+        choice: Choice,
+        mirrors: dict[str, AdjRib],
+        news: LinkNews,
+        unheard: set[str],
+        attributes: SharedAttributes | None = None,
     ) -> None:
         self.dirty = choice.dirty
         self.rerouted = choice.rerouted
@@ -688,6 +697,7 @@ class Exports:
         self._mirrors = mirrors
         self._news = news
         self._unheard = unheard
+        self._attributes = SharedAttributes() if attributes is None else attributes
         #: destination -> when its last re-advert went out
         self._readvertised: dict[str, float] = {}
 
@@ -722,7 +732,7 @@ class Exports:
         :returns: the whole table for neighbour C{peer_id}, which from now
             on is taken to hold it.
         """
-        mirror = self._mirrors[peer_id] = AdjRib(peer_id, (), MAX_HOPS - 1)
+        mirror = self._mirrors[peer_id] = AdjRib(peer_id, (), MAX_HOPS - 1, None, self._attributes)
         self._news.told_nothing(peer_id)
         return export(mirror, self.wanted_by(peer_id), self._routes)
 

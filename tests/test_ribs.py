@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx._ribs import AdjRib, Wanted, diff, export
+from relaytx._ribs import AdjRib, SharedAttributes, Wanted, diff, export
 from relaytx.wire import NO_SERVERS, RegistrySync, RouteAdvert, server_table
 from tests.support import fuzz_settings
 
@@ -102,7 +102,46 @@ class ExplicitEntryTests(SynchronousTestCase):
         rib = receiver()
         rib.apply({"z": RouteAdvert(("z",), SVC)})
         self.assertEqual(rib.apply({"z": RouteAdvert(None, NO_SERVERS)}), {"z"})
-        self.assertEqual(rib.servers, {})
+        self.assertEqual(rib.attributes, {})
+
+
+class SharedAttributesTests(SynchronousTestCase):
+    """A node's tables keep equal servers and numbers once."""
+
+    def test_equal_attributes_kept_once(self) -> None:
+        """Two neighbours' entries with the same servers and number share one pair."""
+        shared = SharedAttributes()
+        one = AdjRib("me", ("s",), 64, None, shared)
+        other = AdjRib("me", ("t",), 64, None, shared)
+        one.apply(wire({"z": RouteAdvert(("z",), SVC, None, None, 2)}, []).routes)
+        other.apply(wire({"z": RouteAdvert(("a", "z"), SVC, None, None, 2)}, []).routes)
+        self.assertIs(one.attributes["z"], other.attributes["z"])
+        self.assertEqual(other.attributes["z"], (SVC, 2))
+
+    def test_a_table_behind_keeps_its_own(self) -> None:
+        """A newer number from one neighbour leaves the other's as it gave it."""
+        shared = SharedAttributes()
+        one = AdjRib("me", ("s",), 64, None, shared)
+        other = AdjRib("me", ("t",), 64, None, shared)
+        for rib in (one, other):
+            rib.apply({"z": RouteAdvert(("z",), SVC, None, None, 2)})
+        self.assertEqual(one.apply({"z": RouteAdvert(None, None, None, None, 4)}), {"z"})
+        self.assertEqual((one.sn_of("z"), other.sn_of("z")), (4, 2))
+        self.assertEqual((one.servers_of("z"), other.servers_of("z")), (SVC, SVC))
+        self.assertEqual(other.apply({"z": RouteAdvert(None, None, None, None, 4)}), {"z"})
+        self.assertIs(other.attributes["z"], one.attributes["z"])
+        self.assertEqual(other.apply({"z": RouteAdvert(None, OTHER)}), {"z"})
+        self.assertEqual((one.servers_of("z"), other.servers_of("z")), (SVC, OTHER))
+        self.assertEqual((one.sn_of("z"), other.sn_of("z")), (4, 4))
+
+    def test_past_the_bound(self) -> None:
+        """Past its bound the sharing starts anew; every table keeps what it was given."""
+        shared = SharedAttributes(bound=2)
+        rib = AdjRib("me", ("s",), 64, None, shared)
+        given = {d: n for n, d in enumerate("abcde", 1)}
+        rib.apply({d: RouteAdvert((d,), SVC, None, None, n) for d, n in given.items()})
+        self.assertEqual({d: rib.sn_of(d) for d in given}, given)
+        self.assertEqual([rib.servers_of(d) for d in "abcde"], [SVC] * 5)
 
 
 class ReferenceTests(SynchronousTestCase):
@@ -346,8 +385,11 @@ class DiffPropertyTests(SynchronousTestCase):
         self, tables: list[dict[str, Wanted]], everything: bool
     ) -> None:
         """After each advert (over the wire), the neighbour's table is the sender's wish."""
-        mirror = AdjRib("nb", (), 63)
-        rib = receiver("s", "nb")
+        # (The two share their attributes, as a node's tables do: no table
+        # may see another's through them.)
+        shared = SharedAttributes(bound=3)
+        mirror = AdjRib("nb", (), 63, None, shared)
+        rib = AdjRib("nb", ("s",), 64, None, shared)
         first = tables[0]
         rib.apply(wire(export(mirror, first.get, first), []).routes)
         previous = first
