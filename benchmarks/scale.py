@@ -1769,6 +1769,7 @@ class WorkerBackend:
         }
 
     def stop(self) -> None:
+        """Stop the workers, at the end of a run that went through: their logs go too."""
         for k, proc in enumerate(self.procs):
             if proc.poll() is None:
                 with contextlib.suppress(OSError):
@@ -1777,6 +1778,7 @@ class WorkerBackend:
         for proc in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(max(0.1, deadline - time.monotonic()))
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class ProcessBackend:
@@ -1961,6 +1963,7 @@ class ProcessBackend:
         for proc in self.procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(max(0.1, deadline - time.monotonic()))
+        shutil.rmtree(self.tmp, ignore_errors=True)  # (a run that failed keeps its logs)
 
 
 def run_mesh_apart(
