@@ -19,10 +19,12 @@ table decides again the destinations these methods return.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from itertools import compress, repeat
+from operator import contains
 
 from relaytx._ribs import AdjRib
 
-__all__ = ["NOTICE_HOLD", "LinkNews", "Notice", "crosses"]
+__all__ = ["NOTICE_HOLD", "LinkNews", "Notice", "crosses", "crossing"]
 
 #: How long news of a lost link lasts, in seconds: long enough to cross the
 #: mesh, short enough not to shun for long a link that came back unheard.
@@ -137,10 +139,9 @@ class LinkNews:
             until = now + NOTICE_HOLD
             suspects = self.suspects
             for peer, rib in self._ribs.items():
-                for destination, path in rib.paths.items():
-                    if crosses(path, lost):
-                        suspects[peer, destination] = until
-                        affected.add(destination)
+                for destination in crossing(rib.paths, lost):
+                    suspects[peer, destination] = until
+                    affected.add(destination)
         return affected
 
     def restated(self, peer_id: str, changed: set[str], said: Iterable[str]) -> None:
@@ -214,15 +215,19 @@ class LinkNews:
         paths = mirror.paths
         me = self.node_id
         due = []
+        everything: list[tuple[str, ...]] | None = None
         for notice in self.notices:
             if notice in told:
                 continue
             if notice in clear:
-                held: Iterable[tuple[str, ...]] = filter(None, map(paths.get, since))
+                held = [path for path in map(paths.get, since) if path]
             else:
-                held = paths.values()
+                if everything is None:
+                    everything = list(paths.values())
+                held = everything
             node, peer, _ = notice
-            for path in held:
+            # (Only a path that holds the peer can cross: looked for in C.)
+            for path in compress(held, map(contains, held, repeat(peer))):
                 if (path[0] == peer) if node == me else crosses(path, [notice]):
                     due.append(notice)
                     told.add(notice)
@@ -258,6 +263,24 @@ class LinkNews:
                 del self.suspects[key]
                 cleared.add(destination)
         return cleared
+
+
+def crossing(paths: Mapping[str, tuple[str, ...]], lost: list[Notice]) -> set[str]:
+    """
+    :returns: the destinations of C{paths} whose path runs over one of the
+        C{lost} links. (A path holds both ends of a link it runs over: the
+        paths that hold one end are found in C, the few others never
+        looked at in Python. A dead hub's news had every node look at every
+        path it was offered.)
+    """
+    found: set[str] = set()
+    held = list(paths.values())
+    for notice in lost:
+        node = notice[0]
+        for destination, path in compress(paths.items(), map(contains, held, repeat(node))):
+            if destination not in found and crosses(path, [notice]):
+                found.add(destination)
+    return found
 
 
 def crosses(path: tuple[str, ...], lost: list[Notice]) -> bool:

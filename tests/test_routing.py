@@ -13,9 +13,11 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from itertools import pairwise
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx._news import crosses
+from relaytx._news import crosses, crossing
 from relaytx._routing import (
     HOP_MARGIN,
     MAX_HOPS,
@@ -25,6 +27,7 @@ from relaytx._routing import (
     hop_budget,
 )
 from relaytx.wire import DEFAULT_TTL, NO_SERVERS, RegistrySync, RouteAdvert, server_table
+from tests.support import fuzz_settings
 
 # More rounds than any test network needs: a flood still busy after this
 # many is not converging (count-to-infinity or flapping).
@@ -541,6 +544,38 @@ class LinkLossTests(SynchronousTestCase):
             net.connect(a, b)
             net.flood()
             net.assert_converged()
+
+
+class CrossingTests(SynchronousTestCase):
+    """L{crossing}: the paths of a table that run over a lost link."""
+
+    def test_either_way_and_only_adjacent(self) -> None:
+        """A path over the link, either way round, crosses it; one with both ends apart does not."""
+        paths = {
+            "d": ("a", "b", "d"),
+            "e": ("x", "b", "a", "e"),
+            "f": ("a", "x", "b", "f"),
+            "g": ("b",),
+        }
+        self.assertEqual(crossing(paths, [("a", "b", 1)]), {"d", "e"})
+        self.assertEqual(crossing(paths, [("x", "b", 1), ("q", "r", 1)]), {"e", "f"})
+        self.assertEqual(crossing(paths, []), set())
+
+    @fuzz_settings(max_examples=300)
+    @given(
+        st.dictionaries(
+            st.sampled_from("defghij"),
+            st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=6, unique=True).map(tuple),
+        ),
+        st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from("abcdefgh"), st.just(1))),
+    )
+    def test_as_crosses_says(
+        self, paths: dict[str, tuple[str, ...]], lost: list[tuple[str, str, int]]
+    ) -> None:
+        """The destinations found are those whose path L{crosses} a lost link."""
+        self.assertEqual(
+            crossing(paths, lost), {d for d, path in paths.items() if crosses(path, lost)}
+        )
 
 
 class WithdrawalTests(SynchronousTestCase):
