@@ -90,6 +90,11 @@ class AdjRib:
         to all its tables); by default, this table's own.
 
     @ivar paths: destination -> resolved path (prefix included).
+    @ivar metrics: destination -> the sender's metric to it, where that is
+        not the path's hop count (its length less C{natural}, the prefix's):
+        on a LAN, where every link costs one, next to none. (A dict entry a
+        resolved destination cost some 40 bytes, times every neighbour and
+        every mirror.) See L{metric_of}.
     @ivar attributes: destination -> its servers and sequence number, as the
         sender last gave them (none given: absent).
     @ivar refused: how many new destinations were refused over the limit.
@@ -98,13 +103,13 @@ class AdjRib:
     __slots__ = (
         "_children",
         "_incs",
-        "_metrics",
-        "_natural",
         "_parents",
         "_shared",
         "attributes",
         "limit",
         "max_len",
+        "metrics",
+        "natural",
         "owner",
         "paths",
         "prefix",
@@ -124,12 +129,8 @@ class AdjRib:
         self.max_len = max_len
         self.limit = limit
         self.paths: dict[str, tuple[str, ...]] = {}
-        #: the sender's metrics that are not its path's hop count (its
-        #: path's length less the prefix's): on a LAN, where every link
-        #: costs one, next to none. (A dict entry a resolved destination
-        #: cost some 40 bytes, times every neighbour and every mirror.)
-        self._metrics: dict[str, int] = {}
-        self._natural = len(prefix)
+        self.metrics: dict[str, int] = {}
+        self.natural = len(prefix)
         self.attributes: dict[str, Attributes] = {}
         self._shared = SharedAttributes() if shared is None else shared
         self.refused = 0
@@ -162,8 +163,8 @@ class AdjRib:
 
     def metric_of(self, destination: str) -> int:
         """:returns: the sender's metric to C{destination}, which resolves."""
-        metric = self._metrics.get(destination)
-        return len(self.paths[destination]) - self._natural if metric is None else metric
+        metric = self.metrics.get(destination)
+        return len(self.paths[destination]) - self.natural if metric is None else metric
 
     def servers_of(self, destination: str) -> Mapping[str, tuple[str, ...]]:
         """:returns: C{destination}'s servers as last given (none if never)."""
@@ -203,7 +204,7 @@ class AdjRib:
         del self._parents[destination]
         self.attributes.pop(destination, None)
         if self.paths.pop(destination, None) is not None:
-            self._metrics.pop(destination, None)
+            self.metrics.pop(destination, None)
             changed.add(destination)
         if destination in self._children:
             _resolve_children(self, destination, changed)
@@ -212,7 +213,7 @@ class AdjRib:
         """Forget every entry; :returns: the destinations that resolved."""
         gone = set(self.paths)
         self.paths.clear()
-        self._metrics.clear()
+        self.metrics.clear()
         self.attributes.clear()
         self._parents.clear()
         self._incs.clear()
@@ -295,10 +296,10 @@ class AdjRib:
             else:
                 self._incs.pop(destination, None)
         self.paths[destination] = path
-        if metric == len(path) - self._natural:
-            self._metrics.pop(destination, None)
+        if metric == len(path) - self.natural:
+            self.metrics.pop(destination, None)
         else:
-            self._metrics[destination] = metric
+            self.metrics[destination] = metric
         changed.add(destination)
         if destination in self._children:
             _resolve_children(self, destination, changed)
@@ -341,23 +342,29 @@ class AdjRib:
             or destination == self.owner
         ):
             return None, 0
-        metric = self.metric_of(parent) + self._incs.get(destination, 1)
+        parent_metric = self.metrics.get(parent)
+        if parent_metric is None:
+            parent_metric = len(parent_path) - self.natural
+        metric = parent_metric + self._incs.get(destination, 1)
         return (*parent_path, destination), metric
 
     def _store(
         self, destination: str, path: tuple[str, ...] | None, metric: int, changed: set[str]
     ) -> None:
-        paths, metrics = self.paths, self._metrics
+        paths, metrics = self.paths, self.metrics
         if path is None:
             if destination not in paths:
                 return
             del paths[destination]
             metrics.pop(destination, None)
-        elif paths.get(destination) == path and self.metric_of(destination) == metric:
+        elif (
+            paths.get(destination) == path
+            and metrics.get(destination, len(path) - self.natural) == metric
+        ):
             return
         else:
             paths[destination] = path
-            if metric == len(path) - self._natural:
+            if metric == len(path) - self.natural:
                 metrics.pop(destination, None)
             else:
                 metrics[destination] = metric
@@ -378,7 +385,12 @@ def _attributes(
     if servers is held_servers and sn == held_sn:
         return False
     if sn or servers:
-        rib.attributes[destination] = rib._shared.pair(destination, servers, sn)
+        # (SharedAttributes.pair, inline: this is on every entry taken.)
+        pairs = rib._shared._pairs
+        known = pairs.get(destination)
+        if known is None or known[1] != sn or not (known[0] is servers or known[0] == servers):
+            known = rib._shared.pair(destination, servers, sn)
+        rib.attributes[destination] = known
     elif held is not NO_ATTRIBUTES:
         del rib.attributes[destination]
     return True
@@ -393,7 +405,7 @@ def _resolve_children(rib: AdjRib, destination: str, changed: set[str]) -> None:
     children = rib._children
     below = children[destination]
     stack = [below] if type(below) is str else list(below)
-    paths, metrics, parents, incs = rib.paths, rib._metrics, rib._parents, rib._incs
+    paths, metrics, parents, incs = rib.paths, rib.metrics, rib._parents, rib._incs
     max_len, owner = rib.max_len, rib.owner
     while stack:
         child = stack.pop()
@@ -416,7 +428,7 @@ def _resolve_children(rib: AdjRib, destination: str, changed: set[str]) -> None:
             if parent_metric is None and increment is None:
                 metric = None  # the hop count
             else:
-                natural = len(path) - rib._natural
+                natural = len(path) - rib.natural
                 metric = (natural - 1 if parent_metric is None else parent_metric) + (
                     1 if increment is None else increment
                 )
@@ -457,7 +469,7 @@ def _entry(
         parent = path[-2]
         parent_path = mirror.paths.get(parent)
         if parent_path is not None and parent_path == path[:-1]:
-            increment = metric - mirror.metric_of(parent)
+            increment = metric - mirror.metrics.get(parent, len(parent_path) - mirror.natural)
             if increment >= 0:
                 return RouteAdvert(None, servers, parent, None if increment == 1 else increment, sn)
     return RouteAdvert(path, servers, None, None if metric == len(path) else metric, sn)
@@ -481,8 +493,8 @@ def diff(
         taken to agree already.
     :returns: the entries to send, in order, and the destinations to withdraw.
     """
-    paths, attributes = mirror.paths, mirror.attributes
-    metric_of = mirror.metric_of
+    paths, attributes, metrics = mirror.paths, mirror.attributes, mirror.metrics
+    natural = mirror.natural
     wants: dict[str, Wanted] = {}
     heap: list[tuple[int, str]] = []
     for destination in candidates:
@@ -494,7 +506,9 @@ def diff(
             continue
         path, metric, servers, sn = want
         held = paths.get(destination)
-        if (held is path or held == path) and metric_of(destination) == metric:
+        if (held is path or held == path) and metrics.get(
+            destination, len(path) - natural
+        ) == metric:
             held_servers, held_sn = attributes.get(destination, NO_ATTRIBUTES)
             if held_sn == sn and (held_servers is servers or held_servers == servers):
                 continue
@@ -523,7 +537,9 @@ def diff(
         else:
             path, metric, servers, sn = want
             held = paths.get(destination)
-            same_route = (held is path or held == path) and metric_of(destination) == metric
+            same_route = (held is path or held == path) and metrics.get(
+                destination, len(path) - natural
+            ) == metric
             held_servers, held_sn = attributes.get(destination, NO_ATTRIBUTES)
             same_servers = held_servers is servers or held_servers == servers
             same_sn = held_sn == sn

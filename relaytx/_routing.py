@@ -524,7 +524,8 @@ class Choice:
         routes = self._routes
         links = self._links
         cost = links.get(peer_id, 1)
-        paths, metric_of, attributes = rib.paths, rib.metric_of, rib.attributes
+        paths, metrics, attributes = rib.paths, rib.metrics, rib.attributes
+        natural = rib.natural
         todo = []
         for destination in destinations:
             route = routes.get(destination)
@@ -543,7 +544,7 @@ class Choice:
             if sn < route.sn:
                 continue
             if sn == route.sn and not _beats(
-                (cost + metric_of(destination), len(offer), peer_id),
+                (cost + metrics.get(destination, len(offer) - natural), len(offer), peer_id),
                 (route.metric, len(path), path[0]),
             ):
                 continue
@@ -619,7 +620,8 @@ class Choice:
                 continue  # through a node unreachable from here: stale
             if accept is not None and not accept(peer_id, path):
                 continue
-            key = (links[peer_id] + rib.metric_of(destination), len(path), peer_id)
+            metric = rib.metrics.get(destination, len(path) - rib.natural)
+            key = (links[peer_id] + metric, len(path), peer_id)
             offers.append((rib.attributes.get(destination, NO_ATTRIBUTES)[1], key, rib))
         if not offers:
             return None
