@@ -268,9 +268,9 @@ class LinkNews:
 def crossing(paths: Mapping[str, tuple[str, ...]], lost: list[Notice]) -> set[str]:
     """
     :returns: the destinations of C{paths} whose path runs over one of the
-        C{lost} links. (A path holds both ends of a link it runs over: the
-        paths that hold one end are found in C, the few others never
-        looked at in Python. A dead hub's news had every node look at every
+        C{lost} links. (A path that runs over a link holds both its ends:
+        only the paths that hold one, picked out in C, are looked at in
+        Python. A dead hub's news had every node look, in Python, at every
         path it was offered.)
     """
     found: set[str] = set()

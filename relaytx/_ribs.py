@@ -92,9 +92,9 @@ class AdjRib:
     @ivar paths: destination -> resolved path (prefix included).
     @ivar metrics: destination -> the sender's metric to it, where that is
         not the path's hop count (its length less C{natural}, the prefix's):
-        on a LAN, where every link costs one, next to none. (A dict entry a
-        resolved destination cost some 40 bytes, times every neighbour and
-        every mirror.) See L{metric_of}.
+        on a LAN, where every link costs one, next to none. (An entry for
+        every resolved destination cost some 40 bytes, times every
+        neighbour's table and every mirror.) See L{metric_of}.
     @ivar attributes: destination -> its servers and sequence number, as the
         sender last gave them (none given: absent).
     @ivar refused: how many new destinations were refused over the limit.
