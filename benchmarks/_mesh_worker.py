@@ -129,7 +129,6 @@ class Worker:
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
         self.nodes: dict[str, Any] = {}
-        self.adj: dict[str, list[str]] = {}
         #: every link of the graph, both ways round
         self.edges: set[tuple[str, str]] = set()
         self.dead: set[str] = set()
@@ -141,8 +140,6 @@ class Worker:
         #: node -> the destination its table was last found wrong for
         self.failing: dict[str, str] = {}
         self.watching: dict[str, dict[str, float | None]] = {}
-        self.frames = 0
-        self.bytes = 0
         #: CPU seconds spent on commands and watching, not on the nodes
         self.harness_cpu = 0.0
 
@@ -204,7 +201,6 @@ class Worker:
                     and not removed.isdisjoint(links_of(node_id, route.path))
                 ]:
                     del checked[dest]
-        self.adj = adj
         self.edges = edges
         self.dead = set(dead)
         self.dist = {n: bfs(adj, n) for n in self.nodes if n not in self.dead}

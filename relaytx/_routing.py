@@ -698,7 +698,7 @@ class Exports:
         mirrors: dict[str, AdjRib],
         news: LinkNews,
         unheard: set[str],
-        attributes: SharedAttributes | None = None,
+        attributes: SharedAttributes,
     ) -> None:
         self.dirty = choice.dirty
         self.rerouted = choice.rerouted
@@ -706,7 +706,7 @@ class Exports:
         self._mirrors = mirrors
         self._news = news
         self._unheard = unheard
-        self._attributes = SharedAttributes() if attributes is None else attributes
+        self._attributes = attributes
         #: destination -> when its last re-advert went out
         self._readvertised: dict[str, float] = {}
 
