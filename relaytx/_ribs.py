@@ -511,6 +511,8 @@ def diff(
         ) == metric:
             held_servers, held_sn = attributes.get(destination, NO_ATTRIBUTES)
             if held_sn == sn and (held_servers is servers or held_servers == servers):
+                if held is not path:
+                    paths[destination] = path  # (the sender's own: one tuple kept, not two)
                 continue
         heap.append((len(path), destination))
         wants[destination] = want
@@ -544,6 +546,8 @@ def diff(
             same_servers = held_servers is servers or held_servers == servers
             same_sn = held_sn == sn
             if same_route and same_servers and same_sn:
+                if held is not path:
+                    paths[destination] = path
                 continue
             new_servers = None if same_servers else servers
             new_sn = None if same_sn else sn

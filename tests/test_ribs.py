@@ -342,6 +342,19 @@ class SenderTests(SynchronousTestCase):
         entries, _ = diff(mirror, renumbered.get, ["p"])
         self.assertEqual(entries, {"p": RouteAdvert(None, None, None, None, 4)})
 
+    def test_mirror_keeps_the_senders_paths(self) -> None:
+        """
+        A reference that follows its parent to the path the sender wants is
+        not sent, and the mirror keeps the sender's own path, not its copy.
+        """
+        mirror = AdjRib("n", (), 63)
+        want = table({"p": ("a", "p"), "d": ("a", "p", "d")})
+        export(mirror, want.get, want)
+        moved = table({"p": ("b", "p"), "d": ("b", "p", "d")})
+        entries, _ = diff(mirror, moved.get, ["p"])
+        self.assertEqual(list(entries), ["p"])
+        self.assertIs(mirror.paths["d"], moved["d"][0])  # type: ignore[index]
+
 
 # Property: whatever the tables and whatever changes between them, the
 # neighbour ends up holding exactly what the sender wants, in one advert.
