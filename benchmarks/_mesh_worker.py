@@ -77,7 +77,7 @@ def deep_size(root: Any, seen: set[int] | None = None) -> int:
         elif isinstance(obj, AdjRib):
             stack.extend(getattr(obj, slot) for slot in AdjRib.__slots__)
         elif isinstance(obj, SharedAttributes):
-            stack.append(obj._pairs)
+            stack.append(obj.latest)
     return total
 
 

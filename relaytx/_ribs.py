@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Mapping
+from weakref import WeakSet
 
 from relaytx.wire import NO_SERVERS, RouteAdvert
 
@@ -40,32 +41,76 @@ NO_ATTRIBUTES: Attributes = (NO_SERVERS, 0)
 
 class SharedAttributes:
     """
-    The latest L{Attributes} of each destination that a node's tables hold,
-    so that its tables (every neighbour's, every mirror) keep one pair for
-    each rather than a number and a servers reference apiece: some 60 bytes
-    a table entry, the most a table costs after its paths. A pair is only
-    shared: a table whose entry is behind keeps its own until it catches up.
+    The servers and sequence number of each destination that a node's
+    tables hold (every neighbour's, every mirror), kept once for them all:
+    a table keeps a pair of its own only where its entry's pair is not the
+    shared one (a neighbour behind the others, or ahead of them for a
+    moment). A pair in every table entry cost some 30 bytes an entry (the
+    dict slot alone), about a fifth of a well-connected node's tables.
 
-    :param bound: the most destinations kept; past it the pairs start anew
-        (tables keep theirs; only the sharing is lost, for a while).
+    The shared pair of a destination is the newest a table took: when a
+    table takes a newer one, the tables that held the older one as shared
+    keep it as their own (a few tables, once per change of a destination's
+    number), and each drops it when it takes the newer one too.
+
+    :param bound: destinations past which the pairs that no table holds
+        any more are let go.
     """
 
-    __slots__ = ("_bound", "_pairs")
+    __slots__ = ("_bound", "_tables", "latest")
 
     def __init__(self, bound: int = 20_000) -> None:
-        self._pairs: dict[str, Attributes] = {}
+        #: destination -> its shared pair (for each destination a table
+        #: holds without a pair of its own, and some no table holds any more)
+        self.latest: dict[str, Attributes] = {}
         self._bound = bound
+        self._tables: WeakSet[AdjRib] = WeakSet()
 
-    def pair(self, destination: str, servers: Mapping[str, tuple[str, ...]], sn: int) -> Attributes:
-        """:returns: C{(servers, sn)} for C{destination}, the one object kept for it."""
-        pairs = self._pairs
-        known = pairs.get(destination)
-        if known is not None and known[1] == sn and (known[0] is servers or known[0] == servers):
-            return known
-        if known is None and len(pairs) >= self._bound:
-            pairs.clear()
-        pair = pairs[destination] = (servers, sn)
-        return pair
+    def join(self, table: AdjRib) -> None:
+        """C{table} keeps its pairs here from now on."""
+        self._tables.add(table)
+
+    def set(self, table: AdjRib, destination: str, pair: Attributes) -> None:
+        """
+        C{table}'s entry for C{destination} (which it holds) now has C{pair}.
+        """
+        latest = self.latest
+        shared = latest.get(destination)
+        own = table.attributes
+        if shared is None or shared is pair or shared == pair:
+            if shared is None:
+                if len(latest) >= self._bound:
+                    self._let_go()
+                latest[destination] = pair
+            if destination in own:
+                del own[destination]
+                if not own:
+                    table.attributes = {}  # (a dict keeps its size when emptied)
+            return
+        if pair[1] < shared[1]:
+            own[destination] = pair  # behind the others
+            return
+        for other in self._tables:
+            if (
+                other is not table
+                and destination in other._parents
+                and destination not in other.attributes
+            ):
+                other.attributes[destination] = shared
+        latest[destination] = pair
+        if destination in own:
+            del own[destination]
+
+    def _let_go(self) -> None:
+        # The pairs of destinations no table holds (a table's own pair for
+        # a destination needs no shared one, but is rare: kept).
+        held: set[str] = set()
+        for table in self._tables:
+            held.update(table._parents)
+        latest = self.latest
+        for destination in [d for d in latest if d not in held]:
+            del latest[destination]
+        self._bound = max(self._bound, 2 * len(latest))
 
 
 #: What a sender wants a neighbour to hold for a destination: the path
@@ -86,8 +131,8 @@ class AdjRib:
     :param max_len: the longest resolved path kept, prefix included.
     :param limit: the most destinations kept; further new ones are refused
         (counted in C{refused}).
-    :param shared: where equal attributes are kept once (a node passes one
-        to all its tables); by default, this table's own.
+    :param shared: where the attributes of the entries are kept (a node
+        passes one to all its tables); by default, this table's own.
 
     @ivar paths: destination -> resolved path (prefix included).
     @ivar metrics: destination -> the sender's metric to it, where that is
@@ -96,16 +141,20 @@ class AdjRib:
         every resolved destination cost some 40 bytes, times every
         neighbour's table and every mirror.) See L{metric_of}.
     @ivar attributes: destination -> its servers and sequence number, as the
-        sender last gave them (none given: absent).
+        sender last gave them, where they are not the shared ones (none
+        given: L{NO_ATTRIBUTES}). See L{attributes_of}.
+    @ivar latest: the shared pairs (L{SharedAttributes.latest}).
     @ivar refused: how many new destinations were refused over the limit.
     """
 
     __slots__ = (
+        "__weakref__",
         "_children",
         "_incs",
         "_parents",
         "_shared",
         "attributes",
+        "latest",
         "limit",
         "max_len",
         "metrics",
@@ -133,6 +182,8 @@ class AdjRib:
         self.natural = len(prefix)
         self.attributes: dict[str, Attributes] = {}
         self._shared = SharedAttributes() if shared is None else shared
+        self._shared.join(self)
+        self.latest = self._shared.latest
         self.refused = 0
         #: every entry: destination -> its parent, or None for an explicit one
         self._parents: dict[str, str | None] = {}
@@ -166,13 +217,26 @@ class AdjRib:
         metric = self.metrics.get(destination)
         return len(self.paths[destination]) - self.natural if metric is None else metric
 
+    def attributes_of(self, destination: str) -> Attributes:
+        """
+        :returns: C{destination}'s servers and sequence number as last given
+            (L{NO_ATTRIBUTES} if never, or if the table does not hold it).
+
+        Where the table holds C{destination}, C{attributes.get(destination)
+        or latest[destination]} is the same, inline.
+        """
+        own = self.attributes.get(destination)
+        if own is not None:
+            return own
+        return self.latest[destination] if destination in self._parents else NO_ATTRIBUTES
+
     def servers_of(self, destination: str) -> Mapping[str, tuple[str, ...]]:
         """:returns: C{destination}'s servers as last given (none if never)."""
-        return self.attributes.get(destination, NO_ATTRIBUTES)[0]
+        return self.attributes_of(destination)[0]
 
     def sn_of(self, destination: str) -> int:
         """:returns: C{destination}'s sequence number as last given (0 if never)."""
-        return self.attributes.get(destination, NO_ATTRIBUTES)[1]
+        return self.attributes_of(destination)[1]
 
     # Changes.
 
@@ -214,7 +278,7 @@ class AdjRib:
         gone = set(self.paths)
         self.paths.clear()
         self.metrics.clear()
-        self.attributes.clear()
+        self.attributes = {}
         self._parents.clear()
         self._incs.clear()
         self._children.clear()
@@ -260,7 +324,9 @@ class AdjRib:
                 self._incs.pop(destination, None)
             resolved, resolved_metric = self._resolve(destination)
             self._store(destination, resolved, resolved_metric, changed)
-        if (servers is not None or sn is not None) and _attributes(self, destination, servers, sn):
+        if (servers is not None or sn is not None or old_parent is _ABSENT) and _attributes(
+            self, destination, servers, sn, old_parent is _ABSENT
+        ):
             changed.add(destination)
 
     def put(
@@ -303,7 +369,7 @@ class AdjRib:
         changed.add(destination)
         if destination in self._children:
             _resolve_children(self, destination, changed)
-        if _attributes(self, destination, entry.servers, entry.sn):
+        if _attributes(self, destination, entry.servers, entry.sn, old_parent is _ABSENT):
             changed.add(destination)
 
     def _adopt(self, parent: str, destination: str) -> None:
@@ -374,26 +440,32 @@ class AdjRib:
 
 
 def _attributes(
-    rib: AdjRib, destination: str, servers: Mapping[str, tuple[str, ...]] | None, sn: int | None
+    rib: AdjRib,
+    destination: str,
+    servers: Mapping[str, tuple[str, ...]] | None,
+    sn: int | None,
+    new: bool = False,
 ) -> bool:
-    # Set a destination's servers and number where given: whether they changed.
-    held_servers, held_sn = held = rib.attributes.get(destination, NO_ATTRIBUTES)
+    # Set a destination's servers and number where given (all of them for
+    # an entry new to the table, none given: none): whether they changed.
+    own = rib.attributes.get(destination)
+    held = NO_ATTRIBUTES if new else own or rib.latest[destination]
+    held_servers, held_sn = held
     if servers is None or servers is held_servers or servers == held_servers:
         servers = held_servers
     if sn is None:
         sn = held_sn
-    if servers is held_servers and sn == held_sn:
+    changed = not (servers is held_servers and sn == held_sn)
+    if not changed and not new:
         return False
-    if sn or servers:
-        # (SharedAttributes.pair, inline: this is on every entry taken.)
-        pairs = rib._shared._pairs
-        known = pairs.get(destination)
-        if known is None or known[1] != sn or not (known[0] is servers or known[0] == servers):
-            known = rib._shared.pair(destination, servers, sn)
-        rib.attributes[destination] = known
-    elif held is not NO_ATTRIBUTES:
-        del rib.attributes[destination]
-    return True
+    # (SharedAttributes.set's common case, inline: this is on every entry taken.)
+    shared = rib.latest.get(destination)
+    if shared is not None and shared[1] == sn and (shared[0] is servers or shared[0] == servers):
+        if own is not None:
+            del rib.attributes[destination]
+    else:
+        rib._shared.set(rib, destination, held if not changed else (servers, sn))
+    return changed
 
 
 def _resolve_children(rib: AdjRib, destination: str, changed: set[str]) -> None:
@@ -493,7 +565,8 @@ def diff(
         taken to agree already.
     :returns: the entries to send, in order, and the destinations to withdraw.
     """
-    paths, attributes, metrics = mirror.paths, mirror.attributes, mirror.metrics
+    paths, metrics = mirror.paths, mirror.metrics
+    attributes, latest = mirror.attributes, mirror.latest
     natural = mirror.natural
     wants: dict[str, Wanted] = {}
     heap: list[tuple[int, str]] = []
@@ -509,7 +582,7 @@ def diff(
         if (held is path or held == path) and metrics.get(
             destination, len(path) - natural
         ) == metric:
-            held_servers, held_sn = attributes.get(destination, NO_ATTRIBUTES)
+            held_servers, held_sn = attributes.get(destination) or latest[destination]
             if held_sn == sn and (held_servers is servers or held_servers == servers):
                 if held is not path:
                     paths[destination] = path  # (the sender's own: one tuple kept, not two)
@@ -542,7 +615,7 @@ def diff(
             same_route = (held is path or held == path) and metrics.get(
                 destination, len(path) - natural
             ) == metric
-            held_servers, held_sn = attributes.get(destination, NO_ATTRIBUTES)
+            held_servers, held_sn = mirror.attributes_of(destination)
             same_servers = held_servers is servers or held_servers == servers
             same_sn = held_sn == sn
             if same_route and same_servers and same_sn:

@@ -68,7 +68,7 @@ from typing import Any, NamedTuple
 
 from relaytx._news import NOTICE_HOLD as NOTICE_HOLD
 from relaytx._news import LinkNews, Notice
-from relaytx._ribs import NO_ATTRIBUTES, AdjRib, SharedAttributes, Wanted, diff, export
+from relaytx._ribs import AdjRib, SharedAttributes, Wanted, diff, export
 from relaytx.wire import DEFAULT_TTL, NO_SERVERS, RouteAdvert
 
 #: The longest path a route may have, and the most hops a message makes.
@@ -524,7 +524,7 @@ class Choice:
         routes = self._routes
         links = self._links
         cost = links.get(peer_id, 1)
-        paths, metrics, attributes = rib.paths, rib.metrics, rib.attributes
+        paths, metrics, attributes, latest = rib.paths, rib.metrics, rib.attributes, rib.latest
         natural = rib.natural
         todo = []
         for destination in destinations:
@@ -540,7 +540,7 @@ class Choice:
             offer = paths.get(destination)
             if offer is None:
                 continue  # nothing offered there: the route elsewhere stands
-            sn = attributes.get(destination, NO_ATTRIBUTES)[1]
+            sn = (attributes.get(destination) or latest[destination])[1]
             if sn < route.sn:
                 continue
             if sn == route.sn and not _beats(
@@ -622,7 +622,8 @@ class Choice:
                 continue
             metric = rib.metrics.get(destination, len(path) - rib.natural)
             key = (links[peer_id] + metric, len(path), peer_id)
-            offers.append((rib.attributes.get(destination, NO_ATTRIBUTES)[1], key, rib))
+            sn = (rib.attributes.get(destination) or rib.latest[destination])[1]
+            offers.append((sn, key, rib))
         if not offers:
             return None
         # Only the freshest number counts, and a mark above it leaves none.
@@ -648,7 +649,7 @@ class Choice:
             best = min(challengers) if challengers else incumbent
             best_rib = self._ribs[best[2]]
         path = best_rib.paths[destination]
-        servers = best_rib.attributes.get(destination, NO_ATTRIBUTES)[0]
+        servers = (best_rib.attributes.get(destination) or best_rib.latest[destination])[0]
         metric = best[0]
         if (
             old is not None

@@ -106,42 +106,89 @@ class ExplicitEntryTests(SynchronousTestCase):
 
 
 class SharedAttributesTests(SynchronousTestCase):
-    """A node's tables keep equal servers and numbers once."""
+    """A node's tables keep equal servers and numbers once, and only differences apart."""
+
+    def tables(self, bound: int = 20_000) -> tuple[SharedAttributes, AdjRib, AdjRib]:
+        shared = SharedAttributes(bound)
+        one, other = (AdjRib("me", (sender,), 64, None, shared) for sender in "st")
+        return shared, one, other
 
     def test_equal_attributes_kept_once(self) -> None:
-        """Two neighbours' entries with the same servers and number share one pair."""
-        shared = SharedAttributes()
-        one = AdjRib("me", ("s",), 64, None, shared)
-        other = AdjRib("me", ("t",), 64, None, shared)
+        """Two neighbours' entries with the same servers and number keep no pair of their own."""
+        shared, one, other = self.tables()
         one.apply(wire({"z": RouteAdvert(("z",), SVC, None, None, 2)}, []).routes)
         other.apply(wire({"z": RouteAdvert(("a", "z"), SVC, None, None, 2)}, []).routes)
-        self.assertIs(one.attributes["z"], other.attributes["z"])
-        self.assertEqual(other.attributes["z"], (SVC, 2))
+        self.assertEqual((one.attributes, other.attributes), ({}, {}))
+        self.assertEqual(shared.latest, {"z": (SVC, 2)})
+        self.assertEqual((one.attributes_of("z"), other.attributes_of("z")), ((SVC, 2), (SVC, 2)))
 
     def test_a_table_behind_keeps_its_own(self) -> None:
-        """A newer number from one neighbour leaves the other's as it gave it."""
-        shared = SharedAttributes()
-        one = AdjRib("me", ("s",), 64, None, shared)
-        other = AdjRib("me", ("t",), 64, None, shared)
+        """
+        A newer number from one neighbour becomes the shared one; the other
+        table keeps what it was given until it is given the newer one too.
+        """
+        shared, one, other = self.tables()
         for rib in (one, other):
             rib.apply({"z": RouteAdvert(("z",), SVC, None, None, 2)})
         self.assertEqual(one.apply({"z": RouteAdvert(None, None, None, None, 4)}), {"z"})
         self.assertEqual((one.sn_of("z"), other.sn_of("z")), (4, 2))
         self.assertEqual((one.servers_of("z"), other.servers_of("z")), (SVC, SVC))
+        self.assertEqual((one.attributes, other.attributes), ({}, {"z": (SVC, 2)}))
         self.assertEqual(other.apply({"z": RouteAdvert(None, None, None, None, 4)}), {"z"})
-        self.assertIs(other.attributes["z"], one.attributes["z"])
+        self.assertEqual((one.attributes, other.attributes), ({}, {}))
+        # New servers under the same number: the newest given is shared.
         self.assertEqual(other.apply({"z": RouteAdvert(None, OTHER)}), {"z"})
         self.assertEqual((one.servers_of("z"), other.servers_of("z")), (SVC, OTHER))
         self.assertEqual((one.sn_of("z"), other.sn_of("z")), (4, 4))
+        self.assertEqual(shared.latest["z"], (OTHER, 4))
+
+    def test_an_older_number_stays_apart(self) -> None:
+        """A neighbour still giving an older number keeps it as its own; the shared one stays."""
+        shared, one, other = self.tables()
+        one.apply({"z": RouteAdvert(("z",), SVC, None, None, 4)})
+        other.apply({"z": RouteAdvert(("a", "z"), SVC, None, None, 2)})
+        self.assertEqual((one.sn_of("z"), other.sn_of("z")), (4, 2))
+        self.assertEqual(other.attributes, {"z": (SVC, 2)})
+        self.assertEqual(shared.latest, {"z": (SVC, 4)})
+
+    def test_new_entry_without_attributes(self) -> None:
+        """
+        An entry given without servers or number has none, whatever the
+        other tables hold for its destination; withdrawn, it reads as none.
+        """
+        _, one, other = self.tables()
+        one.apply({"z": RouteAdvert(("z",), SVC, None, None, 2)})
+        other.apply({"z": RouteAdvert(("a", "z"))})
+        self.assertEqual(other.attributes_of("z"), (NO_SERVERS, 0))
+        self.assertEqual(one.attributes_of("z"), (SVC, 2))
+        one.apply(None, ["z"])
+        self.assertEqual(one.attributes_of("z"), (NO_SERVERS, 0))
+        self.assertEqual(other.attributes_of("z"), (NO_SERVERS, 0))
 
     def test_past_the_bound(self) -> None:
-        """Past its bound the sharing starts anew; every table keeps what it was given."""
-        shared = SharedAttributes(bound=2)
-        rib = AdjRib("me", ("s",), 64, None, shared)
+        """
+        Past its bound the pairs of destinations no table holds are let go;
+        every table still reads what it was given.
+        """
+        shared, one, other = self.tables(bound=3)
         given = {d: n for n, d in enumerate("abcde", 1)}
-        rib.apply({d: RouteAdvert((d,), SVC, None, None, n) for d, n in given.items()})
-        self.assertEqual({d: rib.sn_of(d) for d in given}, given)
-        self.assertEqual([rib.servers_of(d) for d in "abcde"], [SVC] * 5)
+        one.apply({d: RouteAdvert((d,), SVC, None, None, n) for d, n in given.items() if d < "d"})
+        other.apply({"c": RouteAdvert(("a", "c"), SVC, None, None, 3)})
+        one.apply(None, ["a", "b", "c"])
+        one.apply({d: RouteAdvert((d,), SVC, None, None, n) for d, n in given.items() if d > "c"})
+        self.assertEqual(set(shared.latest), {"c", "d", "e"})
+        self.assertEqual({d: one.sn_of(d) for d in "de"}, {"d": 4, "e": 5})
+        self.assertEqual(other.attributes_of("c"), (SVC, 3))
+
+    def test_a_dropped_table_is_forgotten(self) -> None:
+        """A table no one holds any more is not given pairs of its own."""
+        shared, one, other = self.tables()
+        for rib in (one, other):
+            rib.apply({"z": RouteAdvert(("z",), SVC, None, None, 2)})
+        del rib, other
+        self.assertEqual(len(shared._tables), 1)
+        one.apply({"z": RouteAdvert(None, None, None, None, 4)})
+        self.assertEqual(shared.latest, {"z": (SVC, 4)})
 
 
 class ReferenceTests(SynchronousTestCase):
@@ -398,15 +445,19 @@ class DiffPropertyTests(SynchronousTestCase):
         self, tables: list[dict[str, Wanted]], everything: bool
     ) -> None:
         """After each advert (over the wire), the neighbour's table is the sender's wish."""
-        # (The two share their attributes, as a node's tables do: no table
-        # may see another's through them.)
+        # (All share their attributes, as a node's tables do: no table may
+        # see another's through them. A second neighbour hears every advert
+        # one step late, so its numbers and servers are behind the others'.)
         shared = SharedAttributes(bound=3)
         mirror = AdjRib("nb", (), 63, None, shared)
         rib = AdjRib("nb", ("s",), 64, None, shared)
+        late = AdjRib("nb", ("s",), 64, None, shared)
         first = tables[0]
-        rib.apply(wire(export(mirror, first.get, first), []).routes)
+        sent = wire(export(mirror, first.get, first), [])
+        rib.apply(sent.routes)
         previous = first
         for want in tables[1:]:
+            late.apply(sent.routes, sent.withdrawn)
             # Only the destinations that changed are candidates, as a sender knows.
             candidates = set(want) | set(previous)
             if not everything:
@@ -417,9 +468,10 @@ class DiffPropertyTests(SynchronousTestCase):
             for dest in set(NODES):
                 wish = want.get(dest)
                 self.assertEqual(mirror.get(dest), None if wish is None else wish[:2])
-                expected = None if wish is None else (("s", *wish[0]), wish[1])
-                self.assertEqual(rib.get(dest), expected, dest)
-                servers = NO_SERVERS if wish is None else wish[2]
-                self.assertEqual(rib.servers_of(dest), servers)
-                self.assertEqual(rib.sn_of(dest), 0 if wish is None else wish[3])
+                for table, wished in ((rib, wish), (late, previous.get(dest))):
+                    expected = None if wished is None else (("s", *wished[0]), wished[1])
+                    self.assertEqual(table.get(dest), expected, dest)
+                    servers = NO_SERVERS if wished is None else wished[2]
+                    self.assertEqual(table.servers_of(dest), servers)
+                    self.assertEqual(table.sn_of(dest), 0 if wished is None else wished[3])
             previous = want
