@@ -25,7 +25,8 @@ kept but resolves to nothing (and so does every reference below it).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import chain
 from weakref import WeakSet
 
 from relaytx.wire import NO_SERVERS, RouteAdvert
@@ -91,11 +92,7 @@ class SharedAttributes:
             own[destination] = pair  # behind the others
             return
         for other in self._tables:
-            if (
-                other is not table
-                and destination in other._parents
-                and destination not in other.attributes
-            ):
+            if other is not table and destination in other and destination not in other.attributes:
                 other.attributes[destination] = shared
         latest[destination] = pair
         if destination in own:
@@ -106,7 +103,7 @@ class SharedAttributes:
         # a destination needs no shared one, but is rare: kept).
         held: set[str] = set()
         for table in self._tables:
-            held.update(table._parents)
+            held.update(table)
         latest = self.latest
         for destination in [d for d in latest if d not in held]:
             del latest[destination]
@@ -150,8 +147,9 @@ class AdjRib:
     __slots__ = (
         "__weakref__",
         "_children",
+        "_dangling",
+        "_explicit",
         "_incs",
-        "_parents",
         "_shared",
         "attributes",
         "latest",
@@ -185,8 +183,17 @@ class AdjRib:
         self._shared.join(self)
         self.latest = self._shared.latest
         self.refused = 0
-        #: every entry: destination -> its parent, or None for an explicit one
-        self._parents: dict[str, str | None] = {}
+        # An entry's parent is not kept where the entry resolves: a
+        # reference's path is its parent's with the destination added, so
+        # the parent is the path's last node but one. Kept apart are the
+        # explicit entries that resolve (some 2% of a table's entries) and
+        # the entries that do not resolve (next to none). A parent for
+        # every entry cost some 30 bytes an entry, times every table.
+        #: explicit entries that resolve
+        self._explicit: set[str] = set()
+        #: entries that do not resolve: destination -> its parent, or None
+        #: for an explicit one
+        self._dangling: dict[str, str | None] = {}
         #: references whose increment is not 1
         self._incs: dict[str, int] = {}
         #: parent -> the reference to it, or a tuple of them when there are
@@ -195,17 +202,25 @@ class AdjRib:
         self._children: dict[str, str | tuple[str, ...]] = {}
 
     def __len__(self) -> int:
-        return len(self._parents)
+        return len(self.paths) + len(self._dangling)
 
     def __contains__(self, destination: object) -> bool:
-        return destination in self._parents
+        return destination in self.paths or destination in self._dangling
 
-    def __iter__(self) -> Iterable[str]:
-        return iter(self._parents)
+    def __iter__(self) -> Iterator[str]:
+        return chain(self.paths, self._dangling)
 
     def parent_of(self, destination: str) -> str | None:
         """:returns: the parent of a reference entry, C{None} for others."""
-        return self._parents.get(destination)
+        parent = self._held_parent(destination)
+        return None if parent is _ABSENT else parent
+
+    def _held_parent(self, destination: str) -> str | None:
+        # The entry's parent, None for an explicit one, _ABSENT for none.
+        path = self.paths.get(destination)
+        if path is not None:
+            return None if destination in self._explicit else path[-2]
+        return self._dangling.get(destination, _ABSENT)
 
     def get(self, destination: str) -> tuple[tuple[str, ...], int] | None:
         """:returns: the resolved path and metric to C{destination}, or C{None}."""
@@ -228,7 +243,7 @@ class AdjRib:
         own = self.attributes.get(destination)
         if own is not None:
             return own
-        return self.latest[destination] if destination in self._parents else NO_ATTRIBUTES
+        return self.latest[destination] if destination in self else NO_ATTRIBUTES
 
     def servers_of(self, destination: str) -> Mapping[str, tuple[str, ...]]:
         """:returns: C{destination}'s servers as last given (none if never)."""
@@ -262,10 +277,12 @@ class AdjRib:
 
     def withdraw(self, destination: str, changed: set[str]) -> None:
         """Forget C{destination}; what changed is added to C{changed}."""
-        if destination not in self._parents:
+        parent = self._held_parent(destination)
+        if parent is _ABSENT:
             return
-        self._unlink(destination)
-        del self._parents[destination]
+        self._unlink(destination, parent)
+        self._dangling.pop(destination, None)
+        self._explicit.discard(destination)
         self.attributes.pop(destination, None)
         if self.paths.pop(destination, None) is not None:
             self.metrics.pop(destination, None)
@@ -279,30 +296,29 @@ class AdjRib:
         self.paths.clear()
         self.metrics.clear()
         self.attributes = {}
-        self._parents.clear()
+        self._explicit.clear()
+        self._dangling.clear()
         self._incs.clear()
         self._children.clear()
         return gone
 
     def take(self, destination: str, entry: RouteAdvert, changed: set[str]) -> None:
         """Take one entry; what changed is added to C{changed}."""
-        parents = self._parents
         path, servers, parent, metric, sn = entry
         if path is None and parent is None:
             # Only the servers or number changed (of a destination held here).
-            if destination in parents and _attributes(self, destination, servers, sn):
+            if destination in self and _attributes(self, destination, servers, sn):
                 if destination in self.paths:
                     changed.add(destination)
             return
-        old_parent = parents.get(destination, _ABSENT)
+        old_parent = self._held_parent(destination)
         if old_parent is _ABSENT:
-            if self.limit is not None and len(parents) >= self.limit:
+            if self.limit is not None and len(self) >= self.limit:
                 self.refused += 1
                 return
         elif old_parent != parent:
-            self._unlink(destination)
+            self._unlink(destination, old_parent)
         if path is not None:
-            parents[destination] = None
             full = self.prefix + path if self.prefix else path
             if (
                 len(full) <= self.max_len
@@ -310,20 +326,20 @@ class AdjRib:
                 and len(set(full)) == len(full)
                 and (metric is None or metric >= 0)
             ):
-                self._store(destination, full, len(path) if metric is None else metric, changed)
+                resolved_metric = len(path) if metric is None else metric
+                self._store(destination, full, resolved_metric, changed, None)
             else:
-                self._store(destination, None, 0, changed)
+                self._store(destination, None, 0, changed, None)
         else:
             assert parent is not None
             if old_parent != parent:
-                parents[destination] = parent
                 self._adopt(parent, destination)
             if metric is not None and metric != 1:
                 self._incs[destination] = metric
             elif old_parent == parent:
                 self._incs.pop(destination, None)
-            resolved, resolved_metric = self._resolve(destination)
-            self._store(destination, resolved, resolved_metric, changed)
+            resolved, resolved_metric = self._resolve(destination, parent)
+            self._store(destination, resolved, resolved_metric, changed, parent)
         if (servers is not None or sn is not None or old_parent is _ABSENT) and _attributes(
             self, destination, servers, sn, old_parent is _ABSENT
         ):
@@ -342,25 +358,29 @@ class AdjRib:
         (C{path}, C{metric}: the sender's own route, loop-free and within the
         limit): as L{take}, without resolving it again.
         """
-        parents = self._parents
         parent = entry.parent
         if entry.path is None and parent is None:
             # Only the servers or number changed.
-            if destination in parents and _attributes(self, destination, entry.servers, entry.sn):
+            if destination in self and _attributes(self, destination, entry.servers, entry.sn):
                 changed.add(destination)
             return
-        old_parent = parents.get(destination, _ABSENT)
+        old_parent = self._held_parent(destination)
         if old_parent != parent:
             if old_parent is not _ABSENT:
-                self._unlink(destination)
-            parents[destination] = parent
+                self._unlink(destination, old_parent)
             if parent is not None:
                 self._adopt(parent, destination)
         if parent is not None:
+            # (A reference's path is its parent's and the destination.)
+            assert path[-2] == parent
+            self._explicit.discard(destination)
             if entry.metric is not None and entry.metric != 1:
                 self._incs[destination] = entry.metric
             else:
                 self._incs.pop(destination, None)
+        else:
+            self._explicit.add(destination)
+        self._dangling.pop(destination, None)
         self.paths[destination] = path
         if metric == len(path) - self.natural:
             self.metrics.pop(destination, None)
@@ -383,8 +403,8 @@ class AdjRib:
         else:
             children[parent] = (*siblings, destination)
 
-    def _unlink(self, destination: str) -> None:
-        parent = self._parents.get(destination)
+    def _unlink(self, destination: str, parent: str | None) -> None:
+        # (parent: the entry's, as _held_parent gives it.)
         if parent is not None:
             children = self._children
             siblings = children.get(parent)
@@ -396,10 +416,7 @@ class AdjRib:
                 children[parent] = rest[0] if len(rest) == 1 else rest
             self._incs.pop(destination, None)
 
-    def _resolve(self, destination: str) -> tuple[tuple[str, ...] | None, int]:
-        parent = self._parents.get(destination)
-        if parent is None:
-            return None, 0  # withdrawn (an explicit entry is never resolved here)
+    def _resolve(self, destination: str, parent: str) -> tuple[tuple[str, ...] | None, int]:
         parent_path = self.paths.get(parent)
         if (
             parent_path is None
@@ -415,20 +432,33 @@ class AdjRib:
         return (*parent_path, destination), metric
 
     def _store(
-        self, destination: str, path: tuple[str, ...] | None, metric: int, changed: set[str]
+        self,
+        destination: str,
+        path: tuple[str, ...] | None,
+        metric: int,
+        changed: set[str],
+        parent: str | None,
     ) -> None:
+        # (parent: the entry's, None for an explicit one.)
         paths, metrics = self.paths, self.metrics
         if path is None:
+            self._dangling[destination] = parent
+            self._explicit.discard(destination)
             if destination not in paths:
                 return
             del paths[destination]
             metrics.pop(destination, None)
-        elif (
-            paths.get(destination) == path
-            and metrics.get(destination, len(path) - self.natural) == metric
-        ):
-            return
         else:
+            self._dangling.pop(destination, None)
+            if parent is None:
+                self._explicit.add(destination)
+            else:
+                self._explicit.discard(destination)
+            if (
+                paths.get(destination) == path
+                and metrics.get(destination, len(path) - self.natural) == metric
+            ):
+                return
             paths[destination] = path
             if metric == len(path) - self.natural:
                 metrics.pop(destination, None)
@@ -476,13 +506,12 @@ def _resolve_children(rib: AdjRib, destination: str, changed: set[str]) -> None:
     # child's is when its parent's is and it adds one (no increment kept).
     children = rib._children
     below = children[destination]
-    stack = [below] if type(below) is str else list(below)
-    paths, metrics, parents, incs = rib.paths, rib.metrics, rib._parents, rib._incs
+    stack = [(destination, below)] if type(below) is str else [(destination, c) for c in below]
+    paths, metrics, incs, dangling = rib.paths, rib.metrics, rib._incs, rib._dangling
     max_len, owner = rib.max_len, rib.owner
     while stack:
-        child = stack.pop()
-        parent = parents[child]
-        parent_path = paths.get(parent)  # type: ignore[arg-type]
+        parent, child = stack.pop()
+        parent_path = paths.get(parent)
         if (
             parent_path is None
             or len(parent_path) >= max_len
@@ -493,9 +522,10 @@ def _resolve_children(rib: AdjRib, destination: str, changed: set[str]) -> None:
                 continue
             del paths[child]
             metrics.pop(child, None)
+            dangling[child] = parent
         else:
             path = (*parent_path, child)
-            parent_metric = metrics.get(parent)  # type: ignore[arg-type]
+            parent_metric = metrics.get(parent)
             increment = incs.get(child)
             if parent_metric is None and increment is None:
                 metric = None  # the hop count
@@ -508,6 +538,7 @@ def _resolve_children(rib: AdjRib, destination: str, changed: set[str]) -> None:
                     metric = None
             if paths.get(child) == path and metrics.get(child) == metric:
                 continue
+            dangling.pop(child, None)
             paths[child] = path
             if metric is None:
                 metrics.pop(child, None)
@@ -517,9 +548,9 @@ def _resolve_children(rib: AdjRib, destination: str, changed: set[str]) -> None:
         grandchildren = children.get(child)
         if grandchildren:
             if type(grandchildren) is str:
-                stack.append(grandchildren)
+                stack.append((child, grandchildren))
             else:
-                stack.extend(grandchildren)
+                stack.extend((child, g) for g in grandchildren)
 
 
 #: (An entry's parent is a node id or None: this is neither.)

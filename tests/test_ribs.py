@@ -256,6 +256,31 @@ class ReferenceTests(SynchronousTestCase):
         self.assertEqual(self.rib.apply({"p": RouteAdvert(("p",))}), {"p"})
         self.assertEqual(self.rib.get("d"), (("s", "x", "d"), 2))
 
+    def test_unresolved_entries_held(self) -> None:
+        """Entries that resolve to nothing are still held: counted, listed, with their parents."""
+        rib = receiver()
+        rib.apply({"d": RouteAdvert(None, None, "q"), "x": RouteAdvert(("me", "x"))})
+        self.assertEqual((len(rib), set(rib)), (2, {"d", "x"}))
+        self.assertEqual((rib.parent_of("d"), rib.parent_of("x")), ("q", None))
+        self.assertEqual((rib.get("d"), rib.get("x")), (None, None))
+        rib.apply(None, ["x", "d"])
+        self.assertEqual((len(rib), set(rib), rib.parent_of("d")), (0, set(), None))
+
+    def test_reference_in_place_of_explicit_entry(self) -> None:
+        """
+        A reference that replaces an explicit entry with the same path
+        changes nothing at once, and follows its parent from then on.
+        """
+        rib = receiver()
+        rib.apply({"d": RouteAdvert(("a", "p", "d"))})
+        self.assertEqual(rib.apply({"d": RouteAdvert(None, None, "p")}), {"d"})
+        self.assertEqual(rib.parent_of("d"), "p")
+        self.assertEqual(rib.apply({"p": RouteAdvert(("a", "p"))}), {"p", "d"})
+        self.assertEqual(rib.apply({"d": RouteAdvert(("a", "p", "d"))}), set())
+        self.assertIsNone(rib.parent_of("d"))
+        self.assertEqual(rib.apply({"p": RouteAdvert(("b", "p"))}), {"p"})
+        self.assertEqual(rib.get("d"), (("s", "a", "p", "d"), 3))
+
     def test_reference_through_owner(self) -> None:
         """A reference whose parent's path makes it a loop resolves to nothing."""
         rib = receiver()
