@@ -82,7 +82,10 @@ runs one C{relay node} process per node, as users run them (node death
 is then a SIGKILL). Both report the same figures, with times taken from
 the nodes' own clocks (when each table last changed), RSS per node, and
 the load average before and after: on a shared machine, say it with the
-figures. C{--dial-batch} opens the links in waves.
+figures. C{--dial-batch} opens the links in waves. Nodes packed hundreds
+to a reactor answer each other only as often as it turns: unless told
+otherwise (C{--peer-timeout}), their C{peer_timeout} grows with the nodes
+a reactor hosts (L{default_peer_timeout}).
 
 Observed on the 2-core development machine (Python 3.11, Twisted 26.10):
 
