@@ -27,6 +27,9 @@ It talks to scale.py over stdin/stdout, one JSON object a line. Commands
   - C{kill} C{{"node", "watch"}}: the node dies: its connections are
     aborted (no WebSocket close), it stops listening and dialling;
   - C{watch} C{{"node"}}: note when each hosted node drops its route to it;
+  - C{turns}: C{{"event": "turns", "longest"}}: the longest turn of the
+    worker's reactor since the last C{turns} (seconds between two ticks of
+    a L{TICK} timer, so at least that), and a new count from now;
   - C{dropped}: C{{"event": "dropped", "dropped"}}, as in a status, without
     looking at the tables;
   - C{call} C{{"src", "dst"}}: C{{"event": "call", "ok", "ms", "error"}};
@@ -50,6 +53,9 @@ from collections.abc import Iterator
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: Seconds between the ticks that time the reactor's turns.
+TICK = 0.05
 
 sys.path.insert(0, os.path.dirname(HERE))
 
@@ -142,6 +148,19 @@ class Worker:
         self.watching: dict[str, dict[str, float | None]] = {}
         #: CPU seconds spent on commands and watching, not on the nodes
         self.harness_cpu = 0.0
+        #: the longest gap between two ticks since the last C{turns}
+        self.longest_turn = 0.0
+        self._ticked = time.monotonic()
+        from twisted.internet.task import LoopingCall
+
+        ticks = LoopingCall(self._tick)
+        ticks.clock = reactor
+        ticks.start(TICK, now=False)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self.longest_turn = max(self.longest_turn, now - self._ticked)
+        self._ticked = now
 
     def emit(self, obj: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(obj) + "\n")
@@ -313,6 +332,10 @@ class Worker:
                 "silent": sum(silent_drops(n) for n in self.nodes.values()),
             }
         )
+
+    def do_turns(self) -> None:
+        self.emit({"event": "turns", "longest": self.longest_turn})
+        self.longest_turn = 0.0
 
     def do_dropped(self) -> None:
         self.emit({"event": "dropped", "dropped": self._dropped()})

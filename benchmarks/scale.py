@@ -1747,6 +1747,13 @@ class WorkerBackend:
         """
         return merge_dropped(self._all("dropped", cmd="dropped"))
 
+    def turns(self) -> float | None:
+        """
+        :returns: the longest turn of a worker's reactor since the last
+            call (its nodes' work, and the checks'), and a new count.
+        """
+        return max(p["longest"] for p in self._all("turns", cmd="turns"))
+
     def cut(self, a: str, b: str) -> None:
         self._send(self.home[a], cmd="cut", a=a, b=b)
 
@@ -1937,6 +1944,10 @@ class ProcessBackend:
         dropped: dict[str, float | None] = self.status()["dropped"]
         return dropped
 
+    def turns(self) -> float | None:
+        """:returns: C{None}: a node's own reactor is not watched from here."""
+        return None
+
     def kill(self, node: str) -> None:
         os.kill(self.procs[node].pid, signal.SIGKILL)
         self.procs[node].wait(10)
@@ -2047,6 +2058,7 @@ def run_mesh_apart(
     backend.start()
     publish()
     named = [(ids[a], ids[b]) for a, b in edges]
+    backend.turns()
     t0 = time.time()
     opened = backend.dial(named, progress)
     if opened:
@@ -2064,6 +2076,7 @@ def run_mesh_apart(
         start_silent=status["silent"],
         cpu_start_s=status["cpu"] - status["harness_cpu"],
         harness_cpu_start_s=status["harness_cpu"],
+        start_longest_turn_s=backend.turns(),
     )
     # Steady state.
     progress(f"steady state for {args.window_apart:g}s", force=True)
@@ -2093,9 +2106,11 @@ def run_mesh_apart(
         adj[b].discard(a)
         publish()
         before = backend.status()
+        backend.turns()
         cut_at = time.time()
         backend.cut(ids[a], ids[b])
         took, status = until_converged(f"cut {c + 1} {ids[a]}-{ids[b]}", cut_at)
+        longest_turn = backend.turns()
         stalled_on = status.get("stalled_on")
         status = quiet(status)
         cuts.append(
@@ -2105,6 +2120,7 @@ def run_mesh_apart(
                 "sync_frames": status["sync_frames"] - before["sync_frames"],
                 "sync_bytes": status["sync_bytes"] - before["sync_bytes"],
                 "silent": status["silent"] - before["silent"],
+                "longest_turn_s": longest_turn,
                 "ok": took <= 1.0,
                 "stalled_on": stalled_on,
             }
@@ -2123,6 +2139,7 @@ def run_mesh_apart(
     adj[victim] = set()
     publish()
     before = backend.status()
+    backend.turns()
     killed_at = time.time()
     backend.kill(ids[victim])
     dropped_s = None
@@ -2135,6 +2152,7 @@ def run_mesh_apart(
         progress(f"waiting for every node to drop {ids[victim]}")
         time.sleep(0.05 if not args.processes else 0.1)
     took, status = until_converged(f"after {ids[victim]} died", killed_at)
+    longest_turn = backend.turns()
     stalled_on = status.get("stalled_on")
     status = quiet(status)
     result["death"] = {
@@ -2145,6 +2163,7 @@ def run_mesh_apart(
         "sync_frames": status["sync_frames"] - before["sync_frames"],
         "sync_bytes": status["sync_bytes"] - before["sync_bytes"],
         "silent": status["silent"] - before["silent"],
+        "longest_turn_s": longest_turn,
         "stalled_on": stalled_on,
     }
     # A call across the diameter of what is left.
@@ -2213,6 +2232,16 @@ def apart_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"and {r.get('harness_cpu_start_s', 0.0):.1f} s of the checks",
         ),
         ("links dropped as silent, start-up", f"{r['start_silent']:,.0f}", "liveness"),
+    ]
+    if r.get("start_longest_turn_s") is not None:
+        rows.append(
+            (
+                "longest reactor turn, start-up",
+                fmt(r["start_longest_turn_s"], ".2f", " s"),
+                "a worker's: its nodes' work, and the checks'",
+            )
+        )
+    rows += [
         (
             "steady state: registry_sync",
             fmt(r["steady_sync_bytes_per_s"], ".1f", " B/s"),
@@ -2256,6 +2285,8 @@ def _phase_note(phase: dict[str, Any]) -> str:
     # Links dropped as silent during a phase, and what held up a long one.
     silent = phase.get("silent", 0)
     note = f", {silent:,.0f} links dropped as silent" if silent else ""
+    if phase.get("longest_turn_s") is not None:
+        note += f", turns up to {phase['longest_turn_s']:.2f} s"
     stalled_on = phase.get("stalled_on")
     return note + (f"; late: {stalled_on}" if stalled_on else "")
 
