@@ -2264,7 +2264,7 @@ def apart_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             (
                 f"cut {k}: {cut['link']}: re-converged",
                 fmt(cut["reconverged_s"], ".2f", " s"),
-                f"{cut['sync_frames']:,} frames, {cut['sync_bytes'] / kib:,.0f} KiB"
+                f"{cut['sync_frames']:,.0f} frames, {cut['sync_bytes'] / kib:,.0f} KiB"
                 + _phase_note(cut),
             )
         ]
