@@ -397,8 +397,11 @@ def _gather(items: list[Any]) -> Deferred[list[Any]]:
     waiting = [i for i, item in enumerate(results) if is_deferred(item)]
 
     def cancel(_: Deferred[list[Any]]) -> None:
-        # The client went away: cancel the calls it waits for.
-        for index in waiting:
+        # The client went away: cancel the calls it waits for, last first.
+        # A batch's later calls to a server queue behind its earlier ones,
+        # and the running call's end starts the next in the mailbox at once:
+        # cancelled first, it would start a call the client no longer wants.
+        for index in reversed(waiting):
             item = results[index]
             if is_deferred(item) and not item.called:
                 item.cancel()

@@ -592,6 +592,30 @@ class LaterAnswerTests(NodeTestCase):
         )
 
 
+    def test_client_gone_batch_queued_calls_never_run(self) -> None:
+        """
+        A batch whose client leaves: its calls still queued behind its
+        running one never run (SPEC section 12), whichever order they came in.
+        """
+        connection = self.raw()
+        batch = [
+            {"jsonrpc": "2.0", "method": "math.later", "id": 1},
+            {"jsonrpc": "2.0", "method": "math.update", "params": ["queued"], "id": 2},
+            {"jsonrpc": "2.0", "method": "math.update", "params": ["queued too"], "id": 3},
+        ]
+        connection.post(b"/rpc", encoded(batch))
+        [running] = self.math.waiting
+        connection.lose()
+        self.assertTrue(running.called)
+        self.assertEqual(self.math.notes, [])
+        # The mailbox is free again for everyone else.
+        self.assertEqual(
+            self.answer({"jsonrpc": "2.0", "method": "math.sum", "params": [2], "id": 4})["result"],
+            2,
+        )
+        self.assertEqual(self.math.notes, [])
+
+
 class MethodAndPathTests(NodeTestCase):
     """Wrong methods give 405 and unknown paths 404, each with a small JSON body."""
 
