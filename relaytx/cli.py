@@ -207,6 +207,16 @@ class NodeUnavailable(Exception):
     """The node could not be asked (one line for the operator)."""
 
 
+class NoAnswer(NodeUnavailable):
+    """The node took the request but did not answer within the time given."""
+
+
+#: Seconds C{relay call} waits for an answer past its C{--timeout}: the
+#: node fails the call itself then (-32001) and its answer needs a moment
+#: to arrive; past this, C{relay call} gives up on its own, with -32001 too.
+ANSWER_MARGIN = 1.0
+
+
 def exchange(
     method: str,
     url: str,
@@ -242,7 +252,7 @@ def exchange(
         finally:
             connection.close()
     except TimeoutError:
-        raise NodeUnavailable(f"cannot {verb} {url}: no answer within {timeout:g}s") from None
+        raise NoAnswer(f"cannot {verb} {url}: no answer within {timeout:g}s") from None
     except (OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
         raise NodeUnavailable(f"cannot {verb} {url}: {reason}") from None
@@ -336,8 +346,12 @@ def call(argv: list[str]) -> int:
     try:
         # The node answers by the deadline; the margin covers the network.
         status, body, reply_headers = exchange(
-            "POST", url, json.dumps(request).encode(), headers, ns.timeout + 5, context
+            "POST", url, json.dumps(request).encode(), headers, ns.timeout + ANSWER_MARGIN, context
         )
+    except NoAnswer as e:
+        # A frozen node, or one too busy to say so: --timeout holds all the same.
+        sys.stderr.write(f"error -32001: call timed out ({e})\n")
+        return 1
     except NodeUnavailable as e:
         sys.stderr.write(f"relay: error: {e}\n")
         return 2

@@ -184,7 +184,7 @@ class CallTests(CliTestCase):
                 },
             },
         )
-        self.assertEqual(request.timeout, 35.0)
+        self.assertEqual(request.timeout, 30.0 + cli.ANSWER_MARGIN)
         self.assertIsNone(request.context)
         self.assertEqual(self.stdout.getvalue(), "6\n")
         self.assertEqual(self.stderr.getvalue(), "")
@@ -235,14 +235,14 @@ class CallTests(CliTestCase):
                 "timeout": 4.5,
             },
         )
-        self.assertEqual(self.requests[0].timeout, 9.5)
+        self.assertEqual(self.requests[0].timeout, 4.5 + cli.ANSWER_MARGIN)
 
     def test_timeoutWithoutNode(self) -> None:
         """--timeout is the node's deadline for a location-transparent call too."""
         self.assertEqual(cli.main(["call", "http://h:1", "s", "m", "--timeout", "2"]), 0)
         self.assertEqual(self.sent()["params"]["timeout"], 2)
         self.assertNotIn("node_id", self.sent()["params"])
-        self.assertEqual(self.requests[0].timeout, 7)
+        self.assertEqual(self.requests[0].timeout, 2 + cli.ANSWER_MARGIN)
 
     def test_optionsAnywhere(self) -> None:
         """--node and --timeout may come before the positional arguments."""
@@ -338,6 +338,19 @@ class CallTests(CliTestCase):
             "relay: error: cannot call http://127.0.0.1:1/rpc: Connection refused\n",
         )
 
+    def test_noAnswer(self) -> None:
+        """
+        A node that takes the call but never answers (frozen) fails it with
+        -32001 and exit status 1 soon after --timeout, as the node would.
+        """
+        self.answer = cli.NoAnswer("cannot call http://h:1/rpc: no answer within 3s")
+        self.assertEqual(cli.main(["call", "http://h:1", "s", "m", "--timeout", "2"]), 1)
+        self.assertEqual(self.requests[0].timeout, 2 + cli.ANSWER_MARGIN)
+        self.assertEqual(
+            self.stderr.getvalue(),
+            "error -32001: call timed out (cannot call http://h:1/rpc: no answer within 3s)\n",
+        )
+
     def test_httpError(self) -> None:
         """An HTTP error status is reported with the node's own words, exit status 2."""
         self.status = 401
@@ -385,6 +398,19 @@ class ExchangeTests(SynchronousTestCase):
             )
         self.assertIn(f"cannot call {url}", str(error))
         self.assertIn(f"cannot read {url}", str(read))
+
+    def test_noAnswer(self) -> None:
+        """A node that accepts the connection but never answers is NoAnswer, by the timeout."""
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen(1)  # the kernel accepts; nobody reads or answers
+            url = "http://127.0.0.1:%d/rpc" % s.getsockname()[1]
+            error = self.assertRaises(
+                cli.NoAnswer, cli.exchange, "POST", url, b"{}", {}, 0.05, None
+            )
+        self.assertEqual(str(error), f"cannot call {url}: no answer within 0.05s")
 
 
 class NodeCommandTests(SynchronousTestCase):
