@@ -21,7 +21,10 @@ brought, the calls a forwarding node passes on) are held per connection and
 written once when the handling ends. Twisted puts nothing on the wire
 before the reactor's next turn anyway, and each C{transport.write} on the
 way costs Python work: a forwarding node handling a dozen frames per read
-makes one write per link instead of a dozen.
+makes one write per link instead of a dozen. A connection holds at most
+L{MAX_HELD_BYTES} so: past them, what it holds is written at once, where
+the connection's flow control sees it (a stream whose generator never
+waits sends all its items inside the read that asked for them).
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ READ_CHUNK = 4096
 #: 16-bit length). A longer frame goes to Autobahn, which streams it in
 #: pieces instead of holding it whole until it is complete.
 SHORT_FRAME = 0xFFFF
+
+#: Bytes of frames a connection holds while a read is handled, at most;
+#: past them they are written at once (see the module docstring).
+MAX_HELD_BYTES = 64 * 1024
 
 #: A short frame still arriving is held in at most this many pieces (joined
 #: when there are more), so one sent a byte at a time costs no more memory
@@ -182,8 +189,10 @@ class LeanMessages:
     _partial_size = 0
     _partial_needs = 0
 
-    #: Frames sent while a read is handled, not written yet (L{_HELD}).
+    #: Frames sent while a read is handled, not written yet (L{_HELD}),
+    #: and the bytes of their payloads.
     _held: list[bytes] | None = None
+    _held_bytes = 0
 
     #: On a link that authenticates its frames, what seals each batch
     #: (L{relaytx._linkauth}); the frames of the batch under way, not
@@ -353,6 +362,9 @@ class LeanMessages:
                         _HELD.holders.append(self)
                     held.append(header)
                     held.append(payload)
+                    self._held_bytes += len(payload)
+                    if self._held_bytes > MAX_HELD_BYTES:
+                        self._write_held()
                 else:
                     self.transport.write(header + payload)
                 return
@@ -385,6 +397,8 @@ class LeanMessages:
             self._unsealed_bytes += len(frame)
             if len(batch) >= MAX_BATCH or self._unsealed_bytes >= SEND_BATCH_BYTES:
                 self._seal_held()
+                if self._held_bytes > MAX_HELD_BYTES:
+                    self._write_held()
             return
         if self._unsealed:
             self._seal_held()
@@ -402,6 +416,7 @@ class LeanMessages:
         for frame in batch:
             held.append(frame_header(len(frame)))
             held.append(frame)
+            self._held_bytes += len(frame)
 
     def _short_frames_out(self) -> bool:
         """Whether outgoing messages may take the short path now."""
@@ -421,7 +436,7 @@ class LeanMessages:
     def _write_held(self) -> None:
         if self._unsealed:
             self._seal_held()
-        held, self._held = self._held, None
+        held, self._held, self._held_bytes = self._held, None, 0
         if held:
             self.transport.write(b"".join(held))
 

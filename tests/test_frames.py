@@ -29,7 +29,15 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx._frames import READ_CHUNK, SHORT_FRAME, LeanMessages, frame_header, tune_socket, unmask
+from relaytx._frames import (
+    MAX_HELD_BYTES,
+    READ_CHUNK,
+    SHORT_FRAME,
+    LeanMessages,
+    frame_header,
+    tune_socket,
+    unmask,
+)
 from tests.support import fuzz_settings
 
 FUZZ = fuzz_settings(max_examples=150)
@@ -450,6 +458,9 @@ class Relaying(LeanServer):
             self.sendPing(b"p")
         elif payload == b"long":
             self.sendMessage(b"L" * (SHORT_FRAME + 1))
+        elif payload == b"many":
+            for i in range(20):
+                self.sendMessage(b"%02d" % i * 5000)
         if self.onward is not None:
             self.onward.sendMessage(payload)
 
@@ -480,6 +491,22 @@ class HeldFramesTests(SynchronousTestCase):
         second.sendMessage(b"later")
         self.assertEqual(second.transport.value(), frame(b"a") + frame(b"later"))
         self.assertEqual(second.transport.writes, 2)
+
+    def test_held_bytes_bounded(self) -> None:
+        """
+        A read that sends without end (a stream whose generator never
+        waits) holds at most MAX_HELD_BYTES: past them, what is held is
+        written at once, where flow control sees it; the order stays.
+        """
+        first, _ = self.relay_pair()
+        first.dataReceived(frame(b"many", mask=MASK))
+        sent = [b"re:many"] + [b"%02d" % i * 5000 for i in range(20)]
+        self.assertEqual(first.transport.value(), b"".join(frame(p) for p in sent))
+        # 200 KB of payloads: written as the 7th and 14th 10 KB frame pass
+        # MAX_HELD_BYTES, and the rest when the read is handled.
+        self.assertEqual(MAX_HELD_BYTES // 10_000, 6)
+        self.assertEqual(first.transport.writes, 3)
+        self.assertIsNone(first._held)
 
     def test_order_with_autobahn_frames(self) -> None:
         """Frames Autobahn writes itself (a ping, a long message) keep their place."""

@@ -57,9 +57,10 @@ class Work(Server):
             yield "x" * size if size else i
 
     @exposed
-    async def ticks(self) -> Any:
+    async def ticks(self, limit: int | None = None) -> Any:
+        """Count up, never waiting: forever, or to C{limit}."""
         try:
-            while True:
+            while limit is None or self.made < limit:
                 self.made += 1
                 yield self.made
         finally:
@@ -172,36 +173,7 @@ class SlowConsumerTests(StreamsTestCase):
         work = Work()
         nodes = self.line(work)
         await self.linked(nodes)
-        base = url(nodes[0])
-
-        def read() -> tuple[list[int], bool, int]:
-            async def main() -> tuple[list[int], bool, int]:
-                got: list[int] = []
-                stalled, lead = False, 0
-                async with client.connect(base) as c:
-                    async for item in c.stream("work", "ticks"):
-                        got.append(item)
-                        if len(got) == 5:
-                            # Stop reading: once the buffers on the way are
-                            # full, the generator must stop too.
-                            last, since = work.made, time.monotonic()
-                            deadline = since + 10
-                            while time.monotonic() < deadline:
-                                await asyncio.sleep(0.05)
-                                if work.made != last:
-                                    last, since = work.made, time.monotonic()
-                                elif time.monotonic() - since >= 0.5:
-                                    stalled = True
-                                    break
-                            lead = work.made - len(got)
-                        await asyncio.sleep(0.01)
-                        if len(got) == 30:
-                            break
-                return got, stalled, lead
-
-            return asyncio.run(main())
-
-        got, stalled, lead = await deferToThread(read)
+        got, stalled, lead = await deferToThread(_read_slowly, url(nodes[0]), work)
         self.assertEqual(got, list(range(1, 31)))
         # The generator waited for the client instead of running on; its
         # lead is bounded by the client's window, 64 KiB of the node's and
@@ -212,6 +184,59 @@ class SlowConsumerTests(StreamsTestCase):
         made = work.made
         await wait_for(lambda: work.closed == 1, 2, 0.01, "the generator's finally")
         self.assertLessEqual(work.made, made + 64)
+
+    async def test_client_stream_on_the_host(self) -> None:
+        """
+        The same read from the node that runs the generator: its first
+        items are sent while the request's read is still being handled,
+        and the generator, which never waits, must still stop for the
+        client rather than run to its end (300,000 items) inside that read.
+        """
+        work = Work()
+        node = start_node(self, "h1", servers={"work": work})
+        got, stalled, lead = await deferToThread(_read_slowly, url(node), work, 300_000)
+        self.assertEqual(got, list(range(1, 31)))
+        self.assertTrue(stalled)
+        self.assertLess(lead, 250_000)
+        await wait_for(lambda: work.closed == 1, 2, 0.01, "the generator's finally")
+        self.assertLess(work.made, 300_000)
+
+
+def _read_slowly(base: str, work: Work, *args: Any) -> tuple[list[int], bool, int]:
+    """
+    Read C{work.ticks(*args)} through relaytx.client (in a thread): 5
+    items, then nothing until the generator has stood still for 0.5 s
+    (or 10 s passed), then 25 more, 10 ms apart, and break.
+
+    :returns: the items, whether the generator stood still, and its lead
+        over the client then.
+    """
+
+    async def main() -> tuple[list[int], bool, int]:
+        got: list[int] = []
+        stalled, lead = False, 0
+        async with client.connect(base) as c:
+            async for item in c.stream("work", "ticks", *args):
+                got.append(item)
+                if len(got) == 5:
+                    # Stop reading: once the buffers on the way are
+                    # full, the generator must stop too.
+                    last, since = work.made, time.monotonic()
+                    deadline = since + 10
+                    while time.monotonic() < deadline:
+                        await asyncio.sleep(0.05)
+                        if work.made != last:
+                            last, since = work.made, time.monotonic()
+                        elif time.monotonic() - since >= 0.5:
+                            stalled = True
+                            break
+                    lead = work.made - len(got)
+                await asyncio.sleep(0.01)
+                if len(got) == 30:
+                    break
+        return got, stalled, lead
+
+    return asyncio.run(main())
 
 
 class CollectedTests(StreamsTestCase):
