@@ -406,7 +406,7 @@ class ExchangeTests(SynchronousTestCase):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             s.listen(1)  # the kernel accepts; nobody reads or answers
-            url = "http://127.0.0.1:%d/rpc" % s.getsockname()[1]
+            url = f"http://127.0.0.1:{s.getsockname()[1]}/rpc"
             error = self.assertRaises(
                 cli.NoAnswer, cli.exchange, "POST", url, b"{}", {}, 0.05, None
             )

@@ -591,7 +591,6 @@ class LaterAnswerTests(NodeTestCase):
             self.answer({"jsonrpc": "2.0", "method": "math.sum", "id": 1})["result"], 0
         )
 
-
     def test_client_gone_batch_queued_calls_never_run(self) -> None:
         """
         A batch whose client leaves: its calls still queued behind its
