@@ -503,6 +503,13 @@ class UpgradeOnly(WebSocketResource):
     """
 
     def render(self, request: Any) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            # An upgrade is a GET (RFC 6455 4.1); anything else, 405 as on
+            # every path (SPEC section 4).
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b"GET")
+            request.setHeader(b"content-type", b"application/json")
+            return _json.dumps({"error": "method not allowed: use GET", "status": 405})
         upgrade = request.getHeader(b"upgrade") or b""
         if upgrade.lower() != b"websocket":
             request.setResponseCode(400)

@@ -995,6 +995,18 @@ class HttpDetailTests(NodeTestCase):
         for path in ["/ws", "/ws/", "/ws/nope"]:
             self.assertJsonError(self.http.request("GET", path), 404)
 
+    def test_ws_endpoints_wrong_methods(self) -> None:
+        """
+        /ws/rpc and /ws/p2p are upgraded from a GET: other methods get 405
+        JSON with C{Allow: GET}; a GET that is not an upgrade, 400.
+        """
+        for path in ["/ws/rpc", "/ws/p2p?node_id=x"]:
+            for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"]:
+                reply = self.http.request(method, path)
+                self.assertJsonError(reply, 405)
+                self.assertEqual(reply.header("allow"), "GET")
+            self.assertJsonError(self.http.request("GET", path), 400)
+
     def test_too_large_closes(self) -> None:
         """After a 413 announcing C{Connection: close}, the node closes the connection."""
         connection = self.raw()
