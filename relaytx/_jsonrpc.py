@@ -282,9 +282,7 @@ class JsonRpcHandler:
             return _json.dumps(answer)
         except TypeError as e:
             # The method returned something JSON cannot express.
-            error = RemoteCallError(
-                f"TypeError: result is not JSON-serialisable: {e}", type="TypeError"
-            )
+            error = RemoteCallError.named("TypeError", f"result is not JSON-serialisable: {e}")
             return _json.dumps(self._error(error, answer["id"]))
 
     def _one(

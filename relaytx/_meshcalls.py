@@ -338,11 +338,11 @@ class MeshCalls:
         try:
             self._forwarder.send(caller, response, back_via=via)
         except TypeError as e:  # the result cannot be encoded as JSON
-            error = RemoteCallError(f"TypeError: result is not JSON-serialisable: {e}")
-            self.answer_error(caller, response.response_id, error.with_data(type="TypeError"))
+            error = RemoteCallError.named("TypeError", f"result is not JSON-serialisable: {e}")
+            self.answer_error(caller, response.response_id, error)
         except MessageTooLarge as e:
-            error = RemoteCallError(f"ResultTooLarge: {e}")
-            self.answer_error(caller, response.response_id, error.with_data(type="ResultTooLarge"))
+            error = RemoteCallError.named("ResultTooLarge", str(e))
+            self.answer_error(caller, response.response_id, error)
 
     def refuse(
         self, envelope: Envelope, came_from: str | None, why: str, overloaded: bool = False

@@ -132,5 +132,5 @@ class OriginalRelay:
         try:
             self._forwarder.forward(envelope, came_from=original, back_via=came_from)
         except (TypeError, MessageTooLarge) as e:
-            error = RemoteCallError(f"{type(e).__name__}: the answer cannot be relayed: {e}")
+            error = RemoteCallError.named(type(e).__name__, f"the answer cannot be relayed: {e}")
             self._calls.answer_error(caller, response.response_id, error, via=came_from)

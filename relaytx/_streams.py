@@ -280,10 +280,10 @@ async def _collect(generator: Any, limit: int, what: str) -> list[Any]:
         async for value in generator:
             size += len(_json.dumps(value)) + 1  # TypeError: not JSON
             if size > limit:
-                raise RemoteCallError(
-                    f"ResultTooLarge: the items of {what} pass the {limit}-byte message limit;"
+                raise RemoteCallError.named(
+                    "ResultTooLarge",
+                    f"the items of {what} pass the {limit}-byte message limit;"
                     " stream them (node.stream, /ws/rpc)",
-                    type="ResultTooLarge",
                 )
             items.append(value)
     finally:

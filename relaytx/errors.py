@@ -132,8 +132,15 @@ class RemoteCallError(CallError):
         """
         :returns: the error describing C{exc} raised by a server method.
         """
-        text = str(exc)
-        name = type(exc).__name__
+        return cls.named(type(exc).__name__, str(exc), node_id)
+
+    @classmethod
+    def named(cls, name: str, text: str, node_id: str | None = None) -> RemoteCallError:
+        """
+        :returns: the error of an exception of type C{name} saying C{text}
+            (raised by the method, or by the node on its behalf, such as a
+            result that JSON cannot express).
+        """
         error = cls(f"{name}: {text}" if text else name, node_id=node_id, type=name)
         error.data["message"] = text
         return error

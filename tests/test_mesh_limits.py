@@ -59,6 +59,8 @@ class SizeLimitTests(SynchronousTestCase):
         error = self.failureResultOf(d, RemoteCallError).value
         self.assertEqual(error.code, -32000)
         self.assertEqual(error.data["type"], "ResultTooLarge")
+        self.assertEqual(error.message, f"ResultTooLarge: {error.data['message']}")
+        self.assertIn("4096", error.data["message"])
 
     def test_arguments_too_large(self) -> None:
         """A call whose arguments exceed the limit fails with -32005 and leaves nothing pending."""

@@ -76,6 +76,10 @@ class Math(Server):
         raise ValueError("boom")
 
     @exposed
+    def unjsonable(self) -> set[int]:
+        return {1, 2}
+
+    @exposed
     def hang(self) -> Deferred[Any]:
         """Never answers; counts its cancellation."""
 
@@ -467,6 +471,15 @@ class ErrorAnswerTests(NodeTestCase):
             (NODE_ID, "ValueError", "boom"),
         )
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_result_not_json(self) -> None:
+        """A result JSON cannot express is -32000 TypeError, its message in data too."""
+        error = self.error({"jsonrpc": "2.0", "method": "math.unjsonable", "id": 1})
+        self.assertEqual(error["code"], -32000)
+        data = error["data"]
+        self.assertEqual((data["node_id"], data["type"]), (NODE_ID, "TypeError"))
+        self.assertIn("not JSON-serialisable", data["message"])
+        self.assertEqual(error["message"], f"TypeError: {data['message']}")
 
     def test_timeout(self) -> None:
         """A call still unanswered when its 30 s budget runs out gets -32001 then and not before."""

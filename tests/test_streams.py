@@ -292,7 +292,8 @@ class StreamTests(StreamsTestCase):
         self.turn()
         error = self.failureResultOf(d).value
         self.assertIsInstance(error, RemoteCallError)
-        self.assertIn("ResultTooLarge", error.message)
+        self.assertEqual(error.data["type"], "ResultTooLarge")
+        self.assertEqual(error.message, f"ResultTooLarge: {error.data['message']}")
 
     def test_stream_of_a_plain_method(self) -> None:
         """node.stream of a method that is not a generator fails with TypeError."""
