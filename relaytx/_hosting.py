@@ -181,7 +181,7 @@ class ServerHost:
                 result = mailbox.call(runnable, args, target.kwargs)
         except CallError:
             raise  # a server may fail a call with a precise relaytx error
-        except Exception:
+        except BaseException:  # SystemExit too: a method's, not the node's
             raise self._method_error(Failure(), target) from None
         if is_deferred(result):
             if not result.called:  # remote calls time out in the mesh; local ones here

@@ -61,6 +61,10 @@ class Failing(Server):
     def boom(self) -> None:
         raise ValueError("kaboom")
 
+    @exposed
+    def leave(self) -> None:
+        raise SystemExit("bye")
+
 
 def sample(node: RelayNode, name: str, labels: dict[str, str] | None = None) -> float:
     """:returns: the value of a sample of C{node}'s metrics (0 if absent)."""
@@ -459,6 +463,20 @@ class CallTests(MeshTestCase):
         self.assertEqual(error.data["node_id"], "d")
         self.assertNotIn("Traceback", repr(error.to_jsonrpc()))
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_remote_system_exit(self) -> None:
+        """A method raising SystemExit fails its call with -32000; the links stay up."""
+        a, _b, c = self.line("abc")
+        c.expose("failing", Failing())
+        call = a.call("c", "failing", "leave")
+        self.network.pump()
+        error = self.failureResultOf(call, RemoteCallError).value
+        self.assertEqual((error.data["type"], error.data["message"]), ("SystemExit", "bye"))
+        self.assertEqual((set(a.mesh.links), set(c.mesh.links)), ({"b"}, {"b"}))
+        self.flushLoggedErrors(SystemExit)
+        d = a.call("c", "node", "ping")
+        self.network.pump()
+        self.successResultOf(d)
 
     def test_unknown_server(self) -> None:
         """A server the target does not host fails the call with -32003."""

@@ -80,6 +80,10 @@ class Math(Server):
         return {1, 2}
 
     @exposed
+    def exit(self, how: str) -> None:
+        raise SystemExit(3) if how == "exit" else KeyboardInterrupt()
+
+    @exposed
     def hang(self) -> Deferred[Any]:
         """Never answers; counts its cancellation."""
 
@@ -471,6 +475,27 @@ class ErrorAnswerTests(NodeTestCase):
             (NODE_ID, "ValueError", "boom"),
         )
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_method_raises_system_exit(self) -> None:
+        """
+        SystemExit or KeyboardInterrupt raised by a method is that method's
+        error (-32000), not the node's: the batch's other answers stand.
+        """
+        cases = [("exit", "SystemExit", "3"), ("ctrl-c", "KeyboardInterrupt", "")]
+        for how, name, message in cases:
+            reply = self.rpc(
+                [
+                    {"jsonrpc": "2.0", "method": "math.exit", "params": [how], "id": 1},
+                    {"jsonrpc": "2.0", "method": "math.sum", "params": [1, 2], "id": 2},
+                ]
+            )
+            self.assertEqual(reply.code, 200)
+            failed, summed = sorted(reply.json(), key=lambda a: a["id"])
+            self.assertEqual(failed["error"]["code"], -32000)
+            data = failed["error"]["data"]
+            self.assertEqual((data["type"], data["message"]), (name, message))
+            self.assertEqual(summed["result"], 3)
+        self.flushLoggedErrors(SystemExit, KeyboardInterrupt)
 
     def test_result_not_json(self) -> None:
         """A result JSON cannot express is -32000 TypeError, its message in data too."""
