@@ -123,8 +123,6 @@ def install_reactor(name: str) -> None:
 
 def run_node(argv: list[str]) -> int:
     """Run a node until SIGTERM/SIGINT; returns the exit status."""
-    import signal
-
     reactor_name, argv = take_reactor(argv)
     if "-h" not in argv and "--help" not in argv:
         install_reactor(reactor_name)
@@ -150,12 +148,8 @@ def run_node(argv: list[str]) -> int:
             [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
         )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    node = makeService(options)
+    node = makeService(options)  # (SIGINT stops it even if ignored: tap.stop_on_sigint)
     node.privilegedStartService()
-    # A shell starts background jobs with SIGINT ignored, and Twisted keeps
-    # an ignored SIGINT ignored: `relay node &` from a script could then
-    # not be stopped by SIGINT. SIGINT stops a node wherever it was started.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     reactor.callWhenRunning(node.startService)
     reactor.addSystemEventTrigger("before", "shutdown", node.stopService)
     reactor.run()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 from typing import IO, Any, NoReturn
 
@@ -272,9 +273,21 @@ def makeService(options: Options) -> CommandLineNode:
     node.log_started = options.parent is None  # relay node logs from the start
     for spec in options.config.app:
         node.load_app_or_exit(spec)
+    stop_on_sigint()
     if options.parent is not None:  # under twistd: its exit status is 0 unless we say
         reactor.addSystemEventTrigger("after", "shutdown", _exit_on_failure, node)
     return node
+
+
+def stop_on_sigint() -> None:
+    """
+    Let SIGINT stop the node wherever it was started. A shell starts
+    background jobs with SIGINT ignored, and Twisted keeps an ignored SIGINT
+    ignored (it only takes over Python's default handler): C{relay node &}
+    or C{twistd -n relay &} from a script could not be stopped by SIGINT.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _exit_on_failure(node: CommandLineNode) -> None:

@@ -307,6 +307,18 @@ class SignalTests(CommandLineTestCase):
             self.fail(f"SIGINT ignored: {node.stderr()}")
         self.assertEqual(status, 0, node.stderr())
 
+    def test_twistdSigintInBackground(self) -> None:
+        """twistd -n relay started with SIGINT ignored stops on SIGINT as twistd does: 0 or -2."""
+        port = free_port()
+        node = self.start(twistd("--port", str(port)), ignore_sigint=True)
+        self.wait_healthy(node, port)
+        node.popen.send_signal(signal.SIGINT)
+        try:
+            status = node.wait()
+        except subprocess.TimeoutExpired:
+            self.fail(f"SIGINT ignored: {node.stdout()}{node.stderr()}")
+        self.assertIn(status, (0, -signal.SIGINT))
+
 
 class BadStartTests(CommandLineTestCase):
     """A bad start ends the process with one 'relay: error:' line and no traceback."""
