@@ -26,17 +26,19 @@ calls the neighbour as itself and relays the answer (C{relay}).
 
 Each forwarder appends itself to the message's C{route} and decrements its
 C{ttl}. A message this node originates towards a relaytx router gets a hop
-budget that covers its route (L{relaytx._routing.hop_budget}: the route's hops plus a
-margin, at least the original design's 10, at most 64); one that would go
-to any other neighbour, or be flooded, keeps the default 10. A message
-whose TTL runs out while a route to its destination goes on through relaytx
-nodes gets a budget for that route, within 64 hops in all; otherwise it is
-dropped, as is one whose route already holds the forwarder (and a call
-among them is refused, which answers it with -32002). With no known route,
-the original's fallback applies: the message is flooded to every healthy
-relaytx neighbour not already in its route (an original-design node
-forwards nothing, so it gets no copy); the destination runs it at most
-once (L{SeenMessages}).
+budget that covers its route (L{relaytx._routing.hop_budget}: the route's
+hops plus a margin, at least the original design's 10, at most 64); one
+that would go to any other neighbour keeps the default 10, and one flooded
+from here gets 64. A message whose TTL runs out while a route to its
+destination goes on through relaytx nodes gets a budget for that route,
+within 64 hops in all, and so does the answer of a call forwarded here, on
+its way back; otherwise it is dropped, as is one whose route already holds
+the forwarder (and a call among them is refused, which answers it with
+-32002). With no known route, the original's fallback applies: the message
+is flooded to every healthy relaytx neighbour not already in its route (an
+original-design node forwards nothing, so it gets no copy); each node
+passes on the first copy it gets, and only that one, and the destination
+runs it at most once (L{SeenMessages}).
 
 Every call sent on a link tells the link's session (C{awaiting}): its peer
 must be heard from soon, or the link is dropped (L{relaytx._liveness}).
@@ -104,6 +106,10 @@ def _short_response_id(envelope: Envelope) -> bool:
 
 #: At most this many neighbours get a flooded copy of one message.
 MAX_FLOOD = 32
+
+#: What a flooded copy passing through is remembered as (L{SeenMessages}),
+#: apart from the messages delivered here.
+_FLOODED = "flooded"
 
 #: A call's time budget when it names none, for a forwarder's memory of it.
 _UNKNOWN_BUDGET = 30.0
@@ -264,7 +270,7 @@ class Forwarder:
         """
         destination = envelope.to
         if envelope.ttl <= 0:
-            rebudgeted = rebudget(envelope, self._router, self._links)
+            rebudgeted = self._renewed(envelope, came_from)
             if rebudgeted is None:
                 self._metrics.drop("ttl_exceeded")
                 if self._may_refuse(came_from):
@@ -326,8 +332,39 @@ class Forwarder:
             if self._may_refuse(came_from):
                 self._refuse(envelope, came_from, "no route")
             return None
+        if came_from is None:
+            # Flooded copies go to relaytx nodes only (and each passes on one
+            # copy at most, below): a budget for any loop-free path.
+            envelope.ttl = MAX_HOPS
+        elif not self._seen.first_time(
+            envelope.sender, envelope.id, _FLOODED, envelope.response_id
+        ):
+            # Another copy passed here already, and went wherever this one
+            # could go: a flood costs each link a copy or two, whatever the TTL.
+            self._metrics.drop("duplicate")
+            return None
         for target in targets[:MAX_FLOOD]:  # the original's flood fallback, capped
             self._send_via(target, envelope, came_from, True, budget, now)
+        return None
+
+    def _renewed(self, envelope: Envelope, came_from: str | None) -> Envelope | None:
+        """
+        A message whose TTL ran out here: with a new budget if a loop-free
+        way on is known (L{rebudget}), or if it is the answer (or a stream
+        item) of a call forwarded here, which goes back the way the call
+        came (a flooded call's answer, where no route is known); else
+        C{None}.
+        """
+        renewed = rebudget(envelope, self._router, self._links)
+        if renewed is not None or came_from is None:
+            return renewed
+        kind = envelope.type
+        if (kind == _ANSWER or kind == _ITEM) and self._forwarded.way_back(
+            envelope.to, envelope.response_id
+        ) is not None:
+            made = len(envelope.route) - 1
+            if made < MAX_HOPS:
+                return attrs.evolve(envelope, ttl=MAX_HOPS - made)
         return None
 
     def _routed(self, envelope: Envelope, came_from: str | None) -> PeerSession | None:

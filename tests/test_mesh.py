@@ -857,6 +857,34 @@ class FloodTests(MeshTestCase):
         self.assertEqual(self.failureResultOf(call, CallTimeout).value.code, -32001)
         self.assertEqual(len(a.mesh.pending), 0)
 
+    def test_longer_than_the_default_ttl(self) -> None:
+        """
+        A flooded call crosses more hops than the original design's 10: its
+        hop budget between relaytx nodes covers any loop-free path (64).
+        """
+        nodes = self.line("abcdefghijklmn")  # 13 hops
+        d = nodes[0].call("n", "node", "echo", "far")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(d), ["far"])
+        self.assertEqual(sum(dropped(node, "ttl_exceeded") for node in nodes), 0)
+
+    def test_each_node_floods_once(self) -> None:
+        """
+        Each node passes on one copy of a flooded message, however many
+        reach it: in a full mesh of six, some 25 copies, not one per loop-free
+        path (325).
+        """
+        nodes = self.nodes("abcdef")
+        for i, x in enumerate(nodes):
+            for y in nodes[i + 1 :]:
+                self.network.link(x, y)
+        self.network.settle()
+        call = nodes[0].call("nobody", "node", "ping", timeout=3)
+        self.assertLessEqual(self.network.pump(), 5 + 5 * 4)
+        self.assertGreater(sum(dropped(node, "duplicate") for node in nodes), 0)
+        self.network.advance(3)
+        self.assertEqual(self.failureResultOf(call, CallTimeout).value.code, -32001)
+
     def test_bare_name_is_local_only(self) -> None:
         """With the registry disabled, a bare server name never reaches another node."""
         a, b = self.line("ab")
