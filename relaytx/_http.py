@@ -256,7 +256,8 @@ class NodeChannel(HTTPChannel):
 
     Between requests, the site's C{idle_timeout} applies (Twisted's
     C{timeOut}); a client that does not read its answers stops being read
-    from (Twisted's own back-pressure), and so goes idle.
+    from once they fill the socket's buffer (L{pauseProducing}), and so
+    goes idle.
     """
 
     _log = Logger()
@@ -281,6 +282,17 @@ class NodeChannel(HTTPChannel):
     def allContentReceived(self) -> None:
         self.head_since = None
         super().allContentReceived()
+
+    def pauseProducing(self) -> None:
+        # The socket's buffer is full. Twisted stops reading only if no
+        # request is being answered, but the answer being written is what
+        # fills the buffer: a client pipelining requests and reading none
+        # of the answers was read from without end, its answers held in
+        # memory (SPEC section 10). Reading stops now; it resumes once the
+        # buffer has drained (Twisted's resumeProducing, or requestDone if
+        # a request is still being answered then).
+        super().pauseProducing()
+        self._networkProducer.pauseProducing()
 
     def head_late(self) -> None:
         """Its request did not arrive within C{header_timeout}: 408, closed."""

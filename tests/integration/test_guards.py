@@ -9,6 +9,7 @@ to seconds.
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import json
 import os
@@ -18,11 +19,13 @@ import time
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from websockets.sync.client import connect
 
+from relaytx._http import NodeChannel
 from relaytx.errors import AccessDenied
 from relaytx.node import RelayNode
 from tests.support import Authority, TempDirMixin
@@ -550,6 +553,66 @@ class BackPressureTests(TestCase):
         self.assertLess(max(unsent), bound + 512 * 1024)  # the bound, and a read's answers
         self.assertLess(max(latencies), 1.0)
         self.assertEqual(node.guards.watch.closed["unread"], 1)
+
+
+class HttpBackPressureTests(TestCase):
+    """An HTTP client that pipelines requests and never reads the answers."""
+
+    timeout = 40
+
+    async def test_pipelinedNeverReads(self) -> None:
+        """
+        The node stops reading it once its answers fill the socket's buffer
+        (they were held without end), answers others meanwhile, and closes
+        it at idle_timeout.
+        """
+        node = start_node(self, "bp2", limits={"idle_timeout": 2.0})
+        port = port_of(node)
+        requests = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 200
+        stop = {"now": False}
+
+        def never_read() -> tuple[int, float | None]:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((HOST, port))
+            sock.settimeout(0.05)
+            here = sock.getsockname()[1]
+            started = time.monotonic()
+            while not stop["now"] and time.monotonic() - started < 10:
+                try:
+                    sock.sendall(requests)
+                except TimeoutError:
+                    continue  # the node stopped reading: our sends back up
+                except OSError:
+                    break
+            took = closed_within(sock, 20)
+            sock.close()
+            return here, took
+
+        def unsent() -> int:
+            # What the node holds for the flooder, unsent (the socket's
+            # transport's buffers, as relaytx._flow.Flow.unsent reads them).
+            held = 0
+            for channel in gc.get_objects():
+                if isinstance(channel, NodeChannel) and channel.transport is not None:
+                    transport = channel.transport
+                    while not hasattr(transport, "dataBuffer"):
+                        transport = transport.transport
+                    held += len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+            return held
+
+        flooding = deferToThread(never_read)
+        held = []
+        for _ in range(20):
+            answer = await rpc(url(node), "node.echo", ["legit"])
+            self.assertEqual(answer["result"], ["legit"])
+            held.append(unsent())
+            await deferLater(reactor, 0.1, lambda: None)
+        stop["now"] = True
+        _, took = await flooding
+        self.assertIsNotNone(took)  # closed at idle_timeout (then abortTimeout)
+        # One socket buffer's worth, and the answers to one read of requests.
+        self.assertLess(max(held), 1024 * 1024)
 
 
 class ForwardedCallerTests(TestCase):
