@@ -30,6 +30,7 @@ may stream (SPEC section 12), and each can be cancelled by its request id.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -237,8 +238,10 @@ class JsonRpcHandler:
         """
         try:
             request = _json.loads(body)
-        except (_json.JSONDecodeError, UnicodeDecodeError):
-            return self._encode(self._error(ParseError("Parse error: invalid JSON"), None))
+        except (_json.JSONDecodeError, UnicodeDecodeError) as e:
+            request = _past_a_double(body, e)
+            if request is _NOT_JSON:
+                return self._encode(self._error(ParseError("Parse error: invalid JSON"), None))
         if _float_id(request):
             # The fast parser reads an integer wider than 64 bits as a
             # float: read such a request again, exactly, so its id is
@@ -439,9 +442,47 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+#: An integer too long for Python to read (past C{sys.get_int_max_str_digits}):
+#: not a valid id (-32600), and not a value any method can use.
+_UNREADABLE_INT = object()
+
+#: L{_past_a_double}'s answer for a body that is not JSON.
+_NOT_JSON = object()
+
+
+def _exact_int(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        return _UNREADABLE_INT
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e999: no double holds it, and JSON cannot write it back
+        raise ValueError(f"{text} is past a double's range")
+    return value
+
+
 def _exact_loads(body: bytes) -> Any:
     """The standard library's reading of C{body}: integers of any size stay integers."""
-    return json.loads(body, parse_constant=_refuse_constant)
+    return json.loads(
+        body, parse_constant=_refuse_constant, parse_int=_exact_int, parse_float=_finite_float
+    )
+
+
+def _past_a_double(body: bytes, error: ValueError) -> Any:
+    """
+    The fast parser refused C{body}: if only for an integer past a double's
+    range (310 digits or more, valid JSON), C{body} read exactly; else
+    L{_NOT_JSON} (a float past that range too).
+    """
+    if "number is infinity" not in str(error):
+        return _NOT_JSON
+    try:
+        return _exact_loads(body)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
 
 
 def _valid_id(value: Any) -> bool:

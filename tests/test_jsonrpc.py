@@ -392,6 +392,24 @@ class RequestValidationTests(HandlerTestCase):
                 )
                 self.assertError(self.request("math.nope", [], request_id), -32601, request_id)
 
+    def test_integers_past_a_double(self) -> None:
+        """
+        Integers of 310 digits and more (valid JSON, past a double's range,
+        which the fast parser refuses) are read exactly, ids and params; an
+        id too long for Python to read is an Invalid Request.
+        """
+        for digits in (20, 309, 310, 400, 4300):
+            with self.subTest(digits=digits):
+                big = int("7" * digits)
+                body = b'{"jsonrpc":"2.0","method":"math.sum","params":[%d,1],"id":%d}' % (big, big)
+                self.assertEqual(
+                    self.answer(body), {"jsonrpc": "2.0", "result": big + 1, "id": big}
+                )
+        body = b'{"jsonrpc":"2.0","method":"math.sum","params":[1],"id":%s}' % (b"7" * 4301)
+        self.assertError(self.answer(body), -32600, None)
+        not_json = b'{"jsonrpc":"2.0","method":"math.sum","id":1e999x}'
+        self.assertError(self.answer(not_json), -32700, None)
+
     def test_null_id_is_not_notification(self) -> None:
         """A request whose id is null is answered (only a missing id makes a notification)."""
         self.assertEqual(
