@@ -201,7 +201,14 @@ class BoundedRequest(Request):
             else:
                 self._refuse(413, "request body too large")
             return
-        if not self.path.startswith(PEER_PATH):
+        if self.path.startswith(PEER_PATH):
+            # Peers dial by any name (no Host check) and prove themselves
+            # at the handshake; a browser's request is refused here too
+            # (an upgrade's Origin is checked again as it opens).
+            if not site.policy.origin_allowed(self.getHeader(b"origin")):
+                self._refuse(403, "Origin not allowed: add it to allowed_origins", close=False)
+                return
+        else:
             policy = site.policy
             get = self.getHeader
             authorization = get(b"authorization")

@@ -262,16 +262,21 @@ class BrowserTests(TestCase):
                 port, "/ws/rpc", {"Origin": "https://evil.example", "Sec-Fetch-Mode": "websocket"}
             )
             sock.close()
+            sock, seen["p2p"], _ = upgrade(
+                port, "/ws/p2p?node_id=x", {"Origin": "https://evil.example"}
+            )
+            sock.close()
+            seen["p2p_get"] = request(port, "GET", "/ws/p2p?node_id=x", headers=BROWSER)
             # curl and JSON-RPC libraries: no Origin, any Content-Type.
             plain = {"Content-Type": "text/plain"}
             seen["curl"] = request(port, "POST", "/rpc", rpc_body("counter.get"), plain)
             return seen
 
         seen = await deferToThread(page)
-        for name in ("rpc", "add", "remove", "registry", "health"):
+        for name in ("rpc", "add", "remove", "registry", "health", "p2p_get"):
             self.assertEqual(seen[name][0], 403, name)
             self.assertEqual(json.loads(seen[name][2])["status"], 403, name)
-        self.assertEqual(seen["ws"], 403)
+        self.assertEqual((seen["ws"], seen["p2p"]), (403, 403))
         self.assertEqual(counter.count, 0)
         self.assertEqual(node.peer_admin.dialers, {})
         self.assertEqual(json.loads(seen["curl"][2])["result"], 0)

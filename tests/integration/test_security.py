@@ -598,7 +598,7 @@ class OriginTests(TestCase):
             (strict, None, 101),
             (strict, "https://evil.example", 403),
             (strict, "https://ops.example", 403),
-            (strict, "null", 400),  # a sandboxed page: Autobahn itself refuses it
+            (strict, "null", 403),  # a sandboxed page
             (lenient, "https://ops.example", 101),
             (lenient, "https://evil.example", 403),
             (lenient, "https://ops.example.evil.example", 403),
