@@ -32,6 +32,7 @@ from relaytx._adverts import Advertiser, Directory
 from relaytx._balance import InstanceInfo
 from relaytx._calls import CallTarget, ForwardedCalls, PendingCalls, SeenMessages
 from relaytx._forwarding import Forwarder
+from relaytx._guards import RepeatedFailures
 from relaytx._links import LinkRefused, LinkTable
 from relaytx._liveness import DEFAULT_PEER_TIMEOUT, LinkWatch
 from relaytx._meshcalls import MeshCalls
@@ -202,6 +203,7 @@ class Mesh:
             clock, max_total=4 * max_pending_calls, max_per_neighbour=max_pending_calls
         )
         self.seen = SeenMessages(clock)
+        self._auth_failures = RepeatedFailures()
         #: the nodes' loads and idempotent methods (SPEC section 11)
         self.info = InstanceInfo(node_id, clock, max_entries=max_routes)
         self.adverts = Advertiser(
@@ -336,9 +338,19 @@ class Mesh:
         self._links.closed()
 
     def count_auth_failure(self, peer_id: str | None, why: str) -> None:
-        """Count (and log) a peer that failed to prove the cluster secret."""
+        """
+        Count (and log) a peer that failed to prove the cluster secret: the
+        first time, then at 2, 4, 8... while the same failure repeats.
+        """
         self.metrics.auth_failures.inc()
-        self._log.warn("peer {peer} failed authentication: {why}", peer=peer_id, why=why)
+        count = self._auth_failures.failed(f"{peer_id}: {why}")
+        if count is not None:
+            self._log.warn(
+                "peer {peer} failed authentication: {why} ({count} time(s) in a row)",
+                peer=peer_id,
+                why=why,
+                count=count,
+            )
 
     def bad_input(self, error: ProtocolViolation, session: PeerSession) -> None:
         """Count (and log) bad input from a link."""

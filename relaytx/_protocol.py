@@ -28,6 +28,7 @@ from autobahn.twisted.websocket import (  # type: ignore[attr-defined]  # two pr
 )
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectingRequest, ConnectionDeny
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -361,16 +362,24 @@ class PeerClientProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
             headers=handshake.request_headers(),
         )
 
-    def onConnect(self, response: Any) -> None:
+    def onConnect(self, response: Any) -> Deferred[None] | None:  # type: ignore[override]  # Autobahn waits on a Deferred
         handshake = self.handshake
         assert isinstance(handshake, DiallerHandshake)
         try:
             handshake.answered(response.headers, self._peer_names())
         except HandshakeRefused as refusal:
             self._refused(refusal)
-            raise ConnectionDeny(refusal.status, refusal.reason) from None
+            # The dialer logs it, once for a run of identical failures
+            # (raised, Autobahn would log an error with a traceback and a
+            # warning at every attempt). The link never opens: Autobahn
+            # waits for an answer that never comes, and the connection is cut.
+            self.factory.dialer.attempt_failed(f"refused: {refusal.reason}")
+            self._failure_told = True
+            self.transport.abortConnection()
+            return Deferred()
         if handshake.unmasked:
             self.maskClientFrames = False
+        return None
 
     def onOpen(self) -> None:
         try:

@@ -774,6 +774,36 @@ class DialerTests(TestCase):
         self.assertEqual(retries, [])
         self.assertIn("ConnectionRefusedError", lines[0]["why"])
 
+    async def test_refusedAtHandshakeQuiet(self) -> None:
+        """
+        A peer that answers as another node (ID@URL) is refused at each
+        attempt, and logged at 1, 2, 4... attempts: no error, no traceback,
+        no line of Autobahn's per attempt.
+        """
+        target = start_node(self, "dial2")
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        node = start_node(self, "dial3", [f"other@{ws(target)}"])
+        dialer = next(iter(node.peer_admin.dialers.values()))
+        await wait_for(lambda: dialer._repeats.count >= 4, 20, what="four refused attempts")
+        ours = [
+            e for e in events
+            if e.get("log_format", "").startswith("dialling") and e.get("url") == dialer.url
+        ]  # fmt: skip
+        auth = [e for e in events if "failed authentication" in e.get("log_format", "")]
+        loud = [
+            e for e in events
+            if e.get("log_level") in (LogLevel.error, LogLevel.critical)
+            or "failing WebSocket connection" in e.get("log_format", "")
+        ]  # fmt: skip
+        self.assertEqual(loud, [])
+        bound = 1 + dialer._repeats.count.bit_length()
+        self.assertLessEqual((len(ours), len(auth)), (bound, bound))
+        self.assertIn("dial2", ours[0]["why"])
+        self.assertIn("other", ours[0]["why"])
+        self.assertEqual(node.mesh.links, {})
+
 
 class TlsDialTests(TempDirMixin, TestCase):
     """A wss:// peer whose certificate fails verification is logged once per doubling."""
