@@ -37,15 +37,24 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
-def dumps(value: Any) -> bytes:
+class TooDeep(ValueError):
+    """A value nested deeper than its reader takes (L{dumps}' C{max_depth})."""
+
+
+def dumps(value: Any, max_depth: int | None = None) -> bytes:
     """
     Encode C{value} as compact UTF-8 JSON.
 
+    :param max_depth: the most levels of nesting the reader takes (orjson
+        reads 1024); checked only past the 254 that orjson writes.
     :raises TypeError: if C{value} holds something JSON cannot express.
+    :raises TooDeep: if it is nested deeper than C{max_depth}.
     """
     try:
         return orjson.dumps(value)
     except TypeError:
+        if max_depth is not None and deeper_than(value, max_depth):
+            raise TooDeep(f"nested more than {max_depth} levels deep") from None
         try:
             return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
         except RecursionError:
@@ -80,6 +89,21 @@ def _scalar(value: Any) -> bytes:
             return json.dumps(value, allow_nan=False).encode()
         except (ValueError, RecursionError) as e:
             raise TypeError(str(e)) from None
+
+
+def deeper_than(value: Any, levels: int) -> bool:
+    """:returns: whether C{value} has arrays or objects nested more than C{levels} deep."""
+    todo = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list | tuple):
+            continue
+        if depth > levels:
+            return True
+        todo.extend((member, depth + 1) for member in item)
+    return False
 
 
 class _Token(bytes):

@@ -128,7 +128,7 @@ import attrs
 from attrs import define, field, frozen
 
 from relaytx import _json
-from relaytx.errors import MalformedMessage, UnknownMessageType
+from relaytx.errors import MalformedMessage, MessageTooLarge, UnknownMessageType
 
 DEFAULT_TTL = 10
 
@@ -469,12 +469,21 @@ class Envelope:
         return envelope
 
 
+#: The deepest frame a relaytx peer reads (orjson's limit).
+MAX_FRAME_DEPTH = 1024
+
+
 def encode(envelope: Envelope) -> bytes:
     """
     :returns: the UTF-8 text frame for C{envelope}.
     :raises TypeError: if its data holds a value JSON cannot express.
+    :raises MessageTooLarge: if it is nested deeper than a peer reads (a
+        call's arguments valid as a request, deepened by the envelope).
     """
-    return _json.dumps(envelope.to_json())
+    try:
+        return _json.dumps(envelope.to_json(), MAX_FRAME_DEPTH)
+    except _json.TooDeep as e:
+        raise MessageTooLarge(f"a {envelope.type} {e}") from None
 
 
 def decode(frame: bytes | str) -> Envelope:

@@ -69,6 +69,28 @@ class SizeLimitTests(SynchronousTestCase):
         self.assertEqual(self.failureResultOf(d, Overloaded).value.code, -32005)
         self.assertEqual(len(a.mesh.pending), 0)
 
+    def test_arguments_too_deep(self) -> None:
+        """
+        Arguments nested as deep as a request may be, which the envelope
+        takes past what a peer reads (1024 levels), fail the call with
+        -32005 instead of closing the link with a frame the peer refuses.
+        """
+        a, _, network = pair()
+        deep: Any = []
+        for _ in range(1020):
+            deep = [deep]
+        d = a.call("b", "node", "echo", deep)
+        error = self.failureResultOf(d, Overloaded).value
+        self.assertEqual(error.code, -32005)
+        self.assertIn("1024 levels", error.message)
+        shallow: Any = []
+        for _ in range(900):  # past orjson's 254 levels, within a frame's
+            shallow = [shallow]
+        d = a.call("b", "node", "echo", shallow)
+        network.pump()
+        self.assertEqual(self.successResultOf(d), [shallow])
+        self.assertEqual(set(a.mesh.links), {"b"})
+
     def test_small_calls_still_work(self) -> None:
         """Under the limit, calls go through as usual."""
         a, _, network = pair(**self.LIMIT)
