@@ -383,7 +383,10 @@ class JsonRpcHandler:
         return InternalError(f"Internal error: {type(failure.value).__name__}")
 
     def _error(self, error: CallError, request_id: Any) -> dict[str, Any]:
-        error.with_data(node_id=self._node_id)
+        if "node_id" not in error.data:
+            # Where it happened (SPEC section 5): here, before it went
+            # anywhere, for errors of the request itself (-32700, -32600...).
+            error.with_data(node_id=self._node_id, route=[self._node_id])
         return {"jsonrpc": "2.0", "error": error.to_jsonrpc(), "id": request_id}
 
 

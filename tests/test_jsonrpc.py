@@ -439,11 +439,11 @@ class RequestValidationTests(HandlerTestCase):
         )
 
     def test_errors_name_node(self) -> None:
-        """Every error answer's data names the node that answered."""
+        """Every error answer's data names the node that answered, and the route: that node."""
         for body in [b"{", b"[]", b"[1]", b'{"jsonrpc": "2.0", "method": "rpc.x", "id": 1}']:
             answer = self.answer(body)
             for one in answer if isinstance(answer, list) else [answer]:
-                self.assertEqual(one["error"]["data"], {"node_id": NODE_ID})
+                self.assertEqual(one["error"]["data"], {"node_id": NODE_ID, "route": [NODE_ID]})
 
     def test_nested_batch(self) -> None:
         """An array inside a batch is one Invalid Request in the answer."""
@@ -528,7 +528,7 @@ class CallOutcomeTests(HandlerTestCase):
         """An unexpected exception from invoke is an Internal error, logged, without details."""
         error = self.assertError(self.request("math.boom"), -32603, 1)
         self.assertNotIn("a bug in the node", json.dumps(error))
-        self.assertEqual(error["data"], {"node_id": NODE_ID})
+        self.assertEqual(error["data"], {"node_id": NODE_ID, "route": [NODE_ID]})
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
     def test_unexpected_failure(self) -> None:
