@@ -109,6 +109,27 @@ def upgrade(
     return sock, status, rest
 
 
+def log_events(case: TestCase) -> list[dict[str, Any]]:
+    """:returns: a list that gets every log event from now to the end of C{case}."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    case.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
+def dialler_lines(events: list[dict[str, Any]], dialer: Any) -> list[dict[str, Any]]:
+    """:returns: the lines C{dialer} logged of its failed attempts, among C{events}."""
+    return [
+        e for e in events
+        if e.get("log_format", "").startswith("dialling") and e.get("url") == dialer.url
+    ]  # fmt: skip
+
+
+def errors(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:returns: the error and critical events among C{events}."""
+    return [e for e in events if e.get("log_level") in (LogLevel.error, LogLevel.critical)]
+
+
 def closed_within(sock: socket.socket, seconds: float) -> float | None:
     """
     Read (and drop) whatever comes until the node closes C{sock}.
@@ -744,9 +765,7 @@ class DialerTests(TestCase):
     async def test_boundedAndQuiet(self) -> None:
         """Past max_dialers, peers/add answers 503; a failing peer's log grows as log2 of tries."""
         node = start_node(self, "dial1", limits={"max_dialers": 5})
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = log_events(self)
         port = port_of(node)
         closed = socket.socket()
         closed.bind((HOST, 0))
@@ -768,10 +787,7 @@ class DialerTests(TestCase):
         self.assertEqual(len(node.peer_admin.dialers), 5)
         dialer = next(iter(node.peer_admin.dialers.values()))
         await wait_for(lambda: dialer._repeats.count >= 5, 15, what="five failed attempts")
-        lines = [
-            e for e in events
-            if e.get("log_format", "").startswith("dialling") and e.get("url") == dialer.url
-        ]  # fmt: skip
+        lines = dialler_lines(events, dialer)
         retries = [e for e in events if "Scheduling retry" in e.get("log_format", "")]
         self.assertLessEqual(len(lines), 1 + dialer._repeats.count.bit_length())
         self.assertLess(len(lines), dialer._repeats.count)
@@ -785,22 +801,15 @@ class DialerTests(TestCase):
         no line of Autobahn's per attempt.
         """
         target = start_node(self, "dial2")
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = log_events(self)
         node = start_node(self, "dial3", [f"other@{ws(target)}"])
         dialer = next(iter(node.peer_admin.dialers.values()))
         await wait_for(lambda: dialer._repeats.count >= 4, 20, what="four refused attempts")
-        ours = [
-            e for e in events
-            if e.get("log_format", "").startswith("dialling") and e.get("url") == dialer.url
-        ]  # fmt: skip
+        ours = dialler_lines(events, dialer)
         auth = [e for e in events if "failed authentication" in e.get("log_format", "")]
-        loud = [
-            e for e in events
-            if e.get("log_level") in (LogLevel.error, LogLevel.critical)
-            or "failing WebSocket connection" in e.get("log_format", "")
-        ]  # fmt: skip
+        loud = errors(events) + [
+            e for e in events if "failing WebSocket connection" in e.get("log_format", "")
+        ]
         self.assertEqual(loud, [])
         bound = 1 + dialer._repeats.count.bit_length()
         self.assertLessEqual((len(ours), len(auth)), (bound, bound))
@@ -825,21 +834,13 @@ class TlsDialTests(TempDirMixin, TestCase):
         """No error or critical line per attempt: one warning line at 1, 2, 4... attempts."""
         cert, key = Authority("mesh CA").issue("tls1")
         node1 = start_node(self, "tls1", tls={"cert": self.write(cert), "key": self.write(key)})
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = log_events(self)
         wss = url(node1).replace("http://", "wss://")
         node2 = start_node(self, "tls2", [wss], tls={"ca": self.write(Authority("other CA").pem)})
         dialer = next(iter(node2.peer_admin.dialers.values()))
         await wait_for(lambda: dialer._repeats.count >= 5, 20, what="five failed attempts")
-        ours = [
-            e for e in events
-            if e.get("log_format", "").startswith("dialling") and e.get("url") == dialer.url
-        ]  # fmt: skip
-        loud = [
-            e for e in events
-            if e.get("log_level") in (LogLevel.error, LogLevel.critical)
-        ]  # fmt: skip
+        ours = dialler_lines(events, dialer)
+        loud = errors(events)
         self.assertEqual(loud, [])
         self.assertLessEqual(len(ours), 1 + dialer._repeats.count.bit_length())
         self.assertLess(len(ours), dialer._repeats.count)

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -295,28 +296,30 @@ class SignalTests(CommandLineTestCase):
             self.assertNoTraceback(node)
             self.assertNotIn("relay: error:", node.stderr())
 
-    def test_relayNodeSigintInBackground(self) -> None:
-        """relay node started with SIGINT ignored (a background job) still stops on SIGINT."""
+    def sigint_in_background(self, command: Callable[..., list[str]]) -> tuple[int, Process]:
+        """
+        Start C{command("--port", PORT)} with SIGINT ignored, as a shell
+        starts a background job, and send it SIGINT once it is healthy.
+
+        :returns: its exit status, and the process.
+        """
         port = free_port()
-        node = self.start(relay("node", "--port", str(port)), ignore_sigint=True)
+        node = self.start(command("--port", str(port)), ignore_sigint=True)
         self.wait_healthy(node, port)
         node.popen.send_signal(signal.SIGINT)
         try:
-            status = node.wait()
+            return node.wait(), node
         except subprocess.TimeoutExpired:
-            self.fail(f"SIGINT ignored: {node.stderr()}")
+            self.fail(f"SIGINT ignored: {node.stdout()}{node.stderr()}")
+
+    def test_relayNodeSigintInBackground(self) -> None:
+        """relay node started with SIGINT ignored (a background job) still stops on SIGINT."""
+        status, node = self.sigint_in_background(partial(relay, "node"))
         self.assertEqual(status, 0, node.stderr())
 
     def test_twistdSigintInBackground(self) -> None:
         """twistd -n relay started with SIGINT ignored stops on SIGINT as twistd does: 0 or -2."""
-        port = free_port()
-        node = self.start(twistd("--port", str(port)), ignore_sigint=True)
-        self.wait_healthy(node, port)
-        node.popen.send_signal(signal.SIGINT)
-        try:
-            status = node.wait()
-        except subprocess.TimeoutExpired:
-            self.fail(f"SIGINT ignored: {node.stdout()}{node.stderr()}")
+        status, _ = self.sigint_in_background(twistd)
         self.assertIn(status, (0, -signal.SIGINT))
 
 
