@@ -272,7 +272,7 @@ class NodeChannel(HTTPChannel):
     #: Seconds a connection closed for its C{idle_timeout} may take to send
     #: what it holds before it is cut (Twisted's default, 15, let a client
     #: that reads nothing hold its answers that much longer).
-    abortTimeout = 1.0
+    abortTimeout = 1
     #: its place among the site's connections (released once)
     slot: tuple[ConnectionCounts, str] | None = None
     #: the last C{Authorization} header admitted here, and its caller
