@@ -12,7 +12,9 @@ result still reaches the caller exactly.
 Parsing accepts nesting up to 1024 levels (orjson's limit) but orjson
 writes only 254, and the standard library's encoder recurses on the Python
 stack, so a value nested near that limit falls back to a loop that keeps its
-own stack: whatever L{loads} returns, L{dumps} can write back.
+own stack: whatever L{loads} returns, L{dumps} can write back. What a peer
+must read back (a frame, deepened by its envelope) is checked against the
+reader's limit on that slow path only (C{max_depth}).
 """
 
 from __future__ import annotations
