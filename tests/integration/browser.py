@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -61,12 +62,17 @@ class Browser:
     """
 
     def __init__(self, url: str, timeout: float = 30.0) -> None:
+        executable = find_chromium()
         self.profile = tempfile.mkdtemp(prefix="relaytx-chromium-")
         self.process = subprocess.Popen(
-            [find_chromium(), *FLAGS, f"--user-data-dir={self.profile}", url],
+            [executable, *FLAGS, f"--user-data-dir={self.profile}", url],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Its own temporary files go in the profile, removed with it;
+            # its helper processes share its group, ended with it.
+            env={**os.environ, "TMPDIR": self.profile},
+            start_new_session=True,
         )
         self._ids = itertools.count(1)
         self._socket: ClientConnection | None = None
@@ -156,4 +162,10 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+        try:
+            # Helpers (renderer, GPU) outliving the browser would write to
+            # the profile again as it is removed.
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         shutil.rmtree(self.profile, ignore_errors=True)
