@@ -1193,8 +1193,12 @@ def run_mesh(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
 
     if isinstance(value, Failure):
         value.raiseException()
-    value["log"] = log_path
+    # The nodes' log is kept (and named in the report) only if it has
+    # something to say.
     value["log_warnings"] = _log_problems(log_path)
+    value["log"] = log_path if value["log_warnings"] else None
+    if value["log"] is None:
+        os.remove(log_path)
     return dict(value)
 
 
@@ -1572,6 +1576,8 @@ def mesh_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             ),
         ]
     rows.append(far_call_row(r["far_call"]))
+    if r.get("log"):
+        rows.append(("warnings in the nodes' log", f"{len(r['log_warnings'])}", r["log"]))
     return rows
 
 
