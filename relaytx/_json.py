@@ -4,17 +4,19 @@ The one JSON codec relaytx uses for HTTP bodies and peer frames.
 orjson is several times faster than the standard library on both sides. Its
 choices, which relaytx keeps: parsing rejects what JSON forbids (NaN,
 Infinity) and any invalid UTF-8 (peer links rely on this, in place of
-Autobahn's validation of each frame); a float NaN or infinity in a result is written as C{null}; an
-incoming integer wider than 64 bits is read as a float. Encoding an integer
-wider than 64 bits falls back to the standard library, so a big integer
-result still reaches the caller exactly.
+Autobahn's validation of each frame); a float NaN or infinity in a result
+is written as C{null}; an incoming integer wider than 64 bits is read as a
+float. Encoding an integer wider than 64 bits falls back to the standard
+library, so a big integer result still reaches the caller exactly; a peer
+frame so written is marked, and read back by the standard library too
+(L{dumps_frame}, L{loads_frame}), so it crosses the mesh exactly.
 
 Parsing accepts nesting up to 1024 levels (orjson's limit) but orjson
 writes only 254, and the standard library's encoder recurses on the Python
 stack, so a value nested near that limit falls back to a loop that keeps its
-own stack: whatever L{loads} returns, L{dumps} can write back. What a peer
-must read back (a frame, deepened by its envelope) is checked against the
-reader's limit on that slow path only (C{max_depth}).
+own stack: whatever L{loads} returns, L{dumps} can write back. A frame,
+which a peer must read back (deepened by its envelope), is checked against
+the reader's limit on that slow path only.
 """
 
 from __future__ import annotations
@@ -39,30 +41,72 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
-class TooDeep(ValueError):
-    """A value nested deeper than its reader takes (L{dumps}' C{max_depth})."""
-
-
-def dumps(value: Any, max_depth: int | None = None) -> bytes:
+def dumps(value: Any) -> bytes:
     """
     Encode C{value} as compact UTF-8 JSON.
 
-    :param max_depth: the most levels of nesting the reader takes (orjson
-        reads 1024); checked only past the 254 that orjson writes.
+    :raises TypeError: if C{value} holds something JSON cannot express.
+    """
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return _dumps_slowly(value)
+
+
+def _dumps_slowly(value: Any) -> bytes:
+    # What orjson does not write: integers past 64 bits, nesting past 254.
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    except RecursionError:
+        return _dumps_deep(value)
+    except ValueError as e:
+        raise TypeError(str(e)) from None
+
+
+class TooDeep(ValueError):
+    """A value nested deeper than its reader takes (L{dumps_frame}'s C{max_depth})."""
+
+
+#: The first byte of a frame that orjson did not write (JSON allows white
+#: space before a value): it may hold integers wider than 64 bits, which
+#: orjson would read as floats, so L{loads_frame} reads it exactly.
+SLOWLY_WRITTEN = b" "
+
+
+def dumps_frame(value: Any, max_depth: int) -> bytes:
+    """
+    L{dumps} for a peer that reads with L{loads_frame}: what orjson cannot
+    write is marked (L{SLOWLY_WRITTEN}), and checked against the reader's
+    C{max_depth} (orjson reads 1024 levels; it writes 254).
+
     :raises TypeError: if C{value} holds something JSON cannot express.
     :raises TooDeep: if it is nested deeper than C{max_depth}.
     """
     try:
         return orjson.dumps(value)
     except TypeError:
-        if max_depth is not None and deeper_than(value, max_depth):
+        if deeper_than(value, max_depth):
             raise TooDeep(f"nested more than {max_depth} levels deep") from None
-        try:
-            return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-        except RecursionError:
-            return _dumps_deep(value)
-        except ValueError as e:
-            raise TypeError(str(e)) from None
+        return SLOWLY_WRITTEN + _dumps_slowly(value)
+
+
+def loads_frame(data: bytes | str) -> Any:
+    """
+    L{loads} for a frame of L{dumps_frame}'s: one it marked is read by the
+    standard library, integers of any size staying integers.
+
+    :raises ValueError: if C{data} is not JSON.
+    """
+    if data[:1] != SLOWLY_WRITTEN:
+        return orjson.loads(data)
+    try:
+        return json.loads(data, parse_constant=_refuse_constant)
+    except RecursionError:  # deep, not wide: orjson reads it as well
+        return orjson.loads(data)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def canonical(value: Any) -> bytes:

@@ -481,7 +481,7 @@ def encode(envelope: Envelope) -> bytes:
         call's arguments valid as a request, deepened by the envelope).
     """
     try:
-        return _json.dumps(envelope.to_json(), MAX_FRAME_DEPTH)
+        return _json.dumps_frame(envelope.to_json(), MAX_FRAME_DEPTH)
     except _json.TooDeep as e:
         raise MessageTooLarge(f"a {envelope.type} {e}") from None
 
@@ -493,8 +493,8 @@ def decode(frame: bytes | str) -> Envelope:
     :raises MalformedMessage: if the frame is not JSON or not an envelope.
     """
     try:
-        obj = _json.loads(frame)
-    except (_json.JSONDecodeError, UnicodeDecodeError):
+        obj = _json.loads_frame(frame)
+    except ValueError:  # (JSONDecodeError and UnicodeDecodeError among them)
         raise MalformedMessage("frame is not valid JSON", reason="not_json") from None
     return Envelope.from_json(obj)
 

@@ -464,6 +464,16 @@ class CallTests(MeshTestCase):
         self.assertNotIn("Traceback", repr(error.to_jsonrpc()))
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
+    def test_wide_integers_across_hops(self) -> None:
+        """Integers past 64 bits go three hops and back as the same integers."""
+        a, _b, _c, _d = self.line("abcd")
+        wide = [2**64, -(2**70), 10**40, 2**63 - 1]
+        call = a.call("d", "node", "echo", *wide)
+        self.network.pump()
+        echoed = self.successResultOf(call)
+        self.assertEqual(echoed, wide)
+        self.assertEqual({type(n) for n in echoed}, {int})
+
     def test_remote_system_exit(self) -> None:
         """A method raising SystemExit fails its call with -32000; the links stay up."""
         a, _b, c = self.line("abc")

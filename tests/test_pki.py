@@ -22,7 +22,16 @@ from relaytx._pki import (
 )
 from relaytx._tls import TlsError
 from relaytx.errors import MalformedMessage
-from relaytx.wire import CallSpec, ServerCall, ServerResponse, rfc3339, server_table
+from relaytx.wire import (
+    CallSpec,
+    Envelope,
+    ServerCall,
+    ServerResponse,
+    decode,
+    encode,
+    rfc3339,
+    server_table,
+)
 from tests.support import Authority
 
 CA = Authority("mesh CA")
@@ -346,6 +355,15 @@ class EndToEndTests(SynchronousTestCase):
         answer = ServerResponse("r1", True, "nodeC", {"z": [1, 2], "a": None})
         answer.mac = self.e2e["nodeC"].seal_answer("nodeA", answer)
         back = ServerResponse.from_data(json_round_trip(answer.to_data()))
+        self.assertTrue(self.e2e["nodeA"].check_answer("nodeC", back, back.mac))
+
+    def test_wide_integers_keep_their_codes(self) -> None:
+        """An answer holding integers past 64 bits, through the wire codec, is still good."""
+        answer = ServerResponse("r1", True, "nodeC", {"big": 2**70, "neg": [-(2**65)]})
+        answer.mac = self.e2e["nodeC"].seal_answer("nodeA", answer)
+        frame = encode(Envelope.create(answer, "nodeC", "nodeA", now=self.now))
+        back = ServerResponse.from_data(decode(frame).data)
+        self.assertEqual(back.result, {"big": 2**70, "neg": [-(2**65)]})
         self.assertTrue(self.e2e["nodeA"].check_answer("nodeC", back, back.mac))
 
     def test_keys(self) -> None:

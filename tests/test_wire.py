@@ -455,6 +455,29 @@ class CodecTests(SynchronousTestCase):
         envelope = Envelope(type="ping", sender="a", to="b", data={"x": object()})
         self.assertRaises(TypeError, encode, envelope)
 
+    def test_wide_integers_cross_exactly(self) -> None:
+        """
+        Integers past 64 bits, which orjson neither writes nor reads as
+        integers, cross exactly: such a frame is written by the standard
+        library, marked with a leading space (valid JSON), and read back by
+        it. Every other frame is orjson's, unmarked.
+        """
+        data = {"n": 2**70, "m": -(2**80), "l": [10**40, 1.5, "x"]}
+        raw = encode(Envelope(type="ping", sender="a", to="b", data=data))
+        self.assertTrue(raw.startswith(b' {"type":"ping"'))
+        read = decode(raw).data
+        self.assertEqual(read, data)
+        self.assertEqual([type(read["n"]), type(read["l"][0])], [int, int])
+        self.assertEqual(json.loads(raw), json.loads(raw.lstrip()))  # JSON to anyone
+        plain = encode(Envelope(type="ping", sender="a", to="b", data={"n": 2**63 - 1}))
+        self.assertTrue(plain.startswith(b'{"type":"ping"'))
+
+    def test_marked_frame_still_checked(self) -> None:
+        """A marked frame is JSON or nothing: NaN and broken text are malformed."""
+        for raw in [b' {"type":"ping","from":"a","to":"b","data":{"x":NaN}}', b" {"]:
+            error = self.assertRaises(MalformedMessage, decode, raw)
+            self.assertEqual(error.reason, "not_json")
+
     def test_decode_str(self) -> None:
         """decode accepts text as well as bytes."""
         self.assertEqual(decode(MINIMAL_PING.decode()), decode(MINIMAL_PING))
