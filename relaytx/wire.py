@@ -472,6 +472,9 @@ class Envelope:
 #: The deepest frame a relaytx peer reads (orjson's limit).
 MAX_FRAME_DEPTH = 1024
 
+_loads = _json.loads
+_SLOWLY_WRITTEN = _json.SLOWLY_WRITTEN
+
 
 def encode(envelope: Envelope) -> bytes:
     """
@@ -493,7 +496,8 @@ def decode(frame: bytes | str) -> Envelope:
     :raises MalformedMessage: if the frame is not JSON or not an envelope.
     """
     try:
-        obj = _json.loads_frame(frame)
+        # (_json.loads_frame, inlined: every frame read comes here.)
+        obj = _loads(frame) if frame[:1] != _SLOWLY_WRITTEN else _json.loads_frame(frame)
     except ValueError:  # (JSONDecodeError and UnicodeDecodeError among them)
         raise MalformedMessage("frame is not valid JSON", reason="not_json") from None
     return Envelope.from_json(obj)
