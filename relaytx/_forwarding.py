@@ -155,6 +155,8 @@ class Forwarder:
         self._refuse = refuse
         #: traced calls passing through (see L{relaytx._tracing.HopTraces})
         self.hops = HopTraces(node_id, clock)
+        #: messages this node originated and flooded, for want of a route
+        self.floods = 0
         self._relay = relay
 
     def receive(self, envelope: Envelope, session: PeerSession, unwrapped: bool = False) -> None:
@@ -336,6 +338,7 @@ class Forwarder:
             # Flooded copies go to relaytx nodes only (and each passes on one
             # copy at most, below): a budget for any loop-free path.
             envelope.ttl = MAX_HOPS
+            self.floods += 1
         elif not self._seen.first_time(
             envelope.sender, envelope.id, _FLOODED, envelope.response_id
         ):

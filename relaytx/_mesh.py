@@ -404,7 +404,7 @@ class Mesh:
         Originate a message to C{destination}, routed like any other.
 
         :returns: the neighbour it went to, or C{None} if it was flooded or
-            could not be sent.
+            could not be sent (C{forwarder.floods} counts the floods).
         """
         return self.forwarder.send(destination, payload, reply_to=reply_to)
 

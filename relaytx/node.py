@@ -237,7 +237,9 @@ class RelayNode(MultiService):
         """
         if node_id == self.node_id:
             raise ValueError("send() is for other nodes")
-        return self.mesh.send(node_id, payload) is not None or self.mesh.can_reach(node_id)
+        forwarder = self.mesh.forwarder
+        floods = forwarder.floods
+        return self.mesh.send(node_id, payload) is not None or forwarder.floods > floods
 
     def use_session(self, session_class: type[PeerSession]) -> None:
         """Use a L{PeerSession} subclass (with extra handlers) for every link."""

@@ -791,6 +791,17 @@ class FloodTests(MeshTestCase):
         self.assertGreater(sample(b, "relaytx_messages_routed_total"), 0)
         self.assertEqual(self.network.link_between(a, b).sent_by(a, "registry_sync"), [])
 
+    def test_send_flooded(self) -> None:
+        """node.send of a message that leaves by flooding says it left; to nowhere, not."""
+        a, _b, c = self.line("abc")
+        got: list[str] = []
+        c.register_handler(Chat, lambda envelope, chat: got.append(chat.text))
+        self.assertTrue(a.send("c", Chat("by flood")))
+        self.network.pump()
+        self.assertEqual(got, ["by flood"])
+        [lone] = self.nodes("z")
+        self.assertFalse(lone.send("c", Chat("nowhere")))
+
     def test_flooded_copies_run_once(self) -> None:
         """Copies of a flooded call arriving by two paths execute once."""
         a, b, c, d = self.nodes("abcd")
