@@ -104,6 +104,22 @@ def loads_frame(data: bytes | str) -> Any:
         return orjson.loads(data)
 
 
+#: Digits kept as C{0}, every other byte blanked (L{may_hold_wide_ints}).
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_NINETEEN_DIGITS = b"0" * 19
+
+
+def may_hold_wide_ints(data: bytes) -> bool:
+    """
+    :returns: whether C{data} has a run of 19 digits or more, as an integer
+        that orjson reads as a float (past 64 bits) must have. Long digit
+        strings and long fractions say yes too: an exact reading of those
+        costs time, not correctness. (A byte translation and a search, in
+        C: some 0.3 us for a small request.)
+    """
+    return _NINETEEN_DIGITS in data.translate(_DIGITS_ONLY)
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 

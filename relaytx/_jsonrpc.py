@@ -29,6 +29,7 @@ may stream (SPEC section 12), and each can be cancelled by its request id.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -242,11 +243,12 @@ class JsonRpcHandler:
             request = _past_a_double(body, e)
             if request is _NOT_JSON:
                 return self._encode(self._error(ParseError("Parse error: invalid JSON"), None))
-        if _float_id(request):
+        if _json.may_hold_wide_ints(body):
             # The fast parser reads an integer wider than 64 bits as a
             # float: read such a request again, exactly, so its id is
-            # echoed as it came (params included).
-            request = _exact_loads(body)
+            # echoed as it came and its params reach the method as sent.
+            with contextlib.suppress(RecursionError):  # (deep, not wide)
+                request = _exact_loads(body)
         if not isinstance(request, list):
             answer = self._one(request, caller, encoded=True, trace=trace, calls=calls)
             if is_deferred(answer):
@@ -430,15 +432,6 @@ def _gather(items: list[Any]) -> Deferred[list[Any]]:
     if not waiting:
         done.callback(results)
     return done
-
-
-def _float_id(request: Any) -> bool:
-    """:returns: whether C{request} (or one of a batch) has a float id."""
-    if type(request) is dict:
-        return type(request.get("id")) is float
-    if type(request) is list:
-        return any(type(item) is dict and type(item.get("id")) is float for item in request)
-    return False
 
 
 def _refuse_constant(name: str) -> Any:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import json
 import logging
 import random
 from collections import deque
@@ -40,6 +41,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from relaytx._json import may_hold_wide_ints
 from relaytx._wsconn import ChannelError, ChannelListener
 
 #: The codes of SPEC section 5 a program is most likely to test for.
@@ -394,7 +396,11 @@ class _CallBook:
         """One message from the node: an answer, a batch of them, or a notification."""
         try:
             message = orjson.loads(payload)
-        except orjson.JSONDecodeError:
+            if may_hold_wide_ints(payload):
+                # orjson reads an integer past 64 bits as a float; the
+                # standard library reads it as the node wrote it.
+                message = json.loads(payload)
+        except (orjson.JSONDecodeError, ValueError, RecursionError):
             _log.warning("%s sent a message that is not JSON: %.100r", self.url, payload)
             return
         if type(message) is dict:

@@ -9,6 +9,7 @@ nodes is in C{tests/integration/test_client.py}.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -225,6 +226,28 @@ class CallTests(SynchronousTestCase):
             return await call, core.late_answers
 
         self.assertEqual(run(scenario()), ("ok", 1))
+
+    def test_wideIntegers(self) -> None:
+        """An answer's integers past 64 bits arrive as the node wrote them, not as floats."""
+        node = FakeNode()
+        node.hold = True
+        wide = [2**64 + 1, -(2**70), -9999999999999999999]
+
+        async def scenario() -> Any:
+            c, _ = await connected(node)
+            call = asyncio.ensure_future(c.node.echo())
+            await turns()
+            _, request = node.held[0]
+            answer = b'{"jsonrpc":"2.0","result":%s,"id":%s}' % (
+                json.dumps(wide).encode(),
+                json.dumps(request["id"]).encode(),
+            )
+            node.channel.listener.message_received(answer)
+            return await call
+
+        result = run(scenario())
+        self.assertEqual(result, wide)
+        self.assertEqual({type(n) for n in result}, {int})
 
 
 class DeadlineTests(SynchronousTestCase):

@@ -410,6 +410,13 @@ class RequestValidationTests(HandlerTestCase):
         not_json = b'{"jsonrpc":"2.0","method":"math.sum","id":1e999x}'
         self.assertError(self.answer(not_json), -32700, None)
 
+    def test_wide_integer_params(self) -> None:
+        """Params past 64 bits reach the method as the integers sent, not as floats."""
+        for wide in (2**64 + 1, -(2**70), -9999999999999999999):
+            with self.subTest(wide=wide):
+                body = b'{"jsonrpc":"2.0","method":"math.sum","params":[%d,1],"id":7}' % wide
+                self.assertEqual(self.answer(body), {"jsonrpc": "2.0", "result": wide + 1, "id": 7})
+
     def test_null_id_is_not_notification(self) -> None:
         """A request whose id is null is answered (only a missing id makes a notification)."""
         self.assertEqual(
