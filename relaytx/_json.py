@@ -99,9 +99,29 @@ def loads_frame(data: bytes | str) -> Any:
     if data[:1] != SLOWLY_WRITTEN:
         return orjson.loads(data)
     try:
-        return json.loads(data, parse_constant=_refuse_constant)
+        return loads_exact(data)
     except RecursionError:  # deep, not wide: orjson reads it as well
         return orjson.loads(data)
+
+
+def loads_exact(
+    data: bytes | str,
+    parse_int: Callable[[str], Any] | None = None,
+    parse_float: Callable[[str], Any] | None = None,
+) -> Any:
+    """
+    The standard library's reading of C{data}: integers of any size stay
+    integers (orjson's become floats past 64 bits); NaN and Infinity are
+    refused, as orjson refuses them. Slow: for what L{may_hold_wide_ints} flags.
+
+    :param parse_int: as C{json.loads}'s, for integers Python cannot read.
+    :param parse_float: as C{json.loads}'s.
+    :raises ValueError: if C{data} is not JSON.
+    :raises RecursionError: if it is nested past Python's stack.
+    """
+    return json.loads(
+        data, parse_constant=_refuse_constant, parse_int=parse_int, parse_float=parse_float
+    )
 
 
 #: Digits kept as C{0}, every other byte blanked (L{may_hold_wide_ints}).

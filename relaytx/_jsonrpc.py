@@ -30,7 +30,6 @@ may stream (SPEC section 12), and each can be cancelled by its request id.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -243,12 +242,13 @@ class JsonRpcHandler:
             request = _past_a_double(body, e)
             if request is _NOT_JSON:
                 return self._encode(self._error(ParseError("Parse error: invalid JSON"), None))
-        if _json.may_hold_wide_ints(body):
-            # The fast parser reads an integer wider than 64 bits as a
-            # float: read such a request again, exactly, so its id is
-            # echoed as it came and its params reach the method as sent.
-            with contextlib.suppress(RecursionError):  # (deep, not wide)
-                request = _exact_loads(body)
+        else:
+            if _json.may_hold_wide_ints(body):
+                # The fast parser reads an integer wider than 64 bits as a
+                # float: read such a request again, exactly, so its id is
+                # echoed as it came and its params reach the method as sent.
+                with contextlib.suppress(RecursionError):  # (deep, not wide)
+                    request = _exact_loads(body)
         if not isinstance(request, list):
             answer = self._one(request, caller, encoded=True, trace=trace, calls=calls)
             if is_deferred(answer):
@@ -434,10 +434,6 @@ def _gather(items: list[Any]) -> Deferred[list[Any]]:
     return done
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 #: An integer too long for Python to read (past C{sys.get_int_max_str_digits}):
 #: not a valid id (-32600), and not a value any method can use.
 _UNREADABLE_INT = object()
@@ -462,9 +458,7 @@ def _finite_float(text: str) -> float:
 
 def _exact_loads(body: bytes) -> Any:
     """The standard library's reading of C{body}: integers of any size stay integers."""
-    return json.loads(
-        body, parse_constant=_refuse_constant, parse_int=_exact_int, parse_float=_finite_float
-    )
+    return _json.loads_exact(body, parse_int=_exact_int, parse_float=_finite_float)
 
 
 def _past_a_double(body: bytes, error: ValueError) -> Any:

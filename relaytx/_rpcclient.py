@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import json
 import logging
 import random
 from collections import deque
@@ -41,7 +40,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from relaytx._json import may_hold_wide_ints
+from relaytx._json import loads_exact, may_hold_wide_ints
 from relaytx._wsconn import ChannelError, ChannelListener
 
 #: The codes of SPEC section 5 a program is most likely to test for.
@@ -399,7 +398,7 @@ class _CallBook:
             if may_hold_wide_ints(payload):
                 # orjson reads an integer past 64 bits as a float; the
                 # standard library reads it as the node wrote it.
-                message = json.loads(payload)
+                message = loads_exact(payload)
         except (orjson.JSONDecodeError, ValueError, RecursionError):
             _log.warning("%s sent a message that is not JSON: %.100r", self.url, payload)
             return
