@@ -272,6 +272,13 @@ class PendingCalls:
             return None
         return entry.stream, entry.destination
 
+    def any_via(self, peer_id: str) -> bool:
+        """
+        :returns: whether some pending call was sent to neighbour
+            C{peer_id}, or flooded (sent to several).
+        """
+        return any(entry.via == peer_id or entry.via is None for entry in self._pending.values())
+
     def destinations(self) -> set[str]:
         """:returns: the nodes that pending calls wait on."""
         return {entry.destination for entry in self._pending.values()}
@@ -415,6 +422,17 @@ class ForwardedCalls:
                 self._per_neighbour.get(came_from, 0) < self.max_per_neighbour
             )
         return True
+
+    def any_to(self, peer_id: str) -> bool:
+        """
+        :returns: whether some call forwarded to neighbour C{peer_id}, or
+            flooded, is still within its budget.
+        """
+        now = self._clock.seconds()
+        return any(
+            (entry.went_to == peer_id or entry.went_to is None) and entry.deadline > now
+            for entry in self._calls.values()
+        )
 
     def _counted_out(self, entry: _Forwarded) -> None:
         per = self._per_neighbour

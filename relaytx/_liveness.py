@@ -15,7 +15,10 @@ watch ticks every C{peer_timeout / 25} seconds and, for each of them:
 
   - B{probe}: a request unanswered for C{peer_timeout / 5}, or a link with
     calls outstanding that has been quiet for C{peer_timeout * 0.32}, gets
-    a ping (at most one per request, or per quiet spell);
+    a ping (at most one per request, or per quiet spell). A quiet link
+    whose calls have all been answered (C{calls_out()} says none is
+    waiting) is not probed, and leaves the watch: a deadline is only the
+    latest its calls could take;
   - B{suspect}: a request unanswered for C{peer_timeout} makes the link a
     suspect. The verdict comes a millisecond later, once the reactor has
     read what is waiting in this node's socket buffers: a suspect heard
@@ -97,8 +100,8 @@ class LinkWatch:
 
     The sessions it watches provide C{closed}, C{last_seen},
     C{waiting_since}, C{probed_at}, C{busy_until} and C{watched}, and the
-    methods C{probe(now)} and C{silent(waited)}; L{relaytx.peer.PeerSession}
-    does.
+    methods C{calls_out()}, C{probe(now)} and C{silent(waited)};
+    L{relaytx.peer.PeerSession} does.
 
     :param clock: the node's clock.
     :param peer_timeout: seconds a request may go unanswered.
@@ -192,9 +195,13 @@ class LinkWatch:
             since = session.waiting_since
             if since is None:  # heard from since the last request
                 if now < session.busy_until:
-                    if now - session.last_seen >= self.quiet_after:
+                    if now - session.last_seen < self.quiet_after:
+                        continue
+                    if session.calls_out():
                         session.probe(now - _SLACK)  # calls outstanding on a quiet link
-                    continue
+                        continue
+                    # Their answers came: the deadline need not be waited out.
+                    session.busy_until = 0.0
                 done.append(session)
                 continue
             waited = now - since

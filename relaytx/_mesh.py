@@ -374,6 +374,15 @@ class Mesh:
         """A request left on C{session}'s link: watch that its peer answers."""
         self.link_watch.watch(session)
 
+    def calls_out(self, session: PeerSession) -> bool:
+        """
+        :returns: whether some call sent on C{session}'s link may still be
+            waiting for its answer (a flooded one, sent on several, counts
+            for every link).
+        """
+        peer_id = session.peer_id
+        return self.pending.any_via(peer_id) or self.forwarded.any_to(peer_id)
+
     # What a session hands over.
 
     def receive(self, envelope: Envelope, session: PeerSession) -> None:

@@ -102,6 +102,12 @@ class ISessionHost(Interface):
         (see L{relaytx._liveness}).
         """
 
+    def calls_out(session: Session) -> bool:
+        """
+        :returns: whether some call sent on C{session}'s link (this node's,
+            or one it forwarded) may still be waiting for its answer.
+        """
+
     def bad_call(envelope: Envelope, error: ProtocolViolation, session: Session) -> None:
         """
         A C{server_call} addressed to this node could not be read

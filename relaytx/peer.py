@@ -302,6 +302,13 @@ class PeerSession:
             self.watched = True
             self.host.watch(self)
 
+    def calls_out(self) -> bool:
+        """
+        :returns: whether some call sent on this link may still be waiting
+            for its answer (C{busy_until} is only the latest deadline).
+        """
+        return bool(self.host.calls_out(self))
+
     def probe(self, now: float) -> None:
         """Ping the peer now, to hear from it sooner than the keepalive would."""
         self.probed_at = now

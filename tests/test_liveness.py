@@ -33,6 +33,8 @@ class Watched:
         self.watched = False
         self.probes: list[float] = []
         self.dropped: list[float] = []
+        #: whether a call sent on it still waits for its answer
+        self.outstanding = True
 
     def request(self, watch: LinkWatch, until: float = 0.0) -> None:
         """A request leaves now (as PeerSession.awaiting does)."""
@@ -48,6 +50,9 @@ class Watched:
         """A frame arrives."""
         self.last_seen = self.clock.seconds()
         self.waiting_since = None
+
+    def calls_out(self) -> bool:
+        return self.outstanding
 
     def probe(self, now: float) -> None:
         self.probed_at = now
@@ -125,6 +130,20 @@ class LinkWatchTests(SynchronousTestCase):
         count = len(self.session.probes)
         self.run_for(10)
         self.assertEqual(len(self.session.probes), count)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_answered_calls_end_probing(self) -> None:
+        """
+        A quiet link whose calls were all answered is not probed until
+        their deadline, and leaves the watch.
+        """
+        self.session.request(self.watch, until=self.clock.seconds() + 120)
+        self.clock.advance(0.05)
+        self.session.hear()  # the answer
+        self.session.outstanding = False
+        self.run_for(10)
+        self.assertEqual((self.session.probes, self.session.dropped), ([], []))
+        self.assertEqual(len(self.watch), 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_quiet_busy_link_bound(self) -> None:
@@ -271,6 +290,23 @@ class MeshLivenessTests(SynchronousTestCase):
         self.assertEqual(len(link.sent_by(b, "ping")), 13)
         self.assertFalse(link.closed)
         self.assertEqual(len(a.mesh.link_watch), 0)
+
+    def test_answered_call_costs_no_probes(self) -> None:
+        """
+        A call answered at once, with a long deadline, leaves its links
+        pinged by the keepalive alone, both its own and a forwarded hop.
+        """
+        a, b, c = (memory_node(name, self.clock) for name in "abc")
+        line([a, b, c], self.network)
+        self.network.settle()
+        d = a.call("c", "node", "ping", timeout=120)
+        self.network.pump()
+        self.successResultOf(d)
+        self.network.advance(60)
+        ab, bc = self.network.link_between(a, b), self.network.link_between(b, c)
+        # Keepalives only, one per 5 s (with the probes, ~2.5 a second).
+        self.assertLessEqual(len(ab.sent_by(a, "ping")), 14)
+        self.assertLessEqual(len(bc.sent_by(b, "ping")), 14)
 
     def test_long_call_keeps_link(self) -> None:
         """A call the target takes a minute to run keeps its link: the probes are answered."""
