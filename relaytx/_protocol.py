@@ -43,6 +43,7 @@ from relaytx._handshake import AcceptorHandshake, DiallerHandshake, HandshakeRef
 from relaytx._linkauth import OVERHEAD, PENDING_TIMEOUT, FrameOpener, FrameRejected, FrameSealer
 from relaytx._links import LinkRefused
 from relaytx._mesh import Mesh
+from relaytx.errors import ProtocolViolation
 from relaytx._tls import peer_certificate_names
 from relaytx.interfaces import ILinkTransport
 from relaytx.peer import (
@@ -55,6 +56,11 @@ from relaytx.peer import (
 
 #: Seconds an accepted link may take to prove the cluster secret.
 AUTH_TIMEOUT = 10.0
+
+#: Close codes with which Autobahn fails a link for what the peer sent,
+#: and the drop reason each is counted under. (Text that is not UTF-8 is
+#: found, closed with 1007 and counted by the session, as not JSON.)
+_FAILED_FOR = {1002: "websocket_protocol", 1009: "too_large"}
 
 
 @implementer(ILinkTransport)
@@ -256,6 +262,15 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
             code = heard
             said = getattr(self, "remoteCloseReason", None)
             reason = f"{said}, then the closing handshake broke off" if said else None
+        session = self.session
+        if session is not None and getattr(self, "failedByMe", False):
+            # Autobahn failed the link for what the peer sent (a message
+            # over the size limit, a frame breaking the protocol): malformed
+            # input, counted as the rest is.
+            failed_for = _FAILED_FOR.get(getattr(self, "localCloseCode", None))  # type: ignore[arg-type]
+            if failed_for is not None:
+                violation = ProtocolViolation(f"close code {self.localCloseCode}", failed_for)
+                self.factory.mesh.bad_input(violation, session)
         try:
             if self.session is not None:
                 self.session.connection_lost(

@@ -623,6 +623,9 @@ class GarbageTests(TestCase):
             seen["huge"] = _ws_client_close_code(address, "x" * (MiB + 1))
             seen["bad_utf8"] = _ws_raw(port, "/ws/rpc", [_frame(0x1, b"\xff\xfe\xfd")])
             seen["overlong_utf8"] = _ws_raw(port, "/ws/rpc", [_frame(0x1, b'["\xc0\xaf"]')])
+            seen["bad_utf8_fragments"] = _ws_raw(
+                port, "/ws/p2p?node_id=r8", [_frame(0x1, b"{", fin=False), _frame(0x0, b"\xff}")]
+            )
             seen["unmasked"] = _ws_raw(port, "/ws/rpc", [_frame(0x1, b"[]", masked=False)])
             seen["huge_header"] = _ws_raw(port, "/ws/rpc", [_frame(0x1, b"", length=2**62)])
             return seen
@@ -639,6 +642,7 @@ class GarbageTests(TestCase):
         # Each closed with a close frame and its code, not by dropping TCP.
         self.assertEqual(seen["huge"], 1009)
         self.assertEqual(seen["bad_utf8"], 1007)
+        self.assertEqual(seen["bad_utf8_fragments"], 1007)
         self.assertEqual(seen["overlong_utf8"], 1007)
         self.assertEqual(seen["unmasked"], 1002)
         self.assertEqual(seen["huge_header"], 1009)
@@ -775,3 +779,8 @@ class GarbageTests(TestCase):
         dropped = target.metrics.registry.get_sample_value
         self.assertGreater(dropped("relaytx_messages_dropped_total", {"reason": "bad_field"}), 0)
         self.assertGreater(dropped("relaytx_messages_dropped_total", {"reason": "spoofed"}), 0)
+        # The links Autobahn failed are counted too, each under its cause.
+        for reason, count in {"too_large": 2, "websocket_protocol": 5}.items():
+            self.assertEqual(
+                dropped("relaytx_messages_dropped_total", {"reason": reason}), count, reason
+            )
