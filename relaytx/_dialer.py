@@ -341,9 +341,15 @@ class PeerAdmin(MultiService):
         self.dialers: dict[str, Dialer] = {}
 
     def is_dialling(self, address: str) -> bool:
-        """:returns: whether C{address} (or C{ID@address}) is dialled already, as given."""
-        address = split_peer(address)[1]
-        return any(d.address == address for d in self.dialers.values())
+        """
+        :returns: whether C{address} (or C{ID@address}) is dialled already,
+            in any of its spellings (C{http://h:p}, C{ws://h:p/ws/p2p}, ...).
+        """
+        try:
+            url = peer_url(split_peer(address)[1], self._mesh.node_id)[0]
+        except ValueError:
+            return False
+        return url in self.dialers
 
     def add_peer(self, address: str, node_id: str | None = None) -> None:
         """

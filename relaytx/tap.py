@@ -139,11 +139,20 @@ class Options(usage.Options):
         )
         from relaytx._dialer import peer_url, split_peer
 
+        named: dict[str, tuple[str, str | None]] = {}
         for address in self.config.add_peer:
+            node_id, bare = split_peer(address)
             try:
-                peer_url(split_peer(address)[1], self.config.node_id)
+                url = peer_url(bare, self.config.node_id)[0]
             except ValueError as e:
                 raise usage.UsageError(f"--add-peer: {e}") from None
+            # One peer given twice, in any spelling, is dialled once; but
+            # not when the two name different ids for it.
+            earlier = named.setdefault(url, (address, node_id))
+            if earlier[1] != node_id:
+                raise usage.UsageError(
+                    f"--add-peer: {earlier[0]} and {address} are one peer with two ids"
+                )
         if self.config.secret_file is not None and not os.path.isfile(self.config.secret_file):
             raise usage.UsageError(f"--secret-file {self.config.secret_file}: no such file")
         self._no_default_pidfile()

@@ -942,6 +942,21 @@ class PeerManagementTests(NodeTestCase):
         self.assertEqual(self.dialled(), [("127.0.0.1", 9)])
         self.stop()
 
+    def test_one_peer_in_two_spellings(self) -> None:
+        """
+        A peer the configuration names twice, in two spellings, is dialled
+        once when the node starts (it was an error in a start-up trigger).
+        """
+        node = memory_node(
+            "twice",
+            self.clock,
+            add_peer=["ws://127.0.0.1:9", "http://127.0.0.1:9/", "ws://127.0.0.1:9/ws/p2p"],
+        )
+        node.startService()
+        self.assertEqual(list(node.peer_admin.dialers), ["ws://127.0.0.1:9/ws/p2p?node_id=twice"])
+        self.assertEqual(self.dialled(), [("127.0.0.1", 9)])
+        self.assertIsNone(self.successResultOf(node.stopService()))
+
     def test_remove_unknown(self) -> None:
         """Removing a peer the node neither dials nor is linked to gets 404 JSON."""
         self.assertJsonError(self.remove(b'{"node_id": "nobody"}'), 404)

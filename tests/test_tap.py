@@ -164,6 +164,13 @@ class OptionsTests(TapTestCase):
         self.assertEqual(options.config.add_peer, ("ws://127.0.0.1:8081", "http://127.0.0.1:8082"))
         self.assertEqual(options["add-peer"], ["ws://127.0.0.1:8081", "http://127.0.0.1:8082"])
 
+    def test_addPeerTwoIds(self) -> None:
+        """One peer given with two ids, in any spelling, is refused with one line."""
+        self.assertUsageError(
+            "--add-peer", "a@ws://127.0.0.1:8081", "--add-peer", "b@http://127.0.0.1:8081/",
+            match="one peer with two ids",
+        )  # fmt: skip
+
     def test_badAddPeer(self) -> None:
         """A peer address that is not a ws/wss/http/https URL is refused with one line."""
         for address in ["ftp://h:1", "ws://", "ws://h:99999", "ws://h:abc"]:
