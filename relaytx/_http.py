@@ -704,13 +704,20 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
             except UnicodeDecodeError:
                 self.sendCloseFrame(code=1007, reasonUtf8=b"invalid UTF-8", isReply=False)
                 return
-        if _CANCEL_REQUEST in payload and self._cancel_request(payload):
-            return
+        cancels: list[Any] = []
+        if _CANCEL_REQUEST in payload:
+            cancels, alone = self._cancel_requests(payload)
+            if alone:
+                self._cancel(cancels)
+                return
         answer = self.factory.handler.handle_now(payload, self._caller, self._trace, self.calls)
         if is_deferred(answer):
             answer.addBoth(self._answer)
         else:
             self._answer(answer)
+        if cancels:
+            # After the batch's own requests have started: a cancel may name one of them.
+            self._cancel(cancels)
 
     def onConnect(self, request: Any) -> None:
         transport = self.transport
@@ -732,26 +739,37 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
             caller = named or caller
         self._caller = caller
 
-    def _cancel_request(self, payload: bytes) -> bool:
+    def _cancel_requests(self, payload: bytes) -> tuple[list[Any], bool]:
         """
-        C{$/cancelRequest} (SPEC section 12): cancel the request it names,
-        which is then answered -32800. Nothing is answered to the
-        notification itself, whether or not that request is in flight.
+        The C{$/cancelRequest} notifications (SPEC section 12) of a message,
+        alone or in a batch: each cancels the request it names, which is
+        then answered -32800. Nothing is answered to a notification itself,
+        whether or not that request is in flight (in a batch, the handler
+        passes over it as a notification of an unknown method).
 
-        :returns: whether C{payload} was such a notification.
+        :returns: the ids to cancel, and whether the message is nothing but
+            one such notification (else it is handled as usual).
         """
         try:
             message = _json.loads(payload)
         except (_json.JSONDecodeError, UnicodeDecodeError):
-            return False
-        if type(message) is not dict or message.get("method") != "$/cancelRequest":
-            return False
-        params = message.get("params")
-        if type(params) is dict and "id" in params and self.calls is not None:
-            request_id = params["id"]
-            if isinstance(request_id, str | int | float) and not isinstance(request_id, bool):
-                self.calls.cancel(request_id)
-        return "id" not in message  # a request with an id is answered as usual (-32601)
+            return [], False
+        if type(message) is dict:
+            request_id = _cancelled_id(message)
+            if request_id is _NOT_A_CANCEL:
+                return [], False
+            ids = [] if request_id is None else [request_id]
+            return ids, "id" not in message  # with an id, answered as usual (-32601)
+        if type(message) is list:
+            named = (_cancelled_id(member) for member in message if type(member) is dict)
+            return [i for i in named if i is not None and i is not _NOT_A_CANCEL], False
+        return [], False
+
+    def _cancel(self, request_ids: list[Any]) -> None:
+        calls = self.calls
+        if calls is not None:
+            for request_id in request_ids:
+                calls.cancel(request_id)
 
     def _answer(self, answer: bytes | Failure | None) -> None:
         if isinstance(answer, bytes) and self.state == self.STATE_OPEN:
@@ -760,6 +778,26 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
 
 #: How a cancel notification is recognised before it is parsed.
 _CANCEL_REQUEST = b"$/cancelRequest"
+
+#: L{_cancelled_id} of a message that is no C{$/cancelRequest}.
+_NOT_A_CANCEL = object()
+
+
+def _cancelled_id(message: dict[str, Any]) -> Any:
+    """
+    :returns: the id a C{$/cancelRequest} message names; C{None} if it
+        names none that a request can have; L{_NOT_A_CANCEL} for any other
+        message.
+    """
+    if message.get("method") != "$/cancelRequest":
+        return _NOT_A_CANCEL
+    params = message.get("params")
+    if type(params) is not dict:
+        return None
+    request_id = params.get("id")
+    if isinstance(request_id, str | int | float) and not isinstance(request_id, bool):
+        return request_id
+    return None
 
 
 class WsItems(ItemConsumer):

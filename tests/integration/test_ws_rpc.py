@@ -10,8 +10,11 @@ import os
 import subprocess
 import sys
 
+import websockets.sync.client
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
+
+from tests.support import Slow
 
 from .helpers import EXAMPLES, rpc, start_node, url
 from .test_garbage import _frame, _ws_open
@@ -43,6 +46,40 @@ class WsRpcTests(TestCase):
         self.assertIn("last count: 500", done.stdout)
         answer = await rpc(url(node), "counter_server.get")
         self.assertEqual(answer["result"], 500)
+
+    async def test_cancel_request_in_batch(self) -> None:
+        """
+        A C{$/cancelRequest} inside a batch cancels as one alone does: an
+        earlier request, or one of its own batch; none of them is answered.
+        """
+        slow = Slow()
+        node = start_node(self, "ws3", servers={"slow": slow})
+        address = url(node).replace("http://", "ws://") + "/ws/rpc"
+
+        def cancel(request_id: int) -> dict[str, object]:
+            return {"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": request_id}}
+
+        def request(request_id: int, method: str) -> dict[str, object]:
+            return {"jsonrpc": "2.0", "method": method, "id": request_id}
+
+        def talk() -> list[object]:
+            with websockets.sync.client.connect(address, open_timeout=5) as conn:
+                conn.send(json.dumps(request(7, "slow.wait")))
+                conn.send(json.dumps([cancel(7)]))
+                first = json.loads(conn.recv(timeout=5))
+                conn.send(json.dumps([request(8, "slow.wait"), cancel(8)]))
+                second = json.loads(conn.recv(timeout=5))
+                conn.send(json.dumps(request(9, "node.ping")))
+                third = json.loads(conn.recv(timeout=5))
+                return [first, second, third]
+
+        first, second, third = await deferToThread(talk)
+        self.assertEqual(first["id"], 7)
+        self.assertEqual(first["error"]["code"], -32800)
+        [eighth] = second
+        self.assertEqual((eighth["id"], eighth["error"]["code"]), (8, -32800))
+        self.assertEqual(third["id"], 9)
+        self.assertIn("result", third)
 
     async def test_fragmented_request(self) -> None:
         """A request split over a text frame and continuations is one request."""
