@@ -95,7 +95,7 @@ class ServerHost:
             raise ValueError(f"invalid server name {name!r}: use A-Za-z0-9_.- (not first .-)")
         if name in self._mailboxes:
             raise ValueError(f"a server named {name!r} is already exposed on {self._node_id}")
-        self._mailboxes[name] = Mailbox(server, self._run_coroutine)
+        self._mailboxes[name] = Mailbox(server, self._run_coroutine, self._clock)
         self.on_change()
 
     def unexpose(self, name: str) -> Server:
@@ -178,7 +178,7 @@ class ServerHost:
             if method.concurrent:
                 result = mailbox.beside(runnable, args, target.kwargs)
             else:
-                result = mailbox.call(runnable, args, target.kwargs)
+                result = mailbox.call(runnable, args, target.kwargs, target.timeout)
         except CallError:
             raise  # a server may fail a call with a precise relaytx error
         except BaseException:  # SystemExit too: a method's, not the node's

@@ -24,10 +24,11 @@ from types import CoroutineType
 from typing import Any, ClassVar, TypeVar, overload
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from relaytx._aio import CoroutineRunner, is_deferred, run_on_twisted
-from relaytx.errors import InvalidParams
+from relaytx.errors import CallTimeout, InvalidParams
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -189,19 +190,28 @@ class Mailbox:
     Runs the calls to one server one at a time, first come first served.
 
     A queued call whose Deferred was cancelled (its caller gave up) is
-    skipped; cancelling the Deferred of a running call cancels the Deferred
+    skipped, and so is one whose deadline passed while it waited (it fails
+    with L{CallTimeout}): a call never starts after its caller stopped
+    waiting. Cancelling the Deferred of a running call cancels the Deferred
     its method returned. Calls that return synchronously run without any
     queueing cost.
 
     :param run_coroutine: how the coroutines of C{async def} methods run
         (see L{relaytx._aio}); as Twisted runs them by default.
+    :param clock: what deadlines are read on (none: calls have none).
     """
 
-    def __init__(self, server: Server, run_coroutine: CoroutineRunner = run_on_twisted) -> None:
+    def __init__(
+        self,
+        server: Server,
+        run_coroutine: CoroutineRunner = run_on_twisted,
+        clock: IReactorTime | None = None,
+    ) -> None:
         self.server = server
         self._run_coroutine = run_coroutine
+        self._clock = clock
         self._queue: deque[
-            tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Deferred[Any]]
+            tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Deferred[Any], float | None]
         ]
         self._queue = deque()
         self._busy = False
@@ -217,23 +227,37 @@ class Mailbox:
         return len(self._queue)
 
     def deliver(
-        self, method: ExposedMethod, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        method: ExposedMethod,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None = None,
     ) -> Deferred[Any]:
         """
         Queue a call of C{method} on this mailbox's server.
 
+        :param timeout: seconds from now after which the call, if it has not
+            started, never does.
         :returns: a Deferred that fires with the method's result or failure.
         """
         d: Deferred[Any] = Deferred(self._cancel)
-        self._queue.append((method.function, args, kwargs, d))
+        clock = self._clock
+        deadline = None if timeout is None or clock is None else clock.seconds() + timeout
+        self._queue.append((method.function, args, kwargs, d, deadline))
         if not self._busy:
             self._run()
         return d
 
-    def call(self, method: ExposedMethod, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def call(
+        self,
+        method: ExposedMethod,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None = None,
+    ) -> Any:
         """
         Run a call of C{method}: at once if the mailbox is idle, else after
-        the calls before it (as L{deliver}).
+        the calls before it (as L{deliver}, with C{timeout}).
 
         This is the fast path of the common case, an idle server whose
         method returns a plain value: that value is returned as it is, and
@@ -242,7 +266,7 @@ class Mailbox:
         return value is a Deferred, as from L{deliver}.
         """
         if self._busy:
-            return self.deliver(method, args, kwargs)
+            return self.deliver(method, args, kwargs, timeout)
         self._busy = self._running_inline = True
         try:
             result = method.function(self.server, *args, **kwargs)
@@ -289,9 +313,13 @@ class Mailbox:
         self._running_inline = True
         queue = self._queue
         server = self.server
+        clock = self._clock
         while queue:
-            function, args, kwargs, d = queue.popleft()
+            function, args, kwargs, d, deadline = queue.popleft()
             if d.called:  # cancelled while it waited
+                continue
+            if deadline is not None and clock is not None and clock.seconds() >= deadline:
+                d.errback(CallTimeout("Call timed out waiting for its turn"))
                 continue
             try:
                 result = function(server, *args, **kwargs)

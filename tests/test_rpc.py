@@ -539,6 +539,19 @@ class DeadlineTests(NodeTestCase):
         self.assertEqual((error["code"], error["data"]["node_id"]), (-32001, NODE_ID))
         self.assertEqual(self.math.cancelled, 1)
 
+    def test_queued_past_deadline(self) -> None:
+        """
+        Calls whose deadline passes while they wait behind a hung one fail
+        -32001 and never start (each that ran would be cancelled in turn).
+        """
+        params = {"node_id": None, "server_name": "math", "method": "hang", "timeout": 2}
+        calls = [self.call(params) for _ in range(3)]
+        self.clock.advance(2)
+        for d in calls:
+            self.assertEqual(self.http.finish(d).json()["error"]["code"], -32001)
+        self.assertEqual(self.math.cancelled, 1)
+        self.assertEqual(self.node.servers.queue_depth(), 0)
+
     def test_remote(self) -> None:
         """A server on another node is found by name, and the call fails there at the timeout."""
         other = memory_node("n2", self.clock)
