@@ -22,7 +22,7 @@ from twisted.logger import ILogObserver, Logger
 from zope.interface import implementer
 
 from relaytx._guards import RepeatedFailures
-from relaytx._links import HEALTHY_LINK_HERE
+from relaytx._links import HEALTHY_LINK_HERE, NOT_THE_NODE_EXPECTED
 from relaytx._mesh import Mesh
 from relaytx._protocol import PeerClientFactory
 from relaytx._stdtls import TLSClientEndpoint
@@ -273,7 +273,13 @@ class Dialer(Service):
         """
         self._failures += 1
         if not told:
-            if reason and HEALTHY_LINK_HERE in reason:
+            if reason and NOT_THE_NODE_EXPECTED in reason:
+                # The node there refused us before admitting the link: it
+                # is not the one we must reach (ID@URL). As a wrong answer
+                # to our own check would be, it counts as an auth failure.
+                self.mesh.count_auth_failure(self.expected_id, "another node answered")
+                self.attempt_failed(f"refused: the node there is not {self.expected_id}")
+            elif reason and HEALTHY_LINK_HERE in reason:
                 # The peer holds a healthy link for this node's own id.
                 own = self.mesh.node_id
                 self.attempt_failed(

@@ -59,12 +59,18 @@ from typing import Any
 
 from relaytx import _auth, _json
 from relaytx._linkauth import LinkKeys, link_keys
-from relaytx._links import LinkRefused
+from relaytx._links import NOT_THE_NODE_EXPECTED, LinkRefused
 from relaytx.peer import CLOSE_AUTH_FAILED
 from relaytx.wire import NODE_ID_RE, AuthProof, Envelope, Ping, decode, encode
 
 #: The acceptor names itself in this header of its upgrade answer.
 NODE_ID_HEADER = "X-Relaytx-Node-Id"
+
+#: A dialler that must reach one node (C{ID@URL}) names it in this header
+#: of its upgrade request: any other node refuses the upgrade (421) before
+#: the link is admitted, so a wrong id never costs the node a link it holds
+#: (the dialler's own check of the answer stays, for other acceptors).
+EXPECT_HEADER = "X-Relaytx-Expect-Id"
 
 #: Request and response header by which two relaytx nodes agree that the
 #: dialler sends its frames unmasked. RFC 6455 masks client frames so that
@@ -203,6 +209,11 @@ class AcceptorHandshake(_Machine):
                 "this mesh requires the cluster secret",
                 "no nonce: the dialler has no cluster secret",
             )
+        expected = headers.get(EXPECT_HEADER.lower())
+        if expected is not None and expected != self._node_id:
+            raise self._refuse(
+                421, f"this is {self._node_id}, {NOT_THE_NODE_EXPECTED} ({expected})"
+            )
         try:
             self._admit(peer_id)
         except LinkRefused as e:
@@ -310,6 +321,8 @@ class DiallerHandshake(_Machine):
         """:returns: the extra headers of the upgrade request."""
         self._expect(State.CONNECTING)
         headers = {UNMASKED_HEADER: "1"}
+        if self._expected_id is not None:
+            headers[EXPECT_HEADER] = self._expected_id
         if self._secret is not None:
             self._dial_nonce = self._new_nonce()
             headers[_auth.NONCE_HEADER] = self._dial_nonce

@@ -37,6 +37,9 @@ from relaytx.wire import CORE_TYPES, MessageTypes, Payload
 #: What a refusal for a peer id that has a healthy link says (dialers spot it).
 HEALTHY_LINK_HERE = "has a healthy link here"
 
+#: What a node says to a dialler that expects another node (dialers spot it).
+NOT_THE_NODE_EXPECTED = "not the node the dialler expects"
+
 
 class LinkRefused(Exception):
     """A link cannot be opened; C{status} and C{reason} are for the HTTP answer."""

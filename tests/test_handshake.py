@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx import _auth
 from relaytx._handshake import (
+    EXPECT_HEADER,
     NODE_ID_HEADER,
     UNMASKED_HEADER,
     AcceptorHandshake,
@@ -106,6 +107,22 @@ class AcceptorTests(SynchronousTestCase):
             handshake = self.acceptor(origins=frozenset({"https://ok.example"}))
             self.upgrade(handshake, origin=origin)
             self.assertIs(handshake.state, State.ACCEPTED)
+
+    def test_expected_another_node(self) -> None:
+        """
+        A dialler expecting another node is refused (421) before admission,
+        so a link this node holds is never put at stake; one expecting this
+        node is admitted.
+        """
+        handshake = self.acceptor()
+        refusal = self.refusal(handshake, headers={EXPECT_HEADER: "hZ"})
+        self.assertEqual(refusal.status, 421)
+        self.assertIn("this is hB", refusal.reason)
+        self.assertIsNone(refusal.auth_failure)
+        self.assertEqual(self.admitted, [])
+        handshake = self.acceptor()
+        self.upgrade(handshake, headers={EXPECT_HEADER: "hB"})
+        self.assertEqual(self.admitted, ["hA"])
 
     def test_admission_refuses(self) -> None:
         """The node's admission decides last: its status and reason are the refusal's."""
@@ -203,6 +220,8 @@ class DiallerTests(SynchronousTestCase):
         self.assertIs(handshake.state, State.CONNECTING)
         self.assertEqual(handshake.request_headers(), {UNMASKED_HEADER: "1"})
         self.assertIs(handshake.state, State.REQUESTED)
+        expecting = self.dialler(expected="hB").request_headers()
+        self.assertEqual(expecting, {UNMASKED_HEADER: "1", EXPECT_HEADER: "hB"})
         handshake.answered({"X-Relaytx-Node-Id": "hB", "X-Relaytx-Unmasked": "1"})
         self.assertEqual((handshake.state, handshake.peer_id), (State.ACCEPTED, "hB"))
         self.assertTrue(handshake.unmasked)

@@ -73,11 +73,27 @@ class DialTests(_Files, TestCase):
         await wait_for(lambda: "target" in right.mesh.links, 5, what="the right link")
         await wait_for(lambda: failures(wrong) >= 1, 5, what="the refusal")
         self.assertEqual(wrong.mesh.links, {})
-        # The target opened its side as it answered the upgrade, before the
-        # dialler hung up on its name: the close takes that side down too.
-        await wait_for(lambda: "wrong" not in target.mesh.links, 5, what="the refused link to go")
+        # The target refused the upgrade, which named the node expected.
+        self.assertNotIn("wrong", target.mesh.links)
         [dialer] = wrong.peer_admin.dialers.values()
         self.assertEqual(dialer.expected_id, "other")
+
+    async def test_wrong_id_spares_healthy_link(self) -> None:
+        """
+        Dialling a node it is linked to already under a wrong id leaves the
+        link alone: the far side refuses before admitting a second link (it
+        used to replace the first, at every attempt, before the refusal).
+        """
+        n1 = start_node(self, "n1")
+        n3 = start_node(self, "n3", [ws(n1)])
+        await wait_for(lambda: "n3" in n1.mesh.links and "n1" in n3.mesh.links, 5, what="link")
+        here, there = n1.mesh.links["n3"], n3.mesh.links["n1"]
+        n1.add_peer(ws(n3), "wrong2")
+        await wait_for(lambda: failures(n1) >= 1, 5, what="the refusal")
+        self.assertIs(n1.mesh.links["n3"], here)
+        self.assertIs(n3.mesh.links["n1"], there)
+        self.assertFalse(here.closed or there.closed)
+        self.assertEqual(await n1.call("n3", "node", "echo", 1, timeout=5), [1])
 
     async def test_original_identified_at_once(self) -> None:
         """An original-design node, which never speaks first here, is linked by its pong."""
