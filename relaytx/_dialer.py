@@ -79,6 +79,10 @@ def peer_url(address: str, own_id: str) -> tuple[str, str, int, bool]:
     return f"{scheme}://{netloc}{path}?node_id={own_id}", host, port, secure
 
 
+#: What a node that is not the one dialled says (L{NOT_THE_NODE_EXPECTED}).
+_WRONG_NODE = re.compile(r"this is ([A-Za-z0-9._-]+), " + re.escape(NOT_THE_NODE_EXPECTED))
+
+
 @implementer(ILogObserver)
 def _discard(event: Any) -> None:
     """Drops a log event."""
@@ -273,12 +277,14 @@ class Dialer(Service):
         """
         self._failures += 1
         if not told:
-            if reason and NOT_THE_NODE_EXPECTED in reason:
+            wrong = _WRONG_NODE.search(reason) if reason else None
+            if wrong is not None:
                 # The node there refused us before admitting the link: it
                 # is not the one we must reach (ID@URL). As a wrong answer
                 # to our own check would be, it counts as an auth failure.
-                self.mesh.count_auth_failure(self.expected_id, "another node answered")
-                self.attempt_failed(f"refused: the node there is not {self.expected_id}")
+                answered = wrong.group(1)
+                self.mesh.count_auth_failure(self.expected_id, f"answered as {answered}")
+                self.attempt_failed(f"refused: the peer is {answered}, not {self.expected_id}")
             elif reason and HEALTHY_LINK_HERE in reason:
                 # The peer holds a healthy link for this node's own id.
                 own = self.mesh.node_id
