@@ -190,6 +190,19 @@ class ConnectionWatch:
         if rounds is not None and rounds.running:
             rounds.stop()
 
+    def close_clients(self) -> None:
+        """
+        The node stops: close the clients' connections (those it pings,
+        C{/ws/rpc}) with 1001, going away, each once its answers so far
+        are written. Peer links close on their own, with 1000.
+        """
+        for flow in list(self.flows):
+            protocol = flow.protocol
+            if flow.pings and protocol.state == protocol.STATE_OPEN:
+                protocol.sendCloseFrame(
+                    code=CLOSE_GOING_AWAY, reasonUtf8=b"node stopping", isReply=False
+                )
+
     def round(self) -> None:
         """One round over every connection."""
         for flow in list(self.flows):

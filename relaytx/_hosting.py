@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,6 +28,7 @@ from relaytx.errors import (
     MethodNotFound,
     NoSuchMethod,
     NoSuchServer,
+    OutcomeUnknown,
     RemoteCallError,
     failure_exception,
 )
@@ -76,6 +77,9 @@ class ServerHost:
         self.on_change = on_change
         #: calls that did not finish at once, queued or running: the node's load
         self.busy = 0
+        #: their Deferreds, in order, failed when the node stops (L{stop})
+        self._unfinished: dict[Deferred[Any], None] = {}
+        self._stopping = False
         #: called with the load when it moves to another power of two
         self.on_load: Callable[[int], None] = lambda load: None
 
@@ -187,13 +191,29 @@ class ServerHost:
             if not result.called:  # remote calls time out in the mesh; local ones here
                 result.addTimeout(target.timeout, self._clock, onTimeoutCancel=_timed_out)
                 self._busy_changed(1)
-                result.addBoth(self._done)
+                self._unfinished[result] = None
+                result.addBoth(self._done, result)
             return result.addErrback(self._method_failed, target)
         return result
 
-    def _done(self, outcome: Any) -> Any:
+    def _done(self, outcome: Any, result: Deferred[Any]) -> Any:
         self._busy_changed(-1)
+        self._unfinished.pop(result, None)
         return outcome
+
+    def stop(self) -> None:
+        """
+        The node stops: every call still running or queued here is
+        cancelled, and its caller hears -32006 (it may have done part of
+        its work). Callers on other nodes hear it from the mesh, which
+        cancels their calls first; this answers the node's own callers
+        (HTTP, C{/ws/rpc}, the Python API).
+        """
+        self._stopping = True
+        # Last first: a queued call cancelled after the one ahead of it
+        # would start, when that one's end let the mailbox go on.
+        for result in reversed(list(self._unfinished)):
+            result.cancel()
 
     def _busy_changed(self, step: int) -> None:
         # The node's load (calls that did not finish at once, queued or
@@ -204,6 +224,12 @@ class ServerHost:
             self.on_load(after)
 
     def _method_failed(self, failure: Failure, target: CallTarget) -> Failure:
+        if self._stopping and isinstance(failure.value, CancelledError):
+            return Failure(
+                OutcomeUnknown(
+                    f"node {self._node_id} stopped before answering", node_id=self._node_id
+                )
+            )
         if isinstance(failure.value, CallError | CancelledError):
             # A server may fail a call with a precise relaytx error; a
             # cancelled call was given up by its caller.

@@ -368,6 +368,8 @@ class RelayNode(MultiService):
         self.guards.watch.stop()
         self.views.mesh_watch.stop()
         d = self.mesh.stop()
+        self.servers.stop()  # (after the mesh has answered its callers)
+        self.guards.watch.close_clients()
         d.addCallback(lambda _: super(RelayNode, self).stopService())
         if self.listening_port is not None:
             port, self.listening_port = self.listening_port, None

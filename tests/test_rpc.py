@@ -552,6 +552,20 @@ class DeadlineTests(NodeTestCase):
         self.assertEqual(self.math.cancelled, 1)
         self.assertEqual(self.node.servers.queue_depth(), 0)
 
+    def test_stop_answers_local_calls(self) -> None:
+        """
+        A node that stops answers its own callers' calls still running or
+        queued on its servers -32006, and cancels them.
+        """
+        params = {"node_id": None, "server_name": "math", "method": "hang", "timeout": 30}
+        running, queued = self.call(params), self.call(params)
+        self.node.stopService()
+        for d in (running, queued):
+            error = self.http.finish(d).json()["error"]
+            self.assertEqual((error["code"], error["data"]["node_id"]), (-32006, NODE_ID))
+            self.assertIn("stopped before answering", error["message"])
+        self.assertEqual(self.math.cancelled, 1)  # the queued one never ran
+
     def test_remote(self) -> None:
         """A server on another node is found by name, and the call fails there at the timeout."""
         other = memory_node("n2", self.clock)

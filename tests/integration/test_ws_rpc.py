@@ -10,13 +10,14 @@ import os
 import subprocess
 import sys
 
+import websockets.exceptions
 import websockets.sync.client
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.support import Slow
 
-from .helpers import EXAMPLES, rpc, start_node, url
+from .helpers import EXAMPLES, rpc, start_node, url, wait_for
 from .test_garbage import _frame, _ws_open
 
 
@@ -80,6 +81,32 @@ class WsRpcTests(TestCase):
         self.assertEqual((eighth["id"], eighth["error"]["code"]), (8, -32800))
         self.assertEqual(third["id"], 9)
         self.assertIn("result", third)
+
+    async def test_node_stopping(self) -> None:
+        """
+        A node that stops answers a call in flight on /ws/rpc (-32006),
+        then closes the connection with a close frame, 1001 (going away).
+        """
+        slow = Slow()
+        node = start_node(self, "ws4", servers={"slow": slow})
+        address = url(node).replace("http://", "ws://") + "/ws/rpc"
+
+        def talk() -> tuple[object, int | None]:
+            with websockets.sync.client.connect(address, open_timeout=5) as conn:
+                conn.send(json.dumps({"jsonrpc": "2.0", "method": "slow.wait", "id": 1}))
+                answer = json.loads(conn.recv(timeout=5))
+                try:
+                    conn.recv(timeout=5)
+                except websockets.exceptions.ConnectionClosed as closed:
+                    return answer, closed.rcvd.code if closed.rcvd else None
+                return answer, None
+
+        talking = deferToThread(talk)
+        await wait_for(lambda: slow.waiting, 5, what="the call to run")
+        await node.stopService()
+        answer, code = await talking
+        self.assertEqual(answer["error"]["code"], -32006)
+        self.assertEqual(code, 1001)
 
     async def test_fragmented_request(self) -> None:
         """A request split over a text frame and continuations is one request."""
