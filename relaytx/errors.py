@@ -132,7 +132,11 @@ class RemoteCallError(CallError):
         """
         :returns: the error describing C{exc} raised by a server method.
         """
-        return cls.named(type(exc).__name__, str(exc), node_id)
+        try:
+            text = str(exc)
+        except Exception as e:  # a method's own exception class, broken
+            text = f"(its message could not be read: {type(e).__name__})"
+        return cls.named(type(exc).__name__, text, node_id)
 
     @classmethod
     def named(cls, name: str, text: str, node_id: str | None = None) -> RemoteCallError:

@@ -192,6 +192,17 @@ class RemoteCallErrorTests(SynchronousTestCase):
             error.data, {"node_id": "n1", "type": "ValueError", "message": "bad input"}
         )
 
+    def test_unreadable_message(self) -> None:
+        """An exception whose C{str} fails is still named, by its own type."""
+
+        class Garbled(Exception):
+            def __str__(self) -> str:
+                raise RuntimeError("no text")
+
+        error = RemoteCallError.from_exception(Garbled(), node_id="n1")
+        self.assertEqual((error.code, error.data["type"]), (-32000, "Garbled"))
+        self.assertIn("could not be read: RuntimeError", error.data["message"])
+
     def test_no_traceback(self) -> None:
         """Nothing of the traceback reaches the error object sent over the wire."""
         exc = self.raised()
