@@ -43,8 +43,8 @@ from relaytx._handshake import AcceptorHandshake, DiallerHandshake, HandshakeRef
 from relaytx._linkauth import OVERHEAD, PENDING_TIMEOUT, FrameOpener, FrameRejected, FrameSealer
 from relaytx._links import LinkRefused
 from relaytx._mesh import Mesh
-from relaytx.errors import ProtocolViolation
 from relaytx._tls import peer_certificate_names
+from relaytx.errors import ProtocolViolation
 from relaytx.interfaces import ILinkTransport
 from relaytx.peer import (
     CLOSE_AUTH_FAILED,
@@ -267,9 +267,10 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
             # Autobahn failed the link for what the peer sent (a message
             # over the size limit, a frame breaking the protocol): malformed
             # input, counted as the rest is.
-            failed_for = _FAILED_FOR.get(getattr(self, "localCloseCode", None))  # type: ignore[arg-type]
+            code_sent = getattr(self, "localCloseCode", None)
+            failed_for = _FAILED_FOR.get(code_sent) if code_sent is not None else None
             if failed_for is not None:
-                violation = ProtocolViolation(f"close code {self.localCloseCode}", failed_for)
+                violation = ProtocolViolation(f"close code {code_sent}", failed_for)
                 self.factory.mesh.bad_input(violation, session)
         try:
             if self.session is not None:
