@@ -286,7 +286,7 @@ class MeshCalls:
             response = ServerResponse(
                 response_id=call.response_id, success=True, node_id=self._node_id, result=outcome
             )
-            self._send_answer(envelope.sender, response, via)
+            self._send_answer(envelope.sender, response, via, envelope.route)
             return
         error = failure_exception(outcome)
         if isinstance(error, CancelledError):
@@ -313,9 +313,14 @@ class MeshCalls:
         :param via: the neighbour the call came from, the way back when no
             route to the caller is known.
         """
-        error.with_data(node_id=self._node_id)
+        node_id = self._node_id
+        error.with_data(node_id=node_id)
         if route is not None:
-            error.with_data(route=[*route, self._node_id])
+            # The way from the caller to here, in place of the dispatcher's
+            # own [node_id] (which knows nothing of the way in).
+            held = error.data.get("route")
+            if held is None or held == [node_id]:
+                error.data["route"] = [*route, node_id]
         if caller == self._node_id:
             if response_id is not None:
                 self.pending.resolve(response_id, error=error)
@@ -328,9 +333,15 @@ class MeshCalls:
             error_code=error.code,
             error_data=error.data,
         )
-        self._send_answer(caller, response, via)
+        self._send_answer(caller, response, via, route)
 
-    def _send_answer(self, caller: str, response: ServerResponse, via: str | None) -> None:
+    def _send_answer(
+        self,
+        caller: str,
+        response: ServerResponse,
+        via: str | None,
+        route: tuple[str, ...] | list[str] | None = None,
+    ) -> None:
         if self.traces.running:  # a traced call, or one whose path was asked for
             response.trace_path = self.traces.answered(caller, response)
         if self._e2e is not None and caller not in self._links:
@@ -339,10 +350,10 @@ class MeshCalls:
             self._forwarder.send(caller, response, back_via=via)
         except TypeError as e:  # the result cannot be encoded as JSON
             error = RemoteCallError.named("TypeError", f"result is not JSON-serialisable: {e}")
-            self.answer_error(caller, response.response_id, error)
+            self.answer_error(caller, response.response_id, error, route)
         except MessageTooLarge as e:
             error = RemoteCallError.named("ResultTooLarge", str(e))
-            self.answer_error(caller, response.response_id, error)
+            self.answer_error(caller, response.response_id, error, route)
 
     def refuse(
         self, envelope: Envelope, came_from: str | None, why: str, overloaded: bool = False

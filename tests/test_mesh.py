@@ -65,6 +65,10 @@ class Failing(Server):
     def leave(self) -> None:
         raise SystemExit("bye")
 
+    @exposed
+    def unjsonable(self) -> set[int]:
+        return {1}
+
 
 def sample(node: RelayNode, name: str, labels: dict[str, str] | None = None) -> float:
     """:returns: the value of a sample of C{node}'s metrics (0 if absent)."""
@@ -461,8 +465,19 @@ class CallTests(MeshTestCase):
         self.assertEqual(error.data["type"], "ValueError")
         self.assertEqual(error.data["message"], "kaboom")
         self.assertEqual(error.data["node_id"], "d")
+        self.assertEqual(error.data["route"], ["a", "b", "c", "d"])  # the way in
         self.assertNotIn("Traceback", repr(error.to_jsonrpc()))
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_unsendable_result(self) -> None:
+        """A result JSON cannot express fails as the target's, with the way in as its route."""
+        a, _b, c = self.line("abc")
+        c.expose("failing", Failing())
+        call = a.call("c", "failing", "unjsonable")
+        self.network.pump()
+        error = self.failureResultOf(call, RemoteCallError).value
+        self.assertEqual((error.data["type"], error.data["node_id"]), ("TypeError", "c"))
+        self.assertEqual(error.data["route"], ["a", "b", "c"])
 
     def test_wide_integers_across_hops(self) -> None:
         """Integers past 64 bits go three hops and back as the same integers."""
