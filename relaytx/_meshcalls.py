@@ -261,9 +261,7 @@ class MeshCalls:
             spec.args,
             dict(spec.kwargs),
             min(spec.timeout, MAX_CALL_BUDGET) if spec.timeout else DEFAULT_CALL_TIMEOUT,
-            # A node calls for itself, or names the caller it relays for
-            # (an HTTP client of its own): access rules judge that caller.
-            caller=call.caller or envelope.sender,
+            caller=_caller_of(call, envelope.sender),
             via=via,
             stream=stream,
         )
@@ -403,6 +401,19 @@ class MeshCalls:
         self.pending.fail_all(partial(_stopped, self._node_id))
         self._forwarded.clear()
         self.running.cancel_all()  # and their budget timers; the callers hear -32006
+
+
+def _caller_of(call: ServerCall, sender: str) -> str:
+    """
+    :returns: who access rules judge a call from C{sender} as: the sender
+        itself, or the caller it relays for, which may only be one of its
+        HTTP clients (C{http:...}). A node id named there is not believed:
+        a member would act as another node, whose rights it has not.
+    """
+    claimed = call.caller
+    if claimed is not None and claimed.startswith("http:"):
+        return claimed
+    return sender
 
 
 def _cancelled(node_id: str, key: tuple[str, Any], by_caller: bool, stopping: bool) -> CallError:

@@ -444,6 +444,31 @@ class AccessTests(MeshFixture, SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.b.call(None, "counter", "increment")), 1)
         self.assertEqual(self.b.limiter.in_flight, 0)
 
+    def test_claimedCaller(self) -> None:
+        """
+        A node may relay for an HTTP client of its own (C{http:...}), judged
+        as that client; a node id it names instead is not believed: the
+        call is judged as the node that sent it.
+        """
+        rules = AccessRules.from_config(
+            {
+                "default": "deny",
+                "rule": [
+                    {"callers": ["hC"], "servers": ["counter"]},
+                    {"callers": ["http:ci"], "servers": ["counter"], "methods": ["get"]},
+                ],
+            }
+        )
+        self.mesh(access=rules)
+        posing = self.a.dispatcher.call(CallTarget("hB", "counter", "increment", caller="hC"))
+        self.network.pump()
+        denied = self.failureResultOf(posing, AccessDenied)
+        self.assertIn("hA may not call counter.increment", denied.value.message)
+        self.assertEqual(server(self.b, "counter").count, 0)
+        relayed = self.a.dispatcher.call(CallTarget("hB", "counter", "get", caller="http:ci"))
+        self.network.pump()
+        self.assertEqual(self.successResultOf(relayed), 0)
+
     def test_defaultDeny(self) -> None:
         """With C{default = "deny"} only what a rule allows runs."""
         rules = AccessRules.from_config(
