@@ -13,7 +13,8 @@ these objects and carry out what they say.
   - L{InputBudget}: bytes of unfinished messages and request bodies held,
     all connections together.
   - L{RepeatedFailures}: one log line for a failure that repeats, with a
-    count, instead of one per attempt.
+    count, instead of one per attempt; L{FailureTally}, the same for
+    failures of many kinds that interleave (strangers, many addresses).
 """
 
 from __future__ import annotations
@@ -292,3 +293,30 @@ class RepeatedFailures:
         """:returns: how many times the last failure repeated; starts over."""
         count, self._last, self.count = self.count, None, 0
         return count
+
+
+class FailureTally:
+    """
+    Decides which occurrences of failures of many kinds to log: the first
+    of each kind, then one line each time its count doubles, with the
+    count. Unlike L{RepeatedFailures}, kinds that take turns (a stranger
+    alternating two ids, clients from two addresses) do not start each
+    other over. The C{kinds} seen last are kept; an older one forgotten
+    counts again from one.
+    """
+
+    def __init__(self, kinds: int = 256) -> None:
+        self._kinds = kinds
+        self._counts: dict[str, int] = {}
+
+    def failed(self, kind: str) -> int | None:
+        """
+        :param kind: what failed, in words (equal words: the same failure).
+        :returns: the count to log now, or C{None} to stay quiet.
+        """
+        counts = self._counts
+        count = counts.pop(kind, 0) + 1
+        counts[kind] = count  # (last in the dict: the most recent)
+        if len(counts) > self._kinds:
+            del counts[next(iter(counts))]
+        return count if count & (count - 1) == 0 else None

@@ -51,10 +51,10 @@ from relaytx._frames import LeanMessages, tune_socket
 from relaytx._guards import (
     PEER_PATH,
     ConnectionCounts,
+    FailureTally,
     HttpPolicy,
     InputBudget,
     Refusal,
-    RepeatedFailures,
 )
 from relaytx._jsonrpc import CallBook, JsonRpcHandler
 from relaytx._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -384,7 +384,7 @@ class NodeSite(Site):
         self.counts = counts or ConnectionCounts(10_000, 1_000)
         self.input_budget = input_budget or InputBudget(32 * 1024 * 1024)
         self.header_timeout = header_timeout
-        self._turned_away = RepeatedFailures()
+        self._turned_away = FailureTally()
         self._channels: set[NodeChannel] = set()
         self._rounds: LoopingCall | None = None
 

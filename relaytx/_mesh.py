@@ -32,7 +32,7 @@ from relaytx._adverts import Advertiser, Directory
 from relaytx._balance import InstanceInfo
 from relaytx._calls import CallTarget, ForwardedCalls, PendingCalls, SeenMessages
 from relaytx._forwarding import Forwarder
-from relaytx._guards import RepeatedFailures
+from relaytx._guards import FailureTally
 from relaytx._links import LinkRefused, LinkTable
 from relaytx._liveness import DEFAULT_PEER_TIMEOUT, LinkWatch
 from relaytx._meshcalls import MeshCalls
@@ -203,7 +203,7 @@ class Mesh:
             clock, max_total=4 * max_pending_calls, max_per_neighbour=max_pending_calls
         )
         self.seen = SeenMessages(clock)
-        self._auth_failures = RepeatedFailures()
+        self._auth_failures = FailureTally()
         #: the nodes' loads and idempotent methods (SPEC section 11)
         self.info = InstanceInfo(node_id, clock, max_entries=max_routes)
         self.adverts = Advertiser(
@@ -340,13 +340,14 @@ class Mesh:
     def count_auth_failure(self, peer_id: str | None, why: str) -> None:
         """
         Count (and log) a peer that failed to prove the cluster secret: the
-        first time, then at 2, 4, 8... while the same failure repeats.
+        first time, then at 2, 4, 8... times the same failure, whatever
+        id the peer claimed (a stranger picks its own).
         """
         self.metrics.auth_failures.inc()
-        count = self._auth_failures.failed(f"{peer_id}: {why}")
+        count = self._auth_failures.failed(why)
         if count is not None:
             self._log.warn(
-                "peer {peer} failed authentication: {why} ({count} time(s) in a row)",
+                "peer {peer} failed authentication: {why} ({count} time(s))",
                 peer=peer_id,
                 why=why,
                 count=count,

@@ -63,6 +63,26 @@ AUTH_TIMEOUT = 10.0
 _FAILED_FOR = {1002: "websocket_protocol", 1009: "too_large"}
 
 
+class _Silent:
+    """A logger, as Autobahn's protocols use theirs, that logs nothing."""
+
+    def __getattr__(self, level: str) -> Any:
+        return _nothing
+
+
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    pass
+
+
+def _quietly(protocol: Any, step: Any, **kwargs: Any) -> None:
+    """Take one step of an Autobahn C{protocol} with its logging off."""
+    log, protocol.log = protocol.log, _Silent()
+    try:
+        step(**kwargs)
+    finally:
+        protocol.log = log
+
+
 @implementer(ILinkTransport)
 class _Transport:
     """
@@ -290,6 +310,16 @@ class PeerServerProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
     direction = "inbound"
     _auth_timer: IDelayedCall | None = None
 
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        # Autobahn's, without its two lines (info, then a warning) per
+        # refused upgrade: a stranger or a second claimant retrying at
+        # network speed would write them without end. Refusals that count
+        # are counted and logged by the mesh, once per run of identical ones.
+        self._rlog.debug("refused the upgrade from {peer}: {reason}", peer=self.peer, reason=reason)
+        self.wasNotCleanReason = reason
+        self.sendHttpErrorResponse(code, reason, responseHeaders)
+        _quietly(self, self.dropConnection, abort=False)
+
     def onConnect(self, request: Any) -> tuple[None, dict[str, str]]:
         factory = self.factory
         self.handshake = handshake = AcceptorHandshake(
@@ -364,6 +394,12 @@ class PeerClientProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
     """The dialling end of a peer link."""
 
     direction = "outbound"
+
+    def failHandshake(self, reason: str) -> None:
+        # Autobahn's, without its lines per attempt: the dialer logs the
+        # failure (onClose), once per run of identical ones.
+        self.wasNotCleanReason = reason
+        _quietly(self, self.dropConnection, abort=True)
 
     def onConnecting(self, transport_details: Any) -> ConnectingRequest:
         factory = self.factory

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx._guards import (
     ConnectionCounts,
+    FailureTally,
     HttpPolicy,
     InputBudget,
     Refusal,
@@ -218,6 +219,21 @@ class CountTests(SynchronousTestCase):
         self.assertEqual(repeats.failed("TLS: bad certificate"), 1)
         self.assertEqual(repeats.succeeded(), 1)
         self.assertEqual(repeats.failed("refused"), 1)
+
+    def test_failureTally(self) -> None:
+        """
+        Failures of kinds that take turns are each logged at 1, 2, 4...;
+        past the kinds kept, the oldest is forgotten.
+        """
+        tally = FailureTally(kinds=2)
+        logged = [(kind, tally.failed(kind)) for _ in range(8) for kind in ("a", "b")]
+        self.assertEqual(
+            [entry for entry in logged if entry[1] is not None],
+            [("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 4), ("b", 4), ("a", 8), ("b", 8)],
+        )
+        self.assertEqual(tally.failed("c"), 1)  # "a", seen least lately, is forgotten
+        self.assertEqual(tally.failed("b"), None)  # 9
+        self.assertEqual(tally.failed("a"), 1)
 
 
 class ConfigTests(TempDirMixin, SynchronousTestCase):

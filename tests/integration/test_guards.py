@@ -22,6 +22,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from relaytx._http import NodeSite
@@ -757,7 +758,7 @@ class MemberTests(TestCase):
         self.assertTrue(all(e.deadline <= horizon for e in forwarded._calls.values()))
 
 
-class DialerTests(TestCase):
+class DialerTests(TempDirMixin, TestCase):
     """Peers added at run time are bounded, and their failures logged once with a count."""
 
     timeout = 30
@@ -793,6 +794,45 @@ class DialerTests(TestCase):
         self.assertLess(len(lines), dialer._repeats.count)
         self.assertEqual(retries, [])
         self.assertIn("ConnectionRefusedError", lines[0]["why"])
+
+    async def test_refusedUpgradesQuiet(self) -> None:
+        """
+        A stranger retrying the upgrade without the cluster secret, and a
+        second claimant of a linked id, are refused at every attempt: no
+        line of Autobahn's per attempt, the failures logged at 1, 2, 4...
+        """
+        secret = self.mktemp()
+        with open(secret, "wb") as f:
+            f.write(b"s" * 32)
+        os.chmod(secret, 0o600)
+        target = start_node(self, "quiet1", secret_file=secret)
+        start_node(self, "quiet2", [ws(target)], secret_file=secret)
+        await wait_for(lambda: "quiet2" in target.mesh.links, 5, what="the member's link")
+        events = log_events(self)
+        base = ws(target) + "/ws/p2p?node_id="
+
+        def knock() -> list[int]:
+            statuses = []
+            for n in range(16):
+                try:
+                    with connect(base + ("quiet2" if n % 2 else "stranger"), open_timeout=5):
+                        statuses.append(101)
+                except InvalidStatus as e:
+                    statuses.append(e.response.status_code)
+            return statuses
+
+        statuses = await deferToThread(knock)
+        self.assertEqual(statuses, [401] * 16)  # (no nonce: the secret's refusal comes first)
+        autobahn = [
+            e
+            for e in events
+            if "opening handshake" in e.get("log_format", "")
+            or "dropping connection" in e.get("log_format", "")
+        ]
+        self.assertEqual([e for e in autobahn if e.get("log_level") != LogLevel.debug], [])
+        counted = [e for e in events if "failed authentication" in e.get("log_format", "")]
+        self.assertLessEqual(len(counted), 2 * (1 + (8).bit_length()))
+        self.assertEqual(errors(events), [])
 
     async def test_refusedAtHandshakeQuiet(self) -> None:
         """
