@@ -10,8 +10,8 @@ L{MeshCalls}: calls that cross the mesh, at both ends.
     to the caller.
   - B{settle}: an answer to one of this node's calls arrived. Only the node
     the call went to may answer it; a node on the way may only report the
-    path lost (-32002 or -32006, L{PATH_LOST_CODES}). Anything else is a
-    forgery: dropped, counted.
+    path lost (-32002 or -32006) or the call refused for its own limits
+    (-32005), L{HOP_CODES}. Anything else is a forgery: dropped, counted.
 
 In PKI mode a call or answer that crossed other nodes must also carry its
 sender's end-to-end code (L{relaytx._pki.EndToEnd}); without it, it is a
@@ -54,7 +54,7 @@ from relaytx._pki import EndToEnd
 from relaytx._streams import MeshStreams, RunningCalls
 from relaytx._tracing import TRACE_PATH, CallTraces
 from relaytx.errors import (
-    PATH_LOST_CODES,
+    HOP_CODES,
     CallError,
     Cancelled,
     MessageTooLarge,
@@ -200,15 +200,15 @@ class MeshCalls:
         (see the module docstring).
         """
         destination = self.pending.destination_of(response.response_id)
-        path_loss = not response.success and response.error_code in PATH_LOST_CODES
-        if destination is not None and envelope.sender != destination and not path_loss:
+        hop_report = not response.success and response.error_code in HOP_CODES
+        if destination is not None and envelope.sender != destination and not hop_report:
             self._metrics.drop("forged_answer")
             return
         e2e = self._e2e
         if (
             e2e is not None
             and envelope.sender != via
-            and not path_loss
+            and not hop_report
             and not e2e.check_answer(envelope.sender, response, response.mac)
         ):
             self._metrics.drop("forged_answer")

@@ -68,9 +68,10 @@ class OriginalRelay:
 
         The neighbour's answer (success or error) goes back as the
         neighbour's own, as if this node had forwarded it; this node's own
-        failures go back as reports of a lost path: -32002 when the call
-        never left (overloaded here, no link), -32006 when the link was lost
-        after it left. At its deadline nothing is sent: the caller's own
+        failures go back as its own reports: -32005 when it has too many
+        calls pending to make one more (as a forwarder would say), -32002
+        when the call never left otherwise (no link), -32006 when the link
+        was lost after it left. At its deadline nothing is sent: the caller's own
         deadline, no later than this one, has passed too.
         """
         caller, original, response_id = envelope.sender, envelope.to, envelope.response_id
@@ -107,7 +108,16 @@ class OriginalRelay:
         error = failure_exception(failure)
         if isinstance(error, CallTimeout):
             return
-        if isinstance(error, Overloaded) or not isinstance(error, CallError):
+        if isinstance(error, Overloaded):
+            # This node's own limit (its pending calls), as a relaytx hop
+            # that cannot forward more answers: -32005, retry later.
+            error = Overloaded(
+                f"Overloaded: {self._node_id} cannot relay more calls to {original!r}: {error}",
+                node_id=self._node_id,
+            )
+            self._calls.answer_error(caller, response_id, error, via=came_from)
+            return
+        if not isinstance(error, CallError):
             error = NodeUnreachable(
                 f"Node {original!r} not called from {self._node_id}: {error}",
                 node_id=self._node_id,

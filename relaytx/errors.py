@@ -236,11 +236,18 @@ _BY_CODE: dict[int, type[CallError]] = {
     )
 }
 
-#: The codes a node on a call's path (not its callee) may answer it with:
+#: The codes of a node on a call's path (not its callee) that mean that
 #: the path was lost, before the call could have reached the target
 #: (L{NodeUnreachable}) or after (L{OutcomeUnknown}). Any other answer must
 #: come from the callee itself.
 PATH_LOST_CODES = frozenset({NodeUnreachable.code, OutcomeUnknown.code})
+
+#: The codes a node on a call's path may answer it with: the path lost
+#: (L{PATH_LOST_CODES}), or the call refused there for a limit of that
+#: node's (L{Overloaded}: it cannot forward or relay more calls). Neither
+#: can pass for the callee's outcome; a node on the path could as well
+#: drop the call.
+HOP_CODES = PATH_LOST_CODES | {Overloaded.code}
 
 
 def failure_exception(failure: Failure) -> BaseException:

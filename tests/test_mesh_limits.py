@@ -167,8 +167,9 @@ class ForgedAnswerTests(SynchronousTestCase):
 
     def test_path_node_may_report_loss(self) -> None:
         """
-        A node on the path may fail a call with -32002 or -32006; with any
-        other code, or with a success, its answer is a forgery.
+        A node on the path may fail a call with -32002 or -32006 (the path
+        lost) or -32005 (its own limit); with any other code, or with a
+        success, its answer is a forgery.
         """
         reactor = MemoryReactorClock()
         a, b, c = (memory_node(n, reactor) for n in ("a", "b", "c"))
@@ -178,7 +179,9 @@ class ForgedAnswerTests(SynchronousTestCase):
         network.link(b, c)
         network.settle()
         session = a.mesh.links["b"]
-        for code, accepted in [(-32003, False), (-32000, False), (-32006, True), (-32002, True)]:
+        for code, accepted in [
+            (-32003, False), (-32000, False), (-32006, True), (-32002, True), (-32005, True),
+        ]:  # fmt: skip
             d = a.call("c", "blob", "never", timeout=5)
             network.pump()
             (response_id,) = list(a.mesh.pending._pending)
@@ -196,6 +199,32 @@ class ForgedAnswerTests(SynchronousTestCase):
             "relaytx_messages_dropped_total", {"reason": "forged_answer"}
         )
         self.assertEqual(dropped, 2)
+
+
+class HopLimitTests(SynchronousTestCase):
+    """A node on the path that is over its limits says so at once."""
+
+    def test_forwarder_overloaded(self) -> None:
+        """
+        A call a forwarder cannot remember (max_pending_calls) fails at once
+        with its -32005, not at the caller's deadline.
+        """
+        reactor = MemoryReactorClock()
+        a, c = memory_node("a", reactor), memory_node("c", reactor)
+        b = memory_node("b", reactor, limits={"max_pending_calls": 1})
+        c.expose("blob", Blob())
+        network = MemoryMesh()
+        network.link(a, b)
+        network.link(b, c)
+        network.settle()
+        first = a.call("c", "blob", "never", timeout=10)
+        second = a.call("c", "blob", "never", timeout=10)
+        network.pump()
+        error = self.failureResultOf(second, Overloaded).value
+        self.assertEqual((error.code, error.data["node_id"]), (-32005, "b"))
+        self.assertNoResult(first)
+        first.cancel()
+        self.failureResultOf(first)
 
 
 class LocalTimeoutTests(SynchronousTestCase):

@@ -11,7 +11,7 @@ from typing import Any
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx import NodeUnreachable, NoSuchServer, OutcomeUnknown, RemoteCallError
+from relaytx import NodeUnreachable, NoSuchServer, OutcomeUnknown, Overloaded, RemoteCallError
 from relaytx.node import RelayNode
 from relaytx.testing import MemoryMesh, line, memory_node
 from tests.support import Counter, OriginalPeer
@@ -140,8 +140,8 @@ class RelayTests(OriginalTestCase):
         error = self.failureResultOf(d, OutcomeUnknown).value
         self.assertEqual((error.code, error.data["node_id"]), (-32006, "b"))
 
-    def test_relay_overloaded_is_32002(self) -> None:
-        """A relay refused for R2's own pending limit fails R1's call with -32002 at once."""
+    def test_relay_overloaded_is_32005(self) -> None:
+        """A relay refused for R2's own pending limit fails R1's call with -32005 at once."""
         r2 = memory_node("c", self.clock, limits={"max_pending_calls": 1})
         self.network.link(self.r1, r2)
         original = OriginalPeer(r2, "T")
@@ -153,7 +153,8 @@ class RelayTests(OriginalTestCase):
         original.serve()
         self.assertEqual(len(original.calls), 1)
         self.assertNoResult(first)
-        self.assertEqual(self.failureResultOf(second, NodeUnreachable).value.code, -32002)
+        error = self.failureResultOf(second, Overloaded).value
+        self.assertEqual((error.code, error.data["node_id"]), (-32005, "c"))
 
     def test_duplicate_copy_relayed_once(self) -> None:
         """Two copies of one call (a flood's) make one call to S."""
