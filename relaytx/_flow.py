@@ -20,7 +20,8 @@ node, and for how long (SPEC section 10):
     it is gone.
 
 L{ConnectionWatch} does the rounds for one node: one timer, every quarter
-of C{idle_timeout}, over its connections, and only while it has some.
+of C{idle_timeout}, over its connections, and only while it has some. So
+each of these closes comes between C{idle_timeout} and a quarter more.
 L{WatchedConnection} is mixed into the WebSocket protocols ahead of
 L{relaytx._frames.LeanMessages}.
 """
@@ -220,9 +221,14 @@ class ConnectionWatch:
                 flow.message_rounds = 0
             if flow.reading_paused:
                 flow.paused_rounds += 1
-            if flow.paused_rounds >= ROUNDS:
+            # A message (or a pause) seen at n rounds began up to a round
+            # before the first of them: n - 1 rounds is all it surely lasted,
+            # so one is closed at ROUNDS + 1 (after idle_timeout, never
+            # before). A quiet spell counts from the round after the last
+            # read: ROUNDS of them are idle_timeout at least already.
+            if flow.paused_rounds > ROUNDS:
                 self._close(flow, "unread", "output not read")
-            elif flow.message_rounds >= ROUNDS:
+            elif flow.message_rounds > ROUNDS:
                 self._close(flow, "unfinished", "message not finished in time")
             elif flow.pings and flow.quiet_rounds >= ROUNDS:
                 self._close(flow, "silent", "no answer to ping")

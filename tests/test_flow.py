@@ -143,9 +143,12 @@ class WatchTests(SynchronousTestCase):
         """A message still arriving after idle_timeout closes its connection (1008)."""
         connection = FakeConnection()
         self.watch.watch(connection, pings=False)
+        # Begun just after a round's look: idle_timeout later, ROUNDS
+        # looks have seen it, and it is not closed before that time.
+        self.clock.advance(ROUND * 1.01)
         connection.inside_message = True
-        self.rounds(ROUNDS - 1, connection, reads=True)  # trickling in, never done
-        self.assertFalse(connection.dropped)
+        self.rounds(ROUNDS, connection, reads=True)  # trickling in, never done
+        self.assertEqual(connection.closes, [])
         self.rounds(1, connection, reads=True)
         self.assertEqual(connection.closes, [1008])
         self.assertTrue(connection.lost)
@@ -159,7 +162,7 @@ class WatchTests(SynchronousTestCase):
         self.watch.watch(opening, pings=False)
         self.watch.watch(other, pings=False)
         other.inside_message = True
-        self.rounds(ROUNDS, other, reads=True)
+        self.rounds(ROUNDS + 1, other, reads=True)
         self.assertEqual(other.closes, [1008])  # the rounds went on, for every connection
         self.assertEqual(opening.closes, [])
 
@@ -215,7 +218,7 @@ class BackPressureTests(SynchronousTestCase):
     def test_closedWhenStuck(self) -> None:
         """A connection paused for idle_timeout is closed."""
         self.fd.write(b"x" * 2000)
-        for _ in range(ROUNDS - 1):
+        for _ in range(ROUNDS):
             self.connection.read_since_round = True
             self.clock.advance(ROUND)
         self.assertFalse(self.connection.dropped)
