@@ -283,7 +283,7 @@ class Dialer(Service):
                 # is not the one we must reach (ID@URL). As a wrong answer
                 # to our own check would be, it counts as an auth failure.
                 answered = wrong.group(1)
-                self.mesh.count_auth_failure(self.expected_id, f"answered as {answered}")
+                self.mesh.count_auth_failure(self.url, f"answered as {answered}")
                 self.attempt_failed(f"refused: the peer is {answered}, not {self.expected_id}")
             elif reason and HEALTHY_LINK_HERE in reason:
                 # The peer holds a healthy link for this node's own id.

@@ -222,7 +222,7 @@ def startup_warnings(
             continue
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             warnings.append(
-                f"{what} {path} can be read by its group or others "
+                f"{what} {path} is open to its group or others "
                 f"(mode {stat.S_IMODE(mode):o}); chmod 600 it"
             )
     for warning in warnings:

@@ -198,7 +198,9 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
 
     def _refused(self, refusal: HandshakeRefused) -> None:
         if refusal.auth_failure is not None:
-            self.factory.mesh.count_auth_failure(self.peer_id, refusal.auth_failure)
+            # (A dialler refusing the answer knows no id yet: the address.)
+            who = self.peer_id or self._address()
+            self.factory.mesh.count_auth_failure(who, refusal.auth_failure)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         try:

@@ -70,8 +70,8 @@ class StartupWarningTests(SynchronousTestCase):
         self.assertIn("HTTP clients", said[0])
 
     def test_readable_secret(self) -> None:
-        """A secret file its group or others may read is named, on loopback too."""
-        for mode in (0o640, 0o604, 0o644):
+        """A secret file its group or others may read (or write) is named, on loopback too."""
+        for mode in (0o640, 0o604, 0o644, 0o602):
             path = self.secret(mode)
             said = self.warnings(
                 memory_node("n1", secret_file=path), IPv4Address("TCP", "127.0.0.1", 1)
@@ -79,6 +79,7 @@ class StartupWarningTests(SynchronousTestCase):
             self.assertEqual(len(said), 1, oct(mode))
             self.assertIn(path, said[0])
             self.assertIn(f"{mode:o}", said[0])
+            self.assertIn("open to its group or others", said[0])
 
 
 class ListenTests(SynchronousTestCase):
