@@ -13,6 +13,19 @@ Running the coroutines of C{async def} server methods and app C{setup}s
     Deferreds only); one that awaits asyncio code fails with
     L{AsyncioReactorRequired}, whose message says how to start the node.
 
+Both ways, the run of a coroutine is an owner (L{Owner}): streams it opens
+(C{node.stream}) are tied to it and cancelled when it ends (see
+L{relaytx._streams.ItemStream}). On the asyncio reactor the owner is the
+asyncio task that opens a stream; elsewhere it is the node's run of the
+method or app C{setup} in whose context the stream is opened (a
+L{RunScope}, found through a context variable).
+
+L{AioDeferred}: a Deferred that an asyncio task can await as well as any
+coroutine can (C{node.call}'s and a stream's waits). A plain Deferred
+cannot be awaited by a task the code creates itself (C{asyncio.gather},
+C{asyncio.wait_for}, C{asyncio.create_task}): asyncio refuses it ("Task got
+bad yield").
+
 And L{is_deferred}, the one way relaytx tells a Deferred from a result that
 is ready.
 """
@@ -22,7 +35,8 @@ from __future__ import annotations
 import asyncio
 import types
 from collections.abc import Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
@@ -43,6 +57,118 @@ def is_deferred(value: object) -> TypeIs[Deferred[Any]]:
     registered with it as an ABC (which nothing does) is not.
     """
     return Deferred in type(value).__mro__
+
+
+_T = TypeVar("_T")
+
+# asyncio's words when a task's coroutine yields what is not an asyncio future.
+_BAD_YIELD = "Task got bad yield"
+
+
+class AioDeferred(Deferred[_T]):
+    """
+    A Deferred that an asyncio task awaits too: the form of C{node.call}'s
+    result. Awaited by Twisted's driver or by a method's (L{asyncio_runner}
+    waits for Deferreds itself) it is an ordinary Deferred, at no cost. A
+    task of the code's own (C{asyncio.gather}, C{asyncio.wait_for},
+    C{asyncio.create_task}) refuses it once; it then waits through
+    C{asFuture}, so cancelling the task, or the future, cancels this
+    Deferred (the call: SPEC section 12).
+    """
+
+    def __await__(self) -> Generator[Any, Any, _T]:
+        while not self.called or self.paused:
+            try:
+                yield self
+            except RuntimeError as e:
+                # Only a task that does not know Deferreds throws this in
+                # (the next turn); whatever fired meanwhile is read below.
+                if not str(e).startswith(_BAD_YIELD):
+                    raise
+                if not self.called or self.paused:
+                    future = self.asFuture(asyncio.get_running_loop())
+                    return (yield from future.__await__())
+            except asyncio.CancelledError:
+                # The task was cancelled before it got the future: cancel
+                # this, whose outcome nobody reads now (as with asFuture).
+                self.cancel()
+                self.addBoth(_ignore)
+                raise
+        return (yield from Deferred.__iter__(self))
+
+
+def _ignore(outcome: object) -> None:
+    return None
+
+
+def awaitable_by_tasks(d: Deferred[_T]) -> Deferred[_T]:
+    """
+    :returns: C{d}, made an L{AioDeferred} (a plain Deferred changes class
+        in place: no new Deferred, no callbacks, on a call's fast path).
+    """
+    if type(d) is Deferred:
+        d.__class__ = AioDeferred
+    return d
+
+
+class Owner(Protocol):
+    """What a stream is tied to: an asyncio task, or a L{RunScope}."""
+
+    def add_done_callback(self, fn: Callable[[Any], object], /) -> None: ...
+
+    def remove_done_callback(self, fn: Callable[[Any], object], /) -> int: ...
+
+
+class RunScope:
+    """
+    A node's run of one coroutine (a method's call, an app's C{setup}) on a
+    reactor other than asyncio: like an asyncio task, it calls its done
+    callbacks when the run ends, however it ends.
+    """
+
+    __slots__ = ("_callbacks",)
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[Any], object]] | None = None
+
+    def add_done_callback(self, fn: Callable[[Any], object], /) -> None:
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(fn)
+
+    def remove_done_callback(self, fn: Callable[[Any], object], /) -> int:
+        callbacks = self._callbacks or []
+        before = len(callbacks)
+        callbacks[:] = [c for c in callbacks if c != fn]
+        return before - len(callbacks)
+
+    def end(self) -> None:
+        """The run is over: call the callbacks (each once)."""
+        callbacks, self._callbacks = self._callbacks, None
+        for fn in callbacks or ():
+            fn(self)
+
+
+#: the node's run (on a reactor other than asyncio) whose context this is
+_current_run: ContextVar[RunScope | None] = ContextVar("relaytx_run", default=None)
+
+
+def owner_finder(reactor: Any) -> Callable[[], Owner | None]:
+    """
+    :returns: a function that tells the owner of what is opened now on
+        C{reactor}'s node: the current asyncio task on the asyncio reactor,
+        else the node's run of a coroutine in whose context it is called;
+        C{None} outside them.
+    """
+    loop = getattr(reactor, "_asyncioEventloop", None)
+    if isinstance(loop, asyncio.AbstractEventLoop):
+
+        def current() -> Owner | None:
+            task = asyncio.current_task(loop)
+            return task if task is not None else _current_run.get()
+
+        return current
+    return _current_run.get
 
 
 #: Runs one coroutine: returns a Deferred of its result.
@@ -73,30 +199,36 @@ def _on_twisted(coro: Coroutine[Any, Any, Any]) -> Generator[Any, Any, Any]:
     """
     Drive C{coro} under Twisted (as C{Deferred.fromCoroutine} does,
     through this generator), failing with L{AsyncioReactorRequired} when it
-    awaits asyncio code.
+    awaits asyncio code. The run is a L{RunScope} (in the context Twisted
+    runs C{coro} in), which ends when this does.
     """
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            yielded = coro.send(value) if error is None else coro.throw(error)
-        except StopIteration as stop:
-            return stop.value
-        except RuntimeError as e:
-            if _needs_asyncio(e):  # keep the traceback: it shows the await
-                raise AsyncioReactorRequired().with_traceback(e.__traceback__) from None
-            raise
-        value = error = None
-        if is_deferred(yielded):
+    scope = RunScope()
+    _current_run.set(scope)
+    try:
+        value: Any = None
+        error: BaseException | None = None
+        while True:
             try:
-                value = yield yielded
-            except GeneratorExit:
-                coro.close()
+                yielded = coro.send(value) if error is None else coro.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            except RuntimeError as e:
+                if _needs_asyncio(e):  # keep the traceback: it shows the await
+                    raise AsyncioReactorRequired().with_traceback(e.__traceback__) from None
                 raise
-            except BaseException as e:  # thrown in: a failure, or cancellation
-                error = e
-        else:  # an asyncio future (or a bare yield): only asyncio can wait for it
-            error = AsyncioReactorRequired()
+            value = error = None
+            if is_deferred(yielded):
+                try:
+                    value = yield yielded
+                except GeneratorExit:
+                    coro.close()
+                    raise
+                except BaseException as e:  # thrown in: a failure, or cancellation
+                    error = e
+            else:  # an asyncio future (or a bare yield): only asyncio can wait for it
+                error = AsyncioReactorRequired()
+    finally:
+        scope.end()
 
 
 def run_on_twisted(coro: Coroutine[Any, Any, Any]) -> Deferred[Any]:

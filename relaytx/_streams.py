@@ -55,6 +55,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaytx import _json
+from relaytx._aio import AioDeferred, Owner
 from relaytx.errors import CallError, OutcomeUnknown, RemoteCallError
 from relaytx.server import ExposedMethod, Server
 from relaytx.wire import CallCancel, Envelope, ServerCall, StreamCredit, StreamItem
@@ -119,6 +120,25 @@ class _Items(ItemConsumer):
         #: None while it runs; then True (ended well), or the failure
         self.outcome: Failure | bool | None = None
         self.closed = False
+        #: the task or run whose end cancels the stream (ItemStream's docstring)
+        self.owner: Owner | None = None
+        self._owner_gone = self.owner_ended
+
+    def tie(self, owner: Owner) -> None:
+        """Cancel the stream if it is still open when C{owner} ends."""
+        self.owner = owner
+        owner.add_done_callback(self._owner_gone)
+
+    def untie(self) -> None:
+        """Its owner's end no longer matters (it ended, or was detached)."""
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.remove_done_callback(self._owner_gone)
+
+    def owner_ended(self, owner: object) -> None:
+        if self.owner is owner:
+            self.owner = None
+            self.cancel()
 
     def item(self, value: Any) -> None:
         self.items.append(value)
@@ -126,6 +146,8 @@ class _Items(ItemConsumer):
         self.wake()
 
     def ended(self, outcome: Any) -> None:
+        if self.owner is not None:
+            self.untie()
         if isinstance(outcome, Failure):
             self.outcome = outcome
         elif type(outcome) is int and outcome == self.count:
@@ -150,6 +172,8 @@ class _Items(ItemConsumer):
         if self.closed:
             return
         self.closed = True
+        if self.owner is not None:
+            self.untie()
         self.items.clear()
         call = self.call
         if call is not None and not call.called:
@@ -170,17 +194,50 @@ class ItemStream:
     The call's failure (its deadline, a lost path: -32006) ends the loop
     with that error.
 
+    A stream is tied to its B{owner}, whoever opened it: the asyncio task
+    (on the asyncio reactor), or else the node's run of the method (or app
+    C{setup}) in whose context it was opened, with the coroutines and
+    Deferreds that run started. When the owner ends (returns, raises, is
+    cancelled) with the stream still open, the stream is cancelled at once,
+    without waiting for the garbage collector: a method cancelled while it
+    awaits in its loop body, the iterator kept in a local, does not hold
+    the callee's server until the stream's timeout. So a stream handed to
+    another task or coroutine works as long as its opener has not ended (a
+    method that awaits the task reading it; C{asyncio.gather}). To keep a
+    stream beyond its opener (a reader that outlives it, a stream kept on
+    a server between calls), L{detach} it: it then ends only at its end,
+    its timeout, C{aclose()}, a cancelled read, or when it is dropped.
+
     :param clock: where the cancel of an abandoned stream is sent from
         (the next reactor turn, not from inside the producer's delivery).
     :param what: the call, for error messages.
+    :param owner: its owner (above), if any.
 
     @ivar consumer: what the producer gives the items to.
     """
 
-    def __init__(self, clock: IReactorTime, window: int = DEFAULT_WINDOW, what: str = "") -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        window: int = DEFAULT_WINDOW,
+        what: str = "",
+        owner: Owner | None = None,
+    ) -> None:
         if type(window) is not int or not 0 < window <= MAX_WINDOW:
             raise ValueError(f"a stream's window is 1 to {MAX_WINDOW} items, not {window!r}")
         self.consumer = _Items(clock, window, what)
+        if owner is not None:
+            self.consumer.tie(owner)
+
+    def detach(self) -> ItemStream:
+        """
+        Untie the stream from its owner: its opener's end no longer cancels
+        it (see the class docstring).
+
+        :returns: this stream (C{it = node.stream(...).detach()}).
+        """
+        self.consumer.untie()
+        return self
 
     def attach(self, call: Deferred[Any]) -> None:
         """C{call} is the streamed call: its outcome ends the stream."""
@@ -208,7 +265,7 @@ class ItemStream:
                 assert isinstance(outcome, Failure)
                 state.closed = True
                 outcome.raiseException()
-            state.waiter = Deferred(state.abandoned)
+            state.waiter = AioDeferred(state.abandoned)  # a task may await it
             await state.waiter
 
     async def aclose(self) -> None:

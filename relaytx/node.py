@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaytx import __version__
-from relaytx._aio import coroutine_runner
+from relaytx._aio import AioDeferred, coroutine_runner, owner_finder
 from relaytx._apps import import_app, run_setup
 from relaytx._auth import read_secret
 from relaytx._balance import Balancer
@@ -121,6 +121,8 @@ class RelayNode(MultiService):
         limits = config.limits
         #: how coroutines (async methods, async setups) run on this reactor
         self.run_coroutine = coroutine_runner(reactor)
+        #: who owns a stream opened now (relaytx._streams.ItemStream)
+        self._stream_owner = owner_finder(reactor)
         self.servers = ServerHost(node_id, reactor, config.access, run_coroutine=self.run_coroutine)
         self.servers.max_result_size = limits.max_message_size
         metrics.watch_queue_depth(self.servers.queue_depth)
@@ -201,9 +203,15 @@ class RelayNode(MultiService):
         instance the node's policy for C{server} picks, SPEC section 11).
 
         :returns: a Deferred with the result, or failing with a
-            L{relaytx.errors.CallError}.
+            L{relaytx.errors.CallError}; cancelling it cancels the call. An
+            asyncio task may await it too (C{asyncio.gather},
+            C{asyncio.wait_for}, on the asyncio reactor): cancelling the
+            task cancels the call (L{relaytx._aio.AioDeferred}).
         """
-        return self.dispatcher.call(CallTarget(node_id, server, method, args, kwargs, timeout))
+        d = self.dispatcher.call(CallTarget(node_id, server, method, args, kwargs, timeout))
+        if type(d) is Deferred:  # awaitable_by_tasks, inline on this hot path
+            d.__class__ = AioDeferred
+        return d
 
     def stream(
         self,
@@ -220,10 +228,16 @@ class RelayNode(MultiService):
         **kwargs)} on C{node_id} (as L{call}), at most C{window} items ahead
         of the loop (SPEC section 12; L{relaytx._streams.ItemStream}).
 
+        The stream is tied to the asyncio task, or the node's run of a
+        method, that opens it: when that ends, the stream is cancelled if
+        it is still open. C{detach()} it to keep it beyond its opener (see
+        L{relaytx._streams.ItemStream}).
+
         :returns: an async iterator of the items.
         :raises ValueError: for a window out of range (1 to 4096).
         """
-        items = ItemStream(self.clock, window, f"{server}.{method}")
+        what = f"{server}.{method}"
+        items = ItemStream(self.clock, window, what, self._stream_owner())
         target = CallTarget(node_id, server, method, args, kwargs, timeout, stream=items.consumer)
         items.attach(self.dispatcher.call(target))
         return items

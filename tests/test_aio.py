@@ -7,6 +7,7 @@ clock; the asyncio reactor itself runs in C{tests/integration}).
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
@@ -14,13 +15,16 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx._aio import (
+    AioDeferred,
     AsyncioReactorRequired,
     asyncio_runner,
+    awaitable_by_tasks,
     coroutine_runner,
     is_deferred,
     run_on_twisted,
 )
 from relaytx.server import Mailbox, Server, exposed
+from relaytx.testing import MemoryMesh, memory_node
 from tests.aiosupport import run, turns
 
 
@@ -235,3 +239,231 @@ class AsyncioRunnerTests(SynchronousTestCase):
         results, log = run(scenario())
         self.assertEqual(results, ["a", "b", "c"])
         self.assertEqual(log, ["start a", "end a", "start b", "end b", "start c", "end c"])
+
+
+class AioDeferredTests(SynchronousTestCase):
+    """Deferreds that asyncio tasks of the code's own can await (SPEC section 14)."""
+
+    def test_gather_and_tasks(self) -> None:
+        """asyncio.gather and create_task await AioDeferreds that fire later."""
+
+        async def scenario() -> list[Any]:
+            loop = asyncio.get_running_loop()
+            first: AioDeferred[int] = AioDeferred()
+            second: AioDeferred[int] = AioDeferred()
+            third: AioDeferred[int] = AioDeferred()
+            loop.call_later(1, first.callback, 1)
+            loop.call_later(2, second.callback, 2)
+            loop.call_later(3, third.callback, 3)
+
+            async def helper() -> int:
+                return await third
+
+            task = asyncio.create_task(helper())
+            return [*(await asyncio.gather(first, second)), await task]
+
+        self.assertEqual(run(scenario()), [1, 2, 3])
+
+    def test_failure(self) -> None:
+        """A failed AioDeferred raises its exception in the task."""
+
+        async def scenario() -> None:
+            failing: AioDeferred[None] = AioDeferred()
+            asyncio.get_running_loop().call_later(1, failing.errback, KeyError("k"))
+            with self.assertRaises(KeyError):
+                await asyncio.gather(failing)
+
+        run(scenario())
+
+    def test_wait_for_cancels(self) -> None:
+        """A task that gives up (wait_for's deadline) cancels the Deferred it awaits."""
+        cancelled: list[bool] = []
+
+        async def scenario() -> None:
+            waiting: AioDeferred[None] = AioDeferred(lambda _: cancelled.append(True))
+            with self.assertRaises(TimeoutError):
+                await asyncio.wait_for(waiting, 1)
+
+        run(scenario())
+        self.assertEqual(cancelled, [True])
+
+    def test_cancelled_before_the_future(self) -> None:
+        """A task cancelled in the turn it first awaits still cancels the Deferred."""
+        cancelled: list[bool] = []
+
+        async def scenario() -> None:
+            waiting: AioDeferred[None] = AioDeferred(lambda _: cancelled.append(True))
+            task = asyncio.ensure_future(waiting)
+            await asyncio.sleep(0)  # the task refused the Deferred: its next step is due
+            task.cancel()
+            with self.assertRaises(asyncio.CancelledError):
+                await task
+
+        run(scenario())
+        self.assertEqual(cancelled, [True])
+
+    def test_plain_awaits_unchanged(self) -> None:
+        """Twisted's driver and a method's own await see an ordinary Deferred."""
+        waiting: AioDeferred[int] = AioDeferred()
+
+        async def method() -> int:
+            return await waiting
+
+        d = run_on_twisted(method())
+        waiting.callback(5)
+        self.assertEqual(self.successResultOf(d), 5)
+        self.assertIs(awaitable_by_tasks(succeed(1)).__class__, AioDeferred)
+
+
+class _LoopReactor(MemoryReactorClock):
+    """A fake reactor whose nodes run coroutines as tasks of C{loop} (the asyncio reactor's way)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._asyncioEventloop = loop
+
+
+class _Target(Server):
+    def __init__(self) -> None:
+        self.holds: list[Deferred[str]] = []
+        self.cancelled = 0
+        self.closed = 0
+
+    @exposed
+    def hold(self) -> Deferred[str]:
+        d: Deferred[str] = Deferred(lambda _: setattr(self, "cancelled", self.cancelled + 1))
+        self.holds.append(d)
+        return d
+
+    @exposed
+    async def ticks(self) -> Any:
+        try:
+            n = 0
+            while True:
+                yield n
+                n += 1
+        finally:
+            self.closed += 1
+
+
+class _Fanout(Server):
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.got: list[Any] = []
+
+    @exposed
+    async def gather(self) -> list[Any]:
+        return list(await asyncio.gather(self.node.call("b", "node", "echo", 1), self.held()))
+
+    async def held(self) -> Any:
+        return await self.node.call("b", "target", "hold")
+
+    @exposed
+    async def impatient(self) -> str:
+        try:
+            await asyncio.wait_for(self.node.call("b", "target", "hold"), 1)
+        except TimeoutError:
+            return "gave up"
+        return "no"
+
+    @exposed
+    async def read(self) -> None:
+        it = self.node.stream("b", "target", "ticks", window=4)
+        async for item in it:
+            self.got.append(item)
+            await asyncio.sleep(3600)  # cancelled here, in the loop body
+
+    @exposed
+    async def handed(self) -> list[Any]:
+        it = self.node.stream("b", "target", "ticks", window=4)
+
+        async def consume() -> list[Any]:
+            got = []
+            async for item in it:
+                got.append(item)
+                if len(got) == 10:
+                    break
+            return got
+
+        return await asyncio.create_task(consume())
+
+
+class AsyncioNodeTests(SynchronousTestCase):
+    """node.call and node.stream inside methods run as asyncio tasks (SPEC sections 12, 14)."""
+
+    async def mesh(self) -> tuple[Any, _Target, _Fanout, Any]:
+        reactor = _LoopReactor(asyncio.get_running_loop())
+        a, b = memory_node("a", reactor), memory_node("b", reactor)
+        network = MemoryMesh()
+        network.link(a, b)
+        target, fanout = _Target(), _Fanout(a)
+        b.expose("target", target)
+        a.expose("fanout", fanout)
+        network.settle()
+
+        async def turn(times: int = 10) -> None:
+            for _ in range(times):
+                network.pump()
+                reactor.advance(0)
+                await turns(2)
+
+        return a, target, fanout, turn
+
+    def test_gather_of_calls(self) -> None:
+        """asyncio.gather of node.calls inside a method works, remote answers and all."""
+
+        async def scenario() -> Any:
+            a, target, _, turn = await self.mesh()
+            d = a.call("a", "fanout", "gather")
+            await turn()
+            target.holds[0].callback("held")
+            await turn()
+            return self.successResultOf(d)
+
+        self.assertEqual(run(scenario()), [[1], "held"])
+
+    def test_wait_for_cancels_the_call(self) -> None:
+        """asyncio.wait_for on node.call gives up at its deadline and cancels the call."""
+
+        async def scenario() -> Any:
+            a, target, _, turn = await self.mesh()
+            d = a.call("a", "fanout", "impatient")
+            await turn()
+            await asyncio.sleep(1)
+            await turn()
+            return self.successResultOf(d), target.cancelled
+
+        self.assertEqual(run(scenario()), ("gave up", 1))
+
+    def test_cancelled_reader_cancels_its_stream(self) -> None:
+        """A method's task cancelled in its loop body cancels its stream (no gc involved)."""
+
+        async def scenario() -> Any:
+            a, target, fanout, turn = await self.mesh()
+            d = a.call("a", "fanout", "read")
+            failures: list[Any] = []
+            d.addErrback(failures.append)  # held, with its traceback
+            await turn()
+            self.assertEqual(fanout.got, [0])
+            d.cancel()
+            await turn()
+            # b's server is free again.
+            d2 = a.call("b", "target", "hold")
+            await turn()
+            return len(failures), target.closed, len(target.holds), d2
+
+        gc.disable()
+        self.addCleanup(gc.enable)
+        failures, closed, holds, _ = run(scenario())
+        self.assertEqual((failures, closed, holds), (1, 1, 1))
+
+    def test_stream_handed_to_a_task(self) -> None:
+        """A stream a method hands to a task it awaits is read there; leaving it ends it."""
+
+        async def scenario() -> Any:
+            a, target, _, turn = await self.mesh()
+            d = a.call("a", "fanout", "handed")
+            await turn(30)
+            return self.successResultOf(d), target.closed
+
+        self.assertEqual(run(scenario()), (list(range(10)), 1))

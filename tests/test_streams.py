@@ -6,6 +6,7 @@ credit (SPEC section 12), on in-memory meshes and one shared clock.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -556,3 +557,98 @@ class _Collect:
     def item(self, value: Any) -> None:
         self.got.append(value)
         self.count += 1
+
+
+class _Reader(Server):
+    """A server whose method reads a stream and waits in its loop body (SPEC section 12)."""
+
+    def __init__(self, node: RelayNode) -> None:
+        self.node = node
+        self.got: list[Any] = []
+        self.pauses: list[Deferred[None]] = []
+        self.streams: list[Any] = []
+
+    @exposed
+    async def read(self, detach: bool = False) -> int:
+        """Read c's C{drip}, keeping the iterator in a local, waiting after each item."""
+        it = self.node.stream("c", "work", "drip", 1_000_000, window=4)
+        if detach:
+            it.detach()
+        self.streams.append(it)
+        async for item in it:
+            self.got.append(item)
+            pause: Deferred[None] = Deferred()
+            self.pauses.append(pause)
+            await pause  # cancelled here: not inside the stream
+        return len(self.got)
+
+
+class StreamOwnerTests(StreamsTestCase):
+    """A stream ends with the run that opened it, without the garbage collector."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        gc.disable()  # what is measured here must not depend on a collection
+        self.addCleanup(gc.enable)
+        self.reader = _Reader(self.a)
+        self.a.expose("reader", self.reader)
+
+    def start_reading(self, **kwargs: Any) -> Deferred[Any]:
+        """Call C{reader.read} on a, and let it take c's first item."""
+        d = self.a.call("a", "reader", "read", **kwargs)
+        self.turn()
+        self.work.tick()
+        self.turn()
+        self.assertEqual(self.reader.got, [0])
+        return d
+
+    def test_cancelled_in_the_loop_body(self) -> None:
+        """A method cancelled while it waits in its loop body cancels its stream at once."""
+        d = self.start_reading()
+        failures: list[Any] = []
+        d.addErrback(failures.append)  # held: its traceback's frames hold the iterator
+        d.cancel()
+        self.turn()
+        self.assertEqual(len(failures), 1)
+        self.assertEqual(self.work.closed, 1)  # the generator's finally ran
+        # c's server is free again: the next call does not wait for the stream's timeout.
+        d2 = self.a.call("c", "work", "count", 2)
+        self.turn()
+        self.assertEqual(self.successResultOf(d2), [0, 1])
+
+    def test_method_returns_with_its_stream_open(self) -> None:
+        """A method that ends (here: fails) leaving its stream open cancels it."""
+        d = self.start_reading()
+        self.reader.pauses[-1].errback(KeyError("boom"))
+        self.turn()
+        self.assertEqual(self.failureResultOf(d).value.code, -32000)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+        self.assertEqual(self.work.closed, 1)
+
+    def test_detached_stream_outlives_its_opener(self) -> None:
+        """A detached stream is not cancelled when its opener ends; it still ends by aclose."""
+        d = self.start_reading(detach=True)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.turn()
+        self.assertEqual(self.work.closed, 0)
+        self.reader.streams[-1].cancel()
+        self.turn()
+        self.assertEqual(self.work.closed, 1)
+
+    def test_stream_handed_on_survives(self) -> None:
+        """A stream opened in one coroutine and read in another it awaits works to its end."""
+        got: list[Any] = []
+
+        async def consume(it: Any) -> None:
+            async for item in it:
+                got.append(item)
+
+        async def opener() -> None:
+            await ensureDeferred(consume(self.a.stream("c", "work", "count", 5)))
+
+        done = ensureDeferred(opener())
+        for _ in range(10):
+            self.turn(1)
+        self.successResultOf(done)
+        self.assertEqual(got, [0, 1, 2, 3, 4])
