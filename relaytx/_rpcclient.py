@@ -25,6 +25,22 @@ What a call's failure means (the codes of SPEC section 5):
   - its deadline passed before any connection could take it: -32002, it
     certainly did not run;
   - the client was closed meanwhile: L{ClientClosed}.
+
+A call the channel took but never wrote (the connection ended first: the
+node closed its end, or it dropped, in the same turn) was not sent: it
+waits for the next connection like a call made while reconnecting.
+
+Flow control (SPEC section 12): a stream whose consumer has not taken
+C{window} items stops reading from the connection (the channel holds the
+rest of the read it was in), so the node's output backs up and its own
+flow control makes the generator wait for this consumer; reading resumes
+when the consumer takes one. That holds whatever else is in flight: the
+answers of other calls on the connection then wait behind the stream's
+items, until its consumer takes them or the stream ends. Their deadlines
+still run here: one that passes fails its call with -32001 as ever (and
+the node is told to cancel it). A program that makes calls while it
+holds back a busy stream (awaiting calls in the loop over its items, say)
+gives that stream a client of its own.
 """
 
 from __future__ import annotations
@@ -150,6 +166,12 @@ class Channel(Protocol):
     def resume_reading(self) -> None:
         """Read messages again."""
 
+    def unwritten(self) -> list[bytes]:
+        """
+        The messages L{send} took that never left, the connection having
+        ended first (asked once it is lost).
+        """
+
 
 Opener = Callable[[ChannelListener], Awaitable[Channel]]
 
@@ -167,7 +189,7 @@ class _Call:
 
 
 class _Stream(_Call):
-    __slots__ = ("count", "items", "outcome", "paused", "waiter")
+    __slots__ = ("count", "full", "items", "outcome", "waiter")
 
     def __init__(self, call_id: int, params: dict[str, Any], timeout: float, now: float) -> None:
         super().__init__(call_id, params, timeout, now)
@@ -175,7 +197,7 @@ class _Stream(_Call):
         self.count = 0
         self.outcome: BaseException | None = None  # StopAsyncIteration once it ended
         self.waiter: asyncio.Future[None] | None = None
-        self.paused = False
+        self.full = False  # it holds its window of items: reading waits for its consumer
 
     def end(self, outcome: BaseException) -> None:
         if self.outcome is None:
@@ -308,7 +330,7 @@ class _CallBook:
     settles. L{RpcCore} adds the connection itself.
 
     :param window: the items a stream holds for its consumer before
-        reading from the node pauses (while no call waits for its answer).
+        reading from the node pauses (see the module docstring).
     """
 
     def __init__(self, url: str, window: int) -> None:
@@ -317,10 +339,10 @@ class _CallBook:
         self._loop = asyncio.get_running_loop()
         self._ids = itertools.count(1)
         self._calls: dict[int, _Call] = {}
-        self._streams = 0
         self._deadlines = _Deadlines(self._loop, self._calls, self._expire)
         self._channel: Channel | None = None
-        self._paused = False
+        #: the streams holding their window: reading is paused while there are any
+        self._full = 0
         self.closed = False
         #: why the connection is not there, for the errors of calls not sent
         self.last_error = ""
@@ -362,7 +384,8 @@ class _CallBook:
         if self._calls.pop(entry.id, None) is None:
             return
         if isinstance(entry, _Stream):
-            self._streams -= 1
+            if entry.full:  # it takes no more items: they need not wait for it
+                self._unfull(entry)
             entry.end(error)
             return
         future = entry.future
@@ -431,7 +454,8 @@ class _CallBook:
                 future.set_result(answer.get("result"))
             return
         assert isinstance(entry, _Stream)
-        self._streams -= 1
+        if entry.full:
+            self._unfull(entry)
         entry.end(_stream_outcome(self.url, entry, answer))
 
     # Streams.
@@ -441,15 +465,13 @@ class _CallBook:
             raise ClientClosed(f"the client of {self.url} is closed")
         entry = _Stream(next(self._ids), params, timeout, self._loop.time())
         self._dispatch(entry, self._start(entry))
-        self._streams += 1
         try:
             while True:
                 items = entry.items
                 if items:
                     item = items.popleft()
-                    if entry.paused and len(items) < self._window:
-                        entry.paused = False
-                        self._resume()
+                    if entry.full and len(items) < self._window:
+                        self._unfull(entry)
                     yield item
                     continue
                 if entry.outcome is not None:
@@ -469,21 +491,25 @@ class _CallBook:
         if not isinstance(entry, _Stream):
             self.late_answers += 1
             return
-        entry.items.append(params.get("item"))
+        items = entry.items
+        items.append(params.get("item"))
         entry.count += 1
         entry.wake()
-        if len(entry.items) >= self._window and len(self._calls) == self._streams:
-            # Nobody waits for an answer that reading on would bring: let the
-            # node's generator wait for this consumer instead (SPEC 12).
-            entry.paused = self._paused = True
-            if self._channel is not None:
+        if len(items) >= self._window and not entry.full:
+            # Read no further: the node's output backs up and its generator
+            # waits for this consumer (SPEC 12), whatever else waits on the
+            # connection (see the module docstring).
+            entry.full = True
+            self._full += 1
+            if self._full == 1 and self._channel is not None:
                 self._channel.pause_reading()
 
-    def _resume(self) -> None:
-        if self._paused:
-            self._paused = False
-            if self._channel is not None:
-                self._channel.resume_reading()
+    def _unfull(self, entry: _Stream) -> None:
+        """C{entry} holds less than its window (or ended): read on unless another is full."""
+        entry.full = False
+        self._full -= 1
+        if not self._full and self._channel is not None:
+            self._channel.resume_reading()
 
 
 class RpcCore(_CallBook):
@@ -498,7 +524,8 @@ class RpcCore(_CallBook):
         attempts, in seconds; each wait doubles the last, less up to half
         of it at random (jitter).
     :param window: the items a stream holds for its consumer before
-        reading from the node pauses (while no call waits for its answer).
+        reading from the node pauses, whatever else waits on the connection
+        (see the module docstring).
     """
 
     def __init__(
@@ -623,8 +650,6 @@ class RpcCore(_CallBook):
                 entry.sent = True
             except ChannelError:  # closing: the listener hears of it soon
                 self._unsent.append(entry)
-            if self._paused:  # this call's answer must be read
-                self._resume()
         return entry.id, future
 
     def _dispatch(self, entry: _Call, request: bytes) -> None:
@@ -647,14 +672,19 @@ class RpcCore(_CallBook):
         entry.sent = True
 
     def channel_lost(self, channel: Any, reason: str) -> None:
-        """The connection dropped: calls sent on it fail; reconnect."""
+        """
+        The connection dropped: calls sent on it fail; those it took but
+        never wrote wait for the next one with the calls not sent yet;
+        reconnect.
+        """
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
-        if channel is not self._channel:
+        current = self._channel
+        if current is None or channel is not current:
             return
         self._channel = None
-        self._paused = False
         self.last_error = reason
+        self._take_back(current.unwritten())
         lost = [entry for entry in self._calls.values() if entry.sent]
         for entry in lost:
             self._fail(
@@ -675,6 +705,24 @@ class RpcCore(_CallBook):
             for entry in list(self._unsent):
                 self._dispatch(entry, b"")
             self._unsent.clear()
+
+    def _take_back(self, unwritten: list[bytes]) -> None:
+        """The requests in C{unwritten} never left: their calls were not sent."""
+        calls = self._calls
+        taken: list[_Call] = []
+        for payload in unwritten:
+            try:
+                message = orjson.loads(payload)
+            except orjson.JSONDecodeError:  # pragma: no cover  # this client wrote it
+                continue
+            call_id = message.get("id") if type(message) is dict else None
+            entry = calls.get(call_id) if type(call_id) is int else None
+            if entry is not None and entry.sent:  # (not a $/cancelRequest)
+                entry.sent = False
+                taken.append(entry)
+        if taken:  # ahead of those the closing channel refused, made after them
+            taken.extend(self._unsent)
+            self._unsent = deque(taken)
 
     # Streams.
 

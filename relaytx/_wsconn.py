@@ -15,9 +15,24 @@ it. The first frame the short way does not know (a close frame, a
 fragment, anything broken) and everything after it goes through
 C{websockets}, which then has the connection to itself.
 
-A silent node is found by pings: after C{ping_interval} seconds without a
-byte from the node, a ping goes out; after C{ping_timeout} more without
-one, the connection is dropped.
+A silent node is found by pings: the node is checked every
+C{ping_interval} seconds, and pinged when no byte came from it since the
+last check; after C{ping_timeout} more without one, the connection is
+dropped. While the owner has paused reading (L{WebSocketChannel.pause_reading}),
+the node's answers wait unread: the pings go on (so the node hears from
+this end), but the node is judged only once reading is on again.
+
+Pausing takes effect at once, between two messages of one read: what
+the read brought after the message that paused it is kept, as bytes,
+and handed over when reading resumes. So the owner sees no message
+after it paused (on the short way; through C{websockets}, after a close
+or a fragment, the rest of that read still comes).
+
+A message accepted by L{WebSocketChannel.send} leaves with the others
+of its turn; one that never left, because the connection ended first
+(the node closed its end or sent a close frame, or the connection
+dropped), is given back by L{WebSocketChannel.unwritten}: it certainly
+never reached the node.
 """
 
 from __future__ import annotations
@@ -45,7 +60,7 @@ from relaytx import __version__
 
 USER_AGENT = f"relaytx-client/{__version__}"
 
-_TEXT, _PING, _PONG = 0x81, 0x89, 0x8A  # first bytes of final, unfragmented frames
+_TEXT, _CLOSE, _PING, _PONG = 0x81, 0x88, 0x89, 0x8A  # first bytes of final, unfragmented frames
 _MASK_BATCH = 4096  # bytes of fresh random masks drawn at a time
 #: The first two bytes of a masked frame of each short length, by first byte.
 _SHORT_HEADS = {
@@ -127,6 +142,9 @@ class WebSocketChannel(asyncio.Protocol):
         self._closer: asyncio.TimerHandle | None = None
         self._lost = False
         self._reason: str | None = None
+        self._holding = False  # the owner paused reading (see pause_reading)
+        self._ended = False  # the node closed its end, or EOF was written: no more writes
+        self._unwritten: list[bytes] = []  # frames send() took that never left
 
     # asyncio.Protocol
 
@@ -148,6 +166,11 @@ class WebSocketChannel(asyncio.Protocol):
             self._read_slow(data)
 
     def eof_received(self) -> bool:
+        # The node closed its end: the connection is over. What send() took
+        # and has not written yet stays unwritten (it is given back, see
+        # unwritten()), and nothing more is taken: websockets has the rest.
+        self._end_writing()
+        self._fast = False
         self._ws.receive_eof()
         self._handle_events(self._ws.events_received())
         return False
@@ -155,7 +178,8 @@ class WebSocketChannel(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._fast = False
-        for timer in (self._timer, self._closer, self._flushing):
+        self._end_writing()
+        for timer in (self._timer, self._closer):
             if timer is not None:
                 timer.cancel()
         self._ws.receive_eof()
@@ -178,6 +202,9 @@ class WebSocketChannel(asyncio.Protocol):
 
     def _read_fast(self, data: bytes) -> None:
         buffer = self._buffer
+        if self._holding:  # (a transport may hand over a read it had already made)
+            buffer += data
+            return
         if buffer:
             buffer += data
             view: bytes | bytearray = buffer
@@ -211,6 +238,8 @@ class WebSocketChannel(asyncio.Protocol):
             at = stop
             if first == _TEXT:
                 deliver(payload)
+                if self._holding:
+                    break  # the rest waits in the buffer until reading resumes
             elif first == _PING:
                 self._send_frame(_PONG, payload)
         if buffer:
@@ -223,7 +252,13 @@ class WebSocketChannel(asyncio.Protocol):
         if slow:
             self._fast = False
             self._buffer = bytearray()
-            self._flush()  # what went out so far goes first
+            if rest[0] == _CLOSE:
+                # The node is closing: what send() took and has not written
+                # stays unwritten (a node going away could run it and never
+                # answer); it is given back (see unwritten()).
+                self._end_writing()
+            else:
+                self._flush()  # what went out so far goes first
             self._read_slow(bytes(rest))
 
     def _read_slow(self, data: bytes) -> None:
@@ -295,8 +330,20 @@ class WebSocketChannel(asyncio.Protocol):
     def _flush(self) -> None:
         self._flushing = None
         out, self._out = self._out, []
-        if out and self._transport is not None and not self._lost:
+        if self._ended:  # (cannot happen: _end_writing took _out; but never write after EOF)
+            self._unwritten += out
+        elif out and self._transport is not None and not self._lost:
             self._transport.write(b"".join(out))
+
+    def _end_writing(self) -> None:
+        """Write nothing more of what send() took: keep it as unwritten."""
+        self._ended = True
+        if self._flushing is not None:
+            self._flushing.cancel()
+            self._flushing = None
+        if self._out:
+            self._unwritten += self._out
+            self._out = []
 
     def _write_protocol_data(self) -> None:
         for data in self._ws.data_to_send():
@@ -304,19 +351,22 @@ class WebSocketChannel(asyncio.Protocol):
                 return
             if data:
                 self._transport.write(data)
-            elif self._transport.can_write_eof():
-                self._transport.write_eof()
             else:
-                self._transport.close()
+                self._end_writing()
+                if self._transport.can_write_eof():
+                    self._transport.write_eof()
+                else:
+                    self._transport.close()
 
     def send(self, payload: bytes) -> None:
         """
         Send one text message (UTF-8 bytes); messages sent in one turn of
         the event loop leave together at its end.
 
-        :raises ChannelError: if the connection is not open.
+        :raises ChannelError: if the connection is not open (or is ending:
+            the message would never leave).
         """
-        if self._lost or self._closer is not None:
+        if self._lost or self._closer is not None or self._ended:
             raise ChannelError(f"{self.url}: the connection is closed")
         if not self._fast:
             if self._ws.state is not State.OPEN:
@@ -325,6 +375,27 @@ class WebSocketChannel(asyncio.Protocol):
             self._write_protocol_data()
             return
         self._send_frame(_TEXT, payload)
+
+    def unwritten(self) -> list[bytes]:
+        """
+        :returns: the messages L{send} took that were never written, because
+            the connection ended first (the node closed its end or sent a
+            close frame, or the connection dropped): they certainly never
+            reached the node.
+            Meaningful once the listener has heard the channel is lost.
+        """
+        messages = []
+        for frame in self._unwritten:
+            if frame[0] != _TEXT:
+                continue  # a ping or a pong
+            length, head = frame[1] & 0x7F, 2
+            if length == 126:
+                head = 4
+            elif length == 127:
+                head = 10
+            mask = frame[head : head + 4]
+            messages.append(apply_mask(frame[head + 4 :], mask))
+        return messages
 
     # Liveness and closing.
 
@@ -336,7 +407,9 @@ class WebSocketChannel(asyncio.Protocol):
         if self._heard:
             self._heard = self._pinged = False
             self._schedule(self._ping_interval)
-        elif not self._pinged:
+        elif not self._pinged or self._holding:
+            # (Not reading: the node's answer would wait unread. Ping on, so
+            # the node hears from this end, and judge it once reading again.)
             self._pinged = True
             self._ping()
             self._schedule(self._ping_timeout)
@@ -351,14 +424,28 @@ class WebSocketChannel(asyncio.Protocol):
             self._write_protocol_data()
 
     def pause_reading(self) -> None:
-        """Stop reading from the node (its answers wait in the network)."""
+        """
+        Stop reading from the node (its messages wait in the network): no
+        message is handed over after this one, until L{resume_reading}.
+        """
         if self._transport is not None and not self._lost:
+            self._holding = True
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
-        """Read from the node again."""
-        if self._transport is not None and not self._lost and not self._transport.is_reading():
+        """Read from the node again, starting with what a read brought and is held."""
+        if not self._holding or self._transport is None or self._lost:
+            return
+        self._holding = False
+        self._pinged = False  # the node's answers are read again: give it its time
+        if not self._transport.is_reading():
             self._transport.resume_reading()
+        if self._buffer and self._fast:
+            self._loop.call_soon(self._read_held)
+
+    def _read_held(self) -> None:
+        if self._fast and not self._holding and not self._lost and self._buffer:
+            self._read_fast(b"")
 
     def close(self, timeout: float = 2.0) -> None:
         """

@@ -24,8 +24,17 @@ blocking (the same, without C{await}; safe to share between threads)::
 Many calls may be in flight on the one connection (C{asyncio.gather}, or
 several threads with the blocking client). When the connection drops, the
 client reconnects with back-off; calls in flight then fail with -32006 (it
-is unknown whether they ran), and calls made meanwhile wait for the new
+is unknown whether they ran), and calls made meanwhile, or taken by the
+connection in the turn it ended but never written, wait for the new
 connection within their deadline (-32002 if none comes: they did not run).
+
+A stream whose consumer has not taken 256 items pauses reading from the
+connection, so the node's generator waits for the consumer (SPEC section
+12); the answers of other calls on the connection then wait too, until
+the consumer takes items, or fail at their deadline (-32001). A stream
+whose loop awaits other calls while the stream runs ahead is best given
+a client of its own.
+
 Cancelling the task awaiting a call fails it at once with
 C{asyncio.CancelledError} and asks the node to cancel it.
 
@@ -136,7 +145,10 @@ class _Target:
         """
         The items an async-generator method yields, as they come (SPEC
         section 12). Leaving the loop early (C{break}), C{aclose()} or
-        cancelling the task cancels the stream at the node.
+        cancelling the task cancels the stream at the node. Once 256 items
+        wait for the loop, the client stops reading the connection until
+        the loop takes one: other calls' answers wait meanwhile (see the
+        module docstring).
 
         :param timeout: seconds for the whole stream (default: the client's).
         :raises StreamingNotSupported: from a node that cannot stream yet.
@@ -277,6 +289,8 @@ def _opener(
             server_hostname=server_hostname,
             open_timeout=connect_timeout,
             ping_interval=ping_interval,
+            # "Silent for as long again": the ping's answer has the interval.
+            ping_timeout=ping_interval if ping_interval is not None else 20.0,
             max_size=max_size,
         )
 
@@ -305,8 +319,10 @@ class connect:  # used as a function: ``async with connect(...)``
     :param backoff: the first and the longest wait between reconnection
         attempts, in seconds.
     :param ping_interval: seconds of silence after which the node is
-        pinged; a node silent for as long again is taken for gone (C{None}:
-        never ping).
+        pinged; a node silent for as long again is taken for gone, and the
+        connection dropped (C{None}: never ping). The silence is checked
+        every C{ping_interval}, so a node that stops answering is pinged
+        within two intervals and dropped within three.
     :param max_size: the largest message accepted from the node, in bytes.
     :raises ConnectError: (when awaited) if the first connection fails.
     :raises ValueError: for inconsistent options or unreadable TLS files.

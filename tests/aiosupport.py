@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -88,6 +89,10 @@ class FakeChannel:
         self.listener = listener
         self.closed = False
         self.reading = True
+        #: requests this channel took and "never wrote" (see unwritten())
+        self.not_written: list[bytes] = []
+        #: what the node wrote with push() that the client has not read yet
+        self.wire: deque[Any] = deque()
 
     def send(self, payload: bytes) -> None:
         if self.closed:
@@ -110,11 +115,29 @@ class FakeChannel:
         """The node sends C{message} (JSON) on this connection."""
         self.listener.message_received(orjson.dumps(message))
 
+    def push(self, message: Any) -> None:
+        """
+        The node writes C{message} (JSON) to the connection: unlike
+        L{deliver}, it arrives only while the client reads, after what was
+        pushed before it (a socket).
+        """
+        self.wire.append(message)
+        self.pump()
+
+    def pump(self) -> None:
+        """Hand the client what waits on the wire, while it reads."""
+        while self.reading and self.wire and not self.closed:
+            self.deliver(self.wire.popleft())
+
     def pause_reading(self) -> None:
         self.reading = False
 
     def resume_reading(self) -> None:
         self.reading = True
+        asyncio.get_running_loop().call_soon(self.pump)
+
+    def unwritten(self) -> list[bytes]:
+        return self.not_written
 
 
 class FakeNode:

@@ -14,9 +14,12 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
+import orjson
 from twisted.trial.unittest import SynchronousTestCase
+from websockets.frames import Opcode
 
 import relaytx.client as client
 from relaytx._clientopts import (
@@ -30,6 +33,7 @@ from relaytx._rpcclient import RpcCore
 from relaytx._wsconn import ChannelError
 from tests.aiosupport import FakeNode, run, turns
 from tests.support import TempDirMixin
+from tests.test_wsconn import Pair
 
 URL = "ws://fake:1/ws/rpc"
 
@@ -549,6 +553,153 @@ class ConnectionTests(SynchronousTestCase):
         self.assertTrue(all(channel.closed for channel in node.channels))
 
 
+class ClosingConnectionTests(SynchronousTestCase):
+    """Calls made as the connection ends, over the real channel (L{relaytx._wsconn})."""
+
+    def test_unwrittenWaits(self) -> None:
+        """A call the lost channel took but never wrote is not -32006: it runs on the next one."""
+        node = FakeNode()
+        node.hold = True
+
+        async def scenario() -> tuple[Any, client.RemoteError]:
+            c, _ = await connected(node, backoff=(0.5, 0.5))
+            sent = asyncio.ensure_future(c.node.echo("sent"))
+            unwritten = asyncio.ensure_future(c.node.echo("unwritten"))
+            await turns()
+            [_, (first, request)] = node.held
+            first.not_written.append(orjson.dumps(request))
+            node.hold = False
+            first.drop("connection closed")
+            with self.assertRaises(client.RemoteError) as caught:
+                await sent
+            return await unwritten, caught.exception
+
+        result, error = run(scenario())
+        self.assertEqual(result, ["unwritten"])
+        self.assertEqual(error.code, client.OUTCOME_UNKNOWN)
+        (channel, again) = node.requests[-1]
+        self.assertIs(channel, node.channels[1])
+        self.assertEqual(again["params"]["args"], ["unwritten"])
+        self.assertLess(again["params"]["timeout"], 30)
+
+    def test_unwrittenWithoutReconnecting(self) -> None:
+        """Without reconnection, a call never written fails -32002: it did not run."""
+        node = FakeNode()
+        node.hold = True
+
+        async def scenario() -> client.RemoteError:
+            c, _ = await connected(node, reconnect=False)
+            call = asyncio.ensure_future(c.node.ping())
+            await turns()
+            [(channel, request)] = node.held
+            channel.not_written.append(orjson.dumps(request))
+            channel.drop("connection closed")
+            with self.assertRaises(client.RemoteError) as caught:
+                await call
+            return caught.exception
+
+        self.assertEqual(run(scenario()).code, client.UNREACHABLE)
+
+    def check_callAsTheNodeCloses(self, closing: Callable[[Pair], None]) -> None:
+        """
+        A call made in the turn the node's end closes (by C{closing}) was
+        never written: no stray error, and it waits for the reconnection
+        and runs there.
+        """
+        pairs: list[Pair] = []
+
+        async def opener(listener: Any) -> Any:
+            pair = Pair(listener=listener)
+            pair.accept()
+            await pair.channel.opened
+            pairs.append(pair)
+            return pair.channel
+
+        async def scenario() -> tuple[Any, list[Any]]:
+            errors: list[Any] = []
+            asyncio.get_running_loop().set_exception_handler(lambda _, e: errors.append(e))
+            core = RpcCore(URL, opener, backoff=(0.1, 0.1))
+            await core.open()
+            c = client.Client(core, 30.0)
+            call = asyncio.ensure_future(c.node.ping())
+            await turns(1)  # the request waits to leave at the end of the turn...
+            closing(pairs[0])  # ...and the node's end closes first
+            while len(pairs) < 2:
+                await asyncio.sleep(0.05)
+            await turns()
+            [request] = pairs[1].from_client()
+            answer = {"jsonrpc": "2.0", "result": "pong", "id": orjson.loads(request.data)["id"]}
+            pairs[1].server.send_text(orjson.dumps(answer))
+            pairs[1].to_client()
+            result = await call
+            await c.close()
+            return result, errors
+
+        result, errors = run(scenario())
+        self.assertEqual(errors, [])
+        self.assertEqual(result, "pong")
+        self.assertEqual([e.opcode for e in pairs[0].from_client()], [])
+
+    def test_callAsTheNodeEnds(self) -> None:
+        """A call made in the turn the node's EOF arrives runs on the next connection."""
+        self.check_callAsTheNodeCloses(Pair.node_ends)
+
+    def test_callAsTheNodeSaysClose(self) -> None:
+        """A call made in the turn the node's close frame arrives runs on the next connection."""
+
+        def close(pair: Pair) -> None:
+            pair.server.send_close(1001, "node stopping")
+            pair.to_client()
+            pair.transport.take()  # the close reply
+            pair.transport.close()
+
+        self.check_callAsTheNodeCloses(close)
+
+
+class LivenessTests(SynchronousTestCase):
+    """connect()'s ping_interval, over the real channel."""
+
+    def test_pingInterval(self) -> None:
+        """With ping_interval=1 a silent node is pinged and dropped within 3 s, not 20 s more."""
+        pairs: list[Pair] = []
+
+        async def open_channel(
+            url: str,
+            listener: Any,
+            *,
+            ping_interval: float | None,
+            ping_timeout: float = 20.0,
+            max_size: int,
+            **_: Any,
+        ) -> Any:
+            pair = Pair(
+                listener=listener,
+                max_size=max_size,
+                ping_interval=ping_interval,
+                ping_timeout=ping_timeout,
+            )
+            pair.accept()
+            await pair.channel.opened
+            pairs.append(pair)
+            return pair.channel
+
+        self.patch(client, "open_channel", open_channel)
+
+        async def scenario() -> float:
+            loop = asyncio.get_running_loop()
+            c = await client.connect(URL, ping_interval=1, reconnect=False)
+            started = loop.time()
+            while c.connected and loop.time() - started < 60:
+                await asyncio.sleep(0.1)
+            await c.close()
+            return loop.time() - started
+
+        waited = run(scenario())
+        self.assertLessEqual(waited, 3.1)
+        self.assertEqual([e.opcode for e in pairs[0].from_client()], [Opcode.PING])
+        self.assertEqual(pairs[0].listener.last_error, "the node answered no ping within 1s")
+
+
 def streaming(node: FakeNode, items: list[Any], result: Any = None) -> None:
     """Make C{node} stream C{items} from C{("s", "items")}, then answer C{result} (the count)."""
 
@@ -735,7 +886,7 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(node.cancels(), [node.calls()[0]["id"]])
 
     def test_flowControl(self) -> None:
-        """A full window pauses reading while only streams wait; a call or a read resumes it."""
+        """A full window pauses reading, a call waiting or not; taking an item resumes it."""
         node = FakeNode()
         node.hold = True
 
@@ -759,21 +910,150 @@ class StreamTests(SynchronousTestCase):
             item(1)
             self.assertTrue(channel.reading)
             item(2)
-            self.assertFalse(channel.reading)  # 3 held, nothing else waits: paused
+            self.assertFalse(channel.reading)  # 3 held: paused
             self.assertEqual(await reading, 0)
             self.assertTrue(channel.reading)  # below the window again
             item(3)
             self.assertFalse(channel.reading)
             call = asyncio.ensure_future(c.node.ping())
             await turns()
-            self.assertTrue(channel.reading)  # a call's answer must be read
+            self.assertFalse(channel.reading)  # a call waiting does not lift the bound
+            self.assertEqual(await items.__anext__(), 1)
+            self.assertTrue(channel.reading)
             node.answer(*node.held.pop())
             self.assertEqual(await call, {"pong": True})
-            item(4)  # no call waits any more and the window is full: paused again
+            item(4)
             self.assertFalse(channel.reading)
-            await items.aclose()
+            await items.aclose()  # a stream given up holds nothing back
+            self.assertTrue(channel.reading)
 
         run(scenario())
+
+    def test_streamEndsWhileFull(self) -> None:
+        """A stream that ends holding its window no longer holds reading back."""
+        node = FakeNode()
+        streaming(node, list(range(5)))
+
+        async def scenario() -> tuple[bool, list[Any]]:
+            c, _ = await connected(node, window=3)
+            items = c.stream("s", "items")
+            first = await items.__anext__()  # all five and the end arrived meanwhile
+            reading = node.channel.reading
+            return reading, [first] + [item async for item in items]
+
+        self.assertEqual(run(scenario()), (True, [0, 1, 2, 3, 4]))
+
+    def test_slowConsumerWithCalls(self) -> None:
+        """
+        A slow consumer of an endless stream bounds what the client reads
+        while calls come and go on the connection (SPEC 12); the calls
+        behind the stream's items fail at their deadline.
+        """
+        node = FakeNode()
+        window, socket_buffers = 16, 500
+        produced = [0]
+        tasks: list[asyncio.Future[Any]] = []
+
+        def answer(channel: Any, request: dict[str, Any]) -> None:
+            if request["params"]["method"] != "endless":
+                channel.push({"jsonrpc": "2.0", "result": "pong", "id": request["id"]})
+                return
+
+            async def generate() -> None:
+                # The node writes items while the socket takes them (its own
+                # flow control), 1000 a second.
+                while not channel.closed:
+                    if len(channel.wire) < socket_buffers:
+                        for _ in range(10):
+                            produced[0] += 1
+                            params = {"id": request["id"], "item": produced[0]}
+                            channel.push({"jsonrpc": "2.0", "method": "$/stream", "params": params})
+                    await asyncio.sleep(0.01)
+
+            tasks.append(asyncio.ensure_future(generate()))
+
+        node.answer = answer  # type: ignore[method-assign]
+
+        async def scenario() -> tuple[int, int, list[Any], RpcCore]:
+            c, core = await connected(node, window=window)
+            loop = asyncio.get_running_loop()
+            outcomes: list[Any] = []
+
+            async def ping() -> None:
+                started = loop.time()
+                try:
+                    outcomes.append(await c.call("node", "ping", timeout=2))
+                except client.RemoteError as e:
+                    outcomes.append((e.code, round(loop.time() - started, 6)))
+
+            async def pinger() -> None:
+                while True:
+                    tasks.append(asyncio.ensure_future(ping()))
+                    await asyncio.sleep(0.5)
+
+            pinging = asyncio.ensure_future(pinger())
+            taken = 0
+            stream = c.stream("s", "endless")
+            async for _ in stream:
+                taken += 1
+                if taken == 200:  # 10 s at 20 items a second
+                    break
+                await asyncio.sleep(0.05)
+            pinging.cancel()
+            await asyncio.sleep(3)  # the last pings' deadlines
+            await c.close()
+            return taken, produced[0], outcomes, core
+
+        taken, made, outcomes, core = run(scenario())
+        self.assertEqual(taken, 200)
+        # Without the bound, the calls kept the client reading: 10,000 made.
+        self.assertLessEqual(made, taken + window + socket_buffers + 10)
+        self.assertEqual(core._calls, {})
+        self.assertGreater(len(outcomes), 15)
+        for outcome in outcomes:
+            self.assertIn(outcome, ["pong", (client.TIMED_OUT, 2.0)])
+        self.assertIn((client.TIMED_OUT, 2.0), outcomes)
+
+    def test_callBehindFullStream(self) -> None:
+        """A call's answer behind a held stream's items comes once the consumer takes them."""
+        node = FakeNode()
+        node.hold = True
+
+        async def scenario() -> list[Any]:
+            c, _ = await connected(node, window=2)
+            items = c.stream("s", "items")
+            reading = asyncio.ensure_future(items.__anext__())
+            await turns()
+            channel, request = node.held.pop()
+            for i in range(3):
+                channel.push(
+                    {
+                        "jsonrpc": "2.0",
+                        "method": "$/stream",
+                        "params": {"id": request["id"], "item": i},
+                    }
+                )
+            got = [await reading]  # 0 taken, 1 and 2 held: paused
+            self.assertFalse(channel.reading)
+            call = asyncio.ensure_future(c.node.ping())
+            await turns()
+            _, ping = node.held.pop()
+            channel.push(
+                {"jsonrpc": "2.0", "method": "$/stream", "params": {"id": request["id"], "item": 3}}
+            )
+            channel.push({"jsonrpc": "2.0", "result": "pong", "id": ping["id"]})
+            await turns()
+            self.assertFalse(call.done())  # behind item 3, which waits on the wire
+            got.append(await items.__anext__())  # 1: room for 3, and full again
+            await turns()
+            self.assertFalse(call.done())
+            got.append(await items.__anext__())  # 2: room for the answer
+            got.append(await call)
+            got.append(await items.__anext__())
+            await items.aclose()
+            return got
+
+        self.assertEqual(run(scenario()), [0, 1, 2, "pong", 3])
 
 
 class SyncClientTests(SynchronousTestCase):

@@ -32,6 +32,8 @@ class MemoryTransport(asyncio.Transport):
         self.protocol: WebSocketChannel | None = None
 
     def write(self, data: Any) -> None:
+        if self.eof:  # as asyncio's transports
+            raise RuntimeError("Cannot call write() after write_eof()")
         self.writes += 1
         self.written += data
 
@@ -98,10 +100,17 @@ class Pair:
         headers: list[tuple[str, str]] | None = None,
         max_size: int = 1 << 20,
         ping_interval: float | None = 20.0,
+        ping_timeout: float = 20.0,
+        listener: Any = None,
     ) -> None:
-        self.listener = Listener()
+        self.listener = listener if listener is not None else Listener()
         self.channel = WebSocketChannel(
-            "ws://node:1/ws/rpc", self.listener, headers or [], max_size, ping_interval, 20.0
+            "ws://node:1/ws/rpc",
+            self.listener,
+            headers or [],
+            max_size,
+            ping_interval,
+            ping_timeout,
         )
         self.transport = MemoryTransport()
         self.transport.protocol = self.channel
@@ -127,6 +136,11 @@ class Pair:
         """:returns: the events the server reads from what the channel wrote."""
         self.server.receive_data(self.transport.take())
         return self.server.events_received()
+
+    def node_ends(self) -> None:
+        """The node closes its end of the connection (a FIN, no close frame)."""
+        if not self.channel.eof_received():
+            self.transport.close()
 
 
 class HandshakeTests(SynchronousTestCase):
@@ -390,3 +404,140 @@ class LivenessTests(SynchronousTestCase):
             return pair.listener.lost
 
         self.assertEqual(run(scenario()), [])
+
+
+class PausingListener(Listener):
+    """Pauses its channel's reading when it receives C{b"pause"}."""
+
+    channel: WebSocketChannel
+
+    def message_received(self, payload: bytes) -> None:
+        super().message_received(payload)
+        if payload == b"pause":
+            self.channel.pause_reading()
+
+
+class PauseTests(SynchronousTestCase):
+    """Pausing reading, as a stream's consumer does (SPEC section 12)."""
+
+    def test_holdsTheRestOfARead(self) -> None:
+        """No message comes after the one that paused; resuming hands the rest over, in order."""
+
+        async def scenario() -> tuple[list[bytes], list[bytes], bool]:
+            listener = PausingListener()
+            pair = Pair(listener=listener)
+            listener.channel = pair.channel
+            pair.accept()
+            for text in (b"a", b"pause", b"b", b"x" * 300, b"c"):
+                pair.server.send_text(text)
+            pair.to_client()
+            held = list(listener.messages)
+            paused = not pair.transport.reading
+            pair.channel.resume_reading()
+            await turns()
+            return held, listener.messages, paused
+
+        held, messages, paused = run(scenario())
+        self.assertEqual(held, [b"a", b"pause"])
+        self.assertTrue(paused)
+        self.assertEqual(messages, [b"a", b"pause", b"b", b"x" * 300, b"c"])
+
+    def test_pingsWhilePaused(self) -> None:
+        """A paused channel pings on but never drops the node; reading again, a silent one goes."""
+
+        async def scenario() -> tuple[int, list[str], list[str]]:
+            pair = Pair(ping_interval=10.0, ping_timeout=10.0)
+            pair.accept()
+            pair.channel.pause_reading()
+            await asyncio.sleep(100)  # the node's pongs would wait unread
+            pings = [e for e in pair.from_client() if e.opcode is Opcode.PING]
+            lost_while_paused = list(pair.listener.lost)
+            pair.channel.resume_reading()
+            await asyncio.sleep(25)
+            return len(pings), lost_while_paused, pair.listener.lost
+
+        pings, lost_while_paused, lost = run(scenario())
+        self.assertGreaterEqual(pings, 8)  # the node hears from this end all along
+        self.assertEqual(lost_while_paused, [])
+        self.assertEqual(lost, ["the node answered no ping within 10s"])
+
+
+class EndingTests(SynchronousTestCase):
+    """Messages taken by send() when the connection ends before they leave."""
+
+    def test_nodeEndsBeforeFlush(self) -> None:
+        """Sent in the turn the node's EOF arrives: never written after it, given back, no error."""
+
+        async def scenario() -> tuple[Pair, list[Any]]:
+            errors: list[Any] = []
+            asyncio.get_running_loop().set_exception_handler(lambda _, c: errors.append(c))
+            pair = Pair()
+            pair.accept()
+            for message in (b'{"id":1}', b"y" * 300, b"z" * 70000):
+                pair.channel.send(message)
+            pair.node_ends()  # read in the same turn, before the messages leave
+            self.assertRaises(ChannelError, pair.channel.send, b"after")
+            await turns()
+            return pair, errors
+
+        pair, errors = run(scenario())
+        self.assertEqual(errors, [])
+        self.assertTrue(pair.transport.eof)
+        self.assertEqual(pair.transport.take(), b"")
+        self.assertEqual(pair.channel.unwritten(), [b'{"id":1}', b"y" * 300, b"z" * 70000])
+        self.assertEqual(pair.listener.lost, ["connection closed"])
+
+    def test_nodeClosesBeforeFlush(self) -> None:
+        """Sent in the turn the node's close frame arrives: never written, only the close reply."""
+
+        async def scenario() -> tuple[Pair, list[Any]]:
+            pair = Pair()
+            pair.accept()
+            pair.channel.send(b'{"id":1}')
+            pair.server.send_close(1001, "node stopping")
+            pair.to_client()
+            self.assertRaises(ChannelError, pair.channel.send, b"after")
+            await turns()
+            events = pair.from_client()
+            pair.transport.close()
+            await turns()
+            return pair, events
+
+        pair, events = run(scenario())
+        self.assertEqual([e.opcode for e in events], [Opcode.CLOSE])
+        self.assertEqual(pair.channel.unwritten(), [b'{"id":1}'])
+        self.assertEqual(pair.listener.lost, ["closed by the node (1001 node stopping)"])
+
+    def test_lostBeforeFlush(self) -> None:
+        """Taken in the turn the connection drops: given back, not written."""
+
+        async def scenario() -> Pair:
+            pair = Pair()
+            pair.accept()
+            pair.server.send_ping(b"p")
+            pair.to_client()  # a pong waits to leave too: it is not a message
+            pair.channel.send(b"a")
+            pair.channel.connection_lost(ConnectionResetError("reset"))
+            await turns()
+            return pair
+
+        pair = run(scenario())
+        self.assertEqual(pair.transport.take(), b"")
+        self.assertEqual(pair.channel.unwritten(), [b"a"])
+        self.assertEqual(pair.listener.lost, ["connection lost (reset)"])
+
+    def test_writtenIsNotGivenBack(self) -> None:
+        """What left before the connection ended is not in unwritten()."""
+
+        async def scenario() -> Pair:
+            pair = Pair()
+            pair.accept()
+            pair.channel.send(b"left")
+            await turns()
+            pair.node_ends()
+            await turns()
+            return pair
+
+        pair = run(scenario())
+        self.assertEqual([bytes(f.data) for f in pair.from_client()], [b"left"])
+        self.assertEqual(pair.channel.unwritten(), [])

@@ -84,6 +84,33 @@ def setup(node):
 """
 
 
+ENDLESS_APP = """
+from relaytx import Server, exposed
+
+made = [0]  # shared: a server runs one call at a time, and the stream is one
+
+
+class Endless(Server):
+    @exposed
+    async def items(self, size):
+        pad = "x" * size
+        while True:
+            made[0] += 1
+            yield {"n": made[0], "pad": pad}
+
+
+class Made(Server):
+    @exposed
+    def count(self):
+        return made[0]
+
+
+def setup(node):
+    node.expose("endless", Endless())
+    node.expose("made", Made())
+"""
+
+
 def arun(coro: Coroutine[Any, Any, Any], limit: float = 120.0) -> Any:
     """Run C{coro} on a fresh event loop, bounded by C{limit} seconds."""
 
@@ -248,6 +275,95 @@ class AsyncioClientTests(ClientTestCase):
                 self.assertTrue(c.connected)
 
         arun(scenario())
+
+    def test_callAsTheNodeStops(self) -> None:
+        """
+        A call made as the node's end closes (SIGTERM, the loop busy
+        meanwhile) was never sent: no stray error; it waits for the node to
+        be back, and runs.
+        """
+        port = free_port()
+        first, url = self.node("solo", port=port)
+        errors: list[Any] = []
+
+        async def scenario() -> None:
+            asyncio.get_running_loop().set_exception_handler(lambda _, e: errors.append(e))
+            async with client.connect(url, backoff=(0.05, 0.5)) as c:
+                self.assertEqual(await c.node.echo(1), [1])
+                first.popen.send_signal(signal.SIGTERM)
+                first.wait()  # the loop is busy while the node's end closes
+                time.sleep(0.2)
+                # The call is made in the turn that reads the node's EOF.
+                call = asyncio.ensure_future(c.call("node", "echo", "again", timeout=60))
+                await asyncio.sleep(0.5)
+                self.assertFalse(call.done(), call.done() and call.exception())
+                again = await asyncio.to_thread(
+                    self.start_node,
+                    relay("node", "--node-id", "solo", "--port", str(port)),
+                    port,
+                )
+                self.addCleanup(again.kill)
+                self.assertEqual(await call, ["again"])
+
+        arun(scenario())
+        self.assertEqual(errors, [])
+
+    def test_frozenNode(self) -> None:
+        """With ping_interval=0.5 a frozen node (SIGSTOP) is dropped within 1.5 s, not 20."""
+        process, url = self.node("frozen")
+        self.addCleanup(os.kill, process.popen.pid, signal.SIGCONT)
+
+        async def scenario() -> float:
+            async with client.connect(url, ping_interval=0.5, reconnect=False) as c:
+                self.assertEqual(await c.node.echo(1), [1])
+                os.kill(process.popen.pid, signal.SIGSTOP)
+                started = time.monotonic()
+                while c.connected and time.monotonic() - started < 30:
+                    await asyncio.sleep(0.05)
+                return time.monotonic() - started
+
+        self.assertLess(arun(scenario()), 3)
+
+    def test_slowStreamWithCalls(self) -> None:
+        """
+        A slow consumer holds an endless generator back while calls go on
+        the same connection (SPEC 12): the generator levels off.
+        """
+        path = os.path.join(self.tempdir(), "endless.py")
+        with open(path, "w") as f:
+            f.write(ENDLESS_APP)
+        _, url = self.node("gen", "--app", path)
+
+        async def scenario() -> tuple[list[int], list[Any]]:
+            outcomes: list[Any] = []
+            tasks: list[asyncio.Future[Any]] = []
+            made: list[int] = []
+
+            async def ping(c: client.Client) -> None:
+                try:
+                    outcomes.append((await c.call("node", "ping", timeout=1))["pong"])
+                except client.RemoteError as e:
+                    outcomes.append(e.code)
+
+            async with client.connect(url) as c, client.connect(url) as watcher:
+                started = time.monotonic()
+                async for _ in c.endless.items.stream(1000):
+                    now = time.monotonic() - started
+                    if len(tasks) < now / 0.5:  # a ping every 0.5 s
+                        tasks.append(asyncio.ensure_future(ping(c)))
+                    if len(made) < 2 and now >= 3 + 2 * len(made):  # at 3 s and 5 s
+                        made.append(await watcher.made.count())
+                        if len(made) == 2:
+                            break
+                    await asyncio.sleep(0.05)  # 20 items a second
+                await asyncio.gather(*tasks)
+            return made, outcomes
+
+        made, outcomes = arun(scenario(), 60)
+        # Without a bound the client read on for the pings: tens of
+        # thousands more a second; with it, the consumer's 40 and credit.
+        self.assertLess(made[1] - made[0], 1000, made)
+        self.assertEqual(set(outcomes) - {True, client.TIMED_OUT}, set(), outcomes)
 
     def test_connectFails(self) -> None:
         """Nothing listening: ConnectError at once, naming the address."""
