@@ -61,7 +61,7 @@ from relaytx._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relaytx._metrics import NodeMetrics
 from relaytx._protocol import UpgradeOnly
 from relaytx._stdtls import is_tls
-from relaytx._streams import DEFAULT_WINDOW, ItemConsumer
+from relaytx._streams import DEFAULT_WINDOW, MAX_WINDOW, ItemConsumer
 from relaytx._tracing import CallTrace, parse_traceparent
 from relaytx._views import NodeViews
 from relaytx.errors import TooManyDialers
@@ -704,6 +704,8 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
             except UnicodeDecodeError:
                 self.sendCloseFrame(code=1007, reasonUtf8=b"invalid UTF-8", isReply=False)
                 return
+        if _STREAM_CREDIT in payload and self._stream_credit(payload):
+            return
         cancels: list[Any] = []
         if _CANCEL_REQUEST in payload:
             cancels, alone = self._cancel_requests(payload)
@@ -765,6 +767,31 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
             return [i for i in named if i is not None and i is not _NOT_A_CANCEL], False
         return [], False
 
+    def _stream_credit(self, payload: bytes) -> bool:
+        """
+        C{$/streamCredit} (see L{WsItems}), a notification alone in its
+        message: nothing is answered to it.
+
+        :returns: whether C{payload} was one.
+        """
+        try:
+            message = _json.loads(payload)
+        except (_json.JSONDecodeError, UnicodeDecodeError):
+            return False
+        if (
+            type(message) is not dict
+            or message.get("method") != "$/streamCredit"
+            or "id" in message
+        ):
+            return False
+        params = message.get("params")
+        calls = self.calls
+        if type(params) is dict and calls is not None:
+            request_id = params.get("id")
+            if type(request_id) in (str, int):
+                calls.stream_credit(request_id, params.get("window"), params.get("consumed"))
+        return True
+
     def _cancel(self, request_ids: list[Any]) -> None:
         calls = self.calls
         if calls is not None:
@@ -778,6 +805,9 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
 
 #: How a cancel notification is recognised before it is parsed.
 _CANCEL_REQUEST = b"$/cancelRequest"
+
+#: How a stream's credit is recognised before it is parsed.
+_STREAM_CREDIT = b"$/streamCredit"
 
 #: L{_cancelled_id} of a message that is no C{$/cancelRequest}.
 _NOT_A_CANCEL = object()
@@ -807,10 +837,21 @@ class WsItems(ItemConsumer):
     written, while the connection's output drains; once it passes the
     socket's buffer (a client that does not read), no more is granted
     until it has drained, so the generator waits for the client.
+
+    A client may pace a stream itself, as C{relaytx.client} does: a
+    C{$/streamCredit} notification naming the request's id and a C{window}
+    before the request, then one naming how many items its consumer has
+    C{consumed} now and then. The generator then runs at most C{window}
+    items ahead of that consumer, however fast the client reads the
+    connection (so the answers of its other calls never wait behind the
+    stream's items).
+
+    :param window: the client's window, if it paces the stream.
     """
 
-    def __init__(self, calls: WsCalls, request_id: Any) -> None:
-        self.window = self.granted = DEFAULT_WINDOW
+    def __init__(self, calls: WsCalls, request_id: Any, window: int | None = None) -> None:
+        self.paced = window is not None
+        self.window = self.granted = DEFAULT_WINDOW if window is None else window
         self.count = 0
         self._calls = calls
         self._request_id = request_id
@@ -823,6 +864,8 @@ class WsItems(ItemConsumer):
         self.count += 1
         if protocol.state == protocol.STATE_OPEN:
             protocol.sendMessage(body, isBinary=False)
+        if self.paced:
+            return  # credit comes from the client
         flow = protocol.flow
         if flow is not None and flow.congested:
             flow.when_drained(self._drained)
@@ -834,14 +877,55 @@ class WsItems(ItemConsumer):
 
 
 class WsCalls(CallBook):
-    """The calls in flight on one C{/ws/rpc} connection; each may stream."""
+    """
+    The calls in flight on one C{/ws/rpc} connection; each may stream, and
+    the client may pace a stream itself (L{WsItems}).
+    """
 
     def __init__(self, protocol: JsonRpcWebSocketProtocol) -> None:
         super().__init__()
         self.protocol = protocol
+        #: request id -> the window the client paces it with, told before it
+        self._windows: dict[Any, int] = {}
+        #: the streams the client paces, by request id, while in flight
+        self._paced: dict[Any, WsItems] = {}
 
     def consumer(self, request_id: Any) -> WsItems:
-        return WsItems(self, request_id)
+        windows = self._windows
+        window = windows.pop(request_id, None) if windows else None
+        items = WsItems(self, request_id, window)
+        if window is not None:
+            _bounded_put(self._paced, request_id, items)
+        return items
+
+    def _done(self, outcome: Any, request_id: Any, d: Deferred[Any]) -> Any:
+        if self._paced:
+            self._paced.pop(request_id, None)
+        return super()._done(outcome, request_id, d)
+
+    def stream_credit(self, request_id: Any, window: Any, consumed: Any) -> None:
+        """
+        A C{$/streamCredit} notification: the client paces request
+        C{request_id} with C{window} (it comes before the request), or its
+        consumer has taken C{consumed} items. Anything else is ignored.
+        """
+        if type(window) is int and 0 < window <= MAX_WINDOW:
+            _bounded_put(self._windows, request_id, window)
+        items = self._paced.get(request_id)
+        if items is not None and type(consumed) is int and consumed >= 0:
+            items.consumed(min(consumed, items.count))
+
+
+#: Streams paced by the client, and windows told ahead, kept at most per
+#: connection (past it the oldest is let go: a client that plays with
+#: them gets write-paced streams, or streams that wait for no credit).
+MAX_PACED = 4096
+
+
+def _bounded_put(table: dict[Any, Any], key: Any, value: Any) -> None:
+    table[key] = value
+    if len(table) > MAX_PACED:
+        del table[next(iter(table))]
 
 
 class JsonRpcWebSocketFactory(WebSocketServerFactory):

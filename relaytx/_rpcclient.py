@@ -30,17 +30,20 @@ A call the channel took but never wrote (the connection ended first: the
 node closed its end, or it dropped, in the same turn) was not sent: it
 waits for the next connection like a call made while reconnecting.
 
-Flow control (SPEC section 12): a stream whose consumer has not taken
-C{window} items stops reading from the connection (the channel holds the
-rest of the read it was in), so the node's output backs up and its own
-flow control makes the generator wait for this consumer; reading resumes
-when the consumer takes one. That holds whatever else is in flight: the
-answers of other calls on the connection then wait behind the stream's
-items, until its consumer takes them or the stream ends. Their deadlines
-still run here: one that passes fails its call with -32001 as ever (and
-the node is told to cancel it). A program that makes calls while it
-holds back a busy stream (awaiting calls in the loop over its items, say)
-gives that stream a client of its own.
+Flow control (SPEC section 12): the node paces each stream by its
+consumer. Ahead of a stream's request goes its window (C{$/streamCredit}
+with C{window}), and every half window the items its consumer has taken
+(with C{consumed}): the node's generator runs at most C{window} items
+ahead of the consumer, and the connection is read on, so the answers of
+other calls never wait behind a stream's items.
+
+A node that does not pace streams so (from before it did) grants credit
+as fast as the client reads: there, a stream that holds twice its window
+stops reading from the connection (the channel holds the rest of the
+read it was in), so the node's output backs up and its own flow control
+makes the generator wait; reading resumes when the consumer takes one.
+The answers of other calls then wait behind the stream's items, or fail
+with -32001 at their deadline (and the node is told to cancel them).
 """
 
 from __future__ import annotations
@@ -189,12 +192,14 @@ class _Call:
 
 
 class _Stream(_Call):
-    __slots__ = ("count", "full", "items", "outcome", "waiter")
+    __slots__ = ("count", "full", "items", "outcome", "taken", "told", "waiter")
 
     def __init__(self, call_id: int, params: dict[str, Any], timeout: float, now: float) -> None:
         super().__init__(call_id, params, timeout, now)
         self.items: deque[Any] = deque()
         self.count = 0
+        self.taken = 0  # items the consumer took
+        self.told = 0  # of which the node was told ($/streamCredit)
         self.outcome: BaseException | None = None  # StopAsyncIteration once it ended
         self.waiter: asyncio.Future[None] | None = None
         self.full = False  # it holds its window of items: reading waits for its consumer
@@ -217,6 +222,10 @@ def _request(call_id: int, params: dict[str, Any]) -> bytes:
 
 
 _CANCEL = b'{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":%d}}'
+# A stream's pace (relaytx._http.WsItems): its window, before its request;
+# then how many items its consumer took.
+_WINDOW = b'{"jsonrpc":"2.0","method":"$/streamCredit","params":{"id":%d,"window":%d}}'
+_CREDIT = b'{"jsonrpc":"2.0","method":"$/streamCredit","params":{"id":%d,"consumed":%d}}'
 
 
 class _Deadlines:
@@ -329,13 +338,17 @@ class _CallBook:
     their deadlines, and what each answer (or notification) from the node
     settles. L{RpcCore} adds the connection itself.
 
-    :param window: the items a stream holds for its consumer before
-        reading from the node pauses (see the module docstring).
+    :param window: the items a stream's generator may run ahead of its
+        consumer (see the module docstring).
     """
 
     def __init__(self, url: str, window: int) -> None:
         self.url = url
         self._window = window
+        self._half_window = max(1, window // 2)
+        #: items a stream holds past which reading pauses: a node pacing the
+        #: stream by this client's credit never sends that many ahead
+        self._hold = 2 * window
         self._loop = asyncio.get_running_loop()
         self._ids = itertools.count(1)
         self._calls: dict[int, _Call] = {}
@@ -470,7 +483,10 @@ class _CallBook:
                 items = entry.items
                 if items:
                     item = items.popleft()
-                    if entry.full and len(items) < self._window:
+                    entry.taken += 1
+                    if entry.taken - entry.told >= self._half_window:
+                        self._tell_credit(entry)
+                    if entry.full and len(items) < self._hold:
                         self._unfull(entry)
                     yield item
                     continue
@@ -495,14 +511,23 @@ class _CallBook:
         items.append(params.get("item"))
         entry.count += 1
         entry.wake()
-        if len(items) >= self._window and not entry.full:
-            # Read no further: the node's output backs up and its generator
-            # waits for this consumer (SPEC 12), whatever else waits on the
-            # connection (see the module docstring).
+        if len(items) >= self._hold and not entry.full:
+            # The node does not pace the stream by our credit (a node from
+            # before it did): read no further, so its output backs up and
+            # its generator waits for this consumer (SPEC 12), whatever
+            # else waits on the connection (see the module docstring).
             entry.full = True
             self._full += 1
             if self._full == 1 and self._channel is not None:
                 self._channel.pause_reading()
+
+    def _tell_credit(self, entry: _Stream) -> None:
+        entry.told = entry.taken
+        if entry.sent and self._channel is not None:
+            try:
+                self._channel.send(_CREDIT % (entry.id, entry.taken))
+            except ChannelError:
+                pass  # closing: the stream fails with the connection
 
     def _unfull(self, entry: _Stream) -> None:
         """C{entry} holds less than its window (or ended): read on unless another is full."""
@@ -523,9 +548,8 @@ class RpcCore(_CallBook):
     :param backoff: the first and the longest wait between reconnection
         attempts, in seconds; each wait doubles the last, less up to half
         of it at random (jitter).
-    :param window: the items a stream holds for its consumer before
-        reading from the node pauses, whatever else waits on the connection
-        (see the module docstring).
+    :param window: the items a stream's generator may run ahead of its
+        consumer (see the module docstring).
     """
 
     def __init__(
@@ -665,6 +689,9 @@ class RpcCore(_CallBook):
         channel = self._channel
         assert channel is not None
         try:
+            if isinstance(entry, _Stream):  # its pace, ahead of it
+                channel.send(_WINDOW % (entry.id, self._window))
+                entry.told = entry.taken  # (a stream sent again starts over)
             channel.send(request)
         except ChannelError:  # closing: the listener hears of it soon
             self._unsent.append(entry)

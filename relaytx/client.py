@@ -28,12 +28,11 @@ is unknown whether they ran), and calls made meanwhile, or taken by the
 connection in the turn it ended but never written, wait for the new
 connection within their deadline (-32002 if none comes: they did not run).
 
-A stream whose consumer has not taken 256 items pauses reading from the
-connection, so the node's generator waits for the consumer (SPEC section
-12); the answers of other calls on the connection then wait too, until
-the consumer takes items, or fail at their deadline (-32001). A stream
-whose loop awaits other calls while the stream runs ahead is best given
-a client of its own.
+The node paces each stream by its consumer: the client tells it the
+stream's window (256 items) and how many items the loop has taken, so
+the generator runs at most that far ahead (SPEC section 12) while the
+answers of other calls on the connection come as usual (a loop may await
+calls between its items).
 
 Cancelling the task awaiting a call fails it at once with
 C{asyncio.CancelledError} and asks the node to cancel it.

@@ -885,8 +885,32 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(run(scenario()), client.TIMED_OUT)
         self.assertEqual(node.cancels(), [node.calls()[0]["id"]])
 
-    def test_flowControl(self) -> None:
-        """A full window pauses reading, a call waiting or not; taking an item resumes it."""
+    def test_pacedByCredit(self) -> None:
+        """
+        A stream's window goes to the node ahead of its request, and the
+        items its consumer takes, every half window ($/streamCredit).
+        """
+        node = FakeNode()
+        streaming(node, list(range(10)))
+
+        async def scenario() -> list[Any]:
+            c, _ = await connected(node, window=4)
+            return [item async for item in c.stream("s", "items")]
+
+        self.assertEqual(run(scenario()), list(range(10)))
+        told = [r for _, r in node.requests if r["method"] != "remote_call"]
+        self.assertEqual(told[0]["params"], {"id": 1, "window": 4})
+        self.assertEqual([r["params"] for r in told[1:]], [
+            {"id": 1, "consumed": n} for n in (2, 4, 6, 8, 10)
+        ])  # fmt: skip
+        self.assertEqual(node.requests[0][1], told[0])  # ahead of the request
+
+    def test_unpacedFlowControl(self) -> None:
+        """
+        Against a node that does not pace streams by credit, twice the
+        window held pauses reading, a call waiting or not; taking an item
+        resumes it.
+        """
         node = FakeNode()
         node.hold = True
 
@@ -906,14 +930,14 @@ class StreamTests(SynchronousTestCase):
                     }
                 )
 
-            item(0)
-            item(1)
+            for i in range(5):
+                item(i)
             self.assertTrue(channel.reading)
-            item(2)
-            self.assertFalse(channel.reading)  # 3 held: paused
+            item(5)
+            self.assertFalse(channel.reading)  # 6 held: paused
             self.assertEqual(await reading, 0)
-            self.assertTrue(channel.reading)  # below the window again
-            item(3)
+            self.assertTrue(channel.reading)  # below it again
+            item(6)
             self.assertFalse(channel.reading)
             call = asyncio.ensure_future(c.node.ping())
             await turns()
@@ -922,7 +946,7 @@ class StreamTests(SynchronousTestCase):
             self.assertTrue(channel.reading)
             node.answer(*node.held.pop())
             self.assertEqual(await call, {"pong": True})
-            item(4)
+            item(7)
             self.assertFalse(channel.reading)
             await items.aclose()  # a stream given up holds nothing back
             self.assertTrue(channel.reading)
@@ -1015,7 +1039,10 @@ class StreamTests(SynchronousTestCase):
         self.assertIn((client.TIMED_OUT, 2.0), outcomes)
 
     def test_callBehindFullStream(self) -> None:
-        """A call's answer behind a held stream's items comes once the consumer takes them."""
+        """
+        Against a node that does not pace streams by credit, a call's answer
+        behind a held stream's items comes once the consumer takes them.
+        """
         node = FakeNode()
         node.hold = True
 
@@ -1025,7 +1052,8 @@ class StreamTests(SynchronousTestCase):
             reading = asyncio.ensure_future(items.__anext__())
             await turns()
             channel, request = node.held.pop()
-            for i in range(3):
+
+            def item(i: int) -> None:
                 channel.push(
                     {
                         "jsonrpc": "2.0",
@@ -1033,27 +1061,28 @@ class StreamTests(SynchronousTestCase):
                         "params": {"id": request["id"], "item": i},
                     }
                 )
-            got = [await reading]  # 0 taken, 1 and 2 held: paused
+
+            for i in range(5):
+                item(i)
+            got = [await reading]  # 0 taken, 1 to 4 held: paused
             self.assertFalse(channel.reading)
             call = asyncio.ensure_future(c.node.ping())
             await turns()
             _, ping = node.held.pop()
-            channel.push(
-                {"jsonrpc": "2.0", "method": "$/stream", "params": {"id": request["id"], "item": 3}}
-            )
+            item(5)
             channel.push({"jsonrpc": "2.0", "result": "pong", "id": ping["id"]})
             await turns()
-            self.assertFalse(call.done())  # behind item 3, which waits on the wire
-            got.append(await items.__anext__())  # 1: room for 3, and full again
+            self.assertFalse(call.done())  # behind item 5, which waits on the wire
+            got.append(await items.__anext__())  # 1: room for 5, and full again
             await turns()
             self.assertFalse(call.done())
             got.append(await items.__anext__())  # 2: room for the answer
             got.append(await call)
-            got.append(await items.__anext__())
+            got += [await items.__anext__() for _ in range(3)]
             await items.aclose()
             return got
 
-        self.assertEqual(run(scenario()), [0, 1, 2, "pong", 3])
+        self.assertEqual(run(scenario()), [0, 1, 2, "pong", 3, 4, 5])
 
 
 class SyncClientTests(SynchronousTestCase):

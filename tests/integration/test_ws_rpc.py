@@ -9,16 +9,32 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from typing import Any
 
 import websockets.exceptions
 import websockets.sync.client
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from relaytx import Server, exposed
 from tests.support import Slow
 
 from .helpers import EXAMPLES, rpc, start_node, url, wait_for
 from .test_garbage import _frame, _ws_open
+
+
+class Ticker(Server):
+    """An endless stream, counting the items it made."""
+
+    def __init__(self) -> None:
+        self.made = 0
+
+    @exposed
+    async def ticks(self) -> AsyncIterator[int]:
+        while True:
+            self.made += 1
+            yield self.made
 
 
 class WsRpcTests(TestCase):
@@ -107,6 +123,38 @@ class WsRpcTests(TestCase):
         answer, code = await talking
         self.assertEqual(answer["error"]["code"], -32006)
         self.assertEqual(code, 1001)
+
+    async def test_stream_paced_by_client(self) -> None:
+        """
+        A client that tells a stream's window before its request gets that
+        many items, then as many more as it says its consumer took
+        ($/streamCredit), however fast it reads.
+        """
+        ticker = Ticker()
+        node = start_node(self, "ws5", servers={"ticker": ticker})
+        address = url(node).replace("http://", "ws://") + "/ws/rpc"
+
+        def credit(**params: int) -> str:
+            return json.dumps({"jsonrpc": "2.0", "method": "$/streamCredit", "params": params})
+
+        def items(conn: Any, count: int) -> list[int]:
+            got = [json.loads(conn.recv(timeout=5))["params"]["item"] for _ in range(count)]
+            with self.assertRaises(TimeoutError):
+                conn.recv(timeout=0.3)  # and no more
+            return got
+
+        def talk() -> tuple[list[int], list[int], int]:
+            with websockets.sync.client.connect(address, open_timeout=5) as conn:
+                conn.send(credit(id=1, window=8))
+                conn.send(json.dumps({"jsonrpc": "2.0", "method": "ticker.ticks", "id": 1}))
+                first = items(conn, 8)
+                conn.send(credit(id=1, consumed=8))
+                second = items(conn, 8)
+                return first, second, ticker.made
+
+        first, second, made = await deferToThread(talk)
+        self.assertEqual((first, second), (list(range(1, 9)), list(range(9, 17))))
+        self.assertLessEqual(made, 17)
 
     async def test_fragmented_request(self) -> None:
         """A request split over a text frame and continuations is one request."""
