@@ -243,7 +243,8 @@ def startup_line(
     host = port.getHost()
     address = config.port
     if isinstance(host, IPv4Address | IPv6Address):
-        scheme = "https" if config.tls is not None else "http"
+        secure = config.tls is not None or str(config.port).startswith(("ssl:", "tls:"))
+        scheme = "https" if secure else "http"
         name = f"[{host.host}]" if isinstance(host, IPv6Address) else host.host
         address = f"{scheme}://{name}:{host.port}"
     _log.info(

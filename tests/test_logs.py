@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
+import twisted.test
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import Logger, globalLogPublisher
@@ -108,3 +110,13 @@ class StartupLineTests(SynchronousTestCase):
             "node n1 listening on http://127.0.0.1:8080; servers: ['counter', 'node']; "
             "peers: ['ws://127.0.0.1:9001', 'n3@ws://10.0.0.3:80']",
         )
+
+    def test_tls_endpoint(self) -> None:
+        """A node listening on an ssl: endpoint says https."""
+        pem = os.path.join(os.path.dirname(twisted.test.__file__), "server.pem")
+        node = memory_node("n1", MemoryReactorClock(), port=f"ssl:8443:privateKey={pem}")
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        port = _Port(IPv4Address("TCP", "127.0.0.1", 8443))
+        startup_line(port, node.config, [], "0")  # type: ignore[arg-type]
+        (event,) = [e for e in events if "servers" in e]
+        self.assertEqual(event["address"], "https://127.0.0.1:8443")
