@@ -133,6 +133,9 @@ def _remote_call_field(
     return value
 
 
+_NOT_STRUCTURED = 'Invalid params: "params" must be an array or an object'
+
+
 class CallBook:
     """
     What a transport that carries many requests (C{/ws/rpc}) keeps of the
@@ -313,8 +316,11 @@ class JsonRpcHandler:
                 request_id = None
             return self._error(e, request_id)
         try:
-            if params is not None and not isinstance(params, list | dict):
-                raise InvalidParams('Invalid params: "params" must be an array or an object')
+            if params is None:
+                if "params" in request:  # a null: no structured value either
+                    raise InvalidParams(_NOT_STRUCTURED)
+            elif not isinstance(params, list | dict):
+                raise InvalidParams(_NOT_STRUCTURED)
             target = resolve(method, params, caller)
             if trace is not None:
                 target.trace = trace

@@ -429,6 +429,8 @@ class RequestValidationTests(HandlerTestCase):
         for params in ["bar", 5, True]:
             with self.subTest(params=params):
                 self.assertError(self.request("math.sum", params, 3), -32602, 3)
+        null = self.answer(b'{"jsonrpc": "2.0", "method": "math.sum", "params": null, "id": 3}')
+        self.assertError(null, -32602, 3)  # present, and no structured value
         self.assertEqual(self.math.targets, [])
 
     def test_no_params(self) -> None:
