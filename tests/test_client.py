@@ -700,18 +700,17 @@ class LivenessTests(SynchronousTestCase):
         self.assertEqual(pairs[0].listener.last_error, "the node answered no ping within 1s")
 
 
+def stream_item(request_id: Any, item: Any) -> dict[str, Any]:
+    """:returns: the notification that carries C{item} of stream C{request_id}."""
+    return {"jsonrpc": "2.0", "method": "$/stream", "params": {"id": request_id, "item": item}}
+
+
 def streaming(node: FakeNode, items: list[Any], result: Any = None) -> None:
     """Make C{node} stream C{items} from C{("s", "items")}, then answer C{result} (the count)."""
 
     def answer(channel: Any, request: dict[str, Any]) -> None:
         for item in items:
-            channel.deliver(
-                {
-                    "jsonrpc": "2.0",
-                    "method": "$/stream",
-                    "params": {"id": request["id"], "item": item},
-                }
-            )
+            channel.deliver(stream_item(request["id"], item))
         final = len(items) if result is None else result
         channel.deliver({"jsonrpc": "2.0", "result": final, "id": request["id"]})
 
@@ -922,13 +921,7 @@ class StreamTests(SynchronousTestCase):
             channel, request = node.held.pop()
 
             def item(i: int) -> None:
-                channel.deliver(
-                    {
-                        "jsonrpc": "2.0",
-                        "method": "$/stream",
-                        "params": {"id": request["id"], "item": i},
-                    }
-                )
+                channel.deliver(stream_item(request["id"], i))
 
             for i in range(5):
                 item(i)
@@ -1054,13 +1047,7 @@ class StreamTests(SynchronousTestCase):
             channel, request = node.held.pop()
 
             def item(i: int) -> None:
-                channel.push(
-                    {
-                        "jsonrpc": "2.0",
-                        "method": "$/stream",
-                        "params": {"id": request["id"], "item": i},
-                    }
-                )
+                channel.push(stream_item(request["id"], i))
 
             for i in range(5):
                 item(i)
