@@ -104,6 +104,16 @@ def _refusal(url: str, response: Response) -> str:
     return f"{url} refused the connection: {status}{detail}"
 
 
+def _unmasked(frame: bytes) -> bytes:
+    """:returns: the payload of a whole masked frame this end built."""
+    length, head = frame[1] & 0x7F, 2
+    if length == 126:
+        head = 4
+    elif length == 127:
+        head = 10
+    return apply_mask(frame[head + 4 :], frame[head : head + 4])
+
+
 class WebSocketChannel(asyncio.Protocol):
     """
     The client end of one connection (an asyncio protocol). Built and
@@ -384,18 +394,7 @@ class WebSocketChannel(asyncio.Protocol):
             reached the node.
             Meaningful once the listener has heard the channel is lost.
         """
-        messages = []
-        for frame in self._unwritten:
-            if frame[0] != _TEXT:
-                continue  # a ping or a pong
-            length, head = frame[1] & 0x7F, 2
-            if length == 126:
-                head = 4
-            elif length == 127:
-                head = 10
-            mask = frame[head : head + 4]
-            messages.append(apply_mask(frame[head + 4 :], mask))
-        return messages
+        return [_unmasked(frame) for frame in self._unwritten if frame[0] == _TEXT]
 
     # Liveness and closing.
 
