@@ -37,9 +37,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from relaytx._guards import ConnectionCounts, HttpPolicy, InputBudget
+from relaytx._guards import ConnectionCounts, FailureTally, HttpPolicy, InputBudget
 from relaytx._listen import fit_connections
 from relaytx.config import NodeConfig
+
+_log = Logger()
 
 #: Close codes (RFC 6455 section 7.4.1).
 CLOSE_POLICY = 1008
@@ -164,6 +166,8 @@ class ConnectionWatch:
         self.flows: set[Flow] = set()
         self._rounds: LoopingCall | None = None
         self.closed = {"silent": 0, "unfinished": 0, "unread": 0, "busy": 0}
+        #: the connections failed for what their far end sent, by kind
+        self.failures = FailureTally()
 
     def watch(self, protocol: Any, pings: bool) -> Flow:
         """Watch C{protocol}'s connection; C{pings}: ping it when it is silent."""
@@ -254,6 +258,26 @@ class ConnectionWatch:
         protocol.dropConnection(abort=True)
 
 
+class _Silent:
+    """A logger, as Autobahn's protocols use theirs, that logs nothing."""
+
+    def __getattr__(self, level: str) -> Any:
+        return _nothing
+
+
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    pass
+
+
+def quietly(protocol: Any, step: Any, **kwargs: Any) -> None:
+    """Take one step of an Autobahn C{protocol} with its logging off."""
+    log, protocol.log = protocol.log, _Silent()
+    try:
+        step(**kwargs)
+    finally:
+        protocol.log = log
+
+
 class WatchedConnection:
     """
     Mixed into a WebSocket protocol (ahead of L{LeanMessages}) whose
@@ -274,12 +298,28 @@ class WatchedConnection:
     transport: Any
     failedByMe: bool
     read_since_round: bool
+    STATE_CLOSED: int
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[misc]  # Autobahn's, next in the MRO
         watch = getattr(self.factory, "watch", None)
         if watch is not None:
             self.flow = watch.watch(self, self.pings)
+
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        # Autobahn's, without its warning for every connection it fails: a
+        # client or a stranger fails one at will (a frame unmasked, or too
+        # large). The node logs each kind once per doubling of its count.
+        if getattr(self, "state", None) != self.STATE_CLOSED:  # (else nothing to fail)
+            watch = getattr(self.factory, "watch", None)
+            count = 1 if watch is None else watch.failures.failed(f"{code}: {reason}")
+            if count is not None:
+                _log.warn(
+                    "failed a WebSocket connection from {peer} (code={code}): {reason} "
+                    "({count} time(s))",
+                    peer=getattr(self, "peer", None), code=code, reason=reason, count=count,
+                )  # fmt: skip
+        quietly(self, super()._fail_connection, code=code, reason=reason)  # type: ignore[misc]
 
     def onMessageFrameBegin(self, length: int) -> None:
         super().onMessageFrameBegin(length)  # type: ignore[misc]
@@ -288,9 +328,7 @@ class WatchedConnection:
             return
         if not flow.watch.budget.take(length):
             flow.watch.closed["busy"] += 1
-            self._fail_connection(  # type: ignore[attr-defined]  # Autobahn's
-                CLOSE_TRY_LATER, "node busy: too much input held; retry later"
-            )
+            self._fail_connection(CLOSE_TRY_LATER, "node busy: too much input held; retry later")
             return
         flow.held_input += length
 

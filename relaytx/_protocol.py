@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relaytx import _json
-from relaytx._flow import WatchedConnection
+from relaytx._flow import WatchedConnection, quietly
 from relaytx._frames import LeanMessages, tune_socket
 from relaytx._handshake import AcceptorHandshake, DiallerHandshake, HandshakeRefused
 from relaytx._linkauth import OVERHEAD, PENDING_TIMEOUT, FrameOpener, FrameRejected, FrameSealer
@@ -61,26 +61,6 @@ AUTH_TIMEOUT = 10.0
 #: and the drop reason each is counted under. (Text that is not UTF-8 is
 #: found, closed with 1007 and counted by the session, as not JSON.)
 _FAILED_FOR = {1002: "websocket_protocol", 1009: "too_large"}
-
-
-class _Silent:
-    """A logger, as Autobahn's protocols use theirs, that logs nothing."""
-
-    def __getattr__(self, level: str) -> Any:
-        return _nothing
-
-
-def _nothing(*args: Any, **kwargs: Any) -> None:
-    pass
-
-
-def _quietly(protocol: Any, step: Any, **kwargs: Any) -> None:
-    """Take one step of an Autobahn C{protocol} with its logging off."""
-    log, protocol.log = protocol.log, _Silent()
-    try:
-        step(**kwargs)
-    finally:
-        protocol.log = log
 
 
 @implementer(ILinkTransport)
@@ -320,7 +300,7 @@ class PeerServerProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
         self._rlog.debug("refused the upgrade from {peer}: {reason}", peer=self.peer, reason=reason)
         self.wasNotCleanReason = reason
         self.sendHttpErrorResponse(code, reason, responseHeaders)
-        _quietly(self, self.dropConnection, abort=False)
+        quietly(self, self.dropConnection, abort=False)
 
     def onConnect(self, request: Any) -> tuple[None, dict[str, str]]:
         factory = self.factory
@@ -401,7 +381,7 @@ class PeerClientProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
         # Autobahn's, without its lines per attempt: the dialer logs the
         # failure (onClose), once per run of identical ones.
         self.wasNotCleanReason = reason
-        _quietly(self, self.dropConnection, abort=True)
+        quietly(self, self.dropConnection, abort=True)
 
     def onConnecting(self, transport_details: Any) -> ConnectingRequest:
         factory = self.factory

@@ -834,6 +834,50 @@ class DialerTests(TempDirMixin, TestCase):
         self.assertLessEqual(len(counted), 2 * (1 + (8).bit_length()))
         self.assertEqual(errors(events), [])
 
+    async def test_failedConnectionsQuiet(self) -> None:
+        """
+        A stranger that gets past the upgrade with a nonce of the right
+        form, then breaks the protocol (an unmasked frame), is closed (1002)
+        at every attempt, and logged at 1, 2, 4... of them: no warning of
+        Autobahn's per connection.
+        """
+        secret = self.mktemp()
+        with open(secret, "wb") as f:
+            f.write(b"s" * 32)
+        os.chmod(secret, 0o600)
+        target = start_node(self, "quiet3", secret_file=secret)
+        port = target.listening_port.getHost().port  # type: ignore[union-attr]
+        events = log_events(self)
+
+        def attempt(n: int) -> int | None:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            key = base64.b64encode(os.urandom(16))
+            sock.sendall(
+                b"GET /ws/p2p?node_id=evil" + str(n % 2).encode() + b" HTTP/1.1\r\n"
+                b"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n"
+                b"X-Relaytx-Nonce: " + os.urandom(32).hex().encode() + b"\r\n\r\n"
+            )
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(4096)
+            head, _, rest = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101"), head
+            sock.sendall(_frame(0x1, b"{}", masked=False))
+            return _ws_close_code(sock, rest)
+
+        codes = await deferToThread(lambda: [attempt(n) for n in range(12)])
+        self.assertEqual(codes, [1002] * 12)
+        autobahn = [
+            e
+            for e in events
+            if e.get("log_namespace", "").startswith("autobahn")
+            and e.get("log_level") not in (LogLevel.debug, LogLevel.info)
+        ]
+        self.assertEqual(autobahn, [])
+        ours = [e for e in events if "failed a WebSocket connection" in e.get("log_format", "")]
+        self.assertEqual([e["count"] for e in ours], [1, 2, 4, 8])
+
     async def test_refusedAtHandshakeQuiet(self) -> None:
         """
         A peer that answers as another node (ID@URL) is refused at each
