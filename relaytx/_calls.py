@@ -65,6 +65,9 @@ class CallTarget:
     @ivar stream: who takes the items if the method streams them
         (L{relaytx._streams.ItemConsumer}), or C{None}: a streaming method's
         items are then collected into one list (SPEC section 12).
+    @ivar relayed_by: in PKI mode, the node that relays the call for its
+        HTTP client C{caller}: access rules must allow both (a member
+        cannot borrow an HTTP client's rights that the rules deny it).
 
     A value, though not frozen (as the envelope, for speed: one is made per
     call); use C{attrs.evolve} for a changed copy.
@@ -80,6 +83,7 @@ class CallTarget:
     via: str | None = None
     trace: Any = None
     stream: Any = None
+    relayed_by: str | None = None
 
 
 class _Pending:

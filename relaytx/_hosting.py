@@ -161,6 +161,12 @@ class ServerHost:
                     f"Access denied: {caller} may not call {target.server}.{target.method}"
                     f" on {self._node_id}"
                 )
+            relayer = target.relayed_by
+            if relayer is not None and not access.allows(relayer, target.server, target.method):
+                raise AccessDenied(
+                    f"Access denied: {relayer}, relaying for {caller}, may not call"
+                    f" {target.server}.{target.method} on {self._node_id}"
+                )
         mailbox = self._mailboxes.get(target.server)
         if mailbox is None:
             missing: type[CallError] = NoSuchServer if explicit else MethodNotFound

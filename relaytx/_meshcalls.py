@@ -265,6 +265,10 @@ class MeshCalls:
             via=via,
             stream=stream,
         )
+        if e2e is not None and target.caller != envelope.sender:
+            # PKI mode: members are told apart, and the one that names an
+            # HTTP client must be allowed the call too.
+            target.relayed_by = envelope.sender
         if self.traces.tracer is not None or TRACE_PATH in envelope.data:
             self.traces.arrived(envelope, target)  # until _send_answer
         try:

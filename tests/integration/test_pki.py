@@ -20,8 +20,9 @@ from twisted.trial.unittest import TestCase
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from relaytx._calls import CallTarget
 from relaytx._ribs import Wanted
-from relaytx.errors import CallTimeout, NodeUnreachable
+from relaytx.errors import AccessDenied, CallTimeout, NodeUnreachable
 from relaytx.node import RelayNode
 from relaytx.server import Server, exposed
 from relaytx.wire import Envelope, NodeInfo, ServerCall, ServerResponse, server_table
@@ -195,6 +196,38 @@ class PkiTests(_Files, TestCase):
         # A genuine call crosses mallory, with its end-to-end code.
         self.assertEqual(await a.call("nodeC", "counter", "increment", timeout=5), 1)
         return a, mallory, c, counter
+
+    async def test_borrowed_http_caller(self) -> None:
+        """
+        A member naming an HTTP client as the caller it relays for is judged
+        as that client and as itself: a rule denying it holds, and one
+        allowing the client does not lend the client's rights to it.
+        """
+        access = {
+            "rule": [
+                {"callers": ["mallory"], "servers": ["counter"], "allow": False},
+                {"callers": ["http:ci"], "servers": ["counter"], "allow": True},
+                {"callers": ["http"], "servers": ["counter"], "allow": False},
+            ]
+        }
+        counter = Counter()
+        c = self.node("nodeC", servers={"counter": counter}, access=access)
+        mallory = self.node("mallory", [c])
+        a = self.node("nodeA", [c])
+        await self.linked((mallory, c), (a, c))
+
+        def relayed(node: RelayNode, caller: str) -> Any:
+            return node.dispatcher.call(
+                CallTarget("nodeC", "counter", "increment", timeout=5, caller=caller)
+            )
+
+        with self.assertRaises(AccessDenied) as denied:
+            await relayed(mallory, "http:ci")
+        self.assertIn("mallory, relaying for http:ci", denied.exception.message)
+        with self.assertRaises(AccessDenied):
+            await relayed(a, "http:10.0.0.1")  # (a rule denying http holds through a)
+        self.assertEqual(await relayed(a, "http:ci"), 1)
+        self.assertEqual(counter.count, 1)
 
     async def test_forged_answer(self) -> None:
         """A member on the path answering for the callee is ignored: never a forged success."""
