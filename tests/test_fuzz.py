@@ -557,8 +557,8 @@ requests = st.fixed_dictionaries(
 good_requests = st.fixed_dictionaries(
     {"jsonrpc": st.just("2.0"), "method": st.sampled_from(FakeInvoke.METHODS)},
     optional={
-        "params": st.none()
-        | st.lists(json_values, max_size=3)
+        # (params may be left out; when given, as a structure: a null is not one)
+        "params": st.lists(json_values, max_size=3)
         | st.dictionaries(st.text(max_size=5), json_values, max_size=3),
         "id": ids,
     },
