@@ -176,7 +176,7 @@ class Advertiser:
 
     # Link events.
 
-    def link_opened(self, peer_id: str, original: bool = False) -> None:
+    def link_opened(self, peer_id: str, original: bool = False, quiet: bool = False) -> None:
         """
         A new link (or one that replaces another): it hears from us at once.
 
@@ -184,8 +184,10 @@ class Advertiser:
             never say its servers: its route is told at once. A relaytx
             peer's is told once its first advert came, or after
             L{HELLO_WAIT} (see L{Router.link_up}).
+        :param quiet: the peer is a relaytx node that said its registry is
+            off: no advert will come, and its route is told at once too.
         """
-        heard = original or not self.enabled
+        heard = original or quiet or not self.enabled
         self._router.link_up(
             peer_id, now=self._clock.seconds() if self.enabled else None, heard=heard
         )

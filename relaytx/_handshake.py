@@ -72,6 +72,11 @@ NODE_ID_HEADER = "X-Relaytx-Node-Id"
 #: (the dialler's own check of the answer stays, for other acceptors).
 EXPECT_HEADER = "X-Relaytx-Expect-Id"
 
+#: Request and response header by which a relaytx node with its registry
+#: off (C{--disable-registry}) says so: it will send no advert, and its
+#: neighbour tells others of its route at once rather than wait for one.
+REGISTRY_OFF_HEADER = "X-Relaytx-Registry-Off"
+
 #: Request and response header by which two relaytx nodes agree that the
 #: dialler sends its frames unmasked. RFC 6455 masks client frames so that
 #: a script in a browser cannot forge bytes a caching proxy would misread;
@@ -123,6 +128,10 @@ class _Machine:
     peer_id: str | None = None
     #: whether the dialler's frames go unmasked (both ends said so)
     unmasked = False
+    #: whether this node's registry is off (it says so to the other end)
+    registry_off = False
+    #: whether the other end said its registry is off
+    peer_registry_off = False
 
     def _expect(self, *states: State) -> None:
         if self.state not in states:
@@ -219,6 +228,9 @@ class AcceptorHandshake(_Machine):
         except LinkRefused as e:
             raise self._refuse(e.status, e.reason) from None
         answer = {NODE_ID_HEADER: self._node_id}
+        self.peer_registry_off = headers.get(REGISTRY_OFF_HEADER.lower()) == "1"
+        if self.registry_off:
+            answer[REGISTRY_OFF_HEADER] = "1"
         if headers.get(UNMASKED_HEADER.lower()) == "1":
             self.unmasked = True
             answer[UNMASKED_HEADER] = "1"
@@ -323,6 +335,8 @@ class DiallerHandshake(_Machine):
         headers = {UNMASKED_HEADER: "1"}
         if self._expected_id is not None:
             headers[EXPECT_HEADER] = self._expected_id
+        if self.registry_off:
+            headers[REGISTRY_OFF_HEADER] = "1"
         if self._secret is not None:
             self._dial_nonce = self._new_nonce()
             headers[_auth.NONCE_HEADER] = self._dial_nonce
@@ -343,6 +357,7 @@ class DiallerHandshake(_Machine):
         self._expect(State.REQUESTED)
         headers = _lower(headers)
         self.unmasked = headers.get(UNMASKED_HEADER.lower()) == "1"
+        self.peer_registry_off = headers.get(REGISTRY_OFF_HEADER.lower()) == "1"
         peer_id = headers.get(NODE_ID_HEADER.lower()) or None
         expected = self._expected_id
         if peer_id is not None and expected is not None and peer_id != expected:

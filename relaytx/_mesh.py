@@ -291,12 +291,15 @@ class Mesh:
         address: str,
         transport: ILinkTransport,
         original: bool = False,
+        quiet: bool = False,
     ) -> PeerSession:
         """
         A link's WebSocket is open: start its session.
 
         :param original: whether the peer is a node of the original design
             (its handshake was not a relaytx node's).
+        :param quiet: whether the peer said its registry is off: it will
+            send no advert (L{relaytx._adverts.Advertiser.link_opened}).
         :raises LinkRefused: as L{check_new_link}.
         """
         self._links.check(peer_id, direction)
@@ -312,7 +315,7 @@ class Mesh:
             direction=direction,
             address=address,
         )
-        self.adverts.link_opened(peer_id, original)
+        self.adverts.link_opened(peer_id, original, quiet)
         if self.records is not None:
             self.records.link_opened(peer_id)
         return session

@@ -150,8 +150,9 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
         try:
             transport = _Transport(self, sealed=keys is not None)
             self.session = mesh.open_link(
-                peer_id, self.direction, self._address(), transport, original
-            )
+                peer_id, self.direction, self._address(), transport, original,
+                quiet=self.handshake.peer_registry_off,
+            )  # fmt: skip
         except LinkRefused as e:
             self._close(CLOSE_REPLACED, e.reason)
             return
@@ -311,6 +312,7 @@ class PeerServerProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
             factory.allowed_origins,
             pki=factory.pki,
         )
+        handshake.registry_off = not factory.mesh.adverts.enabled
         try:
             # Autobahn's own reading of the origin: the Origin header, or
             # Sec-WebSocket-Origin for the drafts before version 13, which
@@ -389,6 +391,7 @@ class PeerClientProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
         self.handshake = handshake = DiallerHandshake(
             factory.mesh.node_id, dialer.secret, dialer.expected_id, pki=factory.pki
         )
+        handshake.registry_off = not factory.mesh.adverts.enabled
         return ConnectingRequest(
             host=factory.host,
             port=factory.port,

@@ -323,10 +323,14 @@ class MemoryMesh:
         self._queue: deque[tuple[MemoryLink, tuple[str, int, Any]]] = deque()
         self._shuffle = shuffle
 
-    def link(self, a: RelayNode, b: RelayNode) -> MemoryLink:
+    def link(self, a: RelayNode, b: RelayNode, registry_said: bool = True) -> MemoryLink:
         """
         Open a link: C{a} dials C{b}. Both sessions start at once (their
         first pings and registry syncs are queued, not delivered).
+
+        :param registry_said: whether each end hears if the other's registry
+            is off, as a relaytx handshake says (C{False}: as from a node that
+            did not say).
 
         Each node uses its own session class (C{node.use_session}). A second
         link between the same two nodes replaces the first, as a reconnection
@@ -338,13 +342,16 @@ class MemoryMesh:
         b.mesh.check_new_link(a.node_id, "inbound")
         link = MemoryLink(self, a, b)
         self.links.append(link)
-        # Accept first, as the server side of a WebSocket opens first.
+        # Accept first, as the server side of a WebSocket opens first. Each
+        # hears whether the other's registry is off, as a handshake says.
         session_b = b.mesh.open_link(
-            a.node_id, "inbound", f"memory:{a.node_id}", link.transports[1]
-        )
+            a.node_id, "inbound", f"memory:{a.node_id}", link.transports[1],
+            quiet=registry_said and not a.mesh.adverts.enabled,
+        )  # fmt: skip
         session_a = a.mesh.open_link(
-            b.node_id, "outbound", f"memory:{b.node_id}", link.transports[0]
-        )
+            b.node_id, "outbound", f"memory:{b.node_id}", link.transports[0],
+            quiet=registry_said and not b.mesh.adverts.enabled,
+        )  # fmt: skip
         link.sessions = (session_a, session_b)
         return link
 

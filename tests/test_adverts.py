@@ -185,16 +185,25 @@ class HelloTests(ExchangeTestCase):
 
     def test_silent_neighbour_told_after_a_while(self) -> None:
         """
-        A neighbour that says nothing (its registry is off) for
-        L{HELLO_WAIT} seconds has its route told anyway.
+        A relaytx neighbour that says nothing for L{HELLO_WAIT} seconds (its
+        first advert late, or a registry off that it did not announce) has
+        its route told anyway.
         """
         hub, far = self.line(["hub", "far"])
         quiet = memory_node("quiet", self.clock, disable_registry=True)
-        self.network.link(quiet, hub)
+        self.network.link(quiet, hub, registry_said=False)
         self.network.advance(HELLO_WAIT - 0.1)
         self.assertIn("quiet", hub.views.routes())
         self.assertNotIn("quiet", far.views.routes())
         self.network.advance(0.1 + SYNC_DELAY)
+        self.assertEqual(far.views.routes()["quiet"]["hops"], 2)
+
+    def test_registry_off_neighbour_told_at_once(self) -> None:
+        """A neighbour that said in its handshake that its registry is off is told at once."""
+        hub, far = self.line(["hub", "far"])
+        quiet = memory_node("quiet", self.clock, disable_registry=True)
+        self.network.link(quiet, hub)  # (each hears whether the other's registry is off)
+        self.network.settle()
         self.assertEqual(far.views.routes()["quiet"]["hops"], 2)
 
     def test_original_design_neighbour_told_at_once(self) -> None:

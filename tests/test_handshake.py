@@ -15,6 +15,7 @@ from relaytx import _auth
 from relaytx._handshake import (
     EXPECT_HEADER,
     NODE_ID_HEADER,
+    REGISTRY_OFF_HEADER,
     UNMASKED_HEADER,
     AcceptorHandshake,
     DiallerHandshake,
@@ -107,6 +108,17 @@ class AcceptorTests(SynchronousTestCase):
             handshake = self.acceptor(origins=frozenset({"https://ok.example"}))
             self.upgrade(handshake, origin=origin)
             self.assertIs(handshake.state, State.ACCEPTED)
+
+    def test_registry_off(self) -> None:
+        """Each end says whether its registry is off; the other hears it."""
+        handshake = self.acceptor()
+        handshake.registry_off = True
+        answer = self.upgrade(handshake, headers={REGISTRY_OFF_HEADER: "1"})
+        self.assertEqual(answer[REGISTRY_OFF_HEADER], "1")
+        self.assertTrue(handshake.peer_registry_off)
+        handshake = self.acceptor()
+        self.assertNotIn(REGISTRY_OFF_HEADER, self.upgrade(handshake))
+        self.assertFalse(handshake.peer_registry_off)
 
     def test_expected_another_node(self) -> None:
         """
@@ -222,6 +234,11 @@ class DiallerTests(SynchronousTestCase):
         self.assertIs(handshake.state, State.REQUESTED)
         expecting = self.dialler(expected="hB").request_headers()
         self.assertEqual(expecting, {UNMASKED_HEADER: "1", EXPECT_HEADER: "hB"})
+        quiet = self.dialler()
+        quiet.registry_off = True
+        self.assertEqual(quiet.request_headers()[REGISTRY_OFF_HEADER], "1")
+        quiet.answered({"X-Relaytx-Node-Id": "hB", REGISTRY_OFF_HEADER: "1"})
+        self.assertTrue(quiet.peer_registry_off)
         handshake.answered({"X-Relaytx-Node-Id": "hB", "X-Relaytx-Unmasked": "1"})
         self.assertEqual((handshake.state, handshake.peer_id), (State.ACCEPTED, "hB"))
         self.assertTrue(handshake.unmasked)

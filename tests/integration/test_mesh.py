@@ -231,6 +231,20 @@ class CallTests(TestCase):
         self.assertEqual(answer["error"]["code"], -32002)
         self.assertLess(reactor.seconds() - started, 0.5)
 
+    async def test_registry_off_reachable_at_once(self) -> None:
+        """
+        A node with its registry off, linked beyond a neighbour, is called
+        by its id within a second: its neighbour, told in the handshake
+        that no advert will come, passes its route on at once.
+        """
+        a, b, _ = await self._pair()
+        start_node(self, "F", peers=[ws(b)], disable_registry=True)
+        await wait_for(lambda: "F" in b.mesh.links, 5.0, what="F's link")
+        linked = reactor.seconds()
+        await wait_for(lambda: a.mesh.router.route("F") is not None, 1.0, what="A's route to F")
+        self.assertLess(reactor.seconds() - linked, 1.0)
+        self.assertEqual(await a.call("F", "node", "echo", 1, timeout=5), [1])
+
     async def test_http_forms(self) -> None:
         """remote_call, NODE_ID/SERVER.METHOD and bare SERVER.METHOD all reach B over HTTP."""
         a, _, _ = await self._pair()
