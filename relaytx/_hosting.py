@@ -75,9 +75,9 @@ class ServerHost:
         #: the hosted servers' names (a read-only view, for a test on a hot path)
         self.names = self._mailboxes.keys()
         self.on_change = on_change
-        #: calls that did not finish at once, queued or running: the node's load
-        self.busy = 0
-        #: their Deferreds, in order, failed when the node stops (L{stop})
+        #: the Deferreds of calls that did not finish at once, queued or
+        #: running, in order: the node's load (L{busy}); failed when the node
+        #: stops (L{stop})
         self._unfinished: dict[Deferred[Any], None] = {}
         self._stopping = False
         #: called with the load when it moves to another power of two
@@ -196,15 +196,22 @@ class ServerHost:
         if is_deferred(result):
             if not result.called:  # remote calls time out in the mesh; local ones here
                 result.addTimeout(target.timeout, self._clock, onTimeoutCancel=_timed_out)
-                self._busy_changed(1)
                 self._unfinished[result] = None
+                self._load_moved(len(self._unfinished) - 1)
                 result.addBoth(self._done, result)
             return result.addErrback(self._method_failed, target)
         return result
 
+    @property
+    def busy(self) -> int:
+        """Calls that did not finish at once, queued or running: the node's load."""
+        return len(self._unfinished)
+
     def _done(self, outcome: Any, result: Deferred[Any]) -> Any:
-        self._busy_changed(-1)
-        self._unfinished.pop(result, None)
+        unfinished = self._unfinished
+        if result in unfinished:
+            del unfinished[result]
+            self._load_moved(len(unfinished) + 1)
         return outcome
 
     def stop(self) -> None:
@@ -221,11 +228,10 @@ class ServerHost:
         for result in reversed(list(self._unfinished)):
             result.cancel()
 
-    def _busy_changed(self, step: int) -> None:
-        # The node's load (calls that did not finish at once, queued or
-        # running): its owner hears when it moves to another power of two.
-        before = self.busy
-        self.busy = after = before + step
+    def _load_moved(self, before: int) -> None:
+        # The node's load moved from before: its owner hears when it moves
+        # to another power of two.
+        after = len(self._unfinished)
         if before.bit_length() != after.bit_length():
             self.on_load(after)
 

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx import Overloaded, RemoteCallError, Server, exposed
 from relaytx.errors import CallTimeout
-from relaytx.testing import MemoryMesh, memory_node
+from relaytx.testing import MemoryMesh, line, memory_node
 from relaytx.wire import Envelope, RegistrySync, RouteAdvert, ServerResponse
 
 
@@ -213,9 +213,7 @@ class HopLimitTests(SynchronousTestCase):
         a, c = memory_node("a", reactor), memory_node("c", reactor)
         b = memory_node("b", reactor, limits={"max_pending_calls": 1})
         c.expose("blob", Blob())
-        network = MemoryMesh()
-        network.link(a, b)
-        network.link(b, c)
+        network = line([a, b, c])
         network.settle()
         first = a.call("c", "blob", "never", timeout=10)
         second = a.call("c", "blob", "never", timeout=10)
