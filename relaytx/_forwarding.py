@@ -177,15 +177,13 @@ class Forwarder:
                 return
             if envelope.type not in _NOT_DEDUPLICATED:
                 # relaytx ids are unique; an original-design node's
-                # (nanosecond timestamps) collide under load, so its
-                # messages are told apart by type and response id too.
-                if session.original:
-                    first = self._seen.first_time(
-                        envelope.sender, envelope.id, envelope.type, envelope.response_id
-                    )
-                else:
-                    first = self._seen.first_time(envelope.sender, envelope.id)
-                if not first:
+                # (nanosecond timestamps) collide under load, so messages
+                # are told apart by type and response id too. Whichever
+                # link a copy came by: an original's message may come
+                # straight from it and forwarded by a relaytx node alike.
+                if not self._seen.first_time(
+                    envelope.sender, envelope.id, envelope.type, envelope.response_id
+                ):
                     self._metrics.drop("duplicate")
                     return
             session.dispatch(envelope)
@@ -317,7 +315,9 @@ class Forwarder:
                     and self._relay is not None
                 ):
                     # It would drop a frame from anyone but its direct peers.
-                    if self._seen.first_time(envelope.sender, envelope.id):
+                    if self._seen.first_time(
+                        envelope.sender, envelope.id, kind, envelope.response_id
+                    ):
                         self._relay(envelope, came_from)
                     else:
                         self._metrics.drop("duplicate")

@@ -238,22 +238,38 @@ class OriginalPeer:
         self.serve()
 
     def frame(
-        self, kind: str, data: dict[str, Any], message_id: str = "1796024318380122731"
+        self,
+        kind: str,
+        data: dict[str, Any],
+        message_id: str = "1796024318380122731",
+        to: str | None = None,
     ) -> None:
-        """Send one frame of type C{kind} to the node, as the original would."""
+        """
+        Send one frame of type C{kind} to the node, as the original would.
+
+        :param to: its destination, when not the node.
+        """
         import json
 
-        envelope = {
+        self.session.data_received(
+            json.dumps(self.envelope(kind, data, message_id, to), separators=(",", ":")).encode()
+            + b"\n"
+        )
+
+    def envelope(
+        self, kind: str, data: dict[str, Any], message_id: str, to: str | None = None
+    ) -> dict[str, Any]:
+        """:returns: an envelope as the original writes it (for the node, by default)."""
+        return {
             "type": kind,
             "id": message_id,
             "from": self.peer_id,
-            "to": self.node.node_id,
+            "to": self.node.node_id if to is None else to,
             "data": dict(sorted(data.items())),
             "timestamp": "2026-11-30T07:38:38.380123102Z",
             "route": [self.peer_id],
             "ttl": 9,
         }
-        self.session.data_received(json.dumps(envelope, separators=(",", ":")).encode() + b"\n")
 
     def serve(self) -> None:
         """Read what the node sent since last time: answer its pings, keep the rest."""

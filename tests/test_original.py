@@ -80,6 +80,57 @@ class DuplicateIdTests(OriginalTestCase):
         self.assertIn("svc", self.node.views.servers())
 
 
+class ForwardedCopiesTests(OriginalTestCase):
+    """
+    An original-design node linked to two relaytx nodes, A and B, sends
+    calls for B straight to it and wrapped in a C{route_message} to A,
+    which forwards them: B tells its messages apart by sender, id, type
+    and response id whichever link they came by.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.a, self.b = self.nodes("ab")
+        line([self.a, self.b], self.network)
+        self.counter = Counter()
+        self.b.expose("counter", self.counter)
+        self.to_a = OriginalPeer(self.a, "o")
+        self.to_b = OriginalPeer(self.b, "o")
+        self.network.settle()
+
+    def via_a(self, data: dict[str, Any], message_id: str, wrapped: bool = True) -> None:
+        """Send a call for B to A, wrapped as the original routes it, or as it is."""
+        if wrapped:
+            call = self.to_a.envelope("server_call", data, message_id, to="b")
+            self.to_a.frame("route_message", {"original_message": call}, "1796024318380999999")
+        else:
+            self.to_a.frame("server_call", data, message_id, to="b")
+        self.network.pump()
+
+    def test_copy_by_each_link_runs_once(self) -> None:
+        """One call, one copy straight to B and one through A, runs once, in either order."""
+        for n, direct_first in enumerate((True, False)):
+            data = seed_call("counter", "increment", [1], f"r-{n}")
+            message_id = f"179602431838251000{n}"
+            if direct_first:
+                self.to_b.frame("server_call", data, message_id)
+                self.via_a(data, message_id)
+            else:
+                self.via_a(data, message_id)
+                self.to_b.frame("server_call", data, message_id)
+            self.assertEqual(self.counter.count, n + 1)
+        self.assertEqual(dropped(self.b, "duplicate"), 2)
+
+    def test_colliding_ids_through_a_both_run(self) -> None:
+        """Two distinct calls sharing an id, forwarded by A, both run at B."""
+        for wrapped in (True, False):
+            same_id = f"17960243183825095{int(wrapped)}"
+            self.via_a(seed_call("counter", "increment", [1], f"w{wrapped}-1"), same_id, wrapped)
+            self.via_a(seed_call("counter", "increment", [2], f"w{wrapped}-2"), same_id, wrapped)
+        self.assertEqual(self.counter.count, 6)
+        self.assertEqual(dropped(self.b, "duplicate"), 0)
+
+
 class RelayTests(OriginalTestCase):
     """
     B3: a call from another node for an original-design neighbour is made
