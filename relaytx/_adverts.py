@@ -10,8 +10,12 @@ How a link uses C{registry_sync} (the wire format is in L{relaytx.wire}):
 
   - When a link opens, each side sends at once its own servers, in the
     original design's shape, numbered C{seq} 1. A neighbour that never
-    numbers its adverts (an original-design node, an older relaytx) does
-    not route: it only ever gets that shape again, when our servers change.
+    numbers its adverts (an older relaytx) does not route: it only ever
+    gets that shape again, when our servers change. An original-design
+    node does not route either, but is told what this node reaches as a
+    routing neighbour is (below), less this node's other original-design
+    neighbours (L{relaytx._routing.Exports.listeners}); what it says is
+    taken as its servers only.
   - A neighbour whose adverts are numbered routes: it gets our whole table
     once (C{full}, split into frames under the message limit, C{more} on
     all but the last), then only changes: destinations added or changed,
@@ -80,6 +84,7 @@ class _Link:
         "full_due",
         "hello_sent",
         "hello_wait",
+        "listens",
         "resync_asked",
         "resync_wanted",
         "routes",
@@ -97,6 +102,7 @@ class _Link:
         self.hello_sent = False
         self.hello_wait: IDelayedCall | None = None  # until the peer's route is told anyway
         self.routes = False  # it numbers its adverts: a router
+        self.listens = False  # it hears our table, and tells us its servers only
         self.full_due = False  # it gets our whole table next
         self.told_servers: Mapping[str, tuple[str, ...]] | None = None
         self.told_sn: int | None = None
@@ -195,6 +201,9 @@ class Advertiser:
         if state is not None:
             state.end_wait()  # (a link that replaces another)
         state = self._state[peer_id] = _Link()
+        if original and self.enabled:
+            state.listens = state.full_due = True
+            self._router.exports.listeners.add(peer_id)
         if not heard:
             state.hello_wait = self._clock.callLater(HELLO_WAIT, self._hello_late, peer_id, state)
         if self.enabled:
@@ -338,8 +347,11 @@ class Advertiser:
         else:
             targets = {p for p in self._peers if p in state}
         news = bool(router.news.notices or router.news.ups)  # told at once, whatever is held
+        heard = router.exports.for_listeners(ready)
         targets.update(
-            p for p, s in state.items() if s.resync_wanted or ((ready or news) and s.routes)
+            p
+            for p, s in state.items()
+            if s.resync_wanted or ((ready or news) and s.routes) or (heard and s.listens)
         )
         self._everyone = False
         self._peers = set()
@@ -399,6 +411,9 @@ class Advertiser:
         if not state.routes:
             state.routes = True
             state.full_due = True
+            if state.listens:  # (a masked client that routes after all)
+                state.listens = False
+                router.exports.listeners.discard(peer_id)
             router.start_routing(peer_id)
             self._costs.add(peer_id)
             self.schedule(peers=[peer_id])
@@ -521,6 +536,9 @@ class AdvertWriter:
         servers = None if own == state.told_servers else own
         sn = None if state.told_sn == own_sn else own_sn
         router = self._router
+        if state.listens:
+            self._tell_listener(peer_id, session, state, own, own_sn, servers, ready, now)
+            return
         if not state.routes:
             if not state.hello_sent or servers is not None:
                 state.hello_sent = True
@@ -554,6 +572,39 @@ class AdvertWriter:
             frames[0] = attrs.evolve(
                 first, resync=resync, down=down, up=up, sn=sn, lost=lost or None
             )
+        self._emit(peer_id, session, state, frames, now)
+
+    def _tell_listener(
+        self,
+        peer_id: str,
+        session: PeerSession,
+        state: _Link,
+        own: Mapping[str, tuple[str, ...]],
+        own_sn: int,
+        servers: Mapping[str, tuple[str, ...]] | None,
+        ready: set[str],
+        now: float,
+    ) -> None:
+        """
+        An original-design neighbour: our servers and what we reach, first
+        whole (the first frame in the original's shape, our servers and
+        number), then the changes. Nothing of numbers or lost links after
+        that: it does not route (a hub's every renumbering would otherwise
+        reach each of its thousands of such links).
+        """
+        exports = self._router.exports
+        if state.full_due:
+            state.full_due = False
+            frames = self._split(own, exports.export_full(peer_id), (), full=True)
+            frames[0] = attrs.evolve(frames[0], sn=own_sn)
+        else:
+            routes, withdrawn = exports.export_changes(peer_id, ready)
+            if not (routes or withdrawn or servers is not None):
+                return
+            frames = self._split(servers, routes, withdrawn)
+        state.hello_sent = True
+        state.told_servers = own
+        state.told_sn = own_sn
         self._emit(peer_id, session, state, frames, now)
 
     def send_info(

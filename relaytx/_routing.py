@@ -684,6 +684,11 @@ class Exports:
     table only the changes are sent; and when a re-routed destination may
     be told again (L{MRAI}).
 
+    Neighbours that hear without routing (L{listeners}: original-design
+    nodes) are told the same way, less the other listeners: a node cannot
+    reach through one, and a hub of thousands of them would otherwise tell
+    each of them of all the others, at every link.
+
     :param choice: the routing table's choices: its routes, and which
         changed (C{dirty}, C{rerouted}), which this empties as they are told.
     :param mirrors: the mirrors, by neighbour (shared with L{LinkNews}).
@@ -710,10 +715,14 @@ class Exports:
         self._attributes = attributes
         #: destination -> when its last re-advert went out
         self._readvertised: dict[str, float] = {}
+        #: neighbours told what this node reaches, which tell it nothing of
+        #: their own (original-design nodes)
+        self.listeners: set[str] = set()
 
     def forget(self, peer_id: str) -> None:
         """The link to C{peer_id} closed: it holds nothing of ours any more."""
         self._mirrors.pop(peer_id, None)
+        self.listeners.discard(peer_id)
 
     def wanted_by(self, peer_id: str) -> Callable[[str], Wanted]:
         """:returns: what neighbour C{peer_id} should hold for a destination."""
@@ -735,7 +744,14 @@ class Exports:
                 return None
             return route.path, route.metric, route.servers, route.sn
 
-        return wanted
+        if peer_id not in self.listeners:
+            return wanted
+        listeners = self.listeners
+
+        def heard(destination: str) -> Wanted:
+            return None if destination in listeners else wanted(destination)
+
+        return heard
 
     def export_full(self, peer_id: str) -> dict[str, RouteAdvert]:
         """
@@ -744,7 +760,14 @@ class Exports:
         """
         mirror = self._mirrors[peer_id] = AdjRib(peer_id, (), MAX_HOPS - 1, None, self._attributes)
         self._news.told_nothing(peer_id)
-        return export(mirror, self.wanted_by(peer_id), self._routes)
+        destinations: Iterable[str] = self._routes
+        if peer_id in self.listeners:
+            destinations = self._routes.keys() - self.listeners
+        return export(mirror, self.wanted_by(peer_id), destinations)
+
+    def for_listeners(self, ready: set[str]) -> bool:
+        """:returns: whether listeners are to hear of any of C{ready}."""
+        return bool(ready) and not ready <= self.listeners
 
     def export_changes(
         self, peer_id: str, candidates: Iterable[str]

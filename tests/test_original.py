@@ -131,6 +131,77 @@ class ForwardedCopiesTests(OriginalTestCase):
         self.assertEqual(dropped(self.b, "duplicate"), 0)
 
 
+class ToldTests(OriginalTestCase):
+    """
+    SPEC section 7: an original-design neighbour is told what the node
+    reaches, when its link opens and whenever that changes, as a routing
+    neighbour is; but not of the node's other original-design neighbours.
+    """
+
+    def syncs(self, original: OriginalPeer) -> list[dict[str, Any]]:
+        original.serve()
+        syncs = [f["data"] for f in original.other if f["type"] == "registry_sync"]
+        original.other.clear()
+        return syncs
+
+    def test_told_on_open_and_on_change(self) -> None:
+        """At open it hears of A; when C links to A, and when C goes, it hears at once."""
+        a, b = self.nodes("ab")
+        line([a, b], self.network)
+        self.network.settle()
+        original = OriginalPeer(b, "o")
+        self.network.advance(0)
+        [hello] = self.syncs(original)
+        self.assertEqual(hello["seq"], 1)
+        self.assertIn("node", hello["servers"])
+        self.assertEqual(hello["routes"]["a"]["path"], ["a"])
+        self.assertNotIn("o", hello["routes"])
+        [c] = self.nodes("c")
+        link = self.network.link(c, a)
+        for _ in range(5):  # (A hears C's first advert, then tells B; B tells the original)
+            self.network.advance(0.02)
+        told = self.syncs(original)
+        self.assertEqual([list(sync.get("routes", {})) for sync in told], [["c"]])
+        self.assertEqual(told[0]["routes"]["c"]["p"], "a")
+        link.cut("killed")
+        self.network.settle()
+        self.assertIn(["c"], [sync.get("withdraw") for sync in self.syncs(original)])
+
+    def test_not_told_of_other_originals(self) -> None:
+        """A node's original-design neighbours are not told of one another."""
+        [hub] = self.nodes("h")
+        originals = [OriginalPeer(hub, f"o{i}") for i in range(3)]
+        self.network.settle()
+        for original in originals:
+            for sync in self.syncs(original):
+                self.assertEqual((sync.get("routes"), sync.get("withdraw")), (None, None))
+        [r] = self.nodes("r")
+        self.network.link(r, hub)
+        self.network.settle()
+        for original in originals:
+            [sync] = [s for s in self.syncs(original) if "routes" in s]
+            self.assertEqual(list(sync["routes"]), ["r"])
+        # One of them lost: the hub numbers itself anew, which the others
+        # (not routing) do not hear.
+        sn = hub.mesh.adverts.own_sn
+        originals[0].session.connection_lost("cable")
+        self.network.settle()
+        self.assertGreater(hub.mesh.adverts.own_sn, sn)
+        for original in originals[1:]:
+            self.assertEqual(self.syncs(original), [])
+
+    def test_routes_of_a_router_taken(self) -> None:
+        """What an original says is its servers only; the routes of a router behind it stand."""
+        a, b = self.nodes("ab")
+        line([a, b], self.network)
+        original = OriginalPeer(b, "o")
+        self.network.settle()
+        original.frame("registry_sync", {"servers": {"svc": {"methods": ["m"]}}})
+        self.network.settle()
+        self.assertIn("svc", a.views.servers())
+        self.assertEqual(a.views.routes()["o"]["next_hop"], "b")
+
+
 class RelayTests(OriginalTestCase):
     """
     B3: a call from another node for an original-design neighbour is made
