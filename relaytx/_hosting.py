@@ -32,7 +32,7 @@ from relaytx.errors import (
     RemoteCallError,
     failure_exception,
 )
-from relaytx.server import Mailbox, Server
+from relaytx.server import Mailbox, OwnCancellation, Server
 
 SERVER_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -236,6 +236,8 @@ class ServerHost:
             self.on_load(after)
 
     def _method_failed(self, failure: Failure, target: CallTarget) -> Failure:
+        if isinstance(failure.value, OwnCancellation):
+            return Failure(self._method_error(failure.value.failure, target))
         if self._stopping and isinstance(failure.value, CancelledError):
             return Failure(
                 OutcomeUnknown(

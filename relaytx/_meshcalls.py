@@ -291,9 +291,11 @@ class MeshCalls:
             self._send_answer(envelope.sender, response, via, envelope.route)
             return
         error = failure_exception(outcome)
+        by_caller = None
         if isinstance(error, CancelledError):
             key = (envelope.sender, call.response_id)
-            by_caller = self.running.by_caller(key)
+            by_caller = self.running.cancelled(key)
+        if by_caller is not None:
             error = _cancelled(self._node_id, key, by_caller, self._links.stopping)
         elif not isinstance(error, CallError):
             error = RemoteCallError.from_exception(error, self._node_id)

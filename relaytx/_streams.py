@@ -632,8 +632,9 @@ class RunningCalls:
     def __init__(self, clock: IReactorTime, metrics: Any) -> None:
         self._metrics = metrics
         self._running: dict[tuple[str, str | None], _Running] = {}
-        #: calls cancelled by their caller (to be answered -32800)
-        self._cancelled: set[tuple[str, str | None]] = set()
+        #: calls cancelled here: by their caller (True: answered -32800) or
+        #: by this node (False: -32006)
+        self._cancelled: dict[tuple[str, str | None], bool] = {}
         #: cancels that came before their call (which is then not run)
         self._early = _EarlyCancels(clock)
 
@@ -678,16 +679,20 @@ class RunningCalls:
         if lost and sender not in running.route:
             self._metrics.drop("forged_cancel")
             return
-        if not lost:
-            self._cancelled.add(key)
+        self._cancel(key, running, by_caller=not lost)
+
+    def _cancel(self, key: tuple[str, str | None], running: _Running, by_caller: bool) -> None:
+        self._cancelled[key] = by_caller
         running.deferred.cancel()
 
-    def by_caller(self, key: tuple[str, str | None]) -> bool:
-        """:returns: whether call C{key} was cancelled by its caller (forgotten now)."""
-        if key in self._cancelled:
-            self._cancelled.discard(key)
-            return True
-        return False
+    def cancelled(self, key: tuple[str, str | None]) -> bool | None:
+        """
+        :returns: whether call C{key} was cancelled by its caller (C{True})
+            or by this node (C{False}: it lost the caller, or stops), or
+            C{None} if it was not cancelled here (a method's own
+            C{CancelledError}); forgotten now.
+        """
+        return self._cancelled.pop(key, None)
 
     def lost_link(self, peer_id: str, can_reach: Callable[[str], bool]) -> None:
         """
@@ -696,11 +701,11 @@ class RunningCalls:
         queued ones are skipped), and every stream that came by it (its
         items went that way).
         """
-        for (caller, _), running in list(self._running.items()):
-            if running.via == peer_id and (running.stream is not None or not can_reach(caller)):
-                running.deferred.cancel()
+        for key, running in list(self._running.items()):
+            if running.via == peer_id and (running.stream is not None or not can_reach(key[0])):
+                self._cancel(key, running, by_caller=False)
 
     def cancel_all(self) -> None:
         """Cancel every call (the node is stopping)."""
-        for running in list(self._running.values()):
-            running.deferred.cancel()
+        for key, running in list(self._running.items()):
+            self._cancel(key, running, by_caller=False)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from types import CoroutineType
 from typing import Any, ClassVar, TypeVar, overload
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -185,6 +185,29 @@ class Server:
         return sorted(name for name, m in self.exposed_methods.items() if m.idempotent)
 
 
+class OwnCancellation(Exception):
+    """
+    A method failed with a C{CancelledError} of its own (it cancelled a
+    Deferred it waited on), not because its call was cancelled: the
+    mailbox fails the call with this in its place, so that it is answered
+    as a method's exception (-32000, of type C{CancelledError}), not as a
+    call given up (-32800).
+
+    @ivar failure: the method's own failure.
+    """
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(str(failure.value))
+        self.failure = failure
+
+
+def _own(failure: Failure) -> Failure:
+    # A method's failure, for a call nobody cancelled.
+    if isinstance(failure.value, CancelledError):
+        return Failure(OwnCancellation(failure))
+    return failure
+
+
 class Mailbox:
     """
     Runs the calls to one server one at a time, first come first served.
@@ -219,6 +242,8 @@ class Mailbox:
         self._running_inline = False
         #: the caller's Deferred and the method's own, while a method runs on
         self._running: tuple[Deferred[Any], Deferred[Any]] | None = None
+        #: the caller's Deferred while its cancel reaches the method's
+        self._cancelling: Deferred[Any] | None = None
 
     def __len__(self) -> int:
         """
@@ -324,7 +349,7 @@ class Mailbox:
             try:
                 result = function(server, *args, **kwargs)
             except BaseException:
-                d.errback()  # a Failure of the exception being handled
+                d.errback(_own(Failure()))  # (the exception being handled)
                 continue
             if isinstance(result, CoroutineType):
                 result = self._run_coroutine(result)
@@ -347,14 +372,18 @@ class Mailbox:
         # cancelled, so a method waiting on something stops waiting.
         running = self._running
         if running is not None and running[0] is d:
-            running[1].cancel()
+            self._cancelling = d
+            try:
+                running[1].cancel()
+            finally:
+                self._cancelling = None
 
     def _finished(self, result: Any, d: Deferred[Any]) -> None:
         self._waiting = False
         self._running = None
         if not d.called:  # a cancelled caller gets nothing more
             if isinstance(result, Failure):
-                d.errback(result)
+                d.errback(result if d is self._cancelling else _own(result))
             else:
                 d.callback(result)
         if not self._running_inline:

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx.errors import InvalidParams
-from relaytx.server import ExposedMethod, Mailbox, Server, exposed
+from relaytx.server import ExposedMethod, Mailbox, OwnCancellation, Server, exposed
 from tests import support
 
 
@@ -87,6 +87,17 @@ class Recorder(Server):
     def already_failed(self, item: Any) -> Deferred[Any]:
         self.log.append(item)
         return fail(ZeroDivisionError(item))
+
+    @exposed
+    def raise_cancelled(self) -> None:
+        self.log.append("raise_cancelled")
+        raise CancelledError()
+
+    @exposed
+    def already_cancelled(self) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        d.cancel()
+        return d
 
     @exposed
     def spawn(self, item: Any) -> str:
@@ -542,6 +553,28 @@ class MailboxTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(method_result))
         self.assertEqual(self.successResultOf(waiting), 2)
         self.assertEqual(server.log, [("start", 1), 2])
+
+    def test_own_cancellation(self) -> None:
+        """
+        A method whose own Deferred is cancelled by the method's side (not
+        by the call's caller) fails the call with L{OwnCancellation},
+        holding that failure: a method's exception, not a cancelled call.
+        Raised, already failed or failing later, running or queued alike.
+        """
+        server, mailbox = recorder()
+        running = call(mailbox, "slow", 1)
+        queued = call(mailbox, "slow", 2)
+        server.pending[0].cancel()
+        own = self.failureResultOf(running, OwnCancellation).value
+        self.assertIsInstance(own.failure.value, CancelledError)
+        server.pending[1].cancel()
+        self.failureResultOf(queued, OwnCancellation)
+        first = call(mailbox, "slow", 3)
+        raising = call(mailbox, "raise_cancelled")
+        server.pending[2].callback(None)
+        self.failureResultOf(raising, OwnCancellation)
+        self.failureResultOf(call(mailbox, "already_cancelled"), OwnCancellation)
+        self.assertIsNone(self.successResultOf(first))
 
     def test_synchronously_fired_deferreds(self) -> None:
         """Already-fired Deferreds and coroutines that never wait answer at once, in order."""

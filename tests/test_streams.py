@@ -55,6 +55,14 @@ class Work(Server):
         return "done"
 
     @exposed
+    async def give_up(self) -> str:
+        """An async method that cancels what it waits on: its own CancelledError."""
+        self.ran.append("give_up")
+        inner = self.hold("inner")
+        self.clock_call = inner.cancel
+        return await inner
+
+    @exposed
     async def count(self, n: int) -> Any:
         """Yield 0..n-1; record how many were made and whether its finally ran."""
         try:
@@ -155,6 +163,24 @@ class CancelTests(StreamsTestCase):
         self.assertEqual(self.successResultOf(first), "ok")
         self.failureResultOf(second, CancelledError)
         self.assertEqual(self.work.ran, ["first"])
+
+    def test_methods_own_cancellation_is_its_exception(self) -> None:
+        """
+        A method that cancels what it waits on fails with its own exception,
+        -32000 of type CancelledError: called from afar and from its node
+        alike, the call was not cancelled (-32800) and did not lose its
+        caller (-32006).
+        """
+        for caller in (self.a, self.c):
+            d = caller.call("c", "work", "give_up")
+            self.turn()
+            self.work.clock_call()
+            self.turn()
+            error = self.failureResultOf(d, RemoteCallError).value
+            self.assertEqual((error.code, error.data["type"]), (-32000, "CancelledError"))
+            self.assertEqual(error.data["node_id"], "c")
+        self.assertEqual(self.work.ran, ["give_up", "inner"] * 2)
+        self.assertEqual(len(self.flushLoggedErrors(CancelledError)), 2)  # as raised ones are
 
     def test_async_method_sees_cancelled_error(self) -> None:
         """An async def method waiting when its call is cancelled gets CancelledError."""
