@@ -97,6 +97,11 @@ class ServerHost:
             raise TypeError(f"expose({name!r}, ...) needs a relaytx.Server, not {server!r}")
         if not SERVER_NAME_RE.fullmatch(name):
             raise ValueError(f"invalid server name {name!r}: use A-Za-z0-9_.- (not first .-)")
+        if name == "rpc" or name.startswith("rpc."):
+            raise ValueError(
+                f"invalid server name {name!r}: JSON-RPC 2.0 keeps method names that begin"
+                " with 'rpc.' for itself, so its methods could not be called as rpc.METHOD"
+            )
         if name in self._mailboxes:
             raise ValueError(f"a server named {name!r} is already exposed on {self._node_id}")
         self._mailboxes[name] = Mailbox(server, self._run_coroutine, self._clock)

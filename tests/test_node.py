@@ -92,3 +92,24 @@ class ListenTests(SynchronousTestCase):
         node.listen()
         ((port, _factory, backlog, interface),) = reactor.tcpServers
         self.assertEqual((port, backlog, interface), (8123, 1024, "127.0.0.1"))
+
+
+class ExposeTests(SynchronousTestCase):
+    """The names a node's servers may have."""
+
+    def test_reserved_names_refused(self) -> None:
+        """
+        JSON-RPC 2.0 keeps method names that begin with C{rpc.} for itself:
+        a server named C{rpc} (or C{rpc.x}) could not be called by name,
+        so it is refused, saying why; names merely holding C{rpc} are fine.
+        """
+        from relaytx.server import Server
+
+        node = memory_node("n1")
+        for name in ["rpc", "rpc.math"]:
+            error = self.assertRaises(ValueError, node.expose, name, Server())
+            self.assertIn("'rpc.'", str(error))
+            self.assertNotIn(name, node.local_servers())
+        for name in ["rpcx", "my.rpc", "rpc_tools"]:
+            node.expose(name, Server())
+            self.assertIn(name, node.local_servers())
