@@ -4,9 +4,14 @@ The one JSON codec relaytx uses for HTTP bodies and peer frames.
 orjson is several times faster than the standard library on both sides. Its
 choices, which relaytx keeps: parsing rejects what JSON forbids (NaN,
 Infinity) and any invalid UTF-8 (peer links rely on this, in place of
-Autobahn's validation of each frame); a float NaN or infinity in a result
-is written as C{null}; an incoming integer wider than 64 bits is read as a
-float. Encoding an integer wider than 64 bits falls back to the standard
+Autobahn's validation of each frame); an incoming integer wider than 64
+bits is read as a float. One it does not keep: orjson writes a float NaN
+or infinity as C{null}, which would change a method's result without a
+word, so L{dumps} refuses them (TypeError), as the standard library's
+C{allow_nan=False} does; they are looked for only when the output holds a
+C{null}, which most do not (some 1 us for a frame that does).
+
+Encoding an integer wider than 64 bits falls back to the standard
 library, so a big integer result still reaches the caller exactly; a peer
 frame so written is marked, and read back by the standard library too
 (L{dumps_frame}, L{loads_frame}), so it crosses the mesh exactly.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from math import isfinite
 from typing import Any
 
 import orjson
@@ -46,9 +52,36 @@ def dumps(value: Any) -> bytes:
     :raises TypeError: if C{value} holds something JSON cannot express.
     """
     try:
-        return orjson.dumps(value)
+        data = orjson.dumps(value)
     except TypeError:
         return _dumps_slowly(value)
+    if b"null" in data:
+        _check_finite(value)
+    return data
+
+
+def _check_finite(value: Any) -> None:
+    # What orjson wrote as null may have been a NaN or an infinity.
+    # (Other types orjson writes, dataclasses and the like, are not
+    # JSON values a method returns: not looked into.)
+    stack = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is str or kind is int or item is None or kind is bool:
+            continue
+        if kind is dict:
+            extend(item.values())
+        elif kind is list or kind is tuple:
+            extend(item)
+        elif isinstance(item, float):
+            if not isfinite(item):
+                raise TypeError(f"Out of range float values are not JSON compliant: {item!r}")
+        elif isinstance(item, dict):
+            extend(item.values())
+        elif isinstance(item, list | tuple):
+            extend(item)
 
 
 def _dumps_slowly(value: Any) -> bytes:
@@ -81,11 +114,14 @@ def dumps_frame(value: Any, max_depth: int) -> bytes:
     :raises TooDeep: if it is nested deeper than C{max_depth}.
     """
     try:
-        return orjson.dumps(value)
+        data = orjson.dumps(value)
     except TypeError:
         if deeper_than(value, max_depth):
             raise TooDeep(f"nested more than {max_depth} levels deep") from None
         return SLOWLY_WRITTEN + _dumps_slowly(value)
+    if b"null" in data:
+        _check_finite(value)
+    return data
 
 
 def loads_frame(data: bytes | str) -> Any:

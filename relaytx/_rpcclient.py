@@ -59,7 +59,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from relaytx._json import loads_exact, may_hold_wide_ints
+from relaytx._json import dumps, loads_exact, may_hold_wide_ints
 from relaytx._wsconn import ChannelError, ChannelListener
 
 #: The codes of SPEC section 5 a program is most likely to test for.
@@ -216,9 +216,7 @@ class _Stream(_Call):
 
 
 def _request(call_id: int, params: dict[str, Any]) -> bytes:
-    return orjson.dumps(
-        {"jsonrpc": "2.0", "method": "remote_call", "params": params, "id": call_id}
-    )
+    return dumps({"jsonrpc": "2.0", "method": "remote_call", "params": params, "id": call_id})
 
 
 _CANCEL = b'{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":%d}}'
@@ -657,9 +655,8 @@ class RpcCore(_CallBook):
         if kwargs:
             params["kwargs"] = kwargs
         call_id = next(self._ids)
-        request = orjson.dumps(  # TypeError for what is not JSON, before anything is kept
-            {"jsonrpc": "2.0", "method": "remote_call", "params": params, "id": call_id}
-        )
+        # (TypeError for what is not JSON, before anything is kept)
+        request = _request(call_id, params)
         loop = self._loop
         entry = _Call(call_id, params, timeout, loop.time())
         self._calls[call_id] = entry

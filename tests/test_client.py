@@ -194,6 +194,8 @@ class CallTests(SynchronousTestCase):
             c, core = await connected(node)
             with self.assertRaises(TypeError):
                 await c.node.echo({1, 2})
+            with self.assertRaises(TypeError):  # (not sent as null)
+                await c.node.echo([1.0, float("nan")])
             return core
 
         core = run(scenario())

@@ -383,6 +383,19 @@ class JsonCodecTests(SynchronousTestCase):
         inner.append(outer)
         self.assertRaises(TypeError, _json.dumps, outer)
 
+    def test_not_finite_refused(self) -> None:
+        """
+        NaN and infinities, which orjson would write as null, are refused
+        (TypeError), wherever they hide; a null, and finite floats, are not.
+        """
+        nan, inf = float("nan"), float("inf")
+        for value in [nan, -inf, [1, {"a": (None, inf)}], {"x": [[nan]]}]:
+            self.assertRaises(TypeError, _json.dumps, value)
+            self.assertRaises(TypeError, _json.dumps_frame, value, 100)
+        for value in [None, [None, 1.5, -0.0, 1e308], {"a": None, "b": [2, "null"]}]:
+            self.assertEqual(_json.loads(_json.dumps(value)), value)
+            self.assertEqual(_json.loads(_json.dumps_frame(value, 100)), value)
+
     @FUZZ
     @given(json_values)
     def test_round_trip(self, value: Any) -> None:

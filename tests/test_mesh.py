@@ -69,6 +69,10 @@ class Failing(Server):
     def unjsonable(self) -> set[int]:
         return {1}
 
+    @exposed
+    def not_a_number(self) -> dict[str, Any]:
+        return {"values": [1.5, None, float("nan")]}
+
 
 def sample(node: RelayNode, name: str, labels: dict[str, str] | None = None) -> float:
     """:returns: the value of a sample of C{node}'s metrics (0 if absent)."""
@@ -478,6 +482,12 @@ class CallTests(MeshTestCase):
         error = self.failureResultOf(call, RemoteCallError).value
         self.assertEqual((error.data["type"], error.data["node_id"]), ("TypeError", "c"))
         self.assertEqual(error.data["route"], ["a", "b", "c"])
+        # NaN and infinities are no JSON: refused, not sent as null.
+        call = a.call("c", "failing", "not_a_number")
+        self.network.pump()
+        error = self.failureResultOf(call, RemoteCallError).value
+        self.assertEqual((error.code, error.data["type"]), (-32000, "TypeError"))
+        self.assertIn("nan", error.data["message"])
 
     def test_wide_integers_across_hops(self) -> None:
         """Integers past 64 bits go three hops and back as the same integers."""

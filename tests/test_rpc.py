@@ -80,6 +80,10 @@ class Math(Server):
         return {1, 2}
 
     @exposed
+    def infinite(self, sign: int) -> list[float]:
+        return [0.5, sign * float("inf")]
+
+    @exposed
     def exit(self, how: str) -> None:
         raise SystemExit(3) if how == "exit" else KeyboardInterrupt()
 
@@ -505,6 +509,15 @@ class ErrorAnswerTests(NodeTestCase):
         self.assertEqual((data["node_id"], data["type"]), (NODE_ID, "TypeError"))
         self.assertIn("not JSON-serialisable", data["message"])
         self.assertEqual(error["message"], f"TypeError: {data['message']}")
+
+    def test_result_not_finite(self) -> None:
+        """A result holding an infinity or NaN is -32000 TypeError, not a null in its place."""
+        for sign in (1, -1):
+            error = self.error(
+                {"jsonrpc": "2.0", "method": "math.infinite", "params": [sign], "id": 1}
+            )
+            self.assertEqual((error["code"], error["data"]["type"]), (-32000, "TypeError"))
+            self.assertIn("inf", error["data"]["message"])
 
     def test_timeout(self) -> None:
         """A call still unanswered when its 30 s budget runs out gets -32001 then and not before."""
