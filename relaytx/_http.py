@@ -56,7 +56,7 @@ from relaytx._guards import (
     InputBudget,
     Refusal,
 )
-from relaytx._jsonrpc import CallBook, JsonRpcHandler
+from relaytx._jsonrpc import CallBook, JsonRpcHandler, loads_request
 from relaytx._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relaytx._metrics import NodeMetrics
 from relaytx._protocol import UpgradeOnly
@@ -753,8 +753,8 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
             one such notification (else it is handled as usual).
         """
         try:
-            message = _json.loads(payload)
-        except (_json.JSONDecodeError, UnicodeDecodeError):
+            message = loads_request(payload)  # (a wide integer id read as the request's was)
+        except ValueError:
             return [], False
         if type(message) is dict:
             request_id = _cancelled_id(message)
@@ -775,8 +775,8 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
         :returns: whether C{payload} was one.
         """
         try:
-            message = _json.loads(payload)
-        except (_json.JSONDecodeError, UnicodeDecodeError):
+            message = loads_request(payload)
+        except ValueError:
             return False
         if (
             type(message) is not dict

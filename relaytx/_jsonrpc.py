@@ -240,18 +240,9 @@ class JsonRpcHandler:
             (see L{CallBook}).
         """
         try:
-            request = _json.loads(body)
-        except (_json.JSONDecodeError, UnicodeDecodeError) as e:
-            request = _past_a_double(body, e)
-            if request is _NOT_JSON:
-                return self._encode(self._error(ParseError("Parse error: invalid JSON"), None))
-        else:
-            if _json.may_hold_wide_ints(body):
-                # The fast parser reads an integer wider than 64 bits as a
-                # float: read such a request again, exactly, so its id is
-                # echoed as it came and its params reach the method as sent.
-                with contextlib.suppress(RecursionError):  # (deep, not wide)
-                    request = _exact_loads(body)
+            request = loads_request(body)
+        except ValueError:
+            return self._encode(self._error(ParseError("Parse error: invalid JSON"), None))
         if not isinstance(request, list):
             answer = self._one(request, caller, encoded=True, trace=trace, calls=calls)
             if is_deferred(answer):
@@ -460,6 +451,29 @@ def _finite_float(text: str) -> float:
     if math.isinf(value):  # 1e999: no double holds it, and JSON cannot write it back
         raise ValueError(f"{text} is past a double's range")
     return value
+
+
+def loads_request(body: bytes) -> Any:
+    """
+    Read a JSON-RPC message as its ids and params must be read: an integer
+    wider than 64 bits stays an integer (the fast parser reads it as a
+    float), so that an id is echoed, or a request cancelled, by the id as
+    it came, and params reach the method as sent.
+
+    :raises ValueError: if C{body} is not JSON.
+    """
+    try:
+        request = _json.loads(body)
+    except (_json.JSONDecodeError, UnicodeDecodeError) as e:
+        request = _past_a_double(body, e)
+        if request is _NOT_JSON:
+            raise ValueError("not JSON") from None
+        return request
+    if _json.may_hold_wide_ints(body):
+        # Read again, exactly.
+        with contextlib.suppress(RecursionError):  # (deep, not wide)
+            request = _exact_loads(body)
+    return request
 
 
 def _exact_loads(body: bytes) -> Any:

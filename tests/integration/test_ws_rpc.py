@@ -98,6 +98,32 @@ class WsRpcTests(TestCase):
         self.assertEqual(third["id"], 9)
         self.assertIn("result", third)
 
+    async def test_cancel_request_wide_id(self) -> None:
+        """
+        A request whose integer id is wider than 64 bits is cancelled by
+        that id, alone or in a batch, and answered -32800 under it exactly.
+        """
+        slow = Slow()
+        node = start_node(self, "ws6", servers={"slow": slow})
+        address = url(node).replace("http://", "ws://") + "/ws/rpc"
+        wide = [123456789012345678901234567890, -(2**70) - 1]
+
+        def talk() -> list[bytes | str]:
+            with websockets.sync.client.connect(address, open_timeout=5) as conn:
+                answers = []
+                for request_id, batch in zip(wide, (False, True), strict=True):
+                    # (Written by hand: the ids must reach the node as integers, unrounded.)
+                    conn.send(f'{{"jsonrpc":"2.0","method":"slow.wait","id":{request_id}}}')
+                    cancel = f'{{"jsonrpc":"2.0","method":"$/cancelRequest","params":{{"id":{request_id}}}}}'
+                    conn.send(f"[{cancel}]" if batch else cancel)
+                    answers.append(conn.recv(timeout=5))
+                return answers
+
+        for request_id, raw in zip(wide, await deferToThread(talk), strict=True):
+            self.assertIn(b'"id":%d' % request_id, raw.encode() if isinstance(raw, str) else raw)
+            self.assertEqual(json.loads(raw)["error"]["code"], -32800)
+        self.assertEqual([d.called for d in slow.waiting], [True, True])  # cancelled there
+
     async def test_node_stopping(self) -> None:
         """
         A node that stops answers a call in flight on /ws/rpc (-32006),
