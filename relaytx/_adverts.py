@@ -158,6 +158,11 @@ class Advertiser:
         self._everyone = False
         self._peers: set[str] = set()
         self._state: dict[str, _Link] = {}
+        #: the links whose peer routes (L{_Link.routes}), and those whose
+        #: peer's whole table we may want (L{_Link.resync_wanted}): a hub of
+        #: thousands of bare links looks at these at each advert, not at all
+        self._routing: set[str] = set()
+        self._resyncing: set[str] = set()
         self._overflow_logged: set[str] = set()
         self._costs = LinkCosts()
         self.writer = AdvertWriter(node_id, router, metrics, max_message_size)
@@ -172,13 +177,12 @@ class Advertiser:
             info.listening = self._has_routers
 
     def _has_routers(self) -> bool:
-        return any(s.routes for s in self._state.values())
+        return bool(self._routing)
 
     def info_changed(self) -> None:
         """An instance entry changed: routing neighbours hear it soon."""
-        routers = [p for p, s in self._state.items() if s.routes]
-        if routers:
-            self.schedule(peers=routers)
+        if self._routing:
+            self.schedule(peers=list(self._routing))
 
     # Link events.
 
@@ -200,6 +204,7 @@ class Advertiser:
         state = self._state.get(peer_id)
         if state is not None:
             state.end_wait()  # (a link that replaces another)
+        self._routing.discard(peer_id)
         state = self._state[peer_id] = _Link()
         if original and self.enabled:
             state.listens = state.full_due = True
@@ -239,6 +244,8 @@ class Advertiser:
         state = self._state.pop(peer_id, None)
         if state is not None:
             state.end_wait()
+        self._routing.discard(peer_id)
+        self._resyncing.discard(peer_id)
         self._overflow_logged.discard(peer_id)
         for other, cost in self._costs.remove(peer_id).items():
             self._router.set_cost(other, cost)
@@ -346,13 +353,11 @@ class Advertiser:
             targets = set(state)
         else:
             targets = {p for p in self._peers if p in state}
-        news = bool(router.news.notices or router.news.ups)  # told at once, whatever is held
-        heard = router.exports.for_listeners(ready)
-        targets.update(
-            p
-            for p, s in state.items()
-            if s.resync_wanted or ((ready or news) and s.routes) or (heard and s.listens)
-        )
+        targets.update(self._resyncs())
+        if ready or router.news.notices or router.news.ups:  # (news is told at once)
+            targets |= self._routing
+        if router.exports.for_listeners(ready):
+            targets |= router.exports.listeners
         self._everyone = False
         self._peers = set()
         own = {name: tuple(methods) for name, methods in self._local_servers().items()}
@@ -377,11 +382,22 @@ class Advertiser:
         expiry = self._router.next_notice_expiry()
         if expiry is not None:
             due.append(expiry)
-        for state in self._state.values():
-            if state.resync_wanted and state.resync_asked is not None:
+        for state in self._resyncs().values():
+            if state.resync_asked is not None:
                 due.append(state.resync_asked + RESYNC_RETRY)
         if due:
             self.schedule(peers=(), delay=max(0.001, min(due) - now))
+
+    def _resyncs(self) -> dict[str, _Link]:
+        """The links whose peer's whole table we want (a gap), by peer."""
+        wanted = {}
+        for peer_id in list(self._resyncing):
+            state = self._state.get(peer_id)
+            if state is None or not state.resync_wanted:
+                self._resyncing.discard(peer_id)  # (it came)
+            else:
+                wanted[peer_id] = state
+        return wanted
 
     # Taking.
 
@@ -410,6 +426,7 @@ class Advertiser:
         state.expect = sync.seq + 1
         if not state.routes:
             state.routes = True
+            self._routing.add(peer_id)
             state.full_due = True
             if state.listens:  # (a masked client that routes after all)
                 state.listens = False
@@ -450,6 +467,7 @@ class Advertiser:
                        seq=seq, peer=peer_id, last=state.expect - 1)  # fmt: skip
         state.staging = None
         state.resync_wanted = True
+        self._resyncing.add(peer_id)
         self.schedule(at_once=True, peers=[peer_id])
 
     def _count_refused(self, peer_id: str, refused: int) -> None:

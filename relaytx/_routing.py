@@ -180,7 +180,9 @@ class Router:
         self._routes = choice.routes
         self.dirty = choice.dirty
         self.rerouted = choice.rerouted
-        self.exports = Exports(choice, mirrors, self.news, self._unheard, self._attributes)
+        self.exports = Exports(
+            choice, mirrors, self.news, self._unheard, self._attributes, self._links, self._ribs
+        )
         self._decide_all = choice.decide_all
         self._decide_from = choice.decide_from
         self._through = choice.through
@@ -696,6 +698,8 @@ class Exports:
         (L{Router.link_up}).
     :param attributes: where the mirrors keep servers and numbers (the
         node's tables share one).
+    :param links: the linked neighbours (their link costs).
+    :param ribs: what each routing neighbour told us.
     """
 
     def __init__(
@@ -705,6 +709,8 @@ class Exports:
         news: LinkNews,
         unheard: set[str],
         attributes: SharedAttributes,
+        links: Mapping[str, int],
+        ribs: Mapping[str, AdjRib],
     ) -> None:
         self.dirty = choice.dirty
         self.rerouted = choice.rerouted
@@ -713,6 +719,8 @@ class Exports:
         self._news = news
         self._unheard = unheard
         self._attributes = attributes
+        self._links = links
+        self._ribs = ribs
         #: destination -> when its last re-advert went out
         self._readvertised: dict[str, float] = {}
         #: neighbours told what this node reaches, which tell it nothing of
@@ -758,11 +766,17 @@ class Exports:
         :returns: the whole table for neighbour C{peer_id}, which from now
             on is taken to hold it.
         """
-        mirror = self._mirrors[peer_id] = AdjRib(peer_id, (), MAX_HOPS - 1, None, self._attributes)
         self._news.told_nothing(peer_id)
         destinations: Iterable[str] = self._routes
-        if peer_id in self.listeners:
-            destinations = self._routes.keys() - self.listeners
+        listeners = self.listeners
+        if peer_id in listeners:
+            if not self._ribs and len(self._links) == len(listeners):
+                # Only listeners are reached (a hub of bare links, at each
+                # link): nothing to tell, and no mirror kept till there is.
+                self._mirrors.pop(peer_id, None)
+                return {}
+            destinations = self._routes.keys() - listeners
+        mirror = self._mirrors[peer_id] = AdjRib(peer_id, (), MAX_HOPS - 1, None, self._attributes)
         return export(mirror, self.wanted_by(peer_id), destinations)
 
     def for_listeners(self, ready: set[str]) -> bool:
