@@ -199,6 +199,8 @@ def canonical(value: Any) -> bytes:
 
 
 def _scalar(value: Any) -> bytes:
+    if isinstance(value, float) and not isfinite(value):
+        raise TypeError(f"Out of range float values are not JSON compliant: {value!r}")
     try:
         return orjson.dumps(value)
     except TypeError:

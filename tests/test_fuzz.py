@@ -389,9 +389,12 @@ class JsonCodecTests(SynchronousTestCase):
         (TypeError), wherever they hide; a null, and finite floats, are not.
         """
         nan, inf = float("nan"), float("inf")
-        for value in [nan, -inf, [1, {"a": (None, inf)}], {"x": [[nan]]}]:
+        deep: list[Any] = [nan]
+        for _ in range(1100):  # (past the recursive encoders: written with a stack of its own)
+            deep = [deep]
+        for value in [nan, -inf, [1, {"a": (None, inf)}], {"x": [[nan]]}, deep, [2**70, nan]]:
             self.assertRaises(TypeError, _json.dumps, value)
-            self.assertRaises(TypeError, _json.dumps_frame, value, 100)
+            self.assertRaises(TypeError, _json.dumps_frame, value, 2000)
         for value in [None, [None, 1.5, -0.0, 1e308], {"a": None, "b": [2, "null"]}]:
             self.assertEqual(_json.loads(_json.dumps(value)), value)
             self.assertEqual(_json.loads(_json.dumps_frame(value, 100)), value)
