@@ -114,7 +114,8 @@ class WsRpcTests(TestCase):
                 for request_id, batch in zip(wide, (False, True), strict=True):
                     # (Written by hand: the ids must reach the node as integers, unrounded.)
                     conn.send(f'{{"jsonrpc":"2.0","method":"slow.wait","id":{request_id}}}')
-                    cancel = f'{{"jsonrpc":"2.0","method":"$/cancelRequest","params":{{"id":{request_id}}}}}'
+                    params = f'{{"id":{request_id}}}'
+                    cancel = f'{{"jsonrpc":"2.0","method":"$/cancelRequest","params":{params}}}'
                     conn.send(f"[{cancel}]" if batch else cancel)
                     answers.append(conn.recv(timeout=5))
                 return answers
