@@ -147,6 +147,10 @@ class CallBook:
     def __init__(self) -> None:
         #: calls answered later, by request id
         self.in_flight: dict[Any, Deferred[Any]] = {}
+        #: the others in flight: notifications' calls, and calls whose id a
+        #: later request took while they ran (ids should be unique; a
+        #: client may not care) -> their request id (C{_NO_ID} for none)
+        self._unnamed: dict[Deferred[Any], Any] = {}
 
     def consumer(self, request_id: Any) -> Any:
         """
@@ -156,31 +160,50 @@ class CallBook:
         return None
 
     def track(self, request_id: Any, d: Deferred[Any]) -> None:
-        """Request C{request_id} is answered when C{d} fires."""
-        self.in_flight[request_id] = d
+        """
+        Request C{request_id} (L{_NO_ID}: a notification) is answered, or
+        its call done, when C{d} fires.
+        """
+        in_flight = self.in_flight
+        if request_id is _NO_ID:
+            self._unnamed[d] = request_id
+        else:
+            displaced = in_flight.get(request_id)
+            if displaced is not None:
+                self._unnamed[displaced] = request_id
+            in_flight[request_id] = d
         d.addBoth(self._done, request_id, d)
 
     def _done(self, outcome: Any, request_id: Any, d: Deferred[Any]) -> Any:
         if self.in_flight.get(request_id) is d:
             del self.in_flight[request_id]
+        elif self._unnamed:
+            self._unnamed.pop(d, None)
         return outcome
 
     def cancel(self, request_id: Any) -> bool:
         """
-        Cancel request C{request_id} (it is answered -32800).
+        Cancel request C{request_id} (it is answered -32800), and any
+        other in flight under the same id.
 
         :returns: whether it was in flight.
         """
-        d = self.in_flight.pop(request_id, None)
-        if d is None:
-            return False
-        d.cancel()
-        return True
+        named = [] if request_id is _NO_ID else [self.in_flight.pop(request_id, None)]
+        if self._unnamed:
+            named += [d for d, i in self._unnamed.items() if i is not _NO_ID and i == request_id]
+        for d in named:
+            if d is not None:
+                self._unnamed.pop(d, None)
+                d.cancel()
+        return any(d is not None for d in named)
 
     def cancel_all(self) -> None:
-        """Cancel every call in flight (the connection is gone)."""
+        """Cancel every call in flight, notifications' too (the connection is gone)."""
         while self.in_flight:
             _, d = self.in_flight.popitem()
+            d.cancel()
+        while self._unnamed:
+            d, _ = self._unnamed.popitem()
             d.cancel()
 
 
@@ -325,10 +348,10 @@ class JsonRpcHandler:
                 return None
             return self._failure(failure, request_id)
         if is_deferred(result):
-            if request_id is _NO_ID:
-                return result.addBoth(self._notified, method)
             if calls is not None:
                 calls.track(request_id, result)
+            if request_id is _NO_ID:
+                return result.addBoth(self._notified, method)
             on_result: Callable[[Any, Any], Any] = self._result
             on_failure: Callable[[Failure, Any], Any] = self._failure
             if encoded:

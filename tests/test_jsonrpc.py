@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget
-from relaytx._jsonrpc import JsonRpcHandler, _gather, resolve
+from relaytx._jsonrpc import _NO_ID, CallBook, JsonRpcHandler, _gather, resolve
 from relaytx.errors import (
     CallTimeout,
     InvalidParams,
@@ -864,3 +864,40 @@ class ExactIdTests(HandlerTestCase):
         """A body only the exact reader would accept (NaN) is still a parse error."""
         answer = self.answer(b'{"jsonrpc":"2.0","method":"math.sum","id":1e999}')
         self.assertEqual(answer["error"]["code"], -32700)
+
+
+class CallBookTests(SynchronousTestCase):
+    """What C{/ws/rpc} keeps of its calls in flight, to cancel them."""
+
+    def test_cancel_by_id_and_all(self) -> None:
+        """
+        A cancel names every call in flight under its id (a client may send
+        two); closing cancels every call, notifications' and displaced ones too.
+        """
+        book = CallBook()
+        first, second, third, notified = (Deferred() for _ in range(4))
+        book.track(7, first)
+        book.track(7, second)
+        book.track(8, third)
+        book.track(_NO_ID, notified)
+        self.assertTrue(book.cancel(7))
+        self.failureResultOf(first, CancelledError)
+        self.failureResultOf(second, CancelledError)
+        self.assertFalse(book.cancel(7))
+        self.assertNoResult(third)
+        self.assertNoResult(notified)
+        book.cancel_all()
+        self.failureResultOf(third, CancelledError)
+        self.failureResultOf(notified, CancelledError)
+
+    def test_done_calls_forgotten(self) -> None:
+        """A call that was answered, displaced or not, is no longer kept."""
+        book = CallBook()
+        first, second, notified = Deferred(), Deferred(), Deferred()
+        book.track(1, first)
+        book.track(1, second)
+        book.track(_NO_ID, notified)
+        for d in (first, second, notified):
+            d.callback(None)
+        self.assertFalse(book.cancel(1))
+        self.assertEqual((book.in_flight, book._unnamed), ({}, {}))

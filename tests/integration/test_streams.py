@@ -145,6 +145,19 @@ class CancelTests(StreamsTestCase):
         await deferToThread(close_one)
         await wait_for(lambda: work.cancelled == 2, 2, 0.01, "the call to be cancelled")
 
+        def close_unnamed() -> None:
+            # Two requests under one id, then a notification: all three go.
+            with websockets.sync.client.connect(address, open_timeout=5) as conn:
+                for request_id in (7, 7, None):
+                    call = {"jsonrpc": "2.0", "method": "s3/work.slow", "params": [5]}
+                    conn.send(json.dumps(call if request_id is None else {**call, "id": 7}))
+                time.sleep(0.3)
+
+        await deferToThread(close_unnamed)
+        await wait_for(lambda: work.cancelled == 3, 2, 0.01, "the running call to be cancelled")
+        await deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual((work.started, work.cancelled), (3, 3))  # the queued two never ran
+
 
 class SlowConsumerTests(StreamsTestCase):
     """A stream two hops away runs only as far ahead of its consumer as its window."""
