@@ -800,6 +800,10 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
 
     def _answer(self, answer: bytes | Failure | None) -> None:
         if isinstance(answer, bytes) and self.state == self.STATE_OPEN:
+            limit: int = self.factory.max_message_size
+            if len(answer) > limit:  # (Autobahn would refuse to send it)
+                handler: JsonRpcHandler = self.factory.handler
+                answer = handler.within(answer, limit)
             self.sendMessage(answer, isBinary=False)
 
 
@@ -946,6 +950,7 @@ class JsonRpcWebSocketFactory(WebSocketServerFactory):
         self.handler = handler
         self.policy = policy
         self.watch = watch
+        self.max_message_size = max_message_size
         self.setProtocolOptions(
             maxMessagePayloadSize=max_message_size,
             maxFramePayloadSize=max_message_size,

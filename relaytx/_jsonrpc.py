@@ -404,6 +404,35 @@ class JsonRpcHandler:
         self._log.failure("internal error answering a JSON-RPC call", failure)
         return InternalError(f"Internal error: {type(failure.value).__name__}")
 
+    def within(self, answer: bytes, limit: int) -> bytes:
+        """
+        C{answer} (of L{handle_now}'s), made to fit a transport whose
+        messages are at most C{limit} bytes (C{/ws/rpc}): results too large
+        for it become -32000 C{ResultTooLarge} errors, the largest of a
+        batch first, until it fits. (C{POST /rpc} answers are not bounded.)
+        """
+        if len(answer) <= limit:
+            return answer
+        message = loads_request(answer)
+        members = message if isinstance(message, list) else [message]
+        sizes = sorted(
+            ((len(_json.dumps(m)), i) for i, m in enumerate(members) if "result" in m),
+            reverse=True,
+        )
+        total = len(answer)
+        for size, i in sizes:
+            error = RemoteCallError.named(
+                "ResultTooLarge",
+                f"the answer is {size} bytes, past the {limit}-byte message limit of"
+                " /ws/rpc: stream it, or call by POST /rpc",
+                self._node_id,
+            )
+            members[i] = self._error(error.with_data(route=[self._node_id]), members[i]["id"])
+            total += len(_json.dumps(members[i])) - size
+            if total <= limit:
+                break
+        return _json.dumps(members if isinstance(message, list) else members[0])
+
     def _error(self, error: CallError, request_id: Any) -> dict[str, Any]:
         if "node_id" not in error.data:
             # Where it happened (SPEC section 5): here, before it went

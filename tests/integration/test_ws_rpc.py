@@ -37,6 +37,18 @@ class Ticker(Server):
             yield self.made
 
 
+class Big(Server):
+    """Results of any size, at once or later."""
+
+    @exposed
+    def now(self, size: int) -> str:
+        return "x" * size
+
+    @exposed
+    async def later(self, size: int) -> str:
+        return "y" * size
+
+
 class WsRpcTests(TestCase):
     """Many calls in flight on one WebSocket, answered by id."""
 
@@ -124,6 +136,49 @@ class WsRpcTests(TestCase):
             self.assertIn(b'"id":%d' % request_id, raw.encode() if isinstance(raw, str) else raw)
             self.assertEqual(json.loads(raw)["error"]["code"], -32800)
         self.assertEqual([d.called for d in slow.waiting], [True, True])  # cancelled there
+
+    async def test_answer_past_the_message_limit(self) -> None:
+        """
+        An answer past /ws/rpc's message limit is an error (-32000
+        ResultTooLarge) under the request's id, at once or later; of a
+        batch, the largest results become errors until it fits; the
+        connection stays open.
+        """
+        node = start_node(self, "ws7", servers={"big": Big()}, limits={"max_body_size": 65536})
+        address = url(node).replace("http://", "ws://") + "/ws/rpc"
+
+        def call(request_id: int, method: str, size: int) -> dict[str, Any]:
+            return {"jsonrpc": "2.0", "method": method, "params": [size], "id": request_id}
+
+        def talk() -> list[Any]:
+            with websockets.sync.client.connect(address, open_timeout=5) as conn:
+                answers = []
+                for message in (
+                    call(1, "big.now", 100_000),
+                    call(2, "big.later", 100_000),
+                    [
+                        call(3, "big.now", 30_000),
+                        call(4, "big.later", 40_000),
+                        call(5, "big.now", 10),
+                    ],
+                    call(6, "big.now", 10),
+                ):
+                    conn.send(json.dumps(message))
+                    raw = conn.recv(timeout=5)
+                    self.assertLessEqual(len(raw), 65536)
+                    answers.append(json.loads(raw))
+                return answers
+
+        one, later, batch, after = await deferToThread(talk)
+        for answer, request_id in ((one, 1), (later, 2)):
+            self.assertEqual(answer["id"], request_id)
+            self.assertEqual(answer["error"]["code"], -32000)
+            self.assertEqual(answer["error"]["data"]["type"], "ResultTooLarge")
+            self.assertEqual(answer["error"]["data"]["node_id"], "ws7")
+        by_id = {a["id"]: a for a in batch}
+        self.assertEqual(by_id[4]["error"]["data"]["type"], "ResultTooLarge")  # the largest
+        self.assertEqual((len(by_id[3]["result"]), by_id[5]["result"]), (30_000, "x" * 10))
+        self.assertEqual(after["result"], "x" * 10)
 
     async def test_node_stopping(self) -> None:
         """
