@@ -807,11 +807,12 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
             self.sendMessage(answer, isBinary=False)
 
 
-#: How a cancel notification is recognised before it is parsed.
-_CANCEL_REQUEST = b"$/cancelRequest"
+#: How a cancel notification is recognised before it is parsed (without
+#: its "$/", which a JSON writer may escape: PHP's writes "$\/").
+_CANCEL_REQUEST = b"cancelRequest"
 
 #: How a stream's credit is recognised before it is parsed.
-_STREAM_CREDIT = b"$/streamCredit"
+_STREAM_CREDIT = b"streamCredit"
 
 #: L{_cancelled_id} of a message that is no C{$/cancelRequest}.
 _NOT_A_CANCEL = object()

@@ -137,6 +137,32 @@ class WsRpcTests(TestCase):
             self.assertEqual(json.loads(raw)["error"]["code"], -32800)
         self.assertEqual([d.called for d in slow.waiting], [True, True])  # cancelled there
 
+    async def test_cancel_request_escaped(self) -> None:
+        """
+        A C{$/cancelRequest} whose method name is escaped, as some JSON
+        writers do (PHP writes a slash as backslash-slash), is the same
+        notification: it cancels.
+        """
+        slow = Slow()
+        node = start_node(self, "ws8", servers={"slow": slow})
+        address = url(node).replace("http://", "ws://") + "/ws/rpc"
+        spellings = ["$\\/cancelRequest", "\\u0024/cancelRequest"]
+
+        def talk() -> list[Any]:
+            with websockets.sync.client.connect(address, open_timeout=5) as conn:
+                answers = []
+                for request_id, method in enumerate(spellings):
+                    conn.send(
+                        json.dumps({"jsonrpc": "2.0", "method": "slow.wait", "id": request_id})
+                    )
+                    params = f'{{"id":{request_id}}}'
+                    conn.send(f'{{"jsonrpc":"2.0","method":"{method}","params":{params}}}')
+                    answers.append(json.loads(conn.recv(timeout=5)))
+                return answers
+
+        for request_id, answer in enumerate(await deferToThread(talk)):
+            self.assertEqual((answer["id"], answer["error"]["code"]), (request_id, -32800))
+
     async def test_answer_past_the_message_limit(self) -> None:
         """
         An answer past /ws/rpc's message limit is an error (-32000
