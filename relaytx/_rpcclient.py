@@ -71,6 +71,7 @@ ACCESS_DENIED = -32004
 OVERLOADED = -32005
 OUTCOME_UNKNOWN = -32006
 CANCELLED = -32800
+INTERNAL_ERROR = -32603
 
 #: The largest deadline a node accepts (SPEC section 5).
 MAX_TIMEOUT = 86400.0
@@ -461,8 +462,10 @@ class _CallBook:
                 return
             if "error" in answer:
                 future.set_exception(RemoteError.from_jsonrpc(answer["error"]))
-            else:
-                future.set_result(answer.get("result"))
+            elif "result" in answer and answer.get("jsonrpc") == "2.0":
+                future.set_result(answer["result"])
+            else:  # (not a node: an echo server, say)
+                future.set_exception(_not_an_answer(self.url, answer))
             return
         assert isinstance(entry, _Stream)
         if entry.full:
@@ -533,6 +536,14 @@ class _CallBook:
         self._full -= 1
         if not self._full and self._channel is not None:
             self._channel.resume_reading()
+
+
+def _not_an_answer(url: str, answer: dict[str, Any]) -> RemoteError:
+    return RemoteError(
+        INTERNAL_ERROR,
+        f"{url} answered with no JSON-RPC 2.0 result or error: {answer!r:.200}",
+        {"url": url},
+    )
 
 
 class RpcCore(_CallBook):

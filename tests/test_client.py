@@ -68,6 +68,33 @@ class CallTests(SynchronousTestCase):
             {"server_name": "node", "method": "echo", "args": [1, "x", [True]], "timeout": 30.0},
         )
 
+    def test_notAnAnswer(self) -> None:
+        """
+        A message under a call's id with no JSON-RPC 2.0 result or error (a
+        server that is no node, echoing the request, say) fails the call
+        with -32603, saying what came; it is not taken for a null result.
+        """
+        node = FakeNode()
+        node.hold = True
+        odd = [
+            lambda r: r,  # the request itself, echoed
+            lambda r: {"jsonrpc": "2.0", "id": r["id"]},
+            lambda r: {"jsonrpc": "1.0", "result": 5, "id": r["id"]},
+        ]
+
+        async def scenario() -> list[BaseException]:
+            c, _ = await connected(node)
+            tasks = [asyncio.ensure_future(c.node.ping()) for _ in odd]
+            await asyncio.sleep(0)
+            for (channel, request), make in zip(node.held, odd, strict=True):
+                channel.deliver(make(request))
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+        for error in run(scenario()):
+            assert isinstance(error, client.RemoteError), error
+            self.assertEqual(error.code, -32603)
+            self.assertIn("no JSON-RPC 2.0 result or error", error.message)
+
     def test_explicitNodeAndKeywords(self) -> None:
         """on(node) names the node; keyword arguments go as kwargs; timeout= is the deadline."""
         node = FakeNode()
