@@ -28,7 +28,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from attrs import Factory, define
@@ -87,7 +87,7 @@ class CallTarget:
 
 
 class _Pending:
-    __slots__ = ("deadline", "deferred", "destination", "stream", "timeout", "via")
+    __slots__ = ("branches", "deadline", "deferred", "destination", "stream", "timeout", "via")
 
     def __init__(
         self,
@@ -103,6 +103,8 @@ class _Pending:
         self.deadline = deadline
         self.timeout = timeout
         self.stream: Any = None
+        #: a flooded call's copies still out: the neighbours they went to
+        self.branches: set[str] | None = None
 
 
 class _Deadlines:
@@ -259,11 +261,33 @@ class PendingCalls:
             # timeout period, instead of being moved at every answer.
             self._schedule(earliest)
 
-    def set_via(self, response_id: str, via: str | None) -> None:
-        """Record the neighbour a pending call was sent to, once known."""
+    def set_via(
+        self, response_id: str, via: str | None, branches: Iterable[str] | None = None
+    ) -> None:
+        """
+        Record the neighbour a pending call was sent to, once known, or the
+        neighbours its flooded copies went to (C{branches}).
+        """
         entry = self._pending.get(response_id)
         if entry is not None:
             entry.via = via
+            if branches is not None:
+                entry.branches = set(branches)
+
+    def dead_end(self, response_id: str | None, reporter: str) -> bool:
+        """
+        The copy of flooded call C{response_id} sent to neighbour
+        C{reporter} went no further (-32002, for that neighbour's whole
+        branch of the flood).
+
+        :returns: whether copies went elsewhere too, and may yet reach the
+            target: then the call waits for them (or its deadline).
+        """
+        entry = self._pending.get(response_id) if response_id is not None else None
+        branches = None if entry is None else entry.branches
+        if branches is not None:
+            branches.discard(reporter)
+        return bool(branches)
 
     def stream_of(self, response_id: str) -> tuple[Any, str] | None:
         """
@@ -407,6 +431,9 @@ class ForwardedCalls:
         self.max_total = max_total
         self.max_per_neighbour = max_per_neighbour
         self._per_neighbour: dict[str, int] = {}
+        #: flooded calls (caller, response id) -> the neighbours whose
+        #: copies have not come to a dead end yet (see L{dead_end})
+        self.floods: dict[tuple[str, str], set[str]] = {}
 
     def __len__(self) -> int:
         self._sweep(self._clock.seconds())
@@ -487,11 +514,45 @@ class ForwardedCalls:
         """
         if response_id is None:
             return None
-        entry = self._calls.pop((caller, response_id), None)
+        key = (caller, response_id)
+        entry = self._calls.pop(key, None)
         if entry is None:
             return None
+        if self.floods:
+            self.floods.pop(key, None)
         self._counted_out(entry)
         return entry.came_from
+
+    def flooded(self, caller: str, response_id: str, branches: Iterable[str]) -> None:
+        """Copies of forwarded call C{response_id} went to C{branches}."""
+        if (caller, response_id) in self._calls:
+            self.floods[caller, response_id] = set(branches)
+
+    def dead_end(
+        self, caller: str, response_id: str | None, reporter: str
+    ) -> tuple[bool, tuple[str, str] | None]:
+        """
+        Neighbour C{reporter} says its copy of call C{response_id} went no
+        further (-32002, for its whole branch of the flood).
+
+        :returns: whether this node flooded the call (the report is then
+            its own to take, not to pass on), and when every copy it sent
+            has so ended, the call's target and the neighbour it came from,
+            where this node's own dead end goes (the call is forgotten).
+        """
+        key = (caller, response_id or "")
+        branches = self.floods.get(key)
+        if branches is None:
+            return False, None
+        branches.discard(reporter)
+        if branches:
+            return True, None
+        del self.floods[key]
+        entry = self._calls.pop(key, None)
+        if entry is None:
+            return True, None
+        self._counted_out(entry)
+        return True, (entry.target, entry.came_from)
 
     def way_back(self, caller: str, response_id: str | None) -> str | None:
         """
@@ -548,6 +609,10 @@ class ForwardedCalls:
         calls = self._calls
         for key in [key for key, e in calls.items() if e.deadline <= now]:
             self._counted_out(calls.pop(key))
+        floods = self.floods
+        if floods:
+            for key in [key for key in floods if key not in calls]:
+                del floods[key]
         self._next_sweep = now + self.SWEEP_INTERVAL
 
 

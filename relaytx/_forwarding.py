@@ -60,7 +60,7 @@ from relaytx._links import LinkTable
 from relaytx._metrics import NodeMetrics
 from relaytx._routing import HOP_BUDGETS, HOP_MARGIN, MAX_HOPS, Router
 from relaytx._tracing import TRACE_PATH, HopTraces
-from relaytx.errors import MalformedMessage, MessageTooLarge
+from relaytx.errors import MalformedMessage, MessageTooLarge, NodeUnreachable
 from relaytx.peer import PeerSession
 from relaytx.wire import (
     MAX_ID_LENGTH,
@@ -126,6 +126,10 @@ class Forwarder:
     :param relay: called with a call from another node for an
         original-design neighbour, and the link it came from: this node
         makes the call itself and relays the answer.
+    :param dead_end: called with a flooded call's caller, response id and
+        target, and the neighbour it came from, when none of the copies
+        this node passed on got further: the call is answered -32002 that
+        way, for this node's whole branch of the flood.
     """
 
     def __init__(
@@ -140,6 +144,7 @@ class Forwarder:
         routes_are_complete: Callable[[], bool],
         refuse: Callable[..., None],
         relay: Callable[[Envelope, str], None] | None = None,
+        dead_end: Callable[[str, str, str, str], None] | None = None,
     ) -> None:
         self._node_id = node_id
         self._clock = clock
@@ -157,7 +162,10 @@ class Forwarder:
         self.hops = HopTraces(node_id, clock)
         #: messages this node originated and flooded, for want of a route
         self.floods = 0
+        #: the neighbours the latest of them went to
+        self.flooded_to: list[str] = []
         self._relay = relay
+        self._dead_end = dead_end
 
     def receive(self, envelope: Envelope, session: PeerSession, unwrapped: bool = False) -> None:
         """
@@ -192,6 +200,19 @@ class Forwarder:
             self._metrics.drop("loop")
             return
         kind = envelope.type
+        if (
+            kind == _ANSWER
+            and self._forwarded.floods
+            and envelope.data.get("error_code") == NodeUnreachable.code
+        ):
+            # A branch of a call this node flooded went no further: this
+            # node's own dead end goes back once all its branches are.
+            taken, ended = self._forwarded.dead_end(envelope.to, envelope.response_id, peer)
+            if taken:
+                if ended is not None and self._dead_end is not None:
+                    target, back = ended
+                    self._dead_end(envelope.to, envelope.response_id or "", target, back)
+                return
         if kind in _ANSWERED and not _short_response_id(envelope):
             session.host.bad_input(
                 MalformedMessage("response_id is too long", reason="bad_id"), session
@@ -273,8 +294,7 @@ class Forwarder:
             rebudgeted = self._renewed(envelope, came_from)
             if rebudgeted is None:
                 self._metrics.drop("ttl_exceeded")
-                if self._may_refuse(came_from):
-                    self._refuse(envelope, came_from, "TTL exceeded")
+                self._refuse(envelope, came_from, "TTL exceeded")
                 return None
             envelope = rebudgeted
         kind = envelope.type
@@ -330,24 +350,33 @@ class Forwarder:
             return None
         targets = self._links.flood_targets({*envelope.route, came_from})
         if not targets or self._routes_are_complete():
+            # A dead end: the copy that came here goes no further (-32002,
+            # which the node it came from takes for this branch only).
             self._metrics.drop("no_route")
-            if self._may_refuse(came_from):
-                self._refuse(envelope, came_from, "no route")
+            self._refuse(envelope, came_from, "no route")
             return None
         if came_from is None:
             # Flooded copies go to relaytx nodes only (and each passes on one
             # copy at most, below): a budget for any loop-free path.
             envelope.ttl = MAX_HOPS
             self.floods += 1
+            self.flooded_to = [target.peer_id for target in targets[:MAX_FLOOD]]
         elif not self._seen.first_time(
             envelope.sender, envelope.id, _FLOODED, envelope.response_id
         ):
             # Another copy passed here already, and went wherever this one
-            # could go: a flood costs each link a copy or two, whatever the TTL.
+            # could go: a flood costs each link a copy or two, whatever the
+            # TTL. This branch ends here (the other copy's goes on).
             self._metrics.drop("duplicate")
+            self._refuse(envelope, came_from, "another copy went on from here")
             return None
-        for target in targets[:MAX_FLOOD]:  # the original's flood fallback, capped
+        copies = targets[:MAX_FLOOD]  # the original's flood fallback, capped
+        for target in copies:
             self._send_via(target, envelope, came_from, True, budget, now)
+        if came_from is not None and kind == _CALL and envelope.response_id is not None:
+            self._forwarded.flooded(
+                envelope.sender, envelope.response_id, [t.peer_id for t in copies]
+            )
         return None
 
     def _renewed(self, envelope: Envelope, came_from: str | None) -> Envelope | None:
@@ -392,13 +421,6 @@ class Forwarder:
             # keeps the default, 10.)
             envelope.ttl = HOP_BUDGETS[len(path)]
         return session
-
-    def _may_refuse(self, came_from: str | None) -> bool:
-        # A forwarder without a complete table may hold one flooded copy of
-        # many: its dead end says nothing of the others, one of which may
-        # reach the target, so it drops the copy silently (as the original
-        # does) instead of failing the caller's call.
-        return came_from is None or self._routes_are_complete()
 
     def _send_via(
         self,

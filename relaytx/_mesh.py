@@ -219,6 +219,7 @@ class Mesh:
         self.forwarder = Forwarder(
             node_id, clock, metrics, self.router, self._links, self.forwarded, self.seen,
             routes_are_complete=complete, refuse=self._refuse, relay=self._relay,
+            dead_end=self._dead_end,
         )  # fmt: skip
         self.calls = MeshCalls(
             node_id, clock, metrics, self._links, self.forwarder, self.pending,
@@ -242,6 +243,9 @@ class Mesh:
         self, envelope: Envelope, came_from: str | None, why: str, overloaded: bool = False
     ) -> None:
         self.calls.refuse(envelope, came_from, why, overloaded)
+
+    def _dead_end(self, caller: str, response_id: str, target: str, came_from: str) -> None:
+        self.calls.dead_end(caller, response_id, target, came_from)
 
     def _records_changed(self) -> None:
         # PKI mode: which advertised paths are acceptable may have changed.

@@ -188,8 +188,11 @@ class MeshCalls:
         if target.trace is not None:
             self.traces.carry(envelope, target.trace, response_id, d)
         try:
-            via = self._forwarder.forward(envelope, None, budget=target.timeout, now=now)
-            self.pending.set_via(response_id, via)
+            forwarder = self._forwarder
+            floods = forwarder.floods
+            via = forwarder.forward(envelope, None, budget=target.timeout, now=now)
+            flooded = forwarder.flooded_to if forwarder.floods > floods else None
+            self.pending.set_via(response_id, via, flooded)
         except MessageTooLarge as e:
             self.pending.resolve(response_id, error=Overloaded(f"Call too large: {e}"))
         return d
@@ -212,6 +215,14 @@ class MeshCalls:
             and not e2e.check_answer(envelope.sender, response, response.mac)
         ):
             self._metrics.drop("forged_answer")
+            return
+        if (
+            hop_report
+            and response.error_code == NodeUnreachable.code
+            and self.pending.dead_end(response.response_id, via or envelope.sender)
+        ):
+            # One copy of a flooded call went no further; the others may
+            # reach the target (and run the call): -32002 only when none can.
             return
         if self.traces.paths:
             self.traces.settled(envelope, response.response_id)
@@ -374,6 +385,18 @@ class MeshCalls:
             self.pending.resolve(response_id, error=error)
         else:
             self.answer_error(envelope.sender, response_id, error, via=came_from)
+
+    def dead_end(self, caller: str, response_id: str, target: str, came_from: str) -> None:
+        """
+        None of the copies of flooded call C{response_id} that this node
+        passed on got further: it answers -32002 back the way the call
+        came, for its whole branch of the flood.
+        """
+        error = NodeUnreachable(
+            f"Node {target!r} unreachable from {self._node_id}: no copy of the call got further",
+            node_id=self._node_id,
+        )
+        self.answer_error(caller, response_id, error, via=came_from)
 
     # Losses.
 

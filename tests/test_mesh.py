@@ -714,6 +714,32 @@ class CallTests(MeshTestCase):
         [call] = self.network.link_between(a, b).sent_by(a, "server_call")
         self.assertEqual(call.ttl, DEFAULT_TTL)
 
+    def test_flooded_past_a_quiet_node(self) -> None:
+        """
+        Behind a node whose registry is off, a call floods: a copy that can
+        go nowhere (a neighbour that knows all it can reach, and not the
+        target) is -32002 for that copy only; the copy through the quiet
+        node runs the call, and its answer is the call's. When every copy
+        ends so, the call fails with -32002 at once, as before.
+        """
+        a, c, d = self.nodes("acd")
+        b = memory_node("b", self.clock, disable_registry=True)
+        line([a, b, c, d], self.network)
+        counter = Counter()
+        a.expose("counter", counter)
+        self.network.settle()
+        self.assertNotIn("a", c.views.routes())
+        for n in range(1, 4):
+            call = c.call("a", "counter", "increment")
+            self.network.pump()
+            self.assertEqual(self.successResultOf(call), n)
+        self.assertEqual(counter.count, 3)
+        now = self.clock.seconds()
+        nowhere = c.call("z", "node", "ping", timeout=30)
+        self.network.pump()
+        self.assertEqual(self.failureResultOf(nowhere, NodeUnreachable).value.code, -32002)
+        self.assertEqual(self.clock.seconds(), now)
+
     def test_spent_budget_renewed(self) -> None:
         """A call whose TTL runs out where a route still goes on through routers is passed on."""
         a, b, c, d = self.line("abcd")
@@ -890,18 +916,43 @@ class FloodTests(MeshTestCase):
         self.assertEqual(self.successResultOf(call), "done")
 
     def test_flood_to_nowhere_ends(self) -> None:
-        """A call flooded round a ring for a node that does not exist dies out, then times out."""
+        """
+        A call flooded round a ring for a node that does not exist dies out,
+        and fails at once (-32002): every copy came to a dead end, each
+        told back to the node it came from (SPEC section 7).
+        """
         a, b, c = self.nodes("abc")
         for x, y in [(a, b), (b, c), (c, a)]:
             self.network.link(x, y)
         self.network.settle()
+        now = self.clock.seconds()
         call = a.call("nobody", "node", "ping", timeout=3)
         self.assertLess(self.network.pump(), 20)
         self.assertGreaterEqual(dropped(b, "no_route") + dropped(c, "no_route"), 2)
-        self.assertNoResult(call)
-        self.network.advance(3)
-        self.assertEqual(self.failureResultOf(call, CallTimeout).value.code, -32001)
+        error = self.failureResultOf(call, NodeUnreachable).value
+        self.assertEqual((error.code, self.clock.seconds()), (-32002, now))
         self.assertEqual(len(a.mesh.pending), 0)
+        self.assertEqual([len(n.mesh.forwarded) for n in (b, c)], [0, 0])
+
+    def test_flood_one_branch_ends(self) -> None:
+        """
+        A flooded call whose copy down one branch comes to a dead end, and
+        down another runs, is answered by the one that ran: the dead end
+        says -32002 for its branch only.
+        """
+        a, b, c, d, e = self.nodes("abcde")
+        for x, y in [(a, b), (b, c), (a, d), (d, e)]:  # e: a dead end; c: the target
+            self.network.link(x, y)
+        self.network.settle()
+        for order in (0, 1):
+            if order:  # the copy to the target held back: the dead end answers first
+                self.network.link_between(a, b).pause()
+            call = a.call("c", "node", "echo", order)
+            self.network.pump()
+            self.assertNoResult(call) if order else None
+            self.network.link_between(a, b).resume()
+            self.network.pump()
+            self.assertEqual(self.successResultOf(call), [order])
 
     def test_longer_than_the_default_ttl(self) -> None:
         """
@@ -926,10 +977,15 @@ class FloodTests(MeshTestCase):
                 self.network.link(x, y)
         self.network.settle()
         call = nodes[0].call("nobody", "node", "ping", timeout=3)
-        self.assertLessEqual(self.network.pump(), 5 + 5 * 4)
+        self.network.pump()
+        copies = sum(
+            len(link.sent_by(node, "server_call"))
+            for link in self.network.links
+            for node in link.nodes
+        )
+        self.assertLessEqual(copies, 5 + 5 * 4)
         self.assertGreater(sum(dropped(node, "duplicate") for node in nodes), 0)
-        self.network.advance(3)
-        self.assertEqual(self.failureResultOf(call, CallTimeout).value.code, -32001)
+        self.assertEqual(self.failureResultOf(call, NodeUnreachable).value.code, -32002)
 
     def test_bare_name_is_local_only(self) -> None:
         """With the registry disabled, a bare server name never reaches another node."""
