@@ -154,6 +154,9 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
                 quiet=self.handshake.peer_registry_off,
             )  # fmt: skip
         except LinkRefused as e:
+            # (What the other end sent before it heard is dropped: the
+            # handshake is over, and no original node's first frame comes.)
+            self._rejected = True
             self._close(CLOSE_REPLACED, e.reason)
             return
         self._opened()

@@ -266,6 +266,32 @@ class AdapterTests(SynchronousTestCase):
         pair.flush()
         self.assertEqual(self.successResultOf(d), [1, "two"])
 
+    def test_dialler_refuses_a_second_link(self) -> None:
+        """
+        A dialler that finds, once the handshake is done, that it holds a
+        healthy link for that id already (a second process under one id)
+        closes the new one; what the other end sent meanwhile is dropped,
+        not taken for an original node's first frame (an error each time).
+        """
+        pair = _Adapters(self, None, None)
+        pair.flush()
+        held = pair.dialling.mesh.links["hB"]
+        twin = memory_node("hB", pair.clock)
+        self.addCleanup(twin.mesh.stop)
+        factory = PeerServerFactory(twin.mesh, 1 << 20, reactor=pair.clock)
+        factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        address = IPv4Address("TCP", "127.0.0.1", 10)
+        _, _, pump = connectedServerAndClient(
+            lambda: factory.buildProtocol(address),
+            lambda: pair.dialer.factory.buildProtocol(address),
+            clock=pair.clock,
+        )
+        for _ in range(3):
+            pump.flush(advanceClock=False)
+            pair.clock.advance(0)
+        self.assertIs(pair.dialling.mesh.links["hB"], held)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_same_secret(self) -> None:
         """With the same secret on both ends the link opens after the dialler's proof."""
         pair = _Adapters(self, SECRET, SECRET)
