@@ -166,9 +166,11 @@ class DashboardResource(Resource):
         self._watch.snapshot().addCallbacks(answer, failed)
         return NOT_DONE_YET
 
-    def _events(self, request: Any) -> int:
+    def _events(self, request: Any) -> bytes | int:
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"x-accel-buffering", b"no")
+        if request.method == b"HEAD":
+            return b""  # (the heads of an endless feed: it ends here)
         _Feed(request, self._watch)
         return NOT_DONE_YET
 

@@ -131,6 +131,24 @@ class PageTests(DashboardTests):
             [],
         )
 
+    def test_events_head(self) -> None:
+        """
+        HEAD /dashboard/events answers the feed's heads and ends there, so
+        the next request on the connection is answered.
+        """
+        connection = RawConnection(self.site, self.clock)
+        self.addCleanup(connection.lose)
+        connection.send(
+            b"HEAD /dashboard/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        )
+        self.network.pump()
+        answers = connection.transport.value().split(b"HTTP/1.1 ")
+        self.assertEqual([a[:3] for a in answers[1:]], [b"200", b"200"])
+        self.assertIn(b"text/event-stream", answers[1].lower())
+        self.assertIn(b'"status":"healthy"', answers[2])
+        self.assertEqual(self.node.views.mesh_watch.watchers, 0)
+
     def test_events_paused(self) -> None:
         """A client that does not read gets the newest view when it reads again, not a backlog."""
         connection = RawConnection(self.site, self.clock)
