@@ -564,6 +564,9 @@ class NodeWeb:
     """
 
     app = Klein()
+    # A path is the table's, or 404 (SPEC section 4): werkzeug would answer
+    # /registry//servers with a redirect to /registry/servers.
+    app.url_map.merge_slashes = False
 
     def __init__(self, views: NodeViews, admin: IPeerAdmin, metrics: NodeMetrics) -> None:
         self._views = views
@@ -1003,6 +1006,8 @@ class NodeRoot(Resource):
             return self._rpc
         if path == b"dashboard" and self._dashboard is not None:
             return self._dashboard
+        if not path and request.postpath:
+            return _NotFound()  # //health: no path of the table (Klein would take it)
         # Give Klein the whole path back: it routes on it.
         request.postpath.insert(0, request.prepath.pop())
         return self._web

@@ -707,6 +707,9 @@ class MethodAndPathTests(NodeTestCase):
         """Paths the node does not serve get 404 JSON."""
         for path in ["/", "/nope", "/rpc/", "/rpc/more", "/health/x", "/registry/nope"]:
             self.assertJsonError(self.http.request("GET", path), 404)
+        # Doubled slashes are no path of the table either (no redirect).
+        for path in ["//health", "//registry", "/registry//servers", "/registry//routes"]:
+            self.assertJsonError(self.http.request("GET", path), 404)
 
     def test_health_wrong_method(self) -> None:
         """Anything but GET on /health gets 405 JSON whose C{Allow} names GET."""
