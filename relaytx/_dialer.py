@@ -8,6 +8,7 @@ at run time (C{/registry/peers/add}, C{/registry/peers/remove}).
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import re
 from typing import Any
@@ -70,13 +71,37 @@ def peer_url(address: str, own_id: str) -> tuple[str, str, int, bool]:
         raise ValueError(f"{address!r} is not a ws://, wss://, http:// or https:// address")
     secure = scheme == "wss"
     try:
-        port = parts.port or (443 if secure else 80)
+        port = parts.port
     except ValueError:
         raise ValueError(f"{address!r} has a bad port") from None
+    if port is None:
+        port = 443 if secure else 80
+    elif not 0 < port < 65536:
+        raise ValueError(f"{address!r} has a bad port: {port}")
     path = parts.path if parts.path not in ("", "/") else PEER_PATH
     host = parts.hostname
+    if not _is_host(host):
+        raise ValueError(f"{address!r} names no host: {host!r} is no IP address or DNS name")
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return f"{scheme}://{netloc}{path}?node_id={own_id}", host, port, secure
+
+
+#: A DNS name (RFC 1123): dot-separated labels of letters, digits and
+#: hyphens, none starting or ending with a hyphen, none over 63; and
+#: underscores, which container networks' names have (my_service_1).
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+    r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?"
+)
+
+
+def _is_host(host: str) -> bool:
+    """:returns: whether C{host} is an IP address or a DNS name (not a typo)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return _DNS_NAME.fullmatch(host) is not None
+    return True
 
 
 #: What a node that is not the one dialled says (L{NOT_THE_NODE_EXPECTED}).

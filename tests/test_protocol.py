@@ -48,6 +48,22 @@ class PeerUrlTests(SynchronousTestCase):
         for address in ("ftp://h:21", "mailto:x@y", "http://", "ws://h:99999", ""):
             self.assertRaises(ValueError, peer_url, address, "me")
 
+    def test_bad_port_or_host(self) -> None:
+        """
+        Port 0 is no port (it was dialled as 80); a host that is no IP
+        address or DNS name is no host (it failed at every attempt).
+        """
+        for address in (
+            "ws://127.0.0.1:0",
+            "ws://a b:1",
+            "ws://-bad-.example:1",
+            f"ws://{'a' * 64}.example:1",
+            "ws://h%20x:1",
+        ):
+            self.assertRaises(ValueError, peer_url, address, "me")
+        for address in ("ws://[::1]:1", "ws://node-1.example.:1", "ws://my_service_1:1"):
+            peer_url(address, "me")
+
 
 class BackoffTests(SynchronousTestCase):
     """The dialler re-dials with exponential back-off that counts failed handshakes."""
