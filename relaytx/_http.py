@@ -146,8 +146,14 @@ class BoundedRequest(Request):
     def gotLength(self, length: int | None) -> None:
         limit = self._node_site().max_body_size
         if length is not None and length > limit:
+            # Declared too large: 413 now, before any of it is sent (no
+            # "100 Continue"), and the connection closed unread.
             self.too_large = True
             self.content = io.BytesIO()
+            self.requestHeaders.removeHeader(b"expect")
+            channel = self.channel
+            if isinstance(channel, NodeChannel):
+                channel.refuse_now(413, b"Request Entity Too Large", "request body too large")
             return
         super().gotLength(length)
 
@@ -285,7 +291,12 @@ class NodeChannel(HTTPChannel):
         super().connectionMade()
         self.head_since = self.site.channel_opened(self)
 
+    #: answered and closing unread (L{refuse_now}): what comes is dropped
+    refused = False
+
     def dataReceived(self, data: bytes) -> None:
+        if self.refused:
+            return
         if self.head_since is None and not self._handlingRequest:
             self.head_since = self.site.reactor.seconds()
         super().dataReceived(data)
@@ -308,13 +319,24 @@ class NodeChannel(HTTPChannel):
     def head_late(self) -> None:
         """Its request did not arrive within C{header_timeout}: 408, closed."""
         self.head_since = None
-        transport = self.transport
-        if self._handlingRequest or transport is None:
+        if self._handlingRequest:
             return
-        body = _json.dumps({"error": "request not received in time", "status": 408})
+        self.refuse_now(408, b"Request Timeout", "request not received in time")
+
+    def refuse_now(self, status: int, phrase: bytes, message: str) -> None:
+        """
+        Answer the request arriving with C{status} (a small JSON body), and
+        close the connection without reading more of it.
+        """
+        transport = self.transport
+        if transport is None:
+            return
+        self.refused = True
+        body = _json.dumps({"error": message, "status": status})
         transport.write(
-            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+            % (status, phrase, len(body), body)
         )
         transport.loseConnection()
         # A client that reads nothing would hold the socket until its

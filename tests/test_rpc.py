@@ -767,15 +767,24 @@ class BodyLimitTests(NodeTestCase):
         self.assertEqual(self.math.notes, [("update", ("big",))])
 
     def test_length_over_limit(self) -> None:
-        """A body whose Content-Length is over the limit is not kept, gets 413 JSON, never runs."""
-        body = self.call_of_size(257)
-        connection = self.raw()
-        connection.send(
-            b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 257\r\n\r\n" + body[:200]
-        )
-        self.assertEqual((self.kept(), connection.transport.value()), (b"", b""))
-        connection.send(body[200:])
-        self.assertTooLarge(connection)
+        """
+        A body whose Content-Length is over the limit gets 413 JSON as soon
+        as its head is in, and the connection closes: none of it is read,
+        kept or run; a client that would wait for "100 Continue" gets none.
+        """
+        for expect in (b"", b"Expect: 100-continue\r\n"):
+            RecordingRequest.made.clear()
+            self.math.notes.clear()
+            connection = self.raw()
+            connection.send(
+                b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 257\r\n%s\r\n" % expect
+            )
+            self.assertTrue(connection.transport.value().startswith(b"HTTP/1.1 413 "))
+            self.assertNotIn(b"100 Continue", connection.transport.value())
+            self.assertTrue(connection.transport.disconnecting)
+            connection.send(self.call_of_size(257))
+            self.assertEqual(self.kept(), b"")
+            self.assertTooLarge(connection)
 
     def test_length_at_limit(self) -> None:
         """A body of exactly the limit is served."""
