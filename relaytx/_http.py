@@ -56,7 +56,7 @@ from relaytx._guards import (
     InputBudget,
     Refusal,
 )
-from relaytx._jsonrpc import CallBook, JsonRpcHandler, loads_request
+from relaytx._jsonrpc import MAX_BATCH, CallBook, JsonRpcHandler, loads_request
 from relaytx._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relaytx._metrics import NodeMetrics
 from relaytx._protocol import UpgradeOnly
@@ -335,8 +335,7 @@ class NodeChannel(HTTPChannel):
         body = _json.dumps({"error": message, "status": status})
         transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
-            b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
-            % (status, phrase, len(body), body)
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (status, phrase, len(body), body)
         )
         transport.loseConnection()
         # A client that reads nothing would hold the socket until its
@@ -1050,6 +1049,7 @@ def make_site(
     header_timeout: float = 10.0,
     idle_timeout: float = 60.0,
     dashboard: IResource | None = None,
+    max_batch: int = MAX_BATCH,
 ) -> NodeSite:
     """
     :param dispatch: runs one resolved call (the node's dispatcher).
@@ -1059,9 +1059,10 @@ def make_site(
     :param counts: the connections held, in total and per address.
     :param watch: the node's WebSocket connections.
     :param dashboard: the resource of C{/dashboard} (none: a 404 there).
+    :param max_batch: the most requests one JSON-RPC batch may hold.
     :returns: the HTTP site of node C{node_id}.
     """
-    handler = JsonRpcHandler(dispatch, node_id)
+    handler = JsonRpcHandler(dispatch, node_id, max_batch)
     root = NodeRoot(
         RpcResource(handler, reactor), NodeWeb(views, admin, metrics).app.resource(), dashboard
     )

@@ -33,6 +33,7 @@ command line wins where both give a value)::
     max_write_buffer = 4194304       # unsent bytes a connection may hold before reading pauses
     max_buffered_input = 33554432    # bytes of unfinished messages and bodies, all connections
     max_dialers = 256                # peers dialled at once (--add-peer and peers/add)
+    max_batch = 1000                 # requests in one JSON-RPC batch (-32005 past it)
 
     [http]
     admins = ["ops"]                 # callers allowed on /registry/peers/add and /remove
@@ -134,6 +135,8 @@ class Limits:
     max_buffered_input: int = 32 * 1024 * 1024
     #: peers dialled at once (the command line's and those added at run time)
     max_dialers: int = 256
+    #: requests one JSON-RPC batch may hold (a longer one runs none: -32005)
+    max_batch: int = 1000
 
 
 @frozen
@@ -257,6 +260,7 @@ _LIMIT_KEYS = {
     "max_write_buffer": int,
     "max_buffered_input": int,
     "max_dialers": int,
+    "max_batch": int,
 }
 _HTTP_KEYS = {"tokens": dict, "admins": list, "allowed_hosts": list}
 _TRACING_KEYS = {

@@ -324,6 +324,7 @@ class RelayNode(MultiService):
             limits.max_body_size,
             self.reactor,
             dashboard=DashboardResource(self.views.mesh_watch),
+            max_batch=limits.max_batch,
             **self.guards.site_options(),
         )
 

@@ -534,6 +534,21 @@ class ErrorAnswerTests(NodeTestCase):
         self.assertEqual((error["code"], error["data"]["node_id"]), (-32001, NODE_ID))
 
 
+class BatchLimitTests(NodeTestCase):
+    """C{[limits] max_batch}: the most requests one batch may hold."""
+
+    limits = {"max_batch": 3}
+
+    def test_configured(self) -> None:
+        """Three requests run; four run none and get one -32005 naming the limit."""
+        request = {"jsonrpc": "2.0", "method": "math.sum", "params": [1, 2]}
+        answers = self.answer([{**request, "id": i} for i in range(3)])
+        self.assertEqual([a["result"] for a in answers], [3, 3, 3])
+        error = self.answer([{**request, "id": i} for i in range(4)])["error"]
+        self.assertEqual(error["code"], -32005)
+        self.assertIn("at most 3 requests", error["message"])
+
+
 class DeadlineTests(NodeTestCase):
     """remote_call without node_id: a location-transparent call with a deadline (SPEC 5)."""
 
