@@ -271,9 +271,26 @@ class Dialer(Service):
         if peer_id is not None:
             self.node_id = peer_id
 
-    def link_closed(self) -> None:
-        """The link this dialer opened closed; a retired dialer stops now."""
+    def link_closed(self, removed: bool = False) -> None:
+        """
+        The link this dialer opened closed; a retired dialer stops now.
+
+        :param removed: the peer closed it, saying its operator removed
+            this node (/registry/peers/remove there): it is not dialled
+            again, or the removal would undo itself in a second.
+        """
         self._holds_link = False
+        if removed and not self.retired:
+            self._log.info(
+                "{peer} at {url} removed this node's link: not dialling it again"
+                " (/registry/peers/add dials it anew)",
+                peer=self.node_id or "the peer",
+                url=self.url,
+            )
+            admin = self.parent
+            if isinstance(admin, PeerAdmin):
+                admin.forget(self)
+            self.retired = True
         if self.retired:
             self._stop()
 
@@ -425,6 +442,11 @@ class PeerAdmin(MultiService):
             raise ValueError(f"already dialling {address}")
         self.dialers[dialer.url] = dialer
         dialer.setServiceParent(self)
+
+    def forget(self, dialer: Dialer) -> None:
+        """C{dialer} dials no more (its peer removed the link)."""
+        for url in [url for url, held in self.dialers.items() if held is dialer]:
+            del self.dialers[url]
 
     def remove_peer(self, node_id: str | None = None, address: str | None = None) -> bool:
         """

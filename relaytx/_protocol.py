@@ -50,6 +50,7 @@ from relaytx.peer import (
     CLOSE_AUTH_FAILED,
     CLOSE_ON_PURPOSE,
     CLOSE_PROTOCOL_ERROR,
+    CLOSE_REMOVED,
     CLOSE_REPLACED,
     PeerSession,
 )
@@ -473,7 +474,10 @@ class PeerClientProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
             self.factory.dialer.handshake_failed(code, reason, told=told)
         super().onClose(wasClean, code, reason)
         if self._link_opened:
-            self.factory.dialer.link_closed()
+            removed = getattr(self, "remoteCloseCode", None) == CLOSE_REMOVED and not getattr(
+                self, "closedByMe", False
+            )
+            self.factory.dialer.link_closed(removed)
 
 
 def _protocol_options(factory: Any, max_message_size: int) -> None:

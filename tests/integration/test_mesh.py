@@ -388,6 +388,12 @@ class RemovalTests(TestCase):
         self.assertEqual(nodes[1].mesh.router.route("s0").path, ("s2", "s3", "s0"))
 
     async def test_acceptor_removes(self) -> None:
-        """The accepting end removes the link: neither end is taken for dead."""
+        """
+        The accepting end removes the link: neither end is taken for dead,
+        and the dialling end, told so, dials no more (the link stays gone).
+        """
         nodes = await self._square()
         await self._removed(nodes, 1, 0)
+        self.assertEqual(list(nodes[0].peer_admin.dialers), [])
+        self.assertNotIn("s1", nodes[0].mesh.links)
+        self.assertNotIn("s0", nodes[1].mesh.links)
