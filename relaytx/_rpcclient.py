@@ -73,6 +73,10 @@ OUTCOME_UNKNOWN = -32006
 CANCELLED = -32800
 INTERNAL_ERROR = -32603
 
+#: The largest request a client sends by default, in bytes: a node's
+#: C{max_body_size} by default (a larger message closes the connection).
+MAX_REQUEST = 1024 * 1024
+
 #: The largest deadline a node accepts (SPEC section 5).
 MAX_TIMEOUT = 86400.0
 
@@ -341,8 +345,9 @@ class _CallBook:
         consumer (see the module docstring).
     """
 
-    def __init__(self, url: str, window: int) -> None:
+    def __init__(self, url: str, window: int, max_request: int = MAX_REQUEST) -> None:
         self.url = url
+        self._max_request = max_request
         self._window = window
         self._half_window = max(1, window // 2)
         #: items a stream holds past which reading pauses: a node pacing the
@@ -367,9 +372,27 @@ class _CallBook:
 
     # Calls.
 
+    def _request(self, call_id: int, params: dict[str, Any]) -> bytes:
+        """
+        :returns: the request of call C{call_id}.
+        :raises TypeError: if its arguments are not JSON.
+        :raises RemoteError: (-32005) if it is over the node's message
+            limit: the node would close the connection, and fail every call
+            on it, rather than take it.
+        """
+        request = _request(call_id, params)
+        if len(request) > self._max_request:
+            raise RemoteError(
+                OVERLOADED,
+                f"Call not sent: its request is {len(request)} bytes, over the"
+                f" {self._max_request}-byte message limit (max_request)",
+                {"url": self.url},
+            )
+        return request
+
     def _start(self, entry: _Call) -> bytes:
         """Register C{entry}; :returns: its request (which checks its arguments are JSON)."""
-        request = _request(entry.id, entry.params)  # TypeError: not JSON; nothing is kept
+        request = self._request(entry.id, entry.params)  # not JSON, too large: nothing kept
         self._calls[entry.id] = entry
         self._deadlines.add(entry)
         return request
@@ -559,6 +582,7 @@ class RpcCore(_CallBook):
         of it at random (jitter).
     :param window: the items a stream's generator may run ahead of its
         consumer (see the module docstring).
+    :param max_request: the largest request sent, in bytes (see L{MAX_REQUEST}).
     """
 
     def __init__(
@@ -569,8 +593,9 @@ class RpcCore(_CallBook):
         reconnect: bool = True,
         backoff: tuple[float, float] = (0.1, 5.0),
         window: int = 256,
+        max_request: int = MAX_REQUEST,
     ) -> None:
-        super().__init__(url, window)
+        super().__init__(url, window, max_request)
         self._opener = opener
         self._reconnect = reconnect
         self._backoff = backoff
@@ -667,7 +692,7 @@ class RpcCore(_CallBook):
             params["kwargs"] = kwargs
         call_id = next(self._ids)
         # (TypeError for what is not JSON, before anything is kept)
-        request = _request(call_id, params)
+        request = self._request(call_id, params)
         loop = self._loop
         entry = _Call(call_id, params, timeout, loop.time())
         self._calls[call_id] = entry

@@ -64,6 +64,7 @@ from relaytx._clientopts import auth_headers, is_secure, ssl_context, ws_rpc_url
 from relaytx._rpcclient import (
     ACCESS_DENIED,
     CANCELLED,
+    MAX_REQUEST,
     NOT_FOUND,
     OUTCOME_UNKNOWN,
     OVERLOADED,
@@ -323,6 +324,10 @@ class connect:  # used as a function: ``async with connect(...)``
         every C{ping_interval}, so a node that stops answering is pinged
         within two intervals and dropped within three.
     :param max_size: the largest message accepted from the node, in bytes.
+    :param max_request: the largest request sent, in bytes: the node's
+        C{[limits] max_body_size} (1 MiB by default), past which it would
+        close the connection, failing every call on it. A call whose
+        request is larger fails at once with L{RemoteError} -32005, unsent.
     :raises ConnectError: (when awaited) if the first connection fails.
     :raises ValueError: for inconsistent options or unreadable TLS files.
     """
@@ -343,7 +348,9 @@ class connect:  # used as a function: ``async with connect(...)``
         backoff: tuple[float, float] = (0.1, 5.0),
         ping_interval: float | None = 20.0,
         max_size: int = 64 * 1024 * 1024,
+        max_request: int = MAX_REQUEST,
     ) -> None:
+        self._max_request = max_request
         self._address, self._open_one = _opener(
             url, token, cacert, cert, key, ssl, server_hostname, connect_timeout,
             ping_interval, max_size,
@@ -357,8 +364,9 @@ class connect:  # used as a function: ``async with connect(...)``
 
     async def _connect(self) -> Client:
         core = RpcCore(
-            self._address, self._open_one, reconnect=self._reconnect, backoff=self._backoff
-        )
+            self._address, self._open_one, reconnect=self._reconnect, backoff=self._backoff,
+            max_request=self._max_request,
+        )  # fmt: skip
         await core.open()
         return Client(core, self._timeout)
 

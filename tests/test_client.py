@@ -229,6 +229,31 @@ class CallTests(SynchronousTestCase):
         self.assertEqual(node.requests, [])
         self.assertEqual(core._calls, {})
 
+    def test_requestTooLarge(self) -> None:
+        """
+        A call whose request is over C{max_request} fails at once with
+        -32005, unsent and not kept; the calls in flight go on (the node
+        would have closed the connection on them all).
+        """
+        node = FakeNode()
+
+        async def scenario() -> tuple[Any, RpcCore]:
+            c, core = await connected(node, max_request=300)
+            kept = asyncio.ensure_future(c.node.echo("small"))
+            with self.assertRaises(client.RemoteError) as raised:
+                await c.node.echo("x" * 300)
+            self.assertEqual(raised.exception.code, -32005)
+            self.assertIn("300-byte message limit", raised.exception.message)
+            with self.assertRaises(client.RemoteError):
+                async for _ in c.stream("node", "echo", "x" * 300):
+                    pass
+            return await kept, core
+
+        answer, core = run(scenario())
+        self.assertEqual(answer, ["small"])
+        self.assertEqual([r["params"]["args"] for r in node.calls()], [["small"]])
+        self.assertEqual(core._calls, {})
+
     def test_badTimeout(self) -> None:
         """A deadline outside (0, 86400] seconds is a ValueError."""
         node = FakeNode()
