@@ -323,6 +323,12 @@ class NodeChannel(HTTPChannel):
             return
         self.refuse_now(408, b"Request Timeout", "request not received in time")
 
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's answer to a request it cannot parse (a broken request
+        # line or header, a bad chunk size): a bare status line. SPEC
+        # section 4's answers are JSON, this one too.
+        self.refuse_now(400, b"Bad Request", "bad request")
+
     def refuse_now(self, status: int, phrase: bytes, message: str) -> None:
         """
         Answer the request arriving with C{status} (a small JSON body), and

@@ -278,6 +278,8 @@ def _opener(
         raise ValueError(f"TLS options need an https:// or wss:// address, not {url!r}")
     if tls_files and ssl is not None:
         raise ValueError("give either ssl or cacert/cert/key, not both")
+    if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
+        raise ValueError(f"ssl takes an ssl.SSLContext (or give cacert/cert/key), not {ssl!r}")
     context = ssl_context(cacert, cert, key) if tls_files else ssl
 
     def open_one(listener: ChannelListener) -> Awaitable[WebSocketChannel]:

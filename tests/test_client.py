@@ -1280,6 +1280,9 @@ class OptionTests(TempDirMixin, SynchronousTestCase):
         error = self.assertRaises(ValueError, client.connect, "http://h:1", cacert="ca.pem")
         self.assertIn("https://", str(error))
         self.assertRaises(ValueError, client.connect, "https://h:1", cacert="x", ssl=ssl_context())
+        # (Not a context at all: said so, not an AttributeError later.)
+        error = self.assertRaises(ValueError, client.connect, "https://h:1", ssl="yes")
+        self.assertIn("ssl.SSLContext", str(error))
 
     def test_sslContext(self) -> None:
         """The context verifies host names; missing files and a lone key are ValueErrors."""

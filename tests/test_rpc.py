@@ -801,6 +801,20 @@ class BodyLimitTests(NodeTestCase):
             self.assertEqual(self.kept(), b"")
             self.assertTooLarge(connection)
 
+    def test_unparsable_request(self) -> None:
+        """A request Twisted cannot parse gets 400 with a small JSON body, and is closed."""
+        for head in (
+            b"GARBAGE\r\n\r\n",
+            b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
+            b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        ):
+            connection = self.raw()
+            connection.send(head)
+            code, headers, body = connection.response()
+            self.assertEqual((code, headers[b"content-type"]), (400, b"application/json"), head)
+            self.assertEqual(json.loads(body)["status"], 400)
+            self.assertTrue(connection.transport.disconnecting)
+
     def test_length_at_limit(self) -> None:
         """A body of exactly the limit is served."""
         connection = self.raw()
