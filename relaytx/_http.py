@@ -164,6 +164,9 @@ class BoundedRequest(Request):
         site = self._node_site()
         if self._received > site.max_body_size:
             self._drop_body()
+            channel = self.channel
+            if isinstance(channel, NodeChannel):  # 413 now: the rest is not read
+                channel.refuse_now(413, b"Request Entity Too Large", "request body too large")
             return
         if not site.input_budget.take(len(data)):
             # Bodies still arriving, all connections together, hold as

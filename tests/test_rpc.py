@@ -822,15 +822,21 @@ class BodyLimitTests(NodeTestCase):
         self.assertServed(connection)
 
     def test_chunked_over_limit(self) -> None:
-        """A chunked body that grows past the limit is dropped, gets 413 JSON and never runs."""
+        """
+        A chunked body that grows past the limit is dropped, gets 413 JSON
+        as soon as it does (the rest is not read), and never runs.
+        """
         body = self.call_of_size(300)
         connection = self.raw()
         connection.send(
             b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
         )
-        for chunk in [body[:100], body[100:200], body[200:]]:
+        for chunk in [body[:100], body[100:200]]:
             connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-        self.assertEqual((self.kept(), connection.transport.value()), (b"", b""))
+        self.assertEqual(connection.transport.value(), b"")
+        connection.send(b"%x\r\n%s\r\n" % (100, body[200:]))  # 300 bytes: past 256
+        self.assertTrue(connection.transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertEqual(self.kept(), b"")
         connection.send(b"0\r\n\r\n")
         self.assertTooLarge(connection)
 
