@@ -146,13 +146,16 @@ class BoundedRequest(Request):
     def gotLength(self, length: int | None) -> None:
         limit = self._node_site().max_body_size
         if length is not None and length > limit:
-            # Declared too large: 413 now, before any of it is sent (no
-            # "100 Continue"), and the connection closed unread.
             self.too_large = True
             self.content = io.BytesIO()
-            self.requestHeaders.removeHeader(b"expect")
             channel = self.channel
-            if isinstance(channel, NodeChannel):
+            if self.requestHeaders.hasHeader(b"expect") and isinstance(channel, NodeChannel):
+                # Declared too large by a client that waits for "100
+                # Continue" before it sends the body: 413 now, and closed.
+                # (A client already sending it has it read and dropped,
+                # then gets its 413: closing while its bytes still come
+                # would reset the connection, and lose the answer.)
+                self.requestHeaders.removeHeader(b"expect")
                 channel.refuse_now(413, b"Request Entity Too Large", "request body too large")
             return
         super().gotLength(length)
@@ -164,9 +167,6 @@ class BoundedRequest(Request):
         site = self._node_site()
         if self._received > site.max_body_size:
             self._drop_body()
-            channel = self.channel
-            if isinstance(channel, NodeChannel):  # 413 now: the rest is not read
-                channel.refuse_now(413, b"Request Entity Too Large", "request body too large")
             return
         if not site.input_budget.take(len(data)):
             # Bodies still arriving, all connections together, hold as
