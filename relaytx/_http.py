@@ -196,8 +196,10 @@ class BoundedRequest(Request):
         self._give_back()
         super().connectionLost(reason)  # (drops the channel: nothing is written)
         answer, self.pending_answer = self.pending_answer, None
-        if answer is not None and not answer.called:
-            # The client went away: its calls are cancelled (SPEC section 12).
+        if answer is not None:
+            # The client went away: its calls are cancelled (SPEC section
+            # 12). (An answer that has fired may wait on another Deferred,
+            # a call tried again elsewhere: cancel() passes on to that.)
             answer.cancel()
 
     def process(self) -> None:

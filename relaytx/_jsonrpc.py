@@ -456,9 +456,11 @@ def _gather(items: list[Any]) -> Deferred[list[Any]]:
         # A batch's later calls to a server queue behind its earlier ones,
         # and the running call's end starts the next in the mailbox at once:
         # cancelled first, it would start a call the client no longer wants.
+        # (One that fired may wait on a call tried again elsewhere: its
+        # cancel() passes on to that.)
         for index in reversed(waiting):
             item = results[index]
-            if is_deferred(item) and not item.called:
+            if is_deferred(item):
                 item.cancel()
 
     done: Deferred[list[Any]] = Deferred(cancel)

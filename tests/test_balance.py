@@ -6,6 +6,7 @@ the instance entries (loads, idempotent methods) nodes tell each other.
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -29,6 +30,7 @@ from relaytx.config import BalanceConfig, ConfigError, build_config
 from relaytx.node import RelayNode
 from relaytx.testing import MemoryMesh, memory_node
 from relaytx.wire import Envelope, NodeInfo, RegistrySync, decode, encode
+from tests.test_rpc import RawConnection
 
 
 class Where(Server):
@@ -620,6 +622,39 @@ class MeshInstancesTests(SynchronousTestCase):
         self.assertNotEqual(sent[0].response_id, first.response_id)
         self.assertNotEqual(sent[0].id, first.id)
         self.assertNoResult(d)
+
+    def test_client_gone_after_failover(self) -> None:
+        """
+        An HTTP client that leaves while its call runs on a second instance
+        (the first was lost) cancels it there too (SPEC sections 11, 12).
+        """
+        self.mesh()
+        self.client_gone_after_failover({"jsonrpc": "2.0", "method": "svc.hold_again", "id": 1})
+
+    def test_client_gone_after_failover_batch(self) -> None:
+        """The same for a call of a batch."""
+        self.mesh()
+        self.client_gone_after_failover(
+            [
+                {"jsonrpc": "2.0", "method": "svc.hold_again", "id": 1},
+                {"jsonrpc": "2.0", "method": "node.ping", "id": 2},
+            ]
+        )
+
+    def client_gone_after_failover(self, request: Any) -> None:
+        connection = RawConnection(self.a.site(), self.reactor)
+        self.addCleanup(connection.lose)
+        connection.post(b"/rpc", json.dumps(request).encode())
+        self.network.pump()
+        self.assertEqual(len(self.servers["b"].waiting), 1)
+        self.network.link_between("a", "b").cut()
+        self.network.pump()
+        [retry] = [d for n, s in self.servers.items() if n != "b" for d in s.waiting]
+        self.assertFalse(retry.called)
+        connection.lose()
+        self.network.pump()
+        self.assertTrue(retry.called)  # cancelled at its target
+        self.assertEqual(connection.transport.value(), b"")
 
     def test_unreachable_instance_fails_over(self) -> None:
         """An instance that cannot be reached (its link closed before the call) is skipped."""
