@@ -612,21 +612,30 @@ class Balancer(InstanceChoice):
         return self._send(target, following, remote, local, deadline, tried, now)
 
     def _local(self, target: CallTarget, local: Callable[[CallTarget], Any]) -> Any:
+        # The local instance is one like the others: its circuit learns
+        # from its calls' outcomes (a timeout, its own overload).
         instance = self._instance(target.server, self.node_id)
+        breaker = instance.breaker
+        if breaker.opened_at is not None:
+            breaker.trial = True
         instance.in_flight += 1
         try:
             result = local(target)
         except BaseException:
-            instance.in_flight -= 1
+            self._local_done(Failure(), instance, target.server)
             raise
         if is_deferred(result):
-            return result.addBoth(self._local_done, instance)
-        instance.in_flight -= 1
-        return result
+            return result.addBoth(self._local_done, instance, target.server)
+        return self._local_done(result, instance, target.server)
 
-    @staticmethod
-    def _local_done(outcome: Any, instance: _Instance) -> Any:
+    def _local_done(self, outcome: Any, instance: _Instance, server: str) -> Any:
         instance.in_flight -= 1
+        breaker = instance.breaker
+        if isinstance(outcome, Failure):
+            error = failure_exception(outcome)
+            self._failed(instance, server, self.node_id, error, self._clock.seconds())
+        elif breaker.failures or breaker.opened_at is not None:
+            breaker.succeeded()
         return outcome
 
     def outcome(self, server: str, node: str, error: BaseException | None) -> None:

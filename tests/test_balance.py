@@ -698,6 +698,21 @@ class MeshInstancesTests(SynchronousTestCase):
         states = {e["node_id"]: e["state"] for e in a.views.servers()["svc"]}
         self.assertEqual(states, {"b": "up", "c": "open", "d": "up"})
 
+    def test_local_instance_circuit(self) -> None:
+        """
+        The local instance has a circuit too: its calls' timeouts open it,
+        and calls skip it while it is open.
+        """
+        a = self.mesh("round_robin", failure_threshold=1)
+        local = Where("a")
+        a.expose("svc", local)
+        d = a.call(None, "svc", "hold", timeout=1)  # round_robin: a first
+        self.assertEqual(len(local.waiting), 1)
+        self.network.advance(1.5)
+        self.failureResultOf(d, CallTimeout)
+        self.assertEqual(a.balancer.state("svc", "a"), "open")
+        self.assertEqual(set(self.picks(a, 6)), {"b", "c", "d"})
+
     def test_timeout_counts(self) -> None:
         """A call timing out on an instance counts as its failure (-32001)."""
         a = self.mesh("round_robin", failure_threshold=1)
