@@ -88,8 +88,9 @@ class MeshWatch:
         self._counts: dict[str, tuple[float, int, int, float | None, float | None]] = {}
         self.rounds = 0
         self._stopped = False
-        #: nodes with a status call out, and those whose last one failed
-        self._asking: set[str] = set()
+        #: nodes with a status call out (when it left), and those whose
+        #: last one failed
+        self._asking: dict[str, float] = {}
         self._silent: set[str] = set()
         #: how long a round waits for answers before making its view
         self.round_deadline = min(0.5, interval / 2)
@@ -161,7 +162,7 @@ class MeshWatch:
         left = [len(asked)]
 
         def answered(outcome: Any, node: str) -> None:
-            self._asking.discard(node)
+            self._asking.pop(node, None)
             if isinstance(outcome, dict):
                 self._known[node] = {"status": outcome, "seen": self.clock.seconds()}
                 self._silent.discard(node)
@@ -171,8 +172,9 @@ class MeshWatch:
             if not left[0] and not done.called:
                 done.callback(None)
 
+        now = self.clock.seconds()
         for node in asked:
-            self._asking.add(node)
+            self._asking[node] = now
             target = CallTarget(node, "node", "status", timeout=self.timeout, trace=_unsampled())
             try:
                 d = self._call(target)
@@ -235,10 +237,20 @@ class MeshWatch:
                 problems.append(f"{node_id}: gone (last seen {rfc3339(entry['seen'])})")
             nodes[node_id] = self._node(node_id, state, status, entry["seen"], hops, now)
         for node_id in hops:
-            if node_id not in nodes and node_id not in self._asking:
-                # reachable, never answered (e.g. an original node)
-                nodes[node_id] = self._node(node_id, "silent", {}, None, hops, now)
-                problems.append(f"{node_id}: reachable but did not answer within {self.timeout:g}s")
+            if node_id in nodes:
+                continue
+            # Reachable, and never answered: its call failed (e.g. an
+            # original node's), or is still out past the round's deadline
+            # (a node that takes every call and answers none).
+            asked_at = self._asking.get(node_id)
+            if asked_at is None:
+                problem = f"did not answer within {self.timeout:g}s"
+            elif now - asked_at >= self.round_deadline:
+                problem = f"has not answered in {now - asked_at:.1f}s"
+            else:
+                continue
+            nodes[node_id] = self._node(node_id, "silent", {}, None, hops, now)
+            problems.append(f"{node_id}: reachable but {problem}")
         for gone in [n for n in known if n not in nodes]:
             del known[gone]
             self._counts.pop(gone, None)

@@ -109,6 +109,20 @@ class MeshViewTests(SynchronousTestCase):
         self.assertEqual(view["summary"]["silent"], 1)
         self.assertIn("n2: reachable but did not answer within 2s", view["problems"])
 
+    def test_never_answers(self) -> None:
+        """
+        A node that takes its status call and never answers is shown silent
+        from the first view on, while the call is still out: not left out.
+        """
+        self.links[1].pause()
+        view = self.view()
+        self.assertEqual(view["nodes"]["n2"]["state"], "silent")
+        self.assertIn("n2: reachable but has not answered in 0.5s", view["problems"])
+        self.clock.advance(1.0)
+        view = self.view()  # its call is still out: not asked again
+        self.assertEqual(view["nodes"]["n2"]["state"], "silent")
+        self.assertIn("n2: reachable but has not answered in 1.5s", view["problems"])
+
     def test_watch(self) -> None:
         """A watcher gets a view each interval while it watches, and none after."""
         seen: list[dict[str, Any]] = []
