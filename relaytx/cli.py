@@ -29,6 +29,7 @@ command needs when the command runs (Twisted only for C{relay node}).
 
 from __future__ import annotations
 
+import re
 import sys
 
 from relaytx import __version__
@@ -294,6 +295,11 @@ def _json(body: bytes) -> object:
         return None
 
 
+#: what argparse takes for a negative number (``-5``, ``-.5``), and a
+#: negative JSON number (``-1e3``, ``-2.5E-1``)
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$|^-(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$")
+
+
 def call(argv: list[str]) -> int:
     """Make one call through a node's JSON-RPC endpoint; returns the exit status."""
     import argparse
@@ -302,6 +308,9 @@ def call(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="relay call", description="Call SERVER.METHOD through the node at URL."
     )
+    # Every negative JSON number is an ARG, as argparse's own -5 and -1.5
+    # are (argparse would take -1e3 or -2.5E-1 for an unknown option).
+    parser._negative_number_matcher = _NEGATIVE_NUMBER
     parser.add_argument("url", help="the node's base URL, e.g. http://127.0.0.1:8080")
     parser.add_argument("server")
     parser.add_argument("method")

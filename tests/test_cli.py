@@ -200,6 +200,16 @@ class CallTests(CliTestCase):
         self.assertEqual(cli.main(["call", "http://h:1", "node", "echo", "-5", "--", "--x"]), 0)
         self.assertEqual(self.sent()["params"]["args"], [-5, "--x"])
 
+    def test_negativeJsonNumbers(self) -> None:
+        """Every negative JSON number is an argument, exponents included."""
+        numbers = ["-1e3", "-2.5E-1", "-0e0", "-1E+2", "-0.5", "-.5", "-7"]
+        argv = ["call", "http://h:1", "node", "echo", *numbers, "--node", "n2"]
+        self.assertEqual(cli.main(argv), 0)
+        self.assertEqual(
+            self.sent()["params"]["args"], [-1000.0, -0.25, -0.0, -100.0, -0.5, "-.5", -7]
+        )
+        self.assertEqual(self.sent()["params"]["node_id"], "n2")
+
     def test_printsJsonResult(self) -> None:
         """The result is printed as JSON on one line."""
         self.answer = {"jsonrpc": "2.0", "result": {"a": [1, "é"], "b": None}, "id": 1}
