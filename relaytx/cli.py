@@ -206,10 +206,14 @@ class NoAnswer(NodeUnavailable):
     """The node took the request but did not answer within the time given."""
 
 
-#: Seconds C{relay call} waits for an answer past its C{--timeout}: the
-#: node fails the call itself then (-32001) and its answer needs a moment
-#: to arrive; past this, C{relay call} gives up on its own, with -32001 too.
-ANSWER_MARGIN = 1.0
+def answer_wait(timeout: float) -> float:
+    """
+    :returns: how long C{relay call} waits for an answer: its C{--timeout},
+        when the node fails the call itself (-32001), and a margin for that
+        answer to arrive (a quarter of the timeout and 0.25 s, at most 1 s);
+        past it, C{relay call} gives up on its own, with -32001 too.
+    """
+    return timeout + min(1.0, 0.25 + timeout / 4)
 
 
 def exchange(
@@ -231,24 +235,48 @@ def exchange(
     import http.client
     from urllib.parse import urlsplit
 
+    import socket
+    import threading
+
     verb = "call" if method == "POST" else "read"
     parts = urlsplit(url)
     connection: http.client.HTTPConnection
+    # The socket's timeout bounds each read; this, the whole exchange (an
+    # answer that trickles in a byte at a time is cut off all the same).
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        sock = connection.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    deadline = threading.Timer(timeout, expire)
+    deadline.daemon = True
     try:
         if parts.scheme == "https":
             connection = http.client.HTTPSConnection(parts.netloc, timeout=timeout, context=context)
         else:
             connection = http.client.HTTPConnection(parts.netloc, timeout=timeout)
+        deadline.start()
         try:
             connection.request(method, parts.path, body, headers)
             response = connection.getresponse()
             answer = response.read()
+            if expired.is_set():
+                raise TimeoutError()
             return response.status, answer, {k.lower(): v for k, v in response.getheaders()}
         finally:
+            deadline.cancel()
             connection.close()
     except TimeoutError:
         raise NoAnswer(f"cannot {verb} {url}: no answer within {timeout:g}s") from None
     except (OSError, http.client.HTTPException) as e:
+        if expired.is_set():
+            raise NoAnswer(f"cannot {verb} {url}: no answer within {timeout:g}s") from None
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
         raise NodeUnavailable(f"cannot {verb} {url}: {reason}") from None
 
@@ -349,7 +377,7 @@ def call(argv: list[str]) -> int:
     try:
         # The node answers by the deadline; the margin covers the network.
         status, body, reply_headers = exchange(
-            "POST", url, json.dumps(request).encode(), headers, ns.timeout + ANSWER_MARGIN, context
+            "POST", url, json.dumps(request).encode(), headers, answer_wait(ns.timeout), context
         )
     except NoAnswer as e:
         # A frozen node, or one too busy to say so: --timeout holds all the same.

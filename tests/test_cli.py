@@ -184,7 +184,7 @@ class CallTests(CliTestCase):
                 },
             },
         )
-        self.assertEqual(request.timeout, 30.0 + cli.ANSWER_MARGIN)
+        self.assertEqual(request.timeout, cli.answer_wait(30.0))
         self.assertIsNone(request.context)
         self.assertEqual(self.stdout.getvalue(), "6\n")
         self.assertEqual(self.stderr.getvalue(), "")
@@ -245,14 +245,14 @@ class CallTests(CliTestCase):
                 "timeout": 4.5,
             },
         )
-        self.assertEqual(self.requests[0].timeout, 4.5 + cli.ANSWER_MARGIN)
+        self.assertEqual(self.requests[0].timeout, cli.answer_wait(4.5))
 
     def test_timeoutWithoutNode(self) -> None:
         """--timeout is the node's deadline for a location-transparent call too."""
         self.assertEqual(cli.main(["call", "http://h:1", "s", "m", "--timeout", "2"]), 0)
         self.assertEqual(self.sent()["params"]["timeout"], 2)
         self.assertNotIn("node_id", self.sent()["params"])
-        self.assertEqual(self.requests[0].timeout, 2 + cli.ANSWER_MARGIN)
+        self.assertEqual(self.requests[0].timeout, cli.answer_wait(2))
 
     def test_optionsAnywhere(self) -> None:
         """--node and --timeout may come before the positional arguments."""
@@ -355,7 +355,7 @@ class CallTests(CliTestCase):
         """
         self.answer = cli.NoAnswer("cannot call http://h:1/rpc: no answer within 3s")
         self.assertEqual(cli.main(["call", "http://h:1", "s", "m", "--timeout", "2"]), 1)
-        self.assertEqual(self.requests[0].timeout, 2 + cli.ANSWER_MARGIN)
+        self.assertEqual(self.requests[0].timeout, cli.answer_wait(2))
         self.assertEqual(
             self.stderr.getvalue(),
             "error -32001: call timed out (cannot call http://h:1/rpc: no answer within 3s)\n",
@@ -421,6 +421,46 @@ class ExchangeTests(SynchronousTestCase):
                 cli.NoAnswer, cli.exchange, "POST", url, b"{}", {}, 0.05, None
             )
         self.assertEqual(str(error), f"cannot call {url}: no answer within 0.05s")
+
+    def test_trickle(self) -> None:
+        """
+        An answer that trickles in, each byte well within the timeout, is
+        NoAnswer all the same: the timeout bounds the whole exchange.
+        """
+        import socket
+        import threading
+
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+        stop = threading.Event()
+
+        def trickle(listener: socket.socket) -> None:
+            connection, _ = listener.accept()
+            with connection:
+                for byte in answer:
+                    if stop.wait(0.02):
+                        return
+                    connection.sendall(bytes([byte]))
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen(1)
+            url = f"http://127.0.0.1:{s.getsockname()[1]}/rpc"
+            server = threading.Thread(target=trickle, args=(s,), daemon=True)
+            server.start()
+            try:
+                error = self.assertRaises(
+                    cli.NoAnswer, cli.exchange, "POST", url, b"{}", {}, 0.2, None
+                )
+            finally:
+                stop.set()
+                server.join(5)
+        self.assertEqual(str(error), f"cannot call {url}: no answer within 0.2s")
+
+    def test_answer_wait(self) -> None:
+        """relay call waits past --timeout for the node's own -32001, by at most 1 s."""
+        self.assertEqual(
+            [cli.answer_wait(t) for t in (0.5, 1, 2, 3, 30)], [0.875, 1.5, 2.75, 4.0, 31.0]
+        )
 
 
 class NodeCommandTests(SynchronousTestCase):
