@@ -219,6 +219,24 @@ class PlainCounter(Collector):
 #: What ends a link, as C{relaytx_links_lost_total} counts it (a bounded set).
 LINK_LOSS_CAUSES = ("removed", "silent", "closed", "auth", "stopped")
 
+#: The reasons C{relaytx_messages_dropped_total} shows from the start, at 0
+#: (the common ones: malformed frames, loops, copies, no way on); the
+#: others show once a message is dropped for them.
+DROP_REASONS = (
+    "not_json",
+    "not_object",
+    "missing_field",
+    "bad_field",
+    "bad_id",
+    "spoofed",
+    "loop",
+    "duplicate",
+    "ttl_exceeded",
+    "no_route",
+    "too_large",
+    "overloaded",
+)
+
 
 class NodeMetrics:
     """
@@ -243,6 +261,8 @@ class NodeMetrics:
         self.messages_dropped = Counter(
             "relaytx_messages_dropped", "Messages dropped, by reason.", ["reason"], registry=r
         )
+        for reason in DROP_REASONS:
+            self.messages_dropped.labels(reason)
         self.sync_frames = PlainCounter(
             "relaytx_registry_sync_frames", "registry_sync frames sent to neighbours."
         )

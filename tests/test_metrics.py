@@ -43,9 +43,20 @@ class NodeMetricsTests(SynchronousTestCase):
         one.drop("spoofed")
         one.messages_routed.inc(3)
         self.assertEqual(self.sample(one, "relaytx_messages_dropped_total", reason="spoofed"), 1)
-        self.assertIsNone(self.sample(two, "relaytx_messages_dropped_total", reason="spoofed"))
+        self.assertEqual(self.sample(two, "relaytx_messages_dropped_total", reason="spoofed"), 0)
         self.assertEqual(self.sample(one, "relaytx_messages_routed_total"), 3)
         self.assertEqual(self.sample(two, "relaytx_messages_routed_total"), 0)
+
+    def test_dropped_from_the_start(self) -> None:
+        """The common reasons for dropping a message are there from the start, at 0."""
+        metrics = NodeMetrics()
+        for reason in ("not_json", "loop", "duplicate", "no_route"):
+            self.assertEqual(
+                self.sample(metrics, "relaytx_messages_dropped_total", reason=reason), 0
+            )
+        self.assertIsNone(
+            self.sample(metrics, "relaytx_messages_dropped_total", reason="forged_answer")
+        )
 
     def test_gauges_read_when_scraped(self) -> None:
         """The pending-calls and mailbox gauges read their functions at each scrape."""
