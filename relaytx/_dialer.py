@@ -242,6 +242,9 @@ class Dialer(Service):
         )
         self._failures = 0
         self._repeats = RepeatedFailures()
+        #: attempts failed since the last link opened, and the last failure in words
+        self.failed_attempts = 0
+        self.last_failure: str | None = None
         self._backoff = backoffPolicy(
             initialDelay=self.INITIAL_DELAY,
             maxDelay=self.MAX_DELAY,
@@ -259,10 +262,16 @@ class Dialer(Service):
         delay: float = self._backoff(max(attempt, self._failures))
         return delay
 
+    @property
+    def holds_link(self) -> bool:
+        """Whether a link this dialer opened is open."""
+        return self._holds_link
+
     def link_opened(self, peer_id: str | None) -> None:
         """The handshake succeeded: the back-off starts over."""
         self._holds_link = True
         self._failures = 0
+        self.failed_attempts, self.last_failure = 0, None
         failed = self._repeats.succeeded()
         if failed > 1:
             self._log.info(
@@ -344,6 +353,8 @@ class Dialer(Service):
         then, while the same failure repeats, at 2, 4, 8... attempts with
         the count, not once per attempt.
         """
+        self.failed_attempts += 1
+        self.last_failure = why
         count = self._repeats.failed(why)
         if count is not None:
             self._log.warn(
@@ -404,6 +415,23 @@ class PeerAdmin(MultiService):
         except ValueError:
             return False
         return url in self.dialers
+
+    def failing(self) -> dict[str, dict[str, Any]]:
+        """
+        :returns: the dialled peers this node holds no link to, whose last
+            attempts failed: C{{ADDRESS: {"node_id", "failures", "error"}}}
+            (the address as given; C{node_id} the one it must prove, or was
+            last seen with).
+        """
+        return {
+            dialer.address: {
+                "node_id": dialer.node_id,
+                "failures": dialer.failed_attempts,
+                "error": dialer.last_failure,
+            }
+            for dialer in self.dialers.values()
+            if dialer.last_failure is not None and not dialer.holds_link
+        }
 
     def add_peer(self, address: str, node_id: str | None = None) -> None:
         """

@@ -254,6 +254,18 @@ class MeshWatch:
         for gone in [n for n in known if n not in nodes]:
             del known[gone]
             self._counts.pop(gone, None)
+        for node_id, node in nodes.items():
+            if node["state"] != "up":
+                continue
+            dialling = known[node_id]["status"].get("dialling")
+            if not isinstance(dialling, dict):
+                continue
+            for url, peer in sorted(dialling.items()):
+                if isinstance(peer, dict):
+                    problems.append(
+                        f"{node_id}: cannot link to {url}: {peer.get('error')}"
+                        f" ({peer.get('failures')} attempts in a row)"
+                    )
         links = self._links(nodes, problems)
         up = sum(1 for n in nodes.values() if n["state"] == "up")
         return {

@@ -7,6 +7,7 @@ every node hosts so that a bare node can be called across the mesh.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -48,6 +49,8 @@ class NodeViews:
         self._started_at = started_at
         self._version = version
         self.mesh_watch = MeshWatch(node_id, clock, self.status, mesh.registry.reachable, mesh.call)
+        #: the dialled peers this node cannot link to (L{PeerAdmin.failing})
+        self.failing_peers: Callable[[], dict[str, dict[str, Any]]] = dict
 
     def timestamp(self) -> str:
         """:returns: the current time, RFC 3339."""
@@ -139,6 +142,7 @@ class NodeViews:
             },
             "calls": {"ok": ok, "errors": errors},
             "pending": len(self._mesh.pending),
+            "dialling": self.failing_peers(),
         }
 
     def traceroute(self, node_id: str, timeout: float = 2.0) -> Deferred[list[dict[str, Any]]]:

@@ -233,10 +233,9 @@ def exchange(
     :raises NodeUnavailable: if the node cannot be reached.
     """
     import http.client
-    from urllib.parse import urlsplit
-
     import socket
     import threading
+    from urllib.parse import urlsplit
 
     verb = "call" if method == "POST" else "read"
     parts = urlsplit(url)

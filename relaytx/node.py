@@ -157,6 +157,7 @@ class RelayNode(MultiService):
             self.mesh, reactor, limits.max_message_size, self.secret, config.tls,
             max_dialers=limits.max_dialers, watch=self.guards.watch,
         )  # fmt: skip
+        self.views.failing_peers = self.peer_admin.failing
         self.peer_admin.setServiceParent(self)
         #: the node's tracer, when C{[tracing]} names an exporter (SPEC section 13)
         self.tracer = start_tracing(self, config.tracing, self.dispatcher, self.servers, self.mesh)

@@ -123,6 +123,22 @@ class MeshViewTests(SynchronousTestCase):
         self.assertEqual(view["nodes"]["n2"]["state"], "silent")
         self.assertIn("n2: reachable but has not answered in 1.5s", view["problems"])
 
+    def test_failing_dials(self) -> None:
+        """A peer some node dials and cannot link to is a problem of the mesh."""
+        admin = self.nodes[1].peer_admin
+        admin.add_peer("ws://127.0.0.1:9")
+        [dialer] = admin.dialers.values()
+        for _ in range(3):
+            dialer.attempt_failed("ConnectionRefusedError: refused")
+        view = self.view()
+        self.assertEqual(
+            view["problems"],
+            [
+                "n1: cannot link to ws://127.0.0.1:9:"
+                " ConnectionRefusedError: refused (3 attempts in a row)"
+            ],
+        )
+
     def test_watch(self) -> None:
         """A watcher gets a view each interval while it watches, and none after."""
         seen: list[dict[str, Any]] = []

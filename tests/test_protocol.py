@@ -109,6 +109,35 @@ class BackoffTests(SynchronousTestCase):
         self.assertIn("(8 attempt(s) in a row)", warnings[-1])
 
 
+class FailingTests(SynchronousTestCase):
+    """PeerAdmin.failing: the dialled peers a node cannot link to, and why."""
+
+    def test_failing_until_linked(self) -> None:
+        """A peer whose attempts fail is listed (their count, the last reason) until it links."""
+        node = memory_node("me", MemoryReactorClock())
+        admin = node.peer_admin
+        admin.add_peer("ws://127.0.0.1:9")
+        admin.add_peer("ws://127.0.0.1:10")
+        [dialer, _] = admin.dialers.values()
+        url = "ws://127.0.0.1:9"
+        self.assertEqual(admin.failing(), {})  # (not tried yet)
+        dialer.attempt_failed("ConnectionRefusedError: refused")
+        dialer.attempt_failed("ConnectionRefusedError: refused again")
+        self.assertEqual(
+            admin.failing(),
+            {
+                url: {
+                    "node_id": None,
+                    "failures": 2,
+                    "error": "ConnectionRefusedError: refused again",
+                }
+            },
+        )
+        self.assertEqual(node.views.status()["dialling"], admin.failing())
+        dialer.link_opened("peer")
+        self.assertEqual(admin.failing(), {})
+
+
 class RetireTests(SynchronousTestCase):
     """A dialler whose peer was removed stops, after the link it holds has closed."""
 
