@@ -48,7 +48,8 @@ def host_name(header: bytes) -> str:
     """
     :param header: a C{Host} header's value (C{name}, C{name:port},
         C{[v6]:port}).
-    :returns: the host part, lower case, without a trailing dot.
+    :returns: the host part, lower case, without its trailing dot (one:
+        C{localhost..} is no name).
     """
     text = header.decode("latin-1").strip().lower()
     if text.startswith("["):
@@ -56,7 +57,7 @@ def host_name(header: bytes) -> str:
     name, colon, port = text.rpartition(":")
     if colon and port.isdigit() and ":" not in name:
         text = name
-    return text.rstrip(".")
+    return text[:-1] if text.endswith(".") else text
 
 
 def is_ip_literal(name: str) -> bool:

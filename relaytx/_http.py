@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from klein import Klein
@@ -222,6 +223,11 @@ class BoundedRequest(Request):
         else:
             policy = site.policy
             get = self.getHeader
+            host = get(b"host")
+            if host is None and self.clientproto == b"HTTP/1.1":
+                # (RFC 9112: an HTTP/1.1 request without one is a 400.)
+                self._refuse(400, "bad request: no Host header", close=False)
+                return
             authorization = get(b"authorization")
             if authorization is None and policy.requires_token:
                 # A browser brings its token to the dashboard's paths in
@@ -234,7 +240,7 @@ class BoundedRequest(Request):
                 self.caller = caller = policy.admit(
                     self.method,
                     self.path,
-                    get(b"host"),
+                    host,
                     get(b"origin"),
                     authorization,
                     _ip(self.getClientAddress()),
@@ -248,6 +254,9 @@ class BoundedRequest(Request):
             if authorization is not None and isinstance(channel, NodeChannel):
                 # A keep-alive client sends the same token with each request.
                 channel.known_token = (authorization, caller)
+            if b"%" in self.path and not _utf8_path(self.path):
+                self._refuse(404, "not found", close=False)  # (no path has such a name)
+                return
         super().process()
 
     def _refuse(self, status: int, message: str, close: bool = True) -> None:
@@ -263,6 +272,15 @@ class BoundedRequest(Request):
         # says.
         if close and channel is not None:
             channel.loseConnection()
+
+
+def _utf8_path(path: bytes) -> bool:
+    """:returns: whether C{path}, its escapes decoded, is UTF-8 (as every route is)."""
+    try:
+        unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class NodeChannel(HTTPChannel):

@@ -65,7 +65,16 @@ class HostTests(SynchronousTestCase):
             None,
         ):
             self.assertTrue(policy.host_allowed(header), header)
-        for header in (b"evil.example:8080", b"node1.example.evil", b"localhost.evil", b""):
+        for header in (
+            b"evil.example:8080",
+            b"node1.example.evil",
+            b"localhost.evil",
+            b"",
+            b"localhost..",
+            b"node1.example..:80",
+            b"127.0.0.1..",
+            b"localhost\xff",
+        ):
             self.assertFalse(policy.host_allowed(header), header)
 
     def test_verdictsBounded(self) -> None:

@@ -667,6 +667,36 @@ class LaterAnswerTests(NodeTestCase):
             [("result", 1, "x"), ("result", 2, 5)],
         )
 
+    def test_bad_host_forms(self) -> None:
+        """
+        A Host that is a name with two trailing dots is refused (403), an
+        HTTP/1.1 request with none is a 400 (RFC 9112), an HTTP/1.0 one
+        is served: each a JSON answer.
+        """
+        for head, status in (
+            (b"GET /health HTTP/1.1\r\nHost: localhost..\r\n\r\n", 403),
+            (b"GET /registry HTTP/1.1\r\nHost: 127.0.0.1..:80\r\n\r\n", 403),
+            (b"GET /health HTTP/1.1\r\n\r\n", 400),
+            (b"POST /rpc HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", 400),
+            (b"GET /health HTTP/1.0\r\n\r\n", 200),
+            (b"GET /health HTTP/1.1\r\nHost: localhost.\r\n\r\n", 200),
+        ):
+            connection = self.raw()
+            connection.send(head)
+            code, headers, body = connection.response()
+            self.assertEqual((code, headers[b"content-type"]), (status, b"application/json"), head)
+            json.loads(body)
+
+    def test_path_not_utf8(self) -> None:
+        """A path whose escapes are not UTF-8 is a JSON 404, as any unknown path."""
+        for path in (b"/health%ff", b"/rpc%ff", b"/registry%c3%28", b"/nope%ff"):
+            connection = self.raw()
+            connection.send(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path)
+            code, headers, body = connection.response()
+            self.assertEqual((code, headers[b"content-type"]), (404, b"application/json"), path)
+            self.assertEqual(json.loads(body)["status"], 404)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_client_gone(self) -> None:
         """A client that leaves before a later answer has its call cancelled; nothing is written."""
         RecordingRequest.made = []
