@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -334,6 +335,11 @@ class JsonRpcHandler:
                 if "params" in request:  # a null: no structured value either
                     raise InvalidParams(_NOT_STRUCTURED)
             elif not isinstance(params, list | dict):
+                if params is _UNREADABLE_PARAMS:
+                    raise InvalidParams(
+                        "Invalid params: an integer of more digits than Python reads"
+                        f" ({sys.get_int_max_str_digits()})"
+                    )
                 raise InvalidParams(_NOT_STRUCTURED)
             target = resolve(method, params, caller)
             if trace is not None:
@@ -489,15 +495,11 @@ def _gather(items: list[Any]) -> Deferred[list[Any]]:
 #: not a valid id (-32600), and not a value any method can use.
 _UNREADABLE_INT = object()
 
+#: In place of C{params} that hold such an integer: -32602.
+_UNREADABLE_PARAMS = object()
+
 #: L{_past_a_double}'s answer for a body that is not JSON.
 _NOT_JSON = object()
-
-
-def _exact_int(text: str) -> Any:
-    try:
-        return int(text)
-    except ValueError:
-        return _UNREADABLE_INT
 
 
 def _finite_float(text: str) -> float:
@@ -531,8 +533,40 @@ def loads_request(body: bytes) -> Any:
 
 
 def _exact_loads(body: bytes) -> Any:
-    """The standard library's reading of C{body}: integers of any size stay integers."""
-    return _json.loads_exact(body, parse_int=_exact_int, parse_float=_finite_float)
+    """
+    The standard library's reading of C{body}: integers of any size stay
+    integers, but for those past what Python reads: such an id becomes
+    L{_UNREADABLE_INT}, such C{params} L{_UNREADABLE_PARAMS}.
+    """
+    unreadable = False
+
+    def exact_int(text: str) -> Any:
+        nonlocal unreadable
+        try:
+            return int(text)
+        except ValueError:
+            unreadable = True
+            return _UNREADABLE_INT
+
+    message = _json.loads_exact(body, parse_int=exact_int, parse_float=_finite_float)
+    if unreadable:
+        for request in message if isinstance(message, list) else (message,):
+            if isinstance(request, dict) and _holds_unreadable(request.get("params")):
+                request["params"] = _UNREADABLE_PARAMS
+    return message
+
+
+def _holds_unreadable(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        value = stack.pop()
+        if value is _UNREADABLE_INT:
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 def _past_a_double(body: bytes, error: ValueError) -> Any:

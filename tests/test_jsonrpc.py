@@ -410,6 +410,27 @@ class RequestValidationTests(HandlerTestCase):
         not_json = b'{"jsonrpc":"2.0","method":"math.sum","id":1e999x}'
         self.assertError(self.answer(not_json), -32700, None)
 
+    def test_unreadable_integer_params(self) -> None:
+        """
+        Params holding an integer too long for Python to read are Invalid
+        params, wherever it is in them, and nothing runs; the rest of a
+        batch is answered.
+        """
+        huge = b"9" * 5000
+        for params in (b"[%s]" % huge, b'{"x": %s}' % huge, b'[[1, {"y": [%s]}]]' % huge):
+            with self.subTest(params=params[:12]):
+                body = b'{"jsonrpc":"2.0","method":"math.echo","params":%s,"id":4}' % params
+                self.assertError(self.answer(body), -32602, 4)
+        body = (
+            b'[{"jsonrpc":"2.0","method":"remote_call","id":5,"params":'
+            b'{"server_name":"math","method":"echo","args":[%s]}},'
+            b'{"jsonrpc":"2.0","method":"math.sum","params":[1,2],"id":6}]' % huge
+        )
+        first, second = self.answer(body)
+        self.assertError(first, -32602, 5)
+        self.assertEqual(second, {"jsonrpc": "2.0", "result": 3, "id": 6})
+        self.assertEqual([t.method for t in self.math.targets], ["sum"])
+
     def test_wide_integer_params(self) -> None:
         """Params past 64 bits reach the method as the integers sent, not as floats."""
         for wide in (2**64 + 1, -(2**70), -9999999999999999999):
