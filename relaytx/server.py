@@ -90,6 +90,7 @@ class ExposedMethod:
     __slots__ = (
         "_max_args",
         "_min_args",
+        "_own_name",
         "_signature",
         "concurrent",
         "function",
@@ -112,8 +113,11 @@ class ExposedMethod:
         # The bound form hides C{self}; build it once, lazily, with the
         # range of positional counts that need no full bind() to check.
         signature = inspect.signature(self.function)
-        params = list(signature.parameters.values())[1:]
+        own, *params = signature.parameters.values()
         self._signature = signature.replace(parameters=params)
+        #: the name the instance goes by: no keyword may take it, even
+        #: into **kwargs (Python refuses the call)
+        self._own_name = own.name
         positional = [p for p in params if p.kind in _POSITIONAL]
         required_keywords = [p for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
         self._min_args = sum(1 for p in positional if p.default is p.empty)
@@ -132,6 +136,11 @@ class ExposedMethod:
         if not kwargs and self._min_args <= len(args) <= self._max_args:
             return  # positional arguments only, and the right number of them
         assert self._signature is not None
+        if self._own_name in kwargs:
+            raise InvalidParams(
+                f"Invalid params for {self.name}: got multiple values for argument"
+                f" {self._own_name!r}"
+            )
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as e:

@@ -321,8 +321,15 @@ class CheckArgumentsTests(SynchronousTestCase):
         self.assertInvalid(Counter.exposed_methods["increment"], (1,), {"by": 2})
 
     def test_self_not_a_keyword(self) -> None:
-        """The caller cannot pass self by name."""
+        """The caller cannot pass self by name, even to a method that takes **kwargs."""
         self.assertInvalid(Counter.exposed_methods["get"], (), {"self": 1})
+
+        def kw(this: Any, a: int, **kwargs: Any) -> Any:
+            return [a, kwargs]
+
+        method = self.method(kw)
+        method.check_arguments((1,), {"self": 2})  # (this method's instance is "this")
+        self.assertInvalid(method, (), {"a": 1, "this": 2})
 
     def test_keyword_only(self) -> None:
         """A keyword-only argument is accepted by name only."""
