@@ -289,19 +289,28 @@ class Dialer(Service):
             again, or the removal would undo itself in a second.
         """
         self._holds_link = False
-        if removed and not self.retired:
-            self._log.info(
-                "{peer} at {url} removed this node's link: not dialling it again"
-                " (/registry/peers/add dials it anew)",
-                peer=self.node_id or "the peer",
-                url=self.url,
-            )
-            admin = self.parent
-            if isinstance(admin, PeerAdmin):
-                admin.forget(self)
-            self.retired = True
+        if removed:
+            self.removed_by_peer()
         if self.retired:
             self._stop()
+
+    def removed_by_peer(self) -> None:
+        """
+        The peer's operator removed this node (the peer closed a link with
+        4002, whichever end had dialled it): dial it no more.
+        """
+        if self.retired:
+            return
+        self._log.info(
+            "{peer} at {url} removed this node's link: not dialling it again"
+            " (/registry/peers/add dials it anew)",
+            peer=self.node_id or "the peer",
+            url=self.url,
+        )
+        admin = self.parent
+        if isinstance(admin, PeerAdmin):
+            admin.forget(self)
+        self.retire()
 
     def retire(self) -> None:
         """
@@ -470,6 +479,15 @@ class PeerAdmin(MultiService):
             raise ValueError(f"already dialling {address}")
         self.dialers[dialer.url] = dialer
         dialer.setServiceParent(self)
+
+    def removed_by(self, peer_id: str) -> None:
+        """
+        C{peer_id} removed this node (it closed a link with 4002, as
+        C{/registry/peers/remove} there does): a dialer of its, waiting
+        while the peer's own link stood, dials it no more either.
+        """
+        for dialer in [d for d in self.dialers.values() if d.node_id == peer_id]:
+            dialer.removed_by_peer()
 
     def forget(self, dialer: Dialer) -> None:
         """C{dialer} dials no more (its peer removed the link)."""

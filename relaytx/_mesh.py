@@ -43,7 +43,7 @@ from relaytx._relay import OriginalRelay
 from relaytx._routing import Router
 from relaytx.errors import InvalidRequest, ProtocolViolation
 from relaytx.interfaces import ILinkTransport, IRemoteCalls, ISessionHost
-from relaytx.peer import CLOSE_ABNORMAL, CLOSE_ON_PURPOSE, PeerSession
+from relaytx.peer import CLOSE_ABNORMAL, CLOSE_ON_PURPOSE, CLOSE_REMOVED, PeerSession
 from relaytx.wire import (
     Envelope,
     MessageTypes,
@@ -90,6 +90,7 @@ def routes_are_complete(adverts: Advertiser, router: Router, links: LinkTable) -
 
 
 _PEER_CLOSED_ON_PURPOSE = tuple(f"close code {code}" for code in CLOSE_ON_PURPOSE)
+_REMOVED_BY_PEER = f"close code {CLOSE_REMOVED}"
 
 
 def _removed(session: PeerSession, reason: str) -> bool:
@@ -238,6 +239,9 @@ class Mesh:
         self.relay = OriginalRelay(node_id, clock, metrics, self.forwarder, self.calls)
         #: routed pings timed for C{node.traceroute}
         self.probes = Probes(node_id, clock, self.forwarder)
+        #: told the id of a peer that removed this node (closed a link with
+        #: 4002): its dialers of that peer dial no more (L{PeerAdmin.removed_by})
+        self.removed_by: Callable[[str], None] | None = None
 
     def _refuse(
         self, envelope: Envelope, came_from: str | None, why: str, overloaded: bool = False
@@ -343,6 +347,12 @@ class Mesh:
         if self.records is not None:
             self.records.link_closed(peer_id)
         self._links.closed()
+        if (
+            self.removed_by is not None
+            and session.closed_with is None
+            and reason.startswith(_REMOVED_BY_PEER)
+        ):
+            self.removed_by(peer_id)
 
     def count_auth_failure(self, peer_id: str | None, why: str) -> None:
         """

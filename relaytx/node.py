@@ -158,6 +158,7 @@ class RelayNode(MultiService):
             max_dialers=limits.max_dialers, watch=self.guards.watch,
         )  # fmt: skip
         self.views.failing_peers = self.peer_admin.failing
+        self.mesh.removed_by = self.peer_admin.removed_by
         self.peer_admin.setServiceParent(self)
         #: the node's tracer, when C{[tracing]} names an exporter (SPEC section 13)
         self.tracer = start_tracing(self, config.tracing, self.dispatcher, self.servers, self.mesh)

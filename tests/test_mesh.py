@@ -301,6 +301,25 @@ class LinkLossTests(MeshTestCase):
         self.assertEqual(self.lost(a), {"removed": 1})
         self.assertEqual(self.lost(b), {"removed": 1})
 
+    def test_removed_stops_the_far_dialer(self) -> None:
+        """
+        A node removed by its peer (/registry/peers/remove there) dials that
+        peer no more, though the link it lost was the peer's (both dialled:
+        its own dialer waited while the peer's link stood).
+        """
+        a, b = self.line("ab")  # (a dialled b)
+        b.peer_admin.add_peer("a@ws://127.0.0.1:9")
+        b.peer_admin.add_peer("c@ws://127.0.0.1:10")
+        self.assertTrue(a.remove_peer("b"))
+        self.network.pump()
+        self.assertEqual([d.node_id for d in b.peer_admin.dialers.values()], ["c"])
+        # This node's own removal of a peer leaves its other dialers be.
+        b.peer_admin.add_peer("a@ws://127.0.0.1:9")
+        link = self.network.link(b, a)
+        link.session_of(b).close(CLOSE_REMOVED, "removed by the operator")
+        self.network.pump()
+        self.assertEqual(sorted(d.node_id for d in b.peer_admin.dialers.values()), ["a", "c"])
+
     def test_closed(self) -> None:
         """A connection that breaks, or a close that gives no purpose, counts as closed."""
         a, b, c = self.line("abc")
