@@ -228,6 +228,15 @@ class BoundedRequest(Request):
                 # (RFC 9112: an HTTP/1.1 request without one is a 400.)
                 self._refuse(400, "bad request: no Host header", close=False)
                 return
+            origin = get(b"origin")
+            if origin is not None and policy.origin_allowed(origin) and policy.host_allowed(host):
+                # A page of an allowed origin: CORS lets its scripts read
+                # the answers (errors included), and ask first.
+                self.setHeader(b"access-control-allow-origin", origin)
+                self.setHeader(b"vary", b"Origin")
+                if self.method == b"OPTIONS" and get(b"access-control-request-method"):
+                    self._preflight()
+                    return
             authorization = get(b"authorization")
             if authorization is None and policy.requires_token:
                 # A browser brings its token to the dashboard's paths in
@@ -241,7 +250,7 @@ class BoundedRequest(Request):
                     self.method,
                     self.path,
                     host,
-                    get(b"origin"),
+                    origin,
                     authorization,
                     _ip(self.getClientAddress()),
                     getattr(channel, "known_token", None),
@@ -259,6 +268,15 @@ class BoundedRequest(Request):
                 return
         super().process()
 
+    def _preflight(self) -> None:
+        # A browser's question before a cross-origin request (it carries no
+        # token): which methods and headers the request may use.
+        self.setResponseCode(204)
+        self.setHeader(b"access-control-allow-methods", b"GET, POST, DELETE")
+        self.setHeader(b"access-control-allow-headers", CORS_HEADERS)
+        self.setHeader(b"access-control-max-age", b"600")
+        self.finish()
+
     def _refuse(self, status: int, message: str, close: bool = True) -> None:
         body = _json_error(self, status, message)
         if close:
@@ -272,6 +290,10 @@ class BoundedRequest(Request):
         # says.
         if close and channel is not None:
             channel.loseConnection()
+
+
+#: the request headers a page of an allowed origin may send
+CORS_HEADERS = b"authorization, content-type, traceparent, relaytx-trace-path"
 
 
 def _utf8_path(path: bytes) -> bool:

@@ -738,6 +738,62 @@ class LaterAnswerTests(NodeTestCase):
         self.assertEqual(self.math.notes, [])
 
 
+class CorsTests(NodeTestCase):
+    """A page of an allowed origin may call the node: CORS headers and preflights."""
+
+    ORIGIN = b"https://app.example"
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.node = memory_node(
+            NODE_ID,
+            self.clock,
+            allowed_origins=[self.ORIGIN.decode()],
+            http={"tokens": {"ci": "a" * 64}},
+        )
+        self.node.expose("math", self.math)
+        self.http = NodeHttp(self, self.node)
+
+    def exchange(self, head: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+        connection = self.raw()
+        connection.send(head)
+        return connection.response()
+
+    def test_preflight(self) -> None:
+        """An allowed origin's preflight (no token) is a 204 naming what may be sent."""
+        code, headers, body = self.exchange(
+            b"OPTIONS /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://app.example\r\n"
+            b"Access-Control-Request-Method: POST\r\n"
+            b"Access-Control-Request-Headers: authorization, content-type\r\n\r\n"
+        )
+        self.assertEqual((code, body), (204, b""))
+        self.assertEqual(headers[b"access-control-allow-origin"], self.ORIGIN)
+        self.assertIn(b"POST", headers[b"access-control-allow-methods"])
+        self.assertIn(b"authorization", headers[b"access-control-allow-headers"])
+        self.assertIn(b"content-type", headers[b"access-control-allow-headers"])
+
+    def test_answers_readable(self) -> None:
+        """Its answers carry the origin, refusals (401) included; others' are refused (403)."""
+        code, headers, _ = self.exchange(
+            b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://app.example\r\n"
+            b"Content-Length: 2\r\n\r\n{}"
+        )
+        self.assertEqual((code, headers[b"access-control-allow-origin"]), (401, self.ORIGIN))
+        self.assertEqual(headers[b"vary"], b"Origin")
+        for head in (
+            b"OPTIONS /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://evil.example\r\n"
+            b"Access-Control-Request-Method: POST\r\n\r\n",
+            b"OPTIONS /rpc HTTP/1.1\r\nHost: evil.example\r\nOrigin: https://app.example\r\n"
+            b"Access-Control-Request-Method: POST\r\n\r\n",
+        ):
+            code, headers, _ = self.exchange(head)
+            self.assertEqual(code, 403)
+            self.assertNotIn(b"access-control-allow-origin", headers)
+        code, headers, _ = self.exchange(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        self.assertEqual(code, 200)
+        self.assertNotIn(b"access-control-allow-origin", headers)
+
+
 class MethodAndPathTests(NodeTestCase):
     """Wrong methods give 405 and unknown paths 404, each with a small JSON body."""
 
