@@ -311,7 +311,14 @@ class Forwarder:
                 if back == came_from:  # it came from there: routed, not sent back
                     back = None
             session = self._by_peer.get(back)  # type: ignore[arg-type]  # None finds nothing
-            if session is None or not session.healthy:
+            if (
+                session is None
+                or not session.healthy
+                or (session.original and session.peer_id != destination)
+            ):
+                # (An original-design node passes nothing on: an answer to
+                # a call it relayed goes the way the routes say, straight to
+                # its caller where that is a neighbour, as the seed does.)
                 session = self._routed(envelope, came_from)
             elif came_from is None and destination != back:
                 # Its own answer, back along the call's path: a budget for

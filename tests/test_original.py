@@ -121,6 +121,37 @@ class ForwardedCopiesTests(OriginalTestCase):
             self.assertEqual(self.counter.count, n + 1)
         self.assertEqual(dropped(self.b, "duplicate"), 2)
 
+    def test_answer_to_a_call_an_original_passed_on(self) -> None:
+        """
+        A call an original node passed on for another (its route holds
+        both) is answered straight to the caller, a neighbour here, as the
+        seed does: never through the original, which passes nothing on.
+        """
+        import json
+
+        h_b = OriginalPeer(self.b, "hB")
+        py_r = OriginalPeer(self.b, "pyR")
+        self.network.settle()
+        call = {
+            "type": "server_call",
+            "id": "inner-1796024318380999",
+            "from": "pyR",
+            "to": "b",
+            "data": seed_call("counter", "increment", [1], "fwd-1"),
+            "timestamp": "2026-11-30T07:38:38.405797Z",
+            "route": ["pyR", "hB"],
+            "ttl": 8,
+        }
+        h_b.session.data_received(json.dumps(call).encode() + b"\n")
+        self.network.pump()
+        h_b.serve()
+        py_r.serve()
+        self.assertEqual(self.counter.count, 1)
+        [answer] = py_r.answers
+        self.assertEqual((answer["to"], answer["data"]["response_id"]), ("pyR", "fwd-1"))
+        self.assertEqual(answer["data"]["result"], 1)
+        self.assertEqual([f for f in h_b.other if f["type"] == "route_message"], [])
+
     def test_colliding_ids_through_a_both_run(self) -> None:
         """Two distinct calls sharing an id, forwarded by A, both run at B."""
         for wrapped in (True, False):
