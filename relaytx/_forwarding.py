@@ -219,6 +219,10 @@ class Forwarder:
             )
             return
         hopped = envelope.hop(node_id)
+        if hopped.ttl > MAX_HOPS:
+            # (A budget past any loop-free path: from an original node, say,
+            # which takes any ttl.)
+            hopped.ttl = MAX_HOPS
         if kind == ServerCall.TYPE and not self._forwarded.has_room(peer):
             # Remembered calls are bounded, in total and per neighbour
             # (SPEC section 10): one more is refused (-32005), not forwarded.

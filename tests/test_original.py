@@ -152,6 +152,21 @@ class ForwardedCopiesTests(OriginalTestCase):
         self.assertEqual(answer["data"]["result"], 1)
         self.assertEqual([f for f in h_b.other if f["type"] == "route_message"], [])
 
+    def test_budget_passed_on_at_most_64(self) -> None:
+        """A frame an original node sends with a huge ttl goes on with at most 64 hops."""
+        import json
+
+        to_far = OriginalPeer(self.b, "far")
+        self.network.settle()
+        for ttl, passed_on in ((1000, 63), (65, 63), (9, 7)):
+            ping = self.to_a.envelope("ping", {"timestamp": ttl}, f"17960243183826{ttl}", to="far")
+            ping["ttl"] = ttl
+            self.to_a.session.data_received(json.dumps(ping).encode() + b"\n")
+            self.network.pump()
+            to_far.serve()
+            [arrived] = [f for f in to_far.ignored if f["data"] == {"timestamp": ttl}]
+            self.assertEqual((arrived["route"], arrived["ttl"]), (["o", "a", "b"], passed_on))
+
     def test_colliding_ids_through_a_both_run(self) -> None:
         """Two distinct calls sharing an id, forwarded by A, both run at B."""
         for wrapped in (True, False):
