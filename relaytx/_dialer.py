@@ -23,7 +23,7 @@ from twisted.logger import ILogObserver, Logger
 from zope.interface import implementer
 
 from relaytx._guards import RepeatedFailures
-from relaytx._links import HEALTHY_LINK_HERE, NOT_THE_NODE_EXPECTED
+from relaytx._links import DIALLED_BY, HEALTHY_LINK_HERE, NOT_THE_NODE_EXPECTED
 from relaytx._mesh import Mesh
 from relaytx._protocol import PeerClientFactory
 from relaytx._stdtls import TLSClientEndpoint
@@ -106,6 +106,9 @@ def _is_host(host: str) -> bool:
 
 #: What a node that is not the one dialled says (L{NOT_THE_NODE_EXPECTED}).
 _WRONG_NODE = re.compile(r"this is ([A-Za-z0-9._-]+), " + re.escape(NOT_THE_NODE_EXPECTED))
+
+#: What a node says that refuses us while it holds the link it dialled to us.
+_DIALLED_BY = re.compile(re.escape(DIALLED_BY).replace(r"\{\}", "([A-Za-z0-9._-]+)"))
 
 
 @implementer(ILogObserver)
@@ -336,6 +339,11 @@ class Dialer(Service):
         :param told: its failure was reported already (L{attempt_failed}).
         """
         self._failures += 1
+        dialled = _DIALLED_BY.search(reason) if reason else None
+        if dialled is not None and self.node_id is None:
+            # The peer holds the link it dialled to this node, and says its
+            # id: so a removal it makes stops this dialer too (removed_by).
+            self.node_id = dialled.group(1)
         if not told:
             wrong = _WRONG_NODE.search(reason) if reason else None
             if wrong is not None:

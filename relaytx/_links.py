@@ -36,6 +36,9 @@ from relaytx.wire import CORE_TYPES, MessageTypes, Payload
 
 #: What a refusal for a peer id that has a healthy link says (dialers spot it).
 HEALTHY_LINK_HERE = "has a healthy link here"
+#: How a node refusing a dialler says it holds the link it dialled itself
+#: (with its own id: the dialler learns whom it dials).
+DIALLED_BY = "the link {} dialled"
 
 #: What a node says to a dialler that expects another node (dialers spot it).
 NOT_THE_NODE_EXPECTED = "not the node the dialler expects"
@@ -129,7 +132,9 @@ class LinkTable:
             return
         if direction == "inbound" and existing.direction == "outbound" and self.node_id < peer_id:
             existing.challenge()  # the peer dials as if that link were gone: is it?
-            raise LinkRefused(409, f"already linked to {peer_id} (the link {self.node_id} dialled)")
+            raise LinkRefused(
+                409, f"already linked to {peer_id} ({DIALLED_BY.format(self.node_id)})"
+            )
         if existing.direction == direction and existing.healthy and not existing.closed:
             existing.challenge()
             self._refuse_claim(peer_id, existing)

@@ -46,6 +46,7 @@ from relaytx.interfaces import ILinkTransport, IRemoteCalls, ISessionHost
 from relaytx.peer import CLOSE_ABNORMAL, CLOSE_ON_PURPOSE, CLOSE_REMOVED, PeerSession
 from relaytx.wire import (
     Envelope,
+    LinkClose,
     MessageTypes,
     Payload,
     Ping,
@@ -110,7 +111,15 @@ def _removed(session: PeerSession, reason: str) -> bool:
         return reason.startswith("close code ") and not reason.startswith(
             f"close code {CLOSE_ABNORMAL}"
         )
-    return reason.startswith(_PEER_CLOSED_ON_PURPOSE)
+    if not reason.startswith(_PEER_CLOSED_ON_PURPOSE):
+        return False
+    return session.peer_closed_on_purpose(_close_code(reason)) is not None
+
+
+def _close_code(reason: str) -> int | None:
+    """:returns: the close code in a reason C{"close code CODE[: why]"}, if any."""
+    code = reason.removeprefix("close code ").partition(":")[0]
+    return int(code) if code.isdigit() else None
 
 
 def loss_cause(reason: str, removed: bool, stopping: bool) -> str:
@@ -239,6 +248,7 @@ class Mesh:
         self.relay = OriginalRelay(node_id, clock, metrics, self.forwarder, self.calls)
         #: routed pings timed for C{node.traceroute}
         self.probes = Probes(node_id, clock, self.forwarder)
+        self._links.register_handler(LinkClose, self._close_told)
         #: told the id of a peer that removed this node (closed a link with
         #: 4002): its dialers of that peer dial no more (L{PeerAdmin.removed_by})
         self.removed_by: Callable[[str], None] | None = None
@@ -250,6 +260,13 @@ class Mesh:
 
     def _dead_end(self, caller: str, response_id: str, target: str, came_from: str) -> None:
         self.calls.dead_end(caller, response_id, target, came_from)
+
+    def _close_told(self, envelope: Envelope, notice: LinkClose) -> None:
+        # A neighbour says why it closes its link, where a close frame
+        # cannot be trusted (PeerSession.close).
+        session = self._links.get(envelope.sender)
+        if session is not None and envelope.route[-1:] == (envelope.sender,):
+            session.close_told = notice.code
 
     def _records_changed(self) -> None:
         # PKI mode: which advertised paths are acceptable may have changed.
@@ -351,6 +368,7 @@ class Mesh:
             self.removed_by is not None
             and session.closed_with is None
             and reason.startswith(_REMOVED_BY_PEER)
+            and session.peer_closed_on_purpose(CLOSE_REMOVED) is not None
         ):
             self.removed_by(peer_id)
 

@@ -76,7 +76,7 @@ class _Transport:
 
     def __init__(self, protocol: Any, sealed: bool = False) -> None:
         self._protocol = protocol
-        self._sealed = sealed
+        self._sealed = self.sealed = sealed
         self.peer_address = protocol.peer
 
     def send(self, frame: bytes) -> None:
@@ -474,8 +474,12 @@ class PeerClientProtocol(  # type: ignore[misc]  # Autobahn's bases clash: see _
             self.factory.dialer.handshake_failed(code, reason, told=told)
         super().onClose(wasClean, code, reason)
         if self._link_opened:
-            removed = getattr(self, "remoteCloseCode", None) == CLOSE_REMOVED and not getattr(
-                self, "closedByMe", False
+            session = self.session
+            removed = (
+                session is not None
+                and not getattr(self, "closedByMe", False)
+                and session.peer_closed_on_purpose(getattr(self, "remoteCloseCode", None))
+                == CLOSE_REMOVED
             )
             self.factory.dialer.link_closed(removed)
 

@@ -32,6 +32,9 @@ class ILinkTransport(Interface):
     """What a session needs from the connection under it."""
 
     peer_address = Attribute("A printable address of the other end.")
+    sealed = Attribute(
+        "Whether the link authenticates its frames (between holders of the cluster secret)."
+    )
 
     def send(frame: bytes) -> None:
         """Send one text frame."""

@@ -47,6 +47,7 @@ from relaytx.errors import (
 from relaytx.interfaces import ILinkTransport, ISessionHost
 from relaytx.wire import (
     Envelope,
+    LinkClose,
     Payload,
     Ping,
     Pong,
@@ -141,6 +142,10 @@ class PeerSession:
         self.closed = False
         #: the close code this end closed the link with, if it did
         self.closed_with: int | None = None
+        #: whether the link authenticates its frames (see L{close})
+        self.sealed = False
+        #: the code the peer said, in an authenticated frame, it closes with
+        self.close_told: int | None = None
         self.waiting_since: float | None = None
         self.busy_until = 0.0
         self.probed_at = float("-inf")
@@ -154,6 +159,7 @@ class PeerSession:
     def connection_made(self, transport: ILinkTransport) -> None:
         """The link is open: start liveness and announce ourselves."""
         self.transport = transport
+        self.sealed = bool(getattr(transport, "sealed", False))
         self.last_seen = self.host.clock.seconds()
         self._pinger = LoopingCall(self._tick)
         self._pinger.clock = self.host.clock
@@ -206,12 +212,31 @@ class PeerSession:
             self.transport.send(frame)
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
-        """Close the link with a WebSocket close code."""
+        """
+        Close the link with a WebSocket close code. On a link that seals its
+        frames, a close on purpose (L{CLOSE_ON_PURPOSE}) is said first in a
+        sealed C{link_close}: a close frame is not authenticated, and a man
+        in the middle who forged one could otherwise stop a dialler for good.
+        """
         if self.transport is not None and not self.closed:
+            if self.sealed and code in CLOSE_ON_PURPOSE:
+                now = self.host.clock.seconds()
+                self.send(Envelope.create(LinkClose(code), self.host.node_id, self.peer_id, now))
             self.closed = True
             self.closed_with = code
             self.healthy = False  # nothing more is sent on it
             self.transport.close(code, reason)
+
+    def peer_closed_on_purpose(self, code: int | None) -> int | None:
+        """
+        :param code: the close code the peer's close frame gave.
+        :returns: C{code} if it is a close on purpose (L{CLOSE_ON_PURPOSE})
+            the peer can be taken at its word for: on a link that seals its
+            frames, only one it said in a sealed C{link_close} first.
+        """
+        if code not in CLOSE_ON_PURPOSE or (self.sealed and self.close_told != code):
+            return None
+        return code
 
     # Dispatch.
 

@@ -103,6 +103,8 @@ class FakeLinkTransport:
     @ivar aborted: whether the session dropped the connection.
     """
 
+    sealed = False
+
     def __init__(self, peer_address: str = "fake:peer") -> None:
         """
         :param peer_address: what C{peer_address} shows.

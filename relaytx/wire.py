@@ -81,6 +81,11 @@ The payloads (C{data}) of the built-in types:
     Unknown fields are ignored. At most L{MAX_PATH} nodes in a path.
   - C{route_message} C{{"original_message": ENVELOPE}}: a message wrapped for
     a hop that is not its destination.
+  - C{link_close} C{{"code"}}: the sender closes this link on purpose with
+    C{code} (4001 replaced, 4002 removed by its operator). Sent just before
+    the close frame, on links that authenticate their frames only (a close
+    frame is not authenticated): there, a close on purpose counts as one
+    only if this said so first (L{LinkClose}).
 
 Cancellation and streams (SPEC section 12; see L{relaytx._streams}). These
 frames travel only between relaytx nodes: none is ever sent on a link to an
@@ -1271,6 +1276,30 @@ class CallCancel(Payload):
         if self.mac is not None:
             data["mac"] = self.mac
         return data
+
+
+@frozen
+class LinkClose(Payload):
+    """
+    Why the sender is closing this link on purpose (C{code}: 4001 replaced,
+    4002 removed by its operator), said in a frame the link authenticates
+    just before its close frame, which it cannot (a man in the middle could
+    forge that). Sent to the neighbour itself, on links that seal their
+    frames only (L{relaytx.peer.PeerSession.close}).
+    """
+
+    TYPE = "link_close"
+    code: int
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> LinkClose:
+        code = _require(data, "code", int, "link_close")
+        if not 4000 <= code <= 4999:
+            raise MalformedMessage("link_close code is not an application's", reason="bad_field")
+        return cls(code)
+
+    def to_data(self) -> dict[str, Any]:
+        return {"code": self.code}
 
 
 #: The frame types of cancellation and streams, never sent to an

@@ -97,6 +97,15 @@ class BackoffTests(SynchronousTestCase):
         self.assertEqual(self.dialer.node_id, "peer")
         self.assertLessEqual(self.dialer._retry_delay(1), 3 * Dialer.INITIAL_DELAY)
 
+    def test_learns_the_id_of_a_peer_that_dialled(self) -> None:
+        """Refused by a peer that holds the link it dialled itself, the dialler learns its id."""
+        self.assertIsNone(self.dialer.node_id)
+        reason = (
+            "WebSocket connection upgrade failed [409]: already linked to me (the link p dialled)"
+        )
+        self.dialer.handshake_failed(1006, reason)
+        self.assertEqual(self.dialer.node_id, "p")
+
     def test_duplicate_warned(self) -> None:
         """A refusal saying this node's id is linked already says so, not once per attempt."""
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)

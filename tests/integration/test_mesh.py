@@ -25,6 +25,7 @@ from .helpers import (
     wait_for,
     ws,
 )
+from .test_security import SECRET, _Files
 
 PING = 0.5  # seconds: short liveness so failures show quickly
 
@@ -354,9 +355,13 @@ class RemovalTests(TestCase):
 
     timeout = 30
 
+    def options(self) -> dict:
+        """:returns: the nodes' other settings."""
+        return {}
+
     async def _square(self) -> list:
         # s0 dials s1, s1 dials s2, s2 dials s3, s3 dials s0.
-        nodes = [start_node(self, f"s{i}", ping_interval=PING) for i in range(4)]
+        nodes = [start_node(self, f"s{i}", ping_interval=PING, **self.options()) for i in range(4)]
         _link(nodes, [(0, 1), (1, 2), (2, 3), (3, 0)])
         await wait_for(
             lambda: all(len(node.views.routes()) == 3 for node in nodes), 10.0, what="routes"
@@ -397,3 +402,31 @@ class RemovalTests(TestCase):
         self.assertEqual(list(nodes[0].peer_admin.dialers), [])
         self.assertNotIn("s1", nodes[0].mesh.links)
         self.assertNotIn("s0", nodes[1].mesh.links)
+
+    async def test_both_dial(self) -> None:
+        """
+        Of two nodes that dial each other, the one that removes the other
+        stops dialling it, and so does the other, told so: the link stays
+        gone.
+        """
+        nodes = await self._square()
+        nodes[1].add_peer(ws(nodes[0]))  # (s0 holds its own link: this one waits)
+        await deferLater(reactor, 3 * PING, lambda: None)
+        await self._removed(nodes, 0, 1)
+        self.assertEqual(nodes[0].peer_admin.dialers, {})
+        self.assertEqual(list(nodes[1].peer_admin.dialers), [ws(nodes[2]) + "/ws/p2p?node_id=s1"])
+        await deferLater(reactor, 3 * PING, lambda: None)
+        self.assertNotIn("s1", nodes[0].mesh.links)
+
+
+class SecretRemovalTests(_Files, RemovalTests):
+    """
+    The same on links that seal their frames: the reason goes in a sealed
+    frame first, as a close frame cannot be trusted (test_mitm forges one).
+    """
+
+    def options(self) -> dict:
+        if not hasattr(self, "_secret"):
+            self._secret = self.write("secret", SECRET)
+            os.chmod(self._secret, 0o600)
+        return {"secret_file": self._secret}

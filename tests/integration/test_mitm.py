@@ -356,3 +356,33 @@ class ManInTheMiddleTests(_Files, TestCase):
         # codes after 1 s: a slow test machine could swap the two.)
         _, _, counter = await self.attempt(strip, "to_b", peer_timeout=5.0)
         self.assertEqual(counter.count, 0)
+
+    async def test_forged_removal(self) -> None:
+        """
+        A close frame "removed by the operator" (4002), forged towards the
+        dialler, does not stop it for good: a close frame is not
+        authenticated, so the dialler dials again and the link comes back.
+        """
+        a, b, _, _, relay = await self.mesh()
+        forged = ws_frame(struct.pack("!H", 4002) + b"removed by the operator", opcode=8)
+        sent: list[bool] = []
+
+        def forge(direction: str, frames: list[bytes]) -> list[bytes]:
+            # The forged close goes to B; nothing else crosses, so B's
+            # answer to it never reaches A.
+            if direction == "to_b" and not sent:
+                sent.append(True)
+                return [forged]
+            return []
+
+        relay.attack = forge
+        a.call("nodeB", "counter", "increment", timeout=3).addErrback(lambda _: None)
+        await wait_for(lambda: "nodeA" not in b.mesh.links, 10, what="B to drop the link")
+        self.assertTrue(sent)
+        relay.attack = None
+        await wait_for(
+            lambda: "nodeA" in b.mesh.links and "nodeB" in a.mesh.links,
+            20,
+            what="B to dial again, and the link to come back",
+        )
+        self.assertEqual(await b.call("nodeA", "counter", "increment", timeout=5), 2)
