@@ -195,6 +195,11 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
             if session is None:
                 self._first_frame(payload, isBinary)
             elif isBinary:
+                if self._opener is not None:
+                    # No member sends one: on a sealed link it is a frame
+                    # that failed authentication (SPEC section 9).
+                    self._reject(session, "a binary frame")
+                    return
                 session.binary_received()
             elif self._opener is None:
                 session.data_received(payload)

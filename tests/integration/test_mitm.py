@@ -256,6 +256,19 @@ class ManInTheMiddleTests(_Files, TestCase):
         """A call injected towards the node that accepted the link closes it and never runs."""
         await self.inject("to_a")
 
+    async def test_inject_binary(self) -> None:
+        """A binary frame injected on a sealed link fails authentication too (4003)."""
+        injected: list[bool] = []
+
+        def inject(direction: str, frames: list[bytes]) -> list[bytes]:
+            if direction == "to_a" and not injected:
+                injected.append(True)
+                return [ws_frame(b"\x00\x01binary", opcode=2), *frames]
+            return frames
+
+        await self.attempt(inject, "to_a")
+        self.assertTrue(injected)
+
     async def test_inject_towards_dialler(self) -> None:
         """A call injected towards the node that dialled closes the link and never runs."""
         await self.inject("to_b")
