@@ -123,19 +123,35 @@ class Flow:
                 fd.pauseProducing()
 
     def resumeProducing(self) -> None:
-        # Called once everything written has been sent.
+        # Called once everything written has been sent. Reading resumes
+        # first: what the callbacks write may pass the bound again, and
+        # pause it again.
         self.congested = False
-        drained, self._drained = self._drained, []
-        for callback in drained:
-            callback()
         if self.reading_paused:
             self.reading_paused = False
             fd = self.descriptor
             if fd is not None:
                 fd.resumeProducing()
+        drained, self._drained = self._drained, []
+        for callback in drained:
+            callback()
 
     def stopProducing(self) -> None:
         pass
+
+    def release(self) -> None:
+        """
+        The connection is gone: let go of what it never sent. A closed
+        connection's objects wait for the cycle collector (a protocol and
+        its transport refer to each other), which may not run for a long
+        while: a client that left 50 MiB of answers unread held them that
+        long, connection after connection.
+        """
+        fd = self.descriptor
+        if fd is not None:
+            fd.dataBuffer, fd.offset = b"", 0
+            fd._tempDataBuffer, fd._tempDataLen = [], 0
+        self._drained = []
 
 
 class ConnectionWatch:
@@ -347,6 +363,11 @@ class WatchedConnection:
         if slot is not None:
             slot[0].release(slot[1])
         super().connectionLost(reason)  # type: ignore[misc]
+        if flow is not None:
+            flow.release()
+        queue = getattr(self, "send_queue", None)  # (Autobahn's frames not written yet)
+        if queue:
+            queue.clear()
 
 
 @define

@@ -25,6 +25,7 @@ rights. The peer endpoint (C{/ws/p2p}) is left to its own handshake.
 from __future__ import annotations
 
 import io
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -762,12 +763,38 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
         self.calls = WsCalls(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._waiting = None
         calls, self.calls = self.calls, None
         if calls is not None:
             calls.cancel_all()  # closing the connection cancels its calls
         super().connectionLost(reason)
 
+    #: messages read while the output is over C{max_write_buffer}: they are
+    #: taken once it drains (reading stops at that bound, but what one read
+    #: brought in would otherwise all be answered at once)
+    _waiting: deque[tuple[bytes, bool]] | None = None
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        flow = self.flow
+        if flow is not None and (flow.reading_paused or self._waiting):
+            if self._waiting is None:
+                self._waiting = deque()
+            self._waiting.append((payload, isBinary))
+            flow.when_drained(self._take_waiting)
+            return
+        self._take(payload, isBinary)
+
+    def _take_waiting(self) -> None:
+        waiting = self._waiting
+        while waiting and self.calls is not None:
+            flow = self.flow
+            if flow is not None and flow.reading_paused:
+                flow.when_drained(self._take_waiting)
+                return
+            self._take(*waiting.popleft())
+        self._waiting = None
+
+    def _take(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
             self.sendCloseFrame(code=1003, reasonUtf8=b"JSON-RPC frames are text", isReply=False)
             return

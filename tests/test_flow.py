@@ -234,3 +234,19 @@ class BackPressureTests(SynchronousTestCase):
         self.connection.read_since_round = True
         self.clock.advance(ROUND * 2)
         self.assertFalse(self.connection.dropped)
+
+    def test_readingResumesBeforeDrainedCallbacks(self) -> None:
+        """What a drained callback writes past the bound pauses the reading again."""
+        self.fd.write(b"x" * 2000)
+        self.flow.when_drained(lambda: self.fd.write(b"x" * 2000))
+        self.fd.drain()
+        self.assertFalse(self.fd.reading)
+        self.assertTrue(self.flow.reading_paused)
+
+    def test_releasedWhenGone(self) -> None:
+        """A connection gone lets go of its unsent output at once, not at the next collection."""
+        self.fd.write(b"x" * 2000)
+        self.flow.release()
+        self.assertEqual(self.flow.unsent(), 0)
+        self.assertEqual((self.fd.dataBuffer, self.fd._tempDataBuffer), (b"", []))
+

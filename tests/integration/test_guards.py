@@ -25,6 +25,7 @@ from twisted.trial.unittest import TestCase
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from relaytx import Server, exposed
 from relaytx._http import NodeSite
 from relaytx.errors import AccessDenied
 from relaytx.node import RelayNode
@@ -579,6 +580,85 @@ class BackPressureTests(TestCase):
         self.assertLess(max(unsent), bound + 512 * 1024)  # the bound, and a read's answers
         self.assertLess(max(latencies), 1.0)
         self.assertEqual(node.guards.watch.closed["unread"], 1)
+
+
+class _Big(Server):
+    """Answers as many bytes as asked for, at once (beside the mailbox), counting its runs."""
+
+    runs = 0
+
+    @exposed(concurrent=True)
+    def answer(self, size: int) -> str:
+        self.runs += 1
+        return "x" * size
+
+
+def _text_frames(sock: socket.socket, count: int) -> list[bytes]:
+    """:returns: the payloads of the next C{count} unmasked frames read from C{sock}."""
+    data, payloads = b"", []
+    while len(payloads) < count:
+        while len(data) < 10:
+            data += sock.recv(1 << 20)
+        size, at = data[1] & 0x7F, 2
+        if size == 126:
+            size, at = struct.unpack("!H", data[2:4])[0], 4
+        elif size == 127:
+            size, at = struct.unpack("!Q", data[2:10])[0], 10
+        while len(data) < at + size:
+            data += sock.recv(1 << 20)
+        payloads.append(data[at : at + size])
+        data = data[at + size :]
+    return payloads
+
+
+class BurstTests(TestCase):
+    """Requests that one read brought in are taken only as the output drains."""
+
+    timeout = 40
+
+    async def test_burstHeldToTheBound(self) -> None:
+        """
+        A burst asking for far more than max_write_buffer runs only what the
+        bound (and the socket's buffers) take; the rest waits, and every
+        answer comes, in order, as the client reads.
+        """
+        big = _Big()
+        node = start_node(
+            self, "burst", servers={"big": big}, limits={"max_write_buffer": 256 * 1024}
+        )
+        port = port_of(node)
+        count, size = 60, 500_000
+        burst = b"".join(_frame(0x1, rpc_body("big.answer", [size], i)) for i in range(count))
+
+        def send() -> socket.socket:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (before connecting)
+            sock.settimeout(10)
+            sock.connect((HOST, port))
+            key = base64.b64encode(os.urandom(16))
+            sock.sendall(
+                b"GET /ws/rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n" % key
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(1)
+            sock.sendall(burst)
+            return sock
+
+        sock = await deferToThread(send)
+        try:
+            await wait_for(lambda: big.runs > 0, 5, what="the first calls")
+            await deferLater(reactor, 0.5, lambda: None)
+            self.assertLess(big.runs, 20)  # (what the kernel's buffers took, and the bound)
+            [flow] = node.guards.watch.flows
+            self.assertLessEqual(flow.unsent(), 256 * 1024 + size + 1024)
+            answers = await deferToThread(_text_frames, sock, count)
+        finally:
+            sock.close()
+        self.assertEqual([json.loads(a)["id"] for a in answers], list(range(count)))
+        self.assertEqual(big.runs, count)
 
 
 class HttpBackPressureTests(TestCase):
