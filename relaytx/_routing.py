@@ -47,8 +47,10 @@ mesh has:
   - B{Damping}: a destination re-routed again within L{MRAI} of its last
     re-advert waits for the rest of that time (BGP's minimum route
     advertisement interval). Withdrawals are never held.
-  - B{Bounds}: at most C{max_routes} destinations in the table and from any
-    one neighbour; further ones are refused and counted. A path longer than
+  - B{Bounds}: at most C{max_routes} destinations in the table, and half
+    of that from any one neighbour (so that none can fill it and leave the
+    others no room); further ones are refused and counted. A direct
+    neighbour always has its route, full table or not. A path longer than
     L{MAX_HOPS} is dropped, which also bounds how far a message travels.
 
 The router is pure bookkeeping (no I/O, no clock: callers pass the time).
@@ -135,8 +137,9 @@ class Router:
         (the neighbour first, the destination last); a path it refuses is
         not used. PKI mode checks adjacencies with it; call L{reconsider}
         when its answers change. By default every loop-free path is used.
-    :param max_routes: the most destinations in the table, and the most
-        that any one neighbour's adverts may hold.
+    :param max_routes: the most destinations in the table (a direct
+        neighbour's route aside), and twice the most that any one
+        neighbour's adverts may hold.
 
     @ivar dirty: destinations whose route (or servers) changed since they
         were last exported (L{Exports.exported}).
@@ -325,7 +328,8 @@ class Router:
 
     def new_rib(self, peer_id: str) -> AdjRib:
         """:returns: an empty table for what C{peer_id} says."""
-        return AdjRib(self.node_id, (peer_id,), MAX_HOPS, self.max_routes, self._attributes)
+        limit = max(1, self.max_routes // 2)  # (one neighbour leaves the others room)
+        return AdjRib(self.node_id, (peer_id,), MAX_HOPS, limit, self._attributes)
 
     def advert_from(
         self,
@@ -591,7 +595,7 @@ class Choice:
         if new is None:
             del routes[destination]
             self._overflow.discard(destination)
-        elif old is None and len(routes) >= self.max_routes:
+        elif old is None and cost is None and len(routes) >= self.max_routes:
             if destination not in self._overflow:
                 self.refused += 1
                 self._overflow.add(destination)

@@ -25,7 +25,7 @@ command line wins where both give a value)::
     max_in_flight = 50000            # calls executing here at once (-32005 past it)
     max_in_flight_per_caller = 10000 # ... for one peer or HTTP client (-32005 past it)
     calls_per_second = 0             # calls one caller may start per second; 0: no limit
-    max_routes = 10000               # destinations one neighbour may advertise
+    max_routes = 10000               # destinations in the routing table (half from one neighbour)
     header_timeout = 10.0            # seconds for an HTTP request's head and body
     idle_timeout = 60.0              # idle keep-alive, unanswered ping, unfinished message
     max_connections = 10000          # connections at once, all clients (closed past it)

@@ -249,4 +249,3 @@ class BackPressureTests(SynchronousTestCase):
         self.flow.release()
         self.assertEqual(self.flow.unsent(), 0)
         self.assertEqual((self.fd.dataBuffer, self.fd._tempDataBuffer), (b"", []))
-

@@ -1047,11 +1047,25 @@ class BoundTests(SynchronousTestCase):
     """The table is bounded in total and per neighbour."""
 
     def test_per_neighbour(self) -> None:
-        """One neighbour's adverts hold at most max_routes destinations; the rest are counted."""
-        router = Router("me", max_routes=3)
+        """
+        One neighbour's adverts hold at most half of max_routes; the rest
+        are counted, and another neighbour still finds room.
+        """
+        router = Router("me", max_routes=6)
         feed(router, "b", {f"n{i}": RouteAdvert((f"n{i}",)) for i in range(5)})
         self.assertEqual(router.refused_from("b"), 2)
-        self.assertEqual(len(router.routes()), 3)  # b and two of them
+        self.assertEqual(len(router.routes()), 4)  # b and three of them
+        feed(router, "c", {"m1": RouteAdvert(("m1",))})
+        self.assertEqual(set(router.routes()) - {"b", "n0", "n1", "n2", "n3", "n4"}, {"c", "m1"})
+
+    def test_neighbour_always_routed(self) -> None:
+        """A direct neighbour has its route even when the table is full."""
+        router = Router("me", max_routes=4)
+        feed(router, "b", {"n1": RouteAdvert(("n1",)), "n2": RouteAdvert(("n2",))})
+        feed(router, "c", {"n3": RouteAdvert(("n3",))})
+        self.assertEqual(len(router.routes()), 4)
+        router.link_up("d")
+        self.assertEqual(router.route("d").path, ("d",))
 
     def test_total(self) -> None:
         """The whole table holds at most max_routes destinations, and takes more as room frees."""
