@@ -35,7 +35,7 @@ from klein import Klein
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime
-from twisted.internet.protocol import connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -490,6 +490,11 @@ class NodeSite(Site):
             if since is not None and since <= late:
                 channel.head_late()
 
+    #: whether a connection turned away gets a protocol that closes it, not
+    #: none: under an C{ssl:} endpoint's TLS layer, which wraps whatever it
+    #: is given (and failed on none, leaving the connection open)
+    turn_away_by_closing = False
+
     def buildProtocol(self, addr: IAddress | None) -> Any:
         """
         A connection past the limits is closed at once (by returning no
@@ -508,13 +513,21 @@ class NodeSite(Site):
                     held=counts.held,
                     mine=counts.of(ip),
                 )
-            return None
+            return _TurnedAway() if self.turn_away_by_closing else None
         protocol = super().buildProtocol(addr)
         protocol._channel.slot = (counts, ip)
         return protocol
 
     def log(self, request: Any) -> None:
         pass
+
+
+class _TurnedAway(Protocol):
+    """A connection past the limits, closed as soon as it is made (before any TLS handshake)."""
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport  # (an ITCPTransport, or a TLS layer's)
+        transport.abortConnection()
 
 
 class RpcResource(Resource):

@@ -156,6 +156,10 @@ def listen_site(
         outcome.append(result)
         return result
 
+    if not isinstance(endpoint, (TCP4ServerEndpoint, TLSServerEndpoint)) and hasattr(
+        site, "turn_away_by_closing"
+    ):
+        site.turn_away_by_closing = True  # (an ssl: endpoint's TLS layer needs a protocol)
     d = endpoint.listen(site)
     d.addBoth(record)
     if outcome and isinstance(outcome[0], Failure):

@@ -60,6 +60,8 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from relaytx._guards import FailureTally
+
 __all__ = [
     "HANDSHAKE_TIMEOUT",
     "TLSClientEndpoint",
@@ -70,6 +72,10 @@ __all__ = [
 
 #: Seconds a connection may take to finish its TLS handshake.
 HANDSHAKE_TIMEOUT = 10.0
+
+#: Failed handshakes of every TLS layer in the process, by kind (each dial
+#: makes a factory of its own).
+_FAILURES = FailureTally()
 
 #: The most plaintext one C{SSLObject.read} returns: a whole TLS record.
 _RECORD = 16384
@@ -151,15 +157,17 @@ class TLSProtocol(ProtocolWrapper):
             server_side=self.factory.server_side,
             server_hostname=self.factory.hostname,
         )
-        self._timer = self.factory.clock.callLater(HANDSHAKE_TIMEOUT, self._handshake_late)
+        self._timer = self.factory.clock.callLater(
+            self.factory.handshake_timeout, self._handshake_late
+        )
         self._handshake()
 
     def _handshake_late(self) -> None:
         self._timer = None
-        self._log.info(
+        self.factory.failed(
             "TLS handshake with {peer} not done after {seconds}s; closing",
             peer=self.transport.getPeer(),
-            seconds=HANDSHAKE_TIMEOUT,
+            seconds=self.factory.handshake_timeout,
         )
         self.transport.abortConnection()
 
@@ -201,7 +209,7 @@ class TLSProtocol(ProtocolWrapper):
 
     def _refuse(self, error: Exception) -> None:
         self._refusal = error
-        self._log.info(
+        self.factory.failed(
             "TLS handshake with {peer} failed: {reason}",
             peer=self.transport.getPeer(),
             reason=getattr(error, "verify_message", None) or error,
@@ -310,6 +318,9 @@ class TLSProtocol(ProtocolWrapper):
             return
         if self._handshake_done:
             self._send()
+        # (A protocol parsing a read looks at this to stop at once: HTTP
+        # after a bad request line, with requests behind it in the read.)
+        self.disconnecting = True
         self._closed = True
         if self._handshake_done:
             assert self._tls is not None
@@ -322,6 +333,7 @@ class TLSProtocol(ProtocolWrapper):
 
     def abortConnection(self) -> None:
         """Close at once, sending nothing more."""
+        self.disconnecting = True
         self._closed = True
         self.transport.abortConnection()
 
@@ -358,6 +370,7 @@ class TLSFactory(WrappingFactory):
     """Builds the TLS layer of each connection, around C{wrappedFactory}'s protocol."""
 
     protocol = TLSProtocol
+    _log = Logger()
 
     def __init__(
         self,
@@ -378,6 +391,33 @@ class TLSFactory(WrappingFactory):
         self.server_side = server_side
         self.clock = clock
         self.hostname = hostname
+        #: a connection's handshake is due within this: the site's
+        #: C{header_timeout}, when it is shorter (the head cannot come before)
+        self.handshake_timeout = min(
+            HANDSHAKE_TIMEOUT, getattr(wrappedFactory, "header_timeout", HANDSHAKE_TIMEOUT)
+        )
+        self._failures = _FAILURES
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """
+        A connection the carried factory turns away (its connection limits)
+        is closed at once, before any handshake; others get their TLS layer.
+        """
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return self.protocol(cast(Any, self), wrapped)
+
+    def failed(self, text: str, peer: Any, **fields: Any) -> None:
+        """
+        Log a failed handshake: each kind (the same words, whoever's) the
+        first time, then as its count doubles, with the count; a stranger
+        failing 300 handshakes makes a few lines, not 300.
+        """
+        kind = text.format(peer="", **fields)
+        count = self._failures.failed(kind)
+        if count is not None:
+            self._log.info(text + " ({count} time(s))", peer=peer, count=count, **fields)
 
 
 @implementer(IStreamServerEndpoint)

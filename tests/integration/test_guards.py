@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import socket
+import ssl
 import struct
 import time
 from typing import Any
@@ -1009,6 +1010,76 @@ class TlsDialTests(TempDirMixin, TestCase):
         self.assertLessEqual(len(ours), 1 + dialer._repeats.count.bit_length())
         self.assertLess(len(ours), dialer._repeats.count)
         self.assertNotIn("tls2", node1.mesh.links)
+        # The TLS layers of both ends say so once per doubling too.
+        handshakes = [
+            e for e in events if e.get("log_format", "").startswith("TLS handshake with")
+        ]  # fmt: skip
+        self.assertLess(len(handshakes), 2 * dialer._repeats.count)
+        self.assertLessEqual(len(handshakes), 2 * (1 + dialer._repeats.count.bit_length()))
+
+    def tls_node(self, node_id: str, port: Any = None, **limits: Any) -> RelayNode:
+        """A node serving HTTP and peers over TLS: C{[tls]}, or an C{ssl:} endpoint."""
+        cert, key = Authority("mesh CA").issue(node_id)
+        cert_file, key_file = self.write(cert), self.write(key)
+        os.chmod(key_file, 0o600)
+        if port == "ssl":
+            endpoint = f"ssl:0:interface=127.0.0.1:privateKey={key_file}:certKey={cert_file}"
+            return start_node(self, node_id, port=endpoint, limits=limits)  # type: ignore[arg-type]
+        return start_node(self, node_id, tls={"cert": cert_file, "key": key_file}, limits=limits)
+
+    async def test_limitsBeforeTheHandshake(self) -> None:
+        """
+        On a TLS listener, a connection past max_connections_per_ip is
+        closed at once, before any handshake, with nothing logged as an
+        error; the others are served.
+        """
+        for kind in ("tls", "ssl"):
+            node = self.tls_node(f"cap-{kind}", kind, max_connections_per_ip=2)
+            events = log_events(self)
+            port = port_of(node)
+
+            def over(port: int) -> list[bytes | None]:
+                held = [socket.create_connection((HOST, port), timeout=5) for _ in range(2)]
+                extra = [socket.create_connection((HOST, port), timeout=5) for _ in range(5)]
+                seen: list[bytes | None] = []
+                for sock in extra:
+                    sock.settimeout(2)
+                    try:
+                        seen.append(sock.recv(1))
+                    except (ConnectionResetError, TimeoutError) as e:
+                        seen.append(None if isinstance(e, TimeoutError) else b"")
+                    sock.close()
+                for sock in held:
+                    sock.close()
+                return seen
+
+            seen = await deferToThread(over, port)
+            self.assertEqual(seen, [b""] * 5, kind)  # closed (or reset), not left open
+            self.assertEqual(errors(events), [], kind)
+
+    async def test_badRequestOverTls(self) -> None:
+        """A request line HTTP cannot parse gets its JSON 400 over TLS too; nothing is logged."""
+        node = self.tls_node("bad-tls")
+        events = log_events(self)
+        port = port_of(node)
+
+        def ask() -> bytes:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            with context.wrap_socket(socket.create_connection((HOST, port), timeout=5)) as sock:
+                sock.sendall(b"BAD\r\nHost: 127.0.0.1\r\n\r\n")
+                data = b""
+                while True:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        return data
+                    data += chunk
+
+        answer = await deferToThread(ask)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400"), answer[:40])
+        self.assertIn(b"application/json", answer)
+        self.assertEqual(errors(events), [])
 
 
 class BigIdTests(TestCase):
