@@ -192,6 +192,16 @@ def _private_files(config: NodeConfig) -> list[tuple[str, str]]:
             private.append(("tls.key", config.tls.key))
         elif config.tls.cert is not None:  # the key inside the certificate's file
             private.append(("tls.cert (which holds the key)", config.tls.cert))
+    port = str(config.port)
+    if port.startswith("ssl:"):
+        # An ssl: endpoint's key: privateKey=, which certKey= defaults to.
+        fields = dict(
+            field.replace("\\:", ":").partition("=")[::2]
+            for field in re.split(r"(?<!\\):", port)[1:]
+            if "=" in field
+        )
+        if "privateKey" in fields:
+            private.append(("--port privateKey", fields["privateKey"]))
     return private
 
 

@@ -81,6 +81,25 @@ class StartupWarningTests(SynchronousTestCase):
             self.assertIn(f"{mode:o}", said[0])
             self.assertIn("open to its group or others", said[0])
 
+    def test_readable_endpoint_key(self) -> None:
+        """An ssl: endpoint's privateKey that others may read is named too."""
+        from tests.support import Authority
+
+        cert, key = Authority("CA").issue("n1")
+        directory = self.directory()
+        cert_file, key_file = os.path.join(directory, "n1.pem"), os.path.join(directory, "n:1.key")
+        for path, data in ((cert_file, cert), (key_file, key)):
+            with open(path, "wb") as f:
+                f.write(data)
+        escaped = key_file.replace(":", "\\:")
+        port = f"ssl:0:interface=127.0.0.1:privateKey={escaped}:certKey={cert_file}"
+        loopback = IPv4Address("TCP", "127.0.0.1", 1)
+        os.chmod(key_file, 0o600)
+        self.assertEqual(self.warnings(memory_node("n1", port=port), loopback), [])
+        os.chmod(key_file, 0o644)
+        [said] = self.warnings(memory_node("n1", port=port), loopback)
+        self.assertIn(f"--port privateKey {key_file} is open to its group or others", said)
+
 
 class ListenTests(SynchronousTestCase):
     """How a node listens on a port number."""
