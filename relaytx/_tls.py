@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
 
 from relaytx._stdtls import peer_certificate
+from relaytx.wire import NODE_ID_RE
 
 
 class TlsError(ValueError):
@@ -177,6 +178,31 @@ def certificate_names(cert: x509.Certificate) -> frozenset[str]:
     else:
         names.update(san.get_values_for_type(x509.DNSName))
     return frozenset(names)
+
+
+def certified_id(cert_path: str) -> str | None:
+    """
+    :returns: the node id the certificate in C{cert_path} gives its holder
+        (PKI mode, with no C{--node-id}): its subject's common name, or
+        else the first of its DNS names that is a node id (C{localhost}
+        aside); C{None} if it gives none.
+    :raises TlsError: if the file cannot be read as a certificate.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(read_pem(cert_path, "cert"))
+    except ValueError as e:
+        raise TlsError(f"tls.cert {cert_path}: not a PEM certificate: {e}") from None
+    candidates = [
+        str(attribute.value)
+        for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    ]
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        candidates += [n for n in san.get_values_for_type(x509.DNSName) if n != "localhost"]
+    return next((name for name in candidates if NODE_ID_RE.fullmatch(name)), None)
 
 
 def peer_certificate_names(transport: Any) -> frozenset[str]:

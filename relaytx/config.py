@@ -94,7 +94,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python.usage import UsageError
 
 from relaytx._auth import AccessRules
-from relaytx._tls import TlsConfig, TlsError
+from relaytx._tls import TlsConfig, TlsError, certified_id
 from relaytx.wire import NODE_ID_RE
 
 
@@ -414,7 +414,21 @@ def build_config(options: Mapping[str, Any]) -> NodeConfig:
         if value is not None and value != [] and value is not False:
             settings[key] = value
 
+    tls = None
+    if settings.get("tls"):
+        tls = TlsConfig(**settings["tls"])
+        try:
+            tls.check()
+        except TlsError as e:
+            raise ConfigError(str(e)) from None
+
     node_id = settings.get("node_id")
+    if node_id is None and tls is not None and tls.pki and tls.cert is not None:
+        # PKI mode: a node's id is the one its certificate names (SPEC 9).
+        try:
+            node_id = certified_id(tls.cert)
+        except TlsError as e:
+            raise ConfigError(str(e)) from None
     if node_id is None:
         node_id = secrets.token_hex(8)
     if not NODE_ID_RE.fullmatch(node_id):
@@ -428,14 +442,6 @@ def build_config(options: Mapping[str, Any]) -> NodeConfig:
         raise ConfigError(f"peer_timeout {peer_timeout}: give seconds in (0, 3600]")
 
     limits = _limits(settings.get("limits", {}))
-
-    tls = None
-    if settings.get("tls"):
-        tls = TlsConfig(**settings["tls"])
-        try:
-            tls.check()
-        except TlsError as e:
-            raise ConfigError(str(e)) from None
 
     return NodeConfig(
         node_id=node_id,

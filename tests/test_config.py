@@ -118,6 +118,28 @@ class NodeIdTests(ConfigTestCase):
         """An empty --node-id is an error, not a silent random id."""
         self.assertConfigError(build_config, {"node_id": ""}, match="--node-id")
 
+    def test_from_certificate(self) -> None:
+        """
+        In PKI mode with no --node-id, the id is the one the certificate
+        names (its common name); a given id stays as given, and is then
+        checked against the certificate when the node starts.
+        """
+        from tests.support import Authority
+
+        authority = Authority("mesh CA")
+        cert, key = authority.issue("n5")
+        tls = {
+            "ca": self.toml(authority.pem),
+            "cert": self.toml(cert),
+            "key": self.toml(key),
+            "require_client_cert": True,
+        }
+        self.assertEqual(build_config({"tls": tls}).node_id, "n5")
+        self.assertEqual(build_config({"tls": tls, "node_id": "n6"}).node_id, "n6")
+        # Not in PKI mode: a random id, as without a certificate.
+        plain = {"cert": tls["cert"], "key": tls["key"]}
+        self.assertNotEqual(build_config({"tls": plain}).node_id, "n5")
+
 
 class PortTests(ConfigTestCase):
     """--port and --interface."""
