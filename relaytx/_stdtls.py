@@ -267,7 +267,12 @@ class TLSProtocol(ProtocolWrapper):
                 self.transport.abortConnection()
                 return
             if not data:
-                break
+                # The peer's close_notify (the standard library's SSLObject
+                # reads it as no data, not SSLZeroReturnError): answered
+                # with ours, or a peer that waits for it (Twisted's own TLS)
+                # holds the connection open until our side gives up.
+                self.loseConnection()
+                return
             self.wrappedProtocol.dataReceived(data)
             if self._closed or not (incoming.pending or tls.pending()):
                 break

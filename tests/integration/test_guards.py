@@ -1019,7 +1019,9 @@ class TlsDialTests(TempDirMixin, TestCase):
 
     def tls_node(self, node_id: str, port: Any = None, **limits: Any) -> RelayNode:
         """A node serving HTTP and peers over TLS: C{[tls]}, or an C{ssl:} endpoint."""
-        cert, key = Authority("mesh CA").issue(node_id)
+        if not hasattr(self, "authority"):
+            self.authority = Authority("mesh CA")
+        cert, key = self.authority.issue(node_id)
         cert_file, key_file = self.write(cert), self.write(key)
         os.chmod(key_file, 0o600)
         if port == "ssl":
@@ -1056,6 +1058,29 @@ class TlsDialTests(TempDirMixin, TestCase):
             seen = await deferToThread(over, port)
             self.assertEqual(seen, [b""] * 5, kind)  # closed (or reset), not left open
             self.assertEqual(errors(events), [], kind)
+
+    async def test_cleanCloseWithTwistedTls(self) -> None:
+        """
+        A link to an ssl: endpoint (Twisted's own TLS, which waits for the
+        peer's close_notify) closes cleanly and at once when its dialler
+        removes it, not after the closing handshake's timeout.
+        """
+        node1 = self.tls_node("ssl1", "ssl")
+        node2 = start_node(
+            self,
+            "ssl2",
+            [url(node1).replace("http://", "wss://")],
+            tls={"ca": self.write(self.authority.pem)},
+        )
+        await wait_for(lambda: "ssl1" in node2.mesh.links, 10, what="the link")
+        started = reactor.seconds()
+        self.assertTrue(node2.remove_peer("ssl1"))
+        await wait_for(lambda: "ssl1" not in node2.mesh.links, 5, what="the link to close")
+        self.assertLess(reactor.seconds() - started, 0.5)
+        lost = node2.metrics.registry.get_sample_value(
+            "relaytx_links_lost_total", {"cause": "removed"}
+        )
+        self.assertEqual(lost, 1)  # (a close that timed out counts as "closed")
 
     async def test_badRequestOverTls(self) -> None:
         """A request line HTTP cannot parse gets its JSON 400 over TLS too; nothing is logged."""
