@@ -154,6 +154,13 @@ def run_node(argv: list[str]) -> int:
     reactor.callWhenRunning(node.startService)
     reactor.addSystemEventTrigger("before", "shutdown", node.stopService)
     reactor.run()
+    # Stopped: a second SIGTERM (timeout(1) sends one to the process and
+    # one to its group) must not kill the interpreter as it finishes, when
+    # Python gives the signals back their default action.
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     status: int = node.exit_status
     return status
 

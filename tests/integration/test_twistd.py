@@ -296,6 +296,24 @@ class SignalTests(CommandLineTestCase):
             self.assertNoTraceback(node)
             self.assertNotIn("relay: error:", node.stderr())
 
+    def test_relayNodeSecondSigterm(self) -> None:
+        """
+        A second SIGTERM while relay node stops (timeout(1) sends two, to
+        the process and to its group) still leaves exit status 0.
+        """
+        nodes = []
+        for gap in (0.002, 0.005, 0.008):
+            port = free_port()
+            nodes.append((gap, port, self.start(relay("node", "--port", str(port)))))
+        for gap, port, node in nodes:
+            self.wait_healthy(node, port)
+            node.popen.send_signal(signal.SIGTERM)
+            time.sleep(gap)
+            if node.popen.poll() is None:
+                node.popen.send_signal(signal.SIGTERM)
+        for gap, _port, node in nodes:
+            self.assertEqual(node.wait(), 0, f"second SIGTERM after {gap}s: {node.stderr()}")
+
     def sigint_in_background(self, command: Callable[..., list[str]]) -> tuple[int, Process]:
         """
         Start C{command("--port", PORT)} with SIGINT ignored, as a shell
