@@ -510,7 +510,9 @@ async def open_channel(
         channel.abort("handshake refused")
         raise
     except _ssl.SSLError as e:
-        raise ChannelError(f"{url}: TLS failed: {e.reason or e}") from None
+        # (A failed verification says why: "certificate has expired", ...)
+        why = getattr(e, "verify_message", None) or e.reason or e
+        raise ChannelError(f"{url}: TLS failed: {why}") from None
     except OSError as e:
         raise ChannelError(f"cannot connect to {url}: {e.strerror or e}") from None
     return channel

@@ -283,7 +283,13 @@ def exchange(
     except (OSError, http.client.HTTPException) as e:
         if expired.is_set():
             raise NoAnswer(f"cannot {verb} {url}: no answer within {timeout:g}s") from None
-        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+        # (A failed TLS verification says why: "certificate has expired", ...)
+        reason = (
+            getattr(e, "verify_message", None)
+            or getattr(e, "reason", None)
+            or getattr(e, "strerror", None)
+            or e
+        )
         raise NodeUnavailable(f"cannot {verb} {url}: {reason}") from None
 
 

@@ -456,6 +456,49 @@ class ExchangeTests(SynchronousTestCase):
                 server.join(5)
         self.assertEqual(str(error), f"cannot call {url}: no answer within 0.2s")
 
+    def test_tls_reason(self) -> None:
+        """A certificate that fails verification is refused, saying why."""
+        import shutil
+        import socket
+        import ssl
+        import tempfile
+        import threading
+
+        from tests.support import Authority
+
+        authority = Authority("CA")
+        cert, key = authority.issue("n1", days=-1)  # expired
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        paths = {}
+        for name, data in (("ca", authority.pem), ("cert", cert), ("key", key)):
+            paths[name] = os.path.join(directory, name)
+            with open(paths[name], "wb") as f:
+                f.write(data)
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(paths["cert"], paths["key"])
+
+        def serve(listener: socket.socket) -> None:
+            connection, _ = listener.accept()
+            with connection:
+                try:
+                    server.wrap_socket(connection, server_side=True).close()
+                except (ssl.SSLError, OSError):
+                    pass  # the client refused the certificate
+
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            thread = threading.Thread(target=serve, args=(listener,), daemon=True)
+            thread.start()
+            url = f"https://127.0.0.1:{listener.getsockname()[1]}/health"
+            context = ssl.create_default_context(cafile=paths["ca"])
+            error = self.assertRaises(
+                cli.NodeUnavailable, cli.exchange, "GET", url, None, {}, 5, context
+            )
+            thread.join(5)
+        self.assertIn("certificate has expired", str(error))
+
     def test_answer_wait(self) -> None:
         """relay call waits past --timeout for the node's own -32001, by at most 1 s."""
         self.assertEqual(
