@@ -518,6 +518,17 @@ class NodeSite(Site):
         protocol._channel.slot = (counts, ip)
         return protocol
 
+    def never_connected(self, protocol: Any) -> None:
+        """
+        A protocol this site built was never connected (its TLS handshake
+        did not finish): its place among the connections goes back.
+        """
+        channel = getattr(protocol, "_channel", None)
+        if isinstance(channel, NodeChannel):
+            slot = channel.hand_over()
+            if slot is not None:
+                slot[0].release(slot[1])
+
     def log(self, request: Any) -> None:
         pass
 

@@ -359,6 +359,11 @@ class TLSProtocol(ProtocolWrapper):
         if self._handshake_done:
             self.wrappedProtocol.connectionLost(reason)
             return
+        # The carried protocol was never connected: what its factory gave it
+        # (a place among the node's connections) goes back all the same.
+        never = getattr(self.factory.wrappedFactory, "never_connected", None)
+        if never is not None:
+            never(self.wrappedProtocol)
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.errback(Failure(self._refusal) if self._refusal is not None else reason)

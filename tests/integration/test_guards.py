@@ -1057,7 +1057,25 @@ class TlsDialTests(TempDirMixin, TestCase):
 
             seen = await deferToThread(over, port)
             self.assertEqual(seen, [b""] * 5, kind)  # closed (or reset), not left open
+            # Those closed before their handshake gave their places back.
+            await wait_for(
+                lambda node=node: node.guards.connections.held == 0, 5, what="places back"
+            )
+            health = await deferToThread(self.health_over_tls, port)
+            self.assertTrue(health.startswith(b"HTTP/1.1 200"), (kind, health[:40]))
             self.assertEqual(errors(events), [], kind)
+
+    def health_over_tls(self, port: int) -> bytes:
+        """:returns: the answer to GET /health over TLS (certificate unchecked)."""
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with context.wrap_socket(socket.create_connection((HOST, port), timeout=5)) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+            return data
 
     async def test_cleanCloseWithTwistedTls(self) -> None:
         """
