@@ -26,6 +26,7 @@ C{node} server left out).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,6 +38,66 @@ from twisted.python.failure import Failure
 from relaytx._calls import CallTarget
 from relaytx._tracing import CallTrace, SpanContext, _new_span_id, _new_trace_id
 from relaytx.wire import rfc3339
+
+
+def _number(value: Any) -> float | int | None:
+    """:returns: C{value} if it is a finite number (not a bool), else C{None}."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _clean_status(status: dict[str, Any]) -> dict[str, Any]:
+    """
+    :returns: what the view takes of a node's C{node.status()} answer, each
+        field of the shape it must have (else left out): a node that
+        answers nonsense (not a relaytx node, or a broken one) spoils
+        nothing but its own entry.
+    """
+    clean: dict[str, Any] = {}
+    if isinstance(status.get("version"), str):
+        clean["version"] = status["version"]
+    uptime = _number(status.get("uptime_s"))
+    if uptime is not None and uptime >= 0:
+        clean["uptime_s"] = uptime
+    servers = status.get("servers")
+    if isinstance(servers, dict):
+        clean["servers"] = {
+            name: [m for m in methods if isinstance(m, str)]
+            for name, methods in servers.items()
+            if isinstance(name, str) and isinstance(methods, list)
+        }
+    peers = status.get("peers")
+    if isinstance(peers, dict):
+        clean["peers"] = {
+            peer: {
+                "direction": link.get("direction"),
+                "is_healthy": link.get("is_healthy") is True,
+                "rtt_ms": _number(link.get("rtt_ms")),
+            }
+            for peer, link in peers.items()
+            if isinstance(peer, str) and isinstance(link, dict)
+        }
+    calls = status.get("calls")
+    if isinstance(calls, dict):
+        ok, errors = _number(calls.get("ok")), _number(calls.get("errors"))
+        if isinstance(ok, int) and isinstance(errors, int):
+            clean["calls"] = {"ok": ok, "errors": errors}
+    pending = _number(status.get("pending"))
+    if isinstance(pending, int):
+        clean["pending"] = pending
+    dialling = status.get("dialling")
+    if isinstance(dialling, dict):
+        clean["dialling"] = {
+            address: {
+                "node_id": peer.get("node_id") if isinstance(peer.get("node_id"), str) else None,
+                "failures": _number(peer.get("failures")),
+                "error": str(peer.get("error"))[:200],
+            }
+            for address, peer in dialling.items()
+            if isinstance(address, str) and isinstance(peer, dict)
+        }
+    return clean
 
 
 def _unsampled() -> CallTrace:
@@ -164,7 +225,8 @@ class MeshWatch:
         def answered(outcome: Any, node: str) -> None:
             self._asking.pop(node, None)
             if isinstance(outcome, dict):
-                self._known[node] = {"status": outcome, "seen": self.clock.seconds()}
+                status = _clean_status(outcome)
+                self._known[node] = {"status": status, "seen": self.clock.seconds()}
                 self._silent.discard(node)
             else:
                 self._silent.add(node)

@@ -16,6 +16,48 @@ from relaytx.testing import MemoryMesh, memory_node
 from tests.support import Counter
 
 
+class NonsenseStatusTests(SynchronousTestCase):
+    """A node whose status answer is of the wrong shape spoils only its own entry."""
+
+    def test_nonsense_status(self) -> None:
+        """Fields of the wrong shape are left out; the rest of the view, and its problems, stand."""
+        from twisted.internet.defer import succeed
+        from twisted.internet.task import Clock
+
+        from relaytx._meshview import MeshWatch
+
+        answers = {
+            "odd": {"peers": 7, "servers": 5, "uptime_s": "x", "calls": [1], "version": 3},
+            "good": {
+                "version": "1",
+                "uptime_s": 2.0,
+                "servers": {"svc": ["m"]},
+                "peers": {"me": {"is_healthy": True, "rtt_ms": 0.5}},
+                "calls": {"ok": 1, "errors": 0},
+                "dialling": {"ws://h:1": {"node_id": None, "failures": 2, "error": "refused"}},
+            },
+        }
+        own = {"version": "1", "servers": {}, "peers": {"good": {"is_healthy": True}}}
+        watch = MeshWatch(
+            "me",
+            Clock(),
+            lambda: own,
+            lambda: {"odd": 1, "good": 1},
+            lambda target: succeed(answers[target.node_id]),
+        )
+        view = self.successResultOf(watch.snapshot())
+        self.assertEqual(
+            {n: v["state"] for n, v in view["nodes"].items()},
+            {"me": "up", "odd": "up", "good": "up"},
+        )
+        odd = view["nodes"]["odd"]
+        self.assertEqual((odd["peers"], odd["servers"], odd["uptime_s"]), ([], [], None))
+        self.assertEqual(view["nodes"]["good"]["servers"], ["svc"])
+        self.assertEqual(
+            view["problems"], ["good: cannot link to ws://h:1: refused (2 attempts in a row)"]
+        )
+
+
 class MeshViewTests(SynchronousTestCase):
     """A line n0 - n1 - n2 seen from n0."""
 
