@@ -395,5 +395,13 @@ class Mailbox:
                 d.errback(result if d is self._cancelling else _own(result))
             else:
                 d.callback(result)
-        if not self._running_inline:
-            self._run()
+        if self._running_inline:
+            return
+        if d is self._cancelling and self._queue and self._clock is not None:
+            # Cancelled: the next call starts in the next reactor turn, not
+            # at once, so that the cancels that came with this one (a
+            # client gone cancels all its calls, in any order) are all
+            # taken before anything more runs.
+            self._clock.callLater(0, self._run)
+            return
+        self._run()

@@ -730,6 +730,8 @@ class LaterAnswerTests(NodeTestCase):
         connection.lose()
         self.assertTrue(running.called)
         self.assertEqual(self.math.notes, [])
+        self.clock.advance(0)  # (the mailbox goes on in the next turn)
+        self.assertEqual(self.math.notes, [])
         # The mailbox is free again for everyone else.
         self.assertEqual(
             self.answer({"jsonrpc": "2.0", "method": "math.sum", "params": [2], "id": 4})["result"],

@@ -561,6 +561,27 @@ class MailboxTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(waiting), 2)
         self.assertEqual(server.log, [("start", 1), 2])
 
+    def test_cancels_together_before_the_next(self) -> None:
+        """
+        With a clock, the call after a cancelled running one starts in the
+        next reactor turn: a cancel of that call coming in the same turn
+        (a client gone cancels all its calls, in any order) is taken first.
+        """
+        server = Recorder()
+        clock = Clock()
+        mailbox = server.mailbox = Mailbox(server, clock=clock)
+        running = call(mailbox, "slow", 1)
+        queued = call(mailbox, "record", 2)
+        other = call(mailbox, "record", 3)
+        running.cancel()
+        queued.cancel()
+        self.assertEqual(server.log, [("start", 1)])
+        clock.advance(0)
+        self.failureResultOf(running, CancelledError)
+        self.failureResultOf(queued, CancelledError)
+        self.assertEqual(self.successResultOf(other), 3)
+        self.assertEqual(server.log, [("start", 1), 3])
+
     def test_own_cancellation(self) -> None:
         """
         A method whose own Deferred is cancelled by the method's side (not
