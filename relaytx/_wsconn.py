@@ -510,8 +510,10 @@ async def open_channel(
         channel.abort("handshake refused")
         raise
     except _ssl.SSLError as e:
-        # (A failed verification says why: "certificate has expired", ...)
-        why = getattr(e, "verify_message", None) or e.reason or e
+        why = f"{e.reason or e}"
+        verify_message = getattr(e, "verify_message", None)
+        if verify_message:  # "certificate has expired", ...
+            why = f"{verify_message} ({why})"
         raise ChannelError(f"{url}: TLS failed: {why}") from None
     except OSError as e:
         raise ChannelError(f"cannot connect to {url}: {e.strerror or e}") from None

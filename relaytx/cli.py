@@ -283,13 +283,10 @@ def exchange(
     except (OSError, http.client.HTTPException) as e:
         if expired.is_set():
             raise NoAnswer(f"cannot {verb} {url}: no answer within {timeout:g}s") from None
-        # (A failed TLS verification says why: "certificate has expired", ...)
-        reason = (
-            getattr(e, "verify_message", None)
-            or getattr(e, "reason", None)
-            or getattr(e, "strerror", None)
-            or e
-        )
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+        why = getattr(e, "verify_message", None)
+        if why:  # a failed TLS verification says why: "certificate has expired", ...
+            reason = f"{why} ({reason})"
         raise NodeUnavailable(f"cannot {verb} {url}: {reason}") from None
 
 

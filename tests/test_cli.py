@@ -497,7 +497,7 @@ class ExchangeTests(SynchronousTestCase):
                 cli.NodeUnavailable, cli.exchange, "GET", url, None, {}, 5, context
             )
             thread.join(5)
-        self.assertIn("certificate has expired", str(error))
+        self.assertIn("certificate has expired (CERTIFICATE_VERIFY_FAILED)", str(error))
 
     def test_answer_wait(self) -> None:
         """relay call waits past --timeout for the node's own -32001, by at most 1 s."""
