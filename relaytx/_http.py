@@ -151,14 +151,20 @@ class BoundedRequest(Request):
             self.too_large = True
             self.content = io.BytesIO()
             channel = self.channel
-            if self.requestHeaders.hasHeader(b"expect") and isinstance(channel, NodeChannel):
+            if not isinstance(channel, NodeChannel):
+                return  # (answered 413 once the body is in)
+            if self.requestHeaders.hasHeader(b"expect"):
                 # Declared too large by a client that waits for "100
                 # Continue" before it sends the body: 413 now, and closed.
-                # (A client already sending it has it read and dropped,
-                # then gets its 413: closing while its bytes still come
-                # would reset the connection, and lose the answer.)
                 self.requestHeaders.removeHeader(b"expect")
                 channel.refuse_now(413, b"Request Entity Too Large", "request body too large")
+            else:
+                # Declared too large: 413 now, for a client that waits for
+                # an answer before it sends more; its body is still read
+                # (and dropped), and the connection closed once it is in.
+                # (Closing while its bytes still come would reset the
+                # connection, and a client could lose the answer.)
+                channel.answer_early(413, b"Request Entity Too Large", "request body too large")
             return
         super().gotLength(length)
 
@@ -209,6 +215,11 @@ class BoundedRequest(Request):
         if self._budgeted:
             self._give_back()  # the body is whole: it is the handler's now
         if self.too_large:
+            channel = self.channel
+            if isinstance(channel, NodeChannel) and channel.answered_early:
+                channel.refused = True
+                channel.loseConnection()  # (answered already: see gotLength)
+                return
             if getattr(self, "_busy", False):
                 self._refuse(503, "node busy: too much input held; retry later")
             else:
@@ -367,7 +378,30 @@ class NodeChannel(HTTPChannel):
         self.head_since = None
         if self._handlingRequest:
             return
+        if self.answered_early:  # (its answer went out already)
+            self.refused = True
+            self.loseConnection()
+            return
         self.refuse_now(408, b"Request Timeout", "request not received in time")
+
+    #: the request arriving was answered before its body came (L{answer_early})
+    answered_early = False
+
+    def answer_early(self, status: int, phrase: bytes, message: str) -> None:
+        """
+        Answer the request arriving with C{status} (a small JSON body) now,
+        and go on reading it: the connection closes once it is in (or at
+        C{header_timeout}).
+        """
+        transport = self.transport
+        if transport is None:
+            return
+        self.answered_early = True
+        body = _json.dumps({"error": message, "status": status})
+        transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (status, phrase, len(body), body)
+        )
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # Twisted's answer to a request it cannot parse (a broken request

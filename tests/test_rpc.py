@@ -870,15 +870,33 @@ class BodyLimitTests(NodeTestCase):
         self.assertEqual(self.math.notes, [("update", ("big",))])
 
     def test_length_over_limit(self) -> None:
-        """A body whose Content-Length is over the limit is not kept, gets 413 JSON, never runs."""
+        """
+        A body whose Content-Length is over the limit gets 413 JSON at once
+        (a client may wait for an answer before sending more), is read and
+        dropped, never runs; the connection closes once it is in.
+        """
         body = self.call_of_size(257)
         connection = self.raw()
         connection.send(
             b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 257\r\n\r\n" + body[:200]
         )
-        self.assertEqual((self.kept(), connection.transport.value()), (b"", b""))
-        connection.send(body[200:])
         self.assertTooLarge(connection)
+        self.assertEqual(self.kept(), b"")
+        self.assertFalse(connection.transport.disconnecting)  # (still reading the body)
+        connection.send(body[200:])
+        self.assertTrue(connection.transport.disconnecting)
+        self.assertEqual(self.kept(), b"")
+        self.assertEqual(connection.transport.value().count(b"HTTP/1.1 "), 1)  # one answer
+        self.assertEqual(self.math.notes, [])
+
+    def test_length_over_limit_never_sent(self) -> None:
+        """A client that declared a body over the limit and sends nothing has its 413 at once."""
+        connection = self.raw()
+        connection.send(b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000000\r\n\r\n")
+        self.assertTooLarge(connection)
+        self.clock.advance(self.http.site.header_timeout + 2)  # (nothing more came)
+        self.assertTrue(connection.transport.disconnecting)
+        self.assertEqual(connection.transport.value().count(b"HTTP/1.1 "), 1)  # no 408 after it
 
     def test_length_over_limit_expecting_continue(self) -> None:
         """
