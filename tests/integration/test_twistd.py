@@ -313,6 +313,7 @@ class SignalTests(CommandLineTestCase):
                 node.popen.send_signal(signal.SIGTERM)
         for gap, _port, node in nodes:
             self.assertEqual(node.wait(), 0, f"second SIGTERM after {gap}s: {node.stderr()}")
+            self.assertNoTraceback(node)  # (no ReactorNotRunning: the second is ignored)
 
     def sigint_in_background(self, command: Callable[..., list[str]]) -> tuple[int, Process]:
         """
