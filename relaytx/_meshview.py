@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 
 from relaytx._calls import CallTarget
 from relaytx._tracing import CallTrace, SpanContext, _new_span_id, _new_trace_id
+from relaytx.errors import CallTimeout
 from relaytx.wire import rfc3339
 
 
@@ -152,7 +153,8 @@ class MeshWatch:
         #: nodes with a status call out (when it left), and those whose
         #: last one failed
         self._asking: dict[str, float] = {}
-        self._silent: set[str] = set()
+        #: (why, in words)
+        self._silent: dict[str, str] = {}
         #: how long a round waits for answers before making its view
         self.round_deadline = min(0.5, interval / 2)
 
@@ -227,9 +229,9 @@ class MeshWatch:
             if isinstance(outcome, dict):
                 status = _clean_status(outcome)
                 self._known[node] = {"status": status, "seen": self.clock.seconds()}
-                self._silent.discard(node)
+                self._silent.pop(node, None)
             else:
-                self._silent.add(node)
+                self._silent[node] = self._why_silent(outcome)
             left[0] -= 1
             if not left[0] and not done.called:
                 done.callback(None)
@@ -257,6 +259,17 @@ class MeshWatch:
 
             done.addCallback(made)
         done.addCallback(lambda _: self._finish_round(hops))
+
+    def _why_silent(self, outcome: Any) -> str:
+        """:returns: why a status call gave no status, in words."""
+        if not isinstance(outcome, Failure):
+            return "answered its status call with no status (not a relaytx node?)"
+        error = outcome.value
+        if isinstance(error, CallTimeout):
+            return f"did not answer within {self.timeout:g}s"
+        code = getattr(error, "code", None)
+        what = f"{code}: {error}" if code is not None else f"{type(error).__name__}: {error}"
+        return f"its status call failed ({what})"[:300]
 
     def _finish_round(self, hops: dict[str, int]) -> None:
         self._round = None
@@ -291,7 +304,7 @@ class MeshWatch:
                 state = "up"
             elif node_id in hops:
                 state = "silent"
-                problems.append(f"{node_id}: reachable but did not answer within {self.timeout:g}s")
+                problems.append(f"{node_id}: reachable but {self._silent[node_id]}")
             elif now - entry["seen"] > self.forget_after:
                 continue
             else:
@@ -306,7 +319,7 @@ class MeshWatch:
             # (a node that takes every call and answers none).
             asked_at = self._asking.get(node_id)
             if asked_at is None:
-                problem = f"did not answer within {self.timeout:g}s"
+                problem = self._silent.get(node_id, f"did not answer within {self.timeout:g}s")
             elif now - asked_at >= self.round_deadline:
                 problem = f"has not answered in {now - asked_at:.1f}s"
             else:
@@ -399,8 +412,8 @@ class MeshWatch:
                 continue
             peers = entry["status"].get("peers") or {}
             for peer, link in peers.items():
-                if not isinstance(link, dict):
-                    continue
+                if not isinstance(link, dict) or peer not in nodes:
+                    continue  # (a link to no node of the view is not drawn: nor told)
                 key = (node_id, peer) if node_id < peer else (peer, node_id)
                 side = sides.setdefault(key, {"rtt": [], "healthy": []})
                 rtt = link.get("rtt_ms")

@@ -26,13 +26,17 @@ class NonsenseStatusTests(SynchronousTestCase):
 
         from relaytx._meshview import MeshWatch
 
-        answers = {
+        answers: dict[str, Any] = {
             "odd": {"peers": 7, "servers": 5, "uptime_s": "x", "calls": [1], "version": 3},
+            "none": None,
             "good": {
                 "version": "1",
                 "uptime_s": 2.0,
                 "servers": {"svc": ["m"]},
-                "peers": {"me": {"is_healthy": True, "rtt_ms": 0.5}},
+                "peers": {
+                    "me": {"is_healthy": True, "rtt_ms": 0.5},
+                    **{f"fake{i}": {"is_healthy": False} for i in range(50)},
+                },
                 "calls": {"ok": 1, "errors": 0},
                 "dialling": {"ws://h:1": {"node_id": None, "failures": 2, "error": "refused"}},
             },
@@ -42,19 +46,25 @@ class NonsenseStatusTests(SynchronousTestCase):
             "me",
             Clock(),
             lambda: own,
-            lambda: {"odd": 1, "good": 1},
+            lambda: {"odd": 1, "good": 1, "none": 1},
             lambda target: succeed(answers[target.node_id]),
         )
         view = self.successResultOf(watch.snapshot())
         self.assertEqual(
             {n: v["state"] for n, v in view["nodes"].items()},
-            {"me": "up", "odd": "up", "good": "up"},
+            {"me": "up", "odd": "up", "good": "up", "none": "silent"},
         )
+        # Links only between nodes of the view: the 50 made-up peers make no problems.
+        self.assertEqual([(link["a"], link["b"]) for link in view["links"]], [("good", "me")])
         odd = view["nodes"]["odd"]
         self.assertEqual((odd["peers"], odd["servers"], odd["uptime_s"]), ([], [], None))
         self.assertEqual(view["nodes"]["good"]["servers"], ["svc"])
         self.assertEqual(
-            view["problems"], ["good: cannot link to ws://h:1: refused (2 attempts in a row)"]
+            view["problems"],
+            [
+                "none: reachable but answered its status call with no status (not a relaytx node?)",
+                "good: cannot link to ws://h:1: refused (2 attempts in a row)",
+            ],
         )
 
 
