@@ -393,15 +393,21 @@ class NodeChannel(HTTPChannel):
         and go on reading it: the connection closes once it is in (or at
         C{header_timeout}).
         """
+        if self._write_answer(status, phrase, message):
+            self.answered_early = True
+
+    def _write_answer(self, status: int, phrase: bytes, message: str) -> bool:
+        # A whole answer written as it is (no request object is involved):
+        # :returns: whether there was a connection to write it on.
         transport = self.transport
         if transport is None:
-            return
-        self.answered_early = True
+            return False
         body = _json.dumps({"error": message, "status": status})
         transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
             b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (status, phrase, len(body), body)
         )
+        return True
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # Twisted's answer to a request it cannot parse (a broken request
@@ -415,14 +421,9 @@ class NodeChannel(HTTPChannel):
         close the connection without reading more of it.
         """
         transport = self.transport
-        if transport is None:
+        if transport is None or not self._write_answer(status, phrase, message):
             return
         self.refused = True
-        body = _json.dumps({"error": message, "status": status})
-        transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
-            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (status, phrase, len(body), body)
-        )
         transport.loseConnection()
         # A client that reads nothing would hold the socket until its
         # buffers drain: close it for good after a moment.

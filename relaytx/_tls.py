@@ -161,23 +161,26 @@ class TlsConfig:
             raise TlsError("tls.key needs tls.cert")
 
 
+def _names_in_order(cert: x509.Certificate) -> list[str]:
+    # The subject's common names, then the DNS names of its alternative names.
+    names = [
+        str(attribute.value)
+        for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    ]
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return names
+    return names + list(san.get_values_for_type(x509.DNSName))
+
+
 def certificate_names(cert: x509.Certificate) -> frozenset[str]:
     """
     :returns: the names a certificate gives its holder: the subject's
         common names and the DNS names of its subject alternative names.
         In PKI mode a node's id must be one of them.
     """
-    names = {
-        str(attribute.value)
-        for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    }
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        pass
-    else:
-        names.update(san.get_values_for_type(x509.DNSName))
-    return frozenset(names)
+    return frozenset(_names_in_order(cert))
 
 
 def certified_id(cert_path: str) -> str | None:
@@ -192,17 +195,9 @@ def certified_id(cert_path: str) -> str | None:
         cert = x509.load_pem_x509_certificate(read_pem(cert_path, "cert"))
     except ValueError as e:
         raise TlsError(f"tls.cert {cert_path}: not a PEM certificate: {e}") from None
-    candidates = [
-        str(attribute.value)
-        for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    ]
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        pass
-    else:
-        candidates += [n for n in san.get_values_for_type(x509.DNSName) if n != "localhost"]
-    return next((name for name in candidates if NODE_ID_RE.fullmatch(name)), None)
+    return next(
+        (n for n in _names_in_order(cert) if n != "localhost" and NODE_ID_RE.fullmatch(n)), None
+    )
 
 
 def peer_certificate_names(transport: Any) -> frozenset[str]:

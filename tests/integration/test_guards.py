@@ -983,6 +983,14 @@ class DialerTests(TempDirMixin, TestCase):
         self.assertEqual(node.mesh.links, {})
 
 
+def _unchecked_tls(port: int) -> ssl.SSLSocket:
+    """:returns: a TLS connection to C{port} on loopback, its certificate unchecked."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context.wrap_socket(socket.create_connection((HOST, port), timeout=5))
+
+
 class TlsDialTests(TempDirMixin, TestCase):
     """A wss:// peer whose certificate fails verification is logged once per doubling."""
 
@@ -1067,10 +1075,7 @@ class TlsDialTests(TempDirMixin, TestCase):
 
     def health_over_tls(self, port: int) -> bytes:
         """:returns: the answer to GET /health over TLS (certificate unchecked)."""
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        with context.wrap_socket(socket.create_connection((HOST, port), timeout=5)) as sock:
+        with _unchecked_tls(port) as sock:
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             data = b""
             while chunk := sock.recv(4096):
@@ -1107,10 +1112,7 @@ class TlsDialTests(TempDirMixin, TestCase):
         port = port_of(node)
 
         def ask() -> bytes:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            with context.wrap_socket(socket.create_connection((HOST, port), timeout=5)) as sock:
+            with _unchecked_tls(port) as sock:
                 sock.sendall(b"BAD\r\nHost: 127.0.0.1\r\n\r\n")
                 data = b""
                 while True:
