@@ -76,7 +76,7 @@ class _Transport:
 
     def __init__(self, protocol: Any, sealed: bool = False) -> None:
         self._protocol = protocol
-        self._sealed = self.sealed = sealed
+        self.sealed = sealed
         self.peer_address = protocol.peer
 
     def send(self, frame: bytes) -> None:
@@ -84,7 +84,7 @@ class _Transport:
         # a frame not sent is not sealed: the peer counts the ones it gets);
         # its session hears of the close in a moment.
         if self._protocol.state == WebSocketProtocol.STATE_OPEN:
-            if self._sealed:
+            if self.sealed:
                 self._protocol.send_sealed(frame)
             else:
                 self._protocol.sendMessage(frame, isBinary=False)
