@@ -114,6 +114,22 @@ _FLOODED = "flooded"
 #: A call's time budget when it names none, for a forwarder's memory of it.
 _UNKNOWN_BUDGET = 30.0
 
+#: What one forwarder may add to a message: its id in C{route}
+#: (C{,"ID"}, an id of at most 64 characters), and in a traced answer its
+#: time too (C{,"ID":123456.789}).
+HOP_BYTES = 3 + 64
+TRACED_HOP_BYTES = HOP_BYTES + 4 + 64 + 12
+
+
+def room_for_hops(envelope: Envelope) -> int:
+    """
+    :returns: the bytes a message originated here keeps free under the
+        message limit for what the forwarders on its way add, so that none
+        of them finds it too large to pass on: its hop budget's worth.
+    """
+    per_hop = TRACED_HOP_BYTES if TRACE_PATH in envelope.data else HOP_BYTES
+    return max(envelope.ttl - 1, 0) * per_hop
+
 
 class Forwarder:
     """
@@ -122,7 +138,8 @@ class Forwarder:
     :param refuse: called with a message that cannot travel on, the link
         it came from (C{None}: it was originated here), why, and whether
         this node is overloaded; a call among such messages is answered
-        with -32002 (-32005 when overloaded).
+        with -32002 (-32005 when overloaded). With C{lost=True}, an answer
+        or a stream item among them is lost for good, and its caller told.
     :param relay: called with a call from another node for an
         original-design neighbour, and the link it came from: this node
         makes the call itself and relays the answer.
@@ -238,8 +255,10 @@ class Forwarder:
         try:
             self.forward(hopped, came_from=peer)
         except MessageTooLarge:
+            # (A call is refused; an answer or a stream item is lost here,
+            # and its caller told so.)
             self._metrics.drop("too_large")
-            self._refuse(hopped, peer, "message too large to forward")
+            self._refuse(hopped, peer, "message too large to forward", lost=True)
 
     def _unwrap(self, wrapper: Envelope, session: PeerSession) -> None:
         # The forwarder wraps, so the forwarder unwraps: a message passing
@@ -467,10 +486,13 @@ class Forwarder:
                     session.awaiting(now)  # the watch takes it
         elif came_from is not None:
             self._metrics.messages_routed.inc()
-        if session.peer_id == envelope.to or self._router.is_router(session.peer_id):
-            # A relaytx router takes a message as is: its route ends with
-            # the hop that sent it, which is all a wrapper would tell.
+        if session.peer_id == envelope.to:
             session.send(envelope)
+        elif self._router.is_router(session.peer_id):
+            # A relaytx router takes a message as is: its route ends with
+            # the hop that sent it, which is all a wrapper would tell. One
+            # originated here keeps room for the hops it will take.
+            session.send(envelope, 0 if came_from is not None else room_for_hops(envelope))
         else:
             wrapper = RouteMessage(envelope)
             session.send(

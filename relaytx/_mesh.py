@@ -254,9 +254,14 @@ class Mesh:
         self.removed_by: Callable[[str], None] | None = None
 
     def _refuse(
-        self, envelope: Envelope, came_from: str | None, why: str, overloaded: bool = False
+        self,
+        envelope: Envelope,
+        came_from: str | None,
+        why: str,
+        overloaded: bool = False,
+        lost: bool = False,
     ) -> None:
-        self.calls.refuse(envelope, came_from, why, overloaded)
+        self.calls.refuse(envelope, came_from, why, overloaded, lost)
 
     def _dead_end(self, caller: str, response_id: str, target: str, came_from: str) -> None:
         self.calls.dead_end(caller, response_id, target, came_from)

@@ -71,8 +71,12 @@ from relaytx.wire import (
     Envelope,
     ServerCall,
     ServerResponse,
+    StreamItem,
     secret_id,
 )
+
+#: What a forwarder may lose on its way back to a caller (L{MeshCalls.refuse}).
+_ANSWERS = frozenset({ServerResponse.TYPE, StreamItem.TYPE})
 
 #: How an original-design node says it hosts no such server (with no error
 #: code: it answers only C{{"success": false, "error": TEXT}}).
@@ -371,14 +375,36 @@ class MeshCalls:
             self.answer_error(caller, response.response_id, error, route)
 
     def refuse(
-        self, envelope: Envelope, came_from: str | None, why: str, overloaded: bool = False
+        self,
+        envelope: Envelope,
+        came_from: str | None,
+        why: str,
+        overloaded: bool = False,
+        lost: bool = False,
     ) -> None:
         """
         A call that cannot travel on is answered with -32002 at once
         (-32005 when this node is C{overloaded}).
+
+        :param lost: whether an answer or a stream item passing through
+            that cannot travel on is lost for good (too large, say, rather
+            than one of several copies): its call ran, so its caller is
+            told -32006 at once, not left to its timeout.
         """
         response_id = envelope.response_id
-        if envelope.type != ServerCall.TYPE or response_id is None:
+        if response_id is None:
+            return
+        if envelope.type != ServerCall.TYPE:
+            if lost and came_from is not None and envelope.type in _ANSWERS:
+                caller, callee = envelope.to, envelope.sender
+                error = OutcomeUnknown(
+                    f"the answer from {callee} was lost at {self._node_id}: {why}",
+                    node_id=self._node_id,
+                )
+                if envelope.type == StreamItem.TYPE and self._forwarded.take(caller, response_id):
+                    # The stream's generator stops too.
+                    self.streams.send_cancel(callee, response_id, caller, lost=True)
+                self.answer_error(caller, response_id, error)
             return
         error = _refusal(envelope, self._node_id, why, overloaded)
         if came_from is None:

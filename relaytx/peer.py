@@ -196,18 +196,21 @@ class PeerSession:
 
     # Sending and closing.
 
-    def send(self, envelope: Envelope) -> None:
+    def send(self, envelope: Envelope, room: int = 0) -> None:
         """
         Send C{envelope} on this link.
 
+        :param room: bytes to keep free under the node's message limit (for
+            what the nodes on its way will add).
         :raises MessageTooLarge: if it exceeds the node's message limit.
         """
         if self.transport is not None and not self.closed:
             frame = encode(envelope)
             limit = self.host.max_message_size
-            if len(frame) > limit:
+            if len(frame) + room > limit:
+                kept = f" ({room} bytes kept for the hops on its way)" if room else ""
                 raise MessageTooLarge(
-                    f"a {envelope.type} of {len(frame)} bytes is over the {limit}-byte limit"
+                    f"a {envelope.type} of {len(frame)} bytes is over the {limit}-byte limit{kept}"
                 )
             self.transport.send(frame)
 

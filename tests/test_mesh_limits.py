@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx import Overloaded, RemoteCallError, Server, exposed
-from relaytx.errors import CallTimeout
+from relaytx.errors import CallTimeout, OutcomeUnknown
 from relaytx.testing import MemoryMesh, line, memory_node
 from relaytx.wire import Envelope, RegistrySync, RouteAdvert, ServerResponse
 
@@ -90,6 +91,55 @@ class SizeLimitTests(SynchronousTestCase):
         network.pump()
         self.assertEqual(self.successResultOf(d), [shallow])
         self.assertEqual(set(a.mesh.links), {"b"})
+
+    def test_answers_near_the_limit_through_a_forwarder(self) -> None:
+        """
+        An answer that fits the limit where it starts, but would not once
+        the forwarder on its way added itself to its route, fails at once
+        with ResultTooLarge at its start: it is never lost on the way.
+        """
+        reactor = MemoryReactorClock()
+        a, b, c = (memory_node(n, reactor, **self.LIMIT) for n in "abc")
+        c.expose("blob", Blob())
+        network = line([a, b, c])
+        network.settle()
+        outcomes = set()
+        for size in range(2800, 4000, 4):
+            settled: list[Any] = []
+            a.call("c", "blob", "blob", size, timeout=30).addBoth(settled.append)
+            network.pump()
+            self.assertEqual(len(settled), 1, f"a result of {size} bytes: no answer")
+            [outcome] = settled
+            if isinstance(outcome, Failure):
+                self.assertEqual(outcome.value.data["type"], "ResultTooLarge", size)
+                outcomes.add("too large")
+            else:
+                self.assertEqual(outcome, "x" * size)
+                outcomes.add("result")
+        self.assertEqual(outcomes, {"result", "too large"})
+        self.assertEqual(len(a.mesh.pending), 0)
+
+    def test_answer_lost_at_a_forwarder(self) -> None:
+        """
+        An answer a forwarder cannot pass on (its own limit is lower) fails
+        the call at once with -32006 from that forwarder: the call ran.
+        """
+        reactor = MemoryReactorClock()
+        a, c = (memory_node(n, reactor) for n in "ac")
+        b = memory_node("b", reactor, **self.LIMIT)
+        c.expose("blob", Blob())
+        network = line([a, b, c])
+        network.settle()
+        d = a.call("c", "blob", "blob", 3000, timeout=30)
+        network.pump()
+        self.assertEqual(self.successResultOf(d), "x" * 3000)
+        d = a.call("c", "blob", "blob", 5000, timeout=30)
+        network.pump()
+        error = self.failureResultOf(d, OutcomeUnknown).value
+        self.assertEqual(error.code, -32006)
+        self.assertEqual(error.data["node_id"], "b")
+        self.assertIn("too large", error.message)
+        self.assertEqual(len(a.mesh.pending), 0)
 
     def test_small_calls_still_work(self) -> None:
         """Under the limit, calls go through as usual."""

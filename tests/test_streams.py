@@ -393,6 +393,33 @@ class PathLossTests(StreamsTestCase):
         self.assertTrue(cancel.data["lost"])
         self.assertEqual(self.work.closed, 1)
 
+    def test_item_too_large_for_a_forwarder(self) -> None:
+        """
+        An item that b cannot pass on (b's message limit is lower than c's)
+        fails a's stream at once with -32006 from b, and c's generator stops.
+        """
+        small = memory_node("b2", self.clock, limits={"max_message_size": 4096})
+        self.network.link(self.a, small)
+        self.network.link(small, self.c)
+        self.network.link_between("b", "c").cut()
+        self.network.settle()
+        self.assertEqual(self.a.mesh.router.next_hop("c"), "b2")
+        failures: list[Any] = []
+
+        async def read() -> None:
+            async for _ in self.a.stream("c", "work", "big", 3, 5000, window=1):
+                pass
+
+        ensureDeferred(read()).addErrback(failures.append)
+        self.turn()
+        [failure] = failures
+        self.assertIsInstance(failure.value, OutcomeUnknown)
+        self.assertEqual(failure.value.data["node_id"], "b2")
+        self.assertIn("too large", failure.value.message)
+        [cancel] = self.network.link_between("b2", "c").sent_by("b2", "call_cancel")
+        self.assertTrue(cancel.data["lost"])
+        self.assertEqual(len(self.a.mesh.pending), 0)
+
     def test_lost_cancel_from_off_the_path_is_ignored(self) -> None:
         """A 'lost' cancel from a node the call did not cross cancels nothing."""
         d = self.b.call("c", "work", "hold", "b's")  # route: b, c
