@@ -565,6 +565,11 @@ class UpgradeOnly(WebSocketResource):
     """
 
     def render(self, request: Any) -> Any:
+        if request.postpath:
+            # A leaf: /ws/rpc/x (or /ws/rpc/) is no endpoint (SPEC section 4).
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"application/json")
+            return _json.dumps({"error": "not found", "status": 404})
         if request.method not in (b"GET", b"HEAD"):
             # An upgrade is a GET (RFC 6455 4.1); anything else, 405 as on
             # every path (SPEC section 4).

@@ -1243,6 +1243,23 @@ class HttpDetailTests(NodeTestCase):
         for path in ["/ws", "/ws/", "/ws/nope"]:
             self.assertJsonError(self.http.request("GET", path), 404)
 
+    def test_paths_under_ws_endpoints_not_found(self) -> None:
+        """
+        Paths below /ws/rpc and /ws/p2p get 404 JSON, a WebSocket upgrade
+        to them included: only the endpoints themselves are upgraded.
+        """
+        for path in ["/ws/rpc/", "/ws/rpc/x", "/ws/p2p/x?node_id=x", "/ws/p2p/a/b"]:
+            self.assertJsonError(self.http.request("GET", path), 404)
+            connection = self.raw()
+            connection.send(
+                b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            code, _, body = connection.response()
+            self.assertEqual((code, json.loads(body)["status"]), (404, 404), path)
+
     def test_ws_endpoints_wrong_methods(self) -> None:
         """
         /ws/rpc and /ws/p2p are upgraded from a GET: other methods get 405
