@@ -27,6 +27,7 @@ the reader's limit on that slow path only.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from math import isfinite
 from typing import Any
@@ -153,11 +154,31 @@ def loads_exact(
     :param parse_int: as C{json.loads}'s, for integers Python cannot read.
     :param parse_float: as C{json.loads}'s.
     :raises ValueError: if C{data} is not JSON.
-    :raises RecursionError: if it is nested past Python's stack.
+    :raises RecursionError: if it is nested past what orjson reads too.
     """
-    return json.loads(
-        data, parse_constant=_refuse_constant, parse_int=parse_int, parse_float=parse_float
-    )
+    try:
+        return json.loads(
+            data, parse_constant=_refuse_constant, parse_int=parse_int, parse_float=parse_float
+        )
+    except RecursionError:
+        pass
+    # The standard library's reader counts its levels against Python's
+    # recursion limit, from wherever it was called: nested close to
+    # orjson's 1024 levels, a document orjson reads would lose its wide
+    # integers to floats. The limit is raised by what such a document
+    # needs, for this one reading (the reactor's thread reads here).
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + _READ_DEPTH)
+    try:
+        return json.loads(
+            data, parse_constant=_refuse_constant, parse_int=parse_int, parse_float=parse_float
+        )
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+#: The levels a document orjson reads may hold, and some.
+_READ_DEPTH = 1100
 
 
 #: Digits kept as C{0}, every other byte blanked (L{may_hold_wide_ints}).

@@ -6,6 +6,7 @@ JSON-RPC 2.0 handler, driven with a fake C{invoke}.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -437,6 +438,28 @@ class RequestValidationTests(HandlerTestCase):
             with self.subTest(wide=wide):
                 body = b'{"jsonrpc":"2.0","method":"math.sum","params":[%d,1],"id":7}' % wide
                 self.assertEqual(self.answer(body), {"jsonrpc": "2.0", "result": wide + 1, "id": 7})
+
+    def test_wide_integers_deep_in_a_request(self) -> None:
+        """
+        A request nested as deep as one may be (1022 levels) still keeps
+        its wide id and params exact: Python's reader counts those levels
+        against its recursion limit, from wherever it is called.
+        """
+        wide = 2**70
+        for depth in (900, 1000, 1021):
+            with self.subTest(depth=depth):
+                deep = b"[" * depth + b"]" * depth
+                body = b'{"jsonrpc":"2.0","method":"math.echo","params":[%d,%s],"id":%d}' % (
+                    wide,
+                    deep,
+                    wide,
+                )
+                limit = sys.getrecursionlimit()
+                raw = self.successResultOf(self.handler.handle(body))
+                self.assertEqual(sys.getrecursionlimit(), limit)
+                # (Read as bytes: this test's own reader would run out of levels.)
+                self.assertTrue(raw.startswith(b'{"jsonrpc":"2.0","result":{"args":[%d,[[' % wide))
+                self.assertTrue(raw.endswith(b'"id":%d}' % wide), raw[-60:])
 
     def test_null_id_is_not_notification(self) -> None:
         """A request whose id is null is answered (only a missing id makes a notification)."""

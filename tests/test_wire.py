@@ -472,6 +472,15 @@ class CodecTests(SynchronousTestCase):
         plain = encode(Envelope(type="ping", sender="a", to="b", data={"n": 2**63 - 1}))
         self.assertTrue(plain.startswith(b'{"type":"ping"'))
 
+    def test_wide_integers_cross_exactly_deep(self) -> None:
+        """Nested close to the 1024 levels a frame may hold, wide integers still cross exactly."""
+        deep: Any = []
+        for _ in range(1000):
+            deep = [deep]
+        raw = encode(Envelope(type="ping", sender="a", to="b", data={"n": 2**70, "deep": deep}))
+        read = decode(raw).data
+        self.assertEqual((read["n"], type(read["n"])), (2**70, int))
+
     def test_marked_frame_still_checked(self) -> None:
         """A marked frame is JSON or nothing: NaN and broken text are malformed."""
         for raw in [b' {"type":"ping","from":"a","to":"b","data":{"x":NaN}}', b" {"]:
