@@ -148,9 +148,10 @@ class _ReportingEndpoint:
 @implementer(IStreamClientEndpoint)
 class _WhileUnlinked:
     """
-    An endpoint that connects only while the dialled peer has no link here
-    through another connection (its own dial, kept when the two nodes dial
-    each other): until that link is gone, a connection attempt waits,
+    An endpoint that connects only while its node is not stopping, and the
+    dialled peer has no link here through another connection (its own
+    dial, kept when the two nodes dial each other): until that link is
+    gone, a connection attempt waits,
     checking once a second, without touching the network. Two nodes that
     each dial the other would otherwise have one of them dialled, and
     refused (409), every few seconds for as long as they run.
@@ -174,6 +175,11 @@ class _WhileUnlinked:
         return peer is not None and peer in self._dialer.mesh.links
 
     def connect(self, factory: Any) -> Deferred[Any]:
+        if self._dialer.mesh.stopping:
+            # The node closes its links while it stops; a dial now would
+            # open one only to close it (4001). Stopping the dialer, last,
+            # cancels this wait.
+            return Deferred()
         if not self._linked():
             d: Deferred[Any] = self._endpoint.connect(factory)
             return d
@@ -187,6 +193,8 @@ class _WhileUnlinked:
 
         def check() -> None:
             timer.clear()
+            if self._dialer.mesh.stopping:
+                return  # (as above)
             if self._linked():
                 timer.append(self._clock.callLater(self.INTERVAL, check))
                 return

@@ -488,6 +488,11 @@ class Mesh:
 
     # Stopping.
 
+    @property
+    def stopping(self) -> bool:
+        """Whether this node is stopping: no link opens any more."""
+        return self._links.stopping
+
     def stop(self, grace: float = 2.0) -> Deferred[None]:
         """
         Close every link with 1000, fail every pending call and forget the

@@ -203,7 +203,9 @@ class WhileUnlinkedTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.links: set[str] = set()  # the mesh's links: their keys are all it reads
         self.dialer = SimpleNamespace(
-            node_id="peer", url="ws://127.0.0.1:9", mesh=SimpleNamespace(links=self.links)
+            node_id="peer",
+            url="ws://127.0.0.1:9",
+            mesh=SimpleNamespace(links=self.links, stopping=False),
         )
         self.endpoint = _Endpoint()
         self.waiting = _WhileUnlinked(self.dialer, self.endpoint, self.reactor)  # type: ignore[arg-type]
@@ -260,6 +262,31 @@ class WhileUnlinkedTests(SynchronousTestCase):
         link.cut()
         reactor.advance(_WhileUnlinked.INTERVAL)
         self.assertEqual(len(reactor.tcpClients), 1)
+
+    def test_no_dial_while_stopping(self) -> None:
+        """
+        Once the node is stopping (closing its links), nothing is dialled:
+        a new link would only be closed again (4001), and its peer would
+        see it come and go. Stopping the dialer cancels the wait.
+        """
+        self.dialer.mesh.stopping = True
+        d = self.waiting.connect(object())
+        self.reactor.advance(60)
+        self.assertEqual(self.endpoint.attempts, [])
+        d.cancel()
+        self.failureResultOf(d)
+
+    def test_stopping_while_linked(self) -> None:
+        """A dial that waited for the peer's own link to go does not start once stopping."""
+        self.link()
+        d = self.waiting.connect(object())
+        self.dialer.mesh.stopping = True
+        self.links.clear()
+        self.reactor.advance(60)
+        self.assertEqual(self.endpoint.attempts, [])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        d.cancel()
+        self.failureResultOf(d)
 
     def test_repr(self) -> None:
         """ClientService's log names the real endpoint."""
