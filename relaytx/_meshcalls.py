@@ -397,14 +397,14 @@ class MeshCalls:
         if envelope.type != ServerCall.TYPE:
             if lost and came_from is not None and envelope.type in _ANSWERS:
                 caller, callee = envelope.to, envelope.sender
-                error = OutcomeUnknown(
-                    f"the answer from {callee} was lost at {self._node_id}: {why}",
-                    node_id=self._node_id,
-                )
                 if envelope.type == StreamItem.TYPE and self._forwarded.take(caller, response_id):
                     # The stream's generator stops too.
                     self.streams.send_cancel(callee, response_id, caller, lost=True)
-                self.answer_error(caller, response_id, error)
+                lost_answer = OutcomeUnknown(
+                    f"the answer from {callee} was lost at {self._node_id}: {why}",
+                    node_id=self._node_id,
+                )
+                self.answer_error(caller, response_id, lost_answer)
             return
         error = _refusal(envelope, self._node_id, why, overloaded)
         if came_from is None:

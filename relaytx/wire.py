@@ -126,8 +126,18 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from types import MappingProxyType
-from typing import Any, ClassVar, NamedTuple, Self, TypeVar
+from types import MappingProxyType, UnionType
+from typing import (
+    Any,
+    ClassVar,
+    NamedTuple,
+    Self,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 import attrs
 from attrs import define, field, frozen
@@ -532,13 +542,20 @@ class Payload:
         :raises MalformedMessage: if C{data} does not fit this payload.
         """
         kwargs = {}
+        kinds = _json_kinds(cls)
         for f in attrs.fields(cls):  # type: ignore[arg-type]  # subclasses are attrs classes
             if not f.init:
                 continue
             # The wire key is the field's name (as to_data writes it); the
             # constructor takes its alias (a private _x is passed as x).
             if f.name in data:
-                kwargs[f.alias] = data[f.name]
+                value = data[f.name]
+                kind = kinds.get(f.name)
+                if kind is not None and type(value) not in kind:
+                    raise MalformedMessage(
+                        f"{cls.TYPE}'s {f.name!r} is not {_kind_name(kind)}", reason="bad_field"
+                    )
+                kwargs[f.alias] = value
             elif f.default is attrs.NOTHING:
                 raise MalformedMessage(f"{cls.TYPE} has no {f.name!r}", reason="missing_field")
         return cls(**kwargs)
@@ -548,6 +565,66 @@ class Payload:
         :returns: the JSON object for this payload.
         """
         return attrs.asdict(self, recurse=False)  # type: ignore[arg-type]  # attrs subclasses
+
+
+#: The JSON values a field's declared type takes, as the Python types
+#: the JSON reader gives them.
+_KINDS: dict[Any, frozenset[type]] = {
+    str: frozenset({str}),
+    int: frozenset({int}),
+    float: frozenset({int, float}),
+    bool: frozenset({bool}),
+    list: frozenset({list}),
+    tuple: frozenset({list}),
+    dict: frozenset({dict}),
+    Mapping: frozenset({dict}),
+    type(None): frozenset({type(None)}),
+    None: frozenset({type(None)}),
+}
+
+
+def _json_kinds(cls: type) -> dict[str, frozenset[type]]:
+    """
+    :returns: for each field of payload class C{cls} declared as a JSON
+        type (C{str}, C{int}, C{float}, C{bool}, C{list}, C{dict}, or
+        unions of them, C{None} among them), the Python types its values
+        may have; fields of any other type (C{Any}, a class) are not
+        checked, nor are those of a class whose annotations cannot be
+        resolved.
+    """
+    kinds = _KINDS_OF.get(cls)
+    if kinds is not None:
+        return kinds
+    kinds = _KINDS_OF[cls] = {}
+    try:
+        hints = get_type_hints(cls)
+    except Exception:  # (a name the class's module no longer holds, say)
+        return kinds
+    for f in attrs.fields(cls):
+        kind = _kind_of(hints.get(f.name, Any))
+        if kind is not None:
+            kinds[f.name] = kind
+    return kinds
+
+
+#: L{_json_kinds} of each payload class read so far.
+_KINDS_OF: dict[type, dict[str, frozenset[type]]] = {}
+
+
+def _kind_of(hint: Any) -> frozenset[type] | None:
+    origin = get_origin(hint)
+    if origin is Union or origin is UnionType:
+        parts = [_kind_of(arg) for arg in get_args(hint)]
+        if any(part is None for part in parts):
+            return None
+        return frozenset().union(*parts)  # type: ignore[arg-type]
+    return _KINDS.get(origin if origin is not None else hint)
+
+
+def _kind_name(kind: frozenset[type]) -> str:
+    names = {str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+    names |= {list: "an array", dict: "an object", type(None): "null"}
+    return " or ".join(sorted({names[t] for t in kind}))
 
 
 @frozen

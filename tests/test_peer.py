@@ -490,6 +490,21 @@ class CustomMessageTests(SessionTestCase):
         self.receive(frame("chat", "hA", "hB", {}))
         self.assertEqual(dropped(self.node, "missing_field"), 1)
 
+    def test_ill_typed_custom_payload(self) -> None:
+        """
+        A custom message whose field is not of its declared JSON type is
+        counted and dropped (SPEC section 7): C{text: str} takes no number,
+        array, object or null.
+        """
+        got: list[str] = []
+        self.node.register_handler(Chat, lambda envelope, chat: got.append(chat.text))
+        for text in [5, [1, 2], {"a": 1}, None, True]:
+            self.receive(frame("chat", "hA", "hB", {"text": text}))
+        self.assertEqual(dropped(self.node, "bad_field"), 5)
+        self.receive(frame("chat", "hA", "hB", {"text": "yo"}))
+        self.assertEqual(got, ["yo"])
+        self.assertEqual(self.transport.closes, [])
+
 
 class SeedFromGoTests(SessionTestCase):
     """Frames an original node (hA) sends to us (hB), fed in verbatim."""

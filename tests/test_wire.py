@@ -481,6 +481,37 @@ class CodecTests(SynchronousTestCase):
         read = decode(raw).data
         self.assertEqual((read["n"], type(read["n"])), (2**70, int))
 
+    def test_custom_payload_kinds(self) -> None:
+        """
+        The default reading of a custom payload checks each field declared
+        as a JSON type (unions and None too) and leaves the others be.
+        """
+
+        @frozen
+        class Note(Payload):
+            TYPE = "note"
+            text: str
+            count: int
+            ratio: float
+            tags: list[str]
+            extra: dict[str, Any] | None
+            anything: Any = None
+
+        good = {"text": "t", "count": 1, "ratio": 2, "tags": [], "extra": None, "anything": {1}}
+        self.assertEqual(Note.from_data(good).ratio, 2)
+        for key, value in [
+            ("text", 1),
+            ("count", 1.5),
+            ("count", True),
+            ("ratio", "2"),
+            ("tags", {}),
+            ("extra", []),
+        ]:
+            with self.subTest(key=key, value=value):
+                error = self.assertRaises(MalformedMessage, Note.from_data, {**good, key: value})
+                self.assertEqual(error.reason, "bad_field")
+                self.assertIn(repr(key), str(error))
+
     def test_marked_frame_still_checked(self) -> None:
         """A marked frame is JSON or nothing: NaN and broken text are malformed."""
         for raw in [b' {"type":"ping","from":"a","to":"b","data":{"x":NaN}}', b" {"]:
