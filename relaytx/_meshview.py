@@ -84,6 +84,10 @@ def _clean_status(status: dict[str, Any]) -> dict[str, Any]:
         ok, errors = _number(calls.get("ok")), _number(calls.get("errors"))
         if isinstance(ok, int) and isinstance(errors, int):
             clean["calls"] = {"ok": ok, "errors": errors}
+    for rate in ("calls_per_s", "errors_per_s"):
+        value = _number(status.get(rate))
+        if value is not None and value >= 0:
+            clean[rate] = value
     pending = _number(status.get("pending"))
     if isinstance(pending, int):
         clean["pending"] = pending
@@ -373,9 +377,13 @@ class MeshWatch:
     ) -> dict[str, Any]:
         calls = status.get("calls") if state == "up" else None
         per_s = errors_per_s = None
-        if isinstance(calls, dict) and seen is not None:
-            # Rates between this node's last two answers (the same answer
-            # seen again keeps the rates it gave).
+        if calls is not None and "calls_per_s" in status and "errors_per_s" in status:
+            # The node's own rates, over its last few seconds.
+            per_s, errors_per_s = status["calls_per_s"], status["errors_per_s"]
+        elif isinstance(calls, dict) and seen is not None:
+            # A node that gives no rates (an older relaytx): rates between
+            # its last two answers (the same answer seen again keeps the
+            # rates it gave).
             ok, errors = calls.get("ok", 0), calls.get("errors", 0)
             before = self._counts.get(node_id)
             if before is not None and seen == before[0]:

@@ -7,11 +7,13 @@ every node hosts so that a bare node can be called across the mesh.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 
 from relaytx._balance import Balancer
 from relaytx._hosting import ServerHost
@@ -20,6 +22,62 @@ from relaytx._meshview import MeshWatch
 from relaytx.errors import InvalidParams, NodeUnreachable
 from relaytx.server import Server, exposed
 from relaytx.wire import NODE_ID_RE, rfc3339
+
+
+class CallRates:
+    """
+    The calls per second of a node's servers, and its errors per second,
+    over the last few seconds: its call counts sampled once a second, so
+    that one look at a node (C{relay status}, the dashboard's first view)
+    sees its rate now, not an average since someone last looked.
+
+    :param totals: the node's calls so far, C{(ok, errors)}.
+    """
+
+    #: seconds of samples a rate spans (at most)
+    WINDOW = 5
+
+    def __init__(self, clock: IReactorTime, totals: Callable[[], tuple[int, int]]) -> None:
+        self._clock = clock
+        self._totals = totals
+        self._samples: deque[tuple[float, int, int]] = deque(maxlen=self.WINDOW + 1)
+        self._sampler = LoopingCall(self._sample)
+        self._sampler.clock = clock
+
+    def start(self) -> None:
+        """Sample once a second from now on."""
+        if not self._sampler.running:
+            self._sampler.start(1.0, now=True)
+
+    def stop(self) -> None:
+        if self._sampler.running:
+            self._sampler.stop()
+
+    def _sample(self) -> None:
+        self._samples.append((self._clock.seconds(), *self._totals()))
+
+    def now(self) -> tuple[float | None, float | None]:
+        """
+        :returns: C{(calls_per_s, errors_per_s)} since the oldest sample
+            of the last L{WINDOW} seconds, or C{(None, None)} with less
+            than half a second sampled.
+        """
+        if not self._samples:
+            return None, None
+        now = self._clock.seconds()
+        # The oldest sample within the window; past it (a reactor that was
+        # busy for a while samples late), the newest.
+        since, ok_then, errors_then = self._samples[-1]
+        for sample in reversed(self._samples):
+            if now - sample[0] > self.WINDOW + 0.5:
+                break
+            since, ok_then, errors_then = sample
+        elapsed = now - since
+        if elapsed < 0.5:
+            return None, None
+        ok, errors = self._totals()
+        calls = max(0, ok + errors - ok_then - errors_then)
+        return round(calls / elapsed, 1), round(max(0, errors - errors_then) / elapsed, 1)
 
 
 class NodeViews:
@@ -49,6 +107,8 @@ class NodeViews:
         self._started_at = started_at
         self._version = version
         self.mesh_watch = MeshWatch(node_id, clock, self.status, mesh.registry.reachable, mesh.call)
+        #: this node's calls per second now (sampled while the node runs)
+        self.rates = CallRates(clock, mesh.metrics.server_calls.totals)
         #: the dialled peers this node cannot link to (L{PeerAdmin.failing})
         self.failing_peers: Callable[[], dict[str, dict[str, Any]]] = dict
 
@@ -122,10 +182,12 @@ class NodeViews:
         """
         :returns: what the built-in C{node.status()} answers: this node's
             part of the mesh view (L{relaytx._meshview}): its servers, its
-            links with their RTT and health, and its calls so far (of its
-            own servers, the built-in C{node} left out).
+            links with their RTT and health, and its calls so far and per
+            second over the last few seconds (of its own servers, the
+            built-in C{node} left out).
         """
         ok, errors = self._mesh.metrics.server_calls.totals()
+        calls_per_s, errors_per_s = self.rates.now()
         return {
             "node_id": self.node_id,
             "version": self._version,
@@ -141,6 +203,8 @@ class NodeViews:
                 for peer, link in self.peers().items()
             },
             "calls": {"ok": ok, "errors": errors},
+            "calls_per_s": calls_per_s,
+            "errors_per_s": errors_per_s,
             "pending": len(self._mesh.pending),
             "dialling": self.failing_peers(),
         }

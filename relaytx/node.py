@@ -365,6 +365,7 @@ class RelayNode(MultiService):
 
     def startService(self) -> None:
         self._listen_once()
+        self.views.rates.start()
         for address in self.config.add_peer:
             if not self.peer_admin.is_dialling(address):
                 self.add_peer(address)
@@ -384,6 +385,7 @@ class RelayNode(MultiService):
     def stopService(self) -> Deferred[None]:
         self.guards.watch.stop()
         self.views.mesh_watch.stop()
+        self.views.rates.stop()
         d = self.mesh.stop()
         self.servers.stop()  # (after the mesh has answered its callers)
         self.guards.watch.close_clients()

@@ -120,6 +120,34 @@ class MeshViewTests(SynchronousTestCase):
         self.assertEqual(n2["calls"], {"ok": 10, "errors": 0})
         self.assertEqual(n2["calls_per_s"], 5.0)  # the made-up method makes no series
 
+    def test_rates_of_the_last_seconds(self) -> None:
+        """
+        A running node gives its own calls per second, over its last few
+        seconds: the first view shows them, and one after a quiet spell
+        shows the rate now, not an average since the last view.
+        """
+        n2 = self.nodes[2]
+        n2.views.rates.start()
+        self.addCleanup(n2.views.rates.stop)
+
+        def calls(count: int) -> None:
+            for _ in range(count):
+                self.nodes[0].call("n2", "counter_server", "increment")
+            self.network.pump()
+
+        self.clock.advance(1.0)
+        calls(10)
+        self.clock.advance(1.0)
+        self.assertEqual(self.view()["nodes"]["n2"]["calls_per_s"], 5.0)  # 10 in 2 s
+        for _ in range(20):
+            self.clock.advance(1.0)
+        calls(30)
+        self.clock.advance(1.0)
+        seen = self.view()["nodes"]["n2"]
+        self.assertEqual(seen["calls"], {"ok": 40, "errors": 0})
+        self.assertEqual(seen["calls_per_s"], 6.0)  # 30 in its last 5 s (not 30 in 21 s)
+        self.assertEqual(n2.views.status()["errors_per_s"], 0.0)
+
     def test_fresh_view_shared(self) -> None:
         """Asking twice within an interval makes one round, not two."""
         first = self.view()
