@@ -11,6 +11,7 @@ its C{repr}.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import IO, Any
@@ -19,10 +20,12 @@ import orjson
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
 )
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relaytx.wire import rfc3339
@@ -81,3 +84,50 @@ def json_observer(stream: IO[str], node_id: str, level: LogLevel = LogLevel.info
     return FilteringLogObserver(
         JsonLogObserver(stream, node_id), [LogLevelFilterPredicate(defaultLogLevel=level)]
     )
+
+
+class StandardLibraryBridge(logging.Handler):
+    """
+    Hands the records of Python's C{logging} to C{twisted.logger}, so that
+    they reach the node's log in its format (one JSON object a line with
+    C{--log-format json}): an app's C{logging.warning}, asyncio's "Task
+    exception was never retrieved". Installed as C{logging.lastResort}
+    (L{bridge_standard_logging}), it takes only what no handler an app
+    configured takes (warnings and worse, as that fallback does).
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            # The message is the event's format, its braces escaped: no
+            # field of its own for the legacy log to overwrite.
+            text = record.getMessage().replace("{", "{{").replace("}", "}}")
+            fields = {}
+            if record.exc_info is not None and record.exc_info[1] is not None:
+                kind, value, traceback = record.exc_info
+                fields["log_failure"] = Failure(value, kind, traceback)
+            Logger(namespace=record.name).emit(_level_of(record.levelno), text, **fields)
+        except Exception:
+            self.handleError(record)
+
+
+#: Python's logging levels, highest first, and twisted.logger's for each.
+_LEVELS: tuple[tuple[int, LogLevel], ...] = (
+    (logging.CRITICAL, LogLevel.critical),
+    (logging.ERROR, LogLevel.error),
+    (logging.WARNING, LogLevel.warn),
+    (logging.INFO, LogLevel.info),
+)
+
+
+def _level_of(levelno: int) -> LogLevel:
+    for floor, level in _LEVELS:
+        if levelno >= floor:
+            return level
+    debug: LogLevel = LogLevel.debug
+    return debug
+
+
+def bridge_standard_logging() -> None:
+    """Send what Python's C{logging} would print as a last resort to the node's log."""
+    if not isinstance(logging.lastResort, StandardLibraryBridge):
+        logging.lastResort = StandardLibraryBridge(logging.WARNING)

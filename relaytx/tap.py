@@ -22,6 +22,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from relaytx._apps import AppError, import_app, run_setup
+from relaytx._logs import bridge_standard_logging
 from relaytx.config import NodeConfig, build_config
 from relaytx.errors import StartupError, failure_exception
 from relaytx.node import RelayNode
@@ -280,6 +281,7 @@ def makeService(options: Options) -> CommandLineNode:
     except StartupError as e:  # e.g. an unreadable --secret-file
         fail(str(e))
     node.log_started = options.parent is None  # relay node logs from the start
+    bridge_standard_logging()  # an app's logging.warning, asyncio's errors: into the node's log
     for spec in options.config.app:
         node.load_app_or_exit(spec)
     stop_on_sigint()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 
 import twisted.test
@@ -17,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx._listen import startup_line
-from relaytx._logs import JsonLogObserver, json_observer
+from relaytx._logs import JsonLogObserver, bridge_standard_logging, json_observer
 from relaytx.config import ConfigError, build_config
 from relaytx.tap import Options
 from relaytx.testing import memory_node
@@ -66,6 +67,44 @@ class JsonLogTests(SynchronousTestCase):
         log.debug("quiet")
         log.info("loud")
         self.assertEqual([line["event"] for line in self.lines(stream)], ["loud"])
+
+    def test_standard_logging(self) -> None:
+        """
+        What Python's logging would print as a last resort (an app's
+        warnings, asyncio's "Task exception was never retrieved") is a
+        line of the node's log, traceback and all; an app's own handlers
+        keep theirs, and what is under a warning stays out.
+        """
+        self.patch(logging, "lastResort", logging.lastResort)
+        bridge_standard_logging()
+        stream = io.StringIO()
+        observer = JsonLogObserver(stream, "n1")
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        app = logging.getLogger("relaytx.test.app")
+        self.patch(app, "propagate", False)  # (the test runner's own handlers are above it)
+        app.warning("disk %s full", "/tmp")
+        app.info("not shown")
+        try:
+            raise ZeroDivisionError("division by zero")
+        except ZeroDivisionError:
+            app.exception("it broke")
+        warning, error = self.lines(stream)
+        self.assertEqual(
+            (warning["level"], warning["event"], warning["logger"]),
+            ("warn", "disk /tmp full", "relaytx.test.app"),
+        )
+        self.assertEqual((error["level"], error["event"]), ("error", "it broke"))
+        self.assertIn("ZeroDivisionError", error["traceback"])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        seen: list[str] = []
+        own = logging.Handler()
+        own.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+        app.addHandler(own)
+        self.addCleanup(app.removeHandler, own)
+        app.warning("to the app's handler")
+        self.assertEqual(seen, ["to the app's handler"])
+        self.assertEqual(len(self.lines(stream)), 2)
 
     def test_option(self) -> None:
         """--log-format takes text or json, and nothing else."""
