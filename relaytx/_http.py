@@ -58,6 +58,7 @@ from relaytx._guards import (
     InputBudget,
     Refusal,
 )
+from relaytx._handshake import UNMASKED_HEADER
 from relaytx._jsonrpc import MAX_BATCH, CallBook, JsonRpcHandler, loads_request
 from relaytx._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relaytx._metrics import NodeMetrics
@@ -73,6 +74,9 @@ JSON = b"application/json"
 
 #: The request header that asks for a call's path (with a C{traceparent}).
 PATH_HEADER = b"relaytx-trace-path"
+
+#: A header every relaytx dialler's upgrade carries (and no browser's can).
+_RELAYTX_DIALLER = UNMASKED_HEADER.lower().encode()
 
 
 def server_timing(hops: list[list[Any]]) -> bytes:
@@ -225,12 +229,27 @@ class BoundedRequest(Request):
             else:
                 self._refuse(413, "request body too large")
             return
+        hosts = self.requestHeaders.getRawHeaders(b"host")
+        if hosts is not None and len(hosts) > 1:
+            # (RFC 9112: a request with more than one is a 400; which one
+            # would the Host check believe?)
+            self._refuse(400, "bad request: more than one Host header", close=False)
+            return
         if self.path.startswith(PEER_PATH):
-            # Peers dial by any name (no Host check) and prove themselves
-            # at the handshake; a browser's request is refused here too
-            # (an upgrade's Origin is checked again as it opens).
-            if not site.policy.origin_allowed(self.getHeader(b"origin")):
+            # Peers prove themselves at the handshake; a browser's request
+            # is refused here too (an upgrade's Origin is checked again as
+            # it opens). A relaytx node dials by any name: its upgrade says
+            # it is one in a header no browser can send on a WebSocket
+            # upgrade, so the Host check (against DNS rebinding, a
+            # browser's attack) is for everyone else.
+            policy = site.policy
+            if not policy.origin_allowed(self.getHeader(b"origin")):
                 self._refuse(403, "Origin not allowed: add it to allowed_origins", close=False)
+                return
+            if self.getHeader(_RELAYTX_DIALLER) is None and not policy.host_allowed(
+                self.getHeader(b"host")
+            ):
+                self._refuse(403, "Host not allowed: add it to [http] allowed_hosts", close=False)
                 return
         else:
             policy = site.policy

@@ -86,14 +86,18 @@ def rpc_body(method: str, params: Any = None, request_id: Any = 1) -> bytes:
 
 
 def upgrade(
-    port: int, path: str, headers: dict[str, str] | None = None, source: str = HOST
+    port: int,
+    path: str,
+    headers: dict[str, str] | None = None,
+    source: str = HOST,
+    host: str | None = None,
 ) -> tuple[socket.socket, int, bytes]:
     """Start a raw WebSocket upgrade; :returns: the socket, the status and bytes past the head."""
     sock = socket.create_connection((HOST, port), timeout=5, source_address=(source, 0))
     key = base64.b64encode(os.urandom(16)).decode()
     lines = [
         f"GET {path} HTTP/1.1",
-        f"Host: {HOST}:{port}",
+        f"Host: {host or f'{HOST}:{port}'}",
         "Upgrade: websocket",
         "Connection: Upgrade",
         f"Sec-WebSocket-Key: {key}",
@@ -348,6 +352,47 @@ class BrowserTests(TestCase):
             },
         )
         self.assertEqual(counter.count, 0)
+
+    async def test_rebinding_peer_endpoint(self) -> None:
+        """
+        The Host check holds on /ws/p2p too, but for relaytx diallers (which
+        dial by any name, and say so in a header no browser can send on a
+        WebSocket upgrade); a request with two Host headers is a 400.
+        """
+        node = start_node(self, "web3")
+        port = port_of(node)
+        evil = f"evil.example:{port}"
+
+        def tries() -> dict[str, int]:
+            seen = {}
+            for name, path, headers in [
+                ("p2p", "/ws/p2p?node_id=x", {}),
+                ("rpc", "/ws/rpc", {}),
+                ("dialler", "/ws/p2p?node_id=x", {"X-Relaytx-Unmasked": "1"}),
+            ]:
+                sock, seen[name], _ = upgrade(port, path, headers, host=evil)
+                sock.close()
+            seen["p2p_get"] = request(port, "GET", "/ws/p2p?node_id=x", host=evil)[0]
+            for name, first, second in [("two", "evil.example", HOST), ("two_back", HOST, "evil")]:
+                seen[name] = request(
+                    port, "GET", "/registry", headers={"Host": second}, host=first
+                )[0]
+            seen["two_p2p"] = request(port, "GET", "/ws/p2p", headers={"Host": HOST}, host=HOST)[0]
+            return seen
+
+        seen = await deferToThread(tries)
+        self.assertEqual(
+            seen,
+            {
+                "p2p": 403,
+                "rpc": 403,
+                "dialler": 101,
+                "p2p_get": 403,
+                "two": 400,
+                "two_back": 400,
+                "two_p2p": 400,
+            },
+        )
 
 
 class SlowClientTests(TestCase):
