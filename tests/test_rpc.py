@@ -237,6 +237,31 @@ class RawConnection:
             self.protocol.connectionLost(Failure(ConnectionDone("the client went away")))
 
 
+class _FillingTransport(StringTransport):
+    """
+    A transport whose buffer is full past C{BOUND} bytes: it pauses its
+    producer then, as a socket's does, until L{drain}ed.
+    """
+
+    BOUND = 10_000
+    full = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if not self.full and len(self.value()) > self.BOUND and self.producer is not None:
+            self.full = True
+            self.producer.pauseProducing()
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def drain(self) -> None:
+        """The client read everything: the producer resumes."""
+        self.clear()
+        self.full = False
+        self.producer.resumeProducing()
+
+
 class RecordingRequest(BoundedRequest):
     """A L{BoundedRequest} that records what the resource writes to it."""
 
@@ -1271,6 +1296,34 @@ class HttpDetailTests(NodeTestCase):
                 self.assertJsonError(reply, 405)
                 self.assertEqual(reply.header("allow"), "GET")
             self.assertJsonError(self.http.request("GET", path), 400)
+
+    def test_pipelined_requests_wait_for_the_buffer(self) -> None:
+        """
+        Requests read ahead of their turn (pipelined, in one read) begin
+        only while the socket's buffer has room: a client that reads none
+        of its answers is not answered into memory without end.
+        """
+        transport = _FillingTransport(peerAddress=CLIENT)
+        channel: Any = self.http.site.buildProtocol(CLIENT)
+        channel.callLater = self.clock.callLater
+        channel.makeConnection(transport)
+        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
+        big = "x" * 6000
+        pipelined = b""
+        for i in range(10):
+            body = encoded({"jsonrpc": "2.0", "method": "node.echo", "params": [big], "id": i})
+            pipelined += b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            pipelined += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        channel.dataReceived(pipelined)
+        answered = [transport.value()]
+        while transport.full:
+            transport.drain()
+            answered.append(transport.value())
+        # Past 10 000 bytes the buffer is full: two answers of 6 KB at a time
+        # (and the last two fill it too, with nothing left to answer).
+        self.assertEqual([a.count(b"HTTP/1.1 200") for a in answered], [2, 2, 2, 2, 2, 0])
+        ids = [json.loads(a[-100:].rpartition(b'"id":')[2][:-1]) for a in answered[:-1]]
+        self.assertEqual(ids, [1, 3, 5, 7, 9])
 
     def test_too_large_closes(self) -> None:
         """After a 413 announcing C{Connection: close}, the node closes the connection."""
