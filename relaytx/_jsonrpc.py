@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 
 from relaytx import _json
 from relaytx._aio import is_deferred
-from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget
+from relaytx._calls import DEFAULT_CALL_TIMEOUT, MAX_CALL_BUDGET, CallTarget
 from relaytx._tracing import CallTrace
 from relaytx.errors import (
     CallError,
@@ -103,9 +103,14 @@ def _remote_call(params: Any, caller: str | None) -> CallTarget:
     node_id = field(params, "node_id", str, None)
     if node_id is not None and not NODE_ID_RE.fullmatch(node_id):
         raise InvalidParams(f"Invalid params: {node_id!r} is not a valid node id")
-    timeout = field(params, "timeout", (int, float), DEFAULT_CALL_TIMEOUT)
-    if not 0 < timeout <= 86400:
-        raise InvalidParams("Invalid params: timeout must be a number of seconds in (0, 86400]")
+    # Null is the default too; past a day, a day (as every budget is
+    # clamped on the way: SPEC section 10).
+    timeout = field(params, "timeout", (int, float), None)
+    if timeout is None:
+        timeout = DEFAULT_CALL_TIMEOUT
+    elif not timeout > 0:
+        raise InvalidParams("Invalid params: timeout must be a positive number of seconds")
+    timeout = min(timeout, MAX_CALL_BUDGET)
     server_name, method = field(params, "server_name", str), field(params, "method", str)
     if not server_name or not method:
         raise InvalidParams("Invalid params: remote_call needs a server_name and a method")

@@ -239,6 +239,13 @@ class NoAnswer(NodeUnavailable):
     """The node took the request but did not answer within the time given."""
 
 
+def _timeout(parser: Any, timeout: float) -> float:
+    """:returns: C{--timeout}, at most a day (as every call's budget is clamped)."""
+    if not 0 < timeout < float("inf"):  # (nan too, which JSON cannot carry)
+        parser.error("--timeout must be a positive number of seconds")
+    return min(timeout, 86400.0)
+
+
 def answer_wait(timeout: float) -> float:
     """
     :returns: how long C{relay call} waits for an answer: its C{--timeout},
@@ -387,8 +394,7 @@ def call(argv: list[str]) -> int:
     )
     add_client_options(parser)
     ns = parser.parse_intermixed_args(argv)
-    if not 0 < ns.timeout <= 86400:  # also refuses nan, which JSON cannot carry
-        parser.error("--timeout must be a number of seconds in (0, 86400]")
+    ns.timeout = _timeout(parser, ns.timeout)
     base, headers, context = _client_setup(parser, ns)
     headers["Content-Type"] = "application/json"
     trace_id = ""
@@ -458,8 +464,7 @@ def status(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds (default 15)")
     add_client_options(parser)
     ns = parser.parse_intermixed_args(argv)
-    if not 0 < ns.timeout <= 86400:
-        parser.error("--timeout must be a number of seconds in (0, 86400]")
+    ns.timeout = _timeout(parser, ns.timeout)
     base, headers, context = _client_setup(parser, ns)
     headers["Accept"] = "application/json"
     url = base + "/dashboard/mesh"

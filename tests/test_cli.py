@@ -269,6 +269,12 @@ class CallTests(CliTestCase):
                 "--timeout", self.usage_exit("call", "http://h:1", "s", "m", "--timeout", value)
             )
 
+    def test_timeoutPastADay(self) -> None:
+        """A timeout past a day is a day, as the node takes it."""
+        self.assertEqual(cli.main(["call", "http://h:1", "s", "m", "--timeout", "100000"]), 0)
+        self.assertEqual(self.sent()["params"]["timeout"], 86400)
+        self.assertEqual(self.requests[0].timeout, cli.answer_wait(86400))
+
     def test_missingArguments(self) -> None:
         """URL, SERVER and METHOD are required."""
         self.assertIn("required", self.usage_exit("call", "http://h:1", "s"))
