@@ -25,16 +25,41 @@ from relaytx.errors import (
     AccessDenied,
     CallError,
     CallTimeout,
+    InternalError,
+    InvalidRequest,
     MethodNotFound,
+    NodeUnreachable,
     NoSuchMethod,
     NoSuchServer,
     OutcomeUnknown,
+    Overloaded,
+    ParseError,
     RemoteCallError,
     failure_exception,
 )
 from relaytx.server import Mailbox, OwnCancellation, Server
 
 SERVER_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+#: The codes that tell where a call went, or did not (-32002 "did not run",
+#: -32005 "refused, try another", -32006, "no such server" and the like).
+#: A method that fails with one, because a call it made failed so, did run:
+#: its own call fails with -32000, the exception's type and message, as any
+#: method's failure does (SPEC section 5). Taken for its own, -32002 or
+#: -32005 would have its caller fail over and run it a second time.
+_DELIVERY_CODES = frozenset(
+    {
+        ParseError.code,
+        InvalidRequest.code,
+        MethodNotFound.code,
+        InternalError.code,
+        NodeUnreachable.code,
+        NoSuchServer.code,
+        Overloaded.code,
+        OutcomeUnknown.code,
+    }
+)
 
 
 class ServerHost:
@@ -194,7 +219,9 @@ class ServerHost:
                 result = mailbox.beside(runnable, args, target.kwargs)
             else:
                 result = mailbox.call(runnable, args, target.kwargs, target.timeout)
-        except CallError:
+        except CallError as e:
+            if e.code in _DELIVERY_CODES:
+                raise self._method_error(Failure(), target) from None
             raise  # a server may fail a call with a precise relaytx error
         except BaseException:  # SystemExit too: a method's, not the node's
             raise self._method_error(Failure(), target) from None
@@ -249,7 +276,10 @@ class ServerHost:
                     f"node {self._node_id} stopped before answering", node_id=self._node_id
                 )
             )
-        if isinstance(failure.value, CallError | CancelledError):
+        error = failure.value
+        if isinstance(error, CancelledError) or (
+            isinstance(error, CallError) and error.code not in _DELIVERY_CODES
+        ):
             # A server may fail a call with a precise relaytx error; a
             # cancelled call was given up by its caller.
             return failure

@@ -61,6 +61,26 @@ class Where(Server):
     def peek(self) -> int:
         return self.runs
 
+    #: the node it runs on, for the calls it makes itself
+    node: RelayNode
+
+    @exposed
+    def onward(self, target: str) -> Any:
+        """Answer with what svc.where on C{target} answers (a call of its own)."""
+        self.runs += 1
+        return self.node.call(target, "svc", "where")
+
+    @exposed
+    async def onward_async(self, target: str) -> Any:
+        self.runs += 1
+        return await self.node.call(target, "svc", "where")
+
+    @exposed
+    def shed(self) -> None:
+        """Fail with a code that says where a call went: it ran all the same."""
+        self.runs += 1
+        raise Overloaded("busy elsewhere")
+
 
 class FakeRemote:
     """Calls to other nodes, answered as the test says, recorded."""
@@ -551,6 +571,7 @@ class MeshInstancesTests(SynchronousTestCase):
         for name in ("b", "c", "d"):
             node = self.nodes[name] = memory_node(name, self.reactor)
             self.servers[name] = server = Where(name)
+            server.node = node
             node.expose("svc", server)
             self.network.link(a, node)
         self.network.settle()
@@ -565,6 +586,30 @@ class MeshInstancesTests(SynchronousTestCase):
             self.network.pump()
             results.append(self.successResultOf(d))
         return results
+
+    def test_nested_failure_ran_once(self) -> None:
+        """
+        A method that fails because a call it made failed with -32002 (no
+        route) or -32005 did run: its caller gets -32000 with that error's
+        type, and does not fail over to another instance to run it again.
+        """
+        a = self.mesh()
+        for method, args, kind in [
+            ("onward", ("nowhere",), "NodeUnreachable"),
+            ("onward_async", ("nowhere",), "NodeUnreachable"),
+            ("shed", (), "Overloaded"),
+        ]:
+            with self.subTest(method=method):
+                before = sum(server.runs for server in self.servers.values())
+                d = a.call(None, "svc", method, *args)
+                self.network.pump()
+                self.reactor.advance(0)
+                self.network.pump()
+                error = self.failureResultOf(d, RemoteCallError).value
+                self.assertEqual((error.code, error.data["type"]), (-32000, kind))
+                after = sum(server.runs for server in self.servers.values())
+                self.assertEqual(after - before, 1)
+        self.assertEqual(len(self.flushLoggedErrors(NodeUnreachable, Overloaded)), 3)
 
     def test_round_robin_across_nodes(self) -> None:
         """node.call(None, ...) with round_robin goes to b, c, d in turn."""
