@@ -193,6 +193,7 @@ class CommandLineNode(RelayNode):
         return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
+        stop_signals_before_running(self.reactor)
         try:
             super().privilegedStartService()
         except StartupError as e:
@@ -299,6 +300,51 @@ def stop_on_sigint() -> None:
     """
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def stop_signals_before_running(reactor: Any) -> None:
+    """
+    Take SIGTERM and SIGINT from now (the node is about to listen) until the
+    reactor runs, and stop the node as soon as it does, as later signals
+    do. The reactor puts its own handlers in place only as it starts: a
+    signal in between killed the process (-15) or raised KeyboardInterrupt
+    wherever start-up was (inside the listen call: a false "cannot listen";
+    under twistd, lost), so a client that signalled a node as soon as its
+    port opened saw it die, or keep running.
+
+    Only for the global reactor of a process not yet running it, from the
+    main thread (a test's reactor is left be).
+    """
+    import threading
+
+    from twisted.internet import reactor as global_reactor
+
+    if (
+        reactor is not global_reactor
+        or reactor.running
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        return
+    core: Any = reactor  # (the reactor's own signal handlers are not in its interfaces)
+    heard: list[int] = []
+
+    def early(signum: int, frame: Any) -> None:
+        heard.append(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, early)
+
+    def running() -> None:
+        # The reactor's SIGTERM handler replaced ours; its SIGINT handler
+        # goes only where Python's default one was.
+        if signal.getsignal(signal.SIGINT) is early:
+            signal.signal(signal.SIGINT, core.sigInt)
+        if signal.getsignal(signal.SIGTERM) is early:
+            signal.signal(signal.SIGTERM, core.sigTerm)
+        if heard:
+            (core.sigInt if heard[0] == signal.SIGINT else core.sigTerm)(heard[0])
+
+    core.callWhenRunning(running)
 
 
 def _exit_on_failure(node: CommandLineNode) -> None:

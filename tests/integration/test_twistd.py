@@ -315,6 +315,39 @@ class SignalTests(CommandLineTestCase):
             self.assertEqual(node.wait(), 0, f"second SIGTERM after {gap}s: {node.stderr()}")
             self.assertNoTraceback(node)  # (no ReactorNotRunning: the second is ignored)
 
+    def test_signalAsSoonAsListening(self) -> None:
+        """
+        SIGTERM or SIGINT sent the moment the port accepts (before the
+        reactor runs and puts its own handlers in place) stops the node as
+        a later one does: relay node exits 0, twistd 0 or by that signal;
+        no signal is lost, and there is no false listen error.
+        """
+        runs = [
+            (command, sig)
+            for command in (partial(relay, "node"), twistd)
+            for sig in (signal.SIGTERM, signal.SIGINT)
+            for _ in range(2)
+        ]
+        for command, sig in runs:
+            port = free_port()
+            node = self.start(command("--port", str(port)))
+            deadline = time.monotonic() + START_DEADLINE
+            while node.popen.poll() is None and time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port), 0.5).close()
+                    break
+                except OSError:
+                    time.sleep(0.001)
+            node.popen.send_signal(sig)
+            try:
+                status = node.wait(15)
+            except subprocess.TimeoutExpired:
+                self.fail(f"{sig!r} lost: still running: {node.stderr()}")
+            allowed = (0,) if command is not twistd else (0, -sig)
+            self.assertIn(status, allowed, f"{command('')[0]} {sig!r}: {node.stderr()}")
+            self.assertNotIn("relay: error:", node.stderr())
+            self.assertNoTraceback(node)
+
     def sigint_in_background(self, command: Callable[..., list[str]]) -> tuple[int, Process]:
         """
         Start C{command("--port", PORT)} with SIGINT ignored, as a shell
