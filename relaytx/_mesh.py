@@ -253,15 +253,9 @@ class Mesh:
         #: 4002): its dialers of that peer dial no more (L{PeerAdmin.removed_by})
         self.removed_by: Callable[[str], None] | None = None
 
-    def _refuse(
-        self,
-        envelope: Envelope,
-        came_from: str | None,
-        why: str,
-        overloaded: bool = False,
-        lost: bool = False,
-    ) -> None:
-        self.calls.refuse(envelope, came_from, why, overloaded, lost)
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        # (The forwarder is made before the calls it refuses: MeshCalls.refuse.)
+        self.calls.refuse(*args, **kwargs)
 
     def _dead_end(self, caller: str, response_id: str, target: str, came_from: str) -> None:
         self.calls.dead_end(caller, response_id, target, came_from)
