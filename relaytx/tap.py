@@ -116,6 +116,10 @@ class Options(usage.Options):
             super().parseOptions(options)
         except usage.UsageError as e:
             error_line(str(e), self.stderr)
+            if self.parent is not None:
+                # Under twistd: the line said it all. (twistd would print
+                # its whole usage on stdout after it.)
+                raise SystemExit(1) from None
             raise
 
     def postOptions(self) -> None:

@@ -292,12 +292,16 @@ class TwistdTests(TapTestCase):
         self.assertIsNone(self.parse().parent)
 
     def test_badOptionUnderTwistd(self) -> None:
-        """Under twistd a bad option is a UsageError plus one line on stderr."""
+        """
+        Under twistd a bad option is one line on stderr and exit status 1,
+        not twistd's whole usage on stdout too.
+        """
         self.patch(Options, "stderr", self.stderr)
         config = ServerOptions()
-        self.assertRaises(
-            usage.UsageError, config.parseOptions, ["-n", "relay", "--node-id", "bad id!"]
+        e = self.assertRaises(
+            SystemExit, config.parseOptions, ["-n", "relay", "--node-id", "bad id!"]
         )
+        self.assertEqual(e.code, 1)
         self.assertEqual(self.stderr.getvalue().count("\n"), 1)
         self.assertIn("relay: error: --node-id 'bad id!'", self.stderr.getvalue())
 

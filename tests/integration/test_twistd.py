@@ -437,6 +437,7 @@ class BadStartTests(CommandLineTestCase):
                     self.assertGreater(stderr.index(errors[0]), stderr.index("Traceback"), name)
             else:
                 self.assertNoTraceback(process)
+            self.assertNotIn("Usage:", process.stdout(), name)
 
     def test_twistd(self) -> None:
         """twistd -n relay refuses each bad start with one line on stderr."""
