@@ -67,6 +67,10 @@ _STATIC = {
 }
 
 
+#: Every path below /dashboard.
+_PATHS = frozenset({*_STATIC, b"mesh", b"events"})
+
+
 @cache  # read once a process, however many nodes it hosts
 def _static(name: str) -> bytes:
     return resources.files("relaytx").joinpath("static", name).read_bytes()
@@ -184,6 +188,8 @@ class _Leaf(Resource):
         self._name = name
 
     def render(self, request: Any) -> bytes | int:
+        if self._name not in _PATHS:
+            return _error(request, 404, "not found")  # (whatever the method)
         if request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"allow", b"GET, HEAD")
             return _error(request, 405, "method not allowed: use GET")

@@ -96,13 +96,18 @@ class PageTests(DashboardTests):
         self.assertEqual(view["links"][0]["a"], "n0")
 
     def test_other_paths(self) -> None:
-        """Unknown dashboard paths are 404; other methods 405."""
+        """Unknown dashboard paths are 404, whatever the method; other methods 405."""
         self.assertEqual(self.get(b"/dashboard/nope")[0], 404)
         self.assertEqual(self.get(b"/dashboard/app.js/x")[0], 404)
-        connection = RawConnection(self.site, self.clock)
-        self.addCleanup(connection.lose)
-        connection.post(b"/dashboard/mesh", b"{}")
-        self.assertEqual(connection.response()[0], 405)
+        for path, code in [
+            (b"/dashboard/mesh", 405),
+            (b"/dashboard/nope", 404),
+            (b"/dashboard/a/b", 404),
+        ]:
+            connection = RawConnection(self.site, self.clock)
+            self.addCleanup(connection.lose)
+            connection.post(path, b"{}")
+            self.assertEqual(connection.response()[0], code, path)
 
     def test_events(self) -> None:
         """/dashboard/events sends a view at once and one each second while open."""
