@@ -67,7 +67,7 @@ from relaytx._stdtls import is_tls
 from relaytx._streams import DEFAULT_WINDOW, MAX_WINDOW, ItemConsumer
 from relaytx._tracing import CallTrace, parse_traceparent
 from relaytx._views import NodeViews
-from relaytx.errors import TooManyDialers
+from relaytx.errors import MessageTooLarge, TooManyDialers
 from relaytx.interfaces import IPeerAdmin
 
 JSON = b"application/json"
@@ -1077,6 +1077,9 @@ class WsItems(ItemConsumer):
         params = {"id": self._request_id, "item": value}
         # (TypeError: not JSON, which fails the stream.)
         body = _json.dumps({"jsonrpc": "2.0", "method": "$/stream", "params": params})
+        limit = getattr(protocol, "maxMessagePayloadSize", 0)  # (an Autobahn option)
+        if limit and len(body) > limit:
+            raise MessageTooLarge(f"an item of {len(body)} bytes is over the {limit}-byte limit")
         self.count += 1
         if protocol.state == protocol.STATE_OPEN:
             protocol.sendMessage(body, isBinary=False)

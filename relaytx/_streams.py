@@ -56,7 +56,7 @@ from twisted.python.failure import Failure
 
 from relaytx import _json
 from relaytx._aio import AioDeferred, Owner
-from relaytx.errors import CallError, OutcomeUnknown, RemoteCallError
+from relaytx.errors import CallError, MessageTooLarge, OutcomeUnknown, RemoteCallError
 from relaytx.server import ExposedMethod, Server
 from relaytx.wire import CallCancel, Envelope, ServerCall, StreamCredit, StreamItem
 
@@ -321,7 +321,13 @@ async def _pump(generator: Any, port: Port) -> int:
     """Send C{generator}'s items through C{port}; :returns: how many."""
     try:
         async for value in generator:
-            port.send(value)
+            try:
+                port.send(value)
+            except MessageTooLarge as e:
+                # (As a result past the limit fails.)
+                raise RemoteCallError.named(
+                    "ResultTooLarge", f"item {port.sent + 1}: {e}"
+                ) from None
             if port.sent >= port.granted:
                 await port.wait()
     finally:

@@ -252,6 +252,31 @@ def _read_slowly(base: str, work: Work, *args: Any) -> tuple[list[int], bool, in
     return asyncio.run(main())
 
 
+class ItemTooLargeTests(StreamsTestCase):
+    """An item past the message limit fails its stream as a result past it does."""
+
+    async def test_ws_item_too_large(self) -> None:
+        """On /ws/rpc, local or two hops away: -32000 ResultTooLarge, as for a result."""
+        work = Work()
+        nodes = self.line(work)
+        await self.linked(nodes)
+
+        def stream(node: RelayNode, method: str) -> list[Any]:
+            with websockets.sync.client.connect(ws(node) + "/ws/rpc", open_timeout=5) as conn:
+                request = {"jsonrpc": "2.0", "method": method, "params": [2, 1_100_000], "id": 1}
+                conn.send(json.dumps(request))
+                got = []
+                while not got or "id" not in got[-1]:
+                    got.append(json.loads(conn.recv(timeout=10)))
+                return got
+
+        for node, method in [(nodes[2], "work.count"), (nodes[0], "s3/work.count")]:
+            *items, answer = await deferToThread(stream, node, method)
+            self.assertEqual(items, [], method)  # (each item alone is past 1 MiB)
+            self.assertEqual(answer["error"]["code"], -32000, method)
+            self.assertEqual(answer["error"]["data"]["type"], "ResultTooLarge", method)
+
+
 class CollectedTests(StreamsTestCase):
     """POST /rpc gets a streaming method's items as one list, within the message limit."""
 
