@@ -220,7 +220,7 @@ class ServerHost:
             else:
                 result = mailbox.call(runnable, args, target.kwargs, target.timeout)
         except CallError as e:
-            if e.code in _DELIVERY_CODES:
+            if e.code in _DELIVERY_CODES and not mailbox.server.owns_delivery_errors:
                 raise self._method_error(Failure(), target) from None
             raise  # a server may fail a call with a precise relaytx error
         except BaseException:  # SystemExit too: a method's, not the node's
@@ -231,7 +231,7 @@ class ServerHost:
                 self._unfinished[result] = None
                 self._load_moved(len(self._unfinished) - 1)
                 result.addBoth(self._done, result)
-            return result.addErrback(self._method_failed, target)
+            return result.addErrback(self._method_failed, target, mailbox.server)
         return result
 
     @property
@@ -267,7 +267,7 @@ class ServerHost:
         if before.bit_length() != after.bit_length():
             self.on_load(after)
 
-    def _method_failed(self, failure: Failure, target: CallTarget) -> Failure:
+    def _method_failed(self, failure: Failure, target: CallTarget, server: Server) -> Failure:
         if isinstance(failure.value, OwnCancellation):
             return Failure(self._method_error(failure.value.failure, target))
         if self._stopping and isinstance(failure.value, CancelledError):
@@ -278,7 +278,8 @@ class ServerHost:
             )
         error = failure.value
         if isinstance(error, CancelledError) or (
-            isinstance(error, CallError) and error.code not in _DELIVERY_CODES
+            isinstance(error, CallError)
+            and (error.code not in _DELIVERY_CODES or server.owns_delivery_errors)
         ):
             # A server may fail a call with a precise relaytx error; a
             # cancelled call was given up by its caller.

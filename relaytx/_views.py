@@ -259,6 +259,8 @@ class NodeViews:
 class NodeServer(Server):
     """The built-in server C{node}."""
 
+    owns_delivery_errors = True  # (traceroute: -32002 for a node no route reaches)
+
     def __init__(self, views: NodeViews) -> None:
         self._views = views
 

@@ -161,6 +161,13 @@ class Server:
 
     exposed_methods: ClassVar[dict[str, ExposedMethod]] = {}
 
+    #: Whether a relaytx error its methods fail with keeps its code even when
+    #: the code tells where a call went (-32002 and the like). Only the
+    #: node's own built-in server says so (C{traceroute}: -32002 for a node
+    #: no route reaches); any other server's such failure comes from a call
+    #: it made itself, and is its own call's -32000 (L{relaytx._hosting}).
+    owns_delivery_errors: ClassVar[bool] = False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         table: dict[str, ExposedMethod] = {}
