@@ -4,9 +4,9 @@ L{LinkTable}: a node's open links, who may open one, and the session class
 and message types they run with.
 
 Admission. A link to oneself is refused, and so is any link while the node
-stops. When two nodes dial each other, the link dialled by the node with
-the smaller id is kept: an inbound link is refused (409) while this node,
-having the smaller id, holds an outbound one to the same peer.
+stops. When two nodes dial each other and both links open, the link
+dialled by the node with the smaller id is kept, at both ends: the smaller
+keeps its own dial and replaces the peer's, the larger drops its own.
 
 A second link for a peer whose link is healthy is refused (409), in every
 mode: one process cannot take over another's link, and a second process
@@ -130,12 +130,22 @@ class LinkTable:
         existing = self.links.get(peer_id)
         if existing is None:
             return
-        if direction == "inbound" and existing.direction == "outbound" and self.node_id < peer_id:
-            existing.challenge()  # the peer dials as if that link were gone: is it?
-            raise LinkRefused(
-                409, f"already linked to {peer_id} ({DIALLED_BY.format(self.node_id)})"
-            )
-        if existing.direction == direction and existing.healthy and not existing.closed:
+        healthy = existing.healthy and not existing.closed
+        if direction == "inbound" and existing.direction == "outbound":
+            if healthy or self.node_id < peer_id:
+                existing.challenge()  # the peer dials as if that link were gone: is it?
+                raise LinkRefused(
+                    409, f"already linked to {peer_id} ({DIALLED_BY.format(self.node_id)})"
+                )
+            return
+        if direction == "outbound" and existing.direction == "inbound":
+            # Both dialled, and the peer's link opened first: the link the
+            # smaller id dialled is kept, at both ends (the peer refuses
+            # this node's link if its own had opened there first).
+            if healthy and self.node_id > peer_id:
+                raise LinkRefused(409, f"already linked to {peer_id} (the link it dialled)")
+            return
+        if healthy:
             existing.challenge()
             self._refuse_claim(peer_id, existing)
             raise LinkRefused(

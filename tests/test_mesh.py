@@ -1112,6 +1112,39 @@ class LinkLifecycleTests(MeshTestCase):
         self.assertIs(b.mesh.links["a"], first.session_of(b))
         self.assertFalse(first.closed)
 
+    def test_healthy_link_this_node_dialled_kept(self) -> None:
+        """
+        A second process under a smaller id that dials a node holding a
+        healthy link it dialled to that id is refused (409): the link stays.
+        """
+        a = memory_node("a", self.clock)
+        b = memory_node("b", self.clock)
+        first = self.network.link(b, a)  # b dialled a
+        self.network.settle()
+        impostor = memory_node("a", self.clock)
+        refused = self.assertRaises(LinkRefused, self.network.link, impostor, b)
+        self.assertEqual(refused.status, 409)
+        self.assertIn("the link b dialled", refused.reason)
+        self.assertIs(b.mesh.links["a"], first.session_of(b))
+        self.assertFalse(first.closed)
+
+    def test_crossing_dials_opened_both(self) -> None:
+        """
+        Two nodes dialled each other and both links opened: each end keeps
+        the link the smaller id dialled, whichever opened first there.
+        """
+        a = memory_node("a", self.clock)
+        b = memory_node("b", self.clock)
+        self.network.link(b, a)  # b's dial opened first, at both ends
+        self.network.settle()
+        a.mesh.check_new_link("b", "outbound")  # a's own dial then opens: a keeps it
+        c = memory_node("c", self.clock)
+        d = memory_node("d", self.clock)
+        self.network.link(c, d)  # c's dial opened first
+        self.network.settle()
+        dropped = self.assertRaises(LinkRefused, d.mesh.check_new_link, "c", "outbound")
+        self.assertEqual(dropped.status, 409)  # d drops its own dial
+
     def test_strict_crossing_dials(self) -> None:
         """Strict links: two nodes dialling each other keep one link, the smaller id's."""
         a = memory_node("a", self.clock)
