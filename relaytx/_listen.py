@@ -257,7 +257,8 @@ def startup_line(
     host = port.getHost()
     address = config.port
     if isinstance(host, IPv4Address | IPv6Address):
-        secure = config.tls is not None or str(config.port).startswith(("ssl:", "tls:"))
+        tls = config.tls
+        secure = (tls is not None and tls.serves_tls) or str(address).startswith(("ssl:", "tls:"))
         scheme = "https" if secure else "http"
         name = f"[{host.host}]" if isinstance(host, IPv6Address) else host.host
         address = f"{scheme}://{name}:{host.port}"

@@ -150,6 +150,16 @@ class StartupLineTests(SynchronousTestCase):
             "peers: ['ws://127.0.0.1:9001', 'n3@ws://10.0.0.3:80']",
         )
 
+    def test_tls_for_dialling_only(self) -> None:
+        """A node whose [tls] has only a CA (to dial wss:// peers) listens on plain http."""
+        pem = os.path.join(os.path.dirname(twisted.test.__file__), "server.pem")
+        node = memory_node("n1", MemoryReactorClock(), port="8080", tls={"ca": pem})
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        port = _Port(IPv4Address("TCP", "127.0.0.1", 8080))
+        startup_line(port, node.config, [], "0")  # type: ignore[arg-type]
+        (event,) = [e for e in events if "servers" in e]
+        self.assertEqual(event["address"], "http://127.0.0.1:8080")
+
     def test_tls_endpoint(self) -> None:
         """A node listening on an ssl: endpoint says https."""
         pem = os.path.join(os.path.dirname(twisted.test.__file__), "server.pem")
