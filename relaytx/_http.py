@@ -409,7 +409,11 @@ class NodeChannel(HTTPChannel):
         self._dataBuffer = []
         super().requestDone(request)  # (nothing to begin; the idle timeout runs again)
         self._held = held
-        self._handlingRequest = True  # (anything read meanwhile waits too)
+        # Anything read meanwhile waits too, as while a request is handled
+        # (raw mode: buffered as it is, not parsed). Over TLS, bytes the
+        # layer had decrypted still come after the transport has paused.
+        self._handlingRequest = True
+        self.setRawMode()
 
     def resumeProducing(self) -> None:
         held = self._held
