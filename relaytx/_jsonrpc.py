@@ -426,19 +426,22 @@ class JsonRpcHandler:
             return answer
         message = loads_request(answer)
         members = message if isinstance(message, list) else [message]
-        sizes = sorted(
-            ((len(_json.dumps(m)), i) for i, m in enumerate(members) if "result" in m),
-            reverse=True,
-        )
+        sizes = sorted(((len(_json.dumps(m)), i) for i, m in enumerate(members)), reverse=True)
         total = len(answer)
         for size, i in sizes:
-            error = RemoteCallError.named(
-                "ResultTooLarge",
-                f"the answer is {size} bytes, past the {limit}-byte message limit of"
-                " /ws/rpc: stream it, or call by POST /rpc",
-                self._node_id,
-            )
-            members[i] = self._error(error.with_data(route=[self._node_id]), members[i]["id"])
+            member = members[i]
+            if "result" in member:
+                error = RemoteCallError.named(
+                    "ResultTooLarge",
+                    f"the answer is {size} bytes, past the {limit}-byte message limit of"
+                    " /ws/rpc: stream it, or call by POST /rpc",
+                    self._node_id,
+                )
+                members[i] = self._error(error.with_data(route=[self._node_id]), member["id"])
+            else:
+                # An error as large (an exception's long message, twice):
+                # the same error, its words cut short.
+                members[i] = _shortened(member, size)
             total += len(_json.dumps(members[i])) - size
             if total <= limit:
                 break
@@ -450,6 +453,30 @@ class JsonRpcHandler:
             # anywhere, for errors of the request itself (-32700, -32600...).
             error.with_data(node_id=self._node_id, route=[self._node_id])
         return {"jsonrpc": "2.0", "error": error.to_jsonrpc(), "id": request_id}
+
+
+#: The characters of an error's message (and of its data's) kept when its
+#: answer is too large for /ws/rpc.
+_SHORT_MESSAGE = 1000
+
+
+def _shortened(member: dict[str, Any], size: int) -> dict[str, Any]:
+    """:returns: the error answer C{member} (C{size} bytes), its texts cut short."""
+    error = dict(member["error"])
+
+    def cut(text: Any) -> Any:
+        if type(text) is not str or len(text) <= _SHORT_MESSAGE:
+            return text
+        return f"{text[:_SHORT_MESSAGE]}... ({size} bytes in all, cut for /ws/rpc)"
+
+    error["message"] = cut(error.get("message"))
+    data = error.get("data")
+    if type(data) is dict:
+        data = {key: cut(value) for key, value in data.items()}
+        if len(_json.dumps(data)) > 4 * _SHORT_MESSAGE:  # (data of some other shape)
+            data = {key: data[key] for key in ("node_id", "route", "type") if key in data}
+        error["data"] = data
+    return {**member, "error": error}
 
 
 def _gather(items: list[Any]) -> Deferred[list[Any]]:

@@ -485,8 +485,9 @@ class LinkCountTests(OriginalTestCase):
         first = OriginalPeer(node, "o1")
         OriginalPeer(node, "o2")
         self.assertEqual(links.originals, 2)
-        # A link this node dialled replaces the one o1 dialled (a second link
-        # in the same direction is refused while the first is healthy).
+        # A link this node dialled replaces the one o1 dialled once that one
+        # is found dead (a second link is refused while the first is healthy).
+        first.session.healthy = False
         again = OriginalPeer(node, "o1", direction="outbound")
         self.assertEqual(links.originals, 2)
         first.session.connection_lost("old link closing")  # the replaced one: no change

@@ -48,6 +48,14 @@ class Big(Server):
     async def later(self, size: int) -> str:
         return "y" * size
 
+    @exposed
+    def fail_now(self, size: int) -> None:
+        raise ValueError("z" * size)
+
+    @exposed
+    async def fail_later(self, size: int) -> None:
+        raise ValueError("z" * size)
+
 
 class WsRpcTests(TestCase):
     """Many calls in flight on one WebSocket, answered by id."""
@@ -167,8 +175,9 @@ class WsRpcTests(TestCase):
         """
         An answer past /ws/rpc's message limit is an error (-32000
         ResultTooLarge) under the request's id, at once or later; of a
-        batch, the largest results become errors until it fits; the
-        connection stays open.
+        batch, the largest results become errors until it fits; an error
+        answer as large has its message cut short; the connection stays
+        open.
         """
         node = start_node(self, "ws7", servers={"big": Big()}, limits={"max_body_size": 65536})
         address = url(node).replace("http://", "ws://") + "/ws/rpc"
@@ -188,6 +197,9 @@ class WsRpcTests(TestCase):
                         call(5, "big.now", 10),
                     ],
                     call(6, "big.now", 10),
+                    call(7, "big.fail_now", 40_000),  # (its message twice: 80 KB)
+                    call(8, "big.fail_later", 40_000),
+                    call(9, "big.now", 10),
                 ):
                     conn.send(json.dumps(message))
                     raw = conn.recv(timeout=5)
@@ -195,7 +207,7 @@ class WsRpcTests(TestCase):
                     answers.append(json.loads(raw))
                 return answers
 
-        one, later, batch, after = await deferToThread(talk)
+        one, later, batch, after, failed, failed_later, last = await deferToThread(talk)
         for answer, request_id in ((one, 1), (later, 2)):
             self.assertEqual(answer["id"], request_id)
             self.assertEqual(answer["error"]["code"], -32000)
@@ -205,6 +217,14 @@ class WsRpcTests(TestCase):
         self.assertEqual(by_id[4]["error"]["data"]["type"], "ResultTooLarge")  # the largest
         self.assertEqual((len(by_id[3]["result"]), by_id[5]["result"]), (30_000, "x" * 10))
         self.assertEqual(after["result"], "x" * 10)
+        # An error as large: the same error, its message cut short.
+        for answer, request_id in ((failed, 7), (failed_later, 8)):
+            self.assertEqual(answer["id"], request_id)
+            self.assertEqual(answer["error"]["code"], -32000)
+            self.assertEqual(answer["error"]["data"]["type"], "ValueError")
+            self.assertIn("cut for /ws/rpc", answer["error"]["message"])
+        self.assertEqual(last["result"], "x" * 10)
+        self.flushLoggedErrors(ValueError)
 
     async def test_node_stopping(self) -> None:
         """
