@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 import sys
+from itertools import islice
 
 from relaytx import __version__
 
@@ -74,6 +75,25 @@ def main(argv: list[str] | None = None) -> int:
 # relay node
 
 
+#: The node options that take a value as the next argument (relaytx.tap's:
+#: not imported here, as it imports the reactor).
+_TAKES_A_VALUE = frozenset(
+    {
+        "--node-id",
+        "--port",
+        "-p",
+        "--interface",
+        "--add-peer",
+        "--app",
+        "--secret-file",
+        "--config",
+        "-c",
+        "--ping-interval",
+        "--log-format",
+    }
+)
+
+
 def take_reactor(argv: list[str]) -> tuple[str, list[str]]:
     """
     Find C{--reactor NAME} (C{--reactor=NAME}, C{-r NAME}, C{-rNAME}) in
@@ -90,7 +110,11 @@ def take_reactor(argv: list[str]) -> tuple[str, list[str]]:
             rest.append(arg)
             rest.extend(args)
             break
-        if arg in ("--reactor", "-r"):
+        if arg in _TAKES_A_VALUE:
+            # Its value is no option, even one that starts with -r
+            # (--node-id -r1: a node id).
+            rest.extend((arg, *islice(args, 1)))
+        elif arg in ("--reactor", "-r"):
             name = next(args, "")
         elif arg.startswith("--reactor="):
             name = arg.partition("=")[2]

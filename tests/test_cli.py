@@ -525,6 +525,11 @@ class NodeCommandTests(SynchronousTestCase):
             (["-r", "select", "--app", "a.py"], "select", ["--app", "a.py"]),
             (["-rasyncio"], "asyncio", []),
             (["--", "--reactor", "x"], cli.DEFAULT_REACTOR, ["--", "--reactor", "x"]),
+            # An option's value is no option, even one that starts with -r.
+            (["--node-id", "-replica1"], cli.DEFAULT_REACTOR, ["--node-id", "-replica1"]),
+            (["--node-id", "-r1", "-r", "poll"], "poll", ["--node-id", "-r1"]),
+            (["-c", "-r.toml"], cli.DEFAULT_REACTOR, ["-c", "-r.toml"]),
+            (["--port"], cli.DEFAULT_REACTOR, ["--port"]),
         ]:
             self.assertEqual(cli.take_reactor(argv), (name, rest), argv)
 
