@@ -167,8 +167,40 @@ class Options(usage.Options):
         # second node from the same directory. In the foreground a pid file
         # serves nothing, so unless one was asked for, do without.
         parent = getattr(self, "parent", None)
-        if parent is not None and parent.get("nodaemon") and parent.get("pidfile") == "twistd.pid":
+        if (
+            parent is not None
+            and parent.get("nodaemon")
+            and parent.get("pidfile") == "twistd.pid"
+            and not _pidfile_given(sys.argv[1:])
+        ):
             parent["pidfile"] = ""
+
+
+def _twistd_log_file(options: Any) -> IO[str]:
+    """
+    :returns: where twistd would write its own log, by its options (its
+        rule for C{-l}/C{--logfile}: stdout in the foreground unless a file
+        is named, else the file, C{twistd.log} by default, rotated as
+        twistd rotates it).
+    """
+    name = options.get("logfile") or ""
+    foreground = options.get("nodaemon", False)
+    if name == "-" or (foreground and not name):
+        if not foreground:
+            fail("--logfile -: a daemon cannot log to stdout (add -n, or name a file)")
+        return sys.stdout
+    from twisted.python.logfile import LogFile
+
+    log_file: IO[str] = LogFile.fromFullPath(name or "twistd.log")  # (a file-like object)
+    return log_file
+
+
+def _pidfile_given(argv: list[str]) -> bool:
+    """
+    :returns: whether twistd's command line names a pid file (its default,
+        twistd.pid, cannot be told from one named so once parsed).
+    """
+    return any(arg == "--pidfile" or arg.startswith("--pidfile=") for arg in argv)
 
 
 class CommandLineNode(RelayNode):
@@ -181,6 +213,8 @@ class CommandLineNode(RelayNode):
     """
 
     exit_status = 0
+    #: twistd's own options, under twistd (its -l/--logfile, -n)
+    twistd_options: Any = None
 
     def __init__(self, config: NodeConfig, reactor: Any) -> None:
         super().__init__(config, reactor, on_fatal=self.fatal)
@@ -193,7 +227,8 @@ class CommandLineNode(RelayNode):
 
             from relaytx._logs import json_observer
 
-            parent.setComponent(ILogObserver, json_observer(sys.stdout, self.node_id))
+            stream = _twistd_log_file(self.twistd_options or {})
+            parent.setComponent(ILogObserver, json_observer(stream, self.node_id))
         return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
@@ -286,6 +321,7 @@ def makeService(options: Options) -> CommandLineNode:
     except StartupError as e:  # e.g. an unreadable --secret-file
         fail(str(e))
     node.log_started = options.parent is None  # relay node logs from the start
+    node.twistd_options = options.parent
     bridge_standard_logging()  # an app's logging.warning, asyncio's errors: into the node's log
     for spec in options.config.app:
         node.load_app_or_exit(spec)

@@ -6,6 +6,7 @@ plugin and the command-line node's start-up errors.
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 from typing import Any
@@ -287,6 +288,14 @@ class TwistdTests(TapTestCase):
         config.parseOptions(["-n", "--pidfile", "node.pid", "relay"])
         self.assertEqual(config["pidfile"], os.path.abspath("node.pid"))
 
+    def test_defaultNamedPidfileKept(self) -> None:
+        """A pid file named twistd.pid on purpose is kept in the foreground too."""
+        for argv in (["--pidfile", "twistd.pid"], ["--pidfile=twistd.pid"]):
+            self.patch(sys, "argv", ["twistd", "-n", *argv, "relay"])
+            config = ServerOptions()
+            config.parseOptions(sys.argv[1:])
+            self.assertEqual(config["pidfile"], os.path.abspath("twistd.pid"), argv)
+
     def test_noParent(self) -> None:
         """Without a parent (relay node) the pid-file rule does nothing."""
         self.assertIsNone(self.parse().parent)
@@ -386,6 +395,34 @@ class CommandLineNodeTests(TapTestCase):
         with open(path, "w") as f:
             f.write(source + "\n")
         return path
+
+    def test_jsonLogWhereTwistdLogs(self) -> None:
+        """
+        Under twistd, --log-format json writes where twistd's own log would
+        go: its -l file (a daemon's twistd.log by default), else stdout.
+        """
+        from twisted.application.service import Application
+        from twisted.logger import ILogObserver, Logger
+
+        path = self.mktemp()
+        for options, where in [
+            ({"logfile": path, "nodaemon": True}, path),
+            ({"logfile": "", "nodaemon": True}, "stdout"),
+        ]:
+            node = self.node(log_format="json")
+            node.twistd_options = options
+            application = Application("relaytx")
+            out = io.StringIO()
+            self.patch(sys, "stdout", out)
+            node.setServiceParent(application)
+            observer = ILogObserver(application)
+            Logger(namespace="t", observer=observer).info("hello {x}", x=1)
+            if where == "stdout":
+                written = out.getvalue()
+            else:
+                with open(path) as f:
+                    written = f.read()
+            self.assertEqual(json.loads(written)["event"], "hello 1", options)
 
     def test_isRelayNode(self) -> None:
         """A command-line node is a RelayNode that starts with exit status 0."""
