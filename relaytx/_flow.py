@@ -235,7 +235,7 @@ class ConnectionWatch:
                 flow.quiet_rounds += 1
             # (Autobahn sets inside_message once the opening handshake is
             # done: a connection still opening is inside no message.)
-            if getattr(protocol, "inside_message", False):
+            if getattr(protocol, "unfinished_message", False):
                 flow.message_rounds += 1
             else:
                 flow.message_rounds = 0
@@ -354,6 +354,25 @@ class WatchedConnection:
             flow.watch.budget.give_back(flow.held_input)
             flow.held_input = 0
         super().onMessageEnd()  # type: ignore[misc]
+
+    def short_frame_begins(self, size: int) -> None:
+        # A short frame waiting for its rest (LeanMessages) is held input
+        # too: many connections each holding one just under 64 KiB would
+        # otherwise pass max_buffered_input unseen.
+        flow = self.flow
+        if flow is None or self.failedByMe:
+            return
+        if not flow.watch.budget.take(size):
+            flow.watch.closed["busy"] += 1
+            self._fail_connection(CLOSE_TRY_LATER, "node busy: too much input held; retry later")
+            return
+        flow.held_input += size
+
+    def short_frame_done(self) -> None:
+        flow = self.flow
+        if flow is not None and flow.held_input:
+            flow.watch.budget.give_back(flow.held_input)
+            flow.held_input = 0
 
     def connectionLost(self, reason: Any) -> None:
         flow, self.flow = self.flow, None

@@ -241,6 +241,7 @@ class LeanMessages:
                 return
             data = b"".join(partial)
             self._partial = None
+            self.short_frame_done()
         if (
             self.state != _OPEN
             or self.current_frame is not None
@@ -331,6 +332,18 @@ class LeanMessages:
         self._partial = [rest]
         self._partial_size = len(rest)
         self._partial_needs = needs
+        self.short_frame_begins(needs)
+
+    def short_frame_begins(self, size: int) -> None:
+        """A short frame of C{size} bytes began arriving, and waits for the rest."""
+
+    def short_frame_done(self) -> None:
+        """The short frame that waited (L{short_frame_begins}) is whole."""
+
+    @property
+    def unfinished_message(self) -> bool:
+        """Whether a message (or a short frame) has begun arriving and not ended."""
+        return self._partial is not None or getattr(self, "inside_message", False)
 
     def onMessageEnd(self) -> None:
         data, self.message_data = self.message_data, None

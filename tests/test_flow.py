@@ -72,6 +72,11 @@ class FakeConnection:
         self.closes: list[int] = []
         self.dropped = False
 
+    @property
+    def unfinished_message(self) -> bool:
+        """As L{relaytx._frames.LeanMessages} says (Autobahn's flag, here)."""
+        return getattr(self, "inside_message", False)
+
     def sendPing(self) -> None:
         self.pings += 1
 

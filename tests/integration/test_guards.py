@@ -707,6 +707,49 @@ class BurstTests(TestCase):
         self.assertEqual(big.runs, count)
 
 
+class ShortFrameTests(TestCase):
+    """Short frames (under 64 KiB) that never finish, as fragmented messages."""
+
+    timeout = 40
+
+    async def test_unfinishedShortFrames(self) -> None:
+        """
+        A short frame that trickles in and never finishes is closed (1008) at
+        idle_timeout, and such frames together hold at most
+        max_buffered_input (1013 past it).
+        """
+        node = start_node(
+            self, "short1", limits={"idle_timeout": 1.0, "max_buffered_input": 256 * 1024}
+        )
+        port = port_of(node)
+        size = 60 * 1024
+
+        def frames() -> list[int | None]:
+            socks = []
+            for _ in range(8):
+                sock, status, _ = upgrade(port, "/ws/rpc")
+                assert status == 101, status
+                frame = _frame(0x1, b"[" + b" " * (size - 2) + b"]")
+                sock.sendall(frame[:-1000])  # all but the last 1000 bytes
+                socks.append(sock)
+            # A byte now and then, never the last: never silent, never done.
+            going = set(range(len(socks)))
+            deadline = time.monotonic() + 4
+            while going and time.monotonic() < deadline:
+                for i in list(going):
+                    try:
+                        socks[i].sendall(b" ")
+                    except OSError:
+                        going.discard(i)
+                time.sleep(0.2)
+            return [_ws_close_code(sock) for sock in socks]
+
+        codes = await deferToThread(frames)
+        self.assertEqual(sorted(set(codes)), [1008, 1013], codes)
+        self.assertGreaterEqual(codes.count(1013), 4, codes)
+        self.assertEqual(node.guards.watch.budget.held, 0)
+
+
 class HttpBackPressureTests(TestCase):
     """An HTTP client that pipelines requests and never reads the answers."""
 
