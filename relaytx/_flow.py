@@ -4,10 +4,15 @@ What a WebSocket connection (a peer link or C{/ws/rpc}) may hold of a
 node, and for how long (SPEC section 10):
 
   - B{output}: a connection whose unsent output passes C{max_write_buffer}
-    is no longer read from (its transport's C{pauseProducing}), so a client
-    that sends calls but never reads the answers stops at that bound; it
-    is read again once its output has drained, and closed if it is still
-    paused after C{idle_timeout};
+    is backed up. A client's (C{/ws/rpc}) is no longer read from (its
+    transport's C{pauseProducing}), so a client that sends calls but never
+    reads the answers stops at that bound. A peer link is still read: two
+    nodes that each stopped reading the other while both sent much would
+    wait on each other for ever (and take the silence for a dead link);
+    its session holds back the calls it brings instead (L{relaytx.peer}),
+    the only messages whose answers add to that output. Either is read on
+    once its output has drained, and closed if still backed up after
+    C{idle_timeout};
   - B{silence}: an idle C{/ws/rpc} connection is pinged, and closed when it
     has answered nothing for C{idle_timeout} (peer links have their
     session's own pings);
@@ -75,6 +80,8 @@ class Flow:
         self.pings = pings
         self.descriptor: FileDescriptor | None = None
         self.reading_paused = False
+        #: unsent output passed max_write_buffer and has not drained yet
+        self.backed_up = False
         self.quiet_rounds = 0
         self.paused_rounds = 0
         self.message_rounds = 0
@@ -115,9 +122,14 @@ class Flow:
     def pauseProducing(self) -> None:
         # Called at every write while more than bufferSize bytes wait.
         self.congested = True
-        if not self.reading_paused and self.unsent() > self.watch.max_write_buffer:
-            self.reading_paused = True
+        if not self.backed_up and self.unsent() > self.watch.max_write_buffer:
+            self.backed_up = True
             self.paused_rounds = 0
+            protocol = self.protocol
+            if getattr(protocol, "reads_while_backed_up", False):
+                protocol.output_backed_up()
+                return
+            self.reading_paused = True
             fd = self.descriptor
             if fd is not None:
                 fd.pauseProducing()
@@ -127,11 +139,15 @@ class Flow:
         # first: what the callbacks write may pass the bound again, and
         # pause it again.
         self.congested = False
-        if self.reading_paused:
-            self.reading_paused = False
-            fd = self.descriptor
-            if fd is not None:
-                fd.resumeProducing()
+        if self.backed_up:
+            self.backed_up = False
+            if self.reading_paused:
+                self.reading_paused = False
+                fd = self.descriptor
+                if fd is not None:
+                    fd.resumeProducing()
+            else:
+                self.protocol.output_drained()
         drained, self._drained = self._drained, []
         for callback in drained:
             callback()
@@ -239,7 +255,7 @@ class ConnectionWatch:
                 flow.message_rounds += 1
             else:
                 flow.message_rounds = 0
-            if flow.reading_paused:
+            if flow.backed_up:
                 flow.paused_rounds += 1
             # A message (or a pause) seen at n rounds began up to a round
             # before the first of them: n - 1 rounds is all it surely lasted,
@@ -306,6 +322,9 @@ class WatchedConnection:
 
     #: ping this connection when it is silent (peer links ping by themselves)
     pings = False
+    #: read on while the output is backed up (a peer link, see the module
+    #: docstring): L{output_backed_up} and L{output_drained} say when
+    reads_while_backed_up = False
     #: a place among the node's connections: C{(counts, ip)}
     slot: tuple[ConnectionCounts, str] | None = None
     flow: Flow | None = None
@@ -336,6 +355,12 @@ class WatchedConnection:
                     peer=getattr(self, "peer", None), code=code, reason=reason, count=count,
                 )  # fmt: skip
         quietly(self, super()._fail_connection, code=code, reason=reason)  # type: ignore[misc]
+
+    def output_backed_up(self) -> None:
+        """The unsent output passed C{max_write_buffer} (see L{reads_while_backed_up})."""
+
+    def output_drained(self) -> None:
+        """The output backed up has drained."""
 
     def onMessageFrameBegin(self, length: int) -> None:
         super().onMessageFrameBegin(length)  # type: ignore[misc]

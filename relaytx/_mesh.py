@@ -253,6 +253,11 @@ class Mesh:
         #: 4002): its dialers of that peer dial no more (L{PeerAdmin.removed_by})
         self.removed_by: Callable[[str], None] | None = None
 
+    def refuse_held(self, envelope: Envelope, session: PeerSession) -> None:
+        self.metrics.drop("overloaded")
+        why = f"the link from {session.peer_id} is backed up: too many calls wait"
+        self.calls.refuse(envelope, session.peer_id, why, overloaded=True)
+
     def _refuse(self, *args: Any, **kwargs: Any) -> None:
         # (The forwarder is made before the calls it refuses: MeshCalls.refuse.)
         self.calls.refuse(*args, **kwargs)

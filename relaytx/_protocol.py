@@ -99,6 +99,12 @@ class _Transport:
         self._protocol.dropConnection(abort=True)
 
 
+#: Calls a peer link holds back while its output is backed up, in bytes,
+#: as a multiple of max_write_buffer: calls already read, waiting for room
+#: (a neighbour's bursts of large calls ride through; past it, -32005).
+HOLD_FACTOR = 4
+
+
 class _PeerAdapter(WatchedConnection, LeanMessages):
     """
     The part shared by both ends: open the session once the handshake says
@@ -109,6 +115,7 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
     _rlog = Logger()
     session: PeerSession | None = None
     direction = "inbound"
+    reads_while_backed_up = True  # (see relaytx._flow)
     factory: Any
     handshake: AcceptorHandshake | DiallerHandshake
     #: checks each batch received, on a link between holders of the secret
@@ -161,6 +168,16 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
             self._close(CLOSE_REPLACED, e.reason)
             return
         self._opened()
+
+    def output_backed_up(self) -> None:
+        session = self.session
+        if session is not None and self.flow is not None:
+            session.hold_calls(HOLD_FACTOR * self.flow.watch.max_write_buffer)
+
+    def output_drained(self) -> None:
+        session = self.session
+        if session is not None:
+            session.release_calls()
 
     def _peer_names(self) -> frozenset[str]:
         """The node ids the other end's TLS certificate names (none without TLS)."""

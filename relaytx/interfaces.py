@@ -64,6 +64,12 @@ class ISessionHost(Interface):
     def receive(envelope: Envelope, session: Session) -> None:
         """A message arrived on C{session}'s link: deliver it here or send it on."""
 
+    def refuse_held(envelope: Envelope, session: Session) -> None:
+        """
+        A call arrived on C{session}'s link while its output is backed up
+        and as many calls wait as may: refuse it (-32005).
+        """
+
     def handler_for(payload_type: type[Payload]) -> Any:
         """
         :returns: the function registered on the node for C{payload_type}

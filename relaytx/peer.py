@@ -32,6 +32,7 @@ types, through nodes that do not know it.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -58,6 +59,9 @@ from relaytx.wire import (
     encode,
     rfc3339,
 )
+
+#: The type of the messages held back while a link's output is backed up.
+_CALL = ServerCall.TYPE
 
 # WebSocket close codes this module uses (RFC 6455 section 7.4 and the
 # application range 4000-4999).
@@ -176,7 +180,50 @@ class PeerSession:
             if e.reason in ("not_json", "not_object"):
                 self.close(CLOSE_INVALID_PAYLOAD, "frames must be JSON objects")
             return
+        if self.holding and envelope.type == _CALL:
+            self._hold(envelope, len(frame))
+            return
         self.host.receive(envelope, self)
+
+    # Calls held back while the link's output is backed up.
+
+    #: whether calls arriving wait (L{hold_calls})
+    holding = False
+    _held: deque[tuple[Envelope, int]] | None = None
+    _held_bytes = 0
+    _hold_limit = 0
+
+    def hold_calls(self, limit: int) -> None:
+        """
+        The link's unsent output passed the node's bound: calls arriving on
+        it (for this node or passing through), whose answers would add to
+        that output, wait until it drains (L{release_calls}); everything
+        else is taken as it comes. Past C{limit} bytes held, a call is
+        refused at once (-32005). (The link is still read: see
+        L{relaytx._flow}.)
+        """
+        self.holding = True
+        self._hold_limit = limit
+        if self._held is None:
+            self._held = deque()
+
+    def release_calls(self) -> None:
+        """The output has drained: the calls held are taken, in order."""
+        self.holding = False
+        held = self._held
+        while held and not self.holding and not self.closed:
+            envelope, size = held.popleft()
+            self._held_bytes -= size
+            self.host.receive(envelope, self)
+
+    def _hold(self, envelope: Envelope, size: int) -> None:
+        held = self._held
+        assert held is not None  # (holding)
+        if self._held_bytes + size > self._hold_limit:
+            self.host.refuse_held(envelope, self)
+            return
+        held.append((envelope, size))
+        self._held_bytes += size
 
     def binary_received(self) -> None:
         """A binary frame arrived: the protocol is text only."""
@@ -188,6 +235,9 @@ class PeerSession:
         if self._lost:
             return
         self._lost = self.closed = True
+        if self._held:
+            self._held.clear()  # (their callers hear of the lost link)
+            self._held_bytes = 0
         if self._pinger is not None and self._pinger.running:
             self._pinger.stop()
         self._pinger = None

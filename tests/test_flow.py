@@ -248,6 +248,30 @@ class BackPressureTests(SynchronousTestCase):
         self.assertFalse(self.fd.reading)
         self.assertTrue(self.flow.reading_paused)
 
+    def test_peerLinkReadOn(self) -> None:
+        """
+        A peer link's output past the bound leaves reading on (two nodes
+        that stopped reading each other would wait for ever): the
+        connection is told instead, and told again when it drains. Still
+        backed up after idle_timeout, it is closed as unread.
+        """
+        told: list[str] = []
+        self.connection.reads_while_backed_up = True  # type: ignore[attr-defined]
+        self.connection.output_backed_up = lambda: told.append("backed up")  # type: ignore[attr-defined]
+        self.connection.output_drained = lambda: told.append("drained")  # type: ignore[attr-defined]
+        self.fd.write(b"x" * 2000)
+        self.fd.write(b"x" * 2000)
+        self.assertTrue(self.fd.reading)
+        self.assertEqual((told, self.flow.backed_up), (["backed up"], True))
+        self.fd.drain()
+        self.assertEqual((told, self.flow.backed_up), (["backed up", "drained"], False))
+        self.fd.write(b"x" * 2000)
+        for _ in range(ROUNDS + 1):
+            self.connection.read_since_round = True
+            self.clock.advance(ROUND)
+        self.assertTrue(self.connection.dropped)
+        self.assertEqual(self.watch.closed["unread"], 1)
+
     def test_releasedWhenGone(self) -> None:
         """A connection gone lets go of its unsent output at once, not at the next collection."""
         self.fd.write(b"x" * 2000)

@@ -690,3 +690,56 @@ class SeedRouteMessageTests(SessionTestCase):
         self.assertEqual(forwarded.ttl, 8)
         self.assertEqual(forwarded.data["response_id"], "fwd-1")
         self.assertEqual(dropped_total(self.node), 0)
+
+
+class BackedUpTests(SessionTestCase):
+    """Calls held back while the link's output is backed up (L{PeerSession.hold_calls})."""
+
+    def call(self, n: int, text: str = "x") -> bytes:
+        """A call of node.echo(text) from hA, response id c{n}."""
+        data = {
+            "call": {"server_name": "node", "method": "echo", "args": [text], "timeout": 5},
+            "response_id": f"c{n}",
+        }
+        return frame("server_call", "hA", "hB", data, id=f"m{n}")
+
+    def answers(self) -> list[tuple[str, Any]]:
+        return [
+            (a.data["response_id"], a.data.get("result", a.data.get("error_code")))
+            for a in self.sent("server_response")
+        ]
+
+    def test_held_then_taken_in_order(self) -> None:
+        """
+        Calls arriving while the output is backed up wait; everything else
+        is taken as it comes (a ping is answered); once drained, the calls
+        run in the order they came.
+        """
+        self.session.hold_calls(10_000)
+        self.receive(self.call(1, "one"))
+        self.receive(frame("ping", "hA", "hB", {"timestamp": 7}))
+        self.receive(self.call(2, "two"))
+        self.assertEqual(self.answers(), [])
+        self.assertEqual(len(self.sent("pong")), 1)
+        self.session.release_calls()
+        self.assertEqual(self.answers(), [("c1", ["one"]), ("c2", ["two"])])
+        self.receive(self.call(3))
+        self.assertEqual(len(self.answers()), 3)  # drained: taken at once again
+
+    def test_past_the_limit_refused(self) -> None:
+        """Past the bytes the link may hold, a call is refused at once with -32005."""
+        self.session.hold_calls(len(self.call(1)) * 2)
+        for n in range(1, 4):
+            self.receive(self.call(n))
+        self.assertEqual(self.answers(), [("c3", -32005)])
+        self.assertEqual(dropped(self.node, "overloaded"), 1)
+        self.session.release_calls()
+        self.assertEqual(self.answers(), [("c3", -32005), ("c1", ["x"]), ("c2", ["x"])])
+
+    def test_dropped_with_the_link(self) -> None:
+        """Calls still held when the link is lost are let go of."""
+        self.session.hold_calls(10_000)
+        self.receive(self.call(1))
+        self.session.connection_lost("gone")
+        self.session.release_calls()
+        self.assertEqual(self.answers(), [])

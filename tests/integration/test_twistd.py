@@ -265,6 +265,45 @@ class TwistdNodeTests(CommandLineTestCase):
         self.assertIn("relay: error: cannot call", done.stderr)
 
 
+class TwoWayLinkTests(CommandLineTestCase):
+    """Two relay node processes whose link carries large messages both ways."""
+
+    def test_largeCallsBothWays(self) -> None:
+        """
+        40 clients of B each calling node.echo on A with 500 KB, at once:
+        large calls one way, large answers the other. Neither node stops
+        reading the other (both would wait for ever, and take the link for
+        dead): every call succeeds, and the link stays up.
+        """
+        port_a, port_b = free_port(), free_port()
+        a = self.start(relay("node", "--node-id", "A", "--port", str(port_a)))
+        self.wait_healthy(a, port_a)
+        b = self.start(
+            relay(
+                "node", "--node-id", "B", "--port", str(port_b),
+                "--add-peer", f"ws://127.0.0.1:{port_a}",
+            )
+        )  # fmt: skip
+        self.wait_healthy(b, port_b)
+        deadline = time.monotonic() + START_DEADLINE
+        ping = {"jsonrpc": "2.0", "method": "A/node.ping", "id": 0}
+        while "result" not in rpc(port_b, ping) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        call = {"jsonrpc": "2.0", "method": "A/node.echo", "params": ["x" * 500_000], "id": 1}
+
+        def client(_: int) -> list[Any]:
+            return [rpc(port_b, call).get("error", {}).get("code", "ok") for _ in range(20)]
+
+        with ThreadPoolExecutor(40) as pool:
+            outcomes = [o for r in pool.map(client, range(40)) for o in r]
+        self.assertEqual(outcomes.count("ok"), 800, sorted(set(map(str, outcomes))))
+        metrics = http.client.HTTPConnection("127.0.0.1", port_b, timeout=10)
+        metrics.request("GET", "/metrics")
+        text = metrics.getresponse().read().decode()
+        metrics.close()
+        self.assertIn('relaytx_links_lost_total{cause="silent"} 0.0', text)
+
+
 class SignalTests(CommandLineTestCase):
     """SIGTERM and SIGINT stop nodes cleanly."""
 
