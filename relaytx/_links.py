@@ -4,9 +4,10 @@ L{LinkTable}: a node's open links, who may open one, and the session class
 and message types they run with.
 
 Admission. A link to oneself is refused, and so is any link while the node
-stops. When two nodes dial each other and both links open, the link
-dialled by the node with the smaller id is kept, at both ends: the smaller
-keeps its own dial and replaces the peer's, the larger drops its own.
+stops. When two nodes dial each other and both links open within
+L{CROSSING} seconds, the link dialled by the node with the smaller id is
+kept, at both ends, whichever opened first there. A healthy link older
+than that is never replaced (below): whoever dialled which.
 
 A second link for a peer whose link is healthy is refused (409), in every
 mode: one process cannot take over another's link, and a second process
@@ -39,6 +40,10 @@ HEALTHY_LINK_HERE = "has a healthy link here"
 #: How a node refusing a dialler says it holds the link it dialled itself
 #: (with its own id: the dialler learns whom it dials).
 DIALLED_BY = "the link {} dialled"
+
+#: Seconds within which two links between the same nodes, one dialled by
+#: each, are taken for dials that crossed (rather than a second claim).
+CROSSING = 2.0
 
 #: What a node says to a dialler that expects another node (dialers spot it).
 NOT_THE_NODE_EXPECTED = "not the node the dialler expects"
@@ -131,6 +136,17 @@ class LinkTable:
         if existing is None:
             return
         healthy = existing.healthy and not existing.closed
+        crossing = (
+            healthy
+            and existing.direction != direction
+            and existing.host.clock.seconds() - existing.opened_at < CROSSING
+        )
+        if crossing:
+            # Both dialled, and both links open: the one the smaller id
+            # dialled is kept, at both ends, whichever opened first.
+            dialled_by_peer = direction == "inbound"
+            if dialled_by_peer == (peer_id < self.node_id):
+                return  # the new link replaces the other
         if direction == "inbound" and existing.direction == "outbound":
             if healthy or self.node_id < peer_id:
                 existing.challenge()  # the peer dials as if that link were gone: is it?
@@ -139,10 +155,7 @@ class LinkTable:
                 )
             return
         if direction == "outbound" and existing.direction == "inbound":
-            # Both dialled, and the peer's link opened first: the link the
-            # smaller id dialled is kept, at both ends (the peer refuses
-            # this node's link if its own had opened there first).
-            if healthy and self.node_id > peer_id:
+            if healthy:
                 raise LinkRefused(409, f"already linked to {peer_id} (the link it dialled)")
             return
         if healthy:

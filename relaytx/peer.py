@@ -141,6 +141,8 @@ class PeerSession:
         self.original = original
         self.transport: ILinkTransport | None = None
         self.last_seen = host.clock.seconds()
+        #: when its link opened
+        self.opened_at = self.last_seen
         self.rtt: float | None = None
         self.healthy = True
         self.closed = False
@@ -164,7 +166,7 @@ class PeerSession:
         """The link is open: start liveness and announce ourselves."""
         self.transport = transport
         self.sealed = bool(getattr(transport, "sealed", False))
-        self.last_seen = self.host.clock.seconds()
+        self.last_seen = self.opened_at = self.host.clock.seconds()
         self._pinger = LoopingCall(self._tick)
         self._pinger.clock = self.host.clock
         self._pinger.start(self.host.ping_interval, now=True)

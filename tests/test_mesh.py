@@ -1120,13 +1120,27 @@ class LinkLifecycleTests(MeshTestCase):
         a = memory_node("a", self.clock)
         b = memory_node("b", self.clock)
         first = self.network.link(b, a)  # b dialled a
-        self.network.settle()
+        self.network.advance(5.0)  # (no dials crossing: a link that has lasted)
         impostor = memory_node("a", self.clock)
         refused = self.assertRaises(LinkRefused, self.network.link, impostor, b)
         self.assertEqual(refused.status, 409)
         self.assertIn("the link b dialled", refused.reason)
         self.assertIs(b.mesh.links["a"], first.session_of(b))
         self.assertFalse(first.closed)
+
+    def test_lasting_link_kept_by_the_smaller_id(self) -> None:
+        """
+        A node with the smaller id that dials a second process under the
+        id of a neighbour linked for a while keeps the lasting link: its
+        new one is refused, not the lasting one replaced.
+        """
+        a = memory_node("a", self.clock)
+        b = memory_node("b", self.clock)
+        first = self.network.link(b, a)  # the real b dialled a
+        self.network.advance(5.0)
+        refused = self.assertRaises(LinkRefused, a.mesh.check_new_link, "b", "outbound")
+        self.assertEqual(refused.status, 409)
+        self.assertIs(a.mesh.links["b"], first.session_of(a))
 
     def test_crossing_dials_opened_both(self) -> None:
         """
