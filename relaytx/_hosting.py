@@ -35,6 +35,7 @@ from relaytx.errors import (
     Overloaded,
     ParseError,
     RemoteCallError,
+    TimedOutHere,
     failure_exception,
 )
 from relaytx.server import Mailbox, OwnCancellation, Server
@@ -220,7 +221,7 @@ class ServerHost:
             else:
                 result = mailbox.call(runnable, args, target.kwargs, target.timeout)
         except CallError as e:
-            if e.code in _DELIVERY_CODES and not mailbox.server.owns_delivery_errors:
+            if self._of_another_call(e, mailbox.server):
                 raise self._method_error(Failure(), target) from None
             raise  # a server may fail a call with a precise relaytx error
         except BaseException:  # SystemExit too: a method's, not the node's
@@ -278,13 +279,31 @@ class ServerHost:
             )
         error = failure.value
         if isinstance(error, CancelledError) or (
-            isinstance(error, CallError)
-            and (error.code not in _DELIVERY_CODES or server.owns_delivery_errors)
+            isinstance(error, CallError) and not self._of_another_call(error, server)
         ):
             # A server may fail a call with a precise relaytx error; a
             # cancelled call was given up by its caller.
             return failure
         return Failure(self._method_error(failure, target))
+
+    def _of_another_call(self, error: CallError, server: Server) -> bool:
+        """
+        :returns: whether C{error}, a method's failure, is that of a call
+            the method made rather than its own: a code of where a call
+            went (L{_DELIVERY_CODES}), a timeout other than its own, or an
+            error another node answered (but -32000, which it is already).
+            Its own call then fails -32000.
+        """
+        if server.owns_delivery_errors:
+            return False
+        if error.code in _DELIVERY_CODES:
+            return True
+        if isinstance(error, CallTimeout):
+            return not isinstance(error, TimedOutHere)
+        if isinstance(error, RemoteCallError):
+            return False  # -32000 already, with the exception's type and message
+        origin = error.data.get("node_id")
+        return origin is not None and origin != self._node_id
 
     def _method_error(self, failure: Failure, target: CallTarget) -> RemoteCallError:
         self._log.failure(
@@ -294,4 +313,4 @@ class ServerHost:
 
 
 def _timed_out(result: Any, timeout: float) -> Failure:
-    return Failure(CallTimeout(f"Call timed out after {timeout:g}s", timeout=timeout))
+    return Failure(TimedOutHere(f"Call timed out after {timeout:g}s", timeout=timeout))

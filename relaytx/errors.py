@@ -157,6 +157,13 @@ class CallTimeout(CallError, DeferTimeoutError):
     default_message = "Call timed out"
 
 
+class TimedOutHere(CallTimeout):
+    """
+    A call's own deadline passed where it runs: queued in its server's
+    mailbox, or running (not a call that its method made, which timed out).
+    """
+
+
 class NodeUnreachable(CallError):
     """
     The call certainly did not run: no route to the target, TTL exceeded,

@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from relaytx._aio import CoroutineRunner, is_deferred, run_on_twisted
-from relaytx.errors import CallTimeout, InvalidParams
+from relaytx.errors import InvalidParams, TimedOutHere
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -360,7 +360,7 @@ class Mailbox:
             if d.called:  # cancelled while it waited
                 continue
             if deadline is not None and clock is not None and clock.seconds() >= deadline:
-                d.errback(CallTimeout("Call timed out waiting for its turn"))
+                d.errback(TimedOutHere("Call timed out waiting for its turn"))
                 continue
             try:
                 result = function(server, *args, **kwargs)

@@ -76,6 +76,19 @@ class Where(Server):
         return await self.node.call(target, "svc", "where")
 
     @exposed
+    def onward_within(self, target: str, method: str, timeout: float, *args: Any) -> Any:
+        """Answer with what svc.METHOD on C{target} answers within C{timeout} s."""
+        self.runs += 1
+        return self.node.call(target, "svc", method, *args, timeout=timeout)
+
+    @exposed
+    def refuse_params(self) -> None:
+        """Fail with -32602 on purpose: it keeps its code."""
+        from relaytx.errors import InvalidParams
+
+        raise InvalidParams("Invalid params: not today")
+
+    @exposed
     def shed(self) -> None:
         """Fail with a code that says where a call went: it ran all the same."""
         self.runs += 1
@@ -610,6 +623,28 @@ class MeshInstancesTests(SynchronousTestCase):
                 after = sum(server.runs for server in self.servers.values())
                 self.assertEqual(after - before, 1)
         self.assertEqual(len(self.flushLoggedErrors(NodeUnreachable, Overloaded)), 3)
+
+    def test_nested_timeout_and_answers_from_elsewhere(self) -> None:
+        """
+        A call the method made timing out (-32001), or failing with an error
+        another node answered (-32602 there), is the method's failure,
+        -32000: not its own call's timeout (which would count against its
+        instance's circuit). A method's own -32602 keeps its code.
+        """
+        a = self.mesh()
+        d = a.call("b", "svc", "onward_within", "c", "hold", 1.0, timeout=30)
+        self.network.pump()
+        self.network.advance(1.0)
+        error = self.failureResultOf(d, RemoteCallError).value
+        self.assertEqual((error.code, error.data["type"]), (-32000, "CallTimeout"))
+        d = a.call("b", "svc", "onward_within", "c", "where", 5.0, "surplus")
+        self.network.pump()
+        error = self.failureResultOf(d, RemoteCallError).value
+        self.assertEqual((error.code, error.data["type"]), (-32000, "InvalidParams"))
+        d = a.call("b", "svc", "refuse_params")
+        self.network.pump()
+        self.assertEqual(self.failureResultOf(d).value.code, -32602)
+        self.flushLoggedErrors()
 
     def test_round_robin_across_nodes(self) -> None:
         """node.call(None, ...) with round_robin goes to b, c, d in turn."""

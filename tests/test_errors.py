@@ -30,6 +30,7 @@ from relaytx.errors import (
     RelayError,
     RemoteCallError,
     StartupError,
+    TimedOutHere,
     UnknownMessageType,
     error_for_code,
 )
@@ -43,6 +44,7 @@ SPEC_CODES: dict[type[CallError], int] = {
     InternalError: -32603,
     RemoteCallError: -32000,
     CallTimeout: -32001,
+    TimedOutHere: -32001,
     NodeUnreachable: -32002,
     NoSuchServer: -32003,
     NoSuchMethod: -32003,
@@ -239,8 +241,10 @@ class ErrorForCodeTests(SynchronousTestCase):
                 self.assertEqual(error.code, code)
                 self.assertEqual(error.message, "remote said so")
                 self.assertIsInstance(error, CallError)
-                # -32003 is shared: it always comes back as NoSuchServer.
-                expected = NoSuchServer if cls is NoSuchMethod else cls
+                # -32003 and -32001 are shared: they come back as NoSuchServer
+                # and CallTimeout (a deadline passed where a call runs is one
+                # of the caller's timeouts there).
+                expected = {NoSuchMethod: NoSuchServer, TimedOutHere: CallTimeout}.get(cls, cls)
                 self.assertIs(type(error), expected)
 
     def test_data_copied(self) -> None:
