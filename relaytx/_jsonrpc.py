@@ -445,6 +445,19 @@ class JsonRpcHandler:
             total += len(_json.dumps(members[i])) - size
             if total <= limit:
                 break
+        else:
+            # Still too large (many errors, each cut to some 2 KB): each
+            # error in a few words, with where it happened; and if even
+            # that is too much, the batch is answered with one error.
+            members = [m if "result" in m else _terse(m) for m in members]
+            answer = _json.dumps(members if isinstance(message, list) else members[0])
+            if len(answer) <= limit:
+                return answer
+            too_large = InternalError(
+                f"the answer is {total} bytes, past the {limit}-byte message limit of"
+                " /ws/rpc: send fewer requests at once, or call by POST /rpc"
+            )
+            return _json.dumps(self._error(too_large, None))
         return _json.dumps(members if isinstance(message, list) else members[0])
 
     def _error(self, error: CallError, request_id: Any) -> dict[str, Any]:
@@ -477,6 +490,16 @@ def _shortened(member: dict[str, Any], size: int) -> dict[str, Any]:
             data = {key: data[key] for key in ("node_id", "route", "type") if key in data}
         error["data"] = data
     return {**member, "error": error}
+
+
+def _terse(member: dict[str, Any]) -> dict[str, Any]:
+    """:returns: the error answer C{member} in a few words, with where it happened."""
+    error = member["error"]
+    data = error.get("data")
+    short = {"code": error.get("code"), "message": str(error.get("message"))[:100]}
+    if type(data) is dict:
+        short["data"] = {key: data[key] for key in ("node_id", "type") if key in data}
+    return {**member, "error": short}
 
 
 def _gather(items: list[Any]) -> Deferred[list[Any]]:

@@ -200,6 +200,7 @@ class WsRpcTests(TestCase):
                     call(7, "big.fail_now", 40_000),  # (its message twice: 80 KB)
                     call(8, "big.fail_later", 40_000),
                     call(9, "big.now", 10),
+                    [call(10 + k, "big.fail_now", 2_000) for k in range(40)],
                 ):
                     conn.send(json.dumps(message))
                     raw = conn.recv(timeout=5)
@@ -207,7 +208,7 @@ class WsRpcTests(TestCase):
                     answers.append(json.loads(raw))
                 return answers
 
-        one, later, batch, after, failed, failed_later, last = await deferToThread(talk)
+        one, later, batch, after, failed, failed_later, last, errors = await deferToThread(talk)
         for answer, request_id in ((one, 1), (later, 2)):
             self.assertEqual(answer["id"], request_id)
             self.assertEqual(answer["error"]["code"], -32000)
@@ -224,6 +225,12 @@ class WsRpcTests(TestCase):
             self.assertEqual(answer["error"]["data"]["type"], "ValueError")
             self.assertIn("cut for /ws/rpc", answer["error"]["message"])
         self.assertEqual(last["result"], "x" * 10)
+        # Many errors, each cut short and still too many together: each in a
+        # few words, with where it happened.
+        self.assertEqual([e["id"] for e in errors], list(range(10, 50)))
+        for error in errors:
+            self.assertEqual(error["error"]["code"], -32000)
+            self.assertEqual(error["error"]["data"], {"node_id": "ws7", "type": "ValueError"})
         self.flushLoggedErrors(ValueError)
 
     async def test_node_stopping(self) -> None:
