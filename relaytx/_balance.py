@@ -589,8 +589,8 @@ class Balancer(InstanceChoice):
         self._failed(instance, target.server, node, error, now)
         if not self.fails_over(error, node, target.server, target.method) or now >= deadline:
             return outcome
-        if target.stream is not None and isinstance(error, OutcomeUnknown):
-            return outcome  # its consumer may have had items: never sent twice
+        if isinstance(error, OutcomeUnknown) and target.stream is not None and target.stream.count:
+            return outcome  # its consumer had items: never sent twice
         tried = (*tried, node)
         following = self.choose(target.server, tried)
         if following is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -315,22 +316,39 @@ class FailoverTests(BalancerCase):
         self.assertEqual(remote.nodes(), ["b", "c"])
 
     def test_stream_unknown_outcome_not_retried(self) -> None:
-        """A stream whose outcome is unknown is not run again, even for an idempotent method."""
+        """
+        A stream whose outcome is unknown, once its consumer had items, is
+        not run again, even for an idempotent method.
+        """
         b = self.balancer("round_robin")
         self.info.take({"b": NodeInfo(3, 0, {"svc": ("where",)})}, {})
         remote = FakeRemote()
         remote.answers = {"b": OutcomeUnknown("lost"), "c": "c"}
-        consumer = object()
+        consumer = SimpleNamespace(count=2)
         target = CallTarget(None, "svc", "where", stream=consumer)
         self.failureResultOf(b.call(target, remote, no_local), OutcomeUnknown)
         self.assertEqual([c.stream for c in remote.calls], [consumer])
+
+    def test_unknown_outcome_before_any_item_retried(self) -> None:
+        """
+        A call that could stream (every /ws/rpc call can) whose consumer had
+        no item yet is an idempotent method's call like another: retried.
+        """
+        b = self.balancer("round_robin")
+        self.info.take({"b": NodeInfo(3, 0, {"svc": ("where",)})}, {})
+        remote = FakeRemote()
+        remote.answers = {"b": OutcomeUnknown("lost"), "c": "c"}
+        consumer = SimpleNamespace(count=0)
+        target = CallTarget(None, "svc", "where", stream=consumer)
+        self.assertEqual(self.successResultOf(b.call(target, remote, no_local)), "c")
+        self.assertEqual(remote.nodes(), ["b", "c"])
 
     def test_stream_fails_over_when_not_run(self) -> None:
         """A stream refused where it went (-32002) goes on to another instance, consumer and all."""
         b = self.balancer("round_robin")
         remote = FakeRemote()
         remote.answers = {"b": NodeUnreachable("gone"), "c": "c"}
-        consumer = object()
+        consumer = SimpleNamespace(count=0)
         target = CallTarget(None, "svc", "where", stream=consumer)
         self.assertEqual(self.successResultOf(b.call(target, remote, no_local)), "c")
         self.assertEqual([c.stream for c in remote.calls], [consumer, consumer])
