@@ -244,6 +244,11 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
 
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)
+        session = self.session
+        if session is not None and self.unfinished_message:
+            # Part of a frame: a peer still sending a large one is alive,
+            # however long it takes to cross a slow link (SPEC section 8).
+            session.reading()
         opener = self._opener
         if opener is not None and opener.pending and self._pending_timer is None:
             # A batch's frames arrived in pieces (or a stranger's frame

@@ -171,6 +171,11 @@ class PeerSession:
         self._pinger.clock = self.host.clock
         self._pinger.start(self.host.ping_interval, now=True)
 
+    def reading(self) -> None:
+        """Part of a frame arrived: the peer is alive, as a whole frame would show."""
+        self.last_seen = self.host.clock.seconds()
+        self.waiting_since = None
+
     def data_received(self, frame: bytes) -> None:
         """One text frame arrived."""
         self.last_seen = self.host.clock.seconds()

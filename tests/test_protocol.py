@@ -19,6 +19,7 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx._dialer import Dialer, _WhileUnlinked, peer_url
+from relaytx._frames import frame_header
 from relaytx._linkauth import PENDING_TIMEOUT, SEND_BATCH_BYTES
 from relaytx._protocol import AUTH_TIMEOUT, PeerServerFactory
 from relaytx.node import RelayNode
@@ -346,6 +347,23 @@ class AdapterTests(SynchronousTestCase):
         d = pair.dialling.call("hB", "node", "echo", 1, "two")
         pair.flush()
         self.assertEqual(self.successResultOf(d), [1, "two"])
+
+    def test_part_of_a_frame_is_heard(self) -> None:
+        """
+        Part of a large frame arriving shows the peer alive, as a whole
+        frame does: a link slower than the peer timeout for one frame is
+        not taken for silent while it carries it.
+        """
+        pair = _Adapters(self, None, None)
+        pair.flush()
+        session = pair.accepting.mesh.links["hA"]
+        frame = frame_header(100_000, 1) + b" " * 50_000  # (the dialler's frames go unmasked)
+        session.waiting_since = pair.clock.seconds()
+        pair.clock.advance(1.0)
+        self.assertIsNotNone(session.waiting_since)
+        pair.server.dataReceived(frame)
+        self.assertIsNone(session.waiting_since)
+        self.assertEqual(session.last_seen, pair.clock.seconds())
 
     def test_dialler_refuses_a_second_link(self) -> None:
         """
