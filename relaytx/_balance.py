@@ -43,6 +43,7 @@ from relaytx._hosting import ServerHost
 from relaytx.config import BalanceConfig
 from relaytx.errors import (
     CallError,
+    LinkBackedUp,
     NodeUnreachable,
     NoSuchMethod,
     NoSuchServer,
@@ -582,7 +583,11 @@ class Balancer(InstanceChoice):
             samples.append(now - started)
             return outcome
         error = failure_exception(outcome)
-        if isinstance(error, Overloaded) and error.data.get("node_id") == self.node_id:
+        if (
+            isinstance(error, Overloaded)
+            and not isinstance(error, LinkBackedUp)
+            and error.data.get("node_id") == self.node_id
+        ):
             # This node's own limit (its pending calls): not the instance's
             # doing, and no other instance would fare better.
             return outcome

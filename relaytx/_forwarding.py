@@ -60,7 +60,7 @@ from relaytx._links import LinkTable
 from relaytx._metrics import NodeMetrics
 from relaytx._routing import HOP_BUDGETS, HOP_MARGIN, MAX_HOPS, Router
 from relaytx._tracing import TRACE_PATH, HopTraces
-from relaytx.errors import MalformedMessage, MessageTooLarge, NodeUnreachable
+from relaytx.errors import LinkBackedUp, MalformedMessage, MessageTooLarge, NodeUnreachable
 from relaytx.peer import PeerSession
 from relaytx.wire import (
     MAX_ID_LENGTH,
@@ -259,6 +259,9 @@ class Forwarder:
             # and its caller told so.)
             self._metrics.drop("too_large")
             self._refuse(hopped, peer, "message too large to forward", lost=True)
+        except LinkBackedUp as e:
+            self._metrics.drop("overloaded")
+            self._refuse(hopped, peer, e.message, True)
 
     def _unwrap(self, wrapper: Envelope, session: PeerSession) -> None:
         # The forwarder wraps, so the forwarder unwraps: a message passing
@@ -462,6 +465,13 @@ class Forwarder:
         now: float | None = None,
     ) -> None:
         if envelope.type == _CALL:
+            if session.holding and session.backed_up_past_bound():
+                # The link holds as much as it may: a call more would only
+                # wait behind the others (and grow this node's memory).
+                raise LinkBackedUp(
+                    f"the link from {self._node_id} to {session.peer_id} is backed up",
+                    node_id=self._node_id,
+                )
             if now is None:
                 now = self._clock.seconds()
             if came_from is not None:

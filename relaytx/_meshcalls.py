@@ -57,6 +57,7 @@ from relaytx.errors import (
     HOP_CODES,
     CallError,
     Cancelled,
+    LinkBackedUp,
     MessageTooLarge,
     NodeUnreachable,
     NoSuchServer,
@@ -199,6 +200,8 @@ class MeshCalls:
             self.pending.set_via(response_id, via, flooded)
         except MessageTooLarge as e:
             self.pending.resolve(response_id, error=Overloaded(f"Call too large: {e}"))
+        except LinkBackedUp as e:
+            self.pending.resolve(response_id, error=e)
         return d
 
     def settle(self, envelope: Envelope, response: ServerResponse, via: str | None = None) -> None:

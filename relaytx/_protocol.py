@@ -172,7 +172,7 @@ class _PeerAdapter(WatchedConnection, LeanMessages):
     def output_backed_up(self) -> None:
         session = self.session
         if session is not None and self.flow is not None:
-            session.hold_calls(HOLD_FACTOR * self.flow.watch.max_write_buffer)
+            session.hold_calls(HOLD_FACTOR * self.flow.watch.max_write_buffer, self.flow.unsent)
 
     def output_drained(self) -> None:
         session = self.session

@@ -213,6 +213,14 @@ class Overloaded(CallError):
     default_message = "Overloaded, retry later"
 
 
+class LinkBackedUp(Overloaded):
+    """
+    The link a call would leave by holds as much unsent output as it may
+    (its peer, or the path, is slower than the calls sent to it): another
+    instance, or a later try, may fare better.
+    """
+
+
 class Cancelled(CallError):
     """
     The call was cancelled (SPEC section 12): by its caller, by

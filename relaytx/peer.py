@@ -200,17 +200,28 @@ class PeerSession:
     _held_bytes = 0
     _hold_limit = 0
 
-    def hold_calls(self, limit: int) -> None:
+    #: the link's unsent output, in bytes (while L{holding})
+    unsent: Callable[[], int] = staticmethod(lambda: 0)
+
+    def backed_up_past_bound(self) -> bool:
+        """Whether the link's unsent output is past what calls may add to (L{hold_calls})."""
+        return self.holding and self.unsent() > self._hold_limit
+
+    def hold_calls(self, limit: int, unsent: Callable[[], int] | None = None) -> None:
         """
         The link's unsent output passed the node's bound: calls arriving on
         it (for this node or passing through), whose answers would add to
         that output, wait until it drains (L{release_calls}); everything
         else is taken as it comes. Past C{limit} bytes held, a call is
-        refused at once (-32005). (The link is still read: see
+        refused at once (-32005); and while the output itself is past
+        C{limit} (C{unsent()}), so is a call that would leave by the link
+        (L{relaytx._forwarding}). (The link is still read: see
         L{relaytx._flow}.)
         """
         self.holding = True
         self._hold_limit = limit
+        if unsent is not None:
+            self.unsent = unsent
         if self._held is None:
             self._held = deque()
 

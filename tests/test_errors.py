@@ -18,6 +18,7 @@ from relaytx.errors import (
     InternalError,
     InvalidParams,
     InvalidRequest,
+    LinkBackedUp,
     MalformedMessage,
     MethodNotFound,
     NodeUnreachable,
@@ -50,6 +51,7 @@ SPEC_CODES: dict[type[CallError], int] = {
     NoSuchMethod: -32003,
     AccessDenied: -32004,
     Overloaded: -32005,
+    LinkBackedUp: -32005,
     OutcomeUnknown: -32006,
     Cancelled: -32800,
 }
@@ -244,7 +246,12 @@ class ErrorForCodeTests(SynchronousTestCase):
                 # -32003 and -32001 are shared: they come back as NoSuchServer
                 # and CallTimeout (a deadline passed where a call runs is one
                 # of the caller's timeouts there).
-                expected = {NoSuchMethod: NoSuchServer, TimedOutHere: CallTimeout}.get(cls, cls)
+                shared = {
+                    NoSuchMethod: NoSuchServer,
+                    TimedOutHere: CallTimeout,
+                    LinkBackedUp: Overloaded,
+                }
+                expected = shared.get(cls, cls)
                 self.assertIs(type(error), expected)
 
     def test_data_copied(self) -> None:

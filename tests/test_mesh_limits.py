@@ -141,6 +141,31 @@ class SizeLimitTests(SynchronousTestCase):
         self.assertIn("too large", error.message)
         self.assertEqual(len(a.mesh.pending), 0)
 
+    def test_calls_refused_onto_a_backed_up_link(self) -> None:
+        """
+        While a link's unsent output is past what it may hold, a call that
+        would leave by it is refused at once (-32005), here or on the way;
+        answers still go, and calls go again once it drains.
+        """
+        reactor = MemoryReactorClock()
+        a, b, c = (memory_node(n, reactor) for n in "abc")
+        network = line([a, b, c])
+        network.settle()
+        to_c = b.mesh.links["c"]
+        to_c.hold_calls(1000, lambda: 5000)  # (its output: past the bound)
+        d = a.call("c", "node", "echo", 1, timeout=30)
+        network.pump()
+        error = self.failureResultOf(d, Overloaded).value
+        self.assertEqual((error.code, error.data["node_id"]), (-32005, "b"))
+        self.assertIn("backed up", error.message)
+        d = b.call("c", "node", "echo", 2, timeout=30)
+        self.assertEqual(self.failureResultOf(d, Overloaded).value.code, -32005)
+        to_c.release_calls()
+        d = a.call("c", "node", "echo", 3, timeout=30)
+        network.pump()
+        self.assertEqual(self.successResultOf(d), [3])
+        self.assertEqual((len(a.mesh.pending), len(b.mesh.pending)), (0, 0))
+
     def test_small_calls_still_work(self) -> None:
         """Under the limit, calls go through as usual."""
         a, _, network = pair(**self.LIMIT)
