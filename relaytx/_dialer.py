@@ -224,6 +224,8 @@ class Dialer(Service):
 
     #: the peer was removed: no more dials (see L{retire})
     retired = False
+    #: which of its admin's dialers this is, in order (L{PeerAdmin.removed_since})
+    made = 0
     #: a link this dialer opened is open
     _holds_link = False
 
@@ -290,6 +292,16 @@ class Dialer(Service):
             )
         if peer_id is not None:
             self.node_id = peer_id
+            admin = self.parent
+            if isinstance(admin, PeerAdmin) and admin.removed_since(peer_id, self):
+                # Dialled by address before its peer was removed (it had
+                # never answered, so its id was unknown then): the removal
+                # holds for it too.
+                session = self.mesh.links.get(peer_id)
+                if session is not None:
+                    session.close(CLOSE_REMOVED, "removed by the operator")
+                admin.forget(self)
+                self.retire()
 
     def link_closed(self, removed: bool = False) -> None:
         """
@@ -429,6 +441,10 @@ class PeerAdmin(MultiService):
         self._watch = watch
         self.max_dialers = max_dialers
         self.dialers: dict[str, Dialer] = {}
+        #: node ids removed by the operator, and when (in dialers made):
+        #: a dialer made before a removal does not link to that id
+        self._removed: dict[str, int] = {}
+        self._made = 0
 
     def is_dialling(self, address: str) -> bool:
         """
@@ -493,8 +509,25 @@ class PeerAdmin(MultiService):
         )
         if dialer.url in self.dialers:
             raise ValueError(f"already dialling {address}")
+        self._made += 1
+        dialer.made = self._made
+        if node_id is not None:
+            self._removed.pop(node_id, None)  # (added again, by its id)
         self.dialers[dialer.url] = dialer
         dialer.setServiceParent(self)
+
+    def removed_since(self, peer_id: str, dialer: Dialer) -> bool:
+        """
+        :returns: whether the operator removed C{peer_id} after C{dialer}
+            was made (dialers added since may link to it).
+        """
+        removed = self._removed.get(peer_id)
+        if removed is None:
+            return False
+        if dialer.made > removed:
+            del self._removed[peer_id]
+            return False
+        return True
 
     def removed_by(self, peer_id: str) -> None:
         """
@@ -529,6 +562,8 @@ class PeerAdmin(MultiService):
         session = self._mesh.links.get(node_id) if node_id is not None else None
         if session is not None:
             session.close(CLOSE_REMOVED, "removed by the operator")
+        if node_id is not None:
+            self._removed[node_id] = self._made
         for dialer in retired:
             dialer.retire()
         return bool(retired) or session is not None

@@ -23,7 +23,7 @@ from relaytx._frames import frame_header
 from relaytx._linkauth import PENDING_TIMEOUT, SEND_BATCH_BYTES
 from relaytx._protocol import AUTH_TIMEOUT, PeerServerFactory
 from relaytx.node import RelayNode
-from relaytx.peer import CLOSE_AUTH_FAILED
+from relaytx.peer import CLOSE_AUTH_FAILED, CLOSE_REMOVED
 from relaytx.testing import link_nodes, memory_node
 
 SECRET = b"0123456789abcdef-cluster"
@@ -183,6 +183,37 @@ class RetireTests(SynchronousTestCase):
         self.dialer.link_opened("peer")
         self.dialer.link_closed()
         self.assertIs(self.dialer.parent, self.parent)
+
+
+class RemovedBeforeAnsweredTests(SynchronousTestCase):
+    """A peer removed while this node's dialer of it had never reached it."""
+
+    def test_removal_holds_for_a_dialer_that_never_answered(self) -> None:
+        """
+        The operator removes b (linked by b's own dial) while this node's
+        dialer of b's address never got an answer, so knew no id: when
+        that dialer reaches b, the removal holds (4002), and it dials no
+        more. A dialer added afterwards may link to b.
+        """
+        reactor = MemoryReactorClock()
+        me, b = memory_node("a", reactor), memory_node("b", reactor)
+        admin = me.peer_admin
+        admin.add_peer("ws://127.0.0.1:9")  # b's address, never answered
+        [dialer] = admin.dialers.values()
+        network = link_nodes(b, me).network  # b dialled this node
+        network.settle()
+        self.assertTrue(admin.remove_peer(node_id="b"))
+        network.settle()
+        self.assertNotIn("b", me.mesh.links)
+        link = network.link(me, b)  # the old dialer reaches b at last
+        dialer.link_opened("b")
+        network.pump()
+        self.assertEqual(link.close_code, CLOSE_REMOVED)
+        self.assertEqual(admin.dialers, {})
+        self.assertTrue(dialer.retired)
+        admin.add_peer("ws://127.0.0.1:10")  # added again: it may link
+        [again] = admin.dialers.values()
+        self.assertFalse(admin.removed_since("b", again))
 
 
 class _Endpoint:
