@@ -150,6 +150,8 @@ class LinkTable:
         if direction == "inbound" and existing.direction == "outbound":
             if healthy or self.node_id < peer_id:
                 existing.challenge()  # the peer dials as if that link were gone: is it?
+                if healthy and not crossing:
+                    self._refuse_claim(peer_id, existing)
                 raise LinkRefused(
                     409, f"already linked to {peer_id} ({DIALLED_BY.format(self.node_id)})"
                 )

@@ -1122,9 +1122,12 @@ class LinkLifecycleTests(MeshTestCase):
         first = self.network.link(b, a)  # b dialled a
         self.network.advance(5.0)  # (no dials crossing: a link that has lasted)
         impostor = memory_node("a", self.clock)
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         refused = self.assertRaises(LinkRefused, self.network.link, impostor, b)
         self.assertEqual(refused.status, 409)
         self.assertIn("the link b dialled", refused.reason)
+        [warning] = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertIn("Is a second process running as a?", formatEvent(warning))
         self.assertIs(b.mesh.links["a"], first.session_of(b))
         self.assertFalse(first.closed)
 
