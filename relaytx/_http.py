@@ -996,6 +996,7 @@ class JsonRpcWebSocketProtocol(  # type: ignore[misc]
         if (
             type(message) is not dict
             or message.get("method") != "$/streamCredit"
+            or message.get("jsonrpc") != "2.0"
             or "id" in message
         ):
             return False
@@ -1039,8 +1040,8 @@ def _cancelled_id(message: dict[str, Any]) -> Any:
         names none that a request can have; L{_NOT_A_CANCEL} for any other
         message.
     """
-    if message.get("method") != "$/cancelRequest":
-        return _NOT_A_CANCEL
+    if message.get("method") != "$/cancelRequest" or message.get("jsonrpc") != "2.0":
+        return _NOT_A_CANCEL  # (not a valid request: answered -32600 as any)
     params = message.get("params")
     if type(params) is not dict:
         return None

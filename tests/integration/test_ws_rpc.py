@@ -145,6 +145,37 @@ class WsRpcTests(TestCase):
             self.assertEqual(json.loads(raw)["error"]["code"], -32800)
         self.assertEqual([d.called for d in slow.waiting], [True, True])  # cancelled there
 
+    async def test_invalid_cancel_request(self) -> None:
+        """
+        A C{$/cancelRequest} or C{$/streamCredit} that is no valid request
+        (no C{"jsonrpc": "2.0"}) is answered -32600 with id null, as by
+        POST /rpc, and cancels nothing.
+        """
+        slow = Slow()
+        node = start_node(self, "ws9", servers={"slow": slow})
+        address = url(node).replace("http://", "ws://") + "/ws/rpc"
+
+        def talk() -> list[Any]:
+            with websockets.sync.client.connect(address, open_timeout=5) as conn:
+                conn.send('{"jsonrpc":"2.0","method":"slow.wait","id":"x"}')
+                answers = []
+                for message in (
+                    '{"method":"$/cancelRequest","params":{"id":"x"}}',
+                    '{"jsonrpc":"1.0","method":"$/cancelRequest","params":{"id":"x"}}',
+                    '{"jsonrpc":"1.0","method":"$/streamCredit","params":{"id":"x","window":2}}',
+                ):
+                    conn.send(message)
+                    answers.append(json.loads(conn.recv(timeout=5)))
+                # Had one cancelled "x", its -32800 would come before this.
+                conn.send('{"jsonrpc":"2.0","method":"node.ping","id":"p"}')
+                answers.append(json.loads(conn.recv(timeout=5)))
+                return answers
+
+        *refused, ping = await deferToThread(talk)
+        for answer in refused:
+            self.assertEqual((answer["error"]["code"], answer["id"]), (-32600, None))
+        self.assertEqual(ping["id"], "p")
+
     async def test_cancel_request_escaped(self) -> None:
         """
         A C{$/cancelRequest} whose method name is escaped, as some JSON
