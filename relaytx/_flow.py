@@ -364,26 +364,23 @@ class WatchedConnection:
 
     def onMessageFrameBegin(self, length: int) -> None:
         super().onMessageFrameBegin(length)  # type: ignore[misc]
-        flow = self.flow
-        if flow is None or self.failedByMe:
-            return
-        if not flow.watch.budget.take(length):
-            flow.watch.closed["busy"] += 1
-            self._fail_connection(CLOSE_TRY_LATER, "node busy: too much input held; retry later")
-            return
-        flow.held_input += length
+        self._hold_input(length)
 
     def onMessageEnd(self) -> None:
-        flow = self.flow
-        if flow is not None and flow.held_input:
-            flow.watch.budget.give_back(flow.held_input)
-            flow.held_input = 0
+        self._give_input_back()
         super().onMessageEnd()  # type: ignore[misc]
 
     def short_frame_begins(self, size: int) -> None:
         # A short frame waiting for its rest (LeanMessages) is held input
         # too: many connections each holding one just under 64 KiB would
         # otherwise pass max_buffered_input unseen.
+        self._hold_input(size)
+
+    def short_frame_done(self) -> None:
+        self._give_input_back()
+
+    def _hold_input(self, size: int) -> None:
+        """C{size} bytes of a message arrive: held, if the budget has room (else 1013)."""
         flow = self.flow
         if flow is None or self.failedByMe:
             return
@@ -393,7 +390,7 @@ class WatchedConnection:
             return
         flow.held_input += size
 
-    def short_frame_done(self) -> None:
+    def _give_input_back(self) -> None:
         flow = self.flow
         if flow is not None and flow.held_input:
             flow.watch.budget.give_back(flow.held_input)

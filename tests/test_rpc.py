@@ -237,6 +237,16 @@ class RawConnection:
             self.protocol.connectionLost(Failure(ConnectionDone("the client went away")))
 
 
+def _pipelined(count: int, text: str) -> bytes:
+    """:returns: C{count} POSTs of node.echo(text), ids 0 to count - 1, one after another."""
+    requests = b""
+    for i in range(count):
+        body = encoded({"jsonrpc": "2.0", "method": "node.echo", "params": [text], "id": i})
+        requests += b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        requests += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    return requests
+
+
 class _FillingTransport(StringTransport):
     """
     A transport whose buffer is full past C{BOUND} bytes: it pauses its
@@ -1297,23 +1307,23 @@ class HttpDetailTests(NodeTestCase):
                 self.assertEqual(reply.header("allow"), "GET")
             self.assertJsonError(self.http.request("GET", path), 400)
 
+    def filling_channel(self) -> tuple[_FillingTransport, Any]:
+        """:returns: a connection to the site whose socket buffer fills (L{_FillingTransport})."""
+        transport = _FillingTransport(peerAddress=CLIENT)
+        channel: Any = self.http.site.buildProtocol(CLIENT)
+        channel.callLater = self.clock.callLater
+        channel.makeConnection(transport)
+        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
+        return transport, channel
+
     def test_pipelined_requests_wait_for_the_buffer(self) -> None:
         """
         Requests read ahead of their turn (pipelined, in one read) begin
         only while the socket's buffer has room: a client that reads none
         of its answers is not answered into memory without end.
         """
-        transport = _FillingTransport(peerAddress=CLIENT)
-        channel: Any = self.http.site.buildProtocol(CLIENT)
-        channel.callLater = self.clock.callLater
-        channel.makeConnection(transport)
-        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
-        big = "x" * 6000
-        pipelined = b""
-        for i in range(10):
-            body = encoded({"jsonrpc": "2.0", "method": "node.echo", "params": [big], "id": i})
-            pipelined += b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            pipelined += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        transport, channel = self.filling_channel()
+        pipelined = _pipelined(10, "x" * 6000)
         channel.dataReceived(pipelined)
         answered = [transport.value()]
         while transport.full:
@@ -1331,17 +1341,8 @@ class HttpDetailTests(NodeTestCase):
         layer hands over what it had decrypted after the pause) wait with
         it, unparsed: every request is answered, in order, with no 400.
         """
-        transport = _FillingTransport(peerAddress=CLIENT)
-        channel: Any = self.http.site.buildProtocol(CLIENT)
-        channel.callLater = self.clock.callLater
-        channel.makeConnection(transport)
-        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
-        big = "x" * 6000
-        pipelined = b""
-        for i in range(10):
-            body = encoded({"jsonrpc": "2.0", "method": "node.echo", "params": [big], "id": i})
-            pipelined += b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            pipelined += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        transport, channel = self.filling_channel()
+        pipelined = _pipelined(10, "x" * 6000)
         first = pipelined.index(b"POST", pipelined.index(b"POST", 1) + 1) + 100  # into the third
         channel.dataReceived(pipelined[:first])
         self.assertTrue(transport.full)

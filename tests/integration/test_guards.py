@@ -116,6 +116,31 @@ def upgrade(
     return sock, status, rest
 
 
+def _trickle(port: int, begun: bytes, more: bytes, gap: float) -> list[int | None]:
+    """
+    Open 8 /ws/rpc connections, send C{begun} on each, then C{more} every
+    C{gap} seconds for up to 4 s (never silent, never done).
+
+    :returns: the close code each got (C{None}: none).
+    """
+    socks = []
+    for _ in range(8):
+        sock, status, _ = upgrade(port, "/ws/rpc")
+        assert status == 101, status
+        sock.sendall(begun)
+        socks.append(sock)
+    going = set(range(len(socks)))
+    deadline = time.monotonic() + 4
+    while going and time.monotonic() < deadline:
+        for i in list(going):
+            try:
+                socks[i].sendall(more)
+            except OSError:
+                going.discard(i)
+        time.sleep(gap)
+    return [_ws_close_code(sock) for sock in socks]
+
+
 def log_events(case: TestCase) -> list[dict[str, Any]]:
     """:returns: a list that gets every log event from now to the end of C{case}."""
     events: list[dict[str, Any]] = []
@@ -478,26 +503,9 @@ class SlowClientTests(TestCase):
         port = port_of(node)
         piece = b"x" * (60 * 1024)
 
-        def fragments() -> list[int | None]:
-            socks = []
-            for _ in range(8):
-                sock, status, _ = upgrade(port, "/ws/rpc")
-                assert status == 101, status
-                sock.sendall(_frame(0x1, b'["' + piece, fin=False))  # a message begun
-                socks.append(sock)
-            # More pieces, never the last, for up to 4 s: never silent.
-            going = set(range(len(socks)))
-            deadline = time.monotonic() + 4
-            while going and time.monotonic() < deadline:
-                for i in list(going):
-                    try:
-                        socks[i].sendall(_frame(0x0, b"y", fin=False))
-                    except OSError:
-                        going.discard(i)
-                time.sleep(0.1)
-            return [_ws_close_code(sock) for sock in socks]
-
-        codes = await deferToThread(fragments)
+        # A message begun, then more pieces, never the last.
+        begun = _frame(0x1, b'["' + piece, fin=False)
+        codes = await deferToThread(_trickle, port, begun, _frame(0x0, b"y", fin=False), 0.1)
         self.assertEqual(sorted(set(codes)), [1008, 1013], codes)
         self.assertGreaterEqual(codes.count(1013), 4, codes)
         self.assertEqual(node.guards.watch.budget.held, 0)
@@ -724,27 +732,9 @@ class ShortFrameTests(TestCase):
         port = port_of(node)
         size = 60 * 1024
 
-        def frames() -> list[int | None]:
-            socks = []
-            for _ in range(8):
-                sock, status, _ = upgrade(port, "/ws/rpc")
-                assert status == 101, status
-                frame = _frame(0x1, b"[" + b" " * (size - 2) + b"]")
-                sock.sendall(frame[:-1000])  # all but the last 1000 bytes
-                socks.append(sock)
-            # A byte now and then, never the last: never silent, never done.
-            going = set(range(len(socks)))
-            deadline = time.monotonic() + 4
-            while going and time.monotonic() < deadline:
-                for i in list(going):
-                    try:
-                        socks[i].sendall(b" ")
-                    except OSError:
-                        going.discard(i)
-                time.sleep(0.2)
-            return [_ws_close_code(sock) for sock in socks]
-
-        codes = await deferToThread(frames)
+        # All but the last 1000 bytes of a frame, then a byte now and then.
+        begun = _frame(0x1, b"[" + b" " * (size - 2) + b"]")[:-1000]
+        codes = await deferToThread(_trickle, port, begun, b" ", 0.2)
         self.assertEqual(sorted(set(codes)), [1008, 1013], codes)
         self.assertGreaterEqual(codes.count(1013), 4, codes)
         self.assertEqual(node.guards.watch.budget.held, 0)
