@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from functools import partial
 from math import isfinite
 from typing import Any
 
@@ -156,10 +157,15 @@ def loads_exact(
     :raises ValueError: if C{data} is not JSON.
     :raises RecursionError: if it is nested past what orjson reads too.
     """
+    read = partial(
+        json.loads,
+        data,
+        parse_constant=_refuse_constant,
+        parse_int=parse_int,
+        parse_float=parse_float,
+    )
     try:
-        return json.loads(
-            data, parse_constant=_refuse_constant, parse_int=parse_int, parse_float=parse_float
-        )
+        return read()
     except RecursionError:
         pass
     # The standard library's reader counts its levels against Python's
@@ -170,9 +176,7 @@ def loads_exact(
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(limit + _READ_DEPTH)
     try:
-        return json.loads(
-            data, parse_constant=_refuse_constant, parse_int=parse_int, parse_float=parse_float
-        )
+        return read()
     finally:
         sys.setrecursionlimit(limit)
 
