@@ -230,11 +230,14 @@ class BoundedRequest(Request):
                 self._refuse(413, "request body too large")
             return
         hosts = self.requestHeaders.getRawHeaders(b"host")
-        if hosts is not None and len(hosts) > 1:
-            # (RFC 9112: a request with more than one is a 400; which one
-            # would the Host check believe?)
-            self._refuse(400, "bad request: more than one Host header", close=False)
-            return
+        host = None
+        if hosts is not None:
+            if len(hosts) > 1:
+                # (RFC 9112: a request with more than one is a 400; which
+                # one would the Host check believe?)
+                self._refuse(400, "bad request: more than one Host header", close=False)
+                return
+            host = hosts[0]
         if self.path.startswith(PEER_PATH):
             # Peers prove themselves at the handshake; a browser's request
             # is refused here too (an upgrade's Origin is checked again as
@@ -246,15 +249,12 @@ class BoundedRequest(Request):
             if not policy.origin_allowed(self.getHeader(b"origin")):
                 self._refuse(403, "Origin not allowed: add it to allowed_origins", close=False)
                 return
-            if self.getHeader(_RELAYTX_DIALLER) is None and not policy.host_allowed(
-                self.getHeader(b"host")
-            ):
+            if self.getHeader(_RELAYTX_DIALLER) is None and not policy.host_allowed(host):
                 self._refuse(403, "Host not allowed: add it to [http] allowed_hosts", close=False)
                 return
         else:
             policy = site.policy
             get = self.getHeader
-            host = get(b"host")
             if host is None and self.clientproto == b"HTTP/1.1":
                 # (RFC 9112: an HTTP/1.1 request without one is a 400.)
                 self._refuse(400, "bad request: no Host header", close=False)
