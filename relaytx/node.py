@@ -292,8 +292,8 @@ class RelayNode(MultiService):
 
         :raises StartupError: at once if the app cannot be imported or its
             setup raises synchronously.
-        :returns: a Deferred that fires when setup is done; the node waits
-            for it before it starts.
+        :returns: a Deferred that fires when setup is done; the node
+            accepts no connection until it has.
         """
         module = import_app(spec)
         d = run_setup(spec, module, self, self.run_coroutine)
@@ -342,7 +342,26 @@ class RelayNode(MultiService):
 
         def listening(listening_port: IListeningPort) -> IListeningPort:
             self.listening_port = listening_port
-            self._warn(listening_port)
+            pending = [d for d in self._setups if not d.called]
+            if not pending:
+                self._warn(listening_port)
+                return listening_port
+            # An app's setup is not done yet: the port is bound (a port in
+            # use is told at once) but accepts no connection until it is,
+            # so no one sees a node without its servers; connections wait
+            # in the listen backlog.
+            pause = getattr(listening_port, "stopReading", None)  # (a tcp or unix Port)
+            if pause is not None:
+                pause()
+            self._log.info("serving once the apps' setup is done")
+
+            def set_up(results: list[tuple[bool, None]]) -> None:
+                if self.listening_port is listening_port and all(ok for ok, _ in results):
+                    if pause is not None:
+                        listening_port.startReading()  # type: ignore[attr-defined]
+                    self._warn(listening_port)
+
+            DeferredList(pending).addCallback(set_up)
             return listening_port
 
         return listen_site(

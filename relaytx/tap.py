@@ -17,6 +17,7 @@ import signal
 import sys
 from typing import IO, Any, NoReturn
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -280,7 +281,9 @@ class CommandLineNode(RelayNode):
             self._log_traceback(error)
             self.fatal(str(error))
 
-        d.addErrback(report)
+        done: Deferred[None] = Deferred()  # (fires only if setup succeeds)
+        d.addCallbacks(done.callback, report)
+        self._setups.append(done)  # the node serves once it fires
 
     #: whether the log is being written already (C{relay node}); C{twistd}
     #: starts its log only once the service is made

@@ -308,6 +308,39 @@ class TwoWayLinkTests(CommandLineTestCase):
         self.assertIn('relaytx_links_lost_total{cause="silent"} 0.0', text)
 
 
+class SlowSetupTests(CommandLineTestCase):
+    """A node whose app's setup returns a Deferred serves once it has fired."""
+
+    def test_servesOnceSetUp(self) -> None:
+        """
+        Under relay node and twistd alike, the first /health answered
+        already counts the server the setup exposes 1.5 s after start, and
+        the server answers its first call: nobody sees the node without it.
+        """
+        app = os.path.join(self.tempdir(), "slow.py")
+        with open(app, "w") as f:
+            f.write(
+                "from twisted.internet import reactor, task\n"
+                "from relaytx import Server, exposed\n"
+                "class Late(Server):\n"
+                "    @exposed\n"
+                "    def hi(self):\n"
+                "        return 'hi'\n"
+                "def setup(node):\n"
+                "    return task.deferLater(reactor, 1.5, node.expose, 'late', Late())\n"
+            )
+        for command in (relay, twistd):
+            port = free_port()
+            args = ["--node-id", "n1", "--port", str(port), "--app", app]
+            node = self.start(command("node", *args) if command is relay else command(*args))
+            health = self.wait_healthy(node, port)
+            self.assertEqual(health["server_count"], 2, command)
+            answer = rpc(port, {"jsonrpc": "2.0", "method": "late.hi", "id": 1})
+            self.assertEqual(answer, {"jsonrpc": "2.0", "result": "hi", "id": 1})
+            self.assertIn("servers: ['late', 'node']", node.stderr() + node.stdout())
+            self.assertNoTraceback(node)
+
+
 class SignalTests(CommandLineTestCase):
     """SIGTERM and SIGINT stop nodes cleanly."""
 
