@@ -15,8 +15,9 @@ It talks to scale.py over stdin/stdout, one JSON object a line. Commands
     it should be now, for the convergence check; C{{"event": "graph"}};
   - C{dial} C{{"edges": [[from, to, port], ...]}}: C{from} dials C{to};
   - C{status}: C{{"event": "status", "converged", "nodes", "bad",
-    "changed_at", "sync_frames", "sync_bytes", "cpu", "harness_cpu",
-    "dropped", "silent"}}, where C{cpu} is the worker's CPU time and
+    "changed_at", "sync_frames", "sync_bytes", "route_changes", "cpu",
+    "harness_cpu", "dropped", "silent"}}, where C{route_changes} counts
+    the hosted nodes' route changes since start, C{cpu} is the worker's CPU time and
     C{harness_cpu} the part of it spent answering commands and watching
     (the checks, not the nodes), C{silent} counts the links the hosted nodes dropped
     because their peer left a request unanswered (the liveness rule), and
@@ -325,6 +326,7 @@ class Worker:
                 ),
                 "sync_frames": sum(n.mesh.adverts.writer.frames_sent for n in self.nodes.values()),
                 "sync_bytes": sum(n.mesh.adverts.writer.bytes_sent for n in self.nodes.values()),
+                "route_changes": sum(n.mesh.router.changes for n in self.nodes.values()),
                 "cpu": sum(os.times()[:2]),
                 # (This answer's own work, so far, counted in.)
                 "harness_cpu": self.harness_cpu + time.process_time() - started,

@@ -1739,6 +1739,7 @@ class WorkerBackend:
             "changed_at": max(p["changed_at"] for p in parts),
             "sync_frames": sum(p["sync_frames"] for p in parts),
             "sync_bytes": sum(p["sync_bytes"] for p in parts),
+            "route_changes": sum(p["route_changes"] for p in parts),
             "cpu": sum(p["cpu"] for p in parts),
             "harness_cpu": sum(p["harness_cpu"] for p in parts),
             "dropped": dropped,
@@ -2079,6 +2080,7 @@ def run_mesh_apart(
         converged_s=conv,
         start_sync_frames=status["sync_frames"],
         start_sync_bytes=status["sync_bytes"],
+        start_route_changes=status.get("route_changes"),
         start_silent=status["silent"],
         cpu_start_s=status["cpu"] - status["harness_cpu"],
         harness_cpu_start_s=status["harness_cpu"],
@@ -2239,6 +2241,15 @@ def apart_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ),
         ("links dropped as silent, start-up", f"{r['start_silent']:,.0f}", "liveness"),
     ]
+    if r.get("start_route_changes") is not None:
+        floor = r["nodes"] * (r["nodes"] - 1)
+        rows.append(
+            (
+                "route changes at start",
+                f"{r['start_route_changes']:,}",
+                f"{r['start_route_changes'] / floor:.2f} a destination a node (1.00: none redone)",
+            )
+        )
     if r.get("start_longest_turn_s") is not None:
         rows.append(
             (
