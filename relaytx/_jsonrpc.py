@@ -14,8 +14,9 @@ Method names (SPEC section 5):
   - C{SERVER.METHOD}: a server by name, here or wherever the registry knows it;
   - C{NODE_ID/SERVER.METHOD}: that server on that node;
   - C{remote_call} with params C{{"node_id"?, "server_name", "method",
-    "args"?, "kwargs"?, "timeout"?}}; without C{node_id} (or with null) the
-    call is location-transparent, as C{SERVER.METHOD}, with a deadline;
+    "args"?, "kwargs"?, "timeout"?}} (an optional member null is as absent);
+    without C{node_id} the call is location-transparent, as
+    C{SERVER.METHOD}, with a deadline;
   - names starting with C{rpc.} are reserved by JSON-RPC and never resolve.
 
 An answer is sent once every call of the request has finished, notifications
@@ -129,11 +130,11 @@ def _remote_call(params: Any, caller: str | None) -> CallTarget:
 def _remote_call_field(
     params: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = _NO_ID
 ) -> Any:
-    value = params.get(key, default)
-    if value is _NO_ID:
-        raise InvalidParams(f"Invalid params: remote_call needs {key!r}")
-    if value is default:
-        return value
+    value = params.get(key)
+    if value is None:  # absent or null: the default, where there is one
+        if default is _NO_ID:
+            raise InvalidParams(f"Invalid params: remote_call needs {key!r}")
+        return default
     if not isinstance(value, kind) or isinstance(value, bool):
         raise InvalidParams(f"Invalid params: remote_call {key!r} has the wrong type")
     return value

@@ -752,6 +752,16 @@ class ResolveTests(SynchronousTestCase):
             CallTarget("n2", "s", "m", (), {}, DEFAULT_CALL_TIMEOUT),
         )
 
+    def test_remote_call_nulls(self) -> None:
+        """A null args, kwargs or timeout is its default; a null name is missing."""
+        params = {"node_id": "n2", "server_name": "s", "method": "m"}
+        self.assertEqual(
+            resolve("remote_call", {**params, "args": None, "kwargs": None, "timeout": None}),
+            CallTarget("n2", "s", "m", (), {}, DEFAULT_CALL_TIMEOUT),
+        )
+        self.assertInvalidParams({**params, "server_name": None}, "'server_name'")
+        self.assertInvalidParams({**params, "method": None}, "'method'")
+
     def assertInvalidParams(self, params: Any, *words: str) -> None:
         """
         Assert that remote_call refuses C{params} with -32602 and a message
@@ -799,7 +809,6 @@ class ResolveTests(SynchronousTestCase):
             ("method", 1),
             ("args", {"a": 1}),
             ("args", "1"),
-            ("args", None),
             ("kwargs", [1]),
             ("timeout", "5"),
             ("timeout", True),
