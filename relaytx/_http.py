@@ -214,6 +214,20 @@ class BoundedRequest(Request):
             # a call tried again elsewhere: cancel() passes on to that.)
             answer.cancel()
 
+    def _to_origin_form(self) -> None:
+        # An absolute-form target (GET http://host:port/health), which a
+        # server must accept (RFC 9112 section 3.2.2): the path is its
+        # path, and its authority is the request's Host, whatever Host
+        # header came (so the Host check reads the authority).
+        rest = self.uri.split(b"://", 1)[1]
+        cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+        authority, target = rest[:cut], rest[cut:]
+        if not target.startswith(b"/"):
+            target = b"/" + target
+        self.uri = target
+        self.path = target.split(b"?", 1)[0]
+        self.requestHeaders.setRawHeaders(b"host", [authority])
+
     def process(self) -> None:
         site = self.site = self._node_site()
         if self._budgeted:
@@ -229,6 +243,8 @@ class BoundedRequest(Request):
             else:
                 self._refuse(413, "request body too large")
             return
+        if self.uri[:1] != b"/" and self.uri[:8].lower().startswith((b"http://", b"https://")):
+            self._to_origin_form()
         hosts = self.requestHeaders.getRawHeaders(b"host")
         host = None
         if hosts is not None:

@@ -248,6 +248,33 @@ class TokenTests(TestCase):
         self.assertEqual(counter.count, 0)
         self.assertEqual(node.peer_admin.dialers, {})
 
+    async def test_absoluteForm(self) -> None:
+        """
+        A target in absolute form (GET http://host:port/health, which a
+        server must take: RFC 9112) is the same request as its path, with
+        its authority as the Host: /health needs no token, /rpc does, and
+        an authority the Host check refuses is refused.
+        """
+        node, _ = self.node()
+        port = port_of(node)
+        here = f"http://{HOST}:{port}"
+        shouted = f"HTTP://{HOST}:{port}"
+        ci = {"Authorization": "Bearer " + CI_TOKEN}
+
+        def attempts() -> dict[str, int]:
+            return {
+                "health": request(port, "GET", here + "/health", host="elsewhere")[0],
+                "rpc_no_token": request(port, "POST", here + "/rpc", rpc_body("counter.get"))[0],
+                "rpc": request(port, "POST", shouted + "/rpc", rpc_body("counter.get"), ci)[0],
+                "query": request(port, "GET", here + "/registry/peers?x=1", headers=ci)[0],
+                "evil": request(port, "GET", "http://evil.example/health")[0],
+            }  # fmt: skip
+
+        self.assertEqual(
+            await deferToThread(attempts),
+            {"health": 200, "rpc_no_token": 401, "rpc": 200, "query": 200, "evil": 403},
+        )
+
     async def test_withTokens(self) -> None:
         """A token admits a caller as http:NAME: rules apply to it, admins may add peers."""
         node, counter = self.node()
