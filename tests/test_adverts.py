@@ -532,7 +532,11 @@ class CostTests(ExchangeTestCase):
     """Measured round trips move routes around a slow link, and back."""
 
     def test_slow_link_routed_around(self) -> None:
-        """When a-b turns slow, a reaches c through d; when it is fast again, through b."""
+        """
+        When a-b turns slow, a reaches c through d. When it is fast again,
+        a stays there (as good a route: a tie moves no route), until a-d
+        turns slow in its turn.
+        """
         a, b, c, d = self.nodes("abcd")
         for x, y in [(a, b), (b, c), (a, d), (d, c)]:
             self.network.link(x, y)
@@ -546,6 +550,10 @@ class CostTests(ExchangeTestCase):
         self.assertEqual(a.views.routes()["c"]["next_hop"], "d")
         self.assertEqual(a.views.routes()["b"]["metric"], 17)
         measured.link_measured("b", 0.001)
+        self.network.settle()
+        self.assertEqual(a.views.routes()["c"]["next_hop"], "d")
+        for _ in range(4):
+            measured.link_measured("d", 0.3)
         self.network.settle()
         self.assertEqual(a.views.routes()["c"]["next_hop"], "b")
 

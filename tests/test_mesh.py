@@ -1233,9 +1233,9 @@ class AnswerPathTests(MeshTestCase):
     Answers travel back along the path their call took while it holds, not
     by the callee's routing table.
 
-    Two paths of three hops join a and t: a-b-z-t and a-y-c-t. Ties go to
-    the lower next hop, so a's calls to t go by b (b < y), while t's own
-    route to a goes by c (c < z).
+    Two paths of three hops join a and t: a-b-z-t and a-y-c-t. The link
+    a-y is slow as a measures it, and t-z as t does, so a's calls to t go
+    by b, while t's own route to a goes by c.
     """
 
     def setUp(self) -> None:
@@ -1243,6 +1243,11 @@ class AnswerPathTests(MeshTestCase):
         nodes = {n.node_id: n for n in self.nodes("abzyct")}
         for x, y in ["ab", "bz", "zt", "ay", "yc", "ct"]:
             self.network.link(nodes[x], nodes[y])
+        self.network.settle()
+        for node, slow, fast in (("a", "y", "b"), ("t", "z", "c")):
+            for _ in range(4):
+                nodes[node].mesh.adverts.link_measured(slow, 0.3)
+                nodes[node].mesh.adverts.link_measured(fast, 0.001)
         self.network.settle()
         self.n = nodes
         self.slow = Slow()
