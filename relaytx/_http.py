@@ -1067,6 +1067,15 @@ def _cancelled_id(message: dict[str, Any]) -> Any:
     return None
 
 
+#: What a stream's items granted and not yet written may come to, in bytes
+#: (by the size of its items so far): so many items of a megabyte are not
+#: a window of 64 megabytes in the node's output to a client.
+STREAM_BYTES = 256 * 1024
+
+#: Items granted before any has come, while their size is unknown.
+FIRST_WINDOW = 4
+
+
 class WsItems(ItemConsumer):
     """
     The items of one streamed request on a C{/ws/rpc} connection, sent as
@@ -1075,21 +1084,31 @@ class WsItems(ItemConsumer):
     socket's buffer (a client that does not read), no more is granted
     until it has drained, so the generator waits for the client.
 
+    The window is in items, and bounded in bytes too: it starts at
+    L{FIRST_WINDOW} items, then holds what L{STREAM_BYTES} hold of items
+    of the size seen so far (at least one, at most the window asked). A
+    client that reads nothing so holds some L{STREAM_BYTES} and an item
+    of each stream of the node's memory, beyond its socket's buffer.
+
     A client may pace a stream itself, as C{relaytx.client} does: a
     C{$/streamCredit} notification naming the request's id and a C{window}
     before the request, then one naming how many items its consumer has
     C{consumed} now and then. The generator then runs at most C{window}
-    items ahead of that consumer, however fast the client reads the
-    connection (so the answers of its other calls never wait behind the
-    stream's items).
+    items ahead of that consumer (so the answers of its other calls never
+    wait behind the stream's items), and no further than the connection
+    takes, as above.
 
     :param window: the client's window, if it paces the stream.
     """
 
     def __init__(self, calls: WsCalls, request_id: Any, window: int | None = None) -> None:
         self.paced = window is not None
-        self.window = self.granted = DEFAULT_WINDOW if window is None else window
+        self.asked = DEFAULT_WINDOW if window is None else window
+        self.window = self.granted = min(self.asked, FIRST_WINDOW)
+        #: paced: the items the client takes in all, so far
+        self.allowed = self.asked
         self.count = 0
+        self._bytes = 0
         self._calls = calls
         self._request_id = request_id
 
@@ -1102,18 +1121,40 @@ class WsItems(ItemConsumer):
         if limit and len(body) > limit:
             raise MessageTooLarge(f"an item of {len(body)} bytes is over the {limit}-byte limit")
         self.count += 1
+        self._bytes += len(body)
         if protocol.state == protocol.STATE_OPEN:
             protocol.sendMessage(body, isBinary=False)
-        if self.paced:
-            return  # credit comes from the client
-        flow = protocol.flow
-        if flow is not None and flow.congested:
-            flow.when_drained(self._drained)
-        else:
-            self.consumed(self.count)
+        self._grant_more()
 
-    def _drained(self) -> None:
-        self.consumed(self.count)
+    def client_consumed(self, consumed: int) -> None:
+        """The client, which paces the stream, has consumed C{consumed} items."""
+        allowed = min(consumed, self.count) + self.asked
+        if allowed > self.allowed:
+            self.allowed = allowed
+            self._grant_more()
+
+    def _grant_more(self) -> None:
+        flow = self._calls.protocol.flow
+        if flow is not None and flow.congested:
+            flow.when_drained(self._grant_more)  # (once, however often asked)
+            return
+        count = self.count
+        if count:
+            fits = STREAM_BYTES * count // self._bytes
+            self.window = window = max(1, min(self.asked, fits))
+        else:
+            window = self.window
+        total = count + window
+        if self.paced and total > self.allowed:
+            total = self.allowed
+        # In steps of half the window (credit costs a frame across the
+        # mesh), or at once for a producer that has spent all it had.
+        if total > self.granted and (
+            total - self.granted >= max(1, window // 2) or count >= self.granted
+        ):
+            self.granted = total
+            if self._grant is not None:
+                self._grant(total)
 
 
 class WsCalls(CallBook):
@@ -1153,7 +1194,7 @@ class WsCalls(CallBook):
             _bounded_put(self._windows, request_id, window)
         items = self._paced.get(request_id)
         if items is not None and type(consumed) is int and consumed >= 0:
-            items.consumed(min(consumed, items.count))
+            items.client_consumed(consumed)
 
 
 #: Streams paced by the client, and windows told ahead, kept at most per

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -35,6 +36,19 @@ class Ticker(Server):
         while True:
             self.made += 1
             yield self.made
+
+
+class Heavy(Server):
+    """Endless streams of items of any size, counting the items they made."""
+
+    def __init__(self) -> None:
+        self.made = 0
+
+    @exposed(concurrent=True)
+    async def items(self, size: int) -> AsyncIterator[str]:
+        while True:
+            self.made += 1
+            yield "x" * size
 
 
 class Big(Server):
@@ -321,6 +335,56 @@ class WsRpcTests(TestCase):
         first, second, made = await deferToThread(talk)
         self.assertEqual((first, second), (list(range(1, 9)), list(range(9, 17))))
         self.assertLessEqual(made, 17)
+
+    async def test_stream_to_a_client_that_reads_nothing(self) -> None:
+        """
+        A stream to a client that reads nothing stops once the sockets' buffers
+        and a few items are full, paced or not: a window of items of a
+        megabyte each (64, or the 4096 a client may ask) is not held in
+        the node's memory.
+        """
+        heavy = Heavy()
+        node = start_node(self, "ws8", servers={"heavy": heavy})
+        port = node.listening_port.getHost().port
+
+        def open_stalled(*messages: dict[str, Any]) -> socket.socket:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (before it connects)
+            sock.settimeout(5)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(
+                b"GET /ws/rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(1)  # (no byte past the 101 taken)
+            self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+            for message in messages:
+                sock.sendall(_frame(0x1, json.dumps(message).encode()))
+            self.addCleanup(sock.close)
+            return sock
+
+        async def made_when_stalled() -> int:
+            seen: list[int] = []
+
+            def stalled() -> bool:
+                seen.append(heavy.made)
+                return len(seen) > 5 and seen[-1] == seen[-6]  # none for a second
+
+            await wait_for(stalled, 15, 0.2, "the stream to stall")
+            return heavy.made
+
+        call = {"jsonrpc": "2.0", "method": "heavy.items", "params": [1_000_000], "id": 1}
+        await deferToThread(open_stalled, call)
+        unpaced = await made_when_stalled()
+        self.assertLess(unpaced, 32)  # (the window is 64)
+        pace = {"jsonrpc": "2.0", "method": "$/streamCredit", "params": {"id": 2, "window": 4096}}
+        call = {"jsonrpc": "2.0", "method": "heavy.items", "params": [20_000], "id": 2}
+        await deferToThread(open_stalled, pace, call)
+        paced = await made_when_stalled() - unpaced
+        self.assertLess(paced, 1000)
 
     async def test_fragmented_request(self) -> None:
         """A request split over a text frame and continuations is one request."""
