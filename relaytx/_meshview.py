@@ -119,6 +119,13 @@ class MeshWatch:
         view still served as fresh.
     :param timeout: each status call's deadline.
     :param forget_after: seconds a gone node stays in the view.
+    :param unrouted: whether some nodes may be reachable with no route
+        (a neighbour tells no routes: its registry is off, or it is of the
+        original design), calls to them being flooded: the nodes that
+        answered name their peers, and those are asked too.
+    :param lost: the nodes known to have become unreachable lately (a
+        link to them failed, here or elsewhere), with when: they are
+        C{gone} even if no view had seen them.
     """
 
     _log = Logger()
@@ -133,8 +140,12 @@ class MeshWatch:
         interval: float = 1.0,
         timeout: float = 2.0,
         forget_after: float = 300.0,
+        unrouted: Callable[[], bool] = bool,
+        lost: Callable[[], Mapping[str, float]] = dict,
     ) -> None:
         self.node_id = node_id
+        self._unrouted = unrouted
+        self._lost = lost
         self.clock = clock
         self._status = status
         self._reachable = reachable
@@ -184,8 +195,8 @@ class MeshWatch:
         :returns: a function that stops watching.
         """
         self._watchers.append(watcher)
-        if self.view is not None:
-            watcher(self.view)
+        if self.view is not None and self.clock.seconds() - self._made_at < self.interval:
+            watcher(self.view)  # (an older one would show what may have changed since)
         if len(self._watchers) == 1:
             self._start_round()
 
@@ -226,7 +237,9 @@ class MeshWatch:
         asked = [node for node in hops if node not in self._asking]
         done: Deferred[None] = Deferred()
         self._round = done
-        left = [len(asked)]
+        left = [0]
+
+        unrouted = self._unrouted()
 
         def answered(outcome: Any, node: str) -> None:
             self._asking.pop(node, None)
@@ -234,22 +247,39 @@ class MeshWatch:
                 status = _clean_status(outcome)
                 self._known[node] = {"status": status, "seen": self.clock.seconds()}
                 self._silent.pop(node, None)
+                if unrouted and not done.called:
+                    # Its peers that no route reaches are asked too.
+                    further = [
+                        peer
+                        for peer in status.get("peers") or ()
+                        if peer not in hops and peer != self.node_id and peer not in self._asking
+                    ]
+                    for peer in further:
+                        hops[peer] = hops.get(node, 0) + 1
+                    ask(further)
             else:
                 self._silent[node] = self._why_silent(outcome)
             left[0] -= 1
             if not left[0] and not done.called:
                 done.callback(None)
 
-        now = self.clock.seconds()
-        for node in asked:
-            self._asking[node] = now
-            target = CallTarget(node, "node", "status", timeout=self.timeout, trace=_unsampled())
-            try:
-                d = self._call(target)
-            except Exception:
-                d = Deferred()
-                d.errback(Failure())
-            d.addBoth(answered, node)
+        def ask(nodes: list[str]) -> None:
+            now = self.clock.seconds()
+            left[0] += len(nodes)
+            for node in nodes:
+                self._asking[node] = now
+                target = CallTarget(
+                    node, "node", "status", timeout=self.timeout, trace=_unsampled()
+                )
+                try:
+                    d = self._call(target)
+                except Exception:
+                    d = Deferred()
+                    d.errback(Failure())
+                d.addBoth(answered, node)
+
+        left[0] = 0
+        ask(asked)
         if not left[0] and not done.called:
             done.callback(None)
         if not done.called:
@@ -300,10 +330,19 @@ class MeshWatch:
         now = self.clock.seconds()
         known = self._known
         known[self.node_id] = {"status": self._status(), "seen": now}
+        for node_id, lost_at in self._lost().items():
+            if node_id not in known and node_id not in hops and node_id != self.node_id:
+                known[node_id] = {"status": {}, "seen": lost_at}  # (gone before any view saw it)
         nodes: dict[str, dict[str, Any]] = {}
         problems: list[str] = []
         for node_id, entry in sorted(known.items()):
             status = entry["status"]
+            asked_at = self._asking.get(node_id)
+            if node_id in hops and node_id not in self._silent and asked_at is not None:
+                if now - asked_at >= self.round_deadline:
+                    # Its call is out past the round's deadline: its last
+                    # answer does not make it up (a node frozen since).
+                    self._silent[node_id] = f"has not answered in {now - asked_at:.1f}s"
             if node_id == self.node_id or (node_id in hops and node_id not in self._silent):
                 state = "up"
             elif node_id in hops:

@@ -302,6 +302,13 @@ class Router:
                 changed |= self._mark(destination, sn, now)
         return changed
 
+    def lost_nodes(self) -> dict[str, float]:
+        """
+        :returns: the nodes marked unreachable (a link to them failed, here
+            or elsewhere, within L{MARK_HOLD}), with when they were marked.
+        """
+        return {d: until - MARK_HOLD for d, (_, until) in self._marks.items()}
+
     def lost_for(self, withdrawn: Iterable[str]) -> dict[str, int]:
         """:returns: the marks to send with the withdrawal of C{withdrawn}."""
         marks = self._marks

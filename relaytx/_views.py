@@ -16,9 +16,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from relaytx._balance import Balancer
+from relaytx._calls import CallTarget
 from relaytx._hosting import ServerHost
 from relaytx._mesh import Mesh
 from relaytx._meshview import MeshWatch
+from relaytx._tracing import CallTrace
 from relaytx.errors import InvalidParams, NodeUnreachable
 from relaytx.server import Server, exposed
 from relaytx.wire import NODE_ID_RE, rfc3339
@@ -106,7 +108,15 @@ class NodeViews:
         self._mesh = mesh
         self._started_at = started_at
         self._version = version
-        self.mesh_watch = MeshWatch(node_id, clock, self.status, mesh.registry.reachable, mesh.call)
+        self.mesh_watch = MeshWatch(
+            node_id,
+            clock,
+            self.status,
+            mesh.registry.reachable,
+            mesh.call,
+            unrouted=lambda: not mesh.adverts.routes_are_complete(),
+            lost=mesh.router.lost_nodes,
+        )
         #: this node's calls per second now (sampled while the node runs)
         self.rates = CallRates(clock, mesh.metrics.server_calls.totals)
         #: the dialled peers this node cannot link to (L{PeerAdmin.failing})
@@ -226,12 +236,23 @@ class NodeViews:
         mesh = self._mesh
         route = mesh.router.route(node_id)
         if route is not None:
-            path: tuple[str, ...] = route.path
-        elif node_id in mesh.links:
-            path = (node_id,)
-        else:
+            return self._probe_path(route.path, timeout)
+        if node_id in mesh.links:
+            return self._probe_path((node_id,), timeout)
+        if mesh.adverts.routes_are_complete():
             raise NodeUnreachable(f"No route to node {node_id!r}", node_id=self.node_id)
-        probes = [mesh.probes.probe(hop, timeout) for hop in path]
+        # No route, but some neighbour tells none (a node with its registry
+        # off, an original-design one): calls there are flooded, as this
+        # one is, and the path it took is what is probed.
+        hops: list[list[Any]] = []
+        ping = CallTarget(node_id, "node", "ping", timeout=timeout, trace=CallTrace(None, hops))
+        found = mesh.call(ping)
+        return found.addCallback(
+            lambda _: self._probe_path(tuple(n for n, _ in hops[1:]) or (node_id,), timeout)
+        )
+
+    def _probe_path(self, path: tuple[str, ...], timeout: float) -> Deferred[list[dict[str, Any]]]:
+        probes = [self._mesh.probes.probe(hop, timeout) for hop in path]
         hops: list[dict[str, Any]] = []
         for index, hop in enumerate(path):
             hops.append({"hop": index + 1, "node_id": hop, "rtt_ms": None})

@@ -170,10 +170,34 @@ class MeshViewTests(SynchronousTestCase):
         self.clock.advance(self.watch.forget_after + 1)
         self.assertNotIn("n2", self.view()["nodes"])
 
+    def test_lost_before_any_view(self) -> None:
+        """
+        A node whose link failed before anyone asked for a view is gone in
+        the first one, as it would be had a view seen it before.
+        """
+        self.links[1].cut()
+        self.network.settle()
+        view = self.view()
+        self.assertEqual(view["nodes"]["n2"]["state"], "gone")
+        self.assertTrue(any(p.startswith("n2: gone") for p in view["problems"]), view["problems"])
+
+    def test_old_view_not_watched(self) -> None:
+        """A new watcher is given the last view only while it is fresh."""
+        self.view()
+        self.links[1].cut()
+        self.network.settle()
+        self.clock.advance(self.watch.interval)
+        seen: list[dict[str, Any]] = []
+        self.watch.watch(seen.append)
+        self.network.pump()
+        self.assertEqual([view["nodes"]["n2"]["state"] for view in seen], ["gone"])
+
     def test_silent(self) -> None:
         """
-        A node whose status call fails (here: times out) is silent; while
-        the call is out, its last answer stands and the view is not held up.
+        A node whose status call fails (here: times out) is silent. So is
+        one whose call is still out at the round's deadline, answered
+        before or not (a node frozen since its last answer is not up), and
+        the view is not held up for it.
         """
         self.view()
         self.links[1].pause()
@@ -181,7 +205,9 @@ class MeshViewTests(SynchronousTestCase):
         d = self.watch.snapshot()
         self.network.pump()
         self.clock.advance(self.watch.round_deadline)
-        self.assertEqual(self.successResultOf(d)["nodes"]["n2"]["state"], "up")
+        view = self.successResultOf(d)
+        self.assertEqual(view["nodes"]["n2"]["state"], "silent")
+        self.assertIn("n2: reachable but has not answered in 0.5s", view["problems"])
         self.clock.advance(self.watch.timeout)
         self.network.pump()
         view = self.view()
@@ -251,6 +277,43 @@ class MeshViewTests(SynchronousTestCase):
         self.watch.stop()
         self.clock.advance(10)
         self.assertEqual(self.watch.rounds, 1)
+
+
+class UnroutedViewTests(SynchronousTestCase):
+    """A line n0 - n1 - n2 of nodes whose registry is off, seen from n0."""
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.network = MemoryMesh()
+        self.nodes = [
+            memory_node(name, self.clock, disable_registry=True) for name in ("n0", "n1", "n2")
+        ]
+        for a, b in zip(self.nodes, self.nodes[1:], strict=False):
+            self.network.link(a, b)
+        self.network.settle()
+
+    def test_view(self) -> None:
+        """The nodes no route reaches but a node names as its peers are asked too."""
+        d = self.nodes[0].views.mesh_watch.snapshot()
+        self.network.pump()
+        view = self.successResultOf(d)
+        self.assertEqual(
+            {n: v["state"] for n, v in view["nodes"].items()},
+            dict.fromkeys(("n0", "n1", "n2"), "up"),
+        )
+        self.assertEqual(view["nodes"]["n2"]["hops"], 2)
+        self.assertEqual([(k["a"], k["b"]) for k in view["links"]], [("n0", "n1"), ("n1", "n2")])
+        self.assertEqual(view["problems"], [])
+
+    def test_traceroute(self) -> None:
+        """With no route, the hops are those a call there took."""
+        d = self.nodes[0].call(None, "node", "traceroute", "n2")
+        self.network.pump()
+        hops = self.successResultOf(d)
+        self.assertEqual([(h["hop"], h["node_id"]) for h in hops], [(1, "n1"), (2, "n2")])
+        d = self.nodes[0].call(None, "node", "traceroute", "zz")
+        self.network.pump()
+        self.assertIsInstance(self.failureResultOf(d).value, NodeUnreachable)
 
 
 class TracerouteTests(SynchronousTestCase):
