@@ -15,10 +15,13 @@ import gc
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO, Any, NoReturn
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
+from twisted.logger import Logger, LoggingFile, LogLevel
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -326,12 +329,36 @@ def makeService(options: Options) -> CommandLineNode:
     node.log_started = options.parent is None  # relay node logs from the start
     node.twistd_options = options.parent
     bridge_standard_logging()  # an app's logging.warning, asyncio's errors: into the node's log
-    for spec in options.config.app:
-        node.load_app_or_exit(spec)
+    with _output_logged(options.parent is not None):
+        for spec in options.config.app:
+            node.load_app_or_exit(spec)
     stop_on_sigint()
     if options.parent is not None:  # under twistd: its exit status is 0 unless we say
         reactor.addSystemEventTrigger("after", "shutdown", _exit_on_failure, node)
     return node
+
+
+@contextmanager
+def _output_logged(under_twistd: bool) -> Iterator[None]:
+    """
+    Under twistd, what an app's setup prints is a line of the log, as it
+    is once twistd logs (which then takes C{sys.stdout} and C{sys.stderr}
+    over), not a raw line in it: a JSON log stays one object a line.
+    (C{relay node} logs to stderr, and leaves stdout to the apps.)
+    """
+    if not under_twistd:
+        yield
+        return
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout = LoggingFile(Logger("stdout"), LogLevel.info)
+    sys.stderr = LoggingFile(Logger("stderr"), LogLevel.error)
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            if getattr(stream, "_buffer", ""):  # a last line without its newline
+                stream.write("\n")
+        sys.stdout, sys.stderr = stdout, stderr
 
 
 def stop_on_sigint() -> None:

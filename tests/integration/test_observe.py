@@ -266,14 +266,26 @@ class LogFormatTests(ObserveTestCase):
         self.assertEqual(started["level"], "info")
 
     async def test_twistd(self) -> None:
-        """Under twistd too, the log is JSON lines (on stdout, where twistd -n logs)."""
+        """
+        Under twistd too, the log is JSON lines (on stdout, where twistd -n
+        logs), what an app prints as it loads included.
+        """
         import subprocess
 
         from .helpers import free_port
 
         port = free_port()
+        app = os.path.join(self.directory(), "printing.py")
+        with open(app, "w") as f:
+            f.write(
+                "import sys\n"
+                "print('loading')\n"
+                "def setup(node):\n"
+                "    print('oops', file=sys.stderr)\n"
+                "    print('set up', end='')\n"
+            )
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        command = [twistd, "-n", "relay", "--node-id", "j2", "--port", str(port)]
+        command = [twistd, "-n", "relay", "--node-id", "j2", "--port", str(port), "--app", app]
         command += ["--log-format", "json"]
         process = subprocess.Popen(
             command, cwd=self.directory(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -295,6 +307,19 @@ class LogFormatTests(ObserveTestCase):
         self.assertTrue(any("listening on" in line["event"] for line in lines), lines)
         for line in lines:
             self.assertEqual(line["node_id"], "j2")
+        printed = [
+            (n["logger"], n["level"], n["event"])
+            for n in lines
+            if n["event"] in ("loading", "oops", "set up")
+        ]
+        self.assertEqual(
+            printed,
+            [
+                ("stdout", "info", "loading"),
+                ("stderr", "error", "oops"),
+                ("stdout", "info", "set up"),
+            ],
+        )
 
 
 def await_process(process: NodeProcess) -> tuple[bytes, bytes]:
