@@ -1225,9 +1225,11 @@ async def _mesh(
     class CountingSession(PeerSession):
         """Counts the registry_sync frames it sends (encoding once, as the base does)."""
 
-        def send(self, envelope: Any) -> None:
+        def send(self, envelope: Any, room: int = 0) -> None:
             if self.transport is not None and not self.closed:
                 frame = encode(envelope)
+                if len(frame) + room > self.host.max_message_size:
+                    super().send(envelope, room)  # (raises as the base does)
                 if envelope.type == sync_type:
                     counter.frames += 1
                     counter.bytes += len(frame)
