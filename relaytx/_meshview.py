@@ -237,8 +237,7 @@ class MeshWatch:
         asked = [node for node in hops if node not in self._asking]
         done: Deferred[None] = Deferred()
         self._round = done
-        left = [0]
-
+        left = [0]  # calls out this round
         unrouted = self._unrouted()
 
         def answered(outcome: Any, node: str) -> None:
@@ -278,7 +277,6 @@ class MeshWatch:
                     d.errback(Failure())
                 d.addBoth(answered, node)
 
-        left[0] = 0
         ask(asked)
         if not left[0] and not done.called:
             done.callback(None)
