@@ -29,7 +29,7 @@ command line wins where both give a value)::
     header_timeout = 10.0            # seconds for an HTTP request's head and body
     idle_timeout = 60.0              # idle keep-alive, unanswered ping, unfinished message
     max_connections = 10000          # connections at once, all clients (closed past it)
-    max_connections_per_ip = 1000    # ... from one address
+    max_connections_per_ip = 1000    # ... from one address (half the above, where less)
     max_write_buffer = 4194304       # unsent bytes a connection may hold before reading pauses
     max_buffered_input = 33554432    # bytes of unfinished messages and bodies, all connections
     max_dialers = 256                # peers dialled at once (--add-peer and peers/add)
@@ -89,7 +89,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 from twisted.internet.endpoints import serverFromString
 from twisted.python.usage import UsageError
 
@@ -442,11 +442,17 @@ def build_config(options: Mapping[str, Any]) -> NodeConfig:
         raise ConfigError(f"peer_timeout {peer_timeout}: give seconds in (0, 3600]")
 
     limits = _limits(settings.get("limits", {}))
+    add_peer = tuple(settings.get("add_peer", ()))
+    if len(set(add_peer)) > limits.max_dialers:
+        raise ConfigError(
+            f"{len(set(add_peer))} peers to dial (--add-peer), more than"
+            f" limits.max_dialers ({limits.max_dialers})"
+        )
 
     return NodeConfig(
         node_id=node_id,
         port=port_description(settings.get("port", 8080), settings.get("interface", "127.0.0.1")),
-        add_peer=tuple(settings.get("add_peer", ())),
+        add_peer=add_peer,
         app=tuple(settings.get("app", ())),
         disable_registry=bool(settings.get("disable_registry", False)),
         secret_file=settings.get("secret_file"),
@@ -545,6 +551,13 @@ def _limits(table: Any) -> Limits:
             raise ConfigError(f"limits.{name} must be positive")
     if limits.header_timeout > 3600 or limits.idle_timeout > 86400:
         raise ConfigError("limits.header_timeout is at most 3600 s, limits.idle_timeout 86400 s")
+    if (
+        "max_connections_per_ip" not in table
+        and limits.max_connections_per_ip >= limits.max_connections
+    ):
+        # A total given alone, at or under the default per address: an
+        # address may hold half of it.
+        limits = evolve(limits, max_connections_per_ip=max(1, limits.max_connections // 2))
     if limits.max_connections_per_ip >= limits.max_connections:
         # One address holding its maximum must leave room for the others
         # (members, /health).

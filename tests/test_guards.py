@@ -316,8 +316,24 @@ class ConfigTests(TempDirMixin, SynchronousTestCase):
             ({"max_dialers": 0}, "limits.max_dialers"),
             ({"max_connections": 10, "max_connections_per_ip": 10}, "must be below"),
             ({"max_sockets": 10}, "unknown setting limits.max_sockets"),
+            ({"max_connections_per_ip": 20_000}, "must be below"),
         ):
             self.assertIn(match, self.error(limits=limits), limits)
+        peers = [f"ws://127.0.0.1:{port}" for port in (1, 2, 3)]
+        self.assertIn(
+            "3 peers to dial (--add-peer), more than limits.max_dialers (2)",
+            self.error(limits={"max_dialers": 2}, add_peer=peers),
+        )
+
+    def test_totalAlone(self) -> None:
+        """A total of connections given alone, at most the default per address, halves it."""
+        limits = build_config({"node_id": "n1", "limits": {"max_connections": 20}}).limits
+        self.assertEqual((limits.max_connections, limits.max_connections_per_ip), (20, 10))
+        limits = build_config({"node_id": "n1", "limits": {"max_connections": 5000}}).limits
+        self.assertEqual(limits.max_connections_per_ip, 1000)
+        peers = [f"ws://127.0.0.1:{port}" for port in (1, 2, 1)]  # (one given twice)
+        config = build_config({"node_id": "n1", "add_peer": peers, "limits": {"max_dialers": 2}})
+        self.assertEqual(len(config.add_peer), 3)
 
     def test_limitsObject(self) -> None:
         """A Limits instance is taken as it is."""
