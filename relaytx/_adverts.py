@@ -483,10 +483,12 @@ class Advertiser:
     def routes_are_complete(self) -> bool:
         """
         :returns: whether the table knows every node reachable at all (the
-            registry is on and every neighbour advertises routes), so that
-            flooding a message would find nothing more.
+            registry is on, every neighbour advertises routes, and none
+            told more than the table keeps), so that flooding a message
+            would find nothing more.
         """
-        return self.enabled and self._router.advertises_routes()
+        router = self._router
+        return self.enabled and router.advertises_routes() and not router.partial()
 
 
 def _take_routes(

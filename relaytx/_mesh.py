@@ -83,7 +83,7 @@ def routes_are_complete(adverts: Advertiser, router: Router, links: LinkTable) -
     """
     if adverts.routes_are_complete():
         return True
-    if not adverts.enabled:
+    if not adverts.enabled or router.partial():
         return False
     by_peer = links.links
     routers = sum(1 for p in router.routers() if p in by_peer and not by_peer[p].original)

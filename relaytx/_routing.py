@@ -393,6 +393,14 @@ class Router:
         """
         return len(self._ribs) == len(self._links)
 
+    def partial(self) -> bool:
+        """
+        :returns: whether the table may lack reachable nodes for its bounds:
+            a neighbour's adverts held more destinations than this node
+            keeps of them, or the table is full with routes waiting.
+        """
+        return bool(self._choice.overflow) or any(rib.refused for rib in self._ribs.values())
+
     def refused_from(self, peer_id: str) -> int:
         """:returns: how many destinations C{peer_id}'s adverts had refused."""
         rib = self._ribs.get(peer_id)
@@ -479,6 +487,8 @@ class Choice:
     @ivar rerouted: those of C{dirty} that had a route before and still
         have one, on another path (re-adverts, which L{Exports.ready} damps).
     @ivar refused: destinations refused for the table's bound, since start.
+    @ivar overflow: destinations with a route to offer but no room in the
+        table, now.
     @ivar changes: how many times a route changed, since start.
     """
 
@@ -514,7 +524,7 @@ class Choice:
         self.dirty: set[str] = set()
         self.rerouted: set[str] = set()
         #: destinations with a route to offer but no room in the table
-        self._overflow: set[str] = set()
+        self.overflow: set[str] = set()
 
     def table(self) -> dict[str, dict[str, Any]]:
         """:returns: the table as C{GET /registry/routes} shows it."""
@@ -575,8 +585,8 @@ class Choice:
                     # A marked node reachable again (or no more): the
                     # paths through it are worth another look.
                     self.through(destination)
-        if changed and self._overflow and len(self._routes) < self.max_routes:
-            waiting, self._overflow = self._overflow, set()
+        if changed and self.overflow and len(self._routes) < self.max_routes:
+            waiting, self.overflow = self.overflow, set()
             for destination in waiting:
                 self._decide(destination)
         return changed
@@ -602,11 +612,11 @@ class Choice:
             return False
         if new is None:
             del routes[destination]
-            self._overflow.discard(destination)
+            self.overflow.discard(destination)
         elif old is None and cost is None and len(routes) >= self.max_routes:
-            if destination not in self._overflow:
+            if destination not in self.overflow:
                 self.refused += 1
-                self._overflow.add(destination)
+                self.overflow.add(destination)
             return False
         else:
             routes[destination] = new

@@ -215,6 +215,28 @@ class AdvertLimitTests(SynchronousTestCase):
         self.assertEqual(len(a.views.routes()), 4)
         self.assertEqual(a.mesh.router.refused, 2)
 
+    def test_bounded_table_floods(self) -> None:
+        """
+        A node whose bound left out some of a neighbour's destinations
+        reaches them still: its table is not all there is, so a call with
+        no route is flooded (SPEC section 7), not refused -32002.
+        """
+        reactor = MemoryReactorClock()
+        a = memory_node("a", reactor, limits={"max_routes": 4})
+        hub = memory_node("hub", reactor)
+        leaves = [memory_node(f"l{i}", reactor) for i in range(6)]
+        network = MemoryMesh()
+        for leaf in leaves:
+            network.link(leaf, hub)
+        network.link(a, hub)
+        network.settle()
+        missing = [leaf.node_id for leaf in leaves if a.mesh.router.route(leaf.node_id) is None]
+        self.assertTrue(missing)
+        for node_id in missing:
+            d = a.call(node_id, "node", "ping", timeout=5)
+            network.pump()
+            self.assertEqual(self.successResultOf(d)["node_id"], node_id)
+
 
 class ForgedAnswerTests(SynchronousTestCase):
     """Only the callee answers a call."""
