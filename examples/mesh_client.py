@@ -14,8 +14,34 @@ import time
 import relaytx.client
 
 
+async def connected(url: str, within: float = 15.0) -> relaytx.client.Client:
+    """
+    Connect to the node at C{url} once it listens, and once the counter is
+    known there: nodes started a moment ago are still linking, and their
+    routes take a moment to reach each other.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            c = await relaytx.client.connect(url)
+            break
+        except relaytx.client.ConnectError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    while True:
+        try:
+            await c.counter_server.get()
+            return c
+        except relaytx.client.RemoteError as e:  # -32601: not known there yet
+            if e.code not in (-32601, -32002) or time.monotonic() > deadline:
+                await c.close()
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def main(url: str) -> None:
-    async with relaytx.client.connect(url) as c:
+    async with await connected(url) as c:
         info = await c.node.info()
         print(f"connected to {info['node_id']} ({c.url})")
 
