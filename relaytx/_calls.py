@@ -68,6 +68,8 @@ class CallTarget:
     @ivar relayed_by: in PKI mode, the node that relays the call for its
         HTTP client C{caller}: access rules must allow both (a member
         cannot borrow an HTTP client's rights that the rules deny it).
+    @ivar ran_here: a call whose instance the balancer chose: whether its
+        last attempt ran on this node's own (counted as its servers' calls).
 
     A value, though not frozen (as the envelope, for speed: one is made per
     call); use C{attrs.evolve} for a changed copy.
@@ -84,6 +86,7 @@ class CallTarget:
     trace: Any = None
     stream: Any = None
     relayed_by: str | None = None
+    ran_here: bool = False
 
 
 class _Pending:

@@ -18,11 +18,13 @@ of it, and raise a L{CallError} when the call fails at once.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from attrs import evolve
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -33,7 +35,7 @@ from relaytx._hosting import ServerHost
 from relaytx._limits import CallLimiter
 from relaytx._metrics import NodeMetrics
 from relaytx._tracing import CallTrace, Span, Tracer, current_span
-from relaytx.errors import CallError, Overloaded
+from relaytx.errors import CallError, Cancelled, Overloaded
 from relaytx.interfaces import IRemoteCalls
 
 
@@ -153,7 +155,10 @@ class CallDispatcher:
                 or (balancer is not None and balancer.spreads(target.server))
             ):
                 if balancer is not None:
-                    return balancer.call(target, remote.call, self._run_implicit)
+                    return balancer.call(
+                        target, partial(self._run_there, target, remote.call),
+                        partial(self._run_here, target),
+                    )  # fmt: skip
                 host = remote.nearest_host(target.server)
                 if host is not None:
                     return remote.call(evolve(target, node_id=host))
@@ -166,6 +171,17 @@ class CallDispatcher:
 
     def _run_implicit(self, target: CallTarget) -> Any:
         return self._host.run(target, explicit=False)
+
+    def _run_here(self, call: CallTarget, attempt: CallTarget) -> Any:
+        # The balancer chose this node's own instance for C{call}.
+        call.ran_here = True
+        return self._host.run(attempt, explicit=False)
+
+    def _run_there(
+        self, call: CallTarget, send: Callable[[CallTarget], Any], attempt: CallTarget
+    ) -> Any:
+        call.ran_here = False
+        return send(attempt)
 
     def _run_explicit(self, target: CallTarget) -> Any:
         return self._host.run(target, explicit=True)
@@ -188,7 +204,7 @@ class CallDispatcher:
         except CallError as e:
             if share is not None:
                 limiter.release(share)
-            raise self._counted(e, started, target, local) from None
+            raise self._counted(e, started, target, local or target.ran_here) from None
         if is_deferred(result):
             return result.addBoth(self._finished, share, started, target, local, span)
         if span is not None:
@@ -196,7 +212,7 @@ class CallDispatcher:
         if share is not None:
             limiter.release(share)
         elapsed = self._clock.seconds() - started
-        if local:  # counted per server and method, and in the totals
+        if local or target.ran_here:  # counted per server and method, and in the totals
             self._metrics.count_server_call(target.server, target.method, "ok", elapsed)
         else:
             self._metrics.count_call("ok", elapsed)
@@ -215,10 +231,13 @@ class CallDispatcher:
             span.finish(result)
         if share is not None:
             self._limiter.release(share)
+        local = local or target.ran_here
         if isinstance(result, Failure):
             error = result.value
             if isinstance(error, CallError):
                 self._counted(error, started, target, local)
+            elif isinstance(error, CancelledError | asyncio.CancelledError):  # (-32800)
+                self._count(Cancelled.__name__, started, target, local)
             else:
                 self._count(type(error).__name__, started, target, local)
             return result

@@ -193,6 +193,43 @@ class ServerCallStatsTests(SynchronousTestCase):
         self.assertEqual(other.metrics.registry.get_sample_value(name, labels), 1)
         self.assertIsNone(self.node.metrics.registry.get_sample_value(name, labels))
 
+    def test_balanced_calls_count_where_they_run(self) -> None:
+        """
+        Under round_robin, the calls the balancer gives this node's own
+        instance count in its series (once in the totals), the others
+        where they run; a cancelled call counts as Cancelled.
+        """
+        node = memory_node("r1", self.clock, balance={"default": "round_robin"})
+        node.expose("counter", _Counter())
+        other = memory_node("r2", self.clock)
+        other.expose("counter", _Counter())
+        network = MemoryMesh()
+        network.link(node, other)
+        network.settle()
+        for _ in range(4):
+            d = node.call(None, "counter", "increment")
+            network.pump()
+            self.successResultOf(d)
+        labels = {"server": "counter", "method": "increment", "outcome": "ok"}
+        name = "relaytx_server_calls_total"
+        here = node.metrics.registry.get_sample_value(name, labels)
+        there = other.metrics.registry.get_sample_value(name, labels)
+        self.assertEqual((here, there), (2, 2))
+        self.assertEqual(
+            node.metrics.registry.get_sample_value("relaytx_calls_total", {"outcome": "ok"}), 4
+        )
+        slow: Deferred[int] = Deferred()
+
+        class Slow(Server):
+            @exposed
+            def wait(self) -> Deferred[int]:
+                return slow
+
+        self.node.expose("slow", Slow())
+        self.node.call(None, "slow", "wait").addErrback(lambda _: None).cancel()
+        cancelled = {"server": "slow", "method": "wait", "outcome": "Cancelled"}
+        self.assertEqual(self.sample(name, **cancelled), 1)
+
     def test_node_totals_add_the_series(self) -> None:
         """
         The node's totals count every call once: those of its servers'
