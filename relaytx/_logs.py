@@ -127,7 +127,29 @@ def _level_of(levelno: int) -> LogLevel:
     return debug
 
 
+class _RootFallback(StandardLibraryBridge):
+    """
+    The bridge as a handler of the root logger, taking what no other
+    handler takes: a root with a handler keeps C{logging.warning()} (the
+    module's function) from configuring a handler of its own that would
+    print past the node's log (C{logging.basicConfig}, which it calls
+    on a root with none).
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None:
+            for handler in logger.handlers:
+                if handler is not self and record.levelno >= handler.level:
+                    return  # an app's handler takes it
+            logger = logger.parent if logger.propagate else None
+        super().emit(record)
+
+
 def bridge_standard_logging() -> None:
     """Send what Python's C{logging} would print as a last resort to the node's log."""
     if not isinstance(logging.lastResort, StandardLibraryBridge):
         logging.lastResort = StandardLibraryBridge(logging.WARNING)
+    root = logging.getLogger()
+    if not any(isinstance(handler, _RootFallback) for handler in root.handlers):
+        root.addHandler(_RootFallback(logging.WARNING))

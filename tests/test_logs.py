@@ -76,6 +76,7 @@ class JsonLogTests(SynchronousTestCase):
         keep theirs, and what is under a warning stays out.
         """
         self.patch(logging, "lastResort", logging.lastResort)
+        self.patch(logging.getLogger(), "handlers", list(logging.getLogger().handlers))
         bridge_standard_logging()
         stream = io.StringIO()
         observer = JsonLogObserver(stream, "n1")
@@ -105,6 +106,30 @@ class JsonLogTests(SynchronousTestCase):
         app.warning("to the app's handler")
         self.assertEqual(seen, ["to the app's handler"])
         self.assertEqual(len(self.lines(stream)), 2)
+
+    def test_module_function(self) -> None:
+        """
+        logging.warning() itself, which configures a handler of its own on
+        a root that has none, leaves the node's log the only place it
+        goes, for it and for every record after it.
+        """
+        root = logging.getLogger()
+        self.patch(root, "handlers", [])  # (as in a node: the runner's own left out)
+        self.patch(logging, "lastResort", logging.lastResort)
+        bridge_standard_logging()
+        stream = io.StringIO()
+        observer = JsonLogObserver(stream, "n1")
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        logging.warning("root %s", "hello")
+        logging.getLogger("relaytx.test.later").warning("later")
+        self.assertEqual(
+            [(line["logger"], line["event"]) for line in self.lines(stream)],
+            [("root", "root hello"), ("relaytx.test.later", "later")],
+        )
+        self.assertEqual([type(h).__name__ for h in root.handlers], ["_RootFallback"])
+        bridge_standard_logging()  # (once)
+        self.assertEqual(len(root.handlers), 1)
 
     def test_option(self) -> None:
         """--log-format takes text or json, and nothing else."""
