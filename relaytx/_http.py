@@ -214,11 +214,11 @@ class BoundedRequest(Request):
             # a call tried again elsewhere: cancel() passes on to that.)
             answer.cancel()
 
-    def _to_origin_form(self) -> None:
+    def _to_origin_form(self) -> bytes:
         # An absolute-form target (GET http://host:port/health), which a
         # server must accept (RFC 9112 section 3.2.2): the path is its
         # path, and its authority is the request's Host, whatever Host
-        # header came (so the Host check reads the authority).
+        # header came (so the Host check reads the authority): :returns: it.
         rest = self.uri.split(b"://", 1)[1]
         cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
         authority, target = rest[:cut], rest[cut:]
@@ -227,6 +227,7 @@ class BoundedRequest(Request):
         self.uri = target
         self.path = target.split(b"?", 1)[0]
         self.requestHeaders.setRawHeaders(b"host", [authority])
+        return authority
 
     def process(self) -> None:
         site = self.site = self._node_site()
@@ -243,8 +244,6 @@ class BoundedRequest(Request):
             else:
                 self._refuse(413, "request body too large")
             return
-        if self.uri[:1] != b"/" and self.uri[:8].lower().startswith((b"http://", b"https://")):
-            self._to_origin_form()
         hosts = self.requestHeaders.getRawHeaders(b"host")
         host = None
         if hosts is not None:
@@ -254,6 +253,8 @@ class BoundedRequest(Request):
                 self._refuse(400, "bad request: more than one Host header", close=False)
                 return
             host = hosts[0]
+        if self.uri[:1] != b"/" and self.uri[:8].lower().startswith((b"http://", b"https://")):
+            host = self._to_origin_form()
         if self.path.startswith(PEER_PATH):
             # Peers prove themselves at the handshake; a browser's request
             # is refused here too (an upgrade's Origin is checked again as

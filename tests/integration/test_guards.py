@@ -268,11 +268,12 @@ class TokenTests(TestCase):
                 "rpc": request(port, "POST", shouted + "/rpc", rpc_body("counter.get"), ci)[0],
                 "query": request(port, "GET", here + "/registry/peers?x=1", headers=ci)[0],
                 "evil": request(port, "GET", "http://evil.example/health")[0],
+                "two": request(port, "GET", here + "/health", headers={"Host": "b.example"})[0],
             }  # fmt: skip
 
         self.assertEqual(
             await deferToThread(attempts),
-            {"health": 200, "rpc_no_token": 401, "rpc": 200, "query": 200, "evil": 403},
+            {"health": 200, "rpc_no_token": 401, "rpc": 200, "query": 200, "evil": 403, "two": 400},
         )
 
     async def test_withTokens(self) -> None:
