@@ -337,10 +337,9 @@ class MeshWatch:
             status = entry["status"]
             asked_at = self._asking.get(node_id)
             if node_id in hops and node_id not in self._silent and asked_at is not None:
-                if now - asked_at >= self.round_deadline:
-                    # Its call is out past the round's deadline: its last
-                    # answer does not make it up (a node frozen since).
-                    self._silent[node_id] = f"has not answered in {now - asked_at:.1f}s"
+                # Its call is still out as the view is made: its last
+                # answer does not make it up (a node frozen since).
+                self._silent[node_id] = f"has not answered in {now - asked_at:.1f}s"
             if node_id == self.node_id or (node_id in hops and node_id not in self._silent):
                 state = "up"
             elif node_id in hops:

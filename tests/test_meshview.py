@@ -305,6 +305,26 @@ class UnroutedViewTests(SynchronousTestCase):
         self.assertEqual([(k["a"], k["b"]) for k in view["links"]], [("n0", "n1"), ("n1", "n2")])
         self.assertEqual(view["problems"], [])
 
+    def test_frozen(self) -> None:
+        """A node the round asks late (a peer named in an answer) is silent if frozen."""
+        watch = self.nodes[0].views.mesh_watch
+        d = watch.snapshot()
+        self.network.pump()
+        self.successResultOf(d)
+        self.network.link_between("n1", "n2").pause()
+        first = self.network.link_between("n0", "n1")
+        first.pause()
+        self.clock.advance(watch.interval)
+        d = watch.snapshot()
+        self.network.pump()
+        self.clock.advance(watch.round_deadline * 0.6)  # n1 answers late in the round,
+        first.resume()
+        self.network.pump()  # and n2 is asked then
+        self.clock.advance(watch.round_deadline * 0.4)
+        view = self.successResultOf(d)
+        self.assertEqual(view["nodes"]["n2"]["state"], "silent")
+        self.assertEqual(view["nodes"]["n1"]["state"], "up")
+
     def test_traceroute(self) -> None:
         """With no route, the hops are those a call there took."""
         d = self.nodes[0].call(None, "node", "traceroute", "n2")
