@@ -385,10 +385,15 @@ class RelayNode(MultiService):
     def startService(self) -> None:
         self._listen_once()
         self.views.rates.start()
-        for address in self.config.add_peer:
-            if not self.peer_admin.is_dialling(address):
-                self.add_peer(address)
         super().startService()
+        pending = [d for d in self._setups if not d.called]
+        if pending:
+            # As it accepts no connection (see listen), it dials no peer
+            # either until its apps are set up: no peer sees it without
+            # its servers.
+            DeferredList(pending).addCallback(self._dial_peers)
+        else:
+            self._dial_peers()
         if self._setups:
 
             def setup_failed(failure: Failure) -> None:
@@ -400,6 +405,13 @@ class RelayNode(MultiService):
             DeferredList(self._setups, fireOnOneErrback=True, consumeErrors=True).addErrback(
                 setup_failed
             )
+
+    def _dial_peers(self, setups: list[tuple[bool, None]] | None = None) -> None:
+        if not self.running or (setups and not all(ok for ok, _ in setups)):
+            return  # (stopped while its apps were set up, or one failed)
+        for address in self.config.add_peer:
+            if not self.peer_admin.is_dialling(address):
+                self.add_peer(address)
 
     def stopService(self) -> Deferred[None]:
         self.guards.watch.stop()

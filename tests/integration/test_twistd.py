@@ -340,6 +340,41 @@ class SlowSetupTests(CommandLineTestCase):
             self.assertIn("servers: ['late', 'node']", node.stderr() + node.stdout())
             self.assertNoTraceback(node)
 
+    def test_dialsOnceSetUp(self) -> None:
+        """A node dials its peers once its apps are set up: they see it with its servers."""
+        app = os.path.join(self.tempdir(), "slow.py")
+        with open(app, "w") as f:
+            f.write(
+                "from twisted.internet import reactor, task\n"
+                "from relaytx import Server, exposed\n"
+                "class Late(Server):\n"
+                "    @exposed\n"
+                "    def hi(self):\n"
+                "        return 'hi'\n"
+                "def setup(node):\n"
+                "    return task.deferLater(reactor, 1.5, node.expose, 'late', Late())\n"
+            )
+        port_a, port_b = free_port(), free_port()
+        a = self.start(relay("node", "--node-id", "A", "--port", str(port_a)))
+        self.wait_healthy(a, port_a)
+        self.start(
+            relay(
+                "node", "--node-id", "B", "--port", str(port_b), "--app", app,
+                "--add-peer", f"ws://127.0.0.1:{port_a}",
+            )
+        )  # fmt: skip
+        deadline = time.monotonic() + START_DEADLINE
+        while True:
+            conn = http.client.HTTPConnection("127.0.0.1", port_a, timeout=10)
+            conn.request("GET", "/registry/peers")
+            peers = json.loads(conn.getresponse().read())
+            conn.close()
+            if "B" in peers:
+                break
+            self.assertLess(time.monotonic(), deadline, "B never linked")
+            time.sleep(0.05)
+        self.assertEqual(peers["B"]["server_count"], 2)
+
 
 class SignalTests(CommandLineTestCase):
     """SIGTERM and SIGINT stop nodes cleanly."""
