@@ -68,6 +68,9 @@ _MAX_INSTANCES = 10_000
 #: Round trips kept per node, the lowest of which is its RTT.
 _RTT_SAMPLES = 8
 
+#: Seconds between two probes of the round trip to one instance's node.
+PROBE_EVERY = 10.0
+
 
 class InstanceInfo:
     """
@@ -315,6 +318,10 @@ class InstanceChoice:
         or C{None}.
     :param hosts: whether this node hosts a server of that name.
     :param info: the nodes' loads and idempotent methods.
+    :param probe: times a routed ping to a node (a Deferred of seconds, or
+        of C{None}): under C{nearest}, an instance as few hops away as the
+        nearest whose round trip is not known yet is probed, so that
+        "then the lowest RTT" does not keep to the first one called.
     """
 
     _log = Logger()
@@ -329,8 +336,12 @@ class InstanceChoice:
         hosts: Callable[[str], bool],
         info: InstanceInfo,
         rng: random.Random | None = None,
+        probe: Callable[[str], Deferred[float | None]] | None = None,
     ) -> None:
         self.node_id = node_id
+        self._probe = probe
+        #: nodes probed for their round trip: when last asked
+        self._probed: dict[str, float] = {}
         self._clock = clock
         self.config = config
         self._instances = instances
@@ -392,6 +403,14 @@ class InstanceChoice:
         samples = self._rtts.get(node)
         return min(samples) if samples else None
 
+    def _sample(self, node: str, rtt: float) -> None:
+        samples = self._rtts.get(node)
+        if samples is None:
+            if len(self._rtts) >= _MAX_INSTANCES:
+                self._rtts.clear()
+            samples = self._rtts[node] = deque(maxlen=_RTT_SAMPLES)
+        samples.append(rtt)
+
     def state(self, server: str, node: str) -> str:
         """:returns: C{"up"}, or C{"open"} while that instance's circuit is open."""
         instance = self._state.get((server, node))
@@ -434,7 +453,33 @@ class InstanceChoice:
             return found[self._turn(server) % len(found)][0]
         if policy == "least_loaded":
             return self._least_loaded(server, found)
+        if self._probe is not None and len(found) > 1:
+            self._probe_unknown(found)
         return min(found, key=self._nearness)[0]
+
+    def _probe_unknown(self, found: list[tuple[str, int, int]]) -> None:
+        # The instances as near as the nearest whose round trip is not known
+        # (none of this node's calls went there yet, not a neighbour) are
+        # timed, once in PROBE_EVERY seconds each: their answers come as
+        # calls' do.
+        fewest = min(hops for _, hops, _ in found)
+        now = self._clock.seconds()
+        probed = self._probed
+        for node, hops, _ in found:
+            if hops != fewest or self.rtt(node) is not None:
+                continue
+            last = probed.get(node)
+            if last is not None and now - last < PROBE_EVERY:
+                continue
+            if len(probed) >= _MAX_INSTANCES:
+                probed.clear()
+            probed[node] = now
+            assert self._probe is not None
+            self._probe(node).addCallback(self._probed_rtt, node)
+
+    def _probed_rtt(self, rtt: float | None, node: str) -> None:
+        if rtt is not None:
+            self._sample(node, rtt)
 
     def _turn(self, server: str) -> int:
         turn = self._turns.get(server, 0)
@@ -488,8 +533,9 @@ class Balancer(InstanceChoice):
         host.on_load = info.set_load
         registry = mesh.registry
         return cls(
-            node_id, clock, config, registry.instances, registry.link_rtt, host.__contains__, info
-        )
+            node_id, clock, config, registry.instances, registry.link_rtt, host.__contains__, info,
+            probe=mesh.probes.probe,
+        )  # fmt: skip
 
     def call(
         self,
@@ -575,12 +621,7 @@ class Balancer(InstanceChoice):
             breaker = instance.breaker
             if breaker.failures or breaker.opened_at is not None:
                 breaker.succeeded()
-            samples = self._rtts.get(node)
-            if samples is None:
-                if len(self._rtts) >= _MAX_INSTANCES:
-                    self._rtts.clear()
-                samples = self._rtts[node] = deque(maxlen=_RTT_SAMPLES)
-            samples.append(now - started)
+            self._sample(node, now - started)
             return outcome
         error = failure_exception(outcome)
         if (

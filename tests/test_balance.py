@@ -171,6 +171,29 @@ class PolicyTests(BalancerCase):
         b = self.balancer(rtts={"b": 0.050, "c": 0.002})
         self.assertEqual({b.choose("svc") for _ in range(5)}, {"c"})
 
+    def test_nearest_probes_unknown_rtt(self) -> None:
+        """
+        Equally near instances whose round trips are not known are probed
+        (once in PROBE_EVERY each): nearest then takes the faster, not the
+        first it called.
+        """
+        b = self.balancer(instances=[("b", 2, 2), ("c", 2, 2), ("d", 3, 3)])
+        probes: dict[str, list[Deferred[float | None]]] = {}
+
+        def probe(node: str) -> Deferred[float | None]:
+            d: Deferred[float | None] = Deferred()
+            probes.setdefault(node, []).append(d)
+            return d
+
+        b._probe = probe
+        self.assertEqual(b.choose("svc"), "b")  # (nothing known: the lower id)
+        self.assertEqual(b.choose("svc"), "b")
+        self.assertEqual({n: len(ds) for n, ds in probes.items()}, {"b": 1, "c": 1})
+        probes["b"][0].callback(0.080)
+        probes["c"][0].callback(0.002)
+        self.assertEqual({b.choose("svc") for _ in range(3)}, {"c"})
+        self.assertEqual(b.rtt("c"), 0.002)
+
     def test_round_robin(self) -> None:
         """round_robin takes the instances in turn."""
         b = self.balancer("round_robin", instances=[("b", 1, 1), ("c", 2, 2), ("d", 1, 1)])
