@@ -21,7 +21,13 @@ from typing import IO, Any, NoReturn
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
-from twisted.logger import Logger, LoggingFile, LogLevel
+from twisted.logger import (
+    Logger,
+    LoggingFile,
+    LogLevel,
+    globalLogBeginner,
+    textFileLogObserver,
+)
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -304,6 +310,18 @@ class CommandLineNode(RelayNode):
             stream.flush()
 
     def _app_failed(self, error: BaseException) -> NoReturn:
+        if not self.log_started:
+            # Under twistd, which had not begun its log: what the apps
+            # logged and printed so far is held for it. It goes to stderr,
+            # with the traceback and the error line.
+            stream = sys.__stderr__ or sys.stderr
+            if self.config.log_format == "json":
+                from relaytx._logs import json_observer
+
+                observer = json_observer(stream, self.node_id)
+            else:
+                observer = textFileLogObserver(stream)
+            globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
         self._log_traceback(error)
         fail(str(error))
 

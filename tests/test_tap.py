@@ -16,6 +16,7 @@ from twisted.application.service import IServiceMaker
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
@@ -464,9 +465,16 @@ class CommandLineNodeTests(TapTestCase):
         path = self.app("def setup(node):\n    raise ValueError('boom')")
         node = self.node()
         node.log_started = False
+        beginner = _LogBeginner()
+        self.patch(tap, "globalLogBeginner", beginner)
         self.assertRaises(SystemExit, node.load_app_or_exit, path)
         text = self.process_stderr.getvalue()
         self.assertTrue(text.startswith("Traceback (most recent call last):\n"), text)
+        # What was logged before, held for twistd's log, is let go to stderr
+        # (the global log, begun with an observer of stderr, replays it).
+        [observer] = beginner.observers
+        observer({"log_format": "held line", "log_level": LogLevel.warn, "log_time": 0.0})
+        self.assertIn("held line", self.process_stderr.getvalue()[len(text) :])
         self.assertIn("raise ValueError('boom')", text)
         lines = text.splitlines()
         self.assertEqual([line for line in lines if "relay: error:" in line], [lines[-1]])
@@ -631,3 +639,13 @@ class MakeServiceTests(TapTestCase):
         node = makeService(self.parse("--app", "relaytx_cwd_app"))
         self.assertEqual(sys.modules["relaytx_cwd_app"].calls, [node])
         self.assertEqual(sys.path[-1], os.getcwd())
+
+
+class _LogBeginner:
+    """Takes the observers a node would begin the global log with."""
+
+    def __init__(self) -> None:
+        self.observers: list[Any] = []
+
+    def beginLoggingTo(self, observers: list[Any], redirectStandardIO: bool = True) -> None:
+        self.observers.extend(observers)
