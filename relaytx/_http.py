@@ -239,6 +239,7 @@ class BoundedRequest(Request):
                 channel.refused = True
                 channel.loseConnection()  # (answered already: see gotLength)
                 return
+            self._allow_origin(site.policy)
             if getattr(self, "_busy", False):
                 self._refuse(503, "node busy: too much input held; retry later")
             else:
@@ -325,6 +326,14 @@ class BoundedRequest(Request):
         self.setHeader(b"access-control-max-age", b"600")
         self.finish()
 
+    def _allow_origin(self, policy: HttpPolicy) -> None:
+        # A refusal before the checks below: readable by a page of an
+        # allowed origin too, as every answer to it is.
+        origin = allowed_origin(policy, self.requestHeaders)
+        if origin is not None:
+            self.setHeader(b"access-control-allow-origin", origin)
+            self.setHeader(b"vary", b"Origin")
+
     def _refuse(self, status: int, message: str, close: bool = True) -> None:
         body = _json_error(self, status, message)
         if close:
@@ -338,6 +347,20 @@ class BoundedRequest(Request):
         # says.
         if close and channel is not None:
             channel.loseConnection()
+
+
+def allowed_origin(policy: HttpPolicy, headers: Any) -> bytes | None:
+    """
+    :returns: the C{Origin} of a request from a page of an allowed origin
+        (on a Host the node takes), which may read its answer; else C{None}.
+    """
+    origins, hosts = headers.getRawHeaders(b"origin"), headers.getRawHeaders(b"host")
+    if not origins or not hosts or len(hosts) > 1:
+        return None
+    origin: bytes = origins[0]
+    if policy.origin_allowed(origin) and policy.host_allowed(hosts[0]):
+        return origin
+    return None
 
 
 #: the request headers a page of an allowed origin may send
@@ -475,10 +498,24 @@ class NodeChannel(HTTPChannel):
             return False
         body = _json.dumps({"error": message, "status": status})
         transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
-            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (status, phrase, len(body), body)
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n%s"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+            % (status, phrase, self._cors_lines(), len(body), body)
         )
         return True
+
+    def _cors_lines(self) -> bytes:
+        # The CORS headers of an answer to the request arriving, if it
+        # came from a page of an allowed origin (as far as its headers
+        # came: a refusal is readable by that page too).
+        requests = getattr(self, "requests", None)
+        site = getattr(self, "site", None)
+        if not requests or site is None:
+            return b""
+        origin = allowed_origin(site.policy, requests[-1].requestHeaders)
+        if origin is None:
+            return b""
+        return b"access-control-allow-origin: %s\r\nvary: Origin\r\n" % origin
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # Twisted's answer to a request it cannot parse (a broken request

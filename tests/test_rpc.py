@@ -830,6 +830,25 @@ class CorsTests(NodeTestCase):
         self.assertEqual(code, 200)
         self.assertNotIn(b"access-control-allow-origin", headers)
 
+    def test_early_refusals_readable(self) -> None:
+        """
+        The refusals made before a request is whole carry the origin too: a
+        body declared too large (413) and one that does not come (408).
+        """
+        code, headers, _ = self.exchange(
+            b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://app.example\r\n"
+            b"Content-Length: 99999999\r\n\r\n"
+        )
+        self.assertEqual((code, headers.get(b"access-control-allow-origin")), (413, self.ORIGIN))
+        connection = self.raw()
+        connection.send(
+            b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://app.example\r\n"
+            b"Content-Length: 50\r\n\r\n{"
+        )
+        self.clock.advance(self.node.config.limits.header_timeout + 1)
+        code, headers, _ = connection.response()
+        self.assertEqual((code, headers.get(b"access-control-allow-origin")), (408, self.ORIGIN))
+
 
 class MethodAndPathTests(NodeTestCase):
     """Wrong methods give 405 and unknown paths 404, each with a small JSON body."""
