@@ -1149,6 +1149,14 @@ class WsItems(ItemConsumer):
         self._bytes = 0
         self._calls = calls
         self._request_id = request_id
+        flow = calls.protocol.flow
+        if flow is not None and flow.congested:
+            # The connection's output has not drained (other streams, a
+            # client that does not read): a generator here makes no item
+            # until it has (one, across the mesh, where a window is at
+            # least one), so many streams at once add no more than that.
+            self.window, self.granted = 1, 0
+            flow.when_drained(self._grant_more)
 
     def item(self, value: Any) -> None:
         protocol = self._calls.protocol

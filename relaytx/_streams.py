@@ -294,7 +294,7 @@ class Port:
     def __init__(self, consumer: ItemConsumer) -> None:
         self._consumer = consumer
         self.sent = 0
-        self.granted = consumer.window
+        self.granted = consumer.granted  # (none at first, for a consumer that has no room yet)
         self._waiter: Deferred[None] | None = None
         consumer.connect(self.grant)
 
@@ -320,7 +320,13 @@ class Port:
 async def _pump(generator: Any, port: Port) -> int:
     """Send C{generator}'s items through C{port}; :returns: how many."""
     try:
-        async for value in generator:
+        while True:
+            if port.sent >= port.granted:
+                await port.wait()  # (before the next item is made, not after)
+            try:
+                value = await generator.__anext__()
+            except StopAsyncIteration:
+                break
             try:
                 port.send(value)
             except MessageTooLarge as e:
@@ -328,8 +334,6 @@ async def _pump(generator: Any, port: Port) -> int:
                 raise RemoteCallError.named(
                     "ResultTooLarge", f"item {port.sent + 1}: {e}"
                 ) from None
-            if port.sent >= port.granted:
-                await port.wait()
     finally:
         await generator.aclose()  # cancelled while waiting: its finally runs
     return port.sent

@@ -339,9 +339,10 @@ class WsRpcTests(TestCase):
     async def test_stream_to_a_client_that_reads_nothing(self) -> None:
         """
         A stream to a client that reads nothing stops once the sockets' buffers
-        and a few items are full, paced or not: a window of items of a
-        megabyte each (64, or the 4096 a client may ask) is not held in
-        the node's memory.
+        and a few items are full, paced or not, one or many at once: a
+        window of items of a megabyte each (64, or the 4096 a client may
+        ask, or 4 for each of a batch's streams) is not held in the node's
+        memory.
         """
         heavy = Heavy()
         node = start_node(self, "ws8", servers={"heavy": heavy})
@@ -385,6 +386,17 @@ class WsRpcTests(TestCase):
         await deferToThread(open_stalled, pace, call)
         paced = await made_when_stalled() - unpaced
         self.assertLess(paced, 1000)
+        # Many streams at once, in one batch: past the first, each makes an
+        # item only as the connection's output drains (4 at once each, 120
+        # in all, before; the sockets take some 25 of 200 KB).
+        batch = [
+            {"jsonrpc": "2.0", "method": "heavy.items", "params": [200_000], "id": 10 + k}
+            for k in range(30)
+        ]
+        sock = await deferToThread(open_stalled)
+        await deferToThread(sock.sendall, _frame(0x1, json.dumps(batch).encode()))
+        many = await made_when_stalled() - unpaced - paced
+        self.assertLess(many, 60)
 
     async def test_fragmented_request(self) -> None:
         """A request split over a text frame and continuations is one request."""
