@@ -40,7 +40,7 @@ from relaytx._metrics import NodeMetrics
 from relaytx._pki import EndToEnd, NodeIdentity, NodeRecord, RecordBook
 from relaytx._records import RecordExchange
 from relaytx._relay import OriginalRelay
-from relaytx._routing import Router
+from relaytx._routing import MARK_HOLD, Router
 from relaytx.errors import InvalidRequest, ProtocolViolation
 from relaytx.interfaces import ILinkTransport, IRemoteCalls, ISessionHost
 from relaytx.peer import CLOSE_ABNORMAL, CLOSE_ON_PURPOSE, CLOSE_REMOVED, PeerSession
@@ -71,6 +71,36 @@ def _declared_paths(
     if accept_path is None:
         return lambda neighbour, path: declared(neighbour, path[1:])
     return lambda neighbour, path: declared(neighbour, path[1:]) and accept_path(neighbour, path)
+
+
+class LostLinks:
+    """
+    The neighbours whose link failed lately (not closed on purpose), with
+    when, for L{MARK_HOLD}: where no route mark tells of them (a node whose
+    registry is off marks no one), the mesh view still shows them gone.
+    """
+
+    __slots__ = ("_at",)
+
+    def __init__(self) -> None:
+        self._at: dict[str, float] = {}
+
+    def lost(self, peer_id: str, now: float) -> None:
+        at = self._at
+        at.pop(peer_id, None)
+        at[peer_id] = now  # (oldest first)
+        if len(at) > 1024:
+            del at[next(iter(at))]
+
+    def found(self, peer_id: str) -> None:
+        self._at.pop(peer_id, None)
+
+    def since(self, now: float) -> dict[str, float]:
+        """:returns: the links lost within L{MARK_HOLD} of C{now}, by peer."""
+        at = self._at
+        for peer_id in [p for p, when in at.items() if when + MARK_HOLD <= now]:
+            del at[peer_id]
+        return dict(at)
 
 
 def routes_are_complete(adverts: Advertiser, router: Router, links: LinkTable) -> bool:
@@ -201,6 +231,7 @@ class Mesh:
         self.ping_interval = ping_interval
         self.max_message_size = max_message_size
         self._links = LinkTable(node_id, strict=strict_links)
+        self._lost_links = LostLinks()
         self.links = self._links.links
         book = None if identity is None else RecordBook(identity, clock.seconds)
         e2e = None if identity is None or book is None else EndToEnd(identity, book)
@@ -344,6 +375,7 @@ class Mesh:
             direction=direction,
             address=address,
         )
+        self._lost_links.found(peer_id)
         self.adverts.link_opened(peer_id, original, quiet)
         if self.records is not None:
             self.records.link_opened(peer_id)
@@ -363,6 +395,8 @@ class Mesh:
         # close, goes on under its number, and a mark here would hold it
         # unreachable everywhere the mark spread (for MARK_HOLD).
         by_us = session.closed_with in CLOSE_ON_PURPOSE
+        if not (removed or by_us or self._links.stopping):
+            self._lost_links.lost(peer_id, self.clock.seconds())
         self.adverts.link_closed(peer_id, failed=not removed, mark=not (removed or by_us))
         self.calls.path_lost(peer_id)
         if self.records is not None:
@@ -480,6 +514,15 @@ class Mesh:
         return self.probes.answered(envelope)
 
     # Views.
+
+    def lost_nodes(self) -> dict[str, float]:
+        """
+        :returns: the nodes known unreachable lately, with when: marked by
+            the routing table, or a neighbour whose link failed.
+        """
+        lost = self._lost_links.since(self.clock.seconds())
+        lost.update(self.router.lost_nodes())
+        return lost
 
     def nearest_host(self, server: str) -> str | None:
         """:returns: the nearest node hosting C{server}, or C{None}."""

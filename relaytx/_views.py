@@ -115,7 +115,7 @@ class NodeViews:
             mesh.registry.reachable,
             mesh.call,
             unrouted=lambda: not mesh.adverts.routes_are_complete(),
-            lost=mesh.router.lost_nodes,
+            lost=mesh.lost_nodes,
         )
         #: this node's calls per second now (sampled while the node runs)
         self.rates = CallRates(clock, mesh.metrics.server_calls.totals)

@@ -305,6 +305,16 @@ class UnroutedViewTests(SynchronousTestCase):
         self.assertEqual([(k["a"], k["b"]) for k in view["links"]], [("n0", "n1"), ("n1", "n2")])
         self.assertEqual(view["problems"], [])
 
+    def test_lost_neighbour(self) -> None:
+        """A neighbour whose link failed before any view is gone, marks or none."""
+        self.network.link_between("n0", "n1").cut()
+        self.network.settle()
+        d = self.nodes[0].views.mesh_watch.snapshot()
+        self.network.pump()
+        view = self.successResultOf(d)
+        self.assertEqual(view["nodes"]["n1"]["state"], "gone")
+        self.assertEqual(view["summary"]["gone"], 1)
+
     def test_frozen(self) -> None:
         """A node the round asks late (a peer named in an answer) is silent if frozen."""
         watch = self.nodes[0].views.mesh_watch
