@@ -134,7 +134,9 @@ def room_for_hops(envelope: Envelope) -> int:
 class Forwarder:
     """
     :param routes_are_complete: whether the routing table knows every node
-        reachable at all (flooding would then find nothing more).
+        reachable at all (flooding would then find nothing more); given a
+        destination, whether it knows the way to that one (see
+        L{relaytx._mesh.Rerouting}).
     :param refuse: called with a message that cannot travel on, the link
         it came from (C{None}: it was originated here), why, and whether
         this node is overloaded; a call among such messages is answered
@@ -158,7 +160,7 @@ class Forwarder:
         links: LinkTable,
         forwarded: ForwardedCalls,
         seen: SeenMessages,
-        routes_are_complete: Callable[[], bool],
+        routes_are_complete: Callable[..., bool],
         refuse: Callable[..., None],
         relay: Callable[[Envelope, str], None] | None = None,
         dead_end: Callable[[str, str, str, str], None] | None = None,
@@ -382,7 +384,11 @@ class Forwarder:
             self._metrics.drop("no_route")
             return None
         targets = self._links.flood_targets({*envelope.route, came_from})
-        if not targets or self._routes_are_complete():
+        # (A route this node has but did not take is stale, see _routed: the
+        # table is not all there is for that destination.)
+        if not targets or (
+            self._routes_are_complete(destination) and self._router.route(destination) is None
+        ):
             # A dead end: the copy that came here goes no further (-32002,
             # which the node it came from takes for this branch only).
             self._metrics.drop("no_route")
@@ -447,6 +453,11 @@ class Forwarder:
         if route is None:
             return None
         path = route.path
+        if came_from is not None and path[0] in envelope.route:
+            # It came that way: this node's route is stale (a link on it
+            # went, and the news is on its way). Sent back it would loop:
+            # the fallback sends it on to the neighbours it has not passed.
+            return None
         session = by_peer.get(path[0])
         if came_from is None and session is not None:
             # Between relaytx nodes the hop budget covers the route. (A route

@@ -103,14 +103,67 @@ class LostLinks:
         return dict(at)
 
 
-def routes_are_complete(adverts: Advertiser, router: Router, links: LinkTable) -> bool:
+#: Seconds after a link went during which the nodes routed across it are
+#: reached by flooding while the table finds them another way.
+REROUTING = 2.0
+
+
+class Rerouting:
+    """
+    The nodes whose route went with no other to take (a link on it went,
+    here or further on), for L{REROUTING} seconds: the table has no way to
+    them until the mesh's adverts bring one (0.05-0.2 s in rings of 6 and
+    12), and a call to one meanwhile is flooded, as to a node no route
+    knows (SPEC section 7), not refused -32002 while a path is there. A
+    node marked unreachable is not among them (it may be dead: a call to
+    it fails at once, as before).
+    """
+
+    __slots__ = ("_clock", "_since")
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._since: dict[str, float] = {}
+
+    def note(self, router: Router) -> None:
+        """Take the destinations whose route went since the last note."""
+        vanished = router.take_vanished()
+        if not vanished:
+            return
+        now = self._clock.seconds()
+        since = self._since
+        for destination in [d for d, at in since.items() if at + REROUTING <= now]:
+            del since[destination]
+        for destination in vanished:
+            since[destination] = now
+
+    def lately(self, destination: str) -> bool:
+        """:returns: whether C{destination} lost its route with a link, lately."""
+        at = self._since.get(destination)
+        return at is not None and self._clock.seconds() - at < REROUTING
+
+
+def routes_are_complete(
+    adverts: Advertiser,
+    router: Router,
+    links: LinkTable,
+    rerouting: Rerouting,
+    destination: str | None = None,
+) -> bool:
     """
     :returns: whether the routing table knows every node reachable at all:
         every neighbour advertises routes, or is an original-design node,
         which forwards nothing. Flooding a message would then find nothing
         more. (Counted, not checked link by link: a hub losing thousands of
-        links asks once per link.)
+        links asks once per link.) With C{destination}: and it is not
+        being rerouted (L{Rerouting}) unless it is marked unreachable.
     """
+    if (
+        destination is not None
+        and rerouting.lately(destination)
+        and destination not in router.lost_nodes()
+    ):
+        return False
     if adverts.routes_are_complete():
         return True
     if not adverts.enabled or router.partial():
@@ -256,7 +309,10 @@ class Mesh:
         metrics.routes_changed.set_function(lambda: self.adverts.changed_at or 0.0)
         self.registry = Directory(self.router, self._links, clock, registry_enabled)
         self.link_watch = LinkWatch(clock, peer_timeout)
-        complete = partial(routes_are_complete, self.adverts, self.router, self._links)
+        self._rerouting = Rerouting(clock)
+        complete = partial(
+            routes_are_complete, self.adverts, self.router, self._links, self._rerouting
+        )
         self.forwarder = Forwarder(
             node_id, clock, metrics, self.router, self._links, self.forwarded, self.seen,
             routes_are_complete=complete, refuse=self._refuse, relay=self._relay,
@@ -398,6 +454,7 @@ class Mesh:
         if not (removed or by_us or self._links.stopping):
             self._lost_links.lost(peer_id, self.clock.seconds())
         self.adverts.link_closed(peer_id, failed=not removed, mark=not (removed or by_us))
+        self._rerouting.note(self.router)
         self.calls.path_lost(peer_id)
         if self.records is not None:
             self.records.link_closed(peer_id)
@@ -474,6 +531,7 @@ class Mesh:
     def take_advert(self, sync: RegistrySync, session: PeerSession) -> None:
         """Take a neighbour's advert; re-announce if the routes changed."""
         self.adverts.take(sync, session)
+        self._rerouting.note(self.router)
 
     def link_measured(self, session: PeerSession, rtt: float) -> None:
         """A round trip on C{session}'s link was measured (it feeds the link's cost)."""

@@ -118,7 +118,7 @@ class MeshCalls:
         forwarder: Forwarder,
         pending: PendingCalls,
         forwarded: ForwardedCalls,
-        routes_are_complete: Callable[[], bool],
+        routes_are_complete: Callable[..., bool],
         run_arrived: Callable[[CallTarget], Any],
         max_pending: int = 10_000,
         e2e: EndToEnd | None = None,
@@ -161,7 +161,7 @@ class MeshCalls:
                 )
             )
         if not self._forwarder.can_reach(destination) and (
-            self._routes_are_complete() or not self._links
+            self._routes_are_complete(destination) or not self._links
         ):
             return fail(
                 NodeUnreachable(

@@ -393,6 +393,14 @@ class Router:
         """
         return len(self._ribs) == len(self._links)
 
+    def take_vanished(self) -> set[str]:
+        """:returns: the destinations whose route went since the last call."""
+        vanished = self._choice.vanished
+        if not vanished:
+            return vanished
+        self._choice.vanished = set()
+        return vanished
+
     def partial(self) -> bool:
         """
         :returns: whether the table may lack reachable nodes for its bounds:
@@ -489,6 +497,8 @@ class Choice:
     @ivar refused: destinations refused for the table's bound, since start.
     @ivar overflow: destinations with a route to offer but no room in the
         table, now.
+    @ivar vanished: destinations that lost their route with none other to
+        take, until the set is emptied by whoever reads it.
     @ivar changes: how many times a route changed, since start.
     """
 
@@ -525,6 +535,9 @@ class Choice:
         self.rerouted: set[str] = set()
         #: destinations with a route to offer but no room in the table
         self.overflow: set[str] = set()
+        #: destinations whose route went with no other to take, since the
+        #: owner of the set last emptied it (L{relaytx._mesh.Rerouting})
+        self.vanished: set[str] = set()
 
     def table(self) -> dict[str, dict[str, Any]]:
         """:returns: the table as C{GET /registry/routes} shows it."""
@@ -613,6 +626,7 @@ class Choice:
         if new is None:
             del routes[destination]
             self.overflow.discard(destination)
+            self.vanished.add(destination)
         elif old is None and cost is None and len(routes) >= self.max_routes:
             if destination not in self.overflow:
                 self.refused += 1

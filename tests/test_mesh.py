@@ -339,6 +339,42 @@ class LinkLossTests(MeshTestCase):
         self.assertEqual(self.lost(b), {"closed": 1})
 
 
+class ReroutingTests(MeshTestCase):
+    """Calls while the table finds another way around a link that went."""
+
+    def ring(self) -> list[RelayNode]:
+        nodes = self.nodes("abcde")
+        for x, y in zip(nodes, nodes[1:] + nodes[:1], strict=True):
+            self.network.link(x, y)
+        self.network.settle()
+        return nodes
+
+    def test_removed_link(self) -> None:
+        """
+        Right after a link is removed, before any advert has brought the
+        way around, a call across it is flooded and answered (SPEC section
+        7's fallback), not refused -32002 while a path is there.
+        """
+        b = self.ring()[1]
+        self.assertEqual(b.mesh.router.route("a").path, ("a",))
+        self.assertTrue(b.remove_peer("a"))
+        self.network.pump()  # (closed; the adverts wait for their timer)
+        self.assertIsNone(b.mesh.router.route("a"))
+        call = b.call("a", "node", "ping", timeout=5)
+        self.network.pump()
+        self.assertEqual(self.successResultOf(call)["node_id"], "a")
+
+    def test_dead_node(self) -> None:
+        """A node whose link failed (marked unreachable) is refused at once, as before."""
+        a, b, _, _, e = self.ring()
+        self.network.link_between(a, b).cut()
+        self.network.link_between(a, e).cut()
+        self.network.pump()
+        self.assertIsInstance(
+            self.failureResultOf(b.call("a", "node", "ping", timeout=5)).value, NodeUnreachable
+        )
+
+
 class RegistrySyncTests(MeshTestCase):
     """Registry syncs: prompt, coalesced, converging."""
 
