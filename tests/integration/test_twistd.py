@@ -311,12 +311,8 @@ class TwoWayLinkTests(CommandLineTestCase):
 class SlowSetupTests(CommandLineTestCase):
     """A node whose app's setup returns a Deferred serves once it has fired."""
 
-    def test_servesOnceSetUp(self) -> None:
-        """
-        Under relay node and twistd alike, the first /health answered
-        already counts the server the setup exposes 1.5 s after start, and
-        the server answers its first call: nobody sees the node without it.
-        """
+    def slow_app(self) -> str:
+        """:returns: an app whose setup exposes the server C{late} 1.5 s later."""
         app = os.path.join(self.tempdir(), "slow.py")
         with open(app, "w") as f:
             f.write(
@@ -329,6 +325,15 @@ class SlowSetupTests(CommandLineTestCase):
                 "def setup(node):\n"
                 "    return task.deferLater(reactor, 1.5, node.expose, 'late', Late())\n"
             )
+        return app
+
+    def test_servesOnceSetUp(self) -> None:
+        """
+        Under relay node and twistd alike, the first /health answered
+        already counts the server the setup exposes 1.5 s after start, and
+        the server answers its first call: nobody sees the node without it.
+        """
+        app = self.slow_app()
         for command in (relay, twistd):
             port = free_port()
             args = ["--node-id", "n1", "--port", str(port), "--app", app]
@@ -342,18 +347,7 @@ class SlowSetupTests(CommandLineTestCase):
 
     def test_dialsOnceSetUp(self) -> None:
         """A node dials its peers once its apps are set up: they see it with its servers."""
-        app = os.path.join(self.tempdir(), "slow.py")
-        with open(app, "w") as f:
-            f.write(
-                "from twisted.internet import reactor, task\n"
-                "from relaytx import Server, exposed\n"
-                "class Late(Server):\n"
-                "    @exposed\n"
-                "    def hi(self):\n"
-                "        return 'hi'\n"
-                "def setup(node):\n"
-                "    return task.deferLater(reactor, 1.5, node.expose, 'late', Late())\n"
-            )
+        app = self.slow_app()
         port_a, port_b = free_port(), free_port()
         a = self.start(relay("node", "--node-id", "A", "--port", str(port_a)))
         self.wait_healthy(a, port_a)
