@@ -437,6 +437,8 @@ class ForwardedCalls:
         #: flooded calls (caller, response id) -> the neighbours whose
         #: copies have not come to a dead end yet (see L{dead_end})
         self.floods: dict[tuple[str, str], set[str]] = {}
+        #: the route each of those had come by (for the error's data)
+        self._flood_routes: dict[tuple[str, str], tuple[str, ...]] = {}
 
     def __len__(self) -> int:
         self._sweep(self._clock.seconds())
@@ -523,25 +525,37 @@ class ForwardedCalls:
             return None
         if self.floods:
             self.floods.pop(key, None)
+            self._flood_routes.pop(key, None)
         self._counted_out(entry)
         return entry.came_from
 
-    def flooded(self, caller: str, response_id: str, branches: Iterable[str]) -> None:
-        """Copies of forwarded call C{response_id} went to C{branches}."""
+    def flooded(
+        self,
+        caller: str,
+        response_id: str,
+        branches: Iterable[str],
+        route: tuple[str, ...] = (),
+    ) -> None:
+        """
+        Copies of forwarded call C{response_id}, which came by C{route},
+        went to C{branches}.
+        """
         if (caller, response_id) in self._calls:
             self.floods[caller, response_id] = set(branches)
+            self._flood_routes[caller, response_id] = route
 
     def dead_end(
         self, caller: str, response_id: str | None, reporter: str
-    ) -> tuple[bool, tuple[str, str] | None]:
+    ) -> tuple[bool, tuple[str, str, tuple[str, ...]] | None]:
         """
         Neighbour C{reporter} says its copy of call C{response_id} went no
         further (-32002, for its whole branch of the flood).
 
         :returns: whether this node flooded the call (the report is then
             its own to take, not to pass on), and when every copy it sent
-            has so ended, the call's target and the neighbour it came from,
-            where this node's own dead end goes (the call is forgotten).
+            has so ended, the call's target, the neighbour it came from,
+            where this node's own dead end goes, and the route it came by
+            (the call is forgotten).
         """
         key = (caller, response_id or "")
         branches = self.floods.get(key)
@@ -551,11 +565,12 @@ class ForwardedCalls:
         if branches:
             return True, None
         del self.floods[key]
+        route = self._flood_routes.pop(key, ())
         entry = self._calls.pop(key, None)
         if entry is None:
             return True, None
         self._counted_out(entry)
-        return True, (entry.target, entry.came_from)
+        return True, (entry.target, entry.came_from, route)
 
     def way_back(self, caller: str, response_id: str | None) -> str | None:
         """
@@ -616,6 +631,7 @@ class ForwardedCalls:
         if floods:
             for key in [key for key in floods if key not in calls]:
                 del floods[key]
+                self._flood_routes.pop(key, None)
         self._next_sweep = now + self.SWEEP_INTERVAL
 
 

@@ -163,7 +163,7 @@ class Forwarder:
         routes_are_complete: Callable[..., bool],
         refuse: Callable[..., None],
         relay: Callable[[Envelope, str], None] | None = None,
-        dead_end: Callable[[str, str, str, str], None] | None = None,
+        dead_end: Callable[[str, str, str, str, tuple[str, ...]], None] | None = None,
     ) -> None:
         self._node_id = node_id
         self._clock = clock
@@ -229,8 +229,8 @@ class Forwarder:
             taken, ended = self._forwarded.dead_end(envelope.to, envelope.response_id, peer)
             if taken:
                 if ended is not None and self._dead_end is not None:
-                    target, back = ended
-                    self._dead_end(envelope.to, envelope.response_id or "", target, back)
+                    target, back, route = ended
+                    self._dead_end(envelope.to, envelope.response_id or "", target, back, route)
                 return
         if kind in _ANSWERED and not _short_response_id(envelope):
             session.host.bad_input(
@@ -414,7 +414,10 @@ class Forwarder:
             self._send_via(target, envelope, came_from, True, budget, now)
         if came_from is not None and kind == _CALL and envelope.response_id is not None:
             self._forwarded.flooded(
-                envelope.sender, envelope.response_id, [t.peer_id for t in copies]
+                envelope.sender,
+                envelope.response_id,
+                [t.peer_id for t in copies],
+                tuple(envelope.route),
             )
         return None
 

@@ -415,17 +415,25 @@ class MeshCalls:
         else:
             self.answer_error(envelope.sender, response_id, error, via=came_from)
 
-    def dead_end(self, caller: str, response_id: str, target: str, came_from: str) -> None:
+    def dead_end(
+        self,
+        caller: str,
+        response_id: str,
+        target: str,
+        came_from: str,
+        route: tuple[str, ...] = (),
+    ) -> None:
         """
         None of the copies of flooded call C{response_id} that this node
         passed on got further: it answers -32002 back the way the call
-        came, for its whole branch of the flood.
+        came (by C{route}), for its whole branch of the flood.
         """
         error = NodeUnreachable(
             f"Node {target!r} unreachable from {self._node_id}: no copy of the call got further",
             node_id=self._node_id,
         )
-        self.answer_error(caller, response_id, error, via=came_from)
+        way_in = route[:-1] if route[-1:] == (self._node_id,) else route
+        self.answer_error(caller, response_id, error, way_in or None, via=came_from)
 
     # Losses.
 
@@ -514,14 +522,13 @@ def _lost(node_id: str, peer_id: str | None, destination: str) -> CallError:
 
 def _refusal(envelope: Envelope, node_id: str, why: str, overloaded: bool) -> CallError:
     """:returns: the error a call refused by C{node_id} fails with."""
+    route = [*envelope.route]
+    if route[-1:] != [node_id]:
+        route.append(node_id)  # (where it happened ends the route, as everywhere)
     if overloaded:
         return Overloaded(
-            f"Overloaded: {node_id} cannot forward more calls: {why}",
-            node_id=node_id,
-            route=[*envelope.route],
+            f"Overloaded: {node_id} cannot forward more calls: {why}", node_id=node_id, route=route
         )
     return NodeUnreachable(
-        f"Node {envelope.to!r} unreachable from {node_id}: {why}",
-        node_id=node_id,
-        route=[*envelope.route],
+        f"Node {envelope.to!r} unreachable from {node_id}: {why}", node_id=node_id, route=route
     )

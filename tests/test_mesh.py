@@ -897,6 +897,19 @@ class FloodTests(MeshTestCase):
         self.assertGreater(sample(b, "relaytx_messages_routed_total"), 0)
         self.assertEqual(self.network.link_between(a, b).sent_by(a, "registry_sync"), [])
 
+    def test_dead_end_route(self) -> None:
+        """
+        A flood that finds nothing fails -32002 from the node where its last
+        branch ended, with the route the call took there (SPEC section 5's
+        data), whichever end it starts from.
+        """
+        a, _b, c = self.line("abc")
+        for caller, route in ((a, ["a", "b"]), (c, ["c", "b"])):
+            d = caller.call("zz", "node", "ping", timeout=5)
+            self.network.pump()
+            error = self.failureResultOf(d, NodeUnreachable).value
+            self.assertEqual((error.data["node_id"], error.data["route"]), ("b", route))
+
     def test_send_flooded(self) -> None:
         """node.send of a message that leaves by flooding says it left; to nowhere, not."""
         a, _b, c = self.line("abc")
