@@ -149,7 +149,31 @@ class BoundedRequest(Request):
         """:returns: whether the request came over TLS, the node's own included."""
         return bool(super().isSecure()) or is_tls(self.channel.transport)
 
+    def forbidden(self) -> str | None:
+        """
+        :returns: why the request is refused 403 for its C{Origin} or
+            C{Host}, if it is (see L{process}); checked first where a
+            request is refused before it is whole (413, 408), as every
+            request of a page of another origin is refused 403.
+        """
+        policy = self._node_site().policy
+        headers = self.requestHeaders
+        origins = headers.getRawHeaders(b"origin")
+        if origins and not policy.origin_allowed(origins[0]):
+            return "Origin not allowed: add it to allowed_origins"
+        hosts = headers.getRawHeaders(b"host")
+        if hosts and len(hosts) == 1 and not policy.host_allowed(hosts[0]):
+            # (Before the request is whole, its path is the channel's.)
+            path = self.path if self.path is not None else getattr(self.channel, "_path", b"")
+            if not (path.startswith(PEER_PATH) and headers.hasHeader(_RELAYTX_DIALLER)):
+                return "Host not allowed: add it to [http] allowed_hosts"
+        return None
+
+    #: its head is whole (its body is awaited)
+    head_in = False
+
     def gotLength(self, length: int | None) -> None:
+        self.head_in = True
         limit = self._node_site().max_body_size
         if length is not None and length > limit:
             self.too_large = True
@@ -157,6 +181,10 @@ class BoundedRequest(Request):
             channel = self.channel
             if not isinstance(channel, NodeChannel):
                 return  # (answered 413 once the body is in)
+            why = self.forbidden()
+            if why is not None:
+                channel.refuse_now(403, b"Forbidden", why)
+                return
             if self.requestHeaders.hasHeader(b"expect"):
                 # Declared too large by a client that waits for "100
                 # Continue" before it sends the body: 413 now, and closed.
@@ -238,6 +266,10 @@ class BoundedRequest(Request):
             if isinstance(channel, NodeChannel) and channel.answered_early:
                 channel.refused = True
                 channel.loseConnection()  # (answered already: see gotLength)
+                return
+            why = self.forbidden()
+            if why is not None:
+                self._refuse(403, why)
                 return
             self._allow_origin(site.policy)
             if getattr(self, "_busy", False):
@@ -475,6 +507,11 @@ class NodeChannel(HTTPChannel):
         if self.answered_early:  # (its answer went out already)
             self.refused = True
             self.loseConnection()
+            return
+        requests = self.requests
+        why = requests[-1].forbidden() if requests and requests[-1].head_in else None
+        if why is not None:  # (its head is in: the page may not call at all)
+            self.refuse_now(403, b"Forbidden", why)
             return
         self.refuse_now(408, b"Request Timeout", "request not received in time")
 

@@ -849,6 +849,26 @@ class CorsTests(NodeTestCase):
         code, headers, _ = connection.response()
         self.assertEqual((code, headers.get(b"access-control-allow-origin")), (408, self.ORIGIN))
 
+    def test_early_refusals_forbidden(self) -> None:
+        """
+        A page of another origin, or a request for another host, is refused
+        403 before its body is judged: too large (else 413) or not coming
+        (else 408).
+        """
+        for head in (
+            b"Host: 127.0.0.1\r\nOrigin: https://evil.example\r\n",
+            b"Host: evil.example\r\n",
+        ):
+            code, headers, _ = self.exchange(
+                b"POST /rpc HTTP/1.1\r\n" + head + b"Content-Length: 99999999\r\n\r\n"
+            )
+            self.assertEqual(code, 403, head)
+            self.assertNotIn(b"access-control-allow-origin", headers)
+            connection = self.raw()
+            connection.send(b"POST /rpc HTTP/1.1\r\n" + head + b"Content-Length: 50\r\n\r\n{")
+            self.clock.advance(self.node.config.limits.header_timeout + 1)
+            self.assertEqual(connection.response()[0], 403, head)
+
 
 class MethodAndPathTests(NodeTestCase):
     """Wrong methods give 405 and unknown paths 404, each with a small JSON body."""
