@@ -557,6 +557,11 @@ def _limits(table: Any) -> Limits:
     ):
         # A total given alone, at or under the default per address: an
         # address may hold half of it.
+        if limits.max_connections < 2:
+            raise ConfigError(
+                "limits.max_connections must be at least 2 (one address may hold"
+                " half of them: the others, members and /health, need room)"
+            )
         limits = evolve(limits, max_connections_per_ip=max(1, limits.max_connections // 2))
     if limits.max_connections_per_ip >= limits.max_connections:
         # One address holding its maximum must leave room for the others

@@ -317,6 +317,7 @@ class ConfigTests(TempDirMixin, SynchronousTestCase):
             ({"max_connections": 10, "max_connections_per_ip": 10}, "must be below"),
             ({"max_sockets": 10}, "unknown setting limits.max_sockets"),
             ({"max_connections_per_ip": 20_000}, "must be below"),
+            ({"max_connections": 1}, "limits.max_connections must be at least 2"),
         ):
             self.assertIn(match, self.error(limits=limits), limits)
         peers = [f"ws://127.0.0.1:{port}" for port in (1, 2, 3)]
