@@ -319,6 +319,7 @@ class CommandLineNode(RelayNode):
                 from relaytx._logs import json_observer
 
                 observer = json_observer(stream, self.node_id)
+                self.log_started = True  # (the traceback too is one JSON line)
             else:
                 observer = textFileLogObserver(stream)
             globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)

@@ -480,6 +480,21 @@ class CommandLineNodeTests(TapTestCase):
         self.assertEqual([line for line in lines if "relay: error:" in line], [lines[-1]])
         self.assertEqual(self.flushLoggedErrors(ValueError), [])
 
+    def test_setupRaisesBeforeTheJsonLog(self) -> None:
+        """Under twistd with --log-format json, the traceback is a log event, not raw lines."""
+        path = self.app("def setup(node):\n    raise ValueError('boom')")
+        node = self.node(log_format="json")
+        node.log_started = False
+        beginner = _LogBeginner()
+        self.patch(tap, "globalLogBeginner", beginner)
+        self.assertRaises(SystemExit, node.load_app_or_exit, path)
+        self.assertEqual(len(beginner.observers), 1)
+        text = self.process_stderr.getvalue()
+        self.assertNotIn("Traceback", text)
+        self.assertEqual(text.count("relay: error:"), 1)
+        [logged] = self.flushLoggedErrors(ValueError)
+        self.assertIn("raise ValueError", logged.getTraceback())
+
     def test_importFailsNamesTheLine(self) -> None:
         """An app that fails to import names its line, and logs the traceback."""
         path = self.app("x = 1\nimport relaytx_absent_module_for_tap")
