@@ -1176,16 +1176,24 @@ class WsItems(ItemConsumer):
     :param window: the client's window, if it paces the stream.
     """
 
+    # (Class attributes where a call that never streams, most of them, can
+    # leave them be: one is made for every call on /ws/rpc.)
+    paced = False
+    #: the window asked: the client's, or the default
+    asked = DEFAULT_WINDOW
+    #: paced: the items the client takes in all, so far
+    allowed = DEFAULT_WINDOW
+    window = granted = FIRST_WINDOW
+    count = 0
+    _bytes = 0
+
     def __init__(self, calls: WsCalls, request_id: Any, window: int | None = None) -> None:
-        self.paced = window is not None
-        self.asked = DEFAULT_WINDOW if window is None else window
-        self.window = self.granted = min(self.asked, FIRST_WINDOW)
-        #: paced: the items the client takes in all, so far
-        self.allowed = self.asked
-        self.count = 0
-        self._bytes = 0
         self._calls = calls
         self._request_id = request_id
+        if window is not None:
+            self.paced = True
+            self.asked = self.allowed = window
+            self.window = self.granted = min(window, FIRST_WINDOW)
         flow = calls.protocol.flow
         if flow is not None and flow.congested:
             # The connection's output has not drained (other streams, a
@@ -1193,7 +1201,16 @@ class WsItems(ItemConsumer):
             # until it has (one, across the mesh, where a window is at
             # least one), so many streams at once add no more than that.
             self.window, self.granted = 1, 0
-            flow.when_drained(self._grant_more)
+
+    def connect(self, grant: Callable[[int], None]) -> None:
+        super().connect(grant)
+        if not self.granted:
+            # A generator here waits for the connection to drain (above):
+            # told then. (Only a call that streams gets here: every call on
+            # /ws/rpc has a consumer, most never use it.)
+            flow = self._calls.protocol.flow
+            if flow is not None:
+                flow.when_drained(self._grant_more)
 
     def item(self, value: Any) -> None:
         protocol = self._calls.protocol
