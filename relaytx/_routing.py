@@ -316,8 +316,9 @@ class Router:
 
     def _mark(self, destination: str, sn: int, now: float) -> bool:
         self._marks[destination] = (sn, now + MARK_HOLD)
-        changed = self._decide_all((destination,))
-        return self._through(destination) or changed
+        if self._decide_all((destination,)):
+            return True  # (which looked through it already)
+        return self._through(destination)
 
     # The route exchange.
 
@@ -589,6 +590,11 @@ class Choice:
         return self.decide_all(todo)
 
     def decide_all(self, destinations: Iterable[str]) -> bool:
+        """
+        Decide C{destinations} again (and, when a marked node's route
+        changed, the paths offered through it). :returns: whether the table
+        changed.
+        """
         changed = False
         marks = self._marks
         for destination in destinations:

@@ -638,6 +638,25 @@ class WithdrawalTests(SynchronousTestCase):
         ]
         self.assertEqual(readvertised, [])
 
+    def test_mark_looks_through_once(self) -> None:
+        """A node marked unreachable has the paths through it decided again once, not twice."""
+        router = Router("me")
+        feed(router, "a", {"x": RouteAdvert(("x",)), "y": RouteAdvert(("x", "y"))})
+        feed(router, "b", {"y": RouteAdvert(("c", "y"))})
+        looked: list[str] = []
+        through = router._choice.through
+
+        def counting(node: str) -> bool:
+            looked.append(node)
+            return through(node)
+
+        router._choice.through = counting  # type: ignore[method-assign]
+        router._through = counting
+        self.assertTrue(router.take_lost("a", {"x": 3}, 0.0))
+        self.assertEqual(looked, ["x"])
+        self.assertIsNone(router.route("x"))
+        self.assertEqual(router.route("y").path, ("b", "c", "y"))  # type: ignore[union-attr]
+
     def test_stale_paths_hunted_without_the_marks(self) -> None:
         """Without the marks and news of lost links, the same death makes nodes try stale paths."""
         net = self.mesh()
