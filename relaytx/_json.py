@@ -47,6 +47,14 @@ MAX_DEPTH = 4096
 loads: Callable[[bytes | str], Any] = orjson.loads
 
 
+#: Dataclasses and datetimes are not JSON values: orjson hands them on, and
+#: the standard library refuses them (TypeError), as a method's result must
+#: be refused (a datetime written without its offset is not even RFC 3339).
+#: (orjson writes enum members and UUIDs as their values whatever it is
+#: told: those are let through.)
+_STRICT = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
 def dumps(value: Any) -> bytes:
     """
     Encode C{value} as compact UTF-8 JSON.
@@ -54,7 +62,7 @@ def dumps(value: Any) -> bytes:
     :raises TypeError: if C{value} holds something JSON cannot express.
     """
     try:
-        data = orjson.dumps(value)
+        data = orjson.dumps(value, option=_STRICT)
     except TypeError:
         return _dumps_slowly(value)
     if b"null" in data:
@@ -116,11 +124,13 @@ def dumps_frame(value: Any, max_depth: int) -> bytes:
     :raises TooDeep: if it is nested deeper than C{max_depth}.
     """
     try:
-        data = orjson.dumps(value)
+        data = orjson.dumps(value, option=_STRICT)
     except TypeError:
+        # (Written first: a cycle is a TypeError, as L{dumps} says, not too deep.)
+        data = SLOWLY_WRITTEN + _dumps_slowly(value)
         if deeper_than(value, max_depth):
             raise TooDeep(f"nested more than {max_depth} levels deep") from None
-        return SLOWLY_WRITTEN + _dumps_slowly(value)
+        return data
     if b"null" in data:
         _check_finite(value)
     return data
@@ -199,6 +209,23 @@ def may_hold_wide_ints(data: bytes) -> bool:
         C: some 0.3 us for a small request.)
     """
     return _NINETEEN_DIGITS in data.translate(_DIGITS_ONLY)
+
+
+def loads_surrogates(data: bytes | str, error: ValueError) -> Any:
+    """
+    orjson refuses a string escape of a lone surrogate (C{"\\ud800"}),
+    which JSON's grammar allows (RFC 8259, section 8.2) and the standard
+    library writes, as relaytx does for a text that holds one (an error's
+    message, say): what orjson refused so is read by the standard library.
+
+    :param error: why orjson refused C{data}.
+    :raises ValueError: C{error}, if it was refused for anything else (a
+        surrogate written raw is invalid UTF-8, and stays refused).
+    """
+    if "surrogate in string" not in str(error):
+        raise error
+    text = data.decode() if isinstance(data, bytes) else data
+    return loads_exact(text)
 
 
 def _refuse_constant(name: str) -> Any:

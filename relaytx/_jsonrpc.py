@@ -54,6 +54,7 @@ from relaytx.errors import (
     Overloaded,
     ParseError,
     RemoteCallError,
+    cut_short,
 )
 from relaytx.wire import NODE_ID_RE
 
@@ -469,27 +470,15 @@ class JsonRpcHandler:
         return {"jsonrpc": "2.0", "error": error.to_jsonrpc(), "id": request_id}
 
 
-#: The characters of an error's message (and of its data's) kept when its
-#: answer is too large for /ws/rpc.
-_SHORT_MESSAGE = 1000
-
-
 def _shortened(member: dict[str, Any], size: int) -> dict[str, Any]:
     """:returns: the error answer C{member} (C{size} bytes), its texts cut short."""
     error = dict(member["error"])
-
-    def cut(text: Any) -> Any:
-        if type(text) is not str or len(text) <= _SHORT_MESSAGE:
-            return text
-        return f"{text[:_SHORT_MESSAGE]}... ({size} bytes in all, cut for /ws/rpc)"
-
-    error["message"] = cut(error.get("message"))
     data = error.get("data")
+    error["message"], short = cut_short(
+        error.get("message"), data if type(data) is dict else {}, size, "for /ws/rpc"
+    )
     if type(data) is dict:
-        data = {key: cut(value) for key, value in data.items()}
-        if len(_json.dumps(data)) > 4 * _SHORT_MESSAGE:  # (data of some other shape)
-            data = {key: data[key] for key in ("node_id", "route", "type") if key in data}
-        error["data"] = data
+        error["data"] = short
     return {**member, "error": error}
 
 
@@ -588,7 +577,7 @@ def loads_request(body: bytes) -> Any:
     return request
 
 
-def _exact_loads(body: bytes) -> Any:
+def _exact_loads(body: bytes | str) -> Any:
     """
     The standard library's reading of C{body}: integers of any size stay
     integers, but for those past what Python reads: such an id becomes
@@ -628,9 +617,15 @@ def _holds_unreadable(value: Any) -> bool:
 def _past_a_double(body: bytes, error: ValueError) -> Any:
     """
     The fast parser refused C{body}: if only for an integer past a double's
-    range (310 digits or more, valid JSON), C{body} read exactly; else
-    L{_NOT_JSON} (a float past that range too).
+    range (310 digits or more, valid JSON) or for an escaped lone surrogate
+    (valid JSON too, see L{_json.loads_surrogates}), C{body} read exactly;
+    else L{_NOT_JSON} (a float past that range too).
     """
+    if "surrogate in string" in str(error):
+        try:
+            return _exact_loads(body.decode())  # (raw surrogates, invalid UTF-8, stay refused)
+        except (ValueError, RecursionError):
+            return _NOT_JSON
     if "number is infinity" not in str(error):
         return _NOT_JSON
     try:

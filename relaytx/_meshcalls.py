@@ -64,6 +64,7 @@ from relaytx.errors import (
     OutcomeUnknown,
     Overloaded,
     RemoteCallError,
+    cut_short,
     error_for_code,
     failure_exception,
 )
@@ -363,6 +364,7 @@ class MeshCalls:
         response: ServerResponse,
         via: str | None,
         route: tuple[str, ...] | list[str] | None = None,
+        cut: bool = False,
     ) -> None:
         if self.traces.running:  # a traced call, or one whose path was asked for
             response.trace_path = self.traces.answered(caller, response)
@@ -374,6 +376,15 @@ class MeshCalls:
             error = RemoteCallError.named("TypeError", f"result is not JSON-serialisable: {e}")
             self.answer_error(caller, response.response_id, error, route)
         except MessageTooLarge as e:
+            if not response.success and not cut:
+                # An error too large (an exception's long message): the
+                # same error, its words cut short.
+                response.error, response.error_data = cut_short(
+                    response.error, dict(response.error_data or {}), e.size or 0,
+                    "to cross the mesh",
+                )  # fmt: skip
+                self._send_answer(caller, response, via, route, cut=True)
+                return
             error = RemoteCallError.named("ResultTooLarge", str(e))
             self.answer_error(caller, response.response_id, error, route)
 

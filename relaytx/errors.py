@@ -295,8 +295,45 @@ def error_for_code(code: int, message: str, data: dict[str, Any] | None = None) 
     return error
 
 
+#: The characters of an error's message (and of each text of its data)
+#: kept when its answer is too large for the way back (L{cut_short}).
+SHORT_TEXT = 1000
+
+
+def cut_short(
+    message: Any, data: dict[str, Any], size: int, why: str
+) -> tuple[Any, dict[str, Any]]:
+    """
+    An error too large for the way back (C{size} bytes), its words cut
+    short: the same code and type, each long text kept to L{SHORT_TEXT}
+    characters and saying so (C{why}: "for /ws/rpc", say); data of some
+    other shape, still large, keeps only where it happened and the type.
+
+    :returns: the message and data to send instead.
+    """
+    from relaytx import _json
+
+    def cut(text: Any) -> Any:
+        if type(text) is not str or len(text) <= SHORT_TEXT:
+            return text
+        return f"{text[:SHORT_TEXT]}... ({size} bytes in all, cut {why})"
+
+    data = {key: cut(value) for key, value in data.items()}
+    if len(_json.dumps(data)) > 4 * SHORT_TEXT:
+        data = {key: data[key] for key in ("node_id", "route", "type") if key in data}
+    return cut(message), data
+
+
 class MessageTooLarge(RelayError):
-    """A message this node wanted to send exceeds the peer message limit."""
+    """
+    A message this node wanted to send exceeds the peer message limit.
+
+    @ivar size: its size in bytes, when known.
+    """
+
+    def __init__(self, message: str, size: int | None = None) -> None:
+        super().__init__(message)
+        self.size = size
 
 
 class TooManyDialers(ValueError, RelayError):

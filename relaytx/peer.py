@@ -278,7 +278,8 @@ class PeerSession:
             if len(frame) + room > limit:
                 kept = f" ({room} bytes kept for the hops on its way)" if room else ""
                 raise MessageTooLarge(
-                    f"a {envelope.type} of {len(frame)} bytes is over the {limit}-byte limit{kept}"
+                    f"a {envelope.type} of {len(frame)} bytes is over the {limit}-byte limit{kept}",
+                    len(frame),
                 )
             self.transport.send(frame)
 

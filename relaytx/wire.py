@@ -513,8 +513,11 @@ def decode(frame: bytes | str) -> Envelope:
     try:
         # (_json.loads_frame, inlined: every frame read comes here.)
         obj = _loads(frame) if frame[:1] != _SLOWLY_WRITTEN else _json.loads_frame(frame)
-    except ValueError:  # (JSONDecodeError and UnicodeDecodeError among them)
-        raise MalformedMessage("frame is not valid JSON", reason="not_json") from None
+    except ValueError as e:  # (JSONDecodeError and UnicodeDecodeError among them)
+        try:
+            obj = _json.loads_surrogates(frame, e)
+        except (ValueError, RecursionError):
+            raise MalformedMessage("frame is not valid JSON", reason="not_json") from None
     return Envelope.from_json(obj)
 
 

@@ -5,6 +5,8 @@ JSON-RPC 2.0 handler, driven with a fake C{invoke}.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import sys
 from typing import Any
@@ -22,6 +24,12 @@ from relaytx.errors import (
 )
 
 NODE_ID = "n1"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
 
 
 class FakeMath:
@@ -76,6 +84,12 @@ class FakeMath:
 
     def math_unserialisable(self) -> Any:
         return {1, 2}
+
+    def math_dated(self) -> Any:
+        return {"at": datetime.datetime(2020, 1, 1)}
+
+    def math_record(self) -> Any:
+        return [Point(1, 2)]
 
     def math_boom(self) -> None:
         raise ValueError("a bug in the node")
@@ -432,6 +446,24 @@ class RequestValidationTests(HandlerTestCase):
         self.assertEqual(second, {"jsonrpc": "2.0", "result": 3, "id": 6})
         self.assertEqual([t.method for t in self.math.targets], ["sum"])
 
+    def test_escaped_lone_surrogates(self) -> None:
+        """
+        A string escape of a lone surrogate is valid JSON (RFC 8259 8.2), as
+        this node writes it too: the call runs with it, and its answer says
+        it back. Surrogates written raw are invalid UTF-8: a Parse error.
+        """
+        for text in (b"\\ud800", b"\\udcff x", b"a\\uDBFF"):
+            with self.subTest(text=text):
+                body = b'{"jsonrpc":"2.0","method":"math.echo","params":["%s"],"id":3}' % text
+                raw = self.successResultOf(self.handler.handle(body))
+                self.assertEqual(
+                    json.loads(raw),  # type: ignore[arg-type]
+                    {"jsonrpc": "2.0", "result": {"args": [json.loads(b'"%s"' % text)],
+                                                  "kwargs": {}}, "id": 3},
+                )  # fmt: skip
+        raw_surrogate = b'{"jsonrpc":"2.0","method":"math.echo","params":["\xed\xa0\x80"],"id":3}'
+        self.assertError(self.answer(raw_surrogate), -32700, None)
+
     def test_wide_integer_params(self) -> None:
         """Params past 64 bits reach the method as the integers sent, not as floats."""
         for wide in (2**64 + 1, -(2**70), -9999999999999999999):
@@ -604,6 +636,16 @@ class CallOutcomeTests(HandlerTestCase):
         error = self.assertError(self.request("math.unserialisable", [], "u"), -32000, "u")
         self.assertEqual(error["data"]["type"], "TypeError")
         self.assertEqual(error["data"]["node_id"], NODE_ID)
+
+    def test_results_json_has_no_value_for(self) -> None:
+        """
+        A datetime or a dataclass in a result is no JSON value: -32000
+        TypeError, not a text the method never returned (orjson writes both).
+        """
+        for method in ("math.dated", "math.record"):
+            with self.subTest(method=method):
+                error = self.assertError(self.request(method, [], "d"), -32000, "d")
+                self.assertEqual(error["data"]["type"], "TypeError")
 
     def test_unserialisable_result_in_batch(self) -> None:
         """In a batch, only the answer whose result JSON cannot express becomes an error."""

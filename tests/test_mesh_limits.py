@@ -5,6 +5,7 @@ adverts, forged answers and call time budgets, on in-memory links.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
@@ -27,6 +28,20 @@ class Blob(Server):
     @exposed
     def size(self, data: str) -> int:
         return len(data)
+
+    @exposed
+    def fail(self, size: int) -> None:
+        raise ValueError("m" * size)
+
+    @exposed
+    def cycle(self) -> Any:
+        looped: list[Any] = []
+        looped.append(looped)
+        return looped
+
+    @exposed
+    def dated(self) -> Any:
+        return datetime.date(2020, 1, 2)
 
     @exposed
     def never(self) -> Any:
@@ -62,6 +77,34 @@ class SizeLimitTests(SynchronousTestCase):
         self.assertEqual(error.data["type"], "ResultTooLarge")
         self.assertEqual(error.message, f"ResultTooLarge: {error.data['message']}")
         self.assertIn("4096", error.data["message"])
+
+    def test_error_too_large(self) -> None:
+        """
+        An error over the limit (an exception's long message) is the same
+        error, its words cut short: -32000 with the exception's type, as
+        the caller would get it on the callee's own node.
+        """
+        a, _, network = pair(**self.LIMIT)
+        d = a.call("b", "blob", "fail", 10_000, timeout=30)
+        network.pump()
+        error = self.failureResultOf(d, RemoteCallError).value
+        self.assertEqual(error.code, -32000)
+        self.assertEqual(error.data["type"], "ValueError")
+        self.assertEqual(error.data["node_id"], "b")
+        self.assertTrue(error.data["message"].startswith("m" * 1000 + "... ("))
+        self.assertIn("cut to cross the mesh", error.data["message"])
+        self.assertEqual(len(a.mesh.pending), 0)
+        self.flushLoggedErrors(ValueError)
+
+    def test_results_json_has_no_value_for(self) -> None:
+        """A cyclic result, or a date, is a TypeError across the mesh as at home."""
+        a, _, network = pair()
+        for method in ("cycle", "dated"):
+            with self.subTest(method=method):
+                d = a.call("b", "blob", method, timeout=30)
+                network.pump()
+                error = self.failureResultOf(d, RemoteCallError).value
+                self.assertEqual((error.code, error.data["type"]), (-32000, "TypeError"))
 
     def test_arguments_too_large(self) -> None:
         """A call whose arguments exceed the limit fails with -32005 and leaves nothing pending."""

@@ -701,6 +701,18 @@ class MalformedEnvelopeTests(SynchronousTestCase):
             with self.subTest(raw=raw):
                 self.assertMalformed(raw, "not_json", "JSON")
 
+    def test_escaped_lone_surrogates(self) -> None:
+        """
+        A frame whose text escapes a lone surrogate (valid JSON, as Python's
+        json module writes it) is read; one with a surrogate written raw is
+        invalid UTF-8, and refused.
+        """
+        raw = json.dumps(json.loads(frame(data={"text": "x\ud800y"})), ensure_ascii=True)
+        self.assertIn("\\ud800", raw)
+        self.assertEqual(decode(raw.encode()).data, {"text": "x\ud800y"})
+        self.assertMalformed(raw.replace("\\ud800", "\udfff").encode("utf-8", "surrogatepass"),
+                             "not_json", "JSON")  # fmt: skip
+
     def test_not_object(self) -> None:
         """JSON that is not an object is refused as not_object, naming what it is."""
         for raw, kind in [
