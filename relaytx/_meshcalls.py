@@ -85,6 +85,35 @@ _ANSWERS = frozenset({ServerResponse.TYPE, StreamItem.TYPE})
 _ORIGINAL_NO_SERVER = re.compile(r"server .+ not found")
 
 
+#: What an error's data may hold as a peer answered it (SPEC section 5:
+#: where it happened, the exception's type and message, and the limit or
+#: timeout that refused it), and of what type: anything else a peer adds,
+#: a traceback say, is not passed on to the caller.
+_ERROR_DATA: dict[str, type | tuple[type, ...]] = {
+    "node_id": str,
+    "route": list,
+    "type": str,
+    "message": str,
+    "limit": str,
+    "timeout": (int, float),
+}
+
+
+def _error_data(given: Any) -> dict[str, Any]:
+    """:returns: the data of a peer's error answer that a caller is told."""
+    if not isinstance(given, dict):
+        return {}
+    data = {}
+    for key, value in given.items():
+        kind = _ERROR_DATA.get(key)
+        if kind is None or not isinstance(value, kind) or isinstance(value, bool):
+            continue
+        if type(value) is list and not all(type(hop) is str for hop in value):
+            continue  # (a route)
+        data[key] = value
+    return data
+
+
 def _foreign_error_code(text: str | None) -> int:
     """
     :returns: the code of an error answer that carries none (an
@@ -237,7 +266,7 @@ class MeshCalls:
         if response.success:
             self.pending.resolve(response.response_id, result=response.result)
             return
-        data = dict(response.error_data or {})
+        data = _error_data(response.error_data)
         data.setdefault("node_id", response.node_id or envelope.sender)
         code = response.error_code
         error = error_for_code(

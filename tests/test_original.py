@@ -429,6 +429,35 @@ class ForeignErrorTests(OriginalTestCase):
         self.assertEqual(error.message, "server nope not found")
         self.assertEqual(error.data["node_id"], "o1")
 
+    def test_error_data_kept_to_what_spec_names(self) -> None:
+        """
+        A peer's error data reaches the caller as SPEC words it: where it
+        happened, the exception's type and message. Anything else (a
+        traceback) or of the wrong type is left out.
+        """
+        d = self.node.call("o1", "svc", "m", timeout=5)
+        self.original.serve()
+        call = self.original.calls[-1]
+        data = {
+            "error": "KeyError: 'k'",
+            "error_code": -32000,
+            "error_data": {
+                "type": "KeyError",
+                "message": "'k'",
+                "traceback": "Traceback (most recent call last):\n  File app.py",
+                "route": ["o1", 7],
+                "limit": True,
+            },
+            "node_id": "o1",
+            "response_id": call["data"]["response_id"],
+            "success": False,
+        }
+        self.original.frame("server_response", data, "1796024318380757041")
+        error = self.failureResultOf(d, RemoteCallError).value
+        self.assertEqual(
+            error.data, {"type": "KeyError", "message": "'k'", "node_id": "o1", "route": ["r"]}
+        )
+
     def test_other_errors_are_32000(self) -> None:
         """Any other error text from the original stays -32000."""
         for text in ("database is locked", "server not found", "my server x not found today"):
