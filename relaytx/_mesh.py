@@ -290,7 +290,7 @@ class Mesh:
         e2e = None if identity is None or book is None else EndToEnd(identity, book)
         if book is not None:
             accept_path = _declared_paths(book, accept_path)
-        self.router = Router(node_id, accept_path, max_routes)
+        self.router = Router(node_id, accept_path, max_routes, hearsay=book is None)
         self.pending = PendingCalls(clock, on_late=metrics.late_answers.inc)
         metrics.pending_calls.set_function(lambda: len(self.pending))  # read when scraped
         self.forwarded = ForwardedCalls(

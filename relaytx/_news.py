@@ -107,10 +107,18 @@ class LinkNews:
 
     # News from neighbours.
 
-    def take(self, down: Iterable[Notice], now: float, up: Iterable[Notice] = ()) -> set[str]:
+    def take(
+        self,
+        down: Iterable[Notice],
+        now: float,
+        up: Iterable[Notice] = (),
+        only: str | None = None,
+    ) -> set[str]:
         """
         A neighbour says these links are gone (C{down}) or back (C{up}).
 
+        :param only: the neighbour: its word counts for the paths it offers
+            only (L{Router}'s C{hearsay}); C{None}: for every neighbour's.
         :returns: the destinations to decide again.
         """
         ups = self.ups
@@ -138,7 +146,14 @@ class LinkNews:
         if lost:
             until = now + NOTICE_HOLD
             suspects = self.suspects
-            for peer, rib in self._ribs.items():
+            ribs = (
+                self._ribs
+                if only is None
+                else {only: self._ribs[only]}
+                if only in self._ribs
+                else {}
+            )
+            for peer, rib in ribs.items():
                 for destination in crossing(rib.paths, lost):
                     suspects[peer, destination] = until
                     affected.add(destination)

@@ -141,6 +141,12 @@ class Router:
     :param max_routes: the most destinations in the table (a direct
         neighbour's route aside), and twice the most that any one
         neighbour's adverts may hold.
+    :param hearsay: take a neighbour's word on links and deaths elsewhere
+        (news of lost links, marks of unreachable nodes) for the paths every
+        neighbour offers. C{False} (PKI mode, where a member cannot speak
+        for others): only for the paths that neighbour offers itself, and a
+        mark only of a node routed through it, at most at the next number
+        (which it could bring about anyway, by dropping what it passes on).
 
     @ivar dirty: destinations whose route (or servers) changed since they
         were last exported (L{Exports.exported}).
@@ -156,9 +162,11 @@ class Router:
         node_id: str,
         accept_path: Callable[[str, tuple[str, ...]], bool] | None = None,
         max_routes: int = 10_000,
+        hearsay: bool = True,
     ) -> None:
         self.node_id = node_id
         self.max_routes = max_routes
+        self.hearsay = hearsay
         #: linked neighbours -> the cost of the link
         self._links: dict[str, int] = {}
         #: linked neighbours -> their own servers, and sequence numbers
@@ -297,6 +305,11 @@ class Router:
         for destination, sn in lost.items():
             if destination == self.node_id or destination in self._links:
                 continue
+            if not self.hearsay:
+                route = self._routes.get(destination)
+                if route is None or route.path[0] != peer_id:
+                    continue
+                sn = min(sn, route.sn | 1)  # (the next odd number, or the mark's own)
             mark = self._marks.get(destination)
             if mark is None or mark[0] < sn:
                 changed |= self._mark(destination, sn, now)
@@ -428,7 +441,7 @@ class Router:
         Neighbour C{peer_id} says these links are gone (C{down}) or back
         (C{up}). :returns: whether the table changed.
         """
-        affected = self.news.take(down, now, up)
+        affected = self.news.take(down, now, up, None if self.hearsay else peer_id)
         return bool(affected) and self._decide_all(affected)
 
     def expire_notices(self, now: float) -> bool:

@@ -657,6 +657,29 @@ class WithdrawalTests(SynchronousTestCase):
         self.assertIsNone(router.route("x"))
         self.assertEqual(router.route("y").path, ("b", "c", "y"))  # type: ignore[union-attr]
 
+    def test_members_speak_for_their_own_paths(self) -> None:
+        """
+        Without hearsay (PKI mode), a neighbour's mark counts only for a
+        node routed through it, at most at the next number, and its news
+        of a lost link only for the paths it offers itself.
+        """
+        router = Router("me", hearsay=False)
+        feed(router, "a", {"x": RouteAdvert(("x",)), "y": RouteAdvert(("q", "y"))})
+        feed(router, "b", {"x": RouteAdvert(("c", "x")), "y": RouteAdvert(("q", "y"))})
+        self.assertFalse(router.take_lost("b", {"x": 2**62 + 1}, 0.0))
+        self.assertEqual(router.route("x").path, ("a", "x"))  # type: ignore[union-attr]
+        self.assertEqual(router.lost_nodes(), {})
+        # Lost links told by b: b's paths across them only (a's stands).
+        router.take_notices("b", [("q", "y", 5)], 0.0)
+        self.assertEqual(router.route("y").path, ("a", "q", "y"))  # type: ignore[union-attr]
+        self.assertEqual(set(router.news.suspects), {("b", "y")})
+        # The next hop may mark x, at the next number (it could drop x's calls).
+        self.assertTrue(router.take_lost("a", {"x": 2**62 + 1}, 0.0))
+        self.assertIsNone(router.route("x"))
+        self.assertEqual(router._marks["x"][0], 1)
+        feed(router, "b", {"x": RouteAdvert(("c", "x"), sn=2)})
+        self.assertEqual(router.route("x").path, ("b", "c", "x"))  # type: ignore[union-attr]
+
     def test_stale_paths_hunted_without_the_marks(self) -> None:
         """Without the marks and news of lost links, the same death makes nodes try stale paths."""
         net = self.mesh()

@@ -197,6 +197,33 @@ class PkiTests(_Files, TestCase):
         self.assertEqual(await a.call("nodeC", "counter", "increment", timeout=5), 1)
         return a, mallory, c, counter
 
+    async def test_forged_death_and_lost_links(self) -> None:
+        """
+        A member on no path to nodeC says nodeC is dead (a mark at a huge
+        number) and its link to nodeB lost: nodeA keeps its route through
+        nodeB, and calls to nodeC go on. (A member may speak only for the
+        paths it offers itself.)
+        """
+        counter = Counter()
+        c = self.node("nodeC", servers={"counter": counter})
+        b = self.node("nodeB", [c])
+        a = self.node("nodeA", [b])
+        mallory = self.node("mallory", [a])
+        await self.linked((a, b), (b, c), (mallory, a))
+        await wait_for(lambda: a.mesh.router.route("nodeC") is not None, 10, what="a route")
+        await wait_for(lambda: a.mesh.router.is_router("mallory"), 10, what="mallory's table")
+        stamp = int(mallory.clock.seconds() * 1000)
+        forged = [("nodeB", "nodeC", stamp), ("nodeC", "nodeB", stamp)]
+        router = mallory.mesh.router
+        router.lost_for = lambda withdrawn: {"nodeC": 2**62 + 1}  # type: ignore[method-assign]
+        router.news.notices_for = lambda peer: forged  # type: ignore[method-assign]
+        mallory.mesh.adverts.schedule(peers=None)
+        news = a.mesh.router.news.notices
+        await wait_for(lambda: all(n in news for n in forged), 5, what="the forged news at nodeA")
+        self.assertEqual(a.mesh.router.route("nodeC").next_hop, "nodeB")  # type: ignore[union-attr]
+        self.assertNotIn("nodeC", a.mesh.router.lost_nodes())
+        self.assertEqual(await a.call("nodeC", "counter", "increment", timeout=5), 1)
+
     async def test_borrowed_http_caller(self) -> None:
         """
         A member naming an HTTP client as the caller it relays for is judged
