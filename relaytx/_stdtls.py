@@ -380,6 +380,10 @@ class TLSFactory(WrappingFactory):
     """Builds the TLS layer of each connection, around C{wrappedFactory}'s protocol."""
 
     protocol = TLSProtocol
+    #: A dialler's factory starts and stops with each attempt: a peer that
+    #: stays down would otherwise log two lines an attempt, past the
+    #: dialler's own count of its failures (SPEC section 10).
+    noisy = False
     _log = Logger()
 
     def __init__(

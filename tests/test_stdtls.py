@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 from twisted.trial.unittest import SynchronousTestCase
@@ -114,6 +115,20 @@ class TLSLayerTests(SynchronousTestCase):
             clock=self.clock,
         )
         return server_tls, client_tls, carried["server"], carried["client"], pump
+
+    def test_quiet_factory(self) -> None:
+        """A factory starting and stopping (a dialler's, each attempt) logs nothing."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        config = self.files.config("client")
+        wrapped = Factory.forProtocol(Recorder)
+        wrapped.noisy = False  # (as a node's own factories are)
+        factory = TLSFactory(wrapped, config.client_context(), False, self.clock, "localhost")
+        for _ in range(3):
+            factory.doStart()
+            factory.doStop()
+        self.assertEqual([formatEvent(e) for e in events], [])
 
     def test_handshakeThenData(self) -> None:
         """
