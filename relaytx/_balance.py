@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from attrs import evolve
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -651,7 +652,8 @@ class Balancer(InstanceChoice):
         )
         if following == self.node_id:
             try:
-                return self._local(target, local)
+                # (Within the same deadline: what is left of it.)
+                return self._local(evolve(target, timeout=deadline - now), local)
             except CallError:
                 return Failure()
         # (Returning a Deferred chains it: cancelling the call cancels it.)

@@ -395,6 +395,28 @@ class FailoverTests(BalancerCase):
         remote.pending.pop("c").callback("c")
         self.assertEqual(self.successResultOf(d), "c")
 
+    def test_same_deadline_here(self) -> None:
+        """A try that fails over to this node's own instance gets what is left of the budget too."""
+        b = self.balancer("round_robin", instances=[("b", 1, 1)], local=True)
+        remote = FakeRemote()
+        here: list[CallTarget] = []
+
+        def local(target: CallTarget) -> str:
+            here.append(target)
+            return "a"
+
+        original = self.target(timeout=10)
+        d = b.call(original, remote, local)
+        if not remote.calls:  # (the turn was this node's own, answered at once: the next is b's)
+            self.assertEqual(d, "a")
+            here.clear()
+            d = b.call(original, remote, local)
+        self.clock.advance(4)
+        remote.pending.pop("b").errback(NodeUnreachable("gone"))
+        self.assertEqual(self.successResultOf(d), "a")
+        self.assertEqual([t.timeout for t in here], [6])
+        self.assertEqual(original.timeout, 10)
+
     def test_last_error_when_all_fail(self) -> None:
         """When every instance refuses, the caller gets the last refusal, each tried once."""
         b = self.balancer("round_robin")
