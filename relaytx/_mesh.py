@@ -107,6 +107,10 @@ class LostLinks:
 #: reached by flooding while the table finds them another way.
 REROUTING = 2.0
 
+#: Seconds a node whose route went is remembered for the mesh view, which
+#: shows it gone for as long (L{relaytx._meshview.MeshWatch}'s C{forget_after}).
+WENT_HOLD = 300.0
+
 
 class Rerouting:
     """
@@ -119,11 +123,14 @@ class Rerouting:
     it fails at once, as before).
     """
 
-    __slots__ = ("_clock", "_since")
+    __slots__ = ("_clock", "_since", "_went")
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._since: dict[str, float] = {}
+        #: destination -> when its route last went, oldest first, for
+        #: L{WENT_HOLD} (the mesh view's memory of gone nodes)
+        self._went: dict[str, float] = {}
 
     def note(self, router: Router) -> None:
         """Take the destinations whose route went since the last note."""
@@ -134,8 +141,21 @@ class Rerouting:
         since = self._since
         for destination in [d for d, at in since.items() if at + REROUTING <= now]:
             del since[destination]
+        went = self._went
         for destination in vanished:
             since[destination] = now
+            went.pop(destination, None)
+            went[destination] = now
+        while len(went) > 4096:
+            del went[next(iter(went))]
+
+    def went(self) -> dict[str, float]:
+        """:returns: the destinations whose route went within L{WENT_HOLD}, with when."""
+        went = self._went
+        horizon = self._clock.seconds() - WENT_HOLD
+        while went and next(iter(went.values())) <= horizon:
+            del went[next(iter(went))]
+        return dict(went)
 
     def lately(self, destination: str) -> bool:
         """:returns: whether C{destination} lost its route with a link, lately."""
@@ -578,9 +598,12 @@ class Mesh:
     def lost_nodes(self) -> dict[str, float]:
         """
         :returns: the nodes known unreachable lately, with when: marked by
-            the routing table, or a neighbour whose link failed.
+            the routing table, a neighbour whose link failed, or a node whose
+            route went (within L{WENT_HOLD}) and no route reaches now.
         """
-        lost = self._lost_links.since(self.clock.seconds())
+        route = self.router.route
+        lost = {d: at for d, at in self._rerouting.went().items() if route(d) is None}
+        lost.update(self._lost_links.since(self.clock.seconds()))
         lost.update(self.router.lost_nodes())
         return lost
 

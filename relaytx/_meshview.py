@@ -123,7 +123,8 @@ class MeshWatch:
         (a neighbour tells no routes: its registry is off, or it is of the
         original design), calls to them being flooded: the nodes that
         answered name their peers, and those are asked too.
-    :param lost: the nodes known to have become unreachable lately (a
+    :param lost: the nodes known to have become unreachable lately, within
+        C{forget_after} at least, with when (a
         link to them failed, here or elsewhere), with when: they are
         C{gone} even if no view had seen them.
     """
@@ -329,8 +330,16 @@ class MeshWatch:
         known = self._known
         known[self.node_id] = {"status": self._status(), "seen": now}
         for node_id, lost_at in self._lost().items():
-            if node_id not in known and node_id not in hops and node_id != self.node_id:
+            if node_id in hops or node_id == self.node_id:
+                continue
+            entry = known.get(node_id)
+            if entry is None:
                 known[node_id] = {"status": {}, "seen": lost_at}  # (gone before any view saw it)
+            elif entry["seen"] < lost_at:
+                # Reached until then, since the last view that asked it:
+                # gone from then on (a view long after that one would
+                # otherwise forget it at once).
+                entry["seen"] = lost_at
         nodes: dict[str, dict[str, Any]] = {}
         problems: list[str] = []
         for node_id, entry in sorted(known.items()):

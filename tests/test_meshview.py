@@ -170,6 +170,40 @@ class MeshViewTests(SynchronousTestCase):
         self.clock.advance(self.watch.forget_after + 1)
         self.assertNotIn("n2", self.view()["nodes"])
 
+    def test_gone_long_after_the_last_view(self) -> None:
+        """
+        A node lost long after the last view (past the time a gone node is
+        shown) is gone in the next one, shown from when it was lost: even
+        after its mark is let go, for as long as a gone node is shown.
+        """
+        self.view()
+        self.clock.advance(self.watch.forget_after + 5)
+        self.links[1].cut()
+        self.network.settle()
+        self.clock.advance(2.0)
+        view = self.view()
+        self.assertEqual(view["nodes"]["n2"]["state"], "gone")
+        self.assertEqual(view["summary"]["gone"], 1)
+        self.clock.advance(self.watch.forget_after)
+        self.assertNotIn("n2", self.view()["nodes"])
+
+    def test_gone_unseen_past_its_mark(self) -> None:
+        """
+        A node lost between two views far apart is gone in the second, even
+        once its mark is let go, while it is within the time a gone node is
+        shown (a monitor looking every five minutes sees every death).
+        """
+        self.view()
+        self.clock.advance(self.watch.forget_after / 2)
+        self.links[1].cut()
+        self.network.settle()
+        self.clock.advance(self.watch.forget_after / 2 + 10)  # (past the mark's hold)
+        view = self.view()
+        self.assertEqual(view["nodes"]["n2"]["state"], "gone")
+        self.assertTrue(any(p.startswith("n2: gone") for p in view["problems"]), view["problems"])
+        self.clock.advance(self.watch.forget_after / 2)
+        self.assertNotIn("n2", self.view()["nodes"])
+
     def test_lost_before_any_view(self) -> None:
         """
         A node whose link failed before anyone asked for a view is gone in
