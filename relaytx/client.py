@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ssl as _ssl
 import threading
 from collections.abc import AsyncIterator, Awaitable, Generator, Iterator
@@ -559,16 +560,20 @@ class SyncClient(_SyncTarget):
         kwargs: dict[str, Any] | None,
         timeout: float,
     ) -> Iterator[Any]:
-        items = self._core.open_stream(node_id, server, method, args, kwargs, timeout)
+        reader = _StreamReader(
+            self._core.open_stream(node_id, server, method, args, kwargs, timeout)
+        )
         try:
             while True:
                 try:
-                    yield self._wait(_next_item(items))
+                    yield self._wait(reader.next())
                 except StopAsyncIteration:
                     return
         finally:
+            # Also when the wait for an item was interrupted (Ctrl-C): that
+            # item's task, still running on the loop, is cancelled first.
             if not self._loop.is_closed():
-                self._wait(_close_items(items))
+                self._wait(reader.close())
 
     def close(self) -> None:
         """Close the connection and stop the client's thread."""
@@ -606,14 +611,31 @@ def _settle(waiter: concurrent.futures.Future[Any], future: asyncio.Future[Any])
         waiter.set_result(future.result())
 
 
-async def _next_item(items: AsyncIterator[Any]) -> Any:
-    return await items.__anext__()
+class _StreamReader:
+    """
+    A stream's items, read on the client's loop for a blocking reader: the
+    item being waited for is a task of its own, so that a reader who stops
+    waiting (interrupted) can have it cancelled before the stream is
+    closed (an async generator cannot be closed while it runs).
+    """
 
+    def __init__(self, items: AsyncIterator[Any]) -> None:
+        self._items = items
+        self._task: asyncio.Future[Any] | None = None
 
-async def _close_items(items: AsyncIterator[Any]) -> None:
-    close = getattr(items, "aclose", None)
-    if close is not None:
-        await close()
+    async def next(self) -> Any:
+        self._task = asyncio.ensure_future(self._items.__anext__())
+        return await self._task
+
+    async def close(self) -> None:
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        close = getattr(self._items, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def connect_sync(url: str, **options: Any) -> SyncClient:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -1204,6 +1206,36 @@ class SyncClientTests(SynchronousTestCase):
         )
         reader.join(10)
         items.close()
+        self.assertEqual(node.cancels(), [request["id"]])
+
+    def test_streamInterrupted(self) -> None:
+        """
+        Ctrl-C while a blocking stream waits for an item raises
+        KeyboardInterrupt (not an error of the stream's closing), and the
+        stream is cancelled at the node.
+        """
+        node = FakeNode()
+        streaming(node, ["a"])
+        node.hold = True
+        c = self.client(node)
+        items = c.stream("s", "items")
+        self.assertIs(threading.current_thread(), threading.main_thread())
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.addCleanup(signal.signal, signal.SIGINT, previous)
+        main = threading.get_ident()
+
+        def interrupt() -> None:
+            while not node.held:
+                time.sleep(0.01)
+            signal.pthread_kill(main, signal.SIGINT)
+
+        interrupter = threading.Thread(target=interrupt)
+        interrupter.start()
+        with self.assertRaises(KeyboardInterrupt) as caught:
+            next(items)
+        interrupter.join(10)
+        self.assertIsNone(caught.exception.__context__)
+        [(_, request)] = node.held
         self.assertEqual(node.cancels(), [request["id"]])
 
     def test_close(self) -> None:
