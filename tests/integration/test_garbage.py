@@ -342,7 +342,8 @@ class GarbageTests(TestCase):
                 "too_deep": _deep(1025),
                 "bad_utf8": b'{"jsonrpc":"2.0","method":"node.echo","params":["\xff\xfe"],"id":1}',
                 "overlong_utf8": b'{"jsonrpc":"2.0","method":"node.echo","params":["\xc0\xaf"]}',
-                "lone_surrogate": _request("node.echo", ["\ud800"]),
+                "raw_surrogate": _request("node.echo", ["X"]).replace(b"X", b"\xed\xa0\x80"),
+                "escaped_surrogate": _request("node.echo", ["\ud800"]),
                 "nan": b'{"jsonrpc":"2.0","method":"node.echo","params":[NaN],"id":1}',
                 "huge_float": b'{"jsonrpc":"2.0","method":"node.echo","params":[1e999],"id":1}',
                 "truncated": _request("node.echo", [1])[:-3],
@@ -378,7 +379,7 @@ class GarbageTests(TestCase):
             "too_deep",
             "bad_utf8",
             "overlong_utf8",
-            "lone_surrogate",
+            "raw_surrogate",
             "nan",
             "huge_float",
             "truncated",
@@ -387,6 +388,10 @@ class GarbageTests(TestCase):
             "utf16",
         ):
             self.assertEqual((_error_code(seen[name]), seen[name]["id"]), (-32700, None), name)
+        # An escaped lone surrogate is JSON (RFC 8259 8.2): echoed as it came.
+        self.assertEqual(
+            seen["escaped_surrogate"], {"jsonrpc": "2.0", "result": ["\ud800"], "id": 1}
+        )
         for name in ("null", "string", "number", "empty_batch", "empty_object", "bad_id"):
             self.assertEqual((_error_code(seen[name]), seen[name]["id"]), (-32600, None), name)
         self.assertEqual((_error_code(seen["bad_version"]), seen["bad_version"]["id"]), (-32600, 1))
