@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,12 +29,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 EXAMPLES = os.path.join(ROOT, "examples")
 
 
+#: Where L{free_port} looks: below the kernel's ephemeral range (32768
+#: and up), from which every outgoing connection takes its local port. A
+#: port picked from that range and let go may be such a connection's by
+#: the time a node binds it ("address already in use", under load).
+_FREE_PORTS = range(12_000, 20_000)
+
+
 def free_port() -> int:
-    """:returns: a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """:returns: a TCP port on 127.0.0.1 that nothing listens on or holds, a moment ago."""
+    for port in random.sample(_FREE_PORTS, 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_FREE_PORTS}")
 
 
 async def wait_for(

@@ -24,6 +24,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from .helpers import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COUNTER = os.path.join(ROOT, "examples", "counter.py")
 BIN = os.path.dirname(sys.executable)
@@ -51,14 +53,6 @@ def relay(*args: str) -> list[str]:
     if os.access(script, os.X_OK):
         return [script, *args]
     return [sys.executable, "-m", "relaytx.cli", *args]
-
-
-def free_port() -> int:
-    """:returns: a TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def rpc(port: int, body: Any) -> Any:
