@@ -319,7 +319,10 @@ def cut_short(
         return f"{text[:SHORT_TEXT]}... ({size} bytes in all, cut {why})"
 
     data = {key: cut(value) for key, value in data.items()}
-    if len(_json.dumps(data)) > 4 * SHORT_TEXT:
+    # Texts are short now (however many bytes their characters take):
+    # what else is still large is data of some other shape.
+    rest = {key: value for key, value in data.items() if type(value) is not str}
+    if len(_json.dumps(rest)) > 4 * SHORT_TEXT:
         data = {key: data[key] for key in ("node_id", "route", "type") if key in data}
     return cut(message), data
 

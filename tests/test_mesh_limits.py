@@ -34,6 +34,10 @@ class Blob(Server):
         raise ValueError("m" * size)
 
     @exposed
+    def text_error(self, text: str, count: int) -> None:
+        raise ValueError(text * count)
+
+    @exposed
     def cycle(self) -> Any:
         looped: list[Any] = []
         looped.append(looped)
@@ -94,6 +98,18 @@ class SizeLimitTests(SynchronousTestCase):
         self.assertTrue(error.data["message"].startswith("m" * 1000 + "... ("))
         self.assertIn("cut to cross the mesh", error.data["message"])
         self.assertEqual(len(a.mesh.pending), 0)
+        self.flushLoggedErrors(ValueError)
+
+    def test_error_too_large_in_wide_characters(self) -> None:
+        """Cut short, an error's message of emoji or lone surrogates is kept in its data too."""
+        a, _, network = pair(limits={"max_message_size": 64 * 1024})
+        for text in ("\U0001f600", "\ud800"):
+            with self.subTest(text=text):
+                d = a.call("b", "blob", "text_error", text, 100_000, timeout=30)
+                network.pump()
+                error = self.failureResultOf(d, RemoteCallError).value
+                self.assertEqual(error.data["type"], "ValueError")
+                self.assertTrue(error.data["message"].startswith(text * 1000 + "... ("))
         self.flushLoggedErrors(ValueError)
 
     def test_results_json_has_no_value_for(self) -> None:
