@@ -39,9 +39,10 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol, datetimeToString
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import version as server_version
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from relaytx import _json
@@ -349,9 +350,17 @@ class BoundedRequest(Request):
                 return
         super().process()
 
+    def _stamp(self) -> None:
+        # What twisted.web's process() puts on every answer, for the
+        # answers given before it runs (RFC 9110 6.6.1: a server with a
+        # clock sends Date).
+        self.setHeader(b"server", server_version)
+        self.setHeader(b"date", datetimeToString())
+
     def _preflight(self) -> None:
         # A browser's question before a cross-origin request (it carries no
         # token): which methods and headers the request may use.
+        self._stamp()
         self.setResponseCode(204)
         self.setHeader(b"access-control-allow-methods", b"GET, POST, DELETE")
         self.setHeader(b"access-control-allow-headers", CORS_HEADERS)
@@ -367,6 +376,7 @@ class BoundedRequest(Request):
             self.setHeader(b"vary", b"Origin")
 
     def _refuse(self, status: int, message: str, close: bool = True) -> None:
+        self._stamp()
         body = _json_error(self, status, message)
         if close:
             self.setHeader(b"connection", b"close")
@@ -535,10 +545,11 @@ class NodeChannel(HTTPChannel):
             return False
         body = _json.dumps({"error": message, "status": status})
         transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n%s"
-            b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
-            % (status, phrase, self._cors_lines(), len(body), body)
-        )
+            b"HTTP/1.1 %d %s\r\nserver: %s\r\ndate: %s\r\ncontent-type: application/json\r\n"
+            b"%sconnection: close\r\ncontent-length: %d\r\n\r\n%s"
+            % (status, phrase, server_version, datetimeToString(), self._cors_lines(),
+               len(body), body)
+        )  # fmt: skip
         return True
 
     def _cors_lines(self) -> bytes:

@@ -78,6 +78,23 @@ def request(
         return _read_response(sock)
 
 
+def _head_only(
+    port: int, line: str, headers: dict[str, str]
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    """Send a request's head alone (its body never comes); :returns: the answer's head."""
+    head = [f"{line} HTTP/1.1", f"Host: {HOST}:{port}"]
+    head += [f"{name}: {value}" for name, value in headers.items()]
+    with socket.create_connection((HOST, port), timeout=5) as sock:
+        sock.sendall("\r\n".join([*head, "", ""]).encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    lines = answer.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    fields = dict(line.partition(b":")[::2] for line in lines[1:])
+    headers = {name.strip().lower(): value.strip() for name, value in fields.items()}
+    return int(lines[0].split()[1]), headers, b""
+
+
 def rpc_body(method: str, params: Any = None, request_id: Any = 1) -> bytes:
     """:returns: one JSON-RPC request."""
     return json.dumps(
@@ -275,6 +292,31 @@ class TokenTests(TestCase):
             await deferToThread(attempts),
             {"health": 200, "rpc_no_token": 401, "rpc": 200, "query": 200, "evil": 403, "two": 400},
         )
+
+    async def test_refusalsDated(self) -> None:
+        """
+        The node's own refusals, made before twisted.web would stamp them
+        (401, 403, 400, 413), carry Date and Server as its other answers do.
+        """
+        node, _ = self.node()
+        port = port_of(node)
+        big = {"Content-Length": str(10**9)}
+
+        def refusals() -> dict[str, tuple[int, dict[bytes, bytes], bytes]]:
+            return {
+                "ok": request(port, "GET", "/health"),
+                "401": request(port, "POST", "/rpc", rpc_body("counter.get")),
+                "403": request(port, "GET", "/health", host="evil.example"),
+                "400": request(port, "GET", "/health", headers={"Host": "b.example"}),
+                "413": _head_only(port, "POST /rpc", big),
+            }
+
+        for name, (status, headers, _) in (await deferToThread(refusals)).items():
+            with self.subTest(name=name):
+                self.assertEqual(str(status), "200" if name == "ok" else name)
+                self.assertIn(b"date", headers)
+                self.assertTrue(headers[b"date"].endswith(b" GMT"), headers[b"date"])
+                self.assertTrue(headers[b"server"].startswith(b"TwistedWeb/"))
 
     async def test_withTokens(self) -> None:
         """A token admits a caller as http:NAME: rules apply to it, admins may add peers."""
