@@ -24,6 +24,7 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
+    textFileLogObserver,
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -77,6 +78,13 @@ class JsonLogObserver:
             text = json.dumps(line, default=repr)
         self._stream.write(text + "\n")
         self._stream.flush()
+
+
+def text_observer(stream: IO[str], level: LogLevel = LogLevel.info) -> ILogObserver:
+    """:returns: an observer writing events of C{level} and above as Twisted's text lines."""
+    return FilteringLogObserver(
+        textFileLogObserver(stream), [LogLevelFilterPredicate(defaultLogLevel=level)]
+    )
 
 
 def json_observer(stream: IO[str], node_id: str, level: LogLevel = LogLevel.info) -> ILogObserver:

@@ -153,15 +153,9 @@ def run_node(argv: list[str]) -> int:
     if "-h" not in argv and "--help" not in argv:
         install_reactor(reactor_name)
     from twisted.internet import reactor
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
+    from twisted.logger import globalLogBeginner
 
-    from relaytx._logs import json_observer
+    from relaytx._logs import json_observer, text_observer
     from relaytx.tap import makeService, run_options
 
     options = run_options(argv)
@@ -169,10 +163,7 @@ def run_node(argv: list[str]) -> int:
     if options.config.log_format == "json":
         observer = json_observer(sys.stderr, options.config.node_id)
     else:
-        observer = FilteringLogObserver(
-            textFileLogObserver(sys.stderr),
-            [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
-        )
+        observer = text_observer(sys.stderr)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     node = makeService(options)  # (SIGINT stops it even if ignored: tap.stop_on_sigint)
     node.privilegedStartService()

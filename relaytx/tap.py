@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO, Any, NoReturn
 
 from twisted.internet.defer import Deferred
@@ -67,7 +67,64 @@ def tune_collector() -> None:
 def fail(message: str) -> NoReturn:
     """Print the error line and exit with status 1."""
     error_line(message)
+    Twistd.failed(message)
     raise SystemExit(1)
+
+
+class Twistd:
+    """
+    What a node that twistd started owes twistd, which cannot hear of a
+    fatal start-up error otherwise: the process ends by C{SystemExit} or
+    C{os._exit}, past twistd's own clean-up.
+
+      - A daemon's parent waits on a status pipe for the word that start-up
+        went well (C{b"0"}) or failed (C{b"1 "} and why), and prints the
+        latter. twistd says C{0} as soon as the services started, before
+        the apps are set up, and nothing at all on C{SystemExit}: the parent
+        of a daemon whose port was in use waited for ever. The node takes
+        the pipe and says it itself, once it serves, or once it failed.
+      - The pid file goes.
+
+    @cvar options: twistd's own options, under twistd.
+    """
+
+    options: Any = None
+    _pipe: int | None = None
+
+    @classmethod
+    def take_pipe(cls) -> None:
+        """Take a daemon's status pipe from twistd, to say the word when it is known."""
+        options = cls.options
+        if options is not None and not options.get("nodaemon") and cls._pipe is None:
+            cls._pipe, options["statusPipe"] = options.get("statusPipe"), None
+
+    @classmethod
+    def tell(cls, word: bytes) -> None:
+        """Say C{word} to a daemon's parent, if it still waits."""
+        cls.take_pipe()
+        pipe, cls._pipe = cls._pipe, None
+        if pipe is None:
+            return
+        with suppress(OSError):
+            os.write(pipe, word[:100])  # (twistd's parent reads 100 bytes)
+            os.close(pipe)
+
+    @classmethod
+    def failed(cls, message: str) -> None:
+        """Start-up failed: tell a daemon's parent why, and remove the pid file."""
+        if cls.options is None:
+            return
+        if not cls.options.get("nodaemon"):
+            # (A daemon's standard error goes nowhere: its log says it too.)
+            Logger().critical("relay: error: {message}", message=message)
+        cls.tell(b"1 " + message.encode("ascii", "backslashreplace"))
+        name = cls.options.get("pidfile")
+        if name:
+            with suppress(OSError):
+                with open(name, "rb") as f:
+                    mine = f.read().strip() == b"%d" % os.getpid()
+                if mine:
+                    os.remove(name)
 
 
 class Options(usage.Options):
@@ -103,10 +160,7 @@ class Options(usage.Options):
         self.config: NodeConfig | None = None
 
     def opt_add_peer(self, url: str) -> None:
-        """
-        Dial this peer at start and keep re-dialling it; ID@URL keeps the link
-        only if the peer proves it is ID. Repeatable.
-        """
+        """Dial this peer, re-dialling it; ID@URL links only if it proves it is ID. Repeatable."""
         self["add-peer"].append(url)
 
     def opt_app(self, spec: str) -> None:
@@ -201,8 +255,23 @@ def _twistd_log_file(options: Any) -> IO[str]:
         return sys.stdout
     from twisted.python.logfile import LogFile
 
-    log_file: IO[str] = LogFile.fromFullPath(name or "twistd.log")  # (a file-like object)
-    return log_file
+    path = name or "twistd.log"
+    try:
+        log_file = LogFile.fromFullPath(path)
+    except OSError as e:
+        fail(f"--logfile {path}: {e.strerror or e}")
+
+    def rotate(signum: int, frame: Any) -> None:
+        # As twistd rotates its own log file on SIGUSR1 (which would
+        # otherwise end the process).
+        from twisted.internet import reactor
+
+        threads: Any = reactor  # (IReactorThreads)
+        threads.callFromThread(log_file.rotate)
+
+    signal.signal(signal.SIGUSR1, rotate)
+    stream: IO[str] = log_file  # (a file-like object)
+    return stream
 
 
 def _pidfile_given(argv: list[str]) -> bool:
@@ -231,22 +300,37 @@ class CommandLineNode(RelayNode):
 
     def setServiceParent(self, parent: Any) -> Any:
         # Under twistd the parent is the application, whose ILogObserver
-        # component twistd logs to (set before twistd starts logging).
-        if self.config.log_format == "json" and hasattr(parent, "setComponent"):
+        # component twistd logs to (set before twistd starts logging): the
+        # node's format, and its level (info, as relay node logs; twistd's
+        # own observer wrote debug events too, which a stranger's bad
+        # frames make by the hundred). Where twistd logs to syslog, it does.
+        twistd = self.twistd_options or {}
+        if hasattr(parent, "setComponent") and not twistd.get("syslog"):
             from twisted.logger import ILogObserver
 
-            from relaytx._logs import json_observer
+            from relaytx._logs import json_observer, text_observer
 
-            stream = _twistd_log_file(self.twistd_options or {})
-            parent.setComponent(ILogObserver, json_observer(stream, self.node_id))
+            stream = _twistd_log_file(twistd)
+            if self.config.log_format == "json":
+                observer = json_observer(stream, self.node_id)
+            else:
+                observer = text_observer(stream)
+            parent.setComponent(ILogObserver, observer)
         return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
+        self.log_started = True  # (twistd's log has begun by now)
+        Twistd.take_pipe()
         stop_signals_before_running(self.reactor)
         try:
             super().privilegedStartService()
         except StartupError as e:
             fail(str(e))
+
+    def _warn(self, port: Any) -> list[str]:
+        warnings = super()._warn(port)
+        Twistd.tell(b"0")  # it serves, its apps set up: a daemon's parent may go
+        return warnings
 
     def startService(self) -> None:
         super().startService()
@@ -255,6 +339,7 @@ class CommandLineNode(RelayNode):
     def fatal(self, message: str) -> None:
         """Report C{message}, stop the reactor and exit with status 1."""
         error_line(message)
+        Twistd.failed(message)
         self.exit_status = 1
         if not self.reactor.running:
             self.reactor.callWhenRunning(self.reactor.stop)
@@ -346,7 +431,7 @@ def makeService(options: Options) -> CommandLineNode:
     except StartupError as e:  # e.g. an unreadable --secret-file
         fail(str(e))
     node.log_started = options.parent is None  # relay node logs from the start
-    node.twistd_options = options.parent
+    node.twistd_options = Twistd.options = options.parent
     bridge_standard_logging()  # an app's logging.warning, asyncio's errors: into the node's log
     with _output_logged(options.parent is not None):
         for spec in options.config.app:

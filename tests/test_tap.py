@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -405,6 +406,8 @@ class CommandLineNodeTests(TapTestCase):
         from twisted.application.service import Application
         from twisted.logger import ILogObserver, Logger
 
+        previous = signal.getsignal(signal.SIGUSR1)  # (a log file is rotated on SIGUSR1)
+        self.addCleanup(signal.signal, signal.SIGUSR1, previous)
         path = self.mktemp()
         for options, where in [
             ({"logfile": path, "nodaemon": True}, path),
@@ -424,6 +427,18 @@ class CommandLineNodeTests(TapTestCase):
                 with open(path) as f:
                     written = f.read()
             self.assertEqual(json.loads(written)["event"], "hello 1", options)
+
+    def test_syslogLeftToTwistd(self) -> None:
+        """With twistd's --syslog, the node sets no log of its own: twistd's syslog takes it."""
+        from twisted.application.service import Application
+        from twisted.logger import ILogObserver
+
+        for log_format in ("json", "text"):
+            node = self.node(log_format=log_format)
+            node.twistd_options = {"syslog": True, "nodaemon": True, "logfile": ""}
+            application = Application("relaytx")
+            node.setServiceParent(application)
+            self.assertIsNone(ILogObserver(application, None), log_format)
 
     def test_isRelayNode(self) -> None:
         """A command-line node is a RelayNode that starts with exit status 0."""

@@ -553,3 +553,140 @@ class BadStartTests(CommandLineTestCase):
         startup = self.start(relay("node", "--port", busy))
         self.assertEqual(usage.wait(), 2)
         self.assertEqual(startup.wait(), 1)
+
+
+def daemon(*args: str) -> list[str]:
+    """:returns: the command line of C{twistd --pidfile twistd.pid relay ARGS}: a daemon."""
+    return [*twistd()[:-2], "--pidfile", "twistd.pid", "relay", *args]
+
+
+class TwistdProcessTests(CommandLineTestCase):
+    """
+    What twistd cannot hear of by itself: a daemon's parent told how its
+    start-up ended, pid files removed after a fatal error, and the node's
+    log (its level, its rotation) under twistd.
+    """
+
+    def setUp(self) -> None:
+        self.busy = socket.socket()
+        self.addCleanup(self.busy.close)
+        self.busy.bind(("127.0.0.1", free_port()))
+        self.busy.listen(1)
+        self.late_app = os.path.join(self.tempdir(), "late.py")
+        with open(self.late_app, "w") as f:
+            f.write(
+                "from twisted.internet import reactor, task\n"
+                "def _boom():\n"
+                "    raise RuntimeError('late boom')\n"
+                "def setup(node):\n"
+                "    return task.deferLater(reactor, 0.5, _boom)\n"
+            )
+
+    def gone(self, path: str) -> None:
+        """Wait (bounded) until C{path} is no more."""
+        deadline = time.monotonic() + EXIT_DEADLINE
+        while os.path.exists(path):
+            self.assertLess(time.monotonic(), deadline, f"{path} still there")
+            time.sleep(0.05)
+
+    def stop_daemon(self, directory: str) -> None:
+        """Stop the daemon whose pid file is in C{directory}, if it runs."""
+        path = os.path.join(directory, "twistd.pid")
+        try:
+            with open(path) as f:
+                pid = int(f.read())
+        except (OSError, ValueError):
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        self.gone(path)
+
+    def test_daemonFailures(self) -> None:
+        """
+        A daemon whose port is in use, or whose app's setup fails later,
+        ends its parent with status 1 and why; the log says it too, and the
+        pid file goes (the parent of the first waited for ever).
+        """
+        busy = str(self.busy.getsockname()[1])
+        for args, expected in (
+            (["--port", busy], "cannot listen"),
+            (["--port", str(free_port()), "--app", self.late_app], "setup failed: RuntimeError"),
+        ):
+            with self.subTest(expected=expected):
+                parent = self.start(daemon(*args))
+                directory = os.path.dirname(parent.stdout_path)
+                self.addCleanup(self.stop_daemon, directory)
+                self.assertEqual(parent.wait(), 1, parent.stderr())
+                self.assertIn("An error has occurred", parent.stderr())
+                self.assertIn(expected, parent.stderr())
+                self.gone(os.path.join(directory, "twistd.pid"))
+                with open(os.path.join(directory, "twistd.log")) as f:
+                    [line] = [line for line in f if "relay: error: " in line]
+                self.assertIn(expected, line)
+
+    def test_daemonServes(self) -> None:
+        """A daemon's parent ends (0) once the node serves, its apps set up."""
+        port = free_port()
+        app = os.path.join(self.tempdir(), "slow.py")
+        with open(app, "w") as f:
+            f.write(
+                "from twisted.internet import reactor, task\n"
+                "def setup(node):\n"
+                "    return task.deferLater(reactor, 3.0, lambda: None)\n"
+            )
+        started = time.monotonic()
+        parent = self.start(daemon("--port", str(port), "--app", app))
+        directory = os.path.dirname(parent.stdout_path)
+        self.addCleanup(self.stop_daemon, directory)
+        self.assertEqual(parent.wait(), 0, parent.stderr())
+        self.assertGreaterEqual(time.monotonic() - started, 3.0)  # (not before the setup)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", "/health")
+            self.assertEqual(conn.getresponse().status, 200)
+        finally:
+            conn.close()
+        self.stop_daemon(directory)
+
+    def test_foregroundPidfile(self) -> None:
+        """twistd -n with a pid file asked for removes it after a fatal error."""
+        busy = str(self.busy.getsockname()[1])
+        command = twistd("--port", busy)
+        command[command.index("-n") + 1 : command.index("-n") + 1] = ["--pidfile", "my.pid"]
+        process = self.start(command)
+        self.assertEqual(process.wait(), 1, process.stderr())
+        self.assertFalse(
+            os.path.exists(os.path.join(os.path.dirname(process.stdout_path), "my.pid"))
+        )
+
+    def test_logUnderTwistd(self) -> None:
+        """
+        A JSON log file under twistd is rotated on SIGUSR1 (which ended the
+        process); a text log holds info and above, as relay node's does.
+        """
+        for log_format in ("json", "text"):
+            with self.subTest(log_format=log_format):
+                port = free_port()
+                command = twistd("--port", str(port), "--log-format", log_format)
+                command[command.index("-n") + 1 : command.index("-n") + 1] = ["-l", "node.log"]
+                node = self.start_node(command, port)
+                for _ in range(3):  # (each logged at debug level: left out)
+                    rpc_notification = {"jsonrpc": "2.0", "method": "nope.nope"}
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                    conn.request("POST", "/rpc", json.dumps(rpc_notification))
+                    self.assertEqual(conn.getresponse().status, 204)
+                    conn.close()
+                node.popen.send_signal(signal.SIGUSR1)
+                log = os.path.join(os.path.dirname(node.stdout_path), "node.log")
+                deadline = time.monotonic() + EXIT_DEADLINE
+                while not os.path.exists(log + ".1"):
+                    self.assertIsNone(node.popen.poll(), node.stderr())
+                    self.assertLess(time.monotonic(), deadline)
+                    time.sleep(0.05)
+                self.wait_healthy(node, port)
+                with open(log + ".1") as f:
+                    written = f.read()
+                self.assertIn("relaytx", written)
+                self.assertNotIn("nope.nope", written)
