@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 
 from relaytx._calls import CallTarget
 from relaytx._tracing import CallTrace, SpanContext, _new_span_id, _new_trace_id
-from relaytx.errors import CallTimeout
+from relaytx.errors import CallTimeout, MethodNotFound, NoSuchServer
 from relaytx.wire import rfc3339
 
 
@@ -46,6 +46,16 @@ def _number(value: Any) -> float | int | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return value if math.isfinite(value) else None
+
+
+def _not_relaytx(outcome: Any) -> bool:
+    """
+    :returns: whether a status call's failure is an answer that the node
+        hosts no status (it is not a relaytx node: an original-design one
+        answers -32003, "server node not found").
+    """
+    error = outcome.value if isinstance(outcome, Failure) else None
+    return getattr(error, "code", None) in (NoSuchServer.code, MethodNotFound.code)
 
 
 def _clean_status(status: dict[str, Any]) -> dict[str, Any]:
@@ -143,8 +153,10 @@ class MeshWatch:
         forget_after: float = 300.0,
         unrouted: Callable[[], bool] = bool,
         lost: Callable[[], Mapping[str, float]] = dict,
+        servers_of: Callable[[str], Mapping[str, list[str]]] = lambda node: {},
     ) -> None:
         self.node_id = node_id
+        self._servers_of = servers_of
         self._unrouted = unrouted
         self._lost = lost
         self.clock = clock
@@ -257,6 +269,13 @@ class MeshWatch:
                     for peer in further:
                         hops[peer] = hops.get(node, 0) + 1
                     ask(further)
+            elif _not_relaytx(outcome):
+                # It answered, without a status to give: a node of the
+                # original design, up, with the servers it told its
+                # neighbours (no problem of the mesh's).
+                status = {"servers": dict(self._servers_of(node))}
+                self._known[node] = {"status": status, "seen": self.clock.seconds()}
+                self._silent.pop(node, None)
             else:
                 self._silent[node] = self._why_silent(outcome)
             left[0] -= 1

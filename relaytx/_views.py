@@ -116,11 +116,19 @@ class NodeViews:
             mesh.call,
             unrouted=lambda: not mesh.adverts.routes_are_complete(),
             lost=mesh.lost_nodes,
+            servers_of=self._servers_of,
         )
         #: this node's calls per second now (sampled while the node runs)
         self.rates = CallRates(clock, mesh.metrics.server_calls.totals)
         #: the dialled peers this node cannot link to (L{PeerAdmin.failing})
         self.failing_peers: Callable[[], dict[str, dict[str, Any]]] = dict
+
+    def _servers_of(self, node_id: str) -> dict[str, list[str]]:
+        """:returns: the servers and methods C{node_id} told its neighbours (the registry's)."""
+        route = self._mesh.router.route(node_id)
+        if route is None:
+            return {}
+        return {name: list(methods) for name, methods in route.servers.items()}
 
     def timestamp(self) -> str:
         """:returns: the current time, RFC 3339."""

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from relaytx.errors import NodeUnreachable
 from relaytx.node import RelayNode
 from relaytx.testing import MemoryMesh, memory_node
-from tests.support import Counter
+from tests.support import Counter, OriginalPeer
 
 
 class NonsenseStatusTests(SynchronousTestCase):
@@ -203,6 +203,26 @@ class MeshViewTests(SynchronousTestCase):
         self.assertTrue(any(p.startswith("n2: gone") for p in view["problems"]), view["problems"])
         self.clock.advance(self.watch.forget_after / 2)
         self.assertNotIn("n2", self.view()["nodes"])
+
+    def test_original_node_up(self) -> None:
+        """
+        A node of the original design (no status to give: -32003) is up,
+        with the servers it told its neighbour, and no problem of the mesh's.
+        """
+        original = OriginalPeer(self.nodes[0], "o1")
+        servers = {"distributed_counter": {"methods": ["get_count", "increment"]}}
+        original.frame("registry_sync", {"servers": servers})
+        d = self.watch.snapshot()
+        self.network.pump()
+        original.serve()
+        [call] = [c for c in original.calls if c["data"]["call"]["method"] == "status"]
+        original.answer(call, error="server node not found")
+        self.network.pump()
+        view: dict[str, Any] = self.successResultOf(d)
+        o1 = view["nodes"]["o1"]
+        self.assertEqual((o1["state"], o1["servers"]), ("up", ["distributed_counter"]))
+        self.assertEqual(o1["methods"], {"distributed_counter": ["get_count", "increment"]})
+        self.assertEqual(view["problems"], [])
 
     def test_lost_before_any_view(self) -> None:
         """
