@@ -649,8 +649,12 @@ class Probes:
         self.node_id = node_id
         self.clock = clock
         self._forwarder = forwarder
-        #: routed pings in flight: ping id -> (its Deferred, when sent, its deadline)
-        self._probes: dict[str, tuple[Deferred[float | None], float, IDelayedCall]] = {}
+        #: routed pings in flight: ping id -> (its Deferred, when sent (its
+        #: timestamp), its deadline, where to)
+        self._probes: dict[str, tuple[Deferred[float | None], float, IDelayedCall, str]] = {}
+        #: the same by (destination, the ping's timestamp): an original-design
+        #: node's pong has no reply_to, and echoes the timestamp
+        self._stamps: dict[tuple[str, float], str] = {}
 
     def probe(self, destination: str, timeout: float = 2.0) -> Deferred[float | None]:
         """
@@ -664,7 +668,8 @@ class Probes:
         probe_id = envelope.id or ""
         d: Deferred[float | None] = Deferred()
         timer = self.clock.callLater(timeout, self._done, probe_id, None)
-        self._probes[probe_id] = (d, now, timer)
+        self._probes[probe_id] = (d, now, timer, destination)
+        self._stamps[destination, now] = probe_id
         try:
             self._forwarder.forward(envelope, came_from=None)
         except Exception:  # too large cannot be; anything else: no answer
@@ -673,20 +678,29 @@ class Probes:
 
     def answered(self, envelope: Envelope) -> bool:
         """
-        Settle the probe a C{pong} answers (C{reply_to} its ping's id).
+        Settle the probe a C{pong} answers: C{reply_to} its ping's id, or,
+        from an original-design node (which sends no C{reply_to}), the
+        ping's timestamp echoed.
 
         :returns: whether it answered one.
         """
-        entry = self._probes.get(envelope.reply_to or "")
+        probe_id = envelope.reply_to
+        if probe_id is None:
+            stamp = envelope.data.get("timestamp") if isinstance(envelope.data, dict) else None
+            if type(stamp) is not float:
+                return False
+            probe_id = self._stamps.get((envelope.sender, stamp))
+        entry = self._probes.get(probe_id or "")
         if entry is None:
             return False
-        self._done(envelope.reply_to or "", self.clock.seconds() - entry[1])
+        self._done(probe_id or "", self.clock.seconds() - entry[1])
         return True
 
     def _done(self, probe_id: str, rtt: float | None) -> None:
         entry = self._probes.pop(probe_id, None)
         if entry is not None:
-            d, _, timer = entry
+            d, sent, timer, destination = entry
+            self._stamps.pop((destination, sent), None)
             if timer.active():
                 timer.cancel()
             d.callback(rtt)

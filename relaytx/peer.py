@@ -349,7 +349,7 @@ class PeerSession:
         A pong from this neighbour to our ping: measure the round trip. A
         pong to one of the node's probes (C{traceroute}) goes to the node.
         """
-        if envelope.reply_to is not None and self.host.probe_answered(envelope):
+        if (envelope.reply_to is not None or self.original) and self.host.probe_answered(envelope):
             return
         stamp = pong.timestamp
         if envelope.sender != self.peer_id or isinstance(stamp, bool):

@@ -435,6 +435,20 @@ class TracerouteTests(SynchronousTestCase):
         self.assertEqual(self.nodes[0].mesh.probes._probes, {})
         self.assertEqual([c for c in self.clock.getDelayedCalls() if "Probes._done" in repr(c)], [])
 
+    def test_original_neighbour(self) -> None:
+        """
+        An original-design neighbour's RTT is measured too: its pong has
+        no reply_to, and is known by the ping's timestamp it echoes.
+        """
+        original = OriginalPeer(self.nodes[0], "o1")
+        original.frame("registry_sync", {"servers": {}})
+        d = self.nodes[0].call(None, "node", "traceroute", "o1")
+        self.clock.advance(0.004)
+        original.serve()
+        self.assertEqual(self.successResultOf(d), [{"hop": 1, "node_id": "o1", "rtt_ms": 4.0}])
+        self.assertEqual(self.nodes[0].mesh.probes._probes, {})
+        self.assertEqual(self.nodes[0].mesh.probes._stamps, {})
+
     def test_unknown(self) -> None:
         """A node no route reaches is -32002 at once; a bad id is -32602."""
         self.assertIsInstance(
