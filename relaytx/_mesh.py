@@ -475,7 +475,17 @@ class Mesh:
         by_us = session.closed_with in CLOSE_ON_PURPOSE
         if not (removed or by_us or self._links.stopping):
             self._lost_links.lost(peer_id, self.clock.seconds())
-        self.adverts.link_closed(peer_id, failed=not removed, mark=not (removed or by_us))
+        mark = not (removed or by_us)
+        if mark and reason == "silent" and self.router.linked_elsewhere(peer_id):
+            # Silent to this node, while a neighbour still holds a link of
+            # its own to it: the peer may well be alive, this link the only
+            # one broken (a freeze on one path), and a mark would hold it
+            # unreachable from here until it noticed the loss itself and
+            # numbered itself anew, at its next keepalive (seconds: calls to
+            # it were refused -32002 meanwhile). If it is dead, that
+            # neighbour finds it so and withdraws it.
+            mark = False
+        self.adverts.link_closed(peer_id, failed=not removed, mark=mark)
         self._rerouting.note(self.router)
         self.calls.path_lost(peer_id)
         if self.records is not None:

@@ -479,6 +479,14 @@ class Router:
         """:returns: every reachable destination's best route."""
         return self._routes
 
+    def linked_elsewhere(self, peer_id: str) -> bool:
+        """:returns: whether another routing neighbour offers a link of its own to C{peer_id}."""
+        return any(
+            rib.paths.get(peer_id) == (neighbour, peer_id)
+            for neighbour, rib in self._ribs.items()
+            if neighbour != peer_id
+        )
+
     def is_linked(self, peer_id: str) -> bool:
         """:returns: whether C{peer_id} is a linked neighbour."""
         return peer_id in self._links

@@ -308,6 +308,36 @@ class MeshLivenessTests(SynchronousTestCase):
         self.assertLessEqual(len(ab.sent_by(a, "ping")), 14)
         self.assertLessEqual(len(bc.sent_by(b, "ping")), 14)
 
+    def test_frozen_link_routed_around(self) -> None:
+        """
+        A link frozen between two live nodes (a-b, in a triangle with c):
+        once b drops it as silent, b reaches a through c at once. It marks
+        a unreachable no more while c holds a link of its own to a (the
+        mark held a, alive, unreachable from b until a noticed the loss
+        itself, at its next keepalive: -32002 meanwhile).
+        """
+        # (a keepalive far apart: a, idle, notices nothing for a while)
+        a, b, c = (memory_node(name, self.clock, ping_interval=30) for name in "abc")
+        self.network.link(b, a)
+        self.network.link(b, c)
+        self.network.link(c, a)
+        self.network.settle()
+        frozen = self.network.link_between(a, b)
+        frozen.pause()
+        # A frozen path: b's reset of the link never reaches a either.
+        b_end = frozen.transports[frozen.nodes.index(b)]
+        b_end.abort = lambda: None  # type: ignore[method-assign]
+        first = b.call("a", "node", "ping", timeout=30)
+        self.network.advance(1.4)  # the peer timeout and a tick: b drops the link
+        self.failureResultOf(first, OutcomeUnknown)
+        self.assertNotIn("a", b.mesh.links)
+        self.assertIn("b", a.mesh.links)  # (a has not noticed)
+        self.network.pump()
+        self.assertEqual(b.mesh.router.route("a").path, ("c", "a"))  # type: ignore[union-attr]
+        d = b.call("a", "node", "ping", timeout=5)
+        self.network.pump()
+        self.assertTrue(self.successResultOf(d)["pong"])
+
     def test_long_call_keeps_link(self) -> None:
         """A call the target takes a minute to run keeps its link: the probes are answered."""
         a, b, link = self.pair()
