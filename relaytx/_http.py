@@ -259,6 +259,13 @@ class BoundedRequest(Request):
         return authority
 
     def process(self) -> None:
+        if not self.method.isupper():
+            # Methods are case-sensitive (RFC 9110 9.1): "post" is none of
+            # this node's, but werkzeug's routes took it for POST (an admin
+            # action ran on "post /registry/peers/add"), where /rpc said
+            # 405. Made one no route takes, it is refused as any other
+            # method a path does not take: 405, with those it does.
+            self.method += b"?"
         site = self.site = self._node_site()
         if self._budgeted:
             self._give_back()  # the body is whole: it is the handler's now

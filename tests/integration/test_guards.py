@@ -318,6 +318,36 @@ class TokenTests(TestCase):
                 self.assertTrue(headers[b"date"].endswith(b" GMT"), headers[b"date"])
                 self.assertTrue(headers[b"server"].startswith(b"TwistedWeb/"))
 
+    async def test_methodsCaseSensitive(self) -> None:
+        """
+        A method in the wrong case (RFC 9110: methods are case-sensitive) is
+        405 on every path, with the methods it takes: an admin action no
+        more runs on "post" than /rpc did.
+        """
+        node = start_node(self, "mc")
+        port = port_of(node)
+        address = json.dumps({"address": "ws://127.0.0.1:9"}).encode()
+
+        def attempts() -> dict[str, tuple[int, bytes | None]]:
+            seen = {}
+            for method, path in (("get", "/health"), ("Get", "/registry"), ("post", "/rpc"),
+                                 ("post", "/registry/peers/add"), ("head", "/health")):  # fmt: skip
+                status, headers, _ = request(port, method, path, address)
+                seen[f"{method} {path}"] = (status, headers.get(b"allow"))
+            return seen
+
+        self.assertEqual(
+            await deferToThread(attempts),
+            {
+                "get /health": (405, b"GET, HEAD"),
+                "Get /registry": (405, b"GET, HEAD"),
+                "post /rpc": (405, b"POST"),
+                "post /registry/peers/add": (405, b"POST"),
+                "head /health": (405, b"GET, HEAD"),
+            },
+        )
+        self.assertEqual(len(node.peer_admin.dialers), 0)
+
     async def test_withTokens(self) -> None:
         """A token admits a caller as http:NAME: rules apply to it, admins may add peers."""
         node, counter = self.node()
