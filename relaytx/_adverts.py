@@ -254,9 +254,13 @@ class Advertiser:
         self._stamp()
         # (The mesh fails the calls that went through the link, then those
         # to nodes now out of reach: no on_change here.)
-        if failed:
+        if failed and state is not None and state.routes:
             # The other end may mark us unreachable: we number ourselves
-            # above that, and everyone hears it.
+            # above that, and everyone hears it. (Not for a link whose peer
+            # never told its table: a stranger's hundreds of dropped links
+            # each numbered a node anew, past the number its next life
+            # starts at, and the restarted node stayed under its old marks,
+            # unreachable mesh-wide for a minute.)
             self.own_sn += 2
             self.schedule(peers=None)
         else:

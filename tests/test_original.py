@@ -227,14 +227,18 @@ class ToldTests(OriginalTestCase):
         for original in originals:
             [sync] = [s for s in self.syncs(original) if "routes" in s]
             self.assertEqual(list(sync["routes"]), ["r"])
-        # One of them lost: the hub numbers itself anew, which the others
-        # (not routing) do not hear.
+        # One of them lost: the hub does not number itself anew (a node
+        # that never routes marks no one), and the others hear nothing.
         sn = hub.mesh.adverts.own_sn
         originals[0].session.connection_lost("cable")
         self.network.settle()
-        self.assertGreater(hub.mesh.adverts.own_sn, sn)
+        self.assertEqual(hub.mesh.adverts.own_sn, sn)
         for original in originals[1:]:
             self.assertEqual(self.syncs(original), [])
+        # A routing neighbour lost: it numbers itself anew.
+        self.network.link_between(r, hub).cut("cable")
+        self.network.settle()
+        self.assertGreater(hub.mesh.adverts.own_sn, sn)
 
     def test_routes_of_a_router_taken(self) -> None:
         """What an original says is its servers only; the routes of a router behind it stand."""
