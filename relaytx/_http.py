@@ -956,7 +956,8 @@ class NodeWeb:
         if not isinstance(error, HTTPException):  # Klein hands over only these
             failure.raiseException()  # to the next handler, as trap() would
         if isinstance(error, MethodNotAllowed) and error.valid_methods:
-            request.setHeader(b"allow", ", ".join(error.valid_methods).encode())
+            # (sorted: werkzeug keeps them in a set, in no set order)
+            request.setHeader(b"allow", ", ".join(sorted(error.valid_methods)).encode())
         return _json_error(request, error.code or 500, (error.name or "error").lower())
 
 
