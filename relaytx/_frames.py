@@ -345,6 +345,11 @@ class LeanMessages:
         """Whether a message (or a short frame) has begun arriving and not ended."""
         return self._partial is not None or getattr(self, "inside_message", False)
 
+    def drop_message(self) -> None:
+        """Let go of the pieces of a message that will never end (its connection is gone)."""
+        self.message_data = None
+        self._partial = None
+
     def onMessageEnd(self) -> None:
         data, self.message_data = self.message_data, None
         if not self.failedByMe and data is not None:

@@ -611,6 +611,38 @@ class SlowClientTests(TestCase):
         self.assertEqual(node.guards.watch.budget.held, 0)
 
 
+class TinyFragmentTests(TestCase):
+    """An unfinished message of tiny fragments: each fragment's cost counts, not its byte."""
+
+    timeout = 30
+
+    async def test_tinyFragmentsCounted(self) -> None:
+        """
+        10,000 one-byte fragments hold 10 KB of payload but some 640 KB of
+        the node's memory: past max_buffered_input (256 KiB), 1013 at once,
+        long before idle_timeout; and all of it is given back.
+        """
+        node = start_node(
+            self, "tiny", limits={"idle_timeout": 20.0, "max_buffered_input": 256 * 1024}
+        )
+        port = port_of(node)
+
+        def fragments() -> tuple[int | None, float]:
+            sock, status, rest = upgrade(port, "/ws/rpc")
+            assert status == 101, status
+            started = time.monotonic()
+            try:
+                sock.sendall(_frame(0x1, b"[", fin=False) + _frame(0x0, b" ", fin=False) * 10_000)
+            except OSError:
+                pass  # (closed while sending)
+            return _ws_close_code(sock, rest), time.monotonic() - started
+
+        code, took = await deferToThread(fragments)
+        self.assertEqual(code, 1013)
+        self.assertLess(took, 10)
+        await wait_for(lambda: node.guards.watch.budget.held == 0, 5, what="the budget back")
+
+
 class ConnectionCapTests(TestCase):
     """One address holding its maximum leaves room for /health and for members."""
 
