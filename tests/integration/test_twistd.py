@@ -175,6 +175,35 @@ class CommandLineTestCase(SynchronousTestCase):
             cwd=self.tempdir(),
         )
 
+    def slow_app(self, seconds: float = 1.5) -> str:
+        """:returns: an app whose setup exposes the server C{late} C{seconds} later."""
+        app = os.path.join(self.tempdir(), "slow.py")
+        with open(app, "w") as f:
+            f.write(
+                "from twisted.internet import reactor, task\n"
+                "from relaytx import Server, exposed\n"
+                "class Late(Server):\n"
+                "    @exposed\n"
+                "    def hi(self):\n"
+                "        return 'hi'\n"
+                "def setup(node):\n"
+                f"    return task.deferLater(reactor, {seconds}, node.expose, 'late', Late())\n"
+            )
+        return app
+
+    def failing_app(self, seconds: float) -> str:
+        """:returns: an app whose setup fails (RuntimeError: late boom) C{seconds} later."""
+        app = os.path.join(self.tempdir(), "late.py")
+        with open(app, "w") as f:
+            f.write(
+                "from twisted.internet import reactor, task\n"
+                "def _boom():\n"
+                "    raise RuntimeError('late boom')\n"
+                "def setup(node):\n"
+                f"    return task.deferLater(reactor, {seconds}, _boom)\n"
+            )
+        return app
+
     def assertNoTraceback(self, process: Process) -> None:
         """Neither output of C{process} holds a Python traceback."""
         self.assertNotIn("Traceback", process.stderr())
@@ -304,22 +333,6 @@ class TwoWayLinkTests(CommandLineTestCase):
 
 class SlowSetupTests(CommandLineTestCase):
     """A node whose app's setup returns a Deferred serves once it has fired."""
-
-    def slow_app(self) -> str:
-        """:returns: an app whose setup exposes the server C{late} 1.5 s later."""
-        app = os.path.join(self.tempdir(), "slow.py")
-        with open(app, "w") as f:
-            f.write(
-                "from twisted.internet import reactor, task\n"
-                "from relaytx import Server, exposed\n"
-                "class Late(Server):\n"
-                "    @exposed\n"
-                "    def hi(self):\n"
-                "        return 'hi'\n"
-                "def setup(node):\n"
-                "    return task.deferLater(reactor, 1.5, node.expose, 'late', Late())\n"
-            )
-        return app
 
     def test_servesOnceSetUp(self) -> None:
         """
@@ -482,15 +495,7 @@ class BadStartTests(CommandLineTestCase):
         self.raising_app = os.path.join(self.apps, "raising.py")
         with open(self.raising_app, "w") as f:
             f.write("def setup(node):\n    raise RuntimeError('setup boom')\n")
-        self.late_app = os.path.join(self.apps, "late.py")
-        with open(self.late_app, "w") as f:
-            f.write(
-                "from twisted.internet import reactor, task\n"
-                "def _boom():\n"
-                "    raise RuntimeError('late boom')\n"
-                "def setup(node):\n"
-                "    return task.deferLater(reactor, 0.2, _boom)\n"
-            )
+        self.late_app = self.failing_app(0.2)
         self.busy = socket.socket()
         self.addCleanup(self.busy.close)
         self.busy.bind(("127.0.0.1", 0))
@@ -572,15 +577,7 @@ class TwistdProcessTests(CommandLineTestCase):
         self.addCleanup(self.busy.close)
         self.busy.bind(("127.0.0.1", free_port()))
         self.busy.listen(1)
-        self.late_app = os.path.join(self.tempdir(), "late.py")
-        with open(self.late_app, "w") as f:
-            f.write(
-                "from twisted.internet import reactor, task\n"
-                "def _boom():\n"
-                "    raise RuntimeError('late boom')\n"
-                "def setup(node):\n"
-                "    return task.deferLater(reactor, 0.5, _boom)\n"
-            )
+        self.late_app = self.failing_app(0.5)
 
     def gone(self, path: str) -> None:
         """Wait (bounded) until C{path} is no more."""
@@ -629,13 +626,7 @@ class TwistdProcessTests(CommandLineTestCase):
     def test_daemonServes(self) -> None:
         """A daemon's parent ends (0) once the node serves, its apps set up."""
         port = free_port()
-        app = os.path.join(self.tempdir(), "slow.py")
-        with open(app, "w") as f:
-            f.write(
-                "from twisted.internet import reactor, task\n"
-                "def setup(node):\n"
-                "    return task.deferLater(reactor, 3.0, lambda: None)\n"
-            )
+        app = self.slow_app(3.0)
         started = time.monotonic()
         parent = self.start(daemon("--port", str(port), "--app", app))
         directory = os.path.dirname(parent.stdout_path)
