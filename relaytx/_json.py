@@ -211,6 +211,11 @@ def may_hold_wide_ints(data: bytes) -> bool:
     return _NINETEEN_DIGITS in data.translate(_DIGITS_ONLY)
 
 
+def escaped_surrogate(error: ValueError) -> bool:
+    """:returns: whether orjson refused a document for an escaped lone surrogate alone."""
+    return "surrogate in string" in str(error)
+
+
 def loads_surrogates(data: bytes | str, error: ValueError) -> Any:
     """
     orjson refuses a string escape of a lone surrogate (C{"\\ud800"}),
@@ -222,7 +227,7 @@ def loads_surrogates(data: bytes | str, error: ValueError) -> Any:
     :raises ValueError: C{error}, if it was refused for anything else (a
         surrogate written raw is invalid UTF-8, and stays refused).
     """
-    if "surrogate in string" not in str(error):
+    if not escaped_surrogate(error):
         raise error
     text = data.decode() if isinstance(data, bytes) else data
     return loads_exact(text)

@@ -621,7 +621,7 @@ def _past_a_double(body: bytes, error: ValueError) -> Any:
     (valid JSON too, see L{_json.loads_surrogates}), C{body} read exactly;
     else L{_NOT_JSON} (a float past that range too).
     """
-    if "surrogate in string" in str(error):
+    if _json.escaped_surrogate(error):
         try:
             return _exact_loads(body.decode())  # (raw surrogates, invalid UTF-8, stay refused)
         except (ValueError, RecursionError):

@@ -133,10 +133,10 @@ class MeshWatch:
         (a neighbour tells no routes: its registry is off, or it is of the
         original design), calls to them being flooded: the nodes that
         answered name their peers, and those are asked too.
-    :param lost: the nodes known to have become unreachable lately, within
-        C{forget_after} at least, with when (a
-        link to them failed, here or elsewhere), with when: they are
-        C{gone} even if no view had seen them.
+    :param lost: the nodes known to have become unreachable lately (a link
+        to them failed, here or elsewhere, or their route went), with when,
+        for C{forget_after} at least: they are C{gone} from then, even if no
+        view had seen them, or none since long before.
     """
 
     _log = Logger()

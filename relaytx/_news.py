@@ -146,14 +146,9 @@ class LinkNews:
         if lost:
             until = now + NOTICE_HOLD
             suspects = self.suspects
-            ribs = (
-                self._ribs
-                if only is None
-                else {only: self._ribs[only]}
-                if only in self._ribs
-                else {}
-            )
-            for peer, rib in ribs.items():
+            for peer, rib in self._ribs.items():
+                if only is not None and peer != only:
+                    continue
                 for destination in crossing(rib.paths, lost):
                     suspects[peer, destination] = until
                     affected.add(destination)
