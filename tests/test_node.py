@@ -132,3 +132,44 @@ class ExposeTests(SynchronousTestCase):
         for name in ["rpcx", "my.rpc", "rpc_tools"]:
             node.expose(name, Server())
             self.assertIn(name, node.local_servers())
+
+    def test_one_server_under_two_names(self) -> None:
+        """
+        A server exposed under two names is still one server: it runs one
+        call at a time, whichever name each call uses, in arrival order.
+        """
+        from twisted.internet.defer import Deferred
+
+        from relaytx.server import Server, exposed
+
+        started: list[Deferred[None]] = []
+
+        class Slow(Server):
+            @exposed
+            def work(self) -> Deferred[None]:
+                started.append(Deferred())
+                return started[-1]
+
+        node = memory_node("n1")
+        slow = Slow()
+        node.expose("x1", slow)
+        node.expose("x2", slow)
+        first = node.call("n1", "x1", "work")
+        second = node.call("n1", "x2", "work")
+        third = node.call("n1", "x1", "work")
+        self.assertEqual(len(started), 1)
+        self.assertEqual(node.servers.queue_depth(), 2)
+        started[0].callback(None)
+        self.assertIsNone(self.successResultOf(first))
+        self.assertEqual(len(started), 2)
+        self.assertNoResult(second)
+        node.unexpose("x1")  # the queued call still runs, and the other name stays
+        started[1].callback(None)
+        self.assertIsNone(self.successResultOf(second))
+        self.assertEqual(len(started), 3)
+        started[2].callback(None)
+        self.assertIsNone(self.successResultOf(third))
+        fourth = node.call("n1", "x2", "work")
+        self.assertEqual(len(started), 4)
+        started[3].callback(None)
+        self.assertIsNone(self.successResultOf(fourth))
