@@ -217,10 +217,14 @@ class ServerHost:
         runnable: Any = method
         args = target.args
         trace = target.trace
-        if method.streams:  # an async generator (not traced as an execute span)
+        tracer = self.tracer if trace is not None and trace.parent is not None else None
+        if method.streams:  # an async generator
             runnable = StreamingMethod(method, target.stream, self.max_result_size)
-        elif trace is not None and self.tracer is not None and trace.parent is not None:
-            runnable = TracedMethod.for_method(self._traced, method, self.tracer, target.server)
+            if tracer is not None:  # (its execute span lasts until its last item)
+                runnable = TracedMethod(runnable, tracer, target.server)
+        elif tracer is not None:
+            runnable = TracedMethod.for_method(self._traced, method, tracer, target.server)
+        if tracer is not None:
             args = (trace.parent, *args)  # the execute span's parent, for the traced method
         try:
             if method.concurrent:

@@ -377,6 +377,7 @@ class MeshCalls:
             if response_id is not None:
                 self.pending.resolve(response_id, error=error)
             return
+        self._forwarder.hops.answered_here(caller, response_id, error.code)
         response = ServerResponse(
             response_id=response_id,
             success=False,

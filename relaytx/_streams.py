@@ -373,6 +373,10 @@ class StreamingMethod:
         self._consumer = consumer
         self._limit = limit
 
+    @property
+    def name(self) -> str:
+        return self._method.name
+
     def function(self, server: Server, *args: Any, **kwargs: Any) -> Any:
         generator = self._method.function(server, *args, **kwargs)
         if self._consumer is None:

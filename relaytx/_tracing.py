@@ -59,7 +59,7 @@ from itertools import chain
 from types import CoroutineType
 from typing import IO, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -68,6 +68,7 @@ from zope.interface import Interface, implementer
 
 from relaytx import _json
 from relaytx._aio import is_deferred
+from relaytx.errors import Cancelled, RemoteCallError
 from relaytx.wire import rfc3339
 
 #: The key of the trace context in a call's C{data}.
@@ -288,8 +289,10 @@ class Span:
             "relaytx.outcome": type(error).__name__,
         }
         code = getattr(error, "code", None)
-        if isinstance(code, int):
-            failure["relaytx.error_code"] = code
+        if not isinstance(code, int):
+            # A method's own exception, or a cancel: the codes its caller gets.
+            code = Cancelled.code if isinstance(error, CancelledError) else RemoteCallError.code
+        failure["relaytx.error_code"] = code
         message = getattr(error, "message", None) or str(error)
         failure["otel.status_description"] = message[:200]
         self.update(failure)
@@ -829,6 +832,19 @@ class HopTraces:
         report = data.get(TRACE_PATH)
         if report is not None:
             add_hop_time(report, self.node_id, (self.clock.seconds() - passed) * 1000.0)
+
+    def answered_here(self, caller: str, response_id: str | None, code: int) -> None:
+        """
+        This node answers a call passing through with error C{code} itself
+        (its onward link went down, its answer was lost here): the call's
+        span ends now, failed.
+        """
+        if not self.entries or response_id is None:
+            return
+        entry = self.entries.pop((caller, response_id), None)
+        if entry is not None and entry[0] is not None:
+            entry[0].update({"otel.status_code": "ERROR", "relaytx.error_code": code})
+            entry[0].finish()
 
     def _expire(self, now: float) -> None:
         entries = self.entries

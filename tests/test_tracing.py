@@ -81,6 +81,15 @@ class Calls(Server):
         raise ValueError("no")
 
     @exposed
+    async def count(self, n: int) -> Any:
+        for i in range(n):
+            if i == 1:
+                d: Deferred[None] = Deferred()
+                self.waiting.append(d)
+                await d
+            yield i
+
+    @exposed
     def relay(self, node_id: str, x: int) -> Deferred[Any]:
         assert self.node is not None
         return self.node.call(node_id, "calls", "double", x)
@@ -292,6 +301,59 @@ class MeshTracingTests(SynchronousTestCase):
         self.assertEqual(spans["call calls.fail"].attributes["relaytx.error_code"], -32000)
         self.assertEqual(spans["forward calls.fail"].attributes["relaytx.error_code"], -32000)
         self.assertEqual(spans["run calls.fail"].attributes["relaytx.error_code"], -32000)
+        self.assertEqual(spans["execute calls.fail"].attributes["relaytx.error_code"], -32000)
+
+    def test_cancelled(self) -> None:
+        """A cancelled call's spans say so, with the code of a cancel."""
+        exporters = [trace(node) for node in self.nodes]
+        d = self.nodes[0].call("n2", "calls", "later")
+        self.network.pump()
+        d.cancel()
+        self.network.pump()
+        self.failureResultOf(d)
+        spans = self.spans(*exporters)
+        for name in ("call calls.later", "execute calls.later"):
+            self.assertEqual(spans[name].attributes["otel.status_code"], "ERROR", name)
+            self.assertEqual(spans[name].attributes["relaytx.error_code"], -32800, name)
+
+    def test_stream(self) -> None:
+        """
+        A streaming method runs in an execute span too, from its start to
+        its last item.
+        """
+        exporters = [trace(node) for node in self.nodes]
+        d = self.nodes[0].call("n2", "calls", "count", 3)
+        self.network.pump()
+        self.nodes[2].tracer.flush()
+        self.assertEqual(exporters[2].spans, [])  # under way: nothing finished
+        waiting = self.nodes[2].servers.server("calls").waiting
+        waiting.pop().callback(None)
+        self.network.pump()
+        self.assertEqual(self.successResultOf(d), [0, 1, 2])
+        spans = self.spans(*exporters)
+        execute = spans["execute calls.count"]
+        self.assertEqual(execute.parent_id, spans["run calls.count"].span_id)
+        self.assertNotIn("otel.status_code", execute.attributes)
+
+    def test_forwarder_answers_a_lost_path(self) -> None:
+        """
+        A forwarder whose onward link goes down answers the call itself
+        (-32006): its span ends then, failed with that code, as the
+        caller's does.
+        """
+        exporters = [trace(node) for node in self.nodes]
+        d = self.nodes[0].call("n2", "calls", "later")
+        self.network.pump()
+        self.network.link_between("n1", "n2").cut()
+        self.network.pump()
+        self.assertEqual(self.failureResultOf(d).value.code, -32006)
+        spans = self.spans(*exporters)
+        forward = spans["forward calls.later"]
+        self.assertEqual(exporters[1].spans, [forward])
+        self.assertEqual(forward.attributes["otel.status_code"], "ERROR")
+        self.assertEqual(forward.attributes["relaytx.error_code"], -32006)
+        self.assertEqual(forward.parent_id, spans["call calls.later"].span_id)
+        self.assertEqual(self.nodes[1].mesh.forwarder.hops.entries, {})
 
     def test_span_times(self) -> None:
         """A span lasts from its start to its end on the node's clock."""
