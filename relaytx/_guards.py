@@ -78,9 +78,13 @@ def is_loopback(host: str | None) -> bool:
     if host is None:
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    # (127.0.0.1 on a dual-stack or IPv6 socket is ::ffff:127.0.0.1, which
+    # ipaddress does not call loopback itself.)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 class HttpPolicy:

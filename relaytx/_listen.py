@@ -7,7 +7,6 @@ start-up warnings about who could reach it.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import stat
@@ -27,6 +26,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from relaytx._guards import is_loopback
 from relaytx._stdtls import TLSServerEndpoint
 from relaytx._tls import TlsConfig, TlsError
 from relaytx.config import NodeConfig
@@ -173,13 +173,8 @@ def listen_site(
 
 
 def _beyond_loopback(port: IListeningPort) -> bool:
-    host = getattr(port.getHost(), "host", None)
-    if host is None:  # a UNIX socket: only this machine
-        return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return True
+    # (No host: a UNIX socket, only this machine.)
+    return not is_loopback(getattr(port.getHost(), "host", None))
 
 
 def _private_files(config: NodeConfig) -> list[tuple[str, str]]:

@@ -88,6 +88,7 @@ import secrets
 import tomllib
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from attrs import evolve, field, frozen
 from twisted.internet.endpoints import serverFromString
@@ -461,7 +462,7 @@ def build_config(options: Mapping[str, Any]) -> NodeConfig:
         limits=limits,
         access=_access(settings.get("access")),
         tls=tls,
-        allowed_origins=frozenset(settings.get("allowed_origins", ())),
+        allowed_origins=_origins(settings.get("allowed_origins", [])),
         http=_http(settings.get("http")),
         tracing=_tracing(settings.get("tracing")),
         log_format=_log_format(settings.get("log_format", "text")),
@@ -611,6 +612,47 @@ def _http(table: Any) -> HttpConfig:
         if not _HOST_NAME_RE.fullmatch(host):
             raise ConfigError(f"http.allowed_hosts: {host!r} is not a host name (no port)")
     return HttpConfig(tokens, admins, frozenset(h.lower().rstrip(".") for h in hosts))
+
+
+_SCHEME_RE = re.compile(r"[a-z][a-z0-9+.-]*")
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _origins(value: Any) -> frozenset[str]:
+    """
+    The browser origins allowed, each as a browser sends it in C{Origin}
+    (RFC 6454's serialisation): the scheme and host in lower case, a
+    default port left out, no path. An entry that is not an origin is an
+    error, not a rule that never matches.
+    """
+    origins = set()
+    for entry in _strings(value, "allowed_origins"):
+        why = "give scheme://host[:port], as a browser sends it"
+        try:
+            parts = urlsplit(entry.strip())
+            port = parts.port
+        except ValueError:
+            raise ConfigError(f"allowed_origins: {entry!r} is not an origin: {why}") from None
+        scheme, host = parts.scheme.lower(), parts.hostname
+        if (
+            not _SCHEME_RE.fullmatch(scheme)
+            or not host
+            or parts.username is not None
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or "*" in host
+        ):
+            if entry.strip().lower() == "null":
+                why = "'null' is the origin of every sandboxed page and local file"
+            raise ConfigError(f"allowed_origins: {entry!r} is not an origin: {why}")
+        if ":" in host:
+            host = f"[{host}]"
+        origin = f"{scheme}://{host}"
+        if port is not None and port != _DEFAULT_PORTS.get(scheme):
+            origin += f":{port}"
+        origins.add(origin)
+    return frozenset(origins)
 
 
 def _strings(value: Any, what: str) -> frozenset[str]:

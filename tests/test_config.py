@@ -241,6 +241,54 @@ class OtherOptionTests(ConfigTestCase):
         for bad in [0, -1, 3600.5, float("nan"), float("inf")]:
             self.assertConfigError(build_config, {"ping_interval": bad}, match="--ping-interval")
 
+    def test_allowedOrigins(self) -> None:
+        """
+        Allowed origins are kept as a browser sends them in C{Origin}: the
+        scheme and host in lower case, a default port and a bare slash left out.
+        """
+        config = build_config(
+            {
+                "allowed_origins": [
+                    "http://Good.Test:21030",
+                    "http://localhost:3000/",
+                    "https://127.0.0.1:443",
+                    "HTTP://[::1]:80",
+                    "https://app.example:8443",
+                ]
+            }
+        )
+        self.assertEqual(
+            config.allowed_origins,
+            {
+                "http://good.test:21030",
+                "http://localhost:3000",
+                "https://127.0.0.1",
+                "http://[::1]",
+                "https://app.example:8443",
+            },
+        )
+        self.assertEqual(build_config({}).allowed_origins, frozenset())
+
+    def test_notOrigins(self) -> None:
+        """What is not an origin is an error that says so, not a rule that never matches."""
+        for bad in [
+            "*",
+            "not a url",
+            "good.test",
+            "http://",
+            "http://*.good.test",
+            "http://good.test/app",
+            "http://good.test?x=1",
+            "http://user@good.test",
+            "http://good.test:99999",
+        ]:
+            self.assertConfigError(
+                build_config, {"allowed_origins": [bad]}, match="is not an origin"
+            )
+        e = self.assertConfigError(build_config, {"allowed_origins": ["null"]})
+        self.assertIn("sandboxed", str(e))
+        self.assertConfigError(build_config, {"allowed_origins": [1]}, match="list of strings")
+
 
 class TomlTests(ConfigTestCase):
     """The --config file."""

@@ -181,6 +181,8 @@ class AdmitTests(SynchronousTestCase):
         """Loopback addresses, v4 and v6, and clients not on IP are on this machine."""
         self.assertTrue(is_loopback("127.1.2.3"))
         self.assertTrue(is_loopback("::1"))
+        self.assertTrue(is_loopback("::ffff:127.0.0.1"))  # 127.0.0.1 on a dual-stack socket
+        self.assertFalse(is_loopback("::ffff:192.0.2.1"))
         self.assertTrue(is_loopback(None))
         self.assertFalse(is_loopback("192.0.2.1"))
         self.assertFalse(is_loopback("not an address"))

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 
-from twisted.internet.address import IPv4Address, UNIXAddress
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -57,6 +57,8 @@ class StartupWarningTests(SynchronousTestCase):
     def test_loopback(self) -> None:
         """On loopback, an open mesh and open HTTP are fine: quiet."""
         self.assertEqual(self.warnings(memory_node("n1"), IPv4Address("TCP", "127.0.0.1", 1)), [])
+        mapped = IPv6Address("TCP", "::ffff:127.0.0.1", 1)
+        self.assertEqual(self.warnings(memory_node("n1"), mapped), [])
 
     def test_unix_socket(self) -> None:
         """A UNIX socket reaches only this machine: quiet."""
