@@ -382,7 +382,11 @@ def _json(body: bytes) -> object:
 
 #: what argparse takes for a negative number (``-5``, ``-.5``), and a
 #: negative JSON number (``-1e3``, ``-2.5E-1``)
-_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$|^-(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$")
+#: What argparse takes for an argument although it begins with "-": any
+#: word with one dash that is no option (-5, -1e3, -x, -Infinity). Words
+#: with two dashes stay options, so a mistyped one is an error (after
+#: C{--}, anything is an argument).
+_DASH_ARGUMENT = re.compile(r"^-(?!-)")
 
 
 def call(argv: list[str]) -> int:
@@ -393,9 +397,9 @@ def call(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="relay call", description="Call SERVER.METHOD through the node at URL."
     )
-    # Every negative JSON number is an ARG, as argparse's own -5 and -1.5
-    # are (argparse would take -1e3 or -2.5E-1 for an unknown option).
-    parser._negative_number_matcher = _NEGATIVE_NUMBER
+    # Every ARG that is not valid JSON is a string, "-x" too (SPEC section
+    # 3): argparse would take it, or -1e3, for an unknown option.
+    parser._negative_number_matcher = _DASH_ARGUMENT
     parser.add_argument("url", help="the node's base URL, e.g. http://127.0.0.1:8080")
     parser.add_argument("server")
     parser.add_argument("method")

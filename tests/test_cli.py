@@ -200,6 +200,18 @@ class CallTests(CliTestCase):
         self.assertEqual(cli.main(["call", "http://h:1", "node", "echo", "-5", "--", "--x"]), 0)
         self.assertEqual(self.sent()["params"]["args"], [-5, "--x"])
 
+    def test_dashWords(self) -> None:
+        """
+        A word with one dash that is not JSON is a string argument, as any
+        other; one with two dashes is an option (an unknown one, an error).
+        """
+        argv = ["call", "http://h:1", "node", "echo", "-x", "-Infinity", "-abc", "--node", "n2"]
+        self.assertEqual(cli.main(argv), 0)
+        self.assertEqual(self.sent()["params"]["args"], ["-x", "-Infinity", "-abc"])
+        self.assertEqual(self.sent()["params"]["node_id"], "n2")
+        error = self.assertRaises(SystemExit, cli.main, ["call", "http://h:1", "s", "m", "--nope"])
+        self.assertEqual(error.code, 2)
+
     def test_negativeJsonNumbers(self) -> None:
         """Every negative JSON number is an argument, exponents included."""
         numbers = ["-1e3", "-2.5E-1", "-0e0", "-1E+2", "-0.5", "-.5", "-7"]
