@@ -218,8 +218,9 @@ class ServerHost:
         args = target.args
         trace = target.trace
         tracer = self.tracer if trace is not None and trace.parent is not None else None
+        streaming = None
         if method.streams:  # an async generator
-            runnable = StreamingMethod(method, target.stream, self.max_result_size)
+            runnable = streaming = StreamingMethod(method, target.stream, self.max_result_size)
             if tracer is not None:  # (its execute span lasts until its last item)
                 runnable = TracedMethod(runnable, tracer, target.server)
         elif tracer is not None:
@@ -243,6 +244,8 @@ class ServerHost:
                 self._unfinished[result] = None
                 self._load_moved(len(self._unfinished) - 1)
                 result.addBoth(self._done, result)
+                if streaming is not None:
+                    result.addBoth(streaming.stop)
             return result.addErrback(self._method_failed, target, mailbox.server)
         return result
 

@@ -317,7 +317,10 @@ class Port:
         return self._waiter
 
 
-async def _pump(generator: Any, port: Port) -> int:
+_STOPPED = "the call ended for its caller while its generator ran on"
+
+
+async def _pump(generator: Any, port: Port, method: StreamingMethod) -> int:
     """Send C{generator}'s items through C{port}; :returns: how many."""
     try:
         while True:
@@ -327,6 +330,8 @@ async def _pump(generator: Any, port: Port) -> int:
                 value = await generator.__anext__()
             except StopAsyncIteration:
                 break
+            if method.stopped:
+                raise CancelledError(_STOPPED)
             try:
                 port.send(value)
             except MessageTooLarge as e:
@@ -339,12 +344,15 @@ async def _pump(generator: Any, port: Port) -> int:
     return port.sent
 
 
-async def _collect(generator: Any, limit: int, what: str) -> list[Any]:
+async def _collect(generator: Any, limit: int, method: StreamingMethod) -> list[Any]:
     """:returns: C{generator}'s items, as long as they fit in C{limit} bytes of JSON."""
     items: list[Any] = []
     size = 2
+    what = method.name
     try:
         async for value in generator:
+            if method.stopped:
+                raise CancelledError(_STOPPED)
             size += len(_json.dumps(value)) + 1  # TypeError: not JSON
             if size > limit:
                 raise RemoteCallError.named(
@@ -366,12 +374,26 @@ class StreamingMethod:
     nobody asked for a stream.
     """
 
-    __slots__ = ("_consumer", "_limit", "_method")
+    __slots__ = ("_consumer", "_limit", "_method", "stopped")
 
     def __init__(self, method: ExposedMethod, consumer: ItemConsumer | None, limit: int) -> None:
         self._method = method
         self._consumer = consumer
         self._limit = limit
+        #: the call ended for its caller (cancelled, timed out) while the
+        #: generator ran on: it is closed at its next item
+        self.stopped = False
+
+    def stop(self, outcome: Any = None) -> Any:
+        """
+        The call ended for its caller: the generator makes no more items.
+        A cancel reaches the generator where it awaits, but one that
+        catches it (Twisted's CancelledError is an Exception) and goes on
+        is closed when it yields, its C{finally} run then: the server is
+        not held by a stream nobody takes.
+        """
+        self.stopped = True
+        return outcome
 
     @property
     def name(self) -> str:
@@ -380,8 +402,8 @@ class StreamingMethod:
     def function(self, server: Server, *args: Any, **kwargs: Any) -> Any:
         generator = self._method.function(server, *args, **kwargs)
         if self._consumer is None:
-            return _collect(generator, self._limit, self._method.name)
-        return _pump(generator, Port(self._consumer))
+            return _collect(generator, self._limit, self)
+        return _pump(generator, Port(self._consumer), self)
 
 
 class RemoteConsumer(ItemConsumer):

@@ -85,6 +85,26 @@ class Work(Server):
         finally:
             self.closed += 1
 
+    @exposed
+    async def stubborn(self) -> Any:
+        """Yield for ever, each item after a tick, catching what its waits raise."""
+        i = 0
+        try:
+            while True:
+                tick: Deferred[None] = Deferred()
+                self.ticks.append(tick)
+                try:
+                    await tick
+                except Exception:  # Twisted's CancelledError is one
+                    self.ran.append("swallowed")
+                    self.ticks.remove(tick)
+                    continue
+                self.made += 1
+                yield i
+                i += 1
+        finally:
+            self.closed += 1
+
     def tick(self) -> None:
         """Let C{drip} make its next item."""
         self.ticks.pop(0).callback(None)
@@ -306,6 +326,48 @@ class StreamTests(StreamsTestCase):
             self.turn(1)
         self.failureResultOf(done, CancelledError)
         self.assertEqual(self.work.closed, 1)
+
+    def test_generator_that_catches_its_cancel(self) -> None:
+        """
+        A generator that catches the cancel where it awaits and goes on is
+        closed at its next item, its finally run: the server is free again.
+        """
+        got, done = self.consume(self.a, "stubborn", window=4)
+        self.turn()
+        self.work.tick()
+        self.turn()
+        self.assertEqual(got, [0])
+        done.cancel()
+        for _ in range(5):
+            self.turn(1)
+        self.failureResultOf(done, CancelledError)
+        self.assertEqual(self.work.ran, ["swallowed"])
+        self.assertEqual(self.work.closed, 0)  # it waits again, as it chose to
+        self.work.tick()
+        self.turn()
+        self.assertEqual(self.work.closed, 1)
+        self.assertEqual(self.work.made, 2)  # the item it made then was not sent
+        self.assertEqual(got, [0])
+        d = self.a.call("c", "work", "count", 1)
+        self.turn()
+        self.assertEqual(self.successResultOf(d), [0])
+
+    def test_collecting_generator_that_catches_its_cancel(self) -> None:
+        """The same for a call that collects the items into a list."""
+        d = self.a.call("c", "work", "stubborn")
+        self.turn()
+        self.work.tick()
+        self.turn()
+        d.cancel()
+        self.turn()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.work.ran, ["swallowed"])
+        self.work.tick()
+        self.turn()
+        self.assertEqual(self.work.closed, 1)
+        d = self.a.call("c", "work", "count", 1)
+        self.turn()
+        self.assertEqual(self.successResultOf(d), [0])
 
     def test_plain_call_collects_a_list(self) -> None:
         """A call that asks for no stream gets the items as one list."""
