@@ -193,8 +193,8 @@ class Forwarder:
         """
         peer = session.peer_id
         node_id = self._node_id
-        if not unwrapped and envelope.sender == peer:
-            pass
+        if envelope.sender == peer and (not unwrapped or not envelope.route):
+            pass  # (an original node's minimal envelope has no route, wrapped too)
         elif not envelope.route or envelope.route[-1] != peer or envelope.sender == node_id:
             self._metrics.drop("spoofed")
             return

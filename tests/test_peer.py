@@ -691,6 +691,37 @@ class SeedRouteMessageTests(SessionTestCase):
         self.assertEqual(forwarded.data["response_id"], "fwd-1")
         self.assertEqual(dropped_total(self.node), 0)
 
+    def test_minimal_inner_envelope(self) -> None:
+        """
+        The inner message may be a minimal envelope (no id, timestamp,
+        route or ttl), as the original node may send any message: it goes
+        on as the same message sent straight would.
+        """
+        to_c, _ = self.open("hC")
+        to_c.clear()
+        inner = {
+            "type": "server_call",
+            "from": "pyR",
+            "to": "hC",
+            "data": {
+                "call": {"server_name": "s", "method": "m", "args": [], "timeout": 30},
+                "response_id": "fwd-2",
+            },
+        }
+        wrapper = {"type": "route_message", "from": "pyR", "to": "hB"}
+        self.receive(json.dumps({**wrapper, "data": {"original_message": inner}}).encode())
+        [forwarded] = to_c.envelopes("server_call")
+        self.assertEqual((forwarded.sender, forwarded.to), ("pyR", "hC"))
+        self.assertEqual(forwarded.route, ("hB",))  # (as it goes on when sent straight)
+        self.assertEqual(forwarded.data["response_id"], "fwd-2")
+        self.assertEqual(dropped_total(self.node), 0)
+        # Wrapped, a message that names another sender still needs its route.
+        to_c.clear()
+        forged = {**inner, "from": "hX", "data": {**inner["data"], "response_id": "fwd-3"}}
+        self.receive(json.dumps({**wrapper, "data": {"original_message": forged}}).encode())
+        self.assertEqual(to_c.envelopes("server_call"), [])
+        self.assertEqual(dropped_total(self.node), 1)
+
 
 class BackedUpTests(SessionTestCase):
     """Calls held back while the link's output is backed up (L{PeerSession.hold_calls})."""
