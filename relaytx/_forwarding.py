@@ -90,6 +90,18 @@ _NOT_DEDUPLICATED = frozenset(
     }
 )
 
+#: The message types relaytx speaks itself; any other is a user's own
+#: (SPEC section 7), whose origin PKI mode checks end to end.
+RELAYTX_TYPES = frozenset(
+    {
+        *_NOT_DEDUPLICATED,
+        "server_call",
+        "link_close",
+        "auth",
+        "node_record",
+    }
+)
+
 #: Messages whose C{response_id} a forwarder checks before passing them on.
 _ANSWERED = frozenset({"server_call", "server_response"})
 
@@ -179,6 +191,9 @@ class Forwarder:
         self._refuse = refuse
         #: traced calls passing through (see L{relaytx._tracing.HopTraces})
         self.hops = HopTraces(node_id, clock)
+        #: in PKI mode: whether a message of a user's own type to this node
+        #: that another node passed on carries its sender's code
+        self.check_origin: Callable[[Envelope], bool] | None = None
         #: messages this node originated and flooded, for want of a route
         self.floods = 0
         #: the neighbours the latest of them went to
@@ -201,6 +216,15 @@ class Forwarder:
         if envelope.to == node_id:
             if envelope.type == RouteMessage.TYPE:
                 self._unwrap(envelope, session)
+                return
+            check = self.check_origin
+            if (
+                check is not None
+                and envelope.sender != peer
+                and envelope.type not in RELAYTX_TYPES
+                and not check(envelope)
+            ):
+                self._metrics.drop("forged_message")
                 return
             if envelope.type not in _NOT_DEDUPLICATED:
                 # relaytx ids are unique; an original-design node's

@@ -31,7 +31,7 @@ from zope.interface import implementer
 from relaytx._adverts import Advertiser, Directory
 from relaytx._balance import InstanceInfo
 from relaytx._calls import CallTarget, ForwardedCalls, PendingCalls, SeenMessages
-from relaytx._forwarding import Forwarder
+from relaytx._forwarding import RELAYTX_TYPES, Forwarder
 from relaytx._guards import FailureTally
 from relaytx._links import LinkRefused, LinkTable
 from relaytx._liveness import DEFAULT_PEER_TIMEOUT, LinkWatch
@@ -338,6 +338,11 @@ class Mesh:
             routes_are_complete=complete, refuse=self._refuse, relay=self._relay,
             dead_end=self._dead_end,
         )  # fmt: skip
+        self._e2e = e2e
+        if e2e is not None:
+            self.forwarder.check_origin = lambda envelope: e2e.check_message(
+                envelope, clock.seconds()
+            )
         self.calls = MeshCalls(
             node_id, clock, metrics, self._links, self.forwarder, self.pending,
             self.forwarded, complete, run_arrived, max_pending=max_pending_calls, e2e=e2e,
@@ -579,7 +584,13 @@ class Mesh:
         :returns: the neighbour it went to, or C{None} if it was flooded or
             could not be sent (C{forwarder.floods} counts the floods).
         """
-        return self.forwarder.send(destination, payload, reply_to=reply_to)
+        e2e = self._e2e
+        if e2e is None or payload.TYPE in RELAYTX_TYPES:
+            return self.forwarder.send(destination, payload, reply_to=reply_to)
+        # A user's own type, in PKI mode: its code goes with it (see relaytx._pki).
+        now = self.clock.seconds()
+        envelope = Envelope.create(payload, self.node_id, destination, now, reply_to=reply_to)
+        return self.forwarder.forward(e2e.seal_message(envelope), came_from=None)
 
     def call(self, target: CallTarget) -> Deferred[Any]:
         """

@@ -26,7 +26,10 @@ here:
     callee share a key no one else holds: HKDF over their X25519 agreement,
     each side's public key vouched for by its signed record. A call that
     crossed other nodes carries a code under that key, and so does its
-    answer (L{EndToEnd}); a node on the path cannot make either. It can
+    answer (L{EndToEnd}); a node on the path cannot make either. So do a
+    call's stream frames and cancels, and the messages of users' own types
+    (SPEC section 7): one from a node other than the link's peer without
+    its sender's code is dropped (C{forged_message}). It can
     still drop them: the caller then sees -32002, -32006 or -32001, never a
     forged success. (A call or answer between direct neighbours needs no
     code: their TLS link already says who sent it.)
@@ -58,7 +61,16 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from relaytx import _json
 from relaytx._tls import TlsError, certificate_names, read_pem
 from relaytx.errors import MalformedMessage
-from relaytx.wire import NO_SERVERS, NODE_ID_RE, Payload, ServerCall, ServerResponse, server_table
+from relaytx.wire import (
+    MESSAGE_MAC,
+    NO_SERVERS,
+    NODE_ID_RE,
+    Envelope,
+    Payload,
+    ServerCall,
+    ServerResponse,
+    server_table,
+)
 
 #: Bytes of the end-to-end code of a call or an answer.
 E2E_MAC_SIZE = 16
@@ -459,6 +471,42 @@ class EndToEnd:
             key, "answer", callee, self._identity.node_id, _answer_body(response), mac
         )
 
+    def seal_message(self, envelope: Envelope) -> Envelope:
+        """
+        :param envelope: a message of a user's own type this node originates.
+        :returns: it, with this node's code for it to its destination in
+            its data (L{MESSAGE_MAC}), if a key is known.
+        """
+        key = self.key(envelope.to)
+        if key is not None:
+            body = _message_body(envelope, envelope.data)
+            code = self._code(key, "message", self._identity.node_id, envelope.to, body)
+            envelope.data = {**envelope.data, MESSAGE_MAC: code}
+        return envelope
+
+    def check_message(self, envelope: Envelope, now: float) -> bool:
+        """
+        :param envelope: a message of a user's own type to this node, which
+            crossed other nodes.
+        :param now: the current Unix time.
+        :returns: whether it carries its sender's code (L{MESSAGE_MAC}) and
+            was sent within L{REPLAY_WINDOW} (a copy within it is dropped as
+            a duplicate).
+        """
+        key = self.key(envelope.sender)
+        data = dict(envelope.data)
+        mac = data.pop(MESSAGE_MAC, None)
+        if key is None or envelope.timestamp is None:
+            return False
+        body = _message_body(envelope, data)
+        if not self._matches(key, "message", envelope.sender, self._identity.node_id, body, mac):
+            return False
+        try:
+            when = datetime.fromisoformat(envelope.timestamp).timestamp()
+        except ValueError:
+            return False
+        return abs(now - when) <= REPLAY_WINDOW
+
     def seal_frame(self, kind: str, peer: str, body: Mapping[str, Any]) -> str | None:
         """
         :param kind: what the frame is (C{"item"}, C{"credit"}, C{"cancel"}).
@@ -515,6 +563,11 @@ class _Taken:
         ids.add(response_id)
         order.append((when, response_id))
         return None
+
+
+def _message_body(envelope: Envelope, data: Mapping[str, Any]) -> tuple[Any, ...]:
+    # What a user's message's code covers: its type, id, time and data.
+    return (envelope.type, envelope.id, envelope.timestamp, data)
 
 
 def _call_body(call: ServerCall, issued: str) -> tuple[Any, ...]:

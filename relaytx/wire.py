@@ -1406,6 +1406,12 @@ class AuthProof(Payload):
 P = TypeVar("P", bound=Payload)
 
 
+#: Where a message of a user's own type carries its end-to-end code in PKI
+#: mode (L{relaytx._pki.EndToEnd}): a key its payload is unlikely to have,
+#: and payloads ignore keys they do not have.
+MESSAGE_MAC = "relaytx_mac"
+
+
 class MessageTypes:
     """
     An explicit table of wire type names to payload classes. Each node owns

@@ -236,6 +236,35 @@ class EndToEndTests(SynchronousTestCase):
             c.check_call("nodeA", ServerCall(self.call.call, "r1"), self.issued, self.now)
         )
 
+    def test_message(self) -> None:
+        """
+        A message of a user's own type carries its sender's code: its
+        destination takes it as sent, within the replay window, and not
+        changed, claimed by another, or coded by a third.
+        """
+
+        def message(sender: str, when: float, **data: Any) -> Envelope:
+            envelope = Envelope(
+                "shout", "nodeA", "nodeC", {"text": "hi", **data}, "m1", rfc3339(when)
+            )
+            return self.e2e[sender].seal_message(envelope)
+
+        c = self.e2e["nodeC"]
+        sealed = message("nodeA", self.now)
+        wire = Envelope(
+            **{**attrs.asdict(sealed, recurse=False), "data": json_round_trip(sealed.data)}
+        )
+        self.assertTrue(c.check_message(wire, self.now))
+        self.assertFalse(
+            c.check_message(attrs.evolve(sealed, data={**sealed.data, "text": "ho"}), self.now)
+        )
+        self.assertFalse(c.check_message(attrs.evolve(sealed, id="m2"), self.now))
+        self.assertFalse(c.check_message(attrs.evolve(sealed, sender="mallory"), self.now))
+        self.assertFalse(c.check_message(message("mallory", self.now), self.now))
+        self.assertFalse(c.check_message(attrs.evolve(sealed, data={"text": "hi"}), self.now))
+        self.assertFalse(c.check_message(sealed, self.now + REPLAY_WINDOW + 1))
+        self.assertTrue(c.check_message(sealed, self.now + REPLAY_WINDOW - 1))
+
     def test_call_window(self) -> None:
         """A call issued outside the replay window, or with another timestamp, is refused."""
         c = self.e2e["nodeC"]

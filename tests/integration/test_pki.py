@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from attrs import frozen
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from websockets.exceptions import InvalidStatus
@@ -25,7 +26,16 @@ from relaytx._ribs import Wanted
 from relaytx.errors import AccessDenied, CallTimeout, NodeUnreachable
 from relaytx.node import RelayNode
 from relaytx.server import Server, exposed
-from relaytx.wire import Envelope, NodeInfo, ServerCall, ServerResponse, server_table
+from relaytx.wire import (
+    Envelope,
+    NodeInfo,
+    Payload,
+    ServerCall,
+    ServerResponse,
+    new_id,
+    rfc3339,
+    server_table,
+)
 from tests.support import Authority
 
 from .helpers import Counter, start_node, wait_for
@@ -352,6 +362,48 @@ class PkiTests(_Files, TestCase):
         self.assertEqual(await a.call("nodeC", "counter", "increment", timeout=5), 2)
         await wait_for(lambda: dropped(c, "forged_call") >= 3, 5, what="the forged calls")
         self.assertEqual(counter.count, 2)
+
+    async def test_forged_user_message(self) -> None:
+        """
+        A message of a user's own type that mallory passes on is taken only
+        as its sender sent it: one mallory makes in nodeA's name, or alters
+        on its way, is dropped at nodeC (SPEC section 9: a member cannot act
+        as another node). Its own, and nodeA's as sent, arrive.
+        """
+        a, mallory, c, _ = await self.line_through_mallory()
+        heard: list[tuple[str, str]] = []
+        c.register_handler(
+            Shout, lambda envelope, shout: heard.append((envelope.sender, shout.text))
+        )
+        forwarder = mallory.mesh.forwarder
+        honest_receive = forwarder.receive
+
+        def receive(envelope: Envelope, session: Any, unwrapped: bool = False) -> None:
+            if envelope.type == Shout.TYPE and envelope.to == "nodeC":
+                link = mallory.mesh.links["nodeC"]
+                # In nodeA's name, and the genuine one altered (its code kept).
+                now = rfc3339(mallory.clock.seconds())
+                made = Envelope(Shout.TYPE, "nodeA", "nodeC", {"text": "made up"}, new_id(), now)
+                link.send(Envelope(**{**_fields(made), "route": ("nodeA", "mallory")}))
+                altered = {**envelope.data, "text": "altered"}
+                link.send(Envelope(**{**_fields(envelope), "id": new_id(), "data": altered}))
+            honest_receive(envelope, session, unwrapped)
+
+        forwarder.receive = receive  # type: ignore[method-assign]
+        before = dropped(c, "forged_message")
+        self.assertTrue(a.send("nodeC", Shout("genuine")))
+        self.assertTrue(mallory.send("nodeC", Shout("mallory's own")))
+        await wait_for(lambda: dropped(c, "forged_message") >= before + 2, 5, what="the drops")
+        await wait_for(lambda: len(heard) >= 2, 5, what="the genuine shouts")
+        self.assertEqual(sorted(heard), [("mallory", "mallory's own"), ("nodeA", "genuine")])
+
+
+@frozen
+class Shout(Payload):
+    """A message type of the user's own."""
+
+    TYPE = "shout"
+    text: str
 
 
 class Ledger(Server):
