@@ -84,7 +84,7 @@ class OtlpExporter:
         trace_id = int(span.trace_id, 16)
         parent = None
         if span.parent_id is not None:
-            parent = SpanContext(trace_id, int(span.parent_id, 16), True, flags)
+            parent = SpanContext(trace_id, int(span.parent_id, 16), not span.local_parent, flags)
         attributes = {k: _attribute(v) for k, v in span.attributes.items()}
         attributes["relaytx.node_id"] = self._node_id
         failed = attributes.pop("otel.status_code", None) == "ERROR"

@@ -215,6 +215,7 @@ class Span:
         "attributes",
         "attributes_json",
         "end",
+        "local_parent",
         "name",
         "parent_id",
         "sampled",
@@ -247,6 +248,8 @@ class Span:
         self.attributes_json = attributes_json
         self.start = tracer.clock.seconds()
         self.end: float | None = None
+        #: whether its parent is a span of this node (else of its caller's)
+        self.local_parent = False
 
     @property
     def traceparent(self) -> str:
@@ -379,6 +382,7 @@ class TracedMethod:
                 attributes,
                 attributes_json,
             )
+            span.local_parent = type(parent) is Span
             token = current_span.set(span)
             try:
                 result = inner(instance, *args, **kwargs)
@@ -500,9 +504,11 @@ class Tracer:
             trace_id = _new_trace_id()
             sampled = self.sample >= 1.0 or int(trace_id[16:], 16) < self._bound
             return Span(self, name, trace_id, None, sampled, attributes, attributes_json)
-        return Span(
+        span = Span(
             self, name, parent.trace_id, parent.span_id, parent.sampled, attributes, attributes_json
         )
+        span.local_parent = type(parent) is Span
+        return span
 
     def continue_span(
         self,

@@ -247,6 +247,7 @@ class MeshTracingTests(SynchronousTestCase):
         self.assertEqual(forward.parent_id, call.span_id)
         self.assertEqual(run.parent_id, forward.span_id)
         self.assertEqual(execute.parent_id, run.span_id)
+        self.assertEqual([s.local_parent for s in (forward, run, execute)], [False, False, True])
         self.assertEqual(exporters[0].spans, [call])
         self.assertEqual(exporters[1].spans, [forward])
         self.assertEqual(run.attributes["relaytx.route"], ["n0", "n1"])
@@ -795,10 +796,15 @@ class OtlpTests(SynchronousTestCase):
         clock.advance(100.0)
         tracer = Tracer("n1", clock, exporter)
         root = tracer.start_span("call a.b", parse_traceparent(PARENT), {"relaytx.route": ["x"]})
+        inner = tracer.start_span("execute a.b", root, {})
         clock.advance(0.002)
+        inner.finish()
         root.fail(ValueError("no"))
         tracer.stop()
-        (span,) = memory.get_finished_spans()
+        child, span = memory.get_finished_spans()
+        assert span.parent is not None and child.parent is not None
+        self.assertTrue(span.parent.is_remote)  # a caller's
+        self.assertFalse(child.parent.is_remote)  # this node's own
         self.assertEqual(span.name, "call a.b")
         self.assertEqual(span.kind, SpanKind.CLIENT)
         self.assertEqual(f"{span.context.trace_id:032x}", "4bf92f3577b34da6a3ce929d0e0e4736")
