@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+from time import perf_counter
 from collections import deque
 from collections.abc import Callable
 from types import CoroutineType
@@ -224,6 +225,17 @@ def _own(failure: Failure) -> Failure:
     return failure
 
 
+#: Seconds of methods' own time (of calls that take a millisecond or more)
+#: after which a mailbox lets the reactor turn before its next call: calls
+#: that arrived together and each block the reactor would otherwise run back
+#: to back, and the node would answer no ping nor send any answer until the
+#: last is done (its peers would take it for dead, SPEC section 8).
+SLICE = 0.05
+
+#: A call shorter than this is not counted against the slice.
+_SHORT = 0.001
+
+
 class Mailbox:
     """
     Runs the calls to one server one at a time, first come first served.
@@ -260,6 +272,8 @@ class Mailbox:
         self._running: tuple[Deferred[Any], Deferred[Any]] | None = None
         #: the caller's Deferred while its cancel reaches the method's
         self._cancelling: Deferred[Any] | None = None
+        #: methods' own time counted against the slice (L{SLICE})
+        self._spent = 0.0
 
     def __len__(self) -> int:
         """
@@ -309,10 +323,11 @@ class Mailbox:
         if self._busy:
             return self.deliver(method, args, kwargs, timeout)
         self._busy = self._running_inline = True
+        started = perf_counter()
         try:
             result = method.function(self.server, *args, **kwargs)
         except BaseException:
-            self._resume()
+            self._resume(started)
             raise
         if isinstance(result, CoroutineType):
             result = self._run_coroutine(result)
@@ -323,9 +338,10 @@ class Mailbox:
             if self._waiting:  # not done yet: _finished resumes the queue later
                 self._running = (d, result)
                 self._running_inline = False
+                self._spend(started)
                 return d
             result = d  # already done: d holds the outcome
-        self._resume()
+        self._resume(started)
         return result
 
     def beside(self, method: ExposedMethod, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -341,9 +357,35 @@ class Mailbox:
             result = self._run_coroutine(result)
         return result
 
-    def _resume(self) -> None:
+    def _spend(self, started: float) -> bool:
+        # Count a call that began at started against the slice: whether the
+        # slice is used up (the mailbox then stays busy until the reactor
+        # has turned, and runs its queue then).
+        spent = perf_counter() - started
+        if spent < _SHORT:
+            return False
+        self._spent += spent
+        if self._spent < SLICE or self._clock is None:
+            return False
+        self._spent = 0.0
+        self._busy = True
+        self._running_inline = False
+        if self._running is None:  # (else its end resumes the queue)
+            # Two hops: a reactor runs the timers due before it polls, and
+            # a timer set by a timer waits for the next round, after the poll.
+            self._clock.callLater(0, self._clock.callLater, 0, self._turned)
+        return True
+
+    def _turned(self) -> None:
+        if self._running is None:
+            self._run()
+
+    def _resume(self, started: float) -> None:
         # The inline call is over: run what queued up meanwhile (calls it
-        # made to its own server), or go idle.
+        # made to its own server, or that came since, if the reactor must
+        # turn first), or go idle.
+        if self._spend(started):
+            return
         if self._queue:
             self._run()
         else:
@@ -362,10 +404,13 @@ class Mailbox:
             if deadline is not None and clock is not None and clock.seconds() >= deadline:
                 d.errback(TimedOutHere("Call timed out waiting for its turn"))
                 continue
+            started = perf_counter()
             try:
                 result = function(server, *args, **kwargs)
             except BaseException:
                 d.errback(_own(Failure()))  # (the exception being handled)
+                if self._spend(started):
+                    return
                 continue
             if isinstance(result, CoroutineType):
                 result = self._run_coroutine(result)
@@ -376,9 +421,14 @@ class Mailbox:
                     # Not done yet: _finished resumes the queue later.
                     self._running = (d, result)
                     self._running_inline = False
+                    self._spend(started)
+                    return
+                if self._spend(started):
                     return
                 continue
             d.callback(result)
+            if self._spend(started):
+                return
         self._running_inline = False
         self._busy = False
 

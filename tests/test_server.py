@@ -681,3 +681,66 @@ class MailboxTests(SynchronousTestCase):
         self.assertEqual(server.log[-1], ("start", 3))
         server.pending[1].callback(3)
         self.assertEqual(self.successResultOf(d), 3)
+
+
+class _Spinner(Server):
+    """A method that takes the time it is told, on a fake perf_counter."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.ran: list[int] = []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    @exposed
+    def spin(self, n: int, seconds: float) -> int:
+        self.now += seconds
+        self.ran.append(n)
+        return n
+
+
+class SliceTests(SynchronousTestCase):
+    """
+    Calls that each block the reactor, arriving together, do not run back
+    to back for longer than L{relaytx.server.SLICE}: the reactor turns
+    between them (to answer pings and send the answers already made).
+    """
+
+    def setUp(self) -> None:
+        import relaytx.server
+
+        self.server = _Spinner()
+        self.patch(relaytx.server, "perf_counter", self.server.perf_counter)
+        self.clock = Clock()
+        self.mailbox = Mailbox(self.server, clock=self.clock)
+        self.spin = self.server.exposed_methods["spin"]
+
+    def test_reactor_turns_between_long_calls(self) -> None:
+        """Past the slice, the next call waits for the next reactor turn."""
+        results = [self.mailbox.call(self.spin, (n, 0.03), {}) for n in range(4)]
+        self.assertEqual(self.server.ran, [0, 1])  # 0.06 s: the slice is spent
+        self.assertEqual(results[:2], [0, 1])
+        self.assertNoResult(results[2])
+        self.clock.advance(0)
+        self.assertEqual(self.server.ran, [0, 1, 2, 3])  # (a new slice)
+        self.assertEqual(self.successResultOf(results[2]), 2)
+        self.assertEqual(self.successResultOf(results[3]), 3)
+        self.assertEqual(self.mailbox.call(self.spin, (4, 0.0), {}), 4)  # idle again
+
+    def test_queued_calls_too(self) -> None:
+        """Calls queued behind a Deferred's run in slices as well."""
+        gate: Deferred[None] = Deferred()
+        first = self.mailbox.deliver(ExposedMethod("wait", lambda server: gate), (), {})
+        queued = [self.mailbox.deliver(self.spin, (n, 0.03), {}) for n in range(3)]
+        gate.callback(None)
+        self.successResultOf(first)
+        self.assertEqual(self.server.ran, [0, 1])
+        self.clock.advance(0)
+        self.assertEqual([self.successResultOf(d) for d in queued], [0, 1, 2])
+
+    def test_short_calls_uncounted(self) -> None:
+        """Calls under a millisecond never make the mailbox wait."""
+        for n in range(200):
+            self.assertEqual(self.mailbox.call(self.spin, (n, 0.0009), {}), n)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
