@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from relaytx._aio import CoroutineRunner, is_deferred, run_on_twisted
-from relaytx.errors import InvalidParams, TimedOutHere
+from relaytx.errors import CallTimeout, InvalidParams, TimedOutHere
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -219,9 +219,15 @@ class OwnCancellation(Exception):
 
 
 def _own(failure: Failure) -> Failure:
-    # A method's failure, for a call nobody cancelled.
-    if isinstance(failure.value, CancelledError):
+    # A method's failure, for a call nobody cancelled: its CancelledError
+    # is its own, and so is a deadline that passed where it runs, which was
+    # a call's it made to a server of this node (the call's own deadline
+    # fails it without passing through its method).
+    error = failure.value
+    if isinstance(error, CancelledError):
         return Failure(OwnCancellation(failure))
+    if isinstance(error, TimedOutHere):
+        return Failure(CallTimeout(error.message, **error.data))
     return failure
 
 

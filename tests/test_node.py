@@ -175,3 +175,48 @@ class ExposeTests(SynchronousTestCase):
         self.assertEqual(len(started), 4)
         started[3].callback(None)
         self.assertIsNone(self.successResultOf(fourth))
+
+
+class NestedTimeoutTests(SynchronousTestCase):
+    """A method whose own call to a server of its node times out."""
+
+    def test_nested_local_timeout_is_the_methods_failure(self) -> None:
+        """
+        A call the method made to a server of its own node that times out
+        (running, or waiting for its turn) is the method's failure, -32000
+        CallTimeout: not its own call's timeout (-32001, which callers count
+        against the instance's circuit). Its own deadline is still -32001.
+        """
+        from twisted.internet.defer import Deferred
+
+        from relaytx.errors import CallTimeout, RemoteCallError
+        from relaytx.server import Server, exposed
+
+        clock = MemoryReactorClock()
+        node = memory_node("n1", clock)
+
+        class Slow(Server):
+            @exposed
+            def hold(self) -> Deferred[None]:
+                return Deferred()
+
+        class Outer(Server):
+            @exposed
+            async def nested(self) -> None:
+                await node.call("n1", "slow", "hold", timeout=0.2)
+
+        node.expose("slow", Slow())
+        node.expose("outer", Outer())
+        for busy in (False, True):
+            held = node.call("n1", "slow", "hold", timeout=5) if busy else None
+            d = node.call("n1", "outer", "nested", timeout=30)
+            clock.advance(0.2)
+            error = self.failureResultOf(d, RemoteCallError).value
+            self.assertEqual((error.code, error.data["type"]), (-32000, "CallTimeout"), busy)
+            if held is not None:
+                clock.advance(5)
+                self.failureResultOf(held, CallTimeout)
+        d = node.call("n1", "slow", "hold", timeout=1)
+        clock.advance(1)
+        self.assertEqual(self.failureResultOf(d, CallTimeout).value.code, -32001)
+        self.flushLoggedErrors(CallTimeout)
