@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import inspect
 import sys
-from time import perf_counter
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter
 from types import CoroutineType
 from typing import Any, ClassVar, TypeVar, overload
 
