@@ -365,8 +365,12 @@ class InstanceChoice:
         """
         :returns: whether calls to C{server} are spread over instances even
             when this node hosts one (any policy but C{nearest}, where the
-            local instance, 0 hops away, always wins).
+            local instance, 0 hops away, always wins). Never the built-in
+            C{node}: each node's speaks of that node (C{node.info}), so a
+            bare C{node.METHOD} is the node's own, as a local server wins.
         """
+        if server == "node":
+            return False
         policy = self._policies.get(server)
         return self._spread_default if policy is None else policy != "nearest"
 

@@ -714,6 +714,18 @@ class MeshInstancesTests(SynchronousTestCase):
         a = self.mesh()
         self.assertEqual(self.picks(a, 6), ["b", "c", "d", "b", "c", "d"])
 
+    def test_builtin_node_server_is_the_nodes_own(self) -> None:
+        """
+        Whatever the policy, a bare C{node.METHOD} runs on the node called:
+        each node's built-in server speaks of that node.
+        """
+        for policy in ("round_robin", "random", "least_loaded"):
+            a = self.mesh(policy)
+            for _ in range(4):
+                d = a.call(None, "node", "info")
+                self.network.pump()
+                self.assertEqual(self.successResultOf(d)["node_id"], "a", policy)
+
     def test_registry_servers_instances(self) -> None:
         """/registry/servers lists every instance with hops, rtt_ms and state."""
         a = self.mesh()
