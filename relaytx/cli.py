@@ -168,7 +168,6 @@ def run_node(argv: list[str]) -> int:
     node = makeService(options)  # (SIGINT stops it even if ignored: tap.stop_on_sigint)
     node.privilegedStartService()
     reactor.callWhenRunning(node.startService)
-    reactor.callWhenRunning(_stop_once, reactor)
     reactor.addSystemEventTrigger("before", "shutdown", node.stopService)
     reactor.run()
     # Stopped: a second SIGTERM (timeout(1) sends one to the process and
@@ -180,30 +179,6 @@ def run_node(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     status: int = node.exit_status
     return status
-
-
-def _stop_once(reactor: object) -> None:
-    """
-    Have the reactor's SIGTERM and SIGINT handlers stop it once: a second
-    signal while it stops (timeout(1) sends one to the process and one to
-    its group) is ignored, rather than stopping a reactor that is stopping
-    (a critical ReactorNotRunning traceback in the log).
-    """
-    import signal
-
-    def once(original: Any) -> Any:
-        def handler(signum: int, frame: Any) -> None:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            original(signum, frame)
-
-        return handler
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        original = signal.getsignal(signum)
-        # (Only the reactor's own handlers: an asyncio loop's are left be.)
-        if callable(original) and getattr(original, "__self__", None) is reactor:
-            signal.signal(signum, once(original))
 
 
 # relay call and relay status: the commands that talk to a node over HTTP

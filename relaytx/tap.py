@@ -71,6 +71,29 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
+#: The most a daemon tells its parent (L{_wait_for_start} reads it in one go).
+_STATUS_SIZE = 4000
+
+
+def _wait_for_start(runner: Any, pipe: int) -> int:
+    """
+    What a daemon's parent does in place of twistd's own wait for the word
+    from its child: on an error, the child's one clear line
+    (C{relay: error: ...}, as C{relay node} and C{twistd -n} print it),
+    not twistd's two lines with the reason's bytes cut at 100.
+
+    :returns: the parent's exit status.
+    """
+    from twisted.python.util import untilConcludes
+
+    data = untilConcludes(os.read, pipe, _STATUS_SIZE)
+    if data == b"0":
+        return 0
+    why = data[2:] if data[:2] == b"1 " else data
+    error_line(why.decode("utf-8", "backslashreplace") or "the daemon ended before it served")
+    return 1
+
+
 class Twistd:
     """
     What a node that twistd started owes twistd, which cannot hear of a
@@ -92,6 +115,28 @@ class Twistd:
     _pipe: int | None = None
 
     @classmethod
+    def daemonizing(cls, reactor: Any) -> None:
+        """
+        A daemon's parent waits for the word with L{_wait_for_start}; the
+        daemon says it fails if it stops before it serves (a signal during
+        its apps' setup), or the parent would wait for ever.
+        """
+        options = cls.options
+        if options is None or options.get("nodaemon"):
+            return
+        from twisted.scripts import _twistd_unix
+
+        runner = getattr(_twistd_unix, "UnixApplicationRunner", None)
+        if runner is not None and hasattr(runner, "_waitForStart"):
+            runner._waitForStart = _wait_for_start
+        reactor.addSystemEventTrigger("before", "shutdown", cls._stopping)
+
+    @classmethod
+    def _stopping(cls) -> None:
+        if cls._pipe is not None or (cls.options or {}).get("statusPipe") is not None:
+            cls.failed("stopped before it served (a signal during its apps' setup)")
+
+    @classmethod
     def take_pipe(cls) -> None:
         """Take a daemon's status pipe from twistd, to say the word when it is known."""
         options = cls.options
@@ -106,7 +151,8 @@ class Twistd:
         if pipe is None:
             return
         with suppress(OSError):
-            os.write(pipe, word[:100])  # (twistd's parent reads 100 bytes)
+            # (One write under PIPE_BUF: the parent's one read gets it all.)
+            os.write(pipe, word[:_STATUS_SIZE])
             os.close(pipe)
 
     @classmethod
@@ -114,10 +160,12 @@ class Twistd:
         """Start-up failed: tell a daemon's parent why, and remove the pid file."""
         if cls.options is None:
             return
-        if not cls.options.get("nodaemon"):
-            # (A daemon's standard error goes nowhere: its log says it too.)
+        if cls._pipe is not None or cls.options.get("statusPipe") is not None:
+            # A daemon, whose standard error goes nowhere: its log says it
+            # too. (Before the fork the error line is all: the log has not
+            # begun, and would write the line again to the same terminal.)
             Logger().critical("relay: error: {message}", message=message)
-        cls.tell(b"1 " + message.encode("ascii", "backslashreplace"))
+        cls.tell(b"1 " + message.encode("utf-8", "backslashreplace"))
         name = cls.options.get("pidfile")
         if name:
             with suppress(OSError):
@@ -432,14 +480,40 @@ def makeService(options: Options) -> CommandLineNode:
         fail(str(e))
     node.log_started = options.parent is None  # relay node logs from the start
     node.twistd_options = Twistd.options = options.parent
+    Twistd.daemonizing(reactor)
     bridge_standard_logging()  # an app's logging.warning, asyncio's errors: into the node's log
     with _output_logged(options.parent is not None):
         for spec in options.config.app:
             node.load_app_or_exit(spec)
     stop_on_sigint()
+    reactor.callWhenRunning(stop_once, reactor)
     if options.parent is not None:  # under twistd: its exit status is 0 unless we say
         reactor.addSystemEventTrigger("after", "shutdown", _exit_on_failure, node)
     return node
+
+
+def stop_once(reactor: object) -> None:
+    """
+    Have the reactor's SIGTERM and SIGINT handlers stop it once: a second
+    signal while it stops (timeout(1) sends one to the process and one to
+    its group) is ignored, rather than stopping a reactor that is stopping
+    (a critical ReactorNotRunning traceback in the log).
+    """
+    import signal
+
+    def once(original: Any) -> Any:
+        def handler(signum: int, frame: Any) -> None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            original(signum, frame)
+
+        return handler
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        original = signal.getsignal(signum)
+        # (Only the reactor's own handlers: an asyncio loop's are left be.)
+        if callable(original) and getattr(original, "__self__", None) is reactor:
+            signal.signal(signum, once(original))
 
 
 @contextmanager

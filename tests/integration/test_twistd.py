@@ -358,23 +358,28 @@ class SlowSetupTests(CommandLineTestCase):
         port_a, port_b = free_port(), free_port()
         a = self.start(relay("node", "--node-id", "A", "--port", str(port_a)))
         self.wait_healthy(a, port_a)
+        started = time.monotonic()
         self.start(
             relay(
                 "node", "--node-id", "B", "--port", str(port_b), "--app", app,
                 "--add-peer", f"ws://127.0.0.1:{port_a}",
             )
         )  # fmt: skip
-        deadline = time.monotonic() + START_DEADLINE
+        deadline = started + START_DEADLINE
+        linked = None
         while True:
             conn = http.client.HTTPConnection("127.0.0.1", port_a, timeout=10)
             conn.request("GET", "/registry/peers")
             peers = json.loads(conn.getresponse().read())
             conn.close()
-            if "B" in peers:
-                break
-            self.assertLess(time.monotonic(), deadline, "B never linked")
+            if "B" in peers and linked is None:
+                linked = time.monotonic() - started
+            if peers.get("B", {}).get("server_count") == 2:
+                break  # (its servers come in its first advert, just after the link)
+            self.assertLess(time.monotonic(), deadline, f"B never linked with its servers: {peers}")
             time.sleep(0.05)
-        self.assertEqual(peers["B"]["server_count"], 2)
+        assert linked is not None
+        self.assertGreaterEqual(linked, 1.5)  # not before the setup was done
 
 
 class SignalTests(CommandLineTestCase):
@@ -426,6 +431,26 @@ class SignalTests(CommandLineTestCase):
         for gap, _port, node in nodes:
             self.assertEqual(node.wait(), 0, f"second SIGTERM after {gap}s: {node.stderr()}")
             self.assertNoTraceback(node)  # (no ReactorNotRunning: the second is ignored)
+
+    def test_twistdSecondSigterm(self) -> None:
+        """
+        A second SIGTERM while a node under twistd stops is ignored, as
+        relay node ignores it: no ReactorNotRunning in its log.
+        """
+        nodes = []
+        for gap in (0.0, 0.001, 0.002, 0.004):
+            port = free_port()
+            nodes.append((gap, port, self.start(twistd("--port", str(port)))))
+        for gap, port, node in nodes:
+            self.wait_healthy(node, port)
+            node.popen.send_signal(signal.SIGTERM)
+            time.sleep(gap)
+            if node.popen.poll() is None:
+                node.popen.send_signal(signal.SIGTERM)
+        for gap, _port, node in nodes:
+            self.assertIn(node.wait(), (0, -signal.SIGTERM), f"after {gap}s: {node.stderr()}")
+            self.assertNotIn("ReactorNotRunning", node.stdout() + node.stderr())
+            self.assertNoTraceback(node)
 
     def test_signalAsSoonAsListening(self) -> None:
         """
@@ -607,21 +632,56 @@ class TwistdProcessTests(CommandLineTestCase):
         pid file goes (the parent of the first waited for ever).
         """
         busy = str(self.busy.getsockname()[1])
+        deep = os.path.join(self.tempdir(), "a_rather_long_directory_name_for_apps", "and_more")
+        os.makedirs(deep)
+        long_app = os.path.join(deep, "late_failing_application.py")
+        shutil.copy(self.late_app, long_app)
         for args, expected in (
             (["--port", busy], "cannot listen"),
             (["--port", str(free_port()), "--app", self.late_app], "setup failed: RuntimeError"),
+            (["--port", str(free_port()), "--app", long_app], "late boom"),  # (past 100 bytes)
         ):
             with self.subTest(expected=expected):
                 parent = self.start(daemon(*args))
                 directory = os.path.dirname(parent.stdout_path)
                 self.addCleanup(self.stop_daemon, directory)
                 self.assertEqual(parent.wait(), 1, parent.stderr())
-                self.assertIn("An error has occurred", parent.stderr())
-                self.assertIn(expected, parent.stderr())
+                [line] = parent.stderr().splitlines()  # one clear line, as relay node's
+                self.assertTrue(line.startswith("relay: error: "), line)
+                self.assertIn(expected, line)
                 self.gone(os.path.join(directory, "twistd.pid"))
                 with open(os.path.join(directory, "twistd.log")) as f:
                     [line] = [line for line in f if "relay: error: " in line]
                 self.assertIn(expected, line)
+
+    def test_daemonStoppedDuringSetup(self) -> None:
+        """
+        A daemon stopped while its apps are set up ends its parent (1, and
+        why): it had waited for ever for a word that never came.
+        """
+        parent = self.start(daemon("--port", str(free_port()), "--app", self.slow_app(30.0)))
+        directory = os.path.dirname(parent.stdout_path)
+        self.addCleanup(self.stop_daemon, directory)
+        pidfile = os.path.join(directory, "twistd.pid")
+        deadline = time.monotonic() + START_DEADLINE
+        while not os.path.exists(pidfile) or not open(pidfile).read().strip():
+            self.assertLess(time.monotonic(), deadline, "no pid file")
+            time.sleep(0.05)
+        with open(pidfile) as f:
+            os.kill(int(f.read()), signal.SIGTERM)
+        self.assertEqual(parent.wait(), 1, parent.stderr())
+        [line] = parent.stderr().splitlines()
+        self.assertIn("relay: error: stopped before it served", line)
+        self.gone(pidfile)
+
+    def test_errorsBeforeTheFork(self) -> None:
+        """An error found before a daemon forks is one line too, not two."""
+        for args in (["--app", "nope.py"], ["--log-format", "json", "--app", "nope.py"]):
+            with self.subTest(args=args):
+                parent = self.start(daemon("--port", str(free_port()), *args))
+                self.assertEqual(parent.wait(), 1, parent.stderr())
+                [line] = parent.stderr().splitlines()
+                self.assertEqual(line, "relay: error: --app nope.py: no such file")
 
     def test_daemonServes(self) -> None:
         """A daemon's parent ends (0) once the node serves, its apps set up."""
