@@ -486,7 +486,6 @@ def makeService(options: Options) -> CommandLineNode:
         for spec in options.config.app:
             node.load_app_or_exit(spec)
     stop_on_sigint()
-    reactor.callWhenRunning(stop_once, reactor)
     if options.parent is not None:  # under twistd: its exit status is 0 unless we say
         reactor.addSystemEventTrigger("after", "shutdown", _exit_on_failure, node)
     return node
@@ -572,6 +571,8 @@ def stop_signals_before_running(reactor: Any) -> None:
         or reactor.running
         or threading.current_thread() is not threading.main_thread()
     ):
+        if hasattr(reactor, "callWhenRunning"):
+            reactor.callWhenRunning(stop_once, reactor)
         return
     core: Any = reactor  # (the reactor's own signal handlers are not in its interfaces)
     heard: list[int] = []
@@ -589,8 +590,11 @@ def stop_signals_before_running(reactor: Any) -> None:
             signal.signal(signal.SIGINT, core.sigInt)
         if signal.getsignal(signal.SIGTERM) is early:
             signal.signal(signal.SIGTERM, core.sigTerm)
+        stop_once(core)  # (the reactor's handlers, wherever they came from)
         if heard:
-            (core.sigInt if heard[0] == signal.SIGINT else core.sigTerm)(heard[0])
+            handler = signal.getsignal(heard[0])
+            if callable(handler):
+                handler(heard[0], None)
 
     core.callWhenRunning(running)
 
