@@ -28,7 +28,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import Any
 
 from attrs import Factory, define
@@ -347,9 +347,20 @@ class PendingCalls:
         """
         return self._fail_where(lambda e: e.via == peer_id, error)
 
-    def fail_destination(self, destination: str, error: Callable[[str], CallError]) -> int:
-        """Fail every call to C{destination}; returns how many."""
-        return self._fail_where(lambda e: e.destination == destination, error)
+    def fail_destination(
+        self,
+        destination: str,
+        error: Callable[[str], CallError],
+        keep_via: Container[str] = (),
+    ) -> int:
+        """
+        Fail every call to C{destination}, but those sent through a
+        neighbour in C{keep_via}; returns how many.
+        """
+        return self._fail_where(
+            lambda e: e.destination == destination and (e.via is None or e.via not in keep_via),
+            error,
+        )
 
     def fail_all(self, error: Callable[[str], CallError]) -> int:
         """Fail every pending call (the node is stopping); returns how many."""

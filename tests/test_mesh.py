@@ -642,6 +642,34 @@ class CallTests(MeshTestCase):
         self.assertEqual(error.code, -32006)
         self.assertEqual(pending_timers(a), [])
 
+    def test_route_withdrawn_while_the_path_holds(self) -> None:
+        """
+        A call whose caller loses its route to the target for a moment (the
+        mesh settling after a change elsewhere) while the link it left by
+        holds is not failed: it ran, and its answer comes back that way.
+        A call whose way out is gone still fails at once (-32006).
+        """
+        a, b, c = self.line("abc")
+        slow = Slow()
+        c.expose("slow", slow)
+        call = a.call("c", "slow", "wait", timeout=60)
+        self.network.pump()
+        self.assertEqual(len(slow.waiting), 1)
+        forwarder = a.mesh.forwarder
+        can_reach = forwarder.can_reach
+        forwarder.can_reach = lambda destination: destination != "c"  # type: ignore[method-assign]
+        a.mesh.calls.routes_changed()
+        forwarder.can_reach = can_reach  # type: ignore[method-assign]
+        self.assertNoResult(call)
+        slow.waiting[0].callback("ran")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(call), "ran")
+        # Its way out gone, with no route: at once.
+        call = a.call("c", "slow", "wait", timeout=60)
+        self.network.pump()
+        self.network.link_between(a, b).cut()
+        self.assertEqual(self.failureResultOf(call, OutcomeUnknown).value.code, -32006)
+
     def test_first_hop_lost_with_other_path(self) -> None:
         """A call in flight fails with -32006 when its first hop goes, though another path stays."""
         a, b, c, d = self.nodes("abcd")
