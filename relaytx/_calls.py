@@ -352,15 +352,23 @@ class PendingCalls:
         destination: str,
         error: Callable[[str], CallError],
         keep_via: Container[str] = (),
+        keep_flooded: bool = False,
     ) -> int:
         """
         Fail every call to C{destination}, but those sent through a
-        neighbour in C{keep_via}; returns how many.
+        neighbour in C{keep_via} (and, with C{keep_flooded}, flooded calls
+        with a copy out through one); returns how many.
         """
-        return self._fail_where(
-            lambda e: e.destination == destination and (e.via is None or e.via not in keep_via),
-            error,
-        )
+
+        def doomed(e: _Pending) -> bool:
+            if e.destination != destination:
+                return False
+            if e.via is not None:
+                return e.via not in keep_via
+            branches = e.branches
+            return not (keep_flooded and branches and any(b in keep_via for b in branches))
+
+        return self._fail_where(doomed, error)
 
     def fail_all(self, error: Callable[[str], CallError]) -> int:
         """Fail every pending call (the node is stopping); returns how many."""

@@ -551,6 +551,10 @@ class Forwarder:
         """:returns: whether a link or a route to C{destination} is known."""
         return destination in self._links or self._router.route(destination) is not None
 
+    def marked(self, destination: str) -> bool:
+        """:returns: whether C{destination} is marked unreachable (a link to it failed)."""
+        return self._router.is_marked(destination)
+
 
 def rebudget(envelope: Envelope, router: Router, links: Container[str]) -> Envelope | None:
     """

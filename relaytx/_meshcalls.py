@@ -499,17 +499,24 @@ class MeshCalls:
         self._fail_unreachable(partial(_lost, self._node_id, None))
 
     def _fail_unreachable(self, error: Callable[[str], CallError]) -> None:
-        # Only the calls that went no known way (flooded), or whose way out
-        # is gone: one that left by a link still up is on a path that holds
-        # as far as this node knows, whatever its table says of the target
-        # for a moment (a route withdrawn while the mesh settles), and a
-        # loss further on is answered by the node that sees it (SPEC
-        # section 11: a route change does not lose the answer of a call
-        # that ran).
+        # Only the calls whose way out is gone: one that left by a link still
+        # up is on a path that holds as far as this node knows, whatever its
+        # table says of the target for a moment (a route withdrawn while the
+        # mesh settles), and a loss further on is answered by the node that
+        # sees it (SPEC section 11: a route change does not lose the answer
+        # of a call that ran). A flooded call (a route gone, with no other to
+        # take) waits for its copies too, unless its target is marked
+        # unreachable (a failed link: it may be dead).
         links = self._links
+        forwarder = self._forwarder
         for destination in self.pending.destinations():
-            if not self._forwarder.can_reach(destination):
-                self.pending.fail_destination(destination, error, keep_via=links)
+            if not forwarder.can_reach(destination):
+                self.pending.fail_destination(
+                    destination,
+                    error,
+                    keep_via=links,
+                    keep_flooded=not forwarder.marked(destination),
+                )
 
     def stop(self) -> None:
         """Fail every pending call (-32006), forget the forwarded ones, cancel the running ones."""

@@ -322,6 +322,10 @@ class Router:
         """
         return {d: until - MARK_HOLD for d, (_, until) in self._marks.items()}
 
+    def is_marked(self, destination: str) -> bool:
+        """:returns: whether C{destination} is marked unreachable (L{lost_nodes})."""
+        return destination in self._marks
+
     def lost_for(self, withdrawn: Iterable[str]) -> dict[str, int]:
         """:returns: the marks to send with the withdrawal of C{withdrawn}."""
         marks = self._marks

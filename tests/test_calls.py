@@ -239,6 +239,33 @@ class PendingCallsTests(SynchronousTestCase):
         self.failureResultOf(d3, CallTimeout)
         self.assertNothingPending()
 
+    def test_fail_destination_keeping_live_ways(self) -> None:
+        """
+        With C{keep_via}, the calls that left through a neighbour still
+        linked stay, and so do, with C{keep_flooded}, flooded calls with a
+        copy out through one; the others fail.
+        """
+        through_b = self.calls.expect("r1", "far", "b", timeout=5)
+        through_gone = self.calls.expect("r2", "far", "x", timeout=5)
+        flooded = self.calls.expect("r3", "far", None, timeout=5)
+        self.calls.set_via("r3", None, ["b", "x"])
+        flooded_gone = self.calls.expect("r4", "far", None, timeout=5)
+        self.calls.set_via("r4", None, ["x"])
+        self.assertEqual(
+            self.calls.fail_destination("far", unreachable, keep_via={"b"}, keep_flooded=True), 2
+        )
+        self.failureResultOf(through_gone, NodeUnreachable)
+        self.failureResultOf(flooded_gone, NodeUnreachable)
+        self.assertNoResult(through_b)
+        self.assertNoResult(flooded)
+        # Not keeping flooded calls (a target marked unreachable): those go too.
+        self.assertEqual(self.calls.fail_destination("far", unreachable, keep_via={"b"}), 1)
+        self.failureResultOf(flooded, NodeUnreachable)
+        self.assertNoResult(through_b)
+        self.assertEqual(self.calls.fail_destination("far", unreachable), 1)
+        self.failureResultOf(through_b, NodeUnreachable)
+        self.assertNothingPending()
+
     def test_fail_all(self) -> None:
         """fail_all fails every pending call with the error built for its destination."""
         ds = {
