@@ -91,6 +91,12 @@ class Flow:
         self.paused_rounds = 0
         self.message_rounds = 0
         self.held_input = 0
+        #: a client's address (C{""}: not on IP), as its held input is
+        #: shared out (L{InputBudget}); C{None}: a peer link
+        self.client: str | None = None
+        if pings:  # (the node pings its clients, C{/ws/rpc}; peers ping it)
+            peer = getattr(getattr(protocol, "transport", None), "getPeer", lambda: None)()
+            self.client = getattr(peer, "host", None) or ""
         #: output passed the socket's buffer and has not drained yet
         self.congested = False
         self._drained: list[Any] = []
@@ -221,7 +227,7 @@ class ConnectionWatch:
         """C{flow}'s connection is gone."""
         self.flows.discard(flow)
         if flow.held_input:
-            self.budget.give_back(flow.held_input)
+            self.budget.give_back(flow.held_input, flow.client)
             flow.held_input = 0
         if not self.flows:
             self.stop()
@@ -392,7 +398,7 @@ class WatchedConnection:
         flow = self.flow
         if flow is None or self.failedByMe:
             return
-        if not flow.watch.budget.take(size):
+        if not flow.watch.budget.take(size, flow.client):
             flow.watch.closed["busy"] += 1
             self._fail_connection(CLOSE_TRY_LATER, "node busy: too much input held; retry later")
             return
@@ -401,7 +407,7 @@ class WatchedConnection:
     def _give_input_back(self) -> None:
         flow = self.flow
         if flow is not None and flow.held_input:
-            flow.watch.budget.give_back(flow.held_input)
+            flow.watch.budget.give_back(flow.held_input, flow.client)
             flow.held_input = 0
 
     def connectionLost(self, reason: Any) -> None:

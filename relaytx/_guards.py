@@ -253,22 +253,50 @@ class InputBudget:
     """
     Bytes of input held while it is incomplete (WebSocket messages still
     arriving, HTTP bodies), all connections together.
+
+    Clients (HTTP bodies, C{/ws/rpc}) may hold at most three quarters of
+    it, and one address at most a quarter: one address at its connection
+    limit, each holding a body just under the size limit, filled it all,
+    and every member's link was closed at its next large frame (SPEC section
+    10: links between members keep working while one address holds its
+    maximum). Peer links may use it all, with no share per address (the
+    nodes of one machine all link from one).
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
+        #: what clients hold, all together and by address
+        self.clients = 0
+        self.by_address: dict[str, int] = {}
 
-    def take(self, size: int) -> bool:
-        """:returns: whether C{size} more bytes fit (they are then counted)."""
+    def take(self, size: int, client: str | None = None) -> bool:
+        """
+        :param client: for a client's input, its address (C{""}: one not on IP).
+        :returns: whether C{size} more bytes fit (they are then counted).
+        """
         if self.held + size > self.limit:
             return False
+        if client is not None:
+            held = self.by_address.get(client, 0)
+            share = self.limit // 4
+            if (client and held + size > share) or self.clients + size > self.limit - share:
+                return False
+            self.by_address[client] = held + size
+            self.clients += size
         self.held += size
         return True
 
-    def give_back(self, size: int) -> None:
-        """C{size} bytes counted by L{take} were let go."""
+    def give_back(self, size: int, client: str | None = None) -> None:
+        """C{size} bytes counted by L{take} (for C{client}) were let go."""
         self.held = max(0, self.held - size)
+        if client is not None:
+            self.clients = max(0, self.clients - size)
+            held = self.by_address.get(client, 0) - size
+            if held > 0:
+                self.by_address[client] = held
+            else:
+                self.by_address.pop(client, None)
 
 
 class RepeatedFailures:

@@ -209,7 +209,7 @@ class BoundedRequest(Request):
         if self._received > site.max_body_size:
             self._drop_body()
             return
-        if not site.input_budget.take(len(data)):
+        if not site.input_budget.take(len(data), self._budget_client()):
             # Bodies still arriving, all connections together, hold as
             # much as the node allows: this one is refused (503).
             self._drop_body(busy=True)
@@ -227,8 +227,12 @@ class BoundedRequest(Request):
 
     def _give_back(self) -> None:
         if self._budgeted:
-            self._node_site().input_budget.give_back(self._budgeted)
+            self._node_site().input_budget.give_back(self._budgeted, self._budget_client())
             self._budgeted = 0
+
+    def _budget_client(self) -> str:
+        # The client's address, as the input budget shares it out ("": not on IP).
+        return _ip(self.getClientAddress()) or ""
 
     #: the answer being waited for, if any: cancelled if the client goes away
     pending_answer: Deferred[Any] | None = None

@@ -222,6 +222,27 @@ class CountTests(SynchronousTestCase):
         budget.give_back(1000)
         self.assertEqual(budget.held, 0)
 
+    def test_budgetShares(self) -> None:
+        """
+        One client address holds at most a quarter, all clients three
+        quarters; peer links may use it all, whatever clients hold.
+        """
+        budget = InputBudget(100)
+        self.assertTrue(budget.take(25, "10.0.0.1"))
+        self.assertFalse(budget.take(1, "10.0.0.1"))  # its quarter
+        self.assertTrue(budget.take(25, "10.0.0.2"))
+        self.assertTrue(budget.take(25, "10.0.0.3"))
+        self.assertFalse(budget.take(1, "10.0.0.4"))  # clients' three quarters
+        self.assertTrue(budget.take(25))  # a peer link: the last quarter is its
+        self.assertFalse(budget.take(1))
+        budget.give_back(25, "10.0.0.1")
+        self.assertEqual(budget.by_address, {"10.0.0.2": 25, "10.0.0.3": 25})
+        self.assertTrue(budget.take(20, "10.0.0.4"))
+        self.assertEqual((budget.held, budget.clients), (95, 70))
+        # A client not on IP has no address to share by: the clients' part holds.
+        self.assertTrue(budget.take(5, ""))
+        self.assertFalse(budget.take(1, ""))
+
     def test_repeatedFailures(self) -> None:
         """The same failure is logged at 1, 2, 4, 8... repeats; another one starts over."""
         repeats = RepeatedFailures()

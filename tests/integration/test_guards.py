@@ -689,6 +689,46 @@ class ConnectionCapTests(TestCase):
                 sock.close()
         await wait_for(lambda: node1.guards.connections.of(ATTACKER) == 0, 5, what="places back")
 
+    async def test_unfinishedBodiesFromOneAddress(self) -> None:
+        """
+        One address holding bodies that never finish takes at most a quarter
+        of max_buffered_input: a member's large frames and other clients'
+        bodies still get in (they had been refused, the member's link
+        closed with 1013).
+        """
+        limits = {"max_buffered_input": 2 * 1024 * 1024, "header_timeout": 20.0}
+        node1 = start_node(self, "pool1", limits=limits)
+        port = port_of(node1)
+        node2 = start_node(self, "pool2", [ws(node1)])
+        await wait_for(lambda: "pool2" in node1.mesh.links, 5, what="the member's link")
+
+        def hold() -> list[socket.socket]:
+            held = []
+            for _ in range(12):  # (2.3 MB: it had filled the whole budget)
+                sock = socket.create_connection(
+                    (HOST, port), timeout=5, source_address=(ATTACKER, 0)
+                )
+                head = f"POST /rpc HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 200000\r\n\r\n"
+                sock.sendall(head.encode() + b" " * 190_000)
+                held.append(sock)
+            return held
+
+        held = await deferToThread(hold)
+        try:
+            budget = node1.guards.watch.budget
+            await wait_for(lambda: budget.held >= 190_000, 5, what="the held bodies")
+            await deferLater(reactor, 0.3, lambda: None)  # (what more there is to take, taken)
+            big = "x" * 300_000
+            self.assertEqual(await node2.call("pool1", "node", "echo", big, timeout=5), [big])
+            self.assertIn("pool2", node1.mesh.links)
+            body = json.dumps({"jsonrpc": "2.0", "method": "node.echo", "params": [big], "id": 1})
+            status, _, answer = await deferToThread(request, port, "POST", "/rpc", body.encode())
+            self.assertEqual((status, json.loads(answer)["result"]), (200, [big]))
+        finally:
+            for sock in held:
+                sock.close()
+        await wait_for(lambda: node1.guards.watch.budget.held == 0, 5, what="the budget back")
+
     async def test_total(self) -> None:
         """Past max_connections in all, new connections close at once."""
         node = start_node(self, "cap3", limits={"max_connections": 10, "max_connections_per_ip": 8})
