@@ -357,7 +357,9 @@ class Mesh:
             self._links.register_handler(NodeRecord, self.records.take)
         for frame, handler in self.calls.streams.handlers().items():  # streams and cancels
             self._links.register_handler(frame, handler)
-        self.relay = OriginalRelay(node_id, clock, metrics, self.forwarder, self.calls)
+        self.relay = OriginalRelay(
+            node_id, clock, metrics, self.forwarder, self.calls, max_pending_calls
+        )
         #: routed pings timed for C{node.traceroute}
         self.probes = Probes(node_id, clock, self.forwarder)
         self._links.register_handler(LinkClose, self._close_told)

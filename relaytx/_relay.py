@@ -43,6 +43,10 @@ class OriginalRelay:
     """
     :param calls: the node's calls across the mesh: relayed calls are this
         node's own, with their deadlines and lost links.
+    :param max_pending: the node's C{max_pending_calls}: relayed calls may
+        take half of it, the calls of one neighbour a quarter (SPEC section
+        10: forwarded calls are bounded in total and per neighbour), so that
+        no neighbour fills the pool the node's own callers draw on.
     """
 
     def __init__(
@@ -52,12 +56,18 @@ class OriginalRelay:
         metrics: NodeMetrics,
         forwarder: Forwarder,
         calls: MeshCalls,
+        max_pending: int = 10_000,
     ) -> None:
         self._node_id = node_id
         self._clock = clock
         self._metrics = metrics
         self._forwarder = forwarder
         self._calls = calls
+        self._max_total = max(1, max_pending // 2)
+        self._max_per_neighbour = max(1, max_pending // 4)
+        #: relayed calls in flight, by the neighbour they came from
+        self._relaying: dict[str, int] = {}
+        self._total = 0
 
     def relay(self, envelope: Envelope, came_from: str) -> None:
         """
@@ -82,6 +92,18 @@ class OriginalRelay:
             return
         if response_id is None:
             return  # nobody could be answered: such a call is not worth making
+        relaying = self._relaying.get(came_from, 0)
+        if relaying >= self._max_per_neighbour or self._total >= self._max_total:
+            self._metrics.drop("overloaded")
+            error = Overloaded(
+                f"Overloaded: {self._node_id} cannot relay more calls to {original!r}:"
+                f" {relaying} from {came_from}, {self._total} in all, in flight",
+                node_id=self._node_id,
+            )
+            self._calls.answer_error(caller, response_id, error, via=came_from)
+            return
+        self._relaying[came_from] = relaying + 1
+        self._total += 1
         spec = call.call
         target = CallTarget(
             original, spec.server_name, spec.method, spec.args, dict(spec.kwargs),
@@ -89,12 +111,20 @@ class OriginalRelay:
             caller=caller, via=came_from,
         )  # fmt: skip
         d = self._calls.call(target)
+        d.addBoth(self._relayed, came_from)
         d.addCallbacks(
             self._relay_result,
             self._relay_failure,
             callbackArgs=(caller, original, response_id, came_from),
             errbackArgs=(caller, original, response_id, came_from),
         )
+
+    def _relayed(self, outcome: Any, came_from: str) -> Any:
+        left = self._relaying.pop(came_from, 1) - 1
+        if left:
+            self._relaying[came_from] = left
+        self._total -= 1
+        return outcome
 
     def _relay_result(
         self, result: Any, caller: str, original: str, response_id: str, came_from: str

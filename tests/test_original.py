@@ -328,6 +328,41 @@ class RelayTests(OriginalTestCase):
         error = self.failureResultOf(second, Overloaded).value
         self.assertEqual((error.code, error.data["node_id"]), (-32005, "c"))
 
+    def test_relayed_calls_bounded_per_neighbour(self) -> None:
+        """
+        One neighbour's calls relayed to an original take at most a quarter
+        of the node's max_pending_calls (half for all neighbours): past it,
+        -32005 at once, and the node's own calls still have room.
+        """
+        r2 = memory_node("c", self.clock, limits={"max_pending_calls": 8})
+        self.network.link(self.r1, r2)
+        original = OriginalPeer(r2, "T")
+        self.network.settle()
+        original.serve()
+        calls = [self.r1.call("T", "svc", "m", timeout=10) for _ in range(3)]
+        self.network.pump()
+        original.serve()
+        self.assertEqual(len(original.calls), 2)
+        self.assertNoResult(calls[0])
+        self.assertNoResult(calls[1])
+        error = self.failureResultOf(calls[2], Overloaded).value
+        self.assertEqual((error.code, error.data["node_id"]), (-32005, "c"))
+        self.assertEqual(len(r2.mesh.pending), 2)
+        own = r2.call("T", "svc", "m", timeout=10)
+        self.network.pump()
+        original.serve()
+        self.assertEqual(len(original.calls), 3)
+        self.assertNoResult(own)
+        # An answer frees its place.
+        original.answer(original.calls[0], "done")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(calls[0]), "done")
+        again = self.r1.call("T", "svc", "m", timeout=10)
+        self.network.pump()
+        original.serve()
+        self.assertEqual(len(original.calls), 4)
+        self.assertNoResult(again)
+
     def test_duplicate_copy_relayed_once(self) -> None:
         """Two copies of one call (a flood's) make one call to S."""
         from relaytx.wire import CallSpec, Envelope, ServerCall, encode
