@@ -57,6 +57,10 @@ from relaytx.wire import Envelope, NodeInfo, RegistrySync, RouteAdvert, encode, 
 #: Changes within this many seconds are announced in one registry_sync.
 SYNC_DELAY = 0.02
 
+#: The most a mark told of this node may move its own number (a member
+#: cannot send it past any number a sane mesh makes).
+_MAX_RENUMBER = 1 << 32
+
 #: A timer this late (seconds) means the reactor is busy: round trips
 #: measured within L{BUSY_HOLD} seconds of it do not count for link costs.
 BUSY_LATENESS = 0.01
@@ -454,6 +458,14 @@ class Advertiser:
                 self._count_refused(peer_id, refused)
         if sync.lost:
             changed |= router.take_lost(peer_id, sync.lost, self._clock.seconds())
+            marked = router.marked_at
+            if self.own_sn <= marked < self.own_sn + _MAX_RENUMBER:
+                # Marked unreachable at a number above this node's own: a
+                # restart soon after its earlier life lost many links (each
+                # numbered it anew). Past the mark, or its routes would be
+                # taken for stale everywhere until the mark expired.
+                self.own_sn = marked + 1 if marked % 2 else marked + 2
+                self.schedule(peers=None)
         if sync.info and self.info is not None:
             if self.info.take(sync.info, state.told_info):
                 self.info_changed()
@@ -592,6 +604,13 @@ class AdvertWriter:
         state.told_servers = own
         state.told_sn = own_sn
         lost = router.lost_for(withdrawn)
+        if full:
+            # A neighbour marked unreachable here hears it, at link-up: if it
+            # is a restarted node numbering itself below the mark, it
+            # numbers itself past it (see take).
+            mark = router.mark_of(peer_id)
+            if mark is not None:
+                lost[peer_id] = mark
         if down or up or resync or sn is not None or lost:
             frames[0] = attrs.evolve(
                 first, resync=resync, down=down, up=up, sn=sn, lost=lost or None

@@ -174,6 +174,9 @@ class Router:
         self._own_sn: dict[str, int] = {}
         #: destination -> (the number it is unreachable at, until when kept)
         self._marks: dict[str, tuple[int, float]] = {}
+        #: the highest number a neighbour told this node it was marked
+        #: unreachable at (a restarted node's own number must pass it)
+        self.marked_at = 0
         #: linked neighbours not told to others yet: they have not said
         #: their servers and number (see L{link_up})
         self._unheard: set[str] = set()
@@ -303,7 +306,10 @@ class Router:
         """
         changed = False
         for destination, sn in lost.items():
-            if destination == self.node_id or destination in self._links:
+            if destination == self.node_id:
+                self.marked_at = max(self.marked_at, sn)
+                continue
+            if destination in self._links:
                 continue
             if not self.hearsay:
                 route = self._routes.get(destination)
@@ -321,6 +327,11 @@ class Router:
             or elsewhere, within L{MARK_HOLD}), with when they were marked.
         """
         return {d: until - MARK_HOLD for d, (_, until) in self._marks.items()}
+
+    def mark_of(self, destination: str) -> int | None:
+        """:returns: the number C{destination} is marked unreachable at, if it is."""
+        mark = self._marks.get(destination)
+        return None if mark is None else mark[0]
 
     def is_marked(self, destination: str) -> bool:
         """:returns: whether C{destination} is marked unreachable (L{lost_nodes})."""

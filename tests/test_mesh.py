@@ -374,6 +374,36 @@ class ReroutingTests(MeshTestCase):
             self.failureResultOf(b.call("a", "node", "ping", timeout=5)).value, NodeUnreachable
         )
 
+    def test_restart_soon_after_losing_many_links(self) -> None:
+        """
+        A node restarted soon after its earlier life lost many links (each
+        numbered it anew, past the number its new life starts at) hears at
+        link-up the mark its neighbour holds, and numbers itself past it:
+        reached at once, not after the mark expired a minute later.
+        """
+        a, b, x, *leaves = self.nodes("abxlmn")
+        for one, other in [(a, b), (b, x), *((x, leaf) for leaf in leaves)]:
+            self.network.link(one, other)
+        self.network.settle()
+        for leaf in leaves:
+            self.network.link_between(x, leaf).cut()
+        self.network.settle()
+        self.network.link_between(b, x).cut()
+        self.network.settle()
+        self.assertIsNone(a.mesh.router.route("x"))
+        again = memory_node("x", self.clock)
+        mark = b.mesh.router.lost_for(["x"])["x"]
+        self.assertLess(again.mesh.adverts.own_sn, mark)
+        self.network.link(b, again)
+        self.network.settle()
+        route = a.mesh.router.route("x")
+        assert route is not None
+        self.assertEqual(route.path, ("b", "x"))
+        self.assertGreater(again.mesh.adverts.own_sn, mark)
+        call = a.call("x", "node", "ping", timeout=5)
+        self.network.pump()
+        self.assertEqual(self.successResultOf(call)["node_id"], "x")
+
 
 class RegistrySyncTests(MeshTestCase):
     """Registry syncs: prompt, coalesced, converging."""
