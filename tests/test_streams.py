@@ -313,18 +313,27 @@ class StreamTests(StreamsTestCase):
         self.turn()
         self.assertEqual(self.successResultOf(d), [0])
 
-    def test_cancelling_the_reader_cancels_the_stream(self) -> None:
-        """Cancelling the Deferred of a coroutine waiting for an item cancels the stream."""
-        got, done = self.consume(self.a, "drip", 1_000_000, window=4)
+    def cancelled_after_one(self, method: str, *args: Any) -> list[Any]:
+        """
+        Read a stream of C{method} (which waits for a tick before each item),
+        take its first item, then cancel the reader while the generator waits.
+
+        :returns: the items read.
+        """
+        got, done = self.consume(self.a, method, *args, window=4)
         self.turn()
         self.work.tick()
         self.turn()
         self.assertEqual(got, [0])
-        # The reader has taken what came and waits, as does the generator.
         done.cancel()
         for _ in range(5):
             self.turn(1)
         self.failureResultOf(done, CancelledError)
+        return got
+
+    def test_cancelling_the_reader_cancels_the_stream(self) -> None:
+        """Cancelling the Deferred of a coroutine waiting for an item cancels the stream."""
+        self.cancelled_after_one("drip", 1_000_000)
         self.assertEqual(self.work.closed, 1)
 
     def test_generator_that_catches_its_cancel(self) -> None:
@@ -332,15 +341,7 @@ class StreamTests(StreamsTestCase):
         A generator that catches the cancel where it awaits and goes on is
         closed at its next item, its finally run: the server is free again.
         """
-        got, done = self.consume(self.a, "stubborn", window=4)
-        self.turn()
-        self.work.tick()
-        self.turn()
-        self.assertEqual(got, [0])
-        done.cancel()
-        for _ in range(5):
-            self.turn(1)
-        self.failureResultOf(done, CancelledError)
+        got = self.cancelled_after_one("stubborn")
         self.assertEqual(self.work.ran, ["swallowed"])
         self.assertEqual(self.work.closed, 0)  # it waits again, as it chose to
         self.work.tick()

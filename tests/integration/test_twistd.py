@@ -385,6 +385,27 @@ class SlowSetupTests(CommandLineTestCase):
 class SignalTests(CommandLineTestCase):
     """SIGTERM and SIGINT stop nodes cleanly."""
 
+    def terminated_twice(
+        self, command: Callable[[int], list[str]], gaps: Sequence[float]
+    ) -> list[tuple[float, Process]]:
+        """
+        Start one node per gap, and once each is healthy send it SIGTERM,
+        then (if it still runs) another after that gap.
+
+        :returns: each gap and its node's process.
+        """
+        nodes = []
+        for gap in gaps:
+            port = free_port()
+            nodes.append((gap, port, self.start(command(port))))
+        for gap, port, node in nodes:
+            self.wait_healthy(node, port)
+            node.popen.send_signal(signal.SIGTERM)
+            time.sleep(gap)
+            if node.popen.poll() is None:
+                node.popen.send_signal(signal.SIGTERM)
+        return [(gap, node) for gap, _, node in nodes]
+
     def test_twistdSigterm(self) -> None:
         """SIGTERM ends twistd with 0 or death by SIGTERM, and frees its port."""
         port = free_port()
@@ -418,17 +439,9 @@ class SignalTests(CommandLineTestCase):
         A second SIGTERM while relay node stops (timeout(1) sends two, to
         the process and to its group) still leaves exit status 0.
         """
-        nodes = []
-        for gap in (0.002, 0.005, 0.008):
-            port = free_port()
-            nodes.append((gap, port, self.start(relay("node", "--port", str(port)))))
-        for gap, port, node in nodes:
-            self.wait_healthy(node, port)
-            node.popen.send_signal(signal.SIGTERM)
-            time.sleep(gap)
-            if node.popen.poll() is None:
-                node.popen.send_signal(signal.SIGTERM)
-        for gap, _port, node in nodes:
+        for gap, node in self.terminated_twice(
+            lambda port: relay("node", "--port", str(port)), (0.002, 0.005, 0.008)
+        ):
             self.assertEqual(node.wait(), 0, f"second SIGTERM after {gap}s: {node.stderr()}")
             self.assertNoTraceback(node)  # (no ReactorNotRunning: the second is ignored)
 
@@ -437,17 +450,9 @@ class SignalTests(CommandLineTestCase):
         A second SIGTERM while a node under twistd stops is ignored, as
         relay node ignores it: no ReactorNotRunning in its log.
         """
-        nodes = []
-        for gap in (0.0, 0.001, 0.002, 0.004):
-            port = free_port()
-            nodes.append((gap, port, self.start(twistd("--port", str(port)))))
-        for gap, port, node in nodes:
-            self.wait_healthy(node, port)
-            node.popen.send_signal(signal.SIGTERM)
-            time.sleep(gap)
-            if node.popen.poll() is None:
-                node.popen.send_signal(signal.SIGTERM)
-        for gap, _port, node in nodes:
+        for gap, node in self.terminated_twice(
+            lambda port: twistd("--port", str(port)), (0.0, 0.001, 0.002, 0.004)
+        ):
             self.assertIn(node.wait(), (0, -signal.SIGTERM), f"after {gap}s: {node.stderr()}")
             self.assertNotIn("ReactorNotRunning", node.stdout() + node.stderr())
             self.assertNoTraceback(node)
