@@ -134,7 +134,8 @@ class Twistd:
     @classmethod
     def _stopping(cls) -> None:
         if cls._pipe is not None or (cls.options or {}).get("statusPipe") is not None:
-            cls.failed("stopped before it served (a signal during its apps' setup)")
+            # (twistd removes the pid file itself as it stops.)
+            cls.failed("stopped before it served (a signal during its apps' setup)", pid=False)
 
     @classmethod
     def take_pipe(cls) -> None:
@@ -156,8 +157,8 @@ class Twistd:
             os.close(pipe)
 
     @classmethod
-    def failed(cls, message: str) -> None:
-        """Start-up failed: tell a daemon's parent why, and remove the pid file."""
+    def failed(cls, message: str, pid: bool = True) -> None:
+        """Start-up failed: tell a daemon's parent why, and remove the pid file (C{pid})."""
         if cls.options is None:
             return
         if cls._pipe is not None or cls.options.get("statusPipe") is not None:
@@ -167,7 +168,7 @@ class Twistd:
             Logger().critical("relay: error: {message}", message=message)
         cls.tell(b"1 " + message.encode("utf-8", "backslashreplace"))
         name = cls.options.get("pidfile")
-        if name:
+        if name and pid:
             with suppress(OSError):
                 with open(name, "rb") as f:
                     mine = f.read().strip() == b"%d" % os.getpid()

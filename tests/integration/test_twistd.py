@@ -678,6 +678,8 @@ class TwistdProcessTests(CommandLineTestCase):
         [line] = parent.stderr().splitlines()
         self.assertIn("relay: error: stopped before it served", line)
         self.gone(pidfile)
+        with open(os.path.join(directory, "twistd.log")) as f:
+            self.assertNotIn("Traceback", f.read())  # (the pid file removed once)
 
     def test_errorsBeforeTheFork(self) -> None:
         """An error found before a daemon forks is one line too, not two."""
