@@ -494,26 +494,34 @@ def makeService(options: Options) -> CommandLineNode:
 
 def stop_once(reactor: object) -> None:
     """
-    Have the reactor's SIGTERM and SIGINT handlers stop it once: a second
-    signal while it stops (timeout(1) sends one to the process and one to
-    its group) is ignored, rather than stopping a reactor that is stopping
-    (a critical ReactorNotRunning traceback in the log).
+    Have the reactor's SIGTERM, SIGINT and SIGBREAK handlers stop it once:
+    a second signal while it stops (timeout(1) sends one to the process and
+    one to its group) is ignored, rather than stopping a reactor that is
+    stopping (a critical ReactorNotRunning traceback in the log).
+
+    The reactor's own methods are wrapped, on the instance, before it runs:
+    the handlers it installs as it starts are those methods, whenever and
+    however it installs them (wrapping the installed handlers afterwards
+    missed a second signal now and then under twistd).
     """
-    import signal
+    core: Any = reactor
+    if getattr(core, "_relaytx_stops_once", False):
+        return
+    core._relaytx_stops_once = True
+    stopping: list[bool] = []
 
     def once(original: Any) -> Any:
-        def handler(signum: int, frame: Any) -> None:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            original(signum, frame)
+        def handler(*args: Any) -> None:
+            if not stopping:
+                stopping.append(True)
+                original(*args)
 
         return handler
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        original = signal.getsignal(signum)
-        # (Only the reactor's own handlers: an asyncio loop's are left be.)
-        if callable(original) and getattr(original, "__self__", None) is reactor:
-            signal.signal(signum, once(original))
+    for name in ("sigInt", "sigTerm", "sigBreak"):
+        original = getattr(core, name, None)
+        if callable(original):
+            setattr(core, name, once(original))
 
 
 @contextmanager
@@ -572,10 +580,9 @@ def stop_signals_before_running(reactor: Any) -> None:
         or reactor.running
         or threading.current_thread() is not threading.main_thread()
     ):
-        if hasattr(reactor, "callWhenRunning"):
-            reactor.callWhenRunning(stop_once, reactor)
         return
     core: Any = reactor  # (the reactor's own signal handlers are not in its interfaces)
+    stop_once(core)
     heard: list[int] = []
 
     def early(signum: int, frame: Any) -> None:
@@ -591,11 +598,8 @@ def stop_signals_before_running(reactor: Any) -> None:
             signal.signal(signal.SIGINT, core.sigInt)
         if signal.getsignal(signal.SIGTERM) is early:
             signal.signal(signal.SIGTERM, core.sigTerm)
-        stop_once(core)  # (the reactor's handlers, wherever they came from)
         if heard:
-            handler = signal.getsignal(heard[0])
-            if callable(handler):
-                handler(heard[0], None)
+            (core.sigInt if heard[0] == signal.SIGINT else core.sigTerm)(heard[0])
 
     core.callWhenRunning(running)
 
