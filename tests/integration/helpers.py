@@ -36,6 +36,14 @@ EXAMPLES = os.path.join(ROOT, "examples")
 _FREE_PORTS = range(12_000, 20_000)
 
 
+def write_app(directory: str, name: str, source: str) -> str:
+    """Write an app's C{source} to C{directory}/C{name}; :returns: its path."""
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write(source)
+    return path
+
+
 def free_port() -> int:
     """:returns: a TCP port on 127.0.0.1 that nothing listens on or holds, a moment ago."""
     for port in random.sample(_FREE_PORTS, 200):

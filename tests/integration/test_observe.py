@@ -272,18 +272,18 @@ class LogFormatTests(ObserveTestCase):
         """
         import subprocess
 
-        from .helpers import free_port
+        from .helpers import free_port, write_app
 
         port = free_port()
-        app = os.path.join(self.directory(), "printing.py")
-        with open(app, "w") as f:
-            f.write(
-                "import sys\n"
-                "print('loading')\n"
-                "def setup(node):\n"
-                "    print('oops', file=sys.stderr)\n"
-                "    print('set up', end='')\n"
-            )
+        app = write_app(
+            self.directory(),
+            "printing.py",
+            "import sys\n"
+            "print('loading')\n"
+            "def setup(node):\n"
+            "    print('oops', file=sys.stderr)\n"
+            "    print('set up', end='')\n",
+        )
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         command = [twistd, "-n", "relay", "--node-id", "j2", "--port", str(port), "--app", app]
         command += ["--log-format", "json"]

@@ -24,7 +24,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .helpers import free_port
+from .helpers import free_port, write_app
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COUNTER = os.path.join(ROOT, "examples", "counter.py")
@@ -177,32 +177,30 @@ class CommandLineTestCase(SynchronousTestCase):
 
     def slow_app(self, seconds: float = 1.5) -> str:
         """:returns: an app whose setup exposes the server C{late} C{seconds} later."""
-        app = os.path.join(self.tempdir(), "slow.py")
-        with open(app, "w") as f:
-            f.write(
-                "from twisted.internet import reactor, task\n"
-                "from relaytx import Server, exposed\n"
-                "class Late(Server):\n"
-                "    @exposed\n"
-                "    def hi(self):\n"
-                "        return 'hi'\n"
-                "def setup(node):\n"
-                f"    return task.deferLater(reactor, {seconds}, node.expose, 'late', Late())\n"
-            )
-        return app
+        return write_app(
+            self.tempdir(),
+            "slow.py",
+            "from twisted.internet import reactor, task\n"
+            "from relaytx import Server, exposed\n"
+            "class Late(Server):\n"
+            "    @exposed\n"
+            "    def hi(self):\n"
+            "        return 'hi'\n"
+            "def setup(node):\n"
+            f"    return task.deferLater(reactor, {seconds}, node.expose, 'late', Late())\n",
+        )
 
     def failing_app(self, seconds: float) -> str:
         """:returns: an app whose setup fails (RuntimeError: late boom) C{seconds} later."""
-        app = os.path.join(self.tempdir(), "late.py")
-        with open(app, "w") as f:
-            f.write(
-                "from twisted.internet import reactor, task\n"
-                "def _boom():\n"
-                "    raise RuntimeError('late boom')\n"
-                "def setup(node):\n"
-                f"    return task.deferLater(reactor, {seconds}, _boom)\n"
-            )
-        return app
+        return write_app(
+            self.tempdir(),
+            "late.py",
+            "from twisted.internet import reactor, task\n"
+            "def _boom():\n"
+            "    raise RuntimeError('late boom')\n"
+            "def setup(node):\n"
+            f"    return task.deferLater(reactor, {seconds}, _boom)\n",
+        )
 
     def assertNoTraceback(self, process: Process) -> None:
         """Neither output of C{process} holds a Python traceback."""
