@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx._news import crosses, crossing
+from relaytx._news import crossed, crosses, crossing
 from relaytx._routing import (
     HOP_MARGIN,
     MAX_HOPS,
@@ -592,6 +592,33 @@ class CrossingTests(SynchronousTestCase):
         """The destinations found are those whose path L{crosses} a lost link."""
         self.assertEqual(
             crossing(paths, lost), {d for d, path in paths.items() if crosses(path, lost)}
+        )
+
+    def test_crossed_hub(self) -> None:
+        """
+        L{crossed} finds the links some path runs over: of a hub's links,
+        those next to it on a path, either way round.
+        """
+        held = [("a", "hub", "b"), ("c", "d", "hub"), ("hub", "e")]
+        lost = [(n, "hub", 1) for n in "abcde"] + [("x", "y", 1)]
+        self.assertEqual(crossed(held, lost), {(n, "hub", 1) for n in "abde"})
+        self.assertEqual(crossed([], lost), set())
+
+    @fuzz_settings(max_examples=300)
+    @given(
+        st.lists(
+            st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=6, unique=True).map(tuple)
+        ),
+        st.lists(
+            st.tuples(st.sampled_from("abcd"), st.sampled_from("abcdefgh"), st.integers(1, 2))
+        ),
+    )
+    def test_crossed_as_crosses_says(
+        self, held: list[tuple[str, ...]], lost: list[tuple[str, str, int]]
+    ) -> None:
+        """The links found are those some path L{crosses}."""
+        self.assertEqual(
+            crossed(held, lost), {n for n in lost if any(crosses(path, [n]) for path in held)}
         )
 
 
