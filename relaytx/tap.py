@@ -274,6 +274,9 @@ class Options(usage.Options):
         if self.config.secret_file is not None and not os.path.isfile(self.config.secret_file):
             raise usage.UsageError(f"--secret-file {self.config.secret_file}: no such file")
         self._no_default_pidfile()
+        parent = getattr(self, "parent", None)
+        if parent is not None:
+            _check_twistd_places(parent)
 
     def _no_default_pidfile(self) -> None:
         # twistd writes ./twistd.pid by default and then refuses to start a
@@ -287,6 +290,34 @@ class Options(usage.Options):
             and not _pidfile_given(sys.argv[1:])
         ):
             parent["pidfile"] = ""
+
+
+def _check_twistd_places(options: Any) -> None:
+    """
+    Check the places twistd's own options name (C{--chroot}, C{--rundir},
+    C{--pidfile}) while options are still parsed. twistd itself finds a
+    missing one only as it sets the process up, and ends with a traceback
+    in its log (on stdout in the foreground) and nothing on stderr.
+
+    :raises usage.UsageError: for a place that cannot serve.
+    """
+    chroot = options.get("chroot")
+    if chroot:
+        if not os.path.isdir(chroot):
+            raise usage.UsageError(f"--chroot {chroot}: no such directory")
+        return  # (the other places are inside it)
+    rundir = options.get("rundir") or "."
+    if not os.path.isdir(rundir):
+        raise usage.UsageError(f"--rundir {rundir}: no such directory")
+    pidfile = options.get("pidfile")
+    if pidfile:
+        if os.path.isdir(pidfile):
+            raise usage.UsageError(f"--pidfile {pidfile}: is a directory")
+        folder = os.path.dirname(os.path.abspath(pidfile))
+        if not os.path.isdir(folder):
+            raise usage.UsageError(f"--pidfile {pidfile}: no such directory {folder}")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise usage.UsageError(f"--pidfile {pidfile}: {folder} is not writable")
 
 
 def _twistd_log_file(options: Any) -> IO[str]:

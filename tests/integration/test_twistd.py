@@ -688,6 +688,32 @@ class TwistdProcessTests(CommandLineTestCase):
                 [line] = parent.stderr().splitlines()
                 self.assertEqual(line, "relay: error: --app nope.py: no such file")
 
+    def test_twistdPlaces(self) -> None:
+        """
+        A pid file, run directory or chroot that cannot serve is one line
+        on stderr, in the foreground and for a daemon (twistd found them
+        only as it set the process up: a traceback on stdout, or alone).
+        """
+        missing = os.path.join(self.tempdir(), "missing")
+        a_directory = self.tempdir()
+        for place, expected in (
+            (["--pidfile", os.path.join(missing, "x.pid")], "no such directory"),
+            (["--pidfile", a_directory], "is a directory"),
+            (["--rundir", missing], "no such directory"),
+            (["--chroot", missing], "no such directory"),
+        ):
+            for command in (twistd, daemon):
+                with self.subTest(place=place, daemon=command is daemon):
+                    argv = command("--port", str(free_port()))
+                    at = argv.index("relay")
+                    argv[at:at] = place
+                    process = self.start(argv)
+                    self.assertEqual(process.wait(), 1, process.stderr())
+                    [line] = process.stderr().splitlines()
+                    self.assertTrue(line.startswith(f"relay: error: {' '.join(place)}: "), line)
+                    self.assertIn(expected, line)
+                    self.assertNoTraceback(process)
+
     def test_daemonServes(self) -> None:
         """A daemon's parent ends (0) once the node serves, its apps set up."""
         port = free_port()
