@@ -75,30 +75,48 @@ def main(argv: list[str] | None = None) -> int:
 # relay node
 
 
-#: The node options that take a value as the next argument (relaytx.tap's:
-#: not imported here, as it imports the reactor).
-_TAKES_A_VALUE = frozenset(
-    {
-        "--node-id",
-        "--port",
-        "-p",
-        "--interface",
-        "--add-peer",
-        "--app",
-        "--secret-file",
-        "--config",
-        "-c",
-        "--ping-interval",
-        "--log-format",
-    }
+#: The long options of C{relay node} (relaytx.tap's, which imports the
+#: reactor: not imported here), those that take a value marked C{=}, as
+#: getopt lists them: it takes any unique beginning of one for it.
+_LONG_OPTIONS = (
+    "node-id=",
+    "port=",
+    "interface=",
+    "secret-file=",
+    "config=",
+    "ping-interval=",
+    "log-format=",
+    "reactor=",
+    "add-peer=",
+    "app=",
+    "disable-registry",
+    "version",
+    "help",
 )
+
+#: The short options that take a value as the next argument.
+_SHORT_WITH_VALUE = frozenset({"-p", "-c"})
+
+
+def _long_option(arg: str) -> tuple[str | None, str | None]:
+    """
+    :returns: the long option C{arg} (C{--NAME} or C{--NAME=VALUE}) names,
+        as getopt reads it (an exact name, or the one name it begins; with
+        its C{=} when it takes a value), and its value if C{arg} holds one.
+    """
+    name, equals, value = arg[2:].partition("=")
+    names = [o for o in _LONG_OPTIONS if o.rstrip("=") == name]
+    if not names and name:
+        names = [o for o in _LONG_OPTIONS if o.startswith(name)]
+    return (names[0] if len(names) == 1 else None), (value if equals else None)
 
 
 def take_reactor(argv: list[str]) -> tuple[str, list[str]]:
     """
-    Find C{--reactor NAME} (C{--reactor=NAME}, C{-r NAME}, C{-rNAME}) in
-    node options: it must be installed before anything imports the
-    reactor, so before the other options are parsed.
+    Find C{--reactor NAME} (C{--reactor=NAME}, C{-r NAME}, C{-rNAME}, and
+    any beginning of C{--reactor} the option parser takes for it, such as
+    C{--react NAME}) in node options: it must be installed before anything
+    imports the reactor, so before the other options are parsed.
 
     :returns: the reactor's name (L{DEFAULT_REACTOR} if none is given) and
         the options without it.
@@ -110,15 +128,21 @@ def take_reactor(argv: list[str]) -> tuple[str, list[str]]:
             rest.append(arg)
             rest.extend(args)
             break
-        if arg in _TAKES_A_VALUE:
-            # Its value is no option, even one that starts with -r
-            # (--node-id -r1: a node id).
+        if arg.startswith("--"):
+            option, value = _long_option(arg)
+            if option == "reactor=":
+                name = next(args, "") if value is None else value
+            elif option is not None and option.endswith("=") and value is None:
+                # Its value is no option, even one that starts with -r
+                # (--node-id -r1: a node id).
+                rest.extend((arg, *islice(args, 1)))
+            else:
+                rest.append(arg)
+        elif arg in _SHORT_WITH_VALUE:
             rest.extend((arg, *islice(args, 1)))
-        elif arg in ("--reactor", "-r"):
+        elif arg == "-r":
             name = next(args, "")
-        elif arg.startswith("--reactor="):
-            name = arg.partition("=")[2]
-        elif arg.startswith("-r") and not arg.startswith("--"):
+        elif arg.startswith("-r"):
             name = arg[2:]
         else:
             rest.append(arg)

@@ -542,8 +542,24 @@ class NodeCommandTests(SynchronousTestCase):
             (["--node-id", "-r1", "-r", "poll"], "poll", ["--node-id", "-r1"]),
             (["-c", "-r.toml"], cli.DEFAULT_REACTOR, ["-c", "-r.toml"]),
             (["--port"], cli.DEFAULT_REACTOR, ["--port"]),
+            # Any beginning of --reactor, as the option parser takes it.
+            (["--react", "asyncio", "--port", "1"], "asyncio", ["--port", "1"]),
+            (["--reac=asyncio"], "asyncio", []),
+            (["--node-i", "-r1", "--r", "poll"], "poll", ["--node-i", "-r1"]),
+            # (--p is --port or --ping-interval: the parser refuses it.)
+            (["--p", "-rx"], "x", ["--p"]),
         ]:
             self.assertEqual(cli.take_reactor(argv), (name, rest), argv)
+
+    def test_longOptions(self) -> None:
+        """take_reactor knows relay node's long options as the parser does."""
+        from relaytx.tap import NodeCommandOptions
+
+        options = NodeCommandOptions()
+        self.assertEqual(set(cli._LONG_OPTIONS), set(options.longOpt))
+        short = options.shortOpt
+        with_value = {f"-{c}" for at, c in enumerate(short) if short[at + 1 : at + 2] == ":"}
+        self.assertEqual(with_value - {"-:", "-r"}, set(cli._SHORT_WITH_VALUE))
 
     def test_defaultReactor(self) -> None:
         """relay node runs on Twisted's default reactor unless told otherwise (SPEC 14; README)."""
