@@ -448,7 +448,11 @@ def call(argv: list[str]) -> int:
     answer = _json(body)
     if status != 200:  # 401, 403: refused before any call
         return _refused(url, status, answer)
-    if not isinstance(answer, dict) or not isinstance(answer.get("error", {}), dict):
+    if (
+        not isinstance(answer, dict)
+        or not isinstance(answer.get("error", {}), dict)
+        or ("result" not in answer and "error" not in answer)
+    ):
         sys.stderr.write(f"relay: error: {url} answered no JSON-RPC response\n")
         return 2
     path = ""

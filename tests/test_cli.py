@@ -401,10 +401,12 @@ class CallTests(CliTestCase):
 
     def test_notAResponse(self) -> None:
         """JSON that is not a JSON-RPC response object is an error, exit status 2."""
-        for answer in [[1, 2], "error", {"error": "text"}]:
+        answers = [[1, 2], "error", {"error": "text"}, {"jsonrpc": "2.0", "id": 1}, {"id": 1}]
+        for answer in answers:
             self.answer = answer
-            self.assertEqual(cli.main(["call", "http://h:1", "s", "m"]), 2)
-        self.assertEqual(self.stderr.getvalue().count("relay: error:"), 3)
+            self.assertEqual(cli.main(["call", "http://h:1", "s", "m"]), 2, answer)
+        self.assertEqual(self.stderr.getvalue().count("relay: error:"), len(answers))
+        self.assertEqual(self.stdout.getvalue(), "")
 
 
 class ExchangeTests(SynchronousTestCase):
