@@ -173,6 +173,9 @@ def install_reactor(name: str) -> None:
 
 def run_node(argv: list[str]) -> int:
     """Run a node until SIGTERM/SIGINT; returns the exit status."""
+    from relaytx import _early
+
+    _early.hold()  # (a stop signal during start-up stops the node once it runs)
     reactor_name, argv = take_reactor(argv)
     if "-h" not in argv and "--help" not in argv:
         install_reactor(reactor_name)

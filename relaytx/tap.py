@@ -31,6 +31,7 @@ from twisted.logger import (
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from relaytx import _early
 from relaytx._apps import AppError, import_app, run_setup
 from relaytx._logs import bridge_standard_logging
 from relaytx.config import NodeConfig, build_config
@@ -512,6 +513,8 @@ def makeService(options: Options) -> CommandLineNode:
         fail(str(e))
     node.log_started = options.parent is None  # relay node logs from the start
     node.twistd_options = Twistd.options = options.parent
+    if options.parent is not None:
+        _early.hold()  # (from here under twistd: its own start-up is its own)
     Twistd.daemonizing(reactor)
     bridge_standard_logging()  # an app's logging.warning, asyncio's errors: into the node's log
     with _output_logged(options.parent is not None):
@@ -591,13 +594,14 @@ def stop_on_sigint() -> None:
 
 def stop_signals_before_running(reactor: Any) -> None:
     """
-    Take SIGTERM and SIGINT from now (the node is about to listen) until the
-    reactor runs, and stop the node as soon as it does, as later signals
-    do. The reactor puts its own handlers in place only as it starts: a
-    signal in between killed the process (-15) or raised KeyboardInterrupt
-    wherever start-up was (inside the listen call: a false "cannot listen";
-    under twistd, lost), so a client that signalled a node as soon as its
-    port opened saw it die, or keep running.
+    Take SIGTERM and SIGINT from now (the node is about to listen; or from
+    earlier, L{relaytx._early}) until the reactor runs, and stop the node as
+    soon as it does, as later signals do. The reactor puts its own handlers
+    in place only as it starts: a signal in between killed the process
+    (-15) or raised KeyboardInterrupt wherever start-up was (inside the
+    listen call: a false "cannot listen"; under twistd, lost), so a client
+    that signalled a node as soon as its port opened saw it die, or keep
+    running.
 
     Only for the global reactor of a process not yet running it, from the
     main thread (a test's reactor is left be).
@@ -614,23 +618,18 @@ def stop_signals_before_running(reactor: Any) -> None:
         return
     core: Any = reactor  # (the reactor's own signal handlers are not in its interfaces)
     stop_once(core)
-    heard: list[int] = []
-
-    def early(signum: int, frame: Any) -> None:
-        heard.append(signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, early)
+    _early.hold()
 
     def running() -> None:
         # The reactor's SIGTERM handler replaced ours; its SIGINT handler
         # goes only where Python's default one was.
-        if signal.getsignal(signal.SIGINT) is early:
+        if _early.holds(signal.getsignal(signal.SIGINT)):
             signal.signal(signal.SIGINT, core.sigInt)
-        if signal.getsignal(signal.SIGTERM) is early:
+        if _early.holds(signal.getsignal(signal.SIGTERM)):
             signal.signal(signal.SIGTERM, core.sigTerm)
-        if heard:
-            (core.sigInt if heard[0] == signal.SIGINT else core.sigTerm)(heard[0])
+        if _early.heard:
+            first = _early.heard[0]
+            (core.sigInt if first == signal.SIGINT else core.sigTerm)(first)
 
     core.callWhenRunning(running)
 

@@ -432,6 +432,48 @@ class SignalTests(CommandLineTestCase):
             self.assertNoTraceback(node)
             self.assertNotIn("relay: error:", node.stderr())
 
+    def test_signalDuringStartUp(self) -> None:
+        """
+        A stop signal while a node starts (here, while an app is imported)
+        stops it once its reactor runs: relay node exits 0, twistd 0 or by
+        the signal. SIGINT had raised KeyboardInterrupt wherever start-up
+        was (swallowed inside a weakref callback: the node went on to
+        serve), SIGTERM had ended the process by the signal.
+        """
+        directory = self.tempdir()
+        marker = os.path.join(directory, "importing")
+        app = write_app(
+            directory,
+            "slow_import.py",
+            "import time\n"
+            f"open({marker!r}, 'w').close()\n"
+            "time.sleep(1.0)\n"
+            "def setup(node):\n"
+            "    pass\n",
+        )
+        runs = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            for command in (lambda *a: relay("node", *a), twistd):
+                if os.path.exists(marker):
+                    os.remove(marker)
+                node = self.start(command("--port", str(free_port()), "--app", app))
+                deadline = time.monotonic() + START_DEADLINE
+                while not os.path.exists(marker):
+                    self.assertIsNone(node.popen.poll(), node.stderr())
+                    self.assertLess(time.monotonic(), deadline, "the app was never imported")
+                    time.sleep(0.01)
+                node.popen.send_signal(sig)
+                runs.append((sig, command is twistd, node))
+        for sig, under_twistd, node in runs:
+            try:
+                status = node.wait()
+            except subprocess.TimeoutExpired:
+                self.fail(f"still running {EXIT_DEADLINE}s after {sig!r}: {node.stderr()}")
+            expected = (0, -sig) if under_twistd else (0,)
+            self.assertIn(status, expected, f"{sig!r}, twistd {under_twistd}: {node.stderr()}")
+            self.assertNoTraceback(node)
+            self.assertNotIn("relay: error:", node.stderr())
+
     def test_relayNodeSecondSigterm(self) -> None:
         """
         A second SIGTERM while relay node stops (timeout(1) sends two, to
