@@ -29,7 +29,8 @@ C{ttl}. A message this node originates towards a relaytx router gets a hop
 budget that covers its route (L{relaytx._routing.hop_budget}: the route's
 hops plus a margin, at least the original design's 10, at most 64); one
 that would go to any other neighbour keeps the default 10, and one flooded
-from here gets 64. A message whose TTL runs out while a route to its
+from here gets 64 (as does one an original-design neighbour sent, flooded on
+from here). A message whose TTL runs out while a route to its
 destination goes on through relaytx nodes gets a budget for that route,
 within 64 hops in all, and so does the answer of a call forwarded here, on
 its way back; otherwise it is dropped, as is one whose route already holds
@@ -433,6 +434,13 @@ class Forwarder:
             self._metrics.drop("duplicate")
             self._refuse(envelope, came_from, "another copy went on from here")
             return None
+        else:
+            entry = self._by_peer.get(came_from)
+            if entry is not None and entry.original:
+                # It enters the relaytx mesh here, from an original-design
+                # node whose ten hops cover no mesh: from here on, a budget
+                # for any loop-free path, as a flood started here gets.
+                envelope.ttl = max(envelope.ttl, MAX_HOPS - (len(envelope.route) - 1))
         copies = targets[:MAX_FLOOD]  # the original's flood fallback, capped
         for target in copies:
             self._send_via(target, envelope, came_from, True, budget, now)

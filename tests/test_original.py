@@ -167,6 +167,36 @@ class ForwardedCopiesTests(OriginalTestCase):
             [arrived] = [f for f in to_far.ignored if f["data"] == {"timestamp": ttl}]
             self.assertEqual((arrived["route"], arrived["ttl"]), (["o", "a", "b"], passed_on))
 
+    def test_flood_from_an_original_covers_the_mesh(self) -> None:
+        """
+        A call an original node sends (ttl 9) into a mesh that floods
+        (registry off) reaches a node 11 hops away: it was dropped for TTL
+        after 9.
+        """
+        nodes = self.nodes([f"n{i:02d}" for i in range(12)], disable_registry=True)
+        line(nodes, self.network)
+        counter = Counter()
+        nodes[-1].expose("counter", counter)
+        original = OriginalPeer(nodes[0], "pyR")
+        self.network.settle()
+        call = original.envelope(
+            "server_call",
+            seed_call("counter", "increment", [1], "f-1"),
+            "1796024318382500001",
+            to=nodes[-1].node_id,
+        )
+        call["ttl"] = 9
+        original.frame("route_message", {"original_message": call}, "1796024318382500002")
+        for _ in range(30):
+            self.network.pump()
+            original.serve()
+        self.assertEqual(counter.count, 1)
+        # (Its answer comes from the far node, which an original node takes
+        # from its direct peers only: known, README.)
+        [answer] = [f for f in original.ignored if f["type"] == "server_response"]
+        self.assertEqual((answer["data"]["success"], answer["data"]["result"]), (True, 1))
+        self.assertEqual(sum(dropped(node, "ttl_exceeded") for node in nodes), 0)
+
     def test_colliding_ids_through_a_both_run(self) -> None:
         """Two distinct calls sharing an id, forwarded by A, both run at B."""
         for wrapped in (True, False):
