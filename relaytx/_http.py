@@ -170,6 +170,45 @@ class BoundedRequest(Request):
                 return "Host not allowed: add it to [http] allowed_hosts"
         return None
 
+    def early_refusal(self) -> tuple[int, str] | None:
+        """
+        :returns: the refusal its head alone earns a request, if any, as
+            C{(status, why)}: for its C{Origin} or C{Host} (403,
+            L{forbidden}), its token (401) or admin rights (403). Checked
+            where a request is refused before it is whole (413, 408): a
+            client without its token is told so (401) however large its
+            body, as L{process} would.
+        """
+        why = self.forbidden()
+        if why is not None:
+            return 403, why
+        policy = self._node_site().policy
+        channel = self.channel
+        # (Before the request is whole, its method and target are the channel's.)
+        method = self.method if self.path is not None else getattr(channel, "_command", b"")
+        target = self.uri if self.path is not None else getattr(channel, "_path", b"")
+        path = target.split(b"?", 1)[0]
+        if path.startswith(PEER_PATH):
+            return None  # (peers prove themselves at the handshake)
+        headers = self.requestHeaders
+        authorization = headers.getRawHeaders(b"authorization", [None])[0]
+        if authorization is None and dashboard_token(path, {b"token": [b"?"]}, None):
+            return None  # (a dashboard path's token may be in its query or a cookie)
+        hosts = headers.getRawHeaders(b"host")
+        try:
+            policy.admit(
+                method,
+                path,
+                hosts[0] if hosts and len(hosts) == 1 else None,
+                headers.getRawHeaders(b"origin", [None])[0],
+                authorization,
+                _ip(self.getClientAddress()),
+                getattr(channel, "known_token", None),
+            )
+        except Refusal as refusal:
+            return refusal.status, refusal.message
+        return None
+
     #: its head is whole (its body is awaited)
     head_in = False
 
@@ -182,15 +221,15 @@ class BoundedRequest(Request):
             channel = self.channel
             if not isinstance(channel, NodeChannel):
                 return  # (answered 413 once the body is in)
-            why = self.forbidden()
-            if why is not None:
-                channel.refuse_now(403, b"Forbidden", why)
+            refusal = self.early_refusal()
+            if refusal is not None:
+                channel.refuse_now(*refusal)
                 return
             if self.requestHeaders.hasHeader(b"expect"):
                 # Declared too large by a client that waits for "100
                 # Continue" before it sends the body: 413 now, and closed.
                 self.requestHeaders.removeHeader(b"expect")
-                channel.refuse_now(413, b"Request Entity Too Large", "request body too large")
+                channel.refuse_now(413, "request body too large")
             else:
                 # Declared too large: 413 now, for a client that waits for
                 # an answer before it sends more; its body is still read
@@ -279,9 +318,12 @@ class BoundedRequest(Request):
                 channel.refused = True
                 channel.loseConnection()  # (answered already: see gotLength)
                 return
-            why = self.forbidden()
-            if why is not None:
-                self._refuse(403, why)
+            refusal = self.early_refusal()
+            if refusal is not None:
+                status, why = refusal
+                if status == 401:
+                    self.setHeader(b"www-authenticate", _AUTHENTICATE)
+                self._refuse(status, why)
                 return
             self._allow_origin(site.policy)
             if getattr(self, "_busy", False):
@@ -350,7 +392,7 @@ class BoundedRequest(Request):
                 )
             except Refusal as refusal:
                 if refusal.status == 401:
-                    self.setHeader(b"www-authenticate", b'Bearer realm="relaytx"')
+                    self.setHeader(b"www-authenticate", _AUTHENTICATE)
                 self._refuse(refusal.status, refusal.message, close=False)
                 return
             if authorization is not None and isinstance(channel, NodeChannel):
@@ -415,6 +457,18 @@ def allowed_origin(policy: HttpPolicy, headers: Any) -> bytes | None:
         return origin
     return None
 
+
+#: what a 401 asks for
+_AUTHENTICATE = b'Bearer realm="relaytx"'
+
+#: the reason phrases of the answers written before a request is whole
+_PHRASES = {
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    408: b"Request Timeout",
+    413: b"Request Entity Too Large",
+}
 
 #: the request headers a page of an allowed origin may send
 CORS_HEADERS = b"authorization, content-type, traceparent, relaytx-trace-path"
@@ -530,11 +584,11 @@ class NodeChannel(HTTPChannel):
             self.loseConnection()
             return
         requests = self.requests
-        why = requests[-1].forbidden() if requests and requests[-1].head_in else None
-        if why is not None:  # (its head is in: the page may not call at all)
-            self.refuse_now(403, b"Forbidden", why)
+        refusal = requests[-1].early_refusal() if requests and requests[-1].head_in else None
+        if refusal is not None:  # (its head is in: it may not call at all)
+            self.refuse_now(*refusal)
             return
-        self.refuse_now(408, b"Request Timeout", "request not received in time")
+        self.refuse_now(408, "request not received in time")
 
     #: the request arriving was answered before its body came (L{answer_early})
     answered_early = False
@@ -555,11 +609,12 @@ class NodeChannel(HTTPChannel):
         if transport is None:
             return False
         body = _json.dumps({"error": message, "status": status})
+        authenticate = b"www-authenticate: %s\r\n" % _AUTHENTICATE if status == 401 else b""
         transport.write(
             b"HTTP/1.1 %d %s\r\nserver: %s\r\ndate: %s\r\ncontent-type: application/json\r\n"
-            b"%sconnection: close\r\ncontent-length: %d\r\n\r\n%s"
-            % (status, phrase, server_version, datetimeToString(), self._cors_lines(),
-               len(body), body)
+            b"%s%sconnection: close\r\ncontent-length: %d\r\n\r\n%s"
+            % (status, phrase, server_version, datetimeToString(), authenticate,
+               self._cors_lines(), len(body), body)
         )  # fmt: skip
         return True
 
@@ -580,13 +635,15 @@ class NodeChannel(HTTPChannel):
         # Twisted's answer to a request it cannot parse (a broken request
         # line or header, a bad chunk size): a bare status line. SPEC
         # section 4's answers are JSON, this one too.
-        self.refuse_now(400, b"Bad Request", "bad request")
+        self.refuse_now(400, "bad request")
 
-    def refuse_now(self, status: int, phrase: bytes, message: str) -> None:
+    def refuse_now(self, status: int, message: str, phrase: bytes | None = None) -> None:
         """
         Answer the request arriving with C{status} (a small JSON body), and
         close the connection without reading more of it.
         """
+        if phrase is None:
+            phrase = _PHRASES[status]
         transport = self.transport
         if transport is None or not self._write_answer(status, phrase, message):
             return

@@ -9,6 +9,7 @@ Every node runs on a C{MemoryReactorClock}: no sockets, no sleeping.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from datetime import UTC, datetime
@@ -779,6 +780,7 @@ class CorsTests(NodeTestCase):
     """A page of an allowed origin may call the node: CORS headers and preflights."""
 
     ORIGIN = b"https://app.example"
+    TOKEN = b"ci-token-for-cors"
 
     def setUp(self) -> None:
         super().setUp()
@@ -786,7 +788,7 @@ class CorsTests(NodeTestCase):
             NODE_ID,
             self.clock,
             allowed_origins=[self.ORIGIN.decode()],
-            http={"tokens": {"ci": "a" * 64}},
+            http={"tokens": {"ci": hashlib.sha256(self.TOKEN).hexdigest()}},
         )
         self.node.expose("math", self.math)
         self.http = NodeHttp(self, self.node)
@@ -833,21 +835,26 @@ class CorsTests(NodeTestCase):
     def test_early_refusals_readable(self) -> None:
         """
         The refusals made before a request is whole carry the origin too: a
-        body declared too large (413) and one that does not come (408).
+        body declared too large (413) and one that does not come (408), or
+        either without its token (401, which comes first).
         """
-        code, headers, _ = self.exchange(
-            b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://app.example\r\n"
-            b"Content-Length: 99999999\r\n\r\n"
-        )
-        self.assertEqual((code, headers.get(b"access-control-allow-origin")), (413, self.ORIGIN))
-        connection = self.raw()
-        connection.send(
-            b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://app.example\r\n"
-            b"Content-Length: 50\r\n\r\n{"
-        )
-        self.clock.advance(self.node.config.limits.header_timeout + 1)
-        code, headers, _ = connection.response()
-        self.assertEqual((code, headers.get(b"access-control-allow-origin")), (408, self.ORIGIN))
+        for token, large, late in ((True, 413, 408), (False, 401, 401)):
+            head = b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://app.example\r\n"
+            if token:
+                head += b"Authorization: Bearer %s\r\n" % self.TOKEN
+            code, headers, _ = self.exchange(head + b"Content-Length: 99999999\r\n\r\n")
+            self.assertEqual(
+                (code, headers.get(b"access-control-allow-origin")), (large, self.ORIGIN)
+            )
+            connection = self.raw()
+            connection.send(head + b"Content-Length: 50\r\n\r\n{")
+            self.clock.advance(self.node.config.limits.header_timeout + 1)
+            code, headers, _ = connection.response()
+            self.assertEqual(
+                (code, headers.get(b"access-control-allow-origin")), (late, self.ORIGIN)
+            )
+            if not token:
+                self.assertIn(b"Bearer", headers[b"www-authenticate"])
 
     def test_early_refusals_forbidden(self) -> None:
         """
@@ -1030,12 +1037,16 @@ class BodyLimitTests(NodeTestCase):
         self.assertServed(connection)
 
     def test_limit_on_other_paths(self) -> None:
-        """The limit holds for every path, not only /rpc."""
+        """
+        The limit holds for every path, not only /rpc; an admin path this
+        client may not use says so first (403, as for a small body).
+        """
         body = encoded({"address": "ws://127.0.0.1:9"})
-        connection = self.raw()
-        connection.post(b"/registry/peers/add", body + b" " * (257 - len(body)))
-        code, headers, _ = connection.response()
-        self.assertEqual((code, headers[b"content-type"]), (413, b"application/json"))
+        for path, expected in ((b"/registry", 413), (b"/registry/peers/add", 403)):
+            connection = self.raw()
+            connection.post(path, body + b" " * (257 - len(body)))
+            code, headers, _ = connection.response()
+            self.assertEqual((code, headers[b"content-type"]), (expected, b"application/json"))
         self.assertEqual(self.node.peer_admin.dialers, {})
 
     def test_form_bodies_are_json(self) -> None:

@@ -308,7 +308,9 @@ class TokenTests(TestCase):
                 "401": request(port, "POST", "/rpc", rpc_body("counter.get")),
                 "403": request(port, "GET", "/health", host="evil.example"),
                 "400": request(port, "GET", "/health", headers={"Host": "b.example"}),
-                "413": _head_only(port, "POST /rpc", big),
+                "413": _head_only(
+                    port, "POST /rpc", {**big, "Authorization": "Bearer " + CI_TOKEN}
+                ),
             }
 
         for name, (status, headers, _) in (await deferToThread(refusals)).items():
@@ -317,6 +319,44 @@ class TokenTests(TestCase):
                 self.assertIn(b"date", headers)
                 self.assertTrue(headers[b"date"].endswith(b" GMT"), headers[b"date"])
                 self.assertTrue(headers[b"server"].startswith(b"TwistedWeb/"))
+
+    async def test_tokenBeforeSize(self) -> None:
+        """
+        A request without its token is told so (401) however large its
+        body, and a non-admin on an admin path 403: before 413, whether
+        its length is declared or its body runs past the limit.
+        """
+        node, counter = self.node()
+        port = port_of(node)
+        big = {"Content-Length": str(10**9)}
+        ci = {"Authorization": "Bearer " + CI_TOKEN}
+        ops = {"Authorization": "Bearer " + OPS_TOKEN}
+        huge = b"[" + b"1," * 600_000 + b"1]"  # (over 1 MiB, sent whole)
+
+        def answers() -> dict[str, int]:
+            return {
+                "declared, no token": _head_only(port, "POST /rpc", big)[0],
+                "declared, not an admin": _head_only(
+                    port, "POST /registry/peers/add", {**big, **ci}
+                )[0],
+                "declared, admin": _head_only(port, "POST /registry/peers/add", {**big, **ops})[0],
+                "declared, token": _head_only(port, "POST /rpc", {**big, **ci})[0],
+                "sent, no token": request(port, "POST", "/rpc", huge)[0],
+                "sent, token": request(port, "POST", "/rpc", huge, ci)[0],
+            }
+
+        self.assertEqual(
+            await deferToThread(answers),
+            {
+                "declared, no token": 401,
+                "declared, not an admin": 403,
+                "declared, admin": 413,
+                "declared, token": 413,
+                "sent, no token": 401,
+                "sent, token": 413,
+            },
+        )
+        self.assertEqual(counter.count, 0)
 
     async def test_methodsCaseSensitive(self) -> None:
         """
