@@ -23,10 +23,13 @@ TYPE_CHECKING = False  # (typing itself is not imported: relay call's start-up t
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["heard", "hold", "holds"]
+__all__ = ["heard", "hold", "holds", "release"]
 
 #: The stop signals noted since L{hold}, in order.
 heard: list[int] = []
+
+#: The handlers L{hold} replaced, by signal.
+_replaced: dict[int, Any] = {}
 
 
 def _note(signum: int, frame: Any) -> None:
@@ -44,7 +47,21 @@ def hold() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _note)
+        previous = signal.signal(signum, _note)
+        if previous is not _note:
+            _replaced[signum] = previous
+
+
+def release() -> None:
+    """
+    Put back the handlers L{hold} replaced where they are still its own: a
+    start-up that ends before any reactor runs (bad options, in a process
+    that goes on: a test, a program that embeds C{relay node}).
+    """
+    for signum, previous in list(_replaced.items()):
+        if holds(signal.getsignal(signum)):
+            signal.signal(signum, previous)
+        del _replaced[signum]
 
 
 def holds(handler: object) -> bool:

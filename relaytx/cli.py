@@ -176,24 +176,28 @@ def run_node(argv: list[str]) -> int:
     from relaytx import _early
 
     _early.hold()  # (a stop signal during start-up stops the node once it runs)
-    reactor_name, argv = take_reactor(argv)
-    if "-h" not in argv and "--help" not in argv:
-        install_reactor(reactor_name)
-    from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner
+    try:
+        reactor_name, argv = take_reactor(argv)
+        if "-h" not in argv and "--help" not in argv:
+            install_reactor(reactor_name)
+        from twisted.internet import reactor
+        from twisted.logger import globalLogBeginner
 
-    from relaytx._logs import json_observer, text_observer
-    from relaytx.tap import makeService, run_options
+        from relaytx._logs import json_observer, text_observer
+        from relaytx.tap import makeService, run_options
 
-    options = run_options(argv)
-    assert options.config is not None  # parsed
-    if options.config.log_format == "json":
-        observer = json_observer(sys.stderr, options.config.node_id)
-    else:
-        observer = text_observer(sys.stderr)
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    node = makeService(options)  # (SIGINT stops it even if ignored: tap.stop_on_sigint)
-    node.privilegedStartService()
+        options = run_options(argv)
+        assert options.config is not None  # parsed
+        if options.config.log_format == "json":
+            observer = json_observer(sys.stderr, options.config.node_id)
+        else:
+            observer = text_observer(sys.stderr)
+        globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+        node = makeService(options)  # (SIGINT stops it even if ignored: tap.stop_on_sigint)
+        node.privilegedStartService()
+    except BaseException:
+        _early.release()  # (no node runs: a process that goes on keeps its own)
+        raise
     reactor.callWhenRunning(node.startService)
     reactor.addSystemEventTrigger("before", "shutdown", node.stopService)
     reactor.run()

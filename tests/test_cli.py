@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import ssl
 import sys
 from typing import Any
@@ -149,8 +150,11 @@ class MainTests(CliTestCase):
         """relay node with a bad option exits 2 after one error line, before any reactor runs."""
         process_stderr = io.StringIO()
         self.patch(sys, "__stderr__", process_stderr)
+        handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
         e = self.assertRaises(SystemExit, cli.main, ["node", "--node-id", "bad id!"])
         self.assertEqual(e.code, 2)
+        # (No node runs: the process keeps its own signal handlers.)
+        self.assertEqual([signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)], handlers)
         self.assertEqual(
             process_stderr.getvalue(),
             "relay: error: --node-id 'bad id!': use 1-64 characters of A-Za-z0-9._-\n",
