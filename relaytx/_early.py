@@ -10,11 +10,13 @@ ends the process by the signal. From L{hold} on, both are only noted
 (L{heard}), and the node stops as soon as its reactor runs
 (L{relaytx.tap.stop_signals_before_running}), as it does for a signal
 after that. Light on purpose: C{relay node} holds them before it imports
-anything else.
+anything else; under twistd they are held from the moment twistd imports
+the node's module.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -67,3 +69,10 @@ def release() -> None:
 def holds(handler: object) -> bool:
     """:returns: whether C{handler} is the one L{hold} puts in place."""
     return handler is _note
+
+
+if os.path.basename(sys.argv[0]) == "twistd":
+    # Imported by relaytx.tap, which twistd imports once it reads that its
+    # app is relay, before the node's own start-up: hold from here (the
+    # import itself, some 0.1-0.5 s, was where a SIGINT went missing).
+    hold()

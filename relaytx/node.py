@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, FirstError
+from twisted.internet.defer import Deferred, DeferredList, FirstError, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -414,6 +414,14 @@ class RelayNode(MultiService):
                 self.add_peer(address)
 
     def stopService(self) -> Deferred[None]:
+        # No new connection from the first moment: a call that came while
+        # the links close (up to a second, for a peer slow to answer the
+        # close) ran, and its client was cut off without an answer.
+        unlistened: Deferred[object] | None = None
+        if self.listening_port is not None:
+            port, self.listening_port = self.listening_port, None
+            self._listening = None
+            unlistened = maybeDeferred(port.stopListening)
         self.guards.watch.stop()
         self.views.mesh_watch.stop()
         self.views.rates.stop()
@@ -421,10 +429,8 @@ class RelayNode(MultiService):
         self.servers.stop()  # (after the mesh has answered its callers)
         self.guards.watch.close_clients()
         d.addCallback(lambda _: super(RelayNode, self).stopService())
-        if self.listening_port is not None:
-            port, self.listening_port = self.listening_port, None
-            self._listening = None
-            d.addCallback(lambda _: port.stopListening())
+        if unlistened is not None:
+            d.addCallback(lambda _: unlistened)
         return d.addCallback(lambda _: None)
 
     def _stop_on_fatal(self, message: str) -> None:

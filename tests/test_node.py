@@ -9,6 +9,7 @@ import shutil
 import tempfile
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -113,6 +114,31 @@ class ListenTests(SynchronousTestCase):
         node.listen()
         ((port, _factory, backlog, interface),) = reactor.tcpServers
         self.assertEqual((port, backlog, interface), (8123, 1024, "127.0.0.1"))
+
+
+class StopTests(SynchronousTestCase):
+    """How a node stops."""
+
+    def test_listening_ends_first(self) -> None:
+        """
+        A stopping node stops listening at once, while its links close: a
+        call that came meanwhile ran, and its client was cut off unanswered.
+        """
+        reactor = MemoryReactorClock()
+        node = memory_node("n1", reactor, port=8123)
+        node.listen()
+        stopped: list[bool] = []
+        port = node.listening_port
+        assert port is not None
+        self.patch(port, "stopListening", lambda: stopped.append(True))
+        links_closed: Deferred[None] = Deferred()
+        self.patch(node.mesh, "stop", lambda: links_closed)
+        done = node.stopService()
+        self.assertEqual(stopped, [True])
+        self.assertNoResult(done)
+        links_closed.callback(None)
+        self.successResultOf(done)
+        self.assertEqual(stopped, [True])
 
 
 class ExposeTests(SynchronousTestCase):

@@ -75,7 +75,13 @@ def _ignore_sigint() -> None:
 class Process:
     """A started subprocess whose output goes to files."""
 
-    def __init__(self, command: Sequence[str], directory: str, ignore_sigint: bool = False) -> None:
+    def __init__(
+        self,
+        command: Sequence[str],
+        directory: str,
+        ignore_sigint: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.command = list(command)
         self.stdout_path = os.path.join(directory, "stdout")
         self.stderr_path = os.path.join(directory, "stderr")
@@ -83,6 +89,7 @@ class Process:
             self.popen = subprocess.Popen(
                 self.command,
                 cwd=directory,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -120,9 +127,11 @@ class CommandLineTestCase(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, path, True)
         return path
 
-    def start(self, command: Sequence[str], ignore_sigint: bool = False) -> Process:
+    def start(
+        self, command: Sequence[str], ignore_sigint: bool = False, env: dict[str, str] | None = None
+    ) -> Process:
         """Start C{command} in a fresh directory; it is killed after the test."""
-        process = Process(command, self.tempdir(), ignore_sigint)
+        process = Process(command, self.tempdir(), ignore_sigint, env)
         self.addCleanup(process.kill)
         return process
 
@@ -473,6 +482,43 @@ class SignalTests(CommandLineTestCase):
             self.assertIn(status, expected, f"{sig!r}, twistd {under_twistd}: {node.stderr()}")
             self.assertNoTraceback(node)
             self.assertNotIn("relay: error:", node.stderr())
+
+    def test_twistdSignalWhileItImportsTheNode(self) -> None:
+        """
+        A SIGINT while twistd imports the node's module (made slow here by
+        an import hook) stops the node once its reactor runs: 0 or by the
+        signal, no traceback. It raised KeyboardInterrupt there (swallowed
+        inside a weakref callback, the node went on to serve).
+        """
+        hooks = self.tempdir()
+        marker = os.path.join(hooks, "importing")
+        write_app(
+            hooks,
+            "sitecustomize.py",
+            "import importlib.abc, sys, time\n"
+            "class Slow(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'relaytx.node':\n"
+            f"            open({marker!r}, 'w').close()\n"
+            "            time.sleep(1.0)\n"
+            "        return None\n"
+            "sys.meta_path.insert(0, Slow())\n",
+        )
+        paths = [hooks, *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+        node = self.start(twistd("--port", str(free_port())), env=env)
+        deadline = time.monotonic() + START_DEADLINE
+        while not os.path.exists(marker):
+            self.assertIsNone(node.popen.poll(), node.stderr())
+            self.assertLess(time.monotonic(), deadline, "relaytx.node was never imported")
+            time.sleep(0.01)
+        node.popen.send_signal(signal.SIGINT)
+        try:
+            status = node.wait()
+        except subprocess.TimeoutExpired:
+            self.fail(f"still running {EXIT_DEADLINE}s after SIGINT: {node.stderr()}")
+        self.assertIn(status, (0, -signal.SIGINT), node.stderr())
+        self.assertNoTraceback(node)
 
     def test_relayNodeSecondSigterm(self) -> None:
         """
