@@ -319,6 +319,34 @@ def _check_twistd_places(options: Any) -> None:
             raise usage.UsageError(f"--pidfile {pidfile}: no such directory {folder}")
         if not os.access(folder, os.W_OK | os.X_OK):
             raise usage.UsageError(f"--pidfile {pidfile}: {folder} is not writable")
+        _check_pidfile(pidfile)
+
+
+def _check_pidfile(pidfile: str) -> None:
+    """
+    What twistd checks of a pid file that exists (with its own lines of
+    text): that it holds a pid, and that no process of that pid runs.
+
+    :raises usage.UsageError: if the pid file is in use, or holds no pid.
+    """
+    try:
+        with open(pidfile, "rb") as f:
+            content = f.read()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise usage.UsageError(f"--pidfile {pidfile}: {e.strerror or e}") from None
+    try:
+        pid = int(content)
+    except ValueError:
+        raise usage.UsageError(f"--pidfile {pidfile}: holds no pid") from None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return  # (stale: twistd removes it)
+    except OSError:
+        pass  # (it runs, under another user)
+    raise usage.UsageError(f"--pidfile {pidfile}: another node (pid {pid}) runs with it")
 
 
 def _twistd_log_file(options: Any) -> IO[str]:

@@ -780,13 +780,21 @@ class TwistdProcessTests(CommandLineTestCase):
         """
         A pid file, run directory or chroot that cannot serve is one line
         on stderr, in the foreground and for a daemon (twistd found them
-        only as it set the process up: a traceback on stdout, or alone).
+        only as it set the process up: a traceback on stdout, or alone; or
+        said its own lines of text for a pid file in use or without a pid).
         """
         missing = os.path.join(self.tempdir(), "missing")
         a_directory = self.tempdir()
+        in_use, junk = os.path.join(a_directory, "in_use.pid"), os.path.join(a_directory, "j.pid")
+        with open(in_use, "w") as f:
+            f.write(str(os.getpid()))  # (this process runs)
+        with open(junk, "w") as f:
+            f.write("junk")
         for place, expected in (
             (["--pidfile", os.path.join(missing, "x.pid")], "no such directory"),
             (["--pidfile", a_directory], "is a directory"),
+            (["--pidfile", in_use], f"another node (pid {os.getpid()}) runs with it"),
+            (["--pidfile", junk], "holds no pid"),
             (["--rundir", missing], "no such directory"),
             (["--chroot", missing], "no such directory"),
         ):
