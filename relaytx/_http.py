@@ -28,7 +28,7 @@ import io
 from collections import deque
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qs, unquote_to_bytes
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from klein import Klein
@@ -192,8 +192,15 @@ class BoundedRequest(Request):
             return None  # (peers prove themselves at the handshake)
         headers = self.requestHeaders
         authorization = headers.getRawHeaders(b"authorization", [None])[0]
-        if authorization is None and dashboard_token(path, {b"token": [b"?"]}, None):
-            return None  # (a dashboard path's token may be in its query or a cookie)
+        if authorization is None and policy.requires_token:
+            # A dashboard path's token may be in its query or its cookie
+            # (the cookies are read with the head).
+            query = target.split(b"?", 1)[1] if b"?" in target else b""
+            token = dashboard_token(
+                path, parse_qs(query, keep_blank_values=True), self.getCookie(TOKEN_COOKIE)
+            )
+            if token is not None:
+                authorization = b"Bearer " + token
         hosts = headers.getRawHeaders(b"host")
         try:
             policy.admit(
@@ -223,6 +230,8 @@ class BoundedRequest(Request):
                 return  # (answered 413 once the body is in)
             refusal = self.early_refusal()
             if refusal is not None:
+                # (No "100 Continue" after it: the body is not wanted.)
+                self.requestHeaders.removeHeader(b"expect")
                 channel.refuse_now(*refusal)
                 return
             if self.requestHeaders.hasHeader(b"expect"):
@@ -318,6 +327,7 @@ class BoundedRequest(Request):
                 channel.refused = True
                 channel.loseConnection()  # (answered already: see gotLength)
                 return
+            self._allow_origin(site.policy)  # (none for a refused Origin or Host)
             refusal = self.early_refusal()
             if refusal is not None:
                 status, why = refusal
@@ -325,7 +335,6 @@ class BoundedRequest(Request):
                     self.setHeader(b"www-authenticate", _AUTHENTICATE)
                 self._refuse(status, why)
                 return
-            self._allow_origin(site.policy)
             if getattr(self, "_busy", False):
                 self._refuse(503, "node busy: too much input held; retry later")
             else:

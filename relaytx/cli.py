@@ -459,6 +459,7 @@ def call(argv: list[str]) -> int:
         not isinstance(answer, dict)
         or not isinstance(answer.get("error", {}), dict)
         or ("result" not in answer and "error" not in answer)
+        or ("error" in answer and type(answer["error"].get("code")) is not int)
     ):
         sys.stderr.write(f"relay: error: {url} answered no JSON-RPC response\n")
         return 2

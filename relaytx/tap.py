@@ -87,6 +87,7 @@ def _wait_for_start(runner: Any, pipe: int) -> int:
     """
     from twisted.python.util import untilConcludes
 
+    _early.release()  # (the parent runs no node: a stop signal ends its wait)
     data = untilConcludes(os.read, pipe, _STATUS_SIZE)
     if data == b"0":
         return 0
@@ -674,8 +675,10 @@ class NodeCommandOptions(Options):
     (which C{twistd} chooses with its own C{-r}).
     """
 
+    # (Options' own parameters are gathered from the base class: listed
+    # again here, every one was there twice, and the parser took no
+    # beginning of one for it, --node-i or --po, as twistd relay does.)
     optParameters = [
-        *Options.optParameters,
         [
             "reactor",
             "r",

@@ -405,7 +405,14 @@ class CallTests(CliTestCase):
 
     def test_notAResponse(self) -> None:
         """JSON that is not a JSON-RPC response object is an error, exit status 2."""
-        answers = [[1, 2], "error", {"error": "text"}, {"jsonrpc": "2.0", "id": 1}, {"id": 1}]
+        answers = [
+            [1, 2],
+            "error",
+            {"error": "text"},
+            {"jsonrpc": "2.0", "id": 1},
+            {"id": 1},
+            {"jsonrpc": "2.0", "error": {}, "id": 1},
+        ]
         for answer in answers:
             self.answer = answer
             self.assertEqual(cli.main(["call", "http://h:1", "s", "m"]), 2, answer)
@@ -566,6 +573,36 @@ class NodeCommandTests(SynchronousTestCase):
         short = options.shortOpt
         with_value = {f"-{c}" for at, c in enumerate(short) if short[at + 1 : at + 2] == ":"}
         self.assertEqual(with_value - {"-:", "-r"}, set(cli._SHORT_WITH_VALUE))
+
+    def test_abbreviatedOptions(self) -> None:
+        """relay node takes any unique beginning of a long option, as twistd relay does."""
+        from relaytx.tap import run_options
+
+        options = run_options(["--node-i", "n7", "--po", "1234", "--pi", "2"])
+        assert options.config is not None
+        self.assertEqual(
+            (options.config.node_id, options.config.port, options.config.ping_interval),
+            ("n7", "tcp:1234:interface=127.0.0.1", 2.0),
+        )
+
+    def test_heldWhileADaemonIsAwaited(self) -> None:
+        """
+        A daemon's parent, which runs no node, gives stop signals back
+        their handlers while it waits for its child's word: a daemon that
+        died before it could say it left a parent no signal ended.
+        """
+        from relaytx import _early
+        from relaytx.tap import _wait_for_start
+
+        handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+        self.addCleanup(_early.release)
+        _early.hold()
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        os.write(write, b"0")
+        os.close(write)
+        self.assertEqual(_wait_for_start(None, read), 0)
+        self.assertEqual([signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)], handlers)
 
     def test_defaultReactor(self) -> None:
         """relay node runs on Twisted's default reactor unless told otherwise (SPEC 14; README)."""

@@ -856,6 +856,31 @@ class CorsTests(NodeTestCase):
             if not token:
                 self.assertIn(b"Bearer", headers[b"www-authenticate"])
 
+    def test_refusals_of_large_bodies_readable(self) -> None:
+        """
+        A body sent chunked past the limit without its token is refused 401
+        with the origin too; and a refusal from the head of a request that
+        waits for "100 Continue" is the last thing said (no 100 after it).
+        """
+        connection = self.raw()
+        connection.send(
+            b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://app.example\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        for _ in range(5):
+            connection.send(b"%x\r\n%s\r\n" % (300_000, b"x" * 300_000))
+        connection.send(b"0\r\n\r\n")
+        code, headers, _ = connection.response()
+        self.assertEqual((code, headers.get(b"access-control-allow-origin")), (401, self.ORIGIN))
+        connection = self.raw()
+        connection.send(
+            b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999999\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        written = connection.transport.value()
+        self.assertTrue(written.startswith(b"HTTP/1.1 401 "), written)
+        self.assertNotIn(b"100 Continue", written)
+
     def test_early_refusals_forbidden(self) -> None:
         """
         A page of another origin, or a request for another host, is refused

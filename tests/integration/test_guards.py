@@ -341,6 +341,13 @@ class TokenTests(TestCase):
                 )[0],
                 "declared, admin": _head_only(port, "POST /registry/peers/add", {**big, **ops})[0],
                 "declared, token": _head_only(port, "POST /rpc", {**big, **ci})[0],
+                "dashboard, no token": _head_only(port, "GET /dashboard", big)[0],
+                "dashboard, wrong cookie": _head_only(
+                    port, "GET /dashboard/mesh", {**big, "Cookie": "relaytx_token=wrong"}
+                )[0],
+                "dashboard, token in query": _head_only(
+                    port, f"GET /dashboard?token={CI_TOKEN}", big
+                )[0],
                 "sent, no token": request(port, "POST", "/rpc", huge)[0],
                 "sent, token": request(port, "POST", "/rpc", huge, ci)[0],
             }
@@ -352,6 +359,9 @@ class TokenTests(TestCase):
                 "declared, not an admin": 403,
                 "declared, admin": 413,
                 "declared, token": 413,
+                "dashboard, no token": 401,
+                "dashboard, wrong cookie": 401,
+                "dashboard, token in query": 413,
                 "sent, no token": 401,
                 "sent, token": 413,
             },
