@@ -187,7 +187,7 @@ class BoundedRequest(Request):
         # (Before the request is whole, its method and target are the channel's.)
         method = self.method if self.path is not None else getattr(channel, "_command", b"")
         target = self.uri if self.path is not None else getattr(channel, "_path", b"")
-        path = target.split(b"?", 1)[0]
+        path, _, query = target.partition(b"?")
         if path.startswith(PEER_PATH):
             return None  # (peers prove themselves at the handshake)
         headers = self.requestHeaders
@@ -195,7 +195,6 @@ class BoundedRequest(Request):
         if authorization is None and policy.requires_token:
             # A dashboard path's token may be in its query or its cookie
             # (the cookies are read with the head).
-            query = target.split(b"?", 1)[1] if b"?" in target else b""
             token = dashboard_token(
                 path, parse_qs(query, keep_blank_values=True), self.getCookie(TOKEN_COOKIE)
             )
