@@ -46,6 +46,11 @@ DEFAULT_CALL_TIMEOUT = 30.0
 #: waited on for longer.
 MAX_CALL_BUDGET = 86400.0
 
+#: What L{PendingCalls.dead_end} says of a flooded call: copies of it are
+#: still out, or none is and one of them was lost on the way.
+WAITING = "waiting"
+COPY_LOST = "copy lost"
+
 
 @define
 class CallTarget:
@@ -90,7 +95,16 @@ class CallTarget:
 
 
 class _Pending:
-    __slots__ = ("branches", "deadline", "deferred", "destination", "stream", "timeout", "via")
+    __slots__ = (
+        "branches",
+        "copy_lost",
+        "deadline",
+        "deferred",
+        "destination",
+        "stream",
+        "timeout",
+        "via",
+    )
 
     def __init__(
         self,
@@ -108,6 +122,8 @@ class _Pending:
         self.stream: Any = None
         #: a flooded call's copies still out: the neighbours they went to
         self.branches: set[str] | None = None
+        #: whether a copy was lost on the way (a link went down behind it)
+        self.copy_lost = False
 
 
 class _Deadlines:
@@ -277,20 +293,45 @@ class PendingCalls:
             if branches is not None:
                 entry.branches = set(branches)
 
-    def dead_end(self, response_id: str | None, reporter: str) -> bool:
+    def dead_end(self, response_id: str | None, reporter: str) -> str | None:
         """
         The copy of flooded call C{response_id} sent to neighbour
         C{reporter} went no further (-32002, for that neighbour's whole
         branch of the flood).
 
-        :returns: whether copies went elsewhere too, and may yet reach the
-            target: then the call waits for them (or its deadline).
+        :returns: L{WAITING} if copies went elsewhere too, and may yet
+            reach the target: the call waits for them (or its deadline);
+            L{COPY_LOST} if none is left, but one was lost on the way
+            (L{branch_lost}): it may have run, so the call fails -32006,
+            not -32002; else C{None}: the report is the call's answer.
         """
         entry = self._pending.get(response_id) if response_id is not None else None
         branches = None if entry is None else entry.branches
-        if branches is not None:
-            branches.discard(reporter)
-        return bool(branches)
+        if branches is None:
+            return None
+        branches.discard(reporter)
+        if branches:
+            return WAITING
+        return COPY_LOST if entry.copy_lost else None  # type: ignore[union-attr]  # branches came from it
+
+    def branch_lost(self, peer_id: str, error: Callable[[str], CallError]) -> int:
+        """
+        The link to neighbour C{peer_id} went down: the copies of flooded
+        calls that went out through it are lost, and may have run. A call
+        with no copy left out fails with C{error} (built for its
+        destination); one that has others waits for them.
+
+        :returns: how many calls failed.
+        """
+        ended = set()
+        for response_id, entry in self._pending.items():
+            branches = entry.branches
+            if branches and peer_id in branches:
+                branches.discard(peer_id)
+                entry.copy_lost = True
+                if not branches:
+                    ended.add(response_id)
+        return self._fail(ended, error)
 
     def stream_of(self, response_id: str) -> tuple[Any, str] | None:
         """
@@ -377,7 +418,9 @@ class PendingCalls:
     def _fail_where(
         self, match: Callable[[_Pending], bool], error: Callable[[str], CallError]
     ) -> int:
-        doomed = [rid for rid, entry in self._pending.items() if match(entry)]
+        return self._fail([rid for rid, entry in self._pending.items() if match(entry)], error)
+
+    def _fail(self, doomed: Iterable[str], error: Callable[[str], CallError]) -> int:
         failed = 0
         for response_id in doomed:
             # An errback run for an earlier entry may already have settled
@@ -458,6 +501,8 @@ class ForwardedCalls:
         self.floods: dict[tuple[str, str], set[str]] = {}
         #: the route each of those had come by (for the error's data)
         self._flood_routes: dict[tuple[str, str], tuple[str, ...]] = {}
+        #: those of them a copy of which was lost on the way (L{lost_link})
+        self._lost_floods: set[tuple[str, str]] = set()
 
     def __len__(self) -> int:
         self._sweep(self._clock.seconds())
@@ -543,8 +588,7 @@ class ForwardedCalls:
         if entry is None:
             return None
         if self.floods:
-            self.floods.pop(key, None)
-            self._flood_routes.pop(key, None)
+            self._flood_over(key)
         self._counted_out(entry)
         return entry.came_from
 
@@ -565,7 +609,7 @@ class ForwardedCalls:
 
     def dead_end(
         self, caller: str, response_id: str | None, reporter: str
-    ) -> tuple[bool, tuple[str, str, tuple[str, ...]] | None]:
+    ) -> tuple[bool, tuple[str, str, tuple[str, ...], bool] | None]:
         """
         Neighbour C{reporter} says its copy of call C{response_id} went no
         further (-32002, for its whole branch of the flood).
@@ -573,8 +617,10 @@ class ForwardedCalls:
         :returns: whether this node flooded the call (the report is then
             its own to take, not to pass on), and when every copy it sent
             has so ended, the call's target, the neighbour it came from,
-            where this node's own dead end goes, and the route it came by
-            (the call is forgotten).
+            where this node's own dead end goes, the route it came by, and
+            whether a copy was lost on the way (L{lost_link}: it may have
+            run, so this node's report is -32006, not -32002). The call is
+            then forgotten.
         """
         key = (caller, response_id or "")
         branches = self.floods.get(key)
@@ -583,13 +629,19 @@ class ForwardedCalls:
         branches.discard(reporter)
         if branches:
             return True, None
-        del self.floods[key]
-        route = self._flood_routes.pop(key, ())
+        lost = key in self._lost_floods
+        route = self._flood_over(key)
         entry = self._calls.pop(key, None)
         if entry is None:
             return True, None
         self._counted_out(entry)
-        return True, (entry.target, entry.came_from, route)
+        return True, (entry.target, entry.came_from, route, lost)
+
+    def _flood_over(self, key: tuple[str, str]) -> tuple[str, ...]:
+        # Forget a flood's branches: returns the route it came by.
+        self.floods.pop(key, None)
+        self._lost_floods.discard(key)
+        return self._flood_routes.pop(key, ())
 
     def way_back(self, caller: str, response_id: str | None) -> str | None:
         """
@@ -616,15 +668,30 @@ class ForwardedCalls:
     def lost_link(self, peer_id: str) -> list[tuple[str, str, str, str]]:
         """
         Forget the calls that left through C{peer_id}, at once (whether or
-        not the result is looked at).
+        not the result is looked at), and the flooded ones whose last copy
+        still out did: the others wait for their other copies, but will
+        not report -32002 when those come to dead ends (L{dead_end}).
 
         :returns: C{(caller, response_id, target, came_from)} of each, so
             the caller can be told (back the way the call came).
         """
-        return [
+        lost = [
             (caller, response_id, entry.target, entry.came_from)
             for caller, response_id, entry in self._forget(lambda e: e.went_to == peer_id)
         ]
+        floods = self.floods
+        for key in [key for key, branches in floods.items() if peer_id in branches]:
+            branches = floods[key]
+            branches.discard(peer_id)
+            if branches:
+                self._lost_floods.add(key)
+                continue
+            self._flood_over(key)
+            entry = self._calls.pop(key, None)
+            if entry is not None:
+                self._counted_out(entry)
+                lost.append((key[0], key[1], entry.target, entry.came_from))
+        return lost
 
     def _forget(self, lost: Callable[[_Forwarded], bool]) -> list[tuple[str, str, _Forwarded]]:
         """Forget the calls C{lost} picks: their keys and entries."""
@@ -641,6 +708,9 @@ class ForwardedCalls:
         """Forget everything (the node is stopping)."""
         self._calls.clear()
         self._per_neighbour.clear()
+        self.floods.clear()
+        self._flood_routes.clear()
+        self._lost_floods.clear()
 
     def _sweep(self, now: float) -> None:
         calls = self._calls
@@ -649,8 +719,7 @@ class ForwardedCalls:
         floods = self.floods
         if floods:
             for key in [key for key in floods if key not in calls]:
-                del floods[key]
-                self._flood_routes.pop(key, None)
+                self._flood_over(key)
         self._next_sweep = now + self.SWEEP_INTERVAL
 
 

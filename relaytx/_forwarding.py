@@ -159,9 +159,10 @@ class Forwarder:
         original-design neighbour, and the link it came from: this node
         makes the call itself and relays the answer.
     :param dead_end: called with a flooded call's caller, response id and
-        target, and the neighbour it came from, when none of the copies
-        this node passed on got further: the call is answered -32002 that
-        way, for this node's whole branch of the flood.
+        target, the neighbour it came from, the route it came by and
+        whether a copy was lost on the way, when none of the copies this
+        node passed on got further: the call is answered -32002 (or
+        -32006) that way, for this node's whole branch of the flood.
     """
 
     def __init__(
@@ -176,7 +177,7 @@ class Forwarder:
         routes_are_complete: Callable[..., bool],
         refuse: Callable[..., None],
         relay: Callable[[Envelope, str], None] | None = None,
-        dead_end: Callable[[str, str, str, str, tuple[str, ...]], None] | None = None,
+        dead_end: Callable[[str, str, str, str, tuple[str, ...], bool], None] | None = None,
     ) -> None:
         self._node_id = node_id
         self._clock = clock
@@ -254,8 +255,7 @@ class Forwarder:
             taken, ended = self._forwarded.dead_end(envelope.to, envelope.response_id, peer)
             if taken:
                 if ended is not None and self._dead_end is not None:
-                    target, back, route = ended
-                    self._dead_end(envelope.to, envelope.response_id or "", target, back, route)
+                    self._dead_end(envelope.to, envelope.response_id or "", *ended)
                 return
         if kind in _ANSWERED and not _short_response_id(envelope):
             session.host.bad_input(

@@ -376,10 +376,9 @@ class Mesh:
         # (The forwarder is made before the calls it refuses: MeshCalls.refuse.)
         self.calls.refuse(*args, **kwargs)
 
-    def _dead_end(
-        self, caller: str, response_id: str, target: str, came_from: str, route: tuple[str, ...]
-    ) -> None:
-        self.calls.dead_end(caller, response_id, target, came_from, route)
+    def _dead_end(self, *args: Any) -> None:
+        # (The forwarder is made before the calls: MeshCalls.dead_end.)
+        self.calls.dead_end(*args)
 
     def _close_told(self, envelope: Envelope, notice: LinkClose) -> None:
         # A neighbour says why it closes its link, where a close frame

@@ -41,8 +41,10 @@ from twisted.python.failure import Failure
 
 from relaytx._aio import is_deferred
 from relaytx._calls import (
+    COPY_LOST,
     DEFAULT_CALL_TIMEOUT,
     MAX_CALL_BUDGET,
+    WAITING,
     CallTarget,
     ForwardedCalls,
     PendingCalls,
@@ -253,14 +255,17 @@ class MeshCalls:
         ):
             self._metrics.drop("forged_answer")
             return
-        if (
-            hop_report
-            and response.error_code == NodeUnreachable.code
-            and self.pending.dead_end(response.response_id, via or envelope.sender)
-        ):
-            # One copy of a flooded call went no further; the others may
-            # reach the target (and run the call): -32002 only when none can.
-            return
+        if hop_report and response.error_code == NodeUnreachable.code:
+            left = self.pending.dead_end(response.response_id, via or envelope.sender)
+            if left == WAITING:
+                # One copy of a flooded call went no further; the others may
+                # reach the target (and run the call): -32002 only when none can.
+                return
+            if left == COPY_LOST:
+                self.pending.resolve(
+                    response.response_id, error=_copy_lost(self._node_id, destination or "")
+                )
+                return
         if self.traces.paths:
             self.traces.settled(envelope, response.response_id)
         if response.success:
@@ -463,16 +468,23 @@ class MeshCalls:
         target: str,
         came_from: str,
         route: tuple[str, ...] = (),
+        lost: bool = False,
     ) -> None:
         """
         None of the copies of flooded call C{response_id} that this node
         passed on got further: it answers -32002 back the way the call
-        came (by C{route}), for its whole branch of the flood.
+        came (by C{route}), for its whole branch of the flood; -32006 if
+        one of them was C{lost} on the way (it may have run).
         """
-        error = NodeUnreachable(
-            f"Node {target!r} unreachable from {self._node_id}: no copy of the call got further",
-            node_id=self._node_id,
-        )
+        error: CallError
+        if lost:
+            error = _copy_lost(self._node_id, target)
+        else:
+            error = NodeUnreachable(
+                f"Node {target!r} unreachable from {self._node_id}:"
+                " no copy of the call got further",
+                node_id=self._node_id,
+            )
         way_in = route[:-1] if route[-1:] == (self._node_id,) else route
         self.answer_error(caller, response_id, error, way_in or None, via=came_from)
 
@@ -482,6 +494,7 @@ class MeshCalls:
         """Fail at once (-32006) whatever had left through the link to C{peer_id}."""
         lost = partial(_lost, self._node_id, peer_id)
         self.pending.fail_via(peer_id, lost)
+        self.pending.branch_lost(peer_id, lost)
         # Flooded calls (sent via no one neighbour) fail here only when the
         # table is complete or no link is left: in flood mode the table never
         # knows far nodes, so "no route" would fail calls this loss never touched.
@@ -573,6 +586,18 @@ def _lost(node_id: str, peer_id: str | None, destination: str) -> CallError:
         f" link from {node_id} to {peer_id} went down",
         node_id=node_id,
         route=[node_id, peer_id],
+    )
+
+
+def _copy_lost(node_id: str, destination: str) -> CallError:
+    """
+    :returns: the error of a call flooded to C{destination} whose copies
+        all ended, after one was lost on the way: it may have run.
+    """
+    return OutcomeUnknown(
+        f"Path to node {destination!r} lost after the call left: a copy of it was lost"
+        f" at {node_id} and the others went no further",
+        node_id=node_id,
     )
 
 

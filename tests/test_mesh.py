@@ -1041,6 +1041,73 @@ class FloodTests(MeshTestCase):
         self.network.pump()
         self.assertEqual(self.successResultOf(call), "done")
 
+    def _running_flood(self, links: str, hold: str | None = None) -> tuple[Any, dict[str, Any]]:
+        # A mesh of the named links ("ax xy": a-x, x-y) and a slow call from
+        # a to t, flooded, running there; with hold, that link is paused first.
+        names = sorted(set(links.replace(" ", "")))
+        nodes = dict(zip(names, self.nodes("".join(names)), strict=True))
+        for pair in links.split():
+            self.network.link(nodes[pair[0]], nodes[pair[1]])
+        self.network.settle()
+        slow = Slow()
+        nodes["t"].expose("slow", slow)
+        if hold is not None:
+            self.network.link_between(nodes[hold[0]], nodes[hold[1]]).pause()
+        call = nodes["a"].call("t", "slow", "wait", timeout=60)
+        self.network.pump()
+        self.assertEqual(len(slow.waiting), 1)
+        return call, nodes
+
+    def test_lost_last_flood_branch(self) -> None:
+        """
+        A call a forwarder flooded fails at once when the link its only copy
+        left by goes down while it runs (-32006: it reached the target), not
+        at its timeout (SPEC section 8).
+        """
+        call, nodes = self._running_flood("ax xy yt")
+        now = self.clock.seconds()
+        self.network.link_between(nodes["x"], nodes["y"]).cut()
+        self.network.pump()
+        error = self.failureResultOf(call, OutcomeUnknown).value
+        self.assertEqual(
+            (error.code, error.data["node_id"], self.clock.seconds()), (-32006, "x", now)
+        )
+        self.assertEqual([len(nodes[n].mesh.forwarded) for n in "xy"], [0, 0])
+        self.assertEqual(nodes["x"].mesh.forwarded.floods, {})
+
+    def test_caller_loses_last_flood_branch(self) -> None:
+        """
+        The caller that flooded a call fails it at once when the link its
+        last copy still out left by goes down (the other copy came to a dead
+        end), though it has other links.
+        """
+        call, nodes = self._running_flood("ax aq xt")
+        self.network.link_between(nodes["a"], nodes["x"]).cut()
+        self.network.pump()
+        self.assertEqual(self.failureResultOf(call, OutcomeUnknown).value.code, -32006)
+        self.assertEqual(len(nodes["a"].mesh.pending), 0)
+
+    def _dead_end_after_lost(self, links: str, flooder: str, lost: str, late: str) -> None:
+        # The dead end's report is held back until the other branch is lost.
+        call, nodes = self._running_flood(links, hold=flooder + late)
+        self.network.link_between(nodes[flooder], nodes[lost]).cut()
+        self.network.pump()
+        self.assertNoResult(call)
+        self.network.link_between(nodes[flooder], nodes[late]).resume()
+        self.network.pump()
+        self.assertEqual(self.failureResultOf(call, OutcomeUnknown).value.code, -32006)
+
+    def test_caller_dead_end_after_a_lost_branch(self) -> None:
+        """
+        A flood whose last copy comes to a dead end after another branch
+        was lost fails -32006, not -32002: the lost copy may have run.
+        """
+        self._dead_end_after_lost("ax aq xt", "a", "x", "q")
+
+    def test_forwarder_dead_end_after_a_lost_branch(self) -> None:
+        """So too at a forwarder that flooded the call: it reports -32006."""
+        self._dead_end_after_lost("ax xy xz yt", "x", "y", "z")
+
     def test_flood_to_nowhere_ends(self) -> None:
         """
         A call flooded round a ring for a node that does not exist dies out,
