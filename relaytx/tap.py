@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import gc
 import os
+import resource
 import signal
+import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import IO, Any, NoReturn
 
@@ -72,6 +74,10 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
+#: The descriptors looked through for the other end of a daemon's status
+#: pipe where /proc is not there, at most (L{_close_other_end}).
+_MOST_FDS = 65536
+
 #: The most a daemon tells its parent (L{_wait_for_start} reads it in one go).
 _STATUS_SIZE = 4000
 
@@ -88,12 +94,45 @@ def _wait_for_start(runner: Any, pipe: int) -> int:
     from twisted.python.util import untilConcludes
 
     _early.release()  # (the parent runs no node: a stop signal ends its wait)
+    _close_other_end(pipe)
     data = untilConcludes(os.read, pipe, _STATUS_SIZE)
     if data == b"0":
         return 0
     why = data[2:] if data[:2] == b"1 " else data
     error_line(why.decode("utf-8", "backslashreplace") or "the daemon ended before it served")
     return 1
+
+
+def _close_other_end(pipe: int) -> None:
+    """
+    Close this process's copy of the write end of C{pipe}. twistd's
+    parent keeps it open as it waits, so a daemon that died before it
+    said a word (no C{/dev/null} in its C{--chroot}, say, or a module it
+    could no longer import there) left the parent waiting for ever: with
+    no writer left, the read ends (C{b""}, "ended before it served").
+    twistd does not say which descriptor it is; it is the other one of
+    the same pipe.
+    """
+    try:
+        mine = os.fstat(pipe)
+    except OSError:
+        return
+    try:
+        fds: Iterable[int] = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # (no /proc: in a --chroot, the parent is inside it too)
+        fds = range(min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], _MOST_FDS))
+    for fd in fds:
+        if fd == pipe:
+            continue
+        try:
+            other = os.fstat(fd)
+        except OSError:
+            continue  # (the listing's own descriptor, closed by now)
+        if stat.S_ISFIFO(other.st_mode) and (other.st_dev, other.st_ino) == (
+            mine.st_dev,
+            mine.st_ino,
+        ):
+            os.close(fd)
 
 
 class Twistd:
@@ -307,6 +346,9 @@ def _check_twistd_places(options: Any) -> None:
     if chroot:
         if not os.path.isdir(chroot):
             raise usage.UsageError(f"--chroot {chroot}: no such directory")
+        if not options.get("nodaemon") and not os.path.exists(os.path.join(chroot, "dev/null")):
+            # (A daemon opens it once inside, or dies before it can say so.)
+            raise usage.UsageError(f"--chroot {chroot}: a daemon needs dev/null in it")
         return  # (the other places are inside it)
     rundir = options.get("rundir") or "."
     if not os.path.isdir(rundir):

@@ -767,6 +767,25 @@ class TwistdProcessTests(CommandLineTestCase):
         with open(os.path.join(directory, "twistd.log")) as f:
             self.assertNotIn("Traceback", f.read())  # (the pid file removed once)
 
+    def test_daemonDiesWithoutAWord(self) -> None:
+        """
+        A daemon that dies before it says how its start-up went ends its
+        parent (1, and why): twistd's parent kept the status pipe's write
+        end open, and so waited for ever.
+        """
+        app = write_app(
+            self.tempdir(),
+            "dies.py",
+            "import os\n"
+            "from twisted.internet import reactor, task\n"
+            "def setup(node):\n"
+            "    return task.deferLater(reactor, 0.2, os._exit, 3)\n",
+        )
+        parent = self.start(daemon("--port", str(free_port()), "--app", app))
+        self.assertEqual(parent.wait(), 1, parent.stderr())
+        [line] = parent.stderr().splitlines()
+        self.assertEqual(line, "relay: error: the daemon ended before it served")
+
     def test_errorsBeforeTheFork(self) -> None:
         """An error found before a daemon forks is one line too, not two."""
         for args in (["--app", "nope.py"], ["--log-format", "json", "--app", "nope.py"]):
@@ -809,6 +828,16 @@ class TwistdProcessTests(CommandLineTestCase):
                     self.assertTrue(line.startswith(f"relay: error: {' '.join(place)}: "), line)
                     self.assertIn(expected, line)
                     self.assertNoTraceback(process)
+        # A daemon opens dev/null inside its chroot (one in the foreground, none).
+        argv = daemon("--port", str(free_port()))
+        at = argv.index("relay")
+        argv[at:at] = ["--chroot", a_directory]
+        process = self.start(argv)
+        self.assertEqual(process.wait(), 1, process.stderr())
+        [line] = process.stderr().splitlines()
+        self.assertEqual(
+            line, f"relay: error: --chroot {a_directory}: a daemon needs dev/null in it"
+        )
 
     def test_daemonServes(self) -> None:
         """A daemon's parent ends (0) once the node serves, its apps set up."""
