@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import IO, Any
@@ -75,9 +76,24 @@ class JsonLogObserver:
         try:
             text = orjson.dumps(line, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
         except TypeError:  # an integer past 64 bits, say
-            text = json.dumps(line, default=repr)
+            text = json.dumps(_strict(line), default=repr, allow_nan=False)
         self._stream.write(text + "\n")
         self._stream.flush()
+
+
+def _strict(value: Any) -> Any:
+    """
+    C{value} as orjson writes it, for C{json.dumps}: NaN and infinities
+    (which it would write as such, not JSON) as C{None}, keys that are not
+    text as text.
+    """
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key if type(key) is str else str(key): _strict(v) for key, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
 
 
 def text_observer(stream: IO[str], level: LogLevel = LogLevel.info) -> ILogObserver:

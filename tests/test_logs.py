@@ -47,6 +47,24 @@ class JsonLogTests(SynchronousTestCase):
         self.assertRegex(str(line["time"]), r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
         self.assertFalse([key for key in line if key.startswith("log_")])
 
+    def test_strict_json(self) -> None:
+        """
+        Every line is strict JSON, also one with an integer past 64 bits
+        (which orjson does not write): NaN and infinities are null, keys
+        that are not text are text.
+        """
+        stream = io.StringIO()
+        log = Logger(observer=JsonLogObserver(stream, "n1"))
+        nan, inf = float("nan"), float("inf")
+        for big in (1, 10**20):
+            log.info("x", big=big, nan=nan, nested={"v": [inf, -inf], 2: (nan,)})
+        for text in stream.getvalue().splitlines():
+            line = json.loads(text, parse_constant=self.fail)  # (NaN, Infinity: not JSON)
+            self.assertEqual(
+                (line["nan"], line["nested"]), (None, {"v": [None, None], "2": [None]})
+            )
+        self.assertEqual([line["big"] for line in self.lines(stream)], [1, 10**20])
+
     def test_failure(self) -> None:
         """A logged failure's traceback is in the line, still one line."""
         stream = io.StringIO()
