@@ -382,7 +382,6 @@ class MeshCalls:
             if response_id is not None:
                 self.pending.resolve(response_id, error=error)
             return
-        self._forwarder.hops.answered_here(caller, response_id, error.code)
         response = ServerResponse(
             response_id=response_id,
             success=False,
@@ -390,6 +389,7 @@ class MeshCalls:
             error=error.message,
             error_code=error.code,
             error_data=error.data,
+            trace_path=self._forwarder.hops.answered_here(caller, response_id, error.code),
         )
         self._send_answer(caller, response, via, route)
 
@@ -402,7 +402,7 @@ class MeshCalls:
         cut: bool = False,
     ) -> None:
         if self.traces.running:  # a traced call, or one whose path was asked for
-            response.trace_path = self.traces.answered(caller, response)
+            response.trace_path = self.traces.answered(caller, response) or response.trace_path
         if self._e2e is not None and caller not in self._links:
             response.mac = self._e2e.seal_answer(caller, response)
         try:

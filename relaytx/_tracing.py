@@ -779,8 +779,11 @@ class HopTraces:
         self.clock = clock
         self.tracer = tracer
         self.max_entries = max_entries
-        #: (caller, response id) -> (span, when the call passed, until when to wait)
-        self.entries: dict[tuple[str, str], tuple[Span | None, float, float]] = {}
+        #: (caller, response id) -> (span, when the call passed, until when
+        #: to wait, the route it came by if its path was asked for)
+        self.entries: dict[
+            tuple[str, str], tuple[Span | None, float, float, tuple[str, ...] | None]
+        ] = {}
 
     def call_passing(self, envelope: Any, came_from: str, went_to: str | None) -> None:
         """
@@ -817,7 +820,14 @@ class HopTraces:
         budget = call.get("timeout")
         if not isinstance(budget, int | float) or isinstance(budget, bool) or budget <= 0:
             budget = 30.0
-        self.entries[(envelope.sender, response_id)] = (span, now, now + min(budget, 86400.0) + 1)
+        route = None
+        if TRACE_PATH in data:
+            route = tuple(envelope.route)
+            if route[-1:] == (self.node_id,):
+                route = route[:-1]
+        self.entries[(envelope.sender, response_id)] = (
+            span, now, now + min(budget, 86400.0) + 1, route,
+        )  # fmt: skip
 
     def answer_passing(self, envelope: Any) -> None:
         """An answer passes back through: end its call's span, add this node's time."""
@@ -827,7 +837,7 @@ class HopTraces:
         entry = self.entries.pop((envelope.to, response_id), None)
         if entry is None:
             return
-        span, passed, _ = entry
+        span, passed, _, _ = entry
         data = envelope.data
         if span is not None:
             if data.get("success") is not True:
@@ -839,24 +849,35 @@ class HopTraces:
         if report is not None:
             add_hop_time(report, self.node_id, (self.clock.seconds() - passed) * 1000.0)
 
-    def answered_here(self, caller: str, response_id: str | None, code: int) -> None:
+    def answered_here(
+        self, caller: str, response_id: str | None, code: int
+    ) -> dict[str, Any] | None:
         """
         This node answers a call passing through with error C{code} itself
         (its onward link went down, its answer was lost here): the call's
         span ends now, failed.
+
+        :returns: the answer's path report, ending here, if the call's path
+            was asked for (the hops it made before stay in it).
         """
         if not self.entries or response_id is None:
-            return
+            return None
         entry = self.entries.pop((caller, response_id), None)
-        if entry is not None and entry[0] is not None:
-            entry[0].update({"otel.status_code": "ERROR", "relaytx.error_code": code})
-            entry[0].finish()
+        if entry is None:
+            return None
+        span, passed, _, route = entry
+        if span is not None:
+            span.update({"otel.status_code": "ERROR", "relaytx.error_code": code})
+            span.finish()
+        if route is None:
+            return None
+        return path_report(route, self.node_id, (self.clock.seconds() - passed) * 1000.0)
 
     def _expire(self, now: float) -> None:
         entries = self.entries
         while entries:
             key = next(iter(entries))
-            span, _, deadline = entries[key]
+            span, _, deadline, _ = entries[key]
             if deadline > now and len(entries) < self.max_entries:
                 return
             del entries[key]

@@ -405,6 +405,26 @@ class MeshTracingTests(SynchronousTestCase):
         self.assertAlmostEqual(hops[2][1], 500.0)
         self.assertEqual(self.nodes[0].mesh.calls.traces.paths, {})
 
+    def test_path_to_a_lost_link(self) -> None:
+        """
+        A call asking for its path that a forwarder answers itself (its
+        onward link went down) gets the path as far as that forwarder, with
+        its time.
+        """
+        from relaytx._tracing import CallTrace
+
+        target = CallTarget("n2", "calls", "later")
+        target.trace = CallTrace(None, hops := [])
+        d = self.nodes[0].dispatcher.call(target)
+        self.network.pump()
+        self.clock.advance(0.25)
+        self.network.link_between("n1", "n2").cut()
+        self.network.pump()
+        self.assertEqual(self.failureResultOf(d).value.code, -32006)
+        self.assertEqual([node for node, _ in hops], ["n0", "n1"])
+        self.assertAlmostEqual(hops[1][1], 250.0)
+        self.assertEqual(self.nodes[1].mesh.forwarder.hops.entries, {})
+
     def test_shared_shapes(self) -> None:
         """
         The call and run spans of one kind of call share their attributes
