@@ -540,8 +540,15 @@ class Forwarder:
                 session.waiting_since = now
                 if not session.watched:
                     session.awaiting(now)  # the watch takes it
-        elif came_from is not None:
-            self._metrics.messages_routed.inc()
+        else:
+            if came_from is not None:
+                self._metrics.messages_routed.inc()
+            if envelope.type == _ITEM and session.waiting_since is None:
+                # A stream's items go on while its reader takes them, and its
+                # credit comes back: a reader gone silent must be found as a
+                # call's callee would be, or the generator runs (and holds
+                # its server) until the next keepalive finds it.
+                session.awaiting(self._clock.seconds() if now is None else now)
         if session.peer_id == envelope.to:
             session.send(envelope)
         elif self._router.is_router(session.peer_id):

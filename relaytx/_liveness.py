@@ -9,7 +9,8 @@ carry something back after it carried a request out. A request is a ping
 (the keepalive every C{ping_interval}, or a probe) or a call (this node's
 own, or one it forwards). Each session records when the first request left
 since it last heard anything at all from its peer (C{waiting_since}; any
-frame clears it) and until when calls sent on it may still be outstanding
+frame clears it; a stream's item sent towards its reader counts as a
+request too) and until when calls sent on it may still be outstanding
 (C{busy_until}, their deadlines). While some session waits or is busy, the
 watch ticks every C{peer_timeout / 25} seconds and, for each of them:
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -18,6 +19,12 @@ from relaytx.config import ConfigError, build_config
 from relaytx.node import RelayNode
 from relaytx.testing import MemoryLink, MemoryMesh, line, memory_node
 from tests.support import Slow
+from tests.test_streams import Work
+
+
+async def _read_all(stream: Any) -> None:
+    async for _ in stream:
+        pass
 
 
 class Watched:
@@ -337,6 +344,36 @@ class MeshLivenessTests(SynchronousTestCase):
         d = b.call("a", "node", "ping", timeout=5)
         self.network.pump()
         self.assertTrue(self.successResultOf(d)["pong"])
+
+    def test_frozen_stream_reader_found(self) -> None:
+        """
+        A stream's items going to a node that froze make the node that sends
+        them find it silent within the peer timeout and a tick, as a call
+        would, not at its next keepalive: the generator at the far end is
+        stopped then, its server free again.
+        """
+        # (keepalives far apart: only the items can find the freeze)
+        a, b, c = (memory_node(name, self.clock, ping_interval=30) for name in "abc")
+        line([a, b, c], self.network)
+        self.network.settle()
+        work = Work()
+        c.expose("work", work)
+        self.network.settle()
+        stream = a.stream("c", "work", "drip", 10_000, window=8)
+        ensureDeferred(_read_all(stream)).addErrback(lambda _: None)
+        self.network.advance(0)
+        work.tick()
+        self.network.advance(0)
+        frozen = self.network.link_between(a, b)
+        frozen.pause()  # a freezes: nothing from it arrives any more
+        b_end = frozen.transports[frozen.nodes.index(b)]
+        b_end.abort = lambda: None  # type: ignore[method-assign]  # nor reaches it
+        work.tick()  # an item on its way to a, through b
+        self.network.advance(0)
+        self.assertEqual(work.closed, 0)
+        self.network.advance(DEFAULT_PEER_TIMEOUT + 0.1)
+        self.assertNotIn("a", b.mesh.links)
+        self.assertEqual(work.closed, 1)
 
     def test_long_call_keeps_link(self) -> None:
         """A call the target takes a minute to run keeps its link: the probes are answered."""
