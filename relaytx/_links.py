@@ -4,10 +4,13 @@ L{LinkTable}: a node's open links, who may open one, and the session class
 and message types they run with.
 
 Admission. A link to oneself is refused, and so is any link while the node
-stops. When two nodes dial each other and both links open within
-L{CROSSING} seconds, the link dialled by the node with the smaller id is
-kept, at both ends, whichever opened first there. A healthy link older
-than that is never replaced (below): whoever dialled which.
+stops. When two nodes dial each other, each refuses (409) a dial that
+arrives while its own is open, except that the smaller id's own dial,
+opening within L{CROSSING} seconds after the larger's was accepted,
+replaces it: both ends keep one link, the first dial the larger id
+accepted. Only a node's own dial ever replaces a healthy link, so a
+connection that claims a neighbour's id is refused in a link's first
+seconds as later (below).
 
 A second link for a peer whose link is healthy is refused (409), in every
 mode: one process cannot take over another's link, and a second process
@@ -141,12 +144,14 @@ class LinkTable:
             and existing.direction != direction
             and existing.host.clock.seconds() - existing.opened_at < CROSSING
         )
-        if crossing:
-            # Both dialled, and both links open: the one the smaller id
-            # dialled is kept, at both ends, whichever opened first.
-            dialled_by_peer = direction == "inbound"
-            if dialled_by_peer == (peer_id < self.node_id):
-                return  # the new link replaces the other
+        if crossing and direction == "outbound" and self.node_id < peer_id:
+            # Both dialled, and both links opened: this node's own dial, the
+            # smaller id's, replaces the peer's. Only ever its own: an
+            # inbound link never replaces a healthy one, or whoever claimed
+            # a neighbour's id in the first seconds of its link would take
+            # it over. The larger id refuses the smaller's dial (below), so
+            # both ends keep one link, whichever opened first at each.
+            return
         if direction == "inbound" and existing.direction == "outbound":
             if healthy or self.node_id < peer_id:
                 existing.challenge()  # the peer dials as if that link were gone: is it?

@@ -1305,6 +1305,25 @@ class LinkLifecycleTests(MeshTestCase):
         self.assertIs(b.mesh.links["a"], first.session_of(b))
         self.assertFalse(first.closed)
 
+    def test_new_link_not_taken_over(self) -> None:
+        """
+        A connection that claims a neighbour's id in the first seconds of
+        the link this node dialled to it is refused (409), as any later
+        claim is, whichever id is smaller: only a node's own dial is ever
+        taken for one of two that crossed. (The smaller id's claim took
+        the link over, two seconds long after each dial.)
+        """
+        for peer, holder in (("a", "b"), ("b", "a")):
+            with self.subTest(peer=peer):
+                network = MemoryMesh()
+                p, h = memory_node(peer, self.clock), memory_node(holder, self.clock)
+                first = network.link(h, p)  # h dialled p
+                impostor = memory_node(peer, self.clock)
+                refused = self.assertRaises(LinkRefused, network.link, impostor, h)
+                self.assertEqual(refused.status, 409)
+                self.assertIs(h.mesh.links[peer], first.session_of(h))
+                self.assertFalse(first.closed)
+
     def test_lasting_link_kept_by_the_smaller_id(self) -> None:
         """
         A node with the smaller id that dials a second process under the
