@@ -993,7 +993,7 @@ class NodeWeb:
             return _json_error(request, 400, str(e))
         return self._json(request, {"status": "dialling", "address": address})
 
-    @app.route("/registry/peers/remove", methods=["DELETE", "POST"])
+    @app.route("/registry/peers/remove", methods=["DELETE"])
     def remove_peer(self, request: Any) -> bytes:
         refused = self._not_admin(request)
         if refused is not None:

@@ -934,6 +934,7 @@ class MethodAndPathTests(NodeTestCase):
         for method, path, allowed in [
             ("GET", "/registry/peers/add", "POST"),
             ("GET", "/registry/peers/remove", "DELETE"),
+            ("POST", "/registry/peers/remove", "DELETE"),  # (SPEC section 4: DELETE)
             ("POST", "/metrics", "GET"),
             ("DELETE", "/registry/servers", "GET"),
         ]:
