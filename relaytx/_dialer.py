@@ -55,14 +55,16 @@ def split_peer(address: str) -> tuple[str | None, str]:
 def peer_url(address: str, own_id: str) -> tuple[str, str, int, bool]:
     """
     Normalise a peer address (SPEC section 3): C{http://h:p} and C{ws://h:p}
-    mean C{ws://h:p/ws/p2p}; C{https}/C{wss} mean TLS.
+    mean C{ws://h:p/ws/p2p}; C{https}/C{wss} mean TLS; C{h:p}, with no
+    scheme, means C{ws://h:p} (a port is needed then: a word alone, such
+    as C{notaurl}, is taken for a typo, not dialled on port 80 for ever).
 
     :returns: C{(url, host, port, secure)}, the URL carrying C{node_id}.
     :raises ValueError: if C{address} is not such a URL.
     """
     address = address.strip()
     if "://" not in address:
-        if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?(/.*)?", address):
+        if not re.fullmatch(r"[A-Za-z0-9._-]+:\d+(/.*)?", address):
             raise ValueError(f"{address!r} is not a ws://, wss://, http:// or https:// address")
         address = "ws://" + address
     parts = urlsplit(address)

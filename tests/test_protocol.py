@@ -45,8 +45,13 @@ class PeerUrlTests(SynchronousTestCase):
         self.assertEqual(peer_url("h:9000", "me")[0], "ws://h:9000/ws/p2p?node_id=me")
 
     def test_refused(self) -> None:
-        """Other schemes and junk are refused with ValueError."""
-        for address in ("ftp://h:21", "mailto:x@y", "http://", "ws://h:99999", ""):
+        """
+        Other schemes and junk are refused with ValueError, and so is a
+        word with neither scheme nor port (a typo more likely than port 80).
+        """
+        for address in (
+            "ftp://h:21", "mailto:x@y", "http://", "ws://h:99999", "", "notaurl", "localhost",
+        ):  # fmt: skip
             self.assertRaises(ValueError, peer_url, address, "me")
 
     def test_bad_port_or_host(self) -> None:
