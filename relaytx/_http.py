@@ -160,7 +160,7 @@ class BoundedRequest(Request):
         policy = self._node_site().policy
         headers = self.requestHeaders
         origins = headers.getRawHeaders(b"origin")
-        if origins and not policy.origin_allowed(origins[0]):
+        if origins and (len(origins) > 1 or not policy.origin_allowed(origins[0])):
             return "Origin not allowed: add it to allowed_origins"
         hosts = headers.getRawHeaders(b"host")
         if hosts and len(hosts) == 1 and not policy.host_allowed(hosts[0]):
@@ -348,6 +348,11 @@ class BoundedRequest(Request):
                 self._refuse(400, "bad request: more than one Host header", close=False)
                 return
             host = hosts[0]
+        origins = self.requestHeaders.getRawHeaders(b"origin")
+        if origins is not None and len(origins) > 1:
+            # (Nor more than one Origin: the checks below read one.)
+            self._refuse(400, "bad request: more than one Origin header", close=False)
+            return
         if self.uri[:1] != b"/" and self.uri[:8].lower().startswith((b"http://", b"https://")):
             host = self._to_origin_form()
         if self.path.startswith(PEER_PATH):
@@ -458,7 +463,7 @@ def allowed_origin(policy: HttpPolicy, headers: Any) -> bytes | None:
         (on a Host the node takes), which may read its answer; else C{None}.
     """
     origins, hosts = headers.getRawHeaders(b"origin"), headers.getRawHeaders(b"host")
-    if not origins or not hosts or len(hosts) > 1:
+    if not origins or not hosts or len(hosts) > 1 or len(origins) > 1:
         return None
     origin: bytes = origins[0]
     if policy.origin_allowed(origin) and policy.host_allowed(hosts[0]):

@@ -811,6 +811,21 @@ class CorsTests(NodeTestCase):
         self.assertIn(b"authorization", headers[b"access-control-allow-headers"])
         self.assertIn(b"content-type", headers[b"access-control-allow-headers"])
 
+    def test_two_origins(self) -> None:
+        """
+        A request with two Origin headers is a 400, in either order: which
+        would the check believe? (The last one decided, the first one the
+        refusals before the body.)
+        """
+        allowed, evil = b"Origin: https://app.example\r\n", b"Origin: https://evil.example\r\n"
+        for origins in (evil + allowed, allowed + evil):
+            code, headers, _ = self.exchange(
+                b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\n" + origins
+                + b"Authorization: Bearer " + self.TOKEN + b"\r\nContent-Length: 2\r\n\r\n{}"
+            )  # fmt: skip
+            self.assertEqual(code, 400, origins)
+            self.assertNotIn(b"access-control-allow-origin", headers)
+
     def test_answers_readable(self) -> None:
         """Its answers carry the origin, refusals (401) included; others' are refused (403)."""
         code, headers, _ = self.exchange(
