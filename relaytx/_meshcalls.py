@@ -250,7 +250,9 @@ class MeshCalls:
         if (
             e2e is not None
             and envelope.sender != via
-            and not hop_report
+            # (A forwarder's report of a loss carries no code; one in the
+            # callee's name must be the callee's, as any answer of its.)
+            and (not hop_report or envelope.sender == destination)
             and not e2e.check_answer(envelope.sender, response, response.mac)
         ):
             self._metrics.drop("forged_answer")
@@ -272,7 +274,11 @@ class MeshCalls:
             self.pending.resolve(response.response_id, result=response.result)
             return
         data = _error_data(response.error_data)
-        data.setdefault("node_id", response.node_id or envelope.sender)
+        if e2e is not None and hop_report and envelope.sender != destination:
+            # PKI mode: a report no callee coded is its sender's word alone.
+            data["node_id"] = envelope.sender
+        else:
+            data.setdefault("node_id", response.node_id or envelope.sender)
         code = response.error_code
         error = error_for_code(
             code if code is not None else _foreign_error_code(response.error),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import ssl
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from attrs import frozen
@@ -267,17 +268,24 @@ class PkiTests(_Files, TestCase):
         self.assertEqual(counter.count, 1)
 
     async def test_forged_answer(self) -> None:
-        """A member on the path answering for the callee is ignored: never a forged success."""
+        """
+        A member on the path answering for the callee is ignored: never a
+        forged success, nor a loss (-32002) the callee is made to report
+        (a member may say a call was lost, but in its own name).
+        """
         a, mallory, _, counter = await self.line_through_mallory()
+        answers = [
+            (True, None, None),
+            (False, "ValueError: no", -32000),  # as if the method had raised
+            (False, "no route", -32002),  # as if the callee were out of reach
+        ]
 
         def forge(envelope: Envelope, session: Any) -> bool:
             call = ServerCall.from_data(envelope.data)
-            if call.call.method == "increment":
-                answer = ServerResponse(call.response_id, True, "nodeC", 999)
-            else:  # an error, as if the method had raised
-                answer = ServerResponse(
-                    call.response_id, False, "nodeC", error="ValueError: no", error_code=-32000
-                )
+            success, error, code = answers.pop(0)
+            answer = ServerResponse(
+                call.response_id, success, "nodeC", 999, error=error, error_code=code
+            )
             forged = Envelope(
                 ServerResponse.TYPE,
                 "nodeC",
@@ -297,24 +305,38 @@ class PkiTests(_Files, TestCase):
             await a.call("nodeC", "counter", "increment", timeout=1)
         with self.assertRaises(CallTimeout):
             await a.call("nodeC", "counter", "get", timeout=1)
-        self.assertEqual(dropped(a, "forged_answer"), before + 2)
+        with self.assertRaises(CallTimeout):
+            await a.call("nodeC", "counter", "get", timeout=1)
+        self.assertEqual(dropped(a, "forged_answer"), before + 3)
         self.assertEqual(counter.count, 1)
 
     async def test_path_loss_allowed(self) -> None:
         """A member on the path may still report a call lost: the caller sees -32002."""
         a, mallory, _, _ = await self.line_through_mallory()
 
-        def lost(envelope: Envelope, session: Any) -> bool:
+        def lost(envelope: Envelope, session: Any, node_id: str = mallory.node_id) -> bool:
             call = ServerCall.from_data(envelope.data)
             answer = ServerResponse(
-                call.response_id, False, mallory.node_id, error="lost", error_code=-32002
+                call.response_id,
+                False,
+                node_id,
+                error="lost",
+                error_code=-32002,
+                error_data={"node_id": node_id},
             )
             mallory.mesh.forwarder.send(envelope.sender, answer)
             return True
 
         self.on_path(mallory, lost)
-        with self.assertRaises(NodeUnreachable):
+        with self.assertRaises(NodeUnreachable) as raised:
             await a.call("nodeC", "counter", "increment", timeout=5)
+        self.assertEqual(raised.exception.data["node_id"], mallory.node_id)
+        # In the callee's name, it is still the member's word.
+        lost_for_c = partial(lost, node_id="nodeC")
+        self.on_path(mallory, lost_for_c)
+        with self.assertRaises(NodeUnreachable) as raised:
+            await a.call("nodeC", "counter", "increment", timeout=5)
+        self.assertEqual(raised.exception.data["node_id"], mallory.node_id)
 
     async def test_forged_idempotent_methods(self) -> None:
         """A member claiming another node's methods idempotent does not get them retried."""
