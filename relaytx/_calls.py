@@ -51,6 +51,14 @@ MAX_CALL_BUDGET = 86400.0
 WAITING = "waiting"
 COPY_LOST = "copy lost"
 
+#: How a flood a node passed on ended, when no answer came back through
+#: it (L{ForwardedCalls.dead_end}): a copy was lost on the way (it may have
+#: run: -32006), or one reached the target after another copy had
+#: (L{relaytx.wire.CopyDropped}: another branch ran it, this one did not);
+#: else (C{None}) every copy came to a dead end (-32002).
+LOST = "lost"
+DROPPED = "dropped"
+
 
 @define
 class CallTarget:
@@ -314,6 +322,23 @@ class PendingCalls:
             return WAITING
         return COPY_LOST if entry.copy_lost else None  # type: ignore[union-attr]  # branches came from it
 
+    def copy_dropped(self, response_id: str, reporter: str) -> bool:
+        """
+        The copy of flooded call C{response_id} sent to neighbour
+        C{reporter} was dropped at the target, another copy having been
+        there (L{relaytx.wire.CopyDropped}): that branch has ended.
+
+        :returns: whether no copy is left out: the call, which ran
+            somewhere, has lost its answer (-32006).
+        """
+        entry = self._pending.get(response_id)
+        branches = None if entry is None else entry.branches
+        if not branches or reporter not in branches:
+            return False
+        branches.discard(reporter)
+        entry.copy_lost = True  # type: ignore[union-attr]  # branches came from it
+        return not branches
+
     def branch_lost(self, peer_id: str, error: Callable[[str], CallError]) -> int:
         """
         The link to neighbour C{peer_id} went down: the copies of flooded
@@ -501,8 +526,9 @@ class ForwardedCalls:
         self.floods: dict[tuple[str, str], set[str]] = {}
         #: the route each of those had come by (for the error's data)
         self._flood_routes: dict[tuple[str, str], tuple[str, ...]] = {}
-        #: those of them a copy of which was lost on the way (L{lost_link})
-        self._lost_floods: set[tuple[str, str]] = set()
+        #: how those of them ended, so far, that did not all come to dead
+        #: ends: L{LOST} or L{DROPPED} (see L{dead_end})
+        self._flood_endings: dict[tuple[str, str], str] = {}
 
     def __len__(self) -> int:
         self._sweep(self._clock.seconds())
@@ -608,39 +634,75 @@ class ForwardedCalls:
             self._flood_routes[caller, response_id] = route
 
     def dead_end(
-        self, caller: str, response_id: str | None, reporter: str
-    ) -> tuple[bool, tuple[str, str, tuple[str, ...], bool] | None]:
+        self, caller: str, response_id: str | None, reporter: str, ending: str | None = None
+    ) -> tuple[bool, tuple[str, str, tuple[str, ...], str | None] | None]:
         """
         Neighbour C{reporter} says its copy of call C{response_id} went no
-        further (-32002, for its whole branch of the flood).
+        further (-32002, for its whole branch of the flood; with C{ending}
+        L{DROPPED}, the target dropped it, another copy having been there).
 
         :returns: whether this node flooded the call (the report is then
             its own to take, not to pass on), and when every copy it sent
             has so ended, the call's target, the neighbour it came from,
             where this node's own dead end goes, the route it came by, and
-            whether a copy was lost on the way (L{lost_link}: it may have
-            run, so this node's report is -32006, not -32002). The call is
-            then forgotten.
+            how the flood ended (L{LOST}: a copy was lost on the way, see
+            L{lost_link}, so this node's report is -32006; L{DROPPED}: it
+            passes the word on; C{None}: -32002). The call is then
+            forgotten.
         """
         key = (caller, response_id or "")
         branches = self.floods.get(key)
         if branches is None:
             return False, None
+        if reporter not in branches:
+            return True, None
         branches.discard(reporter)
+        if ending is not None:
+            self._ended(key, ending)
         if branches:
             return True, None
-        lost = key in self._lost_floods
+        ended = self._flood_endings.get(key)
         route = self._flood_over(key)
         entry = self._calls.pop(key, None)
         if entry is None:
             return True, None
         self._counted_out(entry)
-        return True, (entry.target, entry.came_from, route, lost)
+        return True, (entry.target, entry.came_from, route, ended)
+
+    def copy_dropped(
+        self, caller: str, response_id: str, reporter: str
+    ) -> tuple[str, str, tuple[str, ...], str | None] | None:
+        """
+        Neighbour C{reporter} says the copy of call C{response_id} this node
+        passed it was dropped at the target, another copy having been there
+        (L{relaytx.wire.CopyDropped}).
+
+        :returns: C{None}, or when this node's part of the call is over
+            (the last copy it flooded has ended, or the one copy it passed
+            on), what L{dead_end} returns for it: the word goes on back
+            (L{DROPPED}), or a loss is reported (L{LOST}). The call is then
+            forgotten. A word on a call forgotten already (its answer has
+            passed) goes no further.
+        """
+        key = (caller, response_id)
+        if key in self.floods:
+            return self.dead_end(caller, response_id, reporter, DROPPED)[1]
+        entry = self._calls.get(key)
+        if entry is None or entry.went_to != reporter:
+            return None
+        del self._calls[key]
+        self._counted_out(entry)
+        return entry.target, entry.came_from, (), DROPPED
+
+    def _ended(self, key: tuple[str, str], ending: str) -> None:
+        # A branch of a flood ended so: a loss outweighs a copy dropped.
+        if self._flood_endings.get(key) != LOST:
+            self._flood_endings[key] = ending
 
     def _flood_over(self, key: tuple[str, str]) -> tuple[str, ...]:
         # Forget a flood's branches: returns the route it came by.
         self.floods.pop(key, None)
-        self._lost_floods.discard(key)
+        self._flood_endings.pop(key, None)
         return self._flood_routes.pop(key, ())
 
     def way_back(self, caller: str, response_id: str | None) -> str | None:
@@ -684,7 +746,7 @@ class ForwardedCalls:
             branches = floods[key]
             branches.discard(peer_id)
             if branches:
-                self._lost_floods.add(key)
+                self._ended(key, LOST)
                 continue
             self._flood_over(key)
             entry = self._calls.pop(key, None)
@@ -710,7 +772,7 @@ class ForwardedCalls:
         self._per_neighbour.clear()
         self.floods.clear()
         self._flood_routes.clear()
-        self._lost_floods.clear()
+        self._flood_endings.clear()
 
     def _sweep(self, now: float) -> None:
         calls = self._calls

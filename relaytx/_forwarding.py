@@ -66,6 +66,7 @@ from relaytx.peer import PeerSession
 from relaytx.wire import (
     MAX_ID_LENGTH,
     STREAM_TYPES,
+    CopyDropped,
     Envelope,
     Payload,
     RouteMessage,
@@ -98,6 +99,7 @@ RELAYTX_TYPES = frozenset(
         *_NOT_DEDUPLICATED,
         "server_call",
         "link_close",
+        "call_copy_dropped",
         "auth",
         "node_record",
     }
@@ -159,10 +161,11 @@ class Forwarder:
         original-design neighbour, and the link it came from: this node
         makes the call itself and relays the answer.
     :param dead_end: called with a flooded call's caller, response id and
-        target, the neighbour it came from, the route it came by and
-        whether a copy was lost on the way, when none of the copies this
-        node passed on got further: the call is answered -32002 (or
-        -32006) that way, for this node's whole branch of the flood.
+        target, the neighbour it came from, the route it came by and how
+        its copies ended (L{relaytx._calls.ForwardedCalls.dead_end}), when
+        none of the copies this node passed on got further: the call is
+        answered -32002 (or -32006) that way, for this node's whole branch
+        of the flood.
     """
 
     def __init__(
@@ -177,7 +180,7 @@ class Forwarder:
         routes_are_complete: Callable[..., bool],
         refuse: Callable[..., None],
         relay: Callable[[Envelope, str], None] | None = None,
-        dead_end: Callable[[str, str, str, str, tuple[str, ...], bool], None] | None = None,
+        dead_end: Callable[[str, str, str, str, tuple[str, ...], str | None], None] | None = None,
     ) -> None:
         self._node_id = node_id
         self._clock = clock
@@ -238,6 +241,8 @@ class Forwarder:
                     envelope.sender, envelope.id, envelope.type, envelope.response_id
                 ):
                     self._metrics.drop("duplicate")
+                    if envelope.type == _CALL and envelope.response_id is not None:
+                        self.tell_dropped(peer, envelope.sender, envelope.response_id)
                     return
             session.dispatch(envelope)
             return
@@ -561,6 +566,18 @@ class Forwarder:
             session.send(
                 Envelope.create(wrapper, self._node_id, session.peer_id, self._clock.seconds())
             )
+
+    def tell_dropped(self, peer_id: str, caller: str, response_id: str) -> None:
+        """
+        Tell neighbour C{peer_id} that its copy of flooded call
+        C{response_id} of C{caller} went no further than here, where
+        another copy had been (L{CopyDropped}): a relaytx neighbour only.
+        """
+        session = self._by_peer.get(peer_id)
+        if session is None or session.original or not session.healthy:
+            return
+        notice = CopyDropped(response_id, caller)
+        session.send(Envelope.create(notice, self._node_id, peer_id, self._clock.seconds()))
 
     def can_reach(self, destination: str) -> bool:
         """:returns: whether a link or a route to C{destination} is known."""

@@ -45,6 +45,7 @@ from relaytx.errors import InvalidRequest, ProtocolViolation
 from relaytx.interfaces import ILinkTransport, IRemoteCalls, ISessionHost
 from relaytx.peer import CLOSE_ABNORMAL, CLOSE_ON_PURPOSE, CLOSE_REMOVED, PeerSession
 from relaytx.wire import (
+    CopyDropped,
     Envelope,
     LinkClose,
     MessageTypes,
@@ -363,6 +364,7 @@ class Mesh:
         #: routed pings timed for C{node.traceroute}
         self.probes = Probes(node_id, clock, self.forwarder)
         self._links.register_handler(LinkClose, self._close_told)
+        self._links.register_handler(CopyDropped, self._copy_dropped)
         #: told the id of a peer that removed this node (closed a link with
         #: 4002): its dialers of that peer dial no more (L{PeerAdmin.removed_by})
         self.removed_by: Callable[[str], None] | None = None
@@ -379,6 +381,11 @@ class Mesh:
     def _dead_end(self, *args: Any) -> None:
         # (The forwarder is made before the calls: MeshCalls.dead_end.)
         self.calls.dead_end(*args)
+
+    def _copy_dropped(self, envelope: Envelope, notice: CopyDropped) -> None:
+        # A neighbour's word on a copy of a flooded call (never routed).
+        if envelope.sender in self._links and envelope.route[-1:] == (envelope.sender,):
+            self.calls.copy_dropped(notice.caller, notice.response_id, envelope.sender)
 
     def _close_told(self, envelope: Envelope, notice: LinkClose) -> None:
         # A neighbour says why it closes its link, where a close frame

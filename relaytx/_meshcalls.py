@@ -43,6 +43,8 @@ from relaytx._aio import is_deferred
 from relaytx._calls import (
     COPY_LOST,
     DEFAULT_CALL_TIMEOUT,
+    DROPPED,
+    LOST,
     MAX_CALL_BUDGET,
     WAITING,
     CallTarget,
@@ -474,16 +476,21 @@ class MeshCalls:
         target: str,
         came_from: str,
         route: tuple[str, ...] = (),
-        lost: bool = False,
+        ending: str | None = None,
     ) -> None:
         """
         None of the copies of flooded call C{response_id} that this node
         passed on got further: it answers -32002 back the way the call
         came (by C{route}), for its whole branch of the flood; -32006 if
-        one of them was C{lost} on the way (it may have run).
+        one of them was lost on the way (C{ending} L{LOST}: it may have
+        run); if one was dropped at the target (L{DROPPED}: another branch
+        ran it), it passes that word on instead.
         """
+        if ending == DROPPED:
+            self._forwarder.tell_dropped(came_from, caller, response_id)
+            return
         error: CallError
-        if lost:
+        if ending == LOST:
             error = _copy_lost(self._node_id, target)
         else:
             error = NodeUnreachable(
@@ -493,6 +500,23 @@ class MeshCalls:
             )
         way_in = route[:-1] if route[-1:] == (self._node_id,) else route
         self.answer_error(caller, response_id, error, way_in or None, via=came_from)
+
+    def copy_dropped(self, caller: str, response_id: str, reporter: str) -> None:
+        """
+        Neighbour C{reporter} says the copy of call C{response_id} of
+        C{caller} that went its way was dropped at the target, another copy
+        having been there (L{relaytx.wire.CopyDropped}): that branch of the
+        flood has ended, and the word goes back towards the node that
+        flooded the call, which fails it (-32006) once no copy is left out.
+        """
+        if caller == self._node_id:
+            if self.pending.copy_dropped(response_id, reporter):
+                destination = self.pending.destination_of(response_id) or ""
+                self.pending.resolve(response_id, error=_copy_lost(self._node_id, destination))
+            return
+        ended = self._forwarded.copy_dropped(caller, response_id, reporter)
+        if ended is not None:
+            self.dead_end(caller, response_id, *ended)
 
     # Losses.
 

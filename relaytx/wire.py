@@ -1359,6 +1359,32 @@ class CallCancel(Payload):
 
 
 @frozen
+class CopyDropped(Payload):
+    """
+    A copy of a flooded call reached its target after another copy had, and
+    was dropped there: the target says so to the neighbour the copy came
+    from, which passes the word back along that copy's way to the node that
+    flooded it (L{relaytx._meshcalls}). That branch of the flood has ended
+    without running the call, so a loss of the copy that did run fails the
+    call at once (-32006) rather than at its timeout. Sent to a relaytx
+    neighbour itself: never routed, never to an original-design node,
+    which would take any word on its call for the answer.
+    """
+
+    TYPE = "call_copy_dropped"
+    response_id: str
+    caller: str
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> CopyDropped:
+        what = "call_copy_dropped"
+        return cls(_stream_id(data, what), node_id_of(data.get("caller"), what))
+
+    def to_data(self) -> dict[str, Any]:
+        return {"response_id": self.response_id, "caller": self.caller}
+
+
+@frozen
 class LinkClose(Payload):
     """
     Why the sender is closing this link on purpose (C{code}: 4001 replaced,

@@ -1108,6 +1108,52 @@ class FloodTests(MeshTestCase):
         """So too at a forwarder that flooded the call: it reports -32006."""
         self._dead_end_after_lost("ax xy xz yt", "x", "y", "z")
 
+    def _ran_and_dropped(self, nodes: dict[str, Any], ways: str) -> tuple[str, str]:
+        # Of two neighbours of t, the one whose copy ran and the one whose
+        # copy t dropped (and told it so).
+        told = [
+            n for n in ways if self.network.link_between("t", n).sent_by("t", "call_copy_dropped")
+        ]
+        self.assertEqual(len(told), 1)
+        [ran] = set(ways) - set(told)
+        return ran, told[0]
+
+    def test_dropped_copy_told(self) -> None:
+        """
+        A copy of a flooded call that reaches its target after another is
+        dropped there, and the word goes back to the caller that flooded
+        it: so when the link its running copy left by goes down, the call
+        fails at once (-32006), not at its timeout.
+        """
+        call, nodes = self._running_flood("ax ay xt yt")
+        ran, dropped_at = self._ran_and_dropped(nodes, "xy")
+        self.assertEqual(len(nodes[dropped_at].mesh.forwarded), 0)
+        self.assertNoResult(call)
+        self.network.link_between("a", ran).cut()
+        self.network.pump()
+        self.assertEqual(self.failureResultOf(call, OutcomeUnknown).value.code, -32006)
+
+    def test_dropped_copy_call_runs_on(self) -> None:
+        """Meanwhile the call runs on, and its answer comes back."""
+        call, nodes = self._running_flood("ax ay xt yt")
+        self._ran_and_dropped(nodes, "xy")
+        nodes["t"].servers.server("slow").waiting.pop().callback("done")
+        self.network.pump()
+        self.assertEqual(self.successResultOf(call), "done")
+
+    def test_dropped_copy_told_to_a_forwarder(self) -> None:
+        """
+        A forwarder that flooded the call takes the word, and reports the
+        loss of the copy that ran (-32006) once no other copy is out.
+        """
+        call, nodes = self._running_flood("af fx fy xt yt")
+        ran, _ = self._ran_and_dropped(nodes, "xy")
+        self.network.link_between("f", ran).cut()
+        self.network.pump()
+        error = self.failureResultOf(call, OutcomeUnknown).value
+        self.assertEqual((error.code, error.data["node_id"]), (-32006, "f"))
+        self.assertEqual(nodes["f"].mesh.forwarded.floods, {})
+
     def test_flood_to_nowhere_ends(self) -> None:
         """
         A call flooded round a ring for a node that does not exist dies out,

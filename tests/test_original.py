@@ -70,6 +70,11 @@ class DuplicateIdTests(OriginalTestCase):
         self.original.frame("server_call", data, "1796024318382509572")
         self.assertEqual(self.counter.count, 1)
         self.assertEqual(dropped(self.node, "duplicate"), 1)
+        # (A relaytx neighbour is told its copy was dropped; an original,
+        # which would take any word on its call for the answer, is not.)
+        self.original.serve()
+        self.assertEqual(len(self.original.answers), 1)
+        self.assertEqual(self.original.other, [])
 
     def test_other_types_with_the_same_id(self) -> None:
         """A call and a message of another type sharing an id are both taken."""

@@ -23,6 +23,7 @@ from relaytx.wire import (
     CORE_TYPES,
     DEFAULT_TTL,
     CallSpec,
+    CopyDropped,
     Envelope,
     MessageTypes,
     Payload,
@@ -1522,6 +1523,22 @@ class IdBoundsTests(SynchronousTestCase):
         )
         envelope = Envelope("server_call", "hA", "hB", {"response_id": long_id})
         self.assertIsNone(envelope.response_id)
+
+    def test_copy_dropped(self) -> None:
+        """A call_copy_dropped names the call by caller and response id, both checked."""
+        notice = CopyDropped("r1", "hA")
+        self.assertEqual(notice.to_data(), {"response_id": "r1", "caller": "hA"})
+        self.assertEqual(CopyDropped.from_data(notice.to_data()), notice)
+        for bad in (
+            {"caller": "hA"},
+            {"response_id": "", "caller": "hA"},
+            {"response_id": "r" * 129, "caller": "hA"},
+            {"response_id": "r1"},
+            {"response_id": "r1", "caller": "bad id"},
+            {"response_id": 1, "caller": "hA"},
+        ):
+            with self.assertRaises(MalformedMessage, msg=repr(bad)):
+                CopyDropped.from_data(bad)
 
     def test_caller(self) -> None:
         """A server_call's caller travels when set, and is bounded and typed."""
