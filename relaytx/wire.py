@@ -86,6 +86,10 @@ The payloads (C{data}) of the built-in types:
     the close frame, on links that authenticate their frames only (a close
     frame is not authenticated): there, a close on purpose counts as one
     only if this said so first (L{LinkClose}).
+  - C{call_copy_dropped} C{{"response_id", "caller"}}: a copy of a flooded
+    call that the sender passed on, or that reached it, was dropped at the
+    target, another copy having been there (L{CopyDropped}). To a relaytx
+    neighbour only, never routed.
 
 Cancellation and streams (SPEC section 12; see L{relaytx._streams}). These
 frames travel only between relaytx nodes: none is ever sent on a link to an
