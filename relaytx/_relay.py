@@ -25,6 +25,7 @@ from relaytx._calls import DEFAULT_CALL_TIMEOUT, CallTarget
 from relaytx._forwarding import Forwarder
 from relaytx._meshcalls import MeshCalls
 from relaytx._metrics import NodeMetrics
+from relaytx._tracing import TRACE_PATH
 from relaytx.errors import (
     PATH_LOST_CODES,
     CallError,
@@ -112,11 +113,18 @@ class OriginalRelay:
         )  # fmt: skip
         d = self._calls.call(target)
         d.addBoth(self._relayed, came_from)
+        # A call asking for its path gets it, the neighbour its last hop.
+        way = None
+        if TRACE_PATH in envelope.data:
+            route = envelope.route
+            if route[-1:] != (self._node_id,):
+                route = (*route, self._node_id)
+            way = (*route, original)
         d.addCallbacks(
             self._relay_result,
             self._relay_failure,
-            callbackArgs=(caller, original, response_id, came_from),
-            errbackArgs=(caller, original, response_id, came_from),
+            callbackArgs=(caller, original, response_id, came_from, way),
+            errbackArgs=(caller, original, response_id, came_from, way),
         )
 
     def _relayed(self, outcome: Any, came_from: str) -> Any:
@@ -127,13 +135,25 @@ class OriginalRelay:
         return outcome
 
     def _relay_result(
-        self, result: Any, caller: str, original: str, response_id: str, came_from: str
+        self,
+        result: Any,
+        caller: str,
+        original: str,
+        response_id: str,
+        came_from: str,
+        way: tuple[str, ...] | None = None,
     ) -> None:
         response = ServerResponse(response_id, True, original, result)
-        self._relay_answer(caller, original, response, came_from)
+        self._relay_answer(caller, original, response, came_from, way)
 
     def _relay_failure(
-        self, failure: Failure, caller: str, original: str, response_id: str, came_from: str
+        self,
+        failure: Failure,
+        caller: str,
+        original: str,
+        response_id: str,
+        came_from: str,
+        way: tuple[str, ...] | None = None,
     ) -> None:
         error = failure_exception(failure)
         if isinstance(error, CallTimeout):
@@ -159,16 +179,27 @@ class OriginalRelay:
             response_id, False, original, error=error.message, error_code=error.code,
             error_data=error.data,
         )  # fmt: skip
-        self._relay_answer(caller, original, response, came_from)
+        self._relay_answer(caller, original, response, came_from, way)
 
     def _relay_answer(
-        self, caller: str, original: str, response: ServerResponse, came_from: str
+        self,
+        caller: str,
+        original: str,
+        response: ServerResponse,
+        came_from: str,
+        way: tuple[str, ...] | None = None,
     ) -> None:
         # As the original's answer would look had this node forwarded it.
+        if way is not None:
+            # (Its path, with no time of the neighbour's own: this node's is
+            # added as it passes the answer on, as a forwarder's.)
+            response.trace_path = {"route": list(way), "ms": {}}
         envelope = Envelope(
             ServerResponse.TYPE, original, caller, response.to_data(), new_id(),
             rfc3339(self._clock.seconds()), (original, self._node_id), DEFAULT_TTL - 1,
         )  # fmt: skip
+        if way is not None:
+            self._forwarder.hops.answer_passing(envelope)
         try:
             self._forwarder.forward(envelope, came_from=original, back_via=came_from)
         except (TypeError, MessageTooLarge) as e:

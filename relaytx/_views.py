@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 
 from relaytx._balance import Balancer
 from relaytx._calls import CallTarget
@@ -21,9 +22,12 @@ from relaytx._hosting import ServerHost
 from relaytx._mesh import Mesh
 from relaytx._meshview import MeshWatch
 from relaytx._tracing import CallTrace
-from relaytx.errors import InvalidParams, NodeUnreachable
+from relaytx.errors import HOP_CODES, CallError, CallTimeout, InvalidParams, NodeUnreachable
 from relaytx.server import Server, exposed
 from relaytx.wire import NODE_ID_RE, rfc3339
+
+#: The codes of a call that did not reach its target, or may not have.
+PATH_CODES = HOP_CODES | {CallTimeout.code}
 
 
 class CallRates:
@@ -255,6 +259,7 @@ class NodeViews:
         hops: list[list[Any]] = []
         ping = CallTarget(node_id, "node", "ping", timeout=timeout, trace=CallTrace(None, hops))
         found = mesh.call(ping)
+        found.addErrback(_answered_at_all, node_id)
         return found.addCallback(
             lambda _: self._probe_path(tuple(n for n, _ in hops[1:]) or (node_id,), timeout)
         )
@@ -283,6 +288,21 @@ class NodeViews:
             "peers": sorted(self.peers()),
             "timestamp": self.timestamp(),
         }
+
+
+def _answered_at_all(failure: Failure, node_id: str) -> None:
+    """
+    A flooded C{node.ping} that node C{node_id} itself answered with an
+    error reached it all the same: an original-design node has no built-in
+    C{node} server. What its path was is probed as for a ping answered.
+
+    :raises: the failure again, if the node did not answer (its path was
+        lost, it is unreachable, or the ping timed out).
+    """
+    error = failure.value
+    if isinstance(error, CallError) and error.code not in PATH_CODES:
+        return
+    failure.raiseException()
 
 
 class NodeServer(Server):

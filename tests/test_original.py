@@ -474,6 +474,31 @@ class FailFastTests(OriginalTestCase):
         d.cancel()
         self.failureResultOf(d)
 
+    def test_traceroute_to_an_original_beyond_a_neighbour(self) -> None:
+        """
+        node.traceroute to an original-design node two hops away, in flood
+        mode, gives both hops: the ping it floods is made by the last hop,
+        whose answer (the original has no node server: an error) says the
+        way; the original, which takes frames from its peers alone, gets
+        no RTT. (It failed with the original's error, -32003.)
+        """
+        r, x = self.nodes("rx", disable_registry=True)
+        self.network.link(r, x)
+        original = OriginalPeer(x, "o1")
+        self.network.settle()
+        d = r.views.traceroute("o1")
+        self.network.pump()
+        original.serve()
+        [ping] = original.calls
+        self.assertEqual(ping["data"]["call"]["server_name"], "node")
+        original.answer(ping, error="unknown server: node")
+        self.network.pump()
+        self.network.advance(3)  # (the probe of the original goes unanswered)
+        hops = self.successResultOf(d)
+        self.assertEqual([(h["hop"], h["node_id"]) for h in hops], [(1, "x"), (2, "o1")])
+        self.assertIsNotNone(hops[0]["rtt_ms"])
+        self.assertIsNone(hops[1]["rtt_ms"])
+
     def test_original_destination_still_reached(self) -> None:
         """A call for the original neighbour itself still goes to it."""
         [node] = self.nodes("r")
