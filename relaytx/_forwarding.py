@@ -64,6 +64,7 @@ from relaytx._tracing import TRACE_PATH, HopTraces
 from relaytx.errors import LinkBackedUp, MalformedMessage, MessageTooLarge, NodeUnreachable
 from relaytx.peer import PeerSession
 from relaytx.wire import (
+    DEFAULT_TTL,
     MAX_ID_LENGTH,
     STREAM_TYPES,
     CopyDropped,
@@ -73,6 +74,8 @@ from relaytx.wire import (
     ServerCall,
     ServerResponse,
     StreamItem,
+    new_id,
+    rfc3339,
 )
 
 #: Messages that are harmless twice, so not remembered for deduplication
@@ -555,6 +558,17 @@ class Forwarder:
                 # its server) until the next keepalive finds it.
                 session.awaiting(self._clock.seconds() if now is None else now)
         if session.peer_id == envelope.to:
+            if session.original and envelope.type == _ANSWER and envelope.sender != self._node_id:
+                # An original-design node takes frames from its direct peers
+                # only: the answer to its call comes from afar as this
+                # node's (the same answer: its response id and its callee's
+                # node_id), as a call to it from afar is made by this node
+                # (relaytx._relay). With the default TTL of such frames.
+                envelope = attrs.evolve(
+                    envelope, sender=self._node_id, id=new_id(),
+                    timestamp=rfc3339(self._clock.seconds()), route=(self._node_id,),
+                    ttl=DEFAULT_TTL,
+                )  # fmt: skip
             session.send(envelope)
         elif self._router.is_router(session.peer_id):
             # A relaytx router takes a message as is: its route ends with

@@ -196,10 +196,13 @@ class ForwardedCopiesTests(OriginalTestCase):
             self.network.pump()
             original.serve()
         self.assertEqual(counter.count, 1)
-        # (Its answer comes from the far node, which an original node takes
-        # from its direct peers only: known, README.)
-        [answer] = [f for f in original.ignored if f["type"] == "server_response"]
+        # Its answer comes as its neighbour's, which an original node takes
+        # (from its direct peers only), with the default TTL of such frames.
+        [answer] = original.answers
         self.assertEqual((answer["data"]["success"], answer["data"]["result"]), (True, 1))
+        self.assertEqual(answer["data"]["node_id"], nodes[-1].node_id)
+        self.assertEqual((answer["route"], answer["ttl"]), (["n00"], 10))
+        self.assertEqual(original.ignored, [])
         self.assertEqual(sum(dropped(node, "ttl_exceeded") for node in nodes), 0)
 
     def test_colliding_ids_through_a_both_run(self) -> None:
