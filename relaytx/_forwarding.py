@@ -559,16 +559,7 @@ class Forwarder:
                 session.awaiting(self._clock.seconds() if now is None else now)
         if session.peer_id == envelope.to:
             if session.original and envelope.type == _ANSWER and envelope.sender != self._node_id:
-                # An original-design node takes frames from its direct peers
-                # only: the answer to its call comes from afar as this
-                # node's (the same answer: its response id and its callee's
-                # node_id), as a call to it from afar is made by this node
-                # (relaytx._relay). With the default TTL of such frames.
-                envelope = attrs.evolve(
-                    envelope, sender=self._node_id, id=new_id(),
-                    timestamp=rfc3339(self._clock.seconds()), route=(self._node_id,),
-                    ttl=DEFAULT_TTL,
-                )  # fmt: skip
+                envelope = as_own(envelope, self._node_id, self._clock.seconds())
             session.send(envelope)
         elif self._router.is_router(session.peer_id):
             # A relaytx router takes a message as is: its route ends with
@@ -600,6 +591,21 @@ class Forwarder:
     def marked(self, destination: str) -> bool:
         """:returns: whether C{destination} is marked unreachable (a link to it failed)."""
         return self._router.is_marked(destination)
+
+
+def as_own(envelope: Envelope, node_id: str, now: float) -> Envelope:
+    """
+    :returns: C{envelope}, an answer from afar for an original-design
+        neighbour, as a frame of C{node_id}'s own: such a node takes frames
+        from its direct peers only. The answer is the same (its response
+        id, its callee's C{node_id}), as a call to it from afar is made by
+        its neighbour (L{relaytx._relay}); its TTL is the default of frames
+        to such nodes.
+    """
+    return attrs.evolve(
+        envelope, sender=node_id, id=new_id(), timestamp=rfc3339(now), route=(node_id,),
+        ttl=DEFAULT_TTL,
+    )  # fmt: skip
 
 
 def rebudget(envelope: Envelope, router: Router, links: Container[str]) -> Envelope | None:
