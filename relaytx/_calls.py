@@ -577,12 +577,15 @@ class ForwardedCalls:
         went_to: str | None,
         budget: float,
         now: float | None = None,
-    ) -> None:
+    ) -> bool:
         """
         Note that call C{response_id} from C{caller} to C{target} arrived on
         the link to C{came_from} and left on the link to C{went_to}.
 
         :param now: the clock's time, if the caller has just read it.
+        :returns: C{False} if it is a second copy of a call that left on
+            that link already, from another neighbour (copies of a flood
+            that met here): it is not to go on, and is not remembered.
         """
         if now is None:
             now = self._clock.seconds()
@@ -591,12 +594,20 @@ class ForwardedCalls:
         key = (caller, response_id)
         old = self._calls.get(key)
         if old is not None:  # flooded copies of one call: one entry
+            if (
+                went_to is not None
+                and old.went_to == went_to
+                and old.came_from != came_from
+                and old.deadline > now
+            ):
+                return False
             self._counted_out(old)
         self._calls[key] = _Forwarded(
             target, came_from, went_to, now + min(budget, MAX_CALL_BUDGET)
         )
         per = self._per_neighbour
         per[came_from] = per.get(came_from, 0) + 1
+        return True
 
     def take(self, caller: str, response_id: str | None) -> str | None:
         """

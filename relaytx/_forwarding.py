@@ -529,16 +529,21 @@ class Forwarder:
             if now is None:
                 now = self._clock.seconds()
             if came_from is not None:
-                self._metrics.messages_routed.inc()
                 tracking = ServerCall.tracking(envelope.data)
                 if tracking is not None:
                     response_id, timeout = tracking
                     budget = timeout or _UNKNOWN_BUDGET
                     # One lost branch of a flood says nothing of the other copies.
-                    self._forwarded.remember(
+                    if not self._forwarded.remember(
                         envelope.sender, response_id, envelope.to, came_from,
                         None if flooded else session.peer_id, budget, now,
-                    )  # fmt: skip
+                    ):  # fmt: skip
+                        # Copies of a flood met here: one goes on, and the
+                        # other's branch ends (as at the target).
+                        self._metrics.drop("duplicate")
+                        self.tell_dropped(came_from, envelope.sender, response_id)
+                        return
+                self._metrics.messages_routed.inc()
             # The peer must answer soon, and is probed while the call is out:
             # session.awaiting(now, until), inlined (every call comes here).
             until = now + (budget or _UNKNOWN_BUDGET)

@@ -1154,6 +1154,21 @@ class FloodTests(MeshTestCase):
         self.assertEqual((error.code, error.data["node_id"]), (-32006, "f"))
         self.assertEqual(nodes["f"].mesh.forwarded.floods, {})
 
+    def test_copies_meeting_before_the_target(self) -> None:
+        """
+        Two copies that meet at the target's neighbour go on once: the
+        second is dropped there, its branch told so, and the loss of the
+        target fails the call at once (-32006). (The second copy went on
+        too, took the first's place in that node's memory, and the target's
+        word on it made the node forget the call: -32001 at the timeout.)
+        """
+        call, nodes = self._running_flood("ab ad be de et")
+        self.assertEqual(len(self.network.link_between("e", "t").sent_by("e", "server_call")), 1)
+        self.network.link_between("e", "t").cut()
+        self.network.pump()
+        self.assertEqual(self.failureResultOf(call, OutcomeUnknown).value.code, -32006)
+        self.assertEqual([len(nodes[n].mesh.forwarded) for n in "bde"], [0, 0, 0])
+
     def test_flood_to_nowhere_ends(self) -> None:
         """
         A call flooded round a ring for a node that does not exist dies out,
