@@ -478,6 +478,11 @@ class CommandLineNode(RelayNode):
             super().privilegedStartService()
         except StartupError as e:
             fail(str(e))
+        except Exception as e:
+            # (Unforeseen: a daemon would die of it without a word to its
+            # parent; in a --chroot without Python's own modules, say.)
+            self._log.failure("could not start")
+            fail(f"could not start: {type(e).__name__}: {e}")
 
     def _warn(self, port: Any) -> list[str]:
         warnings = super()._warn(port)

@@ -597,6 +597,28 @@ class CommandLineNodeTests(TapTestCase):
             "relay: error: cannot listen on tcp:9004:interface=127.0.0.1: Address already in use\n",
         )
 
+    def test_unforeseenStartFailure(self) -> None:
+        """
+        Any other failure to start exits 1 with one line too, which a
+        daemon's parent prints: a daemon that died of it had said nothing
+        (its parent said only that it ended before it served).
+        """
+        node = self.node(MemoryReactorClock(), port="9006")
+
+        def site() -> None:
+            # (As in a --chroot without Python's own modules.)
+            raise ModuleNotFoundError("No module named 'importlib.readers'")
+
+        self.patch(node, "site", site)
+        e = self.assertRaises(SystemExit, node.privilegedStartService)
+        self.assertEqual(e.code, 1)
+        self.assertEqual(
+            self.process_stderr.getvalue(),
+            "relay: error: could not start: ModuleNotFoundError:"
+            " No module named 'importlib.readers'\n",
+        )
+        self.flushLoggedErrors(ModuleNotFoundError)
+
     def test_startAndStop(self) -> None:
         """A node starts listening on its endpoint and stops cleanly."""
         reactor = MemoryReactorClock()
