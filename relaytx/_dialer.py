@@ -64,7 +64,7 @@ def peer_url(address: str, own_id: str) -> tuple[str, str, int, bool]:
     """
     address = address.strip()
     if "://" not in address:
-        if not re.fullmatch(r"[A-Za-z0-9._-]+:\d+(/.*)?", address):
+        if not re.fullmatch(r"([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):\d+(/.*)?", address):
             raise ValueError(f"{address!r} is not a ws://, wss://, http:// or https:// address")
         address = "ws://" + address
     parts = urlsplit(address)

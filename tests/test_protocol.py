@@ -43,6 +43,7 @@ class PeerUrlTests(SynchronousTestCase):
         self.assertEqual(peer_url("https://h:8443", "me")[2:], (8443, True))
         self.assertEqual(peer_url("wss://h", "me")[2:], (443, True))
         self.assertEqual(peer_url("h:9000", "me")[0], "ws://h:9000/ws/p2p?node_id=me")
+        self.assertEqual(peer_url("[::1]:9000", "me")[0], "ws://[::1]:9000/ws/p2p?node_id=me")
 
     def test_refused(self) -> None:
         """
