@@ -125,6 +125,10 @@ def _short_response_id(envelope: Envelope) -> bool:
 #: At most this many neighbours get a flooded copy of one message.
 MAX_FLOOD = 32
 
+#: What an answer sent to an original-design neighbour is remembered as
+#: (L{SeenMessages}): the first one for its call is the only one it gets.
+_ANSWERED_ORIGINAL = "answered"
+
 #: What a flooded copy passing through is remembered as (L{SeenMessages}),
 #: apart from the messages delivered here.
 _FLOODED = "flooded"
@@ -563,8 +567,12 @@ class Forwarder:
                 # its server) until the next keepalive finds it.
                 session.awaiting(self._clock.seconds() if now is None else now)
         if session.peer_id == envelope.to:
-            if session.original and envelope.type == _ANSWER and envelope.sender != self._node_id:
-                envelope = as_own(envelope, self._node_id, self._clock.seconds())
+            if session.original and envelope.type == _ANSWER:
+                answer = for_original(envelope, self._seen, self._node_id, self._clock.seconds())
+                if answer is None:
+                    self._metrics.drop("duplicate")
+                    return
+                envelope = answer
             session.send(envelope)
         elif self._router.is_router(session.peer_id):
             # A relaytx router takes a message as is: its route ends with
@@ -596,6 +604,26 @@ class Forwarder:
     def marked(self, destination: str) -> bool:
         """:returns: whether C{destination} is marked unreachable (a link to it failed)."""
         return self._router.is_marked(destination)
+
+
+def for_original(
+    envelope: Envelope, seen: SeenMessages, node_id: str, now: float
+) -> Envelope | None:
+    """
+    :param envelope: an answer that node C{node_id} sends an
+        original-design neighbour, the caller.
+    :returns: what to send it: C{None} if it had an answer to that call
+        already (it takes the first for the answer: a later one, such as a
+        flood's dead end told after the answer passed, would mislead it);
+        else the answer, as a frame of C{node_id}'s own if it came from
+        afar (L{as_own}).
+    """
+    response_id = envelope.response_id
+    if response_id is not None and not seen.first_time(
+        envelope.to, "", _ANSWERED_ORIGINAL, response_id
+    ):
+        return None
+    return envelope if envelope.sender == node_id else as_own(envelope, node_id, now)
 
 
 def as_own(envelope: Envelope, node_id: str, now: float) -> Envelope:

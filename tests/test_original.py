@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from relaytx import NodeUnreachable, NoSuchServer, OutcomeUnknown, Overloaded, RemoteCallError
 from relaytx.node import RelayNode
 from relaytx.testing import MemoryMesh, line, memory_node
+from relaytx.wire import ServerResponse
 from tests.support import Counter, OriginalPeer
 
 
@@ -204,6 +205,26 @@ class ForwardedCopiesTests(OriginalTestCase):
         self.assertEqual((answer["route"], answer["ttl"]), (["n00"], 10))
         self.assertEqual(original.ignored, [])
         self.assertEqual(sum(dropped(node, "ttl_exceeded") for node in nodes), 0)
+
+    def test_one_answer_for_an_original(self) -> None:
+        """
+        An original-design node takes the first answer to its call for the
+        answer: a second one that reaches its neighbour later (a flood's
+        dead end told after the call's answer passed) goes no further.
+        """
+        data = seed_call("counter", "increment", [1], "r-late")
+        self.via_a(data, "1796024318382509590", wrapped=False)
+        self.to_a.serve()
+        [answer] = [a for a in self.to_a.answers if a["data"]["response_id"] == "r-late"]
+        self.assertTrue(answer["data"]["success"])
+        late = ServerResponse(
+            "r-late", False, "b", error="no route", error_code=-32002, error_data={"node_id": "b"}
+        )
+        self.b.mesh.forwarder.send("o", late, back_via="a")
+        self.network.pump()
+        self.to_a.serve()
+        answers = [a for a in self.to_a.answers if a["data"]["response_id"] == "r-late"]
+        self.assertEqual(answers, [answer])
 
     def test_colliding_ids_through_a_both_run(self) -> None:
         """Two distinct calls sharing an id, forwarded by A, both run at B."""
