@@ -738,7 +738,8 @@ class AdvertWriter:
         for frame in frames:
             advert = attrs.evolve(frame, seq=state.seq + 1)
             envelope = Envelope.create(advert, self._node_id, peer_id, now)
-            size = len(encode(envelope))
+            frame_bytes = encode(envelope)
+            size = len(frame_bytes)
             if size > self._max_message_size:
                 pieces = self._pieces(frame)
                 if len(pieces) > 1:
@@ -754,7 +755,7 @@ class AdvertWriter:
                 )
                 return
             state.seq += 1
-            session.send(envelope)
+            session.send(envelope, frame=frame_bytes)
             self.frames_sent += 1
             self.bytes_sent += size
             self._metrics.sync_frames.inc()

@@ -264,16 +264,19 @@ class PeerSession:
 
     # Sending and closing.
 
-    def send(self, envelope: Envelope, room: int = 0) -> None:
+    def send(self, envelope: Envelope, room: int = 0, frame: bytes | None = None) -> None:
         """
         Send C{envelope} on this link.
 
         :param room: bytes to keep free under the node's message limit (for
             what the nodes on its way will add).
+        :param frame: C{envelope} encoded already (by a sender that had to
+            know its size), so that it is not encoded twice.
         :raises MessageTooLarge: if it exceeds the node's message limit.
         """
         if self.transport is not None and not self.closed:
-            frame = encode(envelope)
+            if frame is None:
+                frame = encode(envelope)
             limit = self.host.max_message_size
             if len(frame) + room > limit:
                 kept = f" ({room} bytes kept for the hops on its way)" if room else ""
