@@ -459,7 +459,7 @@ class Advertiser:
         if sync.lost:
             changed |= router.take_lost(peer_id, sync.lost, self._clock.seconds())
             marked = router.marked_at
-            if self.own_sn <= marked < self.own_sn + _MAX_RENUMBER:
+            if self._node_id in sync.lost and self.own_sn <= marked < self.own_sn + _MAX_RENUMBER:
                 # Marked unreachable at a number above this node's own: a
                 # restart soon after its earlier life lost many links (each
                 # numbered it anew). Past the mark, or its routes would be

@@ -473,6 +473,24 @@ class DeathTests(ExchangeTestCase):
                 for sync in syncs(link, node)[marks[id(link)][node.node_id] :]:
                     self.assertNotIn("e", sync.data.get("routes", {}), node.node_id)
 
+    def test_failure_renumbers_its_ends_alone(self) -> None:
+        """
+        A failed link renumbers its two ends and no one else, even on a
+        clock whose first numbers are 0 (one before late 2023, as a board
+        without a real-time clock has until it is set): the mark of a node
+        elsewhere is no mark of one's own.
+        """
+        nodes = {n.node_id: n for n in self.line("abcd")}
+        self.network.advance(NOTICE_HOLD + 1)
+        before = {name: node.mesh.adverts.own_sn for name, node in nodes.items()}
+        self.assertEqual(set(before.values()), {0})
+        self.network.link_between("c", "d").cut("connection reset")
+        self.network.settle()
+        self.network.advance(NOTICE_HOLD + 1)
+        self.assertIsNotNone(nodes["a"].mesh.router.mark_of("d"))
+        after = {name: node.mesh.adverts.own_sn for name, node in nodes.items()}
+        self.assertEqual(after, {"a": 0, "b": 0, "c": 2, "d": 2})
+
     def _square_removed(self, close_arrives: bool) -> tuple[dict[str, RelayNode], int]:
         # a removes its link to b in the square a-b-c-d-a; the close frame
         # reaches b, or the connection breaks first. Returns the nodes and
