@@ -82,14 +82,18 @@ _RELAYTX_DIALLER = UNMASKED_HEADER.lower().encode()
 
 def server_timing(hops: list[list[Any]]) -> bytes:
     """
-    :param hops: a call's path as C{[node_id, ms or None]} items.
+    :param hops: a call's path as C{[node_id, ms or None]} items (the last
+        with a role of its own added when it is not the target).
     :returns: the C{Server-Timing} header reporting it: one metric per node,
         in the order the call passed them, named by the node's id (a valid
-        token), with its time as C{dur} where known.
+        token), with its role as C{desc} and its time as C{dur} where known.
     """
     parts = []
-    for index, (node_id, ms) in enumerate(hops):
-        role = "entry" if index == 0 else ("target" if index == len(hops) - 1 else "forward")
+    last = len(hops) - 1
+    for index, (node_id, ms, *role_of) in enumerate(hops):
+        role = "entry" if index == 0 else ("forward" if index < last else "target")
+        if role_of:
+            role = role_of[0]
         part = f'{node_id};desc="{role}"'
         if ms is not None:
             part += f";dur={ms:.3f}"

@@ -271,7 +271,7 @@ class MeshCalls:
                 )
                 return
         if self.traces.paths:
-            self.traces.settled(envelope, response.response_id)
+            self.traces.settled(envelope, response.response_id, destination)
         if response.success:
             self.pending.resolve(response.response_id, result=response.result)
             return

@@ -186,7 +186,8 @@ class CallTrace:
         parent, or this node's span for the call), or C{None}.
     @ivar hops: when the caller asked for the call's path, the list the
         path is reported into, as C{[node_id, ms or None]} items in the
-        order the call passed them; C{None} otherwise.
+        order the call passed them (the last with L{STOPPED} added when a
+        node on the way answered the call); C{None} otherwise.
     """
 
     __slots__ = ("hops", "parent")
@@ -691,11 +692,17 @@ class CallTraces:
         self.paths.pop(response_id, None)
         return outcome
 
-    def settled(self, envelope: Any, response_id: str | None) -> None:
-        """An answer to one of this node's calls was accepted: read its path report."""
+    def settled(self, envelope: Any, response_id: str | None, destination: str | None) -> None:
+        """
+        An answer to one of this node's calls to C{destination} was
+        accepted: read its path report. When a node on the way answered
+        the call itself, its hop says so (L{STOPPED}).
+        """
         hops = self.paths.get(response_id or "")
         if hops is not None:
             hops[:] = read_path(envelope.data.get(TRACE_PATH), self.node_id)
+            if len(hops) > 1 and hops[-1][0] != destination:
+                hops[-1].append(STOPPED)
 
     def arrived(self, envelope: Any, target: Any) -> None:
         """
@@ -897,6 +904,11 @@ def add_hop_time(report: Any, node_id: str, ms: float) -> None:
         times = report.get("ms")
         if type(times) is dict and len(times) < 64:
             times[node_id] = round(ms, 3)
+
+
+#: The role of a path's last hop that is not the call's target but a node
+#: on its way that answered the call itself (its onward link went down, say).
+STOPPED = "stopped"
 
 
 def read_path(report: Any, caller: str) -> list[list[Any]]:

@@ -421,8 +421,7 @@ class MeshTracingTests(SynchronousTestCase):
         self.network.link_between("n1", "n2").cut()
         self.network.pump()
         self.assertEqual(self.failureResultOf(d).value.code, -32006)
-        self.assertEqual([node for node, _ in hops], ["n0", "n1"])
-        self.assertAlmostEqual(hops[1][1], 250.0)
+        self.assertEqual(hops, [["n0", None], ["n1", 250.0, "stopped"]])
         self.assertEqual(self.nodes[1].mesh.forwarder.hops.entries, {})
 
     def test_shared_shapes(self) -> None:
@@ -787,6 +786,30 @@ class HttpTracingTests(SynchronousTestCase):
         self.assertEqual(names, ["n0", "n1", "n2"])
         self.assertIn('n0;desc="entry";dur=', timing)
         self.assertIn('n2;desc="target";dur=', timing)
+
+    def test_server_timing_of_a_stopped_call(self) -> None:
+        """
+        A call a forwarder answers itself (its onward link went down) ends
+        its Server-Timing with that forwarder, as C{stopped}, not C{target}.
+        """
+        request = {"jsonrpc": "2.0", "id": 1, "method": "n2/calls.later", "params": []}
+        d = self.stub.request(
+            "POST",
+            "http://node.test/rpc",
+            data=json.dumps(request).encode(),
+            headers={"traceparent": [PARENT], "relaytx-trace-path": ["1"]},
+        )
+        self.stub.flush()
+        self.network.pump()
+        self.network.link_between("n1", "n2").cut()
+        for _ in range(5):
+            self.stub.flush()
+            self.network.pump()
+        response = self.successResultOf(d)
+        (timing,) = response.headers.getRawHeaders("server-timing")
+        roles = [part.strip().split(";")[:2] for part in timing.split(",")]
+        self.assertEqual(roles, [["n0", 'desc="entry"'], ["n1", 'desc="stopped"']])
+        self.stub.flush()
 
     def test_local_server_timing(self) -> None:
         """A call that runs on the entry node reports that node alone."""
