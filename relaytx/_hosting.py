@@ -38,7 +38,7 @@ from relaytx.errors import (
     TimedOutHere,
     failure_exception,
 )
-from relaytx.server import Mailbox, OwnCancellation, Server
+from relaytx.server import Mailbox, OwnCancellation, Server, idempotent_names, method_names
 
 SERVER_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -162,13 +162,13 @@ class ServerHost:
 
     def local_servers(self) -> dict[str, list[str]]:
         """:returns: each local server's name and its exposed methods."""
-        return {name: box.server.method_names() for name, box in self._mailboxes.items()}
+        return {name: method_names(box.server) for name, box in self._mailboxes.items()}
 
     def idempotent_methods(self) -> dict[str, list[str]]:
         """:returns: each local server's idempotent methods, where it has any."""
         table = {}
         for name, box in self._mailboxes.items():
-            methods = box.server.idempotent_names()
+            methods = idempotent_names(box.server)
             if methods:
                 table[name] = methods
         return table
@@ -176,7 +176,7 @@ class ServerHost:
     def exposes(self, server: str, method: str) -> bool:
         """:returns: whether a hosted server C{server} exposes C{method}."""
         mailbox = self._mailboxes.get(server)
-        return mailbox is not None and method in mailbox.server.exposed_methods
+        return mailbox is not None and method in mailbox.server._relaytx_methods
 
     def queue_depth(self) -> int:
         """:returns: how many calls wait in the mailboxes, running ones excluded."""
@@ -209,7 +209,7 @@ class ServerHost:
         if mailbox is None:
             missing: type[CallError] = NoSuchServer if explicit else MethodNotFound
             raise missing(f"Server not found: {target.server!r} on {self._node_id}")
-        method = mailbox.server.exposed_methods.get(target.method)
+        method = mailbox.server._relaytx_methods.get(target.method)
         if method is None:
             missing = NoSuchMethod if explicit else MethodNotFound
             raise missing(f"Method not found: {target.server}.{target.method} on {self._node_id}")
@@ -308,7 +308,7 @@ class ServerHost:
             error another node answered (but -32000, which it is already).
             Its own call then fails -32000.
         """
-        if server.owns_delivery_errors:
+        if server._relaytx_owns_delivery_errors:
             return False
         if error.code in _DELIVERY_CODES:
             return True

@@ -308,7 +308,7 @@ def _answered_at_all(failure: Failure, node_id: str) -> None:
 class NodeServer(Server):
     """The built-in server C{node}."""
 
-    owns_delivery_errors = True  # (traceroute: -32002 for a node no route reaches)
+    _relaytx_owns_delivery_errors = True  # (traceroute: -32002 for a node no route reaches)
 
     def __init__(self, views: NodeViews) -> None:
         self._views = views

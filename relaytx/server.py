@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from time import perf_counter
 from types import CoroutineType
 from typing import Any, ClassVar, TypeVar, overload
@@ -153,30 +153,33 @@ class Server:
     Base class of the actor servers a node hosts. Subclasses take no required
     constructor arguments and mark callable methods with L{exposed}.
 
-    The class attribute C{exposed_methods} is built when a subclass is
-    defined from every class in its MRO (so with several bases, each base's
-    exposed methods are kept and the one Python's attribute lookup finds
-    wins); a subclass may override a method (it stays exposed if the
+    Every name a subclass may expose is its own: what relaytx keeps on the
+    class starts with C{_relaytx_}, and an exposed name never starts with
+    C{_}. The exposed methods are read with L{exposed_methods},
+    L{method_names} and L{idempotent_names}. They are found when a subclass
+    is defined, from every class in its MRO (so with several bases, each
+    base's exposed methods are kept and the one Python's attribute lookup
+    finds wins); a subclass may override a method (it stays exposed if the
     override is decorated too).
     """
 
-    exposed_methods: ClassVar[dict[str, ExposedMethod]] = {}
+    _relaytx_methods: ClassVar[dict[str, ExposedMethod]] = {}
 
     #: Whether a relaytx error its methods fail with keeps its code even when
     #: the code tells where a call went (-32002 and the like). Only the
     #: node's own built-in server says so (C{traceroute}: -32002 for a node
     #: no route reaches); any other server's such failure comes from a call
     #: it made itself, and is its own call's -32000 (L{relaytx._hosting}).
-    owns_delivery_errors: ClassVar[bool] = False
+    _relaytx_owns_delivery_errors: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         table: dict[str, ExposedMethod] = {}
         # Walk the MRO from the most generic class to cls itself, so that a
         # name resolves to what getattr(cls, name) would find: with several
-        # bases, cls.exposed_methods alone would only hold the first base's.
+        # bases, one base's table alone would only hold the first base's.
         for klass in reversed(cls.__mro__):
-            known = vars(klass).get("exposed_methods", {})
+            known = vars(klass).get("_relaytx_methods", {})
             for name, value in vars(klass).items():
                 if name.startswith("_"):
                     continue
@@ -187,19 +190,22 @@ class Server:
                     table[name] = method
                 else:
                     table.pop(name, None)  # an undecorated override hides it
-        cls.exposed_methods = table
+        cls._relaytx_methods = table
 
-    def method_names(self) -> list[str]:
-        """
-        :returns: the names of this server's exposed methods, sorted.
-        """
-        return sorted(self.exposed_methods)
 
-    def idempotent_names(self) -> list[str]:
-        """
-        :returns: the names of this server's idempotent methods, sorted.
-        """
-        return sorted(name for name, m in self.exposed_methods.items() if m.idempotent)
+def exposed_methods(server: Server | type[Server]) -> Mapping[str, ExposedMethod]:
+    """:returns: a server's (or server class's) exposed methods, by name."""
+    return server._relaytx_methods
+
+
+def method_names(server: Server | type[Server]) -> list[str]:
+    """:returns: the names of a server's exposed methods, sorted."""
+    return sorted(server._relaytx_methods)
+
+
+def idempotent_names(server: Server | type[Server]) -> list[str]:
+    """:returns: the names of a server's idempotent methods, sorted."""
+    return sorted(name for name, m in server._relaytx_methods.items() if m.idempotent)
 
 
 class OwnCancellation(Exception):

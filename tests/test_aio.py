@@ -23,7 +23,7 @@ from relaytx._aio import (
     is_deferred,
     run_on_twisted,
 )
-from relaytx.server import Mailbox, Server, exposed
+from relaytx.server import Mailbox, Server, exposed, exposed_methods
 from relaytx.testing import MemoryMesh, memory_node
 from tests.aiosupport import run, turns
 
@@ -231,7 +231,7 @@ class AsyncioRunnerTests(SynchronousTestCase):
         async def scenario() -> tuple[list[Any], list[str]]:
             server = Slow()
             box = Mailbox(server, asyncio_runner(asyncio.get_running_loop()))
-            method = Slow.exposed_methods["work"]
+            method = exposed_methods(Slow)["work"]
             calls = [box.call(method, (name, 3 - i), {}) for i, name in enumerate("abc")]
             results = [await outcome(d) for d in calls]
             return results, server.log

@@ -29,6 +29,7 @@ from relaytx._balance import LOAD_INTERVAL, Balancer, Breaker, InstanceInfo
 from relaytx._calls import CallTarget
 from relaytx.config import BalanceConfig, ConfigError, build_config
 from relaytx.node import RelayNode
+from relaytx.server import exposed_methods, idempotent_names
 from relaytx.testing import MemoryMesh, memory_node
 from relaytx.wire import Envelope, NodeInfo, RegistrySync, decode, encode
 from tests.test_rpc import RawConnection
@@ -607,11 +608,11 @@ class ExposedTests(SynchronousTestCase):
 
     def test_options(self) -> None:
         """The options mark the method; the bare form marks neither."""
-        methods = Where.exposed_methods
+        methods = exposed_methods(Where)
         self.assertEqual((methods["where"].idempotent, methods["where"].concurrent), (False, False))
         self.assertTrue(methods["hold_again"].idempotent)
         self.assertTrue(methods["peek"].concurrent)
-        self.assertEqual(Where("x").idempotent_names(), ["hold_again"])
+        self.assertEqual(idempotent_names(Where("x")), ["hold_again"])
 
     def test_concurrent_beside_a_slow_call(self) -> None:
         """A concurrent method answers while a slow call holds the mailbox; others wait."""

@@ -28,6 +28,7 @@ from twisted.web.http_headers import Headers
 from relaytx import Server, exposed
 from relaytx._http import BoundedRequest, NodeSite
 from relaytx.node import RelayNode
+from relaytx.server import exposed_methods
 from relaytx.testing import MemoryMesh, link_nodes, memory_node
 
 NODE_ID = "n1"
@@ -1168,7 +1169,7 @@ class RegistryTests(NodeTestCase):
             servers,
             {
                 "node": [entry("node", ["echo", "info", "ping", "status", "traceroute"])],
-                "math": [entry("math", sorted(Math.exposed_methods))],
+                "math": [entry("math", sorted(exposed_methods(Math)))],
             },
         )
         self.assertTimestamp(servers["math"][0]["last_seen"], self.now())

@@ -12,7 +12,15 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx.errors import InvalidParams
-from relaytx.server import ExposedMethod, Mailbox, OwnCancellation, Server, exposed
+from relaytx.server import (
+    ExposedMethod,
+    Mailbox,
+    OwnCancellation,
+    Server,
+    exposed,
+    exposed_methods,
+    method_names,
+)
 from tests import support
 
 
@@ -102,7 +110,7 @@ class Recorder(Server):
     @exposed
     def spawn(self, item: Any) -> str:
         assert self.mailbox is not None
-        self.mailbox.deliver(Recorder.exposed_methods["record"], (("child", item),), {})
+        self.mailbox.deliver(exposed_methods(Recorder)["record"], (("child", item),), {})
         self.log.append(("parent", item))
         return "spawned"
 
@@ -111,7 +119,7 @@ def call(mailbox: Mailbox, name: str, *args: Any, **kwargs: Any) -> Deferred[Any
     """
     Deliver a call of the exposed method C{name} to C{mailbox}.
     """
-    return mailbox.deliver(type(mailbox.server).exposed_methods[name], args, kwargs)
+    return mailbox.deliver(exposed_methods(mailbox.server)[name], args, kwargs)
 
 
 def recorder() -> tuple[Recorder, Mailbox]:
@@ -139,27 +147,27 @@ class ExposedTableTests(SynchronousTestCase):
 
     def test_only_exposed(self) -> None:
         """The table holds the decorated public methods only, as ExposedMethods."""
-        self.assertEqual(set(Counter.exposed_methods), {"increment", "get"})
-        method = Counter.exposed_methods["increment"]
+        self.assertEqual(set(exposed_methods(Counter)), {"increment", "get"})
+        method = exposed_methods(Counter)["increment"]
         self.assertIsInstance(method, ExposedMethod)
         self.assertEqual(method.name, "increment")
         self.assertIs(method.function, Counter.increment)
 
     def test_private_never_exposed(self) -> None:
         """A decorated method whose name starts with _ is not exposed."""
-        self.assertNotIn("_secret", Counter.exposed_methods)
-        self.assertNotIn("helper", Counter.exposed_methods)
-        self.assertNotIn("limit", Counter.exposed_methods)
-        self.assertNotIn("__init__", Counter.exposed_methods)
+        self.assertNotIn("_secret", exposed_methods(Counter))
+        self.assertNotIn("helper", exposed_methods(Counter))
+        self.assertNotIn("limit", exposed_methods(Counter))
+        self.assertNotIn("__init__", exposed_methods(Counter))
 
     def test_method_names(self) -> None:
         """method_names lists the exposed names, sorted."""
-        self.assertEqual(Counter().method_names(), ["get", "increment"])
+        self.assertEqual(method_names(Counter()), ["get", "increment"])
 
     def test_base_empty(self) -> None:
         """The Server base class exposes nothing, not even its own helpers."""
-        self.assertEqual(Server.exposed_methods, {})
-        self.assertEqual(Server().method_names(), [])
+        self.assertEqual(exposed_methods(Server), {})
+        self.assertEqual(method_names(Server()), [])
 
     def test_subclass_merges(self) -> None:
         """A subclass keeps its parent's exposed methods and adds its own."""
@@ -169,8 +177,8 @@ class ExposedTableTests(SynchronousTestCase):
             def reset(self) -> None:
                 self.count = 0
 
-        self.assertEqual(set(Resettable.exposed_methods), {"increment", "get", "reset"})
-        self.assertEqual(set(Counter.exposed_methods), {"increment", "get"})
+        self.assertEqual(set(exposed_methods(Resettable)), {"increment", "get", "reset"})
+        self.assertEqual(set(exposed_methods(Counter)), {"increment", "get"})
 
     def test_decorated_override(self) -> None:
         """A decorated override stays exposed and its new function is the one called."""
@@ -180,7 +188,7 @@ class ExposedTableTests(SynchronousTestCase):
             def increment(self, by: int = 1) -> int:
                 return super().increment(2 * by)
 
-        self.assertIs(Doubling.exposed_methods["increment"].function, Doubling.increment)
+        self.assertIs(exposed_methods(Doubling)["increment"].function, Doubling.increment)
         server = Doubling()
         self.assertEqual(self.successResultOf(call(Mailbox(server), "increment", 3)), 6)
 
@@ -193,8 +201,8 @@ class ExposedTableTests(SynchronousTestCase):
 
             increment = None  # type: ignore[assignment]
 
-        self.assertEqual(Hiding.exposed_methods, {})
-        self.assertEqual(set(Counter.exposed_methods), {"increment", "get"})
+        self.assertEqual(exposed_methods(Hiding), {})
+        self.assertEqual(set(exposed_methods(Counter)), {"increment", "get"})
 
     def test_hidden_stays_hidden(self) -> None:
         """A grandchild does not bring back a method its parent hid, unless it decorates it."""
@@ -211,8 +219,8 @@ class ExposedTableTests(SynchronousTestCase):
             def get(self) -> int:
                 return -2
 
-        self.assertEqual(set(Grandchild.exposed_methods), {"increment"})
-        self.assertEqual(set(Again.exposed_methods), {"increment", "get"})
+        self.assertEqual(set(exposed_methods(Grandchild)), {"increment"})
+        self.assertEqual(set(exposed_methods(Again)), {"increment", "get"})
 
     def test_several_bases(self) -> None:
         """A class with several Server bases exposes the methods of all of them."""
@@ -225,7 +233,7 @@ class ExposedTableTests(SynchronousTestCase):
         class Both(Counter, Greeter):
             pass
 
-        self.assertEqual(Both().method_names(), ["get", "greet", "increment"])
+        self.assertEqual(method_names(Both()), ["get", "greet", "increment"])
         self.assertEqual(self.successResultOf(call(Mailbox(Both()), "greet", "ann")), "hello ann")
 
     def test_several_bases_follow_mro(self) -> None:
@@ -245,13 +253,47 @@ class ExposedTableTests(SynchronousTestCase):
         class CounterFirst(Counter, Quiet):
             pass
 
-        self.assertEqual(QuietFirst.exposed_methods["increment"].function, Quiet.increment)
-        self.assertNotIn("get", QuietFirst.exposed_methods)
-        self.assertEqual(CounterFirst.exposed_methods["increment"].function, Counter.increment)
-        self.assertIs(CounterFirst.exposed_methods["get"].function, Counter.get)
+        self.assertEqual(exposed_methods(QuietFirst)["increment"].function, Quiet.increment)
+        self.assertNotIn("get", exposed_methods(QuietFirst))
+        self.assertEqual(exposed_methods(CounterFirst)["increment"].function, Counter.increment)
+        self.assertIs(exposed_methods(CounterFirst)["get"].function, Counter.get)
         for cls in (QuietFirst, CounterFirst):
-            for name, method in cls.exposed_methods.items():
+            for name, method in exposed_methods(cls).items():
                 self.assertIs(method.function, getattr(cls, name))
+
+    def test_any_public_name(self) -> None:
+        """
+        Every name that does not start with C{_} is the server's to expose,
+        those of relaytx's own helpers included: the node lists and calls
+        them as any other.
+        """
+        from relaytx.testing import memory_node
+
+        class Collides(Server):
+            @exposed
+            def exposed_methods(self) -> str:
+                return "mine"
+
+            @exposed
+            def method_names(self) -> str:
+                return "mine too"
+
+            @exposed(idempotent=True)
+            def idempotent_names(self) -> str:
+                return "and this"
+
+            @exposed
+            def owns_delivery_errors(self) -> str:
+                return "this as well"
+
+        names = ["exposed_methods", "idempotent_names", "method_names", "owns_delivery_errors"]
+        self.assertEqual(method_names(Collides), names)
+        node = memory_node("n1")
+        node.expose("c", Collides())
+        self.assertEqual(node.servers.local_servers()["c"], names)
+        self.assertEqual(node.servers.idempotent_methods()["c"], ["idempotent_names"])
+        for name, answer in [("method_names", "mine too"), ("exposed_methods", "mine")]:
+            self.assertEqual(self.successResultOf(node.call("n1", "c", name)), answer)
 
     def test_plain_mixin(self) -> None:
         """Decorated methods of a mixin that is not a Server are exposed too."""
@@ -264,7 +306,7 @@ class ExposedTableTests(SynchronousTestCase):
         class Pingable(PingMixin, Counter):
             pass
 
-        self.assertEqual(Pingable().method_names(), ["get", "increment", "ping"])
+        self.assertEqual(method_names(Pingable()), ["get", "increment", "ping"])
 
 
 class CheckArgumentsTests(SynchronousTestCase):
@@ -289,7 +331,7 @@ class CheckArgumentsTests(SynchronousTestCase):
 
     def test_fitting(self) -> None:
         """Arguments that fit the signature, self aside, pass."""
-        increment = Counter.exposed_methods["increment"]
+        increment = exposed_methods(Counter)["increment"]
         increment.check_arguments((), {})
         increment.check_arguments((2,), {})
         increment.check_arguments([2], {})
@@ -297,8 +339,8 @@ class CheckArgumentsTests(SynchronousTestCase):
 
     def test_too_many(self) -> None:
         """Too many positional arguments are refused."""
-        self.assertInvalid(Counter.exposed_methods["increment"], (1, 2), {})
-        self.assertInvalid(Counter.exposed_methods["get"], (1,), {})
+        self.assertInvalid(exposed_methods(Counter)["increment"], (1, 2), {})
+        self.assertInvalid(exposed_methods(Counter)["get"], (1,), {})
 
     def test_too_few(self) -> None:
         """A missing required argument is refused."""
@@ -314,15 +356,15 @@ class CheckArgumentsTests(SynchronousTestCase):
 
     def test_unknown_keyword(self) -> None:
         """A keyword the method does not take is refused."""
-        self.assertInvalid(Counter.exposed_methods["increment"], (), {"step": 1})
+        self.assertInvalid(exposed_methods(Counter)["increment"], (), {"step": 1})
 
     def test_duplicate_argument(self) -> None:
         """An argument given by position and by name is refused."""
-        self.assertInvalid(Counter.exposed_methods["increment"], (1,), {"by": 2})
+        self.assertInvalid(exposed_methods(Counter)["increment"], (1,), {"by": 2})
 
     def test_self_not_a_keyword(self) -> None:
         """The caller cannot pass self by name, even to a method that takes **kwargs."""
-        self.assertInvalid(Counter.exposed_methods["get"], (), {"self": 1})
+        self.assertInvalid(exposed_methods(Counter)["get"], (), {"self": 1})
 
         def kw(this: Any, a: int, **kwargs: Any) -> Any:
             return [a, kwargs]
@@ -354,7 +396,7 @@ class CheckArgumentsTests(SynchronousTestCase):
 
     def test_async(self) -> None:
         """The signature of an async def method is checked the same way."""
-        method = Recorder.exposed_methods["coroutine"]
+        method = exposed_methods(Recorder)["coroutine"]
         method.check_arguments((1,), {})
         self.assertInvalid(method, (), {})
 
@@ -714,7 +756,7 @@ class SliceTests(SynchronousTestCase):
         self.patch(relaytx.server, "perf_counter", self.server.perf_counter)
         self.clock = Clock()
         self.mailbox = Mailbox(self.server, clock=self.clock)
-        self.spin = self.server.exposed_methods["spin"]
+        self.spin = exposed_methods(self.server)["spin"]
 
     def test_reactor_turns_between_long_calls(self) -> None:
         """Past the slice, the next call waits for the next reactor turn."""

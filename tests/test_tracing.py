@@ -29,6 +29,7 @@ from relaytx._tracing import (
 )
 from relaytx.config import ConfigError, build_config
 from relaytx.node import RelayNode
+from relaytx.server import exposed_methods
 from relaytx.testing import MemoryMesh, memory_node
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -499,7 +500,7 @@ class TracedMethodTests(SynchronousTestCase):
             tracer = Tracer("n0", MemoryReactorClock(), exporter)
             parent = parse_traceparent(PARENT)
             assert parent is not None
-            method = TracedMethod(Sleeper.exposed_methods["nap"], tracer, "sleeper")
+            method = TracedMethod(exposed_methods(Sleeper)["nap"], tracer, "sleeper")
             box = Mailbox(Sleeper(), asyncio_runner(loop))
             d = box.call(method, (parent, 2.0), {})
             outside = current_span.get()
@@ -525,7 +526,7 @@ class TracedMethodTests(SynchronousTestCase):
         exporter = MemoryExporter()
         tracer = Tracer("n0", MemoryReactorClock(), exporter)
         parent = parse_traceparent(PARENT)
-        method = TracedMethod(Picky.exposed_methods["take"], tracer, "picky")
+        method = TracedMethod(exposed_methods(Picky)["take"], tracer, "picky")
         server = Picky()
         self.assertEqual(method.function(server, parent, 1), 1)
         self.assertRaises(ValueError, method.function, server, parent, -1)
@@ -618,7 +619,7 @@ class TracedMethodCacheTests(SynchronousTestCase):
         node.expose("calls", Other())
         self.assertEqual(self.successResultOf(node.call(None, "calls", "double", 1)), 20)
         self.assertIsNot(cache["calls", "double"], first)
-        self.assertIs(cache["calls", "double"].method, Other.exposed_methods["double"])
+        self.assertIs(cache["calls", "double"].method, exposed_methods(Other)["double"])
         assert node.tracer is not None
         node.tracer.flush()
         names = [span.name for span in exporter.spans]
@@ -701,7 +702,7 @@ class JsonlTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, directory, True)
         path = os.path.join(directory, "spans.jsonl")
         tracer = Tracer("n1", MemoryReactorClock(), JsonlExporter(path, "n1"))
-        method = TracedMethod(Picky.exposed_methods["take"], tracer, "picky")
+        method = TracedMethod(exposed_methods(Picky)["take"], tracer, "picky")
         parent = parse_traceparent(PARENT)
         server = Picky()
         method.function(server, parent, 1)
