@@ -822,6 +822,12 @@ class SeenMessages:
     def __len__(self) -> int:
         return len(self._seen)
 
+    def forget(
+        self, sender: str, message_id: str, kind: str = "", response_id: str | None = None
+    ) -> None:
+        """Forget a message seen, if it was: it is new again."""
+        self._seen.pop((sender, message_id, kind, response_id), None)
+
     def first_time(
         self,
         sender: str,

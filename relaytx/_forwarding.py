@@ -225,6 +225,13 @@ class Forwarder:
         elif not envelope.route or envelope.route[-1] != peer or envelope.sender == node_id:
             self._metrics.drop("spoofed")
             return
+        if session.original and envelope.type == _CALL and envelope.sender == peer:
+            # A new call of an original-design neighbour: it is owed one
+            # answer, though an earlier call of its had the same response
+            # id (it may reuse them once answered).
+            response_id = envelope.response_id
+            if response_id is not None:
+                self._seen.forget(peer, "", _ANSWERED_ORIGINAL, response_id)
         if envelope.to == node_id:
             if envelope.type == RouteMessage.TYPE:
                 self._unwrap(envelope, session)

@@ -77,6 +77,19 @@ class DuplicateIdTests(OriginalTestCase):
         self.assertEqual(len(self.original.answers), 1)
         self.assertEqual(self.original.other, [])
 
+    def test_response_id_used_again(self) -> None:
+        """
+        A call whose response id an answered call had (the original's own
+        peer picks them by hand) runs and is answered too.
+        """
+        for n, message_id in enumerate(["1796024318382509572", "1796024318382509999"]):
+            data = seed_call("counter", "increment", [10**n], "py-r1")
+            self.original.frame("server_call", data, message_id)
+            self.original.serve()
+        self.assertEqual(self.counter.count, 11)
+        results = [a["data"]["result"] for a in self.original.answers]
+        self.assertEqual(results, [1, 11])
+
     def test_other_types_with_the_same_id(self) -> None:
         """A call and a message of another type sharing an id are both taken."""
         same_id = "1796024318382509572"
@@ -225,6 +238,20 @@ class ForwardedCopiesTests(OriginalTestCase):
         self.to_a.serve()
         answers = [a for a in self.to_a.answers if a["data"]["response_id"] == "r-late"]
         self.assertEqual(answers, [answer])
+
+    def test_response_id_used_again_through_a(self) -> None:
+        """
+        An answer from afar for a call whose response id an answered call
+        had is the new call's own: A passes it on.
+        """
+        for n, wrapped in enumerate((False, True, False)):
+            data = seed_call("counter", "increment", [10**n], "py-r1")
+            self.via_a(data, f"17960243183825096{n}", wrapped)
+            self.to_a.serve()
+        self.assertEqual(self.counter.count, 111)
+        results = [a["data"]["result"] for a in self.to_a.answers]
+        self.assertEqual(results, [1, 11, 111])
+        self.assertEqual(dropped(self.a, "duplicate"), 0)
 
     def test_colliding_ids_through_a_both_run(self) -> None:
         """Two distinct calls sharing an id, forwarded by A, both run at B."""
