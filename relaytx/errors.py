@@ -280,6 +280,10 @@ def failure_exception(failure: Failure) -> BaseException:
     return error
 
 
+#: How a L{NoSuchMethod}'s message starts, as a node words it.
+_NO_METHOD = "Method not found"
+
+
 def error_for_code(code: int, message: str, data: dict[str, Any] | None = None) -> CallError:
     """
     Rebuild a L{CallError} from a code that crossed the wire; an unknown code
@@ -288,6 +292,8 @@ def error_for_code(code: int, message: str, data: dict[str, Any] | None = None) 
     :returns: an exception whose C{code} is C{code}.
     """
     cls = _BY_CODE.get(code)
+    if cls is NoSuchServer and type(message) is str and message.startswith(_NO_METHOD):
+        cls = NoSuchMethod  # (-32003 is both: the message tells which)
     error = (cls or RemoteCallError)(message)
     error.data.update(data or {})
     if cls is None:

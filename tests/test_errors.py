@@ -254,6 +254,17 @@ class ErrorForCodeTests(SynchronousTestCase):
                 expected = shared.get(cls, cls)
                 self.assertIs(type(error), expected)
 
+    def test_no_such_method(self) -> None:
+        """
+        -32003 is both a missing server and a missing method: the message,
+        as a node words it, tells which (the caller counts each by name).
+        """
+        method = error_for_code(-32003, "Method not found: probe.nope on t")
+        self.assertIs(type(method), NoSuchMethod)
+        server = error_for_code(-32003, "Server not found: 'probe' on t")
+        self.assertIs(type(server), NoSuchServer)
+        self.assertIs(type(error_for_code(-32003, "server probe not found")), NoSuchServer)
+
     def test_data_copied(self) -> None:
         """The data is copied into the error, so later changes to the dict do not leak in."""
         data = {"node_id": "n3", "route": ["n3", "n2"]}
