@@ -71,6 +71,10 @@ class JsonLogObserver:
         if failure is not None:
             try:
                 line["traceback"] = failure.getTraceback()
+                if not line["event"]:
+                    # (Twisted logs an unhandled error in a Deferred as two
+                    # events, the second a failure with no words of its own.)
+                    line["event"] = f"{failure.type.__name__}: {failure.getErrorMessage()}"
             except Exception:  # a failure that cannot describe itself
                 line["traceback"] = repr(failure)
         try:

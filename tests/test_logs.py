@@ -78,6 +78,19 @@ class JsonLogTests(SynchronousTestCase):
         self.assertIn("ValueError: boom", str(line["traceback"]))
         self.assertEqual(line["node_id"], "n1")  # the reserved keys win
 
+    def test_failure_without_words(self) -> None:
+        """
+        A failure logged with no message of its own (as Twisted logs an
+        unhandled error in a Deferred, after a line that says so) is named
+        by its type and message.
+        """
+        stream = io.StringIO()
+        log = Logger(observer=JsonLogObserver(stream, "n1"))
+        log.failure("", Failure(ValueError("boom")))
+        (line,) = self.lines(stream)
+        self.assertEqual(line["event"], "ValueError: boom")
+        self.assertIn("ValueError: boom", str(line["traceback"]))
+
     def test_level_filter(self) -> None:
         """Debug events are left out, as in the text log."""
         stream = io.StringIO()
