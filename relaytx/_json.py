@@ -55,16 +55,24 @@ loads: Callable[[bytes | str], Any] = orjson.loads
 _STRICT = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 
 
-def dumps(value: Any) -> bytes:
+def dumps(value: Any, max_depth: int | None = None) -> bytes:
     """
     Encode C{value} as compact UTF-8 JSON.
 
+    :param max_depth: the deepest nesting a reader takes, if it is to be
+        checked (orjson writes 254 levels, so only a value past that is
+        looked at).
     :raises TypeError: if C{value} holds something JSON cannot express.
+    :raises TooDeep: if it is nested deeper than C{max_depth}.
     """
     try:
         data = orjson.dumps(value, option=_STRICT)
     except TypeError:
-        return _dumps_slowly(value)
+        # (Written first: a cycle is a TypeError, as said, not too deep.)
+        data = _dumps_slowly(value)
+        if max_depth is not None and deeper_than(value, max_depth):
+            raise TooDeep(f"nested more than {max_depth} levels deep") from None
+        return data
     if b"null" in data:
         _check_finite(value)
     return data

@@ -56,12 +56,19 @@ from relaytx.errors import (
     RemoteCallError,
     cut_short,
 )
-from relaytx.wire import NODE_ID_RE
+from relaytx.wire import MAX_FRAME_DEPTH, NODE_ID_RE
 
 #: The most requests one batch may hold; a longer batch is refused whole
 #: with -32005, so one body cannot keep the reactor busy for seconds (a
 #: 1 MiB batch of C{1}s would otherwise be half a million error answers).
 MAX_BATCH = 1000
+
+#: The deepest answer written: a result in it nests one level less, as
+#: deep as a result may cross the mesh (inside a frame's data, two levels
+#: below a frame a peer reads to MAX_FRAME_DEPTH), so that a result too
+#: deep for the mesh is too deep here too, and no answer is deeper than
+#: what the node itself reads.
+_ANSWER_DEPTH = MAX_FRAME_DEPTH - 1
 
 _NO_ID = object()  # marks a notification: the request had no "id" member
 
@@ -303,17 +310,19 @@ class JsonRpcHandler:
         if not present:
             return None
         try:
-            return _json.dumps(present)
-        except TypeError:
+            return _json.dumps(present, _ANSWER_DEPTH + 1)
+        except (TypeError, _json.TooDeep):
             return b"[" + b",".join(self._encode(a) for a in present) + b"]"
 
     def _encode(self, answer: dict[str, Any]) -> bytes:
         try:
-            return _json.dumps(answer)
+            return _json.dumps(answer, _ANSWER_DEPTH)
         except TypeError as e:
             # The method returned something JSON cannot express.
             error = RemoteCallError.named("TypeError", f"result is not JSON-serialisable: {e}")
-            return _json.dumps(self._error(error, answer["id"]))
+        except _json.TooDeep as e:
+            error = RemoteCallError.named("ResultTooLarge", f"the answer is {e}")
+        return _json.dumps(self._error(error, answer["id"]))
 
     def _one(
         self,

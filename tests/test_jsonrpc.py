@@ -475,10 +475,11 @@ class RequestValidationTests(HandlerTestCase):
         """
         A request nested as deep as one may be (1022 levels) still keeps
         its wide id and params exact: Python's reader counts those levels
-        against its recursion limit, from wherever it is called.
+        against its recursion limit, from wherever it is called. (Echoed,
+        the deepest is two levels deeper than a result may be.)
         """
         wide = 2**70
-        for depth in (900, 1000, 1021):
+        for depth in (900, 1000, 1020, 1021):
             with self.subTest(depth=depth):
                 deep = b"[" * depth + b"]" * depth
                 body = b'{"jsonrpc":"2.0","method":"math.echo","params":[%d,%s],"id":%d}' % (
@@ -490,7 +491,11 @@ class RequestValidationTests(HandlerTestCase):
                 raw = self.successResultOf(self.handler.handle(body))
                 self.assertEqual(sys.getrecursionlimit(), limit)
                 # (Read as bytes: this test's own reader would run out of levels.)
-                self.assertTrue(raw.startswith(b'{"jsonrpc":"2.0","result":{"args":[%d,[[' % wide))
+                if depth <= 1020:
+                    start = b'{"jsonrpc":"2.0","result":{"args":[%d,[[' % wide
+                else:
+                    start = b'{"jsonrpc":"2.0","error":{"code":-32000,"message":"ResultTooLarge'
+                self.assertTrue(raw.startswith(start), raw[:80])
                 self.assertTrue(raw.endswith(b'"id":%d}' % wide), raw[-60:])
 
     def test_null_id_is_not_notification(self) -> None:

@@ -15,6 +15,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
@@ -52,6 +53,13 @@ class Math(Server):
     @exposed
     def subtract(self, minuend: int, subtrahend: int) -> int:
         return minuend - subtrahend
+
+    @exposed
+    def nest(self, depth: int) -> Any:
+        nested: list[Any] = []
+        for _ in range(depth - 1):
+            nested = [nested]
+        return nested
 
     @exposed
     def sum(self, *numbers: int) -> int:
@@ -569,6 +577,56 @@ class ErrorAnswerTests(NodeTestCase):
         self.assertEqual(reply.code, 200)
         error = reply.json()["error"]
         self.assertEqual((error["code"], error["data"]["node_id"]), (-32001, NODE_ID))
+
+
+class DeepResultTests(NodeTestCase):
+    """
+    A result nested as deep as the mesh carries one is answered, here and
+    from afar alike; one level more is -32000 C{ResultTooLarge} either way,
+    never an answer deeper than the node itself reads.
+    """
+
+    def nest(self, depth: int, method: str = "math.nest", node: RelayNode | None = None) -> Any:
+        http = self.http if node is None else NodeHttp(self, node)
+        request = {"jsonrpc": "2.0", "method": method, "params": [depth], "id": 1}
+        d = http.start("POST", "/rpc", encoded(request))
+        self.network.pump()
+        reply = http.finish(d)
+        self.assertEqual(reply.code, 200)
+        return orjson.loads(reply.body)  # (1024 levels; the json module stops sooner)
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.network = MemoryMesh()
+
+    def assertTooDeep(self, answer: Any) -> None:
+        self.assertEqual(answer["error"]["code"], -32000)
+        self.assertEqual(answer["error"]["data"]["type"], "ResultTooLarge")
+
+    def test_here_and_afar(self) -> None:
+        """Locally and through a neighbour, 1022 levels are answered and 1023 refused."""
+        other = memory_node("n2", self.clock)
+        self.network.link(other, self.node)
+        self.network.settle()
+        for method, node in [("math.nest", None), ("n1/math.nest", other)]:
+            with self.subTest(method=method):
+                result, depth = self.nest(1022, method, node)["result"], 1
+                while result:
+                    (result,), depth = result, depth + 1
+                self.assertEqual((result, depth), ([], 1022))
+                self.assertTooDeep(self.nest(1023, method, node))
+                self.assertTooDeep(self.nest(2000, method, node))
+
+    def test_in_a_batch(self) -> None:
+        """In a batch, only the answer too deep is refused."""
+        batch = [
+            {"jsonrpc": "2.0", "method": "math.nest", "params": [1023], "id": 1},
+            {"jsonrpc": "2.0", "method": "math.sum", "params": [1, 2], "id": 2},
+        ]
+        reply = self.http.request("POST", "/rpc", encoded(batch))
+        deep, shallow = orjson.loads(reply.body)
+        self.assertTooDeep(deep)
+        self.assertEqual(shallow["result"], 3)
 
 
 class BatchLimitTests(NodeTestCase):
