@@ -223,13 +223,20 @@ def _parse_arg(text: str) -> object:
     """
     :returns: C{text} parsed as JSON when it is valid JSON (C{NaN} and
         C{Infinity}, which Python's parser accepts, are not), else C{text}.
+    :raises ValueError: if it is JSON with a number past a double's range
+        (C{1e400}), which no JSON-RPC request can carry.
     """
     import json
 
     try:
-        return json.loads(text, parse_constant=_not_json)
+        value = json.loads(text, parse_constant=_not_json)
     except ValueError:
         return text
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise ValueError(f"{text!r} holds a number out of range (past a double)") from None
+    return value
 
 
 def add_client_options(parser: object) -> None:
@@ -430,13 +437,21 @@ def call(argv: list[str]) -> int:
         trace_id, span_id = os.urandom(16).hex(), os.urandom(8).hex()
         headers["traceparent"] = f"00-{trace_id}-{span_id}-01"
         headers["Relaytx-Trace-Path"] = "1"
+    try:
+        args = [_parse_arg(a) for a in ns.args]
+    except ValueError as e:
+        parser.error(f"argument {e}")
     params: dict[str, object] = {
         "server_name": ns.server,
         "method": ns.method,
-        "args": [_parse_arg(a) for a in ns.args],
+        "args": args,
         "timeout": ns.timeout,  # the node gives up then, whichever form (SPEC section 5)
     }
-    if ns.node:
+    if ns.node is not None:
+        from relaytx.wire import NODE_ID_RE
+
+        if not NODE_ID_RE.fullmatch(ns.node):
+            parser.error(f"--node: {ns.node!r} is not a valid node id")
         params["node_id"] = ns.node
     request = {"jsonrpc": "2.0", "id": 1, "method": "remote_call", "params": params}
     url = base + "/rpc"

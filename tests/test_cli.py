@@ -216,6 +216,26 @@ class CallTests(CliTestCase):
         error = self.assertRaises(SystemExit, cli.main, ["call", "http://h:1", "s", "m", "--nope"])
         self.assertEqual(error.code, 2)
 
+    def test_numberOutOfRange(self) -> None:
+        """
+        An argument that is JSON with a number no double holds (C{1e400})
+        is refused before any request (it would go out as C{Infinity}, which
+        is not JSON), exit status 2.
+        """
+        for arg in ["1e400", "[1, -1E999]"]:
+            with self.subTest(arg=arg):
+                self.stderr.truncate(0)
+                stderr = self.usage_exit("call", "http://h:1", "node", "echo", arg)
+                self.assertIn(f"argument {arg!r} holds a number out of range", stderr)
+
+    def test_badNodeOption(self) -> None:
+        """An empty or malformed --node is refused (not a call to any instance), exit status 2."""
+        for node in ["", "bad id!"]:
+            with self.subTest(node=node):
+                self.stderr.truncate(0)
+                stderr = self.usage_exit("call", "http://h:1", "s", "m", "--node", node)
+                self.assertIn(f"--node: {node!r} is not a valid node id", stderr)
+
     def test_negativeJsonNumbers(self) -> None:
         """Every negative JSON number is an argument, exponents included."""
         numbers = ["-1e3", "-2.5E-1", "-0e0", "-1E+2", "-0.5", "-.5", "-7"]
