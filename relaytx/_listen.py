@@ -224,6 +224,11 @@ def startup_warnings(
             f"HTTP clients are not authenticated: listening on {host} with no [http.tokens]; "
             "anyone who can reach it can call every server through /rpc and /ws/rpc"
         )
+    if config.ignored_interface is not None:
+        warnings.append(
+            f"--interface {config.ignored_interface} is ignored: --port {config.port} is an "
+            f"endpoint, and listens where it says ({host}); give tcp:PORT:interface=ADDR"
+        )
     for what, path in _private_files(config):
         try:
             mode = os.stat(path).st_mode

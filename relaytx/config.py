@@ -210,6 +210,8 @@ class NodeConfig:
     Everything a node needs to start.
 
     @ivar port: a Twisted server endpoint description (C{"tcp:8080:..."}).
+    @ivar ignored_interface: an C{--interface} given with a C{--port} that
+        is an endpoint, which binds what it names instead (the node warns).
     """
 
     node_id: str
@@ -230,6 +232,7 @@ class NodeConfig:
     tracing: TracingConfig | None = None
     log_format: str = "text"
     balance: BalanceConfig = field(factory=BalanceConfig)
+    ignored_interface: str | None = None
 
 
 _TOP_KEYS = {
@@ -450,9 +453,14 @@ def build_config(options: Mapping[str, Any]) -> NodeConfig:
             f" limits.max_dialers ({limits.max_dialers})"
         )
 
+    given_port, interface = str(settings.get("port", 8080)).strip(), settings.get("interface")
+    port = port_description(given_port, "127.0.0.1" if interface is None else interface)
+    numeric = given_port.isascii() and given_port.isdigit()
+    ignored_interface = None if numeric else interface
     return NodeConfig(
         node_id=node_id,
-        port=port_description(settings.get("port", 8080), settings.get("interface", "127.0.0.1")),
+        port=port,
+        ignored_interface=ignored_interface,
         add_peer=add_peer,
         app=tuple(settings.get("app", ())),
         disable_registry=bool(settings.get("disable_registry", False)),

@@ -103,6 +103,29 @@ class StartupWarningTests(SynchronousTestCase):
         [said] = self.warnings(memory_node("n1", port=port), loopback)
         self.assertIn(f"--port privateKey {key_file} is open to its group or others", said)
 
+    def test_interface_ignored(self) -> None:
+        """
+        An --interface given with a --port that is an endpoint is named as
+        ignored (the endpoint listens where it says: on every address, for
+        a bare tcp:PORT); not when the port is a number, or none is given.
+        """
+        loopback = IPv4Address("TCP", "127.0.0.1", 1)
+        everywhere = IPv4Address("TCP", "0.0.0.0", 8080)
+        [*_, said] = self.warnings(
+            memory_node("n1", port="tcp:8080", interface="127.0.0.2"), everywhere
+        )
+        self.assertEqual(
+            said,
+            "--interface 127.0.0.2 is ignored: --port tcp:8080 is an endpoint, and listens"
+            " where it says (0.0.0.0); give tcp:PORT:interface=ADDR",
+        )
+        self.assertEqual(
+            self.warnings(memory_node("n1", port="8080", interface="127.0.0.2"), loopback), []
+        )
+        self.assertEqual(
+            self.warnings(memory_node("n1", port="tcp:8080:interface=127.0.0.1"), loopback), []
+        )
+
 
 class ListenTests(SynchronousTestCase):
     """How a node listens on a port number."""
