@@ -225,13 +225,8 @@ class Forwarder:
         elif not envelope.route or envelope.route[-1] != peer or envelope.sender == node_id:
             self._metrics.drop("spoofed")
             return
-        if session.original and envelope.type == _CALL and envelope.sender == peer:
-            # A new call of an original-design neighbour: it is owed one
-            # answer, though an earlier call of its had the same response
-            # id (it may reuse them once answered).
-            response_id = envelope.response_id
-            if response_id is not None:
-                self._seen.forget(peer, "", _ANSWERED_ORIGINAL, response_id)
+        if session.original and envelope.type == _CALL:
+            owe_original(envelope, self._seen, peer)
         if envelope.to == node_id:
             if envelope.type == RouteMessage.TYPE:
                 self._unwrap(envelope, session)
@@ -631,6 +626,18 @@ def for_original(
     ):
         return None
     return envelope if envelope.sender == node_id else as_own(envelope, node_id, now)
+
+
+def owe_original(call: Envelope, seen: SeenMessages, peer_id: str) -> None:
+    """
+    A call came from original-design neighbour C{peer_id}: if it is the
+    neighbour's own, it is owed one answer (L{for_original}), though an
+    earlier call of the neighbour's had the same response id (such a node
+    may use one again once answered).
+    """
+    response_id = call.response_id
+    if call.sender == peer_id and response_id is not None:
+        seen.forget(peer_id, "", _ANSWERED_ORIGINAL, response_id)
 
 
 def as_own(envelope: Envelope, node_id: str, now: float) -> Envelope:
