@@ -206,8 +206,9 @@ def startup_warnings(
     """
     Warn (one log line each) about what would let others in (SPEC section 9):
     listening beyond loopback with an open mesh, or with HTTP clients that
-    need no token; and a secret or private key file that the file's group
-    or others may read.
+    need no token; an open mesh beside HTTP clients that need one (a peer
+    link needs none), on loopback too; and a secret or private key file
+    that the file's group or others may read.
 
     :returns: the warnings logged, for tests.
     """
@@ -218,6 +219,13 @@ def startup_warnings(
         warnings.append(
             f"open mesh: listening on {host} without --secret-file or PKI; anyone who can "
             "reach it can link as any node id and call any server"
+        )
+    elif has_tokens and not (has_secret or pki):
+        # (On loopback too: tokens say its operator keeps out local callers.)
+        warnings.append(
+            f"open mesh: HTTP clients need a token, but anyone who can reach {host} can "
+            "link as a node at /ws/p2p and call any server without one; give the nodes "
+            "a --secret-file (or PKI)"
         )
     if beyond and not has_tokens:
         warnings.append(

@@ -65,6 +65,25 @@ class StartupWarningTests(SynchronousTestCase):
         """A UNIX socket reaches only this machine: quiet."""
         self.assertEqual(self.warnings(memory_node("n1"), UNIXAddress("/tmp/relay.sock")), [])
 
+    def test_tokens_beside_an_open_mesh(self) -> None:
+        """
+        HTTP clients that need a token beside an open mesh are named, on
+        loopback too: a peer link needs no token, and calls any server.
+        Not with a secret.
+        """
+        tokens = {"http": {"tokens": {"ci": "0" * 64}}}
+        loopback = IPv4Address("TCP", "127.0.0.1", 1)
+        [said] = self.warnings(memory_node("n1", **tokens), loopback)
+        self.assertIn("HTTP clients need a token, but anyone who can reach 127.0.0.1", said)
+        self.assertIn("/ws/p2p", said)
+        secret = self.secret(0o600)
+        self.assertEqual(
+            self.warnings(memory_node("n1", secret_file=secret, **tokens), loopback), []
+        )
+        everywhere = IPv4Address("TCP", "0.0.0.0", 8080)
+        [said] = self.warnings(memory_node("n1", **tokens), everywhere)
+        self.assertIn("open mesh: listening on 0.0.0.0 without --secret-file", said)
+
     def test_with_secret(self) -> None:
         """With a private secret file the mesh is not open: only the HTTP warning is left."""
         node = memory_node("n1", secret_file=self.secret(0o600))
