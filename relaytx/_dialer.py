@@ -564,8 +564,18 @@ class PeerAdmin(MultiService):
         session = self._mesh.links.get(node_id) if node_id is not None else None
         if session is not None:
             session.close(CLOSE_REMOVED, "removed by the operator")
-        if node_id is not None:
+        found = bool(retired) or session is not None
+        if node_id is not None and found:
+            # (A removal that found nothing removes nothing: the answer says so.)
             self._removed[node_id] = self._made
         for dialer in retired:
             dialer.retire()
-        return bool(retired) or session is not None
+        self._forget_removals()
+        return found
+
+    def _forget_removals(self) -> None:
+        # A removal holds only for the dialers made before it.
+        oldest = min((dialer.made for dialer in self.dialers.values()), default=None)
+        for node_id, made in list(self._removed.items()):
+            if oldest is None or made < oldest:
+                del self._removed[node_id]

@@ -221,6 +221,29 @@ class RemovedBeforeAnsweredTests(SynchronousTestCase):
         [again] = admin.dialers.values()
         self.assertFalse(admin.removed_since("b", again))
 
+    def test_removal_that_found_nothing(self) -> None:
+        """
+        A removal of an id nothing is linked to nor dials (404) removes
+        nothing: the dialer of an address whose id was not known yet links
+        to that id later and keeps the link. And such removals leave no
+        trace behind, however many.
+        """
+        reactor = MemoryReactorClock()
+        me, b = memory_node("a", reactor), memory_node("b", reactor)
+        admin = me.peer_admin
+        admin.add_peer("ws://127.0.0.1:9")  # b's address, never answered yet
+        [dialer] = admin.dialers.values()
+        for n in range(2000):
+            self.assertFalse(admin.remove_peer(node_id=f"x{n}"))
+        self.assertFalse(admin.remove_peer(node_id="b"))
+        self.assertEqual(admin._removed, {})
+        link = link_nodes(me, b)
+        dialer.link_opened("b")
+        link.network.settle()
+        self.assertIsNone(link.close_code)
+        self.assertIn("b", me.mesh.links)
+        self.assertFalse(dialer.retired)
+
 
 class _Endpoint:
     """An endpoint that records connection attempts and never completes them."""
