@@ -348,6 +348,9 @@ class Mesh:
             node_id, clock, metrics, self._links, self.forwarder, self.pending,
             self.forwarded, complete, run_arrived, max_pending=max_pending_calls, e2e=e2e,
         )  # fmt: skip
+        metrics.forwarded_calls.set_function(lambda: len(self.forwarded))
+        metrics.running_calls.set_function(lambda: len(self.calls.running))
+        metrics.streams_producing.set_function(lambda: len(self.calls.streams.producing))
         self.records: RecordExchange | None = None
         if identity is not None and book is not None:
             self.records = RecordExchange(

@@ -283,6 +283,23 @@ class NodeMetrics:
         self.queue_depth = Gauge(
             "relaytx_mailbox_depth", "Calls waiting in server mailboxes.", registry=r
         )
+        # What the node holds for calls that are not its own, read at each
+        # scrape (so that "nothing left pending" can be seen from outside).
+        self.forwarded_calls = Gauge(
+            "relaytx_forwarded_calls",
+            "Calls passing through this node, remembered until their answer passes back.",
+            registry=r,
+        )
+        self.running_calls = Gauge(
+            "relaytx_running_calls",
+            "Calls from other nodes running or queued on this node's servers.",
+            registry=r,
+        )
+        self.streams_producing = Gauge(
+            "relaytx_streams_producing",
+            "Streamed results this node's servers are producing for callers elsewhere.",
+            registry=r,
+        )
         self.auth_failures = Counter(
             "relaytx_auth_failures", "Peers that failed to prove the cluster secret.", registry=r
         )

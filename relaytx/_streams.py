@@ -674,6 +674,9 @@ class RunningCalls:
         #: cancels that came before their call (which is then not run)
         self._early = _EarlyCancels(clock)
 
+    def __len__(self) -> int:
+        return len(self._running)
+
     def cancelled_early(self, key: tuple[str, str | None]) -> bool:
         """:returns: whether a cancel came for call C{key} before it did (forgotten now)."""
         early = self._early

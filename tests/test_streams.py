@@ -299,6 +299,39 @@ class StreamTests(StreamsTestCase):
         self.assertEqual(self.work.made, 12)  # consumed 4, and the window
         stream.cancel()
 
+    def test_state_held_in_metrics(self) -> None:
+        """
+        /metrics shows what a call and a stream hold on the nodes on their
+        way (remembered by the forwarder, running at the callee, producing
+        there), and that nothing is left once they end.
+        """
+
+        def held(node: RelayNode) -> tuple[float | None, ...]:
+            sample = node.metrics.registry.get_sample_value
+            return tuple(
+                sample(name)
+                for name in (
+                    "relaytx_forwarded_calls",
+                    "relaytx_running_calls",
+                    "relaytx_streams_producing",
+                )
+            )
+
+        d = self.a.call("c", "work", "hold", "first")
+        stream = self.a.stream("c", "work", "count", 10_000, window=8)
+        self.turn()
+        self.assertEqual((held(self.b)[0], held(self.c)[1]), (2, 2))  # (the stream queued)
+        self.work.waiting[0].callback("done")
+        for _ in range(10):
+            self.turn(1)
+        self.assertEqual(self.successResultOf(d), "done")
+        self.assertEqual(held(self.c)[2], 1)  # the stream waits for credit
+        stream.cancel()
+        for _ in range(10):
+            self.turn(1)
+        for node in (self.a, self.b, self.c):
+            self.assertEqual(held(node), (0, 0, 0), node.node_id)
+
     def test_break_cancels_the_generator(self) -> None:
         """Leaving the loop early runs the generator's finally at the callee."""
         got, done = self.consume(self.a, "count", 1_000_000, stop_at=20, window=8)
