@@ -630,7 +630,8 @@ class _EarlyCancels:
     """
     Cancels that arrived before their call (a cancel may overtake it on
     another path), kept for a while so that the call, if it comes, never
-    runs; bounded, oldest dropped first.
+    runs; bounded, oldest dropped first. Those past their time go as new
+    ones come (kept in the order they expire).
     """
 
     TTL = 60.0
@@ -643,12 +644,18 @@ class _EarlyCancels:
     def __bool__(self) -> bool:
         return bool(self._keys)
 
+    def __len__(self) -> int:
+        return len(self._keys)
+
     def add(self, key: tuple[str, str | None]) -> None:
         now = self._clock.seconds()
         keys = self._keys
-        if len(keys) >= self.CAPACITY:
-            for old in [k for k, expires in keys.items() if expires <= now] or list(keys)[:1]:
-                del keys[old]
+        while keys:
+            oldest = next(iter(keys))
+            if keys[oldest] > now and len(keys) < self.CAPACITY:
+                break
+            del keys[oldest]
+        keys.pop(key, None)  # (to the back: the order is that of expiry)
         keys[key] = now + self.TTL
 
     def take(self, key: tuple[str, str | None]) -> bool:

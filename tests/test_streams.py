@@ -528,6 +528,39 @@ class PathLossTests(StreamsTestCase):
         self.assertNoResult(d)
 
 
+class EarlyCancelsTests(SynchronousTestCase):
+    """Cancels that came before their calls: kept for a while, bounded."""
+
+    def test_past_their_time_go_as_new_come(self) -> None:
+        """A cancel kept past its time goes when the next one comes, and is no longer taken."""
+        from relaytx._streams import _EarlyCancels
+
+        clock = MemoryReactorClock()
+        early = _EarlyCancels(clock)
+        early.add(("a", "1"))
+        early.add(("a", "2"))
+        clock.advance(_EarlyCancels.TTL / 2)
+        early.add(("a", "1"))  # again: kept from now on
+        clock.advance(_EarlyCancels.TTL / 2 + 1)
+        early.add(("a", "3"))
+        self.assertEqual(len(early), 2)
+        self.assertFalse(early.take(("a", "2")))
+        self.assertTrue(early.take(("a", "1")))
+        self.assertTrue(early.take(("a", "3")))
+        self.assertFalse(early)
+
+    def test_bounded(self) -> None:
+        """Past its capacity, the oldest goes first."""
+        from relaytx._streams import _EarlyCancels
+
+        early = _EarlyCancels(MemoryReactorClock())
+        for n in range(_EarlyCancels.CAPACITY + 5):
+            early.add(("a", str(n)))
+        self.assertEqual(len(early), _EarlyCancels.CAPACITY)
+        self.assertFalse(early.take(("a", "4")))
+        self.assertTrue(early.take(("a", "5")))
+
+
 class WireTests(SynchronousTestCase):
     """The new frames, and who may see them."""
 
