@@ -727,8 +727,9 @@ class Balancer(InstanceChoice):
             sent to another instance: it certainly did not run there, or its
             outcome is unknown and the method is idempotent.
         """
-        if isinstance(error, _NOT_RUN):
+        if isinstance(error, _NOT_RUN) and not error.hearsay:
             return True
-        if isinstance(error, OutcomeUnknown):
+        if isinstance(error, (OutcomeUnknown, *_NOT_RUN)):
+            # (A member's word that it did not run is no proof, in PKI mode.)
             return self.info.is_idempotent(node, server, method)
         return False

@@ -273,10 +273,15 @@ class MeshCalls:
         if self.traces.paths:
             self.traces.settled(envelope, response.response_id, destination)
         if response.success:
+            broken = self._stream_broken(response, destination)
+            if broken is not None:
+                self.pending.resolve(response.response_id, error=broken)
+                return
             self.pending.resolve(response.response_id, result=response.result)
             return
         data = _error_data(response.error_data)
-        if e2e is not None and hop_report and envelope.sender != destination:
+        hearsay = e2e is not None and hop_report and envelope.sender != destination
+        if hearsay:
             # PKI mode: a report no callee coded is its sender's word alone.
             data["node_id"] = envelope.sender
         else:
@@ -287,7 +292,25 @@ class MeshCalls:
             response.error or "remote error",
             data,
         )
+        error.hearsay = hearsay
         self.pending.resolve(response.response_id, error=error)
+
+    def _stream_broken(self, response: ServerResponse, callee: str | None) -> CallError | None:
+        """
+        :returns: the error of a streamed call whose answer counts other
+            items than came (items lost on the way, whoever dropped them),
+            else C{None}.
+        """
+        found = self.pending.stream_of(response.response_id or "")
+        if found is None:
+            return None
+        consumer, result = found[0], response.result
+        if type(result) is not int or result == consumer.count:
+            return None  # (not an int: a method that is not a generator)
+        return OutcomeUnknown(
+            f"stream from {callee} broken: it sent {result} items, {consumer.count} came",
+            node_id=self._node_id,
+        )
 
     # Running and answering.
 

@@ -42,10 +42,15 @@ class CallError(RelayError):
 
     @ivar message: a one-line human description.
     @ivar data: JSON-serialisable details (C{node_id}, C{route}, ...).
+    @ivar hearsay: the word of a node on the call's way that the callee did
+        not vouch for, where members are not trusted (PKI mode): its code
+        says what that node says (-32002: the call did not run), which is
+        no proof (a member may have dropped the answer of a call that ran).
     """
 
     code: ClassVar[int] = -32603
     default_message: ClassVar[str] = "Internal error"
+    hearsay = False
 
     def __init__(self, message: str | None = None, **data: Any) -> None:
         self.message = message if message is not None else self.default_message

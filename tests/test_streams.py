@@ -447,6 +447,28 @@ class _Plain(Server):
 class PathLossTests(StreamsTestCase):
     """A stream whose path breaks fails its consumer at once, and stops its generator."""
 
+    def test_items_dropped_on_the_way(self) -> None:
+        """
+        A node on the way that drops the last items (it may drop what it
+        passes on) and passes the answer on: the answer counts more items
+        than came, and the stream fails -32006, not a success.
+        """
+        forwarder = self.b.mesh.forwarder
+        honest_receive = forwarder.receive
+
+        def receive(envelope: Envelope, session: Any, unwrapped: bool = False) -> None:
+            if envelope.type == StreamItem.TYPE and envelope.data["seq"] >= 2:
+                return
+            honest_receive(envelope, session, unwrapped)
+
+        forwarder.receive = receive  # type: ignore[method-assign]
+        got, done = self.consume(self.a, "count", 3)
+        for _ in range(10):
+            self.turn(1)
+        self.assertEqual(got, [0, 1])
+        error = self.failureResultOf(done, OutcomeUnknown).value
+        self.assertEqual(error.message, "stream from c broken: it sent 3 items, 2 came")
+
     def test_far_link_lost(self) -> None:
         """The link b - c goes: a's waiting reader fails with -32006; c's generator is cancelled."""
         stream = self.a.stream("c", "work", "drip", 10_000, window=8)

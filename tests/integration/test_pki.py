@@ -338,6 +338,46 @@ class PkiTests(_Files, TestCase):
             await a.call("nodeC", "counter", "increment", timeout=5)
         self.assertEqual(raised.exception.data["node_id"], mallory.node_id)
 
+    async def test_loss_in_its_own_name_fails_over_nothing(self) -> None:
+        """
+        A member on the path that passes a call on, drops its answer and
+        says in its own name that it did not run (-32002) does not get it
+        run again on another instance: its word is no proof, so only an
+        idempotent method would be retried. The caller sees the member's
+        -32002, naming the member.
+        """
+        here, there = Counter(), Counter()
+        c = self.node("nodeC", servers={"counter": here})
+        mallory = self.node("mallory", [c])
+        c2 = self.node("nodeC2", servers={"counter": there})
+        d = self.node("nodeD", [c2])
+        b = self.node("nodeB", [d])
+        a = self.node("nodeA", [mallory, b])
+        await self.linked((a, mallory), (mallory, c), (a, b), (b, d), (d, c2))
+        await wait_for(
+            lambda: {i[0] for i in a.mesh.registry.instances("counter")} == {"nodeC", "nodeC2"},
+            10,
+            what="both instances",
+        )
+        forwarder = mallory.mesh.forwarder
+        honest_receive = forwarder.receive
+
+        def receive(envelope: Envelope, session: Any, unwrapped: bool = False) -> None:
+            if envelope.type == ServerResponse.TYPE and envelope.sender == "nodeC":
+                lost = ServerResponse(
+                    envelope.data["response_id"], False, "mallory", error="lost",
+                    error_code=-32002, error_data={"node_id": "mallory"},
+                )  # fmt: skip
+                forwarder.send(envelope.to, lost)
+                return
+            honest_receive(envelope, session, unwrapped)
+
+        forwarder.receive = receive  # type: ignore[method-assign]
+        with self.assertRaises(NodeUnreachable) as raised:
+            await a.call(None, "counter", "increment", timeout=5)
+        self.assertEqual(raised.exception.data["node_id"], "mallory")
+        self.assertEqual((here.count, there.count), (1, 0))
+
     async def test_forged_idempotent_methods(self) -> None:
         """A member claiming another node's methods idempotent does not get them retried."""
         c = self.node("nodeC", servers={"ledger": Ledger()})
