@@ -603,14 +603,32 @@ def _answer_body(response: ServerResponse) -> tuple[Any, ...]:
     )
 
 
-def load_identity(node_id: str, cert: str, key: str | None, ca: str) -> NodeIdentity:
+def load_identity(
+    node_id: str, cert: str, key: str | None, ca: str, now: float | None = None
+) -> NodeIdentity:
     """
     :param key: the key file; C{None} when the key is in the certificate's file.
+    :param now: the current Unix time (the system's by default).
     :returns: the identity in the C{[tls]} files.
     :raises TlsError: if they cannot be used, or the certificate does not
-        name C{node_id}.
+        name C{node_id}, or is one its peers refuse: not signed by the CA,
+        expired or not yet valid (a node that started with it could link
+        to no one).
     """
 
     cert_pem = read_pem(cert, "cert")
     key_pem = read_pem(key, "key") if key else cert_pem
-    return NodeIdentity(node_id, cert_pem, key_pem, read_pem(ca, "ca"))
+    identity = NodeIdentity(node_id, cert_pem, key_pem, read_pem(ca, "ca"))
+    try:
+        identity.cert.verify_directly_issued_by(identity.ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise TlsError(
+            "tls.cert is not signed by tls.ca: in PKI mode every peer would refuse it"
+        ) from None
+    now = time.time() if now is None else now
+    before, after = identity.cert.not_valid_before_utc, identity.cert.not_valid_after_utc
+    if now < before.timestamp():
+        raise TlsError(f"tls.cert is not valid yet: not before {before.isoformat()}")
+    if now > after.timestamp():
+        raise TlsError(f"tls.cert has expired: not after {after.isoformat()}")
+    return identity

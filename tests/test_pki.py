@@ -5,6 +5,7 @@ the adjacency they allow, end-to-end codes, and how records travel.
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from relaytx._pki import (
     NodeIdentity,
     NodeRecord,
     RecordBook,
+    load_identity,
 )
 from relaytx._tls import TlsError
 from relaytx.errors import MalformedMessage
@@ -75,6 +77,41 @@ class IdentityTests(SynchronousTestCase):
         error = self.assertRaises(TlsError, identity, "nodeA", CA, "nodeB")
         self.assertIn("nodeA", str(error))
         self.assertIn("'nodeB'", str(error))
+
+
+class LoadIdentityTests(SynchronousTestCase):
+    """
+    A node starts in PKI mode only with a certificate its peers take: one
+    they would all refuse is one error line at start, not a node that can
+    link to no one.
+    """
+
+    def load(self, cert: bytes, key: bytes, now: float | None = None) -> NodeIdentity:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        paths = []
+        for name, data in (("n.pem", cert), ("n.key", key), ("ca.pem", CA.pem)):
+            path = os.path.join(directory, name)
+            with open(path, "wb") as f:
+                f.write(data)
+            paths.append(path)
+        return load_identity("nodeA", *paths, now=now)
+
+    def test_valid(self) -> None:
+        """A certificate of the mesh's CA, valid now, naming the node, loads."""
+        self.assertEqual(self.load(*CA.issue("nodeA")).node_id, "nodeA")
+
+    def test_refused(self) -> None:
+        """Expired, not yet valid, or from another CA: one clear error."""
+        other = Authority("mesh CA")  # (another CA of the same name)
+        for (cert, key), now, why in [
+            (CA.issue("nodeA", days=-1), None, "tls.cert has expired: not after "),
+            (CA.issue("nodeA"), time.time() - 86400, "tls.cert is not valid yet: not before "),
+            (other.issue("nodeA"), None, "tls.cert is not signed by tls.ca"),
+        ]:
+            with self.subTest(why=why):
+                error = self.assertRaises(TlsError, self.load, cert, key, now)
+                self.assertIn(why, str(error))
 
 
 class RecordTests(SynchronousTestCase):
