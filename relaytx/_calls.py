@@ -796,6 +796,72 @@ class ForwardedCalls:
         self._next_sweep = now + self.SWEEP_INTERVAL
 
 
+class OwedAnswers:
+    """
+    The answers an original-design neighbour is owed: one per call it made
+    through this node, by response id. Such a node takes any answer with
+    its call's response id for that call's: a second one (a flood's dead
+    end told after the answer passed) would mislead it, and it may use a
+    response id again, even while a call with it is still out (its peers
+    pick them by hand). An answer to a call this node did not see pass (it
+    went another way) is owed once. Bounded, each kept for C{ttl} seconds
+    after its last call or answer, without timers.
+    """
+
+    def __init__(self, clock: IReactorTime, ttl: float = 120.0, capacity: int = 100_000) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._capacity = capacity
+        #: (neighbour, response id) -> [answers owed, until when, call ids seen]
+        self._owed: OrderedDict[tuple[str, str], list[Any]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._owed)
+
+    def called(self, peer_id: str, response_id: str, message_id: str | None) -> None:
+        """Neighbour C{peer_id} made a call (a copy of one seen before counts once)."""
+        entry = self._take((peer_id, response_id))
+        if entry is None:
+            entry = [0, 0.0, set()]
+        elif message_id is not None and message_id in entry[2]:
+            self._keep((peer_id, response_id), entry)
+            return
+        entry[0] += 1
+        if message_id is not None and len(entry[2]) < 64:
+            entry[2].add(message_id)
+        self._keep((peer_id, response_id), entry)
+
+    def answered(self, peer_id: str, response_id: str) -> bool:
+        """:returns: whether neighbour C{peer_id} is owed this answer (it is counted)."""
+        key = (peer_id, response_id)
+        entry = self._take(key)
+        if entry is None:
+            self._keep(key, [0, 0.0, set()])  # one, for a call not seen: now answered
+            return True
+        owed: bool = entry[0] > 0
+        if owed:
+            entry[0] -= 1
+        self._keep(key, entry)
+        return owed
+
+    def _take(self, key: tuple[str, str]) -> list[Any] | None:
+        entry = self._owed.pop(key, None)
+        if entry is not None and entry[1] <= self._clock.seconds():
+            return None  # past its time: as if never seen
+        return entry
+
+    def _keep(self, key: tuple[str, str], entry: list[Any]) -> None:
+        now = self._clock.seconds()
+        entry[1] = now + self._ttl
+        owed = self._owed
+        owed[key] = entry  # (the newest last: they expire in this order)
+        while owed:
+            oldest = next(iter(owed))
+            if owed[oldest][1] > now and len(owed) <= self._capacity:
+                break
+            del owed[oldest]
+
+
 class SeenMessages:
     """
     A bounded memory of messages delivered here, each kept for C{ttl}
@@ -821,12 +887,6 @@ class SeenMessages:
 
     def __len__(self) -> int:
         return len(self._seen)
-
-    def forget(
-        self, sender: str, message_id: str, kind: str = "", response_id: str | None = None
-    ) -> None:
-        """Forget a message seen, if it was: it is new again."""
-        self._seen.pop((sender, message_id, kind, response_id), None)
 
     def first_time(
         self,

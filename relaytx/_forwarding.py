@@ -56,7 +56,7 @@ from collections.abc import Callable, Container
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
-from relaytx._calls import ForwardedCalls, SeenMessages
+from relaytx._calls import ForwardedCalls, OwedAnswers, SeenMessages
 from relaytx._links import LinkTable
 from relaytx._metrics import NodeMetrics
 from relaytx._routing import HOP_BUDGETS, HOP_MARGIN, MAX_HOPS, Router
@@ -124,10 +124,6 @@ def _short_response_id(envelope: Envelope) -> bool:
 
 #: At most this many neighbours get a flooded copy of one message.
 MAX_FLOOD = 32
-
-#: What an answer sent to an original-design neighbour is remembered as
-#: (L{SeenMessages}): the first one for its call is the only one it gets.
-_ANSWERED_ORIGINAL = "answered"
 
 #: What a flooded copy passing through is remembered as (L{SeenMessages}),
 #: apart from the messages delivered here.
@@ -199,6 +195,7 @@ class Forwarder:
         self._by_peer = links.links
         self._forwarded = forwarded
         self._seen = seen
+        self._owed = OwedAnswers(clock)
         self._routes_are_complete = routes_are_complete
         self._refuse = refuse
         #: traced calls passing through (see L{relaytx._tracing.HopTraces})
@@ -226,7 +223,7 @@ class Forwarder:
             self._metrics.drop("spoofed")
             return
         if session.original and envelope.type == _CALL:
-            owe_original(envelope, self._seen, peer)
+            owe_original(envelope, self._owed, peer)
         if envelope.to == node_id:
             if envelope.type == RouteMessage.TYPE:
                 self._unwrap(envelope, session)
@@ -570,7 +567,7 @@ class Forwarder:
                 session.awaiting(self._clock.seconds() if now is None else now)
         if session.peer_id == envelope.to:
             if session.original and envelope.type == _ANSWER:
-                answer = for_original(envelope, self._seen, self._node_id, self._clock.seconds())
+                answer = for_original(envelope, self._owed, self._node_id, self._clock.seconds())
                 if answer is None:
                     self._metrics.drop("duplicate")
                     return
@@ -609,35 +606,31 @@ class Forwarder:
 
 
 def for_original(
-    envelope: Envelope, seen: SeenMessages, node_id: str, now: float
+    envelope: Envelope, owed: OwedAnswers, node_id: str, now: float
 ) -> Envelope | None:
     """
     :param envelope: an answer that node C{node_id} sends an
         original-design neighbour, the caller.
-    :returns: what to send it: C{None} if it had an answer to that call
-        already (it takes the first for the answer: a later one, such as a
-        flood's dead end told after the answer passed, would mislead it);
-        else the answer, as a frame of C{node_id}'s own if it came from
-        afar (L{as_own}).
+    :returns: what to send it: C{None} if it is owed no more answers to
+        that call (it takes the first for the answer: a later one, such as
+        a flood's dead end told after the answer passed, would mislead it;
+        L{OwedAnswers}); else the answer, as a frame of C{node_id}'s own if
+        it came from afar (L{as_own}).
     """
     response_id = envelope.response_id
-    if response_id is not None and not seen.first_time(
-        envelope.to, "", _ANSWERED_ORIGINAL, response_id
-    ):
+    if response_id is not None and not owed.answered(envelope.to, response_id):
         return None
     return envelope if envelope.sender == node_id else as_own(envelope, node_id, now)
 
 
-def owe_original(call: Envelope, seen: SeenMessages, peer_id: str) -> None:
+def owe_original(call: Envelope, owed: OwedAnswers, peer_id: str) -> None:
     """
     A call came from original-design neighbour C{peer_id}: if it is the
-    neighbour's own, it is owed one answer (L{for_original}), though an
-    earlier call of the neighbour's had the same response id (such a node
-    may use one again once answered).
+    neighbour's own, it is owed an answer (L{for_original}).
     """
     response_id = call.response_id
     if call.sender == peer_id and response_id is not None:
-        seen.forget(peer_id, "", _ANSWERED_ORIGINAL, response_id)
+        owed.called(peer_id, response_id, call.id)
 
 
 def as_own(envelope: Envelope, node_id: str, now: float) -> Envelope:

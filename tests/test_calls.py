@@ -12,7 +12,7 @@ from twisted.internet.defer import TimeoutError as DeferTimeoutError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx._calls import ForwardedCalls, PendingCalls, SeenMessages
+from relaytx._calls import ForwardedCalls, OwedAnswers, PendingCalls, SeenMessages
 from relaytx.errors import CallError, CallTimeout, NodeUnreachable, RemoteCallError
 
 
@@ -424,6 +424,37 @@ class ForwardedCallsTests(SynchronousTestCase):
         self.assertEqual(len(self.calls), 0)
         self.clock.advance(20)
         self.assertEqual(len(self.calls), 0)
+
+
+class OwedAnswersTests(SynchronousTestCase):
+    """The answers an original-design neighbour is owed: one per call, bounded, for a while."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.owed = OwedAnswers(self.clock, ttl=120.0, capacity=3)
+
+    def test_one_per_call(self) -> None:
+        """Each call is owed one answer; a copy of one (same id) none more."""
+        for message_id in ("m1", "m2", "m2"):
+            self.owed.called("o", "r", message_id)
+        self.assertEqual([self.owed.answered("o", "r") for _ in range(3)], [True, True, False])
+        self.owed.called("o", "r", "m3")  # the id again, for a new call
+        self.assertTrue(self.owed.answered("o", "r"))
+
+    def test_call_not_seen(self) -> None:
+        """An answer to a call that went another way is owed once."""
+        self.assertTrue(self.owed.answered("o", "r"))
+        self.assertFalse(self.owed.answered("o", "r"))
+        self.assertTrue(self.owed.answered("p", "r"))  # another neighbour's
+
+    def test_kept_for_a_while_and_bounded(self) -> None:
+        """Past its time an entry is as new; past the capacity the oldest goes."""
+        self.owed.answered("o", "r")
+        self.clock.advance(121)
+        self.assertTrue(self.owed.answered("o", "r"))
+        for n in range(5):
+            self.owed.called("o", f"x{n}", "m")
+        self.assertEqual(len(self.owed), 3)
 
 
 class SeenMessagesTests(SynchronousTestCase):

@@ -15,7 +15,7 @@ from relaytx import NodeUnreachable, NoSuchServer, OutcomeUnknown, Overloaded, R
 from relaytx.node import RelayNode
 from relaytx.testing import MemoryMesh, line, memory_node
 from relaytx.wire import ServerResponse
-from tests.support import Counter, OriginalPeer
+from tests.support import Counter, OriginalPeer, Slow
 
 
 def dropped(node: RelayNode, reason: str) -> float:
@@ -89,6 +89,24 @@ class DuplicateIdTests(OriginalTestCase):
         self.assertEqual(self.counter.count, 11)
         results = [a["data"]["result"] for a in self.original.answers]
         self.assertEqual(results, [1, 11])
+
+    def test_response_id_used_again_while_out(self) -> None:
+        """
+        Two calls sharing a response id, the first still running when the
+        second is answered, are each answered; a copy of a call seen before
+        is owed no answer of its own.
+        """
+        slow = Slow()
+        self.node.expose("slow", slow)
+        first, second = "1796024318382500001", "1796024318382500002"
+        self.original.frame("server_call", seed_call("slow", "wait", [], "V"), first)
+        self.original.frame("server_call", seed_call("counter", "increment", [1], "V"), second)
+        slow.waiting[0].callback("done")
+        self.original.frame("server_call", seed_call("counter", "increment", [1], "V"), second)
+        self.original.serve()
+        results = [a["data"]["result"] for a in self.original.answers]
+        self.assertEqual(results, [1, "done"])
+        self.assertEqual(self.counter.count, 1)
 
     def test_other_types_with_the_same_id(self) -> None:
         """A call and a message of another type sharing an id are both taken."""
@@ -252,6 +270,18 @@ class ForwardedCopiesTests(OriginalTestCase):
         results = [a["data"]["result"] for a in self.to_a.answers]
         self.assertEqual(results, [1, 11, 111])
         self.assertEqual(dropped(self.a, "duplicate"), 0)
+
+    def test_response_id_used_again_while_out_through_a(self) -> None:
+        """Through A, two calls sharing a response id, both out at once, are each answered."""
+        slow = Slow()
+        self.b.expose("slow", slow)
+        self.via_a(seed_call("slow", "wait", [], "V"), "1796024318382500011", wrapped=False)
+        self.via_a(seed_call("counter", "increment", [5], "V"), "1796024318382500012", wrapped=True)
+        slow.waiting[0].callback("done")
+        self.network.pump()
+        self.to_a.serve()
+        results = sorted(str(a["data"]["result"]) for a in self.to_a.answers)
+        self.assertEqual(results, ["5", "done"])
 
     def test_colliding_ids_through_a_both_run(self) -> None:
         """Two distinct calls sharing an id, forwarded by A, both run at B."""
