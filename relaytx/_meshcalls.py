@@ -273,7 +273,7 @@ class MeshCalls:
         if self.traces.paths:
             self.traces.settled(envelope, response.response_id, destination)
         if response.success:
-            broken = self._stream_broken(response, destination)
+            broken = _stream_broken(self.pending, response, destination, self._node_id)
             if broken is not None:
                 self.pending.resolve(response.response_id, error=broken)
                 return
@@ -294,23 +294,6 @@ class MeshCalls:
         )
         error.hearsay = hearsay
         self.pending.resolve(response.response_id, error=error)
-
-    def _stream_broken(self, response: ServerResponse, callee: str | None) -> CallError | None:
-        """
-        :returns: the error of a streamed call whose answer counts other
-            items than came (items lost on the way, whoever dropped them),
-            else C{None}.
-        """
-        found = self.pending.stream_of(response.response_id or "")
-        if found is None:
-            return None
-        consumer, result = found[0], response.result
-        if type(result) is not int or result == consumer.count:
-            return None  # (not an int: a method that is not a generator)
-        return OutcomeUnknown(
-            f"stream from {callee} broken: it sent {result} items, {consumer.count} came",
-            node_id=self._node_id,
-        )
 
     # Running and answering.
 
@@ -615,6 +598,25 @@ def _cancelled(node_id: str, key: tuple[str, Any], by_caller: bool, stopping: bo
         return Cancelled(f"Call cancelled by its caller, {key[0]}")
     why = "stopped" if stopping else "lost the caller"
     return OutcomeUnknown(f"node {node_id} {why} before answering")
+
+
+def _stream_broken(
+    pending: PendingCalls, response: ServerResponse, callee: str | None, node_id: str
+) -> CallError | None:
+    """
+    :returns: the error of a streamed call whose answer counts other items
+        than came (items lost on the way, whoever dropped them), else C{None}.
+    """
+    found = pending.stream_of(response.response_id or "")
+    if found is None:
+        return None
+    consumer, result = found[0], response.result
+    if type(result) is not int or result == consumer.count:
+        return None  # (not an int: a method that is not a generator)
+    return OutcomeUnknown(
+        f"stream from {callee} broken: it sent {result} items, {consumer.count} came",
+        node_id=node_id,
+    )
 
 
 def _stopped(node_id: str, destination: str) -> CallError:
