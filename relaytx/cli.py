@@ -385,12 +385,26 @@ def _refused(url: str, status: int, answer: object) -> int:
 
 
 def _json(body: bytes) -> object:
+    from relaytx import _json
+
+    try:
+        # (Integers of any size stay exact; nesting as deep as a node
+        # answers, 1024 levels, past Python's recursion limit.)
+        return _json.loads_exact(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _shown(value: object) -> str:
+    """:returns: C{value} as JSON, as C{json.dumps} writes it, however deep."""
     import json
 
     try:
-        return json.loads(body)
-    except ValueError:
-        return None
+        return json.dumps(value)
+    except RecursionError:
+        from relaytx import _json
+
+        return _json.dumps(value).decode()  # (compact: its own stack, no recursion)
 
 
 #: what argparse takes for a negative number (``-5``, ``-.5``), and a
@@ -487,10 +501,10 @@ def call(argv: list[str]) -> int:
         error = answer["error"]
         sys.stderr.write(f"error {error.get('code')}: {error.get('message')}\n")
         if error.get("data"):
-            sys.stderr.write(json.dumps(error["data"]) + "\n")
+            sys.stderr.write(_shown(error["data"]) + "\n")
         sys.stderr.write(path)
         return 1
-    sys.stdout.write(json.dumps(answer.get("result")) + "\n")
+    sys.stdout.write(_shown(answer.get("result")) + "\n")
     sys.stdout.write(path)
     return 0
 

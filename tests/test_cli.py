@@ -253,6 +253,16 @@ class CallTests(CliTestCase):
         self.assertEqual(json.loads(self.stdout.getvalue()), {"a": [1, "é"], "b": None})
         self.assertEqual(self.stdout.getvalue().count("\n"), 1)
 
+    def test_deepAndWideResults(self) -> None:
+        """
+        A result as deep as a node answers (1022 levels: past Python's
+        recursion limit) and integers past 64 bits print as they came.
+        """
+        deep = b"[" * 1022 + b"]" * 1022
+        self.answer = b'{"jsonrpc":"2.0","result":[%s,%d],"id":1}' % (deep, 2**70)
+        self.assertEqual(cli.main(["call", "http://h:1", "s", "m"]), 0)
+        self.assertEqual(self.stdout.getvalue(), f"[{deep.decode()},{2**70}]\n")
+
     def test_urlForms(self) -> None:
         """A trailing slash is dropped, a bare host:port means http, ws(s) mean http(s)."""
         for url in ["http://h:1/", "127.0.0.1:8080", "ws://h:2", "wss://h:3"]:
