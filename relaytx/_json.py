@@ -68,8 +68,15 @@ def dumps(value: Any, max_depth: int | None = None) -> bytes:
     try:
         data = orjson.dumps(value, option=_STRICT)
     except TypeError:
-        # (Written first: a cycle is a TypeError, as said, not too deep.)
-        data = _dumps_slowly(value)
+        # (Written first: a cycle is a TypeError, as said, not too deep;
+        # past MAX_DEPTH, where a cycle is told from depth no more, both
+        # are too deep for any reader.)
+        try:
+            data = _dumps_slowly(value)
+        except PastMaxDepth:
+            if max_depth is None:
+                raise
+            raise TooDeep(f"nested more than {max_depth} levels deep") from None
         if max_depth is not None and deeper_than(value, max_depth):
             raise TooDeep(f"nested more than {max_depth} levels deep") from None
         return data
@@ -112,6 +119,10 @@ def _dumps_slowly(value: Any) -> bytes:
         raise TypeError(str(e)) from None
 
 
+class PastMaxDepth(TypeError):
+    """A value nested past L{MAX_DEPTH} levels (a cycle, say): not written."""
+
+
 class TooDeep(ValueError):
     """A value nested deeper than its reader takes (L{dumps_frame}'s C{max_depth})."""
 
@@ -135,7 +146,10 @@ def dumps_frame(value: Any, max_depth: int) -> bytes:
         data = orjson.dumps(value, option=_STRICT)
     except TypeError:
         # (Written first: a cycle is a TypeError, as L{dumps} says, not too deep.)
-        data = SLOWLY_WRITTEN + _dumps_slowly(value)
+        try:
+            data = SLOWLY_WRITTEN + _dumps_slowly(value)
+        except PastMaxDepth:
+            raise TooDeep(f"nested more than {max_depth} levels deep") from None
         if deeper_than(value, max_depth):
             raise TooDeep(f"nested more than {max_depth} levels deep") from None
         return data
@@ -320,7 +334,7 @@ def _dumps_deep(value: Any) -> bytes:
         if isinstance(item, list | tuple | dict):
             depth += 1
             if depth > MAX_DEPTH:
-                raise TypeError(f"value nested more than {MAX_DEPTH} levels deep")
+                raise PastMaxDepth(f"value nested more than {MAX_DEPTH} levels deep")
             parts: list[Any] = []
             if isinstance(item, dict):
                 parts.append(_OPEN_OBJECT)
