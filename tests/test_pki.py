@@ -6,6 +6,8 @@ the adjacency they allow, end-to-end codes, and how records travel.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -87,8 +89,8 @@ class LoadIdentityTests(SynchronousTestCase):
     """
 
     def load(self, cert: bytes, key: bytes, now: float | None = None) -> NodeIdentity:
-        directory = self.mktemp()
-        os.makedirs(directory)
+        directory = tempfile.mkdtemp(prefix="relaytx-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
         paths = []
         for name, data in (("n.pem", cert), ("n.key", key), ("ca.pem", CA.pem)):
             path = os.path.join(directory, name)
