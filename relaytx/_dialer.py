@@ -553,9 +553,15 @@ class PeerAdmin(MultiService):
         :returns: whether there was such a link or dialled peer.
         """
         retired = []
+        spelled = None
+        if address is not None:
+            try:  # (any spelling of it: http://h:p, ws://h:p/ws/p2p, h:p...)
+                spelled = peer_url(split_peer(address)[1], self._mesh.node_id)[0]
+            except ValueError:
+                spelled = None
         for url, dialer in list(self.dialers.items()):
             if (node_id is not None and dialer.node_id == node_id) or (
-                address is not None and address in (dialer.address, url)
+                address is not None and (address == dialer.address or url in (address, spelled))
             ):
                 if node_id is None:
                     node_id = dialer.node_id

@@ -221,6 +221,22 @@ class RemovedBeforeAnsweredTests(SynchronousTestCase):
         [again] = admin.dialers.values()
         self.assertFalse(admin.removed_since("b", again))
 
+    def test_removal_by_any_spelling_of_the_address(self) -> None:
+        """A dialled address is removed by any spelling of it, as it is added by any."""
+        me = memory_node("a", MemoryReactorClock())
+        admin = me.peer_admin
+        for spelling in [
+            "http://127.0.0.1:9",
+            "127.0.0.1:9",
+            "ws://127.0.0.1:9/ws/p2p",
+            "ws://127.0.0.1:9",
+        ]:
+            with self.subTest(spelling=spelling):
+                admin.add_peer("ws://127.0.0.1:9")
+                self.assertTrue(admin.remove_peer(address=spelling))
+                self.assertEqual(admin.dialers, {})
+        self.assertFalse(admin.remove_peer(address="not an address"))
+
     def test_removal_that_found_nothing(self) -> None:
         """
         A removal of an id nothing is linked to nor dials (404) removes
