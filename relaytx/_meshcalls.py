@@ -611,8 +611,10 @@ def _stream_broken(
     if found is None:
         return None
     consumer, result = found[0], response.result
-    if type(result) is not int or result == consumer.count:
-        return None  # (not an int: a method that is not a generator)
+    if not consumer.count or type(result) is not int or result == consumer.count:
+        # (No item: perhaps a method that is not a generator, whose result
+        # is its own, an int as any other: a call on /ws/rpc may stream.)
+        return None
     return OutcomeUnknown(
         f"stream from {callee} broken: it sent {result} items, {consumer.count} came",
         node_id=node_id,
