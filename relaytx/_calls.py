@@ -796,6 +796,21 @@ class ForwardedCalls:
         self._next_sweep = now + self.SWEEP_INTERVAL
 
 
+def drop_expired(
+    table: dict[Any, Any], now: float, capacity: int, expires: Callable[[Any], float]
+) -> None:
+    """
+    Drop from the front of C{table}, whose entries are in the order they
+    expire, those past their time (C{expires(value)}), and the oldest while
+    it holds more than C{capacity}.
+    """
+    while table:
+        oldest = next(iter(table))
+        if expires(table[oldest]) > now and len(table) <= capacity:
+            return
+        del table[oldest]
+
+
 class OwedAnswers:
     """
     The answers an original-design neighbour is owed: one per call it made
@@ -853,13 +868,13 @@ class OwedAnswers:
     def _keep(self, key: tuple[str, str], entry: list[Any]) -> None:
         now = self._clock.seconds()
         entry[1] = now + self._ttl
-        owed = self._owed
-        owed[key] = entry  # (the newest last: they expire in this order)
-        while owed:
-            oldest = next(iter(owed))
-            if owed[oldest][1] > now and len(owed) <= self._capacity:
-                break
-            del owed[oldest]
+        self._owed[key] = entry  # (the newest last: they expire in this order)
+        drop_expired(self._owed, now, self._capacity, _until)
+
+
+def _until(entry: list[Any]) -> float:
+    until: float = entry[1]
+    return until
 
 
 class SeenMessages:

@@ -68,18 +68,7 @@ def dumps(value: Any, max_depth: int | None = None) -> bytes:
     try:
         data = orjson.dumps(value, option=_STRICT)
     except TypeError:
-        # (Written first: a cycle is a TypeError, as said, not too deep;
-        # past MAX_DEPTH, where a cycle is told from depth no more, both
-        # are too deep for any reader.)
-        try:
-            data = _dumps_slowly(value)
-        except PastMaxDepth:
-            if max_depth is None:
-                raise
-            raise TooDeep(f"nested more than {max_depth} levels deep") from None
-        if max_depth is not None and deeper_than(value, max_depth):
-            raise TooDeep(f"nested more than {max_depth} levels deep") from None
-        return data
+        return _dumps_slowly(value) if max_depth is None else _dumps_within(value, max_depth)
     if b"null" in data:
         _check_finite(value)
     return data
@@ -119,6 +108,21 @@ def _dumps_slowly(value: Any) -> bytes:
         raise TypeError(str(e)) from None
 
 
+def _dumps_within(value: Any, max_depth: int) -> bytes:
+    # L{_dumps_slowly}, for a reader that takes C{max_depth} levels. (Written
+    # first: a cycle is a TypeError, as L{dumps} says, not too deep; past
+    # MAX_DEPTH, where a cycle is told from depth no more, both are too deep
+    # for any reader.)
+    too_deep = TooDeep(f"nested more than {max_depth} levels deep")
+    try:
+        data = _dumps_slowly(value)
+    except PastMaxDepth:
+        raise too_deep from None
+    if deeper_than(value, max_depth):
+        raise too_deep
+    return data
+
+
 class PastMaxDepth(TypeError):
     """A value nested past L{MAX_DEPTH} levels (a cycle, say): not written."""
 
@@ -145,14 +149,7 @@ def dumps_frame(value: Any, max_depth: int) -> bytes:
     try:
         data = orjson.dumps(value, option=_STRICT)
     except TypeError:
-        # (Written first: a cycle is a TypeError, as L{dumps} says, not too deep.)
-        try:
-            data = SLOWLY_WRITTEN + _dumps_slowly(value)
-        except PastMaxDepth:
-            raise TooDeep(f"nested more than {max_depth} levels deep") from None
-        if deeper_than(value, max_depth):
-            raise TooDeep(f"nested more than {max_depth} levels deep") from None
-        return data
+        return SLOWLY_WRITTEN + _dumps_within(value, max_depth)
     if b"null" in data:
         _check_finite(value)
     return data

@@ -56,6 +56,7 @@ from twisted.python.failure import Failure
 
 from relaytx import _json
 from relaytx._aio import AioDeferred, Owner
+from relaytx._calls import drop_expired
 from relaytx.errors import CallError, MessageTooLarge, OutcomeUnknown, RemoteCallError
 from relaytx.server import ExposedMethod, Server
 from relaytx.wire import CallCancel, Envelope, ServerCall, StreamCredit, StreamItem
@@ -650,13 +651,9 @@ class _EarlyCancels:
     def add(self, key: tuple[str, str | None]) -> None:
         now = self._clock.seconds()
         keys = self._keys
-        while keys:
-            oldest = next(iter(keys))
-            if keys[oldest] > now and len(keys) < self.CAPACITY:
-                break
-            del keys[oldest]
         keys.pop(key, None)  # (to the back: the order is that of expiry)
         keys[key] = now + self.TTL
+        drop_expired(keys, now, self.CAPACITY, float)
 
     def take(self, key: tuple[str, str | None]) -> bool:
         """:returns: whether a cancel for C{key} came (and forgets it)."""
