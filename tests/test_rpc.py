@@ -587,8 +587,11 @@ class DeepResultTests(NodeTestCase):
     """
 
     def nest(self, depth: int, method: str = "math.nest", node: RelayNode | None = None) -> Any:
-        http = self.http if node is None else NodeHttp(self, node)
         request = {"jsonrpc": "2.0", "method": method, "params": [depth], "id": 1}
+        return self.post(request, node)
+
+    def post(self, request: Any, node: RelayNode | None = None) -> Any:
+        http = self.http if node is None else NodeHttp(self, node)
         d = http.start("POST", "/rpc", encoded(request))
         for _ in range(3):  # (a mailbox that ran 50 ms of calls lets a turn pass)
             self.network.pump()
@@ -626,8 +629,7 @@ class DeepResultTests(NodeTestCase):
             {"jsonrpc": "2.0", "method": "math.nest", "params": [1023], "id": 1},
             {"jsonrpc": "2.0", "method": "math.sum", "params": [1, 2], "id": 2},
         ]
-        reply = self.http.request("POST", "/rpc", encoded(batch))
-        deep, shallow = orjson.loads(reply.body)
+        deep, shallow = self.post(batch)
         self.assertTooDeep(deep)
         self.assertEqual(shallow["result"], 3)
 
