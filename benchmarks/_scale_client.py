@@ -61,6 +61,7 @@ class Stats:
         self.frames_out = 0
         self.bytes_out = 0
         self.wire_out = 0
+        self.ws_pings = 0  # WebSocket-level pings (the hub's nudges of idle links)
         self.by_type: dict[str, int] = {}
         self.bytes_by_type: dict[str, int] = {}
         self.errors: dict[str, int] = {}
@@ -85,6 +86,7 @@ class Stats:
             "frames_out": self.frames_out,
             "bytes_out": self.bytes_out,
             "wire_out": self.wire_out,
+            "ws_pings": self.ws_pings,
             "by_type": dict(self.by_type),
             "bytes_by_type": dict(self.bytes_by_type),
             "errors": dict(self.errors),
@@ -204,6 +206,7 @@ class Link(asyncio.Protocol):
             if kind == "ping":
                 self._pong(message)
         elif opcode == OP_PING:
+            stats.ws_pings += 1
             self._send(OP_PONG, payload)
         elif opcode == OP_CLOSE:
             code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005

@@ -788,6 +788,7 @@ def run_links(args: argparse.Namespace, children: Children, progress: Progress) 
         bytes_in_per_s=rate("bytes_in"),
         wire_in_per_s=rate("wire_in"),
         pings_in_per_s=rate_of("by_type", "ping"),
+        ws_pings_in_per_s=rate("ws_pings"),
         ping_bytes_in_per_s=rate_of("bytes_by_type", "ping"),
         syncs_in_per_s=rate_of("by_type", "registry_sync"),
         sync_bytes_in_per_s=rate_of("bytes_by_type", "registry_sync"),
@@ -1007,6 +1008,11 @@ def links_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             "  of which registry_sync",
             fmt(r["syncs_in_per_s"], ".1f", " /s"),
             f"{r['sync_bytes_in_per_s']:.0f} B/s; {r['syncs_received_total']} since open",
+        ),
+        (
+            "WebSocket pings (nudges)",
+            fmt(r["ws_pings_in_per_s"], ".0f", " /s"),
+            "idle links, within the hub's budget of 400/s",
         ),
         (
             "frames out (pongs, clients -> hub)",

@@ -329,7 +329,7 @@ class Mesh:
         metrics.routes.set_function(lambda: len(self.router.routes()))
         metrics.routes_changed.set_function(lambda: self.adverts.changed_at or 0.0)
         self.registry = Directory(self.router, self._links, clock, registry_enabled)
-        self.link_watch = LinkWatch(clock, peer_timeout)
+        self.link_watch = LinkWatch(clock, peer_timeout, self._links.links, ping_interval)
         self._rerouting = Rerouting(clock)
         complete = partial(
             routes_are_complete, self.adverts, self.router, self._links, self._rerouting
@@ -462,6 +462,7 @@ class Mesh:
         if self._links.add(session) is not None:
             self._log.info("a new link from {peer} replaces the old one", peer=peer_id)
         session.connection_made(transport)
+        self.link_watch.linked()
         self.metrics.peers.set(len(self.links))
         self._log.info(
             "linked to {peer} ({direction}, {address})",

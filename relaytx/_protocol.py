@@ -98,6 +98,10 @@ class _Transport:
     def abort(self) -> None:
         self._protocol.dropConnection(abort=True)
 
+    def ping(self) -> None:
+        if self._protocol.state == WebSocketProtocol.STATE_OPEN:
+            self._protocol.sendPing()
+
 
 #: Calls a peer link holds back while its output is backed up, in bytes,
 #: as a multiple of max_write_buffer: calls already read, waiting for room

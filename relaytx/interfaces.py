@@ -45,6 +45,13 @@ class ILinkTransport(Interface):
     def abort() -> None:
         """Drop the connection at once (the peer is not answering)."""
 
+    def ping() -> None:
+        """
+        Send a WebSocket ping: the peer's WebSocket answers with a pong
+        (RFC 6455 section 5.5.2), which the session hears as it hears any
+        bytes (C{reading}).
+        """
+
 
 class ISessionHost(Interface):
     """

@@ -416,6 +416,20 @@ class PeerSession:
         if self.waiting_since is None:
             self.waiting_since = now
 
+    def nudge(self, now: float) -> None:
+        """
+        The link has been idle for a while: send a WebSocket ping, whose
+        pong (as any bytes) says the peer is alive, and wait for it like
+        any request. The node's link watch, which nudges, watches it
+        (L{relaytx._liveness}).
+        """
+        if self.transport is None:
+            return
+        self.probed_at = now  # (one ping per spell: no probe after it)
+        self.transport.ping()
+        if self.waiting_since is None:
+            self.waiting_since = now
+
     def challenge(self) -> None:
         """
         Another connection claims this link's peer id, and is refused while

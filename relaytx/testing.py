@@ -101,6 +101,7 @@ class FakeLinkTransport:
     @ivar frames: every frame sent, in order.
     @ivar closes: every C{(code, reason)} the session closed with.
     @ivar aborted: whether the session dropped the connection.
+    @ivar pings: how many WebSocket pings the session sent.
     """
 
     sealed = False
@@ -113,6 +114,7 @@ class FakeLinkTransport:
         self.frames: list[bytes] = []
         self.closes: list[tuple[int, str]] = []
         self.aborted = False
+        self.pings = 0
 
     def send(self, frame: bytes) -> None:
         """Record one text frame."""
@@ -127,6 +129,10 @@ class FakeLinkTransport:
     def abort(self) -> None:
         """Record that the connection was dropped."""
         self.aborted = True
+
+    def ping(self) -> None:
+        """Count a WebSocket ping (no pong comes: call the session's C{reading})."""
+        self.pings += 1
 
     @property
     def close_code(self) -> int | None:
@@ -169,6 +175,10 @@ class MemoryLinkTransport(FakeLinkTransport):
     def abort(self) -> None:
         super().abort()
         self._link._drop(f"aborted by {self._link.nodes[self._side].node_id}")
+
+    def ping(self) -> None:
+        super().ping()
+        self._link._enqueue(("ping", 1 - self._side, None))
 
 
 class MemoryLink:
@@ -291,6 +301,14 @@ class MemoryLink:
                 return
             self.delivered += 1
             session.data_received(payload)
+        elif kind in ("ping", "pong"):
+            # A WebSocket ping and its pong: bytes the session hears as any
+            # others; the WebSocket under it answers a ping, as Autobahn does.
+            session = self.sessions[side]
+            if session.transport is not None:
+                session.reading()
+                if kind == "ping":
+                    self._enqueue(("pong", 1 - side, None))
         else:
             self._lose(payload)
 

@@ -14,7 +14,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaytx import OutcomeUnknown
-from relaytx._liveness import DEFAULT_PEER_TIMEOUT, VERDICT_DELAY, LinkWatch
+from relaytx._liveness import DEFAULT_PEER_TIMEOUT, IDLE_BUDGET, VERDICT_DELAY, LinkWatch
 from relaytx.config import ConfigError, build_config
 from relaytx.node import RelayNode
 from relaytx.testing import MemoryLink, MemoryMesh, line, memory_node
@@ -39,6 +39,7 @@ class Watched:
         self.probed_at = float("-inf")
         self.watched = False
         self.probes: list[float] = []
+        self.nudges: list[float] = []
         self.dropped: list[float] = []
         #: whether a call sent on it still waits for its answer
         self.outstanding = True
@@ -64,6 +65,12 @@ class Watched:
     def probe(self, now: float) -> None:
         self.probed_at = now
         self.probes.append(now)
+        if self.waiting_since is None:
+            self.waiting_since = now
+
+    def nudge(self, now: float) -> None:
+        self.probed_at = now
+        self.nudges.append(now)
         if self.waiting_since is None:
             self.waiting_since = now
 
@@ -289,14 +296,47 @@ class MeshLivenessTests(SynchronousTestCase):
         self.network.settle()
         return a, b, self.network.link_between(a, b)
 
-    def test_idle_links_cost_no_extra_pings(self) -> None:
-        """An idle link carries one keepalive ping per interval each way, as before; no timer."""
+    def test_idle_link_nudged(self) -> None:
+        """
+        An idle link carries one keepalive ping per interval each way, as
+        before, and a WebSocket ping (a nudge) whenever it has been quiet
+        for 0.45 s, answered: no JSON, and nothing left waiting.
+        """
         a, b, link = self.pair()
         self.network.advance(60.1)
         self.assertEqual(len(link.sent_by(a, "ping")), 13)
         self.assertEqual(len(link.sent_by(b, "ping")), 13)
+        # On one clock both ends nudge at once; apart, the first heard spares the other.
+        for end in link.transports:
+            self.assertGreater(end.pings, 60 / 0.57)
+            self.assertLess(end.pings, 60 / 0.45)
         self.assertFalse(link.closed)
         self.assertEqual(len(a.mesh.link_watch), 0)
+
+    def test_nudges_within_budget(self) -> None:
+        """
+        A node nudges at most IDLE_BUDGET links a second: past 135 idle
+        links each waits longer, and from 1,500 on only the keepalive
+        tests them (a hub of thousands of links would spend a core).
+        """
+        clock = Clock()
+        # links, and the fewest and most nudges in 10 s, every one answered at once
+        for count, least, most in ((100, 100 * 10 / 0.5, 100 * 10 / 0.45 / 0.75),
+                                   (1000, 1000 * 2, 10 * IDLE_BUDGET),
+                                   (1500, 0, 0)):  # fmt: skip
+            links = {str(k): Watched(clock) for k in range(count)}
+            watch = LinkWatch(clock, links=links)
+            watch.linked()
+            for _ in range(1000):
+                clock.advance(0.01)
+                for session in links.values():
+                    if session.waiting_since is not None:
+                        session.hear()
+            nudges = sum(len(s.nudges) for s in links.values())
+            self.assertLessEqual(nudges, most)
+            self.assertGreaterEqual(nudges, least)
+            watch.stop()
+            self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_answered_call_costs_no_probes(self) -> None:
         """

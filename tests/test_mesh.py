@@ -214,16 +214,23 @@ class MemoryMeshTests(MeshTestCase):
 
     def test_stalled_link_dropped(self) -> None:
         """
-        An idle stalled link is dropped when its next keepalive ping goes
-        unanswered for the peer timeout: within ping_interval plus 1.3 s.
+        An idle link that stalls is dropped once the WebSocket ping its
+        quiet brings (a nudge) goes unanswered for the peer timeout: within
+        1.75 s of the last bytes either end heard (SPEC section 8: 2 s),
+        long before the next keepalive.
         """
         a, b, c = self.line("abc")
+        self.network.advance(10 - self.clock.seconds())  # idle, and nudged meanwhile
         link = self.network.link_between(a, b)
-        link.pause()
-        # The keepalive pings went at 0 s, and go again at 5 s.
-        self.network.advance(5 + 1.2 - self.clock.seconds())
         self.assertFalse(link.closed)
-        self.network.advance(0.1)
+        self.assertGreater(link.transport_of(a).pings + link.transport_of(b).pings, 15)
+        self.assertEqual(len(link.sent_by(a, "ping")), 3)  # the keepalives at 0, 5 and 10 s
+        heard = max(s.last_seen for s in link.sessions or ())
+        link.pause()
+        # A nudge sent after the stall (none can be older than the last bytes) waits 1.25 s.
+        self.network.advance(heard + 1.24 - self.clock.seconds())
+        self.assertFalse(link.closed)
+        self.network.advance(heard + 1.75 - self.clock.seconds())
         self.assertTrue(link.closed)
         self.assertTrue(link.transport_of(a).aborted and link.transport_of(b).aborted)
         self.assertEqual((sorted(a.mesh.links), sorted(b.mesh.links)), ([], ["c"]))

@@ -257,22 +257,28 @@ class LivenessTests(SessionTestCase):
     def answering(self, seconds: float, step: float = 0.01) -> None:
         """
         Move the clock on by C{seconds}, the peer answering every ping
-        within C{step}.
+        (and every WebSocket ping, a nudge) within C{step}.
         """
-        answered = 0
+        answered = nudges = 0
         end = self.clock.seconds() + seconds
         while True:
             pings = self.sent("ping")
             for ping in pings[answered:]:
                 self.receive(frame("pong", "hA", "hB", {"timestamp": ping.data["timestamp"]}))
             answered = len(pings)
+            if self.transport.pings > nudges:
+                nudges = self.transport.pings
+                self.session.reading()  # its pong
             left = end - self.clock.seconds()
             if left <= 0:
                 return
             self.clock.advance(min(step, left))  # lands on end exactly
 
     def test_pings_every_interval(self) -> None:
-        """The session pings at once and then every ping_interval, and no more on an idle link."""
+        """
+        The session pings at once and then every ping_interval, and no more
+        on an idle link (which its WebSocket pings, its nudges, test).
+        """
         self.answering(0)
         self.assertEqual(len(self.sent("ping")), 1)
         self.answering(1.9)
@@ -317,6 +323,27 @@ class LivenessTests(SessionTestCase):
         self.assertEqual(self.node.views.routes(), {})
         self.assertEqual(self.node.views.servers().keys(), {"node"})
         self.assertFalse(self.session.view(0)["is_healthy"])
+
+    def test_idle_peer_nudged(self) -> None:
+        """
+        A link heard nothing from for 0.45 s gets a WebSocket ping (a nudge),
+        no JSON; a peer that answers none is dropped within 1.75 s of the
+        last bytes it sent, long before the next keepalive.
+        """
+        self.answering(3.0)
+        self.assertFalse(self.transport.aborted)
+        self.assertGreaterEqual(self.transport.pings, 4)  # one a 0.45-0.56 s
+        self.assertLessEqual(self.transport.pings, 6)
+        self.assertEqual(len(self.sent("ping")), 2)  # the keepalives at 0 and 2 s
+        heard = self.session.last_seen
+        nudges = self.transport.pings
+        self.clock.pump([0.01] * int((heard + 0.44 - self.clock.seconds()) / 0.01))
+        self.assertEqual(self.transport.pings, nudges)
+        self.clock.pump([0.01] * 13)
+        self.assertEqual(self.transport.pings, nudges + 1)
+        self.clock.pump([0.01] * int((heard + 1.75 - self.clock.seconds()) / 0.01) + [0])
+        self.assertTrue(self.transport.aborted)
+        self.assertNotIn("hA", self.node.mesh.links)
 
     def test_silent_peer_fails_calls(self) -> None:
         """

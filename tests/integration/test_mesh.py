@@ -6,6 +6,7 @@ failures, with nodes in this process and as C{relay node} subprocesses.
 from __future__ import annotations
 
 import os
+import signal
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
@@ -301,6 +302,35 @@ class MiddleNodeDeathTests(TestCase):
         # never counted, so the next increment is the first.
         self.assertEqual(await a.call("C", "counter_server", "increment"), 1)
         self.assertEqual(target.running, 0)
+
+
+class FrozenPeerTests(TestCase):
+    """A neighbour whose process stops (SIGSTOP: no FIN, no RST) on an idle link."""
+
+    timeout = 60
+
+    async def test_frozen_neighbour_dropped_within_two_seconds(self) -> None:
+        """
+        With the default settings, an idle link's frozen peer is dropped
+        within 2 s (SPEC section 8), its routes with it, while A's other
+        link carries on.
+        """
+        b = NodeProcess(self, "B", None, "--app", os.path.join(EXAMPLES, "counter.py"))
+        b.start()
+        self.addCleanup(lambda: b.process and os.kill(b.process.pid, signal.SIGCONT))
+        await b.wait_healthy()
+        c = start_node(self, "C", servers={"counter_server": Counter()})
+        a = start_node(self, "A", peers=[b.url.replace("http", "ws"), ws(c)])
+        await wait_for(lambda: set(a.views.peers()) == {"B", "C"}, 5.0, what="links")
+        await wait_for(lambda: "B" in c.views.routes(), 5.0, what="C's route to B")
+        await deferLater(reactor, 1.0, lambda: None)  # idle: nothing asked on the links
+
+        assert b.process is not None
+        os.kill(b.process.pid, signal.SIGSTOP)
+        dropped = await wait_for(lambda: "B" not in a.views.peers(), 5.0, what="B dropped")
+        self.assertLess(dropped, 2.0)
+        self.assertNotIn("B", a.views.routes())
+        self.assertEqual(await a.call("C", "counter_server", "increment"), 1)
 
 
 class LongMeshTests(TestCase):
