@@ -188,11 +188,15 @@ def run_node(argv: list[str]) -> int:
 
         options = run_options(argv)
         assert options.config is not None  # parsed
-        if options.config.log_format == "json":
+        json_log = options.config.log_format == "json"
+        if json_log:
             observer = json_observer(sys.stderr, options.config.node_id)
         else:
             observer = text_observer(sys.stderr)
-        globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+        # In JSON, what apps print is logged too (as twistd does), so that
+        # every line on stderr is one object; in text it goes out as printed.
+        # (relay's own error lines go to the real stderr either way.)
+        globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=json_log)
         node = makeService(options)  # (SIGINT stops it even if ignored: tap.stop_on_sigint)
         node.privilegedStartService()
     except BaseException:

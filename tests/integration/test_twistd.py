@@ -217,6 +217,49 @@ class CommandLineTestCase(SynchronousTestCase):
         self.assertNotIn("Traceback", process.stdout())
 
 
+class JsonLogTests(CommandLineTestCase):
+    """C{relay node --log-format json}: every line on stderr is one JSON object."""
+
+    def test_appOutputIsLogged(self) -> None:
+        """
+        What an app prints (to stdout or stderr, at setup and in a call)
+        becomes a log event like any other, not a raw line among the JSON
+        ones; stdout stays empty.
+        """
+        app = write_app(
+            self.tempdir(),
+            "chatty.py",
+            "import sys\n"
+            "from relaytx import Server, exposed\n"
+            "class Chatty(Server):\n"
+            "    @exposed\n"
+            "    def say(self, text):\n"
+            "        print('said', text)\n"
+            "        print('to stderr', text, file=sys.stderr)\n"
+            "        return text\n"
+            "def setup(node):\n"
+            "    print('setting up')\n"
+            "    node.expose('chatty', Chatty())\n",
+        )
+        port = free_port()
+        command = relay("node", "--node-id", "n1", "--port", str(port), "--log-format", "json")
+        node = self.start_node([*command, "--app", app], port)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        request = {"jsonrpc": "2.0", "method": "chatty.say", "params": ["hi"], "id": 1}
+        conn.request("POST", "/rpc", json.dumps(request))
+        self.assertEqual(json.loads(conn.getresponse().read())["result"], "hi")
+        conn.close()
+        node.popen.send_signal(signal.SIGTERM)
+        self.assertEqual(node.wait(), 0, node.stderr())
+        self.assertEqual(node.stdout(), "")
+        events = [json.loads(line) for line in node.stderr().splitlines() if line.strip()]
+        for event in events:
+            self.assertLessEqual({"time", "level", "node_id", "event"}, event.keys(), event)
+        said = [e["event"] for e in events]
+        for text in ("setting up", "said hi", "to stderr hi"):
+            self.assertIn(text, said)
+
+
 class TwistdNodeTests(CommandLineTestCase):
     """A counter node under twistd, called over HTTP."""
 
