@@ -29,8 +29,9 @@ each of them:
 An idle link carries no request of its own but the keepalive, so the
 watch also B{nudges} a link it has heard nothing from for C{idle_after}
 (C{peer_timeout * 0.36}, 0.45 s): a WebSocket ping (RFC 6455 section
-5.5.2: any WebSocket, an original-design node's too, answers it with a
-pong), a request like any other. The watch looks at its links when the
+5.5.2: a WebSocket answers it with a pong), a request like any other; an
+original-design node gets a C{ping} of its own shape, which SPEC has it
+answer, where a minimal WebSocket might not answer the other. The watch looks at its links when the
 first of them falls due, and nudges with it those due within a quarter of
 C{idle_after} more (never later than due), so that links falling due
 together share one wake-up of the process. Both ends of a link nudge, and

@@ -422,8 +422,15 @@ class PeerSession:
         pong (as any bytes) says the peer is alive, and wait for it like
         any request. The node's link watch, which nudges, watches it
         (L{relaytx._liveness}).
+
+        An original-design node gets a C{ping} of its own shape instead:
+        SPEC section 7 has it answer that, while a minimal WebSocket under
+        it might leave a WebSocket ping unanswered.
         """
         if self.transport is None:
+            return
+        if self.original:
+            self.probe(now)
             return
         self.probed_at = now  # (one ping per spell: no probe after it)
         self.transport.ping()

@@ -706,3 +706,29 @@ class LinkCountTests(OriginalTestCase):
         x = memory_node("x", self.clock)
         self.network.link(node, x)
         self.assertEqual((links.originals, len(links)), (1, 2))
+
+
+class NudgeTests(OriginalTestCase):
+    """An idle link to an original-design node is tested within 2 s too."""
+
+    def test_nudged_with_its_own_ping(self) -> None:
+        """
+        The nudge of an idle link to an original node is a ping of the
+        original's own shape, which the original answers (SPEC section 7),
+        not a WebSocket ping, which a minimal WebSocket might leave
+        unanswered: the link stays, and a silent original is dropped
+        within 2 s as any peer is.
+        """
+        [node] = self.nodes("r")
+        original = OriginalPeer(node)
+        for _ in range(100):  # 5 s, every ping answered as it comes
+            self.clock.advance(0.05)
+            original.serve()
+        self.assertEqual(original.transport.pings, 0)
+        # The keepalive at 0 s, and a nudge about every half second since.
+        self.assertGreater(len(original.transport.envelopes("ping")), 8)
+        self.assertIn("orig", node.mesh.links)
+        for _ in range(40):  # the original falls silent: 2 s
+            self.clock.advance(0.05)
+        self.assertNotIn("orig", node.mesh.links)
+
