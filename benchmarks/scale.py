@@ -1002,7 +1002,7 @@ def links_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         (
             "  of which pings",
             fmt(r["pings_in_per_s"], ".0f", " /s"),
-            f"expected {r['expected_pings_per_s']:.0f}/s",
+            f"keepalives {r['expected_pings_per_s']:.0f}/s; the rest, nudges of idle links",
         ),
         (
             "  of which registry_sync",
@@ -1010,9 +1010,9 @@ def links_table(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{r['sync_bytes_in_per_s']:.0f} B/s; {r['syncs_received_total']} since open",
         ),
         (
-            "WebSocket pings (nudges)",
+            "WebSocket pings",
             fmt(r["ws_pings_in_per_s"], ".0f", " /s"),
-            "idle links, within the hub's budget of 400/s",
+            "nudges of relaytx peers (bare links, taken for original nodes, get pings)",
         ),
         (
             "frames out (pongs, clients -> hub)",
