@@ -102,6 +102,12 @@ class CallTarget:
     ran_here: bool = False
 
 
+#: Seconds before a call's deadline within which a -32001 from its callee
+#: is taken for the caller's own timeout (L{PendingCalls.resolve}): this
+#: reactor's timer may wake a little late (epoll counts in milliseconds).
+DEADLINE_RACE = 0.05
+
+
 class _Pending:
     __slots__ = (
         "branches",
@@ -187,6 +193,15 @@ class _Deadlines:
     def _stale(item: tuple[float, int, Any], live: dict[Any, Any]) -> bool:
         entry = live.get(item[2])
         return entry is None or entry.deadline != item[0]
+
+
+def _timeout_error(entry: _Pending) -> CallTimeout:
+    """:returns: the error of a call whose deadline passed here."""
+    return CallTimeout(
+        f"Call to {entry.destination} timed out after {entry.timeout:g}s",
+        target_node=entry.destination,
+        timeout=entry.timeout,
+    )
 
 
 class PendingCalls:
@@ -399,6 +414,15 @@ class PendingCalls:
             self._on_late()
             return False
         if error is not None:
+            if (
+                error.code == CallTimeout.code
+                and self._clock.seconds() >= entry.deadline - DEADLINE_RACE
+            ):
+                # The callee's copy of the deadline, which it starts on
+                # receipt, passed no sooner than this node's, and its
+                # answer beat the timer here by a hair: the timeout is the
+                # caller's, as the timer would have said it.
+                error = _timeout_error(entry)
             entry.deferred.errback(Failure(error))
         else:
             entry.deferred.callback(result)
@@ -458,15 +482,7 @@ class PendingCalls:
 
     def _timed_out(self, response_id: str, entry: _Pending) -> None:
         del self._pending[response_id]
-        entry.deferred.errback(
-            Failure(
-                CallTimeout(
-                    f"Call to {entry.destination} timed out after {entry.timeout:g}s",
-                    target_node=entry.destination,
-                    timeout=entry.timeout,
-                )
-            )
-        )
+        entry.deferred.errback(Failure(_timeout_error(entry)))
 
     def _forget(self, response_id: str) -> _Pending | None:
         entry = self._pending.pop(response_id, None)

@@ -118,6 +118,29 @@ class PendingCallsTests(SynchronousTestCase):
         self.assertNotIn("r1", self.calls)
         self.assertNothingPending()
 
+    def test_callee_timeout_at_the_deadline_is_the_callers(self) -> None:
+        """
+        The callee's -32001 for the call's own deadline, which it starts on
+        receipt and so reaches no sooner than the caller's, can still win
+        the race with the caller's timer by a hair: it fails the call as
+        that timer would have (the timeout is the caller's, SPEC section
+        8), not in the callee's name. A -32001 well before the deadline (a
+        call the method made timed out) stays the callee's.
+        """
+        d = self.calls.expect("r1", "n2", "n2", timeout=0.5)
+        self.clock.advance(0.499)
+        remote = CallTimeout("Call timed out after 0.5s", node_id="n2", timeout=0.5)
+        self.assertTrue(self.calls.resolve("r1", error=remote))
+        failure = self.failureResultOf(d, CallTimeout)
+        self.assertEqual(failure.value.data, {"target_node": "n2", "timeout": 0.5})
+        self.assertNothingPending()
+
+        early = self.calls.expect("r2", "n2", "n2", timeout=5)
+        nested = CallTimeout("Call to n3 timed out after 1s", node_id="n2", timeout=1)
+        self.clock.advance(1)
+        self.calls.resolve("r2", error=nested)
+        self.assertIs(self.failureResultOf(early, CallTimeout).value, nested)
+
     def test_timeouts_are_independent(self) -> None:
         """Each call times out at its own deadline; the others keep waiting."""
         short = self.calls.expect("r1", "n2", "n2", timeout=1)
