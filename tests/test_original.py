@@ -731,4 +731,3 @@ class NudgeTests(OriginalTestCase):
         for _ in range(40):  # the original falls silent: 2 s
             self.clock.advance(0.05)
         self.assertNotIn("orig", node.mesh.links)
-
