@@ -228,29 +228,33 @@ class BoundedRequest(Request):
         if length is not None and length > limit:
             self.too_large = True
             self.content = io.BytesIO()
-            channel = self.channel
-            if not isinstance(channel, NodeChannel):
-                return  # (answered 413 once the body is in)
-            refusal = self.early_refusal()
-            if refusal is not None:
-                # (No "100 Continue" after it: the body is not wanted.)
-                self.requestHeaders.removeHeader(b"expect")
-                channel.refuse_now(*refusal)
-                return
-            if self.requestHeaders.hasHeader(b"expect"):
-                # Declared too large by a client that waits for "100
-                # Continue" before it sends the body: 413 now, and closed.
-                self.requestHeaders.removeHeader(b"expect")
-                channel.refuse_now(413, "request body too large")
-            else:
-                # Declared too large: 413 now, for a client that waits for
-                # an answer before it sends more; its body is still read
-                # (and dropped), and the connection closed once it is in.
-                # (Closing while its bytes still come would reset the
-                # connection, and a client could lose the answer.)
-                channel.answer_early(413, b"Request Entity Too Large", "request body too large")
+            self._refuse_too_large()
             return
         super().gotLength(length)
+
+    def _refuse_too_large(self) -> None:
+        # The body is too large, declared so or grown so (chunked): 413
+        # now, for a client that waits for an answer before it sends more.
+        channel = self.channel
+        if not isinstance(channel, NodeChannel):
+            return  # (answered 413 once the body is in)
+        refusal = self.early_refusal()
+        if refusal is not None:
+            # (No "100 Continue" after it: the body is not wanted.)
+            self.requestHeaders.removeHeader(b"expect")
+            channel.refuse_now(*refusal)
+            return
+        if self.requestHeaders.hasHeader(b"expect"):
+            # Declared too large by a client that waits for "100
+            # Continue" before it sends the body: 413 now, and closed.
+            self.requestHeaders.removeHeader(b"expect")
+            channel.refuse_now(413, "request body too large")
+        else:
+            # The rest of its body is still read (and dropped), and the
+            # connection closed once it is in, or at the header timeout.
+            # (Closing while its bytes still come would reset the
+            # connection, and a client could lose the answer.)
+            channel.answer_early(413, b"Request Entity Too Large", "request body too large")
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.too_large:
@@ -259,6 +263,7 @@ class BoundedRequest(Request):
         site = self._node_site()
         if self._received > site.max_body_size:
             self._drop_body()
+            self._refuse_too_large()
             return
         if not site.input_budget.take(len(data), self._budget_client()):
             # Bodies still arriving, all connections together, hold as

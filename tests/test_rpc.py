@@ -1122,17 +1122,33 @@ class BodyLimitTests(NodeTestCase):
         self.assertServed(connection)
 
     def test_chunked_over_limit(self) -> None:
-        """A chunked body that grows past the limit is dropped, gets 413 JSON and never runs."""
+        """
+        A chunked body that grows past the limit gets 413 JSON as soon as
+        it does (as one declared too large, for a client that waits for an
+        answer), is dropped, never runs; the connection closes once the
+        body is in, or at the header timeout if it never ends.
+        """
         body = self.call_of_size(300)
-        connection = self.raw()
-        connection.send(
-            b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-        )
-        for chunk in [body[:100], body[100:200], body[200:]]:
-            connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-        self.assertEqual((self.kept(), connection.transport.value()), (b"", b""))
-        connection.send(b"0\r\n\r\n")
-        self.assertTooLarge(connection)
+        for ends in (True, False):
+            RecordingRequest.made = []
+            connection = self.raw()
+            connection.send(
+                b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            for chunk in [body[:100], body[100:200]]:
+                connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.assertEqual(connection.transport.value(), b"")
+            connection.send(b"%x\r\n%s\r\n" % (100, body[200:]))  # past the limit
+            self.assertTooLarge(connection)
+            self.assertEqual(self.kept(), b"")
+            self.assertFalse(connection.transport.disconnecting)  # (still reading the body)
+            if ends:
+                connection.send(b"0\r\n\r\n")
+            else:
+                connection.send(b"100\r\n" + b" " * 256 + b"\r\n")  # more, and no end
+                self.clock.advance(self.http.site.header_timeout + 2)
+            self.assertTrue(connection.transport.disconnecting)
+            self.assertEqual(connection.transport.value().count(b"HTTP/1.1 "), 1)  # one answer
 
     def test_chunked_at_limit(self) -> None:
         """A chunked body of exactly the limit is served."""
