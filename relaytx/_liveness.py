@@ -232,7 +232,7 @@ class LinkWatch:
         nudge_until = now + spacing - after + _SLACK
         next_scan = now + after
         nudged = False
-        for session in links.values():
+        for session in list(links.values()):  # (a write may lose a link)
             if session.waiting_since is not None or session.closed:
                 continue  # (heard or dropped before it comes due)
             last = session.last_seen
