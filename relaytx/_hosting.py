@@ -38,7 +38,14 @@ from relaytx.errors import (
     TimedOutHere,
     failure_exception,
 )
-from relaytx.server import Mailbox, OwnCancellation, Server, idempotent_names, method_names
+from relaytx.server import (
+    Mailbox,
+    OwnCancellation,
+    Server,
+    TurnSlice,
+    idempotent_names,
+    method_names,
+)
 
 SERVER_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -94,6 +101,8 @@ class ServerHost:
         self._node_id = node_id
         self._run_coroutine = run_coroutine
         self._clock = clock
+        #: methods' time since the reactor turned, all servers together
+        self._turn_slice = TurnSlice(clock)
         self._access = access
         self._mailboxes: dict[str, Mailbox] = {}
         #: the traced forms of exposed methods (relaytx._tracing.TracedMethod)
@@ -136,7 +145,7 @@ class ServerHost:
             if box.server is server:
                 break
         else:
-            box = Mailbox(server, self._run_coroutine, self._clock)
+            box = Mailbox(server, self._run_coroutine, self._clock, self._turn_slice)
         self._mailboxes[name] = box
         self.on_change()
 

@@ -248,6 +248,61 @@ SLICE = 0.05
 _SHORT = 0.001
 
 
+class TurnSlice:
+    """
+    Methods' own time since the reactor last turned, shared by the mailboxes
+    of a node: calls to different servers that arrived together (a batch,
+    or several neighbours' calls read in one turn) would otherwise each run
+    at once, back to back, and hold the reactor for their sum (two 0.7 s
+    methods: 1.4 s without a ping answered, and the neighbours dropped the
+    node as silent). Once the slice (L{SLICE}) is spent, every mailbox waits
+    for the reactor to turn before its next call.
+
+    :param clock: the node's clock (none: calls never wait).
+    """
+
+    def __init__(self, clock: IReactorTime | None = None) -> None:
+        self._clock = clock
+        self.spent = 0.0
+        #: whether calls must wait for the reactor to turn (read by every call)
+        self.used_up = False
+        self._waiting: list[Callable[[], None]] = []
+        self._armed = False
+
+    def spend(self, seconds: float) -> bool:
+        """
+        Count C{seconds} of a method's time.
+
+        :returns: whether the slice is used up (L{after_turn} then).
+        """
+        self.spent += seconds
+        if self.spent < SLICE or self._clock is None:
+            return False
+        self.used_up = True
+        self._arm()
+        return True
+
+    def after_turn(self, resume: Callable[[], None]) -> None:
+        """Call C{resume} once the reactor has turned, the slice renewed."""
+        self._waiting.append(resume)
+        self._arm()
+
+    def _arm(self) -> None:
+        if not self._armed and self._clock is not None:
+            self._armed = True
+            # Two hops: a reactor runs the timers due before it polls, and
+            # a timer set by a timer waits for the next round, after the poll.
+            self._clock.callLater(0, self._clock.callLater, 0, self._turned)
+
+    def _turned(self) -> None:
+        self._armed = False
+        self.spent = 0.0
+        self.used_up = False
+        waiting, self._waiting = self._waiting, []
+        for resume in waiting:
+            resume()
+
+
 class Mailbox:
     """
     Runs the calls to one server one at a time, first come first served.
@@ -262,6 +317,8 @@ class Mailbox:
     :param run_coroutine: how the coroutines of C{async def} methods run
         (see L{relaytx._aio}); as Twisted runs them by default.
     :param clock: what deadlines are read on (none: calls have none).
+    :param turn_slice: the slice of methods' time it shares with the node's
+        other mailboxes (none: one of its own).
     """
 
     def __init__(
@@ -269,10 +326,12 @@ class Mailbox:
         server: Server,
         run_coroutine: CoroutineRunner = run_on_twisted,
         clock: IReactorTime | None = None,
+        turn_slice: TurnSlice | None = None,
     ) -> None:
         self.server = server
         self._run_coroutine = run_coroutine
         self._clock = clock
+        self._slice = TurnSlice(clock) if turn_slice is None else turn_slice
         self._queue: deque[
             tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Deferred[Any], float | None]
         ]
@@ -284,8 +343,6 @@ class Mailbox:
         self._running: tuple[Deferred[Any], Deferred[Any]] | None = None
         #: the caller's Deferred while its cancel reaches the method's
         self._cancelling: Deferred[Any] | None = None
-        #: methods' own time counted against the slice (L{SLICE})
-        self._spent = 0.0
 
     def __len__(self) -> int:
         """
@@ -315,6 +372,12 @@ class Mailbox:
             self._run()
         return d
 
+    def _wait_for_turn(self) -> None:
+        # The slice is spent: run the queue once the reactor has turned.
+        self._busy = True
+        self._running_inline = False
+        self._slice.after_turn(self._turned)
+
     def call(
         self,
         method: ExposedMethod,
@@ -332,7 +395,7 @@ class Mailbox:
         Otherwise (a busy mailbox, a Deferred or coroutine result) the
         return value is a Deferred, as from L{deliver}.
         """
-        if self._busy:
+        if self._busy or self._slice.used_up:
             return self.deliver(method, args, kwargs, timeout)
         self._busy = self._running_inline = True
         started = perf_counter()
@@ -374,18 +437,13 @@ class Mailbox:
         # slice is used up (the mailbox then stays busy until the reactor
         # has turned, and runs its queue then).
         spent = perf_counter() - started
-        if spent < _SHORT:
+        if spent < _SHORT or not self._slice.spend(spent):
             return False
-        self._spent += spent
-        if self._spent < SLICE or self._clock is None:
-            return False
-        self._spent = 0.0
-        self._busy = True
-        self._running_inline = False
         if self._running is None:  # (else its end resumes the queue)
-            # Two hops: a reactor runs the timers due before it polls, and
-            # a timer set by a timer waits for the next round, after the poll.
-            self._clock.callLater(0, self._clock.callLater, 0, self._turned)
+            self._wait_for_turn()
+        else:
+            self._busy = True
+            self._running_inline = False
         return True
 
     def _turned(self) -> None:
@@ -409,7 +467,11 @@ class Mailbox:
         queue = self._queue
         server = self.server
         clock = self._clock
+        turn_slice = self._slice
         while queue:
+            if turn_slice.used_up:  # (by another mailbox's calls)
+                self._wait_for_turn()
+                return
             function, args, kwargs, d, deadline = queue.popleft()
             if d.called:  # cancelled while it waited
                 continue

@@ -17,6 +17,7 @@ from relaytx.server import (
     Mailbox,
     OwnCancellation,
     Server,
+    TurnSlice,
     exposed,
     exposed_methods,
     method_names,
@@ -726,18 +727,22 @@ class MailboxTests(SynchronousTestCase):
 
 
 class _Spinner(Server):
-    """A method that takes the time it is told, on a fake perf_counter."""
+    """
+    A method that takes the time it is told, on a fake perf_counter (its
+    own, or C{timer}'s, shared with it).
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, timer: _Spinner | None = None) -> None:
         self.now = 0.0
         self.ran: list[int] = []
+        self._timer = self if timer is None else timer
 
     def perf_counter(self) -> float:
-        return self.now
+        return self._timer.now
 
     @exposed
     def spin(self, n: int, seconds: float) -> int:
-        self.now += seconds
+        self._timer.now += seconds
         self.ran.append(n)
         return n
 
@@ -780,6 +785,24 @@ class SliceTests(SynchronousTestCase):
         self.assertEqual(self.server.ran, [0, 1])
         self.clock.advance(0)
         self.assertEqual([self.successResultOf(d) for d in queued], [0, 1, 2])
+
+    def test_slice_shared_by_servers(self) -> None:
+        """
+        Mailboxes sharing a slice (a node's servers) wait for the reactor
+        together: a long call to one server and then one to another, come
+        together, do not run back to back (1.4 s with no ping answered: the
+        node's neighbours took it for dead).
+        """
+        shared = TurnSlice(self.clock)
+        other = _Spinner(timer=self.server)
+        boxes = [Mailbox(s, clock=self.clock, turn_slice=shared) for s in (self.server, other)]
+        first = boxes[0].call(self.spin, (0, 0.7), {})
+        second = boxes[1].call(exposed_methods(other)["spin"], (1, 0.7), {})
+        third = boxes[0].call(self.spin, (2, 0.01), {})
+        self.assertEqual((first, self.server.ran, other.ran), (0, [0], []))
+        self.clock.advance(0)
+        self.assertEqual((self.successResultOf(second), self.successResultOf(third)), (1, 2))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_short_calls_uncounted(self) -> None:
         """Calls under a millisecond never make the mailbox wait."""

@@ -163,7 +163,12 @@ async def rpc(base: str, method: str, params: Any = None, request_id: Any = 1) -
     body: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": request_id}
     if params is not None:
         body["params"] = params
-    response = await treq.post(base + "/rpc", data=json.dumps(body).encode(), persistent=False)
+    return await post_json(base + "/rpc", body)
+
+
+async def post_json(address: str, body: Any) -> Any:
+    """POST C{body} as JSON; returns the decoded answer."""
+    response = await treq.post(address, data=json.dumps(body).encode(), persistent=False)
     return json.loads(await response.content())
 
 

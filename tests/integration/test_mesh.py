@@ -6,7 +6,9 @@ failures, with nodes in this process and as C{relay node} subprocesses.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
@@ -21,9 +23,12 @@ from .helpers import (
     Counter,
     NodeProcess,
     get_json,
+    post_json,
     rpc,
     start_node,
+    url,
     wait_for,
+    write_app,
     ws,
 )
 from .test_security import SECRET, _Files
@@ -331,6 +336,56 @@ class FrozenPeerTests(TestCase):
         self.assertLess(dropped, 2.0)
         self.assertNotIn("B", a.views.routes())
         self.assertEqual(await a.call("C", "counter_server", "increment"), 1)
+
+
+_BURNER = """
+import time
+from relaytx import Server, exposed
+
+class Burner(Server):
+    @exposed
+    def burn(self, seconds):
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+        return seconds
+
+def setup(node):
+    node.expose("t", Burner())
+    node.expose("u", Burner())
+"""
+
+
+class BusyNodeTests(TestCase):
+    """A node whose methods hold its reactor, each briefly (SPEC section 8)."""
+
+    timeout = 60
+
+    async def test_long_calls_to_two_servers_keep_the_links(self) -> None:
+        """
+        Two calls of 0.7 s, to two servers of one node, come together (a
+        batch through a neighbour): the reactor turns between them, so the
+        neighbour's nudges are answered and the link stays (it had been
+        held 1.4 s, and the neighbour dropped the node as silent, both
+        calls failing -32006).
+        """
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        x = NodeProcess(self, "X", None, "--app", write_app(directory, "burner.py", _BURNER))
+        x.start()
+        await x.wait_healthy()
+        y = start_node(self, "Y", peers=[x.url.replace("http", "ws")])
+        await wait_for(lambda: y.mesh.can_reach("X"), 5.0, what="Y's route to X")
+        await deferLater(reactor, 0.6, lambda: None)  # idle: the link is nudged
+        batch = [
+            {"jsonrpc": "2.0", "method": f"X/{server}.burn", "params": [0.7], "id": server}
+            for server in ("t", "u")
+        ]
+        answers = await post_json(url(y) + "/rpc", batch)
+        self.assertEqual(sorted(a.get("result") for a in answers), [0.7, 0.7], answers)
+        self.assertIn("X", y.views.peers())
+        lost = y.metrics.registry.get_sample_value("relaytx_links_lost_total", {"cause": "silent"})
+        self.assertFalse(lost)
 
 
 class LongMeshTests(TestCase):
