@@ -38,8 +38,8 @@ together share one wake-up of the process. Both ends of a link nudge, and
 whichever nudges first is heard by the other, which then has no need to:
 an idle link carries about two small control frames every half second,
 and no JSON. What a node spends on nudges is bounded: past C{IDLE_BUDGET}
-nudges a second (400: some 135 links nudged as early as they may be),
-each link is nudged less often, and from 1,500 links on (at the default
+nudges a second (1,000: some 335 links nudged as early as they may be),
+each link is nudged less often, and from 3,750 links on (at the default
 C{ping_interval} of 5 s) only the keepalive tests an idle link, as it did
 before nudges (a hub holding thousands of links would otherwise spend a
 core on them).
@@ -67,9 +67,9 @@ stops answering is dropped (SPEC section 8 asks 2 s):
     then 1.25 s and a tick);
   - within 1.75 s of the last bytes it sent, on an idle link (a quiet
     spell of 0.45 s to the nudge, then 1.25 s and a tick), on a node of
-    up to 135 links; on a node of more, within its nudge interval
-    (links / 300 s) and 1.3 s, or C{ping_interval} and 1.3 s from 1,500
-    links on.
+    up to 335 links (and within 2 s up to 525); on a node of more, within
+    its nudge interval (links / 750 s) and 1.3 s, or C{ping_interval} and
+    1.3 s from 3,750 links on.
 
 A peer that answers, however slowly within C{peer_timeout}, stays linked:
 a busy link hears something at every call, and a briefly slow one answers
@@ -106,7 +106,7 @@ SCAN_SHARE = 1 / 4
 #: Nudges a node sends a second, at most: past this many times C{idle_after}
 #: links each is nudged less often, and from this many times the ping
 #: interval on, not at all (the keepalive tests an idle link).
-IDLE_BUDGET = 400
+IDLE_BUDGET = 1000
 
 #: Seconds between looks at the number of links while there are too many
 #: to nudge.

@@ -315,15 +315,15 @@ class MeshLivenessTests(SynchronousTestCase):
 
     def test_nudges_within_budget(self) -> None:
         """
-        A node nudges at most IDLE_BUDGET links a second: past 135 idle
-        links each waits longer, and from 1,500 on only the keepalive
+        A node nudges at most IDLE_BUDGET links a second: past 335 idle
+        links each waits longer, and from 3,750 on only the keepalive
         tests them (a hub of thousands of links would spend a core).
         """
         clock = Clock()
         # links, and the fewest and most nudges in 10 s, every one answered at once
         for count, least, most in ((100, 100 * 10 / 0.5, 100 * 10 / 0.45 / 0.75),
                                    (1000, 1000 * 2, 10 * IDLE_BUDGET),
-                                   (1500, 0, 0)):  # fmt: skip
+                                   (3750, 0, 0)):  # fmt: skip
             links = {str(k): Watched(clock) for k in range(count)}
             watch = LinkWatch(clock, links=links)
             watch.linked()
