@@ -24,7 +24,7 @@ from time import perf_counter
 from types import CoroutineType
 from typing import Any, ClassVar, TypeVar, overload
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -267,6 +267,8 @@ class TurnSlice:
         #: whether calls must wait for the reactor to turn (read by every call)
         self.used_up = False
         self._waiting: list[Callable[[], None]] = []
+        #: those waiting that spent the last slice: they go after the others
+        self._spenders: list[Callable[[], None]] = []
         self._armed = False
 
     def spend(self, seconds: float) -> bool:
@@ -282,9 +284,15 @@ class TurnSlice:
         self._arm()
         return True
 
-    def after_turn(self, resume: Callable[[], None]) -> None:
-        """Call C{resume} once the reactor has turned, the slice renewed."""
-        self._waiting.append(resume)
+    def after_turn(self, resume: Callable[[], None], spent_it: bool = False) -> None:
+        """
+        Call C{resume} once the reactor has turned, the slice renewed.
+
+        :param spent_it: whether the caller's own call used the slice up:
+            it is resumed after those that waited, so that a server with a
+            long queue does not take every slice from the others.
+        """
+        (self._spenders if spent_it else self._waiting).append(resume)
         self._arm()
 
     def _arm(self) -> None:
@@ -298,7 +306,8 @@ class TurnSlice:
         self._armed = False
         self.spent = 0.0
         self.used_up = False
-        waiting, self._waiting = self._waiting, []
+        waiting = self._waiting + self._spenders
+        self._waiting, self._spenders = [], []
         for resume in waiting:
             resume()
 
@@ -372,11 +381,11 @@ class Mailbox:
             self._run()
         return d
 
-    def _wait_for_turn(self) -> None:
+    def _wait_for_turn(self, spent_it: bool = False) -> None:
         # The slice is spent: run the queue once the reactor has turned.
         self._busy = True
         self._running_inline = False
-        self._slice.after_turn(self._turned)
+        self._slice.after_turn(self._turned, spent_it)
 
     def call(
         self,
@@ -422,12 +431,40 @@ class Mailbox:
     def beside(self, method: ExposedMethod, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """
         Run a call of a C{concurrent} method now, beside the mailbox: it
-        neither waits for the running call nor holds the queued ones.
+        neither waits for the running call nor holds the queued ones. It
+        does share the node's slice of the reactor's time: once the slice
+        is spent, it runs after the reactor has turned.
 
         :returns: the result, or a Deferred of it (a coroutine's runs as
-            the mailbox's do); an exception it raises propagates.
+            the mailbox's do); an exception it raises propagates (or, once
+            it waited for a turn, fails the Deferred).
         """
-        result = method.function(self.server, *args, **kwargs)
+        turn_slice = self._slice
+        if not turn_slice.used_up:
+            return self._beside_now(method, args, kwargs)
+        later: Deferred[Any] = Deferred()
+
+        def resume() -> None:
+            if later.called:  # cancelled while it waited
+                return
+            if turn_slice.used_up:  # (spent again before this one's turn)
+                turn_slice.after_turn(resume)
+                return
+            maybeDeferred(self._beside_now, method, args, kwargs).chainDeferred(later)
+
+        turn_slice.after_turn(resume)
+        return later
+
+    def _beside_now(
+        self, method: ExposedMethod, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        started = perf_counter()
+        try:
+            result = method.function(self.server, *args, **kwargs)
+        finally:
+            spent = perf_counter() - started
+            if spent >= _SHORT:
+                self._slice.spend(spent)
         if isinstance(result, CoroutineType):
             result = self._run_coroutine(result)
         return result
@@ -440,7 +477,7 @@ class Mailbox:
         if spent < _SHORT or not self._slice.spend(spent):
             return False
         if self._running is None:  # (else its end resumes the queue)
-            self._wait_for_turn()
+            self._wait_for_turn(spent_it=True)
         else:
             self._busy = True
             self._running_inline = False

@@ -804,6 +804,42 @@ class SliceTests(SynchronousTestCase):
         self.assertEqual((self.successResultOf(second), self.successResultOf(third)), (1, 2))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_slice_shared_fairly(self) -> None:
+        """
+        A server whose queue spends every slice does not keep another from
+        running: after the reactor turns, the servers that waited go before
+        the one that spent the slice (the other's call had waited for the
+        whole backlog, or its timeout).
+        """
+        shared = TurnSlice(self.clock)
+        other = _Spinner(timer=self.server)
+        busy, idle = (Mailbox(s, clock=self.clock, turn_slice=shared) for s in (self.server, other))
+        backlog = [busy.call(self.spin, (n, 0.06), {}) for n in range(5)]
+        waiting = idle.call(exposed_methods(other)["spin"], (100, 0.01), {})
+        self.assertEqual(self.server.ran, [0])
+        ran: list[int] = []
+        self.server.ran, other.ran = ran, ran  # (one record of both)
+        self.clock.advance(0)
+        self.assertEqual(ran, [100, 1, 2, 3, 4])
+        self.assertEqual(self.successResultOf(waiting), 100)
+        self.assertEqual([self.successResultOf(d) for d in backlog[1:]], [1, 2, 3, 4])
+
+    def test_concurrent_calls_share_the_slice(self) -> None:
+        """
+        Calls of a concurrent method (beside the mailbox) count against the
+        node's slice and wait for the reactor to turn once it is spent:
+        three of 0.7 s come together had held the reactor 2.1 s.
+        """
+        results = [self.mailbox.beside(self.spin, (n, 0.7), {}) for n in range(3)]
+        self.assertEqual((results[0], self.server.ran), (0, [0]))
+        self.assertNoResult(results[1])
+        self.assertNoResult(results[2])
+        queued = self.mailbox.call(self.spin, (3, 0.0), {})  # (the mailbox waits too)
+        self.assertNoResult(queued)
+        self.clock.advance(0)
+        self.assertEqual([self.successResultOf(d) for d in results[1:]], [1, 2])
+        self.assertEqual(self.successResultOf(queued), 3)
+
     def test_short_calls_uncounted(self) -> None:
         """Calls under a millisecond never make the mailbox wait."""
         for n in range(200):

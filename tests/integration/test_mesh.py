@@ -350,6 +350,10 @@ class Burner(Server):
             pass
         return seconds
 
+    @exposed(concurrent=True)
+    def peek(self, seconds):
+        return self.burn(seconds)
+
 def setup(node):
     node.expose("t", Burner())
     node.expose("u", Burner())
@@ -363,11 +367,11 @@ class BusyNodeTests(TestCase):
 
     async def test_long_calls_to_two_servers_keep_the_links(self) -> None:
         """
-        Two calls of 0.7 s, to two servers of one node, come together (a
-        batch through a neighbour): the reactor turns between them, so the
-        neighbour's nudges are answered and the link stays (it had been
-        held 1.4 s, and the neighbour dropped the node as silent, both
-        calls failing -32006).
+        Calls of 0.7 s, to two servers of one node or three to a concurrent
+        method, come together (a batch through a neighbour): the reactor
+        turns between them, so the neighbour's nudges are answered and the
+        link stays (it had been held 1.4 or 2.1 s, and the neighbour dropped
+        the node as silent, every call failing -32006).
         """
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory, True)
@@ -377,15 +381,18 @@ class BusyNodeTests(TestCase):
         y = start_node(self, "Y", peers=[x.url.replace("http", "ws")])
         await wait_for(lambda: y.mesh.can_reach("X"), 5.0, what="Y's route to X")
         await deferLater(reactor, 0.6, lambda: None)  # idle: the link is nudged
-        batch = [
-            {"jsonrpc": "2.0", "method": f"X/{server}.burn", "params": [0.7], "id": server}
-            for server in ("t", "u")
-        ]
-        answers = await post_json(url(y) + "/rpc", batch)
-        self.assertEqual(sorted(a.get("result") for a in answers), [0.7, 0.7], answers)
-        self.assertIn("X", y.views.peers())
-        lost = y.metrics.registry.get_sample_value("relaytx_links_lost_total", {"cause": "silent"})
-        self.assertFalse(lost)
+        for method, servers in (("burn", "tu"), ("peek", "ttt")):  # peek is concurrent
+            batch = [
+                {"jsonrpc": "2.0", "method": f"X/{server}.{method}", "params": [0.7], "id": n}
+                for n, server in enumerate(servers)
+            ]
+            answers = await post_json(url(y) + "/rpc", batch)
+            self.assertEqual([a.get("result") for a in answers], [0.7] * len(servers), answers)
+            self.assertIn("X", y.views.peers())
+            lost = y.metrics.registry.get_sample_value(
+                "relaytx_links_lost_total", {"cause": "silent"}
+            )
+            self.assertFalse(lost, method)
 
 
 class LongMeshTests(TestCase):
