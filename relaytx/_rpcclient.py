@@ -18,8 +18,10 @@ What a call's failure means (the codes of SPEC section 5):
 
   - the node answered an error: L{RemoteError} with its code, message
     and data;
-  - its deadline passed after it was sent: -32001 (and the node is told
-    to cancel it, C{$/cancelRequest});
+  - its deadline passed after it was sent: -32001, the node's own (sent
+    at the deadline it started on receipt), or, if none comes within
+    L{ANSWER_GRACE}, the client's (and the node is told to cancel it,
+    C{$/cancelRequest});
   - the connection dropped after it was sent: -32006, its outcome is
     unknown (it may or may not have run);
   - its deadline passed before any connection could take it: -32002, it
@@ -184,8 +186,16 @@ class Channel(Protocol):
 Opener = Callable[[ChannelListener], Awaitable[Channel]]
 
 
+#: Seconds past a sent call's deadline that the client waits for the node's
+#: own -32001 (which the node sends at the deadline it started on receipt):
+#: the error then names where the call timed out (its C{data.node_id}) as
+#: the node says, not in one run the node's words and in the next the
+#: client's own. A node that says nothing is given no more than this.
+ANSWER_GRACE = 0.25
+
+
 class _Call:
-    __slots__ = ("deadline", "future", "id", "params", "sent", "timeout")
+    __slots__ = ("deadline", "future", "graced", "id", "params", "sent", "timeout")
 
     def __init__(self, call_id: int, params: dict[str, Any], timeout: float, now: float) -> None:
         self.id = call_id
@@ -193,6 +203,8 @@ class _Call:
         self.timeout = timeout
         self.deadline = now + timeout
         self.sent = False
+        #: whether its deadline was moved on by ANSWER_GRACE, once it passed
+        self.graced = False
         self.future: asyncio.Future[Any] | None = None
 
 
@@ -276,14 +288,15 @@ class _Deadlines:
     def _due(self) -> None:
         self._timer = None
         now = self._loop.time()
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            deadline, call_id = heapq.heappop(heap)
+        # (self._heap each time: an expiry may watch a call again, and so
+        # rebuild the heap.)
+        while self._heap and self._heap[0][0] <= now:
+            deadline, call_id = heapq.heappop(self._heap)
             entry = self._calls.get(call_id)
             if entry is not None and entry.deadline == deadline:
                 self._expire(entry)
-        if heap:
-            self._arm(heap[0][0])
+        if self._heap:
+            self._arm(self._heap[0][0])
 
     def stop(self) -> None:
         """Forget every deadline."""
@@ -431,6 +444,11 @@ class _CallBook:
                 future.set_exception(error)
 
     def _expire(self, entry: _Call) -> None:
+        if entry.sent and not entry.graced:
+            entry.graced = True
+            entry.deadline += ANSWER_GRACE
+            self._deadlines.add(entry)
+            return
         if entry.sent:
             error = RemoteError(
                 TIMED_OUT,

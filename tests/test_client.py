@@ -31,7 +31,7 @@ from relaytx._clientopts import (
     ssl_context,
     ws_rpc_url,
 )
-from relaytx._rpcclient import RpcCore
+from relaytx._rpcclient import ANSWER_GRACE, RpcCore
 from relaytx._wsconn import ChannelError
 from tests.aiosupport import FakeNode, run, turns
 from tests.support import TempDirMixin
@@ -314,7 +314,11 @@ class DeadlineTests(SynchronousTestCase):
     """Deadlines and cancellation."""
 
     def test_timeout(self) -> None:
-        """A sent call fails with -32001 at its deadline, and the node is told to cancel it."""
+        """
+        A sent call the node says nothing of fails with -32001 at its
+        deadline and the grace its node's own answer is given, and the node
+        is told to cancel it.
+        """
         node = FakeNode()
         node.hold = True
 
@@ -331,9 +335,36 @@ class DeadlineTests(SynchronousTestCase):
         error, waited, core = run(scenario())
         self.assertEqual(error.code, client.TIMED_OUT)
         self.assertEqual(error.message, "Call timed out after 2.5s")
-        self.assertAlmostEqual(waited, 2.5, places=6)
+        self.assertAlmostEqual(waited, 2.5 + ANSWER_GRACE, places=6)
         self.assertEqual(node.cancels(), [node.calls()[0]["id"]])
         self.assertEqual(core._calls, {})
+
+    def test_nodes_timeout_answers(self) -> None:
+        """
+        The node's own -32001, sent at the deadline it started on receipt
+        (so a moment after the client's), is the call's error: it names
+        where the call timed out, not in one run the node's words and in
+        the next the client's own.
+        """
+        node = FakeNode()
+        node.hold = True
+
+        async def scenario() -> client.RemoteError:
+            c, _ = await connected(node)
+            call = asyncio.ensure_future(c.call("B", "slow", "wait", timeout=1.0))
+            await asyncio.sleep(1.002)
+            channel, request = node.held[0]
+            error = {"code": -32001, "message": "Call to B timed out after 1s",
+                     "data": {"target_node": "B", "timeout": 1.0, "node_id": "A"}}  # fmt: skip
+            channel.deliver({"jsonrpc": "2.0", "error": error, "id": request["id"]})
+            try:
+                await call
+            except client.RemoteError as e:
+                return e
+            raise AssertionError("no timeout")
+
+        error = run(scenario())
+        self.assertEqual((error.code, error.data["node_id"]), (client.TIMED_OUT, "A"))
 
     def test_lateAnswer(self) -> None:
         """An answer that comes after the deadline is dropped and counted."""
@@ -369,7 +400,7 @@ class DeadlineTests(SynchronousTestCase):
             return [ended[t] for t in sorted(ended)]
 
         for got, want in zip(run(scenario()), [1, 2, 3, 4, 5], strict=True):
-            self.assertAlmostEqual(got, want, places=6)
+            self.assertAlmostEqual(got, want + ANSWER_GRACE, places=6)
 
     def test_cancelTask(self) -> None:
         """Cancelling the awaiting task fails the call at once and asks the node to cancel it."""
@@ -1084,8 +1115,8 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(core._calls, {})
         self.assertGreater(len(outcomes), 15)
         for outcome in outcomes:
-            self.assertIn(outcome, ["pong", (client.TIMED_OUT, 2.0)])
-        self.assertIn((client.TIMED_OUT, 2.0), outcomes)
+            self.assertIn(outcome, ["pong", (client.TIMED_OUT, 2.0 + ANSWER_GRACE)])
+        self.assertIn((client.TIMED_OUT, 2.0 + ANSWER_GRACE), outcomes)
 
     def test_callBehindFullStream(self) -> None:
         """
