@@ -505,6 +505,10 @@ def _utf8_path(path: bytes) -> bool:
     return True
 
 
+#: Seconds between the looks at requests still arriving (at most).
+ROUND = 0.25
+
+
 class NodeChannel(HTTPChannel):
     """
     An HTTP connection that must deliver each request's head and body
@@ -753,7 +757,8 @@ class NodeSite(Site):
         if self._rounds is None:
             self._rounds = LoopingCall(self._late_requests)
             self._rounds.clock = self.reactor
-            self._rounds.start(min(1.0, self.header_timeout / 4), now=False)
+            # (A request is closed within a round of its time: 10.25 s for 10.)
+            self._rounds.start(min(ROUND, self.header_timeout / 20), now=False)
         return self.reactor.seconds()
 
     def channel_closed(self, channel: NodeChannel) -> None:

@@ -1084,6 +1084,22 @@ class BodyLimitTests(NodeTestCase):
         self.assertTrue(connection.transport.disconnecting)
         self.assertEqual(connection.transport.value().count(b"HTTP/1.1 "), 1)  # no 408 after it
 
+    def test_unfinished_head_closed_in_time(self) -> None:
+        """
+        A head that never ends is answered 408 and closed within a quarter
+        second of the header timeout (it was up to a second late).
+        """
+        self.raw()  # (another connection, opened at another moment)
+        self.clock.advance(0.4)
+        connection = self.raw()
+        connection.send(b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        timeout = self.http.site.header_timeout
+        self.clock.advance(timeout - 0.01)
+        self.assertEqual(connection.transport.value(), b"")
+        self.clock.pump([0.01] * 26)
+        self.assertTrue(connection.transport.value().startswith(b"HTTP/1.1 408 "))
+        self.assertTrue(connection.transport.disconnecting)
+
     def test_length_over_limit_expecting_continue(self) -> None:
         """
         A client that declares a body over the limit and waits for "100
