@@ -186,6 +186,12 @@ class Channel(Protocol):
 Opener = Callable[[ChannelListener], Awaitable[Channel]]
 
 
+def _code_of(answer: dict[str, Any]) -> Any:
+    """:returns: the code of an error answer, if it is one."""
+    error = answer.get("error")
+    return error.get("code") if isinstance(error, dict) else None
+
+
 #: Seconds past a sent call's deadline that the client waits for the node's
 #: own -32001 (which the node sends at the deadline it started on receipt):
 #: the error then names where the call timed out (its C{data.node_id}) as
@@ -450,11 +456,7 @@ class _CallBook:
             self._deadlines.add(entry)
             return
         if entry.sent:
-            error = RemoteError(
-                TIMED_OUT,
-                f"Call timed out after {entry.timeout:g}s",
-                {"url": self.url, "timeout": entry.timeout},
-            )
+            error = self._timed_out(entry)
         else:
             reason = f" ({self.last_error})" if self.last_error else ""
             error = RemoteError(
@@ -485,6 +487,14 @@ class _CallBook:
                 if type(item) is dict:
                     self._answered(item)
 
+    def _timed_out(self, entry: _Call) -> RemoteError:
+        """:returns: the client's own -32001 for C{entry}."""
+        return RemoteError(
+            TIMED_OUT,
+            f"Call timed out after {entry.timeout:g}s",
+            {"url": self.url, "timeout": entry.timeout},
+        )
+
     def _answered(self, answer: dict[str, Any]) -> None:
         call_id = answer.get("id")
         entry = self._calls.get(call_id) if type(call_id) is int else None
@@ -495,6 +505,13 @@ class _CallBook:
                 _log.warning("%s answered an error for no call: %r", self.url, answer["error"])
             else:
                 self.late_answers += 1
+            return
+        if entry.graced and _code_of(answer) != TIMED_OUT:
+            # Past its deadline, only the node's own -32001 is taken (the
+            # grace is for it): anything else is late, and the call failed
+            # at its deadline.
+            self.late_answers += 1
+            self._fail(entry, self._timed_out(entry))
             return
         del self._calls[entry.id]
         future = entry.future
@@ -765,6 +782,9 @@ class RpcCore(_CallBook):
         self._take_back(current.unwritten())
         lost = [entry for entry in self._calls.values() if entry.sent]
         for entry in lost:
+            if entry.graced:  # (its deadline had passed: it timed out)
+                self._fail(entry, self._timed_out(entry))
+                continue
             self._fail(
                 entry,
                 RemoteError(

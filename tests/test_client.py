@@ -366,6 +366,35 @@ class DeadlineTests(SynchronousTestCase):
         error = run(scenario())
         self.assertEqual((error.code, error.data["node_id"]), (client.TIMED_OUT, "A"))
 
+    def test_graceTakesOnlyTheNodesTimeout(self) -> None:
+        """
+        Past the deadline, in the grace given to the node's own -32001, a
+        success (the method finished late) or a lost connection is no
+        outcome: the call timed out at its deadline (SPEC section 8), and
+        the late answer is counted.
+        """
+        node = FakeNode()
+        node.hold = True
+
+        async def scenario() -> tuple[list[Any], int]:
+            c, core = await connected(node)
+            outcomes = []
+            for lose in (False, True):
+                call = asyncio.ensure_future(c.call("node", "ping", timeout=1.0))
+                await asyncio.sleep(1.1)
+                channel, request = node.held.pop()
+                if lose:
+                    channel.drop("reset")
+                else:
+                    channel.deliver({"jsonrpc": "2.0", "result": "late", "id": request["id"]})
+                try:
+                    outcomes.append(await call)
+                except client.RemoteError as e:
+                    outcomes.append(e.code)
+            return outcomes, core.late_answers
+
+        self.assertEqual(run(scenario()), ([client.TIMED_OUT, client.TIMED_OUT], 1))
+
     def test_lateAnswer(self) -> None:
         """An answer that comes after the deadline is dropped and counted."""
         node = FakeNode()
