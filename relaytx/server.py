@@ -442,7 +442,21 @@ class Mailbox:
         turn_slice = self._slice
         if not turn_slice.used_up:
             return self._beside_now(method, args, kwargs)
-        later: Deferred[Any] = Deferred()
+        started: list[Deferred[Any]] = []  # the method's own, once it runs
+
+        def cancel(_: Deferred[Any]) -> None:
+            if started:
+                started[0].cancel()  # (a running method is cancelled as any)
+
+        later: Deferred[Any] = Deferred(cancel)
+
+        def settle(outcome: Any) -> None:
+            if later.called:  # cancelled: the outcome was its caller's to drop
+                return
+            if isinstance(outcome, Failure):
+                later.errback(outcome)
+            else:
+                later.callback(outcome)
 
         def resume() -> None:
             if later.called:  # cancelled while it waited
@@ -450,7 +464,9 @@ class Mailbox:
             if turn_slice.used_up:  # (spent again before this one's turn)
                 turn_slice.after_turn(resume)
                 return
-            maybeDeferred(self._beside_now, method, args, kwargs).chainDeferred(later)
+            running = maybeDeferred(self._beside_now, method, args, kwargs)
+            started.append(running)
+            running.addBoth(settle)
 
         turn_slice.after_turn(resume)
         return later

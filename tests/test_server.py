@@ -840,6 +840,28 @@ class SliceTests(SynchronousTestCase):
         self.assertEqual([self.successResultOf(d) for d in results[1:]], [1, 2])
         self.assertEqual(self.successResultOf(queued), 3)
 
+    def test_concurrent_call_cancelled_after_its_turn(self) -> None:
+        """
+        A concurrent call that waited for the reactor to turn is cancelled
+        as any: its method's Deferred, once it runs, gets the cancel.
+        """
+        self.mailbox.beside(self.spin, (0, 0.7), {})  # (the slice is spent)
+        cancelled: list[bool] = []
+        waiting: Deferred[None] = Deferred(lambda _: cancelled.append(True))
+        wait = ExposedMethod("wait", lambda server: waiting)
+        later = self.mailbox.beside(wait, (), {})
+        self.clock.advance(0)
+        self.assertNoResult(later)
+        later.cancel()
+        self.failureResultOf(later, CancelledError)
+        self.assertEqual(cancelled, [True])  # the method's own Deferred
+        ran = self.mailbox.beside(self.spin, (1, 0.7), {})
+        skipped = self.mailbox.beside(self.spin, (2, 0.0), {})
+        skipped.cancel()  # before its turn: it never runs
+        self.failureResultOf(skipped, CancelledError)
+        self.clock.advance(0)
+        self.assertEqual((ran, self.server.ran), (1, [0, 1]))
+
     def test_short_calls_uncounted(self) -> None:
         """Calls under a millisecond never make the mailbox wait."""
         for n in range(200):
