@@ -31,18 +31,18 @@ watch also B{nudges} a link it has heard nothing from for C{idle_after}
 (C{peer_timeout * 0.36}, 0.45 s): a WebSocket ping (RFC 6455 section
 5.5.2: a WebSocket answers it with a pong), a request like any other; an
 original-design node gets a C{ping} of its own shape, which SPEC has it
-answer, where a minimal WebSocket might not answer the other. The watch looks at its links when the
-first of them falls due, and nudges with it those due within a quarter of
-C{idle_after} more (never later than due), so that links falling due
-together share one wake-up of the process. Both ends of a link nudge, and
-whichever nudges first is heard by the other, which then has no need to:
-an idle link carries about two small control frames every half second,
-and no JSON. What a node spends on nudges is bounded: past C{IDLE_BUDGET}
-nudges a second (1,000: some 335 links nudged as early as they may be),
-each link is nudged less often, and from 3,750 links on (at the default
-C{ping_interval} of 5 s) only the keepalive tests an idle link, as it did
-before nudges (a hub holding thousands of links would otherwise spend a
-core on them).
+answer, where a minimal WebSocket might not answer the other. The watch
+looks at its links when the first of them falls due, and nudges with it
+those due within a quarter of C{idle_after} more (never later than due),
+so that links falling due together share one wake-up of the process. Both
+ends of a link nudge, and whichever nudges first is heard by the other,
+which then has no need to: an idle link carries about two small control
+frames every half second, and no JSON. What a node spends on nudges is
+bounded: past C{IDLE_BUDGET} nudges a second (1,000: some 335 links
+nudged as early as they may be), each link is nudged less often, and from
+3,750 links on (at the default C{ping_interval} of 5 s) only the
+keepalive tests an idle link, as it did before nudges (a hub holding
+thousands of links would otherwise spend a core on them).
 
 This node's own stalls are not counted against its peers (the "local
 health" idea of SWIM's Lifeguard extensions). A tick that runs more than
