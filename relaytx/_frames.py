@@ -219,6 +219,17 @@ class LeanMessages:
                 setattr(self, name, getattr(factory, name))
         super().connectionMade()  # type: ignore[misc]  # Autobahn's, next in the MRO
 
+    def connectionLost(self, reason: Any) -> None:
+        # Autobahn leaves the wait for the answer to its close frame running
+        # when the connection is lost without one (it finds the connection
+        # closed when the wait ends): a timer of the reactor's own since
+        # relaytx._wstimers, stopped here with the connection.
+        waiting = getattr(self, "closeHandshakeTimeoutCall", None)
+        if waiting is not None:
+            self.closeHandshakeTimeoutCall = None
+            waiting.cancel()
+        super().connectionLost(reason)  # type: ignore[misc]
+
     def dataReceived(self, data: bytes) -> None:
         self.read_since_round = True
         held = _HELD

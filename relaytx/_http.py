@@ -68,6 +68,7 @@ from relaytx._stdtls import is_tls
 from relaytx._streams import DEFAULT_WINDOW, MAX_WINDOW, ItemConsumer
 from relaytx._tracing import CallTrace, parse_traceparent
 from relaytx._views import NodeViews
+from relaytx._wstimers import use_reactor_timers
 from relaytx.errors import MessageTooLarge, TooManyDialers
 from relaytx.interfaces import IPeerAdmin
 
@@ -1446,6 +1447,7 @@ class JsonRpcWebSocketFactory(WebSocketServerFactory):
             openHandshakeTimeout=10,
             closeHandshakeTimeout=1,
         )
+        use_reactor_timers(self)
 
 
 class WebSocketTree(Resource):

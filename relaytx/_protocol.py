@@ -44,6 +44,7 @@ from relaytx._linkauth import OVERHEAD, PENDING_TIMEOUT, FrameOpener, FrameRejec
 from relaytx._links import LinkRefused
 from relaytx._mesh import Mesh
 from relaytx._tls import peer_certificate_names
+from relaytx._wstimers import use_reactor_timers
 from relaytx.errors import ProtocolViolation
 from relaytx.interfaces import ILinkTransport
 from relaytx.peer import (
@@ -547,6 +548,7 @@ def _protocol_options(factory: Any, max_message_size: int) -> None:
         # validating each frame first cost a visible share of a busy node.
         utf8validateIncoming=False,
     )
+    use_reactor_timers(factory)  # closeHandshakeTimeout is 1 s, not 0-1 s
 
 
 class PeerServerFactory(WebSocketServerFactory):

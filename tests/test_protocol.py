@@ -5,9 +5,11 @@ dialler's back-off, and the Autobahn adapters driven in memory.
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 from typing import Any
 
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -386,9 +388,6 @@ class _Adapters:
         self.dialer = Dialer(
             self.dialling.mesh, "ws://127.0.0.1:9", self.clock, 1 << 20, secret=dial_secret
         )
-        for factory in (self.server_factory, self.dialer.factory):
-            # No Autobahn timers: they would go to the global reactor (txaio).
-            factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
         self.dialer.factory.setProtocolOptions(serverConnectionDropTimeout=0)
         address = IPv4Address("TCP", "127.0.0.1", 9)
         self.client, self.server, self.pump = connectedServerAndClient(
@@ -454,7 +453,6 @@ class AdapterTests(SynchronousTestCase):
         twin = memory_node("hB", pair.clock)
         self.addCleanup(twin.mesh.stop)
         factory = PeerServerFactory(twin.mesh, 1 << 20, reactor=pair.clock)
-        factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
         address = IPv4Address("TCP", "127.0.0.1", 10)
         _, _, pump = connectedServerAndClient(
             lambda: factory.buildProtocol(address),
@@ -535,6 +533,54 @@ class ClosingHandshakeTests(SynchronousTestCase):
         self.assertEqual(self.lost(pair.dialling, "closed"), 1)
         self.assertGreater(pair.dialling.mesh.adverts.own_sn, number)
         self.assertIsNone(pair.dialling.mesh.router._marks.get("hB"))
+
+    def removing(self, pair: _Adapters, at: float) -> int:
+        """
+        Let the dialler wait for the answer to its close as a node's links
+        do (1 s), set the clock to C{at} past a whole second, and remove
+        the link there.
+
+        :returns: the dialler's number before.
+        """
+        pair.flush()
+        now = pair.clock.seconds()
+        pair.clock.advance(math.floor(now) + 1 + at - now)
+        number = pair.dialling.mesh.adverts.own_sn
+        self.assertTrue(pair.dialling.remove_peer("hB"))
+        return number
+
+    def test_remover_waits_a_second(self) -> None:
+        """
+        The remover waits a second for the answer to its close, wherever in
+        a second it closed (Autobahn's own timer, filed under whole seconds,
+        gave up after 0.05 s for a close at x.95 s), and then drops the link.
+        """
+        pair = _Adapters(self, None, None)
+        self.removing(pair, 0.95)
+        pair.clock.advance(0.99)
+        self.assertEqual(pair.client.state, WebSocketProtocol.STATE_CLOSING)
+        self.assertIn("hB", pair.dialling.mesh.links)
+        pair.clock.advance(0.02)
+        pair.flush()
+        self.assertEqual(pair.client.state, WebSocketProtocol.STATE_CLOSED)
+        self.assertEqual(pair.dialling.mesh.links, {})
+        self.assertEqual(self.lost(pair.dialling, "closed"), 1)
+
+    def test_answered_after_a_stall(self) -> None:
+        """
+        A remover held up past its timeout (a stall: the timer runs before
+        the answer waiting on the socket is read) waits its second again,
+        and takes the answer then: removed, and numbered as it was.
+        """
+        pair = _Adapters(self, None, None)
+        number = self.removing(pair, 0.5)
+        pair.clock.advance(1.5)
+        self.assertEqual(pair.client.state, WebSocketProtocol.STATE_CLOSING)
+        pair.flush()
+        self.assertEqual((pair.dialling.mesh.links, pair.accepting.mesh.links), ({}, {}))
+        self.assertEqual(self.lost(pair.dialling, "removed"), 1)
+        self.assertEqual(pair.dialling.mesh.adverts.own_sn, number)
+        self.assertIsNone(pair.client.closeHandshakeTimeoutCall)  # (cancelled)
 
 
 class SealedBatchTests(SynchronousTestCase):
@@ -700,7 +746,6 @@ class RawUpgradeTests(SynchronousTestCase):
 
     def connect(self, secret: bytes | None = None) -> tuple[Any, StringTransport]:
         factory = PeerServerFactory(self.node.mesh, 1 << 20, reactor=self.clock, secret=secret)
-        factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
         protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9))
         transport = _TolerantTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
         protocol.makeConnection(transport)

@@ -132,8 +132,10 @@ def start_node(
 
 async def settle(timeout: float = 3.0) -> None:
     """
-    Wait for Autobahn's close-handshake timers (txaio batches them on the
-    global reactor) to run out, so the test leaves a clean reactor.
+    Wait for Autobahn's batched timers on the global reactor to run out (a
+    test's own Autobahn clients have them; relaytx's connections use timers
+    of the reactor's own, stopped with the connection), so the test leaves
+    a clean reactor.
     """
 
     def quiet() -> bool:
