@@ -13,6 +13,16 @@ Running the coroutines of C{async def} server methods and app C{setup}s
     Deferreds only); one that awaits asyncio code fails with
     L{AsyncioReactorRequired}, whose message says how to start the node.
 
+Both ways, a coroutine's steps share the node's slice of the reactor's
+time with its methods (L{TurnShare}, L{relaytx.server.TurnSlice}): each
+step is timed, and once the slice is spent a coroutine resumes only after
+the reactor has turned. Without it, a method that computed after an
+C{await} (all of its work, on the asyncio reactor, where the coroutine
+starts on a later pass) was not counted: four servers' methods computing
+0.7 s each after an await held the reactor 2.8 s, and the node's
+neighbours took it for dead. A single step is never cut short: one that
+computes longer than the peer timeout still holds the reactor that long.
+
 Both ways, the run of a coroutine is an owner (L{Owner}): streams it opens
 (C{node.stream}) are tied to it and cancelled when it ends (see
 L{relaytx._streams.ItemStream}). On the asyncio reactor the owner is the
@@ -36,6 +46,8 @@ import asyncio
 import types
 from collections.abc import Callable, Coroutine, Generator
 from contextvars import ContextVar
+from functools import partial
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -175,6 +187,31 @@ def owner_finder(reactor: Any) -> Callable[[], Owner | None]:
 CoroutineRunner = Callable[[Coroutine[Any, Any, Any]], Deferred[Any]]
 
 
+class TurnShare(Protocol):
+    """What the drivers see of the node's slice (L{relaytx.server.TurnSlice})."""
+
+    #: whether the slice is spent: what runs next waits for the reactor to turn
+    used_up: bool
+
+    def spend(self, seconds: float) -> bool:
+        """Count C{seconds} of work."""
+
+    def after_turn(self, resume: Callable[[], None], spent_it: bool = False) -> None:
+        """Call C{resume} once the reactor has turned."""
+
+
+def _turned(share: TurnShare) -> Deferred[None]:
+    """:returns: a Deferred that fires once the reactor has turned."""
+    turned: Deferred[None] = Deferred()
+
+    def resume() -> None:
+        if not turned.called:  # (cancelled meanwhile)
+            turned.callback(None)
+
+    share.after_turn(resume)
+    return turned
+
+
 class AsyncioReactorRequired(RelayError):
     """A coroutine awaited asyncio code on a node that does not run asyncio."""
 
@@ -195,19 +232,38 @@ def _needs_asyncio(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and str(error) in _ASYNCIO_ERRORS
 
 
-def _on_twisted(coro: Coroutine[Any, Any, Any]) -> Generator[Any, Any, Any]:
+def _on_twisted(
+    coro: Coroutine[Any, Any, Any], share: TurnShare | None = None
+) -> Generator[Any, Any, Any]:
     """
     Drive C{coro} under Twisted (as C{Deferred.fromCoroutine} does,
     through this generator), failing with L{AsyncioReactorRequired} when it
     awaits asyncio code. The run is a L{RunScope} (in the context Twisted
     runs C{coro} in), which ends when this does.
+
+    :param share: the node's slice, which the steps after the first use
+        (the first runs inside the call to the method, which its mailbox
+        counts).
     """
     scope = RunScope()
     _current_run.set(scope)
     try:
         value: Any = None
         error: BaseException | None = None
+        timed = False
         while True:
+            if timed:
+                assert share is not None
+                while share.used_up:
+                    try:
+                        yield _turned(share)
+                    except GeneratorExit:
+                        coro.close()
+                        raise
+                    except BaseException as e:  # cancelled as it waited: the method gets it
+                        value, error = None, e
+                        break
+                started = perf_counter()
             try:
                 yielded = coro.send(value) if error is None else coro.throw(error)
             except StopIteration as stop:
@@ -216,6 +272,11 @@ def _on_twisted(coro: Coroutine[Any, Any, Any]) -> Generator[Any, Any, Any]:
                 if _needs_asyncio(e):  # keep the traceback: it shows the await
                     raise AsyncioReactorRequired().with_traceback(e.__traceback__) from None
                 raise
+            finally:
+                if timed:
+                    assert share is not None
+                    share.spend(perf_counter() - started)
+            timed = share is not None
             value = error = None
             if is_deferred(yielded):
                 try:
@@ -234,25 +295,53 @@ def _on_twisted(coro: Coroutine[Any, Any, Any]) -> Generator[Any, Any, Any]:
 def run_on_twisted(coro: Coroutine[Any, Any, Any]) -> Deferred[Any]:
     """
     :returns: a Deferred of C{coro}'s result, run as Twisted runs
-        coroutines (see the module docstring).
+        coroutines (see the module docstring), outside any node's slice.
     """
     return Deferred.fromCoroutine(_on_twisted(coro))
 
 
+def twisted_runner(share: TurnShare) -> CoroutineRunner:
+    """:returns: L{run_on_twisted}, the steps in C{share}."""
+
+    def run(coro: Coroutine[Any, Any, Any]) -> Deferred[Any]:
+        return Deferred.fromCoroutine(_on_twisted(coro, share))
+
+    return run
+
+
 @types.coroutine
-def _bridged(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> Any:
+def _bridged(
+    coro: Coroutine[Any, Any, Any],
+    loop: asyncio.AbstractEventLoop,
+    share: TurnShare | None = None,
+) -> Any:
     """
     Drive C{coro} inside an asyncio task: asyncio futures go to the task,
     Deferreds are waited for here, and their result is left in place for
-    the coroutine's C{await} to read (as Twisted's own driver does).
+    the coroutine's C{await} to read (as Twisted's own driver does). Every
+    step is timed into C{share}, the first too: the method's call made the
+    coroutine, which starts only on a later pass of the loop.
     """
     value: Any = None
     error: BaseException | None = None
     while True:
+        if share is not None:
+            while share.used_up:
+                turned = loop.create_future()
+                share.after_turn(partial(_settle_future, turned))
+                try:
+                    yield from turned
+                except BaseException as e:  # the task was cancelled as it waited
+                    value, error = None, e
+                    break
+            started = perf_counter()
         try:
             yielded = coro.send(value) if error is None else coro.throw(error)
         except StopIteration as stop:
             return stop.value
+        finally:
+            if share is not None:
+                share.spend(perf_counter() - started)
         value = error = None
         if is_deferred(yielded):
             fired = loop.create_future()
@@ -276,19 +365,29 @@ def _bridged(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) ->
                 error = e
 
 
-async def _task_body(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> Any:
-    return await _bridged(coro, loop)
+def _settle_future(future: asyncio.Future[None]) -> None:
+    if not future.done():  # (cancelled meanwhile)
+        future.set_result(None)
 
 
-def asyncio_runner(loop: asyncio.AbstractEventLoop) -> CoroutineRunner:
+async def _task_body(
+    coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop, share: TurnShare | None
+) -> Any:
+    return await _bridged(coro, loop, share)
+
+
+def asyncio_runner(
+    loop: asyncio.AbstractEventLoop, share: TurnShare | None = None
+) -> CoroutineRunner:
     """
     :param loop: the event loop of the asyncio reactor.
+    :param share: the node's slice, which the coroutines' steps use.
     :returns: a runner of coroutines as tasks of C{loop} (see the module
         docstring).
     """
 
     def run(coro: Coroutine[Any, Any, Any]) -> Deferred[Any]:
-        d = Deferred.fromFuture(loop.create_task(_task_body(coro, loop)))
+        d = Deferred.fromFuture(loop.create_task(_task_body(coro, loop, share)))
         return d.addErrback(_twisted_cancellation)
 
     return run
@@ -302,12 +401,14 @@ def _twisted_cancellation(failure: Failure) -> Failure:
     return failure
 
 
-def coroutine_runner(reactor: Any) -> CoroutineRunner:
+def coroutine_runner(reactor: Any, share: TurnShare | None = None) -> CoroutineRunner:
     """
+    :param share: the node's slice of the reactor's time, which the
+        coroutines' steps use (none: they run outside any).
     :returns: how coroutines run on C{reactor}: as asyncio tasks on the
         asyncio reactor, else as Twisted runs them.
     """
     loop = getattr(reactor, "_asyncioEventloop", None)
     if isinstance(loop, asyncio.AbstractEventLoop):
-        return asyncio_runner(loop)
-    return run_on_twisted
+        return asyncio_runner(loop, share)
+    return run_on_twisted if share is None else twisted_runner(share)

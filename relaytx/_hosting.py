@@ -79,6 +79,9 @@ class ServerHost:
     :param on_change: called whenever a server is exposed or removed.
     :param run_coroutine: how the coroutines of C{async def} methods run
         (see L{relaytx._aio}).
+    :param turn_slice: the node's slice of the reactor's time, which all
+        the servers' calls share (and C{run_coroutine}'s steps, if it was
+        given it); none: one of the host's own.
 
     @ivar tracer: the node's tracer when it traces: a traced call's method
         then runs in an C{execute} span.
@@ -97,12 +100,13 @@ class ServerHost:
         access: AccessRules,
         on_change: Callable[[], None] = lambda: None,
         run_coroutine: CoroutineRunner = run_on_twisted,
+        turn_slice: TurnSlice | None = None,
     ) -> None:
         self._node_id = node_id
         self._run_coroutine = run_coroutine
         self._clock = clock
         #: methods' time since the reactor turned, all servers together
-        self._turn_slice = TurnSlice(clock)
+        self._turn_slice = TurnSlice(clock) if turn_slice is None else turn_slice
         self._access = access
         self._mailboxes: dict[str, Mailbox] = {}
         #: the traced forms of exposed methods (relaytx._tracing.TracedMethod)

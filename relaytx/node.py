@@ -53,7 +53,7 @@ from relaytx._views import NodeServer, NodeViews
 from relaytx.config import NodeConfig
 from relaytx.errors import StartupError, failure_exception
 from relaytx.peer import PeerSession
-from relaytx.server import Server
+from relaytx.server import Server, TurnSlice
 from relaytx.wire import Payload
 
 
@@ -119,11 +119,15 @@ class RelayNode(MultiService):
         self.secret, identity = load_trust(config)
         self.pki = identity is not None
         limits = config.limits
+        #: methods' and coroutines' time since the reactor last turned
+        turn_slice = TurnSlice(reactor)
         #: how coroutines (async methods, async setups) run on this reactor
-        self.run_coroutine = coroutine_runner(reactor)
+        self.run_coroutine = coroutine_runner(reactor, turn_slice)
         #: who owns a stream opened now (relaytx._streams.ItemStream)
         self._stream_owner = owner_finder(reactor)
-        self.servers = ServerHost(node_id, reactor, config.access, run_coroutine=self.run_coroutine)
+        self.servers = ServerHost(
+            node_id, reactor, config.access, run_coroutine=self.run_coroutine, turn_slice=turn_slice
+        )
         self.servers.max_result_size = limits.max_message_size
         metrics.watch_queue_depth(self.servers.queue_depth)
         self.limiter = CallLimiter(

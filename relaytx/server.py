@@ -273,10 +273,14 @@ class TurnSlice:
 
     def spend(self, seconds: float) -> bool:
         """
-        Count C{seconds} of a method's time.
+        Count C{seconds} of a method's time (or of a step of a coroutine's,
+        L{relaytx._aio}): less than a millisecond is not counted.
 
-        :returns: whether the slice is used up (L{after_turn} then).
+        :returns: whether the slice is used up (L{after_turn} then); for an
+            uncounted time, C{False}.
         """
+        if seconds < _SHORT:
+            return False
         self.spent += seconds
         if self.spent < SLICE or self._clock is None:
             return False
@@ -478,9 +482,7 @@ class Mailbox:
         try:
             result = method.function(self.server, *args, **kwargs)
         finally:
-            spent = perf_counter() - started
-            if spent >= _SHORT:
-                self._slice.spend(spent)
+            self._slice.spend(perf_counter() - started)
         if isinstance(result, CoroutineType):
             result = self._run_coroutine(result)
         return result
@@ -489,8 +491,7 @@ class Mailbox:
         # Count a call that began at started against the slice: whether the
         # slice is used up (the mailbox then stays busy until the reactor
         # has turned, and runs its queue then).
-        spent = perf_counter() - started
-        if spent < _SHORT or not self._slice.spend(spent):
+        if not self._slice.spend(perf_counter() - started):
             return False
         if self._running is None:  # (else its end resumes the queue)
             self._wait_for_turn(spent_it=True)

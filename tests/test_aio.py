@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+import relaytx._aio
+import relaytx.server
 from relaytx._aio import (
     AioDeferred,
     AsyncioReactorRequired,
@@ -22,8 +26,9 @@ from relaytx._aio import (
     coroutine_runner,
     is_deferred,
     run_on_twisted,
+    twisted_runner,
 )
-from relaytx.server import Mailbox, Server, exposed, exposed_methods
+from relaytx.server import Mailbox, Server, TurnSlice, exposed, exposed_methods
 from relaytx.testing import MemoryMesh, memory_node
 from tests.aiosupport import run, turns
 
@@ -313,6 +318,110 @@ class AioDeferredTests(SynchronousTestCase):
         waiting.callback(5)
         self.assertEqual(self.successResultOf(d), 5)
         self.assertIs(awaitable_by_tasks(succeed(1)).__class__, AioDeferred)
+
+
+class _LoopClock:
+    """The asyncio reactor's clock, as a node's slice uses it: timers of C{loop}."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def seconds(self) -> float:
+        return self._loop.time()
+
+    def callLater(self, delay: float, f: Callable[..., object], *args: Any) -> object:
+        return self._loop.call_later(delay, f, *args)
+
+
+class SharedSliceTests(SynchronousTestCase):
+    """
+    A coroutine's steps share the node's slice of the reactor's time with
+    its methods: resumed together, coroutines that compute after an await
+    run one slice at a time, the reactor turning between (four servers'
+    methods computing 0.7 s after an await held the reactor 2.8 s, and the
+    node's neighbours took it for dead).
+    """
+
+    def setUp(self) -> None:
+        self.now = 0.0
+        for module in (relaytx._aio, relaytx.server):
+            self.patch(module, "perf_counter", lambda: self.now)
+        #: (which coroutine, the slice spent when it began computing)
+        self.ran: list[tuple[int, float]] = []
+
+    async def compute(self, share: TurnSlice, wait: Any, n: int, seconds: float) -> int:
+        await wait
+        self.ran.append((n, share.spent))
+        self.now += seconds
+        return n
+
+    def test_twisted_steps_wait_for_the_turn(self) -> None:
+        """On Twisted, a step after an await waits for the turn once the slice is spent."""
+        clock = Clock()
+        share = TurnSlice(clock)
+        run_coroutine = twisted_runner(share)
+        gates: list[Deferred[None]] = [Deferred() for _ in range(3)]
+        results = [run_coroutine(self.compute(share, g, n, 0.7)) for n, g in enumerate(gates)]
+        for gate in gates:
+            gate.callback(None)
+        self.assertEqual(self.ran, [(0, 0.0)])
+        clock.advance(0)  # (the turns: a Clock runs the timers set by timers too)
+        self.assertEqual(self.ran, [(0, 0.0), (1, 0.0), (2, 0.0)])  # each in a new slice
+        self.assertEqual([self.successResultOf(d) for d in results], [0, 1, 2])
+        clock.advance(0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_twisted_cancelled_while_waiting(self) -> None:
+        """A coroutine cancelled as it waits for the turn gets CancelledError where it awaited."""
+        clock = Clock()
+        share = TurnSlice(clock)
+        run_coroutine = twisted_runner(share)
+        seen: list[str] = []
+
+        async def waiting(gate: Deferred[None]) -> None:
+            try:
+                await gate
+            except CancelledError:
+                seen.append("cancelled")
+                raise
+            seen.append("ran")
+
+        share.spend(0.7)  # (another method spent the slice)
+        gate: Deferred[None] = Deferred()
+        d = run_coroutine(waiting(gate))
+        gate.callback(None)
+        self.assertNoResult(d)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        clock.advance(0)
+        self.assertEqual(seen, ["cancelled"])
+
+    def test_short_steps_uncounted(self) -> None:
+        """Steps under a millisecond never wait."""
+        clock = Clock()
+        share = TurnSlice(clock)
+        run_coroutine = twisted_runner(share)
+        for n in range(200):
+            gate: Deferred[None] = Deferred()
+            d = run_coroutine(self.compute(share, gate, n, 0.0009))
+            gate.callback(None)
+            self.assertEqual(self.successResultOf(d), n)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_asyncio_steps_wait_for_the_turn(self) -> None:
+        """On the asyncio reactor every step is counted, and waits once the slice is spent."""
+
+        async def scenario() -> list[int]:
+            loop = asyncio.get_running_loop()
+            share = TurnSlice(_LoopClock(loop))  # type: ignore[arg-type]  # (the loop's own timers)
+            run_coroutine = asyncio_runner(loop, share)
+            results = [
+                run_coroutine(self.compute(share, asyncio.sleep(1), n, 0.7)) for n in range(3)
+            ]
+            return [await outcome(d) for d in results]
+
+        self.assertEqual(run(scenario()), [0, 1, 2])
+        self.assertEqual(self.ran, [(0, 0.0), (1, 0.0), (2, 0.0)])
 
 
 class _LoopReactor(MemoryReactorClock):

@@ -356,7 +356,15 @@ class FrozenPeerTests(TestCase):
 
 _BURNER = """
 import time
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from relaytx import Server, exposed
+
+_arrived = []
+
+def _resume_together(waiting):
+    for d in waiting:
+        d.callback(None)
 
 class Burner(Server):
     @exposed
@@ -368,6 +376,17 @@ class Burner(Server):
 
     @exposed(concurrent=True)
     def peek(self, seconds):
+        return self.burn(seconds)
+
+    @exposed
+    async def later(self, seconds):
+        # The two calls of a batch resume together, in one timer's call.
+        arrived = Deferred()
+        _arrived.append(arrived)
+        if len(_arrived) == 2:
+            reactor.callLater(0.01, _resume_together, _arrived[:])
+            del _arrived[:]
+        await arrived
         return self.burn(seconds)
 
 def setup(node):
@@ -387,17 +406,32 @@ class BusyNodeTests(TestCase):
         method, come together (a batch through a neighbour): the reactor
         turns between them, so the neighbour's nudges are answered and the
         link stays (it had been held 1.4 or 2.1 s, and the neighbour dropped
-        the node as silent, every call failing -32006).
+        the node as silent, every call failing -32006). So do two async
+        methods that compute 0.7 s each after an await: their timers fire
+        in one turn of the reactor, and their steps share the slice.
         """
+        await self._batches("default", [("burn", "tu"), ("peek", "ttt"), ("later", "tu")])
+
+    async def test_async_methods_on_asyncio(self) -> None:
+        """
+        On the asyncio reactor, where an async method's coroutine starts on
+        a later pass (none of its work had been counted), the same.
+        """
+        await self._batches("asyncio", [("later", "tu")])
+
+    async def _batches(self, reactor_name: str, batches: list[tuple[str, str]]) -> None:
+        # Each batch calls METHOD on each of SERVERS (peek: concurrent;
+        # later: async) of X through its neighbour Y.
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory, True)
-        x = NodeProcess(self, "X", None, "--app", write_app(directory, "burner.py", _BURNER))
+        app = write_app(directory, "burner.py", _BURNER)
+        x = NodeProcess(self, "X", None, "--app", app, "--reactor", reactor_name)
         x.start()
         await x.wait_healthy()
         y = start_node(self, "Y", peers=[x.url.replace("http", "ws")])
         await wait_for(lambda: y.mesh.can_reach("X"), 5.0, what="Y's route to X")
         await deferLater(reactor, 0.6, lambda: None)  # idle: the link is nudged
-        for method, servers in (("burn", "tu"), ("peek", "ttt")):  # peek is concurrent
+        for method, servers in batches:
             batch = [
                 {"jsonrpc": "2.0", "method": f"X/{server}.{method}", "params": [0.7], "id": n}
                 for n, server in enumerate(servers)
