@@ -184,7 +184,7 @@ def run_node(argv: list[str]) -> int:
         from twisted.logger import globalLogBeginner
 
         from relaytx._logs import json_observer, text_observer
-        from relaytx.tap import makeService, run_options
+        from relaytx.tap import error_line, makeService, run_options
 
         options = run_options(argv)
         assert options.config is not None  # parsed
@@ -198,6 +198,7 @@ def run_node(argv: list[str]) -> int:
         # (relay's own error lines go to the real stderr either way.)
         globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=json_log)
         node = makeService(options)  # (SIGINT stops it even if ignored: tap.stop_on_sigint)
+        node.held_errors = []  # (printed below, after the shutdown's log lines)
         node.privilegedStartService()
     except BaseException:
         _early.release()  # (no node runs: a process that goes on keeps its own)
@@ -212,6 +213,8 @@ def run_node(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for message in node.held_errors:
+        error_line(message)
     status: int = node.exit_status
     return status
 

@@ -446,6 +446,9 @@ class CommandLineNode(RelayNode):
     exit_status = 0
     #: twistd's own options, under twistd (its -l/--logfile, -n)
     twistd_options: Any = None
+    #: the fatal errors' lines, held for the caller to print once the
+    #: reactor has stopped (L{fatal}); C{None}: printed at once
+    held_errors: list[str] | None = None
 
     def __init__(self, config: NodeConfig, reactor: Any) -> None:
         super().__init__(config, reactor, on_fatal=self.fatal)
@@ -494,8 +497,16 @@ class CommandLineNode(RelayNode):
         tune_collector()
 
     def fatal(self, message: str) -> None:
-        """Report C{message}, stop the reactor and exit with status 1."""
-        error_line(message)
+        """
+        Report C{message}, stop the reactor and exit with status 1. Where
+        the log goes to the same stream as the error line (C{relay node}),
+        the line is held (L{held_errors}) and printed after the shutdown's
+        own lines, so that it is the last.
+        """
+        if self.held_errors is not None:
+            self.held_errors.append(message)
+        else:
+            error_line(message)
         Twistd.failed(message)
         self.exit_status = 1
         if not self.reactor.running:

@@ -708,6 +708,9 @@ class BadStartTests(CommandLineTestCase):
             self.assertEqual(len(errors), 1, f"{name}: {stderr}")
             self.assertTrue(errors[0].startswith("relay: error: "), f"{name}: {errors}")
             self.assertIn(expected, errors[0], name)
+            # It is the last line (after the shutdown's log lines, where the
+            # log is stderr too).
+            self.assertEqual(stderr.strip().splitlines()[-1], errors[0], name)
             if name.startswith("setup"):
                 # The app's traceback is in the log, and when that is
                 # stderr, the error line comes after it.
