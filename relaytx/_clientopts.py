@@ -17,6 +17,14 @@ from urllib.parse import urlsplit, urlunsplit
 #: The path of the persistent JSON-RPC entry (SPEC section 4).
 WS_RPC_PATH = "/ws/rpc"
 
+#: Seconds past a call's deadline that a caller outside the mesh (the
+#: client, C{relay call}) waits for the node's own -32001 (which the node
+#: sends at the deadline it started on receipt): the error then names where
+#: the call timed out (its C{data.node_id}) as the node says, not in one run
+#: the node's words and in the next the caller's own. A node that says
+#: nothing (frozen, or too busy) is given no more than this.
+ANSWER_GRACE = 0.25
+
 _WS_SCHEMES = {"http": "ws", "ws": "ws", "https": "wss", "wss": "wss"}
 _HTTP_SCHEMES = {"http": "http", "ws": "http", "https": "https", "wss": "https"}
 

@@ -61,6 +61,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from relaytx._clientopts import ANSWER_GRACE
 from relaytx._json import dumps, loads_exact, may_hold_wide_ints
 from relaytx._wsconn import ChannelError, ChannelListener
 
@@ -190,14 +191,6 @@ def _code_of(answer: dict[str, Any]) -> Any:
     """:returns: the code of an error answer, if it is one."""
     error = answer.get("error")
     return error.get("code") if isinstance(error, dict) else None
-
-
-#: Seconds past a sent call's deadline that the client waits for the node's
-#: own -32001 (which the node sends at the deadline it started on receipt):
-#: the error then names where the call timed out (its C{data.node_id}) as
-#: the node says, not in one run the node's words and in the next the
-#: client's own. A node that says nothing is given no more than this.
-ANSWER_GRACE = 0.25
 
 
 class _Call:

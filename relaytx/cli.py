@@ -285,10 +285,14 @@ def answer_wait(timeout: float) -> float:
     """
     :returns: how long C{relay call} waits for an answer: its C{--timeout},
         when the node fails the call itself (-32001), and a margin for that
-        answer to arrive (a quarter of the timeout and 0.25 s, at most 1 s);
-        past it, C{relay call} gives up on its own, with -32001 too.
+        answer to arrive (L{relaytx._clientopts.ANSWER_GRACE}, as the
+        client's); past it, C{relay call} gives up on its own, with -32001
+        too. (The margin was a quarter of the timeout, up to 1 s: a call of
+        C{--timeout 1} to a frozen node ended after 1.6 s.)
     """
-    return timeout + min(1.0, 0.25 + timeout / 4)
+    from relaytx._clientopts import ANSWER_GRACE
+
+    return timeout + ANSWER_GRACE
 
 
 def exchange(
