@@ -279,8 +279,8 @@ class JsonRpcHandler:
         """
         try:
             request = loads_request(body)
-        except ValueError:
-            return self._encode(self._error(ParseError("Parse error: invalid JSON"), None))
+        except ValueError as e:
+            return self._encode(self._error(ParseError(f"Parse error: {e}"), None))
         if not isinstance(request, list):
             answer = self._one(request, caller, encoded=True, trace=trace, calls=calls)
             if is_deferred(answer):
@@ -570,14 +570,16 @@ def loads_request(body: bytes) -> Any:
     float), so that an id is echoed, or a request cancelled, by the id as
     it came, and params reach the method as sent.
 
-    :raises ValueError: if C{body} is not JSON.
+    :raises ValueError: if C{body} is not JSON, or is JSON past what a node
+        reads (nested deeper than 1024, a number past a double's range):
+        its message says which.
     """
     try:
         request = _json.loads(body)
     except (_json.JSONDecodeError, UnicodeDecodeError) as e:
         request = _past_a_double(body, e)
         if request is _NOT_JSON:
-            raise ValueError("not JSON") from None
+            raise ValueError(_why_refused(e)) from None
         return request
     if _json.may_hold_wide_ints(body):
         # Read again, exactly.
@@ -621,6 +623,16 @@ def _holds_unreadable(value: Any) -> bool:
         elif isinstance(value, list):
             stack.extend(value)
     return False
+
+
+def _why_refused(error: ValueError) -> str:
+    """:returns: why the fast parser's C{error} refused a body, in a few words."""
+    said = str(error)
+    if "depth limit exceeded" in said:
+        return "JSON nested more than 1024 deep"
+    if "number is infinity" in said:
+        return "a number past a double's range"
+    return "invalid JSON"
 
 
 def _past_a_double(body: bytes, error: ValueError) -> Any:

@@ -250,6 +250,20 @@ class SpecificationExampleTests(HandlerTestCase):
         )
         self.assertEqual(self.math.targets, [])
 
+    def test_json_past_the_limits(self) -> None:
+        """
+        Valid JSON that the node does not read (nested more than 1024 deep,
+        a number past a double's range) is a parse error that says so, not
+        "invalid JSON".
+        """
+        deep = b"[" * 1100 + b"]" * 1100
+        huge = b'{"jsonrpc": "2.0", "method": "math.sum", "params": [1e400], "id": 1}'
+        for body, why in [(deep, "nested more than 1024 deep"), (huge, "past a double's range")]:
+            error = self.answer(body)["error"]
+            self.assertEqual(error["code"], -32700)
+            self.assertIn(why, error["message"])
+        self.assertEqual(self.math.targets, [])
+
     def test_invalid_request_object(self) -> None:
         """rpc call with invalid Request object."""
         self.assertSpecAnswer(
