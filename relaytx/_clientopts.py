@@ -44,18 +44,32 @@ def _split(url: str) -> tuple[str, str, str, str]:
     return scheme, parts.netloc, parts.path.rstrip("/"), parts.query
 
 
+#: The entries a URL may name in place of its node (SPEC section 4).
+_ENTRIES = (WS_RPC_PATH, "/rpc")
+
+
+def _node_path(path: str) -> str:
+    """C{path}, less an entry it ends with (C{http://h:p/rpc} names the node at C{http://h:p})."""
+    for entry in _ENTRIES:
+        if path.endswith(entry):
+            return path[: -len(entry)]
+    return path
+
+
 def ws_rpc_url(url: str) -> str:
     """
     The C{/ws/rpc} address of the node at C{url}.
 
     C{http://h:p}, C{ws://h:p} and C{h:p} mean C{ws://h:p/ws/rpc};
-    C{https://h:p} and C{wss://h:p} mean C{wss://h:p/ws/rpc}. A URL with a
+    C{https://h:p} and C{wss://h:p} mean C{wss://h:p/ws/rpc}, and so do
+    those addresses with C{/rpc} or C{/ws/rpc} after them. A URL with a
     path of its own (a node behind a proxy) is kept as it is, with the
     scheme made a WebSocket one.
 
     :raises ValueError: if C{url} is not such an address.
     """
     scheme, netloc, path, query = _split(url)
+    path = _node_path(path) + WS_RPC_PATH if path.endswith(_ENTRIES) else path
     return urlunsplit((_WS_SCHEMES[scheme], netloc, path or WS_RPC_PATH, query, ""))
 
 
@@ -63,12 +77,14 @@ def http_base_url(url: str) -> str:
     """
     The base URL of the node at C{url} for HTTP requests (C{BASE/rpc}):
     C{ws://} means C{http://}, C{wss://} means C{https://}, a bare
-    C{h:p} means C{http://h:p}; a trailing slash is dropped.
+    C{h:p} means C{http://h:p}; a trailing slash is dropped, and so is an
+    entry the URL names (C{/rpc}, C{/ws/rpc}: C{relay call
+    http://h:p/rpc ...} posted to C{/rpc/rpc}, and got a 404).
 
     :raises ValueError: if C{url} is not such an address.
     """
     scheme, netloc, path, _ = _split(url)
-    return urlunsplit((_HTTP_SCHEMES[scheme], netloc, path, "", ""))
+    return urlunsplit((_HTTP_SCHEMES[scheme], netloc, _node_path(path), "", ""))
 
 
 def is_secure(url: str) -> bool:

@@ -264,13 +264,22 @@ class CallTests(CliTestCase):
         self.assertEqual(self.stdout.getvalue(), f"[{deep.decode()},{2**70}]\n")
 
     def test_urlForms(self) -> None:
-        """A trailing slash is dropped, a bare host:port means http, ws(s) mean http(s)."""
-        for url in ["http://h:1/", "127.0.0.1:8080", "ws://h:2", "wss://h:3"]:
+        """
+        A trailing slash is dropped, a bare host:port means http, ws(s) mean
+        http(s), and a URL naming the node's /rpc means the node.
+        """
+        for url in ["http://h:1/", "127.0.0.1:8080", "ws://h:2", "wss://h:3", "http://h:4/rpc"]:
             cli.main(["call", url, "s", "m"])
         urls = [r.url for r in self.requests]
         self.assertEqual(
             urls,
-            ["http://h:1/rpc", "http://127.0.0.1:8080/rpc", "http://h:2/rpc", "https://h:3/rpc"],
+            [
+                "http://h:1/rpc",
+                "http://127.0.0.1:8080/rpc",
+                "http://h:2/rpc",
+                "https://h:3/rpc",
+                "http://h:4/rpc",
+            ],
         )
 
     def test_badUrl(self) -> None:

@@ -1350,6 +1350,8 @@ class OptionTests(TempDirMixin, SynchronousTestCase):
             ("wss://h:1/ws/rpc", "wss://h:1/ws/rpc"),
             ("https://h/proxy/ws/rpc?x=1", "wss://h/proxy/ws/rpc?x=1"),
             ("HTTP://[::1]:8", "ws://[::1]:8/ws/rpc"),
+            ("http://h:1/rpc", "ws://h:1/ws/rpc"),  # (the node's other entry named)
+            ("https://h/proxy/rpc/", "wss://h/proxy/ws/rpc"),
         ]:
             self.assertEqual(ws_rpc_url(given), expected, given)
 
@@ -1358,6 +1360,9 @@ class OptionTests(TempDirMixin, SynchronousTestCase):
         self.assertEqual(http_base_url("ws://h:1/"), "http://h:1")
         self.assertEqual(http_base_url("wss://h:1"), "https://h:1")
         self.assertEqual(http_base_url("h:2"), "http://h:2")
+        self.assertEqual(http_base_url("http://h:3/rpc"), "http://h:3")  # (was /rpc/rpc)
+        self.assertEqual(http_base_url("ws://h:4/ws/rpc/"), "http://h:4")
+        self.assertEqual(http_base_url("https://h/proxy/rpc"), "https://h/proxy")
         self.assertTrue(is_secure("https://h"))
         self.assertFalse(is_secure("h:1"))
 
