@@ -130,6 +130,17 @@ class AdmitTests(SynchronousTestCase):
         ):
             self.assertEqual(self.refused(policy, authorization=authorization), 401, authorization)
 
+    def test_tokenRefusedSaysWhy(self) -> None:
+        """A 401 says whether a token was missing or not one the node accepts."""
+        policy = HttpPolicy(TOKENS)
+        for authorization, said in [
+            (None, "a bearer token is required"),
+            (b"Bearer wrong", "not one this node accepts"),
+        ]:
+            with self.assertRaises(Refusal) as caught:
+                self.admit(policy, authorization=authorization)
+            self.assertIn(said, str(caught.exception.message), authorization)
+
     def test_health(self) -> None:
         """GET /health alone needs no token; other methods and paths do."""
         policy = HttpPolicy(TOKENS)
