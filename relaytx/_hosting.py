@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from relaytx._aio import CoroutineRunner, is_deferred, run_on_twisted
@@ -333,8 +333,14 @@ class ServerHost:
         return origin is not None and origin != self._node_id
 
     def _method_error(self, failure: Failure, target: CallTarget) -> RemoteCallError:
+        # At level error, not Logger.failure's critical: the node is well,
+        # and the caller has the exception (-32000).
         self._log.failure(
-            "{server}.{method} raised", failure, server=target.server, method=target.method
+            "{server}.{method} raised",
+            failure,
+            LogLevel.error,
+            server=target.server,
+            method=target.method,
         )
         return RemoteCallError.from_exception(failure_exception(failure), self._node_id)
 

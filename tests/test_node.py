@@ -245,6 +245,33 @@ class ExposeTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(fourth))
 
 
+class MethodErrorLogTests(SynchronousTestCase):
+    """What a node logs of a method that raised."""
+
+    def test_logged_as_error(self) -> None:
+        """
+        A method that raised is logged at level error with its traceback,
+        not critical: the node is well, and its caller has the exception.
+        """
+        from twisted.logger import LogLevel
+
+        from relaytx.server import Server, exposed
+
+        class Failing(Server):
+            @exposed
+            def boom(self) -> None:
+                raise KeyError("k")
+
+        node = memory_node("n1")
+        node.expose("f", Failing())
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.failureResultOf(node.call("n1", "f", "boom"))
+        raised = [e for e in events if e.get("log_format") == "{server}.{method} raised"]
+        self.assertEqual([e["log_level"] for e in raised], [LogLevel.error])
+        self.assertIsInstance(raised[0]["log_failure"].value, KeyError)
+        self.flushLoggedErrors(KeyError)
+
+
 class NestedTimeoutTests(SynchronousTestCase):
     """A method whose own call to a server of its node times out."""
 
