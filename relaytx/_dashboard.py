@@ -22,15 +22,22 @@ Tokens: when C{[http.tokens]} is set, every dashboard path needs one like any
 other path, but a browser cannot add an C{Authorization} header to a page
 load or to C{EventSource}. So, on the dashboard's paths only, the token may
 come as C{?token=TOKEN} (open C{/dashboard?token=TOKEN} once): the page's
-answer then sets it as a cookie (C{HttpOnly}, C{SameSite=Strict}, path
+answer then sets a cookie (C{HttpOnly}, C{SameSite=Strict}, path
 C{/dashboard}, C{Secure} over TLS) that the page's own requests carry, and
-the page's script removes the token from the address bar. The cookie is
-accepted on the dashboard's paths alone, where every request is a GET that
-changes nothing.
+the page's script removes the token from the address bar. The cookie holds
+a pass (L{DashboardPasses}), not the token: a browser sends a host's cookies
+to every port of that host (another local web server, a user's process on
+a port of its own, at C{/dashboard} there), and the token would open
+C{/rpc} and the admin endpoints to whoever got it; a pass opens the
+dashboard alone, on this node, until the node stops. The cookie is
+accepted on the dashboard's paths alone, where every request is a GET
+that changes nothing.
 """
 
 from __future__ import annotations
 
+import secrets
+from collections import OrderedDict
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -46,8 +53,13 @@ from relaytx._meshview import MeshWatch
 #: The path of the dashboard and its data.
 DASHBOARD_PATH = b"/dashboard"
 
-#: The cookie the page's requests carry a token in.
+#: The cookie the page's requests carry a pass in (L{DashboardPasses}).
 TOKEN_COOKIE = b"relaytx_token"
+
+#: Passes a node keeps at most (one each time the page is opened with a
+#: token): past them, the oldest is forgotten, and its page must be
+#: opened with the token again.
+MAX_PASSES = 1024
 
 _SECURITY_HEADERS = {
     b"content-security-policy": (
@@ -76,22 +88,48 @@ def _static(name: str) -> bytes:
     return resources.files("relaytx").joinpath("static", name).read_bytes()
 
 
+class DashboardPasses:
+    """
+    The passes a node's dashboard cookies hold: each stands for the token
+    the page was opened with, in this process's memory alone (see the
+    module docstring).
+    """
+
+    def __init__(self, most: int = MAX_PASSES) -> None:
+        self._tokens: OrderedDict[bytes, bytes] = OrderedDict()
+        self._most = most
+
+    def issue(self, token: bytes) -> bytes:
+        """:returns: a new pass for C{token} (a token the node admitted)."""
+        given = secrets.token_urlsafe(32).encode()
+        self._tokens[given] = token
+        if len(self._tokens) > self._most:
+            self._tokens.popitem(last=False)
+        return given
+
+    def token_of(self, given: bytes) -> bytes | None:
+        """:returns: the token pass C{given} stands for, if this node issued it."""
+        return self._tokens.get(given)
+
+
 def dashboard_token(
-    path: bytes, args: dict[bytes, list[bytes]], cookie: bytes | None
+    path: bytes, args: dict[bytes, list[bytes]], cookie: bytes | None, passes: DashboardPasses
 ) -> bytes | None:
     """
     :param path: a request's path (without its query).
     :param args: its query arguments.
-    :param cookie: its C{relaytx_token} cookie.
-    :returns: the token a request for a dashboard path brings in its query
-        or its cookie (C{None} on any other path, or without one).
+    :param cookie: its C{relaytx_token} cookie (a pass).
+    :param passes: the node's passes.
+    :returns: the token a request for a dashboard path brings in its query,
+        or that its cookie's pass stands for (C{None} on any other path, or
+        without one).
     """
     if path != DASHBOARD_PATH and not path.startswith(DASHBOARD_PATH + b"/"):
         return None
     given = args.get(b"token")
     if given and given[0]:
         return given[0]
-    return cookie or None
+    return passes.token_of(cookie) if cookie else None
 
 
 class DashboardResource(Resource):
@@ -99,9 +137,16 @@ class DashboardResource(Resource):
 
     _log = Logger()
 
-    def __init__(self, watch: MeshWatch, feed_interval: float = 15.0) -> None:
+    def __init__(
+        self,
+        watch: MeshWatch,
+        feed_interval: float = 15.0,
+        passes: DashboardPasses | None = None,
+    ) -> None:
         super().__init__()
         self._watch = watch
+        #: what the cookies hold (the node's site reads them too)
+        self.passes = DashboardPasses() if passes is None else passes
         self._pages = {name: _static(file) for name, (file, _) in _STATIC.items()}
         self._keepalive = feed_interval
 
@@ -136,17 +181,13 @@ class DashboardResource(Resource):
         return _error(request, 404, "not found")
 
     def _keep_token(self, request: Any) -> None:
-        # The page's own requests (its script, style and feed) carry the
-        # token from now on; NodeSite admitted this one with it.
-        token = request.args[b"token"][0]
-        if not token.isascii() or any(c in token for c in b';, \t\r\n"\\'):
-            # Not a token a cookie can hold: no cookie, so the page's own
-            # requests are refused (the README says to use a plain token).
-            return
+        # The page's own requests (its script, style and feed) carry a pass
+        # for the token from now on; NodeSite admitted this one with it.
+        given = self.passes.issue(request.args[b"token"][0])
         secure = b"; Secure" if request.isSecure() else b""
         request.setHeader(
             b"set-cookie",
-            TOKEN_COOKIE + b"=" + token + b"; Path=/dashboard; HttpOnly; SameSite=Strict" + secure,
+            TOKEN_COOKIE + b"=" + given + b"; Path=/dashboard; HttpOnly; SameSite=Strict" + secure,
         )
 
     def _mesh(self, request: Any) -> int:
@@ -242,4 +283,10 @@ def _error(request: Any, code: int, message: str) -> bytes:
     return _json.dumps({"error": message, "status": code})
 
 
-__all__ = ["DASHBOARD_PATH", "TOKEN_COOKIE", "DashboardResource", "dashboard_token"]
+__all__ = [
+    "DASHBOARD_PATH",
+    "TOKEN_COOKIE",
+    "DashboardPasses",
+    "DashboardResource",
+    "dashboard_token",
+]

@@ -48,7 +48,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from relaytx import _json
 from relaytx._aio import is_deferred
 from relaytx._calls import CallTarget
-from relaytx._dashboard import TOKEN_COOKIE, dashboard_token
+from relaytx._dashboard import TOKEN_COOKIE, DashboardPasses, DashboardResource, dashboard_token
 from relaytx._flow import ConnectionWatch, WatchedConnection
 from relaytx._frames import LeanMessages, tune_socket
 from relaytx._guards import (
@@ -201,7 +201,10 @@ class BoundedRequest(Request):
             # A dashboard path's token may be in its query or its cookie
             # (the cookies are read with the head).
             token = dashboard_token(
-                path, parse_qs(query, keep_blank_values=True), self.getCookie(TOKEN_COOKIE)
+                path,
+                parse_qs(query, keep_blank_values=True),
+                self.getCookie(TOKEN_COOKIE),
+                self._node_site().dashboard_passes,
             )
             if token is not None:
                 authorization = b"Bearer " + token
@@ -399,7 +402,12 @@ class BoundedRequest(Request):
             if authorization is None and policy.requires_token:
                 # A browser brings its token to the dashboard's paths in
                 # the URL or a cookie (relaytx._dashboard says why).
-                token = dashboard_token(self.path, self.args, self.getCookie(TOKEN_COOKIE))
+                token = dashboard_token(
+                    self.path,
+                    self.args,
+                    self.getCookie(TOKEN_COOKIE),
+                    self._node_site().dashboard_passes,
+                )
                 if token is not None:
                     authorization = b"Bearer " + token
             channel = self.channel
@@ -743,6 +751,8 @@ class NodeSite(Site):
         self.counts = counts or ConnectionCounts(10_000, 1_000)
         self.input_budget = input_budget or InputBudget(32 * 1024 * 1024)
         self.header_timeout = header_timeout
+        #: what the dashboard's cookies hold (L{relaytx._dashboard})
+        self.dashboard_passes = DashboardPasses()
         self._turned_away = FailureTally()
         self._channels: set[NodeChannel] = set()
         self._rounds: LoopingCall | None = None
@@ -1543,4 +1553,6 @@ def make_site(
         idle_timeout=idle_timeout,
     )
     site.node_id = node_id
+    if isinstance(dashboard, DashboardResource):
+        site.dashboard_passes = dashboard.passes
     return site

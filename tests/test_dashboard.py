@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaytx._dashboard import dashboard_token
+from relaytx._dashboard import DashboardPasses, dashboard_token
 from relaytx.testing import MemoryMesh, memory_node
 from tests.test_rpc import RawConnection, parse_response
 
@@ -195,19 +195,47 @@ class TokenTests(DashboardTests):
             self.assertEqual(self.get(path)[0], 401, path)
         self.assertEqual(self.get(b"/dashboard?token=wrong")[0], 401)
 
+    def pass_of(self, headers: dict[bytes, bytes]) -> bytes:
+        """:returns: the pass the dashboard's cookie holds, checking the cookie's attributes."""
+        cookie = headers[b"set-cookie"]
+        for part in (b"Path=/dashboard", b"HttpOnly", b"SameSite=Strict"):
+            self.assertIn(part, cookie)
+        name, _, rest = cookie.partition(b"=")
+        self.assertEqual(name, b"relaytx_token")
+        return rest.partition(b";")[0]
+
     def test_query_then_cookie(self) -> None:
         """?token= opens the page and sets an HttpOnly, SameSite cookie its requests carry."""
         code, headers, _ = self.get(b"/dashboard?token=" + TOKEN)
         self.assertEqual(code, 200)
-        cookie = headers[b"set-cookie"]
-        self.assertTrue(cookie.startswith(b"relaytx_token=" + TOKEN + b";"), cookie)
-        for part in (b"Path=/dashboard", b"HttpOnly", b"SameSite=Strict"):
-            self.assertIn(part, cookie)
+        given = self.pass_of(headers)
         for path in (b"/dashboard/app.js", b"/dashboard/mesh"):
-            code, _, _ = self.get(path, b"Cookie: relaytx_token=" + TOKEN + b"\r\n")
+            code, _, _ = self.get(path, b"Cookie: relaytx_token=" + given + b"\r\n")
             self.assertEqual(code, 200, path)
         code, _, _ = self.get(b"/dashboard/mesh", b"Authorization: Bearer " + TOKEN + b"\r\n")
         self.assertEqual(code, 200)
+
+    def test_cookie_holds_no_token(self) -> None:
+        """
+        The cookie holds a pass, not the token (a browser sends a host's
+        cookies to its every port: the token would open /rpc to whatever
+        listens at /dashboard on another); the pass opens the dashboard
+        alone, and a token in the cookie is no pass.
+        """
+        given = self.pass_of(self.get(b"/dashboard?token=" + TOKEN)[1])
+        self.assertNotIn(TOKEN, given)
+        self.assertGreaterEqual(len(given), 40)
+        self.assertEqual(
+            self.get(b"/registry", b"Authorization: Bearer " + given + b"\r\n")[0], 401
+        )
+        self.assertEqual(
+            self.get(b"/registry", b"Cookie: relaytx_token=" + given + b"\r\n")[0], 401
+        )
+        self.assertEqual(
+            self.get(b"/dashboard/mesh", b"Cookie: relaytx_token=" + TOKEN + b"\r\n")[0], 401
+        )
+        another = self.pass_of(self.get(b"/dashboard?token=" + TOKEN)[1])
+        self.assertNotEqual(another, given)  # (a pass per opening)
 
     def test_elsewhere_refused(self) -> None:
         """The query token and the cookie are accepted on the dashboard's paths alone."""
@@ -236,11 +264,20 @@ class TokenTests(DashboardTests):
         self.assertEqual(connection.response()[0], 401)
 
     def test_helper(self) -> None:
-        """dashboard_token reads the query first, then the cookie, on dashboard paths only."""
-        self.assertEqual(dashboard_token(b"/dashboard", {b"token": [b"a"]}, b"b"), b"a")
-        self.assertEqual(dashboard_token(b"/dashboard/mesh", {}, b"b"), b"b")
-        self.assertIsNone(dashboard_token(b"/dashboards", {b"token": [b"a"]}, b"b"))
-        self.assertIsNone(dashboard_token(b"/rpc", {b"token": [b"a"]}, b"b"))
+        """
+        dashboard_token reads the query first, then the cookie's pass, on
+        dashboard paths only; the oldest pass goes past the most kept.
+        """
+        passes = DashboardPasses(most=2)
+        b = passes.issue(b"b")
+        self.assertEqual(dashboard_token(b"/dashboard", {b"token": [b"a"]}, b, passes), b"a")
+        self.assertEqual(dashboard_token(b"/dashboard/mesh", {}, b, passes), b"b")
+        self.assertIsNone(dashboard_token(b"/dashboard/mesh", {}, b"b", passes))
+        self.assertIsNone(dashboard_token(b"/dashboards", {b"token": [b"a"]}, b, passes))
+        self.assertIsNone(dashboard_token(b"/rpc", {b"token": [b"a"]}, b, passes))
+        passes.issue(b"c")
+        passes.issue(b"d")
+        self.assertIsNone(passes.token_of(b))
 
 
 _ = parse_response

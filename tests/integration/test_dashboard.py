@@ -15,10 +15,15 @@ import os
 import shutil
 import tempfile
 import time
+from typing import Any
 
+import treq
+from twisted.internet import reactor
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from .browser import Browser
 from .helpers import Counter, NodeProcess, start_node, url, wait_for, ws
@@ -116,3 +121,46 @@ class DashboardBrowserTests(TestCase):
         with open(target, "rb") as f:
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
         self.assertGreater(os.path.getsize(target), 10_000)
+
+        # Another server on this host, at /dashboard on a port of its own
+        # (any local web app, or a user's process): the browser sends it
+        # the node's cookie, as cookies know no ports. What it gets is no
+        # token, and opens nothing on the node but the dashboard.
+        heard: list[bytes] = []
+        other = reactor.listenTCP(0, Site(_CookieJar(heard)), interface="127.0.0.1")
+        self.addCleanup(other.stopListening)
+        other_url = f"http://127.0.0.1:{other.getHost().port}/dashboard"
+        await deferToThread(browser.send, "Page.navigate", {"url": other_url})
+        await wait_for(lambda: bool(heard), 10, what="the other server's request")
+        name, _, given = heard[0].partition(b"=")
+        self.assertEqual(name, b"relaytx_token")
+        self.assertTrue(given)
+        self.assertNotIn(TOKEN.encode(), heard[0])
+        answer = await rpc_with(url(n0), {"authorization": "Bearer " + given.decode()})
+        self.assertEqual(answer, 401)
+
+
+class _CookieJar(Resource):
+    """Any GET: keeps the C{Cookie} header it came with."""
+
+    isLeaf = True
+
+    def __init__(self, heard: list[bytes]) -> None:
+        super().__init__()
+        self._heard = heard
+
+    def render_GET(self, request: Any) -> bytes:
+        self._heard.append(request.getHeader(b"cookie") or b"")
+        return b"<p>nothing here</p>"
+
+
+async def rpc_with(base: str, headers: dict[str, str]) -> int:
+    """:returns: the status of a node.ping to C{base} with C{headers}."""
+    response = await treq.post(
+        base + "/rpc",
+        data=b'{"jsonrpc":"2.0","id":1,"method":"node.ping"}',
+        headers={k: [v] for k, v in headers.items()},
+        persistent=False,
+    )
+    await response.content()
+    return int(response.code)
