@@ -14,7 +14,9 @@ what each node tells the others of its instances.
     a busy mesh sends a few entries a second and an idle one nothing.
   - L{Breaker}: one instance's circuit: closed, open for C{open_seconds}
     after C{failure_threshold} consecutive failures (-32001, -32002,
-    -32005, -32006), then half-open: one trial call decides.
+    -32005, -32006; not a -32006 for a link lost on the way to an
+    instance still reachable another way), then half-open: one trial
+    call decides.
   - L{Balancer}: picks an instance by the policy for the server's name
     (C{nearest}, C{round_robin}, C{random}, C{least_loaded}), skipping
     open circuits, and fails a call over to another instance within the
@@ -706,7 +708,9 @@ class Balancer(InstanceChoice):
     ) -> None:
         breaker = instance.breaker
         code = error.code if isinstance(error, CallError) else None
-        if code in FAILURE_CODES:
+        if code in FAILURE_CODES and self._path_failed(error, server, node):
+            breaker.abandoned()
+        elif code in FAILURE_CODES:
             if breaker.failed(now):
                 self._log.warn(
                     "{server} on {node} failed {count} times in a row: calls skip it"
@@ -720,6 +724,24 @@ class Balancer(InstanceChoice):
             breaker.abandoned()
         else:
             breaker.succeeded()  # it answered: an error of the method, not of the instance
+
+    def _path_failed(self, error: BaseException, server: str, node: str) -> bool:
+        """
+        :returns: whether C{error} tells of a link lost on the way to
+            C{node} (a -32006 naming a link to another node than C{node}),
+            while C{node}'s instance is still reachable by another path:
+            the path failed, not the instance. Every call in flight through
+            a forwarder fails so at once when it dies, and those failures
+            had opened a healthy instance's circuit for C{open_seconds}
+            (with eight calls in flight, every call refused -32005 for 5 s
+            while the mesh had re-routed to it within 0.5 s).
+        """
+        if not isinstance(error, OutcomeUnknown):
+            return False
+        link = error.data.get("route")
+        if not isinstance(link, list) or len(link) != 2 or link[-1] == node:
+            return False
+        return any(found == node for found, _, _ in self._instances(server))
 
     def fails_over(self, error: BaseException, node: str, server: str, method: str) -> bool:
         """

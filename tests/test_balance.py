@@ -465,6 +465,42 @@ class FailoverTests(BalancerCase):
         with self.assertRaises(Overloaded):
             b.call(self.target(), remote, no_local)
 
+    def test_lost_path_is_not_the_instance(self) -> None:
+        """
+        Calls in flight through a forwarder that died all fail -32006 at
+        once: while the instance is still reachable another way, that is a
+        failure of the path, and its circuit stays closed (eight such
+        failures had opened it, every call refused -32005 for 5 s); while
+        it is not, or when the link lost was the instance's own, they count.
+        """
+        b = self.balancer("nearest", [("c", 2, 2)], failure_threshold=2)
+        remote = FakeRemote()
+        for _ in range(8):  # the forwarder f died: c re-routed, still reachable
+            d = b.call(self.target(), remote, no_local)
+            remote.pending.pop("c").errback(
+                OutcomeUnknown("path lost", node_id="a", route=["a", "f"])
+            )
+            self.failureResultOf(d, OutcomeUnknown)
+        self.assertEqual(b.state("svc", "c"), "up")
+        remote.answers["c"] = OutcomeUnknown("link to c lost", node_id="f", route=["f", "c"])
+        for _ in range(2):
+            self.failureResultOf(b.call(self.target(), remote, no_local), OutcomeUnknown)
+        self.assertEqual(b.state("svc", "c"), "open")  # (its own link: counted)
+
+    def test_lost_path_counts_when_unreachable(self) -> None:
+        """A lost path that leaves the instance out of reach counts against it."""
+        b = self.balancer("nearest", [("c", 2, 2)], failure_threshold=2)
+        remote = FakeRemote()
+        for _ in range(2):
+            d = b.call(self.target(), remote, no_local)
+            self.laid_out = []  # (the loss left no route to c)
+            remote.pending.pop("c").errback(
+                OutcomeUnknown("path lost", node_id="a", route=["a", "f"])
+            )
+            self.failureResultOf(d, OutcomeUnknown)
+            self.laid_out = [("c", 2, 2)]
+        self.assertEqual(b.state("svc", "c"), "open")
+
     def test_deadline_passed(self) -> None:
         """A failover after the deadline passed is no try: the call times out."""
         b = self.balancer("round_robin")
@@ -761,6 +797,33 @@ class MeshInstancesTests(SynchronousTestCase):
         server.waiting[0].callback(name)
         self.network.pump()
         self.assertEqual(self.successResultOf(d), name)
+
+    def test_forwarder_lost_circuit_stays_closed(self) -> None:
+        """
+        Eight calls in flight to an instance through a forwarder that dies
+        fail -32006 together; the mesh re-routes through the other, and the
+        next call goes there: the instance's circuit stays closed (it had
+        opened, and calls were refused -32005 for open_seconds).
+        """
+        a = memory_node("a", self.reactor, balance={"failure_threshold": 5})
+        forwarders = [memory_node(name, self.reactor) for name in ("f1", "f2")]
+        target = memory_node("t", self.reactor)
+        target.expose("svc", Where("t"))
+        for forwarder in forwarders:
+            self.network.link(a, forwarder)
+            self.network.link(forwarder, target)
+        self.network.settle()
+        via = a.mesh.router.route("t").path[0]
+        calls = [a.call(None, "svc", "where") for _ in range(8)]  # (on their way when...)
+        for name in ("a", "t"):
+            self.network.link_between(name, via).cut()
+        self.network.pump()
+        for d in calls:
+            self.assertEqual(self.failureResultOf(d, OutcomeUnknown).value.code, -32006)
+        self.assertEqual(a.balancer.state("svc", "t"), "up")
+        d = a.call(None, "svc", "where")
+        self.network.settle()
+        self.assertEqual(self.successResultOf(d), "t")
 
     def test_retry_is_a_new_call(self) -> None:
         """A call tried again elsewhere leaves as a new call, with a response id of its own."""
