@@ -491,7 +491,8 @@ class Mailbox:
         # Count a call that began at started against the slice: whether the
         # slice is used up (the mailbox then stays busy until the reactor
         # has turned, and runs its queue then).
-        if not self._slice.spend(perf_counter() - started):
+        spent = perf_counter() - started
+        if spent < _SHORT or not self._slice.spend(spent):  # (no call for most calls)
             return False
         if self._running is None:  # (else its end resumes the queue)
             self._wait_for_turn(spent_it=True)
