@@ -428,6 +428,10 @@ class PendingCalls:
             entry.deferred.callback(result)
         return True
 
+    def sent_via(self, peer_id: str) -> list[tuple[str, str]]:
+        """:returns: the calls sent through neighbour C{peer_id}: C{(response_id, destination)}."""
+        return [(rid, e.destination) for rid, e in self._pending.items() if e.via == peer_id]
+
     def fail_via(self, peer_id: str, error: Callable[[str], CallError]) -> int:
         """
         Fail every call sent through neighbour C{peer_id}.

@@ -527,9 +527,20 @@ class MeshCalls:
     # Losses.
 
     def path_lost(self, peer_id: str) -> None:
-        """Fail at once (-32006) whatever had left through the link to C{peer_id}."""
+        """
+        Fail at once (-32006) whatever had left through the link to
+        C{peer_id}, and tell each target still in reach to stop that call:
+        nobody waits for its answer now, and a call queued there would
+        otherwise still run (eight calls queued behind a forwarder that died
+        held the target's mailbox, and every later call waited behind them).
+        """
         lost = partial(_lost, self._node_id, peer_id)
+        gone = self.pending.sent_via(peer_id)
         self.pending.fail_via(peer_id, lost)
+        can_reach = self._forwarder.can_reach
+        for response_id, destination in gone:
+            if destination != peer_id and can_reach(destination):
+                self.streams.send_cancel(destination, response_id)
         self.pending.branch_lost(peer_id, lost)
         # Flooded calls (sent via no one neighbour) fail here only when the
         # table is complete or no link is left: in flood mode the table never

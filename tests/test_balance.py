@@ -825,6 +825,37 @@ class MeshInstancesTests(SynchronousTestCase):
         self.network.settle()
         self.assertEqual(self.successResultOf(d), "t")
 
+    def test_forwarder_lost_calls_stopped_at_target(self) -> None:
+        """
+        Calls queued at a target through a forwarder that dies fail -32006
+        at the caller, which tells the target (still in reach another way)
+        to stop them: they never run, and the next call does not wait
+        behind them.
+        """
+        a = memory_node("a", self.reactor)
+        target = memory_node("t", self.reactor)
+        server = Where("t")
+        target.expose("svc", server)
+        for name in ("f1", "f2"):
+            forwarder = memory_node(name, self.reactor)
+            self.network.link(a, forwarder)
+            self.network.link(forwarder, target)
+        self.network.settle()
+        via = a.mesh.router.route("t").path[0]
+        calls = [a.call("t", "svc", "hold") for _ in range(8)]
+        self.network.pump()
+        self.assertEqual((server.runs, target.servers.queue_depth()), (1, 7))
+        for name in ("a", "t"):
+            self.network.link_between(name, via).cut()
+        self.network.settle()
+        for d in calls:
+            self.failureResultOf(d, OutcomeUnknown)
+        self.assertEqual((server.runs, target.servers.queue_depth()), (1, 0))
+        self.assertTrue(server.waiting[0].called)  # the running one: cancelled
+        d = a.call("t", "svc", "where")
+        self.network.settle()
+        self.assertEqual(self.successResultOf(d), "t")
+
     def test_retry_is_a_new_call(self) -> None:
         """A call tried again elsewhere leaves as a new call, with a response id of its own."""
         self.mesh()
