@@ -843,6 +843,12 @@ class Directory:
             ]
         return list(found)
 
+    def exposes(self, node_id: str, server: str, method: str) -> bool:
+        """:returns: whether C{node_id} told that its C{server} exposes C{method}."""
+        route = self._router.route(node_id)
+        methods = None if route is None else route.servers.get(server)
+        return methods is not None and method in methods
+
     def link_rtt(self, peer_id: str) -> float | None:
         """:returns: the RTT in seconds of the link to C{peer_id}, if measured."""
         session = self._links.get(peer_id)

@@ -325,6 +325,9 @@ class InstanceChoice:
         of C{None}): under C{nearest}, an instance as few hops away as the
         nearest whose round trip is not known yet is probed, so that
         "then the lowest RTT" does not keep to the first one called.
+    :param exposes: whether a node told that its instance of a server
+        exposes a method, as C{exposes(node_id, server, method)} (none:
+        every instance is taken to).
     """
 
     _log = Logger()
@@ -340,9 +343,11 @@ class InstanceChoice:
         info: InstanceInfo,
         rng: random.Random | None = None,
         probe: Callable[[str], Deferred[float | None]] | None = None,
+        exposes: Callable[[str, str, str], bool] | None = None,
     ) -> None:
         self.node_id = node_id
         self._probe = probe
+        self._exposes = exposes
         #: nodes probed for their round trip: when last asked
         self._probed: dict[str, float] = {}
         self._clock = clock
@@ -432,8 +437,13 @@ class InstanceChoice:
 
     # Choosing.
 
-    def choose(self, server: str, tried: Iterable[str] = ()) -> str | None:
+    def choose(
+        self, server: str, tried: Iterable[str] = (), method: str | None = None
+    ) -> str | None:
         """
+        :param method: the method called: the instances known to expose it
+            are chosen from, if any are (a server's instances may differ,
+            in a rolling upgrade).
         :returns: the node whose instance of C{server} a call goes to now
             (one not in C{tried}, whose circuit lets it through), or
             C{None} if there is none.
@@ -450,6 +460,11 @@ class InstanceChoice:
             found.append((node, hops, metric))
         if not found:
             return None
+        exposes = self._exposes
+        if method is not None and exposes is not None and len(found) > 1:
+            having = [instance for instance in found if exposes(instance[0], server, method)]
+            if having:
+                found = having
         if len(found) == 1:
             return found[0][0]
         policy = self._policies.get(server, self.config.default)
@@ -539,9 +554,15 @@ class Balancer(InstanceChoice):
         host.on_change = servers_changed
         host.on_load = info.set_load
         registry = mesh.registry
+
+        def exposes(node: str, server: str, method: str) -> bool:
+            if node == node_id:
+                return host.exposes(server, method)
+            return bool(registry.exposes(node, server, method))
+
         return cls(
             node_id, clock, config, registry.instances, registry.link_rtt, host.__contains__, info,
-            probe=mesh.probes.probe,
+            probe=mesh.probes.probe, exposes=exposes,
         )  # fmt: skip
 
     def call(
@@ -563,7 +584,7 @@ class Balancer(InstanceChoice):
         :raises CallError: if it fails at once; as C{local} when this node
             hosts the only instance (or none is known).
         """
-        node = self.choose(target.server)
+        node = self.choose(target.server, method=target.method)
         if node is None:
             if self.candidates(target.server):
                 raise Overloaded(
@@ -645,8 +666,12 @@ class Balancer(InstanceChoice):
         if isinstance(error, OutcomeUnknown) and target.stream is not None and target.stream.count:
             return outcome  # its consumer had items: never sent twice
         tried = (*tried, node)
-        following = self.choose(target.server, tried)
-        if following is None:
+        following = self.choose(target.server, tried, target.method)
+        if following is None or (
+            isinstance(error, NoSuchMethod) and not self._told_exposed(following, target)
+        ):
+            # (A method one instance lacks goes on only to one that has it:
+            # a mistyped name had been tried on every instance in turn.)
             return outcome
         self._log.info(
             "{server}.{method} failed on {node} ({error}): trying {following}",
@@ -724,6 +749,10 @@ class Balancer(InstanceChoice):
             breaker.abandoned()
         else:
             breaker.succeeded()  # it answered: an error of the method, not of the instance
+
+    def _told_exposed(self, node: str, target: CallTarget) -> bool:
+        exposes = self._exposes
+        return exposes is None or exposes(node, target.server, target.method)
 
     def _path_failed(self, error: BaseException, server: str, node: str) -> bool:
         """

@@ -28,6 +28,7 @@ from relaytx import (
 from relaytx._balance import LOAD_INTERVAL, Balancer, Breaker, InstanceInfo
 from relaytx._calls import CallTarget
 from relaytx.config import BalanceConfig, ConfigError, build_config
+from relaytx.errors import NoSuchMethod
 from relaytx.node import RelayNode
 from relaytx.server import exposed_methods, idempotent_names
 from relaytx.testing import MemoryMesh, memory_node
@@ -95,6 +96,15 @@ class Where(Server):
         """Fail with a code that says where a call went: it ran all the same."""
         self.runs += 1
         raise Overloaded("busy elsewhere")
+
+
+class Newer(Where):
+    """A newer version of the server: one method more."""
+
+    @exposed
+    def newer(self) -> str:
+        self.runs += 1
+        return self.node_id
 
 
 class FakeRemote:
@@ -855,6 +865,52 @@ class MeshInstancesTests(SynchronousTestCase):
         d = a.call("t", "svc", "where")
         self.network.settle()
         self.assertEqual(self.successResultOf(d), "t")
+
+    def versions(self) -> tuple[RelayNode, dict[str, Where]]:
+        """a linked to b, c and d, whose svc differ: c's and d's have newer(), b's not."""
+        a = memory_node("a", self.reactor, balance={"default": "round_robin"})
+        servers: dict[str, Where] = {}
+        for name in ("b", "c", "d"):
+            node = memory_node(name, self.reactor)
+            servers[name] = Where(name) if name == "b" else Newer(name)
+            node.expose("svc", servers[name])
+            self.network.link(a, node)
+        self.network.settle()
+        return a, servers
+
+    def test_method_some_instances_lack(self) -> None:
+        """
+        A method that only some instances expose (a rolling upgrade) goes to
+        those: the registry says which.
+        """
+        a, servers = self.versions()
+        to_b = self.network.link_between("a", "b")
+        before = len(to_b.sent_by("a", "server_call"))
+        for _ in range(6):
+            d = a.call(None, "svc", "newer")
+            self.network.pump()
+            self.assertIn(self.successResultOf(d), ("c", "d"))
+        self.assertEqual(len(to_b.sent_by("a", "server_call")), before)  # (none asked b)
+        self.assertEqual(servers["c"].runs + servers["d"].runs, 6)
+
+    def test_unknown_method_tried_once(self) -> None:
+        """
+        A method no instance exposes is tried on one, whose -32003 is the
+        answer: it had been tried on every instance in turn, the error
+        naming the last.
+        """
+        a, _ = self.versions()
+        sent_before = self.sent_calls(a)
+        d = a.call(None, "svc", "nope")
+        self.network.pump()
+        self.assertEqual(self.failureResultOf(d, NoSuchMethod).value.code, -32003)
+        self.assertEqual(self.sent_calls(a) - sent_before, 1)
+
+    def sent_calls(self, a: RelayNode) -> int:
+        return sum(
+            len(self.network.link_between("a", name).sent_by("a", "server_call"))
+            for name in ("b", "c", "d")
+        )
 
     def test_retry_is_a_new_call(self) -> None:
         """A call tried again elsewhere leaves as a new call, with a response id of its own."""
