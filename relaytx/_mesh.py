@@ -229,12 +229,12 @@ def _close_code(reason: str) -> int | None:
 def loss_cause(reason: str, removed: bool, stopping: bool) -> str:
     """
     :param reason: why the link closed, as the session was told.
-    :param removed: whether both ends know it was closed on purpose
-        (L{_removed}).
+    :param removed: whether it was closed on purpose: by this node, or
+        by the peer and said so (L{_removed}).
     :param stopping: whether this node is stopping.
     :returns: one of L{relaytx._metrics.LINK_LOSS_CAUSES}: C{stopped}
-        (this node is stopping), C{removed} (on purpose, or replaced, and
-        both ends know it), C{silent} (the peer left a request unanswered:
+        (this node is stopping), C{removed} (on purpose, or replaced),
+        C{silent} (the peer left a request unanswered:
         see L{relaytx._liveness}), C{auth} (a frame failed authentication),
         or C{closed} (any other end: the peer closed it, stopped or died, or
         the connection broke).
@@ -484,12 +484,15 @@ class Mesh:
         self.metrics.peers.set(len(self.links))
         self._log.info("link to {peer} lost ({reason})", peer=peer_id, reason=reason or "closed")
         removed = _removed(session, reason)
-        self.metrics.links_lost.labels(loss_cause(reason, removed, self._links.stopping)).inc()
         # A link this node closed on purpose says nothing of the peer, even
         # when the closing handshake broke off: the peer, if it heard the
         # close, goes on under its number, and a mark here would hold it
-        # unreachable everywhere the mark spread (for MARK_HOLD).
+        # unreachable everywhere the mark spread (for MARK_HOLD). It is
+        # counted as removed, as the operator did (a frozen peer's broken
+        # handshake had it counted as closed).
         by_us = session.closed_with in CLOSE_ON_PURPOSE
+        cause = loss_cause(reason, removed or by_us, self._links.stopping)
+        self.metrics.links_lost.labels(cause).inc()
         if not (removed or by_us or self._links.stopping):
             self._lost_links.lost(peer_id, self.clock.seconds())
         mark = not (removed or by_us)

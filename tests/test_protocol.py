@@ -522,7 +522,11 @@ class ClosingHandshakeTests(SynchronousTestCase):
         self.assertIsNone(pair.dialling.mesh.router._marks.get("hB"))
 
     def test_remover_not_answered(self) -> None:
-        """The remover whose close went unanswered numbers itself anew but marks nobody."""
+        """
+        The remover whose close went unanswered (a frozen peer) numbers
+        itself anew but marks nobody, and counts the link as removed, as
+        it was.
+        """
         pair = _Adapters(self, None, None)
         pair.flush()
         number = pair.dialling.mesh.adverts.own_sn
@@ -530,7 +534,8 @@ class ClosingHandshakeTests(SynchronousTestCase):
         pair.client.onCloseHandshakeTimeout()  # no answer in time: it drops the connection
         pair.flush()
         self.assertEqual(pair.dialling.mesh.links, {})
-        self.assertEqual(self.lost(pair.dialling, "closed"), 1)
+        self.assertEqual(self.lost(pair.dialling, "removed"), 1)
+        self.assertEqual(self.lost(pair.dialling, "closed"), 0)
         self.assertGreater(pair.dialling.mesh.adverts.own_sn, number)
         self.assertIsNone(pair.dialling.mesh.router._marks.get("hB"))
 
@@ -564,7 +569,7 @@ class ClosingHandshakeTests(SynchronousTestCase):
         pair.flush()
         self.assertEqual(pair.client.state, WebSocketProtocol.STATE_CLOSED)
         self.assertEqual(pair.dialling.mesh.links, {})
-        self.assertEqual(self.lost(pair.dialling, "closed"), 1)
+        self.assertEqual(self.lost(pair.dialling, "removed"), 1)  # (by the operator)
 
     def test_answered_after_a_stall(self) -> None:
         """
