@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -250,8 +251,17 @@ class _Feed:
         self._pending: bytes | None = None
         request.write(b"retry: 1000\n\n")
         request.registerProducer(self, True)
-        self._stop = watch.watch(self._view)
+        self._stop: Callable[[], None] = lambda: None
         request.notifyFinish().addBoth(self._gone)
+        self._stop = watch.watch(self._view, self._ended)  # (may end at once: a stopped node)
+
+    def _ended(self) -> None:
+        # The node stops: the feed ends (an embedded node's site may live
+        # on, and the page would wait on a feed that says nothing).
+        request = self._request
+        request.unregisterProducer()
+        if not request.finished and request.channel is not None:
+            request.finish()
 
     def _view(self, view: dict[str, Any]) -> None:
         event = b"event: mesh\ndata: " + _json.dumps(view) + b"\n\n"

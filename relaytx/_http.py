@@ -772,6 +772,12 @@ class NodeSite(Site):
             self._rounds.start(min(ROUND, self.header_timeout / 20), now=False)
         return self.reactor.seconds()
 
+    def close_channels(self) -> None:
+        """The node stops: close its HTTP connections, once what they were sent is written."""
+        for channel in list(self._channels):
+            if channel.transport is not None:
+                channel.transport.loseConnection()
+
     def channel_closed(self, channel: NodeChannel) -> None:
         """C{channel} is gone (or is a WebSocket connection now)."""
         self._channels.discard(channel)

@@ -171,6 +171,8 @@ class MeshWatch:
         self._round: Deferred[None] | None = None
         self._waiters: list[Deferred[dict[str, Any]]] = []
         self._watchers: list[Callable[[dict[str, Any]], None]] = []
+        #: what to call for each watcher when the watch stops first
+        self._ended: dict[Callable[[dict[str, Any]], None], Callable[[], None]] = {}
         self._timer: IDelayedCall | None = None
         #: every node seen: node id -> its last status, when it was seen, its state
         self._known: dict[str, dict[str, Any]] = {}
@@ -200,20 +202,30 @@ class MeshWatch:
         self._start_round()
         return d
 
-    def watch(self, watcher: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+    def watch(
+        self,
+        watcher: Callable[[dict[str, Any]], None],
+        ended: Callable[[], None] = lambda: None,
+    ) -> Callable[[], None]:
         """
         Call C{watcher} with each new view, a round every C{interval}
         seconds from now on (the first at once).
 
+        :param ended: called if the watch stops first (the node stops).
         :returns: a function that stops watching.
         """
+        if self._stopped:  # (a feed opened on a connection still up as the node stopped)
+            ended()
+            return lambda: None
         self._watchers.append(watcher)
+        self._ended[watcher] = ended
         if self.view is not None and self.clock.seconds() - self._made_at < self.interval:
             watcher(self.view)  # (an older one would show what may have changed since)
         if len(self._watchers) == 1:
             self._start_round()
 
         def stop() -> None:
+            self._ended.pop(watcher, None)
             if watcher in self._watchers:
                 self._watchers.remove(watcher)
             if not self._watchers and self._timer is not None and self._timer.active():
@@ -228,9 +240,12 @@ class MeshWatch:
         return len(self._watchers)
 
     def stop(self) -> None:
-        """No more rounds (the node is stopping)."""
+        """No more rounds (the node is stopping): the watchers are told."""
         self._stopped = True
         self._watchers.clear()
+        ended, self._ended = self._ended, {}
+        for end in ended.values():
+            end()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

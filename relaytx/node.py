@@ -40,7 +40,7 @@ from relaytx._dispatch import CallDispatcher
 from relaytx._exporters import start_tracing
 from relaytx._flow import NodeGuards
 from relaytx._hosting import ServerHost
-from relaytx._http import make_site
+from relaytx._http import NodeSite, make_site
 from relaytx._limits import CallLimiter
 from relaytx._listen import listen_site, startup_line, startup_warnings
 from relaytx._mesh import Mesh
@@ -112,6 +112,7 @@ class RelayNode(MultiService):
         self.clock: IReactorTime = reactor
         self.metrics = metrics = NodeMetrics()
         self.listening_port: IListeningPort | None = None
+        self._site: NodeSite | None = None
         self._listening: Deferred[IListeningPort | None] | None = None
         self._on_fatal = on_fatal or self._stop_on_fatal
         self._setups: list[Deferred[None]] = []
@@ -368,8 +369,9 @@ class RelayNode(MultiService):
             DeferredList(pending).addCallback(set_up)
             return listening_port
 
+        self._site = site = self.site()
         return listen_site(
-            self.config.port, self.config.tls, self.reactor, self.site(), listening, self._on_fatal
+            self.config.port, self.config.tls, self.reactor, site, listening, self._on_fatal
         )
 
     def _warn(self, port: IListeningPort) -> list[str]:
@@ -432,6 +434,11 @@ class RelayNode(MultiService):
         d = self.mesh.stop()
         self.servers.stop()  # (after the mesh has answered its callers)
         self.guards.watch.close_clients()
+        if self._site is not None:
+            # Its HTTP connections too, their answers written: kept alive,
+            # they went on being served by a node that had stopped (an
+            # embedded one's dashboard feed waited on it for ever).
+            self._site.close_channels()
         d.addCallback(lambda _: super(RelayNode, self).stopService())
         if unlistened is not None:
             d.addCallback(lambda _: unlistened)

@@ -332,6 +332,21 @@ class MeshViewTests(SynchronousTestCase):
         self.clock.advance(10)
         self.assertEqual(self.watch.rounds, 1)
 
+    def test_stop_ends_the_watchers(self) -> None:
+        """
+        Stopping tells each watcher that its watch ended (a dashboard feed
+        ends then), and one that watches after is told at once.
+        """
+        ended: list[str] = []
+        self.watch.watch(lambda view: None, lambda: ended.append("first"))
+        stop = self.watch.watch(lambda view: None, lambda: ended.append("gone"))
+        stop()  # (stopped watching: not told)
+        self.watch.stop()
+        self.assertEqual(ended, ["first"])
+        self.watch.watch(lambda view: None, lambda: ended.append("late"))
+        self.assertEqual(ended, ["first", "late"])
+        self.assertEqual(self.watch.watchers, 0)
+
 
 class UnroutedViewTests(SynchronousTestCase):
     """A line n0 - n1 - n2 of nodes whose registry is off, seen from n0."""

@@ -165,21 +165,38 @@
     document.body.setAttribute("data-updated", view.timestamp);
   }
 
-  function setFeed(state) {
+  function setFeed(state, text) {
     feedState.setAttribute("data-state", state);
-    feedState.textContent = state;
+    feedState.textContent = text || state;
   }
 
-  var source = new EventSource("/dashboard/events");
-  source.addEventListener("open", function () { setFeed("live"); });
-  source.addEventListener("error", function () { setFeed("lost"); });
-  source.addEventListener("mesh", function (event) {
-    lastUpdate = Date.now();
-    setFeed("live");
-    show(JSON.parse(event.data));
-  });
+  // The browser retries a feed that broke off by itself; one refused (the
+  // node restarted and forgot this page's pass, or is gone) it gives up:
+  // the page asks why, and says so, or tries again in a while.
+  function connect() {
+    var source = new EventSource("/dashboard/events");
+    source.addEventListener("open", function () { setFeed("live"); });
+    source.addEventListener("mesh", function (event) {
+      lastUpdate = Date.now();
+      setFeed("live");
+      show(JSON.parse(event.data));
+    });
+    source.addEventListener("error", function () {
+      setFeed("lost");
+      if (source.readyState !== EventSource.CLOSED) { return; }
+      fetch("/dashboard/mesh", {credentials: "same-origin"}).then(function (answer) {
+        if (answer.status === 401) {
+          setFeed("lost", "lost: open this page with ?token=TOKEN again");
+        } else {
+          window.setTimeout(connect, 2000);
+        }
+      }, function () { window.setTimeout(connect, 2000); });
+    });
+  }
+  connect();
   // A feed that stops without an error (a frozen node) shows as lost too.
   window.setInterval(function () {
-    if (lastUpdate && Date.now() - lastUpdate > 5000) { setFeed("lost"); }
+    var stale = lastUpdate && Date.now() - lastUpdate > 5000;
+    if (stale && feedState.getAttribute("data-state") !== "lost") { setFeed("lost"); }
   }, 1000);
 })();

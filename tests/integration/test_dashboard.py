@@ -122,6 +122,14 @@ class DashboardBrowserTests(TestCase):
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
         self.assertGreater(os.path.getsize(target), 10_000)
 
+        # n0 restarts, and has forgotten the page's pass: the page says how
+        # to come back in (the browser gives up on a refused feed).
+        port = n0.listening_port.getHost().port
+        await n0.stopService()
+        n0 = start_node(self, "n0", servers={"counter_server": Counter()}, http=http, port=port)
+        feed = "document.getElementById('feed').textContent"
+        await deferToThread(browser.wait_for, f"{feed}.indexOf('?token=') >= 0", 20)
+
         # Another server on this host, at /dashboard on a port of its own
         # (any local web app, or a user's process): the browser sends it
         # the node's cookie, as cookies know no ports. What it gets is no
