@@ -187,7 +187,11 @@ class HttpPolicy:
         if caller is None:
             if method == b"GET" and path == HEALTH_PATH:
                 return f"http:{client or 'local'}"
-            if authorization:
+            if (
+                authorization
+                and authorization[:7].lower() == b"bearer "
+                and authorization[7:].strip()
+            ):
                 raise Refusal(401, "the bearer token is not one this node accepts")
             raise Refusal(401, "a bearer token is required: Authorization: Bearer TOKEN")
         if path in ADMIN_PATHS and not self.is_admin(caller, client):

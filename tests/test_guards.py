@@ -135,7 +135,10 @@ class AdmitTests(SynchronousTestCase):
         policy = HttpPolicy(TOKENS)
         for authorization, said in [
             (None, "a bearer token is required"),
+            (b"Basic dXNlcjpwYXNz", "a bearer token is required"),
+            (b"Bearer ", "a bearer token is required"),
             (b"Bearer wrong", "not one this node accepts"),
+            (b"bearer  wrong", "not one this node accepts"),
         ]:
             with self.assertRaises(Refusal) as caught:
                 self.admit(policy, authorization=authorization)
