@@ -462,7 +462,8 @@ class MeshStreams:
         nothing goes to an original-design one).
     :param pending: the node's calls in flight (L{relaytx._calls.PendingCalls}).
     :param cancel_arrived: called with C{(caller, response_id, sender,
-        lost)} for a cancel that passed the checks.
+        lost, came_by)} for a cancel that passed the checks (C{came_by}:
+        the neighbour it came from).
     :param e2e: in PKI mode, the end-to-end codes.
     """
 
@@ -475,7 +476,7 @@ class MeshStreams:
         links: Any,
         pending: Any,
         drop: Callable[[str], None],
-        cancel_arrived: Callable[[str, str, str, bool], None],
+        cancel_arrived: Callable[[str, str, str, bool, str], None],
         e2e: Any = None,
     ) -> None:
         self._node_id = node_id
@@ -543,7 +544,7 @@ class MeshStreams:
         ):
             self._drop("forged_cancel")
             return
-        self._cancel_arrived(cancel.caller, cancel.response_id, sender, cancel.lost)
+        self._cancel_arrived(cancel.caller, cancel.response_id, sender, cancel.lost, _via(envelope))
 
     # The caller's side.
 
@@ -706,12 +707,18 @@ class RunningCalls:
             running.stream.close()
         return outcome
 
-    def cancel_arrived(self, caller: str, response_id: str, sender: str, lost: bool) -> None:
+    def cancel_arrived(
+        self, caller: str, response_id: str, sender: str, lost: bool, came_by: str | None = None
+    ) -> None:
         """
         A cancel of C{caller}'s call C{response_id} arrived (checked by
-        L{MeshStreams}). One that C{lost} the caller is taken only from a
-        node on the call's route; one that comes before its call keeps the
-        call from running.
+        L{MeshStreams}) by neighbour C{came_by}. One that C{lost} the caller
+        is taken only from a node on the call's route, and only by the link
+        the call came by: no one can seal it for the caller, and a member
+        off the path named a node of the route as its sender (in PKI mode,
+        which knows what a link's peer is, but not who first sent what it
+        passes on). One that comes before its call keeps the call from
+        running.
         """
         key = (caller, response_id)
         running = self._running.get(key)
@@ -719,7 +726,9 @@ class RunningCalls:
             if not lost:
                 self._early.add(key)
             return
-        if lost and sender not in running.route:
+        if lost and (
+            sender not in running.route or (came_by is not None and came_by != running.via)
+        ):
             self._metrics.drop("forged_cancel")
             return
         self._cancel(key, running, by_caller=not lost)

@@ -7,9 +7,11 @@ credit (SPEC section 12), on in-memory meshes and one shared clock.
 from __future__ import annotations
 
 import gc
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -550,6 +552,30 @@ class PathLossTests(StreamsTestCase):
         self.assertNoResult(d)
 
 
+class LostCancelTests(SynchronousTestCase):
+    """A cancel that says the caller was lost: from the call's path, by its link."""
+
+    def test_only_by_the_link_the_call_came_by(self) -> None:
+        """
+        A 'lost' cancel naming a node of the call's route as its sender is
+        taken only if it came by the link the call came by: a member off
+        the path (PKI mode: linked to the target, and knowing the call's
+        response id) cancelled other nodes' calls so.
+        """
+        from relaytx._streams import RunningCalls
+
+        drops: list[str] = []
+        running = RunningCalls(Clock(), SimpleNamespace(drop=drops.append))
+        cancelled: list[str] = []
+        call: Deferred[None] = Deferred(lambda _: cancelled.append("r1"))
+        running.add(("c", "r1"), call, "e", None, ("c", "d", "e"))
+        running.cancel_arrived("c", "r1", "e", lost=True, came_by="m")  # m forged it
+        self.assertEqual((cancelled, drops), ([], ["forged_cancel"]))
+        running.cancel_arrived("c", "r1", "e", lost=True, came_by="e")
+        self.assertEqual(cancelled, ["r1"])
+        call.addErrback(lambda _: None)
+
+
 class EarlyCancelsTests(SynchronousTestCase):
     """Cancels that came before their calls: kept for a while, bounded."""
 
@@ -740,7 +766,7 @@ class EndToEndFrameTests(SynchronousTestCase):
         self.a.send_cancel("nodeC", "r1")
         [(_, cancel)] = self.sent
         self.c.take_cancel(self.envelope(cancel, "nodeA"), cancel)
-        self.assertEqual(self.cancels, [("nodeA", "r1", "nodeA", False)])
+        self.assertEqual(self.cancels, [("nodeA", "r1", "nodeA", False, "mallory")])
         forged = CallCancel("r1", "nodeA")
         self.c.take_cancel(self.envelope(forged, "nodeA"), forged)
         forged.mac = self.e2e["mallory"].seal_frame("cancel", "nodeC", forged.to_data())
