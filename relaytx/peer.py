@@ -76,6 +76,8 @@ CLOSE_REMOVED = 4002
 CLOSE_AUTH_FAILED = 4003
 #: the codes of a link closed on purpose: it says nothing of either node
 CLOSE_ON_PURPOSE = (CLOSE_REMOVED, CLOSE_REPLACED)
+#: The codes a session closes a link with for what its peer sent.
+_CLOSED_FOR_INPUT = frozenset({CLOSE_INVALID_PAYLOAD, CLOSE_UNSUPPORTED_DATA})
 
 H = TypeVar("H", bound=Callable[..., Any])
 
@@ -177,9 +179,16 @@ class PeerSession:
         self.waiting_since = None
 
     def data_received(self, frame: bytes) -> None:
-        """One text frame arrived."""
+        """
+        One text frame arrived. After this node closed the link for what
+        the peer sent (not JSON, a binary frame), what comes is dropped: a
+        call sent right behind the bad frame, in the same burst, had run,
+        and its answer could not be sent.
+        """
         self.last_seen = self.host.clock.seconds()
         self.waiting_since = None  # heard from: it can answer what it was asked
+        if self.closed and self.closed_with in _CLOSED_FOR_INPUT:
+            return
         try:
             envelope = decode(frame)
         except MalformedMessage as e:

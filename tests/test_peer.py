@@ -570,6 +570,21 @@ class SeedFromGoTests(SessionTestCase):
         self.assertEqual(response.data["result"]["local_count"], 10)
         self.assertEqual(self.counter.count, 10)
 
+    def test_nothing_run_after_bad_input(self) -> None:
+        """
+        A call right behind a frame that closed the link for bad input (not
+        JSON, or binary: the same burst) is dropped, not run: its answer
+        could not have been sent.
+        """
+        self.receive(b"[1, 2]")
+        self.receive(SEED_CALL_INCREMENT)
+        self.assertEqual(self.counter.count, 0)
+        transport, session = self.open("hA2")
+        session.binary_received()
+        self.receive(SEED_CALL_INCREMENT.replace(b'"hA"', b'"hA2"'), session)
+        self.assertEqual(self.counter.count, 0)
+        self.assertEqual(transport.close_code, CLOSE_UNSUPPORTED_DATA)
+
     def test_unknown_server_answered_with_error(self) -> None:
         """A call to a server we do not host is answered with success false and an error text."""
         self.receive(SEED_CALL_GET_COUNT.replace(b"distributed_counter", b"nope"))
