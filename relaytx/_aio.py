@@ -250,13 +250,12 @@ def _on_twisted(
     try:
         value: Any = None
         error: BaseException | None = None
-        timed = False
+        counted: TurnShare | None = None  # (share, from the second step on)
         while True:
-            if timed:
-                assert share is not None
-                while share.used_up:
+            if counted is not None:
+                while counted.used_up:
                     try:
-                        yield _turned(share)
+                        yield _turned(counted)
                     except GeneratorExit:
                         coro.close()
                         raise
@@ -273,10 +272,9 @@ def _on_twisted(
                     raise AsyncioReactorRequired().with_traceback(e.__traceback__) from None
                 raise
             finally:
-                if timed:
-                    assert share is not None
-                    share.spend(perf_counter() - started)
-            timed = share is not None
+                if counted is not None:
+                    counted.spend(perf_counter() - started)
+            counted = share
             value = error = None
             if is_deferred(yielded):
                 try:
